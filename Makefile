@@ -1,0 +1,43 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   - create .venv if needed, install lrkit, run the LR finder on the built-in example
+#   make test   - create/reuse .venv, install lrkit with the dev extras, run the whole test suite
+#
+# PyTorch: on a machine with no torch, a plain `pip install torch` may pull a multi-GB CUDA
+# build. By default these targets pin the CPU wheel through a pip constraints file
+# (.ci/constraints-cpu.txt). To use your own torch: `make test PIP_CONSTRAINT=`.
+
+PYTHON ?= python3
+VENV ?= .venv
+PIP_CONSTRAINT ?= $(CURDIR)/.ci/constraints-cpu.txt
+export PIP_CONSTRAINT
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: demo test bench install install-dev clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(VENV)/.installed: $(PY) pyproject.toml
+	$(PY) -m pip install -q -e '.[cli,plot,torch,examples]'
+	touch $@
+
+$(VENV)/.installed-dev: $(PY) pyproject.toml
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/lrkit demo --out demo-out
+
+test: $(VENV)/.installed-dev
+	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed-dev
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache

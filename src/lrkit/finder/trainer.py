@@ -1,0 +1,31 @@
+"""The Trainer protocol: what the range test, the candidate checks and the guard drive.
+
+A framework adapter (``lrkit.integrations.torch.TorchTrainer``, the Keras and optax ones) or a
+user's own ten-line class implements it. The core never imports a framework.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = ["Trainer"]
+
+
+@runtime_checkable
+class Trainer(Protocol):
+    """One training step at a given LR, plus snapshot/restore of everything it changes.
+
+    ``step(lr)`` runs one optimizer update with learning rate ``lr`` (param groups keep their
+    ratios to the first group's LR) on the next batch (loaders are cycled) and returns the
+    training loss of that batch as a float (may be ``nan``/``inf``).
+    ``snapshot()`` returns an opaque state; ``restore(state)`` puts model, optimizer, scaler,
+    data position and RNG states back bitwise. ``evaluate()`` returns a validation loss, or
+    ``None`` if no validation data was given.
+    """
+
+    def snapshot(self) -> Any: ...
+
+    def restore(self, state: Any) -> None: ...
+
+    def step(self, lr: float) -> float: ...
+
+    def evaluate(self) -> float | None: ...
