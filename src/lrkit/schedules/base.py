@@ -78,6 +78,31 @@ class Schedule:
 
         return {"name": self.name, "params": {k: conv(v) for k, v in self._params.items()}}
 
+    # -- exports and pictures (adapters are imported lazily; the core stays NumPy-only) ---
+    def to_torch(self, optimizer, **kwargs):
+        """A ``torch.optim.lr_scheduler.LRScheduler`` that sets exactly these LRs on ``optimizer``."""
+        from lrkit.integrations.torch_schedule import to_torch
+
+        return to_torch(self, optimizer, **kwargs)
+
+    def to_keras(self, **kwargs):
+        """A ``keras.optimizers.schedules.LearningRateSchedule`` with these LRs (serialisable)."""
+        from lrkit.integrations.keras_schedule import to_keras
+
+        return to_keras(self, **kwargs)
+
+    def to_optax(self, **kwargs):
+        """An optax schedule: a callable ``count -> lr`` usable inside ``jax.jit``."""
+        from lrkit.integrations.optax_schedule import to_optax
+
+        return to_optax(self, **kwargs)
+
+    def plot(self, ax=None, *, steps: int | None = None, **kwargs):
+        """Plot the LR against the step on ``ax`` (a new figure if ``None``); returns ``ax``."""
+        from lrkit.report.schedule_plot import plot_schedule
+
+        return plot_schedule(self, ax=ax, steps=steps, **kwargs)
+
     def __repr__(self) -> str:
         return self.to_spec()
 
