@@ -1,0 +1,308 @@
+"""Rules of thumb, made executable: optimizer-aware defaults, range-test bounds, batch-size scaling.
+
+Everything here is a pure function (standard library only). An optimizer can be named by a string
+(``"adam"``, ``"sgd_momentum"``, ...) or passed as an object from any framework: it is recognised by
+its class name (``torch.optim.AdamW``, ``keras.optimizers.RMSprop``, ``prodigyopt.Prodigy``, ...)
+and, for SGD, by whether it uses momentum.
+
+Families and their rule-of-thumb learning rates:
+
+============  ==========  ====================  ==================================================
+family        default LR  range-test bounds     source of the default
+============  ==========  ====================  ==================================================
+sgd           1e-2        1e-7 .. 10            common default; Bottou, "SGD tricks" (2012)
+sgd_momentum  1e-2        1e-7 .. 10            0.1 at batch 256 for ResNets (He et al. 2016) scaled
+                                                to small batches by the linear rule ~ 1e-2
+adam          1e-3        1e-7 .. 1             Kingma & Ba, "Adam" (2015), Algorithm 1
+adamw         1e-3        1e-7 .. 1             Loshchilov & Hutter, "Decoupled Weight Decay" (2019)
+rmsprop       1e-3        1e-7 .. 1             Hinton, Coursera lecture 6e (2012); Keras default
+adagrad       1e-2        1e-6 .. 10            Duchi et al. (2011); PyTorch default
+adadelta      1.0         1e-3 .. 100           Zeiler, "ADADELTA" (2012): no LR in the paper (=1)
+lion          1e-4        1e-8 .. 0.1           Chen et al., "Symbolic Discovery..." (2023): 3-10x
+                                                smaller than AdamW
+lr_free       1.0         1e-3 .. 100           Prodigy (Mishchenko & Defazio 2023), D-Adaptation
+                                                (Defazio & Mishchenko 2023), Schedule-Free
+                                                (Defazio et al. 2024): lr is a multiplier, 1.0
+============  ==========  ====================  ==================================================
+
+Batch-size scaling. When the batch size changes from :math:`B_0` to :math:`B_1`:
+
+.. math::
+
+    \\eta_1 = \\eta_0 \\cdot \\frac{B_1}{B_0} \\quad\\text{(linear rule)},\\qquad
+    \\eta_1 = \\eta_0 \\cdot \\sqrt{\\frac{B_1}{B_0}} \\quad\\text{(square-root rule)}
+
+The linear rule holds for SGD (with or without momentum) up to large batches, and needs a gradual
+warmup when the batch grows a lot (Goyal et al., "Accurate, Large Minibatch SGD", 2017: 5 epochs
+of linear warmup). The square-root rule is the one that follows from the SDE view of adaptive
+methods (Malladi et al., "On the SDEs and Scaling Rules for Adaptive Gradient Algorithms", 2022;
+Krizhevsky, "One weird trick", 2014; Hoffer et al. 2017), so ``rule="auto"`` picks linear for SGD
+and square root for Adam-like optimizers. Learning-rate-free optimizers are not rescaled.
+
+Example:
+    >>> default_lr("adam")
+    0.001
+    >>> scale_lr(0.1, from_batch_size=256, to_batch_size=1024, rule="linear")
+    0.4
+    >>> scale_lr(1e-3, 64, 256, family="adam")  # auto: square root for Adam
+    0.002
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = [
+    "FAMILIES",
+    "optimizer_family",
+    "default_lr",
+    "lr_range",
+    "scale_lr",
+    "scaling_rule",
+    "warmup_steps_for",
+]
+
+FAMILIES = (
+    "sgd",
+    "sgd_momentum",
+    "adam",
+    "adamw",
+    "rmsprop",
+    "adagrad",
+    "adadelta",
+    "lion",
+    "lr_free",
+    "unknown",
+)
+
+_DEFAULT_LR = {
+    "sgd": 1e-2,
+    "sgd_momentum": 1e-2,
+    "adam": 1e-3,
+    "adamw": 1e-3,
+    "rmsprop": 1e-3,
+    "adagrad": 1e-2,
+    "adadelta": 1.0,
+    "lion": 1e-4,
+    "lr_free": 1.0,
+    "unknown": 1e-3,
+}
+
+_LR_RANGE = {
+    "sgd": (1e-7, 10.0),
+    "sgd_momentum": (1e-7, 10.0),
+    "adam": (1e-7, 1.0),
+    "adamw": (1e-7, 1.0),
+    "rmsprop": (1e-7, 1.0),
+    "adagrad": (1e-6, 10.0),
+    "adadelta": (1e-3, 100.0),
+    "lion": (1e-8, 0.1),
+    "lr_free": (1e-3, 100.0),
+    "unknown": (1e-7, 10.0),
+}
+
+_ADAPTIVE = frozenset({"adam", "adamw", "rmsprop", "adagrad", "adadelta", "lion"})
+
+# class-name (lower case, without underscores) -> family
+_CLASS_NAMES = {
+    "adam": "adam",
+    "nadam": "adam",
+    "radam": "adam",
+    "adamax": "adam",
+    "sparseadam": "adam",
+    "adamw": "adamw",
+    "adamwschedulefree": "lr_free",
+    "sgdschedulefree": "lr_free",
+    "rmsprop": "rmsprop",
+    "adagrad": "adagrad",
+    "adadelta": "adadelta",
+    "lion": "lion",
+    "prodigy": "lr_free",
+    "dadaptadam": "lr_free",
+    "dadaptsgd": "lr_free",
+    "dadaptadagrad": "lr_free",
+    "dadaptlion": "lr_free",
+    "dadaptadan": "lr_free",
+    "sgd": "sgd",
+    "momentum": "sgd_momentum",
+}
+
+
+def _momentum_of(optimizer: Any) -> float:
+    groups = getattr(optimizer, "param_groups", None)  # torch
+    if groups:
+        return float(groups[0].get("momentum", 0.0) or 0.0)
+    momentum = getattr(optimizer, "momentum", 0.0)  # keras
+    try:
+        return float(momentum)
+    except (TypeError, ValueError):  # a keras Variable or tensor
+        try:
+            return float(momentum.numpy())
+        except Exception:  # noqa: BLE001 - unknown object: assume no momentum
+            return 0.0
+
+
+def optimizer_family(optimizer: Any) -> str:
+    """The family of an optimizer, for defaults and scaling rules.
+
+    Args:
+        optimizer: a family name from :data:`FAMILIES`, a class name (``"AdamW"``), or an optimizer
+            object from any framework (recognised by its class name; SGD by its momentum).
+
+    Returns:
+        One of :data:`FAMILIES`; ``"unknown"`` for an optimizer it does not recognise.
+
+    Example:
+        >>> optimizer_family("AdamW"), optimizer_family("sgd_momentum")
+        ('adamw', 'sgd_momentum')
+    """
+    if isinstance(optimizer, str):
+        key = optimizer.strip().lower()
+        if key in FAMILIES:
+            return key
+        return _CLASS_NAMES.get(key.replace("_", "").replace("-", ""), "unknown")
+    if optimizer is None:
+        raise ValueError("optimizer must be an optimizer object or a family name, got None")
+    # torch's ZeroRedundancyOptimizer and similar wrappers expose the inner optimizer
+    inner = getattr(optimizer, "optim", None)
+    if inner is not None and hasattr(inner, "param_groups"):
+        optimizer = inner
+    name = type(optimizer).__name__.lower().replace("_", "")
+    family = _CLASS_NAMES.get(name, "unknown")
+    if family == "sgd" and _momentum_of(optimizer) > 0:
+        family = "sgd_momentum"
+    return family
+
+
+def _family(family_or_optimizer: Any) -> str:
+    return optimizer_family(family_or_optimizer)
+
+
+def default_lr(family_or_optimizer: Any) -> float:
+    """The rule-of-thumb learning rate of an optimizer family (see the module table for sources).
+
+    Example:
+        >>> default_lr("sgd"), default_lr("adadelta")
+        (0.01, 1.0)
+    """
+    return _DEFAULT_LR[_family(family_or_optimizer)]
+
+
+def lr_range(family_or_optimizer: Any) -> tuple[float, float]:
+    """Default ``(start_lr, end_lr)`` of a range test for this optimizer family.
+
+    The bounds are wide enough to contain the best learning rate of unscaled or ill-conditioned
+    problems (several decades below the default) and to reach divergence above it.
+
+    Example:
+        >>> lr_range("adam")
+        (1e-07, 1.0)
+    """
+    return _LR_RANGE[_family(family_or_optimizer)]
+
+
+def scaling_rule(family_or_optimizer: Any) -> str:
+    """``"linear"`` for SGD-like, ``"sqrt"`` for adaptive, ``"none"`` for learning-rate-free optimizers.
+
+    Unknown optimizers get the more conservative square-root rule.
+    """
+    family = _family(family_or_optimizer)
+    if family in ("sgd", "sgd_momentum"):
+        return "linear"
+    if family == "lr_free":
+        return "none"
+    return "sqrt"
+
+
+def _check_batch(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def scale_lr(
+    lr: float,
+    from_batch_size: int,
+    to_batch_size: int,
+    rule: str = "auto",
+    family: Any = None,
+) -> float:
+    """Rescale a learning rate found at one batch size for training at another.
+
+    .. math::
+
+        \\eta_1 = \\eta_0 \\, (B_1 / B_0)^{p},\\qquad p = 1 \\text{ (linear)},\\ 
+        p = 1/2 \\text{ (sqrt)},\\ p = 0 \\text{ (none)}
+
+    Args:
+        lr: the learning rate :math:`\\eta_0` at batch size :math:`B_0`; finite and > 0.
+        from_batch_size: :math:`B_0`, an integer >= 1.
+        to_batch_size: :math:`B_1`, an integer >= 1.
+        rule: ``"linear"``, ``"sqrt"``, ``"none"`` or ``"auto"`` (pick by ``family``, see
+            :func:`scaling_rule`).
+        family: the optimizer (family name or object); used when ``rule="auto"``.
+
+    Returns:
+        The rescaled learning rate :math:`\\eta_1`.
+
+    Example:
+        >>> scale_lr(0.01, 32, 128, rule="sqrt")
+        0.02
+    """
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    b0 = _check_batch("from_batch_size", from_batch_size)
+    b1 = _check_batch("to_batch_size", to_batch_size)
+    if rule == "auto":
+        rule = scaling_rule(family if family is not None else "unknown")
+    if rule == "linear":
+        power = 1.0
+    elif rule == "sqrt":
+        power = 0.5
+    elif rule == "none":
+        power = 0.0
+    else:
+        raise ValueError(f"rule must be one of 'linear', 'sqrt', 'none', 'auto', got {rule!r}")
+    return float(lr * (b1 / b0) ** power)
+
+
+def warmup_steps_for(
+    from_batch_size: int,
+    to_batch_size: int,
+    *,
+    steps_per_epoch: int,
+    warmup_epochs: float = 5.0,
+    min_ratio: float = 2.0,
+) -> int:
+    """Warmup the linear scaling rule needs when the batch grows (Goyal et al. 2017).
+
+    Goyal et al. ramp the LR linearly from :math:`\\eta_0` to :math:`k\\eta_0` over the first
+    5 epochs when the batch grows by :math:`k`. Below ``min_ratio`` (a batch less than twice as
+    large) no warmup is needed; shrinking the batch never needs one.
+
+    Args:
+        from_batch_size: the batch size the LR was tuned at.
+        to_batch_size: the batch size of the real run.
+        steps_per_epoch: optimizer steps per epoch at ``to_batch_size``; an integer >= 1.
+        warmup_epochs: epochs of warmup, >= 0 (5 in the paper).
+        min_ratio: the growth factor from which warmup is recommended, >= 1.
+
+    Returns:
+        The number of warmup steps (0 if none is needed).
+
+    Example:
+        >>> warmup_steps_for(256, 8192, steps_per_epoch=156)
+        780
+        >>> warmup_steps_for(256, 256, steps_per_epoch=156)
+        0
+    """
+    b0 = _check_batch("from_batch_size", from_batch_size)
+    b1 = _check_batch("to_batch_size", to_batch_size)
+    spe = _check_batch("steps_per_epoch", steps_per_epoch)
+    if not (math.isfinite(warmup_epochs) and warmup_epochs >= 0):
+        raise ValueError(f"warmup_epochs must be a finite number >= 0, got {warmup_epochs!r}")
+    if not (math.isfinite(min_ratio) and min_ratio >= 1):
+        raise ValueError(f"min_ratio must be a finite number >= 1, got {min_ratio!r}")
+    if b1 / b0 < min_ratio:
+        return 0
+    return int(math.ceil(warmup_epochs * spe))
