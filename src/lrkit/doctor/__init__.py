@@ -1,0 +1,29 @@
+"""The LR doctor: online diagnosis of a training run, log readers and ``diagnose``.
+
+Pure core (NumPy only). :class:`Doctor` watches a run one observation at a time;
+:func:`diagnose` runs it over a whole log read by :func:`read_log` (CSV, JSONL, JSON,
+TensorBoard, Keras ``History``, Lightning ``metrics.csv``).
+
+Example:
+    >>> from lrkit.doctor import diagnose
+    >>> diagnose({"step": [0, 1, 2, 3], "loss": [2.3, 1.9, float("nan"), 1.2]}).verdict
+    'nan'
+"""
+from lrkit.doctor.core import SEVERITY, VERDICTS, Diagnosis, Doctor
+from lrkit.doctor.diagnosis import default_window, diagnose, overall, run_doctor
+from lrkit.doctor.logs import ALIASES, LogFormatError, LogRecords, read_log
+
+__all__ = [
+    "VERDICTS",
+    "SEVERITY",
+    "Diagnosis",
+    "Doctor",
+    "diagnose",
+    "overall",
+    "run_doctor",
+    "default_window",
+    "read_log",
+    "LogRecords",
+    "LogFormatError",
+    "ALIASES",
+]

@@ -1,0 +1,13 @@
+"""The LR range test and its suggestion, on the framework-free :class:`Trainer` protocol.
+
+``run_range_test`` ramps the LR and records the loss; ``find`` adds the suggestion and returns a
+:class:`FinderResult`. Framework adapters (``lrkit.integrations.torch_trainer.find_lr``) build a
+Trainer and call ``find``. NumPy only.
+"""
+from __future__ import annotations
+
+from lrkit.finder.range_test import RangeTestRecord, find, lr_ramp, run_range_test
+from lrkit.finder.result import FinderResult
+from lrkit.finder.trainer import Trainer
+
+__all__ = ["FinderResult", "RangeTestRecord", "Trainer", "find", "lr_ramp", "run_range_test"]

@@ -103,6 +103,19 @@ class Schedule:
 
         return plot_schedule(self, ax=ax, steps=steps, **kwargs)
 
+    # -- arithmetic with numbers (composition lives in lrkit.schedules._compose) ----------
+    def __mul__(self, factor):
+        """``schedule * 0.5`` is :func:`lrkit.schedules.scale` (a number only)."""
+        from numbers import Real
+
+        if isinstance(factor, Schedule) or isinstance(factor, bool) or not isinstance(factor, Real):
+            return NotImplemented
+        from lrkit.schedules._compose import scale
+
+        return scale(self, factor)
+
+    __rmul__ = __mul__
+
     def __repr__(self) -> str:
         return self.to_spec()
 

@@ -1,0 +1,56 @@
+"""lrkit — take the guesswork out of the learning rate.
+
+The core (schedules, the range-test logic and its suggestion, the LR doctor, scaling rules)
+needs only NumPy; framework adapters are imported on first use::
+
+    import lrkit
+    sched = lrkit.schedules.warmup(lrkit.schedules.cosine(base_lr=0.1, total_steps=900), warmup_steps=100)
+    result = lrkit.find_lr(model, optimizer, loss_fn, train_loader)   # PyTorch
+    verdict = lrkit.diagnose("metrics.csv")
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from lrkit import scaling, schedules
+from lrkit.schedules import Schedule
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it; imported on first access so that `import lrkit`
+# stays NumPy-only and fast.
+_LAZY = {
+    "find_lr": "lrkit.integrations.torch_trainer",
+    "TorchTrainer": "lrkit.integrations.torch_trainer",
+    "FinderResult": "lrkit.finder.result",
+    "run_range_test": "lrkit.finder.range_test",
+    "suggest": "lrkit.finder.suggest",
+    "Suggestion": "lrkit.finder.suggest",
+    "Trainer": "lrkit.finder.trainer",
+    "Doctor": "lrkit.doctor",
+    "Diagnosis": "lrkit.doctor",
+    "diagnose": "lrkit.doctor",
+    "read_log": "lrkit.doctor",
+    "Guard": "lrkit.doctor.guard",
+    "optimizer_family": "lrkit.scaling",
+    "default_lr": "lrkit.scaling",
+    "lr_range": "lrkit.scaling",
+    "scale_lr": "lrkit.scaling",
+    "warmup_steps_for": "lrkit.scaling",
+}
+
+__all__ = ["Schedule", "schedules", "scaling", "__version__", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lrkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

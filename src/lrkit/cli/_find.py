@@ -1,0 +1,187 @@
+"""``lrkit find``: run the LR range test on the built-in digits example or on your own model.
+
+TARGET is ``path/to/file.py:function`` or ``package.module:function``. The function is called with
+no arguments (after seeding ``torch``, ``numpy`` and ``random`` with ``--seed``) and must return a
+dict with the keys
+
+* ``model`` (a ``torch.nn.Module``), ``optimizer`` (a ``torch.optim.Optimizer``, or a list of them
+  with ``step_fn``), ``loss_fn`` (``loss_fn(output, target)``, or ``None`` for models whose output
+  has a ``.loss``), ``train_loader`` (an iterable of batches) -- required;
+* ``val_loader``, ``step_fn``, ``batch_size``, ``accumulation_steps``, ``grad_clip_norm``, ``amp``
+  -- optional, passed on to :func:`lrkit.integrations.torch_trainer.find_lr`.
+
+Example ``my_task.py``::
+
+    def task():
+        model = Net()
+        return {"model": model, "optimizer": torch.optim.AdamW(model.parameters(), lr=1e-3),
+                "loss_fn": torch.nn.CrossEntropyLoss(), "train_loader": loader}
+
+and ``lrkit find my_task.py:task --json``. ``--json`` prints one JSON object with the keys
+``suggestion``, ``method``, ``band``, ``rules``, ``lrs``, ``losses``, ``smoothed_losses``,
+``stopped_early``, ``num_iter``, ``num_points``, ``batch_size``, ``details``, ``target`` and, when
+asked for, ``plot`` and ``report`` (the paths written).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import random
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from lrkit.cli import app
+from lrkit.cli._errors import CLIError
+
+REQUIRED_KEYS = ("model", "optimizer", "loss_fn", "train_loader")
+OPTIONAL_KEYS = ("val_loader", "step_fn", "batch_size", "accumulation_steps", "grad_clip_norm", "amp")
+
+_HELP = """Run an LR range test and suggest a learning rate.
+
+Without TARGET, runs the built-in example (an MLP on scikit-learn's digits). TARGET is
+'path/to/file.py:function' or 'package.module:function': a function called with no arguments
+that returns a dict with the keys model, optimizer, loss_fn, train_loader (required) and
+val_loader, step_fn, batch_size, accumulation_steps, grad_clip_norm, amp (optional). The model,
+optimizer and RNG states are left exactly as they were.
+"""
+
+
+def _load_module(module_part: str) -> Any:
+    looks_like_file = module_part.endswith(".py") or "/" in module_part or "\\" in module_part
+    if looks_like_file:
+        path = Path(module_part)
+        if not path.is_file():
+            raise CLIError(f"target file not found: {module_part}")
+        path = path.resolve()
+        spec = importlib.util.spec_from_file_location(f"_lrkit_target_{path.stem}", path)
+        if spec is None or spec.loader is None:
+            raise CLIError(f"cannot import {module_part}: not a Python source file")
+        module = importlib.util.module_from_spec(spec)
+        sys.path.insert(0, str(path.parent))  # let the file import its neighbours
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(str(path.parent))
+        return module
+    try:
+        return importlib.import_module(module_part)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_part == exc.name or module_part.startswith(exc.name + ".")):
+            raise CLIError(
+                f"cannot import module {module_part!r} (no module named {exc.name!r}); "
+                "for a file, pass path/to/file.py:function"
+            ) from None
+        raise
+
+
+def load_target(spec: str) -> dict[str, Any]:
+    """Import and call TARGET; return its dict after checking its shape (``CLIError`` otherwise)."""
+    if ":" not in spec:
+        raise CLIError(f"TARGET must be 'path/to/file.py:function' or 'package.module:function', got {spec!r}")
+    module_part, func_name = spec.rsplit(":", 1)
+    if not module_part or not func_name.isidentifier():
+        raise CLIError(f"TARGET must be 'path/to/file.py:function' or 'package.module:function', got {spec!r}")
+    module = _load_module(module_part)
+    func = getattr(module, func_name, None)
+    if func is None:
+        funcs = sorted(n for n, v in vars(module).items()
+                       if callable(v) and not n.startswith("_") and getattr(v, "__module__", None) == module.__name__)
+        raise CLIError(f"{module_part} has no function {func_name!r}; functions defined there: {', '.join(funcs) or 'none'}")
+    if not callable(func):
+        raise CLIError(f"{module_part}:{func_name} is a {type(func).__name__}, not a function")
+    out = func()
+    if not isinstance(out, dict):
+        raise CLIError(
+            f"{spec} must return a dict with the keys {', '.join(REQUIRED_KEYS)}, got {type(out).__name__}"
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in out]
+    if missing:
+        raise CLIError(f"{spec} returned a dict without the key(s) {', '.join(missing)}; required: {', '.join(REQUIRED_KEYS)}")
+    unknown = sorted(set(out) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))
+    if unknown:
+        raise CLIError(
+            f"{spec} returned unknown key(s) {', '.join(map(str, unknown))}; allowed: "
+            f"{', '.join(REQUIRED_KEYS + OPTIONAL_KEYS)}"
+        )
+    return out
+
+
+def _seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@app.command("find", help=_HELP)
+def find_command(
+    target: Annotated[Optional[str], typer.Argument(help="path/to/file.py:function or package.module:function (default: built-in digits example)")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object (suggestion, lrs, losses, method, rules, band, ...) on stdout.")] = False,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Save the loss-vs-LR plot to this PNG file.")] = None,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write a self-contained HTML report (report.html, finder.png) into this directory.")] = None,
+    num_iter: Annotated[int, typer.Option("--num-iter", help="Steps of the range test.")] = 100,
+    start_lr: Annotated[Optional[float], typer.Option("--start-lr", help="First LR (default: from the optimizer family).")] = None,
+    end_lr: Annotated[Optional[float], typer.Option("--end-lr", help="Last LR (default: from the optimizer family).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for torch/numpy/random before building the target, and for the suggestion.")] = 0,
+    mode: Annotated[str, typer.Option("--mode", help="LR ramp: exp or linear.")] = "exp",
+    verify_steps: Annotated[Optional[int], typer.Option("--verify-steps", help="Steps per candidate verification run (0: judge the curve only).")] = None,
+) -> None:
+    from lrkit.integrations.torch_trainer import find_lr, progress_bar
+
+    if num_iter < 2:
+        raise CLIError(f"--num-iter must be >= 2, got {num_iter}")
+    if verify_steps is not None and verify_steps < 0:
+        raise CLIError(f"--verify-steps must be >= 0, got {verify_steps}")
+    if plot is not None and plot.exists() and plot.is_dir():
+        raise CLIError(f"--plot must be a file name, got the directory {plot}")
+    _seed_everything(seed)
+    if target is None:
+        from lrkit.examples.digits import digits_task
+
+        spec = digits_task(seed=seed).as_target()
+        target_name = "lrkit.examples.digits (built-in)"
+    else:
+        spec = load_target(target)
+        target_name = target
+    show_bar = not json_out or sys.stderr.isatty()
+    with progress_bar(num_iter, enabled=show_bar) as callback:
+        result = find_lr(
+            spec["model"], spec["optimizer"], spec["loss_fn"], spec["train_loader"],
+            val_loader=spec.get("val_loader"), step_fn=spec.get("step_fn"),
+            batch_size=spec.get("batch_size"), accumulation_steps=spec.get("accumulation_steps", 1),
+            grad_clip_norm=spec.get("grad_clip_norm"), amp=spec.get("amp", False),
+            start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode,
+            progress=callback if callback is not None else False,
+            verify=verify_steps != 0, verify_steps=verify_steps or None, seed=seed,
+        )
+    written: dict[str, str] = {}
+    if plot is not None:
+        import matplotlib.figure
+
+        from lrkit.report.finder_plot import figure_png
+
+        fig = matplotlib.figure.Figure(figsize=(8, 4.5))
+        result.plot(fig.add_subplot(1, 1, 1))
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        plot.write_bytes(figure_png(fig))
+        written["plot"] = str(plot)
+    if report is not None:
+        from lrkit.report.html import write_finder_report
+
+        written["report"] = str(write_finder_report(result, report, title=f"lrkit find: {target_name}"))
+    if json_out:
+        payload = result.to_dict()
+        payload["target"] = target_name
+        payload.update(written)
+        typer.echo(json.dumps(payload, allow_nan=False))
+    else:
+        typer.echo(f"target: {target_name}")
+        typer.echo(result.summary())
+        for key, path in written.items():
+            typer.echo(f"{key}: {path}")

@@ -1,0 +1,766 @@
+r"""The LR doctor: an online diagnosis of a training run from its loss (and LR, gradient norm).
+
+A :class:`Doctor` is fed one observation per step (``observe(step, loss, lr=..., grad_norm=...)``)
+and returns a :class:`Diagnosis` after each one. Verdicts, most severe first:
+
+``nan``
+    the loss, the gradient norm or the validation loss is not finite. Immediate and sticky
+    (non-finite weights do not heal): only :meth:`Doctor.reset` or :meth:`Doctor.load_state_dict`
+    clear it.
+``diverging``
+    the loss level has risen well above its best, or the gradient norm exploded.
+``fluctuating``
+    the loss keeps jumping far above its best and coming back, without net progress.
+``flat``
+    after a long stretch, the loss has not really started to decrease (LR too low).
+``healthy``
+    none of the above.
+
+Everything is computed on the log of the loss above its floor, :math:`y_t = \log(\ell_t - f)`
+(``loss_floor`` :math:`f`, 0 for the usual losses), so that "rising by a factor" and the noise
+of a converging run are on one scale. Statistics (``W`` = ``window``, ``s`` = ``short``):
+
+.. math::
+
+    m_t = \operatorname{median}(y_{t-s+1..t}) \quad\text{(level)},\qquad
+    b_t = \min_{u \le t} m_u \quad\text{(best level)}
+
+    \sigma = 1.4826 \cdot \operatorname{MAD}(\Delta y_{t-W+1..t}) / \sqrt 2
+    \quad\text{(minibatch noise of } y\text{; differencing removes the trend)}
+
+    \sigma_s = 1.2533\, \sigma / \sqrt{s} \quad\text{(noise of a median of } s\text{)}
+
+**Diverging** when, for ``patience`` consecutive steps,
+
+.. math::
+
+    m_t - b_t > \max\big(\log \rho,\; z\,\sigma_s\big)
+    \quad\text{and}\quad
+    e^{m_t} - e^{b_t} > r \cdot L_0
+
+with :math:`\rho` = ``diverge_ratio``, :math:`z` = ``noise_z``, :math:`r` = ``min_rise`` and
+:math:`L_0` the initial loss level (median of the first ``s`` losses, above the floor): the level
+must rise by a factor *and* by an amount that matters next to where training started (a rise
+from 1e-6 to 1e-4 is not a problem). It is also diverging when the median gradient norm of the
+last ``s`` steps exceeds ``grad_ratio`` times its initial median. The onset is the step after
+the best level's window centre (the loss began rising there).
+
+**Fluctuating** (checked every ``check_every`` steps once ``W`` losses are in): in the last ``W``
+steps at least a fraction ``spike_frac`` of losses are *spikes*,
+
+.. math::
+
+    y_i - b_t > \max(\log\rho,\; z\,\sigma) \quad\text{and}\quad \ell_i - e^{b_t} > r \cdot L_0,
+
+and the window made no significant progress: the median of its first half minus the median of
+its second half is below :math:`\max(\log(1 + \text{progress\_tol}),\ 2 \cdot 1.2533\,\sigma\sqrt{2/W})`.
+Onset: the first spike in the window.
+
+**Flat** (checked once ``flat_steps`` losses are in): the reference level
+:math:`R = \max(L_0, \operatorname{median}(\ell_{1..W}))` and the current level
+:math:`M = \operatorname{median}(\ell_{t-W+1..t})` satisfy :math:`(R - M) / R < \text{flat\_tol}`
+and the best level never went below :math:`R\,(1 - 2\,\text{flat\_tol})`: the run *never started*
+to decrease. A run that decreased a lot and converged to a floor is therefore never flat.
+Onset: the first step observed.
+
+Cost: ring buffers of length ``W``; a step costs a median of ``s`` numbers, and every
+``check_every`` steps a few NumPy passes over ``W`` numbers: O(1) per step, independent of the
+run's length.
+
+Example:
+    >>> doc = Doctor(window=20)
+    >>> for step in range(200):
+    ...     d = doc.observe(step, 2.3 * 0.98 ** step + 0.01, lr=0.1)
+    >>> d.verdict
+    'healthy'
+    >>> d = doc.observe(200, float("nan"), lr=0.1)
+    >>> d.verdict, d.step
+    ('nan', 200)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+__all__ = ["VERDICTS", "SEVERITY", "Diagnosis", "Doctor"]
+
+VERDICTS = ("healthy", "flat", "fluctuating", "diverging", "nan")
+#: verdict -> severity rank (higher is worse), used to pick the overall verdict of a log.
+SEVERITY = {v: i for i, v in enumerate(VERDICTS)}
+
+_MAD_TO_SD = 1.4826  # MAD of a normal sample times this is its standard deviation
+_MEDIAN_EFF = 1.2533  # sd(median of n normals) ~ 1.2533 * sd / sqrt(n)
+_TINY = 1e-30
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """The doctor's verdict on a run, with the numbers behind it and what to do.
+
+    Attributes:
+        verdict: one of :data:`VERDICTS`.
+        step: the step where the problem began (onset); ``None`` if healthy.
+        detected_at: the step at which it was detected; ``None`` if healthy.
+        evidence: the numbers behind the verdict (e.g. ``loss_ratio_to_best``, ``noise_sigma``,
+            ``spike_fraction``, ``relative_progress``, ``grad_norm_ratio``, ``lr``).
+        advice: concrete remedies, most important first.
+        message: one human sentence.
+
+    Example:
+        >>> Diagnosis("healthy", None, None, {}, (), "ok").to_dict()["verdict"]
+        'healthy'
+    """
+
+    verdict: str
+    step: int | None
+    detected_at: int | None
+    evidence: dict[str, float] = field(default_factory=dict)
+    advice: tuple[str, ...] = ()
+    message: str = ""
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
+
+    @property
+    def ok(self) -> bool:
+        """``True`` when the verdict is ``healthy``."""
+        return self.verdict == "healthy"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict with keys ``verdict, step, detected_at, evidence, advice, message``.
+
+        Non-finite evidence values become ``None`` (JSON has no NaN).
+        """
+        ev = {k: (float(v) if math.isfinite(float(v)) else None) for k, v in self.evidence.items()}
+        return {
+            "verdict": self.verdict,
+            "step": self.step,
+            "detected_at": self.detected_at,
+            "evidence": ev,
+            "advice": list(self.advice),
+            "message": self.message,
+        }
+
+    def __str__(self) -> str:
+        if self.ok:
+            return f"healthy: {self.message}"
+        tips = "; ".join(self.advice)
+        return f"{self.verdict} (from step {self.step}, detected at step {self.detected_at}): {self.message}" + (
+            f" Advice: {tips}." if tips else ""
+        )
+
+
+def _fmt_lr(lr: float) -> str:
+    return f"{lr:.3g}"
+
+
+def _scaled(lr: float | None, factor: float, word: str) -> str:
+    """'lower the LR about 10x, from 0.3 to 0.03' (or without numbers when the LR is unknown)."""
+    n = int(round(factor)) if factor >= 1 else factor
+    if lr is None or not math.isfinite(lr) or lr <= 0:
+        return f"{word} the LR about {n}x"
+    new = lr / factor if word == "lower" else lr * factor
+    return f"{word} the LR about {n}x, from {_fmt_lr(lr)} to {_fmt_lr(new)}"
+
+
+class _Ring:
+    """Fixed-size ring buffer of floats (and the step of each)."""
+
+    __slots__ = ("size", "vals", "steps", "n", "pos")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.vals = [0.0] * size
+        self.steps = [0] * size
+        self.n = 0
+        self.pos = 0
+
+    def push(self, step: int, value: float) -> None:
+        self.vals[self.pos] = value
+        self.steps[self.pos] = step
+        self.pos = (self.pos + 1) % self.size
+        self.n = min(self.n + 1, self.size)
+
+    def last(self, k: int) -> list[float]:
+        k = min(k, self.n)
+        out = []
+        i = self.pos
+        for _ in range(k):
+            i = (i - 1) % self.size
+            out.append(self.vals[i])
+        return out
+
+    def ordered(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.n < self.size:
+            return np.array(self.vals[: self.n]), np.array(self.steps[: self.n])
+        idx = list(range(self.pos, self.size)) + list(range(self.pos))
+        return np.array([self.vals[i] for i in idx]), np.array([self.steps[i] for i in idx])
+
+    def state(self) -> dict[str, Any]:
+        v, s = self.ordered()
+        return {"vals": v.tolist(), "steps": s.astype(int).tolist()}
+
+    def load(self, d: Mapping[str, Any]) -> None:
+        self.__init__(self.size)
+        for s, v in zip(d["steps"], d["vals"]):
+            self.push(int(s), float(v))
+
+
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    n = len(xs)
+    h = n // 2
+    return xs[h] if n % 2 else 0.5 * (xs[h - 1] + xs[h])
+
+
+class Doctor:
+    r"""Online LR diagnosis from one observation per step (pure Python + NumPy).
+
+    Args:
+        window: ``W``, the length of the window of recent steps used for noise, spikes and
+            progress (default 50; for epoch-level logs of a few dozen points use 5-10). >= 5.
+        short: ``s``, the length of the running median that defines the loss level
+            (default ``max(3, W // 5)``). 1 <= s <= W.
+        diverge_ratio: :math:`\rho`, the factor above the best level that counts as diverging
+            (default 1.5). > 1.
+        noise_z: :math:`z`, how many noise standard deviations a rise must exceed on top of
+            ``diverge_ratio`` (default 8.0: the best level is a minimum of noisy medians,
+            biased low by several of their standard deviations on long runs). >= 0.
+        min_rise: :math:`r`, the smallest rise, as a fraction of the initial loss level, that
+            counts as diverging or as a spike (default 0.1). >= 0.
+        patience: consecutive steps the diverging condition must hold (default 3). >= 1.
+        grad_ratio: a median gradient norm this many times its initial median is an explosion
+            (default 10.0). > 1.
+        spike_frac: fraction of spikes in the window that makes a run fluctuating (default 0.1).
+            In (0, 1].
+        progress_tol: a window whose level dropped by less than this fraction made no progress
+            (default 0.1). >= 0.
+        flat_tol: a run whose level moved less than this fraction of its initial level is flat
+            (default 0.1). In (0, 0.5).
+        flat_steps: observations needed before ``flat`` can be reported (default ``2 * W``). >= W.
+        check_every: the window checks (fluctuating, flat, noise) run every this many steps
+            (default ``max(1, W // 10)``). >= 1.
+        loss_floor: a known lower bound of the loss (default 0.0); the doctor works on
+            :math:`\log(\ell - f)`. A loss below it raises ``ValueError``.
+
+    Example:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> doc = Doctor()
+        >>> for t in range(300):   # healthy for 150 steps, then the loss grows 5% a step
+        ...     loss = 2.0 * np.exp(-t / 40) + 0.1 if t < 150 else 0.12 * 1.05 ** (t - 150)
+        ...     d = doc.observe(t, loss * np.exp(0.05 * rng.standard_normal()), lr=0.5)
+        >>> first = doc.history[0]
+        >>> first.verdict, 140 <= first.step <= 160
+        ('diverging', True)
+        >>> first.advice[0]
+        'lower the LR about 10x, from 0.5 to 0.05'
+    """
+
+    def __init__(
+        self,
+        *,
+        window: int = 50,
+        short: int | None = None,
+        diverge_ratio: float = 1.5,
+        noise_z: float = 8.0,
+        min_rise: float = 0.1,
+        patience: int = 3,
+        grad_ratio: float = 10.0,
+        spike_frac: float = 0.1,
+        progress_tol: float = 0.1,
+        flat_tol: float = 0.1,
+        flat_steps: int | None = None,
+        check_every: int | None = None,
+        loss_floor: float = 0.0,
+    ) -> None:
+        def need(name: str, value: Any, ok: bool, allowed: str) -> None:
+            if not ok:
+                raise ValueError(f"Doctor: {name} must be {allowed}, got {value!r}")
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+        def is_num(v: Any) -> bool:
+            return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+
+        need("window", window, is_int(window) and window >= 5, "an int >= 5")
+        window = int(window)
+        if short is None:
+            short = max(3, window // 5)
+        need("short", short, is_int(short) and 1 <= short <= window, f"an int in [1, window={window}]")
+        need("diverge_ratio", diverge_ratio, is_num(diverge_ratio) and diverge_ratio > 1, "a number > 1")
+        need("noise_z", noise_z, is_num(noise_z) and noise_z >= 0, "a number >= 0")
+        need("min_rise", min_rise, is_num(min_rise) and min_rise >= 0, "a number >= 0")
+        need("patience", patience, is_int(patience) and patience >= 1, "an int >= 1")
+        need("grad_ratio", grad_ratio, is_num(grad_ratio) and grad_ratio > 1, "a number > 1")
+        need("spike_frac", spike_frac, is_num(spike_frac) and 0 < spike_frac <= 1, "a number in (0, 1]")
+        need("progress_tol", progress_tol, is_num(progress_tol) and progress_tol >= 0, "a number >= 0")
+        need("flat_tol", flat_tol, is_num(flat_tol) and 0 < flat_tol < 0.5, "a number in (0, 0.5)")
+        if flat_steps is None:
+            flat_steps = 2 * window
+        need("flat_steps", flat_steps, is_int(flat_steps) and flat_steps >= window, f"an int >= window={window}")
+        if check_every is None:
+            check_every = max(1, window // 10)
+        need("check_every", check_every, is_int(check_every) and check_every >= 1, "an int >= 1")
+        need("loss_floor", loss_floor, is_num(loss_floor), "a finite number")
+        self._config: dict[str, Any] = {
+            "window": window,
+            "short": int(short),
+            "diverge_ratio": float(diverge_ratio),
+            "noise_z": float(noise_z),
+            "min_rise": float(min_rise),
+            "patience": int(patience),
+            "grad_ratio": float(grad_ratio),
+            "spike_frac": float(spike_frac),
+            "progress_tol": float(progress_tol),
+            "flat_tol": float(flat_tol),
+            "flat_steps": int(flat_steps),
+            "check_every": int(check_every),
+            "loss_floor": float(loss_floor),
+        }
+        for k, v in self._config.items():
+            setattr(self, "_" + k, v)
+        self.reset()
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def config(self) -> dict[str, Any]:
+        """The thresholds this doctor was built with (keyword arguments of the constructor)."""
+        return dict(self._config)
+
+    @property
+    def diagnosis(self) -> Diagnosis:
+        """The latest verdict."""
+        return self._diag
+
+    @property
+    def history(self) -> list[Diagnosis]:
+        """Every non-healthy verdict change, in order (the first detection of each problem)."""
+        return list(self._history)
+
+    @property
+    def n_observations(self) -> int:
+        return self._n
+
+    def reset(self) -> None:
+        """Forget everything observed (thresholds are kept)."""
+        W = self._window
+        self._y = _Ring(W)  # log(loss - floor)
+        self._gn = _Ring(W)  # gradient norms
+        self._n = 0
+        self._last_step: int | None = None
+        self._first_step: int | None = None
+        self._first: list[float] = []  # first `short` losses (above floor)
+        self._first_window: list[float] = []  # first W losses (above floor)
+        self._early_spike_step: int | None = None  # first step in the first W with a loss > rho * L0
+        self._gn_first: list[float] = []
+        self._best = math.inf  # best level b (log)
+        self._best_window = math.inf  # lowest window median (raw, above floor), for `flat`
+        self._lr_window: list[float] = []  # LR at each window check, for warmup detection
+        self._best_center_step: int | None = None
+        self._sigma = math.nan  # noise sd of y
+        self._div_count = 0
+        self._div_onset: int | None = None
+        self._slow_verdict = "healthy"  # result of the last window check (fluctuating/flat)
+        self._slow_onset: int | None = None
+        self._slow_evidence: dict[str, float] = {}
+        self._nan_step: int | None = None
+        self._nan_what = ""
+        self._lr: float | None = None
+        self._lr_at: dict[str, float] = {}
+        self._diag = Diagnosis("healthy", None, None, {}, (), "no observations yet")
+        self._history: list[Diagnosis] = []
+        self._level = math.nan
+
+    def observe(
+        self,
+        step: int,
+        loss: float,
+        *,
+        lr: float | None = None,
+        grad_norm: float | None = None,
+        val_loss: float | None = None,
+        metrics: Mapping[str, float] | None = None,
+    ) -> Diagnosis:
+        """Feed one observation; return the current verdict.
+
+        Args:
+            step: the step (or epoch) of this observation; strictly increasing.
+            loss: the training loss at that step (may be ``nan``/``inf``: that is the ``nan``
+                verdict).
+            lr: the learning rate used at that step, if known (used in the advice).
+            grad_norm: the global gradient norm, if known (non-finite -> ``nan``; an explosion
+                -> ``diverging``).
+            val_loss: a validation loss, if one was computed at that step (non-finite -> ``nan``).
+            metrics: other metrics (e.g. accuracy); non-finite values are reported as evidence,
+                they do not change the verdict.
+
+        Returns:
+            The :class:`Diagnosis` after this observation (also :attr:`diagnosis`).
+        """
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
+            raise ValueError(f"Doctor.observe: step must be an int, got {step!r}")
+        step = int(step)
+        if self._last_step is not None and step <= self._last_step:
+            raise ValueError(
+                f"Doctor.observe: step must increase, got {step} after {self._last_step} "
+                "(call reset() or load_state_dict() after a rollback)"
+            )
+        loss = self._as_float("loss", loss)
+        lr_f = None if lr is None else self._as_float("lr", lr)
+        gn = None if grad_norm is None else self._as_float("grad_norm", grad_norm)
+        vl = None if val_loss is None else self._as_float("val_loss", val_loss)
+        self._last_step = step
+        if self._first_step is None:
+            self._first_step = step
+        if lr_f is not None:
+            self._lr = lr_f
+
+        if self._nan_step is not None:  # sticky
+            return self._diag
+        bad = None
+        if not math.isfinite(loss):
+            bad = f"loss is {loss}"
+        elif gn is not None and not math.isfinite(gn):
+            bad = f"gradient norm is {gn}"
+        elif vl is not None and not math.isfinite(vl):
+            bad = f"validation loss is {vl}"
+        if bad is not None:
+            self._nan_step = step
+            self._nan_what = bad
+            return self._set(self._nan_diagnosis(step, loss, gn, vl))
+
+        f = self._loss_floor
+        if loss < f:
+            raise ValueError(
+                f"Doctor.observe: loss must be >= loss_floor={f}, got {loss} at step {step} "
+                "(pass Doctor(loss_floor=...) a lower bound of your loss)"
+            )
+        above = loss - f
+        y = math.log(max(above, _TINY))
+        self._n += 1
+        n = self._n
+        self._y.push(step, y)
+        if len(self._first) < self._short:
+            self._first.append(above)
+        if len(self._first_window) < self._window:
+            self._first_window.append(above)
+            if self._early_spike_step is None and len(self._first) >= 1:
+                L0 = self._initial_level()
+                if above > self._diverge_ratio * L0 and above - L0 > self._min_rise * L0:
+                    self._early_spike_step = step
+        if gn is not None:
+            self._gn.push(step, gn)
+            if len(self._gn_first) < self._short:
+                self._gn_first.append(gn)
+
+        # --- level and best (every step, O(short)) -------------------------------------
+        s = self._short
+        k = min(s, n)
+        level = _median(self._y.last(k))
+        self._level = level
+        if level < self._best:
+            self._best = level
+            # centre of the median's window: the level began rising after it
+            self._best_center_step = self._y.steps[(self._y.pos - 1 - k // 2) % self._y.size]
+
+        # --- window checks every `check_every` steps (O(W)) -----------------------------
+        if n >= 4 and (n % self._check_every == 0 or math.isnan(self._sigma)):
+            self._window_check()
+
+        # --- diverging ---------------------------------------------------------------------
+        div_ev = self._diverging_evidence(level)
+        if div_ev is not None:
+            self._div_count += 1
+            if self._div_count == 1:
+                self._div_onset = self._onset_after_best(step)
+        else:
+            self._div_count = 0
+            self._div_onset = None
+        if div_ev is not None and self._div_count >= self._patience:
+            d = self._make("diverging", self._div_onset, step, div_ev)
+        elif self._slow_verdict != "healthy":
+            d = self._make(self._slow_verdict, self._slow_onset, step, dict(self._slow_evidence))
+        else:
+            d = Diagnosis(
+                "healthy",
+                None,
+                None,
+                self._base_evidence(),
+                (),
+                f"no problem detected after {n} observations",
+            )
+        if metrics:
+            ev = dict(d.evidence)
+            for name, v in metrics.items():
+                v = self._as_float(f"metrics[{name!r}]", v)
+                if not math.isfinite(v):
+                    ev[f"nonfinite_metric_{name}"] = v
+            if ev != d.evidence:
+                d = Diagnosis(d.verdict, d.step, d.detected_at, ev, d.advice, d.message)
+        return self._set(d)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: ``{"config": ..., "state": ...}`` (plain JSON types)."""
+        state = {
+            "y": self._y.state(),
+            "gn": self._gn.state(),
+            "n": self._n,
+            "last_step": self._last_step,
+            "first_step": self._first_step,
+            "first": list(self._first),
+            "first_window": list(self._first_window),
+            "gn_first": list(self._gn_first),
+            "early_spike_step": self._early_spike_step,
+            "best": None if math.isinf(self._best) else self._best,
+            "best_center_step": self._best_center_step,
+            "best_window": None if math.isinf(self._best_window) else self._best_window,
+            "lr_window": list(self._lr_window),
+            "sigma": None if math.isnan(self._sigma) else self._sigma,
+            "div_count": self._div_count,
+            "div_onset": self._div_onset,
+            "slow_verdict": self._slow_verdict,
+            "slow_onset": self._slow_onset,
+            "slow_evidence": dict(self._slow_evidence),
+            "nan_step": self._nan_step,
+            "nan_what": self._nan_what,
+            "lr": self._lr,
+            "diagnosis": self._diag.to_dict(),
+            "history": [h.to_dict() for h in self._history],
+        }
+        return {"config": self.config, "state": state}
+
+    def load_state_dict(self, d: Mapping[str, Any]) -> None:
+        """Resume from :meth:`state_dict`. The thresholds must match this doctor's."""
+        if not isinstance(d, Mapping) or "config" not in d or "state" not in d:
+            raise ValueError("Doctor.load_state_dict: expected a dict with keys 'config' and 'state' from state_dict()")
+        if dict(d["config"]) != self._config:
+            diff = {k: (d["config"].get(k), v) for k, v in self._config.items() if d["config"].get(k) != v}
+            raise ValueError(f"Doctor.load_state_dict: config differs from this doctor's (saved, current): {diff}")
+        s = d["state"]
+        self.reset()
+        self._y.load(s["y"])
+        self._gn.load(s["gn"])
+        self._n = int(s["n"])
+        self._last_step = s["last_step"]
+        self._first_step = s["first_step"]
+        self._first = [float(v) for v in s["first"]]
+        self._first_window = [float(v) for v in s["first_window"]]
+        self._gn_first = [float(v) for v in s["gn_first"]]
+        self._early_spike_step = s["early_spike_step"]
+        self._best = math.inf if s["best"] is None else float(s["best"])
+        self._best_center_step = s["best_center_step"]
+        self._best_window = math.inf if s["best_window"] is None else float(s["best_window"])
+        self._lr_window = [float(v) for v in s["lr_window"]]
+        self._sigma = math.nan if s["sigma"] is None else float(s["sigma"])
+        self._div_count = int(s["div_count"])
+        self._div_onset = s["div_onset"]
+        self._slow_verdict = s["slow_verdict"]
+        self._slow_onset = s["slow_onset"]
+        self._slow_evidence = {k: float(v) for k, v in s["slow_evidence"].items()}
+        self._nan_step = s["nan_step"]
+        self._nan_what = s["nan_what"]
+        self._lr = s["lr"]
+        self._diag = _diag_from_dict(s["diagnosis"])
+        self._history = [_diag_from_dict(h) for h in s["history"]]
+        if self._n:
+            self._level = _median(self._y.last(min(self._short, self._n)))
+
+    # ------------------------------------------------------------------ internals
+    @staticmethod
+    def _as_float(name: str, v: Any) -> float:
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"Doctor.observe: {name} must be a number, got {v!r}") from None
+
+    def _set(self, d: Diagnosis) -> Diagnosis:
+        prev = self._diag
+        if d.verdict != "healthy" and d.verdict != prev.verdict:
+            key = (d.verdict, d.step)
+            if not any((h.verdict, h.step) == key for h in self._history):
+                self._history.append(d)
+        self._diag = d
+        return d
+
+    def _initial_level(self) -> float:
+        # the first loss is taken at the initial weights, before any update could blow up
+        return min(self._first[0], _median(self._first)) if self._first else math.nan
+
+    def _onset_after_best(self, step: int) -> int:
+        if self._best_center_step is None:
+            return step
+        # the first step after the best level's centre
+        return min(self._best_center_step + 1, step)
+
+    def _base_evidence(self) -> dict[str, float]:
+        ev: dict[str, float] = {}
+        f = self._loss_floor
+        if not math.isnan(self._level):
+            ev["loss_level"] = math.exp(self._level) + f
+        if not math.isinf(self._best):
+            ev["best_loss_level"] = math.exp(self._best) + f
+            ev["loss_ratio_to_best"] = math.exp(self._level - self._best)
+        if self._first:
+            ev["initial_loss_level"] = self._initial_level() + f
+        if not math.isnan(self._sigma):
+            ev["noise_sigma"] = self._sigma
+        if self._lr is not None:
+            ev["lr"] = self._lr
+        return ev
+
+    def _diverging_evidence(self, level: float) -> dict[str, float] | None:
+        ev = None
+        if not math.isinf(self._best) and self._n >= min(self._short, 3):
+            sig = 0.0 if math.isnan(self._sigma) else self._sigma
+            sig_s = _MEDIAN_EFF * sig / math.sqrt(self._short)
+            margin = max(math.log(self._diverge_ratio), self._noise_z * sig_s)
+            rise = math.exp(level) - math.exp(self._best)
+            L0 = self._initial_level()
+            if level - self._best > margin and rise > self._min_rise * L0:
+                ev = self._base_evidence()
+                ev["log_margin"] = margin
+                ev["rise_over_initial"] = rise / L0 if L0 > 0 else math.inf
+        if self._gn.n >= self._short and self._gn_first:
+            ref = _median(self._gn_first)
+            cur = _median(self._gn.last(self._short))
+            if ref > 0 and cur > self._grad_ratio * ref:
+                ev = ev if ev is not None else self._base_evidence()
+                ev["grad_norm_ratio"] = cur / ref
+        if ev is not None and self._gn.n and self._gn_first and "grad_norm_ratio" not in ev:
+            ref = _median(self._gn_first)
+            if ref > 0:
+                ev["grad_norm_ratio"] = _median(self._gn.last(self._short)) / ref
+        return ev
+
+    def _window_check(self) -> None:
+        y, steps = self._y.ordered()
+        W = self._window
+        if len(y) >= 4:
+            dy = np.diff(y)
+            mad = float(np.median(np.abs(dy - np.median(dy))))
+            self._sigma = _MAD_TO_SD * mad / math.sqrt(2.0)
+        self._slow_verdict, self._slow_onset, self._slow_evidence = "healthy", None, {}
+        if self._n < W or math.isinf(self._best):
+            return
+        M = float(np.median(np.exp(y)))
+        self._best_window = min(self._best_window, M)
+        if self._lr is not None:
+            self._lr_window = (self._lr_window + [self._lr])[-(W // self._check_every + 1):]
+        L0 = self._initial_level()
+        sig = self._sigma
+        # fluctuating: spikes far above the best, and no progress over the window
+        thr = self._best + max(math.log(self._diverge_ratio), self._noise_z * sig / 2.0)
+        best_raw = math.exp(self._best)
+        spikes = (y > thr) & (np.exp(y) - best_raw > self._min_rise * L0)
+        frac = float(spikes.mean())
+        h = W // 2
+        progress = float(np.median(y[:h]) - np.median(y[h:]))
+        prog_thr = max(math.log1p(self._progress_tol), 2 * _MEDIAN_EFF * sig * math.sqrt(2.0 / W))
+        ev = self._base_evidence()
+        ev["spike_fraction"] = frac
+        ev["window_log_progress"] = progress
+        dm = np.diff(y)
+        signs = np.sign(dm[dm != 0])
+        ev["osc_index"] = float(np.mean(signs[1:] != signs[:-1])) if len(signs) > 1 else 0.0
+        # separate spike episodes (runs of consecutive spikes); a steady rise is one episode
+        episodes = int(spikes[0]) + int(np.sum(spikes[1:] & ~spikes[:-1]))
+        ev["spike_episodes"] = float(episodes)
+        level_back = self._level - self._best <= max(math.log(self._diverge_ratio), self._noise_z * _MEDIAN_EFF * sig / math.sqrt(self._short))
+        if frac >= self._spike_frac and episodes >= 2 and level_back and progress < prog_thr:
+            self._slow_verdict = "fluctuating"
+            self._slow_onset = int(steps[int(np.argmax(spikes))])
+            self._slow_evidence = ev
+            return
+        # flat: never really started to decrease
+        # (not while the LR is still rising by half or more over a window: a warmup starts flat)
+        warming_up = len(self._lr_window) > 1 and self._lr_window[-1] > 1.5 * self._lr_window[0]
+        if self._n >= self._flat_steps and not warming_up:
+            R = max(L0, _median(self._first_window))
+            rel = (R - M) / R if R > 0 else 0.0
+            best_raw_rel = (R - self._best_window) / R if R > 0 else 0.0
+            if rel < self._flat_tol and best_raw_rel < 2 * self._flat_tol:
+                ev["relative_progress"] = rel
+                ev["best_relative_progress"] = best_raw_rel
+                if self._early_spike_step is not None:
+                    # blew up in the first window, then stuck: a dead network, the LR is too high
+                    ev["early_max_ratio"] = max(self._first_window) / L0 if L0 > 0 else math.inf
+                    self._slow_verdict = "diverging"
+                    self._slow_onset = self._early_spike_step
+                else:
+                    self._slow_verdict = "flat"
+                    self._slow_onset = self._first_step
+                self._slow_evidence = ev
+
+    def _nan_diagnosis(self, step: int, loss: float, gn: float | None, vl: float | None) -> Diagnosis:
+        ev = self._base_evidence()
+        ev["loss"] = loss
+        if gn is not None:
+            ev["grad_norm"] = gn
+        if vl is not None:
+            ev["val_loss"] = vl
+        advice = [
+            _scaled(self._lr, 10, "lower"),
+            "clip gradients (e.g. max norm 1.0)",
+            "add warmup" if self._n < 2 * self._window else "check the data and the loss for inf/NaN (e.g. log(0), division by zero)",
+            "with fp16, use bf16 or a loss scaler",
+        ]
+        if self._div_count > 0 and self._div_onset is not None:
+            ev["rising_since_step"] = float(self._div_onset)
+        msg = f"the {self._nan_what} at step {step}" + (f" (LR {_fmt_lr(self._lr)})" if self._lr is not None else "")
+        return Diagnosis("nan", step, step, ev, tuple(advice), msg[0].upper() + msg[1:] + ".")
+
+    def _make(self, verdict: str, onset: int | None, step: int, ev: dict[str, float]) -> Diagnosis:
+        lr = self._lr
+        if verdict == "diverging":
+            advice = [_scaled(lr, 10, "lower")]
+            if onset is not None and self._first_step is not None and self._n <= 2 * self._window:
+                advice.append("add warmup (e.g. 5-10% of the steps)")
+            if "grad_norm_ratio" in ev and ev["grad_norm_ratio"] > self._grad_ratio:
+                advice.insert(1, "clip gradients (e.g. max norm 1.0)")
+            else:
+                advice.append("clip gradients (e.g. max norm 1.0)")
+            ratio = ev.get("loss_ratio_to_best", math.nan)
+            why = (
+                f"the loss level is {ratio:.3g}x its best"
+                if math.isfinite(ratio) and ratio > 1
+                else f"the gradient norm is {ev.get('grad_norm_ratio', math.nan):.3g}x its initial value"
+            )
+            msg = f"The loss is diverging since step {onset}: {why}."
+            if "early_max_ratio" in ev:
+                msg = (
+                    f"The loss blew up to {ev['early_max_ratio']:.3g}x its initial value at step {onset} and has "
+                    "not decreased since (the network is likely dead)."
+                )
+        elif verdict == "fluctuating":
+            advice = [
+                _scaled(lr, 3, "lower"),
+                "use a decaying schedule (e.g. cosine) or a larger batch",
+                "clip gradients (e.g. max norm 1.0)",
+            ]
+            msg = (
+                f"The loss is fluctuating without progress: {100 * ev.get('spike_fraction', 0):.0f}% of the last "
+                f"{self._window} steps spiked far above its best."
+            )
+        elif verdict == "flat":
+            rel = ev.get("relative_progress", 0.0)
+            advice = [
+                _scaled(lr, 10 if rel < 0.02 else 3, "raise"),
+                "run an LR range test (lrkit find)",
+                "check that gradients reach the parameters (frozen layers, zero grad norm)",
+            ]
+            msg = f"The loss is flat: it moved {100 * rel:.1f}% of its initial level in {self._n} steps."
+        else:  # pragma: no cover - internal
+            raise ValueError(f"unknown verdict {verdict!r}")
+        return Diagnosis(verdict, onset, step, ev, tuple(advice), msg)
+
+
+def _diag_from_dict(d: Mapping[str, Any]) -> Diagnosis:
+    ev = {k: (math.nan if v is None else float(v)) for k, v in d["evidence"].items()}
+    return Diagnosis(d["verdict"], d["step"], d["detected_at"], ev, tuple(d["advice"]), d["message"])

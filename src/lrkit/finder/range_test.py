@@ -1,0 +1,373 @@
+"""The learning-rate range test on the :class:`~lrkit.finder.trainer.Trainer` protocol (NumPy only).
+
+The range test (Smith, "Cyclical Learning Rates for Training Neural Networks", 2017) trains for
+``num_iter`` optimizer steps while the learning rate grows from ``start_lr`` to ``end_lr``, and
+records the training loss of every step. The loss curve against the LR shows where training starts
+to make progress and where it breaks down; :func:`find` turns it into a suggestion.
+
+The ramp. With :math:`N` = ``num_iter`` steps and :math:`i = 0, \\dots, N-1`:
+
+.. math::
+
+    \\eta_i = \\eta_0 \\left(\\frac{\\eta_1}{\\eta_0}\\right)^{i/(N-1)} \\quad\\text{(mode="exp")},
+    \\qquad
+    \\eta_i = \\eta_0 + (\\eta_1 - \\eta_0)\\,\\frac{i}{N-1} \\quad\\text{(mode="linear")}
+
+where :math:`\\eta_0` = ``start_lr`` and :math:`\\eta_1` = ``end_lr``: both endpoints are hit
+exactly.
+
+Smoothing and divergence. The raw losses :math:`\\ell_i` are smoothed by a bias-corrected
+exponential moving average with weight :math:`\\alpha` = ``smooth`` on the newest loss:
+
+.. math::
+
+    m_i = (1-\\alpha)\\, m_{i-1} + \\alpha\\, \\ell_i,\\quad m_{-1} = 0,\\qquad
+    \\bar\\ell_i = \\frac{m_i}{1 - (1-\\alpha)^{i+1}}
+
+(:math:`\\alpha = 1` means no smoothing). The test stops early when the smoothed loss exceeds
+``diverge_threshold`` times the best smoothed loss so far,
+:math:`\\bar\\ell_i > \\tau \\min_{j \\le i} \\bar\\ell_j`, or when a loss is NaN or infinite (that
+step is not recorded). Whatever happens (normal end, divergence, an exception, ``KeyboardInterrupt``)
+the trainer's snapshot is restored before :func:`run_range_test` returns or raises.
+
+Example:
+    >>> import numpy as np
+    >>> class Quadratic:                     # a ten-line Trainer: gradient descent on w**2
+    ...     def __init__(self): self.w = 1.0
+    ...     def snapshot(self): return self.w
+    ...     def restore(self, state): self.w = state
+    ...     def step(self, lr):
+    ...         self.w -= lr * 2 * self.w
+    ...         return self.w ** 2
+    ...     def evaluate(self): return None
+    >>> t = Quadratic()
+    >>> rec = run_range_test(t, start_lr=1e-4, end_lr=10.0, num_iter=50)
+    >>> rec.stopped_early, t.w               # diverged past lr = 1, and w is restored
+    (True, 1.0)
+    >>> bool(rec.lrs[0] == 1e-4)
+    True
+"""
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from lrkit.finder.trainer import Trainer
+
+__all__ = ["RangeTestRecord", "lr_ramp", "run_range_test", "find", "DEFAULT_VERIFY_STEPS"]
+
+#: optimizer steps per candidate run spent by :func:`find` when ``verify_steps=True``.
+DEFAULT_VERIFY_STEPS = 30
+
+ProgressFn = Callable[[int, float, float], None]
+
+
+@dataclass(frozen=True)
+class RangeTestRecord:
+    """What a range test measured.
+
+    Attributes:
+        lrs: the learning rate of every recorded step (float64, increasing).
+        losses: the raw training loss of every recorded step (all finite).
+        smoothed: the bias-corrected EMA of ``losses`` (see the module docstring).
+        stopped_early: ``True`` if the test stopped before ``num_iter`` steps (divergence).
+        reason: why it stopped, in words (``"completed 100 steps"``, ``"loss is nan at ..."``).
+        num_iter: the number of steps that were planned.
+    """
+
+    lrs: np.ndarray
+    losses: np.ndarray
+    smoothed: np.ndarray
+    stopped_early: bool
+    reason: str
+    num_iter: int = field(default=0)
+
+
+def _check_lr(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    value = float(value)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return value
+
+
+def _check_args(start_lr, end_lr, num_iter, mode, smooth, diverge_threshold) -> tuple[float, float]:
+    start = _check_lr("start_lr", start_lr)
+    end = _check_lr("end_lr", end_lr)
+    if not start < end:
+        raise ValueError(f"start_lr must be < end_lr, got start_lr={start!r} and end_lr={end!r}")
+    if isinstance(num_iter, bool) or not isinstance(num_iter, (int, np.integer)) or num_iter < 2:
+        raise ValueError(f"num_iter must be an integer >= 2, got {num_iter!r}")
+    if mode not in ("exp", "linear"):
+        raise ValueError(f"mode must be 'exp' or 'linear', got {mode!r}")
+    if isinstance(smooth, bool) or not isinstance(smooth, (int, float, np.floating)) or not (0 < smooth <= 1):
+        raise ValueError(f"smooth must be a number in (0, 1] (1 = no smoothing), got {smooth!r}")
+    if (
+        isinstance(diverge_threshold, bool)
+        or not isinstance(diverge_threshold, (int, float, np.floating, np.integer))
+        or not (math.isfinite(diverge_threshold) and diverge_threshold > 1)
+    ):
+        raise ValueError(f"diverge_threshold must be a finite number > 1, got {diverge_threshold!r}")
+    return start, end
+
+
+def lr_ramp(start_lr: float, end_lr: float, num_iter: int, mode: str = "exp") -> np.ndarray:
+    """The learning rates of a range test, ``num_iter`` values from ``start_lr`` to ``end_lr``.
+
+    .. math::
+
+        \\eta_i = \\eta_0 (\\eta_1/\\eta_0)^{i/(N-1)} \\ (\\text{exp}),\\qquad
+        \\eta_i = \\eta_0 + (\\eta_1-\\eta_0)\\, i/(N-1) \\ (\\text{linear})
+
+    Both endpoints are exact and the ramp is strictly increasing.
+
+    Example:
+        >>> lr_ramp(1e-3, 1.0, 4).round(6).tolist()
+        [0.001, 0.01, 0.1, 1.0]
+        >>> lr_ramp(0.1, 0.4, 4, mode="linear").round(6).tolist()
+        [0.1, 0.2, 0.3, 0.4]
+    """
+    start, end = _check_args(start_lr, end_lr, num_iter, mode, 0.05, 4.0)
+    frac = np.arange(num_iter, dtype=np.float64) / (num_iter - 1)
+    if mode == "exp":
+        lrs = start * (end / start) ** frac
+    else:
+        lrs = start + (end - start) * frac
+    lrs[0], lrs[-1] = start, end
+    # rounding can make two neighbours equal when the range is tiny; keep it strictly increasing
+    return np.maximum.accumulate(lrs)
+
+
+def run_range_test(
+    trainer: Trainer,
+    *,
+    start_lr: float,
+    end_lr: float,
+    num_iter: int = 100,
+    mode: str = "exp",
+    smooth: float = 0.05,
+    diverge_threshold: float = 4.0,
+    progress: ProgressFn | None = None,
+) -> RangeTestRecord:
+    """Run the LR range test on ``trainer`` and restore its state afterwards.
+
+    Args:
+        trainer: any object with ``snapshot()``, ``restore(state)`` and ``step(lr) -> float``.
+        start_lr: first learning rate, finite and > 0.
+        end_lr: last learning rate, finite and > ``start_lr``.
+        num_iter: number of optimizer steps planned, an integer >= 2.
+        mode: ``"exp"`` (geometric ramp, the usual choice) or ``"linear"``.
+        smooth: EMA weight of the newest loss, in (0, 1]; 1 disables smoothing.
+        diverge_threshold: stop when the smoothed loss exceeds this multiple (> 1) of the best one.
+        progress: optional callback ``progress(i, lr, loss)`` called after every step (the core
+            never prints).
+
+    Returns:
+        A :class:`RangeTestRecord`.
+
+    Raises:
+        ValueError: bad arguments, or the loss is not finite at the very first step (the model or
+            data is broken, or ``start_lr`` is already too high).
+
+    Example:
+        >>> class Const:
+        ...     def snapshot(self): return None
+        ...     def restore(self, state): pass
+        ...     def step(self, lr): return 1.0
+        ...     def evaluate(self): return None
+        >>> run_range_test(Const(), start_lr=0.01, end_lr=1.0, num_iter=3).losses.tolist()
+        [1.0, 1.0, 1.0]
+    """
+    lrs_planned = lr_ramp(start_lr, end_lr, num_iter, mode)
+    _check_args(start_lr, end_lr, num_iter, mode, smooth, diverge_threshold)
+    for attr in ("snapshot", "restore", "step"):
+        if not callable(getattr(trainer, attr, None)):
+            raise ValueError(
+                f"trainer must implement the Trainer protocol (snapshot, restore, step); "
+                f"{type(trainer).__name__} has no method {attr!r}"
+            )
+    smooth = float(smooth)
+    lrs: list[float] = []
+    losses: list[float] = []
+    smoothed: list[float] = []
+    stopped_early = False
+    reason = f"completed {num_iter} steps"
+    avg = 0.0
+    best = math.inf
+    state = trainer.snapshot()
+    try:
+        for i, lr in enumerate(lrs_planned):
+            lr = float(lr)
+            loss = float(trainer.step(lr))
+            if not math.isfinite(loss):
+                if i == 0:
+                    raise ValueError(
+                        f"loss is not finite at the first step (lr={lr:.3g}, loss={loss}): "
+                        "check the model/data, or lower start_lr"
+                    )
+                stopped_early = True
+                reason = f"loss is {loss} at step {i} (lr={lr:.3g})"
+                break
+            avg = (1.0 - smooth) * avg + smooth * loss
+            sm = avg / (1.0 - (1.0 - smooth) ** (i + 1))
+            lrs.append(lr)
+            losses.append(loss)
+            smoothed.append(sm)
+            if progress is not None:
+                progress(i, lr, loss)
+            best = min(best, sm)
+            if sm > diverge_threshold * best:
+                stopped_early = i < num_iter - 1
+                if stopped_early:
+                    reason = (
+                        f"diverged at step {i} (lr={lr:.3g}): smoothed loss {sm:.4g} > "
+                        f"{diverge_threshold:g} x best {best:.4g}"
+                    )
+                break
+    finally:
+        trainer.restore(state)
+        del state
+    return RangeTestRecord(
+        lrs=np.asarray(lrs, dtype=np.float64),
+        losses=np.asarray(losses, dtype=np.float64),
+        smoothed=np.asarray(smoothed, dtype=np.float64),
+        stopped_early=stopped_early,
+        reason=reason,
+        num_iter=int(num_iter),
+    )
+
+
+def _steepest_fallback(lrs: np.ndarray, losses: np.ndarray) -> dict:
+    """Steepest descent of the smoothed loss against log(lr) (used only without ``suggest``)."""
+    if len(lrs) < 3:
+        raise ValueError(
+            f"the range test recorded only {len(lrs)} steps before diverging; lower start_lr "
+            "or raise num_iter"
+        )
+    grad = np.gradient(losses, np.log(lrs))
+    i = int(np.argmin(grad))
+    lr = float(lrs[i])
+    return {
+        "lr": lr,
+        "method": "steepest",
+        "band": (float(lrs[max(i - 1, 0)]), float(lrs[min(i + 1, len(lrs) - 1)])),
+        "rules": {"steepest": lr},
+        "details": {"note": "lrkit.finder.suggest not available; steepest slope of the smoothed loss"},
+    }
+
+
+def _suggest(record: RangeTestRecord, trainer, *, family, verify_steps, batch_size, target_batch_size, rng_seed):
+    try:
+        suggest_mod = importlib.import_module("lrkit.finder.suggest")
+    except ModuleNotFoundError as exc:
+        if exc.name != "lrkit.finder.suggest":
+            raise
+        return _steepest_fallback(record.lrs, record.smoothed)
+    s = suggest_mod.suggest(
+        record.lrs,
+        record.losses,
+        trainer=trainer if verify_steps > 0 else None,
+        family=family,
+        verify_steps=verify_steps,
+        batch_size=batch_size,
+        target_batch_size=target_batch_size,
+        rng_seed=rng_seed,
+    )
+    return {"lr": s.lr, "method": s.method, "band": tuple(s.band), "rules": dict(s.rules), "details": dict(s.details)}
+
+
+def find(
+    trainer: Trainer,
+    *,
+    start_lr: float,
+    end_lr: float,
+    num_iter: int = 100,
+    mode: str = "exp",
+    smooth: float = 0.05,
+    diverge_threshold: float = 4.0,
+    progress: ProgressFn | None = None,
+    verify_steps: int = 0,
+    family: str = "unknown",
+    batch_size: int | None = None,
+    target_batch_size: int | None = None,
+    rng_seed: int = 0,
+):
+    """Range test plus suggestion on any Trainer: the framework-free core of ``find_lr``.
+
+    Runs :func:`run_range_test`, then :func:`lrkit.finder.suggest.suggest` on the raw losses; with
+    ``verify_steps > 0`` the suggestion may spend that many optimizer steps per candidate LR on
+    short runs from the same starting state (the trainer is snapshotted before and restored after,
+    so it ends exactly as it started).
+
+    Returns:
+        A :class:`lrkit.finder.result.FinderResult`.
+
+    Example:
+        >>> class Quadratic:
+        ...     def __init__(self): self.w = 1.0
+        ...     def snapshot(self): return self.w
+        ...     def restore(self, state): self.w = state
+        ...     def step(self, lr):
+        ...         self.w -= lr * 2 * self.w
+        ...         return self.w ** 2 + 0.01
+        ...     def evaluate(self): return None
+        >>> res = find(Quadratic(), start_lr=1e-4, end_lr=10.0, num_iter=60)
+        >>> 1e-3 < res.suggestion < 1.0
+        True
+    """
+    from lrkit.finder.result import FinderResult
+
+    if isinstance(verify_steps, bool) or not isinstance(verify_steps, (int, np.integer)) or verify_steps < 0:
+        raise ValueError(f"verify_steps must be an integer >= 0, got {verify_steps!r}")
+    record = run_range_test(
+        trainer,
+        start_lr=start_lr,
+        end_lr=end_lr,
+        num_iter=num_iter,
+        mode=mode,
+        smooth=smooth,
+        diverge_threshold=diverge_threshold,
+        progress=progress,
+    )
+    if len(record.lrs) < 2:
+        raise ValueError(
+            f"the range test stopped after {len(record.lrs)} step(s) ({record.reason}); "
+            "lower start_lr or check the model/data"
+        )
+    if verify_steps > 0:
+        state = trainer.snapshot()
+        try:
+            sugg = _suggest(
+                record, trainer, family=family, verify_steps=int(verify_steps), batch_size=batch_size,
+                target_batch_size=target_batch_size, rng_seed=rng_seed,
+            )
+        finally:
+            trainer.restore(state)
+            del state
+    else:
+        sugg = _suggest(
+            record, None, family=family, verify_steps=0, batch_size=batch_size,
+            target_batch_size=target_batch_size, rng_seed=rng_seed,
+        )
+    details = dict(sugg["details"])
+    details.setdefault("stop_reason", record.reason)
+    details.setdefault("family", family)
+    details.setdefault("verify_steps", int(verify_steps))
+    return FinderResult(
+        lrs=record.lrs,
+        losses=record.losses,
+        smoothed_losses=record.smoothed,
+        suggestion=float(sugg["lr"]),
+        method=str(sugg["method"]),
+        rules=dict(sugg["rules"]),
+        band=(float(sugg["band"][0]), float(sugg["band"][1])),
+        details=details,
+        stopped_early=record.stopped_early,
+        num_iter=record.num_iter,
+        batch_size=batch_size,
+    )

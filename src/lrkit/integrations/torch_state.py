@@ -1,0 +1,231 @@
+"""Bitwise snapshot and in-place restore of everything a PyTorch training step changes.
+
+What is saved (one copy, on the CPU whatever the model's device):
+
+* the model's parameters and buffers (persistent or not: BatchNorm running statistics and
+  ``num_batches_tracked`` included), the parameters' ``.grad`` when they have one, and every
+  submodule's train/eval mode;
+* each optimizer's per-parameter state (momentum buffers, Adam moments, step counts) and every
+  param-group entry except ``params`` (``lr``, betas, weight decay, ``initial_lr`` of an attached
+  scheduler, ...);
+* a ``GradScaler``'s scale, growth tracker and factors;
+* the RNG states: torch CPU, every CUDA device (when CUDA is initialised), NumPy's global
+  ``np.random``, Python's ``random``, and the ``torch.Generator`` of a data loader or its sampler.
+
+Restoring writes the saved values back **into the existing tensors** (``Tensor.copy_``) wherever
+the tensor still exists with the same shape, dtype and device, so the optimizer keeps referencing
+the very same parameter objects and nothing outside sees a new tensor. Entries created after the
+snapshot (e.g. Adam's state on its first step) are removed; entries that were replaced are
+re-created on their original device.
+
+Example:
+    >>> import torch
+    >>> model = torch.nn.Linear(2, 1)
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    >>> before = model.weight.detach().clone()
+    >>> snap = TorchSnapshot.take(model, [opt])
+    >>> model(torch.ones(1, 2)).sum().backward(); opt.step()
+    >>> snap.restore(model, [opt])
+    >>> torch.equal(model.weight.detach(), before), len(opt.state)
+    (True, 0)
+"""
+from __future__ import annotations
+
+import copy
+import random
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["TorchSnapshot", "loader_generators"]
+
+
+@dataclass(frozen=True)
+class _SavedTensor:
+    tensor: torch.Tensor  # a CPU copy
+    device: torch.device
+    requires_grad: bool
+
+
+def _save(value: Any) -> Any:
+    """Deep copy with tensors cloned to the CPU (recording their device)."""
+    if isinstance(value, torch.Tensor):
+        return _SavedTensor(value.detach().to("cpu", copy=True), value.device, value.requires_grad)
+    if isinstance(value, dict):
+        return {k: _save(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_save(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_save(v) for v in value)
+    return copy.deepcopy(value)
+
+
+def _load(current: Any, saved: Any) -> Any:
+    """The restored value of ``saved``, written into ``current`` in place when possible."""
+    if isinstance(saved, _SavedTensor):
+        t = saved.tensor
+        if (
+            isinstance(current, torch.Tensor)
+            and current.shape == t.shape
+            and current.dtype == t.dtype
+            and current.device == saved.device
+        ):
+            with torch.no_grad():
+                current.copy_(t)
+            return current
+        fresh = t.to(saved.device, copy=True)
+        return fresh.requires_grad_(saved.requires_grad) if fresh.is_floating_point() else fresh
+    if isinstance(saved, dict):
+        if isinstance(current, dict):
+            for k in [k for k in current if k not in saved]:
+                del current[k]
+            for k, v in saved.items():
+                current[k] = _load(current.get(k), v)
+            return current
+        return {k: _load(None, v) for k, v in saved.items()}
+    if isinstance(saved, list):
+        cur = current if isinstance(current, list) and len(current) == len(saved) else [None] * len(saved)
+        return [_load(c, v) for c, v in zip(cur, saved)]
+    if isinstance(saved, tuple):
+        cur = current if isinstance(current, tuple) and len(current) == len(saved) else (None,) * len(saved)
+        return tuple(_load(c, v) for c, v in zip(cur, saved))
+    return copy.deepcopy(saved)
+
+
+def loader_generators(loader: Any) -> list[torch.Generator]:
+    """The ``torch.Generator`` objects a ``DataLoader`` draws from (its own and its samplers')."""
+    found: list[torch.Generator] = []
+    candidates = [loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)]
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    if batch_sampler is not None:
+        candidates.append(getattr(batch_sampler, "sampler", None))
+    for obj in candidates:
+        gen = getattr(obj, "generator", None) if obj is not None else None
+        if isinstance(gen, torch.Generator) and all(gen is not g for g in found):
+            found.append(gen)
+    return found
+
+
+_MISSING = object()
+
+
+@dataclass
+class TorchSnapshot:
+    """A CPU copy of model, optimizers, scaler and RNG states; see the module docstring."""
+
+    model_tensors: dict[str, _SavedTensor | Any]
+    model_buffers: dict[str, Any]
+    grads: dict[str, Any]
+    modes: list[bool]
+    optimizers: list[dict[str, Any]]
+    scaler: dict[str, Any] | None
+    rng: dict[str, Any]
+    generators: list[tuple[torch.Generator, torch.Tensor]] = field(default_factory=list)
+
+    @classmethod
+    def take(
+        cls,
+        model: torch.nn.Module,
+        optimizers: Sequence[torch.optim.Optimizer],
+        *,
+        scaler: Any = None,
+        loaders: Sequence[Any] = (),
+    ) -> "TorchSnapshot":
+        params = {name: _save(p) for name, p in model.named_parameters()}
+        buffers = {name: _save(b) for name, b in model.named_buffers()}
+        grads = {name: (_save(p.grad) if p.grad is not None else None) for name, p in model.named_parameters()}
+        opts = []
+        for opt in optimizers:
+            plist = [p for g in opt.param_groups for p in g["params"]]
+            opts.append(
+                {
+                    "state": {i: _save(opt.state[p]) for i, p in enumerate(plist) if p in opt.state},
+                    "groups": [{k: _save(v) for k, v in g.items() if k != "params"} for g in opt.param_groups],
+                    "num_params": len(plist),
+                    "opt_called": opt.__dict__.get("_opt_called", _MISSING),
+                }
+            )
+        scaler_state = None
+        if scaler is not None:
+            scaler_state = {
+                name: _save(getattr(scaler, name))
+                for name in (
+                    "_enabled", "_init_scale", "_init_growth_tracker", "_growth_factor",
+                    "_backoff_factor", "_growth_interval", "_scale", "_growth_tracker",
+                )
+                if hasattr(scaler, name)
+            }
+        rng: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        gens = []
+        for loader in loaders:
+            for gen in loader_generators(loader):
+                gens.append((gen, gen.get_state()))
+        return cls(params, buffers, grads, [m.training for m in model.modules()], opts, scaler_state, rng, gens)
+
+    def restore(
+        self,
+        model: torch.nn.Module,
+        optimizers: Sequence[torch.optim.Optimizer],
+        *,
+        scaler: Any = None,
+    ) -> None:
+        """Write the snapshot back in place (see the module docstring)."""
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                _load(p, self.model_tensors[name])
+                saved_grad = self.grads.get(name)
+                if saved_grad is None:
+                    p.grad = None
+                else:
+                    p.grad = _load(p.grad, saved_grad)
+            for name, b in model.named_buffers():
+                if name in self.model_buffers:
+                    restored = _load(b, self.model_buffers[name])
+                    if restored is not b:  # shape/dtype changed: put the saved tensor back on its module
+                        owner_name, _, attr = name.rpartition(".")
+                        owner = model.get_submodule(owner_name) if owner_name else model
+                        owner._buffers[attr] = restored
+        for module, mode in zip(model.modules(), self.modes):
+            module.training = mode
+        for opt, saved in zip(optimizers, self.optimizers):
+            plist = [p for g in opt.param_groups for p in g["params"]]
+            if len(plist) != saved["num_params"] or len(opt.param_groups) != len(saved["groups"]):
+                raise RuntimeError(
+                    "the optimizer's param groups changed during the range test "
+                    f"({saved['num_params']} params before, {len(plist)} after); cannot restore it"
+                )
+            for i, p in enumerate(plist):
+                if i in saved["state"]:
+                    if p in opt.state:
+                        _load(opt.state[p], saved["state"][i])
+                    else:
+                        opt.state[p] = _load(None, saved["state"][i])
+                elif p in opt.state:
+                    del opt.state[p]
+            for group, sgroup in zip(opt.param_groups, saved["groups"]):
+                for k in [k for k in group if k != "params" and k not in sgroup]:
+                    del group[k]
+                for k, v in sgroup.items():
+                    group[k] = _load(group.get(k), v)
+            if saved["opt_called"] is _MISSING:
+                opt.__dict__.pop("_opt_called", None)
+            else:
+                opt.__dict__["_opt_called"] = saved["opt_called"]
+        if scaler is not None and self.scaler is not None:
+            for name, value in self.scaler.items():
+                setattr(scaler, name, _load(getattr(scaler, name, None), value))
+        torch.set_rng_state(self.rng["torch"])
+        np.random.set_state(self.rng["numpy"])
+        random.setstate(self.rng["python"])
+        if "cuda" in self.rng:
+            torch.cuda.set_rng_state_all(self.rng["cuda"])
+        for gen, state in self.generators:
+            gen.set_state(state)

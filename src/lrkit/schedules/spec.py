@@ -1,0 +1,114 @@
+"""Parse a schedule spec such as ``warmup(schedule=cosine(base_lr=0.1, total_steps=900), warmup_steps=100)``.
+
+The spec is a Python-like call of the constructors in :mod:`lrkit.schedules`, with the same
+names and parameter names as the Python API. It is parsed with :mod:`ast` (``eval`` mode)
+and only these nodes are accepted: calls of known constructors, keyword and positional
+arguments, numbers, strings, ``True``/``False``/``None``, lists, tuples and a leading minus
+sign. Nothing is ever evaluated as Python code.
+"""
+from __future__ import annotations
+
+import ast
+import inspect
+from typing import Any, Callable
+
+from lrkit.schedules.base import Schedule
+
+__all__ = ["parse_spec", "constructors"]
+
+
+def constructors() -> dict[str, Callable[..., Schedule]]:
+    """The constructors a spec may call, by name."""
+    from lrkit import schedules
+
+    return {name: getattr(schedules, name) for name in schedules.SCHEDULE_CONSTRUCTORS}
+
+
+def _err(msg: str) -> ValueError:
+    return ValueError(msg)
+
+
+def parse_spec(text: str) -> Schedule:
+    """Build the :class:`Schedule` described by ``text``.
+
+    Args:
+        text: a constructor call, e.g. ``"cosine(base_lr=0.1, total_steps=1000)"``,
+            ``"multistep(base_lr=0.1, milestones=[30, 80])"`` or
+            ``"warmup(schedule=cosine(base_lr=0.1, total_steps=900), warmup_steps=100)"``.
+
+    Returns:
+        The schedule; ``parse_spec(s.to_spec()) == s`` for every schedule ``s``.
+
+    Raises:
+        ValueError: with a one-line message, for a syntax error, an unknown constructor (the
+            message lists the known ones), an unknown parameter (it lists the accepted ones),
+            an unsupported expression, or a value the constructor rejects.
+
+    Example:
+        >>> s = parse_spec("cosine(base_lr=0.1, total_steps=100)")
+        >>> s(0), s.total_steps
+        (0.1, 100)
+    """
+    if not isinstance(text, str):
+        raise _err(f"spec must be a string such as 'cosine(base_lr=0.1, total_steps=100)', got {text!r}")
+    src = text.strip()
+    if not src:
+        raise _err("empty schedule spec; write a call such as 'cosine(base_lr=0.1, total_steps=100)'")
+    try:
+        tree = ast.parse(src, mode="eval")
+    except SyntaxError as exc:
+        col = f" at column {exc.offset}" if exc.offset else ""
+        raise _err(f"cannot parse schedule spec {src!r}{col}: {exc.msg}") from None
+    value = _value(tree.body, constructors())
+    if not isinstance(value, Schedule):
+        raise _err(f"schedule spec must be a constructor call such as "
+                   f"'cosine(base_lr=0.1, total_steps=100)', got {src!r}")
+    return value
+
+
+def _value(node: ast.AST, known: dict[str, Callable[..., Schedule]]) -> Any:
+    if isinstance(node, ast.Constant):
+        if isinstance(node.value, (bool, int, float, str)) or node.value is None:
+            return node.value
+        raise _err(f"unsupported value {ast.unparse(node)!r} in schedule spec")
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        inner = _value(node.operand, known)
+        if isinstance(inner, bool) or not isinstance(inner, (int, float)):
+            raise _err(f"a sign can only precede a number, got {ast.unparse(node)!r}")
+        return -inner if isinstance(node.op, ast.USub) else inner
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return [_value(e, known) for e in node.elts]
+    if isinstance(node, ast.Call):
+        return _call(node, known)
+    raise _err(f"unsupported expression {ast.unparse(node)!r} in schedule spec; use numbers, "
+               f"strings, lists and constructor calls")
+
+
+def _call(node: ast.Call, known: dict[str, Callable[..., Schedule]]) -> Schedule:
+    if not isinstance(node.func, ast.Name):
+        raise _err(f"unsupported call {ast.unparse(node.func)!r}; known schedules: {', '.join(sorted(known))}")
+    name = node.func.id
+    if name not in known:
+        raise _err(f"unknown schedule {name!r}; known schedules: {', '.join(sorted(known))}")
+    fn = known[name]
+    sig = inspect.signature(fn)
+    accepted = list(sig.parameters)
+    for a in node.args:
+        if isinstance(a, ast.Starred):
+            raise _err(f"'*' is not supported in schedule spec {ast.unparse(node)!r}")
+    args = [_value(a, known) for a in node.args]
+    kwargs: dict[str, Any] = {}
+    for kw in node.keywords:
+        if kw.arg is None:
+            raise _err(f"'**' is not supported in schedule spec {ast.unparse(node)!r}")
+        if kw.arg not in sig.parameters:
+            raise _err(f"{name}: unknown parameter {kw.arg!r}; accepted: {', '.join(accepted)}")
+        if kw.arg in kwargs:
+            raise _err(f"{name}: parameter {kw.arg!r} given twice")
+        kwargs[kw.arg] = _value(kw.value, known)
+    try:
+        bound = sig.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise _err(f"{name}: {exc}; accepted parameters: {', '.join(accepted)}") from None
+    return fn(*bound.args, **bound.kwargs)
+

@@ -1,0 +1,320 @@
+"""The framework-free range test: ramp, smoothing, divergence, restore-always, FinderResult."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lrkit.finder import FinderResult, find, lr_ramp, run_range_test
+
+
+class Quadratic:
+    """Gradient descent on f(w) = w^2 / 2 + noise floor: diverges for lr > 2."""
+
+    def __init__(self, w: float = 1.0, floor: float = 0.01):
+        self.w = w
+        self.floor = floor
+        self.calls = 0
+        self.restores = 0
+
+    def snapshot(self):
+        return (self.w, self.calls)
+
+    def restore(self, state):
+        self.w, self.calls = state
+        self.restores += 1
+
+    def step(self, lr):
+        self.calls += 1
+        self.w -= lr * self.w
+        return 0.5 * self.w**2 + self.floor
+
+    def evaluate(self):
+        return None
+
+
+class Scripted:
+    """Returns the given losses in turn; can raise at a given step."""
+
+    def __init__(self, losses, raise_at=None, exc=RuntimeError("boom")):
+        self.losses = list(losses)
+        self.i = 0
+        self.raise_at = raise_at
+        self.exc = exc
+        self.restored = []
+        self.seen_lrs = []
+
+    def snapshot(self):
+        return "S"
+
+    def restore(self, state):
+        self.restored.append(state)
+
+    def step(self, lr):
+        if self.raise_at is not None and self.i == self.raise_at:
+            raise self.exc
+        self.seen_lrs.append(lr)
+        v = self.losses[self.i]
+        self.i += 1
+        return v
+
+    def evaluate(self):
+        return None
+
+
+# -- the ramp ------------------------------------------------------------------------------
+@settings(max_examples=200, deadline=None)
+@given(
+    start=st.floats(1e-9, 1.0),
+    factor=st.floats(1.0001, 1e9),
+    n=st.integers(2, 500),
+    mode=st.sampled_from(["exp", "linear"]),
+)
+def test_ramp_shape(start, factor, n, mode):
+    end = start * factor
+    lrs = lr_ramp(start, end, n, mode)
+    assert lrs.shape == (n,)
+    assert lrs[0] == start and lrs[-1] == end  # endpoints exact
+    assert np.all(np.diff(lrs) >= 0)  # monotone
+    if mode == "exp":  # constant ratio between neighbours
+        ratios = lrs[1:] / lrs[:-1]
+        np.testing.assert_allclose(ratios, (end / start) ** (1 / (n - 1)), rtol=1e-9)
+    else:
+        np.testing.assert_allclose(np.diff(lrs), (end - start) / (n - 1), rtol=1e-6, atol=1e-12 * end)
+
+
+def test_ramp_closed_form():
+    np.testing.assert_allclose(lr_ramp(1e-4, 1.0, 5), [1e-4, 1e-3, 1e-2, 1e-1, 1.0], rtol=1e-12)
+    np.testing.assert_allclose(lr_ramp(0.0 + 1, 5.0, 5, "linear"), [1, 2, 3, 4, 5])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(start_lr=1.0, end_lr=1.0), "start_lr must be < end_lr"),
+        (dict(start_lr=2.0, end_lr=1.0), "start_lr must be < end_lr"),
+        (dict(start_lr=0.0, end_lr=1.0), "start_lr must be a finite number > 0, got 0.0"),
+        (dict(start_lr=-1e-3, end_lr=1.0), "start_lr"),
+        (dict(start_lr=1e-3, end_lr=math.inf), "end_lr must be a finite number > 0, got inf"),
+        (dict(start_lr=1e-3, end_lr=1.0, num_iter=1), "num_iter must be an integer >= 2, got 1"),
+        (dict(start_lr=1e-3, end_lr=1.0, num_iter=10.0), "num_iter"),
+        (dict(start_lr=1e-3, end_lr=1.0, mode="log"), "mode must be 'exp' or 'linear', got 'log'"),
+        (dict(start_lr=1e-3, end_lr=1.0, smooth=0.0), r"smooth must be a number in \(0, 1\]"),
+        (dict(start_lr=1e-3, end_lr=1.0, smooth=1.5), "smooth"),
+        (dict(start_lr=1e-3, end_lr=1.0, diverge_threshold=1.0), "diverge_threshold must be a finite number > 1"),
+        (dict(start_lr="0.1", end_lr=1.0), "start_lr"),
+    ],
+)
+def test_bad_arguments_touch_nothing(kwargs, match):
+    t = Quadratic()
+    with pytest.raises(ValueError, match=match):
+        run_range_test(t, **kwargs)
+    assert t.calls == 0 and t.w == 1.0 and t.restores == 0
+
+
+def test_not_a_trainer():
+    with pytest.raises(ValueError, match="Trainer protocol.*no method 'snapshot'"):
+        run_range_test(object(), start_lr=1e-3, end_lr=1.0)
+
+
+# -- the loop ------------------------------------------------------------------------------
+def test_smoothing_is_bias_corrected_ema():
+    losses = [3.0, 1.0, 2.0, 5.0, 4.0]
+    t = Scripted(losses)
+    rec = run_range_test(t, start_lr=1e-3, end_lr=1.0, num_iter=5, smooth=0.3, diverge_threshold=100)
+    m, expected = 0.0, []
+    for i, x in enumerate(losses):  # hand-written closed form
+        m = 0.7 * m + 0.3 * x
+        expected.append(m / (1 - 0.7 ** (i + 1)))
+    np.testing.assert_allclose(rec.smoothed, expected, rtol=1e-12)
+    np.testing.assert_array_equal(rec.losses, losses)
+    assert rec.smoothed[0] == pytest.approx(losses[0], rel=1e-12)  # bias correction: no pull towards 0 at the start
+    np.testing.assert_array_equal(rec.lrs, lr_ramp(1e-3, 1.0, 5))
+    assert t.seen_lrs == list(rec.lrs)
+    assert not rec.stopped_early and rec.reason == "completed 5 steps"
+    assert t.restored == ["S"]
+
+
+def test_smooth_one_is_raw():
+    t = Scripted([3.0, 1.0, 2.0])
+    rec = run_range_test(t, start_lr=1e-3, end_lr=1.0, num_iter=3, smooth=1.0, diverge_threshold=100)
+    np.testing.assert_array_equal(rec.smoothed, rec.losses)
+
+
+def test_stops_on_divergence_and_restores():
+    t = Quadratic()
+    rec = run_range_test(t, start_lr=1e-4, end_lr=100.0, num_iter=100)
+    assert rec.stopped_early and "diverged" in rec.reason
+    assert len(rec.lrs) < 100
+    # stopped at the first step whose smoothed loss passed 4x the best
+    assert rec.smoothed[-1] > 4 * rec.smoothed.min()
+    assert np.all(rec.smoothed[:-1] <= 4 * np.minimum.accumulate(rec.smoothed)[:-1])
+    assert (t.w, t.calls) == (1.0, 0) and t.restores == 1
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_loss_stops_without_recording(bad):
+    t = Scripted([1.0, 0.9, bad, 0.5])
+    rec = run_range_test(t, start_lr=1e-3, end_lr=1.0, num_iter=4)
+    assert rec.stopped_early and f"loss is {bad}" in rec.reason
+    assert rec.losses.tolist() == [1.0, 0.9] and len(rec.lrs) == 2
+    assert t.restored == ["S"]
+
+
+def test_nan_at_first_step_is_an_error_after_restore():
+    t = Scripted([math.nan, 1.0])
+    with pytest.raises(ValueError, match=r"loss is not finite at the first step \(lr=0.001.*lower start_lr"):
+        run_range_test(t, start_lr=1e-3, end_lr=1.0, num_iter=4)
+    assert t.restored == ["S"]
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("loader broke"), KeyboardInterrupt()])
+def test_restores_on_exception(exc):
+    t = Scripted([1.0] * 10, raise_at=4, exc=exc)
+    with pytest.raises(type(exc)):
+        run_range_test(t, start_lr=1e-3, end_lr=1.0, num_iter=10)
+    assert t.restored == ["S"]
+
+
+def test_progress_callback_and_core_never_prints(capsys):
+    seen = []
+    run_range_test(Quadratic(), start_lr=1e-3, end_lr=0.1, num_iter=7, progress=lambda i, lr, loss: seen.append((i, lr, loss)))
+    assert [s[0] for s in seen] == list(range(7))
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == ""
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(2, 120), threshold=st.floats(1.5, 20), smooth=st.floats(0.01, 1.0))
+def test_record_invariants(n, threshold, smooth):
+    t = Quadratic()
+    rec = run_range_test(t, start_lr=1e-3, end_lr=10.0, num_iter=n, smooth=smooth, diverge_threshold=threshold)
+    k = len(rec.lrs)
+    assert 1 <= k <= n and len(rec.losses) == len(rec.smoothed) == k
+    np.testing.assert_array_equal(rec.lrs, lr_ramp(1e-3, 10.0, n)[:k])
+    assert np.all(np.isfinite(rec.losses))
+    assert rec.stopped_early == (k < n)
+    assert (t.w, t.calls) == (1.0, 0)
+
+
+# -- find + FinderResult ---------------------------------------------------------------------
+def test_find_on_a_plain_trainer():
+    t = Quadratic()
+    res = find(t, start_lr=1e-4, end_lr=10.0, num_iter=80)
+    assert isinstance(res, FinderResult)
+    # gradient descent on w^2/2 converges for lr in (0, 2); the suggestion must be a working LR
+    assert 1e-3 < res.suggestion < 2.0
+    assert res.band[0] <= res.suggestion <= res.band[1]
+    assert (t.w, t.calls) == (1.0, 0)
+    q = Quadratic()
+    for _ in range(20):
+        loss = q.step(res.suggestion)
+    assert loss < 0.5 * 0.5 + 0.01  # it trains
+
+
+def test_find_refuses_too_short_a_curve():
+    t = Scripted([1.0, math.nan])
+    with pytest.raises(ValueError, match="stopped after 1 step"):
+        find(t, start_lr=1e-3, end_lr=1.0, num_iter=10)
+
+
+def test_find_verify_steps_validated():
+    with pytest.raises(ValueError, match="verify_steps must be an integer >= 0, got -1"):
+        find(Quadratic(), start_lr=1e-3, end_lr=1.0, verify_steps=-1)
+
+
+def _result(**kw):
+    lrs = np.geomspace(1e-4, 1, 30)
+    loss = 2 - np.tanh(np.log10(lrs) + 2)
+    base = dict(lrs=lrs, losses=loss, smoothed_losses=loss, suggestion=1e-2, method="steepest",
+                rules={"steepest": 1e-2, "valley": None, "minimum_div_10": math.nan}, band=(5e-3, 2e-2),
+                details={"stop_reason": "completed 30 steps", "arr": np.arange(2)}, num_iter=30, batch_size=64)
+    base.update(kw)
+    return FinderResult(**base)
+
+
+def test_result_json_round_trip():
+    r = _result()
+    d = json.loads(r.to_json())
+    for key in ("suggestion", "lrs", "losses", "smoothed_losses", "method", "rules", "band"):
+        assert key in d
+    assert d["suggestion"] == 1e-2 and d["method"] == "steepest" and d["band"] == [5e-3, 2e-2]
+    assert d["rules"] == {"steepest": 1e-2, "valley": None, "minimum_div_10": None}  # NaN -> null
+    np.testing.assert_array_equal(d["lrs"], r.lrs)
+    np.testing.assert_array_equal(d["losses"], r.losses)
+    assert d["num_points"] == 30 and d["batch_size"] == 64 and d["details"]["arr"] == [0, 1]
+
+
+def test_result_text():
+    r = _result()
+    s = r.summary()
+    assert s.splitlines()[0] == "suggested LR: 0.01  (method: steepest, band 0.005 .. 0.02)"
+    assert "valley=-" in s and "30/30 steps" in s and "batch size: 64" in s
+    assert repr(r).startswith("FinderResult(suggestion=0.01, method='steepest'")
+
+
+def test_result_rich_table():
+    from rich.console import Console
+
+    console = Console(record=True, width=100)
+    console.print(_result())
+    text = console.export_text()
+    assert "suggested LR" in text and "0.01" in text and "rule: steepest" in text
+
+
+def test_result_validates_shapes():
+    with pytest.raises(ValueError, match="same length"):
+        _result(losses=np.ones(3))
+
+
+def test_result_plot_returns_ax():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    r = _result()
+    assert r.plot(ax) is ax
+    assert ax.get_xscale() == "log"
+    xs = {round(float(line.get_xdata()[0]), 12) for line in ax.get_lines() if len(line.get_xdata()) == 2}
+    assert 1e-2 in xs  # the suggestion line (and the steepest rule) are drawn
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any(lab.startswith("suggestion 0.01") for lab in labels) and any(lab.startswith("band") for lab in labels)
+    fig2, ax2 = plt.subplots()
+    r.plot(ax2, show_rules=False)
+    assert not any(t.get_text().startswith("valley") or t.get_text().startswith("steepest")
+                   for t in ax2.get_legend().get_texts())
+    plt.close("all")
+
+
+def test_core_imports_with_frameworks_blocked():
+    code = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in {'torch','keras','jax','optax','lightning','transformers','tensorboard','optuna','matplotlib','typer','rich','scipy'}:
+            raise ImportError('blocked ' + name)
+sys.meta_path.insert(0, Block())
+import lrkit.finder, lrkit.finder.range_test, lrkit.finder.result
+from lrkit.finder import find
+class Q:
+    w = 1.0
+    def snapshot(self): return self.w
+    def restore(self, s): self.w = s
+    def step(self, lr):
+        self.w -= lr * self.w
+        return self.w ** 2 + 0.01
+    def evaluate(self): return None
+r = find(Q(), start_lr=1e-4, end_lr=10.0, num_iter=50)
+print(r.to_json()[:1], r.summary().splitlines()[0][:9])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["{", "suggested"]
