@@ -164,6 +164,7 @@ def test_non_finite_loss_stops_without_recording(bad):
     rec = run_range_test(t, start_lr=1e-3, end_lr=1.0, num_iter=4)
     assert rec.stopped_early and f"loss is {bad}" in rec.reason
     assert rec.losses.tolist() == [1.0, 0.9] and len(rec.lrs) == 2
+    assert rec.steps_run == 3  # the non-finite step was taken, just not recorded
     assert t.restored == ["S"]
 
 

@@ -90,7 +90,8 @@ def load_target(spec: str) -> dict[str, Any]:
     if func is None:
         funcs = sorted(n for n, v in vars(module).items()
                        if callable(v) and not n.startswith("_") and getattr(v, "__module__", None) == module.__name__)
-        raise CLIError(f"{module_part} has no function {func_name!r}; functions defined there: {', '.join(funcs) or 'none'}")
+        listed = ", ".join(funcs[:12]) + (", ..." if len(funcs) > 12 else "")
+        raise CLIError(f"{module_part} has no function {func_name!r}; functions defined there: {listed or 'none'}")
     if not callable(func):
         raise CLIError(f"{module_part}:{func_name} is a {type(func).__name__}, not a function")
     out = func()
@@ -112,10 +113,13 @@ def load_target(spec: str) -> dict[str, Any]:
 
 def _seed_everything(seed: int) -> None:
     import numpy as np
-    import torch
 
     random.seed(seed)
     np.random.seed(seed)
+    try:
+        import torch
+    except ImportError:  # the target will say it needs torch; the finder is torch-only for now
+        return
     torch.manual_seed(seed)
 
 
@@ -132,14 +136,14 @@ def find_command(
     mode: Annotated[str, typer.Option("--mode", help="LR ramp: exp or linear.")] = "exp",
     verify_steps: Annotated[Optional[int], typer.Option("--verify-steps", help="Steps per candidate verification run (0: judge the curve only).")] = None,
 ) -> None:
-    from lrkit.integrations.torch_trainer import find_lr, progress_bar
-
     if num_iter < 2:
         raise CLIError(f"--num-iter must be >= 2, got {num_iter}")
     if verify_steps is not None and verify_steps < 0:
         raise CLIError(f"--verify-steps must be >= 0, got {verify_steps}")
     if plot is not None and plot.exists() and plot.is_dir():
         raise CLIError(f"--plot must be a file name, got the directory {plot}")
+    if mode not in ("exp", "linear"):
+        raise CLIError(f"--mode must be 'exp' or 'linear', got {mode!r}")
     _seed_everything(seed)
     if target is None:
         from lrkit.examples.digits import digits_task
@@ -149,6 +153,8 @@ def find_command(
     else:
         spec = load_target(target)
         target_name = target
+    from lrkit.integrations.torch_trainer import find_lr, progress_bar
+
     show_bar = not json_out or sys.stderr.isatty()
     with progress_bar(num_iter, enabled=show_bar) as callback:
         result = find_lr(

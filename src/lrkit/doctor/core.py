@@ -30,38 +30,52 @@ of a converging run are on one scale. Statistics (``W`` = ``window``, ``s`` = ``
 
     \sigma_s = 1.2533\, \sigma / \sqrt{s} \quad\text{(noise of a median of } s\text{)}
 
-**Diverging** when, for ``patience`` consecutive steps,
+(:math:`b_t` only counts medians of at least 3 losses.) **Diverging** when, for ``patience``
+consecutive steps,
 
 .. math::
 
-    m_t - b_t > \max\big(\log \rho,\; z\,\sigma_s\big)
+    m_t - b'_t > \max\big(\log \rho,\; z\,\sigma_s\big) + [n < W]\log\rho
     \quad\text{and}\quad
-    e^{m_t} - e^{b_t} > r \cdot L_0
+    e^{m_t} - e^{b'_t} > r \cdot L_0, \qquad b'_t = \min(b_t,\ y_1 + \log\rho)
 
-with :math:`\rho` = ``diverge_ratio``, :math:`z` = ``noise_z``, :math:`r` = ``min_rise`` and
-:math:`L_0` the initial loss level (median of the first ``s`` losses, above the floor): the level
-must rise by a factor *and* by an amount that matters next to where training started (a rise
-from 1e-6 to 1e-4 is not a problem). It is also diverging when the median gradient norm of the
-last ``s`` steps exceeds ``grad_ratio`` times its initial median. The onset is the step after
-the best level's window centre (the loss began rising there).
+with :math:`\rho` = ``diverge_ratio``, :math:`z` = ``noise_z``, :math:`r` = ``min_rise``,
+:math:`y_1` the very first loss (taken at the initial weights, so that a blow-up in the first
+steps is caught) and :math:`L_0 = \min(\ell_1, \operatorname{median}(\ell_{1..s}))` the initial
+loss level (above the floor). The level must rise by a factor *and* by an amount that matters
+next to where training started (a rise from 1e-6 to 1e-4 is not a problem); during the first
+``W`` steps, while noise and best are poorly known, the factor is :math:`\rho^2`. It is also
+diverging when the median gradient norm of the last ``s`` steps exceeds ``grad_ratio`` times its
+initial median. The onset is the step after the last loss of the window still within half the margin
+of the best level (the loss began rising there).
 
 **Fluctuating** (checked every ``check_every`` steps once ``W`` losses are in): in the last ``W``
 steps at least a fraction ``spike_frac`` of losses are *spikes*,
 
 .. math::
 
-    y_i - b_t > \max(\log\rho,\; z\,\sigma) \quad\text{and}\quad \ell_i - e^{b_t} > r \cdot L_0,
+    y_i - \max\big(b_t, \operatorname{median}(y_{t-W+1..t})\big) > \max(\log\rho,\; z\,\sigma/2)
+    \quad\text{and}\quad \ell_i - e^{b_t} > r \cdot L_0,
 
-and the window made no significant progress: the median of its first half minus the median of
-its second half is below :math:`\max(\log(1 + \text{progress\_tol}),\ 2 \cdot 1.2533\,\sigma\sqrt{2/W})`.
+in at least two separate episodes (a steady rise is one episode: that is diverging), the level
+:math:`m_t` has come back below the diverging threshold, and the window made no significant
+progress: the median of its first half minus the median of its second half is below
+:math:`\max(\log(1 + \text{progress\_tol}),\ 2 \cdot 1.2533\,\sigma\sqrt{2/W})`.
 Onset: the first spike in the window.
 
 **Flat** (checked once ``flat_steps`` losses are in): the reference level
 :math:`R = \max(L_0, \operatorname{median}(\ell_{1..W}))` and the current level
-:math:`M = \operatorname{median}(\ell_{t-W+1..t})` satisfy :math:`(R - M) / R < \text{flat\_tol}`
-and the best level never went below :math:`R\,(1 - 2\,\text{flat\_tol})`: the run *never started*
-to decrease. A run that decreased a lot and converged to a floor is therefore never flat.
-Onset: the first step observed.
+:math:`M = \operatorname{median}(\ell_{t-W+1..t})` satisfy :math:`(R - M) / R < \text{tol}`
+(:math:`\text{tol} = \min(0.2, \max(\text{flat\_tol},\ 1 - e^{-4 \cdot 1.2533\,\sigma\sqrt{2/W}}))`: a
+decrease within the noise of two window medians is no decrease) and the lowest window median
+so far never went below :math:`R\,(1 - \max(2\,\text{flat\_tol}, \text{tol}))`: the
+run *never started* to decrease. A run that decreased a lot and converged to a floor is therefore
+never flat. Not reported while the LR is still rising (by 1.5x or more over the last window: a
+warmup starts flat). A flat run that *blew up first* (a loss above
+:math:`\max(\rho, e^{4\sigma_0}) L_0` in the first window, :math:`\sigma_0` that window's noise) or
+whose gradient norm fell more than 3x (or noise more than 3x) without progress is reported as
+``diverging`` instead: units died or saturated, the LR was too high, and raising it would be
+the wrong advice. Onset of flat: the first step observed.
 
 Cost: ring buffers of length ``W``; a step costs a median of ``s`` numbers, and every
 ``check_every`` steps a few NumPy passes over ``W`` numbers: O(1) per step, independent of the
@@ -226,7 +240,7 @@ class Doctor:
         short: ``s``, the length of the running median that defines the loss level
             (default ``max(3, W // 5)``). 1 <= s <= W.
         diverge_ratio: :math:`\rho`, the factor above the best level that counts as diverging
-            (default 1.5). > 1.
+            (default 2.0). > 1.
         noise_z: :math:`z`, how many noise standard deviations a rise must exceed on top of
             ``diverge_ratio`` (default 8.0: the best level is a minimum of noisy medians,
             biased low by several of their standard deviations on long runs). >= 0.
@@ -241,9 +255,9 @@ class Doctor:
             (default 0.1). >= 0.
         flat_tol: a run whose level moved less than this fraction of its initial level is flat
             (default 0.1). In (0, 0.5).
-        flat_steps: observations needed before ``flat`` can be reported (default ``2 * W``). >= W.
+        flat_steps: observations needed before ``flat`` can be reported (default ``4 * W``). >= W.
         check_every: the window checks (fluctuating, flat, noise) run every this many steps
-            (default ``max(1, W // 10)``). >= 1.
+            (default ``max(1, W // 5)``). >= 1.
         loss_floor: a known lower bound of the loss (default 0.0); the doctor works on
             :math:`\log(\ell - f)`. A loss below it raises ``ValueError``.
 
@@ -266,7 +280,7 @@ class Doctor:
         *,
         window: int = 50,
         short: int | None = None,
-        diverge_ratio: float = 1.5,
+        diverge_ratio: float = 2.0,
         noise_z: float = 8.0,
         min_rise: float = 0.1,
         patience: int = 3,
@@ -302,10 +316,10 @@ class Doctor:
         need("progress_tol", progress_tol, is_num(progress_tol) and progress_tol >= 0, "a number >= 0")
         need("flat_tol", flat_tol, is_num(flat_tol) and 0 < flat_tol < 0.5, "a number in (0, 0.5)")
         if flat_steps is None:
-            flat_steps = 2 * window
+            flat_steps = 4 * window
         need("flat_steps", flat_steps, is_int(flat_steps) and flat_steps >= window, f"an int >= window={window}")
         if check_every is None:
-            check_every = max(1, window // 10)
+            check_every = max(1, window // 5)
         need("check_every", check_every, is_int(check_every) and check_every >= 1, "an int >= 1")
         need("loss_floor", loss_floor, is_num(loss_floor), "a finite number")
         self._config: dict[str, Any] = {
@@ -357,7 +371,7 @@ class Doctor:
         self._first_step: int | None = None
         self._first: list[float] = []  # first `short` losses (above floor)
         self._first_window: list[float] = []  # first W losses (above floor)
-        self._early_spike_step: int | None = None  # first step in the first W with a loss > rho * L0
+        self._first_window_steps: list[int] = []
         self._gn_first: list[float] = []
         self._best = math.inf  # best level b (log)
         self._best_window = math.inf  # lowest window median (raw, above floor), for `flat`
@@ -450,10 +464,7 @@ class Doctor:
             self._first.append(above)
         if len(self._first_window) < self._window:
             self._first_window.append(above)
-            if self._early_spike_step is None and len(self._first) >= 1:
-                L0 = self._initial_level()
-                if above > self._diverge_ratio * L0 and above - L0 > self._min_rise * L0:
-                    self._early_spike_step = step
+            self._first_window_steps.append(step)
         if gn is not None:
             self._gn.push(step, gn)
             if len(self._gn_first) < self._short:
@@ -464,7 +475,7 @@ class Doctor:
         k = min(s, n)
         level = _median(self._y.last(k))
         self._level = level
-        if level < self._best:
+        if level < self._best and k >= min(s, 3):  # a median of at least 3 losses
             self._best = level
             # centre of the median's window: the level began rising after it
             self._best_center_step = self._y.steps[(self._y.pos - 1 - k // 2) % self._y.size]
@@ -478,7 +489,7 @@ class Doctor:
         if div_ev is not None:
             self._div_count += 1
             if self._div_count == 1:
-                self._div_onset = self._onset_after_best(step)
+                self._div_onset = self._onset(step, div_ev)
         else:
             self._div_count = 0
             self._div_onset = None
@@ -517,7 +528,7 @@ class Doctor:
             "first": list(self._first),
             "first_window": list(self._first_window),
             "gn_first": list(self._gn_first),
-            "early_spike_step": self._early_spike_step,
+            "first_window_steps": list(self._first_window_steps),
             "best": None if math.isinf(self._best) else self._best,
             "best_center_step": self._best_center_step,
             "best_window": None if math.isinf(self._best_window) else self._best_window,
@@ -553,7 +564,7 @@ class Doctor:
         self._first = [float(v) for v in s["first"]]
         self._first_window = [float(v) for v in s["first_window"]]
         self._gn_first = [float(v) for v in s["gn_first"]]
-        self._early_spike_step = s["early_spike_step"]
+        self._first_window_steps = [int(v) for v in s["first_window_steps"]]
         self._best = math.inf if s["best"] is None else float(s["best"])
         self._best_center_step = s["best_center_step"]
         self._best_window = math.inf if s["best_window"] is None else float(s["best_window"])
@@ -593,10 +604,41 @@ class Doctor:
         # the first loss is taken at the initial weights, before any update could blow up
         return min(self._first[0], _median(self._first)) if self._first else math.nan
 
-    def _onset_after_best(self, step: int) -> int:
+    def _onset(self, step: int, ev: dict[str, float]) -> int:
+        r"""Where the rise began (computed once, at the first diverging step; O(W^2) then).
+
+        A continuous two-segment line is fitted by least squares to the window's log-losses,
+        :math:`y_i \approx a + \beta t_i + \gamma \max(0, t_i - c)`, for every break ``c``; the
+        break with the smallest residual and :math:`\gamma > 0` (the slope went up) gives the
+        onset, the step after ``c``, if it fits significantly better than a single line
+        (F-statistic > 10).
+        Otherwise (no break inside the window: a slow rise that began before it; or a
+        gradient-norm explosion with a still-falling loss), the step after the best level's
+        median window centre.
+        """
+        y, steps = self._y.ordered()
+        n = len(y)
+        if "log_margin" in ev and n >= 6:
+            t = np.arange(n, dtype=float)
+            best_c, best_sse = None, math.inf
+            ones = np.ones(n)
+            X1 = np.column_stack([ones, t])
+            c1, *_ = np.linalg.lstsq(X1, y, rcond=None)
+            sse_line = float(np.sum((y - X1 @ c1) ** 2))
+            for c in range(1, n - 2):
+                X = np.column_stack([ones, t, np.maximum(0.0, t - c)])
+                coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+                if coef[2] <= 0:
+                    continue
+                sse = float(np.sum((y - X @ coef) ** 2))
+                if sse < best_sse:
+                    best_c, best_sse = c, sse
+            # keep the break only if it explains the data better than one line (F-test, 1 and
+            # n - 3 degrees of freedom, F > 10: p < 0.005)
+            if best_c is not None and sse_line - best_sse > 10.0 * max(best_sse, 1e-12 * n) / (n - 3):
+                return int(steps[best_c + 1])
         if self._best_center_step is None:
             return step
-        # the first step after the best level's centre
         return min(self._best_center_step + 1, step)
 
     def _base_evidence(self) -> dict[str, float]:
@@ -617,15 +659,21 @@ class Doctor:
 
     def _diverging_evidence(self, level: float) -> dict[str, float] | None:
         ev = None
-        if not math.isinf(self._best) and self._n >= min(self._short, 3):
+        if self._first:
+            log_rho = math.log(self._diverge_ratio)
+            # the very first loss (initial weights) is a reference too, one factor rho higher
+            best = min(self._best, math.log(max(self._first[0], _TINY)) + log_rho)
             sig = 0.0 if math.isnan(self._sigma) else self._sigma
             sig_s = _MEDIAN_EFF * sig / math.sqrt(self._short)
-            margin = max(math.log(self._diverge_ratio), self._noise_z * sig_s)
-            rise = math.exp(level) - math.exp(self._best)
+            margin = max(log_rho, self._noise_z * sig_s)
+            if self._n < self._window:  # noise and best are still poorly known: one more factor rho
+                margin += log_rho
+            rise = math.exp(level) - math.exp(best)
             L0 = self._initial_level()
-            if level - self._best > margin and rise > self._min_rise * L0:
+            if level - best > margin and rise > self._min_rise * L0:
                 ev = self._base_evidence()
                 ev["log_margin"] = margin
+                ev["log_best"] = best
                 ev["rise_over_initial"] = rise / L0 if L0 > 0 else math.inf
         if self._gn.n >= self._short and self._gn_first:
             ref = _median(self._gn_first)
@@ -656,7 +704,8 @@ class Doctor:
         L0 = self._initial_level()
         sig = self._sigma
         # fluctuating: spikes far above the best, and no progress over the window
-        thr = self._best + max(math.log(self._diverge_ratio), self._noise_z * sig / 2.0)
+        spike_margin = max(math.log(self._diverge_ratio), self._noise_z * sig / 2.0)
+        thr = max(self._best, float(np.median(y))) + spike_margin
         best_raw = math.exp(self._best)
         spikes = (y > thr) & (np.exp(y) - best_raw > self._min_rise * L0)
         frac = float(spikes.mean())
@@ -685,18 +734,49 @@ class Doctor:
             R = max(L0, _median(self._first_window))
             rel = (R - M) / R if R > 0 else 0.0
             best_raw_rel = (R - self._best_window) / R if R > 0 else 0.0
-            if rel < self._flat_tol and best_raw_rel < 2 * self._flat_tol:
+            # a decrease within 4 noise sd of the difference of two window medians is no decrease
+            tol = min(0.2, max(self._flat_tol, 1.0 - math.exp(-4.0 * _MEDIAN_EFF * sig * math.sqrt(2.0 / W))))
+            if rel < tol and best_raw_rel < max(2 * self._flat_tol, tol):
                 ev["relative_progress"] = rel
                 ev["best_relative_progress"] = best_raw_rel
-                if self._early_spike_step is not None:
+                early = self._early_spike()
+                # stuck after an unstable start: the gradient norm (or the noise) collapsed while
+                # the loss made no progress -- saturated/dead units, the LR was too high
+                gn_drop = math.nan
+                if self._gn.n >= self._short and self._gn_first:
+                    ref = _median(self._gn_first)
+                    cur = _median(self._gn.last(self._short))
+                    gn_drop = ref / cur if cur > 0 else math.inf
+                fw = np.log(np.maximum(np.array(self._first_window), _TINY))
+                d0 = np.diff(fw)
+                sig0 = _MAD_TO_SD * float(np.median(np.abs(d0 - np.median(d0)))) / math.sqrt(2.0)
+                noise_drop = sig0 / sig if sig > 0 else math.inf
+                if early is None and (gn_drop > 3.0 or (noise_drop > 3.0 and sig0 > 0.05)):
+                    early = self._first_step
+                    ev["grad_norm_drop"] = gn_drop
+                    ev["noise_drop"] = noise_drop
+                if early is not None:
                     # blew up in the first window, then stuck: a dead network, the LR is too high
                     ev["early_max_ratio"] = max(self._first_window) / L0 if L0 > 0 else math.inf
+                    ev["stuck"] = 1.0
                     self._slow_verdict = "diverging"
-                    self._slow_onset = self._early_spike_step
+                    self._slow_onset = early
                 else:
                     self._slow_verdict = "flat"
                     self._slow_onset = self._first_step
                 self._slow_evidence = ev
+
+    def _early_spike(self) -> int | None:
+        """First step of the first window whose loss exceeds ``max(rho, exp(4 sigma0)) * L0``
+        (``sigma0`` the noise of that window, ``L0`` the median of its first ``s`` losses)."""
+        fw = np.array(self._first_window)
+        yw = np.log(np.maximum(fw, _TINY))
+        dy = np.diff(yw)
+        sig0 = _MAD_TO_SD * float(np.median(np.abs(dy - np.median(dy)))) / math.sqrt(2.0)
+        L0 = float(np.median(fw[: self._short]))
+        thr = L0 * max(self._diverge_ratio, math.exp(4.0 * sig0))
+        hit = np.nonzero((fw > thr) & (fw - L0 > self._min_rise * L0))[0]
+        return int(self._first_window_steps[hit[0]]) if len(hit) else None
 
     def _nan_diagnosis(self, step: int, loss: float, gn: float | None, vl: float | None) -> Diagnosis:
         ev = self._base_evidence()
@@ -733,7 +813,12 @@ class Doctor:
                 else f"the gradient norm is {ev.get('grad_norm_ratio', math.nan):.3g}x its initial value"
             )
             msg = f"The loss is diverging since step {onset}: {why}."
-            if "early_max_ratio" in ev:
+            if "grad_norm_drop" in ev:
+                msg = (
+                    "The loss has not decreased since an unstable start (gradient norm fell "
+                    f"{ev['grad_norm_drop']:.3g}x, noise fell {ev['noise_drop']:.3g}x): units likely saturated or died."
+                )
+            elif "early_max_ratio" in ev:
                 msg = (
                     f"The loss blew up to {ev['early_max_ratio']:.3g}x its initial value at step {onset} and has "
                     "not decreased since (the network is likely dead)."

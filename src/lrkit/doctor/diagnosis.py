@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from lrkit.doctor.core import SEVERITY, Diagnosis, Doctor
+from lrkit.doctor.core import Diagnosis, Doctor
 from lrkit.doctor.logs import LogRecords, read_log
 
 __all__ = ["diagnose", "default_window", "run_doctor"]
@@ -46,10 +46,15 @@ def diagnose(log: Any, **doctor_kwargs: Any) -> Diagnosis:
 
     The log is read with :func:`~lrkit.doctor.logs.read_log` and fed row by row to a
     :class:`~lrkit.doctor.core.Doctor` (``window`` defaults to :func:`default_window` of the
-    log's length). The overall verdict is the most severe entry of the doctor's history
-    (``nan`` > ``diverging`` > ``fluctuating``; the first one on ties), except ``flat``, which
-    counts only if the run is still flat at its end (a slow start that then decreased is not a
-    problem). With no problem, the last (healthy) diagnosis is returned.
+    log's length). The overall verdict, from the doctor's history and its final verdict:
+
+    1. ``nan`` if any loss/gradient norm was non-finite (its first step);
+    2. ``diverging`` if the run *ends* diverging (the first diverging detection);
+    3. ``fluctuating`` if it was ever fluctuating (spikes that came back; a spike that lasted
+       long enough to be called diverging for a while and then recovered is part of that);
+    4. ``diverging`` if it ever diverged and recovered without further oscillation;
+    5. ``flat`` only if it is still flat at its end (a slow start that then decreased is fine);
+    6. otherwise the final (healthy) diagnosis.
 
     Args:
         log: a path (str/Path) to a CSV/JSONL/JSON/TensorBoard file or directory, a Keras
@@ -60,8 +65,8 @@ def diagnose(log: Any, **doctor_kwargs: Any) -> Diagnosis:
     Example:
         >>> losses = [2.3 * 0.9 ** t for t in range(30)] + [0.1 * 2 ** t for t in range(10)]
         >>> d = diagnose({"epoch": list(range(40)), "loss": losses, "lr": [0.1] * 40})
-        >>> d.verdict, d.step
-        ('diverging', 30)
+        >>> d.verdict, abs(d.step - 30) <= 1   # lowest at epoch 30, rising from epoch 31
+        ('diverging', True)
     """
     records = read_log(log)
     n = int(records.has("loss").sum())
@@ -73,10 +78,21 @@ def diagnose(log: Any, **doctor_kwargs: Any) -> Diagnosis:
 
 def overall(doctor: Doctor) -> Diagnosis:
     """The overall verdict of a finished run (see :func:`diagnose`)."""
-    found = [h for h in doctor.history if h.verdict != "flat"]
-    if doctor.diagnosis.verdict == "flat":
-        found.append(doctor.diagnosis)
-    if not found:
-        return doctor.diagnosis
-    worst = max(SEVERITY[h.verdict] for h in found)
-    return next(h for h in found if SEVERITY[h.verdict] == worst)
+    hist = doctor.history
+    final = doctor.diagnosis
+
+    def first(verdict: str) -> Diagnosis | None:
+        return next((h for h in hist if h.verdict == verdict), None)
+
+    for verdict in ("nan",):
+        if first(verdict) is not None:
+            return first(verdict)
+    if final.verdict == "diverging":  # ended diverged (or stuck after blowing up)
+        return first("diverging") or final
+    if first("fluctuating") is not None:  # spikes that came back: fluctuating, even if one spike
+        return first("fluctuating")  # lasted long enough to be called diverging for a while
+    if first("diverging") is not None:
+        return first("diverging")
+    if final.verdict == "flat":
+        return final
+    return final

@@ -174,7 +174,8 @@ def train(task: DigitsTask, lr: float, *, steps: int, schedule: Any = None) -> d
     ``lr`` (``None``), ``"one_cycle"`` (``lrkit.schedules.one_cycle(max_lr=lr, total_steps=steps)``),
     ``"warmup_cosine"`` (10% linear warmup then cosine to 0), a :class:`lrkit.schedules.Schedule`
     or any callable ``step -> lr``. The run is deterministic given ``task.seed`` and leaves the
-    global RNGs alone. Training stops early if the loss becomes NaN/inf (``diverged=True``).
+    global RNGs alone. Training stops early if the loss becomes NaN/inf (``diverged=True``); a
+    diverged run reports ``val_loss = inf`` and the accuracy of the model as it was left.
 
     Returns:
         ``{"val_loss", "val_accuracy", "train_losses", "diverged", "lr", "steps"}``.
@@ -213,11 +214,9 @@ def train(task: DigitsTask, lr: float, *, steps: int, schedule: Any = None) -> d
         opt.step()
         losses.append(float(loss.detach()))
         step += 1
-    if diverged:
-        val_loss, val_acc = math.inf, math.nan
-    else:
-        val_loss, val_acc = evaluate(task, model)
-        if not math.isfinite(val_loss):
-            diverged = True
+    val_loss, val_acc = evaluate(task, model)  # accuracy of the model as it is, even after divergence
+    if not math.isfinite(val_loss):
+        diverged = True
+        val_loss = math.inf
     return {"val_loss": val_loss, "val_accuracy": val_acc, "train_losses": losses, "diverged": diverged,
             "lr": float(lr), "steps": steps}

@@ -77,6 +77,8 @@ class RangeTestRecord:
         stopped_early: ``True`` if the test stopped before ``num_iter`` steps (divergence).
         reason: why it stopped, in words (``"completed 100 steps"``, ``"loss is nan at ..."``).
         num_iter: the number of steps that were planned.
+        steps_run: optimizer steps actually taken (the recorded ones, plus a last one whose loss
+            was not finite); the cost of the test.
     """
 
     lrs: np.ndarray
@@ -85,6 +87,7 @@ class RangeTestRecord:
     stopped_early: bool
     reason: str
     num_iter: int = field(default=0)
+    steps_run: int = field(default=0)
 
 
 def _check_lr(name: str, value: Any) -> float:
@@ -199,11 +202,13 @@ def run_range_test(
     reason = f"completed {num_iter} steps"
     avg = 0.0
     best = math.inf
+    steps_run = 0
     state = trainer.snapshot()
     try:
         for i, lr in enumerate(lrs_planned):
             lr = float(lr)
             loss = float(trainer.step(lr))
+            steps_run += 1
             if not math.isfinite(loss):
                 if i == 0:
                     raise ValueError(
@@ -239,6 +244,7 @@ def run_range_test(
         stopped_early=stopped_early,
         reason=reason,
         num_iter=int(num_iter),
+        steps_run=steps_run,
     )
 
 
@@ -358,6 +364,7 @@ def find(
     details.setdefault("stop_reason", record.reason)
     details.setdefault("family", family)
     details.setdefault("verify_steps", int(verify_steps))
+    details.setdefault("range_test_steps", record.steps_run)
     return FinderResult(
         lrs=record.lrs,
         losses=record.losses,

@@ -56,7 +56,7 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.3g}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FinderResult:
     """The outcome of :func:`lrkit.find_lr` (or :func:`lrkit.finder.range_test.find`).
 

@@ -27,6 +27,10 @@ backward, ``opt.step()`` for each) and return the loss to track (a float or a sc
 ``accumulation_steps``, ``grad_clip_norm`` and ``amp`` apply to the built-in update only and are
 refused in that mode.
 
+Train mode. If the model is in eval mode when a step runs, ``model.train()`` is called; a model
+already in train mode is left as it is (so submodules you froze in eval mode, e.g. BatchNorm layers
+when fine-tuning, stay in eval mode). Every submodule's mode is restored after the test.
+
 State
 -----
 Before the test the trainer takes one CPU copy of model, optimizer, scaler and RNG states
@@ -34,7 +38,9 @@ Before the test the trainer takes one CPU copy of model, optimizer, scaler and R
 whatever happens (normal end, divergence, an exception, ``KeyboardInterrupt``): parameters,
 buffers, gradients, train/eval modes, optimizer state and param-group hyperparameters, GradScaler,
 and the torch / CUDA / NumPy / ``random`` RNGs and the loaders' generators end bitwise as they
-began. An LR scheduler attached to the optimizer is allowed (a warning says so): the test sets
+began. A loader's generator is found as ``loader.generator``, ``loader.sampler.generator`` or
+``loader.batch_sampler.sampler.generator``: a wrapper around a ``DataLoader`` should expose it
+under one of those names. The loader is re-iterated from its start after a restore. An LR scheduler attached to the optimizer is allowed (a warning says so): the test sets
 param-group LRs directly and never steps the scheduler, and the groups (``initial_lr`` included)
 are restored afterwards.
 

@@ -36,7 +36,7 @@ from lrkit.schedules._cyclic import cyclic, one_cycle, warm_restarts
 from lrkit.schedules._warmup import inverse_sqrt, warmup, warmup_stable_decay
 from lrkit.schedules.base import Schedule
 from lrkit.schedules.plateau import PlateauState, ReduceOnPlateau, reduce_on_plateau
-from lrkit.schedules.spec import parse_spec
+from lrkit.schedules.spec import from_dict, parse_spec
 
 #: The names a CLI spec may call (every constructor that returns a :class:`Schedule`).
 SCHEDULE_CONSTRUCTORS = (
@@ -68,6 +68,7 @@ __all__ = [
     *SCHEDULE_CONSTRUCTORS,
     "epochs_to_steps",
     "parse_spec",
+    "from_dict",
     "PlateauState",
     "ReduceOnPlateau",
     "reduce_on_plateau",

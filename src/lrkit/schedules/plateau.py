@@ -204,7 +204,8 @@ def _peak(schedule: Schedule) -> float:
 
     if getattr(schedule, "_formula", None) is _constant:
         return float(schedule.params["lr"])
-    horizon = min(schedule.total_steps or _PEAK_SCAN_STEPS, _PEAK_SCAN_STEPS)
+    total = schedule.total_steps
+    horizon = _PEAK_SCAN_STEPS if total is None else min(int(total), _PEAK_SCAN_STEPS)
     return float(np.max(schedule(np.arange(int(horizon) + 1))))
 
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from lrkit.schedules.base import Schedule
 
-__all__ = ["parse_spec", "constructors"]
+__all__ = ["parse_spec", "from_dict", "constructors"]
 
 
 def constructors() -> dict[str, Callable[..., Schedule]]:
@@ -112,3 +112,49 @@ def _call(node: ast.Call, known: dict[str, Callable[..., Schedule]]) -> Schedule
         raise _err(f"{name}: {exc}; accepted parameters: {', '.join(accepted)}") from None
     return fn(*bound.args, **bound.kwargs)
 
+
+
+def from_dict(d: dict) -> Schedule:
+    """Rebuild a schedule from :meth:`Schedule.to_dict` output (e.g. after a JSON round trip).
+
+    Args:
+        d: ``{"name": <constructor>, "params": {...}}``; nested schedules (also inside lists,
+            as in :func:`~lrkit.schedules.join`) are dicts of the same form.
+
+    Returns:
+        The schedule; ``from_dict(s.to_dict()) == s``.
+
+    Raises:
+        ValueError: an unknown constructor or parameter, or a value the constructor rejects.
+
+    Example:
+        >>> from lrkit.schedules import cosine, warmup
+        >>> s = warmup(cosine(0.1, 900), 100)
+        >>> from_dict(s.to_dict()) == s
+        True
+    """
+    return _from_dict(d, constructors(), "schedule")
+
+
+def _from_dict(d: Any, known: dict[str, Callable[..., Schedule]], where: str) -> Schedule:
+    if not isinstance(d, dict) or set(d) != {"name", "params"} or not isinstance(d["params"], dict):
+        raise _err(f"{where} must be a dict {{'name': ..., 'params': {{...}}}} as made by "
+                   f"Schedule.to_dict(), got {d!r}")
+    name = d["name"]
+    if name not in known:
+        raise _err(f"unknown schedule {name!r}; known schedules: {', '.join(sorted(known))}")
+    accepted = list(inspect.signature(known[name]).parameters)
+    kwargs = {}
+    for key, value in d["params"].items():
+        if key not in accepted:
+            raise _err(f"{name}: unknown parameter {key!r}; accepted: {', '.join(accepted)}")
+        kwargs[key] = _from_value(value, known, f"{name}.{key}")
+    return known[name](**kwargs)
+
+
+def _from_value(value: Any, known: dict[str, Callable[..., Schedule]], where: str) -> Any:
+    if isinstance(value, dict):
+        return _from_dict(value, known, where)
+    if isinstance(value, list):
+        return [_from_value(x, known, f"{where}[{i}]") for i, x in enumerate(value)]
+    return value

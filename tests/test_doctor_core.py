@@ -1,0 +1,277 @@
+"""The Doctor on synthetic streams with known ground truth, its state, its inputs and its purity."""
+import doctest
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import lrkit.doctor as doctor_pkg
+import lrkit.doctor.core as core
+import lrkit.doctor.diagnosis as diagnosis_mod
+import lrkit.doctor.logs as logs_mod
+from lrkit.doctor import VERDICTS, Diagnosis, Doctor, diagnose, overall
+
+SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def healthy_curve(n, noise, seed, floor=0.05, tau=60.0, start=2.3):
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    return (start * np.exp(-t / tau) + floor) * np.exp(noise * rng.standard_normal(n))
+
+
+def feed(doc, losses, lr=0.1, start=0, **kw):
+    d = None
+    for i, loss in enumerate(losses):
+        d = doc.observe(start + i, float(loss), lr=lr, **kw)
+    return d
+
+
+@pytest.mark.parametrize("module", [core, logs_mod, diagnosis_mod, doctor_pkg])
+def test_docstring_examples_run(module):
+    failures, tried = doctest.testmod(module)
+    assert tried > 0 and failures == 0
+
+
+@SETTINGS
+@given(noise=st.floats(0.0, 0.6), seed=st.integers(0, 10_000), tau=st.floats(10, 200), floor=st.floats(0.001, 0.5))
+def test_healthy_noisy_decreasing_runs_never_alarm(noise, seed, tau, floor):
+    doc = Doctor()
+    feed(doc, healthy_curve(600, noise, seed, floor=floor, tau=tau))
+    assert doc.history == []
+    assert doc.diagnosis.ok and doc.diagnosis.step is None
+
+
+@SETTINGS
+@given(
+    noise=st.floats(0.0, 0.3),
+    seed=st.integers(0, 10_000),
+    k=st.integers(120, 300),
+    rate=st.floats(1.03, 1.3),
+)
+def test_rising_loss_is_diverging_with_onset_near_k(noise, seed, k, rate):
+    rng = np.random.default_rng(seed)
+    base = healthy_curve(k, 0.0, seed, tau=30)
+    rise = base[-1] * rate ** np.arange(1, 200)
+    losses = np.concatenate([base, rise]) * np.exp(noise * rng.standard_normal(k + 199))
+    doc = Doctor()
+    feed(doc, losses, lr=0.3)
+    d = overall(doc)
+    assert d.verdict == "diverging"
+    # the onset is the step after the best level; on a noisy floor the best can fall a little early
+    assert -(10 + 60 * noise) <= d.step - k <= 10
+    # detection: once the level doubled (or cleared the noise margin), plus the median's lag
+    # and once it rose by min_rise (0.1) of the initial loss above the best
+    need = max(2 * math.exp(8 * 1.2533 * noise / math.sqrt(10) + 3 * noise), 1 + 0.1 * base[0] / base[-1])
+    assert d.detected_at - k <= math.log(need) / math.log(rate) + 25
+    assert d.advice[0] == "lower the LR about 10x, from 0.3 to 0.03"
+    assert d.evidence["loss_ratio_to_best"] > 2
+
+
+@SETTINGS
+@given(k=st.integers(0, 400), noise=st.floats(0, 0.5), what=st.sampled_from(["nan", "inf", "grad", "val"]))
+def test_nonfinite_at_step_k_is_nan_at_k(k, noise, what):
+    losses = healthy_curve(k + 50, noise, k)
+    doc = Doctor()
+    for t in range(k + 50):
+        loss, gn, vl = float(losses[t]), 1.0, None
+        if t == k:
+            if what == "nan":
+                loss = float("nan")
+            elif what == "inf":
+                loss = float("inf")
+            elif what == "grad":
+                gn = float("nan")
+            else:
+                vl = float("nan")
+        d = doc.observe(t, loss, grad_norm=gn, val_loss=vl, lr=1e-3)
+        if t == k:
+            assert d.verdict == "nan" and d.step == k and d.detected_at == k
+    # sticky until reset
+    assert doc.diagnosis.verdict == "nan"
+    assert [h.verdict for h in doc.history] == ["nan"]
+    doc.reset()
+    assert doc.diagnosis.ok and doc.history == []
+
+
+@SETTINGS
+@given(noise=st.floats(0.0, 0.3), seed=st.integers(0, 10_000), drift=st.floats(0.0, 0.05))
+def test_a_loss_that_never_decreases_is_flat_and_advice_raises_the_lr(noise, seed, drift):
+    rng = np.random.default_rng(seed)
+    n = 400
+    losses = 2.3 * (1 - drift * np.arange(n) / n) * np.exp(noise * rng.standard_normal(n))
+    doc = Doctor()
+    feed(doc, losses, lr=1e-6)
+    d = overall(doc)
+    assert d.verdict == "flat"
+    assert d.step == 0 and d.detected_at >= 199  # needs flat_steps = 4 * window observations
+    assert d.advice[0].startswith("raise the LR about")
+    assert "from 1e-06 to" in d.advice[0]
+
+
+def test_converged_run_near_its_floor_is_not_flat():
+    # decreases fast to a floor, then sits there for a long time
+    losses = healthy_curve(2000, 0.2, 1, tau=20, floor=0.3)
+    doc = Doctor()
+    feed(doc, losses)
+    assert doc.history == []
+
+
+def test_warmup_start_is_not_flat():
+    # the loss only starts moving once the LR has warmed up (500 steps)
+    n = 800
+    lr = np.minimum(1.0, np.arange(n) / 500) * 0.1
+    progress = np.cumsum(lr) / 5
+    losses = 2.3 * np.exp(-(progress**2)) + 0.05
+    doc = Doctor()
+    for t in range(n):
+        doc.observe(t, float(losses[t]), lr=float(lr[t]))
+    assert "flat" not in [h.verdict for h in doc.history]
+
+
+@SETTINGS
+@given(seed=st.integers(0, 10_000), every=st.integers(15, 30), height=st.floats(3, 20))
+def test_repeated_spikes_without_progress_are_fluctuating(seed, every, height):
+    rng = np.random.default_rng(seed)
+    n = 400
+    losses = 0.5 * np.exp(0.05 * rng.standard_normal(n))
+    for s in range(60, n, every):
+        losses[s : s + 3] *= height
+    doc = Doctor()
+    feed(doc, losses, lr=0.05)
+    d = overall(doc)
+    assert d.verdict == "fluctuating"
+    assert 60 <= d.step <= d.detected_at
+    assert d.evidence["spike_fraction"] >= 0.1
+    assert d.advice[0] == "lower the LR about 3x, from 0.05 to 0.0167"
+
+
+def test_exploding_gradient_norm_is_diverging_before_the_loss_moves():
+    doc = Doctor()
+    for t in range(200):
+        gn = 1.0 if t < 150 else 1.0 * 1.5 ** (t - 150)
+        d = doc.observe(t, 1.0 / (1 + t / 50), grad_norm=gn, lr=0.1)
+    first = doc.history[0]
+    assert first.verdict == "diverging"
+    assert first.evidence["grad_norm_ratio"] > 10
+    assert first.detected_at < 170
+    assert "clip gradients (e.g. max norm 1.0)" in first.advice
+
+
+def test_blow_up_then_stuck_is_diverging_not_flat():
+    rng = np.random.default_rng(0)
+    losses = np.concatenate([[2.3, 9.0, 40.0, 11.0, 5.0], 2.303 + 0.01 * rng.standard_normal(300)])
+    d = diagnose({"step": list(range(len(losses))), "loss": losses.tolist(), "lr": [5.0] * len(losses)}, window=50)
+    assert d.verdict == "diverging" and d.step <= 2
+    assert d.advice[0].startswith("lower the LR")
+
+
+def test_state_dict_resume_gives_the_same_diagnoses():
+    rng = np.random.default_rng(3)
+    n = 500
+    losses = np.concatenate([healthy_curve(300, 0.2, 3), 0.06 * 1.04 ** np.arange(200)]) * np.exp(0.1 * rng.standard_normal(n))
+    gns = 1 + 0.1 * rng.standard_normal(n)
+    straight = Doctor(window=30)
+    seq_a = [straight.observe(t, float(losses[t]), lr=0.1, grad_norm=float(gns[t])) for t in range(n)]
+    first = Doctor(window=30)
+    seq_b = [first.observe(t, float(losses[t]), lr=0.1, grad_norm=float(gns[t])) for t in range(250)]
+    saved = json.loads(json.dumps(first.state_dict()))  # survives JSON
+    resumed = Doctor(window=30)
+    resumed.load_state_dict(saved)
+    seq_b += [resumed.observe(t, float(losses[t]), lr=0.1, grad_norm=float(gns[t])) for t in range(250, n)]
+    assert [d.to_dict() for d in seq_a] == [d.to_dict() for d in seq_b]
+    assert [h.to_dict() for h in straight.history] == [h.to_dict() for h in resumed.history]
+    assert any(h.verdict == "diverging" for h in resumed.history)
+
+
+def test_load_state_dict_refuses_other_thresholds():
+    a = Doctor(window=20)
+    a.observe(0, 1.0)
+    with pytest.raises(ValueError, match="config differs"):
+        Doctor(window=30).load_state_dict(a.state_dict())
+    with pytest.raises(ValueError, match="expected a dict"):
+        Doctor().load_state_dict({"foo": 1})
+
+
+def test_memory_is_bounded_by_the_window():
+    doc = Doctor(window=20)
+    feed(doc, healthy_curve(5000, 0.1, 0))
+    st_ = doc.state_dict()["state"]
+    assert len(st_["y"]["vals"]) == 20 and len(st_["first_window"]) == 20
+    assert len(json.dumps(st_)) < 10_000
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"window": 3}, "window"),
+        ({"window": 10.0}, "window"),
+        ({"short": 0}, "short"),
+        ({"window": 10, "short": 11}, "short"),
+        ({"diverge_ratio": 1.0}, "diverge_ratio"),
+        ({"noise_z": -1}, "noise_z"),
+        ({"patience": 0}, "patience"),
+        ({"grad_ratio": 0.5}, "grad_ratio"),
+        ({"spike_frac": 0}, "spike_frac"),
+        ({"flat_tol": 0.7}, "flat_tol"),
+        ({"window": 50, "flat_steps": 10}, "flat_steps"),
+        ({"check_every": 0}, "check_every"),
+        ({"loss_floor": float("nan")}, "loss_floor"),
+    ],
+)
+def test_bad_thresholds_name_the_parameter_and_the_value(kwargs, name):
+    with pytest.raises(ValueError) as exc:
+        Doctor(**kwargs)
+    msg = str(exc.value)
+    assert name in msg and "got" in msg
+
+
+def test_bad_observations():
+    doc = Doctor()
+    doc.observe(5, 1.0)
+    with pytest.raises(ValueError, match="step must increase, got 5 after 5"):
+        doc.observe(5, 1.0)
+    with pytest.raises(ValueError, match="step must be an int"):
+        doc.observe(6.5, 1.0)
+    with pytest.raises(ValueError, match="loss must be a number"):
+        doc.observe(6, "abc")
+    with pytest.raises(ValueError, match="loss_floor"):
+        doc.observe(7, -1.0)
+    neg = Doctor(loss_floor=-10.0)
+    assert neg.observe(0, -3.0).ok
+
+
+def test_diagnosis_dict_is_json_ready_and_validated():
+    doc = Doctor()
+    d = doc.observe(0, float("nan"), lr=0.01)
+    out = json.loads(json.dumps(d.to_dict()))
+    assert set(out) == {"verdict", "step", "detected_at", "evidence", "advice", "message"}
+    assert out["verdict"] == "nan" and out["evidence"]["loss"] is None
+    assert "from 0.01 to 0.001" in out["advice"][0]
+    assert not d.ok and "nan" in str(d)
+    with pytest.raises(ValueError, match="verdict must be one of"):
+        Diagnosis("bad", None, None)
+    assert set(VERDICTS) == {"healthy", "flat", "fluctuating", "diverging", "nan"}
+
+
+def test_core_imports_with_frameworks_blocked():
+    code = r"""
+import sys, importlib.abc
+BLOCK = {"torch", "keras", "jax", "optax", "lightning", "transformers", "tensorboard", "optuna",
+         "matplotlib", "typer", "rich", "scipy", "pandas", "sklearn", "tensorflow"}
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in BLOCK:
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Blocker())
+import lrkit.doctor as d
+print(d.diagnose({"step": [0, 1, 2], "loss": [1.0, float("nan"), 1.0]}).verdict)
+print(d.diagnose([{"epoch": e, "loss": 1.0 / (e + 1)} for e in range(30)]).verdict)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["nan", "healthy"]

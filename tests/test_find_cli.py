@@ -1,0 +1,141 @@
+"""`lrkit find` through a subprocess: exit codes, one-line errors, JSON on stdout, user targets."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.torch
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+
+
+def lrkit(*args, cwd=None, timeout=120):
+    return subprocess.run([sys.executable, "-m", "lrkit", *args], capture_output=True, text=True, cwd=cwd,
+                          env=ENV, timeout=timeout)
+
+
+TASK = textwrap.dedent(
+    """
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    def task():
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(128, 5, generator=g)
+        y = x @ torch.randn(5, 1, generator=g)
+        model = torch.nn.Linear(5, 1)
+        return {"model": model, "optimizer": torch.optim.SGD(model.parameters(), lr=0.01),
+                "loss_fn": torch.nn.MSELoss(), "train_loader": DataLoader(TensorDataset(x, y), batch_size=16),
+                "batch_size": 16}
+
+    def not_a_dict():
+        return [1, 2]
+
+    def missing_keys():
+        return {"model": torch.nn.Linear(2, 2)}
+
+    def extra_key():
+        d = task()
+        d["lr"] = 0.1
+        return d
+
+    VALUE = 3
+    """
+)
+
+
+@pytest.fixture
+def task_file(tmp_path: Path) -> Path:
+    p = tmp_path / "my_task.py"
+    p.write_text(TASK)
+    return p
+
+
+def test_builtin_example_json(tmp_path):
+    out = lrkit("find", "--json", "--num-iter", "40", "--verify-steps", "0")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 1  # one JSON object, nothing else on stdout
+    d = json.loads(lines[0])
+    for key in ("suggestion", "lrs", "losses", "smoothed_losses", "method", "rules", "band", "target"):
+        assert key in d, key
+    assert d["target"].startswith("lrkit.examples.digits")
+    assert len(d["lrs"]) == len(d["losses"]) >= 10
+    assert d["lrs"][0] == 1e-7  # Adam's default range
+    assert 1e-5 < d["suggestion"] < 1.0
+    assert out.stderr == ""  # no progress bar when --json and stderr is not a terminal
+
+
+def test_user_file_target_with_plot_and_report(task_file, tmp_path):
+    png = tmp_path / "out" / "curve.png"
+    rep = tmp_path / "rep"
+    out = lrkit("find", f"{task_file}:task", "--json", "--plot", str(png), "--report", str(rep),
+                "--num-iter", "30", "--start-lr", "1e-4", "--end-lr", "10", "--verify-steps", "0")
+    assert out.returncode == 0, out.stderr
+    d = json.loads(out.stdout)
+    assert d["lrs"][0] == pytest.approx(1e-4) and d["batch_size"] == 16
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (rep / "report.html").is_file() and d["report"] == str(rep / "report.html") and d["plot"] == str(png)
+
+
+def test_module_target_and_text_output(task_file):
+    out = lrkit("find", "my_task:task", "--num-iter", "20", "--start-lr", "1e-4", "--end-lr", "1",
+                "--verify-steps", "0", cwd=task_file.parent)
+    # a module name is imported from sys.path; python -m puts the cwd first
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == "target: my_task:task"
+    assert out.stdout.splitlines()[1].startswith("suggested LR: ")
+
+
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        ("missing.py:task", "target file not found: missing.py"),
+        ("{f}:nope", "has no function 'nope'; functions defined there: extra_key, missing_keys, not_a_dict, task"),
+        ("{f}:VALUE", "is a int, not a function"),
+        ("{f}:not_a_dict", "must return a dict with the keys model, optimizer, loss_fn, train_loader, got list"),
+        ("{f}:missing_keys", "returned a dict without the key(s) optimizer, loss_fn, train_loader"),
+        ("{f}:extra_key", "returned unknown key(s) lr; allowed:"),
+        ("no_such_pkg.mod:f", "cannot import module 'no_such_pkg.mod'"),
+        ("{f}", "TARGET must be 'path/to/file.py:function' or 'package.module:function'"),
+    ],
+)
+def test_bad_targets_one_line_exit_2(task_file, target, message):
+    out = lrkit("find", target.format(f=task_file), "--num-iter", "5")
+    assert out.returncode == 2
+    assert out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lrkit: error: "), out.stderr
+    assert message in lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--num-iter", "1"], "--num-iter must be >= 2, got 1"),
+        (["--start-lr", "1", "--end-lr", "0.1"], "start_lr must be < end_lr"),
+        (["--mode", "cosine"], "--mode must be 'exp' or 'linear', got 'cosine'"),
+        pytest.param(["--num-iter", "abc"], "abc", marks=pytest.mark.xfail(
+            reason="typer 0.29 vendors click: cli/_errors.py must also catch typer._click.exceptions.UsageError",
+            strict=False)),
+    ],
+)
+def test_bad_options_exit_2(args, message):
+    out = lrkit("find", *args)
+    assert out.returncode == 2
+    assert len(out.stderr.strip().splitlines()) == 1 and message in out.stderr
+
+
+def test_help_documents_the_target_contract():
+    out = lrkit("find", "--help")
+    assert out.returncode == 0
+    text = " ".join(out.stdout.split())
+    for word in ("path/to/file.py:function", "package.module:function", "model", "optimizer", "loss_fn",
+                 "train_loader", "val_loader", "step_fn", "batch_size", "--json", "--report"):
+        assert word in text, word
