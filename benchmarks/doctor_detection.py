@@ -13,11 +13,11 @@ Optimizers: SGD, Adam, RMSprop; seeds 0, 1.
 Regimes (the LR is set by the benchmark; the ground-truth label is then checked on the outcome):
   good      the usual default (SGD 0.1, Adam 1e-3, RMSprop 1e-3)           -> healthy
   too_low   good / 1e4                                                    -> flat, if the loss
-            moved < 10% of its initial level (median of the first 10 vs the last 50 losses);
+            moved < 10% of its initial level (the first loss vs the median of the last 50);
             a run that still trained is labelled healthy (by outcome, not intent)
   too_high  good x 300 from the start                                     -> diverging, if the
-            smoothed loss (running median of 5) rose above 2x its initial level or the run never
-            got below 90% of it; a run that trained anyway is "ambiguous" (shown, not scored)
+            smoothed loss (running median of 5) rose above 2x the first loss or the run never got
+            below 90% of it; a run that trained anyway is "ambiguous" (shown, not scored)
   spike     good until step 150, then good x 300                         -> diverging with onset
             150, if the smoothed loss after 150 rose above 2x its level before 150; else ambiguous
   nan       good, and a weight set to NaN at step 150 (real propagation)   -> nan, onset 150
@@ -128,7 +128,7 @@ def ground_truth(regime: str, loss: np.ndarray) -> tuple[str, int | None]:
     bad = np.nonzero(~np.isfinite(loss))[0]
     if len(bad):
         return "nan", int(bad[0])
-    L0 = float(np.median(loss[:10]))
+    L0 = float(loss[0])  # the loss at the initial weights, before any update
     final = float(np.median(loss[-50:]))
     sm = running_median(loss, 5)
     if regime == "good":

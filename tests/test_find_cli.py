@@ -58,7 +58,7 @@ def task_file(tmp_path: Path) -> Path:
 
 
 def test_builtin_example_json(tmp_path):
-    out = lrkit("find", "--json", "--num-iter", "40", "--verify-steps", "0")
+    out = lrkit("find", "--json", "--num-iter", "60")  # default: candidates verified by short runs
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 1  # one JSON object, nothing else on stdout
@@ -69,6 +69,8 @@ def test_builtin_example_json(tmp_path):
     assert len(d["lrs"]) == len(d["losses"]) >= 10
     assert d["lrs"][0] == 1e-7  # Adam's default range
     assert 1e-5 < d["suggestion"] < 1.0
+    assert d["method"].startswith("verified") and d["details"]["verify_steps"] == 30
+    assert {"steepest", "valley", "minimum_div_10"} <= set(d["rules"])
     assert out.stderr == ""  # no progress bar when --json and stderr is not a terminal
 
 

@@ -319,3 +319,12 @@ print(r.to_json()[:1], r.summary().splitlines()[0][:9])
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["{", "suggested"]
+
+
+def test_find_with_verification_restores_plain_trainer():
+    t = Quadratic()
+    res = find(t, start_lr=1e-4, end_lr=10.0, num_iter=80, verify_steps=10, family="sgd")
+    assert res.details["verify_steps_used"] > 0
+    assert (t.w, t.calls) == (1.0, 0)
+    assert res.details["range_test_steps"] >= len(res.lrs)
+    assert 1e-3 < res.suggestion < 2.0

@@ -44,8 +44,13 @@ def test_bad_arguments():
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_suggestion_trains_well(optimizer):
     task = digits_task(optimizer=optimizer, seed=0)
+    before = [p.detach().clone() for p in task.model.parameters()]
     res = find_lr(task.model, task.optimizer, task.loss_fn, task.train_loader, val_loader=task.val_loader,
-                  num_iter=100, progress=False, verify=False)
+                  num_iter=100, progress=False)  # default: verify candidates with short cold-start runs
+    assert res.method.startswith("verified")
+    assert res.details["verify_steps_used"] > 0
+    assert res.details["range_test_steps"] in (len(res.lrs), len(res.lrs) + 1)
+    assert all(torch.equal(p, q) for p, q in zip(task.model.parameters(), before))
     lr = res.suggestion
     assert res.lrs[0] < lr < res.lrs[-1]
     steps = 150

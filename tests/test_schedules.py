@@ -263,9 +263,12 @@ def test_vectorised_one_million_steps_is_fast():
               S.one_cycle(0.1, 10**6, three_phase=True),
               S.warmup(S.join([S.cosine(0.1, 1000), S.constant(0.01)], [1000]), 100),
               S.multistep(0.1, [1000, 5000, 90000]), S.warmup_stable_decay(0.1, 10**6, 1000, 10**5)]:
-        start = time.perf_counter()
-        out = s(t)
-        assert time.perf_counter() - start < 0.5, s
+        best = math.inf
+        for _ in range(3):  # best of three: the machine is shared
+            start = time.perf_counter()
+            out = s(t)
+            best = min(best, time.perf_counter() - start)
+        assert best < 0.5, (s, best)
         assert out.shape == t.shape
 
 

@@ -14,9 +14,16 @@ from lrkit import schedules as S
 
 jax = pytest.importorskip("jax")
 optax = pytest.importorskip("optax")
-jax.config.update("jax_enable_x64", True)
-
 pytestmark = pytest.mark.jax
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _x64():
+    """float64 JAX for this module only (restored after, for other modules in the process)."""
+    old = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", old)
 
 FAST = settings(max_examples=25, deadline=None)
 lr_st = st.floats(1e-4, 1.0)
@@ -179,3 +186,52 @@ def test_one_cycle_linear_three_phase_matches_linear_onecycle_schedule(lr, tk, d
     theirs = optax.linear_onecycle_schedule(n, lr, (k - 1 + 0.5) / n, (2 * k - 2 + 0.5) / n, div, fdiv)
     t = steps_for(total)
     same(mine(t), run(theirs, t, scalar_only=True), lr)
+
+
+# --- the same formulas, traced by JAX (what an optax export can build on) -----------------------
+from test_schedules import any_schedule  # noqa: E402  (tests/ is on sys.path under pytest)
+
+
+@settings(max_examples=30, deadline=None)
+@given(s=any_schedule)
+def test_every_schedule_evaluates_under_jax_jit(s):
+    jnp = jax.numpy
+    fn = jax.jit(lambda count: s.evaluate(count, xp=jnp))
+    counts = jnp.asarray(STEPS[::7], dtype=jnp.int64)
+    got = np.asarray(fn(counts))
+    assert got.dtype == np.float64
+    expected = s(STEPS[::7])
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12 * max(1.0, float(np.max(expected))))
+    scalar = jax.jit(lambda c: s.evaluate(c, xp=jnp))(jnp.asarray(123, dtype=jnp.int64))
+    assert float(scalar) == pytest.approx(s(123), rel=1e-9, abs=1e-15)
+
+
+def test_custom_schedule_without_xp_support_says_so():
+    class Half(S.Schedule):
+        name = "half"
+
+        def _evaluate(self, steps):
+            return 0.5 + 0 * steps
+
+    np.testing.assert_array_equal(Half({}).evaluate(np.arange(3)), [0.5, 0.5, 0.5])
+    with pytest.raises(ValueError, match="only evaluates with NumPy"):
+        Half({}).evaluate(np.arange(3), xp=jax.numpy)
+
+
+@pytest.mark.parametrize("make", [
+    lambda d: S.step_decay(1.0, d, 0.5),
+    lambda d: S.exponential(1.0, 0.5, d, staircase=True),
+    lambda d: S.inverse_time(1.0, d, 1.0, staircase=True),
+    lambda d: S.polynomial(1.0, d, 0.1, 2.0, cycle=True),
+    lambda d: S.epochwise(S.multistep(1.0, [1, 2, 3, 5, 8]), d),
+    lambda d: S.warm_restarts(1.0, d),
+    lambda d: S.cyclic(0.1, 1.0, d, 2 * d, mode="triangular2"),
+], ids=["step_decay", "exponential", "inverse_time", "polynomial_cycle", "epochwise",
+        "warm_restarts", "cyclic"])
+@pytest.mark.parametrize("d", [3, 7, 49, 98, 1000])
+def test_staircases_switch_exactly_at_multiples_under_jit(make, d):
+    """XLA computes t / d as t * (1/d); lrkit corrects its floors so that no stair is late."""
+    s = make(d)
+    t = np.arange(30000, dtype=np.float64)
+    got = np.asarray(jax.jit(lambda c: s.evaluate(c, xp=jax.numpy))(jax.numpy.asarray(t, dtype=jax.numpy.int64)))
+    np.testing.assert_allclose(got, s(t), rtol=1e-12, atol=1e-15)

@@ -280,8 +280,9 @@ def test_resume_with_last_epoch(name, kind, mine, make, k):
        factor=st.floats(0.05, 0.95), patience=st.integers(0, 4), cooldown=st.integers(0, 3),
        threshold=st.sampled_from([0.0, 1e-4, 0.01, 0.1]),
        min_frac=st.sampled_from([0.0, 1e-3, 0.2]), eps=st.sampled_from([1e-8, 1e-3, 0.0]),
-       metrics=st.lists(st.one_of(st.floats(-10, 10), st.sampled_from([0.0, 1.0])), min_size=1,
-                        max_size=80))
+       metrics=st.lists(st.one_of(st.floats(-10, 10), st.sampled_from([0.0, 1.0, float("nan"),
+                                                                          float("inf")])),
+                        min_size=1, max_size=80))
 def test_reduce_on_plateau_matches_torch(lr, mode, tmode, factor, patience, cooldown, threshold,
                                          min_frac, eps, metrics):
     kw = dict(mode=mode, factor=factor, patience=patience, threshold=threshold,

@@ -649,3 +649,18 @@ def test_cuda_bitwise_restore_with_amp():  # pragma: no cover - needs a GPU
     assert res.stopped_early
     assert picture(model, opt, scaler, loader=dl) == before
     assert all(torch.equal(a, b) for a, b in zip(cuda_rng, torch.cuda.get_rng_state_all()))
+
+
+@pytest.mark.parametrize("opt_name", ["adam", "sgd_momentum"])
+def test_bitwise_restore_after_verification_runs(opt_name):
+    model, opt, dl = setup(opt_name)
+    x, y = make_data(32, seed=4)
+    val = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(1))
+    before = picture(model, opt, loader=dl)
+    val_gen = val.generator.get_state().clone()
+    res = find_lr(model, opt, torch.nn.CrossEntropyLoss(), dl, val_loader=val, num_iter=40, verify_steps=8,
+                  progress=False, batch_size=16, target_batch_size=64)
+    assert res.details["verify_steps_used"] > 0 and len(res.details["candidates"]) >= 1
+    assert res.method.endswith("+scaled") and res.details["batch_scaling"]["to_batch_size"] == 64
+    assert picture(model, opt, loader=dl) == before
+    assert torch.equal(val.generator.get_state(), val_gen)

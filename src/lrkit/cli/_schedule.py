@@ -49,7 +49,15 @@ def _write_png(schedule, steps: int, path: Path) -> None:
     fig.savefig(path, format="png", dpi=100)
 
 
-@app.command("schedule")
+def _epilog() -> str:
+    from lrkit.schedules import SCHEDULE_CONSTRUCTORS
+
+    return ("Schedules: " + ", ".join(SCHEDULE_CONSTRUCTORS) + ". Parameter names are those of "
+            "lrkit.schedules (e.g. warmup(schedule=cosine(base_lr=0.1, total_steps=900), "
+            "warmup_steps=100)); steps count optimizer steps.")
+
+
+@app.command("schedule", epilog=_epilog())
 def schedule_command(
     spec: Annotated[str, typer.Argument(help="A schedule spec, e.g. \"cosine(base_lr=0.1, total_steps=1000)\".")],
     steps: Annotated[Optional[int], typer.Option("--steps", "-n", help="Evaluate steps 0..N-1 (default: total_steps + 1).")] = None,

@@ -28,7 +28,9 @@ of a converging run are on one scale. Statistics (``W`` = ``window``, ``s`` = ``
     \sigma = 1.4826 \cdot \operatorname{MAD}(\Delta y_{t-W+1..t}) / \sqrt 2
     \quad\text{(minibatch noise of } y\text{; differencing removes the trend)}
 
-    \sigma_s = 1.2533\, \sigma / \sqrt{s} \quad\text{(noise of a median of } s\text{)}
+    \sigma_s = 1.2533\, \max(\sigma, \bar\sigma) / \sqrt{s}
+    \quad\text{(noise of a median of } s\text{;}\ \bar\sigma^2 \text{ an EMA (0.1) of } \sigma^2
+    \text{ over the checks)}
 
 (:math:`b_t` only counts medians of at least 3 losses.) **Diverging** when, for ``patience``
 consecutive steps,
@@ -37,14 +39,15 @@ consecutive steps,
 
     m_t - b'_t > \max\big(\log \rho,\; z\,\sigma_s\big) + [n < W]\log\rho
     \quad\text{and}\quad
-    e^{m_t} - e^{b'_t} > r \cdot L_0, \qquad b'_t = \min(b_t,\ y_1 + \log\rho)
+    e^{m_t} - e^{b'_t} > r \cdot L_0, \qquad b'_t = \min(b_t,\ y_1) \text{ if } n < W \text{ else } b_t
 
 with :math:`\rho` = ``diverge_ratio``, :math:`z` = ``noise_z``, :math:`r` = ``min_rise``,
 :math:`y_1` the very first loss (taken at the initial weights, so that a blow-up in the first
 steps is caught) and :math:`L_0 = \min(\ell_1, \operatorname{median}(\ell_{1..s}))` the initial
 loss level (above the floor). The level must rise by a factor *and* by an amount that matters
 next to where training started (a rise from 1e-6 to 1e-4 is not a problem); during the first
-``W`` steps, while noise and best are poorly known, the factor is :math:`\rho^2`. It is also
+``W`` steps, while noise and best are poorly known, the factor is :math:`\rho^2` (and the
+first loss counts as a best). It is also
 diverging when the median gradient norm of the last ``s`` steps exceeds ``grad_ratio`` times its
 initial median. The onset is the step after the last loss of the window still within half the margin
 of the best level (the loss began rising there).
@@ -63,19 +66,29 @@ progress: the median of its first half minus the median of its second half is be
 :math:`\max(\log(1 + \text{progress\_tol}),\ 2 \cdot 1.2533\,\sigma\sqrt{2/W})`.
 Onset: the first spike in the window.
 
-**Flat** (checked once ``flat_steps`` losses are in): the reference level
-:math:`R = \max(L_0, \operatorname{median}(\ell_{1..W}))` and the current level
-:math:`M = \operatorname{median}(\ell_{t-W+1..t})` satisfy :math:`(R - M) / R < \text{tol}`
-(:math:`\text{tol} = \min(0.2, \max(\text{flat\_tol},\ 1 - e^{-4 \cdot 1.2533\,\sigma\sqrt{2/W}}))`: a
-decrease within the noise of two window medians is no decrease) and the lowest window median
-so far never went below :math:`R\,(1 - \max(2\,\text{flat\_tol}, \text{tol}))`: the
-run *never started* to decrease. A run that decreased a lot and converged to a floor is therefore
-never flat. Not reported while the LR is still rising (by 1.5x or more over the last window: a
-warmup starts flat). A flat run that *blew up first* (a loss above
-:math:`\max(\rho, e^{4\sigma_0}) L_0` in the first window, :math:`\sigma_0` that window's noise) or
-whose gradient norm fell more than 3x (or noise more than 3x) without progress is reported as
-``diverging`` instead: units died or saturated, the LR was too high, and raising it would be
-the wrong advice. Onset of flat: the first step observed.
+**Flat** (checked once ``flat_steps`` losses are in): with the current level
+:math:`M = \operatorname{median}(\ell_{t-W+1..t})`, the first window's level
+:math:`R = \operatorname{median}(\ell_{1..W})` and the start :math:`R_0 = \max(\operatorname{median}(\ell_{1..s}), R)`,
+
+.. math::
+
+    \frac{R - M}{R} < \text{tol} = \min\big(0.3,\ \max(\text{flat\_tol},\ 1 - e^{-4 \cdot 1.2533\,\sigma\sqrt{2/W}})\big)
+
+    \frac{R_0 - M}{R_0} < \text{tol}_0 = \min\big(0.5,\ \max(2\,\text{flat\_tol},\
+        1 - e^{-3 \cdot 1.2533\,\sigma\sqrt{1/s + 1/W}})\big)
+
+(a decrease within the noise of the medians is no decrease): the run *never started* to
+decrease. The second test keeps a run that dropped fast in its first steps and then converged
+from being called flat. Not reported while the LR is still rising (by 1.5x or more over the
+last window: a warmup starts flat). A flat run whose gradient norm fell more than 3x (or its
+noise more than 3x) without progress is reported as ``diverging`` instead: units died or
+saturated, the LR was too high, and raising it would be the wrong advice. Onset of flat: the
+first step observed.
+
+**Early blow-up**: during the first window, a single loss above
+:math:`\max(\rho^2, e^{6\sigma_0})\,\operatorname{median}(\ell_{1..s})` (:math:`\sigma_0` the noise
+of the first window so far) is reported as ``diverging`` at that step, even if the loss comes
+back: the LR is too high for the start of training (lower it, or add warmup).
 
 Cost: ring buffers of length ``W``; a step costs a median of ``s`` numbers, and every
 ``check_every`` steps a few NumPy passes over ``W`` numbers: O(1) per step, independent of the
@@ -372,12 +385,14 @@ class Doctor:
         self._first: list[float] = []  # first `short` losses (above floor)
         self._first_window: list[float] = []  # first W losses (above floor)
         self._first_window_steps: list[int] = []
+        self._early_checked = False  # the first window was searched for a blow-up
         self._gn_first: list[float] = []
         self._best = math.inf  # best level b (log)
         self._best_window = math.inf  # lowest window median (raw, above floor), for `flat`
         self._lr_window: list[float] = []  # LR at each window check, for warmup detection
         self._best_center_step: int | None = None
-        self._sigma = math.nan  # noise sd of y
+        self._sigma = math.nan  # noise sd of y (latest window)
+        self._sigma_slow = math.nan  # its slow average (EMA over checks), for the diverging margin
         self._div_count = 0
         self._div_onset: int | None = None
         self._slow_verdict = "healthy"  # result of the last window check (fluctuating/flat)
@@ -529,11 +544,13 @@ class Doctor:
             "first_window": list(self._first_window),
             "gn_first": list(self._gn_first),
             "first_window_steps": list(self._first_window_steps),
+            "early_checked": self._early_checked,
             "best": None if math.isinf(self._best) else self._best,
             "best_center_step": self._best_center_step,
             "best_window": None if math.isinf(self._best_window) else self._best_window,
             "lr_window": list(self._lr_window),
             "sigma": None if math.isnan(self._sigma) else self._sigma,
+            "sigma_slow": None if math.isnan(self._sigma_slow) else self._sigma_slow,
             "div_count": self._div_count,
             "div_onset": self._div_onset,
             "slow_verdict": self._slow_verdict,
@@ -565,11 +582,13 @@ class Doctor:
         self._first_window = [float(v) for v in s["first_window"]]
         self._gn_first = [float(v) for v in s["gn_first"]]
         self._first_window_steps = [int(v) for v in s["first_window_steps"]]
+        self._early_checked = bool(s["early_checked"])
         self._best = math.inf if s["best"] is None else float(s["best"])
         self._best_center_step = s["best_center_step"]
         self._best_window = math.inf if s["best_window"] is None else float(s["best_window"])
         self._lr_window = [float(v) for v in s["lr_window"]]
         self._sigma = math.nan if s["sigma"] is None else float(s["sigma"])
+        self._sigma_slow = math.nan if s["sigma_slow"] is None else float(s["sigma_slow"])
         self._div_count = int(s["div_count"])
         self._div_onset = s["div_onset"]
         self._slow_verdict = s["slow_verdict"]
@@ -611,10 +630,10 @@ class Doctor:
         :math:`y_i \approx a + \beta t_i + \gamma \max(0, t_i - c)`, for every break ``c``; the
         break with the smallest residual and :math:`\gamma > 0` (the slope went up) gives the
         onset, the step after ``c``, if it fits significantly better than a single line
-        (F-statistic > 10).
-        Otherwise (no break inside the window: a slow rise that began before it; or a
-        gradient-norm explosion with a still-falling loss), the step after the best level's
-        median window centre.
+        (F-statistic > 25).
+        Otherwise, if the window rises steadily (a slow rise that began before it), the line
+        is extrapolated back to the best level :math:`b`. Otherwise (e.g. a gradient-norm
+        explosion with a still-falling loss), the step after the best level's median window centre.
         """
         y, steps = self._y.ordered()
         n = len(y)
@@ -633,10 +652,19 @@ class Doctor:
                 sse = float(np.sum((y - X @ coef) ** 2))
                 if sse < best_sse:
                     best_c, best_sse = c, sse
-            # keep the break only if it explains the data better than one line (F-test, 1 and
-            # n - 3 degrees of freedom, F > 10: p < 0.005)
-            if best_c is not None and sse_line - best_sse > 10.0 * max(best_sse, 1e-12 * n) / (n - 3):
+            # keep the break only if it explains the data much better than one line (F statistic
+            # with 1 and n - 3 degrees of freedom > 25: the best of ~W candidate breaks is taken,
+            # so the usual F > 10 would let noise through)
+            if best_c is not None and sse_line - best_sse > 25.0 * max(best_sse, 1e-12 * n) / (n - 3):
                 return int(steps[best_c + 1])
+            if c1[1] > 0 and not math.isinf(self._best):
+                # a steady rise that began before the window: extrapolate the line back to the
+                # best level (steps assumed evenly spaced within the window)
+                t_cross = (self._best - c1[0]) / c1[1]
+                spacing = (steps[-1] - steps[0]) / (n - 1)
+                onset = int(round(steps[0] + (t_cross + 1) * spacing))
+                lo = self._best_center_step + 1 if self._best_center_step is not None else int(steps[0])
+                return int(min(max(onset, lo), step))
         if self._best_center_step is None:
             return step
         return min(self._best_center_step + 1, step)
@@ -661,9 +689,13 @@ class Doctor:
         ev = None
         if self._first:
             log_rho = math.log(self._diverge_ratio)
-            # the very first loss (initial weights) is a reference too, one factor rho higher
-            best = min(self._best, math.log(max(self._first[0], _TINY)) + log_rho)
-            sig = 0.0 if math.isnan(self._sigma) else self._sigma
+            # during the first window, the very first loss (initial weights) is a reference too
+            best = self._best
+            if self._n < self._window:
+                best = min(best, math.log(max(self._first[0], _TINY)))
+            # the larger of the current and the slowly averaged noise: a window that happens to be
+            # calm must not shrink the margin
+            sig = 0.0 if math.isnan(self._sigma) else max(self._sigma, self._sigma_slow)
             sig_s = _MEDIAN_EFF * sig / math.sqrt(self._short)
             margin = max(log_rho, self._noise_z * sig_s)
             if self._n < self._window:  # noise and best are still poorly known: one more factor rho
@@ -694,7 +726,22 @@ class Doctor:
             dy = np.diff(y)
             mad = float(np.median(np.abs(dy - np.median(dy))))
             self._sigma = _MAD_TO_SD * mad / math.sqrt(2.0)
+            if len(y) >= W // 2:
+                a = 0.1  # EMA of sigma^2 over checks
+                prev = self._sigma**2 if math.isnan(self._sigma_slow) else self._sigma_slow**2
+                self._sigma_slow = math.sqrt((1 - a) * prev + a * self._sigma**2)
         self._slow_verdict, self._slow_onset, self._slow_evidence = "healthy", None, {}
+        # a blow-up in the first window that came back (the level may never have risen for long)
+        if not self._early_checked and self._n >= self._short + 3:
+            e = self._early_spike()
+            if e is not None:
+                self._early_checked = True
+                ev = self._base_evidence()
+                ev["early_max_ratio"] = max(self._first_window) / float(np.median(self._first_window[: self._short]))
+                self._slow_verdict, self._slow_onset, self._slow_evidence = "diverging", e, ev
+                return
+            if self._n >= W:
+                self._early_checked = True
         if self._n < W or math.isinf(self._best):
             return
         M = float(np.median(np.exp(y)))
@@ -731,12 +778,16 @@ class Doctor:
         # (not while the LR is still rising by half or more over a window: a warmup starts flat)
         warming_up = len(self._lr_window) > 1 and self._lr_window[-1] > 1.5 * self._lr_window[0]
         if self._n >= self._flat_steps and not warming_up:
-            R = max(L0, _median(self._first_window))
+            R = _median(self._first_window)
+            R0 = max(_median(self._first), R)
             rel = (R - M) / R if R > 0 else 0.0
-            best_raw_rel = (R - self._best_window) / R if R > 0 else 0.0
+            best_raw_rel = (R0 - M) / R0 if R0 > 0 else 0.0
+            # the start (median of s losses) is noisier than a window median: its own tolerance,
+            # 3 sd of the difference of a median of s and a median of W
+            tol0 = min(0.5, max(2 * self._flat_tol, 1.0 - math.exp(-3.0 * _MEDIAN_EFF * sig * math.sqrt(1.0 / self._short + 1.0 / W))))
             # a decrease within 4 noise sd of the difference of two window medians is no decrease
-            tol = min(0.2, max(self._flat_tol, 1.0 - math.exp(-4.0 * _MEDIAN_EFF * sig * math.sqrt(2.0 / W))))
-            if rel < tol and best_raw_rel < max(2 * self._flat_tol, tol):
+            tol = min(0.3, max(self._flat_tol, 1.0 - math.exp(-4.0 * _MEDIAN_EFF * sig * math.sqrt(2.0 / W))))
+            if rel < tol and best_raw_rel < tol0:
                 ev["relative_progress"] = rel
                 ev["best_relative_progress"] = best_raw_rel
                 early = self._early_spike()
@@ -767,14 +818,14 @@ class Doctor:
                 self._slow_evidence = ev
 
     def _early_spike(self) -> int | None:
-        """First step of the first window whose loss exceeds ``max(rho, exp(4 sigma0)) * L0``
+        """First step of the first window whose loss exceeds ``max(rho**2, exp(6 sigma0)) * L0``
         (``sigma0`` the noise of that window, ``L0`` the median of its first ``s`` losses)."""
         fw = np.array(self._first_window)
         yw = np.log(np.maximum(fw, _TINY))
         dy = np.diff(yw)
         sig0 = _MAD_TO_SD * float(np.median(np.abs(dy - np.median(dy)))) / math.sqrt(2.0)
         L0 = float(np.median(fw[: self._short]))
-        thr = L0 * max(self._diverge_ratio, math.exp(4.0 * sig0))
+        thr = L0 * max(self._diverge_ratio**2, math.exp(6.0 * sig0))
         hit = np.nonzero((fw > thr) & (fw - L0 > self._min_rise * L0))[0]
         return int(self._first_window_steps[hit[0]]) if len(hit) else None
 

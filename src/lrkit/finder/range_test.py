@@ -49,7 +49,6 @@ Example:
 """
 from __future__ import annotations
 
-import importlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -248,33 +247,10 @@ def run_range_test(
     )
 
 
-def _steepest_fallback(lrs: np.ndarray, losses: np.ndarray) -> dict:
-    """Steepest descent of the smoothed loss against log(lr) (used only without ``suggest``)."""
-    if len(lrs) < 3:
-        raise ValueError(
-            f"the range test recorded only {len(lrs)} steps before diverging; lower start_lr "
-            "or raise num_iter"
-        )
-    grad = np.gradient(losses, np.log(lrs))
-    i = int(np.argmin(grad))
-    lr = float(lrs[i])
-    return {
-        "lr": lr,
-        "method": "steepest",
-        "band": (float(lrs[max(i - 1, 0)]), float(lrs[min(i + 1, len(lrs) - 1)])),
-        "rules": {"steepest": lr},
-        "details": {"note": "lrkit.finder.suggest not available; steepest slope of the smoothed loss"},
-    }
-
-
 def _suggest(record: RangeTestRecord, trainer, *, family, verify_steps, batch_size, target_batch_size, rng_seed):
-    try:
-        suggest_mod = importlib.import_module("lrkit.finder.suggest")
-    except ModuleNotFoundError as exc:
-        if exc.name != "lrkit.finder.suggest":
-            raise
-        return _steepest_fallback(record.lrs, record.smoothed)
-    s = suggest_mod.suggest(
+    from lrkit.finder.suggest import suggest
+
+    s = suggest(
         record.lrs,
         record.losses,
         trainer=trainer if verify_steps > 0 else None,

@@ -67,7 +67,8 @@ class FinderResult:
         suggestion: the suggested learning rate.
         method: the name of the method that produced ``suggestion``.
         rules: the classic rules' suggestions for comparison (``"steepest"``, ``"valley"``,
-            ``"minimum_div_10"``; ``None`` where a rule found nothing).
+            ``"minimum_div_10"``, ... as returned by :func:`lrkit.finder.suggest.suggest`;
+            ``None`` where a rule found nothing).
         band: ``(lo, hi)``, the range of learning rates the method considers about as good.
         details: method-specific information (JSON-ready values).
         stopped_early: the test stopped on divergence before ``num_iter`` steps.

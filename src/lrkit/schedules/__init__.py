@@ -11,7 +11,11 @@ Conventions shared by all of them:
 * parameter names are shared: ``base_lr`` (start/peak), ``min_lr`` (floor), ``end_lr``,
   ``total_steps``, ``warmup_steps``, ``gamma`` (a decay factor);
 * the CLI spec uses the same names: ``cosine(base_lr=0.1, total_steps=1000)`` — see
-  :func:`parse_spec` and :meth:`Schedule.to_spec`.
+  :func:`parse_spec` and :meth:`Schedule.to_spec` (and :func:`from_dict` /
+  :meth:`Schedule.to_dict` for JSON);
+* the formulas are written once, for any NumPy-like array namespace:
+  ``schedule.evaluate(count, xp=jax.numpy)`` traces under ``jax.jit`` (for the optax export)
+  and gives the same values as ``schedule(step)``.
 
 Example:
     >>> from lrkit import schedules as S

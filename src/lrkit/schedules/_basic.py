@@ -7,10 +7,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
-
 from lrkit.schedules import _validate as v
-from lrkit.schedules._formula import BuiltinSchedule
+from lrkit.schedules._formula import BuiltinSchedule, ceil_div, floor_div
 from lrkit.schedules.base import Schedule
 
 __all__ = [
@@ -28,8 +26,8 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------------
-def _constant(t, *, lr):
-    return np.full(t.shape, lr)
+def _constant(xp, t, *, lr):
+    return xp.zeros_like(t) + lr
 
 
 def constant(lr: float) -> Schedule:
@@ -53,8 +51,8 @@ def constant(lr: float) -> Schedule:
 
 
 # --------------------------------------------------------------------------------------------
-def _step_decay(t, *, base_lr, step_size, gamma):
-    return base_lr * np.power(gamma, np.floor(t / step_size))
+def _step_decay(xp, t, *, base_lr, step_size, gamma):
+    return base_lr * xp.power(gamma, floor_div(xp, t, step_size))
 
 
 def step_decay(base_lr: float, step_size: int, gamma: float = 0.1) -> Schedule:
@@ -91,9 +89,9 @@ def step_decay(base_lr: float, step_size: int, gamma: float = 0.1) -> Schedule:
 
 
 # --------------------------------------------------------------------------------------------
-def _multistep(t, *, base_lr, milestones, gamma):
-    k = np.searchsorted(np.asarray(milestones, dtype=np.float64), t, side="right")
-    return base_lr * np.power(gamma, k)
+def _multistep(xp, t, *, base_lr, milestones, gamma):
+    k = xp.searchsorted(xp.asarray(milestones, dtype=t.dtype), t, side="right")
+    return base_lr * xp.power(gamma, k * 1.0)
 
 
 def multistep(base_lr: float, milestones: Sequence[int], gamma: float = 0.1) -> Schedule:
@@ -129,11 +127,9 @@ def multistep(base_lr: float, milestones: Sequence[int], gamma: float = 0.1) -> 
 
 
 # --------------------------------------------------------------------------------------------
-def _exponential(t, *, base_lr, gamma, decay_steps, staircase):
-    p = t / decay_steps
-    if staircase:
-        p = np.floor(p)
-    return base_lr * np.power(gamma, p)
+def _exponential(xp, t, *, base_lr, gamma, decay_steps, staircase):
+    p = floor_div(xp, t, decay_steps) if staircase else t / decay_steps
+    return base_lr * xp.power(gamma, p)
 
 
 def exponential(base_lr: float, gamma: float, decay_steps: int = 1,
@@ -180,14 +176,14 @@ def exponential(base_lr: float, gamma: float, decay_steps: int = 1,
 
 
 # --------------------------------------------------------------------------------------------
-def _polynomial(t, *, base_lr, total_steps, end_lr, power, cycle):
+def _polynomial(xp, t, *, base_lr, total_steps, end_lr, power, cycle):
     T = float(total_steps)
     if cycle:
-        horizon = T * np.maximum(np.ceil(t / T), 1.0)
+        horizon = T * xp.maximum(ceil_div(xp, t, T), 1.0)
         frac = t / horizon
     else:
-        frac = np.minimum(t, T) / T
-    return (base_lr - end_lr) * np.power(1.0 - frac, power) + end_lr
+        frac = xp.minimum(t, T) / T
+    return (base_lr - end_lr) * xp.power(1.0 - frac, power) + end_lr
 
 
 def polynomial(base_lr: float, total_steps: int, end_lr: float = 0.0, power: float = 1.0,
@@ -237,10 +233,8 @@ def polynomial(base_lr: float, total_steps: int, end_lr: float = 0.0, power: flo
 
 
 # --------------------------------------------------------------------------------------------
-def _inverse_time(t, *, base_lr, decay_steps, decay_rate, staircase):
-    p = t / decay_steps
-    if staircase:
-        p = np.floor(p)
+def _inverse_time(xp, t, *, base_lr, decay_steps, decay_rate, staircase):
+    p = floor_div(xp, t, decay_steps) if staircase else t / decay_steps
     return base_lr / (1.0 + decay_rate * p)
 
 
@@ -280,8 +274,8 @@ def inverse_time(base_lr: float, decay_steps: int, decay_rate: float,
 
 
 # --------------------------------------------------------------------------------------------
-def _linear(t, *, start_lr, end_lr, total_steps):
-    return start_lr + (end_lr - start_lr) * (np.minimum(t, total_steps) / total_steps)
+def _linear(xp, t, *, start_lr, end_lr, total_steps):
+    return start_lr + (end_lr - start_lr) * (xp.minimum(t, total_steps) / total_steps)
 
 
 def linear(start_lr: float, end_lr: float, total_steps: int) -> Schedule:
@@ -318,9 +312,9 @@ def linear(start_lr: float, end_lr: float, total_steps: int) -> Schedule:
 
 
 # --------------------------------------------------------------------------------------------
-def _cosine(t, *, base_lr, total_steps, min_lr):
-    frac = np.minimum(t, total_steps) / total_steps
-    return min_lr + (base_lr - min_lr) * (1.0 + np.cos(np.pi * frac)) / 2.0
+def _cosine(xp, t, *, base_lr, total_steps, min_lr):
+    frac = xp.minimum(t, total_steps) / total_steps
+    return min_lr + (base_lr - min_lr) * (1.0 + xp.cos(xp.pi * frac)) / 2.0
 
 
 def cosine(base_lr: float, total_steps: int, min_lr: float = 0.0) -> Schedule:
@@ -365,9 +359,9 @@ def cosine(base_lr: float, total_steps: int, min_lr: float = 0.0) -> Schedule:
 
 
 # --------------------------------------------------------------------------------------------
-def _piecewise_constant(t, *, boundaries, values):
-    idx = np.searchsorted(np.asarray(boundaries, dtype=np.float64), t, side="left")
-    return np.asarray(values, dtype=np.float64)[idx]
+def _piecewise_constant(xp, t, *, boundaries, values):
+    idx = xp.searchsorted(xp.asarray(boundaries, dtype=t.dtype), t, side="left")
+    return xp.asarray(values, dtype=t.dtype)[idx]
 
 
 def piecewise_constant(boundaries: Sequence[int], values: Sequence[float]) -> Schedule:
@@ -411,8 +405,8 @@ def piecewise_constant(boundaries: Sequence[int], values: Sequence[float]) -> Sc
 
 
 # --------------------------------------------------------------------------------------------
-def _piecewise_linear(t, *, steps, lrs):
-    return np.interp(t, np.asarray(steps, dtype=np.float64), np.asarray(lrs, dtype=np.float64))
+def _piecewise_linear(xp, t, *, steps, lrs):
+    return xp.interp(t, xp.asarray(steps, dtype=t.dtype), xp.asarray(lrs, dtype=t.dtype))
 
 
 def piecewise_linear(steps: Sequence[int], lrs: Sequence[float]) -> Schedule:

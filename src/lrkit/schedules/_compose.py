@@ -5,24 +5,20 @@ import math
 import numbers
 from typing import Sequence
 
-import numpy as np
 
 from lrkit.schedules import _validate as v
-from lrkit.schedules._formula import BuiltinSchedule, evaluate
+from lrkit.schedules._formula import BuiltinSchedule, evaluate, floor_div
 from lrkit.schedules.base import Schedule
 
 __all__ = ["join", "scale", "multiply", "clip", "epochwise", "epochs_to_steps"]
 
 
 # --------------------------------------------------------------------------------------------
-def _join(t, *, schedules, boundaries):
-    idx = np.searchsorted(np.asarray(boundaries, dtype=np.float64), t, side="right")
-    out = np.empty(t.shape)
-    offsets = [0, *boundaries]
-    for k, sched in enumerate(schedules):
-        mask = idx == k
-        if np.any(mask):
-            out[mask] = evaluate(sched, t[mask] - offsets[k])
+def _join(xp, t, *, schedules, boundaries):
+    out = evaluate(schedules[0], t, xp)
+    for b, sched in zip(boundaries, schedules[1:]):
+        # the later schedule never sees a step below 0 (its value there is discarded anyway)
+        out = xp.where(t < b, out, evaluate(sched, xp.maximum(t - b, 0.0), xp))
     return out
 
 
@@ -66,8 +62,8 @@ def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
 
 
 # --------------------------------------------------------------------------------------------
-def _scale(t, *, schedule, factor):
-    return factor * evaluate(schedule, t)
+def _scale(xp, t, *, schedule, factor):
+    return factor * evaluate(schedule, t, xp)
 
 
 def scale(schedule: Schedule, factor: float) -> Schedule:
@@ -95,8 +91,8 @@ def scale(schedule: Schedule, factor: float) -> Schedule:
 
 
 # --------------------------------------------------------------------------------------------
-def _multiply(t, *, a, b):
-    return evaluate(a, t) * evaluate(b, t)
+def _multiply(xp, t, *, a, b):
+    return evaluate(a, t, xp) * evaluate(b, t, xp)
 
 
 def multiply(a: Schedule, b: Schedule) -> Schedule:
@@ -126,12 +122,12 @@ def multiply(a: Schedule, b: Schedule) -> Schedule:
 
 
 # --------------------------------------------------------------------------------------------
-def _clip(t, *, schedule, min_lr, max_lr):
-    out = evaluate(schedule, t)
+def _clip(xp, t, *, schedule, min_lr, max_lr):
+    out = evaluate(schedule, t, xp)
     if min_lr is not None:
-        out = np.maximum(out, min_lr)
+        out = xp.maximum(out, min_lr)
     if max_lr is not None:
-        out = np.minimum(out, max_lr)
+        out = xp.minimum(out, max_lr)
     return out
 
 
@@ -168,8 +164,8 @@ def clip(schedule: Schedule, min_lr: float | None = None, max_lr: float | None =
 
 
 # --------------------------------------------------------------------------------------------
-def _epochwise(t, *, schedule, steps_per_epoch):
-    return evaluate(schedule, np.floor(t / steps_per_epoch))
+def _epochwise(xp, t, *, schedule, steps_per_epoch):
+    return evaluate(schedule, floor_div(xp, t, steps_per_epoch), xp)
 
 
 def epochwise(schedule: Schedule, steps_per_epoch: int) -> Schedule:

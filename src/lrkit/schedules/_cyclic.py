@@ -6,14 +6,14 @@ import math
 import numpy as np
 
 from lrkit.schedules import _validate as v
-from lrkit.schedules._formula import BuiltinSchedule
+from lrkit.schedules._formula import BuiltinSchedule, floor_div
 from lrkit.schedules.base import Schedule
 
 __all__ = ["warm_restarts", "cyclic", "one_cycle"]
 
 
 # --------------------------------------------------------------------------------------------
-def restart_index(t: np.ndarray, first: float, mult: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def restart_index(t, first: float, mult: float, xp=np):
     """Closed-form SGDR cycle index ``i``, its start step and its length for each step ``t``.
 
     Cycle ``i`` has length ``first * mult**i`` and starts at ``first * (mult**i - 1)/(mult - 1)``
@@ -21,24 +21,24 @@ def restart_index(t: np.ndarray, first: float, mult: float) -> tuple[np.ndarray,
     correction step either way makes it exact at the restart steps themselves.
     """
     if mult == 1.0:
-        i = np.floor(t / first)
-        return i, i * first, np.full(t.shape, first)
-    i = np.floor(np.log1p(t * (mult - 1.0) / first) / math.log(mult))
-    i = np.maximum(i, 0.0)
+        i = floor_div(xp, t, first)
+        return i, i * first, xp.zeros_like(t) + first
+    i = xp.floor(xp.log1p(t * (mult - 1.0) / first) / math.log(mult))
+    i = xp.maximum(i, 0.0)
 
     def start(k):
-        return first * (np.power(mult, k) - 1.0) / (mult - 1.0)
+        return first * (xp.power(mult, k) - 1.0) / (mult - 1.0)
 
-    i = np.where(start(i) > t, i - 1.0, i)
-    i = np.where(start(i + 1.0) <= t, i + 1.0, i)
-    return i, start(i), first * np.power(mult, i)
+    i = xp.where(start(i) > t, i - 1.0, i)
+    i = xp.where(start(i + 1.0) <= t, i + 1.0, i)
+    return i, start(i), first * xp.power(mult, i)
 
 
-def _warm_restarts(t, *, base_lr, first_cycle_steps, cycle_mult, min_lr, m_mul):
-    i, s, length = restart_index(t, float(first_cycle_steps), float(cycle_mult))
+def _warm_restarts(xp, t, *, base_lr, first_cycle_steps, cycle_mult, min_lr, m_mul):
+    i, s, length = restart_index(t, float(first_cycle_steps), float(cycle_mult), xp)
     t_cur = t - s
-    peak = base_lr - min_lr if m_mul == 1.0 else (base_lr - min_lr) * np.power(m_mul, i)
-    return min_lr + peak * (1.0 + np.cos(np.pi * t_cur / length)) / 2.0
+    peak = base_lr - min_lr if m_mul == 1.0 else (base_lr - min_lr) * xp.power(m_mul, i)
+    return min_lr + peak * (1.0 + xp.cos(xp.pi * t_cur / length)) / 2.0
 
 
 def warm_restarts(base_lr: float, first_cycle_steps: int, cycle_mult: float = 1,
@@ -99,18 +99,18 @@ def warm_restarts(base_lr: float, first_cycle_steps: int, cycle_mult: float = 1,
 _CYCLIC_MODES = ("triangular", "triangular2", "exp_range")
 
 
-def _cyclic(t, *, base_lr, max_lr, step_size_up, step_size_down, mode, gamma):
+def _cyclic(xp, t, *, base_lr, max_lr, step_size_up, step_size_down, mode, gamma):
     down = step_size_up if step_size_down is None else step_size_down
     total = float(step_size_up + down)
     ratio = step_size_up / total
-    cycle = np.floor(1.0 + t / total)
-    x = 1.0 + t / total - cycle
-    factor = np.where(x <= ratio, x / ratio, (x - 1.0) / (ratio - 1.0))
+    cycle = 1.0 + floor_div(xp, t, total)
+    x = (t - (cycle - 1.0) * total) / total  # position in the cycle, in [0, 1)
+    factor = xp.where(x <= ratio, x / ratio, (x - 1.0) / (ratio - 1.0))
     height = (max_lr - base_lr) * factor
     if mode == "triangular2":
-        height = height * np.exp2(-(cycle - 1.0))
+        height = height * xp.exp2(-(cycle - 1.0))
     elif mode == "exp_range":
-        height = height * np.power(gamma, t)
+        height = height * xp.power(gamma, t)
     return base_lr + height
 
 
@@ -187,23 +187,25 @@ def _one_cycle_phases(total_steps, pct_start, three_phase):
     return ends, keys
 
 
-def _one_cycle(t, *, max_lr, total_steps, pct_start, anneal_strategy, div_factor,
+def _one_cycle(xp, t, *, max_lr, total_steps, pct_start, anneal_strategy, div_factor,
                final_div_factor, three_phase):
     lrs = {"max": max_lr, "initial": max_lr / div_factor}
     lrs["min"] = lrs["initial"] / final_div_factor
     ends, keys = _one_cycle_phases(total_steps, pct_start, three_phase)
-    t = np.minimum(t, total_steps - 1)  # hold the final value
-    out = np.empty(t.shape)
-    start = 0.0
-    for i, (end, (a, b)) in enumerate(zip(ends, keys)):
-        mask = t <= end if i == 0 else (t > start) & (t <= end)
-        pct = (t[mask] - start) / (end - start)
-        lo, hi = lrs[a], lrs[b]
+    starts = [0.0, *ends[:-1]]
+    t = xp.minimum(t, total_steps - 1)  # hold the final value
+
+    def phase(k):
+        pct = (t - starts[k]) / (ends[k] - starts[k])
+        lo, hi = lrs[keys[k][0]], lrs[keys[k][1]]
         if anneal_strategy == "cos":
-            out[mask] = hi + (lo - hi) / 2.0 * (np.cos(np.pi * pct) + 1)
-        else:
-            out[mask] = (hi - lo) * pct + lo
-        start = end
+            return hi + (lo - hi) / 2.0 * (xp.cos(xp.pi * pct) + 1)
+        return (hi - lo) * pct + lo
+
+    # torch uses the first phase whose end is >= t (the last phase otherwise)
+    out = phase(len(ends) - 1)
+    for k in range(len(ends) - 2, -1, -1):
+        out = xp.where(t <= ends[k], phase(k), out)
     return out
 
 
@@ -232,6 +234,9 @@ def one_cycle(max_lr: float, total_steps: int, pct_start: float = 0.3,
     ``T'`` (instead of ``pT - 1`` and ``T - 1``) and ``linear_onecycle_schedule`` always has
     three phases with a free ``pct_final``; they agree with this schedule when
     ``T' = T - 1``, ``int(p' T') = pT - 1`` (and ``int(pct_final T') = 2pT - 2``).
+
+    torch's ``OneCycleLR(epochs=E, steps_per_epoch=N)`` is ``total_steps=E * N`` (see
+    :func:`epochs_to_steps`).
 
     Args:
         max_lr: the peak learning rate (finite, >= 0).

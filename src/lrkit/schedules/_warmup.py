@@ -1,7 +1,6 @@
 """Warmup: a wrapper for any schedule, the inverse-square-root rule and warmup-stable-decay."""
 from __future__ import annotations
 
-import numpy as np
 
 from lrkit.schedules import _validate as v
 from lrkit.schedules._formula import BuiltinSchedule, evaluate
@@ -12,21 +11,14 @@ __all__ = ["warmup", "inverse_sqrt", "warmup_stable_decay"]
 _WARMUP_MODES = ("linear", "cosine")
 
 
-def _ramp(frac, mode):
-    if mode == "linear":
-        return frac
-    return (1.0 - np.cos(np.pi * frac)) / 2.0
-
-
-def _warmup(t, *, schedule, warmup_steps, start_lr, mode):
-    peak = float(evaluate(schedule, np.zeros(1))[0])
-    out = np.empty(t.shape)
-    ramp = t < warmup_steps
-    out[ramp] = start_lr + (peak - start_lr) * _ramp(t[ramp] / warmup_steps, mode)
-    rest = ~ramp
-    if np.any(rest):
-        out[rest] = evaluate(schedule, t[rest] - warmup_steps)
-    return out
+def _warmup(xp, t, *, schedule, warmup_steps, start_lr, mode):
+    peak = schedule(0)  # a constant of the schedule, computed with NumPy
+    frac = t / warmup_steps
+    if mode == "cosine":
+        frac = (1.0 - xp.cos(xp.pi * frac)) / 2.0
+    ramp = start_lr + (peak - start_lr) * frac
+    rest = evaluate(schedule, xp.maximum(t - warmup_steps, 0.0), xp)
+    return xp.where(t < warmup_steps, ramp, rest)
 
 
 def warmup(schedule: Schedule, warmup_steps: int, start_lr: float = 0.0,
@@ -87,9 +79,9 @@ def warmup(schedule: Schedule, warmup_steps: int, start_lr: float = 0.0,
 
 
 # --------------------------------------------------------------------------------------------
-def _inverse_sqrt(t, *, base_lr, warmup_steps):
+def _inverse_sqrt(xp, t, *, base_lr, warmup_steps):
     w = float(warmup_steps)
-    return np.where(t < w, base_lr * (t / w), base_lr * np.sqrt(w / np.maximum(t, w)))
+    return xp.where(t < w, base_lr * (t / w), base_lr * xp.sqrt(w / xp.maximum(t, w)))
 
 
 def inverse_sqrt(base_lr: float, warmup_steps: int) -> Schedule:
@@ -128,23 +120,19 @@ def inverse_sqrt(base_lr: float, warmup_steps: int) -> Schedule:
 _WSD_DECAYS = ("linear", "cosine", "1-sqrt")
 
 
-def _wsd(t, *, base_lr, total_steps, warmup_steps, decay_steps, decay, min_lr):
+def _wsd(xp, t, *, base_lr, total_steps, warmup_steps, decay_steps, decay, min_lr):
     decay_start = float(total_steps - decay_steps)
-    out = np.full(t.shape, base_lr)
+    out = xp.zeros_like(t) + base_lr
     if warmup_steps > 0:
-        ramp = t < warmup_steps
-        frac = t[ramp] / warmup_steps
-        out[ramp] = frac * (base_lr - min_lr) + min_lr
-    tail = t >= decay_start
-    u = np.minimum((t[tail] - decay_start) / decay_steps, 1.0)
+        out = xp.where(t < warmup_steps, (t / warmup_steps) * (base_lr - min_lr) + min_lr, out)
+    u = xp.clip((t - decay_start) / decay_steps, 0.0, 1.0)
     if decay == "linear":
         shape = 1.0 - u
     elif decay == "cosine":
-        shape = 0.5 * (1.0 + np.cos(np.pi * u))
+        shape = 0.5 * (1.0 + xp.cos(xp.pi * u))
     else:
-        shape = 1.0 - np.sqrt(u)
-    out[tail] = shape * (base_lr - min_lr) + min_lr
-    return out
+        shape = 1.0 - xp.sqrt(u)
+    return xp.where(t >= decay_start, shape * (base_lr - min_lr) + min_lr, out)
 
 
 def warmup_stable_decay(base_lr: float, total_steps: int, warmup_steps: int, decay_steps: int,

@@ -6,7 +6,8 @@ steps (returns a ``float64`` array of the same shape). Schedules are immutable; 
 defines one is in :attr:`Schedule.params`, which is what ``repr``, :meth:`Schedule.to_spec`
 and the CLI use. Past its horizon a schedule holds its last value.
 
-Subclasses implement :meth:`Schedule._evaluate` on a float64 array of non-negative steps.
+Subclasses implement :meth:`Schedule._evaluate` on a float64 array of non-negative steps. The
+built-in schedules also accept ``xp=jax.numpy`` there (see :meth:`Schedule.evaluate`).
 """
 from __future__ import annotations
 
@@ -45,6 +46,31 @@ class Schedule:
         if scalar:
             return float(out.reshape(-1)[0])
         return out.reshape(steps.shape)
+
+    #: whether :meth:`_evaluate` accepts an array namespace other than NumPy (``xp=``)
+    _supports_xp: bool = False
+
+    def evaluate(self, steps, xp=None):
+        """The LRs at ``steps`` computed with the array namespace ``xp`` (NumPy by default).
+
+        ``xp=jax.numpy`` gives a traceable computation (usable inside ``jax.jit``, e.g. an optax
+        schedule) from the very same formulas as ``schedule(step)``. Unlike ``__call__`` this
+        does not validate ``steps`` (pass non-negative steps) and always returns an array.
+        Integer steps are converted to the namespace's default float type (float32 in JAX
+        unless ``jax_enable_x64``: exact up to 2**24 steps).
+
+        Example:
+            >>> import numpy as np
+            >>> from lrkit.schedules import cosine
+            >>> cosine(0.1, 100).evaluate(np.array([0, 50]), xp=np).round(6).tolist()
+            [0.1, 0.05]
+        """
+        if xp is None or xp is np:
+            return np.asarray(self._evaluate(np.asarray(steps, dtype=np.float64)), dtype=np.float64)
+        if not self._supports_xp:
+            raise ValueError(f"{type(self).__name__} only evaluates with NumPy (xp=numpy), "
+                             f"got xp={getattr(xp, '__name__', xp)!r}")
+        return self._evaluate(xp.asarray(steps) * 1.0, xp=xp)
 
     # -- description -----------------------------------------------------------------------
     @property

@@ -1,0 +1,211 @@
+"""Regret of LR suggestions against a grid oracle, on the small real tasks of ``finder_tasks.py``.
+
+Run:  ``.venv/bin/python -m benchmarks.finder_regret``  (``--tasks a,b`` to restrict, ``--no-cache`` to
+recompute the oracle, ``--no-write`` to skip BENCHMARKS.md).
+
+Protocol (per task):
+
+* **Oracle.** A log grid of :data:`GRID_POINTS` LRs over the task's range x :data:`SEEDS`; each run
+  trains for the task's fixed budget and reports the final validation loss :math:`L`. A diverged
+  run (non-finite loss) and any run ending above the initial model's validation loss
+  :math:`L_0` count as :math:`L_0` (the cap: "no better than not training"). Oracle
+  :math:`L^* = \\min_{\\eta} \\operatorname{mean}_{seeds} L(\\eta)`. Cached in
+  ``benchmarks/results/finder_oracle.json``.
+* **Methods**, each re-run per seed (the range test too, so its noise counts): the four classic rules
+  read from one 100-step range test over ``lrkit.scaling.lr_range(family)`` (fastai valley,
+  fastai minimum/10, torch-lr-finder steepest, Lightning steepest); lrkit's rule only (same curve,
+  no trainer); lrkit verified (a 50-step range test + ``suggest(..., verify_steps=20)``); the
+  rule of thumb ``lrkit.scaling.default_lr(family)``; Prodigy (``lr=1.0``, learning-rate-free).
+* **Regret** :math:`(\\operatorname{mean}_{seeds} L(\\eta_{method}) - L^*)/L^*`;
+  **cost** = (range-test steps + verification steps) / training-budget steps.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks._report import machine, write_section
+from benchmarks.finder_tasks import Task, TensorTrainer, available_tasks, initial_val_loss, train
+from lrkit import scaling
+from lrkit.finder._rules import classic_suggestions
+from lrkit.finder.range_test import run_range_test
+from lrkit.finder.suggest import suggest
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ORACLE_CACHE = RESULTS / "finder_oracle.json"
+GRID_POINTS = 20
+SEEDS = (0, 1)
+RANGE_ITERS = 100
+LRKIT_RANGE_ITERS = 50
+LRKIT_VERIFY_STEPS = 20
+METHODS = ["lrkit", "lrkit_rule", "steepest", "steepest_lightning", "valley", "minimum_div_10", "default", "prodigy"]
+
+
+def _task_key(task: Task) -> str:
+    blob = json.dumps([task.name, task.budget, task.batch_size, task.grid, GRID_POINTS, SEEDS, "v1"])
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def _capped(val: float, cap: float) -> float:
+    return cap if not math.isfinite(val) or val > cap else val
+
+
+def oracle(task: Task, cap: float, cache: dict) -> dict:
+    key = _task_key(task)
+    if cache.get(task.name, {}).get("key") == key:
+        return cache[task.name]
+    grid = np.geomspace(task.grid[0], task.grid[1], GRID_POINTS)
+    table = []
+    for lr in grid:
+        vals = [_capped(train(task, float(lr), s)[0], cap) for s in SEEDS]
+        table.append(float(np.mean(vals)))
+    i = int(np.argmin(table))
+    res = {"key": key, "grid": grid.tolist(), "mean_val": table, "best_lr": float(grid[i]), "best_val": table[i],
+           "cap": cap}
+    cache[task.name] = res
+    return res
+
+
+def _prodigy(params, lr):
+    from prodigyopt import Prodigy
+
+    return Prodigy(params, lr=1.0)
+
+
+def run_task(task: Task) -> dict:
+    family = task.family
+    start_lr, end_lr = scaling.lr_range(family)
+    per_method: dict[str, dict] = {m: {"lrs": [], "vals": [], "diverged": 0, "cost": []} for m in METHODS}
+    for seed in SEEDS:
+        t = TensorTrainer(task, seed, lr=start_lr)
+        rec = run_range_test(t, start_lr=start_lr, end_lr=end_lr, num_iter=RANGE_ITERS)
+        rules = classic_suggestions(rec.lrs, rec.losses, num_iter=RANGE_ITERS)
+        rule_only = suggest(rec.lrs, rec.losses, family=family)
+        t2 = TensorTrainer(task, seed, lr=start_lr)
+        rec50 = run_range_test(t2, start_lr=start_lr, end_lr=end_lr, num_iter=LRKIT_RANGE_ITERS)
+        sug = suggest(rec50.lrs, rec50.losses, trainer=t2, family=family, verify_steps=LRKIT_VERIFY_STEPS)
+        choice = {
+            "lrkit": (sug.lr, rec50.steps_run + sug.details["verify_steps_used"]),
+            "lrkit_rule": (rule_only.lr, rec.steps_run),
+            "default": (scaling.default_lr(family), 0),
+            "prodigy": (1.0, 0),
+        }
+        for name in ("steepest", "steepest_lightning", "valley", "minimum_div_10"):
+            choice[name] = (rules[name], rec.steps_run)
+        for name in METHODS:
+            lr, cost = choice[name]
+            entry = per_method[name]
+            entry["cost"].append(cost / task.budget)
+            if lr is None:
+                entry["lrs"].append(None)
+                entry["vals"].append(ORACLE_CAP[task.name])
+                entry["diverged"] += 1
+                continue
+            val, div = train(task, float(lr), seed, _prodigy if name == "prodigy" else None)
+            entry["lrs"].append(float(lr))
+            entry["vals"].append(_capped(val, ORACLE_CAP[task.name]))
+            entry["diverged"] += int(div)
+        per_method["lrkit"].setdefault("details", []).append(
+            {"method": sug.method, "band": sug.band, "candidates": sug.details.get("candidates")})
+    return per_method
+
+
+ORACLE_CAP: dict[str, float] = {}
+
+
+def _fmt_pct(x: float) -> str:
+    return f"{100 * x:.0f}%" if x < 10 else f"{x:.0f}x"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", default="", help="comma-separated task names (default: all available)")
+    ap.add_argument("--no-cache", action="store_true", help="recompute the oracle")
+    ap.add_argument("--no-write", action="store_true", help="do not write BENCHMARKS.md")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    names = [n for n in args.tasks.split(",") if n] or None
+    tasks, skipped = available_tasks(names)
+    for msg in skipped:
+        print(msg, file=sys.stderr)
+    RESULTS.mkdir(exist_ok=True)
+    cache = {} if args.no_cache or not ORACLE_CACHE.exists() else json.loads(ORACLE_CACHE.read_text())
+    out: dict = {}
+    t_start = time.time()
+    for task in tasks:
+        t0 = time.time()
+        cap = initial_val_loss(task)
+        ORACLE_CAP[task.name] = cap
+        orc = oracle(task, cap, cache)
+        ORACLE_CACHE.write_text(json.dumps(cache, indent=1))
+        methods = run_task(task)
+        row = {"oracle_lr": orc["best_lr"], "oracle_val": orc["best_val"], "cap": cap, "methods": {}}
+        for name, m in methods.items():
+            mean_val = float(np.mean(m["vals"]))
+            row["methods"][name] = {
+                "regret": (mean_val - orc["best_val"]) / orc["best_val"], "lrs": m["lrs"], "vals": m["vals"],
+                "diverged": m["diverged"], "cost": float(np.mean(m["cost"])), **({"details": m["details"]} if "details" in m else {}),
+            }
+        out[task.name] = row
+        regrets = " ".join(f"{k}={v['regret']:.2f}" for k, v in row["methods"].items())
+        print(f"{task.name} ({time.time() - t0:.0f}s) oracle lr={orc['best_lr']:.2g} val={orc['best_val']:.4f} | {regrets}",
+              flush=True)
+    (RESULTS / "finder_regret.json").write_text(json.dumps(out, indent=1))
+    md = render(out, skipped, time.time() - t_start)
+    print(md)
+    if not args.no_write and not names:
+        write_section("finder", md)
+    return out
+
+
+def render(out: dict, skipped: list[str], seconds: float) -> str:
+    tasks = list(out)
+    lines = [
+        "## Finder: regret of LR suggestions against a grid oracle",
+        "",
+        "Command: `.venv/bin/python -m benchmarks.finder_regret` "
+        f"({seconds / 60:.1f} min; oracle cached in `benchmarks/results/finder_oracle.json`).  ",
+        f"Machine: {machine()}, torch at 1 thread.",
+        "",
+        f"Regret = (mean validation loss over seeds {list(SEEDS)} at the method's LR - oracle) / oracle; "
+        f"oracle = best mean over a {GRID_POINTS}-point log grid. Diverged runs count as the initial "
+        "model's validation loss. Classic rules read one 100-step range test per seed over "
+        "`lr_range(family)`; lrkit = 50-step range test + cold-start verification "
+        f"(`verify_steps={LRKIT_VERIFY_STEPS}`); lrkit_rule = lrkit without a trainer on the 100-step curve. "
+        "Cost = (range-test + verification steps) / training steps.",
+        "",
+        "| method | " + " | ".join(tasks) + " | median | worst | diverged runs | cost (mean) |",
+        "|---|" + "---:|" * (len(tasks) + 4),
+    ]
+    for name in METHODS:
+        regs = [out[t]["methods"][name]["regret"] for t in tasks]
+        div = sum(out[t]["methods"][name]["diverged"] for t in tasks)
+        cost = float(np.mean([out[t]["methods"][name]["cost"] for t in tasks]))
+        lines.append(
+            f"| {name} | " + " | ".join(_fmt_pct(r) for r in regs)
+            + f" | {_fmt_pct(float(np.median(regs)))} | {_fmt_pct(max(regs))} | {div} | {100 * cost:.0f}% |"
+        )
+    lines += ["", "Chosen LR / oracle LR (geometric mean over seeds):", "",
+              "| method | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
+    for name in METHODS:
+        cells = []
+        for t in tasks:
+            lrs = [x for x in out[t]["methods"][name]["lrs"] if x is not None]
+            cells.append(f"{math.exp(np.mean(np.log(lrs))) / out[t]['oracle_lr']:.2g}" if lrs and name != "prodigy" else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Oracle: " + ", ".join(f"{t} lr={out[t]['oracle_lr']:.2g} (val {out[t]['oracle_val']:.3g})" for t in tasks) + "."]
+    if skipped:
+        lines += ["", "Skipped: " + "; ".join(skipped)]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

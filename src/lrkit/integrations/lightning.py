@@ -1,0 +1,192 @@
+r"""The LR doctor (and guard) as a Lightning ``Callback``.
+
+:class:`LRDoctorCallback` feeds a :class:`~lrkit.doctor.core.Doctor` from ``on_train_batch_end``
+(the loss of ``outputs``), with the LR of the first param group of ``trainer.optimizers[0]`` and
+the global gradient norm measured in ``on_before_optimizer_step`` (after AMP unscaling). It logs
+``lrkit/verdict_severity`` (0 healthy, 1 flat, 2 fluctuating, 3 diverging, 4 nan; see
+:data:`lrkit.doctor.SEVERITY`) and, with the guard, ``lrkit/lr_multiplier``, through
+``pl_module.log``.
+
+With ``guard=True`` a :class:`~lrkit.doctor.guard.Guard` snapshots the LightningModule (parameters,
+buffers, gradients, modes), every optimizer's state and the RNGs, and on ``nan``/``diverging``
+restores them in place and lowers the LR by ``lr_factor``.
+
+**How the LR is lowered under Lightning's schedulers.** Lightning steps ``interval="step"``
+schedulers *before* ``on_train_batch_end``, so the callback never rewrites param groups between
+hooks. It registers a step pre-hook and post-hook on each optimizer
+(``Optimizer.register_step_pre_hook``): the pre-hook multiplies every group's LR by the guard's
+multiplier :math:`m` right before the update and the post-hook puts the scheduler's value back
+right after it. Schedulers (chainable or not) therefore only ever see their own values, and the
+update uses :math:`m\cdot\text{lr}`. The hooks are removed in ``on_train_end``.
+
+A rollback rewinds the weights and optimizer state, not the clock: ``global_step``, schedulers
+and the data loader go on.
+
+Example (see the tests for a complete run)::
+
+    trainer = lightning.Trainer(max_steps=1000, callbacks=[LRDoctorCallback(guard=True)])
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import lightning.pytorch as pl
+import torch
+
+from lrkit.doctor.core import SEVERITY, Diagnosis, Doctor
+from lrkit.doctor.guard import Guard, Intervention
+from lrkit.integrations.torch_doctor import grad_norm
+from lrkit.integrations.torch_state import TorchSnapshot
+
+__all__ = ["LRDoctorCallback"]
+
+
+class _State:
+    def __init__(self, cb: "LRDoctorCallback") -> None:
+        self.cb = cb
+
+    def snapshot(self) -> TorchSnapshot:
+        return TorchSnapshot.take(self.cb._module, self.cb._optimizers)
+
+    def restore(self, state: TorchSnapshot) -> None:
+        opts = self.cb._optimizers
+        lrs = [[g["lr"] for g in o.param_groups] for o in opts]
+        state.restore(self.cb._module, opts)
+        for o, saved in zip(opts, lrs):  # keep the scheduler's current LRs (the clock is not rewound)
+            for g, lr in zip(o.param_groups, saved):
+                g["lr"] = lr
+
+
+class LRDoctorCallback(pl.Callback):
+    """Diagnose (and with ``guard=True`` protect) a Lightning run; see the module docstring.
+
+    Args:
+        guard: roll back and lower the LR on ``nan``/``diverging`` (default ``False``: watch only).
+        doctor: the :class:`~lrkit.doctor.core.Doctor` (default ``Doctor()``).
+        snapshot_every, lr_factor, max_retries, act_on, storage, storage_dir, on_intervention,
+            logger: as in :class:`~lrkit.doctor.guard.Guard` (only with ``guard=True``).
+        log_verdict: log ``lrkit/verdict_severity`` (and ``lrkit/lr_multiplier``) with
+            ``pl_module.log`` every step (default ``True``).
+        track_grad_norm: measure the global gradient norm before each optimizer step.
+
+    Attributes:
+        diagnosis: the latest :class:`~lrkit.doctor.core.Diagnosis`.
+        interventions: the guard's :class:`~lrkit.doctor.guard.Intervention` records.
+        lr_multiplier: the factor applied to the LRs (1.0 without guard).
+    """
+
+    def __init__(
+        self,
+        guard: bool = False,
+        *,
+        doctor: Doctor | None = None,
+        snapshot_every: int = 50,
+        lr_factor: float = 0.3,
+        max_retries: int = 3,
+        act_on: tuple[str, ...] = ("nan", "diverging"),
+        storage: str = "memory",
+        storage_dir: Any = None,
+        on_intervention: Callable[[Intervention], Any] | None = None,
+        logger: logging.Logger | None = None,
+        log_verdict: bool = True,
+        track_grad_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        if not isinstance(guard, bool):
+            raise ValueError(f"LRDoctorCallback: guard must be True or False, got {guard!r}")
+        if doctor is not None and not isinstance(doctor, Doctor):
+            raise ValueError(f"LRDoctorCallback: doctor must be an lrkit.doctor.Doctor or None, got {type(doctor).__name__}")
+        self.doctor = doctor if doctor is not None else Doctor()
+        self.guard: Guard | None = None
+        if guard:
+            self.guard = Guard(
+                _State(self), doctor=self.doctor, snapshot_every=snapshot_every, lr_factor=lr_factor,
+                max_retries=max_retries, act_on=act_on, storage=storage, storage_dir=storage_dir,
+                on_intervention=on_intervention, logger=logger, take_initial_snapshot=False,
+            )
+        self.log_verdict = bool(log_verdict)
+        self.track_grad_norm = bool(track_grad_norm)
+        self._module: torch.nn.Module | None = None
+        self._optimizers: list[torch.optim.Optimizer] = []
+        self._handles: list[Any] = []
+        self._saved: dict[int, list[Any]] = {}
+        self._gn: float | None = None
+        self._step = 0
+        self._last_lr: float | None = None
+
+    # ------------------------------------------------------------------ public state
+    @property
+    def diagnosis(self) -> Diagnosis:
+        return self.doctor.diagnosis
+
+    @property
+    def interventions(self) -> list[Intervention]:
+        return self.guard.interventions if self.guard is not None else []
+
+    @property
+    def lr_multiplier(self) -> float:
+        return self.guard.lr_multiplier if self.guard is not None else 1.0
+
+    # ------------------------------------------------------------------ optimizer hooks
+    def _pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        base = [g["lr"] for g in opt.param_groups]
+        self._saved[id(opt)] = base
+        if opt is self._optimizers[0]:
+            self._last_lr = float(base[0]) * self.lr_multiplier
+        m = self.lr_multiplier
+        if m != 1.0:
+            for g, b in zip(opt.param_groups, base):
+                g["lr"] = b * m
+
+    def _post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        base = self._saved.pop(id(opt), None)
+        if base is not None:
+            for g, b in zip(opt.param_groups, base):
+                g["lr"] = b
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._module = pl_module
+        self._optimizers = [getattr(o, "optimizer", o) for o in trainer.optimizers]
+        if not self._optimizers:
+            raise ValueError("LRDoctorCallback: the trainer has no optimizer (configure_optimizers returned none)")
+        for opt in self._optimizers:
+            self._handles.append(opt.register_step_pre_hook(self._pre))
+            self._handles.append(opt.register_step_post_hook(self._post))
+        if self.guard is not None:
+            self.guard.start()
+
+    def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        if self.guard is not None:
+            self.guard.close()
+
+    def on_before_optimizer_step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", optimizer: Any) -> None:
+        if self.track_grad_norm:
+            self._gn = grad_norm(list(pl_module.parameters()))
+
+    def on_train_batch_end(
+        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is None:  # training_step returned None: the step was skipped
+            return
+        if isinstance(loss, torch.Tensor):
+            loss = float(loss.detach().float().item())
+        lr = self._last_lr
+        if lr is None:
+            lr = float(self._optimizers[0].param_groups[0]["lr"]) * self.lr_multiplier
+        gn, self._gn = self._gn, None
+        step = self._step
+        self._step += 1
+        if self.guard is not None:
+            self.guard.observe(loss, lr=lr, grad_norm=gn, step=step)
+        else:
+            self.doctor.observe(step, loss, lr=lr, grad_norm=gn)
+        if self.log_verdict:
+            pl_module.log("lrkit/verdict_severity", float(SEVERITY[self.doctor.diagnosis.verdict]), on_step=True, on_epoch=False)
+            if self.guard is not None:
+                pl_module.log("lrkit/lr_multiplier", self.guard.lr_multiplier, on_step=True, on_epoch=False)

@@ -1,0 +1,253 @@
+"""The LR guard (pure core): rollback to the last good snapshot, lower LR, bounded retries."""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lrkit.doctor import Doctor
+from lrkit.doctor.guard import Guard, GuardGaveUp, Intervention
+
+
+class LinReg:
+    """Mini-batch SGD on least squares, NumPy only (a real Trainer: snapshot/restore/step).
+
+    ``nan_at``: call numbers at which the step's batch is corrupted with a NaN (a transient fault:
+    it is keyed on the number of calls, so a replay after a rollback does not hit it again).
+    """
+
+    def __init__(self, seed: int = 0, n: int = 256, d: int = 5, batch: int = 32, nan_at=()):
+        rng = np.random.default_rng(seed)
+        self.X = rng.standard_normal((n, d))
+        w_true = rng.standard_normal(d)
+        self.y = self.X @ w_true + 0.1 * rng.standard_normal(n)
+        self.w = np.zeros(d)
+        self.batch = batch
+        self.rng = np.random.default_rng(seed + 1)
+        self.calls = 0
+        self.nan_at = set(nan_at)
+        self.H = 2 * self.X.T @ self.X / n  # Hessian of the mean squared error
+
+    def snapshot(self):
+        return (self.w.copy(), copy.deepcopy(self.rng.bit_generator.state))
+
+    def restore(self, state):
+        self.w = state[0].copy()
+        self.rng.bit_generator.state = copy.deepcopy(state[1])
+
+    def evaluate(self):
+        r = self.X @ self.w - self.y
+        return float(np.mean(r**2))
+
+    def step(self, lr):
+        idx = self.rng.integers(0, len(self.y), self.batch)
+        X, y = self.X[idx], self.y[idx]
+        if self.calls in self.nan_at:
+            X = X.copy()
+            X[0, 0] = np.nan
+        self.calls += 1
+        r = X @ self.w - y
+        loss = float(np.mean(r**2))
+        with np.errstate(all="ignore"):
+            self.w = self.w - lr * 2 * X.T @ r / len(y)
+        return loss
+
+
+def run(trainer, lr, steps, guard=None):
+    for _ in range(steps):
+        if guard is None:
+            trainer.step(lr)
+        else:
+            guard.step(lr)
+    return trainer.evaluate()
+
+
+def test_nan_injection_is_rolled_back_and_run_finishes_like_a_clean_one(caplog):
+    clean = run(LinReg(), 0.05, 300)
+    lost = run(LinReg(nan_at=[150]), 0.05, 300)
+    assert math.isnan(lost)  # the unguarded run never recovers from a NaN weight
+    t = LinReg(nan_at=[150])
+    g = Guard(t, snapshot_every=20, lr_factor=0.3)
+    with caplog.at_level(logging.WARNING, logger="lrkit.guard"):
+        final = run(t, 0.05, 300, g)
+    assert len(g.interventions) == 1
+    rec = g.interventions[0]
+    assert isinstance(rec, Intervention)
+    assert rec.verdict == "nan" and rec.step == 150 and rec.onset == 150
+    assert rec.restored_to < 150 and rec.before_onset and rec.retry == 1
+    assert rec.old_multiplier == 1.0 and rec.new_multiplier == pytest.approx(0.3)
+    assert g.lr_multiplier == pytest.approx(0.3)
+    assert math.isfinite(final) and final < 1.5 * clean  # noise floor is 0.01; both converged
+    assert any("lrkit guard: nan at step 150" in r.message for r in caplog.records)
+    assert all(r.levelno == logging.WARNING for r in caplog.records if r.name == "lrkit.guard")
+    assert rec.to_dict()["verdict"] == "nan"
+
+
+def test_too_high_lr_diverges_unguarded_and_converges_guarded():
+    t0 = LinReg()
+    lam = float(np.linalg.eigvalsh(t0.H)[-1])
+    lr = 3.0 / lam  # lr * lambda_max = 3 > 2: gradient descent diverges
+    with np.errstate(all="ignore"):
+        lost = run(LinReg(), lr, 200)
+    assert not (math.isfinite(lost) and lost < 1.0)
+    t = LinReg()
+    g = Guard(t, snapshot_every=10, lr_factor=0.3)
+    final = run(t, lr, 200, g)
+    clean = run(LinReg(), 0.3 / lam, 200)
+    assert 1 <= len(g.interventions) <= 3
+    assert g.interventions[0].verdict in ("diverging", "nan")
+    assert lr * g.lr_multiplier * lam < 2
+    assert final < 1.5 * clean
+
+
+def test_restore_target_precedes_onset_and_is_bitwise():
+    t = LinReg()
+    g = None
+    seen = {}
+    orig = t.snapshot
+
+    def recording_snapshot():
+        s = orig()
+        seen[0 if g is None else g.step_count] = (s[0].copy(), copy.deepcopy(s[1]))
+        return s
+
+    t.snapshot = recording_snapshot
+    g = Guard(t, snapshot_every=10)
+    for _ in range(60):
+        g.step(0.05)
+    assert g.snapshot_steps == [0, 50, 60]  # the initial state and two rolling ones
+    lam = float(np.linalg.eigvalsh(t.H)[-1])
+    while not g.interventions:  # blow it up with a huge LR
+        g.step(4.0 / lam)
+    rec = g.interventions[0]
+    assert rec.verdict in ("diverging", "nan") and rec.restored_to < rec.onset
+    np.testing.assert_array_equal(t.w, seen[rec.restored_to][0])  # bitwise the snapshot
+    assert t.rng.bit_generator.state == seen[rec.restored_to][1]
+
+
+class Scripted:
+    """A trainer whose losses are a script; its state is the call counter (to check restores)."""
+
+    def __init__(self, losses):
+        self.losses = list(losses)
+        self.i = 0
+        self.state_id = 0
+        self.restored = []
+
+    def snapshot(self):
+        self.state_id += 1
+        return ("state", self.state_id, self.i)
+
+    def restore(self, s):
+        self.restored.append(s)
+
+    def evaluate(self):
+        return None
+
+    def step(self, lr):
+        v = self.losses[self.i] if self.i < len(self.losses) else float("nan")
+        self.i += 1
+        return v
+
+
+def test_bounded_retries_raise_with_state_restored():
+    t = Scripted([1.0] * 30)  # then NaN forever
+    g = Guard(t, doctor=Doctor(window=10), snapshot_every=5, max_retries=3, lr_factor=0.5)
+    with pytest.raises(GuardGaveUp) as exc:
+        for _ in range(100):
+            g.step(0.1)
+    err = exc.value
+    assert isinstance(err, RuntimeError)
+    assert len(err.interventions) == 3 and [r.retry for r in err.interventions] == [1, 2, 3]
+    assert "max_retries=3" in str(err) and "restored to step" in str(err)
+    assert len(t.restored) == 4  # three rollbacks and the final restore
+    assert t.restored[-1] == t.restored[0]  # the same last-good snapshot
+    assert err.restored_to == g.interventions[-1].restored_to
+    assert g.lr_multiplier == pytest.approx(0.125)
+    assert err.diagnosis.verdict == "nan"
+
+
+def test_observe_mode_callback_and_doctor_reset():
+    got = []
+    t = Scripted([])
+    g = Guard(t, doctor=Doctor(window=10), snapshot_every=5, on_intervention=got.append)
+    for i in range(20):
+        assert g.observe(1.0 / (i + 1), lr=0.1) is None
+    rec = g.observe(float("inf"), lr=0.1)
+    assert isinstance(rec, Intervention) and got == [rec] and g.rolled_back
+    assert g.diagnosis.verdict != "nan"  # the doctor is back to its state at the snapshot
+    assert g.observe(0.04, lr=0.03) is None and not g.rolled_back
+    assert g.step_count == 22  # the clock is not rewound
+
+
+def test_disk_storage_pickles_and_cleans_up(tmp_path):
+    t = LinReg(nan_at=[40])
+    g = Guard(t, snapshot_every=10, storage="disk", storage_dir=tmp_path / "snaps")
+    for _ in range(35):
+        g.step(0.05)
+    files = sorted(os.listdir(tmp_path / "snaps"))
+    assert len(files) == 3 and all(f.endswith(".pkl") for f in files)  # initial + 2 rolling
+    for _ in range(40):
+        g.step(0.05)
+    assert len(g.interventions) == 1 and math.isfinite(t.evaluate())
+    g.close()
+    assert os.listdir(tmp_path / "snaps") == []
+    with Guard(LinReg(), storage="disk") as g2:
+        d = g2._dir
+        assert os.path.isdir(d)
+    assert not os.path.exists(d)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"snapshot_every": 0}, "snapshot_every must be an int >= 1, got 0"),
+        ({"lr_factor": 1.0}, r"lr_factor must be a number in \(0, 1\), got 1.0"),
+        ({"lr_factor": float("nan")}, "lr_factor"),
+        ({"max_retries": 0}, "max_retries must be an int >= 1, got 0"),
+        ({"act_on": ("flat",)}, "act_on must be a non-empty subset"),
+        ({"storage": "s3"}, "storage must be 'memory' or 'disk', got 's3'"),
+        ({"storage_dir": "/tmp/x"}, "storage_dir is only used with storage='disk'"),
+        ({"doctor": object()}, "doctor must be an lrkit.doctor.Doctor"),
+        ({"on_intervention": 3}, "on_intervention must be callable"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Guard(LinReg(), **kwargs)
+
+
+def test_bad_trainer_and_lr():
+    with pytest.raises(ValueError, match="must have a callable snapshot"):
+        Guard(object())
+    g = Guard(LinReg())
+    with pytest.raises(ValueError, match="lr must be a finite number >= 0, got nan"):
+        g.step(float("nan"))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    k=st.integers(1, 30),
+    factor=st.floats(0.05, 0.9),
+    nan_at=st.integers(5, 120),
+)
+def test_property_single_fault_one_rollback(k, factor, nan_at):
+    """Any snapshot period and factor: one transient NaN -> exactly one rollback to a snapshot
+    taken before it, at most 3 kept (initial + 2), the multiplier is the factor, and the run ends finite."""
+    t = LinReg(nan_at=[nan_at])
+    g = Guard(t, doctor=Doctor(window=10), snapshot_every=k, lr_factor=factor)
+    for _ in range(nan_at + 30):
+        g.step(0.05)
+        assert len(g.snapshot_steps) <= 3
+    assert len(g.interventions) == 1
+    rec = g.interventions[0]
+    assert rec.step == nan_at and rec.restored_to <= nan_at - 1
+    assert nan_at - rec.restored_to <= 2 * k + 1
+    assert g.lr_multiplier == pytest.approx(factor)
+    assert math.isfinite(t.evaluate())

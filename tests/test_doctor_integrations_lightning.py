@@ -1,0 +1,112 @@
+"""LRDoctorCallback with a real lightning.Trainer (CPU, tiny module)."""
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+
+import pytest
+import torch
+
+pl = pytest.importorskip("lightning.pytorch")
+
+from lrkit.doctor import Doctor  # noqa: E402
+from lrkit.integrations.lightning import LRDoctorCallback  # noqa: E402
+
+
+class Regression(pl.LightningModule):
+    def __init__(self, lr, nan_at=None, scheduler=False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+        self.lr, self.nan_at, self.scheduler = lr, nan_at, scheduler
+        self.used_lrs = []
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        if self.global_step == self.nan_at:
+            x = x.clone()
+            x[0, 0] = float("nan")
+        return torch.nn.functional.mse_loss(self.net(x), y)
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+        opt.register_step_pre_hook(lambda o, a, k: None)
+        if not self.scheduler:
+            return opt
+        sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.98)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def data(n=256, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, 5, generator=g)
+    w = torch.randn(5, 1, generator=g)
+    y = X @ w + 0.1 * torch.randn(n, 1, generator=g)
+    ds = torch.utils.data.TensorDataset(X, y)
+    return torch.utils.data.DataLoader(ds, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(seed))
+
+
+def fit(module, callback=None, steps=60):
+    trainer = pl.Trainer(
+        max_steps=steps, accelerator="cpu", devices=1, enable_progress_bar=False, logger=False,
+        enable_checkpointing=False, enable_model_summary=False, callbacks=[callback] if callback else [],
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, data())
+    X, y = next(iter(data(512, seed=1)))
+    with torch.no_grad():
+        return float(torch.nn.functional.mse_loss(module.net(X), y)), trainer
+
+
+def test_watch_only_reports_nan_and_logs_verdict():
+    cb = LRDoctorCallback(doctor=Doctor(window=10))
+    val, trainer = fit(Regression(0.05, nan_at=30), cb)
+    assert math.isnan(val)
+    assert cb.diagnosis.verdict == "nan" and cb.diagnosis.step == 30
+    assert trainer.callback_metrics["lrkit/verdict_severity"].item() == 4.0
+    assert cb.interventions == [] and cb.lr_multiplier == 1.0
+
+
+def test_guard_rolls_back_a_nan_batch(caplog):
+    clean, _ = fit(Regression(0.05))
+    cb = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=10)
+    with caplog.at_level(logging.WARNING, logger="lrkit.guard"):
+        val, trainer = fit(Regression(0.05, nan_at=30), cb)
+    assert [i.verdict for i in cb.interventions] == ["nan"]
+    assert cb.interventions[0].restored_to <= 30
+    assert math.isfinite(val) and val < 2 * clean + 0.05, (val, clean)
+    assert trainer.callback_metrics["lrkit/lr_multiplier"].item() == pytest.approx(0.3)
+    assert any("nan at step 30" in r.getMessage() for r in caplog.records)
+
+
+def test_guard_rescues_a_too_high_lr_with_a_step_scheduler():
+    lost, _ = fit(Regression(1.5, scheduler=True))
+    assert not (math.isfinite(lost) and lost < 1.0)
+    module = Regression(1.5, scheduler=True)
+    seen = []
+    cb = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=10)
+    orig_start = cb.on_train_start
+
+    def start(trainer, pl_module):
+        orig_start(trainer, pl_module)  # our hooks first, then a recorder that runs after them
+        trainer.optimizers[0].register_step_pre_hook(lambda o, a, k: seen.append(o.param_groups[0]["lr"]))
+
+    cb.on_train_start = start
+    val, trainer = fit(module, cb, steps=100)
+    assert 1 <= len(cb.interventions) <= 3
+    assert math.isfinite(val) and val < 0.1, val
+    # the update used m * the scheduler's LR; the scheduler itself kept its exponential decay
+    sched_lr = trainer.lr_scheduler_configs[0].scheduler.get_last_lr()[0]
+    assert sched_lr == pytest.approx(1.5 * 0.98**100)
+    assert seen[-1] == pytest.approx(1.5 * 0.98**99 * cb.lr_multiplier)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="guard must be True or False"):
+        LRDoctorCallback(guard=1)
+    with pytest.raises(ValueError, match="doctor must be an lrkit.doctor.Doctor"):
+        LRDoctorCallback(doctor="x")
+    with pytest.raises(ValueError, match="snapshot_every must be an int >= 1"):
+        LRDoctorCallback(guard=True, snapshot_every=0)

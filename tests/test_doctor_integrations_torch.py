@@ -1,0 +1,177 @@
+"""TorchDoctor in real PyTorch loops: NaN injection, a too-high LR, bitwise rollback, schedulers."""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+
+import pytest
+import torch
+from sklearn.datasets import load_diabetes, load_digits
+
+from lrkit.doctor import Doctor
+from lrkit.doctor.guard import GuardGaveUp
+from lrkit.integrations.torch_doctor import TorchDoctor, grad_norm
+
+
+def digits():
+    X, y = load_digits(return_X_y=True)
+    X = torch.tensor(X / 16.0, dtype=torch.float32)
+    y = torch.tensor(y)
+    return X[:1400], y[:1400], X[1400:], y[1400:]
+
+
+def diabetes():
+    X, y = load_diabetes(return_X_y=True)
+    X = (X - X.mean(0)) / X.std(0)
+    y = (y - y.mean()) / y.std()
+    X = torch.tensor(X, dtype=torch.float32)
+    y = torch.tensor(y, dtype=torch.float32)[:, None]
+    return X[:350], y[:350], X[350:], y[350:]
+
+
+def train(task, lr, *, steps=300, guard=None, nan_at=None, seed=0, on_step=None, scheduler=None, **kw):
+    """A plain loop; returns (validation loss, watch)."""
+    Xtr, ytr, Xva, yva = task()
+    torch.manual_seed(seed)
+    if task is digits:
+        model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+        loss_fn = torch.nn.functional.cross_entropy
+    else:
+        model = torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+        loss_fn = torch.nn.functional.mse_loss
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    sched = scheduler(opt) if scheduler else None
+    watch = TorchDoctor(model, opt, guard=guard, **kw) if guard is not None else None
+    g = torch.Generator().manual_seed(seed)
+    for step in range(steps):
+        idx = torch.randint(0, len(Xtr), (32 if task is diabetes else 64,), generator=g)
+        xb = Xtr[idx].clone()
+        if step == nan_at:
+            xb[0, 0] = float("nan")  # a corrupt batch
+        opt.zero_grad()
+        loss = loss_fn(model(xb), ytr[idx])
+        loss.backward()
+        if watch:
+            watch.after_backward(loss)
+        opt.step()
+        if watch:
+            rolled = watch.after_step(step, loss)
+            if on_step:
+                on_step(step, model, opt, rolled, watch)
+        if sched:
+            sched.step()
+    with torch.no_grad():
+        val = float(loss_fn(model(Xva), yva))
+    return val, watch
+
+
+def test_nan_batch_guarded_run_matches_clean_run(caplog):
+    clean, _ = train(digits, 0.1)
+    lost, _ = train(digits, 0.1, nan_at=150)
+    assert math.isnan(lost)
+    with caplog.at_level(logging.WARNING, logger="lrkit.guard"):
+        guarded, watch = train(digits, 0.1, nan_at=150, guard=True, snapshot_every=20)
+    assert [i.verdict for i in watch.interventions] == ["nan"]
+    rec = watch.interventions[0]
+    assert rec.step == 150 and rec.restored_to <= 150 and rec.before_onset
+    # tolerance: the guarded run loses <= 40 steps and runs its last 150 at 0.3x the LR
+    assert guarded < 1.25 * clean + 0.05, (guarded, clean)
+    assert any("nan at step 150" in r.getMessage() for r in caplog.records)
+
+
+def test_too_high_lr_guarded_run_recovers():
+    clean, _ = train(diabetes, 0.03)
+    lost, _ = train(diabetes, 1.0)
+    assert math.isnan(lost)
+    guarded, watch = train(diabetes, 1.0, guard=True, snapshot_every=20)
+    assert 1 <= len(watch.interventions) <= 3
+    assert all(i.verdict in ("diverging", "nan") for i in watch.interventions)
+    assert watch.lr_multiplier <= 0.3
+    assert guarded < 1.25 * clean, (guarded, clean)  # clean: a good LR for this task
+
+
+def test_rollback_restores_the_snapshot_bitwise():
+    """Record model + optimizer state after every step; after the rollback the live state equals,
+    bit for bit, the state recorded right before the restored step."""
+    history = {}
+
+    def on_step(step, model, opt, rolled, watch):
+        if rolled:
+            rec = watch.interventions[-1]
+            want_model, want_opt = history[rec.restored_to - 1]
+            for k, v in model.state_dict().items():
+                assert torch.equal(v, want_model[k]), k
+            got_opt = opt.state_dict()
+            for pid, st in want_opt["state"].items():
+                for k, v in st.items():
+                    assert torch.equal(got_opt["state"][pid][k], v), (pid, k)
+            assert got_opt["param_groups"][0]["lr"] == 0.1  # the base LR, not rewound
+            on_step.checked = True
+        history[step] = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
+
+    on_step.checked = False
+    train(digits, 0.1, steps=200, nan_at=120, guard=True, snapshot_every=10, on_step=on_step)
+    assert on_step.checked
+
+
+def test_scheduler_sees_its_own_lrs_and_optimizer_the_scaled_ones():
+    seen = []
+
+    def hook(opt, args, kwargs):
+        seen.append(opt.param_groups[0]["lr"])
+
+    def sched(opt):
+        opt.register_step_pre_hook(hook)
+        return torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.99)
+
+    _, watch = train(diabetes, 0.1, steps=120, nan_at=60, guard=True, snapshot_every=10, scheduler=sched)
+    assert len(watch.interventions) == 1
+    m = watch.interventions[0].new_multiplier
+    expected = [0.1 * 0.99**t * (1.0 if t <= 60 else m) for t in range(120)]
+    assert seen == pytest.approx(expected, rel=1e-12)  # chainable ExponentialLR never compounded m
+
+
+def test_watch_only_mode_reports_and_never_rolls_back():
+    val, watch = train(digits, 0.1, steps=100, nan_at=50, guard=False)
+    assert math.isnan(val)
+    assert watch.guard is None and watch.interventions == [] and watch.lr_multiplier == 1.0
+    assert watch.diagnosis.verdict == "nan" and watch.diagnosis.step == 50
+
+
+def test_gives_up_on_persistent_nan():
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    watch = TorchDoctor(model, opt, doctor=Doctor(window=10), snapshot_every=5, max_retries=2)
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+    with pytest.raises(GuardGaveUp) as exc:
+        for step in range(50):
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(x), y) * (float("nan") if step >= 3 else 1.0)
+            loss.backward()
+            watch.after_backward(loss)
+            opt.step()
+            watch.after_step(step, loss)
+    assert torch.isfinite(model.weight).all()  # left restored to the last good snapshot
+    assert len(exc.value.interventions) == 2 and watch.lr_multiplier == pytest.approx(0.09)
+
+
+def test_grad_norm_and_errors():
+    p = torch.nn.Parameter(torch.zeros(3))
+    q = torch.nn.Parameter(torch.zeros(1))
+    p.grad = torch.tensor([1.0, 2.0, 2.0])
+    assert grad_norm([p, q]) == pytest.approx(3.0)
+    assert grad_norm([q]) == 0.0
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="model must be a torch.nn.Module"):
+        TorchDoctor(object(), opt)
+    with pytest.raises(ValueError, match="optimizer must be a torch.optim.Optimizer"):
+        TorchDoctor(model, object())
+    with pytest.raises(ValueError, match="guard must be True or False"):
+        TorchDoctor(model, opt, guard="yes")
+    watch = TorchDoctor(model, opt)
+    with pytest.raises(ValueError, match="step must be an int"):
+        watch.after_step(1.5, 1.0)
+    with pytest.raises(ValueError, match="loss must be a scalar"):
+        watch.after_step(0, torch.ones(3))
