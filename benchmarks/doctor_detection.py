@@ -8,7 +8,7 @@ Tasks (all tiny, CPU, batch 32, 300 steps, torch at 1 thread):
   cancer    scikit-learn breast_cancer (standardised), logistic regression, BCE
   diabetes  scikit-learn diabetes (standardised X and y), MLP 10-32-1, MSE
   mnist     2,000 images of shared/data/mnist (if present), MLP 784-64-10, cross-entropy
-Optimizers: SGD, Adam, RMSprop; seeds 0, 1.
+Optimizers: SGD, Adam, RMSprop; seeds 0, 1, 2.
 
 Regimes (the LR is set by the benchmark; the ground-truth label is then checked on the outcome):
   good      the usual default (SGD 0.1, Adam 1e-3, RMSprop 1e-3)           -> healthy
@@ -156,7 +156,7 @@ def main() -> str:
     for tname in tasks:
         for opt in OPTS:
             for regime in regimes:
-                for seed in (0, 1):
+                for seed in (0, 1, 2):
                     doc = Doctor()
                     loss, _, _ = train(loaded[tname], opt, regime, seed, doctor=doc)
                     truth, onset = ground_truth(regime, loss)
@@ -187,7 +187,7 @@ def main() -> str:
     md.append(
         f"{len(rows)} runs = {len(tasks)} tasks ({', '.join(tasks)}) x 3 optimizers (SGD, Adam, RMSprop) x "
         f"5 LR regimes (good, too_low = good/1e4, too_high = good x 300, spike = good then x300 at step {K}, "
-        f"nan = a weight set to NaN at step {K}) x 2 seeds, {STEPS} steps of batch {BATCH}. Ground truth: the "
+        f"nan = a weight set to NaN at step {K}) x 3 seeds, {STEPS} steps of batch {BATCH}. Ground truth: the "
         "regime, checked on the outcome (see the module docstring); runs whose outcome contradicts the "
         f"intent without a clear label are *ambiguous* and not scored ({len(amb)} runs). Doctor: default "
         "thresholds, fed loss, LR and gradient norm every step; verdict = `lrkit.doctor.overall` at the end."

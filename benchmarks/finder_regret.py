@@ -14,7 +14,7 @@ Protocol (per task):
 * **Methods**, each re-run per seed (the range test too, so its noise counts): the four classic rules
   read from one 100-step range test over ``lrkit.scaling.lr_range(family)`` (fastai valley,
   fastai minimum/10, torch-lr-finder steepest, Lightning steepest); lrkit's rule only (same curve,
-  no trainer); lrkit verified (a 50-step range test + ``suggest(..., verify_steps=20)``); the
+  no trainer); lrkit verified (a 50-step range test + ``suggest(..., verify_steps=budget // 30)``); the
   rule of thumb ``lrkit.scaling.default_lr(family)``; Prodigy (``lr=1.0``, learning-rate-free).
 * **Regret** :math:`(\\operatorname{mean}_{seeds} L(\\eta_{method}) - L^*)/L^*`;
   **cost** = (range-test steps + verification steps) / training-budget steps.
@@ -45,7 +45,7 @@ GRID_POINTS = 20
 SEEDS = (0, 1)
 RANGE_ITERS = 100
 LRKIT_RANGE_ITERS = 50
-LRKIT_VERIFY_STEPS = 20
+LRKIT_VERIFY_PER_BUDGET = 30  # verify_steps = budget // 30: the cost stays near 30% of a run
 METHODS = ["lrkit", "lrkit_rule", "steepest", "steepest_lightning", "valley", "minimum_div_10", "default", "prodigy"]
 
 
@@ -91,7 +91,8 @@ def run_task(task: Task) -> dict:
         rule_only = suggest(rec.lrs, rec.losses, family=family)
         t2 = TensorTrainer(task, seed, lr=start_lr)
         rec50 = run_range_test(t2, start_lr=start_lr, end_lr=end_lr, num_iter=LRKIT_RANGE_ITERS)
-        sug = suggest(rec50.lrs, rec50.losses, trainer=t2, family=family, verify_steps=LRKIT_VERIFY_STEPS)
+        sug = suggest(rec50.lrs, rec50.losses, trainer=t2, family=family,
+                      verify_steps=task.budget // LRKIT_VERIFY_PER_BUDGET)
         choice = {
             "lrkit": (sug.lr, rec50.steps_run + sug.details["verify_steps_used"]),
             "lrkit_rule": (rule_only.lr, rec.steps_run),
@@ -179,7 +180,7 @@ def render(out: dict, skipped: list[str], seconds: float) -> str:
         f"oracle = best mean over a {GRID_POINTS}-point log grid. Diverged runs count as the initial "
         "model's validation loss. Classic rules read one 100-step range test per seed over "
         "`lr_range(family)`; lrkit = 50-step range test + cold-start verification "
-        f"(`verify_steps={LRKIT_VERIFY_STEPS}`); lrkit_rule = lrkit without a trainer on the 100-step curve. "
+        f"(`verify_steps` = budget / {LRKIT_VERIFY_PER_BUDGET}); lrkit_rule = lrkit without a trainer on the 100-step curve. "
         "Cost = (range-test + verification steps) / training steps.",
         "",
         "| method | " + " | ".join(tasks) + " | median | worst | diverged runs | cost (mean) |",

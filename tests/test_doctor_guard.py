@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lrkit.doctor import Doctor
+from lrkit.doctor import Diagnosis, Doctor
 from lrkit.doctor.guard import Guard, GuardGaveUp, Intervention
 
 
@@ -251,3 +251,64 @@ def test_property_single_fault_one_rollback(k, factor, nan_at):
     assert nan_at - rec.restored_to <= 2 * k + 1
     assert g.lr_multiplier == pytest.approx(factor)
     assert math.isfinite(t.evaluate())
+
+
+class ScriptDoctor(Doctor):
+    """A real Doctor whose verdict at given steps is forced (to test the snapshot choice)."""
+
+    def __init__(self, script):
+        super().__init__(window=10)
+        self.script = script
+
+    def observe(self, step, loss, **kw):
+        d = super().observe(step, loss, **kw)
+        if step in self.script:
+            verdict, onset = self.script[step]
+            return Diagnosis(verdict, onset, step, {}, (), f"forced {verdict}")
+        return d
+
+
+@pytest.mark.parametrize(
+    "onset, keep_initial, restored, before",
+    [
+        (60, True, 50, True),  # snapshots at 0, 50, 60: the one at the onset itself is suspect
+        (55, True, 50, True),  # onset between the two rolling snapshots: the older one
+        (45, True, 0, True),  # onset before both rolling ones: the initial state
+        (0, True, 0, False),  # bad from the start: the initial state, flagged
+        (45, False, 50, False),  # without the initial snapshot: the oldest kept, flagged
+    ],
+)
+def test_snapshot_choice_follows_the_onset(onset, keep_initial, restored, before):
+    t = Scripted([1.0 / (1 + 0.01 * i) for i in range(200)])
+    g = Guard(t, doctor=ScriptDoctor({60: ("diverging", onset)}), snapshot_every=10, keep_initial=keep_initial)
+    for _ in range(61):
+        g.step(0.1)
+        assert len(g.interventions) == (1 if g.step_count == 61 else 0)
+    rec = g.interventions[0]
+    assert (rec.step, rec.onset, rec.restored_to, rec.before_onset) == (60, onset, restored, before)
+    assert all(s <= restored for s in g.snapshot_steps)  # the suspect newer snapshots are gone
+    assert t.restored[-1][2] == restored  # the trainer got the state it had before that step
+
+
+def test_core_imports_without_frameworks():
+    """The guard is pure core: importable and usable with every framework import blocked."""
+    import subprocess
+    import sys
+
+    code = r'''
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"torch", "keras", "jax", "optax", "lightning", "transformers",
+                                  "tensorboard", "optuna", "matplotlib", "typer", "rich", "scipy", "sklearn"}:
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Block())
+import doctest
+import lrkit.doctor.guard as g
+r = doctest.testmod(g)
+assert r.failed == 0 and r.attempted > 0, r
+print("ok")
+'''
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

@@ -175,3 +175,32 @@ def test_grad_norm_and_errors():
         watch.after_step(1.5, 1.0)
     with pytest.raises(ValueError, match="loss must be a scalar"):
         watch.after_step(0, torch.ones(3))
+
+
+def test_grad_scaler_norm_is_unscaled_and_scaler_state_is_rolled_back():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=3)
+    watch = TorchDoctor(model, opt, scaler=scaler, doctor=Doctor(window=10), snapshot_every=5)
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+    scales = {}
+    for step in range(40):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        if step == 25:
+            loss = loss * float("nan")
+        scaler.scale(loss).backward()
+        gn = watch.after_backward(loss)
+        if step == 0:
+            ref = grad_norm(list(model.parameters())) / 1024.0
+            assert gn == pytest.approx(ref)  # reported in unscaled units
+        scaler.step(opt)
+        scaler.update()
+        rolled = watch.after_step(step, loss)
+        scales[step] = scaler.get_scale()
+        if rolled:
+            rec = watch.interventions[-1]
+            assert scaler.get_scale() == scales[rec.restored_to - 1]  # the scaler went back too
+    assert [i.verdict for i in watch.interventions] == ["nan"]
+    assert torch.isfinite(model.weight).all()

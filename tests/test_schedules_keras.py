@@ -117,7 +117,7 @@ def test_warmup_cosine_matches_cosinedecay_with_warmup(peak, start_frac, w, tota
     same(mine, theirs, peak)
 
 
-@FAST
+@settings(max_examples=15, deadline=None)
 @given(lr=lr_st, first=st.integers(1, 150), t_mul=st.sampled_from([1.0, 2.0, 3.0]),
        m_mul=st.floats(0.3, 1.0), alpha=st.sampled_from([0.0, 0.1]))
 def test_warm_restarts_matches_cosinedecayrestarts(lr, first, t_mul, m_mul, alpha):
@@ -127,7 +127,7 @@ def test_warm_restarts_matches_cosinedecayrestarts(lr, first, t_mul, m_mul, alph
          lr)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(lr=lr_st, first=st.integers(1, 150), t_mul=st.floats(1.1, 2.5))
 def test_warm_restarts_fractional_t_mul_matches_away_from_restarts(lr, first, t_mul):
     """With a fractional ``t_mul`` the restart steps are not integers, and Keras finds the cycle

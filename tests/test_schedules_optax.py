@@ -228,7 +228,7 @@ def test_custom_schedule_without_xp_support_says_so():
     lambda d: S.cyclic(0.1, 1.0, d, 2 * d, mode="triangular2"),
 ], ids=["step_decay", "exponential", "inverse_time", "polynomial_cycle", "epochwise",
         "warm_restarts", "cyclic"])
-@pytest.mark.parametrize("d", [3, 7, 49, 98, 1000])
+@pytest.mark.parametrize("d", [3, 49, 98, 1000])
 def test_staircases_switch_exactly_at_multiples_under_jit(make, d):
     """XLA computes t / d as t * (1/d); lrkit corrects its floors so that no stair is late."""
     s = make(d)

@@ -664,3 +664,23 @@ def test_bitwise_restore_after_verification_runs(opt_name):
     assert res.method.endswith("+scaled") and res.details["batch_scaling"]["to_batch_size"] == 64
     assert picture(model, opt, loader=dl) == before
     assert torch.equal(val.generator.get_state(), val_gen)
+
+
+@settings(max_examples=25, deadline=None)
+@given(ratios=st.lists(st.floats(1e-3, 1e3), min_size=1, max_size=3), lr=st.floats(1e-6, 10.0))
+def test_any_group_ratios_are_kept(ratios, lr):
+    layers = [torch.nn.Linear(3, 3) for _ in range(len(ratios) + 1)]
+    model = torch.nn.Sequential(*layers)
+    base = 0.1
+    groups = [{"params": layers[0].parameters(), "lr": base}]
+    groups += [{"params": layer.parameters(), "lr": base * r} for layer, r in zip(layers[1:], ratios)]
+    opt = torch.optim.SGD(groups, lr=base)
+    t = TorchTrainer(model, opt, torch.nn.MSELoss(), [(torch.ones(2, 3), torch.zeros(2, 3))])
+    state = t.snapshot()
+    t.set_lr(lr)
+    got = [g["lr"] for g in opt.param_groups]
+    t.restore(state)
+    assert got[0] == lr
+    for g, r in zip(got[1:], ratios):
+        assert g == pytest.approx(lr * (base * r) / base, rel=1e-12)
+    assert [g["lr"] for g in opt.param_groups] == [base] + [base * r for r in ratios]

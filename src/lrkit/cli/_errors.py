@@ -3,11 +3,31 @@ from __future__ import annotations
 
 import sys
 
-import click
+import typer
 
 
 class CLIError(Exception):
     """A user-facing error: its message is printed as is, on one line."""
+
+
+def _click_classes(name: str) -> tuple[type[BaseException], ...]:
+    """``name`` from click and from the copy of click that recent typer releases vendor."""
+    found: list[type[BaseException]] = []
+    for module in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            mod = __import__(module, fromlist=[name])
+        except ImportError:
+            continue
+        cls = getattr(mod, name, None)
+        if cls is not None and cls not in found:
+            found.append(cls)
+    return tuple(found)
+
+
+_USAGE_ERRORS = _click_classes("UsageError")
+_NO_ARGS = _click_classes("NoArgsIsHelpError")
+_EXITS = tuple({typer.Exit, *_click_classes("Exit")})
+_ABORTS = tuple({typer.Abort, *_click_classes("Abort")})
 
 
 def one_line(msg: object) -> str:
@@ -18,15 +38,18 @@ def run(app) -> None:
     """Run the typer ``app``; map bad input to ``lrkit: error: <one line>`` and exit 2."""
     try:
         app(standalone_mode=False)
-    except click.exceptions.UsageError as exc:  # bad options, missing arguments
+    except _NO_ARGS as exc:  # plain `lrkit`: show the help, as a usage error
+        print(exc.format_message(), file=sys.stderr)
+        sys.exit(2)
+    except _USAGE_ERRORS as exc:  # bad options, missing arguments, values of the wrong type
         print(f"lrkit: error: {one_line(exc.format_message())}", file=sys.stderr)
         sys.exit(2)
-    except (CLIError, ValueError, FileNotFoundError, OSError) as exc:
+    except (CLIError, ValueError, OSError) as exc:
         print(f"lrkit: error: {one_line(exc)}", file=sys.stderr)
         sys.exit(2)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except _EXITS as exc:
+        sys.exit(getattr(exc, "exit_code", 0))
+    except _ABORTS:
         print("lrkit: aborted", file=sys.stderr)
         sys.exit(130)
     except KeyboardInterrupt:

@@ -78,8 +78,8 @@ def _load_module(module_part: str) -> Any:
         raise
 
 
-def load_target(spec: str) -> dict[str, Any]:
-    """Import and call TARGET; return its dict after checking its shape (``CLIError`` otherwise)."""
+def resolve_target(spec: str) -> Any:
+    """Import TARGET's module and return its function (``CLIError`` for a bad TARGET)."""
     if ":" not in spec:
         raise CLIError(f"TARGET must be 'path/to/file.py:function' or 'package.module:function', got {spec!r}")
     module_part, func_name = spec.rsplit(":", 1)
@@ -94,6 +94,14 @@ def load_target(spec: str) -> dict[str, Any]:
         raise CLIError(f"{module_part} has no function {func_name!r}; functions defined there: {listed or 'none'}")
     if not callable(func):
         raise CLIError(f"{module_part}:{func_name} is a {type(func).__name__}, not a function")
+    return func
+
+
+def load_target(spec: str, *, seed: int | None = None) -> dict[str, Any]:
+    """Import and call TARGET (after seeding the RNGs with ``seed``); check the dict it returns."""
+    func = resolve_target(spec)
+    if seed is not None:
+        _seed_everything(seed)
     out = func()
     if not isinstance(out, dict):
         raise CLIError(
@@ -144,14 +152,18 @@ def find_command(
         raise CLIError(f"--plot must be a file name, got the directory {plot}")
     if mode not in ("exp", "linear"):
         raise CLIError(f"--mode must be 'exp' or 'linear', got {mode!r}")
-    _seed_everything(seed)
+    if start_lr is not None and end_lr is not None:
+        from lrkit.finder.range_test import lr_ramp
+
+        lr_ramp(start_lr, end_lr, num_iter, mode)  # bad bounds fail here, before anything is built
     if target is None:
         from lrkit.examples.digits import digits_task
 
+        _seed_everything(seed)
         spec = digits_task(seed=seed).as_target()
         target_name = "lrkit.examples.digits (built-in)"
     else:
-        spec = load_target(target)
+        spec = load_target(target, seed=seed)
         target_name = target
     from lrkit.integrations.torch_trainer import find_lr, progress_bar
 

@@ -64,7 +64,9 @@ in at least two separate episodes (a steady rise is one episode: that is divergi
 :math:`m_t` has come back below the diverging threshold, and the window made no significant
 progress: the median of its first half minus the median of its second half is below
 :math:`\max(\log(1 + \text{progress\_tol}),\ 2 \cdot 1.2533\,\sigma\sqrt{2/W})`.
-Onset: the first spike in the window.
+Onset: the first spike in the window. Also **fluctuating**: two or more ``diverging`` episodes
+within the last ``4 W`` steps that each ended with the level back within a factor :math:`\rho`
+of the best (loss spikes that come back); onset: the first of them.
 
 **Flat** (checked once ``flat_steps`` losses are in): with the current level
 :math:`M = \operatorname{median}(\ell_{t-W+1..t})`, the first window's level
@@ -107,7 +109,7 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -395,6 +397,7 @@ class Doctor:
         self._sigma_slow = math.nan  # its slow average (EMA over checks), for the diverging margin
         self._div_count = 0
         self._div_onset: int | None = None
+        self._recovered: list[list[int]] = []  # [onset, n at recovery] of the last diverging episodes that came back
         self._slow_verdict = "healthy"  # result of the last window check (fluctuating/flat)
         self._slow_onset: int | None = None
         self._slow_evidence: dict[str, float] = {}
@@ -506,6 +509,9 @@ class Doctor:
             if self._div_count == 1:
                 self._div_onset = self._onset(step, div_ev)
         else:
+            if self._div_count >= self._patience and level - self._best < math.log(self._diverge_ratio):
+                # a reported diverging episode ended with the level back near the best
+                self._recovered = (self._recovered + [[int(self._div_onset), n]])[-8:]
             self._div_count = 0
             self._div_onset = None
         if div_ev is not None and self._div_count >= self._patience:
@@ -553,6 +559,7 @@ class Doctor:
             "sigma_slow": None if math.isnan(self._sigma_slow) else self._sigma_slow,
             "div_count": self._div_count,
             "div_onset": self._div_onset,
+            "recovered": [list(e) for e in self._recovered],
             "slow_verdict": self._slow_verdict,
             "slow_onset": self._slow_onset,
             "slow_evidence": dict(self._slow_evidence),
@@ -591,6 +598,7 @@ class Doctor:
         self._sigma_slow = math.nan if s["sigma_slow"] is None else float(s["sigma_slow"])
         self._div_count = int(s["div_count"])
         self._div_onset = s["div_onset"]
+        self._recovered = [[int(a), int(b)] for a, b in s["recovered"]]
         self._slow_verdict = s["slow_verdict"]
         self._slow_onset = s["slow_onset"]
         self._slow_evidence = {k: float(v) for k, v in s["slow_evidence"].items()}
@@ -612,6 +620,9 @@ class Doctor:
 
     def _set(self, d: Diagnosis) -> Diagnosis:
         prev = self._diag
+        if d.verdict != "healthy" and d.verdict == prev.verdict:
+            # the same problem goes on: keep the onset and the step of its first detection
+            d = replace(d, step=prev.step, detected_at=prev.detected_at)
         if d.verdict != "healthy" and d.verdict != prev.verdict:
             key = (d.verdict, d.step)
             if not any((h.verdict, h.step) == key for h in self._history):
@@ -631,9 +642,12 @@ class Doctor:
         break with the smallest residual and :math:`\gamma > 0` (the slope went up) gives the
         onset, the step after ``c``, if it fits significantly better than a single line
         (F-statistic > 25).
-        Otherwise, if the window rises steadily (a slow rise that began before it), the line
-        is extrapolated back to the best level :math:`b`. Otherwise (e.g. a gradient-norm
-        explosion with a still-falling loss), the step after the best level's median window centre.
+        Otherwise, if the window rises steadily (a single line with :math:`R^2 > 0.5`: a slow
+        rise that began before it), the line is extrapolated back to the best level :math:`b`.
+        Otherwise, if the loss jumped to a noisy higher level, the split ``c`` maximising
+        :math:`(\operatorname{med}(y_{c..}) - \operatorname{med}(y_{..c}))\sqrt{c(n-c)/n}` (when
+        the jump exceeds the diverging margin). Otherwise (e.g. a gradient-norm explosion with a
+        still-falling loss), the step after the best level's median window centre.
         """
         y, steps = self._y.ordered()
         n = len(y)
@@ -657,7 +671,8 @@ class Doctor:
             # so the usual F > 10 would let noise through)
             if best_c is not None and sse_line - best_sse > 25.0 * max(best_sse, 1e-12 * n) / (n - 3):
                 return int(steps[best_c + 1])
-            if c1[1] > 0 and not math.isinf(self._best):
+            r2 = 1.0 - sse_line / max(float(np.sum((y - y.mean()) ** 2)), 1e-300)
+            if c1[1] > 0 and r2 > 0.5 and not math.isinf(self._best):
                 # a steady rise that began before the window: extrapolate the line back to the
                 # best level (steps assumed evenly spaced within the window)
                 t_cross = (self._best - c1[0]) / c1[1]
@@ -665,6 +680,12 @@ class Doctor:
                 onset = int(round(steps[0] + (t_cross + 1) * spacing))
                 lo = self._best_center_step + 1 if self._best_center_step is not None else int(steps[0])
                 return int(min(max(onset, lo), step))
+            # a jump to a noisy higher level: the split that best separates low from high medians
+            c = np.arange(2, n - 1)
+            shift = np.array([np.median(y[i:]) - np.median(y[:i]) for i in c]) * np.sqrt(c * (n - c) / n)
+            i = int(np.argmax(shift))
+            if shift[i] > 0 and np.median(y[c[i]:]) - np.median(y[: c[i]]) > ev["log_margin"]:
+                return int(steps[c[i]])
         if self._best_center_step is None:
             return step
         return min(self._best_center_step + 1, step)
@@ -737,11 +758,19 @@ class Doctor:
             if e is not None:
                 self._early_checked = True
                 ev = self._base_evidence()
-                ev["early_max_ratio"] = max(self._first_window) / float(np.median(self._first_window[: self._short]))
+                fw = self._first_window
+                ev["early_max_ratio"] = max(fw) / min(fw[0], _median(fw[: self._short]))
                 self._slow_verdict, self._slow_onset, self._slow_evidence = "diverging", e, ev
                 return
             if self._n >= W:
                 self._early_checked = True
+        # loss spikes that came back: two or more diverging episodes recovered within 4 W steps
+        recent = [e for e in self._recovered if e[1] >= self._n - 4 * W]
+        if len(recent) >= 2:
+            ev = self._base_evidence()
+            ev["recovered_episodes"] = float(len(recent))
+            self._slow_verdict, self._slow_onset, self._slow_evidence = "fluctuating", recent[0][0], ev
+            return
         if self._n < W or math.isinf(self._best):
             return
         M = float(np.median(np.exp(y)))
@@ -819,12 +848,13 @@ class Doctor:
 
     def _early_spike(self) -> int | None:
         """First step of the first window whose loss exceeds ``max(rho**2, exp(6 sigma0)) * L0``
-        (``sigma0`` the noise of that window, ``L0`` the median of its first ``s`` losses)."""
+        (``sigma0`` the noise of that window, ``L0`` the smaller of the first loss and the median
+        of the first ``s`` losses: a blow-up lasting a few steps would inflate the median)."""
         fw = np.array(self._first_window)
         yw = np.log(np.maximum(fw, _TINY))
         dy = np.diff(yw)
         sig0 = _MAD_TO_SD * float(np.median(np.abs(dy - np.median(dy)))) / math.sqrt(2.0)
-        L0 = float(np.median(fw[: self._short]))
+        L0 = min(float(fw[0]), float(np.median(fw[: self._short])))
         thr = L0 * max(self._diverge_ratio**2, math.exp(6.0 * sig0))
         hit = np.nonzero((fw > thr) & (fw - L0 > self._min_rise * L0))[0]
         return int(self._first_window_steps[hit[0]]) if len(hit) else None
@@ -880,10 +910,16 @@ class Doctor:
                 "use a decaying schedule (e.g. cosine) or a larger batch",
                 "clip gradients (e.g. max norm 1.0)",
             ]
-            msg = (
-                f"The loss is fluctuating without progress: {100 * ev.get('spike_fraction', 0):.0f}% of the last "
-                f"{self._window} steps spiked far above its best."
-            )
+            if "recovered_episodes" in ev:
+                msg = (
+                    f"The loss is fluctuating: it rose far above its best and came back "
+                    f"{ev['recovered_episodes']:.0f} times in the last {4 * self._window} steps."
+                )
+            else:
+                msg = (
+                    f"The loss is fluctuating without progress: {100 * ev.get('spike_fraction', 0):.0f}% of the last "
+                    f"{self._window} steps spiked far above its best."
+                )
         elif verdict == "flat":
             rel = ev.get("relative_progress", 0.0)
             advice = [

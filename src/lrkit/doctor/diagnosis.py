@@ -49,7 +49,8 @@ def diagnose(log: Any, **doctor_kwargs: Any) -> Diagnosis:
     log's length). The overall verdict, from the doctor's history and its final verdict:
 
     1. ``nan`` if any loss/gradient norm was non-finite (its first step);
-    2. ``diverging`` if the run *ends* diverging (the first diverging detection);
+    2. ``diverging`` if the run *ends* diverging (the first diverging detection), unless it
+       was already fluctuating before this last episode began (then ``fluctuating``);
     3. ``fluctuating`` if it was ever fluctuating (spikes that came back; a spike that lasted
        long enough to be called diverging for a while and then recovered is part of that);
     4. ``diverging`` if it ever diverged and recovered without further oscillation;
@@ -87,10 +88,13 @@ def overall(doctor: Doctor) -> Diagnosis:
     for verdict in ("nan",):
         if first(verdict) is not None:
             return first(verdict)
-    if final.verdict == "diverging":  # ended diverged (or stuck after blowing up)
+    flu = first("fluctuating")
+    if final.verdict == "diverging":  # ended diverged (or stuck after blowing up) ...
+        if flu is not None and flu.detected_at < final.step:  # ... unless it was a spike among many
+            return flu
         return first("diverging") or final
-    if first("fluctuating") is not None:  # spikes that came back: fluctuating, even if one spike
-        return first("fluctuating")  # lasted long enough to be called diverging for a while
+    if flu is not None:  # spikes that came back: fluctuating, even if one spike lasted long
+        return flu  # enough to be called diverging for a while
     if first("diverging") is not None:
         return first("diverging")
     if final.verdict == "flat":

@@ -68,11 +68,11 @@ Example:
     ...         self.x -= lr * 2 * self.x
     ...         return loss
     >>> import logging
-    >>> guard = Guard(Quadratic(), snapshot_every=5, lr_factor=0.1, logger=logging.getLogger("doc"))
-    >>> losses = [guard.step(1.2) for _ in range(60)]   # lr * 2 = 2.4 > 2: diverges, is caught
-    >>> len(guard.interventions), round(guard.lr_multiplier, 3)
-    (1, 0.1)
-    >>> guard.trainer.x ** 2 < 1e-6                       # then converges at 0.12
+    >>> guard = Guard(Quadratic(), snapshot_every=5, lr_factor=0.8, logger=logging.getLogger("doc"))
+    >>> losses = [guard.step(1.2) for _ in range(200)]  # lr * 2 = 2.4 > 2: diverges, is caught
+    >>> len(guard.interventions), round(guard.lr_multiplier, 3), guard.interventions[0].restored_to
+    (1, 0.8, 0)
+    >>> guard.trainer.x ** 2 < 1e-6                       # then converges at 0.96 (x factor -0.92)
     True
 """
 from __future__ import annotations

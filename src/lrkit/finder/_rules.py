@@ -192,7 +192,7 @@ def classic_suggestions(lrs: Any, losses: Any, *, num_iter: int | None = None) -
         lrs: learning rate of every recorded step (finite, > 0, non-decreasing).
         losses: raw training loss of every step (truncated at the first non-finite value).
         num_iter: the number of steps the test had planned (fastai skips ``num_iter // 10`` points
-            at the start); default ``len(lrs)``.
+            at the start); default ``len(lrs)`` (before any truncation).
 
     Returns:
         ``{"steepest", "steepest_lightning", "valley", "minimum_div_10"}`` mapped to a learning
@@ -208,7 +208,7 @@ def classic_suggestions(lrs: Any, losses: Any, *, num_iter: int | None = None) -
     """
     x, y = check_curve(lrs, losses)
     if num_iter is None:
-        num_iter = len(x)
+        num_iter = len(np.atleast_1d(np.asarray(lrs, dtype=object)))
     if isinstance(num_iter, bool) or not isinstance(num_iter, (int, np.integer)) or num_iter < 0:
         raise ValueError(f"num_iter must be an integer >= 0 (the planned range-test steps), got {num_iter!r}")
     num_iter = int(num_iter)

@@ -67,16 +67,22 @@ import numpy as np
 from lrkit import scaling
 from lrkit.finder._rules import check_curve, classic_suggestions, ema_bias_corrected, torch_lr_finder_steepest
 
-__all__ = ["Suggestion", "suggest", "classic_suggestions", "MAX_CANDIDATES", "NOISE_TOL", "GRID_RATIO"]
+__all__ = ["Suggestion", "suggest", "classic_suggestions", "MAX_CANDIDATES", "NOISE_TOL", "GRID_RATIO", "SHORT_RUN_FACTOR"]
 
 #: ratio between neighbouring candidates (half a decade).
 GRID_RATIO = math.sqrt(10.0)
-#: most candidates a verification tries (2 decades below the minimum).
+#: ratio between candidates when the curve is uninformative (its minimum in the first tenth).
+WIDE_RATIO = 10.0
+#: most candidates a verification runs to the end (2 decades below the minimum).
 MAX_CANDIDATES = 5
+#: most candidates tried in all (aborted divergent runs included).
+MAX_TRIED = 8
 #: relative score difference treated as noise.
 NOISE_TOL = 0.02
 #: a verification run is aborted when a training loss exceeds this multiple of its first loss.
 ABORT_FACTOR = 4.0
+#: the short-run optimum is divided by this before it is returned (short runs favour high LRs).
+SHORT_RUN_FACTOR = 2.0
 #: a curve whose smoothed loss drops by less than this fraction is "flat".
 FLAT_DROP = 0.05
 
@@ -126,7 +132,9 @@ def _rule_lr(x: np.ndarray, s: np.ndarray, raw: np.ndarray, family: str) -> tupl
     if flat:
         lr /= 3.0
     lr = float(np.clip(lr, x[0], x[-1]))
-    return lr, {"loss_min_lr": lr_min, "steepest": steep, "cap_divisor": cap, "flat_curve": flat}
+    informative = bool(i_min >= max(3, len(x) // 10))
+    return lr, {"loss_min_lr": lr_min, "steepest": steep, "cap_divisor": cap, "flat_curve": flat,
+                "informative": informative}
 
 
 def _bootstrap_band(x: np.ndarray, raw: np.ndarray, s: np.ndarray, family: str, rng_seed: int, n: int = 64) -> tuple[float, float]:
@@ -145,6 +153,7 @@ def _run_candidate(trainer: Any, state: Any, lr: float, steps: int, ref_eval: fl
     trainer.restore(state)
     losses: list[float] = []
     reason = None
+    above = 0
     try:
         for _ in range(steps):
             loss = float(trainer.step(lr))
@@ -152,8 +161,10 @@ def _run_candidate(trainer: Any, state: Any, lr: float, steps: int, ref_eval: fl
             if not math.isfinite(loss):
                 reason = "non-finite loss"
                 break
-            if losses[0] > 0 and loss > ABORT_FACTOR * losses[0]:
-                reason = f"loss above {ABORT_FACTOR:g}x its first value"
+            ref = float(np.median(losses[:3]))
+            above = above + 1 if ref > 0 and loss > ABORT_FACTOR * ref else 0
+            if above >= 2:
+                reason = f"loss above {ABORT_FACTOR:g}x its start twice in a row"
                 break
         score = None
         if reason is None:
@@ -166,7 +177,7 @@ def _run_candidate(trainer: Any, state: Any, lr: float, steps: int, ref_eval: fl
                 tail = losses[-max(1, len(losses) // 3):]
                 score = float(np.mean(tail))
             if reason is None:
-                start = ref_eval if (val is not None and ref_eval is not None) else losses[0]
+                start = ref_eval if (val is not None and ref_eval is not None) else float(np.median(losses[:3]))
                 if not score < start:
                     reason = f"no improvement (score {score:.4g} >= start {start:.4g})"
     finally:
@@ -174,16 +185,47 @@ def _run_candidate(trainer: Any, state: Any, lr: float, steps: int, ref_eval: fl
     return {"lr": lr, "score": score if reason is None else None, "steps": len(losses), "rejected": reason}
 
 
-def _verify(trainer: Any, lr_top: float, lr_floor: float, steps: int) -> tuple[list[dict], int, float | None]:
+def _pick(results: list[dict], ratio: float) -> tuple[float, tuple[float, float], str]:
+    """Step 4: the short-run optimum from the scored candidates (parabola in log-LR), and its band."""
+    ok = [r for r in results if r["score"] is not None]
+    best = min(ok, key=lambda r: r["score"])
+    s_best = best["score"]
+    near = [r["lr"] for r in ok if r["score"] <= s_best + NOISE_TOL * abs(s_best)]
+    band = (min(near), max(near))
+    h = math.log(ratio)
+    x0 = math.log(best["lr"])
+    k = results.index(best)  # results run down the grid: results[k - 1] is one step up
+    upper = results[k - 1] if k > 0 else None
+    lower = results[k + 1] if k + 1 < len(results) else None
+    if lower is None or lower["score"] is None:
+        return best["lr"], band, "best candidate (no lower neighbour to interpolate)"
+    if upper is None:
+        return best["lr"], band, "best candidate (no upper neighbour to interpolate)"
+    if upper["score"] is None:
+        shift = -h / 2
+        how = "half a step below the best (the next candidate up failed)"
+    else:
+        s_lo, s_hi = lower["score"], upper["score"]
+        curv = s_lo - 2 * s_best + s_hi
+        shift = h * (s_lo - s_hi) / (2 * curv) if curv > 0 else 0.0
+        shift = min(max(shift, -h / 2), h / 2)
+        how = "vertex of the parabola through the best and its neighbours (log-LR)"
+    lr = math.exp(x0 + shift)
+    return lr, (min(band[0], lr), max(band[1], lr)), how
+
+
+def _verify(trainer: Any, lr_top: float, lr_floor: float, steps: int, ratio: float) -> tuple[list[dict], int, float | None]:
     state = trainer.snapshot()
     try:
         ref_eval = trainer.evaluate()
         ref_eval = float(ref_eval) if ref_eval is not None and math.isfinite(float(ref_eval)) else None
         results: list[dict] = []
         best = math.inf
-        for j in range(MAX_CANDIDATES):
-            lr = lr_top / GRID_RATIO**j
+        for j in range(MAX_TRIED):
+            lr = lr_top / ratio**j
             if lr < lr_floor * (1 - 1e-12) and results and any(r["score"] is not None for r in results):
+                break
+            if sum(r["steps"] == steps for r in results) >= MAX_CANDIDATES:
                 break
             r = _run_candidate(trainer, state, lr, steps, ref_eval)
             results.append(r)
@@ -273,20 +315,26 @@ def suggest(
     details: dict[str, Any] = {"family": family, "rule": rule_info, "verify_steps": verify_steps}
 
     if verify_steps > 0:
-        results, used, ref_eval = _verify(trainer, rule_info["loss_min_lr"], float(x[0]), verify_steps)
+        if rule_info["informative"]:
+            top, ratio = rule_info["loss_min_lr"], GRID_RATIO
+        else:  # the curve never got below its start: search the whole recorded range, a decade apart
+            top, ratio = float(x[-1]), WIDE_RATIO
+        details["grid"] = {"top": top, "ratio": ratio, "informative_curve": rule_info["informative"]}
+        results, used, ref_eval = _verify(trainer, top, float(x[0]), verify_steps, ratio)
         details["candidates"] = results
         details["verify_steps_used"] = used
         details["start_score"] = ref_eval
         details["score"] = "evaluate()" if ref_eval is not None else "mean training loss, last third"
         ok = [r for r in results if r["score"] is not None]
         if ok:
-            best = min(r["score"] for r in ok)
-            near = [r["lr"] for r in ok if r["score"] <= best + NOISE_TOL * abs(best)]
-            lr = min(near)
-            band = (min(near), max(near))
+            lr_short, band, refine = _pick(results, ratio)
+            lr = max(lr_short / SHORT_RUN_FACTOR, float(x[0]))
+            band = (max(band[0] / SHORT_RUN_FACTOR, float(x[0])), band[1] / SHORT_RUN_FACTOR)
+            details["short_run_optimum"] = lr_short
+            details["refine"] = refine
             method = "verified"
         else:
-            lr = min(rule_lr, min(r["lr"] for r in results) / GRID_RATIO)
+            lr = min(rule_lr, min(r["lr"] for r in results) / ratio)
             lr = max(lr, float(x[0]))
             band = (lr, lr)
             method = "rule(verification rejected all)"

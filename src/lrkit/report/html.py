@@ -133,7 +133,18 @@ def finder_report_html(result: Any, *, title: str = "lrkit LR finder report", pn
 
 
 def write_finder_report(result: Any, directory: str | Path, *, title: str = "lrkit LR finder report") -> Path:
-    """Write ``report.html`` (self-contained) and ``finder.png`` into ``directory``; return the HTML path."""
+    """Write ``report.html`` (self-contained) and ``finder.png`` into ``directory``; return the HTML path.
+
+    Example:
+        >>> import tempfile, numpy as np
+        >>> from lrkit.finder.result import FinderResult
+        >>> r = FinderResult(lrs=np.geomspace(1e-3, 1, 5), losses=[3, 2, 1, 2, 9],
+        ...                  smoothed_losses=[3, 2.5, 2, 2, 4], suggestion=0.03, method="rule")
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     path = write_finder_report(r, d)
+        ...     path.name, sorted(p.name for p in path.parent.iterdir())
+        ('report.html', ['finder.png', 'report.html'])
+    """
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise ValueError(f"report directory {str(directory)!r} exists and is not a directory")

@@ -180,10 +180,12 @@ def _polynomial(xp, t, *, base_lr, total_steps, end_lr, power, cycle):
     T = float(total_steps)
     if cycle:
         horizon = T * xp.maximum(ceil_div(xp, t, T), 1.0)
-        frac = t / horizon
+        remaining = xp.clip((horizon - t) / horizon, 0.0, 1.0)  # 1 - t/horizon, exactly 0 at the end
     else:
-        frac = xp.minimum(t, T) / T
-    return (base_lr - end_lr) * xp.power(1.0 - frac, power) + end_lr
+        # (T - min(t, T)) / T rather than 1 - min(t, T)/T: never below 0, even where XLA
+        # computes the division as a multiplication by 1/T (power < 1 would turn -1e-17 into NaN)
+        remaining = xp.clip((T - xp.minimum(t, T)) / T, 0.0, 1.0)
+    return (base_lr - end_lr) * xp.power(remaining, power) + end_lr
 
 
 def polynomial(base_lr: float, total_steps: int, end_lr: float = 0.0, power: float = 1.0,
@@ -275,7 +277,9 @@ def inverse_time(base_lr: float, decay_steps: int, decay_rate: float,
 
 # --------------------------------------------------------------------------------------------
 def _linear(xp, t, *, start_lr, end_lr, total_steps):
-    return start_lr + (end_lr - start_lr) * (xp.minimum(t, total_steps) / total_steps)
+    # clipped: XLA's t * (1/T) can exceed 1 by an ulp, which would overshoot end_lr (below 0)
+    frac = xp.clip(xp.minimum(t, total_steps) / total_steps, 0.0, 1.0)
+    return start_lr + (end_lr - start_lr) * frac
 
 
 def linear(start_lr: float, end_lr: float, total_steps: int) -> Schedule:

@@ -1,0 +1,68 @@
+"""`lrkit diagnose` through a real subprocess: exit codes, one-line errors, JSON, the plot."""
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+
+def lrkit(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "lrkit", *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("logs")
+    div = d / "div.csv"
+    rows = ["step,loss,lr"]
+    for t in range(300):
+        loss = 2.3 * math.exp(-t / 30) + 0.1 if t < 200 else 0.1 * 1.1 ** (t - 200)
+        rows.append(f"{t},{loss},0.3")
+    div.write_text("\n".join(rows) + "\n")
+    ok = d / "ok.jsonl"
+    ok.write_text("\n".join(json.dumps({"step": t, "loss": 2.3 * math.exp(-t / 40) + 0.05, "lr": 0.01}) for t in range(200)))
+    bad = d / "bad.csv"
+    bad.write_text("step,loss,lr\n0,2.3,0.1\n1,2.0,0.1\n2,abc,0.1\n")
+    return d
+
+
+def test_json_output_parses_and_carries_the_verdict(logs, tmp_path):
+    png = tmp_path / "div.png"
+    r = lrkit("diagnose", logs / "div.csv", "--json", "--plot", png)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert {"verdict", "step", "detected_at", "advice", "evidence", "message"} <= set(out)
+    assert out["verdict"] == "diverging"
+    assert 195 <= out["step"] <= 202 and out["detected_at"] > out["step"]
+    assert out["advice"][0] == "lower the LR about 10x, from 0.3 to 0.03"
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_human_summary_and_exit_codes(logs):
+    r = lrkit("diagnose", logs / "ok.jsonl")
+    assert r.returncode == 0 and r.stdout.startswith(f"{logs / 'ok.jsonl'}: HEALTHY")
+    r = lrkit("diagnose", logs / "div.csv")
+    assert r.returncode == 0 and "DIVERGING" in r.stdout and "lower the LR about 10x" in r.stdout
+    assert lrkit("diagnose", logs / "div.csv", "--fail-on-problem").returncode == 1
+    assert lrkit("diagnose", logs / "ok.jsonl", "--fail-on-problem").returncode == 0
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["bad.csv"], "bad.csv:4: column 'loss' is not a number: 'abc'"),
+        (["missing.csv"], "missing.csv: no such file or directory"),
+        (["div.csv", "--plot", "x.txt"], "--plot: expected a .png, .pdf or .svg file name"),
+        (["div.csv", "--window", "2"], "window must be an int >= 5, got 2"),
+    ],
+)
+def test_bad_input_is_one_line_on_stderr_and_exit_2(logs, args, expected):
+    args = [str(logs / a) if a.endswith((".csv",)) else a for a in args]
+    r = lrkit("diagnose", *args)
+    assert r.returncode == 2
+    assert r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lrkit: error: ")
+    assert expected in lines[0]
+    assert "Traceback" not in r.stderr

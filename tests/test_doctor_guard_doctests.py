@@ -1,0 +1,23 @@
+"""Every docstring example of the guard, the torch doctor and the Hessian probe runs."""
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "lrkit.doctor.guard",
+    "lrkit.integrations.torch_doctor",
+    "lrkit.integrations.torch_hessian",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    if name.startswith("lrkit.integrations"):
+        pytest.importorskip("torch")
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0, f"{name} has no docstring example"
+    assert result.failed == 0

@@ -1,0 +1,120 @@
+"""The Doctor on real (tiny) PyTorch training runs at good, too-low, too-high and unstable LRs."""
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("sklearn")
+
+from lrkit.doctor import Doctor, overall  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+
+def _task(name):
+    from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits
+
+    nn, F = torch.nn, torch.nn.functional
+    if name == "digits":
+        X, y = load_digits(return_X_y=True)
+        X = torch.tensor(X / 16.0, dtype=torch.float32)
+        return X, torch.tensor(y), lambda: nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)), F.cross_entropy
+    if name == "cancer":
+        X, y = load_breast_cancer(return_X_y=True)
+        X = torch.tensor((X - X.mean(0)) / X.std(0), dtype=torch.float32)
+        return X, torch.tensor(y, dtype=torch.float32), lambda: nn.Sequential(nn.Linear(30, 1), nn.Flatten(0)), F.binary_cross_entropy_with_logits
+    X, y = load_diabetes(return_X_y=True)
+    X = torch.tensor((X - X.mean(0)) / X.std(0), dtype=torch.float32)
+    y = torch.tensor((y - y.mean()) / y.std(), dtype=torch.float32)
+    return X, y, lambda: nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 1), nn.Flatten(0)), F.mse_loss
+
+
+def train(task, opt, lr, *, steps=300, seed=0, batch=32, grad_norm=True):
+    """Train for `steps` minibatch steps, feeding the Doctor; return (doctor, losses)."""
+    X, y, make, loss_fn = _task(task)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = make()
+    optim = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}[opt](model.parameters(), lr=lr)
+    doc, losses = Doctor(), []
+    for step in range(steps):
+        idx = torch.randint(0, len(X), (batch,), generator=gen)
+        optim.zero_grad()
+        loss = loss_fn(model(X[idx]), y[idx])
+        loss.backward()
+        gn = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])).item()
+        optim.step()
+        losses.append(loss.item())
+        doc.observe(step, loss.item(), lr=lr, grad_norm=gn if grad_norm else None)
+    return doc, np.array(losses)
+
+
+@pytest.mark.parametrize("task, opt, lr", [("digits", "sgd", 0.1), ("digits", "adam", 1e-3), ("cancer", "rmsprop", 1e-3), ("diabetes", "sgd", 0.1)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_good_lr_is_healthy(task, opt, lr, seed):
+    doc, losses = train(task, opt, lr, seed=seed)
+    assert np.median(losses[-50:]) < 0.7 * losses[0]  # it really trained
+    assert doc.history == [] and doc.diagnosis.ok
+
+
+@pytest.mark.parametrize("task, opt", [("digits", "sgd"), ("cancer", "adam"), ("diabetes", "rmsprop")])
+def test_too_low_lr_is_flat_and_advice_raises_it(task, opt):
+    doc, losses = train(task, opt, 1e-6, seed=0)
+    assert abs(np.median(losses[-50:]) - losses[0]) < 0.1 * losses[0] or np.median(losses[-50:]) > 0.9 * losses[0]
+    d = overall(doc)
+    assert d.verdict == "flat" and d.step == 0
+    assert d.advice[0].startswith("raise the LR about 10x, from 1e-06 to 1e-05")
+
+
+def test_sgd_lr_5_on_a_regression_mlp_is_nan_or_diverging():
+    doc, losses = train("diabetes", "sgd", 5.0, seed=0, steps=60)
+    d = overall(doc)
+    assert d.verdict in ("nan", "diverging")
+    first_bad = int(np.argmax(~np.isfinite(losses))) if not np.all(np.isfinite(losses)) else None
+    if d.verdict == "nan":
+        assert d.step == first_bad
+    assert d.advice[0].startswith("lower the LR about 10x, from 5 to 0.5")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_adam_lr_too_high_on_digits_is_diverging_early(seed):
+    doc, losses = train("digits", "adam", 3.0, seed=seed, steps=120)
+    d = overall(doc)
+    assert max(losses[:10]) > 5 * losses[0]  # it did blow up
+    assert d.verdict == "diverging" and d.step <= 5 and d.detected_at <= 20
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_unstable_logistic_regression_is_fluctuating(seed):
+    # SGD at lr=100 on a logistic regression with batch 8: single batches of misclassified
+    # points give huge losses and huge steps, then the loss falls back -- no net progress
+    doc, losses = train("cancer", "sgd", 100.0, seed=seed, batch=8, steps=300)
+    assert np.all(np.isfinite(losses))
+    d = overall(doc)
+    assert d.verdict == "fluctuating"
+    assert d.advice[0] == "lower the LR about 3x, from 100 to 33.3"
+    # the loss really does jump far above its best, over and over
+    assert np.mean(losses[100:] > 10 * np.median(losses[100:])) > 0.05
+
+
+def test_nan_injected_at_a_known_step_is_reported_at_that_step():
+    X, y, make, loss_fn = _task("digits")
+    torch.manual_seed(0)
+    model = make()
+    optim = torch.optim.Adam(model.parameters(), lr=1e-3)
+    doc = Doctor()
+    k = 137
+    for step in range(200):
+        if step == k:
+            with torch.no_grad():
+                model[0].weight[0, 0] = math.nan
+        idx = torch.randint(0, len(X), (32,))
+        optim.zero_grad()
+        loss = loss_fn(model(X[idx]), y[idx])
+        loss.backward()
+        optim.step()
+        d = doc.observe(step, loss.item(), lr=1e-3)
+    assert doc.history[0].verdict == "nan"
+    assert doc.history[0].step == k and doc.history[0].detected_at == k
+    assert d.verdict == "nan"
