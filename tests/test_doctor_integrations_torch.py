@@ -204,3 +204,37 @@ def test_grad_scaler_norm_is_unscaled_and_scaler_state_is_rolled_back():
             assert scaler.get_scale() == scales[rec.restored_to - 1]  # the scaler went back too
     assert [i.verdict for i in watch.interventions] == ["nan"]
     assert torch.isfinite(model.weight).all()
+
+
+def test_guard_over_torch_trainer_rolls_back_a_poisoned_weight():
+    """The core Guard driving the TorchTrainer adapter: a weight set to NaN after one step is
+    undone, the run goes on at 0.3x the LR and ends like a clean one."""
+    from lrkit.doctor.guard import Guard
+    from lrkit.integrations.torch_trainer import TorchTrainer
+
+    Xtr, ytr, Xva, yva = diabetes()
+
+    def make():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+        opt = torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9)
+        g = torch.Generator().manual_seed(0)
+        train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(Xtr, ytr), batch_size=32, shuffle=True, generator=g)
+        val = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(Xva, yva), batch_size=256)
+        return model, TorchTrainer(model, opt, torch.nn.functional.mse_loss, train, val_loader=val)
+
+    model, clean = make()
+    for _ in range(200):
+        clean.step(0.03)
+    clean_val = clean.evaluate()
+    model, trainer = make()
+    guard = Guard(trainer, snapshot_every=20)
+    for i in range(200):
+        guard.step(0.03)
+        if i == 100:
+            with torch.no_grad():
+                model[0].weight[0, 0] = float("nan")
+    assert [r.verdict for r in guard.interventions] == ["nan"]
+    assert guard.interventions[0].restored_to <= 100
+    val = trainer.evaluate()
+    assert math.isfinite(val) and val < 1.2 * clean_val + 0.05, (val, clean_val)

@@ -230,3 +230,31 @@ def test_bad_inputs():
     opt = torch.optim.SGD([{"params": [model.weight], "lr": 0.1}, {"params": [model.bias], "lr": 0.2}])
     with pytest.raises(ValueError, match=r"param group 1 differs from group 0 in \['lr'\]"):
         stability_report(model, opt, mse, [(X, y)])
+
+
+def test_probe_explains_a_diverging_verdict_of_a_real_run():
+    """Full-batch GD on least squares at lr = 2.4 / lambda_max: the doctor says diverging, the
+    probe (taken at the last healthy state) says it is beyond the limit and by how much."""
+    from lrkit.doctor import Doctor
+    from lrkit.integrations.torch_doctor import TorchDoctor
+
+    model, X, y, H = problem(seed=2)
+    lam = float(np.linalg.eigvalsh(H)[-1])
+    opt = torch.optim.SGD(model.parameters(), lr=2.4 / lam)
+    watch = TorchDoctor(model, opt, guard=False, doctor=Doctor(window=10))
+    report = stability_report(model, opt, mse, [(X, y)], iters=300, tol=1e-10)
+    for step in range(100):
+        opt.zero_grad()
+        loss = mse(model, (X, y))
+        loss.backward()
+        watch.after_backward(loss)
+        opt.step()
+        watch.after_step(step, loss)
+        if watch.diagnosis.verdict != "healthy":
+            break
+    d = watch.diagnosis
+    assert d.verdict in ("diverging", "nan")
+    assert report["verdict"] == "beyond the stability limit"
+    assert report["headroom"] == pytest.approx(2 / 2.4, rel=1e-5)
+    text = explain(d, report)
+    assert text.startswith(d.message) and f"below {2 / lam:.3g}" in text

@@ -172,7 +172,7 @@ curves = st.integers(min_value=4, max_value=150).flatmap(
     lambda n: st.tuples(
         st.just(n),
         st.floats(1e-9, 1e-2),
-        st.floats(1.0, 1e6),
+        st.floats(10.0, 1e6),
         st.lists(st.floats(1e-3, 1e3, allow_nan=False), min_size=n, max_size=n),
     )
 )
@@ -279,3 +279,39 @@ def test_trainer_is_restored_even_when_a_step_raises():
     with pytest.raises(RuntimeError, match="boom"):
         suggest(lrs, losses, trainer=t, family="sgd", verify_steps=10)
     assert (t.w, t.t) == (5.0, 0)
+
+
+def test_verified_answer_is_the_refined_short_run_optimum_over_the_short_run_factor():
+    from lrkit.finder.suggest import SHORT_RUN_FACTOR
+
+    lrs, losses = quad_curve()
+    s = suggest(lrs, losses, trainer=Quadratic(), family="sgd", verify_steps=8)
+    assert s.details["score"] == "evaluate()"
+    assert s.lr == pytest.approx(s.details["short_run_optimum"] / SHORT_RUN_FACTOR)
+    scored = [c for c in s.details["candidates"] if c["score"] is not None]
+    best = min(scored, key=lambda c: c["score"])["lr"]
+    # the parabola moves the optimum at most half a grid step (sqrt(10) ** 0.5) from the best candidate
+    assert best / 10**0.25 * (1 - 1e-9) <= s.details["short_run_optimum"] <= best * 10**0.25 * (1 + 1e-9)
+
+
+def test_training_loss_scores_when_evaluate_returns_none():
+    class NoVal(Quadratic):
+        def evaluate(self):
+            return None
+
+    lrs, losses = quad_curve()
+    t = NoVal()
+    s = suggest(lrs, losses, trainer=t, family="sgd", verify_steps=9)
+    assert s.details["score"] == "mean training loss, last third"
+    assert s.method == "verified" and 0.05 < s.lr < 2.0
+    assert (t.w, t.t) == (5.0, 0)
+
+
+def test_uninformative_curve_searches_the_whole_range_a_decade_apart():
+    lrs = np.geomspace(1e-5, 1.0, 50)
+    rising = 1.0 + 0.01 * np.arange(50)       # never below its start: the minimum is the first point
+    s = suggest(lrs, rising, trainer=Quadratic(), family="sgd", verify_steps=5)
+    assert s.details["grid"] == {"top": 1.0, "ratio": 10.0, "informative_curve": False}
+    assert s.details["candidates"][0]["lr"] == 1.0
+    assert s.details["candidates"][1]["lr"] == pytest.approx(0.1)
+    assert s.method == "verified" and 1e-3 < s.lr < 1.0

@@ -87,7 +87,7 @@ noise more than 3x) without progress is reported as ``diverging`` instead: units
 saturated, the LR was too high, and raising it would be the wrong advice. Onset of flat: the
 first step observed.
 
-**Early blow-up**: during the first window, a single loss above
+**Early blow-up**: during the first window, two of three consecutive losses above
 :math:`\max(\rho^2, e^{6\sigma_0})\,\operatorname{median}(\ell_{1..s})` (:math:`\sigma_0` the noise
 of the first window so far) is reported as ``diverging`` at that step, even if the loss comes
 back: the LR is too high for the start of training (lower it, or add warmup).
@@ -269,7 +269,7 @@ class Doctor:
         progress_tol: a window whose level dropped by less than this fraction made no progress
             (default 0.1). >= 0.
         flat_tol: a run whose level moved less than this fraction of its initial level is flat
-            (default 0.1). In (0, 0.5).
+            (default 0.15). In (0, 0.5).
         flat_steps: observations needed before ``flat`` can be reported (default ``4 * W``). >= W.
         check_every: the window checks (fluctuating, flat, noise) run every this many steps
             (default ``max(1, W // 5)``). >= 1.
@@ -302,7 +302,7 @@ class Doctor:
         grad_ratio: float = 10.0,
         spike_frac: float = 0.1,
         progress_tol: float = 0.1,
-        flat_tol: float = 0.1,
+        flat_tol: float = 0.15,
         flat_steps: int | None = None,
         check_every: int | None = None,
         loss_floor: float = 0.0,
@@ -847,7 +847,8 @@ class Doctor:
                 self._slow_evidence = ev
 
     def _early_spike(self) -> int | None:
-        """First step of the first window whose loss exceeds ``max(rho**2, exp(6 sigma0)) * L0``
+        """First step of the first window whose loss exceeds ``max(rho**2, exp(6 sigma0)) * L0``,
+        as two of three consecutive losses do
         (``sigma0`` the noise of that window, ``L0`` the smaller of the first loss and the median
         of the first ``s`` losses: a blow-up lasting a few steps would inflate the median)."""
         fw = np.array(self._first_window)
@@ -856,8 +857,12 @@ class Doctor:
         sig0 = _MAD_TO_SD * float(np.median(np.abs(dy - np.median(dy)))) / math.sqrt(2.0)
         L0 = min(float(fw[0]), float(np.median(fw[: self._short])))
         thr = L0 * max(self._diverge_ratio**2, math.exp(6.0 * sig0))
-        hit = np.nonzero((fw > thr) & (fw - L0 > self._min_rise * L0))[0]
-        return int(self._first_window_steps[hit[0]]) if len(hit) else None
+        high = (fw > thr) & (fw - L0 > self._min_rise * L0)
+        # two of three consecutive losses at least: outlier batches here and there are no blow-up
+        for i in range(len(high) - 2):
+            if int(high[i]) + int(high[i + 1]) + int(high[i + 2]) >= 2:
+                return int(self._first_window_steps[i if high[i] else i + 1])
+        return None
 
     def _nan_diagnosis(self, step: int, loss: float, gn: float | None, vl: float | None) -> Diagnosis:
         ev = self._base_evidence()

@@ -46,7 +46,10 @@ onset at the start). Rolling snapshots after the restored one are dropped.
 step, :attr:`Guard.step_count`), and a rollback does *not* rewind this clock: the model goes
 back, time goes on (your schedule keeps its place, the doctor keeps receiving increasing steps).
 Whether the *data* is replayed is up to the trainer's ``restore`` (``TorchTrainer`` restores its
-loader's generator; a framework callback lets the loader continue).
+loader's generator and so replays the same batches; the framework callbacks let the loader go
+on). With replay, a batch that is itself broken (NaN in the data) comes back after every
+rollback and the guard gives up after ``max_retries``: by design, since a lower LR cannot fix
+bad data.
 
 **Bounded retries.** Each snapshot may be restored at most ``max_retries`` times; one more
 problem before a newer snapshot has been taken raises :class:`GuardGaveUp` (a ``RuntimeError``),
@@ -55,7 +58,9 @@ after restoring the last good snapshot once more, so the state you are left with
 **Storage.** ``"memory"`` keeps the trainer's snapshot objects; ``"disk"`` pickles each one to a
 file in ``storage_dir`` (a temporary directory by default; removed by :meth:`Guard.close`) and
 keeps only the path in memory -- for large models. The trainer's state must then be picklable
-*and* restore correctly after unpickling.
+*and* restore correctly after unpickling. (``TorchTrainer``'s snapshot pickles, but after
+unpickling it no longer refers to the data loader's ``torch.Generator``: model, optimizer and
+RNGs are restored, the data order is not.)
 
 Example:
     >>> class Quadratic:            # a 1-D quadratic trained by gradient descent: f = x^2
@@ -83,7 +88,7 @@ import os
 import pickle
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from lrkit.doctor.core import Diagnosis, Doctor
@@ -161,7 +166,6 @@ class _Snap:
     multiplier: float
     restores: int = 0
     on_disk: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Guard:

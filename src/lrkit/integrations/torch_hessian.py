@@ -331,7 +331,7 @@ def stability_report(
     wd = float(g0.get("weight_decay", 0.0) or 0.0)
     precond = None
     if kind == "adam":
-        if type(optimizer) is torch.optim.AdamW:
+        if type(optimizer) is torch.optim.AdamW or g0.get("decoupled_weight_decay", False):
             wd = 0.0  # decoupled: not part of the gradient
         b1, b2 = (float(b) for b in g0["betas"])
         eps = float(g0["eps"])
