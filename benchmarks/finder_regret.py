@@ -14,7 +14,7 @@ Protocol (per task):
 * **Methods**, each re-run per seed (the range test too, so its noise counts): the four classic rules
   read from one 100-step range test over ``lrkit.scaling.lr_range(family)`` (fastai valley,
   fastai minimum/10, torch-lr-finder steepest, Lightning steepest); lrkit's rule only (same curve,
-  no trainer); lrkit verified (a 50-step range test + ``suggest(..., verify_steps=budget // 30)``); the
+  no trainer); lrkit verified (a 40-step range test + ``suggest(..., verify_steps=budget // 30)``); the
   rule of thumb ``lrkit.scaling.default_lr(family)``; Prodigy (``lr=1.0``, learning-rate-free).
 * **Regret** :math:`(\\operatorname{mean}_{seeds} L(\\eta_{method}) - L^*)/L^*`;
   **cost** = (range-test steps + verification steps) / training-budget steps.
@@ -42,9 +42,9 @@ from lrkit.finder.suggest import suggest
 RESULTS = Path(__file__).resolve().parent / "results"
 ORACLE_CACHE = RESULTS / "finder_oracle.json"
 GRID_POINTS = 20
-SEEDS = (0, 1)
+SEEDS = (0, 1, 2)
 RANGE_ITERS = 100
-LRKIT_RANGE_ITERS = 50
+LRKIT_RANGE_ITERS = 40
 LRKIT_VERIFY_PER_BUDGET = 30  # verify_steps = budget // 30: the cost stays near 30% of a run
 METHODS = ["lrkit", "lrkit_rule", "steepest", "steepest_lightning", "valley", "minimum_div_10", "default", "prodigy"]
 
@@ -80,7 +80,7 @@ def _prodigy(params, lr):
     return Prodigy(params, lr=1.0)
 
 
-def run_task(task: Task) -> dict:
+def run_task(task: Task, cap: float) -> dict:
     family = task.family
     start_lr, end_lr = scaling.lr_range(family)
     per_method: dict[str, dict] = {m: {"lrs": [], "vals": [], "diverged": 0, "cost": []} for m in METHODS}
@@ -90,11 +90,11 @@ def run_task(task: Task) -> dict:
         rules = classic_suggestions(rec.lrs, rec.losses, num_iter=RANGE_ITERS)
         rule_only = suggest(rec.lrs, rec.losses, family=family)
         t2 = TensorTrainer(task, seed, lr=start_lr)
-        rec50 = run_range_test(t2, start_lr=start_lr, end_lr=end_lr, num_iter=LRKIT_RANGE_ITERS)
-        sug = suggest(rec50.lrs, rec50.losses, trainer=t2, family=family,
+        rec_short = run_range_test(t2, start_lr=start_lr, end_lr=end_lr, num_iter=LRKIT_RANGE_ITERS)
+        sug = suggest(rec_short.lrs, rec_short.losses, trainer=t2, family=family,
                       verify_steps=task.budget // LRKIT_VERIFY_PER_BUDGET)
         choice = {
-            "lrkit": (sug.lr, rec50.steps_run + sug.details["verify_steps_used"]),
+            "lrkit": (sug.lr, rec_short.steps_run + sug.details["verify_steps_used"]),
             "lrkit_rule": (rule_only.lr, rec.steps_run),
             "default": (scaling.default_lr(family), 0),
             "prodigy": (1.0, 0),
@@ -107,19 +107,16 @@ def run_task(task: Task) -> dict:
             entry["cost"].append(cost / task.budget)
             if lr is None:
                 entry["lrs"].append(None)
-                entry["vals"].append(ORACLE_CAP[task.name])
+                entry["vals"].append(cap)
                 entry["diverged"] += 1
                 continue
             val, div = train(task, float(lr), seed, _prodigy if name == "prodigy" else None)
             entry["lrs"].append(float(lr))
-            entry["vals"].append(_capped(val, ORACLE_CAP[task.name]))
+            entry["vals"].append(_capped(val, cap))
             entry["diverged"] += int(div)
         per_method["lrkit"].setdefault("details", []).append(
             {"method": sug.method, "band": sug.band, "candidates": sug.details.get("candidates")})
     return per_method
-
-
-ORACLE_CAP: dict[str, float] = {}
 
 
 def _fmt_pct(x: float) -> str:
@@ -131,7 +128,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--tasks", default="", help="comma-separated task names (default: all available)")
     ap.add_argument("--no-cache", action="store_true", help="recompute the oracle")
     ap.add_argument("--no-write", action="store_true", help="do not write BENCHMARKS.md")
+    ap.add_argument("--render-only", action="store_true",
+                    help="re-render BENCHMARKS.md from benchmarks/results/finder_regret.json without training")
     args = ap.parse_args(argv)
+    if args.render_only:
+        saved = json.loads((RESULTS / "finder_regret.json").read_text())
+        md = render(saved["tasks"], saved["skipped"], saved["seconds"])
+        print(md)
+        if not args.no_write:
+            write_section("finder", md)
+        return saved["tasks"]
     torch.set_num_threads(1)
     names = [n for n in args.tasks.split(",") if n] or None
     tasks, skipped = available_tasks(names)
@@ -144,10 +150,9 @@ def main(argv: list[str] | None = None) -> dict:
     for task in tasks:
         t0 = time.time()
         cap = initial_val_loss(task)
-        ORACLE_CAP[task.name] = cap
         orc = oracle(task, cap, cache)
         ORACLE_CACHE.write_text(json.dumps(cache, indent=1))
-        methods = run_task(task)
+        methods = run_task(task, cap)
         row = {"oracle_lr": orc["best_lr"], "oracle_val": orc["best_val"], "cap": cap, "methods": {}}
         for name, m in methods.items():
             mean_val = float(np.mean(m["vals"]))
@@ -159,8 +164,10 @@ def main(argv: list[str] | None = None) -> dict:
         regrets = " ".join(f"{k}={v['regret']:.2f}" for k, v in row["methods"].items())
         print(f"{task.name} ({time.time() - t0:.0f}s) oracle lr={orc['best_lr']:.2g} val={orc['best_val']:.4f} | {regrets}",
               flush=True)
-    (RESULTS / "finder_regret.json").write_text(json.dumps(out, indent=1))
-    md = render(out, skipped, time.time() - t_start)
+    seconds = time.time() - t_start
+    (RESULTS / "finder_regret.json").write_text(
+        json.dumps({"seconds": seconds, "skipped": skipped, "tasks": out}, indent=1))
+    md = render(out, skipped, seconds)
     print(md)
     if not args.no_write and not names:
         write_section("finder", md)
@@ -179,7 +186,7 @@ def render(out: dict, skipped: list[str], seconds: float) -> str:
         f"Regret = (mean validation loss over seeds {list(SEEDS)} at the method's LR - oracle) / oracle; "
         f"oracle = best mean over a {GRID_POINTS}-point log grid. Diverged runs count as the initial "
         "model's validation loss. Classic rules read one 100-step range test per seed over "
-        "`lr_range(family)`; lrkit = 50-step range test + cold-start verification "
+        f"`lr_range(family)`; lrkit = {LRKIT_RANGE_ITERS}-step range test + cold-start verification "
         f"(`verify_steps` = budget / {LRKIT_VERIFY_PER_BUDGET}); lrkit_rule = lrkit without a trainer on the 100-step curve. "
         "Cost = (range-test + verification steps) / training steps.",
         "",
@@ -203,6 +210,21 @@ def render(out: dict, skipped: list[str], seconds: float) -> str:
             lrs = [x for x in out[t]["methods"][name]["lrs"] if x is not None]
             cells.append(f"{math.exp(np.mean(np.log(lrs))) / out[t]['oracle_lr']:.2g}" if lrs and name != "prodigy" else "-")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "How lrkit chooses (details in `lrkit/finder/suggest.py`): the range test only places a grid below "
+        "the LR of the lowest smoothed loss (a half-decade apart); each candidate is then trained for "
+        "`verify_steps` steps from a cold start (the optimizer state the real run starts with), scored by "
+        "the validation loss, divergent candidates aborted after a few steps; the best score is refined "
+        "by a parabola in log-LR and halved, because a short run's optimum sits above a full run's. "
+        "`lrkit_rule` is what `suggest` returns without a trainer: min(steepest, LR at the loss minimum / c), "
+        "c = 3 for SGD, 10 for adaptive optimizers.",
+        "",
+        "Notes: Lightning 2.6 takes the gradient of the smoothed loss against the LR itself "
+        "(`torch.gradient(losses, spacing=[lrs])`), not against log LR, so on an exponential ramp its "
+        "steepest point is pulled towards the smallest LRs. Cost per task is the worst seed's. "
+        "Per-seed LRs, losses and lrkit's candidates: `benchmarks/results/finder_regret.json`.",
+    ]
     lines += ["", "Oracle: " + ", ".join(f"{t} lr={out[t]['oracle_lr']:.2g} (val {out[t]['oracle_val']:.3g})" for t in tasks) + "."]
     if skipped:
         lines += ["", "Skipped: " + "; ".join(skipped)]

@@ -205,8 +205,8 @@ def main() -> None:
         f"Command: `.venv/bin/python benchmarks/guard.py` ({steps} steps per run, seeds {seeds}; "
         f"{elapsed:.0f} s in all). Machine: {machine()}, torch {torch.__version__}, 1 thread.",
         "",
-        "Each cell: final validation loss per seed (lost runs in **bold**), then the number of guard "
-        "interventions per seed. Guard: default `Doctor()`, `snapshot_every=25`, `lr_factor=0.3`. "
+        "Loss cells: final validation loss per seed (lost runs in **bold**); interventions: guard "
+        "rollbacks per seed. Guard: default `Doctor()`, `snapshot_every=25`, `lr_factor=0.3`. "
         f"`nan`: after step {int(0.4 * steps)} one weight is set to NaN (a transient fault); "
         "`high LR`: 30x the task's good LR. "
         "Lost = final validation loss not finite or not below its value at initialisation.",

@@ -276,3 +276,12 @@ print(d.diagnose([{"epoch": e, "loss": 1.0 / (e + 1)} for e in range(30)]).verdi
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["nan", "healthy"]
+
+
+@SETTINGS
+@given(rate=st.floats(0.3, 0.99), start=st.floats(0.01, 100.0))
+def test_fast_clean_decay_is_not_an_early_blow_up(rate, start):
+    # a loss falling geometrically from a high start has no loss above its earlier best
+    doc = Doctor()
+    feed(doc, start * rate ** np.arange(200) + 1e-3 * start)
+    assert [d.verdict for d in doc.history] == []

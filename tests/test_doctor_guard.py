@@ -184,6 +184,12 @@ def test_observe_mode_callback_and_doctor_reset():
     assert g.diagnosis.verdict != "nan"  # the doctor is back to its state at the snapshot
     assert g.observe(0.04, lr=0.03) is None and not g.rolled_back
     assert g.step_count == 22  # the clock is not rewound
+    summary = g.state_summary()
+    assert summary["interventions"][0]["verdict"] == "nan" and summary["step_count"] == 22
+    assert summary["lr_multiplier"] == pytest.approx(0.3)
+    import json
+
+    json.dumps(summary)  # JSON-ready
 
 
 def test_disk_storage_pickles_and_cleans_up(tmp_path):

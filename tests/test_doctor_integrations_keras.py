@@ -59,7 +59,7 @@ def test_per_batch_losses_are_recovered_and_logs_untouched():
 
 
 def test_too_high_lr_watch_only_is_lost_and_diagnosed():
-    model = make(1.5)
+    model = make(0.8)
     cb = LRDoctorCallback(doctor=Doctor(window=10))
     val = fit(model, cb)
     assert not (math.isfinite(val) and val < 1.0)
@@ -69,15 +69,18 @@ def test_too_high_lr_watch_only_is_lost_and_diagnosed():
 
 def test_too_high_lr_guarded_recovers(caplog):
     clean = fit(make(0.03), epochs=15)
-    cb = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=10)
-    model = make(1.5)
+    lost = fit(make(0.8), epochs=15)
+    assert not math.isfinite(lost)
+    cb = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=10, lr_factor=0.1)
+    model = make(0.8)
     with caplog.at_level(logging.WARNING, logger="lrkit.guard"):
         val = fit(model, cb, epochs=15)
     assert 1 <= len(cb.interventions) <= 3
-    # tolerance: the guarded run lost a few steps to rollbacks and trains at 1.5 * m, not 0.03
+    # tolerance: the guarded run lost a few steps to the rollback and trains at 0.8 * m (m <= 0.1),
+    # not at 0.03; on this task runs at 0.03-0.08 end within 2x of each other
     assert math.isfinite(val) and val < 2 * clean, (val, clean)
     lr_now = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
-    assert lr_now == pytest.approx(1.5 * cb.lr_multiplier, rel=1e-6)
+    assert lr_now == pytest.approx(0.8 * cb.lr_multiplier, rel=1e-6)
     assert any("lrkit guard" in r.getMessage() for r in caplog.records)
 
 

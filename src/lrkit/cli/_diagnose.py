@@ -72,4 +72,4 @@ def diagnose_cmd(
         if plot is not None:
             typer.echo(f"  plot: {plot}")
     if fail_on_problem and not diagnosis.ok:
-        raise SystemExit(1)  # (typer.Exit codes are dropped by standalone_mode=False)
+        raise typer.Exit(1)

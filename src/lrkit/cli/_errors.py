@@ -37,7 +37,7 @@ def one_line(msg: object) -> str:
 def run(app) -> None:
     """Run the typer ``app``; map bad input to ``lrkit: error: <one line>`` and exit 2."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # a command's typer.Exit(code) is returned here
     except _NO_ARGS as exc:  # plain `lrkit`: show the help, as a usage error
         print(exc.format_message(), file=sys.stderr)
         sys.exit(2)
@@ -55,3 +55,4 @@ def run(app) -> None:
     except KeyboardInterrupt:
         print("lrkit: interrupted", file=sys.stderr)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -11,9 +11,13 @@ Example:
 """
 from lrkit.doctor.core import SEVERITY, VERDICTS, Diagnosis, Doctor
 from lrkit.doctor.diagnosis import default_window, diagnose, overall, run_doctor
+from lrkit.doctor.guard import Guard, GuardGaveUp, Intervention
 from lrkit.doctor.logs import ALIASES, LogFormatError, LogRecords, read_log
 
 __all__ = [
+    "Guard",
+    "GuardGaveUp",
+    "Intervention",
     "VERDICTS",
     "SEVERITY",
     "Diagnosis",

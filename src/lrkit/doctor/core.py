@@ -8,7 +8,8 @@ and returns a :class:`Diagnosis` after each one. Verdicts, most severe first:
     (non-finite weights do not heal): only :meth:`Doctor.reset` or :meth:`Doctor.load_state_dict`
     clear it.
 ``diverging``
-    the loss level has risen well above its best, or the gradient norm exploded.
+    the loss level has risen well above its best, the gradient norm exploded, the loss blew up
+    in the first steps, or it is stuck after an unstable start (dead units).
 ``fluctuating``
     the loss keeps jumping far above its best and coming back, without net progress.
 ``flat``
@@ -117,7 +118,7 @@ import numpy as np
 __all__ = ["VERDICTS", "SEVERITY", "Diagnosis", "Doctor"]
 
 VERDICTS = ("healthy", "flat", "fluctuating", "diverging", "nan")
-#: verdict -> severity rank (higher is worse), used to pick the overall verdict of a log.
+#: verdict -> severity rank (higher is worse).
 SEVERITY = {v: i for i, v in enumerate(VERDICTS)}
 
 _MAD_TO_SD = 1.4826  # MAD of a normal sample times this is its standard deviation
@@ -847,17 +848,37 @@ class Doctor:
                 self._slow_evidence = ev
 
     def _early_spike(self) -> int | None:
-        """First step of the first window whose loss exceeds ``max(rho**2, exp(6 sigma0)) * L0``,
+        """First step of the first window whose loss exceeds ``max(rho**2, exp(6 sigma0)) * L_i``,
         as two of three consecutive losses do
-        (``sigma0`` the noise of that window, ``L0`` the smaller of the first loss and the median
-        of the first ``s`` losses: a blow-up lasting a few steps would inflate the median)."""
+        (``sigma0`` the noise of that window, ``L_i`` the lowest 3-point running median of the
+        losses before step ``i``, but at least ``L0 = min(first loss, median of the first s
+        losses)``).
+
+        Comparing each loss with the best before it makes this a test of a *rise*: a run whose loss
+        falls fast from a high start (a geometric decay) has no loss above its earlier best, while
+        a blow-up does, however long it lasts. The floor ``L0`` keeps a noisy start from making
+        ordinary noise look like a rise."""
         fw = np.array(self._first_window)
         yw = np.log(np.maximum(fw, _TINY))
         dy = np.diff(yw)
         sig0 = _MAD_TO_SD * float(np.median(np.abs(dy - np.median(dy)))) / math.sqrt(2.0)
+        factor = max(self._diverge_ratio**2, math.exp(6.0 * sig0))
+        # the best *robust* level before step i: the running minimum of 3-point medians that end
+        # before i, so one low outlier batch does not lower the bar
+        m3 = fw.copy()
+        if len(fw) >= 3:
+            m3[1:-1] = np.median(np.stack([fw[:-2], fw[1:-1], fw[2:]]), axis=0)
+        best_before = np.full(len(fw), np.inf)
+        if len(fw) >= 2:
+            best_before[1] = fw[0]
+        if len(fw) >= 3:
+            best_before[2:] = np.minimum(fw[0], np.minimum.accumulate(m3)[: len(fw) - 2])
+        # ... but never below the start level L0 = min(first loss, median of the first s losses):
+        # a noisy start must not turn ordinary noise into a "rise" (L0 <= first loss, so a real
+        # blow-up above rho**2 times the first loss is still caught)
         L0 = min(float(fw[0]), float(np.median(fw[: self._short])))
-        thr = L0 * max(self._diverge_ratio**2, math.exp(6.0 * sig0))
-        high = (fw > thr) & (fw - L0 > self._min_rise * L0)
+        best_before = np.maximum(best_before, L0)
+        high = (fw > factor * best_before) & (fw - best_before > self._min_rise * fw[0])
         # two of three consecutive losses at least: outlier batches here and there are no blow-up
         for i in range(len(high) - 2):
             if int(high[i]) + int(high[i + 1]) + int(high[i + 2]) >= 2:

@@ -349,8 +349,9 @@ def suggest(
             band = (lr, lr)
             method = "rule(verification rejected all)"
             details["warning"] = (
-                "every candidate diverged or failed to improve in a cold start; the answer is below "
-                "the lowest candidate. Lower start_lr, check the model, or raise verify_steps."
+                "every candidate diverged or failed to improve in a cold start; the answer, "
+                "min(rule answer, lowest candidate / grid ratio) but not below the first range-test LR, "
+                "is unverified. Lower start_lr, check the model, or raise verify_steps."
             )
     else:
         details["verify_steps_used"] = 0
