@@ -180,7 +180,8 @@ def render(out: dict, skipped: list[str], seconds: float) -> str:
         "## Finder: regret of LR suggestions against a grid oracle",
         "",
         "Command: `.venv/bin/python -m benchmarks.finder_regret` "
-        f"({seconds / 60:.1f} min; oracle cached in `benchmarks/results/finder_oracle.json`).  ",
+        f"({seconds / 60:.1f} min with the oracle cached in `benchmarks/results/finder_oracle.json`; a cold "
+        f"run also trains the oracle's {GRID_POINTS} LRs x {len(SEEDS)} seeds per task, about 3-4 min here).  ",
         f"Machine: {machine()}, torch at 1 thread.",
         "",
         f"Regret = (mean validation loss over seeds {list(SEEDS)} at the method's LR - oracle) / oracle; "
@@ -188,7 +189,8 @@ def render(out: dict, skipped: list[str], seconds: float) -> str:
         "model's validation loss. Classic rules read one 100-step range test per seed over "
         f"`lr_range(family)`; lrkit = {LRKIT_RANGE_ITERS}-step range test + cold-start verification "
         f"(`verify_steps` = budget / {LRKIT_VERIFY_PER_BUDGET}); lrkit_rule = lrkit without a trainer on the 100-step curve. "
-        "Cost = (range-test + verification steps) / training steps.",
+        "Cost = (range-test + verification steps) / training steps. A negative regret means better than "
+        "the best grid point (an LR between grid points, or seed noise).",
         "",
         "| method | " + " | ".join(tasks) + " | median | worst | diverged runs | cost (mean) | cost (max) |",
         "|---|" + "---:|" * (len(tasks) + 5),

@@ -97,3 +97,37 @@ def test_suggest_on_real_curve_without_trainer_is_sane():
     assert s.method == "rule+scaled"
     assert s.details["batch_scaling"]["lr_before"] == pytest.approx(s.lr / 2)
     assert math.isfinite(_val_after_training(s.details["batch_scaling"]["lr_before"], steps=100, seed=1))
+
+
+def _digits_rmsprop(seed=0):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.data / 16, dtype=torch.float32)
+    y = torch.tensor(d.target)
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    opt = torch.optim.RMSprop(model.parameters(), lr=1e-3)
+    train = DataLoader(TensorDataset(x[400:], y[400:]), batch_size=32, shuffle=True,
+                       generator=torch.Generator().manual_seed(seed))
+    val = DataLoader(TensorDataset(x[:400], y[:400]), batch_size=400)
+    return TorchTrainer(model, opt, torch.nn.functional.cross_entropy, train, val_loader=val)
+
+
+def test_rmsprop_cold_start_trap_on_digits():
+    """The range test warms RMSprop's second moments up; steepest then lands far too high."""
+
+    def val_after(lr, steps=300):
+        t = _digits_rmsprop()
+        for _ in range(steps):
+            if not math.isfinite(t.step(lr)):
+                return math.inf
+        return t.evaluate()
+
+    t = _digits_rmsprop()
+    rec = run_range_test(t, start_lr=1e-7, end_lr=1.0, num_iter=60)
+    s = suggest(rec.lrs, rec.losses, trainer=t, family="rmsprop", verify_steps=15)
+    assert s.method == "verified" and s.lr < s.rules["steepest"]
+    ours, steepest = val_after(s.lr), val_after(s.rules["steepest"])
+    assert ours < 0.3                 # trained well (initial loss ~2.3)
+    assert steepest > 3 * ours        # the steepest rule's LR does far worse from a cold start

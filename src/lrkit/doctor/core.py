@@ -409,6 +409,9 @@ class Doctor:
         self._diag = Diagnosis("healthy", None, None, {}, (), "no observations yet")
         self._history: list[Diagnosis] = []
         self._level = math.nan
+        # running sums of the least-squares trend of y on the observation index since the start
+        # (n, sum t, sum t^2, sum y, sum t*y, sum y^2): O(1) per step, for the `flat` check
+        self._trend = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
 
     def observe(
         self,
@@ -479,6 +482,14 @@ class Doctor:
         self._n += 1
         n = self._n
         self._y.push(step, y)
+        if y > math.log(_TINY):
+            tr = self._trend
+            tr[0] += 1.0
+            tr[1] += n
+            tr[2] += float(n) * n
+            tr[3] += y
+            tr[4] += n * y
+            tr[5] += y * y
         if len(self._first) < self._short:
             self._first.append(above)
         if len(self._first_window) < self._window:
@@ -567,6 +578,7 @@ class Doctor:
             "nan_step": self._nan_step,
             "nan_what": self._nan_what,
             "lr": self._lr,
+            "trend": list(self._trend),
             "diagnosis": self._diag.to_dict(),
             "history": [h.to_dict() for h in self._history],
         }
@@ -598,6 +610,7 @@ class Doctor:
         self._sigma = math.nan if s["sigma"] is None else float(s["sigma"])
         self._sigma_slow = math.nan if s["sigma_slow"] is None else float(s["sigma_slow"])
         self._div_count = int(s["div_count"])
+        self._trend = [float(v) for v in s.get("trend", self._trend)]
         self._div_onset = s["div_onset"]
         self._recovered = [[int(a), int(b)] for a, b in s["recovered"]]
         self._slow_verdict = s["slow_verdict"]
@@ -817,7 +830,13 @@ class Doctor:
             tol0 = min(0.5, max(2 * self._flat_tol, 1.0 - math.exp(-3.0 * _MEDIAN_EFF * sig * math.sqrt(1.0 / self._short + 1.0 / W))))
             # a decrease within 4 noise sd of the difference of two window medians is no decrease
             tol = min(0.3, max(self._flat_tol, 1.0 - math.exp(-4.0 * _MEDIAN_EFF * sig * math.sqrt(2.0 / W))))
-            if rel < tol and best_raw_rel < tol0:
+            trend_t, trend_rel = self._trend_since_start()
+            ev["trend_t"] = trend_t
+            # a clear downward trend since the start (least-squares slope of log-loss more than
+            # 4 standard errors below 0, fitted decrease above flat_tol) is progress, however noisy
+            # the two window medians are
+            decreasing = trend_t < -4.0 and trend_rel > self._flat_tol
+            if rel < tol and best_raw_rel < tol0 and not decreasing:
                 ev["relative_progress"] = rel
                 ev["best_relative_progress"] = best_raw_rel
                 early = self._early_spike()
@@ -846,6 +865,24 @@ class Doctor:
                     self._slow_verdict = "flat"
                     self._slow_onset = self._first_step
                 self._slow_evidence = ev
+
+    def _trend_since_start(self) -> tuple[float, float]:
+        """Least-squares fit :math:`y_i = a + b\\,i` of log-loss on the observation index since the
+        start: returns ``(t, d)``, the slope's t-statistic :math:`b / \\mathrm{se}(b)` and the
+        fitted relative decrease :math:`d = 1 - e^{b (n-1)}` over the ``n`` observations."""
+        n, st, stt, sy, sty, syy = self._trend
+        if n < 3:
+            return 0.0, 0.0
+        sxx = stt - st * st / n
+        sxy = sty - st * sy / n
+        syy_c = syy - sy * sy / n
+        if sxx <= 0:
+            return 0.0, 0.0
+        b = sxy / sxx
+        resid = max(syy_c - b * sxy, 0.0) / (n - 2)
+        se = math.sqrt(resid / sxx)
+        t = b / se if se > 0 else (-math.inf if b < 0 else (math.inf if b > 0 else 0.0))
+        return float(t), float(1.0 - math.exp(b * (n - 1)))
 
     def _early_spike(self) -> int | None:
         """First step of the first window whose loss exceeds ``max(rho**2, exp(6 sigma0)) * L_i``,

@@ -32,9 +32,10 @@ grid below :math:`\\eta_{\\min}` and, when it may drive the trainer, measures th
    by the mean training loss of the last third of the steps (every candidate sees the same
    batches). A candidate is rejected when a loss is non-finite, when two consecutive losses exceed
    4x the median of its first three (the run is aborted there, so a divergent candidate costs a few
-   steps), or when its score does not improve on the starting score. The descent stops once a
-   candidate is more than :math:`\\tau = 2\\%` worse than the best so far (the optimum is behind),
-   after :data:`MAX_CANDIDATES` full runs, or after :data:`MAX_TRIED` candidates.
+   steps), or when its score does not improve on the starting score. The descent stops once two
+   consecutive candidates (:data:`PATIENCE`) are more than :math:`\\tau = 2\\%` worse than the best
+   so far (the optimum is behind; one alone can be noise), after :data:`MAX_CANDIDATES` full runs,
+   or after :data:`MAX_TRIED` candidates.
 4. **Pick.** With :math:`S_{-}, S_0, S_{+}` the scores of the best candidate and of its neighbours
    one step below and above, the short-run optimum is the vertex of the parabola through them in
    :math:`\\log\\eta` (clamped to half a grid step; half a step down if the upper neighbour failed),
@@ -77,7 +78,20 @@ import numpy as np
 from lrkit import scaling
 from lrkit.finder._rules import check_curve, classic_suggestions, ema_bias_corrected, torch_lr_finder_steepest
 
-__all__ = ["Suggestion", "suggest", "classic_suggestions", "MAX_CANDIDATES", "NOISE_TOL", "GRID_RATIO", "SHORT_RUN_FACTOR"]
+__all__ = [
+    "Suggestion",
+    "suggest",
+    "classic_suggestions",
+    "GRID_RATIO",
+    "WIDE_RATIO",
+    "MAX_CANDIDATES",
+    "MAX_TRIED",
+    "PATIENCE",
+    "NOISE_TOL",
+    "ABORT_FACTOR",
+    "SHORT_RUN_FACTOR",
+    "FLAT_DROP",
+]
 
 #: ratio between neighbouring candidates (half a decade).
 GRID_RATIO = math.sqrt(10.0)
@@ -87,9 +101,12 @@ WIDE_RATIO = 10.0
 MAX_CANDIDATES = 5
 #: most candidates tried in all (aborted divergent runs included).
 MAX_TRIED = 8
+#: the descent stops after this many consecutive candidates worse than the best (one can be noise).
+PATIENCE = 2
 #: relative score difference treated as noise.
 NOISE_TOL = 0.02
-#: a verification run is aborted when a training loss exceeds this multiple of its first loss.
+#: a verification run is aborted when two consecutive losses exceed this multiple of the median
+#: of its first three.
 ABORT_FACTOR = 4.0
 #: the short-run optimum is divided by this before it is returned (short runs favour high LRs).
 SHORT_RUN_FACTOR = 2.0
@@ -108,7 +125,8 @@ class Suggestion:
         method: how it was chosen: ``"rule"``, ``"verified"``, ``"rule(verification rejected all)"``,
             with ``"+flat"`` / ``"+scaled"`` appended when those adjustments applied.
         band: ``(lo, hi)`` learning rates about as good as ``lr``; ``lo <= lr <= hi``.
-        rules: the classic rules (see :func:`classic_suggestions`) plus ``"lrkit_rule"`` and ``"loss_min"``.
+        rules: the classic rules (see :func:`classic_suggestions`) plus ``"lrkit_rule"`` (step 2) and
+            ``"lr_at_min_loss"`` (the LR of the lowest smoothed loss, not a suggestion by itself).
         details: JSON-friendly evidence: candidates, their scores, steps spent, regime, scaling.
     """
 
@@ -230,7 +248,7 @@ def _verify(trainer: Any, lr_top: float, lr_floor: float, steps: int, ratio: flo
         ref_eval = trainer.evaluate()
         ref_eval = float(ref_eval) if ref_eval is not None and math.isfinite(float(ref_eval)) else None
         results: list[dict] = []
-        best = math.inf
+        best, worse = math.inf, 0
         for j in range(MAX_TRIED):
             lr = lr_top / ratio**j
             if lr < lr_floor * (1 - 1e-12) and results and any(r["score"] is not None for r in results):
@@ -242,9 +260,11 @@ def _verify(trainer: Any, lr_top: float, lr_floor: float, steps: int, ratio: flo
             if r["score"] is None:
                 continue
             if r["score"] < best:
-                best = r["score"]
+                best, worse = r["score"], 0
             elif r["score"] > best + NOISE_TOL * abs(best):
-                break  # past the short-run optimum
+                worse += 1
+                if worse >= PATIENCE:
+                    break  # past the short-run optimum
     finally:
         trainer.restore(state)
         del state
@@ -321,7 +341,7 @@ def suggest(
     s = ema_bias_corrected(raw, 0.95)
     rule_lr, rule_info = _rule_lr(x, s, raw, family)
     rules["lrkit_rule"] = rule_lr
-    rules["loss_min"] = rule_info["loss_min_lr"]
+    rules["lr_at_min_loss"] = rule_info["loss_min_lr"]
     details: dict[str, Any] = {"family": family, "rule": rule_info, "verify_steps": verify_steps}
 
     if verify_steps > 0:
