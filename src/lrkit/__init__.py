@@ -27,6 +27,7 @@ _LAZY = {
     "run_range_test": "lrkit.finder.range_test",
     "suggest": "lrkit.finder.suggest",
     "Suggestion": "lrkit.finder.suggest",
+    "classic_suggestions": "lrkit.finder.suggest",
     "Trainer": "lrkit.finder.trainer",
     "Doctor": "lrkit.doctor",
     "Diagnosis": "lrkit.doctor",

@@ -8,6 +8,18 @@ from __future__ import annotations
 
 from lrkit.finder.range_test import RangeTestRecord, find, lr_ramp, run_range_test
 from lrkit.finder.result import FinderResult
+from lrkit.finder.suggest import Suggestion, classic_suggestions
 from lrkit.finder.trainer import Trainer
 
-__all__ = ["FinderResult", "RangeTestRecord", "Trainer", "find", "lr_ramp", "run_range_test"]
+# `suggest` (the function) stays in `lrkit.finder.suggest`: re-exporting it here would shadow
+# the submodule of the same name. `lrkit.suggest` is the function.
+__all__ = [
+    "FinderResult",
+    "RangeTestRecord",
+    "Suggestion",
+    "Trainer",
+    "classic_suggestions",
+    "find",
+    "lr_ramp",
+    "run_range_test",
+]

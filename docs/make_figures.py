@@ -1,0 +1,85 @@
+"""Regenerate the README's pictures: ``.venv/bin/python docs/make_figures.py``.
+
+Writes docs/schedules.png (a few schedules), docs/finder.png (the range test on the built-in
+digits example) and docs/diagnose.png (the doctor on a real run whose LR is too high).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from lrkit import diagnose, find_lr  # noqa: E402
+from lrkit import schedules as S  # noqa: E402
+from lrkit.examples.digits import digits_task  # noqa: E402
+from lrkit.report.doctor_plot import plot_diagnosis  # noqa: E402
+
+OUT = Path(__file__).resolve().parent
+
+
+def schedules_figure() -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    n = 1000
+    S.warmup(S.cosine(base_lr=0.1, total_steps=900, min_lr=1e-3), warmup_steps=100).plot(
+        ax=axes[0], steps=n, label="warmup(cosine(...), warmup_steps=100)")
+    S.one_cycle(max_lr=0.1, total_steps=n).plot(ax=axes[0], steps=n, label="one_cycle(max_lr=0.1, ...)")
+    S.warmup_stable_decay(base_lr=0.1, total_steps=n, warmup_steps=100, decay_steps=200, decay="1-sqrt").plot(
+        ax=axes[0], steps=n, label="warmup_stable_decay(..., decay='1-sqrt')")
+    S.warm_restarts(base_lr=0.1, first_cycle_steps=100, cycle_mult=2, m_mul=0.8).plot(
+        ax=axes[1], steps=n, label="warm_restarts(cycle_mult=2, m_mul=0.8)")
+    S.cyclic(base_lr=0.01, max_lr=0.1, step_size_up=100, mode="triangular2").plot(
+        ax=axes[1], steps=n, label="cyclic(mode='triangular2')")
+    axes[0].set_title("warmup + decay")
+    axes[1].set_title("restarts and cycles")
+    fig.tight_layout()
+    fig.savefig(OUT / "schedules.png", dpi=100)
+    plt.close(fig)
+
+
+def finder_figure() -> None:
+    task = digits_task(seed=0)
+    result = find_lr(task.model, task.optimizer, task.loss_fn, task.train_loader,
+                     val_loader=task.val_loader, progress=False)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    result.plot(ax=ax)
+    ax.set_title("lrkit.find_lr on the built-in digits MLP (Adam)")
+    fig.tight_layout()
+    fig.savefig(OUT / "finder.png", dpi=100)
+    plt.close(fig)
+
+
+def diagnose_figure() -> None:
+    """A real run: the digits MLP with SGD at a fine LR, then 30x too high from step 150."""
+    task = digits_task(seed=0, optimizer="sgd")
+    model = task.make_model()
+    opt = task.make_optimizer(model, lr=0.05)
+    rows, step = [], 0
+    while step < 300:
+        for x, y in task.make_train_loader():
+            lr = 0.05 if step < 150 else 1.5
+            for group in opt.param_groups:
+                group["lr"] = lr
+            opt.zero_grad()
+            loss = task.loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+            rows.append({"step": step, "loss": loss.item(), "lr": lr})
+            step += 1
+            if step == 300:
+                break
+    d = diagnose(rows)
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    plot_diagnosis(rows, d, ax=ax)
+    fig.tight_layout()
+    fig.savefig(OUT / "diagnose.png", dpi=100)
+    plt.close(fig)
+    print(d.verdict, d.step, d.advice)
+
+
+if __name__ == "__main__":
+    schedules_figure()
+    finder_figure()
+    diagnose_figure()
