@@ -1,0 +1,37 @@
+"""`lrkit demo`: the main job runs end to end on the built-in example."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("sklearn")
+
+
+@pytest.mark.slow
+def test_demo_json_reports_both_runs_and_writes_the_pictures(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "lrkit", "demo", "--out", str(tmp_path), "--steps", "60", "--seeds", "1", "--json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    lo, hi = summary["band"]
+    assert summary["suggestion"] > 0 and lo <= summary["suggestion"] <= hi
+    assert summary["default_lr"] == 1e-3
+    for run in ("at_suggestion", "at_default"):
+        assert 0.0 <= summary[run]["val_accuracy"] <= 1.0 and summary[run]["runs"] == 1
+    # the suggestion trains the example at least about as well as the rule of thumb
+    assert summary["at_suggestion"]["val_loss"] <= summary["at_default"]["val_loss"] * 1.1
+    for path in summary["files"].values():
+        assert (tmp_path / path.split(str(tmp_path) + "/", 1)[1]).stat().st_size > 1000
+
+
+def test_demo_rejects_an_unknown_optimizer_in_one_line(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "lrkit", "demo", "--out", str(tmp_path), "--optimizer", "lbfgs"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == ["lrkit: error: --optimizer must be 'adam' or 'sgd', got 'lbfgs'"]
