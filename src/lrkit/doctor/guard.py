@@ -158,6 +158,33 @@ class GuardGaveUp(RuntimeError):
         self.restored_to = restored_to
 
 
+class GuardedWatch:
+    """Read-only state shared by every watcher that owns a ``doctor`` and an optional ``guard``
+    (:class:`~lrkit.integrations.torch_doctor.TorchDoctor` and the Lightning and Keras callbacks).
+
+    Subclasses set ``self.doctor`` (a :class:`Doctor`) and ``self.guard`` (a :class:`Guard` or
+    ``None``).
+    """
+
+    doctor: Doctor
+    guard: "Guard | None"
+
+    @property
+    def diagnosis(self) -> Diagnosis:
+        """The doctor's latest :class:`Diagnosis`."""
+        return self.doctor.diagnosis
+
+    @property
+    def interventions(self) -> list[Intervention]:
+        """The guard's :class:`Intervention` records (empty without a guard)."""
+        return self.guard.interventions if self.guard is not None else []
+
+    @property
+    def lr_multiplier(self) -> float:
+        """The factor applied to the LRs after rollbacks (1.0 without a guard)."""
+        return self.guard.lr_multiplier if self.guard is not None else 1.0
+
+
 @dataclass
 class _Snap:
     label: int  # the guard step this state precedes

@@ -43,7 +43,7 @@ import keras
 import numpy as np
 
 from lrkit.doctor.core import Diagnosis, Doctor
-from lrkit.doctor.guard import Guard, Intervention
+from lrkit.doctor.guard import Guard, GuardedWatch, Intervention
 
 __all__ = ["LRDoctorCallback"]
 
@@ -68,7 +68,7 @@ class _State:
             v.assign(saved)
 
 
-class LRDoctorCallback(keras.callbacks.Callback):
+class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
     """Diagnose (and with ``guard=True`` protect) ``model.fit``; see the module docstring.
 
     Args:
@@ -114,19 +114,6 @@ class LRDoctorCallback(keras.callbacks.Callback):
         self._prev = (0.0, 0.0)
         self._base_lr: float | None = None
         self._last_set: float | None = None
-
-    # ------------------------------------------------------------------ public state
-    @property
-    def diagnosis(self) -> Diagnosis:
-        return self.doctor.diagnosis
-
-    @property
-    def interventions(self) -> list[Intervention]:
-        return self.guard.interventions if self.guard is not None else []
-
-    @property
-    def lr_multiplier(self) -> float:
-        return self.guard.lr_multiplier if self.guard is not None else 1.0
 
     # ------------------------------------------------------------------ helpers
     def _current_lr(self) -> float:

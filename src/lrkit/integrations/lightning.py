@@ -35,7 +35,7 @@ import lightning.pytorch as pl
 import torch
 
 from lrkit.doctor.core import SEVERITY, Diagnosis, Doctor
-from lrkit.doctor.guard import Guard, Intervention
+from lrkit.doctor.guard import Guard, GuardedWatch, Intervention
 from lrkit.integrations.torch_doctor import grad_norm
 from lrkit.integrations.torch_state import TorchSnapshot
 
@@ -58,7 +58,7 @@ class _State:
                 g["lr"] = lr
 
 
-class LRDoctorCallback(pl.Callback):
+class LRDoctorCallback(GuardedWatch, pl.Callback):
     """Diagnose (and with ``guard=True`` protect) a Lightning run; see the module docstring.
 
     Args:
@@ -114,19 +114,6 @@ class LRDoctorCallback(pl.Callback):
         self._gn: float | None = None
         self._step = 0
         self._last_lr: float | None = None
-
-    # ------------------------------------------------------------------ public state
-    @property
-    def diagnosis(self) -> Diagnosis:
-        return self.doctor.diagnosis
-
-    @property
-    def interventions(self) -> list[Intervention]:
-        return self.guard.interventions if self.guard is not None else []
-
-    @property
-    def lr_multiplier(self) -> float:
-        return self.guard.lr_multiplier if self.guard is not None else 1.0
 
     # ------------------------------------------------------------------ optimizer hooks
     def _pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:

@@ -61,7 +61,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from lrkit.doctor.core import Diagnosis, Doctor
-from lrkit.doctor.guard import Guard, Intervention
+from lrkit.doctor.guard import Guard, GuardedWatch, Intervention
 from lrkit.integrations.torch_state import TorchSnapshot
 
 __all__ = ["TorchDoctor", "grad_norm"]
@@ -99,7 +99,7 @@ class _State:
         o._set_lrs(lrs)
 
 
-class TorchDoctor:
+class TorchDoctor(GuardedWatch):
     r"""Watch (and guard) a plain PyTorch loop: see the module docstring.
 
     Args:
@@ -167,20 +167,6 @@ class TorchDoctor:
         self._base: list[Any] | None = None
         self._gn: float | None = None
         self._params = [p for g in optimizer.param_groups for p in g["params"]]
-
-    # ------------------------------------------------------------------ state
-    @property
-    def lr_multiplier(self) -> float:
-        """The factor applied to every param group's LR during ``optimizer.step()`` (1 without guard)."""
-        return self.guard.lr_multiplier if self.guard is not None else 1.0
-
-    @property
-    def diagnosis(self) -> Diagnosis:
-        return self.doctor.diagnosis
-
-    @property
-    def interventions(self) -> list[Intervention]:
-        return self.guard.interventions if self.guard is not None else []
 
     # ------------------------------------------------------------------ the two calls
     def after_backward(self, loss: Any = None) -> float | None:
