@@ -73,6 +73,13 @@ def test_builtin_example_json(tmp_path):
     assert {"steepest", "valley", "minimum_div_10"} <= set(d["rules"])
     assert out.stderr == ""  # no progress bar when --json and stderr is not a terminal
 
+    # the same test for a run at 4x the batch size: Adam -> square-root rule, said in the output
+    scaled = json.loads(lrkit("find", "--json", "--num-iter", "60", "--target-batch-size", "256").stdout)
+    assert scaled["method"].endswith("+scaled")
+    scaling = scaled["details"]["batch_scaling"]
+    assert (scaling["from_batch_size"], scaling["to_batch_size"], scaling["rule"]) == (64, 256, "sqrt")
+    assert scaled["suggestion"] == pytest.approx(2.0 * d["suggestion"], rel=1e-12)
+
 
 @pytest.mark.slow
 def test_user_file_target_with_plot_and_report(task_file, tmp_path):

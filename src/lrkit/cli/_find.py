@@ -143,6 +143,7 @@ def find_command(
     seed: Annotated[int, typer.Option("--seed", help="Seed for torch/numpy/random before building the target, and for the suggestion.")] = 0,
     mode: Annotated[str, typer.Option("--mode", help="LR ramp: exp or linear.")] = "exp",
     verify_steps: Annotated[Optional[int], typer.Option("--verify-steps", help="Steps per candidate verification run (0: judge the curve only).")] = None,
+    target_batch_size: Annotated[Optional[int], typer.Option("--target-batch-size", help="Batch size of the real run, if it differs: the suggestion is rescaled (linear rule for SGD, square root for adaptive optimizers).")] = None,
 ) -> None:
     if num_iter < 2:
         raise CLIError(f"--num-iter must be >= 2, got {num_iter}")
@@ -150,6 +151,8 @@ def find_command(
         raise CLIError(f"--verify-steps must be >= 0, got {verify_steps}")
     if plot is not None and plot.exists() and plot.is_dir():
         raise CLIError(f"--plot must be a file name, got the directory {plot}")
+    if target_batch_size is not None and target_batch_size < 1:
+        raise CLIError(f"--target-batch-size must be >= 1, got {target_batch_size}")
     if mode not in ("exp", "linear"):
         raise CLIError(f"--mode must be 'exp' or 'linear', got {mode!r}")
     if start_lr is not None and end_lr is not None:
@@ -177,6 +180,7 @@ def find_command(
             start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode,
             progress=callback if callback is not None else False,
             verify=verify_steps != 0, verify_steps=verify_steps or None, seed=seed,
+            target_batch_size=target_batch_size,
         )
     written: dict[str, str] = {}
     if plot is not None:
