@@ -247,6 +247,21 @@ def test_rng_and_loader_generator_restored_and_reused():
     np.testing.assert_array_equal(a.losses, b.losses)
 
 
+def test_pickled_snapshot_restores_everything_including_the_data_order(tmp_path):
+    """A snapshot kept on disk (the guard's storage="disk") restores like one kept in memory."""
+    import pickle
+
+    model, opt, dl = setup("adam")
+    trainer = TorchTrainer(model, opt, torch.nn.CrossEntropyLoss(), dl)
+    before = picture(model, opt, loader=dl)
+    path = tmp_path / "snap.pkl"
+    path.write_bytes(pickle.dumps(trainer.snapshot()))
+    first = [trainer.step(1e-2) for _ in range(8)]  # moves weights, optimizer, RNGs, loader order
+    trainer.restore(pickle.loads(path.read_bytes()))
+    assert picture(model, opt, loader=dl) == before
+    assert [trainer.step(1e-2) for _ in range(8)] == first
+
+
 def test_global_rng_shuffle_restored():
     """A loader without its own generator draws from the global torch RNG: restored too."""
     model, opt, _ = setup("adam")

@@ -58,9 +58,8 @@ after restoring the last good snapshot once more, so the state you are left with
 **Storage.** ``"memory"`` keeps the trainer's snapshot objects; ``"disk"`` pickles each one to a
 file in ``storage_dir`` (a temporary directory by default; removed by :meth:`Guard.close`) and
 keeps only the path in memory -- for large models. The trainer's state must then be picklable
-*and* restore correctly after unpickling. (``TorchTrainer``'s snapshot pickles, but after
-unpickling it no longer refers to the data loader's ``torch.Generator``: model, optimizer and
-RNGs are restored, the data order is not.)
+*and* restore correctly after unpickling (``TorchTrainer``'s and ``TorchDoctor``'s snapshots do,
+data loaders' generators included).
 
 Example:
     >>> class Quadratic:            # a 1-D quadratic trained by gradient descent: f = x^2

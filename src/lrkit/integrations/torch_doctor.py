@@ -95,7 +95,7 @@ class _State:
     def restore(self, state: TorchSnapshot) -> None:
         o = self.owner
         lrs = [g["lr"] if not isinstance(g["lr"], torch.Tensor) else g["lr"].clone() for g in o.optimizer.param_groups]
-        state.restore(o.model, [o.optimizer], scaler=o.scaler)
+        state.restore(o.model, [o.optimizer], scaler=o.scaler, loaders=o.loaders)
         o._set_lrs(lrs)
 
 

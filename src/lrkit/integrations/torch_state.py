@@ -122,7 +122,15 @@ class TorchSnapshot:
     optimizers: list[dict[str, Any]]
     scaler: dict[str, Any] | None
     rng: dict[str, Any]
-    generators: list[tuple[torch.Generator, torch.Tensor]] = field(default_factory=list)
+    # (the live generator, its saved state), in the order of ``loader_generators`` over the
+    # loaders; the live references are dropped when pickled (see ``__getstate__``)
+    generators: list[tuple[torch.Generator | None, torch.Tensor]] = field(default_factory=list)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the live generators: a pickled copy would be a different object."""
+        state = dict(self.__dict__)
+        state["generators"] = [(None, saved) for _, saved in self.generators]
+        return state
 
     @classmethod
     def take(
@@ -176,8 +184,13 @@ class TorchSnapshot:
         optimizers: Sequence[torch.optim.Optimizer],
         *,
         scaler: Any = None,
+        loaders: Sequence[Any] = (),
     ) -> None:
-        """Write the snapshot back in place (see the module docstring)."""
+        """Write the snapshot back in place (see the module docstring).
+
+        ``loaders`` (the same loaders, in the same order, as for :meth:`take`) find the loaders'
+        generators again when the snapshot was pickled and loaded (e.g. kept on disk).
+        """
         with torch.no_grad():
             for name, p in model.named_parameters():
                 _load(p, self.model_tensors[name])
@@ -227,5 +240,13 @@ class TorchSnapshot:
         random.setstate(self.rng["python"])
         if "cuda" in self.rng:
             torch.cuda.set_rng_state_all(self.rng["cuda"])
-        for gen, state in self.generators:
+        live = [gen for loader in loaders for gen in loader_generators(loader)]
+        for i, (gen, state) in enumerate(self.generators):
+            if gen is None:  # unpickled: the generator is the i-th of the loaders given now
+                if i >= len(live):
+                    raise RuntimeError(
+                        f"this snapshot holds the state of {len(self.generators)} data-loader generator(s); "
+                        f"pass the same loaders to restore() (found {len(live)})"
+                    )
+                gen = live[i]
             gen.set_state(state)

@@ -259,15 +259,15 @@ class TorchTrainer:
     # -- Trainer protocol --------------------------------------------------------------------
     def snapshot(self) -> TorchSnapshot:
         """One CPU copy of model, optimizers, scaler, RNGs and loader generators."""
-        return TorchSnapshot.take(
-            self.model, self.optimizers, scaler=self.scaler,
-            loaders=[x for x in (self.train_loader, self.val_loader) if x is not None],
-        )
+        return TorchSnapshot.take(self.model, self.optimizers, scaler=self.scaler, loaders=self._loaders())
 
     def restore(self, state: TorchSnapshot) -> None:
         """Write ``state`` back in place; the next :meth:`step` starts a fresh pass over the loader."""
         self._iter = None
-        state.restore(self.model, self.optimizers, scaler=self.scaler)
+        state.restore(self.model, self.optimizers, scaler=self.scaler, loaders=self._loaders())
+
+    def _loaders(self) -> list[Any]:
+        return [x for x in (self.train_loader, self.val_loader) if x is not None]
 
     def set_lr(self, lr: float) -> None:
         """Set every param group's LR to ``lr`` times its ratio to the first group's initial LR."""
