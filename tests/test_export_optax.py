@@ -148,8 +148,17 @@ def test_native_cosine_linear_polynomial(lr, T, alpha, x64):
 @FAST
 @given(lr=st.floats(1e-4, 1.0), d=st.integers(1, 300), rate=st.floats(0.3, 1.0), stair=st.booleans())
 def test_native_exponential_decay(lr, d, rate, stair, x64):
-    _cmp(to_optax(S.exponential(lr, rate, d, staircase=stair)),
-         optax.exponential_decay(lr, d, rate, staircase=stair))
+    steps = np.arange(1500)
+    ours = jit_eval(to_optax(S.exponential(lr, rate, d, staircase=stair)), steps)
+    theirs = jit_eval(optax.exponential_decay(lr, d, rate, staircase=stair), steps)
+    close = np.isclose(ours, theirs, rtol=1e-12, atol=1e-15)
+    # Under jit, XLA computes optax's floor(count / d) as floor(count * (1/d)), which is one step
+    # late at some multiples of d (e.g. d=237: 237 * (1/237) < 1). lrkit's staircase is exact
+    # there; every other step agrees.
+    bad = steps[~close]
+    assert stair or bad.size == 0
+    assert np.all(bad % d == 0)
+    np.testing.assert_allclose(ours[bad], lr * rate ** (bad // d), rtol=1e-12)
 
 
 @FAST
@@ -185,8 +194,8 @@ def test_native_warmup_cosine_join_and_sgdr(init, peak, w, T, end, x64):
 
 
 # -- reduce on plateau -------------------------------------------------------------------------
-@FAST
-@given(metrics=st.lists(st.floats(0.0, 10.0), min_size=1, max_size=40),
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(metrics=st.lists(st.floats(0.0, 10.0), min_size=1, max_size=25),
        factor=st.floats(0.1, 0.9), patience=st.integers(0, 3), cooldown=st.integers(0, 2),
        tmode=st.sampled_from(["rel", "abs"]), min_lr=st.sampled_from([0.0, 0.01]))
 def test_plateau_transform_matches_lrkit(metrics, factor, patience, cooldown, tmode, min_lr, x64):
@@ -196,14 +205,13 @@ def test_plateau_transform_matches_lrkit(metrics, factor, patience, cooldown, tm
     tx = optax.chain(optax.sgd(to_optax(rop.schedule)), plateau_transform(rop))
     params = jnp.zeros(2)
     state = tx.init(params)
-    update = jax.jit(lambda s_, m: tx.update(jnp.ones(2), s_, params, value=m))
     ref = rop.init()
-    for m in metrics:
-        updates, state = update(state, m)
-        assert -float(updates[0]) == pytest.approx(rop.lr(0, ref), rel=1e-12)  # before m
+    for m in metrics:  # eager: one jit compilation per example would dominate the test
+        # optax applies the scale decided by this metric to this very update
+        updates, state = tx.update(jnp.ones(2), state, params, value=m)
         ref = rop.update(ref, m)
-    updates, _ = update(state, 0.0)
-    assert -float(updates[0]) == pytest.approx(rop.lr(0, ref), rel=1e-12)
+        assert -float(updates[0]) == pytest.approx(rop.lr(0, ref), rel=1e-12)
+    assert float(state[1].scale) == pytest.approx(ref.scale, rel=1e-12)
 
 
 def test_plateau_errors():
