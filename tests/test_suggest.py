@@ -124,6 +124,15 @@ def test_rule_answer_sits_below_the_loss_minimum(family):
     assert s.details["verify_steps_used"] == 0
 
 
+def test_uncertainty_reports_band_width_and_rule_disagreement_in_decades():
+    s = suggest(LRS, u_curve(LRS), family="adam")
+    unc = s.details["uncertainty"]
+    assert unc["band_decades"] == pytest.approx(math.log10(s.band[1] / s.band[0]))
+    classic = [s.rules[k] for k in ("steepest", "steepest_lightning", "valley", "minimum_div_10")]
+    assert unc["rules_spread_decades"] == pytest.approx(math.log10(max(classic) / min(classic)))
+    assert unc["rules_spread_decades"] > 0
+
+
 def test_flat_curve_is_detected_and_shrinks():
     losses = 1.0 + 0.001 * np.sin(np.arange(100)) + np.where(LRS > 1e-2, 10.0, 0.0)
     s = suggest(LRS, losses, family="adam")

@@ -137,6 +137,13 @@ class FinderResult:
         rows = [("suggested LR", _fmt(self.suggestion)), ("method", self.method),
                 ("band", f"{_fmt(self.band[0])} .. {_fmt(self.band[1])}")]
         rows += [(f"rule: {name}", _fmt(lr)) for name, lr in self.rules.items()]
+        unc = self.details.get("uncertainty") or {}
+        if unc.get("band_decades") is not None or unc.get("rules_spread_decades") is not None:
+            def dec(v: Any) -> str:
+                return "-" if v is None else f"{v:.2f}"
+
+            rows.append(("uncertainty", f"band {dec(unc.get('band_decades'))} decades, "
+                         f"classic rules disagree by {dec(unc.get('rules_spread_decades'))} decades"))
         stop = self.details.get("stop_reason")
         rows.append(("range test", f"{len(self.lrs)}/{self.num_iter} steps, "
                      f"lr {_fmt(self.lrs[0] if len(self.lrs) else None)} .. "

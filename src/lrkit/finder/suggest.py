@@ -165,6 +165,26 @@ def _rule_lr(x: np.ndarray, s: np.ndarray, raw: np.ndarray, family: str) -> tupl
                 "informative": informative}
 
 
+CLASSIC_RULES = ("steepest", "steepest_lightning", "valley", "minimum_div_10")
+
+
+def _uncertainty(band: tuple[float, float], rules: dict[str, float | None]) -> dict[str, Any]:
+    """How sure the answer is, in decades of LR (powers of ten).
+
+    ``band_decades`` = :math:`\\log_{10}(\\eta_{hi}/\\eta_{lo})`, the width of the band;
+    ``rules_spread_decades`` = :math:`\\log_{10}(\\max_r \\eta_r / \\min_r \\eta_r)` over the
+    classic rules that answered: how far steepest-slope, valley and minimum/10 disagree on this
+    curve (a spread above about one decade says the curve is ambiguous and the rules are not to be
+    trusted alone).
+    """
+    lo, hi = band
+    found = [v for k in CLASSIC_RULES if (v := rules.get(k)) is not None and v > 0]
+    return {
+        "band_decades": float(np.log10(hi / lo)) if lo > 0 else None,
+        "rules_spread_decades": float(np.log10(max(found) / min(found))) if len(found) >= 2 else None,
+    }
+
+
 def _bootstrap_band(x: np.ndarray, raw: np.ndarray, s: np.ndarray, family: str, rng_seed: int, n: int = 64) -> tuple[float, float]:
     rng = np.random.default_rng(rng_seed)
     resid = raw - s
@@ -382,6 +402,7 @@ def suggest(
         if rule_info["flat_curve"]:
             method += "+flat"
     band = (float(min(band[0], lr)), float(max(band[1], lr)))
+    details["uncertainty"] = _uncertainty(band, rules)
 
     if batch_size is not None and target_batch_size is not None and target_batch_size != batch_size:
         rule_name = scaling.scaling_rule(family)
