@@ -9,7 +9,7 @@ Tasks (small, real): scikit-learn digits (MLP classifier), scikit-learn diabetes
 and MNIST (MLP on the 10k test-set images, split 8k/2k) when ``../shared/data/mnist`` exists.
 Every run is ``TorchTrainer`` + SGD(momentum 0.9) for a fixed number of steps; the guarded runs
 wrap the trainer in ``lrkit.doctor.guard.Guard`` (default ``Doctor()``, ``snapshot_every=25``,
-``lr_factor=0.3``). Conditions:
+``lr_factor=0.1``). Conditions:
 
 * ``clean``: the task's good LR;
 * ``nan``: the good LR, and after one step (at 40% of the run) a weight is set to NaN -- a
@@ -125,7 +125,7 @@ def run(task: str, condition: str, guarded: bool, seed: int, steps: int) -> dict
     trainer = Timed(TorchTrainer(model, opt, base_loss, train, val_loader=val, max_val_batches=None), nan_at)
     init_val = trainer.evaluate()
     lr = good_lr * (30.0 if condition == "high LR" else 1.0)
-    guard = Guard(trainer, doctor=Doctor(), snapshot_every=25, lr_factor=0.3) if guarded else None
+    guard = Guard(trainer, doctor=Doctor(), snapshot_every=25, lr_factor=0.1) if guarded else None
     gave_up = False
     t0 = time.perf_counter()
     with np.errstate(all="ignore"):
@@ -206,7 +206,7 @@ def main() -> None:
         f"{elapsed:.0f} s in all). Machine: {machine()}, torch {torch.__version__}, 1 thread.",
         "",
         "Loss cells: final validation loss per seed (lost runs in **bold**); interventions: guard "
-        "rollbacks per seed. Guard: default `Doctor()`, `snapshot_every=25`, `lr_factor=0.3`. "
+        "rollbacks per seed. Guard: default `Doctor()`, `snapshot_every=25`, `lr_factor=0.1`. "
         f"`nan`: after step {int(0.4 * steps)} one weight is set to NaN (a transient fault); "
         "`high LR`: 30x the task's good LR. "
         "Lost = final validation loss not finite or not below its value at initialisation.",

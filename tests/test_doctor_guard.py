@@ -186,7 +186,7 @@ def test_observe_mode_callback_and_doctor_reset():
     assert g.step_count == 22  # the clock is not rewound
     summary = g.state_summary()
     assert summary["interventions"][0]["verdict"] == "nan" and summary["step_count"] == 22
-    assert summary["lr_multiplier"] == pytest.approx(0.3)
+    assert summary["lr_multiplier"] == pytest.approx(0.1)  # the default lr_factor
     import json
 
     json.dumps(summary)  # JSON-ready

@@ -207,7 +207,7 @@ class Guard:
         snapshot_every: ``K``, take a snapshot every ``K`` steps while the verdict is healthy
             (or flat). An int >= 1 (default 50). Smaller = less lost on a rollback, more copies.
         lr_factor: :math:`\gamma`, the LR multiplier is multiplied by this on each intervention;
-            in (0, 1) (default 0.3).
+            in (0, 1) (default 0.1: "lower the LR about 10x", as the doctor advises).
         max_retries: how many times one snapshot may be restored; an int >= 1 (default 3).
         act_on: the verdicts that trigger a rollback; a subset of ``{"nan", "diverging",
             "fluctuating"}`` (default ``("nan", "diverging")``).
@@ -231,7 +231,7 @@ class Guard:
         *,
         doctor: Doctor | None = None,
         snapshot_every: int = 50,
-        lr_factor: float = 0.3,
+        lr_factor: float = 0.1,
         max_retries: int = 3,
         act_on: tuple[str, ...] = ("nan", "diverging"),
         storage: str = "memory",

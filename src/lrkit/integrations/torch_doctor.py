@@ -130,7 +130,7 @@ class TorchDoctor(GuardedWatch):
         guard: bool = True,
         doctor: Doctor | None = None,
         snapshot_every: int = 50,
-        lr_factor: float = 0.3,
+        lr_factor: float = 0.1,
         max_retries: int = 3,
         act_on: tuple[str, ...] = ("nan", "diverging"),
         scaler: Any = None,
