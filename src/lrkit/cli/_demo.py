@@ -79,6 +79,7 @@ def run_demo(
         "method": result.method,
         "band": list(result.band),
         "rules": result.rules,
+        "uncertainty": result.details.get("uncertainty"),
         "default_lr": task.default_lr,
         "optimizer": optimizer,
         "steps": steps,
@@ -90,14 +91,22 @@ def run_demo(
 
 def format_demo(summary: dict[str, Any]) -> str:
     """The human summary of :func:`run_demo` as plain text (two small tables)."""
-    rules = summary["rules"]
+    labels = {
+        "steepest": "torch-lr-finder steepest", "steepest_lightning": "Lightning steepest",
+        "valley": "fastai valley", "minimum_div_10": "fastai minimum/10",
+        "lrkit_rule": "lrkit, curve only", "lr_at_min_loss": "LR at the loss minimum",
+    }
+    unc = summary.get("uncertainty") or {}
     lines = [
         f"LR range test on the digits MLP ({summary['optimizer']}):",
-        f"  lrkit suggestion   {summary['suggestion']:.3g}   ({summary['method']}; band {summary['band'][0]:.3g} .. {summary['band'][1]:.3g})",
+        f"  {'lrkit suggestion':<26}{summary['suggestion']:.3g}   ({summary['method']}; band "
+        f"{summary['band'][0]:.3g} .. {summary['band'][1]:.3g})",
     ]
-    for name, value in rules.items():
-        lines.append(f"  {name:<18} {'—' if value is None else format(value, '.3g')}")
-    lines.append(f"  {'rule of thumb':<18} {summary['default_lr']:.3g}")
+    if unc.get("rules_spread_decades") is not None:
+        lines.append(f"  {'classic rules disagree by':<26}{unc['rules_spread_decades']:.2f} decades")
+    for name, value in summary["rules"].items():
+        lines.append(f"  {labels.get(name, name):<26}{'-' if value is None else format(value, '.3g')}")
+    lines.append(f"  {'rule of thumb':<26}{summary['default_lr']:.3g}")
     s, d = summary["at_suggestion"], summary["at_default"]
     lines += [
         "",
