@@ -46,3 +46,23 @@ def test_python_dash_m_lrkit_is_the_cli():
     assert out.returncode == 0
     for command in ("schedule", "find", "diagnose", "demo"):
         assert command in out.stdout
+
+
+def test_a_missing_optional_dependency_is_one_line_and_exit_2(tmp_path):
+    # a sitecustomize that hides scikit-learn, as on a machine without the `examples` extra
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'sklearn':\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, _Block())\n"
+    )
+    import os
+
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    out = subprocess.run([sys.executable, "-m", "lrkit", "find", "--json"], capture_output=True, text=True, env=env)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "lrkit: error: this command needs the package 'sklearn', which is not installed: pip install 'lrkit[examples]'"
+    ]

@@ -30,6 +30,22 @@ _EXITS = tuple({typer.Exit, *_click_classes("Exit")})
 _ABORTS = tuple({typer.Abort, *_click_classes("Abort")})
 
 
+# top-level module -> the lrkit extra that installs it
+_EXTRAS = {
+    "torch": "torch", "keras": "keras", "jax": "jax", "optax": "jax", "optuna": "tune",
+    "lightning": "lightning", "transformers": "transformers", "tensorboard": "tensorboard",
+    "sklearn": "examples", "matplotlib": "plot",
+}
+
+
+def missing_dependency_message(exc: ModuleNotFoundError) -> str:
+    """``lrkit: error: ...`` line for an optional dependency that is not installed."""
+    top = (exc.name or "").split(".")[0]
+    extra = _EXTRAS.get(top)
+    hint = f": pip install 'lrkit[{extra}]'" if extra else ""
+    return f"this command needs the package {top!r}, which is not installed{hint}"
+
+
 def one_line(msg: object) -> str:
     return " ".join(str(msg).split())
 
@@ -43,6 +59,12 @@ def run(app) -> None:
         sys.exit(2)
     except _USAGE_ERRORS as exc:  # bad options, missing arguments, values of the wrong type
         print(f"lrkit: error: {one_line(exc.format_message())}", file=sys.stderr)
+        sys.exit(2)
+    except ModuleNotFoundError as exc:  # an optional dependency (an ImportError, not an OSError)
+        top = (exc.name or "").split(".")[0]
+        if top not in _EXTRAS:
+            raise
+        print(f"lrkit: error: {missing_dependency_message(exc)}", file=sys.stderr)
         sys.exit(2)
     except (CLIError, ValueError, OSError) as exc:
         print(f"lrkit: error: {one_line(exc)}", file=sys.stderr)
