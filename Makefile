@@ -12,6 +12,7 @@ PIP_CONSTRAINT ?= $(CURDIR)/.ci/constraints-cpu.txt
 export PIP_CONSTRAINT
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: demo test bench install install-dev clean
 
@@ -37,7 +38,7 @@ test: $(VENV)/.installed-dev
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-dev
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

@@ -24,6 +24,8 @@ def logs(tmp_path_factory):
     ok.write_text("\n".join(json.dumps({"step": t, "loss": 2.3 * math.exp(-t / 40) + 0.05, "lr": 0.01}) for t in range(200)))
     bad = d / "bad.csv"
     bad.write_text("step,loss,lr\n0,2.3,0.1\n1,2.0,0.1\n2,abc,0.1\n")
+    nll = d / "nll.csv"  # a negative log-likelihood: below zero, bounded below by -10
+    nll.write_text("step,loss\n" + "".join(f"{t},{-9.0 + 8.0 * math.exp(-t / 30)}\n" for t in range(200)))
     return d
 
 
@@ -37,6 +39,12 @@ def test_json_output_parses_and_carries_the_verdict(logs, tmp_path):
     assert 195 <= out["step"] <= 202 and out["detected_at"] > out["step"]
     assert out["advice"][0] == "lower the LR about 10x, from 0.3 to 0.03"
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_negative_losses_are_diagnosed_with_a_loss_floor(logs):
+    r = lrkit("diagnose", logs / "nll.csv", "--loss-floor", "-10", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["verdict"] == "healthy"
 
 
 def test_human_summary_and_exit_codes(logs):
@@ -55,6 +63,9 @@ def test_human_summary_and_exit_codes(logs):
         (["missing.csv"], "missing.csv: no such file or directory"),
         (["div.csv", "--plot", "x.txt"], "--plot: expected a .png, .pdf or .svg file name"),
         (["div.csv", "--window", "2"], "window must be an int >= 5, got 2"),
+        (["nll.csv"], "nll.csv: the loss goes down to -8.9"),
+        (["nll.csv", "--loss-floor", "-5"], "is below --loss-floor -5"),
+        (["div.csv", "--loss-floor", "nan"], "--loss-floor must be a finite number"),
     ],
 )
 def test_bad_input_is_one_line_on_stderr_and_exit_2(logs, args, expected):

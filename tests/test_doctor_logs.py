@@ -76,7 +76,7 @@ def test_lightning_csvlogger_metrics_csv(tmp_path):
     ds = torch.utils.data.TensorDataset(X, y)
     dl = torch.utils.data.DataLoader(ds, batch_size=8)
     trainer = L.Trainer(
-        max_epochs=3,
+        max_epochs=10,
         logger=CSVLogger(str(tmp_path)),
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -92,12 +92,12 @@ def test_lightning_csvlogger_metrics_csv(tmp_path):
     assert recs.step_column == "step"
     assert recs.renamed["loss"] == "train_loss_step"
     # every training step has its loss; validation rows were merged onto their steps
-    assert recs.has("loss").sum() == 3 * 8
-    assert recs.has("val_loss").sum() == 3
+    assert recs.has("loss").sum() == 10 * 8
+    assert recs.has("val_loss").sum() == 10
     assert np.all(np.diff(recs.step) > 0)
     vl = recs["val_loss"][recs.has("val_loss")]
     assert vl[-1] < vl[0]
-    assert diagnose(path).verdict in ("healthy", "flat")  # 24 steps: too short to judge much
+    assert diagnose(path).verdict == "healthy"  # least squares at a stable LR: converges
 
 
 def test_tensorboard_event_file_and_directory(tmp_path):
@@ -175,7 +175,8 @@ def test_lightning_style_rows_are_merged(tmp_path):
     [
         ("empty.csv", "", r"empty\.csv:1: the file is empty"),
         ("header.csv", "step,loss\n", r"header\.csv:2: no data rows"),
-        ("noloss.csv", "step,acc\n0,0.5\n", r"noloss\.csv: no loss column; found columns \['step', 'acc'\]"),
+        ("noloss.csv", "step,acc\n0,0.5\n", r"noloss\.csv:1: no loss column; found columns \['step', 'acc'\]"),
+        ("tabs.tsv", "step\tacc\n0\t0.5\n", r"tabs\.tsv:1: no loss column; found columns \['step', 'acc'\]"),
         ("abc.csv", "step,loss,lr\n0,2.3,0.1\n1,abc,0.1\n", r"abc\.csv:3: column 'loss' is not a number: 'abc'"),
         ("badstep.csv", "step,loss\n0,1.0\n1.5,0.9\n", r"badstep\.csv:3: column 'step' \(the step\) must be a whole number"),
         ("dup.csv", "step,loss\n0,1.0\n0,0.9\n", r"dup\.csv:3: step 0 appears again with a different 'loss'"),
@@ -192,6 +193,34 @@ def test_bad_files_name_the_file_and_line(tmp_path, name, text, pattern):
     with pytest.raises(LogFormatError, match=pattern) as exc:
         read_log(p)
     assert isinstance(exc.value, ValueError)
+
+
+def test_text_that_is_not_utf8_names_the_file_and_line(tmp_path):
+    p = tmp_path / "latin1.csv"
+    p.write_bytes("step,loss,note\n0,1.0,ok\n1,0.9,caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(LogFormatError, match=r"latin1\.csv:3: not UTF-8 text \(byte 0xe9"):
+        read_log(p)
+    q = tmp_path / "utf16.jsonl"
+    q.write_bytes(b"\xff\xfe\x00")  # a UTF-16 byte-order mark, then half a character
+    with pytest.raises(LogFormatError, match=r"utf16\.jsonl:1: .*UTF-16"):
+        read_log(q)
+
+
+@pytest.mark.parametrize("suffix, sep", [(".tsv", "\t"), (".csv", "\t"), (".csv", ";"), (".log", "\t")])
+def test_tab_and_semicolon_separated_logs(tmp_path, suffix, sep):
+    rows = [sep.join(["step", "loss", "lr"])] + [sep.join([str(t), str(2.0 / (t + 1)), "0.1"]) for t in range(20)]
+    p = tmp_path / f"run{suffix}"
+    p.write_text("\n".join(rows) + "\n")
+    recs = read_log(p)
+    assert recs.step.tolist() == list(range(20))
+    np.testing.assert_allclose(recs.loss, [2.0 / (t + 1) for t in range(20)])
+    np.testing.assert_allclose(recs.lr, 0.1)
+
+
+def test_utf16_logs_from_windows_tools_are_read(tmp_path):
+    p = tmp_path / "win.csv"
+    p.write_bytes("step,loss\r\n0,2.0\r\n1,1.5\r\n".encode("utf-16"))
+    assert read_log(p).loss.tolist() == [2.0, 1.5]
 
 
 def test_missing_file_and_bad_objects(tmp_path):

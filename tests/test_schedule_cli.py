@@ -72,6 +72,7 @@ def test_plot_writes_a_png(tmp_path):
     (["cosine(base_lr=0.1, total_steps=5)", "--steps", "-3"], "--steps must be a whole number >= 1"),
     (["constant(lr=0.1)"], "constant has no end: pass --steps N"),
     (["__import__('os').system('echo hacked')"], "unsupported call"),
+    (["cosine(base_lr=0.1, total_steps=5)", "--plot", "lr.txt"], "--plot: expected a .png file name"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, needle):
     r = lrkit(*args)

@@ -5,7 +5,6 @@ import doctest
 import importlib
 import math
 import pickle
-import time
 
 import numpy as np
 import pytest
@@ -258,19 +257,19 @@ def test_worked_values():
     assert S.epochs_to_steps(2.5, 4) == 10 and S.epochs_to_steps(3, 7) == 21
 
 
-def test_vectorised_one_million_steps_is_fast():
+def test_a_million_steps_evaluate_in_one_vectorised_call():
+    # speed is measured in benchmarks/bench_schedules.py; here: one array in, one array out, and
+    # the values agree with step-by-step evaluation
     t = np.arange(10**6)
+    probe = np.array([0, 1, 99, 100, 1000, 5000, 99_999, 100_000, 999_999])
     for s in [S.warm_restarts(0.1, 100, 2, m_mul=0.9), S.cyclic(0.01, 0.1, 2000, mode="triangular2"),
               S.one_cycle(0.1, 10**6, three_phase=True),
               S.warmup(S.join([S.cosine(0.1, 1000), S.constant(0.01)], [1000]), 100),
               S.multistep(0.1, [1000, 5000, 90000]), S.warmup_stable_decay(0.1, 10**6, 1000, 10**5)]:
-        best = math.inf
-        for _ in range(3):  # best of three: the machine is shared
-            start = time.perf_counter()
-            out = s(t)
-            best = min(best, time.perf_counter() - start)
-        assert best < 0.5, (s, best)
-        assert out.shape == t.shape
+        out = s(t)
+        assert isinstance(out, np.ndarray) and out.shape == t.shape and out.dtype == np.float64
+        assert np.all(np.isfinite(out)) and np.all(out >= 0)
+        np.testing.assert_array_equal(out[probe], [s(int(k)) for k in probe])
 
 
 # --- validation --------------------------------------------------------------------------------

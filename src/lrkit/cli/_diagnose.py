@@ -8,9 +8,11 @@ Exit code 0 whatever the verdict (1 with ``--fail-on-problem`` when it is not he
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Optional
 
+import numpy as np
 import typer
 
 from lrkit.cli import app
@@ -38,14 +40,28 @@ def diagnose_cmd(
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG of the loss (and LR, val_loss) with the onset marked.")] = None,
     window: Annotated[Optional[int], typer.Option("--window", help="Doctor window (default: clip(n // 8, 5, 50) for n logged losses).")] = None,
     fail_on_problem: Annotated[bool, typer.Option("--fail-on-problem", help="Exit 1 when the verdict is not healthy.")] = False,
+    loss_floor: Annotated[float, typer.Option("--loss-floor", help="A lower bound of the loss (default 0; e.g. the minimum of a negative log-likelihood).")] = 0.0,
 ) -> None:
     """Diagnose the learning rate of a finished (or running) training run from its log."""
     from lrkit.doctor import diagnose, read_log
 
     if not file.exists():
         raise CLIError(f"{file}: no such file or directory")
+    if not math.isfinite(loss_floor):
+        raise CLIError(f"--loss-floor must be a finite number, got {loss_floor}")
     records = read_log(file)
-    kwargs = {} if window is None else {"window": window}
+    losses = records.loss[records.has("loss")]
+    finite = losses[np.isfinite(losses)]
+    if finite.size and finite.min() < loss_floor:
+        low = float(finite.min())
+        at = int(records.step[records.has("loss")][np.isfinite(losses)][np.argmin(finite)])
+        if loss_floor == 0.0:
+            raise CLIError(
+                f"{file}: the loss goes down to {low:.4g} (step {at}), below 0; "
+                "pass --loss-floor with a lower bound of this loss (e.g. the minimum of a negative log-likelihood)"
+            )
+        raise CLIError(f"{file}: the loss {low:.4g} at step {at} is below --loss-floor {loss_floor:g}")
+    kwargs = {"loss_floor": loss_floor} if window is None else {"window": window, "loss_floor": loss_floor}
     diagnosis = diagnose(records, **kwargs)
     if plot is not None:
         if plot.suffix.lower() not in (".png", ".pdf", ".svg"):

@@ -78,6 +78,8 @@ def schedule_command(
     if steps > 50_000_000:
         raise CLIError(f"--steps must be <= 50000000, got {steps}")
     if plot is not None:
+        if plot.suffix.lower() != ".png":
+            raise CLIError(f"--plot: expected a .png file name, got {str(plot)!r}")
         if plot.parent and not plot.parent.exists():
             raise CLIError(f"--plot: directory {str(plot.parent)!r} does not exist")
         _write_png(schedule, steps, plot)

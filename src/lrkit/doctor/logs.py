@@ -206,8 +206,17 @@ def _to_float(raw: Any, where: str, col: str) -> float:
     raise LogFormatError(f"{where}: column {col!r} is not a number: {raw!r}")
 
 
-def _build(rows: Iterable[tuple[str, Mapping[str, Any]]], source: str, *, numeric_only: set[str] | None = None) -> LogRecords:
-    """rows: (location for messages, {original name: raw value}) -> LogRecords."""
+def _build(
+    rows: Iterable[tuple[str, Mapping[str, Any]]],
+    source: str,
+    *,
+    numeric_only: set[str] | None = None,
+    header_at: str | None = None,
+) -> LogRecords:
+    """rows: (location for messages, {original name: raw value}) -> LogRecords.
+
+    ``header_at`` locates the column names (``file:1`` for a CSV header) in messages about them.
+    """
     rows = list(rows)
     if not rows:
         raise LogFormatError(f"{source}: the log is empty (no rows)")
@@ -222,7 +231,8 @@ def _build(rows: Iterable[tuple[str, Mapping[str, Any]]], source: str, *, numeri
     inv = {v: k for k, v in mapping.items()}
     if "loss" not in inv:
         raise LogFormatError(
-            f"{source}: no loss column; found columns {names}; expected one of {list(ALIASES['loss'])}"
+            f"{header_at or source}: no loss column; found columns {names}; "
+            f"expected one of {list(ALIASES['loss'])}"
         )
     known = set(ALIASES)
     # which unknown columns are numeric everywhere (text columns such as timestamps are dropped)
@@ -300,12 +310,34 @@ def _build(rows: Iterable[tuple[str, Mapping[str, Any]]], source: str, *, numeri
 
 
 # --------------------------------------------------------------------------------- formats
-def _read_csv(path: Path) -> LogRecords:
-    text = path.read_text(encoding="utf-8-sig")
+def _read_text(path: Path, encoding: str = "utf-8") -> str:
+    """The file as text (UTF-8, or UTF-16 with a byte-order mark, as Windows tools write it);
+    a byte that is not UTF-8 is a LogFormatError naming its line."""
+    data = path.read_bytes()
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError:
+            raise LogFormatError(f"{path}:1: starts with a UTF-16 byte-order mark but is not UTF-16 text") from None
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise LogFormatError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            "save the log as UTF-8"
+        ) from None
+
+
+def _read_csv(path: Path, delimiter: str | None = None) -> LogRecords:
+    text = _read_text(path, "utf-8-sig")
     if not text.strip():
         raise LogFormatError(f"{path}:1: the file is empty")
     lines = text.splitlines()
-    reader = csv.reader(lines)
+    if delimiter is None:  # comma, unless the header has tabs (or semicolons) and no comma
+        first = next((ln for ln in lines if ln.strip()), "")
+        delimiter = "," if "," in first else "\t" if "\t" in first else ";" if ";" in first else ","
+    reader = csv.reader(lines, delimiter=delimiter)
     header = next(reader)
     header = [h.strip() for h in header]
     if len(header) < 1 or all(h == "" for h in header):
@@ -319,12 +351,12 @@ def _read_csv(path: Path) -> LogRecords:
         rows.append((f"{path}:{lineno}", dict(zip(header, cells))))
     if not rows:
         raise LogFormatError(f"{path}:2: no data rows after the header")
-    return _build(rows, str(path))
+    return _build(rows, str(path), header_at=f"{path}:1")
 
 
 def _read_jsonl(path: Path) -> LogRecords:
     rows = []
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     if not text.strip():
         raise LogFormatError(f"{path}:1: the file is empty")
     for lineno, line in enumerate(text.splitlines(), start=1):
@@ -352,7 +384,7 @@ def _flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _read_json(path: Path) -> LogRecords:
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     if not text.strip():
         raise LogFormatError(f"{path}:1: the file is empty")
     try:
@@ -463,7 +495,9 @@ def read_log(path_or_obj: Any) -> LogRecords:
         name = path.name.lower()
         if "tfevents" in name:
             return _read_tensorboard(path)
-        if name.endswith((".csv", ".tsv")):
+        if name.endswith(".tsv"):
+            return _read_csv(path, delimiter="\t")
+        if name.endswith(".csv"):
             return _read_csv(path)
         if name.endswith((".jsonl", ".ndjson")):
             return _read_jsonl(path)
@@ -486,7 +520,7 @@ def read_log(path_or_obj: Any) -> LogRecords:
         if start.startswith("["):
             return _read_json(path)
         first = start.splitlines()[0] if start else ""
-        if "," in first:
+        if "," in first or "\t" in first:
             return _read_csv(path)
         raise LogFormatError(f"{path}: unknown log format; expected CSV (.csv), JSON lines (.jsonl), JSON or TensorBoard events")
     hist = getattr(path_or_obj, "history", None)
