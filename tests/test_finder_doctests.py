@@ -11,6 +11,7 @@ MODULES = [
     "lrkit.finder.result",
     "lrkit.report.finder_plot",
     "lrkit.report.html",
+    "lrkit.integrations._progress",
     "lrkit.integrations.torch_state",
     "lrkit.integrations.torch_trainer",
     "lrkit.examples.digits",

@@ -8,10 +8,11 @@ import lrkit
 
 EXPECTED = {
     "Schedule", "schedules", "scaling", "__version__",
-    "find_lr", "TorchTrainer", "FinderResult", "run_range_test", "suggest", "Suggestion",
+    "find_lr", "TorchTrainer", "find_lr_keras", "KerasTrainer", "find_lr_optax", "OptaxTrainer",
+    "FinderResult", "run_range_test", "suggest", "Suggestion",
     "classic_suggestions", "Trainer",
     "Doctor", "Diagnosis", "diagnose", "read_log", "LogRecords", "LogFormatError",
-    "Guard", "GuardGaveUp", "Intervention",
+    "Guard", "GuardGaveUp", "Intervention", "stability_report",
     "optimizer_family", "default_lr", "lr_range", "scale_lr", "warmup_steps_for",
 }
 
@@ -23,6 +24,10 @@ def test_all_is_pinned():
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_every_public_name_resolves(name):
     pytest.importorskip("torch")
+    if name in ("find_lr_keras", "KerasTrainer"):
+        pytest.importorskip("keras")  # (KERAS_BACKEND=torch from conftest)
+    if name in ("find_lr_optax", "OptaxTrainer"):
+        pytest.importorskip("optax")
     assert getattr(lrkit, name) is not None
 
 

@@ -122,3 +122,41 @@ def test_warmup_bad_input():
         warmup_steps_for(1, 8, steps_per_epoch=0)
     with pytest.raises(ValueError, match="warmup_epochs"):
         warmup_steps_for(1, 8, steps_per_epoch=10, warmup_epochs=-1)
+
+
+def test_factory_functions_are_recognised_by_name():
+    import functools
+
+    def sgd(learning_rate, momentum=None):  # the shape of optax.sgd, no optax needed
+        return None
+
+    def nadamw(learning_rate):
+        return None
+
+    assert optimizer_family(sgd) == "sgd"
+    assert optimizer_family(functools.partial(sgd, momentum=0.9)) == "sgd_momentum"
+    assert optimizer_family(functools.partial(functools.partial(sgd, momentum=0.0))) == "sgd"
+    assert optimizer_family(nadamw) == "adamw"
+    assert optimizer_family(lambda lr: None) == "unknown"
+    assert optimizer_family("noisy_sgd") == "sgd" and optimizer_family("amsgrad") == "adam"
+
+
+def test_optax_factories_are_recognised():
+    optax = pytest.importorskip("optax")
+    import functools
+
+    cases = {
+        optax.sgd: "sgd",
+        functools.partial(optax.sgd, momentum=0.9): "sgd_momentum",
+        optax.adam: "adam",
+        optax.adamw: "adamw",
+        optax.nadamw: "adamw",
+        optax.rmsprop: "rmsprop",
+        optax.adagrad: "adagrad",
+        optax.lion: "lion",
+        optax.inject_hyperparams(optax.adam): "adam",  # functools.wraps keeps the name
+        optax.scale_by_adam: "unknown",  # a building block, not an optimizer with an LR
+    }
+    for factory, family in cases.items():
+        assert optimizer_family(factory) == family, factory
+    assert lr_range(optax.adam) == (1e-7, 1.0)

@@ -6,6 +6,8 @@ needs only NumPy; framework adapters are imported on first use::
     import lrkit
     sched = lrkit.schedules.warmup(lrkit.schedules.cosine(base_lr=0.1, total_steps=900), warmup_steps=100)
     result = lrkit.find_lr(model, optimizer, loss_fn, train_loader)   # PyTorch
+    result = lrkit.find_lr_keras(compiled_model, x, y)                  # Keras 3
+    result = lrkit.find_lr_optax(loss_fn, params, optax.adam, batches)  # JAX/optax
     verdict = lrkit.diagnose("metrics.csv")
 """
 from __future__ import annotations
@@ -23,6 +25,10 @@ __version__ = "0.1.0"
 _LAZY = {
     "find_lr": "lrkit.integrations.torch_trainer",
     "TorchTrainer": "lrkit.integrations.torch_trainer",
+    "find_lr_keras": "lrkit.integrations.keras_trainer",
+    "KerasTrainer": "lrkit.integrations.keras_trainer",
+    "find_lr_optax": "lrkit.integrations.optax_trainer",
+    "OptaxTrainer": "lrkit.integrations.optax_trainer",
     "FinderResult": "lrkit.finder.result",
     "run_range_test": "lrkit.finder.range_test",
     "suggest": "lrkit.finder.suggest",
@@ -38,6 +44,7 @@ _LAZY = {
     "Guard": "lrkit.doctor",
     "GuardGaveUp": "lrkit.doctor",
     "Intervention": "lrkit.doctor",
+    "stability_report": "lrkit.integrations.torch_hessian",
     "optimizer_family": "lrkit.scaling",
     "default_lr": "lrkit.scaling",
     "lr_range": "lrkit.scaling",

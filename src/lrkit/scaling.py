@@ -3,7 +3,8 @@
 Everything here is a pure function (standard library only). An optimizer can be named by a string
 (``"adam"``, ``"sgd_momentum"``, ...) or passed as an object from any framework: it is recognised by
 its class name (``torch.optim.AdamW``, ``keras.optimizers.RMSprop``, ``prodigyopt.Prodigy``, ...)
-and, for SGD, by whether it uses momentum.
+and, for SGD, by whether it uses momentum. An optimizer *factory function* (optax's ``optax.adamw``,
+or ``functools.partial(optax.sgd, momentum=0.9)``) is recognised by the function's name.
 
 Families and their rule-of-thumb learning rates:
 
@@ -49,7 +50,9 @@ Example:
 """
 from __future__ import annotations
 
+import functools
 import math
+import types
 from typing import Any
 
 __all__ = [
@@ -125,6 +128,13 @@ _CLASS_NAMES = {
     "dadaptadan": "lr_free",
     "sgd": "sgd",
     "momentum": "sgd_momentum",
+    # optax factory names (``optax.nadamw``, ``optax.noisy_sgd``, ...) not covered above
+    "nadamw": "adamw",
+    "adamaxw": "adamw",
+    "amsgrad": "adam",
+    "adabelief": "adam",
+    "yogi": "adam",
+    "noisysgd": "sgd",
 }
 
 
@@ -142,12 +152,28 @@ def _momentum_of(optimizer: Any) -> float:
             return 0.0
 
 
+def _factory_family(factory: Any) -> str:
+    """The family of an optimizer factory function (optax style), by its name and bound momentum."""
+    keywords: dict[str, Any] = {}
+    while isinstance(factory, functools.partial):
+        keywords = {**factory.keywords, **keywords}
+        factory = factory.func
+    name = getattr(factory, "__name__", "")
+    family = _CLASS_NAMES.get(name.lower().replace("_", ""), "unknown")
+    momentum = keywords.get("momentum")
+    if family == "sgd" and isinstance(momentum, (int, float)) and not isinstance(momentum, bool) and momentum > 0:
+        family = "sgd_momentum"
+    return family
+
+
 def optimizer_family(optimizer: Any) -> str:
     """The family of an optimizer, for defaults and scaling rules.
 
     Args:
-        optimizer: a family name from :data:`FAMILIES`, a class name (``"AdamW"``), or an optimizer
-            object from any framework (recognised by its class name; SGD by its momentum).
+        optimizer: a family name from :data:`FAMILIES`, a class name (``"AdamW"``), an optimizer
+            object from any framework (recognised by its class name; SGD by its momentum), or an
+            optimizer factory function such as ``optax.adam`` (recognised by its ``__name__``; a
+            ``functools.partial`` by the function it wraps and a bound ``momentum`` keyword).
 
     Returns:
         One of :data:`FAMILIES`; ``"unknown"`` for an optimizer it does not recognise.
@@ -155,6 +181,9 @@ def optimizer_family(optimizer: Any) -> str:
     Example:
         >>> optimizer_family("AdamW"), optimizer_family("sgd_momentum")
         ('adamw', 'sgd_momentum')
+        >>> def sgd(learning_rate, momentum=None): ...   # the shape of optax.sgd
+        >>> optimizer_family(sgd), optimizer_family(functools.partial(sgd, momentum=0.9))
+        ('sgd', 'sgd_momentum')
     """
     if isinstance(optimizer, str):
         key = optimizer.strip().lower()
@@ -163,6 +192,8 @@ def optimizer_family(optimizer: Any) -> str:
         return _CLASS_NAMES.get(key.replace("_", "").replace("-", ""), "unknown")
     if optimizer is None:
         raise ValueError("optimizer must be an optimizer object or a family name, got None")
+    if isinstance(optimizer, (types.FunctionType, functools.partial)):
+        return _factory_family(optimizer)
     # torch's ZeroRedundancyOptimizer and similar wrappers expose the inner optimizer
     inner = getattr(optimizer, "optim", None)
     if inner is not None and hasattr(inner, "param_groups"):

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import warnings
 from typing import Any, Callable, Iterator, Sequence
 
@@ -63,6 +62,7 @@ import torch
 from lrkit import scaling
 from lrkit.finder.range_test import DEFAULT_VERIFY_STEPS, find
 from lrkit.finder.result import FinderResult
+from lrkit.integrations._progress import progress_bar, progress_context  # noqa: F401 - progress_bar re-exported (the CLI imports it)
 from lrkit.integrations.torch_state import TorchSnapshot
 
 __all__ = ["TorchTrainer", "find_lr"]
@@ -443,35 +443,6 @@ class TorchTrainer:
         return float(t.item()) / dist.get_world_size()
 
 
-@contextlib.contextmanager
-def progress_bar(total: int, *, enabled: bool = True, description: str = "LR range test"):
-    """A rich progress bar on stderr; yields a ``progress(i, lr, loss)`` callback (or ``None``).
-
-    Nothing is shown when ``enabled`` is false or rich is not installed.
-    """
-    if not enabled:
-        yield None
-        return
-    try:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-    except ImportError:
-        yield None
-        return
-    console = Console(file=sys.stderr)
-    with Progress(
-        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("lr {task.fields[lr]:.2e}  loss {task.fields[loss]:.4g}"), TimeRemainingColumn(),
-        console=console, transient=True,
-    ) as bar:
-        task = bar.add_task(description, total=total, lr=0.0, loss=0.0)
-
-        def update(i: int, lr: float, loss: float) -> None:
-            bar.update(task, completed=i + 1, lr=lr, loss=loss)
-
-        yield update
-
-
 def _loader_batch_size(loader: Any) -> int | None:
     bs = getattr(loader, "batch_size", None)
     return int(bs) if isinstance(bs, int) and not isinstance(bs, bool) else None
@@ -570,10 +541,7 @@ def find_lr(
             dist = _distributed()
             world = dist.get_world_size() if dist is not None else 1
             batch_size = per_loader * accumulation_steps * world
-    if callable(progress):
-        ctx = contextlib.nullcontext(progress)
-    else:
-        ctx = progress_bar(num_iter, enabled=bool(progress) and (_distributed() is None or _distributed().get_rank() == 0))
+    ctx = progress_context(progress, num_iter, enabled=_distributed() is None or _distributed().get_rank() == 0)
     with ctx as callback:
         return find(
             trainer, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode, smooth=smooth,

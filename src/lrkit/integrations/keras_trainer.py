@@ -1,0 +1,585 @@
+"""Keras 3 adapter of the LR finder: :class:`KerasTrainer` (the Trainer protocol) and :func:`find_lr_keras`.
+
+The adapter only translates: one training step at a given learning rate is
+``model.train_on_batch`` after ``model.optimizer.learning_rate = lr``, and the state is read and
+written through Keras variables, so the same code runs on the JAX, TensorFlow and torch backends.
+The range test and the suggestion live in the NumPy core (:func:`lrkit.finder.range_test.find`).
+
+The model must be compiled (``model.compile(optimizer=..., loss=...)``) with a float learning
+rate: Keras does not let anyone assign the LR of an optimizer built with a
+``LearningRateSchedule`` (or a callable), so such an optimizer is refused; compile a copy with a
+float LR for the finder and put the schedule back for the real run.
+
+Data
+----
+* ``x`` and ``y`` (NumPy arrays, or lists/dicts of arrays for several inputs or outputs, all with
+  the same number of samples :math:`n`): step :math:`k` trains on the samples
+  :math:`(kB + j) \\bmod n`, :math:`j = 0, \\dots, B-1`, with :math:`B` = ``batch_size``: in order,
+  every batch exactly :math:`B` samples, wrapping around the end of the data.
+* ``dataset``: a ``keras.utils.PyDataset`` (batch :math:`k` is ``dataset[k mod num_batches]``;
+  ``on_epoch_begin``/``on_epoch_end`` are never called, so the dataset object is not changed) or
+  any re-iterable of batches (a list, a ``tf.data.Dataset``, a torch ``DataLoader``), iterated
+  again when exhausted. A batch is ``(x,)``, ``(x, y)`` or ``(x, y, sample_weight)``. A one-shot
+  iterator (a generator) is refused: the finder has to go back to earlier batches.
+
+State
+-----
+:meth:`KerasTrainer.snapshot` copies to host memory every variable of the model
+(``model.variables``: weights, non-trainable state such as BatchNormalization's moving statistics,
+and the layers' ``SeedGenerator`` states, e.g. Dropout's), of the optimizer
+(``model.optimizer.variables``: slots, the iteration counter, the learning rate) and of the
+compiled metrics, plus the data position and the Python ``random``, NumPy global and Keras global
+seed-generator states (a global generator that an unseeded ``keras.random`` call created during the
+test is dropped again); :meth:`KerasTrainer.restore` writes them back in place (same variable
+objects), bitwise. On the torch backend an unseeded ``Dropout`` draws from torch's global
+generator rather than from a Keras ``SeedGenerator``, so that generator (and CUDA's, when in
+use) is saved and restored too: the only backend-specific lines of the module.
+
+An optimizer that is not built yet (no training step so far) is built first,
+``model.optimizer.build(model.trainable_variables)``, exactly as Keras does before the first
+step; after the finder it is built, with the values of a fresh build (e.g. zero moments, iteration
+0). Compiled metrics that Keras builds on the first step are left built and reset. Not restored:
+the ``.grad`` tensors that Keras' training step leaves on the variables on the torch backend (as
+``fit`` does; the next step overwrites them). The LR variable is float32 unless the optimizer was
+made otherwise, so the LR a step uses is the recorded LR rounded to float32.
+
+Example:
+    >>> import numpy as np, keras
+    >>> keras.utils.set_random_seed(0)
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    >>> model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    >>> x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    >>> y = x @ np.ones((4, 1), "float32")
+    >>> before = [w.copy() for w in model.get_weights()]
+    >>> res = find_lr_keras(model, x, y, batch_size=16, num_iter=40, progress=False, verify=False)
+    >>> 1e-4 < res.suggestion < 10
+    True
+    >>> all((a == b).all() for a, b in zip(before, model.get_weights()))
+    True
+"""
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import keras
+import numpy as np
+
+from lrkit import scaling
+from lrkit.finder.range_test import DEFAULT_VERIFY_STEPS, find
+from lrkit.finder.result import FinderResult
+from lrkit.integrations._progress import progress_context
+
+__all__ = ["KerasTrainer", "KerasSnapshot", "find_lr_keras"]
+
+_DEFAULT_BATCH_SIZE = 32  # Keras' own default for fit/evaluate on arrays
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _leading_dim(structure: Any) -> int | None:
+    """The number of samples of a batch: the first dimension of its first array."""
+    for leaf in keras.tree.flatten(structure):
+        shape = getattr(leaf, "shape", None)
+        if shape is not None and len(shape) > 0 and shape[0] is not None:
+            return int(shape[0])
+    return None
+
+
+def _unwrap(optimizer: Any) -> Any:
+    """The optimizer that does the update (``LossScaleOptimizer`` wraps one)."""
+    inner = getattr(optimizer, "inner_optimizer", None)
+    return inner if inner is not None else optimizer
+
+
+# -- batches -------------------------------------------------------------------------------------
+class _ArrayBatches:
+    """In-order batches of exactly ``batch_size`` samples from (x, y) arrays, wrapping around."""
+
+    def __init__(self, x: Any, y: Any, batch_size: int) -> None:
+        self.x = keras.tree.map_structure(np.asarray, x)
+        self.y = None if y is None else keras.tree.map_structure(np.asarray, y)
+        sizes = {}
+        for name, part in (("x", self.x), ("y", self.y)):
+            if part is None:
+                continue
+            leaves = keras.tree.flatten(part)
+            if not leaves:
+                raise ValueError(f"{name} holds no array")
+            for leaf in leaves:
+                if leaf.ndim == 0:
+                    raise ValueError(f"{name} must hold arrays with a sample dimension, got a 0-d array")
+                sizes.setdefault(name, set()).add(int(leaf.shape[0]))
+        counts = set().union(*sizes.values())
+        if len(counts) != 1:
+            raise ValueError(
+                "x and y must have the same number of samples in every array, got "
+                + ", ".join(f"{k}: {sorted(v)}" for k, v in sizes.items())
+            )
+        self.n = counts.pop()
+        if self.n == 0:
+            raise ValueError("x is empty (0 samples); the range test needs training data")
+        if batch_size > self.n:
+            raise ValueError(
+                f"batch_size must be <= the number of samples ({self.n}), got batch_size={batch_size}"
+            )
+        self.batch_size = batch_size
+        self.pos = 0
+
+    def next(self) -> tuple[Any, Any, Any]:
+        start, bs = self.pos, self.batch_size
+        if start + bs <= self.n:
+            idx: Any = slice(start, start + bs)
+        else:
+            idx = (start + np.arange(bs)) % self.n
+        self.pos = (start + bs) % self.n
+
+        def take(a: np.ndarray) -> np.ndarray:
+            return a[idx]
+
+        y = None if self.y is None else keras.tree.map_structure(take, self.y)
+        return keras.tree.map_structure(take, self.x), y, None
+
+    def position(self) -> int:
+        return self.pos
+
+    def seek(self, position: int) -> None:
+        self.pos = position
+
+
+class _PyDatasetBatches:
+    """Batches ``dataset[k mod num_batches]`` of a ``keras.utils.PyDataset``, by index."""
+
+    def __init__(self, dataset: Any) -> None:
+        try:
+            n = dataset.num_batches
+        except NotImplementedError:
+            n = None  # an infinite PyDataset, as Keras reads it
+        if n is not None and (not _is_int(n) or n < 0):
+            raise ValueError(f"dataset.num_batches must be None or an integer >= 0, got {n!r}")
+        if n == 0:
+            raise ValueError("dataset is empty (num_batches == 0); the range test needs training data")
+        self.dataset = dataset
+        self.n = n
+        self.index = 0
+
+    def next(self) -> tuple[Any, Any, Any]:
+        batch = self.dataset[self.index]
+        self.index += 1
+        if self.n is not None and self.index >= self.n:
+            self.index = 0
+        return keras.utils.unpack_x_y_sample_weight(batch)
+
+    def position(self) -> int:
+        return self.index
+
+    def seek(self, position: int) -> None:
+        self.index = position
+
+
+class _IterableBatches:
+    """Batches of a re-iterable, started again when exhausted; position = batches into the pass."""
+
+    def __init__(self, dataset: Any) -> None:
+        if isinstance(dataset, Iterator):
+            raise ValueError(
+                f"dataset is a one-shot iterator ({type(dataset).__name__}), which cannot be rewound; pass "
+                "a re-iterable (a list of batches, a keras.utils.PyDataset, a tf.data.Dataset, a DataLoader)"
+            )
+        if hasattr(dataset, "__len__") and len(dataset) == 0:
+            raise ValueError("dataset is empty (len(dataset) == 0); the range test needs training data")
+        self.dataset = dataset
+        self._it: Iterator[Any] | None = None
+        self.count = 0  # batches taken from the current pass
+
+    def _fresh(self) -> Iterator[Any]:
+        self.count = 0
+        return iter(self.dataset)
+
+    def next(self) -> tuple[Any, Any, Any]:
+        if self._it is None:
+            skip, self._it = self.count, self._fresh()
+            for _ in range(skip):  # after a restore: back to the same batch of the pass
+                next(self._it)
+                self.count += 1
+        try:
+            batch = next(self._it)
+        except StopIteration:
+            self._it = self._fresh()
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                raise ValueError("dataset is empty (it yielded no batch)") from None
+        self.count += 1
+        return keras.utils.unpack_x_y_sample_weight(batch)
+
+    def position(self) -> int:
+        return self.count
+
+    def seek(self, position: int) -> None:
+        self._it = None
+        self.count = position
+
+
+def _batches_of(x: Any, y: Any, dataset: Any, batch_size: int | None) -> Any:
+    if dataset is not None:
+        if x is not None or y is not None:
+            raise ValueError("pass either x (and y) or dataset, not both")
+        if isinstance(dataset, keras.utils.PyDataset):
+            return _PyDatasetBatches(dataset)
+        if isinstance(dataset, (str, bytes, dict)) or not isinstance(dataset, Iterable):
+            raise ValueError(
+                "dataset must be a keras.utils.PyDataset or a re-iterable of (x, y) batches, got "
+                f"{type(dataset).__name__}"
+            )
+        return _IterableBatches(dataset)
+    if x is None:
+        raise ValueError("no training data: pass x and y (arrays) or dataset (batches)")
+    return _ArrayBatches(x, y, _DEFAULT_BATCH_SIZE if batch_size is None else batch_size)
+
+
+# -- state ---------------------------------------------------------------------------------------
+def _backend_rng_state() -> Any:
+    """The global RNG state of the backend, where Keras layers may draw from it (torch only)."""
+    if keras.backend.backend() != "torch":
+        return None  # JAX and TensorFlow draw every random number from Keras SeedGenerators
+    import torch  # the backend itself: already imported
+
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_backend_rng_state(state: Any) -> None:
+    if state is None:
+        return
+    import torch
+
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _global_seed_generator() -> Any:
+    """Keras' global ``SeedGenerator`` (unseeded ``keras.random`` calls) if one exists; never creates it."""
+    try:
+        from keras.src.backend.common import global_state
+        from keras.src.random.seed_generator import GLOBAL_SEED_GENERATOR
+    except ImportError:  # pragma: no cover - a Keras that moved it: nothing to save
+        return None
+    return global_state.get_global_attribute(GLOBAL_SEED_GENERATOR)
+
+
+def _forget_global_seed_generator() -> None:
+    """Back to "no global SeedGenerator yet": the next unseeded draw creates one, seeded from the
+    (restored) Python ``random``, exactly as it would have without the test."""
+    from keras.src.backend.common import global_state
+    from keras.src.random.seed_generator import GLOBAL_SEED_GENERATOR
+
+    global_state.set_global_attribute(GLOBAL_SEED_GENERATOR, None)
+
+
+@dataclass(frozen=True, eq=False)
+class KerasSnapshot:
+    """Host copies of a Keras model's, optimizer's and metrics' variables, RNGs and the data position.
+
+    ``variables`` are the live Keras variables and ``values`` their NumPy copies, in the same order;
+    restoring assigns each value back to its variable.
+    """
+
+    variables: tuple[Any, ...]
+    values: tuple[np.ndarray, ...]
+    position: int
+    python_rng: Any
+    numpy_rng: Any
+    backend_rng: Any
+    had_global_seed_generator: bool
+
+
+class KerasTrainer:
+    """The :class:`~lrkit.finder.trainer.Trainer` protocol for a compiled Keras 3 model.
+
+    Args:
+        model: a built, compiled ``keras.Model`` with trainable weights and a float learning rate.
+        x, y: training arrays (or lists/dicts of arrays); ``y`` may be ``None`` for a model that
+            adds its own loss.
+        dataset: instead of ``x``/``y``, a ``keras.utils.PyDataset`` or a re-iterable of batches
+            (see the module docstring).
+        batch_size: samples per step. With ``x``/``y`` the slice size (default 32, Keras' default);
+            with ``dataset`` the size of its batches, declared (default ``dataset.batch_size`` when
+            it has one), and a larger batch is refused.
+        val_data: ``(x_val, y_val)`` or ``(x_val, y_val, sample_weight)`` arrays, or a PyDataset /
+            re-iterable of batches, for :meth:`evaluate`; ``None`` for none.
+
+    Example:
+        >>> import numpy as np, keras
+        >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+        >>> model.compile(optimizer="adam", loss="mse")
+        >>> x, y = np.ones((8, 3), "float32"), np.zeros((8, 1), "float32")
+        >>> t = KerasTrainer(model, x, y, batch_size=4, val_data=(x, y))
+        >>> s = t.snapshot(); loss = t.step(0.1); t.restore(s)
+        >>> isinstance(loss, float), isinstance(t.evaluate(), float)
+        (True, True)
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        x: Any = None,
+        y: Any = None,
+        *,
+        dataset: Any = None,
+        batch_size: int | None = None,
+        val_data: Any = None,
+    ) -> None:
+        if not isinstance(model, keras.Model):
+            raise ValueError(f"model must be a keras.Model, got {type(model).__name__}")
+        if not getattr(model, "compiled", False) or model.optimizer is None:
+            raise ValueError(
+                "model is not compiled: call model.compile(optimizer=..., loss=...) before the range test"
+            )
+        if not model.built:
+            raise ValueError(
+                "model is not built (its weights do not exist yet): start it with keras.Input(shape), call "
+                "model.build(input_shape), or run it on one batch, so that its weights can be snapshotted"
+            )
+        if not model.trainable_weights:
+            raise ValueError(
+                f"model has no trainable weights ({len(model.weights)} weights, none trainable; "
+                f"model.trainable={model.trainable})"
+            )
+        if not isinstance(model.optimizer.learning_rate, keras.Variable):
+            held = getattr(_unwrap(model.optimizer), "_learning_rate", None)
+            what = (
+                f"a LearningRateSchedule ({type(held).__name__})"
+                if isinstance(held, keras.optimizers.schedules.LearningRateSchedule)
+                else f"not a settable variable (a {type(held).__name__})"
+            )
+            raise ValueError(
+                f"model.optimizer.learning_rate is {what}, which Keras does not let the finder set; compile "
+                "with a float learning rate for the finder, e.g. optimizer=keras.optimizers.Adam(1e-3), "
+                "and use the schedule for the real run"
+            )
+        if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
+            raise ValueError(f"batch_size must be None or an integer >= 1, got {batch_size!r}")
+        if dataset is not None and batch_size is None:
+            declared = getattr(dataset, "batch_size", None)
+            batch_size = int(declared) if _is_int(declared) and declared >= 1 else None
+        self._batches = _batches_of(x, y, dataset, batch_size)
+        self.batch_size: int | None = self._batches.batch_size if dataset is None else batch_size
+        self._val = self._check_val(val_data)
+        self.model = model
+
+    @staticmethod
+    def _check_val(val_data: Any) -> Any:
+        if val_data is None:
+            return None
+        if isinstance(val_data, tuple):
+            if len(val_data) not in (2, 3):
+                raise ValueError(
+                    f"val_data as a tuple must be (x_val, y_val) or (x_val, y_val, sample_weight), got a "
+                    f"tuple of length {len(val_data)}"
+                )
+            n = _leading_dim(keras.tree.map_structure(np.asarray, val_data[0]))
+            if n == 0:
+                raise ValueError("val_data is empty (x_val has 0 samples)")
+            return ("arrays", val_data)
+        if isinstance(val_data, keras.utils.PyDataset):
+            try:
+                n = val_data.num_batches
+            except NotImplementedError:
+                n = None
+            if n is None:
+                raise ValueError("val_data is an infinite PyDataset (num_batches is None); give it a length")
+            if n == 0:
+                raise ValueError("val_data is empty (num_batches == 0)")
+            return ("pydataset", val_data)
+        if isinstance(val_data, Iterator) or isinstance(val_data, (str, bytes, dict)) or not isinstance(
+            val_data, Iterable
+        ):
+            raise ValueError(
+                "val_data must be None, an (x_val, y_val[, sample_weight]) tuple, a keras.utils.PyDataset or a "
+                f"re-iterable of batches, got {type(val_data).__name__}"
+            )
+        return ("iterable", val_data)
+
+    # -- Trainer protocol --------------------------------------------------------------------
+    def _build_optimizer(self) -> None:
+        opt = self.model.optimizer
+        if not opt.built:  # what Keras does before the first step (Trainer._symbolic_build)
+            opt.build(self.model.trainable_variables)
+
+    def _variables(self) -> list[Any]:
+        seen: set[int] = set()
+        out = []
+        gen = _global_seed_generator()
+        extra = [gen.state] if gen is not None else []
+        for v in [*self.model.variables, *self.model.optimizer.variables, *self.model.metrics_variables, *extra]:
+            if id(v) not in seen:
+                seen.add(id(v))
+                out.append(v)
+        return out
+
+    def snapshot(self) -> KerasSnapshot:
+        """Host copies of every model, optimizer and metric variable, the RNGs and the data position."""
+        self._build_optimizer()
+        variables = tuple(self._variables())
+        values = tuple(np.array(keras.ops.convert_to_numpy(v.value), copy=True) for v in variables)
+        return KerasSnapshot(
+            variables=variables, values=values, position=self._batches.position(),
+            python_rng=random.getstate(), numpy_rng=np.random.get_state(), backend_rng=_backend_rng_state(),
+            had_global_seed_generator=_global_seed_generator() is not None,
+        )
+
+    def restore(self, state: KerasSnapshot) -> None:
+        """Assign ``state`` back to the same variables; reset metrics built since; rewind data and RNGs."""
+        self.model.reset_metrics()  # metrics built after the snapshot go back to their empty state
+        for v, value in zip(state.variables, state.values):
+            v.assign(value)
+        self._batches.seek(state.position)
+        random.setstate(state.python_rng)
+        np.random.set_state(state.numpy_rng)
+        _set_backend_rng_state(state.backend_rng)
+        if not state.had_global_seed_generator and _global_seed_generator() is not None:
+            _forget_global_seed_generator()  # created during the test by an unseeded keras.random call
+
+    def set_lr(self, lr: float) -> None:
+        """Set ``model.optimizer.learning_rate`` to ``lr`` (assigned to the LR variable)."""
+        self.model.optimizer.learning_rate = lr
+
+    def step(self, lr: float) -> float:
+        """One ``train_on_batch`` at learning rate ``lr`` on the next batch; returns its loss."""
+        if isinstance(lr, bool) or not isinstance(lr, (int, float, np.floating, np.integer)) or not (
+            math.isfinite(lr) and lr > 0
+        ):
+            raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+        self._build_optimizer()
+        self.set_lr(float(lr))
+        x, y, sample_weight = self._batches.next()
+        if self.batch_size is not None and not isinstance(self._batches, _ArrayBatches):
+            size = _leading_dim(x)
+            if size is not None and size > self.batch_size:
+                raise ValueError(
+                    f"the dataset yielded a batch of {size} samples but batch_size={self.batch_size}; pass "
+                    "the dataset's real batch size (or batch_size=None)"
+                )
+        logs = self.model.train_on_batch(x, y, sample_weight=sample_weight, return_dict=True)
+        return self._loss_of(logs)
+
+    @staticmethod
+    def _loss_of(logs: dict[str, Any]) -> float:
+        if "loss" not in logs:
+            raise ValueError(f"the model reported no 'loss' (its logs have {sorted(logs)}); compile it with a loss")
+        return float(logs["loss"])
+
+    def evaluate(self) -> float | None:
+        """Mean validation loss over ``val_data`` (weighted by batch size, as ``model.evaluate``), or ``None``."""
+        if self._val is None:
+            return None
+        kind, data = self._val
+        if kind == "arrays":
+            x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+            logs = self.model.evaluate(
+                x, y, sample_weight=sample_weight, batch_size=self.batch_size or _DEFAULT_BATCH_SIZE,
+                verbose=0, return_dict=True,
+            )
+            return self._loss_of(logs)
+        batches = (data[i] for i in range(data.num_batches)) if kind == "pydataset" else iter(data)
+        total, count = 0.0, 0
+        for batch in batches:
+            x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
+            size = _leading_dim(x) or 1
+            total += self._loss_of(self.model.test_on_batch(x, y, sample_weight=sample_weight, return_dict=True)) * size
+            count += size
+        if count == 0:
+            raise ValueError("val_data is empty (it yielded no batch)")
+        return total / count
+
+
+def find_lr_keras(
+    model: Any,
+    x: Any = None,
+    y: Any = None,
+    *,
+    dataset: Any = None,
+    batch_size: int | None = None,
+    val_data: Any = None,
+    start_lr: float | None = None,
+    end_lr: float | None = None,
+    num_iter: int = 100,
+    mode: str = "exp",
+    smooth: float = 0.05,
+    diverge_threshold: float = 4.0,
+    progress: bool | Callable[[int, float, float], None] = True,
+    verify: bool = True,
+    verify_steps: int | None = None,
+    target_batch_size: int | None = None,
+    seed: int = 0,
+) -> FinderResult:
+    """Find a good learning rate for a compiled Keras 3 model with an LR range test; leaves it as it was.
+
+    The LR grows from ``start_lr`` to ``end_lr`` over ``num_iter`` training steps
+    (:math:`\\eta_i = \\eta_0 (\\eta_1/\\eta_0)^{i/(N-1)}` for ``mode="exp"``), the loss of every
+    step is recorded, and :func:`lrkit.finder.suggest.suggest` turns the curve into a suggestion.
+    With ``verify`` the suggestion may check candidate LRs with short runs of ``verify_steps``
+    steps each, from the same starting state (scored by ``val_data`` when given). Weights,
+    optimizer variables (the LR included), metrics and RNG states are restored bitwise afterwards,
+    also on divergence or an exception (see the module docstring).
+
+    Args:
+        model, x, y, dataset, batch_size, val_data: as for :class:`KerasTrainer`.
+        start_lr, end_lr: the LR range; ``None`` takes the optimizer family's default
+            (:func:`lrkit.scaling.lr_range`, e.g. ``(1e-7, 1.0)`` for Adam).
+        num_iter: training steps of the range test (>= 2).
+        mode: ``"exp"`` or ``"linear"`` ramp.
+        smooth: EMA weight of the newest loss, in (0, 1].
+        diverge_threshold: stop when the smoothed loss exceeds this multiple of the best.
+        progress: ``True`` for a progress bar on stderr (needs rich), ``False`` for none, or a
+            callback ``progress(i, lr, loss)``.
+        verify: let the suggestion verify candidates with short runs (``False``: curve only).
+        verify_steps: steps per verification run; default
+            :data:`lrkit.finder.range_test.DEFAULT_VERIFY_STEPS` when ``verify`` is true.
+        target_batch_size: the batch size of the real run, if different (the suggestion is
+            rescaled with :func:`lrkit.scaling.scale_lr`; needs a known ``batch_size``).
+        seed: seed of the suggestion's own randomness.
+
+    Returns:
+        A :class:`~lrkit.finder.result.FinderResult` (``.suggestion``, ``.plot()``, ``.to_json()``).
+
+    Example:
+        >>> import numpy as np, keras
+        >>> keras.utils.set_random_seed(0)
+        >>> x = np.random.default_rng(0).normal(size=(256, 8)).astype("float32")
+        >>> y = (x[:, :1] > 0).astype("float32")
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1, activation="sigmoid")])
+        >>> model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
+        >>> res = find_lr_keras(model, x, y, num_iter=50, progress=False, verify=False)
+        >>> 1e-5 < res.suggestion < 1.0, res.batch_size
+        (True, 32)
+    """
+    if isinstance(verify_steps, bool) or (verify_steps is not None and (not _is_int(verify_steps) or verify_steps < 0)):
+        raise ValueError(f"verify_steps must be None or an integer >= 0, got {verify_steps!r}")
+    if not isinstance(verify, bool):
+        raise ValueError(f"verify must be True or False, got {verify!r}")
+    if not verify and verify_steps:
+        raise ValueError(f"verify=False contradicts verify_steps={verify_steps}; drop one of them")
+    steps = (DEFAULT_VERIFY_STEPS if verify_steps is None else int(verify_steps)) if verify else 0
+    ctx = progress_context(progress, num_iter)
+    trainer = KerasTrainer(model, x, y, dataset=dataset, batch_size=batch_size, val_data=val_data)
+    opt = _unwrap(model.optimizer)
+    family = scaling.optimizer_family(opt)
+    if start_lr is None or end_lr is None:
+        lo, hi = scaling.lr_range(family)
+        start_lr = lo if start_lr is None else start_lr
+        end_lr = hi if end_lr is None else end_lr
+    with ctx as callback:
+        return find(
+            trainer, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode, smooth=smooth,
+            diverge_threshold=diverge_threshold, progress=callback, verify_steps=steps, family=family,
+            batch_size=trainer.batch_size, target_batch_size=target_batch_size, rng_seed=seed,
+        )

@@ -1,0 +1,620 @@
+"""JAX/optax adapter of the LR finder: :class:`OptaxTrainer` (the Trainer protocol) and :func:`find_lr_optax`.
+
+The adapter only translates: it runs one jitted optax update at a given learning rate and
+snapshots / restores the training state. The range test and the suggestion live in the NumPy core
+(:func:`lrkit.finder.range_test.find`).
+
+The step
+--------
+With parameters :math:`\\theta_t`, optimizer state :math:`s_t`, batch :math:`b_t` and learning
+rate :math:`\\eta_t`, one step is
+
+.. math::
+
+    \\ell_t,\\ g_t = \\mathrm{value\\_and\\_grad}(\\ell)(\\theta_t, b_t),\\qquad
+    u_t,\\ s_{t+1} = \\mathrm{update}(g_t,\\ s_t[\\eta \\leftarrow \\eta_t],\\ \\theta_t),\\qquad
+    \\theta_{t+1} = \\theta_t + u_t
+
+and returns :math:`\\ell_t` as a float. It is one ``jax.jit`` function in which :math:`\\eta_t` is a
+traced scalar argument, so a whole range test compiles the step once (once more per new batch
+shape or dtype: drop a smaller last batch). The compiled step is cached per
+``(loss_fn, optimizer, has_aux)``: calling :func:`find_lr_optax` again with the same objects does
+not compile again (as with ``jax.jit`` itself, a later change to a global or closure variable that
+``loss_fn`` or a factory reads is not seen; pass a new function instead). Nothing is donated, so
+the caller's arrays stay valid.
+
+Where the learning rate lives
+-----------------------------
+optax keeps hyperparameters out of the state unless the optimizer is built with
+``optax.inject_hyperparams``; then the state holds ``hyperparams["learning_rate"]`` (an
+``optax.InjectStatefulHyperparamsState``) and the step overwrites it with :math:`\\eta_t`.
+``optimizer_factory`` is therefore one of
+
+* a **factory** ``lr -> GradientTransformation`` — ``optax.adam``, ``functools.partial(optax.sgd,
+  momentum=0.9)``, ``lambda lr: optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(lr))``.
+  lrkit wraps it with ``optax.inject_hyperparams`` itself (unless ``factory(lr)`` already injects
+  its LR). The simplest choice; and the optimizer family (for the default range) is read from the
+  function's name, so ``optax.adam`` gets Adam's range while a ``lambda`` gets the generic one;
+* a **GradientTransformation built with inject_hyperparams** —
+  ``optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)``, possibly inside ``optax.chain``
+  or ``optax.multi_transform``. Use this form to range-test the optimizer you already train with
+  (pass its ``opt_state`` to :class:`OptaxTrainer` to start from a warm state). When several
+  injected learning rates are found (``multi_transform`` groups), all are ramped and keep their
+  ratios to the first one (in pytree order), like PyTorch's param groups.
+
+A plain ``optax.adam(1e-3)`` has no LR in its state and is refused; so is a learning rate given as
+a schedule (``inject_hyperparams`` recomputes it from the step count at every update).
+
+Batches
+-------
+``batches`` yields pytrees of arrays (NumPy or JAX), passed to ``loss_fn(params, batch)`` as they
+are; they are cycled when the test is longer. A sequence (list or tuple) is indexed, so a restore
+puts the position back exactly. Any other iterable (a generator, a ``tf.data`` or PyTorch loader)
+is read lazily and every batch read is kept in memory so that a restore can replay it: the cost
+is at most one pass over the data, and about ``num_iter`` batches for the usual test (100 batches
+of 128 digits images is 3 MB; for large inputs pass a list of the batches you want used, or a
+shorter iterable, which is then cycled). A re-iterable loader is read once: the batches repeat in
+the order of its first pass. ``val_batches`` is read the same way (at most ``max_val_batches``).
+JAX has no global RNG: a loss that needs randomness (dropout) should take its key from the batch.
+
+State
+-----
+:meth:`OptaxTrainer.snapshot` holds ``(params, opt_state, data position, NumPy and random RNG
+states)``; JAX arrays are immutable, so this is a few references, not a copy. The caller's
+``params`` and ``opt_state`` are never modified: :func:`find_lr_optax` returns only the
+:class:`~lrkit.finder.result.FinderResult`, and after the test (normal end, divergence, an
+exception, ``KeyboardInterrupt``) the trainer holds the very arrays it started from.
+
+Example:
+    >>> import jax.numpy as jnp, numpy as np, optax
+    >>> x = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)
+    >>> y = x @ np.array([1.0, -2.0, 0.5], dtype=np.float32)
+    >>> batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
+    >>> def loss_fn(params, batch):
+    ...     xb, yb = batch
+    ...     return jnp.mean((xb @ params["w"] - yb) ** 2)
+    >>> t = OptaxTrainer(loss_fn, {"w": jnp.zeros(3)}, optax.sgd, batches)
+    >>> s = t.snapshot(); losses = [t.step(0.1) for _ in range(20)]; t.restore(s)
+    >>> losses[-1] < losses[0], float(t.params["w"].sum()), t.family
+    (True, 0.0, 'sgd')
+"""
+from __future__ import annotations
+
+import collections.abc
+import functools
+import inspect
+import math
+import random
+import types
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lrkit import scaling
+from lrkit.finder.range_test import DEFAULT_VERIFY_STEPS, find
+from lrkit.finder.result import FinderResult
+from lrkit.integrations._progress import progress_context
+
+__all__ = ["OptaxTrainer", "OptaxSnapshot", "find_lr_optax"]
+
+#: the LR a factory is built with before the test overwrites it (any positive value would do).
+_PLACEHOLDER_LR = 1e-3
+#: compiled steps kept for reuse across calls (each holds its loss_fn and optimizer alive).
+_CACHE_SIZE = 16
+
+_INJECT_STATES = tuple(
+    cls for cls in (getattr(optax, "InjectStatefulHyperparamsState", None),
+                    getattr(optax, "InjectHyperparamsState", None))
+    if cls is not None
+)
+
+
+# -- the learning rate inside the optimizer state ----------------------------------------------
+def _is_lr_slot(node: Any) -> bool:
+    """An inject_hyperparams state holding a ``learning_rate``."""
+    return (isinstance(node, _INJECT_STATES) and isinstance(node.hyperparams, dict)
+            and "learning_rate" in node.hyperparams)
+
+
+def _lr_slots(opt_state: Any) -> list[Any]:
+    """The outermost inject_hyperparams states with a ``learning_rate``, in pytree order."""
+    leaves = jax.tree_util.tree_leaves(opt_state, is_leaf=_is_lr_slot)
+    return [leaf for leaf in leaves if _is_lr_slot(leaf)]
+
+
+def _with_lr(opt_state: Any, lr: Any, ratios: tuple[float, ...]) -> Any:
+    """``opt_state`` with the k-th injected learning rate set to ``lr * ratios[k]`` (traceable)."""
+    leaves, treedef = jax.tree_util.tree_flatten(opt_state, is_leaf=_is_lr_slot)
+    out, k = [], 0
+    for leaf in leaves:
+        if _is_lr_slot(leaf):
+            old = leaf.hyperparams["learning_rate"]
+            new = jnp.asarray(lr * ratios[k], dtype=jnp.result_type(old))
+            leaf = leaf._replace(hyperparams={**leaf.hyperparams, "learning_rate": new})
+            k += 1
+        out.append(leaf)
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _check_slots(slots: list[Any], where: str) -> None:
+    if not slots:
+        raise ValueError(
+            f"{where} has no injectable learning rate: build it with optax.inject_hyperparams, e.g. "
+            "optax.inject_hyperparams(optax.adam)(learning_rate=1e-3), or pass the factory itself "
+            "(optax.adam, or lambda lr: ...) as optimizer_factory"
+        )
+    for slot in slots:
+        if "learning_rate" in (getattr(slot, "hyperparams_states", None) or {}):
+            raise ValueError(
+                f"{where} gives learning_rate as a schedule; inject_hyperparams recomputes it from the step "
+                "count at every update, so the range test cannot set it. Build the optimizer with a "
+                "constant learning_rate for the test (the suggestion is the peak LR to give your schedule)"
+            )
+        if _lr_slots(slot.inner_state):
+            raise ValueError(
+                f"{where} nests inject_hyperparams inside inject_hyperparams; the inner learning_rate is "
+                "the one used and the outer one is ignored. Pass the inner optimizer (or its factory) only"
+            )
+
+
+# -- building the optimizer and the compiled functions -----------------------------------------
+def _call_factory(factory: Callable[[float], Any]) -> tuple[Any, Any]:
+    """``factory(lr)`` as given, and wrapped with inject_hyperparams (which one is used needs params)."""
+    tx = factory(_PLACEHOLDER_LR)
+    if not isinstance(tx, optax.GradientTransformation):
+        raise TypeError(
+            f"optimizer_factory(lr) must return an optax GradientTransformation, got {type(tx).__name__}"
+        )
+
+    def inner(learning_rate):  # no functools.wraps: inject_hyperparams reads this signature
+        return factory(learning_rate)
+
+    return tx, optax.inject_hyperparams(inner)(learning_rate=_PLACEHOLDER_LR)
+
+
+_cached_factory = functools.lru_cache(maxsize=_CACHE_SIZE)(_call_factory)
+
+
+def _checked_loss(loss_fn: Callable, has_aux: bool) -> Callable:
+    """``loss_fn`` returning ``(scalar loss, aux)``; shape errors are raised while tracing."""
+
+    def wrapped(params, batch):
+        out = loss_fn(params, batch)
+        if has_aux:
+            if not (isinstance(out, (tuple, list)) and len(out) == 2):
+                raise ValueError(
+                    f"with has_aux=True, loss_fn(params, batch) must return (loss, aux), got {type(out).__name__}"
+                    + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else "")
+                )
+            loss, aux = out
+        else:
+            if isinstance(out, (tuple, list)):
+                raise ValueError(
+                    f"loss_fn(params, batch) returned a {type(out).__name__} of length {len(out)}; it must "
+                    "return a scalar loss, or pass has_aux=True if it returns (loss, aux)"
+                )
+            loss, aux = out, None
+        loss = jnp.asarray(loss)
+        if loss.size != 1:
+            raise ValueError(
+                f"loss_fn(params, batch) must return a scalar loss, got an array of shape {tuple(loss.shape)}; "
+                "reduce it (e.g. .mean())"
+            )
+        if not jnp.issubdtype(loss.dtype, jnp.floating):
+            raise ValueError(f"loss_fn(params, batch) must return a floating-point loss, got dtype {loss.dtype}")
+        return loss.reshape(()), aux
+
+    return wrapped
+
+
+def _build_step(loss_fn: Callable, update: Callable, has_aux: bool, ratios: tuple[float, ...]) -> Callable:
+    value_and_grad = jax.value_and_grad(_checked_loss(loss_fn, has_aux), has_aux=True)
+
+    def step(params, opt_state, batch, lr):
+        opt_state = _with_lr(opt_state, lr, ratios)
+        (loss, _), grads = value_and_grad(params, batch)
+        updates, opt_state = update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return jax.jit(step)
+
+
+def _build_eval(loss_fn: Callable, has_aux: bool) -> Callable:
+    checked = _checked_loss(loss_fn, has_aux)
+    return jax.jit(lambda params, batch: checked(params, batch)[0])
+
+
+_cached_step = functools.lru_cache(maxsize=_CACHE_SIZE)(_build_step)
+_cached_eval = functools.lru_cache(maxsize=_CACHE_SIZE)(_build_eval)
+
+
+def _hashable(*objs: Any) -> bool:
+    try:
+        hash(objs)
+    except TypeError:  # e.g. a bound method of an unhashable object: compiled without the cache
+        return False
+    return True
+
+
+def _infer_family(optimizer_factory: Any, slots: list[Any]) -> str:
+    """The scaling family of the optimizer, from the factory's name (``"unknown"`` if not recognisable)."""
+    if isinstance(optimizer_factory, optax.GradientTransformation):
+        # optax.inject_hyperparams(optax.adam)(...) keeps optax.adam in its init closure as
+        # `inner_factory`; anything else (a chain, a custom transformation) stays unknown.
+        init = optimizer_factory.init
+        inner = None
+        if isinstance(init, types.FunctionType):
+            inner = inspect.getclosurevars(init).nonlocals.get("inner_factory")
+        family = scaling.optimizer_family(inner) if callable(inner) else "unknown"
+    else:
+        family = scaling.optimizer_family(optimizer_factory) if callable(optimizer_factory) else "unknown"
+    if family == "sgd" and slots:
+        momentum = slots[0].hyperparams.get("momentum")
+        if momentum is not None and float(momentum) > 0:
+            family = "sgd_momentum"
+    return family
+
+
+# -- batches -----------------------------------------------------------------------------------
+class _Batches:
+    """Batch number ``i`` of a sequence or an iterable, cycled; iterables are cached as they are read."""
+
+    def __init__(self, batches: Any, name: str, limit: int | None = None) -> None:
+        if isinstance(batches, (np.ndarray, jax.Array)):
+            raise TypeError(
+                f"{name} must be an iterable of batches (a list or a generator), got an array of shape "
+                f"{tuple(batches.shape)}; split it into batches, e.g. list(zip(np.split(x, k), np.split(y, k)))"
+            )
+        if isinstance(batches, (str, bytes, dict)) or not isinstance(batches, collections.abc.Iterable):
+            raise TypeError(
+                f"{name} must be an iterable of batches (a list or a generator), got {type(batches).__name__}"
+            )
+        self.name = name
+        self.limit = limit
+        if isinstance(batches, collections.abc.Sequence):
+            if len(batches) == 0:
+                raise ValueError(f"{name} is empty (len({name}) == 0)")
+            self._cache: Any = batches
+            self._source: Any = None
+            self._done = True
+        else:
+            self._cache = []
+            self._source = batches
+            self._done = False
+        self._iter: Any = None
+        self._failure: BaseException | None = None
+
+    def _read_one(self) -> None:
+        if self._failure is not None:
+            raise RuntimeError(
+                f"{self.name} raised {type(self._failure).__name__} earlier (after {len(self._cache)} batches) "
+                "and cannot be read further"
+            ) from self._failure
+        if self._iter is None:
+            self._iter = iter(self._source)
+        try:
+            self._cache.append(next(self._iter))
+        except StopIteration:
+            self._done = True
+        except BaseException as exc:  # noqa: BLE001 - remembered, then re-raised unchanged
+            self._failure = exc
+            raise
+        if self.limit is not None and len(self._cache) >= self.limit:
+            self._done = True
+
+    def __getitem__(self, i: int) -> Any:
+        while not self._done and i >= len(self._cache):
+            self._read_one()
+        if len(self._cache) == 0:
+            raise ValueError(f"{self.name} is empty (it yielded no batch)")
+        if self.limit is not None:
+            return self._cache[i % min(len(self._cache), self.limit)]
+        return self._cache[i % len(self._cache)]
+
+    def all(self) -> list[Any]:
+        """Every batch (at most ``limit``), reading the source to its end."""
+        self[0]
+        while not self._done:
+            self._read_one()
+        n = len(self._cache) if self.limit is None else min(len(self._cache), self.limit)
+        return [self._cache[i] for i in range(n)]
+
+
+def _leading_dim(batch: Any) -> int | None:
+    """The common first dimension of every array in ``batch``, if there is one."""
+    dims = {int(np.shape(leaf)[0]) if np.ndim(leaf) > 0 else None for leaf in jax.tree_util.tree_leaves(batch)}
+    if len(dims) == 1:
+        (dim,) = dims
+        return dim
+    return None
+
+
+# -- the trainer -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OptaxSnapshot:
+    """Everything :meth:`OptaxTrainer.step` changes (references: JAX arrays are immutable).
+
+    Attributes:
+        params: the parameter pytree.
+        opt_state: the optax state.
+        position: how many training batches had been consumed.
+        numpy_rng: ``np.random.get_state()``.
+        python_rng: ``random.getstate()``.
+    """
+
+    params: Any
+    opt_state: Any
+    position: int
+    numpy_rng: Any
+    python_rng: Any
+
+
+class OptaxTrainer:
+    """The :class:`~lrkit.finder.trainer.Trainer` protocol for a JAX loss and an optax optimizer.
+
+    Args:
+        loss_fn: ``loss_fn(params, batch) -> scalar`` (or ``(scalar, aux)`` with ``has_aux``); traced
+            by ``jax.jit``, so it must be a JAX function of its arguments.
+        params: the parameter pytree (arrays of a floating dtype); never modified.
+        optimizer_factory: a factory ``lr -> optax.GradientTransformation`` (``optax.adam``), or a
+            transformation built with ``optax.inject_hyperparams`` (see the module docstring).
+        batches: training batches, cycled (see the module docstring).
+        val_batches: optional validation batches for :meth:`evaluate`.
+        has_aux: ``loss_fn`` returns ``(loss, aux)``; ``aux`` is ignored.
+        opt_state: the optimizer state to start from (only with a transformation, e.g. your
+            training run's current state); default ``optimizer.init(params)``.
+        max_val_batches: at most this many validation batches per :meth:`evaluate` (>= 1), or None.
+
+    Attributes:
+        params, opt_state: the current training state (the starting one again after a restore).
+        optimizer: the ``GradientTransformation`` actually stepped.
+        family: the optimizer family inferred for :mod:`lrkit.scaling` (``"unknown"`` if the
+            factory's name says nothing).
+
+    Example:
+        >>> import jax.numpy as jnp, optax
+        >>> loss_fn = lambda p, b: jnp.sum((p["w"] - b) ** 2)
+        >>> t = OptaxTrainer(loss_fn, {"w": jnp.zeros(2)}, optax.adam, [jnp.ones(2)])
+        >>> s = t.snapshot(); loss = t.step(0.1); t.restore(s)
+        >>> loss, t.family
+        (2.0, 'adam')
+    """
+
+    def __init__(
+        self,
+        loss_fn: Callable[..., Any],
+        params: Any,
+        optimizer_factory: Any,
+        batches: Iterable[Any],
+        *,
+        val_batches: Iterable[Any] | None = None,
+        has_aux: bool = False,
+        opt_state: Any = None,
+        max_val_batches: int | None = 20,
+    ) -> None:
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable as loss_fn(params, batch), got {type(loss_fn).__name__}")
+        if not isinstance(has_aux, bool):
+            raise TypeError(f"has_aux must be True or False, got {has_aux!r}")
+        if max_val_batches is not None and (
+            isinstance(max_val_batches, bool) or not isinstance(max_val_batches, int) or max_val_batches < 1
+        ):
+            raise ValueError(f"max_val_batches must be None or an integer >= 1, got {max_val_batches!r}")
+        leaves = jax.tree_util.tree_leaves(params)
+        if not leaves:
+            raise ValueError("params must be a pytree with at least one array leaf, got none")
+        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+            dtype = getattr(leaf, "dtype", None)
+            dtype = np.asarray(leaf).dtype if dtype is None else dtype
+            if not jnp.issubdtype(dtype, jnp.inexact):
+                raise ValueError(
+                    f"params{jax.tree_util.keystr(path)} has dtype {dtype}; every leaf of params must be a "
+                    "floating-point array (keep integer state out of the differentiated params)"
+                )
+
+        if isinstance(optimizer_factory, optax.GradientTransformation):
+            tx = optimizer_factory
+        elif callable(optimizer_factory):
+            if opt_state is not None:
+                raise ValueError(
+                    "opt_state is only used with an optax GradientTransformation (built with "
+                    "inject_hyperparams); a factory's state is created fresh by optimizer_factory(lr).init(params)"
+                )
+            if _hashable(optimizer_factory):
+                as_given, wrapped = _cached_factory(optimizer_factory)
+            else:
+                as_given, wrapped = _call_factory(optimizer_factory)
+            # a factory that already injects its LR is used as it is; anything else gets wrapped
+            tx = as_given if _lr_slots(jax.eval_shape(as_given.init, params)) else wrapped
+        else:
+            raise TypeError(
+                "optimizer_factory must be an optax GradientTransformation built with inject_hyperparams "
+                f"or a callable lr -> GradientTransformation (e.g. optax.adam), got {type(optimizer_factory).__name__}"
+            )
+
+        if opt_state is None:
+            opt_state = tx.init(params)
+        else:
+            expected = jax.tree_util.tree_structure(jax.eval_shape(tx.init, params))
+            got = jax.tree_util.tree_structure(opt_state)
+            if got != expected:
+                raise ValueError(
+                    f"opt_state does not match optimizer_factory.init(params): structure {got} != {expected}"
+                )
+        slots = _lr_slots(opt_state)
+        _check_slots(slots, "optimizer_factory" if tx is optimizer_factory else "optimizer_factory(lr)")
+        base = float(slots[0].hyperparams["learning_rate"])
+        if not (math.isfinite(base) and base > 0):
+            raise ValueError(
+                f"the (first) injected learning_rate must be a finite number > 0 to keep the ratios of the "
+                f"injected learning rates during the test, got {base!r}"
+            )
+        ratios = tuple(float(s.hyperparams["learning_rate"]) / base for s in slots)
+
+        self.loss_fn = loss_fn
+        self.has_aux = has_aux
+        self.optimizer = tx
+        self.params = params
+        self.opt_state = opt_state
+        self.family = _infer_family(optimizer_factory, slots)
+        self.max_val_batches = max_val_batches
+        self._train = _Batches(batches, "batches")
+        self._val = None if val_batches is None else _Batches(val_batches, "val_batches", limit=max_val_batches)
+        self._position = 0
+        self._lr_dtype = jnp.promote_types(jnp.float32, jnp.result_type(slots[0].hyperparams["learning_rate"]))
+        if _hashable(loss_fn, tx.update):
+            self._step = _cached_step(loss_fn, tx.update, has_aux, ratios)
+            self._eval = _cached_eval(loss_fn, has_aux)
+        else:
+            self._step = _build_step(loss_fn, tx.update, has_aux, ratios)
+            self._eval = _build_eval(loss_fn, has_aux)
+
+    # -- Trainer protocol --------------------------------------------------------------------
+    def snapshot(self) -> OptaxSnapshot:
+        """References to params, optimizer state, data position and the NumPy / random RNG states."""
+        return OptaxSnapshot(self.params, self.opt_state, self._position, np.random.get_state(), random.getstate())
+
+    def restore(self, state: OptaxSnapshot) -> None:
+        """Put ``state`` back: the next :meth:`step` sees the same batch as after the snapshot."""
+        if not isinstance(state, OptaxSnapshot):
+            raise TypeError(f"state must be an OptaxSnapshot from snapshot(), got {type(state).__name__}")
+        self.params = state.params
+        self.opt_state = state.opt_state
+        self._position = state.position
+        np.random.set_state(state.numpy_rng)
+        random.setstate(state.python_rng)
+
+    def step(self, lr: float) -> float:
+        """One optax update at learning rate ``lr`` on the next batch; returns that batch's loss."""
+        batch = self._train[self._position]
+        self._position += 1
+        self.params, self.opt_state, loss = self._step(
+            self.params, self.opt_state, batch, np.asarray(lr, dtype=self._lr_dtype)
+        )
+        return float(loss)
+
+    def evaluate(self) -> float | None:
+        """Mean loss over (at most ``max_val_batches``) validation batches, or ``None`` without any."""
+        if self._val is None:
+            return None
+        batches = self._val.all()
+        return float(np.mean([float(self._eval(self.params, b)) for b in batches]))
+
+    def first_batch_size(self) -> int | None:
+        """The leading dimension shared by every array of the first batch, if there is one."""
+        return _leading_dim(self._train[0])
+
+
+# -- the one-call entry point ------------------------------------------------------------------
+def _check_optional_int(name: str, value: Any, minimum: int) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+        raise ValueError(f"{name} must be None or an integer >= {minimum}, got {value!r}")
+
+
+def find_lr_optax(
+    loss_fn: Callable[..., Any],
+    params: Any,
+    optimizer_factory: Any,
+    batches: Iterable[Any],
+    *,
+    val_batches: Iterable[Any] | None = None,
+    has_aux: bool = False,
+    start_lr: float | None = None,
+    end_lr: float | None = None,
+    num_iter: int = 100,
+    mode: str = "exp",
+    smooth: float = 0.05,
+    diverge_threshold: float = 4.0,
+    progress: bool | Callable[[int, float, float], None] = True,
+    verify: bool = True,
+    verify_steps: int | None = None,
+    batch_size: int | None = None,
+    target_batch_size: int | None = None,
+    family: str | None = None,
+    seed: int = 0,
+) -> FinderResult:
+    """Find a good learning rate for a JAX model trained with optax; your params are left as they are.
+
+    The LR grows from ``start_lr`` to ``end_lr`` over ``num_iter`` jitted optax steps
+    (:math:`\\eta_i = \\eta_0 (\\eta_1/\\eta_0)^{i/(N-1)}` for ``mode="exp"``), the training loss is
+    recorded, and :func:`lrkit.finder.suggest.suggest` turns the curve into a suggestion. With
+    ``verify`` the suggestion may check candidate LRs with short runs of ``verify_steps`` steps
+    each, from the same starting state. ``params`` is never modified (JAX arrays are immutable and
+    nothing is donated): keep training with your own ``params`` and state afterwards.
+
+    Args:
+        loss_fn: ``loss_fn(params, batch) -> scalar loss`` (``(loss, aux)`` with ``has_aux``).
+        params: the parameter pytree.
+        optimizer_factory: ``lr -> GradientTransformation`` (``optax.adam``) or a transformation
+            built with ``optax.inject_hyperparams`` (see the module docstring).
+        batches: training batches, cycled (a list is indexed; other iterables are cached as read).
+        val_batches: optional validation batches; verification runs are then scored on them.
+        has_aux: ``loss_fn`` returns ``(loss, aux)``.
+        start_lr, end_lr: the LR range; ``None`` takes the family's default
+            (:func:`lrkit.scaling.lr_range`, e.g. ``(1e-7, 1.0)`` for Adam, ``(1e-7, 10.0)`` unknown).
+        num_iter: optimizer steps of the range test (>= 2).
+        mode: ``"exp"`` or ``"linear"`` ramp.
+        smooth: EMA weight of the newest loss, in (0, 1].
+        diverge_threshold: stop when the smoothed loss exceeds this multiple of the best.
+        progress: ``True`` for a progress bar on stderr (needs rich), ``False`` for none, or a
+            callback ``progress(i, lr, loss)``.
+        verify: let the suggestion verify candidates with short runs (``False``: curve only).
+        verify_steps: optimizer steps per verification run; default
+            :data:`lrkit.finder.range_test.DEFAULT_VERIFY_STEPS` when ``verify`` is true.
+        batch_size: the batch size of one step; default the leading dimension shared by every
+            array of the first batch, when there is one.
+        target_batch_size: the batch size of the real run, if different (the suggestion is
+            rescaled with :func:`lrkit.scaling.scale_lr`).
+        family: the optimizer family (one of :data:`lrkit.scaling.FAMILIES`) for the default range
+            and the scaling rule; default inferred from the factory's name (``optax.adam`` ->
+            ``"adam"``), else ``"unknown"``.
+        seed: seed of the suggestion's own randomness.
+
+    Returns:
+        A :class:`~lrkit.finder.result.FinderResult` (``.suggestion``, ``.plot()``, ``.to_json()``).
+
+    Example:
+        >>> import jax.numpy as jnp, numpy as np, optax
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.normal(size=(256, 8)).astype(np.float32); y = x @ rng.normal(size=8).astype(np.float32)
+        >>> batches = [(x[i:i + 32], y[i:i + 32]) for i in range(0, 256, 32)]
+        >>> def loss_fn(params, batch):
+        ...     xb, yb = batch
+        ...     return jnp.mean((xb @ params["w"] + params["b"] - yb) ** 2)
+        >>> params = {"w": jnp.zeros(8), "b": jnp.zeros(())}
+        >>> res = find_lr_optax(loss_fn, params, optax.sgd, batches, num_iter=50, progress=False, verify=False)
+        >>> 1e-4 < res.suggestion < 2.0, res.details["family"], res.batch_size
+        (True, 'sgd', 32)
+    """
+    _check_optional_int("verify_steps", verify_steps, 0)
+    if not verify and verify_steps:
+        raise ValueError(f"verify=False contradicts verify_steps={verify_steps}; drop one of them")
+    if family is not None and family not in scaling.FAMILIES:
+        raise ValueError(f"family must be None (infer it) or one of {', '.join(scaling.FAMILIES)}; got {family!r}")
+    _check_optional_int("batch_size", batch_size, 1)
+    _check_optional_int("target_batch_size", target_batch_size, 1)
+    ctx = progress_context(progress, num_iter)  # checks progress before anything is built
+    steps = (DEFAULT_VERIFY_STEPS if verify_steps is None else verify_steps) if verify else 0
+    trainer = OptaxTrainer(loss_fn, params, optimizer_factory, batches, val_batches=val_batches, has_aux=has_aux)
+    family = trainer.family if family is None else family
+    if start_lr is None or end_lr is None:
+        lo, hi = scaling.lr_range(family)
+        start_lr = lo if start_lr is None else start_lr
+        end_lr = hi if end_lr is None else end_lr
+    if batch_size is None:
+        batch_size = trainer.first_batch_size()
+    if target_batch_size is not None and batch_size is None:
+        raise ValueError(
+            f"target_batch_size={target_batch_size} needs batch_size (the batches have no common leading "
+            "dimension to read it from); pass batch_size"
+        )
+    with ctx as callback:
+        return find(
+            trainer, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode, smooth=smooth,
+            diverge_threshold=diverge_threshold, progress=callback, verify_steps=steps, family=family,
+            batch_size=batch_size, target_batch_size=target_batch_size, rng_seed=seed,
+        )
