@@ -14,7 +14,8 @@ Protocol (per task):
 * **Methods**, each re-run per seed (the range test too, so its noise counts): the four classic rules
   read from one 100-step range test over ``lrkit.scaling.lr_range(family)`` (fastai valley,
   fastai minimum/10, torch-lr-finder steepest, Lightning steepest); lrkit's rule only (same curve,
-  no trainer); lrkit verified (a 40-step range test + ``suggest(..., verify_steps=budget // 30)``); the
+  no trainer); lrkit verified (what ``find_lr(..., train_steps=budget)`` does: the range test and
+  verification runs sized by ``lrkit.finder.range_test.plan_budget(train_steps=budget)``); the
   rule of thumb ``lrkit.scaling.default_lr(family)``; Prodigy (``lr=1.0``, learning-rate-free).
 * **Regret** :math:`(\\operatorname{mean}_{seeds} L(\\eta_{method}) - L^*)/L^*`;
   **cost** = (range-test steps + verification steps) / training-budget steps.
@@ -36,7 +37,7 @@ from benchmarks._report import machine, write_section
 from benchmarks.finder_tasks import Task, TensorTrainer, available_tasks, initial_val_loss, train
 from lrkit import scaling
 from lrkit.finder._rules import classic_suggestions
-from lrkit.finder.range_test import run_range_test
+from lrkit.finder.range_test import plan_budget, run_range_test
 from lrkit.finder.suggest import suggest
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -44,8 +45,6 @@ ORACLE_CACHE = RESULTS / "finder_oracle.json"
 GRID_POINTS = 20
 SEEDS = (0, 1, 2)
 RANGE_ITERS = 100
-LRKIT_RANGE_ITERS = 40
-LRKIT_VERIFY_PER_BUDGET = 30  # verify_steps = budget // 30: the cost stays near 30% of a run
 METHODS = ["lrkit", "lrkit_rule", "steepest", "steepest_lightning", "valley", "minimum_div_10", "default", "prodigy"]
 
 
@@ -90,9 +89,9 @@ def run_task(task: Task, cap: float) -> dict:
         rules = classic_suggestions(rec.lrs, rec.losses, num_iter=RANGE_ITERS)
         rule_only = suggest(rec.lrs, rec.losses, family=family)
         t2 = TensorTrainer(task, seed, lr=start_lr)
-        rec_short = run_range_test(t2, start_lr=start_lr, end_lr=end_lr, num_iter=LRKIT_RANGE_ITERS)
-        sug = suggest(rec_short.lrs, rec_short.losses, trainer=t2, family=family,
-                      verify_steps=task.budget // LRKIT_VERIFY_PER_BUDGET)
+        n_range, n_verify = plan_budget(train_steps=task.budget)  # = find_lr(..., train_steps=budget)
+        rec_short = run_range_test(t2, start_lr=start_lr, end_lr=end_lr, num_iter=n_range)
+        sug = suggest(rec_short.lrs, rec_short.losses, trainer=t2, family=family, verify_steps=n_verify)
         choice = {
             "lrkit": (sug.lr, rec_short.steps_run + sug.details["verify_steps_used"]),
             "lrkit_rule": (rule_only.lr, rec.steps_run),
@@ -187,8 +186,8 @@ def render(out: dict, skipped: list[str], seconds: float) -> str:
         f"Regret = (mean validation loss over seeds {list(SEEDS)} at the method's LR - oracle) / oracle; "
         f"oracle = best mean over a {GRID_POINTS}-point log grid. Diverged runs count as the initial "
         "model's validation loss. Classic rules read one 100-step range test per seed over "
-        f"`lr_range(family)`; lrkit = {LRKIT_RANGE_ITERS}-step range test + cold-start verification "
-        f"(`verify_steps` = budget / {LRKIT_VERIFY_PER_BUDGET}); lrkit_rule = lrkit without a trainer on the 100-step curve. "
+        f"`lr_range(family)`; lrkit = `find_lr(..., train_steps=budget)`: a range test + cold-start verification "
+        f"runs sized by `plan_budget(train_steps=budget)` to cost at most 30% of the run; lrkit_rule = lrkit without a trainer on the 100-step curve. "
         "Cost = (range-test + verification steps) / training steps. A negative regret means better than "
         "the best grid point (an LR between grid points, or seed noise).",
         "",

@@ -56,6 +56,15 @@ def task_file(tmp_path: Path) -> Path:
     return p
 
 
+def test_train_steps_keep_the_finder_within_30_percent_of_the_run():
+    out = lrkit("find", "--json", "--train-steps", "300")
+    assert out.returncode == 0, out.stderr
+    d = json.loads(out.stdout)
+    assert d["num_iter"] == 40 and d["details"]["verify_steps"] == 10
+    spent = d["details"]["range_test_steps"] + d["details"]["verify_steps_used"]
+    assert 40 < spent <= 90  # verification did run, and within 30% of 300 steps
+
+
 @pytest.mark.slow
 def test_builtin_example_json(tmp_path):
     out = lrkit("find", "--json", "--num-iter", "60")  # default: candidates verified by short runs
@@ -133,6 +142,7 @@ def test_bad_targets_one_line_exit_2(task_file, target, message):
         (["--start-lr", "1", "--end-lr", "0.1"], "start_lr must be < end_lr"),
         (["--mode", "cosine"], "--mode must be 'exp' or 'linear', got 'cosine'"),
         (["--num-iter", "abc"], "Invalid value for '--num-iter'"),
+        (["--train-steps", "0"], "--train-steps must be >= 1 (the length of the real run), got 0"),
     ],
 )
 def test_bad_options_exit_2(args, message):

@@ -12,6 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lrkit.finder import FinderResult, find, lr_ramp, run_range_test
+from lrkit.finder.range_test import DEFAULT_NUM_ITER, DEFAULT_VERIFY_STEPS, MAX_COST_FRACTION, PLANNED_NUM_ITER, plan_budget
+from lrkit.finder.suggest import MAX_CANDIDATES
 
 
 class Quadratic:
@@ -328,3 +330,38 @@ def test_find_with_verification_restores_plain_trainer():
     assert (t.w, t.calls) == (1.0, 0)
     assert res.details["range_test_steps"] >= len(res.lrs)
     assert 1e-3 < res.suggestion < 2.0
+
+
+# ------------------------------------------------------------------------------- budget plan
+@settings(max_examples=200, deadline=None)
+@given(train_steps=st.integers(100, 10**7))
+def test_planned_finder_costs_at_most_30_percent_of_the_run(train_steps):
+    n, v = plan_budget(train_steps=train_steps)
+    assert 10 <= n <= PLANNED_NUM_ITER and v == train_steps // 30
+    assert n + MAX_CANDIDATES * v <= MAX_COST_FRACTION * train_steps
+
+
+@given(num_iter=st.integers(2, 500), verify_steps=st.integers(0, 500), train_steps=st.none() | st.integers(1, 10**6))
+def test_explicit_counts_win_over_the_plan(num_iter, verify_steps, train_steps):
+    assert plan_budget(num_iter=num_iter, verify_steps=verify_steps, train_steps=train_steps) == (num_iter, verify_steps)
+    assert plan_budget(num_iter=num_iter, verify=False, train_steps=train_steps) == (num_iter, 0)
+
+
+def test_plan_defaults_and_short_runs():
+    assert plan_budget() == (DEFAULT_NUM_ITER, DEFAULT_VERIFY_STEPS)
+    assert plan_budget(verify=False) == (DEFAULT_NUM_ITER, 0)
+    assert plan_budget(train_steps=20) == (10, 0)  # no room for verification runs
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(num_iter=1), "num_iter must be an integer >= 2, got 1"),
+    (dict(verify_steps=-1), "verify_steps must be None or an integer >= 0, got -1"),
+    (dict(verify_steps=True), "verify_steps must be None or an integer >= 0, got True"),
+    (dict(train_steps=0), "train_steps must be None or an integer >= 1"),
+    (dict(train_steps=2.5), "train_steps must be None or an integer >= 1"),
+    (dict(verify=False, verify_steps=5), "verify=False contradicts verify_steps=5"),
+    (dict(verify="yes"), "verify must be True or False"),
+])
+def test_plan_rejects_bad_counts(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        plan_budget(**kwargs)

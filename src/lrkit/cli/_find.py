@@ -137,18 +137,25 @@ def find_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object (suggestion, lrs, losses, method, rules, band, ...) on stdout.")] = False,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Save the loss-vs-LR plot to this PNG file.")] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="Write a self-contained HTML report (report.html, finder.png) into this directory.")] = None,
-    num_iter: Annotated[int, typer.Option("--num-iter", help="Steps of the range test.")] = 100,
+    num_iter: Annotated[Optional[int], typer.Option("--num-iter", help="Steps of the range test (default 100, or planned from --train-steps).")] = None,
     start_lr: Annotated[Optional[float], typer.Option("--start-lr", help="First LR (default: from the optimizer family).")] = None,
     end_lr: Annotated[Optional[float], typer.Option("--end-lr", help="Last LR (default: from the optimizer family).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for torch/numpy/random before building the target, and for the suggestion.")] = 0,
     mode: Annotated[str, typer.Option("--mode", help="LR ramp: exp or linear.")] = "exp",
     verify_steps: Annotated[Optional[int], typer.Option("--verify-steps", help="Steps per candidate verification run (0: judge the curve only).")] = None,
     target_batch_size: Annotated[Optional[int], typer.Option("--target-batch-size", help="Batch size of the real run, if it differs: the suggestion is rescaled (linear rule for SGD, square root for adaptive optimizers).")] = None,
+    train_steps: Annotated[Optional[int], typer.Option("--train-steps", help="Length of the real run in optimizer steps: the finder then costs at most 30% of it.")] = None,
 ) -> None:
-    if num_iter < 2:
+    if num_iter is not None and num_iter < 2:
         raise CLIError(f"--num-iter must be >= 2, got {num_iter}")
     if verify_steps is not None and verify_steps < 0:
         raise CLIError(f"--verify-steps must be >= 0, got {verify_steps}")
+    if train_steps is not None and train_steps < 1:
+        raise CLIError(f"--train-steps must be >= 1 (the length of the real run), got {train_steps}")
+    from lrkit.finder.range_test import plan_budget
+
+    num_iter, planned_verify = plan_budget(num_iter=num_iter, verify=verify_steps != 0, verify_steps=verify_steps,
+                                           train_steps=train_steps)
     if plot is not None and plot.exists() and plot.is_dir():
         raise CLIError(f"--plot must be a file name, got the directory {plot}")
     if target_batch_size is not None and target_batch_size < 1:
@@ -179,7 +186,7 @@ def find_command(
             grad_clip_norm=spec.get("grad_clip_norm"), amp=spec.get("amp", False),
             start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode,
             progress=callback if callback is not None else False,
-            verify=verify_steps != 0, verify_steps=verify_steps or None, seed=seed,
+            verify=planned_verify > 0, verify_steps=planned_verify or None, seed=seed,
             target_batch_size=target_batch_size,
         )
     written: dict[str, str] = {}

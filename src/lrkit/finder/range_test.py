@@ -57,12 +57,80 @@ import numpy as np
 
 from lrkit.finder.trainer import Trainer
 
-__all__ = ["RangeTestRecord", "lr_ramp", "run_range_test", "find", "DEFAULT_VERIFY_STEPS"]
+__all__ = ["RangeTestRecord", "lr_ramp", "run_range_test", "find", "plan_budget", "DEFAULT_VERIFY_STEPS",
+           "DEFAULT_NUM_ITER", "MAX_COST_FRACTION", "PLANNED_NUM_ITER"]
 
-#: optimizer steps per candidate run spent by :func:`find` when ``verify_steps=True``.
+#: optimizer steps per candidate run when neither ``verify_steps`` nor ``train_steps`` is given.
 DEFAULT_VERIFY_STEPS = 30
+#: range-test steps when neither ``num_iter`` nor ``train_steps`` is given.
+DEFAULT_NUM_ITER = 100
+#: with ``train_steps``, the finder spends at most this fraction of the real run.
+MAX_COST_FRACTION = 0.3
+#: with ``train_steps``, the range test's length: it only has to locate the loss minimum, the
+#: verification runs decide (a longer ramp did not choose better on the regret benchmark).
+PLANNED_NUM_ITER = 40
 
 ProgressFn = Callable[[int, float, float], None]
+
+
+def _is_count(value: Any, minimum: int) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= minimum
+
+
+def plan_budget(
+    *,
+    num_iter: int | None = None,
+    verify: bool = True,
+    verify_steps: int | None = None,
+    train_steps: int | None = None,
+) -> tuple[int, int]:
+    r"""How many steps the range test and each verification run take: ``(num_iter, verify_steps)``.
+
+    Without ``train_steps`` the defaults are :data:`DEFAULT_NUM_ITER` and
+    :data:`DEFAULT_VERIFY_STEPS`. With the length :math:`T` of the real training run the finder
+    keeps its cost within :data:`MAX_COST_FRACTION` of it: each of at most
+    :math:`K` = :data:`lrkit.finder.suggest.MAX_CANDIDATES` verification runs takes
+    :math:`v = \lfloor T/30 \rfloor` steps and the range test at most :data:`PLANNED_NUM_ITER`
+    of the rest (it only has to locate the loss minimum; the verification runs decide),
+
+    .. math::
+
+        n = \min\big(40,\ \max(10,\ \lfloor 0.3\,T \rfloor - K v)\big),
+        \qquad n + K v \le 0.3\,T \quad (T \ge 100)
+
+    (below :math:`T = 30` there is no room for verification runs and ``verify_steps`` is 0).
+    Values given explicitly win over the plan.
+
+    Raises:
+        ValueError: a count out of range, or ``verify=False`` with ``verify_steps > 0``.
+
+    Example:
+        >>> plan_budget()
+        (100, 30)
+        >>> plan_budget(train_steps=300)     # 40 + 5 x 10 = 90 steps = 30% of the run
+        (40, 10)
+        >>> plan_budget(train_steps=10_000, verify=False)
+        (40, 0)
+    """
+    from lrkit.finder.suggest import MAX_CANDIDATES
+
+    if num_iter is not None and not _is_count(num_iter, 2):
+        raise ValueError(f"num_iter must be an integer >= 2, got {num_iter!r} (or None for the default)")
+    if verify_steps is not None and not _is_count(verify_steps, 0):
+        raise ValueError(f"verify_steps must be None or an integer >= 0, got {verify_steps!r}")
+    if train_steps is not None and not _is_count(train_steps, 1):
+        raise ValueError(f"train_steps must be None or an integer >= 1 (the length of the real run), got {train_steps!r}")
+    if not isinstance(verify, (bool, np.bool_)):
+        raise ValueError(f"verify must be True or False, got {verify!r}")
+    if not verify and verify_steps:
+        raise ValueError(f"verify=False contradicts verify_steps={verify_steps}; drop one of them")
+    if train_steps is None:
+        v = (DEFAULT_VERIFY_STEPS if verify_steps is None else int(verify_steps)) if verify else 0
+        return (DEFAULT_NUM_ITER if num_iter is None else int(num_iter)), v
+    v = (int(train_steps) // 30 if verify_steps is None else int(verify_steps)) if verify else 0
+    room = int(MAX_COST_FRACTION * train_steps) - MAX_CANDIDATES * v
+    n = min(PLANNED_NUM_ITER, max(10, room)) if num_iter is None else int(num_iter)
+    return n, v
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ import keras
 import numpy as np
 
 from lrkit import scaling
-from lrkit.finder.range_test import DEFAULT_VERIFY_STEPS, find
+from lrkit.finder.range_test import find, plan_budget
 from lrkit.finder.result import FinderResult
 from lrkit.integrations._progress import progress_context
 
@@ -511,13 +511,14 @@ def find_lr_keras(
     val_data: Any = None,
     start_lr: float | None = None,
     end_lr: float | None = None,
-    num_iter: int = 100,
+    num_iter: int | None = None,
     mode: str = "exp",
     smooth: float = 0.05,
     diverge_threshold: float = 4.0,
     progress: bool | Callable[[int, float, float], None] = True,
     verify: bool = True,
     verify_steps: int | None = None,
+    train_steps: int | None = None,
     target_batch_size: int | None = None,
     seed: int = 0,
 ) -> FinderResult:
@@ -535,7 +536,8 @@ def find_lr_keras(
         model, x, y, dataset, batch_size, val_data: as for :class:`KerasTrainer`.
         start_lr, end_lr: the LR range; ``None`` takes the optimizer family's default
             (:func:`lrkit.scaling.lr_range`, e.g. ``(1e-7, 1.0)`` for Adam).
-        num_iter: training steps of the range test (>= 2).
+        num_iter: optimizer steps of the range test (>= 2); default 100, or planned from
+            ``train_steps`` (:func:`lrkit.finder.range_test.plan_budget`).
         mode: ``"exp"`` or ``"linear"`` ramp.
         smooth: EMA weight of the newest loss, in (0, 1].
         diverge_threshold: stop when the smoothed loss exceeds this multiple of the best.
@@ -543,7 +545,11 @@ def find_lr_keras(
             callback ``progress(i, lr, loss)``.
         verify: let the suggestion verify candidates with short runs (``False``: curve only).
         verify_steps: steps per verification run; default
-            :data:`lrkit.finder.range_test.DEFAULT_VERIFY_STEPS` when ``verify`` is true.
+            :data:`lrkit.finder.range_test.DEFAULT_VERIFY_STEPS` when ``verify`` is true
+            (or planned from ``train_steps``).
+        train_steps: the length of the real training run in optimizer steps, if known: the
+            range test and the verification runs are then sized to cost at most 30% of it
+            (:func:`lrkit.finder.range_test.plan_budget`; explicit ``num_iter``/``verify_steps`` win).
         target_batch_size: the batch size of the real run, if different (the suggestion is
             rescaled with :func:`lrkit.scaling.scale_lr`; needs a known ``batch_size``).
         seed: seed of the suggestion's own randomness.
@@ -562,13 +568,7 @@ def find_lr_keras(
         >>> 1e-5 < res.suggestion < 1.0, res.batch_size
         (True, 32)
     """
-    if isinstance(verify_steps, bool) or (verify_steps is not None and (not _is_int(verify_steps) or verify_steps < 0)):
-        raise ValueError(f"verify_steps must be None or an integer >= 0, got {verify_steps!r}")
-    if not isinstance(verify, bool):
-        raise ValueError(f"verify must be True or False, got {verify!r}")
-    if not verify and verify_steps:
-        raise ValueError(f"verify=False contradicts verify_steps={verify_steps}; drop one of them")
-    steps = (DEFAULT_VERIFY_STEPS if verify_steps is None else int(verify_steps)) if verify else 0
+    num_iter, steps = plan_budget(num_iter=num_iter, verify=verify, verify_steps=verify_steps, train_steps=train_steps)
     ctx = progress_context(progress, num_iter)
     trainer = KerasTrainer(model, x, y, dataset=dataset, batch_size=batch_size, val_data=val_data)
     opt = _unwrap(model.optimizer)

@@ -95,7 +95,7 @@ import numpy as np
 import optax
 
 from lrkit import scaling
-from lrkit.finder.range_test import DEFAULT_VERIFY_STEPS, find
+from lrkit.finder.range_test import find, plan_budget
 from lrkit.finder.result import FinderResult
 from lrkit.integrations._progress import progress_context
 
@@ -525,13 +525,14 @@ def find_lr_optax(
     has_aux: bool = False,
     start_lr: float | None = None,
     end_lr: float | None = None,
-    num_iter: int = 100,
+    num_iter: int | None = None,
     mode: str = "exp",
     smooth: float = 0.05,
     diverge_threshold: float = 4.0,
     progress: bool | Callable[[int, float, float], None] = True,
     verify: bool = True,
     verify_steps: int | None = None,
+    train_steps: int | None = None,
     batch_size: int | None = None,
     target_batch_size: int | None = None,
     family: str | None = None,
@@ -556,7 +557,8 @@ def find_lr_optax(
         has_aux: ``loss_fn`` returns ``(loss, aux)``.
         start_lr, end_lr: the LR range; ``None`` takes the family's default
             (:func:`lrkit.scaling.lr_range`, e.g. ``(1e-7, 1.0)`` for Adam, ``(1e-7, 10.0)`` unknown).
-        num_iter: optimizer steps of the range test (>= 2).
+        num_iter: optimizer steps of the range test (>= 2); default 100, or planned from
+            ``train_steps`` (:func:`lrkit.finder.range_test.plan_budget`).
         mode: ``"exp"`` or ``"linear"`` ramp.
         smooth: EMA weight of the newest loss, in (0, 1].
         diverge_threshold: stop when the smoothed loss exceeds this multiple of the best.
@@ -564,7 +566,11 @@ def find_lr_optax(
             callback ``progress(i, lr, loss)``.
         verify: let the suggestion verify candidates with short runs (``False``: curve only).
         verify_steps: optimizer steps per verification run; default
-            :data:`lrkit.finder.range_test.DEFAULT_VERIFY_STEPS` when ``verify`` is true.
+            :data:`lrkit.finder.range_test.DEFAULT_VERIFY_STEPS` when ``verify`` is true
+            (or planned from ``train_steps``).
+        train_steps: the length of the real training run in optimizer steps, if known: the
+            range test and the verification runs are then sized to cost at most 30% of it
+            (:func:`lrkit.finder.range_test.plan_budget`; explicit ``num_iter``/``verify_steps`` win).
         batch_size: the batch size of one step; default the leading dimension shared by every
             array of the first batch, when there is one.
         target_batch_size: the batch size of the real run, if different (the suggestion is
@@ -590,15 +596,12 @@ def find_lr_optax(
         >>> 1e-4 < res.suggestion < 2.0, res.details["family"], res.batch_size
         (True, 'sgd', 32)
     """
-    _check_optional_int("verify_steps", verify_steps, 0)
-    if not verify and verify_steps:
-        raise ValueError(f"verify=False contradicts verify_steps={verify_steps}; drop one of them")
     if family is not None and family not in scaling.FAMILIES:
         raise ValueError(f"family must be None (infer it) or one of {', '.join(scaling.FAMILIES)}; got {family!r}")
     _check_optional_int("batch_size", batch_size, 1)
     _check_optional_int("target_batch_size", target_batch_size, 1)
+    num_iter, steps = plan_budget(num_iter=num_iter, verify=verify, verify_steps=verify_steps, train_steps=train_steps)
     ctx = progress_context(progress, num_iter)  # checks progress before anything is built
-    steps = (DEFAULT_VERIFY_STEPS if verify_steps is None else verify_steps) if verify else 0
     trainer = OptaxTrainer(loss_fn, params, optimizer_factory, batches, val_batches=val_batches, has_aux=has_aux)
     family = trainer.family if family is None else family
     if start_lr is None or end_lr is None:

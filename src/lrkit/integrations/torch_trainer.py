@@ -60,7 +60,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from lrkit import scaling
-from lrkit.finder.range_test import DEFAULT_VERIFY_STEPS, find
+from lrkit.finder.range_test import find, plan_budget
 from lrkit.finder.result import FinderResult
 from lrkit.integrations._progress import progress_bar, progress_context  # noqa: F401 - progress_bar re-exported (the CLI imports it)
 from lrkit.integrations.torch_state import TorchSnapshot
@@ -456,7 +456,7 @@ def find_lr(
     *,
     start_lr: float | None = None,
     end_lr: float | None = None,
-    num_iter: int = 100,
+    num_iter: int | None = None,
     mode: str = "exp",
     smooth: float = 0.05,
     diverge_threshold: float = 4.0,
@@ -469,6 +469,7 @@ def find_lr(
     step_fn: Callable[..., Any] | None = None,
     verify: bool = True,
     verify_steps: int | None = None,
+    train_steps: int | None = None,
     batch_size: int | None = None,
     target_batch_size: int | None = None,
     grad_clip_norm: float | None = None,
@@ -487,7 +488,8 @@ def find_lr(
         model, optimizer, loss_fn, train_loader: as for :class:`TorchTrainer`.
         start_lr, end_lr: the LR range; ``None`` takes the optimizer family's default
             (:func:`lrkit.scaling.lr_range`, e.g. ``(1e-7, 1.0)`` for Adam).
-        num_iter: optimizer steps of the range test (>= 2).
+        num_iter: optimizer steps of the range test (>= 2); default 100, or planned from
+            ``train_steps`` (:func:`lrkit.finder.range_test.plan_budget`).
         mode: ``"exp"`` or ``"linear"`` ramp.
         smooth: EMA weight of the newest loss, in (0, 1].
         diverge_threshold: stop when the smoothed loss exceeds this multiple of the best.
@@ -497,7 +499,11 @@ def find_lr(
             callback ``progress(i, lr, loss)``.
         verify: let the suggestion verify candidates with short runs (``False``: curve only).
         verify_steps: optimizer steps per verification run; default
-            :data:`lrkit.finder.range_test.DEFAULT_VERIFY_STEPS` when ``verify`` is true.
+            :data:`lrkit.finder.range_test.DEFAULT_VERIFY_STEPS` when ``verify`` is true
+            (or planned from ``train_steps``).
+        train_steps: the length of the real training run in optimizer steps, if known: the
+            range test and the verification runs are then sized to cost at most 30% of it
+            (:func:`lrkit.finder.range_test.plan_budget`; explicit ``num_iter``/``verify_steps`` win).
         batch_size: the effective batch size of one optimizer step; default
             ``train_loader.batch_size * accumulation_steps * world_size`` when known.
         target_batch_size: the batch size of the real run, if different (the suggestion is
@@ -519,11 +525,7 @@ def find_lr(
         >>> 1e-4 < res.suggestion < 2.0
         True
     """
-    if isinstance(verify_steps, bool) or (verify_steps is not None and (not isinstance(verify_steps, int) or verify_steps < 0)):
-        raise ValueError(f"verify_steps must be None or an integer >= 0, got {verify_steps!r}")
-    if not verify and verify_steps:
-        raise ValueError(f"verify=False contradicts verify_steps={verify_steps}; drop one of them")
-    steps = (DEFAULT_VERIFY_STEPS if verify_steps is None else verify_steps) if verify else 0
+    num_iter, steps = plan_budget(num_iter=num_iter, verify=verify, verify_steps=verify_steps, train_steps=train_steps)
     trainer = TorchTrainer(
         model, optimizer, loss_fn, train_loader, val_loader=val_loader, step_fn=step_fn,
         accumulation_steps=accumulation_steps, amp=amp, scaler=scaler, device=device,
