@@ -258,3 +258,29 @@ def test_probe_explains_a_diverging_verdict_of_a_real_run():
     assert report["headroom"] == pytest.approx(2 / 2.4, rel=1e-5)
     text = explain(d, report)
     assert text.startswith(d.message) and f"below {2 / lam:.3g}" in text
+
+
+def test_explain_far_beyond_the_limit_and_a_message_without_a_period():
+    d = Diagnosis("diverging", 5, 8, {}, (), "The loss is diverging since step 5.")
+    r = {"lr": 1.0, "lambda_max": 400.0, "sharpness_ratio": 400.0, "limit": 2.0, "headroom": 0.005,
+         "verdict": "beyond the stability limit", "preconditioned": False}
+    text = explain(d, r)
+    assert "far too high" in text and "blown up already" in text and "Below 0.005 is stable" in text
+    r_edge = dict(r, lambda_max=1.8, sharpness_ratio=1.8, headroom=2 / 1.8, verdict="at the edge")
+    assert "blown up" not in explain(d, r_edge) and "edge of stability" in explain(d, r_edge)
+    healthy = Diagnosis("healthy", None, None, {}, (), "no problem detected after 9 observations")
+    fine = dict(r, lambda_max=0.5, sharpness_ratio=0.5, headroom=4.0, verdict="headroom 4x")
+    assert explain(healthy, fine) == (
+        "no problem detected after 9 observations. Curvature probe: lr x lambda_max = 1 x 0.5 = 0.5, "
+        "the stability limit is 2 (headroom 4x)."
+    )
+
+
+def test_non_finite_curvature_is_a_value_error_subclass():
+    """TorchDoctor catches exactly this subclass during training; callers still see a ValueError."""
+    from lrkit.integrations.torch_hessian import _NonFiniteCurvature
+
+    model, X, y, _ = problem()
+    with pytest.raises(_NonFiniteCurvature):
+        top_hessian_eigenvalue(model, lambda m, b: mse(m, b) * float("inf"), [(X, y)])
+    assert issubclass(_NonFiniteCurvature, ValueError)

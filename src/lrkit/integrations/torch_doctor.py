@@ -34,6 +34,40 @@ replayed). With a ``GradScaler`` a non-finite gradient norm is not reported to t
 scaler skips that step and lowers its scale; that is normal fp16 behaviour); a non-finite *loss*
 still is.
 
+**Stability probe** (``stability_probe=StabilityProbe(batches, loss_fn=...)``, opt-in). When the
+doctor's verdict turns ``diverging`` or ``fluctuating``, :func:`~lrkit.integrations.torch_hessian.stability_report`
+runs on the probe's batches at the LR in force (:math:`m \cdot \text{lr}`): :attr:`TorchDoctor.diagnosis`
+then carries ``lambda_max``, ``sharpness_ratio``, ``stability_limit`` and ``stability_headroom`` in
+its evidence, its message is :func:`~lrkit.integrations.torch_hessian.explain`'s paragraph ("lr x
+lambda_max = 0.6 x 4 = 2.4, the stability limit is 2 ...") and, when the LR is at or beyond the
+limit, its advice names the largest stable LR. With ``every=N`` a healthy (or flat) run is probed
+every ``N`` steps, and :meth:`TorchDoctor.stability` probes on demand: both report the headroom
+``limit / (lr * lambda_max)``. Every report is kept in :attr:`TorchDoctor.stability_reports`.
+
+*With the guard, the probe runs after the rollback*, on the restored last-good state, at the LR
+that failed (the report also gives the headroom at the lowered LR), and its explanation is added
+to the :class:`~lrkit.doctor.guard.Intervention` (:attr:`TorchDoctor.interventions`, and what
+``on_intervention`` receives). Not on the bad state, because: (1) after a ``nan`` it has no
+Hessian; (2) by the time a divergence is detected the weights have moved far from where it began,
+and their curvature says little about the onset -- on a small tanh network at 2x too high an LR,
+lambda_max was 7.2 at the last good state and 3.6e5 at detection, which would name an LR 5e4
+times too small as "stable"; (3) the restored state is the one the run goes on from, so the same
+probe says whether the lowered LR is within the limit. Without the guard (and on ``fluctuating``,
+which the guard does not act on by default) the probe measures the state at detection: right for
+an oscillating run or a slow rise, only qualitative after a blow-up (the explanation then says
+so). A ``nan`` without rollback is not probed (non-finite weights have no curvature), and an
+automatic probe that meets a non-finite loss logs a warning and attaches nothing instead of
+ending the run.
+
+*The probe does not change the training.* Model parameters and buffers, gradients, optimizer
+state, the scaler, the param-group LRs and the torch/NumPy/Python RNGs (and the generators of the
+``loaders`` and of a loader given as probe batches) are snapshotted with
+:class:`~lrkit.integrations.torch_state.TorchSnapshot` before the probe and written back, bit for bit,
+after it (this costs one copy of the state on the CPU per probe). The model stays in its mode:
+the curvature of the training loss (dropout on, BatchNorm on batch statistics) is what matters
+for stability. At construction the probe's loss is computed once on its first batch (and the
+state put back), so a wrong loss function fails there and not at the first problem.
+
 Example:
     >>> import torch
     >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
@@ -54,6 +88,7 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from typing import Any, Callable, Sequence
@@ -62,9 +97,21 @@ import torch
 
 from lrkit.doctor.core import Diagnosis, Doctor
 from lrkit.doctor.guard import Guard, GuardedWatch, Intervention
+from lrkit.integrations.torch_hessian import (
+    StabilityProbe,
+    _check_batches,
+    _check_one_setting,
+    _headroom_verdict,
+    _NonFiniteCurvature,
+    explain,
+    with_stability,
+)
 from lrkit.integrations.torch_state import TorchSnapshot
 
-__all__ = ["TorchDoctor", "grad_norm"]
+__all__ = ["TorchDoctor", "StabilityProbe", "grad_norm"]
+
+_PROBED = ("diverging", "fluctuating")  # verdicts that run the probe (without a rollback)
+_QUIET = ("healthy", "flat")  # verdicts under which `every` probes the headroom
 
 
 def grad_norm(parameters: Sequence[torch.Tensor] | Any) -> float:
@@ -109,13 +156,18 @@ class TorchDoctor(GuardedWatch):
             ``False`` only the doctor runs and :meth:`after_step` always returns ``False``.
         doctor: a :class:`~lrkit.doctor.core.Doctor` (default ``Doctor()``).
         snapshot_every, lr_factor, max_retries, act_on, storage, storage_dir, on_intervention,
-            logger: as in :class:`~lrkit.doctor.guard.Guard`.
+            logger: as in :class:`~lrkit.doctor.guard.Guard`. The stability probe logs to
+            ``logger`` too (default ``logging.getLogger("lrkit.stability")``).
         scaler: your ``torch.amp.GradScaler``, if any (snapshotted; its scale divides the
             gradient norm, so call :meth:`after_backward` before ``scaler.unscale_``).
         loaders: data loaders whose ``torch.Generator`` is snapshotted too (by default none: the
             loader goes on after a rollback).
         track_grad_norm: compute the global gradient norm in :meth:`after_backward` (one fused
             norm over the gradients, no host copy of them) and report it to the doctor.
+        stability_probe: a :class:`~lrkit.integrations.torch_hessian.StabilityProbe` (the
+            batches and the loss) to explain problems with the curvature (see the module
+            docstring); ``None`` (default) for none. Needs one LR and one set of
+            hyper-parameters for all param groups.
 
     Raises:
         GuardGaveUp: from :meth:`after_step`, when a snapshot was restored ``max_retries``
@@ -140,6 +192,7 @@ class TorchDoctor(GuardedWatch):
         on_intervention: Callable[[Intervention], Any] | None = None,
         logger: logging.Logger | None = None,
         track_grad_norm: bool = True,
+        stability_probe: StabilityProbe | None = None,
     ) -> None:
         if not isinstance(model, torch.nn.Module):
             raise ValueError(f"TorchDoctor: model must be a torch.nn.Module, got {type(model).__name__}")
@@ -149,6 +202,16 @@ class TorchDoctor(GuardedWatch):
             raise ValueError(f"TorchDoctor: guard must be True or False, got {guard!r}")
         if scaler is not None and not hasattr(scaler, "get_scale"):
             raise ValueError(f"TorchDoctor: scaler must be a torch.amp.GradScaler or None, got {type(scaler).__name__}")
+        if stability_probe is not None:
+            if not isinstance(stability_probe, StabilityProbe):
+                raise ValueError(
+                    "TorchDoctor: stability_probe must be a StabilityProbe(batches, loss_fn=...) or None, got "
+                    f"{stability_probe!r}"
+                )
+            try:
+                _check_one_setting(optimizer)
+            except ValueError as exc:
+                raise ValueError(f"TorchDoctor: stability_probe: {exc}") from None
         self.model = model
         self.optimizer = optimizer
         self.scaler = scaler
@@ -167,6 +230,24 @@ class TorchDoctor(GuardedWatch):
         self._base: list[Any] | None = None
         self._gn: float | None = None
         self._params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.stability_probe = stability_probe
+        #: every probe's report (:func:`~lrkit.integrations.torch_hessian.stability_report`'s dict
+        #: plus ``step``, the last step observed, and ``trigger``: the verdict, ``"every"`` or
+        #: ``"on demand"``; after a rollback also ``restored_to``, ``lr_after_rollback`` and
+        #: ``headroom_after_rollback``), oldest first.
+        self.stability_reports: list[dict[str, Any]] = []
+        self._attached: tuple[tuple[str, int | None], dict[str, Any]] | None = None  # (diagnosis key, report)
+        self._probed_key: tuple[str, int | None] | None = None  # the last problem episode probed
+        self._explained: dict[int, Intervention] = {}  # intervention index -> the record with the probe
+        self._n_steps = 0
+        self._last_step: int | None = None
+        self._log = logger if logger is not None else logging.getLogger("lrkit.stability")
+        self._user_on_intervention: Callable[[Intervention], Any] | None = None
+        if stability_probe is not None:
+            if self.guard is not None:
+                self._user_on_intervention = self.guard.on_intervention  # validated by the Guard
+                self.guard.on_intervention = self._on_intervention
+            self._check_probe_loss()
 
     # ------------------------------------------------------------------ the two calls
     def after_backward(self, loss: Any = None) -> float | None:
@@ -216,10 +297,170 @@ class TorchDoctor(GuardedWatch):
             lr = float(self.optimizer.param_groups[0]["lr"])
         self._base = None
         gn, self._gn = self._gn, None
+        self._n_steps += 1
+        self._last_step = step
         if self.guard is None:
             self.doctor.observe(step, loss, lr=lr, grad_norm=gn, val_loss=val_loss)
-            return False
-        return self.guard.observe(loss, lr=lr, grad_norm=gn, val_loss=val_loss, step=step) is not None
+            rolled = False
+        else:
+            rolled = self.guard.observe(loss, lr=lr, grad_norm=gn, val_loss=val_loss, step=step) is not None
+        if rolled:
+            self._attached = None  # the doctor went back to the snapshot's state
+        elif self.stability_probe is not None:
+            self._probe_after_step(step)
+        return rolled
+
+    # ------------------------------------------------------------------ the stability probe
+    @property
+    def diagnosis(self) -> Diagnosis:
+        """The doctor's latest :class:`~lrkit.doctor.core.Diagnosis`; with the stability probe's
+        numbers in its evidence and its explanation in the message when a probe belongs to it (the
+        one run when this problem was detected, or the latest ``every``/on-demand probe)."""
+        d = self.doctor.diagnosis
+        if self._attached is not None and self._attached[0] == _key(d):
+            return _explained(d, self._attached[1])
+        return d
+
+    @property
+    def interventions(self) -> list[Intervention]:
+        """The guard's :class:`~lrkit.doctor.guard.Intervention` records (empty without a guard);
+        with a stability probe, each carries the probe's numbers and explanation."""
+        return [self._explained.get(i, rec) for i, rec in enumerate(super().interventions)]
+
+    def stability(self, batches: Any = None) -> dict[str, Any]:
+        """Run the stability probe now and return its report (the headroom question).
+
+        The probe measures the current state at the LR in force (the param groups' LR times
+        :attr:`lr_multiplier`) on ``batches`` (default: the probe's own; a list of batches or a
+        loader), leaves the training exactly as it was, is added to :attr:`stability_reports`
+        and attached to the current :attr:`diagnosis`.
+
+        Returns:
+            :func:`~lrkit.integrations.torch_hessian.stability_report`'s dict with ``step`` and
+            ``trigger="on demand"``; ``report["headroom"]`` is ``limit / (lr * lambda_max)``.
+
+        Example:
+            >>> X = torch.tensor([[1.0, 0.0], [0.0, 2.0]]); y = torch.zeros(2, 1)   # H = 2/n X^T X = diag(1, 4)
+            >>> model = torch.nn.Linear(2, 1, bias=False)
+            >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+            >>> probe = StabilityProbe([(X, y)], loss_fn=torch.nn.functional.mse_loss)
+            >>> r = TorchDoctor(model, opt, stability_probe=probe).stability()
+            >>> round(r["lambda_max"], 3), round(r["headroom"], 3), r["verdict"]   # 2 / (0.1 * 4)
+            (4.0, 5.0, 'headroom 5x')
+        """
+        if self.stability_probe is None:
+            raise ValueError(
+                "TorchDoctor.stability: this TorchDoctor has no stability probe; build it with "
+                "stability_probe=StabilityProbe(batches, loss_fn=...)"
+            )
+        if batches is not None:
+            _check_batches(batches, "TorchDoctor.stability")
+        report = self._probe("on demand", self._effective_lrs(), batches=batches)  # not quiet: never None
+        self._attached = (_key(self.doctor.diagnosis), report)
+        return report
+
+    def _effective_lrs(self) -> list[float]:
+        groups = self.optimizer.param_groups
+        if self._base is not None:  # between after_backward and after_step: already scaled
+            return [float(g["lr"]) for g in groups]
+        return [float(g["lr"]) * self.lr_multiplier for g in groups]
+
+    def _probe_after_step(self, step: int) -> None:
+        d = self.doctor.diagnosis
+        key = _key(d)
+        if self._attached is not None and self._attached[0] != key:
+            self._attached = None  # a new verdict: an older probe no longer belongs to it
+        every = self.stability_probe.every
+        report = None
+        if d.verdict in _PROBED:
+            if key != self._probed_key:  # the first step of this problem
+                self._probed_key = key
+                report = self._probe(d.verdict, self._effective_lrs(), quiet=True)
+        elif d.verdict in _QUIET and every is not None and self._n_steps % every == 0:
+            report = self._probe("every", self._effective_lrs(), quiet=True)
+        if report is not None:
+            self._attached = (key, report)
+            self._log.info("lrkit stability probe at step %d: %s", step, _explained(d, report).message)
+
+    def _on_intervention(self, rec: Intervention) -> None:
+        """The guard rolled back: probe the restored state at the LR that failed (see the module
+        docstring), attach the explanation to the record, then call the user's callback."""
+        old = [float(g["lr"]) * rec.old_multiplier for g in self.optimizer.param_groups]
+        report = self._probe(rec.verdict, old, quiet=True)
+        if report is not None:
+            scale = rec.new_multiplier / rec.old_multiplier
+            report["restored_to"] = rec.restored_to
+            report["lr_after_rollback"] = report["lr"] * scale
+            hr = report["headroom"]
+            report["headroom_after_rollback"] = None if hr is None else hr / scale
+            d = Diagnosis(rec.verdict, rec.onset, rec.step, dict(rec.evidence), (), rec.message)
+            text = explain(d, report)
+            what = "preconditioned sharpness" if report.get("preconditioned") else "lambda_max"
+            text += (
+                f" The guard restored the snapshot of step {rec.restored_to} (where this was measured) and lowered "
+                f"the LR to {report['lr_after_rollback']:.3g}: lr x {what} = {report['sharpness_ratio'] * scale:.3g}"
+                + ("." if hr is None else f" ({_headroom_verdict(report['headroom_after_rollback'])}).")
+            )
+            ev = dict(with_stability(d, report).evidence)
+            if hr is not None:
+                ev["stability_headroom_after_rollback"] = float(report["headroom_after_rollback"])
+            rec = dataclasses.replace(rec, evidence=ev, message=text)
+            self._explained[len(self.guard.interventions) - 1] = rec
+            self._log.info("lrkit stability probe at step %d: %s", rec.step, text)
+        if self._user_on_intervention is not None:
+            self._user_on_intervention(rec)
+
+    def _probe(self, trigger: str, lrs: list[float], *, batches: Any = None, quiet: bool = False) -> dict[str, Any] | None:
+        """One probe at the LRs ``lrs``, with the whole training state put back bitwise after it.
+
+        ``quiet`` (the automatic probes): a non-finite loss or curvature logs a warning and
+        returns ``None`` instead of raising.
+        """
+        probe = self.stability_probe
+        src = probe.batches if batches is None else batches
+        loaders = self.loaders + ([src] if not isinstance(src, (list, tuple)) else [])
+        snap = TorchSnapshot.take(self.model, [self.optimizer], scaler=self.scaler, loaders=loaders)
+        try:
+            self._set_lrs(lrs)
+            report = probe.report(self.model, self.optimizer, batches)
+        except _NonFiniteCurvature as exc:
+            if not quiet:
+                raise
+            self._log.warning("lrkit stability probe (%s, step %s) skipped: %s", trigger, self._last_step, exc)
+            return None
+        finally:
+            snap.restore(self.model, [self.optimizer], scaler=self.scaler, loaders=loaders)
+        report["step"] = self._last_step
+        report["trigger"] = trigger
+        self.stability_reports.append(report)
+        return report
+
+    def _check_probe_loss(self) -> None:
+        """Compute the probe's loss on its first batch once (state put back), to fail early."""
+        probe = self.stability_probe
+        src = probe.batches
+        loaders = self.loaders + ([src] if not isinstance(src, tuple) else [])
+        snap = TorchSnapshot.take(self.model, [self.optimizer], scaler=self.scaler, loaders=loaders)
+        try:
+            first = src[0] if isinstance(src, tuple) else next(iter(src), None)
+            if first is None:
+                raise ValueError(f"TorchDoctor: stability_probe's loader ({type(src).__name__}) yielded no batch")
+            with torch.enable_grad():
+                loss = probe.batch_loss(self.model, first)
+            ok = isinstance(loss, torch.Tensor) and loss.numel() == 1 and loss.requires_grad
+        finally:
+            snap.restore(self.model, [self.optimizer], scaler=self.scaler, loaders=loaders)
+        if not ok:
+            got = (
+                f"a tensor of shape {tuple(loss.shape)}" + ("" if loss.requires_grad else " that does not require grad")
+                if isinstance(loss, torch.Tensor)
+                else type(loss).__name__
+            )
+            fn = "loss_fn(model(x), y)" if probe.loss_fn is not None else "step_fn(model, batch)"
+            raise ValueError(
+                f"TorchDoctor: stability_probe's {fn} must return a scalar tensor that depends on the model's "
+                f"parameters (no .item(), no .detach()), got {got} on its first batch"
+            )
 
     def close(self) -> None:
         """Release the guard's snapshot files (``storage="disk"``)."""
@@ -232,3 +473,25 @@ class TorchDoctor(GuardedWatch):
                 g["lr"].fill_(float(v))
             else:
                 g["lr"] = v
+
+
+def _key(d: Diagnosis) -> tuple[str, int | None]:
+    """What identifies one problem episode of the doctor (its verdict and first detection)."""
+    return (d.verdict, d.detected_at)
+
+
+def _explained(d: Diagnosis, report: dict[str, Any]) -> Diagnosis:
+    """``d`` with the probe's numbers in its evidence, :func:`explain`'s paragraph as its message
+    and, for a problem at or beyond the stability limit (headroom below 1.25, but not below 0.1: a
+    state that far beyond has blown up and its number is no LR to use), the largest stable LR in
+    its advice."""
+    out = dataclasses.replace(with_stability(d, report), message=explain(d, report))
+    hr = report.get("headroom")
+    if d.verdict != "healthy" and hr is not None and 0.1 <= hr < 1.25:
+        what = "preconditioned sharpness" if report.get("preconditioned") else "lambda_max"
+        tip = (
+            f"keep the LR below {report['lr'] * hr:.3g}, where lr x {what} stays under the stability limit "
+            f"{report['limit']:.3g} of the current curvature"
+        )
+        out = dataclasses.replace(out, advice=(*d.advice[:1], tip, *d.advice[1:]))
+    return out

@@ -47,18 +47,36 @@ somewhat earlier (Cohen et al.), so "at the edge" is already a warning.
 The probe leaves the model, its gradients, its buffers (BatchNorm statistics), the optimizer and
 every RNG exactly as they were (each batch's forward pass runs under a forked RNG seeded from
 ``seed``, so dropout masks are the same in every Hessian-vector product).
+
+In a training loop, give a :class:`StabilityProbe` (a few batches and the loss) to
+:class:`~lrkit.integrations.torch_doctor.TorchDoctor`: it runs :func:`stability_report` when the
+doctor finds a problem, puts :func:`explain`'s paragraph in the diagnosis, and answers the
+headroom question on demand.
 """
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
+from collections.abc import Iterator
 from typing import Any, Callable, Iterable
 
 import torch
 
 from lrkit.doctor.core import Diagnosis
 
-__all__ = ["top_hessian_eigenvalue", "stability_report", "stability_limit", "explain", "with_stability"]
+__all__ = [
+    "top_hessian_eigenvalue", "stability_report", "stability_limit", "explain", "with_stability", "StabilityProbe",
+]
+
+
+class _NonFiniteCurvature(ValueError):
+    """The loss or a Hessian-vector product is not finite: there is no curvature to measure.
+
+    A ``ValueError``; :class:`~lrkit.integrations.torch_doctor.TorchDoctor` catches it (and only
+    it) when a probe runs by itself during training, so that a blown-up state ends the probe,
+    not the run.
+    """
 
 
 def _check_positive_int(name: str, v: Any, low: int = 1) -> None:
@@ -170,7 +188,7 @@ def _power_iteration(model, loss_fn, batches, params, inv_sqrt, grads_graph, dev
                 + (f" of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else "")
             )
         if not torch.isfinite(loss):
-            raise ValueError(f"the loss of batch {i} is {loss.item()}: the Hessian is undefined there")
+            raise _NonFiniteCurvature(f"the loss of batch {i} is {loss.item()}: the Hessian is undefined there")
         grads_graph.append(torch.autograd.grad(loss, params, create_graph=True, allow_unused=True))
 
     n_b = len(grads_graph)
@@ -207,7 +225,7 @@ def _power_iteration(model, loss_fn, batches, params, inv_sqrt, grads_graph, dev
             est.append(lam + shift)
             n = float(torch.sqrt(_dot(av, av)))
             if not math.isfinite(n):
-                raise ValueError("the Hessian-vector product is not finite (non-finite weights or loss?)")
+                raise _NonFiniteCurvature("the Hessian-vector product is not finite (non-finite weights or loss?)")
             if n == 0.0:
                 converged = True
                 break
@@ -313,17 +331,8 @@ def stability_report(
         >>> round(r["sharpness_ratio"], 3), r["limit"], r["verdict"]
         (2.4, 2.0, 'beyond the stability limit')
     """
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    _check_one_setting(optimizer)
     groups = optimizer.param_groups
-    keys = [k for k in groups[0] if k != "params"]
-    for i, g in enumerate(groups[1:], start=1):
-        diff = [k for k in keys if k in g and not _same(g[k], groups[0][k])]
-        if diff:
-            raise ValueError(
-                f"stability_report needs one set of hyper-parameters; param group {i} differs from group 0 in "
-                f"{diff} (probe each group's parameters separately)"
-            )
     g0 = groups[0]
     lr = float(g0["lr"].item() if isinstance(g0["lr"], torch.Tensor) else g0["lr"])
     kind = _optimizer_kind(optimizer)
@@ -354,16 +363,7 @@ def stability_report(
         model, loss_fn, batches, iters=iters, tol=tol, seed=seed, preconditioner=precond, weight_decay=wd
     )
     ratio = lr * lam
-    if limit is None:
-        headroom, verdict = None, "no grounded limit"
-    else:
-        headroom = limit / ratio if ratio > 0 else math.inf
-        if headroom < 1:
-            verdict = "beyond the stability limit"
-        elif headroom < 1.25:
-            verdict = "at the edge"
-        else:
-            verdict = f"headroom {headroom:.2g}x"
+    headroom = None if limit is None else (limit / ratio if ratio > 0 else math.inf)
     return {
         "lr": lr,
         "optimizer": type(optimizer).__name__,
@@ -374,9 +374,51 @@ def stability_report(
         "limit": limit,
         "limit_rule": rule,
         "headroom": headroom,
-        "verdict": verdict,
+        "verdict": _headroom_verdict(headroom),
         "details": details,
     }
+
+
+def _headroom_verdict(headroom: float | None) -> str:
+    """The words :func:`stability_report` uses for a headroom (``limit / (lr * lambda)``).
+
+    Example:
+        >>> _headroom_verdict(0.8), _headroom_verdict(1.1), _headroom_verdict(3.14), _headroom_verdict(None)
+        ('beyond the stability limit', 'at the edge', 'headroom 3.1x', 'no grounded limit')
+    """
+    if headroom is None:
+        return "no grounded limit"
+    if headroom < 1:
+        return "beyond the stability limit"
+    if headroom < 1.25:
+        return "at the edge"
+    return f"headroom {headroom:.2g}x"
+
+
+def _check_one_setting(optimizer: torch.optim.Optimizer) -> None:
+    """Raise ``ValueError`` unless every param group of ``optimizer`` has the same LR and
+    hyper-parameters (the probe compares one LR with one curvature).
+
+    Example:
+        >>> import torch
+        >>> a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+        >>> _check_one_setting(torch.optim.SGD([a, b], lr=0.1))   # one group: fine
+        >>> _check_one_setting(torch.optim.SGD([{"params": [a]}, {"params": [b], "lr": 0.2}], lr=0.1))
+        Traceback (most recent call last):
+        ...
+        ValueError: stability_report needs one set of hyper-parameters; param group 1 differs from group 0 in ['lr'] (probe each group's parameters separately)
+    """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    groups = optimizer.param_groups
+    keys = [k for k in groups[0] if k != "params"]
+    for i, g in enumerate(groups[1:], start=1):
+        diff = [k for k in keys if k in g and not _same(g[k], groups[0][k])]
+        if diff:
+            raise ValueError(
+                f"stability_report needs one set of hyper-parameters; param group {i} differs from group 0 in "
+                f"{diff} (probe each group's parameters separately)"
+            )
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -416,17 +458,29 @@ def explain(diagnosis: Diagnosis, report: dict[str, Any]) -> str:
         The loss is diverging since step 10. Curvature probe: lr x lambda_max = 0.6 x 4 = 2.4, the
         stability limit is 2 (beyond the stability limit): the LR is too high for this curvature;
         an LR below 0.5 is stable here.
+
+    A state more than 10x beyond the limit has usually blown up already (its curvature grew with
+    its weights), so the text then says that the stable LR it computes is an underestimate.
     """
     lam, ratio, lr = report["lambda_max"], report["sharpness_ratio"], report["lr"]
     what = "preconditioned sharpness" if report.get("preconditioned") else "lambda_max"
-    head = f"{diagnosis.message} Curvature probe: lr x {what} = {lr:.3g} x {lam:.3g} = {ratio:.3g}"
+    msg = diagnosis.message.rstrip()
+    if msg and msg[-1] not in ".!?":
+        msg += "."
+    head = f"{msg} Curvature probe: lr x {what} = {lr:.3g} x {lam:.3g} = {ratio:.3g}"
     limit = report.get("limit")
     if limit is None:
         return head + f" ({report.get('limit_rule', 'no grounded limit')})."
     hr = report["headroom"]
     text = f"{head}, the stability limit is {limit:.3g} ({report['verdict']})"
     safe = lr * hr
-    if hr < 1:
+    if hr < 0.1:
+        tail = (
+            f": the LR is far too high for this curvature. Below {safe:.3g} is stable here, but this state has "
+            "likely blown up already and its curvature grown with its weights: measure again at a state "
+            "before the blow-up for the LR to use."
+        )
+    elif hr < 1:
         tail = f": the LR is too high for this curvature; an LR below {safe:.3g} is stable here."
     elif hr < 1.25:
         tail = (
@@ -442,3 +496,154 @@ def explain(diagnosis: Diagnosis, report: dict[str, Any]) -> str:
     else:
         tail = "."
     return text + tail
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    """``batch`` with its tensors moved to ``device`` (through tuples, lists and dicts)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a namedtuple
+        return type(batch)(*(_to_device(v, device) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def _check_batches(batches: Any, who: str) -> Any:
+    """A tuple of the batches of a list/tuple, or the re-iterable loader itself."""
+    if batches is None or isinstance(batches, (torch.Tensor, str, bytes)) or not isinstance(batches, Iterable):
+        got = "None" if batches is None else type(batches).__name__
+        raise ValueError(
+            f"{who}: batches must be a list of batches or a re-iterable data loader (e.g. a DataLoader), got {got}"
+        )
+    if isinstance(batches, Iterator):
+        raise ValueError(
+            f"{who}: batches must be a list of batches or a re-iterable data loader, got a one-shot iterator "
+            f"({type(batches).__name__}) that a second probe would find empty; pass a list, e.g. "
+            "list(itertools.islice(loader, 4))"
+        )
+    if isinstance(batches, (list, tuple)):
+        if not batches:
+            raise ValueError(f"{who}: batches must hold at least one batch, got an empty {type(batches).__name__}")
+        return tuple(batches)
+    return batches
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class StabilityProbe:
+    r"""How to run :func:`stability_report` during training: the batches and the loss.
+
+    Given to :class:`~lrkit.integrations.torch_doctor.TorchDoctor` as ``stability_probe=``; the
+    doctor then probes the curvature when its verdict turns ``diverging`` or ``fluctuating`` (and
+    after every rollback of its guard), optionally every ``every`` steps of a healthy run, and on
+    demand (:meth:`TorchDoctor.stability() <lrkit.integrations.torch_doctor.TorchDoctor.stability>`).
+
+    The loss of a batch, as in :class:`~lrkit.integrations.torch_trainer.TorchTrainer` (tensors
+    are moved to the device of the model's first parameter first):
+
+    * ``loss_fn(model(x), y)`` for an ``(x, y)`` pair, ``loss_fn(model(b["input"]), b["target"])``
+      for a dict ``b`` with those keys;
+    * ``step_fn(model, batch) -> scalar tensor`` for any other layout.
+
+    Args:
+        batches: the batches the Hessian is averaged over: a list or tuple of batches, or a
+            re-iterable loader (a ``DataLoader``), from which each probe draws a fresh iterator.
+            Held-out or training batches both work; a few (2-8) are enough.
+        loss_fn: ``loss_fn(output, target) -> scalar tensor``, e.g. ``F.cross_entropy``.
+        step_fn: ``step_fn(model, batch) -> scalar tensor``. Exactly one of ``loss_fn``, ``step_fn``.
+        every: also probe every this many steps while the verdict is ``healthy`` or ``flat``, to
+            report the headroom of a good run; an int >= 1, or ``None`` (default: only on problems).
+        num_batches: batches per probe, an int >= 1; default ``None``: all of a list or tuple,
+            the first 4 of a loader.
+        iters, tol, seed: power iterations, their tolerance and seed (see :func:`stability_report`).
+
+    Each probe costs ``iters`` Hessian-vector products per batch (one double-backward pass each),
+    about ``2 * iters * num_batches`` training steps' worth of compute, and one copy of the
+    training state (see :class:`~lrkit.integrations.torch_doctor.TorchDoctor`).
+
+    Example:
+        >>> import torch
+        >>> X = torch.tensor([[1.0, 0.0], [0.0, 2.0]]); y = torch.zeros(2, 1)
+        >>> probe = StabilityProbe([(X, y)], loss_fn=torch.nn.functional.mse_loss)
+        >>> model = torch.nn.Linear(2, 1, bias=False)
+        >>> probe.batch_loss(model, probe.select()[0]).shape   # mse_loss(model(X), y)
+        torch.Size([])
+        >>> StabilityProbe(None, loss_fn=torch.nn.functional.mse_loss)
+        Traceback (most recent call last):
+        ...
+        ValueError: StabilityProbe: batches must be a list of batches or a re-iterable data loader (e.g. a DataLoader), got None
+    """
+
+    batches: Any = dataclasses.field(repr=False)
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None
+    step_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None
+    every: int | None = None
+    num_batches: int | None = None
+    iters: int = 20
+    tol: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        who = "StabilityProbe"
+        object.__setattr__(self, "batches", _check_batches(self.batches, who))
+        if (self.loss_fn is None) == (self.step_fn is None):
+            raise ValueError(
+                f"{who}: pass exactly one of loss_fn (loss_fn(model(x), y) for (x, y) batches) and step_fn "
+                f"(step_fn(model, batch) -> loss), got {'both' if self.loss_fn is not None else 'neither'}"
+            )
+        fn_name = "loss_fn" if self.loss_fn is not None else "step_fn"
+        if not callable(getattr(self, fn_name)):
+            raise ValueError(f"{who}: {fn_name} must be callable, got {type(getattr(self, fn_name)).__name__}")
+        for name in ("every", "num_batches"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{who}: {name} must be an int >= 1 or None, got {v!r}")
+        if isinstance(self.iters, bool) or not isinstance(self.iters, int) or self.iters < 1:
+            raise ValueError(f"{who}: iters must be an int >= 1, got {self.iters!r}")
+        if isinstance(self.tol, bool) or not isinstance(self.tol, (int, float)) or not (math.isfinite(self.tol) and self.tol > 0):
+            raise ValueError(f"{who}: tol must be a finite number > 0, got {self.tol!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"{who}: seed must be an int, got {self.seed!r}")
+
+    def select(self, batches: Any = None) -> list[Any]:
+        """The batches of one probe: ``batches`` (default: this probe's), all of a list or tuple
+        or the first ``num_batches`` (default 4) of a fresh iterator over a loader."""
+        src = self.batches if batches is None else _check_batches(batches, "StabilityProbe.select")
+        if isinstance(src, tuple):
+            return list(src if self.num_batches is None else src[: self.num_batches])
+        out = list(itertools.islice(src, 4 if self.num_batches is None else self.num_batches))
+        if not out:
+            raise ValueError(f"StabilityProbe: the loader of the probe ({type(src).__name__}) yielded no batch")
+        return out
+
+    def batch_loss(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
+        """The loss of one batch (see the class docstring); the ``loss_fn(model, batch)`` of
+        :func:`stability_report`."""
+        device = next((p.device for p in model.parameters()), None)
+        if device is not None:
+            batch = _to_device(batch, device)
+        if self.step_fn is not None:
+            return self.step_fn(model, batch)
+        if isinstance(batch, dict) and "input" in batch and "target" in batch:
+            return self.loss_fn(model(batch["input"]), batch["target"])
+        if isinstance(batch, (list, tuple)) and len(batch) == 2:
+            return self.loss_fn(model(batch[0]), batch[1])
+        shape = f"a {type(batch).__name__} of length {len(batch)}" if isinstance(batch, (list, tuple)) else type(batch).__name__
+        hint = " (one (x, y) batch goes in a list: batches=[(x, y)])" if isinstance(batch, torch.Tensor) else ""
+        raise ValueError(
+            f"StabilityProbe: with loss_fn, batches must be (input, target) pairs or dicts with 'input' and "
+            f"'target', got {shape}{hint}; pass step_fn(model, batch) -> loss for other layouts"
+        )
+
+    def report(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Any = None) -> dict[str, Any]:
+        """:func:`stability_report` of ``model`` at ``optimizer``'s current LR on :meth:`select`'s batches.
+
+        Like :func:`stability_report` it leaves the model, the optimizer and the torch RNG as they
+        were, but not the RNG a shuffling loader draws from when iterated, nor anything ``step_fn``
+        changes: :class:`~lrkit.integrations.torch_doctor.TorchDoctor` snapshots all of that around it.
+        """
+        return stability_report(
+            model, optimizer, self.batch_loss, self.select(batches), iters=self.iters, tol=self.tol, seed=self.seed
+        )
