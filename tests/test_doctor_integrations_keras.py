@@ -134,3 +134,88 @@ def test_bad_arguments():
         LRDoctorCallback(guard="yes")
     with pytest.raises(ValueError, match="lr_factor must be a number in"):
         LRDoctorCallback(guard=True, lr_factor=2.0)
+
+
+# ---------------------------------------------------------------- the guard on lrkit's Keras export
+from lrkit import schedules as S  # noqa: E402
+from lrkit.integrations.keras_schedule import LRKitSchedule, to_keras  # noqa: E402
+
+BATCHES = 8  # 256 samples, batch size 32
+
+
+def test_guard_lowers_an_lrkit_schedule_and_the_run_recovers(caplog):
+    sched = S.warmup(S.cosine(0.8, 110), 10)  # peaks at 0.8: blows up this task (see above)
+    clean = fit(make(S.warmup(S.cosine(0.03, 110), 10).to_keras()), epochs=15)
+    lost = fit(make(sched.to_keras()), epochs=15)
+    assert not math.isfinite(lost)
+    cb = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=10, lr_factor=0.1)
+    model = make(sched.to_keras())
+    with caplog.at_level(logging.WARNING, logger="lrkit.guard"):
+        val = fit(model, cb, epochs=15)
+    assert 1 <= len(cb.interventions) <= 3 and cb.lr_multiplier <= 0.1
+    assert math.isfinite(val) and val < 2 * clean, (val, clean)
+    lr = LRKitSchedule.of(model.optimizer)
+    assert lr.multiplier == cb.lr_multiplier  # the guard scaled the schedule itself
+    # the clock was not rewound: the schedule kept its place, and every later step ran at m * s(k)
+    assert int(model.optimizer.iterations) == 15 * BATCHES
+
+    def m_at(k):  # the guard's multiplier in force at step k (set before the step after a rollback)
+        return ([1.0] + [i.new_multiplier for i in cb.interventions if i.step < k])[-1]
+
+    steps = [k for k, _, _ in cb.history]
+    np.testing.assert_allclose([used for _, _, used in cb.history], [m_at(k) * sched(k) for k in steps],
+                               rtol=1e-6, atol=1e-12)
+    assert any("lrkit guard" in r.getMessage() for r in caplog.records)
+
+
+def test_guard_with_a_plateau_schedule_and_an_injected_nan():
+    # warmup, then cosine, scaled down on plateaus of the training loss -- and guarded
+    rop = S.reduce_on_plateau(S.warmup(S.cosine(0.03, 110), 10), patience=1, factor=0.5, min_lr=1e-3)
+    lr = to_keras(rop, monitor="loss")
+
+    class Poison(keras.callbacks.Callback):  # NaN weights after the update of step 20
+        done = False
+
+        def on_train_batch_end(self, batch, logs=None):
+            if int(self.model.optimizer.iterations) == 21 and not self.done:
+                self.done = True
+                self.model.set_weights([np.full_like(w, np.nan) for w in self.model.get_weights()])
+
+    cb = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=5)
+    model = make(lr)
+    X, y = data()
+    hist = model.fit(X, y, batch_size=32, epochs=10, verbose=0, shuffle=False, callbacks=[Poison(), cb, lr.callback])
+    assert [(i.verdict, i.step, i.restored_to) for i in cb.interventions] == [("nan", 21, 20)]
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+    losses = hist.history["loss"]
+    assert math.isfinite(losses[-1]) and losses[-1] < 0.2 * losses[0], losses
+    # both factors compose: the plateau was fed every epoch (and reduced), the guard's m stays
+    state = lr.plateau_state
+    assert state.last_epoch == 10 and state.scale < 1.0
+    assert lr.multiplier == cb.lr_multiplier == pytest.approx(0.1)
+    k = int(model.optimizer.iterations)
+    assert k == 10 * BATCHES  # not rewound by the rollback
+    got = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    assert got == pytest.approx(cb.lr_multiplier * rop.lr(k, state), rel=1e-6)
+    used = {step: lr_used for step, _, lr_used in cb.history}
+    assert used[22] == pytest.approx(0.1 * used[21] * rop.schedule(22) / rop.schedule(21), rel=1e-5)
+
+
+def test_guard_refuses_a_foreign_schedule_and_names_lrkit_export():
+    model = make(0.01)
+    model.compile(optimizer=keras.optimizers.SGD(keras.optimizers.schedules.CosineDecay(0.01, 100)), loss="mse")
+    hint = r"\(CosineDecay\).*lrkit.schedules.cosine\(base_lr, total_steps\).to_keras\(\)"
+    with pytest.raises(ValueError, match=hint):
+        fit(model, LRDoctorCallback(guard=True), epochs=1)
+
+
+@pytest.mark.parametrize("kind", ["float", "lrkit"])
+def test_a_second_fit_applies_the_guards_multiplier_once(kind):
+    sched = S.cosine(0.8, 1000)
+    cb = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=10)
+    model = make(0.8 if kind == "float" else sched.to_keras())
+    fit(model, cb, epochs=5)
+    assert len(cb.interventions) == 1 and cb.lr_multiplier == pytest.approx(0.1)
+    fit(model, cb, epochs=1)  # the same run goes on: still 0.1 x the LR, not 0.01 x
+    k, _, used = cb.history[-1]
+    assert used == pytest.approx(0.1 * (0.8 if kind == "float" else sched(k)), rel=1e-6)

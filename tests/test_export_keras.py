@@ -166,8 +166,9 @@ def test_jax_backend_in_a_subprocess():
 def test_errors():
     with pytest.raises(ValueError, match="method must be one of"):
         to_keras(SCHEDULES["cosine"], method="exact")
-    with pytest.raises(ValueError, match="ReduceOnPlateau reacts to metrics"):
-        to_keras(S.reduce_on_plateau(0.1))
+    with pytest.raises(ValueError, match="monitor='loss' is only used with a ReduceOnPlateau"):
+        to_keras(SCHEDULES["cosine"], monitor="loss")
+    assert to_keras(S.reduce_on_plateau(0.1)).callback is not None  # see test_keras_plateau.py
     with pytest.raises(ValueError, match="unknown schedule 'cosinus'"):
         LRKitSchedule.from_config({"schedule": {"name": "cosinus", "params": {}},
                                    "method": "auto", "table_steps": None})

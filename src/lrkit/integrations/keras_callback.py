@@ -12,16 +12,28 @@ recovers the batch's own loss exactly:
 
 The user's ``logs`` dict is never modified.
 
+Each observation's ``lr`` is the LR the optimizer uses for that batch (read before it).
+
 With ``guard=True`` a :class:`~lrkit.doctor.guard.Guard` snapshots ``model.get_weights()`` and
 every optimizer variable (moments, the iteration counter) as NumPy copies, and on ``nan`` /
-``diverging`` writes them back and multiplies the LR by ``lr_factor``:
+``diverging`` writes them back and multiplies the LR by ``lr_factor``. What "the LR" is depends
+on the optimizer's ``learning_rate``:
 
-* The LR must be a float (a ``keras.Variable``): Keras refuses to assign an optimizer whose LR is
-  a ``LearningRateSchedule``, so ``guard=True`` with a schedule raises ``ValueError`` in
-  ``on_train_begin`` (watching a scheduled run, ``guard=False``, works). To guard a scheduled run,
-  set the LR per epoch with ``keras.callbacks.LearningRateScheduler``: before each batch the
-  callback notices an LR set by someone else, takes it as the new base and applies its
-  multiplier :math:`m` to it (the LR in force is :math:`m \cdot \text{base}`).
+* **A float** (a ``keras.Variable``): the callback assigns :math:`m \cdot \text{base}`, where
+  :math:`m` is the guard's multiplier. Before each batch it notices an LR set by someone else
+  (e.g. ``keras.callbacks.LearningRateScheduler``) and takes it as the new base.
+* **An lrkit export** (``lrkit.schedules.cosine(...).to_keras()``, plateau included): Keras
+  refuses to assign an optimizer whose LR is a ``LearningRateSchedule``, so the callback scales
+  the schedule instead, through its
+  :meth:`~lrkit.integrations.keras_schedule.LRKitSchedule.set_multiplier`: the LR in force is
+  :math:`m \cdot b \cdot \text{lr}(k)`, with :math:`b` the schedule's multiplier when training
+  began (normally 1). A rollback does not rewind the optimizer's ``iterations`` (the schedule's
+  clock, like the guard's: time goes on) nor the multiplier (the LR after a rollback is the
+  lowered one) nor a plateau's state (fed by epoch-end metrics that really were observed);
+  weights and the other optimizer variables go back.
+* **Any other ``LearningRateSchedule``** (e.g. ``keras.optimizers.schedules.CosineDecay``) or a
+  callable cannot be lowered: ``guard=True`` raises ``ValueError`` in ``on_train_begin`` naming
+  lrkit's export as the fix (watching it, ``guard=False``, works).
 * After a rollback the loss tracker is reset (``reset_state()``; a NaN would otherwise stay in
   the epoch's running mean forever), so that epoch's reported ``loss`` covers only the batches
   after the rollback. Other compiled metrics are left alone.
@@ -32,6 +44,11 @@ every optimizer variable (moments, the iteration counter) as NumPy copies, and o
 Example::
 
     model.fit(x, y, callbacks=[LRDoctorCallback(guard=True, snapshot_every=50)])
+
+    # a scheduled run: warmup then cosine, guarded (the guard scales lrkit's export)
+    lr = lrkit.schedules.warmup(lrkit.schedules.cosine(0.1, 900), 100).to_keras()
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=lr), loss="mse")
+    model.fit(x, y, callbacks=[LRDoctorCallback(guard=True)])
 """
 from __future__ import annotations
 
@@ -44,6 +61,7 @@ import numpy as np
 
 from lrkit.doctor.core import Diagnosis, Doctor
 from lrkit.doctor.guard import Guard, GuardedWatch, Intervention
+from lrkit.integrations.keras_schedule import LRKitSchedule, _learning_rate_of
 
 __all__ = ["LRDoctorCallback"]
 
@@ -62,9 +80,12 @@ class _State:
         model = self.cb.model
         weights, opt = state
         model.set_weights(weights)
+        scheduled = self.cb._schedule is not None
         for v, saved in zip(model.optimizer.variables, opt):
             if v.path.endswith("learning_rate"):
                 continue  # the LR is set by the callback (the clock is not rewound)
+            if scheduled and v.path.endswith("iteration"):
+                continue  # the schedule's clock: time goes on, as the guard's
             v.assign(saved)
 
 
@@ -114,6 +135,9 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
         self._prev = (0.0, 0.0)
         self._base_lr: float | None = None
         self._last_set: float | None = None
+        self._schedule: LRKitSchedule | None = None  # the guarded lrkit export, if any
+        self._rate: Any = None  # the optimizer's LR object the base was taken from
+        self._lr_used = math.nan
 
     # ------------------------------------------------------------------ helpers
     def _current_lr(self) -> float:
@@ -139,18 +163,31 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
 
     # ------------------------------------------------------------------ Keras hooks
     def on_train_begin(self, logs: dict | None = None) -> None:
-        opt = self.model.optimizer
         if self.guard is not None:
-            lr_cfg = opt.get_config().get("learning_rate")
-            if isinstance(lr_cfg, dict):  # a serialised LearningRateSchedule
+            rate = _learning_rate_of(self.model.optimizer)
+            self._schedule = rate if isinstance(rate, LRKitSchedule) else None
+            if self._schedule is not None:
+                cur = self._schedule.multiplier  # the base of the schedule's multiplier
+            elif isinstance(rate, keras.Variable):
+                cur = self._current_lr()
+            else:
+                kind = ("a LearningRateSchedule" if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule)
+                        else "a callable")
                 raise ValueError(
-                    "LRDoctorCallback(guard=True): the optimizer's learning_rate is a LearningRateSchedule, "
-                    f"which Keras does not let anyone assign ({lr_cfg.get('class_name', 'schedule')}); pass a float "
-                    "learning_rate (with keras.callbacks.LearningRateScheduler for a per-epoch schedule), or use "
-                    "guard=False to only watch"
+                    f"LRDoctorCallback(guard=True): the optimizer's learning_rate is {kind} "
+                    f"({type(rate).__name__}), which Keras does not let anyone assign, so the guard cannot lower "
+                    "it; export the schedule from lrkit instead, e.g. "
+                    "lrkit.schedules.cosine(base_lr, total_steps).to_keras() or "
+                    "lrkit.integrations.keras_schedule.to_keras(schedule) (the guard scales it), pass a float "
+                    "learning_rate, or use guard=False to only watch"
                 )
-            self._base_lr = self._current_lr()
-            self._last_set = self._base_lr
+            # a new base, unless this is another fit() of the same run whose LR still holds what
+            # this callback set (else the multiplier would be applied twice)
+            if rate is not self._rate or self._last_set is None or not math.isclose(
+                    cur, self._last_set, rel_tol=1e-6, abs_tol=0.0):
+                self._base_lr = cur
+            self._rate = rate
+            self._last_set = cur
             self.guard.start()
         self._loss_vars()
 
@@ -158,15 +195,23 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
         self._prev = (0.0, 0.0)  # fit() resets the trackers at each epoch
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
-        if self.guard is None:
-            return
-        cur = self._current_lr()
-        if self._last_set is None or not math.isclose(cur, self._last_set, rel_tol=1e-6, abs_tol=0.0):
-            self._base_lr = cur  # someone else (an LR scheduler callback) set it: a new base
-        want = self._base_lr * self.guard.lr_multiplier
-        if not math.isclose(cur, want, rel_tol=1e-7, abs_tol=0.0):
-            self.model.optimizer.learning_rate = want
-        self._last_set = self._current_lr()
+        if self.guard is not None and self._schedule is not None:
+            sched = self._schedule
+            if sched.multiplier != self._last_set:
+                self._base_lr = sched.multiplier  # someone else set it: a new base
+            want = self._base_lr * self.guard.lr_multiplier
+            if sched.multiplier != want:
+                sched.set_multiplier(want)
+            self._last_set = want
+        elif self.guard is not None:
+            cur = self._current_lr()
+            if self._last_set is None or not math.isclose(cur, self._last_set, rel_tol=1e-6, abs_tol=0.0):
+                self._base_lr = cur  # someone else (an LR scheduler callback) set it: a new base
+            want = self._base_lr * self.guard.lr_multiplier
+            if not math.isclose(cur, want, rel_tol=1e-7, abs_tol=0.0):
+                self.model.optimizer.learning_rate = want
+            self._last_set = self._current_lr()
+        self._lr_used = self._current_lr()  # before the step: a schedule moves with iterations
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         total_v, count_v = self._loss_vars()
@@ -177,7 +222,7 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
         if dc <= 0:
             return  # no new batch in the tracker
         loss = dt / dc if math.isfinite(total) else math.nan
-        lr = self._current_lr()
+        lr = self._lr_used
         step = self._step
         self._step += 1
         self.history.append((step, loss, lr))
