@@ -61,11 +61,19 @@ def test_keras_optimizers_are_recognised():
     assert optimizer_family(keras.optimizers.SGD(0.1)) == "sgd"
     assert optimizer_family(keras.optimizers.AdamW()) == "adamw"
     assert optimizer_family(keras.optimizers.RMSprop()) == "rmsprop"
+    if hasattr(keras.optimizers, "ScheduleFreeAdamW"):  # Keras >= 3.12
+        sf = keras.optimizers.ScheduleFreeAdamW()
+        assert optimizer_family(sf) == "adamw"
+        lo, hi = lr_range(sf)
+        assert lo < float(sf.learning_rate) < hi  # Keras' own default lies in the family's range
 
 
 def test_family_names_and_class_names():
     assert optimizer_family("Adam") == "adam"
     assert optimizer_family("DAdaptAdam") == "lr_free"
+    # Schedule-Free removes the schedule, not the LR: AdamW's scale for AdamW; SGD's wants ~1.0
+    assert optimizer_family("AdamWScheduleFree") == "adamw"
+    assert optimizer_family("SGDScheduleFree") == "lr_free" and default_lr("SGDScheduleFree") == 1.0
     assert optimizer_family("something-else") == "unknown"
     with pytest.raises(ValueError, match="optimizer"):
         optimizer_family(None)

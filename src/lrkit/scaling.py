@@ -22,9 +22,14 @@ adadelta      1.0         1e-3 .. 100           Zeiler, "ADADELTA" (2012): no LR
 lion          1e-4        1e-8 .. 0.1           Chen et al., "Symbolic Discovery..." (2023): 3-10x
                                                 smaller than AdamW
 lr_free       1.0         1e-3 .. 100           Prodigy (Mishchenko & Defazio 2023), D-Adaptation
-                                                (Defazio & Mishchenko 2023), Schedule-Free
-                                                (Defazio et al. 2024): lr is a multiplier, 1.0
+                                                (Defazio & Mishchenko 2023): lr is a multiplier, 1.0
 ============  ==========  ====================  ==================================================
+
+Schedule-Free optimizers (Defazio et al., "The Road Less Scheduled", 2024) remove the schedule, not
+the learning rate: Schedule-Free AdamW (``AdamWScheduleFree``, Keras' ``ScheduleFreeAdamW``) is in
+the ``adamw`` family (its reference default, 2.5e-3, lies in that range); Schedule-Free SGD, whose
+reference default is 1.0 and which wants LRs far above plain SGD's, is grouped with ``lr_free`` for
+its default and range (1.0, 1e-3 .. 100).
 
 Batch-size scaling. When the batch size changes from :math:`B_0` to :math:`B_1`:
 
@@ -114,7 +119,9 @@ _CLASS_NAMES = {
     "adamax": "adam",
     "sparseadam": "adam",
     "adamw": "adamw",
-    "adamwschedulefree": "lr_free",
+    "adamwschedulefree": "adamw",
+    "radamschedulefree": "adamw",
+    "schedulefreeadamw": "adamw",
     "sgdschedulefree": "lr_free",
     "rmsprop": "rmsprop",
     "adagrad": "adagrad",
