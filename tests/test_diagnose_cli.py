@@ -77,3 +77,22 @@ def test_bad_input_is_one_line_on_stderr_and_exit_2(logs, args, expected):
     assert len(lines) == 1 and lines[0].startswith("lrkit: error: ")
     assert expected in lines[0]
     assert "Traceback" not in r.stderr
+
+
+def test_json_on_a_csv_whose_accuracy_swings_says_fluctuating(tmp_path):
+    # a smooth training loss; the validation accuracy jumps between 0.35 and 0.92 every epoch
+    p = tmp_path / "swing.csv"
+    rows = ["epoch,loss,accuracy,val_accuracy,lr"]
+    for e in range(20):
+        rows.append(f"{e},{2.3 * 0.85 ** e + 0.05:.5f},{0.5 + 0.4 * (1 - 0.85 ** e):.4f},{[0.35, 0.92][e % 2]},0.03")
+    p.write_text("\n".join(rows) + "\n")
+    r = lrkit("diagnose", p, "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["verdict"] == "fluctuating"
+    assert out["step"] == 2 and out["detected_at"] == 5
+    assert "oscillating_metric:val_accuracy" in out["evidence"] and "'val_accuracy'" in out["message"]
+    assert out["evidence"]["metric_amplitude"] > 0.5 and out["evidence"]["metric_best_gain"] <= 0
+    assert out["advice"][0] == "lower the LR about 3x, from 0.03 to 0.01"
+    r = lrkit("diagnose", p, "--fail-on-problem")
+    assert r.returncode == 1 and "FLUCTUATING" in r.stdout

@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
-from lrkit.doctor import Doctor, overall  # noqa: E402
+from lrkit.doctor import Doctor, diagnose, overall  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -118,3 +118,58 @@ def test_nan_injected_at_a_known_step_is_reported_at_that_step():
     assert doc.history[0].verdict == "nan"
     assert doc.history[0].step == k and doc.history[0].detected_at == k
     assert d.verdict == "nan"
+
+
+def train_epochs(task, opt, lr, *, seed=0, epochs=40, steps_per_epoch=20, batch=32):
+    """Train on 3/4 of the data, evaluate on the held-out 1/4 after every epoch; return the
+    epoch log (mean training loss, LR, val_loss and, for classifiers, val_accuracy)."""
+    X, y, make, loss_fn = _task(task)
+    perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(123))
+    nv = len(X) // 4
+    Xv, yv, Xt, yt = X[perm[:nv]], y[perm[:nv]], X[perm[nv:]], y[perm[nv:]]
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = make()
+    optim = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}[opt](model.parameters(), lr=lr)
+    rows = []
+    for epoch in range(epochs):
+        losses = []
+        for _ in range(steps_per_epoch):
+            idx = torch.randint(0, len(Xt), (batch,), generator=gen)
+            optim.zero_grad()
+            loss = loss_fn(model(Xt[idx]), yt[idx])
+            loss.backward()
+            optim.step()
+            losses.append(loss.item())
+        with torch.no_grad():
+            out = model(Xv)
+            row = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": lr, "val_loss": loss_fn(out, yv).item()}
+            if task == "digits":
+                row["val_accuracy"] = (out.argmax(1) == yv).float().mean().item()
+            elif task == "cancer":
+                row["val_accuracy"] = ((out > 0).float() == yv).float().mean().item()
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize("task, opt, lr", [("digits", "sgd", 0.1), ("digits", "adam", 1e-3), ("digits", "rmsprop", 3e-3), ("cancer", "rmsprop", 1e-3), ("diabetes", "sgd", 0.1)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_good_lr_with_validation_metrics_is_healthy(task, opt, lr, seed):
+    rows = train_epochs(task, opt, lr, seed=seed)
+    assert rows[-1]["loss"] < 0.8 * rows[0]["loss"]  # it really trained (diabetes then overfits)
+    d = diagnose(rows)
+    assert d.ok, d
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rmsprop_lr_too_high_shows_in_the_validation_loss_only(seed):
+    # RMSprop at 0.1 on the digits MLP: the epoch-mean training loss keeps falling, but the
+    # held-out loss jumps up and down by ~1.5x between epochs without progress
+    rows = train_epochs("digits", "rmsprop", 0.1, seed=seed)
+    loss_only = [{k: r[k] for k in ("epoch", "loss", "lr")} for r in rows]
+    assert diagnose(loss_only).ok
+    d = diagnose(rows)
+    assert d.verdict == "fluctuating" and "oscillating_metric:val_loss" in d.evidence
+    assert d.advice[0] == "lower the LR about 3x, from 0.1 to 0.0333"
+    vl = np.array([r["val_loss"] for r in rows])
+    assert np.median(np.abs(np.diff(np.log(vl[d.step:])))) > 0.2  # it really swings from the onset on

@@ -11,7 +11,9 @@ and returns a :class:`Diagnosis` after each one. Verdicts, most severe first:
     the loss level has risen well above its best, the gradient norm exploded, the loss blew up
     in the first steps, or it is stuck after an unstable start (dead units).
 ``fluctuating``
-    the loss keeps jumping far above its best and coming back, without net progress.
+    the loss keeps jumping far above its best and coming back, without net progress; or a
+    validation loss or a metric (accuracy, ...) swings up and down between evaluations
+    without progress.
 ``flat``
     after a long stretch, the loss has not really started to decrease (LR too low).
 ``healthy``
@@ -88,14 +90,65 @@ noise more than 3x) without progress is reported as ``diverging`` instead: units
 saturated, the LR was too high, and raising it would be the wrong advice. Onset of flat: the
 first step observed.
 
+**Fluctuating metrics** (the validation loss and every metric passed to :meth:`Doctor.observe`).
+Metrics are usually evaluated rarely (once per epoch), so each is judged on its own window of
+its last ``M`` = ``metric_window`` evaluations, from 6 evaluations on. A metric logged on many
+steps (e.g. a per-step training accuracy) is first reduced to one median per ``check_every``
+losses, so that minibatch noise does not read as oscillation. Direction, from the name
+(lower-case): names containing ``loss``, ``error``, ``perplexity``, ``mse`` or ``mae`` are
+lower-is-better, all others higher-is-better; ``metric_modes={"name": "max"/"min"/"ignore"}``
+overrides the rule. Names that describe the run rather than its quality (a word such as
+``time``, ``runtime``, ``epoch``, ``step``, ``lr``, ``learning``, ``momentum``, ``scale``,
+``norm``, ``grad``, ``batch``, ``samples``, ``tokens``, ``memory``, ``per``/``second``,
+``flos``) are not judged unless named in ``metric_modes``. Scale: a metric whose values all lie
+in ``[0, 1]`` (accuracy, an error rate, but not a loss, perplexity, MSE or MAE) is a
+*fraction*, in its own units; a positive metric is taken on a log scale (a swing is a factor);
+a metric with negative values has no natural scale and is only judged when named in
+``metric_modes``, relative to its median magnitude. With
+:math:`z_1..z_n` the window in those units, oriented so that larger is better (:math:`z = v`,
+:math:`-v`, :math:`\log v` or :math:`-\log v`):
+
+.. math::
+
+    A = \operatorname{median}_{1<i<n} \big|z_i - \tfrac12(z_{i-1} + z_{i+1})\big|
+    \quad\text{(swing: how far an evaluation sits from its neighbours' midpoint)}
+
+    P = \operatorname{median}(z_{n-k+1..n}) - \operatorname{median}(z_{1..k}),\ k = \max(2, \lfloor n/3 \rfloor)
+    \quad\text{(net progress)},\qquad Q = \frac{\sum_i |z_{i+1} - z_i|}{\max(|P|,\ A/100)}
+
+    G = \max(z_{h+1..n}) - \max\big(z^*, \max(z_{1..h})\big),\ h = \lfloor n/2 \rfloor
+    \quad\text{(gain of the best; } z^* \text{ the best before the window)}
+
+A metric is **fluctuating** when :math:`A \ge a` (:math:`a` = ``metric_swing`` for a fraction,
+:math:`\log(1 + \text{metric\_rel\_swing})` on the log scale, ``metric_rel_swing`` relative),
+:math:`A` is at least 4 noise standard deviations of a block median when a dense metric gives
+one, the moves of at least :math:`\max(A/2, a)` reverse direction at least twice and at
+least every other time (up-down-up, not a single dip), :math:`Q \ge 3` (the path is three
+times longer than the way made) and :math:`G \le A/4` (the best did not improve). A straight
+line has :math:`A = 0`, a smooth rise a small :math:`A` and :math:`Q \approx 1`, a noisy
+plateau a small :math:`A`. Onset: the first evaluation of the window that fell back by such a
+move. Evidence: ``metric_amplitude`` (:math:`A`), ``metric_amplitude_threshold``,
+``metric_net_progress`` (:math:`P`), ``metric_oscillation_ratio`` (:math:`Q`),
+``metric_reversals``, ``metric_best_gain`` (:math:`G`), ``metric_observations``,
+``metric_median`` and ``metric_best`` (in the metric's own units), ``metric_higher_is_better``
+(1 or 0) and ``metric_scale`` (0 fraction, 1 log, 2 relative) for the metric reported, and
+``oscillating_metric:<name>`` = :math:`A / a` for every fluctuating metric (the metric reported
+first has the largest).
+
+**Precedence.** ``nan`` > ``diverging`` > ``fluctuating`` of the training loss > ``fluctuating``
+of a metric > ``flat`` > ``healthy``. A metric that swings widely outranks a flat training loss:
+an LR too low barely moves the weights, so it cannot make a validation metric jump between
+evaluations; the swings point to an LR too high (or to a metric computed on too few samples,
+whose noise is above ``metric_swing``: raise it, or ignore the metric in ``metric_modes``).
+
 **Early blow-up**: during the first window, two of three consecutive losses above
 :math:`\max(\rho^2, e^{6\sigma_0})\,\operatorname{median}(\ell_{1..s})` (:math:`\sigma_0` the noise
 of the first window so far) is reported as ``diverging`` at that step, even if the loss comes
 back: the LR is too high for the start of training (lower it, or add warmup).
 
-Cost: ring buffers of length ``W``; a step costs a median of ``s`` numbers, and every
-``check_every`` steps a few NumPy passes over ``W`` numbers: O(1) per step, independent of the
-run's length.
+Cost: ring buffers of length ``W`` (and ``M`` per metric); a step costs a median of ``s``
+numbers, and every ``check_every`` steps a few NumPy passes over ``W`` numbers (and ``M`` per
+metric that got a value): O(1) per step, independent of the run's length.
 
 Example:
     >>> doc = Doctor(window=20)
@@ -110,6 +163,7 @@ Example:
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
@@ -247,6 +301,161 @@ def _median(xs: list[float]) -> float:
     return xs[h] if n % 2 else 0.5 * (xs[h - 1] + xs[h])
 
 
+# ---------------------------------------------------------------------------- metrics
+_LOWER_IS_BETTER = ("loss", "error", "perplexity", "mse", "mae")
+_UNBOUNDED = ("loss", "perplexity", "mse", "mae")  # never read as a fraction, even when <= 1
+# words (split at non-alphanumerics) that name bookkeeping, not quality: not judged by default
+_BOOKKEEPING = frozenset(
+    "time runtime timestamp epoch epochs step steps lr learning momentum beta1 beta2 scale flos "
+    "memory mem throughput tokens samples batch size norm grad count second seconds sec per gpu cpu".split()
+)
+_METRIC_MIN_OBS = 6  # evaluations a metric needs before it can be called fluctuating
+_METRIC_RATIO = 3.0  # path length over net progress (Q) that counts as going nowhere
+_METRIC_NOISE_Z = 4.0  # the swing must exceed this many block-median noise sds (dense metrics)
+
+
+def _metric_mode(name: str, modes: Mapping[str, str]) -> str:
+    """``"max"``, ``"min"`` or ``"ignore"`` for metric ``name`` (see :class:`Doctor`)."""
+    if name in modes:
+        return modes[name]
+    low = name.lower()
+    words = set(re.split(r"[^a-z0-9]+", low))
+    if words & _BOOKKEEPING:
+        return "ignore"
+    return "min" if any(w in low for w in _LOWER_IS_BETTER) else "max"
+
+
+def _metric_oscillation(
+    values: np.ndarray,
+    *,
+    mode: str,
+    name: str = "",
+    swing: float = 0.1,
+    rel_swing: float = 0.3,
+    best_before: float | None = None,
+    block_noise: float | None = None,
+    judge_signed: bool = False,
+) -> dict[str, float] | None:
+    r"""Is this window of metric values oscillating without progress? (see *Fluctuating metrics*)
+
+    Args:
+        values: the window, oldest first (at least 3 values; the Doctor waits for 6).
+        mode: ``"max"`` (higher is better) or ``"min"``.
+        name: the metric's name (a loss, perplexity, MSE or MAE is never a fraction).
+        swing: the smallest swing :math:`A` of a fraction (absolute units).
+        rel_swing: the smallest relative swing of any other metric.
+        best_before: the best raw value before the window, if any.
+        block_noise: the noise sd of one window value in raw units, if known (dense metrics).
+        judge_signed: judge a metric with negative values (relative to its median magnitude).
+
+    Returns:
+        ``None`` when not fluctuating, else the evidence: ``scale`` (0: a fraction, in its own
+        units; 1: log scale; 2: relative to the median magnitude), ``amplitude`` (:math:`A`, on
+        that scale), ``threshold``, ``net_progress`` (:math:`P`), ``ratio`` (:math:`Q`),
+        ``reversals``, ``best_gain`` (:math:`G`) and ``onset_index`` (the first value that fell
+        back by ``max(A/2, threshold)`` or more).
+
+    Example:
+        >>> ev = _metric_oscillation(np.array([0.2, 0.9] * 4), mode="max")
+        >>> round(ev["amplitude"], 3), ev["onset_index"]
+        (0.7, 2.0)
+        >>> _metric_oscillation(np.array([0.5, 0.7, 0.8, 0.86, 0.9, 0.91, 0.93, 0.92]), mode="max") is None
+        True
+    """
+    v = np.asarray(values, dtype=float)
+    n = len(v)
+    if n < 3 or not np.all(np.isfinite(v)):
+        return None
+    low = name.lower()
+    sign = 1.0 if mode == "max" else -1.0
+    if np.all((v >= 0) & (v <= 1)) and not any(w in low for w in _UNBOUNDED):
+        kind, z, thr = 0.0, sign * v, swing
+        to_z = lambda x: sign * x  # noqa: E731
+        noise = block_noise
+    elif np.all(v > 0):
+        kind, z, thr = 1.0, sign * np.log(v), math.log1p(rel_swing)
+        to_z = lambda x: sign * math.log(x) if x > 0 else -math.inf * sign  # noqa: E731
+        noise = None if block_noise is None else block_noise / float(np.median(v))
+    elif np.all(v >= 0) or judge_signed:
+        scale = float(np.median(np.abs(v)))
+        if scale <= 0:
+            return None
+        kind, z, thr = 2.0, sign * v / scale, rel_swing
+        to_z = lambda x: sign * x / scale  # noqa: E731
+        noise = None if block_noise is None else block_noise / scale
+    else:
+        return None
+    mid = z[1:-1] - 0.5 * (z[:-2] + z[2:])
+    A = float(np.median(np.abs(mid)))
+    if A < thr or (noise is not None and A < _METRIC_NOISE_Z * noise):
+        return None
+    d = np.diff(z)
+    move = max(A / 2, thr)  # a move that counts: half the swing, and at least the threshold
+    big = d[np.abs(d) >= move]
+    reversals = int(np.sum(np.sign(big[1:]) != np.sign(big[:-1])))
+    if reversals < 2 or 2 * reversals < len(big) - 1:
+        return None
+    k = max(2, n // 3)
+    P = float(np.median(z[-k:]) - np.median(z[:k]))
+    tv = float(np.sum(np.abs(d)))
+    Q = tv / max(abs(P), A / 100.0)
+    if Q < _METRIC_RATIO:
+        return None
+    h = n // 2
+    ref = float(np.max(z[:h]))
+    if best_before is not None and math.isfinite(best_before):
+        ref = max(ref, to_z(best_before))
+    G = float(np.max(z[h:])) - ref
+    if G > A / 4:
+        return None
+    onset = int(np.argmax(d <= -move)) + 1
+    return {
+        "scale": kind,
+        "amplitude": A,
+        "threshold": thr,
+        "net_progress": P,
+        "ratio": Q,
+        "reversals": float(reversals),
+        "best_gain": G,
+        "onset_index": float(onset),
+    }
+
+
+class _Metric:
+    """One metric's recent evaluations (block medians), its pending block and its best so far."""
+
+    __slots__ = ("vals", "steps", "pending", "pending_steps", "noise", "best_out")
+
+    def __init__(self) -> None:
+        self.vals: list[float] = []
+        self.steps: list[int] = []
+        self.pending: list[float] = []
+        self.pending_steps: list[int] = []
+        self.noise: list[float] = []  # noise sd of recent block medians (blocks of >= 3 values)
+        self.best_out: float | None = None  # best raw value that has left the window
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "vals": list(self.vals),
+            "steps": list(self.steps),
+            "pending": list(self.pending),
+            "pending_steps": list(self.pending_steps),
+            "noise": list(self.noise),
+            "best_out": self.best_out,
+        }
+
+    @classmethod
+    def from_state(cls, d: Mapping[str, Any]) -> "_Metric":
+        m = cls()
+        m.vals = [float(x) for x in d["vals"]]
+        m.steps = [int(x) for x in d["steps"]]
+        m.pending = [float(x) for x in d["pending"]]
+        m.pending_steps = [int(x) for x in d["pending_steps"]]
+        m.noise = [float(x) for x in d["noise"]]
+        m.best_out = None if d["best_out"] is None else float(d["best_out"])
+        return m
+
+
 class Doctor:
     r"""Online LR diagnosis from one observation per step (pure Python + NumPy).
 
@@ -276,6 +485,17 @@ class Doctor:
             (default ``max(1, W // 5)``). >= 1.
         loss_floor: a known lower bound of the loss (default 0.0); the doctor works on
             :math:`\log(\ell - f)`. A loss below it raises ``ValueError``.
+        metric_modes: ``{"name": "max" | "min" | "ignore"}`` for the validation loss
+            (``"val_loss"``) and the metrics passed to :meth:`observe`: overrides the rule by
+            name (``loss``, ``error``, ``perplexity``, ``mse``, ``mae`` in the name: ``"min"``,
+            lower is better; bookkeeping names such as ``epoch`` or ``runtime``: ``"ignore"``;
+            otherwise ``"max"``). Default: no overrides.
+        metric_window: ``M``, the number of recent evaluations of a metric judged for
+            fluctuation (default 10). >= 6.
+        metric_swing: the smallest swing that counts for a metric whose values lie in [0, 1]
+            (accuracy, error rate), in its own units (default 0.1: 10 points). In (0, 1].
+        metric_rel_swing: the smallest swing that counts for other metrics (a validation loss),
+            as a relative change (default 0.3: by a factor 1.3). > 0.
 
     Example:
         >>> import numpy as np
@@ -289,6 +509,15 @@ class Doctor:
         ('diverging', True)
         >>> first.advice[0]
         'lower the LR about 10x, from 0.5 to 0.05'
+
+    A smooth training loss does not hide a validation accuracy that jumps between evaluations:
+
+        >>> doc = Doctor(window=6)
+        >>> for epoch in range(12):
+        ...     d = doc.observe(epoch, 2.0 * 0.8 ** epoch, lr=0.3,
+        ...                     metrics={"val_accuracy": 0.2 if epoch % 2 else 0.9})
+        >>> d.verdict, d.evidence["oscillating_metric:val_accuracy"] > 1, d.advice[0]
+        ('fluctuating', True, 'lower the LR about 3x, from 0.3 to 0.1')
     """
 
     def __init__(
@@ -307,6 +536,10 @@ class Doctor:
         flat_steps: int | None = None,
         check_every: int | None = None,
         loss_floor: float = 0.0,
+        metric_modes: Mapping[str, str] | None = None,
+        metric_window: int = 10,
+        metric_swing: float = 0.1,
+        metric_rel_swing: float = 0.3,
     ) -> None:
         def need(name: str, value: Any, ok: bool, allowed: str) -> None:
             if not ok:
@@ -338,6 +571,19 @@ class Doctor:
             check_every = max(1, window // 5)
         need("check_every", check_every, is_int(check_every) and check_every >= 1, "an int >= 1")
         need("loss_floor", loss_floor, is_num(loss_floor), "a finite number")
+        if metric_modes is None:
+            metric_modes = {}
+        need("metric_modes", metric_modes, isinstance(metric_modes, Mapping),
+             'a dict {"name": "max" | "min" | "ignore"}')
+        for k, v in metric_modes.items():
+            if not isinstance(k, str):
+                raise TypeError(f"Doctor: metric_modes keys must be metric names (str), got {k!r}")
+            need(f"metric_modes[{k!r}]", v, v in ("max", "min", "ignore"),
+                 "'max' (higher is better, e.g. accuracy), 'min' (lower is better, e.g. a loss) or 'ignore'")
+        need("metric_window", metric_window, is_int(metric_window) and metric_window >= _METRIC_MIN_OBS,
+             f"an int >= {_METRIC_MIN_OBS}")
+        need("metric_swing", metric_swing, is_num(metric_swing) and 0 < metric_swing <= 1, "a number in (0, 1]")
+        need("metric_rel_swing", metric_rel_swing, is_num(metric_rel_swing) and metric_rel_swing > 0, "a number > 0")
         self._config: dict[str, Any] = {
             "window": window,
             "short": int(short),
@@ -352,9 +598,15 @@ class Doctor:
             "flat_steps": int(flat_steps),
             "check_every": int(check_every),
             "loss_floor": float(loss_floor),
+            "metric_modes": {str(k): str(v) for k, v in metric_modes.items()},
+            "metric_window": int(metric_window),
+            "metric_swing": float(metric_swing),
+            "metric_rel_swing": float(metric_rel_swing),
         }
         for k, v in self._config.items():
             setattr(self, "_" + k, v)
+        self._metric_modes = dict(self._config["metric_modes"])
+        self._mode_cache: dict[str, str] = {}  # name -> "max" / "min" / "ignore"
         self.reset()
 
     # ------------------------------------------------------------------ public API
@@ -412,6 +664,8 @@ class Doctor:
         # running sums of the least-squares trend of y on the observation index since the start
         # (n, sum t, sum t^2, sum y, sum t*y, sum y^2): O(1) per step, for the `flat` check
         self._trend = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+        self._metrics: dict[str, _Metric] = {}  # val_loss and metrics: recent evaluations
+        self._metric_flags: dict[str, list[Any]] = {}  # name -> [onset step, evidence] while fluctuating
 
     def observe(
         self,
@@ -432,9 +686,12 @@ class Doctor:
             lr: the learning rate used at that step, if known (used in the advice).
             grad_norm: the global gradient norm, if known (non-finite -> ``nan``; an explosion
                 -> ``diverging``).
-            val_loss: a validation loss, if one was computed at that step (non-finite -> ``nan``).
-            metrics: other metrics (e.g. accuracy); non-finite values are reported as evidence,
-                they do not change the verdict.
+            val_loss: a validation loss, if one was computed at that step (non-finite -> ``nan``;
+                swinging up and down without progress -> ``fluctuating``).
+            metrics: other metrics by name (e.g. ``{"val_accuracy": 0.93}``), when computed at
+                that step; swinging without progress -> ``fluctuating`` (see the module
+                docstring for the direction and scale of each name). Non-finite values are
+                reported as evidence (``nonfinite_metric_<name>``) and otherwise skipped.
 
         Returns:
             The :class:`Diagnosis` after this observation (also :attr:`diagnosis`).
@@ -451,6 +708,14 @@ class Doctor:
         lr_f = None if lr is None else self._as_float("lr", lr)
         gn = None if grad_norm is None else self._as_float("grad_norm", grad_norm)
         vl = None if val_loss is None else self._as_float("val_loss", val_loss)
+        mets: dict[str, float] = {}
+        if metrics is not None:
+            if not isinstance(metrics, Mapping):
+                raise TypeError(f"Doctor.observe: metrics must be a dict {{name: value}}, got {type(metrics).__name__}")
+            for name, v in metrics.items():
+                if not isinstance(name, str):
+                    raise TypeError(f"Doctor.observe: metric names must be str, got {name!r}")
+                mets[name] = self._as_float(f"metrics[{name!r}]", v)
         self._last_step = step
         if self._first_step is None:
             self._first_step = step
@@ -510,6 +775,15 @@ class Doctor:
             # centre of the median's window: the level began rising after it
             self._best_center_step = self._y.steps[(self._y.pos - 1 - k // 2) % self._y.size]
 
+        # --- metrics: collect this step's values; judge them at the end of each block ------
+        if vl is not None:
+            self._metric_add("val_loss", step, vl)
+        for name, v in mets.items():
+            if name != "val_loss" or vl is None:
+                self._metric_add(name, step, v)
+        if n % self._check_every == 0:
+            self._metric_check()
+
         # --- window checks every `check_every` steps (O(W)) -----------------------------
         if n >= 4 and (n % self._check_every == 0 or math.isnan(self._sigma)):
             self._window_check()
@@ -528,6 +802,11 @@ class Doctor:
             self._div_onset = None
         if div_ev is not None and self._div_count >= self._patience:
             d = self._make("diverging", self._div_onset, step, div_ev)
+        elif self._slow_verdict in ("diverging", "fluctuating"):
+            d = self._make(self._slow_verdict, self._slow_onset, step, dict(self._slow_evidence))
+        elif self._metric_flags:  # a metric swinging without progress outranks a flat loss
+            onset, ev = self._metric_verdict()
+            d = self._make("fluctuating", onset, step, ev)
         elif self._slow_verdict != "healthy":
             d = self._make(self._slow_verdict, self._slow_onset, step, dict(self._slow_evidence))
         else:
@@ -539,10 +818,9 @@ class Doctor:
                 (),
                 f"no problem detected after {n} observations",
             )
-        if metrics:
+        if mets:
             ev = dict(d.evidence)
-            for name, v in metrics.items():
-                v = self._as_float(f"metrics[{name!r}]", v)
+            for name, v in mets.items():
                 if not math.isfinite(v):
                     ev[f"nonfinite_metric_{name}"] = v
             if ev != d.evidence:
@@ -579,6 +857,8 @@ class Doctor:
             "nan_what": self._nan_what,
             "lr": self._lr,
             "trend": list(self._trend),
+            "metrics": {k: m.state() for k, m in self._metrics.items()},
+            "metric_flags": {k: [o, dict(ev)] for k, (o, ev) in self._metric_flags.items()},
             "diagnosis": self._diag.to_dict(),
             "history": [h.to_dict() for h in self._history],
         }
@@ -588,8 +868,12 @@ class Doctor:
         """Resume from :meth:`state_dict`. The thresholds must match this doctor's."""
         if not isinstance(d, Mapping) or "config" not in d or "state" not in d:
             raise ValueError("Doctor.load_state_dict: expected a dict with keys 'config' and 'state' from state_dict()")
-        if dict(d["config"]) != self._config:
-            diff = {k: (d["config"].get(k), v) for k, v in self._config.items() if d["config"].get(k) != v}
+        saved = dict(d["config"])
+        for k in ("metric_modes", "metric_window", "metric_swing", "metric_rel_swing"):
+            # states saved before metrics were judged: they had the defaults
+            saved.setdefault(k, Doctor.__init__.__kwdefaults__[k] if k != "metric_modes" else {})
+        if saved != self._config:
+            diff = {k: (saved.get(k), v) for k, v in self._config.items() if saved.get(k) != v}
             raise ValueError(f"Doctor.load_state_dict: config differs from this doctor's (saved, current): {diff}")
         s = d["state"]
         self.reset()
@@ -621,6 +905,11 @@ class Doctor:
         self._lr = s["lr"]
         self._diag = _diag_from_dict(s["diagnosis"])
         self._history = [_diag_from_dict(h) for h in s["history"]]
+        self._metrics = {k: _Metric.from_state(m) for k, m in s.get("metrics", {}).items()}
+        self._metric_flags = {
+            k: [None if o is None else int(o), {a: float(b) for a, b in ev.items()}]
+            for k, (o, ev) in s.get("metric_flags", {}).items()
+        }
         if self._n:
             self._level = _median(self._y.last(min(self._short, self._n)))
 
@@ -866,6 +1155,85 @@ class Doctor:
                     self._slow_onset = self._first_step
                 self._slow_evidence = ev
 
+    def _metric_add(self, name: str, step: int, value: float) -> None:
+        """Queue one evaluation of a metric into the current block (non-finite values are skipped)."""
+        mode = self._mode_cache.get(name)
+        if mode is None:
+            mode = self._mode_cache[name] = _metric_mode(name, self._metric_modes)
+        if mode == "ignore" or not math.isfinite(value):
+            return
+        m = self._metrics.get(name)
+        if m is None:
+            m = self._metrics[name] = _Metric()
+        m.pending.append(value)
+        m.pending_steps.append(step)
+
+    def _metric_check(self) -> None:
+        """End of a block: push each metric's block median and judge the metrics that got one."""
+        M = self._metric_window
+        for name, m in self._metrics.items():
+            if not m.pending:
+                continue
+            value = _median(m.pending)
+            if len(m.pending) >= 3:  # a dense metric: the noise of this block's median
+                mad = _median([abs(x - value) for x in m.pending])
+                m.noise = (m.noise + [_MEDIAN_EFF * _MAD_TO_SD * mad / math.sqrt(len(m.pending))])[-M:]
+            m.vals.append(value)
+            m.steps.append(m.pending_steps[-1])
+            m.pending, m.pending_steps = [], []
+            mode = self._mode_cache[name]
+            if len(m.vals) > M:
+                old = m.vals.pop(0)
+                m.steps.pop(0)
+                better = max if mode == "max" else min
+                m.best_out = old if m.best_out is None else better(m.best_out, old)
+            self._metric_flags.pop(name, None)
+            if len(m.vals) < _METRIC_MIN_OBS:
+                continue
+            res = _metric_oscillation(
+                np.array(m.vals),
+                mode=mode,
+                name=name,
+                swing=self._metric_swing,
+                rel_swing=self._metric_rel_swing,
+                best_before=m.best_out,
+                block_noise=_median(m.noise) if m.noise else None,
+                judge_signed=name in self._metric_modes,
+            )
+            if res is None:
+                continue
+            best = max(m.vals) if mode == "max" else min(m.vals)
+            if m.best_out is not None:
+                best = max(best, m.best_out) if mode == "max" else min(best, m.best_out)
+            ev = {
+                "metric_amplitude": res["amplitude"],
+                "metric_amplitude_threshold": res["threshold"],
+                "metric_net_progress": res["net_progress"],
+                "metric_oscillation_ratio": res["ratio"],
+                "metric_reversals": res["reversals"],
+                "metric_best_gain": res["best_gain"],
+                "metric_observations": float(len(m.vals)),
+                "metric_median": _median(m.vals),
+                "metric_best": best,
+                "metric_higher_is_better": 1.0 if mode == "max" else 0.0,
+                "metric_scale": res["scale"],
+            }
+            self._metric_flags[name] = [m.steps[int(res["onset_index"])], ev]
+
+    def _metric_verdict(self) -> tuple[int | None, dict[str, float]]:
+        """The fluctuating metrics, most severe (largest swing over its threshold) first."""
+        def severity(name: str) -> float:
+            ev = self._metric_flags[name][1]
+            return ev["metric_amplitude"] / ev["metric_amplitude_threshold"]
+
+        names = sorted(self._metric_flags, key=lambda k: (-severity(k), k))
+        onset, ev = self._metric_flags[names[0]]
+        out = self._base_evidence()
+        out.update(ev)
+        for k in names:
+            out[f"oscillating_metric:{k}"] = severity(k)
+        return onset, out
+
     def _trend_since_start(self) -> tuple[float, float]:
         """Least-squares fit :math:`y_i = a + b\\,i` of log-loss on the observation index since the
         start: returns ``(t, d)``, the slope's t-statistic :math:`b / \\mathrm{se}(b)` and the
@@ -967,6 +1335,21 @@ class Doctor:
                     f"The loss blew up to {ev['early_max_ratio']:.3g}x its initial value at step {onset} and has "
                     "not decreased since (the network is likely dead)."
                 )
+        elif verdict == "fluctuating" and "metric_amplitude" in ev:
+            names = [k.split(":", 1)[1] for k in ev if k.startswith("oscillating_metric:")]
+            advice = [
+                _scaled(lr, 3, "lower"),
+                "add warmup (e.g. 5-10% of the steps)",
+                "use a larger batch (or a decaying schedule, e.g. cosine)",
+            ]
+            quoted = [repr(k) for k in names]
+            what = quoted[0] if len(names) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
+            A, scale = ev["metric_amplitude"], ev.get("metric_scale", 0.0)
+            by = {1.0: f"a factor {math.exp(A):.3g}", 2.0: f"{100 * A:.0f}% of its median"}.get(scale, f"{A:.3g}")
+            msg = (
+                f"{what} {'is' if len(names) == 1 else 'are'} fluctuating without progress: {quoted[0]} swings by {by} "
+                f"between evaluations, with no new best over its last {ev['metric_observations']:.0f} evaluations."
+            )
         elif verdict == "fluctuating":
             advice = [
                 _scaled(lr, 3, "lower"),

@@ -25,18 +25,34 @@ def default_window(n: int) -> int:
 
 def run_doctor(records: LogRecords, doctor: Doctor) -> Doctor:
     """Feed every row that has a loss to ``doctor`` (with ``lr``, ``grad_norm``, ``val_loss``
-    and the other metrics of the same row) and return it."""
+    and the other metrics of the same row) and return it.
+
+    A row without a loss (a validation row logged at a step of its own) is not lost: its
+    ``val_loss`` and metrics go with the next row that has a loss (the row's own values win).
+    ``lr`` and ``grad_norm`` describe a training step and are not carried.
+
+    Example:
+        >>> recs = read_log({"step": [0, 1, 2], "loss": [2.0, None, 1.5], "val_loss": [None, float("nan"), None]})
+        >>> d = run_doctor(recs, Doctor(window=5)).diagnosis
+        >>> d.verdict, d.step   # the NaN validation loss of step 1 is seen with the loss of step 2
+        ('nan', 2)
+    """
     has_loss = records.has("loss")
     cols = {n: records.columns[n] for n in records.names if n not in ("step", "loss")}
     masks = {n: records.has(n) for n in cols}
     steps = records.step
     loss = records.loss
     special = ("lr", "grad_norm", "val_loss")
+    carried: dict[str, float] = {}  # val_loss and metrics of rows without a loss, for the next one
     for i in range(len(records)):
         if not has_loss[i]:
+            carried.update({n: float(cols[n][i]) for n in cols if n not in ("lr", "grad_norm") and masks[n][i]})
             continue
-        kw: dict[str, Any] = {n: float(cols[n][i]) for n in special if n in cols and masks[n][i]}
-        metrics = {n: float(cols[n][i]) for n in cols if n not in special and masks[n][i]}
+        row = {n: float(cols[n][i]) for n in cols if masks[n][i]}
+        values = {**carried, **row}
+        carried = {}
+        kw: dict[str, Any] = {n: values[n] for n in special if n in values}
+        metrics = {n: v for n, v in values.items() if n not in special}
         doctor.observe(int(steps[i]), float(loss[i]), metrics=metrics or None, **kw)
     return doctor
 
@@ -49,25 +65,34 @@ def diagnose(log: Any, **doctor_kwargs: Any) -> Diagnosis:
     log's length). The overall verdict, from the doctor's history and its final verdict:
 
     1. ``nan`` if any loss/gradient norm was non-finite (its first step);
-    2. ``diverging`` if the run *ends* diverging (the first diverging detection), unless it
-       was already fluctuating before this last episode began (then ``fluctuating``);
-    3. ``fluctuating`` if it was ever fluctuating (spikes that came back; a spike that lasted
-       long enough to be called diverging for a while and then recovered is part of that);
+    2. ``diverging`` if the run *ends* diverging (the first diverging detection), unless its
+       loss was already fluctuating before this last episode began (then ``fluctuating``);
+    3. ``fluctuating`` if its loss was ever fluctuating (spikes that came back; a spike that
+       lasted long enough to be called diverging for a while and then recovered is part of that);
     4. ``diverging`` if it ever diverged and recovered without further oscillation;
-    5. ``flat`` only if it is still flat at its end (a slow start that then decreased is fine);
-    6. otherwise the final (healthy) diagnosis.
+    5. ``fluctuating`` if a validation loss or a metric ever swung up and down without progress
+       (the training loss takes precedence over the metrics; a swinging metric over a flat loss);
+    6. ``flat`` only if it is still flat at its end (a slow start that then decreased is fine);
+    7. otherwise the final (healthy) diagnosis.
 
     Args:
         log: a path (str/Path) to a CSV/JSONL/JSON/TensorBoard file or directory, a Keras
             ``History`` or its ``.history`` dict, a list of dicts, a dict of lists, or
             :class:`~lrkit.doctor.logs.LogRecords`.
-        **doctor_kwargs: thresholds passed to :class:`~lrkit.doctor.core.Doctor`.
+        **doctor_kwargs: thresholds passed to :class:`~lrkit.doctor.core.Doctor` (e.g.
+            ``metric_modes={"val_f1": "max"}``).
 
     Example:
         >>> losses = [2.3 * 0.9 ** t for t in range(30)] + [0.1 * 2 ** t for t in range(10)]
         >>> d = diagnose({"epoch": list(range(40)), "loss": losses, "lr": [0.1] * 40})
         >>> d.verdict, abs(d.step - 30) <= 1   # lowest at epoch 30, rising from epoch 31
         ('diverging', True)
+
+    A validation metric that swings without progress is ``fluctuating``, even under a smooth loss:
+
+        >>> d = diagnose({"loss": [2.3 * 0.95 ** t for t in range(50)], "accuracy": [0.1, 0.9] * 25})
+        >>> d.verdict, d.evidence["oscillating_metric:accuracy"] > 1
+        ('fluctuating', True)
     """
     records = read_log(log)
     n = int(records.has("loss").sum())
@@ -88,7 +113,9 @@ def overall(doctor: Doctor) -> Diagnosis:
     for verdict in ("nan",):
         if first(verdict) is not None:
             return first(verdict)
-    flu = first("fluctuating")
+    fluctuating = [h for h in hist if h.verdict == "fluctuating"]
+    flu = next((h for h in fluctuating if "metric_amplitude" not in h.evidence), None)  # of the loss
+    metric_flu = next((h for h in fluctuating if "metric_amplitude" in h.evidence), None)
     if final.verdict == "diverging":  # ended diverged (or stuck after blowing up) ...
         if flu is not None and flu.detected_at < final.step:  # ... unless it was a spike among many
             return flu
@@ -97,6 +124,6 @@ def overall(doctor: Doctor) -> Diagnosis:
         return flu  # enough to be called diverging for a while
     if first("diverging") is not None:
         return first("diverging")
-    if final.verdict == "flat":
-        return final
+    if metric_flu is not None:  # outranks a flat loss: a too-low LR cannot make a metric swing
+        return metric_flu
     return final
