@@ -110,3 +110,48 @@ def test_bad_arguments():
         LRDoctorCallback(doctor="x")
     with pytest.raises(ValueError, match="snapshot_every must be an int >= 1"):
         LRDoctorCallback(guard=True, snapshot_every=0)
+
+
+class _RecordingDoctor(Doctor):
+    """A real Doctor that also keeps what each observation carried."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def observe(self, step, loss, **kw):
+        self.seen.append((step, kw.get("val_loss"), dict(kw.get("metrics") or {})))
+        return super().observe(step, loss, **kw)
+
+
+class WithValidation(Regression):
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        err = self.net(x) - y
+        self.log("val_loss", (err ** 2).mean())
+        self.log("val_mae", err.abs().mean())
+
+
+@pytest.mark.parametrize("guard", [False, True])
+def test_validation_results_reach_the_doctor_with_the_next_step(guard):
+    doctor = _RecordingDoctor()
+    module = WithValidation(0.01)
+    seen_val = []
+
+    class Spy(pl.Callback):
+        def on_validation_end(self, trainer, pl_module):
+            if not trainer.sanity_checking:
+                seen_val.append((float(trainer.callback_metrics["val_loss"]), float(trainer.callback_metrics["val_mae"])))
+
+    trainer = pl.Trainer(
+        max_epochs=3, accelerator="cpu", devices=1, enable_progress_bar=False, logger=False,
+        enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
+        callbacks=[LRDoctorCallback(guard=guard, doctor=doctor), Spy()],
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, data(), data(64, seed=1))
+    carried = [(s, v, m) for s, v, m in doctor.seen if v is not None]
+    assert [s for s, _, _ in carried] == [8, 16]  # first step of epochs 2 and 3 (8 batches/epoch)
+    got = [x for _, v, m in carried for x in (v, m["val_mae"])]
+    assert got == pytest.approx([x for pair in seen_val[:2] for x in pair], rel=1e-6)

@@ -362,9 +362,13 @@ class Guard:
         lr: float | None = None,
         grad_norm: float | None = None,
         val_loss: float | None = None,
+        metrics: Mapping[str, float] | None = None,
         step: int | None = None,
     ) -> Intervention | None:
         """Report the loss of one step that was run outside the guard.
+
+        ``val_loss`` and ``metrics`` are passed to :meth:`lrkit.doctor.core.Doctor.observe`
+        (validation results computed at this step, if any).
 
         ``lr`` is the LR actually used (after the multiplier). ``step`` is your number for this
         step (strictly increasing; default: the guard's clock, :attr:`step_count`); the clock
@@ -388,7 +392,7 @@ class Guard:
                     snap.label = step
         self._clock = step + 1
         self._last_rolled_back = False
-        d = self.doctor.observe(step, loss, lr=lr, grad_norm=grad_norm, val_loss=val_loss)
+        d = self.doctor.observe(step, loss, lr=lr, grad_norm=grad_norm, val_loss=val_loss, metrics=metrics)
         if d.verdict in self.act_on:
             rec = self._intervene(step, d)
             self._last_rolled_back = True

@@ -12,7 +12,10 @@ recovers the batch's own loss exactly:
 
 The user's ``logs`` dict is never modified.
 
-Each observation's ``lr`` is the LR the optimizer uses for that batch (read before it).
+Each observation's ``lr`` is the LR the optimizer uses for that batch (read before it). The
+validation results of an epoch (``val_loss`` and every ``val_*`` metric in ``on_epoch_end``'s logs)
+go to the doctor with the next batch, so a validation loss or accuracy that swings without progress
+is a ``fluctuating`` verdict (the last epoch's results have no next batch and are not judged).
 
 With ``guard=True`` a :class:`~lrkit.doctor.guard.Guard` snapshots ``model.get_weights()`` and
 every optimizer variable (moments, the iteration counter) as NumPy copies, and on ``nan`` /
@@ -138,6 +141,7 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
         self._schedule: LRKitSchedule | None = None  # the guarded lrkit export, if any
         self._rate: Any = None  # the optimizer's LR object the base was taken from
         self._lr_used = math.nan
+        self._pending_val: dict[str, float] = {}  # the last epoch's validation results
 
     # ------------------------------------------------------------------ helpers
     def _current_lr(self) -> float:
@@ -194,6 +198,17 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._prev = (0.0, 0.0)  # fit() resets the trackers at each epoch
 
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        # validation results (``val_loss``, ``val_accuracy``, ...) go to the doctor with the next
+        # training step: a swinging validation metric is the ``fluctuating`` verdict
+        self._pending_val = {}
+        for k, v in (logs or {}).items():
+            if k.startswith("val_"):
+                try:
+                    self._pending_val[k] = float(keras.ops.convert_to_numpy(v))
+                except (TypeError, ValueError):
+                    continue
+
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         if self.guard is not None and self._schedule is not None:
             sched = self._schedule
@@ -226,9 +241,13 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
         step = self._step
         self._step += 1
         self.history.append((step, loss, lr))
+        val = dict(self._pending_val)
+        self._pending_val = {}
+        val_loss = val.pop("val_loss", None)
+        metrics = val or None
         if self.guard is None:
-            self.doctor.observe(step, loss, lr=lr)
+            self.doctor.observe(step, loss, lr=lr, val_loss=val_loss, metrics=metrics)
             return
-        if self.guard.observe(loss, lr=lr, step=step) is not None:
+        if self.guard.observe(loss, lr=lr, step=step, val_loss=val_loss, metrics=metrics) is not None:
             self._tracker.reset_state()  # a NaN would stay in the epoch's running mean
             self._prev = (0.0, 0.0)

@@ -5,7 +5,10 @@ r"""The LR doctor (and guard) as a Lightning ``Callback``.
 the global gradient norm measured in ``on_before_optimizer_step`` (after AMP unscaling). It logs
 ``lrkit/verdict_severity`` (0 healthy, 1 flat, 2 fluctuating, 3 diverging, 4 nan; see
 :data:`lrkit.doctor.SEVERITY`) and, with the guard, ``lrkit/lr_multiplier``, through
-``pl_module.log``.
+``pl_module.log``. The results of each validation run (``val_loss`` or ``val/loss``, and every
+``val_*``/``val/*`` metric in ``trainer.callback_metrics``, read in ``on_validation_end``) go to the
+doctor with the next training step, so a validation metric that swings without progress is a
+``fluctuating`` verdict.
 
 With ``guard=True`` a :class:`~lrkit.doctor.guard.Guard` snapshots the LightningModule (parameters,
 buffers, gradients, modes), every optimizer's state and the RNGs, and on ``nan``/``diverging``
@@ -114,6 +117,7 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         self._gn: float | None = None
         self._step = 0
         self._last_lr: float | None = None
+        self._pending_val: dict[str, float] = {}  # the last validation's results
 
     # ------------------------------------------------------------------ optimizer hooks
     def _pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -151,6 +155,26 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         if self.guard is not None:
             self.guard.close()
 
+    def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        # after the epoch's validation metrics are aggregated into callback_metrics (as
+        # ModelCheckpoint reads them); they go to the doctor with the next training step
+        if trainer.sanity_checking:
+            return
+        self._pending_val = {}
+        for k, v in trainer.callback_metrics.items():
+            if k.startswith(("val_", "val/")):
+                try:
+                    self._pending_val[k] = float(v)
+                except (TypeError, ValueError, RuntimeError):
+                    continue
+
+    def _take_val(self) -> tuple[float | None, dict[str, float] | None]:
+        val, self._pending_val = self._pending_val, {}
+        val_loss = val.pop("val_loss", None)
+        if val_loss is None:
+            val_loss = val.pop("val/loss", None)
+        return val_loss, (val or None)
+
     def on_before_optimizer_step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", optimizer: Any) -> None:
         if self.track_grad_norm:
             self._gn = grad_norm(list(pl_module.parameters()))
@@ -169,10 +193,11 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         gn, self._gn = self._gn, None
         step = self._step
         self._step += 1
+        val_loss, metrics = self._take_val()
         if self.guard is not None:
-            self.guard.observe(loss, lr=lr, grad_norm=gn, step=step)
+            self.guard.observe(loss, lr=lr, grad_norm=gn, step=step, val_loss=val_loss, metrics=metrics)
         else:
-            self.doctor.observe(step, loss, lr=lr, grad_norm=gn)
+            self.doctor.observe(step, loss, lr=lr, grad_norm=gn, val_loss=val_loss, metrics=metrics)
         if self.log_verdict:
             pl_module.log("lrkit/verdict_severity", float(SEVERITY[self.doctor.diagnosis.verdict]), on_step=True, on_epoch=False)
             if self.guard is not None:
