@@ -66,6 +66,7 @@ def test_human_summary_and_exit_codes(logs):
         (["nll.csv"], "nll.csv: the loss goes down to -8.9"),
         (["nll.csv", "--loss-floor", "-5"], "is below --loss-floor -5"),
         (["div.csv", "--loss-floor", "nan"], "--loss-floor must be a finite number"),
+        (["div.csv", "--metric-mode", "val_acc=up"], "--metric-mode must be NAME=max, NAME=min or NAME=ignore, got 'val_acc=up'"),
     ],
 )
 def test_bad_input_is_one_line_on_stderr_and_exit_2(logs, args, expected):
@@ -95,4 +96,7 @@ def test_json_on_a_csv_whose_accuracy_swings_says_fluctuating(tmp_path):
     assert out["evidence"]["metric_amplitude"] > 0.5 and out["evidence"]["metric_best_gain"] <= 0
     assert out["advice"][0] == "lower the LR about 3x, from 0.03 to 0.01"
     r = lrkit("diagnose", p, "--fail-on-problem")
-    assert r.returncode == 1 and "FLUCTUATING" in r.stdout
+    assert r.returncode == 1 and "FLUCTUATING" in r.stdout and "metric_oscillation_ratio=" in r.stdout
+    # told to ignore that column, the same log is healthy
+    r = lrkit("diagnose", p, "--json", "--metric-mode", "val_accuracy=ignore")
+    assert r.returncode == 0 and json.loads(r.stdout)["verdict"] == "healthy"

@@ -26,7 +26,8 @@ def format_diagnosis(diagnosis, source: str) -> str:
         lines.append(f"  onset: step {diagnosis.step}; detected at step {diagnosis.detected_at}")
     for tip in diagnosis.advice:
         lines.append(f"  - {tip}")
-    keys = ("loss_ratio_to_best", "grad_norm_ratio", "spike_fraction", "relative_progress", "noise_sigma", "lr")
+    keys = ("loss_ratio_to_best", "grad_norm_ratio", "spike_fraction", "relative_progress", "noise_sigma",
+            "metric_amplitude", "metric_net_progress", "metric_oscillation_ratio", "lr")
     ev = ", ".join(f"{k}={diagnosis.evidence[k]:.4g}" for k in keys if k in diagnosis.evidence)
     if ev:
         lines.append(f"  evidence: {ev}")
@@ -41,6 +42,7 @@ def diagnose_cmd(
     window: Annotated[Optional[int], typer.Option("--window", help="Doctor window (default: clip(n // 8, 5, 50) for n logged losses).")] = None,
     fail_on_problem: Annotated[bool, typer.Option("--fail-on-problem", help="Exit 1 when the verdict is not healthy.")] = False,
     loss_floor: Annotated[float, typer.Option("--loss-floor", help="A lower bound of the loss (default 0; e.g. the minimum of a negative log-likelihood).")] = 0.0,
+    metric_mode: Annotated[Optional[list[str]], typer.Option("--metric-mode", help="NAME=max|min|ignore: how to judge a metric column (repeatable; default by name: *loss*, *error*, *mse*, ... are min, others max).")] = None,
 ) -> None:
     """Diagnose the learning rate of a finished (or running) training run from its log."""
     from lrkit.doctor import diagnose, read_log
@@ -61,7 +63,15 @@ def diagnose_cmd(
                 "pass --loss-floor with a lower bound of this loss (e.g. the minimum of a negative log-likelihood)"
             )
         raise CLIError(f"{file}: the loss {low:.4g} at step {at} is below --loss-floor {loss_floor:g}")
+    modes: dict[str, str] = {}
+    for item in metric_mode or []:
+        name, sep, mode = item.partition("=")
+        if not sep or not name.strip() or mode.strip() not in ("max", "min", "ignore"):
+            raise CLIError(f"--metric-mode must be NAME=max, NAME=min or NAME=ignore, got {item!r}")
+        modes[name.strip()] = mode.strip()
     kwargs = {"loss_floor": loss_floor} if window is None else {"window": window, "loss_floor": loss_floor}
+    if modes:
+        kwargs["metric_modes"] = modes
     diagnosis = diagnose(records, **kwargs)
     if plot is not None:
         if plot.suffix.lower() not in (".png", ".pdf", ".svg"):
