@@ -20,6 +20,7 @@ def test_demo_json_reports_both_runs_and_writes_the_pictures(tmp_path):
     lo, hi = summary["band"]
     assert summary["suggestion"] > 0 and lo <= summary["suggestion"] <= hi
     assert summary["default_lr"] == 1e-3
+    assert 10 <= summary["finder_steps"] <= 20  # planned from --steps 60: a 10-step ramp, 5 checks of 2 steps
     for run in ("at_suggestion", "at_default"):
         assert 0.0 <= summary[run]["val_accuracy"] <= 1.0 and summary[run]["runs"] == 1
     # the suggestion trains the example at least about as well as the rule of thumb

@@ -52,6 +52,7 @@ def run_demo(
     result = find_lr(
         task.model, task.optimizer, task.loss_fn, task.train_loader,
         val_loader=task.val_loader, progress=progress,
+        train_steps=steps,  # the comparison runs' length: the finder spends at most 30% of it
     )
     fig, ax = plt.subplots(figsize=(7, 4.2))
     result.plot(ax=ax)
@@ -80,6 +81,7 @@ def run_demo(
         "band": list(result.band),
         "rules": result.rules,
         "uncertainty": result.details.get("uncertainty"),
+        "finder_steps": int(result.details.get("range_test_steps", 0)) + int(result.details.get("verify_steps_used", 0)),
         "default_lr": task.default_lr,
         "optimizer": optimizer,
         "steps": steps,
@@ -102,6 +104,9 @@ def format_demo(summary: dict[str, Any]) -> str:
         f"  {'lrkit suggestion':<26}{summary['suggestion']:.3g}   ({summary['method']}; band "
         f"{summary['band'][0]:.3g} .. {summary['band'][1]:.3g})",
     ]
+    if summary.get("finder_steps"):
+        spent = summary["finder_steps"]
+        lines.append(f"  {'finder cost':<26}{spent} steps ({spent / summary['steps']:.0%} of one {summary['steps']}-step run)")
     if unc.get("rules_spread_decades") is not None:
         lines.append(f"  {'classic rules disagree by':<26}{unc['rules_spread_decades']:.2f} decades")
     for name, value in summary["rules"].items():
