@@ -238,3 +238,36 @@ def test_guard_over_torch_trainer_rolls_back_a_poisoned_weight():
     assert guard.interventions[0].restored_to <= 100
     val = trainer.evaluate()
     assert math.isfinite(val) and val < 1.2 * clean_val + 0.05, (val, clean_val)
+
+
+@pytest.mark.parametrize("guard", [False, True])
+def test_validation_results_reach_the_doctor(guard):
+    seen = []
+
+    class Recording(Doctor):
+        def observe(self, step, loss, **kw):
+            seen.append((step, kw.get("val_loss"), dict(kw.get("metrics") or {})))
+            return super().observe(step, loss, **kw)
+
+    Xtr, ytr, Xva, yva = digits()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    watch = TorchDoctor(model, opt, guard=guard, doctor=Recording())
+    evaluated = {}
+    for step in range(40):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(Xtr[step::40]), ytr[step::40])
+        loss.backward()
+        watch.after_backward(loss)
+        opt.step()
+        kw = {}
+        if step % 10 == 9:
+            with torch.no_grad():
+                out = model(Xva)
+            kw = {"val_loss": float(torch.nn.functional.cross_entropy(out, yva)),
+                  "metrics": {"val_accuracy": float((out.argmax(1) == yva).float().mean())}}
+            evaluated[step] = (kw["val_loss"], kw["metrics"]["val_accuracy"])
+        watch.after_step(step, loss, **kw)
+    carried = {s: (v, m["val_accuracy"]) for s, v, m in seen if v is not None}
+    assert carried == evaluated and sorted(carried) == [9, 19, 29, 39]

@@ -91,7 +91,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -272,11 +272,15 @@ class TorchDoctor(GuardedWatch):
             self._set_lrs([b * m for b in self._base])
         return gn
 
-    def after_step(self, step: int, loss: Any, *, val_loss: float | None = None) -> bool:
+    def after_step(
+        self, step: int, loss: Any, *, val_loss: float | None = None, metrics: Mapping[str, float] | None = None
+    ) -> bool:
         """Call after ``optimizer.step()`` with your step number and this step's loss.
 
-        Puts the base LRs back, feeds the doctor (loss, effective LR, gradient norm) and, when
-        guarding, snapshots or rolls back. Returns ``True`` if it rolled back.
+        Puts the base LRs back, feeds the doctor (loss, effective LR, gradient norm, and
+        ``val_loss``/``metrics`` when you evaluated at this step, e.g. ``{"val_accuracy": 0.93}``:
+        a validation result that swings without progress is ``fluctuating``) and, when guarding,
+        snapshots or rolls back. Returns ``True`` if it rolled back.
         """
         if isinstance(step, bool) or not isinstance(step, int):
             raise ValueError(f"TorchDoctor.after_step: step must be an int, got {step!r}")
@@ -300,10 +304,11 @@ class TorchDoctor(GuardedWatch):
         self._n_steps += 1
         self._last_step = step
         if self.guard is None:
-            self.doctor.observe(step, loss, lr=lr, grad_norm=gn, val_loss=val_loss)
+            self.doctor.observe(step, loss, lr=lr, grad_norm=gn, val_loss=val_loss, metrics=metrics)
             rolled = False
         else:
-            rolled = self.guard.observe(loss, lr=lr, grad_norm=gn, val_loss=val_loss, step=step) is not None
+            rolled = self.guard.observe(loss, lr=lr, grad_norm=gn, val_loss=val_loss, metrics=metrics,
+                                        step=step) is not None
         if rolled:
             self._attached = None  # the doctor went back to the snapshot's state
         elif self.stability_probe is not None:
