@@ -1,28 +1,41 @@
-"""LRDoctorCallback with a real transformers.Trainer on a tiny torch module."""
+"""LRDoctorCallback (and its guard) with a real transformers.Trainer on a tiny torch module."""
 from __future__ import annotations
 
+import doctest
+import json
 import logging
 import math
+import os
+import socket
+import warnings
 
 import pytest
 import torch
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
 transformers = pytest.importorskip("transformers")
 
 from lrkit.doctor import Doctor  # noqa: E402
-from lrkit.integrations.transformers import LRDoctorCallback  # noqa: E402
+from lrkit.doctor.guard import GuardGaveUp  # noqa: E402
+from lrkit.integrations import transformers as hf_integration  # noqa: E402
+from lrkit.integrations.transformers import LRDoctorCallback, _guard_blockers  # noqa: E402
 
 
 class Tiny(torch.nn.Module):
-    def __init__(self, nan_at=None):
+    """A tanh MLP returning ``{"loss": ...}``; its forward number ``nan_at`` (0-based) gets a NaN input,
+    and every forward from ``nan_from`` on (a permanently broken run)."""
+
+    def __init__(self, nan_at=None, nan_from=None):
         super().__init__()
         torch.manual_seed(0)
         self.net = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
         self.calls = 0
         self.nan_at = nan_at
+        self.nan_from = nan_from
 
     def forward(self, x, y):
-        if self.calls == self.nan_at:
+        if self.calls == self.nan_at or (self.nan_from is not None and self.calls >= self.nan_from):
             x = x.clone()
             x[0, 0] = float("nan")
         self.calls += 1
@@ -42,16 +55,36 @@ class Data(torch.utils.data.Dataset):
         return {"x": self.x[i], "y": self.y[i]}
 
 
-def train(tmp_path, lr, cb, *, steps=30, nan_at=None, nan_filter=False, optim="sgd"):
-    args = transformers.TrainingArguments(
+def make_args(tmp_path, lr, *, steps=30, nan_filter=False, optim="sgd", scheduler="constant", **kw):
+    kw.setdefault("save_strategy", "no")
+    return transformers.TrainingArguments(
         output_dir=str(tmp_path), max_steps=steps, logging_steps=1, report_to=[], use_cpu=True,
-        save_strategy="no", learning_rate=lr, per_device_train_batch_size=16, lr_scheduler_type="constant",
-        optim=optim, disable_tqdm=True, logging_nan_inf_filter=nan_filter, seed=0,
+        learning_rate=lr, per_device_train_batch_size=16, lr_scheduler_type=scheduler,
+        optim=optim, disable_tqdm=True, logging_nan_inf_filter=nan_filter, seed=0, **kw,
     )
-    model = Tiny(nan_at)
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=Data(), callbacks=[cb])
+
+
+def train(tmp_path, lr, cb, *, steps=30, nan_at=None, nan_from=None, nan_filter=False, optim="sgd",
+          scheduler="constant", extra_callbacks=(), optimizers=None, eval_dataset=None, **kw):
+    args = make_args(tmp_path, lr, steps=steps, nan_filter=nan_filter, optim=optim, scheduler=scheduler, **kw)
+    model = Tiny(nan_at, nan_from)
+    callbacks = ([cb] if cb is not None else []) + list(extra_callbacks)
+    extra = {} if optimizers is None else {"optimizers": optimizers(model)}
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=Data(), eval_dataset=eval_dataset,
+                                   callbacks=callbacks, **extra)
     trainer.train()
     return trainer
+
+
+def full_loss(trainer):
+    """The MSE of the trained model on the whole training set (not one noisy batch)."""
+    data = Data()
+    with torch.no_grad():
+        return float(torch.nn.functional.mse_loss(trainer.model.net(data.x), data.y))
+
+
+def params(model):
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
 
 
 def test_healthy_run_reads_loss_lr_and_grad_norm(tmp_path):
@@ -101,3 +134,262 @@ def test_bad_arguments():
         LRDoctorCallback(stop_on=("healthy",))
     with pytest.raises(ValueError, match="doctor must be an lrkit.doctor.Doctor"):
         LRDoctorCallback(doctor=3)
+
+
+# ---------------------------------------------------------------------------------------- the guard
+
+
+def test_guard_rescues_a_too_high_lr(tmp_path, caplog):
+    clean = full_loss(train(tmp_path, 0.3, None, steps=150))  # the LR the guard will end up using
+    lost = train(tmp_path, 3.0, LRDoctorCallback(doctor=Doctor(window=10)), steps=150)
+    assert not full_loss(lost) < 10 * clean  # unguarded: lost (NaN or far above the clean run)
+    cb = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=5)
+    with caplog.at_level(logging.WARNING, logger="lrkit.guard"):
+        trainer = train(tmp_path, 3.0, cb, steps=150, nan_filter=True)
+    guarded = full_loss(trainer)
+    assert math.isfinite(guarded) and guarded < 2 * clean, (guarded, clean)
+    assert [i.verdict for i in cb.interventions] == ["diverging"] and cb.lr_multiplier == pytest.approx(0.1)
+    assert trainer.state.global_step == 150  # the clock is not rewound: the run went on to max_steps
+    step = cb.interventions[0].step
+    lrs = {h["step"]: h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h}
+    assert lrs[step] == pytest.approx(3.0) and all(lrs[s] == pytest.approx(0.3) for s in range(step + 1, 151))
+    lines = [r.getMessage() for r in caplog.records if r.name == "lrkit.guard"]
+    assert len(lines) == 1 and f"diverging at step {step}" in lines[0]  # one line per intervention
+    assert cb.detections[-1].verdict == "diverging"  # the rolled-back problem is still on record
+
+
+@pytest.mark.parametrize("optim,storage", [("sgd", "memory"), ("adamw_torch", "disk")])
+def test_guard_rolls_back_an_injected_nan_to_the_exact_snapshot(tmp_path, optim, storage):
+    """The state after a rollback is bitwise the one recorded after the snapshot's step, and the run
+    finishes with a finite loss close to a clean run's."""
+    lr = 0.05 if optim == "sgd" else 0.01
+    clean = full_loss(train(tmp_path, lr, None, steps=80, optim=optim))
+    assert math.isnan(full_loss(train(tmp_path, lr, None, steps=80, optim=optim, nan_at=50)))  # unguarded: lost
+    recorded, checked = {}, []
+
+    class Recorder(transformers.TrainerCallback):
+        def _record(self, state, model, optimizer):
+            opt = getattr(optimizer, "optimizer", optimizer)
+            recorded[state.global_step] = (
+                params(model),
+                {i: {k: v.clone() for k, v in opt.state[p].items()} for i, p in enumerate(model.parameters()) if p in opt.state},
+            )
+
+        def on_train_begin(self, args, state, control, model=None, optimizer=None, **kw):
+            self._record(state, model, optimizer)
+
+        def on_step_end(self, args, state, control, model=None, optimizer=None, **kw):
+            self._record(state, model, optimizer)
+
+    def check(rec):  # called by the guard right after it restored the snapshot
+        model, opt = trainer.model, trainer.optimizer.optimizer  # Accelerate's wrapper -> the torch optimizer
+        want_params, want_state = recorded[rec.restored_to - 1]  # label L = the state after step L - 1
+        got = params(model)
+        assert all(torch.equal(got[k], want_params[k]) for k in want_params)
+        got_state = {i: opt.state[p] for i, p in enumerate(model.parameters()) if p in opt.state}
+        assert got_state.keys() == want_state.keys()
+        assert all(torch.equal(got_state[i][k], v) for i in want_state for k, v in want_state[i].items())
+        checked.append(rec.restored_to)
+
+    cb = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=3, storage=storage,
+                          on_intervention=check)
+    args = make_args(tmp_path, lr, steps=80, optim=optim, nan_filter=True)
+    trainer = transformers.Trainer(model=Tiny(nan_at=50), args=args, train_dataset=Data(), callbacks=[cb, Recorder()])
+    trainer.train()
+    assert [i.verdict for i in cb.interventions] == ["nan"] and checked == [cb.interventions[0].restored_to]
+    assert cb.interventions[0].step == 51  # forward number 50 is step 51
+    assert 1 < checked[0] <= 51  # a rolling snapshot before the NaN step, not the initial state
+    final = full_loss(trainer)
+    assert math.isfinite(final) and final < 2 * clean + 0.02, (final, clean)
+    assert all(torch.isfinite(t).all() for s in trainer.optimizer.optimizer.state.values() for t in s.values())
+    assert trainer.state.global_step == 80
+
+
+def test_guard_needs_the_nan_filter_and_does_not_warn_about_it(tmp_path):
+    """With the (default) filter the NaN reaches the guard through grad_norm, and no warning is
+    given; without it one NaN poisons the Trainer's loss sum for good, so guard=True refuses it."""
+    cb = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = train(tmp_path, 0.05, cb, steps=60, nan_at=20, nan_filter=True)
+    assert not [w for w in caught if "logging_nan_inf_filter" in str(w.message)]
+    assert [i.verdict for i in cb.interventions] == ["nan"]
+    (found,) = [d for d in cb.detections if d.verdict == "nan"]
+    assert found.step == 21 and math.isnan(found.evidence["grad_norm"])
+    logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert all(math.isfinite(v) for v in logged) and math.isfinite(full_loss(trainer))
+    _, _, msg = _refused(tmp_path, "needs TrainingArguments.logging_nan_inf_filter=True", nan_filter=False)
+    assert "NaN for the rest of the run" in msg
+
+
+# each example is a real training run: no shrinking (a failure would cost minutes), the example is printed
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
+          phases=(Phase.explicit, Phase.reuse, Phase.generate))
+@given(
+    lr_factor=st.floats(0.05, 0.9),
+    scheduler=st.sampled_from(["linear", "cosine", "constant_with_warmup", "inverse_sqrt", "polynomial"]),
+    nan_at=st.integers(8, 25),
+)
+def test_lr_after_a_rollback_is_the_factor_times_the_schedule(tmp_path, lr_factor, scheduler, nan_at):
+    """From the step after the rollback on, every optimizer step uses lr_factor x the scheduler's
+    lambda x the original base LR, and the Trainer logs that LR."""
+    base, steps, used = 0.05, 40, {}
+
+    class Seen(transformers.TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kw):
+            used[state.global_step + 1] = optimizer.param_groups[0]["lr"]  # the LR of this step
+
+    cb = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=4, lr_factor=lr_factor)
+    trainer = train(tmp_path, base, cb, steps=steps, nan_at=nan_at, scheduler=scheduler, warmup_steps=5,
+                    extra_callbacks=[Seen()], nan_filter=True)
+    assert len(cb.interventions) == 1
+    at = cb.interventions[0].step
+    sched = trainer.lr_scheduler
+    groups = trainer.optimizer.param_groups  # the Trainer makes two: with and without weight decay
+    assert sched.base_lrs == [pytest.approx(base * lr_factor)] * len(groups)
+    assert all(g["initial_lr"] == pytest.approx(base * lr_factor) for g in groups)
+    lam = sched.lr_lambdas[0]
+    logged = {h["step"]: h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h}
+    for s in range(1, steps + 1):  # step s runs after s - 1 scheduler steps
+        want = base * lam(s - 1) * (lr_factor if s > at else 1.0)
+        assert used[s] == pytest.approx(want, rel=1e-9, abs=1e-15), s
+        assert logged[s] == pytest.approx(want, rel=1e-9, abs=1e-15), s
+
+
+def test_max_retries_exhausted_raises_guard_gave_up(tmp_path, caplog):
+    cb = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=5, max_retries=2)
+    args = make_args(tmp_path, 0.05, steps=60, nan_filter=True)
+    model = Tiny(nan_from=25)  # broken from forward 25 on: no LR can fix it
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=Data(), callbacks=[cb])
+    with caplog.at_level(logging.WARNING), pytest.raises(GuardGaveUp, match="gave up at step 28") as info:
+        trainer.train()
+    assert [i.retry for i in cb.interventions] == [1, 2] and len(info.value.interventions) == 2
+    assert all(i.restored_to == info.value.restored_to for i in cb.interventions)
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # left on the last good state
+    assert any(r.levelno == logging.ERROR and "gave up" in r.getMessage() for r in caplog.records)
+    assert trainer.state.global_step == 28 < 60
+
+
+# ------------------------------------------------------------------------- what the guard refuses
+
+
+def _refused(tmp_path, match, **kw):
+    kw.setdefault("nan_filter", True)
+    before = params(Tiny())
+    cb = LRDoctorCallback(guard=True)
+    with pytest.raises(ValueError, match=match) as info:
+        trainer = train(tmp_path, 0.05, cb, **kw)
+        pytest.fail(f"not refused; trained {trainer.state.global_step} steps")
+    return cb, before, str(info.value)
+
+
+def test_guard_refuses_a_scheduler_it_cannot_lower(tmp_path):
+    model_box = []
+
+    def plateau(model):
+        model_box.append(model)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=10)
+
+    cb, before, msg = _refused(tmp_path, "needs a torch.optim.lr_scheduler.LambdaLR", optimizers=plateau)
+    assert "got StepLR" in msg and "stop_on=('nan', 'diverging')" in msg and "resume_from_checkpoint" in msg
+    after = params(model_box[0])
+    assert all(torch.equal(before[k], after[k]) for k in before)  # refused before the first step
+    assert cb.interventions == []
+    _, _, msg = _refused(tmp_path, "LambdaLR", scheduler="reduce_lr_on_plateau", eval_strategy="steps",
+                         eval_steps=10, eval_dataset=Data(64))
+    assert "got ReduceLROnPlateau" in msg
+
+
+def test_guard_refuses_when_nothing_is_logged(tmp_path):
+    _refused(tmp_path, "logging_strategy='no'", logging_strategy="no")
+
+
+def test_blockers_name_fsdp_and_deepspeed_in_real_training_arguments(tmp_path, monkeypatch):
+    monkeypatch.delenv("FSDP_CPU_RAM_EFFICIENT_LOADING", raising=False)  # TrainingArguments(fsdp=...) sets it
+    plain = make_args(tmp_path, 0.05)
+    assert _guard_blockers(plain, Tiny()) == []
+    fsdp = make_args(tmp_path, 0.05, fsdp=True)
+    found = _guard_blockers(fsdp, Tiny())
+    assert any(f.startswith("FSDP") for f in found), found
+    with pytest.raises(ValueError, match=r"single-process Trainer only.*FSDP.*stop_on=\('nan', 'diverging'\)"):
+        LRDoctorCallback(guard=True).on_init_end(fsdp, None, None, model=Tiny())
+    LRDoctorCallback(guard=False).on_init_end(fsdp, None, None, model=Tiny())  # watching is fine anywhere
+
+
+def _distributed_worker(rank, world, port, out):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    args = transformers.TrainingArguments(output_dir=out, use_cpu=True, report_to=[], save_strategy="no", max_steps=2)
+    result = {"world_size": args.world_size}
+    try:
+        transformers.Trainer(model=Tiny(), args=args, train_dataset=Data(), callbacks=[LRDoctorCallback(guard=True)])
+        result["error"] = None
+    except ValueError as exc:
+        result["error"] = str(exc)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as fh:
+        json.dump(result, fh)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available in this build")
+def test_guard_refuses_a_two_process_run(tmp_path):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    torch.multiprocessing.spawn(_distributed_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        result = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert result["world_size"] == 2
+        assert result["error"] is not None and "2 processes (world_size=2)" in result["error"]
+        assert "resume from the last checkpoint" in result["error"]
+
+
+@settings(max_examples=25, deadline=None)
+@given(bad=st.one_of(st.floats(max_value=0.0), st.floats(min_value=1.0), st.just(float("nan"))))
+def test_guard_arguments_are_validated(bad):
+    with pytest.raises(ValueError, match="lr_factor must be a number in"):
+        LRDoctorCallback(guard=True, lr_factor=bad)
+
+
+def test_bad_guard_arguments():
+    with pytest.raises(ValueError, match="guard must be True or False"):
+        LRDoctorCallback(guard=1)
+    with pytest.raises(ValueError, match="snapshot_every must be an int >= 1"):
+        LRDoctorCallback(guard=True, snapshot_every=0)
+    with pytest.raises(ValueError, match="max_retries must be an int >= 1"):
+        LRDoctorCallback(guard=True, max_retries=0)
+    with pytest.raises(ValueError, match=r"stop_on and act_on share \['nan'\]"):
+        LRDoctorCallback(guard=True, stop_on=("nan", "flat"))
+    LRDoctorCallback(guard=True, stop_on=("flat",))  # a verdict the guard does not act on may stop the run
+
+
+def test_docstring_examples():
+    result = doctest.testmod(hf_integration, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_a_checkpoint_saved_after_a_rollback_resumes_with_the_lowered_lr(tmp_path):
+    """The scheduler's state_dict carries the lowered base_lrs; the resumed run gets a fresh guard."""
+    def run(steps, cb, **kw):
+        args = make_args(tmp_path, 0.1, steps=steps, nan_filter=True, scheduler="linear", save_strategy="steps",
+                         save_steps=40)
+        trainer = transformers.Trainer(model=Tiny(nan_at=20), args=args, train_dataset=Data(), callbacks=[cb])
+        trainer.train(**kw)
+        return trainer
+
+    first = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=5)
+    run(60, first)  # the linear schedule decays to 0 at step 60; the NaN comes at step 21
+    assert first.lr_multiplier == pytest.approx(0.1)
+    second = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=5)
+    trainer = run(60, second, resume_from_checkpoint=str(tmp_path / "checkpoint-40"))
+    assert trainer.lr_scheduler.base_lrs == [pytest.approx(0.01)] * len(trainer.optimizer.param_groups)
+    logged = {h["step"]: h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h}
+    assert logged[41] == pytest.approx(0.1 * 0.1 * (60 - 40) / 60)  # 0.1 x the schedule, from the checkpoint
+    assert second.interventions == [] and second.lr_multiplier == 1.0  # relative to the resumed LRs

@@ -1,4 +1,4 @@
-"""The LR doctor as a Hugging Face ``TrainerCallback``.
+r"""The LR doctor (and guard) as a Hugging Face ``TrainerCallback``.
 
 :class:`LRDoctorCallback` reads each training log in ``on_log`` (``loss``, ``learning_rate``,
 ``grad_norm``; ``state.global_step`` as the step), feeds a :class:`~lrkit.doctor.core.Doctor`, logs
@@ -9,60 +9,228 @@ configured). The logs dict is never modified; the verdicts are in :attr:`diagnos
 :attr:`detections`.
 
 What it sees is what the ``Trainer`` logs: with ``logging_steps=k`` each loss is the mean of
-``k`` steps (use ``logging_steps=1`` for per-step detection). **``logging_nan_inf_filter``**
-(``True`` by default) replaces a NaN/inf step loss by the running average before logging, so
-that a run with NaN weights keeps logging finite losses: the doctor can then only see the NaN
-through ``grad_norm`` (logged when ``max_grad_norm > 0``, the default). The callback warns about it
-in ``on_train_begin``; pass ``logging_nan_inf_filter=False`` for a reliable ``nan`` verdict.
+``k`` steps (use ``logging_steps=1`` for per-step detection). A per-step loss is not reachable
+from a callback (the events carry the model, optimizer and scheduler, not the loss), so the logs
+are the doctor's only loss. **``logging_nan_inf_filter``** (``True`` by default) replaces a
+NaN/inf step loss by the running average before logging, so that a run with NaN weights keeps
+logging finite losses: the doctor can then only see the NaN through ``grad_norm`` (logged when
+``max_grad_norm > 0``, the default, and by recent transformers always). Without the guard the
+callback warns about it in ``on_train_begin``; pass ``logging_nan_inf_filter=False`` for a
+reliable ``nan`` verdict. The guard needs the opposite (see below).
 
-**Why no rollback here.** A sound in-place rollback inside ``transformers.Trainer`` would have to
-restore the model through Accelerate's wrappers (and DeepSpeed/FSDP shards), the wrapped
-optimizer, the GradScaler, the LR scheduler and the Trainer's internal loss accumulators
-(``tr_loss``), none of which a callback owns. The sound recipe is: stop (``stop_on``), then
-resume from the last checkpoint (``trainer.train(resume_from_checkpoint=...)``) with a lower
-``learning_rate`` -- the diagnosis' advice says by how much. For an in-loop guard use
-:class:`lrkit.integrations.torch_doctor.TorchDoctor` or the Lightning callback.
+**The guard** (``guard=True``). A :class:`~lrkit.doctor.guard.Guard` keeps last-good snapshots
+(:class:`~lrkit.integrations.torch_state.TorchSnapshot`: the model's parameters and buffers, the
+optimizer's state, the ``GradScaler`` of mixed precision if any, the torch/NumPy/Python RNGs) and,
+when the doctor says ``nan`` or ``diverging`` (``act_on``), restores the last good one in place and
+lowers the LR by ``lr_factor``. Everything happens in ``on_log``, right after the ``Trainer`` has
+stepped the optimizer and the scheduler and logged the loss:
+
+* **Snapshots** are taken there too, by the guard: after ``snapshot_every`` consecutive healthy
+  (or flat) *observations*. The guard counts logs, so with ``logging_steps=k`` a snapshot is
+  taken at most every ``snapshot_every * k`` optimizer steps; ``logging_steps=1`` makes it every
+  ``snapshot_every`` steps. A snapshot taken at the log of step :math:`s` holds the state after
+  step :math:`s` (the guard labels it :math:`s + 1`, "before step :math:`s+1`"; its records use
+  ``state.global_step`` as the step).
+* **Lowering the LR.** The schedules of ``TrainingArguments.lr_scheduler_type`` are
+  ``torch.optim.lr_scheduler.LambdaLR`` objects, which overwrite every group's LR with
+  :math:`\eta_t = b\,\lambda(t)` at each step, :math:`b` being the scheduler's ``base_lrs``. So a
+  rollback multiplies ``lr_scheduler.base_lrs``, the groups' ``initial_lr`` *and* their current
+  ``lr`` (the LR of the next step, already set by the scheduler) by :math:`\gamma` =
+  ``lr_factor``: from the next step on the optimizer uses :math:`\gamma\, b\,\lambda(t)`, the
+  schedule's shape at a lower scale, and the logged ``learning_rate`` says so. The scheduler's
+  ``state_dict`` holds ``base_lrs``, so a checkpoint saved after a rollback resumes with the
+  lowered LR. Any other scheduler (``"reduce_lr_on_plateau"``, ``"greedy"``, a custom one passed
+  in ``optimizers=``) is refused in ``on_train_begin`` with a ``ValueError``.
+* **The clock is not rewound.** A rollback restores the weights, the optimizer state, the scaler
+  and the RNGs -- not ``state.global_step``, the scheduler's position or the data loader, which go
+  on (as with the Lightning callback and the guard's own clock). The ``Trainer``'s loss
+  accumulator was just emptied by the log, so the next logged loss covers only steps after the
+  rollback; the ``train_loss`` of the ``TrainOutput`` (the mean over the whole run) still
+  includes the losses before it.
+* **``logging_nan_inf_filter`` must stay ``True``** (the default). Without the filter the
+  ``Trainer`` adds a NaN/inf step loss to its running loss sum, and that sum stays NaN for the
+  rest of the run (it is "emptied" by subtracting it from itself): every later log would say NaN
+  even after a rollback, and the guard would give up on a healthy model. With the filter the sum
+  stays finite and the NaN reaches the doctor through ``grad_norm``. ``guard=True`` refuses
+  ``logging_nan_inf_filter=False`` with a ``ValueError``.
+* **Bounded retries.** When a snapshot has been restored ``max_retries`` times and the run fails
+  again, the guard restores it once more, logs an ERROR line and raises
+  :class:`~lrkit.doctor.guard.GuardGaveUp` out of ``trainer.train()`` (as the Lightning and Keras
+  callbacks do): the model is left on that last good state.
+* Each rollback is one WARNING line (logger ``"lrkit.guard"``, or ``logger``) and one
+  :class:`~lrkit.doctor.guard.Intervention` in :attr:`interventions`; :attr:`lr_multiplier` is
+  the product of the factors applied since ``train()`` began.
+
+**What is supported.** One process on one device (CPU, a single GPU or MPS) with any ``LambdaLR``
+schedule; gradient accumulation changes nothing (the guard acts on the logs, one per optimizer
+step at most), and a mixed-precision ``GradScaler`` (found on Accelerate's optimizer wrapper) is
+part of the snapshot. The tests run on CPU.
+``guard=True`` refuses, with a ``ValueError`` naming what it found (in ``on_init_end`` when the
+callback is given to the ``Trainer``, else in ``on_train_begin``): several processes
+(``world_size > 1``: DDP, multi-CPU), DeepSpeed, FSDP, tensor parallelism (``DTensor``
+parameters), several GPUs in one process (``DataParallel``), TPU/XLA and SageMaker parallelism.
+There the model and optimizer are sharded or replicated across ranks and the engines own their
+state (ZeRO partitions, flat parameters, the wrapped optimizer, their loss scaler): an in-place
+rollback would have to restore all of it on every rank at the same step, which a callback does
+not own. The sound recipe there: ``stop_on=("nan", "diverging")``, then
+``trainer.train(resume_from_checkpoint=...)`` with a lower ``learning_rate`` (the diagnosis'
+advice says by how much). ``guard=True`` also refuses ``logging_strategy="no"`` (the guard would
+never see a loss) and ``logging_nan_inf_filter=False`` (see above).
 
 Example::
 
     trainer = transformers.Trainer(model=model, args=args, train_dataset=ds,
-                                   callbacks=[LRDoctorCallback(stop_on=("nan", "diverging"))])
+                                   callbacks=[LRDoctorCallback(guard=True, snapshot_every=20)])
+    trainer.train()            # args: logging_steps=1 for per-step snapshots and detection
 """
 from __future__ import annotations
 
 import logging
 import warnings
-from typing import Any
+from typing import Any, Callable
 
+import torch
 from transformers import TrainerCallback
 
 from lrkit.doctor.core import VERDICTS, Diagnosis, Doctor
+from lrkit.doctor.guard import Guard, GuardedWatch, GuardGaveUp, Intervention
+from lrkit.integrations.torch_state import TorchSnapshot
 
 __all__ = ["LRDoctorCallback"]
 
+_RECIPE = (
+    "use LRDoctorCallback(stop_on=('nan', 'diverging')) and resume from the last checkpoint with a lower "
+    "learning_rate (trainer.train(resume_from_checkpoint=...)), or guard=False to watch only"
+)
 
-class LRDoctorCallback(TrainerCallback):
-    """Diagnose a ``transformers.Trainer`` run from its logs; optionally stop it.
+
+def _name(value: Any) -> str:
+    return str(getattr(value, "value", value))
+
+
+def _guard_blockers(args: Any, model: Any = None) -> list[str]:
+    """What in this run rules out the in-place guard (empty: a single-process run).
+
+    Reads the ``TrainingArguments`` (``deepspeed``, ``fsdp``, ``world_size``, ``parallel_mode``,
+    Accelerate's ``distributed_type``) and, when given, the model (FSDP modules, ``DTensor``
+    parameters). Every attribute is read defensively: a field a transformers version lacks is
+    simply not checked.
+    """
+    found: list[str] = []
+    if getattr(args, "deepspeed", None):
+        found.append("DeepSpeed (TrainingArguments.deepspeed)")
+    if getattr(args, "fsdp", None):
+        found.append(f"FSDP (TrainingArguments.fsdp={args.fsdp!r})")
+    state = getattr(args, "distributed_state", None)
+    dtype = getattr(state, "distributed_type", None)
+    if dtype is not None and _name(dtype).upper() != "NO":
+        found.append(f"Accelerate distributed_type={_name(dtype)}")
+    world = getattr(args, "world_size", 1)
+    if isinstance(world, int) and world > 1:
+        found.append(f"{world} processes (world_size={world})")
+    mode = _name(getattr(args, "parallel_mode", "not_parallel"))
+    if mode == "not_distributed":
+        found.append("several GPUs in one process (DataParallel, n_gpu > 1)")
+    elif mode not in ("not_parallel", "distributed"):  # distributed is reported as world_size / distributed_type
+        found.append(f"parallel_mode={mode}")
+    if isinstance(model, torch.nn.Module) and torch.distributed.is_available():
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        sharded = (FullyShardedDataParallel,)
+        try:
+            from torch.distributed.fsdp import FSDPModule
+
+            sharded = (FullyShardedDataParallel, FSDPModule)
+        except ImportError:  # pragma: no cover - torch < 2.6
+            pass
+        if any(isinstance(m, sharded) for m in model.modules()):
+            found.append("an FSDP-wrapped model")
+        try:
+            from torch.distributed.tensor import DTensor
+        except ImportError:  # pragma: no cover - torch < 2.4
+            DTensor = None  # noqa: N806
+        if DTensor is not None and any(isinstance(p, DTensor) for p in model.parameters()):
+            found.append("tensor-parallel (DTensor) parameters")
+    return list(dict.fromkeys(found))
+
+
+def _copy_lr(value: Any) -> Any:
+    return value.detach().clone() if isinstance(value, torch.Tensor) else value
+
+
+class _State:
+    """The guard's view of the run: snapshot/restore of the model, optimizer, scaler and RNGs."""
+
+    def __init__(self, cb: "LRDoctorCallback") -> None:
+        self.cb = cb
+
+    def snapshot(self) -> TorchSnapshot:
+        cb = self.cb
+        return TorchSnapshot.take(cb._model, [cb._optimizer], scaler=cb._scaler)
+
+    def restore(self, state: TorchSnapshot) -> None:
+        cb = self.cb
+        # the verdict that caused this rollback, before the guard rewinds the doctor to the snapshot's
+        cb._rollback_diagnosis = cb.doctor.diagnosis
+        groups = cb._optimizer.param_groups
+        keep = [{k: _copy_lr(g[k]) for k in ("lr", "initial_lr") if k in g} for g in groups]
+        state.restore(cb._model, [cb._optimizer], scaler=cb._scaler)
+        for g, saved in zip(groups, keep):  # the scheduler's LRs stay (the clock is not rewound)
+            for k, v in saved.items():
+                if isinstance(g.get(k), torch.Tensor) and isinstance(v, torch.Tensor):
+                    g[k].copy_(v)
+                else:
+                    g[k] = v
+
+
+class LRDoctorCallback(GuardedWatch, TrainerCallback):
+    """Diagnose (and with ``guard=True`` protect) a ``transformers.Trainer`` run from its logs.
+
+    See the module docstring for what is read, how the LR is lowered and what is supported.
 
     Args:
+        guard: roll back and lower the LR on ``nan``/``diverging`` (default ``False``: watch only).
         doctor: the :class:`~lrkit.doctor.core.Doctor` (default ``Doctor()``). For
             ``logging_steps`` > 1 a smaller ``window`` suits (the doctor sees one point per log).
         stop_on: verdicts that stop training (default ``()``: only report); a subset of
-            ``("nan", "diverging", "fluctuating", "flat")``.
-        logger: where detections are reported (default ``logging.getLogger("lrkit.doctor")``).
+            ``("nan", "diverging", "fluctuating", "flat")``. With ``guard=True`` it may not share
+            a verdict with ``act_on`` (a verdict either stops the run or rolls it back).
+        snapshot_every, lr_factor, max_retries, act_on, storage, storage_dir, on_intervention:
+            as in :class:`~lrkit.doctor.guard.Guard` (only with ``guard=True``);
+            ``snapshot_every`` counts logged steps.
+        logger: where detections (and the guard's interventions) are reported (default
+            ``logging.getLogger("lrkit.doctor")``, and ``"lrkit.guard"`` for the guard).
 
     Attributes:
-        diagnosis: the latest verdict. detections: each problem's first detection, in order.
+        diagnosis: the latest verdict. detections: each problem's first detection, in order
+            (with the guard, also the ones it rolled back).
         stopped_by: the diagnosis that stopped training, or ``None``.
+        interventions: the guard's :class:`~lrkit.doctor.guard.Intervention` records of the
+            current (or last) ``train()`` call. lr_multiplier: the factor applied to the LRs.
+
+    Example:
+        >>> cb = LRDoctorCallback(guard=True, snapshot_every=20, lr_factor=0.1)
+        >>> cb.lr_multiplier, cb.interventions
+        (1.0, [])
     """
 
     def __init__(
         self,
+        guard: bool = False,
         *,
         doctor: Doctor | None = None,
         stop_on: tuple[str, ...] = (),
+        snapshot_every: int = 50,
+        lr_factor: float = 0.1,
+        max_retries: int = 3,
+        act_on: tuple[str, ...] = ("nan", "diverging"),
+        storage: str = "memory",
+        storage_dir: Any = None,
+        on_intervention: Callable[[Intervention], Any] | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
+        if not isinstance(guard, bool):
+            raise ValueError(f"LRDoctorCallback: guard must be True or False, got {guard!r}")
         if doctor is not None and not isinstance(doctor, Doctor):
             raise ValueError(f"LRDoctorCallback: doctor must be an lrkit.doctor.Doctor or None, got {type(doctor).__name__}")
         problems = tuple(v for v in VERDICTS if v != "healthy")
@@ -71,27 +239,106 @@ class LRDoctorCallback(TrainerCallback):
         self.doctor = doctor if doctor is not None else Doctor()
         self.stop_on = tuple(stop_on)
         self.logger = logger if logger is not None else logging.getLogger("lrkit.doctor")
+        self._guard_kwargs: dict[str, Any] = dict(
+            snapshot_every=snapshot_every, lr_factor=lr_factor, max_retries=max_retries, act_on=act_on,
+            storage=storage, storage_dir=storage_dir, on_intervention=on_intervention, logger=logger,
+        )
+        self.guard: Guard | None = self._new_guard() if guard else None  # validates the guard's arguments
+        if self.guard is not None:
+            both = [v for v in self.stop_on if v in self.guard.act_on]
+            if both:
+                raise ValueError(
+                    f"LRDoctorCallback: stop_on and act_on share {both}: a verdict either stops the run "
+                    f"(stop_on) or rolls it back (act_on, guard=True); got stop_on={self.stop_on!r}, "
+                    f"act_on={self.guard.act_on!r}"
+                )
         self.detections: list[Diagnosis] = []
         self.stopped_by: Diagnosis | None = None
         self._last_step: int | None = None
+        self._model: torch.nn.Module | None = None
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._scheduler: Any = None
+        self._scaler: Any = None
+        self._rollback_diagnosis: Diagnosis | None = None
 
-    @property
-    def diagnosis(self) -> Diagnosis:
-        return self.doctor.diagnosis
+    def _new_guard(self) -> Guard:
+        return Guard(_State(self), doctor=self.doctor, take_initial_snapshot=False, **self._guard_kwargs)
+
+    # ------------------------------------------------------------------ checks
+    def _check_args(self, args: Any, model: Any) -> None:
+        blockers = _guard_blockers(args, model)
+        if blockers:
+            raise ValueError(
+                "LRDoctorCallback(guard=True) supports a single-process Trainer only (one process on one device; "
+                f"no DeepSpeed, FSDP, tensor or data parallelism); this run uses {'; '.join(blockers)}. "
+                "Sharded or replicated state cannot be rolled back in place from a callback: " + _RECIPE
+            )
+        if not getattr(args, "logging_nan_inf_filter", True):
+            raise ValueError(
+                "LRDoctorCallback(guard=True) needs TrainingArguments.logging_nan_inf_filter=True (the default), got "
+                "False: without the filter one NaN/inf step loss makes the Trainer's running loss sum NaN for the rest "
+                "of the run, so every later log would be NaN even after a rollback. With it, the guard sees a NaN "
+                "through grad_norm"
+            )
+        if _name(getattr(args, "logging_strategy", "steps")) == "no":
+            raise ValueError(
+                "LRDoctorCallback(guard=True) reads the training loss from the Trainer's logs, but "
+                "logging_strategy='no'; pass logging_strategy='steps' (logging_steps=1 for per-step detection)"
+            )
+
+    @staticmethod
+    def _check_scheduler(scheduler: Any, optimizer: Any) -> None:
+        if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+            raise ValueError(
+                "LRDoctorCallback(guard=True) lowers the LR through the scheduler's base_lrs, which needs a "
+                "torch.optim.lr_scheduler.LambdaLR (what every TrainingArguments.lr_scheduler_type builds except "
+                f"'reduce_lr_on_plateau' and 'greedy'); got {type(scheduler).__name__}. Pick such an "
+                "lr_scheduler_type, pass optimizers=(optimizer, LambdaLR(optimizer, ...)), or " + _RECIPE
+            )
+        if len(scheduler.base_lrs) != len(optimizer.param_groups):
+            raise ValueError(
+                f"LRDoctorCallback(guard=True): the scheduler has {len(scheduler.base_lrs)} base_lrs but the "
+                f"optimizer has {len(optimizer.param_groups)} param groups; build the scheduler on this optimizer"
+            )
+
+    # ------------------------------------------------------------------ Trainer events
+    def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.guard is not None:  # refuse an unsupported setup before anything runs
+            self._check_args(args, kwargs.get("model"))
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.guard is not None:  # every check before anything changes
+            model, optimizer, scheduler = kwargs.get("model"), kwargs.get("optimizer"), kwargs.get("lr_scheduler")
+            self._check_args(args, model)  # again: the callback may have been added after the Trainer was built
+            if not isinstance(model, torch.nn.Module) or optimizer is None:
+                raise ValueError(
+                    "LRDoctorCallback(guard=True) needs the Trainer's model (a torch.nn.Module) and optimizer in "
+                    f"its events, got model={type(model).__name__}, optimizer={type(optimizer).__name__}"
+                )
+            inner = getattr(optimizer, "optimizer", optimizer)  # Accelerate's AcceleratedOptimizer wraps it
+            self._check_scheduler(scheduler, inner)
+            self._model, self._optimizer, self._scheduler = model, inner, scheduler
+            self._scaler = getattr(optimizer, "scaler", None)  # AMP's GradScaler lives on the wrapper
         if state.global_step == 0:  # a fresh run (not a resume): forget a previous one
             self.doctor.reset()
             self.detections = []
             self.stopped_by = None
             self._last_step = None
-        if getattr(args, "logging_nan_inf_filter", False):
+        if self.guard is not None:
+            self.guard.close()
+            self.guard = self._new_guard()  # a fresh clock and multiplier for this train() call
+            self.guard.start()  # the state before the first step of this call
+        if self.guard is None and getattr(args, "logging_nan_inf_filter", False):
             warnings.warn(
                 "LRDoctorCallback: TrainingArguments.logging_nan_inf_filter=True replaces NaN/inf losses in the "
                 "logs by a running average, so the doctor can only see a NaN through grad_norm; pass "
                 "logging_nan_inf_filter=False for a reliable 'nan' verdict",
                 stacklevel=2,
             )
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.guard is not None:
+            self.guard.close()  # drop the snapshots (and their files); the records stay
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
         if not logs or "loss" not in logs:
@@ -100,18 +347,56 @@ class LRDoctorCallback(TrainerCallback):
         if self._last_step is not None and step <= self._last_step:
             return  # the same step logged twice (e.g. a resumed run)
         self._last_step = step
+        loss = float(logs["loss"])
         lr = logs.get("learning_rate")
+        lr = None if lr is None else float(lr)
         gn = logs.get("grad_norm")
-        d = self.doctor.observe(
-            step,
-            float(logs["loss"]),
-            lr=None if lr is None else float(lr),
-            grad_norm=None if gn is None else float(gn),
-        )
-        if d.verdict != "healthy" and not any(h.verdict == d.verdict and h.step == d.step for h in self.detections):
-            self.detections.append(d)
+        gn = None if gn is None else float(gn)
+        if self.guard is None:
+            self._report(self.doctor.observe(step, loss, lr=lr, grad_norm=gn), step, control)
+            return
+        self._rollback_diagnosis = None
+        try:
+            rec = self.guard.observe(loss, lr=lr, grad_norm=gn, step=step)
+        except GuardGaveUp as exc:  # the guard restored the last good state and logged an ERROR line
+            self._remember(exc.diagnosis)
+            self.guard.close()
+            raise
+        if rec is None:
+            self._report(self.doctor.diagnosis, step, control)
+            return
+        d = self._rollback_diagnosis
+        if d is not None and d.verdict != "healthy":
+            self._remember(d)  # the guard logged the intervention: one line, not two
+        self._lower_lr(rec.new_multiplier / rec.old_multiplier)
+
+    # ------------------------------------------------------------------ helpers
+    def _remember(self, d: Diagnosis) -> bool:
+        if d.verdict == "healthy" or any(h.verdict == d.verdict and h.step == d.step for h in self.detections):
+            return False
+        self.detections.append(d)
+        return True
+
+    def _report(self, d: Diagnosis, step: int, control: Any) -> None:
+        if self._remember(d):
             self.logger.warning("lrkit doctor at step %d: %s", step, d)
         if d.verdict in self.stop_on and self.stopped_by is None:
             self.stopped_by = d
             control.should_training_stop = True
             self.logger.warning("lrkit doctor: stopping training at step %d (%s)", step, d.verdict)
+
+    def _lower_lr(self, factor: float) -> None:
+        """Scale the schedule by ``factor``: ``base_lrs``, the groups' ``initial_lr`` and ``lr``."""
+        sched, groups = self._scheduler, self._optimizer.param_groups
+        sched.base_lrs = [b * factor for b in sched.base_lrs]
+        for g in groups:
+            for k in ("lr", "initial_lr"):
+                if k not in g:
+                    continue
+                if isinstance(g[k], torch.Tensor):
+                    g[k].mul_(factor)  # in place: a compiled optimizer step keeps its graph
+                else:
+                    g[k] = g[k] * factor
+        if isinstance(getattr(sched, "_last_lr", None), list):
+            # what get_last_lr() -- and so the Trainer's logged learning_rate of the next step -- reports
+            sched._last_lr = [_copy_lr(g["lr"]) for g in groups]
