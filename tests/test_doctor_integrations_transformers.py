@@ -393,3 +393,24 @@ def test_a_checkpoint_saved_after_a_rollback_resumes_with_the_lowered_lr(tmp_pat
     logged = {h["step"]: h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h}
     assert logged[41] == pytest.approx(0.1 * 0.1 * (60 - 40) / 60)  # 0.1 x the schedule, from the checkpoint
     assert second.interventions == [] and second.lr_multiplier == 1.0  # relative to the resumed LRs
+
+
+def test_evaluation_results_reach_the_doctor_with_the_next_log(tmp_path):
+    seen = []
+
+    class Recording(Doctor):
+        def observe(self, step, loss, **kw):
+            seen.append((step, kw.get("val_loss"), dict(kw.get("metrics") or {})))
+            return super().observe(step, loss, **kw)
+
+    cb = LRDoctorCallback(doctor=Recording())
+    trainer = train(tmp_path, 0.05, cb, eval_dataset=Data(64), eval_strategy="steps", eval_steps=10,
+                    label_names=["y"])
+    evals = [(h["step"], h["eval_loss"]) for h in trainer.state.log_history if "eval_loss" in h]
+    carried = [(s, v, m) for s, v, m in seen if v is not None]
+    assert [e[0] for e in evals][:2] == [10, 20]
+    # each evaluation rides on the next training log, with its eval_* metrics (runtime included:
+    # the doctor skips bookkeeping columns itself)
+    assert [(s, v) for s, v, _ in carried] == [(s + 1, pytest.approx(v, rel=1e-6)) for s, v in evals if s < 30]
+    assert all("eval_runtime" in m for _, _, m in carried)
+    assert cb.diagnosis.verdict == "healthy"

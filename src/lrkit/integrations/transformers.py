@@ -11,7 +11,9 @@ configured). The logs dict is never modified; the verdicts are in :attr:`diagnos
 What it sees is what the ``Trainer`` logs: with ``logging_steps=k`` each loss is the mean of
 ``k`` steps (use ``logging_steps=1`` for per-step detection). A per-step loss is not reachable
 from a callback (the events carry the model, optimizer and scheduler, not the loss), so the logs
-are the doctor's only loss. **``logging_nan_inf_filter``** (``True`` by default) replaces a
+are the doctor's only loss. Each evaluation's ``eval_loss`` and ``eval_*`` metrics (``on_evaluate``)
+go to the doctor with the next training log, so a validation result that swings without progress is
+``fluctuating``. **``logging_nan_inf_filter``** (``True`` by default) replaces a
 NaN/inf step loss by the running average before logging, so that a run with NaN weights keeps
 logging finite losses: the doctor can then only see the NaN through ``grad_norm`` (logged when
 ``max_grad_norm > 0``, the default, and by recent transformers always). Without the guard the
@@ -255,6 +257,7 @@ class LRDoctorCallback(GuardedWatch, TrainerCallback):
         self.detections: list[Diagnosis] = []
         self.stopped_by: Diagnosis | None = None
         self._last_step: int | None = None
+        self._pending_val: dict[str, float] = {}  # the last evaluation's metrics
         self._model: torch.nn.Module | None = None
         self._optimizer: torch.optim.Optimizer | None = None
         self._scheduler: Any = None
@@ -340,6 +343,19 @@ class LRDoctorCallback(GuardedWatch, TrainerCallback):
         if self.guard is not None:
             self.guard.close()  # drop the snapshots (and their files); the records stay
 
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None,
+                    **kwargs: Any) -> None:
+        # ``eval_loss`` and the ``eval_*`` metrics go to the doctor with the next training log: a
+        # validation result that swings without progress is ``fluctuating``
+        self._pending_val = {}
+        for k, v in (metrics or {}).items():
+            if k.startswith("eval_") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                self._pending_val[k] = float(v)
+
+    def _take_val(self) -> tuple[float | None, dict[str, float] | None]:
+        val, self._pending_val = self._pending_val, {}
+        return val.pop("eval_loss", None), (val or None)
+
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
         if not logs or "loss" not in logs:
             return  # an evaluation log or the end-of-training summary
@@ -352,12 +368,14 @@ class LRDoctorCallback(GuardedWatch, TrainerCallback):
         lr = None if lr is None else float(lr)
         gn = logs.get("grad_norm")
         gn = None if gn is None else float(gn)
+        val_loss, metrics = self._take_val()
         if self.guard is None:
-            self._report(self.doctor.observe(step, loss, lr=lr, grad_norm=gn), step, control)
+            self._report(self.doctor.observe(step, loss, lr=lr, grad_norm=gn, val_loss=val_loss, metrics=metrics),
+                         step, control)
             return
         self._rollback_diagnosis = None
         try:
-            rec = self.guard.observe(loss, lr=lr, grad_norm=gn, step=step)
+            rec = self.guard.observe(loss, lr=lr, grad_norm=gn, val_loss=val_loss, metrics=metrics, step=step)
         except GuardGaveUp as exc:  # the guard restored the last good state and logged an ERROR line
             self._remember(exc.diagnosis)
             self.guard.close()
