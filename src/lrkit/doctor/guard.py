@@ -157,6 +157,63 @@ class GuardGaveUp(RuntimeError):
         self.restored_to = restored_to
 
 
+def watch_doctor(who: str, guard: Any, doctor: Any) -> Doctor:
+    """Check the ``guard`` flag and ``doctor`` every watcher takes; return the doctor to use.
+
+    Example:
+        >>> watch_doctor("MyCallback", False, None).n_observations
+        0
+    """
+    if not isinstance(guard, bool):
+        raise ValueError(f"{who}: guard must be True or False, got {guard!r}")
+    if doctor is not None and not isinstance(doctor, Doctor):
+        raise ValueError(f"{who}: doctor must be an lrkit.doctor.Doctor or None, got {type(doctor).__name__}")
+    return doctor if doctor is not None else Doctor()
+
+
+class PendingValidation:
+    """Validation results held until the next training step is observed.
+
+    Frameworks validate between training steps, while :meth:`Doctor.observe` takes a validation
+    result together with a step's training loss. A watcher :meth:`hold` s the results whose names
+    start with one of ``prefixes`` (the newest validation replaces the previous one) and
+    :meth:`take` s them with the next step: the first of ``loss_names`` present is the
+    ``val_loss``, the rest are ``metrics``.
+
+    Example:
+        >>> pending = PendingValidation(prefixes=("val_",), loss_names=("val_loss",))
+        >>> pending.hold({"loss": 0.3, "val_loss": 0.5, "val_accuracy": 0.9, "val_note": "n/a"})
+        >>> pending.take()
+        (0.5, {'val_accuracy': 0.9})
+        >>> pending.take()
+        (None, None)
+    """
+
+    def __init__(self, *, prefixes: tuple[str, ...], loss_names: tuple[str, ...]) -> None:
+        self.prefixes = tuple(prefixes)
+        self.loss_names = tuple(loss_names)
+        self._held: dict[str, float] = {}
+
+    def hold(self, results: Mapping[str, Any] | None, convert: Callable[[Any], Any] = float) -> None:
+        """Keep the numeric results named with a prefix (``convert`` turns a framework tensor into
+        something ``float`` takes); text and booleans are skipped."""
+        held: dict[str, float] = {}
+        for name, value in (results or {}).items():
+            if not name.startswith(self.prefixes) or isinstance(value, (str, bool)):
+                continue
+            try:
+                held[name] = float(convert(value))
+            except (TypeError, ValueError, RuntimeError):
+                continue
+        self._held = held
+
+    def take(self) -> tuple[float | None, dict[str, float] | None]:
+        """``(val_loss, metrics)`` of the held results (``None`` for what there is not); forgets them."""
+        held, self._held = self._held, {}
+        val_loss = next((held.pop(n) for n in self.loss_names if n in held), None)
+        return val_loss, (held or None)
+
+
 class GuardedWatch:
     """Read-only state shared by every watcher that owns a ``doctor`` and an optional ``guard``
     (:class:`~lrkit.integrations.torch_doctor.TorchDoctor` and the Lightning and Keras callbacks).

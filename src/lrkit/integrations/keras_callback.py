@@ -63,7 +63,7 @@ import keras
 import numpy as np
 
 from lrkit.doctor.core import Diagnosis, Doctor
-from lrkit.doctor.guard import Guard, GuardedWatch, Intervention
+from lrkit.doctor.guard import Guard, GuardedWatch, Intervention, PendingValidation, watch_doctor
 from lrkit.integrations.keras_schedule import LRKitSchedule, _learning_rate_of
 
 __all__ = ["LRDoctorCallback"]
@@ -120,11 +120,7 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
         logger: logging.Logger | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(guard, bool):
-            raise ValueError(f"LRDoctorCallback: guard must be True or False, got {guard!r}")
-        if doctor is not None and not isinstance(doctor, Doctor):
-            raise ValueError(f"LRDoctorCallback: doctor must be an lrkit.doctor.Doctor or None, got {type(doctor).__name__}")
-        self.doctor = doctor if doctor is not None else Doctor()
+        self.doctor = watch_doctor("LRDoctorCallback", guard, doctor)
         self.guard: Guard | None = None
         if guard:
             self.guard = Guard(
@@ -141,7 +137,7 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
         self._schedule: LRKitSchedule | None = None  # the guarded lrkit export, if any
         self._rate: Any = None  # the optimizer's LR object the base was taken from
         self._lr_used = math.nan
-        self._pending_val: dict[str, float] = {}  # the last epoch's validation results
+        self._pending_val = PendingValidation(prefixes=("val_",), loss_names=("val_loss",))
 
     # ------------------------------------------------------------------ helpers
     def _current_lr(self) -> float:
@@ -201,13 +197,7 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         # validation results (``val_loss``, ``val_accuracy``, ...) go to the doctor with the next
         # training step: a swinging validation metric is the ``fluctuating`` verdict
-        self._pending_val = {}
-        for k, v in (logs or {}).items():
-            if k.startswith("val_"):
-                try:
-                    self._pending_val[k] = float(keras.ops.convert_to_numpy(v))
-                except (TypeError, ValueError):
-                    continue
+        self._pending_val.hold(logs, convert=keras.ops.convert_to_numpy)
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         if self.guard is not None and self._schedule is not None:
@@ -241,10 +231,7 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
         step = self._step
         self._step += 1
         self.history.append((step, loss, lr))
-        val = dict(self._pending_val)
-        self._pending_val = {}
-        val_loss = val.pop("val_loss", None)
-        metrics = val or None
+        val_loss, metrics = self._pending_val.take()
         if self.guard is None:
             self.doctor.observe(step, loss, lr=lr, val_loss=val_loss, metrics=metrics)
             return

@@ -38,7 +38,7 @@ import lightning.pytorch as pl
 import torch
 
 from lrkit.doctor.core import SEVERITY, Diagnosis, Doctor
-from lrkit.doctor.guard import Guard, GuardedWatch, Intervention
+from lrkit.doctor.guard import Guard, GuardedWatch, Intervention, PendingValidation, watch_doctor
 from lrkit.integrations.torch_doctor import grad_norm
 from lrkit.integrations.torch_state import TorchSnapshot
 
@@ -96,11 +96,7 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         track_grad_norm: bool = True,
     ) -> None:
         super().__init__()
-        if not isinstance(guard, bool):
-            raise ValueError(f"LRDoctorCallback: guard must be True or False, got {guard!r}")
-        if doctor is not None and not isinstance(doctor, Doctor):
-            raise ValueError(f"LRDoctorCallback: doctor must be an lrkit.doctor.Doctor or None, got {type(doctor).__name__}")
-        self.doctor = doctor if doctor is not None else Doctor()
+        self.doctor = watch_doctor("LRDoctorCallback", guard, doctor)
         self.guard: Guard | None = None
         if guard:
             self.guard = Guard(
@@ -117,7 +113,7 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         self._gn: float | None = None
         self._step = 0
         self._last_lr: float | None = None
-        self._pending_val: dict[str, float] = {}  # the last validation's results
+        self._pending_val = PendingValidation(prefixes=("val_", "val/"), loss_names=("val_loss", "val/loss"))
 
     # ------------------------------------------------------------------ optimizer hooks
     def _pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -160,20 +156,7 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         # ModelCheckpoint reads them); they go to the doctor with the next training step
         if trainer.sanity_checking:
             return
-        self._pending_val = {}
-        for k, v in trainer.callback_metrics.items():
-            if k.startswith(("val_", "val/")):
-                try:
-                    self._pending_val[k] = float(v)
-                except (TypeError, ValueError, RuntimeError):
-                    continue
-
-    def _take_val(self) -> tuple[float | None, dict[str, float] | None]:
-        val, self._pending_val = self._pending_val, {}
-        val_loss = val.pop("val_loss", None)
-        if val_loss is None:
-            val_loss = val.pop("val/loss", None)
-        return val_loss, (val or None)
+        self._pending_val.hold(trainer.callback_metrics)
 
     def on_before_optimizer_step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", optimizer: Any) -> None:
         if self.track_grad_norm:
@@ -193,7 +176,7 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         gn, self._gn = self._gn, None
         step = self._step
         self._step += 1
-        val_loss, metrics = self._take_val()
+        val_loss, metrics = self._pending_val.take()
         if self.guard is not None:
             self.guard.observe(loss, lr=lr, grad_norm=gn, step=step, val_loss=val_loss, metrics=metrics)
         else:

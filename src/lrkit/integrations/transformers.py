@@ -95,7 +95,7 @@ import torch
 from transformers import TrainerCallback
 
 from lrkit.doctor.core import VERDICTS, Diagnosis, Doctor
-from lrkit.doctor.guard import Guard, GuardedWatch, GuardGaveUp, Intervention
+from lrkit.doctor.guard import Guard, GuardedWatch, GuardGaveUp, Intervention, PendingValidation, watch_doctor
 from lrkit.integrations.torch_state import TorchSnapshot
 
 __all__ = ["LRDoctorCallback"]
@@ -231,14 +231,10 @@ class LRDoctorCallback(GuardedWatch, TrainerCallback):
         on_intervention: Callable[[Intervention], Any] | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
-        if not isinstance(guard, bool):
-            raise ValueError(f"LRDoctorCallback: guard must be True or False, got {guard!r}")
-        if doctor is not None and not isinstance(doctor, Doctor):
-            raise ValueError(f"LRDoctorCallback: doctor must be an lrkit.doctor.Doctor or None, got {type(doctor).__name__}")
+        self.doctor = watch_doctor("LRDoctorCallback", guard, doctor)
         problems = tuple(v for v in VERDICTS if v != "healthy")
         if not isinstance(stop_on, (tuple, list)) or any(v not in problems for v in stop_on):
             raise ValueError(f"LRDoctorCallback: stop_on must be a tuple of verdicts from {problems}, got {stop_on!r}")
-        self.doctor = doctor if doctor is not None else Doctor()
         self.stop_on = tuple(stop_on)
         self.logger = logger if logger is not None else logging.getLogger("lrkit.doctor")
         self._guard_kwargs: dict[str, Any] = dict(
@@ -257,7 +253,7 @@ class LRDoctorCallback(GuardedWatch, TrainerCallback):
         self.detections: list[Diagnosis] = []
         self.stopped_by: Diagnosis | None = None
         self._last_step: int | None = None
-        self._pending_val: dict[str, float] = {}  # the last evaluation's metrics
+        self._pending_val = PendingValidation(prefixes=("eval_",), loss_names=("eval_loss",))
         self._model: torch.nn.Module | None = None
         self._optimizer: torch.optim.Optimizer | None = None
         self._scheduler: Any = None
@@ -347,14 +343,7 @@ class LRDoctorCallback(GuardedWatch, TrainerCallback):
                     **kwargs: Any) -> None:
         # ``eval_loss`` and the ``eval_*`` metrics go to the doctor with the next training log: a
         # validation result that swings without progress is ``fluctuating``
-        self._pending_val = {}
-        for k, v in (metrics or {}).items():
-            if k.startswith("eval_") and isinstance(v, (int, float)) and not isinstance(v, bool):
-                self._pending_val[k] = float(v)
-
-    def _take_val(self) -> tuple[float | None, dict[str, float] | None]:
-        val, self._pending_val = self._pending_val, {}
-        return val.pop("eval_loss", None), (val or None)
+        self._pending_val.hold(metrics)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
         if not logs or "loss" not in logs:
@@ -368,7 +357,7 @@ class LRDoctorCallback(GuardedWatch, TrainerCallback):
         lr = None if lr is None else float(lr)
         gn = logs.get("grad_norm")
         gn = None if gn is None else float(gn)
-        val_loss, metrics = self._take_val()
+        val_loss, metrics = self._pending_val.take()
         if self.guard is None:
             self._report(self.doctor.observe(step, loss, lr=lr, grad_norm=gn, val_loss=val_loss, metrics=metrics),
                          step, control)
