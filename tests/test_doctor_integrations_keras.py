@@ -9,6 +9,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+from _recording import RecordingDoctor  # noqa: E402
 from lrkit.doctor import Doctor  # noqa: E402
 from lrkit.integrations.keras_callback import LRDoctorCallback  # noqa: E402
 
@@ -221,27 +222,16 @@ def test_a_second_fit_applies_the_guards_multiplier_once(kind):
     assert used == pytest.approx(0.1 * (0.8 if kind == "float" else sched(k)), rel=1e-6)
 
 
-class _RecordingDoctor(Doctor):
-    """A real Doctor that also keeps what each observation carried."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def observe(self, step, loss, **kw):
-        self.seen.append((step, kw.get("val_loss"), dict(kw.get("metrics") or {})))
-        return super().observe(step, loss, **kw)
-
 
 @pytest.mark.parametrize("guard", [False, True])
 def test_validation_results_reach_the_doctor_with_the_next_step(guard):
     model = make(0.01)
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss="mse", metrics=["mae"])
-    doctor = _RecordingDoctor()
+    doctor = RecordingDoctor()
     X, y = data(128)
     hist = model.fit(X, y, batch_size=32, epochs=3, verbose=0, shuffle=False, validation_data=data(64, seed=1),
                      callbacks=[LRDoctorCallback(guard=guard, doctor=doctor)])
-    carried = [(s, v, m) for s, v, m in doctor.seen if v is not None]
+    carried = doctor.carried()
     assert [s for s, _, _ in carried] == [4, 8]  # the first batch of epochs 2 and 3 (4 batches/epoch)
     assert [v for _, v, _ in carried] == pytest.approx(hist.history["val_loss"][:2], rel=1e-6)
     assert [m["val_mae"] for _, _, m in carried] == pytest.approx(hist.history["val_mae"][:2], rel=1e-6)

@@ -10,6 +10,7 @@ import torch
 
 pl = pytest.importorskip("lightning.pytorch")
 
+from _recording import RecordingDoctor  # noqa: E402
 from lrkit.doctor import Doctor  # noqa: E402
 from lrkit.integrations.lightning import LRDoctorCallback  # noqa: E402
 
@@ -112,17 +113,6 @@ def test_bad_arguments():
         LRDoctorCallback(guard=True, snapshot_every=0)
 
 
-class _RecordingDoctor(Doctor):
-    """A real Doctor that also keeps what each observation carried."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def observe(self, step, loss, **kw):
-        self.seen.append((step, kw.get("val_loss"), dict(kw.get("metrics") or {})))
-        return super().observe(step, loss, **kw)
-
 
 class WithValidation(Regression):
     def validation_step(self, batch, batch_idx):
@@ -134,7 +124,7 @@ class WithValidation(Regression):
 
 @pytest.mark.parametrize("guard", [False, True])
 def test_validation_results_reach_the_doctor_with_the_next_step(guard):
-    doctor = _RecordingDoctor()
+    doctor = RecordingDoctor()
     module = WithValidation(0.01)
     seen_val = []
 
@@ -151,7 +141,7 @@ def test_validation_results_reach_the_doctor_with_the_next_step(guard):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(module, data(), data(64, seed=1))
-    carried = [(s, v, m) for s, v, m in doctor.seen if v is not None]
+    carried = doctor.carried()
     assert [s for s, _, _ in carried] == [8, 16]  # first step of epochs 2 and 3 (8 batches/epoch)
     got = [x for _, v, m in carried for x in (v, m["val_mae"])]
     assert got == pytest.approx([x for pair in seen_val[:2] for x in pair], rel=1e-6)

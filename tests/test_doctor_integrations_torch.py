@@ -9,6 +9,7 @@ import pytest
 import torch
 from sklearn.datasets import load_diabetes, load_digits
 
+from _recording import RecordingDoctor
 from lrkit.doctor import Doctor
 from lrkit.doctor.guard import GuardGaveUp
 from lrkit.integrations.torch_doctor import TorchDoctor, grad_norm
@@ -242,18 +243,12 @@ def test_guard_over_torch_trainer_rolls_back_a_poisoned_weight():
 
 @pytest.mark.parametrize("guard", [False, True])
 def test_validation_results_reach_the_doctor(guard):
-    seen = []
-
-    class Recording(Doctor):
-        def observe(self, step, loss, **kw):
-            seen.append((step, kw.get("val_loss"), dict(kw.get("metrics") or {})))
-            return super().observe(step, loss, **kw)
-
     Xtr, ytr, Xva, yva = digits()
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    watch = TorchDoctor(model, opt, guard=guard, doctor=Recording())
+    doctor = RecordingDoctor()
+    watch = TorchDoctor(model, opt, guard=guard, doctor=doctor)
     evaluated = {}
     for step in range(40):
         opt.zero_grad()
@@ -269,5 +264,5 @@ def test_validation_results_reach_the_doctor(guard):
                   "metrics": {"val_accuracy": float((out.argmax(1) == yva).float().mean())}}
             evaluated[step] = (kw["val_loss"], kw["metrics"]["val_accuracy"])
         watch.after_step(step, loss, **kw)
-    carried = {s: (v, m["val_accuracy"]) for s, v, m in seen if v is not None}
+    carried = {s: (v, m["val_accuracy"]) for s, v, m in doctor.carried()}
     assert carried == evaluated and sorted(carried) == [9, 19, 29, 39]

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 transformers = pytest.importorskip("transformers")
 
+from _recording import RecordingDoctor  # noqa: E402
 from lrkit.doctor import Doctor  # noqa: E402
 from lrkit.doctor.guard import GuardGaveUp  # noqa: E402
 from lrkit.integrations import transformers as hf_integration  # noqa: E402
@@ -396,18 +397,12 @@ def test_a_checkpoint_saved_after_a_rollback_resumes_with_the_lowered_lr(tmp_pat
 
 
 def test_evaluation_results_reach_the_doctor_with_the_next_log(tmp_path):
-    seen = []
-
-    class Recording(Doctor):
-        def observe(self, step, loss, **kw):
-            seen.append((step, kw.get("val_loss"), dict(kw.get("metrics") or {})))
-            return super().observe(step, loss, **kw)
-
-    cb = LRDoctorCallback(doctor=Recording())
+    doctor = RecordingDoctor()
+    cb = LRDoctorCallback(doctor=doctor)
     trainer = train(tmp_path, 0.05, cb, eval_dataset=Data(64), eval_strategy="steps", eval_steps=10,
                     label_names=["y"])
     evals = [(h["step"], h["eval_loss"]) for h in trainer.state.log_history if "eval_loss" in h]
-    carried = [(s, v, m) for s, v, m in seen if v is not None]
+    carried = doctor.carried()
     assert [e[0] for e in evals][:2] == [10, 20]
     # each evaluation rides on the next training log, with its eval_* metrics (runtime included:
     # the doctor skips bookkeeping columns itself)
