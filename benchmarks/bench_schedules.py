@@ -45,7 +45,7 @@ def main() -> None:
     from _export_cases import every_constructor
 
     from lrkit import schedules as S
-    from lrkit.integrations.torch_schedule import to_torch
+    from lrkit.integrations.torch.schedule import to_torch
 
     torch.set_num_threads(1)
     native = torch.optim.lr_scheduler

@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from benchmarks._report import machine, write_section  # noqa: E402
 from lrkit.doctor import Doctor  # noqa: E402
 from lrkit.doctor.guard import Guard, GuardGaveUp  # noqa: E402
-from lrkit.integrations.torch_trainer import TorchTrainer  # noqa: E402
+from lrkit.integrations.torch.trainer import TorchTrainer  # noqa: E402
 
 MNIST = ROOT.parent / "shared" / "data" / "mnist"
 

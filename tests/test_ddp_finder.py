@@ -20,7 +20,7 @@ def _worker(rank: int, world: int, tmp: str) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
     from torch.utils.data import DataLoader, TensorDataset
 
-    from lrkit.integrations.torch_trainer import find_lr
+    from lrkit.integrations.torch.trainer import find_lr
 
     dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=world)
     try:

@@ -8,8 +8,8 @@ import pytest
 
 MODULES = [
     "lrkit.doctor.guard",
-    "lrkit.integrations.torch_doctor",
-    "lrkit.integrations.torch_hessian",
+    "lrkit.integrations.torch.doctor",
+    "lrkit.integrations.torch.hessian",
 ]
 
 

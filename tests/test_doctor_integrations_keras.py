@@ -11,7 +11,7 @@ keras = pytest.importorskip("keras")
 
 from _recording import RecordingDoctor  # noqa: E402
 from lrkit.doctor import Doctor  # noqa: E402
-from lrkit.integrations.keras_callback import LRDoctorCallback  # noqa: E402
+from lrkit.integrations.keras.callback import LRDoctorCallback  # noqa: E402
 
 
 def data(n=256, seed=0):
@@ -139,7 +139,7 @@ def test_bad_arguments():
 
 # ---------------------------------------------------------------- the guard on lrkit's Keras export
 from lrkit import schedules as S  # noqa: E402
-from lrkit.integrations.keras_schedule import LRKitSchedule, to_keras  # noqa: E402
+from lrkit.integrations.keras.schedule import LRKitSchedule, to_keras  # noqa: E402
 
 BATCHES = 8  # 256 samples, batch size 32
 

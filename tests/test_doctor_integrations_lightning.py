@@ -12,7 +12,7 @@ pl = pytest.importorskip("lightning.pytorch")
 
 from _recording import RecordingDoctor  # noqa: E402
 from lrkit.doctor import Doctor  # noqa: E402
-from lrkit.integrations.lightning import LRDoctorCallback  # noqa: E402
+from lrkit.integrations.lightning.callback import LRDoctorCallback  # noqa: E402
 
 
 class Regression(pl.LightningModule):

@@ -12,7 +12,7 @@ from sklearn.datasets import load_diabetes, load_digits
 from _recording import RecordingDoctor
 from lrkit.doctor import Doctor
 from lrkit.doctor.guard import GuardGaveUp
-from lrkit.integrations.torch_doctor import TorchDoctor, grad_norm
+from lrkit.integrations.torch.doctor import TorchDoctor, grad_norm
 
 
 def digits():
@@ -211,7 +211,7 @@ def test_guard_over_torch_trainer_rolls_back_a_poisoned_weight():
     """The core Guard driving the TorchTrainer adapter: a weight set to NaN after one step is
     undone, the run goes on at 0.3x the LR and ends like a clean one."""
     from lrkit.doctor.guard import Guard
-    from lrkit.integrations.torch_trainer import TorchTrainer
+    from lrkit.integrations.torch.trainer import TorchTrainer
 
     Xtr, ytr, Xva, yva = diabetes()
 

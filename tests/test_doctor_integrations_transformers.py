@@ -19,8 +19,8 @@ transformers = pytest.importorskip("transformers")
 from _recording import RecordingDoctor  # noqa: E402
 from lrkit.doctor import Doctor  # noqa: E402
 from lrkit.doctor.guard import GuardGaveUp  # noqa: E402
-from lrkit.integrations import transformers as hf_integration  # noqa: E402
-from lrkit.integrations.transformers import LRDoctorCallback, _guard_blockers  # noqa: E402
+from lrkit.integrations.transformers import callback as hf_integration  # noqa: E402
+from lrkit.integrations.transformers.callback import LRDoctorCallback, _guard_blockers  # noqa: E402
 
 
 class Tiny(torch.nn.Module):

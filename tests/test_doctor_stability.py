@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from sklearn.datasets import load_diabetes
 
 from lrkit.doctor import Doctor
-from lrkit.integrations.torch_doctor import StabilityProbe, TorchDoctor
+from lrkit.integrations.torch.doctor import StabilityProbe, TorchDoctor
 
 N = 352  # rows used: 4 probe chunks of 88
 
@@ -413,7 +413,7 @@ def test_readme_example_output_is_real():
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     m = re.search(
-        r"```python\n(from lrkit\.integrations\.torch_doctor import StabilityProbe, TorchDoctor\n.*?)```\n\n```\n(.*?)```",
+        r"```python\n(from lrkit\.torch import StabilityProbe, TorchDoctor\n.*?)```\n\n```\n(.*?)```",
         readme,
         re.S,
     )

@@ -1,4 +1,4 @@
-"""The Keras 3 export (``lrkit.integrations.keras_schedule``), torch backend (conftest).
+"""The Keras 3 export (``lrkit.integrations.keras.schedule``), torch backend (conftest).
 
 Checked: equality with the core in float64 (table exact, formula within 1e-15 of the peak),
 float32 within 1e-6 of the peak; a real ``keras.optimizers.SGD`` training a tiny model uses
@@ -23,8 +23,8 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 keras = pytest.importorskip("keras")
 from _export_cases import every_constructor  # noqa: E402
 
-from lrkit.integrations import keras_schedule  # noqa: E402
-from lrkit.integrations.keras_schedule import LRKitSchedule, to_keras  # noqa: E402
+from lrkit.integrations.keras import schedule as keras_schedule  # noqa: E402
+from lrkit.integrations.keras.schedule import LRKitSchedule, to_keras  # noqa: E402
 
 pytestmark = [pytest.mark.keras, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 SCHEDULES = every_constructor()
@@ -144,7 +144,7 @@ def test_jax_backend_in_a_subprocess():
         import numpy as np, keras
         assert keras.backend.backend() == "jax"
         from lrkit import schedules as S
-        from lrkit.integrations.keras_schedule import to_keras
+        from lrkit.integrations.keras.schedule import to_keras
         s = S.warmup(S.cosine(0.1, 30), 10)
         for method in ("table", "formula"):
             model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])

@@ -1,4 +1,4 @@
-"""The optax export (``lrkit.integrations.optax_schedule``) under ``jax.jit``.
+"""The optax export (``lrkit.integrations.jax.schedule``) under ``jax.jit``.
 
 Checked: exact equality with the core in float64 (``jax_enable_x64``) for the table method,
 a few ulps for the formula; float32 within 1e-6 of the peak LR; real optax optimizers in a
@@ -20,8 +20,8 @@ from lrkit.schedules.base import Schedule
 jax = pytest.importorskip("jax")
 optax = pytest.importorskip("optax")
 jnp = jax.numpy
-from lrkit.integrations import optax_schedule  # noqa: E402
-from lrkit.integrations.optax_schedule import plateau_transform, to_optax  # noqa: E402
+from lrkit.integrations.jax import schedule as optax_schedule  # noqa: E402
+from lrkit.integrations.jax.schedule import plateau_transform, to_optax  # noqa: E402
 from _export_cases import every_constructor  # noqa: E402
 
 pytestmark = pytest.mark.jax

@@ -1,4 +1,4 @@
-"""The torch export (``lrkit.integrations.torch_schedule``) driving real optimizers.
+"""The torch export (``lrkit.integrations.torch.schedule``) driving real optimizers.
 
 What is checked: exact float64 equality with the core for every constructor; resume
 equivalence through ``torch.save``/``torch.load`` for every constructor (and a plateau
@@ -21,8 +21,8 @@ from lrkit import schedules as S
 from _export_cases import every_constructor
 
 torch = pytest.importorskip("torch")
-from lrkit.integrations import torch_schedule  # noqa: E402
-from lrkit.integrations.torch_schedule import LRKitScheduler, to_torch  # noqa: E402
+from lrkit.integrations.torch import schedule as torch_schedule  # noqa: E402
+from lrkit.integrations.torch.schedule import LRKitScheduler, to_torch  # noqa: E402
 
 pytestmark = pytest.mark.torch
 FAST = settings(max_examples=15, deadline=None)

@@ -10,7 +10,7 @@ pytest.importorskip("sklearn")
 torch = pytest.importorskip("torch")
 
 from lrkit.examples.digits import digits_task, train  # noqa: E402
-from lrkit.integrations.torch_trainer import find_lr  # noqa: E402
+from lrkit.integrations.torch.trainer import find_lr  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

@@ -12,8 +12,8 @@ MODULES = [
     "lrkit.report.finder_plot",
     "lrkit.report.html",
     "lrkit.integrations._progress",
-    "lrkit.integrations.torch_state",
-    "lrkit.integrations.torch_trainer",
+    "lrkit.integrations.torch.state",
+    "lrkit.integrations.torch.trainer",
     "lrkit.examples.digits",
 ]
 

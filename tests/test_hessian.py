@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lrkit.doctor import Diagnosis
-from lrkit.integrations.torch_hessian import (
+from lrkit.integrations.torch.hessian import (
     explain,
     stability_limit,
     stability_report,
@@ -236,7 +236,7 @@ def test_probe_explains_a_diverging_verdict_of_a_real_run():
     """Full-batch GD on least squares at lr = 2.4 / lambda_max: the doctor says diverging, the
     probe (taken at the last healthy state) says it is beyond the limit and by how much."""
     from lrkit.doctor import Doctor
-    from lrkit.integrations.torch_doctor import TorchDoctor
+    from lrkit.integrations.torch.doctor import TorchDoctor
 
     model, X, y, H = problem(seed=2)
     lam = float(np.linalg.eigvalsh(H)[-1])
@@ -278,7 +278,7 @@ def test_explain_far_beyond_the_limit_and_a_message_without_a_period():
 
 def test_non_finite_curvature_is_a_value_error_subclass():
     """TorchDoctor catches exactly this subclass during training; callers still see a ValueError."""
-    from lrkit.integrations.torch_hessian import _NonFiniteCurvature
+    from lrkit.integrations.torch.hessian import _NonFiniteCurvature
 
     model, X, y, _ = problem()
     with pytest.raises(_NonFiniteCurvature):

@@ -28,7 +28,7 @@ from lrkit import schedules as S
 os.environ.setdefault("KERAS_BACKEND", "torch")
 keras = pytest.importorskip("keras")
 
-from lrkit.integrations.keras_schedule import LRKitSchedule, PlateauCallback, to_keras  # noqa: E402
+from lrkit.integrations.keras.schedule import LRKitSchedule, PlateauCallback, to_keras  # noqa: E402
 
 pytestmark = [pytest.mark.keras, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -288,7 +288,7 @@ def test_jax_backend_under_jit_applies_the_reduced_lr():
         import numpy as np, keras
         assert keras.backend.backend() == "jax"
         from lrkit import schedules as S
-        from lrkit.integrations.keras_schedule import to_keras
+        from lrkit.integrations.keras.schedule import to_keras
         rop = S.reduce_on_plateau(S.warmup(S.cosine(0.05, 60), 20), patience=0, factor=0.5, threshold=0.2)
         lr = to_keras(rop, monitor="loss")
         rng = np.random.default_rng(0)

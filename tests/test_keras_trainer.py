@@ -28,8 +28,8 @@ keras = pytest.importorskip("keras")
 
 from lrkit.finder import FinderResult  # noqa: E402
 from lrkit.finder.trainer import Trainer  # noqa: E402
-from lrkit.integrations import keras_trainer  # noqa: E402
-from lrkit.integrations.keras_trainer import KerasTrainer, find_lr_keras  # noqa: E402
+from lrkit.integrations.keras import trainer as keras_trainer  # noqa: E402
+from lrkit.integrations.keras.trainer import KerasTrainer, find_lr_keras  # noqa: E402
 
 pytestmark = [pytest.mark.keras, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -640,7 +640,7 @@ def test_jax_backend_in_a_subprocess():
     code = textwrap.dedent("""
         import numpy as np, keras
         assert keras.backend.backend() == "jax"
-        from lrkit.integrations.keras_trainer import KerasTrainer, find_lr_keras
+        from lrkit.integrations.keras.trainer import KerasTrainer, find_lr_keras
         keras.utils.set_random_seed(0)
         model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
                                   keras.layers.BatchNormalization(), keras.layers.Dropout(0.3),

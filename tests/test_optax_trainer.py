@@ -17,8 +17,9 @@ jnp = jax.numpy
 
 from lrkit import scaling  # noqa: E402
 from lrkit.finder.range_test import find  # noqa: E402
-from lrkit.integrations import _progress, optax_trainer  # noqa: E402
-from lrkit.integrations.optax_trainer import OptaxTrainer, find_lr_optax  # noqa: E402
+from lrkit.integrations import _progress  # noqa: E402
+from lrkit.integrations.jax import trainer as optax_trainer  # noqa: E402
+from lrkit.integrations.jax.trainer import OptaxTrainer, find_lr_optax  # noqa: E402
 
 pytestmark = pytest.mark.jax
 FAST = settings(max_examples=15, deadline=None)

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from lrkit.finder.range_test import run_range_test  # noqa: E402
 from lrkit.finder.suggest import suggest  # noqa: E402
-from lrkit.integrations.torch_trainer import TorchTrainer  # noqa: E402
+from lrkit.integrations.torch.trainer import TorchTrainer  # noqa: E402
 
 
 def _data():

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader, TensorDataset
 
 from lrkit.finder import FinderResult
-from lrkit.integrations.torch_trainer import TorchTrainer, find_lr
+from lrkit.integrations.torch.trainer import TorchTrainer, find_lr
 
 pytestmark = pytest.mark.torch
 
@@ -622,7 +622,7 @@ def test_progress_callback_and_bar(capfd):
 
 
 def test_snapshot_is_one_cpu_copy():
-    from lrkit.integrations.torch_state import TorchSnapshot, _SavedTensor
+    from lrkit.integrations.torch.state import TorchSnapshot, _SavedTensor
 
     model, opt, dl = setup("adam")
     snap = TorchSnapshot.take(model, [opt], loaders=[dl])

@@ -6,7 +6,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from lrkit.integrations.torch_trainer import find_lr  # noqa: E402
+from lrkit.integrations.torch.trainer import find_lr  # noqa: E402
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 

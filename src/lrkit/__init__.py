@@ -23,12 +23,12 @@ __version__ = "0.1.0"
 # public name -> module that defines it; imported on first access so that `import lrkit`
 # stays NumPy-only and fast.
 _LAZY = {
-    "find_lr": "lrkit.integrations.torch_trainer",
-    "TorchTrainer": "lrkit.integrations.torch_trainer",
-    "find_lr_keras": "lrkit.integrations.keras_trainer",
-    "KerasTrainer": "lrkit.integrations.keras_trainer",
-    "find_lr_optax": "lrkit.integrations.optax_trainer",
-    "OptaxTrainer": "lrkit.integrations.optax_trainer",
+    "find_lr": "lrkit.integrations.torch.trainer",
+    "TorchTrainer": "lrkit.integrations.torch.trainer",
+    "find_lr_keras": "lrkit.integrations.keras.trainer",
+    "KerasTrainer": "lrkit.integrations.keras.trainer",
+    "find_lr_optax": "lrkit.integrations.jax.trainer",
+    "OptaxTrainer": "lrkit.integrations.jax.trainer",
     "FinderResult": "lrkit.finder.result",
     "run_range_test": "lrkit.finder.range_test",
     "suggest": "lrkit.finder.suggest",
@@ -44,7 +44,7 @@ _LAZY = {
     "Guard": "lrkit.doctor",
     "GuardGaveUp": "lrkit.doctor",
     "Intervention": "lrkit.doctor",
-    "stability_report": "lrkit.integrations.torch_hessian",
+    "stability_report": "lrkit.integrations.torch.hessian",
     "optimizer_family": "lrkit.scaling",
     "default_lr": "lrkit.scaling",
     "lr_range": "lrkit.scaling",

@@ -44,7 +44,7 @@ def run_demo(
 
     from lrkit import schedules
     from lrkit.examples.digits import digits_task
-    from lrkit.integrations.torch_trainer import find_lr
+    from lrkit.integrations.torch.trainer import find_lr
     from lrkit.report.html import write_finder_report
 
     out.mkdir(parents=True, exist_ok=True)

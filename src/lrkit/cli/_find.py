@@ -8,7 +8,7 @@ dict with the keys
   with ``step_fn``), ``loss_fn`` (``loss_fn(output, target)``, or ``None`` for models whose output
   has a ``.loss``), ``train_loader`` (an iterable of batches) -- required;
 * ``val_loader``, ``step_fn``, ``batch_size``, ``accumulation_steps``, ``grad_clip_norm``, ``amp``
-  -- optional, passed on to :func:`lrkit.integrations.torch_trainer.find_lr`.
+  -- optional, passed on to :func:`lrkit.integrations.torch.trainer.find_lr`.
 
 Example ``my_task.py``::
 
@@ -175,7 +175,7 @@ def find_command(
     else:
         spec = load_target(target, seed=seed)
         target_name = target
-    from lrkit.integrations.torch_trainer import find_lr, progress_bar
+    from lrkit.integrations.torch.trainer import find_lr, progress_bar
 
     show_bar = not json_out or sys.stderr.isatty()
     with progress_bar(num_iter, enabled=show_bar) as callback:

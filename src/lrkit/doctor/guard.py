@@ -7,7 +7,7 @@ Two ways to drive it:
 * ``guard.step(lr)`` -- the guard runs ``trainer.step(lr * guard.lr_multiplier)`` itself;
 * ``guard.observe(loss, lr=..., grad_norm=...)`` -- your loop (or a framework callback) ran the
   step and reports its loss; the guard only watches, snapshots and restores. The framework
-  adapters (:mod:`lrkit.integrations.torch_doctor`, ``lightning``, ``keras_callback``) use this.
+  adapters (:mod:`lrkit.integrations.torch.doctor`, ``lightning``, ``keras_callback``) use this.
 
 After every observation the doctor gives a verdict. On a verdict in ``act_on`` (``nan`` and
 ``diverging`` by default) the guard *intervenes*:
@@ -216,7 +216,7 @@ class PendingValidation:
 
 class GuardedWatch:
     """Read-only state shared by every watcher that owns a ``doctor`` and an optional ``guard``
-    (:class:`~lrkit.integrations.torch_doctor.TorchDoctor` and the Lightning and Keras callbacks).
+    (:class:`~lrkit.integrations.torch.doctor.TorchDoctor` and the Lightning and Keras callbacks).
 
     Subclasses set ``self.doctor`` (a :class:`Doctor`) and ``self.guard`` (a :class:`Guard` or
     ``None``).

@@ -1,7 +1,7 @@
 """The LR range test and its suggestion, on the framework-free :class:`Trainer` protocol.
 
 ``run_range_test`` ramps the LR and records the loss; ``find`` adds the suggestion and returns a
-:class:`FinderResult`. Framework adapters (``lrkit.integrations.torch_trainer.find_lr``) build a
+:class:`FinderResult`. Framework adapters (``lrkit.integrations.torch.trainer.find_lr``) build a
 Trainer and call ``find``. NumPy only.
 """
 from __future__ import annotations

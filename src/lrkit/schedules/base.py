@@ -107,19 +107,19 @@ class Schedule:
     # -- exports and pictures (adapters are imported lazily; the core stays NumPy-only) ---
     def to_torch(self, optimizer, **kwargs):
         """A ``torch.optim.lr_scheduler.LRScheduler`` that sets exactly these LRs on ``optimizer``."""
-        from lrkit.integrations.torch_schedule import to_torch
+        from lrkit.integrations.torch.schedule import to_torch
 
         return to_torch(self, optimizer, **kwargs)
 
     def to_keras(self, **kwargs):
         """A ``keras.optimizers.schedules.LearningRateSchedule`` with these LRs (serialisable)."""
-        from lrkit.integrations.keras_schedule import to_keras
+        from lrkit.integrations.keras.schedule import to_keras
 
         return to_keras(self, **kwargs)
 
     def to_optax(self, **kwargs):
         """An optax schedule: a callable ``count -> lr`` usable inside ``jax.jit``."""
-        from lrkit.integrations.optax_schedule import to_optax
+        from lrkit.integrations.jax.schedule import to_optax
 
         return to_optax(self, **kwargs)
 

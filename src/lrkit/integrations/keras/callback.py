@@ -28,7 +28,7 @@ on the optimizer's ``learning_rate``:
 * **An lrkit export** (``lrkit.schedules.cosine(...).to_keras()``, plateau included): Keras
   refuses to assign an optimizer whose LR is a ``LearningRateSchedule``, so the callback scales
   the schedule instead, through its
-  :meth:`~lrkit.integrations.keras_schedule.LRKitSchedule.set_multiplier`: the LR in force is
+  :meth:`~lrkit.integrations.keras.schedule.LRKitSchedule.set_multiplier`: the LR in force is
   :math:`m \cdot b \cdot \text{lr}(k)`, with :math:`b` the schedule's multiplier when training
   began (normally 1). A rollback does not rewind the optimizer's ``iterations`` (the schedule's
   clock, like the guard's: time goes on) nor the multiplier (the LR after a rollback is the
@@ -64,7 +64,7 @@ import numpy as np
 
 from lrkit.doctor.core import Diagnosis, Doctor
 from lrkit.doctor.guard import Guard, GuardedWatch, Intervention, PendingValidation, watch_doctor
-from lrkit.integrations.keras_schedule import LRKitSchedule, _learning_rate_of
+from lrkit.integrations.keras.schedule import LRKitSchedule, _learning_rate_of
 
 __all__ = ["LRDoctorCallback"]
 
@@ -178,7 +178,7 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
                     f"({type(rate).__name__}), which Keras does not let anyone assign, so the guard cannot lower "
                     "it; export the schedule from lrkit instead, e.g. "
                     "lrkit.schedules.cosine(base_lr, total_steps).to_keras() or "
-                    "lrkit.integrations.keras_schedule.to_keras(schedule) (the guard scales it), pass a float "
+                    "lrkit.integrations.keras.schedule.to_keras(schedule) (the guard scales it), pass a float "
                     "learning_rate, or use guard=False to only watch"
                 )
             # a new base, unless this is another fit() of the same run whose LR still holds what

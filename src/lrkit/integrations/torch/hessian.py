@@ -49,7 +49,7 @@ every RNG exactly as they were (each batch's forward pass runs under a forked RN
 ``seed``, so dropout masks are the same in every Hessian-vector product).
 
 In a training loop, give a :class:`StabilityProbe` (a few batches and the loss) to
-:class:`~lrkit.integrations.torch_doctor.TorchDoctor`: it runs :func:`stability_report` when the
+:class:`~lrkit.integrations.torch.doctor.TorchDoctor`: it runs :func:`stability_report` when the
 doctor finds a problem, puts :func:`explain`'s paragraph in the diagnosis, and answers the
 headroom question on demand.
 """
@@ -73,7 +73,7 @@ __all__ = [
 class _NonFiniteCurvature(ValueError):
     """The loss or a Hessian-vector product is not finite: there is no curvature to measure.
 
-    A ``ValueError``; :class:`~lrkit.integrations.torch_doctor.TorchDoctor` catches it (and only
+    A ``ValueError``; :class:`~lrkit.integrations.torch.doctor.TorchDoctor` catches it (and only
     it) when a probe runs by itself during training, so that a blown-up state ends the probe,
     not the run.
     """
@@ -535,12 +535,12 @@ def _check_batches(batches: Any, who: str) -> Any:
 class StabilityProbe:
     r"""How to run :func:`stability_report` during training: the batches and the loss.
 
-    Given to :class:`~lrkit.integrations.torch_doctor.TorchDoctor` as ``stability_probe=``; the
+    Given to :class:`~lrkit.integrations.torch.doctor.TorchDoctor` as ``stability_probe=``; the
     doctor then probes the curvature when its verdict turns ``diverging`` or ``fluctuating`` (and
     after every rollback of its guard), optionally every ``every`` steps of a healthy run, and on
-    demand (:meth:`TorchDoctor.stability() <lrkit.integrations.torch_doctor.TorchDoctor.stability>`).
+    demand (:meth:`TorchDoctor.stability() <lrkit.integrations.torch.doctor.TorchDoctor.stability>`).
 
-    The loss of a batch, as in :class:`~lrkit.integrations.torch_trainer.TorchTrainer` (tensors
+    The loss of a batch, as in :class:`~lrkit.integrations.torch.trainer.TorchTrainer` (tensors
     are moved to the device of the model's first parameter first):
 
     * ``loss_fn(model(x), y)`` for an ``(x, y)`` pair, ``loss_fn(model(b["input"]), b["target"])``
@@ -561,7 +561,7 @@ class StabilityProbe:
 
     Each probe costs ``iters`` Hessian-vector products per batch (one double-backward pass each),
     about ``2 * iters * num_batches`` training steps' worth of compute, and one copy of the
-    training state (see :class:`~lrkit.integrations.torch_doctor.TorchDoctor`).
+    training state (see :class:`~lrkit.integrations.torch.doctor.TorchDoctor`).
 
     Example:
         >>> import torch
@@ -642,7 +642,7 @@ class StabilityProbe:
 
         Like :func:`stability_report` it leaves the model, the optimizer and the torch RNG as they
         were, but not the RNG a shuffling loader draws from when iterated, nor anything ``step_fn``
-        changes: :class:`~lrkit.integrations.torch_doctor.TorchDoctor` snapshots all of that around it.
+        changes: :class:`~lrkit.integrations.torch.doctor.TorchDoctor` snapshots all of that around it.
         """
         return stability_report(
             model, optimizer, self.batch_loss, self.select(batches), iters=self.iters, tol=self.tol, seed=self.seed

@@ -36,7 +36,7 @@ Forgetting ``callbacks=[lr.callback]`` is an error as soon as the optimizer take
 ``monitor=None`` and call :meth:`LRKitSchedule.observe` yourself.
 
 **The factors are Keras variables.** The plateau's scale :math:`c` and an external multiplier
-:math:`m` (1 unless :class:`~lrkit.integrations.keras_callback.LRDoctorCallback` with
+:math:`m` (1 unless :class:`~lrkit.integrations.keras.callback.LRDoctorCallback` with
 ``guard=True`` lowered it after a rollback) are non-trainable ``keras.Variable`` s of the
 ``floatx`` in force when the export is built, read at every step, so changing them needs no
 recompilation with the torch and TensorFlow backends. JAX bakes a variable that is not part of

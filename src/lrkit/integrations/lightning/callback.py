@@ -39,8 +39,8 @@ import torch
 
 from lrkit.doctor.core import SEVERITY, Diagnosis, Doctor
 from lrkit.doctor.guard import Guard, GuardedWatch, Intervention, PendingValidation, watch_doctor
-from lrkit.integrations.torch_doctor import grad_norm
-from lrkit.integrations.torch_state import TorchSnapshot
+from lrkit.integrations.torch.doctor import grad_norm
+from lrkit.integrations.torch.state import TorchSnapshot
 
 __all__ = ["LRDoctorCallback"]
 

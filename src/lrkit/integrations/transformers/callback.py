@@ -21,7 +21,7 @@ callback warns about it in ``on_train_begin``; pass ``logging_nan_inf_filter=Fal
 reliable ``nan`` verdict. The guard needs the opposite (see below).
 
 **The guard** (``guard=True``). A :class:`~lrkit.doctor.guard.Guard` keeps last-good snapshots
-(:class:`~lrkit.integrations.torch_state.TorchSnapshot`: the model's parameters and buffers, the
+(:class:`~lrkit.integrations.torch.state.TorchSnapshot`: the model's parameters and buffers, the
 optimizer's state, the ``GradScaler`` of mixed precision if any, the torch/NumPy/Python RNGs) and,
 when the doctor says ``nan`` or ``diverging`` (``act_on``), restores the last good one in place and
 lowers the LR by ``lr_factor``. Everything happens in ``on_log``, right after the ``Trainer`` has
@@ -96,7 +96,7 @@ from transformers import TrainerCallback
 
 from lrkit.doctor.core import VERDICTS, Diagnosis, Doctor
 from lrkit.doctor.guard import Guard, GuardedWatch, GuardGaveUp, Intervention, PendingValidation, watch_doctor
-from lrkit.integrations.torch_state import TorchSnapshot
+from lrkit.integrations.torch.state import TorchSnapshot
 
 __all__ = ["LRDoctorCallback"]
 

@@ -35,10 +35,10 @@ scaler skips that step and lowers its scale; that is normal fp16 behaviour); a n
 still is.
 
 **Stability probe** (``stability_probe=StabilityProbe(batches, loss_fn=...)``, opt-in). When the
-doctor's verdict turns ``diverging`` or ``fluctuating``, :func:`~lrkit.integrations.torch_hessian.stability_report`
+doctor's verdict turns ``diverging`` or ``fluctuating``, :func:`~lrkit.integrations.torch.hessian.stability_report`
 runs on the probe's batches at the LR in force (:math:`m \cdot \text{lr}`): :attr:`TorchDoctor.diagnosis`
 then carries ``lambda_max``, ``sharpness_ratio``, ``stability_limit`` and ``stability_headroom`` in
-its evidence, its message is :func:`~lrkit.integrations.torch_hessian.explain`'s paragraph ("lr x
+its evidence, its message is :func:`~lrkit.integrations.torch.hessian.explain`'s paragraph ("lr x
 lambda_max = 0.6 x 4 = 2.4, the stability limit is 2 ...") and, when the LR is at or beyond the
 limit, its advice names the largest stable LR. With ``every=N`` a healthy (or flat) run is probed
 every ``N`` steps, and :meth:`TorchDoctor.stability` probes on demand: both report the headroom
@@ -62,7 +62,7 @@ ending the run.
 *The probe does not change the training.* Model parameters and buffers, gradients, optimizer
 state, the scaler, the param-group LRs and the torch/NumPy/Python RNGs (and the generators of the
 ``loaders`` and of a loader given as probe batches) are snapshotted with
-:class:`~lrkit.integrations.torch_state.TorchSnapshot` before the probe and written back, bit for bit,
+:class:`~lrkit.integrations.torch.state.TorchSnapshot` before the probe and written back, bit for bit,
 after it (this costs one copy of the state on the CPU per probe). The model stays in its mode:
 the curvature of the training loss (dropout on, BatchNorm on batch statistics) is what matters
 for stability. At construction the probe's loss is computed once on its first batch (and the
@@ -97,7 +97,7 @@ import torch
 
 from lrkit.doctor.core import Diagnosis, Doctor
 from lrkit.doctor.guard import Guard, GuardedWatch, Intervention
-from lrkit.integrations.torch_hessian import (
+from lrkit.integrations.torch.hessian import (
     StabilityProbe,
     _check_batches,
     _check_one_setting,
@@ -106,7 +106,7 @@ from lrkit.integrations.torch_hessian import (
     explain,
     with_stability,
 )
-from lrkit.integrations.torch_state import TorchSnapshot
+from lrkit.integrations.torch.state import TorchSnapshot
 
 __all__ = ["TorchDoctor", "StabilityProbe", "grad_norm"]
 
@@ -164,7 +164,7 @@ class TorchDoctor(GuardedWatch):
             loader goes on after a rollback).
         track_grad_norm: compute the global gradient norm in :meth:`after_backward` (one fused
             norm over the gradients, no host copy of them) and report it to the doctor.
-        stability_probe: a :class:`~lrkit.integrations.torch_hessian.StabilityProbe` (the
+        stability_probe: a :class:`~lrkit.integrations.torch.hessian.StabilityProbe` (the
             batches and the loss) to explain problems with the curvature (see the module
             docstring); ``None`` (default) for none. Needs one LR and one set of
             hyper-parameters for all param groups.
@@ -231,7 +231,7 @@ class TorchDoctor(GuardedWatch):
         self._gn: float | None = None
         self._params = [p for g in optimizer.param_groups for p in g["params"]]
         self.stability_probe = stability_probe
-        #: every probe's report (:func:`~lrkit.integrations.torch_hessian.stability_report`'s dict
+        #: every probe's report (:func:`~lrkit.integrations.torch.hessian.stability_report`'s dict
         #: plus ``step``, the last step observed, and ``trigger``: the verdict, ``"every"`` or
         #: ``"on demand"``; after a rollback also ``restored_to``, ``lr_after_rollback`` and
         #: ``headroom_after_rollback``), oldest first.
@@ -341,7 +341,7 @@ class TorchDoctor(GuardedWatch):
         and attached to the current :attr:`diagnosis`.
 
         Returns:
-            :func:`~lrkit.integrations.torch_hessian.stability_report`'s dict with ``step`` and
+            :func:`~lrkit.integrations.torch.hessian.stability_report`'s dict with ``step`` and
             ``trigger="on demand"``; ``report["headroom"]`` is ``limit / (lr * lambda_max)``.
 
         Example:

@@ -34,7 +34,7 @@ when fine-tuning, stay in eval mode). Every submodule's mode is restored after t
 State
 -----
 Before the test the trainer takes one CPU copy of model, optimizer, scaler and RNG states
-(:class:`lrkit.integrations.torch_state.TorchSnapshot`) and writes it back in place after it,
+(:class:`lrkit.integrations.torch.state.TorchSnapshot`) and writes it back in place after it,
 whatever happens (normal end, divergence, an exception, ``KeyboardInterrupt``): parameters,
 buffers, gradients, train/eval modes, optimizer state and param-group hyperparameters, GradScaler,
 and the torch / CUDA / NumPy / ``random`` RNGs and the loaders' generators end bitwise as they
@@ -63,7 +63,7 @@ from lrkit import scaling
 from lrkit.finder.range_test import find, plan_budget
 from lrkit.finder.result import FinderResult
 from lrkit.integrations._progress import progress_bar, progress_context  # noqa: F401 - progress_bar re-exported (the CLI imports it)
-from lrkit.integrations.torch_state import TorchSnapshot
+from lrkit.integrations.torch.state import TorchSnapshot
 
 __all__ = ["TorchTrainer", "find_lr"]
 

@@ -1,0 +1,1 @@
+"""lrkit's jax adapters (the public door is :mod:`lrkit.jax`)."""

@@ -1,0 +1,1 @@
+"""lrkit's keras adapters (the public door is :mod:`lrkit.keras`)."""

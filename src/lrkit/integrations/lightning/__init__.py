@@ -1,0 +1,1 @@
+"""lrkit's lightning adapters (the public door is :mod:`lrkit.lightning`)."""

@@ -1,0 +1,1 @@
+"""lrkit's torch adapters (the public door is :mod:`lrkit.torch`)."""

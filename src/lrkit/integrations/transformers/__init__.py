@@ -1,0 +1,1 @@
+"""lrkit's transformers adapters (the public door is :mod:`lrkit.transformers`)."""

@@ -1,0 +1,25 @@
+"""Everything lrkit does for Keras 3, in one place.
+
+Example::
+
+    import lrkit.keras as lk
+    result = lk.find_lr(model, x, y, batch_size=32, train_steps=3000)
+    lr = lk.to_keras(schedule)                         # a LearningRateSchedule
+    model.fit(x, y, callbacks=[lk.LRDoctorCallback(guard=True)])
+"""
+from lrkit.integrations.keras.callback import LRDoctorCallback
+from lrkit.integrations.keras.schedule import LRKitSchedule, PlateauCallback, to_keras
+from lrkit.integrations.keras.trainer import KerasSnapshot, KerasTrainer, find_lr_keras
+
+find_lr = find_lr_keras
+
+__all__ = [
+    "KerasSnapshot",
+    "KerasTrainer",
+    "LRDoctorCallback",
+    "LRKitSchedule",
+    "PlateauCallback",
+    "find_lr",
+    "find_lr_keras",
+    "to_keras",
+]
