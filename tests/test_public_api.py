@@ -14,6 +14,7 @@ EXPECTED = {
     "Doctor", "Diagnosis", "diagnose", "read_log", "LogRecords", "LogFormatError",
     "Guard", "GuardGaveUp", "Intervention", "stability_report",
     "optimizer_family", "default_lr", "lr_range", "scale_lr", "warmup_steps_for",
+    "tune",
 }
 
 

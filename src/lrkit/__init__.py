@@ -9,6 +9,7 @@ needs only NumPy; framework adapters are imported on first use::
     result = lrkit.find_lr_keras(compiled_model, x, y)                  # Keras 3
     result = lrkit.find_lr_optax(loss_fn, params, optax.adam, batches)  # JAX/optax
     verdict = lrkit.diagnose("metrics.csv")
+    best = lrkit.tune(objective, budget=4, train_steps=300)             # search (Optuna)
 """
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ _LAZY = {
     "lr_range": "lrkit.scaling",
     "scale_lr": "lrkit.scaling",
     "warmup_steps_for": "lrkit.scaling",
+    "tune": "lrkit.tune",
 }
 
 __all__ = ["Schedule", "schedules", "scaling", "__version__", *sorted(_LAZY)]

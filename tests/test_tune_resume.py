@@ -1,0 +1,79 @@
+"""kill -9 in the middle of a study, for real: the study resumes with no finished trial lost or repeated."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+VALUES = [1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]
+
+WORKER = textwrap.dedent("""
+    import math, sys, time
+    from pathlib import Path
+    from lrkit.tune import tune
+
+    url, log = sys.argv[1], Path(sys.argv[2])
+
+    def objective(lr, trial):
+        with log.open("a") as f:
+            f.write(f"start {lr!r}\\n")
+        for step in range(1, 6):
+            time.sleep(0.15)
+            trial.report(abs(math.log10(lr) + 2.5) + 1.0 / step, step)
+        with log.open("a") as f:
+            f.write(f"done {lr!r}\\n")
+        return abs(math.log10(lr) + 2.5)
+
+    r = tune(objective, n_trials=6, strategy="grid", values=%r, storage=url, study_name="k9",
+             train_steps=5, pruner="none", heartbeat_interval=1, grace_period=2)
+    print("best", r.best_lr, r.n_trials)
+""" % (VALUES,))
+
+
+def _run(args, **kw):
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", WORKER, *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_kill_9_mid_trial_then_resume(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    log = tmp_path / "log.txt"
+    proc = _run([url, str(log)])
+    deadline = time.time() + 60
+    while time.time() < deadline:  # wait for 2 finished trials and a third one under way
+        lines = log.read_text().splitlines() if log.exists() else []
+        if sum(x.startswith("done") for x in lines) >= 2 and lines[-1].startswith("start"):
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail(f"the worker never got going: {proc.communicate()[1][-2000:]}")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = log.read_text().splitlines()
+    done_before = [x.split()[1] for x in before if x.startswith("done")]
+    killed = before[-1].split()[1]
+    study = optuna.load_study(study_name="k9", storage=url)
+    assert [t.state.name for t in study.trials].count("RUNNING") == 1  # the killed trial, as left
+
+    time.sleep(2.5)  # past the grace period: the dead worker's trial is stale
+    out, err = _run([url, str(log)]).communicate(timeout=120)
+    assert "best 0.001 6" in out, err[-2000:]
+    lines = log.read_text().splitlines()[len(before):]
+    started_after = [x.split()[1] for x in lines if x.startswith("start")]
+    assert started_after[0] == killed  # the trial that was killed is run again first
+    assert not set(done_before) & set(started_after)  # no finished trial is repeated
+    study = optuna.load_study(study_name="k9", storage=url)
+    complete = sorted(t.params["lr"] for t in study.trials if t.state.name == "COMPLETE")
+    assert complete == VALUES  # none lost
+    assert [t.state.name for t in study.trials].count("FAIL") == 1  # the killed one, superseded
