@@ -1,0 +1,41 @@
+"""The signs the :class:`~lrkit.doctor.Doctor` looks for, one small class (and file) each.
+
+Each sign keeps its own state, raises a :class:`Finding` (verdict, onset, evidence), explains it
+(advice, message) and saves itself in the Doctor's ``state_dict``. The Doctor lists them in rank
+order in ``Doctor._build_signs`` and reports the most severe finding. A new sign is one new file
+here and one line in that list.
+
+=====================  ==========================  =============================================
+sign                   verdict                     file
+=====================  ==========================  =============================================
+:class:`NonFinite`     ``nan``                     ``nonfinite.py``
+:class:`LossRise`      ``diverging``               ``diverging.py``
+:class:`GradientExplosion`  ``diverging``          ``gradient.py``
+:class:`EarlyBlowUp`   ``diverging``               ``early_blowup.py``
+:class:`LossSpikes`    ``fluctuating``             ``fluctuating.py``
+:class:`MetricSwing`   ``fluctuating``             ``metric_swing.py``
+:class:`Flat`          ``flat`` (``diverging``)    ``flat.py``
+=====================  ==========================  =============================================
+"""
+from lrkit.doctor.signs._base import Finding, Observation, Sign, Track
+from lrkit.doctor.signs.diverging import LossRise
+from lrkit.doctor.signs.early_blowup import EarlyBlowUp
+from lrkit.doctor.signs.flat import Flat
+from lrkit.doctor.signs.fluctuating import LossSpikes
+from lrkit.doctor.signs.gradient import GradientExplosion
+from lrkit.doctor.signs.metric_swing import MetricSwing
+from lrkit.doctor.signs.nonfinite import NonFinite
+
+__all__ = [
+    "Finding",
+    "Observation",
+    "Sign",
+    "Track",
+    "NonFinite",
+    "LossRise",
+    "GradientExplosion",
+    "EarlyBlowUp",
+    "LossSpikes",
+    "MetricSwing",
+    "Flat",
+]

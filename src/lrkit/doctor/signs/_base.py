@@ -1,0 +1,326 @@
+r"""What every sign shares: the :class:`Track` of the loss (level, best, noise), the
+:class:`Sign` base class, the :class:`Finding` a sign raises and small numeric helpers.
+
+The :class:`Track` holds the statistics several signs read, computed once per step on the log
+of the loss above its floor, :math:`y_t = \log(\ell_t - f)`  (``W`` = ``window``,
+``s`` = ``short``):
+
+.. math::
+
+    m_t = \operatorname{median}(y_{t-s+1..t}) \quad\text{(level)},\qquad
+    b_t = \min_{u \le t} m_u \quad\text{(best level; medians of at least 3 losses)}
+
+    \sigma = 1.4826 \cdot \operatorname{MAD}(\Delta y_{t-W+1..t}) / \sqrt 2
+    \quad\text{(minibatch noise of } y\text{; differencing removes the trend)}
+
+    \sigma_s = 1.2533\, \max(\sigma, \bar\sigma) / \sqrt{s}
+    \quad\text{(noise of a median of } s\text{;}\ \bar\sigma^2 \text{ an EMA (0.1) of } \sigma^2
+    \text{ over the window checks)}
+
+and :math:`L_0 = \min(\ell_1, \operatorname{median}(\ell_{1..s}))`, the initial loss level (above
+the floor). A sign is a small object with its own state: :meth:`Sign.observe` sees every step,
+:meth:`Sign.check` runs at the window checks (every ``check_every`` steps), and
+:attr:`Sign.finding` is its current :class:`Finding` (or ``None``). The
+:class:`~lrkit.doctor.core.Doctor` ranks the findings.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+__all__ = ["Finding", "Observation", "Sign", "Track"]
+
+MAD_TO_SD = 1.4826  # MAD of a normal sample times this is its standard deviation
+MEDIAN_EFF = 1.2533  # sd(median of n normals) ~ 1.2533 * sd / sqrt(n)
+TINY = 1e-30
+
+
+def median(xs: list[float]) -> float:
+    """Median of a short list (pure Python; faster than NumPy below ~50 numbers)."""
+    xs = sorted(xs)
+    n = len(xs)
+    h = n // 2
+    return xs[h] if n % 2 else 0.5 * (xs[h - 1] + xs[h])
+
+
+def diff_noise(y: np.ndarray) -> float:
+    """:math:`1.4826\\,\\operatorname{MAD}(\\Delta y)/\\sqrt 2`: the noise sd of ``y``, trend removed."""
+    dy = np.diff(y)
+    return MAD_TO_SD * float(np.median(np.abs(dy - np.median(dy)))) / math.sqrt(2.0)
+
+
+def fmt_lr(lr: float) -> str:
+    return f"{lr:.3g}"
+
+
+def scaled(lr: float | None, factor: float, word: str) -> str:
+    """'lower the LR about 10x, from 0.3 to 0.03' (or without numbers when the LR is unknown)."""
+    n = int(round(factor)) if factor >= 1 else factor
+    if lr is None or not math.isfinite(lr) or lr <= 0:
+        return f"{word} the LR about {n}x"
+    new = lr / factor if word == "lower" else lr * factor
+    return f"{word} the LR about {n}x, from {fmt_lr(lr)} to {fmt_lr(new)}"
+
+
+def nan_none(x: float) -> float | None:
+    return None if (isinstance(x, float) and (math.isnan(x) or math.isinf(x))) else x
+
+
+class Ring:
+    """Fixed-size ring buffer of floats (and the step of each)."""
+
+    __slots__ = ("size", "vals", "steps", "n", "pos")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.vals = [0.0] * size
+        self.steps = [0] * size
+        self.n = 0
+        self.pos = 0
+
+    def push(self, step: int, value: float) -> None:
+        self.vals[self.pos] = value
+        self.steps[self.pos] = step
+        self.pos = (self.pos + 1) % self.size
+        self.n = min(self.n + 1, self.size)
+
+    def last(self, k: int) -> list[float]:
+        """The last ``k`` values, newest first."""
+        k = min(k, self.n)
+        out = []
+        i = self.pos
+        for _ in range(k):
+            i = (i - 1) % self.size
+            out.append(self.vals[i])
+        return out
+
+    def ordered(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(values, steps)``, oldest first."""
+        if self.n < self.size:
+            return np.array(self.vals[: self.n]), np.array(self.steps[: self.n])
+        idx = list(range(self.pos, self.size)) + list(range(self.pos))
+        return np.array([self.vals[i] for i in idx]), np.array([self.steps[i] for i in idx])
+
+    def state(self) -> dict[str, Any]:
+        v, s = self.ordered()
+        return {"vals": v.tolist(), "steps": s.astype(int).tolist()}
+
+    def load(self, d: Mapping[str, Any]) -> None:
+        self.__init__(self.size)  # type: ignore[misc]
+        for s, v in zip(d["steps"], d["vals"]):
+            self.push(int(s), float(v))
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One step as the signs see it (the loss already checked finite and above its floor)."""
+
+    step: int
+    loss: float
+    lr: float | None = None
+    grad_norm: float | None = None
+    val_loss: float | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Finding:
+    """What a sign raises: a verdict, the step where the problem began, and the numbers.
+
+    Attributes:
+        verdict: one of :data:`lrkit.doctor.VERDICTS` or :data:`lrkit.doctor.INFORMATIONAL`.
+        onset: the step where the problem began (``None`` when unknown).
+        evidence: the numbers behind it.
+    """
+
+    verdict: str
+    onset: int | None
+    evidence: dict[str, float]
+
+
+class Track:
+    """The shared statistics of the loss (and gradient norm) that the signs read.
+
+    Updated by the :class:`~lrkit.doctor.core.Doctor` before the signs see a step:
+    :meth:`push` every step, :meth:`update_noise` at each window check.
+    """
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.window = int(config["window"])
+        self.short = int(config["short"])
+        self.check_every = int(config["check_every"])
+        self.diverge_ratio = float(config["diverge_ratio"])
+        self.noise_z = float(config["noise_z"])
+        self.min_rise = float(config["min_rise"])
+        self.loss_floor = float(config["loss_floor"])
+        self.reset()
+
+    def reset(self) -> None:
+        W = self.window
+        self.y = Ring(W)  # log(loss - floor)
+        self.gn = Ring(W)  # gradient norms
+        self.n = 0
+        self.last_step: int | None = None
+        self.first_step: int | None = None
+        self.first: list[float] = []  # first `short` losses (above floor)
+        self.first_window: list[float] = []  # first W losses (above floor)
+        self.first_window_steps: list[int] = []
+        self.gn_first: list[float] = []  # first `short` gradient norms
+        self.best = math.inf  # best level b (log)
+        self.best_center_step: int | None = None
+        self.sigma = math.nan  # noise sd of y (latest window)
+        self.sigma_slow = math.nan  # its slow average (EMA over checks)
+        self.lr: float | None = None
+        self.level = math.nan
+
+    # ------------------------------------------------------------------ updates
+    def push(self, step: int, above: float, gn: float | None) -> None:
+        """One finite loss (above the floor) and its gradient norm: level and best."""
+        y = math.log(max(above, TINY))
+        self.n += 1
+        self.y.push(step, y)
+        if len(self.first) < self.short:
+            self.first.append(above)
+        if len(self.first_window) < self.window:
+            self.first_window.append(above)
+            self.first_window_steps.append(step)
+        if gn is not None:
+            self.gn.push(step, gn)
+            if len(self.gn_first) < self.short:
+                self.gn_first.append(gn)
+        k = min(self.short, self.n)
+        level = median(self.y.last(k))
+        self.level = level
+        if level < self.best and k >= min(self.short, 3):  # a median of at least 3 losses
+            self.best = level
+            # centre of the median's window: the level began rising after it
+            self.best_center_step = self.y.steps[(self.y.pos - 1 - k // 2) % self.y.size]
+
+    def check_due(self) -> bool:
+        """A window check runs this step (every ``check_every`` steps, and early until the noise is known)."""
+        return self.n >= 4 and (self.n % self.check_every == 0 or math.isnan(self.sigma))
+
+    def update_noise(self) -> None:
+        y, _ = self.y.ordered()
+        if len(y) >= 4:
+            self.sigma = diff_noise(y)
+            if len(y) >= self.window // 2:
+                a = 0.1  # EMA of sigma^2 over checks
+                prev = self.sigma**2 if math.isnan(self.sigma_slow) else self.sigma_slow**2
+                self.sigma_slow = math.sqrt((1 - a) * prev + a * self.sigma**2)
+
+    # ------------------------------------------------------------------ reads
+    def initial_level(self) -> float:
+        """:math:`L_0`: the first loss is taken at the initial weights, before any update could blow up."""
+        return min(self.first[0], median(self.first)) if self.first else math.nan
+
+    def sigma_short(self) -> float:
+        """:math:`\\sigma_s`, the noise sd of the level (a median of ``short`` log-losses)."""
+        sig = 0.0 if math.isnan(self.sigma) else max(self.sigma, self.sigma_slow)
+        return MEDIAN_EFF * sig / math.sqrt(self.short)
+
+    def base_evidence(self) -> dict[str, float]:
+        ev: dict[str, float] = {}
+        f = self.loss_floor
+        if not math.isnan(self.level):
+            ev["loss_level"] = math.exp(self.level) + f
+        if not math.isinf(self.best):
+            ev["best_loss_level"] = math.exp(self.best) + f
+            ev["loss_ratio_to_best"] = math.exp(self.level - self.best)
+        if self.first:
+            ev["initial_loss_level"] = self.initial_level() + f
+        if not math.isnan(self.sigma):
+            ev["noise_sigma"] = self.sigma
+        if self.lr is not None:
+            ev["lr"] = self.lr
+        return ev
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "y": self.y.state(),
+            "gn": self.gn.state(),
+            "n": self.n,
+            "last_step": self.last_step,
+            "first_step": self.first_step,
+            "first": list(self.first),
+            "first_window": list(self.first_window),
+            "gn_first": list(self.gn_first),
+            "first_window_steps": list(self.first_window_steps),
+            "best": nan_none(self.best),
+            "best_center_step": self.best_center_step,
+            "sigma": nan_none(self.sigma),
+            "sigma_slow": nan_none(self.sigma_slow),
+            "lr": self.lr,
+        }
+
+    def load_state_dict(self, s: Mapping[str, Any]) -> None:
+        self.reset()
+        self.y.load(s["y"])
+        self.gn.load(s["gn"])
+        self.n = int(s["n"])
+        self.last_step = s["last_step"]
+        self.first_step = s["first_step"]
+        self.first = [float(v) for v in s["first"]]
+        self.first_window = [float(v) for v in s["first_window"]]
+        self.gn_first = [float(v) for v in s["gn_first"]]
+        self.first_window_steps = [int(v) for v in s["first_window_steps"]]
+        self.best = math.inf if s["best"] is None else float(s["best"])
+        self.best_center_step = s["best_center_step"]
+        self.sigma = math.nan if s["sigma"] is None else float(s["sigma"])
+        self.sigma_slow = math.nan if s["sigma_slow"] is None else float(s["sigma_slow"])
+        self.lr = s["lr"]
+        if self.n:
+            self.level = median(self.y.last(min(self.short, self.n)))
+
+
+class Sign:
+    """One sign of a bad (or finished) run: its own state, evidence and ``state_dict``.
+
+    Subclasses set :attr:`name` (the key of their state and of ``Doctor.signs``), and override
+    :meth:`observe` (every step), :meth:`check` (every window check), :meth:`explain` (advice
+    and message of their finding) and :meth:`state_dict` / :meth:`load_state_dict`.
+    :attr:`finding` is the sign's current :class:`Finding` or ``None``.
+    """
+
+    name = "sign"
+
+    def __init__(self, track: Track, config: Mapping[str, Any]) -> None:
+        self.track = track
+        self.config = config
+        self.reset()
+
+    def reset(self) -> None:
+        self.finding: Finding | None = None
+
+    def observe(self, obs: Observation) -> None:
+        """Every step, after the :class:`Track` saw it (and its noise, on a window check)."""
+
+    def check(self) -> None:
+        """At every window check, after :meth:`observe`."""
+
+    def explain(self, finding: Finding, step: int) -> tuple[tuple[str, ...], str]:
+        """``(advice, message)`` of ``finding`` at ``step``."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """This sign's state: keys unique among the Doctor's signs (plain JSON types)."""
+        return {}
+
+    def load_state_dict(self, s: Mapping[str, Any]) -> None:
+        """Resume from the Doctor's state (keys missing from an older state keep their reset value)."""
+        self.reset()
+
+
+def finding_state(f: Finding | None) -> list[Any] | None:
+    return None if f is None else [f.verdict, f.onset, {k: float(v) for k, v in f.evidence.items()}]
+
+
+def finding_from(s: Any) -> Finding | None:
+    if s is None:
+        return None
+    v, o, ev = s
+    return Finding(v, None if o is None else int(o), {k: float(x) for k, x in ev.items()})

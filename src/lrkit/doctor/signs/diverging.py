@@ -1,0 +1,199 @@
+r"""Sign ``diverging``: the loss level has risen well above its best.
+
+**Diverging** when, for ``patience`` consecutive steps,
+
+.. math::
+
+    m_t - b'_t > \max\big(\log \rho,\; z\,\sigma_s\big) + [n < W]\log\rho
+    \quad\text{and}\quad
+    e^{m_t} - e^{b'_t} > r \cdot L_0, \qquad b'_t = \min(b_t,\ y_1) \text{ if } n < W \text{ else } b_t
+
+with :math:`\rho` = ``diverge_ratio``, :math:`z` = ``noise_z``, :math:`r` = ``min_rise`` and
+:math:`y_1` the very first loss (taken at the initial weights, so that a blow-up in the first
+steps is caught); :math:`m_t, b_t, \sigma_s, L_0` as in :class:`~lrkit.doctor.signs.Track`. The
+level must rise by a factor *and* by an amount that matters next to where training started (a
+rise from 1e-6 to 1e-4 is not a problem); during the first ``W`` steps, while noise and best are
+poorly known, the factor is :math:`\rho^2` (and the first loss counts as a best).
+
+The onset (see :func:`rise_onset`) is where the rise began. An episode that ends with the level
+back within a factor :math:`\rho` of the best is *recovered*; :class:`~lrkit.doctor.signs.LossSpikes`
+reads these episodes.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import numpy as np
+
+from lrkit.doctor.signs._base import TINY, Finding, Observation, Sign, Track, median, scaled
+
+__all__ = ["LossRise", "rise_onset", "diverging_explanation"]
+
+
+def rise_onset(track: Track, step: int, log_margin: float | None) -> int:
+    r"""Where the rise began (computed once, at the first diverging step; O(W^2) then).
+
+    A continuous two-segment line is fitted by least squares to the window's log-losses,
+    :math:`y_i \approx a + \beta t_i + \gamma \max(0, t_i - c)`, for every break ``c``; the
+    break with the smallest residual and :math:`\gamma > 0` (the slope went up) gives the
+    onset, the step after ``c``, if it fits significantly better than a single line
+    (F-statistic > 25).
+    Otherwise, if the window rises steadily (a single line with :math:`R^2 > 0.5`: a slow
+    rise that began before it), the line is extrapolated back to the best level :math:`b`.
+    Otherwise, if the loss jumped to a noisy higher level, the split ``c`` maximising
+    :math:`(\operatorname{med}(y_{c..}) - \operatorname{med}(y_{..c}))\sqrt{c(n-c)/n}` (when
+    the jump exceeds the diverging margin). Otherwise (e.g. no loss evidence: ``log_margin``
+    ``None``), the step after the best level's median window centre.
+    """
+    y, steps = track.y.ordered()
+    n = len(y)
+    if log_margin is not None and n >= 6:
+        t = np.arange(n, dtype=float)
+        best_c, best_sse = None, math.inf
+        ones = np.ones(n)
+        X1 = np.column_stack([ones, t])
+        c1, *_ = np.linalg.lstsq(X1, y, rcond=None)
+        sse_line = float(np.sum((y - X1 @ c1) ** 2))
+        for c in range(1, n - 2):
+            X = np.column_stack([ones, t, np.maximum(0.0, t - c)])
+            coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+            if coef[2] <= 0:
+                continue
+            sse = float(np.sum((y - X @ coef) ** 2))
+            if sse < best_sse:
+                best_c, best_sse = c, sse
+        # keep the break only if it explains the data much better than one line (F statistic
+        # with 1 and n - 3 degrees of freedom > 25: the best of ~W candidate breaks is taken,
+        # so the usual F > 10 would let noise through)
+        if best_c is not None and sse_line - best_sse > 25.0 * max(best_sse, 1e-12 * n) / (n - 3):
+            return int(steps[best_c + 1])
+        r2 = 1.0 - sse_line / max(float(np.sum((y - y.mean()) ** 2)), 1e-300)
+        if c1[1] > 0 and r2 > 0.5 and not math.isinf(track.best):
+            # a steady rise that began before the window: extrapolate the line back to the
+            # best level (steps assumed evenly spaced within the window)
+            t_cross = (track.best - c1[0]) / c1[1]
+            spacing = (steps[-1] - steps[0]) / (n - 1)
+            onset = int(round(steps[0] + (t_cross + 1) * spacing))
+            lo = track.best_center_step + 1 if track.best_center_step is not None else int(steps[0])
+            return int(min(max(onset, lo), step))
+        # a jump to a noisy higher level: the split that best separates low from high medians
+        c = np.arange(2, n - 1)
+        shift = np.array([np.median(y[i:]) - np.median(y[:i]) for i in c]) * np.sqrt(c * (n - c) / n)
+        i = int(np.argmax(shift))
+        if shift[i] > 0 and np.median(y[c[i]:]) - np.median(y[: c[i]]) > log_margin:
+            return int(steps[c[i]])
+    if track.best_center_step is None:
+        return step
+    return min(track.best_center_step + 1, step)
+
+
+def diverging_explanation(track: Track, config: Mapping[str, Any], onset: int | None, ev: Mapping[str, float]) -> tuple[tuple[str, ...], str]:
+    """Advice and message of a ``diverging`` finding (shared by the signs that raise it)."""
+    advice = [scaled(track.lr, 10, "lower")]
+    if onset is not None and track.first_step is not None and track.n <= 2 * track.window:
+        advice.append("add warmup (e.g. 5-10% of the steps)")
+    if "grad_norm_ratio" in ev and ev["grad_norm_ratio"] > config["grad_ratio"]:
+        advice.insert(1, "clip gradients (e.g. max norm 1.0)")
+    else:
+        advice.append("clip gradients (e.g. max norm 1.0)")
+    ratio = ev.get("loss_ratio_to_best", math.nan)
+    if math.isfinite(ratio) and ratio > 1:
+        why = f"the loss level is {ratio:.3g}x its best"
+    elif "grad_norm_ratio" in ev:
+        why = f"the gradient norm is {ev['grad_norm_ratio']:.3g}x its reference"
+    else:
+        why = "the loss rose"
+    msg = f"The loss is diverging since step {onset}: {why}."
+    if "grad_norm_drop" in ev:
+        msg = (
+            "The loss has not decreased since an unstable start (gradient norm fell "
+            f"{ev['grad_norm_drop']:.3g}x, noise fell {ev['noise_drop']:.3g}x): units likely saturated or died."
+        )
+    elif "early_max_ratio" in ev:
+        msg = (
+            f"The loss blew up to {ev['early_max_ratio']:.3g}x its initial value at step {onset} and has "
+            "not decreased since (the network is likely dead)."
+        )
+    return tuple(advice), msg
+
+
+class LossRise(Sign):
+    """``diverging`` when the loss level stays far above its best (see the module docstring).
+
+    State: the length of the current run of diverging steps, its onset, and the recovered
+    episodes (``[onset, observation index at recovery]``, the last 8).
+
+    Example:
+        >>> from lrkit.doctor import Doctor
+        >>> doc = Doctor(window=10)
+        >>> for t in range(100):
+        ...     d = doc.observe(t, 1.0 / (1 + t) if t < 60 else 0.02 * 1.2 ** (t - 60))
+        >>> d.verdict, 58 <= d.step <= 62
+        ('diverging', True)
+    """
+
+    name = "loss_rise"
+
+    def reset(self) -> None:
+        super().reset()
+        self.count = 0
+        self.onset: int | None = None
+        self.recovered: list[list[int]] = []
+
+    def evidence(self) -> dict[str, float] | None:
+        """The diverging evidence of the current level, or ``None``."""
+        t = self.track
+        if not t.first:
+            return None
+        log_rho = math.log(t.diverge_ratio)
+        best = t.best
+        if t.n < t.window:  # during the first window, the very first loss (initial weights) is a reference too
+            best = min(best, math.log(max(t.first[0], TINY)))
+        margin = max(log_rho, t.noise_z * t.sigma_short())
+        if t.n < t.window:  # noise and best are still poorly known: one more factor rho
+            margin += log_rho
+        rise = math.exp(t.level) - math.exp(best)
+        L0 = t.initial_level()
+        if not (t.level - best > margin and rise > t.min_rise * L0):
+            return None
+        ev = t.base_evidence()
+        ev["log_margin"] = margin
+        ev["log_best"] = best
+        ev["rise_over_initial"] = rise / L0 if L0 > 0 else math.inf
+        if t.gn.n and t.gn_first:
+            ref = median(t.gn_first)
+            if ref > 0:
+                ev["grad_norm_ratio"] = median(t.gn.last(t.short)) / ref
+        return ev
+
+    def observe(self, obs: Observation) -> None:
+        t = self.track
+        ev = self.evidence()
+        if ev is not None:
+            self.count += 1
+            if self.count == 1:
+                self.onset = rise_onset(t, obs.step, ev["log_margin"])
+        else:
+            if self.count >= self.config["patience"] and t.level - t.best < math.log(t.diverge_ratio):
+                # a reported diverging episode ended with the level back near the best
+                self.recovered = (self.recovered + [[int(self.onset), t.n]])[-8:]  # type: ignore[arg-type]
+            self.count = 0
+            self.onset = None
+        self.finding = Finding("diverging", self.onset, ev) if ev is not None and self.count >= self.config["patience"] else None
+
+    def explain(self, finding: Finding, step: int) -> tuple[tuple[str, ...], str]:
+        return diverging_explanation(self.track, self.config, finding.onset, finding.evidence)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"div_count": self.count, "div_onset": self.onset, "recovered": [list(e) for e in self.recovered],
+                "div_evidence": None if self.finding is None else dict(self.finding.evidence)}
+
+    def load_state_dict(self, s: Mapping[str, Any]) -> None:
+        super().load_state_dict(s)
+        self.count = int(s.get("div_count", 0))
+        self.onset = s.get("div_onset")
+        self.recovered = [[int(a), int(b)] for a, b in s.get("recovered", [])]
+        ev = s.get("div_evidence")
+        if ev is not None:
+            self.finding = Finding("diverging", self.onset, {k: float(v) for k, v in ev.items()})

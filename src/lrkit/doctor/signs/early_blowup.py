@@ -1,0 +1,106 @@
+r"""Sign ``diverging`` in the first window: the loss blew up right at the start.
+
+During the first window, two of three consecutive losses above
+:math:`\max(\rho^2, e^{6\sigma_0})\,L_i` (:math:`\sigma_0` the noise of the first window so far,
+:math:`L_i` the lowest 3-point running median of the losses before step ``i``, but at least
+:math:`L_0`) is reported as ``diverging`` at that step, even if the loss comes back: the LR is
+too high for the start of training (lower it, or add warmup). Checked at the window checks
+until one is found or the first window is complete.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import numpy as np
+
+from lrkit.doctor.signs._base import MAD_TO_SD, TINY, Finding, Sign, Track, finding_from, finding_state, median
+from lrkit.doctor.signs.diverging import diverging_explanation
+
+__all__ = ["EarlyBlowUp", "early_blowup_step"]
+
+
+def early_blowup_step(track: Track) -> int | None:
+    """First step of the first window whose loss exceeds ``max(rho**2, exp(6 sigma0)) * L_i``,
+    as two of three consecutive losses do (``None`` if there is none).
+
+    Comparing each loss with the best before it makes this a test of a *rise*: a run whose loss
+    falls fast from a high start (a geometric decay) has no loss above its earlier best, while
+    a blow-up does, however long it lasts. The floor ``L0`` keeps a noisy start from making
+    ordinary noise look like a rise.
+
+    Example:
+        >>> from lrkit.doctor.signs import Track
+        >>> t = Track({"window": 10, "short": 3, "check_every": 2, "diverge_ratio": 2.0,
+        ...            "noise_z": 8.0, "min_rise": 0.1, "loss_floor": 0.0})
+        >>> for i, loss in enumerate([1.0, 0.95, 0.9, 0.88, 9.0, 12.0, 0.85, 0.8, 0.78]):
+        ...     t.push(i, loss, None)
+        >>> early_blowup_step(t)
+        4
+    """
+    fw = np.array(track.first_window)
+    yw = np.log(np.maximum(fw, TINY))
+    dy = np.diff(yw)
+    sig0 = MAD_TO_SD * float(np.median(np.abs(dy - np.median(dy)))) / math.sqrt(2.0)
+    factor = max(track.diverge_ratio**2, math.exp(6.0 * sig0))
+    # the best *robust* level before step i: the running minimum of 3-point medians that end
+    # before i, so one low outlier batch does not lower the bar
+    m3 = fw.copy()
+    if len(fw) >= 3:
+        m3[1:-1] = np.median(np.stack([fw[:-2], fw[1:-1], fw[2:]]), axis=0)
+    best_before = np.full(len(fw), np.inf)
+    if len(fw) >= 2:
+        best_before[1] = fw[0]
+    if len(fw) >= 3:
+        best_before[2:] = np.minimum(fw[0], np.minimum.accumulate(m3)[: len(fw) - 2])
+    # ... but never below the start level L0 = min(first loss, median of the first s losses):
+    # a noisy start must not turn ordinary noise into a "rise" (L0 <= first loss, so a real
+    # blow-up above rho**2 times the first loss is still caught)
+    L0 = min(float(fw[0]), float(np.median(fw[: track.short])))
+    best_before = np.maximum(best_before, L0)
+    high = (fw > factor * best_before) & (fw - best_before > track.min_rise * fw[0])
+    # two of three consecutive losses at least: outlier batches here and there are no blow-up
+    for i in range(len(high) - 2):
+        if int(high[i]) + int(high[i + 1]) + int(high[i + 2]) >= 2:
+            return int(track.first_window_steps[i if high[i] else i + 1])
+    return None
+
+
+class EarlyBlowUp(Sign):
+    """``diverging`` when the loss blew up in the first window (see the module docstring).
+
+    The finding lasts until the next window check (the blow-up may be over); it stays in the
+    Doctor's history.
+    """
+
+    name = "early_blowup"
+
+    def reset(self) -> None:
+        super().reset()
+        self.done = False  # the first window was searched for a blow-up
+
+    def check(self) -> None:
+        t = self.track
+        self.finding = None
+        if self.done or t.n < t.short + 3:
+            return
+        e = early_blowup_step(t)
+        if e is not None:
+            self.done = True
+            ev = t.base_evidence()
+            fw = t.first_window
+            ev["early_max_ratio"] = max(fw) / min(fw[0], median(fw[: t.short]))
+            self.finding = Finding("diverging", e, ev)
+        elif t.n >= t.window:
+            self.done = True
+
+    def explain(self, finding: Finding, step: int) -> tuple[tuple[str, ...], str]:
+        return diverging_explanation(self.track, self.config, finding.onset, finding.evidence)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"early_checked": self.done, "early_finding": finding_state(self.finding)}
+
+    def load_state_dict(self, s: Mapping[str, Any]) -> None:
+        super().load_state_dict(s)
+        self.done = bool(s.get("early_checked", False))
+        self.finding = finding_from(s.get("early_finding"))

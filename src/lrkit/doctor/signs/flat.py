@@ -1,0 +1,187 @@
+r"""Sign ``flat``: after a long stretch the loss has not really started to decrease (LR too low);
+or, with signs of an unstable start, ``diverging`` (stuck: units died or saturated).
+
+Checked at the window checks once ``flat_steps`` losses are in. With the current level
+:math:`M = \operatorname{median}(\ell_{t-W+1..t})`, the first window's level
+:math:`R = \operatorname{median}(\ell_{1..W})` and the start
+:math:`R_0 = \max(\operatorname{median}(\ell_{1..s}), R)`,
+
+.. math::
+
+    \frac{R - M}{R} < \text{tol} = \min\big(0.3,\ \max(\text{flat\_tol},\ 1 - e^{-4 \cdot 1.2533\,\sigma\sqrt{2/W}})\big)
+
+    \frac{R_0 - M}{R_0} < \text{tol}_0 = \min\big(0.5,\ \max(2\,\text{flat\_tol},\
+        1 - e^{-3 \cdot 1.2533\,\sigma\sqrt{1/s + 1/W}})\big)
+
+(a decrease within the noise of the medians is no decrease): the run *never started* to
+decrease. The second test keeps a run that dropped fast in its first steps and then converged
+from being called flat; a clear downward least-squares trend of the log-loss since the start
+(slope more than 4 standard errors below 0, fitted decrease above ``flat_tol``) is progress
+too. Not reported while the LR is still rising (by 1.5x or more over the last window: a warmup
+starts flat). A flat run that blew up in its first window, or whose gradient norm fell more than
+3x (or its noise more than 3x) without progress, is reported as ``diverging`` instead: units
+died or saturated, the LR was too high, and raising it would be the wrong advice. Onset of flat:
+the first step observed.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import numpy as np
+
+from lrkit.doctor.signs._base import (
+    MAD_TO_SD,
+    MEDIAN_EFF,
+    TINY,
+    Finding,
+    Observation,
+    Sign,
+    finding_from,
+    finding_state,
+    median,
+    scaled,
+)
+from lrkit.doctor.signs.diverging import diverging_explanation
+from lrkit.doctor.signs.early_blowup import early_blowup_step
+
+__all__ = ["Flat"]
+
+
+class Flat(Sign):
+    """``flat`` (or ``diverging`` when stuck after an unstable start); see the module docstring.
+
+    State: running sums of the least-squares trend of the log-loss on the observation index
+    (O(1) per step) and the LR at each of the last window checks (for warmup).
+
+    Example:
+        >>> from lrkit.doctor import Doctor
+        >>> doc = Doctor(window=10)
+        >>> for t in range(60):
+        ...     d = doc.observe(t, 2.3 + 0.01 * (-1) ** t, lr=1e-6)
+        >>> d.verdict, d.advice[0]
+        ('flat', 'raise the LR about 10x, from 1e-06 to 1e-05')
+    """
+
+    name = "flat"
+
+    def reset(self) -> None:
+        super().reset()
+        # n, sum t, sum t^2, sum y, sum t*y, sum y^2 of log-loss on the observation index
+        self.trend = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+        self.lr_window: list[float] = []  # LR at each window check, for warmup detection
+
+    def observe(self, obs: Observation) -> None:
+        t = self.track
+        y = t.y.last(1)[0]  # this step's log-loss
+        if y > math.log(TINY):
+            n = t.n
+            tr = self.trend
+            tr[0] += 1.0
+            tr[1] += n
+            tr[2] += float(n) * n
+            tr[3] += y
+            tr[4] += n * y
+            tr[5] += y * y
+
+    def trend_since_start(self) -> tuple[float, float]:
+        r"""Least-squares fit :math:`y_i = a + b\,i` of log-loss on the observation index since the
+        start: returns ``(t, d)``, the slope's t-statistic :math:`b / \mathrm{se}(b)` and the
+        fitted relative decrease :math:`d = 1 - e^{b (n-1)}` over the ``n`` observations."""
+        n, st, stt, sy, sty, syy = self.trend
+        if n < 3:
+            return 0.0, 0.0
+        sxx = stt - st * st / n
+        sxy = sty - st * sy / n
+        syy_c = syy - sy * sy / n
+        if sxx <= 0:
+            return 0.0, 0.0
+        b = sxy / sxx
+        resid = max(syy_c - b * sxy, 0.0) / (n - 2)
+        se = math.sqrt(resid / sxx)
+        t = b / se if se > 0 else (-math.inf if b < 0 else (math.inf if b > 0 else 0.0))
+        return float(t), float(1.0 - math.exp(b * (n - 1)))
+
+    def check(self) -> None:
+        t = self.track
+        W = t.window
+        self.finding = None
+        if t.n < W or math.isinf(t.best):
+            return
+        y, _ = t.y.ordered()
+        M = float(np.median(np.exp(y)))
+        if t.lr is not None:
+            self.lr_window = (self.lr_window + [t.lr])[-(W // t.check_every + 1):]
+        # not while the LR is still rising by half or more over a window: a warmup starts flat
+        warming_up = len(self.lr_window) > 1 and self.lr_window[-1] > 1.5 * self.lr_window[0]
+        if t.n < self.config["flat_steps"] or warming_up:
+            return
+        flat_tol = self.config["flat_tol"]
+        sig = t.sigma
+        L0 = t.initial_level()
+        R = median(t.first_window)
+        R0 = max(median(t.first), R)
+        rel = (R - M) / R if R > 0 else 0.0
+        best_raw_rel = (R0 - M) / R0 if R0 > 0 else 0.0
+        # the start (median of s losses) is noisier than a window median: its own tolerance,
+        # 3 sd of the difference of a median of s and a median of W
+        tol0 = min(0.5, max(2 * flat_tol, 1.0 - math.exp(-3.0 * MEDIAN_EFF * sig * math.sqrt(1.0 / t.short + 1.0 / W))))
+        # a decrease within 4 noise sd of the difference of two window medians is no decrease
+        tol = min(0.3, max(flat_tol, 1.0 - math.exp(-4.0 * MEDIAN_EFF * sig * math.sqrt(2.0 / W))))
+        ev = t.base_evidence()
+        trend_t, trend_rel = self.trend_since_start()
+        ev["trend_t"] = trend_t
+        # a clear downward trend since the start is progress, however noisy the window medians are
+        decreasing = trend_t < -4.0 and trend_rel > flat_tol
+        if not (rel < tol and best_raw_rel < tol0 and not decreasing):
+            return
+        ev["relative_progress"] = rel
+        ev["best_relative_progress"] = best_raw_rel
+        early = early_blowup_step(t)
+        # stuck after an unstable start: the gradient norm (or the noise) collapsed while the
+        # loss made no progress -- saturated/dead units, the LR was too high
+        gn_drop = math.nan
+        if t.gn.n >= t.short and t.gn_first:
+            ref = median(t.gn_first)
+            cur = median(t.gn.last(t.short))
+            gn_drop = ref / cur if cur > 0 else math.inf
+        fw = np.log(np.maximum(np.array(t.first_window), TINY))
+        d0 = np.diff(fw)
+        sig0 = MAD_TO_SD * float(np.median(np.abs(d0 - np.median(d0)))) / math.sqrt(2.0)
+        noise_drop = sig0 / sig if sig > 0 else math.inf
+        if early is None and (gn_drop > 3.0 or (noise_drop > 3.0 and sig0 > 0.05)):
+            early = t.first_step
+            ev["grad_norm_drop"] = gn_drop
+            ev["noise_drop"] = noise_drop
+        if early is not None:
+            # blew up in the first window, then stuck: a dead network, the LR is too high
+            ev["early_max_ratio"] = max(t.first_window) / L0 if L0 > 0 else math.inf
+            ev["stuck"] = 1.0
+            self.finding = Finding("diverging", early, ev)
+        else:
+            self.finding = Finding("flat", t.first_step, ev)
+
+    def explain(self, finding: Finding, step: int) -> tuple[tuple[str, ...], str]:
+        if finding.verdict == "diverging":
+            return diverging_explanation(self.track, self.config, finding.onset, finding.evidence)
+        rel = finding.evidence.get("relative_progress", 0.0)
+        advice = (
+            scaled(self.track.lr, 10 if rel < 0.02 else 3, "raise"),
+            "run an LR range test (lrkit find)",
+            "check that gradients reach the parameters (frozen layers, zero grad norm)",
+        )
+        return advice, f"The loss is flat: it moved {100 * rel:.1f}% of its initial level in {self.track.n} steps."
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "trend": list(self.trend),
+            "lr_window": list(self.lr_window),
+            "flat_finding": finding_state(self.finding),
+        }
+
+    def load_state_dict(self, s: Mapping[str, Any]) -> None:
+        super().load_state_dict(s)
+        if "trend" in s:
+            self.trend = [float(v) for v in s["trend"]]
+        self.lr_window = [float(v) for v in s.get("lr_window", [])]
+        self.finding = finding_from(s.get("flat_finding"))
