@@ -1,7 +1,14 @@
 """Regret of LR suggestions against a grid oracle, on the small real tasks of ``finder_tasks.py``.
 
-Run:  ``.venv/bin/python -m benchmarks.finder_regret``  (``--tasks a,b`` to restrict, ``--no-cache`` to
-recompute the oracle, ``--no-write`` to skip BENCHMARKS.md).
+Run:  ``.venv/bin/python -m benchmarks.finder_regret``  (``--half heldout`` or ``--half dev`` for one
+half of the tasks, ``--tasks a,b`` to restrict, ``--no-cache`` to recompute the oracle,
+``--no-write`` to skip BENCHMARKS.md).
+
+Development and held-out halves. The tasks are split once by the rule in
+:func:`benchmarks.finder_tasks.split_names` (SHA-256 of the name, alternate ranks). lrkit's
+suggestion was designed looking only at the development half; the held-out half is run to report.
+Results of a run are merged into ``benchmarks/results/finder_regret.json`` task by task, and the
+BENCHMARKS.md section always shows both halves (held-out first).
 
 Protocol (per task):
 
@@ -34,7 +41,7 @@ import numpy as np
 import torch
 
 from benchmarks._report import machine, write_section
-from benchmarks.finder_tasks import Task, TensorTrainer, available_tasks, initial_val_loss, train
+from benchmarks.finder_tasks import DEV, HELDOUT, Task, TensorTrainer, available_tasks, initial_val_loss, train
 from lrkit import scaling
 from lrkit.finder._rules import classic_suggestions
 from lrkit.finder.range_test import plan_budget, run_range_test
@@ -49,7 +56,12 @@ METHODS = ["lrkit", "lrkit_rule", "steepest", "steepest_lightning", "valley", "m
 
 
 def _task_key(task: Task) -> str:
-    blob = json.dumps([task.name, task.budget, task.batch_size, task.grid, GRID_POINTS, SEEDS, "v1"])
+    """Hash of the task's definition and the oracle's grid (the first seven tasks keep their v1 keys)."""
+    parts = [task.name, task.budget, task.batch_size, task.grid, GRID_POINTS, SEEDS, "v1"]
+    extra = task.definition()
+    if extra:
+        parts.append(extra)
+    blob = json.dumps(parts, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
@@ -122,29 +134,38 @@ def _fmt_pct(x: float) -> str:
     return f"{100 * x:.0f}%"
 
 
+def _half_of(name: str) -> str:
+    return "heldout" if name in HELDOUT else "dev"
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tasks", default="", help="comma-separated task names (default: all available)")
+    ap.add_argument("--half", choices=("dev", "heldout", "both"), default="both",
+                    help="which half of the tasks to run (default both; held-out is the headline)")
+    ap.add_argument("--tasks", default="", help="comma-separated task names (default: all of the half)")
     ap.add_argument("--no-cache", action="store_true", help="recompute the oracle")
     ap.add_argument("--no-write", action="store_true", help="do not write BENCHMARKS.md")
     ap.add_argument("--render-only", action="store_true",
                     help="re-render BENCHMARKS.md from benchmarks/results/finder_regret.json without training")
     args = ap.parse_args(argv)
+    saved_path = RESULTS / "finder_regret.json"
+    saved = json.loads(saved_path.read_text()) if saved_path.exists() else {"tasks": {}, "skipped": [], "seconds": {}}
+    if not isinstance(saved.get("seconds"), dict):
+        saved = {"tasks": {}, "skipped": [], "seconds": {}}  # results of the single-half benchmark
     if args.render_only:
-        saved = json.loads((RESULTS / "finder_regret.json").read_text())
         md = render(saved["tasks"], saved["skipped"], saved["seconds"])
         print(md)
         if not args.no_write:
             write_section("finder", md)
         return saved["tasks"]
     torch.set_num_threads(1)
-    names = [n for n in args.tasks.split(",") if n] or None
+    half_names = list(DEV if args.half == "dev" else HELDOUT if args.half == "heldout" else DEV + HELDOUT)
+    names = [n for n in args.tasks.split(",") if n] or half_names
     tasks, skipped = available_tasks(names)
     for msg in skipped:
         print(msg, file=sys.stderr)
     RESULTS.mkdir(exist_ok=True)
     cache = {} if args.no_cache or not ORACLE_CACHE.exists() else json.loads(ORACLE_CACHE.read_text())
-    out: dict = {}
     t_start = time.time()
     for task in tasks:
         t0 = time.time()
@@ -152,81 +173,106 @@ def main(argv: list[str] | None = None) -> dict:
         orc = oracle(task, cap, cache)
         ORACLE_CACHE.write_text(json.dumps(cache, indent=1))
         methods = run_task(task, cap)
-        row = {"oracle_lr": orc["best_lr"], "oracle_val": orc["best_val"], "cap": cap, "methods": {}}
+        row = {"half": _half_of(task.name), "oracle_lr": orc["best_lr"], "oracle_val": orc["best_val"], "cap": cap,
+               "methods": {}}
         for name, m in methods.items():
             mean_val = float(np.mean(m["vals"]))
             row["methods"][name] = {
                 "regret": (mean_val - orc["best_val"]) / orc["best_val"], "lrs": m["lrs"], "vals": m["vals"],
                 "diverged": m["diverged"], "cost": float(np.max(m["cost"])), **({"details": m["details"]} if "details" in m else {}),
             }
-        out[task.name] = row
+        saved["tasks"][task.name] = row
         regrets = " ".join(f"{k}={v['regret']:.2f}" for k, v in row["methods"].items())
-        print(f"{task.name} ({time.time() - t0:.0f}s) oracle lr={orc['best_lr']:.2g} val={orc['best_val']:.4f} | {regrets}",
-              flush=True)
+        print(f"[{row['half']}] {task.name} ({time.time() - t0:.0f}s) oracle lr={orc['best_lr']:.2g} "
+              f"val={orc['best_val']:.4f} | {regrets}", flush=True)
     seconds = time.time() - t_start
-    (RESULTS / "finder_regret.json").write_text(
-        json.dumps({"seconds": seconds, "skipped": skipped, "tasks": out}, indent=1))
-    md = render(out, skipped, seconds)
+    for h in {_half_of(t.name) for t in tasks}:
+        saved["seconds"][h] = sum(1 for t in tasks if _half_of(t.name) == h) and seconds
+    saved["skipped"] = sorted(set(saved["skipped"]) | set(skipped))
+    known = set(DEV) | set(HELDOUT)
+    saved["tasks"] = {k: v for k, v in saved["tasks"].items() if k in known}
+    saved_path.write_text(json.dumps(saved, indent=1))
+    md = render(saved["tasks"], saved["skipped"], saved["seconds"])
     print(md)
-    if not args.no_write and not names:
+    if not args.no_write and not args.tasks:
         write_section("finder", md)
-    return out
+    return saved["tasks"]
 
 
-def render(out: dict, skipped: list[str], seconds: float) -> str:
-    tasks = list(out)
+def _summary_row(out: dict, tasks: list[str], name: str) -> str:
+    regs = [out[t]["methods"][name]["regret"] for t in tasks]
+    div = sum(out[t]["methods"][name]["diverged"] for t in tasks)
+    costs = [out[t]["methods"][name]["cost"] for t in tasks]
+    return (f"{_fmt_pct(float(np.median(regs)))} | {_fmt_pct(max(regs))} | {div} | "
+            f"{100 * float(np.mean(costs)):.0f}% | {100 * max(costs):.0f}%")
+
+
+def _half_tables(out: dict, tasks: list[str], title: str) -> list[str]:
+    lines = [f"### {title}: per task", "", "Regret:", "",
+             "| method | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
+    for name in METHODS:
+        lines.append(f"| {name} | " + " | ".join(_fmt_pct(out[t]["methods"][name]["regret"]) for t in tasks) + " |")
+    lines += ["", "Chosen LR / oracle LR (geometric mean over seeds):", "",
+              "| method | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
+    for name in METHODS:
+        if name == "prodigy":
+            continue
+        cells = []
+        for t in tasks:
+            lrs = [x for x in out[t]["methods"][name]["lrs"] if x is not None]
+            cells.append(f"{math.exp(np.mean(np.log(lrs))) / out[t]['oracle_lr']:.2g}" if lrs else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Oracle: " + ", ".join(f"{t} lr={out[t]['oracle_lr']:.2g} (val {out[t]['oracle_val']:.3g})"
+                                        for t in tasks) + ".", ""]
+    return lines
+
+
+def render(out: dict, skipped: list[str], seconds: dict) -> str:
+    held = [t for t in HELDOUT if t in out]
+    dev = [t for t in DEV if t in out]
+    minutes = " + ".join(f"{h} {seconds[h] / 60:.1f} min" for h in ("heldout", "dev") if seconds.get(h))
     lines = [
-        "## Finder: regret of LR suggestions against a grid oracle",
+        "## Finder: regret of LR suggestions against a grid oracle, on held-out tasks",
         "",
-        "Command: `.venv/bin/python -m benchmarks.finder_regret` "
-        f"({seconds / 60:.1f} min with the oracle cached in `benchmarks/results/finder_oracle.json`; a cold "
-        f"run also trains the oracle's {GRID_POINTS} LRs x {len(SEEDS)} seeds per task, about 3-4 min here).  ",
+        "Commands: `.venv/bin/python -m benchmarks.finder_regret --half heldout` (the headline) and "
+        "`--half dev` (the tasks lrkit's suggestion was designed on); no `--half` runs both "
+        f"({minutes} with the oracle cached in `benchmarks/results/finder_oracle.json`; a cold run also "
+        f"trains the oracle's {GRID_POINTS} LRs x {len(SEEDS)} seeds per task).  ",
         f"Machine: {machine()}, torch at 1 thread.",
+        "",
+        "The tasks (`benchmarks/finder_tasks.py`) are split once by a rule written in the code "
+        "(`split_names`: sorted by the SHA-256 of the task name, alternate ranks), never by results.  ",
+        f"Development half ({len(DEV)}): " + ", ".join(f"`{t}`" for t in DEV) + ".  ",
+        f"Held-out half ({len(HELDOUT)}): " + ", ".join(f"`{t}`" for t in HELDOUT) + ".",
         "",
         f"Regret = (mean validation loss over seeds {list(SEEDS)} at the method's LR - oracle) / oracle; "
         f"oracle = best mean over a {GRID_POINTS}-point log grid. Diverged runs count as the initial "
         "model's validation loss. Classic rules read one 100-step range test per seed over "
-        f"`lr_range(family)`; lrkit = `find_lr(..., train_steps=budget)`: a range test + cold-start verification "
-        f"runs sized by `plan_budget(train_steps=budget)` to cost at most 30% of the run; lrkit_rule = lrkit without a trainer on the 100-step curve. "
+        "`lr_range(family)`; lrkit = `find_lr(..., train_steps=budget)` exactly as the README shows "
+        "(the finder plans its own cost, at most 30% of the run); lrkit_rule = lrkit without a trainer on the "
+        "100-step curve; default = `lrkit.scaling.default_lr(family)`; prodigy = Prodigy at lr=1. "
         "Cost = (range-test + verification steps) / training steps. A negative regret means better than "
         "the best grid point (an LR between grid points, or seed noise).",
         "",
-        "| method | " + " | ".join(tasks) + " | median | worst | diverged runs | cost (mean) | cost (max) |",
-        "|---|" + "---:|" * (len(tasks) + 5),
+        "| method | held-out median | held-out worst | held-out diverged runs | held-out cost (mean) | held-out cost (max) "
+        "| dev median | dev worst | dev diverged runs | dev cost (mean) | dev cost (max) |",
+        "|---|" + "---:|" * 10,
     ]
     for name in METHODS:
-        regs = [out[t]["methods"][name]["regret"] for t in tasks]
-        div = sum(out[t]["methods"][name]["diverged"] for t in tasks)
-        costs = [out[t]["methods"][name]["cost"] for t in tasks]
-        lines.append(
-            f"| {name} | " + " | ".join(_fmt_pct(r) for r in regs)
-            + f" | {_fmt_pct(float(np.median(regs)))} | {_fmt_pct(max(regs))} | {div} "
-            + f"| {100 * float(np.mean(costs)):.0f}% | {100 * max(costs):.0f}% |"
-        )
-    lines += ["", "Chosen LR / oracle LR (geometric mean over seeds):", "",
-              "| method | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
-    for name in METHODS:
-        cells = []
-        for t in tasks:
-            lrs = [x for x in out[t]["methods"][name]["lrs"] if x is not None]
-            cells.append(f"{math.exp(np.mean(np.log(lrs))) / out[t]['oracle_lr']:.2g}" if lrs and name != "prodigy" else "-")
+        cells = [_summary_row(out, held, name) if held else "- | - | - | - | -",
+                 _summary_row(out, dev, name) if dev else "- | - | - | - | -"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
+    if held:
+        lines += _half_tables(out, held, "Held-out half")
+    if dev:
+        lines += _half_tables(out, dev, "Development half")
     lines += [
-        "",
-        "How lrkit chooses (details in `lrkit/finder/suggest.py`): the range test only places a grid below "
-        "the LR of the lowest smoothed loss (a half-decade apart); each candidate is then trained for "
-        "`verify_steps` steps from a cold start (the optimizer state the real run starts with), scored by "
-        "the validation loss, divergent candidates aborted after a few steps; the best score is refined "
-        "by a parabola in log-LR and halved, because a short run's optimum sits above a full run's. "
-        "`lrkit_rule` is what `suggest` returns without a trainer: min(steepest, LR at the loss minimum / c), "
-        "c = 3 for SGD, 10 for adaptive optimizers.",
-        "",
         "Notes: Lightning 2.6 takes the gradient of the smoothed loss against the LR itself "
         "(`torch.gradient(losses, spacing=[lrs])`), not against log LR, so on an exponential ramp its "
         "steepest point is pulled towards the smallest LRs. Cost per task is the worst seed's. "
         "Per-seed LRs, losses and lrkit's candidates: `benchmarks/results/finder_regret.json`.",
     ]
-    lines += ["", "Oracle: " + ", ".join(f"{t} lr={out[t]['oracle_lr']:.2g} (val {out[t]['oracle_val']:.3g})" for t in tasks) + "."]
     if skipped:
         lines += ["", "Skipped: " + "; ".join(skipped)]
     return "\n".join(lines)

@@ -1,0 +1,53 @@
+"""The finder benchmark's task list: a fixed development / held-out split and the task interface."""
+from __future__ import annotations
+
+import hashlib
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/ is not installed
+
+pytest.importorskip("sklearn")
+torch = pytest.importorskip("torch")
+
+from benchmarks import finder_tasks  # noqa: E402
+from benchmarks.finder_tasks import ALL_TASKS, DEV, HELDOUT, available_tasks, halves, split_names, train  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+
+def test_split_is_the_written_rule_and_covers_every_task_once():
+    names = [make.__name__ for make in ALL_TASKS]
+    assert len(names) >= 16 and len(set(names)) == len(names)
+    ranked = sorted(names, key=lambda n: hashlib.sha256(n.encode()).hexdigest())
+    assert list(DEV) == ranked[0::2] and list(HELDOUT) == ranked[1::2]
+    assert split_names() == (list(DEV), list(HELDOUT))
+    assert not set(DEV) & set(HELDOUT) and set(DEV) | set(HELDOUT) == set(names)
+    assert abs(len(DEV) - len(HELDOUT)) <= 1
+
+
+def test_unknown_names_and_halves_are_refused_by_name():
+    with pytest.raises(ValueError, match="unknown task name"):
+        available_tasks(["no_such_task"])
+    with pytest.raises(ValueError, match="half must be 'dev', 'heldout' or 'both'"):
+        halves("test")
+
+
+def test_train_reports_every_tenth_and_stops_when_asked():
+    (task,), _ = available_tasks(["digits_mlp_adamw_short"])
+    seen = []
+    val, diverged = train(task, 1e-3, seed=0, report=lambda step, v: seen.append((step, v)) or step >= 27)
+    assert [s for s, _ in seen] == [9, 18, 27] and not diverged and val == seen[-1][1]
+    full, _ = train(task, 1e-3, seed=0)
+    assert math.isfinite(full) and full < seen[0][1]
+
+
+def test_tasks_definition_marks_clipping_hidden_validation_and_schedules():
+    fullbatch = finder_tasks.logreg_fullbatch_sgd()
+    assert fullbatch.definition() == {"finder_val": False}
+    assert fullbatch.batch_size == len(fullbatch.x_train)
+    assert finder_tasks.diabetes_clip_sgd().definition() == {"clip": 1.0}
+    assert finder_tasks.digits_mlp_adam().definition() == {}
