@@ -153,16 +153,56 @@ def test_repeated_spikes_without_progress_are_fluctuating(seed, every, height):
     assert d.advice[0] == "lower the LR about 3x, from 0.05 to 0.0167"
 
 
-def test_exploding_gradient_norm_is_diverging_before_the_loss_moves():
+def test_exploding_gradient_norm_with_a_rising_loss_is_diverging_before_the_loss_doubles():
     doc = Doctor()
     for t in range(200):
         gn = 1.0 if t < 150 else 1.0 * 1.5 ** (t - 150)
-        d = doc.observe(t, 1.0 / (1 + t / 50), grad_norm=gn, lr=0.1)
+        loss = 1.0 / (1 + t / 50) if t < 150 else 0.25 * 1.03 ** (t - 150)  # rises 3% a step
+        d = doc.observe(t, loss, grad_norm=gn, lr=0.1)
     first = doc.history[0]
     assert first.verdict == "diverging"
-    assert first.evidence["grad_norm_ratio"] > 10
+    assert first.evidence["grad_norm_ratio"] > 10 and first.evidence["loss_ratio_to_best"] < 2
     assert first.detected_at < 170
     assert "clip gradients (e.g. max norm 1.0)" in first.advice
+
+
+@SETTINGS
+@given(g0=st.floats(0.01, 1.0), rise=st.floats(10, 1000), seed=st.integers(0, 1000), noise=st.floats(0, 0.3))
+@example(g0=0.059, rise=12.0, seed=0, noise=0.1)  # a fresh small transformer (issue 7)
+def test_a_gradient_norm_rising_while_the_loss_is_at_its_best_is_no_alarm(g0, rise, seed, noise):
+    # real initial gradient norms are tiny and rise tenfold or more as the model learns
+    rng = np.random.default_rng(seed)
+    n = 300
+    t = np.arange(n)
+    gn = g0 * np.minimum(rise, np.exp(t / 15)) * np.exp(0.1 * rng.standard_normal(n))  # 12x in 37 steps
+    doc = Doctor()
+    losses = healthy_curve(n, noise, seed)
+    for i in range(n):
+        doc.observe(i, float(losses[i]), lr=0.1, grad_norm=float(gn[i]))
+    assert doc.history == []
+
+
+def test_impossible_values_name_the_parameter_and_leave_the_doctor_untouched():
+    doc = Doctor(window=5)
+    for t in range(8):
+        doc.observe(t, 1.0 / (t + 1), lr=0.1, grad_norm=1.0)
+    before = json.dumps(doc.state_dict())
+    cases = [
+        ({"lr": -1}, r"lr must be a finite number >= 0 .*got -1"),
+        ({"lr": float("nan")}, r"lr must be a finite number >= 0 .*got nan"),
+        ({"lr": float("inf")}, r"lr must be a finite number >= 0"),
+        ({"grad_norm": -0.5}, r"grad_norm must be >= 0 .*got -0.5"),
+        ({"lr": "fast"}, r"lr must be a number, got 'fast'"),
+    ]
+    for kw, pattern in cases:
+        with pytest.raises(ValueError, match=pattern):
+            doc.observe(8, 0.1, **kw)
+    with pytest.raises(ValueError, match="loss must be >= loss_floor=0.0, got -1.0"):
+        doc.observe(8, -1.0)
+    with pytest.raises(ValueError, match="step must increase, got 7 after 7"):
+        doc.observe(7, 0.1)
+    assert json.dumps(doc.state_dict()) == before
+    assert doc.observe(8, 0.1, lr=0.0, grad_norm=0.0).ok  # zero is allowed; the step is still free
 
 
 def test_blow_up_then_stuck_is_diverging_not_flat():

@@ -149,8 +149,9 @@ class Doctor:
         min_rise: :math:`r`, the smallest rise, as a fraction of the initial loss level, that
             counts as diverging or as a spike (default 0.1). >= 0.
         patience: consecutive steps the diverging condition must hold (default 3). >= 1.
-        grad_ratio: a median gradient norm this many times its initial median is an explosion
-            (default 10.0). > 1.
+        grad_ratio: a median gradient norm of the last ``s`` steps this many times its running
+            reference (the median of the window before them) is an explosion, when the loss is
+            getting worse too (default 10.0). > 1.
         spike_frac: fraction of spikes in the window that makes a run fluctuating (default 0.1).
             In (0, 1].
         progress_tol: a window whose level dropped by less than this fraction made no progress
@@ -347,9 +348,10 @@ class Doctor:
             step: the step (or epoch) of this observation; strictly increasing.
             loss: the training loss at that step (may be ``nan``/``inf``: that is the ``nan``
                 verdict).
-            lr: the learning rate used at that step, if known (used in the advice).
-            grad_norm: the global gradient norm, if known (non-finite -> ``nan``; an explosion
-                -> ``diverging``).
+            lr: the learning rate used at that step, if known (used in the advice and to
+                recognise schedules); a finite number >= 0.
+            grad_norm: the global gradient norm, if known; >= 0 (non-finite -> ``nan``; an
+                explosion while the loss gets worse -> ``diverging``).
             val_loss: a validation loss, if one was computed at that step (non-finite -> ``nan``;
                 swinging up and down without progress -> ``fluctuating``).
             metrics: other metrics by name (e.g. ``{"val_accuracy": 0.93}``), when computed at
@@ -360,6 +362,12 @@ class Doctor:
 
         Returns:
             The :class:`Diagnosis` after this observation (also :attr:`diagnosis`).
+
+        Raises:
+            ValueError: a value that cannot be (a step that is not an int or does not increase,
+                a loss below ``loss_floor``, a negative or non-finite ``lr``, a negative
+                ``grad_norm``, a value that is not a number), naming the parameter and what is
+                allowed; the doctor is left untouched.
         """
         t = self._track
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
@@ -372,7 +380,13 @@ class Doctor:
             )
         loss = self._as_float("loss", loss)
         lr_f = None if lr is None else self._as_float("lr", lr)
+        if lr_f is not None and not (lr_f >= 0 and math.isfinite(lr_f)):
+            raise ValueError(f"Doctor.observe: lr must be a finite number >= 0 (or None when unknown), got {lr!r}")
         gn = None if grad_norm is None else self._as_float("grad_norm", grad_norm)
+        if gn is not None and gn < 0:
+            raise ValueError(
+                f"Doctor.observe: grad_norm must be >= 0 (a norm; nan/inf report a non-finite gradient), got {grad_norm!r}"
+            )
         vl = None if val_loss is None else self._as_float("val_loss", val_loss)
         mets: dict[str, float] = {}
         if metrics is not None:
@@ -382,6 +396,12 @@ class Doctor:
                 if not isinstance(name, str):
                     raise TypeError(f"Doctor.observe: metric names must be str, got {name!r}")
                 mets[name] = self._as_float(f"metrics[{name!r}]", v)
+        f = t.loss_floor
+        if math.isfinite(loss) and loss < f:
+            raise ValueError(
+                f"Doctor.observe: loss must be >= loss_floor={f}, got {loss} at step {step} "
+                "(pass Doctor(loss_floor=...) a lower bound of your loss)"
+            )
         t.last_step = step
         if t.first_step is None:
             t.first_step = step
@@ -392,12 +412,6 @@ class Doctor:
             return self._diag
         if self._nonfinite.test(step, loss, gn, vl, self._rise.onset if self._rise.count > 0 else None):
             return self._set(self._diagnosis_of(self._nonfinite, self._nonfinite.finding, step))  # type: ignore[arg-type]
-        f = t.loss_floor
-        if loss < f:
-            raise ValueError(
-                f"Doctor.observe: loss must be >= loss_floor={f}, got {loss} at step {step} "
-                "(pass Doctor(loss_floor=...) a lower bound of your loss)"
-            )
         t.push(step, loss - f, gn)
         check = t.check_due()
         if check:

@@ -277,6 +277,26 @@ class Track:
             self.level = median(self.y.last(min(self.short, self.n)))
 
 
+def grad_reference(track: Track) -> tuple[float, float] | None:
+    """``(reference, current)`` gradient norm: the median of the window before the last ``s``
+    norms and the median of the last ``s`` (``None`` until ``2 s`` norms are in).
+
+    Example:
+        >>> t = Track({"window": 10, "short": 3, "check_every": 2, "diverge_ratio": 2.0,
+        ...            "noise_z": 8.0, "min_rise": 0.1, "loss_floor": 0.0})
+        >>> for i, g in enumerate([0.06, 0.2, 0.5, 0.6, 0.7, 0.6, 9.0, 8.0, 7.0]):
+        ...     t.push(i, 1.0, g)
+        >>> grad_reference(t)
+        (0.55, 8.0)
+    """
+    g = track.gn
+    s = track.short
+    if g.n < 2 * s:
+        return None
+    vals = g.last(g.n)  # newest first
+    return median(vals[s:]), median(vals[:s])
+
+
 class Sign:
     """One sign of a bad (or finished) run: its own state, evidence and ``state_dict``.
 

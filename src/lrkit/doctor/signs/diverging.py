@@ -26,7 +26,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from lrkit.doctor.signs._base import TINY, Finding, Observation, Sign, Track, median, scaled
+from lrkit.doctor.signs._base import TINY, Finding, Observation, Sign, Track, grad_reference, scaled
 
 __all__ = ["LossRise", "rise_onset", "diverging_explanation"]
 
@@ -161,10 +161,9 @@ class LossRise(Sign):
         ev["log_margin"] = margin
         ev["log_best"] = best
         ev["rise_over_initial"] = rise / L0 if L0 > 0 else math.inf
-        if t.gn.n and t.gn_first:
-            ref = median(t.gn_first)
-            if ref > 0:
-                ev["grad_norm_ratio"] = median(t.gn.last(t.short)) / ref
+        ref_cur = grad_reference(t)
+        if ref_cur is not None and ref_cur[0] > 0:
+            ev["grad_norm_ratio"] = ref_cur[1] / ref_cur[0]
         return ev
 
     def observe(self, obs: Observation) -> None:

@@ -19,9 +19,10 @@ from being called flat; a clear downward least-squares trend of the log-loss sin
 (slope more than 4 standard errors below 0, fitted decrease above ``flat_tol``) is progress
 too. Not reported while the LR is still rising (by 1.5x or more over the last window: a warmup
 starts flat). A flat run that blew up in its first window, or whose gradient norm fell more than
-3x (or its noise more than 3x) without progress, is reported as ``diverging`` instead: units
-died or saturated, the LR was too high, and raising it would be the wrong advice. Onset of flat:
-the first step observed.
+3x (or its noise more than 3x) without progress while its level sits more than a factor
+:math:`\rho` above its best (evidence that it got worse, not just slow), is reported as
+``diverging`` instead: units died or saturated, the LR was too high, and raising it would be
+the wrong advice. Onset of flat: the first step observed.
 """
 from __future__ import annotations
 
@@ -150,9 +151,12 @@ class Flat(Sign):
         sig0 = MAD_TO_SD * float(np.median(np.abs(d0 - np.median(d0)))) / math.sqrt(2.0)
         noise_drop = sig0 / sig if sig > 0 else math.inf
         if early is None and (gn_drop > 3.0 or (noise_drop > 3.0 and sig0 > 0.05)):
-            early = t.first_step
             ev["grad_norm_drop"] = gn_drop
             ev["noise_drop"] = noise_drop
+            # a collapse is "stuck" (diverging: the guard acts on it) only with evidence that the
+            # run got worse: its level sits a factor rho above its best; else it stays flat
+            if t.level - t.best > math.log(t.diverge_ratio):
+                early = t.first_step
         if early is not None:
             # blew up in the first window, then stuck: a dead network, the LR is too high
             ev["early_max_ratio"] = max(t.first_window) / L0 if L0 > 0 else math.inf
