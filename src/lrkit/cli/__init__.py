@@ -21,7 +21,7 @@ app = typer.Typer(
 
 # Command modules register themselves on `app` when imported. A module that is missing
 # (not written yet) is simply skipped; an error inside one propagates.
-for _mod in ("_schedule", "_find", "_diagnose", "_demo"):
+for _mod in ("_schedule", "_find", "_diagnose", "_demo", "_tune"):
     try:
         importlib.import_module(f"lrkit.cli.{_mod}")
     except ModuleNotFoundError as exc:  # only the command module itself being absent

@@ -1,9 +1,8 @@
 """Learning-rate search on Optuna: ``lrkit.tune(objective, ...)`` and framework conveniences.
 
 An integration-level package (it imports Optuna); the rest of lrkit does not import it. The
-package itself is callable -- ``lrkit.tune(...)`` is :func:`lrkit.tune._run.tune` whether Python
-resolved ``lrkit.tune`` to the function (lazy export) or to this package (after
-``import lrkit.tune``).
+package itself is callable: ``lrkit.tune(objective, ...)`` runs :func:`lrkit.tune._run.tune`, and
+``lrkit.tune.tune_torch``, ``lrkit.tune.Prior``, ... are its neighbours.
 
 Example:
     >>> import math, lrkit
@@ -14,7 +13,8 @@ Example:
 import sys
 import types
 
-from lrkit.tune._run import load_result, tune
+from lrkit.tune._run import load_result
+from lrkit.tune._run import tune as _tune
 from lrkit.tune.prior import Prior
 from lrkit.tune.pruners import PRUNERS, BehindBestPruner, DivergenceWatch, DoctorPruner
 from lrkit.tune.result import TrialRecord, TuneResult
@@ -26,7 +26,7 @@ __all__ = ["tune", "load_result", "TuneResult", "TrialRecord", "Prior", "STRATEG
 
 def __getattr__(name: str):
     if name == "tune_torch":
-        from lrkit.tune.torch import tune_torch
+        from lrkit.tune._torch import tune_torch
 
         return tune_torch
     raise AttributeError(f"module 'lrkit.tune' has no attribute {name!r}")
@@ -36,7 +36,12 @@ class _CallablePackage(types.ModuleType):
     """``lrkit.tune`` is both this package and the function :func:`tune`."""
 
     def __call__(self, *args, **kwargs):
-        return tune(*args, **kwargs)
+        return _tune(*args, **kwargs)
+
+    __call__.__doc__ = _tune.__doc__
 
 
 sys.modules[__name__].__class__ = _CallablePackage
+# ``from lrkit.tune import tune`` and ``lrkit.tune`` are this callable package, so that
+# ``lrkit.tune.tune_torch`` and friends are reachable whichever way it was imported.
+tune = sys.modules[__name__]

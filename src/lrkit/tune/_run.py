@@ -23,14 +23,16 @@ reported; the prior's range test counts too):
 
     \text{spent} = \frac{c_{prior} + \sum_{\text{trials}} c_i}{T} \le \text{budget}.
 
-The study stops starting trials once the target is reached, and a running trial is pruned at the
-step that would take it over the budget. Both count the whole study, so running the same call
+The study stops starting trials once the target is reached (or less than a tenth of a run is left),
+and a running trial is pruned at the last report before the one that would take it over the budget. Both count the whole study, so running the same call
 again on the same storage continues an interrupted search instead of starting another.
 """
 from __future__ import annotations
 
 import contextlib
 import math
+import os
+import socket
 from typing import Any, Callable, Sequence
 
 import optuna
@@ -134,7 +136,10 @@ def tune(
     storage: Any = None,
     study_name: str | None = None,
     seed: int | None = 0,
+    batch_sizes: Sequence[int] | None = None,
+    schedules: Sequence[Any] | None = None,
     callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
+    on_start: Callable[[optuna.Study], None] | None = None,
     heartbeat_interval: int = HEARTBEAT_INTERVAL,
     grace_period: int = GRACE_PERIOD,
 ) -> TuneResult:
@@ -165,7 +170,14 @@ def tune(
             ``postgresql://...``), ``journal:PATH``, or an Optuna storage.
         study_name: the study to create or continue (needed to continue one in a storage).
         seed: seed of the samplers' randomness.
+        batch_sizes: also search the batch size among these (``trial.params["batch_size"]``);
+            the ``lrkit`` strategy runs one line search per batch size, each started at the
+            prior's centre moved by :func:`lrkit.scaling.scale_lr`.
+        schedules: also search the schedule family among these names
+            (``trial.params["schedule"]``, see :func:`lrkit.tune._schedules.schedule_for`).
         callbacks: Optuna callbacks ``(study, frozen_trial)`` run after every trial (progress).
+        on_start: called with the study once it exists (and holds its prior), before the first
+            trial (e.g. to start more worker processes on the same storage).
         heartbeat_interval, grace_period: seconds; a database storage fails a trial whose worker
             has been silent for ``grace_period`` and queues it again.
 
@@ -224,28 +236,56 @@ def tune(
 
         if budget is not None:
             chain.pruners.append(("budget", BudgetPruner(limit, spent)))
-        sampler = make_sampler(strategy, low=lo, high=hi, seed=seed, prior=prior, values=values)
+        extra = _extra_space(batch_sizes, schedules)
+        sampler = make_sampler(strategy, low=lo, high=hi, seed=seed, prior=prior, values=values, extra=extra)
         study = _open_study(storage_obj, probe.study_name, direction, sampler, chain)
 
         def done(study_: optuna.Study) -> bool:
             trials = study_.get_trials(deepcopy=False)
             if n_trials is not None and _finished(trials) >= n_trials:
                 return True
-            return budget is not None and spent(study_) >= limit - 0.5
+            return budget is not None and spent(study_) > limit - max(1.0, 0.1 * (train_steps or 0))
 
         def stopper(study_: optuna.Study, frozen: FrozenTrial) -> None:
             if done(study_):
                 study_.stop()
 
+        if on_start is not None:
+            on_start(study)
         if not done(study):
-            study.optimize(_wrap(objective, lo, hi, chain), n_trials=None, catch=(),
+            study.optimize(_wrap(objective, lo, hi, chain, extra), n_trials=None, catch=(),
                            callbacks=[stopper, *callbacks], gc_after_trial=False)
     return load_result(study, strategy=strategy, train_steps=train_steps, prior=prior)
 
 
-def _wrap(objective: Callable, lo: float, hi: float, chain: ChainPruner) -> Callable[[optuna.Trial], float]:
+_WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _extra_space(batch_sizes: Sequence[int] | None, schedules: Sequence[Any] | None) -> dict[str, list]:
+    extra: dict[str, list] = {}
+    if batch_sizes is not None:
+        bs = list(batch_sizes)
+        if not bs or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in bs):
+            raise ValueError(f"batch_sizes must be a non-empty list of integers >= 1, got {batch_sizes!r}")
+        extra["batch_size"] = bs
+    if schedules is not None:
+        from lrkit.tune._schedules import SCHEDULE_FAMILIES
+
+        sch = list(schedules)
+        bad = [x for x in sch if x not in SCHEDULE_FAMILIES]
+        if not sch or bad:
+            raise ValueError(f"schedules must be a non-empty list of {', '.join(SCHEDULE_FAMILIES)}, got {schedules!r}")
+        extra["schedule"] = sch
+    return extra
+
+
+def _wrap(objective: Callable, lo: float, hi: float, chain: ChainPruner,
+          extra: dict[str, list]) -> Callable[[optuna.Trial], float]:
     def run(trial: optuna.Trial) -> float:
+        for name, choices in extra.items():  # before the LR: the lrkit line search depends on them
+            trial.suggest_categorical(name, choices)
         lr = trial.suggest_float(LR, lo, hi, log=True)
+        trial.set_user_attr("lrkit_worker", _WORKER)
         try:
             value = objective(lr, trial)
         except optuna.TrialPruned:

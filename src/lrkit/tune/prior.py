@@ -50,6 +50,8 @@ class Prior:
         low, high: the interval searched. source: ``"finder"``, ``"family"`` or ``"range"``.
         cost_steps: optimizer steps already spent to learn it (the range test and its
             verification runs), counted in a study's budget.
+        batch_size, family: the batch size the centre was found at and the optimizer family;
+            a search over batch sizes moves the centre with :func:`lrkit.scaling.scale_lr`.
     """
 
     center: float
@@ -58,6 +60,8 @@ class Prior:
     high: float
     source: str = "range"
     cost_steps: int = 0
+    batch_size: int | None = None
+    family: str | None = None
 
     def __post_init__(self) -> None:
         check_range(self.low, self.high)
@@ -77,11 +81,11 @@ class Prior:
             guess = default_lr(family)
             if lo <= guess <= hi:
                 center, source = guess, "family"
-        return cls(center, 1.0, lo, hi, source)
+        return cls(center, 1.0, lo, hi, source, family=family)
 
     @classmethod
     def from_finder(cls, result: Any, *, low: float | None = None, high: float | None = None,
-                    cost_steps: int | None = None) -> "Prior":
+                    cost_steps: int | None = None, family: str | None = None) -> "Prior":
         """From a :class:`~lrkit.finder.result.FinderResult`: centre at its suggestion, step half a decade."""
         s = _positive("finder suggestion", getattr(result, "suggestion", None))
         lo = s / 100.0 if low is None else _positive("low", low)
@@ -89,14 +93,28 @@ class Prior:
         check_range(lo, hi)
         if cost_steps is None:
             cost_steps = finder_cost(result)
-        return cls(s, 0.5, lo, hi, "finder", int(cost_steps))
+        return cls(s, 0.5, lo, hi, "finder", int(cost_steps), getattr(result, "batch_size", None), family)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Prior":
-        return cls(**{k: d[k] for k in ("center", "step", "low", "high", "source", "cost_steps")})
+        return cls(**{k: d[k] for k in ("center", "step", "low", "high", "source", "cost_steps") if k in d},
+                   batch_size=d.get("batch_size"), family=d.get("family"))
+
+    def center_for(self, batch_size: int | None) -> float:
+        """The centre moved to ``batch_size`` (linear rule for SGD, square root for adaptive ones).
+
+        Example:
+            >>> Prior(1e-3, 0.5, 1e-6, 1.0, batch_size=32, family="adam").center_for(128)
+            0.002
+        """
+        if batch_size is None or self.batch_size is None or batch_size == self.batch_size:
+            return self.center
+        from lrkit.scaling import scale_lr
+
+        return scale_lr(self.center, self.batch_size, int(batch_size), family=self.family or "unknown")
 
 
 def finder_cost(result: Any) -> int:

@@ -11,8 +11,8 @@ know:
   than the best finished trial at the same step by more than a margin :math:`m`:
   :math:`v_t > r_t + m\,|r_t|` (for minimisation; :math:`r_t` = the best trial's value at the
   latest step :math:`\le t`). Late and with a margin, because a lower LR starts slower.
-* :class:`BudgetPruner` prunes the trial that would take the study over its budget of optimizer
-  steps (finished trials at their cost, running ones at their last reported step).
+* :class:`BudgetPruner` prunes the trial whose next report would take the study over its budget
+  of optimizer steps (finished trials at their cost, running ones at their last reported step).
 * :class:`ChainPruner` asks each in turn and remembers who pruned (``reason(number)``).
 
 Optuna's own pruners (``MedianPruner``, ``SuccessiveHalvingPruner``, ``HyperbandPruner``) chain in
@@ -150,8 +150,12 @@ class BudgetPruner(BasePruner):
         self._spent = spent
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        mine = max(trial.intermediate_values, default=0)
-        return self._spent(study, trial.number) + mine >= self.limit_steps and mine > 0
+        steps = sorted(trial.intermediate_values)
+        if not steps:
+            return False
+        mine = steps[-1]
+        gap = mine - steps[-2] if len(steps) > 1 else mine  # the next report comes about this much later
+        return self._spent(study, trial.number) + mine + gap > self.limit_steps
 
 
 class ChainPruner(BasePruner):

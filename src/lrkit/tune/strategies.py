@@ -22,7 +22,7 @@ import math
 from typing import Any, Sequence
 
 import optuna
-from optuna.distributions import BaseDistribution, FloatDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.samplers import BaseSampler, GridSampler, RandomSampler, TPESampler
 from optuna.trial import FrozenTrial, TrialState
 
@@ -69,17 +69,34 @@ class LrkitSampler(BaseSampler):
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
+        if isinstance(param_distribution, CategoricalDistribution):
+            return self._least_tried(study, param_name, param_distribution)
         if param_name != LR or not isinstance(param_distribution, FloatDistribution):
             return self._fallback.sample_independent(study, trial, param_name, param_distribution)
         lo = max(math.log10(self.prior.low), math.log10(param_distribution.low))
         hi = min(math.log10(self.prior.high), math.log10(param_distribution.high))
-        obs = observations(study.get_trials(deepcopy=False), exclude=trial.number,
+        # one line search per combination of the other parameters (batch size, schedule family)
+        others = {k: v for k, v in trial.params.items() if k != LR}
+        same = [t for t in study.get_trials(deepcopy=False)
+                if all(t.params.get(k) == v for k, v in others.items())]
+        center = self.prior.center_for(others.get("batch_size"))
+        obs = observations(same, exclude=trial.number,
                            maximize=study.direction == optuna.study.StudyDirection.MAXIMIZE)
-        x = next_point(obs["finished"], obs["bad"], obs["pending"], x0=math.log10(self.prior.center),
+        x = next_point(obs["finished"], obs["bad"], obs["pending"], x0=math.log10(center),
                        h=self.prior.step, lo=lo, hi=hi, diverged=obs["diverged"])
         if x is None:
             return self._fallback.sample_independent(study, trial, param_name, param_distribution)
         return float(min(max(10 ** x, param_distribution.low), param_distribution.high))
+
+
+    @staticmethod
+    def _least_tried(study: optuna.Study, name: str, dist: CategoricalDistribution) -> Any:
+        """Categorical parameters in turn: the choice with the fewest trials so far."""
+        counts = {i: 0 for i in range(len(dist.choices))}
+        for t in study.get_trials(deepcopy=False):
+            if name in t.params and t.params[name] in dist.choices:
+                counts[dist.choices.index(t.params[name])] += 1
+        return dist.choices[min(counts, key=lambda i: (counts[i], i))]
 
 
 def _carried(trial: FrozenTrial, best: FrozenTrial | None, sign: float) -> float:
@@ -135,7 +152,7 @@ def retried_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
 
 
 def make_sampler(strategy: str, *, low: float, high: float, seed: int | None = 0, prior: Prior | None = None,
-                 values: Sequence[float] | None = None) -> BaseSampler:
+                 values: Sequence[float] | None = None, extra: dict[str, list] | None = None) -> BaseSampler:
     """The Optuna sampler of a strategy (see the module docstring)."""
     if strategy == "lrkit":
         return LrkitSampler(prior or Prior.from_range(low, high), seed=seed)
@@ -147,5 +164,5 @@ def make_sampler(strategy: str, *, low: float, high: float, seed: int | None = 0
         pts = list(values) if values is not None else grid_values(low, high, 1 if strategy == "log" else 2)
         if not pts:
             raise ValueError(f"the {strategy} strategy has no grid point inside [{low:g}, {high:g}]; widen the range")
-        return GridSampler({LR: pts}, seed=seed)
+        return GridSampler({LR: pts, **(extra or {})}, seed=seed)
     raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
