@@ -6,7 +6,9 @@ Example::
     result = lt.find_lr(model, optimizer, loss_fn, train_loader, train_steps=3000)
     scheduler = lt.to_torch(schedule, optimizer)          # a real LRScheduler
     with lt.TorchDoctor(model, optimizer, guard=True) as doctor: ...
+    pilot = lt.autopilot(model, optimizer, loss_fn, train_loader, train_steps=3000)  # no LR to choose
 """
+from lrkit.integrations.torch.autopilot import AutopilotScheduler, TorchAutopilot, autopilot
 from lrkit.integrations.torch.doctor import StabilityProbe, TorchDoctor, grad_norm
 from lrkit.integrations.torch.hessian import stability_report
 from lrkit.integrations.torch.schedule import LRKitScheduler, to_torch
@@ -14,11 +16,14 @@ from lrkit.integrations.torch.state import TorchSnapshot
 from lrkit.integrations.torch.trainer import TorchTrainer, find_lr
 
 __all__ = [
+    "AutopilotScheduler",
     "LRKitScheduler",
     "StabilityProbe",
+    "TorchAutopilot",
     "TorchDoctor",
     "TorchSnapshot",
     "TorchTrainer",
+    "autopilot",
     "find_lr",
     "grad_norm",
     "stability_report",

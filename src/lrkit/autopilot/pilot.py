@@ -1,0 +1,281 @@
+r"""The autopilot in flight: the LR of every step, the guard's and the plateau's reactions, resume.
+
+:class:`Autopilot` is framework-free (NumPy only). It holds an
+:class:`~lrkit.autopilot.plan.AutopilotPlan` and turns it into the learning rate of optimizer step
+:math:`t`,
+
+.. math::
+
+    \eta_t = \eta_{peak}\, s(t) \cdot c_{plateau} \cdot m
+
+with :math:`s` the plan's shape (peak 1), :math:`c_{plateau}` the plateau scale
+(:class:`~lrkit.schedules.ReduceOnPlateau`, halved after validations that stall) and :math:`m` the
+guard's multiplier (lowered after a rollback, see :func:`lrkit.autopilot.policy.lowered_multiplier`).
+A framework adapter gives it an object with ``snapshot()`` / ``restore(state)`` of the training
+state (:meth:`Autopilot.attach`), reports every step (:meth:`Autopilot.observe`) and sets
+:meth:`Autopilot.lr` on its optimizer. Every intervention is an :class:`AutopilotEvent` with a
+message in plain words, logged to ``logging.getLogger("lrkit.autopilot")``.
+
+**Resume.** :meth:`Autopilot.state_dict` holds the plan, the multiplier, the plateau state, the
+doctor's state and the events (plain JSON types); :meth:`Autopilot.from_state_dict` rebuilds the
+same autopilot without running the finder again. The guard's snapshots are not saved (they are
+copies of a model you checkpoint anyway): the resumed guard starts from the loaded state.
+
+Example:
+    >>> from lrkit.autopilot.plan import make_plan
+    >>> from lrkit.schedules import constant
+    >>> class Quadratic:                    # f(x) = x^2 by gradient descent
+    ...     def __init__(self): self.x = 1.0
+    ...     def snapshot(self): return self.x
+    ...     def restore(self, s): self.x = s
+    ...     def step(self, lr):
+    ...         loss = self.x ** 2
+    ...         self.x -= lr * 2 * self.x
+    ...         return loss
+    >>> plan = make_plan(family="sgd", train_steps=200, peak_lr=1.5, shape=constant(1.0))  # 1.5 > 1: diverges
+    >>> q = Quadratic()
+    >>> pilot = Autopilot(plan).attach(q)
+    >>> for t in range(200):
+    ...     _ = pilot.observe(t, q.step(pilot.lr(t)))
+    >>> [e.kind for e in pilot.events], pilot.multiplier, q.x ** 2 < 1e-12
+    (['rollback'], 0.5, True)
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from lrkit.autopilot import policy
+from lrkit.autopilot.plan import AutopilotError, AutopilotPlan
+from lrkit.doctor.core import Doctor
+from lrkit.doctor.guard import Guard, GuardGaveUp, Intervention
+from lrkit.schedules.plateau import ReduceOnPlateau
+
+__all__ = ["Autopilot", "AutopilotEvent", "STATE_VERSION"]
+
+STATE_VERSION = 1
+
+# the guard's own log lines repeat what the autopilot's events say, in less words: keep them quiet
+_GUARD_LOG = logging.getLogger("lrkit.autopilot.guard")
+_GUARD_LOG.addHandler(logging.NullHandler())
+_GUARD_LOG.propagate = False
+
+
+@dataclass(frozen=True)
+class AutopilotEvent:
+    """One thing the autopilot did: ``kind`` is ``"plan"``, ``"rollback"``, ``"plateau"``,
+    ``"resume"`` or ``"gave_up"``; ``message`` says it in words; ``data`` holds the numbers."""
+
+    step: int
+    kind: str
+    message: str
+    data: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "kind": self.kind, "message": self.message, "data": dict(self.data)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "AutopilotEvent":
+        return cls(int(d["step"]), str(d["kind"]), str(d["message"]), dict(d.get("data") or {}))
+
+
+def _finite(v: Any) -> Any:
+    return v if not isinstance(v, float) or math.isfinite(v) else None
+
+
+class Autopilot:
+    """Run a plan: LR per step, guard, plateau, events, state for resume (see the module docstring).
+
+    Args:
+        plan: the :class:`~lrkit.autopilot.plan.AutopilotPlan`.
+        guard: roll back and lower the LR on ``nan``/``diverging`` (default ``True``).
+        plateau: halve the LR when reported validation losses stall (default ``True``).
+        doctor: the :class:`~lrkit.doctor.core.Doctor` the guard drives (default ``Doctor()``).
+        logger: where messages go (default ``logging.getLogger("lrkit.autopilot")``).
+    """
+
+    def __init__(self, plan: AutopilotPlan, *, guard: bool = True, plateau: bool = True,
+                 doctor: Doctor | None = None, logger: logging.Logger | None = None) -> None:
+        if not isinstance(plan, AutopilotPlan):
+            raise AutopilotError(f"Autopilot: plan must be an AutopilotPlan (lrkit.autopilot.make_plan), "
+                                 f"got {type(plan).__name__}")
+        for name, flag in (("guard", guard), ("plateau", plateau)):
+            if not isinstance(flag, bool):
+                raise AutopilotError(f"Autopilot: {name} must be True or False, got {flag!r}")
+        if doctor is not None and not isinstance(doctor, Doctor):
+            raise AutopilotError(f"Autopilot: doctor must be an lrkit.doctor.Doctor or None, got {type(doctor).__name__}")
+        self.plan = plan
+        self.use_guard = guard
+        self.doctor = doctor if doctor is not None else Doctor()
+        self.logger = logger if logger is not None else logging.getLogger("lrkit.autopilot")
+        self._schedule = plan.schedule
+        self._plateau = ReduceOnPlateau(plan.schedule, **policy.plateau_settings()) if plateau else None
+        self._pstate = self._plateau.init() if self._plateau is not None else None
+        self._corr = 1.0  # multiplier = guard.lr_multiplier * _corr
+        self._last_rollback: int | None = None
+        self._last_step: int | None = None
+        self.events: list[AutopilotEvent] = []
+        self.guard: Guard | None = None
+        self._gave_up = False
+
+    # ------------------------------------------------------------------ wiring
+    def attach(self, state: Any) -> "Autopilot":
+        """Give the autopilot the training state to guard: an object with ``snapshot()`` and
+        ``restore(state)`` (the Trainer protocol's half). Takes the first snapshot now. Returns
+        ``self``. Without ``guard`` this only checks the object."""
+        for name in ("snapshot", "restore"):
+            if not callable(getattr(state, name, None)):
+                raise AutopilotError(f"Autopilot.attach: the state must have a callable {name}(), "
+                                     f"got {type(state).__name__} without it")
+        if self.use_guard:
+            settings = policy.guard_settings(self.plan.train_steps)
+            self.guard = Guard(state, doctor=self.doctor, on_intervention=self._on_intervention,
+                               logger=_GUARD_LOG, **settings)
+        return self
+
+    # ------------------------------------------------------------------ the LR
+    @property
+    def multiplier(self) -> float:
+        """The guard's factor on the plan's LR (1.0 until a rollback lowers it)."""
+        g = self.guard.lr_multiplier if self.guard is not None else 1.0
+        return float(g * self._corr)
+
+    @property
+    def plateau_scale(self) -> float:
+        """The plateau's factor on the plan's LR (1.0 until validations stall)."""
+        return float(self._pstate.scale) if self._pstate is not None else 1.0
+
+    def lr(self, step: int) -> float:
+        """The learning rate of optimizer step ``step`` (0-based) with every adjustment so far."""
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise AutopilotError(f"Autopilot.lr: step must be an int >= 0, got {step!r}")
+        return float(self._schedule(step)) * self.plateau_scale * self.multiplier
+
+    # ------------------------------------------------------------------ observing
+    def observe(self, step: int, loss: float, *, lr: float | None = None, grad_norm: float | None = None,
+                val_loss: float | None = None, metrics: Mapping[str, float] | None = None) -> bool:
+        """Report optimizer step ``step`` (its training loss; ``val_loss`` when you validated).
+
+        Feeds the doctor through the guard (snapshots, rollbacks) and the plateau rule. Returns
+        ``True`` when the guard rolled the training state back (the adapter then re-applies
+        :meth:`lr`, which the restore may have overwritten).
+
+        Raises:
+            GuardGaveUp: the guard restored one snapshot ``max_retries`` times and the run failed
+                again (the state is left restored; an event says so).
+        """
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise AutopilotError(f"Autopilot.observe: step must be an int >= 0, got {step!r}")
+        loss = float(loss)
+        lr = self.lr(step) if lr is None else float(lr)
+        self._last_step = step
+        rolled = False
+        if self.guard is not None:
+            try:
+                rolled = self.guard.observe(loss, lr=lr, grad_norm=grad_norm, val_loss=val_loss, metrics=metrics,
+                                            step=max(step, self.guard.step_count)) is not None
+            except GuardGaveUp as exc:
+                self._event(step, "gave_up", f"step {step}: the guard gave up: {exc}", {}, logging.ERROR)
+                raise
+        else:
+            self.doctor.observe(step, loss, lr=lr, grad_norm=grad_norm, val_loss=val_loss, metrics=metrics)
+        if val_loss is not None and not rolled:
+            self._plateau_check(step, float(val_loss))
+        return rolled
+
+    def _plateau_check(self, step: int, val_loss: float) -> None:
+        if self._plateau is None or step < self.plan.warmup_steps:
+            return
+        old = self._pstate.scale
+        self._pstate = self._plateau.update(self._pstate, val_loss)
+        if self._pstate.scale < old:
+            self._event(step, "plateau",
+                        f"step {step}: the validation loss has not improved by 0.1% for "
+                        f"{self._plateau.patience + 1} validations (best {self._pstate.best:.4g}, now "
+                        f"{val_loss:.4g}); LR x{self._plateau.factor:g}: the schedule now peaks at "
+                        f"{self.plan.peak_lr * self._pstate.scale * self.multiplier:.3g}",
+                        {"val_loss": val_loss, "best": self._pstate.best, "scale": self._pstate.scale})
+
+    def _on_intervention(self, rec: Intervention) -> None:
+        old_total = rec.old_multiplier * self._corr
+        window = 2 * policy.guard_settings(self.plan.train_steps)["snapshot_every"]
+        first_nan = self._last_rollback is None or rec.step - self._last_rollback > window
+        auto = self.plan.auto_peak_lr
+        ratio = auto / self.plan.peak_lr if auto is not None else None
+        new_total = policy.lowered_multiplier(old_total, verdict=rec.verdict, first_nan=first_nan, auto_ratio=ratio)
+        self._corr = new_total / rec.new_multiplier
+        self._last_rollback = rec.step
+        peak = self.plan.peak_lr * self.plateau_scale * new_total
+        if new_total == old_total:
+            what = ("kept the LR: a single non-finite loss out of a healthy run looks like a bad batch "
+                    "(another one soon will lower it)")
+        elif ratio is not None and math.isclose(new_total, ratio):
+            what = (f"lowered the LR to the autopilot's own scale (x{new_total / old_total:.3g}): the "
+                    f"schedule now peaks at {peak:.3g}")
+        else:
+            what = f"lowered the LR x{new_total / old_total:.3g}: the schedule now peaks at {peak:.3g}"
+        onset = "" if rec.onset is None or rec.onset == rec.step else f" (began at step {rec.onset})"
+        self._event(rec.step, "rollback",
+                    f"step {rec.step}: {rec.verdict}{onset}; rolled back to the state before step "
+                    f"{rec.restored_to} and {what}. Doctor: {rec.message}",
+                    {"verdict": rec.verdict, "onset": rec.onset, "restored_to": rec.restored_to,
+                     "old_multiplier": old_total, "new_multiplier": new_total,
+                     "evidence": {k: _finite(float(v)) for k, v in rec.evidence.items()}})
+
+    def _event(self, step: int, kind: str, message: str, data: dict, level: int = logging.WARNING) -> None:
+        self.events.append(AutopilotEvent(step, kind, message, data))
+        self.logger.log(level, "lrkit autopilot: %s", message)
+
+    @property
+    def interventions(self) -> list[AutopilotEvent]:
+        """The events that changed the run (rollbacks, plateau reductions, a guard that gave up)."""
+        return [e for e in self.events if e.kind in ("rollback", "plateau", "gave_up")]
+
+    def report(self) -> str:
+        """The plan and every intervention, in words."""
+        lines = [self.plan.summary()]
+        acts = self.interventions
+        lines.append(f"interventions: {len(acts)}" + ("" if acts else " (none)"))
+        lines += [f"  - {e.message}" for e in acts]
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume, in plain JSON types (see the module docstring)."""
+        return {
+            "version": STATE_VERSION,
+            "plan": self.plan.to_dict(),
+            "multiplier": self.multiplier,
+            "last_rollback": self._last_rollback,
+            "last_step": self._last_step,
+            "plateau": self._plateau.state_dict(self._pstate) if self._plateau is not None else None,
+            "doctor": self.doctor.state_dict(),
+            "events": [e.to_dict() for e in self.events],
+            "guard": self.use_guard,
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any], *, doctor: Doctor | None = None,
+                        logger: logging.Logger | None = None) -> "Autopilot":
+        """The autopilot of :meth:`state_dict`, ready to go on (no finder run). Call :meth:`attach`
+        with the loaded training state next."""
+        if not isinstance(state, Mapping) or state.get("version") != STATE_VERSION:
+            got = state.get("version") if isinstance(state, Mapping) else type(state).__name__
+            raise AutopilotError(f"Autopilot.from_state_dict: expected a state_dict() of version {STATE_VERSION}, "
+                                 f"got {got!r}")
+        plan = AutopilotPlan.from_dict(dict(state["plan"]))
+        pilot = cls(plan, guard=bool(state["guard"]), plateau=state["plateau"] is not None, doctor=doctor,
+                    logger=logger)
+        pilot._corr = float(state["multiplier"])
+        pilot._last_rollback = state["last_rollback"]
+        pilot._last_step = state["last_step"]
+        if pilot._plateau is not None:
+            pilot._pstate = pilot._plateau.load_state(dict(state["plateau"]))
+        pilot.doctor.load_state_dict(state["doctor"])
+        pilot.events = [AutopilotEvent.from_dict(e) for e in state["events"]]
+        nxt = 0 if pilot._last_step is None else pilot._last_step + 1
+        pilot.events.append(AutopilotEvent(nxt, "resume", f"resumed at step {nxt} (no new finder run; LR "
+                                           f"multiplier {pilot.multiplier:.3g}, plateau scale {pilot.plateau_scale:.3g})"))
+        return pilot

@@ -1,0 +1,334 @@
+r"""The LR autopilot for a plain PyTorch loop: a real ``LRScheduler`` plus one call per step.
+
+:func:`autopilot` runs the finder (``find_lr(..., train_steps=T)``, at most 30% of the run),
+decides the plan (:func:`lrkit.autopilot.make_plan`: peak LR and warmup-then-decay shape for the
+optimizer family and run length) and returns a :class:`TorchAutopilot`::
+
+    pilot = lrkit.torch.autopilot(model, optimizer, loss_fn, train_loader, train_steps=3000,
+                                  val_loader=val_loader)
+    for step, (x, y) in zip(range(3000), cycle(train_loader)):
+        optimizer.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        pilot.after_step(loss)          # doctor + guard: may roll the model back in place
+        pilot.scheduler.step()          # a torch LRScheduler, as usual
+
+The optimizer's own LR is ignored (only the ratios between its param groups are kept:
+group :math:`g` gets :math:`r_g\,\eta_t` with :math:`r_g` = its LR / the first group's).
+
+**The guard.** :meth:`TorchAutopilot.after_step` reports the loss (and the gradient norm, when the
+gradients are still there) to the doctor; on ``nan``/``diverging`` the model, the optimizer state,
+the ``GradScaler`` and the RNGs go back **in place** to the last good snapshot and the LR is lowered
+(:func:`lrkit.autopilot.policy.lowered_multiplier`); the clock goes on (the scheduler keeps its
+place, the loader goes on with the next batch). Pass ``val_loss=`` when you validate: a stalled
+validation loss halves the LR. Every intervention is logged to ``lrkit.autopilot`` and kept in
+:attr:`TorchAutopilot.events`.
+
+**Checkpoints.** ``pilot.state_dict()`` (the same as ``pilot.scheduler.state_dict()``) holds the
+plan, the step, the multiplier, the plateau and doctor state. Resume with
+``lrkit.torch.autopilot(model, optimizer, ..., resume=state)`` after loading the model and the
+optimizer: no second finder run, the same schedule, the same guard state.
+
+Refused with the reason (:class:`lrkit.autopilot.AutopilotError`): an optimizer that already has
+a torch LR scheduler attached, a learning-rate-free optimizer (Prodigy, D-Adaptation), a
+Schedule-Free one, an unknown run length (no ``train_steps`` and a loader without ``len()``).
+A model that does not train at any LR stops with :class:`lrkit.autopilot.NotTrainable` before
+training.
+
+Example:
+    >>> import torch
+    >>> from torch.utils.data import DataLoader, TensorDataset
+    >>> _ = torch.manual_seed(0)
+    >>> x = torch.randn(512, 8); y = x @ torch.randn(8, 1) + 0.1 * torch.randn(512, 1)
+    >>> loader = DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True)
+    >>> model = torch.nn.Linear(8, 1)
+    >>> opt = torch.optim.SGD(model.parameters(), lr=123.0)      # any LR: the autopilot sets it
+    >>> pilot = autopilot(model, opt, torch.nn.MSELoss(), loader, epochs=10, progress=False)
+    >>> for epoch in range(10):
+    ...     for xb, yb in loader:
+    ...         opt.zero_grad()
+    ...         loss = torch.nn.functional.mse_loss(model(xb), yb)
+    ...         loss.backward()
+    ...         opt.step()
+    ...         _ = pilot.after_step(loss)
+    ...         pilot.scheduler.step()
+    >>> pilot.plan.train_steps, loss.item() < 0.05, pilot.events == []
+    (160, True, True)
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Callable, Mapping
+
+import torch
+from torch.optim.lr_scheduler import LRScheduler
+
+from lrkit.autopilot.pilot import Autopilot, AutopilotEvent
+from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
+from lrkit.integrations.torch.doctor import grad_norm
+from lrkit.integrations.torch.state import TorchSnapshot
+from lrkit.schedules.base import Schedule
+
+__all__ = ["AutopilotScheduler", "TorchAutopilot", "autopilot", "check_no_scheduler"]
+
+
+def check_no_scheduler(optimizer: torch.optim.Optimizer, where: str = "autopilot") -> None:
+    """Refuse an optimizer that a torch LR scheduler already drives (two owners of one LR).
+
+    A torch ``LRScheduler`` wraps ``optimizer.step`` and writes ``initial_lr`` into the param
+    groups; either sign is enough.
+
+    Example:
+        >>> opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+        >>> _ = torch.optim.lr_scheduler.StepLR(opt, step_size=10)
+        >>> check_no_scheduler(opt)
+        Traceback (most recent call last):
+        ...
+        lrkit.autopilot.plan.AutopilotError: autopilot: this SGD already has a torch LR scheduler attached (StepLR, CosineAnnealingLR, ...), and the autopilot sets the LR itself; build the optimizer afresh without a scheduler, or pass your schedule's shape as shape=lrkit.schedules.... and let the autopilot set its scale
+    """
+    if hasattr(optimizer.step, "_wrapped_by_lr_sched") or any("initial_lr" in g for g in optimizer.param_groups):
+        raise AutopilotError(
+            f"{where}: this {type(optimizer).__name__} already has a torch LR scheduler attached (StepLR, "
+            "CosineAnnealingLR, ...), and the autopilot sets the LR itself; build the optimizer afresh "
+            "without a scheduler, or pass your schedule's shape as shape=lrkit.schedules.... and let the "
+            "autopilot set its scale")
+
+
+class _TorchState:
+    """snapshot()/restore() of model, optimizer, scaler and RNGs, written back in place."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any) -> None:
+        self.model, self.optimizer, self.scaler = model, optimizer, scaler
+
+    def snapshot(self) -> TorchSnapshot:
+        return TorchSnapshot.take(self.model, [self.optimizer], scaler=self.scaler)
+
+    def restore(self, state: TorchSnapshot) -> None:
+        state.restore(self.model, [self.optimizer], scaler=self.scaler)
+
+
+def _length(loader: Any) -> int | None:
+    """``len(loader)``, or ``None`` for an iterable without one (a DataLoader over an
+    ``IterableDataset`` without ``__len__`` raises ``TypeError``)."""
+    try:
+        return int(len(loader))
+    except TypeError:
+        return None
+
+
+def _group_ratios(optimizer: torch.optim.Optimizer) -> list[float]:
+    lrs = [float(g["lr"]) for g in optimizer.param_groups]
+    if not (lrs[0] > 0 and math.isfinite(lrs[0])):
+        return [1.0] * len(lrs)
+    return [lr / lrs[0] for lr in lrs]
+
+
+class AutopilotScheduler(LRScheduler):
+    r"""A ``torch.optim.lr_scheduler.LRScheduler`` that sets the autopilot's LR of every step.
+
+    After ``k`` calls of :meth:`step` group ``g`` holds :math:`r_g \cdot` ``pilot.lr(k)`` (the
+    plan's LR with the guard's and the plateau's factors). Like lrkit's other torch schedulers it
+    does not call ``LRScheduler.__init__`` (no ``initial_lr``, ``optimizer.step`` is not patched).
+    :meth:`state_dict` holds the whole autopilot (plan, step, multiplier, plateau, doctor), so a
+    framework that checkpoints its schedulers resumes the autopilot with them.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, pilot: Autopilot, *, step: int = 0,
+                 state: Any = None) -> None:
+        self.optimizer = optimizer
+        self.pilot = pilot
+        self._state = state
+        self._ratios = _group_ratios(optimizer)
+        self._count = int(step)
+        self.apply()
+
+    @property
+    def step_count(self) -> int:
+        """The index of the optimizer step whose LR is set (``step()`` calls so far, plus the start)."""
+        return self._count
+
+    @property
+    def last_epoch(self) -> int:  # torch's name; here it counts optimizer steps
+        return self._count
+
+    @property
+    def base_lrs(self) -> list[float]:
+        return [self.pilot.plan.peak_lr * r for r in self._ratios]
+
+    def step(self, epoch: Any = None) -> None:  # type: ignore[override]
+        """Move to the next optimizer step and set its LR (call it after ``optimizer.step()``)."""
+        if epoch is not None:
+            raise AutopilotError(f"AutopilotScheduler.step() takes no argument (it counts optimizer steps), "
+                                 f"got {epoch!r}; report validation losses with pilot.after_step(loss, val_loss=...)")
+        self._count += 1
+        self.apply()
+
+    def apply(self) -> None:
+        """Write the LR of the current step into the param groups (after a rollback too)."""
+        lr = self.pilot.lr(self._count)
+        for g, r in zip(self.optimizer.param_groups, self._ratios):
+            if isinstance(g["lr"], torch.Tensor):
+                g["lr"].fill_(lr * r)
+            else:
+                g["lr"] = lr * r
+
+    def get_last_lr(self) -> list[float]:
+        return [float(g["lr"]) for g in self.optimizer.param_groups]
+
+    def get_lr(self) -> list[float]:
+        return [self.pilot.lr(self._count) * r for r in self._ratios]
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"step": k, "autopilot": pilot.state_dict()}`` (plain types)."""
+        return {"step": self._count, "autopilot": self.pilot.state_dict()}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Take over the autopilot of ``state_dict`` (no finder run) and set the LR of its step."""
+        if not isinstance(state_dict, Mapping) or set(state_dict) != {"step", "autopilot"}:
+            got = sorted(state_dict) if isinstance(state_dict, Mapping) else type(state_dict).__name__
+            raise AutopilotError(f"AutopilotScheduler.load_state_dict: expected the keys ['autopilot', 'step'] "
+                                 f"of AutopilotScheduler.state_dict(), got {got}")
+        old = self.pilot
+        self.pilot = Autopilot.from_state_dict(state_dict["autopilot"], logger=old.logger)
+        if self._state is not None:
+            self.pilot.attach(self._state)
+        self._count = int(state_dict["step"])
+        self.apply()
+
+    def __repr__(self) -> str:
+        return f"AutopilotScheduler(peak_lr={self.pilot.plan.peak_lr:.3g}, step={self._count})"
+
+
+class TorchAutopilot:
+    """What :func:`autopilot` returns: :attr:`scheduler` (an ``LRScheduler``) and :meth:`after_step`.
+
+    Attributes:
+        scheduler: the :class:`AutopilotScheduler`.
+        finder: the :class:`~lrkit.finder.result.FinderResult` (``None`` after a resume).
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, pilot: Autopilot, *,
+                 finder: Any = None, scaler: Any = None, step: int = 0, track_grad_norm: bool = True) -> None:
+        self.model, self.optimizer, self.finder = model, optimizer, finder
+        self._state = _TorchState(model, optimizer, scaler)
+        pilot.attach(self._state)
+        self.scheduler = AutopilotScheduler(optimizer, pilot, step=step, state=self._state)
+        self._params = [p for g in optimizer.param_groups for p in g["params"]]
+        self._next = int(step)
+        self.track_grad_norm = bool(track_grad_norm)
+
+    @property
+    def pilot(self) -> Autopilot:
+        return self.scheduler.pilot
+
+    @property
+    def plan(self) -> AutopilotPlan:
+        """The :class:`~lrkit.autopilot.AutopilotPlan` (peak LR, schedule, reasons)."""
+        return self.pilot.plan
+
+    @property
+    def events(self) -> list[AutopilotEvent]:
+        """Every intervention (and a resume), with its message."""
+        return self.pilot.events
+
+    def lr(self, step: int | None = None) -> float:
+        """The LR of the first param group at ``step`` (default: the current step)."""
+        return self.pilot.lr(self.scheduler.step_count if step is None else step) * self.scheduler._ratios[0]
+
+    def after_step(self, loss: Any, *, val_loss: float | None = None,
+                   metrics: Mapping[str, float] | None = None) -> bool:
+        """Report the step just taken (call it after ``optimizer.step()``). Returns ``True`` when the
+        guard rolled model and optimizer back (in place; the LR is re-applied)."""
+        if isinstance(loss, torch.Tensor):
+            if loss.numel() != 1:
+                raise AutopilotError(f"TorchAutopilot.after_step: loss must be a scalar, got shape {tuple(loss.shape)}")
+            loss = float(loss.detach().float().item())
+        if isinstance(val_loss, torch.Tensor):
+            val_loss = float(val_loss.detach().float().item())
+        gn = grad_norm(self._params) if self.track_grad_norm else None
+        step = self._next
+        self._next += 1
+        rolled = self.pilot.observe(step, float(loss), lr=self.lr(), grad_norm=gn if gn else None,
+                                    val_loss=val_loss, metrics=metrics)
+        if rolled:
+            self.scheduler.apply()
+        return rolled
+
+    def state_dict(self) -> dict[str, Any]:
+        """The autopilot's checkpoint (= ``scheduler.state_dict()``), for ``resume=``."""
+        return self.scheduler.state_dict()
+
+    def report(self) -> str:
+        """The plan and every intervention, in words."""
+        return self.pilot.report()
+
+
+def autopilot(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[..., torch.Tensor] | None,
+    train_loader: Any,
+    *,
+    train_steps: int | None = None,
+    epochs: int | None = None,
+    val_loader: Any = None,
+    shape: Schedule | None = None,
+    peak_lr: float | None = None,
+    guard: bool = True,
+    plateau: bool = True,
+    resume: Mapping[str, Any] | None = None,
+    scaler: Any = None,
+    accumulation_steps: int = 1,
+    step_fn: Callable[..., Any] | None = None,
+    device: Any = None,
+    progress: bool = False,
+    logger: logging.Logger | None = None,
+    seed: int = 0,
+) -> TorchAutopilot:
+    """Find the LR, plan the schedule and guard the run of a plain PyTorch loop (module docstring).
+
+    Args:
+        model, optimizer, loss_fn, train_loader: as for :func:`lrkit.torch.find_lr` (the finder
+            runs on them and leaves them exactly as they were).
+        train_steps: optimizer steps of the whole run; or ``epochs`` with a loader that has a
+            ``len()`` (``epochs * ceil(len(train_loader) / accumulation_steps)``).
+        val_loader: validation batches for the finder's candidate runs (recommended).
+        shape: your own schedule shape (its scale is ignored: the autopilot sets it).
+        peak_lr: fix the peak LR yourself (the finder still runs: the guard falls back to its answer).
+        guard, plateau: see :class:`lrkit.autopilot.Autopilot`.
+        resume: a ``pilot.state_dict()`` from a checkpoint: no finder run, the same plan and state.
+        scaler, accumulation_steps, step_fn, device: as for :func:`lrkit.torch.find_lr`.
+        progress: show the finder's progress bar.
+        logger: where the autopilot's messages go (default ``lrkit.autopilot``).
+        seed: seed of the finder's own randomness.
+
+    Raises:
+        AutopilotError: a scheduler already attached, a learning-rate-free or Schedule-Free
+            optimizer, an unknown run length, a bad argument.
+        NotTrainable: the finder's curve is flat (the model does not train at any LR).
+    """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise AutopilotError(f"autopilot: optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    family = check_optimizer(optimizer)
+    check_no_scheduler(optimizer)
+    if resume is not None:
+        if not isinstance(resume, Mapping) or "autopilot" not in resume or "step" not in resume:
+            raise AutopilotError("autopilot: resume must be the dict of pilot.state_dict() saved with your checkpoint")
+        pilot = Autopilot.from_state_dict(resume["autopilot"], logger=logger)
+        return TorchAutopilot(model, optimizer, pilot, scaler=scaler, step=int(resume["step"]))
+    per_epoch = None
+    if train_steps is None:
+        n = _length(train_loader)
+        per_epoch = None if n is None else max(1, math.ceil(n / max(1, accumulation_steps)))
+    steps = resolve_train_steps(train_steps, epochs=epochs, steps_per_epoch=per_epoch)
+    from lrkit.integrations.torch.trainer import find_lr
+
+    result = find_lr(model, optimizer, loss_fn, train_loader, val_loader=val_loader, train_steps=steps,
+                     accumulation_steps=accumulation_steps, scaler=scaler, step_fn=step_fn, device=device,
+                     progress=progress, seed=seed)
+    plan = make_plan(result, family=family, train_steps=steps, shape=shape, peak_lr=peak_lr)
+    pilot = Autopilot(plan, guard=guard, plateau=plateau, logger=logger)
+    pilot.logger.info("%s", plan.summary())
+    return TorchAutopilot(model, optimizer, pilot, finder=result, scaler=scaler)

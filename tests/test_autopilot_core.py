@@ -1,0 +1,262 @@
+"""The autopilot's pure core: shapes, plan, flat-curve refusal, guard/plateau policy, resume."""
+from __future__ import annotations
+
+import doctest
+import importlib
+import json
+import logging
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lrkit import schedules as S
+from lrkit.autopilot import (
+    Autopilot,
+    AutopilotError,
+    AutopilotPlan,
+    NotTrainable,
+    check_optimizer,
+    check_trainable,
+    default_shape,
+    fly,
+    make_plan,
+    resolve_train_steps,
+)
+from lrkit.autopilot import policy
+from lrkit.finder.result import FinderResult
+from lrkit.scaling import FAMILIES
+
+FAMS = [f for f in FAMILIES if f != "lr_free"]
+
+
+@pytest.mark.parametrize("name", ["lrkit.autopilot", "lrkit.autopilot.policy", "lrkit.autopilot.plan",
+                                  "lrkit.autopilot.pilot", "lrkit.autopilot.run"])
+def test_docstring_examples(name):
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(family=st.sampled_from(FAMS), steps=st.integers(1, 200_000))
+def test_default_shape_warms_up_then_decays_to_zero(family, steps):
+    s = default_shape(family, steps)
+    v = s(np.arange(steps))
+    w = policy.warmup_steps(family, steps)
+    assert s.total_steps == steps
+    assert np.all(v > 0) and math.isclose(v.max(), 1.0)
+    assert w <= policy.MAX_WARMUP and w <= math.ceil(0.05 * steps)
+    if w > 1:
+        assert np.all(np.diff(v[:w]) > 0) and v[w - 1] == 1.0 and math.isclose(v[0], 1.0 / w)
+    assert np.all(np.diff(v[max(w - 1, 0):]) <= 1e-15)  # never rises after the peak
+    assert s(steps) == 0.0                                # ends at zero
+    if family in ("adagrad", "adadelta") and steps >= 10:
+        assert v[int(0.7 * steps)] == 1.0                 # held, then a late cooldown only
+    elif steps >= 100:
+        assert abs(v[steps // 2] - 0.5) < 0.05            # linear decay
+
+
+def _curve(drop: float = 1.0, n: int = 40) -> FinderResult:
+    lrs = np.geomspace(1e-5, 1.0, n)
+    losses = 2.0 - drop * np.tanh(np.log10(lrs) + 3) * 0.5 - drop * 0.5
+    return FinderResult(lrs=lrs, losses=losses, smoothed_losses=losses, suggestion=1e-3, method="verified")
+
+
+def test_plan_peak_is_the_finders_answer_times_the_shape_factor():
+    plan = make_plan(_curve(), family="adamw", train_steps=1000)
+    factor = policy.peak_factor(default_shape("adamw", 1000), 1000)
+    assert plan.peak_lr == pytest.approx(1e-3 * factor)
+    assert plan.auto_peak_lr == plan.peak_lr and plan.finder_lr == 1e-3
+    assert max(plan.schedule(np.arange(1000))) == pytest.approx(plan.peak_lr)
+    assert any("Ma & Yarats" in r for r in plan.reasons)
+
+
+def test_user_shape_scale_is_ignored_and_constant_gets_the_finders_answer():
+    a = make_plan(_curve(), family="sgd", train_steps=300, shape=S.cosine(5.0, 300))
+    b = make_plan(_curve(), family="sgd", train_steps=300, shape=S.cosine(0.01, 300))
+    steps = np.arange(300)
+    np.testing.assert_allclose(a.schedule(steps), b.schedule(steps), rtol=1e-12)
+    assert a.shape_source == "user"
+    c = make_plan(_curve(), family="sgd", train_steps=300, shape=S.constant(42.0))
+    np.testing.assert_allclose(c.schedule(steps), 1e-3)
+
+
+def test_peak_lr_given_by_the_user_is_used_and_the_finder_kept_as_fallback():
+    plan = make_plan(_curve(), family="adam", train_steps=500, peak_lr=0.3)
+    assert plan.peak_lr == 0.3 and plan.auto_peak_lr < 0.01
+    assert any("given by you" in r for r in plan.reasons)
+
+
+def test_plan_round_trips_through_json():
+    plan = make_plan(_curve(), family="adagrad", train_steps=777, shape=None)
+    back = AutopilotPlan.from_dict(json.loads(json.dumps(plan.to_dict())))
+    steps = np.arange(800)
+    np.testing.assert_array_equal(plan.schedule(steps), back.schedule(steps))
+    assert back.reasons == plan.reasons and back.warmup_steps == plan.warmup_steps
+
+
+def test_flat_curve_is_refused_before_training():
+    flat = _curve(drop=0.0)
+    with pytest.raises(NotTrainable, match="does not train at any learning rate"):
+        make_plan(flat, family="adam", train_steps=100)
+
+
+def test_flat_curve_with_an_improving_candidate_is_a_pretrained_model_not_a_dead_one():
+    lrs = np.geomspace(1e-5, 1.0, 30)
+    losses = np.full(30, 0.5)
+    cands = [{"lr": 1e-3, "score": 0.45, "steps": 10, "rejected": None}]
+    ok = FinderResult(lrs=lrs, losses=losses, smoothed_losses=losses, suggestion=1e-4, method="verified",
+                      details={"candidates": cands, "start_score": 0.5})
+    check_trainable(ok)
+    dead = FinderResult(lrs=lrs, losses=losses, smoothed_losses=losses, suggestion=1e-4, method="verified",
+                        details={"candidates": [dict(cands[0], score=0.4999)], "start_score": 0.5})
+    with pytest.raises(NotTrainable, match="none of the 1 candidate LRs"):
+        check_trainable(dead)
+
+
+@pytest.mark.parametrize("name", ["Prodigy", "DAdaptAdam", "AdamWScheduleFree", "SGDScheduleFree"])
+def test_learning_rate_free_and_schedule_free_optimizers_are_refused_with_the_reason(name):
+    with pytest.raises(AutopilotError, match="learning-rate-free|Schedule-Free"):
+        check_optimizer(name)
+
+
+def test_unknown_run_length_says_what_to_pass():
+    with pytest.raises(AutopilotError, match="pass train_steps=N"):
+        resolve_train_steps(None)
+    with pytest.raises(AutopilotError, match="train_steps must be a whole number"):
+        resolve_train_steps(0)
+    with pytest.raises(AutopilotError, match="family must be one of"):
+        make_plan(_curve(), family="adamm", train_steps=10)
+
+
+class Quadratic:
+    """f(x) = x^2 by gradient descent, with optional faults injected by the (never rewound) clock."""
+
+    def __init__(self, nan_at=(), spike_at=()):
+        self.x, self.clock, self.nan_at, self.spike_at = 1.0, 0, set(nan_at), set(spike_at)
+
+    def snapshot(self):
+        return self.x
+
+    def restore(self, s):
+        self.x = s
+
+    def step(self, lr):
+        t, self.clock = self.clock, self.clock + 1
+        if t in self.nan_at:
+            return math.nan
+        loss = self.x ** 2 + 1e-3
+        self.x -= lr * 2 * self.x
+        return loss
+
+    def evaluate(self):
+        return self.x ** 2 + 1e-3
+
+
+def _run(pilot, q, steps, start=0):
+    lrs = []
+    for t in range(start, start + steps):
+        lrs.append(pilot.lr(t))
+        pilot.observe(t, q.step(lrs[-1]))
+    return lrs
+
+
+def test_first_isolated_nan_keeps_the_lr_and_a_second_soon_after_lowers_it():
+    plan = make_plan(family="sgd", train_steps=400, peak_lr=0.1, shape=S.constant(1.0))
+    q = Quadratic(nan_at=(100, 110))
+    pilot = Autopilot(plan, plateau=False).attach(q)
+    _run(pilot, q, 400)
+    rollbacks = [e for e in pilot.events if e.kind == "rollback"]
+    assert [e.step for e in rollbacks] == [100, 110]
+    assert rollbacks[0].data["new_multiplier"] == 1.0 and "bad batch" in rollbacks[0].message
+    assert rollbacks[1].data["new_multiplier"] == 0.5 and "lowered the LR x0.5" in rollbacks[1].message
+    assert pilot.multiplier == 0.5
+
+
+def test_a_user_scale_30x_too_high_comes_back_to_the_autopilots_scale_in_one_rollback():
+    good = make_plan(_curve(), family="sgd", train_steps=300, shape=S.constant(1.0))
+    assert good.peak_lr == pytest.approx(1e-3)
+    bad = make_plan(_curve(), family="sgd", train_steps=300, shape=S.constant(1.0), peak_lr=30.0)
+    # quadratic: lr 30 diverges at once; the autopilot's own 1e-3 is stable
+    q = Quadratic()
+    pilot = Autopilot(bad, plateau=False).attach(q)
+    caught = []
+    logging.getLogger("lrkit.autopilot").addHandler(h := _ListHandler(caught))
+    try:
+        lrs = _run(pilot, q, 300)
+    finally:
+        logging.getLogger("lrkit.autopilot").removeHandler(h)
+    rollbacks = [e for e in pilot.events if e.kind == "rollback"]
+    assert len(rollbacks) == 1 and "autopilot's own scale" in rollbacks[0].message
+    assert lrs[-1] == pytest.approx(1e-3) and math.isfinite(q.x)
+    assert any("rolled back" in m for m in caught)      # every intervention is in the log
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self, out):
+        super().__init__(logging.INFO)
+        self.out = out
+
+    def emit(self, record):
+        self.out.append(record.getMessage())
+
+
+def test_plateau_halves_the_lr_after_three_stalled_validations_never_during_warmup():
+    plan = make_plan(_curve(), family="adam", train_steps=1000)
+    pilot = Autopilot(plan, guard=False)
+    for t in range(0, 40, 10):  # warmup (50 steps): ignored
+        pilot.observe(t, 1.0, val_loss=1.0)
+    assert pilot.plateau_scale == 1.0
+    for t, v in zip(range(100, 200, 10), [0.9, 0.8, 0.8, 0.8, 0.8]):
+        pilot.observe(t, 1.0, val_loss=v)
+    assert pilot.plateau_scale == 0.5
+    assert [e.kind for e in pilot.events] == ["plateau"]
+    assert pilot.lr(500) == pytest.approx(0.5 * plan.schedule(500))
+
+
+def test_resume_from_state_dict_continues_exactly_without_a_finder():
+    plan = make_plan(family="sgd", train_steps=600, peak_lr=1.2, shape=S.cosine(1.0, 600))
+    q1 = Quadratic(nan_at=(50, 60))
+    full = Autopilot(plan).attach(q1)
+    lrs_full = _run(full, q1, 600)
+
+    q2 = Quadratic(nan_at=(50, 60))
+    first = Autopilot(plan).attach(q2)
+    lrs_a = _run(first, q2, 300)
+    saved = json.loads(json.dumps(first.state_dict()))   # plain JSON types
+    x_saved, clock = q2.x, q2.clock
+    q3 = Quadratic(nan_at=(50, 60))
+    q3.x, q3.clock = x_saved, clock
+    resumed = Autopilot.from_state_dict(saved).attach(q3)
+    lrs_b = _run(resumed, q3, 300, start=300)
+    assert lrs_a + lrs_b == lrs_full
+    assert q3.x == q1.x
+    assert [e.kind for e in resumed.events] == [e.kind for e in full.events] + ["resume"]
+
+
+def test_fly_on_a_trainer_counts_the_finder_in_its_compute():
+    class Noisy(Quadratic):
+        def __init__(self):
+            super().__init__()
+            self.rng = np.random.default_rng(0)
+            self.x = 3.0
+
+        def snapshot(self):
+            return (self.x, self.rng.bit_generator.state)
+
+        def restore(self, s):
+            self.x, state = s
+            self.rng.bit_generator.state = state
+
+        def step(self, lr):
+            g = 2 * self.x + 0.1 * self.rng.standard_normal()
+            loss = self.x ** 2 + 1e-3
+            self.x -= lr * g
+            return loss
+
+    flight = fly(Noisy(), family="sgd", train_steps=300)
+    assert flight.final_val_loss < 0.01
+    assert 0 < flight.pilot.plan.finder_cost_steps <= 0.3 * 300
+    assert flight.compute_steps == 300 + flight.pilot.plan.finder_cost_steps

@@ -1,0 +1,35 @@
+"""Every examples/autopilot_<framework>.py runs to the end at a small size."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = {
+    "torch": ("torch",),
+    "lightning": ("lightning",),
+    "transformers": ("transformers",),
+    "keras": ("keras",),
+    "jax": ("jax", "optax"),
+}
+
+
+@pytest.mark.parametrize("framework", sorted(EXAMPLES))
+def test_example_runs(framework):
+    script = ROOT / "examples" / f"autopilot_{framework}.py"
+    if not script.exists():
+        pytest.skip(f"{script.name} not written yet")
+    for module in EXAMPLES[framework]:
+        pytest.importorskip(module)
+    pytest.importorskip("sklearn")
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1", KERAS_BACKEND="torch")
+    out = subprocess.run([sys.executable, str(script), "--steps", "60"], capture_output=True, text=True,
+                         env=env, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout + out.stderr
+    assert "lrkit autopilot: peak LR" in text, text[-2000:]
+    assert "final validation loss" in text
