@@ -16,6 +16,7 @@ Example:
 """
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -74,13 +75,24 @@ def open_storage(spec: str | None, *, heartbeat_interval: int = HEARTBEAT_INTERV
     if url.startswith(("postgresql", "mysql")):
         engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period, heartbeat_stale_trial_callback=_retry_callback(),
-            )
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:
+        for attempt in range(5):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return optuna.storages.RDBStorage(
+                        url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                        grace_period=grace_period, heartbeat_stale_trial_callback=_retry_callback(),
+                    )
+            except sqlalchemy.exc.IntegrityError:
+                # two workers creating the tables of a new database at once: the other one won
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+    except ImportError as exc:
+        raise ValueError(f"storage {_redact(url)} needs a database driver that is not installed "
+                         f"({' '.join(str(exc.__cause__ or exc).split())[:200]}); for PostgreSQL: "
+                         "pip install 'lrkit[tune]' (psycopg)") from None
+    except sqlalchemy.exc.SQLAlchemyError as exc:
         detail = " ".join(str(getattr(exc, "orig", None) or exc).split())
         raise ValueError(f"storage {_redact(url)} cannot be reached: {detail[:300]}") from None
 
