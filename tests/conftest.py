@@ -34,3 +34,27 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared datasets not found at {SHARED_DATA} (only on lrkit developer machines)")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def no_guard_leftovers():
+    """No guard's snapshot directory or temporary file outlives the test that made it.
+
+    Checks the run directories this process created (``lrkit.doctor.storage.live_run_dirs``)
+    and this process's ``lrkit-guard-<pid>-*`` temporary directories, after a garbage collection
+    (a guard nobody closed is cleaned up when collected, as in a real program).
+    """
+    import gc
+    import tempfile
+
+    from lrkit.doctor import storage
+
+    prefix = f"{storage.TEMP_PREFIX}{os.getpid()}-"
+    tmp = Path(tempfile.gettempdir())
+    before_dirs = storage.live_run_dirs()
+    before_tmp = {p.name for p in tmp.glob(prefix + "*")}
+    yield
+    gc.collect()
+    leaked = sorted(storage.live_run_dirs() - before_dirs)
+    leaked_tmp = sorted({p.name for p in tmp.glob(prefix + "*")} - before_tmp)
+    assert not leaked and not leaked_tmp, f"guard storage left behind: {leaked + leaked_tmp}"

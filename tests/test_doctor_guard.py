@@ -121,12 +121,13 @@ def test_restore_target_precedes_onset_and_is_bitwise():
     g = Guard(t, snapshot_every=10)
     for _ in range(60):
         g.step(0.05)
-    assert g.snapshot_steps == [0, 50, 60]  # the initial state and two rolling ones
+    assert g.snapshot_steps[0] == 0 and g.snapshot_steps[-1] == 60  # the initial state, then rolling ones
+    assert len(g.snapshot_steps) <= 6  # initial + keep=4 (+ the best, if thinned out of them)
     lam = float(np.linalg.eigvalsh(t.H)[-1])
     while not g.interventions:  # blow it up with a huge LR
         g.step(4.0 / lam)
     rec = g.interventions[0]
-    assert rec.verdict in ("diverging", "nan") and rec.restored_to < rec.onset
+    assert rec.verdict in ("diverging", "nan") and rec.verified and rec.restored_to >= 50
     np.testing.assert_array_equal(t.w, seen[rec.restored_to][0])  # bitwise the snapshot
     assert t.rng.bit_generator.state == seen[rec.restored_to][1]
 
@@ -165,10 +166,10 @@ def test_bounded_retries_raise_with_state_restored():
     err = exc.value
     assert isinstance(err, RuntimeError)
     assert len(err.interventions) == 3 and [r.retry for r in err.interventions] == [1, 2, 3]
-    assert "max_retries=3" in str(err) and "restored to step" in str(err)
+    assert "max_retries=3" in str(err) and "restored to the best snapshot seen (step" in str(err)
     assert len(t.restored) == 4  # three rollbacks and the final restore
-    assert t.restored[-1] == t.restored[0]  # the same last-good snapshot
-    assert err.restored_to == g.interventions[-1].restored_to
+    assert t.restored[1:3] == t.restored[:2]  # the same last-good snapshot each time
+    assert err.best_by == "train_loss" and err.restored_to == err.best_step == t.restored[-1][2]
     assert g.lr_multiplier == pytest.approx(0.125)
     assert err.diagnosis.verdict == "nan"
 
@@ -197,17 +198,19 @@ def test_disk_storage_pickles_and_cleans_up(tmp_path):
     g = Guard(t, snapshot_every=10, storage="disk", storage_dir=tmp_path / "snaps")
     for _ in range(35):
         g.step(0.05)
-    files = sorted(os.listdir(tmp_path / "snaps"))
-    assert len(files) == 3 and all(f.endswith(".pkl") for f in files)  # initial + 2 rolling
+    (run,) = os.listdir(tmp_path / "snaps")  # one directory per guard
+    g._store.flush()
+    files = sorted(os.listdir(tmp_path / "snaps" / run))
+    assert files == ["lock", "manifest.json", "snap-1.pkl", "snap-2.pkl", "snap-3.pkl", "snap-4.pkl"]
     for _ in range(40):
         g.step(0.05)
     assert len(g.interventions) == 1 and math.isfinite(t.evaluate())
     g.close()
     assert os.listdir(tmp_path / "snaps") == []
     with Guard(LinReg(), storage="disk") as g2:
-        d = g2._dir
+        d = g2.storage_path
         assert os.path.isdir(d)
-    assert not os.path.exists(d)
+    assert not os.path.exists(d) and not os.path.exists(os.path.dirname(d))
 
 
 @pytest.mark.parametrize(
@@ -245,16 +248,16 @@ def test_bad_trainer_and_lr():
 )
 def test_property_single_fault_one_rollback(k, factor, nan_at):
     """Any snapshot period and factor: one transient NaN -> exactly one rollback to a snapshot
-    taken before it, at most 3 kept (initial + 2), the multiplier is the factor, and the run ends finite."""
+    taken before it, at most 6 kept (initial + 4 + best), the multiplier is the factor, and the run ends finite."""
     t = LinReg(nan_at=[nan_at])
     g = Guard(t, doctor=Doctor(window=10), snapshot_every=k, lr_factor=factor)
     for _ in range(nan_at + 30):
         g.step(0.05)
-        assert len(g.snapshot_steps) <= 3
+        assert len(g.snapshot_steps) <= 6
     assert len(g.interventions) == 1
     rec = g.interventions[0]
     assert rec.step == nan_at and rec.restored_to <= nan_at - 1
-    assert nan_at - rec.restored_to <= 2 * k + 1
+    assert nan_at - rec.restored_to <= k  # no more than one snapshot period lost
     assert g.lr_multiplier == pytest.approx(factor)
     assert math.isfinite(t.evaluate())
 
@@ -274,26 +277,74 @@ class ScriptDoctor(Doctor):
         return d
 
 
-@pytest.mark.parametrize(
-    "onset, keep_initial, restored, before",
-    [
-        (60, True, 50, True),  # snapshots at 0, 50, 60: the one at the onset itself is suspect
-        (55, True, 50, True),  # onset between the two rolling snapshots: the older one
-        (45, True, 0, True),  # onset before both rolling ones: the initial state
-        (0, True, 0, False),  # bad from the start: the initial state, flagged
-        (45, False, 50, False),  # without the initial snapshot: the oldest kept, flagged
-    ],
-)
-def test_snapshot_choice_follows_the_onset(onset, keep_initial, restored, before):
+@pytest.mark.parametrize("onset", [0, 45, 60, 95])
+def test_an_early_onset_estimate_does_not_move_the_target_past_healthy_snapshots(onset):
+    """The doctor's onset is only reported: the newest snapshot verified healthy by the losses
+    after it is restored, whatever step the onset names (issue: an onset dated before the LR rise
+    sent runs back to step 0)."""
     t = Scripted([1.0 / (1 + 0.01 * i) for i in range(200)])
-    g = Guard(t, doctor=ScriptDoctor({60: ("diverging", onset)}), snapshot_every=10, keep_initial=keep_initial)
-    for _ in range(61):
+    g = Guard(t, doctor=ScriptDoctor({100: ("diverging", onset)}), snapshot_every=10)
+    for _ in range(101):
         g.step(0.1)
-        assert len(g.interventions) == (1 if g.step_count == 61 else 0)
     rec = g.interventions[0]
-    assert (rec.step, rec.onset, rec.restored_to, rec.before_onset) == (60, onset, restored, before)
-    assert all(s <= restored for s in g.snapshot_steps)  # the suspect newer snapshots are gone
-    assert t.restored[-1][2] == restored  # the trainer got the state it had before that step
+    assert (rec.step, rec.onset, rec.restored_to, rec.verified) == (100, onset, 100, True)
+    assert rec.before_onset == (100 < onset)
+    assert t.restored[-1][2] == 100  # the trainer got the state it had before that step
+
+
+def test_a_slow_rise_is_rolled_back_to_before_it_began():
+    """Snapshots taken while the loss was already drifting up (the doctor still said healthy)
+    fail their verification: the target is the last one trained at the level the run had reached."""
+    losses = [2.0 * math.exp(-i / 20) + 0.1 for i in range(100)]  # converges to ~0.1 by step 100
+    losses += [losses[-1] * 1.02 ** k for k in range(1, 101)]  # then rises 2% a step
+    t = Scripted(losses)
+    g = Guard(t, doctor=ScriptDoctor({160: ("diverging", 20)}), snapshot_every=10)
+    for _ in range(161):
+        g.step(0.1)
+    rec = g.interventions[0]
+    # 1.02^k within 25% + noise of the best: k <= 11 -> the snapshot of step 100 or 110 at most
+    assert rec.verified and 90 <= rec.restored_to <= 110, rec
+
+
+def test_lr_raised_mid_run_restores_a_recent_state_and_a_second_blowup_does_not_go_to_zero():
+    t = LinReg()
+    lam = float(np.linalg.eigvalsh(t.H)[-1])
+    g = Guard(t, snapshot_every=20)
+    for _ in range(300):  # a long converged (flat) stretch
+        g.step(0.3 / lam)
+    while not g.interventions:
+        g.step(0.3 / lam * 30)  # the LR is raised 30x at step 300: lr * lambda_max = 9
+    first = g.interventions[0]
+    assert 280 <= first.restored_to <= 300 and first.verified
+    while len(g.interventions) < 2 and g.step_count < 1000:
+        g.step(0.3 / lam * 300)  # raised again, beyond what one cut fixes
+    second = g.interventions[1]
+    assert second.restored_to >= first.restored_to  # never back to step 0
+    assert math.isfinite(t.evaluate())
+
+
+def test_giving_up_leaves_the_best_state_and_says_which():
+    losses = [2.0 * math.exp(-i / 20) + 0.1 for i in range(120)] + [float("nan")] * 500
+    t = Scripted(losses)
+    g = Guard(t, doctor=Doctor(window=10), snapshot_every=10, max_retries=2, keep=2)
+    with pytest.raises(GuardGaveUp) as exc:
+        for _ in range(400):
+            g.step(0.1)
+    err = exc.value
+    assert err.best_by == "train_loss" and 100 <= err.best_step <= 120
+    assert err.best_value == pytest.approx(0.1, rel=0.2)
+    assert t.restored[-1][2] == err.best_step
+    assert f"step {err.best_step}, train_loss" in str(err)
+
+
+def test_geometric_snapshots_reach_back_over_the_whole_run():
+    g = Guard(LinReg(), snapshot_every=10, keep=4)
+    for _ in range(1000):
+        g.step(0.01)
+    steps = g.snapshot_steps
+    assert steps[0] == 0 and len(steps) <= 6
+    ages = [g.step_count - s for s in steps[1:]]
+    assert min(ages) <= 10 and max(ages) >= 100  # recent ones and old ones (a ring of 4 reaches 40)
 
 
 def test_core_imports_without_frameworks():

@@ -7,7 +7,8 @@ Two ways to drive it:
 * ``guard.step(lr)`` -- the guard runs ``trainer.step(lr * guard.lr_multiplier)`` itself;
 * ``guard.observe(loss, lr=..., grad_norm=...)`` -- your loop (or a framework callback) ran the
   step and reports its loss; the guard only watches, snapshots and restores. The framework
-  adapters (:mod:`lrkit.integrations.torch.doctor`, ``lightning``, ``keras_callback``) use this.
+  adapters (:mod:`lrkit.integrations.torch.doctor` and the Lightning, Keras and Hugging Face
+  callbacks) use this.
 
 After every observation the doctor gives a verdict. On a verdict in ``act_on`` (``nan`` and
 ``diverging`` by default) the guard *intervenes*:
@@ -21,26 +22,22 @@ After every observation the doctor gives a verdict. On a verdict in ``act_on`` (
 with :math:`\theta_{L}` the trainer state snapshotted just before step :math:`L`, :math:`m` the
 LR multiplier (:attr:`Guard.lr_multiplier`, starts at 1) and :math:`\gamma` = ``lr_factor``.
 
-**Which snapshot is "last good".** The doctor detects a divergence some steps after it began
-(it needs ``patience`` steps above a threshold) and then estimates the *onset* step :math:`o`,
-which can lie a whole window back. A snapshot taken while the doctor still said "healthy" may
-therefore already hold a state that is going bad. The guard takes a snapshot after every
-``snapshot_every`` (= :math:`K`) *consecutive* steps with a ``healthy`` or ``flat`` verdict
-(counted since the last snapshot or rollback; never during ``fluctuating``), and keeps **two**
-rolling ones -- the newer (:math:`L_1`) and the one before it (:math:`L_0 \le L_1 - K`) -- plus
-the initial state :math:`L_{init}` (``keep_initial=True``). On trouble it restores
+**Which snapshot is "last good".** A snapshot is taken after every ``snapshot_every`` (= :math:`K`)
+*consecutive* steps with a ``healthy`` or ``flat`` verdict (never during ``fluctuating``), and
+the losses that *follow* it verify it (:mod:`lrkit.doctor.snapshots`): a snapshot is healthy when
+the median of the first ten log-losses trained from it is within ``tolerance`` (plus noise) of
+the best level the run had reached when it was taken, and none of them was non-finite. The guard
+restores :math:`L^\*` = the **newest verified-healthy snapshot**. The doctor's onset estimate is
+reported (``Intervention.onset``, ``before_onset``) but does not move the target: an onset dated
+too early cannot send the run back past good states, and a state taken while the loss was
+already drifting up fails its own verification however "healthy" the doctor still said it was.
+When no snapshot qualifies, the oldest kept one (the initial state) is restored and the record
+says ``verified=False``. Snapshots newer than the one restored are dropped.
 
-.. math::
-
-    L^\* = \max\{L \in \{L_{init}, L_0, L_1\} : L < o\}
-
-(strictly before the onset: the loss of step :math:`o` was computed on :math:`\theta_o`, which is
-suspect), or the oldest kept snapshot if none precedes the onset (the record then says
-``before_onset=False``). A ``nan`` has its onset at the non-finite step itself. So a snapshot is
-used only if it precedes the first bad loss; the older rolling one covers a detection that lagged
-more than ``K`` steps, and the initial state a run the doctor finds was bad from its first steps
-(it blew up early and then sat "flat": the doctor reclassifies that as ``diverging`` with the
-onset at the start). Rolling snapshots after the restored one are dropped.
+**Reach.** ``keep`` rolling snapshots (default 4) are thinned geometrically (a few recent, a few
+older ones; :func:`lrkit.doctor.snapshots.thin_index`), beside the initial state
+(``keep_initial``) and the **best** one (lowest validation loss when validation losses are
+observed, else lowest smoothed training loss), which is never thinned away.
 
 **Clock.** Steps are counted by the guard (every :meth:`Guard.step` / :meth:`Guard.observe` is one
 step, :attr:`Guard.step_count`), and a rollback does *not* rewind this clock: the model goes
@@ -52,14 +49,27 @@ rollback and the guard gives up after ``max_retries``: by design, since a lower 
 bad data.
 
 **Bounded retries.** Each snapshot may be restored at most ``max_retries`` times; one more
-problem before a newer snapshot has been taken raises :class:`GuardGaveUp` (a ``RuntimeError``),
-after restoring the last good snapshot once more, so the state you are left with is that good one.
+problem before a newer snapshot has been taken raises :class:`GuardGaveUp` (a ``RuntimeError``)
+after restoring the **best** snapshot seen (``GuardGaveUp.best_step``, ``best_by``:
+``"val_loss"`` or ``"train_loss"``, ``best_value``), so the state you are left with is the best
+the run reached.
 
-**Storage.** ``"memory"`` keeps the trainer's snapshot objects; ``"disk"`` pickles each one to a
-file in ``storage_dir`` (a temporary directory by default; removed by :meth:`Guard.close`) and
-keeps only the path in memory -- for large models. The trainer's state must then be picklable
-*and* restore correctly after unpickling (``TorchTrainer``'s and ``TorchDoctor``'s snapshots do,
-data loaders' generators included).
+**Cost.** A snapshot's time (the part the training loop waits for) is measured; when it exceeds
+50 ms (a model of real size), the snapshot period is stretched beyond ``snapshot_every`` -- up
+to 10 times it -- so that snapshots cost at most ``max_overhead`` (default 1%) of the training
+time: :attr:`Guard.snapshot_interval`.
+
+**Storage** (:mod:`lrkit.doctor.storage`). ``"memory"`` keeps the trainer's snapshot objects;
+``"disk"`` pickles each one, on a background thread, atomically into ``<storage_dir>/<run_id>/``
+with a lock and a ``manifest.json`` (step, LR multiplier, doctor state of every snapshot, the
+interventions), removed by :meth:`Guard.close` (or ``with Guard(...)``). With a ``run_id`` and
+``resume=True``, a process killed with ``kill -9`` and started again finds the manifest and
+:meth:`Guard.start` continues from the newest good snapshot with the same LR multiplier and doctor
+state (:attr:`Guard.resumed_from`; your loop goes on from :attr:`Guard.step_count`). A snapshot
+file that is missing or corrupt when needed is reported (ERROR line naming it) and the next good
+snapshot is used instead. The trainer's state must be picklable *and* restore correctly after
+unpickling (``TorchTrainer``'s and ``TorchDoctor``'s snapshots do, RNG states and data loaders'
+generators included).
 
 Example:
     >>> class Quadratic:            # a 1-D quadratic trained by gradient descent: f = x^2
@@ -84,17 +94,19 @@ from __future__ import annotations
 import logging
 import math
 import os
-import pickle
-import shutil
-import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping
 
 from lrkit.doctor.core import Diagnosis, Doctor
+from lrkit.doctor.snapshots import HealthTracker, SnapshotRecord, best_snapshot, choose_target, thin_index
+from lrkit.doctor.storage import DiskStore, MemoryStore, SnapshotError
 
-__all__ = ["Guard", "GuardGaveUp", "Intervention"]
+__all__ = ["Guard", "GuardGaveUp", "Intervention", "SnapshotError"]
 
 _GOOD = ("healthy", "flat")  # verdicts under which a snapshot may be taken
+_MIN_COST = 0.05  # seconds: cheaper snapshots never stretch the period
+_MAX_STRETCH = 10  # the period is stretched to at most this many times snapshot_every
 
 
 @dataclass(frozen=True)
@@ -109,9 +121,11 @@ class Intervention:
         old_multiplier: the LR multiplier in force when it went wrong.
         new_multiplier: the multiplier from now on (``old_multiplier * lr_factor``).
         restored_to: the guard step the restored snapshot was taken before.
-        before_onset: ``True`` if that snapshot precedes the onset (see the module docstring).
+        before_onset: ``True`` if that snapshot precedes the doctor's onset.
         retry: how many times this snapshot has now been restored (1 = first time).
         message: the doctor's message.
+        verified: ``True`` if the restored snapshot was verified healthy by the losses after it
+            (see the module docstring); ``False``: none was, the oldest kept one was used.
     """
 
     step: int
@@ -124,37 +138,40 @@ class Intervention:
     before_onset: bool
     retry: int
     message: str = ""
+    verified: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (non-finite evidence becomes ``None``)."""
-        ev = {k: (float(v) if math.isfinite(float(v)) else None) for k, v in self.evidence.items()}
-        return {
-            "step": self.step,
-            "verdict": self.verdict,
-            "onset": self.onset,
-            "evidence": ev,
-            "old_multiplier": self.old_multiplier,
-            "new_multiplier": self.new_multiplier,
-            "restored_to": self.restored_to,
-            "before_onset": self.before_onset,
-            "retry": self.retry,
-            "message": self.message,
-        }
+        out = asdict(self)
+        out["evidence"] = {k: (float(v) if math.isfinite(float(v)) else None) for k, v in self.evidence.items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Intervention":
+        """The record :meth:`to_dict` wrote."""
+        ev = {k: (math.nan if v is None else float(v)) for k, v in d["evidence"].items()}
+        return cls(**{**d, "evidence": ev})
 
 
 class GuardGaveUp(RuntimeError):
     """Raised when a snapshot has been restored ``max_retries`` times and the run failed again.
 
-    The trainer has been restored to that snapshot before raising. Attributes: ``diagnosis``
-    (the last :class:`~lrkit.doctor.core.Diagnosis`), ``interventions`` (all of them) and
-    ``restored_to`` (the guard step of the restored snapshot).
+    The trainer has been restored to the best snapshot seen before raising. Attributes:
+    ``diagnosis`` (the last :class:`~lrkit.doctor.core.Diagnosis`), ``interventions`` (all of
+    them), ``restored_to`` (the guard step of the state the trainer is left in), ``best_by``
+    (``"val_loss"``, ``"train_loss"``, or ``""`` when no snapshot was verified and the last
+    target was restored) and ``best_value`` (that loss).
     """
 
-    def __init__(self, message: str, diagnosis: Diagnosis, interventions: list[Intervention], restored_to: int):
+    def __init__(self, message: str, diagnosis: Diagnosis, interventions: list[Intervention], restored_to: int,
+                 best_by: str = "", best_value: float = math.nan):
         super().__init__(message)
         self.diagnosis = diagnosis
         self.interventions = list(interventions)
         self.restored_to = restored_to
+        self.best_step = restored_to
+        self.best_by = best_by
+        self.best_value = best_value
 
 
 def watch_doctor(who: str, guard: Any, doctor: Any) -> Doctor:
@@ -241,19 +258,21 @@ class GuardedWatch:
         return self.guard.lr_multiplier if self.guard is not None else 1.0
 
 
-@dataclass
-class _Snap:
-    label: int  # the guard step this state precedes
-    payload: Any  # the trainer state, or a file path on disk
-    doctor: dict[str, Any]
-    multiplier: float
-    restores: int = 0
-    on_disk: bool = False
+    def close(self) -> None:
+        """Drop the guard's snapshots and remove its files (``storage="disk"``); idempotent."""
+        if self.guard is not None:
+            self.guard.close()
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 class Guard:
     r"""Watch a run with a :class:`~lrkit.doctor.core.Doctor`; on ``nan``/``diverging`` restore the
-    last good snapshot and multiply the LR by ``lr_factor`` (see the module docstring).
+    newest verified-healthy snapshot and multiply the LR by ``lr_factor`` (see the module docstring).
 
     Args:
         trainer: an object with ``snapshot() -> state`` and ``restore(state)``; for
@@ -269,17 +288,24 @@ class Guard:
         act_on: the verdicts that trigger a rollback; a subset of ``{"nan", "diverging",
             "fluctuating"}`` (default ``("nan", "diverging")``).
         storage: ``"memory"`` or ``"disk"`` (pickle the snapshots into ``storage_dir``).
-        storage_dir: directory for ``storage="disk"`` (created if missing; default a new
+        storage_dir: parent directory for ``storage="disk"`` (created if missing; default a new
             temporary directory, removed by :meth:`close`). Only with ``storage="disk"``.
         on_intervention: called with each :class:`Intervention` after the rollback.
         logger: where the WARNING line of each intervention goes (default
             ``logging.getLogger("lrkit.guard")``).
         take_initial_snapshot: snapshot the trainer now (step 0). Adapters that build the guard
             before the model exists pass ``False`` and call :meth:`start` later.
-        keep_initial: also keep the very first snapshot for the whole run (default ``True``):
-            the fallback when the doctor places the onset before both rolling snapshots (e.g. a
-            run that blew up in its first steps and sat "flat" and dead since). One more copy of
-            the state; pass ``False`` to keep only the two rolling snapshots.
+        keep_initial: also keep the very first snapshot for the whole run (default ``True``).
+        keep: the number of rolling snapshots, thinned geometrically; an int >= 2 (default 4).
+        tolerance: how far above the best level (relative) a snapshot's following losses may be
+            for it to count as healthy; a number > 0 (default 0.25).
+        max_overhead: the largest fraction of the training time snapshots may take; the period
+            is stretched (up to ``10 * snapshot_every``) when a snapshot costs more than 50 ms
+            (default 0.01); ``None``: never.
+        run_id: the name of this run's directory under ``storage_dir`` (``storage="disk"``);
+            default a unique one. Give one to be able to resume.
+        resume: with ``storage="disk"`` and a ``run_id``: if the run's manifest exists (a killed
+            process), :meth:`start` continues from it instead of taking a new initial snapshot.
     """
 
     def __init__(
@@ -297,6 +323,11 @@ class Guard:
         logger: logging.Logger | None = None,
         take_initial_snapshot: bool = True,
         keep_initial: bool = True,
+        keep: int = 4,
+        tolerance: float = 0.25,
+        max_overhead: float | None = 0.01,
+        run_id: str | None = None,
+        resume: bool = False,
     ) -> None:
         for name in ("snapshot", "restore"):
             if not callable(getattr(trainer, name, None)):
@@ -308,25 +339,26 @@ class Guard:
             doctor = Doctor()
         elif not isinstance(doctor, Doctor):
             raise ValueError(f"Guard: doctor must be an lrkit.doctor.Doctor or None, got {type(doctor).__name__}")
-        if isinstance(snapshot_every, bool) or not isinstance(snapshot_every, int) or snapshot_every < 1:
-            raise ValueError(f"Guard: snapshot_every must be an int >= 1, got {snapshot_every!r}")
-        if (
-            isinstance(lr_factor, bool)
-            or not isinstance(lr_factor, (int, float))
-            or not math.isfinite(lr_factor)
-            or not 0 < lr_factor < 1
-        ):
-            raise ValueError(f"Guard: lr_factor must be a number in (0, 1), got {lr_factor!r}")
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 1:
-            raise ValueError(f"Guard: max_retries must be an int >= 1, got {max_retries!r}")
+        _check_int("snapshot_every", snapshot_every, 1)
+        _check_number("lr_factor", lr_factor, lambda v: 0 < v < 1, "a number in (0, 1)")
+        _check_int("max_retries", max_retries, 1)
+        _check_int("keep", keep, 2)
+        _check_number("tolerance", tolerance, lambda v: v > 0, "a number > 0")
+        if max_overhead is not None:
+            _check_number("max_overhead", max_overhead, lambda v: 0 < v < 1, "a number in (0, 1) or None")
         act = tuple(act_on) if isinstance(act_on, (tuple, list, set, frozenset)) else None
         allowed = ("nan", "diverging", "fluctuating")
         if not act or any(v not in allowed for v in act):
             raise ValueError(f"Guard: act_on must be a non-empty subset of {allowed}, got {act_on!r}")
         if storage not in ("memory", "disk"):
             raise ValueError(f"Guard: storage must be 'memory' or 'disk', got {storage!r}")
-        if storage_dir is not None and storage != "disk":
-            raise ValueError(f"Guard: storage_dir is only used with storage='disk', got storage={storage!r}")
+        for name, value in (("storage_dir", storage_dir), ("run_id", run_id)):
+            if value is not None and storage != "disk":
+                raise ValueError(f"Guard: {name} is only used with storage='disk', got storage={storage!r}")
+        if not isinstance(resume, bool):
+            raise ValueError(f"Guard: resume must be True or False, got {resume!r}")
+        if resume and (storage != "disk" or run_id is None):
+            raise ValueError("Guard: resume=True needs storage='disk' and a run_id (the run to find again)")
         if on_intervention is not None and not callable(on_intervention):
             raise ValueError(f"Guard: on_intervention must be callable or None, got {type(on_intervention).__name__}")
         self.trainer = trainer
@@ -336,26 +368,33 @@ class Guard:
         self.max_retries = max_retries
         self.act_on = act
         self.storage = storage
+        self.keep = keep
+        self.tolerance = float(tolerance)
+        self.max_overhead = None if max_overhead is None else float(max_overhead)
         self.on_intervention = on_intervention
         self.logger = logger if logger is not None else logging.getLogger("lrkit.guard")
-        self._own_dir = False
-        self._dir: str | None = None
-        if storage == "disk":
-            if storage_dir is None:
-                self._dir = tempfile.mkdtemp(prefix="lrkit-guard-")
-                self._own_dir = True
-            else:
-                self._dir = os.fspath(storage_dir)
-                os.makedirs(self._dir, exist_ok=True)
+        self.keep_initial = bool(keep_initial)
+        self.resume = resume
+        self._storage_dir = storage_dir
+        self._run_id = run_id
+        self._store: MemoryStore | DiskStore | None = None
+        self._open_store()
         self._multiplier = 1.0
         self._clock = 0
-        self.keep_initial = bool(keep_initial)
-        self._initial: _Snap | None = None  # the state before the first step (keep_initial=True)
-        self._snaps: list[_Snap] = []  # the rolling snapshots, oldest first, at most two
+        self._initial: SnapshotRecord | None = None  # the state before the first step (keep_initial=True)
+        self._snaps: list[SnapshotRecord] = []  # the rolling snapshots, oldest first
+        self._best: SnapshotRecord | None = None  # the best snapshot, when thinned out of the rolling ones
+        self._health = HealthTracker()
         self._interventions: list[Intervention] = []
         self._last_rolled_back = False
-        self._serial = 0
         self._since = 0  # good steps since the last snapshot or rollback
+        self._started = False
+        self._interval = snapshot_every
+        self._costs: list[float] = []  # seconds per snapshot (the latest few)
+        self._step_time = math.nan  # seconds per step (EMA), outside the guard's snapshots
+        self._t_last: float | None = None
+        #: the step the run was resumed from (``resume=True`` found a manifest), else ``None``
+        self.resumed_from: int | None = None
         if take_initial_snapshot:
             self.start()
 
@@ -390,10 +429,28 @@ class Guard:
         """The guard steps of the snapshots currently kept (oldest first)."""
         return [s.label for s in self._pool()]
 
+    @property
+    def snapshot_interval(self) -> int:
+        """The current snapshot period: ``snapshot_every``, stretched by the measured snapshot cost."""
+        return self._interval
+
+    @property
+    def storage_path(self) -> str | None:
+        """The run's directory (``storage="disk"``), else ``None``."""
+        return self._store.dir if isinstance(self._store, DiskStore) else None
+
     # ------------------------------------------------------------------ driving
     def start(self) -> None:
-        """Take the first snapshot (the state before step :attr:`step_count`). Idempotent."""
-        if not self._snaps and self._initial is None:
+        """Take the first snapshot (the state before step :attr:`step_count`), or, with
+        ``resume=True`` and a manifest on disk, restore the run from it. Idempotent."""
+        if self._started:
+            return
+        self._open_store()
+        self._started = True
+        manifest = self._store.manifest() if self.resume and isinstance(self._store, DiskStore) else None
+        if manifest is not None:
+            self._resume(manifest)
+        else:
             self._take(initial=self.keep_initial)
 
     def step(self, lr: float) -> float:
@@ -434,9 +491,13 @@ class Guard:
 
         Raises:
             GuardGaveUp: a snapshot was restored ``max_retries`` times and the run failed again
-                (the trainer is left restored to it).
+                (the trainer is left restored to the best snapshot).
         """
         self.start()
+        now = time.perf_counter()
+        if self._t_last is not None:
+            dt = now - self._t_last
+            self._step_time = dt if math.isnan(self._step_time) else 0.9 * self._step_time + 0.1 * dt
         if step is None:
             step = self._clock
         else:
@@ -444,29 +505,37 @@ class Guard:
                 raise ValueError(
                     f"Guard.observe: step must be an int >= {self._clock} (the next step), got {step!r}"
                 )
-            if self._clock == 0 and step > 0:  # the initial snapshot precedes the first step, whatever its number
-                for snap in self._pool():
+            if self._clock == 0 and step > 0 and not self._interventions:
+                for snap in self._pool():  # the initial snapshot precedes the first step, whatever its number
                     snap.label = step
         self._clock = step + 1
         self._last_rolled_back = False
         d = self.doctor.observe(step, loss, lr=lr, grad_norm=grad_norm, val_loss=val_loss, metrics=metrics)
+        loss_f = float(loss)
+        if grad_norm is not None and not math.isfinite(float(grad_norm)):
+            loss_f = math.nan  # a non-finite gradient: the state it came from is not healthy
+        for snap in self._pool():
+            snap.record(step, loss_f, val_loss)
+        self._health.add(loss_f)
         if d.verdict in self.act_on:
             rec = self._intervene(step, d)
             self._last_rolled_back = True
+            self._t_last = time.perf_counter()
             return rec
         self._since = self._since + 1 if d.verdict in _GOOD else 0
-        if self._since >= self.snapshot_every:
+        if self._since >= self._interval:
             self._take()
+        self._t_last = time.perf_counter()
         return None
 
     def close(self) -> None:
-        """Delete the snapshot files (and the temporary directory the guard created)."""
-        for s in self._pool():
-            self._drop(s)
-        self._snaps = []
-        self._initial = None
-        if self._own_dir and self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
+        """Drop every snapshot and delete the run's files (and the temporary directory the guard
+        created). The records stay; a later :meth:`start` begins afresh. Idempotent."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        self._snaps, self._initial, self._best = [], None, None
+        self._started = False
 
     def __enter__(self) -> "Guard":
         return self
@@ -474,99 +543,216 @@ class Guard:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    # ------------------------------------------------------------------ internals
-    def _pool(self) -> list[_Snap]:
-        return ([self._initial] if self._initial is not None else []) + self._snaps
-
-    def _take(self, initial: bool = False) -> None:
-        state = self.trainer.snapshot()
-        snap = _Snap(self._clock, state, self.doctor.state_dict(), self._multiplier)
-        if self.storage == "disk":
-            self._serial += 1
-            path = os.path.join(str(self._dir), f"snapshot-{self._serial}.pkl")
-            with open(path, "wb") as fh:
-                pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
-            snap.payload, snap.on_disk = path, True
-        self._since = 0
-        if initial:
-            self._initial = snap
-            return
-        self._snaps.append(snap)
-        while len(self._snaps) > 2:
-            self._drop(self._snaps.pop(0))
-
-    @staticmethod
-    def _drop(s: _Snap) -> None:
-        if s.on_disk and isinstance(s.payload, str) and os.path.exists(s.payload):
-            os.remove(s.payload)
-
-    def _load(self, s: _Snap) -> Any:
-        if not s.on_disk:
-            return s.payload
-        with open(s.payload, "rb") as fh:
-            return pickle.load(fh)
-
-    def _restore(self, s: _Snap) -> None:
-        self.trainer.restore(self._load(s))
-        self.doctor.load_state_dict(s.doctor)
-        self._since = 0
-
-    def _intervene(self, step: int, d: Diagnosis) -> Intervention:
-        onset = d.step if d.step is not None else step
-        pool = self._pool()
-        before = [s for s in pool if s.label < onset]
-        target = before[-1] if before else pool[0]
-        # rolling snapshots newer than the one restored are suspect (at/after the onset): drop them
-        for snap in self._snaps:
-            if snap.label > target.label:
-                self._drop(snap)
-        self._snaps = [snap for snap in self._snaps if snap.label <= target.label and snap is not target] + (
-            [target] if target is not self._initial else []
-        )
-        if target.restores >= self.max_retries:
-            self._restore(target)
-            msg = (
-                f"lrkit guard gave up at step {step}: {d.verdict} again after restoring the snapshot of "
-                f"step {target.label} {target.restores} times (max_retries={self.max_retries}); the LR "
-                f"multiplier is {self._multiplier:.3g}. The trainer is restored to step {target.label}. "
-                f"Last diagnosis: {d.message}"
-            )
-            self.logger.error(msg)
-            raise GuardGaveUp(msg, d, self._interventions, target.label)
-        self._restore(target)
-        target.restores += 1
-        old = self._multiplier
-        self._multiplier = old * self.lr_factor
-        rec = Intervention(
-            step=step,
-            verdict=d.verdict,
-            onset=d.step,
-            evidence=dict(d.evidence),
-            old_multiplier=old,
-            new_multiplier=self._multiplier,
-            restored_to=target.label,
-            before_onset=target.label < onset,
-            retry=target.restores,
-            message=d.message,
-        )
-        self._interventions.append(rec)
-        self.logger.warning(
-            "lrkit guard: %s at step %d (onset %s); restored the snapshot of step %d%s and lowered "
-            "the LR multiplier %.3g -> %.3g (retry %d of %d)",
-            d.verdict, step, d.step, target.label, "" if rec.before_onset else " (taken after the onset)",
-            old, self._multiplier, rec.retry, self.max_retries,
-        )
-        if self.on_intervention is not None:
-            self.on_intervention(rec)
-        return rec
-
     def state_summary(self) -> Mapping[str, Any]:
         """A JSON-ready summary: multiplier, clock, snapshot steps and interventions."""
         return {
             "lr_multiplier": self._multiplier,
             "step_count": self._clock,
             "snapshot_steps": self.snapshot_steps,
+            "snapshot_interval": self._interval,
             "interventions": [i.to_dict() for i in self._interventions],
             "verdict": self.doctor.diagnosis.verdict,
         }
 
+    # ------------------------------------------------------------------ snapshots
+    def _open_store(self) -> None:
+        if self._store is None:
+            self._store = (
+                DiskStore(self._storage_dir, run_id=self._run_id) if self.storage == "disk" else MemoryStore()
+            )
+
+    def _pool(self) -> list[SnapshotRecord]:
+        pool = ([self._initial] if self._initial is not None else []) + self._snaps
+        if self._best is not None and all(self._best is not s for s in pool):
+            pool.append(self._best)
+        return sorted(pool, key=lambda s: s.label)
+
+    def _take(self, initial: bool = False) -> None:
+        t0 = time.perf_counter()
+        state = self.trainer.snapshot()
+        h = self._health
+        rec = SnapshotRecord(
+            label=self._clock, doctor=self.doctor.state_dict(), multiplier=self._multiplier,
+            best=h.best, sigma=h.sigma, health=h.state(),
+        )
+        rec.handle = self._store.put(state)
+        del state
+        self._since = 0
+        if initial:
+            self._initial = rec
+        else:
+            self._snaps.append(rec)
+            while len(self._snaps) > self.keep:
+                origin = self._initial.label if self._initial is not None else None
+                i = thin_index([s.label for s in self._snaps], now=self._clock, every=self.snapshot_every, origin=origin)
+                self._retire(self._snaps.pop(i))
+        self._write_manifest()
+        self._adapt(time.perf_counter() - t0)
+
+    def _retire(self, rec: SnapshotRecord) -> None:
+        """A snapshot leaves the rolling set: keep it as the best one if it is, else drop it."""
+        best, _, _ = best_snapshot(self._pool() + [rec], self.tolerance)
+        if best is rec:
+            if self._best is not None and self._best is not rec:
+                self._store.drop(self._best.handle)
+            self._best = rec
+        else:
+            self._store.drop(rec.handle)
+
+    def _adapt(self, cost: float) -> None:
+        """Stretch the period so that snapshots cost at most ``max_overhead`` of the time."""
+        self._costs = (self._costs + [cost])[-5:]
+        if self.max_overhead is None or math.isnan(self._step_time) or len(self._costs) < 2:
+            return
+        c = sorted(self._costs)[len(self._costs) // 2]
+        if c < _MIN_COST:
+            return
+        need = math.ceil(c / (self.max_overhead * max(self._step_time, 1e-9)))
+        self._interval = min(max(self.snapshot_every, need), _MAX_STRETCH * self.snapshot_every)
+
+    def _write_manifest(self) -> None:
+        if not isinstance(self._store, DiskStore):
+            return
+        snaps = []
+        for s in self._pool():
+            kind = "initial" if s is self._initial else ("best" if s is self._best else "rolling")
+            snaps.append({**s.to_json(), "kind": kind})
+        self._store.write_manifest({
+            "format": 1,
+            "run_id": self._store.run_id,
+            "pid": os.getpid(),
+            "clock": self._clock,
+            "multiplier": self._multiplier,
+            "snapshot_every": self.snapshot_every,
+            "snapshots": snaps,
+            "interventions": [i.to_dict() for i in self._interventions],
+        })
+
+    def _load(self, pool: list[SnapshotRecord], rec: SnapshotRecord) -> Any:
+        """The state of ``rec``; on a missing/corrupt file: an ERROR line, ``rec`` leaves the pool, ``None``."""
+        try:
+            return self._store.get(rec.handle)
+        except SnapshotError as exc:
+            self.logger.error("%s; falling back to the next good snapshot", exc)
+            pool.remove(rec)
+            if rec is self._initial:
+                self._initial = None
+            if rec is self._best:
+                self._best = None
+            self._snaps = [s for s in self._snaps if s is not rec]
+            return None
+
+    def _restore(self, rec: SnapshotRecord, state: Any) -> None:
+        self.trainer.restore(state)
+        self.doctor.load_state_dict(rec.doctor)
+        self._health.load(rec.health)
+        rec.closed = True  # losses from now on are at another LR: they do not re-verify it
+        self._since = 0
+
+    # ------------------------------------------------------------------ rollback
+    def _intervene(self, step: int, d: Diagnosis) -> Intervention:
+        onset = d.step if d.step is not None else step
+        pool = self._pool()
+        while True:
+            if not pool:
+                raise SnapshotError(
+                    f"lrkit guard: {d.verdict} at step {step} and no snapshot could be read (see the ERROR lines)", ""
+                )
+            target, verified = choose_target(pool, self.tolerance)
+            if target.restores >= self.max_retries:
+                self._give_up(step, d, target, pool)
+            state = self._load(pool, target)
+            if state is not None:
+                break
+        for snap in [s for s in self._snaps if s.label > target.label]:  # suspect: newer than the target
+            self._store.drop(snap.handle)
+        self._snaps = [s for s in self._snaps if s.label <= target.label]
+        self._restore(target, state)
+        target.restores += 1
+        old = self._multiplier
+        self._multiplier = old * self.lr_factor
+        rec = Intervention(
+            step=step, verdict=d.verdict, onset=d.step, evidence=dict(d.evidence), old_multiplier=old,
+            new_multiplier=self._multiplier, restored_to=target.label, before_onset=target.label < onset,
+            retry=target.restores, message=d.message, verified=verified,
+        )
+        self._interventions.append(rec)
+        self._write_manifest()
+        self.logger.warning(
+            "lrkit guard: %s at step %d (onset %s); restored the snapshot of step %d%s and lowered "
+            "the LR multiplier %.3g -> %.3g (retry %d of %d)",
+            d.verdict, step, d.step, target.label, "" if verified else " (no snapshot was verified healthy)",
+            old, self._multiplier, rec.retry, self.max_retries,
+        )
+        if self.on_intervention is not None:
+            self.on_intervention(rec)
+        return rec
+
+    def _give_up(self, step: int, d: Diagnosis, target: SnapshotRecord, pool: list[SnapshotRecord]) -> None:
+        """Restore the best snapshot (else ``target``) and raise :class:`GuardGaveUp`."""
+        while True:
+            best, by, value = best_snapshot(pool, self.tolerance)
+            chosen = best if best is not None else target
+            state = self._load(pool, chosen)
+            if state is not None:
+                break
+            if not pool:
+                raise SnapshotError(f"lrkit guard gave up at step {step} and no snapshot could be read", "")
+            target = pool[0]
+        self._restore(chosen, state)
+        what = (f"the best snapshot seen (step {chosen.label}, {by} {value:.4g})" if best is not None
+                else f"the snapshot of step {chosen.label} (none was verified healthy)")
+        msg = (
+            f"lrkit guard gave up at step {step}: {d.verdict} again after restoring the snapshot of "
+            f"step {target.label} {target.restores} times (max_retries={self.max_retries}); the LR "
+            f"multiplier is {self._multiplier:.3g}. The trainer is restored to {what}. "
+            f"Last diagnosis: {d.message}"
+        )
+        self.logger.error(msg)
+        raise GuardGaveUp(msg, d, self._interventions, chosen.label, by, value)
+
+    def _resume(self, manifest: Mapping[str, Any]) -> None:
+        """Continue a killed run: the newest readable snapshot not known to be bad."""
+        recs, kinds = [], {}
+        for s in manifest["snapshots"]:
+            r = SnapshotRecord.from_json(s)
+            recs.append(r)
+            kinds[id(r)] = s.get("kind", "rolling")
+        pool = sorted(recs, key=lambda r: r.label)
+        self._initial = next((r for r in pool if kinds[id(r)] == "initial"), None)
+        self._best = next((r for r in pool if kinds[id(r)] == "best"), None)
+        self._snaps = [r for r in pool if kinds[id(r)] == "rolling"]
+        self._interventions = [Intervention.from_dict(i) for i in manifest.get("interventions", [])]
+        self._multiplier = float(manifest["multiplier"])
+        while pool:
+            cands = [r for r in pool if r.healthy(self.tolerance) is not False] or pool[:1]
+            rec = cands[-1]
+            state = self._load(pool, rec)
+            if state is not None:
+                break
+        else:
+            raise SnapshotError(
+                f"lrkit guard: cannot resume run {self._store.run_id}: no snapshot in {self.storage_path} "
+                "could be read (see the ERROR lines)", str(self.storage_path),
+            )
+        for snap in [s for s in self._snaps if s.label > rec.label]:
+            self._store.drop(snap.handle)
+        self._snaps = [s for s in self._snaps if s.label <= rec.label]
+        self._restore(rec, state)
+        self._clock = rec.label
+        self.resumed_from = rec.label
+        self._write_manifest()
+        self.logger.warning(
+            "lrkit guard: resumed run %s from the snapshot of step %d (LR multiplier %.3g, %d earlier interventions)",
+            self._store.run_id, rec.label, self._multiplier, len(self._interventions),
+        )
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"Guard: {name} must be an int >= {low}, got {value!r}")
+
+
+def _check_number(name: str, value: Any, ok: Callable[[float], bool], allowed: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+        raise ValueError(f"Guard: {name} must be {allowed}, got {value!r}")

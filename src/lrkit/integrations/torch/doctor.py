@@ -19,6 +19,18 @@ Two calls per step::
         rolled_back = watch.after_step(step, loss)   # param-group LRs back to lr; doctor; guard
         scheduler.step()                  # optional, any torch LR scheduler
 
+**Crash-safe, resumable** (``storage="disk"``): snapshots are written atomically, in the
+background, into a directory of this run under ``storage_dir`` with a manifest, and removed when
+the ``with`` block ends (also on an exception). A process killed with ``kill -9`` and started
+again with the same ``run_id`` and ``resume=True`` continues from its newest good snapshot::
+
+    with TorchDoctor(model, optimizer, storage="disk", storage_dir="ckpt", run_id="exp1",
+                     resume=True, loaders=[loader]) as watch:
+        for step in range(watch.start_step, total_steps):   # 0, or where the killed run was
+            ...                                            # the two calls, as above
+
+(Set your LR scheduler to ``watch.start_step`` too, e.g. build it with ``last_epoch``.)
+
 **LR schedulers.** ``after_backward`` reads each param group's LR (whatever you or your scheduler
 set: the *base* LR) and sets it to :math:`m \cdot \text{base}`; ``after_step`` writes the base LR
 back. So between ``after_step`` and the next ``after_backward`` the groups hold exactly what the
@@ -156,8 +168,13 @@ class TorchDoctor(GuardedWatch):
             ``False`` only the doctor runs and :meth:`after_step` always returns ``False``.
         doctor: a :class:`~lrkit.doctor.core.Doctor` (default ``Doctor()``).
         snapshot_every, lr_factor, max_retries, act_on, storage, storage_dir, on_intervention,
-            logger: as in :class:`~lrkit.doctor.guard.Guard`. The stability probe logs to
-            ``logger`` too (default ``logging.getLogger("lrkit.stability")``).
+            logger, keep, max_overhead, run_id, resume: as in :class:`~lrkit.doctor.guard.Guard`.
+            The stability probe logs to ``logger`` too (default
+            ``logging.getLogger("lrkit.stability")``). With ``storage="disk"``, a ``run_id`` and
+            ``resume=True``, a run killed with ``kill -9`` and started again with the same
+            arguments is restored here, in the constructor, to its newest good snapshot (model,
+            optimizer, scaler, RNGs, loaders' generators, LR multiplier, doctor):
+            :attr:`start_step` is then the step to continue from.
         scaler: your ``torch.amp.GradScaler``, if any (snapshotted; its scale divides the
             gradient norm, so call :meth:`after_backward` before ``scaler.unscale_``).
         loaders: data loaders whose ``torch.Generator`` is snapshotted too (by default none: the
@@ -193,6 +210,10 @@ class TorchDoctor(GuardedWatch):
         logger: logging.Logger | None = None,
         track_grad_norm: bool = True,
         stability_probe: StabilityProbe | None = None,
+        keep: int = 4,
+        max_overhead: float | None = 0.01,
+        run_id: str | None = None,
+        resume: bool = False,
     ) -> None:
         if not isinstance(model, torch.nn.Module):
             raise ValueError(f"TorchDoctor: model must be a torch.nn.Module, got {type(model).__name__}")
@@ -223,7 +244,8 @@ class TorchDoctor(GuardedWatch):
             self.guard = Guard(
                 _State(self), doctor=self.doctor, snapshot_every=snapshot_every, lr_factor=lr_factor,
                 max_retries=max_retries, act_on=act_on, storage=storage, storage_dir=storage_dir,
-                on_intervention=on_intervention, logger=logger,
+                on_intervention=on_intervention, logger=logger, keep=keep, max_overhead=max_overhead,
+                run_id=run_id, resume=resume,
             )
         elif not isinstance(self.doctor, Doctor):
             raise ValueError(f"TorchDoctor: doctor must be an lrkit.doctor.Doctor or None, got {type(doctor).__name__}")
@@ -248,6 +270,11 @@ class TorchDoctor(GuardedWatch):
                 self._user_on_intervention = self.guard.on_intervention  # validated by the Guard
                 self.guard.on_intervention = self._on_intervention
             self._check_probe_loss()
+
+    @property
+    def start_step(self) -> int:
+        """The step your loop starts (or, after ``resume``, continues) from: 0 for a new run."""
+        return self.guard.step_count if self.guard is not None else 0
 
     # ------------------------------------------------------------------ the two calls
     def after_backward(self, loss: Any = None) -> float | None:
@@ -466,11 +493,6 @@ class TorchDoctor(GuardedWatch):
                 f"TorchDoctor: stability_probe's {fn} must return a scalar tensor that depends on the model's "
                 f"parameters (no .item(), no .detach()), got {got} on its first batch"
             )
-
-    def close(self) -> None:
-        """Release the guard's snapshot files (``storage="disk"``)."""
-        if self.guard is not None:
-            self.guard.close()
 
     def _set_lrs(self, values: Sequence[Any]) -> None:
         for g, v in zip(self.optimizer.param_groups, values):

@@ -1,0 +1,201 @@
+"""The guard's disk storage: kill -9 + resume, two guards in one directory, corrupt snapshots."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lrkit.doctor import Doctor
+from lrkit.doctor.guard import Guard
+from lrkit.doctor.storage import DiskStore, StorageInUse
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_doctor_guard import LinReg  # noqa: E402
+
+WORKER = Path(__file__).parent / "_guard_worker.py"
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _spawn(storage_dir, run_id, steps, every, ballast=0, sleep=0.0, out=None):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), str(storage_dir), run_id, str(steps), str(every), str(ballast), str(sleep),
+         str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+
+
+def _run_to_end(storage_dir, run_id, steps, every, out, ballast=0):
+    p = _spawn(storage_dir, run_id, steps, every, ballast=ballast, out=out)
+    stdout, stderr = p.communicate(timeout=300)
+    assert p.returncode == 0, stderr
+    return stdout.splitlines()[0].split(), json.loads(Path(out).read_text())
+
+
+def test_kill_9_mid_run_then_resume_continues_bitwise(tmp_path):
+    """A run killed with SIGKILL and started again with the same run_id resumes from its newest
+    snapshot (at most one snapshot period lost) and ends exactly as an uninterrupted run."""
+    _, ref = _run_to_end(tmp_path / "ref", "ref", 300, 10, tmp_path / "ref.json")
+    p = _spawn(tmp_path / "store", "exp", 300, 10, sleep=0.004, out=tmp_path / "out.json")
+    killed_at = None
+    for line in p.stdout:
+        if line.startswith("step") and int(line.split()[1]) >= 150:
+            killed_at = int(line.split()[1])
+            p.send_signal(signal.SIGKILL)
+            break
+    p.wait(timeout=60)
+    assert p.returncode == -signal.SIGKILL and killed_at is not None
+    run_dir = tmp_path / "store" / "exp"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["run_id"] == "exp" and manifest["multiplier"] == 1.0
+    assert all("doctor" in s and "label" in s for s in manifest["snapshots"])
+    start, out = _run_to_end(tmp_path / "store", "exp", 300, 10, tmp_path / "out.json")
+    resumed_from = int(start[1])
+    assert killed_at - 10 <= resumed_from <= killed_at + 1  # lost at most one snapshot period
+    assert out["w"] == ref["w"]  # bitwise: weights, RNG and doctor state came back
+    assert not run_dir.exists()  # the finished run cleaned up
+
+
+@pytest.mark.slow
+def test_kill_9_mid_write_leaves_only_complete_snapshots(tmp_path):
+    """Killed while writing 32 MB snapshots (one per step): every snapshot file left is complete
+    and loads, the manifest names only files that exist, and the run resumes each time."""
+    rng = random.Random(0)
+    for round_ in range(3):
+        p = _spawn(tmp_path, "big", 10_000, 1, ballast=32, out=tmp_path / "out.json")
+        seen = 0
+        for line in p.stdout:
+            if line.startswith("step"):
+                seen += 1
+                if seen >= 3:
+                    break
+        time.sleep(rng.uniform(0.0, 0.3))
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=60)
+        run_dir = tmp_path / "big"
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        for snap in manifest["snapshots"]:
+            assert (run_dir / snap["handle"]).exists(), snap["handle"]
+        for f in run_dir.glob("snap-*.pkl"):
+            with open(f, "rb") as fh:
+                state = pickle.load(fh)  # complete: atomic rename, never a truncated file
+            assert state[2].size == 32 * 131072
+    start, out = _run_to_end(tmp_path, "big", int(manifest["clock"]) + 5, 1, tmp_path / "out.json", ballast=32)
+    assert start[1] != "None" and np.all(np.isfinite(out["w"]))
+    assert not (tmp_path / "big").exists()
+
+
+def test_two_guards_in_one_directory_never_see_each_others_snapshots(tmp_path):
+    def run(seed, nan_at, store):
+        t = LinReg(seed=seed, nan_at=[nan_at])
+        kw = {"storage": "disk", "storage_dir": store} if store else {}
+        return t, Guard(t, doctor=Doctor(window=10), snapshot_every=10, max_overhead=None, **kw)
+
+    ref = []
+    for seed, nan_at in ((0, 60), (1, 75)):
+        t, g = run(seed, nan_at, None)
+        for _ in range(120):
+            g.step(0.05)
+        ref.append((t.w.copy(), [i.restored_to for i in g.interventions]))
+    (ta, ga), (tb, gb) = run(0, 60, tmp_path), run(1, 75, tmp_path)
+    assert ga.storage_path != gb.storage_path
+    for _ in range(120):  # interleaved, as two processes would
+        ga.step(0.05)
+        gb.step(0.05)
+    for (t, g), (w, restored) in zip(((ta, ga), (tb, gb)), ref):
+        assert [i.restored_to for i in g.interventions] == restored and len(restored) == 1
+        np.testing.assert_array_equal(t.w, w)  # its own snapshots only
+    ga.close()
+    assert os.path.isdir(gb.storage_path)  # closing one leaves the other alone
+    gb.close()
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_same_run_id_twice_is_refused_while_the_first_is_live(tmp_path):
+    g = Guard(LinReg(), storage="disk", storage_dir=tmp_path, run_id="exp")
+    with pytest.raises(StorageInUse, match=r"exp is in use by another guard \(pid \d+\)"):
+        Guard(LinReg(), storage="disk", storage_dir=tmp_path, run_id="exp")
+    g.close()
+    with Guard(LinReg(), storage="disk", storage_dir=tmp_path, run_id="exp"):
+        pass  # free again
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_a_corrupt_or_missing_snapshot_falls_back_to_the_next_good_one(tmp_path, caplog, damage):
+    t = LinReg(nan_at=[95])
+    g = Guard(t, doctor=Doctor(window=10), snapshot_every=10, storage="disk", storage_dir=tmp_path,
+              max_overhead=None)
+    for _ in range(95):
+        g.step(0.05)
+    g._store.flush()
+    newest = g._snaps[-1]
+    assert newest.label == 90
+    path = Path(g.storage_path) / newest.handle
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[:20])
+    else:
+        path.unlink()
+    with caplog.at_level(logging.ERROR, logger="lrkit.guard"):
+        g.step(0.05)  # the NaN batch: a rollback
+    rec = g.interventions[0]
+    assert rec.restored_to == 80 and np.all(np.isfinite(t.w))
+    msg = "corrupt" if damage == "truncate" else "missing"
+    assert any(str(path) in r.getMessage() and msg in r.getMessage() for r in caplog.records)
+    for _ in range(50):
+        g.step(0.05)
+    assert np.isfinite(t.evaluate())
+    g.close()
+
+
+def test_resume_restores_multiplier_doctor_and_interventions(tmp_path):
+    """In-process: a guard that was never closed (as after kill -9) is found again by a new one."""
+    t = LinReg(nan_at=[45])
+    g = Guard(t, doctor=Doctor(window=10), snapshot_every=10, storage="disk", storage_dir=tmp_path,
+              run_id="r1", max_overhead=None)
+    for _ in range(80):
+        g.step(0.05)
+    g._store.flush()
+    assert len(g.interventions) == 1
+    # simulate the death of the process: release the lock and forget the guard without cleanup
+    g._store._finalizer.detach()
+    g._store._pool.shutdown(wait=True)
+    g._store._lock.release()
+    doctor_state = g._snaps[-1].doctor
+    t2 = LinReg()
+    g2 = Guard(t2, doctor=Doctor(window=10), snapshot_every=10, storage="disk", storage_dir=tmp_path,
+               run_id="r1", resume=True, max_overhead=None)
+    assert g2.resumed_from == g._snaps[-1].label == g2.step_count
+    assert g2.lr_multiplier == g.lr_multiplier == pytest.approx(0.1)
+    assert [i.to_dict() for i in g2.interventions] == [i.to_dict() for i in g.interventions]
+    assert g2.doctor.state_dict() == doctor_state
+    g2.close()
+
+
+def test_bad_storage_arguments():
+    with pytest.raises(ValueError, match="run_id must be a non-empty name"):
+        Guard(LinReg(), storage="disk", run_id="../x")
+    with pytest.raises(ValueError, match="resume=True needs storage='disk' and a run_id"):
+        Guard(LinReg(), resume=True)
+    with pytest.raises(ValueError, match="run_id is only used with storage='disk'"):
+        Guard(LinReg(), run_id="x")
+
+
+def test_atomic_writes_leave_no_temporary_file(tmp_path):
+    store = DiskStore(tmp_path, run_id="a", background=False)
+    key = store.put(np.arange(10))
+    store.write_manifest({"clock": 3})
+    names = sorted(os.listdir(tmp_path / "a"))
+    assert names == ["lock", "manifest.json", key]
+    np.testing.assert_array_equal(store.get(key), np.arange(10))
+    store.close()
+    assert not (tmp_path / "a").exists()
