@@ -9,7 +9,7 @@ Example:
     >>> diagnose({"step": [0, 1, 2, 3], "loss": [2.3, 1.9, float("nan"), 1.2]}).verdict
     'nan'
 """
-from lrkit.doctor.core import SEVERITY, VERDICTS, Diagnosis, Doctor
+from lrkit.doctor.core import INFORMATIONAL, SEVERITY, VERDICTS, Diagnosis, Doctor
 from lrkit.doctor.diagnosis import default_window, diagnose, overall, run_doctor
 from lrkit.doctor.guard import Guard, GuardGaveUp, Intervention
 from lrkit.doctor.logs import ALIASES, LogFormatError, LogRecords, read_log
@@ -19,6 +19,7 @@ __all__ = [
     "GuardGaveUp",
     "Intervention",
     "VERDICTS",
+    "INFORMATIONAL",
     "SEVERITY",
     "Diagnosis",
     "Doctor",

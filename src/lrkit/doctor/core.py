@@ -53,6 +53,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from lrkit.doctor.signs import (
+    Converged,
     EarlyBlowUp,
     Finding,
     Flat,
@@ -62,16 +63,19 @@ from lrkit.doctor.signs import (
     MetricSwing,
     NonFinite,
     Observation,
+    Overfitting,
     Sign,
     Track,
 )
 from lrkit.doctor.signs.metric_swing import METRIC_MIN_OBS as _METRIC_MIN_OBS
 
-__all__ = ["VERDICTS", "SEVERITY", "Diagnosis", "Doctor"]
+__all__ = ["VERDICTS", "INFORMATIONAL", "SEVERITY", "Diagnosis", "Doctor"]
 
 VERDICTS = ("healthy", "flat", "fluctuating", "diverging", "nan")
-#: verdict -> severity rank (higher is worse).
-SEVERITY = {v: i for i, v in enumerate(VERDICTS)}
+#: informational verdicts: not a problem of the LR, never a rollback (``Diagnosis.ok`` is True)
+INFORMATIONAL = ("converged", "overfitting")
+#: verdict -> severity rank (higher is worse; the informational verdicts rank with healthy).
+SEVERITY = {**{v: i for i, v in enumerate(VERDICTS)}, **{v: 0 for v in INFORMATIONAL}}
 
 
 @dataclass(frozen=True)
@@ -79,17 +83,24 @@ class Diagnosis:
     """The doctor's verdict on a run, with the numbers behind it and what to do.
 
     Attributes:
-        verdict: one of :data:`VERDICTS`.
+        verdict: one of :data:`VERDICTS` (``healthy`` and the LR problems) or
+            :data:`INFORMATIONAL` (``converged``, ``overfitting``: shown when nothing worse is).
         step: the step where the problem began (onset); ``None`` if healthy.
         detected_at: the step at which it was detected; ``None`` if healthy.
         evidence: the numbers behind the verdict (e.g. ``loss_ratio_to_best``, ``noise_sigma``,
             ``spike_fraction``, ``relative_progress``, ``grad_norm_ratio``, ``lr``).
         advice: concrete remedies, most important first.
         message: one human sentence.
+        notes: the informational verdicts raised now, even when a problem outranks them
+            (``("converged",)``, ``("overfitting",)``, both or none); their evidence
+            (``converged_*``, ``overfit_*``) is in ``evidence``.
 
     Example:
         >>> Diagnosis("healthy", None, None, {}, (), "ok").to_dict()["verdict"]
         'healthy'
+        >>> d = Diagnosis("fluctuating", 3, 9, {}, (), "", notes=("converged",))
+        >>> d.ok, d.converged, d.overfitting
+        (False, True, False)
     """
 
     verdict: str
@@ -98,23 +109,37 @@ class Diagnosis:
     evidence: dict[str, float] = field(default_factory=dict)
     advice: tuple[str, ...] = ()
     message: str = ""
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.verdict not in VERDICTS:
-            raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
+        if self.verdict not in VERDICTS + INFORMATIONAL:
+            raise ValueError(f"verdict must be one of {VERDICTS + INFORMATIONAL}, got {self.verdict!r}")
+        if any(n not in INFORMATIONAL for n in self.notes):
+            raise ValueError(f"notes must be among {INFORMATIONAL}, got {self.notes!r}")
 
     @property
     def ok(self) -> bool:
-        """``True`` when the verdict is ``healthy``."""
-        return self.verdict == "healthy"
+        """``True`` when there is no LR problem: the verdict is ``healthy``, ``converged`` or ``overfitting``."""
+        return self.verdict == "healthy" or self.verdict in INFORMATIONAL
+
+    @property
+    def converged(self) -> bool:
+        """The monitored validation metric stopped improving (the early-stopping signal)."""
+        return "converged" in self.notes
+
+    @property
+    def overfitting(self) -> bool:
+        """The validation loss rises while the training loss falls."""
+        return "overfitting" in self.notes
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict with keys ``verdict, step, detected_at, evidence, advice, message``.
+        """JSON-ready dict with keys ``verdict, step, detected_at, evidence, advice, message``
+        (and ``notes`` when there are any).
 
         Non-finite evidence values become ``None`` (JSON has no NaN).
         """
         ev = {k: (float(v) if math.isfinite(float(v)) else None) for k, v in self.evidence.items()}
-        return {
+        out = {
             "verdict": self.verdict,
             "step": self.step,
             "detected_at": self.detected_at,
@@ -122,9 +147,12 @@ class Diagnosis:
             "advice": list(self.advice),
             "message": self.message,
         }
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
 
     def __str__(self) -> str:
-        if self.ok:
+        if self.verdict == "healthy":
             return f"healthy: {self.message}"
         tips = "; ".join(self.advice)
         return f"{self.verdict} (from step {self.step}, detected at step {self.detected_at}): {self.message}" + (
@@ -174,6 +202,21 @@ class Doctor:
             (accuracy, error rate), in its own units (default 0.1: 10 points). In (0, 1].
         metric_rel_swing: the smallest swing that counts for other metrics (a validation loss),
             as a relative change (default 0.3: by a factor 1.3). > 0.
+        converge_monitor: the validation metric whose stall is ``converged``: ``None`` (default)
+            for the validation loss (``val_loss``, or a metric named ``eval_loss``,
+            ``valid_loss``, ``val/loss`` ...), or any name passed in ``metrics`` (direction as
+            for the metrics).
+        converge_patience: evaluations of ``converge_monitor`` without improvement before
+            ``converged``, as Keras ``EarlyStopping(patience=...)`` counts epochs (default 10). >= 0.
+        converge_min_delta: the smallest absolute change that counts as an improvement, as
+            Keras ``EarlyStopping(min_delta=...)`` (default 0.0). >= 0.
+        overfit_tol: ``overfitting`` when the validation loss sits this fraction above its best
+            while the training loss keeps falling (default 0.1). > 0.
+
+    Informational verdicts (``converged``, ``overfitting``) never outrank a problem and are not
+    problems of the LR (``Diagnosis.ok`` is true): they are listed in ``Diagnosis.notes`` (and
+    ``Diagnosis.converged`` / ``Diagnosis.overfitting``) even when a problem is the verdict, so
+    that a callback can stop training or lower the LR on them.
 
     Example:
         >>> import numpy as np
@@ -218,6 +261,10 @@ class Doctor:
         metric_window: int = 10,
         metric_swing: float = 0.1,
         metric_rel_swing: float = 0.3,
+        converge_monitor: str | None = None,
+        converge_patience: int = 10,
+        converge_min_delta: float = 0.0,
+        overfit_tol: float = 0.1,
     ) -> None:
         def need(name: str, value: Any, ok: bool, allowed: str) -> None:
             if not ok:
@@ -262,6 +309,12 @@ class Doctor:
              f"an int >= {_METRIC_MIN_OBS}")
         need("metric_swing", metric_swing, is_num(metric_swing) and 0 < metric_swing <= 1, "a number in (0, 1]")
         need("metric_rel_swing", metric_rel_swing, is_num(metric_rel_swing) and metric_rel_swing > 0, "a number > 0")
+        need("converge_monitor", converge_monitor, converge_monitor is None or (isinstance(converge_monitor, str) and converge_monitor != ""),
+             "None (the validation loss) or the name of a validation metric (e.g. 'val_accuracy')")
+        need("converge_patience", converge_patience, is_int(converge_patience) and converge_patience >= 0, "an int >= 0")
+        need("converge_min_delta", converge_min_delta, is_num(converge_min_delta) and converge_min_delta >= 0,
+             "a number >= 0")
+        need("overfit_tol", overfit_tol, is_num(overfit_tol) and overfit_tol > 0, "a number > 0")
         self._config: dict[str, Any] = {
             "window": window,
             "short": int(short),
@@ -280,6 +333,10 @@ class Doctor:
             "metric_window": int(metric_window),
             "metric_swing": float(metric_swing),
             "metric_rel_swing": float(metric_rel_swing),
+            "converge_monitor": converge_monitor,
+            "converge_patience": int(converge_patience),
+            "converge_min_delta": float(converge_min_delta),
+            "overfit_tol": float(overfit_tol),
         }
 
         self.reset()
@@ -298,6 +355,8 @@ class Doctor:
             LossSpikes(t, c, rise=self._rise),  # fluctuating: loss spikes that come back
             MetricSwing(t, c),  # fluctuating: a validation metric swings without progress
             Flat(t, c),  # flat: never started to decrease (diverging when stuck after a blow-up)
+            Overfitting(t, c),  # overfitting (informational): validation loss up, training loss down
+            Converged(t, c),  # converged (informational): the validation metric stopped improving
         ]
 
     # ------------------------------------------------------------------ public API
@@ -451,9 +510,9 @@ class Doctor:
         if not isinstance(d, Mapping) or "config" not in d or "state" not in d:
             raise ValueError("Doctor.load_state_dict: expected a dict with keys 'config' and 'state' from state_dict()")
         saved = dict(d["config"])
-        for k in ("metric_modes", "metric_window", "metric_swing", "metric_rel_swing"):
-            # states saved before metrics were judged: they had the defaults
-            saved.setdefault(k, Doctor.__init__.__kwdefaults__[k] if k != "metric_modes" else {})
+        for k, v in _LATER_DEFAULTS.items():
+            # states saved before these thresholds existed: they had the defaults
+            saved.setdefault(k, v)
         if saved != self._config:
             diff = {k: (saved.get(k), v) for k, v in self._config.items() if saved.get(k) != v}
             raise ValueError(f"Doctor.load_state_dict: config differs from this doctor's (saved, current): {diff}")
@@ -480,10 +539,17 @@ class Doctor:
             f = sign.finding
             if f is not None and (best is None or _RANK[f.verdict] > _RANK[best[1].verdict]):
                 best = (sign, f)
+        notes = [s.finding for s in self._signs if s.finding is not None and s.finding.verdict in INFORMATIONAL]
         if best is None:
             t = self._track
             return Diagnosis("healthy", None, None, t.base_evidence(), (), f"no problem detected after {t.n} observations")
-        return self._diagnosis_of(best[0], best[1], step)
+        d = self._diagnosis_of(best[0], best[1], step)
+        if notes:
+            ev = dict(d.evidence)
+            for f in notes:
+                ev.update(f.evidence)
+            d = replace(d, evidence=ev, notes=tuple(sorted((f.verdict for f in notes), key=INFORMATIONAL.index)))
+        return d
 
     @staticmethod
     def _diagnosis_of(sign: Sign, f: Finding, step: int) -> Diagnosis:
@@ -504,9 +570,20 @@ class Doctor:
 
 
 #: rank of each verdict when the signs' findings are compared (higher wins)
-_RANK = {v: i for i, v in enumerate(VERDICTS)}
+_RANK = {v: i for i, v in enumerate(("healthy",) + INFORMATIONAL + VERDICTS[1:])}
+#: thresholds added after the first release, with their defaults (older states load with them)
+_LATER_DEFAULTS: dict[str, Any] = {
+    "metric_modes": {},
+    "metric_window": 10,
+    "metric_swing": 0.1,
+    "metric_rel_swing": 0.3,
+    "converge_monitor": None,
+    "converge_patience": 10,
+    "converge_min_delta": 0.0,
+    "overfit_tol": 0.1,
+}
 
 
 def _diag_from_dict(d: Mapping[str, Any]) -> Diagnosis:
     ev = {k: (math.nan if v is None else float(v)) for k, v in d["evidence"].items()}
-    return Diagnosis(d["verdict"], d["step"], d["detected_at"], ev, tuple(d["advice"]), d["message"])
+    return Diagnosis(d["verdict"], d["step"], d["detected_at"], ev, tuple(d["advice"]), d["message"], tuple(d.get("notes", ())))

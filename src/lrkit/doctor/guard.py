@@ -104,7 +104,7 @@ from lrkit.doctor.storage import DiskStore, MemoryStore, SnapshotError
 
 __all__ = ["Guard", "GuardGaveUp", "Intervention", "SnapshotError"]
 
-_GOOD = ("healthy", "flat")  # verdicts under which a snapshot may be taken
+_GOOD = ("healthy", "flat", "converged", "overfitting")  # verdicts under which a snapshot may be taken
 _MIN_COST = 0.05  # seconds: cheaper snapshots never stretch the period
 _MAX_STRETCH = 10  # the period is stretched to at most this many times snapshot_every
 

@@ -10,7 +10,8 @@ from lrkit.doctor.logs import LogRecords, read_log
 
 __all__ = ["plot_diagnosis"]
 
-_COLOURS = {"healthy": "tab:green", "flat": "tab:olive", "fluctuating": "tab:orange", "diverging": "tab:red", "nan": "purple"}
+_COLOURS = {"healthy": "tab:green", "converged": "tab:green", "overfitting": "tab:cyan", "flat": "tab:olive",
+            "fluctuating": "tab:orange", "diverging": "tab:red", "nan": "purple"}
 
 
 def plot_diagnosis(records: Any, diagnosis: Diagnosis, ax: Any = None) -> Any:

@@ -15,9 +15,12 @@ sign                   verdict                     file
 :class:`LossSpikes`    ``fluctuating``             ``fluctuating.py``
 :class:`MetricSwing`   ``fluctuating``             ``metric_swing.py``
 :class:`Flat`          ``flat`` (``diverging``)    ``flat.py``
+:class:`Overfitting`   ``overfitting`` (info)      ``overfitting.py``
+:class:`Converged`     ``converged`` (info)        ``converged.py``
 =====================  ==========================  =============================================
 """
 from lrkit.doctor.signs._base import Finding, Observation, Sign, Track
+from lrkit.doctor.signs.converged import Converged
 from lrkit.doctor.signs.diverging import LossRise
 from lrkit.doctor.signs.early_blowup import EarlyBlowUp
 from lrkit.doctor.signs.flat import Flat
@@ -25,6 +28,7 @@ from lrkit.doctor.signs.fluctuating import LossSpikes
 from lrkit.doctor.signs.gradient import GradientExplosion
 from lrkit.doctor.signs.metric_swing import MetricSwing
 from lrkit.doctor.signs.nonfinite import NonFinite
+from lrkit.doctor.signs.overfitting import Overfitting
 
 __all__ = [
     "Finding",
@@ -38,4 +42,6 @@ __all__ = [
     "LossSpikes",
     "MetricSwing",
     "Flat",
+    "Overfitting",
+    "Converged",
 ]

@@ -69,6 +69,24 @@ def nan_none(x: float) -> float | None:
     return None if (isinstance(x, float) and (math.isnan(x) or math.isinf(x))) else x
 
 
+#: metric names read as "the validation loss" when no ``val_loss`` is passed (lower-cased)
+VALIDATION_LOSS_NAMES = (
+    "val_loss", "eval_loss", "valid_loss", "validation_loss", "test_loss",
+    "val/loss", "eval/loss", "valid/loss", "validation/loss", "loss/val", "loss/valid", "loss/validation",
+)
+
+
+def validation_loss(obs: "Observation") -> float | None:
+    """The validation loss of this step: ``val_loss``, else a metric named as in
+    :data:`VALIDATION_LOSS_NAMES` (e.g. Hugging Face's ``eval_loss``), else ``None``."""
+    if obs.val_loss is not None:
+        return obs.val_loss
+    for name, v in obs.metrics.items():
+        if name.lower() in VALIDATION_LOSS_NAMES:
+            return v
+    return None
+
+
 class Ring:
     """Fixed-size ring buffer of floats (and the step of each)."""
 
