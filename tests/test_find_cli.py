@@ -185,3 +185,48 @@ def test_progress_bar_on_a_terminal_stderr():
     assert proc.returncode == 0
     json.loads(out)  # stdout stays pure JSON
     assert b"LR range test" in b"".join(chunks)  # the bar went to the terminal on stderr
+
+
+USER_ERRORS = {
+    "needs_arg.py": "def task(n, *, k):\n    return {}\n",
+    "syntax.py": "def task(:\n    pass\n",
+    "bad_import.py": "import not_a_module_xyz_lrkit\n\ndef task():\n    return {}\n",
+    "raises.py": "def helper():\n    raise RuntimeError('boom in user code')\n\ndef task():\n    helper()\n",
+    "bad_loader.py": textwrap.dedent("""
+        import torch
+        def task():
+            model = torch.nn.Linear(5, 1)
+            return {"model": model, "optimizer": torch.optim.SGD(model.parameters(), lr=0.01),
+                    "loss_fn": torch.nn.MSELoss(), "train_loader": [torch.randn(16, 5)] * 4}
+    """),
+    "bad_model.py": textwrap.dedent("""
+        import torch
+        def task():
+            model = torch.nn.Linear(3, 1)   # the data has 5 features: the user's forward fails
+            return {"model": model, "optimizer": torch.optim.SGD(model.parameters(), lr=0.01),
+                    "loss_fn": torch.nn.MSELoss(), "train_loader": [(torch.randn(16, 5), torch.randn(16, 1))] * 4}
+    """),
+}
+
+
+@pytest.mark.parametrize("name, first_line, traceback_of", [
+    ("needs_arg.py", "needs the argument(s) n, k, but TARGET is called with none", None),
+    ("syntax.py", "target file {f} has a syntax error at line 1: invalid syntax", None),
+    ("bad_import.py", "importing {f} failed: it imports 'not_a_module_xyz_lrkit', which is not installed", None),
+    ("raises.py", "calling {f}:task() raised an exception in your code: RuntimeError: boom in user code "
+                  "(the traceback of your code follows)", "in helper"),
+    ("bad_loader.py", "batches must be (input, target) pairs or dicts", None),
+    ("bad_model.py", "the range test failed in your model, loss or data: RuntimeError: mat1 and mat2", "forward"),
+])
+def test_errors_in_the_users_target_say_so_in_one_line_exit_2(tmp_path, name, first_line, traceback_of):
+    f = tmp_path / name
+    f.write_text(USER_ERRORS[name])
+    out = lrkit("find", f"{f}:task", "--num-iter", "5", "--verify-steps", "0")
+    assert out.returncode == 2 and out.stdout == ""
+    lines = out.stderr.rstrip().splitlines()
+    assert lines[0].startswith("lrkit: error: ") and first_line.format(f=f) in lines[0], out.stderr
+    if traceback_of is None:
+        assert len(lines) == 1, out.stderr  # no traceback, no blank line from a progress bar
+    else:  # the user's own exception: their traceback follows the line (lrkit's frames left out)
+        assert lines[1] == "Traceback (most recent call last):" and traceback_of in out.stderr
+        assert "lrkit/cli" not in out.stderr

@@ -399,9 +399,12 @@ def test_optimizer_forms_and_inferred_family(optimizer, family):
 def test_unknown_family_gets_the_generic_range_and_family_overrides():
     batches = regression_batches()
     loss, _ = counting_loss()
-    res = find_lr_optax(loss, {"w": jnp.zeros(4)}, lambda lr: optax.adam(lr), batches, num_iter=20,
-                        progress=False, verify=False)
+    with pytest.warns(UserWarning, match=r"family of <lambda> is unknown .*sweeps the widest range 1e-07 \.\. 10; "
+                                         r"name it with family='adam'"):
+        res = find_lr_optax(loss, {"w": jnp.zeros(4)}, lambda lr: optax.adam(lr), batches, num_iter=20,
+                            progress=False, verify=False)
     assert res.details["family"] == "unknown" and res.lrs[0] == scaling.lr_range("unknown")[0]
+    assert "name it with family='adam'" in res.summary()
     res = find_lr_optax(loss, {"w": jnp.zeros(4)}, lambda lr: optax.adam(lr), batches, num_iter=20, family="adam",
                         progress=False, verify=False)
     assert res.details["family"] == "adam" and res.lrs[0] == 1e-7 and res.lrs[-1] <= 1.0

@@ -73,6 +73,11 @@ def test_plot_writes_a_png(tmp_path):
     (["constant(lr=0.1)"], "constant has no end: pass --steps N"),
     (["__import__('os').system('echo hacked')"], "unsupported call"),
     (["cosine(base_lr=0.1, total_steps=5)", "--plot", "lr.txt"], "--plot: expected a .png file name"),
+    (["scale(constant(lr=1e300), factor=1e300)", "--steps", "3"],
+     "gives the learning rate inf at step 0; a learning rate must be a finite number"),
+    (["scale(" * 1000 + "constant(0.1)" + ", factor=1)" * 1000, "--steps", "2"],
+     "nests 1001 calls or lists inside one another; at most 100 are accepted"),
+    (["scale(" * 150 + "constant(0.1)" + ", factor=1)" * 150, "--steps", "2"], "at most 100 are accepted"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, needle):
     r = lrkit(*args)
@@ -97,3 +102,29 @@ def test_plot_function_takes_and_returns_ax():
     assert s.plot(Figure().add_subplot()).lines[0].get_xdata().size == 101  # total_steps + 1
     with pytest.raises(ValueError, match="steps"):
         plot_schedule(s, ax, steps=0)
+
+
+def test_deep_dicts_and_non_finite_exports_are_refused():
+    deep = S.constant(0.1).to_dict()
+    for _ in range(150):
+        deep = {"name": "scale", "params": {"schedule": deep, "factor": 1.0}}
+    with pytest.raises(ValueError, match="nests more than 100 schedules inside one another"):
+        S.from_dict(deep)
+    pytest.importorskip("torch")
+    import torch
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    with pytest.raises(ValueError, match="gives the learning rate inf at step 0; a learning rate must be a finite"):
+        S.scale(S.cosine(1e300, 10), factor=1e300).to_torch(opt)
+
+
+def test_version_is_the_packages():
+    import re
+    from pathlib import Path
+
+    import lrkit
+
+    r = subprocess.run([sys.executable, "-m", "lrkit", "--version"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout == f"lrkit {lrkit.__version__}\n" and r.stderr == ""
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert re.search(r'^version = "([^"]+)"', pyproject, re.M).group(1) == lrkit.__version__

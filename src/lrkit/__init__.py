@@ -21,6 +21,12 @@ from lrkit.schedules import Schedule
 
 __version__ = "0.1.0"
 
+# A Keras model saved with an lrkit schedule loads after `import lrkit`: lrkit's Keras classes are
+# registered with Keras's serialisation once Keras is imported (Keras itself is not imported here).
+from lrkit._when_imported import when_imported as _when_imported  # noqa: E402
+
+_when_imported("keras", "lrkit.integrations.keras.schedule")
+
 # public name -> module that defines it; imported on first access so that `import lrkit`
 # stays NumPy-only and fast.
 _LAZY = {

@@ -19,6 +19,20 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
+def _version(value: bool) -> None:
+    if value:
+        import lrkit
+
+        print(f"lrkit {lrkit.__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", help="Print lrkit's version and exit.",
+                                       is_eager=True, callback=_version)) -> None:
+    """Take the guesswork out of the learning rate."""
+
+
 # Command modules register themselves on `app` when imported. A module that is missing
 # (not written yet) is simply skipped; an error inside one propagates.
 for _mod in ("_schedule", "_find", "_diagnose", "_demo", "_tune"):

@@ -2,12 +2,41 @@
 from __future__ import annotations
 
 import sys
+import traceback
 
 import typer
 
 
 class CLIError(Exception):
     """A user-facing error: its message is printed as is, on one line."""
+
+
+class UserCodeError(CLIError):
+    """The user's own code (their target file, function, model or data) raised ``exc``.
+
+    Printed as one ``lrkit: error: ...`` line that says so, followed by the traceback of that
+    code (theirs to read, not lrkit's); exit code 2.
+    """
+
+    def __init__(self, message: str, exc: BaseException) -> None:
+        super().__init__(f"{message}: {type(exc).__name__}: {one_line(exc)} (the traceback of your code follows)")
+        self.traceback = "".join(traceback.format_exception(type(exc), exc, _their_frames(exc.__traceback__)))
+
+
+def _their_frames(tb):
+    """The traceback from the first frame that is neither lrkit's nor the import machinery's."""
+    import os
+
+    import lrkit
+
+    ours = os.path.dirname(os.path.abspath(lrkit.__file__))
+    first = tb
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename
+        if not (os.path.abspath(name).startswith(ours) or name.startswith("<frozen importlib")):
+            return tb
+        tb = tb.tb_next
+    return first
 
 
 def _click_classes(name: str) -> tuple[type[BaseException], ...]:
@@ -65,6 +94,10 @@ def run(app) -> None:
         if top not in _EXTRAS:
             raise
         print(f"lrkit: error: {missing_dependency_message(exc)}", file=sys.stderr)
+        sys.exit(2)
+    except UserCodeError as exc:
+        print(f"lrkit: error: {one_line(exc)}", file=sys.stderr)
+        print(exc.traceback.rstrip(), file=sys.stderr)
         sys.exit(2)
     except (CLIError, ValueError, OSError) as exc:
         print(f"lrkit: error: {one_line(exc)}", file=sys.stderr)

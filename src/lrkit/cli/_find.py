@@ -24,6 +24,7 @@ asked for, ``plot`` and ``report`` (the paths written).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -35,7 +36,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from lrkit.cli import app
-from lrkit.cli._errors import CLIError
+from lrkit.cli._errors import CLIError, UserCodeError
 
 REQUIRED_KEYS = ("model", "optimizer", "loss_fn", "train_loader")
 OPTIONAL_KEYS = ("val_loader", "step_fn", "batch_size", "accumulation_steps", "grad_clip_norm", "amp")
@@ -64,6 +65,10 @@ def _load_module(module_part: str) -> Any:
         sys.path.insert(0, str(path.parent))  # let the file import its neighbours
         try:
             spec.loader.exec_module(module)
+        except SyntaxError as exc:
+            raise CLIError(f"target file {module_part} has a syntax error at line {exc.lineno}: {exc.msg}") from None
+        except Exception as exc:
+            _raise_for_import(module_part, exc)
         finally:
             sys.path.remove(str(path.parent))
         return module
@@ -75,7 +80,24 @@ def _load_module(module_part: str) -> Any:
                 f"cannot import module {module_part!r} (no module named {exc.name!r}); "
                 "for a file, pass path/to/file.py:function"
             ) from None
-        raise
+        _raise_for_import(module_part, exc)
+    except SyntaxError as exc:
+        raise CLIError(f"target module {module_part} has a syntax error in {exc.filename} at line "
+                       f"{exc.lineno}: {exc.msg}") from None
+    except Exception as exc:
+        _raise_for_import(module_part, exc)
+
+
+def _raise_for_import(module_part: str, exc: Exception):
+    """An error while importing the user's target: a missing package in one line, else theirs."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        from lrkit.cli._errors import _EXTRAS
+
+        top = exc.name.split(".")[0]
+        hint = f" (pip install 'lrkit[{_EXTRAS[top]}]')" if top in _EXTRAS else ""
+        raise CLIError(f"importing {module_part} failed: it imports {exc.name!r}, which is not installed{hint}") \
+            from None
+    raise UserCodeError(f"importing {module_part} raised an exception in your code", exc) from None
 
 
 def resolve_target(spec: str) -> Any:
@@ -100,9 +122,15 @@ def resolve_target(spec: str) -> Any:
 def load_target(spec: str, *, seed: int | None = None) -> dict[str, Any]:
     """Import and call TARGET (after seeding the RNGs with ``seed``); check the dict it returns."""
     func = resolve_target(spec)
+    _check_no_required_arguments(spec, func)
     if seed is not None:
         _seed_everything(seed)
-    out = func()
+    try:
+        out = func()
+    except CLIError:
+        raise
+    except Exception as exc:
+        raise UserCodeError(f"calling {spec}() raised an exception in your code", exc) from None
     if not isinstance(out, dict):
         raise CLIError(
             f"{spec} must return a dict with the keys {', '.join(REQUIRED_KEYS)}, got {type(out).__name__}"
@@ -117,6 +145,32 @@ def load_target(spec: str, *, seed: int | None = None) -> dict[str, Any]:
             f"{', '.join(REQUIRED_KEYS + OPTIONAL_KEYS)}"
         )
     return out
+
+
+@contextlib.contextmanager
+def _their_errors(what: str):
+    """Errors of lrkit's checks stay one line; anything else was raised by the user's code."""
+    try:
+        yield
+    except (CLIError, ValueError, ModuleNotFoundError):
+        raise
+    except Exception as exc:
+        raise UserCodeError(what, exc) from None
+
+
+def _check_no_required_arguments(spec: str, func: Any) -> None:
+    """TARGET is called with no arguments: refuse one that needs some, naming them."""
+    import inspect
+
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C callable without a signature: just call it
+        return
+    required = [p.name for p in params if p.default is p.empty
+                and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if required:
+        raise CLIError(f"{spec} needs the argument(s) {', '.join(required)}, but TARGET is called with none; "
+                       f"give them defaults or wrap it: def task(): return {getattr(func, '__name__', 'f')}(...)")
 
 
 def _seed_everything(seed: int) -> None:
@@ -178,7 +232,7 @@ def find_command(
     from lrkit.integrations.torch.trainer import find_lr, progress_bar
 
     show_bar = not json_out or sys.stderr.isatty()
-    with progress_bar(num_iter, enabled=show_bar) as callback:
+    with progress_bar(num_iter, enabled=show_bar) as callback, _their_errors("the range test failed in your model, loss or data"):
         result = find_lr(
             spec["model"], spec["optimizer"], spec["loss_fn"], spec["train_loader"],
             val_loader=spec.get("val_loader"), step_fn=spec.get("step_fn"),

@@ -49,6 +49,22 @@ def _write_png(schedule, steps: int, path: Path) -> None:
     fig.savefig(path, format="png", dpi=100)
 
 
+def _check_finite(schedule, steps: int, chunk: int = 1_000_000) -> None:
+    """Refuse a schedule whose LR is not a finite number at some step in ``0 .. steps-1``."""
+    import numpy as np
+
+    from lrkit.cli._errors import CLIError
+
+    for start in range(0, steps, chunk):
+        with np.errstate(over="ignore", invalid="ignore"):
+            lrs = np.asarray(schedule(np.arange(start, min(steps, start + chunk))), dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(lrs))
+        if bad.size:
+            raise CLIError(f"{schedule.to_spec()[:200]} gives the learning rate {lrs[bad[0]]} at step "
+                           f"{start + int(bad[0])}; a learning rate must be a finite number (check the "
+                           f"factors: their product overflows)")
+
+
 def _epilog() -> str:
     from lrkit.schedules import SCHEDULE_CONSTRUCTORS
 
@@ -77,6 +93,7 @@ def schedule_command(
         raise CLIError(f"--steps must be a whole number >= 1, got {steps}")
     if steps > 50_000_000:
         raise CLIError(f"--steps must be <= 50000000, got {steps}")
+    _check_finite(schedule, steps)
     if plot is not None:
         if plot.suffix.lower() != ".png":
             raise CLIError(f"--plot: expected a .png file name, got {str(plot)!r}")

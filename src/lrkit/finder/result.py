@@ -151,6 +151,9 @@ class FinderResult:
                      + (f" ({stop})" if stop else "")))
         if self.batch_size is not None:
             rows.append(("batch size", str(self.batch_size)))
+        if self.details.get("family") == "unknown":
+            rows.append(("optimizer family", "unknown (the widest range and generic caps were used); "
+                         "name it with family='adam' or another of lrkit.scaling.FAMILIES"))
         return rows
 
     def summary(self) -> str:

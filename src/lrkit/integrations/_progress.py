@@ -22,7 +22,8 @@ __all__ = ["progress_bar", "progress_context"]
 def progress_bar(total: int, *, enabled: bool = True, description: str = "LR range test"):
     """A rich progress bar on stderr; yields a ``progress(i, lr, loss)`` callback (or ``None``).
 
-    Nothing is shown when ``enabled`` is false or rich is not installed.
+    Nothing is shown (not even an empty line) when ``enabled`` is false, stderr is not a terminal,
+    or rich is not installed.
     """
     if not enabled:
         yield None
@@ -34,6 +35,9 @@ def progress_bar(total: int, *, enabled: bool = True, description: str = "LR ran
         yield None
         return
     console = Console(file=sys.stderr)
+    if not console.is_terminal:  # a log file or a pipe: no bar, not even a blank line
+        yield None
+        return
     with Progress(
         TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("lr {task.fields[lr]:.2e}  loss {task.fields[loss]:.4g}"), TimeRemainingColumn(),

@@ -81,4 +81,10 @@ def plan(schedule: Schedule, method: str, table_steps: int | None, where: str) -
                          f"{schedule.to_spec()} (total_steps={total!r}) and "
                          f"{type(schedule).__name__} has no traceable formula to continue it; "
                          f"pass table_steps >= {'total_steps + 1' if total is not None else 'the steps you train'}")
-    return Plan(schedule(np.arange(n, dtype=np.float64)), tail)
+    with np.errstate(over="ignore", invalid="ignore"):
+        table = np.asarray(schedule(np.arange(n, dtype=np.float64)), dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(table))
+    if bad.size:
+        raise ValueError(f"{where}: {schedule.to_spec()[:200]} gives the learning rate {table[bad[0]]} at step "
+                         f"{int(bad[0])}; a learning rate must be a finite number")
+    return Plan(table, tail)

@@ -192,6 +192,55 @@ class ReduceOnPlateau:
                             v.nonneg_int(where, "cooldown_counter", d["cooldown_counter"]),
                             v.nonneg_int(where, "last_epoch", d["last_epoch"]))
 
+    # -- exports (the framework is imported only when one is called) ------------------------
+    def to_torch(self, optimizer, **kwargs):
+        """A torch ``LRScheduler`` with these LRs; feed it ``scheduler.step(val_loss)`` once per epoch.
+
+        On a :func:`constant` schedule its LRs are exactly torch's ``ReduceLROnPlateau``; any other
+        schedule is scaled down on plateaus. ``kwargs`` go to :func:`lrkit.torch.to_torch`.
+
+        Example::
+
+            scheduler = reduce_on_plateau(cosine(0.1, 900), patience=2).to_torch(optimizer)
+            for epoch in ...:
+                ...                              # optimizer.step(); scheduler.step() per batch
+                scheduler.step(val_loss)         # at the epoch end: the metric
+        """
+        from lrkit.integrations.torch.schedule import to_torch
+
+        return to_torch(self, optimizer, **kwargs)
+
+    def to_keras(self, **kwargs):
+        """A Keras ``LearningRateSchedule``; pass ``callbacks=[lr.callback]`` to ``fit``.
+
+        ``kwargs`` (``monitor``, ``method``, ...) go to :func:`lrkit.keras.to_keras`.
+        """
+        from lrkit.integrations.keras.schedule import to_keras
+
+        return to_keras(self, **kwargs)
+
+    def to_optax(self, optimizer, **kwargs):
+        """An optax optimizer: ``optimizer`` on this schedule, then optax's plateau reduction.
+
+        ``optax.chain(optimizer(learning_rate=schedule.to_optax()),
+        optax.contrib.reduce_on_plateau(...))`` with the parameters translated
+        (:func:`lrkit.jax.plateau_transform`); pass the metric as ``tx.update(..., value=metric)``.
+
+        Args:
+            optimizer: an optax optimizer factory taking ``learning_rate`` (``optax.adam``, or a
+                ``functools.partial`` of one with its other arguments).
+            kwargs: ``accumulation_size`` (for the plateau), ``method``/``table_steps`` (for the
+                schedule, see :func:`lrkit.jax.to_optax`).
+
+        Example::
+
+            tx = reduce_on_plateau(cosine(0.1, 900), patience=2).to_optax(optax.adam)
+            updates, state = tx.update(grads, state, params, value=val_loss)
+        """
+        from lrkit.integrations.jax.schedule import plateau_optimizer
+
+        return plateau_optimizer(self, optimizer, **kwargs)
+
     def __repr__(self) -> str:
         return (f"ReduceOnPlateau({self.schedule.to_spec()}, mode={self.mode!r}, "
                 f"factor={self.factor!r}, patience={self.patience!r}, threshold={self.threshold!r}, "

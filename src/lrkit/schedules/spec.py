@@ -24,8 +24,37 @@ def constructors() -> dict[str, Callable[..., Schedule]]:
     return {name: getattr(schedules, name) for name in schedules.SCHEDULE_CONSTRUCTORS}
 
 
+#: deepest nesting of calls and lists a spec (or a ``to_dict()``) may have; real specs use 2-4
+MAX_NESTING = 100
+
+
 def _err(msg: str) -> ValueError:
     return ValueError(msg)
+
+
+def _show(src: str, limit: int = 120) -> str:
+    """``src`` quoted, shortened in the middle if long (error messages stay one readable line)."""
+    if len(src) <= limit:
+        return repr(src)
+    half = limit // 2
+    return repr(src[:half] + " ... " + src[-half:]) + f" ({len(src)} characters)"
+
+
+def _nesting(src: str) -> int:
+    """The deepest nesting of ``(``/``[`` outside string literals."""
+    depth = deepest = 0
+    quote = None
+    for ch in src:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in ")]":
+            depth -= 1
+    return deepest
 
 
 def parse_spec(text: str) -> Schedule:
@@ -54,15 +83,20 @@ def parse_spec(text: str) -> Schedule:
     src = text.strip()
     if not src:
         raise _err("empty schedule spec; write a call such as 'cosine(base_lr=0.1, total_steps=100)'")
+    depth = _nesting(src)
+    if depth > MAX_NESTING:
+        raise _err(f"schedule spec {_show(src)} nests {depth} calls or lists inside one another; at most "
+                   f"{MAX_NESTING} are accepted (compose fewer levels, e.g. one scale() with the product "
+                   f"of the factors)")
     try:
         tree = ast.parse(src, mode="eval")
     except SyntaxError as exc:
         col = f" at column {exc.offset}" if exc.offset else ""
-        raise _err(f"cannot parse schedule spec {src!r}{col}: {exc.msg}") from None
+        raise _err(f"cannot parse schedule spec {_show(src)}{col}: {exc.msg}") from None
     value = _value(tree.body, constructors())
     if not isinstance(value, Schedule):
         raise _err(f"schedule spec must be a constructor call such as "
-                   f"'cosine(base_lr=0.1, total_steps=100)', got {src!r}")
+                   f"'cosine(base_lr=0.1, total_steps=100)', got {_show(src)}")
     return value
 
 
@@ -136,7 +170,10 @@ def from_dict(d: dict) -> Schedule:
     return _from_dict(d, constructors(), "schedule")
 
 
-def _from_dict(d: Any, known: dict[str, Callable[..., Schedule]], where: str) -> Schedule:
+def _from_dict(d: Any, known: dict[str, Callable[..., Schedule]], where: str, depth: int = 1) -> Schedule:
+    if depth > MAX_NESTING:
+        raise _err(f"schedule dict nests more than {MAX_NESTING} schedules inside one another "
+                   f"(at {where[:80]}...); compose fewer levels")
     if not isinstance(d, dict) or set(d) != {"name", "params"} or not isinstance(d["params"], dict):
         raise _err(f"{where} must be a dict {{'name': ..., 'params': {{...}}}} as made by "
                    f"Schedule.to_dict(), got {d!r}")
@@ -148,13 +185,13 @@ def _from_dict(d: Any, known: dict[str, Callable[..., Schedule]], where: str) ->
     for key, value in d["params"].items():
         if key not in accepted:
             raise _err(f"{name}: unknown parameter {key!r}; accepted: {', '.join(accepted)}")
-        kwargs[key] = _from_value(value, known, f"{name}.{key}")
+        kwargs[key] = _from_value(value, known, f"{name}.{key}", depth)
     return known[name](**kwargs)
 
 
-def _from_value(value: Any, known: dict[str, Callable[..., Schedule]], where: str) -> Any:
+def _from_value(value: Any, known: dict[str, Callable[..., Schedule]], where: str, depth: int) -> Any:
     if isinstance(value, dict):
-        return _from_dict(value, known, where)
+        return _from_dict(value, known, where, depth + 1)
     if isinstance(value, list):
-        return [_from_value(x, known, f"{where}[{i}]") for i, x in enumerate(value)]
+        return [_from_value(x, known, f"{where}[{i}]", depth + 1) for i, x in enumerate(value)]
     return value

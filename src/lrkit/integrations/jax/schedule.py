@@ -16,9 +16,12 @@ computes (see ``method``):
 Reactive schedules: optax's own ``optax.contrib.reduce_on_plateau`` scales the *updates* by a
 factor driven by a metric passed as ``value=`` to ``update``; :func:`plateau_transform` builds
 it from an lrkit :class:`~lrkit.schedules.ReduceOnPlateau` (chain it after the optimizer that
-uses ``to_optax(rop.schedule)``).
+uses ``to_optax(rop.schedule)``), and ``rop.to_optax(optax.adam)`` (:func:`plateau_optimizer`)
+builds the whole chain.
 """
 from __future__ import annotations
+
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +30,7 @@ from lrkit.integrations._schedule_table import plan
 from lrkit.schedules.base import Schedule
 from lrkit.schedules.plateau import ReduceOnPlateau
 
-__all__ = ["OptaxSchedule", "to_optax", "plateau_transform"]
+__all__ = ["OptaxSchedule", "plateau_optimizer", "plateau_transform", "to_optax"]
 
 
 class OptaxSchedule:
@@ -107,7 +110,8 @@ def to_optax(schedule: Schedule, *, method: str = "auto",
     """
     if isinstance(schedule, ReduceOnPlateau):
         raise ValueError("to_optax: a ReduceOnPlateau reacts to metrics, it is not a function of "
-                         "the step count; pass to_optax(rop.schedule) to the optimizer and chain "
+                         "the step count; use rop.to_optax(optax.adam) (an optimizer on the schedule, "
+                         "then the plateau), or pass to_optax(rop.schedule) to the optimizer and chain "
                          "plateau_transform(rop) after it")
     return OptaxSchedule(schedule, method, table_steps)
 
@@ -170,3 +174,41 @@ def plateau_transform(rop: ReduceOnPlateau, *, accumulation_size: int = 1):
         factor=rop.factor, patience=rop.patience + 1, rtol=rop.threshold if rel else 0.0,
         atol=0.0 if rel else rop.threshold, cooldown=rop.cooldown,
         accumulation_size=accumulation_size, min_scale=min_scale)
+
+
+def plateau_optimizer(rop: ReduceOnPlateau, optimizer: Any, *, accumulation_size: int = 1,
+                      method: str = "auto", table_steps: int | None = None):
+    r"""``optimizer`` on ``rop``'s schedule, then :func:`plateau_transform` (``rop.to_optax``).
+
+    .. math::
+        u_t = c_t\,\text{opt}_{s(t)}(g_t)
+
+    with :math:`s` the wrapped schedule and :math:`c_t` optax's plateau scale (the metric goes in
+    as ``update(..., value=metric)``).
+
+    Args:
+        rop: the :class:`~lrkit.schedules.ReduceOnPlateau`.
+        optimizer: an optax optimizer factory taking ``learning_rate`` (e.g. ``optax.adam``).
+        accumulation_size: see :func:`plateau_transform`.
+        method, table_steps: see :func:`to_optax`.
+
+    Raises:
+        ValueError: ``optimizer`` is not a callable factory (e.g. an already built optimizer),
+            or the plateau cannot be expressed in optax (see :func:`plateau_transform`).
+
+    Example:
+        >>> import optax
+        >>> from lrkit.schedules import cosine, reduce_on_plateau
+        >>> tx = reduce_on_plateau(cosine(0.1, 100), patience=2).to_optax(optax.sgd)
+        >>> type(tx).__name__
+        'GradientTransformationExtraArgs'
+    """
+    import optax
+
+    if isinstance(optimizer, optax.GradientTransformation) or not callable(optimizer):
+        raise ValueError(f"ReduceOnPlateau.to_optax: optimizer must be an optax optimizer factory that takes "
+                         f"learning_rate (e.g. optax.adam, or functools.partial(optax.adamw, weight_decay=0.01)), "
+                         f"got {optimizer!r}")
+    plateau = plateau_transform(rop, accumulation_size=accumulation_size)
+    inner = optimizer(learning_rate=to_optax(rop.schedule, method=method, table_steps=table_steps))
+    return optax.chain(inner, plateau)

@@ -86,6 +86,7 @@ import inspect
 import math
 import random
 import types
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -238,6 +239,13 @@ def _hashable(*objs: Any) -> bool:
     except TypeError:  # e.g. a bound method of an unhashable object: compiled without the cache
         return False
     return True
+
+
+def _factory_name(optimizer_factory: Any) -> str:
+    """A short name of the optimizer the user passed, for messages."""
+    if isinstance(optimizer_factory, optax.GradientTransformation):
+        return f"this {type(optimizer_factory).__name__}"
+    return getattr(optimizer_factory, "__name__", None) or type(optimizer_factory).__name__
 
 
 def _infer_family(optimizer_factory: Any, slots: list[Any]) -> str:
@@ -606,6 +614,12 @@ def find_lr_optax(
     family = trainer.family if family is None else family
     if start_lr is None or end_lr is None:
         lo, hi = scaling.lr_range(family)
+        if family == "unknown":
+            warnings.warn(
+                f"find_lr_optax: the optimizer family of {_factory_name(optimizer_factory)} is unknown (a "
+                f"chain or a custom transformation is not recognised), so the range test sweeps the widest "
+                f"range {lo:g} .. {hi:g}; name it with family='adam' (one of {', '.join(scaling.FAMILIES)}) "
+                f"to use that family's range and caps", stacklevel=2)
         start_lr = lo if start_lr is None else start_lr
         end_lr = hi if end_lr is None else end_lr
     if batch_size is None:

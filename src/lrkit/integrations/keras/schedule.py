@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import warnings
 from typing import Any
 
@@ -306,6 +307,8 @@ class LRKitSchedule(keras.optimizers.schedules.LearningRateSchedule):
         if count is not None and (self._seen_count is None or count == self._seen_count):
             self._seen_count = count
             return
+        if count is None and keras.backend.backend() == "jax":
+            _give_back_jax_fit_state()
         raise ValueError(
             f"to_keras({self.plateau!r}): the optimizer is training with this plateau schedule but "
             f"nothing feeds it {self.monitor!r}, so its LR would never be reduced; pass its callback "
@@ -453,6 +456,30 @@ class LRKitSchedule(keras.optimizers.schedules.LearningRateSchedule):
     def __repr__(self) -> str:
         spec = repr(self.plateau) if self.plateau is not None else self.schedule.to_spec()
         return f"to_keras({spec}, method={self.method!r})"
+
+
+def _give_back_jax_fit_state() -> None:
+    """Let a Keras JAX ``fit`` that fails while tracing its train step keep the model's weights.
+
+    Keras's JAX trainer detaches the weights (and the optimizer's and metrics' variables) from
+    their ``keras.Variable`` s into a ``state`` tuple before the first step of an epoch and puts
+    them back from the last *finished* step (``model._jax_state``, in ``fit``'s ``finally``). An
+    error raised while the first step is traced therefore left every variable empty, and the
+    next ``fit`` (the one with ``callbacks=[lr.callback]``) failed with ``'NoneType' object is not
+    callable``. This hands the not-yet-used ``state`` of the ``fit`` frame on the stack to that
+    ``finally`` as if a step had finished with it, so the variables get their own values back.
+    Nothing is changed when no such frame is found (another Keras version or caller).
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "fit" and code.co_filename.replace("\\", "/").endswith("backend/jax/trainer.py"):
+            model, state = frame.f_locals.get("self"), frame.f_locals.get("state")
+            if isinstance(state, tuple) and len(state) == 4 and getattr(model, "_jax_state_synced", True) is False:
+                model._jax_state = dict(zip(("trainable_variables", "non_trainable_variables",
+                                             "optimizer_variables", "metrics_variables"), state))
+            return
+        frame = frame.f_back
 
 
 def _read(var: Any, dtype: str):

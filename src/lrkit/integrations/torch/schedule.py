@@ -130,10 +130,17 @@ class LRKitScheduler(LRScheduler):
 
     def _fill(self, start: int) -> None:
         steps = np.arange(start, start + _BLOCK, dtype=np.float64)
-        if self._single:
-            self._block = self._schedules[0](steps).tolist()
-        else:
-            self._block = np.stack([s(steps) for s in self._schedules], axis=1).tolist()
+        with np.errstate(over="ignore", invalid="ignore"):
+            if self._single:
+                block = np.asarray(self._schedules[0](steps), dtype=np.float64)
+            else:
+                block = np.stack([s(steps) for s in self._schedules], axis=1)
+        bad = np.flatnonzero(~np.isfinite(block).reshape(len(steps), -1).all(axis=1))
+        if bad.size:
+            value = block[bad[0]]
+            raise ValueError(f"to_torch: the schedule gives the learning rate {value} at step {start + int(bad[0])}; "
+                             f"a learning rate must be a finite number")
+        self._block = block.tolist()
         self._block_start = start
 
     def _scan_groups(self, groups) -> None:
