@@ -107,6 +107,9 @@ def test_flat_curve_with_an_improving_candidate_is_a_pretrained_model_not_a_dead
     lrs = np.geomspace(1e-5, 1.0, 30)
     losses = np.full(30, 0.5)
     cands = [{"lr": 1e-3, "score": 0.45, "steps": 10, "rejected": None}]
+    short = FinderResult(lrs=lrs[:8], losses=losses[:8], smoothed_losses=losses[:8], suggestion=1e-4,
+                         method="verified", details={"candidates": [dict(cands[0], steps=1, score=None)]})
+    check_trainable(short)   # 8 points and 1-step candidates: not enough evidence to refuse
     ok = FinderResult(lrs=lrs, losses=losses, smoothed_losses=losses, suggestion=1e-4, method="verified",
                       details={"candidates": cands, "start_score": 0.5})
     check_trainable(ok)

@@ -25,7 +25,7 @@ DOORS = {
         "find_lr", "find_lr_optax", "OptaxTrainer", "OptaxSnapshot", "to_optax", "OptaxSchedule",
         "plateau_transform",
     }),
-    "lrkit.lightning": ("lightning", {"LRDoctorCallback"}),
+    "lrkit.lightning": ("lightning", {"LRDoctorCallback", "AutopilotCallback"}),
     "lrkit.transformers": ("transformers", {"LRDoctorCallback"}),
 }
 

@@ -52,6 +52,10 @@ __all__ = [
 FLAT_DROP = 0.02
 #: a verification candidate "improved" when its score is this fraction below the start.
 IMPROVE_TOL = 0.01
+#: candidate runs shorter than this, and range tests with fewer points than the next, are too short
+#: to call a model untrainable (the check then lets it through).
+MIN_EVIDENCE_STEPS = 5
+MIN_EVIDENCE_POINTS = 20
 
 
 class AutopilotError(ValueError):
@@ -138,9 +142,13 @@ def _flat_evidence(result: Any) -> tuple[bool, str]:
     if drop >= FLAT_DROP:
         return False, curve
     details = getattr(result, "details", {}) or {}
-    candidates = [c for c in (details.get("candidates") or []) if isinstance(c, dict)]
+    # a candidate run of a step or two cannot show progress: only longer ones are evidence
+    candidates = [c for c in (details.get("candidates") or [])
+                  if isinstance(c, dict) and int(c.get("steps") or 0) >= MIN_EVIDENCE_STEPS]
     if not candidates:
-        return True, curve
+        if len(s) >= MIN_EVIDENCE_POINTS:
+            return True, curve
+        return False, curve + " (too short a test to call the model untrainable)"
     start_score = details.get("start_score")
     scores = [c["score"] for c in candidates if c.get("score") is not None]
     if start_score is not None:
@@ -158,8 +166,10 @@ def check_trainable(result: Any) -> None:
     """Raise :class:`NotTrainable` when the finder's curve says the model does not train at any LR.
 
     Flat means: the smoothed range-test loss never fell :data:`FLAT_DROP` (2%) below its start,
-    *and* no verification candidate improved on the starting score by :data:`IMPROVE_TOL` (a
-    pre-trained model can have a flat curve and still improve; it passes).
+    *and* no verification candidate of at least :data:`MIN_EVIDENCE_STEPS` steps improved on the
+    starting score by :data:`IMPROVE_TOL` (a pre-trained model can have a flat curve and still
+    improve; it passes). Without such candidates the curve alone decides, if it has at least
+    :data:`MIN_EVIDENCE_POINTS` points; a shorter test is not enough evidence and passes.
 
     Example:
         >>> import numpy as np

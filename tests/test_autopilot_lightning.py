@@ -1,0 +1,107 @@
+"""lrkit.lightning.AutopilotCallback: no LR in configure_optimizers, refusals, checkpoint resume."""
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pl = pytest.importorskip("lightning.pytorch")
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+import lrkit.integrations.torch.trainer as torch_trainer  # noqa: E402
+from lrkit.autopilot import AutopilotError  # noqa: E402
+from lrkit.lightning import AutopilotCallback  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class Net(pl.LightningModule):
+    def __init__(self, with_scheduler=False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+        self.with_scheduler = with_scheduler
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = torch.nn.functional.cross_entropy(self.net(x), y)
+        self.log("train_loss", loss, on_step=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", torch.nn.functional.cross_entropy(self.net(x), y))
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=1.0, momentum=0.9)   # the LR is ignored
+        if self.with_scheduler:
+            return [opt], [torch.optim.lr_scheduler.StepLR(opt, 10)]
+        return opt
+
+
+class LRTrace(pl.Callback):
+    def __init__(self):
+        self.lrs = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.lrs.append(optimizer.param_groups[0]["lr"])
+
+
+def _data():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.data / 16.0, dtype=torch.float32)
+    y = torch.tensor(d.target)
+    return (DataLoader(TensorDataset(x[:640], y[:640]), batch_size=32),
+            DataLoader(TensorDataset(x[1400:], y[1400:]), batch_size=400))
+
+
+def _trainer(max_steps, callbacks, tmp_path=None, **kw):
+    return pl.Trainer(max_steps=max_steps, callbacks=callbacks, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0,
+                      enable_checkpointing=tmp_path is not None, default_root_dir=tmp_path, **kw)
+
+
+def test_fits_with_no_lr_and_plans_from_max_steps():
+    train, val = _data()
+    cb, trace = AutopilotCallback(), LRTrace()
+    model = Net()
+    _trainer(150, [cb, trace], val_check_interval=20).fit(model, train, val)
+    assert cb.plan.train_steps == 150 and cb.plan.family == "sgd_momentum"
+    assert 0 < cb.plan.finder_cost_steps <= 45
+    assert trace.lrs[0] == pytest.approx(cb.plan.schedule(0)) and max(trace.lrs) == pytest.approx(cb.plan.peak_lr)
+    assert trace.lrs[-1] < 0.05 * cb.plan.peak_lr                      # decayed to ~0 at the end
+    with torch.no_grad():
+        x, y = next(iter(val))
+        assert torch.nn.functional.cross_entropy(model.net(x), y) < 1.0
+
+
+def test_refuses_a_scheduler_from_configure_optimizers():
+    train, _ = _data()
+    with pytest.raises(AutopilotError, match="also returned an LR scheduler"):
+        _trainer(20, [AutopilotCallback()]).fit(Net(with_scheduler=True), train)
+
+
+def test_resume_from_a_lightning_checkpoint_runs_no_finder_and_continues_the_schedule(tmp_path, monkeypatch):
+    train, val = _data()
+    full = LRTrace()
+    _trainer(120, [AutopilotCallback(train_steps=120), full]).fit(Net(), train)
+
+    first = LRTrace()
+    ckpt_cb = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    _trainer(60, [AutopilotCallback(train_steps=120), first, ckpt_cb], tmp_path).fit(Net(), train)
+
+    def no_finder(*a, **k):
+        raise AssertionError("the finder ran again on resume")
+
+    monkeypatch.setattr(torch_trainer, "find_lr", no_finder)
+    second, cb = LRTrace(), AutopilotCallback(train_steps=120)
+    _trainer(120, [cb, second], tmp_path).fit(Net(), train, ckpt_path=str(tmp_path / "last.ckpt"))
+    assert first.lrs + second.lrs == pytest.approx(full.lrs, rel=1e-12)
+    assert cb.events[-1].kind == "resume" and cb.finder is None
