@@ -226,7 +226,7 @@ def test_utf16_logs_from_windows_tools_are_read(tmp_path):
 def test_missing_file_and_bad_objects(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.csv"):
         read_log(tmp_path / "nope.csv")
-    with pytest.raises(LogFormatError, match="no TensorBoard event files"):
+    with pytest.raises(LogFormatError, match="no runs in this directory"):
         read_log(tmp_path)
     with pytest.raises(LogFormatError, match="columns have different lengths"):
         read_log({"loss": [1.0, 2.0], "lr": [0.1]})

@@ -11,51 +11,73 @@ Accepted inputs (:func:`read_log`):
 * a TensorBoard event file or a directory holding event files (read with TensorBoard's
   ``EventAccumulator``, imported lazily; scalars of sub-directories named ``validation``/``val``/
   ``eval`` get a ``val_`` prefix, as the Keras TensorBoard callback writes them);
+* a directory holding **one** run (see :func:`find_runs`: a SummaryWriter run, a Lightning
+  ``version_N``, a Hugging Face output directory with ``checkpoint-N`` folders); a directory of
+  several runs is read run by run with :func:`read_runs`;
+* ``"-"`` (standard input) or a pipe such as ``/dev/stdin``: read once, format sniffed;
 * in memory: a Keras ``History`` object (or its ``.history`` dict), a dict of lists, or a list
   of dicts.
 
-Column names are normalised (the first match wins, case-insensitive):
+Column names are normalised (the first match wins, case-insensitive), unless named with the
+``loss=``, ``lr=`` and ``val_loss=`` keywords (``--loss``, ``--lr``, ``--val-loss`` in
+``lrkit diagnose``):
 
 ============  =====================================================================
 normalised    accepted names
 ============  =====================================================================
 step          step, global_step, iteration, iter, epoch (``step`` wins over ``epoch``)
-loss          loss, train_loss, train/loss, training_loss, train_loss_step, loss_step,
-              epoch_loss, train_loss_epoch, loss_epoch
+loss          loss, train_loss, train/loss, Loss/train, training_loss, training loss,
+              train_loss_step, loss_step, epoch_loss, train_loss_epoch, loss_epoch, ...
 lr            lr, learning_rate, train/lr, train/learning_rate, lr-<Optimizer>..., epoch_learning_rate
-val_loss      val_loss, validation_loss, valid_loss, val/loss, eval_loss, eval/loss, val_epoch_loss
-accuracy      accuracy, acc, train_acc, train_accuracy, train/accuracy, epoch_accuracy
-val_accuracy  val_accuracy, val_acc, val/accuracy, eval_accuracy, valid_acc
+val_loss      val_loss, validation_loss, valid_loss, val/loss, Loss/val, Loss/test, eval_loss,
+              eval/loss, test_loss, val_epoch_loss, ...
+accuracy      accuracy, acc, train_acc, train_accuracy, train/accuracy, Accuracy/train, epoch_accuracy
+val_accuracy  val_accuracy, val_acc, val/accuracy, Accuracy/val, Accuracy/test, eval_accuracy, ...
 grad_norm     grad_norm, gradient_norm, train/grad_norm, grad_norm_total, grad_2.0_norm_total
 ============  =====================================================================
 
 Other numeric columns are kept under their own names. When there is no step column, the row
 number is the step (``LogRecords.step_column == "row"``). Bad input raises :class:`LogFormatError`
-(a ``ValueError``) naming the file and line, e.g. ``log.csv:17: column 'loss' is not a number: 'abc'``.
+(a ``ValueError``) naming the file and line, e.g. ``log.csv:17: column 'loss' is not a number: 'abc'``;
+a log without a recognisable loss lists the columns it found and how to name one.
+
+Large CSV files are parsed column-wise with NumPy (see :mod:`lrkit.doctor._tables`), and the
+last line of a log that is still being written (no final newline, incomplete) is ignored.
 
 Example:
     >>> recs = read_log([{"step": 0, "train_loss": 2.3, "lr": 0.1}, {"step": 1, "train_loss": 2.1, "lr": 0.1}])
     >>> recs.loss.tolist(), recs.step.tolist()
     ([2.3, 2.1], [0, 1])
+    >>> read_log({"n_iter": [0, 1], "Loss/train": [2.0, 1.5], "Loss/other": [9.0, 9.0]}).renamed["loss"]
+    'Loss/train'
+    >>> read_log({"step": [0, 1], "nll": [2.0, 1.5]}, loss="nll").loss.tolist()
+    [2.0, 1.5]
 """
 from __future__ import annotations
 
-import csv
 import json
-import math
 import re
+import stat
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["LogFormatError", "LogRecords", "read_log", "ALIASES"]
+from lrkit.doctor._tables import (
+    LogFormatError,
+    NeedLines,
+    Progress,
+    Table,
+    csv_table,
+    decode,
+    flatten,
+    jsonl_table,
+    rows_table,
+)
 
-
-class LogFormatError(ValueError):
-    """A log that cannot be read; the message names the file and, where it applies, the line."""
-
+__all__ = ["LogFormatError", "LogRecords", "read_log", "read_runs", "find_runs", "ALIASES"]
 
 ALIASES: dict[str, tuple[str, ...]] = {
     "step": ("step", "global_step", "iteration", "iter", "epoch"),
@@ -63,21 +85,36 @@ ALIASES: dict[str, tuple[str, ...]] = {
         "loss",
         "train_loss",
         "train/loss",
+        "loss/train",
         "training_loss",
+        "training loss",
+        "train loss",
+        "loss/training",
         "train_loss_step",
         "loss_step",
+        "train/loss_step",
         "epoch_loss",
         "train_loss_epoch",
         "loss_epoch",
+        "train/loss_epoch",
     ),
-    "lr": ("lr", "learning_rate", "train/lr", "train/learning_rate", "epoch_learning_rate", "epoch_lr"),
-    "val_loss": ("val_loss", "validation_loss", "valid_loss", "val/loss", "eval_loss", "eval/loss", "val_epoch_loss"),
-    "accuracy": ("accuracy", "acc", "train_acc", "train_accuracy", "train/accuracy", "train/acc", "epoch_accuracy"),
-    "val_accuracy": ("val_accuracy", "val_acc", "val/accuracy", "val/acc", "eval_accuracy", "valid_acc", "val_epoch_accuracy"),
-    "grad_norm": ("grad_norm", "gradient_norm", "train/grad_norm", "grad_norm_total", "grad_2.0_norm_total"),
+    "lr": ("lr", "learning_rate", "train/lr", "train/learning_rate", "learning rate", "lr/train",
+           "epoch_learning_rate", "epoch_lr"),
+    "val_loss": ("val_loss", "validation_loss", "valid_loss", "val/loss", "loss/val", "loss/valid",
+                 "loss/validation", "validation/loss", "eval_loss", "eval/loss", "loss/test", "test_loss",
+                 "test/loss", "validation loss", "val loss", "test loss", "val_epoch_loss", "val_loss_epoch"),
+    "accuracy": ("accuracy", "acc", "train_acc", "train_accuracy", "train/accuracy", "train/acc",
+                 "accuracy/train", "epoch_accuracy", "train_acc_step", "train_acc_epoch"),
+    "val_accuracy": ("val_accuracy", "val_acc", "val/accuracy", "val/acc", "accuracy/val", "accuracy/validation",
+                     "accuracy/test", "eval_accuracy", "eval/accuracy", "valid_acc", "test_acc", "test_accuracy",
+                     "val_epoch_accuracy", "val_acc_epoch"),
+    "grad_norm": ("grad_norm", "gradient_norm", "train/grad_norm", "grad_norm/total", "grad_norm_total",
+                  "grad_2.0_norm_total"),
 }
 _LR_PATTERN = re.compile(r"^lr-[A-Za-z]")  # Lightning LearningRateMonitor: lr-Adam, lr-SGD/pg1
 _VAL_DIRS = ("validation", "val", "valid", "eval")
+_PART_DIRS = ("train", "training") + _VAL_DIRS + ("test",)  # sub-directories that belong to one run
+_NAMEABLE = ("loss", "lr", "val_loss")  # the columns a caller may name
 
 
 @dataclass
@@ -145,6 +182,11 @@ class LogRecords:
     def grad_norm(self) -> np.ndarray | None:
         return self.columns.get("grad_norm")
 
+    @property
+    def epoch_level(self) -> bool:
+        """``True`` when a row is an epoch (the step column is ``epoch``, as Keras' CSVLogger writes)."""
+        return self.step_column.strip().lower() in ("epoch", "epochs")
+
     def rows(self) -> Iterator[dict[str, float]]:
         """One dict per row, with only the values that row has (a logged ``nan`` is kept)."""
         names = list(self.columns)
@@ -162,13 +204,41 @@ class LogRecords:
         return f"LogRecords({len(self)} rows, columns={self.names}, source={self.source!r})"
 
 
-# --------------------------------------------------------------------------------- helpers
-def _normalise_names(names: Sequence[str]) -> dict[str, str]:
-    """original -> normalised; the first alias (in ALIASES order) that is present wins."""
-    lower = {n.strip().lower(): n for n in names}
+# --------------------------------------------------------------------------------- names
+def _check_named(named: Mapping[str, str | None]) -> dict[str, str]:
+    out = {}
+    for key, value in named.items():
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"read_log: {key} must be a column or tag name (a non-empty str), got {value!r}")
+        out[key] = value
+    return out
+
+
+def _lookup(names: Sequence[str], wanted: str) -> str | None:
+    """The column ``wanted`` in ``names``: exact, then ignoring case and surrounding spaces."""
+    if wanted in names:
+        return wanted
+    low = wanted.strip().lower()
+    return next((n for n in names if n.strip().lower() == low), None)
+
+
+def _normalise_names(names: Sequence[str], named: Mapping[str, str] | None = None) -> dict[str, str]:
+    """original -> normalised; names chosen by the caller first, then the first alias present."""
     out: dict[str, str] = {}
     taken: set[str] = set()
+    for norm, wanted in (named or {}).items():
+        orig = _lookup(names, wanted)
+        if orig is not None:
+            out[orig] = norm
+            taken.add(norm)
+    lower: dict[str, str] = {}
+    for n in names:
+        lower.setdefault(n.strip().lower(), n)
     for norm, aliases in ALIASES.items():
+        if norm in taken:
+            continue
         for a in aliases:
             if a in lower and lower[a] not in out:
                 out[lower[a]] = norm
@@ -188,217 +258,143 @@ def _normalise_names(names: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def _to_float(raw: Any, where: str, col: str) -> float:
-    if raw is None:
-        return math.nan
-    if isinstance(raw, bool):
-        raise LogFormatError(f"{where}: column {col!r} is not a number: {raw!r}")
-    if isinstance(raw, (int, float, np.integer, np.floating)):
-        return float(raw)
-    if isinstance(raw, str):
-        s = raw.strip()
-        if s == "":
-            return math.nan
-        try:
-            return float(s)
-        except ValueError:
-            raise LogFormatError(f"{where}: column {col!r} is not a number: {raw!r}") from None
-    raise LogFormatError(f"{where}: column {col!r} is not a number: {raw!r}")
+def _must_be_numeric(named: Mapping[str, str]):
+    """For a header: the columns that must hold numbers (the recognised and named ones)."""
+
+    def keep(header: list[str]) -> set[str]:
+        mapping = _normalise_names(header, named)
+        return {orig for orig, norm in mapping.items() if norm in ALIASES}
+
+    return keep
 
 
-def _build(
-    rows: Iterable[tuple[str, Mapping[str, Any]]],
-    source: str,
-    *,
-    numeric_only: set[str] | None = None,
-    header_at: str | None = None,
-) -> LogRecords:
-    """rows: (location for messages, {original name: raw value}) -> LogRecords.
+def _no_loss(where: str, names: Sequence[str], named: Mapping[str, str]) -> LogFormatError:
+    shown = [n for n in names]
+    if "loss" in named:
+        return LogFormatError(
+            f"{where}: no column or tag named {named['loss']!r} (the loss you named); found {shown}"
+        )
+    return LogFormatError(
+        f"{where}: no loss column; found columns {shown}; expected one of {list(ALIASES['loss'])}, "
+        "or name it: read_log(..., loss=NAME) / lrkit diagnose --loss NAME"
+    )
 
-    ``header_at`` locates the column names (``file:1`` for a CSV header) in messages about them.
-    """
-    rows = list(rows)
-    if not rows:
-        raise LogFormatError(f"{source}: the log is empty (no rows)")
-    names: list[str] = []
-    seen: set[str] = set()
-    for _, r in rows:
-        for k in r:
-            if k not in seen:
-                seen.add(k)
-                names.append(k)
-    mapping = _normalise_names(names)
+
+# --------------------------------------------------------------------------------- table -> records
+def _records(table: Table, named: Mapping[str, str], header_at: str | None = None) -> LogRecords:
+    """Normalise names, merge rows of the same step (vectorised) and sort by step."""
+    source = table.source
+    all_names = table.names + table.dropped
+    for key in ("lr", "val_loss"):
+        if key in named and _lookup(all_names, named[key]) is None:
+            raise LogFormatError(f"{table.header_at or source}: no column or tag named {named[key]!r} "
+                                 f"(the {key} you named); found {all_names}")
+    mapping = _normalise_names(table.names, named)
     inv = {v: k for k, v in mapping.items()}
     if "loss" not in inv:
-        raise LogFormatError(
-            f"{header_at or source}: no loss column; found columns {names}; "
-            f"expected one of {list(ALIASES['loss'])}"
-        )
-    known = set(ALIASES)
-    # which unknown columns are numeric everywhere (text columns such as timestamps are dropped)
-    keep = []
-    for orig in names:
-        norm = mapping[orig]
-        if norm in known:
-            keep.append(orig)
-            continue
-        ok = True
-        for _, r in rows:
-            v = r.get(orig)
-            if v is None or (isinstance(v, str) and v.strip() == ""):
-                continue
-            if isinstance(v, bool) or not isinstance(v, (int, float, str, np.integer, np.floating)):
-                ok = False
-                break
-            if isinstance(v, str):
-                try:
-                    float(v)
-                except ValueError:
-                    ok = False
-                    break
-        if ok:
-            keep.append(orig)
+        raise _no_loss(header_at or table.header_at or source, all_names, named)
     step_orig = inv.get("step")
-    merged: dict[float, dict[str, float]] = {}
-    origin: dict[tuple[float, str], str] = {}
-    order: list[float] = []
-    for i, (where, r) in enumerate(rows):
-        if step_orig is None:
-            step = float(i)
-        else:
-            step = _to_float(r.get(step_orig), where, step_orig)
-            if math.isnan(step):
-                raise LogFormatError(f"{where}: column {step_orig!r} (the step) is empty")
-            if not math.isfinite(step) or step != int(step):
-                raise LogFormatError(f"{where}: column {step_orig!r} (the step) must be a whole number, got {r.get(step_orig)!r}")
-        vals = {}
-        for orig in keep:
-            if orig == step_orig:
-                continue
-            v = _to_float(r.get(orig), where, orig)
-            if not (isinstance(r.get(orig), str) and r.get(orig).strip() == "") and r.get(orig) is not None:
-                vals[mapping[orig]] = v
-        if not vals:
-            continue
-        if step not in merged:
-            merged[step] = {}
-            order.append(step)
-        slot = merged[step]
-        for k, v in vals.items():
-            if k in slot and not (slot[k] == v or (math.isnan(slot[k]) and math.isnan(v))):
+    n = table.n
+    if step_orig is None:
+        steps = np.arange(n, dtype=np.float64)
+    else:
+        steps = table.values[step_orig]
+        missing = ~table.present[step_orig]
+        if missing.any():
+            i = int(np.argmax(missing))
+            raise LogFormatError(f"{table.where(i)}: column {step_orig!r} (the step) is empty")
+        bad = ~np.isfinite(steps) | (steps != np.round(steps))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise LogFormatError(f"{table.where(i)}: column {step_orig!r} (the step) must be a whole number, "
+                                 f"got {table.cell(step_orig, i)!r}")
+    cols = [c for c in table.names if c != step_orig]
+    any_value = np.zeros(n, dtype=bool)
+    for c in cols:
+        any_value |= table.present[c]
+    rows = np.nonzero(any_value)[0]
+    order = rows[np.argsort(steps[rows], kind="stable")]
+    uniq, inverse = np.unique(steps[order], return_inverse=True)
+    m = len(uniq)
+    columns: dict[str, np.ndarray] = {"step": uniq.astype(np.float64)}
+    present: dict[str, np.ndarray] = {"step": np.ones(m, dtype=bool)}
+    for c in cols:
+        v, p = table.values[c][order], table.present[c][order]
+        idx = np.nonzero(p)[0]
+        g = inverse[idx]
+        out = np.full(m, np.nan)
+        got = np.zeros(m, dtype=bool)
+        if idx.size:
+            ug, first = np.unique(g, return_index=True)
+            out[ug] = v[idx[first]]
+            got[ug] = True
+            same = (v[idx] == out[g]) | (np.isnan(v[idx]) & np.isnan(out[g]))
+            if not same.all():
+                k = int(np.argmax(~same))
+                row, first_row = int(order[idx[k]]), int(order[idx[first[np.searchsorted(ug, g[k])]]])
+                norm = mapping[c]
                 raise LogFormatError(
-                    f"{where}: step {int(step)} appears again with a different {k!r} value "
-                    f"({v!r}; first seen at {origin[(step, k)]}: {slot[k]!r})"
+                    f"{table.where(row)}: step {int(uniq[g[k]])} appears again with a different {norm!r} value "
+                    f"({float(v[idx[k]])!r}; first seen at {table.where(first_row)}: {float(out[g[k]])!r})"
                 )
-            slot[k] = v
-            origin.setdefault((step, k), where)
-    steps = sorted(merged)
-    # keep only rows that carry a loss value for the loss column's rows, but keep all steps
-    cols: dict[str, np.ndarray] = {"step": np.array(steps, dtype=np.float64)}
-    present: dict[str, np.ndarray] = {"step": np.ones(len(steps), dtype=bool)}
-    for orig in keep:
-        norm = mapping[orig]
-        if orig == step_orig:
-            continue
-        cols[norm] = np.array([merged[s].get(norm, math.nan) for s in steps], dtype=np.float64)
-        present[norm] = np.array([norm in merged[s] for s in steps], dtype=bool)
-    has_loss = np.array(["loss" in merged[s] for s in steps])
-    if not has_loss.any():
+        columns[mapping[c]] = out
+        present[mapping[c]] = got
+    if not present["loss"].any():
         raise LogFormatError(f"{source}: column {inv['loss']!r} has no values")
-    renamed = {mapping[o]: o for o in keep}
-    return LogRecords(cols, source=source, step_column=step_orig or "row", renamed=renamed, present=present)
+    renamed = {mapping[o]: o for o in table.names}
+    return LogRecords(columns, source=source, step_column=step_orig or "row", renamed=renamed, present=present)
 
 
 # --------------------------------------------------------------------------------- formats
-def _read_text(path: Path, encoding: str = "utf-8") -> str:
-    """The file as text (UTF-8, or UTF-16 with a byte-order mark, as Windows tools write it);
-    a byte that is not UTF-8 is a LogFormatError naming its line."""
-    data = path.read_bytes()
-    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        try:
-            return data.decode("utf-16")
-        except UnicodeDecodeError:
-            raise LogFormatError(f"{path}:1: starts with a UTF-16 byte-order mark but is not UTF-16 text") from None
+def _read_bytes(path: Path, progress: Progress | None = None) -> bytes:
+    """The whole file, read in chunks (so that a progress bar can follow a large one)."""
+    if str(path) == "-":
+        return sys.stdin.buffer.read()
     try:
-        return data.decode(encoding)
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise LogFormatError(
-            f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
-            "save the log as UTF-8"
-        ) from None
+        size = path.stat().st_size
+    except OSError:
+        size = 0
+    if progress is None or size < (8 << 20):
+        with path.open("rb") as fh:
+            return fh.read()
+    chunks, done = [], 0
+    with path.open("rb") as fh:
+        while True:
+            b = fh.read(4 << 20)
+            if not b:
+                break
+            chunks.append(b)
+            done += len(b)
+            progress("reading", min(1.0, done / size))
+    return b"".join(chunks)
 
 
-def _read_csv(path: Path, delimiter: str | None = None) -> LogRecords:
-    text = _read_text(path, "utf-8-sig")
+def _csv(data: bytes, source: str, named: Mapping[str, str], delimiter: str | None = None,
+         progress: Progress | None = None) -> LogRecords:
+    text = decode(data, source, "utf-8-sig")
+    keep = _must_be_numeric(named)
+    try:
+        return _records(csv_table(text, source, delimiter=delimiter, keep=keep, progress=progress), named)
+    except NeedLines:  # an error in a fast-parsed file: parse again with line numbers to name it
+        return _records(csv_table(text, source, delimiter=delimiter, keep=keep, fast=False), named)
+
+
+def _json(data: bytes, source: str, named: Mapping[str, str]) -> LogRecords:
+    text = decode(data, source)
     if not text.strip():
-        raise LogFormatError(f"{path}:1: the file is empty")
-    lines = text.splitlines()
-    if delimiter is None:  # comma, unless the header has tabs (or semicolons) and no comma
-        first = next((ln for ln in lines if ln.strip()), "")
-        delimiter = "," if "," in first else "\t" if "\t" in first else ";" if ";" in first else ","
-    reader = csv.reader(lines, delimiter=delimiter)
-    header = next(reader)
-    header = [h.strip() for h in header]
-    if len(header) < 1 or all(h == "" for h in header):
-        raise LogFormatError(f"{path}:1: no header row")
-    rows = []
-    for lineno, cells in enumerate(reader, start=2):
-        if not cells or all(c.strip() == "" for c in cells):
-            continue
-        if len(cells) > len(header):
-            raise LogFormatError(f"{path}:{lineno}: {len(cells)} cells but the header has {len(header)} columns")
-        rows.append((f"{path}:{lineno}", dict(zip(header, cells))))
-    if not rows:
-        raise LogFormatError(f"{path}:2: no data rows after the header")
-    return _build(rows, str(path), header_at=f"{path}:1")
-
-
-def _read_jsonl(path: Path) -> LogRecords:
-    rows = []
-    text = _read_text(path)
-    if not text.strip():
-        raise LogFormatError(f"{path}:1: the file is empty")
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise LogFormatError(f"{path}:{lineno}: malformed JSON: {exc.msg} (column {exc.colno})") from None
-        if not isinstance(obj, dict):
-            raise LogFormatError(f"{path}:{lineno}: expected a JSON object per line, got {type(obj).__name__}")
-        rows.append((f"{path}:{lineno}", _flatten(obj)))
-    return _build(rows, str(path))
-
-
-def _flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in obj.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, key + "/"))
-        else:
-            out[key] = v
-    return out
-
-
-def _read_json(path: Path) -> LogRecords:
-    text = _read_text(path)
-    if not text.strip():
-        raise LogFormatError(f"{path}:1: the file is empty")
+        raise LogFormatError(f"{source}:1: the file is empty")
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         if text.lstrip().startswith("{") and "\n" in text.strip():
-            return _read_jsonl(path)  # several objects, one per line
-        raise LogFormatError(f"{path}:{exc.lineno}: malformed JSON: {exc.msg} (column {exc.colno})") from None
+            return _records(jsonl_table(text, source, _must_be_numeric(named)), named)  # one object per line
+        raise LogFormatError(f"{source}:{exc.lineno}: malformed JSON: {exc.msg} (column {exc.colno})") from None
     if isinstance(obj, dict) and isinstance(obj.get("log_history"), list):  # HF trainer_state.json
         obj = obj["log_history"]
-    return _from_object(obj, str(path))
+    return _from_object(obj, source, named)
 
 
-def _from_object(obj: Any, source: str) -> LogRecords:
+def _from_object(obj: Any, source: str, named: Mapping[str, str]) -> LogRecords:
     if isinstance(obj, Mapping):
         obj = dict(obj)
         lengths = {k: len(v) for k, v in obj.items() if isinstance(v, (list, tuple, np.ndarray))}
@@ -409,15 +405,16 @@ def _from_object(obj: Any, source: str) -> LogRecords:
             raise LogFormatError(f"{source}: columns have different lengths: {lengths}")
         n = next(iter(lengths.values()))
         rows = [(f"{source}[{i}]", {k: _scalar(v[i]) for k, v in obj.items()}) for i in range(n)]
-        return _build(rows, source)
-    if isinstance(obj, (list, tuple)):
+    elif isinstance(obj, (list, tuple)):
         rows = []
         for i, r in enumerate(obj):
             if not isinstance(r, Mapping):
                 raise LogFormatError(f"{source}[{i}]: expected a dict per row, got {type(r).__name__}")
-            rows.append((f"{source}[{i}]", _flatten(r)))
-        return _build(rows, source)
-    raise LogFormatError(f"{source}: cannot read a log from {type(obj).__name__}")
+            rows.append((f"{source}[{i}]", flatten(r)))
+    else:
+        raise LogFormatError(f"{source}: cannot read a log from {type(obj).__name__}")
+    names = list(dict.fromkeys(k for _, r in rows for k in r))
+    return _records(rows_table(rows, source, keep=_must_be_numeric(named)(names)), named)
 
 
 def _scalar(v: Any) -> Any:
@@ -428,19 +425,12 @@ def _scalar(v: Any) -> Any:
     return v
 
 
-def _event_dirs(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    dirs = sorted({p.parent for p in path.rglob("*tfevents*") if p.is_file()})
-    return dirs
-
-
-def _read_tensorboard(path: Path) -> LogRecords:
+def _tensorboard(path: Path, named: Mapping[str, str]) -> LogRecords:
     try:
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise LogFormatError(f"{path}: reading TensorBoard logs needs the tensorboard package (pip install tensorboard)") from exc
-    targets = _event_dirs(path)
+    targets = [path] if path.is_file() else sorted({p.parent for p in path.rglob("*tfevents*") if p.is_file()})
     if not targets:
         raise LogFormatError(f"{path}: no TensorBoard event files (*tfevents*) found")
     rows_by_step: dict[int, dict[str, float]] = {}
@@ -455,83 +445,216 @@ def _read_tensorboard(path: Path) -> LogRecords:
         for tag in acc.Tags().get("scalars", []):
             name = tag
             if is_val:
-                name = "val_" + (tag[len("epoch_") :] if tag.startswith("epoch_") else tag)
+                name = "val_" + (tag[len("epoch_"):] if tag.startswith("epoch_") else tag)
             for ev in acc.Scalars(tag):
                 rows_by_step.setdefault(int(ev.step), {})[name] = float(ev.value)
     if not rows_by_step:
         raise LogFormatError(f"{path}: the TensorBoard log has no scalars")
     rows = [(f"{path}@step{s}", {"step": s, **vals}) for s, vals in sorted(rows_by_step.items())]
-    return _build(rows, str(path))
+    names = list(dict.fromkeys(k for _, r in rows for k in r))
+    table = rows_table(rows, str(path), keep=_must_be_numeric(named)(names))
+    try:
+        return _records(table, named)
+    except LogFormatError as exc:
+        if "no loss column" in str(exc):
+            tags = [n for n in names if n != "step"]
+            raise LogFormatError(
+                f"{path}: no loss tag; found tags {tags}; expected one of {list(ALIASES['loss'])}, or name it: "
+                "read_log(..., loss=TAG) / lrkit diagnose --loss TAG"
+            ) from None
+        raise
 
 
-def read_log(path_or_obj: Any) -> LogRecords:
+def _sniff(data: bytes, source: str, named: Mapping[str, str], progress: Progress | None) -> LogRecords:
+    """A file whose name says nothing (or a pipe): look at its first non-blank character."""
+    head = data[:4096]
+    if not head.strip():
+        raise LogFormatError(f"{source}:1: the file is empty")
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        text = decode(data, source)
+        start = text.lstrip()
+    else:
+        try:
+            start = head.decode("utf-8", errors="strict").lstrip()
+        except UnicodeDecodeError as exc:
+            if exc.start < len(head) - 4:
+                raise LogFormatError(
+                    f"{source}: unknown log format (binary; not a TensorBoard event file by name); "
+                    "expected .csv, .jsonl, .json or a *tfevents* file"
+                ) from None
+            start = head[: exc.start].decode("utf-8").lstrip()
+    if start.startswith("{"):
+        return _records(jsonl_table(decode(data, source), source, _must_be_numeric(named)), named)
+    if start.startswith("["):
+        return _json(data, source, named)
+    first = start.splitlines()[0] if start else ""
+    if "," in first or "\t" in first or ";" in first:
+        return _csv(data, source, named, progress=progress)
+    raise LogFormatError(f"{source}: unknown log format; expected CSV (.csv), JSON lines (.jsonl), JSON or TensorBoard events")
+
+
+def _read_file(path: Path, named: Mapping[str, str], progress: Progress | None) -> LogRecords:
+    source = "<stdin>" if str(path) == "-" else str(path)
+    name = path.name.lower()
+    if str(path) != "-" and "tfevents" in name and path.is_file():
+        return _tensorboard(path, named)
+    data = _read_bytes(path, progress)  # read once: a pipe cannot be read twice
+    if str(path) == "-" or not stat.S_ISREG(path.stat().st_mode):
+        return _sniff(data, source, named, progress)
+    if name.endswith(".tsv"):
+        return _csv(data, source, named, delimiter="\t", progress=progress)
+    if name.endswith(".csv"):
+        return _csv(data, source, named, progress=progress)
+    if name.endswith((".jsonl", ".ndjson")):
+        return _records(jsonl_table(decode(data, source), source, _must_be_numeric(named)), named)
+    if name.endswith(".json"):
+        return _json(data, source, named)
+    return _sniff(data, source, named, progress)
+
+
+# --------------------------------------------------------------------------------- runs
+@dataclass(frozen=True)
+class Run:
+    """One run found in a directory: its ``name`` (relative path) and the ``path`` to read."""
+
+    name: str
+    path: Path
+
+
+_LOG_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson")
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def find_runs(directory: str | Path) -> list[Run]:
+    """The runs a directory holds, each named by its path relative to ``directory``.
+
+    * TensorBoard: every directory holding event files is a run (a SummaryWriter run in
+      ``runs/``, a Lightning ``version_N``); sub-directories named ``train``, ``validation``,
+      ``val``, ``eval`` or ``test`` are parts of their parent's run (as Keras writes them);
+    * Hugging Face: an output directory is one run, read from its ``trainer_state.json``, or from
+      its newest ``checkpoint-N/trainer_state.json`` (the most complete history);
+    * every ``.csv``/``.tsv``/``.jsonl``/``.ndjson`` file is a run (a Lightning ``metrics.csv``,
+      a Keras ``CSVLogger`` file); other ``.json`` files (configurations) are not logs.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> for name in ("a", "b"):
+        ...     (d / name).mkdir(); _ = (d / name / "log.csv").write_text("step,loss\\n0,1.0\\n")
+        >>> [r.name for r in find_runs(d)]
+        ['a/log.csv', 'b/log.csv']
+    """
+    root = Path(directory)
+    runs: dict[Path, Path] = {}  # run root -> what to read
+    event_dirs = {p.parent for p in root.rglob("*tfevents*") if p.is_file()}
+    for d in sorted(event_dirs):
+        top = d
+        while top != root and top.name.lower() in _PART_DIRS:
+            top = top.parent
+        runs.setdefault(top, top)
+    states = sorted(root.rglob("trainer_state.json"))
+    by_output: dict[Path, list[Path]] = {}
+    for s in states:
+        out = s.parent.parent if _CHECKPOINT.match(s.parent.name) else s.parent
+        by_output.setdefault(out, []).append(s)
+    for out, files in by_output.items():
+        direct = [f for f in files if f.parent == out]
+        if direct:
+            runs[out / "trainer_state.json"] = direct[0]
+        else:
+            newest = max(files, key=lambda f: int(_CHECKPOINT.match(f.parent.name).group(1)))
+            runs[out / "trainer_state.json"] = newest
+    for f in sorted(root.rglob("*")):
+        if f.is_file() and f.suffix.lower() in _LOG_SUFFIXES:
+            runs[f] = f
+    out_runs = []
+    for key in sorted(runs, key=lambda p: str(p)):
+        rel = key.relative_to(root) if key != root else Path(".")
+        name = str(rel) if str(rel) != "." else root.name
+        if key.name == "trainer_state.json" and runs[key].parent != key.parent:
+            name = str(runs[key].relative_to(root))
+        out_runs.append(Run(name, runs[key]))
+    return out_runs
+
+
+def read_runs(directory: str | Path, *, loss: str | None = None, lr: str | None = None,
+              val_loss: str | None = None) -> dict[str, LogRecords]:
+    """Every run in ``directory`` (see :func:`find_runs`), read with :func:`read_log`, by name.
+
+    Raises:
+        LogFormatError: the directory holds no run (the message says what was looked for).
+    """
+    runs = find_runs(directory)
+    if not runs:
+        raise LogFormatError(_no_runs(Path(directory)))
+    return {r.name: read_log(r.path, loss=loss, lr=lr, val_loss=val_loss) for r in runs}
+
+
+def _no_runs(path: Path) -> str:
+    return (f"{path}: no runs in this directory (looked for TensorBoard event files *tfevents*, "
+            "trainer_state.json, .csv, .tsv, .jsonl and .ndjson logs)")
+
+
+# --------------------------------------------------------------------------------- public
+def read_log(path_or_obj: Any, *, loss: str | None = None, lr: str | None = None, val_loss: str | None = None,
+             progress: Progress | None = None) -> LogRecords:
     """Read a training log from a file, a directory or an in-memory object.
 
     Args:
-        path_or_obj: a path (``str``/``Path``) to a CSV, JSONL, JSON or TensorBoard event file
-            or a directory of event files; a Keras ``History``; a dict of lists; a list of dicts;
-            or a :class:`LogRecords` (returned as is).
+        path_or_obj: a path (``str``/``Path``) to a CSV, JSONL, JSON or TensorBoard event file,
+            a directory holding one run (:func:`find_runs`), ``"-"`` for standard input; a Keras
+            ``History``; a dict of lists; a list of dicts; or a :class:`LogRecords` (returned as is).
+        loss, lr, val_loss: the column (or TensorBoard tag) holding the training loss, the
+            learning rate, the validation loss, when the default names do not find it (e.g.
+            ``loss="nll"``; matched exactly, then ignoring case).
+        progress: called as ``progress(stage, fraction)`` while a large file is read and parsed
+            (``lrkit diagnose`` draws a progress bar with it on a terminal).
 
     Returns:
         :class:`LogRecords` with normalised column names, one row per step, sorted by step.
 
     Raises:
-        LogFormatError: (a ``ValueError``) empty input, malformed JSON line, no loss column,
-            a non-numeric cell in a used column, an unknown format — naming the file and line.
+        LogFormatError: (a ``ValueError``) empty input, malformed JSON line, no loss column
+            (listing the columns found), a named column that is not there, a non-numeric cell in
+            a used column, an unknown format, a directory with no run or with several runs —
+            naming the file and line.
         FileNotFoundError: the path does not exist.
 
     Example:
         >>> read_log({"epoch": [0, 1, 2], "loss": [1.0, 0.5, 0.25], "val_loss": [1.1, 0.6, 0.4]}).names
         ['step', 'loss', 'val_loss']
     """
+    named = _check_named({"loss": loss, "lr": lr, "val_loss": val_loss})
     if isinstance(path_or_obj, LogRecords):
         return path_or_obj
     if isinstance(path_or_obj, (str, Path)):
         path = Path(path_or_obj)
+        if str(path_or_obj) == "-":
+            return _read_file(Path("-"), named, progress)
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file or directory")
         if path.is_dir():
-            return _read_tensorboard(path)
-        name = path.name.lower()
-        if "tfevents" in name:
-            return _read_tensorboard(path)
-        if name.endswith(".tsv"):
-            return _read_csv(path, delimiter="\t")
-        if name.endswith(".csv"):
-            return _read_csv(path)
-        if name.endswith((".jsonl", ".ndjson")):
-            return _read_jsonl(path)
-        if name.endswith(".json"):
-            return _read_json(path)
-        # unknown suffix: sniff the first non-blank character / line
-        with path.open("rb") as fh:
-            head = fh.read(4096)
-        if not head.strip():
-            raise LogFormatError(f"{path}:1: the file is empty")
-        try:
-            start = head.decode("utf-8").lstrip()
-        except UnicodeDecodeError:
-            raise LogFormatError(
-                f"{path}: unknown log format (binary; not a TensorBoard event file by name); "
-                "expected .csv, .jsonl, .json or a *tfevents* file"
-            ) from None
-        if start.startswith("{"):
-            return _read_jsonl(path)
-        if start.startswith("["):
-            return _read_json(path)
-        first = start.splitlines()[0] if start else ""
-        if "," in first or "\t" in first:
-            return _read_csv(path)
-        raise LogFormatError(f"{path}: unknown log format; expected CSV (.csv), JSON lines (.jsonl), JSON or TensorBoard events")
+            runs = find_runs(path)
+            if not runs:
+                raise LogFormatError(_no_runs(path))
+            if len(runs) > 1:
+                names = ", ".join(r.name for r in runs[:8]) + (", ..." if len(runs) > 8 else "")
+                raise LogFormatError(
+                    f"{path}: holds {len(runs)} runs ({names}); read one of them, or all with read_runs() "
+                    "(lrkit diagnose DIR gives one verdict per run)"
+                )
+            target = runs[0].path
+            return _tensorboard(target, named) if target.is_dir() else _read_file(target, named, progress)
+        return _read_file(path, named, progress)
     hist = getattr(path_or_obj, "history", None)
     if isinstance(hist, Mapping):  # keras.callbacks.History
         epochs = getattr(path_or_obj, "epoch", None)
         data = {k: list(v) for k, v in hist.items()}
         if epochs is not None and len(epochs) and all(len(v) == len(epochs) for v in data.values()) and "epoch" not in data:
             data = {"epoch": list(epochs), **data}
-        return _from_object(data, "<keras History>")
+        return _from_object(data, "<keras History>", named)
     if isinstance(path_or_obj, (Mapping, list, tuple)):
-        return _from_object(path_or_obj, "<memory>")
+        return _from_object(path_or_obj, "<memory>", named)
     raise LogFormatError(
         f"read_log: cannot read a log from {type(path_or_obj).__name__}; pass a path, a Keras History, "
         "a dict of lists or a list of dicts"
