@@ -1,16 +1,21 @@
-"""``lrkit diagnose FILE [--json] [--plot PNG] [--fail-on-problem]``.
+"""``lrkit diagnose PATH [--loss NAME] [--json] [--plot PNG] [--fail-on-problem]``.
 
 Reads a training log (CSV, JSONL, JSON, TensorBoard event file or directory, Lightning
-``metrics.csv``, Keras ``CSVLogger`` output), runs the LR doctor over it and reports the verdict.
-Exit code 0 whatever the verdict (1 with ``--fail-on-problem`` when it is not healthy);
-2 for bad input (unreadable or malformed log), with one line on stderr.
+``metrics.csv``, Keras ``CSVLogger`` output, a Hugging Face ``trainer_state.json``; ``-`` or a
+pipe for standard input), runs the LR doctor over it and reports the verdict. A directory holding
+several runs (SummaryWriter runs in ``runs/``, Lightning ``version_N``, Trainer output
+directories) gives one verdict per run, named. Exit code 0 whatever the verdict (1 with
+``--fail-on-problem`` when a run is not healthy); 2 for bad input (unreadable or malformed log),
+with one line on stderr. On a terminal a progress bar follows a large log (silent otherwise).
 """
 from __future__ import annotations
 
 import json
 import math
+import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Iterator, Optional
 
 import numpy as np
 import typer
@@ -34,24 +39,23 @@ def format_diagnosis(diagnosis, source: str) -> str:
     return "\n".join(lines)
 
 
-@app.command("diagnose")
-def diagnose_cmd(
-    file: Annotated[Path, typer.Argument(help="Training log: .csv, .jsonl, .json, TensorBoard event file or directory.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (verdict, step, detected_at, evidence, advice, message).")] = False,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG of the loss (and LR, val_loss) with the onset marked.")] = None,
-    window: Annotated[Optional[int], typer.Option("--window", help="Doctor window (default: clip(n // 8, 5, 50) for n logged losses).")] = None,
-    fail_on_problem: Annotated[bool, typer.Option("--fail-on-problem", help="Exit 1 when the verdict is not healthy.")] = False,
-    loss_floor: Annotated[float, typer.Option("--loss-floor", help="A lower bound of the loss (default 0; e.g. the minimum of a negative log-likelihood).")] = 0.0,
-    metric_mode: Annotated[Optional[list[str]], typer.Option("--metric-mode", help="NAME=max|min|ignore: how to judge a metric column (repeatable; default by name: *loss*, *error*, *mse*, ... are min, others max).")] = None,
-) -> None:
-    """Diagnose the learning rate of a finished (or running) training run from its log."""
-    from lrkit.doctor import diagnose, read_log
+@contextmanager
+def _progress_bar(enabled: bool) -> Iterator[Any]:
+    """``progress(stage, fraction)`` drawing a rich bar on stderr when ``enabled`` (a terminal)."""
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    if not file.exists():
-        raise CLIError(f"{file}: no such file or directory")
-    if not math.isfinite(loss_floor):
-        raise CLIError(f"--loss-floor must be a finite number, got {loss_floor}")
-    records = read_log(file)
+    bar = Progress(TextColumn("[bold]lrkit diagnose[/] {task.description}"), BarColumn(), TimeElapsedColumn(),
+                   console=Console(stderr=True), transient=True)
+    task = bar.add_task("reading", total=1.0)
+    with bar:
+        yield lambda stage, fraction: bar.update(task, description=stage, completed=fraction)
+
+
+def _check_floor(records: Any, source: str, loss_floor: float) -> None:
     losses = records.loss[records.has("loss")]
     finite = losses[np.isfinite(losses)]
     if finite.size and finite.min() < loss_floor:
@@ -59,20 +63,70 @@ def diagnose_cmd(
         at = int(records.step[records.has("loss")][np.isfinite(losses)][np.argmin(finite)])
         if loss_floor == 0.0:
             raise CLIError(
-                f"{file}: the loss goes down to {low:.4g} (step {at}), below 0; "
+                f"{source}: the loss goes down to {low:.4g} (step {at}), below 0; "
                 "pass --loss-floor with a lower bound of this loss (e.g. the minimum of a negative log-likelihood)"
             )
-        raise CLIError(f"{file}: the loss {low:.4g} at step {at} is below --loss-floor {loss_floor:g}")
+        raise CLIError(f"{source}: the loss {low:.4g} at step {at} is below --loss-floor {loss_floor:g}")
+
+
+def _modes(metric_mode: Optional[list[str]]) -> dict[str, str]:
     modes: dict[str, str] = {}
     for item in metric_mode or []:
         name, sep, mode = item.partition("=")
         if not sep or not name.strip() or mode.strip() not in ("max", "min", "ignore"):
             raise CLIError(f"--metric-mode must be NAME=max, NAME=min or NAME=ignore, got {item!r}")
         modes[name.strip()] = mode.strip()
-    kwargs = {"loss_floor": loss_floor} if window is None else {"window": window, "loss_floor": loss_floor}
+    return modes
+
+
+@app.command("diagnose")
+def diagnose_cmd(
+    file: Annotated[str, typer.Argument(help="Training log: .csv, .jsonl, .json, TensorBoard event file, a directory of one or several runs, or - for standard input.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (verdict, step, detected_at, evidence, advice, message); for a directory of runs, {'source', 'runs': [...]}.")] = False,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG of the loss (and LR, val_loss) with the onset marked (one run).")] = None,
+    window: Annotated[Optional[int], typer.Option("--window", help="Doctor window (default: chosen for the log; 5, row by row, for a short or per-epoch log).")] = None,
+    fail_on_problem: Annotated[bool, typer.Option("--fail-on-problem", help="Exit 1 when a verdict is not healthy.")] = False,
+    loss_floor: Annotated[float, typer.Option("--loss-floor", help="A lower bound of the loss (default 0; e.g. the minimum of a negative log-likelihood).")] = 0.0,
+    metric_mode: Annotated[Optional[list[str]], typer.Option("--metric-mode", help="NAME=max|min|ignore: how to judge a metric column (repeatable; default by name: *loss*, *error*, *mse*, ... are min, others max).")] = None,
+    loss: Annotated[Optional[str], typer.Option("--loss", help="The column or TensorBoard tag holding the training loss (default: loss, train_loss, train/loss, Loss/train, ...).")] = None,
+    lr: Annotated[Optional[str], typer.Option("--lr", help="The column or tag holding the learning rate (default: lr, learning_rate, lr-<Optimizer>, ...).")] = None,
+    val_loss: Annotated[Optional[str], typer.Option("--val-loss", help="The column or tag holding the validation loss (default: val_loss, eval_loss, Loss/test, ...).")] = None,
+) -> None:
+    """Diagnose the learning rate of a finished (or running) training run from its log."""
+    from lrkit.doctor import diagnose, read_log
+    from lrkit.doctor.logs import find_runs
+
+    path = Path(file)
+    if file != "-" and not path.exists():
+        raise CLIError(f"{file}: no such file or directory")
+    if not math.isfinite(loss_floor):
+        raise CLIError(f"--loss-floor must be a finite number, got {loss_floor}")
+    for opt, value in (("--loss", loss), ("--lr", lr), ("--val-loss", val_loss)):
+        if value is not None and not value.strip():
+            raise CLIError(f"{opt} must name a column or tag, got an empty name")
+    kwargs: dict[str, Any] = {"loss_floor": loss_floor}
+    if window is not None:
+        kwargs["window"] = window
+    modes = _modes(metric_mode)
     if modes:
         kwargs["metric_modes"] = modes
-    diagnosis = diagnose(records, **kwargs)
+    names = {"loss": loss, "lr": lr, "val_loss": val_loss}
+    if file != "-" and path.is_dir():
+        runs = find_runs(path)
+        if not runs:
+            raise CLIError(f"{file}: no runs in this directory (looked for TensorBoard event files, "
+                           "trainer_state.json, .csv, .tsv, .jsonl and .ndjson logs)")
+        if len(runs) > 1:
+            if plot is not None:
+                raise CLIError(f"--plot draws one run, and {file} holds {len(runs)}; pass one of them: "
+                               + ", ".join(str(path / r.name) for r in runs[:3]))
+            _diagnose_runs(path, runs, names, kwargs, as_json, fail_on_problem)
+            return
+    with _progress_bar(sys.stderr.isatty() and not as_json) as progress:
+        records = read_log(file if file == "-" else path, progress=progress, **names)
+        source = "<stdin>" if file == "-" else str(file)
+        _check_floor(records, source, loss_floor)
+        diagnosis = diagnose(records, progress=progress, **kwargs)
     if plot is not None:
         if plot.suffix.lower() not in (".png", ".pdf", ".svg"):
             raise CLIError(f"--plot: expected a .png, .pdf or .svg file name, got {str(plot)!r}")
@@ -89,13 +143,43 @@ def diagnose_cmd(
         plt.close(ax.figure)
     if as_json:
         out = diagnosis.to_dict()
-        out["source"] = str(file)
+        out["source"] = source
         if plot is not None:
             out["plot"] = str(plot)
         typer.echo(json.dumps(out))
     else:
-        typer.echo(format_diagnosis(diagnosis, str(file)))
+        typer.echo(format_diagnosis(diagnosis, source))
         if plot is not None:
             typer.echo(f"  plot: {plot}")
     if fail_on_problem and not diagnosis.ok:
+        raise typer.Exit(1)
+
+
+def _diagnose_runs(path: Path, runs: list[Any], names: dict[str, Any], kwargs: dict[str, Any], as_json: bool,
+                   fail_on_problem: bool) -> None:
+    """One verdict per run of a directory; a run that cannot be read is reported and skipped."""
+    from lrkit.doctor import LogFormatError, diagnose, read_log
+
+    results: list[dict[str, Any]] = []
+    texts: list[str] = []
+    problems = 0
+    for run in runs:
+        try:
+            records = read_log(run.path, **names)
+            _check_floor(records, run.name, kwargs["loss_floor"])
+            d = diagnose(records, **kwargs)
+        except (LogFormatError, CLIError) as exc:
+            problems += 1
+            results.append({"run": run.name, "error": str(exc)})
+            texts.append(f"{run.name}: NOT READ\n  {exc}")
+            continue
+        problems += not d.ok
+        results.append({"run": run.name, **d.to_dict()})
+        texts.append(format_diagnosis(d, run.name))
+    if as_json:
+        typer.echo(json.dumps({"source": str(path), "runs": results}))
+    else:
+        typer.echo(f"{path}: {len(runs)} runs")
+        typer.echo("\n".join(texts))
+    if fail_on_problem and problems:
         raise typer.Exit(1)

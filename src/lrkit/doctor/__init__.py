@@ -10,9 +10,9 @@ Example:
     'nan'
 """
 from lrkit.doctor.core import INFORMATIONAL, SEVERITY, VERDICTS, Diagnosis, Doctor
-from lrkit.doctor.diagnosis import default_window, diagnose, overall, run_doctor
+from lrkit.doctor.diagnosis import default_window, diagnose, diagnose_runs, doctor_settings, overall, run_doctor
 from lrkit.doctor.guard import Guard, GuardGaveUp, Intervention
-from lrkit.doctor.logs import ALIASES, LogFormatError, LogRecords, read_log
+from lrkit.doctor.logs import ALIASES, LogFormatError, LogRecords, find_runs, read_log, read_runs
 
 __all__ = [
     "Guard",
@@ -24,10 +24,14 @@ __all__ = [
     "Diagnosis",
     "Doctor",
     "diagnose",
+    "diagnose_runs",
+    "doctor_settings",
     "overall",
     "run_doctor",
     "default_window",
     "read_log",
+    "read_runs",
+    "find_runs",
     "LogRecords",
     "LogFormatError",
     "ALIASES",

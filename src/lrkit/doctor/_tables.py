@@ -31,6 +31,14 @@ __all__ = ["LogFormatError", "Table", "csv_table", "jsonl_table", "rows_table", 
 Progress = Callable[[str, float], None]
 
 
+#: cells that mean "no value" (Keras' CSVLogger writes NA for a metric an epoch did not log)
+MISSING = frozenset({"", "na", "n/a", "null", "none"})
+
+
+def _missing(s: str) -> bool:
+    return s.strip().lower() in MISSING
+
+
 class LogFormatError(ValueError):
     """A log that cannot be read; the message names the file and, where it applies, the line."""
 
@@ -111,7 +119,7 @@ def to_float(raw: Any, where: str, col: str) -> float:
         return float(raw)
     if isinstance(raw, str):
         s = raw.strip()
-        if s == "":
+        if _missing(s):
             return math.nan
         try:
             return float(s)
@@ -126,7 +134,7 @@ def _is_number(v: Any) -> bool:
     if isinstance(v, (int, float, np.integer, np.floating)):
         return True
     if isinstance(v, str):
-        if v.strip() == "":
+        if _missing(v):
             return True
         try:
             float(v)
@@ -163,7 +171,7 @@ def rows_table(rows: Sequence[tuple[str, Mapping[str, Any]]], source: str, *, ke
             dropped.append(name)
             continue
         values[name] = np.array([to_float(c, where, name) for c, (where, _) in zip(cells, rows)], dtype=np.float64)
-        present[name] = np.array([not (c is None or (isinstance(c, str) and c.strip() == "")) for c in cells])
+        present[name] = np.array([not (c is None or (isinstance(c, str) and _missing(c))) for c in cells])
     labels = [w for w, _ in rows]
     raw_rows = [r for _, r in rows]
     return Table(source, [n for n in names if n in values], values, present,
@@ -244,8 +252,9 @@ def _csv_fast(body: str, header: list[str], d: str, source: str, must: set[str],
     if progress is not None:
         progress("parsing", 0.0)
     e = re.escape(d)
-    if re.search(rf"(?m)(?:{e}{e}|^{e}|{e}[ \t]*$)", body):
-        body = re.sub(rf"(?m)(?<={e})[ \t]*(?={e}|$)|^(?={e})", _EMPTY_TXT, body)
+    if re.search(rf"(?mi)(?:{e}{e}|^{e}|{e}[ \t]*$|(?:^|{e})[ \t]*(?:na|n/a|null|none)[ \t]*(?:{e}|$))", body):
+        cell = r"[ \t]*(?:na|n/a|null|none)?[ \t]*"
+        body = re.sub(rf"(?mi)(?<={e}){cell}(?={e}|$)|^{cell}(?={e})", _EMPTY_TXT, body)
     try:
         arr = np.loadtxt(io.StringIO(body), delimiter=d, dtype=np.float64, usecols=numeric, comments=None,
                          ndmin=2, quotechar=None)
@@ -301,7 +310,7 @@ def _csv_slow(body: str, header: list[str], d: str, source: str, must: set[str],
             dropped.append(name)
             continue
         values[name] = np.array([to_float(c, f"{source}:{ln}", name) for c, ln in zip(cells, lines)], dtype=np.float64)
-        present[name] = np.array([c.strip() != "" for c in cells], dtype=bool)
+        present[name] = np.array([not _missing(c) for c in cells], dtype=bool)
         raw[name] = cells
         names.append(name)
     return Table(source, names, values, present, raw=lambda name, i: raw[name][i], lines=line_arr, header_at=at,

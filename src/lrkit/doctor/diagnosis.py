@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
 
 from lrkit.doctor.core import Diagnosis, Doctor
-from lrkit.doctor.logs import LogRecords, read_log
+from lrkit.doctor.logs import LogRecords, find_runs, read_log
 
-__all__ = ["diagnose", "default_window", "run_doctor"]
+__all__ = ["diagnose", "diagnose_runs", "default_window", "doctor_settings", "run_doctor"]
 
+Progress = Callable[[str, float], None]
 
 def default_window(n: int) -> int:
     """The ``window`` :func:`diagnose` uses for a log of ``n`` loss values: ``clip(n // 8, 5, 50)``.
@@ -23,13 +27,15 @@ def default_window(n: int) -> int:
     return int(min(50, max(5, n // 8)))
 
 
-def run_doctor(records: LogRecords, doctor: Doctor) -> Doctor:
+def run_doctor(records: LogRecords, doctor: Doctor, progress: Progress | None = None) -> Doctor:
     """Feed every row that has a loss to ``doctor`` (with ``lr``, ``grad_norm``, ``val_loss``
     and the other metrics of the same row) and return it.
 
     A row without a loss (a validation row logged at a step of its own) is not lost: its
     ``val_loss`` and metrics go with the next row that has a loss (the row's own values win).
-    ``lr`` and ``grad_norm`` describe a training step and are not carried.
+    ``lr`` and ``grad_norm`` describe a training step and are not carried. The columns are
+    lined up with NumPy first, so that the loop does no per-row bookkeeping; ``progress`` is
+    called as ``progress("diagnosing", fraction)`` about a hundred times.
 
     Example:
         >>> recs = read_log({"step": [0, 1, 2], "loss": [2.0, None, 1.5], "val_loss": [None, float("nan"), None]})
@@ -38,31 +44,78 @@ def run_doctor(records: LogRecords, doctor: Doctor) -> Doctor:
         ('nan', 2)
     """
     has_loss = records.has("loss")
-    cols = {n: records.columns[n] for n in records.names if n not in ("step", "loss")}
-    masks = {n: records.has(n) for n in cols}
-    steps = records.step
-    loss = records.loss
+    rows = np.nonzero(has_loss)[0]
+    n = len(rows)
+    steps = records.step[rows].tolist()
+    loss = records.loss[rows].tolist()
     special = ("lr", "grad_norm", "val_loss")
-    carried: dict[str, float] = {}  # val_loss and metrics of rows without a loss, for the next one
-    for i in range(len(records)):
-        if not has_loss[i]:
-            carried.update({n: float(cols[n][i]) for n in cols if n not in ("lr", "grad_norm") and masks[n][i]})
+    aligned: dict[str, tuple[list[float], list[bool]]] = {}
+    for name in records.names:
+        if name in ("step", "loss"):
             continue
-        row = {n: float(cols[n][i]) for n in cols if masks[n][i]}
-        values = {**carried, **row}
-        carried = {}
-        kw: dict[str, Any] = {n: values[n] for n in special if n in values}
-        metrics = {n: v for n, v in values.items() if n not in special}
-        doctor.observe(int(steps[i]), float(loss[i]), metrics=metrics or None, **kw)
+        vals, mask = records.columns[name], records.has(name)
+        if name in ("lr", "grad_norm"):
+            v, m = vals[rows], mask[rows]
+        else:  # a value on a row without a loss goes with the next row that has one
+            v, m = np.full(n, np.nan), np.zeros(n, dtype=bool)
+            src = np.nonzero(mask)[0]
+            target = np.searchsorted(rows, src)
+            keep = target < n
+            src, target = src[keep], target[keep]
+            own = has_loss[src]
+            for sel in (~own, own):  # carried values first, the row's own value wins
+                v[target[sel]] = vals[src[sel]]
+                m[target[sel]] = True
+        if m.any():
+            aligned[name] = (v.tolist(), m.tolist())
+    if "lr" in aligned:  # a logged LR that is not a number (a NaN LR) says nothing about the LR
+        vals, mask = aligned["lr"]
+        aligned["lr"] = (vals, [m and math.isfinite(v) and v >= 0 for v, m in zip(vals, mask)])
+    kw_cols = {k: aligned.pop(k) for k in special if k in aligned}
+    metric_cols = list(aligned.items())
+    every = max(1, n // 100)
+    for i in range(n):
+        kw: dict[str, Any] = {k: c[0][i] for k, c in kw_cols.items() if c[1][i]}
+        metrics = {k: c[0][i] for k, c in metric_cols if c[1][i]} if metric_cols else None
+        doctor.observe(int(steps[i]), loss[i], metrics=metrics or None, **kw)
+        if progress is not None and i % every == 0:
+            progress("diagnosing", i / n)
+    if progress is not None:
+        progress("diagnosing", 1.0)
     return doctor
 
 
-def diagnose(log: Any, **doctor_kwargs: Any) -> Diagnosis:
+def doctor_settings(records: LogRecords) -> dict[str, Any]:
+    """The :class:`Doctor` parameters :func:`diagnose` uses for this log.
+
+    A per-step log of 50 or more losses gets ``window=default_window(n)`` and the Doctor's other
+    defaults. A short log -- an epoch log (Keras' ``CSVLogger``, one row per epoch), a Trainer
+    logging every ``logging_steps``, Lightning's default ``log_every_n_steps=50`` -- holds a
+    few dozen rows, each already an average (or a sparse sample) of many steps: it is judged
+    as such, row by row: ``window=5`` (the smallest), ``short=1`` (a row is a level, no running
+    median), ``patience=2``, ``check_every=1`` and ``flat_steps=5`` (five rows without progress
+    are flat).
+
+    Example:
+        >>> doctor_settings(read_log({"epoch": list(range(12)), "loss": [1.0] * 12}))
+        {'window': 5, 'short': 1, 'patience': 2, 'check_every': 1, 'flat_steps': 5}
+        >>> doctor_settings(read_log({"loss": [1.0] * 400}))
+        {'window': 50}
+    """
+    n = int(records.has("loss").sum())
+    if n >= 50:
+        return {"window": default_window(n)}
+    return {"window": 5, "short": 1, "patience": 2, "check_every": 1, "flat_steps": 5}
+
+
+def diagnose(log: Any, *, loss: str | None = None, lr: str | None = None, val_loss: str | None = None,
+             progress: Progress | None = None, **doctor_kwargs: Any) -> Diagnosis:
     """Diagnose a whole training log: the first, most severe problem with its onset step.
 
     The log is read with :func:`~lrkit.doctor.logs.read_log` and fed row by row to a
-    :class:`~lrkit.doctor.core.Doctor` (``window`` defaults to :func:`default_window` of the
-    log's length). The overall verdict, from the doctor's history and its final verdict:
+    :class:`~lrkit.doctor.core.Doctor` configured for the log by :func:`doctor_settings` (a
+    short log, e.g. one row per epoch, is judged row by row). The overall verdict, from the
+    doctor's history and its final verdict:
 
     1. ``nan`` if any loss/gradient norm was non-finite (its first step);
     2. ``diverging`` if the run *ends* diverging (the first diverging detection), unless its
@@ -75,12 +128,25 @@ def diagnose(log: Any, **doctor_kwargs: Any) -> Diagnosis:
     6. ``flat`` only if it is still flat at its end (a slow start that then decreased is fine);
     7. otherwise the final (healthy) diagnosis.
 
+    One more rule reads a short log (under 50 rows) as a whole: when its first row is at least
+    ``diverge_ratio**2`` (4) times the median of the rest and the rest never made progress (no
+    running median of ``k`` rows went ``flat_tol`` below the first ``k``), the run blew up
+    within the first logged interval and stayed stuck (a Keras epoch whose mean loss was 16, then epochs at
+    chance): ``diverging`` from the first step, whatever the row-by-row verdict.
+
     Args:
         log: a path (str/Path) to a CSV/JSONL/JSON/TensorBoard file or directory, a Keras
             ``History`` or its ``.history`` dict, a list of dicts, a dict of lists, or
             :class:`~lrkit.doctor.logs.LogRecords`.
+        loss, lr, val_loss: the column or tag names, when the defaults do not find them
+            (see :func:`~lrkit.doctor.logs.read_log`).
+        progress: called as ``progress(stage, fraction)`` while reading and diagnosing.
         **doctor_kwargs: thresholds passed to :class:`~lrkit.doctor.core.Doctor` (e.g.
-            ``metric_modes={"val_f1": "max"}``).
+            ``metric_modes={"val_f1": "max"}``); they override :func:`doctor_settings`.
+
+    Raises:
+        LogFormatError: the log cannot be read, or ``log`` is a directory holding several runs
+            (use :func:`diagnose_runs`).
 
     Example:
         >>> losses = [2.3 * 0.9 ** t for t in range(30)] + [0.1 * 2 ** t for t in range(10)]
@@ -94,12 +160,90 @@ def diagnose(log: Any, **doctor_kwargs: Any) -> Diagnosis:
         >>> d.verdict, d.evidence["oscillating_metric:accuracy"] > 1
         ('fluctuating', True)
     """
-    records = read_log(log)
-    n = int(records.has("loss").sum())
-    kwargs = dict(doctor_kwargs)
-    kwargs.setdefault("window", default_window(n))
-    doctor = run_doctor(records, Doctor(**kwargs))
-    return overall(doctor)
+    records = read_log(log, loss=loss, lr=lr, val_loss=val_loss, progress=progress)
+    kwargs = {**doctor_settings(records), **doctor_kwargs}
+    doctor = run_doctor(records, Doctor(**kwargs), progress=progress)
+    d = overall(doctor)
+    stuck = _stuck_after_first_row(records, doctor)
+    if stuck is not None and d.verdict != "nan" and not (d.verdict == "diverging" and d.step <= stuck.step):
+        return stuck
+    return d
+
+
+def diagnose_runs(path: str | Path, *, loss: str | None = None, lr: str | None = None, val_loss: str | None = None,
+                  **doctor_kwargs: Any) -> dict[str, Diagnosis | Exception]:
+    """One :func:`diagnose` per run of a directory (:func:`~lrkit.doctor.logs.find_runs`), by name.
+
+    A run that cannot be read gets its :class:`~lrkit.doctor.logs.LogFormatError` in place of a
+    diagnosis (the other runs are still diagnosed); a file gives a one-entry dict.
+
+    Raises:
+        LogFormatError: a directory with no run in it.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (d / "a.csv").write_text("step,loss\\n" + "".join(f"{t},{2 * 0.9 ** t}\\n" for t in range(60)))
+        >>> _ = (d / "b.csv").write_text("step,loss\\n" + "".join(f"{t},{'nan' if t == 30 else 2.0}\\n" for t in range(60)))
+        >>> {name: d.verdict for name, d in diagnose_runs(d).items()}
+        {'a.csv': 'healthy', 'b.csv': 'nan'}
+    """
+    from lrkit.doctor.logs import LogFormatError, _no_runs
+
+    p = Path(path)
+    if not p.is_dir():
+        return {str(p): diagnose(p, loss=loss, lr=lr, val_loss=val_loss, **doctor_kwargs)}
+    runs = find_runs(p)
+    if not runs:
+        raise LogFormatError(_no_runs(p))
+    out: dict[str, Diagnosis | Exception] = {}
+    for run in runs:
+        try:
+            records = read_log(run.path, loss=loss, lr=lr, val_loss=val_loss)
+        except LogFormatError as exc:
+            out[run.name] = exc
+            continue
+        out[run.name] = diagnose(records, **doctor_kwargs)
+    return out
+
+
+def _stuck_after_first_row(records: LogRecords, doctor: Doctor) -> Diagnosis | None:
+    """``diverging`` at the first step when the first row blew up and the rest never progressed."""
+    has = records.has("loss")
+    loss = records.loss[has]
+    steps = records.step[has]
+    floor = doctor.config["loss_floor"]
+    y = loss - floor
+    if not 4 <= len(y) < 50 or not np.all(np.isfinite(y)) or np.any(y <= 0):
+        return None  # a short log (rows are averages or sparse samples), finite
+    rest = y[1:]
+    level = float(np.median(rest))
+    ratio = float(y[0] / level)
+    rho = doctor.config["diverge_ratio"]
+    if ratio < rho**2:
+        return None
+    k = max(1, min(5, len(rest) // 2))
+    start = float(np.median(rest[:k]))
+    best = min(float(np.median(rest[i:i + k])) for i in range(len(rest) - k + 1))
+    if (start - best) / start >= doctor.config["flat_tol"]:
+        return None  # the rest made progress at some point: a fast first epoch, not a stuck blow-up
+    end = float(np.median(rest[-k:]))
+    lr_col = records.lr
+    lr_now = None
+    if lr_col is not None:
+        lrs = lr_col[records.has("lr")]
+        lr_now = float(lrs[0]) if lrs.size and math.isfinite(lrs[0]) and lrs[0] > 0 else None
+    advice = ("lower the LR about 10x" + (f", from {lr_now:.3g} to {lr_now / 10:.3g}" if lr_now else ""),
+              "add warmup")
+    return Diagnosis(
+        "diverging", int(steps[0]), int(steps[min(len(steps) - 1, k)]),
+        {"first_loss": float(loss[0]), "loss_level_since": level + floor, "first_to_level_ratio": ratio,
+         "relative_progress_since": (start - end) / start},
+        advice,
+        f"The loss averaged {loss[0]:.4g} over the first logged interval (step {int(steps[0])}), "
+        f"{ratio:.3g}x the level it has sat at since ({level + floor:.4g}), and has not decreased since: "
+        "it blew up at the start and is stuck (units likely saturated or died).",
+    )
 
 
 def overall(doctor: Doctor) -> Diagnosis:

@@ -105,11 +105,11 @@ def diverging_explanation(track: Track, config: Mapping[str, Any], onset: int | 
     else:
         why = "the loss rose"
     msg = f"The loss is diverging since step {onset}: {why}."
-    if "grad_norm_drop" in ev:
-        msg = (
-            "The loss has not decreased since an unstable start (gradient norm fell "
-            f"{ev['grad_norm_drop']:.3g}x, noise fell {ev['noise_drop']:.3g}x): units likely saturated or died."
-        )
+    if "grad_norm_drop" in ev:  # name only what was measured (no gradient norm logged: no "fell nanx")
+        fell = [f"{what} fell {ev[key]:.3g}x" for key, what in (("grad_norm_drop", "gradient norm"), ("noise_drop", "noise"))
+                if math.isfinite(ev.get(key, math.nan))]
+        msg = ("The loss has not decreased since an unstable start" + (f" ({', '.join(fell)})" if fell else "")
+               + ": units likely saturated or died.")
     elif "early_max_ratio" in ev:
         msg = (
             f"The loss blew up to {ev['early_max_ratio']:.3g}x its initial value at step {onset} and has "

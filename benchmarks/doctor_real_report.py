@@ -1,0 +1,175 @@
+"""Scoring and the BENCHMARKS.md section of ``doctor_real_runs.py`` (see its docstring)."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import statistics
+import time
+from typing import Any
+
+import real_runs as rr
+from doctor_real_runs import COMMAND, CORPUS, MANIFEST, RESULTS
+
+from benchmarks._report import machine, write_section
+
+
+def offline(specs: list[rr.RunSpec]) -> dict[str, dict[str, Any]]:
+    """``diagnose`` on each run's stored log: {name: {verdict, step, seconds}}."""
+    from lrkit.doctor import diagnose
+
+    out = {}
+    for spec in specs:
+        path = CORPUS / rr.log_path(spec)
+        t0 = time.perf_counter()
+        try:
+            d = diagnose(path)
+            out[spec.name] = {"verdict": d.verdict, "step": d.step, "message": d.message}
+        except Exception as exc:  # noqa: BLE001 - a failure to read is a result here
+            out[spec.name] = {"verdict": "error", "step": None, "message": f"{type(exc).__name__}: {exc}"}
+        out[spec.name]["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def live(specs: list[rr.RunSpec]) -> dict[str, dict[str, Any]]:
+    """Train each spec twice (watch only, then guarded): the watcher's verdicts and the final accuracies."""
+    logging.getLogger("lrkit").setLevel(logging.ERROR)
+    out = {}
+    for spec in specs:
+        with contextlib.redirect_stdout(io.StringIO()):
+            w = rr.run(spec, None, guard=False)
+            g = rr.run(spec, None, guard=True)
+        out[spec.name] = {
+            "verdict": w.live_verdict, "step": w.live_step, "final_verdict": w.live_final,
+            "accuracy": w.final_accuracy, "guarded_accuracy": g.final_accuracy,
+            "interventions": g.interventions, "gave_up": g.gave_up, "seconds": w.seconds + g.seconds,
+        }
+        print(f"{spec.name:28s} live {w.live_verdict:11s} acc {w.final_accuracy:.3f} guarded {g.final_accuracy:.3f} "
+              f"({g.interventions} rollbacks) {w.seconds + g.seconds:5.1f} s", flush=True)
+    return out
+
+
+def _truth() -> dict[str, dict[str, Any]]:
+    return {r["name"]: r for r in json.loads(MANIFEST.read_text())["runs"]}
+
+
+def score(specs: list[rr.RunSpec], verdicts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Verdict accuracy, false alarms (healthy runs) and detections (problem runs) of one half.
+
+    The ground truth is the manifest's: ``expected`` verdicts, and ``problem`` (``None`` for a
+    spiking run that recovered: scored for accuracy only)."""
+    truth = _truth()
+    runs = [s for s in specs if s.name in verdicts and s.name in truth]
+    v = {s.name: verdicts[s.name]["verdict"] for s in runs}
+    good = [s for s in runs if truth[s.name]["problem"] is False]
+    bad = [s for s in runs if truth[s.name]["problem"]]
+    correct = [s for s in runs if v[s.name] in truth[s.name]["expected"]]
+    alarms = [s for s in good if v[s.name] not in rr.QUIET]
+    detected = [s for s in bad if v[s.name] not in rr.QUIET and v[s.name] != "error"]
+    misses = [f"{s.name}: {v[s.name]}" for s in runs if v[s.name] not in truth[s.name]["expected"]]
+    return {"n": len(runs), "correct": len(correct), "good": len(good), "false_alarms": len(alarms),
+            "bad": len(bad), "detected": len(detected), "misses": misses}
+
+
+def guard_score(specs: list[rr.RunSpec], res: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    truth = _truth()
+    good = [res[s.name] for s in specs if s.name in res and truth[s.name]["problem"] is not True]
+    bad = [res[s.name] for s in specs if s.name in res and truth[s.name]["problem"]]
+    d_good = [r["guarded_accuracy"] - r["accuracy"] for r in good]
+    d_bad = [r["guarded_accuracy"] - r["accuracy"] for r in bad]
+    return {
+        "good": len(good), "harmed": sum(d < -1e-9 for d in d_good),
+        "good_worst": min(d_good) if d_good else float("nan"),
+        "good_rollbacks": sum(r["interventions"] for r in good),
+        "bad": len(bad), "saved_median": statistics.median(d_bad) if d_bad else float("nan"),
+        "saved_worst": min(d_bad) if d_bad else float("nan"), "saved_best": max(d_bad) if d_bad else float("nan"),
+        "bad_unguarded_median": statistics.median(r["accuracy"] for r in bad) if bad else float("nan"),
+        "bad_guarded_median": statistics.median(r["guarded_accuracy"] for r in bad) if bad else float("nan"),
+        "rescued": sum(r["guarded_accuracy"] >= 0.9 and r["accuracy"] < 0.9 for r in bad),
+    }
+
+
+def _pct(a: int, b: int) -> str:
+    return f"{a}/{b} ({100 * a / b:.0f}%)" if b else "-"
+
+
+def markdown(specs: list[rr.RunSpec], off: dict, liv: dict, elapsed: float) -> str:
+    halves = [("held-out", "heldout"), ("development", "dev")]
+    lines = [
+        "## The doctor on real framework runs (held out)",
+        "",
+        f"Command: `{COMMAND}` (live and guard runs train every run twice; `--offline` only re-reads the logs). "
+        f"Machine: {machine()}; {elapsed / 60:.1f} min.",
+        "",
+        "Runs (`benchmarks/real_runs/`, made by `--generate` from `benchmarks/real_runs.py`): Hugging Face `Trainer` "
+        "on a tiny BERT (2 layers, hidden 64, from a config) on a synthetic token task, `logging_steps` 10 with an "
+        "evaluation and a checkpoint per epoch, or 1 with `trainer_state.json` saved at the end; Lightning (default "
+        "TensorBoard logger with `log_every_n_steps=50` and validation per epoch, or `CSVLogger` every step with "
+        "gradient norms); Keras `model.fit` with `CSVLogger` (one row per epoch, with or without validation); plain "
+        "torch with `SummaryWriter` (`Loss/train` per step with `Loss/test`, `Accuracy/test` per epoch, or "
+        "`Loss/train` averaged over 10 steps). Regimes: good, too-low (~1000x below), too-high (blows up), spiking "
+        "(300x for 3 steps mid-run), NaN LR from mid-run. Split fixed in the code: seed 0 = development, seed 1 = "
+        "held-out (different LRs as well). Correct = a verdict the regime calls for (good: healthy or an "
+        "informational converged/overfitting; too-low: flat; too-high and spiking: diverging, fluctuating or nan; "
+        "NaN: nan); a spiking run that ended within 0.02 accuracy of its good twin recovered: any verdict but flat "
+        "or nan is right, and it counts as neither a detection nor a false alarm (for the guard it is a healthy run: "
+        "the guard must not harm it). Live = the worst verdict the callback saw during the run.",
+        "",
+        "| half | path | runs | verdict accuracy | false alarms (good runs) | detections (problem runs) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    scores = {}
+    for label, half in halves:
+        hs = [s for s in specs if s.half == half]
+        for path, res in (("offline `diagnose`", off), ("live callbacks", liv)):
+            sc = score(hs, res)
+            scores[(half, path)] = sc
+            if sc["n"] == 0:
+                continue
+            lines.append(f"| **{label}** | {path} | {sc['n']} | {_pct(sc['correct'], sc['n'])} | "
+                         f"{_pct(sc['false_alarms'], sc['good'])} | {_pct(sc['detected'], sc['bad'])} |")
+    lines += ["", "Per framework (held-out; offline / live verdict accuracy):", "",
+              "| framework | offline | live |", "|---|---:|---:|"]
+    for fw in rr.FRAMEWORKS:
+        hs = [s for s in specs if s.half == "heldout" and s.framework == fw]
+        a, b = score(hs, off), score(hs, liv)
+        if a["n"] or b["n"]:
+            lines.append(f"| {fw} | {_pct(a['correct'], a['n'])} | {_pct(b['correct'], b['n'])} |")
+    lines += ["", "Guard (`guard=True`, default settings) vs the same run unguarded, final validation accuracy:", "",
+              "| half | good runs harmed | worst change on a good run | rollbacks on good runs | broken runs | "
+              "accuracy unguarded -> guarded (median) | saved, median (worst, best) | rescued to >= 0.9 |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, half in halves:
+        g = guard_score([s for s in specs if s.half == half], liv)
+        if not g["good"] and not g["bad"]:
+            continue
+        lines.append(
+            f"| **{label}** | {g['harmed']}/{g['good']} | {g['good_worst']:+.3f} | {g['good_rollbacks']} | {g['bad']} | "
+            f"{g['bad_unguarded_median']:.3f} -> {g['bad_guarded_median']:.3f} | {g['saved_median']:+.3f} "
+            f"({g['saved_worst']:+.3f}, {g['saved_best']:+.3f}) | {g['rescued']}/{g['bad']} |")
+    for label, half in halves:
+        for path in ("offline `diagnose`", "live callbacks"):
+            m = scores.get((half, path), {}).get("misses")
+            if m:
+                lines.append("")
+                lines.append(f"Misses, {label}, {path}: " + "; ".join(m) + ".")
+    return "\n".join(lines)
+
+
+def report(specs: list[rr.RunSpec], *, live: bool, write: bool) -> int:
+    t0 = time.perf_counter()
+    known = {r["name"] for r in json.loads(MANIFEST.read_text())["runs"]}
+    specs = [s for s in specs if s.name in known]
+    off = offline(specs)
+    stored = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    liv = dict(stored.get("live", {}))
+    if live:
+        liv.update(globals()["live"](specs))
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps({"live": liv}, indent=1, sort_keys=True) + "\n")
+    md = markdown(specs, off, liv, time.perf_counter() - t0)
+    print(md)
+    if write:
+        write_section("doctor_real", md)
+    return 0

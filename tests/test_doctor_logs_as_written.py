@@ -1,0 +1,228 @@
+"""Issue 7, item 4: logs as frameworks write them (the real-runs corpus and real writers)."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lrkit.doctor import LogFormatError, diagnose, diagnose_runs, find_runs, read_log, read_runs
+
+CORPUS = Path(__file__).resolve().parents[1] / "benchmarks" / "real_runs"
+
+
+def lrkit(*args, input=None, timeout=120):
+    return subprocess.run([sys.executable, "-m", "lrkit", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, input=input)
+
+
+def corpus(rel: str) -> Path:
+    p = CORPUS / rel
+    if not p.exists():
+        pytest.skip(f"{p} is not in this checkout")
+    return p
+
+
+# ----------------------------------------------------------------------------- names
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory):
+    """Two SummaryWriter runs in one runs/ folder, tagged as PyTorch's TensorBoard docs do."""
+    pytest.importorskip("tensorboard")
+    from torch.utils.tensorboard import SummaryWriter
+
+    root = tmp_path_factory.mktemp("tb") / "runs"
+    for name, broken in (("exp_good", False), ("exp_nan", True)):
+        w = SummaryWriter(str(root / name))
+        for t in range(120):
+            loss = 2.3 * 0.97**t + 0.05
+            w.add_scalar("Loss/train", math.nan if broken and t >= 80 else loss, t)
+            if t % 20 == 19:
+                w.add_scalar("Loss/test", loss * 1.1, t)
+                w.add_scalar("Accuracy/test", 0.9, t)
+        w.close()
+    return root
+
+
+def test_loss_train_tag_is_recognised_and_runs_are_not_merged(runs_dir):
+    assert [r.name for r in find_runs(runs_dir)] == ["exp_good", "exp_nan"]
+    recs = read_log(runs_dir / "exp_good")
+    assert recs.renamed["loss"] == "Loss/train" and recs.renamed["val_loss"] == "Loss/test"
+    assert recs.renamed["val_accuracy"] == "Accuracy/test" and len(recs) == 120
+    verdicts = {name: d.verdict for name, d in diagnose_runs(runs_dir).items()}
+    assert verdicts == {"exp_good": "healthy", "exp_nan": "nan"}
+    with pytest.raises(LogFormatError, match=r"holds 2 runs \(exp_good, exp_nan\).*read_runs"):
+        read_log(runs_dir)
+    assert set(read_runs(runs_dir)) == {"exp_good", "exp_nan"}
+
+
+def test_cli_gives_one_named_verdict_per_run(runs_dir):
+    r = lrkit("diagnose", runs_dir)
+    assert r.returncode == 0, r.stderr
+    assert "2 runs" in r.stdout and "exp_good: HEALTHY" in r.stdout and "exp_nan: NAN" in r.stdout
+    r = lrkit("diagnose", runs_dir, "--json", "--fail-on-problem")
+    assert r.returncode == 1
+    out = json.loads(r.stdout)
+    assert [(x["run"], x["verdict"]) for x in out["runs"]] == [("exp_good", "healthy"), ("exp_nan", "nan")]
+
+
+def test_columns_and_tags_can_be_named(tmp_path, runs_dir):
+    p = tmp_path / "odd.csv"
+    p.write_text("it,nll,eta,heldout\n" + "".join(f"{t},{2 * 0.97 ** t},0.1,{2.2 * 0.97 ** t}\n" for t in range(80)))
+    recs = read_log(p, loss="nll", lr="ETA", val_loss="heldout")  # exact, then ignoring case
+    assert recs.renamed == {"loss": "nll", "lr": "eta", "val_loss": "heldout", "it": "it"}
+    assert diagnose(p, loss="nll").ok
+    r = lrkit("diagnose", p, "--loss", "nll", "--lr", "eta", "--val-loss", "heldout", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["verdict"] == "healthy"
+    # a TensorBoard tag named on the command line
+    r = lrkit("diagnose", runs_dir / "exp_good", "--loss", "Loss/test", "--json")
+    assert r.returncode == 0, r.stderr
+    with pytest.raises(LogFormatError, match=r"no column or tag named 'loss' \(the loss you named\); found \['it', 'nll'"):
+        read_log(p, loss="loss")
+    with pytest.raises(LogFormatError, match=r"no column or tag named 'lr_x' \(the lr you named\)"):
+        read_log(p, loss="nll", lr="lr_x")
+    with pytest.raises(ValueError, match="loss must be a column or tag name"):
+        read_log(p, loss="")
+
+
+def test_no_recognisable_loss_lists_what_was_found_and_how_to_name_it(tmp_path, runs_dir):
+    p = tmp_path / "noloss.csv"
+    p.write_text("step,nll\n0,1.0\n1,0.5\n")
+    r = lrkit("diagnose", p)
+    assert r.returncode == 2 and r.stdout == ""
+    line = r.stderr.strip()
+    assert "found columns ['step', 'nll']" in line and "--loss NAME" in line and "\n" not in line
+    with pytest.raises(LogFormatError, match=r"no loss tag; found tags \['Loss/train', 'Loss/test'.*--loss TAG"):
+        read_log(runs_dir / "exp_good", loss=None, val_loss="Loss/train")  # the loss tag taken as val_loss
+
+
+def test_a_directory_with_no_runs_says_so(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    r = lrkit("diagnose", tmp_path)
+    assert r.returncode == 2 and "no runs in this directory" in r.stderr and "Traceback" not in r.stderr
+    with pytest.raises(LogFormatError, match="no runs in this directory"):
+        diagnose_runs(tmp_path)
+
+
+# ----------------------------------------------------------------------------- run layouts
+def test_hf_checkpoints_are_one_run_read_from_the_newest(tmp_path):
+    src = corpus("hf/hf-a-good-s0")
+    runs = find_runs(src.parent)
+    named = [r.name for r in runs if r.name.startswith("hf-a-good-s0")]
+    assert named == ["hf-a-good-s0/checkpoint-192/trainer_state.json"]
+    recs = read_log(src)  # the output directory: its newest checkpoint
+    assert recs.step.max() == 192 and recs.has("val_loss").sum() == 3
+
+
+def test_lightning_versions_are_runs(tmp_path):
+    src = corpus("lightning/lightning-b-good-s0/lightning_logs/version_0/metrics.csv")
+    for v in (0, 1):
+        d = tmp_path / "lightning_logs" / f"version_{v}"
+        d.mkdir(parents=True)
+        d.joinpath("metrics.csv").write_bytes(src.read_bytes())
+    assert [r.name for r in find_runs(tmp_path)] == [
+        "lightning_logs/version_0/metrics.csv", "lightning_logs/version_1/metrics.csv"]
+
+
+# ----------------------------------------------------------------------------- the issue's cases
+def test_keras_epoch_blowup_then_chance_is_not_healthy(tmp_path):
+    # the issue's Keras CSVLogger file: loss 16 in epoch 0, then at chance with accuracy 0.19
+    p = tmp_path / "training.log.csv"
+    rows = ["epoch,accuracy,learning_rate,loss,val_accuracy,val_loss"]
+    rows.append("0,0.15,0.3,16.02,0.19,2.31")
+    for e in range(1, 12):
+        rows.append(f"{e},{0.19 + 0.005 * (e % 2)},0.3,{2.31 - 0.002 * (e % 3)},0.19,{2.30 + 0.003 * (e % 2)}")
+    p.write_text("\n".join(rows) + "\n")
+    d = diagnose(p)
+    assert d.verdict == "diverging" and d.step == 0
+    assert "16.02" in d.message and d.advice[0] == "lower the LR about 10x, from 0.3 to 0.03"
+    # and the same on the real Keras runs of the corpus
+    for seed in (0, 1):
+        assert diagnose(corpus(f"keras/keras-a-too_high-s{seed}/training.log.csv")).verdict == "diverging"
+
+
+def test_hf_trainer_state_blowup_is_diverging_and_the_good_run_is_not_fluctuating():
+    for seed in (0, 1):
+        d = diagnose(corpus(f"hf/hf-b-too_high-s{seed}/trainer_state.json"))
+        assert d.verdict == "diverging" and d.step <= 5
+        assert diagnose(corpus(f"hf/hf-b-good-s{seed}/trainer_state.json")).verdict == "healthy"
+        assert diagnose(corpus(f"hf/hf-a-good-s{seed}")).verdict == "healthy"  # logging_steps=10
+
+
+def test_epoch_logs_are_judged_row_by_row():
+    for rel in ("keras/keras-a-too_low-s0/training.log.csv", "keras/keras-b-too_low-s1/training.log.csv",
+                "lightning/lightning-a-too_low-s0/lightning_logs/version_0"):
+        assert diagnose(corpus(rel)).verdict == "flat", rel
+    for rel in ("keras/keras-a-good-s0/training.log.csv", "keras/keras-b-good-s1/training.log.csv",
+                "lightning/lightning-a-good-s1/lightning_logs/version_0"):
+        assert diagnose(corpus(rel)).ok, rel
+
+
+def test_messages_print_only_logged_values():
+    manifest = json.loads(corpus("manifest.json").read_text())["runs"]
+    for run in manifest:
+        d = diagnose(CORPUS / run["log"])
+        for bad in ("nanx", "infx", "(LR nan)", "LR None"):
+            assert bad not in d.message, (run["name"], d.message)
+
+
+def test_keras_na_cells_are_missing_values():
+    recs = read_log(corpus("keras/keras-b-good-s0/training.log.csv"))
+    assert not recs.has("val_accuracy").any() and recs.has("loss").all()
+
+
+# ----------------------------------------------------------------------------- live and piped logs
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_a_half_written_last_line_is_ignored(tmp_path, suffix):
+    p = tmp_path / f"live{suffix}"
+    if suffix == ".jsonl":
+        text = "".join(json.dumps({"step": t, "loss": 2.0 / (t + 1)}) + "\n" for t in range(30)) + '{"step": 30, "lo'
+    else:
+        text = "step,loss,lr\n" + "".join(f"{t},{2.0 / (t + 1)},0.1\n" for t in range(30)) + "30,0.0"
+    p.write_text(text)
+    recs = read_log(p)
+    assert len(recs) == 30 and recs.step[-1] == 29
+    # a complete but malformed line is still an error, naming it
+    p.write_text(text + "\n" + ("{}\n" if suffix == ".jsonl" else "31,0.05,0.1\n"))
+    if suffix == ".jsonl":
+        with pytest.raises(LogFormatError, match=r"live\.jsonl:31: malformed JSON"):
+            read_log(p)
+
+
+def test_standard_input_and_pipes(tmp_path):
+    text = "step,loss,lr\n" + "".join(f"{t},{'nan' if t == 40 else 2.0 / (t + 1)},0.1\n" for t in range(60))
+    for arg in ("-", "/dev/stdin"):
+        r = lrkit("diagnose", arg, "--json", input=text)
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert out["verdict"] == "nan" and out["step"] == 40
+    jsonl = "".join(json.dumps({"step": t, "loss": 1.0 / (t + 1)}) + "\n" for t in range(60))
+    r = lrkit("diagnose", "-", input=jsonl)
+    assert r.returncode == 0 and "<stdin>: HEALTHY" in r.stdout
+
+
+# ----------------------------------------------------------------------------- the vectorised parser
+def test_fast_csv_parse_equals_the_line_by_line_one(tmp_path):
+    from lrkit.doctor._tables import csv_table
+    from lrkit.doctor.logs import _must_be_numeric, _records
+
+    rng = np.random.default_rng(0)
+    lines = ["epoch,step,train_loss_step,val_loss,note,lr-Adam"]
+    for t in range(3000):
+        lines.append(f"{t // 100},{t},{rng.random():.6g},,x{t},{0.1 if t % 7 else ''}")
+        if t % 100 == 99:
+            lines.append(f"{t // 100},{t},,{rng.random():.6g},NA,")
+    text = "\n".join(lines) + "\n"
+    keep = _must_be_numeric({})
+    fast = _records(csv_table(text, "f.csv", keep=keep), {})
+    slow = _records(csv_table(text, "f.csv", keep=keep, fast=False), {})
+    assert fast.names == slow.names == ["step", "epoch", "loss", "val_loss", "lr"]
+    for n in fast.names:
+        np.testing.assert_array_equal(fast[n], slow[n])
+        np.testing.assert_array_equal(fast.has(n), slow.has(n))
+    # an error found after the fast parse still names its line
+    bad = tmp_path / "dup.csv"
+    bad.write_text("step,loss\n" + "".join(f"{t},1.0\n" for t in range(500)) + "7,0.5\n")
+    with pytest.raises(LogFormatError, match=r"dup\.csv:502: step 7 appears again with a different 'loss' value"):
+        read_log(bad)
