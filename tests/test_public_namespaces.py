@@ -25,8 +25,8 @@ DOORS = {
         "find_lr", "find_lr_optax", "OptaxTrainer", "OptaxSnapshot", "to_optax", "OptaxSchedule",
         "plateau_transform",
     }),
-    "lrkit.lightning": ("lightning", {"LRDoctorCallback", "AutopilotCallback"}),
-    "lrkit.transformers": ("transformers", {"LRDoctorCallback"}),
+    "lrkit.lightning": ("lightning", {"LRDoctorCallback", "AutopilotCallback", "LRFinder"}),
+    "lrkit.transformers": ("transformers", {"LRDoctorCallback", "find_lr"}),
 }
 
 ROOT = Path(__file__).resolve().parents[1]
