@@ -26,7 +26,7 @@ DOORS = {
         "plateau_transform",
     }),
     "lrkit.lightning": ("lightning", {"LRDoctorCallback", "AutopilotCallback", "LRFinder"}),
-    "lrkit.transformers": ("transformers", {"LRDoctorCallback", "find_lr"}),
+    "lrkit.transformers": ("transformers", {"LRDoctorCallback", "find_lr", "AutopilotCallback"}),
 }
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,0 +1,210 @@
+r"""The LR autopilot as a Hugging Face ``TrainerCallback``: ``Trainer(..., callbacks=[AutopilotCallback()])``.
+
+No ``learning_rate`` to choose: whatever ``TrainingArguments.learning_rate`` says is ignored (only
+the ratios between param groups are kept). In ``on_train_begin`` the callback runs the finder (at
+most 30% of the run, ``state.max_steps``) on the ``Trainer``'s model and train dataloader (the
+model computes its own loss: ``model(**batch).loss``), decides the plan, and takes over the
+``Trainer``'s ``LambdaLR``: its ``base_lrs`` become the group ratios :math:`r_g` and its lambda the
+autopilot's LR, so the ``Trainer`` keeps stepping its own scheduler and logs the autopilot's
+``learning_rate``.
+
+**The guard** reads what the ``Trainer`` logs (``on_log``: ``loss``, ``grad_norm``; a per-step loss
+is not reachable from a callback), so set ``logging_steps`` small (1 for per-step watching). On
+``nan``/``diverging`` the model, the optimizer state, the AMP scaler and the RNGs go back in place
+to the last good snapshot and the LR is lowered from the next step on. Each evaluation's
+``eval_loss`` feeds the plateau rule. Every intervention is logged to ``lrkit.autopilot`` and kept
+in :attr:`AutopilotCallback.events`. ``logging_nan_inf_filter`` must stay ``True`` (the default;
+see :mod:`lrkit.transformers` ``LRDoctorCallback`` for why); a NaN then reaches the doctor through
+``grad_norm``.
+
+**Checkpoints.** The autopilot's state rides in the scheduler's ``state_dict`` (``LambdaLR`` saves
+the attributes of callable lambdas), refreshed whenever the ``Trainer`` is about to save: so
+``trainer.train(resume_from_checkpoint=...)`` resumes the autopilot with no second finder run, the
+same schedule and the same guard state.
+
+Refused with the reason: a scheduler other than the ``Trainer``'s ``LambdaLR`` schedules
+(``"reduce_lr_on_plateau"``, a custom one), a learning-rate-free or Schedule-Free optimizer,
+distributed/DeepSpeed/FSDP runs (the in-place guard is single-process), an unknown run length.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from lrkit.autopilot.pilot import Autopilot, AutopilotEvent
+from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
+from lrkit.doctor.guard import PendingValidation
+from lrkit.integrations.torch.autopilot import _group_ratios
+from lrkit.integrations.torch.state import TorchSnapshot
+from lrkit.integrations.transformers.callback import _guard_blockers
+from lrkit.schedules.base import Schedule
+
+__all__ = ["AutopilotCallback"]
+
+_KEY = "lrkit_autopilot"
+
+
+class _PilotLambda:
+    """The ``LambdaLR`` lambda: step -> the autopilot's LR. ``LambdaLR`` saves a callable object's
+    ``__dict__``: it holds only ``lrkit_autopilot`` (plain data, refreshed before each checkpoint);
+    the callback lives in a slot, outside it."""
+
+    __slots__ = ("_cb", "__dict__")
+
+    def __init__(self, cb: "AutopilotCallback") -> None:
+        self._cb = cb
+        self.__dict__[_KEY] = None
+
+    def __call__(self, step: int) -> float:
+        return self._cb.pilot.lr(int(step))
+
+
+class _State:
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any) -> None:
+        self.model, self.optimizer, self.scaler = model, optimizer, scaler
+
+    def snapshot(self) -> TorchSnapshot:
+        return TorchSnapshot.take(self.model, [self.optimizer], scaler=self.scaler)
+
+    def restore(self, state: TorchSnapshot) -> None:
+        state.restore(self.model, [self.optimizer], scaler=self.scaler)
+
+
+class AutopilotCallback(TrainerCallback):
+    """Train with ``transformers.Trainer`` and no learning rate given (see the module docstring).
+
+    Args:
+        shape: your own schedule shape (its scale is ignored: the autopilot sets it).
+        peak_lr: fix the peak LR yourself (the finder still runs: the guard falls back to its answer).
+        guard, plateau: see :class:`lrkit.autopilot.Autopilot`.
+        logger: where the messages go (default ``lrkit.autopilot``).
+        seed: seed of the finder's own randomness.
+        progress: show the finder's progress bar.
+
+    Attributes:
+        plan: the :class:`~lrkit.autopilot.AutopilotPlan` (after ``on_train_begin``).
+        events: every intervention, with its message.
+        finder: the finder's result (``None`` after a resume).
+    """
+
+    def __init__(self, *, shape: Schedule | None = None, peak_lr: float | None = None, guard: bool = True,
+                 plateau: bool = True, logger: logging.Logger | None = None, seed: int = 0,
+                 progress: bool = False) -> None:
+        self.shape, self.peak_lr, self.guard, self.plateau = shape, peak_lr, guard, plateau
+        self.logger, self.seed, self.progress = logger, seed, progress
+        self.pilot: Autopilot | None = None
+        self.finder: Any = None
+        self._lambda: _PilotLambda | None = None
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._scheduler: Any = None
+        self._ratios: list[float] = []
+        self._last_step: int | None = None
+        self._pending = PendingValidation(prefixes=("eval_",), loss_names=("eval_loss",))
+
+    @property
+    def plan(self) -> AutopilotPlan | None:
+        return self.pilot.plan if self.pilot is not None else None
+
+    @property
+    def events(self) -> list[AutopilotEvent]:
+        return self.pilot.events if self.pilot is not None else []
+
+    # ------------------------------------------------------------------ setting up
+    def _check(self, args: Any, model: Any, optimizer: Any, scheduler: Any) -> torch.optim.Optimizer:
+        blockers = _guard_blockers(args, model) if self.guard else []
+        if blockers:
+            raise AutopilotError(f"AutopilotCallback: the guard rolls back in place in one process, and this run "
+                                 f"uses {', '.join(blockers)}; pass AutopilotCallback(guard=False)")
+        if self.guard and not getattr(args, "logging_nan_inf_filter", True):
+            raise AutopilotError("AutopilotCallback: logging_nan_inf_filter=False keeps every later logged loss NaN "
+                                 "after one NaN step, so the guard would give up on a recovered model; leave it True")
+        if not isinstance(model, torch.nn.Module) or optimizer is None:
+            raise AutopilotError("AutopilotCallback needs the Trainer's model (a torch.nn.Module) and optimizer, got "
+                                 f"model={type(model).__name__}, optimizer={type(optimizer).__name__}")
+        inner = getattr(optimizer, "optimizer", optimizer)
+        check_optimizer(inner, where="AutopilotCallback")
+        if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+            raise AutopilotError(f"AutopilotCallback: the Trainer's scheduler is {type(scheduler).__name__}, and the "
+                                 "autopilot drives the LR through the Trainer's LambdaLR schedules (lr_scheduler_type "
+                                 "'linear', 'cosine', 'constant', ...: any of them, it is replaced); do not pass your "
+                                 "own scheduler in optimizers=(...), or pass its shape as AutopilotCallback(shape=...)")
+        return inner
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        model, optimizer, scheduler = kwargs.get("model"), kwargs.get("optimizer"), kwargs.get("lr_scheduler")
+        inner = self._check(args, model, optimizer, scheduler)
+        self._optimizer, self._scheduler = inner, scheduler
+        saved = next((getattr(f, "__dict__", {}).get(_KEY) for f in scheduler.lr_lambdas
+                      if isinstance(getattr(f, "__dict__", {}).get(_KEY), dict)), None)
+        self._ratios = _group_ratios(inner)  # group g gets r_g times the autopilot's LR
+        if saved is not None and state.global_step > 0:
+            self.pilot = Autopilot.from_state_dict(saved, logger=self.logger)
+        else:
+            steps = resolve_train_steps(state.max_steps if state.max_steps and state.max_steps > 0 else None,
+                                        where="AutopilotCallback")
+            self.finder = self._find(args, model, inner, kwargs.get("train_dataloader"),
+                                     kwargs.get("eval_dataloader"), steps)
+            plan = make_plan(self.finder, family=check_optimizer(inner), train_steps=steps, shape=self.shape,
+                             peak_lr=self.peak_lr)
+            self.pilot = Autopilot(plan, guard=self.guard, plateau=self.plateau, logger=self.logger)
+            self.pilot.logger.info("%s", plan.summary())
+        self.pilot.attach(_State(model, inner, getattr(optimizer, "scaler", None)))
+        self._lambda = _PilotLambda(self)
+        scheduler.lr_lambdas = [self._lambda] * len(inner.param_groups)
+        scheduler.base_lrs = list(self._ratios)
+        self._last_step = state.global_step - 1 if state.global_step > 0 else None
+        self._apply(scheduler.last_epoch)
+
+    def _find(self, args: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer, train: Any, val: Any,
+              steps: int):
+        from lrkit.integrations.torch.trainer import find_lr
+
+        if train is None:
+            raise AutopilotError("AutopilotCallback: the Trainer gave no train_dataloader to run the finder on")
+        clip = getattr(args, "max_grad_norm", None)
+        with warnings.catch_warnings():  # the Trainer's LambdaLR is attached; the autopilot replaces it next
+            warnings.filterwarnings("ignore", message="the optimizer has an LR scheduler attached")
+            return find_lr(model, optimizer, None, train, val_loader=val, train_steps=steps,
+                           accumulation_steps=int(getattr(args, "gradient_accumulation_steps", 1) or 1),
+                           grad_clip_norm=float(clip) if clip else None, progress=self.progress, seed=self.seed)
+
+    def _apply(self, step: int) -> None:
+        lr = self.pilot.lr(max(0, int(step)))
+        for g, r in zip(self._optimizer.param_groups, self._ratios):
+            g["lr"] = lr * r
+        self._scheduler._last_lr = [g["lr"] for g in self._optimizer.param_groups]
+
+    # ------------------------------------------------------------------ every log
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kwargs: Any) -> None:
+        self._pending.hold(metrics)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        if self.pilot is None or not logs or "loss" not in logs:
+            return
+        step = int(state.global_step) - 1  # the last optimizer step the log covers
+        if step < 0 or (self._last_step is not None and step <= self._last_step):
+            return
+        self._last_step = step
+        gn = logs.get("grad_norm")
+        val_loss, metrics = self._pending.take()
+        rolled = self.pilot.observe(step, float(logs["loss"]), lr=logs.get("learning_rate"),
+                                    grad_norm=None if gn is None else float(gn), val_loss=val_loss, metrics=metrics)
+        if rolled:
+            self._apply(self._scheduler.last_epoch)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _refresh(self) -> None:
+        if self._lambda is not None and self.pilot is not None:
+            self._lambda.__dict__[_KEY] = self.pilot.state_dict()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if control.should_save:
+            self._refresh()
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if control.should_save:
+            self._refresh()

@@ -1,0 +1,127 @@
+"""lrkit.transformers.AutopilotCallback: Trainer(..., callbacks=[...]) with no learning_rate; resume; refusals."""
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import lrkit.integrations.torch.trainer as torch_trainer  # noqa: E402
+from lrkit.autopilot import AutopilotError  # noqa: E402
+from lrkit.transformers import AutopilotCallback  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class Clf(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+
+    def forward(self, pixels, labels=None):
+        logits = self.net(pixels)
+        return {"loss": torch.nn.functional.cross_entropy(logits, labels), "logits": logits}
+
+
+class Rows(torch.utils.data.Dataset):
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"pixels": self.x[i], "labels": self.y[i]}
+
+
+class LogTrace(transformers.TrainerCallback):
+    def __init__(self):
+        self.lrs = {}
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if logs and "learning_rate" in logs and "loss" in logs:
+            self.lrs[state.global_step] = logs["learning_rate"]
+
+
+def _data():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.data / 16.0, dtype=torch.float32)
+    y = torch.tensor(d.target)
+    return Rows(x[:640], y[:640]), Rows(x[1400:], y[1400:])
+
+
+def _args(out, steps, **kw):
+    base = dict(output_dir=str(out), max_steps=steps, per_device_train_batch_size=32, logging_steps=1,
+                save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=True, seed=0, data_seed=0)
+    base.update(kw)
+    return transformers.TrainingArguments(**base)
+
+
+def test_trains_with_no_learning_rate_and_logs_the_autopilots_lr(tmp_path):
+    train, val = _data()
+    cb, trace = AutopilotCallback(), LogTrace()
+    trainer = transformers.Trainer(model=Clf(), args=_args(tmp_path, 120, eval_strategy="steps", eval_steps=40),
+                                   train_dataset=train, eval_dataset=val, callbacks=[cb, trace])
+    trainer.train()
+    plan = cb.plan
+    assert plan.train_steps == 120 and plan.family == "adamw"
+    assert 0 < plan.finder_cost_steps <= 36
+    assert cb.pilot.interventions == []
+    # the Trainer logs the LR its last optimizer step used: step global_step - 1 of the schedule
+    for step, lr in trace.lrs.items():
+        assert lr == pytest.approx(plan.schedule(step - 1), rel=1e-6)
+    assert max(trace.lrs.values()) == pytest.approx(plan.peak_lr, rel=1e-6)
+    assert trainer.evaluate()["eval_loss"] < 1.0
+
+
+def test_resume_from_checkpoint_runs_no_finder_and_continues(tmp_path, monkeypatch):
+    train, _ = _data()
+    full = LogTrace()
+    transformers.Trainer(model=Clf(), args=_args(tmp_path / "a", 80), train_dataset=train,
+                         callbacks=[AutopilotCallback(), full]).train()
+    out = tmp_path / "b"
+    first = LogTrace()
+    transformers.Trainer(model=Clf(), args=_args(out, 80, save_strategy="steps", save_steps=40), train_dataset=train,
+                         callbacks=[AutopilotCallback(), first]).train()
+
+    def no_finder(*a, **k):
+        raise AssertionError("the finder ran again on resume")
+
+    monkeypatch.setattr(torch_trainer, "find_lr", no_finder)
+    second, cb = LogTrace(), AutopilotCallback()
+    transformers.Trainer(model=Clf(), args=_args(out, 80), train_dataset=train,
+                         callbacks=[cb, second]).train(resume_from_checkpoint=str(out / "checkpoint-40"))
+    assert cb.finder is None and cb.events[-1].kind == "resume"
+    assert sorted(second.lrs) == list(range(41, 81))
+    for step, lr in second.lrs.items():
+        assert lr == pytest.approx(full.lrs[step], rel=1e-9)
+
+
+def test_refuses_a_learning_rate_free_optimizer(tmp_path):
+    from prodigyopt import Prodigy
+
+    train, _ = _data()
+    model = Clf()
+    trainer = transformers.Trainer(model=model, args=_args(tmp_path, 20), train_dataset=train,
+                                   optimizers=(Prodigy(model.parameters(), lr=1.0), None),
+                                   callbacks=[AutopilotCallback()])
+    with pytest.raises(AutopilotError, match="learning-rate-free"):
+        trainer.train()
+
+
+def test_refuses_a_scheduler_it_cannot_drive(tmp_path):
+    train, _ = _data()
+    trainer = transformers.Trainer(model=Clf(), args=_args(tmp_path, 20, lr_scheduler_type="reduce_lr_on_plateau",
+                                                           eval_strategy="steps", eval_steps=10),
+                                   train_dataset=train, eval_dataset=_data()[1], callbacks=[AutopilotCallback()])
+    with pytest.raises(AutopilotError, match="ReduceLROnPlateau"):
+        trainer.train()
