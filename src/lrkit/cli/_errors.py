@@ -63,7 +63,7 @@ _ABORTS = tuple({typer.Abort, *_click_classes("Abort")})
 _EXTRAS = {
     "torch": "torch", "keras": "keras", "jax": "jax", "optax": "jax", "optuna": "tune",
     "lightning": "lightning", "transformers": "transformers", "tensorboard": "tensorboard",
-    "sklearn": "examples", "matplotlib": "plot",
+    "sklearn": "examples", "matplotlib": "plot", "ray": "ray", "psycopg": "tune",
 }
 
 

@@ -44,9 +44,11 @@ def _parse_values(text: str) -> list[float]:
 
 def _target(target: Optional[str], seed: int) -> tuple[Callable[..., dict], str, Any]:
     if target is None:
-        from lrkit.examples.digits import digits_task
+        import functools
 
-        return (lambda **kw: digits_task(seed=seed, **kw).as_target()), "lrkit.examples.digits (built-in)", 300
+        from lrkit.tune._torch import builtin_target
+
+        return functools.partial(builtin_target, seed), "lrkit.examples.digits (built-in)", 300
     from lrkit.cli._find import resolve_target
 
     func = resolve_target(target)

@@ -38,10 +38,19 @@ from lrkit.tune.prior import Prior
 from lrkit.tune.pruners import DivergenceWatch
 from lrkit.tune.storage import open_storage
 
-__all__ = ["tune_torch", "build_target", "train_trial"]
+__all__ = ["tune_torch", "build_target", "train_trial", "builtin_target"]
 
 REQUIRED = ("model", "optimizer", "loss_fn", "train_loader", "val_loader")
 OPTIONAL = ("step_fn", "batch_size", "accumulation_steps", "grad_clip_norm", "amp")
+
+
+def builtin_target(seed: int = 0, **kwargs: Any) -> dict[str, Any]:
+    """The built-in example's target dict (an MLP on scikit-learn's digits; ``kwargs`` such as
+    ``batch_size`` go to :func:`lrkit.examples.digits.digits_task`). Importable by name, so that
+    Ray workers can unpickle it."""
+    from lrkit.examples.digits import digits_task
+
+    return digits_task(seed=seed, **kwargs).as_target()
 
 
 def _seed(seed: int) -> None:

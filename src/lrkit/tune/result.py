@@ -65,6 +65,8 @@ class TuneResult:
         train_steps: steps of one full run (``None`` if unknown).
         run_equivalents: steps spent (trials plus the prior's range test) / ``train_steps``.
         prior: the lrkit prior as a dict, if any. best_params: every parameter of the best trial.
+        best_schedule: ``[(step, lr), ...]`` the best trial trained with when the LR changed
+            during training (Ray's Population-Based Training), else ``None``.
     """
 
     best_lr: float | None
@@ -77,6 +79,7 @@ class TuneResult:
     run_equivalents: float | None = None
     prior: dict[str, Any] | None = None
     best_params: dict[str, Any] = field(default_factory=dict)
+    best_schedule: list[tuple[int, float]] | None = None
 
     @property
     def n_trials(self) -> int:
@@ -98,6 +101,7 @@ class TuneResult:
             "direction": self.direction, "train_steps": self.train_steps,
             "run_equivalents": None if self.run_equivalents is None else round(self.run_equivalents, 4),
             "prior": self.prior, "study_name": getattr(self.study, "study_name", None),
+            "best_schedule": self.best_schedule,
             "trials": [t.to_dict() for t in self.trials],
         }
 
