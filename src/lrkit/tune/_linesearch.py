@@ -9,7 +9,7 @@ next point is chosen by these rules, in order:
 1. nothing tried yet: the centre :math:`x_0` (the finder's suggestion);
 2. nothing finished with a finite value: a step :math:`h` below the lowest point tried (a run
    that fails is far more often too high than too low);
-3. the best point :math:`x_b` has no tried neighbour below it: :math:`x_b - s`; none above it:
+3. the best point :math:`x_b` (on a plateau of values equal within 0.1%, the lowest of them) has no tried neighbour below it: :math:`x_b - s`; none above it:
    :math:`x_b + s` — unless that is at or above the lowest diverged point :math:`x_d`, then the
    midpoint :math:`(x_b + x_d)/2`. The stride :math:`s = \min(2, \max(h, 1.5\,d))`, with
    :math:`d` the distance to the nearest point tried on the other side, grows while the walk keeps
@@ -108,7 +108,9 @@ def next_point(
     if not good:
         low = min(tried)
         return ok(low - h) if low - h >= lo - 1e-12 else _widest_gap(tried, lo, top, gap)
-    xb, yb = min(good, key=lambda p: p[1])
+    # the best point; values equal within 0.1% (a plateau) go to the lowest LR, where the valley may start
+    ymin = min(y for _, y in good)
+    xb, yb = min(((x, y) for x, y in good if y <= ymin + 1e-3 * abs(ymin)), key=lambda p: p[0])
     values = dict(finished)
     below = [x for x in tried if x < xb - 1e-12]
     above = [x for x in tried if x > xb + 1e-12]

@@ -111,7 +111,7 @@ class DivergenceWatch:
 class BehindBestPruner(BasePruner):
     """Prune after ``fraction`` of ``train_steps`` when worse than the best finished trial by ``margin``."""
 
-    def __init__(self, train_steps: int, *, fraction: float = 0.5, margin: float = 0.1) -> None:
+    def __init__(self, train_steps: int, *, fraction: float = 0.4, margin: float = 0.2) -> None:
         self.train_steps, self.fraction, self.margin = int(train_steps), float(fraction), float(margin)
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:

@@ -1,0 +1,296 @@
+"""Regret of LR searches against compute, on the tasks of ``finder_tasks.py`` (dev and held-out halves).
+
+Run:  ``.venv/bin/python -m benchmarks.tune_regret``  (``--half dev|heldout|both``, ``--methods a,b``,
+``--tasks a,b``, ``--fresh`` to ignore cached search runs, ``--no-write`` to leave BENCHMARKS.md alone).
+
+Protocol, per task and search seed (:data:`SEARCH_SEEDS`: two for lrkit, one for the references,
+to keep the run within minutes on two shared cores):
+
+* **Compute** is counted in training-run equivalents: optimizer steps trained (by every trial,
+  and by lrkit's range test and its verification runs) / the steps of one run (the task's
+  ``budget``). A trial that diverges stops at its first non-finite loss for every method (generous
+  to the references: a plain loop would train on to the end); a pruned trial costs the step of its
+  last report. Each trial reports the validation loss every tenth of the run.
+* **Methods.** ``lrkit``: ``find_lr``'s range test + verification, sized by
+  ``plan_budget(train_steps=budget)``, then ``lrkit.tune(strategy="lrkit", budget=4)`` (its line
+  search, the doctor on every step, behind-the-best pruning); ``tpe``: Optuna's ``TPESampler`` with
+  Optuna's default pruner (``MedianPruner``), no lrkit prior, no doctor, budget 12; ``random``: log-uniform
+  ``RandomSampler``, no pruner, budget 12; ``log``: powers of ten over the task's LR range, every
+  point a full run; ``grid``: the oracle's own 20-point log grid (20 full runs per seed; regret 0
+  by definition, shown for its cost).
+  All methods search the task's oracle range ``task.grid`` (lrkit's prior interval is clipped to it).
+* **Regret** of the LR a method holds after spending :math:`b` runs (its best complete trial so
+  far): :math:`(\\bar L(\\eta) - L^*)/L^*`, with :math:`\\bar L` the oracle's mean validation loss over
+  3 seeds (``finder_regret``'s 20-point log grid, capped at the untrained model's loss) interpolated
+  linearly in :math:`\\log\\eta`, and :math:`L^*` its minimum. No LR yet counts as the cap.
+
+Search runs are cached in ``benchmarks/results/tune_runs_lrkit.json`` and ``tune_runs_refs.json`` (keyed by task definition, method
+and seed); the oracle is read from ``benchmarks/results/finder_oracle.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+
+from benchmarks._report import machine, write_section
+from benchmarks.finder_regret import ORACLE_CACHE, _task_key, oracle
+from benchmarks.finder_tasks import DEV, HELDOUT, Task, TensorTrainer, available_tasks, initial_val_loss
+from lrkit import scaling
+from lrkit.finder.range_test import plan_budget, run_range_test
+from lrkit.finder.suggest import suggest
+from lrkit.tune import Prior
+from lrkit.tune._run import tune
+from lrkit.tune.pruners import DivergenceWatch
+from lrkit.tune.strategies import grid_values
+
+RESULTS = Path(__file__).resolve().parent / "results"
+RUNS_CACHE = {"lrkit": RESULTS / "tune_runs_lrkit.json", "refs": RESULTS / "tune_runs_refs.json"}
+METHODS = ["lrkit", "tpe", "random", "log", "grid"]
+SEARCH_SEEDS = {"lrkit": (0, 1), "tpe": (0,), "random": (0,), "log": (0,)}  # CPU: references on one seed
+CHECKPOINTS = (2, 4, 8, 12)
+BUDGET = {"lrkit": 4.0, "tpe": 12.0, "random": 12.0}
+VERSION = {"lrkit": "v4", "tpe": "v1", "random": "v1", "log": "v1", "grid": "v1"}
+
+
+def objective_for(task: Task, seed: int, watch: bool):
+    """``objective(lr, trial)``: one real run of ``task``, the validation loss every tenth of it."""
+    marks = {max(1, (k * task.budget) // 10) for k in range(1, 11)}
+
+    def objective(lr: float, trial: optuna.Trial) -> float:
+        t = TensorTrainer(task, seed, lr=lr)
+        doctor = DivergenceWatch(trial) if watch else None
+        val = math.nan
+        for i in range(task.budget):
+            lr_i = lr * task.schedule(i, task.budget)
+            loss = t.step(lr_i)
+            if not math.isfinite(loss):
+                trial.report(math.inf, i + 1)
+                trial.set_user_attr("lrkit_diverged", True)
+                raise optuna.TrialPruned(f"non-finite loss at step {i + 1}")
+            if doctor is not None:
+                doctor.observe(i, loss, lr=lr_i)
+            if i + 1 in marks:
+                val = t.val_loss()
+                trial.report(val, i + 1)
+                if not math.isfinite(val):
+                    trial.set_user_attr("lrkit_diverged", True)
+                    raise optuna.TrialPruned(f"non-finite validation loss at step {i + 1}")
+                if i + 1 < task.budget and trial.should_prune():
+                    raise optuna.TrialPruned()
+        return val
+
+    return objective
+
+
+def lrkit_prior(task: Task, seed: int) -> Prior:
+    """What ``find_lr(..., train_steps=budget)`` does, on the task's Trainer; its cost in steps."""
+    start_lr, end_lr = scaling.lr_range(task.family)
+    t = TensorTrainer(task, seed, lr=start_lr)
+    n_range, n_verify = plan_budget(train_steps=task.budget)
+    rec = run_range_test(t, start_lr=start_lr, end_lr=end_lr, num_iter=n_range)
+    sug = suggest(rec.lrs, rec.losses, trainer=t, family=task.family, verify_steps=n_verify)
+    cost = rec.steps_run + int(sug.details.get("verify_steps_used", 0))
+    lo, hi = task.grid
+    center = min(max(sug.lr, lo), hi)
+    return Prior(center, 0.5, max(lo, center / 100), min(hi, center * 10 ** 1.5), "finder", cost,
+                 family=task.family)
+
+
+def run_search(task: Task, method: str, seed: int) -> dict:
+    """One search; returns its trajectory ``[(cumulative runs, incumbent lr or None), ...]`` and totals."""
+    lo, hi = task.grid
+    kw: dict = {"train_steps": task.budget, "low": lo, "high": hi, "seed": seed}
+    prior_cost = 0
+    if method == "lrkit":
+        prior = lrkit_prior(task, seed)
+        prior_cost = prior.cost_steps
+        r = tune(objective_for(task, seed, True), strategy="lrkit", prior=prior, budget=BUDGET["lrkit"], **kw)
+    elif method == "tpe":
+        r = tune(objective_for(task, seed, False), strategy="tpe", pruner=optuna.pruners.MedianPruner(),
+                 budget=BUDGET["tpe"], **kw)
+    elif method == "random":
+        r = tune(objective_for(task, seed, False), strategy="random", pruner="none", budget=BUDGET["random"], **kw)
+    else:
+        pts = grid_values(lo, hi, 1)
+        r = tune(objective_for(task, seed, False), strategy="grid", values=pts, pruner="none", n_trials=len(pts),
+                 **{k: v for k, v in kw.items() if k not in ("low", "high")})
+    spent = prior_cost
+    best_lr, best_val = None, math.inf
+    traj = [(spent / task.budget, None)]
+    for t in sorted(r.trials, key=lambda t: t.number):
+        spent += t.steps
+        if t.state == "complete" and t.value is not None and math.isfinite(t.value) and t.value < best_val:
+            best_lr, best_val = t.lr, t.value
+        traj.append((spent / task.budget, best_lr))
+    return {"trajectory": traj, "runs": spent / task.budget, "trials": len(r.trials),
+            "pruned": sum(t.state == "pruned" for t in r.trials), "diverged": sum(t.diverged for t in r.trials),
+            "best_lr": best_lr}
+
+
+def interp_val(orc: dict, lr: float | None) -> float:
+    """The oracle's mean validation loss at ``lr`` (linear in log-LR between grid points; cap if None)."""
+    if lr is None:
+        return orc["cap"]
+    x = np.log10(np.asarray(orc["grid"]))
+    return float(np.interp(math.log10(lr), x, np.asarray(orc["mean_val"])))
+
+
+def regret_at(run: dict, orc: dict, b: float) -> float:
+    lr = None
+    for cost, inc in run["trajectory"]:
+        if cost <= b + 1e-9:
+            lr = inc
+    return (interp_val(orc, lr) - orc["best_val"]) / orc["best_val"]
+
+
+def _run_key(task: Task, method: str, seed: int) -> str:
+    blob = json.dumps([_task_key(task), method, VERSION[method], seed, BUDGET.get(method)])
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def _save(path: Path, key: str, value: dict) -> None:
+    """Add one search run to a cache file (re-read first: another run may have written to it)."""
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[key] = value
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=0))
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--half", default="both", choices=("dev", "heldout", "both"))
+    ap.add_argument("--tasks", default="", help="comma-separated task names (default: the half's tasks)")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--fresh", action="store_true", help="ignore cached search runs")
+    ap.add_argument("--no-write", action="store_true", help="do not write BENCHMARKS.md")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    names = [n for n in args.tasks.split(",") if n] or list(
+        DEV if args.half == "dev" else HELDOUT if args.half == "heldout" else DEV + HELDOUT)
+    methods = [m for m in args.methods.split(",") if m]
+    tasks, skipped = available_tasks(names)
+    for msg in skipped:
+        print(msg, file=sys.stderr)
+    oracle_cache = json.loads(ORACLE_CACHE.read_text()) if ORACLE_CACHE.exists() else {}
+    runs = {g: {} if args.fresh or not f.exists() else json.loads(f.read_text()) for g, f in RUNS_CACHE.items()}
+    out: dict = {}
+    t_start = time.time()
+    for task in tasks:
+        t0 = time.time()
+        cap = initial_val_loss(task)
+        orc = oracle(task, cap, oracle_cache)
+        row: dict = {"oracle_lr": orc["best_lr"], "oracle_val": orc["best_val"], "methods": {}}
+        for method in methods:
+            if method == "grid":  # the oracle's own 20-point grid: regret 0 by definition
+                row["methods"]["grid"] = {"runs": float(len(orc["grid"])), "final": 0.0, "lrs": [orc["best_lr"]],
+                                          "regret": {str(b): math.nan for b in CHECKPOINTS}, "diverged": 0}
+                continue
+            per_seed = []
+            group = "lrkit" if method == "lrkit" else "refs"
+            for seed in SEARCH_SEEDS[method]:
+                key = _run_key(task, method, seed)
+                if key not in runs[group]:
+                    runs[group][key] = run_search(task, method, seed)
+                    _save(RUNS_CACHE[group], key, runs[group][key])
+                per_seed.append(runs[group][key])
+            row["methods"][method] = {
+                "runs": float(np.mean([r["runs"] for r in per_seed])),
+                "regret": {str(b): float(np.mean([regret_at(r, orc, b) for r in per_seed])) for b in CHECKPOINTS},
+                "final": float(np.mean([regret_at(r, orc, math.inf) for r in per_seed])),
+                "lrs": [r["best_lr"] for r in per_seed],
+                "diverged": sum(r["diverged"] for r in per_seed), "trials": [r["trials"] for r in per_seed],
+            }
+        out[task.name] = row
+        msg = " ".join(f"{m}={v['regret']['4']:.3f}/{v['final']:.3f}@{v['runs']:.1f}" for m, v in row["methods"].items())
+        print(f"{task.name} ({time.time() - t0:.0f}s) oracle lr={orc['best_lr']:.2g} | {msg}", flush=True)
+    seconds = time.time() - t_start
+    (RESULTS / "tune_regret.json").write_text(json.dumps({"seconds": seconds, "skipped": skipped, "tasks": out}, indent=1))
+    md = render(out, skipped, seconds, methods)
+    print(md)
+    if not args.no_write and not args.tasks and args.half == "both" and methods == METHODS:
+        write_section("tune", md)
+    return out
+
+
+def _pct(x: float) -> str:
+    if math.isnan(x):
+        return "-"
+    return f"{100 * x:.1f}%" if abs(x) < 0.1 else f"{100 * x:.0f}%"
+
+
+def _half_table(out: dict, names: list[str], methods: list[str]) -> list[str]:
+    rows = ["| method | runs spent (median) | median @2 | median @4 | median @8 | median @12 | median at end "
+            "| worst @4 | worst @12 | worst at end |", "|---|" + "---:|" * 9]
+    for m in methods:
+        have = [n for n in names if m in out[n]["methods"]]
+        if not have:
+            continue
+        get = lambda b: [out[n]["methods"][m]["regret"][str(b)] for n in have]  # noqa: E731
+        end = [out[n]["methods"][m]["final"] for n in have]
+        spent = float(np.median([out[n]["methods"][m]["runs"] for n in have]))
+        rows.append(f"| {m} | {spent:.1f} | " + " | ".join(_pct(float(np.median(get(b)))) for b in CHECKPOINTS)
+                    + f" | {_pct(float(np.median(end)))} | {_pct(max(get(4)))} | {_pct(max(get(12)))} | {_pct(max(end))} |")
+    return rows
+
+
+def render(out: dict, skipped: list[str], seconds: float, methods: list[str]) -> str:
+    dev = [n for n in DEV if n in out]
+    held = [n for n in HELDOUT if n in out]
+    lines = [
+        "## Tune: regret against compute (LR search)",
+        "",
+        f"Command: `.venv/bin/python -m benchmarks.tune_regret` ({seconds / 60:.1f} min for the runs not yet "
+        "cached in `benchmarks/results/tune_runs_*.json`; the oracle comes from `benchmarks/results/finder_oracle.json`).  ",
+        f"Machine: {machine()}, torch at 1 thread. Search seeds: lrkit {list(SEARCH_SEEDS['lrkit'])} (each cell the "
+        f"mean over them), the references {list(SEARCH_SEEDS['tpe'])}.",
+        "",
+        "Regret at b = (oracle's mean validation loss over 3 seeds at the LR the method holds after spending b "
+        "training-run equivalents, interpolated in log-LR on the 20-point oracle grid - the grid's best) / best. "
+        "Runs spent count every optimizer step (lrkit's range test and verification runs included). "
+        "lrkit = range test + `lrkit.tune(strategy='lrkit', budget=4)`; tpe = Optuna TPE with its default "
+        "MedianPruner, no lrkit prior, budget 12; random = log-uniform, budget 12; log = powers of ten over "
+        "the task's range, every point a full run; grid = the oracle's own 20-point grid (0 by definition; its cost). \"at end\" = what the method "
+        "returns when done (lrkit: after 4 runs; log/grid: after the whole sweep).",
+        "",
+        f"### Held-out half ({len(held)} tasks) — the headline",
+        "",
+        *_half_table(out, held, methods),
+        "",
+        f"### Development half ({len(dev)} tasks) — designed on",
+        "",
+        *_half_table(out, dev, methods),
+        "",
+        "Per task, regret at 4 runs (lrkit: at the end of its 4-run budget; log/grid: after the whole sweep, cost in brackets):",
+        "",
+        "| task | half | oracle LR | " + " | ".join(methods) + " |",
+        "|---|---|---:|" + "---:|" * len(methods),
+    ]
+    for n in held + dev:
+        cells = []
+        for m in methods:
+            v = out[n]["methods"].get(m)
+            if v is None:
+                cells.append("-")
+            elif m in ("log", "grid"):
+                cells.append(f"{_pct(v['final'])} ({v['runs']:.1f})")
+            else:
+                cells.append(_pct(v["regret"]["4"]))
+        lines.append(f"| {n} | {'held-out' if n in held else 'dev'} | {out[n]['oracle_lr']:.2g} | " + " | ".join(cells) + " |")
+    if skipped:
+        lines += ["", "Skipped: " + "; ".join(skipped)]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
