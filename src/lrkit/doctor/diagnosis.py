@@ -71,6 +71,9 @@ def run_doctor(records: LogRecords, doctor: Doctor, progress: Progress | None = 
     if "lr" in aligned:  # a logged LR that is not a number (a NaN LR) says nothing about the LR
         vals, mask = aligned["lr"]
         aligned["lr"] = (vals, [m and math.isfinite(v) and v >= 0 for v, m in zip(vals, mask)])
+    if hasattr(doctor, "observe_many"):  # the vectorised offline pass, in chunks for the progress bar
+        _feed_many(doctor, np.asarray(steps, dtype=np.int64), np.asarray(loss, dtype=np.float64), aligned, progress)
+        return doctor
     kw_cols = {k: aligned.pop(k) for k in special if k in aligned}
     metric_cols = list(aligned.items())
     every = max(1, n // 100)
@@ -83,6 +86,22 @@ def run_doctor(records: LogRecords, doctor: Doctor, progress: Progress | None = 
     if progress is not None:
         progress("diagnosing", 1.0)
     return doctor
+
+
+def _feed_many(doctor: Doctor, steps: np.ndarray, loss: np.ndarray,
+               aligned: dict[str, tuple[list[float], list[bool]]], progress: Progress | None) -> None:
+    """:meth:`Doctor.observe_many` over the aligned columns, ``chunk`` rows at a time."""
+    cols = {k: (np.asarray(v, dtype=np.float64), np.asarray(m, dtype=bool)) for k, (v, m) in aligned.items()}
+    n = len(steps)
+    chunk = max(50_000, n // 20)
+    for a in range(0, n, chunk):
+        b = min(n, a + chunk)
+        kw = {k: cols[k][0][a:b] for k in ("lr", "grad_norm", "val_loss") if k in cols}
+        metrics = {k: v[a:b] for k, (v, _) in cols.items() if k not in kw}
+        present = {k: m[a:b] for k, (_, m) in cols.items()}
+        doctor.observe_many(steps[a:b], loss[a:b], metrics=metrics or None, present=present or None, **kw)
+        if progress is not None:
+            progress("diagnosing", b / n)
 
 
 def doctor_settings(records: LogRecords) -> dict[str, Any]:

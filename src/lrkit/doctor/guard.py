@@ -101,6 +101,7 @@ from typing import Any, Callable, Mapping
 from lrkit.doctor.core import Diagnosis, Doctor
 from lrkit.doctor.snapshots import HealthTracker, SnapshotRecord, best_snapshot, choose_target, thin_index
 from lrkit.doctor.storage import DiskStore, MemoryStore, SnapshotError
+from lrkit.doctor.watch import SpeakingWatch
 
 __all__ = ["Guard", "GuardGaveUp", "Intervention", "SnapshotError"]
 
@@ -231,9 +232,10 @@ class PendingValidation:
         return val_loss, (held or None)
 
 
-class GuardedWatch:
+class GuardedWatch(SpeakingWatch):
     """Read-only state shared by every watcher that owns a ``doctor`` and an optional ``guard``
-    (:class:`~lrkit.integrations.torch.doctor.TorchDoctor` and the Lightning and Keras callbacks).
+    (:class:`~lrkit.integrations.torch.doctor.TorchDoctor` and the Lightning and Keras callbacks);
+    :class:`~lrkit.doctor.watch.SpeakingWatch` adds ``detections``, ``worst`` and the summary.
 
     Subclasses set ``self.doctor`` (a :class:`Doctor`) and ``self.guard`` (a :class:`Guard` or
     ``None``).

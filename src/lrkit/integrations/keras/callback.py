@@ -64,6 +64,7 @@ import numpy as np
 
 from lrkit.doctor.core import Diagnosis, Doctor
 from lrkit.doctor.guard import Guard, GuardedWatch, Intervention, PendingValidation, watch_doctor
+from lrkit.doctor.watch import check_actions
 from lrkit.integrations.keras.schedule import LRKitSchedule, _learning_rate_of
 
 __all__ = ["LRDoctorCallback"]
@@ -100,9 +101,17 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
         doctor: the :class:`~lrkit.doctor.core.Doctor` (default ``Doctor()``).
         snapshot_every, lr_factor, max_retries, act_on, storage, storage_dir, on_intervention,
             logger: as in :class:`~lrkit.doctor.guard.Guard` (only with ``guard=True``).
+        on_converged, on_overfitting: ``"stop"`` (``model.stop_training``), ``"lower_lr"``
+            (multiply the LR by ``plateau_factor``, default 0.1) or ``None`` (default: only
+            report) when the doctor notes ``converged`` (the validation loss stopped improving,
+            as ``EarlyStopping``; ``Doctor(converge_patience=..., converge_min_delta=...)``) or
+            ``overfitting``; see :mod:`lrkit.doctor.watch`.
 
     Attributes:
-        diagnosis, interventions, lr_multiplier, history (one ``(step, loss, lr)`` per batch).
+        diagnosis (the latest verdict), detections (each problem once, with its step), worst (the
+        most severe detection), interventions, lr_multiplier, history (one ``(step, loss, lr)``
+        per batch). Each detection is logged once on ``logger`` (default ``lrkit.doctor``), and
+        :meth:`summary` is logged when training ends.
     """
 
     def __init__(
@@ -118,9 +127,15 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
         storage_dir: Any = None,
         on_intervention: Callable[[Intervention], Any] | None = None,
         logger: logging.Logger | None = None,
+        on_converged: str | None = None,
+        on_overfitting: str | None = None,
+        plateau_factor: float = 0.1,
     ) -> None:
         super().__init__()
         self.doctor = watch_doctor("LRDoctorCallback", guard, doctor)
+        self.watch_logger = logger
+        self.watch_on = check_actions("LRDoctorCallback", on_converged, on_overfitting, plateau_factor)
+        self.plateau_factor = float(plateau_factor)
         self.guard: Guard | None = None
         if guard:
             self.guard = Guard(
@@ -232,9 +247,28 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
         self._step += 1
         self.history.append((step, loss, lr))
         val_loss, metrics = self._pending_val.take()
-        if self.guard is None:
-            self.doctor.observe(step, loss, lr=lr, val_loss=val_loss, metrics=metrics)
-            return
-        if self.guard.observe(loss, lr=lr, step=step, val_loss=val_loss, metrics=metrics) is not None:
+        # each new detection is logged once (lrkit.doctor); a rollback by the guard (lrkit.guard)
+        if self._watch_observe(step, loss, lr=lr, val_loss=val_loss, metrics=metrics) is not None:
             self._tracker.reset_state()  # a NaN would stay in the epoch's running mean
             self._prev = (0.0, 0.0)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self._watch_speak_summary()  # the worst problem seen, even if the run recovered
+
+    # ------------------------------------------------------------------ on_converged / on_overfitting
+    def _watch_stop(self) -> bool:
+        self.model.stop_training = True
+        return True
+
+    def _watch_lower_lr(self, factor: float) -> bool:
+        if self.guard is not None and self._base_lr is not None:
+            self._base_lr *= factor  # applied with the guard's multiplier from the next batch
+            return True
+        rate = _learning_rate_of(self.model.optimizer)
+        if isinstance(rate, LRKitSchedule):
+            rate.set_multiplier(rate.multiplier * factor)
+            return True
+        if isinstance(rate, keras.Variable):
+            self.model.optimizer.learning_rate = self._current_lr() * factor
+            return True
+        return False  # a Keras LearningRateSchedule cannot be assigned

@@ -39,6 +39,7 @@ import torch
 
 from lrkit.doctor.core import SEVERITY, Diagnosis, Doctor
 from lrkit.doctor.guard import Guard, GuardedWatch, Intervention, PendingValidation, watch_doctor
+from lrkit.doctor.watch import check_actions
 from lrkit.integrations.torch.doctor import grad_norm
 from lrkit.integrations.torch.state import TorchSnapshot
 
@@ -72,9 +73,17 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         log_verdict: log ``lrkit/verdict_severity`` (and ``lrkit/lr_multiplier``) with
             ``pl_module.log`` every step (default ``True``).
         track_grad_norm: measure the global gradient norm before each optimizer step.
+        on_converged, on_overfitting: ``"stop"`` (``trainer.should_stop``), ``"lower_lr"``
+            (multiply every param group's LR, and its schedulers' base LRs, by
+            ``plateau_factor``, default 0.1) or ``None`` (default: only report) when the doctor
+            notes ``converged`` (the validation loss stopped improving, as ``EarlyStopping``) or
+            ``overfitting``; see :mod:`lrkit.doctor.watch`.
 
     Attributes:
         diagnosis: the latest :class:`~lrkit.doctor.core.Diagnosis`.
+        detections: each problem seen, once, with its step (logged once on ``logger``, default
+            ``lrkit.doctor``, by the global rank zero); worst: the most severe of them (the
+            summary logged when training ends names it, even if the run recovered).
         interventions: the guard's :class:`~lrkit.doctor.guard.Intervention` records.
         lr_multiplier: the factor applied to the LRs (1.0 without guard).
     """
@@ -94,9 +103,16 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         logger: logging.Logger | None = None,
         log_verdict: bool = True,
         track_grad_norm: bool = True,
+        on_converged: str | None = None,
+        on_overfitting: str | None = None,
+        plateau_factor: float = 0.1,
     ) -> None:
         super().__init__()
         self.doctor = watch_doctor("LRDoctorCallback", guard, doctor)
+        self.watch_logger = logger
+        self.watch_on = check_actions("LRDoctorCallback", on_converged, on_overfitting, plateau_factor)
+        self.plateau_factor = float(plateau_factor)
+        self._trainer: Any = None
         self.guard: Guard | None = None
         if guard:
             self.guard = Guard(
@@ -132,8 +148,23 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
             for g, b in zip(opt.param_groups, base):
                 g["lr"] = b
 
+    # ------------------------------------------------------------------ on_converged / on_overfitting
+    def _watch_stop(self) -> bool:
+        self._trainer.should_stop = True
+        return True
+
+    def _watch_lower_lr(self, factor: float) -> bool:
+        from lrkit.integrations.torch.lower import scale_lrs
+
+        configs = getattr(self._trainer, "lr_scheduler_configs", [])
+        for opt in self._optimizers:
+            scale_lrs(opt, [c.scheduler for c in configs if getattr(c.scheduler, "optimizer", None) is opt], factor)
+        return True
+
     # ------------------------------------------------------------------ Lightning hooks
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self.watch_speaks = bool(trainer.is_global_zero)  # Lightning's rank-zero logging
+        self._trainer = trainer
         self._module = pl_module
         self._optimizers = [getattr(o, "optimizer", o) for o in trainer.optimizers]
         if not self._optimizers:
@@ -145,6 +176,7 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
             self.guard.start()
 
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._watch_speak_summary()  # the worst problem seen, even if the run recovered
         for h in self._handles:
             h.remove()
         self._handles = []
@@ -177,10 +209,8 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         step = self._step
         self._step += 1
         val_loss, metrics = self._pending_val.take()
-        if self.guard is not None:
-            self.guard.observe(loss, lr=lr, grad_norm=gn, step=step, val_loss=val_loss, metrics=metrics)
-        else:
-            self.doctor.observe(step, loss, lr=lr, grad_norm=gn, val_loss=val_loss, metrics=metrics)
+        # each new detection is logged once (lrkit.doctor, rank zero); a rollback by the guard
+        self._watch_observe(step, loss, lr=lr, grad_norm=gn, val_loss=val_loss, metrics=metrics)
         if self.log_verdict:
             pl_module.log("lrkit/verdict_severity", float(SEVERITY[self.doctor.diagnosis.verdict]), on_step=True, on_epoch=False)
             if self.guard is not None:

@@ -264,6 +264,7 @@ class TorchDoctor(GuardedWatch):
         self._n_steps = 0
         self._last_step: int | None = None
         self._log = logger if logger is not None else logging.getLogger("lrkit.stability")
+        self.watch_logger = logger
         self._user_on_intervention: Callable[[Intervention], Any] | None = None
         if stability_probe is not None:
             if self.guard is not None:
@@ -330,12 +331,8 @@ class TorchDoctor(GuardedWatch):
         gn, self._gn = self._gn, None
         self._n_steps += 1
         self._last_step = step
-        if self.guard is None:
-            self.doctor.observe(step, loss, lr=lr, grad_norm=gn, val_loss=val_loss, metrics=metrics)
-            rolled = False
-        else:
-            rolled = self.guard.observe(loss, lr=lr, grad_norm=gn, val_loss=val_loss, metrics=metrics,
-                                        step=step) is not None
+        # each new detection is recorded (detections, worst) and logged once (lrkit.doctor)
+        rolled = self._watch_observe(step, loss, lr=lr, grad_norm=gn, val_loss=val_loss, metrics=metrics) is not None
         if rolled:
             self._attached = None  # the doctor went back to the snapshot's state
         elif self.stability_probe is not None:

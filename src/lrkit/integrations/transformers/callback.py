@@ -96,6 +96,7 @@ from transformers import TrainerCallback
 
 from lrkit.doctor.core import VERDICTS, Diagnosis, Doctor
 from lrkit.doctor.guard import Guard, GuardedWatch, GuardGaveUp, Intervention, PendingValidation, watch_doctor
+from lrkit.doctor.watch import check_actions
 from lrkit.integrations.torch.state import TorchSnapshot
 
 __all__ = ["LRDoctorCallback"]
@@ -202,10 +203,16 @@ class LRDoctorCallback(GuardedWatch, TrainerCallback):
             ``snapshot_every`` counts logged steps.
         logger: where detections (and the guard's interventions) are reported (default
             ``logging.getLogger("lrkit.doctor")``, and ``"lrkit.guard"`` for the guard).
+        on_converged, on_overfitting: ``"stop"`` (``control.should_training_stop``),
+            ``"lower_lr"`` (scale the ``LambdaLR``'s base LRs by ``plateau_factor``, default 0.1)
+            or ``None`` (default: only report) when the doctor notes ``converged`` (the
+            evaluation loss stopped improving, as ``EarlyStoppingCallback``) or ``overfitting``;
+            see :mod:`lrkit.doctor.watch`.
 
     Attributes:
         diagnosis: the latest verdict. detections: each problem's first detection, in order
-            (with the guard, also the ones it rolled back).
+            (with the guard, also the ones it rolled back); worst: the most severe of them (the
+            summary logged when training ends names it, even if the run recovered).
         stopped_by: the diagnosis that stopped training, or ``None``.
         interventions: the guard's :class:`~lrkit.doctor.guard.Intervention` records of the
             current (or last) ``train()`` call. lr_multiplier: the factor applied to the LRs.
@@ -230,8 +237,14 @@ class LRDoctorCallback(GuardedWatch, TrainerCallback):
         storage_dir: Any = None,
         on_intervention: Callable[[Intervention], Any] | None = None,
         logger: logging.Logger | None = None,
+        on_converged: str | None = None,
+        on_overfitting: str | None = None,
+        plateau_factor: float = 0.1,
     ) -> None:
         self.doctor = watch_doctor("LRDoctorCallback", guard, doctor)
+        self.watch_on = check_actions("LRDoctorCallback", on_converged, on_overfitting, plateau_factor)
+        self.plateau_factor = float(plateau_factor)
+        self._control: Any = None
         problems = tuple(v for v in VERDICTS if v != "healthy")
         if not isinstance(stop_on, (tuple, list)) or any(v not in problems for v in stop_on):
             raise ValueError(f"LRDoctorCallback: stop_on must be a tuple of verdicts from {problems}, got {stop_on!r}")
@@ -250,7 +263,7 @@ class LRDoctorCallback(GuardedWatch, TrainerCallback):
                     f"(stop_on) or rolls it back (act_on, guard=True); got stop_on={self.stop_on!r}, "
                     f"act_on={self.guard.act_on!r}"
                 )
-        self.detections: list[Diagnosis] = []
+        self.watch_logger = self.logger
         self.stopped_by: Diagnosis | None = None
         self._last_step: int | None = None
         self._pending_val = PendingValidation(prefixes=("eval_",), loss_names=("eval_loss",))
@@ -318,9 +331,13 @@ class LRDoctorCallback(GuardedWatch, TrainerCallback):
             self._check_scheduler(scheduler, inner)
             self._model, self._optimizer, self._scheduler = model, inner, scheduler
             self._scaler = getattr(optimizer, "scaler", None)  # AMP's GradScaler lives on the wrapper
+        elif "lower_lr" in self.watch_on.values():  # on_converged/on_overfitting may lower the LR
+            optimizer, scheduler = kwargs.get("optimizer"), kwargs.get("lr_scheduler")
+            self._optimizer = getattr(optimizer, "optimizer", optimizer)
+            self._scheduler = scheduler
         if state.global_step == 0:  # a fresh run (not a resume): forget a previous one
             self.doctor.reset()
-            self.detections = []
+            self._watch_reset()
             self.stopped_by = None
             self._last_step = None
         if self.guard is not None:
@@ -336,6 +353,8 @@ class LRDoctorCallback(GuardedWatch, TrainerCallback):
             )
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.watch_speaks = bool(getattr(state, "is_world_process_zero", True))
+        self._watch_speak_summary()  # the worst problem seen, even if the run recovered
         if self.guard is not None:
             self.guard.close()  # drop the snapshots (and their files); the records stay
 
@@ -358,35 +377,31 @@ class LRDoctorCallback(GuardedWatch, TrainerCallback):
         gn = logs.get("grad_norm")
         gn = None if gn is None else float(gn)
         val_loss, metrics = self._pending_val.take()
-        if self.guard is None:
-            self._report(self.doctor.observe(step, loss, lr=lr, grad_norm=gn, val_loss=val_loss, metrics=metrics),
-                         step, control)
-            return
+        self._control = control
         self._rollback_diagnosis = None
-        try:
-            rec = self.guard.observe(loss, lr=lr, grad_norm=gn, val_loss=val_loss, metrics=metrics, step=step)
-        except GuardGaveUp as exc:  # the guard restored the last good state and logged an ERROR line
-            self._remember(exc.diagnosis)
+        try:  # each new detection is logged once (lrkit.doctor); a rollback by the guard (lrkit.guard)
+            rec = self._watch_observe(step, loss, lr=lr, grad_norm=gn, val_loss=val_loss, metrics=metrics)
+        except GuardGaveUp:  # the guard restored the last good state and logged an ERROR line
             self.guard.close()
             raise
         if rec is None:
-            self._report(self.doctor.diagnosis, step, control)
+            self._stop_if_asked(self.doctor.diagnosis, step, control)
             return
-        d = self._rollback_diagnosis
-        if d is not None and d.verdict != "healthy":
-            self._remember(d)  # the guard logged the intervention: one line, not two
         self._lower_lr(rec.new_multiplier / rec.old_multiplier)
 
     # ------------------------------------------------------------------ helpers
-    def _remember(self, d: Diagnosis) -> bool:
-        if d.verdict == "healthy" or any(h.verdict == d.verdict and h.step == d.step for h in self.detections):
-            return False
-        self.detections.append(d)
+    def _watch_stop(self) -> bool:
+        self._control.should_training_stop = True
         return True
 
-    def _report(self, d: Diagnosis, step: int, control: Any) -> None:
-        if self._remember(d):
-            self.logger.warning("lrkit doctor at step %d: %s", step, d)
+    def _watch_lower_lr(self, factor: float) -> bool:
+        sched = self._scheduler
+        if self._optimizer is None or not isinstance(getattr(sched, "base_lrs", None), list):
+            return False
+        self._lower_lr(factor)
+        return True
+
+    def _stop_if_asked(self, d: Diagnosis, step: int, control: Any) -> None:
         if d.verdict in self.stop_on and self.stopped_by is None:
             self.stopped_by = d
             control.should_training_stop = True
