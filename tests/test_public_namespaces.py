@@ -19,7 +19,7 @@ DOORS = {
     }),
     "lrkit.keras": ("keras", {
         "find_lr", "find_lr_keras", "KerasTrainer", "KerasSnapshot", "to_keras", "LRKitSchedule",
-        "PlateauCallback", "LRDoctorCallback",
+        "PlateauCallback", "LRDoctorCallback", "AutopilotCallback",
     }),
     "lrkit.jax": ("optax", {
         "find_lr", "find_lr_optax", "OptaxTrainer", "OptaxSnapshot", "to_optax", "OptaxSchedule",

@@ -1,0 +1,199 @@
+r"""The LR autopilot as a Keras 3 callback for ``model.fit``: compile with any float LR, it is ignored.
+
+::
+
+    model.compile(optimizer=keras.optimizers.AdamW(), loss="sparse_categorical_crossentropy")
+    pilot = AutopilotCallback(x, y, batch_size=32, val_data=(x_val, y_val))
+    model.fit(x, y, batch_size=32, epochs=10, validation_data=(x_val, y_val), callbacks=[pilot])
+
+A Keras callback does not see the data ``fit`` trains on, so the finder's data is given to the
+callback (the same arrays, a ``PyDataset`` or a re-iterable of batches: as for
+:func:`lrkit.keras.find_lr`). In ``on_train_begin`` it runs the finder (at most 30% of the run;
+the run length is ``train_steps`` or ``epochs * steps per epoch`` from ``fit``), decides the plan,
+and from then on assigns the optimizer's LR before every batch. The guard reads each batch's own
+loss from the model's loss tracker (the difference of its running sums, as
+:class:`lrkit.keras.LRDoctorCallback` does); on ``nan``/``diverging`` it writes the last good
+weights and optimizer variables back (the LR and the step clock go on) and lowers the LR; each
+epoch's ``val_loss`` feeds the plateau rule. Every intervention is logged to ``lrkit.autopilot``
+and kept in :attr:`AutopilotCallback.events`.
+
+**Checkpoints.** Keras saves weights and optimizer variables (``model.save``,
+``keras.callbacks.BackupAndRestore``), not callbacks. Give ``state_path="autopilot.json"``: the
+autopilot's state (plan, step, multiplier, plateau, doctor) is written there at the end of every
+epoch, and a new ``fit`` whose callback finds the file resumes from it: no second finder run, the
+same schedule, the same guard state. :meth:`AutopilotCallback.state_dict` gives the same dict.
+
+Refused with the reason: an optimizer whose ``learning_rate`` is a ``LearningRateSchedule`` (a
+schedule already drives it), a learning-rate-free or Schedule-Free optimizer, an unknown run length.
+Tested with the torch backend (with JAX, Keras keeps the training state outside the variables
+during an epoch, so the guard's mid-epoch restore is not supported there).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from typing import Any
+
+import keras
+import numpy as np
+
+from lrkit.autopilot.pilot import Autopilot, AutopilotEvent
+from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
+from lrkit.doctor.guard import PendingValidation
+from lrkit.schedules.base import Schedule
+
+__all__ = ["AutopilotCallback"]
+
+
+class _State:
+    """Host copies of the weights and optimizer variables; the LR and the iteration clock go on."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def snapshot(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        weights = [np.array(w, copy=True) for w in self.model.get_weights()]
+        opt = [np.array(keras.ops.convert_to_numpy(v), copy=True) for v in self.model.optimizer.variables]
+        return weights, opt
+
+    def restore(self, state: tuple[list[np.ndarray], list[np.ndarray]]) -> None:
+        weights, opt = state
+        self.model.set_weights(weights)
+        for v, saved in zip(self.model.optimizer.variables, opt):
+            if not v.path.endswith("learning_rate"):
+                v.assign(saved)
+
+
+def _loss_tracker(model: Any) -> tuple[Any, Any, Any]:
+    tracker = next((m for m in model.metrics if m.name == "loss"), None)
+    if tracker is None:
+        raise AutopilotError(f"AutopilotCallback: the model has no 'loss' metric (its metrics are "
+                             f"{[m.name for m in model.metrics]}); compile it with a loss before fit()")
+    total = next((v for v in tracker.variables if v.path.endswith("total")), None)
+    count = next((v for v in tracker.variables if v.path.endswith("count")), None)
+    if total is None or count is None:
+        raise AutopilotError("AutopilotCallback: the model's loss tracker has no total/count variables; cannot "
+                             "recover per-batch losses")
+    return tracker, total, count
+
+
+class AutopilotCallback(keras.callbacks.Callback):
+    """Train with ``model.fit`` and no learning rate given (see the module docstring).
+
+    Args:
+        x, y, dataset, batch_size, val_data: the finder's data, as for :func:`lrkit.keras.find_lr`.
+        train_steps: optimizer steps of the whole run (default: ``epochs * steps`` of ``fit``).
+        shape: your own schedule shape (its scale is ignored: the autopilot sets it).
+        peak_lr: fix the peak LR yourself (the finder still runs: the guard falls back to its answer).
+        guard, plateau: see :class:`lrkit.autopilot.Autopilot`.
+        state_path: a JSON file to save the autopilot's state to after every epoch, and to resume
+            from when it exists.
+        logger: where the messages go (default ``lrkit.autopilot``).
+        seed: seed of the finder's own randomness.
+    """
+
+    def __init__(self, x: Any = None, y: Any = None, *, dataset: Any = None, batch_size: int | None = None,
+                 val_data: Any = None, train_steps: int | None = None, shape: Schedule | None = None,
+                 peak_lr: float | None = None, guard: bool = True, plateau: bool = True,
+                 state_path: str | os.PathLike[str] | None = None, logger: logging.Logger | None = None,
+                 seed: int = 0) -> None:
+        super().__init__()
+        if x is None and dataset is None:
+            raise AutopilotError("AutopilotCallback: a Keras callback does not see fit()'s data; give the finder "
+                                 "its data: AutopilotCallback(x, y, batch_size=...) or AutopilotCallback(dataset=...)")
+        if train_steps is not None:
+            resolve_train_steps(train_steps, where="AutopilotCallback")
+        self._data = {"x": x, "y": y, "dataset": dataset, "batch_size": batch_size, "val_data": val_data}
+        self.train_steps, self.shape, self.peak_lr = train_steps, shape, peak_lr
+        self.use_guard, self.plateau, self.logger, self.seed = guard, plateau, logger, seed
+        self.state_path = None if state_path is None else os.fspath(state_path)
+        self.pilot: Autopilot | None = None
+        self.finder: Any = None
+        self._step = 0
+        self._prev = (0.0, 0.0)
+        self._pending = PendingValidation(prefixes=("val_",), loss_names=("val_loss",))
+
+    @property
+    def plan(self) -> AutopilotPlan | None:
+        return self.pilot.plan if self.pilot is not None else None
+
+    @property
+    def events(self) -> list[AutopilotEvent]:
+        return self.pilot.events if self.pilot is not None else []
+
+    # ------------------------------------------------------------------ setting up
+    def _steps(self) -> int:
+        params = self.params or {}
+        epochs, per_epoch = params.get("epochs"), params.get("steps")
+        return resolve_train_steps(self.train_steps, epochs=epochs, steps_per_epoch=per_epoch,
+                                   where="AutopilotCallback")
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        opt = self.model.optimizer
+        family = check_optimizer(opt, where="AutopilotCallback")
+        if not isinstance(opt.learning_rate, keras.Variable):
+            held = getattr(opt, "_learning_rate", None)
+            raise AutopilotError(f"AutopilotCallback: the optimizer's learning_rate is a {type(held).__name__} (a "
+                                 "schedule already drives it), and the autopilot sets the LR itself; compile with a "
+                                 "float learning rate (any value), or pass the schedule's shape as "
+                                 "AutopilotCallback(shape=...)")
+        if self.pilot is None:
+            saved = self._load()
+            if saved is not None:
+                self.pilot = Autopilot.from_state_dict(saved, logger=self.logger)
+                last = self.pilot.state_dict()["last_step"]
+                self._step = 0 if last is None else int(last) + 1
+            else:
+                from lrkit.integrations.keras.trainer import find_lr_keras
+
+                steps = self._steps()
+                self.finder = find_lr_keras(self.model, train_steps=steps, progress=False, seed=self.seed,
+                                            **self._data)
+                plan = make_plan(self.finder, family=family, train_steps=steps, shape=self.shape,
+                                 peak_lr=self.peak_lr)
+                self.pilot = Autopilot(plan, guard=self.use_guard, plateau=self.plateau, logger=self.logger)
+                self.pilot.logger.info("%s", plan.summary())
+            self.pilot.attach(_State(self.model))
+        _loss_tracker(self.model)
+
+    def _load(self) -> dict | None:
+        if self.state_path is None or not os.path.exists(self.state_path):
+            return None
+        with open(self.state_path, encoding="utf-8") as fh:
+            return json.load(fh)
+
+    # ------------------------------------------------------------------ every batch
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._prev = (0.0, 0.0)  # fit() resets the loss tracker at each epoch
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self.model.optimizer.learning_rate = self.pilot.lr(self._step)
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        tracker, total_v, count_v = _loss_tracker(self.model)
+        total = float(keras.ops.convert_to_numpy(total_v))
+        count = float(keras.ops.convert_to_numpy(count_v))
+        dt, dc = total - self._prev[0], count - self._prev[1]
+        self._prev = (total, count)
+        if dc <= 0:
+            return
+        loss = dt / dc if math.isfinite(total) else math.nan
+        step, self._step = self._step, self._step + 1
+        val_loss, metrics = self._pending.take()
+        if self.pilot.observe(step, loss, lr=self.pilot.lr(step), val_loss=val_loss, metrics=metrics):
+            tracker.reset_state()  # a NaN would stay in the epoch's running mean
+            self._prev = (0.0, 0.0)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self._pending.hold(logs, convert=keras.ops.convert_to_numpy)
+        if self.state_path is not None and self.pilot is not None:
+            tmp = self.state_path + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(self.state_dict(), fh)
+            os.replace(tmp, self.state_path)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The autopilot's state (plain JSON types), for :meth:`Autopilot.from_state_dict`."""
+        return self.pilot.state_dict()

@@ -1,0 +1,97 @@
+"""lrkit.keras.AutopilotCallback: model.fit with no LR chosen, refusals, resume from state_path."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+import lrkit.integrations.keras.trainer as keras_trainer  # noqa: E402
+from lrkit.autopilot import AutopilotError  # noqa: E402
+from lrkit.keras import AutopilotCallback  # noqa: E402
+
+
+class LRTrace(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.lrs = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.lrs.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+
+
+def _data():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x, y = (d.data / 16.0).astype("float32"), d.target.astype("int64")
+    return x[:640], y[:640], x[1400:], y[1400:]
+
+
+def _model(optimizer=None):
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)])
+    m.compile(optimizer=optimizer or keras.optimizers.Adam(learning_rate=7.0),
+              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return m
+
+
+def test_fit_with_no_lr_chosen_follows_the_plan():
+    x, y, xv, yv = _data()
+    model, trace = _model(), LRTrace()
+    cb = AutopilotCallback(x, y, batch_size=32, val_data=(xv, yv))
+    model.fit(x, y, batch_size=32, epochs=6, validation_data=(xv, yv), callbacks=[cb, trace], verbose=0)
+    assert cb.plan.train_steps == 120 and cb.plan.family == "adam"
+    assert [e for e in cb.events if e.kind == "rollback"] == []
+    plateau = [e.step for e in cb.events if e.kind == "plateau"]
+    until = plateau[0] + 1 if plateau else 120
+    np.testing.assert_allclose(trace.lrs[:until], cb.plan.schedule(np.arange(until)), rtol=1e-5)
+    assert max(trace.lrs) == pytest.approx(cb.plan.peak_lr, rel=1e-5)
+    assert model.evaluate(xv, yv, verbose=0) < 1.0
+
+
+def test_refuses_a_schedule_already_attached():
+    x, y, _, _ = _data()
+    sched = keras.optimizers.schedules.CosineDecay(1e-3, 100)
+    model = _model(keras.optimizers.Adam(learning_rate=sched))
+    with pytest.raises(AutopilotError, match="a schedule already drives it"):
+        model.fit(x, y, batch_size=32, epochs=1, callbacks=[AutopilotCallback(x, y, batch_size=32)], verbose=0)
+
+
+def test_needs_the_finders_data_and_the_run_length():
+    with pytest.raises(AutopilotError, match="does not see fit"):
+        AutopilotCallback()
+
+    x, y, _, _ = _data()
+
+    def stream():
+        while True:
+            for i in range(0, 640, 32):
+                yield x[i:i + 32], y[i:i + 32]
+
+    model = _model()
+    with pytest.raises(AutopilotError, match="pass train_steps=N"):   # a generator: fit() knows no length
+        model.fit(stream(), epochs=2, callbacks=[AutopilotCallback(x, y, batch_size=32)], verbose=0)
+
+
+def test_resume_from_state_path_runs_no_finder_and_continues(tmp_path, monkeypatch):
+    x, y, xv, yv = _data()
+    full = LRTrace()
+    _model().fit(x, y, batch_size=32, epochs=4, shuffle=False, callbacks=[AutopilotCallback(x, y, batch_size=32), full],
+                 verbose=0)
+    state = tmp_path / "autopilot.json"
+    first = LRTrace()
+    model = _model()
+    model.fit(x, y, batch_size=32, epochs=2, shuffle=False,
+              callbacks=[AutopilotCallback(x, y, batch_size=32, train_steps=80, state_path=state), first], verbose=0)
+    model.save(tmp_path / "m.keras")
+
+    def no_finder(*a, **k):
+        raise AssertionError("the finder ran again on resume")
+
+    monkeypatch.setattr(keras_trainer, "find_lr_keras", no_finder)
+    restored = keras.models.load_model(tmp_path / "m.keras")
+    second, cb = LRTrace(), AutopilotCallback(x, y, batch_size=32, train_steps=80, state_path=state)
+    restored.fit(x, y, batch_size=32, initial_epoch=2, epochs=4, shuffle=False, callbacks=[cb, second], verbose=0)
+    assert cb.finder is None and cb.events[-1].kind == "resume"
+    np.testing.assert_allclose(first.lrs + second.lrs, full.lrs, rtol=1e-6)
