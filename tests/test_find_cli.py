@@ -120,8 +120,8 @@ def test_module_target_and_text_output(task_file):
         ("{f}:nope", "has no function 'nope'; functions defined there: extra_key, missing_keys, not_a_dict, task"),
         ("{f}:VALUE", "is a int, not a function"),
         ("{f}:not_a_dict", "must return a dict with the keys model, optimizer, loss_fn, train_loader, got list"),
-        ("{f}:missing_keys", "returned a dict without the key(s) optimizer, loss_fn, train_loader"),
-        ("{f}:extra_key", "returned unknown key(s) lr; allowed:"),
+        ("{f}:missing_keys", "returned a dict without the key(s) optimizer, loss_fn, train_loader; required"),
+        ("{f}:extra_key", "returned unknown key(s) lr; allowed for framework='torch':"),
         ("no_such_pkg.mod:f", "cannot import module 'no_such_pkg.mod'"),
         ("{f}", "TARGET must be 'path/to/file.py:function' or 'package.module:function'"),
     ],
@@ -156,7 +156,8 @@ def test_help_documents_the_target_contract():
     assert out.returncode == 0
     text = " ".join(out.stdout.split())
     for word in ("path/to/file.py:function", "package.module:function", "model", "optimizer", "loss_fn",
-                 "train_loader", "val_loader", "step_fn", "batch_size", "--json", "--report"):
+                 "train_loader", "val_loader", "step_fn", "batch_size", "--json", "--report", '"framework"',
+                 '"keras"', '"optax"', "params", "batches", "val_data"):
         assert word in text, word
 
 
@@ -230,3 +231,66 @@ def test_errors_in_the_users_target_say_so_in_one_line_exit_2(tmp_path, name, fi
     else:  # the user's own exception: their traceback follows the line (lrkit's frames left out)
         assert lines[1] == "Traceback (most recent call last):" and traceback_of in out.stderr
         assert "lrkit/cli" not in out.stderr
+
+
+OTHER_FRAMEWORKS = textwrap.dedent("""
+    import numpy as np
+
+    def keras_task():
+        import keras
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((256, 6)).astype("float32")
+        y = (x[:, :1] * 2.0 - x[:, 1:2]).astype("float32")
+        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(1)])
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+        return {"framework": "keras", "model": model, "x": x, "y": y, "batch_size": 32}
+
+    def optax_task():
+        import jax.numpy as jnp
+        import optax
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((256, 6)).astype("float32")
+        y = x @ rng.standard_normal((6, 1)).astype("float32")
+        batches = [(jnp.asarray(x[i:i + 32]), jnp.asarray(y[i:i + 32])) for i in range(0, 256, 32)]
+
+        def loss_fn(params, batch):
+            xb, yb = batch
+            return jnp.mean((xb @ params["w"] - yb) ** 2)
+
+        return {"framework": "jax", "loss_fn": loss_fn, "params": {"w": jnp.zeros((6, 1))},
+                "optimizer": optax.sgd, "batches": batches}
+
+    def unknown_framework():
+        return {"framework": "mxnet", "model": 1}
+
+    def keras_missing():
+        return {"framework": "keras", "x": 1}
+""")
+
+
+@pytest.mark.parametrize("function, family", [("keras_task", "adam"), ("optax_task", "sgd")])
+def test_keras_and_optax_targets(tmp_path, function, family):
+    if function == "keras_task":
+        pytest.importorskip("keras")
+    else:
+        pytest.importorskip("optax")
+    f = tmp_path / "tasks.py"
+    f.write_text(OTHER_FRAMEWORKS)
+    out = subprocess.run([sys.executable, "-m", "lrkit", "find", f"{f}:{function}", "--json", "--num-iter", "30",
+                          "--verify-steps", "0"], capture_output=True, text=True, timeout=300,
+                         env={**ENV, "KERAS_BACKEND": "torch", "JAX_PLATFORMS": "cpu"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    payload = json.loads(out.stdout)
+    assert payload["details"]["family"] == family and 1e-6 < payload["suggestion"] < 10
+    assert payload["batch_size"] == 32 and payload["num_points"] >= 5
+
+
+@pytest.mark.parametrize("function, message", [
+    ("unknown_framework", "framework='mxnet'; lrkit find runs 'torch' (the default), 'keras' or 'optax'"),
+    ("keras_missing", "without the key(s) model; required for framework='keras': model"),
+])
+def test_bad_framework_tasks(tmp_path, function, message):
+    f = tmp_path / "tasks.py"
+    f.write_text(OTHER_FRAMEWORKS)
+    out = lrkit("find", f"{f}:{function}")
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and message in out.stderr, out.stderr

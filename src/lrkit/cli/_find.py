@@ -1,14 +1,20 @@
 """``lrkit find``: run the LR range test on the built-in digits example or on your own model.
 
 TARGET is ``path/to/file.py:function`` or ``package.module:function``. The function is called with
-no arguments (after seeding ``torch``, ``numpy`` and ``random`` with ``--seed``) and must return a
-dict with the keys
+no arguments (after seeding ``torch``, ``numpy`` and ``random`` with ``--seed``) and returns a dict
+describing the task. Its ``"framework"`` key says which finder runs (``"torch"`` when absent):
 
-* ``model`` (a ``torch.nn.Module``), ``optimizer`` (a ``torch.optim.Optimizer``, or a list of them
-  with ``step_fn``), ``loss_fn`` (``loss_fn(output, target)``, or ``None`` for models whose output
-  has a ``.loss``), ``train_loader`` (an iterable of batches) -- required;
-* ``val_loader``, ``step_fn``, ``batch_size``, ``accumulation_steps``, ``grad_clip_norm``, ``amp``
-  -- optional, passed on to :func:`lrkit.integrations.torch.trainer.find_lr`.
+* ``"torch"`` -- ``model`` (a ``torch.nn.Module``), ``optimizer`` (a ``torch.optim.Optimizer``, or
+  a list of them with ``step_fn``), ``loss_fn`` (``loss_fn(output, target)``, or ``None`` for
+  models whose output has a ``.loss``), ``train_loader`` (an iterable of batches) -- required;
+  ``val_loader``, ``step_fn``, ``batch_size``, ``accumulation_steps``, ``grad_clip_norm``, ``amp``
+  -- optional (see :func:`lrkit.find_lr`).
+* ``"keras"`` -- ``model`` (a compiled Keras 3 model) -- required; ``x``, ``y``, ``dataset``,
+  ``batch_size``, ``val_data`` -- optional (see :func:`lrkit.keras.find_lr`).
+* ``"optax"`` (or ``"jax"``) -- ``loss_fn`` (``loss_fn(params, batch) -> loss``), ``params``,
+  ``optimizer`` (an optax factory such as ``optax.adam``), ``batches`` -- required;
+  ``val_batches``, ``has_aux``, ``batch_size``, ``family`` -- optional (see
+  :func:`lrkit.jax.find_lr`).
 
 Example ``my_task.py``::
 
@@ -40,14 +46,24 @@ from lrkit.cli._errors import CLIError, UserCodeError
 
 REQUIRED_KEYS = ("model", "optimizer", "loss_fn", "train_loader")
 OPTIONAL_KEYS = ("val_loader", "step_fn", "batch_size", "accumulation_steps", "grad_clip_norm", "amp")
+#: framework -> (required keys, optional keys) of the task dict
+TASK_KEYS = {
+    "torch": (REQUIRED_KEYS, OPTIONAL_KEYS),
+    "keras": (("model",), ("x", "y", "dataset", "batch_size", "val_data")),
+    "optax": (("loss_fn", "params", "optimizer", "batches"), ("val_batches", "has_aux", "batch_size", "family")),
+}
+_ALIASES = {"jax": "optax", "pytorch": "torch"}
 
 _HELP = """Run an LR range test and suggest a learning rate.
 
 Without TARGET, runs the built-in example (an MLP on scikit-learn's digits). TARGET is
 'path/to/file.py:function' or 'package.module:function': a function called with no arguments
-that returns a dict with the keys model, optimizer, loss_fn, train_loader (required) and
-val_loader, step_fn, batch_size, accumulation_steps, grad_clip_norm, amp (optional). The model,
-optimizer and RNG states are left exactly as they were.
+that returns a dict. Its key "framework" says which finder runs: "torch" (the default) needs
+model, optimizer, loss_fn, train_loader (optional: val_loader, step_fn, batch_size,
+accumulation_steps, grad_clip_norm, amp); "keras" needs model, a compiled Keras 3 model (optional:
+x, y, dataset, batch_size, val_data); "optax" (or "jax") needs loss_fn(params, batch), params,
+optimizer (an optax factory such as optax.adam), batches (optional: val_batches, has_aux,
+batch_size, family). The model, optimizer and RNG states are left exactly as they were.
 """
 
 
@@ -135,16 +151,48 @@ def load_target(spec: str, *, seed: int | None = None) -> dict[str, Any]:
         raise CLIError(
             f"{spec} must return a dict with the keys {', '.join(REQUIRED_KEYS)}, got {type(out).__name__}"
         )
-    missing = [k for k in REQUIRED_KEYS if k not in out]
+    out = dict(out)
+    framework = out.pop("framework", "torch")
+    framework = _ALIASES.get(framework, framework) if isinstance(framework, str) else framework
+    if framework not in TASK_KEYS:
+        raise CLIError(f"{spec} returned framework={framework!r}; lrkit find runs 'torch' (the default), 'keras' "
+                       f"or 'optax' (also 'jax')")
+    required, optional = TASK_KEYS[framework]
+    missing = [k for k in required if k not in out]
     if missing:
-        raise CLIError(f"{spec} returned a dict without the key(s) {', '.join(missing)}; required: {', '.join(REQUIRED_KEYS)}")
-    unknown = sorted(set(out) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))
+        raise CLIError(f"{spec} returned a dict without the key(s) {', '.join(missing)}; required for "
+                       f"framework={framework!r}: {', '.join(required)}")
+    unknown = sorted(set(out) - set(required) - set(optional))
     if unknown:
         raise CLIError(
-            f"{spec} returned unknown key(s) {', '.join(map(str, unknown))}; allowed: "
-            f"{', '.join(REQUIRED_KEYS + OPTIONAL_KEYS)}"
+            f"{spec} returned unknown key(s) {', '.join(map(str, unknown))}; allowed for framework={framework!r}: "
+            f"{', '.join(required + optional)}"
         )
+    out["framework"] = framework
     return out
+
+
+def _run_finder(spec: dict[str, Any], common: dict[str, Any]) -> Any:
+    """The framework's finder on the task dict (``common``: the options every finder takes)."""
+    framework = spec.get("framework", "torch")
+    task = {k: v for k, v in spec.items() if k != "framework"}
+    if framework == "keras":
+        from lrkit.integrations.keras.trainer import find_lr_keras
+
+        model = task.pop("model")
+        return find_lr_keras(model, task.pop("x", None), task.pop("y", None), **task, **common)
+    if framework == "optax":
+        from lrkit.integrations.jax.trainer import find_lr_optax
+
+        return find_lr_optax(task.pop("loss_fn"), task.pop("params"), task.pop("optimizer"), task.pop("batches"),
+                             **task, **common)
+    from lrkit.integrations.torch.trainer import find_lr
+
+    return find_lr(
+        task["model"], task["optimizer"], task["loss_fn"], task["train_loader"],
+        val_loader=task.get("val_loader"), step_fn=task.get("step_fn"),
+        batch_size=task.get("batch_size"), accumulation_steps=task.get("accumulation_steps", 1),
+        grad_clip_norm=task.get("grad_clip_norm"), amp=task.get("amp", False), **common)
 
 
 @contextlib.contextmanager
@@ -180,7 +228,7 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed)
     try:
         import torch
-    except ImportError:  # the target will say it needs torch; the finder is torch-only for now
+    except ImportError:  # a Keras or optax task without torch installed
         return
     torch.manual_seed(seed)
 
@@ -229,20 +277,16 @@ def find_command(
     else:
         spec = load_target(target, seed=seed)
         target_name = target
-    from lrkit.integrations.torch.trainer import find_lr, progress_bar
+    from lrkit.integrations._progress import progress_bar
 
     show_bar = not json_out or sys.stderr.isatty()
     with progress_bar(num_iter, enabled=show_bar) as callback, _their_errors("the range test failed in your model, loss or data"):
-        result = find_lr(
-            spec["model"], spec["optimizer"], spec["loss_fn"], spec["train_loader"],
-            val_loader=spec.get("val_loader"), step_fn=spec.get("step_fn"),
-            batch_size=spec.get("batch_size"), accumulation_steps=spec.get("accumulation_steps", 1),
-            grad_clip_norm=spec.get("grad_clip_norm"), amp=spec.get("amp", False),
+        result = _run_finder(spec, dict(
             start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode,
             progress=callback if callback is not None else False,
             verify=planned_verify > 0, verify_steps=planned_verify or None, seed=seed,
             target_batch_size=target_batch_size,
-        )
+        ))
     written: dict[str, str] = {}
     if plot is not None:
         import matplotlib.figure

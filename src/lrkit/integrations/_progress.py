@@ -15,7 +15,7 @@ import contextlib
 import sys
 from typing import Any
 
-__all__ = ["progress_bar", "progress_context"]
+__all__ = ["progress_bar", "progress_context", "watched"]
 
 
 @contextlib.contextmanager
@@ -43,12 +43,73 @@ def progress_bar(total: int, *, enabled: bool = True, description: str = "LR ran
         TextColumn("lr {task.fields[lr]:.2e}  loss {task.fields[loss]:.4g}"), TimeRemainingColumn(),
         console=console, transient=True,
     ) as bar:
-        task = bar.add_task(description, total=total, lr=0.0, loss=0.0)
+        yield _PhasedBar(bar, bar.add_task(description, total=total, lr=0.0, loss=0.0))
 
-        def update(i: int, lr: float, loss: float) -> None:
-            bar.update(task, completed=i + 1, lr=lr, loss=loss)
 
-        yield update
+class _PhasedBar:
+    """The range test's ``progress(i, lr, loss)`` callback, then the verification runs' steps.
+
+    The range test calls it after each of its steps. The verification runs that follow step the
+    trainer without calling it: :func:`watched` wraps the trainer so that each of those steps moves
+    a second task, "verifying candidates", whose total is the most steps the verification may take
+    (it often stops earlier; the bar is transient).
+    """
+
+    def __init__(self, bar: Any, task: Any) -> None:
+        self._bar, self._task = bar, task
+        self._verify_task = None
+        self._called_since_step = True
+        self.verify_total: int | None = None
+
+    def __call__(self, i: int, lr: float, loss: float) -> None:
+        self._bar.update(self._task, completed=i + 1, lr=lr, loss=loss)
+        self._called_since_step = True
+
+    def trainer_step(self, lr: float, loss: float) -> None:
+        """Called after every trainer step; a step the range test did not report is a verification step."""
+        if self._called_since_step:  # a range-test step (its report comes right after it)
+            self._called_since_step = False
+            return
+        if self._verify_task is None:
+            self._verify_task = self._bar.add_task("verifying candidates", total=self.verify_total, lr=lr, loss=loss)
+            self._bar.update(self._verify_task, advance=1)  # the first one looked like a range-test step
+        self._bar.update(self._verify_task, advance=1, lr=lr, loss=loss)
+
+
+class _Watched:
+    """A Trainer that reports each step to a :class:`_PhasedBar` (everything else is forwarded)."""
+
+    def __init__(self, trainer: Any, bar: _PhasedBar) -> None:
+        self._trainer, self._bar = trainer, bar
+
+    def step(self, lr: float) -> float:
+        loss = self._trainer.step(lr)
+        try:
+            self._bar.trainer_step(float(lr), float(loss))
+        except (TypeError, ValueError):  # a loss that is not a number: the finder will say so
+            pass
+        return loss
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._trainer, name)
+
+
+def watched(trainer: Any, callback: Any, *, verify_steps: int = 0) -> Any:
+    """``trainer``, wrapped so that lrkit's progress bar also follows the verification runs.
+
+    Any other ``callback`` (a user's own, or ``None``) leaves the trainer as it is.
+
+    Example:
+        >>> t = object()
+        >>> watched(t, print) is t
+        True
+    """
+    if not isinstance(callback, _PhasedBar):
+        return trainer
+    from lrkit.finder.suggest import MAX_TRIED
+
+    callback.verify_total = max(int(verify_steps), 0) * MAX_TRIED or None
+    return _Watched(trainer, callback)
 
 
 def progress_context(progress: Any, total: int, *, enabled: bool = True):

@@ -98,7 +98,7 @@ import optax
 from lrkit import scaling
 from lrkit.finder.range_test import find, plan_budget
 from lrkit.finder.result import FinderResult
-from lrkit.integrations._progress import progress_context
+from lrkit.integrations._progress import progress_context, watched
 
 __all__ = ["OptaxTrainer", "OptaxSnapshot", "find_lr_optax"]
 
@@ -631,7 +631,8 @@ def find_lr_optax(
         )
     with ctx as callback:
         return find(
-            trainer, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode, smooth=smooth,
+            watched(trainer, callback, verify_steps=steps),
+            start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode, smooth=smooth,
             diverge_threshold=diverge_threshold, progress=callback, verify_steps=steps, family=family,
             batch_size=batch_size, target_batch_size=target_batch_size, rng_seed=seed,
         )

@@ -62,7 +62,7 @@ import torch
 from lrkit import scaling
 from lrkit.finder.range_test import find, plan_budget
 from lrkit.finder.result import FinderResult
-from lrkit.integrations._progress import progress_bar, progress_context  # noqa: F401 - progress_bar re-exported (the CLI imports it)
+from lrkit.integrations._progress import progress_bar, progress_context, watched  # noqa: F401 - progress_bar re-exported (the CLI imports it)
 from lrkit.integrations.torch.state import TorchSnapshot
 
 __all__ = ["TorchTrainer", "find_lr"]
@@ -546,7 +546,8 @@ def find_lr(
     ctx = progress_context(progress, num_iter, enabled=_distributed() is None or _distributed().get_rank() == 0)
     with ctx as callback:
         return find(
-            trainer, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode, smooth=smooth,
+            watched(trainer, callback, verify_steps=steps),
+            start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode, smooth=smooth,
             diverge_threshold=diverge_threshold, progress=callback, verify_steps=steps, family=family,
             batch_size=batch_size, target_batch_size=target_batch_size, rng_seed=seed,
         )
