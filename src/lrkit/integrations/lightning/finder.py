@@ -38,7 +38,7 @@ import warnings
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.utilities.parsing import lightning_hasattr, lightning_setattr
+from lightning.pytorch.utilities.parsing import lightning_getattr, lightning_hasattr, lightning_setattr
 
 from lrkit.finder.result import FinderResult
 from lrkit.integrations.torch.trainer import find_lr as _find_lr_torch
@@ -83,6 +83,29 @@ def _loss_of(output: Any) -> Any:
         raise ValueError("LRFinder: training_step returned None (a skipped batch); the range test needs a loss "
                          "at every step")
     return output
+
+
+@contextlib.contextmanager
+def _base_lrs(trainer: pl.Trainer, optimizer: Any, module_lr: Any):
+    """Positive group LRs while the test runs (a warmup from 0 may have set them to 0).
+
+    The range test keeps the groups' LR ratios, read from their current LRs; a scheduler that
+    starts with a warmup from 0 leaves nothing to read. Then the groups get the scheduler's
+    ``base_lrs`` if they are positive, else the module's LR (ratios 1).
+    """
+    saved = [group["lr"] for group in optimizer.param_groups]
+    if float(saved[0]) <= 0:
+        configs = trainer.lr_scheduler_configs
+        base = [float(b) for b in getattr(configs[0].scheduler, "base_lrs", [])] if configs else []
+        if not (len(base) == len(saved) and base[0] > 0):
+            base = [float(module_lr)] * len(saved) if isinstance(module_lr, (int, float)) and module_lr > 0 else []
+        for group, lr in zip(optimizer.param_groups, base):
+            group["lr"] = lr
+    try:
+        yield
+    finally:
+        for group, lr in zip(optimizer.param_groups, saved):
+            group["lr"] = lr
 
 
 class LRFinder(pl.Callback):
@@ -138,7 +161,8 @@ class LRFinder(pl.Callback):
             steps = trainer.estimated_stepping_batches
             train_steps = int(steps) if steps != float("inf") else None
         (optimizer,) = trainer.optimizers  # automatic optimization: exactly one
-        with _no_logging(pl_module), warnings.catch_warnings():
+        module_lr = lightning_getattr(pl_module, attr) if attr else None
+        with _no_logging(pl_module), _base_lrs(trainer, optimizer, module_lr), warnings.catch_warnings():
             # the schedulers configure_optimizers attached are built again below
             warnings.filterwarnings("ignore", message="the optimizer has an LR scheduler attached")
             self.result = _find_lr_torch(
