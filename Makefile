@@ -3,8 +3,9 @@
 #   make test   - create/reuse .venv, install lrkit with the dev extras, run the whole test suite
 #
 # PyTorch: on a machine with no torch, a plain `pip install torch` may pull a multi-GB CUDA
-# build. By default these targets pin the CPU wheel through a pip constraints file
-# (.ci/constraints-cpu.txt). To use your own torch: `make test PIP_CONSTRAINT=`.
+# build. By default these targets pin torch==2.13.0 through a pip constraints file
+# (.ci/constraints-cpu.txt): the CPU wheel where the package index serves it (our CI), but on the
+# public PyPI index it may resolve to a CUDA build. To use your own torch: `make test PIP_CONSTRAINT=`.
 
 PYTHON ?= python3
 VENV ?= .venv
