@@ -23,7 +23,7 @@ DOORS = {
     }),
     "lrkit.jax": ("optax", {
         "find_lr", "find_lr_optax", "OptaxTrainer", "OptaxSnapshot", "to_optax", "OptaxSchedule",
-        "plateau_transform",
+        "plateau_transform", "autopilot", "OptaxAutopilot",
     }),
     "lrkit.lightning": ("lightning", {"LRDoctorCallback", "AutopilotCallback", "LRFinder"}),
     "lrkit.transformers": ("transformers", {"LRDoctorCallback", "find_lr", "AutopilotCallback"}),

@@ -22,7 +22,7 @@ Example:
     >>> r = FinderResult(lrs=lrs, losses=curve, smoothed_losses=curve, suggestion=1e-3, method="verified")
     >>> plan = make_plan(r, family="adam", train_steps=1000)
     >>> round(plan.peak_lr, 5), plan.warmup_steps, round(plan.schedule(49), 5)
-    (0.00141, 50, 0.00141)
+    (0.002, 50, 0.002)
 """
 from __future__ import annotations
 

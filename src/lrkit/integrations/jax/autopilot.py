@@ -1,0 +1,193 @@
+r"""The LR autopilot for JAX/optax: an injected-LR optimizer and one functional call per step.
+
+::
+
+    pilot = lrkit.jax.autopilot(loss_fn, params, optax.adamw, batches, train_steps=3000,
+                                val_batches=val)
+    tx = pilot.optimizer                    # optax.inject_hyperparams(optax.adamw)(...)
+    opt_state = pilot.init(params)          # the LR of step 0 is set
+    for step, batch in zip(range(3000), batches):
+        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        params, opt_state = pilot.after_step(step, loss, params, opt_state)
+
+:func:`autopilot` runs the finder (:func:`lrkit.jax.find_lr`, at most 30% of the run; your
+``params`` are never modified) and decides the plan. :meth:`OptaxAutopilot.after_step` is pure
+in the JAX sense: it returns the ``(params, opt_state)`` to go on with -- the ones you passed,
+or, when the guard rolls back on ``nan``/``diverging``, the last good ones (JAX arrays are
+immutable: a snapshot is a reference, it costs no copy) -- with the LR of the next step written
+into ``opt_state.hyperparams["learning_rate"]`` (a new state; nothing is mutated). Pass
+``val_loss=`` when you validate: a stalled validation loss halves the LR. Every intervention is
+logged to ``lrkit.autopilot`` and kept in :attr:`OptaxAutopilot.events`.
+
+**Checkpoints.** ``pilot.state_dict()`` (plain JSON types) resumes with
+``lrkit.jax.autopilot(..., resume=state)``: no second finder run, the same schedule, the same
+guard state; go on from step ``pilot.next_step``.
+
+Refused with the reason: a learning-rate-free or Schedule-Free optimizer factory, an unknown run
+length (no ``train_steps`` and batches without ``len()``).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Iterable, Mapping
+
+import jax.numpy as jnp
+import optax
+
+from lrkit.autopilot.pilot import Autopilot, AutopilotEvent
+from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
+from lrkit.schedules.base import Schedule
+
+__all__ = ["OptaxAutopilot", "autopilot"]
+
+
+class _State:
+    """The guard's view: the latest ``(params, opt_state)`` (references; JAX arrays are immutable)."""
+
+    def __init__(self) -> None:
+        self.current: Any = None
+
+    def snapshot(self) -> Any:
+        return self.current
+
+    def restore(self, state: Any) -> None:
+        self.current = state
+
+
+class OptaxAutopilot:
+    """What :func:`autopilot` returns (see the module docstring).
+
+    Attributes:
+        optimizer: the ``optax.GradientTransformation`` to train with (LR injected).
+        finder: the finder's result (``None`` after a resume).
+    """
+
+    def __init__(self, pilot: Autopilot, factory: Any, *, finder: Any = None, next_step: int = 0) -> None:
+        self.pilot, self.finder = pilot, finder
+        self.optimizer = optax.inject_hyperparams(factory)(learning_rate=pilot.plan.peak_lr)
+        self._state = _State()
+        self._attached = False
+        self.next_step = int(next_step)
+
+    @property
+    def plan(self) -> AutopilotPlan:
+        return self.pilot.plan
+
+    @property
+    def events(self) -> list[AutopilotEvent]:
+        return self.pilot.events
+
+    def lr(self, step: int) -> float:
+        """The LR of optimizer step ``step`` with every adjustment so far."""
+        return self.pilot.lr(step)
+
+    def with_lr(self, opt_state: Any, step: int) -> Any:
+        """``opt_state`` with the LR of step ``step`` (a new state; the old one is untouched)."""
+        hp = getattr(opt_state, "hyperparams", None)
+        if not isinstance(hp, Mapping) or "learning_rate" not in hp:
+            raise AutopilotError("OptaxAutopilot: opt_state must be the state of pilot.optimizer (an "
+                                 f"optax.inject_hyperparams state), got {type(opt_state).__name__}")
+        old = hp["learning_rate"]
+        return opt_state._replace(hyperparams={**hp, "learning_rate": jnp.asarray(self.pilot.lr(step),
+                                                                                    dtype=jnp.asarray(old).dtype)})
+
+    def init(self, params: Any) -> Any:
+        """``pilot.optimizer.init(params)`` with the LR of :attr:`next_step`; starts the guard."""
+        opt_state = self.with_lr(self.optimizer.init(params), self.next_step)
+        self._start(params, opt_state)
+        return opt_state
+
+    def _start(self, params: Any, opt_state: Any) -> None:
+        if not self._attached:
+            self._state.current = (params, opt_state)
+            self.pilot.attach(self._state)
+            self._attached = True
+
+    def after_step(self, step: int, loss: Any, params: Any, opt_state: Any, *, val_loss: Any = None,
+                   grad_norm: Any = None) -> tuple[Any, Any]:
+        """Report optimizer step ``step`` (its loss); return the ``(params, opt_state)`` to go on with."""
+        self._start(params, opt_state)  # a resumed run may skip init()
+        self._state.current = (params, opt_state)
+        self.pilot.observe(int(step), float(loss), val_loss=None if val_loss is None else float(val_loss),
+                           grad_norm=None if grad_norm is None else float(grad_norm))
+        params, opt_state = self._state.current
+        self.next_step = int(step) + 1
+        return params, self.with_lr(opt_state, self.next_step)
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"next_step": k, "autopilot": ...}`` (plain JSON types), for ``autopilot(..., resume=)``."""
+        return {"next_step": self.next_step, "autopilot": self.pilot.state_dict()}
+
+    def report(self) -> str:
+        return self.pilot.report()
+
+
+def _factory_name(factory: Any) -> str:
+    while hasattr(factory, "func"):  # functools.partial
+        factory = factory.func
+    return getattr(factory, "__name__", type(factory).__name__)
+
+
+def autopilot(
+    loss_fn: Callable[..., Any],
+    params: Any,
+    optimizer_factory: Any,
+    batches: Iterable[Any],
+    *,
+    train_steps: int | None = None,
+    val_batches: Iterable[Any] | None = None,
+    has_aux: bool = False,
+    shape: Schedule | None = None,
+    peak_lr: float | None = None,
+    guard: bool = True,
+    plateau: bool = True,
+    resume: Mapping[str, Any] | None = None,
+    progress: bool = False,
+    logger: logging.Logger | None = None,
+    seed: int = 0,
+) -> OptaxAutopilot:
+    """Find the LR, plan the schedule and guard a JAX/optax run (see the module docstring).
+
+    Args:
+        loss_fn, params, batches, val_batches, has_aux: as for :func:`lrkit.jax.find_lr`.
+        optimizer_factory: an optax factory ``lr -> GradientTransformation`` (``optax.adamw``,
+            ``functools.partial(optax.sgd, momentum=0.9)``); the autopilot injects its LR.
+        train_steps: optimizer steps of the whole run (default ``len(batches)``, if it has one).
+        shape, peak_lr, guard, plateau: as for :func:`lrkit.torch.autopilot`.
+        resume: a ``pilot.state_dict()``: no finder run, the same plan and state.
+        progress: show the finder's progress bar.
+
+    Raises:
+        AutopilotError: a learning-rate-free factory, an unknown run length, a bad argument.
+        NotTrainable: the finder's curve is flat.
+    """
+    if not callable(optimizer_factory) or isinstance(optimizer_factory, optax.GradientTransformation):
+        raise AutopilotError("autopilot: optimizer_factory must be an optax factory such as optax.adamw (the "
+                             f"autopilot injects the LR), got {type(optimizer_factory).__name__}")
+    family = check_optimizer(_factory_name(optimizer_factory))
+    if family == "unknown":
+        from lrkit.scaling import optimizer_family
+
+        family = optimizer_family(optimizer_factory)
+    if resume is not None:
+        if not isinstance(resume, Mapping) or set(resume) != {"next_step", "autopilot"}:
+            raise AutopilotError("autopilot: resume must be the dict of pilot.state_dict() saved with your checkpoint")
+        pilot = Autopilot.from_state_dict(resume["autopilot"], logger=logger)
+        return OptaxAutopilot(pilot, optimizer_factory, next_step=int(resume["next_step"]))
+    n = None
+    if train_steps is None:
+        try:
+            n = len(batches)  # type: ignore[arg-type]
+        except TypeError:
+            n = None
+    steps = resolve_train_steps(train_steps if train_steps is not None else n)
+    from lrkit.integrations.jax.trainer import find_lr_optax
+
+    result = find_lr_optax(loss_fn, params, optimizer_factory, batches, val_batches=val_batches, has_aux=has_aux,
+                           train_steps=steps, progress=progress, family=family, seed=seed)
+    plan = make_plan(result, family=family, train_steps=steps, shape=shape, peak_lr=peak_lr)
+    pilot = Autopilot(plan, guard=guard, plateau=plateau, logger=logger)
+    pilot.logger.info("%s", plan.summary())
+    return OptaxAutopilot(pilot, optimizer_factory, finder=result)

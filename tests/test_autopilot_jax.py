@@ -1,0 +1,96 @@
+"""lrkit.jax.autopilot: injected LR, functional rollback, resume, refusals."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+optax = pytest.importorskip("optax")
+import jax.numpy as jnp  # noqa: E402
+
+import lrkit.integrations.jax.trainer as jax_trainer  # noqa: E402
+import lrkit.jax as lj  # noqa: E402
+from lrkit.autopilot import AutopilotError  # noqa: E402
+
+
+def _loss(params, batch):
+    x, y = batch
+    return jnp.mean((x @ params["w"] + params["b"] - y) ** 2)
+
+
+def _setup(n_steps=150):
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(8, 1)).astype("float32")
+    xs = rng.normal(size=(n_steps * 16 + 256, 8)).astype("float32")
+    ys = (xs @ w + 0.1 * rng.normal(size=(len(xs), 1))).astype("float32")
+    batches = [(xs[i * 16:(i + 1) * 16], ys[i * 16:(i + 1) * 16]) for i in range(n_steps)]
+    val = [(xs[-256:], ys[-256:])]
+    params = {"w": jnp.zeros((8, 1)), "b": jnp.zeros(1)}
+    return params, batches, val
+
+
+def _run(pilot, params, opt_state, batches, start=0, nan_at=None, trace=None):
+    grad = jax.jit(jax.value_and_grad(_loss))
+    for step in range(start, len(batches)):
+        if trace is not None:
+            trace.append(float(opt_state.hyperparams["learning_rate"]))
+        loss, g = grad(params, batches[step])
+        updates, opt_state = pilot.optimizer.update(g, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        if step == nan_at:
+            params = jax.tree_util.tree_map(lambda p: p * jnp.nan, params)
+            loss = jnp.nan
+        params, opt_state = pilot.after_step(step, loss, params, opt_state)
+    return params, opt_state
+
+
+def test_trains_with_the_injected_lr_and_rolls_back_a_nan():
+    params, batches, val = _setup()
+    pilot = lj.autopilot(_loss, params, optax.adam, batches, val_batches=val)
+    assert pilot.plan.train_steps == 150 and pilot.plan.family == "adam"
+    opt_state = pilot.init(params)
+    assert float(opt_state.hyperparams["learning_rate"]) == pytest.approx(pilot.plan.schedule(0), rel=1e-6)
+    trace = []
+    params, _ = _run(pilot, params, opt_state, batches, nan_at=100, trace=trace)
+    assert [e.kind for e in pilot.events] == ["rollback"] and "bad batch" in pilot.events[0].message
+    assert all(bool(jnp.isfinite(p).all()) for p in jax.tree_util.tree_leaves(params))
+    assert float(_loss(params, val[0])) < 0.05
+    np.testing.assert_allclose(trace, pilot.plan.schedule(np.arange(150)), rtol=1e-5)
+
+
+def test_resume_runs_no_finder_and_continues_exactly(monkeypatch):
+    params0, batches, val = _setup(120)
+    pilot = lj.autopilot(_loss, params0, optax.sgd, batches, val_batches=val)
+    at_start = pilot.state_dict()
+    full = []
+    p_full, _ = _run(pilot, params0, pilot.init(params0), batches, trace=full)
+
+    p2 = lj.autopilot(_loss, params0, optax.sgd, batches, resume=at_start)
+    trace = []
+    params, opt_state = _run(p2, params0, p2.init(params0), batches[:60], trace=trace)
+    saved = json.loads(json.dumps(p2.state_dict()))
+
+    def no_finder(*a, **k):
+        raise AssertionError("the finder ran again on resume")
+
+    monkeypatch.setattr(jax_trainer, "find_lr_optax", no_finder)
+    p3 = lj.autopilot(_loss, params0, optax.sgd, batches, resume=saved)
+    assert p3.next_step == 60
+    params, _ = _run(p3, params, opt_state, batches, start=60, trace=trace)
+    assert trace == pytest.approx(full, rel=1e-7)
+    np.testing.assert_allclose(params["w"], p_full["w"], rtol=1e-6)
+
+
+def test_refuses_learning_rate_free_factories_and_unknown_length():
+    params, batches, _ = _setup(40)
+    with pytest.raises(AutopilotError, match="learning-rate-free"):
+        lj.autopilot(_loss, params, optax.contrib.prodigy, batches)
+    with pytest.raises(AutopilotError, match="Schedule-Free"):
+        lj.autopilot(_loss, params, optax.contrib.schedule_free_adamw, batches)
+    with pytest.raises(AutopilotError, match="pass train_steps=N"):
+        lj.autopilot(_loss, params, optax.adam, iter(batches))
+    with pytest.raises(AutopilotError, match="optax factory"):
+        lj.autopilot(_loss, params, optax.adam(1e-3), batches)
