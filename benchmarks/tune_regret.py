@@ -58,7 +58,7 @@ METHODS = ["lrkit", "tpe", "random", "log", "grid"]
 SEARCH_SEEDS = {"lrkit": (0, 1), "tpe": (0,), "random": (0,), "log": (0,)}  # CPU: references on one seed
 CHECKPOINTS = (2, 4, 8, 12)
 BUDGET = {"lrkit": 4.0, "tpe": 12.0, "random": 12.0}
-VERSION = {"lrkit": "v4", "tpe": "v1", "random": "v1", "log": "v1", "grid": "v1"}
+VERSION = {"lrkit": "v5", "tpe": "v1", "random": "v1", "log": "v1", "grid": "v1"}
 
 
 def objective_for(task: Task, seed: int, watch: bool):
@@ -132,6 +132,7 @@ def run_search(task: Task, method: str, seed: int) -> dict:
             best_lr, best_val = t.lr, t.value
         traj.append((spent / task.budget, best_lr))
     return {"trajectory": traj, "runs": spent / task.budget, "trials": len(r.trials),
+            "recommended_lr": r.recommended_lr,
             "pruned": sum(t.state == "pruned" for t in r.trials), "diverged": sum(t.diverged for t in r.trials),
             "best_lr": best_lr}
 
@@ -172,6 +173,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--tasks", default="", help="comma-separated task names (default: the half's tasks)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--fresh", action="store_true", help="ignore cached search runs")
+    ap.add_argument("--cached-only", action="store_true",
+                    help="run no search: report what is cached (a method without runs on a task is left out)")
     ap.add_argument("--no-write", action="store_true", help="do not write BENCHMARKS.md")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -198,6 +201,8 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             per_seed = []
             group = "lrkit" if method == "lrkit" else "refs"
+            if args.cached_only and any(_run_key(task, method, s) not in runs[group] for s in SEARCH_SEEDS[method]):
+                continue
             for seed in SEARCH_SEEDS[method]:
                 key = _run_key(task, method, seed)
                 if key not in runs[group]:
@@ -211,14 +216,21 @@ def main(argv: list[str] | None = None) -> dict:
                 "lrs": [r["best_lr"] for r in per_seed],
                 "diverged": sum(r["diverged"] for r in per_seed), "trials": [r["trials"] for r in per_seed],
             }
+        if "lrkit" in row["methods"] and "lrkit" in methods:  # the same searches, answered with result.recommended_lr
+            seeds = [runs["lrkit"][_run_key(task, "lrkit", s)] for s in SEARCH_SEEDS["lrkit"]]
+            fit = float(np.mean([(interp_val(orc, r["recommended_lr"]) - orc["best_val"]) / orc["best_val"]
+                                 for r in seeds]))
+            base = row["methods"]["lrkit"]
+            row["methods"]["lrkit_fit"] = {**base, "final": fit, "lrs": [r["recommended_lr"] for r in seeds],
+                                           "regret": {**base["regret"], **{str(b): fit for b in CHECKPOINTS if b >= 4}}}
         out[task.name] = row
         msg = " ".join(f"{m}={v['regret']['4']:.3f}/{v['final']:.3f}@{v['runs']:.1f}" for m, v in row["methods"].items())
         print(f"{task.name} ({time.time() - t0:.0f}s) oracle lr={orc['best_lr']:.2g} | {msg}", flush=True)
     seconds = time.time() - t_start
     (RESULTS / "tune_regret.json").write_text(json.dumps({"seconds": seconds, "skipped": skipped, "tasks": out}, indent=1))
-    md = render(out, skipped, seconds, methods)
+    md = render(out, skipped, seconds, (["lrkit_fit"] if "lrkit" in methods else []) + methods)
     print(md)
-    if not args.no_write and not args.tasks and args.half == "both" and methods == METHODS:
+    if not args.no_write and not args.tasks and args.half == "both" and set(methods) == set(METHODS):
         write_section("tune", md)
     return out
 
@@ -258,7 +270,9 @@ def render(out: dict, skipped: list[str], seconds: float, methods: list[str]) ->
         "Regret at b = (oracle's mean validation loss over 3 seeds at the LR the method holds after spending b "
         "training-run equivalents, interpolated in log-LR on the 20-point oracle grid - the grid's best) / best. "
         "Runs spent count every optimizer step (lrkit's range test and verification runs included). "
-        "lrkit = range test + `lrkit.tune(strategy='lrkit', budget=4)`; tpe = Optuna TPE with its default "
+        "lrkit_fit = range test + `lrkit.tune(strategy='lrkit', budget=4)`, answering with `result.recommended_lr` "
+        "(the bottom of a least-squares parabola in log-LR through the trials near the best, pruned ones at "
+        "their scaled last value); lrkit = the same searches answering with `result.best_lr` (the best complete trial); tpe = Optuna TPE with its default "
         "MedianPruner, no lrkit prior, budget 12; random = log-uniform, budget 12; log = powers of ten over "
         "the task's range, every point a full run; grid = the oracle's own 20-point grid (0 by definition; its cost). \"at end\" = what the method "
         "returns when done (lrkit: after 4 runs; log/grid: after the whole sweep).",

@@ -1,7 +1,8 @@
 """Regenerate the README's pictures: ``.venv/bin/python docs/make_figures.py``.
 
 Writes docs/schedules.png (a few schedules), docs/finder.png (the range test on the built-in
-digits example) and docs/diagnose.png (the doctor on a real run whose LR is too high).
+digits example), docs/diagnose.png (the doctor on a real run whose LR is too high) and
+docs/tune.png (``lrkit tune`` on the built-in example, budget 4).
 """
 from __future__ import annotations
 
@@ -79,7 +80,23 @@ def diagnose_figure() -> None:
     print(d.verdict, d.step, d.advice)
 
 
+def tune_figure() -> None:
+    """``lrkit tune`` with its defaults: the range test, then lrkit's search, 4 run-equivalents."""
+    import functools
+
+    import lrkit.tune
+    from lrkit.tune._torch import builtin_target
+
+    result = lrkit.tune.tune_torch(functools.partial(builtin_target, 0), train_steps=300, budget=4)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    result.plot(ax=ax)
+    fig.tight_layout()
+    fig.savefig(OUT / "tune.png", dpi=100)
+    plt.close(fig)
+
+
 if __name__ == "__main__":
     schedules_figure()
     finder_figure()
     diagnose_figure()
+    tune_figure()

@@ -2,7 +2,8 @@
 
 Complete trials are dots (the best one a star), pruned trials crosses at the last value they
 reported, trials the doctor stopped or that failed are red triangles along the top edge (they have
-no usable value). Takes an ``ax`` and returns it; imports matplotlib only when called.
+no usable value), the recommended LR a dashed line. The value axis turns logarithmic when the
+values span more than a factor of 10. Takes an ``ax`` and returns it; imports matplotlib only when called.
 
 Example:
     >>> from lrkit.tune.result import TrialRecord, TuneResult
@@ -41,7 +42,13 @@ def plot_tune(result: Any, ax: Any = None) -> Any:
     if pruned:
         ax.plot([t.lr for t in pruned], [t.last_value for t in pruned], "x", color="tab:orange", markersize=8,
                 mew=2, label=f"pruned, last value ({len(pruned)})")
-    if values:
+    log_y = bool(values) and min(values) > 0 and max(values) / min(values) > 10
+    if log_y:  # a diverging trial's loss would squash the valley
+        ax.set_yscale("log")
+        lo, hi = min(values), max(values)
+        top = hi * 1.6
+        ax.set_ylim(lo / 1.3, top * 1.3)
+    elif values:
         lo, hi = min(values), max(values)
         span = hi - lo if hi > lo else max(abs(hi), 1.0) * 0.1
         top = hi + 0.15 * span
@@ -55,6 +62,9 @@ def plot_tune(result: Any, ax: Any = None) -> Any:
         ax.plot([result.best_lr], [result.best_value], "*", color="tab:green", markersize=16,
                 label=f"best {result.best_lr:.3g}")
         ax.axvline(result.best_lr, color="tab:green", alpha=0.4)
+    rec = getattr(result, "recommended_lr", None)
+    if rec is not None and rec != result.best_lr:
+        ax.axvline(rec, color="tab:purple", linestyle="--", label=f"recommended {rec:.3g} (fitted valley)")
     ax.set_xscale("log")
     from matplotlib.ticker import NullFormatter
 

@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-__all__ = ["next_point", "parabola_vertex"]
+__all__ = ["next_point", "parabola_vertex", "fit_valley"]
 
 
 def parabola_vertex(xl: float, yl: float, xb: float, yb: float, xr: float, yr: float) -> float | None:
@@ -167,3 +167,31 @@ def _widest_gap(tried: Sequence[float], lo: float, top: float, gap: float) -> fl
         return None
     mid = 0.5 * (best[0] + best[1])
     return mid if _free(mid, tried, gap) else None
+
+
+def fit_valley(points: Sequence[tuple[float, float]], *, width: float = 1.0) -> float | None:
+    r"""The bottom of the valley, fitted: least-squares parabola through the points within ``width``
+    decades of the best one, its vertex kept inside their span; ``None`` with fewer than 3 such
+    points, when the fit opens downwards, or when nothing is finite.
+
+    Single runs are noisy (seeds differ by several percent); the fit averages that noise over
+    neighbouring LRs where the arg-min of single values does not.
+
+    Example:
+        >>> round(fit_valley([(-3.0, 1.1), (-2.5, 1.0), (-2.0, 1.3), (-3.5, 1.6)]), 3)
+        -2.625
+    """
+    import numpy as np
+
+    good = [(x, y) for x, y in points if math.isfinite(y)]
+    if not good:
+        return None
+    xb = min(good, key=lambda p: p[1])[0]
+    near = [(x, y) for x, y in good if abs(x - xb) <= width]
+    if len({round(x, 9) for x, _ in near}) < 3:
+        return None
+    xs, ys = np.array([p[0] for p in near]), np.array([p[1] for p in near])
+    a, b, _ = np.polyfit(xs, ys, 2)
+    if not a > 0:
+        return None
+    return float(min(max(-b / (2 * a), xs.min()), xs.max()))

@@ -339,6 +339,14 @@ def load_result(study: optuna.Study, *, strategy: str | None = None, train_steps
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     complete = [r for r in records if r.state == "complete" and r.value is not None and math.isfinite(r.value)]
     best = (max if maximize else min)(complete, key=lambda r: r.value) if complete else None
+    recommended = best.lr if best else None
+    if best is not None and set(best.params) == {LR}:
+        from lrkit.tune._linesearch import fit_valley
+        from lrkit.tune.strategies import observations
+
+        v = fit_valley(observations(trials, maximize=maximize)["finished"])
+        if v is not None:
+            recommended = float(10 ** v)
     run_eq = None
     if train_steps:
         cost = (prior.cost_steps if prior is not None else 0) + sum(r.steps for r in records if r.state != "interrupted")
@@ -348,4 +356,5 @@ def load_result(study: optuna.Study, *, strategy: str | None = None, train_steps
         strategy=strategy or study.user_attrs.get("lrkit_strategy", "?"),
         direction="maximize" if maximize else "minimize", train_steps=train_steps, run_equivalents=run_eq,
         prior=prior.to_dict() if prior is not None else None, best_params=dict(best.params) if best else {},
+        recommended_lr=recommended,
     )

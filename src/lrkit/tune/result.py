@@ -65,6 +65,10 @@ class TuneResult:
         train_steps: steps of one full run (``None`` if unknown).
         run_equivalents: steps spent (trials plus the prior's range test) / ``train_steps``.
         prior: the lrkit prior as a dict, if any. best_params: every parameter of the best trial.
+        recommended_lr: the LR to train with: the bottom of a parabola fitted (least squares, in
+            log-LR) to the trials near the best one -- pruned trials counted at their last value
+            scaled like the best trial's curve -- which averages out the seed noise of single
+            runs; the best trial's LR when there are too few trials or other parameters vary.
         best_schedule: ``[(step, lr), ...]`` the best trial trained with when the LR changed
             during training (Ray's Population-Based Training), else ``None``.
     """
@@ -80,6 +84,7 @@ class TuneResult:
     prior: dict[str, Any] | None = None
     best_params: dict[str, Any] = field(default_factory=dict)
     best_schedule: list[tuple[int, float]] | None = None
+    recommended_lr: float | None = None
 
     @property
     def n_trials(self) -> int:
@@ -93,10 +98,11 @@ class TuneResult:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: ``best_lr, best_value, best_params, n_trials, counts, strategy, direction,
+        """JSON-ready: ``best_lr, best_value, best_params, recommended_lr, n_trials, counts, strategy, direction,
         train_steps, run_equivalents, prior, study_name, trials``."""
         return {
             "best_lr": self.best_lr, "best_value": self.best_value, "best_params": self.best_params,
+            "recommended_lr": self.recommended_lr,
             "n_trials": self.n_trials, "counts": self.counts(), "strategy": self.strategy,
             "direction": self.direction, "train_steps": self.train_steps,
             "run_equivalents": None if self.run_equivalents is None else round(self.run_equivalents, 4),
@@ -110,6 +116,9 @@ class TuneResult:
         c = self.counts()
         lines = [f"best LR: {_fmt(self.best_lr)}  ({self.direction[:3]} value {_fmt(self.best_value)}, "
                  f"strategy {self.strategy})"]
+        if self.recommended_lr is not None and self.best_lr is not None and self.recommended_lr != self.best_lr:
+            lines.append(f"recommended LR: {_fmt(self.recommended_lr)}  (bottom of the valley fitted to the trials "
+                         "around the best)")
         parts = [f"{c.get(s, 0)} {s}" for s in ("complete", "pruned", "failed") if c.get(s)]
         if c.get("interrupted"):
             parts.append(f"{c['interrupted']} interrupted and queued again")
