@@ -25,12 +25,12 @@ LR multiplier (:attr:`Guard.lr_multiplier`, starts at 1) and :math:`\gamma` = ``
 **Which snapshot is "last good".** A snapshot is taken after every ``snapshot_every`` (= :math:`K`)
 *consecutive* steps with a ``healthy`` or ``flat`` verdict (never during ``fluctuating``), and
 the losses that *follow* it verify it (:mod:`lrkit.doctor.snapshots`): a snapshot is healthy when
-the median of the first ten log-losses trained from it is within ``tolerance`` (plus noise) of
-the best level the run had reached when it was taken, and none of them was non-finite. The guard
-restores :math:`L^\*` = the **newest verified-healthy snapshot**. The doctor's onset estimate is
-reported (``Intervention.onset``, ``before_onset``) but does not move the target: an onset dated
-too early cannot send the run back past good states, and a state taken while the loss was
-already drifting up fails its own verification however "healthy" the doctor still said it was.
+its first loss was finite and the median of the (up to ten) log-losses trained from it before the
+doctor's onset -- at least its first one -- is within ``tolerance`` (plus noise) of the best level
+the run had reached when it was taken. The guard restores :math:`L^\*` = the **newest
+verified-healthy snapshot**. So an onset dated too early cannot send the run back past good
+states (each of them is then judged by its own first loss), and a state taken while the loss was
+already drifting up fails its verification however "healthy" the doctor still said it was.
 When no snapshot qualifies, the oldest kept one (the initial state) is restored and the record
 says ``verified=False``. Snapshots newer than the one restored are dropped.
 
@@ -570,7 +570,7 @@ class Guard:
         return sorted(pool, key=lambda s: s.label)
 
     def _take(self, initial: bool = False) -> None:
-        t0 = time.perf_counter()
+        t0 = time.thread_time()  # this thread's CPU time: a load spike elsewhere is not the snapshot's cost
         state = self.trainer.snapshot()
         h = self._health
         rec = SnapshotRecord(
@@ -589,7 +589,7 @@ class Guard:
                 i = thin_index([s.label for s in self._snaps], now=self._clock, every=self.snapshot_every, origin=origin)
                 self._retire(self._snaps.pop(i))
         self._write_manifest()
-        self._adapt(time.perf_counter() - t0)
+        self._adapt(time.thread_time() - t0)
 
     def _retire(self, rec: SnapshotRecord) -> None:
         """A snapshot leaves the rolling set: keep it as the best one if it is, else drop it."""
@@ -660,7 +660,7 @@ class Guard:
                 raise SnapshotError(
                     f"lrkit guard: {d.verdict} at step {step} and no snapshot could be read (see the ERROR lines)", ""
                 )
-            target, verified = choose_target(pool, self.tolerance)
+            target, verified = choose_target(pool, self.tolerance, onset)
             if target.restores >= self.max_retries:
                 self._give_up(step, d, target, pool)
             state = self._load(pool, target)
@@ -669,6 +669,7 @@ class Guard:
         for snap in [s for s in self._snaps if s.label > target.label]:  # suspect: newer than the target
             self._store.drop(snap.handle)
         self._snaps = [s for s in self._snaps if s.label <= target.label]
+        target.cut(onset)  # the restored timeline's own losses no longer speak for it
         self._restore(target, state)
         target.restores += 1
         old = self._multiplier

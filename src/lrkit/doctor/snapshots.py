@@ -18,10 +18,14 @@ holds trained at the level the run had reached, within noise. A run that has beg
 fails the test however "healthy" the doctor still said it was, and a state from before an LR was
 raised passes it however early the doctor dates the onset.
 
-**Rollback target.** The newest verified-healthy snapshot (:func:`choose_target`); the doctor's
-onset estimate is reported but does not move the target: an early estimate (the doctor dated a
-6x LR rise 130-180 steps before it happened) cannot send a run back past good states. If no
-snapshot qualifies, the oldest one kept (normally the initial state) is used and flagged.
+**Rollback target.** The newest verified-healthy snapshot (:func:`choose_target`). Only the
+losses before the doctor's onset estimate count in the verification (the problem's own losses
+say nothing about the state before it), but always at least the snapshot's first loss, which is
+the loss of that very state: so an onset dated too early (the doctor dated a 6x LR rise 130-180
+steps before it happened) cannot send a run back past good states -- each snapshot is then
+judged by its own first loss -- and a state taken while the loss was already drifting up fails
+the level test however "healthy" the doctor still said it was. If no snapshot qualifies, the
+oldest one kept (normally the initial state) is used and flagged.
 
 **Reach with a fixed number of copies** (:func:`thin_index`). ``keep`` rolling snapshots (plus
 the initial state and the best one) are thinned towards geometrically spaced ages: with a run of
@@ -136,6 +140,7 @@ class SnapshotRecord:
     sigma: float = 0.0
     health: dict[str, Any] = field(default_factory=dict)
     post: list[float] = field(default_factory=list)
+    post_steps: list[int] = field(default_factory=list)
     post_bad: bool = False
     val: float | None = None
     restores: int = 0
@@ -158,6 +163,7 @@ class SnapshotRecord:
                 self.post_bad = True
             return
         self.post.append(math.log(max(loss, 1e-300)))
+        self.post_steps.append(int(step))
         if val_loss is not None and self.val is None and math.isfinite(val_loss):
             self.val = float(val_loss)
 
@@ -166,23 +172,37 @@ class SnapshotRecord:
         """Median log-loss after it (``nan`` before any)."""
         return _median(self.post)
 
-    def healthy(self, tolerance: float) -> bool | None:
-        """``True`` verified healthy, ``False`` not, ``None`` no loss seen from it yet."""
+    def healthy(self, tolerance: float, until: int | None = None) -> bool | None:
+        """``True`` verified healthy, ``False`` not, ``None`` no loss seen from it yet.
+
+        ``until``: judge only the losses of steps before it (the onset of a problem), but always
+        the first one (the state's own loss).
+        """
         if self.post_bad:
             return False
-        if not self.post:
+        post = self.post
+        if until is not None:
+            post = [y for k, y in zip(self.post_steps, self.post) if k < until] or post[:1]
+        if not post:
             return None
         if math.isinf(self.best):
             return True
         # 3 sd of the difference of two medians (of the post losses, and of LEVEL losses)
-        margin = math.log1p(tolerance) + 3.0 * _MEDIAN_EFF * self.sigma * math.sqrt(1.0 / len(self.post) + 1.0 / LEVEL)
-        return self.level <= self.best + margin
+        margin = math.log1p(tolerance) + 3.0 * _MEDIAN_EFF * self.sigma * math.sqrt(1.0 / len(post) + 1.0 / LEVEL)
+        return _median(post) <= self.best + margin
+
+    def cut(self, until: int) -> None:
+        """Keep only the verification losses of steps before ``until`` (at least the first one) and
+        stop recording: what is judged from now on is what was seen before the problem."""
+        keep = max(1, sum(1 for k in self.post_steps if k < until))
+        self.post, self.post_steps = self.post[:keep], self.post_steps[:keep]
+        self.closed = True
 
     def to_json(self) -> dict[str, Any]:
         return {
             "label": self.label, "doctor": self.doctor, "multiplier": self.multiplier,
             "best": None if math.isinf(self.best) else self.best, "sigma": self.sigma, "health": self.health,
-            "post": list(self.post), "post_bad": self.post_bad, "val": self.val, "restores": self.restores,
+            "post": list(self.post), "post_steps": list(self.post_steps), "post_bad": self.post_bad, "val": self.val, "restores": self.restores,
             "handle": self.handle if isinstance(self.handle, (str, int)) else None, "nbytes": self.nbytes,
         }
 
@@ -191,7 +211,8 @@ class SnapshotRecord:
         return cls(
             label=int(d["label"]), doctor=d["doctor"], multiplier=float(d["multiplier"]),
             best=math.inf if d["best"] is None else float(d["best"]), sigma=float(d["sigma"]),
-            health=d["health"], post=[float(v) for v in d["post"]], post_bad=bool(d["post_bad"]),
+            health=d["health"], post=[float(v) for v in d["post"]],
+            post_steps=[int(v) for v in d.get("post_steps", [])], post_bad=bool(d["post_bad"]),
             val=d["val"], restores=int(d["restores"]), handle=d["handle"], nbytes=int(d.get("nbytes", 0)),
         )
 
@@ -218,11 +239,13 @@ def thin_index(labels: Sequence[int], *, now: int, every: int, origin: int | Non
     return best_i
 
 
-def choose_target(pool: Sequence[SnapshotRecord], tolerance: float) -> tuple[SnapshotRecord, bool]:
+def choose_target(pool: Sequence[SnapshotRecord], tolerance: float,
+                  onset: int | None = None) -> tuple[SnapshotRecord, bool]:
     """The newest verified-healthy snapshot of ``pool`` (oldest first), and ``True``; else the
-    oldest snapshot and ``False``."""
+    oldest snapshot and ``False``. Losses from ``onset`` on (the problem) do not count against a
+    snapshot, except its first one."""
     for rec in reversed(pool):
-        if rec.healthy(tolerance):
+        if rec.healthy(tolerance, until=onset):
             return rec, True
     return pool[0], False
 

@@ -148,8 +148,11 @@ class _State:
         self.owner = owner
 
     def snapshot(self) -> TorchSnapshot:
+        # after optimizer.step(): the gradients are spent (zero_grad comes next), so they are not
+        # copied; CUDA tensors are copied without stalling the loop (see TorchSnapshot.take)
         o = self.owner
-        return TorchSnapshot.take(o.model, [o.optimizer], scaler=o.scaler, loaders=o.loaders)
+        return TorchSnapshot.take(o.model, [o.optimizer], scaler=o.scaler, loaders=o.loaders, grads=False,
+                                  non_blocking=True)
 
     def restore(self, state: TorchSnapshot) -> None:
         o = self.owner
