@@ -183,6 +183,15 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         if self.guard is not None:
             self.guard.close()
 
+    def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
+        # an exception (GuardGaveUp included) ends training without on_train_end: release the
+        # optimizer hooks and the guard's snapshot files here
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        if self.guard is not None:
+            self.guard.close()
+
     def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         # after the epoch's validation metrics are aggregated into callback_metrics (as
         # ModelCheckpoint reads them); they go to the doctor with the next training step

@@ -103,6 +103,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -122,6 +123,9 @@ from lrkit.integrations.torch.state import TorchSnapshot
 
 __all__ = ["TorchDoctor", "StabilityProbe", "grad_norm"]
 
+_GN_MIN_COST = 0.005  # seconds: a cheaper gradient norm is measured every step
+_GN_BUDGET = 0.005  # the largest fraction of the step time the gradient norm may take
+_GN_MAX_EVERY = 20
 _PROBED = ("diverging", "fluctuating")  # verdicts that run the probe (without a rollback)
 _QUIET = ("healthy", "flat")  # verdicts under which `every` probes the headroom
 
@@ -183,7 +187,9 @@ class TorchDoctor(GuardedWatch):
         loaders: data loaders whose ``torch.Generator`` is snapshotted too (by default none: the
             loader goes on after a rollback).
         track_grad_norm: compute the global gradient norm in :meth:`after_backward` (one fused
-            norm over the gradients, no host copy of them) and report it to the doctor.
+            norm over the gradients, no host copy of them) and report it to the doctor. When one
+            norm takes more than 5 ms (a large model), it is computed only every ``k`` steps
+            (``k`` <= 20) so that it stays under 0.5% of the step time.
         stability_probe: a :class:`~lrkit.integrations.torch.hessian.StabilityProbe` (the
             batches and the loss) to explain problems with the curvature (see the module
             docstring); ``None`` (default) for none. Needs one LR and one set of
@@ -265,6 +271,9 @@ class TorchDoctor(GuardedWatch):
         self._probed_key: tuple[str, int | None] | None = None  # the last problem episode probed
         self._explained: dict[int, Intervention] = {}  # intervention index -> the record with the probe
         self._n_steps = 0
+        self._gn_every = 1  # the gradient norm is measured every this many steps (see _space_grad_norm)
+        self._step_time = math.nan
+        self._t_step: float | None = None
         self._last_step: int | None = None
         self._log = logger if logger is not None else logging.getLogger("lrkit.stability")
         self.watch_logger = logger
@@ -290,8 +299,10 @@ class TorchDoctor(GuardedWatch):
         Returns the gradient norm.
         """
         gn = None
-        if self.track_grad_norm:
+        if self.track_grad_norm and self._n_steps % self._gn_every == 0:
+            t0 = time.perf_counter()
             gn = grad_norm(self._params)
+            self._space_grad_norm(time.perf_counter() - t0)
             if self.scaler is not None and self.scaler.is_enabled():
                 gn = gn / float(self.scaler.get_scale())
                 if not math.isfinite(gn):
@@ -302,6 +313,14 @@ class TorchDoctor(GuardedWatch):
         if m != 1.0:
             self._set_lrs([b * m for b in self._base])
         return gn
+
+    def _space_grad_norm(self, cost: float) -> None:
+        """On a large model the norm (one pass over every gradient) costs more than 5 ms: then it
+        is measured only every ``k`` steps, ``k`` chosen to keep it under 0.5% of the step time
+        (the loss still reaches the doctor every step; a NaN gradient shows in the next loss)."""
+        if cost < _GN_MIN_COST or math.isnan(self._step_time):
+            return
+        self._gn_every = max(1, min(_GN_MAX_EVERY, math.ceil(cost / (_GN_BUDGET * self._step_time))))
 
     def after_step(
         self, step: int, loss: Any, *, val_loss: float | None = None, metrics: Mapping[str, float] | None = None
@@ -333,6 +352,11 @@ class TorchDoctor(GuardedWatch):
         self._base = None
         gn, self._gn = self._gn, None
         self._n_steps += 1
+        now = time.perf_counter()
+        if self._t_step is not None:
+            dt = now - self._t_step
+            self._step_time = dt if math.isnan(self._step_time) else 0.9 * self._step_time + 0.1 * dt
+        self._t_step = now
         self._last_step = step
         # each new detection is recorded (detections, worst) and logged once (lrkit.doctor)
         rolled = self._watch_observe(step, loss, lr=lr, grad_norm=gn, val_loss=val_loss, metrics=metrics) is not None
