@@ -206,13 +206,6 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
             self.guard.start()
         self._loss_vars()
 
-    def on_train_end(self, logs: dict | None = None) -> None:
-        # drop the snapshots (and their files with storage="disk"); the multiplier and records
-        # stay, and a later fit() starts from a fresh snapshot. An exception skips this hook: use
-        # ``with LRDoctorCallback(...) as cb:`` (or cb.close()) to clean up on every exit path.
-        if self.guard is not None:
-            self.guard.close()
-
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._prev = (0.0, 0.0)  # fit() resets the trackers at each epoch
 
@@ -261,6 +254,11 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
 
     def on_train_end(self, logs: dict | None = None) -> None:
         self._watch_speak_summary()  # the worst problem seen, even if the run recovered
+        # drop the snapshots (and their files with storage="disk"); the multiplier and records
+        # stay, and a later fit() starts from a fresh snapshot. An exception skips this hook: use
+        # ``with LRDoctorCallback(...) as cb:`` (or cb.close()) to clean up on every exit path.
+        if self.guard is not None:
+            self.guard.close()
 
     # ------------------------------------------------------------------ on_converged / on_overfitting
     def _watch_stop(self) -> bool:
