@@ -309,6 +309,7 @@ class DiskStore:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lrkit-guard-io")
         self._background = bool(background)
         self._pending: list[Future] = []
+        self._doomed: list[str] = []  # files to delete after the next manifest
         self._serial = max([_serial_of(n) for n in os.listdir(self.dir)] + [0])
         self._finalizer = weakref.finalize(self, _cleanup, self.dir, self._top, self._lock, self._pool)
 
@@ -328,13 +329,18 @@ class DiskStore:
         return name
 
     def drop(self, key: Any) -> None:
+        """Forget a snapshot; its file is deleted after the next manifest (which no longer names
+        it) is durable, so the manifest on disk never names a deleted file."""
         if isinstance(key, str):
-            self._submit(_remove, os.path.join(self.dir, key))
+            self._doomed.append(os.path.join(self.dir, key))
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        """Queue the manifest (written after the files queued before it)."""
+        """Queue the manifest (written after the files queued before it), then the deletions."""
         text = json.dumps(manifest, allow_nan=True).encode()
         self._submit(atomic_write, os.path.join(self.dir, MANIFEST), lambda fh: fh.write(text))
+        doomed, self._doomed = self._doomed, []
+        for path in doomed:
+            self._submit(_remove, path)
 
     def flush(self) -> None:
         """Wait for every queued write; re-raise the first error."""
