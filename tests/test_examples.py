@@ -21,9 +21,16 @@ def test_the_five_frameworks_have_an_example():
     assert {"pytorch_loop.py", "lightning_module.py", "hf_trainer.py", "keras_fit.py", "jax_optax.py"} <= names
 
 
-@pytest.mark.parametrize("script", EXAMPLES, ids=[p.name for p in EXAMPLES])
-def test_example_runs_and_is_documented(script):
-    assert f"]({script.name})" in (ROOT / "examples" / "README.md").read_text(encoding="utf-8")
+def test_every_example_is_linked_from_the_folders_readme():
+    readme = (ROOT / "examples" / "README.md").read_text(encoding="utf-8")
+    assert [p.name for p in EXAMPLES if f"]({p.name})" not in readme] == []
+
+
+RUN_HERE = [p for p in EXAMPLES if not p.name.startswith("autopilot_")]  # those: tests/test_autopilot_examples.py
+
+
+@pytest.mark.parametrize("script", RUN_HERE, ids=[p.name for p in RUN_HERE])
+def test_example_runs(script):
     for key, modules in NEEDS.items():
         if key in script.stem:
             for module in modules:
