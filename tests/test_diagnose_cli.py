@@ -100,3 +100,17 @@ def test_json_on_a_csv_whose_accuracy_swings_says_fluctuating(tmp_path):
     # told to ignore that column, the same log is healthy
     r = lrkit("diagnose", p, "--json", "--metric-mode", "val_accuracy=ignore")
     assert r.returncode == 0 and json.loads(r.stdout)["verdict"] == "healthy"
+
+
+def test_report_page_of_a_diverging_log(tmp_path):
+    import numpy as np
+
+    loss = np.concatenate([2.0 * np.exp(-np.arange(60) / 20), 0.2 * np.exp(np.arange(30) / 6)])
+    log = tmp_path / "run.csv"
+    log.write_text("step,loss,lr\n" + "".join(f"{i},{v},0.1\n" for i, v in enumerate(loss)))
+    out = subprocess.run([sys.executable, "-m", "lrkit", "diagnose", str(log), "--report", str(tmp_path / "rep")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert "Verdict: <b id=\"verdict\">diverging</b> from step 59" in page and "data:image/png;base64," in page
+    assert "lower the LR about 10x" in page and "--report" in page  # the advice, and the command that made it

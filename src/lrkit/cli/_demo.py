@@ -45,7 +45,7 @@ def run_demo(
     from lrkit import schedules
     from lrkit.examples.digits import digits_task
     from lrkit.integrations.torch.trainer import find_lr
-    from lrkit.report.html import write_finder_report
+    from lrkit.report.html import demo_report_html
 
     out.mkdir(parents=True, exist_ok=True)
     task = digits_task(seed=0, optimizer=optimizer)
@@ -60,7 +60,6 @@ def run_demo(
     fig.tight_layout()
     fig.savefig(out / "finder.png", dpi=110)
     plt.close(fig)
-    report = write_finder_report(result, out / "report", title="lrkit demo: digits MLP")
 
     seed_list = list(range(seeds))
     factory = lambda seed: digits_task(seed=seed, optimizer=optimizer)  # noqa: E731
@@ -75,7 +74,7 @@ def run_demo(
     fig.savefig(out / "schedules.png", dpi=110)
     plt.close(fig)
 
-    return {
+    summary = {
         "suggestion": result.suggestion,
         "method": result.method,
         "band": list(result.band),
@@ -87,8 +86,18 @@ def run_demo(
         "steps": steps,
         "at_suggestion": at_suggestion,
         "at_default": at_default,
-        "files": {"finder_plot": str(out / "finder.png"), "report": str(report), "schedules_plot": str(out / "schedules.png")},
+        "files": {"finder_plot": str(out / "finder.png"), "report": str(out / "report" / "report.html"),
+                  "schedules_plot": str(out / "schedules.png")},
     }
+    # the page shows what the terminal shows: the finder, and training at its suggestion vs the default
+    report_dir = out / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    png = (out / "finder.png").read_bytes()
+    (report_dir / "finder.png").write_bytes(png)
+    (report_dir / "report.html").write_text(
+        demo_report_html(result, summary, png=png, schedules_png=(out / "schedules.png").read_bytes(), seed=0),
+        encoding="utf-8")
+    return summary
 
 
 def format_demo(summary: dict[str, Any]) -> str:

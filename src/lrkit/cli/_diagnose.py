@@ -91,6 +91,7 @@ def diagnose_cmd(
     loss: Annotated[Optional[str], typer.Option("--loss", help="The column or TensorBoard tag holding the training loss (default: loss, train_loss, train/loss, Loss/train, ...).")] = None,
     lr: Annotated[Optional[str], typer.Option("--lr", help="The column or tag holding the learning rate (default: lr, learning_rate, lr-<Optimizer>, ...).")] = None,
     val_loss: Annotated[Optional[str], typer.Option("--val-loss", help="The column or tag holding the validation loss (default: val_loss, eval_loss, Loss/test, ...).")] = None,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write a self-contained HTML report (report.html) into this directory: the verdict, its onset and advice on the plotted run (one run).")] = None,
 ) -> None:
     """Diagnose the learning rate of a finished (or running) training run from its log."""
     from lrkit.doctor import diagnose, read_log
@@ -117,8 +118,9 @@ def diagnose_cmd(
             raise CLIError(f"{file}: no runs in this directory (looked for TensorBoard event files, "
                            "trainer_state.json, .csv, .tsv, .jsonl and .ndjson logs)")
         if len(runs) > 1:
-            if plot is not None:
-                raise CLIError(f"--plot draws one run, and {file} holds {len(runs)}; pass one of them: "
+            if plot is not None or report is not None:
+                raise CLIError(f"--{'plot' if plot is not None else 'report'} draws one run, and {file} holds "
+                               f"{len(runs)}; pass one of them: "
                                + ", ".join(str(path / r.name) for r in runs[:3]))
             _diagnose_runs(path, runs, names, kwargs, as_json, fail_on_problem)
             return
@@ -141,16 +143,27 @@ def diagnose_cmd(
         ax.figure.tight_layout()
         ax.figure.savefig(plot, dpi=110)
         plt.close(ax.figure)
+    if report is not None:
+        from lrkit.report.html import diagnosis_report_html
+
+        if report.exists() and not report.is_dir():
+            raise CLIError(f"--report: {str(report)!r} exists and is not a directory")
+        report.mkdir(parents=True, exist_ok=True)
+        (report / "report.html").write_text(diagnosis_report_html(records, diagnosis, source=source), encoding="utf-8")
     if as_json:
         out = diagnosis.to_dict()
         out["source"] = source
         if plot is not None:
             out["plot"] = str(plot)
+        if report is not None:
+            out["report"] = str(report / "report.html")
         typer.echo(json.dumps(out))
     else:
         typer.echo(format_diagnosis(diagnosis, source))
         if plot is not None:
             typer.echo(f"  plot: {plot}")
+        if report is not None:
+            typer.echo(f"  report: {report / 'report.html'}")
     if fail_on_problem and not diagnosis.ok:
         raise typer.Exit(1)
 

@@ -301,7 +301,9 @@ def find_command(
     if report is not None:
         from lrkit.report.html import write_finder_report
 
-        written["report"] = str(write_finder_report(result, report, title=f"lrkit find: {target_name}"))
+        framework = spec.get("framework", "torch") if target is not None else "torch"
+        written["report"] = str(write_finder_report(result, report, title=f"lrkit find: {target_name}",
+                                                    framework=framework, seed=seed))
     if json_out:
         payload = result.to_dict()
         payload["target"] = target_name
