@@ -43,6 +43,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from lrkit.doctor.guard import GuardGaveUp
+
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
 FRAMEWORKS = ("hf", "lightning", "keras", "torch")
@@ -195,6 +197,23 @@ def run_torch(spec: RunSpec, out: Path, guard: bool) -> RunResult:
     writer = SummaryWriter(log_dir=str(out)) if out is not None else None
     gen = torch.Generator().manual_seed(spec.seed)
     step, running = 0, 0.0
+    try:
+        _torch_loop(spec, model, opt, sched, watch, writer, gen, Xtr_t, ytr_t, Xva_t, yva_t, epochs, batch, per_epoch)
+        gave_up = False
+    except GuardGaveUp:  # the guard left the model at the best state it saw
+        gave_up = True
+    if writer is not None:
+        writer.close()
+    with torch.no_grad():
+        acc = _accuracy(model(Xva_t).numpy(), yva)
+    v, s, f = _live(watch)
+    return RunResult(spec.name, acc, total, v, s, f, len(watch.interventions), gave_up)
+
+
+def _torch_loop(spec, model, opt, sched, watch, writer, gen, Xtr_t, ytr_t, Xva_t, yva_t, epochs, batch, per_epoch):
+    import torch
+
+    step, running = 0, 0.0
     for epoch in range(epochs):
         model.train()
         perm = torch.randperm(len(Xtr_t), generator=gen)
@@ -224,12 +243,6 @@ def run_torch(spec: RunSpec, out: Path, guard: bool) -> RunResult:
             val = _torch_eval(model, Xva_t, yva_t)
             writer.add_scalar("Loss/test", val["loss"], step - 1)
             writer.add_scalar("Accuracy/test", val["acc"], step - 1)
-    if writer is not None:
-        writer.close()
-    with torch.no_grad():
-        acc = _accuracy(model(Xva_t).numpy(), yva)
-    v, s, f = _live(watch)
-    return RunResult(spec.name, acc, step, v, s, f, len(watch.interventions))
 
 
 def _torch_eval(model, X, y) -> dict[str, float]:
@@ -301,11 +314,15 @@ def run_lightning(spec: RunSpec, out: Path, guard: bool) -> RunResult:
                          limit_val_batches=1.0 if spec.variant == "a" else 0, num_sanity_val_steps=0,
                          default_root_dir=str(root) if out is not None else None, **kw)
     module = Module()
-    trainer.fit(module, dl, vdl if spec.variant == "a" else None)
+    gave_up = False
+    try:
+        trainer.fit(module, dl, vdl if spec.variant == "a" else None)
+    except GuardGaveUp:
+        gave_up = True
     with torch.no_grad():
         acc = _accuracy(module.net(torch.from_numpy(Xva)).numpy(), yva)
     v, s, f = _live(cb)
-    return RunResult(spec.name, acc, int(trainer.global_step), v, s, f, len(cb.interventions))
+    return RunResult(spec.name, acc, int(trainer.global_step), v, s, f, len(cb.interventions), gave_up)
 
 
 # ------------------------------------------------------------------------------ keras
@@ -341,13 +358,17 @@ def run_keras(spec: RunSpec, out: Path, guard: bool) -> RunResult:
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         cbs.append(keras.callbacks.CSVLogger(str(out / "training.log.csv")))
-    hist = model.fit(Xtr, ytr, batch_size=batch, epochs=epochs, verbose=0, callbacks=cbs,
-                     validation_data=(Xva, yva) if spec.variant == "a" else None)
-    if out is not None:
+    gave_up = False
+    try:
+        hist = model.fit(Xtr, ytr, batch_size=batch, epochs=epochs, verbose=0, callbacks=cbs,
+                         validation_data=(Xva, yva) if spec.variant == "a" else None)
+    except GuardGaveUp:
+        gave_up, hist = True, None
+    if out is not None and hist is not None:
         (out / "history.json").write_text(json.dumps({k: [float(x) for x in v] for k, v in hist.history.items()}))
     acc = _accuracy(keras.ops.convert_to_numpy(model.predict(Xva, verbose=0)), yva)
     v, s, f = _live(doc)
-    return RunResult(spec.name, acc, epochs * per_epoch, v, s, f, len(doc.interventions))
+    return RunResult(spec.name, acc, epochs * per_epoch, v, s, f, len(doc.interventions), gave_up)
 
 
 # ------------------------------------------------------------------------------ hugging face
@@ -358,7 +379,6 @@ def run_hf(spec: RunSpec, out: Path, guard: bool) -> RunResult:
     import transformers
     from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
 
-    from lrkit.doctor.guard import GuardGaveUp
     from lrkit.transformers import LRDoctorCallback
 
     transformers.logging.set_verbosity_error()

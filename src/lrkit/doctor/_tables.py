@@ -184,83 +184,117 @@ def _sniff_delimiter(first: str) -> str:
     return "," if "," in first else "\t" if "\t" in first else ";" if ";" in first else ","
 
 
-def csv_table(text: str, source: str, *, delimiter: str | None = None, keep: Callable[[list[str]], set[str]],
-              progress: Progress | None = None, fast: bool = True) -> Table:
-    """Parse CSV text (header line, then rows); ``keep(header)`` names the columns that must be numeric.
+def csv_table(data: bytes | str, source: str, *, delimiter: str | None = None,
+              keep: Callable[[list[str]], set[str]], progress: Progress | None = None, fast: bool = True) -> Table:
+    """Parse a CSV log (header line, then rows); ``keep(header)`` names the columns that must be numeric.
 
-    ``fast=False`` skips the NumPy parse (used to locate an error found after a fast parse)."""
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    if not text.strip():
+    The bytes are parsed by NumPy straight from memory (no text copy of the file); ``fast=False``
+    (and any irregularity: quotes, ragged rows, a text cell in a number column, bytes that are
+    not UTF-8) takes the line-by-line path, which names the line of an error."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16 (Windows tools): as UTF-8 from here on
+        data = decode(data, source).encode("utf-8")
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    if not data.strip():
         raise LogFormatError(f"{source}:1: the file is empty")
-    if "\r" in text:
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-    # the header: the first non-blank line
-    start = 0
-    header_line = 1
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    if fast and b'"' not in data:
+        try:
+            return _csv_fast(data, source, delimiter, keep, progress)
+        except (_Fallback, UnicodeDecodeError):
+            pass
+    return _csv_text(decode(data, source), source, delimiter, keep)
+
+
+def _header(text: str, source: str, delimiter: str | None) -> tuple[list[str], str, int, int]:
+    """(header cells, delimiter, header line number, offset of the body) of CSV text."""
+    start, header_line = 0, 1
     while True:
         end = text.find("\n", start)
         line = text[start:] if end < 0 else text[start:end]
         if line.strip() or end < 0:
             break
         start, header_line = end + 1, header_line + 1
-    if delimiter is None:
-        delimiter = _sniff_delimiter(line)
-    header = [h.strip() for h in next(csv.reader([line], delimiter=delimiter), [])]
+    d = delimiter or _sniff_delimiter(line)
+    header = [h.strip() for h in next(csv.reader([line], delimiter=d), [])]
     if not header or all(h == "" for h in header):
         raise LogFormatError(f"{source}:{header_line}: no header row")
-    body_start = len(text) if end < 0 else end + 1
+    return header, d, header_line, (len(text) if end < 0 else end + 1)
+
+
+def _complete_tail(body: str, header: list[str], d: str, must: set[str]) -> bool:
+    """Is the last line of a body that does not end with a newline a whole row?"""
+    last = body[body.rfind("\n") + 1:]
+    cells = next(csv.reader([last], delimiter=d), [])
+    return len(cells) == len(header) and all(_is_number(c) for h, c in zip(header, cells) if h in must)
+
+
+def _csv_text(text: str, source: str, delimiter: str | None, keep: Callable[[list[str]], set[str]]) -> Table:
+    header, d, header_line, body_start = _header(text, source, delimiter)
     body = text[body_start:]
     if not body.strip():
         raise LogFormatError(f"{source}:{header_line + 1}: no data rows after the header")
     must = keep(header)
     # a half-written last line of a live log (no final newline): ignore it when it is incomplete
-    if not body.endswith("\n"):
-        cut = body.rfind("\n") + 1
-        last = body[cut:]
-        cells = next(csv.reader([last], delimiter=delimiter), [])
-        if len(cells) != len(header) or not all(_is_number(c) for h, c in zip(header, cells) if h in must):
-            body = body[:cut]
-            if not body.strip():
-                raise LogFormatError(f"{source}:{header_line + 1}: no complete data rows after the header")
-    at = f"{source}:{header_line}"
-    if fast and '"' not in body:
-        try:
-            return _csv_fast(body, header, delimiter, source, must, at, progress)
-        except _Fallback:
-            pass
-    return _csv_slow(body, header, delimiter, source, must, at, header_line)
+    if not body.endswith("\n") and not _complete_tail(body, header, d, must):
+        body = body[: body.rfind("\n") + 1]
+        if not body.strip():
+            raise LogFormatError(f"{source}:{header_line + 1}: no complete data rows after the header")
+    return _csv_slow(body, header, d, source, must, f"{source}:{header_line}", header_line)
 
 
 class _Fallback(Exception):
     pass
 
 
-def _csv_fast(body: str, header: list[str], d: str, source: str, must: set[str], at: str,
+def _csv_fast(data: bytes, source: str, delimiter: str | None, keep: Callable[[list[str]], set[str]],
               progress: Progress | None) -> Table:
-    """Column-wise NumPy parse; raises _Fallback when the slow path must find an error's line."""
+    """Column-wise NumPy parse of the bytes; raises _Fallback when the text path must take over."""
+    head = data[: 1 << 16].decode("utf-8", errors="ignore")
+    header, d, header_line, _ = _header(head if len(data) > len(head) else data.decode("utf-8"), source, delimiter)
+    body_start = 0
+    for _ in range(header_line):
+        body_start = data.index(b"\n", body_start) + 1 if data.find(b"\n", body_start) >= 0 else len(data)
+    if not data[body_start:body_start + 4096].strip() and not data[body_start:].strip():
+        raise _Fallback  # no data rows: the text path words the error
+    must = keep(header)
+    if not data.endswith(b"\n"):
+        cut = data.rfind(b"\n") + 1
+        if cut <= body_start or not _complete_tail(data[cut:].decode("utf-8"), header, d, must):
+            data = data[:cut]
+            if not data[body_start:].strip():
+                raise _Fallback
     # which columns are numbers: judged on the first rows; a later text cell falls back
-    sample = list(csv.reader(io.StringIO(body[: 1 << 16]), delimiter=d))[:-1] or list(
-        csv.reader(io.StringIO(body), delimiter=d))
+    sample_text = data[body_start:body_start + (1 << 16)].decode("utf-8", errors="ignore")
+    sample = list(csv.reader(io.StringIO(sample_text), delimiter=d))
+    if len(sample) > 1 and body_start + (1 << 16) < len(data):
+        sample = sample[:-1]
     numeric = [j for j, h in enumerate(header)
                if h in must or all(_is_number(r[j]) for r in sample if len(r) > j)]
     if not numeric:
         raise _Fallback
-    rows = len(re.findall(r"(?m)^[ \t]*\S", body))
-    if body.count(d) != (len(header) - 1) * rows:  # a ragged row: the slow path names it
+    db = d.encode()
+    nl = data.count(b"\n", body_start)
+    rows = nl + (not data.endswith(b"\n")) - data.count(b"\n\n", body_start) - data.startswith(b"\n", body_start)
+    if data.count(db, body_start) != (len(header) - 1) * rows:  # a ragged row (or a blank-looking line)
         raise _Fallback
     if progress is not None:
         progress("parsing", 0.0)
-    e = re.escape(d)
-    if re.search(rf"(?mi)(?:{e}{e}|^{e}|{e}[ \t]*$|(?:^|{e})[ \t]*(?:na|n/a|null|none)[ \t]*(?:{e}|$))", body):
+    if _has_missing_cells(data, db, body_start):  # mark empty/NA cells (rarer in long logs; a text pass)
+        e = re.escape(d)
         cell = r"[ \t]*(?:na|n/a|null|none)?[ \t]*"
-        body = re.sub(rf"(?mi)(?<={e}){cell}(?={e}|$)|^{cell}(?={e})", _EMPTY_TXT, body)
+        text = re.sub(rf"(?mi)(?<={e}){cell}(?={e}|$)|^{cell}(?={e})", _EMPTY_TXT, data[body_start:].decode("utf-8"))
+        data, body_start = text.encode("utf-8"), 0
+        del text
     try:
-        arr = np.loadtxt(io.StringIO(body), delimiter=d, dtype=np.float64, usecols=numeric, comments=None,
-                         ndmin=2, quotechar=None)
+        arr = np.loadtxt(io.BytesIO(data), delimiter=d, dtype=np.float64, usecols=numeric, comments=None,
+                         ndmin=2, quotechar=None, skiprows=_lines_before(data, body_start), encoding="utf-8")
     except ValueError:
         raise _Fallback from None
-    if arr.shape[0] == 0:
+    if arr.shape[0] != rows:
         raise _Fallback
     if progress is not None:
         progress("parsing", 1.0)
@@ -268,16 +302,34 @@ def _csv_fast(body: str, header: list[str], d: str, source: str, must: set[str],
     present: dict[str, np.ndarray] = {}
     names = []
     for k, j in enumerate(numeric):
-        col = np.ascontiguousarray(arr[:, k])
-        p = col != _EMPTY
-        col[~p] = np.nan
         name = header[j]
         if name in values:  # a repeated header name: keep the first
             continue
+        col = np.ascontiguousarray(arr[:, k])
+        p = col != _EMPTY
+        col[~p] = np.nan
         names.append(name)
         values[name], present[name] = col, p
+    del arr
     dropped = [h for j, h in enumerate(header) if j not in numeric]
-    return Table(source, names, values, present, header_at=at, dropped=dropped)
+    return Table(source, names, values, present, header_at=f"{source}:{header_line}", dropped=dropped)
+
+
+def _lines_before(data: bytes, offset: int) -> int:
+    return data.count(b"\n", 0, offset)
+
+
+def _has_missing_cells(data: bytes, d: bytes, start: int) -> bool:
+    """Any empty cell or NA/null/none token after ``start``? (substring tests at C speed)"""
+    def has(sub: bytes, buf: bytes = data) -> bool:
+        return buf.find(sub, start) >= 0
+
+    if has(d + d) or has(b"\n" + d) or has(d + b"\n") or data.startswith(d, start) or data.endswith(d):
+        return True
+    if has(d + b" ") or has(b" " + d) or (d != b"\t" and has(d + b"\t")):
+        return True  # cells padded with blanks may be blank
+    low = data.lower() if any(has(c) for c in (b"N", b"n", b"U", b"u")) else data
+    return any(low.find(tok, start) >= 0 for tok in (b"na" + d, b"na\n", b"null", b"none", b"n/a")) or low.endswith(b"na")
 
 
 def _csv_slow(body: str, header: list[str], d: str, source: str, must: set[str], at: str,

@@ -312,6 +312,8 @@ def _records(table: Table, named: Mapping[str, str], header_at: str | None = Non
     any_value = np.zeros(n, dtype=bool)
     for c in cols:
         any_value |= table.present[c]
+    if any_value.all() and (n < 2 or bool(np.all(steps[1:] > steps[:-1]))):  # one row per step, in order
+        return _unmerged(table, mapping, inv, steps, step_orig)
     rows = np.nonzero(any_value)[0]
     order = rows[np.argsort(steps[rows], kind="stable")]
     uniq, inverse = np.unique(steps[order], return_inverse=True)
@@ -345,6 +347,22 @@ def _records(table: Table, named: Mapping[str, str], header_at: str | None = Non
     return LogRecords(columns, source=source, step_column=step_orig or "row", renamed=renamed, present=present)
 
 
+def _unmerged(table: Table, mapping: dict[str, str], inv: dict[str, str], steps: np.ndarray,
+              step_orig: str | None) -> LogRecords:
+    """The common case of a long log (steps strictly increasing, no empty row): no merge, no copy."""
+    columns: dict[str, np.ndarray] = {"step": np.asarray(steps, dtype=np.float64)}
+    present: dict[str, np.ndarray] = {"step": np.ones(len(steps), dtype=bool)}
+    for c in table.names:
+        if c == step_orig:
+            continue
+        columns[mapping[c]] = table.values[c]
+        present[mapping[c]] = table.present[c]
+    if not present["loss"].any():
+        raise LogFormatError(f"{table.source}: column {inv['loss']!r} has no values")
+    renamed = {mapping[o]: o for o in table.names}
+    return LogRecords(columns, source=table.source, step_column=step_orig or "row", renamed=renamed, present=present)
+
+
 # --------------------------------------------------------------------------------- formats
 def _read_bytes(path: Path, progress: Progress | None = None) -> bytes:
     """The whole file, read in chunks (so that a progress bar can follow a large one)."""
@@ -371,12 +389,11 @@ def _read_bytes(path: Path, progress: Progress | None = None) -> bytes:
 
 def _csv(data: bytes, source: str, named: Mapping[str, str], delimiter: str | None = None,
          progress: Progress | None = None) -> LogRecords:
-    text = decode(data, source, "utf-8-sig")
     keep = _must_be_numeric(named)
     try:
-        return _records(csv_table(text, source, delimiter=delimiter, keep=keep, progress=progress), named)
+        return _records(csv_table(data, source, delimiter=delimiter, keep=keep, progress=progress), named)
     except NeedLines:  # an error in a fast-parsed file: parse again with line numbers to name it
-        return _records(csv_table(text, source, delimiter=delimiter, keep=keep, fast=False), named)
+        return _records(csv_table(data, source, delimiter=delimiter, keep=keep, fast=False), named)
 
 
 def _json(data: bytes, source: str, named: Mapping[str, str]) -> LogRecords:
