@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "finder": ["-m", "benchmarks.finder_regret"],
     "doctor": ["benchmarks/doctor_detection.py"],
     "guard": ["benchmarks/guard.py"],
+    "autopilot": ["-m", "benchmarks.autopilot"],
 }
 
 

@@ -1,0 +1,469 @@
+"""The LR autopilot end to end against a grid oracle, the default LR and the learning-rate-free optimizers.
+
+Run:  ``.venv/bin/python -m benchmarks.autopilot``  (``--half dev|heldout|both``, ``--tasks a,b``,
+``--oracle-only``, ``--no-faults``, ``--no-write``, ``--render-only``).
+
+Protocol, per task of ``benchmarks/finder_tasks.py`` (its fixed development / held-out split):
+
+* the **schedule** of every LR-based method is the autopilot's shape for the task's optimizer family
+  and run length (:func:`lrkit.autopilot.policy.default_shape`) -- the task's own schedule is not used;
+* **(a) autopilot**: :func:`lrkit.autopilot.fly` on the task's Trainer: the finder within 30% of
+  the run (its steps are counted in the compute), the plan, the guarded run with the plateau rule
+  fed by a validation every tenth of the run (when the task lets the finder see validation data);
+* **(b) oracle**: the best peak LR of a log grid with the same schedule, mean over the seeds: quarter
+  decades from 0.75 decade below to 1.25 decades above the finder benchmark's constant-LR oracle,
+  extended while the best sits on an edge, then eighth decades on both sides of the best; cached in
+  ``benchmarks/results/autopilot_oracle.json``;
+* **(c) default**: ``lrkit.scaling.default_lr(family)`` with the same schedule;
+* **(d)** Prodigy (``lr=1``, ``safeguard_warmup=True``) and D-Adaptation (``lr=1``; DAdaptAdam,
+  DAdaptSGD with the task's momentum, DAdaptAdaGrad by family) with the same schedule, as their
+  READMEs recommend; Schedule-Free AdamW at its default ``lr=0.0025`` with ``warmup_steps`` = 5%
+  of the run and no schedule (``optimizer.eval()`` before validating).
+
+Regret = (mean over seeds of the final validation loss - oracle) / oracle. A run that diverges
+(a non-finite loss) or ends above the initial model's validation loss counts as that initial loss
+(a **lost run**). **Faults** (the guard under the autopilot): on a few tasks, seed 0, the clean
+autopilot run against the same run with a NaN injected into the weights mid-run, with the
+autopilot's scale forced 30x too high, and with one bad batch (inputs x50) mid-run.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from benchmarks._report import machine, write_section
+from benchmarks.finder_tasks import DEV, HELDOUT, Task, TensorTrainer, available_tasks, initial_val_loss
+from lrkit import scaling
+from lrkit.autopilot import default_shape, fly
+from lrkit.autopilot.plan import make_plan
+from lrkit.doctor.guard import GuardGaveUp
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ORACLE_CACHE = RESULTS / "autopilot_oracle.json"
+OUT = RESULTS / "autopilot.json"
+FINDER_ORACLE = RESULTS / "finder_oracle.json"
+GRID_BELOW, GRID_ABOVE, MAX_EXTEND = 3, 5, 4
+SEEDS = (0, 1)
+METHODS = ["autopilot", "default", "prodigy", "dadaptation", "schedulefree"]
+LR_FREE = ("prodigy", "dadaptation", "schedulefree")
+FAULTS = ("nan", "lr_x30", "bad_batch")
+FAULT_TASKS = ("digits_mlp_adam", "mnist_mlp_sgdm", "diabetes_mlp_rmsprop", "charlm_transformer_adamw")
+
+logging.getLogger("lrkit.autopilot").setLevel(logging.ERROR)
+
+
+def _shape_fn(task: Task) -> Callable[[int], float]:
+    shape = default_shape(task.family, task.budget)
+    values = shape(np.arange(task.budget)).tolist()
+    return lambda t: values[t]
+
+
+def _task_key(task: Task) -> str:
+    shape = default_shape(task.family, task.budget).to_spec()
+    blob = json.dumps([task.name, task.budget, task.batch_size, task.grid, task.definition(), shape,
+                       GRID_BELOW, GRID_ABOVE, MAX_EXTEND, SEEDS, _centre(task), "v1"], sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def _capped(val: float, cap: float) -> float:
+    return cap if not math.isfinite(val) or val > cap else val
+
+
+# ------------------------------------------------------------------------------------ runs
+def run(task: Task, seed: int, lr_fn: Callable[[int], float], factory: Callable | None = None,
+        schedulefree: bool = False) -> tuple[float, bool]:
+    """One training run at ``lr_fn(step)``; (final validation loss, diverged)."""
+    t = TensorTrainer(task, seed, factory, lr=lr_fn(0) or 1e-3)
+    if schedulefree:
+        t.optimizer.train()
+    for i in range(task.budget):
+        lr = lr_fn(i)
+        if schedulefree:  # Schedule-Free keeps its own LR (and warmup): do not overwrite it
+            x, y = t._batch()
+            t.model.train()
+            t.optimizer.zero_grad(set_to_none=True)
+            loss = task.loss_fn(t.model(x), y)
+            if torch.isfinite(loss):
+                loss.backward()
+                if task.clip is not None:
+                    torch.nn.utils.clip_grad_norm_(t.model.parameters(), task.clip)
+                t.optimizer.step()
+            loss = float(loss.detach())
+        else:
+            loss = t.step(lr)
+        if not math.isfinite(loss):
+            return math.inf, True
+    if schedulefree:
+        t.optimizer.eval()
+    val = t.val_loss()
+    return (val, False) if math.isfinite(val) else (math.inf, True)
+
+
+def _peak_run(task: Task, seed: int, peak: float, factory: Callable | None = None) -> tuple[float, bool]:
+    shape = _shape_fn(task)
+    return run(task, seed, lambda t: peak * shape(t), factory)
+
+
+def _momentum(task: Task) -> float:
+    opt = task.make_optimizer([torch.nn.Parameter(torch.zeros(1))], 1e-3)
+    return float(opt.param_groups[0].get("momentum", 0.0) or 0.0)
+
+
+def _lr_free_factory(task: Task, name: str) -> tuple[Callable, bool]:
+    if name == "prodigy":
+        from prodigyopt import Prodigy
+
+        return (lambda p, lr: Prodigy(p, lr=1.0, safeguard_warmup=True)), False
+    if name == "dadaptation":
+        import dadaptation
+
+        if task.family in ("sgd", "sgd_momentum"):
+            m = _momentum(task)
+            return (lambda p, lr: dadaptation.DAdaptSGD(p, lr=1.0, momentum=m)), False
+        if task.family == "adagrad":
+            return (lambda p, lr: dadaptation.DAdaptAdaGrad(p, lr=1.0)), False
+        return (lambda p, lr: dadaptation.DAdaptAdam(p, lr=1.0)), False
+    import schedulefree
+
+    warm = max(1, int(0.05 * task.budget))
+    return (lambda p, lr: schedulefree.AdamWScheduleFree(p, lr=0.0025, warmup_steps=warm)), True
+
+
+def _centre(task: Task) -> float:
+    """Where the grid starts: the finder benchmark's constant-LR oracle, if cached, else the grid's middle."""
+    try:
+        return float(json.loads(FINDER_ORACLE.read_text())[task.name]["best_lr"])
+    except (OSError, KeyError, ValueError):
+        return float(math.sqrt(task.grid[0] * task.grid[1]))
+
+
+def oracle(task: Task, cap: float, cache: dict) -> dict:
+    """Best peak LR with the autopilot's schedule: a log grid of quarter decades around the centre,
+    extended while the best sits on its edge, then refined to eighth decades around the best."""
+    key = _task_key(task)
+    if cache.get(task.name, {}).get("key") == key:
+        return cache[task.name]
+    table: dict[float, float] = {}
+
+    def score(lr: float) -> float:
+        lr = float(f"{lr:.6g}")
+        if lr not in table:
+            table[lr] = float(np.mean([_capped(_peak_run(task, s, lr)[0], cap) for s in SEEDS]))
+        return table[lr]
+
+    c = _centre(task)
+    ks = list(range(-GRID_BELOW, GRID_ABOVE + 1))
+    for k in ks:
+        score(c * 10 ** (k / 4))
+    for _ in range(MAX_EXTEND):
+        best_k = min(ks, key=lambda k: table[float(f"{c * 10 ** (k / 4):.6g}")])
+        if best_k == ks[0]:
+            ks.insert(0, ks[0] - 1)
+            score(c * 10 ** (ks[0] / 4))
+        elif best_k == ks[-1]:
+            ks.append(ks[-1] + 1)
+            score(c * 10 ** (ks[-1] / 4))
+        else:
+            break
+    best = min(table, key=table.get)
+    for k in (-1, 1):
+        score(best * 10 ** (k / 8))
+    lrs = sorted(table)
+    best = min(table, key=table.get)
+    res = {"key": key, "lrs": lrs, "mean_val": [table[x] for x in lrs], "best_lr": best, "best_val": table[best],
+           "cap": cap}
+    cache[task.name] = res
+    return res
+
+
+def autopilot_run(task: Task, seed: int) -> dict:
+    trainer = TensorTrainer(task, seed, lr=1e-3)
+    t0 = time.process_time()
+    lost = False
+    try:
+        flight = fly(trainer, family=task.family, train_steps=task.budget, seed=seed)
+        val = trainer.val_loss()
+    except GuardGaveUp:
+        flight, val, lost = None, math.inf, True
+    pilot = flight.pilot if flight is not None else None
+    return {
+        "val": val if math.isfinite(val) else math.inf,
+        "lost": lost or not math.isfinite(val),
+        "peak_lr": pilot.plan.peak_lr if pilot else None,
+        "finder_lr": pilot.plan.finder_lr if pilot else None,
+        "finder_steps": pilot.plan.finder_cost_steps if pilot else 0,
+        "events": [e.to_dict() for e in pilot.events] if pilot else [],
+        "plan": pilot.plan.to_dict() if pilot else None,
+        "cpu_s": time.process_time() - t0,
+    }
+
+
+class _Faulty:
+    """A Trainer with one fault at step ``at`` of the run (by a clock no rollback rewinds)."""
+
+    def __init__(self, inner: TensorTrainer, fault: str, at: int) -> None:
+        self.inner, self.fault, self.at = inner, fault, at
+        self.clock = 0
+        self.armed = False  # faults apply to the run, not to the finder's steps
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def snapshot(self):
+        return self.inner.snapshot()
+
+    def restore(self, state) -> None:
+        self.inner.restore(state)
+
+    def evaluate(self):
+        return self.inner.evaluate()
+
+    def step(self, lr: float) -> float:
+        if not self.armed:
+            return self.inner.step(lr)
+        t, self.clock = self.clock, self.clock + 1
+        if t == self.at and self.fault == "nan":
+            loss = self.inner.step(lr)
+            with torch.no_grad():  # a NaN gradient reached the weights
+                next(self.inner.model.parameters()).mul_(math.nan)
+            return math.nan if math.isfinite(loss) else loss
+        if t == self.at and self.fault == "bad_batch":
+            x, y = self.inner.task.x_train, self.inner.task.y_train
+            saved = x.clone()
+            try:
+                if x.is_floating_point():
+                    x.mul_(50.0)
+                else:
+                    y_saved = y.clone()
+                    y.copy_(y[torch.randperm(len(y), generator=torch.Generator().manual_seed(0))])
+                return self.inner.step(lr)
+            finally:
+                x.copy_(saved)
+                if not x.is_floating_point():
+                    y.copy_(y_saved)
+        return self.inner.step(lr)
+
+
+def _fly_faulty(task: Task, fault: str, clean_plan: dict) -> dict:
+    from lrkit.autopilot.plan import AutopilotPlan
+
+    plan = AutopilotPlan.from_dict(clean_plan)
+    if fault == "lr_x30":
+        plan = dataclasses.replace(plan, peak_lr=30.0 * plan.peak_lr,
+                                   reasons=plan.reasons + ("fault: the scale is 30x the autopilot's",))
+    trainer = _Faulty(TensorTrainer(task, 0, lr=1e-3), fault, at=task.budget // 2)
+    trainer.armed = True
+    try:
+        flight = fly(trainer, family=task.family, train_steps=task.budget, plan=plan)
+        val, events, lost = trainer.inner.val_loss(), [e.to_dict() for e in flight.pilot.events], False
+    except GuardGaveUp as exc:
+        val, events, lost = math.inf, [{"kind": "gave_up", "message": str(exc)}], True
+    return {"val": val if math.isfinite(val) else math.inf, "lost": lost or not math.isfinite(val), "events": events}
+
+
+def run_task(task: Task, cap: float, orc: dict) -> dict:
+    out: dict[str, dict] = {m: {"vals": [], "diverged": 0, "lost": 0, "compute": []} for m in METHODS}
+    details = []
+    for seed in SEEDS:
+        ap = autopilot_run(task, seed)
+        details.append({k: ap[k] for k in ("peak_lr", "finder_lr", "finder_steps", "events")})
+        e = out["autopilot"]
+        e["vals"].append(_capped(ap["val"], cap))
+        e["lost"] += int(ap["lost"] or ap["val"] > cap)
+        e["diverged"] += sum(1 for ev in ap["events"] if ev["kind"] == "rollback")
+        e["compute"].append((task.budget + ap["finder_steps"]) / task.budget)
+        val, div = _peak_run(task, seed, scaling.default_lr(task.family))
+        _add(out["default"], val, div, cap)
+        for name in LR_FREE:
+            factory, sf = _lr_free_factory(task, name)
+            if name == "schedulefree":
+                val, div = run(task, seed, lambda t: 0.0025, factory, schedulefree=True)
+            else:
+                shape = _shape_fn(task)
+                val, div = run(task, seed, shape, factory)  # lr multiplier 1.0 x the shape
+            _add(out[name], val, div, cap)
+    row = {"oracle_lr": orc["best_lr"], "oracle_val": orc["best_val"], "cap": cap, "methods": {},
+           "autopilot_details": details}
+    for name, m in out.items():
+        mean_val = float(np.mean(m["vals"]))
+        row["methods"][name] = {"regret": (mean_val - orc["best_val"]) / orc["best_val"], "vals": m["vals"],
+                                "diverged": m["diverged"], "lost": m["lost"],
+                                "compute": float(np.mean(m["compute"])) if m["compute"] else 1.0}
+    return row
+
+
+def _add(entry: dict, val: float, div: bool, cap: float) -> None:
+    entry["vals"].append(_capped(val, cap))
+    entry["diverged"] += int(div)
+    entry["lost"] += int(div or not math.isfinite(val) or val > cap)
+    entry["compute"].append(1.0)
+
+
+def run_faults(tasks: list[Task], saved: dict) -> dict:
+    res = {}
+    for task in tasks:
+        if task.name not in FAULT_TASKS:
+            continue
+        clean = autopilot_run(task, 0)
+        row = {"clean": clean["val"], "faults": {}}
+        for fault in FAULTS:
+            # the faulty runs use the clean run's plan (the finder is not what is tested here)
+            r = _fly_faulty(task, fault, clean["plan"])
+            r["vs_clean"] = (r["val"] - clean["val"]) / clean["val"]
+            row["faults"][fault] = r
+        res[task.name] = row
+        print(f"faults {task.name}: clean {clean['val']:.4f} | " + " ".join(
+            f"{f}={v['vs_clean']:+.1%} ({len([e for e in v['events'] if e['kind'] == 'rollback'])} rollbacks)"
+            for f, v in row["faults"].items()), flush=True)
+    return res
+
+
+# ------------------------------------------------------------------------------------ report
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%" if abs(x) < 10 else f"{x:.1f}x"
+
+
+def _half_table(out: dict, names: list[str]) -> list[str]:
+    names = [n for n in names if n in out]
+    if not names:
+        return ["(no task of this half was run)"]
+    lines = ["| method | median regret | worst regret | lost runs | rollbacks / divergences | compute (x run) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for m in METHODS:
+        regs = [out[t]["methods"][m]["regret"] for t in names]
+        lost = sum(out[t]["methods"][m]["lost"] for t in names)
+        div = sum(out[t]["methods"][m]["diverged"] for t in names)
+        comp = float(np.mean([out[t]["methods"][m]["compute"] for t in names]))
+        lines.append(f"| {m} | {_pct(float(np.median(regs)))} | {_pct(max(regs))} | {lost} | {div} | {comp:.2f} |")
+    return lines
+
+
+def render(out: dict, faults: dict, skipped: list[str], seconds: float) -> str:
+    dev = [n for n in DEV if n in out]
+    held = [n for n in HELDOUT if n in out]
+    lines = [
+        "## Autopilot: train with no LR given, against a grid oracle and the learning-rate-free optimizers",
+        "",
+        f"Command: `.venv/bin/python -m benchmarks.autopilot` ({seconds / 60:.1f} min with the oracle cached in "
+        "`benchmarks/results/autopilot_oracle.json`).  ",
+        f"Machine: {machine()}, torch at 1 thread. Tasks: `benchmarks/finder_tasks.py`, split once by SHA-256 "
+        f"rank into a development half (used to choose the peak rule's exponent) and a held-out half "
+        f"(only reported). Seeds {list(SEEDS)}.",
+        "",
+        "Every LR-based method uses the autopilot's schedule for the task's optimizer family and run length "
+        "(warmup then linear decay to 0; Adagrad/Adadelta: a late 20% cooldown). Regret = (mean final "
+        "validation loss - oracle) / oracle; oracle = best peak LR of a log grid "
+        "with the same schedule (quarter decades around the constant-LR oracle, extended past any edge, then "
+        "eighth decades around the best). Lost run = diverged or ended above the untrained model's validation loss "
+        "(counted as that loss). Compute = optimizer steps / run length (the autopilot's finder included). "
+        "Prodigy and D-Adaptation: lr=1 with the same schedule; Schedule-Free AdamW: lr=0.0025, "
+        "warmup 5%, no schedule. Rollbacks: the autopilot's guard interventions (no run of it was lost to them).",
+        "",
+        f"**Held-out half** ({len(held)} tasks: {', '.join(held)})",
+        "",
+        *_half_table(out, held),
+        "",
+        f"**Development half** ({len(dev)} tasks: {', '.join(dev)})",
+        "",
+        *_half_table(out, dev),
+        "",
+        "Per task (regret; the oracle's LR and validation loss):",
+        "",
+        "| task | half | oracle lr (val) | autopilot peak / oracle | " + " | ".join(METHODS) + " |",
+        "|---|---|---:|---:|" + "---:|" * len(METHODS),
+    ]
+    for t in dev + held:
+        row = out[t]
+        peaks = [d["peak_lr"] for d in row["autopilot_details"] if d["peak_lr"]]
+        ratio = math.exp(np.mean(np.log(peaks))) / row["oracle_lr"] if peaks else float("nan")
+        lines.append(f"| {t} | {'dev' if t in DEV else 'held-out'} | {row['oracle_lr']:.2g} ({row['oracle_val']:.3g}) | "
+                     f"{ratio:.2g} | " + " | ".join(_pct(row["methods"][m]["regret"]) for m in METHODS) + " |")
+    if faults:
+        lines += ["", "**Guard under the autopilot, on faults** (seed 0; the faulty run uses the clean run's plan; "
+                  "change of the final validation loss against the clean run, and the autopilot's interventions):",
+                  "", "| task | clean val | " + " | ".join(FAULTS) + " |", "|---|---:|" + "---:|" * len(FAULTS)]
+        for t, row in faults.items():
+            cells = []
+            for f in FAULTS:
+                r = row["faults"][f]
+                n = len([e for e in r["events"] if e.get("kind") == "rollback"])
+                cells.append(("LOST" if r["lost"] else f"{r['vs_clean']:+.1%}") + f" ({n} rollback{'s' * (n != 1)})")
+            lines.append(f"| {t} | {row['clean']:.4g} | " + " | ".join(cells) + " |")
+        ex = next((e["message"] for row in faults.values() for r in row["faults"].values() for e in r["events"]
+                   if e.get("kind") == "rollback"), None)
+        if ex:
+            lines += ["", f"An intervention as logged: `{ex[:400]}`"]
+    lines += ["", "Per-seed values, the autopilot's plans and every event: `benchmarks/results/autopilot.json`."]
+    if skipped:
+        lines += ["", "Skipped: " + "; ".join(skipped)]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--half", default="both", choices=("dev", "heldout", "both"))
+    ap.add_argument("--tasks", default="", help="comma-separated task names (default: the half's)")
+    ap.add_argument("--oracle-only", action="store_true", help="only fill the oracle cache")
+    ap.add_argument("--no-faults", action="store_true", help="skip the fault runs")
+    ap.add_argument("--no-write", action="store_true", help="do not write BENCHMARKS.md")
+    ap.add_argument("--render-only", action="store_true", help="re-render BENCHMARKS.md from autopilot.json")
+    args = ap.parse_args(argv)
+    if args.render_only:
+        saved = json.loads(OUT.read_text())
+        md = render(saved["tasks"], saved["faults"], saved["skipped"], saved["seconds"])
+        print(md)
+        if not args.no_write:
+            write_section("autopilot", md)
+        return saved
+    torch.set_num_threads(1)
+    names = [n for n in args.tasks.split(",") if n] or list(
+        DEV if args.half == "dev" else HELDOUT if args.half == "heldout" else DEV + HELDOUT)
+    tasks, skipped = available_tasks(names)
+    for msg in skipped:
+        print(msg, file=sys.stderr)
+    RESULTS.mkdir(exist_ok=True)
+    cache = json.loads(ORACLE_CACHE.read_text()) if ORACLE_CACHE.exists() else {}
+    saved = json.loads(OUT.read_text()) if OUT.exists() else {"tasks": {}, "faults": {}}
+    out: dict = dict(saved.get("tasks", {}))
+    t_start = time.time()
+    for task in tasks:
+        t0 = time.time()
+        cap = initial_val_loss(task)
+        orc = oracle(task, cap, cache)
+        ORACLE_CACHE.write_text(json.dumps(cache, indent=1))
+        print(f"oracle {task.name} ({time.time() - t0:.0f}s): lr={orc['best_lr']:.3g} val={orc['best_val']:.4f}",
+              flush=True)
+        if args.oracle_only:
+            continue
+        row = run_task(task, cap, orc)
+        out[task.name] = row
+        print(f"{task.name} ({time.time() - t0:.0f}s) " + " ".join(
+            f"{k}={v['regret']:+.3f}" for k, v in row["methods"].items()), flush=True)
+    if args.oracle_only:
+        return cache
+    faults = dict(saved.get("faults", {}))
+    if not args.no_faults:
+        faults.update(run_faults(tasks, saved))
+    seconds = time.time() - t_start
+    OUT.write_text(json.dumps({"seconds": seconds, "skipped": skipped, "tasks": out, "faults": faults}, indent=1,
+                              default=lambda o: None))
+    md = render(out, faults, skipped, seconds)
+    print(md)
+    if not args.no_write and not args.tasks:
+        write_section("autopilot", md)
+    return out
+
+
+if __name__ == "__main__":
+    main()
