@@ -466,12 +466,147 @@ class Doctor:
             t.first_step = step
         if lr_f is not None:
             t.lr = lr_f
+        return self._step(step, loss, lr_f, gn, vl, mets)  # type: ignore[return-value]
 
+    def observe_many(
+        self,
+        steps: Any,
+        losses: Any,
+        *,
+        lr: Any = None,
+        grad_norm: Any = None,
+        val_loss: Any = None,
+        metrics: Mapping[str, Any] | None = None,
+        present: Mapping[str, Any] | None = None,
+    ) -> Diagnosis:
+        """Feed a whole table of observations at once: the same diagnosis, history and state as
+        :meth:`observe` row by row, at a fraction of the cost (one validation pass over the
+        arrays, no per-row :class:`Diagnosis` while the run is healthy).
+
+        Args:
+            steps: integer steps, strictly increasing (and after the last step observed).
+            losses: the training losses (``nan``/``inf`` allowed: the ``nan`` verdict).
+            lr, grad_norm, val_loss: optional columns of the same length.
+            metrics: optional ``{name: column}``.
+            present: optional ``{column name: boolean mask}``: the rows where that column
+                (``"lr"``, ``"grad_norm"``, ``"val_loss"`` or a metric name) was logged, as if
+                ``None`` had been passed to :meth:`observe` elsewhere. Default: every row.
+
+        Returns:
+            The :class:`Diagnosis` after the last row (also :attr:`diagnosis`).
+
+        Raises:
+            ValueError: as :meth:`observe`, naming the column, the first bad row and what is
+                allowed; the doctor is left untouched.
+
+        Example:
+            >>> import numpy as np
+            >>> t = np.arange(300)
+            >>> loss = np.where(t < 200, 2.0 * 0.99 ** t, 0.27 * 1.05 ** (t - 200))
+            >>> a, b = Doctor(), Doctor()
+            >>> d = a.observe_many(t, loss, lr=np.full(300, 0.1))
+            >>> for i in t:
+            ...     _ = b.observe(int(i), float(loss[i]), lr=0.1)
+            >>> d == b.diagnosis, a.history == b.history, d.verdict
+            (True, True, 'diverging')
+        """
+        t = self._track
+        who = "Doctor.observe_many"
+        st = np.asarray(steps)
+        n = len(st)
+        if st.ndim != 1 or (n and st.dtype.kind not in "iu"):
+            raise ValueError(f"{who}: steps must be a 1-d array of ints, got dtype {st.dtype} and shape {st.shape}")
+        if n == 0:
+            return self._diag
+        try:
+            ls = np.asarray(losses, dtype=float)
+        except (TypeError, ValueError):
+            raise ValueError(f"{who}: losses must be numbers") from None
+        cols: dict[str, np.ndarray] = {}
+        for name, col in (("lr", lr), ("grad_norm", grad_norm), ("val_loss", val_loss)):
+            if col is not None:
+                cols[name] = self._column(who, name, col, n)
+        for name, col in (metrics or {}).items():
+            if not isinstance(name, str):
+                raise TypeError(f"{who}: metric names must be str, got {name!r}")
+            cols[f"metrics[{name!r}]"] = self._column(who, f"metrics[{name!r}]", col, n)
+        if ls.shape != (n,):
+            raise ValueError(f"{who}: losses must have one value per step ({n}), got shape {ls.shape}")
+        masks: dict[str, np.ndarray] = {}
+        for name, m in (present or {}).items():
+            key = name if name in ("lr", "grad_norm", "val_loss") else f"metrics[{name!r}]"
+            if key not in cols:
+                raise ValueError(f"{who}: present[{name!r}] names no column passed; columns: {sorted(cols)}")
+            mm = np.asarray(m, dtype=bool)
+            if mm.shape != (n,):
+                raise ValueError(f"{who}: present[{name!r}] must have one bool per step ({n}), got shape {mm.shape}")
+            masks[key] = mm
+
+        def bad_row(ok: np.ndarray, name: str, values: np.ndarray, allowed: str) -> None:
+            mask = masks.get(name)
+            bad = ~ok if mask is None else (~ok & mask)
+            if bad.any():
+                i = int(np.argmax(bad))
+                raise ValueError(f"{who}: {name} must be {allowed}, got {values[i].item()!r} at row {i} (step {int(st[i])})")
+
+        if n > 1:
+            bad_row(np.concatenate([[True], np.diff(st) > 0]), "steps", st, "strictly increasing")
+        if t.last_step is not None and st[0] <= t.last_step:
+            raise ValueError(f"{who}: steps must increase, got {int(st[0])} after {t.last_step} "
+                             "(call reset() or load_state_dict() after a rollback)")
+        f = t.loss_floor
+        with np.errstate(invalid="ignore"):
+            bad_row(~(np.isfinite(ls) & (ls < f)), "losses", ls, f">= loss_floor={f} (or non-finite)")
+            if "lr" in cols:
+                bad_row(np.isfinite(cols["lr"]) & (cols["lr"] >= 0), "lr", cols["lr"], "a finite number >= 0")
+            if "grad_norm" in cols:
+                bad_row(~(cols["grad_norm"] < 0), "grad_norm", cols["grad_norm"], ">= 0")
+        # rows as Python lists (None where a column was not logged)
+        def as_list(key: str) -> list[Any]:
+            v = cols[key].tolist()
+            m = masks.get(key)
+            return v if m is None else [x if p else None for x, p in zip(v, m.tolist())]
+
+        step_l, loss_l = st.tolist(), ls.tolist()
+        none = [None] * n
+        lr_l = as_list("lr") if "lr" in cols else none
+        gn_l = as_list("grad_norm") if "grad_norm" in cols else none
+        vl_l = as_list("val_loss") if "val_loss" in cols else none
+        met_l = {name: as_list(f"metrics[{name!r}]") for name in (metrics or {})}
+        for i in range(n):
+            mets = {k: v[i] for k, v in met_l.items() if v[i] is not None} if met_l else {}
+            step, lr_i = step_l[i], lr_l[i]
+            t.last_step = step
+            if t.first_step is None:
+                t.first_step = step
+            if lr_i is not None:
+                t.lr = lr_i
+            self._step(step, loss_l[i], lr_i, gn_l[i], vl_l[i], mets, build=i == n - 1)
+        return self._diag
+
+    @staticmethod
+    def _column(who: str, name: str, col: Any, n: int) -> np.ndarray:
+        try:
+            a = np.asarray(col, dtype=float)
+        except (TypeError, ValueError):
+            raise ValueError(f"{who}: {name} must be numbers") from None
+        if a.shape != (n,):
+            raise ValueError(f"{who}: {name} must have one value per step ({n}), got shape {a.shape}")
+        return a
+
+    def _step(self, step: int, loss: float, lr_f: float | None, gn: float | None, vl: float | None,
+              mets: dict[str, float], build: bool = True) -> Diagnosis | None:
+        """One validated observation (``last_step``, ``first_step`` and ``lr`` already set).
+
+        With ``build=False`` a healthy step leaves a placeholder instead of a :class:`Diagnosis`
+        (the next problem, or the last row with ``build=True``, replaces it).
+        """
+        t = self._track
         if self._nonfinite.step is not None:  # sticky
             return self._diag
         if self._nonfinite.test(step, loss, gn, vl, self._rise.onset if self._rise.count > 0 else None):
             return self._set(self._diagnosis_of(self._nonfinite, self._nonfinite.finding, step))  # type: ignore[arg-type]
-        t.push(step, loss - f, gn)
+        t.push(step, loss - t.loss_floor, gn)
         check = t.check_due()
         if check:
             t.update_noise()
@@ -481,6 +616,9 @@ class Doctor:
         if check:
             for sign in self._signs:
                 sign.check()
+        if not build and all(sign.finding is None for sign in self._signs):
+            self._diag = _HEALTHY_PENDING
+            return None
         d = self._rank(step)
         if mets:
             ev = dict(d.evidence)
@@ -568,6 +706,9 @@ class Doctor:
         self._diag = d
         return d
 
+
+#: stands for a healthy diagnosis not built (Doctor.observe_many); only its verdict is ever read
+_HEALTHY_PENDING = Diagnosis("healthy", None, None, {}, (), "")
 
 #: rank of each verdict when the signs' findings are compared (higher wins)
 _RANK = {v: i for i, v in enumerate(("healthy",) + INFORMATIONAL + VERDICTS[1:])}

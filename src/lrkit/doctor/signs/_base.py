@@ -106,14 +106,12 @@ class Ring:
         self.n = min(self.n + 1, self.size)
 
     def last(self, k: int) -> list[float]:
-        """The last ``k`` values, newest first."""
+        """The last ``k`` values, oldest first."""
         k = min(k, self.n)
-        out = []
-        i = self.pos
-        for _ in range(k):
-            i = (i - 1) % self.size
-            out.append(self.vals[i])
-        return out
+        p = self.pos
+        if k <= p:
+            return self.vals[p - k : p]
+        return self.vals[self.size - (k - p) :] + self.vals[:p]
 
     def ordered(self) -> tuple[np.ndarray, np.ndarray]:
         """``(values, steps)``, oldest first."""
@@ -180,6 +178,7 @@ class Track:
         W = self.window
         self.y = Ring(W)  # log(loss - floor)
         self.gn = Ring(W)  # gradient norms
+        self.lrs = Ring(W)  # the LR of each loss in `y` (nan while no LR was ever logged)
         self.n = 0
         self.last_step: int | None = None
         self.first_step: int | None = None
@@ -189,6 +188,7 @@ class Track:
         self.gn_first: list[float] = []  # first `short` gradient norms
         self.best = math.inf  # best level b (log)
         self.best_center_step: int | None = None
+        self.best_lr = math.nan  # the lowest LR of the losses of the best level
         self.sigma = math.nan  # noise sd of y (latest window)
         self.sigma_slow = math.nan  # its slow average (EMA over checks)
         self.lr: float | None = None
@@ -200,6 +200,7 @@ class Track:
         y = math.log(max(above, TINY))
         self.n += 1
         self.y.push(step, y)
+        self.lrs.push(step, math.nan if self.lr is None else self.lr)
         if len(self.first) < self.short:
             self.first.append(above)
         if len(self.first_window) < self.window:
@@ -216,6 +217,8 @@ class Track:
             self.best = level
             # centre of the median's window: the level began rising after it
             self.best_center_step = self.y.steps[(self.y.pos - 1 - k // 2) % self.y.size]
+            lrs = [v for v in self.lrs.last(k) if v == v]  # the LRs of the median's losses
+            self.best_lr = min(lrs) if lrs else math.nan
 
     def check_due(self) -> bool:
         """A window check runs this step (every ``check_every`` steps, and early until the noise is known)."""
@@ -240,6 +243,25 @@ class Track:
         sig = 0.0 if math.isnan(self.sigma) else max(self.sigma, self.sigma_slow)
         return MEDIAN_EFF * sig / math.sqrt(self.short)
 
+    def lr_raised(self, lr: float | None = None) -> float:
+        """How many times the LR (``lr``, default the current one) exceeds the LR at the best
+        level (nan when either is unknown or the latter is 0)."""
+        lr = self.lr if lr is None else lr
+        if lr is None or math.isnan(self.best_lr) or self.best_lr <= 0:
+            return math.nan
+        return lr / self.best_lr
+
+    def lr_around(self, step: int) -> tuple[float, float]:
+        """``(before, since)``: the lowest LR of the ``short`` losses before ``step`` and the
+        highest LR since ``step`` (nan when not logged)."""
+        lrs, steps = self.lrs.ordered()
+        before = lrs[steps < step][-self.short :]
+        since = lrs[steps >= step]
+        with np.errstate(invalid="ignore"):
+            b = float(np.nanmin(before)) if np.isfinite(before).any() else math.nan
+            a = float(np.nanmax(since)) if np.isfinite(since).any() else math.nan
+        return b, a
+
     def base_evidence(self) -> dict[str, float]:
         ev: dict[str, float] = {}
         f = self.loss_floor
@@ -261,6 +283,8 @@ class Track:
         return {
             "y": self.y.state(),
             "gn": self.gn.state(),
+            "lrs": self.lrs.state(),
+            "best_lr": nan_none(self.best_lr),
             "n": self.n,
             "last_step": self.last_step,
             "first_step": self.first_step,
@@ -279,6 +303,9 @@ class Track:
         self.reset()
         self.y.load(s["y"])
         self.gn.load(s["gn"])
+        if "lrs" in s:
+            self.lrs.load(s["lrs"])
+        self.best_lr = math.nan if s.get("best_lr") is None else float(s["best_lr"])
         self.n = int(s["n"])
         self.last_step = s["last_step"]
         self.first_step = s["first_step"]
@@ -311,8 +338,8 @@ def grad_reference(track: Track) -> tuple[float, float] | None:
     s = track.short
     if g.n < 2 * s:
         return None
-    vals = g.last(g.n)  # newest first
-    return median(vals[s:]), median(vals[:s])
+    vals = g.last(g.n)  # oldest first
+    return median(vals[:-s]), median(vals[-s:])
 
 
 class Sign:

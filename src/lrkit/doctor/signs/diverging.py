@@ -18,6 +18,20 @@ poorly known, the factor is :math:`\rho^2` (and the first loss counts as a best)
 The onset (see :func:`rise_onset`) is where the rise began. An episode that ends with the level
 back within a factor :math:`\rho` of the best is *recovered*; :class:`~lrkit.doctor.signs.LossSpikes`
 reads these episodes.
+
+**Schedules.** A rise that came with a rise of the logged LR -- the highest LR since the onset at
+least 1.5 times :math:`\eta_0`, the lowest LR of the ``s`` losses before it (an SGDR warm
+restart, a cyclical or one-cycle schedule, a warmup) -- is *explained by the schedule* and is
+not reported while the schedule can still bring the loss back: while the LR is rising, or
+decaying but (over the last ``s`` steps, the losses of the level) still above
+:math:`\max(1.5\,\eta_0,\ \eta_\text{peak}/4)`
+(:math:`\eta_\text{peak}` the highest LR since the rise began). It is reported (with its onset) when the loss fails to come back as the schedule
+decays: the LR is back down (below that bound) or has stopped changing for ``patience`` steps
+(an LR raised and held is no schedule; a schedule stepped once per epoch looks the same, and its
+rises are judged like any other) and the level is still diverging; or at once when the level
+exceeds :math:`\rho\,L_0`, worse than the untrained model (a blow-up no schedule explains).
+Explained episodes that come back are not counted as recovered; one whose level dips under the
+margin for fewer than ``s`` steps goes on (same onset).
 """
 from __future__ import annotations
 
@@ -26,7 +40,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from lrkit.doctor.signs._base import TINY, Finding, Observation, Sign, Track, grad_reference, scaled
+from lrkit.doctor.signs._base import TINY, Finding, Observation, Sign, Track, grad_reference, nan_none, scaled
 
 __all__ = ["LossRise", "rise_onset", "diverging_explanation"]
 
@@ -140,6 +154,28 @@ class LossRise(Sign):
         self.count = 0
         self.onset: int | None = None
         self.recovered: list[list[int]] = []
+        self.explained = False  # the current episode began with the LR raised by a schedule
+        self.lr_before = math.nan  # the lowest LR of the losses just before its onset
+        self.gap = 0  # steps an excused episode has been under the margin
+        self.lr_peak = math.nan  # the highest LR since it began
+        self.lr_prev = math.nan  # the LR of the previous step
+        self.lr_still = 0  # steps the LR has not changed
+
+    def _schedule_excuses(self) -> bool:
+        """The current (explained) episode may still come back as the schedule decays."""
+        t = self.track
+        lr = t.lr
+        if not self.explained or lr is None:
+            return False
+        if math.exp(t.level) > t.diverge_ratio * t.initial_level():
+            return False  # worse than the untrained model: a blow-up no schedule explains
+        if self.lr_still >= self.config["patience"]:
+            return False  # the LR was raised and held: no schedule will bring the loss back
+        rising = not math.isnan(self.lr_prev) and lr > self.lr_prev
+        # the level is a median of the last s losses: all of them must be at the lowered LR
+        recent = max((v for v in t.lrs.last(t.short) if v == v), default=lr)
+        back_down = recent <= max(1.5 * self.lr_before, self.lr_peak / 4.0)
+        return rising or not back_down
 
     def evidence(self) -> dict[str, float] | None:
         """The diverging evidence of the current level, or ``None``."""
@@ -168,17 +204,38 @@ class LossRise(Sign):
 
     def observe(self, obs: Observation) -> None:
         t = self.track
+        lr = t.lr
+        if lr is not None:
+            self.lr_still = self.lr_still + 1 if lr == self.lr_prev else 0
         ev = self.evidence()
+        if ev is None and self.explained and self.finding is None and self.gap < t.short:
+            # an excused episode whose level dipped under the margin: the same episode for `s` steps
+            self.gap += 1
+            self.lr_prev = math.nan if lr is None else lr
+            if lr is not None:
+                self.lr_peak = max(self.lr_peak, lr) if not math.isnan(self.lr_peak) else lr
+            return
+        self.gap = 0
         if ev is not None:
             self.count += 1
             if self.count == 1:
                 self.onset = rise_onset(t, obs.step, ev["log_margin"])
+                self.lr_before, self.lr_peak = t.lr_around(self.onset)
+                self.explained = self.lr_peak >= 1.5 * self.lr_before  # False when unknown (nan)
+            elif lr is not None:
+                self.lr_peak = max(self.lr_peak, lr) if not math.isnan(self.lr_peak) else lr
+            if self.explained:
+                ev["lr_ratio_to_before_rise"] = self.lr_peak / self.lr_before
+            if self._schedule_excuses():
+                ev = None  # not (yet) a verdict: the schedule may bring the loss back
         else:
-            if self.count >= self.config["patience"] and t.level - t.best < math.log(t.diverge_ratio):
+            if self.count >= self.config["patience"] and self.finding is not None and t.level - t.best < math.log(t.diverge_ratio):
                 # a reported diverging episode ended with the level back near the best
                 self.recovered = (self.recovered + [[int(self.onset), t.n]])[-8:]  # type: ignore[arg-type]
             self.count = 0
             self.onset = None
+            self.explained = False
+        self.lr_prev = math.nan if lr is None else lr
         self.finding = Finding("diverging", self.onset, ev) if ev is not None and self.count >= self.config["patience"] else None
 
     def explain(self, finding: Finding, step: int) -> tuple[tuple[str, ...], str]:
@@ -186,13 +243,22 @@ class LossRise(Sign):
 
     def state_dict(self) -> dict[str, Any]:
         return {"div_count": self.count, "div_onset": self.onset, "recovered": [list(e) for e in self.recovered],
-                "div_evidence": None if self.finding is None else dict(self.finding.evidence)}
+                "div_evidence": None if self.finding is None else dict(self.finding.evidence),
+                "div_explained": self.explained, "div_lr_peak": nan_none(self.lr_peak),
+                "div_lr_before": nan_none(self.lr_before), "div_gap": self.gap,
+                "div_lr_prev": nan_none(self.lr_prev), "div_lr_still": self.lr_still}
 
     def load_state_dict(self, s: Mapping[str, Any]) -> None:
         super().load_state_dict(s)
         self.count = int(s.get("div_count", 0))
         self.onset = s.get("div_onset")
         self.recovered = [[int(a), int(b)] for a, b in s.get("recovered", [])]
+        self.explained = bool(s.get("div_explained", False))
+        self.lr_peak = math.nan if s.get("div_lr_peak") is None else float(s["div_lr_peak"])
+        self.lr_before = math.nan if s.get("div_lr_before") is None else float(s["div_lr_before"])
+        self.gap = int(s.get("div_gap", 0))
+        self.lr_prev = math.nan if s.get("div_lr_prev") is None else float(s["div_lr_prev"])
+        self.lr_still = int(s.get("div_lr_still", 0))
         ev = s.get("div_evidence")
         if ev is not None:
             self.finding = Finding("diverging", self.onset, {k: float(v) for k, v in ev.items()})

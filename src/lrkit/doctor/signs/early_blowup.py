@@ -1,6 +1,6 @@
 r"""Sign ``diverging`` in the first window: the loss blew up right at the start.
 
-During the first window, two of three consecutive losses above
+During the first window, three of five consecutive losses above
 :math:`\max(\rho^2, e^{6\sigma_0})\,L_i` (:math:`\sigma_0` the noise of the first window so far,
 :math:`L_i` the lowest 3-point running median of the losses before step ``i``, but at least
 :math:`L_0`) is reported as ``diverging`` at that step, even if the loss comes back: the LR is
@@ -20,9 +20,9 @@ from lrkit.doctor.signs.diverging import diverging_explanation
 __all__ = ["EarlyBlowUp", "early_blowup_step"]
 
 
-def early_blowup_step(track: Track) -> int | None:
+def early_blowup_step(track: Track, need: int = 3, of: int = 5) -> int | None:
     """First step of the first window whose loss exceeds ``max(rho**2, exp(6 sigma0)) * L_i``,
-    as two of three consecutive losses do (``None`` if there is none).
+    as ``need`` of ``of`` consecutive losses do (``None`` if there is none).
 
     Comparing each loss with the best before it makes this a test of a *rise*: a run whose loss
     falls fast from a high start (a geometric decay) has no loss above its earlier best, while
@@ -33,7 +33,7 @@ def early_blowup_step(track: Track) -> int | None:
         >>> from lrkit.doctor.signs import Track
         >>> t = Track({"window": 10, "short": 3, "check_every": 2, "diverge_ratio": 2.0,
         ...            "noise_z": 8.0, "min_rise": 0.1, "loss_floor": 0.0})
-        >>> for i, loss in enumerate([1.0, 0.95, 0.9, 0.88, 9.0, 12.0, 0.85, 0.8, 0.78]):
+        >>> for i, loss in enumerate([1.0, 0.95, 0.9, 0.88, 9.0, 12.0, 0.85, 11.0, 0.8, 0.78]):
         ...     t.push(i, loss, None)
         >>> early_blowup_step(t)
         4
@@ -59,10 +59,11 @@ def early_blowup_step(track: Track) -> int | None:
     L0 = min(float(fw[0]), float(np.median(fw[: track.short])))
     best_before = np.maximum(best_before, L0)
     high = (fw > factor * best_before) & (fw - best_before > track.min_rise * fw[0])
-    # two of three consecutive losses at least: outlier batches here and there are no blow-up
-    for i in range(len(high) - 2):
-        if int(high[i]) + int(high[i + 1]) + int(high[i + 2]) >= 2:
-            return int(track.first_window_steps[i if high[i] else i + 1])
+    # `need` of `of` consecutive losses at least (default three of five): outlier batches, even
+    # two close together, are no blow-up
+    for i in range(len(high) - of + 1):
+        if int(high[i : i + of].sum()) >= need:
+            return int(track.first_window_steps[i + int(np.argmax(high[i : i + of]))])
     return None
 
 

@@ -18,7 +18,8 @@ decrease. The second test keeps a run that dropped fast in its first steps and t
 from being called flat; a clear downward least-squares trend of the log-loss since the start
 (slope more than 4 standard errors below 0, fitted decrease above ``flat_tol``) is progress
 too. Not reported while the LR is still rising (by 1.5x or more over the last window: a warmup
-starts flat). A flat run that blew up in its first window, or whose gradient norm fell more than
+starts flat). A flat run that blew up in its first window (two of three consecutive losses
+suffice here: the flat stretch after them confirms it), or whose gradient norm fell more than
 3x (or its noise more than 3x) without progress while its level sits more than a factor
 :math:`\rho` above its best (evidence that it got worse, not just slow), is reported as
 ``diverging`` instead: units died or saturated, the LR was too high, and raising it would be
@@ -138,7 +139,7 @@ class Flat(Sign):
             return
         ev["relative_progress"] = rel
         ev["best_relative_progress"] = best_raw_rel
-        early = early_blowup_step(t)
+        early = early_blowup_step(t, need=2, of=3)  # a run that then stayed flat: two of three suffice
         # stuck after an unstable start: the gradient norm (or the noise) collapsed while the
         # loss made no progress -- saturated/dead units, the LR was too high
         gn_drop = math.nan

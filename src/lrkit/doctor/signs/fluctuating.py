@@ -14,6 +14,10 @@ progress: the median of its first half minus the median of its second half is be
 :math:`\max(\log(1 + \text{progress\_tol}),\ 2 \cdot 1.2533\,\sigma\sqrt{2/W})`.
 Onset: the first spike in the window.
 
+Losses logged while the LR was at least 1.5 times its value at the best level (a warm restart,
+a cyclical schedule) are not counted as spikes unless they exceed :math:`\rho L_0` (worse than
+the untrained model): a schedule that raises the LR raises the loss with it.
+
 Also **fluctuating**: two or more ``diverging`` episodes of :class:`~lrkit.doctor.signs.LossRise`
 within the last ``4 W`` steps that each ended with the level back within a factor :math:`\rho`
 of the best (loss spikes that come back); onset: the first of them.
@@ -61,6 +65,12 @@ class LossSpikes(Sign):
         spike_margin = max(math.log(t.diverge_ratio), t.noise_z * sig / 2.0)
         thr = max(t.best, float(np.median(y))) + spike_margin
         spikes = (y > thr) & (np.exp(y) - math.exp(t.best) > t.min_rise * L0)
+        lrs, _ = t.lrs.ordered()
+        with np.errstate(invalid="ignore"):
+            raised = lrs >= 1.5 * t.best_lr  # nan (no LR logged) compares False
+        # a spike while a schedule has the LR well above its level at the best is the schedule's,
+        # unless the loss is worse than the untrained model
+        spikes &= ~raised | (np.exp(y) > t.diverge_ratio * L0)
         frac = float(spikes.mean())
         h = W // 2
         progress = float(np.median(y[:h]) - np.median(y[h:]))
