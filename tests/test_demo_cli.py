@@ -27,6 +27,10 @@ def test_demo_json_reports_both_runs_and_writes_the_pictures(tmp_path):
     assert summary["at_suggestion"]["val_loss"] <= summary["at_default"]["val_loss"] * 1.1
     for path in summary["files"].values():
         assert (tmp_path / path.split(str(tmp_path) + "/", 1)[1]).stat().st_size > 1000
+    # the page shows what the terminal shows: training at the suggestion vs the default, and the schedules
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "Training at the suggestion vs the default" in page and 'id="schedules"' in page
+    assert f"suggested {summary['at_suggestion']['lr']:.4g}" in page and "How to apply it (torch)" in page
 
 
 def test_demo_rejects_an_unknown_optimizer_in_one_line(tmp_path):

@@ -11,6 +11,7 @@ MODULES = [
     "lrkit.finder.result",
     "lrkit.report.finder_plot",
     "lrkit.report.html",
+    "lrkit.report.sections",
     "lrkit.integrations._progress",
     "lrkit.integrations.torch.state",
     "lrkit.integrations.torch.trainer",

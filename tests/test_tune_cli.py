@@ -37,6 +37,7 @@ def test_builtin_example_json_plot_report(tmp_path):
     assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
     page = (tmp_path / "rep" / "report.html").read_text()
     assert "data:image/png;base64," in page and "best LR" in page
+    assert "How to apply it" in page and "version: lrkit" in page and "lrkit tune" in page  # the shared sections
     assert "lrkit tune" not in r.stderr  # no progress bar with --json / off a terminal
 
 

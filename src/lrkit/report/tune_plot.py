@@ -94,8 +94,6 @@ def tune_report_html(result: Any, *, title: str = "lrkit tune report", png: byte
     import base64
     import html
 
-    from lrkit.report.html import html_page
-
     png = tune_png(result) if png is None else png
     rows = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in result.table_rows()
@@ -105,4 +103,12 @@ def tune_report_html(result: Any, *, title: str = "lrkit tune report", png: byte
             f"<img alt=\"validation value against LR\" src=\"data:image/png;base64,{base64.b64encode(png).decode()}\">\n"
             "<h2>Trials</h2>\n<table><tr><th>#</th><th>lr</th><th>value</th><th>state</th><th>steps</th>"
             f"<th>note</th></tr>{rows}</table>")
-    return html_page(title, body)
+    from lrkit.report import sections
+    from lrkit.report.html import report_page
+
+    lr = getattr(result, "recommended_lr", None) or result.best_lr
+    parts = [body]
+    if lr is not None:  # how to apply it, and what produced the page (shared with the other commands)
+        parts.append(sections.apply_section(float(lr), "torch"))
+    parts.append(sections.run_section())
+    return report_page(title, parts)
