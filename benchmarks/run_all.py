@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "doctor": ["benchmarks/doctor_detection.py"],
     "guard": ["benchmarks/guard.py"],
     "autopilot": ["-m", "benchmarks.autopilot"],
+    "tune": ["-m", "benchmarks.tune_regret"],
 }
 
 

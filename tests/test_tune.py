@@ -204,3 +204,19 @@ def test_lrkit_prior_is_stored_with_the_study_so_workers_search_alike(tmp_path):
 def test_maximize_direction_finds_the_peak():
     r = tune(lambda lr, t: -((math.log10(lr) + 1.5) ** 2), n_trials=7, low=1e-5, high=1.0, direction="maximize")
     assert abs(math.log10(r.best_lr) + 1.5) < 0.2
+
+
+def test_behind_the_best_prunes_only_a_trial_that_is_not_catching_up():
+    from optuna.distributions import FloatDistribution
+    from lrkit.tune.pruners import BehindBestPruner
+
+    study = optuna.create_study(pruner=BehindBestPruner(100))
+    study.add_trial(optuna.create_trial(params={"lr": 1e-2}, distributions={"lr": FloatDistribution(1e-5, 1, log=True)},
+                                        value=1.0, intermediate_values={s: 1.0 + 1.0 / s for s in range(10, 101, 10)}))
+    closing, stuck = study.ask(), study.ask()
+    for s, gap in ((20, 0.8), (30, 0.5), (40, 0.3)):  # a lower LR: behind, but the gap shrinks
+        closing.report((1.0 + 1.0 / s) * (1 + gap), s)
+    assert not closing.should_prune()
+    for s, gap in ((20, 0.5), (30, 0.5), (40, 0.5)):
+        stuck.report((1.0 + 1.0 / s) * (1 + gap), s)
+    assert stuck.should_prune()

@@ -8,9 +8,9 @@ know:
   the ``lrkit`` strategy never goes above that LR again. :class:`DivergenceWatch` does the same
   with the *training* loss of every step, for objectives that have it.
 * :class:`BehindBestPruner` prunes a trial that, after a fraction :math:`f` of the run, is worse
-  than the best finished trial at the same step by more than a margin :math:`m`:
-  :math:`v_t > r_t + m\,|r_t|` (for minimisation; :math:`r_t` = the best trial's value at the
-  latest step :math:`\le t`). Late and with a margin, because a lower LR starts slower.
+  than the best finished trial at the same step by more than a margin :math:`m`
+  (:math:`v_t > r_t + m\,|r_t|` for minimisation; :math:`r_t` = the best trial's value at the
+  latest step :math:`\le t`) and is not closing that gap: a lower LR starts slower.
 * :class:`BudgetPruner` prunes the trial whose next report would take the study over its budget
   of optimizer steps (finished trials at their cost, running ones at their last reported step).
 * :class:`ChainPruner` asks each in turn and remembers who pruned (``reason(number)``).
@@ -109,27 +109,41 @@ class DivergenceWatch:
 
 
 class BehindBestPruner(BasePruner):
-    """Prune after ``fraction`` of ``train_steps`` when worse than the best finished trial by ``margin``."""
+    """Prune a trial that is behind the best finished trial by more than ``margin`` and not catching up.
 
-    def __init__(self, train_steps: int, *, fraction: float = 0.4, margin: float = 0.2) -> None:
+    From ``fraction`` of ``train_steps`` on, with :math:`g_t = (v_t - r_t)/|r_t|` the relative gap
+    to the best trial at the same step (signs flipped for maximisation), the trial is pruned when
+    :math:`g_t > m` and :math:`g_t \ge 0.9\,g_{t'}` at the previous report :math:`t'`: a lower LR
+    that starts slower but is closing the gap runs on.
+    """
+
+    def __init__(self, train_steps: int, *, fraction: float = 0.3, margin: float = 0.2) -> None:
         self.train_steps, self.fraction, self.margin = int(train_steps), float(fraction), float(margin)
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        if not trial.intermediate_values:
+        reports = sorted(trial.intermediate_values.items())
+        if len(reports) < 2:
             return False
-        step, value = max(trial.intermediate_values.items())
-        if step < self.fraction * self.train_steps or not math.isfinite(value):
+        (s0, v0), (s1, v1) = reports[-2], reports[-1]
+        if s1 < self.fraction * self.train_steps or not (math.isfinite(v0) and math.isfinite(v1)):
             return False
         sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
         done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
         if not done:
             return False
         best = min(done, key=lambda t: sign * t.value)
-        ref_steps = [s for s in best.intermediate_values if s <= step]
-        if not ref_steps:
+
+        def gap(step: int, value: float) -> float | None:
+            ref_steps = [s for s in best.intermediate_values if s <= step]
+            if not ref_steps:
+                return None
+            ref = best.intermediate_values[max(ref_steps)]
+            return (sign * value - sign * ref) / abs(ref) if ref else None
+
+        g0, g1 = gap(s0, v0), gap(s1, v1)
+        if g1 is None or g1 <= self.margin:
             return False
-        ref = best.intermediate_values[max(ref_steps)]
-        return sign * value > sign * ref + self.margin * abs(ref)
+        return g0 is None or g1 >= 0.9 * g0
 
 
 def trial_cost(trial: FrozenTrial, train_steps: int) -> int:
