@@ -236,14 +236,14 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _pct(x: float) -> str:
-    if math.isnan(x):
+    if x is None or math.isnan(x):
         return "-"
     return f"{100 * x:.1f}%" if abs(x) < 0.1 else f"{100 * x:.0f}%"
 
 
 def _half_table(out: dict, names: list[str], methods: list[str]) -> list[str]:
-    rows = ["| method | runs spent (median) | median @2 | median @4 | median @8 | median @12 | median at end "
-            "| worst @4 | worst @12 | worst at end |", "|---|" + "---:|" * 9]
+    rows = ["| method | tasks | runs spent (median) | median @2 | median @4 | median @8 | median @12 | median at end "
+            "| worst @4 | worst @12 | worst at end |", "|---|" + "---:|" * 10]
     for m in methods:
         have = [n for n in names if m in out[n]["methods"]]
         if not have:
@@ -251,7 +251,7 @@ def _half_table(out: dict, names: list[str], methods: list[str]) -> list[str]:
         get = lambda b: [out[n]["methods"][m]["regret"][str(b)] for n in have]  # noqa: E731
         end = [out[n]["methods"][m]["final"] for n in have]
         spent = float(np.median([out[n]["methods"][m]["runs"] for n in have]))
-        rows.append(f"| {m} | {spent:.1f} | " + " | ".join(_pct(float(np.median(get(b)))) for b in CHECKPOINTS)
+        rows.append(f"| {m} | {len(have)} | {spent:.1f} | " + " | ".join(_pct(float(np.median(get(b)))) for b in CHECKPOINTS)
                     + f" | {_pct(float(np.median(end)))} | {_pct(max(get(4)))} | {_pct(max(get(12)))} | {_pct(max(end))} |")
     return rows
 
@@ -275,7 +275,9 @@ def render(out: dict, skipped: list[str], seconds: float, methods: list[str]) ->
         "their scaled last value); lrkit = the same searches answering with `result.best_lr` (the best complete trial); tpe = Optuna TPE with its default "
         "MedianPruner, no lrkit prior, budget 12; random = log-uniform, budget 12; log = powers of ten over "
         "the task's range, every point a full run; grid = the oracle's own 20-point grid (0 by definition; its cost). \"at end\" = what the method "
-        "returns when done (lrkit: after 4 runs; log/grid: after the whole sweep).",
+        "returns when done (lrkit: after 4 runs; log/grid: after the whole sweep). lrkit stops at 4 runs, so its "
+        "@8 and @12 repeat its answer. TPE and random coincide up to 10 trials (TPE starts with 10 random ones, "
+        "same seed).",
         "",
         f"### Held-out half ({len(held)} tasks) — the headline",
         "",
