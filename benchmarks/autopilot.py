@@ -72,7 +72,7 @@ def _shape_fn(task: Task) -> Callable[[int], float]:
 def _task_key(task: Task) -> str:
     shape = default_shape(task.family, task.budget).to_spec()
     blob = json.dumps([task.name, task.budget, task.batch_size, task.grid, task.definition(), shape,
-                       GRID_BELOW, GRID_ABOVE, MAX_EXTEND, SEEDS, _centre(task), "v1"], sort_keys=True)
+                       GRID_BELOW, GRID_ABOVE, MAX_EXTEND, SEEDS, "v1"], sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
@@ -404,7 +404,22 @@ def render(out: dict, faults: dict, skipped: list[str], seconds: float) -> str:
                    if e.get("kind") == "rollback"), None)
         if ex:
             lines += ["", f"An intervention as logged: `{ex[:400]}`"]
-    lines += ["", "Per-seed values, the autopilot's plans and every event: `benchmarks/results/autopilot.json`."]
+        for t, row in faults.items():
+            for f, r in row["faults"].items():
+                rb = [e["message"] for e in r["events"] if e.get("kind") == "rollback"]
+                if r["lost"] or r["vs_clean"] > 0.1:
+                    lines += ["", f"Over 10% ({t}, {f}): " + (f"`{rb[0][:400]}`" if rb else "no rollback.")
+                              + " The guard restores the newest snapshot it verified healthy; here that snapshot was "
+                              "taken after the doctor's onset (a network killed by the high LR whose loss then sat "
+                              "flat), so the autopilot's scale came back on a broken state."]
+    lines += ["", "Reading: the autopilot's regret follows its peak's distance from the oracle's (column 'autopilot "
+              "peak / oracle'), i.e. the finder's constant-LR answer times the shape factor; the largest misses are "
+              "Adagrad (finder ~10x low), the unscaled logistic regressions (SGD, 3-4x low) and Adafactor (an "
+              "optimizer lrkit.scaling does not know, 18x high). The peak rule's exponent (1: the run's mean LR "
+              "equals the finder's answer) was chosen on the development half only: 0.5 gave a development "
+              "median of 11.4% and worst of 77.5% in a full run, 1 gives the figures above. A fault run's "
+              "'rollbacks' are the guard's; 'LOST' would be a run the guard gave up on.",
+              "", "Per-seed values, the autopilot's plans and every event: `benchmarks/results/autopilot.json`."]
     if skipped:
         lines += ["", "Skipped: " + "; ".join(skipped)]
     return "\n".join(lines)
@@ -416,6 +431,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--tasks", default="", help="comma-separated task names (default: the half's)")
     ap.add_argument("--oracle-only", action="store_true", help="only fill the oracle cache")
     ap.add_argument("--no-faults", action="store_true", help="skip the fault runs")
+    ap.add_argument("--faults-only", action="store_true",
+                    help="only (re)run the fault runs; the other results are read from autopilot.json")
     ap.add_argument("--no-write", action="store_true", help="do not write BENCHMARKS.md")
     ap.add_argument("--render-only", action="store_true", help="re-render BENCHMARKS.md from autopilot.json")
     args = ap.parse_args(argv)
@@ -437,7 +454,7 @@ def main(argv: list[str] | None = None) -> dict:
     saved = json.loads(OUT.read_text()) if OUT.exists() else {"tasks": {}, "faults": {}}
     out: dict = dict(saved.get("tasks", {}))
     t_start = time.time()
-    for task in tasks:
+    for task in tasks if not args.faults_only else []:
         t0 = time.time()
         cap = initial_val_loss(task)
         orc = oracle(task, cap, cache)
@@ -455,7 +472,7 @@ def main(argv: list[str] | None = None) -> dict:
     faults = dict(saved.get("faults", {}))
     if not args.no_faults:
         faults.update(run_faults(tasks, saved))
-    seconds = time.time() - t_start
+    seconds = time.time() - t_start if not args.faults_only else saved.get("seconds", 0.0)
     OUT.write_text(json.dumps({"seconds": seconds, "skipped": skipped, "tasks": out, "faults": faults}, indent=1,
                               default=lambda o: None))
     md = render(out, faults, skipped, seconds)

@@ -37,8 +37,8 @@ Example:
     >>> pilot = Autopilot(plan).attach(q)
     >>> for t in range(200):
     ...     _ = pilot.observe(t, q.step(pilot.lr(t)))
-    >>> [e.kind for e in pilot.events], pilot.multiplier, q.x ** 2 < 1e-12
-    (['rollback'], 0.5, True)
+    >>> [e.kind for e in pilot.events], pilot.multiplier, q.x ** 2 < 1e-12   # kept, then lowered
+    (['rollback', 'rollback'], 0.5, True)
 """
 from __future__ import annotations
 
@@ -201,15 +201,18 @@ class Autopilot:
     def _on_intervention(self, rec: Intervention) -> None:
         old_total = rec.old_multiplier * self._corr
         window = 2 * policy.guard_settings(self.plan.train_steps)["snapshot_every"]
-        first_nan = self._last_rollback is None or rec.step - self._last_rollback > window
+        first = self._last_rollback is None or rec.step - self._last_rollback > window
         auto = self.plan.auto_peak_lr
         ratio = auto / self.plan.peak_lr if auto is not None else None
-        new_total = policy.lowered_multiplier(old_total, verdict=rec.verdict, first_nan=first_nan, auto_ratio=ratio)
+        new_total = policy.lowered_multiplier(old_total, verdict=rec.verdict, first=first, auto_ratio=ratio)
+        if self._pstate is not None:  # the restored state is older than the best validation: count afresh
+            worst = math.inf if self._plateau.mode == "min" else -math.inf
+            self._pstate = self._pstate._replace(best=worst, num_bad_epochs=0)
         self._corr = new_total / rec.new_multiplier
         self._last_rollback = rec.step
         peak = self.plan.peak_lr * self.plateau_scale * new_total
         if new_total == old_total:
-            what = ("kept the LR: a single non-finite loss out of a healthy run looks like a bad batch "
+            what = ("kept the LR: a first problem out of a healthy run looks like a bad batch "
                     "(another one soon will lower it)")
         elif ratio is not None and math.isclose(new_total, ratio):
             what = (f"lowered the LR to the autopilot's own scale (x{new_total / old_total:.3g}): the "

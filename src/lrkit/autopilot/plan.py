@@ -332,7 +332,7 @@ def make_plan(
     peak = float(peak_lr) if peak_lr is not None else float(auto)
     g = policy.guard_settings(train_steps)
     reasons.append(f"guard: snapshot every {g['snapshot_every']} healthy steps; on divergence roll back and "
-                   f"lower the LR x{policy.GAMMA} (a first isolated NaN keeps the LR: a bad batch)")
+                   f"lower the LR x{policy.GAMMA} (a first problem out of a healthy run keeps the LR: a bad batch is likelier)")
     reasons.append("plateau: halve the LR after 3 validations without a 0.1% improvement (when validation "
                    "losses are reported)")
     return AutopilotPlan(family=family, train_steps=train_steps, peak_lr=peak, shape=shape_n, auto_peak_lr=auto,

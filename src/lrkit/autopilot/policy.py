@@ -60,16 +60,17 @@ guard restores the last good state; the LR multiplier :math:`m` then becomes
 
 .. math::
 
-    m' = \begin{cases}
-      m & \text{the first non-finite loss of a healthy stretch (a bad batch: keep the LR)} \\
-      \min\big(m\,\gamma,\ \eta_{auto} / \eta_{peak}\big) & \text{otherwise}
-    \end{cases} \qquad \gamma = 0.5
+    m' = \min\big(m\,c,\ \eta_{auto} / \eta_{peak}\big),\qquad c = \begin{cases}
+      1 & \text{the first problem of a healthy stretch (a bad batch is likelier: keep the LR)} \\
+      \gamma = 0.5 & \text{a second one within } 2K \text{ steps}
+    \end{cases}
 
 where :math:`\eta_{auto}` is the peak the autopilot itself would use (when a user-given scale
 :math:`\eta_{peak}` is far too high, one rollback brings it straight back to the finder's value).
 
 **Plateau.** With validation losses, :class:`~lrkit.schedules.ReduceOnPlateau` halves the LR
-after 3 validations in a row without a 0.1% improvement (patience 2), never during the warmup.
+after 3 validations in a row without a 0.1% improvement (patience 2), never during the warmup;
+a rollback restarts its count (the restored state is older than the best validation).
 
 Example:
     >>> s = default_shape("adamw", 1000)
@@ -249,27 +250,27 @@ def plateau_settings() -> dict:
     return {"mode": "min", "factor": 0.5, "patience": 2, "threshold": 1e-3, "threshold_mode": "rel", "cooldown": 1}
 
 
-def lowered_multiplier(multiplier: float, *, verdict: str, first_nan: bool, auto_ratio: float | None) -> float:
+def lowered_multiplier(multiplier: float, *, verdict: str, first: bool, auto_ratio: float | None) -> float:
     """The LR multiplier after a rollback (see the module docstring).
 
     Args:
         multiplier: the multiplier in force when the run went wrong.
         verdict: the doctor's verdict (``"nan"``, ``"diverging"``, ...).
-        first_nan: this is the first non-finite loss of a healthy stretch.
-        auto_ratio: :math:`\\eta_{auto}/\\eta_{peak}` (``None`` when the autopilot has no
-            finder answer of its own).
+        first: this is the first problem of a healthy stretch (no rollback in the last
+            ``2 * snapshot_every`` steps): one bad batch is the likelier cause, and a lower LR
+            would cost the rest of the run for nothing; a second problem soon after lowers it.
+        auto_ratio: :math:`\eta_{auto}/\eta_{peak}` (``None`` when the autopilot has no
+            finder answer of its own); the multiplier never stays above it after a rollback.
 
     Example:
-        >>> lowered_multiplier(1.0, verdict="nan", first_nan=True, auto_ratio=1.0)
+        >>> lowered_multiplier(1.0, verdict="nan", first=True, auto_ratio=1.0)
         1.0
-        >>> lowered_multiplier(1.0, verdict="diverging", first_nan=False, auto_ratio=1 / 30)
+        >>> lowered_multiplier(1.0, verdict="diverging", first=True, auto_ratio=1 / 30)
         0.03333333333333333
-        >>> lowered_multiplier(0.5, verdict="diverging", first_nan=False, auto_ratio=1.0)
+        >>> lowered_multiplier(0.5, verdict="diverging", first=False, auto_ratio=1.0)
         0.25
     """
-    if verdict == "nan" and first_nan:
-        return multiplier
-    lowered = multiplier * GAMMA
+    lowered = multiplier if first else multiplier * GAMMA
     if auto_ratio is not None and auto_ratio < lowered:
         lowered = auto_ratio
     return float(lowered)
