@@ -96,7 +96,11 @@ def test_outlier_batches_are_not_divergence(seed, frac, lo, hi):
     out = rng.random(n) < frac
     loss[out] *= rng.uniform(lo, hi, out.sum())
     d = diagnose({"step": t.tolist(), "loss": loss.tolist(), "lr": [0.1] * n})
-    assert d.ok, d
+    assert d.verdict not in ("diverging", "nan"), d  # never a rollback
+    # fluctuating needs 10% of a 50-step window to spike: outliers that rare are healthy
+    densest = max(out[i : i + 50].sum() for i in range(n - 49))
+    if densest < 5:
+        assert d.ok, d
 
 
 def test_warmup_then_a_loss_that_stays_up_is_diverging():

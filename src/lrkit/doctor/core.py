@@ -388,6 +388,9 @@ class Doctor:
         """Forget everything observed (thresholds are kept)."""
         self._track = Track(self._config)
         self._signs = self._build_signs()
+        # the signs that do something per step / at the window checks, in list order
+        self._observers = [s for s in self._signs if type(s).observe is not Sign.observe]
+        self._checkers = [s for s in self._signs if type(s).check is not Sign.check]
         self._diag = Diagnosis("healthy", None, None, {}, (), "no observations yet")
         self._history: list[Diagnosis] = []
 
@@ -611,10 +614,10 @@ class Doctor:
         if check:
             t.update_noise()
         obs = Observation(step, loss, lr_f, gn, vl, mets)
-        for sign in self._signs:
+        for sign in self._observers:
             sign.observe(obs)
         if check:
-            for sign in self._signs:
+            for sign in self._checkers:
                 sign.check()
         if not build and all(sign.finding is None for sign in self._signs):
             self._diag = _HEALTHY_PENDING

@@ -73,10 +73,10 @@ class GradientExplosion(Sign):
     def observe(self, obs: Observation) -> None:
         t = self.track
         ev = None
-        ref_cur = grad_reference(t)
+        ref_cur = grad_reference(t) if t.gn.n and loss_getting_worse(t) else None  # the cheap test first
         if ref_cur is not None:
             ref, cur = ref_cur
-            if ref > 0 and cur > self.config["grad_ratio"] * ref and loss_getting_worse(t):
+            if ref > 0 and cur > self.config["grad_ratio"] * ref:
                 ev = t.base_evidence()
                 ev["grad_norm_ratio"] = cur / ref
                 ev["grad_norm_reference"] = ref
