@@ -199,3 +199,25 @@ def test_atomic_writes_leave_no_temporary_file(tmp_path):
     np.testing.assert_array_equal(store.get(key), np.arange(10))
     store.close()
     assert not (tmp_path / "a").exists()
+
+
+def test_torch_snapshot_survives_pickling_bitwise():
+    torch = pytest.importorskip("torch")
+    from lrkit.integrations.torch.state import TorchSnapshot
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    model[2].to(torch.bfloat16)  # a dtype NumPy lacks
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    model[2](model[1](model[0](torch.randn(8, 3))).to(torch.bfloat16)).float().sum().backward()
+    opt.step()
+    saved = [t.detach().clone() for t in model.state_dict().values()]
+    snap = pickle.loads(pickle.dumps(TorchSnapshot.take(model, [opt], grads=False, non_blocking=True),
+                                     protocol=pickle.HIGHEST_PROTOCOL))
+    assert snap.pending is None  # CPU: nothing left in flight
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    opt.step()
+    snap.restore(model, [opt])
+    for before, after in zip(saved, model.state_dict().values()):
+        assert before.dtype == after.dtype and torch.equal(before, after)

@@ -48,6 +48,22 @@ class _SavedTensor:
     device: torch.device
     requires_grad: bool
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickle the data as a NumPy array (written straight from memory, no intermediate copy:
+        several times faster than a tensor's own pickling, which matters for disk snapshots of
+        large models); dtypes NumPy lacks (bfloat16, ...) pickle as tensors."""
+        t = self.tensor
+        try:
+            data: Any = t.numpy()
+        except (TypeError, RuntimeError):
+            data = t
+        return (_rebuild_saved, (data, str(self.device), self.requires_grad))
+
+
+def _rebuild_saved(data: Any, device: str, requires_grad: bool) -> _SavedTensor:
+    t = data if isinstance(data, torch.Tensor) else torch.from_numpy(data)
+    return _SavedTensor(t, torch.device(device), requires_grad)
+
 
 def _host_copy(t: torch.Tensor, non_blocking: bool) -> torch.Tensor:
     """A CPU copy of ``t``. With ``non_blocking`` and a CUDA tensor: into pinned (page-locked)
