@@ -369,3 +369,20 @@ print("ok")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_slow_progress_after_a_rollback_to_the_start_is_not_a_new_divergence():
+    """Rolled back into the doctor's opening stretch with a lower LR, a slow, quiet descent is
+    judged from the restored point (it was once judged against the noisy opening at the failed LR:
+    "diverging since step 1" and a second rollback)."""
+    rng = np.random.default_rng(0)
+    opening = [2.0 * math.exp(0.4 * rng.standard_normal()) for _ in range(12)]  # noisy, at the failed LR
+    slow = [1.0 * (1 - 0.0002 * k) * math.exp(0.01 * rng.standard_normal()) for k in range(200)]
+    t = Scripted(opening + [float("nan")] + slow)
+    g = Guard(t, doctor=Doctor(window=10), snapshot_every=3, max_overhead=None)
+    for _ in range(len(opening) + 1 + len(slow)):
+        g.step(0.1)
+    assert len(g.interventions) == 1 and g.interventions[0].verdict == "nan"
+    # the doctor's run starts at the first step after the rollback, not at the failed opening
+    assert g.doctor.state_dict()["state"]["first_step"] == len(opening) + 1
+    assert g.diagnosis.verdict in ("healthy", "flat")

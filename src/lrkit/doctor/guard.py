@@ -32,7 +32,11 @@ verified-healthy snapshot**. So an onset dated too early cannot send the run bac
 states (each of them is then judged by its own first loss), and a state taken while the loss was
 already drifting up fails its verification however "healthy" the doctor still said it was.
 When no snapshot qualifies, the oldest kept one (the initial state) is restored and the record
-says ``verified=False``. Snapshots newer than the one restored are dropped.
+says ``verified=False``. Snapshots newer than the one restored are dropped. The doctor goes back
+to its state at the snapshot; if that is still within its opening stretch (fewer than
+``flat_steps`` observations), it starts afresh from the restored point instead, so that slow
+progress at the lowered LR is not judged against the opening losses at the failed LR (seen with
+the Hugging Face guard: "diverging since step 1" right after a rollback to the start).
 
 **Reach.** ``keep`` rolling snapshots (default 4) are thinned geometrically (a few recent, a few
 older ones; :func:`lrkit.doctor.snapshots.thin_index`), beside the initial state
@@ -644,9 +648,14 @@ class Guard:
             self._snaps = [s for s in self._snaps if s is not rec]
             return None
 
-    def _restore(self, rec: SnapshotRecord, state: Any) -> None:
+    def _restore(self, rec: SnapshotRecord, state: Any, rollback: bool = False) -> None:
         self.trainer.restore(state)
         self.doctor.load_state_dict(rec.doctor)
+        if rollback and self.doctor.n_observations < self.doctor.config["flat_steps"]:
+            # restored into the doctor's opening stretch (its "since the start" judgements: flat,
+            # stuck after an unstable start) at a new LR: the restored point is the start, or slow
+            # progress at the lowered LR would be judged against losses taken at the failed one
+            self.doctor.reset()
         self._health.load(rec.health)
         rec.closed = True  # losses from now on are at another LR: they do not re-verify it
         self._since = 0
@@ -670,7 +679,7 @@ class Guard:
             self._store.drop(snap.handle)
         self._snaps = [s for s in self._snaps if s.label <= target.label]
         target.cut(onset)  # the restored timeline's own losses no longer speak for it
-        self._restore(target, state)
+        self._restore(target, state, rollback=True)
         target.restores += 1
         old = self._multiplier
         self._multiplier = old * self.lr_factor
