@@ -351,6 +351,15 @@ def main() -> None:
                 f"{fmt_ratio(s['ratios'])} |"
             )
         lines.append("")
+    lines += [
+        "Reading it: `lr x3` is no divergence (the doctor does not flag it, so the guard does not act) and "
+        "`lr x30` after one 10x cut still trains at 3x the good LR: both end above the clean run, short of "
+        "the 5% goal -- the guard restores and lowers, it does not search for the best LR again. `kill -9`: "
+        "the resumed run loses at most one snapshot period plus the write still in flight when it died (the "
+        "newest snapshot is written in the background; a kill a few steps after it can find only the one "
+        "before). A resumed run re-iterates its loader from the restored generator, so it is not bitwise the "
+        "uninterrupted one here (the unit test with a replayable trainer is).",
+    ]
     md = "\n".join(lines)
     print(md)
     if not a.quick:
