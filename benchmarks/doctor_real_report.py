@@ -32,8 +32,21 @@ def offline(specs: list[rr.RunSpec]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _save(name: str, result: dict[str, Any]) -> None:
+    """Add one run's live result to RESULTS (re-read first: several processes may share it)."""
+    import os
+
+    stored = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    stored.setdefault("live", {})[name] = result
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    tmp = RESULTS.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, RESULTS)
+
+
 def live(specs: list[rr.RunSpec]) -> dict[str, dict[str, Any]]:
-    """Train each spec twice (watch only, then guarded): the watcher's verdicts and the final accuracies."""
+    """Train each spec twice (watch only, then guarded): the watcher's verdicts and the final accuracies
+    (each run's result is stored as soon as it is known)."""
     logging.getLogger("lrkit").setLevel(logging.ERROR)
     out = {}
     for spec in specs:
@@ -45,6 +58,7 @@ def live(specs: list[rr.RunSpec]) -> dict[str, dict[str, Any]]:
             "accuracy": w.final_accuracy, "guarded_accuracy": g.final_accuracy,
             "interventions": g.interventions, "gave_up": g.gave_up, "seconds": w.seconds + g.seconds,
         }
+        _save(spec.name, out[spec.name])
         print(f"{spec.name:28s} live {w.live_verdict:11s} acc {w.final_accuracy:.3f} guarded {g.final_accuracy:.3f} "
               f"({g.interventions} rollbacks) {w.seconds + g.seconds:5.1f} s", flush=True)
     return out
@@ -215,9 +229,8 @@ def report(specs: list[rr.RunSpec], *, live: bool, write: bool) -> int:
     stored = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     liv = dict(stored.get("live", {}))
     if live:
-        liv.update(globals()["live"](specs))
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps({"live": liv}, indent=1, sort_keys=True) + "\n")
+        globals()["live"](specs)
+        liv = dict(json.loads(RESULTS.read_text()).get("live", {}))
     big = large_log() if write else None
     md = markdown(specs, off, liv, time.perf_counter() - t0, big)
     print(md)

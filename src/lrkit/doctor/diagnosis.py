@@ -10,7 +10,7 @@ import numpy as np
 from lrkit.doctor.core import Diagnosis, Doctor
 from lrkit.doctor.logs import LogRecords, find_runs, read_log
 
-__all__ = ["diagnose", "diagnose_runs", "default_window", "doctor_settings", "run_doctor"]
+__all__ = ["diagnose", "diagnose_runs", "default_window", "doctor_settings", "settings_for_rows", "run_doctor"]
 
 Progress = Callable[[str, float], None]
 
@@ -121,7 +121,17 @@ def doctor_settings(records: LogRecords) -> dict[str, Any]:
         >>> doctor_settings(read_log({"loss": [1.0] * 400}))
         {'window': 50}
     """
-    n = int(records.has("loss").sum())
+    return settings_for_rows(int(records.has("loss").sum()))
+
+
+def settings_for_rows(n: int) -> dict[str, Any]:
+    """:func:`doctor_settings` for a log expected to hold ``n`` losses (a live callback that knows
+    how many times it will be fed, e.g. a Trainer logging every ``logging_steps``).
+
+    Example:
+        >>> settings_for_rows(19)["short"], settings_for_rows(500)
+        (1, {'window': 50})
+    """
     if n >= 50:
         return {"window": default_window(n)}
     return {"window": 5, "short": 1, "patience": 2, "check_every": 1, "flat_steps": 5}

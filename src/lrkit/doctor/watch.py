@@ -124,11 +124,19 @@ class SpeakingWatch:
     @property
     def worst(self) -> Diagnosis:
         """The most severe detection (the earliest among equals), or the current diagnosis when
-        there has been none."""
-        dets = self.detections
+        there has been none. A ``flat`` verdict is a judgement of the run *so far* (no progress
+        yet): one the run has since left (its loss decreased) is not counted, as in
+        :func:`~lrkit.doctor.diagnosis.diagnose`."""
+        now = self.doctor.diagnosis
+        dets = self._counted()
         if not dets:
-            return self.doctor.diagnosis
+            return now
         return max(dets, key=lambda d: (SEVERITY.get(d.verdict, 0), -dets.index(d)))
+
+    def _counted(self) -> list[Diagnosis]:
+        """The detections that still count (a ``flat`` one only while the run is still flat)."""
+        flat_now = self.doctor.diagnosis.verdict == "flat"
+        return [d for d in self.detections if d.verdict != "flat" or flat_now]
 
     def _watch_reset(self) -> None:
         """Forget the detections (a fresh run)."""
@@ -240,18 +248,19 @@ class SpeakingWatch:
     def summary(self) -> str:
         """An account of the run so far: the worst problem seen (even if the run recovered),
         how many detections, and the current verdict."""
-        worst, now, dets = self.worst, self.doctor.diagnosis, self.detections
+        worst, now, dets = self.worst, self.doctor.diagnosis, self._counted()
         problems = [d for d in dets if SEVERITY.get(d.verdict, 0) > SEVERITY.get("healthy", 0)]
         rollbacks = len(self.guard.interventions) if self.guard is not None else 0
         if not problems:
             notes = "".join(f" {describe(d)}" for d in dets)
             return f"lrkit doctor: no problem seen after {self.doctor.n_observations} observations.{notes}"
-        more = f" ({len(problems)} problems detected" + (f", {rollbacks} rolled back" if rollbacks else "") + ")"
+        more = (f" ({len(problems)} problem{'s' if len(problems) > 1 else ''} detected"
+                + (f", {rollbacks} rolled back" if rollbacks else "") + ")")
         end = "still " + now.verdict.upper() if now.verdict == worst.verdict else f"now {now.verdict.upper()}"
         return f"lrkit doctor: the worst problem seen was at {describe(worst)}{more}; {end}."
 
     def _watch_speak_summary(self) -> None:
         if not getattr(self, "watch_speaks", True):
             return
-        problems = any(SEVERITY.get(d.verdict, 0) > SEVERITY.get("healthy", 0) for d in self.detections)
+        problems = any(SEVERITY.get(d.verdict, 0) > SEVERITY.get("healthy", 0) for d in self._counted())
         self._watch_logger().log(logging.WARNING if problems else logging.INFO, "%s", self.summary())

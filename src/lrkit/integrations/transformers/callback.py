@@ -88,6 +88,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from typing import Any, Callable
 
@@ -95,6 +96,7 @@ import torch
 from transformers import TrainerCallback
 
 from lrkit.doctor.core import VERDICTS, Diagnosis, Doctor
+from lrkit.doctor.diagnosis import settings_for_rows
 from lrkit.doctor.guard import Guard, GuardedWatch, GuardGaveUp, Intervention, PendingValidation, watch_doctor
 from lrkit.doctor.watch import check_actions
 from lrkit.integrations.torch.state import TorchSnapshot
@@ -157,6 +159,17 @@ def _guard_blockers(args: Any, model: Any = None) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def _expected_logs(args: Any, state: Any) -> int:
+    """How many training logs (``loss`` entries) this run will write."""
+    if _name(getattr(args, "logging_strategy", "steps")) == "epoch":
+        return max(1, math.ceil(float(getattr(args, "num_train_epochs", 1))))
+    every = float(getattr(args, "logging_steps", 500) or 500)
+    total = int(getattr(state, "max_steps", 0) or 0)
+    if every < 1:  # a ratio of the total
+        return max(1, int(round(1 / every)))
+    return max(1, total // int(every))
+
+
 def _copy_lr(value: Any) -> Any:
     return value.detach().clone() if isinstance(value, torch.Tensor) else value
 
@@ -193,8 +206,10 @@ class LRDoctorCallback(GuardedWatch, TrainerCallback):
 
     Args:
         guard: roll back and lower the LR on ``nan``/``diverging`` (default ``False``: watch only).
-        doctor: the :class:`~lrkit.doctor.core.Doctor` (default ``Doctor()``). For
-            ``logging_steps`` > 1 a smaller ``window`` suits (the doctor sees one point per log).
+        doctor: the :class:`~lrkit.doctor.core.Doctor` (default: one sized for the number of
+            logs the run will write, :func:`~lrkit.doctor.diagnosis.settings_for_rows`: under 50
+            logs, e.g. ``logging_steps=10`` on a short run, each log is judged as a row, as
+            ``lrkit diagnose`` judges the same ``trainer_state.json``).
         stop_on: verdicts that stop training (default ``()``: only report); a subset of
             ``("nan", "diverging", "fluctuating", "flat")``. With ``guard=True`` it may not share
             a verdict with ``act_on`` (a verdict either stops the run or rolls it back).
@@ -242,6 +257,7 @@ class LRDoctorCallback(GuardedWatch, TrainerCallback):
         plateau_factor: float = 0.1,
     ) -> None:
         self.doctor = watch_doctor("LRDoctorCallback", guard, doctor)
+        self._auto_doctor = doctor is None  # sized for the run's number of logs at train begin
         self.watch_on = check_actions("LRDoctorCallback", on_converged, on_overfitting, plateau_factor)
         self.plateau_factor = float(plateau_factor)
         self._control: Any = None
@@ -337,6 +353,8 @@ class LRDoctorCallback(GuardedWatch, TrainerCallback):
             self._scheduler = scheduler
         if state.global_step == 0:  # a fresh run (not a resume): forget a previous one
             self.doctor.reset()
+            if self._auto_doctor:  # one observation per log: a doctor sized for that many
+                self.doctor = Doctor(**settings_for_rows(_expected_logs(args, state)))
             self._watch_reset()
             self.stopped_by = None
             self._last_step = None
