@@ -54,7 +54,12 @@ def no_guard_leftovers():
     before_dirs = storage.live_run_dirs()
     before_tmp = {p.name for p in tmp.glob(prefix + "*")}
     yield
-    gc.collect()
-    leaked = sorted(storage.live_run_dirs() - before_dirs)
-    leaked_tmp = sorted({p.name for p in tmp.glob(prefix + "*")} - before_tmp)
-    assert not leaked and not leaked_tmp, f"guard storage left behind: {leaked + leaked_tmp}"
+
+    def leftovers() -> list[str]:
+        return sorted(storage.live_run_dirs() - before_dirs) + sorted(
+            {p.name for p in tmp.glob(prefix + "*")} - before_tmp)
+
+    if leftovers():  # collect only when something is left (a collection per test costs time)
+        gc.collect()
+    left = leftovers()
+    assert not left, f"guard storage left behind: {left}"
