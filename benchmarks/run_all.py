@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "schedules": ["benchmarks/bench_schedules.py"],
     "finder": ["-m", "benchmarks.finder_regret"],
     "doctor": ["benchmarks/doctor_detection.py"],
+    "doctor-real": ["benchmarks/doctor_real_runs.py"],
     "guard": ["benchmarks/guard.py", "--steps", "300", "--seeds", "4", "--tasks", "digits,diabetes"],
     "guard-overhead": ["benchmarks/guard_overhead.py"],
     "autopilot": ["-m", "benchmarks.autopilot"],
