@@ -118,11 +118,13 @@ def test_a_study_with_another_direction_is_refused(tmp_path):
 @pytest.mark.slow
 def test_two_local_workers_share_one_study(tmp_path):
     url = f"sqlite:///{tmp_path / 'w.db'}"
-    r = lrkit("--strategy", "random", "--trials", "8", "--train-steps", "200", "--workers", "2", "--storage", url,
+    # enough trials that the first worker is still busy when the second has imported torch and
+    # joined (with 8 short trials an idle machine finished them all before the second one started)
+    r = lrkit("--strategy", "random", "--trials", "30", "--train-steps", "300", "--workers", "2", "--storage", url,
               "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert out["n_trials"] >= 8
+    assert out["n_trials"] >= 30
     import optuna
 
     study = optuna.load_study(study_name="lrkit-tune", storage=url)

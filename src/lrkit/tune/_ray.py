@@ -24,6 +24,7 @@ Example::
 """
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 from pathlib import Path
@@ -70,7 +71,10 @@ def _trainable(target: Callable[..., dict], *, train_steps: int, every: int, see
             history.append((step, lr))
             val = float(trainer.evaluate())
             metrics = {"val_loss": val if math.isfinite(val) else math.inf, "step": step, "lr": lr,
-                       "diverged": not math.isfinite(val)}
+                       "diverged": not math.isfinite(val),
+                       # the LR history travels with the weights (PBT restores a better trial's): Ray's
+                       # per-trial dataframe restarts on a restore, so it cannot tell the schedule
+                       "lr_history": json.dumps(history)}
             if checkpoint:
                 with tempfile.TemporaryDirectory() as d:
                     torch.save({"model": spec["model"].state_dict(), "optimizer": spec["optimizer"].state_dict(),
@@ -190,6 +194,12 @@ def _prior(target: Callable, finder: Any, *, train_steps: int, seed: int, low: f
     return Prior.from_finder(result, low=low, high=high, family=family)
 
 
+def lr_history(res: Any) -> list[tuple[int, float]] | None:
+    """A Ray trial's ``[(step, lr), ...]`` as its last report carried it (PBT's exploits included)."""
+    raw = (res.metrics or {}).get("lr_history")
+    return [(int(s), float(lr)) for s, lr in json.loads(raw)] if raw else None
+
+
 def _result(grid: Any, *, train_steps: int, scheduler: str, prior: Prior) -> TuneResult:
     records = []
     best, best_hist = None, None
@@ -209,8 +219,7 @@ def _result(grid: Any, *, train_steps: int, scheduler: str, prior: Prior) -> Tun
         records.append(rec)
         if complete and (best is None or rec.value < best.value):
             best = rec
-            if df is not None and "lr" in df:
-                best_hist = [(int(s), float(lr)) for s, lr in zip(df["step"], df["lr"])]
+            best_hist = lr_history(res)
     steps = sum(r.steps for r in records) + prior.cost_steps
     return TuneResult(best_lr=best.lr if best else None, best_value=best.value if best else None, trials=records,
                       study=grid, strategy=f"ray-{scheduler}", train_steps=train_steps,
