@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import random
 import sys
 from typing import Any
 
@@ -28,6 +29,16 @@ def progress_bar(total: int, *, enabled: bool = True, description: str = "LR ran
     if not enabled:
         yield None
         return
+    # rich draws on Python's ``random`` when it is first imported: the bar must leave that state
+    # as it found it, like the finder it reports on (every RNG bitwise as it went in).
+    python_rng = random.getstate()
+    try:
+        yield from _rich_bar(total, description)
+    finally:
+        random.setstate(python_rng)
+
+
+def _rich_bar(total: int, description: str):
     try:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
