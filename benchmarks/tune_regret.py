@@ -45,7 +45,7 @@ from benchmarks._report import machine, write_section
 from benchmarks.finder_regret import ORACLE_CACHE, _task_key, oracle
 from benchmarks.finder_tasks import DEV, HELDOUT, Task, TensorTrainer, available_tasks, initial_val_loss
 from lrkit import scaling
-from lrkit.finder.range_test import plan_budget, run_range_test
+from lrkit.finder.range_test import plan_budget, plan_verify_budget, run_range_test
 from lrkit.finder.suggest import suggest
 from lrkit.tune import Prior
 from lrkit.tune._run import tune
@@ -97,7 +97,8 @@ def lrkit_prior(task: Task, seed: int) -> Prior:
     t = TensorTrainer(task, seed, lr=start_lr)
     n_range, n_verify = plan_budget(train_steps=task.budget)
     rec = run_range_test(t, start_lr=start_lr, end_lr=end_lr, num_iter=n_range)
-    sug = suggest(rec.lrs, rec.losses, trainer=t, family=task.family, verify_steps=n_verify)
+    sug = suggest(rec.lrs, rec.losses, trainer=t, family=task.family, verify_steps=n_verify,
+                      verify_budget=plan_verify_budget(task.budget, n_range))
     cost = rec.steps_run + int(sug.details.get("verify_steps_used", 0))
     lo, hi = task.grid
     center = min(max(sug.lr, lo), hi)

@@ -12,7 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lrkit.finder import FinderResult, find, lr_ramp, run_range_test
-from lrkit.finder.range_test import DEFAULT_NUM_ITER, DEFAULT_VERIFY_STEPS, MAX_COST_FRACTION, PLANNED_NUM_ITER, plan_budget
+from lrkit.finder.range_test import (
+    DEFAULT_NUM_ITER, DEFAULT_VERIFY_STEPS, MAX_COST_FRACTION, MIN_VERIFY_STEPS, PLANNED_NUM_ITER, plan_budget,
+    plan_verify_budget,
+)
 from lrkit.finder.suggest import MAX_CANDIDATES
 
 
@@ -337,8 +340,11 @@ def test_find_with_verification_restores_plain_trainer():
 @given(train_steps=st.integers(100, 10**7))
 def test_planned_finder_costs_at_most_30_percent_of_the_run(train_steps):
     n, v = plan_budget(train_steps=train_steps)
-    assert 10 <= n <= PLANNED_NUM_ITER and v == train_steps // 30
-    assert n + MAX_CANDIDATES * v <= MAX_COST_FRACTION * train_steps
+    assert 10 <= n <= PLANNED_NUM_ITER and v == max(train_steps // 30, MIN_VERIFY_STEPS)
+    budget = plan_verify_budget(train_steps, n)
+    assert n + budget <= MAX_COST_FRACTION * train_steps  # the verification takes what the range test leaves
+    if train_steps >= 200:  # long enough for every candidate the suggestion may run
+        assert budget >= MAX_CANDIDATES * v
 
 
 @given(num_iter=st.integers(2, 500), verify_steps=st.integers(0, 500), train_steps=st.none() | st.integers(1, 10**6))
@@ -350,7 +356,9 @@ def test_explicit_counts_win_over_the_plan(num_iter, verify_steps, train_steps):
 def test_plan_defaults_and_short_runs():
     assert plan_budget() == (DEFAULT_NUM_ITER, DEFAULT_VERIFY_STEPS)
     assert plan_budget(verify=False) == (DEFAULT_NUM_ITER, 0)
-    assert plan_budget(train_steps=20) == (10, 0)  # no room for verification runs
+    assert plan_budget(train_steps=20) == (10, MIN_VERIFY_STEPS)
+    assert plan_verify_budget(20, 10) == 0  # no room for verification runs: the suggestion says so
+    assert plan_budget(train_steps=90) == (10, MIN_VERIFY_STEPS) and plan_verify_budget(90, 10) == 17
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -321,7 +321,7 @@ def test_uninformative_curve_searches_the_whole_range_a_decade_apart():
     lrs = np.geomspace(1e-5, 1.0, 50)
     rising = 1.0 + 0.01 * np.arange(50)       # never below its start: the minimum is the first point
     s = suggest(lrs, rising, trainer=Quadratic(), family="sgd", verify_steps=5)
-    assert s.details["grid"] == {"top": 1.0, "ratio": 10.0, "informative_curve": False}
+    assert s.details["grid"] == {"top": 1.0, "ratio": 10.0, "informative_curve": False, "budget_steps": 25}
     assert s.details["candidates"][0]["lr"] == 1.0
     assert s.details["candidates"][1]["lr"] == pytest.approx(0.1)
     assert s.method == "verified" and 1e-3 < s.lr < 1.0
@@ -334,3 +334,106 @@ def test_docstring_examples_run(name):
 
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+# ------------------------------------------------------------------- honest confidence (issue 9)
+class Bowl:
+    """A trainer whose short-run score is a bowl in log-LR around ``opt``: ``1 + log10(lr/opt)^2``
+    after any run at ``lr``; it diverges above ``edge`` and makes no progress below ``dead``."""
+
+    START = 10.0
+
+    def __init__(self, opt, edge=math.inf, dead=0.0):
+        self.opt, self.edge, self.dead = opt, edge, dead
+        self.lr, self.t = None, 0
+
+    def snapshot(self):
+        return (self.lr, self.t)
+
+    def restore(self, state):
+        self.lr, self.t = state
+
+    def _value(self):
+        if self.t == 0:
+            return self.START
+        if self.lr > self.edge:
+            return math.inf
+        if self.lr < self.dead:
+            return self.START * (1 - 1e-4)
+        return 1.0 + math.log10(self.lr / self.opt) ** 2
+
+    def step(self, lr):
+        self.lr, self.t = lr, self.t + 1
+        return self._value()
+
+    def evaluate(self):
+        return self._value()
+
+
+def bowl_curve(top):
+    """A range-test curve whose smoothed minimum is at ``top``."""
+    lrs = np.geomspace(1e-7, 10.0, 80)
+    x = np.log10(lrs / top)
+    return lrs, 2.0 - 0.5 * np.tanh(3 * (x + 1.0)) + np.where(x > 0, 5 * x**2, 0.0)
+
+
+def test_a_best_candidate_at_the_top_edge_is_searched_past():
+    lrs, losses = bowl_curve(top=1e-3)
+    s = suggest(lrs, losses, trainer=Bowl(opt=0.05, edge=1.0), family="sgd", verify_steps=5, verify_budget=40)
+    tried = [c["lr"] for c in s.details["candidates"]]
+    assert max(tried) > 1e-3 * 3  # looked above the curve's minimum
+    assert s.method == "verified"
+    assert 0.05 / 10 <= s.lr <= 0.05  # the short-run optimum, halved, not the edge of the grid
+
+
+def test_no_progress_at_the_top_candidate_walks_up_not_down():
+    lrs, losses = bowl_curve(top=1e-6)
+    s = suggest(lrs, losses, trainer=Bowl(opt=0.02, edge=1.0, dead=1e-4), family="sgd", verify_steps=5)
+    assert s.method == "verified", s.details["warnings"]
+    assert 0.02 / 10 <= s.lr <= 0.02
+
+
+def test_a_verification_that_shows_no_progress_says_so():
+    lrs, losses = bowl_curve(top=1e-3)
+    s = suggest(lrs, losses, trainer=Bowl(opt=0.02, dead=math.inf), family="sgd", verify_steps=5)
+    assert s.method == "unverified(no progress)"
+    assert any("no candidate improved" in w for w in s.details["warnings"])
+
+
+def test_a_budget_too_small_for_two_runs_is_no_verification_and_says_so():
+    lrs, losses = bowl_curve(top=1e-3)
+    t = Bowl(opt=0.02)
+    s = suggest(lrs, losses, trainer=t, family="sgd", verify_steps=5, verify_budget=9)
+    assert s.method == "rule" and s.details["verify_steps_used"] == 0 and t.t == 0
+    assert any(w.startswith("unverified: the verification budget (9 steps)") for w in s.details["warnings"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(log_opt=st.floats(-5.5, -0.5), log_top=st.floats(-6.0, 0.0), edge_decades=st.floats(0.3, 3.0))
+def test_the_band_is_never_zero_width_and_holds_the_answer(log_opt, log_top, edge_decades):
+    lrs, losses = bowl_curve(top=10**log_top)
+    trainer = Bowl(opt=10**log_opt, edge=10 ** (log_opt + edge_decades))
+    s = suggest(lrs, losses, trainer=trainer, family="adam", verify_steps=5)
+    lo, hi = s.band
+    assert lo < hi and lo <= s.lr <= hi
+    assert math.log10(hi / lo) >= 0.25  # at least half a grid step in all: never a one-sided zero band
+    assert trainer.t == 0 and trainer.lr is None  # restored
+
+
+def test_a_flat_curve_is_reported_in_the_result_the_summary_and_the_plot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from lrkit.finder.range_test import find
+
+    class Flat(Bowl):
+        def step(self, lr):
+            super().step(lr)
+            return 3.0  # the range test sees nothing
+
+    res = find(Flat(opt=0.01), start_lr=1e-6, end_lr=1.0, num_iter=40, verify_steps=5, family="sgd")
+    assert any("flat or uninformative" in w for w in res.details["warnings"])
+    assert "warning: the range-test curve is flat or uninformative" in res.summary()
+    ax = res.plot()
+    assert any("flat or uninformative" in t.get_text() for t in ax.texts)
+    assert "budget: the default, at most" in res.summary()  # no train_steps: the default cost is said

@@ -34,7 +34,7 @@ from typing import Any
 from lrkit import scaling
 from lrkit.autopilot.pilot import Autopilot
 from lrkit.autopilot.plan import AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
-from lrkit.finder.range_test import find, plan_budget
+from lrkit.finder.range_test import find, plan_budget, plan_verify_budget
 from lrkit.schedules.base import Schedule
 
 __all__ = ["Flight", "fly", "plan_for"]
@@ -57,7 +57,8 @@ def plan_for(trainer: Any, *, family: str, train_steps: int, shape: Schedule | N
     lo, hi = scaling.lr_range(family)
     num_iter, verify_steps = plan_budget(train_steps=train_steps)
     result = find(trainer, start_lr=lo if start_lr is None else start_lr, end_lr=hi if end_lr is None else end_lr,
-                  num_iter=num_iter, verify_steps=verify_steps, family=family, batch_size=batch_size, rng_seed=seed)
+                  num_iter=num_iter, verify_steps=verify_steps, family=family, batch_size=batch_size, rng_seed=seed,
+                  verify_budget=plan_verify_budget(train_steps, num_iter))
     return make_plan(result, family=family, train_steps=train_steps, shape=shape, peak_lr=peak_lr), result
 
 

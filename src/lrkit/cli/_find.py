@@ -285,7 +285,7 @@ def find_command(
             start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode,
             progress=callback if callback is not None else False,
             verify=planned_verify > 0, verify_steps=planned_verify or None, seed=seed,
-            target_batch_size=target_batch_size,
+            target_batch_size=target_batch_size, train_steps=train_steps,
         ))
     written: dict[str, str] = {}
     if plot is not None:

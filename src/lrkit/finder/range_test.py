@@ -58,7 +58,7 @@ import numpy as np
 from lrkit.finder.trainer import Trainer
 
 __all__ = ["RangeTestRecord", "lr_ramp", "run_range_test", "find", "plan_budget", "DEFAULT_VERIFY_STEPS",
-           "DEFAULT_NUM_ITER", "MAX_COST_FRACTION", "PLANNED_NUM_ITER"]
+           "DEFAULT_NUM_ITER", "MAX_COST_FRACTION", "PLANNED_NUM_ITER", "MIN_VERIFY_STEPS", "plan_verify_budget"]
 
 #: optimizer steps per candidate run when neither ``verify_steps`` nor ``train_steps`` is given.
 DEFAULT_VERIFY_STEPS = 30
@@ -69,6 +69,8 @@ MAX_COST_FRACTION = 0.3
 #: with ``train_steps``, the range test's length: it only has to locate the loss minimum, the
 #: verification runs decide (a longer ramp did not choose better on the regret benchmark).
 PLANNED_NUM_ITER = 40
+#: the shortest verification run the plan makes: fewer steps cannot show a candidate's progress.
+MIN_VERIFY_STEPS = 5
 
 ProgressFn = Callable[[int, float, float], None]
 
@@ -90,7 +92,7 @@ def plan_budget(
     :data:`DEFAULT_VERIFY_STEPS`. With the length :math:`T` of the real training run the finder
     keeps its cost within :data:`MAX_COST_FRACTION` of it: each of at most
     :math:`K` = :data:`lrkit.finder.suggest.MAX_CANDIDATES` verification runs takes
-    :math:`v = \lfloor T/30 \rfloor` steps and the range test at most :data:`PLANNED_NUM_ITER`
+    :math:`v = \max(\lfloor T/30 \rfloor, 5)` steps and the range test at most :data:`PLANNED_NUM_ITER`
     of the rest (it only has to locate the loss minimum; the verification runs decide),
 
     .. math::
@@ -127,10 +129,29 @@ def plan_budget(
     if train_steps is None:
         v = (DEFAULT_VERIFY_STEPS if verify_steps is None else int(verify_steps)) if verify else 0
         return (DEFAULT_NUM_ITER if num_iter is None else int(num_iter)), v
-    v = (int(train_steps) // 30 if verify_steps is None else int(verify_steps)) if verify else 0
+    v = (max(int(train_steps) // 30, MIN_VERIFY_STEPS) if verify_steps is None else int(verify_steps)) if verify else 0
     room = int(MAX_COST_FRACTION * train_steps) - MAX_CANDIDATES * v
     n = min(PLANNED_NUM_ITER, max(10, room)) if num_iter is None else int(num_iter)
     return n, v
+
+
+def plan_verify_budget(train_steps: int | None, num_iter: int) -> int | None:
+    r"""The most steps all verification runs may take together: what the range test leaves of
+    :data:`MAX_COST_FRACTION` of the run, :math:`\lfloor 0.3\,T \rfloor - n`; ``None`` without
+    ``train_steps`` (the suggestion's own default, ``MAX_CANDIDATES * verify_steps``, applies).
+    On a short run this allows fewer candidates than :data:`lrkit.finder.suggest.MAX_CANDIDATES`,
+    each still at least :data:`MIN_VERIFY_STEPS` long (a verification run too short to show
+    progress is no verification).
+
+    Example:
+        >>> plan_budget(train_steps=90), plan_verify_budget(90, 10)   # 3 runs of 5 steps fit
+        ((10, 5), 17)
+        >>> plan_verify_budget(None, 100) is None
+        True
+    """
+    if train_steps is None:
+        return None
+    return max(0, int(MAX_COST_FRACTION * train_steps) - int(num_iter))
 
 
 @dataclass(frozen=True)
@@ -315,7 +336,8 @@ def run_range_test(
     )
 
 
-def _suggest(record: RangeTestRecord, trainer, *, family, verify_steps, batch_size, target_batch_size, rng_seed):
+def _suggest(record: RangeTestRecord, trainer, *, family, verify_steps, batch_size, target_batch_size, rng_seed,
+             verify_budget=None):
     from lrkit.finder.suggest import suggest
 
     s = suggest(
@@ -327,6 +349,7 @@ def _suggest(record: RangeTestRecord, trainer, *, family, verify_steps, batch_si
         batch_size=batch_size,
         target_batch_size=target_batch_size,
         rng_seed=rng_seed,
+        verify_budget=verify_budget if verify_steps > 0 else None,
     )
     return {"lr": s.lr, "method": s.method, "band": tuple(s.band), "rules": dict(s.rules), "details": dict(s.details)}
 
@@ -346,6 +369,7 @@ def find(
     batch_size: int | None = None,
     target_batch_size: int | None = None,
     rng_seed: int = 0,
+    verify_budget: int | None = None,
 ):
     """Range test plus suggestion on any Trainer: the framework-free core of ``find_lr``.
 
@@ -394,7 +418,7 @@ def find(
         try:
             sugg = _suggest(
                 record, trainer, family=family, verify_steps=int(verify_steps), batch_size=batch_size,
-                target_batch_size=target_batch_size, rng_seed=rng_seed,
+                target_batch_size=target_batch_size, rng_seed=rng_seed, verify_budget=verify_budget,
             )
         finally:
             trainer.restore(state)
@@ -409,6 +433,12 @@ def find(
     details.setdefault("family", family)
     details.setdefault("verify_steps", int(verify_steps))
     details.setdefault("range_test_steps", record.steps_run)
+    details["cost_steps"] = record.steps_run + int(details.get("verify_steps_used", 0))
+    from lrkit.finder.suggest import MAX_CANDIDATES
+
+    most_verify = int(verify_budget) if verify_budget is not None else MAX_CANDIDATES * int(verify_steps)
+    details["budget"] = {"max_steps": int(num_iter) + (most_verify if verify_steps > 0 else 0),
+                         "sized_by_train_steps": verify_budget is not None}
     return FinderResult(
         lrs=record.lrs,
         losses=record.losses,

@@ -149,8 +149,20 @@ class FinderResult:
                      f"lr {_fmt(self.lrs[0] if len(self.lrs) else None)} .. "
                      f"{_fmt(self.lrs[-1] if len(self.lrs) else None)}"
                      + (f" ({stop})" if stop else "")))
+        cost = self.details.get("cost_steps")
+        if cost is not None:
+            used = int(self.details.get("verify_steps_used") or 0)
+            budget = (self.details.get("grid") or {}).get("budget_steps")
+            rows.append(("cost", f"{cost} optimizer steps (range test {cost - used}, verification {used}"
+                         + (f" of at most {budget}" if budget is not None else "") + ")"))
+        plan = self.details.get("budget") or {}
+        if plan and not plan.get("sized_by_train_steps"):
+            rows.append(("budget", f"the default, at most {plan['max_steps']} steps; pass train_steps= (the "
+                         "length of your run) to keep the finder within 30% of it"))
         if self.batch_size is not None:
             rows.append(("batch size", str(self.batch_size)))
+        for text in self.details.get("warnings") or ():
+            rows.append(("warning", text))
         if self.details.get("family") == "unknown":
             rows.append(("optimizer family", "unknown (the widest range and generic caps were used); "
                          "name it with family='adam' or another of lrkit.scaling.FAMILIES"))

@@ -22,38 +22,54 @@ grid below :math:`\\eta_{\\min}` and, when it may drive the trainer, measures th
    (a cold start tolerates less than the warmed-up ramp did), divided by a further 3 when the curve
    is flat (:math:`(\\bar\\ell_0 - \\bar\\ell_{\\min}) < 0.05\\,|\\bar\\ell_0|`: a pre-trained model or a
    ramp that started too high; short ramps overshoot there).
-3. **Cold-start verification** (``trainer`` and ``verify_steps = k > 0``): candidates
-   :math:`\\eta_j = \\eta_{top}\\,\\rho^{-j},\\ j = 0,1,\\dots` are tried from the top down, with
-   :math:`\\eta_{top} = \\eta_{\\min},\\ \\rho = \\sqrt{10}`; when the curve is uninformative (its minimum
-   lies in its first tenth: the loss never got below its start) the whole recorded range is
-   searched instead, :math:`\\eta_{top} = \\eta_{last},\\ \\rho = 10`. Each candidate starts from the
-   caller's state (``restore``), runs :math:`k` steps at the constant LR :math:`\\eta_j` (a cold
-   start, like the real run), and is scored by ``trainer.evaluate()`` when it returns a number, else
-   by the mean training loss of the last third of the steps (every candidate sees the same
-   batches). A candidate is rejected when a loss is non-finite, when two consecutive losses exceed
-   4x the median of its first three (the run is aborted there, so a divergent candidate costs a few
-   steps), or when its score does not improve on the starting score. The descent stops once two
-   consecutive candidates (:data:`PATIENCE`) are more than :math:`\\tau = 2\\%` worse than the best
-   so far (the optimum is behind; one alone can be noise), after :data:`MAX_CANDIDATES` full runs,
-   or after :data:`MAX_TRIED` candidates.
-4. **Pick.** With :math:`S_{-}, S_0, S_{+}` the scores of the best candidate and of its neighbours
-   one step below and above, the short-run optimum is the vertex of the parabola through them in
-   :math:`\\log\\eta` (clamped to half a grid step; half a step down if the upper neighbour failed),
+3. **Cold-start verification** (``trainer`` and ``verify_steps = k > 0``): a bracketing search in
+   :math:`\\log\\eta` within a budget of steps (``verify_budget``, default
+   :data:`MAX_CANDIDATES` :math:`\\times k`; ``find_lr(..., train_steps=T)`` gives it what the range
+   test leaves of 30% of the run). Each candidate starts from the caller's state (``restore``), runs
+   :math:`k` steps at its constant LR (a cold start, like the real run) and is scored by
+   ``trainer.evaluate()`` when it returns a number, else by the mean training loss of the last
+   third of its steps (every candidate sees the same batches). A candidate is rejected when a loss
+   is non-finite, when two consecutive losses exceed 4x the median of its first three (the run is
+   aborted there, so a divergent candidate costs a few steps), or when its score does not improve
+   on the starting score. The search:
+
+   * starts at :math:`\\eta_{top} = \\eta_{\\min}` and walks down a decade at a time while the
+     candidates improve on the best by more than :math:`\\tau = 2\\%` (:data:`NOISE_TOL`; rejected
+     ones are stepped over). When the curve is uninformative (its minimum lies in its first tenth:
+     the loss never got below its start) it starts from the top of the recorded range instead;
+   * when the top candidate trains but improves its start by less than 1% (:data:`MIN_PROGRESS`),
+     it is either chaotic or far too low: a decade lower tells which, and in the second case the
+     search walks *up*, two decades at a time;
+   * when the best is the highest LR tried, it looks past that edge (a decade up, while improving);
+   * then refines with candidates half a decade either side of the best (the side of a failed
+     upper neighbour first: the optimum often lies near the stability edge).
+
+   Scores within :data:`TIE_TOL` tie, and the lower LR wins the tie (where the LR makes no
+   difference to a short run, the lower is the safer for a long one). A budget too small for two
+   candidates means no verification: the rule answer, with a warning.
+4. **Pick.** With :math:`(x_-, S_-), (x_0, S_0), (x_+, S_+)` the log-LRs and scores of the best
+   candidate and of its nearest neighbours below and above, the short-run optimum is the vertex of
+   the parabola through them (clamped to half-way to either neighbour),
 
    .. math::
 
-       \\log\\hat\\eta = \\log\\eta_0 + \\frac{h\\,(S_{-} - S_{+})}{2\\,(S_{-} - 2S_0 + S_{+})},
-       \\qquad h = \\log\\rho,
+       \\log\\hat\\eta = x_0 - \\frac{1}{2}\\,
+       \\frac{(x_0-x_-)^2 (S_0-S_+) - (x_0-x_+)^2 (S_0-S_-)}{(x_0-x_-)(S_0-S_+) - (x_0-x_+)(S_0-S_-)},
 
-   and the answer is :math:`\\eta^* = \\hat\\eta / 2` (:data:`SHORT_RUN_FACTOR`): a run of
-   :math:`k` steps rewards early progress and cannot see the higher noise floor of a too-high LR
-   later, so its optimum sits above the full run's (by 2-3x on the benchmark tasks). The factor is
-   deliberately the low end: too low costs a little, too high can cost a diverged run.
+   half-way down to the lower neighbour when the upper one, half a decade away, failed; the best
+   itself at an edge of the candidates. The answer is :math:`\\eta^* = \\hat\\eta / 2`
+   (:data:`SHORT_RUN_FACTOR`): a run of :math:`k` steps rewards early progress and cannot see the
+   higher noise floor of a too-high LR later, so its optimum sits above the full run's (by 2-3x on
+   the benchmark tasks). The factor is deliberately the low end: too low costs a little, too high
+   can cost a diverged run.
 5. **Band** :math:`[\\eta_{lo}, \\eta_{hi}]`: with verification, the accepted candidates within
-   :math:`\\tau` of the best and :math:`\\hat\\eta`, all divided by 2 (widened to contain
-   :math:`\\eta^*`); without, the 10th-90th percentile
-   of the rule answer over 64 bootstrap curves (the smoothed curve plus resampled residuals, seeded
-   by ``rng_seed``), together with the rule answer itself.
+   :math:`\\tau` of the best and :math:`\\hat\\eta`, widened to at least half-way to each
+   neighbour and a full half-decade past an open edge (a one-sided bracket is never a zero-width
+   band), all divided by 2; without, the 10th-90th percentile of the rule answer over 64 bootstrap
+   curves (the smoothed curve plus resampled residuals, seeded by ``rng_seed``), together with the
+   rule answer itself. ``details["warnings"]`` says, in words, when the curve is flat or
+   uninformative, when no candidate made progress (``method="unverified(no progress)"``), when the
+   best sits at an open edge, and when the budget was too small to verify.
 6. **Batch size.** With ``batch_size`` and a different ``target_batch_size``, the answer and the band
    are rescaled by :func:`lrkit.scaling.scale_lr` with ``rule="auto"`` (square root for adaptive
    families, linear for SGD) and the method string gains ``+scaled``.
@@ -86,11 +102,11 @@ __all__ = [
     "WIDE_RATIO",
     "MAX_CANDIDATES",
     "MAX_TRIED",
-    "PATIENCE",
     "NOISE_TOL",
     "ABORT_FACTOR",
     "SHORT_RUN_FACTOR",
     "FLAT_DROP",
+    "MIN_PROGRESS",
 ]
 
 #: ratio between neighbouring candidates (half a decade).
@@ -101,8 +117,6 @@ WIDE_RATIO = 10.0
 MAX_CANDIDATES = 5
 #: most candidates tried in all (aborted divergent runs included).
 MAX_TRIED = 8
-#: the descent stops after this many consecutive candidates worse than the best (one can be noise).
-PATIENCE = 2
 #: relative score difference treated as noise.
 NOISE_TOL = 0.02
 #: a verification run is aborted when two consecutive losses exceed this multiple of the median
@@ -110,8 +124,13 @@ NOISE_TOL = 0.02
 ABORT_FACTOR = 4.0
 #: the short-run optimum is divided by this before it is returned (short runs favour high LRs).
 SHORT_RUN_FACTOR = 2.0
+
 #: a curve whose smoothed loss drops by less than this fraction is "flat".
 FLAT_DROP = 0.05
+#: scores within this relative difference tie (the lower LR is then preferred).
+TIE_TOL = 1e-3
+#: a verification whose best candidate improves its start score by less than this is no verification.
+MIN_PROGRESS = 0.01
 
 _ADAPTIVE = frozenset({"adam", "adamw", "rmsprop", "adagrad", "adadelta", "lion", "unknown", "lr_free"})
 
@@ -214,7 +233,7 @@ def _run_candidate(trainer: Any, state: Any, lr: float, steps: int, ref_eval: fl
             if above >= 2:
                 reason = f"loss above {ABORT_FACTOR:g}x its start twice in a row"
                 break
-        score = None
+        score = start = None
         if reason is None:
             val = trainer.evaluate()
             if val is not None and not math.isfinite(float(val)):
@@ -224,72 +243,188 @@ def _run_candidate(trainer: Any, state: Any, lr: float, steps: int, ref_eval: fl
             else:
                 tail = losses[-max(1, len(losses) // 3):]
                 score = float(np.mean(tail))
+            start = ref_eval if (val is not None and ref_eval is not None) else float(np.median(losses[:3]))
             if reason is None:
-                start = ref_eval if (val is not None and ref_eval is not None) else float(np.median(losses[:3]))
                 if not score < start:
                     reason = f"no improvement (score {score:.4g} >= start {start:.4g})"
     finally:
         trainer.restore(state)
-    return {"lr": lr, "score": score if reason is None else None, "steps": len(losses), "rejected": reason}
+    return {"lr": lr, "score": score if reason is None else None, "steps": len(losses), "rejected": reason,
+            "start": start}
 
 
-def _pick(results: list[dict], ratio: float) -> tuple[float, tuple[float, float], str]:
+class _Search:
+    """Step 3: a bracketing search over log-LR on the trainer, within a budget of steps."""
+
+    def __init__(self, trainer: Any, state: Any, steps: int, budget: int, ref_eval: float | None,
+                 floor: float, ceiling: float) -> None:
+        self.trainer, self.state, self.steps, self.budget, self.ref_eval = trainer, state, steps, budget, ref_eval
+        self.floor, self.ceiling = floor, ceiling
+        self.results: list[dict] = []
+
+    # -- bookkeeping -----------------------------------------------------------------------
+    def spent(self) -> int:
+        return sum(r["steps"] for r in self.results)
+
+    def affordable(self) -> bool:
+        return len(self.results) < MAX_TRIED and self.spent() + self.steps <= self.budget
+
+    def tried(self, lr: float) -> bool:
+        return any(abs(math.log(r["lr"] / lr)) < 1e-6 for r in self.results)
+
+    def run(self, lr: float) -> dict | None:
+        if abs(lr / self.floor - 1) < 1e-9:  # a step that lands on a bound by rounding
+            lr = self.floor
+        if not self.affordable() or self.tried(lr):
+            return None
+        r = _run_candidate(self.trainer, self.state, lr, self.steps, self.ref_eval)
+        self.results.append(r)
+        return r
+
+    def ok(self) -> list[dict]:
+        return [r for r in self.results if r["score"] is not None]
+
+    def best(self) -> dict | None:
+        """The lowest score; among scores that tie (within :data:`TIE_TOL`), the lowest LR: where the
+        LR makes no difference to a short run, the lower one is the safer for a long one."""
+        ok = self.ok()
+        if not ok:
+            return None
+        top = min(r["score"] for r in ok)
+        return min((r for r in ok if r["score"] <= top + TIE_TOL * abs(top)), key=lambda r: r["lr"])
+
+    def start_score(self, r: dict) -> float | None:
+        return self.ref_eval if self.ref_eval is not None else r.get("start")
+
+    def progress(self, r: dict) -> float:
+        """Relative improvement of ``r``'s score over the start (0 when unknown)."""
+        start = self.start_score(r)
+        if start is None or r["score"] is None or start == 0:
+            return 0.0
+        return (start - r["score"]) / abs(start)
+
+    def worse(self, r: dict, best: dict) -> bool:
+        return r["score"] is None or r["score"] > best["score"] + NOISE_TOL * abs(best["score"])
+
+    def improves(self, r: dict, best: dict) -> bool:
+        return r["score"] is not None and r["score"] < best["score"] - NOISE_TOL * abs(best["score"])
+
+    # -- the search ------------------------------------------------------------------------
+    def walk(self, lr: float, factor: float, stop_at: float) -> None:
+        """From ``lr``, step by ``factor`` while candidates keep improving on the best (rejected ones
+        are stepped over going down: an LR too high to train says nothing about the ones below)."""
+        while self.affordable():
+            lr *= factor
+            if (factor < 1 and lr < stop_at * (1 - 1e-9)) or (factor > 1 and lr > stop_at * (1 + 1e-9)):
+                return
+            best = self.best()
+            r = self.run(lr)
+            if r is None:
+                return
+            if best is None:
+                continue  # nothing accepted yet: keep looking
+            if not self.improves(r, best):
+                return
+
+    def search(self, top: float, decade: float) -> None:
+        first = self.run(top)
+        if first is None:
+            return
+        if first["score"] is not None and self.progress(first) < MIN_PROGRESS:
+            # The top candidate trains but makes no progress: too high (chaotic) or too low. A decade
+            # down tells which: better there, descend as usual; not, the curve's region is too low.
+            below = self.run(top / decade)
+            if below is not None and below["score"] is not None and self.improves(below, first):
+                self.walk(top / decade, 1 / decade, self.floor)
+            else:
+                self.walk(top, decade * decade, self.ceiling)
+        else:
+            self.walk(top, 1 / decade, self.floor)
+        best = self.best()
+        if best is not None and best["lr"] >= max(r["lr"] for r in self.results) and best["lr"] < self.ceiling:
+            self.walk(best["lr"], decade, self.ceiling)  # the best is the highest tried: look past the edge
+        self.refine(math.sqrt(decade))
+
+    def refine(self, half: float) -> None:
+        """Candidates half a grid step either side of the best (see :meth:`search`)."""
+        for _ in range(2):
+            best = self.best()
+            if best is None:
+                return
+            sides = []
+            for f in (half, 1 / half):
+                lr = best["lr"] * f
+                if self.tried(lr) or not self.floor * (1 - 1e-9) <= lr <= self.ceiling * (1 + 1e-9):
+                    continue
+                nb = self.neighbour(best, up=f > 1)
+                if nb is None:
+                    continue  # an open edge: the walk already went as far as the budget allowed
+                # A failed neighbour above is the stability edge, where the optimum often lies: that
+                # side first; otherwise the side whose neighbour scored better.
+                key = (-math.inf if f > 1 else math.inf) if nb["score"] is None else nb["score"]
+                sides.append((key, lr))
+            if not sides:
+                return
+            for _, lr in sorted(sides):
+                self.run(lr)
+
+    def neighbour(self, r: dict, *, up: bool) -> dict | None:
+        side = [c for c in self.results if (c["lr"] > r["lr"] if up else c["lr"] < r["lr"])]
+        if not side:
+            return None
+        return min(side, key=lambda c: abs(math.log(c["lr"] / r["lr"])))
+
+
+def _pick(search: _Search) -> tuple[float, tuple[float, float], str, dict]:
     """Step 4: the short-run optimum from the scored candidates (parabola in log-LR), and its band."""
-    ok = [r for r in results if r["score"] is not None]
-    best = min(ok, key=lambda r: r["score"])
+    best = search.best()
+    assert best is not None
+    ok = search.ok()
     s_best = best["score"]
     near = [r["lr"] for r in ok if r["score"] <= s_best + NOISE_TOL * abs(s_best)]
-    band = (min(near), max(near))
-    h = math.log(ratio)
+    up, down = search.neighbour(best, up=True), search.neighbour(best, up=False)
     x0 = math.log(best["lr"])
-    k = results.index(best)  # results run down the grid: results[k - 1] is one step up
-    upper = results[k - 1] if k > 0 else None
-    lower = results[k + 1] if k + 1 < len(results) else None
-    if lower is None or lower["score"] is None:
-        return best["lr"], band, "best candidate (no lower neighbour to interpolate)"
-    if upper is None:
-        return best["lr"], band, "best candidate (no upper neighbour to interpolate)"
-    if upper["score"] is None:
-        shift = -h / 2
-        how = "half a step below the best (the next candidate up failed)"
+    edges = {"upper_open": up is None, "lower_open": down is None}
+    if up is None or down is None:
+        lr, how = best["lr"], "best candidate (an edge of the candidates: the band is widened past it)"
+    elif down["score"] is None:
+        lr, how = best["lr"], "best candidate (the next candidate down failed)"
+    elif up["score"] is None and up["lr"] <= best["lr"] * GRID_RATIO * (1 + 1e-9):
+        lr = math.exp(x0 - math.log(best["lr"] / down["lr"]) / 2)
+        how = "half-way to the next candidate below (the next one up, close by, failed)"
+    elif up["score"] is None:
+        lr, how = best["lr"], "best candidate (the next one up, far above, failed)"
     else:
-        s_lo, s_hi = lower["score"], upper["score"]
-        curv = s_lo - 2 * s_best + s_hi
-        shift = h * (s_lo - s_hi) / (2 * curv) if curv > 0 else 0.0
-        shift = min(max(shift, -h / 2), h / 2)
-        how = "vertex of the parabola through the best and its neighbours (log-LR)"
-    lr = math.exp(x0 + shift)
-    return lr, (min(band[0], lr), max(band[1], lr)), how
+        x1, x3 = math.log(down["lr"]), math.log(up["lr"])
+        y1, y2, y3 = down["score"], s_best, up["score"]
+        num = (x0 - x1) ** 2 * (y2 - y3) - (x0 - x3) ** 2 * (y2 - y1)
+        den = (x0 - x1) * (y2 - y3) - (x0 - x3) * (y2 - y1)
+        vertex = x0 - 0.5 * num / den if den != 0 else x0
+        vertex = min(max(vertex, x0 - (x0 - x1) / 2), x0 + (x3 - x0) / 2)
+        lr, how = math.exp(vertex), "vertex of the parabola through the best and its neighbours (log-LR)"
+    lo, hi = min(near + [lr]), max(near + [lr])
+    # The band never claims more precision than the candidates resolve: half the distance to a
+    # neighbour on a closed side, a full grid step past an open edge.
+    step_up = up["lr"] / best["lr"] if up is not None else None
+    step_down = best["lr"] / down["lr"] if down is not None else None
+    grid = step_up or step_down or GRID_RATIO
+    hi = max(hi, best["lr"] * (math.sqrt(step_up) if step_up else grid))
+    lo = min(lo, best["lr"] / (math.sqrt(step_down) if step_down else grid))
+    return lr, (lo, hi), how, edges
 
 
-def _verify(trainer: Any, lr_top: float, lr_floor: float, steps: int, ratio: float) -> tuple[list[dict], int, float | None]:
+def _verify(trainer: Any, lr_top: float, lr_floor: float, lr_ceiling: float, steps: int, decade: float,
+            budget: int) -> tuple[_Search, int]:
     state = trainer.snapshot()
     try:
         ref_eval = trainer.evaluate()
         ref_eval = float(ref_eval) if ref_eval is not None and math.isfinite(float(ref_eval)) else None
-        results: list[dict] = []
-        best, worse = math.inf, 0
-        for j in range(MAX_TRIED):
-            lr = lr_top / ratio**j
-            if lr < lr_floor * (1 - 1e-12) and results and any(r["score"] is not None for r in results):
-                break
-            if sum(r["steps"] == steps for r in results) >= MAX_CANDIDATES:
-                break
-            r = _run_candidate(trainer, state, lr, steps, ref_eval)
-            results.append(r)
-            if r["score"] is None:
-                continue
-            if r["score"] < best:
-                best, worse = r["score"], 0
-            elif r["score"] > best + NOISE_TOL * abs(best):
-                worse += 1
-                if worse >= PATIENCE:
-                    break  # past the short-run optimum
+        search = _Search(trainer, state, steps, budget, ref_eval, lr_floor, lr_ceiling)
+        search.search(lr_top, decade)
     finally:
         trainer.restore(state)
         del state
-    used = sum(r["steps"] for r in results)
-    return results, used, ref_eval
+    return search, search.spent()
 
 
 def suggest(
@@ -302,6 +437,7 @@ def suggest(
     batch_size: int | None = None,
     target_batch_size: int | None = None,
     rng_seed: int = 0,
+    verify_budget: int | None = None,
 ) -> Suggestion:
     """Suggest a learning rate from a range test, optionally checking candidates on ``trainer``.
 
@@ -320,6 +456,8 @@ def suggest(
         batch_size: the batch size of the range test.
         target_batch_size: the batch size of the real run; needs ``batch_size``.
         rng_seed: seed of the bootstrap band (rule-only answers).
+        verify_budget: most optimizer steps all verification runs may take together (default
+            ``MAX_CANDIDATES * verify_steps``).
 
     Returns:
         A :class:`Suggestion`.
@@ -334,6 +472,7 @@ def suggest(
     if family not in scaling.FAMILIES:
         raise ValueError(f"family must be one of {', '.join(scaling.FAMILIES)}, got {family!r}")
     verify_steps = _check_int("verify_steps", verify_steps, 0)
+    verify_budget = _check_int("verify_budget", verify_budget, 0, allow_none=True)
     batch_size = _check_int("batch_size", batch_size, 1, allow_none=True)
     target_batch_size = _check_int("target_batch_size", target_batch_size, 1, allow_none=True)
     rng_seed = _check_int("rng_seed", rng_seed, 0)
@@ -364,35 +503,69 @@ def suggest(
     rules["lr_at_min_loss"] = rule_info["loss_min_lr"]
     details: dict[str, Any] = {"family": family, "rule": rule_info, "verify_steps": verify_steps}
 
+    warnings: list[str] = []
+    if rule_info["flat_curve"] or not rule_info["informative"]:
+        warnings.append(
+            "the range-test curve is flat or uninformative (the loss "
+            + ("never got below its start" if not rule_info["informative"] else "fell by less than "
+               f"{FLAT_DROP:.0%}") + "): widen the LR range (start_lr/end_lr), check that the model "
+            "trains at all, or raise num_iter; a pre-trained model can show this legitimately")
+    budget = MAX_CANDIDATES * verify_steps if verify_budget is None else verify_budget
+    if verify_steps > 0 and budget < 2 * verify_steps:
+        warnings.append(
+            f"unverified: the verification budget ({budget} steps) holds fewer than two runs of "
+            f"{verify_steps} steps; the answer is the range-test rule's. Pass a longer train_steps "
+            "(the finder spends at most 30% of it) or accept a rule answer")
+        verify_steps = 0
+        details["verify_steps"] = 0
     if verify_steps > 0:
         if rule_info["informative"]:
-            top, ratio = rule_info["loss_min_lr"], GRID_RATIO
-        else:  # the curve never got below its start: search the whole recorded range, a decade apart
-            top, ratio = float(x[-1]), WIDE_RATIO
-        details["grid"] = {"top": top, "ratio": ratio, "informative_curve": rule_info["informative"]}
-        results, used, ref_eval = _verify(trainer, top, float(x[0]), verify_steps, ratio)
+            top, decade = rule_info["loss_min_lr"], GRID_RATIO**2
+        else:  # the curve never got below its start: search the recorded range from its top
+            top, decade = float(x[-1]), WIDE_RATIO
+        details["grid"] = {"top": top, "ratio": decade, "informative_curve": rule_info["informative"],
+                           "budget_steps": budget}
+        ceiling = float(x[-1]) * WIDE_RATIO
+        search, used = _verify(trainer, top, float(x[0]), ceiling, verify_steps, decade, budget)
+        results, ref_eval = search.results, search.ref_eval
         details["candidates"] = results
         details["verify_steps_used"] = used
         details["start_score"] = ref_eval
         details["score"] = "evaluate()" if ref_eval is not None else "mean training loss, last third"
-        ok = [r for r in results if r["score"] is not None]
-        if ok:
-            lr_short, band, refine = _pick(results, ratio)
-            lr = max(lr_short / SHORT_RUN_FACTOR, float(x[0]))
-            band = (max(band[0] / SHORT_RUN_FACTOR, float(x[0])), band[1] / SHORT_RUN_FACTOR)
+        best = search.best()
+        if best is not None:
+            lr_short, band, refine, edges = _pick(search)
+            factor = SHORT_RUN_FACTOR
+            lr = max(lr_short / factor, float(x[0]))
+            band = (max(band[0] / factor, float(x[0]) / GRID_RATIO), band[1] / factor)
             details["short_run_optimum"] = lr_short
             details["refine"] = refine
+            details["edges"] = edges
             method = "verified"
+            if search.progress(best) < MIN_PROGRESS:
+                method = "unverified(no progress)"
+                warnings.append(
+                    f"no candidate improved its start by {MIN_PROGRESS:.0%} in {verify_steps}-step runs: the "
+                    "verification could not tell the LRs apart; pass train_steps (or a larger verify_steps) "
+                    "and a val_loader, or treat the answer as a guess")
+            elif edges["lower_open"] and len(search.ok()) > 1:
+                warnings.append(
+                    "the best candidate is the lowest one the budget allowed: a lower LR may be better "
+                    "(the band reaches a grid step below it)")
+            elif edges["upper_open"] and len(search.ok()) > 1:
+                warnings.append(
+                    "the best candidate is the highest one tried: a higher LR may be better "
+                    "(the band reaches a grid step above it)")
         else:
-            lr = min(rule_lr, min(r["lr"] for r in results) / ratio)
+            lr = min(rule_lr, min(r["lr"] for r in results) / decade)
             lr = max(lr, float(x[0]))
-            band = (lr, lr)
+            band = (lr / GRID_RATIO, lr * GRID_RATIO)
             method = "rule(verification rejected all)"
-            details["warning"] = (
+            warnings.append(
                 "every candidate diverged or failed to improve in a cold start; the answer, "
                 "min(rule answer, lowest candidate / grid ratio) but not below the first range-test LR, "
-                "is unverified. Lower start_lr, check the model, or raise verify_steps."
-            )
+                "is unverified. Lower start_lr, check the model, or raise verify_steps.")
+            details["warning"] = warnings[-1]
     else:
         details["verify_steps_used"] = 0
         lr = rule_lr
@@ -402,6 +575,7 @@ def suggest(
         if rule_info["flat_curve"]:
             method += "+flat"
     band = (float(min(band[0], lr)), float(max(band[1], lr)))
+    details["warnings"] = warnings
     details["uncertainty"] = _uncertainty(band, rules)
 
     if batch_size is not None and target_batch_size is not None and target_batch_size != batch_size:

@@ -26,7 +26,8 @@ def plot_finder(result: Any, ax: Any = None, *, show_rules: bool = True) -> Any:
     """Draw ``result`` (a :class:`~lrkit.finder.result.FinderResult`) on ``ax`` and return it.
 
     Raw losses are drawn faintly, the smoothed curve on top, the suggestion as a red line, the band
-    :math:`[\\eta_{lo}, \\eta_{hi}]` shaded, and (``show_rules``) each classic rule as a dotted line.
+    :math:`[\\eta_{lo}, \\eta_{hi}]` shaded, (``show_rules``) each classic rule as a dotted line, and the
+    result's warnings (a flat curve, no progress, an open edge) written in the lower left corner.
     A new figure is created when ``ax`` is ``None``.
     """
     import math
@@ -58,6 +59,13 @@ def plot_finder(result: Any, ax: Any = None, *, show_rules: bool = True) -> Any:
             top = start + 0.25 * max(start - low, 1e-12)
             ax.set_ylim(low - 0.05 * (top - low), top if top > low else None)
     ax.set_title("LR range test")
+    warnings = list(result.details.get("warnings") or ())
+    if warnings:  # a flat curve, no progress, an open edge, no verification: said on the picture too
+        import textwrap
+
+        text = "\n".join(textwrap.fill("! " + w, 70) for w in warnings)
+        ax.text(0.01, 0.01, text, transform=ax.transAxes, fontsize=7, color="tab:red", va="bottom", ha="left",
+                bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "tab:red"})
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small", loc="best")
     return ax

@@ -96,7 +96,7 @@ import numpy as np
 import optax
 
 from lrkit import scaling
-from lrkit.finder.range_test import find, plan_budget
+from lrkit.finder.range_test import find, plan_budget, plan_verify_budget
 from lrkit.finder.result import FinderResult
 from lrkit.integrations._progress import progress_context, watched
 
@@ -634,5 +634,6 @@ def find_lr_optax(
             watched(trainer, callback, verify_steps=steps),
             start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode, smooth=smooth,
             diverge_threshold=diverge_threshold, progress=callback, verify_steps=steps, family=family,
+            verify_budget=plan_verify_budget(train_steps, num_iter),
             batch_size=batch_size, target_batch_size=target_batch_size, rng_seed=seed,
         )

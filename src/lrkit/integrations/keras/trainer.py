@@ -69,7 +69,7 @@ import keras
 import numpy as np
 
 from lrkit import scaling
-from lrkit.finder.range_test import find, plan_budget
+from lrkit.finder.range_test import find, plan_budget, plan_verify_budget
 from lrkit.finder.result import FinderResult
 from lrkit.integrations._progress import progress_context, watched
 
@@ -582,5 +582,6 @@ def find_lr_keras(
             watched(trainer, callback, verify_steps=steps),
             start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode, smooth=smooth,
             diverge_threshold=diverge_threshold, progress=callback, verify_steps=steps, family=family,
+            verify_budget=plan_verify_budget(train_steps, num_iter),
             batch_size=trainer.batch_size, target_batch_size=target_batch_size, rng_seed=seed,
         )

@@ -60,7 +60,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from lrkit import scaling
-from lrkit.finder.range_test import find, plan_budget
+from lrkit.finder.range_test import find, plan_budget, plan_verify_budget
 from lrkit.finder.result import FinderResult
 from lrkit.integrations._progress import progress_bar, progress_context, watched  # noqa: F401 - progress_bar re-exported (the CLI imports it)
 from lrkit.integrations.torch.state import TorchSnapshot
@@ -549,5 +549,6 @@ def find_lr(
             watched(trainer, callback, verify_steps=steps),
             start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode, smooth=smooth,
             diverge_threshold=diverge_threshold, progress=callback, verify_steps=steps, family=family,
+            verify_budget=plan_verify_budget(train_steps, num_iter),
             batch_size=batch_size, target_batch_size=target_batch_size, rng_seed=seed,
         )
