@@ -52,6 +52,20 @@ def test_non_finite_and_refused_values_are_evidence_not_a_crash(caplog):
     assert [d.verdict for d in w.detections] == ["nan"] and w.worst.step == 8
 
 
+def test_a_nan_lr_is_never_reported_as_the_last_good_one(caplog):
+    w = _Watch()
+    with caplog.at_level(logging.WARNING, logger="lrkit.doctor"):
+        for t in range(10):
+            w._watch_observe(t, 2.0 - 0.1 * t, lr=0.0375)
+        w._watch_observe(10, float("nan"), lr=float("nan"))  # the LR itself broke, then the loss
+    (d,) = w.detections
+    assert d.verdict == "nan" and "0.0375" not in d.message and "0.0375" not in " ".join(d.advice)
+    assert "lr" not in d.evidence
+    assert not any("0.0375" in m for m in _messages(caplog))
+    w._watch_observe(11, 1.0, lr=0.01)  # a finite LR again is quoted again
+    assert w.doctor._track.lr == 0.01
+
+
 def test_healthy_summary_is_info(caplog):
     w = _Watch()
     with caplog.at_level(logging.INFO, logger="lrkit.doctor"):

@@ -384,6 +384,20 @@ class Doctor:
     def n_observations(self) -> int:
         return self._track.n
 
+    def forget_lr(self) -> None:
+        """The LR is no longer known (it was logged as NaN or inf): until a finite one is observed,
+        messages and advice quote no LR rather than a stale one.
+
+        Example:
+            >>> d = Doctor()
+            >>> _ = d.observe(0, 2.0, lr=0.1)
+            >>> d.forget_lr()
+            >>> d.observe(1, float("nan")).message
+            'The loss is nan at step 1.'
+
+        """
+        self._track.lr = None
+
     def reset(self) -> None:
         """Forget everything observed (thresholds are kept)."""
         self._track = Track(self._config)

@@ -154,6 +154,8 @@ class SpeakingWatch:
         from lrkit.doctor.guard import GuardGaveUp
 
         lr_c = _clean_lr(lr)
+        if lr is not None and lr_c is None:
+            self.doctor.forget_lr()  # logged but not a number: no message may quote the last good one
         if grad_norm is not None and not (isinstance(grad_norm, (int, float)) and (grad_norm >= 0 or grad_norm != grad_norm)):
             grad_norm = None  # a negative "norm" is not one
         try:
