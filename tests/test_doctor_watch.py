@@ -223,3 +223,54 @@ def test_hf_doctor_is_sized_for_the_number_of_logs():
     assert _expected_logs(SimpleNamespace(logging_strategy="epoch", num_train_epochs=3.0), state) == 3
     assert settings_for_rows(19) == {"window": 5, "short": 1, "patience": 2, "check_every": 1, "flat_steps": 5}
     assert settings_for_rows(192) == {"window": 24}
+
+
+@pytest.mark.parametrize("action", ["stop", "lower_lr"])
+def test_torch_doctor_acts_on_converged(caplog, action):
+    torch = pytest.importorskip("torch")
+    from lrkit.torch import TorchDoctor
+
+    X, y = _digits()
+    X, y = torch.as_tensor(X, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    watch = TorchDoctor(model, opt, guard=False, doctor=Doctor(converge_patience=2), on_converged=action,
+                        schedulers=[sched])
+    loss_fn = torch.nn.CrossEntropyLoss()
+    epochs = 0
+    with caplog.at_level(logging.WARNING, logger="lrkit.doctor"):
+        for epoch in range(40):
+            for i in range(0, 384, 64):
+                loss = loss_fn(model(X[i:i + 64]), y[i:i + 64])
+                opt.zero_grad()
+                loss.backward()
+                watch.after_backward(loss)
+                opt.step()
+                sched.step()
+                step = epoch * 6 + i // 64
+                val = None
+                if i == 320:
+                    with torch.no_grad():
+                        val = float(loss_fn(model(X[384:]), y[384:]))
+                watch.after_step(step, loss, val_loss=val)
+            epochs += 1
+            if watch.should_stop:
+                break
+    lines = [m for m in _messages(caplog) if f"(on_converged='{action}')" in m]
+    assert len(lines) >= 1
+    if action == "stop":
+        assert watch.should_stop and epochs < 40 and "stopping training" in lines[0]
+    else:
+        assert not watch.should_stop
+        assert opt.param_groups[0]["lr"] == pytest.approx(3e-3 * 0.1 ** len(lines))  # the scheduler follows
+
+
+def test_torch_doctor_checks_its_actions():
+    torch = pytest.importorskip("torch")
+    from lrkit.torch import TorchDoctor
+
+    model = torch.nn.Linear(2, 1)
+    with pytest.raises(ValueError, match="TorchDoctor: on_converged must be 'stop', 'lower_lr' or None, got 'halt'"):
+        TorchDoctor(model, torch.optim.SGD(model.parameters(), lr=0.1), on_converged="halt")

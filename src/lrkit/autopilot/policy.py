@@ -251,7 +251,7 @@ def plateau_settings() -> dict:
 
 
 def lowered_multiplier(multiplier: float, *, verdict: str, first: bool, auto_ratio: float | None) -> float:
-    """The LR multiplier after a rollback (see the module docstring).
+    r"""The LR multiplier after a rollback (see the module docstring).
 
     Args:
         multiplier: the multiplier in force when the run went wrong.

@@ -109,6 +109,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from lrkit.doctor.core import Diagnosis, Doctor
+from lrkit.doctor.watch import check_actions
 from lrkit.doctor.guard import Guard, GuardedWatch, Intervention
 from lrkit.integrations.torch.hessian import (
     StabilityProbe,
@@ -190,6 +191,12 @@ class TorchDoctor(GuardedWatch):
             norm over the gradients, no host copy of them) and report it to the doctor. When one
             norm takes more than 5 ms (a large model), it is computed only every ``k`` steps
             (``k`` <= 20) so that it stays under 0.5% of the step time.
+        on_converged, on_overfitting: ``"stop"`` (sets :attr:`should_stop`: end your loop when it
+            is true), ``"lower_lr"`` (multiplies the LR by ``plateau_factor``, default 0.1, in the
+            param groups and in the base LRs of ``schedulers``, so a ``LambdaLR`` or cosine schedule
+            follows the lowered LR) or ``None``: what to do when the doctor's informational
+            ``converged`` / ``overfitting`` note appears (see :mod:`lrkit.doctor.watch`).
+        schedulers: your LR schedulers on ``optimizer`` (for ``"lower_lr"``).
         stability_probe: a :class:`~lrkit.integrations.torch.hessian.StabilityProbe` (the
             batches and the loss) to explain problems with the curvature (see the module
             docstring); ``None`` (default) for none. Needs one LR and one set of
@@ -223,7 +230,16 @@ class TorchDoctor(GuardedWatch):
         max_overhead: float | None = 0.01,
         run_id: str | None = None,
         resume: bool = False,
+        on_converged: str | None = None,
+        on_overfitting: str | None = None,
+        plateau_factor: float = 0.1,
+        schedulers: Sequence[Any] = (),
     ) -> None:
+        self.watch_on = check_actions("TorchDoctor", on_converged, on_overfitting, plateau_factor)
+        self.plateau_factor = plateau_factor
+        self.schedulers = list(schedulers)
+        #: set when ``on_converged``/``on_overfitting="stop"`` fired: end your loop when it is true.
+        self.should_stop = False
         if not isinstance(model, torch.nn.Module):
             raise ValueError(f"TorchDoctor: model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -517,6 +533,17 @@ class TorchDoctor(GuardedWatch):
                 f"TorchDoctor: stability_probe's {fn} must return a scalar tensor that depends on the model's "
                 f"parameters (no .item(), no .detach()), got {got} on its first batch"
             )
+
+    # ------------------------------------------------------------------ on_converged / on_overfitting
+    def _watch_stop(self) -> bool:
+        self.should_stop = True
+        return True
+
+    def _watch_lower_lr(self, factor: float) -> bool:
+        from lrkit.integrations.torch.lower import scale_lrs
+
+        scale_lrs(self.optimizer, self.schedulers, factor)
+        return True
 
     def _set_lrs(self, values: Sequence[Any]) -> None:
         for g, v in zip(self.optimizer.param_groups, values):
