@@ -13,8 +13,10 @@ which
   non-finite loss, gradient norm or validation loss;
 * records every new problem in :attr:`~SpeakingWatch.detections` (a verdict with its onset is
   recorded once, however many steps it lasts) and logs it once, with its step, verdict, message
-  and advice, on the ``lrkit.doctor`` logger (a rollback is logged by the guard itself, as a
-  WARNING on ``lrkit.guard``, and recorded here without a second line);
+  and advice, on the ``lrkit.doctor`` logger when Python logging is configured, else on the
+  framework's own console (Keras' progress bar, Lightning's and Hugging Face's loggers; see
+  :meth:`SpeakingWatch._watch_emit`) (a rollback is logged by the guard itself, as a WARNING on
+  ``lrkit.guard``, and recorded here without a second line);
 * keeps :attr:`~SpeakingWatch.worst`, the most severe detection (the earliest among equals),
   beside the current :attr:`diagnosis`: a run that blew up and later recovered still names its
   problem at the end.
@@ -196,7 +198,7 @@ class SpeakingWatch:
         st["detections"].append(d)
         if speak and getattr(self, "watch_speaks", True):
             level = logging.INFO if SEVERITY.get(d.verdict, 0) <= SEVERITY.get("healthy", 0) else logging.WARNING
-            self._watch_logger().log(level, "lrkit doctor at %s", describe(d, step))
+            self._watch_emit(level, f"lrkit doctor at {describe(d, step)}")
         return True
 
     def _watch_act_on_notes(self, d: Diagnosis, step: int) -> None:
@@ -246,6 +248,21 @@ class SpeakingWatch:
     def _watch_logger(self) -> logging.Logger:
         return getattr(self, "watch_logger", None) or _LOG
 
+    def _watch_emit(self, level: int, text: str) -> None:
+        """Say ``text``: on the watch's Python logger when logging is configured for it (a handler
+        on it or an ancestor); otherwise on the framework's own console (:meth:`_watch_echo`: the
+        Keras progress bar, Lightning's and Hugging Face's loggers), where the user is looking --
+        unconfigured Python logging would only print a bare line on stderr. Never both: a
+        message is said once."""
+        logger = self._watch_logger()
+        if not logger.hasHandlers() and self._watch_echo(level, text):
+            return
+        logger.log(level, "%s", text)
+
+    def _watch_echo(self, level: int, text: str) -> bool:
+        """Print ``text`` on the framework's own console; ``False`` where there is none."""
+        return False
+
     # ------------------------------------------------------------------ the end
     def summary(self) -> str:
         """An account of the run so far: the worst problem seen (even if the run recovered),
@@ -265,4 +282,4 @@ class SpeakingWatch:
         if not getattr(self, "watch_speaks", True):
             return
         problems = any(SEVERITY.get(d.verdict, 0) > SEVERITY.get("healthy", 0) for d in self._counted())
-        self._watch_logger().log(logging.WARNING if problems else logging.INFO, "%s", self.summary())
+        self._watch_emit(logging.WARNING if problems else logging.INFO, self.summary())

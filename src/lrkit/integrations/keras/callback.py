@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from typing import Any, Callable
 
 import keras
@@ -261,6 +262,15 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
             self.guard.close()
 
     # ------------------------------------------------------------------ on_converged / on_overfitting
+    def _watch_echo(self, level: int, text: str) -> bool:
+        """A detection on Keras' console, above the progress bar (as Keras prints its own lines),
+        when ``fit`` shows one; otherwise Python logging says it."""
+        if not (getattr(self, "params", None) or {}).get("verbose", 1) or not keras.config.is_interactive_logging_enabled():
+            return False
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+        return True
+
     def _watch_stop(self) -> bool:
         self.model.stop_training = True
         return True

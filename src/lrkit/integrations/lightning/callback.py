@@ -149,6 +149,12 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
                 g["lr"] = b
 
     # ------------------------------------------------------------------ on_converged / on_overfitting
+    def _watch_echo(self, level: int, text: str) -> bool:
+        """A detection on Lightning's own console logger (``lightning.pytorch``, which Lightning
+        gives a handler), rank zero only as every watch message."""
+        logging.getLogger("lightning.pytorch").log(level, "%s", text)
+        return True
+
     def _watch_stop(self) -> bool:
         self._trainer.should_stop = True
         return True

@@ -408,6 +408,14 @@ class LRDoctorCallback(GuardedWatch, TrainerCallback):
         self._lower_lr(rec.new_multiplier / rec.old_multiplier)
 
     # ------------------------------------------------------------------ helpers
+    def _watch_echo(self, level: int, text: str) -> bool:
+        """A detection on the Hugging Face library logger (``transformers``' handler and verbosity,
+        ``transformers.logging.set_verbosity_*``), as the Trainer's own messages."""
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.get_logger("transformers.trainer").log(level, "%s", text)
+        return True
+
     def _watch_stop(self) -> bool:
         self._control.should_training_stop = True
         return True
