@@ -8,6 +8,8 @@ import pytest
 
 MODULES = [
     "lrkit.doctor.guard",
+    "lrkit.doctor.guarded_watch",
+    "lrkit.doctor.interventions",
     "lrkit.integrations.torch.doctor",
     "lrkit.integrations.torch.hessian",
 ]

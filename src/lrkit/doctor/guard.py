@@ -99,181 +99,19 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping
 
 from lrkit.doctor.core import Diagnosis, Doctor
+from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation, watch_doctor  # noqa: F401 - re-exported
+from lrkit.doctor.interventions import GuardGaveUp, Intervention
 from lrkit.doctor.snapshots import HealthTracker, SnapshotRecord, best_snapshot, choose_target, thin_index
 from lrkit.doctor.storage import DiskStore, MemoryStore, SnapshotError
-from lrkit.doctor.watch import SpeakingWatch
 
 __all__ = ["Guard", "GuardGaveUp", "Intervention", "SnapshotError"]
 
 _GOOD = ("healthy", "flat", "converged", "overfitting")  # verdicts under which a snapshot may be taken
 _MIN_COST = 0.05  # seconds: cheaper snapshots never stretch the period
 _MAX_STRETCH = 10  # the period is stretched to at most this many times snapshot_every
-
-
-@dataclass(frozen=True)
-class Intervention:
-    """One rollback.
-
-    Attributes:
-        step: the guard step at which the problem was detected.
-        verdict: the doctor's verdict (``"nan"``, ``"diverging"``, ...).
-        onset: the step where the doctor says the problem began.
-        evidence: the doctor's numbers behind the verdict.
-        old_multiplier: the LR multiplier in force when it went wrong.
-        new_multiplier: the multiplier from now on (``old_multiplier * lr_factor``).
-        restored_to: the guard step the restored snapshot was taken before.
-        before_onset: ``True`` if that snapshot precedes the doctor's onset.
-        retry: how many times this snapshot has now been restored (1 = first time).
-        message: the doctor's message.
-        verified: ``True`` if the restored snapshot was verified healthy by the losses after it
-            (see the module docstring); ``False``: none was, the oldest kept one was used.
-    """
-
-    step: int
-    verdict: str
-    onset: int | None
-    evidence: dict[str, float]
-    old_multiplier: float
-    new_multiplier: float
-    restored_to: int
-    before_onset: bool
-    retry: int
-    message: str = ""
-    verified: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (non-finite evidence becomes ``None``)."""
-        out = asdict(self)
-        out["evidence"] = {k: (float(v) if math.isfinite(float(v)) else None) for k, v in self.evidence.items()}
-        return out
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Intervention":
-        """The record :meth:`to_dict` wrote."""
-        ev = {k: (math.nan if v is None else float(v)) for k, v in d["evidence"].items()}
-        return cls(**{**d, "evidence": ev})
-
-
-class GuardGaveUp(RuntimeError):
-    """Raised when a snapshot has been restored ``max_retries`` times and the run failed again.
-
-    The trainer has been restored to the best snapshot seen before raising. Attributes:
-    ``diagnosis`` (the last :class:`~lrkit.doctor.core.Diagnosis`), ``interventions`` (all of
-    them), ``restored_to`` (the guard step of the state the trainer is left in), ``best_by``
-    (``"val_loss"``, ``"train_loss"``, or ``""`` when no snapshot was verified and the last
-    target was restored) and ``best_value`` (that loss).
-    """
-
-    def __init__(self, message: str, diagnosis: Diagnosis, interventions: list[Intervention], restored_to: int,
-                 best_by: str = "", best_value: float = math.nan):
-        super().__init__(message)
-        self.diagnosis = diagnosis
-        self.interventions = list(interventions)
-        self.restored_to = restored_to
-        self.best_step = restored_to
-        self.best_by = best_by
-        self.best_value = best_value
-
-
-def watch_doctor(who: str, guard: Any, doctor: Any) -> Doctor:
-    """Check the ``guard`` flag and ``doctor`` every watcher takes; return the doctor to use.
-
-    Example:
-        >>> watch_doctor("MyCallback", False, None).n_observations
-        0
-    """
-    if not isinstance(guard, bool):
-        raise ValueError(f"{who}: guard must be True or False, got {guard!r}")
-    if doctor is not None and not isinstance(doctor, Doctor):
-        raise ValueError(f"{who}: doctor must be an lrkit.doctor.Doctor or None, got {type(doctor).__name__}")
-    return doctor if doctor is not None else Doctor()
-
-
-class PendingValidation:
-    """Validation results held until the next training step is observed.
-
-    Frameworks validate between training steps, while :meth:`Doctor.observe` takes a validation
-    result together with a step's training loss. A watcher :meth:`hold` s the results whose names
-    start with one of ``prefixes`` (the newest validation replaces the previous one) and
-    :meth:`take` s them with the next step: the first of ``loss_names`` present is the
-    ``val_loss``, the rest are ``metrics``.
-
-    Example:
-        >>> pending = PendingValidation(prefixes=("val_",), loss_names=("val_loss",))
-        >>> pending.hold({"loss": 0.3, "val_loss": 0.5, "val_accuracy": 0.9, "val_note": "n/a"})
-        >>> pending.take()
-        (0.5, {'val_accuracy': 0.9})
-        >>> pending.take()
-        (None, None)
-    """
-
-    def __init__(self, *, prefixes: tuple[str, ...], loss_names: tuple[str, ...]) -> None:
-        self.prefixes = tuple(prefixes)
-        self.loss_names = tuple(loss_names)
-        self._held: dict[str, float] = {}
-
-    def hold(self, results: Mapping[str, Any] | None, convert: Callable[[Any], Any] = float) -> None:
-        """Keep the numeric results named with a prefix (``convert`` turns a framework tensor into
-        something ``float`` takes); text and booleans are skipped."""
-        held: dict[str, float] = {}
-        for name, value in (results or {}).items():
-            if not name.startswith(self.prefixes) or isinstance(value, (str, bool)):
-                continue
-            try:
-                held[name] = float(convert(value))
-            except (TypeError, ValueError, RuntimeError):
-                continue
-        self._held = held
-
-    def take(self) -> tuple[float | None, dict[str, float] | None]:
-        """``(val_loss, metrics)`` of the held results (``None`` for what there is not); forgets them."""
-        held, self._held = self._held, {}
-        val_loss = next((held.pop(n) for n in self.loss_names if n in held), None)
-        return val_loss, (held or None)
-
-
-class GuardedWatch(SpeakingWatch):
-    """Read-only state shared by every watcher that owns a ``doctor`` and an optional ``guard``
-    (:class:`~lrkit.integrations.torch.doctor.TorchDoctor` and the Lightning and Keras callbacks);
-    :class:`~lrkit.doctor.watch.SpeakingWatch` adds ``detections``, ``worst`` and the summary.
-
-    Subclasses set ``self.doctor`` (a :class:`Doctor`) and ``self.guard`` (a :class:`Guard` or
-    ``None``).
-    """
-
-    doctor: Doctor
-    guard: "Guard | None"
-
-    @property
-    def diagnosis(self) -> Diagnosis:
-        """The doctor's latest :class:`Diagnosis`."""
-        return self.doctor.diagnosis
-
-    @property
-    def interventions(self) -> list[Intervention]:
-        """The guard's :class:`Intervention` records (empty without a guard)."""
-        return self.guard.interventions if self.guard is not None else []
-
-    @property
-    def lr_multiplier(self) -> float:
-        """The factor applied to the LRs after rollbacks (1.0 without a guard)."""
-        return self.guard.lr_multiplier if self.guard is not None else 1.0
-
-
-    def close(self) -> None:
-        """Drop the guard's snapshots and remove its files (``storage="disk"``); idempotent."""
-        if self.guard is not None:
-            self.guard.close()
-
-    def __enter__(self) -> Any:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 class Guard:

@@ -153,7 +153,7 @@ class SpeakingWatch:
         ``None``. :class:`~lrkit.doctor.guard.GuardGaveUp` propagates (after its diagnosis is
         recorded); a value the doctor refuses is logged once and the step skipped.
         """
-        from lrkit.doctor.guard import GuardGaveUp
+        from lrkit.doctor.interventions import GuardGaveUp
 
         lr_c = _clean_lr(lr)
         if lr is not None and lr_c is None:

@@ -41,7 +41,7 @@ import numpy as np
 
 from lrkit.autopilot.pilot import Autopilot, AutopilotEvent
 from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
-from lrkit.doctor.guard import PendingValidation
+from lrkit.doctor.guarded_watch import PendingValidation
 from lrkit.schedules.base import Schedule
 
 __all__ = ["AutopilotCallback"]

@@ -64,7 +64,9 @@ import keras
 import numpy as np
 
 from lrkit.doctor.core import Diagnosis, Doctor
-from lrkit.doctor.guard import Guard, GuardedWatch, Intervention, PendingValidation, watch_doctor
+from lrkit.doctor.guard import Guard
+from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation, watch_doctor
+from lrkit.doctor.interventions import Intervention
 from lrkit.doctor.watch import check_actions
 from lrkit.integrations.keras.schedule import LRKitSchedule, _learning_rate_of
 

@@ -40,7 +40,7 @@ import torch
 
 from lrkit.autopilot.pilot import Autopilot, AutopilotEvent
 from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
-from lrkit.doctor.guard import PendingValidation
+from lrkit.doctor.guarded_watch import PendingValidation
 from lrkit.integrations.torch.autopilot import _group_ratios, check_no_scheduler
 from lrkit.integrations.torch.doctor import grad_norm
 from lrkit.integrations.torch.state import TorchSnapshot

@@ -38,7 +38,9 @@ import lightning.pytorch as pl
 import torch
 
 from lrkit.doctor.core import SEVERITY, Diagnosis, Doctor
-from lrkit.doctor.guard import Guard, GuardedWatch, Intervention, PendingValidation, watch_doctor
+from lrkit.doctor.guard import Guard
+from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation, watch_doctor
+from lrkit.doctor.interventions import Intervention
 from lrkit.doctor.watch import check_actions
 from lrkit.integrations.torch.doctor import grad_norm
 from lrkit.integrations.torch.state import TorchSnapshot

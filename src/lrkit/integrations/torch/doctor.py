@@ -110,7 +110,9 @@ import torch
 
 from lrkit.doctor.core import Diagnosis, Doctor
 from lrkit.doctor.watch import check_actions
-from lrkit.doctor.guard import Guard, GuardedWatch, Intervention
+from lrkit.doctor.guard import Guard
+from lrkit.doctor.guarded_watch import GuardedWatch
+from lrkit.doctor.interventions import Intervention
 from lrkit.integrations.torch.hessian import (
     StabilityProbe,
     _check_batches,

@@ -37,7 +37,7 @@ from transformers import TrainerCallback
 
 from lrkit.autopilot.pilot import Autopilot, AutopilotEvent
 from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
-from lrkit.doctor.guard import PendingValidation
+from lrkit.doctor.guarded_watch import PendingValidation
 from lrkit.integrations.torch.autopilot import _group_ratios
 from lrkit.integrations.torch.state import TorchSnapshot
 from lrkit.integrations.transformers.callback import _guard_blockers

@@ -97,7 +97,9 @@ from transformers import TrainerCallback
 
 from lrkit.doctor.core import VERDICTS, Diagnosis, Doctor
 from lrkit.doctor.diagnosis import settings_for_rows
-from lrkit.doctor.guard import Guard, GuardedWatch, GuardGaveUp, Intervention, PendingValidation, watch_doctor
+from lrkit.doctor.guard import Guard
+from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation, watch_doctor
+from lrkit.doctor.interventions import GuardGaveUp, Intervention
 from lrkit.doctor.watch import check_actions
 from lrkit.integrations.torch.state import TorchSnapshot
 
