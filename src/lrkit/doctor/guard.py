@@ -367,7 +367,7 @@ class Guard:
             self._t_last = time.perf_counter()
             return rec
         self._since = self._since + 1 if d.verdict in _GOOD else 0
-        if self._since >= self._interval - self._in_flight_steps():
+        if self._since >= self._interval:
             self._take()
         self._t_last = time.perf_counter()
         return None
@@ -453,15 +453,6 @@ class Guard:
             return
         need = math.ceil(c / (self.max_overhead * max(self._step_time, 1e-9)))
         self._interval = min(max(self.snapshot_every, need), _MAX_STRETCH * self.snapshot_every)
-
-    def _in_flight_steps(self) -> int:
-        """Steps a disk snapshot takes to become resumable (its write in the background, then the
-        manifest naming it), measured on the last one: the next snapshot starts that much earlier,
-        so that a ``kill -9`` at any moment loses at most one period of work."""
-        lag = getattr(self._store, "write_seconds", math.nan)
-        if math.isnan(lag) or math.isnan(self._step_time) or self._step_time <= 0:
-            return 0
-        return min(int(math.ceil(lag / self._step_time)), self._interval // 2)
 
     def _write_manifest(self) -> None:
         if not isinstance(self._store, DiskStore):

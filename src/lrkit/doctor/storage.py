@@ -43,7 +43,6 @@ Example:
 from __future__ import annotations
 
 import json
-import math
 import os
 import pickle
 import shutil
@@ -311,10 +310,6 @@ class DiskStore:
         self._background = bool(background)
         self._pending: list[Future] = []
         self._doomed: list[str] = []  # files to delete after the next manifest
-        self._put_t0: float | None = None
-        #: seconds from the latest completed snapshot's ``put`` to the manifest naming it being
-        #: durable: how long a snapshot is in flight (``nan`` before the first one).
-        self.write_seconds = math.nan
         self._serial = max([_serial_of(n) for n in os.listdir(self.dir)] + [0])
         self._finalizer = weakref.finalize(self, _cleanup, self.dir, self._top, self._lock, self._pool)
 
@@ -327,7 +322,6 @@ class DiskStore:
 
     def put(self, state: Any) -> str:
         """Queue ``state`` for writing; returns its file name (the key)."""
-        self._put_t0 = time.perf_counter()
         self._serial += 1
         name = f"snap-{self._serial}.pkl"
         path = os.path.join(self.dir, name)
@@ -343,16 +337,10 @@ class DiskStore:
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         """Queue the manifest (written after the files queued before it), then the deletions."""
         text = json.dumps(manifest, allow_nan=True).encode()
-        t0, self._put_t0 = self._put_t0, None
-        self._submit(self._durable_manifest, text, t0)
+        self._submit(atomic_write, os.path.join(self.dir, MANIFEST), lambda fh: fh.write(text))
         doomed, self._doomed = self._doomed, []
         for path in doomed:
             self._submit(_remove, path)
-
-    def _durable_manifest(self, text: bytes, t0: float | None) -> None:
-        atomic_write(os.path.join(self.dir, MANIFEST), lambda fh: fh.write(text))
-        if t0 is not None:  # a snapshot is resumable from now on
-            self.write_seconds = time.perf_counter() - t0
 
     def flush(self) -> None:
         """Wait for every queued write; re-raise the first error."""
