@@ -36,6 +36,9 @@ def format_diagnosis(diagnosis, source: str) -> str:
     ev = ", ".join(f"{k}={diagnosis.evidence[k]:.4g}" for k in keys if k in diagnosis.evidence)
     if ev:
         lines.append(f"  evidence: {ev}")
+    k = diagnosis.evidence.get("rows_per_point")
+    if k:
+        lines.append(f"  read in blocks of {k:.0f} rows (a long log: onsets within {k:.0f} steps; --exact reads every row)")
     return "\n".join(lines)
 
 
@@ -91,6 +94,7 @@ def diagnose_cmd(
     loss: Annotated[Optional[str], typer.Option("--loss", help="The column or TensorBoard tag holding the training loss (default: loss, train_loss, train/loss, Loss/train, ...).")] = None,
     lr: Annotated[Optional[str], typer.Option("--lr", help="The column or tag holding the learning rate (default: lr, learning_rate, lr-<Optimizer>, ...).")] = None,
     val_loss: Annotated[Optional[str], typer.Option("--val-loss", help="The column or tag holding the validation loss (default: val_loss, eval_loss, Loss/test, ...).")] = None,
+    exact: Annotated[bool, typer.Option("--exact", help="Feed every row to the doctor even in a log of more than 100,000 losses (read in blocks of rows otherwise: seconds instead of minutes; onsets dated to within a block, NaN steps exact).")] = False,
     report: Annotated[Optional[Path], typer.Option("--report", help="Write a self-contained HTML report (report.html) into this directory: the verdict, its onset and advice on the plotted run (one run).")] = None,
 ) -> None:
     """Diagnose the learning rate of a finished (or running) training run from its log."""
@@ -105,7 +109,7 @@ def diagnose_cmd(
     for opt, value in (("--loss", loss), ("--lr", lr), ("--val-loss", val_loss)):
         if value is not None and not value.strip():
             raise CLIError(f"{opt} must name a column or tag, got an empty name")
-    kwargs: dict[str, Any] = {"loss_floor": loss_floor}
+    kwargs: dict[str, Any] = {"loss_floor": loss_floor, "exact": exact}
     if window is not None:
         kwargs["window"] = window
     modes = _modes(metric_mode)

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from lrkit.doctor._coarse import rows_per_point
 from lrkit.doctor.core import Diagnosis, Doctor
 from lrkit.doctor.logs import LogRecords, find_runs, read_log
 
@@ -27,7 +29,8 @@ def default_window(n: int) -> int:
     return int(min(50, max(5, n // 8)))
 
 
-def run_doctor(records: LogRecords, doctor: Doctor, progress: Progress | None = None) -> Doctor:
+def run_doctor(records: LogRecords, doctor: Doctor, progress: Progress | None = None, *,
+               rows_per_point: int = 1) -> Doctor:
     """Feed every row that has a loss to ``doctor`` (with ``lr``, ``grad_norm``, ``val_loss``
     and the other metrics of the same row) and return it.
 
@@ -35,7 +38,9 @@ def run_doctor(records: LogRecords, doctor: Doctor, progress: Progress | None = 
     ``val_loss`` and metrics go with the next row that has a loss (the row's own values win).
     ``lr`` and ``grad_norm`` describe a training step and are not carried. The columns are
     lined up with NumPy first, so that the loop does no per-row bookkeeping; ``progress`` is
-    called as ``progress("diagnosing", fraction)`` about a hundred times.
+    called as ``progress("diagnosing", fraction)`` about a hundred times. With
+    ``rows_per_point = k > 1`` blocks of ``k`` rows are fed as one point each
+    (:mod:`lrkit.doctor._coarse`: very long logs; non-finite values stay exact).
 
     Example:
         >>> recs = read_log({"step": [0, 1, 2], "loss": [2.0, None, 1.5], "val_loss": [None, float("nan"), None]})
@@ -46,16 +51,16 @@ def run_doctor(records: LogRecords, doctor: Doctor, progress: Progress | None = 
     has_loss = records.has("loss")
     rows = np.nonzero(has_loss)[0]
     n = len(rows)
-    steps = records.step[rows].tolist()
-    loss = records.loss[rows].tolist()
+    steps = records.step[rows].astype(np.int64)
+    loss = records.loss[rows].astype(np.float64)
     special = ("lr", "grad_norm", "val_loss")
-    aligned: dict[str, tuple[list[float], list[bool]]] = {}
+    aligned: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name in records.names:
         if name in ("step", "loss"):
             continue
         vals, mask = records.columns[name], records.has(name)
         if name in ("lr", "grad_norm"):
-            v, m = vals[rows], mask[rows]
+            v, m = vals[rows].astype(np.float64), mask[rows]
         else:  # a value on a row without a loss goes with the next row that has one
             v, m = np.full(n, np.nan), np.zeros(n, dtype=bool)
             src = np.nonzero(mask)[0]
@@ -67,20 +72,24 @@ def run_doctor(records: LogRecords, doctor: Doctor, progress: Progress | None = 
                 v[target[sel]] = vals[src[sel]]
                 m[target[sel]] = True
         if m.any():
-            aligned[name] = (v.tolist(), m.tolist())
+            aligned[name] = (v, m)
     if "lr" in aligned:  # a logged LR that is not a number (a NaN LR) says nothing about the LR
         vals, mask = aligned["lr"]
-        aligned["lr"] = (vals, [m and math.isfinite(v) and v >= 0 for v, m in zip(vals, mask)])
+        with np.errstate(invalid="ignore"):
+            aligned["lr"] = (vals, mask & np.isfinite(vals) & (vals >= 0))
     if hasattr(doctor, "observe_many"):  # the vectorised offline pass, in chunks for the progress bar
-        _feed_many(doctor, np.asarray(steps, dtype=np.int64), np.asarray(loss, dtype=np.float64), aligned, progress)
+        if rows_per_point > 1:
+            _feed_coarse(doctor, steps, loss, aligned, progress, rows_per_point)
+        else:
+            _feed_many(doctor, steps, loss, aligned, progress)
         return doctor
     kw_cols = {k: aligned.pop(k) for k in special if k in aligned}
     metric_cols = list(aligned.items())
     every = max(1, n // 100)
     for i in range(n):
-        kw: dict[str, Any] = {k: c[0][i] for k, c in kw_cols.items() if c[1][i]}
-        metrics = {k: c[0][i] for k, c in metric_cols if c[1][i]} if metric_cols else None
-        doctor.observe(int(steps[i]), loss[i], metrics=metrics or None, **kw)
+        kw: dict[str, Any] = {k: float(c[0][i]) for k, c in kw_cols.items() if c[1][i]}
+        metrics = {k: float(c[0][i]) for k, c in metric_cols if c[1][i]} if metric_cols else None
+        doctor.observe(int(steps[i]), float(loss[i]), metrics=metrics or None, **kw)
         if progress is not None and i % every == 0:
             progress("diagnosing", i / n)
     if progress is not None:
@@ -88,8 +97,26 @@ def run_doctor(records: LogRecords, doctor: Doctor, progress: Progress | None = 
     return doctor
 
 
+def _feed_coarse(doctor: Doctor, steps: np.ndarray, loss: np.ndarray, cols: dict[str, tuple[np.ndarray, np.ndarray]],
+                 progress: Progress | None, k: int) -> None:
+    """Blocks of ``k`` rows up to the block of the first non-finite value, then that block's rows one
+    by one up to it (the ``nan`` verdict is sticky: what follows cannot change it)."""
+    from lrkit.doctor._coarse import coarsen, first_non_finite
+
+    bad = first_non_finite(loss, cols)
+    end = len(steps) if bad is None else (bad // k) * k
+    if end:
+        c_steps, c_loss, c_cols = coarsen(steps[:end], loss[:end], {n: (v[:end], m[:end]) for n, (v, m) in cols.items()}, k)
+        _feed_many(doctor, c_steps, c_loss, c_cols, progress)
+    if bad is not None:
+        _feed_many(doctor, steps[end:bad + 1], loss[end:bad + 1],
+                   {n: (v[end:bad + 1], m[end:bad + 1]) for n, (v, m) in cols.items()}, None)
+    if progress is not None:
+        progress("diagnosing", 1.0)
+
+
 def _feed_many(doctor: Doctor, steps: np.ndarray, loss: np.ndarray,
-               aligned: dict[str, tuple[list[float], list[bool]]], progress: Progress | None) -> None:
+               aligned: dict[str, tuple[np.ndarray, np.ndarray]], progress: Progress | None) -> None:
     """:meth:`Doctor.observe_many` over the aligned columns, ``chunk`` rows at a time."""
     cols = {k: (np.asarray(v, dtype=np.float64), np.asarray(m, dtype=bool)) for k, (v, m) in aligned.items()}
     n = len(steps)
@@ -138,7 +165,7 @@ def settings_for_rows(n: int) -> dict[str, Any]:
 
 
 def diagnose(log: Any, *, loss: str | None = None, lr: str | None = None, val_loss: str | None = None,
-             progress: Progress | None = None, **doctor_kwargs: Any) -> Diagnosis:
+             progress: Progress | None = None, exact: bool = False, **doctor_kwargs: Any) -> Diagnosis:
     """Diagnose a whole training log: the first, most severe problem with its onset step.
 
     The log is read with :func:`~lrkit.doctor.logs.read_log` and fed row by row to a
@@ -170,6 +197,11 @@ def diagnose(log: Any, *, loss: str | None = None, lr: str | None = None, val_lo
         loss, lr, val_loss: the column or tag names, when the defaults do not find them
             (see :func:`~lrkit.doctor.logs.read_log`).
         progress: called as ``progress(stage, fraction)`` while reading and diagnosing.
+        exact: feed every row even to a log of more than
+            :data:`~lrkit.doctor._coarse.MAX_POINTS` (100,000) losses, which is otherwise read in
+            blocks of ``k`` rows (:mod:`lrkit.doctor._coarse`: seconds instead of minutes for
+            millions of rows; onsets dated to within ``k`` steps, ``evidence["rows_per_point"]``;
+            a non-finite value still at its exact step).
         **doctor_kwargs: thresholds passed to :class:`~lrkit.doctor.core.Doctor` (e.g.
             ``metric_modes={"val_f1": "max"}``); they override :func:`doctor_settings`.
 
@@ -191,8 +223,11 @@ def diagnose(log: Any, *, loss: str | None = None, lr: str | None = None, val_lo
     """
     records = read_log(log, loss=loss, lr=lr, val_loss=val_loss, progress=progress)
     kwargs = {**doctor_settings(records), **doctor_kwargs}
-    doctor = run_doctor(records, Doctor(**kwargs), progress=progress)
+    k = 1 if exact else rows_per_point(int(records.has("loss").sum()))
+    doctor = run_doctor(records, Doctor(**kwargs), progress=progress, rows_per_point=k)
     d = overall(doctor)
+    if k > 1:  # said in the evidence: onsets are dated to within k steps
+        d = replace(d, evidence={**d.evidence, "rows_per_point": float(k)})
     stuck = _stuck_after_first_row(records, doctor)
     if stuck is not None and d.verdict != "nan" and not (d.verdict == "diverging" and d.step <= stuck.step):
         return stuck
