@@ -13,18 +13,25 @@ log-losses (of at least 5). The snapshot is **verified healthy** when its first 
     \operatorname{median}(y_L, \dots, y_{L+v-1}) \le b_L + \log(1 + \tau)
         + 3 \cdot 1.25\,\sigma_L \sqrt{1/v + 1/20}
 
-(:math:`v` the number of losses seen, :math:`\tau` = ``tolerance``, default 0.25): the state it
-holds trained at the level the run had reached, within noise. A run that has begun to drift up
+(:math:`v` the number of losses seen, :math:`\tau` = ``tolerance``, default 0.25), the right-hand
+margin capped at :math:`\log 1.5` (a loss 50% above the best level is never healthy, however noisy
+the run was when the snapshot was taken: a network killed by a 30x LR is chaotic first, then flat):
+the state it holds trained at the level the run had reached, within noise. A run that has begun to drift up
 fails the test however "healthy" the doctor still said it was, and a state from before an LR was
 raised passes it however early the doctor dates the onset.
 
 **Rollback target.** The newest verified-healthy snapshot (:func:`choose_target`). Only the
-losses before the doctor's onset estimate count in the verification (the problem's own losses
-say nothing about the state before it), but always at least the snapshot's first loss, which is
-the loss of that very state: so an onset dated too early (the doctor dated a 6x LR rise 130-180
-steps before it happened) cannot send a run back past good states -- each snapshot is then
-judged by its own first loss -- and a state taken while the loss was already drifting up fails
-the level test however "healthy" the doctor still said it was. If no snapshot qualifies, the
+losses before the doctor's onset estimate count in the verification of a snapshot taken before
+it (the problem's own losses say nothing about the state before it), but always at least the
+snapshot's first loss, which is the loss of that very state; a snapshot taken after the onset is
+judged by all of its own losses and without the noise allowance (the doctor says the problem had
+begun: the state must show plainly that it sits within ``tolerance`` of the best level -- a
+network a 30x LR degraded to 1.4x its best level, and whose Adam state no longer lets it learn,
+is not restored). So an onset dated too early (the doctor dated a 6x LR rise
+130-180 steps before it happened) cannot send a run back past good states -- the snapshots taken
+between that onset and the real fault are judged by their own, healthy, losses -- and a state
+taken while the loss was already drifting up (or sat on a dead network's plateau) fails the level
+test however "healthy" the doctor still said it was. If no snapshot qualifies, the
 oldest one kept (normally the initial state) is used and flagged.
 
 **Reach with a fixed number of copies** (:func:`thin_index`). ``keep`` rolling snapshots (plus
@@ -62,6 +69,9 @@ SHORT = 5  # fewest losses for a level
 LEVEL = 20  # running median length of the level
 _MAD_TO_SD = 1.4826
 _MEDIAN_EFF = 1.2533  # sd of a median / sd of a mean, for normal noise
+#: however noisy the run, a state whose loss sits 50% above the best level is not healthy: a
+#: network killed by a too-high LR is noisy first (a large noise margin) and flat after.
+_MAX_MARGIN = math.log(1.5)
 
 
 def _median(xs: Sequence[float]) -> float:
@@ -181,15 +191,18 @@ class SnapshotRecord:
         if self.post_bad:
             return False
         post = self.post
-        if until is not None:
+        after_onset = until is not None and self.label >= until
+        if until is not None and not after_onset:  # a state from before the problem: its losses before it
             post = [y for k, y in zip(self.post_steps, self.post) if k < until] or post[:1]
         if not post:
             return None
         if math.isinf(self.best):
             return True
         # 3 sd of the difference of two medians (of the post losses, and of LEVEL losses)
-        margin = math.log1p(tolerance) + 3.0 * _MEDIAN_EFF * self.sigma * math.sqrt(1.0 / len(post) + 1.0 / LEVEL)
-        return _median(post) <= self.best + margin
+        margin = math.log1p(tolerance)
+        if not after_onset:  # the doctor says the problem began before a later state: no benefit of the doubt
+            margin += 3.0 * _MEDIAN_EFF * self.sigma * math.sqrt(1.0 / len(post) + 1.0 / LEVEL)
+        return _median(post) <= self.best + min(margin, _MAX_MARGIN)
 
     def cut(self, until: int) -> None:
         """Keep only the verification losses of steps before ``until`` (at least the first one) and
