@@ -21,17 +21,15 @@ fails the test however "healthy" the doctor still said it was, and a state from 
 raised passes it however early the doctor dates the onset.
 
 **Rollback target.** The newest verified-healthy snapshot (:func:`choose_target`). Only the
-losses before the doctor's onset estimate count in the verification of a snapshot taken before
-it (the problem's own losses say nothing about the state before it), but always at least the
-snapshot's first loss, which is the loss of that very state; a snapshot taken after the onset is
-judged by all of its own losses and without the noise allowance (the doctor says the problem had
-begun: the state must show plainly that it sits within ``tolerance`` of the best level -- a
-network a 30x LR degraded to 1.4x its best level, and whose Adam state no longer lets it learn,
-is not restored). So an onset dated too early (the doctor dated a 6x LR rise
-130-180 steps before it happened) cannot send a run back past good states -- the snapshots taken
-between that onset and the real fault are judged by their own, healthy, losses -- and a state
-taken while the loss was already drifting up (or sat on a dead network's plateau) fails the level
-test however "healthy" the doctor still said it was. If no snapshot qualifies, the
+losses before the doctor's onset estimate count in the verification (the problem's own losses
+say nothing about the state before it), but always at least the snapshot's first loss, which is
+the loss of that very state: so an onset dated too early (the doctor dated a 6x LR rise 130-180
+steps before it happened) cannot send a run back past good states -- each snapshot is then
+judged by its own first loss -- and a state taken while the loss was already drifting up fails
+the level test however "healthy" the doctor still said it was (with the margin capped at
+:math:`\log 1.5`, also a state a 30x LR degraded to 1.4x the best level while the loss was too
+noisy for the noise allowance to exclude it: under the autopilot such a state, whose Adam moments
+no longer let it learn, was restored and the run ended at 25x the clean run's loss). If no snapshot qualifies, the
 oldest one kept (normally the initial state) is used and flagged.
 
 **Reach with a fixed number of copies** (:func:`thin_index`). ``keep`` rolling snapshots (plus
@@ -191,17 +189,14 @@ class SnapshotRecord:
         if self.post_bad:
             return False
         post = self.post
-        after_onset = until is not None and self.label >= until
-        if until is not None and not after_onset:  # a state from before the problem: its losses before it
+        if until is not None:
             post = [y for k, y in zip(self.post_steps, self.post) if k < until] or post[:1]
         if not post:
             return None
         if math.isinf(self.best):
             return True
         # 3 sd of the difference of two medians (of the post losses, and of LEVEL losses)
-        margin = math.log1p(tolerance)
-        if not after_onset:  # the doctor says the problem began before a later state: no benefit of the doubt
-            margin += 3.0 * _MEDIAN_EFF * self.sigma * math.sqrt(1.0 / len(post) + 1.0 / LEVEL)
+        margin = math.log1p(tolerance) + 3.0 * _MEDIAN_EFF * self.sigma * math.sqrt(1.0 / len(post) + 1.0 / LEVEL)
         return _median(post) <= self.best + min(margin, _MAX_MARGIN)
 
     def cut(self, until: int) -> None:
