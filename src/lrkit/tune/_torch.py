@@ -26,13 +26,14 @@ Example::
 from __future__ import annotations
 
 import math
+import time
 import random
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import optuna
 
-from lrkit.tune._run import tune
+from lrkit.tune._run import _WORKER, _open_study, _quiet_optuna, tune
 from lrkit.tune._schedules import schedule_for
 from lrkit.tune.prior import Prior
 from lrkit.tune.pruners import DivergenceWatch
@@ -111,15 +112,47 @@ def train_trial(spec: dict[str, Any], lr: float, trial: Any, *, train_steps: int
     return value
 
 
-def _saved_prior(storage: Any, study_name: str | None) -> Prior | None:
+#: seconds a worker waits after claiming the range test before it reads the claim back (a claim
+#: written at the same moment by another worker lands meanwhile; the last one wins).
+CLAIM_SETTLE = 1.0
+#: seconds between two looks of a waiting worker for the claimant's prior.
+CLAIM_POLL = 1.0
+#: a claim older than this with no prior yet is taken over (its worker died mid-range test).
+CLAIM_TIMEOUT = 3600.0
+
+
+def shared_prior(storage: Any, study_name: str | None, direction: str, make_prior: Callable[[], Prior]) -> Prior:
+    """One range test per study: the first worker on a fresh shared study runs it
+    (``make_prior()``) and stores its prior with the study; the others wait for it and reuse it.
+
+    Without storage or a study name there is nothing to share: ``make_prior()``. The claim is a
+    study user attribute (``lrkit_prior_claim``: worker and time), written, then read back after
+    :data:`CLAIM_SETTLE` seconds: of workers claiming at once the last write wins and only its
+    worker proceeds (best effort: a worker whose write lands more than :data:`CLAIM_SETTLE` after
+    another's read-back runs a second range test, and the first prior stored wins). A claim
+    older than :data:`CLAIM_TIMEOUT` with no prior is taken over (its worker died).
+    """
     if storage is None or study_name is None:
-        return None
-    try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:
-        return None
-    saved = study.user_attrs.get("lrkit_prior")
-    return Prior.from_dict(saved) if saved else None
+        return make_prior()
+    with _quiet_optuna():  # a study of the other direction is refused here, before any range test
+        study = _open_study(storage, study_name, direction, None, None)
+    while True:
+        saved = study.user_attrs.get("lrkit_prior")
+        if saved:
+            return Prior.from_dict(saved)
+        claim = study.user_attrs.get("lrkit_prior_claim")
+        now = time.time()
+        if claim is None or now - float(claim.get("time", 0.0)) > CLAIM_TIMEOUT:
+            mine = {"worker": _WORKER, "time": now}
+            study.set_user_attr("lrkit_prior_claim", mine)
+            time.sleep(CLAIM_SETTLE)
+            if study.user_attrs.get("lrkit_prior_claim") == mine:
+                prior = make_prior()
+                if not study.user_attrs.get("lrkit_prior"):
+                    study.set_user_attr("lrkit_prior", prior.to_dict())
+                return Prior.from_dict(study.user_attrs["lrkit_prior"])
+            continue
+        time.sleep(CLAIM_POLL)
 
 
 def run_finder(target: Callable[..., dict], *, train_steps: int, seed: int, **kwargs: Any) -> Any:
@@ -186,14 +219,16 @@ def tune_torch(
     if strategy == "lrkit" and prior is None and finder is not False:
         storage_obj = open_storage(storage, **{k: tune_kwargs[k] for k in ("heartbeat_interval", "grace_period")
                                                if k in tune_kwargs})
-        prior = _saved_prior(storage_obj, study_name)
         storage = storage_obj if storage_obj is not None else storage
-        if prior is None:
+
+        def make_prior() -> Prior:
             result = finder if finder is not True else run_finder(target, train_steps=train_steps, seed=seed,
                                                                   **first_kwargs)
             if on_finder is not None:
                 on_finder(result)
-            prior = Prior.from_finder(result, low=low, high=high, family=family)
+            return Prior.from_finder(result, low=low, high=high, family=family)
+
+        prior = shared_prior(storage_obj, study_name, tune_kwargs.get("direction", "minimize"), make_prior)
 
     def objective(lr: float, trial: optuna.Trial) -> float:
         kwargs = {"batch_size": trial.params["batch_size"]} if "batch_size" in trial.params else {}

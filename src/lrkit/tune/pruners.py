@@ -109,7 +109,7 @@ class DivergenceWatch:
 
 
 class BehindBestPruner(BasePruner):
-    """Prune a trial that is behind the best finished trial by more than ``margin`` and not catching up.
+    r"""Prune a trial that is behind the best finished trial by more than ``margin`` and not catching up.
 
     From ``fraction`` of ``train_steps`` on, with :math:`g_t = (v_t - r_t)/|r_t|` the relative gap
     to the best trial at the same step (signs flipped for maximisation), the trial is pruned when
