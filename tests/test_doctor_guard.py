@@ -386,3 +386,40 @@ def test_slow_progress_after_a_rollback_to_the_start_is_not_a_new_divergence():
     # the doctor's run starts at the first step after the rollback, not at the failed opening
     assert g.doctor.state_dict()["state"]["first_step"] == len(opening) + 1
     assert g.diagnosis.verdict in ("healthy", "flat")
+
+
+class Killable:
+    """Noisy decaying loss; any step inside the bad window [t0, t1) of the guard's clock kills the
+    model (loss at chance, 2.3, from then on) until a restore brings an alive state back."""
+
+    def __init__(self, t0, t1, seed=0):
+        self.t0, self.t1, self.k, self.dead, self.w = t0, t1, 0, False, 0.0
+        self.rng = np.random.default_rng(seed)
+
+    def snapshot(self):
+        return (self.w, self.dead)
+
+    def restore(self, state):
+        self.w, self.dead = state
+
+    def step(self, lr):
+        k, self.k = self.k, self.k + 1
+        if self.t0 <= k < self.t1:
+            self.dead = True
+        if not self.dead:
+            self.w += 1.0
+        base = 2.3 if self.dead else 0.1 + 2.2 * math.exp(-self.w / 30)
+        return base * math.exp(0.05 * self.rng.standard_normal())
+
+
+def test_a_second_blow_up_right_after_a_rollback_is_caught_even_when_the_doctor_restarted():
+    # the rollback lands in the doctor's opening stretch (its state is reset), and the bad window
+    # is still open: the model dies again. The guard's own reference (the restored state's level)
+    # catches the relapse and rolls back once more, after which the run trains to the end.
+    t = Killable(150, 175)
+    g = Guard(t, doctor=Doctor(), snapshot_every=25, lr_factor=0.1, max_overhead=None)
+    for _ in range(400):
+        g.step(0.1)
+    assert len(g.interventions) >= 2
+    assert g.interventions[1].restored_to <= 150 and "restored state" in g.interventions[1].message
+    assert not t.dead and t.w > 200  # alive and trained on after the window

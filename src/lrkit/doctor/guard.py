@@ -104,7 +104,9 @@ from typing import Any, Callable, Mapping
 from lrkit.doctor.core import Diagnosis, Doctor
 from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation, watch_doctor  # noqa: F401 - re-exported
 from lrkit.doctor.interventions import GuardGaveUp, Intervention
-from lrkit.doctor.snapshots import HealthTracker, SnapshotRecord, best_snapshot, choose_target, thin_index
+from lrkit.doctor.snapshots import (
+    LEVEL, SHORT, HealthTracker, SnapshotRecord, best_snapshot, choose_target, thin_index,
+)
 from lrkit.doctor.storage import DiskStore, MemoryStore, SnapshotError
 
 __all__ = ["Guard", "GuardGaveUp", "Intervention", "SnapshotError"]
@@ -112,6 +114,10 @@ __all__ = ["Guard", "GuardGaveUp", "Intervention", "SnapshotError"]
 _GOOD = ("healthy", "flat", "converged", "overfitting")  # verdicts under which a snapshot may be taken
 _MIN_COST = 0.05  # seconds: cheaper snapshots never stretch the period
 _MAX_STRETCH = 10  # the period is stretched to at most this many times snapshot_every
+#: after a rollback, a loss level this many times the restored state's best, for RELAPSE_STEPS
+#: steps, is a new divergence (see Guard._relapse)
+RELAPSE_RATIO = 2.0
+RELAPSE_STEPS = 10
 
 
 class Guard:
@@ -231,6 +237,7 @@ class Guard:
         self._health = HealthTracker()
         self._interventions: list[Intervention] = []
         self._last_rolled_back = False
+        self._relapse_ref: dict[str, Any] | None = None  # after a rollback: the restored state's level
         self._since = 0  # good steps since the last snapshot or rollback
         self._started = False
         self._interval = snapshot_every
@@ -361,6 +368,8 @@ class Guard:
         for snap in self._pool():
             snap.record(step, loss_f, val_loss)
         self._health.add(loss_f)
+        if d.verdict not in self.act_on and "diverging" in self.act_on:
+            d = self._relapse(step, loss_f) or d
         if d.verdict in self.act_on:
             rec = self._intervene(step, d)
             self._last_rolled_back = True
@@ -497,6 +506,45 @@ class Guard:
         self._health.load(rec.health)
         rec.closed = True  # losses from now on are at another LR: they do not re-verify it
         self._since = 0
+        if rollback:  # the restored state's level is the reference until a new snapshot is verified
+            self._relapse_ref = {"best": rec.best if math.isfinite(rec.best) else self._health.best, "above": None,
+                           "label": rec.label}
+
+    def _relapse(self, step: int, loss: float) -> Diagnosis | None:
+        """``diverging`` when, after a rollback, the loss level has sat at :data:`RELAPSE_RATIO`
+        times the restored state's best level or more for :data:`RELAPSE_STEPS` steps.
+
+        A rollback into the doctor's opening stretch restarts the doctor (slow progress at the
+        lowered LR must not be judged against the failed one's losses), so a run that blows up
+        again right after it -- a bad data shard still coming, a network killed on the way --
+        would set the doctor's new baseline on its dead plateau. The guard keeps the restored
+        state's level as its own reference until a snapshot taken after the rollback is verified
+        healthy.
+        """
+        w = self._relapse_ref
+        if w is None or not math.isfinite(w["best"]):
+            return None
+        newer = [s for s in self._snaps if s.label > w["label"]]
+        if newer and newer[-1].healthy(self.tolerance):
+            self._relapse_ref = None  # the run is back on its feet
+            return None
+        recent = self._health.recent[-LEVEL:]
+        if len(recent) < SHORT or not math.isfinite(loss):
+            return None
+        level = sorted(recent)[len(recent) // 2]
+        if level - w["best"] < math.log(RELAPSE_RATIO):
+            w["above"] = None
+            return None
+        w["above"] = step if w["above"] is None else w["above"]
+        if step - w["above"] + 1 < RELAPSE_STEPS:
+            return None
+        ratio = math.exp(level - w["best"])
+        return Diagnosis(
+            "diverging", w["above"], step, {"loss_ratio_to_best": ratio},
+            ("lower the LR", "check the data of these steps"),
+            f"After the rollback the loss level rose to {ratio:.3g}x the restored state's best and stayed there "
+            f"since step {w['above']}.",
+        )
 
     # ------------------------------------------------------------------ rollback
     def _intervene(self, step: int, d: Diagnosis) -> Intervention:
