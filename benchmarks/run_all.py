@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "finder": ["-m", "benchmarks.finder_regret"],
     "doctor": ["benchmarks/doctor_detection.py"],
     "doctor-real": ["benchmarks/doctor_real_runs.py"],
+    "diagnose-long": ["benchmarks/diagnose_long.py"],
     "guard": ["benchmarks/guard.py", "--steps", "300", "--seeds", "4", "--tasks", "digits,diabetes"],
     "guard-overhead": ["benchmarks/guard_overhead.py"],
     "autopilot": ["-m", "benchmarks.autopilot"],
