@@ -340,7 +340,7 @@ def test_find_with_verification_restores_plain_trainer():
 @given(train_steps=st.integers(100, 10**7))
 def test_planned_finder_costs_at_most_30_percent_of_the_run(train_steps):
     n, v = plan_budget(train_steps=train_steps)
-    assert 10 <= n <= PLANNED_NUM_ITER and v == max(train_steps // 30, MIN_VERIFY_STEPS)
+    assert 10 <= n <= PLANNED_NUM_ITER and v == max(train_steps // 30, MIN_VERIFY_STEPS)  # (T >= 100)
     budget = plan_verify_budget(train_steps, n)
     assert n + budget <= MAX_COST_FRACTION * train_steps  # the verification takes what the range test leaves
     if train_steps >= 200:  # long enough for every candidate the suggestion may run
@@ -356,9 +356,15 @@ def test_explicit_counts_win_over_the_plan(num_iter, verify_steps, train_steps):
 def test_plan_defaults_and_short_runs():
     assert plan_budget() == (DEFAULT_NUM_ITER, DEFAULT_VERIFY_STEPS)
     assert plan_budget(verify=False) == (DEFAULT_NUM_ITER, 0)
-    assert plan_budget(train_steps=20) == (10, MIN_VERIFY_STEPS)
-    assert plan_verify_budget(20, 10) == 0  # no room for verification runs: the suggestion says so
-    assert plan_budget(train_steps=90) == (10, MIN_VERIFY_STEPS) and plan_verify_budget(90, 10) == 17
+    assert plan_budget(train_steps=20) == (10, 0)  # no room for verification runs
+    assert plan_budget(train_steps=90) == (27, 0)  # too short for 4 of them: the 30% go to the range test
+    assert plan_budget(train_steps=120) == (11, MIN_VERIFY_STEPS) and plan_verify_budget(120, 11) == 25
+
+
+def test_a_run_too_short_to_verify_is_said_to_be_unverified():
+    res = find(Quadratic(), start_lr=1e-4, end_lr=10.0, num_iter=27, verify_steps=0, family="sgd", verify_budget=0)
+    assert any(w.startswith("unverified: no verification runs") for w in res.details["warnings"])
+    assert "warning: unverified" in res.summary()
 
 
 @pytest.mark.parametrize("kwargs, message", [

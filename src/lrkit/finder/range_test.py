@@ -71,6 +71,9 @@ MAX_COST_FRACTION = 0.3
 PLANNED_NUM_ITER = 40
 #: the shortest verification run the plan makes: fewer steps cannot show a candidate's progress.
 MIN_VERIFY_STEPS = 5
+#: a run too short for this many verification runs (after a 10-step range test) gets none: its
+#: 30% all go to the range test, and the answer is the rule's, marked unverified.
+MIN_PLANNED_CANDIDATES = 4
 
 ProgressFn = Callable[[int, float, float], None]
 
@@ -100,7 +103,9 @@ def plan_budget(
         n = \min\big(40,\ \max(10,\ \lfloor 0.3\,T \rfloor - K v)\big),
         \qquad n + K v \le 0.3\,T \quad (T \ge 100)
 
-    (below :math:`T = 30` there is no room for verification runs and ``verify_steps`` is 0).
+    (when fewer than :data:`MIN_PLANNED_CANDIDATES` verification runs of at least
+    :data:`MIN_VERIFY_STEPS` steps fit beside a 10-step range test -- :math:`T < 100` -- there are
+    none: the range test gets the whole 30% and the answer is the rule's, marked unverified).
     Values given explicitly win over the plan.
 
     Raises:
@@ -130,7 +135,11 @@ def plan_budget(
         v = (DEFAULT_VERIFY_STEPS if verify_steps is None else int(verify_steps)) if verify else 0
         return (DEFAULT_NUM_ITER if num_iter is None else int(num_iter)), v
     v = (max(int(train_steps) // 30, MIN_VERIFY_STEPS) if verify_steps is None else int(verify_steps)) if verify else 0
-    room = int(MAX_COST_FRACTION * train_steps) - MAX_CANDIDATES * v
+    total = int(MAX_COST_FRACTION * train_steps)
+    if verify_steps is None and v and total - 10 < MIN_PLANNED_CANDIDATES * v:
+        # too short a run for a search worth the name: the whole 30% goes to the range test
+        return (min(PLANNED_NUM_ITER, max(10, total)) if num_iter is None else int(num_iter)), 0
+    room = total - MAX_CANDIDATES * v
     n = min(PLANNED_NUM_ITER, max(10, room)) if num_iter is None else int(num_iter)
     return n, v
 
@@ -144,8 +153,10 @@ def plan_verify_budget(train_steps: int | None, num_iter: int) -> int | None:
     progress is no verification).
 
     Example:
-        >>> plan_budget(train_steps=90), plan_verify_budget(90, 10)   # 3 runs of 5 steps fit
-        ((10, 5), 17)
+        >>> plan_budget(train_steps=120), plan_verify_budget(120, 11)   # 5 runs of 5 steps fit
+        ((11, 5), 25)
+        >>> plan_budget(train_steps=90)    # too short to verify: a 27-step range test
+        (27, 0)
         >>> plan_verify_budget(None, 100) is None
         True
     """
@@ -439,6 +450,10 @@ def find(
     most_verify = int(verify_budget) if verify_budget is not None else MAX_CANDIDATES * int(verify_steps)
     details["budget"] = {"max_steps": int(num_iter) + (most_verify if verify_steps > 0 else 0),
                          "sized_by_train_steps": verify_budget is not None}
+    if verify_steps == 0 and verify_budget is not None:
+        details["warnings"] = list(details.get("warnings") or []) + [
+            "unverified: no verification runs (the run is too short for them within 30% of it, or verify=False); "
+            "the answer is the range-test rule's"]
     return FinderResult(
         lrs=record.lrs,
         losses=record.losses,
