@@ -88,6 +88,23 @@ class GuardedWatch(SpeakingWatch):
     doctor: Doctor
     guard: "Guard | None"
 
+    def _init_watch(self, who: str, state: Any, *, guard: bool, doctor: Doctor | None, logger: Any,
+                    on_converged: Any, on_overfitting: Any, plateau_factor: Any, **guard_kwargs: Any) -> None:
+        """The set-up every callback shares: the checked ``doctor``, the logger, the actions on
+        ``converged``/``overfitting``, and (``guard=True``) a :class:`~lrkit.doctor.guard.Guard` over
+        ``state`` (the framework's snapshot/restore) taking ``guard_kwargs``; the callback's first
+        batch is its initial snapshot (``take_initial_snapshot=False``)."""
+        from lrkit.doctor.guard import Guard
+        from lrkit.doctor.watch import check_actions
+
+        self.doctor = watch_doctor(who, guard, doctor)
+        self.watch_logger = logger
+        self.watch_on = check_actions(who, on_converged, on_overfitting, plateau_factor)
+        self.plateau_factor = float(plateau_factor)
+        self.guard = None
+        if guard:
+            self.guard = Guard(state, doctor=self.doctor, logger=logger, take_initial_snapshot=False, **guard_kwargs)
+
     @property
     def diagnosis(self) -> Diagnosis:
         """The doctor's latest :class:`Diagnosis`."""

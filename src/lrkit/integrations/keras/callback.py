@@ -63,11 +63,9 @@ from typing import Any, Callable
 import keras
 import numpy as np
 
-from lrkit.doctor.core import Diagnosis, Doctor
-from lrkit.doctor.guard import Guard
-from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation, watch_doctor
+from lrkit.doctor.core import Doctor
+from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation
 from lrkit.doctor.interventions import Intervention
-from lrkit.doctor.watch import check_actions
 from lrkit.integrations.keras.schedule import LRKitSchedule, _learning_rate_of
 
 __all__ = ["LRDoctorCallback"]
@@ -135,17 +133,10 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
         plateau_factor: float = 0.1,
     ) -> None:
         super().__init__()
-        self.doctor = watch_doctor("LRDoctorCallback", guard, doctor)
-        self.watch_logger = logger
-        self.watch_on = check_actions("LRDoctorCallback", on_converged, on_overfitting, plateau_factor)
-        self.plateau_factor = float(plateau_factor)
-        self.guard: Guard | None = None
-        if guard:
-            self.guard = Guard(
-                _State(self), doctor=self.doctor, snapshot_every=snapshot_every, lr_factor=lr_factor,
-                max_retries=max_retries, act_on=act_on, storage=storage, storage_dir=storage_dir,
-                on_intervention=on_intervention, logger=logger, take_initial_snapshot=False,
-            )
+        self._init_watch("LRDoctorCallback", _State(self), guard=guard, doctor=doctor, logger=logger,
+                         on_converged=on_converged, on_overfitting=on_overfitting, plateau_factor=plateau_factor,
+                         snapshot_every=snapshot_every, lr_factor=lr_factor, max_retries=max_retries, act_on=act_on,
+                         storage=storage, storage_dir=storage_dir, on_intervention=on_intervention)
         self.history: list[tuple[int, float, float]] = []
         self._step = 0
         self._tracker: Any = None

@@ -37,11 +37,9 @@ from typing import Any, Callable
 import lightning.pytorch as pl
 import torch
 
-from lrkit.doctor.core import SEVERITY, Diagnosis, Doctor
-from lrkit.doctor.guard import Guard
-from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation, watch_doctor
+from lrkit.doctor.core import SEVERITY, Doctor
+from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation
 from lrkit.doctor.interventions import Intervention
-from lrkit.doctor.watch import check_actions
 from lrkit.integrations.torch.doctor import grad_norm
 from lrkit.integrations.torch.state import TorchSnapshot
 
@@ -110,18 +108,11 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         plateau_factor: float = 0.1,
     ) -> None:
         super().__init__()
-        self.doctor = watch_doctor("LRDoctorCallback", guard, doctor)
-        self.watch_logger = logger
-        self.watch_on = check_actions("LRDoctorCallback", on_converged, on_overfitting, plateau_factor)
-        self.plateau_factor = float(plateau_factor)
         self._trainer: Any = None
-        self.guard: Guard | None = None
-        if guard:
-            self.guard = Guard(
-                _State(self), doctor=self.doctor, snapshot_every=snapshot_every, lr_factor=lr_factor,
-                max_retries=max_retries, act_on=act_on, storage=storage, storage_dir=storage_dir,
-                on_intervention=on_intervention, logger=logger, take_initial_snapshot=False,
-            )
+        self._init_watch("LRDoctorCallback", _State(self), guard=guard, doctor=doctor, logger=logger,
+                         on_converged=on_converged, on_overfitting=on_overfitting, plateau_factor=plateau_factor,
+                         snapshot_every=snapshot_every, lr_factor=lr_factor, max_retries=max_retries, act_on=act_on,
+                         storage=storage, storage_dir=storage_dir, on_intervention=on_intervention)
         self.log_verdict = bool(log_verdict)
         self.track_grad_norm = bool(track_grad_norm)
         self._module: torch.nn.Module | None = None
