@@ -423,3 +423,43 @@ def test_a_second_blow_up_right_after_a_rollback_is_caught_even_when_the_doctor_
     assert len(g.interventions) >= 2
     assert g.interventions[1].restored_to <= 150 and "restored state" in g.interventions[1].message
     assert not t.dead and t.w > 200  # alive and trained on after the window
+
+
+class NoiseFloor:
+    """A loss whose floor grows with the LR (SGD's noise floor): ``0.05 * lr / 0.1`` above a
+    decaying term; the state is the decay's progress."""
+
+    def __init__(self, seed=0, floor_grows=True):
+        self.w, self.rng, self.floor_grows = 0.0, np.random.default_rng(seed), floor_grows
+
+    def snapshot(self):
+        return self.w
+
+    def restore(self, state):
+        self.w = state
+
+    def step(self, lr):
+        self.w += lr
+        floor = 0.05 * (lr / 0.1 if self.floor_grows else 1.0)
+        return (floor + 2.0 * math.exp(-self.w / 3.0)) * math.exp(0.03 * self.rng.standard_normal())
+
+
+def test_an_lr_raised_3x_and_held_that_makes_the_loss_worse_is_undone_not_cut_tenfold():
+    t = NoiseFloor()
+    g = Guard(t, doctor=Doctor(), snapshot_every=25, lr_factor=0.1, max_overhead=None)
+    for k in range(400):
+        g.step(0.1 if k < 150 else 0.3)  # raised by hand at step 150 and held
+    (rec,) = g.interventions
+    assert rec.verdict == "diverging" and rec.onset == 150 and rec.restored_to <= 150
+    assert rec.evidence["lr_rise"] == pytest.approx(3.0) and rec.new_multiplier == pytest.approx(1 / 3)
+    assert "raised 3x at step 150 and held" in rec.message
+    # back at the LR that trained: the loss sits at its old floor again
+    assert g.diagnosis.verdict == "healthy"
+
+
+def test_a_held_raise_that_does_not_hurt_is_left_alone():
+    t = NoiseFloor(floor_grows=False)  # a higher LR here only trains faster
+    g = Guard(t, doctor=Doctor(), snapshot_every=25, max_overhead=None)
+    for k in range(400):
+        g.step(0.1 if k < 150 else 0.3)
+    assert g.interventions == [] and g.diagnosis.verdict == "healthy"

@@ -64,6 +64,7 @@ from lrkit.doctor.signs import (
     NonFinite,
     Observation,
     Overfitting,
+    RaisedAndHeld,
     Sign,
     Track,
 )
@@ -351,6 +352,7 @@ class Doctor:
             self._nonfinite,  # nan: loss, gradient norm or validation loss not finite
             self._rise,  # diverging: the loss level far above its best
             GradientExplosion(t, c),  # diverging: the gradient norm exploded
+            RaisedAndHeld(t, c),  # diverging: an LR raise held while the loss got worse
             EarlyBlowUp(t, c),  # diverging: a blow-up in the first window
             LossSpikes(t, c, rise=self._rise),  # fluctuating: loss spikes that come back
             MetricSwing(t, c),  # fluctuating: a validation metric swings without progress

@@ -510,6 +510,15 @@ class Guard:
             self._relapse_ref = {"best": rec.best if math.isfinite(rec.best) else self._health.best, "above": None,
                            "label": rec.label}
 
+    def _cut(self, d: Diagnosis) -> float:
+        """The factor the LR multiplier is multiplied by: ``lr_factor``, or, when the doctor saw the
+        LR raised ``r`` times and held (``lr_rise``), ``1/r`` -- back to the LR that trained --
+        kept within ``[lr_factor**2, 1/1.5]``."""
+        r = d.evidence.get("lr_rise", math.nan)
+        if not math.isfinite(r) or r < 1.5:
+            return self.lr_factor
+        return min(max(1.0 / r, self.lr_factor**2), 1.0 / 1.5)
+
     def _relapse(self, step: int, loss: float) -> Diagnosis | None:
         """``diverging`` when, after a rollback, the loss level has sat at :data:`RELAPSE_RATIO`
         times the restored state's best level or more for :data:`RELAPSE_STEPS` steps.
@@ -568,7 +577,7 @@ class Guard:
         self._restore(target, state, rollback=True)
         target.restores += 1
         old = self._multiplier
-        self._multiplier = old * self.lr_factor
+        self._multiplier = old * self._cut(d)
         rec = Intervention(
             step=step, verdict=d.verdict, onset=d.step, evidence=dict(d.evidence), old_multiplier=old,
             new_multiplier=self._multiplier, restored_to=target.label, before_onset=target.label < onset,

@@ -11,6 +11,7 @@ sign                   verdict                     file
 :class:`NonFinite`     ``nan``                     ``nonfinite.py``
 :class:`LossRise`      ``diverging``               ``diverging.py``
 :class:`GradientExplosion`  ``diverging``          ``gradient.py``
+:class:`RaisedAndHeld` ``diverging``              ``lr_held.py``
 :class:`EarlyBlowUp`   ``diverging``               ``early_blowup.py``
 :class:`LossSpikes`    ``fluctuating``             ``fluctuating.py``
 :class:`MetricSwing`   ``fluctuating``             ``metric_swing.py``
@@ -26,6 +27,7 @@ from lrkit.doctor.signs.early_blowup import EarlyBlowUp
 from lrkit.doctor.signs.flat import Flat
 from lrkit.doctor.signs.fluctuating import LossSpikes
 from lrkit.doctor.signs.gradient import GradientExplosion
+from lrkit.doctor.signs.lr_held import RaisedAndHeld
 from lrkit.doctor.signs.metric_swing import MetricSwing
 from lrkit.doctor.signs.nonfinite import NonFinite
 from lrkit.doctor.signs.overfitting import Overfitting
@@ -38,6 +40,7 @@ __all__ = [
     "NonFinite",
     "LossRise",
     "GradientExplosion",
+    "RaisedAndHeld",
     "EarlyBlowUp",
     "LossSpikes",
     "MetricSwing",

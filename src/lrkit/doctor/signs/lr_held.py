@@ -1,0 +1,114 @@
+r"""Sign ``diverging`` (too high, held): the LR was raised and held, and the loss got worse and stayed worse.
+
+A run whose logged LR jumps by a factor :math:`r \ge 1.5` in one step at step :math:`s` and then
+stays exactly there (a raise by hand, a misconfigured stage of a schedule: no schedule decays,
+and no warmup, which keeps rising, holds its LR constant) is judged after :math:`H = 2W` held
+steps: with :math:`m_s` the loss level (median of ``short`` log-losses) when the LR was raised and
+:math:`m_t` the level now,
+
+.. math::
+
+    m_t - m_s > \max\big(\log 1.1,\; z\,\sigma_s\big)
+
+(worse by 10% and by more than the noise of two levels) is ``diverging`` with onset :math:`s`,
+even when the rise stays below the factor :math:`\rho` of :class:`LossRise` (a learning rate too
+high to train well is not always one that blows up). The evidence names the raise
+(``lr_rise`` = :math:`r`) and the guard's remedy is to undo it: the LR multiplier is divided by
+:math:`r` (back to the LR that trained), not cut tenfold. A change of the LR ends the episode;
+a loss that comes back below the margin clears the finding.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+from lrkit.doctor.signs._base import Finding, Observation, Sign, finding_from, finding_state
+
+__all__ = ["RaisedAndHeld", "RISE", "WORSE"]
+
+#: a one-step LR jump of at least this factor starts watching.
+RISE = 1.5
+#: the level must be this factor above the level at the raise (and above the noise).
+WORSE = 1.1
+
+
+class RaisedAndHeld(Sign):
+    """``diverging`` when a held LR raise made the loss worse (see the module docstring).
+
+    State: the LR before and after the raise, its step, the level then, the held steps.
+
+    Example:
+        >>> from lrkit.doctor import Doctor
+        >>> doc = Doctor(window=10)
+        >>> for t in range(200):
+        ...     lr = 0.1 if t < 100 else 0.3
+        ...     loss = 1.0 / (1 + t / 20) if t < 100 else 0.17 + 0.05 * min(1.0, (t - 100) / 10)
+        ...     d = doc.observe(t, loss, lr=lr)
+        >>> d.verdict, d.step, round(d.evidence["lr_rise"], 2)
+        ('diverging', 100, 3.0)
+    """
+
+    name = "lr_held"
+
+    def reset(self) -> None:
+        super().reset()
+        self.prev_lr: float | None = None
+        self.raised_lr: float | None = None
+        self.before_lr = math.nan
+        self.raise_step: int | None = None
+        self.level_before = math.nan
+        self.held = 0
+
+    def observe(self, obs: Observation) -> None:
+        t = self.track
+        lr = obs.lr
+        if lr is None:
+            return
+        if self.raised_lr is not None and lr != self.raised_lr:
+            self.raised_lr, self.raise_step, self.finding = None, None, None  # the LR moved: no longer held
+        if self.raised_lr is None:
+            if self.prev_lr is not None and self.prev_lr > 0 and lr >= RISE * self.prev_lr and t.n >= t.window:
+                self.raised_lr, self.before_lr, self.raise_step = lr, self.prev_lr, obs.step
+                self.level_before, self.held = t.level, 0
+        else:
+            self.held += 1
+            if self.held >= 2 * t.window:
+                excess = t.level - self.level_before
+                margin = max(math.log(WORSE), t.noise_z * t.sigma_short() * math.sqrt(2.0))
+                if excess > margin:
+                    ev = t.base_evidence()
+                    ev["lr_rise"] = self.raised_lr / self.before_lr
+                    ev["lr_before_rise"] = self.before_lr
+                    ev["loss_ratio_to_before_rise"] = math.exp(excess)
+                    self.finding = Finding("diverging", self.raise_step, ev)
+                else:
+                    self.finding = None
+        self.prev_lr = lr
+
+    def explain(self, finding: Finding, step: int) -> tuple[tuple[str, ...], str]:
+        ev = finding.evidence
+        advice = (
+            f"go back to the LR before step {finding.onset} ({ev['lr_before_rise']:.3g}): it was raised "
+            f"{ev['lr_rise']:.3g}x and held",
+            "if the raise was a schedule's, lower its peak",
+        )
+        msg = (f"The LR was raised {ev['lr_rise']:.3g}x at step {finding.onset} and held, and the loss has been "
+               f"{ev['loss_ratio_to_before_rise']:.3g}x worse since: too high to train well.")
+        return advice, msg
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"held_prev_lr": self.prev_lr, "held_raised_lr": self.raised_lr,
+                "held_before_lr": None if math.isnan(self.before_lr) else self.before_lr,
+                "held_raise_step": self.raise_step,
+                "held_level_before": None if math.isnan(self.level_before) else self.level_before,
+                "held_steps": self.held, "held_finding": finding_state(self.finding)}
+
+    def load_state_dict(self, s: Mapping[str, Any]) -> None:
+        super().load_state_dict(s)
+        self.prev_lr = s.get("held_prev_lr")
+        self.raised_lr = s.get("held_raised_lr")
+        self.before_lr = math.nan if s.get("held_before_lr") is None else float(s["held_before_lr"])
+        self.raise_step = s.get("held_raise_step")
+        self.level_before = math.nan if s.get("held_level_before") is None else float(s["held_level_before"])
+        self.held = int(s.get("held_steps", 0))
+        self.finding = finding_from(s.get("held_finding"))
