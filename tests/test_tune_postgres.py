@@ -92,12 +92,14 @@ def _worker(url: str, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "lrkit", "tune", "--storage", url, "--study", "shared",
                              "--strategy", "log", "--low", "1e-5", "--high", "1.0", "--trials", "6",
-                             "--train-steps", "60", "--json", *extra],
+                             "--train-steps", "600", "--json", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 @pytest.mark.slow
 def test_two_workers_share_one_study_on_postgresql(postgres_url):
+    # trials of 600 steps (a few seconds each): long enough that the second worker, still importing
+    # torch when the first starts, finds trials left to run even on a loaded machine
     procs = [_worker(postgres_url), _worker(postgres_url)]
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (out, err) in zip(procs, outs):
