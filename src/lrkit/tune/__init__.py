@@ -21,7 +21,7 @@ from lrkit.tune.result import TrialRecord, TuneResult
 from lrkit.tune.strategies import STRATEGIES, LrkitSampler
 
 __all__ = ["tune", "load_result", "TuneResult", "TrialRecord", "Prior", "STRATEGIES", "PRUNERS",
-           "LrkitSampler", "DoctorPruner", "DivergenceWatch", "BehindBestPruner", "tune_torch", "tune_ray"]
+           "LrkitSampler", "DoctorPruner", "DivergenceWatch", "BehindBestPruner", "tune_torch", "tune_keras", "tune_ray"]
 
 
 def __getattr__(name: str):
@@ -29,6 +29,10 @@ def __getattr__(name: str):
         from lrkit.tune._torch import tune_torch
 
         return tune_torch
+    if name == "tune_keras":
+        from lrkit.tune._keras import tune_keras
+
+        return tune_keras
     if name == "tune_ray":
         from lrkit.tune._ray import tune_ray
 

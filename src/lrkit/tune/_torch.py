@@ -39,7 +39,7 @@ from lrkit.tune.prior import Prior
 from lrkit.tune.pruners import DivergenceWatch
 from lrkit.tune.storage import open_storage
 
-__all__ = ["tune_torch", "build_target", "train_trial", "builtin_target"]
+__all__ = ["tune_torch", "build_target", "train_trial", "run_trial", "builtin_target", "shared_prior"]
 
 REQUIRED = ("model", "optimizer", "loss_fn", "train_loader", "val_loader")
 OPTIONAL = ("step_fn", "batch_size", "accumulation_steps", "grad_clip_norm", "amp")
@@ -91,7 +91,28 @@ def _trainer(spec: dict[str, Any]) -> Any:
 def train_trial(spec: dict[str, Any], lr: float, trial: Any, *, train_steps: int, eval_every: int,
                 schedule: Any = None) -> float:
     """Train the target's model ``train_steps`` steps at peak LR ``lr``; report and return val loss."""
-    trainer = _trainer(spec)
+    return run_trial(_trainer(spec), lr, trial, train_steps=train_steps, eval_every=eval_every, schedule=schedule)
+
+
+def check_run(target: Any, train_steps: Any, eval_every: Any, schedule: Any) -> int:
+    """The arguments every framework's convenience takes, checked before anything is built;
+    returns the steps between validation reports (default a tenth of the run)."""
+    if isinstance(train_steps, bool) or not isinstance(train_steps, int) or train_steps < 1:
+        raise ValueError(f"train_steps must be an integer >= 1 (the optimizer steps of one run), got {train_steps!r}")
+    every = max(1, train_steps // 10) if eval_every is None else eval_every
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"eval_every must be an integer >= 1, got {eval_every!r}")
+    if not callable(target):
+        raise ValueError(f"target must be a function returning the task dict, got {type(target).__name__}")
+    schedule_for(schedule, 1.0, train_steps)  # a bad schedule fails here, before any training
+    return every
+
+
+def run_trial(trainer: Any, lr: float, trial: Any, *, train_steps: int, eval_every: int, schedule: Any = None) -> float:
+    """One trial on any :class:`~lrkit.finder.trainer.Trainer` (``step(lr)``, ``evaluate()``): the LR
+    of step ``t`` follows the schedule at peak ``lr``, every loss goes to the doctor (a diverging
+    trial stops at once), the validation loss is reported every ``eval_every`` steps for the pruner
+    and returned at the end."""
     sched = schedule_for(schedule, lr, train_steps)
     watch = DivergenceWatch(trial)
     value = math.nan
@@ -201,14 +222,7 @@ def tune_torch(
             ``FinderResult`` is used as is; ``False`` starts from the optimizer family's rule of thumb.
         on_finder: called with the ``FinderResult`` after the range test (progress display).
     """
-    if isinstance(train_steps, bool) or not isinstance(train_steps, int) or train_steps < 1:
-        raise ValueError(f"train_steps must be an integer >= 1 (the optimizer steps of one run), got {train_steps!r}")
-    every = max(1, train_steps // 10) if eval_every is None else eval_every
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise ValueError(f"eval_every must be an integer >= 1, got {eval_every!r}")
-    if not callable(target):
-        raise ValueError(f"target must be a function returning the task dict, got {type(target).__name__}")
-    schedule_for(schedule, 1.0, train_steps)  # a bad schedule fails here, before any training
+    every = check_run(target, train_steps, eval_every, schedule)
     from lrkit.scaling import optimizer_family
 
     first_kwargs = {"batch_size": batch_sizes[0]} if batch_sizes else {}
