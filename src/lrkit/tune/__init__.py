@@ -21,7 +21,7 @@ from lrkit.tune.result import TrialRecord, TuneResult
 from lrkit.tune.strategies import STRATEGIES, LrkitSampler
 
 __all__ = ["tune", "load_result", "TuneResult", "TrialRecord", "Prior", "STRATEGIES", "PRUNERS",
-           "LrkitSampler", "DoctorPruner", "DivergenceWatch", "BehindBestPruner", "tune_torch", "tune_keras", "tune_ray"]
+           "LrkitSampler", "DoctorPruner", "DivergenceWatch", "BehindBestPruner", "tune_torch", "tune_keras", "tune_optax", "tune_ray"]
 
 
 def __getattr__(name: str):
@@ -33,6 +33,10 @@ def __getattr__(name: str):
         from lrkit.tune._keras import tune_keras
 
         return tune_keras
+    if name == "tune_optax":
+        from lrkit.tune._optax import tune_optax
+
+        return tune_optax
     if name == "tune_ray":
         from lrkit.tune._ray import tune_ray
 

@@ -28,12 +28,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import optuna
-
-from lrkit.tune._run import tune
-from lrkit.tune._torch import check_run, run_trial, shared_prior
-from lrkit.tune.prior import Prior
-from lrkit.tune.storage import open_storage
+from lrkit.tune._convenience import tune_target
 
 __all__ = ["tune_keras"]
 
@@ -63,65 +58,32 @@ def _trainer(spec: dict[str, Any]) -> Any:
                         batch_size=spec.get("batch_size"), val_data=spec["val_data"])
 
 
-def tune_keras(
-    target: Callable[[], dict],
-    *,
-    train_steps: int,
-    n_trials: int | None = None,
-    budget: float | None = None,
-    schedule: Any = None,
-    eval_every: int | None = None,
-    strategy: str = "lrkit",
-    finder: Any = True,
-    low: float | None = None,
-    high: float | None = None,
-    seed: int = 0,
-    storage: Any = None,
-    study_name: str | None = None,
-    **tune_kwargs: Any,
-):
+def _finder(spec: dict[str, Any], train_steps: int, seed: int) -> Any:
+    from lrkit.keras import find_lr_keras
+
+    return find_lr_keras(spec["model"], spec.get("x"), spec.get("y"), dataset=spec.get("dataset"),
+                         batch_size=spec.get("batch_size"), val_data=spec["val_data"], train_steps=train_steps,
+                         progress=False, seed=seed)
+
+
+def _family(spec: dict[str, Any]) -> str:
+    from lrkit import scaling
+    from lrkit.integrations.keras.trainer import _unwrap
+
+    return scaling.optimizer_family(_unwrap(spec["model"].optimizer))
+
+
+def tune_keras(target: Callable[[], dict], *, train_steps: int, **kwargs: Any):
     """:func:`lrkit.tune` for a Keras 3 target (see the module docstring).
 
     Args:
         target: ``target() -> dict`` with ``model`` (compiled) and ``x``/``y`` or ``dataset``,
             ``batch_size``, ``val_data``.
         train_steps: training steps of one run (>= 1).
-        n_trials, budget, schedule, eval_every, strategy, low, high, seed, storage, study_name,
-            **tune_kwargs: as for :func:`lrkit.tune.tune_torch`.
-        finder: ``True`` runs the range test first for the ``lrkit`` strategy; a
-            ``FinderResult`` is used as is; ``False`` starts from the optimizer family's rule of thumb.
+        **kwargs: ``n_trials``, ``budget``, ``schedule``, ``eval_every``, ``strategy``, ``finder``
+            (``True``: the range test first for the ``lrkit`` strategy; a ``FinderResult``;
+            ``False``), ``low``, ``high``, ``seed``, ``storage``, ``study_name`` and the rest of
+            :func:`lrkit.tune`'s arguments, as for :func:`lrkit.tune.tune_torch`.
     """
-    every = check_run(target, train_steps, eval_every, schedule)
-    from lrkit import scaling
-    from lrkit.integrations.keras.trainer import _unwrap
-
-    probe = _build(target, seed)
-    family = scaling.optimizer_family(_unwrap(probe["model"].optimizer))
-    del probe
-    prior = tune_kwargs.pop("prior", None)
-    if strategy == "lrkit" and prior is None and finder is not False:
-        storage_obj = open_storage(storage, **{k: tune_kwargs[k] for k in ("heartbeat_interval", "grace_period")
-                                               if k in tune_kwargs})
-        storage = storage_obj if storage_obj is not None else storage
-
-        def make_prior() -> Prior:
-            from lrkit.keras import find_lr_keras
-
-            if finder is not True:
-                return Prior.from_finder(finder, low=low, high=high, family=family)
-            spec = _build(target, seed)
-            result = find_lr_keras(spec["model"], spec.get("x"), spec.get("y"), dataset=spec.get("dataset"),
-                                   batch_size=spec.get("batch_size"), val_data=spec["val_data"],
-                                   train_steps=train_steps, progress=False, seed=seed)
-            return Prior.from_finder(result, low=low, high=high, family=family)
-
-        prior = shared_prior(storage_obj, study_name, tune_kwargs.get("direction", "minimize"), make_prior)
-
-    def objective(lr: float, trial: optuna.Trial) -> float:
-        spec = _build(target, seed)
-        return run_trial(_trainer(spec), lr, trial, train_steps=train_steps, eval_every=every,
-                         schedule=trial.params.get("schedule", schedule))
-
-    return tune(objective, n_trials=n_trials, budget=budget, train_steps=train_steps, low=low, high=high,
-                family=family, strategy=strategy, prior=prior, seed=seed, storage=storage, study_name=study_name,
-                **tune_kwargs)
+    return tune_target(target, build=_build, make_trainer=_trainer, run_finder=_finder, family_of=_family,
+                       train_steps=train_steps, **kwargs)
