@@ -436,4 +436,4 @@ def test_a_flat_curve_is_reported_in_the_result_the_summary_and_the_plot():
     assert "warning: the range-test curve is flat or uninformative" in res.summary()
     ax = res.plot()
     assert any("flat or uninformative" in t.get_text() for t in ax.texts)
-    assert "budget: the default, at most" in res.summary()  # no train_steps: the default cost is said
+    assert "steps, not sized to your run; pass train_steps=" in res.summary()  # no train_steps: the cost is said

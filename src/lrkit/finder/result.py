@@ -157,8 +157,8 @@ class FinderResult:
                          + (f" of at most {budget}" if budget is not None else "") + ")"))
         plan = self.details.get("budget") or {}
         if plan and not plan.get("sized_by_train_steps"):
-            rows.append(("budget", f"the default, at most {plan['max_steps']} steps; pass train_steps= (the "
-                         "length of your run) to keep the finder within 30% of it"))
+            rows.append(("budget", f"at most {plan['max_steps']} steps, not sized to your run; pass train_steps= "
+                         "(the length of your run) to keep the finder within 30% of it"))
         if self.batch_size is not None:
             rows.append(("batch size", str(self.batch_size)))
         for text in self.details.get("warnings") or ():
