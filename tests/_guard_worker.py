@@ -1,9 +1,9 @@
 """A guarded NumPy run for the kill -9 tests (run as a subprocess by tests/test_guard_storage.py).
 
-Usage: python _guard_worker.py STORAGE_DIR RUN_ID STEPS SNAPSHOT_EVERY BALLAST_MB SLEEP_S OUT_JSON
+Usage: python _guard_worker.py STORAGE_DIR RUN_ID STEPS SNAPSHOT_EVERY BALLAST_MB SLEEP_S OUT_JSON [sync]
 
-Prints ``start <resumed_from>`` and then ``step <n>`` after every step (flushed); writes the final
-weights to OUT_JSON and closes the guard.
+Prints ``start <resumed_from>`` and then ``step <n> <newest snapshot step>`` after every step
+(flushed); writes the final weights to OUT_JSON and closes the guard. ``sync``: ``sync_writes=True``.
 """
 from __future__ import annotations
 
@@ -47,14 +47,15 @@ class LinReg:
 
 def main() -> None:
     storage_dir, run_id, steps, every, ballast, sleep, out = sys.argv[1:8]
+    sync = sys.argv[8:9] == ["sync"]
     logging.basicConfig(level=logging.WARNING)
     t = LinReg(int(ballast))
     g = Guard(t, doctor=Doctor(window=10), snapshot_every=int(every), storage="disk", storage_dir=storage_dir,
-              run_id=run_id, resume=True, max_overhead=None)
+              run_id=run_id, resume=True, max_overhead=None, sync_writes=sync)
     print("start", g.resumed_from, g.lr_multiplier, flush=True)
     while g.step_count < int(steps):
         g.step(0.05)
-        print("step", g.step_count - 1, flush=True)
+        print("step", g.step_count - 1, max(g.snapshot_steps), flush=True)
         if float(sleep):
             time.sleep(float(sleep))
     with open(out, "w") as fh:

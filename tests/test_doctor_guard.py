@@ -463,3 +463,30 @@ def test_a_held_raise_that_does_not_hurt_is_left_alone():
     for k in range(400):
         g.step(0.1 if k < 150 else 0.3)
     assert g.interventions == [] and g.diagnosis.verdict == "healthy"
+
+
+def test_a_blow_up_under_a_held_raise_undoes_the_raise_not_a_tenth_of_it():
+    t = LinReg()
+    lam = float(np.linalg.eigvalsh(t.H)[-1])
+    good = 0.3 / lam
+    g = Guard(t, snapshot_every=20, lr_factor=0.1, max_overhead=None)
+    for _ in range(200):
+        g.step(good)
+    while not g.interventions:
+        g.step(good * 30)  # raised 30x at step 200 and held: lr * lambda_max = 9, a blow-up
+    (rec,) = g.interventions
+    assert rec.restored_to <= 200 and rec.new_multiplier == pytest.approx(1 / 30)
+    for _ in range(200):  # back at the LR that trained, the run goes on without a second rollback
+        g.step(good * 30)
+    assert len(g.interventions) == 1 and t.evaluate() < 0.05
+
+
+def test_a_fault_long_after_a_held_raise_gets_the_usual_cut():
+    t = LinReg(nan_at={260})
+    lam = float(np.linalg.eigvalsh(t.H)[-1])
+    g = Guard(t, snapshot_every=20, lr_factor=0.1, max_overhead=None)
+    for k in range(320):
+        g.step(0.15 / lam if k < 100 else 0.3 / lam)  # a 2x raise at step 100 that trains fine
+    (rec,) = g.interventions
+    assert rec.verdict == "nan" and rec.restored_to > 100  # the snapshot postdates the raise
+    assert rec.new_multiplier == pytest.approx(0.1)

@@ -145,3 +145,34 @@ def test_validation_results_reach_the_doctor_with_the_next_step(guard):
     assert [s for s, _, _ in carried] == [8, 16]  # first step of epochs 2 and 3 (8 batches/epoch)
     got = [x for _, v, m in carried for x in (v, m["val_mae"])]
     assert got == pytest.approx([x for pair in seen_val[:2] for x in pair], rel=1e-6)
+
+
+def test_a_run_resumed_from_its_checkpoint_keeps_the_lowered_lr_and_history(tmp_path):
+    """The guard's multiplier lives in the optimizer hooks, not in any optimizer or scheduler state:
+    the callback's own state in the checkpoint carries it (and the interventions, the doctor)."""
+    cb = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=10)
+    module = Regression(0.05, nan_at=30)
+    _, trainer = fit(module, cb, steps=60)
+    assert cb.lr_multiplier == pytest.approx(0.1) and len(cb.interventions) == 1
+    ckpt = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(ckpt)
+
+    resumed = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=10)
+    module2 = Regression(0.05)
+    seen = []
+    orig_start = resumed.on_train_start
+
+    def start(trainer, pl_module):
+        orig_start(trainer, pl_module)
+        trainer.optimizers[0].register_step_pre_hook(lambda o, a, k: seen.append(o.param_groups[0]["lr"]))
+
+    resumed.on_train_start = start
+    trainer2 = pl.Trainer(max_steps=80, accelerator="cpu", devices=1, enable_progress_bar=False, logger=False,
+                          enable_checkpointing=False, enable_model_summary=False, callbacks=[resumed])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer2.fit(module2, data(), ckpt_path=ckpt)
+    assert resumed.lr_multiplier == pytest.approx(0.1)
+    assert [i.verdict for i in resumed.interventions] == ["nan"]
+    assert seen and all(lr == pytest.approx(0.05 * 0.1) for lr in seen)  # 20 steps at the lowered LR
+    assert resumed.doctor.n_observations == cb.doctor.n_observations + len(seen)  # the doctor went on

@@ -377,7 +377,7 @@ def test_docstring_examples():
 
 
 def test_a_checkpoint_saved_after_a_rollback_resumes_with_the_lowered_lr(tmp_path):
-    """The scheduler's state_dict carries the lowered base_lrs; the resumed run gets a fresh guard."""
+    """The scheduler's state_dict carries the lowered base_lrs and the callback's state."""
     def run(steps, cb, **kw):
         args = make_args(tmp_path, 0.1, steps=steps, nan_filter=True, scheduler="linear", save_strategy="steps",
                          save_steps=40)
@@ -393,7 +393,13 @@ def test_a_checkpoint_saved_after_a_rollback_resumes_with_the_lowered_lr(tmp_pat
     assert trainer.lr_scheduler.base_lrs == [pytest.approx(0.01)] * len(trainer.optimizer.param_groups)
     logged = {h["step"]: h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h}
     assert logged[41] == pytest.approx(0.1 * 0.1 * (60 - 40) / 60)  # 0.1 x the schedule, from the checkpoint
-    assert second.interventions == [] and second.lr_multiplier == 1.0  # relative to the resumed LRs
+    # the callback's state rode in the checkpoint's scheduler.pt: the records and the doctor go on
+    saved = torch.load(tmp_path / "checkpoint-40" / "scheduler.pt", weights_only=True)["lrkit_doctor"]
+    assert saved["guard"]["multiplier"] == pytest.approx(0.1) and saved["last_step"] == 40
+    assert second.lr_multiplier == pytest.approx(0.1) and [i.verdict for i in second.interventions] == ["nan"]
+    at_checkpoint = Doctor(window=10)
+    at_checkpoint.load_state_dict(saved["doctor"])
+    assert second.doctor.n_observations == at_checkpoint.n_observations + 20  # logs 41..60
 
 
 def test_evaluation_results_reach_the_doctor_with_the_next_log(tmp_path):

@@ -26,17 +26,17 @@ WORKER = Path(__file__).parent / "_guard_worker.py"
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-def _spawn(storage_dir, run_id, steps, every, ballast=0, sleep=0.0, out=None):
+def _spawn(storage_dir, run_id, steps, every, ballast=0, sleep=0.0, out=None, sync=False):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     return subprocess.Popen(
         [sys.executable, str(WORKER), str(storage_dir), run_id, str(steps), str(every), str(ballast), str(sleep),
-         str(out)],
+         str(out)] + (["sync"] if sync else []),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
 
 
-def _run_to_end(storage_dir, run_id, steps, every, out, ballast=0):
-    p = _spawn(storage_dir, run_id, steps, every, ballast=ballast, out=out)
+def _run_to_end(storage_dir, run_id, steps, every, out, ballast=0, sync=False):
+    p = _spawn(storage_dir, run_id, steps, every, ballast=ballast, out=out, sync=sync)
     stdout, stderr = p.communicate(timeout=300)
     assert p.returncode == 0, stderr
     return stdout.splitlines()[0].split(), json.loads(Path(out).read_text())
@@ -64,6 +64,23 @@ def test_kill_9_mid_run_then_resume_continues_bitwise(tmp_path):
     assert killed_at - 10 <= resumed_from <= killed_at + 1  # lost at most one snapshot period
     assert out["w"] == ref["w"]  # bitwise: weights, RNG and doctor state came back
     assert not run_dir.exists()  # the finished run cleaned up
+
+
+def test_kill_9_with_sync_writes_loses_nothing_past_the_newest_snapshot(tmp_path):
+    """``sync_writes=True``: once a step returns, the snapshot it took is on disk, so a kill right
+    after a snapshot resumes from that very snapshot (at most one period is ever lost)."""
+    p = _spawn(tmp_path, "sync", 10_000, 5, ballast=16, out=tmp_path / "out.json", sync=True)
+    newest = None
+    for line in p.stdout:
+        parts = line.split()
+        if parts[0] == "step" and int(parts[1]) >= 30 and int(parts[2]) == int(parts[1]) + 1:
+            newest = int(parts[2])  # this step's observation just took a 16 MB snapshot
+            p.send_signal(signal.SIGKILL)
+            break
+    p.wait(timeout=60)
+    assert p.returncode == -signal.SIGKILL and newest is not None
+    start, _ = _run_to_end(tmp_path, "sync", newest + 3, 5, tmp_path / "out.json", ballast=16)
+    assert int(start[1]) == newest
 
 
 @pytest.mark.slow
@@ -188,6 +205,10 @@ def test_bad_storage_arguments():
         Guard(LinReg(), resume=True)
     with pytest.raises(ValueError, match="run_id is only used with storage='disk'"):
         Guard(LinReg(), run_id="x")
+    with pytest.raises(ValueError, match="sync_writes is only used with storage='disk'"):
+        Guard(LinReg(), sync_writes=True)
+    with pytest.raises(ValueError, match="sync_writes must be True or False"):
+        Guard(LinReg(), storage="disk", sync_writes="yes")
 
 
 def test_atomic_writes_leave_no_temporary_file(tmp_path):

@@ -156,6 +156,11 @@ class Guard:
             default a unique one. Give one to be able to resume.
         resume: with ``storage="disk"`` and a ``run_id``: if the run's manifest exists (a killed
             process), :meth:`start` continues from it instead of taking a new initial snapshot.
+        sync_writes: with ``storage="disk"``: training waits until each snapshot (and the
+            manifest naming it) is on disk, so a ``kill -9`` loses at most one snapshot period of
+            work. Default ``False``: files are written on a background thread while training goes
+            on, and a kill during a write loses the period plus the steps of that write (the
+            previous snapshot is the newest complete one).
     """
 
     def __init__(
@@ -178,6 +183,7 @@ class Guard:
         max_overhead: float | None = 0.01,
         run_id: str | None = None,
         resume: bool = False,
+        sync_writes: bool = False,
     ) -> None:
         for name in ("snapshot", "restore"):
             if not callable(getattr(trainer, name, None)):
@@ -205,8 +211,11 @@ class Guard:
         for name, value in (("storage_dir", storage_dir), ("run_id", run_id)):
             if value is not None and storage != "disk":
                 raise ValueError(f"Guard: {name} is only used with storage='disk', got storage={storage!r}")
-        if not isinstance(resume, bool):
-            raise ValueError(f"Guard: resume must be True or False, got {resume!r}")
+        for name, flag in (("resume", resume), ("sync_writes", sync_writes)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"Guard: {name} must be True or False, got {flag!r}")
+        if sync_writes and storage != "disk":
+            raise ValueError(f"Guard: sync_writes is only used with storage='disk', got storage={storage!r}")
         if resume and (storage != "disk" or run_id is None):
             raise ValueError("Guard: resume=True needs storage='disk' and a run_id (the run to find again)")
         if on_intervention is not None and not callable(on_intervention):
@@ -225,6 +234,7 @@ class Guard:
         self.logger = logger if logger is not None else logging.getLogger("lrkit.guard")
         self.keep_initial = bool(keep_initial)
         self.resume = resume
+        self.sync_writes = sync_writes
         self._storage_dir = storage_dir
         self._run_id = run_id
         self._store: MemoryStore | DiskStore | None = None
@@ -298,6 +308,7 @@ class Guard:
             return
         self._open_store()
         self._started = True
+        self.resumed_from = None
         manifest = self._store.manifest() if self.resume and isinstance(self._store, DiskStore) else None
         if manifest is not None:
             self._resume(manifest)
@@ -396,6 +407,44 @@ class Guard:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    def state_dict(self) -> dict[str, Any]:
+        """The guard's state without its snapshots, in plain JSON types: the LR multiplier, the
+        clock, the interventions and the doctor's state -- what a framework's own checkpoint
+        carries (Lightning's callback state, the ``Trainer``'s scheduler) so that a resumed run keeps
+        its lowered LR and its history; the checkpoint's weights become its first snapshot.
+
+        Example:
+            >>> class T:
+            ...     def snapshot(self): return None
+            ...     def restore(self, s): pass
+            >>> g = Guard(T(), take_initial_snapshot=False)
+            >>> sorted(g.state_dict())
+            ['clock', 'doctor', 'format', 'interventions', 'multiplier']
+        """
+        return {
+            "format": 1,
+            "multiplier": self._multiplier,
+            "clock": self._clock,
+            "interventions": [i.to_dict() for i in self._interventions],
+            "doctor": self.doctor.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (before :meth:`start`, which then snapshots the state the
+        framework restored as the run's first). A mapping of another shape is refused."""
+        if not isinstance(state, Mapping) or state.get("format") != 1 or not {
+                "multiplier", "clock", "interventions", "doctor"} <= set(state):
+            raise ValueError(f"Guard.load_state_dict: not a Guard.state_dict() (format 1), got {state!r:.200}")
+        if self._started:
+            raise ValueError("Guard.load_state_dict: the guard has started; load its state before start()")
+        m = float(state["multiplier"])
+        if not (math.isfinite(m) and m > 0):
+            raise ValueError(f"Guard.load_state_dict: multiplier must be a finite number > 0, got {m!r}")
+        self._multiplier = m
+        self._clock = int(state["clock"])
+        self._interventions = [Intervention.from_dict(i) for i in state["interventions"]]
+        self.doctor.load_state_dict(state["doctor"])
+
     def state_summary(self) -> Mapping[str, Any]:
         """A JSON-ready summary: multiplier, clock, snapshot steps and interventions."""
         return {
@@ -411,7 +460,8 @@ class Guard:
     def _open_store(self) -> None:
         if self._store is None:
             self._store = (
-                DiskStore(self._storage_dir, run_id=self._run_id) if self.storage == "disk" else MemoryStore()
+                DiskStore(self._storage_dir, run_id=self._run_id, background=not self.sync_writes)
+                if self.storage == "disk" else MemoryStore()
             )
 
     def _pool(self) -> list[SnapshotRecord]:
@@ -510,11 +560,17 @@ class Guard:
             self._relapse_ref = {"best": rec.best if math.isfinite(rec.best) else self._health.best, "above": None,
                            "label": rec.label}
 
-    def _cut(self, d: Diagnosis) -> float:
-        """The factor the LR multiplier is multiplied by: ``lr_factor``, or, when the doctor saw the
-        LR raised ``r`` times and held (``lr_rise``), ``1/r`` -- back to the LR that trained --
+    def _cut(self, d: Diagnosis, target: SnapshotRecord) -> float:
+        """The factor the LR multiplier is multiplied by: ``lr_factor``; or ``1/r`` -- back to the LR
+        that trained -- when the LR was raised ``r`` times and held: the doctor said so
+        (``lr_rise``), or the run diverged under a raise still held that the restored snapshot
+        predates (an LR raised 30x at step ``s`` goes back to its old value, not to 3x it);
         kept within ``[lr_factor**2, 1/1.5]``."""
         r = d.evidence.get("lr_rise", math.nan)
+        if not math.isfinite(r) or r < 1.5:
+            sign = self.doctor.signs.get("lr_held")
+            held = sign.held_raise() if sign is not None else None
+            r = held[1] if held is not None and held[0] >= target.label else math.nan
         if not math.isfinite(r) or r < 1.5:
             return self.lr_factor
         return min(max(1.0 / r, self.lr_factor**2), 1.0 / 1.5)
@@ -574,10 +630,11 @@ class Guard:
             self._store.drop(snap.handle)
         self._snaps = [s for s in self._snaps if s.label <= target.label]
         target.cut(onset)  # the restored timeline's own losses no longer speak for it
+        cut = self._cut(d, target)  # before the doctor is rewound to the snapshot's state
         self._restore(target, state, rollback=True)
         target.restores += 1
         old = self._multiplier
-        self._multiplier = old * self._cut(d)
+        self._multiplier = old * cut
         rec = Intervention(
             step=step, verdict=d.verdict, onset=d.step, evidence=dict(d.evidence), old_multiplier=old,
             new_multiplier=self._multiplier, restored_to=target.label, before_onset=target.label < onset,

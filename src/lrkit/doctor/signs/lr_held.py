@@ -85,6 +85,13 @@ class RaisedAndHeld(Sign):
                     self.finding = None
         self.prev_lr = lr
 
+    def held_raise(self) -> tuple[int, float] | None:
+        """``(step, r)`` of an LR raise by ``r`` that is still held now (whatever the loss says), else
+        ``None``: what the guard undoes when the run diverges under it."""
+        if self.raised_lr is None or self.raise_step is None or not self.before_lr > 0:
+            return None
+        return self.raise_step, self.raised_lr / self.before_lr
+
     def explain(self, finding: Finding, step: int) -> tuple[tuple[str, ...], str]:
         ev = finding.evidence
         advice = (

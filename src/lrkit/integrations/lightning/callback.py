@@ -25,6 +25,13 @@ update uses :math:`m\cdot\text{lr}`. The hooks are removed in ``on_train_end``.
 A rollback rewinds the weights and optimizer state, not the clock: ``global_step``, schedulers
 and the data loader go on.
 
+**Checkpoints.** The callback's state -- the guard's LR multiplier (applied by the hooks, so no
+optimizer or scheduler state holds it), its interventions, the doctor's state and the step count --
+is saved in every Lightning checkpoint (``state_dict``), and ``trainer.fit(..., ckpt_path=...)``
+restores it: a run killed and resumed from its last checkpoint goes on at the lowered LR with its
+history. The checkpoint's weights become the guard's first snapshot (snapshots themselves are not
+in the checkpoint).
+
 Example (see the tests for a complete run)::
 
     trainer = lightning.Trainer(max_steps=1000, callbacks=[LRDoctorCallback(guard=True)])
@@ -123,6 +130,25 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         self._step = 0
         self._last_lr: float | None = None
         self._pending_val = PendingValidation(prefixes=("val_", "val/"), loss_names=("val_loss", "val/loss"))
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in Lightning checkpoints: the step count, the doctor's and the guard's state."""
+        state: dict[str, Any] = {"step": self._step, "doctor": self.doctor.state_dict()}
+        if self.guard is not None:
+            state["guard"] = self.guard.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restored by ``trainer.fit(..., ckpt_path=...)`` before training starts."""
+        if not state_dict:
+            return
+        self._step = int(state_dict.get("step", 0))
+        if self.guard is not None and "guard" in state_dict:
+            self.guard.close()  # a callback reused from an earlier fit: its snapshots are stale
+            self.guard.load_state_dict(state_dict["guard"])  # the doctor's state included
+        elif "doctor" in state_dict:
+            self.doctor.load_state_dict(state_dict["doctor"])
 
     # ------------------------------------------------------------------ optimizer hooks
     def _pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:

@@ -178,7 +178,7 @@ class TorchDoctor(GuardedWatch):
             ``False`` only the doctor runs and :meth:`after_step` always returns ``False``.
         doctor: a :class:`~lrkit.doctor.core.Doctor` (default ``Doctor()``).
         snapshot_every, lr_factor, max_retries, act_on, storage, storage_dir, on_intervention,
-            logger, keep, max_overhead, run_id, resume: as in :class:`~lrkit.doctor.guard.Guard`.
+            logger, keep, max_overhead, run_id, resume, sync_writes: as in :class:`~lrkit.doctor.guard.Guard`.
             The stability probe logs to ``logger`` too (default
             ``logging.getLogger("lrkit.stability")``). With ``storage="disk"``, a ``run_id`` and
             ``resume=True``, a run killed with ``kill -9`` and started again with the same
@@ -232,6 +232,7 @@ class TorchDoctor(GuardedWatch):
         max_overhead: float | None = 0.01,
         run_id: str | None = None,
         resume: bool = False,
+        sync_writes: bool = False,
         on_converged: str | None = None,
         on_overfitting: str | None = None,
         plateau_factor: float = 0.1,
@@ -272,7 +273,7 @@ class TorchDoctor(GuardedWatch):
                 _State(self), doctor=self.doctor, snapshot_every=snapshot_every, lr_factor=lr_factor,
                 max_retries=max_retries, act_on=act_on, storage=storage, storage_dir=storage_dir,
                 on_intervention=on_intervention, logger=logger, keep=keep, max_overhead=max_overhead,
-                run_id=run_id, resume=resume,
+                run_id=run_id, resume=resume, sync_writes=sync_writes,
             )
         elif not isinstance(self.doctor, Doctor):
             raise ValueError(f"TorchDoctor: doctor must be an lrkit.doctor.Doctor or None, got {type(doctor).__name__}")

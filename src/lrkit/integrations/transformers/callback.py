@@ -59,6 +59,12 @@ stepped the optimizer and the scheduler and logged the loss:
   again, the guard restores it once more, logs an ERROR line and raises
   :class:`~lrkit.doctor.guard.GuardGaveUp` out of ``trainer.train()`` (as the Lightning and Keras
   callbacks do): the model is left on that last good state.
+* **Checkpoints.** Whenever the ``Trainer`` is about to save, the callback's state -- the guard's
+  LR multiplier, interventions and clock, the doctor's state -- is put on the scheduler object,
+  whose ``state_dict`` (saved in each checkpoint's ``scheduler.pt``) holds its attributes; so
+  ``trainer.train(resume_from_checkpoint=...)`` after a crash goes on with the doctor's history and
+  the guard's records (the lowered LR itself is in the scheduler's ``base_lrs``). The checkpoint's
+  weights become the guard's first snapshot.
 * Each rollback is one WARNING line (logger ``"lrkit.guard"``, or ``logger``) and one
   :class:`~lrkit.doctor.guard.Intervention` in :attr:`interventions`; :attr:`lr_multiplier` is
   the product of the factors applied since ``train()`` began.
@@ -104,6 +110,8 @@ from lrkit.doctor.watch import check_actions
 from lrkit.integrations.torch.state import TorchSnapshot
 
 __all__ = ["LRDoctorCallback"]
+
+_KEY = "lrkit_doctor"  # the scheduler attribute the callback's state rides in (saved by its state_dict)
 
 _RECIPE = (
     "use LRDoctorCallback(stop_on=('nan', 'diverging')) and resume from the last checkpoint with a lower "
@@ -290,6 +298,7 @@ class LRDoctorCallback(GuardedWatch, TrainerCallback):
         self._scheduler: Any = None
         self._scaler: Any = None
         self._rollback_diagnosis: Diagnosis | None = None
+        self._sched_any: Any = None  # the Trainer's scheduler (any kind): checkpoints carry our state on it
 
     def _new_guard(self) -> Guard:
         return Guard(_State(self), doctor=self.doctor, take_initial_snapshot=False, **self._guard_kwargs)
@@ -353,17 +362,27 @@ class LRDoctorCallback(GuardedWatch, TrainerCallback):
             optimizer, scheduler = kwargs.get("optimizer"), kwargs.get("lr_scheduler")
             self._optimizer = getattr(optimizer, "optimizer", optimizer)
             self._scheduler = scheduler
-        if state.global_step == 0:  # a fresh run (not a resume): forget a previous one
+        sched = kwargs.get("lr_scheduler")
+        saved = getattr(sched, _KEY, None) if state.global_step > 0 else None
+        saved = saved if isinstance(saved, dict) and "doctor" in saved else None
+        if state.global_step == 0 or saved is not None:  # a fresh run, or a resume from a checkpoint
             self.doctor.reset()
             if self._auto_doctor:  # one observation per log: a doctor sized for that many
                 self.doctor = Doctor(**settings_for_rows(_expected_logs(args, state)))
             self._watch_reset()
             self.stopped_by = None
             self._last_step = None
+        self._sched_any = sched
         if self.guard is not None:
             self.guard.close()
             self.guard = self._new_guard()  # a fresh clock and multiplier for this train() call
+            if saved is not None and "guard" in saved:
+                self.guard.load_state_dict(saved["guard"])  # the doctor's state with it
             self.guard.start()  # the state before the first step of this call
+        if saved is not None and (self.guard is None or "guard" not in saved):
+            self.doctor.load_state_dict(saved["doctor"])
+        if saved is not None:
+            self._last_step = saved.get("last_step")
         if self.guard is None and getattr(args, "logging_nan_inf_filter", False):
             warnings.warn(
                 "LRDoctorCallback: TrainingArguments.logging_nan_inf_filter=True replaces NaN/inf losses in the "
@@ -371,6 +390,23 @@ class LRDoctorCallback(GuardedWatch, TrainerCallback):
                 "logging_nan_inf_filter=False for a reliable 'nan' verdict",
                 stacklevel=2,
             )
+
+    def _refresh(self) -> None:
+        """Put the callback's state on the scheduler, whose ``state_dict`` the checkpoint saves."""
+        if self._sched_any is None:
+            return
+        saved: dict[str, Any] = {"doctor": self.doctor.state_dict(), "last_step": self._last_step}
+        if self.guard is not None:
+            saved["guard"] = self.guard.state_dict()
+        setattr(self._sched_any, _KEY, saved)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if control.should_save:
+            self._refresh()
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if control.should_save:
+            self._refresh()
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.watch_speaks = bool(getattr(state, "is_world_process_zero", True))
@@ -406,8 +442,10 @@ class LRDoctorCallback(GuardedWatch, TrainerCallback):
             raise
         if rec is None:
             self._stop_if_asked(self.doctor.diagnosis, step, control)
-            return
-        self._lower_lr(rec.new_multiplier / rec.old_multiplier)
+        else:
+            self._lower_lr(rec.new_multiplier / rec.old_multiplier)
+        if control.should_save:  # this step's checkpoint comes next: it carries what was just seen
+            self._refresh()
 
     # ------------------------------------------------------------------ helpers
     def _watch_echo(self, level: int, text: str) -> bool:
