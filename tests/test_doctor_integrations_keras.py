@@ -171,7 +171,8 @@ def test_guard_lowers_an_lrkit_schedule_and_the_run_recovers(caplog):
 
 def test_guard_with_a_plateau_schedule_and_an_injected_nan():
     # warmup, then cosine, scaled down on plateaus of the training loss -- and guarded
-    rop = S.reduce_on_plateau(S.warmup(S.cosine(0.03, 110), 10), patience=1, factor=0.5, min_lr=1e-3)
+    rop = S.reduce_on_plateau(S.warmup(S.cosine(0.03, 110), 10), patience=1, factor=0.5, min_lr=1e-3,
+                              threshold=0.5)  # an epoch that does not halve the loss is a plateau
     lr = to_keras(rop, monitor="loss")
 
     class Poison(keras.callbacks.Callback):  # NaN weights after the update of step 20
@@ -236,3 +237,69 @@ def test_validation_results_reach_the_doctor_with_the_next_step(guard):
     assert [v for _, v, _ in carried] == pytest.approx(hist.history["val_loss"][:2], rel=1e-6)
     assert [m["val_mae"] for _, _, m in carried] == pytest.approx(hist.history["val_mae"][:2], rel=1e-6)
     assert all(v is None and not m for s, v, m in doctor.seen if s not in (4, 8))
+
+
+def test_a_fit_killed_with_sigkill_resumes_from_its_disk_snapshots(tmp_path):
+    """A guarded fit on disk (a NaN rolled back at batch 25, the LR lowered), killed with SIGKILL at
+    batch 47 and run again: it resumes from its newest good snapshot, at the lowered LR, with its
+    interventions, from the epoch that holds the snapshot; the finished run leaves no file."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    worker = Path(__file__).parent / "_keras_guard_worker.py"
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {**os.environ, "KERAS_BACKEND": "torch",
+           "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
+    store, out = tmp_path / "store", tmp_path / "out.json"
+    first = subprocess.run([sys.executable, str(worker), str(store), str(out), "47"], capture_output=True,
+                           text=True, env=env, timeout=300)
+    assert first.returncode == -signal.SIGKILL, first.stderr
+    manifest = json.loads((store / "keras-run" / "manifest.json").read_text())
+    assert manifest["multiplier"] == pytest.approx(0.1) and len(manifest["interventions"]) == 1
+    second = subprocess.run([sys.executable, str(worker), str(store), str(out), "-1"], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert second.returncode == 0, second.stderr
+    start = next(line.split() for line in second.stdout.splitlines() if line.startswith("start"))
+    resumed_from = int(start[1])
+    assert 38 <= resumed_from <= 48  # within one snapshot period (10 steps) of the kill
+    res = json.loads(out.read_text())
+    assert res["multiplier"] == pytest.approx(0.1) and len(res["interventions"]) == 1
+    assert res["epochs"][0] == resumed_from // 10 and res["epochs"][-1] == 7  # 10 batches per epoch
+    assert res["steps"] == resumed_from + (8 - resumed_from // 10) * 10
+    assert res["lr"] == pytest.approx(0.005) and math.isfinite(res["loss"]) and res["loss"] < 1.0
+    assert not (store / "keras-run").exists()
+
+
+class _NaNWeightAt(keras.callbacks.Callback):
+    def __init__(self, at):
+        super().__init__()
+        self.at, self.batches = at, 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.batches == self.at:
+            w = self.model.layers[0].kernel
+            w.assign(np.full(w.shape, np.nan, dtype="float32"))
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+
+
+def test_a_rollback_under_sgd_momentum_scales_the_restored_velocity():
+    """Keras' SGD velocity holds the LR (v <- mu v - lr g): restored as it was, the old LR's velocity
+    kept pushing a run at the edge of stability after a 10x cut, until the guard gave up. Scaled
+    with the cut, the run recovers after one rollback."""
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((320, 5)).astype("float32")
+    y = (x @ rng.standard_normal((5, 1))).astype("float32")
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.05, momentum=0.9), loss="mse")
+    cb = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=10)
+    model.fit(x, y, batch_size=32, epochs=8, verbose=0, shuffle=False, callbacks=[cb, _NaNWeightAt(25)])
+    assert [i.verdict for i in cb.interventions] == ["nan"]
+    after = [loss for step, loss, _ in cb.history if step > 25]
+    assert max(after[:10]) < 1.5 and float(model.evaluate(x, y, verbose=0)) < 0.5

@@ -42,6 +42,7 @@ import numpy as np
 from lrkit.autopilot.pilot import Autopilot, AutopilotEvent
 from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
 from lrkit.doctor.guarded_watch import PendingValidation
+from lrkit.integrations.keras.callback import _scale_velocity
 from lrkit.schedules.base import Schedule
 
 __all__ = ["AutopilotCallback"]
@@ -182,9 +183,11 @@ class AutopilotCallback(keras.callbacks.Callback):
         loss = dt / dc if math.isfinite(total) else math.nan
         step, self._step = self._step, self._step + 1
         val_loss, metrics = self._pending.take()
+        before = self.pilot.multiplier
         if self.pilot.observe(step, loss, lr=self.pilot.lr(step), val_loss=val_loss, metrics=metrics):
             tracker.reset_state()  # a NaN would stay in the epoch's running mean
             self._prev = (0.0, 0.0)
+            _scale_velocity(self.model.optimizer, self.pilot.multiplier / before)  # SGD's velocity holds the LR
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self._pending.hold(logs, convert=keras.ops.convert_to_numpy)

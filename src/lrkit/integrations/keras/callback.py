@@ -44,9 +44,22 @@ on the optimizer's ``learning_rate``:
   on). Tested with the torch backend; with JAX, Keras keeps the training state outside the
   variables during an epoch, so a mid-epoch restore is not supported there.
 
+**Resume after a crash** (``storage="disk"``, a ``run_id``, ``resume=True``). The snapshots and a
+manifest (LR multiplier, interventions, the doctor's state) are written crash-safely under
+``storage_dir``; a process killed with ``kill -9`` and started again finds them in
+``on_train_begin``: the weights and every optimizer variable (the iteration counter included, so
+an lrkit schedule's clock comes back too) are restored from the newest good snapshot, the
+multiplier and the doctor's state from the manifest, and ``fit`` starts at the epoch that holds the
+snapshot (through the model's initial epoch, as ``keras.callbacks.BackupAndRestore`` does), that
+epoch's batches from the first. A run that finishes removes its files.
+
 Example::
 
     model.fit(x, y, callbacks=[LRDoctorCallback(guard=True, snapshot_every=50)])
+
+    # crash-safe: run the same script again after a kill and it goes on where it was
+    cb = LRDoctorCallback(guard=True, storage="disk", storage_dir="ckpt", run_id="exp1", resume=True)
+    model.fit(x, y, epochs=20, callbacks=[cb])
 
     # a scheduled run: warmup then cosine, guarded (the guard scales lrkit's export)
     lr = lrkit.schedules.warmup(lrkit.schedules.cosine(0.1, 900), 100).to_keras()
@@ -74,6 +87,7 @@ __all__ = ["LRDoctorCallback"]
 class _State:
     def __init__(self, cb: "LRDoctorCallback") -> None:
         self.cb = cb
+        self.resuming = False  # a resume from disk rewinds the schedule's clock too
 
     def snapshot(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
         model = self.cb.model
@@ -89,9 +103,28 @@ class _State:
         for v, saved in zip(model.optimizer.variables, opt):
             if v.path.endswith("learning_rate"):
                 continue  # the LR is set by the callback (the clock is not rewound)
-            if scheduled and v.path.endswith("iteration"):
-                continue  # the schedule's clock: time goes on, as the guard's
+            if scheduled and v.path.endswith("iteration") and not self.resuming:
+                continue  # the schedule's clock: time goes on, as the guard's (a resume rewinds it)
             v.assign(saved)
+
+
+def _scale_velocity(optimizer: Any, factor: float) -> None:
+    r"""Scale the restored velocity of Keras' ``SGD`` and ``RMSprop`` momentum by the LR cut.
+
+    Their velocity holds the LR (:math:`v \leftarrow \mu v - \eta g`, :math:`w \leftarrow w + v`),
+    unlike PyTorch's and optax's, which hold gradients and meet the LR at the update. A snapshot's
+    velocity was built at the old LR: left as it is, it would go on moving the weights by
+    :math:`v/(1-\mu)` -- the old LR's steps -- while the gradient pulls back at a tenth of the
+    strength, and a run at the edge of stability is thrown off again (seen with ``SGD(momentum=0.9)``).
+    Scaled by the cut, the velocity is the one the lowered LR would have built.
+    """
+    if factor == 1.0 or not isinstance(optimizer, (keras.optimizers.SGD, keras.optimizers.RMSprop)):
+        return
+    if not getattr(optimizer, "momentum", 0.0):
+        return
+    for v in optimizer.variables:
+        if v.path.endswith("_momentum"):
+            v.assign(v * factor)
 
 
 class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
@@ -101,7 +134,9 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
         guard: roll back and lower the LR on ``nan``/``diverging`` (default ``False``: watch only).
         doctor: the :class:`~lrkit.doctor.core.Doctor` (default ``Doctor()``).
         snapshot_every, lr_factor, max_retries, act_on, storage, storage_dir, on_intervention,
-            logger: as in :class:`~lrkit.doctor.guard.Guard` (only with ``guard=True``).
+            logger, run_id, resume, sync_writes: as in :class:`~lrkit.doctor.guard.Guard` (only with
+            ``guard=True``); with ``storage="disk"``, a ``run_id`` and ``resume=True`` a process
+            killed mid-``fit`` and started again resumes (see the module docstring).
         on_converged, on_overfitting: ``"stop"`` (``model.stop_training``), ``"lower_lr"``
             (multiply the LR by ``plateau_factor``, default 0.1) or ``None`` (default: only
             report) when the doctor notes ``converged`` (the validation loss stopped improving,
@@ -131,12 +166,18 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
         on_converged: str | None = None,
         on_overfitting: str | None = None,
         plateau_factor: float = 0.1,
+        run_id: str | None = None,
+        resume: bool = False,
+        sync_writes: bool = False,
     ) -> None:
         super().__init__()
-        self._init_watch("LRDoctorCallback", _State(self), guard=guard, doctor=doctor, logger=logger,
+        self._keras_state = _State(self)
+        self._set_initial_epoch = False
+        self._init_watch("LRDoctorCallback", self._keras_state, guard=guard, doctor=doctor, logger=logger,
                          on_converged=on_converged, on_overfitting=on_overfitting, plateau_factor=plateau_factor,
                          snapshot_every=snapshot_every, lr_factor=lr_factor, max_retries=max_retries, act_on=act_on,
-                         storage=storage, storage_dir=storage_dir, on_intervention=on_intervention)
+                         storage=storage, storage_dir=storage_dir, on_intervention=on_intervention,
+                         run_id=run_id, resume=resume, sync_writes=sync_writes)
         self.history: list[tuple[int, float, float]] = []
         self._step = 0
         self._tracker: Any = None
@@ -197,8 +238,28 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
                 self._base_lr = cur
             self._rate = rate
             self._last_set = cur
-            self.guard.start()
+            self._keras_state.resuming = True
+            try:
+                self.guard.start()
+            finally:
+                self._keras_state.resuming = False
+            if self.guard.resumed_from is not None:
+                self._resumed(self.guard.resumed_from)
         self._loss_vars()
+
+    def _resumed(self, step: int) -> None:
+        """A run found on disk was restored at ``step``: count on from there, and start ``fit`` at
+        the epoch that holds it (as ``keras.callbacks.BackupAndRestore`` does, through the model's
+        initial epoch), that epoch's batches from its first."""
+        self._step = step
+        steps = (self.params or {}).get("steps")
+        if steps:
+            epoch = step // int(steps)
+            if epoch > (getattr(self.model, "_initial_epoch", None) or 0):
+                self.model._initial_epoch = epoch
+                self._set_initial_epoch = True
+            self._watch_logger().info("lrkit guard: fit() continues at epoch %d (the snapshot of step %d)",
+                                      epoch, step)
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._prev = (0.0, 0.0)  # fit() resets the trackers at each epoch
@@ -242,9 +303,11 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
         self.history.append((step, loss, lr))
         val_loss, metrics = self._pending_val.take()
         # each new detection is logged once (lrkit.doctor); a rollback by the guard (lrkit.guard)
-        if self._watch_observe(step, loss, lr=lr, val_loss=val_loss, metrics=metrics) is not None:
+        rec = self._watch_observe(step, loss, lr=lr, val_loss=val_loss, metrics=metrics)
+        if rec is not None:
             self._tracker.reset_state()  # a NaN would stay in the epoch's running mean
             self._prev = (0.0, 0.0)
+            _scale_velocity(self.model.optimizer, rec.new_multiplier / rec.old_multiplier)
 
     def on_train_end(self, logs: dict | None = None) -> None:
         self._watch_speak_summary()  # the worst problem seen, even if the run recovered
@@ -253,6 +316,9 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
         # ``with LRDoctorCallback(...) as cb:`` (or cb.close()) to clean up on every exit path.
         if self.guard is not None:
             self.guard.close()
+        if self._set_initial_epoch:  # the resumed fit is over: the next fit() starts where it is told
+            self.model._initial_epoch = None
+            self._set_initial_epoch = False
 
     # ------------------------------------------------------------------ on_converged / on_overfitting
     def _watch_echo(self, level: int, text: str) -> bool:
