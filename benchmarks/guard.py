@@ -8,9 +8,13 @@ Run from the repository root (a few minutes on 2 cores):
 Tasks: scikit-learn digits (MLP classifier), scikit-learn diabetes (MLP regression) and MNIST
 (MLP on the 10k test-set images, split 8k/2k) when ``../shared/data/mnist`` exists. Every run is
 ``TorchTrainer`` + SGD(momentum 0.9) at the task's good LR for ``--steps`` steps, wrapped in
-``Guard`` (default ``Doctor()``, ``snapshot_every=25``, ``lr_factor=0.1``; memory storage unless
+``Guard`` (default ``Doctor()``, ``snapshot_every=25``, ``lr_factor=0.1``, the validation loss every 10
+steps; memory storage unless
 said). The fault hits at step ``t``, drawn per run in [30%, 70%] of the run. Faults:
 
+* ``reshuffle``: no fault; the batches from step ``t`` on come in another order (a new epoch
+  drawn from another seed), as after a rollback: the spread of its final loss around the clean
+  run's is the noise floor of "within 5%" on these small tasks;
 * ``lr x3``, ``lr x6``, ``lr x30``, ``lr x1000``: the LR is multiplied from step ``t`` on (a
   schedule or a user raising it) and stays raised;
 * ``nan weight``: one weight is set to NaN before step ``t`` (a transient fault);
@@ -66,11 +70,12 @@ from lrkit.doctor.guard import Guard, GuardGaveUp  # noqa: E402
 from lrkit.integrations.torch.trainer import TorchTrainer  # noqa: E402
 
 MNIST = ROOT.parent / "shared" / "data" / "mnist"
-FAULTS = ("clean", "lr x3", "lr x6", "lr x30", "lr x1000", "nan weight", "nan batches", "bad shard", "kill -9",
+FAULTS = ("clean", "reshuffle", "lr x3", "lr x6", "lr x30", "lr x1000", "nan weight", "nan batches", "bad shard", "kill -9",
           "kill -9 sync", "two guards")
 EVERY = 25
 SHARD = 20
 TAIL = 20
+EVAL = 10  # the guard is given the validation loss every EVAL steps
 
 
 def half(seed: int) -> str:
@@ -127,6 +132,7 @@ class Run:
         self.model = torch.nn.Sequential(torch.nn.Linear(n_in, hidden), act, torch.nn.Linear(hidden, n_out))
         opt = torch.optim.SGD(self.model.parameters(), lr=self.good_lr, momentum=0.9)
         g = torch.Generator().manual_seed(seed)
+        self.generator, self.seed = g, seed
         train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(Xtr, ytr), batch_size=64, shuffle=True,
                                             generator=g)
         val = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(Xva, yva), batch_size=1024)
@@ -154,6 +160,9 @@ class Run:
 
     def before_step(self, k: int) -> None:
         self.clock = k
+        if self.fault == "reshuffle" and k == self.t:  # no fault: the batches from t on come in another order
+            self.generator.manual_seed(self.seed + 1000)
+            self.trainer._iter = None
         if self.fault in ("nan weight", "two guards") and k == self.t:
             with torch.no_grad():
                 next(self.model.parameters()).view(-1)[0] = float("nan")
@@ -161,6 +170,10 @@ class Run:
     def evaluate(self) -> float:
         self.clock = -1  # the validation data is clean
         return float(self.trainer.evaluate())
+
+    def val_for(self, k: int) -> float | None:
+        """The validation loss the guard is given before step ``k`` (every :data:`EVAL` steps)."""
+        return self.evaluate() if k > 0 and k % EVAL == 0 else None
 
     def tail(self, k: int, steps: int) -> None:
         """After step ``k``: evaluate if it is one of the last :data:`TAIL` steps of the run."""
@@ -183,9 +196,10 @@ def guarded(run: Run, steps: int, **kw) -> dict:
             k = guard.step_count
             if k == run.t:
                 last_before = max(s for s in guard.snapshot_steps if s <= k)
+            val = run.val_for(k)
             run.before_step(k)
             try:
-                guard.step(run.lr(k))
+                guard.step(run.lr(k), val_loss=val)
             except GuardGaveUp as exc:
                 gave_up = exc
                 break
@@ -217,8 +231,9 @@ def worker(task: str, seed: int, steps: int, store: str, out: str, die_at: int) 
                   sync_writes=os.environ.get("LRKIT_BENCH_SYNC") == "1")
     while guard.step_count < steps:
         k = guard.step_count
+        val = run.val_for(k)
         run.before_step(k)
-        guard.step(run.lr(k))
+        guard.step(run.lr(k), val_loss=val)
         if k == die_at:
             os.kill(os.getpid(), signal.SIGKILL)
         run.tail(k, steps)
@@ -252,8 +267,9 @@ def two_guards(task: str, seed: int, steps: int, t: int) -> dict:
             for _ in range(steps):
                 for r, g in zip(runs, guards):
                     k = g.step_count
+                    val = r.val_for(k)
                     r.before_step(k)
-                    g.step(r.lr(k))
+                    g.step(r.lr(k), val_loss=val)
                     r.tail(k, steps)
         finals = [r.final() for r in runs]
         same = all(f == s["final"] for f, s in zip(finals, solo))
@@ -341,7 +357,7 @@ def main() -> None:
         f"Machine: {machine()}, torch {torch.__version__}, 1 thread. Tasks: {', '.join(tasks)}; seeds "
         f"{seeds} (even seeds: development half, odd: held-out half, a fixed rule in the code); the fault "
         f"step is drawn per seed in [30%, 70%] of the run. Guard: default `Doctor()`, `snapshot_every={EVERY}`, "
-        "`lr_factor=0.1`.",
+        f"`lr_factor=0.1`, given the validation loss every {EVAL} steps (`guard.step(lr, val_loss=...)`).",
         "",
         "*Goal met*: finished within 5% of the clean run's final validation loss, or gave up with the best "
         "state kept (`nan batches`: nothing can fix NaN data); for `two guards`, also ended exactly as "
@@ -372,18 +388,22 @@ def main() -> None:
         lines.append("")
     lines += [
         "Reading it: the final loss is the mean validation loss over the last 20 steps (a single step's value "
-        "swings by up to ~10% from its neighbours' on these tasks: a clean run stopped 5 steps early differs "
-        "from itself by up to 11%). `lr x30` and `lr x1000`: the run diverges under a raise that is still "
-        "held, so the guard undoes the raise (the multiplier is divided by the 30x or 1000x, within "
-        "`lr_factor**2`), rather than cutting 10x and leaving the run at 3x the LR that trained. `lr x3` and "
-        "most `lr x6` runs are no divergence: the training loss stays within the doctor's margins and only "
-        "the validation loss shows the harm, which the guard is not fed here; they end above the clean run, "
-        "short of the 5% goal. `kill -9`: the resumed run loses at most one snapshot period plus the write "
-        "still in flight when it died (snapshots are written in the background; here the kill never hit one "
-        "in flight); `kill -9 sync` (`sync_writes=True`: training waits for each snapshot to be on disk) "
-        "bounds the loss by one period whatever the timing (the unit test kills right after a snapshot and "
-        "resumes from it). A resumed run re-iterates its loader from the restored generator, so it is not "
-        "bitwise the uninterrupted one here (the unit test with a replayable trainer is).",
+        "swings by up to ~10% from its neighbours' on these tasks). `reshuffle` (no fault, the batches from the "
+        "fault step on in another order) shows the noise floor of the 5% goal: up to 2-3% here. An LR raised "
+        "and held: the guard, given the validation loss every 10 steps, sees `lr x3` and `lr x6` as the "
+        "validation loss rising 10% above its level before the raise (the training loss alone does not show "
+        "it), and `lr x30`/`lr x1000` as a blow-up under a raise still held; either way it restores a snapshot "
+        "from before the raise and undoes it (the multiplier divided by the raise, within `lr_factor**2`) "
+        "instead of cutting 10x. The development misses are one digits seed whose rolled-back runs end 10-12% "
+        "above its clean run after training from step 150 again at the same LR (on that seed the `reshuffle` "
+        "run, evaluated every 20 steps, swings between 0.86 and 1.07 of the clean run: four runs per half "
+        "understate the noise floor). `kill -9`: the resumed run "
+        "loses at most one snapshot period plus the write still in flight when it died (snapshots are "
+        "written in the background; here the kill never hit one in flight); `kill -9 sync` "
+        "(`sync_writes=True`: training waits for each snapshot to be on disk) bounds the loss by one period "
+        "whatever the timing (the unit test kills right after a snapshot and resumes from it). A resumed run "
+        "re-iterates its loader from the restored generator, so it is not bitwise the uninterrupted one here "
+        "(the unit test with a replayable trainer is).",
     ]
     md = "\n".join(lines)
     print(md)

@@ -490,3 +490,47 @@ def test_a_fault_long_after_a_held_raise_gets_the_usual_cut():
     (rec,) = g.interventions
     assert rec.verdict == "nan" and rec.restored_to > 100  # the snapshot postdates the raise
     assert rec.new_multiplier == pytest.approx(0.1)
+
+
+class Generalises(NoiseFloor):
+    """The training loss of NoiseFloor without its LR floor (a raised LR trains faster), and a
+    validation loss whose gap grows with the LR used since the last snapshot: the harm of the
+    raise shows on validation only."""
+
+    def __init__(self, seed=0):
+        super().__init__(seed, floor_grows=False)
+        self.gap = 0.05
+
+    def snapshot(self):
+        return (self.w, self.gap)
+
+    def restore(self, state):
+        self.w, self.gap = state
+
+    def step(self, lr):
+        self.gap += 0.02 * (lr / 0.1 - 1.0) + 0.01 * (0.05 - self.gap)
+        return super().step(lr)
+
+    def val_loss(self):
+        return 0.05 + 2.0 * math.exp(-self.w / 3.0) + self.gap
+
+
+def test_a_held_raise_that_hurts_only_the_validation_loss_is_undone():
+    t = Generalises()
+    g = Guard(t, doctor=Doctor(), snapshot_every=25, max_overhead=None)
+    for k in range(400):
+        g.step(0.1 if k < 150 else 0.3, val_loss=t.val_loss() if k % 10 == 0 else None)
+    (rec,) = g.interventions
+    assert rec.verdict == "diverging" and rec.onset == 150 and rec.restored_to <= 150
+    assert rec.evidence["val_loss_ratio_to_before_rise"] > 1.1 and "loss_ratio_to_before_rise" not in rec.evidence
+    assert rec.new_multiplier == pytest.approx(1 / 3) and rec.step < 200  # seen on validation within 50 steps
+    assert "the validation loss is" in rec.message
+
+
+def test_a_held_raise_with_validation_that_does_not_hurt_is_left_alone():
+    t = Generalises()
+    t.step = lambda lr, _step=NoiseFloor.step.__get__(t): _step(lr)  # the gap never grows
+    g = Guard(t, doctor=Doctor(), snapshot_every=25, max_overhead=None)
+    for k in range(400):
+        g.step(0.1 if k < 150 else 0.3, val_loss=t.val_loss() if k % 10 == 0 else None)
+    assert g.interventions == [] and g.diagnosis.verdict == "healthy"

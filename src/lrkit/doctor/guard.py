@@ -315,11 +315,12 @@ class Guard:
         else:
             self._take(initial=self.keep_initial)
 
-    def step(self, lr: float) -> float:
+    def step(self, lr: float, *, val_loss: float | None = None, metrics: Mapping[str, float] | None = None) -> float:
         """Run ``trainer.step(lr * lr_multiplier)``, feed the doctor, maybe roll back.
 
-        Returns the loss the trainer returned for this step (``nan`` if it blew up; check
-        :attr:`rolled_back`).
+        ``val_loss`` and ``metrics``: validation results computed before this step (the state it
+        starts from), if any, as in :meth:`observe`. Returns the loss the trainer returned for
+        this step (``nan`` if it blew up; check :attr:`rolled_back`).
         """
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
             raise ValueError(f"Guard.step: lr must be a finite number >= 0, got {lr!r}")
@@ -328,7 +329,7 @@ class Guard:
         self.start()
         eff = lr * self._multiplier
         loss = self.trainer.step(eff)
-        self.observe(loss, lr=eff)
+        self.observe(loss, lr=eff, val_loss=val_loss, metrics=metrics)
         return float(loss)
 
     def observe(

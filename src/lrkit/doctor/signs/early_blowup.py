@@ -3,7 +3,9 @@ r"""Sign ``diverging`` in the first window: the loss blew up right at the start.
 During the first window, three of five consecutive losses above
 :math:`\max(\rho^2, e^{6\sigma_0})\,L_i` (:math:`\sigma_0` the noise of the first window so far,
 :math:`L_i` the lowest 3-point running median of the losses before step ``i``, but at least
-:math:`L_0`) is reported as ``diverging`` at that step, even if the loss comes back: the LR is
+:math:`L_0`), with none of the losses between the first and the last of them below :math:`1.5\,L_i` (a
+blow-up lifts the whole stretch; outlier batches leave the batches between them at the trend), is reported as ``diverging`` at
+that step, even if the loss comes back: the LR is
 too high for the start of training (lower it, or add warmup). Checked at the window checks
 until one is found or the first window is complete.
 """
@@ -19,6 +21,9 @@ from lrkit.doctor.signs.diverging import diverging_explanation
 
 __all__ = ["EarlyBlowUp", "early_blowup_step"]
 
+#: every loss of the stretch must be at least this factor above the best before it
+LIFT = 1.5
+
 
 def early_blowup_step(track: Track, need: int = 3, of: int = 5) -> int | None:
     """First step of the first window whose loss exceeds ``max(rho**2, exp(6 sigma0)) * L_i``,
@@ -33,7 +38,7 @@ def early_blowup_step(track: Track, need: int = 3, of: int = 5) -> int | None:
         >>> from lrkit.doctor.signs import Track
         >>> t = Track({"window": 10, "short": 3, "check_every": 2, "diverge_ratio": 2.0,
         ...            "noise_z": 8.0, "min_rise": 0.1, "loss_floor": 0.0})
-        >>> for i, loss in enumerate([1.0, 0.95, 0.9, 0.88, 9.0, 12.0, 0.85, 11.0, 0.8, 0.78]):
+        >>> for i, loss in enumerate([1.0, 0.95, 0.9, 0.88, 9.0, 12.0, 2.5, 11.0, 0.8, 0.78]):
         ...     t.push(i, loss, None)
         >>> early_blowup_step(t)
         4
@@ -61,9 +66,16 @@ def early_blowup_step(track: Track, need: int = 3, of: int = 5) -> int | None:
     high = (fw > factor * best_before) & (fw - best_before > track.min_rise * fw[0])
     # `need` of `of` consecutive losses at least (default three of five): outlier batches, even
     # two close together, are no blow-up
+    # ... and the stretch from the first to the last of them lifted as a whole: a blow-up raises
+    # even the losses between them (to LIFT times the best before), while outlier batches leave
+    # the batches between them at the trend
     for i in range(len(high) - of + 1):
-        if int(high[i : i + of].sum()) >= need:
-            return int(track.first_window_steps[i + int(np.argmax(high[i : i + of]))])
+        if int(high[i : i + of].sum()) < need:
+            continue
+        at = np.flatnonzero(high[i : i + of]) + i
+        stretch = slice(int(at[0]), int(at[-1]) + 1)  # from its first high loss to its last
+        if float(np.min(fw[stretch] / best_before[stretch])) >= LIFT:
+            return int(track.first_window_steps[at[0]])
     return None
 
 
