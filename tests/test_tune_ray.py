@@ -40,17 +40,22 @@ def test_asha_with_lrkit_strategy(local_ray, tmp_path):
     assert r.run_equivalents <= 4 + r.prior["cost_steps"] / 60
 
 
-def test_pbt_runs_the_population_to_the_end_and_reports_its_lr_history(local_ray, tmp_path):
-    # Whether PBT perturbs at all depends on Ray's timing (with 2 trials on 2 CPUs it sometimes
-    # lets both finish unperturbed), so this test pins what lrkit owns: the population runs to the
-    # end, every trial carries its (step, lr) history in its reports, and the best one is returned.
+def test_pbt_changes_the_lr_during_training_and_reports_each_trials_own_history(local_ray, tmp_path):
+    # Two trials, reports at steps 25/50/75/100, a perturbation every 2 reports, in step (synch):
+    # at step 50 the worse trial takes the better one's weights (and history) and goes on at its LR
+    # x0.8 or x1.2; the final report is never exploited, so each trial ends as its own run.
     from lrkit.tune._ray import lr_history
 
     r = tune_ray_pbt(tmp_path)
     histories = [lr_history(res) for res in r.study]
-    assert all(h and h[-1][0] == 100 and [s for s, _ in h] == [25, 50, 75, 100] for h in histories)
-    assert r.best_schedule is not None and r.best_schedule[-1][0] == 100
-    assert r.best_schedule in histories
+    assert all(h and [s for s, _ in h] == [25, 50, 75, 100] for h in histories)
+    kept = [h for h in histories if len({lr for _, lr in h}) == 1]
+    changed = [h for h in histories if len({lr for _, lr in h}) > 1]
+    assert len(kept) == 1 and len(changed) == 1, histories
+    (k,), (c,) = kept, changed
+    assert c[:2] == k[:2]  # the exploited trial carries the better trial's first half
+    assert c[2][1] / k[1][1] in (pytest.approx(0.8), pytest.approx(1.2)) and c[3][1] == c[2][1]
+    assert r.best_schedule in histories and r.best_schedule[-1][0] == 100
     assert math.isfinite(r.best_value)
 
 

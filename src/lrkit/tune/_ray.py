@@ -13,7 +13,9 @@ and reports ``val_loss`` every ``eval_every`` steps (default a tenth of the run)
   changes during training, and the best trial's LR history is a schedule it discovered
   (``TuneResult.best_schedule``: ``[(step, lr), ...]``). Trials checkpoint their model and
   optimizer for this; the population moves in step (``synch=True``), so a fast trial cannot finish
-  before the others started.
+  before the others started. A trial's final report is never exploited (Ray's PBT would copy a
+  better finished trial over it, so that both end as the same run and the worse one's own
+  history is lost).
 
 Ray reports an ASHA-stopped trial to its searcher with its last value; lrkit counts it as pruned.
 
@@ -166,9 +168,9 @@ def tune_ray(
         k = num_samples
         start = [prior.center * 10 ** (prior.step * (i - (k - 1) / 2)) for i in range(k)]
         param_space = {"lr": rt.grid_search([min(max(x, lo), hi) for x in start])}
-        sched = PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=perturbation_interval,
-                                        hyperparam_mutations={"lr": rt.loguniform(lo, hi)}, quantile_fraction=0.5,
-                                        resample_probability=0.0, synch=True)
+        sched = _pbt(train_steps)(time_attr="training_iteration", perturbation_interval=perturbation_interval,
+                                  hyperparam_mutations={"lr": rt.loguniform(lo, hi)}, quantile_fraction=0.5,
+                                  resample_probability=0.0, synch=True)
         num_samples = 1  # the grid is the population
     tuner = rt.Tuner(
         trainable, param_space=param_space,
@@ -179,6 +181,20 @@ def tune_ray(
     )
     grid = tuner.fit()
     return _result(grid, train_steps=train_steps, scheduler=scheduler, prior=prior)
+
+
+def _pbt(train_steps: int) -> Any:
+    """Ray's ``PopulationBasedTraining``, except that a trial's final report (``step`` at the end of
+    the run) is left alone: exploiting it would overwrite a finished run with a copy of another."""
+    from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
+
+    class FinalReportKept(PopulationBasedTraining):
+        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+            if int(result.get("step", 0) or 0) >= train_steps:
+                return TrialScheduler.CONTINUE  # the trial ends with its own result
+            return super().on_trial_result(tune_controller, trial, result)
+
+    return FinalReportKept
 
 
 def _prior(target: Callable, finder: Any, *, train_steps: int, seed: int, low: float | None,
