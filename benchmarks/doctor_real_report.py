@@ -159,8 +159,8 @@ def markdown(specs: list[rr.RunSpec], off: dict, liv: dict, elapsed: float, big:
         "## The doctor on real framework runs (held out)",
         "",
         f"Command: `{COMMAND}` (live and guard runs train every run twice; `--offline` only re-reads the logs). "
-        f"Machine: {machine()}; this invocation {elapsed / 60:.1f} min (live and guard runs: about 25 min per half "
-        "on a shared machine).",
+        f"Machine: {machine()}; this invocation {elapsed / 60:.1f} min (with the live and guard runs, both halves: "
+        "6 to 50 min, as loaded as the machine is).",
         "",
         "Runs (`benchmarks/real_runs/`, made by `--generate` from `benchmarks/real_runs.py`): Hugging Face `Trainer` "
         "on a tiny BERT (2 layers, hidden 64, from a config) on a synthetic token task, `logging_steps` 10 with an "

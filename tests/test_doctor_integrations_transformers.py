@@ -58,8 +58,9 @@ class Data(torch.utils.data.Dataset):
 
 def make_args(tmp_path, lr, *, steps=30, nan_filter=False, optim="sgd", scheduler="constant", **kw):
     kw.setdefault("save_strategy", "no")
+    kw.setdefault("logging_steps", 1)
     return transformers.TrainingArguments(
-        output_dir=str(tmp_path), max_steps=steps, logging_steps=1, report_to=[], use_cpu=True,
+        output_dir=str(tmp_path), max_steps=steps, report_to=[], use_cpu=True,
         learning_rate=lr, per_device_train_batch_size=16, lr_scheduler_type=scheduler,
         optim=optim, disable_tqdm=True, logging_nan_inf_filter=nan_filter, seed=0, **kw,
     )
@@ -415,3 +416,27 @@ def test_evaluation_results_reach_the_doctor_with_the_next_log(tmp_path):
     assert [(s, v) for s, v, _ in carried] == [(s + 1, pytest.approx(v, rel=1e-6)) for s, v in evals if s < 30]
     assert all("eval_runtime" in m for _, _, m in carried)
     assert cb.diagnosis.verdict == "healthy"
+
+
+@pytest.mark.parametrize("guard", [False, True])
+def test_the_initial_loss_is_read_before_training_without_touching_the_run(tmp_path, guard):
+    """With logging_steps > 1 the first log averages several steps: the callback reads the model's
+    loss on the first training examples before step 1 (no gradient, the sampler and every RNG
+    untouched) and gives it to the doctor as step 0. The run itself is bitwise the same."""
+    def run(initial_loss):
+        doctor = RecordingDoctor()
+        cb = LRDoctorCallback(guard=guard, doctor=doctor, initial_loss=initial_loss)
+        trainer = train(tmp_path, 0.05, cb, steps=30, nan_filter=True, logging_steps=5)
+        return doctor, params(trainer.model)
+
+    with_read, p1 = run(True)
+    without, p2 = run(False)
+    assert all(torch.equal(p1[k], p2[k]) for k in p1)  # the read changed nothing in training
+    assert [s for s, _, _ in with_read.seen] == [0, 5, 10, 15, 20, 25, 30]
+    assert [s for s, _, _ in without.seen] == [5, 10, 15, 20, 25, 30]
+    data, model = Data(), Tiny()
+    with torch.no_grad():
+        first = float(torch.nn.functional.mse_loss(model.net(data.x[:16]), data.y[:16]))
+    assert with_read.history == [] and with_read.n_observations == 7
+    start = with_read._track.first_window[0]  # what the doctor was given as step 0
+    assert start == pytest.approx(first, rel=1e-6)

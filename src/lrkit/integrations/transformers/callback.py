@@ -93,11 +93,14 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import random
 import warnings
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from transformers import TrainerCallback
 
@@ -180,8 +183,62 @@ def _expected_logs(args: Any, state: Any) -> int:
     return max(1, total // int(every))
 
 
+def _logs_every(args: Any) -> float:
+    """Optimizer steps per training log (``inf`` for one log per epoch or none)."""
+    if _name(getattr(args, "logging_strategy", "steps")) != "steps":
+        return math.inf
+    every = float(getattr(args, "logging_steps", 500) or 500)
+    return math.inf if every < 1 else every  # a ratio of the run: many steps per log
+
+
 def _copy_lr(value: Any) -> Any:
     return value.detach().clone() if isinstance(value, torch.Tensor) else value
+
+
+@contextlib.contextmanager
+def _rngs_kept():
+    """Put the torch (CPU and CUDA), NumPy and Python RNGs back as they were (iterating a loader
+    draws a seed from torch's)."""
+    saved = (torch.get_rng_state(), np.random.get_state(), random.getstate(),
+             torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(saved[0])
+        np.random.set_state(saved[1])
+        random.setstate(saved[2])
+        if saved[3] is not None:
+            torch.cuda.set_rng_state_all(saved[3])
+
+
+def _initial_loss(model: Any, loader: Any) -> float | None:
+    """The model's loss before training on the first examples of ``loader``'s dataset, collated by
+    its ``collate_fn`` (``None`` if it cannot be had): the loader's sampler is not touched (its
+    order is the run's), evaluation mode, no gradient, every RNG and the model's modes left as they
+    were."""
+    dataset = getattr(loader, "dataset", None)
+    if not isinstance(model, torch.nn.Module) or dataset is None or isinstance(dataset, torch.utils.data.IterableDataset):
+        return None
+    modes = [m.training for m in model.modules()]
+    try:
+        with _rngs_kept(), torch.no_grad():
+            size = getattr(loader, "batch_size", None) or getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
+            n = min(len(dataset), int(size or 8))  # Accelerate's loaders batch through their batch_sampler
+            batch = (loader.collate_fn or torch.utils.data.default_collate)([dataset[i] for i in range(n)])
+            if not isinstance(batch, dict):
+                return None
+            device = next(model.parameters()).device
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            model.eval()
+            out = model(**batch)
+        loss = out.get("loss") if isinstance(out, dict) else getattr(out, "loss", None)
+        value = float(loss.detach().float().item()) if isinstance(loss, torch.Tensor) else None
+    except Exception:  # noqa: BLE001 - an initial reading is optional; the user's training is not at stake
+        return None
+    finally:
+        for m, mode in zip(model.modules(), modes):
+            m.training = mode
+    return value if value is not None and math.isfinite(value) else None
 
 
 class _State:
@@ -233,6 +290,12 @@ class LRDoctorCallback(GuardedWatch, TrainerCallback):
             or ``None`` (default: only report) when the doctor notes ``converged`` (the
             evaluation loss stopped improving, as ``EarlyStoppingCallback``) or ``overfitting``;
             see :mod:`lrkit.doctor.watch`.
+        initial_loss: when each training log covers several steps (``logging_steps > 1``), read the
+            model's loss on the first training examples before training (one batch collated from the
+            dataset, the sampler untouched; no gradient, evaluation mode, every RNG left as it was)
+            and give it to the doctor as step 0: a blow-up inside the first logging interval then
+            shows as a rise from where the run started (default ``True``; skipped for an iterable
+            dataset or a model that returns no loss).
 
     Attributes:
         diagnosis: the latest verdict. detections: each problem's first detection, in order
@@ -265,8 +328,12 @@ class LRDoctorCallback(GuardedWatch, TrainerCallback):
         on_converged: str | None = None,
         on_overfitting: str | None = None,
         plateau_factor: float = 0.1,
+        initial_loss: bool = True,
     ) -> None:
         self.doctor = watch_doctor("LRDoctorCallback", guard, doctor)
+        if not isinstance(initial_loss, bool):
+            raise ValueError(f"LRDoctorCallback: initial_loss must be True or False, got {initial_loss!r}")
+        self.initial_loss = initial_loss
         self._auto_doctor = doctor is None  # sized for the run's number of logs at train begin
         self.watch_on = check_actions("LRDoctorCallback", on_converged, on_overfitting, plateau_factor)
         self.plateau_factor = float(plateau_factor)
@@ -383,6 +450,14 @@ class LRDoctorCallback(GuardedWatch, TrainerCallback):
             self.doctor.load_state_dict(saved["doctor"])
         if saved is not None:
             self._last_step = saved.get("last_step")
+        elif state.global_step == 0 and self.initial_loss and _logs_every(args) > 1:
+            # the first training log averages the first logging_steps steps: a blow-up inside them
+            # is invisible without the loss the run started from (an evaluation batch, before step 1)
+            start = _initial_loss(kwargs.get("model"), kwargs.get("train_dataloader"))
+            if start is not None:
+                self._control = control
+                self._watch_observe(0, start)
+                self._last_step = 0
         if self.guard is None and getattr(args, "logging_nan_inf_filter", False):
             warnings.warn(
                 "LRDoctorCallback: TrainingArguments.logging_nan_inf_filter=True replaces NaN/inf losses in the "
