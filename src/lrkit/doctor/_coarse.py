@@ -67,10 +67,13 @@ def first_non_finite(loss: np.ndarray, cols: Columns) -> int | None:
 def _last_present(values: np.ndarray, mask: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per block: the last value where ``mask`` holds, and whether there was one."""
     n = len(values)
-    idx = np.where(mask, np.arange(n), -1)
-    last = np.maximum.reduceat(idx, starts)
-    has = last >= 0
-    return np.where(has, values[np.maximum(last, 0)], np.nan), has
+    rows = np.flatnonzero(mask)  # the present rows, in order
+    ends = np.append(starts[1:], n)
+    j = np.searchsorted(rows, ends) - 1  # the last present row before each block's end ...
+    has = j >= 0
+    last = rows[np.maximum(j, 0)] if len(rows) else np.zeros(len(starts), dtype=np.int64)
+    has &= last >= starts  # ... if it lies inside the block
+    return np.where(has, values[last], np.nan), has
 
 
 def coarsen(steps: np.ndarray, loss: np.ndarray, cols: Columns, k: int) -> tuple[np.ndarray, np.ndarray, Columns]:

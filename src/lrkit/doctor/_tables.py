@@ -305,7 +305,7 @@ def _csv_fast(data: bytes, source: str, delimiter: str | None, keep: Callable[[l
         name = header[j]
         if name in values:  # a repeated header name: keep the first
             continue
-        col = np.ascontiguousarray(arr[:, k])
+        col = arr[:, k]  # a view: the parsed block is the columns' storage (no second copy of the log)
         p = col != _EMPTY
         col[~p] = np.nan
         names.append(name)

@@ -51,8 +51,10 @@ def run_doctor(records: LogRecords, doctor: Doctor, progress: Progress | None = 
     has_loss = records.has("loss")
     rows = np.nonzero(has_loss)[0]
     n = len(rows)
-    steps = records.step[rows].astype(np.int64)
-    loss = records.loss[rows].astype(np.float64)
+    # every row has a loss (the usual per-step log): views of the columns, not copies of them
+    pick = slice(None) if n == len(has_loss) else rows
+    steps = records.step[pick].astype(np.int64, copy=False)
+    loss = records.loss[pick].astype(np.float64, copy=False)
     special = ("lr", "grad_norm", "val_loss")
     aligned: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name in records.names:
@@ -60,7 +62,7 @@ def run_doctor(records: LogRecords, doctor: Doctor, progress: Progress | None = 
             continue
         vals, mask = records.columns[name], records.has(name)
         if name in ("lr", "grad_norm"):
-            v, m = vals[rows].astype(np.float64), mask[rows]
+            v, m = vals[pick].astype(np.float64, copy=False), mask[pick]
         else:  # a value on a row without a loss goes with the next row that has one
             v, m = np.full(n, np.nan), np.zeros(n, dtype=bool)
             src = np.nonzero(mask)[0]
