@@ -242,3 +242,30 @@ def test_torch_snapshot_survives_pickling_bitwise():
     snap.restore(model, [opt])
     for before, after in zip(saved, model.state_dict().values()):
         assert before.dtype == after.dtype and torch.equal(before, after)
+
+
+def test_a_killed_anonymous_run_in_a_storage_dir_is_swept_by_the_next_store(tmp_path):
+    """An anonymous run (no run_id) can never be resumed: when a guard killed with kill -9 left its
+    directory in a storage_dir, the next store opened there removes it. A named run is kept for its
+    resume, and a live anonymous run is left alone."""
+    def killed(run_id=None):
+        store = DiskStore(tmp_path, run_id=run_id)
+        store.put(np.arange(3))
+        store.flush()
+        store._finalizer.detach()  # as after kill -9: no cleanup, the lock released by the kernel
+        store._pool.shutdown(wait=True)
+        store._lock.release()
+        old = time.time() - 120
+        os.utime(store.dir, (old, old))
+        return Path(store.dir)
+
+    dead, named = killed(), killed("exp1")
+    live = DiskStore(tmp_path)
+    os.utime(live.dir, (time.time() - 120,) * 2)
+    fresh = DiskStore(tmp_path)
+    assert not dead.exists() and named.exists() and Path(live.dir).exists()
+    live.close()
+    fresh.close()
+    resumed = DiskStore(tmp_path, run_id="exp1")  # the named run is there to resume
+    assert resumed.manifest() is None and any(named.glob("snap-*.pkl"))
+    resumed.close()

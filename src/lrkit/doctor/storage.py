@@ -24,7 +24,9 @@ for pending writes. :meth:`DiskStore.close` removes the run's directory (and the
 if the store created it as a temporary directory); a ``weakref.finalize`` does the same if the
 store is garbage-collected or the interpreter exits without ``close()``. Temporary directories of
 runs killed with ``kill -9`` (``lrkit-guard-*`` under the system temp dir, whose lock no process
-holds) are removed when the next anonymous disk store is created: they can never be resumed.
+holds) are removed when the next anonymous disk store is created, and so are the directories of
+anonymous runs (no ``run_id``) killed in a ``storage_dir`` when the next store opens there: they
+can never be resumed. A run with a ``run_id`` is kept for its resume.
 
 A snapshot file that is missing, truncated or fails to unpickle raises :class:`SnapshotError`
 naming it (the guard then falls back to the next good snapshot).
@@ -45,6 +47,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 import tempfile
 import threading
@@ -253,6 +256,30 @@ def _sweep_stale_temp_dirs() -> None:
             shutil.rmtree(top, ignore_errors=True)
 
 
+_ANONYMOUS = re.compile(r"run-\d+-[0-9a-f]{8}")
+
+
+def _sweep_dead_anonymous_runs(root: str) -> None:
+    """Remove the directories of anonymous runs (``run-<pid>-<8 hex>``: no ``run_id``, so nothing can
+    resume them) under ``root`` whose lock no process holds: guards killed with ``kill -9``."""
+    try:
+        names = os.listdir(root)
+    except OSError:  # pragma: no cover
+        return
+    for name in names:
+        run_dir = os.path.join(root, name)
+        if not _ANONYMOUS.fullmatch(name) or not os.path.exists(os.path.join(run_dir, "lock")):
+            continue
+        try:
+            if time.time() - os.path.getmtime(run_dir) < 60 or _Lock.held(run_dir):  # live, or being set up
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(run_dir, ignore_errors=True)
+        with _LIVE_LOCK:
+            _LIVE.discard(run_dir)
+
+
 def _cleanup(run_dir: str, top: str | None, lock: _Lock, pool: ThreadPoolExecutor) -> None:
     pool.shutdown(wait=True)
     lock.release()
@@ -292,6 +319,7 @@ class DiskStore:
         else:
             root = os.fspath(storage_dir)
             os.makedirs(root, exist_ok=True)
+            _sweep_dead_anonymous_runs(root)
         self.run_id = run_id if run_id is not None else f"run-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.dir = os.path.join(root, self.run_id)
         os.makedirs(self.dir, exist_ok=True)

@@ -40,7 +40,7 @@ from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer,
 from lrkit.doctor.guarded_watch import PendingValidation
 from lrkit.integrations.torch.autopilot import _group_ratios
 from lrkit.integrations.torch.state import TorchSnapshot
-from lrkit.integrations.transformers.callback import _guard_blockers
+from lrkit.integrations.transformers.callback import RefreshedBeforeSaves, _guard_blockers
 from lrkit.schedules.base import Schedule
 
 __all__ = ["AutopilotCallback"]
@@ -74,7 +74,7 @@ class _State:
         state.restore(self.model, [self.optimizer], scaler=self.scaler)
 
 
-class AutopilotCallback(TrainerCallback):
+class AutopilotCallback(RefreshedBeforeSaves, TrainerCallback):
     """Train with ``transformers.Trainer`` and no learning rate given (see the module docstring).
 
     Args:
@@ -200,11 +200,3 @@ class AutopilotCallback(TrainerCallback):
     def _refresh(self) -> None:
         if self._lambda is not None and self.pilot is not None:
             self._lambda.__dict__[_KEY] = self.pilot.state_dict()
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if control.should_save:
-            self._refresh()
-
-    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if control.should_save:
-            self._refresh()

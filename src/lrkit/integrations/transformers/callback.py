@@ -266,7 +266,23 @@ class _State:
                     g[k] = v
 
 
-class LRDoctorCallback(GuardedWatch, TrainerCallback):
+class RefreshedBeforeSaves:
+    """A callback whose state rides in the ``Trainer``'s checkpoints: ``_refresh()`` puts it where the
+    checkpoint will find it, at every step or epoch end after which the ``Trainer`` saves."""
+
+    def _refresh(self) -> None:  # pragma: no cover - every user overrides it
+        raise NotImplementedError
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if control.should_save:
+            self._refresh()
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if control.should_save:
+            self._refresh()
+
+
+class LRDoctorCallback(RefreshedBeforeSaves, GuardedWatch, TrainerCallback):
     """Diagnose (and with ``guard=True`` protect) a ``transformers.Trainer`` run from its logs.
 
     See the module docstring for what is read, how the LR is lowered and what is supported.
@@ -474,14 +490,6 @@ class LRDoctorCallback(GuardedWatch, TrainerCallback):
         if self.guard is not None:
             saved["guard"] = self.guard.state_dict()
         setattr(self._sched_any, _KEY, saved)
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if control.should_save:
-            self._refresh()
-
-    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if control.should_save:
-            self._refresh()
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.watch_speaks = bool(getattr(state, "is_world_process_zero", True))
