@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from lrkit.tune import _torch
+from lrkit.tune import _convenience
 from lrkit.tune.prior import Prior
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -49,15 +49,15 @@ def test_a_stale_claim_is_taken_over(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path / 's.db'}"
     study = optuna.create_study(storage=url, study_name="s")
     study.set_user_attr("lrkit_prior_claim", {"worker": "dead:1", "time": time.time() - 10})
-    monkeypatch.setattr(_torch, "CLAIM_TIMEOUT", 5.0)
-    monkeypatch.setattr(_torch, "CLAIM_SETTLE", 0.05)
+    monkeypatch.setattr(_convenience, "CLAIM_TIMEOUT", 5.0)
+    monkeypatch.setattr(_convenience, "CLAIM_SETTLE", 0.05)
     made = []
 
     def make():
         made.append(1)
         return Prior(1e-3, 0.5, 1e-6, 1.0, "finder", 40)
 
-    prior = _torch.shared_prior(url, "s", "minimize", make)
+    prior = _convenience.shared_prior(url, "s", "minimize", make)
     assert made == [1] and prior.center == 1e-3
-    assert _torch.shared_prior(url, "s", "minimize", make).center == 1e-3 and made == [1]  # stored: reused
-    assert _torch.shared_prior(None, None, "minimize", make).center == 1e-3 and made == [1, 1]  # nothing to share
+    assert _convenience.shared_prior(url, "s", "minimize", make).center == 1e-3 and made == [1]  # stored: reused
+    assert _convenience.shared_prior(None, None, "minimize", make).center == 1e-3 and made == [1, 1]  # nothing to share

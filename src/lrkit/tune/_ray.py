@@ -163,8 +163,6 @@ def tune_ray(
         else:
             param_space = {"lr": rt.loguniform(lo, hi)}
     else:
-        from ray.tune.schedulers import PopulationBasedTraining
-
         k = num_samples
         start = [prior.center * 10 ** (prior.step * (i - (k - 1) / 2)) for i in range(k)]
         param_space = {"lr": rt.grid_search([min(max(x, lo), hi) for x in start])}

@@ -25,19 +25,12 @@ Example::
 """
 from __future__ import annotations
 
-import math
-import time
 import random
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import optuna
 
-from lrkit.tune._run import _WORKER, _open_study, _quiet_optuna, tune
-from lrkit.tune._schedules import schedule_for
-from lrkit.tune.prior import Prior
-from lrkit.tune.pruners import DivergenceWatch
-from lrkit.tune.storage import open_storage
+from lrkit.tune._convenience import run_trial, shared_prior, tune_target  # noqa: F401 - run_trial, shared_prior re-exported
 
 __all__ = ["tune_torch", "build_target", "train_trial", "run_trial", "builtin_target", "shared_prior"]
 
@@ -94,97 +87,19 @@ def train_trial(spec: dict[str, Any], lr: float, trial: Any, *, train_steps: int
     return run_trial(_trainer(spec), lr, trial, train_steps=train_steps, eval_every=eval_every, schedule=schedule)
 
 
-def check_run(target: Any, train_steps: Any, eval_every: Any, schedule: Any) -> int:
-    """The arguments every framework's convenience takes, checked before anything is built;
-    returns the steps between validation reports (default a tenth of the run)."""
-    if isinstance(train_steps, bool) or not isinstance(train_steps, int) or train_steps < 1:
-        raise ValueError(f"train_steps must be an integer >= 1 (the optimizer steps of one run), got {train_steps!r}")
-    every = max(1, train_steps // 10) if eval_every is None else eval_every
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise ValueError(f"eval_every must be an integer >= 1, got {eval_every!r}")
-    if not callable(target):
-        raise ValueError(f"target must be a function returning the task dict, got {type(target).__name__}")
-    schedule_for(schedule, 1.0, train_steps)  # a bad schedule fails here, before any training
-    return every
-
-
-def run_trial(trainer: Any, lr: float, trial: Any, *, train_steps: int, eval_every: int, schedule: Any = None) -> float:
-    """One trial on any :class:`~lrkit.finder.trainer.Trainer` (``step(lr)``, ``evaluate()``): the LR
-    of step ``t`` follows the schedule at peak ``lr``, every loss goes to the doctor (a diverging
-    trial stops at once), the validation loss is reported every ``eval_every`` steps for the pruner
-    and returned at the end."""
-    sched = schedule_for(schedule, lr, train_steps)
-    watch = DivergenceWatch(trial)
-    value = math.nan
-    for step in range(train_steps):
-        lr_t = float(sched(step))
-        loss = trainer.step(lr_t)
-        watch.observe(step, loss, lr=lr_t)
-        done = step + 1
-        if done % eval_every == 0 or done == train_steps:
-            value = float(trainer.evaluate())
-            trial.report(value, done)
-            if not math.isfinite(value):
-                trial.set_user_attr("lrkit_diverged", True)
-                trial.set_user_attr("lrkit_pruned_by", "doctor")
-                raise optuna.TrialPruned(f"validation loss {value} at step {done}")
-            if done < train_steps and trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at step {done}")
-    return value
-
-
-#: seconds a worker waits after claiming the range test before it reads the claim back (a claim
-#: written at the same moment by another worker lands meanwhile; the last one wins).
-CLAIM_SETTLE = 1.0
-#: seconds between two looks of a waiting worker for the claimant's prior.
-CLAIM_POLL = 1.0
-#: a claim older than this with no prior yet is taken over (its worker died mid-range test).
-CLAIM_TIMEOUT = 3600.0
-
-
-def shared_prior(storage: Any, study_name: str | None, direction: str, make_prior: Callable[[], Prior]) -> Prior:
-    """One range test per study: the first worker on a fresh shared study runs it
-    (``make_prior()``) and stores its prior with the study; the others wait for it and reuse it.
-
-    Without storage or a study name there is nothing to share: ``make_prior()``. The claim is a
-    study user attribute (``lrkit_prior_claim``: worker and time), written, then read back after
-    :data:`CLAIM_SETTLE` seconds: of workers claiming at once the last write wins and only its
-    worker proceeds (best effort: a worker whose write lands more than :data:`CLAIM_SETTLE` after
-    another's read-back runs a second range test, and the first prior stored wins). A claim
-    older than :data:`CLAIM_TIMEOUT` with no prior is taken over (its worker died).
-    """
-    if storage is None or study_name is None:
-        return make_prior()
-    with _quiet_optuna():  # a study of the other direction is refused here, before any range test
-        study = _open_study(storage, study_name, direction, None, None)
-    while True:
-        saved = study.user_attrs.get("lrkit_prior")
-        if saved:
-            return Prior.from_dict(saved)
-        claim = study.user_attrs.get("lrkit_prior_claim")
-        now = time.time()
-        if claim is None or now - float(claim.get("time", 0.0)) > CLAIM_TIMEOUT:
-            mine = {"worker": _WORKER, "time": now}
-            study.set_user_attr("lrkit_prior_claim", mine)
-            time.sleep(CLAIM_SETTLE)
-            if study.user_attrs.get("lrkit_prior_claim") == mine:
-                prior = make_prior()
-                if not study.user_attrs.get("lrkit_prior"):
-                    study.set_user_attr("lrkit_prior", prior.to_dict())
-                return Prior.from_dict(study.user_attrs["lrkit_prior"])
-            continue
-        time.sleep(CLAIM_POLL)
-
-
-def run_finder(target: Callable[..., dict], *, train_steps: int, seed: int, **kwargs: Any) -> Any:
-    """The range test on a fresh build of the target (``lrkit.torch.find_lr`` sized by ``train_steps``)."""
+def finder_on(spec: dict[str, Any], train_steps: int, seed: int) -> Any:
+    """The range test on a built target (``lrkit.torch.find_lr`` sized by ``train_steps``)."""
     from lrkit.torch import find_lr
 
-    spec = build_target(target, seed, **kwargs)
     return find_lr(spec["model"], spec["optimizer"], spec["loss_fn"], spec["train_loader"],
                    val_loader=spec["val_loader"], step_fn=spec.get("step_fn"), batch_size=spec.get("batch_size"),
                    accumulation_steps=spec.get("accumulation_steps", 1), grad_clip_norm=spec.get("grad_clip_norm"),
                    amp=spec.get("amp", False), train_steps=train_steps, progress=False, seed=seed)
+
+
+def run_finder(target: Callable[..., dict], *, train_steps: int, seed: int, **kwargs: Any) -> Any:
+    """The range test on a fresh build of the target."""
+    return finder_on(build_target(target, seed, **kwargs), train_steps, seed)
 
 
 def tune_torch(
@@ -222,34 +137,11 @@ def tune_torch(
             ``FinderResult`` is used as is; ``False`` starts from the optimizer family's rule of thumb.
         on_finder: called with the ``FinderResult`` after the range test (progress display).
     """
-    every = check_run(target, train_steps, eval_every, schedule)
     from lrkit.scaling import optimizer_family
 
-    first_kwargs = {"batch_size": batch_sizes[0]} if batch_sizes else {}
-    probe = build_target(target, seed, **first_kwargs)
-    family = optimizer_family(probe["optimizer"])
-    del probe
-    prior = tune_kwargs.pop("prior", None)
-    if strategy == "lrkit" and prior is None and finder is not False:
-        storage_obj = open_storage(storage, **{k: tune_kwargs[k] for k in ("heartbeat_interval", "grace_period")
-                                               if k in tune_kwargs})
-        storage = storage_obj if storage_obj is not None else storage
-
-        def make_prior() -> Prior:
-            result = finder if finder is not True else run_finder(target, train_steps=train_steps, seed=seed,
-                                                                  **first_kwargs)
-            if on_finder is not None:
-                on_finder(result)
-            return Prior.from_finder(result, low=low, high=high, family=family)
-
-        prior = shared_prior(storage_obj, study_name, tune_kwargs.get("direction", "minimize"), make_prior)
-
-    def objective(lr: float, trial: optuna.Trial) -> float:
-        kwargs = {"batch_size": trial.params["batch_size"]} if "batch_size" in trial.params else {}
-        spec = build_target(target, seed, **kwargs)
-        return train_trial(spec, lr, trial, train_steps=train_steps, eval_every=every,
-                           schedule=trial.params.get("schedule", schedule))
-
-    return tune(objective, n_trials=n_trials, budget=budget, train_steps=train_steps, low=low, high=high,
-                family=family, strategy=strategy, prior=prior, seed=seed, storage=storage, study_name=study_name,
-                batch_sizes=batch_sizes, schedules=schedules, **tune_kwargs)
+    return tune_target(target, build=build_target, make_trainer=_trainer, run_finder=finder_on,
+                       family_of=lambda spec: optimizer_family(spec["optimizer"]), train_steps=train_steps,
+                       n_trials=n_trials, budget=budget, schedule=schedule, schedules=schedules,
+                       batch_sizes=batch_sizes, eval_every=eval_every, strategy=strategy, finder=finder, low=low,
+                       high=high, seed=seed, storage=storage, study_name=study_name, on_finder=on_finder,
+                       **tune_kwargs)
