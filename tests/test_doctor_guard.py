@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import os
@@ -534,3 +535,26 @@ def test_a_held_raise_with_validation_that_does_not_hurt_is_left_alone():
     for k in range(400):
         g.step(0.1 if k < 150 else 0.3, val_loss=t.val_loss() if k % 10 == 0 else None)
     assert g.interventions == [] and g.diagnosis.verdict == "healthy"
+
+
+def test_state_dict_round_trip_and_bad_input():
+    """What a framework checkpoint carries: multiplier, clock, interventions, the doctor's state."""
+    t = LinReg(nan_at={60})
+    g = Guard(t, doctor=Doctor(window=10), snapshot_every=10)
+    for _ in range(80):
+        g.step(0.05)
+    state = g.state_dict()
+    json.dumps(state)  # plain JSON types
+    g2 = Guard(LinReg(), doctor=Doctor(window=10), snapshot_every=10, take_initial_snapshot=False)
+    g2.load_state_dict(state)
+    assert g2.lr_multiplier == g.lr_multiplier == pytest.approx(0.1) and g2.step_count == 80
+    assert [i.to_dict() for i in g2.interventions] == [i.to_dict() for i in g.interventions]
+    assert g2.doctor.state_dict() == g.doctor.state_dict()
+    g2.start()
+    assert g2.snapshot_steps == [80]  # the restored state is its first snapshot
+    with pytest.raises(ValueError, match="load its state before start"):
+        g2.load_state_dict(state)
+    with pytest.raises(ValueError, match="not a Guard.state_dict"):
+        Guard(LinReg(), take_initial_snapshot=False).load_state_dict({"multiplier": 1.0})
+    with pytest.raises(ValueError, match="multiplier must be a finite number > 0"):
+        Guard(LinReg(), take_initial_snapshot=False).load_state_dict({**state, "multiplier": -1.0})
