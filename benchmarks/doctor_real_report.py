@@ -104,56 +104,11 @@ def guard_score(specs: list[rr.RunSpec], res: dict[str, dict[str, Any]]) -> dict
     }
 
 
-def large_log(rows: int = 2_000_000) -> dict[str, Any]:
-    """``lrkit diagnose`` on a ``rows``-row CSV (step, loss, lr): wall time, peak memory of the process."""
-    import subprocess
-    import sys
-    import tempfile
-    from pathlib import Path
-
-    import numpy as np
-
-    with tempfile.TemporaryDirectory(prefix="lrkit-large-") as tmp:
-        path = Path(tmp) / "large.csv"
-        t = np.arange(rows)
-        rng = np.random.default_rng(0)
-        loss = 2.3 * np.exp(-t / (rows / 10)) + 0.1 + 0.05 * rng.standard_normal(rows) ** 2
-        with path.open("w") as fh:
-            fh.write("step,loss,lr\n")
-            np.savetxt(fh, np.column_stack([t, loss, np.full(rows, 0.01)]), fmt=["%d", "%.6g", "%g"], delimiter=",")
-        probe = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
-                 "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-                 "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, r.returncode); "
-                 "print(r.stdout.strip()[:2000])")
-        env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
-
-        def measure(*cmd: str) -> tuple[float, float, list[str], str]:
-            out = subprocess.run([sys.executable, "-c", probe, sys.executable, *cmd], capture_output=True, text=True,
-                                 env=env)
-            first, *rest = out.stdout.splitlines()
-            seconds, kb, rc = first.split()
-            return float(seconds), int(kb) / 1024, rest, rc
-
-        read_s, read_mb, _, _ = measure("-c", f"from lrkit.doctor import read_log; read_log({str(path)!r})")
-        res = {"rows": rows, "file_mb": path.stat().st_size / 2**20, "read_seconds": read_s, "read_peak_mb": read_mb}
-        from lrkit.doctor import Doctor
-
-        # the whole diagnosis on the first tenth of it (the doctor's pass, not the parse, sets its cost)
-        small = Path(tmp) / "small.csv"
-        with path.open("rb") as src, small.open("wb") as dst:
-            for _ in range(rows // 10 + 1):
-                dst.write(src.readline())
-        sec, mb, rest, rc = measure("-m", "lrkit", "diagnose", str(small), "--json")
-        res.update(diag_rows=rows // 10, seconds=sec, peak_mb=mb, observe_many=hasattr(Doctor, "observe_many"),
-                   verdict=json.loads(rest[0])["verdict"] if rc == "0" and rest else f"exit {rc}")
-        return res
-
-
 def _pct(a: int, b: int) -> str:
     return f"{a}/{b} ({100 * a / b:.0f}%)" if b else "-"
 
 
-def markdown(specs: list[rr.RunSpec], off: dict, liv: dict, elapsed: float, big: dict | None = None) -> str:
+def markdown(specs: list[rr.RunSpec], off: dict, liv: dict, elapsed: float) -> str:
     halves = [("held-out", "heldout"), ("development", "dev")]
     lines = [
         "## The doctor on real framework runs (held out)",
@@ -212,15 +167,7 @@ def markdown(specs: list[rr.RunSpec], off: dict, liv: dict, elapsed: float, big:
             f"| **{label}** | {g['harmed']}/{g['good']} | {g['good_worst']:+.3f} | {g['good_rollbacks']} | {g['bad']} | "
             f"{g['bad_unguarded_median']:.3f} -> {g['bad_guarded_median']:.3f} | {g['saved_median']:+.3f} "
             f"({g['saved_worst']:+.3f}, {g['saved_best']:+.3f}) | {g['rescued']}/{g['bad']} |")
-    if big is not None:
-        text = (f"A {big['rows']:,}-row CSV log (step, loss, lr; {big['file_mb']:.0f} MB): `read_log` took "
-                f"{big['read_seconds']:.1f} s with a peak memory of {big['read_peak_mb']:.0f} MB for the whole process "
-                "(Python and NumPy included)")
-        text += (f". The whole `lrkit diagnose FILE --json` on its first {big['diag_rows']:,} rows took "
-                 f"{big['seconds']:.1f} s (peak {big['peak_mb']:.0f} MB, verdict {big['verdict']}): the doctor's pass "
-                 f"({'`Doctor.observe_many`' if big['observe_many'] else 'row by row'}), not the parse, sets the cost "
-                 "of a long log today")
-        lines += ["", text + ". The machine was shared with other jobs while this ran."]
+    lines += ["", "Very long logs (millions of rows): see the section *Diagnosing very long logs* below."]
     for label, half in halves:
         for path in ("offline `diagnose`", "live callbacks"):
             m = scores.get((half, path), {}).get("misses")
@@ -240,8 +187,7 @@ def report(specs: list[rr.RunSpec], *, live: bool, write: bool) -> int:
     if live:
         globals()["live"](specs)
         liv = dict(json.loads(RESULTS.read_text()).get("live", {}))
-    big = large_log() if write else None
-    md = markdown(specs, off, liv, time.perf_counter() - t0, big)
+    md = markdown(specs, off, liv, time.perf_counter() - t0)
     print(md)
     if write:
         write_section("doctor_real", md)
