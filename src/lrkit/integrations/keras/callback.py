@@ -37,6 +37,11 @@ on the optimizer's ``learning_rate``:
 * **Any other ``LearningRateSchedule``** (e.g. ``keras.optimizers.schedules.CosineDecay``) or a
   callable cannot be lowered: ``guard=True`` raises ``ValueError`` in ``on_train_begin`` naming
   lrkit's export as the fix (watching it, ``guard=False``, works).
+* Keras' ``SGD`` and ``RMSprop`` keep a momentum *velocity* that holds the LR
+  (:math:`v \leftarrow \mu v - \eta g`, :math:`w \leftarrow w + v`); a rollback that lowers the LR
+  by :math:`\gamma` also scales the restored velocity by :math:`\gamma`, as if it had been built at
+  the lowered LR (left as it was, the old LR's velocity would throw a run at the edge of
+  stability off again).
 * After a rollback the loss tracker is reset (``reset_state()``; a NaN would otherwise stay in
   the epoch's running mean forever), so that epoch's reported ``loss`` covers only the batches
   after the rollback. Other compiled metrics are left alone.
