@@ -565,8 +565,8 @@ class Guard:
         """The factor the LR multiplier is multiplied by: ``lr_factor``; or ``1/r`` -- back to the LR
         that trained -- when the LR was raised ``r`` times and held: the doctor said so
         (``lr_rise``), or the run diverged under a raise still held that the restored snapshot
-        predates (an LR raised 30x at step ``s`` goes back to its old value, not to 3x it);
-        kept within ``[lr_factor**2, 1/1.5]``."""
+        predates (an LR raised 30x at step ``s`` goes back to its old value, not to 3x it; 1000x
+        likewise: the LR before the raise is known to have trained); at most ``1/1.5``."""
         r = d.evidence.get("lr_rise", math.nan)
         if not math.isfinite(r) or r < 1.5:
             sign = self.doctor.signs.get("lr_held")
@@ -574,7 +574,7 @@ class Guard:
             r = held[1] if held is not None and held[0] >= target.label else math.nan
         if not math.isfinite(r) or r < 1.5:
             return self.lr_factor
-        return min(max(1.0 / r, self.lr_factor**2), 1.0 / 1.5)
+        return min(1.0 / r, 1.0 / 1.5)
 
     def _relapse(self, step: int, loss: float) -> Diagnosis | None:
         """``diverging`` when, after a rollback, the loss level has sat at :data:`RELAPSE_RATIO`
