@@ -17,7 +17,22 @@ from lrkit.tune.prior import Prior
 from lrkit.tune.pruners import DivergenceWatch
 from lrkit.tune.storage import open_storage
 
-__all__ = ["tune_target", "run_trial", "check_run", "shared_prior"]
+__all__ = ["tune_target", "run_trial", "check_run", "check_spec", "shared_prior"]
+
+
+def check_spec(spec: Any, *, required: tuple[str, ...], optional: tuple[str, ...], val_key: str, shape: str,
+               val_hint: str | None = None) -> dict[str, Any]:
+    """A ``target()``'s dict checked the same way for every framework: the ``required`` keys,
+    nothing but them and the ``optional`` ones, and a validation set (``val_key``) to score
+    trials by. ``shape`` and ``val_hint`` word the errors."""
+    if not isinstance(spec, dict) or any(k not in spec for k in required):
+        raise ValueError(f"target() must return a dict with {shape}; got {type(spec).__name__}")
+    unknown = sorted(set(spec) - set(required) - set(optional))
+    if unknown:
+        raise ValueError(f"target() returned unknown keys {unknown}; allowed: {', '.join(required + optional)}")
+    if spec.get(val_key) is None:
+        raise ValueError(f"target() must give {val_hint or val_key}: every trial is scored by its validation loss")
+    return spec
 
 
 def check_run(target: Any, train_steps: Any, eval_every: Any, schedule: Any) -> int:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from lrkit.tune._convenience import tune_target
+from lrkit.tune._convenience import check_spec, tune_target
 
 __all__ = ["tune_keras"]
 
@@ -39,16 +39,9 @@ def _build(target: Callable[[], dict], seed: int) -> dict[str, Any]:
     import keras
 
     keras.utils.set_random_seed(seed)
-    spec = target()
-    if not isinstance(spec, dict) or "model" not in spec:
-        raise ValueError("target() must return a dict with 'model' (compiled) and its data "
-                         f"({', '.join(_KEYS)}); got {type(spec).__name__}")
-    unknown = sorted(set(spec) - {"model", *_KEYS})
-    if unknown:
-        raise ValueError(f"target() returned unknown keys {unknown}; allowed: model, {', '.join(_KEYS)}")
-    if spec.get("val_data") is None:
-        raise ValueError("target() must give val_data=(x_val, y_val): every trial is scored by its validation loss")
-    return spec
+    return check_spec(target(), required=("model",), optional=_KEYS, val_key="val_data",
+                      shape=f"'model' (compiled) and its data ({', '.join(_KEYS)})",
+                      val_hint="val_data=(x_val, y_val)")
 
 
 def _trainer(spec: dict[str, Any]) -> Any:

@@ -25,26 +25,20 @@ from typing import Any, Callable
 
 import numpy as np
 
-from lrkit.tune._convenience import tune_target
+from lrkit.tune._convenience import check_spec, tune_target
 
 __all__ = ["tune_optax"]
 
-_KEYS = ("loss_fn", "params", "optimizer", "batches", "val_batches", "has_aux")
+_REQUIRED = ("loss_fn", "params", "optimizer", "batches")
+_OPTIONAL = ("val_batches", "has_aux")
 
 
 def _build(target: Callable[[], dict], seed: int) -> dict[str, Any]:
     random.seed(seed)
     np.random.seed(seed)
-    spec = target()
-    if not isinstance(spec, dict) or any(k not in spec for k in ("loss_fn", "params", "optimizer", "batches")):
-        raise ValueError("target() must return a dict with loss_fn, params, optimizer (a factory lr -> "
-                         f"GradientTransformation), batches and val_batches; got {type(spec).__name__}")
-    unknown = sorted(set(spec) - set(_KEYS))
-    if unknown:
-        raise ValueError(f"target() returned unknown keys {unknown}; allowed: {', '.join(_KEYS)}")
-    if spec.get("val_batches") is None:
-        raise ValueError("target() must give val_batches: every trial is scored by its validation loss")
-    return spec
+    return check_spec(target(), required=_REQUIRED, optional=_OPTIONAL, val_key="val_batches",
+                      shape="loss_fn, params, optimizer (a factory lr -> GradientTransformation), batches and "
+                            "val_batches")
 
 
 def _trainer(spec: dict[str, Any]) -> Any:
