@@ -31,16 +31,45 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["TorchSnapshot", "loader_generators"]
+__all__ = ["TorchSnapshot", "capture_rngs", "loader_generators", "restore_rngs", "rngs_kept"]
 
+
+
+def capture_rngs() -> dict[str, Any]:
+    """The global RNG states: torch (CPU, and CUDA once initialised), NumPy, Python."""
+    rng: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def restore_rngs(rng: dict[str, Any]) -> None:
+    """Put back what :func:`capture_rngs` took."""
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    if "cuda" in rng:
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+@contextlib.contextmanager
+def rngs_kept() -> Iterator[None]:
+    """Run the block with every global RNG put back as it was afterwards (e.g. around a loader's
+    iteration, which draws a seed from torch's)."""
+    saved = capture_rngs()
+    try:
+        yield
+    finally:
+        restore_rngs(saved)
 
 @dataclass(frozen=True)
 class _SavedTensor:
@@ -220,13 +249,7 @@ class TorchSnapshot:
                 )
                 if hasattr(scaler, name)
             }
-        rng: dict[str, Any] = {
-            "torch": torch.get_rng_state(),
-            "numpy": np.random.get_state(),
-            "python": random.getstate(),
-        }
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
+        rng = capture_rngs()
         gens = []
         for loader in loaders:
             for gen in loader_generators(loader):
@@ -298,11 +321,7 @@ class TorchSnapshot:
         if scaler is not None and self.scaler is not None:
             for name, value in self.scaler.items():
                 setattr(scaler, name, _load(getattr(scaler, name, None), value))
-        torch.set_rng_state(self.rng["torch"])
-        np.random.set_state(self.rng["numpy"])
-        random.setstate(self.rng["python"])
-        if "cuda" in self.rng:
-            torch.cuda.set_rng_state_all(self.rng["cuda"])
+        restore_rngs(self.rng)
         live = [gen for loader in loaders for gen in loader_generators(loader)]
         for i, (gen, state) in enumerate(self.generators):
             if gen is None:  # unpickled: the generator is the i-th of the loaders given now

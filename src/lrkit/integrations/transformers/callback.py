@@ -93,14 +93,11 @@ Example::
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import random
 import warnings
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from transformers import TrainerCallback
 
@@ -110,7 +107,7 @@ from lrkit.doctor.guard import Guard
 from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation, watch_doctor
 from lrkit.doctor.interventions import GuardGaveUp, Intervention
 from lrkit.doctor.watch import check_actions
-from lrkit.integrations.torch.state import TorchSnapshot
+from lrkit.integrations.torch.state import TorchSnapshot, rngs_kept
 
 __all__ = ["LRDoctorCallback"]
 
@@ -195,22 +192,6 @@ def _copy_lr(value: Any) -> Any:
     return value.detach().clone() if isinstance(value, torch.Tensor) else value
 
 
-@contextlib.contextmanager
-def _rngs_kept():
-    """Put the torch (CPU and CUDA), NumPy and Python RNGs back as they were (iterating a loader
-    draws a seed from torch's)."""
-    saved = (torch.get_rng_state(), np.random.get_state(), random.getstate(),
-             torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None)
-    try:
-        yield
-    finally:
-        torch.set_rng_state(saved[0])
-        np.random.set_state(saved[1])
-        random.setstate(saved[2])
-        if saved[3] is not None:
-            torch.cuda.set_rng_state_all(saved[3])
-
-
 def _initial_loss(model: Any, loader: Any) -> float | None:
     """The model's loss before training on the first examples of ``loader``'s dataset, collated by
     its ``collate_fn`` (``None`` if it cannot be had): the loader's sampler is not touched (its
@@ -221,7 +202,7 @@ def _initial_loss(model: Any, loader: Any) -> float | None:
         return None
     modes = [m.training for m in model.modules()]
     try:
-        with _rngs_kept(), torch.no_grad():
+        with rngs_kept(), torch.no_grad():
             size = getattr(loader, "batch_size", None) or getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
             n = min(len(dataset), int(size or 8))  # Accelerate's loaders batch through their batch_sampler
             batch = (loader.collate_fn or torch.utils.data.default_collate)([dataset[i] for i in range(n)])
