@@ -121,6 +121,21 @@ class GuardedWatch(SpeakingWatch):
         return self.guard.lr_multiplier if self.guard is not None else 1.0
 
 
+    def _checkpoint_state(self) -> dict[str, Any]:
+        """What a framework checkpoint carries for this watcher: the doctor's state, and the guard's
+        (multiplier, clock, interventions; its doctor's state included) when there is one."""
+        state: dict[str, Any] = {"doctor": self.doctor.state_dict()}
+        if self.guard is not None:
+            state["guard"] = self.guard.state_dict()
+        return state
+
+    def _load_checkpoint_state(self, saved: Mapping[str, Any]) -> None:
+        """Continue from :meth:`_checkpoint_state` (before the guard starts)."""
+        if self.guard is not None and "guard" in saved:
+            self.guard.load_state_dict(saved["guard"])  # the doctor's state with it
+        elif "doctor" in saved:
+            self.doctor.load_state_dict(saved["doctor"])
+
     def close(self) -> None:
         """Drop the guard's snapshots and remove its files (``storage="disk"``); idempotent."""
         if self.guard is not None:

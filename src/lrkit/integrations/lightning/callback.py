@@ -134,21 +134,16 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         """Saved in Lightning checkpoints: the step count, the doctor's and the guard's state."""
-        state: dict[str, Any] = {"step": self._step, "doctor": self.doctor.state_dict()}
-        if self.guard is not None:
-            state["guard"] = self.guard.state_dict()
-        return state
+        return {**self._checkpoint_state(), "step": self._step}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restored by ``trainer.fit(..., ckpt_path=...)`` before training starts."""
         if not state_dict:
             return
         self._step = int(state_dict.get("step", 0))
-        if self.guard is not None and "guard" in state_dict:
+        if self.guard is not None:
             self.guard.close()  # a callback reused from an earlier fit: its snapshots are stale
-            self.guard.load_state_dict(state_dict["guard"])  # the doctor's state included
-        elif "doctor" in state_dict:
-            self.doctor.load_state_dict(state_dict["doctor"])
+        self._load_checkpoint_state(state_dict)
 
     # ------------------------------------------------------------------ optimizer hooks
     def _pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:

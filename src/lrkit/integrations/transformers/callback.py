@@ -440,16 +440,14 @@ class LRDoctorCallback(RefreshedBeforeSaves, GuardedWatch, TrainerCallback):
         if self.guard is not None:
             self.guard.close()
             self.guard = self._new_guard()  # a fresh clock and multiplier for this train() call
-            if saved is not None and "guard" in saved:
-                self.guard.load_state_dict(saved["guard"])  # the doctor's state with it
-            self.guard.start()  # the state before the first step of this call
-        if saved is not None and (self.guard is None or "guard" not in saved):
-            self.doctor.load_state_dict(saved["doctor"])
         if saved is not None:
+            self._load_checkpoint_state(saved)
             self._last_step = saved.get("last_step")
-        elif state.global_step == 0 and self.initial_loss and _logs_every(args) > 1:
+        if self.guard is not None:
+            self.guard.start()  # the state before the first step of this call
+        if saved is None and state.global_step == 0 and self.initial_loss and _logs_every(args) > 1:
             # the first training log averages the first logging_steps steps: a blow-up inside them
-            # is invisible without the loss the run started from (an evaluation batch, before step 1)
+            # is invisible without the loss the run started from (its first examples, before step 1)
             start = _initial_loss(kwargs.get("model"), kwargs.get("train_dataloader"))
             if start is not None:
                 self._control = control
@@ -467,10 +465,7 @@ class LRDoctorCallback(RefreshedBeforeSaves, GuardedWatch, TrainerCallback):
         """Put the callback's state on the scheduler, whose ``state_dict`` the checkpoint saves."""
         if self._sched_any is None:
             return
-        saved: dict[str, Any] = {"doctor": self.doctor.state_dict(), "last_step": self._last_step}
-        if self.guard is not None:
-            saved["guard"] = self.guard.state_dict()
-        setattr(self._sched_any, _KEY, saved)
+        setattr(self._sched_any, _KEY, {**self._checkpoint_state(), "last_step": self._last_step})
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.watch_speaks = bool(getattr(state, "is_world_process_zero", True))
