@@ -44,7 +44,7 @@ def _run_to_end(storage_dir, run_id, steps, every, out, ballast=0, sync=False):
 
 def test_kill_9_mid_run_then_resume_continues_bitwise(tmp_path):
     """A run killed with SIGKILL and started again with the same run_id resumes from its newest
-    snapshot (at most one snapshot period lost) and ends exactly as an uninterrupted run."""
+    snapshot (at most one period and the write in flight lost) and ends exactly as an uninterrupted run."""
     _, ref = _run_to_end(tmp_path / "ref", "ref", 300, 10, tmp_path / "ref.json")
     p = _spawn(tmp_path / "store", "exp", 300, 10, sleep=0.004, out=tmp_path / "out.json")
     killed_at = None
@@ -61,7 +61,9 @@ def test_kill_9_mid_run_then_resume_continues_bitwise(tmp_path):
     assert all("doctor" in s and "label" in s for s in manifest["snapshots"])
     start, out = _run_to_end(tmp_path / "store", "exp", 300, 10, tmp_path / "out.json")
     resumed_from = int(start[1])
-    assert killed_at - 10 <= resumed_from <= killed_at + 1  # lost at most one snapshot period
+    # background writes: at most one period plus the write in flight is lost; the worker may run a
+    # few steps past the line we read before the signal lands
+    assert killed_at - 20 <= resumed_from <= killed_at + 10
     assert out["w"] == ref["w"]  # bitwise: weights, RNG and doctor state came back
     assert not run_dir.exists()  # the finished run cleaned up
 
