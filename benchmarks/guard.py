@@ -4,6 +4,7 @@ Run from the repository root (a few minutes on 2 cores):
 
     .venv/bin/python benchmarks/guard.py            # writes the "guard" section of BENCHMARKS.md
     .venv/bin/python benchmarks/guard.py --quick    # dev half, one task, print only
+    .venv/bin/python benchmarks/guard.py --dev      # dev half, every task, print only (to design on)
 
 Tasks: scikit-learn digits (MLP classifier), scikit-learn diabetes (MLP regression) and MNIST
 (MLP on the 10k test-set images, split 8k/2k) when ``../shared/data/mnist`` exists. Every run is
@@ -315,6 +316,7 @@ def fmt_ratio(xs: list[float]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="dev half, digits only, print only")
+    ap.add_argument("--dev", action="store_true", help="dev half, every task, print only")
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--seeds", type=int, default=4, help="seeds 0..N-1 (even: dev, odd: held-out)")
     ap.add_argument("--tasks", default="digits,diabetes,mnist", help="comma-separated subset")
@@ -327,7 +329,7 @@ def main() -> None:
     torch.set_num_threads(1)
     logging.getLogger("lrkit.guard").setLevel(logging.CRITICAL)
     tasks = ["digits"] if a.quick else [t for t in a.tasks.split(",") if t != "mnist" or MNIST.is_dir()]
-    seeds = [s for s in range(a.seeds) if not a.quick or half(s) == "dev"]
+    seeds = [s for s in range(a.seeds) if not (a.quick or a.dev) or half(s) == "dev"]
     t0 = time.perf_counter()
     clean: dict = {}
     rows: list[dict] = []
@@ -421,7 +423,7 @@ def main() -> None:
     ]
     md = "\n".join(lines)
     print(md)
-    if not a.quick:
+    if not (a.quick or a.dev):
         (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
         (ROOT / "benchmarks" / "results" / "guard_faults.json").write_text(
             json.dumps({"rows": rows, "clean": {f"{k[0]}/{k[1]}": v for k, v in clean.items()}}, indent=1,

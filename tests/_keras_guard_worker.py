@@ -52,7 +52,7 @@ def main() -> None:
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.05, momentum=0.9), loss="mse")
     cb = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=10, storage="disk",
                           storage_dir=storage_dir, run_id="keras-run", resume=True,
-                          sync_writes=True)  # a kill loses at most one period: no write in flight
+                          sync_writes=True, forgive_first=False)  # a kill loses at most one period: no write in flight
     faults = Faults(die_at)
     orig = cb.on_train_begin
 

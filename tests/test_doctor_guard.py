@@ -82,10 +82,11 @@ def test_nan_injection_is_rolled_back_and_run_finishes_like_a_clean_one(caplog):
     assert isinstance(rec, Intervention)
     assert rec.verdict == "nan" and rec.step == 150 and rec.onset == 150
     assert rec.restored_to < 150 and rec.before_onset and rec.retry == 1
-    assert rec.old_multiplier == 1.0 and rec.new_multiplier == pytest.approx(0.3)
-    assert g.lr_multiplier == pytest.approx(0.3)
+    # a first problem out of a healthy run: a bad state, not the LR -- the LR is kept
+    assert rec.old_multiplier == 1.0 and rec.new_multiplier == 1.0 and g.lr_multiplier == 1.0
     assert math.isfinite(final) and final < 1.5 * clean  # noise floor is 0.01; both converged
-    assert any("lrkit guard: nan at step 150" in r.message for r in caplog.records)
+    assert any("lrkit guard: nan at step 150" in r.message and "kept the LR multiplier" in r.message
+               for r in caplog.records)
     assert all(r.levelno == logging.WARNING for r in caplog.records if r.name == "lrkit.guard")
     assert rec.to_dict()["verdict"] == "nan"
 
@@ -105,6 +106,62 @@ def test_too_high_lr_diverges_unguarded_and_converges_guarded():
     assert g.interventions[0].verdict in ("diverging", "nan")
     assert lr * g.lr_multiplier * lam < 2
     assert final < 1.5 * clean
+
+
+def test_a_first_fault_keeps_the_lr_and_one_that_comes_back_soon_lowers_it(caplog):
+    """Two NaN batches 10 steps apart: the first (out of a healthy run) is forgiven, the second,
+    within two snapshot periods of the first rollback, lowers the LR by ``lr_factor``."""
+    t = LinReg(nan_at={150, 160})
+    g = Guard(t, snapshot_every=20, lr_factor=0.3, max_overhead=None)
+    with caplog.at_level(logging.WARNING, logger="lrkit.guard"):
+        run(t, 0.05, 300, g)
+    first, second = g.interventions
+    assert (first.old_multiplier, first.new_multiplier) == (1.0, 1.0)
+    assert second.old_multiplier == 1.0 and second.new_multiplier == pytest.approx(0.3)
+    assert [("kept" in r.message, "lowered" in r.message) for r in caplog.records] == [(True, False), (False, True)]
+
+
+def test_faults_far_apart_are_each_forgiven_and_the_run_is_never_slowed():
+    """NaN batches 100 steps apart, the run healthy in between: every rollback lands on a newer
+    snapshot than the last and keeps the LR; the run ends as well as a clean one."""
+    clean = run(LinReg(), 0.05, 400)
+    t = LinReg(nan_at={100, 200, 300})
+    g = Guard(t, snapshot_every=20, max_overhead=None)
+    final = run(t, 0.05, 400, g)
+    assert [i.new_multiplier for i in g.interventions] == [1.0, 1.0, 1.0]
+    targets = [i.restored_to for i in g.interventions]
+    assert targets == sorted(set(targets)) and targets[0] > 60
+    assert final < 1.2 * clean
+
+
+def test_an_lr_that_is_too_high_from_the_start_is_lowered_at_once():
+    """A run that blows up before its first healthy snapshot never trained at this LR: the
+    rollback to the initial state lowers it (no forgiveness)."""
+    t0 = LinReg()
+    lam = float(np.linalg.eigvalsh(t0.H)[-1])
+    t = LinReg()
+    g = Guard(t, snapshot_every=10, lr_factor=0.3, max_overhead=None)
+    run(t, 3.0 / lam, 200, g)
+    first = g.interventions[0]
+    assert first.restored_to == 0 and first.new_multiplier == pytest.approx(0.3)
+    assert 3.0 * g.lr_multiplier < 2  # ends below the stability edge
+
+
+def test_forgive_first_must_be_a_bool():
+    with pytest.raises(ValueError, match="forgive_first must be True or False"):
+        Guard(LinReg(), forgive_first="yes")
+
+
+def test_lower_lr_after_a_kept_rollback_amends_the_record():
+    t = LinReg(nan_at={50})
+    g = Guard(t, snapshot_every=10, lr_factor=0.2, max_overhead=None)
+    with pytest.raises(ValueError, match="only right after a rollback that kept the LR"):
+        g.lower_lr("no rollback yet")
+    run(t, 0.05, 60, g)
+    rec = g.lower_lr("measured beyond the stability limit")
+    assert g.lr_multiplier == pytest.approx(0.2) and g.interventions == [rec] and rec.new_multiplier == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="only right after a rollback that kept the LR"):
+        g.lower_lr("twice")
 
 
 def test_restore_target_precedes_onset_and_is_bitwise():
@@ -171,7 +228,9 @@ def test_bounded_retries_raise_with_state_restored():
     assert len(t.restored) == 4  # three rollbacks and the final restore
     assert t.restored[1:3] == t.restored[:2]  # the same last-good snapshot each time
     assert err.best_by == "train_loss" and err.restored_to == err.best_step == t.restored[-1][2]
-    assert g.lr_multiplier == pytest.approx(0.125)
+    # the first NaN out of a healthy run keeps the LR; the next ones, from the same snapshot, lower it
+    assert [r.new_multiplier for r in err.interventions] == pytest.approx([1.0, 0.5, 0.25])
+    assert g.lr_multiplier == pytest.approx(0.25)
     assert err.diagnosis.verdict == "nan"
 
 
@@ -188,7 +247,7 @@ def test_observe_mode_callback_and_doctor_reset():
     assert g.step_count == 22  # the clock is not rewound
     summary = g.state_summary()
     assert summary["interventions"][0]["verdict"] == "nan" and summary["step_count"] == 22
-    assert summary["lr_multiplier"] == pytest.approx(0.1)  # the default lr_factor
+    assert summary["lr_multiplier"] == 1.0  # a first problem out of a healthy run keeps the LR
     import json
 
     json.dumps(summary)  # JSON-ready
@@ -246,12 +305,14 @@ def test_bad_trainer_and_lr():
     k=st.integers(1, 30),
     factor=st.floats(0.05, 0.9),
     nan_at=st.integers(5, 120),
+    forgive=st.booleans(),
 )
-def test_property_single_fault_one_rollback(k, factor, nan_at):
+def test_property_single_fault_one_rollback(k, factor, nan_at, forgive):
     """Any snapshot period and factor: one transient NaN -> exactly one rollback to a snapshot
-    taken before it, at most 6 kept (initial + 4 + best), the multiplier is the factor, and the run ends finite."""
+    taken before it, at most 6 kept (initial + 4 + best), the multiplier is 1 (a first problem
+    after a healthy snapshot is forgiven) or the factor, and the run ends finite."""
     t = LinReg(nan_at=[nan_at])
-    g = Guard(t, doctor=Doctor(window=10), snapshot_every=k, lr_factor=factor)
+    g = Guard(t, doctor=Doctor(window=10), snapshot_every=k, lr_factor=factor, forgive_first=forgive)
     for _ in range(nan_at + 30):
         g.step(0.05)
         assert len(g.snapshot_steps) <= 6
@@ -259,7 +320,10 @@ def test_property_single_fault_one_rollback(k, factor, nan_at):
     rec = g.interventions[0]
     assert rec.step == nan_at and rec.restored_to <= nan_at - 1
     assert nan_at - rec.restored_to <= k  # no more than one snapshot period lost
-    assert g.lr_multiplier == pytest.approx(factor)
+    # forgiven: a first problem after a healthy snapshot; one before any (the initial state is the
+    # target) says the run never trained at this LR
+    kept = forgive and rec.restored_to > 0
+    assert g.lr_multiplier == (1.0 if kept else pytest.approx(factor))
     assert math.isfinite(t.evaluate())
 
 
@@ -486,12 +550,12 @@ def test_a_blow_up_under_a_held_raise_undoes_the_raise_not_a_tenth_of_it(raise_b
 def test_a_fault_long_after_a_held_raise_gets_the_usual_cut():
     t = LinReg(nan_at={260})
     lam = float(np.linalg.eigvalsh(t.H)[-1])
-    g = Guard(t, snapshot_every=20, lr_factor=0.1, max_overhead=None)
+    g = Guard(t, snapshot_every=20, lr_factor=0.1, max_overhead=None, forgive_first=False)
     for k in range(320):
         g.step(0.15 / lam if k < 100 else 0.3 / lam)  # a 2x raise at step 100 that trains fine
     (rec,) = g.interventions
     assert rec.verdict == "nan" and rec.restored_to > 100  # the snapshot postdates the raise
-    assert rec.new_multiplier == pytest.approx(0.1)
+    assert rec.new_multiplier == pytest.approx(0.1)  # lr_factor, not 1/2: the raise is not the cause
 
 
 class Generalises(NoiseFloor):
@@ -541,7 +605,7 @@ def test_a_held_raise_with_validation_that_does_not_hurt_is_left_alone():
 def test_state_dict_round_trip_and_bad_input():
     """What a framework checkpoint carries: multiplier, clock, interventions, the doctor's state."""
     t = LinReg(nan_at={60})
-    g = Guard(t, doctor=Doctor(window=10), snapshot_every=10)
+    g = Guard(t, doctor=Doctor(window=10), snapshot_every=10, forgive_first=False)
     for _ in range(80):
         g.step(0.05)
     state = g.state_dict()

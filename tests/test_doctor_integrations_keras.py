@@ -183,7 +183,8 @@ def test_guard_with_a_plateau_schedule_and_an_injected_nan():
                 self.done = True
                 self.model.set_weights([np.full_like(w, np.nan) for w in self.model.get_weights()])
 
-    cb = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=5)
+    # forgive_first=False: the NaN lowers the LR, so that both factors are < 1 and must compose
+    cb = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=5, forgive_first=False)
     model = make(lr)
     X, y = data()
     hist = model.fit(X, y, batch_size=32, epochs=10, verbose=0, shuffle=False, callbacks=[Poison(), cb, lr.callback])
@@ -298,7 +299,8 @@ def test_a_rollback_under_sgd_momentum_scales_the_restored_velocity():
     y = (x @ rng.standard_normal((5, 1))).astype("float32")
     model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.05, momentum=0.9), loss="mse")
-    cb = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=10)
+    # forgive_first=False: the NaN lowers the LR, so the restored velocity must be scaled
+    cb = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=10, forgive_first=False)
     model.fit(x, y, batch_size=32, epochs=8, verbose=0, shuffle=False, callbacks=[cb, _NaNWeightAt(25)])
     assert [i.verdict for i in cb.interventions] == ["nan"]
     after = [loss for step, loss, _ in cb.history if step > 25]

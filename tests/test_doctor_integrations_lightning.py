@@ -70,15 +70,17 @@ def test_watch_only_reports_nan_and_logs_verdict():
     assert cb.interventions == [] and cb.lr_multiplier == 1.0
 
 
-def test_guard_rolls_back_a_nan_batch(caplog):
+@pytest.mark.parametrize("forgive", [True, False])
+def test_guard_rolls_back_a_nan_batch(caplog, forgive):
     clean, _ = fit(Regression(0.05))
-    cb = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=10)
+    cb = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=10, forgive_first=forgive)
     with caplog.at_level(logging.WARNING, logger="lrkit.guard"):
         val, trainer = fit(Regression(0.05, nan_at=30), cb)
     assert [i.verdict for i in cb.interventions] == ["nan"]
     assert cb.interventions[0].restored_to <= 30
     assert math.isfinite(val) and val < 2 * clean + 0.05, (val, clean)
-    assert trainer.callback_metrics["lrkit/lr_multiplier"].item() == pytest.approx(0.1)  # the default lr_factor
+    # a first NaN out of a healthy run keeps the LR; forgive_first=False lowers it by the default lr_factor
+    assert trainer.callback_metrics["lrkit/lr_multiplier"].item() == pytest.approx(1.0 if forgive else 0.1)
     assert any("nan at step 30" in r.getMessage() for r in caplog.records)
 
 
@@ -150,14 +152,14 @@ def test_validation_results_reach_the_doctor_with_the_next_step(guard):
 def test_a_run_resumed_from_its_checkpoint_keeps_the_lowered_lr_and_history(tmp_path):
     """The guard's multiplier lives in the optimizer hooks, not in any optimizer or scheduler state:
     the callback's own state in the checkpoint carries it (and the interventions, the doctor)."""
-    cb = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=10)
+    cb = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=10, forgive_first=False)
     module = Regression(0.05, nan_at=30)
     _, trainer = fit(module, cb, steps=60)
     assert cb.lr_multiplier == pytest.approx(0.1) and len(cb.interventions) == 1
     ckpt = tmp_path / "last.ckpt"
     trainer.save_checkpoint(ckpt)
 
-    resumed = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=10)
+    resumed = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=10, forgive_first=False)
     module2 = Regression(0.05)
     seen = []
     orig_start = resumed.on_train_start

@@ -241,7 +241,8 @@ def test_lr_after_a_rollback_is_the_factor_times_the_schedule(tmp_path, lr_facto
         def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kw):
             used[state.global_step + 1] = optimizer.param_groups[0]["lr"]  # the LR of this step
 
-    cb = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=4, lr_factor=lr_factor)
+    cb = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=4, lr_factor=lr_factor,
+                          forgive_first=False)
     trainer = train(tmp_path, base, cb, steps=steps, nan_at=nan_at, scheduler=scheduler, warmup_steps=5,
                     extra_callbacks=[Seen()], nan_filter=True)
     assert len(cb.interventions) == 1
@@ -386,10 +387,10 @@ def test_a_checkpoint_saved_after_a_rollback_resumes_with_the_lowered_lr(tmp_pat
         trainer.train(**kw)
         return trainer
 
-    first = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=5)
+    first = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=5, forgive_first=False)
     run(60, first)  # the linear schedule decays to 0 at step 60; the NaN comes at step 21
     assert first.lr_multiplier == pytest.approx(0.1)
-    second = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=5)
+    second = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=5, forgive_first=False)
     trainer = run(60, second, resume_from_checkpoint=str(tmp_path / "checkpoint-40"))
     assert trainer.lr_scheduler.base_lrs == [pytest.approx(0.01)] * len(trainer.optimizer.param_groups)
     logged = {h["step"]: h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h}

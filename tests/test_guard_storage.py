@@ -180,7 +180,7 @@ def test_resume_restores_multiplier_doctor_and_interventions(tmp_path):
     """In-process: a guard that was never closed (as after kill -9) is found again by a new one."""
     t = LinReg(nan_at=[45])
     g = Guard(t, doctor=Doctor(window=10), snapshot_every=10, storage="disk", storage_dir=tmp_path,
-              run_id="r1", max_overhead=None)
+              run_id="r1", max_overhead=None, forgive_first=False)
     for _ in range(80):
         g.step(0.05)
     g._store.flush()

@@ -131,8 +131,10 @@ class Autopilot:
                                      f"got {type(state).__name__} without it")
         if self.use_guard:
             settings = policy.guard_settings(self.plan.train_steps)
+            # forgive_first=False: the autopilot's own policy (policy.lowered_multiplier) decides
+            # what a rollback does to the LR, as a correction on the guard's multiplier
             self.guard = Guard(state, doctor=self.doctor, on_intervention=self._on_intervention,
-                               logger=_GUARD_LOG, **settings)
+                               logger=_GUARD_LOG, forgive_first=False, **settings)
         return self
 
     # ------------------------------------------------------------------ the LR

@@ -17,10 +17,29 @@ After every observation the doctor gives a verdict. On a verdict in ``act_on`` (
 
     \theta \leftarrow \theta_{L^\*},\qquad
     \text{doctor} \leftarrow \text{doctor}_{L^\*},\qquad
-    m \leftarrow m \cdot \gamma
+    m \leftarrow m \cdot c
 
 with :math:`\theta_{L}` the trainer state snapshotted just before step :math:`L`, :math:`m` the
-LR multiplier (:attr:`Guard.lr_multiplier`, starts at 1) and :math:`\gamma` = ``lr_factor``.
+LR multiplier (:attr:`Guard.lr_multiplier`, starts at 1) and :math:`c` the factor below
+(:math:`\gamma` = ``lr_factor`` when the LR is to blame).
+
+**When the LR is lowered.** Not every blow-up is the LR's fault: a bad batch, a corrupted shard,
+a NaN written into a weight are one-off faults, and a 10x lower LR would cost the rest of the run
+for nothing. With ``forgive_first=True`` (the default) the factor is
+
+.. math::
+
+    c = \begin{cases}
+      1/r & \text{the LR was raised } r \text{ times and held since the restored snapshot} \\
+      1 & \text{a first problem: the restored snapshot is not the initial state, the doctor's onset}\\
+        & \quad\text{is not before it, and there was no earlier rollback, or the run has since moved}\\
+        & \quad\text{on (the target is newer than the last rollback's and } 2K \text{ steps have passed)} \\
+      \gamma & \text{otherwise (a second problem soon after, or from the same snapshot)}
+    \end{cases}
+
+so a fault that comes back -- the LR really is too high -- is lowered at its second occurrence
+(one rollback later than with ``forgive_first=False``), and every forgiven rollback lands on a
+strictly newer snapshot than the last one (the run cannot loop).
 
 **Which snapshot is "last good".** A snapshot is taken after every ``snapshot_every`` (= :math:`K`)
 *consecutive* steps with a ``healthy`` or ``flat`` verdict (never during ``fluctuating``), and
@@ -88,13 +107,14 @@ Example:
     >>> import logging
     >>> guard = Guard(Quadratic(), snapshot_every=5, lr_factor=0.8, logger=logging.getLogger("doc"))
     >>> losses = [guard.step(1.2) for _ in range(200)]  # lr * 2 = 2.4 > 2: diverges, is caught
-    >>> len(guard.interventions), round(guard.lr_multiplier, 3), guard.interventions[0].restored_to
-    (1, 0.8, 0)
+    >>> [(i.restored_to, round(i.new_multiplier, 3)) for i in guard.interventions]
+    [(0, 0.8)]
     >>> guard.trainer.x ** 2 < 1e-6                       # then converges at 0.96 (x factor -0.92)
     True
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -132,8 +152,11 @@ class Guard:
             The guard drives it: do not feed it yourself.
         snapshot_every: ``K``, take a snapshot every ``K`` steps while the verdict is healthy
             (or flat). An int >= 1 (default 50). Smaller = less lost on a rollback, more copies.
-        lr_factor: :math:`\gamma`, the LR multiplier is multiplied by this on each intervention;
+        lr_factor: :math:`\gamma`, the LR multiplier is multiplied by this on an intervention;
             in (0, 1) (default 0.1: "lower the LR about 10x", as the doctor advises).
+        forgive_first: keep the LR on a first problem out of a healthy run and lower it only when
+            a problem comes back soon (see "When the LR is lowered"); ``False``: lower it on every
+            intervention. Default ``True``.
         max_retries: how many times one snapshot may be restored; an int >= 1 (default 3).
         act_on: the verdicts that trigger a rollback; a subset of ``{"nan", "diverging",
             "fluctuating"}`` (default ``("nan", "diverging")``).
@@ -170,6 +193,7 @@ class Guard:
         doctor: Doctor | None = None,
         snapshot_every: int = 50,
         lr_factor: float = 0.1,
+        forgive_first: bool = True,
         max_retries: int = 3,
         act_on: tuple[str, ...] = ("nan", "diverging"),
         storage: str = "memory",
@@ -211,7 +235,7 @@ class Guard:
         for name, value in (("storage_dir", storage_dir), ("run_id", run_id)):
             if value is not None and storage != "disk":
                 raise ValueError(f"Guard: {name} is only used with storage='disk', got storage={storage!r}")
-        for name, flag in (("resume", resume), ("sync_writes", sync_writes)):
+        for name, flag in (("resume", resume), ("sync_writes", sync_writes), ("forgive_first", forgive_first)):
             if not isinstance(flag, bool):
                 raise ValueError(f"Guard: {name} must be True or False, got {flag!r}")
         if sync_writes and storage != "disk":
@@ -224,6 +248,7 @@ class Guard:
         self.doctor = doctor
         self.snapshot_every = snapshot_every
         self.lr_factor = float(lr_factor)
+        self.forgive_first = forgive_first
         self.max_retries = max_retries
         self.act_on = act
         self.storage = storage
@@ -393,6 +418,27 @@ class Guard:
         self._t_last = time.perf_counter()
         return None
 
+    def lower_lr(self, reason: str) -> Intervention:
+        """Lower the LR multiplier by ``lr_factor`` now, after a rollback that kept it: for a caller
+        that learns after the rollback that the LR was the cause (the stability probe of
+        :class:`~lrkit.integrations.torch.doctor.TorchDoctor` measuring the restored state beyond its
+        stability limit at the LR that failed). The newest :class:`Intervention` is amended
+        (``new_multiplier``) and returned; ``reason`` goes to the log.
+
+        Raises:
+            ValueError: no intervention yet, or the newest one already changed the LR.
+        """
+        if not self._interventions or self._interventions[-1].new_multiplier != self._interventions[-1].old_multiplier:
+            raise ValueError("Guard.lower_lr: only right after a rollback that kept the LR")
+        old = self._multiplier
+        self._multiplier = old * self.lr_factor
+        rec = dataclasses.replace(self._interventions[-1], new_multiplier=self._multiplier)
+        self._interventions[-1] = rec
+        self._write_manifest()
+        self.logger.warning("lrkit guard: lowered the LR multiplier %.3g -> %.3g after all: %s", old,
+                            self._multiplier, reason)
+        return rec
+
     def close(self) -> None:
         """Drop every snapshot and delete the run's files (and the temporary directory the guard
         created). The records stay; a later :meth:`start` begins afresh. Idempotent."""
@@ -561,20 +607,39 @@ class Guard:
             self._relapse_ref = {"best": rec.best if math.isfinite(rec.best) else self._health.best, "above": None,
                            "label": rec.label}
 
-    def _cut(self, d: Diagnosis, target: SnapshotRecord) -> float:
-        """The factor the LR multiplier is multiplied by: ``lr_factor``; or ``1/r`` -- back to the LR
-        that trained -- when the LR was raised ``r`` times and held: the doctor said so
-        (``lr_rise``), or the run diverged under a raise still held that the restored snapshot
-        predates (an LR raised 30x at step ``s`` goes back to its old value, not to 3x it; 1000x
-        likewise: the LR before the raise is known to have trained); at most ``1/1.5``."""
+    def _cut(self, step: int, d: Diagnosis, target: SnapshotRecord) -> float:
+        """The factor the LR multiplier is multiplied by (see "When the LR is lowered").
+
+        ``1/r`` -- back to the LR that trained -- when the LR was raised ``r`` times and held: the
+        doctor said so (``lr_rise``), or the run diverged under a raise still held that the
+        restored snapshot predates (an LR raised 30x at step ``s`` goes back to its old value, not
+        to 3x it; 1000x likewise: the LR before the raise is known to have trained); at most
+        ``1/1.5``. Else 1 for a first problem (``forgive_first``), else ``lr_factor``."""
         r = d.evidence.get("lr_rise", math.nan)
         if not math.isfinite(r) or r < 1.5:
             sign = self.doctor.signs.get("lr_held")
             held = sign.held_raise() if sign is not None else None
             r = held[1] if held is not None and held[0] >= target.label else math.nan
-        if not math.isfinite(r) or r < 1.5:
-            return self.lr_factor
-        return min(1.0 / r, 1.0 / 1.5)
+        if math.isfinite(r) and r >= 1.5:
+            return min(1.0 / r, 1.0 / 1.5)
+        if self.forgive_first and self._first_problem(step, d, target):
+            return 1.0
+        return self.lr_factor
+
+    def _first_problem(self, step: int, d: Diagnosis, target: SnapshotRecord) -> bool:
+        """A problem out of a run that has shown it trains at this LR: ``target`` is not the
+        initial state (a run that fails before its first healthy snapshot never trained at this
+        LR), the problem began after it (the doctor's onset is not earlier: a run "unstable since
+        its start" is the LR), and no rollback yet, or the run has moved on since the last one:
+        ``target`` is newer than the state it restored and more than two snapshot periods have
+        passed."""
+        onset = d.step if d.step is not None else step
+        if target is self._initial or onset < target.label:
+            return False
+        if not self._interventions:
+            return True
+        last = self._interventions[-1]
+        return target.label > last.restored_to and step - last.step > 2 * self._interval
 
     def _relapse(self, step: int, loss: float) -> Diagnosis | None:
         """``diverging`` when, after a rollback, the loss level has sat at :data:`RELAPSE_RATIO`
@@ -631,7 +696,7 @@ class Guard:
             self._store.drop(snap.handle)
         self._snaps = [s for s in self._snaps if s.label <= target.label]
         target.cut(onset)  # the restored timeline's own losses no longer speak for it
-        cut = self._cut(d, target)  # before the doctor is rewound to the snapshot's state
+        cut = self._cut(step, d, target)  # before the doctor is rewound to the snapshot's state
         self._restore(target, state, rollback=True)
         target.restores += 1
         old = self._multiplier
@@ -643,11 +708,13 @@ class Guard:
         )
         self._interventions.append(rec)
         self._write_manifest()
+        what = (f"lowered the LR multiplier {old:.3g} -> {self._multiplier:.3g}" if cut != 1.0 else
+                f"kept the LR multiplier at {old:.3g} (a first problem out of a healthy run: a bad batch or "
+                "state is likelier than the LR; a second one soon will lower it)")
         self.logger.warning(
-            "lrkit guard: %s at step %d (onset %s); restored the snapshot of step %d%s and lowered "
-            "the LR multiplier %.3g -> %.3g (retry %d of %d)",
+            "lrkit guard: %s at step %d (onset %s); restored the snapshot of step %d%s and %s (retry %d of %d)",
             d.verdict, step, d.step, target.label, "" if verified else " (no snapshot was verified healthy)",
-            old, self._multiplier, rec.retry, self.max_retries,
+            what, rec.retry, self.max_retries,
         )
         if self.on_intervention is not None:
             self.on_intervention(rec)

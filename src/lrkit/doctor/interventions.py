@@ -30,7 +30,8 @@ class Intervention:
         onset: the step where the doctor says the problem began.
         evidence: the doctor's numbers behind the verdict.
         old_multiplier: the LR multiplier in force when it went wrong.
-        new_multiplier: the multiplier from now on (``old_multiplier * lr_factor``).
+        new_multiplier: the multiplier from now on (``old_multiplier`` times the factor the guard chose:
+            ``lr_factor``, 1 for a first problem, ``1/r`` for a held raise).
         restored_to: the guard step the restored snapshot was taken before.
         before_onset: ``True`` if that snapshot precedes the doctor's onset.
         retry: how many times this snapshot has now been restored (1 = first time).

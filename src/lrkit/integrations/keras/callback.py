@@ -19,7 +19,8 @@ is a ``fluctuating`` verdict (the last epoch's results have no next batch and ar
 
 With ``guard=True`` a :class:`~lrkit.doctor.guard.Guard` snapshots ``model.get_weights()`` and
 every optimizer variable (moments, the iteration counter) as NumPy copies, and on ``nan`` /
-``diverging`` writes them back and multiplies the LR by ``lr_factor``. What "the LR" is depends
+``diverging`` writes them back and multiplies the LR by ``lr_factor`` (a first problem out of a
+healthy run keeps it: ``forgive_first``, see :mod:`lrkit.doctor.guard`). What "the LR" is depends
 on the optimizer's ``learning_rate``:
 
 * **A float** (a ``keras.Variable``): the callback assigns :math:`m \cdot \text{base}`, where
@@ -138,7 +139,7 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
     Args:
         guard: roll back and lower the LR on ``nan``/``diverging`` (default ``False``: watch only).
         doctor: the :class:`~lrkit.doctor.core.Doctor` (default ``Doctor()``).
-        snapshot_every, lr_factor, max_retries, act_on, storage, storage_dir, on_intervention,
+        snapshot_every, lr_factor, forgive_first, max_retries, act_on, storage, storage_dir, on_intervention,
             logger, run_id, resume, sync_writes: as in :class:`~lrkit.doctor.guard.Guard` (only with
             ``guard=True``); with ``storage="disk"``, a ``run_id`` and ``resume=True`` a process
             killed mid-``fit`` and started again resumes (see the module docstring).
@@ -162,6 +163,7 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
         doctor: Doctor | None = None,
         snapshot_every: int = 50,
         lr_factor: float = 0.1,
+        forgive_first: bool = True,
         max_retries: int = 3,
         act_on: tuple[str, ...] = ("nan", "diverging"),
         storage: str = "memory",
@@ -180,7 +182,8 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
         self._set_initial_epoch = False
         self._init_watch("LRDoctorCallback", self._keras_state, guard=guard, doctor=doctor, logger=logger,
                          on_converged=on_converged, on_overfitting=on_overfitting, plateau_factor=plateau_factor,
-                         snapshot_every=snapshot_every, lr_factor=lr_factor, max_retries=max_retries, act_on=act_on,
+                         snapshot_every=snapshot_every, lr_factor=lr_factor, forgive_first=forgive_first,
+                         max_retries=max_retries, act_on=act_on,
                          storage=storage, storage_dir=storage_dir, on_intervention=on_intervention,
                          run_id=run_id, resume=resume, sync_writes=sync_writes)
         self.history: list[tuple[int, float, float]] = []

@@ -12,7 +12,8 @@ doctor with the next training step, so a validation metric that swings without p
 
 With ``guard=True`` a :class:`~lrkit.doctor.guard.Guard` snapshots the LightningModule (parameters,
 buffers, gradients, modes), every optimizer's state and the RNGs, and on ``nan``/``diverging``
-restores them in place and lowers the LR by ``lr_factor``.
+restores them in place and lowers the LR by ``lr_factor`` (a first problem out of a healthy run keeps
+it: ``forgive_first``, see :mod:`lrkit.doctor.guard`).
 
 **How the LR is lowered under Lightning's schedulers.** Lightning steps ``interval="step"``
 schedulers *before* ``on_train_batch_end``, so the callback never rewrites param groups between
@@ -75,7 +76,7 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
     Args:
         guard: roll back and lower the LR on ``nan``/``diverging`` (default ``False``: watch only).
         doctor: the :class:`~lrkit.doctor.core.Doctor` (default ``Doctor()``).
-        snapshot_every, lr_factor, max_retries, act_on, storage, storage_dir, on_intervention,
+        snapshot_every, lr_factor, forgive_first, max_retries, act_on, storage, storage_dir, on_intervention,
             logger: as in :class:`~lrkit.doctor.guard.Guard` (only with ``guard=True``).
         log_verdict: log ``lrkit/verdict_severity`` (and ``lrkit/lr_multiplier``) with
             ``pl_module.log`` every step (default ``True``).
@@ -102,6 +103,7 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         doctor: Doctor | None = None,
         snapshot_every: int = 50,
         lr_factor: float = 0.1,
+        forgive_first: bool = True,
         max_retries: int = 3,
         act_on: tuple[str, ...] = ("nan", "diverging"),
         storage: str = "memory",
@@ -118,7 +120,8 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         self._trainer: Any = None
         self._init_watch("LRDoctorCallback", _State(self), guard=guard, doctor=doctor, logger=logger,
                          on_converged=on_converged, on_overfitting=on_overfitting, plateau_factor=plateau_factor,
-                         snapshot_every=snapshot_every, lr_factor=lr_factor, max_retries=max_retries, act_on=act_on,
+                         snapshot_every=snapshot_every, lr_factor=lr_factor, forgive_first=forgive_first,
+                         max_retries=max_retries, act_on=act_on,
                          storage=storage, storage_dir=storage_dir, on_intervention=on_intervention)
         self.log_verdict = bool(log_verdict)
         self.track_grad_norm = bool(track_grad_norm)

@@ -5,7 +5,8 @@ r"""The LR doctor and guard inside a plain PyTorch training loop (no Trainer nee
 last good snapshot of the model, the optimizer state, the ``GradScaler`` and the RNGs back **in
 place** (the same tensors; the optimizer keeps its parameters) and from then on runs every
 optimizer step at :math:`m \cdot \text{lr}`, where :math:`m` (``lr_multiplier``) is multiplied by
-``lr_factor`` at each intervention.
+``lr_factor`` when an intervention lowers the LR (a first problem out of a healthy run keeps it:
+``forgive_first``, see :mod:`lrkit.doctor.guard`).
 
 Two calls per step::
 
@@ -64,7 +65,10 @@ Hessian; (2) by the time a divergence is detected the weights have moved far fro
 and their curvature says little about the onset -- on a small tanh network at 2x too high an LR,
 lambda_max was 7.2 at the last good state and 3.6e5 at detection, which would name an LR 5e4
 times too small as "stable"; (3) the restored state is the one the run goes on from, so the same
-probe says whether the lowered LR is within the limit. Without the guard (and on ``fluctuating``,
+probe says whether the lowered LR is within the limit. When the guard kept the LR (a first problem
+out of a healthy run looks like a bad batch: ``forgive_first``) but the probe puts the restored
+state beyond its limit at that LR, the LR is the cause after all and the guard lowers it
+(:meth:`~lrkit.doctor.guard.Guard.lower_lr`). Without the guard (and on ``fluctuating``,
 which the guard does not act on by default) the probe measures the state at detection: right for
 an oscillating run or a slow rise, only qualitative after a blow-up (the explanation then says
 so). A ``nan`` without rollback is not probed (non-finite weights have no curvature), and an
@@ -177,7 +181,7 @@ class TorchDoctor(GuardedWatch):
         guard: roll back and lower the LR on ``nan``/``diverging`` (default ``True``); with
             ``False`` only the doctor runs and :meth:`after_step` always returns ``False``.
         doctor: a :class:`~lrkit.doctor.core.Doctor` (default ``Doctor()``).
-        snapshot_every, lr_factor, max_retries, act_on, storage, storage_dir, on_intervention,
+        snapshot_every, lr_factor, forgive_first, max_retries, act_on, storage, storage_dir, on_intervention,
             logger, keep, max_overhead, run_id, resume, sync_writes: as in :class:`~lrkit.doctor.guard.Guard`.
             The stability probe logs to ``logger`` too (default
             ``logging.getLogger("lrkit.stability")``). With ``storage="disk"``, a ``run_id`` and
@@ -218,6 +222,7 @@ class TorchDoctor(GuardedWatch):
         doctor: Doctor | None = None,
         snapshot_every: int = 50,
         lr_factor: float = 0.1,
+        forgive_first: bool = True,
         max_retries: int = 3,
         act_on: tuple[str, ...] = ("nan", "diverging"),
         scaler: Any = None,
@@ -271,8 +276,8 @@ class TorchDoctor(GuardedWatch):
         if guard:
             self.guard = Guard(
                 _State(self), doctor=self.doctor, snapshot_every=snapshot_every, lr_factor=lr_factor,
-                max_retries=max_retries, act_on=act_on, storage=storage, storage_dir=storage_dir,
-                on_intervention=on_intervention, logger=logger, keep=keep, max_overhead=max_overhead,
+                forgive_first=forgive_first, max_retries=max_retries, act_on=act_on, storage=storage,
+                storage_dir=storage_dir, on_intervention=on_intervention, logger=logger, keep=keep, max_overhead=max_overhead,
                 run_id=run_id, resume=resume, sync_writes=sync_writes,
             )
         elif not isinstance(self.doctor, Doctor):
@@ -463,10 +468,15 @@ class TorchDoctor(GuardedWatch):
         old = [float(g["lr"]) * rec.old_multiplier for g in self.optimizer.param_groups]
         report = self._probe(rec.verdict, old, quiet=True)
         if report is not None:
+            hr = report["headroom"]
+            if rec.new_multiplier == rec.old_multiplier and hr is not None and hr < 1:
+                # the guard forgave a first problem, but the restored state is beyond its stability
+                # limit at the LR that failed: the LR is the cause, not a bad batch
+                rec = self.guard.lower_lr(f"the stability probe puts the restored state beyond its limit "
+                                          f"at the LR that failed (headroom {hr:.3g})")
             scale = rec.new_multiplier / rec.old_multiplier
             report["restored_to"] = rec.restored_to
             report["lr_after_rollback"] = report["lr"] * scale
-            hr = report["headroom"]
             report["headroom_after_rollback"] = None if hr is None else hr / scale
             d = Diagnosis(rec.verdict, rec.onset, rec.step, dict(rec.evidence), (), rec.message)
             text = explain(d, report)

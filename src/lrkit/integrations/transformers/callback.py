@@ -24,7 +24,8 @@ reliable ``nan`` verdict. The guard needs the opposite (see below).
 (:class:`~lrkit.integrations.torch.state.TorchSnapshot`: the model's parameters and buffers, the
 optimizer's state, the ``GradScaler`` of mixed precision if any, the torch/NumPy/Python RNGs) and,
 when the doctor says ``nan`` or ``diverging`` (``act_on``), restores the last good one in place and
-lowers the LR by ``lr_factor``. Everything happens in ``on_log``, right after the ``Trainer`` has
+lowers the LR by ``lr_factor`` (unless it is a first problem out of a healthy run: ``forgive_first``,
+see :mod:`lrkit.doctor.guard`). Everything happens in ``on_log``, right after the ``Trainer`` has
 stepped the optimizer and the scheduler and logged the loss:
 
 * **Snapshots** are taken there too, by the guard: after ``snapshot_every`` consecutive healthy
@@ -277,7 +278,7 @@ class LRDoctorCallback(RefreshedBeforeSaves, GuardedWatch, TrainerCallback):
         stop_on: verdicts that stop training (default ``()``: only report); a subset of
             ``("nan", "diverging", "fluctuating", "flat")``. With ``guard=True`` it may not share
             a verdict with ``act_on`` (a verdict either stops the run or rolls it back).
-        snapshot_every, lr_factor, max_retries, act_on, storage, storage_dir, on_intervention:
+        snapshot_every, lr_factor, forgive_first, max_retries, act_on, storage, storage_dir, on_intervention:
             as in :class:`~lrkit.doctor.guard.Guard` (only with ``guard=True``);
             ``snapshot_every`` counts logged steps.
         logger: where detections (and the guard's interventions) are reported (default
@@ -316,6 +317,7 @@ class LRDoctorCallback(RefreshedBeforeSaves, GuardedWatch, TrainerCallback):
         stop_on: tuple[str, ...] = (),
         snapshot_every: int = 50,
         lr_factor: float = 0.1,
+        forgive_first: bool = True,
         max_retries: int = 3,
         act_on: tuple[str, ...] = ("nan", "diverging"),
         storage: str = "memory",
@@ -341,7 +343,8 @@ class LRDoctorCallback(RefreshedBeforeSaves, GuardedWatch, TrainerCallback):
         self.stop_on = tuple(stop_on)
         self.logger = logger if logger is not None else logging.getLogger("lrkit.doctor")
         self._guard_kwargs: dict[str, Any] = dict(
-            snapshot_every=snapshot_every, lr_factor=lr_factor, max_retries=max_retries, act_on=act_on,
+            snapshot_every=snapshot_every, lr_factor=lr_factor, forgive_first=forgive_first,
+            max_retries=max_retries, act_on=act_on,
             storage=storage, storage_dir=storage_dir, on_intervention=on_intervention, logger=logger,
         )
         self.guard: Guard | None = self._new_guard() if guard else None  # validates the guard's arguments
