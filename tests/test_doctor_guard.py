@@ -110,7 +110,8 @@ def test_too_high_lr_diverges_unguarded_and_converges_guarded():
 
 def test_a_first_fault_keeps_the_lr_and_one_that_comes_back_soon_lowers_it(caplog):
     """Two NaN batches 10 steps apart: the first (out of a healthy run) is forgiven, the second,
-    within two snapshot periods of the first rollback, lowers the LR by ``lr_factor``."""
+    within two snapshot periods of the first rollback, lowers the LR by ``lr_factor`` -- on
+    probation: the run then trains well, and the LR comes back."""
     t = LinReg(nan_at={150, 160})
     g = Guard(t, snapshot_every=20, lr_factor=0.3, max_overhead=None)
     with caplog.at_level(logging.WARNING, logger="lrkit.guard"):
@@ -118,7 +119,10 @@ def test_a_first_fault_keeps_the_lr_and_one_that_comes_back_soon_lowers_it(caplo
     first, second = g.interventions
     assert (first.old_multiplier, first.new_multiplier) == (1.0, 1.0)
     assert second.old_multiplier == 1.0 and second.new_multiplier == pytest.approx(0.3)
-    assert [("kept" in r.message, "lowered" in r.message) for r in caplog.records] == [(True, False), (False, True)]
+    kept, lowered, back = [r.message for r in caplog.records]
+    assert "kept the LR multiplier" in kept and "lowered the LR multiplier 1 -> 0.3" in lowered
+    # the lowering was on probation: 40 healthy steps later the LR is back (two NaNs were the data)
+    assert "LR multiplier back 0.3 -> 1" in back and g.lr_multiplier == 1.0
 
 
 def test_faults_far_apart_are_each_forgiven_and_the_run_is_never_slowed():
@@ -623,3 +627,69 @@ def test_state_dict_round_trip_and_bad_input():
         Guard(LinReg(), take_initial_snapshot=False).load_state_dict({"multiplier": 1.0})
     with pytest.raises(ValueError, match="multiplier must be a finite number > 0"):
         Guard(LinReg(), take_initial_snapshot=False).load_state_dict({**state, "multiplier": -1.0})
+
+
+class BadShard(LinReg):
+    """LinReg whose batches are garbage (inputs x50) for ``length`` guard steps from step ``at``:
+    keyed on the step the guard is at, so a rollback does not skip it (a corrupt shard the loader
+    keeps serving)."""
+
+    def __init__(self, at, length, **kw):
+        super().__init__(**kw)
+        self.at, self.length, self.clock = at, length, 0
+
+    def step(self, lr):
+        k, self.clock = self.clock, self.clock + 1
+        if not self.at <= k < self.at + self.length:
+            return super().step(lr)
+        idx = self.rng.integers(0, len(self.y), self.batch)
+        X, y = 50 * self.X[idx], self.y[idx]
+        r = X @ self.w - y
+        with np.errstate(all="ignore"):
+            self.w = self.w - lr * 2 * X.T @ r / len(y)
+        return float(np.mean(r**2))
+
+
+def test_a_bad_shard_lowers_the_lr_on_probation_and_it_comes_back():
+    """A corrupt stretch of 15 batches hits twice (forgiven, then lowered); once the run has trained
+    past it and a newer snapshot is healthy, the LR returns to its value before the trouble."""
+    t = BadShard(150, 15)
+    g = Guard(t, snapshot_every=10, lr_factor=0.1, max_overhead=None)
+    while g.step_count < 300:
+        t.clock = g.step_count
+        g.step(0.05)
+    mults = [(i.old_multiplier, i.new_multiplier) for i in g.interventions]
+    assert mults[:2] == [(1.0, 1.0), (1.0, pytest.approx(0.1))]  # forgiven, lowered (and maybe again)
+    assert len(g.recoveries) == 1 and g.recoveries[0] > g.interventions[-1].step
+    assert g.lr_multiplier == 1.0
+    g2 = Guard(LinReg(), take_initial_snapshot=False)
+    g2.load_state_dict(g.state_dict())  # a framework checkpoint carries the probation record
+    assert g2.recoveries == g.recoveries and g2.state_dict()["probation"] == g.state_dict()["probation"]
+
+
+def test_trouble_soon_after_a_recovery_lowers_the_lr_for_good():
+    """An LR that diverges a while after each rollback: forgiven, lowered on probation, restored,
+    diverges again soon after the recovery -- now lowered for good, no second probation."""
+    t = LinReg()
+    lam = float(np.linalg.eigvalsh(t.H)[-1])
+    script = {}
+
+    class Doc(Doctor):
+        def observe(self, step, loss, **kw):
+            d = super().observe(step, loss, **kw)
+            if step in script:
+                return Diagnosis("diverging", step, step, {}, (), "forced")
+            return d
+
+    script.update({k: None for k in (100, 112, 160, 330, 336)})
+    g = Guard(t, doctor=Doc(window=10), snapshot_every=10, lr_factor=0.1, max_overhead=None)
+    for _ in range(400):
+        g.step(0.5 / lam)
+    mults = [i.new_multiplier / i.old_multiplier for i in g.interventions]
+    assert mults[:2] == [1.0, pytest.approx(0.1)]  # forgiven, then lowered on probation
+    assert len(g.recoveries) == 1 and 160 - 40 <= g.recoveries[0] < 160
+    assert mults[2] == pytest.approx(0.1)  # within 4K of the recovery: the LR, for good
+    assert g.state_dict()["probation"]["closed"]
+    # much later, a lone fault is forgiven again, and a second soon after lowers it with no probation
+    assert mults[3:] == [1.0, pytest.approx(0.1)] and len(g.recoveries) == 1
+    assert g.lr_multiplier == pytest.approx(0.01)

@@ -24,7 +24,7 @@ from lrkit.integrations.transformers.callback import LRDoctorCallback, _guard_bl
 
 
 class Tiny(torch.nn.Module):
-    """A tanh MLP returning ``{"loss": ...}``; its forward number ``nan_at`` (0-based) gets a NaN input,
+    """A tanh MLP returning ``{"loss": ...}``; its forward number(s) ``nan_at`` (0-based) get a NaN input,
     and every forward from ``nan_from`` on (a permanently broken run)."""
 
     def __init__(self, nan_at=None, nan_from=None):
@@ -32,11 +32,11 @@ class Tiny(torch.nn.Module):
         torch.manual_seed(0)
         self.net = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
         self.calls = 0
-        self.nan_at = nan_at
+        self.nan_at = {nan_at} if isinstance(nan_at, int) else set(nan_at or ())
         self.nan_from = nan_from
 
     def forward(self, x, y):
-        if self.calls == self.nan_at or (self.nan_from is not None and self.calls >= self.nan_from):
+        if self.calls in self.nan_at or (self.nan_from is not None and self.calls >= self.nan_from):
             x = x.clone()
             x[0, 0] = float("nan")
         self.calls += 1
@@ -158,6 +158,28 @@ def test_guard_rescues_a_too_high_lr(tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "lrkit.guard"]
     assert len(lines) == 1 and f"diverging at step {step}" in lines[0]  # one line per intervention
     assert cb.detections[-1].verdict == "diverging"  # the rolled-back problem is still on record
+
+
+def test_two_nan_batches_close_together_lower_the_lr_on_probation_and_it_comes_back(tmp_path):
+    """The first NaN is forgiven, the second (soon after) lowers the schedule 10x; once the run has
+    trained on and a newer snapshot is healthy, the schedule's LR is back (the guard's recovery reaches
+    the Trainer's scheduler like its lowering)."""
+    used = {}
+
+    class Seen(transformers.TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kw):
+            used[state.global_step + 1] = optimizer.param_groups[0]["lr"]
+
+    cb = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=4)
+    trainer = train(tmp_path, 0.05, cb, steps=80, nan_at=(30, 33), extra_callbacks=[Seen()], nan_filter=True)
+    kept, lowered = cb.interventions
+    assert (kept.new_multiplier, lowered.new_multiplier) == (1.0, pytest.approx(0.1))
+    (back,) = cb.guard.recoveries
+    assert cb.lr_multiplier == 1.0 and lowered.step < back < 80
+    assert all(used[k] == pytest.approx(0.005) for k in range(lowered.step + 1, back + 1))
+    ramp = [used[k] for k in range(back + 1, 81)]  # back up geometrically over 2K = 8 steps
+    assert ramp == sorted(ramp) and 0.005 < ramp[0] < 0.05 and ramp[8:] == [pytest.approx(0.05)] * len(ramp[8:])
+    assert trainer.lr_scheduler.base_lrs == [pytest.approx(0.05)] * len(trainer.optimizer.param_groups)
 
 
 @pytest.mark.parametrize("optim,storage", [("sgd", "memory"), ("adamw_torch", "disk")])

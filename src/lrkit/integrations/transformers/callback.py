@@ -348,6 +348,7 @@ class LRDoctorCallback(RefreshedBeforeSaves, GuardedWatch, TrainerCallback):
             storage=storage, storage_dir=storage_dir, on_intervention=on_intervention, logger=logger,
         )
         self.guard: Guard | None = self._new_guard() if guard else None  # validates the guard's arguments
+        self._applied = 1.0  # the guard's multiplier as the schedule's base_lrs hold it
         if self.guard is not None:
             both = [v for v in self.stop_on if v in self.guard.act_on]
             if both:
@@ -448,6 +449,7 @@ class LRDoctorCallback(RefreshedBeforeSaves, GuardedWatch, TrainerCallback):
             self._last_step = saved.get("last_step")
         if self.guard is not None:
             self.guard.start()  # the state before the first step of this call
+            self._applied = self.guard.lr_multiplier  # a resumed schedule's base_lrs already hold it
         if saved is None and state.global_step == 0 and self.initial_loss and _logs_every(args) > 1:
             # the first training log averages the first logging_steps steps: a blow-up inside them
             # is invisible without the loss the run started from (its first examples, before step 1)
@@ -504,8 +506,10 @@ class LRDoctorCallback(RefreshedBeforeSaves, GuardedWatch, TrainerCallback):
             raise
         if rec is None:
             self._stop_if_asked(self.doctor.diagnosis, step, control)
-        else:
-            self._lower_lr(rec.new_multiplier / rec.old_multiplier)
+        if self.guard is not None and self.guard.lr_multiplier != self._applied:
+            # a rollback that lowered the LR, or a lowering on probation undone (see lrkit.doctor.guard)
+            self._lower_lr(self.guard.lr_multiplier / self._applied)
+            self._applied = self.guard.lr_multiplier
         if control.should_save:  # this step's checkpoint comes next: it carries what was just seen
             self._refresh()
 
