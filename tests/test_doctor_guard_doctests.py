@@ -10,6 +10,7 @@ MODULES = [
     "lrkit.doctor.guard",
     "lrkit.doctor.guarded_watch",
     "lrkit.doctor.interventions",
+    "lrkit.doctor.lr_policy",
     "lrkit.integrations.torch.doctor",
     "lrkit.integrations.torch.hessian",
 ]

@@ -23,32 +23,17 @@ with :math:`\theta_{L}` the trainer state snapshotted just before step :math:`L`
 LR multiplier (:attr:`Guard.lr_multiplier`, starts at 1) and :math:`c` the factor below
 (:math:`\gamma` = ``lr_factor`` when the LR is to blame).
 
-**When the LR is lowered.** Not every blow-up is the LR's fault: a bad batch, a corrupted shard,
-a NaN written into a weight are one-off faults, and a 10x lower LR would cost the rest of the run
-for nothing. With ``forgive_first=True`` (the default) the factor is
-
-.. math::
-
-    c = \begin{cases}
-      1/r & \text{the LR was raised } r \text{ times and held since the restored snapshot} \\
-      1 & \text{a first problem: the restored snapshot is not the initial state, the doctor's onset}\\
-        & \quad\text{is not before it, and there was no earlier rollback, or the run has since moved}\\
-        & \quad\text{on (the target is newer than the last rollback's and } 2K \text{ steps have passed)} \\
-      \gamma & \text{otherwise (a second problem soon after, or from the same snapshot)}
-    \end{cases}
-
-so a fault that comes back -- the LR really is too high -- is lowered at its second occurrence
-(one rollback later than with ``forgive_first=False``), and every forgiven rollback lands on a
-strictly newer snapshot than the last one (the run cannot loop).
-
-A second problem soon after a forgiven one is still ambiguous: a bad stretch of data (a corrupt
-shard of a few dozen batches) hits twice as surely as a too-high LR. So that lowering is
-*probation*: once the run has trained :math:`2K` steps past it and a snapshot taken since is
-verified healthy, the multiplier goes back to its value before the problem, geometrically over
-:math:`2K` steps (a WARNING line says so; :attr:`Guard.recoveries`); a problem during probation lowers the LR further and restarts its
-clock (a 10x lower LR that still blows up points at the data). If a problem comes within :math:`4K` steps of that recovery, the LR
-was the cause: it is lowered for good and no probation is granted again. A lowering with direct
-evidence (a held raise, a run that never reached a healthy snapshot) is never undone.
+**When the LR is lowered** (:mod:`lrkit.doctor.lr_policy`). Not every blow-up is the LR's fault:
+a bad batch, a corrupt shard, a NaN written into a weight are one-off faults, and a 10x lower LR
+would cost the rest of the run for nothing. With ``forgive_first=True`` (the default) :math:`c` is
+:math:`1/r` when the LR was raised :math:`r` times and held since the restored snapshot (the raise
+is undone); 1 for a *first problem* out of a run that has shown it trains at this LR (the target
+is not the initial state, the onset is not before it, and no rollback in the last :math:`2K`
+steps or from this snapshot); else :math:`\gamma`. A lowering right after a forgiven problem is
+on *probation*: once the run has trained :math:`2K` steps past it and a newer snapshot is healthy,
+the multiplier ramps back over :math:`2K` steps (:attr:`Guard.recoveries`); trouble within
+:math:`4K` steps of that lowers it for good. ``forgive_first=False``: :math:`c = \gamma` on every
+rollback without a held raise.
 
 **Which snapshot is "last good".** A snapshot is taken after every ``snapshot_every`` (= :math:`K`)
 *consecutive* steps with a ``healthy`` or ``flat`` verdict (never during ``fluctuating``), and
@@ -133,6 +118,7 @@ from typing import Any, Callable, Mapping
 from lrkit.doctor.core import Diagnosis, Doctor
 from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation, watch_doctor  # noqa: F401 - re-exported
 from lrkit.doctor.interventions import GuardGaveUp, Intervention
+from lrkit.doctor.lr_policy import LRPolicy
 from lrkit.doctor.snapshots import (
     LEVEL, SHORT, HealthTracker, SnapshotRecord, best_snapshot, choose_target, thin_index,
 )
@@ -282,13 +268,7 @@ class Guard:
         self._interventions: list[Intervention] = []
         self._last_rolled_back = False
         self._relapse_ref: dict[str, Any] | None = None  # after a rollback: the restored state's level
-        # a lowering on probation: {"multiplier": before it, "label": restored snapshot, "until": step}
-        self._probation: dict[str, Any] | None = None
-        self._recovered_at: int | None = None  # the step of the last recovery from probation
-        self._ramp: dict[str, Any] | None = None  # a recovery under way: {"from", "to", "start", "steps"}
-        self._no_probation = False  # a recovery was followed by a problem: the LR was the cause
-        #: the steps at which a lowering on probation was undone (see "When the LR is lowered")
-        self.recoveries: list[int] = []
+        self._policy = LRPolicy(lr_factor, forgive_first)  # what a rollback does to the LR
         self._since = 0  # good steps since the last snapshot or rollback
         self._started = False
         self._interval = snapshot_every
@@ -305,6 +285,11 @@ class Guard:
     def lr_multiplier(self) -> float:
         """Multiply your schedule's LR by this (``guard.step`` does it for you)."""
         return self._multiplier
+
+    @property
+    def recoveries(self) -> list[int]:
+        """The steps at which a lowering on probation began to be undone (:mod:`lrkit.doctor.lr_policy`)."""
+        return list(self._policy.recoveries)
 
     @property
     def step_count(self) -> int:
@@ -431,10 +416,8 @@ class Guard:
         self._since = self._since + 1 if d.verdict in _GOOD else 0
         if self._since >= self._interval:
             self._take()
-        if self._probation is not None:
-            self._end_probation(step)
-        elif self._ramp is not None:
-            self._ramp_up(step)
+        if self._policy.probation is not None or self._policy.ramp is not None:
+            self._policy_tick(step)
         self._t_last = time.perf_counter()
         return None
 
@@ -494,20 +477,9 @@ class Guard:
             "clock": self._clock,
             "interventions": [i.to_dict() for i in self._interventions],
             "doctor": self.doctor.state_dict(),
-            "probation": self._probation_state(),
+            "probation": self._policy.state_dict(),
         }
 
-    def _probation_state(self) -> dict[str, Any]:
-        return {"pending": self._probation, "recovered_at": self._recovered_at, "closed": self._no_probation,
-                "ramp": self._ramp, "recoveries": list(self.recoveries)}
-
-    def _load_probation(self, state: Mapping[str, Any] | None) -> None:
-        state = state or {}
-        self._probation = state.get("pending")
-        self._recovered_at = state.get("recovered_at")
-        self._ramp = state.get("ramp")
-        self._no_probation = bool(state.get("closed", False))
-        self.recoveries = list(state.get("recoveries", []))
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from :meth:`state_dict` (before :meth:`start`, which then snapshots the state the
@@ -524,7 +496,7 @@ class Guard:
         self._clock = int(state["clock"])
         self._interventions = [Intervention.from_dict(i) for i in state["interventions"]]
         self.doctor.load_state_dict(state["doctor"])
-        self._load_probation(state.get("probation"))
+        self._policy.load_state_dict(state.get("probation"))
 
     def state_summary(self) -> Mapping[str, Any]:
         """A JSON-ready summary: multiplier, clock, snapshot steps and interventions."""
@@ -610,7 +582,7 @@ class Guard:
             "snapshot_every": self.snapshot_every,
             "snapshots": snaps,
             "interventions": [i.to_dict() for i in self._interventions],
-            "probation": self._probation_state(),
+            "probation": self._policy.state_dict(),
         })
 
     def _load(self, pool: list[SnapshotRecord], rec: SnapshotRecord) -> Any:
@@ -643,79 +615,39 @@ class Guard:
                            "label": rec.label}
 
     def _cut(self, step: int, d: Diagnosis, target: SnapshotRecord) -> float:
-        """The factor the LR multiplier is multiplied by (see "When the LR is lowered").
+        """The factor the LR multiplier is multiplied by (:mod:`lrkit.doctor.lr_policy`).
 
-        ``1/r`` -- back to the LR that trained -- when the LR was raised ``r`` times and held: the
-        doctor said so (``lr_rise``), or the run diverged under a raise still held that the
-        restored snapshot predates (an LR raised 30x at step ``s`` goes back to its old value, not
-        to 3x it; 1000x likewise: the LR before the raise is known to have trained); at most
-        ``1/1.5``. Else 1 for a first problem (``forgive_first``), else ``lr_factor``."""
-        self._ramp = None  # a recovery under way stops where it is
+        The held raise :math:`r`: the doctor said so (``lr_rise``), or the run diverged under a raise
+        still held that the restored snapshot predates (an LR raised 30x at step ``s`` goes back to
+        its old value, not to 3x it; 1000x likewise: the LR before the raise is known to have
+        trained)."""
         r = d.evidence.get("lr_rise", math.nan)
         if not math.isfinite(r) or r < 1.5:
             sign = self.doctor.signs.get("lr_held")
             held = sign.held_raise() if sign is not None else None
             r = held[1] if held is not None and held[0] >= target.label else math.nan
-        if math.isfinite(r) and r >= 1.5:
-            return min(1.0 / r, 1.0 / 1.5)
-        if not self.forgive_first:
-            return self.lr_factor
-        if self._probation is not None:  # trouble again on probation: lower further, the clock restarts
-            self._probation.update(label=target.label, at=step, until=step + 2 * self._interval)
-            return self.lr_factor
-        if self._recovered_at is not None and step - self._recovered_at <= 4 * self._interval:
-            self._no_probation = True  # the LR went back up and the trouble came back: it was the LR
-            return self.lr_factor
-        if self._first_problem(step, d, target):
-            return 1.0
-        if (not self._no_probation and self._interventions and target is not self._initial
-                and self._interventions[-1].new_multiplier == self._interventions[-1].old_multiplier):
-            # the second problem right after a forgiven one: a bad stretch of data or the LR
-            self._probation = {"multiplier": self._multiplier, "label": target.label, "at": step,
-                               "until": step + 2 * self._interval}
-        return self.lr_factor
-
-    def _end_probation(self, step: int) -> None:
-        """Start undoing a lowering on probation once the run trained past it and a newer snapshot
-        is healthy: a geometric ramp back over :math:`2K` steps (a 10x jump at once would meet a
-        state that sharpened at the lower LR: seen as a fresh blow-up on MNIST)."""
-        p = self._probation
-        newer = [s for s in self._snaps if s.label > p["label"]]
-        if step < p["until"] or not newer or not newer[-1].healthy(self.tolerance):
-            return
-        self._probation = None
-        self._recovered_at = step
-        self.recoveries.append(step)
-        self._ramp = {"from": self._multiplier, "to": p["multiplier"], "start": step, "steps": 2 * self._interval}
-        self._write_manifest()
-        self.logger.warning(
-            "lrkit guard: healthy for %d steps since the LR was lowered at a second problem; LR multiplier back "
-            "%.3g -> %.3g over the next %d steps (a bad stretch of data, not the LR; if trouble comes back soon "
-            "it is lowered for good)", step - p["at"], self._multiplier, p["multiplier"], self._ramp["steps"],
+        last = self._interventions[-1] if self._interventions else None
+        return self._policy.factor(
+            step=step, onset=d.step if d.step is not None else step, target=target.label,
+            initial=target is self._initial, interval=self._interval, held_raise=r if math.isfinite(r) else None,
+            last=None if last is None else (last.step, last.restored_to, last.new_multiplier == last.old_multiplier),
+            multiplier=self._multiplier,
         )
 
-    def _ramp_up(self, step: int) -> None:
-        r = self._ramp
-        u = min(1.0, (step - r["start"] + 1) / r["steps"])
-        self._multiplier = r["from"] * (r["to"] / r["from"]) ** u
-        if u >= 1.0:
-            self._multiplier, self._ramp = r["to"], None
-            self._write_manifest()
+    def _policy_tick(self, step: int) -> None:
+        """A lowering on probation may be undone (:meth:`LRPolicy.tick`)."""
+        def healthy_since(label: int) -> bool:
+            newer = [s for s in self._snaps if s.label > label]
+            return bool(newer) and bool(newer[-1].healthy(self.tolerance))
 
-    def _first_problem(self, step: int, d: Diagnosis, target: SnapshotRecord) -> bool:
-        """A problem out of a run that has shown it trains at this LR: ``target`` is not the
-        initial state (a run that fails before its first healthy snapshot never trained at this
-        LR), the problem began after it (the doctor's onset is not earlier: a run "unstable since
-        its start" is the LR), and no rollback yet, or the run has moved on since the last one:
-        ``target`` is newer than the state it restored and more than two snapshot periods have
-        passed."""
-        onset = d.step if d.step is not None else step
-        if target is self._initial or onset < target.label:
-            return False
-        if not self._interventions:
-            return True
-        last = self._interventions[-1]
-        return target.label > last.restored_to and step - last.step > 2 * self._interval
+        m = self._policy.tick(step, multiplier=self._multiplier, healthy_since=healthy_since)
+        if self._policy.note is not None:
+            self._write_manifest()
+            self.logger.warning("lrkit guard: %s", self._policy.note)
+        if m is not None:
+            self._multiplier = m
+            if self._policy.ramp is None:
+                self._write_manifest()
 
     def _relapse(self, step: int, loss: float) -> Diagnosis | None:
         """``diverging`` when, after a rollback, the loss level has sat at :data:`RELAPSE_RATIO`
@@ -832,7 +764,7 @@ class Guard:
         self._snaps = [r for r in pool if kinds[id(r)] == "rolling"]
         self._interventions = [Intervention.from_dict(i) for i in manifest.get("interventions", [])]
         self._multiplier = float(manifest["multiplier"])
-        self._load_probation(manifest.get("probation"))
+        self._policy.load_state_dict(manifest.get("probation"))
         while pool:
             cands = [r for r in pool if r.healthy(self.tolerance) is not False] or pool[:1]
             rec = cands[-1]

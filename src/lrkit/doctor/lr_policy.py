@@ -1,0 +1,140 @@
+r"""What a guard's rollback does to the LR: keep it, lower it, lower it on probation, bring it back.
+
+Pure core (no framework, no NumPy needed); :class:`~lrkit.doctor.guard.Guard` asks
+:meth:`LRPolicy.factor` at every rollback and :meth:`LRPolicy.tick` after every healthy step.
+With :math:`K` the guard's snapshot period, a rollback multiplies the LR multiplier :math:`m` by
+
+.. math::
+
+    c = \begin{cases}
+      1/r & \text{the LR was raised } r \text{ times and held since the restored snapshot} \\
+      1 & \text{a first problem (below)} \\
+      \gamma & \text{otherwise}
+    \end{cases}
+
+A **first problem** is one out of a run that has shown it trains at this LR: the restored
+snapshot is not the initial state (a run that fails before its first healthy snapshot never
+trained at this LR), the doctor's onset is not before it (a run "unstable since its start" is the
+LR), and there was no rollback yet or the run has moved on since the last one (the snapshot is
+newer than the last one restored and more than :math:`2K` steps have passed). A bad batch, a NaN
+written into a weight, a corrupt shard are one-off faults: a 10x lower LR would cost the rest of
+the run for nothing. Every forgiven rollback lands on a strictly newer snapshot, so a run cannot
+loop.
+
+**Probation.** A second problem right after a forgiven one is ambiguous: a bad stretch of data
+hits twice as surely as a too-high LR. That lowering is on probation: once the run has trained
+:math:`2K` steps past it and a snapshot taken since is verified healthy, :math:`m` ramps back
+geometrically over :math:`2K` steps to its value before the trouble (at once, a 10x jump meets a
+state that sharpened at the lower LR: on MNIST it blew up again). A problem during probation
+lowers further and restarts its clock (a 10x lower LR that still blows up points at the data); a
+problem within :math:`4K` steps of a recovery means the LR was the cause after all: lowered for
+good, and no probation is granted again. A lowering with direct evidence (a held raise, a run
+that never reached a healthy snapshot) is never undone. ``forgive_first=False``: :math:`c=\gamma`
+on every rollback without a held raise, no probation.
+
+Example:
+    >>> p = LRPolicy(lr_factor=0.1)
+    >>> first = dict(step=100, onset=100, target=90, initial=False, interval=10)
+    >>> p.factor(**first, held_raise=None, last=None, multiplier=1.0)     # a bad batch: keep
+    1.0
+    >>> p.factor(**{**first, "step": 104}, held_raise=None, last=(100, 90, True), multiplier=1.0)
+    0.1
+    >>> healthy = lambda label: True          # a snapshot newer than the target is verified healthy
+    >>> p.tick(110, multiplier=0.1, healthy_since=healthy) is None, p.recoveries   # not 2K yet
+    (True, [])
+    >>> p.tick(130, multiplier=0.1, healthy_since=healthy) is None, p.recoveries   # probation over
+    (True, [130])
+    >>> [round(p.tick(s, multiplier=0.1, healthy_since=healthy), 3) for s in (131, 140, 149)]
+    [0.126, 0.355, 1.0]
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+__all__ = ["LRPolicy"]
+
+
+class LRPolicy:
+    """The guard's LR decisions and the state they need (see the module docstring).
+
+    Args:
+        lr_factor: :math:`\\gamma`, in (0, 1).
+        forgive_first: keep the LR on a first problem and put an ambiguous lowering on probation.
+    """
+
+    def __init__(self, lr_factor: float, forgive_first: bool = True) -> None:
+        self.lr_factor = float(lr_factor)
+        self.forgive_first = bool(forgive_first)
+        self.probation: dict[str, Any] | None = None  # {"multiplier": before it, "label", "at", "until"}
+        self.ramp: dict[str, Any] | None = None  # a recovery under way: {"from", "to", "start", "steps"}
+        self.recovered_at: int | None = None
+        self.closed = False  # a recovery was followed by trouble: the LR was the cause, no more probation
+        #: the steps at which a lowering on probation started to be undone
+        self.recoveries: list[int] = []
+        #: what the last call changed, in words (for the guard's log line), or ``None``
+        self.note: str | None = None
+
+    def factor(self, *, step: int, onset: int, target: int, initial: bool, interval: int,
+               held_raise: float | None, last: tuple[int, int, bool] | None, multiplier: float) -> float:
+        """The factor for a rollback at ``step`` (doctor's ``onset``) to the snapshot labelled
+        ``target`` (``initial``: the run's initial state), ``interval`` = :math:`K`.
+        ``held_raise``: :math:`r` if the LR was raised and held since the target, else ``None``.
+        ``last``: the previous rollback's ``(step, restored_to, kept_the_lr)``, or ``None``."""
+        self.ramp = None  # a recovery under way stops where it is
+        if held_raise is not None and held_raise >= 1.5:
+            return min(1.0 / held_raise, 1.0 / 1.5)
+        if not self.forgive_first:
+            return self.lr_factor
+        if self.probation is not None:  # trouble again on probation: lower further, the clock restarts
+            self.probation.update(label=target, at=step, until=step + 2 * interval)
+            return self.lr_factor
+        if self.recovered_at is not None and step - self.recovered_at <= 4 * interval:
+            self.closed = True  # the LR went back up and the trouble came back: it was the LR
+            return self.lr_factor
+        if not initial and onset >= target and (
+                last is None or (target > last[1] and step - last[0] > 2 * interval)):
+            return 1.0
+        if not self.closed and not initial and last is not None and last[2]:
+            # the second problem right after a forgiven one: a bad stretch of data or the LR
+            self.probation = {"multiplier": multiplier, "label": target, "at": step, "until": step + 2 * interval}
+        return self.lr_factor
+
+    def tick(self, step: int, *, multiplier: float, healthy_since: Callable[[int], bool]) -> float | None:
+        """After a step without rollback: the new multiplier if it changes, else ``None``.
+        ``healthy_since(label)``: a snapshot newer than ``label`` is verified healthy."""
+        self.note = None
+        p = self.probation
+        if p is not None:
+            if step < p["until"] or not healthy_since(p["label"]):
+                return None
+            self.probation = None
+            self.recovered_at = step
+            self.recoveries.append(step)
+            steps = p["until"] - p["at"]
+            self.ramp = {"from": multiplier, "to": p["multiplier"], "start": step, "steps": steps}
+            self.note = (f"healthy for {step - p['at']} steps since the LR was lowered at a second problem; LR "
+                         f"multiplier back {multiplier:.3g} -> {p['multiplier']:.3g} over the next {steps} steps "
+                         "(a bad stretch of data, not the LR; if trouble comes back soon it is lowered for good)")
+            return None  # the ramp starts with the next step
+        r = self.ramp
+        if r is None:
+            return None
+        u = min(1.0, (step - r["start"] + 1) / r["steps"])
+        if u >= 1.0:
+            self.ramp = None
+            return float(r["to"])
+        return float(r["from"] * (r["to"] / r["from"]) ** u)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain JSON types, for the guard's manifest and framework checkpoints."""
+        return {"pending": self.probation, "ramp": self.ramp, "recovered_at": self.recovered_at,
+                "closed": self.closed, "recoveries": list(self.recoveries)}
+
+    def load_state_dict(self, state: Mapping[str, Any] | None) -> None:
+        """Continue from :meth:`state_dict` (``None`` or ``{}``: a fresh policy, as in older files)."""
+        state = state or {}
+        self.probation = dict(state["pending"]) if state.get("pending") else None
+        self.ramp = dict(state["ramp"]) if state.get("ramp") else None
+        self.recovered_at = state.get("recovered_at")
+        self.closed = bool(state.get("closed", False))
+        self.recoveries = list(state.get("recoveries", []))

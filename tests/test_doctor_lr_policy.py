@@ -1,0 +1,58 @@
+"""The guard's LR policy on its own (pure core): property tests over its inputs."""
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lrkit.doctor.lr_policy import LRPolicy
+
+steps = st.integers(0, 10_000)
+
+
+@settings(max_examples=200, deadline=None)
+@given(step=steps, back=st.integers(0, 500), interval=st.integers(1, 100), gamma=st.floats(0.01, 0.9),
+       r=st.floats(1.5, 1e4), forgive=st.booleans(), initial=st.booleans())
+def test_a_held_raise_is_always_undone(step, back, interval, gamma, r, forgive, initial):
+    p = LRPolicy(gamma, forgive)
+    target = max(0, step - back)
+    got = p.factor(step=step, onset=step, target=target, initial=initial, interval=interval, held_raise=r,
+                   last=None, multiplier=1.0)
+    assert got == min(1 / r, 1 / 1.5) and p.probation is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(step=steps, back=st.integers(0, 500), onset_back=st.integers(-50, 500), interval=st.integers(1, 100),
+       gamma=st.floats(0.01, 0.9), initial=st.booleans())
+def test_the_factor_is_one_or_gamma_and_a_run_that_never_trained_is_never_forgiven(
+        step, back, onset_back, interval, gamma, initial):
+    p = LRPolicy(gamma)
+    target = max(0, step - back)
+    onset = step - onset_back
+    got = p.factor(step=step, onset=onset, target=target, initial=initial, interval=interval, held_raise=None,
+                   last=None, multiplier=1.0)
+    assert got in (1.0, gamma)
+    assert (got == 1.0) == (not initial and onset >= target)
+    assert LRPolicy(gamma, forgive_first=False).factor(
+        step=step, onset=onset, target=target, initial=initial, interval=interval, held_raise=None, last=None,
+        multiplier=1.0) == gamma
+
+
+@settings(max_examples=100, deadline=None)
+@given(interval=st.integers(1, 50), gamma=st.floats(0.01, 0.9), wait=st.integers(0, 400))
+def test_a_recovery_ramps_monotonically_back_to_the_level_before_the_trouble(interval, gamma, wait):
+    p = LRPolicy(gamma)
+    assert p.factor(step=100, onset=100, target=90, initial=False, interval=interval, held_raise=None,
+                    last=None, multiplier=1.0) == 1.0
+    assert p.factor(step=101, onset=101, target=90, initial=False, interval=interval, held_raise=None,
+                    last=(100, 90, True), multiplier=1.0) == gamma
+    m, seen = gamma, [gamma]
+    for s in range(102, 102 + wait + 8 * interval):
+        new = p.tick(s, multiplier=m, healthy_since=lambda label: s >= 102 + wait)
+        if new is not None:
+            m = new
+            seen.append(m)
+    assert seen == sorted(seen) and m == 1.0 and p.recoveries and p.recoveries[0] >= 102 + wait
+    state = p.state_dict()
+    q = LRPolicy(gamma)
+    q.load_state_dict(state)
+    assert q.state_dict() == state
