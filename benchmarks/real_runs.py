@@ -429,9 +429,9 @@ def run_hf(spec: RunSpec, out: Path, guard: bool) -> RunResult:
     if out is not None:
         if not a:
             trainer.save_state()
-        for ck in sorted(outdir.glob("checkpoint-*")):  # keep only the trainer state of a checkpoint
+        for ck in sorted(outdir.glob("checkpoint-*")):  # keep a checkpoint's trainer state and model config
             for f in ck.iterdir():
-                if f.name != "trainer_state.json":
+                if f.name not in ("trainer_state.json", "config.json"):
                     f.unlink() if f.is_file() else shutil.rmtree(f)
     model.eval()
     with torch.no_grad():

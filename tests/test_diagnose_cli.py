@@ -114,3 +114,18 @@ def test_report_page_of_a_diverging_log(tmp_path):
     page = (tmp_path / "rep" / "report.html").read_text()
     assert "Verdict: <b id=\"verdict\">diverging</b> from step 59" in page and "data:image/png;base64," in page
     assert "lower the LR about 10x" in page and "--report" in page  # the advice, and the command that made it
+
+
+def test_chance_loss_turns_a_collapse_into_diverging_and_bad_values_are_one_line(tmp_path):
+    """A binary classifier logged every 10 steps that blew up in its first interval and came back
+    only to ln 2: healthy-looking without the chance level, diverging with --chance-loss."""
+    rows = [2.0, 1.2, 0.98, 0.95, 1.38, 1.17] + [0.72, 0.70, 0.74, 0.71, 0.73, 0.69] * 3
+    log = tmp_path / "collapse.csv"
+    log.write_text("step,loss\n" + "".join(f"{10 * (i + 1)},{v}\n" for i, v in enumerate(rows)))
+    assert json.loads(lrkit("diagnose", log, "--json").stdout)["verdict"] != "diverging"
+    out = json.loads(lrkit("diagnose", log, "--json", "--chance-loss", math.log(2)).stdout)
+    assert out["verdict"] == "diverging" and "chance level" in out["message"]
+    r = lrkit("diagnose", log, "--chance-loss", "-1")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == ["lrkit: error: --chance-loss must be a finite number above --loss-floor "
+                                             "(0.0), got -1.0"]

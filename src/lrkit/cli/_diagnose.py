@@ -95,6 +95,7 @@ def diagnose_cmd(
     lr: Annotated[Optional[str], typer.Option("--lr", help="The column or tag holding the learning rate (default: lr, learning_rate, lr-<Optimizer>, ...).")] = None,
     val_loss: Annotated[Optional[str], typer.Option("--val-loss", help="The column or tag holding the validation loss (default: val_loss, eval_loss, Loss/test, ...).")] = None,
     exact: Annotated[bool, typer.Option("--exact", help="Feed every row to the doctor even in a log of more than 100,000 losses (read in blocks of rows otherwise: seconds instead of minutes; onsets dated to within a block, NaN steps exact).")] = False,
+    chance_loss: Annotated[Optional[float], typer.Option("--chance-loss", help="The loss of a model that learned nothing (ln K for K balanced classes): a run that blew up and came back only to it is diverging. Default: from a Hugging Face checkpoint's config.json, else unknown.")] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="Write a self-contained HTML report (report.html) into this directory: the verdict, its onset and advice on the plotted run (one run).")] = None,
 ) -> None:
     """Diagnose the learning rate of a finished (or running) training run from its log."""
@@ -109,7 +110,11 @@ def diagnose_cmd(
     for opt, value in (("--loss", loss), ("--lr", lr), ("--val-loss", val_loss)):
         if value is not None and not value.strip():
             raise CLIError(f"{opt} must name a column or tag, got an empty name")
+    if chance_loss is not None and not (math.isfinite(chance_loss) and chance_loss > loss_floor):
+        raise CLIError(f"--chance-loss must be a finite number above --loss-floor ({loss_floor}), got {chance_loss}")
     kwargs: dict[str, Any] = {"loss_floor": loss_floor, "exact": exact}
+    if chance_loss is not None:
+        kwargs["chance_loss"] = chance_loss
     if window is not None:
         kwargs["window"] = window
     modes = _modes(metric_mode)

@@ -13,8 +13,9 @@ first sign in the list). Verdicts, most severe first:
 ``diverging``
     the loss level has risen well above its best (:mod:`~lrkit.doctor.signs.diverging`), the
     gradient norm exploded (:mod:`~lrkit.doctor.signs.gradient`), the loss blew up in the first
-    steps (:mod:`~lrkit.doctor.signs.early_blowup`), or it is stuck after an unstable start
-    (dead units, :mod:`~lrkit.doctor.signs.flat`).
+    steps (:mod:`~lrkit.doctor.signs.early_blowup`), it is stuck after an unstable start
+    (dead units, :mod:`~lrkit.doctor.signs.flat`), or it collapsed to chance level after a
+    blow-up (with ``chance_loss``, :mod:`~lrkit.doctor.signs.chance`).
 ``fluctuating``
     the loss keeps jumping far above its best and coming back, without net progress
     (:mod:`~lrkit.doctor.signs.fluctuating`); or a validation loss or a metric (accuracy, ...)
@@ -53,6 +54,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from lrkit.doctor.signs import (
+    AtChance,
     Converged,
     EarlyBlowUp,
     Finding,
@@ -213,6 +215,10 @@ class Doctor:
             Keras ``EarlyStopping(min_delta=...)`` (default 0.0). >= 0.
         overfit_tol: ``overfitting`` when the validation loss sits this fraction above its best
             while the training loss keeps falling (default 0.1). > 0.
+        chance_loss: the loss of a model that learned nothing (predicts the label prior): for
+            cross-entropy over ``K`` balanced classes ``ln K``. ``None`` (default): unknown. Given,
+            a loss that blew up above it and came back only to it is ``diverging``
+            (:mod:`~lrkit.doctor.signs.chance`), not healthy or flat.
 
     Informational verdicts (``converged``, ``overfitting``) never outrank a problem and are not
     problems of the LR (``Diagnosis.ok`` is true): they are listed in ``Diagnosis.notes`` (and
@@ -266,6 +272,7 @@ class Doctor:
         converge_patience: int = 10,
         converge_min_delta: float = 0.0,
         overfit_tol: float = 0.1,
+        chance_loss: float | None = None,
     ) -> None:
         def need(name: str, value: Any, ok: bool, allowed: str) -> None:
             if not ok:
@@ -316,6 +323,8 @@ class Doctor:
         need("converge_min_delta", converge_min_delta, is_num(converge_min_delta) and converge_min_delta >= 0,
              "a number >= 0")
         need("overfit_tol", overfit_tol, is_num(overfit_tol) and overfit_tol > 0, "a number > 0")
+        need("chance_loss", chance_loss, chance_loss is None or (is_num(chance_loss) and chance_loss > loss_floor),
+             f"None or a finite number > loss_floor={loss_floor!r}")
         self._config: dict[str, Any] = {
             "window": window,
             "short": int(short),
@@ -338,6 +347,7 @@ class Doctor:
             "converge_patience": int(converge_patience),
             "converge_min_delta": float(converge_min_delta),
             "overfit_tol": float(overfit_tol),
+            "chance_loss": None if chance_loss is None else float(chance_loss),
         }
 
         self.reset()
@@ -354,6 +364,7 @@ class Doctor:
             GradientExplosion(t, c),  # diverging: the gradient norm exploded
             RaisedAndHeld(t, c),  # diverging: an LR raise held while the loss got worse
             EarlyBlowUp(t, c),  # diverging: a blow-up in the first window
+            AtChance(t, c),  # diverging: blew up above chance level, came back only to it (chance_loss)
             LossSpikes(t, c, rise=self._rise),  # fluctuating: loss spikes that come back
             MetricSwing(t, c),  # fluctuating: a validation metric swings without progress
             Flat(t, c),  # flat: never started to decrease (diverging when stuck after a blow-up)
@@ -381,6 +392,22 @@ class Doctor:
     def history(self) -> list[Diagnosis]:
         """Every non-healthy verdict change, in order (the first detection of each problem)."""
         return list(self._history)
+
+    def set_chance_loss(self, value: float | None) -> None:
+        """Set ``chance_loss`` (see the constructor) once it is known, e.g. from the model's
+        configuration when training starts; it takes effect at the next window check.
+
+        Example:
+            >>> d = Doctor()
+            >>> d.set_chance_loss(0.693); d.config["chance_loss"]
+            0.693
+        """
+        ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                               and math.isfinite(value) and value > self._config["loss_floor"])
+        if not ok:
+            raise ValueError(f"Doctor.set_chance_loss: chance_loss must be None or a finite number > "
+                             f"loss_floor={self._config['loss_floor']!r}, got {value!r}")
+        self._config["chance_loss"] = None if value is None else float(value)
 
     @property
     def n_observations(self) -> int:
@@ -663,16 +690,21 @@ class Doctor:
         return {"config": self.config, "state": state}
 
     def load_state_dict(self, d: Mapping[str, Any]) -> None:
-        """Resume from :meth:`state_dict`. The thresholds must match this doctor's."""
+        """Resume from :meth:`state_dict`. The thresholds must match this doctor's; ``chance_loss``
+        (a fact about the model, learned once training starts) is taken from the state when set there."""
         if not isinstance(d, Mapping) or "config" not in d or "state" not in d:
             raise ValueError("Doctor.load_state_dict: expected a dict with keys 'config' and 'state' from state_dict()")
         saved = dict(d["config"])
         for k, v in _LATER_DEFAULTS.items():
             # states saved before these thresholds existed: they had the defaults
             saved.setdefault(k, v)
-        if saved != self._config:
-            diff = {k: (saved.get(k), v) for k, v in self._config.items() if saved.get(k) != v}
+        chance = saved.pop("chance_loss")
+        current = {k: v for k, v in self._config.items() if k != "chance_loss"}
+        if saved != current:
+            diff = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
             raise ValueError(f"Doctor.load_state_dict: config differs from this doctor's (saved, current): {diff}")
+        if chance is not None:
+            self.set_chance_loss(chance)
         s = d["state"]
         self.reset()
         self._track.load_state_dict(s)
@@ -741,6 +773,7 @@ _LATER_DEFAULTS: dict[str, Any] = {
     "converge_patience": 10,
     "converge_min_delta": 0.0,
     "overfit_tol": 0.1,
+    "chance_loss": None,
 }
 
 

@@ -142,7 +142,8 @@ def doctor_settings(records: LogRecords) -> dict[str, Any]:
     few dozen rows, each already an average (or a sparse sample) of many steps: it is judged
     as such, row by row: ``window=5`` (the smallest), ``short=1`` (a row is a level, no running
     median), ``patience=2``, ``check_every=1`` and ``flat_steps=5`` (five rows without progress
-    are flat).
+    are flat). A log whose model configuration gives its chance level
+    (:attr:`~lrkit.doctor.logs.LogRecords.chance_loss`) passes it as ``chance_loss``.
 
     Example:
         >>> doctor_settings(read_log({"epoch": list(range(12)), "loss": [1.0] * 12}))
@@ -150,7 +151,10 @@ def doctor_settings(records: LogRecords) -> dict[str, Any]:
         >>> doctor_settings(read_log({"loss": [1.0] * 400}))
         {'window': 50}
     """
-    return settings_for_rows(int(records.has("loss").sum()))
+    settings = settings_for_rows(int(records.has("loss").sum()))
+    if records.chance_loss is not None:  # a Hugging Face config.json beside the log
+        settings["chance_loss"] = records.chance_loss
+    return settings
 
 
 def settings_for_rows(n: int) -> dict[str, Any]:

@@ -76,6 +76,7 @@ from lrkit.doctor._tables import (
     jsonl_table,
     rows_table,
 )
+from lrkit.doctor.model_config import chance_loss_near
 
 __all__ = ["LogFormatError", "LogRecords", "read_log", "read_runs", "find_runs", "ALIASES"]
 
@@ -128,6 +129,8 @@ class LogRecords:
         renamed: normalised name -> the original column name it came from.
         present: name -> bool array, ``True`` where the row has a value (so that a logged ``nan``
             loss is told apart from a row that has no loss, e.g. a validation-only row).
+        chance_loss: the model's chance-level loss, when the files beside the log say it (a Hugging
+            Face ``config.json``: :mod:`lrkit.doctor.model_config`), else ``None``.
     """
 
     columns: dict[str, np.ndarray]
@@ -135,6 +138,7 @@ class LogRecords:
     step_column: str = "step"
     renamed: dict[str, str] = field(default_factory=dict)
     present: dict[str, np.ndarray] = field(default_factory=dict)
+    chance_loss: float | None = None
 
     def has(self, name: str) -> np.ndarray:
         """Bool mask of the rows where column ``name`` was logged (all ``False`` if absent)."""
@@ -525,7 +529,10 @@ def _read_file(path: Path, named: Mapping[str, str], progress: Progress | None) 
     if name.endswith((".jsonl", ".ndjson")):
         return _records(jsonl_table(decode(data, source), source, _must_be_numeric(named)), named)
     if name.endswith(".json"):
-        return _json(data, source, named)
+        records = _json(data, source, named)
+        if name == "trainer_state.json":
+            records.chance_loss = chance_loss_near(path)
+        return records
     return _sniff(data, source, named, progress)
 
 

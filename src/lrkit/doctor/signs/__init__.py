@@ -13,6 +13,7 @@ sign                   verdict                     file
 :class:`GradientExplosion`  ``diverging``          ``gradient.py``
 :class:`RaisedAndHeld` ``diverging``              ``lr_held.py``
 :class:`EarlyBlowUp`   ``diverging``               ``early_blowup.py``
+:class:`AtChance`      ``diverging``               ``chance.py``
 :class:`LossSpikes`    ``fluctuating``             ``fluctuating.py``
 :class:`MetricSwing`   ``fluctuating``             ``metric_swing.py``
 :class:`Flat`          ``flat`` (``diverging``)    ``flat.py``
@@ -21,6 +22,7 @@ sign                   verdict                     file
 =====================  ==========================  =============================================
 """
 from lrkit.doctor.signs._base import Finding, Observation, Sign, Track
+from lrkit.doctor.signs.chance import AtChance
 from lrkit.doctor.signs.converged import Converged
 from lrkit.doctor.signs.diverging import LossRise
 from lrkit.doctor.signs.early_blowup import EarlyBlowUp
@@ -42,6 +44,7 @@ __all__ = [
     "GradientExplosion",
     "RaisedAndHeld",
     "EarlyBlowUp",
+    "AtChance",
     "LossSpikes",
     "MetricSwing",
     "Flat",

@@ -107,6 +107,7 @@ from lrkit.doctor.diagnosis import settings_for_rows
 from lrkit.doctor.guard import Guard
 from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation, watch_doctor
 from lrkit.doctor.interventions import GuardGaveUp, Intervention
+from lrkit.doctor.model_config import chance_loss_from_config
 from lrkit.doctor.watch import check_actions
 from lrkit.integrations.torch.state import TorchSnapshot, rngs_kept
 
@@ -441,6 +442,8 @@ class LRDoctorCallback(RefreshedBeforeSaves, GuardedWatch, TrainerCallback):
             self.stopped_by = None
             self._last_step = None
         self._sched_any = sched
+        if self.doctor.config.get("chance_loss") is None:  # a classifier's chance level, from its config
+            self.doctor.set_chance_loss(_chance_loss(kwargs.get("model")))
         if self.guard is not None:
             self.guard.close()
             self.guard = self._new_guard()  # a fresh clock and multiplier for this train() call
@@ -554,3 +557,12 @@ class LRDoctorCallback(RefreshedBeforeSaves, GuardedWatch, TrainerCallback):
         if isinstance(getattr(sched, "_last_lr", None), list):
             # what get_last_lr() -- and so the Trainer's logged learning_rate of the next step -- reports
             sched._last_lr = [_copy_lr(g["lr"]) for g in groups]
+
+
+def _chance_loss(model: Any) -> float | None:
+    """The chance level of a Hugging Face classifier (:mod:`lrkit.doctor.model_config`), else ``None``."""
+    cfg = getattr(getattr(model, "module", model), "config", None)  # DDP-wrapped or not
+    if cfg is None or not callable(getattr(cfg, "to_dict", None)):
+        return None
+    inner = getattr(model, "module", model)
+    return chance_loss_from_config({**cfg.to_dict(), "architectures": [type(inner).__name__]})

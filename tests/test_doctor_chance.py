@@ -1,0 +1,134 @@
+"""The chance level: a classifier that blew up and collapsed to predicting the label prior is
+diverging, not healthy or flat (offline from a Hugging Face checkpoint's config.json, and live)."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from lrkit.doctor import Doctor
+from lrkit.doctor.diagnosis import diagnose
+from lrkit.doctor.model_config import chance_loss_from_config, chance_loss_near
+
+LN2 = math.log(2)
+
+
+def feed(doc, losses):
+    d = None
+    for i, loss in enumerate(losses):
+        d = doc.observe(10 * (i + 1), float(loss), lr=0.05)
+    return d
+
+
+def collapsed(n=40, seed=0):
+    """A blow-up in the first logging interval, then back down to ln 2 and stuck there (as the
+    Trainer logs a too-high LR on a binary task every 10 steps)."""
+    rng = np.random.default_rng(seed)
+    head = [2.0, 1.2, 0.98, 0.95, 1.38, 1.17]
+    return head + list(LN2 * (1.04 + 0.03 * rng.standard_normal(n - len(head))))
+
+
+def test_a_run_that_collapsed_to_chance_is_diverging_only_when_the_chance_level_is_known():
+    d = feed(Doctor(window=10, chance_loss=LN2), collapsed())
+    assert d.verdict == "diverging" and d.step == 10
+    assert d.evidence["start_ratio_to_chance"] > 1.5 and abs(d.evidence["level_ratio_to_chance"] - 1) < 0.1
+    assert "chance level" in d.message and d.advice[0].startswith("lower the LR")
+    assert feed(Doctor(window=10), collapsed()).verdict != "diverging"  # without it: looks like progress
+    # live, the Hugging Face callback reads the loss before step 1 (at chance) ahead of the blow-up
+    assert feed(Doctor(window=10, chance_loss=LN2), [LN2] + collapsed()).verdict == "diverging"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_runs_that_learn_or_never_left_chance_are_not_called_collapsed(seed):
+    rng = np.random.default_rng(seed)
+    learned = LN2 * np.exp(-np.arange(60) / 10) + 0.01 * rng.random(60)  # from chance down to ~0
+    d = feed(Doctor(window=10, chance_loss=LN2), learned)
+    assert d.verdict == "healthy"
+    too_low = LN2 * (1 + 0.02 * rng.standard_normal(60))  # starts at chance and stays: the LR is too low
+    d = feed(Doctor(window=10, chance_loss=LN2), too_low)
+    assert d.verdict == "flat"
+    noisy_start = np.concatenate([[2.0, 1.5], LN2 * np.exp(-np.arange(58) / 10)])  # high start, then learns
+    assert feed(Doctor(window=10, chance_loss=LN2), noisy_start).verdict == "healthy"
+
+
+def test_chance_loss_is_checked_and_can_be_set_later():
+    with pytest.raises(ValueError, match="chance_loss must be None or a finite number > loss_floor=0.5"):
+        Doctor(loss_floor=0.5, chance_loss=0.4)
+    d = Doctor(window=10)
+    with pytest.raises(ValueError, match="chance_loss must be None or a finite number"):
+        d.set_chance_loss(float("nan"))
+    for i, loss in enumerate(collapsed()[:20]):
+        d.observe(10 * (i + 1), loss, lr=0.05)
+    d.set_chance_loss(LN2)  # known once training starts (the model's config)
+    for i, loss in enumerate(collapsed()[20:]):
+        out = d.observe(10 * (21 + i), loss, lr=0.05)
+    assert out.verdict == "diverging"
+    state = d.state_dict()
+    again = Doctor(window=10)
+    again.load_state_dict(state)
+    assert again.config["chance_loss"] == pytest.approx(LN2)
+
+
+@pytest.mark.parametrize("config,expected", [
+    ({"architectures": ["BertForSequenceClassification"], "num_labels": 2}, LN2),
+    ({"architectures": ["ViTForImageClassification"], "id2label": {str(i): str(i) for i in range(10)}}, math.log(10)),
+    ({"architectures": ["BertForSequenceClassification"], "num_labels": 1, "problem_type": "regression"}, None),
+    ({"architectures": ["BertForSequenceClassification"], "num_labels": 5,
+      "problem_type": "multi_label_classification"}, None),
+    ({"architectures": ["GPT2LMHeadModel"], "vocab_size": 50257}, None),
+    ({"num_labels": 2}, None),
+    ({"architectures": ["BertForSequenceClassification"], "problem_type": "single_label_classification"}, LN2),
+])
+def test_the_chance_level_of_a_configuration(config, expected):
+    got = chance_loss_from_config(config)
+    assert got == (None if expected is None else pytest.approx(expected))
+
+
+def trainer_state(path, losses, every=10):
+    history = [{"step": every * (i + 1), "loss": loss, "learning_rate": 0.05} for i, loss in enumerate(losses)]
+    path.write_text(json.dumps({"log_history": history, "global_step": every * len(losses)}))
+
+
+def test_diagnose_reads_the_chance_level_from_the_checkpoints_config(tmp_path):
+    """A Trainer output directory as the Trainer writes it: checkpoint-N/ with trainer_state.json and
+    the model's config.json. Without the config the same log reads healthy."""
+    out = tmp_path / "run"
+    ck = out / "checkpoint-400"
+    ck.mkdir(parents=True)
+    trainer_state(ck / "trainer_state.json", collapsed())
+    assert diagnose(out).verdict == "healthy"
+    (ck / "config.json").write_text(json.dumps({"architectures": ["BertForSequenceClassification"],
+                                                "id2label": {"0": "neg", "1": "pos"}}))
+    assert chance_loss_near(ck / "trainer_state.json") == pytest.approx(LN2)
+    d = diagnose(out)
+    assert d.verdict == "diverging" and d.evidence["chance_loss"] == pytest.approx(LN2)
+    (ck / "config.json").write_text("{not json")
+    assert chance_loss_near(ck / "trainer_state.json") is None and diagnose(out).verdict == "healthy"
+
+
+def test_the_hf_callback_takes_the_chance_level_from_the_model(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    from lrkit.integrations.transformers.callback import LRDoctorCallback, _chance_loss
+
+    cfg = transformers.BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=32, max_position_embeddings=16, num_labels=3)
+    model = transformers.BertForSequenceClassification(cfg)
+    assert _chance_loss(model) == pytest.approx(math.log(3))
+    assert _chance_loss(torch.nn.Linear(2, 2)) is None
+
+    class DS(torch.utils.data.Dataset):
+        def __len__(self):
+            return 32
+
+        def __getitem__(self, i):
+            return {"input_ids": torch.tensor([1 + i % 5, 2, 3, 4]), "labels": torch.tensor(i % 3)}
+
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=8,
+                                          report_to=[], use_cpu=True, disable_tqdm=True, logging_steps=1,
+                                          save_strategy="no")
+    cb = LRDoctorCallback()
+    transformers.Trainer(model=model, args=args, train_dataset=DS(), callbacks=[cb]).train()
+    assert cb.doctor.config["chance_loss"] == pytest.approx(math.log(3))
