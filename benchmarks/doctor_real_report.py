@@ -119,7 +119,8 @@ def markdown(specs: list[rr.RunSpec], off: dict, liv: dict, elapsed: float) -> s
         "",
         "Runs (`benchmarks/real_runs/`, made by `--generate` from `benchmarks/real_runs.py`): Hugging Face `Trainer` "
         "on a tiny BERT (2 layers, hidden 64, from a config) on a synthetic token task, `logging_steps` 10 with an "
-        "evaluation and a checkpoint per epoch, or 1 with `trainer_state.json` saved at the end; Lightning (default "
+        "evaluation and a checkpoint per epoch (each keeping the `trainer_state.json` and the model's `config.json` "
+        "the Trainer writes; the doctor reads the classifier's chance level from it), or 1 with `trainer_state.json` saved at the end; Lightning (default "
         "TensorBoard logger with `log_every_n_steps=50` and validation per epoch, or `CSVLogger` every step with "
         "gradient norms); Keras `model.fit` with `CSVLogger` (one row per epoch, with or without validation); plain "
         "torch with `SummaryWriter` (`Loss/train` per step with `Loss/test`, `Accuracy/test` per epoch, or "
@@ -174,6 +175,16 @@ def markdown(specs: list[rr.RunSpec], off: dict, liv: dict, elapsed: float) -> s
             if m:
                 lines.append("")
                 lines.append(f"Misses, {label}, {path}: " + "; ".join(m) + ".")
+    lines += ["", "Reading the misses: Lightning's default `log_every_n_steps=50` writes its first training loss at "
+              "step 49, so a run blown up in its first 49 steps (variant a, too high) starts the log already "
+              "collapsed at chance level (ln 10, validation accuracy 0.1), as a too-low run does: from the log alone "
+              "the two are the same, and the offline verdict is flat (the callbacks, which see every step, are right). "
+              "The held-out spiking run of that variant (its loss 3000x its best at step 199, still 100x at its "
+              "seventh and last row) also reads flat offline: a miss not designed against, since the held-out half "
+              "is only reported. "
+              "A Hugging Face run logged every 10 steps that blew up inside its first interval is told from a healthy "
+              "one only through its chance level (ln 2 from the checkpoint's `config.json`): its loss falls from the "
+              "blow-up back to chance, which reads as progress without it."]
     return "\n".join(lines)
 
 
