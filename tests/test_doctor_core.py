@@ -327,3 +327,29 @@ def test_fast_clean_decay_is_not_an_early_blow_up(rate, start):
     doc = Doctor()
     feed(doc, start * rate ** np.arange(200) + 1e-3 * start)
     assert [d.verdict for d in doc.history] == []
+
+
+def test_lr_ceiling_stops_excusing_a_rise_that_came_with_the_schedule():
+    """A warmup to an LR far too high: the loss rises with the LR. Without knowledge the rise is
+    excused while the schedule may still bring it back; with lr_ceiling below the LR reached it is
+    diverging as soon as the rise is established."""
+    T = 300
+    lrs = [3.0 * (t + 1) / 150 if t < 150 else 3.0 * (1 - (t - 150) / 300) for t in range(T)]
+    losses = [2.0 * 0.97 ** t if t < 40 else min(2.0 * 0.97 ** 40 * 1.02 ** (t - 40), 3.0) for t in range(T)]
+
+    def first_diverging(**kw):
+        doc = Doctor(**kw)
+        for t, (lr, loss) in enumerate(zip(lrs, losses)):
+            d = doc.observe(t, loss, lr=lr)
+            if d.verdict == "diverging":
+                return t, d.step
+        return None
+
+    assert first_diverging() is None  # waited out: the schedule's warmup explains the rise
+    at, onset = first_diverging(lr_ceiling=0.5)
+    assert at < 100 and 35 <= onset <= 45
+    with pytest.raises(ValueError, match="lr_ceiling must be None or a finite number > 0"):
+        Doctor(lr_ceiling=0.0)
+    a, b = Doctor(lr_ceiling=1.0), Doctor(lr_ceiling=2.0)
+    b.load_state_dict(a.state_dict())  # knowledge about the run, not a threshold: no mismatch
+    assert b.config["lr_ceiling"] == 2.0

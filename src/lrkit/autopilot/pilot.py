@@ -92,7 +92,8 @@ class Autopilot:
         plan: the :class:`~lrkit.autopilot.plan.AutopilotPlan`.
         guard: roll back and lower the LR on ``nan``/``diverging`` (default ``True``).
         plateau: halve the LR when reported validation losses stall (default ``True``).
-        doctor: the :class:`~lrkit.doctor.core.Doctor` the guard drives (default ``Doctor()``).
+        doctor: the :class:`~lrkit.doctor.core.Doctor` the guard drives (default
+            ``Doctor(lr_ceiling=policy.lr_ceiling(plan.auto_peak_lr))``).
         logger: where messages go (default ``logging.getLogger("lrkit.autopilot")``).
     """
 
@@ -108,7 +109,8 @@ class Autopilot:
             raise AutopilotError(f"Autopilot: doctor must be an lrkit.doctor.Doctor or None, got {type(doctor).__name__}")
         self.plan = plan
         self.use_guard = guard
-        self.doctor = doctor if doctor is not None else Doctor()
+        # a loss rising with the schedule's LR is not waited out above the ceiling (policy.lr_ceiling)
+        self.doctor = doctor if doctor is not None else Doctor(lr_ceiling=policy.lr_ceiling(plan.auto_peak_lr))
         self.logger = logger if logger is not None else logging.getLogger("lrkit.autopilot")
         self._schedule = plan.schedule
         self._plateau = ReduceOnPlateau(plan.schedule, **policy.plateau_settings()) if plateau else None

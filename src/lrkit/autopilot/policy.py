@@ -91,12 +91,14 @@ from lrkit.schedules.base import Schedule
 
 __all__ = [
     "ALPHA",
+    "CEILING",
     "GAMMA",
     "MAX_WARMUP",
     "MIN_WARMUP_RUN",
     "default_shape",
     "guard_settings",
     "lowered_multiplier",
+    "lr_ceiling",
     "peak_factor",
     "plateau_settings",
     "shape_reason",
@@ -107,6 +109,8 @@ __all__ = [
 ALPHA = 1.0
 #: factor by which a rollback lowers the LR multiplier.
 GAMMA = 0.5
+#: the doctor's ``lr_ceiling`` is this many times the autopilot's own peak (see :func:`lr_ceiling`).
+CEILING = 4.0
 #: the warmup never exceeds this many steps (:math:`2/(1-\beta_2)`, :math:`\beta_2 = 0.999`).
 MAX_WARMUP = 2000
 #: runs shorter than this get no warmup.
@@ -248,6 +252,23 @@ def plateau_settings() -> dict:
         2
     """
     return {"mode": "min", "factor": 0.5, "patience": 2, "threshold": 1e-3, "threshold_mode": "rel", "cooldown": 1}
+
+
+def lr_ceiling(auto_peak_lr: float | None) -> float | None:
+    r"""The LR above which the doctor does not wait for the schedule to bring a rising loss back:
+    :data:`CEILING` :math:`\times\,\eta_{auto}` (``None`` without a finder answer).
+
+    The doctor excuses a loss that rises with a schedule's LR (a warmup, a restart) until the
+    schedule decays. A user-given scale far above the autopilot's own peak (30x in the benchmark's
+    ``lr_x30`` fault) would then be waited out through the whole decay; above 4x the autopilot's
+    peak -- beyond the spread of the oracle's best peaks around it on the benchmark tasks, 0.4-2.7x
+    -- a rise is judged at once.
+
+    Example:
+        >>> lr_ceiling(0.01), lr_ceiling(None)
+        (0.04, None)
+    """
+    return None if auto_peak_lr is None else CEILING * float(auto_peak_lr)
 
 
 def lowered_multiplier(multiplier: float, *, verdict: str, first: bool, auto_ratio: float | None) -> float:

@@ -219,6 +219,10 @@ class Doctor:
             cross-entropy over ``K`` balanced classes ``ln K``. ``None`` (default): unknown. Given,
             a loss that blew up above it and came back only to it is ``diverging``
             (:mod:`~lrkit.doctor.signs.chance`), not healthy or flat.
+        lr_ceiling: an LR known to be too high for this run (e.g. well above what the LR finder
+            verified). A rise of the loss that came with a schedule's LR rise is normally excused
+            until the schedule decays (:mod:`~lrkit.doctor.signs.diverging`); not once the LR has
+            gone above this. ``None`` (default): no such knowledge.
 
     Informational verdicts (``converged``, ``overfitting``) never outrank a problem and are not
     problems of the LR (``Diagnosis.ok`` is true): they are listed in ``Diagnosis.notes`` (and
@@ -273,6 +277,7 @@ class Doctor:
         converge_min_delta: float = 0.0,
         overfit_tol: float = 0.1,
         chance_loss: float | None = None,
+        lr_ceiling: float | None = None,
     ) -> None:
         def need(name: str, value: Any, ok: bool, allowed: str) -> None:
             if not ok:
@@ -323,6 +328,8 @@ class Doctor:
         need("converge_min_delta", converge_min_delta, is_num(converge_min_delta) and converge_min_delta >= 0,
              "a number >= 0")
         need("overfit_tol", overfit_tol, is_num(overfit_tol) and overfit_tol > 0, "a number > 0")
+        need("lr_ceiling", lr_ceiling, lr_ceiling is None or (is_num(lr_ceiling) and lr_ceiling > 0),
+             "None or a finite number > 0")
         need("chance_loss", chance_loss, chance_loss is None or (is_num(chance_loss) and chance_loss > loss_floor),
              f"None or a finite number > loss_floor={loss_floor!r}")
         self._config: dict[str, Any] = {
@@ -348,6 +355,7 @@ class Doctor:
             "converge_min_delta": float(converge_min_delta),
             "overfit_tol": float(overfit_tol),
             "chance_loss": None if chance_loss is None else float(chance_loss),
+            "lr_ceiling": None if lr_ceiling is None else float(lr_ceiling),
         }
 
         self.reset()
@@ -691,7 +699,8 @@ class Doctor:
 
     def load_state_dict(self, d: Mapping[str, Any]) -> None:
         """Resume from :meth:`state_dict`. The thresholds must match this doctor's; ``chance_loss``
-        (a fact about the model, learned once training starts) is taken from the state when set there."""
+        (a fact about the model, learned once training starts) is taken from the state when set there,
+        ``lr_ceiling`` is this doctor's own."""
         if not isinstance(d, Mapping) or "config" not in d or "state" not in d:
             raise ValueError("Doctor.load_state_dict: expected a dict with keys 'config' and 'state' from state_dict()")
         saved = dict(d["config"])
@@ -699,7 +708,8 @@ class Doctor:
             # states saved before these thresholds existed: they had the defaults
             saved.setdefault(k, v)
         chance = saved.pop("chance_loss")
-        current = {k: v for k, v in self._config.items() if k != "chance_loss"}
+        saved.pop("lr_ceiling")  # knowledge about the run, not a threshold: this doctor's own stands
+        current = {k: v for k, v in self._config.items() if k not in ("chance_loss", "lr_ceiling")}
         if saved != current:
             diff = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
             raise ValueError(f"Doctor.load_state_dict: config differs from this doctor's (saved, current): {diff}")
@@ -774,6 +784,7 @@ _LATER_DEFAULTS: dict[str, Any] = {
     "converge_min_delta": 0.0,
     "overfit_tol": 0.1,
     "chance_loss": None,
+    "lr_ceiling": None,
 }
 
 

@@ -29,7 +29,8 @@ decaying but (over the last ``s`` steps, the losses of the level) still above
 decays: the LR is back down (below that bound) or has stopped changing for ``patience`` steps
 (an LR raised and held is no schedule; a schedule stepped once per epoch looks the same, and its
 rises are judged like any other) and the level is still diverging; or at once when the level
-exceeds :math:`\rho\,L_0`, worse than the untrained model (a blow-up no schedule explains).
+exceeds :math:`\rho\,L_0`, worse than the untrained model (a blow-up no schedule explains), or
+when the LR went above ``lr_ceiling`` (an LR known to be too high, e.g. far above the finder's).
 Explained episodes that come back are not counted as recovered; one whose level dips under the
 margin for fewer than ``s`` steps goes on (same onset).
 """
@@ -171,6 +172,9 @@ class LossRise(Sign):
             return False  # worse than the untrained model: a blow-up no schedule explains
         if self.lr_still >= self.config["patience"]:
             return False  # the LR was raised and held: no schedule will bring the loss back
+        ceiling = self.config.get("lr_ceiling")
+        if ceiling is not None and self.lr_peak > ceiling:
+            return False  # the schedule took the LR where it is known not to train
         rising = not math.isnan(self.lr_prev) and lr > self.lr_prev
         # the level is a median of the last s losses: all of them must be at the lowered LR
         recent = max((v for v in t.lrs.last(t.short) if v == v), default=lr)
