@@ -346,6 +346,9 @@ def test_lr_ceiling_stops_excusing_a_rise_that_came_with_the_schedule():
         return None
 
     assert first_diverging() is None  # waited out: the schedule's warmup explains the rise
+    doc = Doctor()
+    verdicts = {doc.observe(t, loss, lr=lr).verdict for t, (lr, loss) in enumerate(zip(lrs, losses))}
+    assert "flat" not in verdicts  # a loss that rose is never "raise the LR"
     at, onset = first_diverging(lr_ceiling=0.5)
     assert at < 100 and 35 <= onset <= 45
     with pytest.raises(ValueError, match="lr_ceiling must be None or a finite number > 0"):

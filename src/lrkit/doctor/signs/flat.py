@@ -23,7 +23,10 @@ suffice here: the flat stretch after them confirms it), or whose gradient norm f
 3x (or its noise more than 3x) without progress while its level sits more than a factor
 :math:`\rho` above its best (evidence that it got worse, not just slow), is reported as
 ``diverging`` instead: units died or saturated, the LR was too high, and raising it would be
-the wrong advice. Onset of flat: the first step observed.
+the wrong advice. A level that sits clearly *above* the first window's (:math:`(R-M)/R < -\text{tol}`)
+is no flat run either: the loss rose (a schedule's LR rise being waited out by
+:mod:`~lrkit.doctor.signs.diverging`, say), and "raise the LR" would be the wrong advice again.
+Onset of flat: the first step observed.
 """
 from __future__ import annotations
 
@@ -163,8 +166,10 @@ class Flat(Sign):
             ev["early_max_ratio"] = max(t.first_window) / L0 if L0 > 0 else math.inf
             ev["stuck"] = 1.0
             self.finding = Finding("diverging", early, ev)
-        else:
+        elif rel > -tol:
             self.finding = Finding("flat", t.first_step, ev)
+        # else the level sits clearly above the first window's: it rose -- whatever the cause (a
+        # schedule's LR rise, waited out by the loss_rise sign), not an LR too low to make progress
 
     def explain(self, finding: Finding, step: int) -> tuple[tuple[str, ...], str]:
         if finding.verdict == "diverging":
