@@ -356,3 +356,17 @@ def test_lr_ceiling_stops_excusing_a_rise_that_came_with_the_schedule():
     a, b = Doctor(lr_ceiling=1.0), Doctor(lr_ceiling=2.0)
     b.load_state_dict(a.state_dict())  # knowledge about the run, not a threshold: no mismatch
     assert b.config["lr_ceiling"] == 2.0
+
+
+def test_a_huge_rise_in_a_short_log_is_not_taken_for_its_own_noise():
+    """Seven rows of a log written every 50 steps: a fast start (rows 5x apart), then a blow-up to
+    thousands of times the best that is still 100x it at the end. The noise estimate of so few
+    rows is mostly the rise itself; the margin is capped (NOISE_CAP), so it is diverging."""
+    from lrkit.doctor.diagnosis import diagnose
+    from lrkit.doctor.signs.diverging import NOISE_CAP
+
+    rows = {"step": [49, 99, 149, 199, 249, 299, 349], "loss": [0.28, 0.04, 0.1, 340.0, 67.0, 34.0, 11.5]}
+    d = diagnose(rows)
+    assert d.verdict == "diverging" and 99 < d.step <= 199 and NOISE_CAP == 100.0
+    quiet = {"step": rows["step"], "loss": [0.28, 0.04, 0.1, 0.05, 0.02, 0.03, 0.01]}  # healthy, as noisy
+    assert diagnose(quiet).verdict == "healthy"

@@ -4,7 +4,7 @@ r"""Sign ``diverging``: the loss level has risen well above its best.
 
 .. math::
 
-    m_t - b'_t > \max\big(\log \rho,\; z\,\sigma_s\big) + [n < W]\log\rho
+    m_t - b'_t > \max\big(\log \rho,\; \min(z\,\sigma_s,\ \log 100)\big) + [n < W]\log\rho
     \quad\text{and}\quad
     e^{m_t} - e^{b'_t} > r \cdot L_0, \qquad b'_t = \min(b_t,\ y_1) \text{ if } n < W \text{ else } b_t
 
@@ -43,7 +43,11 @@ import numpy as np
 
 from lrkit.doctor.signs._base import TINY, Finding, Observation, Sign, Track, grad_reference, nan_none, scaled
 
-__all__ = ["LossRise", "rise_onset", "diverging_explanation"]
+__all__ = ["LossRise", "rise_onset", "diverging_explanation", "NOISE_CAP"]
+
+#: no noise explains a level this many times its best (the noise margin is capped at its log: a
+#: noise estimate from a handful of rows -- a log every 50 steps, an epoch log -- can be the rise)
+NOISE_CAP = 100.0
 
 
 def rise_onset(track: Track, step: int, log_margin: float | None) -> int:
@@ -190,7 +194,9 @@ class LossRise(Sign):
         best = t.best
         if t.n < t.window:  # during the first window, the very first loss (initial weights) is a reference too
             best = min(best, math.log(max(t.first[0], TINY)))
-        margin = max(log_rho, t.noise_z * t.sigma_short())
+        # a noise estimate from a handful of rows (a log every 50 steps, an epoch log) can be the
+        # rise itself: no noise explains a level NOISE_CAP times its best
+        margin = max(log_rho, min(t.noise_z * t.sigma_short(), math.log(NOISE_CAP)))
         if t.n < t.window:  # noise and best are still poorly known: one more factor rho
             margin += log_rho
         rise = math.exp(t.level) - math.exp(best)
