@@ -132,3 +132,30 @@ def test_the_hf_callback_takes_the_chance_level_from_the_model(tmp_path):
     cb = LRDoctorCallback()
     transformers.Trainer(model=model, args=args, train_dataset=DS(), callbacks=[cb]).train()
     assert cb.doctor.config["chance_loss"] == pytest.approx(math.log(3))
+
+
+@pytest.mark.parametrize("loss,units,expected", [
+    ("sparse_categorical_crossentropy", 10, math.log(10)),
+    ("categorical_crossentropy", 3, math.log(3)),
+    ("binary_crossentropy", 1, LN2),
+    ("mse", 1, None),
+])
+def test_the_keras_callback_takes_the_chance_level_from_compile(loss, units, expected):
+    keras = pytest.importorskip("keras")
+    from lrkit.integrations.keras.callback import LRDoctorCallback
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 4)).astype("float32")
+    if loss == "sparse_categorical_crossentropy":
+        y = rng.integers(0, units, 64)
+    elif loss == "categorical_crossentropy":
+        y = np.eye(units, dtype="float32")[rng.integers(0, units, 64)]
+    else:
+        y = rng.integers(0, 2, (64, 1)).astype("float32")
+    act = "sigmoid" if loss == "binary_crossentropy" else ("softmax" if units > 1 else None)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(units, activation=act)])
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss=loss)
+    cb = LRDoctorCallback()
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[cb])
+    got = cb.doctor.config["chance_loss"]
+    assert got == (None if expected is None else pytest.approx(expected))

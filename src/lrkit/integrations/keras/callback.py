@@ -253,6 +253,8 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
                 self._keras_state.resuming = False
             if self.guard.resumed_from is not None:
                 self._resumed(self.guard.resumed_from)
+        if self.doctor.config.get("chance_loss") is None:  # a classifier's chance level, from compile()
+            self.doctor.set_chance_loss(_chance_loss(self.model))
         self._loss_vars()
 
     def _resumed(self, step: int) -> None:
@@ -354,3 +356,26 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
             self.model.optimizer.learning_rate = self._current_lr() * factor
             return True
         return False  # a Keras LearningRateSchedule cannot be assigned
+
+
+_CROSS_ENTROPY = {"sparse_categorical_crossentropy": "categorical", "categorical_crossentropy": "categorical",
+                  "binary_crossentropy": "binary"}
+
+
+def _chance_loss(model: Any) -> float | None:
+    """``ln K`` for a model compiled with a cross-entropy loss over ``K`` outputs (``ln 2`` for a
+    binary cross-entropy on one output), else ``None`` (:mod:`lrkit.doctor.signs.chance`). Only an
+    unweighted single loss whose logits or probabilities are the model's only output counts."""
+    loss = getattr(model, "loss", None)
+    name = loss if isinstance(loss, str) else getattr(loss, "name", None)
+    kind = _CROSS_ENTROPY.get(name) if isinstance(name, str) else None
+    try:
+        shape = model.output_shape
+    except (AttributeError, ValueError):
+        return None
+    if kind is None or not isinstance(shape, tuple) or not shape or not isinstance(shape[-1], int):
+        return None
+    k = shape[-1]
+    if kind == "binary":
+        return math.log(2.0) if k == 1 else None
+    return math.log(k) if k >= 2 else None
