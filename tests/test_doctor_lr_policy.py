@@ -56,3 +56,15 @@ def test_a_recovery_ramps_monotonically_back_to_the_level_before_the_trouble(int
     q = LRPolicy(gamma)
     q.load_state_dict(state)
     assert q.state_dict() == state
+
+
+def test_a_held_raise_during_probation_ends_it():
+    """Undoing a raise knows its cause: a pending probation must not later bring back a level from
+    before the raise."""
+    p = LRPolicy(0.1)
+    common = dict(onset=100, target=90, initial=False, interval=10, multiplier=1.0)
+    assert p.factor(step=100, held_raise=None, last=None, **common) == 1.0
+    assert p.factor(step=104, held_raise=None, last=(100, 90, True), **common) == 0.1 and p.probation
+    assert p.factor(step=110, held_raise=30.0, last=(104, 90, False), **common) == 1 / 30
+    assert p.probation is None
+    assert p.tick(200, multiplier=0.1 / 30, healthy_since=lambda label: True) is None and not p.recoveries

@@ -29,7 +29,8 @@ state that sharpened at the lower LR: on MNIST it blew up again). A problem duri
 lowers further and restarts its clock (a 10x lower LR that still blows up points at the data); a
 problem within :math:`4K` steps of a recovery means the LR was the cause after all: lowered for
 good, and no probation is granted again. A lowering with direct evidence (a held raise, a run
-that never reached a healthy snapshot) is never undone. ``forgive_first=False``: :math:`c=\gamma`
+that never reached a healthy snapshot) is never undone, and undoing a held raise ends a pending
+probation (its level "before the trouble" no longer holds). ``forgive_first=False``: :math:`c=\gamma`
 on every rollback without a held raise, no probation.
 
 Example:
@@ -82,6 +83,7 @@ class LRPolicy:
         ``last``: the previous rollback's ``(step, restored_to, kept_the_lr)``, or ``None``."""
         self.ramp = None  # a recovery under way stops where it is
         if held_raise is not None and held_raise >= 1.5:
+            self.probation = None  # the cause is known; the level "before the trouble" no longer holds
             return min(1.0 / held_raise, 1.0 / 1.5)
         if not self.forgive_first:
             return self.lr_factor
