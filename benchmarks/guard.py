@@ -224,16 +224,21 @@ def guarded(run: Run, steps: int, **kw) -> dict:
     return rec
 
 
-def shard_skipped(task: str, seed: int, steps: int, t: int) -> dict:
-    """The reference for ``bad shard``: no guard, no garbage, the shard's SHARD steps simply not
-    trained -- what a guard that knew to skip the shard would at best reach."""
+def plain(task: str, seed: int, steps: int, skip: range = range(0)) -> float:
+    """The final validation loss of an unguarded, fault-free run that does not train the steps in ``skip``."""
     run = Run(task, seed)
     with np.errstate(all="ignore"):
         for k in range(steps):
-            if not t <= k < t + SHARD:
+            if k not in skip:
                 run.trainer.step(run.lr(k))
             run.tail(k, steps)
-    return {"final": run.final(), "gave_up": False, "best_by": "", "best_step": None, "restored": [],
+    return run.final()
+
+
+def shard_skipped(task: str, seed: int, steps: int, t: int) -> dict:
+    """The reference for ``bad shard``: no guard, no garbage, the shard's SHARD steps simply not
+    trained -- what a guard that knew to skip the shard would at best reach."""
+    return {"final": plain(task, seed, steps, skip=range(t, t + SHARD)), "gave_up": False, "best_by": "", "best_step": None, "restored": [],
             "verified": [], "last_before": None, "t": t, "interval": EVERY}
 
 
@@ -350,12 +355,7 @@ def main() -> None:
     rows: list[dict] = []
     for task in tasks:
         for seed in seeds:
-            run = Run(task, seed)
-            with np.errstate(all="ignore"):
-                for k in range(a.steps):
-                    run.trainer.step(run.lr(k))
-                    run.tail(k, a.steps)
-            clean[(task, seed)] = run.final()
+            clean[(task, seed)] = plain(task, seed, a.steps)
             for fault in FAULTS:
                 t = fault_step(seed, a.steps)
                 if fault.startswith("kill -9"):

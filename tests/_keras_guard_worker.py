@@ -42,14 +42,21 @@ class Faults(keras.callbacks.Callback):
         self.batches += 1
 
 
-def main() -> None:
-    storage_dir, out, die_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def momentum_regression() -> tuple[keras.Model, np.ndarray, np.ndarray]:
+    """A seeded tanh MLP compiled with SGD(0.05, momentum 0.9) on a linear regression (10 batches of
+    32 per epoch): the run this worker and the in-process momentum test guard."""
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((320, 5)).astype("float32")
     y = (x @ rng.standard_normal((5, 1))).astype("float32")
     model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.05, momentum=0.9), loss="mse")
+    return model, x, y
+
+
+def main() -> None:
+    storage_dir, out, die_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    model, x, y = momentum_regression()
     cb = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=10, storage="disk",
                           storage_dir=storage_dir, run_id="keras-run", resume=True,
                           sync_writes=True, forgive_first=False)  # a kill loses at most one period: no write in flight

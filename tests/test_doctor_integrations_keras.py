@@ -293,12 +293,9 @@ def test_a_rollback_under_sgd_momentum_scales_the_restored_velocity():
     """Keras' SGD velocity holds the LR (v <- mu v - lr g): restored as it was, the old LR's velocity
     kept pushing a run at the edge of stability after a 10x cut, until the guard gave up. Scaled
     with the cut, the run recovers after one rollback."""
-    keras.utils.set_random_seed(0)
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((320, 5)).astype("float32")
-    y = (x @ rng.standard_normal((5, 1))).astype("float32")
-    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(1)])
-    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.05, momentum=0.9), loss="mse")
+    from _keras_guard_worker import momentum_regression
+
+    model, x, y = momentum_regression()
     # forgive_first=False: the NaN lowers the LR, so the restored velocity must be scaled
     cb = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=10, forgive_first=False)
     model.fit(x, y, batch_size=32, epochs=8, verbose=0, shuffle=False, callbacks=[cb, _NaNWeightAt(25)])

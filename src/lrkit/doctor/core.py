@@ -286,8 +286,7 @@ class Doctor:
         def is_int(v: Any) -> bool:
             return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
-        def is_num(v: Any) -> bool:
-            return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+        is_num = _finite_number
 
         need("window", window, is_int(window) and window >= 5, "an int >= 5")
         window = int(window)
@@ -330,7 +329,7 @@ class Doctor:
         need("overfit_tol", overfit_tol, is_num(overfit_tol) and overfit_tol > 0, "a number > 0")
         need("lr_ceiling", lr_ceiling, lr_ceiling is None or (is_num(lr_ceiling) and lr_ceiling > 0),
              "None or a finite number > 0")
-        need("chance_loss", chance_loss, chance_loss is None or (is_num(chance_loss) and chance_loss > loss_floor),
+        need("chance_loss", chance_loss, _chance_ok(chance_loss, loss_floor),
              f"None or a finite number > loss_floor={loss_floor!r}")
         self._config: dict[str, Any] = {
             "window": window,
@@ -410,9 +409,7 @@ class Doctor:
             >>> d.set_chance_loss(0.693); d.config["chance_loss"]
             0.693
         """
-        ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
-                               and math.isfinite(value) and value > self._config["loss_floor"])
-        if not ok:
+        if not _chance_ok(value, self._config["loss_floor"]):
             raise ValueError(f"Doctor.set_chance_loss: chance_loss must be None or a finite number > "
                              f"loss_floor={self._config['loss_floor']!r}, got {value!r}")
         self._config["chance_loss"] = None if value is None else float(value)
@@ -786,6 +783,15 @@ _LATER_DEFAULTS: dict[str, Any] = {
     "chance_loss": None,
     "lr_ceiling": None,
 }
+
+
+def _finite_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _chance_ok(value: Any, loss_floor: float) -> bool:
+    """``chance_loss`` is ``None`` or a finite number above the loss floor."""
+    return value is None or (_finite_number(value) and value > loss_floor)
 
 
 def _diag_from_dict(d: Mapping[str, Any]) -> Diagnosis:

@@ -561,8 +561,8 @@ class LRDoctorCallback(RefreshedBeforeSaves, GuardedWatch, TrainerCallback):
 
 def _chance_loss(model: Any) -> float | None:
     """The chance level of a Hugging Face classifier (:mod:`lrkit.doctor.model_config`), else ``None``."""
-    cfg = getattr(getattr(model, "module", model), "config", None)  # DDP-wrapped or not
+    inner = getattr(model, "module", model)  # DDP-wrapped or not
+    cfg = getattr(inner, "config", None)
     if cfg is None or not callable(getattr(cfg, "to_dict", None)):
         return None
-    inner = getattr(model, "module", model)
     return chance_loss_from_config({**cfg.to_dict(), "architectures": [type(inner).__name__]})
