@@ -693,3 +693,39 @@ def test_trouble_soon_after_a_recovery_lowers_the_lr_for_good():
     # much later, a lone fault is forgiven again, and a second soon after lowers it with no probation
     assert mults[3:] == [1.0, pytest.approx(0.1)] and len(g.recoveries) == 1
     assert g.lr_multiplier == pytest.approx(0.01)
+
+
+def test_the_period_stretched_by_costly_snapshots_comes_back_when_they_turn_cheap():
+    """The first snapshots of a large model allocate its size (slow); once the rolling set is full
+    they are copied into recycled memory (fast): the period is stretched while snapshots are
+    costly and returns to snapshot_every when they are cheap, instead of staying stretched."""
+    import time as _time
+
+    def burn(seconds):  # CPU time (the guard measures its thread's CPU time, not the wall clock)
+        t0 = _time.thread_time()
+        while _time.thread_time() - t0 < seconds:
+            pass
+
+    class Costly(LinReg):
+        def __init__(self):
+            super().__init__()
+            self.snaps = 0
+
+        def snapshot(self):
+            self.snaps += 1
+            if self.snaps <= 4:
+                burn(0.08)
+            return super().snapshot()
+
+        def step(self, lr):
+            burn(0.002)
+            return super().step(lr)
+
+    t = Costly()
+    g = Guard(t, snapshot_every=5, max_overhead=0.01)
+    intervals = []
+    for _ in range(400):
+        g.step(0.05)
+        intervals.append(g.snapshot_interval)
+    assert max(intervals) > 5 * 3  # stretched while snapshots cost 80 ms against 2 ms steps
+    assert t.snaps > 7 and intervals[-1] == 5  # back to snapshot_every once they are cheap

@@ -271,3 +271,101 @@ def test_a_killed_anonymous_run_in_a_storage_dir_is_swept_by_the_next_store(tmp_
     resumed = DiskStore(tmp_path, run_id="exp1")  # the named run is there to resume
     assert resumed.manifest() is None and any(named.glob("snap-*.pkl"))
     resumed.close()
+
+
+def _adam_bn_model(torch):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    return model, opt
+
+
+def _train_step(torch, model, opt):
+    opt.zero_grad()
+    model(torch.randn(8, 3)).pow(2).mean().backward()
+    opt.step()
+
+
+def test_a_recycled_snapshot_lends_its_memory_and_saves_the_new_state_bitwise():
+    torch = pytest.importorskip("torch")
+    from lrkit.integrations.torch.state import TorchSnapshot
+
+    model, opt = _adam_bn_model(torch)
+    _train_step(torch, model, opt)
+    old = TorchSnapshot.take(model, [opt], grads=False)
+    old_ptrs = {n: t.tensor.data_ptr() for n, t in old.model_tensors.items()}
+    _train_step(torch, model, opt)
+    expected = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    expected_moments = [opt.state[p]["exp_avg"].clone() for p in model.parameters()]
+    snap = TorchSnapshot.take(model, [opt], grads=False, recycle=old)
+    assert {n: t.tensor.data_ptr() for n, t in snap.model_tensors.items()} == old_ptrs  # no new memory
+    assert snap.optimizers[0]["state"][0]["exp_avg"].tensor.data_ptr() == \
+        old.optimizers[0]["state"][0]["exp_avg"].tensor.data_ptr()
+    for _ in range(3):
+        _train_step(torch, model, opt)
+    snap.restore(model, [opt])
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, expected[k]), k
+    for p, m in zip(model.parameters(), expected_moments):
+        assert torch.equal(opt.state[p]["exp_avg"], m)
+
+
+def test_a_recycled_snapshot_of_another_shape_is_not_written_into():
+    torch = pytest.importorskip("torch")
+    from lrkit.integrations.torch.state import TorchSnapshot
+
+    small = torch.nn.Linear(3, 4)
+    other = TorchSnapshot.take(small, [], grads=False)
+    before = other.model_tensors["weight"].tensor.clone()
+    big = torch.nn.Linear(5, 4)
+    snap = TorchSnapshot.take(big, [], grads=False, recycle=other)
+    assert snap.model_tensors["weight"].tensor.shape == (4, 5)
+    assert torch.equal(other.model_tensors["weight"].tensor, before)
+    # the bias fits (same shape and dtype): it is reused, and holds the new model's values
+    assert snap.model_tensors["bias"].tensor.data_ptr() == other.model_tensors["bias"].tensor.data_ptr()
+    assert torch.equal(snap.model_tensors["bias"].tensor, big.bias.detach())
+
+
+@pytest.mark.parametrize("storage", ["memory", "disk"])
+def test_guarded_snapshots_reuse_the_memory_of_dropped_ones_and_roll_back_exactly(tmp_path, storage):
+    """Once the rolling set is full, each new snapshot is copied into one the guard let go of
+    (dropped from memory, or durable on disk); a rollback still restores its target bitwise."""
+    torch = pytest.importorskip("torch")
+    from lrkit.torch import TorchDoctor
+
+    model, opt = _adam_bn_model(torch)
+    watch = TorchDoctor(model, opt, snapshot_every=2, keep=2, storage=storage,
+                        storage_dir=tmp_path if storage == "disk" else None, max_overhead=None)
+    state = watch.guard.trainer
+    reused = []
+    take = state.snapshot
+
+    def counting_take():
+        reused.append(state._spare is not None)
+        return take()
+
+    state.snapshot = counting_take
+    history = {}
+    gen = torch.Generator().manual_seed(1)
+    for step in range(40):
+        x = torch.randn(8, 3, generator=gen)
+        if step == 36:
+            x[0, 0] = float("nan")  # a corrupt batch: the guard rolls back
+        opt.zero_grad()
+        loss = model(x).pow(2).mean()
+        loss.backward()
+        watch.after_backward(loss)
+        opt.step()
+        watch.after_step(step, loss)
+        if watch.interventions:
+            break
+        history[watch.guard.step_count] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if storage == "disk":
+            watch.guard._store.flush()  # the writer thread hands the state back once it is durable
+    assert sum(reused) >= 10, reused  # steady state: every snapshot reuses a released one
+    [rollback] = watch.interventions
+    assert rollback.restored_to >= 30
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, history[rollback.restored_to][k]), k
+    watch.close()
+    assert state._spare is None  # closing lets go of the kept memory

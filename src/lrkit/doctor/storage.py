@@ -55,7 +55,7 @@ import time
 import uuid
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable
 
 try:
     import fcntl
@@ -89,13 +89,18 @@ class StorageInUse(RuntimeError):
 
 
 class MemoryStore:
-    """Keeps the state objects themselves."""
+    """Keeps the state objects themselves.
+
+    ``on_release``, when set, receives each state the store lets go of (:meth:`drop`): nothing
+    reads it again, so a trainer may reuse its memory for the next snapshot.
+    """
 
     on_disk = False
 
     def __init__(self) -> None:
         self._items: dict[int, Any] = {}
         self._n = 0
+        self.on_release: Callable[[Any], None] | None = None
 
     def put(self, state: Any) -> int:
         self._n += 1
@@ -108,7 +113,9 @@ class MemoryStore:
         return self._items[key]
 
     def drop(self, key: Any) -> None:
-        self._items.pop(key, None)
+        state = self._items.pop(key, None)
+        if state is not None and self.on_release is not None:
+            self.on_release(state)
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         """Nothing to persist in memory."""
@@ -340,6 +347,9 @@ class DiskStore:
         self._doomed: list[str] = []  # files to delete after the next manifest
         self._serial = max([_serial_of(n) for n in os.listdir(self.dir)] + [0])
         self._finalizer = weakref.finalize(self, _cleanup, self.dir, self._top, self._lock, self._pool)
+        #: receives each state once its file is durable (on the writer thread): nothing reads the
+        #: object again (a rollback reads the file), so a trainer may reuse its memory.
+        self.on_release: Callable[[Any], None] | None = None
 
     # ------------------------------------------------------------------ writes (in order, maybe in the background)
     def _submit(self, fn: Any, *args: Any) -> None:
@@ -353,8 +363,14 @@ class DiskStore:
         self._serial += 1
         name = f"snap-{self._serial}.pkl"
         path = os.path.join(self.dir, name)
-        self._submit(atomic_write, path, lambda fh: pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL))
+        self._submit(self._write_snapshot, path, state)
         return name
+
+    def _write_snapshot(self, path: str, state: Any) -> None:
+        atomic_write(path, lambda fh: pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL))
+        release = self.on_release
+        if release is not None:
+            release(state)
 
     def drop(self, key: Any) -> None:
         """Forget a snapshot; its file is deleted after the next manifest (which no longer names

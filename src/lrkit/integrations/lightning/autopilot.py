@@ -43,18 +43,18 @@ from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer,
 from lrkit.doctor.guarded_watch import PendingValidation
 from lrkit.integrations.torch.autopilot import _group_ratios, check_no_scheduler
 from lrkit.integrations.torch.doctor import grad_norm
-from lrkit.integrations.torch.state import TorchSnapshot
+from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 from lrkit.schedules.base import Schedule
 
 __all__ = ["AutopilotCallback"]
 
 
-class _State:
+class _State(RecyclingState):
     def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.module, self.optimizer = module, optimizer
 
     def snapshot(self) -> TorchSnapshot:
-        return TorchSnapshot.take(self.module, [self.optimizer])
+        return self._take(self.module, [self.optimizer])
 
     def restore(self, state: TorchSnapshot) -> None:
         state.restore(self.module, [self.optimizer])

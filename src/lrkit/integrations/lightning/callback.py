@@ -49,17 +49,17 @@ from lrkit.doctor.core import SEVERITY, Doctor
 from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation
 from lrkit.doctor.interventions import Intervention
 from lrkit.integrations.torch.doctor import grad_norm
-from lrkit.integrations.torch.state import TorchSnapshot
+from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 
 __all__ = ["LRDoctorCallback"]
 
 
-class _State:
+class _State(RecyclingState):
     def __init__(self, cb: "LRDoctorCallback") -> None:
         self.cb = cb
 
     def snapshot(self) -> TorchSnapshot:
-        return TorchSnapshot.take(self.cb._module, self.cb._optimizers)
+        return self._take(self.cb._module, self.cb._optimizers)
 
     def restore(self, state: TorchSnapshot) -> None:
         opts = self.cb._optimizers

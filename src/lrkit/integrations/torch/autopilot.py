@@ -68,7 +68,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from lrkit.autopilot.pilot import Autopilot, AutopilotEvent
 from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
 from lrkit.integrations.torch.doctor import grad_norm
-from lrkit.integrations.torch.state import TorchSnapshot
+from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 from lrkit.schedules.base import Schedule
 
 __all__ = ["AutopilotScheduler", "TorchAutopilot", "autopilot", "check_no_scheduler"]
@@ -96,14 +96,14 @@ def check_no_scheduler(optimizer: torch.optim.Optimizer, where: str = "autopilot
             "autopilot set its scale")
 
 
-class _TorchState:
+class _TorchState(RecyclingState):
     """snapshot()/restore() of model, optimizer, scaler and RNGs, written back in place."""
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any) -> None:
         self.model, self.optimizer, self.scaler = model, optimizer, scaler
 
     def snapshot(self) -> TorchSnapshot:
-        return TorchSnapshot.take(self.model, [self.optimizer], scaler=self.scaler)
+        return self._take(self.model, [self.optimizer], scaler=self.scaler)
 
     def restore(self, state: TorchSnapshot) -> None:
         state.restore(self.model, [self.optimizer], scaler=self.scaler)

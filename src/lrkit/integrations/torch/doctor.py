@@ -126,7 +126,7 @@ from lrkit.integrations.torch.hessian import (
     explain,
     with_stability,
 )
-from lrkit.integrations.torch.state import TorchSnapshot
+from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 
 __all__ = ["TorchDoctor", "StabilityProbe", "grad_norm"]
 
@@ -152,7 +152,7 @@ def grad_norm(parameters: Sequence[torch.Tensor] | Any) -> float:
     return float(torch.nn.utils.get_total_norm(grads, 2.0).item())
 
 
-class _State:
+class _State(RecyclingState):
     """snapshot()/restore() of model, optimizer, scaler, RNGs; restore keeps the current LRs."""
 
     def __init__(self, owner: "TorchDoctor") -> None:
@@ -162,8 +162,7 @@ class _State:
         # after optimizer.step(): the gradients are spent (zero_grad comes next), so they are not
         # copied; CUDA tensors are copied without stalling the loop (see TorchSnapshot.take)
         o = self.owner
-        return TorchSnapshot.take(o.model, [o.optimizer], scaler=o.scaler, loaders=o.loaders, grads=False,
-                                  non_blocking=True)
+        return self._take(o.model, [o.optimizer], scaler=o.scaler, loaders=o.loaders, grads=False, non_blocking=True)
 
     def restore(self, state: TorchSnapshot) -> None:
         o = self.owner

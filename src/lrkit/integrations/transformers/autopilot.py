@@ -39,7 +39,7 @@ from lrkit.autopilot.pilot import Autopilot, AutopilotEvent
 from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
 from lrkit.doctor.guarded_watch import PendingValidation
 from lrkit.integrations.torch.autopilot import _group_ratios
-from lrkit.integrations.torch.state import TorchSnapshot
+from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 from lrkit.integrations.transformers.callback import RefreshedBeforeSaves, _guard_blockers
 from lrkit.schedules.base import Schedule
 
@@ -63,12 +63,12 @@ class _PilotLambda:
         return self._cb.pilot.lr(int(step))
 
 
-class _State:
+class _State(RecyclingState):
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any) -> None:
         self.model, self.optimizer, self.scaler = model, optimizer, scaler
 
     def snapshot(self) -> TorchSnapshot:
-        return TorchSnapshot.take(self.model, [self.optimizer], scaler=self.scaler)
+        return self._take(self.model, [self.optimizer], scaler=self.scaler)
 
     def restore(self, state: TorchSnapshot) -> None:
         state.restore(self.model, [self.optimizer], scaler=self.scaler)

@@ -109,7 +109,7 @@ from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation, watch_do
 from lrkit.doctor.interventions import GuardGaveUp, Intervention
 from lrkit.doctor.model_config import chance_loss_from_config
 from lrkit.doctor.watch import check_actions
-from lrkit.integrations.torch.state import TorchSnapshot, rngs_kept
+from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot, rngs_kept
 
 __all__ = ["LRDoctorCallback"]
 
@@ -224,7 +224,7 @@ def _initial_loss(model: Any, loader: Any) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-class _State:
+class _State(RecyclingState):
     """The guard's view of the run: snapshot/restore of the model, optimizer, scaler and RNGs."""
 
     def __init__(self, cb: "LRDoctorCallback") -> None:
@@ -232,7 +232,7 @@ class _State:
 
     def snapshot(self) -> TorchSnapshot:
         cb = self.cb
-        return TorchSnapshot.take(cb._model, [cb._optimizer], scaler=cb._scaler)
+        return self._take(cb._model, [cb._optimizer], scaler=cb._scaler)
 
     def restore(self, state: TorchSnapshot) -> None:
         cb = self.cb
