@@ -386,6 +386,31 @@ def test_a_best_candidate_at_the_top_edge_is_searched_past():
     assert 0.05 / 10 <= s.lr <= 0.05  # the short-run optimum, halved, not the edge of the grid
 
 
+class Capped(Bowl):
+    """The short run cannot tell LRs above ``cap`` apart (the optimizer caps its step there, as
+    ``torch.optim.Adafactor`` caps its relative step at :math:`1/\\sqrt{t}`): the bowl at ``cap``."""
+
+    def __init__(self, opt, cap):
+        super().__init__(opt)
+        self.cap = cap
+
+    def _value(self):
+        if self.t == 0:
+            return self.START
+        return 1.0 + math.log10(min(self.lr, self.cap) / self.opt) ** 2
+
+
+def test_candidates_that_tie_at_the_lower_edge_are_searched_below_it():
+    """Two candidates that score the same say the LR does not bind a short run there: the search
+    goes on down until the score changes, and the lower of tied LRs is the answer's base."""
+    lrs, losses = bowl_curve(top=1.0)
+    s = suggest(lrs, losses, trainer=Capped(opt=1e-2, cap=1e-2), family="adam", verify_steps=5, verify_budget=40)
+    tried = sorted(c["lr"] for c in s.details["candidates"])
+    assert tried[0] < 1e-2 / 3  # went below the tie, to where the score changes
+    assert s.details["edges"]["lower_open"] is False
+    assert s.lr <= 1e-2  # never above the lowest LR of the tie (then halved for the long run)
+
+
 def test_no_progress_at_the_top_candidate_walks_up_not_down():
     lrs, losses = bowl_curve(top=1e-6)
     s = suggest(lrs, losses, trainer=Bowl(opt=0.02, edge=1.0, dead=1e-4), family="sgd", verify_steps=5)

@@ -35,7 +35,8 @@ grid below :math:`\\eta_{\\min}` and, when it may drive the trainer, measures th
 
    * starts at :math:`\\eta_{top} = \\eta_{\\min}` and walks down a decade at a time while the
      candidates improve on the best by more than :math:`\\tau = 2\\%` (:data:`NOISE_TOL`; rejected
-     ones are stepped over). When the curve is uninformative (its minimum lies in its first tenth:
+     ones are stepped over) or tie it exactly (within :data:`TIE_TOL`: the LR does not bind a short
+     run there, e.g. an optimizer that caps its own step, and only a lower one can tell). When the curve is uninformative (its minimum lies in its first tenth:
      the loss never got below its start) it starts from the top of the recorded range instead;
    * when the top candidate trains but improves its start by less than 1% (:data:`MIN_PROGRESS`),
      it is either chaotic or far too low: a decade lower tells which, and in the second case the
@@ -57,7 +58,7 @@ grid below :math:`\\eta_{\\min}` and, when it may drive the trainer, measures th
        \\frac{(x_0-x_-)^2 (S_0-S_+) - (x_0-x_+)^2 (S_0-S_-)}{(x_0-x_-)(S_0-S_+) - (x_0-x_+)(S_0-S_-)},
 
    half-way down to the lower neighbour when the upper one, half a decade away, failed; the best
-   itself at an edge of the candidates. The answer is :math:`\\eta^* = \\hat\\eta / 2`
+   itself at an edge of the candidates or when the upper neighbour ties it. The answer is :math:`\\eta^* = \\hat\\eta / 2`
    (:data:`SHORT_RUN_FACTOR`): a run of :math:`k` steps rewards early progress and cannot see the
    higher noise floor of a too-high LR later, so its optimum sits above the full run's (by 2-3x on
    the benchmark tasks). The factor is deliberately the low end: too low costs a little, too high
@@ -306,6 +307,10 @@ class _Search:
     def worse(self, r: dict, best: dict) -> bool:
         return r["score"] is None or r["score"] > best["score"] + NOISE_TOL * abs(best["score"])
 
+    def ties(self, r: dict, best: dict) -> bool:
+        """``r`` scores the same as ``best`` (within :data:`TIE_TOL`)."""
+        return r["score"] is not None and abs(r["score"] - best["score"]) <= TIE_TOL * abs(best["score"])
+
     def improves(self, r: dict, best: dict) -> bool:
         return r["score"] is not None and r["score"] < best["score"] - NOISE_TOL * abs(best["score"])
 
@@ -323,6 +328,8 @@ class _Search:
                 return
             if best is None:
                 continue  # nothing accepted yet: keep looking
+            if factor < 1 and self.ties(r, best):
+                continue  # the LR does not bind a short run here: only a lower one can tell
             if not self.improves(r, best):
                 return
 
@@ -394,6 +401,8 @@ def _pick(search: _Search) -> tuple[float, tuple[float, float], str, dict]:
         how = "half-way to the next candidate below (the next one up, close by, failed)"
     elif up["score"] is None:
         lr, how = best["lr"], "best candidate (the next one up, far above, failed)"
+    elif search.ties(up, best):
+        lr, how = best["lr"], "best candidate (the next one up scores the same: the lower LR is the safer)"
     else:
         x1, x3 = math.log(down["lr"]), math.log(up["lr"])
         y1, y2, y3 = down["score"], s_best, up["score"]
