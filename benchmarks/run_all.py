@@ -19,11 +19,12 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS: dict[str, list[str]] = {
     "schedules": ["benchmarks/bench_schedules.py"],
     "finder": ["-m", "benchmarks.finder_regret"],
+    "finder-horizon": ["-m", "benchmarks.finder_horizon"],
     "doctor": ["benchmarks/doctor_detection.py"],
     "doctor-real": ["benchmarks/doctor_real_runs.py"],
     "diagnose-long": ["benchmarks/diagnose_long.py"],
     "guard": ["benchmarks/guard.py", "--steps", "300", "--seeds", "4", "--tasks", "digits,diabetes"],
-    "guard-overhead": ["benchmarks/guard_overhead.py"],
+    "guard-overhead": ["benchmarks/guard_overhead.py", "--steps", "400"],
     "autopilot": ["-m", "benchmarks.autopilot"],
     "tune": ["-m", "benchmarks.tune_regret"],
 }
