@@ -23,7 +23,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "doctor": ["benchmarks/doctor_detection.py"],
     "doctor-real": ["benchmarks/doctor_real_runs.py"],
     "diagnose-long": ["benchmarks/diagnose_long.py"],
-    "guard": ["benchmarks/guard.py", "--steps", "300", "--seeds", "4", "--tasks", "digits,diabetes"],
+    "guard": ["benchmarks/guard.py", "--steps", "300", "--seeds", "4", "--tasks", "digits,diabetes,mnist"],
     "guard-overhead": ["benchmarks/guard_overhead.py", "--steps", "400"],
     "autopilot": ["-m", "benchmarks.autopilot"],
     "tune": ["-m", "benchmarks.tune_regret"],

@@ -63,7 +63,7 @@ from lrkit import scaling
 from lrkit.finder.range_test import find, plan_budget, plan_verify_budget
 from lrkit.finder.result import FinderResult
 from lrkit.integrations._progress import progress_bar, progress_context, watched  # noqa: F401 - progress_bar re-exported (the CLI imports it)
-from lrkit.integrations.torch.state import TorchSnapshot
+from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 
 __all__ = ["TorchTrainer", "find_lr"]
 
@@ -93,7 +93,7 @@ def _group_lr(group: dict) -> float:
     return float(lr.item()) if isinstance(lr, torch.Tensor) else float(lr)
 
 
-class TorchTrainer:
+class TorchTrainer(RecyclingState):
     """The :class:`~lrkit.finder.trainer.Trainer` protocol for a PyTorch model and optimizer(s).
 
     Args:
@@ -258,8 +258,9 @@ class TorchTrainer:
 
     # -- Trainer protocol --------------------------------------------------------------------
     def snapshot(self) -> TorchSnapshot:
-        """One CPU copy of model, optimizers, scaler, RNGs and loader generators."""
-        return TorchSnapshot.take(self.model, self.optimizers, scaler=self.scaler, loaders=self._loaders())
+        """One CPU copy of model, optimizers, scaler, RNGs and loader generators (into the memory of a
+        snapshot handed back by :meth:`recycle`, when a guard has let go of one)."""
+        return self._take(self.model, self.optimizers, scaler=self.scaler, loaders=self._loaders())
 
     def restore(self, state: TorchSnapshot) -> None:
         """Write ``state`` back in place; the next :meth:`step` starts a fresh pass over the loader."""
