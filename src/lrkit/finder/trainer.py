@@ -20,6 +20,9 @@ class Trainer(Protocol):
     ``snapshot()`` returns an opaque state; ``restore(state)`` puts model, optimizer, scaler,
     data position and RNG states back bitwise. ``evaluate()`` returns a validation loss, or
     ``None`` if no validation data was given.
+
+    Optional: ``recycle(state)`` -- a :class:`~lrkit.doctor.guard.Guard` hands back each state it
+    will never read again, so that the next ``snapshot()`` may reuse its memory (``None``: let go).
     """
 
     def snapshot(self) -> Any: ...
