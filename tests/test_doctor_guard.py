@@ -729,3 +729,47 @@ def test_the_period_stretched_by_costly_snapshots_comes_back_when_they_turn_chea
         intervals.append(g.snapshot_interval)
     assert max(intervals) > 5 * 3  # stretched while snapshots cost 80 ms against 2 ms steps
     assert t.snaps > 7 and intervals[-1] == 5  # back to snapshot_every once they are cheap
+
+
+def _rec(label, post, *, best=math.inf, sigma=0.0, lr=None):
+    from lrkit.doctor.snapshots import SnapshotRecord
+
+    r = SnapshotRecord(label=label, doctor={}, multiplier=1.0, best=best, sigma=sigma, lr=lr)
+    for k, loss in enumerate(post):
+        r.record(label + k, loss)
+    return r
+
+
+def test_a_snapshot_after_the_onset_is_judged_against_the_doctors_best_and_its_noise_then():
+    """Onset at 10; the snapshot at 30 has only its first loss (1.75) to speak for it. Against its
+    own record (best 1.31, noise 0.29 of a run already gone noisy) that passes; against the
+    doctor's best level (1.07) with the noise the run had there (0.05) it does not: the rollback
+    goes to the state before the onset."""
+    from lrkit.doctor.snapshots import choose_target
+
+    pool = [_rec(0, [2.29, 2.2, 2.4]), _rec(30, [1.75, 2.56, 1.59], best=math.log(1.31), sigma=0.29)]
+    assert choose_target(pool, 0.1, onset=10)[0].label == 30
+    assert choose_target(pool, 0.1, onset=10, reference=(math.log(1.07), 0.05))[0].label == 0
+    # a snapshot from before the onset keeps its own judgement
+    early = [_rec(0, [2.29]), _rec(5, [1.2, 1.1, 1.15], best=math.log(1.2), sigma=0.05)]
+    assert choose_target(early, 0.1, onset=10, reference=(math.log(1.0), 0.01))[0].label == 5
+
+
+def test_snapshots_taken_above_the_lr_ceiling_are_passed_over_while_another_is_left():
+    from lrkit.doctor.snapshots import choose_target
+
+    pool = [_rec(0, [2.3], lr=None), _rec(20, [1.2, 1.1], best=math.log(1.2), sigma=0.05, lr=1.0)]
+    assert choose_target(pool, 0.1, onset=40)[0].label == 20
+    assert choose_target(pool, 0.1, onset=40, lr_ceiling=0.15)[0].label == 0
+    only_high = pool[1:]
+    assert choose_target(only_high, 0.1, onset=40, lr_ceiling=0.15)[0].label == 20  # nothing else left
+
+
+def test_snapshot_records_keep_their_lr_through_the_manifest():
+    from lrkit.doctor.snapshots import SnapshotRecord
+
+    r = _rec(7, [1.0], lr=0.03)
+    assert SnapshotRecord.from_json(json.loads(json.dumps(r.to_json()))).lr == 0.03
+    legacy = r.to_json()
+    del legacy["lr"]
+    assert SnapshotRecord.from_json(legacy).lr is None

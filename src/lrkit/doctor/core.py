@@ -418,6 +418,20 @@ class Doctor:
     def n_observations(self) -> int:
         return self._track.n
 
+    @property
+    def current_lr(self) -> float | None:
+        """The LR of the latest observation that gave one (``None``: not known)."""
+        lr = self._track.lr
+        return None if lr is None else float(lr)
+
+    def best_level(self) -> tuple[float, float] | None:
+        """``(b, sigma)``: the best loss level seen (log) and the per-step noise sd of the log-loss
+        when it was reached; ``None`` before there is one (or while its noise is unknown)."""
+        t = self._track
+        if math.isinf(t.best) or math.isnan(t.best_noise):
+            return None
+        return float(t.best), float(t.best_noise)
+
     def forget_lr(self) -> None:
         """The LR is no longer known (it was logged as NaN or inf): until a finite one is observed,
         messages and advice quote no LR rather than a stale one.

@@ -43,7 +43,13 @@ doctor's onset -- at least its first one -- is within ``tolerance`` (plus noise)
 the run had reached when it was taken. The guard restores :math:`L^\*` = the **newest
 verified-healthy snapshot**. So an onset dated too early cannot send the run back past good
 states (each of them is then judged by its own first loss), and a state taken while the loss was
-already drifting up fails its verification however "healthy" the doctor still said it was.
+already drifting up fails its verification however "healthy" the doctor still said it was. A
+snapshot taken after the onset is judged against the doctor's best level and the noise the run had
+when it got there, where those are stricter than its own (a run that went wrong grew noisy: that
+noise vouches for none of its states); with the doctor's ``lr_ceiling`` set (the autopilot sets
+it), snapshots taken while the LR was above it are passed over while another is left (a state
+trained at an LR known not to train, and an optimizer state shaped by it, is no state to go back
+to).
 When no snapshot qualifies, the oldest kept one (the initial state) is restored and the record
 says ``verified=False``. Snapshots newer than the one restored are dropped. The doctor goes back
 to its state at the snapshot; if that is still within its opening stretch (fewer than
@@ -542,7 +548,7 @@ class Guard:
         h = self._health
         rec = SnapshotRecord(
             label=self._clock, doctor=self.doctor.state_dict(), multiplier=self._multiplier,
-            best=h.best, sigma=h.sigma, health=h.state(),
+            best=h.best, sigma=h.sigma, health=h.state(), lr=self.doctor.current_lr,
         )
         rec.handle = self._store.put(state)
         del state
@@ -708,7 +714,8 @@ class Guard:
                 raise SnapshotError(
                     f"lrkit guard: {d.verdict} at step {step} and no snapshot could be read (see the ERROR lines)", ""
                 )
-            target, verified = choose_target(pool, self.tolerance, onset)
+            target, verified = choose_target(pool, self.tolerance, onset, reference=self.doctor.best_level(),
+                                             lr_ceiling=self.doctor.config.get("lr_ceiling"))
             if target.restores >= self.max_retries:
                 self._give_up(step, d, target, pool)
             state = self._load(pool, target)

@@ -137,6 +137,7 @@ class SnapshotRecord:
         post_bad: the first loss from this state was non-finite.
         val: the first validation loss observed within :data:`VERIFY` steps of it, if any.
         restores: how many times it has been restored.
+        lr: the LR the run was training at when it was taken, if known.
         handle: the store's key for the state.
         nbytes: the stored size (disk), for the manifest.
     """
@@ -155,6 +156,7 @@ class SnapshotRecord:
     handle: Any = None
     nbytes: int = 0
     closed: bool = False  # no more losses are attributed to it (restored, or a NaN came)
+    lr: float | None = None  # the LR the run was at when it was taken (None: not known)
 
     def record(self, step: int, loss: float, val_loss: float | None = None) -> None:
         """Attribute the loss of ``step`` (and its validation loss) to this snapshot's verification."""
@@ -180,11 +182,13 @@ class SnapshotRecord:
         """Median log-loss after it (``nan`` before any)."""
         return _median(self.post)
 
-    def healthy(self, tolerance: float, until: int | None = None) -> bool | None:
+    def healthy(self, tolerance: float, until: int | None = None,
+                reference: tuple[float, float] | None = None) -> bool | None:
         """``True`` verified healthy, ``False`` not, ``None`` no loss seen from it yet.
 
         ``until``: judge only the losses of steps before it (the onset of a problem), but always
-        the first one (the state's own loss).
+        the first one (the state's own loss). ``reference``: ``(best log-level, per-step noise)``
+        to judge against where stricter than the snapshot's own (see :func:`choose_target`).
         """
         if self.post_bad:
             return False
@@ -193,11 +197,14 @@ class SnapshotRecord:
             post = [y for k, y in zip(self.post_steps, self.post) if k < until] or post[:1]
         if not post:
             return None
-        if math.isinf(self.best):
+        best, sigma = self.best, self.sigma
+        if reference is not None:
+            best, sigma = min(best, reference[0]), min(sigma, reference[1])
+        if math.isinf(best):
             return True
         # 3 sd of the difference of two medians (of the post losses, and of LEVEL losses)
-        margin = math.log1p(tolerance) + 3.0 * _MEDIAN_EFF * self.sigma * math.sqrt(1.0 / len(post) + 1.0 / LEVEL)
-        return _median(post) <= self.best + min(margin, _MAX_MARGIN)
+        margin = math.log1p(tolerance) + 3.0 * _MEDIAN_EFF * sigma * math.sqrt(1.0 / len(post) + 1.0 / LEVEL)
+        return _median(post) <= best + min(margin, _MAX_MARGIN)
 
     def cut(self, until: int) -> None:
         """Keep only the verification losses of steps before ``until`` (at least the first one) and
@@ -212,6 +219,7 @@ class SnapshotRecord:
             "best": None if math.isinf(self.best) else self.best, "sigma": self.sigma, "health": self.health,
             "post": list(self.post), "post_steps": list(self.post_steps), "post_bad": self.post_bad, "val": self.val, "restores": self.restores,
             "handle": self.handle if isinstance(self.handle, (str, int)) else None, "nbytes": self.nbytes,
+            "lr": self.lr,
         }
 
     @classmethod
@@ -222,6 +230,7 @@ class SnapshotRecord:
             health=d["health"], post=[float(v) for v in d["post"]],
             post_steps=[int(v) for v in d.get("post_steps", [])], post_bad=bool(d["post_bad"]),
             val=d["val"], restores=int(d["restores"]), handle=d["handle"], nbytes=int(d.get("nbytes", 0)),
+            lr=None if d.get("lr") is None else float(d["lr"]),
         )
 
 
@@ -247,13 +256,24 @@ def thin_index(labels: Sequence[int], *, now: int, every: int, origin: int | Non
     return best_i
 
 
-def choose_target(pool: Sequence[SnapshotRecord], tolerance: float,
-                  onset: int | None = None) -> tuple[SnapshotRecord, bool]:
+def choose_target(pool: Sequence[SnapshotRecord], tolerance: float, onset: int | None = None,
+                  reference: tuple[float, float] | None = None,
+                  lr_ceiling: float | None = None) -> tuple[SnapshotRecord, bool]:
     """The newest verified-healthy snapshot of ``pool`` (oldest first), and ``True``; else the
     oldest snapshot and ``False``. Losses from ``onset`` on (the problem) do not count against a
-    snapshot, except its first one."""
+    snapshot, except its first one. A snapshot taken after the onset has nothing but that first
+    loss to speak for it: with ``reference`` (the doctor's best log-level and the per-step noise
+    when it was reached) it is judged against that best with that noise where they are stricter
+    than its own -- the noise of a run going wrong is part of what went wrong, not a licence for
+    the states it passed through. With ``lr_ceiling`` (an LR known to be too high for the run),
+    snapshots taken while the LR was above it are passed over when any other is left: a state
+    trained at an LR known not to train (and an optimizer state shaped by it: Adam's second
+    moments stay inflated for about a thousand steps) is no state to go back to."""
+    if lr_ceiling is not None:
+        pool = [r for r in pool if r.lr is None or r.lr <= lr_ceiling] or list(pool)
     for rec in reversed(pool):
-        if rec.healthy(tolerance, until=onset):
+        late = onset is not None and rec.label > onset
+        if rec.healthy(tolerance, until=onset, reference=reference if late else None):
             return rec, True
     return pool[0], False
 

@@ -188,6 +188,7 @@ class Track:
         self.gn_first: list[float] = []  # first `short` gradient norms
         self.best = math.inf  # best level b (log)
         self.best_center_step: int | None = None
+        self.best_noise = math.nan  # the per-step noise sd (max(sigma, sigma_slow)) when the best level was set
         self.best_lr = math.nan  # the lowest LR of the losses of the best level
         self.sigma = math.nan  # noise sd of y (latest window)
         self.sigma_slow = math.nan  # its slow average (EMA over checks)
@@ -217,6 +218,7 @@ class Track:
             self.best = level
             # centre of the median's window: the level began rising after it
             self.best_center_step = self.y.steps[(self.y.pos - 1 - k // 2) % self.y.size]
+            self.best_noise = math.nan if math.isnan(self.sigma) else max(self.sigma, self.sigma_slow if not math.isnan(self.sigma_slow) else 0.0)
             lrs = [v for v in self.lrs.last(k) if v == v]  # the LRs of the median's losses
             self.best_lr = min(lrs) if lrs else math.nan
 
@@ -294,6 +296,7 @@ class Track:
             "first_window_steps": list(self.first_window_steps),
             "best": nan_none(self.best),
             "best_center_step": self.best_center_step,
+            "best_noise": nan_none(self.best_noise),
             "sigma": nan_none(self.sigma),
             "sigma_slow": nan_none(self.sigma_slow),
             "lr": self.lr,
@@ -315,6 +318,7 @@ class Track:
         self.first_window_steps = [int(v) for v in s["first_window_steps"]]
         self.best = math.inf if s["best"] is None else float(s["best"])
         self.best_center_step = s["best_center_step"]
+        self.best_noise = math.nan if s.get("best_noise") is None else float(s["best_noise"])
         self.sigma = math.nan if s["sigma"] is None else float(s["sigma"])
         self.sigma_slow = math.nan if s["sigma_slow"] is None else float(s["sigma_slow"])
         self.lr = s["lr"]

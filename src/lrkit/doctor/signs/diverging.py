@@ -15,6 +15,20 @@ level must rise by a factor *and* by an amount that matters next to where traini
 rise from 1e-6 to 1e-4 is not a problem); during the first ``W`` steps, while noise and best are
 poorly known, the factor is :math:`\rho^2` (and the first loss counts as a best).
 
+**Progress lost.** Past the first window, a run is diverging too when the median of its last
+:math:`W/2` log-losses has given back :data:`LOST_FRACTION` (70%) of the progress it made from its
+very first loss :math:`y_1` down to its best level,
+
+.. math::
+
+    \operatorname{med}(y_{t-W/2+1..t}) - b_t \ge 0.7\,(\log y_1 - b_t), \qquad
+    \log y_1 - b_t \ge \log 1.5, \qquad \text{both} > 4\,\sigma_s^{(b)},
+
+with :math:`\sigma_s^{(b)}` the level's noise when the best was reached: a run sent back near
+where it started (a classifier back at chance) by an LR far too high can sit there at 1.5-2x its
+best, under :math:`\rho`, while the noise it grew as it went wrong hides the rise from the
+margin above; measured against the noise it had when it was training, it does not.
+
 The onset (see :func:`rise_onset`) is where the rise began. An episode that ends with the level
 back within a factor :math:`\rho` of the best is *recovered*; :class:`~lrkit.doctor.signs.LossSpikes`
 reads these episodes.
@@ -41,13 +55,22 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from lrkit.doctor.signs._base import TINY, Finding, Observation, Sign, Track, grad_reference, nan_none, scaled
+from lrkit.doctor.signs._base import MEDIAN_EFF, TINY, Finding, median, Observation, Sign, Track, grad_reference, nan_none, scaled
 
-__all__ = ["LossRise", "rise_onset", "diverging_explanation", "NOISE_CAP"]
+__all__ = ["LossRise", "rise_onset", "diverging_explanation", "NOISE_CAP", "LOST_FRACTION"]
 
 #: no noise explains a level this many times its best (the noise margin is capped at its log: a
 #: noise estimate from a handful of rows -- a log every 50 steps, an epoch log -- can be the rise)
 NOISE_CAP = 100.0
+#: past the first window, a level that has given back this fraction of the progress the run made
+#: (log-loss, from its very first loss down to its best level, when that progress was at least a
+#: factor ``diverge_ratio``) is diverging, whatever the noise now: the noise of a run that went
+#: wrong is part of what went wrong, so the rise is measured against the noise at the best
+LOST_FRACTION = 0.7
+#: ... of a progress of at least this factor
+LOST_MIN_PROGRESS = 1.5
+#: ... and of at least this many sd of the level's noise at the best (and a rise as large)
+LOST_NOISE_Z = 4.0
 
 
 def rise_onset(track: Track, step: int, log_margin: float | None) -> int:
@@ -201,9 +224,12 @@ class LossRise(Sign):
             margin += log_rho
         rise = math.exp(t.level) - math.exp(best)
         L0 = t.initial_level()
-        if not (t.level - best > margin and rise > t.min_rise * L0):
+        lost = self._progress_lost()
+        if not ((t.level - best > margin or lost is not None) and rise > t.min_rise * L0):
             return None
         ev = t.base_evidence()
+        if lost is not None:
+            ev["progress_lost"] = lost
         ev["log_margin"] = margin
         ev["log_best"] = best
         ev["rise_over_initial"] = rise / L0 if L0 > 0 else math.inf
@@ -211,6 +237,25 @@ class LossRise(Sign):
         if ref_cur is not None and ref_cur[0] > 0:
             ev["grad_norm_ratio"] = ref_cur[1] / ref_cur[0]
         return ev
+
+    def _progress_lost(self) -> float | None:
+        """The fraction of its progress the run has given back, when it is :data:`LOST_FRACTION`
+        or more (see there), else ``None``."""
+        t = self.track
+        if t.n < t.window or not t.first or math.isinf(t.best):
+            return None
+        progress = math.log(max(t.first[0], TINY)) - t.best
+        if progress < math.log(LOST_MIN_PROGRESS):
+            return None
+        noise = MEDIAN_EFF * t.best_noise / math.sqrt(t.short) if not math.isnan(t.best_noise) else t.sigma_short()
+        # a lasting level, the median of half a window (the short level's excursions in a run whose
+        # noise grew are not a relapse)
+        rise = median(t.y.last(max(t.short, t.window // 2))) - t.best
+        # the best is the lowest of many noisy medians (about 3 sd below their mean over a few
+        # hundred): progress and rise must clear LOST_NOISE_Z sd of the noise at the best
+        if progress > LOST_NOISE_Z * noise and rise >= LOST_FRACTION * progress and rise > LOST_NOISE_Z * noise:
+            return rise / progress
+        return None
 
     def observe(self, obs: Observation) -> None:
         t = self.track
