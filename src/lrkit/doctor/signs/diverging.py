@@ -55,17 +55,29 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from lrkit.doctor.signs._base import MEDIAN_EFF, TINY, Finding, median, Observation, Sign, Track, grad_reference, nan_none, scaled
+from lrkit.doctor.signs._base import (
+    MEDIAN_EFF,
+    TINY,
+    Finding,
+    Observation,
+    Sign,
+    Track,
+    grad_reference,
+    median,
+    nan_none,
+    scaled,
+)
 
-__all__ = ["LossRise", "rise_onset", "diverging_explanation", "NOISE_CAP", "LOST_FRACTION"]
+__all__ = ["LossRise", "rise_onset", "diverging_explanation", "NOISE_CAP", "LOST_FRACTION", "LOST_MIN_PROGRESS",
+           "LOST_NOISE_Z"]
 
 #: no noise explains a level this many times its best (the noise margin is capped at its log: a
 #: noise estimate from a handful of rows -- a log every 50 steps, an epoch log -- can be the rise)
 NOISE_CAP = 100.0
-#: past the first window, a level that has given back this fraction of the progress the run made
-#: (log-loss, from its very first loss down to its best level, when that progress was at least a
-#: factor ``diverge_ratio``) is diverging, whatever the noise now: the noise of a run that went
-#: wrong is part of what went wrong, so the rise is measured against the noise at the best
+#: past the first window, a lasting level that has given back this fraction of the progress the run
+#: made (log-loss, from its very first loss down to its best level) is diverging, whatever the noise
+#: now: the noise of a run that went wrong is part of what went wrong, so the rise is measured
+#: against the noise at the best
 LOST_FRACTION = 0.7
 #: ... of a progress of at least this factor
 LOST_MIN_PROGRESS = 1.5
