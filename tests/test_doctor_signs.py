@@ -78,3 +78,28 @@ def test_giving_back_a_small_progress_is_not_enough():
     back to 2.2 is not called diverging by this rule (its ratio to the best is 1.2)."""
     step, d = _first_diverging(_relapse_run(0, relapse_to=2.2, noise_after=0.05, best=1.8))
     assert step is None, d.message
+
+
+def test_no_flat_verdict_within_a_window_of_a_cut_of_a_steady_lr():
+    """A quiet loss at a steady LR, then the LR cut 10x (a guard's rollback, a step schedule): the
+    stretch right after the cut is not yet evidence that the LR is too low; a window later it is."""
+    rng = np.random.default_rng(0)
+    doc = Doctor(window=20)
+    verdicts = {}
+    for t in range(200):
+        lr = 1e-3 if t < 120 else 1e-4
+        d = doc.observe(t, 2.3 * float(np.exp(0.01 * rng.standard_normal())), lr=lr)
+        verdicts[t] = d.verdict
+    assert verdicts[119] == "flat"  # flat at the steady LR
+    assert all(verdicts[t] != "flat" for t in range(125, 138))  # not right after the cut
+    assert verdicts[199] == "flat"  # and flat again once the new LR has had its window
+
+
+def test_the_tail_of_a_smooth_decay_is_no_cut():
+    """A too-low LR decaying linearly to 0 (the Trainer's default schedule) is still flat at the
+    end, although the LR halves between the last checks."""
+    rng = np.random.default_rng(1)
+    doc = Doctor(window=20)
+    for t in range(200):
+        d = doc.observe(t, 2.3 * float(np.exp(0.01 * rng.standard_normal())), lr=1e-6 * (1 - t / 200))
+    assert d.verdict == "flat"

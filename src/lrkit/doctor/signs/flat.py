@@ -18,8 +18,11 @@ decrease. The second test keeps a run that dropped fast in its first steps and t
 from being called flat; a clear downward least-squares trend of the log-loss since the start
 (slope more than 4 standard errors below 0, fitted decrease above ``flat_tol``) is progress
 too. Not reported while the LR is still rising (by 1.5x or more over the last window: a warmup
-starts flat). A flat run that blew up in its first window (two of three consecutive losses
-suffice here: the flat stretch after them confirms it), or whose gradient norm fell more than
+starts flat), nor within a window of a cut of a steady LR by half or more between two checks (a
+guard's rollback, a step schedule -- not the tail of a smooth decay: the loss at the new LR has
+not had its window yet). A flat
+run that blew up in its first window (two of three consecutive losses suffice here: the flat
+stretch after them confirms it), or whose gradient norm fell more than
 3x (or its noise more than 3x) without progress while its level sits more than a factor
 :math:`\rho` above its best (evidence that it got worse, not just slow), is reported as
 ``diverging`` instead: units died or saturated, the LR was too high, and raising it would be
@@ -119,7 +122,12 @@ class Flat(Sign):
             self.lr_window = (self.lr_window + [t.lr])[-(W // t.check_every + 1):]
         # not while the LR is still rising by half or more over a window: a warmup starts flat
         warming_up = len(self.lr_window) > 1 and self.lr_window[-1] > 1.5 * self.lr_window[0]
-        if t.n < self.config["flat_steps"] or warming_up:
+        # nor within a window of a cut of a steady LR by half or more between two checks (a guard's
+        # rollback, a step schedule; not the tail of a smooth decay): a stretch at a lower LR is no
+        # evidence the LR is too low yet
+        w = self.lr_window
+        cut = any(c < 0.5 * b and b >= 0.9 * a for a, b, c in zip(w, w[1:], w[2:]))
+        if t.n < self.config["flat_steps"] or warming_up or cut:
             return
         flat_tol = self.config["flat_tol"]
         sig = t.sigma
