@@ -36,8 +36,9 @@ grid below :math:`\\eta_{\\min}` and, when it may drive the trainer, measures th
    * starts at :math:`\\eta_{top} = \\eta_{\\min}` and walks down a decade at a time while the
      candidates improve on the best by more than :math:`\\tau = 2\\%` (:data:`NOISE_TOL`; rejected
      ones are stepped over) or tie it exactly (within :data:`TIE_TOL`: the LR does not bind a short
-     run there, e.g. an optimizer that caps its own step, and only a lower one can tell). When the curve is uninformative (its minimum lies in its first tenth:
-     the loss never got below its start) it starts from the top of the recorded range instead;
+     run there, e.g. an optimizer that caps its own step, and only a lower one can tell). When the
+     curve is uninformative (its minimum lies in its first tenth: the loss never got below its
+     start) it starts from the top of the recorded range instead;
    * when the top candidate trains but improves its start by less than 1% (:data:`MIN_PROGRESS`),
      it is either chaotic or far too low: a decade lower tells which, and in the second case the
      search walks *up*, two decades at a time;
@@ -291,8 +292,8 @@ class _Search:
         ok = self.ok()
         if not ok:
             return None
-        top = min(r["score"] for r in ok)
-        return min((r for r in ok if r["score"] <= top + TIE_TOL * abs(top)), key=lambda r: r["lr"])
+        top = min(ok, key=lambda r: r["score"])
+        return min((r for r in ok if self.ties(r, top)), key=lambda r: r["lr"])
 
     def start_score(self, r: dict) -> float | None:
         return self.ref_eval if self.ref_eval is not None else r.get("start")

@@ -260,12 +260,14 @@ class LossRise(Sign):
         if progress < math.log(LOST_MIN_PROGRESS):
             return None
         noise = MEDIAN_EFF * t.best_noise / math.sqrt(t.short) if not math.isnan(t.best_noise) else t.sigma_short()
-        # a lasting level, the median of half a window (the short level's excursions in a run whose
-        # noise grew are not a relapse)
-        rise = median(t.y.last(max(t.short, t.window // 2))) - t.best
         # the best is the lowest of many noisy medians (about 3 sd below their mean over a few
         # hundred): progress and rise must clear LOST_NOISE_Z sd of the noise at the best
-        if progress > LOST_NOISE_Z * noise and rise >= LOST_FRACTION * progress and rise > LOST_NOISE_Z * noise:
+        if not progress > LOST_NOISE_Z * noise:
+            return None
+        # a lasting level, the median of half a window (the short level's excursions in a run whose
+        # noise grew are not a relapse); computed only past the cheap checks (this runs every step)
+        rise = median(t.y.last(max(t.short, t.window // 2))) - t.best
+        if rise >= LOST_FRACTION * progress and rise > LOST_NOISE_Z * noise:
             return rise / progress
         return None
 

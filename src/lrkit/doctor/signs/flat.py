@@ -20,10 +20,9 @@ from being called flat; a clear downward least-squares trend of the log-loss sin
 too. Not reported while the LR is still rising (by 1.5x or more over the last window: a warmup
 starts flat), nor within a window of a cut of a steady LR by half or more between two checks (a
 guard's rollback, a step schedule -- not the tail of a smooth decay: the loss at the new LR has
-not had its window yet). A flat
-run that blew up in its first window (two of three consecutive losses suffice here: the flat
-stretch after them confirms it), or whose gradient norm fell more than
-3x (or its noise more than 3x) without progress while its level sits more than a factor
+not had its window yet). A flat run that blew up in its first window (two of three consecutive
+losses suffice here: the flat stretch after them confirms it), or whose gradient norm fell more
+than 3x (or its noise more than 3x) without progress while its level sits more than a factor
 :math:`\rho` above its best (evidence that it got worse, not just slow), is reported as
 ``diverging`` instead: units died or saturated, the LR was too high, and raising it would be
 the wrong advice. A level that sits clearly *above* the first window's (:math:`(R-M)/R < -\text{tol}`)
