@@ -14,6 +14,10 @@ export PIP_CONSTRAINT
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+# property tests replay fixed, derandomised examples (tests/conftest.py), so `make test` gives the
+# same answer on every machine; `make test HYPOTHESIS_PROFILE=dev` explores new examples instead
+HYPOTHESIS_PROFILE ?= ci
+export HYPOTHESIS_PROFILE
 
 .PHONY: demo test bench install install-dev clean
 

@@ -263,3 +263,29 @@ def test_fly_on_a_trainer_counts_the_finder_in_its_compute():
     assert flight.final_val_loss < 0.01
     assert 0 < flight.pilot.plan.finder_cost_steps <= 0.3 * 300
     assert flight.compute_steps == 300 + flight.pilot.plan.finder_cost_steps
+
+
+def test_a_rollback_rewinds_the_schedule_into_the_steps_left():
+    """A scale 30x too high sends the run back to its start: it warms up again and still decays to
+    the end of its budget; a NaN sends it back one snapshot period: the schedule barely moves. The
+    rewind survives a resume."""
+    T = 300
+    for peak, nan_at in ((30.0, ()), (None, (150,))):  # None: the autopilot's own peak
+        plan = make_plan(_curve(), family="adam", train_steps=T, peak_lr=peak)
+        assert plan.warmup_steps > 0
+        q = Quadratic(nan_at=nan_at)
+        pilot = Autopilot(plan, plateau=False).attach(q)
+        lrs = _run(pilot, q, T)
+        (rb,) = [e for e in pilot.events if e.kind == "rollback"]
+        t0, r, m = rb.step + 1, rb.data["restored_to"], pilot.multiplier
+        assert r < t0 - 1 and (r == 0) == (peak == 30.0)
+        # from t0 the schedule resumes where the restored state was trained, compressed into the steps left
+        for t in (t0, t0 + 1, 200, T - 1):
+            assert lrs[t] == pytest.approx(m * plan.schedule(r + (t - t0) * (T - r) / (T - t0)))
+        assert lrs[T - 1] < 0.01 * max(lrs[t0:])
+        if r == 0:  # back at the start: the warmup again, up to the autopilot's own peak
+            assert lrs[t0] < lrs[t0 + 2] < lrs[t0 + 4]
+            assert max(lrs[t0:]) == pytest.approx(plan.auto_peak_lr, rel=0.05)
+        assert [pilot.position(t) for t in range(t0)] == list(range(t0))  # the steps before it keep their place
+        resumed = Autopilot.from_state_dict(json.loads(json.dumps(pilot.state_dict())))
+        assert [resumed.lr(t) for t in range(T)] == [pilot.lr(t) for t in range(T)]

@@ -58,7 +58,12 @@ def test_trains_with_the_injected_lr_and_rolls_back_a_nan():
     assert [e.kind for e in pilot.events] == ["rollback"] and "bad batch" in pilot.events[0].message
     assert all(bool(jnp.isfinite(p).all()) for p in jax.tree_util.tree_leaves(params))
     assert float(_loss(params, val[0])) < 0.05
-    np.testing.assert_allclose(trace, pilot.plan.schedule(np.arange(150)), rtol=1e-5)
+    # the plan's schedule up to the rollback; after it, rewound to where the restored state was
+    # trained (the LR kept: a first problem)
+    rb = pilot.events[0].data
+    np.testing.assert_allclose(trace[:101], pilot.plan.schedule(np.arange(101)), rtol=1e-5)
+    np.testing.assert_allclose(trace, [pilot.lr(t) for t in range(150)], rtol=1e-5)
+    assert pilot.pilot.position(101) == rb["restored_to"] and trace[101] > trace[100]
 
 
 def test_resume_runs_no_finder_and_continues_exactly(monkeypatch):

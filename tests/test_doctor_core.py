@@ -370,3 +370,37 @@ def test_a_huge_rise_in_a_short_log_is_not_taken_for_its_own_noise():
     assert d.verdict == "diverging" and 99 < d.step <= 199 and NOISE_CAP == 100.0
     quiet = {"step": rows["step"], "loss": [0.28, 0.04, 0.1, 0.05, 0.02, 0.03, 0.01]}  # healthy, as noisy
     assert diagnose(quiet).verdict == "healthy"
+
+
+def _blowup_then_slow(seed):
+    """An MNIST MLP at 30x its LR, as measured: three steps at 3.6-4.1x the first loss, then a
+    collapse below it and slow, noisy progress (its ReLUs mostly dead)."""
+    rng = np.random.default_rng(seed)
+    head = [2.30, 1.66, 9.5, 8.2, 9.0]
+    tail = 2.05 * np.exp(-np.arange(195) / 400.0) * np.exp(0.03 * rng.standard_normal(195))
+    return head + list(tail)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_blow_up_at_an_lr_above_the_ceiling_is_caught_at_once_and_only_then(seed):
+    losses = _blowup_then_slow(seed)
+
+    def verdicts(lr, **kw):
+        doc = Doctor(**kw)
+        return [(t, doc.observe(t, loss, lr=lr)) for t, loss in enumerate(losses)]
+
+    # no ceiling, or an LR under it: a 4x start is under rho^2 and the rest trains -- not reported
+    for lr, kw in ((0.4, {}), (0.4, {"lr_ceiling": 1.0})):
+        assert all(d.verdict == "healthy" for _, d in verdicts(lr, **kw))
+    # the LR is above a ceiling known to be too high: the same start is a blow-up, found at the
+    # fifth step (three of five above 2x), dated to the first high loss
+    found = [(t, d) for t, d in verdicts(0.4, lr_ceiling=0.05) if d.verdict == "diverging"]
+    assert found and found[0][0] == 4 and found[0][1].step == 2
+    assert "blew up" in found[0][1].message
+
+
+def test_an_outlier_batch_above_the_ceiling_is_no_blow_up():
+    # one loss 10x the start (a bad batch) and the trend around it: two of five are needed more
+    losses = [2.3, 2.1, 23.0, 1.9, 1.85] + [1.8 * 0.99 ** t for t in range(100)]
+    doc = Doctor(lr_ceiling=0.05)
+    assert all(doc.observe(t, loss, lr=0.4).verdict == "healthy" for t, loss in enumerate(losses))

@@ -11,6 +11,19 @@ r"""The autopilot in flight: the LR of every step, the guard's and the plateau's
 with :math:`s` the plan's shape (peak 1), :math:`c_{plateau}` the plateau scale
 (:class:`~lrkit.schedules.ReduceOnPlateau`, halved after validations that stall) and :math:`m` the
 guard's multiplier (lowered after a rollback, see :func:`lrkit.autopilot.policy.lowered_multiplier`).
+
+**A rollback rewinds the schedule.** The state a rollback restores was trained to a point
+:math:`p` of the plan's timeline (step :math:`r` of the run); the run goes on at step
+:math:`t_0 = t+1` with :math:`T - t_0` steps left. The schedule resumes at :math:`p`, its rest
+compressed into the steps left,
+
+.. math::
+
+    s'(t) = s\Big(p + (t - t_0)\,\frac{T - p}{T - t_0}\Big),\qquad t \ge t_0,
+
+so a run sent back to its start warms up again and still decays to the end of its budget (the
+plain continuation would restart an untrained model at the peak, with no warmup, and a restored
+Adam state's fresh moments); a rollback of a snapshot period or two barely changes the schedule.
 A framework adapter gives it an object with ``snapshot()`` / ``restore(state)`` of the training
 state (:meth:`Autopilot.attach`), reports every step (:meth:`Autopilot.observe`) and sets
 :meth:`Autopilot.lr` on its optimizer. Every intervention is an :class:`AutopilotEvent` with a
@@ -118,6 +131,7 @@ class Autopilot:
         self._corr = 1.0  # multiplier = guard.lr_multiplier * _corr
         self._last_rollback: int | None = None
         self._last_step: int | None = None
+        self._rewinds: list[tuple[int, float]] = []  # (t0, p): from step t0 the schedule resumes at p
         self.events: list[AutopilotEvent] = []
         self.guard: Guard | None = None
         self._gave_up = False
@@ -155,7 +169,16 @@ class Autopilot:
         """The learning rate of optimizer step ``step`` (0-based) with every adjustment so far."""
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise AutopilotError(f"Autopilot.lr: step must be an int >= 0, got {step!r}")
-        return float(self._schedule(step)) * self.plateau_scale * self.multiplier
+        return float(self._schedule(self.position(step))) * self.plateau_scale * self.multiplier
+
+    def position(self, step: int) -> float:
+        """Where optimizer step ``step`` is on the plan's timeline: ``step`` itself until a
+        rollback rewinds the schedule (see the module docstring)."""
+        T = self.plan.train_steps
+        for t0, p in reversed(self._rewinds):
+            if step >= t0:
+                return p + (step - t0) * (T - p) / (T - t0) if T > t0 else float(step)
+        return float(step)
 
     # ------------------------------------------------------------------ observing
     def observe(self, step: int, loss: float, *, lr: float | None = None, grad_norm: float | None = None,
@@ -214,6 +237,8 @@ class Autopilot:
             self._pstate = self._pstate._replace(best=worst, num_bad_epochs=0)
         self._corr = new_total / rec.new_multiplier
         self._last_rollback = rec.step
+        if rec.restored_to is not None and rec.restored_to <= rec.step:
+            self._rewinds.append((rec.step + 1, self.position(rec.restored_to)))
         peak = self.plan.peak_lr * self.plateau_scale * new_total
         if new_total == old_total:
             what = ("kept the LR: a first problem out of a healthy run looks like a bad batch "
@@ -257,6 +282,7 @@ class Autopilot:
             "multiplier": self.multiplier,
             "last_rollback": self._last_rollback,
             "last_step": self._last_step,
+            "rewinds": [[t0, p] for t0, p in self._rewinds],
             "plateau": self._plateau.state_dict(self._pstate) if self._plateau is not None else None,
             "doctor": self.doctor.state_dict(),
             "events": [e.to_dict() for e in self.events],
@@ -278,6 +304,7 @@ class Autopilot:
         pilot._corr = float(state["multiplier"])
         pilot._last_rollback = state["last_rollback"]
         pilot._last_step = state["last_step"]
+        pilot._rewinds = [(int(t0), float(p)) for t0, p in state.get("rewinds", [])]
         if pilot._plateau is not None:
             pilot._pstate = pilot._plateau.load_state(dict(state["plateau"]))
         pilot.doctor.load_state_dict(state["doctor"])

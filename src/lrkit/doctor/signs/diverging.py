@@ -22,7 +22,7 @@ very first loss :math:`y_1` down to its best level,
 .. math::
 
     \operatorname{med}(y_{t-W/2+1..t}) - b_t \ge 0.7\,(\log y_1 - b_t), \qquad
-    \log y_1 - b_t \ge \log 1.5, \qquad \text{both} > 4\,\sigma_s^{(b)},
+    \log y_1 - b_t \ge \log 1.5, \qquad \text{both} > 5\,\sigma_s^{(b)},
 
 with :math:`\sigma_s^{(b)}` the level's noise when the best was reached: a run sent back near
 where it started (a classifier back at chance) by an LR far too high can sit there at 1.5-2x its
@@ -81,8 +81,11 @@ NOISE_CAP = 100.0
 LOST_FRACTION = 0.7
 #: ... of a progress of at least this factor
 LOST_MIN_PROGRESS = 1.5
-#: ... and of at least this many sd of the level's noise at the best (and a rise as large)
-LOST_NOISE_Z = 4.0
+#: ... and of at least this many sd of the level's noise at the best (and a rise as large): the best
+#: is the lowest of many noisy medians of ``s`` losses (about 3 sd below their mean over a few
+#: hundred) and the lasting level, a median of ``W/2``, can sit ~3 of its own sd (~1.9 of theirs)
+#: above its mean over as many: 3 + 1.9, about 5, is noise alone
+LOST_NOISE_Z = 5.0
 
 
 def rise_onset(track: Track, step: int, log_margin: float | None) -> int:
@@ -260,8 +263,7 @@ class LossRise(Sign):
         if progress < math.log(LOST_MIN_PROGRESS):
             return None
         noise = MEDIAN_EFF * t.best_noise / math.sqrt(t.short) if not math.isnan(t.best_noise) else t.sigma_short()
-        # the best is the lowest of many noisy medians (about 3 sd below their mean over a few
-        # hundred): progress and rise must clear LOST_NOISE_Z sd of the noise at the best
+        # progress and rise must clear LOST_NOISE_Z sd of the noise at the best (see there)
         if not progress > LOST_NOISE_Z * noise:
             return None
         # a lasting level, the median of half a window (the short level's excursions in a run whose

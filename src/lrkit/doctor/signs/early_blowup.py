@@ -8,6 +8,15 @@ blow-up lifts the whole stretch; outlier batches leave the batches between them 
 that step, even if the loss comes back: the LR is
 too high for the start of training (lower it, or add warmup). Checked at the window checks
 until one is found or the first window is complete.
+
+**Above a known ceiling.** When the doctor was given ``lr_ceiling`` (an LR known to be too high,
+e.g. 4x the autopilot's own peak) and an LR of the first window exceeded it, the factor is
+:math:`\max(\rho, e^{6\sigma_0})` instead: the prior and a loss at twice its start agree. An LR
+far too high often blows a network up for only two or three steps before it collapses (its ReLUs
+dead, its outputs near the label prior) and then learns slowly from there: a 30x LR on an MNIST
+MLP reached 4.1x, 3.6x and 3.9x its first loss, then sat at 0.75x of it, under
+:math:`\rho^2` = 4 and so never reported, while a loss that doubles is well above what the
+noise of a healthy start does at an LR the finder measured as trainable.
 """
 from __future__ import annotations
 
@@ -16,7 +25,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from lrkit.doctor.signs._base import MAD_TO_SD, TINY, Finding, Sign, Track, finding_from, finding_state, median
+from lrkit.doctor.signs._base import MAD_TO_SD, TINY, Finding, Observation, Sign, Track, finding_from, finding_state, median
 from lrkit.doctor.signs.diverging import diverging_explanation
 
 __all__ = ["EarlyBlowUp", "early_blowup_step"]
@@ -25,9 +34,10 @@ __all__ = ["EarlyBlowUp", "early_blowup_step"]
 LIFT = 1.5
 
 
-def early_blowup_step(track: Track, need: int = 3, of: int = 5) -> int | None:
+def early_blowup_step(track: Track, need: int = 3, of: int = 5, hot: bool = False) -> int | None:
     """First step of the first window whose loss exceeds ``max(rho**2, exp(6 sigma0)) * L_i``,
-    as ``need`` of ``of`` consecutive losses do (``None`` if there is none).
+    as ``need`` of ``of`` consecutive losses do (``None`` if there is none); with ``hot`` (the
+    LR went above a ceiling known to be too high) ``max(rho, exp(6 sigma0)) * L_i``.
 
     Comparing each loss with the best before it makes this a test of a *rise*: a run whose loss
     falls fast from a high start (a geometric decay) has no loss above its earlier best, while
@@ -47,7 +57,7 @@ def early_blowup_step(track: Track, need: int = 3, of: int = 5) -> int | None:
     yw = np.log(np.maximum(fw, TINY))
     dy = np.diff(yw)
     sig0 = MAD_TO_SD * float(np.median(np.abs(dy - np.median(dy)))) / math.sqrt(2.0)
-    factor = max(track.diverge_ratio**2, math.exp(6.0 * sig0))
+    factor = track.diverge_ratio if hot else max(track.diverge_ratio**2, math.exp(6.0 * sig0))
     # the best *robust* level before step i: the running minimum of 3-point medians that end
     # before i, so one low outlier batch does not lower the bar
     m3 = fw.copy()
@@ -91,13 +101,28 @@ class EarlyBlowUp(Sign):
     def reset(self) -> None:
         super().reset()
         self.done = False  # the first window was searched for a blow-up
+        self.fresh = False  # observe() found it this step (check() keeps it)
+
+    def observe(self, obs: Observation) -> None:
+        # above a known ceiling every step counts: a blow-up found at the next window check (10
+        # steps on) costs a rollback that many steps of a run that may be short
+        self.fresh = False
+        t = self.track
+        if not self.done and t.n >= 5 and self._above_ceiling():
+            self._search(hot=True)
+            self.fresh = self.finding is not None
 
     def check(self) -> None:
-        t = self.track
-        self.finding = None
-        if self.done or t.n < t.short + 3:
+        if self.fresh:  # found by observe() this very step
             return
-        e = early_blowup_step(t)
+        self.finding = None
+        if self.done or self.track.n < self.track.short + 3:
+            return
+        self._search(hot=self._above_ceiling())
+
+    def _search(self, hot: bool) -> None:
+        t = self.track
+        e = early_blowup_step(t, hot=hot)
         if e is not None:
             self.done = True
             ev = t.base_evidence()
@@ -106,6 +131,13 @@ class EarlyBlowUp(Sign):
             self.finding = Finding("diverging", e, ev)
         elif t.n >= t.window:
             self.done = True
+
+    def _above_ceiling(self) -> bool:
+        """An LR of the first window (all of it is still in the track's LR ring) exceeded ``lr_ceiling``."""
+        ceiling = self.config.get("lr_ceiling")
+        if ceiling is None:
+            return False
+        return any(lr > ceiling for lr in self.track.lrs.last(self.track.n))  # nan (no LR logged) compares False
 
     def explain(self, finding: Finding, step: int) -> tuple[tuple[str, ...], str]:
         return diverging_explanation(self.track, self.config, finding.onset, finding.evidence)
