@@ -404,3 +404,45 @@ def test_an_outlier_batch_above_the_ceiling_is_no_blow_up():
     losses = [2.3, 2.1, 23.0, 1.9, 1.85] + [1.8 * 0.99 ** t for t in range(100)]
     doc = Doctor(lr_ceiling=0.05)
     assert all(doc.observe(t, loss, lr=0.4).verdict == "healthy" for t, loss in enumerate(losses))
+
+
+def test_a_run_stuck_at_its_start_above_the_ceiling_is_diverging_not_flat():
+    """A network a 30x LR killed before its first logged loss, sitting at its start: flat ("raise
+    the LR") without knowledge; with an lr_ceiling below the LR it trained at, stuck -- diverging,
+    dated to the start, and never the advice to raise the LR."""
+    rng = np.random.default_rng(0)
+    losses = list(2.30 * np.exp(0.01 * rng.standard_normal(300)))
+
+    def history(**kw):
+        doc = Doctor(**kw)
+        for t, loss in enumerate(losses):
+            doc.observe(t, float(loss), lr=6.0)
+        return doc.history
+
+    plain = history()
+    assert [d.verdict for d in plain][:1] == ["flat"] and plain[0].advice[0].startswith("raise the LR")
+    hot = history(lr_ceiling=0.8)
+    assert hot and hot[0].verdict == "diverging" and hot[0].step == 0
+    assert "stuck" in hot[0].message and "7.5x above" in hot[0].message
+    assert all(not d.advice[0].startswith("raise") for d in hot)
+    assert history(lr_ceiling=10.0)[0].verdict == "flat"  # an LR under the ceiling: flat as before
+
+
+def test_back_at_its_first_loss_after_a_blow_up_above_the_ceiling_is_diverging():
+    """Blown up for a few steps by an LR far too high, then collapsed to its first loss (a classifier
+    at chance): without knowledge it reads as a loss that came down; with the LR above lr_ceiling
+    the first loss stands in for chance_loss, and it is diverging within a window."""
+    rng = np.random.default_rng(1)
+    losses = [2.30, 12.0] + list(2.30 * np.exp(0.01 * rng.standard_normal(298)))  # one step blew it up
+
+    def history(**kw):
+        doc = Doctor(**kw)
+        for t, loss in enumerate(losses):
+            doc.observe(t, float(loss), lr=6.0)
+        return doc.history
+
+    assert all(d.verdict != "diverging" for d in history())
+    hot = history(lr_ceiling=0.8)
+    assert hot[0].verdict == "diverging" and hot[0].detected_at <= 50
+    assert "come back only to chance" in hot[0].message
+    assert all(d.verdict != "diverging" for d in history(lr_ceiling=10.0))

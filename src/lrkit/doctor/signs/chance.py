@@ -1,7 +1,10 @@
 r"""Sign ``diverging``: the loss blew up above chance level and came back only to chance.
 
-Only with ``chance_loss`` :math:`c` (the loss of a model that learned nothing and predicts the
-label prior: :math:`\ln K` for :math:`K` balanced classes with cross-entropy). A run whose LR is
+With ``chance_loss`` :math:`c` (the loss of a model that learned nothing and predicts the
+label prior: :math:`\ln K` for :math:`K` balanced classes with cross-entropy); or, without it,
+with ``lr_ceiling`` when the last window trained above that LR (known to be too high, e.g. 4x the
+autopilot's own peak), :math:`c` = the very first loss, taken at the initial weights (what a fresh
+network scores: chance, for a classifier). A run whose LR is
 far too high often blows up in its first steps and then *collapses*: its outputs stop depending
 on the input, and the loss falls back from the blow-up to :math:`c` and stays there. Read without
 the first steps (a log every 10 or 50 steps averages the blow-up into the first row), this looks
@@ -53,8 +56,15 @@ class AtChance(Sign):
         t = self.track
         self.finding = None
         chance = self.config.get("chance_loss")
-        if chance is None or t.n < t.window or not t.first_window:
+        if t.n < t.window or not t.first_window:
             return
+        if chance is None:
+            ceiling = self.config.get("lr_ceiling")
+            if ceiling is None or not any(v > ceiling for v in t.lrs.last(t.window)):
+                return
+            # above an LR known to be too high, the very first loss (initial weights: what a model
+            # that learned nothing scores on this task) stands in for chance
+            chance = t.first[0] + t.loss_floor
         c = chance - t.loss_floor
         if c <= 0:
             return

@@ -162,7 +162,11 @@ def diverging_explanation(track: Track, config: Mapping[str, Any], onset: int | 
     else:
         why = "the loss rose"
     msg = f"The loss is diverging since step {onset}: {why}."
-    if "grad_norm_drop" in ev:  # name only what was measured (no gradient norm logged: no "fell nanx")
+    if "lr_over_ceiling" in ev:
+        msg = (f"The loss has not decreased in {track.n} steps at an LR {ev['lr_over_ceiling']:.3g}x above "
+               "the ceiling known to train (lr_ceiling): the run is stuck (units died or saturated), not "
+               "too slow; raising the LR would be the wrong advice.")
+    elif "grad_norm_drop" in ev:  # name only what was measured (no gradient norm logged: no "fell nanx")
         fell = [f"{what} fell {ev[key]:.3g}x" for key, what in (("grad_norm_drop", "gradient norm"), ("noise_drop", "noise"))
                 if math.isfinite(ev.get(key, math.nan))]
         msg = ("The loss has not decreased since an unstable start" + (f" ({', '.join(fell)})" if fell else "")

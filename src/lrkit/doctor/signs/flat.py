@@ -21,7 +21,9 @@ too. Not reported while the LR is still rising (by 1.5x or more over the last wi
 starts flat), nor within a window of a cut of a steady LR by half or more between two checks (a
 guard's rollback, a step schedule -- not the tail of a smooth decay: the loss at the new LR has
 not had its window yet). A flat run that blew up in its first window (two of three consecutive
-losses suffice here: the flat stretch after them confirms it), or whose gradient norm fell more
+losses suffice here: the flat stretch after them confirms it), one whose last window trained at
+an LR above ``lr_ceiling`` (known too high: a network a 30x LR killed in a step or two, then
+sitting at its start, looks like a run whose LR is too low), or whose gradient norm fell more
 than 3x (or its noise more than 3x) without progress while its level sits more than a factor
 :math:`\rho` above its best (evidence that it got worse, not just slow), is reported as
 ``diverging`` instead: units died or saturated, the LR was too high, and raising it would be
@@ -168,6 +170,12 @@ class Flat(Sign):
             # run got worse: its level sits a factor rho above its best; else it stays flat
             if t.level - t.best > math.log(t.diverge_ratio):
                 early = t.first_step
+        ceiling = self.config.get("lr_ceiling")
+        over = max((v for v in t.lrs.last(W) if v == v), default=math.nan) / ceiling if ceiling else math.nan
+        if early is None and over > 1.0:
+            # flat at an LR known to be too high (lr_ceiling): not an LR too low -- stuck
+            ev["lr_over_ceiling"] = over
+            early = t.first_step
         if early is not None:
             # blew up in the first window, then stuck: a dead network, the LR is too high
             ev["early_max_ratio"] = max(t.first_window) / L0 if L0 > 0 else math.inf
