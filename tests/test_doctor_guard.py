@@ -805,3 +805,53 @@ def test_thinning_keeps_the_newest_two_and_reaches_back_geometrically(every, kee
     T = n * every + 1
     if n > keep and keep >= 4:
         assert T - labels[0] >= every * (T / every) ** ((keep - 2) / (keep - 1)) / 3
+
+
+class Dying:
+    """A network an LR above 1 kills in its first update: two huge losses, then its first loss
+    (chance) for ever, whatever the LR; below 1 it learns. State: (dead, trained steps, rng)."""
+
+    def __init__(self):
+        self.dead, self.trained, self.since = False, 0, 0
+        self.rng = np.random.default_rng(0)
+
+    def snapshot(self):
+        return (self.dead, self.trained, self.since, copy.deepcopy(self.rng.bit_generator.state))
+
+    def restore(self, s):
+        self.dead, self.trained, self.since = s[0], s[1], s[2]
+        self.rng.bit_generator.state = copy.deepcopy(s[3])
+
+    def evaluate(self):
+        return None
+
+    def step(self, lr):
+        noise = float(np.exp(0.01 * self.rng.standard_normal()))
+        if self.dead:
+            self.since += 1
+            return (500.0 if self.since <= 2 else 2.3) * noise
+        if lr > 1.0 and self.trained > 0:
+            self.dead = True
+        self.trained += 1
+        return 2.3 * math.exp(-0.05 * self.trained) * noise + 0.05
+
+
+def test_a_run_stuck_since_a_blow_up_goes_back_before_it_and_forgets_its_dead_best():
+    """Killed at its second step and stuck at chance after two huge losses: the doctor says
+    diverging (stuck) with the onset at the blow-up, a window of flat later. Every snapshot after
+    the onset holds the dead network and its flat losses vouch for it (the dead level is the best
+    there is): the guard goes back to the initial state and lowers the LR, and the best snapshot
+    kept for giving up -- taken while dead -- is dropped, not restored later."""
+    t = Dying()
+    g = Guard(t, doctor=Doctor(window=10), snapshot_every=5, max_overhead=None)
+    for _ in range(120):
+        g.step(3.0)
+        if g.interventions:
+            break
+    (rec,) = g.interventions
+    assert rec.verdict == "diverging" and rec.evidence.get("stuck") and rec.onset <= 2
+    assert rec.restored_to == 0 and g.lr_multiplier < 1.0
+    assert all(label <= rec.onset for label in g.snapshot_steps)  # no dead state left to restore
+    for _ in range(100):
+        g.step(3.0)
+    assert not t.dead and len(g.interventions) == 1  # at the lowered LR it learns

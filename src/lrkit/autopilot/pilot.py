@@ -228,7 +228,9 @@ class Autopilot:
     def _on_intervention(self, rec: Intervention) -> None:
         old_total = rec.old_multiplier * self._corr
         window = 2 * policy.guard_settings(self.plan.train_steps)["snapshot_every"]
-        first = self._last_rollback is None or rec.step - self._last_rollback > window
+        # a blow-up in the first window, or a run stuck since one, came out of no healthy stretch: not forgiven
+        unstable_start = "early_max_ratio" in rec.evidence or bool(rec.evidence.get("stuck"))
+        first = (self._last_rollback is None or rec.step - self._last_rollback > window) and not unstable_start
         auto = self.plan.auto_peak_lr
         ratio = auto / self.plan.peak_lr if auto is not None else None
         new_total = policy.lowered_multiplier(old_total, verdict=rec.verdict, first=first, auto_ratio=ratio)

@@ -62,7 +62,8 @@ guard restores the last good state; the LR multiplier :math:`m` then becomes
 
     m' = \min\big(m\,c,\ \eta_{auto} / \eta_{peak}\big),\qquad c = \begin{cases}
       1 & \text{the first problem of a healthy stretch (a bad batch is likelier: keep the LR)} \\
-      \gamma = 0.5 & \text{a second one within } 2K \text{ steps}
+      \gamma = 0.5 & \text{a second one within } 2K \text{ steps, or a blow-up in the first window or}\\
+        & \text{a run stuck since one (no healthy stretch came before it)}
     \end{cases}
 
 where :math:`\eta_{auto}` is the peak the autopilot itself would use (when a user-given scale

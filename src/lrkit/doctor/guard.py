@@ -714,7 +714,11 @@ class Guard:
                 raise SnapshotError(
                     f"lrkit guard: {d.verdict} at step {step} and no snapshot could be read (see the ERROR lines)", ""
                 )
-            target, verified = choose_target(pool, self.tolerance, onset, reference=self.doctor.best_level(),
+            # stuck (the loss has not decreased since the onset: units died at a blow-up): every later
+            # state is the dead one, and the losses after it -- the dead level is the best there is --
+            # vouch for it; only a state from before the onset will do
+            live = [r for r in pool if r.label <= onset] if d.evidence.get("stuck") else pool
+            target, verified = choose_target(live or pool, self.tolerance, onset, reference=self.doctor.best_level(),
                                              lr_ceiling=self.doctor.config.get("lr_ceiling"))
             if target.restores >= self.max_retries:
                 self._give_up(step, d, target, pool)
@@ -724,6 +728,10 @@ class Guard:
         for snap in [s for s in self._snaps if s.label > target.label]:  # suspect: newer than the target
             self._store.drop(snap.handle)
         self._snaps = [s for s in self._snaps if s.label <= target.label]
+        if d.evidence.get("stuck") and self._best is not None and self._best.label > onset and self._best is not target:
+            # the best state seen, taken while stuck, is the dead one too: not kept to restore later
+            self._store.drop(self._best.handle)
+            self._best = None
         target.cut(onset)  # the restored timeline's own losses no longer speak for it
         cut = self._cut(step, d, target)  # before the doctor is rewound to the snapshot's state
         self._restore(target, state, rollback=True)
