@@ -233,7 +233,8 @@ class Autopilot:
         first = (self._last_rollback is None or rec.step - self._last_rollback > window) and not unstable_start
         auto = self.plan.auto_peak_lr
         ratio = auto / self.plan.peak_lr if auto is not None else None
-        new_total = policy.lowered_multiplier(old_total, verdict=rec.verdict, first=first, auto_ratio=ratio)
+        new_total = policy.lowered_multiplier(old_total, verdict=rec.verdict, first=first, auto_ratio=ratio,
+                                              unstable_start=unstable_start)
         if self._pstate is not None:  # the restored state is older than the best validation: count afresh
             worst = math.inf if self._plateau.mode == "min" else -math.inf
             self._pstate = self._pstate._replace(best=worst, num_bad_epochs=0)

@@ -62,8 +62,9 @@ guard restores the last good state; the LR multiplier :math:`m` then becomes
 
     m' = \min\big(m\,c,\ \eta_{auto} / \eta_{peak}\big),\qquad c = \begin{cases}
       1 & \text{the first problem of a healthy stretch (a bad batch is likelier: keep the LR)} \\
-      \gamma = 0.5 & \text{a second one within } 2K \text{ steps, or a blow-up in the first window or}\\
-        & \text{a run stuck since one (no healthy stretch came before it)}
+      \gamma = 0.5 & \text{a second one within } 2K \text{ steps} \\
+      0.1 & \text{a blow-up in the first window, or a run stuck since one (no healthy stretch}\\
+        & \text{came before it, and the LR is past the start's stability edge by an unknown factor)}
     \end{cases}
 
 where :math:`\eta_{auto}` is the peak the autopilot itself would use (when a user-given scale
@@ -94,6 +95,7 @@ __all__ = [
     "ALPHA",
     "CEILING",
     "GAMMA",
+    "START_GAMMA",
     "MAX_WARMUP",
     "MIN_WARMUP_RUN",
     "default_shape",
@@ -110,6 +112,8 @@ __all__ = [
 ALPHA = 1.0
 #: factor by which a rollback lowers the LR multiplier.
 GAMMA = 0.5
+#: ... and after a blow-up at the start (see :func:`lowered_multiplier`).
+START_GAMMA = 0.1
 #: the doctor's ``lr_ceiling`` is this many times the autopilot's own peak (see :func:`lr_ceiling`).
 CEILING = 4.0
 #: the warmup never exceeds this many steps (:math:`2/(1-\beta_2)`, :math:`\beta_2 = 0.999`).
@@ -272,7 +276,8 @@ def lr_ceiling(auto_peak_lr: float | None) -> float | None:
     return None if auto_peak_lr is None else CEILING * float(auto_peak_lr)
 
 
-def lowered_multiplier(multiplier: float, *, verdict: str, first: bool, auto_ratio: float | None) -> float:
+def lowered_multiplier(multiplier: float, *, verdict: str, first: bool, auto_ratio: float | None,
+                       unstable_start: bool = False) -> float:
     r"""The LR multiplier after a rollback (see the module docstring).
 
     Args:
@@ -283,6 +288,12 @@ def lowered_multiplier(multiplier: float, *, verdict: str, first: bool, auto_rat
             would cost the rest of the run for nothing; a second problem soon after lowers it.
         auto_ratio: :math:`\eta_{auto}/\eta_{peak}` (``None`` when the autopilot has no
             finder answer of its own); the multiplier never stays above it after a rollback.
+        unstable_start: the run blew up in its first window, or has been stuck since such a
+            blow-up: no healthy stretch came before (never ``first``), and the LR is past the
+            stability edge of the start by an unknown factor: a decade (:data:`START_GAMMA`), as
+            the guard's own default, not a halving (a finder answer 5x too high on unscaled
+            wine/Adagrad blew up at step 1, was halved, blew up again and ended at 5.7x the
+            oracle's loss; cut 10x once, at 1.6x).
 
     Example:
         >>> lowered_multiplier(1.0, verdict="nan", first=True, auto_ratio=1.0)
@@ -291,8 +302,13 @@ def lowered_multiplier(multiplier: float, *, verdict: str, first: bool, auto_rat
         0.03333333333333333
         >>> lowered_multiplier(0.5, verdict="diverging", first=False, auto_ratio=1.0)
         0.25
+        >>> lowered_multiplier(1.0, verdict="diverging", first=True, auto_ratio=1.0, unstable_start=True)
+        0.1
     """
-    lowered = multiplier if first else multiplier * GAMMA
+    if unstable_start:
+        lowered = multiplier * START_GAMMA
+    else:
+        lowered = multiplier if first else multiplier * GAMMA
     if auto_ratio is not None and auto_ratio < lowered:
         lowered = auto_ratio
     return float(lowered)
