@@ -1,8 +1,9 @@
 """Regenerate the README's pictures: ``.venv/bin/python docs/make_figures.py``.
 
 Writes docs/schedules.png (a few schedules), docs/finder.png (the range test on the built-in
-digits example), docs/diagnose.png (the doctor on a real run whose LR is too high) and
-docs/tune.png (``lrkit tune`` on the built-in example, budget 4).
+digits example), docs/diagnose.png (the doctor on a real run whose LR is too high),
+docs/tune.png (``lrkit tune`` on the built-in example, budget 4) and docs/autopilot.png (the
+autopilot's report figure: the digits MLP given an LR scale 30x too high, and a NaN at step 300).
 """
 from __future__ import annotations
 
@@ -95,8 +96,69 @@ def tune_figure() -> None:
     plt.close(fig)
 
 
+def autopilot_figure() -> None:
+    """The figure of the autopilot's report: the digits MLP, Adam, its scale 30x too high, a NaN at 300."""
+    import dataclasses
+    import math
+
+    import torch
+
+    from lrkit.autopilot import fly
+    from lrkit.report.autopilot_report import history_records
+
+    task = digits_task(seed=0)
+
+    class Trainer:  # the Trainer protocol over the built-in example; the loss of step `nan_at` is NaN
+        def __init__(self, nan_at=None):
+            torch.manual_seed(0)
+            self.model = task.make_model()
+            self.opt = task.make_optimizer(self.model, lr=1e-3)
+            self.batches = task.make_train_loader()
+            self.it, self.clock, self.nan_at = iter(self.batches), 0, nan_at
+
+        def snapshot(self):
+            return ({k: v.clone() for k, v in self.model.state_dict().items()}, self.opt.state_dict())
+
+        def restore(self, s):
+            self.model.load_state_dict(s[0])
+            self.opt.load_state_dict(s[1])
+
+        def evaluate(self):
+            with torch.no_grad():
+                return float(task.loss_fn(self.model(task.x_val), task.y_val))
+
+        def step(self, lr):
+            self.clock += 1
+            try:
+                x, y = next(self.it)
+            except StopIteration:
+                self.it = iter(self.batches)
+                x, y = next(self.it)
+            for g in self.opt.param_groups:
+                g["lr"] = lr
+            self.opt.zero_grad()
+            loss = task.loss_fn(self.model(x), y)
+            loss.backward()
+            self.opt.step()
+            return math.nan if self.clock == self.nan_at else loss.item()
+
+    own = fly(Trainer(), family="adam", train_steps=600, guard=False).pilot.plan  # the autopilot's own plan
+    trainer = Trainer(nan_at=301)  # (with the plan given, fly runs no finder: clock = step + 1)
+    pilot = fly(trainer, family="adam", train_steps=600, plan=dataclasses.replace(own, peak_lr=30 * own.peak_lr)).pilot
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    plot_diagnosis(history_records(pilot), pilot.doctor.diagnosis, ax=ax)
+    for e in pilot.interventions:
+        ax.axvline(e.step, color="#cf222e", ls="--", lw=1.2)
+    ax.set_title("the autopilot given an LR scale 30x too high, and a NaN at step 300")
+    fig.tight_layout()
+    fig.savefig(OUT / "autopilot.png", dpi=100)
+    plt.close(fig)
+    print([e.message for e in pilot.interventions])
+
+
 if __name__ == "__main__":
     schedules_figure()
     finder_figure()
     diagnose_figure()
     tune_figure()
+    autopilot_figure()

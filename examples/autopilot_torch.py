@@ -6,6 +6,7 @@ divergence, a plateau reduction when validation stalls). Run::
 
     python examples/autopilot_torch.py            # 600 steps, about 10 s on one CPU core
     python examples/autopilot_torch.py --steps 150
+    python examples/autopilot_torch.py --report out   # also out/report.html: the plan, the run, every intervention
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ def validate(model, val) -> float:
 def main(argv: list[str] | None = None) -> float:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=600, help="optimizer steps of the run")
+    ap.add_argument("--report", metavar="DIR", help="write DIR/report.html (self-contained) at the end")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.manual_seed(0)
@@ -69,6 +71,10 @@ def main(argv: list[str] | None = None) -> float:
     print(pilot.report())
     print(f"final validation loss {final:.4f} after {args.steps} steps "
           f"(+{pilot.plan.finder_cost_steps} finder steps)")
+    if args.report:
+        from lrkit.report.autopilot_report import write_autopilot_report
+
+        print(f"report: {write_autopilot_report(pilot, args.report)}")
     # a checkpoint resumes the autopilot: torch.save({"autopilot": pilot.state_dict(), ...}) and
     # lt.autopilot(model, optimizer, loss_fn, train, resume=checkpoint["autopilot"])
     return final

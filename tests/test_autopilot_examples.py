@@ -20,16 +20,20 @@ EXAMPLES = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("framework", sorted(EXAMPLES))
-def test_example_runs(framework):
+def test_example_runs(framework, tmp_path):
     script = ROOT / "examples" / f"autopilot_{framework}.py"
     assert script.exists(), f"{script.name} is missing"
     for module in EXAMPLES[framework]:
         pytest.importorskip(module)
     pytest.importorskip("sklearn")
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1", KERAS_BACKEND="torch")
-    out = subprocess.run([sys.executable, str(script), "--steps", "60"], capture_output=True, text=True,
+    report = ["--report", str(tmp_path / "report")] if framework == "torch" else []
+    out = subprocess.run([sys.executable, str(script), "--steps", "60", *report], capture_output=True, text=True,
                          env=env, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout + out.stderr
     assert "lrkit autopilot: peak LR" in text, text[-2000:]
     assert "final validation loss" in text
+    if report:
+        page = (tmp_path / "report" / "report.html").read_text()
+        assert "lrkit autopilot" in page and 'id="autopilot-run"' in page

@@ -30,7 +30,8 @@ state (:meth:`Autopilot.attach`), reports every step (:meth:`Autopilot.observe`)
 message in plain words, logged to ``logging.getLogger("lrkit.autopilot")``.
 
 **Resume.** :meth:`Autopilot.state_dict` holds the plan, the multiplier, the plateau state, the
-doctor's state and the events (plain JSON types); :meth:`Autopilot.from_state_dict` rebuilds the
+doctor's state, the events and the run's bounded history (:class:`~lrkit.autopilot.history.RunHistory`,
+what :func:`lrkit.report.write_autopilot_report` plots) in plain JSON types; :meth:`Autopilot.from_state_dict` rebuilds the
 same autopilot without running the finder again. The guard's snapshots are not saved (they are
 copies of a model you checkpoint anyway): the resumed guard starts from the loaded state.
 
@@ -61,6 +62,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from lrkit.autopilot import policy
+from lrkit.autopilot.history import RunHistory
 from lrkit.autopilot.plan import AutopilotError, AutopilotPlan
 from lrkit.doctor.core import Doctor
 from lrkit.doctor.guard import Guard, GuardGaveUp, Intervention
@@ -132,6 +134,8 @@ class Autopilot:
         self._last_rollback: int | None = None
         self._last_step: int | None = None
         self._rewinds: list[tuple[int, float]] = []  # (t0, p): from step t0 the schedule resumes at p
+        #: the run as flown (training loss and LR, bounded; validation losses): what the report plots
+        self.history = RunHistory()
         self.events: list[AutopilotEvent] = []
         self.guard: Guard | None = None
         self._gave_up = False
@@ -198,6 +202,7 @@ class Autopilot:
         loss = float(loss)
         lr = self.lr(step) if lr is None else float(lr)
         self._last_step = step
+        self.history.add(step, loss, lr, None if val_loss is None else float(val_loss))
         rolled = False
         if self.guard is not None:
             try:
@@ -286,6 +291,7 @@ class Autopilot:
             "last_rollback": self._last_rollback,
             "last_step": self._last_step,
             "rewinds": [[t0, p] for t0, p in self._rewinds],
+            "history": self.history.state(),
             "plateau": self._plateau.state_dict(self._pstate) if self._plateau is not None else None,
             "doctor": self.doctor.state_dict(),
             "events": [e.to_dict() for e in self.events],
@@ -308,6 +314,8 @@ class Autopilot:
         pilot._last_rollback = state["last_rollback"]
         pilot._last_step = state["last_step"]
         pilot._rewinds = [(int(t0), float(p)) for t0, p in state.get("rewinds", [])]
+        if state.get("history") is not None:
+            pilot.history = RunHistory.from_state(state["history"])
         if pilot._plateau is not None:
             pilot._pstate = pilot._plateau.load_state(dict(state["plateau"]))
         pilot.doctor.load_state_dict(state["doctor"])
