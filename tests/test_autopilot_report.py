@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import doctest
 import json
-import math
 import re
 
 import numpy as np
@@ -17,6 +16,7 @@ from lrkit import schedules as S
 from lrkit.autopilot import Autopilot, make_plan
 from lrkit.autopilot.history import RunHistory
 from lrkit.report.autopilot_report import autopilot_report_html, history_records, write_autopilot_report
+from test_autopilot_core import Quadratic  # f(x) = x^2 by gradient descent, NaN losses injected by its clock
 
 
 @pytest.mark.parametrize("module", [history_mod, report_mod])
@@ -48,28 +48,9 @@ def test_history_rejects_a_capacity_that_cannot_thin():
         RunHistory(1)
 
 
-class _Quadratic:
-    def __init__(self, nan_at=()):
-        self.x, self.clock, self.nan_at = 1.0, 0, set(nan_at)
-
-    def snapshot(self):
-        return self.x
-
-    def restore(self, s):
-        self.x = s
-
-    def step(self, lr):
-        t, self.clock = self.clock, self.clock + 1
-        if t in self.nan_at:
-            return math.nan
-        loss = self.x ** 2 + 1e-3
-        self.x -= lr * 2 * self.x
-        return loss
-
-
 def _flown(steps=300, nan_at=(100, 110)):
     plan = make_plan(family="sgd", train_steps=steps, peak_lr=0.1, shape=S.cosine(1.0, steps))
-    q = _Quadratic(nan_at=nan_at)
+    q = Quadratic(nan_at=nan_at)
     pilot = Autopilot(plan).attach(q)
     lrs = []
     for t in range(steps):
