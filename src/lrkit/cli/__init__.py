@@ -1,7 +1,7 @@
 """The ``lrkit`` command. The only layer that prints or exits.
 
 Each command group lives in its own module (``_schedule.py``, ``_find.py``, ``_diagnose.py``,
-``_demo.py``) and registers itself on :data:`app`. Errors in user input (``ValueError``,
+``_demo.py``, ``_tune.py``, ``_autopilot.py``) and registers itself on :data:`app`. Errors in user input (``ValueError``,
 ``lrkit.cli._errors.CLIError``) become one line on stderr and exit code 2, no traceback.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ def _root(version: bool = typer.Option(False, "--version", help="Print lrkit's v
 
 # Command modules register themselves on `app` when imported. A module that is missing
 # (not written yet) is simply skipped; an error inside one propagates.
-for _mod in ("_schedule", "_find", "_diagnose", "_demo", "_tune"):
+for _mod in ("_schedule", "_find", "_diagnose", "_demo", "_tune", "_autopilot"):
     try:
         importlib.import_module(f"lrkit.cli.{_mod}")
     except ModuleNotFoundError as exc:  # only the command module itself being absent

@@ -1,0 +1,135 @@
+"""``lrkit autopilot``: train a PyTorch target with no learning rate given.
+
+TARGET is the same task as ``lrkit find``'s (``path/to/file.py:function`` or
+``package.module:function`` returning ``model``, ``optimizer``, ``loss_fn``, ``train_loader`` and
+optionally ``val_loader``, ``step_fn``, ``accumulation_steps``, ``grad_clip_norm``, ``amp``); the
+optimizer's LR is ignored. The autopilot runs the finder (at most 30% of the run), plans the peak
+LR and a schedule for the optimizer family and the run's length, and trains ``--steps`` optimizer
+steps under the doctor and the guard (:func:`lrkit.autopilot.fly`), validating every tenth of the
+run. It prints the plan and every intervention, and on request writes the report
+(``--report DIR``: :func:`lrkit.report.autopilot_report.write_autopilot_report`), the trained
+weights (``--save FILE``: the model's ``state_dict``) and one JSON object (``--json``).
+
+Keras, Lightning, Hugging Face and optax users have the autopilot as a callback or helper in their
+own loop (see the README): this command drives a plain PyTorch target only.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from lrkit.cli import app
+from lrkit.cli._errors import CLIError
+
+_HELP = """Train with no learning rate given: finder, schedule and guard in one run.
+
+Without TARGET, trains the built-in example (an MLP on scikit-learn's digits, 600 steps). TARGET is
+'path/to/file.py:function' or 'package.module:function' returning the same dict as for 'lrkit find'
+(a PyTorch model, optimizer, loss_fn, train_loader, optionally val_loader, ...). Prints the plan
+and every intervention; --report DIR writes a self-contained HTML page of the run.
+"""
+
+
+def _steps(steps: Optional[int], epochs: Optional[int], loader: Any, accumulation: int, builtin: bool) -> int:
+    if steps is not None and epochs is not None:
+        raise CLIError("give --steps or --epochs, not both")
+    if steps is not None:
+        if steps < 1:
+            raise CLIError(f"--steps must be >= 1 (optimizer steps of the run), got {steps}")
+        return steps
+    if epochs is not None:
+        if epochs < 1:
+            raise CLIError(f"--epochs must be >= 1, got {epochs}")
+        try:
+            n = len(loader)
+        except TypeError:
+            raise CLIError("--epochs needs a train_loader with a len(); this one has none: pass --steps N") from None
+        return epochs * max(1, math.ceil(n / max(1, accumulation)))
+    if builtin:
+        return 600
+    raise CLIError("pass --steps N (optimizer steps of the run) or --epochs N: the autopilot plans the "
+                   "schedule for the run's length")
+
+
+@app.command("autopilot", help=_HELP)
+def autopilot_command(
+    target: Annotated[Optional[str], typer.Argument(help="path/to/file.py:function or package.module:function (default: built-in digits example)")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Optimizer steps of the run (the built-in example: 600).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Or the run's length in epochs of train_loader (it needs a len()).")] = None,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write a self-contained HTML report (report.html) into this directory.")] = None,
+    save: Annotated[Optional[Path], typer.Option("--save", help="Save the trained model's state_dict to this file (torch.save).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object (plan, events, final validation loss, steps, paths written).")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for torch/numpy/random before building the target, and for the finder.")] = 0,
+) -> None:
+    from lrkit.cli._find import _seed_everything, _their_errors, load_target
+
+    for name, path in (("--report", report), ("--save", save)):
+        if path is not None and path.exists() and (path.is_dir() != (name == "--report")):
+            raise CLIError(f"{name} must be {'a directory' if name == '--report' else 'a file name'}, got {path}")
+    if target is None:
+        from lrkit.examples.digits import digits_task
+
+        _seed_everything(seed)
+        spec, target_name = digits_task(seed=seed).as_target(), "lrkit.examples.digits (built-in)"
+    else:
+        spec, target_name = load_target(target, seed=seed), target
+    if spec.get("framework", "torch") != "torch":
+        raise CLIError(f"{target_name} is a {spec['framework']} task; lrkit autopilot trains PyTorch targets "
+                       "(Keras, optax: use their autopilot callback/helper in your loop, see the README)")
+    from lrkit.autopilot import AutopilotError, check_optimizer, fly
+    from lrkit.doctor.guard import GuardGaveUp
+    from lrkit.integrations.torch.autopilot import check_no_scheduler
+    from lrkit.integrations.torch.trainer import TorchTrainer
+
+    accumulation = int(spec.get("accumulation_steps") or 1)
+    train_steps = _steps(steps, epochs, spec["train_loader"], accumulation, builtin=target is None)
+    try:
+        family = check_optimizer(spec["optimizer"])
+        check_no_scheduler(spec["optimizer"], where="lrkit autopilot")
+    except AutopilotError as exc:
+        raise CLIError(str(exc)) from None
+    with _their_errors("building the trainer failed on your model, loss or data"):
+        trainer = TorchTrainer(spec["model"], spec["optimizer"], spec["loss_fn"], spec["train_loader"],
+                               val_loader=spec.get("val_loader"), step_fn=spec.get("step_fn"),
+                               accumulation_steps=accumulation, grad_clip_norm=spec.get("grad_clip_norm"),
+                               amp=bool(spec.get("amp", False)))
+    try:
+        with _their_errors("training failed in your model, loss or data"):
+            flight = fly(trainer, family=family, train_steps=train_steps, seed=seed)
+    except GuardGaveUp as exc:
+        typer.echo(f"lrkit: the run was lost: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except AutopilotError as exc:  # NotTrainable included: said before training
+        raise CLIError(str(exc)) from None
+    pilot = flight.pilot
+    final = flight.val_losses[-1][1] if flight.val_losses else None
+    written: dict[str, str] = {}
+    if report is not None:
+        from lrkit.report.autopilot_report import write_autopilot_report
+
+        written["report"] = str(write_autopilot_report(pilot, report, title=f"lrkit autopilot: {target_name}",
+                                                       command=" ".join(["lrkit", *sys.argv[1:]])))
+    if save is not None:
+        import torch
+
+        save.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(spec["model"].state_dict(), save)
+        written["save"] = str(save)
+    if json_out:
+        payload = {"target": target_name, "plan": pilot.plan.to_dict(), "events": [e.to_dict() for e in pilot.events],
+                   "final_val_loss": final, "train_steps": train_steps,
+                   "finder_steps": pilot.plan.finder_cost_steps, **written}
+        typer.echo(json.dumps(payload, allow_nan=False, default=lambda v: None))
+        return
+    typer.echo(f"target: {target_name}")
+    typer.echo(pilot.report())
+    if final is not None:
+        typer.echo(f"final validation loss {final:.4g} after {train_steps} steps "
+                   f"(+{pilot.plan.finder_cost_steps} finder steps)")
+    for key, path in written.items():
+        typer.echo(f"{key}: {path}")
