@@ -125,8 +125,8 @@ def run(setting: str, steps: int, seed: int = 0) -> dict:
     for _ in range(guard.keep + 3):
         timed_take()
         direct.append(snap_times[-1])
-        if guard._store is not None:
-            guard._store.flush()  # a disk snapshot is handed back once it is durable
+        if guard._set.store is not None:
+            guard._set.store.flush()  # a disk snapshot is handed back once it is durable
     n_params = sum(p.numel() for p in guarded.parameters())
     snap_cost = statistics.median(direct[-3:])
     step_time = t_plain / steps

@@ -263,7 +263,7 @@ def test_disk_storage_pickles_and_cleans_up(tmp_path):
     for _ in range(35):
         g.step(0.05)
     (run,) = os.listdir(tmp_path / "snaps")  # one directory per guard
-    g._store.flush()
+    g._set.store.flush()
     files = sorted(os.listdir(tmp_path / "snaps" / run))
     assert files == ["lock", "manifest.json", "snap-1.pkl", "snap-2.pkl", "snap-3.pkl", "snap-4.pkl"]
     for _ in range(40):

@@ -11,6 +11,8 @@ MODULES = [
     "lrkit.doctor.guarded_watch",
     "lrkit.doctor.interventions",
     "lrkit.doctor.lr_policy",
+    "lrkit.doctor.snapshot_set",
+    "lrkit.doctor.snapshots",
     "lrkit.integrations.torch.doctor",
     "lrkit.integrations.torch.hessian",
 ]

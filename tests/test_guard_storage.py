@@ -156,8 +156,8 @@ def test_a_corrupt_or_missing_snapshot_falls_back_to_the_next_good_one(tmp_path,
               max_overhead=None)
     for _ in range(95):
         g.step(0.05)
-    g._store.flush()
-    newest = g._snaps[-1]
+    g._set.store.flush()
+    newest = g._set.rolling[-1]
     assert newest.label == 90
     path = Path(g.storage_path) / newest.handle
     if damage == "truncate":
@@ -183,17 +183,17 @@ def test_resume_restores_multiplier_doctor_and_interventions(tmp_path):
               run_id="r1", max_overhead=None, forgive_first=False)
     for _ in range(80):
         g.step(0.05)
-    g._store.flush()
+    g._set.store.flush()
     assert len(g.interventions) == 1
     # simulate the death of the process: release the lock and forget the guard without cleanup
-    g._store._finalizer.detach()
-    g._store._pool.shutdown(wait=True)
-    g._store._lock.release()
-    doctor_state = g._snaps[-1].doctor
+    g._set.store._finalizer.detach()
+    g._set.store._pool.shutdown(wait=True)
+    g._set.store._lock.release()
+    doctor_state = g._set.rolling[-1].doctor
     t2 = LinReg()
     g2 = Guard(t2, doctor=Doctor(window=10), snapshot_every=10, storage="disk", storage_dir=tmp_path,
                run_id="r1", resume=True, max_overhead=None)
-    assert g2.resumed_from == g._snaps[-1].label == g2.step_count
+    assert g2.resumed_from == g._set.rolling[-1].label == g2.step_count
     assert g2.lr_multiplier == g.lr_multiplier == pytest.approx(0.1)
     assert [i.to_dict() for i in g2.interventions] == [i.to_dict() for i in g.interventions]
     assert g2.doctor.state_dict() == doctor_state
@@ -361,7 +361,7 @@ def test_guarded_snapshots_reuse_the_memory_of_dropped_ones_and_roll_back_exactl
             break
         history[watch.guard.step_count] = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if storage == "disk":
-            watch.guard._store.flush()  # the writer thread hands the state back once it is durable
+            watch.guard._set.store.flush()  # the writer thread hands the state back once it is durable
     assert sum(reused) >= 10, reused  # steady state: every snapshot reuses a released one
     [rollback] = watch.interventions
     assert rollback.restored_to >= 30

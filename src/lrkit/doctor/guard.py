@@ -80,7 +80,8 @@ the run reached.
 **Cost.** A snapshot's time (the part the training loop waits for) is measured; when it exceeds
 50 ms (a model of real size), the snapshot period is stretched beyond ``snapshot_every`` -- up
 to 10 times it -- so that snapshots cost at most ``max_overhead`` (default 1%) of the training
-time: :attr:`Guard.snapshot_interval`. A trainer with ``recycle(state)`` (every PyTorch
+time: :attr:`Guard.snapshot_interval`. The snapshots kept, their store and this period are a
+:class:`~lrkit.doctor.snapshot_set.SnapshotSet`; the guard decides what to restore. A trainer with ``recycle(state)`` (every PyTorch
 integration's) gets back each snapshot the guard will never read again -- dropped from the
 rolling set, or durable on disk -- and copies the next one into that memory: once the rolling set
 is full a snapshot is a plain copy into memory already owned (30 ms instead of about 1 s for a
@@ -129,16 +130,13 @@ from lrkit.doctor.core import Diagnosis, Doctor
 from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation, watch_doctor  # noqa: F401 - re-exported
 from lrkit.doctor.interventions import GuardGaveUp, Intervention
 from lrkit.doctor.lr_policy import LRPolicy
-from lrkit.doctor.snapshots import (
-    LEVEL, SHORT, HealthTracker, SnapshotRecord, best_snapshot, choose_target, thin_index,
-)
+from lrkit.doctor.snapshot_set import SnapshotSet
+from lrkit.doctor.snapshots import LEVEL, SHORT, HealthTracker, SnapshotRecord, best_snapshot, choose_target
 from lrkit.doctor.storage import DiskStore, MemoryStore, SnapshotError
 
 __all__ = ["Guard", "GuardGaveUp", "Intervention", "SnapshotError"]
 
 _GOOD = ("healthy", "flat", "converged", "overfitting")  # verdicts under which a snapshot may be taken
-_MIN_COST = 0.05  # seconds: cheaper snapshots never stretch the period
-_MAX_STRETCH = 10  # the period is stretched to at most this many times snapshot_every
 #: after a rollback, a loss level this many times the restored state's best, for RELAPSE_STEPS
 #: steps, is a new divergence (see Guard._relapse)
 RELAPSE_RATIO = 2.0
@@ -270,13 +268,12 @@ class Guard:
         self.sync_writes = sync_writes
         self._storage_dir = storage_dir
         self._run_id = run_id
-        self._store: MemoryStore | DiskStore | None = None
+        # the initial, rolling and best snapshots, their store, the period their cost allows
+        self._set = SnapshotSet(keep=keep, every=snapshot_every, tolerance=self.tolerance,
+                                max_overhead=self.max_overhead, make_store=self._make_store)
         self._open_store()
         self._multiplier = 1.0
         self._clock = 0
-        self._initial: SnapshotRecord | None = None  # the state before the first step (keep_initial=True)
-        self._snaps: list[SnapshotRecord] = []  # the rolling snapshots, oldest first
-        self._best: SnapshotRecord | None = None  # the best snapshot, when thinned out of the rolling ones
         self._health = HealthTracker()
         self._interventions: list[Intervention] = []
         self._last_rolled_back = False
@@ -284,9 +281,6 @@ class Guard:
         self._policy = LRPolicy(lr_factor, forgive_first)  # what a rollback does to the LR
         self._since = 0  # good steps since the last snapshot or rollback
         self._started = False
-        self._interval = snapshot_every
-        self._costs: list[float] = []  # seconds per snapshot (the latest few)
-        self._step_time = math.nan  # seconds per step (EMA), outside the guard's snapshots
         self._t_last: float | None = None
         #: the step the run was resumed from (``resume=True`` found a manifest), else ``None``
         self.resumed_from: int | None = None
@@ -332,12 +326,12 @@ class Guard:
     @property
     def snapshot_interval(self) -> int:
         """The current snapshot period: ``snapshot_every``, stretched by the measured snapshot cost."""
-        return self._interval
+        return self._set.interval
 
     @property
     def storage_path(self) -> str | None:
         """The run's directory (``storage="disk"``), else ``None``."""
-        return self._store.dir if isinstance(self._store, DiskStore) else None
+        return self._set.disk.dir if self._set.disk is not None else None
 
     # ------------------------------------------------------------------ driving
     def start(self) -> None:
@@ -348,7 +342,7 @@ class Guard:
         self._open_store()
         self._started = True
         self.resumed_from = None
-        manifest = self._store.manifest() if self.resume and isinstance(self._store, DiskStore) else None
+        manifest = self._set.disk.manifest() if self.resume and self._set.disk is not None else None
         if manifest is not None:
             self._resume(manifest)
         else:
@@ -398,8 +392,7 @@ class Guard:
         self.start()
         now = time.perf_counter()
         if self._t_last is not None:
-            dt = now - self._t_last
-            self._step_time = dt if math.isnan(self._step_time) else 0.9 * self._step_time + 0.1 * dt
+            self._set.note_step(now - self._t_last)
         if step is None:
             step = self._clock
         else:
@@ -427,7 +420,7 @@ class Guard:
             self._t_last = time.perf_counter()
             return rec
         self._since = self._since + 1 if d.verdict in _GOOD else 0
-        if self._since >= self._interval:
+        if self._since >= self._set.interval:
             self._take()
         if self._policy.probation is not None or self._policy.ramp is not None:
             self._policy_tick(step)
@@ -458,14 +451,10 @@ class Guard:
     def close(self) -> None:
         """Drop every snapshot and delete the run's files (and the temporary directory the guard
         created). The records stay; a later :meth:`start` begins afresh. Idempotent."""
-        if self._store is not None:
-            self._store.on_release = None
-            self._store.close()
-            self._store = None
+        self._set.close()
         recycle = getattr(self.trainer, "recycle", None)
         if recycle is not None:
             recycle(None)  # the trainer lets go of the memory it kept for the next snapshot
-        self._snaps, self._initial, self._best = [], None, None
         self._started = False
 
     def __enter__(self) -> "Guard":
@@ -521,26 +510,23 @@ class Guard:
             "lr_multiplier": self._multiplier,
             "step_count": self._clock,
             "snapshot_steps": self.snapshot_steps,
-            "snapshot_interval": self._interval,
+            "snapshot_interval": self._set.interval,
             "interventions": [i.to_dict() for i in self._interventions],
             "verdict": self.doctor.diagnosis.verdict,
         }
 
     # ------------------------------------------------------------------ snapshots
+    def _make_store(self) -> MemoryStore | DiskStore:
+        if self.storage == "disk":
+            return DiskStore(self._storage_dir, run_id=self._run_id, background=not self.sync_writes)
+        return MemoryStore()
+
     def _open_store(self) -> None:
-        if self._store is None:
-            self._store = (
-                DiskStore(self._storage_dir, run_id=self._run_id, background=not self.sync_writes)
-                if self.storage == "disk" else MemoryStore()
-            )
-            # a trainer that can reuse a snapshot's memory gets the ones the store no longer needs
-            self._store.on_release = getattr(self.trainer, "recycle", None)
+        # a trainer that can reuse a snapshot's memory gets the ones the store no longer needs
+        self._set.open(getattr(self.trainer, "recycle", None))
 
     def _pool(self) -> list[SnapshotRecord]:
-        pool = ([self._initial] if self._initial is not None else []) + self._snaps
-        if self._best is not None and all(self._best is not s for s in pool):
-            pool.append(self._best)
-        return sorted(pool, key=lambda s: s.label)
+        return self._set.pool()
 
     def _take(self, initial: bool = False) -> None:
         t0 = time.thread_time()  # this thread's CPU time: a load spike elsewhere is not the snapshot's cost
@@ -550,74 +536,31 @@ class Guard:
             label=self._clock, doctor=self.doctor.state_dict(), multiplier=self._multiplier,
             best=h.best, sigma=h.sigma, health=h.state(), lr=self.doctor.current_lr,
         )
-        rec.handle = self._store.put(state)
+        self._set.add(rec, state, initial=initial, now=self._clock)
         del state
         self._since = 0
-        if initial:
-            self._initial = rec
-        else:
-            self._snaps.append(rec)
-            while len(self._snaps) > self.keep:
-                origin = self._initial.label if self._initial is not None else None
-                i = thin_index([s.label for s in self._snaps], now=self._clock, every=self.snapshot_every, origin=origin)
-                self._retire(self._snaps.pop(i))
         self._write_manifest()
-        self._adapt(time.thread_time() - t0)
-
-    def _retire(self, rec: SnapshotRecord) -> None:
-        """A snapshot leaves the rolling set: keep it as the best one if it is, else drop it."""
-        best, _, _ = best_snapshot(self._pool() + [rec], self.tolerance)
-        if best is rec:
-            if self._best is not None and self._best is not rec:
-                self._store.drop(self._best.handle)
-            self._best = rec
-        else:
-            self._store.drop(rec.handle)
-
-    def _adapt(self, cost: float) -> None:
-        """Stretch the period so that snapshots cost at most ``max_overhead`` of the time."""
-        self._costs = (self._costs + [cost])[-5:]
-        if self.max_overhead is None or math.isnan(self._step_time) or len(self._costs) < 2:
-            return
-        c = sorted(self._costs)[len(self._costs) // 2]
-        if c < _MIN_COST:  # cheap again (e.g. copied into recycled memory): the period comes back
-            self._interval = self.snapshot_every
-            return
-        need = math.ceil(c / (self.max_overhead * max(self._step_time, 1e-9)))
-        self._interval = min(max(self.snapshot_every, need), _MAX_STRETCH * self.snapshot_every)
+        self._set.adapt(time.thread_time() - t0)
 
     def _write_manifest(self) -> None:
-        if not isinstance(self._store, DiskStore):
+        store = self._set.disk
+        if store is None:
             return
-        snaps = []
-        for s in self._pool():
-            kind = "initial" if s is self._initial else ("best" if s is self._best else "rolling")
-            snaps.append({**s.to_json(), "kind": kind})
-        self._store.write_manifest({
+        store.write_manifest({
             "format": 1,
-            "run_id": self._store.run_id,
+            "run_id": store.run_id,
             "pid": os.getpid(),
             "clock": self._clock,
             "multiplier": self._multiplier,
             "snapshot_every": self.snapshot_every,
-            "snapshots": snaps,
+            "snapshots": [{**s.to_json(), "kind": self._set.kind(s)} for s in self._set.pool()],
             "interventions": [i.to_dict() for i in self._interventions],
             "probation": self._policy.state_dict(),
         })
 
     def _load(self, pool: list[SnapshotRecord], rec: SnapshotRecord) -> Any:
         """The state of ``rec``; on a missing/corrupt file: an ERROR line, ``rec`` leaves the pool, ``None``."""
-        try:
-            return self._store.get(rec.handle)
-        except SnapshotError as exc:
-            self.logger.error("%s; falling back to the next good snapshot", exc)
-            pool.remove(rec)
-            if rec is self._initial:
-                self._initial = None
-            if rec is self._best:
-                self._best = None
-            self._snaps = [s for s in self._snaps if s is not rec]
-            return None
+        return self._set.load(pool, rec, self.logger)
 
     def _restore(self, rec: SnapshotRecord, state: Any, rollback: bool = False) -> None:
         self.trainer.restore(state)
@@ -649,7 +592,7 @@ class Guard:
         last = self._interventions[-1] if self._interventions else None
         return self._policy.factor(
             step=step, onset=d.step if d.step is not None else step, target=target.label,
-            initial=target is self._initial, interval=self._interval, held_raise=r if math.isfinite(r) else None,
+            initial=target is self._set.initial, interval=self._set.interval, held_raise=r if math.isfinite(r) else None,
             last=None if last is None else (last.step, last.restored_to, last.new_multiplier == last.old_multiplier),
             multiplier=self._multiplier,
         )
@@ -657,7 +600,7 @@ class Guard:
     def _policy_tick(self, step: int) -> None:
         """A lowering on probation may be undone (:meth:`LRPolicy.tick`)."""
         def healthy_since(label: int) -> bool:
-            newer = [s for s in self._snaps if s.label > label]
+            newer = [s for s in self._set.rolling if s.label > label]
             return bool(newer) and bool(newer[-1].healthy(self.tolerance))
 
         m = self._policy.tick(step, multiplier=self._multiplier, healthy_since=healthy_since)
@@ -683,7 +626,7 @@ class Guard:
         w = self._relapse_ref
         if w is None or not math.isfinite(w["best"]):
             return None
-        newer = [s for s in self._snaps if s.label > w["label"]]
+        newer = [s for s in self._set.rolling if s.label > w["label"]]
         if newer and newer[-1].healthy(self.tolerance):
             self._relapse_ref = None  # the run is back on its feet
             return None
@@ -725,13 +668,11 @@ class Guard:
             state = self._load(pool, target)
             if state is not None:
                 break
-        for snap in [s for s in self._snaps if s.label > target.label]:  # suspect: newer than the target
-            self._store.drop(snap.handle)
-        self._snaps = [s for s in self._snaps if s.label <= target.label]
-        if d.evidence.get("stuck") and self._best is not None and self._best.label > onset and self._best is not target:
+        self._set.drop_newer(target.label)  # suspect: newer than the target
+        best = self._set.best
+        if d.evidence.get("stuck") and best is not None and best.label > onset and best is not target:
             # the best state seen, taken while stuck, is the dead one too: not kept to restore later
-            self._store.drop(self._best.handle)
-            self._best = None
+            self._set.drop_best()
         target.cut(onset)  # the restored timeline's own losses no longer speak for it
         cut = self._cut(step, d, target)  # before the doctor is rewound to the snapshot's state
         self._restore(target, state, rollback=True)
@@ -782,15 +723,9 @@ class Guard:
 
     def _resume(self, manifest: Mapping[str, Any]) -> None:
         """Continue a killed run: the newest readable snapshot not known to be bad."""
-        recs, kinds = [], {}
-        for s in manifest["snapshots"]:
-            r = SnapshotRecord.from_json(s)
-            recs.append(r)
-            kinds[id(r)] = s.get("kind", "rolling")
-        pool = sorted(recs, key=lambda r: r.label)
-        self._initial = next((r for r in pool if kinds[id(r)] == "initial"), None)
-        self._best = next((r for r in pool if kinds[id(r)] == "best"), None)
-        self._snaps = [r for r in pool if kinds[id(r)] == "rolling"]
+        recs = [SnapshotRecord.from_json(s) for s in manifest["snapshots"]]
+        self._set.adopt(recs, [s.get("kind", "rolling") for s in manifest["snapshots"]])
+        pool = self._set.pool()
         self._interventions = [Intervention.from_dict(i) for i in manifest.get("interventions", [])]
         self._multiplier = float(manifest["multiplier"])
         self._policy.load_state_dict(manifest.get("probation"))
@@ -802,19 +737,17 @@ class Guard:
                 break
         else:
             raise SnapshotError(
-                f"lrkit guard: cannot resume run {self._store.run_id}: no snapshot in {self.storage_path} "
+                f"lrkit guard: cannot resume run {self._set.disk.run_id}: no snapshot in {self.storage_path} "
                 "could be read (see the ERROR lines)", str(self.storage_path),
             )
-        for snap in [s for s in self._snaps if s.label > rec.label]:
-            self._store.drop(snap.handle)
-        self._snaps = [s for s in self._snaps if s.label <= rec.label]
+        self._set.drop_newer(rec.label)
         self._restore(rec, state)
         self._clock = rec.label
         self.resumed_from = rec.label
         self._write_manifest()
         self.logger.warning(
             "lrkit guard: resumed run %s from the snapshot of step %d (LR multiplier %.3g, %d earlier interventions)",
-            self._store.run_id, rec.label, self._multiplier, len(self._interventions),
+            self._set.disk.run_id, rec.label, self._multiplier, len(self._interventions),
         )
 
 

@@ -87,8 +87,8 @@ class HealthTracker:
         >>> h = HealthTracker()
         >>> for t in range(30):
         ...     h.add(math.exp(-t / 10))
-        >>> round(h.best, 2), h.sigma < 1e-9
-        (-2.7, True)
+        >>> round(h.best, 2), h.sigma < 1e-9   # the level: a median of the last 20 (t = 10..29)
+        (-1.95, True)
     """
 
     def __init__(self, size: int = 50) -> None:
