@@ -56,6 +56,59 @@ def _steps(steps: Optional[int], epochs: Optional[int], loader: Any, accumulatio
                    "schedule for the run's length")
 
 
+class _Bar:
+    """A rich progress bar on stderr (a terminal only): the finder's steps (at most 30% of the run),
+    then the run's, with the latest loss."""
+
+    def __init__(self, train_steps: int, enabled: bool) -> None:
+        self.train_steps, self.enabled, self.progress, self.task = train_steps, enabled, None, None
+
+    def __enter__(self) -> "_Bar":
+        if self.enabled:
+            import random
+
+            state = random.getstate()  # rich draws on Python's random when first imported
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            random.setstate(state)
+            console = Console(stderr=True)
+            if console.is_terminal:
+                self.progress = Progress(TextColumn("[bold]lrkit autopilot[/] {task.description}"), BarColumn(),
+                                         MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4g}"),
+                                         TimeRemainingColumn(), console=console, transient=True)
+                self.progress.start()
+                self.task = self.progress.add_task("finding the LR", total=math.ceil(0.3 * self.train_steps), loss=0.0)
+        return self
+
+    def training(self) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, description="training", total=self.train_steps, completed=0)
+
+    def step(self, loss: float) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, advance=1, loss=loss)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+class _Counted:
+    """The trainer, each step moving the bar (everything else forwarded)."""
+
+    def __init__(self, trainer: Any, bar: _Bar) -> None:
+        self._trainer, self._bar = trainer, bar
+
+    def step(self, lr: float) -> float:
+        loss = self._trainer.step(lr)
+        self._bar.step(float(loss))
+        return loss
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._trainer, name)
+
+
 @app.command("autopilot", help=_HELP)
 def autopilot_command(
     target: Annotated[Optional[str], typer.Argument(help="path/to/file.py:function or package.module:function (default: built-in digits example)")] = None,
@@ -81,7 +134,7 @@ def autopilot_command(
     if spec.get("framework", "torch") != "torch":
         raise CLIError(f"{target_name} is a {spec['framework']} task; lrkit autopilot trains PyTorch targets "
                        "(Keras, optax: use their autopilot callback/helper in your loop, see the README)")
-    from lrkit.autopilot import AutopilotError, check_optimizer, fly
+    from lrkit.autopilot import AutopilotError, check_optimizer, fly, plan_for
     from lrkit.doctor.guard import GuardGaveUp
     from lrkit.integrations.torch.autopilot import check_no_scheduler
     from lrkit.integrations.torch.trainer import TorchTrainer
@@ -99,8 +152,11 @@ def autopilot_command(
                                accumulation_steps=accumulation, grad_clip_norm=spec.get("grad_clip_norm"),
                                amp=bool(spec.get("amp", False)))
     try:
-        with _their_errors("training failed in your model, loss or data"):
-            flight = fly(trainer, family=family, train_steps=train_steps, seed=seed)
+        with _Bar(train_steps, enabled=True) as bar, _their_errors("training failed in your model, loss or data"):
+            counted = _Counted(trainer, bar)
+            plan, _ = plan_for(counted, family=family, train_steps=train_steps, seed=seed)
+            bar.training()
+            flight = fly(counted, family=family, train_steps=train_steps, plan=plan, seed=seed)
     except GuardGaveUp as exc:
         typer.echo(f"lrkit: the run was lost: {exc}", err=True)
         raise typer.Exit(1) from None
