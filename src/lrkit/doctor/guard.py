@@ -50,8 +50,11 @@ noise vouches for none of its states); with the doctor's ``lr_ceiling`` set (the
 it), snapshots taken while the LR was above it are passed over while another is left (a state
 trained at an LR known not to train, and an optimizer state shaped by it, is no state to go back
 to).
-When no snapshot qualifies, the oldest kept one (the initial state) is restored and the record
-says ``verified=False``. Snapshots newer than the one restored are dropped. The doctor goes back
+A run the doctor finds *stuck* since a blow-up (evidence ``stuck``: no decrease since the onset)
+goes back to a state from before the onset: every later state is the dead one, and its flat
+losses, the best level the run has had since, would vouch for it; a best snapshot taken while
+stuck is dropped too. When no snapshot qualifies, the oldest kept one (the initial state) is
+restored and the record says ``verified=False``. Snapshots newer than the one restored are dropped. The doctor goes back
 to its state at the snapshot; if that is still within its opening stretch (fewer than
 ``flat_steps`` observations), it starts afresh from the restored point instead, so that slow
 progress at the lowered LR is not judged against the opening losses at the failed LR (seen with
