@@ -37,6 +37,7 @@ def loss_fn(params, batch):
 def main(argv: list[str] | None = None) -> float:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=600, help="optimizer steps of the run")
+    ap.add_argument("--report", metavar="DIR", help="write DIR/report.html (self-contained) at the end")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     d = load_digits()
@@ -63,6 +64,10 @@ def main(argv: list[str] | None = None) -> float:
         params, opt_state = pilot.after_step(step, loss, params, opt_state, val_loss=val_loss)
     final = float(loss_fn(params, val[0]))
     print(pilot.report())
+    if args.report:  # the plan, the run as flown, every intervention
+        from lrkit.report.autopilot_report import write_autopilot_report
+
+        print(f"report: {write_autopilot_report(pilot, args.report)}")
     print(f"final validation loss {final:.4f} after {args.steps} steps (+{pilot.plan.finder_cost_steps} finder steps)")
     return final
 

@@ -25,6 +25,7 @@ from lrkit.keras import AutopilotCallback  # noqa: E402
 def main(argv: list[str] | None = None) -> float:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=600, help="optimizer steps of the run")
+    ap.add_argument("--report", metavar="DIR", help="write DIR/report.html (self-contained) at the end")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     keras.utils.set_random_seed(0)
@@ -43,6 +44,10 @@ def main(argv: list[str] | None = None) -> float:
               validation_data=(x_val, y_val), callbacks=[pilot], verbose=0)
     final = float(model.evaluate(x_val, y_val, verbose=0))
     print(pilot.pilot.report())
+    if args.report:  # the plan, the run as flown, every intervention
+        from lrkit.report.autopilot_report import write_autopilot_report
+
+        print(f"report: {write_autopilot_report(pilot, args.report)}")
     print(f"final validation loss {final:.4f} after {steps} steps (+{pilot.plan.finder_cost_steps} finder steps)")
     return final
 

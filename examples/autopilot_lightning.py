@@ -50,6 +50,7 @@ def data():
 def main(argv: list[str] | None = None) -> float:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=600, help="optimizer steps of the run")
+    ap.add_argument("--report", metavar="DIR", help="write DIR/report.html (self-contained) at the end")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(1)
@@ -62,6 +63,10 @@ def main(argv: list[str] | None = None) -> float:
     trainer.fit(Digits(), train, val)
     final = float(trainer.validate(trainer.lightning_module, val, verbose=False)[0]["val_loss"])
     print(pilot.pilot.report())
+    if args.report:  # the plan, the run as flown, every intervention
+        from lrkit.report.autopilot_report import write_autopilot_report
+
+        print(f"report: {write_autopilot_report(pilot, args.report)}")
     print(f"final validation loss {final:.4f} after {args.steps} steps "
           f"(+{pilot.plan.finder_cost_steps} finder steps)")
     return final

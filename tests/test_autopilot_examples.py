@@ -27,13 +27,12 @@ def test_example_runs(framework, tmp_path):
         pytest.importorskip(module)
     pytest.importorskip("sklearn")
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1", KERAS_BACKEND="torch")
-    report = ["--report", str(tmp_path / "report")] if framework == "torch" else []
+    report = ["--report", str(tmp_path / "report")]  # write_autopilot_report takes every framework's autopilot
     out = subprocess.run([sys.executable, str(script), "--steps", "60", *report], capture_output=True, text=True,
                          env=env, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout + out.stderr
     assert "lrkit autopilot: peak LR" in text, text[-2000:]
     assert "final validation loss" in text
-    if report:
-        page = (tmp_path / "report" / "report.html").read_text()
-        assert "lrkit autopilot" in page and 'id="autopilot-run"' in page
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "lrkit autopilot" in page and 'id="autopilot-run"' in page and "steps flown" in page
