@@ -10,6 +10,8 @@ import textwrap
 
 import pytest
 
+from _pty import run_on_terminal
+
 pytestmark = pytest.mark.torch
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
@@ -105,26 +107,9 @@ def test_bad_input_is_one_line_exit_2(task_file, args, message):
 
 
 def test_progress_bar_on_a_terminal_stderr_and_pure_json_on_stdout(task_file):
-    import pty
-
-    master, slave = pty.openpty()
-    try:
-        proc = subprocess.Popen([sys.executable, "-m", "lrkit", "autopilot", "my_task.py:task", "--steps", "60", "--json"],
-                                stdout=subprocess.PIPE, stderr=slave, env=ENV, cwd=task_file)
-        os.close(slave)
-        chunks = []
-        while True:
-            try:
-                data = os.read(master, 4096)
-            except OSError:  # the child closed the terminal
-                break
-            if not data:
-                break
-            chunks.append(data)
-        out, _ = proc.communicate(timeout=300)
-    finally:
-        os.close(master)
-    assert proc.returncode == 0
+    code, out, seen = run_on_terminal(
+        [sys.executable, "-m", "lrkit", "autopilot", "my_task.py:task", "--steps", "60", "--json"],
+        env=ENV, cwd=task_file, timeout=300)
+    assert code == 0
     assert json.loads(out)["train_steps"] == 60  # stdout stays pure JSON
-    seen = b"".join(chunks)
     assert b"finding the LR" in seen and b"training" in seen  # both phases drawn on the terminal

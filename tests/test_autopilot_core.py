@@ -29,6 +29,8 @@ from lrkit.autopilot import policy
 from lrkit.finder.result import FinderResult
 from lrkit.scaling import FAMILIES
 
+from _toy_trainers import Dying
+
 FAMS = [f for f in FAMILIES if f != "lr_free"]
 
 
@@ -291,36 +293,12 @@ def test_a_rollback_rewinds_the_schedule_into_the_steps_left():
         assert [resumed.lr(t) for t in range(T)] == [pilot.lr(t) for t in range(T)]
 
 
-class Dying:
-    """Killed by an LR above 1 at its second update: two huge losses, then its first loss for ever."""
-
-    def __init__(self):
-        self.dead, self.trained, self.since = False, 0, 0
-        self.rng = np.random.default_rng(0)
-
-    def snapshot(self):
-        return (self.dead, self.trained, self.since)
-
-    def restore(self, s):
-        self.dead, self.trained, self.since = s
-
-    def step(self, lr):
-        noise = float(np.exp(0.01 * self.rng.standard_normal()))
-        if self.dead:
-            self.since += 1
-            return (500.0 if self.since <= 2 else 2.3) * noise
-        if lr > 1.0 and self.trained > 0:
-            self.dead = True
-        self.trained += 1
-        return 2.3 * math.exp(-0.02 * self.trained) * noise + 0.05
-
-
 def test_a_blow_up_at_the_start_is_not_forgiven_and_cuts_the_lr_a_decade():
     """A run killed at its start and stuck: no healthy stretch came before, so no 'bad batch'
     forgiveness, and the LR is cut 10x (not halved: past the start's stability edge by an unknown
     factor) on a rollback to the initial state; at 0.3 it then trains."""
     plan = make_plan(family="sgd", train_steps=400, peak_lr=3.0, shape=S.constant(1.0))
-    t = Dying()
+    t = Dying(rate=0.02)
     pilot = Autopilot(plan, plateau=False).attach(t)
     lrs = _run(pilot, t, 400)
     (rb,) = [e for e in pilot.events if e.kind == "rollback"]

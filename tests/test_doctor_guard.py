@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from lrkit.doctor import Diagnosis, Doctor
 from lrkit.doctor.guard import Guard, GuardGaveUp, Intervention
 
+from _toy_trainers import Dying
+
 
 class LinReg:
     """Mini-batch SGD on least squares, NumPy only (a real Trainer: snapshot/restore/step).
@@ -805,35 +807,6 @@ def test_thinning_keeps_the_newest_two_and_reaches_back_geometrically(every, kee
     T = n * every + 1
     if n > keep and keep >= 4:
         assert T - labels[0] >= every * (T / every) ** ((keep - 2) / (keep - 1)) / 3
-
-
-class Dying:
-    """A network an LR above 1 kills in its first update: two huge losses, then its first loss
-    (chance) for ever, whatever the LR; below 1 it learns. State: (dead, trained steps, rng)."""
-
-    def __init__(self):
-        self.dead, self.trained, self.since = False, 0, 0
-        self.rng = np.random.default_rng(0)
-
-    def snapshot(self):
-        return (self.dead, self.trained, self.since, copy.deepcopy(self.rng.bit_generator.state))
-
-    def restore(self, s):
-        self.dead, self.trained, self.since = s[0], s[1], s[2]
-        self.rng.bit_generator.state = copy.deepcopy(s[3])
-
-    def evaluate(self):
-        return None
-
-    def step(self, lr):
-        noise = float(np.exp(0.01 * self.rng.standard_normal()))
-        if self.dead:
-            self.since += 1
-            return (500.0 if self.since <= 2 else 2.3) * noise
-        if lr > 1.0 and self.trained > 0:
-            self.dead = True
-        self.trained += 1
-        return 2.3 * math.exp(-0.05 * self.trained) * noise + 0.05
 
 
 def test_a_run_stuck_since_a_blow_up_goes_back_before_it_and_forgets_its_dead_best():

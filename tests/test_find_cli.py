@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from _pty import run_on_terminal
+
 pytestmark = pytest.mark.torch
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
@@ -164,28 +166,11 @@ def test_help_documents_the_target_contract():
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
 def test_progress_bar_on_a_terminal_stderr():
-    import pty
-
-    master, slave = pty.openpty()
-    try:
-        proc = subprocess.Popen([sys.executable, "-m", "lrkit", "find", "--json", "--num-iter", "40", "--verify-steps", "0"],
-                                stdout=subprocess.PIPE, stderr=slave, env=ENV)
-        os.close(slave)
-        chunks = []
-        while True:
-            try:
-                data = os.read(master, 4096)
-            except OSError:  # the child closed the terminal
-                break
-            if not data:
-                break
-            chunks.append(data)
-        out, _ = proc.communicate(timeout=120)
-    finally:
-        os.close(master)
-    assert proc.returncode == 0
+    code, out, seen = run_on_terminal(
+        [sys.executable, "-m", "lrkit", "find", "--json", "--num-iter", "40", "--verify-steps", "0"], env=ENV)
+    assert code == 0
     json.loads(out)  # stdout stays pure JSON
-    assert b"LR range test" in b"".join(chunks)  # the bar went to the terminal on stderr
+    assert b"LR range test" in seen  # the bar went to the terminal on stderr
 
 
 USER_ERRORS = {

@@ -85,28 +85,14 @@ class _Bar:
         if self.progress is not None:
             self.progress.update(self.task, description="training", total=self.train_steps, completed=0)
 
-    def step(self, loss: float) -> None:
+    def trainer_step(self, lr: float, loss: float) -> None:
+        """After every trainer step (the finder's and the run's): :func:`lrkit.integrations._progress.watched`'s hook."""
         if self.progress is not None:
             self.progress.update(self.task, advance=1, loss=loss)
 
     def __exit__(self, *exc: Any) -> None:
         if self.progress is not None:
             self.progress.stop()
-
-
-class _Counted:
-    """The trainer, each step moving the bar (everything else forwarded)."""
-
-    def __init__(self, trainer: Any, bar: _Bar) -> None:
-        self._trainer, self._bar = trainer, bar
-
-    def step(self, lr: float) -> float:
-        loss = self._trainer.step(lr)
-        self._bar.step(float(loss))
-        return loss
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._trainer, name)
 
 
 @app.command("autopilot", help=_HELP)
@@ -137,6 +123,7 @@ def autopilot_command(
     from lrkit.autopilot import AutopilotError, check_optimizer, fly, plan_for
     from lrkit.doctor.guard import GuardGaveUp
     from lrkit.integrations.torch.autopilot import check_no_scheduler
+    from lrkit.integrations._progress import _Watched  # the trainer, each step reported to the bar
     from lrkit.integrations.torch.trainer import TorchTrainer
 
     accumulation = int(spec.get("accumulation_steps") or 1)
@@ -153,7 +140,7 @@ def autopilot_command(
                                amp=bool(spec.get("amp", False)))
     try:
         with _Bar(train_steps, enabled=True) as bar, _their_errors("training failed in your model, loss or data"):
-            counted = _Counted(trainer, bar)
+            counted = _Watched(trainer, bar)
             plan, _ = plan_for(counted, family=family, train_steps=train_steps, seed=seed)
             bar.training()
             flight = fly(counted, family=family, train_steps=train_steps, plan=plan, seed=seed)

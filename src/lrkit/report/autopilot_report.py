@@ -98,10 +98,7 @@ def _run_figure(pilot: Autopilot, records: LogRecords) -> str:
                           size=(8, 4.5), note=note)
 
 
-def autopilot_report_html(pilot: Any, *, title: str = "lrkit autopilot", command: str | None = None) -> str:
-    """The page (a string) for ``pilot``: see the module docstring."""
-    from lrkit.report.html import report_page
-
+def _sections(pilot: Any, command: str | None) -> list[str]:
     p = _pilot(pilot)
     records = history_records(p)
     acts = p.interventions
@@ -117,17 +114,20 @@ def autopilot_report_html(pilot: Any, *, title: str = "lrkit autopilot", command
                  + (table(rows, ["step", "what", "in words"], numeric_from=99, table_id="events") if rows
                     else '<p id="events">Nothing: the plan was flown as made.</p>'))
     parts.append(run_section(command=command))
-    return report_page(title, parts)
+    return parts
+
+
+def autopilot_report_html(pilot: Any, *, title: str = "lrkit autopilot", command: str | None = None) -> str:
+    """The page (a string) for ``pilot``: see the module docstring."""
+    from lrkit.report.html import report_page
+
+    return report_page(title, _sections(pilot, command))
 
 
 def write_autopilot_report(pilot: Any, directory: str | Path, *, title: str = "lrkit autopilot",
                            command: str | None = None) -> Path:
     """Write the self-contained ``report.html`` for ``pilot`` into ``directory`` (created if
     needed) and return its path."""
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise ValueError(f"write_autopilot_report: directory {str(directory)!r} exists and is not a directory")
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "report.html"
-    path.write_text(autopilot_report_html(pilot, title=title, command=command), encoding="utf-8")
-    return path
+    from lrkit.report.html import write_report
+
+    return write_report(directory, title, _sections(pilot, command))

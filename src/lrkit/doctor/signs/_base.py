@@ -245,6 +245,10 @@ class Track:
         sig = 0.0 if math.isnan(self.sigma) else max(self.sigma, self.sigma_slow)
         return MEDIAN_EFF * sig / math.sqrt(self.short)
 
+    def max_lr(self, k: int) -> float:
+        """The highest LR of the last ``k`` losses (nan when none was logged)."""
+        return max((v for v in self.lrs.last(k) if v == v), default=math.nan)
+
     def lr_raised(self, lr: float | None = None) -> float:
         """How many times the LR (``lr``, default the current one) exceeds the LR at the best
         level (nan when either is unknown or the latter is 0)."""

@@ -60,7 +60,7 @@ class AtChance(Sign):
             return
         if chance is None:
             ceiling = self.config.get("lr_ceiling")
-            if ceiling is None or not any(v > ceiling for v in t.lrs.last(t.window)):
+            if ceiling is None or not t.max_lr(t.window) > ceiling:
                 return
             # above an LR known to be too high, the very first loss (initial weights: what a model
             # that learned nothing scores on this task) stands in for chance

@@ -139,7 +139,7 @@ class EarlyBlowUp(Sign):
         ceiling = self.config.get("lr_ceiling")
         if ceiling is None:
             return False
-        return any(lr > ceiling for lr in self.track.lrs.last(self.track.n))  # nan (no LR logged) compares False
+        return self.track.max_lr(self.track.n) > ceiling  # nan (no LR logged) compares False
 
     def explain(self, finding: Finding, step: int) -> tuple[tuple[str, ...], str]:
         return diverging_explanation(self.track, self.config, finding.onset, finding.evidence)

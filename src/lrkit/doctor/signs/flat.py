@@ -171,7 +171,7 @@ class Flat(Sign):
             if t.level - t.best > math.log(t.diverge_ratio):
                 early = t.first_step
         ceiling = self.config.get("lr_ceiling")
-        over = max((v for v in t.lrs.last(W) if v == v), default=math.nan) / ceiling if ceiling else math.nan
+        over = t.max_lr(W) / ceiling if ceiling else math.nan
         if early is None and over > 1.0:
             # flat at an LR known to be too high (lr_ceiling): not an LR too low -- stuck
             ev["lr_over_ceiling"] = over
