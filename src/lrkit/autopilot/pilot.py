@@ -108,7 +108,9 @@ class Autopilot:
         guard: roll back and lower the LR on ``nan``/``diverging`` (default ``True``).
         plateau: halve the LR when reported validation losses stall (default ``True``).
         doctor: the :class:`~lrkit.doctor.core.Doctor` the guard drives (default
-            ``Doctor(lr_ceiling=policy.lr_ceiling(plan.auto_peak_lr))``).
+            ``Doctor(lr_ceiling=policy.lr_ceiling(plan.auto_peak_lr), reference_run=plan.finder_reference)``:
+            a run whose scale is far above the autopilot's own and that stays behind the finder's best
+            short run is rolled back to that scale, :mod:`lrkit.doctor.signs.behind`).
         logger: where messages go (default ``logging.getLogger("lrkit.autopilot")``).
     """
 
@@ -125,7 +127,9 @@ class Autopilot:
         self.plan = plan
         self.use_guard = guard
         # a loss rising with the schedule's LR is not waited out above the ceiling (policy.lr_ceiling)
-        self.doctor = doctor if doctor is not None else Doctor(lr_ceiling=policy.lr_ceiling(plan.auto_peak_lr))
+        ceiling = policy.lr_ceiling(plan.auto_peak_lr)
+        self.doctor = doctor if doctor is not None else Doctor(
+            lr_ceiling=ceiling, reference_run=plan.finder_reference if ceiling is not None else None)
         self.logger = logger if logger is not None else logging.getLogger("lrkit.autopilot")
         self._schedule = plan.schedule
         self._plateau = ReduceOnPlateau(plan.schedule, **policy.plateau_settings()) if plateau else None

@@ -216,6 +216,9 @@ class AutopilotPlan:
         shape_source: ``"auto"`` (:func:`~lrkit.autopilot.policy.default_shape`) or ``"user"``.
         warmup_steps: steps before the shape first reaches its peak (no plateau reduction before).
         reasons: one sentence per decision.
+        finder_reference: ``(steps, loss, kind)`` of the finder's best verification run (``kind``
+            ``"val"`` or ``"train"``: what it was scored by), the doctor's ``reference_run``;
+            ``None`` when the finder verified nothing.
     """
 
     family: str
@@ -228,6 +231,7 @@ class AutopilotPlan:
     shape_source: str = "auto"
     warmup_steps: int = 0
     reasons: tuple[str, ...] = field(default_factory=tuple)
+    finder_reference: tuple[int, float, str] | None = None
 
     @property
     def schedule(self) -> Schedule:
@@ -244,14 +248,15 @@ class AutopilotPlan:
         return {"family": self.family, "train_steps": self.train_steps, "peak_lr": self.peak_lr,
                 "shape": self.shape.to_dict(), "auto_peak_lr": self.auto_peak_lr, "finder_lr": self.finder_lr,
                 "finder_cost_steps": self.finder_cost_steps, "shape_source": self.shape_source,
-                "warmup_steps": self.warmup_steps, "reasons": list(self.reasons)}
+                "warmup_steps": self.warmup_steps, "reasons": list(self.reasons),
+                "finder_reference": None if self.finder_reference is None else list(self.finder_reference)}
 
     @classmethod
     def from_dict(cls, d: Any) -> "AutopilotPlan":
         """Rebuild a plan from :meth:`to_dict` (checked)."""
         keys = {"family", "train_steps", "peak_lr", "shape", "auto_peak_lr", "finder_lr", "finder_cost_steps",
                 "shape_source", "warmup_steps", "reasons"}
-        if not isinstance(d, dict) or set(d) != keys:
+        if not isinstance(d, dict) or not keys <= set(d) <= keys | {"finder_reference"}:
             got = sorted(d) if isinstance(d, dict) else type(d).__name__
             raise AutopilotError(f"AutopilotPlan.from_dict: expected the keys {sorted(keys)}, got {got}")
         if d["family"] not in FAMILIES:
@@ -261,7 +266,36 @@ class AutopilotPlan:
                    auto_peak_lr=None if d["auto_peak_lr"] is None else float(d["auto_peak_lr"]),
                    finder_lr=None if d["finder_lr"] is None else float(d["finder_lr"]),
                    finder_cost_steps=int(d["finder_cost_steps"]), shape_source=str(d["shape_source"]),
-                   warmup_steps=int(d["warmup_steps"]), reasons=tuple(d["reasons"]))
+                   warmup_steps=int(d["warmup_steps"]), reasons=tuple(d["reasons"]),
+                   finder_reference=_reference(d.get("finder_reference")))
+
+
+def _reference(ref: Any) -> tuple[int, float, str] | None:
+    """A saved ``finder_reference`` (a plan saved before it existed has none)."""
+    if ref is None:
+        return None
+    if not isinstance(ref, (list, tuple)) or len(ref) != 3 or ref[2] not in ("val", "train"):
+        raise AutopilotError(f"AutopilotPlan.from_dict: finder_reference must be [steps, loss, 'val' | 'train'], got {ref!r}")
+    return int(ref[0]), float(ref[1]), str(ref[2])
+
+
+def finder_reference(details: Any) -> tuple[int, float, str] | None:
+    """``(steps, score, kind)`` of the best accepted verification candidate in a finder result's
+    ``details`` (``kind`` ``"val"`` when scored by ``evaluate()``), or ``None``.
+
+    Example:
+        >>> finder_reference({"score": "evaluate()", "candidates": [
+        ...     {"lr": 0.1, "score": None, "steps": 3}, {"lr": 0.01, "score": 0.5, "steps": 20}]})
+        (20, 0.5, 'val')
+    """
+    if not isinstance(details, dict):
+        return None
+    ok = [c for c in details.get("candidates") or () if c.get("score") is not None and math.isfinite(c["score"])]
+    if not ok:
+        return None
+    best = min(ok, key=lambda c: c["score"])
+    kind = "val" if details.get("score") == "evaluate()" else "train"
+    return int(best["steps"]), float(best["score"]), kind
 
 
 def _warmup_of(shape: Schedule, train_steps: int) -> int:
@@ -337,4 +371,5 @@ def make_plan(
                    "losses are reported)")
     return AutopilotPlan(family=family, train_steps=train_steps, peak_lr=peak, shape=shape_n, auto_peak_lr=auto,
                          finder_lr=finder_lr, finder_cost_steps=cost, shape_source=source,
-                         warmup_steps=_warmup_of(shape_n, train_steps), reasons=tuple(reasons))
+                         warmup_steps=_warmup_of(shape_n, train_steps), reasons=tuple(reasons),
+                         finder_reference=finder_reference(result.details) if result is not None else None)

@@ -55,6 +55,7 @@ import numpy as np
 
 from lrkit.doctor.signs import (
     AtChance,
+    BehindReference,
     Converged,
     EarlyBlowUp,
     Finding,
@@ -223,6 +224,11 @@ class Doctor:
             verified). A rise of the loss that came with a schedule's LR rise is normally excused
             until the schedule decays (:mod:`~lrkit.doctor.signs.diverging`); not once the LR has
             gone above this. ``None`` (default): no such knowledge.
+        reference_run: ``(steps, loss, kind)``: from this model's initial state, ``steps`` steps at an
+            LR below ``lr_ceiling`` reached ``loss`` (``kind`` ``"val"``: a validation loss;
+            ``"train"``: a training-loss level), e.g. the LR finder's best candidate. With
+            ``lr_ceiling``, a run that trained above the ceiling for 4x those steps and is still
+            25% behind it is ``diverging`` (:mod:`~lrkit.doctor.signs.behind`). ``None`` (default).
 
     Informational verdicts (``converged``, ``overfitting``) never outrank a problem and are not
     problems of the LR (``Diagnosis.ok`` is true): they are listed in ``Diagnosis.notes`` (and
@@ -278,6 +284,7 @@ class Doctor:
         overfit_tol: float = 0.1,
         chance_loss: float | None = None,
         lr_ceiling: float | None = None,
+        reference_run: tuple[int, float, str] | None = None,
     ) -> None:
         def need(name: str, value: Any, ok: bool, allowed: str) -> None:
             if not ok:
@@ -329,6 +336,8 @@ class Doctor:
         need("overfit_tol", overfit_tol, is_num(overfit_tol) and overfit_tol > 0, "a number > 0")
         need("lr_ceiling", lr_ceiling, lr_ceiling is None or (is_num(lr_ceiling) and lr_ceiling > 0),
              "None or a finite number > 0")
+        need("reference_run", reference_run, _reference_ok(reference_run),
+             "None or (steps, loss, kind): an int >= 1, a finite number and 'val' or 'train'")
         need("chance_loss", chance_loss, _chance_ok(chance_loss, loss_floor),
              f"None or a finite number > loss_floor={loss_floor!r}")
         self._config: dict[str, Any] = {
@@ -355,6 +364,8 @@ class Doctor:
             "overfit_tol": float(overfit_tol),
             "chance_loss": None if chance_loss is None else float(chance_loss),
             "lr_ceiling": None if lr_ceiling is None else float(lr_ceiling),
+            "reference_run": None if reference_run is None else (
+                int(reference_run[0]), float(reference_run[1]), str(reference_run[2])),
         }
 
         self.reset()
@@ -372,6 +383,7 @@ class Doctor:
             RaisedAndHeld(t, c),  # diverging: an LR raise held while the loss got worse
             EarlyBlowUp(t, c),  # diverging: a blow-up in the first window
             AtChance(t, c),  # diverging: blew up above chance level, came back only to it (chance_loss)
+            BehindReference(t, c),  # diverging: above lr_ceiling and behind a known short run (reference_run)
             LossSpikes(t, c, rise=self._rise),  # fluctuating: loss spikes that come back
             MetricSwing(t, c),  # fluctuating: a validation metric swings without progress
             Flat(t, c),  # flat: never started to decrease (diverging when stuck after a blow-up)
@@ -653,8 +665,9 @@ class Doctor:
             # states saved before these thresholds existed: they had the defaults
             saved.setdefault(k, v)
         chance = saved.pop("chance_loss")
-        saved.pop("lr_ceiling")  # knowledge about the run, not a threshold: this doctor's own stands
-        current = {k: v for k, v in self._config.items() if k not in ("chance_loss", "lr_ceiling")}
+        for k in _RUN_FACTS:  # knowledge about the run, not thresholds: this doctor's own stand
+            saved.pop(k)
+        current = {k: v for k, v in self._config.items() if k not in ("chance_loss",) + _RUN_FACTS}
         if saved != current:
             diff = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
             raise ValueError(f"Doctor.load_state_dict: config differs from this doctor's (saved, current): {diff}")
@@ -730,11 +743,24 @@ _LATER_DEFAULTS: dict[str, Any] = {
     "overfit_tol": 0.1,
     "chance_loss": None,
     "lr_ceiling": None,
+    "reference_run": None,
 }
+#: config entries that are facts about the run a doctor watches (its own stand on load_state_dict)
+_RUN_FACTS = ("lr_ceiling", "reference_run")
 
 
 def _finite_number(v: Any) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _reference_ok(value: Any) -> bool:
+    if value is None:
+        return True
+    if not isinstance(value, (tuple, list)) or len(value) != 3:
+        return False
+    steps, loss, kind = value
+    return (isinstance(steps, (int, np.integer)) and not isinstance(steps, bool) and steps >= 1
+            and _finite_number(loss) and kind in ("val", "train"))
 
 
 def _chance_ok(value: Any, loss_floor: float) -> bool:

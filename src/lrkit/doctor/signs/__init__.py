@@ -14,6 +14,7 @@ sign                   verdict                     file
 :class:`RaisedAndHeld` ``diverging``              ``lr_held.py``
 :class:`EarlyBlowUp`   ``diverging``               ``early_blowup.py``
 :class:`AtChance`      ``diverging``               ``chance.py``
+:class:`BehindReference`  ``diverging``            ``behind.py``
 :class:`LossSpikes`    ``fluctuating``             ``fluctuating.py``
 :class:`MetricSwing`   ``fluctuating``             ``metric_swing.py``
 :class:`Flat`          ``flat`` (``diverging``)    ``flat.py``
@@ -22,6 +23,7 @@ sign                   verdict                     file
 =====================  ==========================  =============================================
 """
 from lrkit.doctor.signs._base import Finding, Observation, Sign, Track
+from lrkit.doctor.signs.behind import BehindReference
 from lrkit.doctor.signs.chance import AtChance
 from lrkit.doctor.signs.converged import Converged
 from lrkit.doctor.signs.diverging import LossRise
@@ -45,6 +47,7 @@ __all__ = [
     "RaisedAndHeld",
     "EarlyBlowUp",
     "AtChance",
+    "BehindReference",
     "LossSpikes",
     "MetricSwing",
     "Flat",
