@@ -479,26 +479,8 @@ def suggest(
         >>> s.method, s.details["batch_scaling"]["rule"]
         ('rule+scaled', 'sqrt')
     """
-    if family not in scaling.FAMILIES:
-        raise ValueError(f"family must be one of {', '.join(scaling.FAMILIES)}, got {family!r}")
-    verify_steps = _check_int("verify_steps", verify_steps, 0)
-    verify_budget = _check_int("verify_budget", verify_budget, 0, allow_none=True)
-    batch_size = _check_int("batch_size", batch_size, 1, allow_none=True)
-    target_batch_size = _check_int("target_batch_size", target_batch_size, 1, allow_none=True)
-    rng_seed = _check_int("rng_seed", rng_seed, 0)
-    if target_batch_size is not None and batch_size is None:
-        raise ValueError(
-            f"target_batch_size={target_batch_size} needs batch_size (the range test's batch size), got None"
-        )
-    if verify_steps > 0 and trainer is None:
-        raise ValueError(f"verify_steps={verify_steps} needs a trainer to run the candidates on, got trainer=None")
-    if trainer is not None:
-        for attr in ("snapshot", "restore", "step", "evaluate"):
-            if not callable(getattr(trainer, attr, None)):
-                raise ValueError(
-                    f"trainer must implement the Trainer protocol (snapshot, restore, step, evaluate); "
-                    f"{type(trainer).__name__} has no method {attr!r}"
-                )
+    verify_steps, verify_budget, batch_size, target_batch_size, rng_seed = _checked_args(
+        family, verify_steps, verify_budget, batch_size, target_batch_size, rng_seed, trainer)
     n_given = len(np.atleast_1d(np.asarray(lrs)))
     x, raw = check_curve(lrs, losses)
     if len(x) < 4:
@@ -529,73 +511,104 @@ def suggest(
         verify_steps = 0
         details["verify_steps"] = 0
     if verify_steps > 0:
-        if rule_info["informative"]:
-            top, decade = rule_info["loss_min_lr"], GRID_RATIO**2
-        else:  # the curve never got below its start: search the recorded range from its top
-            top, decade = float(x[-1]), WIDE_RATIO
-        details["grid"] = {"top": top, "ratio": decade, "informative_curve": rule_info["informative"],
-                           "budget_steps": budget}
-        ceiling = float(x[-1]) * WIDE_RATIO
-        search, used = _verify(trainer, top, float(x[0]), ceiling, verify_steps, decade, budget)
-        results, ref_eval = search.results, search.ref_eval
-        details["candidates"] = results
-        details["verify_steps_used"] = used
-        details["start_score"] = ref_eval
-        details["score"] = "evaluate()" if ref_eval is not None else "mean training loss, last third"
-        best = search.best()
-        if best is not None:
-            lr_short, band, refine, edges = _pick(search)
-            factor = SHORT_RUN_FACTOR
-            lr = max(lr_short / factor, float(x[0]))
-            band = (max(band[0] / factor, float(x[0]) / GRID_RATIO), band[1] / factor)
-            details["short_run_optimum"] = lr_short
-            details["refine"] = refine
-            details["edges"] = edges
-            method = "verified"
-            if search.progress(best) < MIN_PROGRESS:
-                method = "unverified(no progress)"
-                warnings.append(
-                    f"no candidate improved its start by {MIN_PROGRESS:.0%} in {verify_steps}-step runs: the "
-                    "verification could not tell the LRs apart; pass train_steps (or a larger verify_steps) "
-                    "and a val_loader, or treat the answer as a guess")
-            elif edges["lower_open"] and len(search.ok()) > 1:
-                warnings.append(
-                    "the best candidate is the lowest one the budget allowed: a lower LR may be better "
-                    "(the band reaches a grid step below it)")
-            elif edges["upper_open"] and len(search.ok()) > 1:
-                warnings.append(
-                    "the best candidate is the highest one tried: a higher LR may be better "
-                    "(the band reaches a grid step above it)")
-        else:
-            lr = min(rule_lr, min(r["lr"] for r in results) / decade)
-            lr = max(lr, float(x[0]))
-            band = (lr / GRID_RATIO, lr * GRID_RATIO)
-            method = "rule(verification rejected all)"
-            warnings.append(
-                "every candidate diverged or failed to improve in a cold start; the answer, "
-                "min(rule answer, lowest candidate / grid ratio) but not below the first range-test LR, "
-                "is unverified. Lower start_lr, check the model, or raise verify_steps.")
-            details["warning"] = warnings[-1]
+        lr, band, method = _verified_answer(trainer, x, rule_lr, rule_info, verify_steps, budget, details, warnings)
     else:
         details["verify_steps_used"] = 0
         lr = rule_lr
         lo, hi = _bootstrap_band(x, raw, s, family, rng_seed)
         band = (min(lo, lr), max(hi, lr))
-        method = "rule"
-        if rule_info["flat_curve"]:
-            method += "+flat"
+        method = "rule+flat" if rule_info["flat_curve"] else "rule"
     band = (float(min(band[0], lr)), float(max(band[1], lr)))
     details["warnings"] = warnings
     details["uncertainty"] = _uncertainty(band, rules)
-
     if batch_size is not None and target_batch_size is not None and target_batch_size != batch_size:
-        rule_name = scaling.scaling_rule(family)
-        new_lr = scaling.scale_lr(lr, batch_size, target_batch_size, rule="auto", family=family)
-        factor = new_lr / lr
-        details["batch_scaling"] = {
-            "from_batch_size": batch_size, "to_batch_size": target_batch_size, "rule": rule_name,
-            "factor": factor, "lr_before": lr,
-        }
-        lr, band = new_lr, (band[0] * factor, band[1] * factor)
+        lr, band = _rescaled(lr, band, family, batch_size, target_batch_size, details)
         method += "+scaled"
     return Suggestion(lr=float(lr), method=method, band=(float(band[0]), float(band[1])), rules=rules, details=details)
+
+
+def _checked_args(family: str, verify_steps: Any, verify_budget: Any, batch_size: Any, target_batch_size: Any,
+                  rng_seed: Any, trainer: Any) -> tuple:
+    """:func:`suggest`'s arguments checked (one clear error naming the first bad one), ints normalised."""
+    if family not in scaling.FAMILIES:
+        raise ValueError(f"family must be one of {', '.join(scaling.FAMILIES)}, got {family!r}")
+    verify_steps = _check_int("verify_steps", verify_steps, 0)
+    verify_budget = _check_int("verify_budget", verify_budget, 0, allow_none=True)
+    batch_size = _check_int("batch_size", batch_size, 1, allow_none=True)
+    target_batch_size = _check_int("target_batch_size", target_batch_size, 1, allow_none=True)
+    rng_seed = _check_int("rng_seed", rng_seed, 0)
+    if target_batch_size is not None and batch_size is None:
+        raise ValueError(
+            f"target_batch_size={target_batch_size} needs batch_size (the range test's batch size), got None"
+        )
+    if verify_steps > 0 and trainer is None:
+        raise ValueError(f"verify_steps={verify_steps} needs a trainer to run the candidates on, got trainer=None")
+    if trainer is not None:
+        for attr in ("snapshot", "restore", "step", "evaluate"):
+            if not callable(getattr(trainer, attr, None)):
+                raise ValueError(
+                    f"trainer must implement the Trainer protocol (snapshot, restore, step, evaluate); "
+                    f"{type(trainer).__name__} has no method {attr!r}"
+                )
+    return verify_steps, verify_budget, batch_size, target_batch_size, rng_seed
+
+
+def _verified_answer(trainer: Any, x: np.ndarray, rule_lr: float, rule_info: dict, verify_steps: int, budget: int,
+                     details: dict, warnings: list[str]) -> tuple[float, tuple[float, float], str]:
+    """Steps 3-5 of the module docstring: ``(lr, band, method)``; the candidates and what the pick
+    did go into ``details``, what the user should know into ``warnings``."""
+    if rule_info["informative"]:
+        top, decade = rule_info["loss_min_lr"], GRID_RATIO**2
+    else:  # the curve never got below its start: search the recorded range from its top
+        top, decade = float(x[-1]), WIDE_RATIO
+    details["grid"] = {"top": top, "ratio": decade, "informative_curve": rule_info["informative"],
+                       "budget_steps": budget}
+    ceiling = float(x[-1]) * WIDE_RATIO
+    search, used = _verify(trainer, top, float(x[0]), ceiling, verify_steps, decade, budget)
+    details["candidates"] = search.results
+    details["verify_steps_used"] = used
+    details["start_score"] = search.ref_eval
+    details["score"] = "evaluate()" if search.ref_eval is not None else "mean training loss, last third"
+    best = search.best()
+    if best is None:
+        lr = max(min(rule_lr, min(r["lr"] for r in search.results) / decade), float(x[0]))
+        warnings.append(
+            "every candidate diverged or failed to improve in a cold start; the answer, "
+            "min(rule answer, lowest candidate / grid ratio) but not below the first range-test LR, "
+            "is unverified. Lower start_lr, check the model, or raise verify_steps.")
+        details["warning"] = warnings[-1]
+        return lr, (lr / GRID_RATIO, lr * GRID_RATIO), "rule(verification rejected all)"
+    lr_short, band, refine, edges = _pick(search)
+    factor = SHORT_RUN_FACTOR
+    lr = max(lr_short / factor, float(x[0]))
+    band = (max(band[0] / factor, float(x[0]) / GRID_RATIO), band[1] / factor)
+    details["short_run_optimum"] = lr_short
+    details["refine"] = refine
+    details["edges"] = edges
+    if search.progress(best) < MIN_PROGRESS:
+        warnings.append(
+            f"no candidate improved its start by {MIN_PROGRESS:.0%} in {verify_steps}-step runs: the "
+            "verification could not tell the LRs apart; pass train_steps (or a larger verify_steps) "
+            "and a val_loader, or treat the answer as a guess")
+        return lr, band, "unverified(no progress)"
+    if edges["lower_open"] and len(search.ok()) > 1:
+        warnings.append(
+            "the best candidate is the lowest one the budget allowed: a lower LR may be better "
+            "(the band reaches a grid step below it)")
+    elif edges["upper_open"] and len(search.ok()) > 1:
+        warnings.append(
+            "the best candidate is the highest one tried: a higher LR may be better "
+            "(the band reaches a grid step above it)")
+    return lr, band, "verified"
+
+
+def _rescaled(lr: float, band: tuple[float, float], family: str, batch_size: int, target_batch_size: int,
+              details: dict) -> tuple[float, tuple[float, float]]:
+    """Step 6: the answer and band moved to ``target_batch_size`` (:func:`lrkit.scaling.scale_lr`, ``rule="auto"``)."""
+    new_lr = scaling.scale_lr(lr, batch_size, target_batch_size, rule="auto", family=family)
+    factor = new_lr / lr
+    details["batch_scaling"] = {
+        "from_batch_size": batch_size, "to_batch_size": target_batch_size, "rule": scaling.scaling_rule(family),
+        "factor": factor, "lr_before": lr,
+    }
+    return new_lr, (band[0] * factor, band[1] * factor)
