@@ -194,26 +194,7 @@ def tune(
         >>> 1e-3 < r.best_lr < 1e-2, len(r.trials)
         (True, 6)
     """
-    if not callable(objective):
-        raise ValueError(f"objective must be a function objective(lr, trial) -> float, got {type(objective).__name__}")
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
-    if direction not in ("minimize", "maximize"):
-        raise ValueError(f"direction must be 'minimize' or 'maximize', got {direction!r}")
-    n_trials = _check_count("n_trials", n_trials, 1)
-    train_steps = _check_count("train_steps", train_steps, 1)
-    if budget is not None:
-        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget <= 0:
-            raise ValueError(f"budget must be a number of training-run equivalents > 0, got {budget!r}")
-        if train_steps is None:
-            raise ValueError("budget needs train_steps (the optimizer steps of one full run)")
-    if n_trials is None and budget is None:
-        raise ValueError("say how long to search: n_trials=N or budget=RUNS with train_steps=STEPS")
-    if family is not None:
-        from lrkit.scaling import FAMILIES
-
-        if family not in FAMILIES:
-            raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
+    n_trials, train_steps = _checked_args(objective, strategy, direction, n_trials, train_steps, budget, family)
     lo, hi = _resolve_range(low, high, family, values if strategy == "grid" else None, finder)
     if strategy == "lrkit" and prior is None:
         prior = Prior.from_finder(finder, low=lo, high=hi) if finder is not None else Prior.from_range(lo, hi, family=family)
@@ -256,6 +237,32 @@ def tune(
             study.optimize(_wrap(objective, lo, hi, chain, extra), n_trials=None, catch=(),
                            callbacks=[stopper, *callbacks], gc_after_trial=False)
     return load_result(study, strategy=strategy, train_steps=train_steps, prior=prior)
+
+
+def _checked_args(objective: Any, strategy: str, direction: str, n_trials: Any, train_steps: Any, budget: Any,
+                  family: str | None) -> tuple[int | None, int | None]:
+    """:func:`tune`'s arguments checked (one clear error naming the first bad one); ``(n_trials, train_steps)``."""
+    if not callable(objective):
+        raise ValueError(f"objective must be a function objective(lr, trial) -> float, got {type(objective).__name__}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    if direction not in ("minimize", "maximize"):
+        raise ValueError(f"direction must be 'minimize' or 'maximize', got {direction!r}")
+    n_trials = _check_count("n_trials", n_trials, 1)
+    train_steps = _check_count("train_steps", train_steps, 1)
+    if budget is not None:
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget <= 0:
+            raise ValueError(f"budget must be a number of training-run equivalents > 0, got {budget!r}")
+        if train_steps is None:
+            raise ValueError("budget needs train_steps (the optimizer steps of one full run)")
+    if n_trials is None and budget is None:
+        raise ValueError("say how long to search: n_trials=N or budget=RUNS with train_steps=STEPS")
+    if family is not None:
+        from lrkit.scaling import FAMILIES
+
+        if family not in FAMILIES:
+            raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
+    return n_trials, train_steps
 
 
 _WORKER = f"{socket.gethostname()}:{os.getpid()}"
