@@ -440,9 +440,15 @@ def render(out: dict, faults: dict, skipped: list[str], seconds: float) -> str:
             "at most +7.3% after). The held-out MNIST/SGD-momentum losses (3 of 4 at chance) were read from "
             "this table's events after the first three rules, and the chance rule was added after: its seed 3 "
             "is no longer unseen. A rollback also rewinds the schedule to where the restored state was "
-            "trained (a run sent to its start warms up again). Where no rollback shows above, nothing the "
-            "guard acts on was seen (diabetes seed 2: a single 4x spike, then a noisy 2x level that neither "
-            "the doctor nor a plateau cut to the autopilot's own scale (tried) brings back)."]
+            "trained (a run sent to its start warms up again). Last, a run that neither blows up nor stays "
+            "flat (development diabetes seed 2: one 4x spike, then a noisy level at twice its clean loss, "
+            "+104% with no rollback) is measured against the finder's own best verification run, which the plan "
+            "now carries: trained above the ceiling for 4x that run's steps and still 25% behind its loss "
+            "(validation loss when the finder scored by one), it is diverging (`lrkit.doctor.signs.behind`), "
+            "rolled back to its start and to the autopilot's scale (+1.7%). Designed on that run alone; checked "
+            "on the development side to leave good scales above the ceiling alone (sparse text/Adagrad at 5x and "
+            "10x, big-batch MNIST at 2x and 5x: no rollback, as before); the held-out MNIST/SGD-momentum worst "
+            "(+11.9%, caught by the 200-step stuck rule at step 199) is now caught earlier, unlooked-at."]
     lines += ["", "Reading: the autopilot's regret follows its peak's distance from the oracle's (column 'autopilot "
               "peak / oracle'), i.e. the finder's constant-LR answer times the shape factor; the largest misses are "
               "the ill-conditioned logistic regressions (SGD, 3-4x low), the sparse text/Adagrad run (11x low), "
