@@ -219,6 +219,9 @@ def test_plateau_halves_the_lr_after_three_stalled_validations_never_during_warm
     assert pilot.plateau_scale == 0.5
     assert [e.kind for e in pilot.events] == ["plateau"]
     assert pilot.lr(500) == pytest.approx(0.5 * plan.schedule(500))
+    for t, v in zip(range(960, 1000, 13), [0.8, 0.8, 0.8, 0.8]):  # a stall whose third comes at the last step (999)
+        pilot.observe(t, 1.0, val_loss=v)
+    assert pilot.plateau_scale == 0.5 and [e.kind for e in pilot.events] == ["plateau"]  # nothing left to lower
 
 
 def test_resume_from_state_dict_continues_exactly_without_a_finder():

@@ -10,7 +10,7 @@ pytest.importorskip("sklearn")
 
 
 @pytest.mark.slow
-def test_demo_json_reports_both_runs_and_writes_the_pictures(tmp_path):
+def test_demo_json_reports_the_runs_and_writes_the_pictures(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "lrkit", "demo", "--out", str(tmp_path), "--steps", "60", "--seeds", "1", "--json"],
         capture_output=True, text=True, timeout=300,
@@ -23,6 +23,10 @@ def test_demo_json_reports_both_runs_and_writes_the_pictures(tmp_path):
     assert 10 <= summary["finder_steps"] <= 20  # planned from --steps 60: a 10-step ramp, 5 checks of 2 steps
     for run in ("at_suggestion", "at_default"):
         assert 0.0 <= summary[run]["val_accuracy"] <= 1.0 and summary[run]["runs"] == 1
+    # the autopilot trained it too, with no LR given: its own finder (counted) and its peak
+    ap = summary["autopilot"]
+    assert ap["runs"] == 1 and 0.0 <= ap["val_accuracy"] <= 1.0 and ap["peak_lr"] > 0
+    assert 10 <= ap["finder_steps"] <= 18 and ap["val_loss"] < 2.3  # better than chance (ln 10)
     # the suggestion trains the example at least about as well as the rule of thumb
     assert summary["at_suggestion"]["val_loss"] <= summary["at_default"]["val_loss"] * 1.1
     for path in summary["files"].values():

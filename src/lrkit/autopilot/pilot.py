@@ -222,8 +222,8 @@ class Autopilot:
         return rolled
 
     def _plateau_check(self, step: int, val_loss: float) -> None:
-        if self._plateau is None or step < self.plan.warmup_steps:
-            return
+        if self._plateau is None or step < self.plan.warmup_steps or step + 1 >= self.plan.train_steps:
+            return  # in the warmup, or at the run's last step: nothing is left to train at a lowered LR
         old = self._pstate.scale
         self._pstate = self._plateau.update(self._pstate, val_loss)
         if self._pstate.scale < old:

@@ -5,7 +5,9 @@
 2. saves the loss-vs-LR plot with the suggestion marked, and a self-contained HTML report;
 3. trains the example briefly (a one-cycle schedule) at the suggested LR and at the optimizer's
    rule-of-thumb default, over a few seeds, and shows the difference in validation loss and
-   accuracy; the two schedules are plotted too.
+   accuracy; the two schedules are plotted too;
+4. trains it once more per seed with the autopilot and no LR at all (:func:`lrkit.autopilot.fly`:
+   its own finder within 30% of the run, its schedule, its guard), with the finder's steps counted.
 """
 from __future__ import annotations
 
@@ -29,6 +31,31 @@ def _trained(task_factory, lr: float, *, steps: int, seeds: list[int], schedule:
         "val_loss": statistics.median(r["val_loss"] for r in runs),
         "val_accuracy": statistics.median(r["val_accuracy"] for r in runs),
         "diverged": sum(bool(r["diverged"]) for r in runs),
+        "runs": len(runs),
+    }
+
+
+def _autopiloted(task_factory, *, steps: int, seeds: list[int]) -> dict[str, Any]:
+    """Each seed's example trained by the autopilot (no LR given): its final validation loss and accuracy."""
+    from lrkit.autopilot import check_optimizer, fly
+    from lrkit.examples.digits import evaluate
+    from lrkit.integrations.torch.trainer import TorchTrainer
+
+    runs = []
+    for seed in seeds:
+        task = task_factory(seed)
+        trainer = TorchTrainer(task.model, task.optimizer, task.loss_fn, task.train_loader, val_loader=task.val_loader)
+        flight = fly(trainer, family=check_optimizer(task.optimizer), train_steps=steps, seed=seed)
+        loss, acc = evaluate(task, task.model)
+        runs.append({"val_loss": loss, "val_accuracy": acc, "peak_lr": flight.pilot.plan.peak_lr,
+                     "finder_steps": flight.pilot.plan.finder_cost_steps,
+                     "interventions": len(flight.pilot.interventions)})
+    return {
+        "peak_lr": statistics.median(r["peak_lr"] for r in runs),
+        "val_loss": statistics.median(r["val_loss"] for r in runs),
+        "val_accuracy": statistics.median(r["val_accuracy"] for r in runs),
+        "finder_steps": max(r["finder_steps"] for r in runs),
+        "interventions": sum(r["interventions"] for r in runs),
         "runs": len(runs),
     }
 
@@ -65,6 +92,7 @@ def run_demo(
     factory = lambda seed: digits_task(seed=seed, optimizer=optimizer)  # noqa: E731
     at_suggestion = _trained(factory, result.suggestion, steps=steps, seeds=seed_list, schedule="one_cycle")
     at_default = _trained(factory, task.default_lr, steps=steps, seeds=seed_list, schedule="one_cycle")
+    autopilot = _autopiloted(factory, steps=steps, seeds=seed_list)
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     schedules.one_cycle(max_lr=result.suggestion, total_steps=steps).plot(ax=ax, steps=steps, label="one_cycle at the suggestion")
@@ -86,6 +114,7 @@ def run_demo(
         "steps": steps,
         "at_suggestion": at_suggestion,
         "at_default": at_default,
+        "autopilot": autopilot,
         "files": {"finder_plot": str(out / "finder.png"), "report": str(out / "report" / "report.html"),
                   "schedules_plot": str(out / "schedules.png")},
     }
@@ -129,6 +158,17 @@ def format_demo(summary: dict[str, Any]) -> str:
         f"  {'suggested ' + format(s['lr'], '.3g'):<22}{s['val_loss']:>10.4f}{s['val_accuracy']:>10.3f}{s['diverged']:>10}",
         f"  {'default ' + format(d['lr'], '.3g'):<22}{d['val_loss']:>10.4f}{d['val_accuracy']:>10.3f}{d['diverged']:>10}",
         f"  difference: val loss {s['val_loss'] - d['val_loss']:+.4f}, accuracy {s['val_accuracy'] - d['val_accuracy']:+.3f}",
+    ]
+    a = summary.get("autopilot")
+    if a is not None:
+        lines += [
+            "",
+            f"The autopilot, no LR given ({summary['steps']} steps, its own finder within 30% of the run and "
+            f"its schedule; median of {a['runs']} seeds):",
+            f"  {'peak LR ' + format(a['peak_lr'], '.3g'):<22}{a['val_loss']:>10.4f}{a['val_accuracy']:>10.3f}"
+            f"   (finder {a['finder_steps']} steps, {a['interventions']} interventions)",
+        ]
+    lines += [
         "",
         "Wrote " + ", ".join(summary["files"].values()),
     ]
