@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from lrkit import schedules as S
 from lrkit.autopilot import Autopilot, make_plan
@@ -136,3 +137,22 @@ def test_a_user_scale_that_damaged_the_network_is_rolled_back_to_the_autopilots_
     for t in range(400):
         blind.observe(t, plain.step(blind.lr(t)))
     assert [e.step for e in blind.events if e.kind == "rollback"] == [199]
+
+
+@settings(max_examples=30, deadline=None)
+@given(steps=st.integers(5, 60), tau=st.floats(5, 80), floor=st.floats(0.01, 0.5), noise=st.floats(0.0, 0.3),
+       over=st.floats(1.5, 100), seed=st.integers(0, 10_000))
+def test_a_run_that_gets_to_the_reference_is_never_called_behind(steps, tau, floor, noise, over, seed):
+    """Whatever the reference's length, the run's speed, floor and noise, and however far above the
+    ceiling: a run whose level reaches the reference's loss within 4x its steps is not behind it
+    (the reference is what the run's own curve shows at that length, 25% above its floor)."""
+    rng = np.random.default_rng(seed)
+    n = max(8 * steps, 120)
+    t = np.arange(n)
+    clean = 2.3 * np.exp(-t / tau) + floor
+    ref = float(clean[min(4 * steps, n - 1) // 2]) * 1.0  # the run is there by half the patience
+    losses = clean * np.exp(noise * rng.standard_normal(n))
+    doc = Doctor(window=20, lr_ceiling=1.0, reference_run=(steps, ref, "train"))
+    for i, loss in enumerate(losses):
+        doc.observe(i, float(loss), lr=over)
+    assert not any("behind_reference" in h.evidence for h in doc.history)
