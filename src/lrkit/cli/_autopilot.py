@@ -123,7 +123,7 @@ def autopilot_command(
     from lrkit.autopilot import AutopilotError, check_optimizer, fly, plan_for
     from lrkit.doctor.guard import GuardGaveUp
     from lrkit.integrations.torch.autopilot import check_no_scheduler
-    from lrkit.integrations._progress import _Watched  # the trainer, each step reported to the bar
+    from lrkit.integrations._progress import Watched  # the trainer, each step reported to the bar
     from lrkit.integrations.torch.trainer import TorchTrainer
 
     accumulation = int(spec.get("accumulation_steps") or 1)
@@ -140,7 +140,7 @@ def autopilot_command(
                                amp=bool(spec.get("amp", False)))
     try:
         with _Bar(train_steps, enabled=True) as bar, _their_errors("training failed in your model, loss or data"):
-            counted = _Watched(trainer, bar)
+            counted = Watched(trainer, bar)
             plan, _ = plan_for(counted, family=family, train_steps=train_steps, seed=seed)
             bar.training()
             flight = fly(counted, family=family, train_steps=train_steps, plan=plan, seed=seed)

@@ -87,10 +87,11 @@ class _PhasedBar:
         self._bar.update(self._verify_task, advance=1, lr=lr, loss=loss)
 
 
-class _Watched:
-    """A Trainer that reports each step to a :class:`_PhasedBar` (everything else is forwarded)."""
+class Watched:
+    """A Trainer that reports each step to ``bar.trainer_step(lr, loss)`` (the finder's :class:`_PhasedBar`,
+    or ``lrkit autopilot``'s bar); everything else is forwarded."""
 
-    def __init__(self, trainer: Any, bar: _PhasedBar) -> None:
+    def __init__(self, trainer: Any, bar: Any) -> None:
         self._trainer, self._bar = trainer, bar
 
     def step(self, lr: float) -> float:
@@ -120,7 +121,7 @@ def watched(trainer: Any, callback: Any, *, verify_steps: int = 0) -> Any:
     from lrkit.finder.suggest import MAX_TRIED
 
     callback.verify_total = max(int(verify_steps), 0) * MAX_TRIED or None
-    return _Watched(trainer, callback)
+    return Watched(trainer, callback)
 
 
 def progress_context(progress: Any, total: int, *, enabled: bool = True):
