@@ -118,6 +118,10 @@ def test_the_plan_carries_the_finders_best_short_run_and_older_plans_still_load(
     d.pop("finder_reference")  # a plan saved before the reference existed
     assert AutopilotPlan.from_dict(d).finder_reference is None
     assert Autopilot(plan).doctor.config["reference_run"] == (16, 0.5, "train")
+    assert not any(r.startswith("watch:") for r in plan.reasons)  # the autopilot's own peak: nothing to say
+    hot = make_plan(_result(), family="sgd", train_steps=300, shape=S.constant(1.0), peak_lr=0.03)
+    watch = [r for r in hot.reasons if r.startswith("watch:")]
+    assert len(watch) == 1 and "0.5 training loss in 16 steps" in watch[0] and "after 64 steps" in watch[0]
 
 
 def test_a_user_scale_that_damaged_the_network_is_rolled_back_to_the_autopilots_own():

@@ -367,9 +367,18 @@ def make_plan(
     g = policy.guard_settings(train_steps)
     reasons.append(f"guard: snapshot every {g['snapshot_every']} healthy steps; on divergence roll back and "
                    f"lower the LR x{policy.GAMMA} (a first problem out of a healthy run keeps the LR: a bad batch is likelier)")
+    reference = finder_reference(result.details) if result is not None else None
+    if auto is not None and peak > policy.lr_ceiling(auto):
+        reasons.append(
+            f"watch: your peak is above {policy.CEILING:g}x the autopilot's ({policy.lr_ceiling(auto):.3g}, an LR the "
+            "finder did not see train): a blow-up there, a run stuck since one"
+            + (f", or a run still 25% behind what the finder's best check reached ({reference[1]:.4g} "
+               f"{'validation' if reference[2] == 'val' else 'training'} loss in {reference[0]} steps) after "
+               f"{4 * reference[0]} steps" if reference is not None else "")
+            + " is rolled back and brought to the autopilot's own peak")
     reasons.append("plateau: halve the LR after 3 validations without a 0.1% improvement (when validation "
                    "losses are reported)")
     return AutopilotPlan(family=family, train_steps=train_steps, peak_lr=peak, shape=shape_n, auto_peak_lr=auto,
                          finder_lr=finder_lr, finder_cost_steps=cost, shape_source=source,
                          warmup_steps=_warmup_of(shape_n, train_steps), reasons=tuple(reasons),
-                         finder_reference=finder_reference(result.details) if result is not None else None)
+                         finder_reference=reference)
