@@ -348,12 +348,11 @@ def load_result(study: optuna.Study, *, strategy: str | None = None, train_steps
     best = (max if maximize else min)(complete, key=lambda r: r.value) if complete else None
     recommended = best.lr if best else None
     if best is not None and set(best.params) == {LR}:
-        from lrkit.tune._linesearch import fit_valley
+        from lrkit.tune._linesearch import safe_point
         from lrkit.tune.strategies import observations
 
-        v = fit_valley(observations(trials, maximize=maximize)["finished"])
-        if v is not None:
-            recommended = float(10 ** v)
+        obs = observations(trials, maximize=maximize)
+        recommended = float(10 ** safe_point(obs["finished"], obs["bad"], math.log10(best.lr)))
     run_eq = None
     if train_steps:
         cost = (prior.cost_steps if prior is not None else 0) + sum(r.steps for r in records if r.state != "interrupted")

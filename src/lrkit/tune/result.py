@@ -65,10 +65,11 @@ class TuneResult:
         train_steps: steps of one full run (``None`` if unknown).
         run_equivalents: steps spent (trials plus the prior's range test) / ``train_steps``.
         prior: the lrkit prior as a dict, if any. best_params: every parameter of the best trial.
-        recommended_lr: the LR to train with: the bottom of a parabola fitted (least squares, in
-            log-LR) to the trials near the best one -- pruned trials counted at their last value
-            scaled like the best trial's curve -- which averages out the seed noise of single
-            runs; the best trial's LR when there are too few trials or other parameters vary.
+        recommended_lr: the LR to train with: the best trial's, moved to the safer side of the valley
+            by its asymmetry (:func:`lrkit.tune._linesearch.safe_point`: one seed's best is a noisy
+            estimate of the bottom, and the loss climbs faster towards instability above it than
+            below), by at most 0.2 decades; the best trial's LR when there is no trial on each side
+            or other parameters vary.
         best_schedule: ``[(step, lr), ...]`` the best trial trained with when the LR changed
             during training (Ray's Population-Based Training), else ``None``.
     """
@@ -117,8 +118,8 @@ class TuneResult:
         lines = [f"best LR: {_fmt(self.best_lr)}  ({self.direction[:3]} value {_fmt(self.best_value)}, "
                  f"strategy {self.strategy})"]
         if self.recommended_lr is not None and self.best_lr is not None and self.recommended_lr != self.best_lr:
-            lines.append(f"recommended LR: {_fmt(self.recommended_lr)}  (bottom of the valley fitted to the trials "
-                         "around the best)")
+            lines.append(f"recommended LR: {_fmt(self.recommended_lr)}  (the best trial's, moved to the safer side "
+                         "of the valley: its loss climbs faster on the other)")
         parts = [f"{c.get(s, 0)} {s}" for s in ("complete", "pruned", "failed") if c.get(s)]
         if c.get("interrupted"):
             parts.append(f"{c['interrupted']} interrupted and queued again")
