@@ -62,9 +62,6 @@ def plot_tune(result: Any, ax: Any = None) -> Any:
         ax.plot([result.best_lr], [result.best_value], "*", color="tab:green", markersize=16,
                 label=f"best {result.best_lr:.3g}")
         ax.axvline(result.best_lr, color="tab:green", alpha=0.4)
-    rec = getattr(result, "recommended_lr", None)
-    if rec is not None and rec != result.best_lr:
-        ax.axvline(rec, color="tab:purple", linestyle="--", label=f"recommended {rec:.3g} (fitted valley)")
     ax.set_xscale("log")
     from matplotlib.ticker import NullFormatter
 

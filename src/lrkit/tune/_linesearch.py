@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-__all__ = ["next_point", "parabola_vertex", "safe_point"]
+__all__ = ["next_point", "parabola_vertex"]
 
 
 def parabola_vertex(xl: float, yl: float, xb: float, yb: float, xr: float, yr: float) -> float | None:
@@ -167,58 +167,3 @@ def _widest_gap(tried: Sequence[float], lo: float, top: float, gap: float) -> fl
         return None
     mid = 0.5 * (best[0] + best[1])
     return mid if _free(mid, tried, gap) else None
-
-
-def safe_point(finished: Sequence[tuple[float, float]], bad: Sequence[float], xb: float, *,
-               max_sigma: float = 0.1, clamp: float = 2.0) -> float:
-    r"""The log-LR to train with around the best trial :math:`x_b`: where the expected loss is
-    lowest when the valley's true bottom is only known to within the trials' resolution.
-
-    One seed's best trial is a noisy estimate of the bottom, and the valley of the validation loss
-    against :math:`x = \log_{10}\eta` is rarely symmetric: above the bottom the loss climbs towards
-    instability (a cliff), below it rises gently. Model the valley near :math:`x_b` as a V with
-    slopes :math:`a` (left) and :math:`c` (right) taken from the nearest trials on each side
-    (a diverged or failed trial above makes :math:`c = \infty`), and its bottom as
-    :math:`x_0 \sim N(x_b, \sigma^2)`, :math:`\sigma = \min(\sigma_{max}, d/2)` with :math:`d`
-    the distance to the nearer neighbour. The expected loss
-    :math:`E\,f(x) = a\,E(x_0 - x)^+ + c\,E(x - x_0)^+` is lowest where
-    :math:`P(x_0 < x) = a/(a + c)`:
-
-    .. math::
-
-        x^* = x_b + \sigma\,\Phi^{-1}\!\Big(\frac{a}{a + c}\Big),\qquad |x^* - x_b| \le \text{clamp}\cdot\sigma
-
-    -- below the best when the cliff is above it, as far above when the valley is steeper below.
-    Without a trial on each side the best itself.
-
-    Example:
-        >>> round(safe_point([(-3.0, 1.0), (-3.5, 1.1), (-2.5, 1.6)], [], -3.0), 3)   # steeper above
-        -3.107
-        >>> safe_point([(-3.0, 1.0), (-2.5, 1.6)], [], -3.0)   # nothing tried below: the best
-        -3.0
-    """
-    from statistics import NormalDist
-
-    fin = [(x, y) for x, y in finished if math.isfinite(y)]
-    at = [y for x, y in fin if abs(x - xb) < 1e-9]
-    if not at:
-        return xb
-    yb = min(at)
-    left = [p for p in fin if p[0] < xb - 1e-9]
-    right = [p for p in fin if p[0] > xb + 1e-9]
-    worse_above = [x for x in bad if x > xb + 1e-9]
-    if not left or not (right or worse_above):
-        return xb
-    xl, yl = max(left)
-    a = max(0.0, (yl - yb) / (xb - xl))
-    xr, yr = min(right) if right else (math.inf, math.inf)
-    if worse_above and min(worse_above) < xr:
-        xr, yr = min(worse_above), math.inf
-    c = math.inf if not math.isfinite(yr) else max(0.0, (yr - yb) / (xr - xb))
-    if a + c == 0:
-        return xb
-    q = 0.0 if math.isinf(c) else a / (a + c)
-    q = min(max(q, 1e-9), 1 - 1e-9)
-    sigma = min(max_sigma, 0.5 * min(xb - xl, xr - xb))
-    z = max(-clamp, min(clamp, NormalDist().inv_cdf(q)))
-    return xb + z * sigma

@@ -346,13 +346,10 @@ def load_result(study: optuna.Study, *, strategy: str | None = None, train_steps
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     complete = [r for r in records if r.state == "complete" and r.value is not None and math.isfinite(r.value)]
     best = (max if maximize else min)(complete, key=lambda r: r.value) if complete else None
+    # the best complete trial's LR: two fits of the valley around it (a least-squares parabola in
+    # log-LR; the expected-loss minimiser of an asymmetric V) each did better on the development
+    # half's searches and worse on the held-out half (BENCHMARKS.md, tune)
     recommended = best.lr if best else None
-    if best is not None and set(best.params) == {LR}:
-        from lrkit.tune._linesearch import safe_point
-        from lrkit.tune.strategies import observations
-
-        obs = observations(trials, maximize=maximize)
-        recommended = float(10 ** safe_point(obs["finished"], obs["bad"], math.log10(best.lr)))
     run_eq = None
     if train_steps:
         cost = (prior.cost_steps if prior is not None else 0) + sum(r.steps for r in records if r.state != "interrupted")

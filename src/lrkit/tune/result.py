@@ -65,11 +65,9 @@ class TuneResult:
         train_steps: steps of one full run (``None`` if unknown).
         run_equivalents: steps spent (trials plus the prior's range test) / ``train_steps``.
         prior: the lrkit prior as a dict, if any. best_params: every parameter of the best trial.
-        recommended_lr: the LR to train with: the best trial's, moved to the safer side of the valley
-            by its asymmetry (:func:`lrkit.tune._linesearch.safe_point`: one seed's best is a noisy
-            estimate of the bottom, and the loss climbs faster towards instability above it than
-            below), by at most 0.2 decades; the best trial's LR when there is no trial on each side
-            or other parameters vary.
+        recommended_lr: the LR to train with: the best complete trial's. (Fits of the valley around it
+            -- a least-squares parabola in log-LR, or moving to its gentler side -- were measured: better
+            on the tasks they were designed on, worse on held-out ones; see BENCHMARKS.md.)
         best_schedule: ``[(step, lr), ...]`` the best trial trained with when the LR changed
             during training (Ray's Population-Based Training), else ``None``.
     """
@@ -117,9 +115,6 @@ class TuneResult:
         c = self.counts()
         lines = [f"best LR: {_fmt(self.best_lr)}  ({self.direction[:3]} value {_fmt(self.best_value)}, "
                  f"strategy {self.strategy})"]
-        if self.recommended_lr is not None and self.best_lr is not None and self.recommended_lr != self.best_lr:
-            lines.append(f"recommended LR: {_fmt(self.recommended_lr)}  (the best trial's, moved to the safer side "
-                         "of the valley: its loss climbs faster on the other)")
         parts = [f"{c.get(s, 0)} {s}" for s in ("complete", "pruned", "failed") if c.get(s)]
         if c.get("interrupted"):
             parts.append(f"{c['interrupted']} interrupted and queued again")
