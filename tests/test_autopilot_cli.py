@@ -89,6 +89,19 @@ def test_text_output_and_epochs(task_file):
     assert "final validation loss" in out.stdout and "interventions:" in out.stdout
 
 
+def test_your_shape_and_a_peak_far_too_high_are_taken_and_watched(task_file):
+    out = lrkit("my_task.py:task", "--steps", "150", "--shape", "cosine(base_lr=7, total_steps=150)",
+                "--peak-lr", "5", "--json", cwd=task_file)
+    assert out.returncode == 0, out.stderr[-2000:]
+    payload = json.loads(out.stdout)
+    plan = payload["plan"]
+    assert plan["shape_source"] == "user" and plan["peak_lr"] == 5.0 and plan["auto_peak_lr"] < 0.5
+    assert any(r.startswith("watch:") for r in plan["reasons"])  # far above what the finder saw train
+    rollbacks = [e for e in payload["events"] if e["kind"] == "rollback"]
+    assert rollbacks and "autopilot's own scale" in rollbacks[0]["message"]  # brought back, not lost
+    assert payload["final_val_loss"] < 0.1
+
+
 @pytest.mark.parametrize("args, message", [
     (["my_task.py:task"], "pass --steps N (optimizer steps of the run) or --epochs N"),
     (["my_task.py:task", "--steps", "0"], "--steps must be >= 1"),
@@ -97,6 +110,9 @@ def test_text_output_and_epochs(task_file):
     (["my_task.py:prodigy_like", "--steps", "50"], "scheduler"),
     (["my_task.py:task", "--steps", "50", "--save", "."], "--save must be a file name"),
     (["my_task.py:nope", "--steps", "50"], "has no function 'nope'"),
+    (["my_task.py:task", "--steps", "50", "--peak-lr", "-1"], "--peak-lr must be a finite number > 0"),
+    (["my_task.py:task", "--steps", "50", "--shape", "cosine(base_lr=1"], "--shape:"),
+    (["my_task.py:task", "--steps", "50", "--shape", "nosuch(1)"], "--shape:"),
 ])
 def test_bad_input_is_one_line_exit_2(task_file, args, message):
     out = lrkit(*args, cwd=task_file, timeout=120)

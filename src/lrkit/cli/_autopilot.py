@@ -6,7 +6,9 @@ optionally ``val_loader``, ``step_fn``, ``accumulation_steps``, ``grad_clip_norm
 optimizer's LR is ignored. The autopilot runs the finder (at most 30% of the run), plans the peak
 LR and a schedule for the optimizer family and the run's length, and trains ``--steps`` optimizer
 steps under the doctor and the guard (:func:`lrkit.autopilot.fly`), validating every tenth of the
-run. It prints the plan and every intervention, and on request writes the report
+run. ``--shape SPEC`` gives your own schedule shape (:func:`lrkit.schedules.spec.parse_spec`; its
+scale is ignored) and ``--peak-lr X`` fixes the scale (the finder still runs: the guard's fallback,
+and what it watches above 4x its own peak). It prints the plan and every intervention, and on request writes the report
 (``--report DIR``: :func:`lrkit.report.autopilot_report.write_autopilot_report`), the trained
 weights (``--save FILE``: the model's ``state_dict``) and one JSON object (``--json``).
 
@@ -31,7 +33,8 @@ _HELP = """Train with no learning rate given: finder, schedule and guard in one 
 Without TARGET, trains the built-in example (an MLP on scikit-learn's digits, 600 steps). TARGET is
 'path/to/file.py:function' or 'package.module:function' returning the same dict as for 'lrkit find'
 (a PyTorch model, optimizer, loss_fn, train_loader, optionally val_loader, ...). Prints the plan
-and every intervention; --report DIR writes a self-contained HTML page of the run.
+and every intervention; --report DIR writes a self-contained HTML page of the run. --shape SPEC
+and --peak-lr X give your own schedule shape or scale.
 """
 
 
@@ -104,9 +107,21 @@ def autopilot_command(
     save: Annotated[Optional[Path], typer.Option("--save", help="Save the trained model's state_dict to this file (torch.save).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object (plan, events, final validation loss, steps, paths written).")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed for torch/numpy/random before building the target, and for the finder.")] = 0,
+    shape: Annotated[Optional[str], typer.Option("--shape", help="Your schedule shape as a spec (e.g. 'cosine(base_lr=1, total_steps=600)'); its scale is ignored, the autopilot sets it.")] = None,
+    peak_lr: Annotated[Optional[float], typer.Option("--peak-lr", help="Fix the peak LR yourself; the finder still runs (the guard's fallback and what it watches).")] = None,
 ) -> None:
     from lrkit.cli._find import _seed_everything, _their_errors, load_target
 
+    if peak_lr is not None and not (math.isfinite(peak_lr) and peak_lr > 0):
+        raise CLIError(f"--peak-lr must be a finite number > 0, got {peak_lr}")
+    user_shape = None
+    if shape is not None:
+        from lrkit.schedules.spec import parse_spec
+
+        try:
+            user_shape = parse_spec(shape)
+        except (ValueError, TypeError) as exc:
+            raise CLIError(f"--shape: {exc}") from None
     for name, path in (("--report", report), ("--save", save)):
         if path is not None and path.exists() and (path.is_dir() != (name == "--report")):
             raise CLIError(f"{name} must be {'a directory' if name == '--report' else 'a file name'}, got {path}")
@@ -141,7 +156,8 @@ def autopilot_command(
     try:
         with _Bar(train_steps, enabled=True) as bar, _their_errors("training failed in your model, loss or data"):
             counted = Watched(trainer, bar)
-            plan, _ = plan_for(counted, family=family, train_steps=train_steps, seed=seed)
+            plan, _ = plan_for(counted, family=family, train_steps=train_steps, shape=user_shape, peak_lr=peak_lr,
+                               seed=seed)
             bar.training()
             flight = fly(counted, family=family, train_steps=train_steps, plan=plan, seed=seed)
     except GuardGaveUp as exc:
