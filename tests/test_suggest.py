@@ -411,38 +411,6 @@ def test_candidates_that_tie_at_the_lower_edge_are_searched_below_it():
     assert s.lr <= 1e-2  # never above the lowest LR of the tie (then halved for the long run)
 
 
-class Sour(Bowl):
-    """A shallow bowl (scores 0.9 + 0.05 log10(lr/opt)^2 against a start of 1) that, above ``sour``,
-    ends a touch above its start: trained to the end, no improvement, no divergence."""
-
-    START = 1.0
-
-    def __init__(self, opt, sour):
-        super().__init__(opt)
-        self.sour = sour
-
-    def _value(self):
-        if self.t == 0:
-            return self.START
-        if self.lr > self.sour:
-            return 1.02
-        return 0.9 + 0.05 * math.log10(self.lr / self.opt) ** 2
-
-
-def test_a_neighbour_that_only_did_not_improve_is_a_point_of_the_curve_not_a_failure():
-    """Rejected as a candidate, it keeps its score, and the pick fits the parabola through it
-    instead of backing off half-way down as from a diverged neighbour (the stability edge)."""
-    lrs, losses = bowl_curve(top=0.3)
-    s = suggest(lrs, losses, trainer=Sour(opt=0.1, sour=0.15), family="sgd", verify_steps=5, verify_budget=40)
-    sour = [c for c in s.details["candidates"] if c["lr"] > 0.15]
-    assert sour and all(c["rejected"].startswith("no improvement") and c["score"] == 1.02 for c in sour)
-    best = min((c for c in s.details["candidates"] if not c["rejected"]), key=lambda c: c["score"])
-    assert best["lr"] < 0.15 and s.details["refine"].startswith("vertex of the parabola")
-    below = max(c["lr"] for c in s.details["candidates"] if c["lr"] < best["lr"])
-    half_way_down = math.sqrt(best["lr"] * below)
-    assert half_way_down < s.details["short_run_optimum"] < best["lr"]
-
-
 def test_no_progress_at_the_top_candidate_walks_up_not_down():
     lrs, losses = bowl_curve(top=1e-6)
     s = suggest(lrs, losses, trainer=Bowl(opt=0.02, edge=1.0, dead=1e-4), family="sgd", verify_steps=5)

@@ -290,8 +290,7 @@ def finder_reference(details: Any) -> tuple[int, float, str] | None:
     """
     if not isinstance(details, dict):
         return None
-    ok = [c for c in details.get("candidates") or ()
-          if c.get("score") is not None and not c.get("rejected") and math.isfinite(c["score"])]
+    ok = [c for c in details.get("candidates") or () if c.get("score") is not None and math.isfinite(c["score"])]
     if not ok:
         return None
     best = min(ok, key=lambda c: c["score"])

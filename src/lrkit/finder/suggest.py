@@ -31,8 +31,7 @@ grid below :math:`\\eta_{\\min}` and, when it may drive the trainer, measures th
    third of its steps (every candidate sees the same batches). A candidate is rejected when a loss
    is non-finite, when two consecutive losses exceed 4x the median of its first three (the run is
    aborted there, so a divergent candidate costs a few steps), or when its score does not improve
-   on the starting score; the last keeps its score, as a measured point of the curve for its
-   neighbours' pick (a candidate that failed -- non-finite, aborted -- has none). The search:
+   on the starting score. The search:
 
    * starts at :math:`\\eta_{top} = \\eta_{\\min}` and walks down a decade at a time while the
      candidates improve on the best by more than :math:`\\tau = 2\\%` (:data:`NOISE_TOL`; rejected
@@ -59,8 +58,7 @@ grid below :math:`\\eta_{\\min}` and, when it may drive the trainer, measures th
        \\log\\hat\\eta = x_0 - \\frac{1}{2}\\,
        \\frac{(x_0-x_-)^2 (S_0-S_+) - (x_0-x_+)^2 (S_0-S_-)}{(x_0-x_-)(S_0-S_+) - (x_0-x_+)(S_0-S_-)},
 
-   half-way down to the lower neighbour when the upper one, half a decade away, failed (diverged:
-   the stability edge is close; one that only did not improve is a point of the parabola); the best
+   half-way down to the lower neighbour when the upper one, half a decade away, failed; the best
    itself at an edge of the candidates or when the upper neighbour ties it. The answer is :math:`\\eta^* = \\hat\\eta / 2`
    (:data:`SHORT_RUN_FACTOR`): a run of :math:`k` steps rewards early progress and cannot see the
    higher noise floor of a too-high LR later, so its optimum sits above the full run's (by 2-3x on
@@ -253,10 +251,7 @@ def _run_candidate(trainer: Any, state: Any, lr: float, steps: int, ref_eval: fl
                     reason = f"no improvement (score {score:.4g} >= start {start:.4g})"
     finally:
         trainer.restore(state)
-    # a run that trained to the end without improving keeps its score: not a candidate, but a
-    # measured point of the curve for its neighbours (a failure -- non-finite, aborted -- has none)
-    kept = reason is None or reason.startswith("no improvement")
-    return {"lr": lr, "score": score if kept else None, "steps": len(losses), "rejected": reason,
+    return {"lr": lr, "score": score if reason is None else None, "steps": len(losses), "rejected": reason,
             "start": start}
 
 
@@ -289,8 +284,7 @@ class _Search:
         return r
 
     def ok(self) -> list[dict]:
-        """The accepted candidates (finite, not aborted, improved on the start)."""
-        return [r for r in self.results if r["score"] is not None and r["rejected"] is None]
+        return [r for r in self.results if r["score"] is not None]
 
     def best(self) -> dict | None:
         """The lowest score; among scores that tie (within :data:`TIE_TOL`), the lowest LR: where the
@@ -344,7 +338,7 @@ class _Search:
         first = self.run(top)
         if first is None:
             return
-        if first["score"] is not None and first["rejected"] is None and self.progress(first) < MIN_PROGRESS:
+        if first["score"] is not None and self.progress(first) < MIN_PROGRESS:
             # The top candidate trains but makes no progress: too high (chaotic) or too low. A decade
             # down tells which: better there, descend as usual; not, the curve's region is too low.
             below = self.run(top / decade)

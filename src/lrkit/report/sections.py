@@ -157,13 +157,11 @@ def candidates_section(result: Any) -> str:
     start = result.details.get("start_score")
 
     def draw(ax):
-        ok = [c for c in cands if c.get("score") is not None and math.isfinite(c["score"]) and not c.get("rejected")]
+        ok = [c for c in cands if c.get("score") is not None and math.isfinite(c["score"])]
         ax.plot([c["lr"] for c in ok], [c["score"] for c in ok], "o-", color="#1f6feb", label="candidate score")
         bad = [c for c in cands if c.get("rejected")]
-        if bad:  # at its score when it trained to the end without improving, else at the start's
-            ys = [c["score"] if c.get("score") is not None and math.isfinite(c["score"]) else (start or 0.0)
-                  for c in bad]
-            ax.plot([c["lr"] for c in bad], ys, "x", color="#57606a", label="rejected")
+        if bad:
+            ax.plot([c["lr"] for c in bad], [start or 0.0] * len(bad), "x", color="#57606a", label="rejected")
         if start is not None:
             ax.axhline(start, color="#57606a", lw=0.8, ls=":", label="score before training")
         ax.axvline(result.suggestion, color="#d62728", lw=1.5, label=f"suggestion {result.suggestion:.3g}")
