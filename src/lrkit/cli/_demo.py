@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import statistics
 import sys
 from pathlib import Path
@@ -41,11 +42,14 @@ def _autopiloted(task_factory, *, steps: int, seeds: list[int]) -> dict[str, Any
     from lrkit.examples.digits import evaluate
     from lrkit.integrations.torch.trainer import TorchTrainer
 
+    quiet = logging.getLogger("lrkit.demo.autopilot")  # its interventions are counted in the table, not logged
+    quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False
     runs = []
     for seed in seeds:
         task = task_factory(seed)
         trainer = TorchTrainer(task.model, task.optimizer, task.loss_fn, task.train_loader, val_loader=task.val_loader)
-        flight = fly(trainer, family=check_optimizer(task.optimizer), train_steps=steps, seed=seed)
+        flight = fly(trainer, family=check_optimizer(task.optimizer), train_steps=steps, seed=seed, logger=quiet)
         loss, acc = evaluate(task, task.model)
         runs.append({"val_loss": loss, "val_accuracy": acc, "peak_lr": flight.pilot.plan.peak_lr,
                      "finder_steps": flight.pilot.plan.finder_cost_steps,
