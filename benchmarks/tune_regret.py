@@ -266,7 +266,7 @@ def render(out: dict, skipped: list[str], seconds: float, methods: list[str]) ->
         "Runs spent count every optimizer step (lrkit's range test and verification runs included). "
         "lrkit = range test + `lrkit.tune(strategy='lrkit', budget=4)`, answering with `result.best_lr` (the best "
         "complete trial; `result.recommended_lr` is the same). Two answers that fit the valley around the best "
-        "trial were measured on the same searches and dropped: a least-squares parabola in log-LR through the trials "
+        "trial were measured on the same searches (then two seeds, 0 and 1) and dropped: a least-squares parabola in log-LR through the trials "
         "near the best (development median/worst 2.9%/98%, held-out 5.4%/80%) and the expected-loss minimiser of a V "
         "with the nearest trials' slopes, which moves the answer towards the valley's gentler side by at most 0.2 "
         "decades (designed on the development half's searches: 1.1%/34% there against the best trial's 2.9%/51%; "
