@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from lrkit import schedules as S
-from lrkit.autopilot import Autopilot, make_plan
+from lrkit.autopilot import Autopilot, AutopilotError, make_plan
 from lrkit.autopilot.plan import AutopilotPlan, finder_reference
 from lrkit.doctor import Doctor
 from lrkit.finder.result import FinderResult
@@ -117,6 +117,9 @@ def test_the_plan_carries_the_finders_best_short_run_and_older_plans_still_load(
     assert AutopilotPlan.from_dict(d) == plan
     d.pop("finder_reference")  # a plan saved before the reference existed
     assert AutopilotPlan.from_dict(d).finder_reference is None
+    for bad in ([0, 0.5, "val"], [16, None, "val"], [16, 0.5, "test"], [16, 0.5]):  # the doctor's own check
+        with pytest.raises(AutopilotError, match="finder_reference must be"):
+            AutopilotPlan.from_dict({**d, "finder_reference": bad})
     assert Autopilot(plan).doctor.config["reference_run"] == (16, 0.5, "train")
     assert not any(r.startswith("watch:") for r in plan.reasons)  # the autopilot's own peak: nothing to say
     hot = make_plan(_result(), family="sgd", train_steps=300, shape=S.constant(1.0), peak_lr=0.03)

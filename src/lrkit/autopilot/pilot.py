@@ -127,9 +127,8 @@ class Autopilot:
         self.plan = plan
         self.use_guard = guard
         # a loss rising with the schedule's LR is not waited out above the ceiling (policy.lr_ceiling)
-        ceiling = policy.lr_ceiling(plan.auto_peak_lr)
         self.doctor = doctor if doctor is not None else Doctor(
-            lr_ceiling=ceiling, reference_run=plan.finder_reference if ceiling is not None else None)
+            lr_ceiling=policy.lr_ceiling(plan.auto_peak_lr), reference_run=plan.finder_reference)
         self.logger = logger if logger is not None else logging.getLogger("lrkit.autopilot")
         self._schedule = plan.schedule
         self._plateau = ReduceOnPlateau(plan.schedule, **policy.plateau_settings()) if plateau else None

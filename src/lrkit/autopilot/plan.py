@@ -272,9 +272,11 @@ class AutopilotPlan:
 
 def _reference(ref: Any) -> tuple[int, float, str] | None:
     """A saved ``finder_reference`` (a plan saved before it existed has none)."""
+    from lrkit.doctor.core import reference_run_ok  # the doctor's own check of what it will be given
+
     if ref is None:
         return None
-    if not isinstance(ref, (list, tuple)) or len(ref) != 3 or ref[2] not in ("val", "train"):
+    if not reference_run_ok(ref):
         raise AutopilotError(f"AutopilotPlan.from_dict: finder_reference must be [steps, loss, 'val' | 'train'], got {ref!r}")
     return int(ref[0]), float(ref[1]), str(ref[2])
 
@@ -368,9 +370,10 @@ def make_plan(
     reasons.append(f"guard: snapshot every {g['snapshot_every']} healthy steps; on divergence roll back and "
                    f"lower the LR x{policy.GAMMA} (a first problem out of a healthy run keeps the LR: a bad batch is likelier)")
     reference = finder_reference(result.details) if result is not None else None
-    if auto is not None and peak > policy.lr_ceiling(auto):
+    ceiling = policy.lr_ceiling(auto)
+    if ceiling is not None and peak > ceiling:
         reasons.append(
-            f"watch: your peak is above {policy.CEILING:g}x the autopilot's ({policy.lr_ceiling(auto):.3g}, an LR the "
+            f"watch: your peak is above {policy.CEILING:g}x the autopilot's ({ceiling:.3g}, an LR the "
             "finder did not see train): a blow-up there, a run stuck since one"
             + (f", or a run still 25% behind what the finder's best check reached ({reference[1]:.4g} "
                f"{'validation' if reference[2] == 'val' else 'training'} loss in {reference[0]} steps) after "

@@ -36,20 +36,22 @@ def _trained(task_factory, lr: float, *, steps: int, seeds: list[int], schedule:
     }
 
 
+_QUIET = logging.getLogger("lrkit.demo.autopilot")  # the demo's autopilot runs: interventions counted, not logged
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False
+
+
 def _autopiloted(task_factory, *, steps: int, seeds: list[int]) -> dict[str, Any]:
     """Each seed's example trained by the autopilot (no LR given): its final validation loss and accuracy."""
     from lrkit.autopilot import check_optimizer, fly
     from lrkit.examples.digits import evaluate
     from lrkit.integrations.torch.trainer import TorchTrainer
 
-    quiet = logging.getLogger("lrkit.demo.autopilot")  # its interventions are counted in the table, not logged
-    quiet.addHandler(logging.NullHandler())
-    quiet.propagate = False
     runs = []
     for seed in seeds:
         task = task_factory(seed)
         trainer = TorchTrainer(task.model, task.optimizer, task.loss_fn, task.train_loader, val_loader=task.val_loader)
-        flight = fly(trainer, family=check_optimizer(task.optimizer), train_steps=steps, seed=seed, logger=quiet)
+        flight = fly(trainer, family=check_optimizer(task.optimizer), train_steps=steps, seed=seed, logger=_QUIET)
         loss, acc = evaluate(task, task.model)
         runs.append({"val_loss": loss, "val_accuracy": acc, "peak_lr": flight.pilot.plan.peak_lr,
                      "finder_steps": flight.pilot.plan.finder_cost_steps,

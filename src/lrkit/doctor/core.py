@@ -336,7 +336,7 @@ class Doctor:
         need("overfit_tol", overfit_tol, is_num(overfit_tol) and overfit_tol > 0, "a number > 0")
         need("lr_ceiling", lr_ceiling, lr_ceiling is None or (is_num(lr_ceiling) and lr_ceiling > 0),
              "None or a finite number > 0")
-        need("reference_run", reference_run, _reference_ok(reference_run),
+        need("reference_run", reference_run, reference_run_ok(reference_run),
              "None or (steps, loss, kind): an int >= 1, a finite number and 'val' or 'train'")
         need("chance_loss", chance_loss, _chance_ok(chance_loss, loss_floor),
              f"None or a finite number > loss_floor={loss_floor!r}")
@@ -753,7 +753,8 @@ def _finite_number(v: Any) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _reference_ok(value: Any) -> bool:
+def reference_run_ok(value: Any) -> bool:
+    """``reference_run`` is ``None`` or ``(steps, loss, kind)``: an int >= 1, a finite number, ``"val"`` or ``"train"``."""
     if value is None:
         return True
     if not isinstance(value, (tuple, list)) or len(value) != 3:

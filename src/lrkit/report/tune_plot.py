@@ -2,7 +2,7 @@
 
 Complete trials are dots (the best one a star), pruned trials crosses at the last value they
 reported, trials the doctor stopped or that failed are red triangles along the top edge (they have
-no usable value), the recommended LR a dashed line. The value axis turns logarithmic when the
+no usable value). The value axis turns logarithmic when the
 values span more than a factor of 10. Takes an ``ax`` and returns it; imports matplotlib only when called.
 
 Example:

@@ -346,9 +346,9 @@ def load_result(study: optuna.Study, *, strategy: str | None = None, train_steps
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     complete = [r for r in records if r.state == "complete" and r.value is not None and math.isfinite(r.value)]
     best = (max if maximize else min)(complete, key=lambda r: r.value) if complete else None
-    # the best complete trial's LR: two fits of the valley around it (a least-squares parabola in
-    # log-LR; the expected-loss minimiser of an asymmetric V) each did better on the development
-    # half's searches and worse on the held-out half (BENCHMARKS.md, tune)
+    # the best complete trial's LR: neither fit of the valley around it measured (a least-squares
+    # parabola in log-LR; the expected-loss minimiser of an asymmetric V, better on the development
+    # half only) beat it on the held-out half (BENCHMARKS.md, tune)
     recommended = best.lr if best else None
     run_eq = None
     if train_steps:

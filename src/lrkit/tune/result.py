@@ -66,8 +66,8 @@ class TuneResult:
         run_equivalents: steps spent (trials plus the prior's range test) / ``train_steps``.
         prior: the lrkit prior as a dict, if any. best_params: every parameter of the best trial.
         recommended_lr: the LR to train with: the best complete trial's. (Fits of the valley around it
-            -- a least-squares parabola in log-LR, or moving to its gentler side -- were measured: better
-            on the tasks they were designed on, worse on held-out ones; see BENCHMARKS.md.)
+            -- a least-squares parabola in log-LR, or moving to its gentler side -- were measured and
+            did worse on held-out tasks; see BENCHMARKS.md.)
         best_schedule: ``[(step, lr), ...]`` the best trial trained with when the LR changed
             during training (Ray's Population-Based Training), else ``None``.
     """
