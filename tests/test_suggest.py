@@ -418,6 +418,32 @@ def test_no_progress_at_the_top_candidate_walks_up_not_down():
     assert 0.02 / 10 <= s.lr <= 0.02
 
 
+class Desert(Bowl):
+    """Far below ``opt`` a short run barely moves (the score falls with the square of the LR: every
+    candidate decades too low is within 0.01% of the start), a bowl above it, divergence past ``edge``."""
+
+    def _value(self):
+        if self.t == 0:
+            return self.START
+        if self.lr > self.edge:
+            return math.inf
+        r = self.lr / self.opt
+        return self.START - (self.START - 1.0) * r**2 if r <= 1 else 1.0 + math.log10(r) ** 2
+
+
+def test_a_walk_up_out_of_a_desert_of_too_low_lrs_goes_on_while_progress_grows():
+    """Candidates two decades apart that all barely moved are within 2% of each other's score; one
+    that made 100x the progress of the best so far is a real step up, and the walk goes on to the
+    useful region instead of answering from the desert."""
+    lrs, losses = bowl_curve(top=1e-6)
+    s = suggest(lrs, losses, trainer=Desert(opt=1e-2, edge=0.1), family="adam", verify_steps=5)
+    assert s.details["grid"]["informative_curve"]
+    tried = [c["lr"] for c in s.details["candidates"]]
+    assert max(tried) >= 1e-2, tried
+    assert s.method == "verified", s.details["warnings"]
+    assert 1e-3 <= s.lr <= 1e-2
+
+
 def test_a_verification_that_shows_no_progress_says_so():
     lrs, losses = bowl_curve(top=1e-3)
     s = suggest(lrs, losses, trainer=Bowl(opt=0.02, dead=math.inf), family="sgd", verify_steps=5)

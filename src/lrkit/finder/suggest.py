@@ -43,6 +43,11 @@ grid below :math:`\\eta_{\\min}` and, when it may drive the trainer, measures th
      it is either chaotic or far too low: a decade lower tells which, and in the second case the
      search walks *up*, two decades at a time;
    * when the best is the highest LR tried, it looks past that edge (a decade up, while improving);
+   * going up, "improving" is measured against the progress made, not only the score: a candidate
+     improves on the best :math:`S_b` (start :math:`S_0`) when
+     :math:`S < S_b - \tau\,\min(|S_b|,\ S_0 - S_b)`. Where every candidate so far is decades too
+     low and barely moved, one that made a hundred times their progress is a real step although its
+     score is within 2% of theirs;
    * then refines with candidates half a decade either side of the best (the side of a failed
      upper neighbour first: the optimum often lies near the stability edge).
 
@@ -315,10 +320,22 @@ class _Search:
     def improves(self, r: dict, best: dict) -> bool:
         return r["score"] is not None and r["score"] < best["score"] - NOISE_TOL * abs(best["score"])
 
+    def climbs(self, r: dict, best: dict) -> bool:
+        """Going *up*, ``r`` improves on ``best`` by :data:`NOISE_TOL` of the smaller of the best's
+        score and the progress it made: where every candidate so far barely moved from the start (an
+        LR decades too low), a candidate that made several times their progress is a real step,
+        though its score is within 2% of theirs."""
+        if r["score"] is None:
+            return False
+        start = self.start_score(best)
+        made = start - best["score"] if start is not None else abs(best["score"])
+        return r["score"] < best["score"] - NOISE_TOL * max(0.0, min(abs(best["score"]), made))
+
     # -- the search ------------------------------------------------------------------------
     def walk(self, lr: float, factor: float, stop_at: float) -> None:
         """From ``lr``, step by ``factor`` while candidates keep improving on the best (rejected ones
-        are stepped over going down: an LR too high to train says nothing about the ones below)."""
+        are stepped over going down: an LR too high to train says nothing about the ones below; going
+        up, improving is :meth:`climbs`)."""
         while self.affordable():
             lr *= factor
             if (factor < 1 and lr < stop_at * (1 - 1e-9)) or (factor > 1 and lr > stop_at * (1 + 1e-9)):
@@ -331,7 +348,7 @@ class _Search:
                 continue  # nothing accepted yet: keep looking
             if factor < 1 and self.ties(r, best):
                 continue  # the LR does not bind a short run here: only a lower one can tell
-            if not self.improves(r, best):
+            if not (self.climbs(r, best) if factor > 1 else self.improves(r, best)):
                 return
 
     def search(self, top: float, decade: float) -> None:
