@@ -69,9 +69,13 @@ def plot_tune(result: Any, ax: Any = None) -> Any:
     ax.set_xlabel("learning rate")
     ax.set_ylabel("validation " + ("metric" if result.direction == "maximize" else "loss"))
     spent = f", {result.run_equivalents:.2f} run-equivalents" if result.run_equivalents is not None else ""
-    ax.set_title(f"lrkit tune ({result.strategy}): {result.n_trials} trials{spent}")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small", loc="best")
+    # The legend sits in one row above the axes, under the title: inside it covered trials (a pruned
+    # one at a low LR sits exactly where "best" looks for room).
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles, labels, fontsize="small", loc="lower center", bbox_to_anchor=(0.5, 1.0),
+              ncol=max(1, len(handles)), frameon=False, handletextpad=0.3, columnspacing=1.2)
+    ax.set_title(f"lrkit tune ({result.strategy}): {result.n_trials} trials{spent}", pad=24)
     return ax
 
 
