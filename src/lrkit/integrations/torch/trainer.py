@@ -93,6 +93,118 @@ def _group_lr(group: dict) -> float:
     return float(lr.item()) if isinstance(lr, torch.Tensor) else float(lr)
 
 
+def _checked_model_and_optimizers(model: Any, optimizer: Any) -> tuple[list[torch.optim.Optimizer], bool, list]:
+    """``(optimizers, multi, trainable parameters)``; a clear error for a model or optimizer the
+    finder cannot drive (not a module, lazy parameters, nothing trainable, foreign parameters)."""
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    multi = isinstance(optimizer, (list, tuple))
+    optimizers = list(optimizer) if multi else [optimizer]
+    if not optimizers:
+        raise ValueError("optimizer must be an optimizer or a non-empty list of optimizers, got an empty list")
+    for i, opt in enumerate(optimizers):
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise ValueError(
+                f"optimizer{f'[{i}]' if multi else ''} must be a torch.optim.Optimizer, got {type(opt).__name__}"
+            )
+    params = list(model.parameters())
+    for name, p in model.named_parameters():
+        if isinstance(p, torch.nn.parameter.UninitializedParameter):
+            raise ValueError(
+                f"model has an uninitialised (lazy) parameter {name!r}: run one forward pass "
+                "before the range test so that it can be snapshotted"
+            )
+    trainable = [p for p in params if p.requires_grad]
+    if not trainable:
+        raise ValueError(
+            f"model has no trainable parameters ({len(params)} parameters, none with requires_grad=True)"
+        )
+    model_ids = {id(p) for p in params}
+    for i, opt in enumerate(optimizers):
+        opt_params = [p for g in opt.param_groups for p in g["params"]]
+        foreign = sum(id(p) not in model_ids for p in opt_params)
+        if foreign or not opt_params:
+            raise ValueError(
+                f"optimizer{f'[{i}]' if multi else ''} does not hold the model's parameters "
+                f"({foreign} of its {len(opt_params)} parameters are not parameters of model); "
+                "build the optimizer from model.parameters() (or pass the module that owns them)"
+            )
+    return optimizers, multi, trainable
+
+
+def _lr_ratios(optimizers: list[torch.optim.Optimizer]) -> list[list[float]]:
+    """Every param group's LR over the first group's (kept during the test); warns when a
+    scheduler is attached (the test sets the LRs itself and never steps it)."""
+    base_lr = _group_lr(optimizers[0].param_groups[0])
+    if not (math.isfinite(base_lr) and base_lr > 0):
+        raise ValueError(
+            f"the LR of param group 0 of the (first) optimizer must be > 0 to keep the groups' LR "
+            f"ratios during the test, got lr={base_lr!r}"
+        )
+    if any("initial_lr" in g for opt in optimizers for g in opt.param_groups):
+        warnings.warn(
+            "the optimizer has an LR scheduler attached; the range test sets the param-group LRs "
+            "directly, never steps the scheduler, and restores the groups afterwards",
+            stacklevel=4,
+        )
+    return [[_group_lr(g) / base_lr for g in opt.param_groups] for opt in optimizers]
+
+
+def _check_options(*, multi: bool, step_fn: Any, loss_fn: Any, train_loader: Any, val_loader: Any,
+                   accumulation_steps: Any, grad_clip_norm: Any, amp: Any, scaler: Any, max_val_batches: Any) -> None:
+    """One clear error naming the first of :class:`TorchTrainer`'s options that is out of range
+    or contradicts another."""
+    if isinstance(accumulation_steps, bool) or not isinstance(accumulation_steps, int) or accumulation_steps < 1:
+        raise ValueError(f"accumulation_steps must be an integer >= 1, got {accumulation_steps!r}")
+    if grad_clip_norm is not None and not (
+        isinstance(grad_clip_norm, (int, float)) and not isinstance(grad_clip_norm, bool)
+        and math.isfinite(grad_clip_norm) and grad_clip_norm > 0
+    ):
+        raise ValueError(f"grad_clip_norm must be None or a finite number > 0, got {grad_clip_norm!r}")
+    if max_val_batches is not None and (
+        isinstance(max_val_batches, bool) or not isinstance(max_val_batches, int) or max_val_batches < 1
+    ):
+        raise ValueError(f"max_val_batches must be None or an integer >= 1, got {max_val_batches!r}")
+    if multi:
+        if step_fn is None:
+            raise ValueError(
+                "with a list of optimizers, step_fn(model, batch, optimizers) must do the update; got step_fn=None"
+            )
+        bad = [n for n, v in (("accumulation_steps", accumulation_steps != 1), ("grad_clip_norm", grad_clip_norm is not None),
+                              ("amp", bool(amp)), ("scaler", scaler is not None)) if v]
+        if bad:
+            raise ValueError(
+                f"{', '.join(bad)} apply to the built-in single-optimizer update; with a list of "
+                "optimizers step_fn does the update, so do them there"
+            )
+        if val_loader is not None and loss_fn is None:
+            raise ValueError(
+                "with a list of optimizers, evaluate() computes loss_fn(model(x), y) on val_loader; "
+                "pass loss_fn or drop val_loader"
+            )
+    if step_fn is not None and not callable(step_fn):
+        raise ValueError(f"step_fn must be callable, got {type(step_fn).__name__}")
+    if loss_fn is not None and not callable(loss_fn):
+        raise ValueError(f"loss_fn must be callable or None, got {type(loss_fn).__name__}")
+    if train_loader is None or not hasattr(train_loader, "__iter__"):
+        raise ValueError(f"train_loader must be an iterable of batches, got {type(train_loader).__name__}")
+    if hasattr(train_loader, "__len__") and len(train_loader) == 0:
+        raise ValueError("train_loader is empty (len(train_loader) == 0)")
+
+
+def _checked_device(device: Any, model: torch.nn.Module, trainable: list) -> torch.device:
+    """The device the run is on (the first trainable parameter's unless given); every parameter
+    must be there already (the finder does not move the model, to leave it untouched)."""
+    device = torch.device(trainable[0].device if device is None else device)
+    wrong = [p.device for p in model.parameters() if p.device.type != device.type]
+    if wrong:
+        raise ValueError(
+            f"model parameters are on {wrong[0]} but device={device}; move the model first "
+            "(the finder does not move it, to leave it untouched)"
+        )
+    return device
+
+
 class TorchTrainer(RecyclingState):
     """The :class:`~lrkit.finder.trainer.Trainer` protocol for a PyTorch model and optimizer(s).
 
@@ -145,98 +257,12 @@ class TorchTrainer(RecyclingState):
         grad_clip_norm: float | None = None,
         max_val_batches: int | None = 20,
     ) -> None:
-        if not isinstance(model, torch.nn.Module):
-            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        multi = isinstance(optimizer, (list, tuple))
-        optimizers = list(optimizer) if multi else [optimizer]
-        if not optimizers:
-            raise ValueError("optimizer must be an optimizer or a non-empty list of optimizers, got an empty list")
-        for i, opt in enumerate(optimizers):
-            if not isinstance(opt, torch.optim.Optimizer):
-                raise ValueError(
-                    f"optimizer{f'[{i}]' if multi else ''} must be a torch.optim.Optimizer, got {type(opt).__name__}"
-                )
-        params = list(model.parameters())
-        for name, p in model.named_parameters():
-            if isinstance(p, torch.nn.parameter.UninitializedParameter):
-                raise ValueError(
-                    f"model has an uninitialised (lazy) parameter {name!r}: run one forward pass "
-                    "before the range test so that it can be snapshotted"
-                )
-        trainable = [p for p in params if p.requires_grad]
-        if not trainable:
-            raise ValueError(
-                f"model has no trainable parameters ({len(params)} parameters, none with requires_grad=True)"
-            )
-        model_ids = {id(p) for p in params}
-        for i, opt in enumerate(optimizers):
-            opt_params = [p for g in opt.param_groups for p in g["params"]]
-            foreign = sum(id(p) not in model_ids for p in opt_params)
-            if foreign or not opt_params:
-                raise ValueError(
-                    f"optimizer{f'[{i}]' if multi else ''} does not hold the model's parameters "
-                    f"({foreign} of its {len(opt_params)} parameters are not parameters of model); "
-                    "build the optimizer from model.parameters() (or pass the module that owns them)"
-                )
-        base = optimizers[0].param_groups[0]
-        base_lr = _group_lr(base)
-        if not (math.isfinite(base_lr) and base_lr > 0):
-            raise ValueError(
-                f"the LR of param group 0 of the (first) optimizer must be > 0 to keep the groups' LR "
-                f"ratios during the test, got lr={base_lr!r}"
-            )
-        self._ratios = [[_group_lr(g) / base_lr for g in opt.param_groups] for opt in optimizers]
-        if any("initial_lr" in g for opt in optimizers for g in opt.param_groups):
-            warnings.warn(
-                "the optimizer has an LR scheduler attached; the range test sets the param-group LRs "
-                "directly, never steps the scheduler, and restores the groups afterwards",
-                stacklevel=3,
-            )
-        if isinstance(accumulation_steps, bool) or not isinstance(accumulation_steps, int) or accumulation_steps < 1:
-            raise ValueError(f"accumulation_steps must be an integer >= 1, got {accumulation_steps!r}")
-        if grad_clip_norm is not None and not (
-            isinstance(grad_clip_norm, (int, float)) and not isinstance(grad_clip_norm, bool)
-            and math.isfinite(grad_clip_norm) and grad_clip_norm > 0
-        ):
-            raise ValueError(f"grad_clip_norm must be None or a finite number > 0, got {grad_clip_norm!r}")
-        if max_val_batches is not None and (
-            isinstance(max_val_batches, bool) or not isinstance(max_val_batches, int) or max_val_batches < 1
-        ):
-            raise ValueError(f"max_val_batches must be None or an integer >= 1, got {max_val_batches!r}")
-        if multi:
-            if step_fn is None:
-                raise ValueError(
-                    "with a list of optimizers, step_fn(model, batch, optimizers) must do the update; got step_fn=None"
-                )
-            bad = [n for n, v in (("accumulation_steps", accumulation_steps != 1), ("grad_clip_norm", grad_clip_norm is not None),
-                                  ("amp", bool(amp)), ("scaler", scaler is not None)) if v]
-            if bad:
-                raise ValueError(
-                    f"{', '.join(bad)} apply to the built-in single-optimizer update; with a list of "
-                    "optimizers step_fn does the update, so do them there"
-                )
-            if val_loader is not None and loss_fn is None:
-                raise ValueError(
-                    "with a list of optimizers, evaluate() computes loss_fn(model(x), y) on val_loader; "
-                    "pass loss_fn or drop val_loader"
-                )
-        if step_fn is not None and not callable(step_fn):
-            raise ValueError(f"step_fn must be callable, got {type(step_fn).__name__}")
-        if loss_fn is not None and not callable(loss_fn):
-            raise ValueError(f"loss_fn must be callable or None, got {type(loss_fn).__name__}")
-        if train_loader is None or not hasattr(train_loader, "__iter__"):
-            raise ValueError(f"train_loader must be an iterable of batches, got {type(train_loader).__name__}")
-        if hasattr(train_loader, "__len__") and len(train_loader) == 0:
-            raise ValueError("train_loader is empty (len(train_loader) == 0)")
-        if device is None:
-            device = trainable[0].device
-        device = torch.device(device)
-        wrong = [p.device for p in params if p.device.type != device.type]
-        if wrong:
-            raise ValueError(
-                f"model parameters are on {wrong[0]} but device={device}; move the model first "
-                "(the finder does not move it, to leave it untouched)"
-            )
+        optimizers, multi, trainable = _checked_model_and_optimizers(model, optimizer)
+        self._ratios = _lr_ratios(optimizers)
+        _check_options(multi=multi, step_fn=step_fn, loss_fn=loss_fn, train_loader=train_loader, val_loader=val_loader,
+                       accumulation_steps=accumulation_steps, grad_clip_norm=grad_clip_norm, amp=amp, scaler=scaler,
+                       max_val_batches=max_val_batches)
+        device = _checked_device(device, model, trainable)
         if amp and scaler is None:
             scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
 
