@@ -640,6 +640,68 @@ def test_state_dict_round_trip_and_bad_input():
         Guard(LinReg(), take_initial_snapshot=False).load_state_dict({**state, "multiplier": -1.0})
 
 
+class Counted(LinReg):
+    """LinReg whose state also counts the updates it holds (what a rollback undoes)."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.updates = 0
+
+    def snapshot(self):
+        return (*super().snapshot(), self.updates)
+
+    def restore(self, state):
+        super().restore(state[:2])
+        self.updates = state[2]
+
+    def step(self, lr):
+        self.updates += 1
+        return super().step(lr)
+
+
+def test_trained_steps_counts_what_the_state_holds_and_a_loop_on_it_replays_what_a_rollback_undid():
+    t = Counted(nan_at=[150])
+    g = Guard(t, snapshot_every=20)
+    for _ in range(300):  # the run's length: the steps a rollback undid are lost
+        g.step(0.05)
+    (rec,) = g.interventions
+    assert g.step_count == 300 and t.updates == g.trained_steps == 300 - (151 - rec.restored_to)
+    t = Counted(nan_at=[150])
+    g = Guard(t, snapshot_every=20)
+    while g.trained_steps < 300:  # the run's training: they are trained again
+        g.step(0.05)
+    (rec,) = g.interventions
+    assert t.updates == g.trained_steps == 300 and g.step_count == 300 + 151 - rec.restored_to
+    assert g.state_summary()["trained_steps"] == 300
+
+
+def test_trained_steps_follow_the_callers_numbering_and_nested_rollbacks():
+    t = Counted(nan_at=[40, 90])
+    g = Guard(t, snapshot_every=10, forgive_first=False)
+    for i in range(1, 151):  # a framework's global step, from 1
+        g.observe(t.step(0.05 * g.lr_multiplier), lr=0.05 * g.lr_multiplier, step=i)
+    assert len(g.interventions) == 2
+    assert t.updates == g.trained_steps and g.step_count == 151
+    lost = sum(i.step + 1 - i.restored_to for i in g.interventions)
+    assert g.trained_steps == 150 - lost
+
+
+def test_trained_steps_survive_state_dict_and_an_old_state_counts_no_rollback():
+    t = Counted(nan_at={60})
+    g = Guard(t, doctor=Doctor(window=10), snapshot_every=10)
+    for _ in range(80):
+        g.step(0.05)
+    state = g.state_dict()
+    assert state["trained"] == g.trained_steps < 80
+    g2 = Guard(Counted(), doctor=Doctor(window=10), snapshot_every=10, take_initial_snapshot=False)
+    g2.load_state_dict(state)
+    assert g2.trained_steps == g.trained_steps
+    old = {k: v for k, v in state.items() if k != "trained"}  # saved before the count was kept
+    g3 = Guard(Counted(), doctor=Doctor(window=10), snapshot_every=10, take_initial_snapshot=False)
+    g3.load_state_dict(old)
+    assert g3.trained_steps == g3.step_count == 80
+
+
 class BadShard(LinReg):
     """LinReg whose batches are garbage (inputs x50) for ``length`` guard steps from step ``at``:
     keyed on the step the guard is at, so a rollback does not skip it (a corrupt shard the loader

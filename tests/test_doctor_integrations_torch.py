@@ -81,6 +81,14 @@ def test_nan_batch_guarded_run_matches_clean_run(caplog):
     assert any("nan at step 150" in r.getMessage() for r in caplog.records)
 
 
+def test_trained_steps_are_the_steps_the_model_holds():
+    _, watch = train(digits, 0.1, nan_at=150, guard=True, snapshot_every=20)
+    (rec,) = watch.interventions
+    assert watch.start_step == 300 and watch.trained_steps == 300 - (151 - rec.restored_to)
+    _, only = train(digits, 0.1, steps=40, guard=False)  # watching only: every step run is held
+    assert only.trained_steps == 40
+
+
 def test_too_high_lr_guarded_run_recovers():
     clean, _ = train(diabetes, 0.03)
     lost, _ = train(diabetes, 1.0)

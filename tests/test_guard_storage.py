@@ -20,7 +20,7 @@ from lrkit.doctor.guard import Guard
 from lrkit.doctor.storage import DiskStore, StorageInUse
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_doctor_guard import LinReg  # noqa: E402
+from test_doctor_guard import Counted, LinReg  # noqa: E402
 
 WORKER = Path(__file__).parent / "_guard_worker.py"
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -178,7 +178,7 @@ def test_a_corrupt_or_missing_snapshot_falls_back_to_the_next_good_one(tmp_path,
 
 def test_resume_restores_multiplier_doctor_and_interventions(tmp_path):
     """In-process: a guard that was never closed (as after kill -9) is found again by a new one."""
-    t = LinReg(nan_at=[45])
+    t = Counted(nan_at=[45])
     g = Guard(t, doctor=Doctor(window=10), snapshot_every=10, storage="disk", storage_dir=tmp_path,
               run_id="r1", max_overhead=None, forgive_first=False)
     for _ in range(80):
@@ -190,10 +190,12 @@ def test_resume_restores_multiplier_doctor_and_interventions(tmp_path):
     g._set.store._pool.shutdown(wait=True)
     g._set.store._lock.release()
     doctor_state = g._set.rolling[-1].doctor
-    t2 = LinReg()
+    t2 = Counted()
     g2 = Guard(t2, doctor=Doctor(window=10), snapshot_every=10, storage="disk", storage_dir=tmp_path,
                run_id="r1", resume=True, max_overhead=None)
     assert g2.resumed_from == g._set.rolling[-1].label == g2.step_count
+    # the steps of training the restored state holds: its label less what the rollback undid
+    assert g2.trained_steps == g._set.rolling[-1].trained_steps == t2.updates < g2.step_count
     assert g2.lr_multiplier == g.lr_multiplier == pytest.approx(0.1)
     assert [i.to_dict() for i in g2.interventions] == [i.to_dict() for i in g.interventions]
     assert g2.doctor.state_dict() == doctor_state

@@ -68,6 +68,10 @@ observed, else lowest smoothed training loss), which is never thinned away.
 **Clock.** Steps are counted by the guard (every :meth:`Guard.step` / :meth:`Guard.observe` is one
 step, :attr:`Guard.step_count`), and a rollback does *not* rewind this clock: the model goes
 back, time goes on (your schedule keeps its place, the doctor keeps receiving increasing steps).
+What the model holds is counted apart: :attr:`Guard.trained_steps` is the clock less the steps
+the rollbacks undid (each snapshot records its own count), so a loop ``while guard.trained_steps
+< T`` trains the undone steps again and ends with :math:`T` steps of training in the model, as a
+run resumed from a checkpoint does; ``while guard.step_count < T`` keeps the run's length.
 Whether the *data* is replayed is up to the trainer's ``restore`` (``TorchTrainer`` restores its
 loader's generator and so replays the same batches; the framework callbacks let the loader go
 on). With replay, a batch that is itself broken (NaN in the data) comes back after every
@@ -277,6 +281,7 @@ class Guard:
         self._open_store()
         self._multiplier = 1.0
         self._clock = 0
+        self._trained = 0  # steps of training in the current state (the clock less what rollbacks undid)
         self._health = HealthTracker()
         self._interventions: list[Intervention] = []
         self._last_rolled_back = False
@@ -305,6 +310,14 @@ class Guard:
     def step_count(self) -> int:
         """The number of the next step (the guard's clock; never rewound by a rollback)."""
         return self._clock
+
+    @property
+    def trained_steps(self) -> int:
+        """The steps of training the current state holds: :attr:`step_count` less the steps the
+        rollbacks undid. ``while guard.step_count < T`` keeps the run's length (a rollback's lost
+        steps are lost); ``while guard.trained_steps < T`` trains them again, as a framework
+        resuming from a checkpoint does, so the final state holds ``T`` steps of training."""
+        return self._trained
 
     @property
     def interventions(self) -> list[Intervention]:
@@ -406,6 +419,8 @@ class Guard:
             if self._clock == 0 and step > 0 and not self._interventions:
                 for snap in self._pool():  # the initial snapshot precedes the first step, whatever its number
                     snap.label = step
+                self._clock = step
+        self._trained += step + 1 - self._clock
         self._clock = step + 1
         self._last_rolled_back = False
         d = self.doctor.observe(step, loss, lr=lr, grad_norm=grad_norm, val_loss=val_loss, metrics=metrics)
@@ -478,12 +493,13 @@ class Guard:
             ...     def restore(self, s): pass
             >>> g = Guard(T(), take_initial_snapshot=False)
             >>> sorted(g.state_dict())
-            ['clock', 'doctor', 'format', 'interventions', 'multiplier', 'probation']
+            ['clock', 'doctor', 'format', 'interventions', 'multiplier', 'probation', 'trained']
         """
         return {
             "format": 1,
             "multiplier": self._multiplier,
             "clock": self._clock,
+            "trained": self._trained,
             "interventions": [i.to_dict() for i in self._interventions],
             "doctor": self.doctor.state_dict(),
             "probation": self._policy.state_dict(),
@@ -503,6 +519,7 @@ class Guard:
             raise ValueError(f"Guard.load_state_dict: multiplier must be a finite number > 0, got {m!r}")
         self._multiplier = m
         self._clock = int(state["clock"])
+        self._trained = int(state.get("trained", self._clock))  # a state saved before it was kept: no rollback counted
         self._interventions = [Intervention.from_dict(i) for i in state["interventions"]]
         self.doctor.load_state_dict(state["doctor"])
         self._policy.load_state_dict(state.get("probation"))
@@ -512,6 +529,7 @@ class Guard:
         return {
             "lr_multiplier": self._multiplier,
             "step_count": self._clock,
+            "trained_steps": self._trained,
             "snapshot_steps": self.snapshot_steps,
             "snapshot_interval": self._set.interval,
             "interventions": [i.to_dict() for i in self._interventions],
@@ -537,7 +555,7 @@ class Guard:
         h = self._health
         rec = SnapshotRecord(
             label=self._clock, doctor=self.doctor.state_dict(), multiplier=self._multiplier,
-            best=h.best, sigma=h.sigma, health=h.state(), lr=self.doctor.current_lr,
+            best=h.best, sigma=h.sigma, health=h.state(), lr=self.doctor.current_lr, trained=self._trained,
         )
         self._set.add(rec, state, initial=initial, now=self._clock)
         del state
@@ -567,6 +585,7 @@ class Guard:
 
     def _restore(self, rec: SnapshotRecord, state: Any, rollback: bool = False) -> None:
         self.trainer.restore(state)
+        self._trained = rec.trained_steps
         self.doctor.load_state_dict(rec.doctor)
         if rollback and self.doctor.n_observations < self.doctor.config["flat_steps"]:
             # restored into the doctor's opening stretch (its "since the start" judgements: flat,

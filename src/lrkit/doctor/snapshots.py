@@ -138,6 +138,8 @@ class SnapshotRecord:
         val: the first validation loss observed within :data:`VERIFY` steps of it, if any.
         restores: how many times it has been restored.
         lr: the LR the run was training at when it was taken, if known.
+        trained: the steps of training the state holds (its label less the steps earlier
+            rollbacks undid; ``None``: the label, as in records saved before it was kept).
         handle: the store's key for the state.
         nbytes: the stored size (disk), for the manifest.
     """
@@ -157,6 +159,12 @@ class SnapshotRecord:
     nbytes: int = 0
     closed: bool = False  # no more losses are attributed to it (restored, or a NaN came)
     lr: float | None = None  # the LR the run was at when it was taken (None: not known)
+    trained: int | None = None  # steps of training in the state (None: its label)
+
+    @property
+    def trained_steps(self) -> int:
+        """The steps of training the state holds (the label when that was not recorded)."""
+        return self.label if self.trained is None else self.trained
 
     def record(self, step: int, loss: float, val_loss: float | None = None) -> None:
         """Attribute the loss of ``step`` (and its validation loss) to this snapshot's verification."""
@@ -219,7 +227,7 @@ class SnapshotRecord:
             "best": None if math.isinf(self.best) else self.best, "sigma": self.sigma, "health": self.health,
             "post": list(self.post), "post_steps": list(self.post_steps), "post_bad": self.post_bad, "val": self.val, "restores": self.restores,
             "handle": self.handle if isinstance(self.handle, (str, int)) else None, "nbytes": self.nbytes,
-            "lr": self.lr,
+            "lr": self.lr, "trained": self.trained,
         }
 
     @classmethod
@@ -231,6 +239,7 @@ class SnapshotRecord:
             post_steps=[int(v) for v in d.get("post_steps", [])], post_bad=bool(d["post_bad"]),
             val=d["val"], restores=int(d["restores"]), handle=d["handle"], nbytes=int(d.get("nbytes", 0)),
             lr=None if d.get("lr") is None else float(d["lr"]),
+            trained=None if d.get("trained") is None else int(d["trained"]),
         )
 
 

@@ -312,6 +312,15 @@ class TorchDoctor(GuardedWatch):
         """The step your loop starts (or, after ``resume``, continues) from: 0 for a new run."""
         return self.guard.step_count if self.guard is not None else 0
 
+    @property
+    def trained_steps(self) -> int:
+        """The steps of training the model holds: the guard's :attr:`~lrkit.doctor.guard.Guard.trained_steps`
+        (the steps run less those its rollbacks undid; without a guard, the steps run). Loop
+        ``while watch.trained_steps < total_steps`` to train the undone steps again."""
+        if self.guard is not None:
+            return self.guard.trained_steps
+        return self._n_steps
+
     # ------------------------------------------------------------------ the two calls
     def after_backward(self, loss: Any = None) -> float | None:
         """Call after ``loss.backward()``, before ``optimizer.step()``.
