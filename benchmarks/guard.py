@@ -73,6 +73,8 @@ from lrkit.doctor.guard import Guard, GuardGaveUp  # noqa: E402
 from lrkit.integrations.torch.trainer import TorchTrainer  # noqa: E402
 
 MNIST = ROOT.parent / "shared" / "data" / "mnist"
+#: the faults a rollback answers: run once more replaying the steps it undid
+REPLAYED = ("lr x3", "lr x6", "lr x30", "lr x1000", "nan weight", "bad shard")
 FAULTS = ("clean", "reshuffle", "lr x3", "lr x6", "lr x30", "lr x1000", "nan weight", "nan batches", "bad shard",
           "shard skipped", "kill -9", "kill -9 sync", "two guards")
 EVERY = 25
@@ -191,13 +193,15 @@ class Run:
         return float(np.mean(self.tail_losses)) if self.tail_losses else self.evaluate()
 
 
-def guarded(run: Run, steps: int, **kw) -> dict:
-    """Drive ``run`` with a guard for ``steps`` steps; the record of what happened."""
+def guarded(run: Run, steps: int, replay: bool = False, **kw) -> dict:
+    """Drive ``run`` with a guard for ``steps`` steps; the record of what happened. ``replay``: until
+    the state holds ``steps`` steps of training (``guard.trained_steps``), so the steps a rollback
+    undid are trained again, as a framework resuming from a checkpoint does."""
     guard = Guard(run.trainer, doctor=Doctor(), snapshot_every=EVERY, lr_factor=0.1, **kw)
     last_before = None
     gave_up = None
     with np.errstate(all="ignore"):
-        while guard.step_count < steps:
+        while (guard.trained_steps if replay else guard.step_count) < steps:
             k = guard.step_count
             if k == run.t:
                 last_before = max(s for s in guard.snapshot_steps if s <= k)
@@ -208,7 +212,7 @@ def guarded(run: Run, steps: int, **kw) -> dict:
             except GuardGaveUp as exc:
                 gave_up = exc
                 break
-            run.tail(k, steps)
+            run.tail(guard.trained_steps - 1 if replay else k, steps)
     rec = {
         "final": run.evaluate() if gave_up else run.final(),
         "gave_up": gave_up is not None,
@@ -219,6 +223,7 @@ def guarded(run: Run, steps: int, **kw) -> dict:
         "last_before": last_before,
         "t": run.t,
         "interval": guard.snapshot_interval,
+        "extra_steps": guard.step_count - steps if replay and not gave_up else 0,
     }
     guard.close()
     return rec
@@ -374,6 +379,10 @@ def main() -> None:
                     continue
                 else:
                     rec = guarded(Run(task, seed, fault, t if fault != "clean" else -1), a.steps)
+                if fault in REPLAYED:
+                    again = guarded(Run(task, seed, fault, t), a.steps, replay=True)
+                    again.update(task=task, seed=seed, fault=fault, half=half(seed), mode="replay")
+                    rows.append(again)
                 rec.update(task=task, seed=seed, fault=fault, half=half(seed))
                 rows.append(rec)
                 print(json.dumps({k: v for k, v in rec.items()}, default=str), flush=True)
@@ -396,23 +405,31 @@ def main() -> None:
         "",
     ]
     for which in ("held-out", "dev"):
-        part = [r for r in rows if r["half"] == which]
+        part = [r for r in rows if r["half"] == which and r.get("mode") != "replay"]
         if not part:
             continue
         lines += [
             f"**{which} half**" + (" (headline)" if which == "held-out" else ""),
             "",
-            "| fault | runs | finished | goal met | rollbacks | before last healthy | work lost | final / clean |",
-            "|---|---|---|---|---|---|---|---|",
+            "| fault | runs | finished | goal met | rollbacks | before last healthy | work lost | final / clean "
+            "| replayed: goal met | replayed: final / clean | replayed: extra steps |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for fault in FAULTS:
             fr = [r for r in part if r["fault"] == fault]
             s = summarise(fr, clean)
             n_rb = sum(len(r["restored"]) for r in fr) if not fault.startswith("kill -9") else "resumed"
             lost = f"{statistics.median(s['lost']):.0f} / {max(s['lost'])}" if s["lost"] else "-"
+            again = [r for r in rows if r["half"] == which and r.get("mode") == "replay" and r["fault"] == fault]
+            if again:
+                sa = summarise(again, clean)
+                extra = [r["extra_steps"] for r in again]
+                replayed = f"{sa['goal']} of {sa['n']} | {fmt_ratio(sa['ratios'])} | {statistics.median(extra):.0f} / {max(extra)}"
+            else:
+                replayed = "- | - | -"
             lines.append(
                 f"| {fault} | {s['n']} | {s['finished']} | {s['goal']} | {n_rb} | {s['before']} | {lost} | "
-                f"{fmt_ratio(s['ratios'])} |"
+                f"{fmt_ratio(s['ratios'])} | {replayed} |"
             )
         lines.append("")
     lines += [
@@ -437,6 +454,13 @@ def main() -> None:
         "20 steps simply not trained: the best a guard that knew to skip it could do) ends within 2% on the "
         "held-out half and at worst 10% on the development half's MNIST seed: the held-out `bad shard` miss is "
         "the garbage trained before each detection and the steps a rollback loses, not the shard's absence. "
+        "*Replayed* (the same faulty runs driven `while guard.trained_steps < T`: the steps a rollback undid "
+        "are trained again, as a resumed run's are -- compare `kill -9`; *extra steps* is what that costs, "
+        "median / max): the held-out `lr x6` miss goes (worst 1.079 -> 1.025, 21-41 extra steps) and every "
+        "held-out fault but `bad shard` ends within 5% of its clean run; `bad shard` stays at 1.11 (the "
+        "garbage batches trained before each detection, not the lost steps, are its cost). On the "
+        "development half replaying changes nothing beyond its noise floor (its `bad shard` runs, which "
+        "train on other batches once replayed, 4 -> 3 of 6). "
         "`kill -9`: the resumed run loses at most one snapshot period plus the "
         "write still in flight when it died (snapshots are written in the background; here the kill never "
         "hit one in flight); `kill -9 sync` (`sync_writes=True`: training waits for each snapshot to be on "
