@@ -3,8 +3,8 @@
 Run:  ``.venv/bin/python -m benchmarks.tune_regret``  (``--half dev|heldout|both``, ``--methods a,b``,
 ``--tasks a,b``, ``--fresh`` to ignore cached search runs, ``--no-write`` to leave BENCHMARKS.md alone).
 
-Protocol, per task and search seed (:data:`SEARCH_SEEDS`: two for lrkit, one for the references,
-to keep the run within minutes on two shared cores):
+Protocol, per task and search seed (:data:`SEARCH_SEEDS`: three for lrkit, TPE and random search;
+one for the log sweep, whose points and answer do not depend on a seed):
 
 * **Compute** is counted in training-run equivalents: optimizer steps trained (by every trial,
   and by lrkit's range test and its verification runs) / the steps of one run (the task's
@@ -55,7 +55,7 @@ from lrkit.tune.strategies import grid_values
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS_CACHE = {"lrkit": RESULTS / "tune_runs_lrkit.json", "refs": RESULTS / "tune_runs_refs.json"}
 METHODS = ["lrkit", "tpe", "random", "log", "grid"]
-SEARCH_SEEDS = {"lrkit": (0, 1, 2), "tpe": (0,), "random": (0,), "log": (0,)}  # CPU: references on one seed
+SEARCH_SEEDS = {"lrkit": (0, 1, 2), "tpe": (0, 1, 2), "random": (0, 1, 2), "log": (0,)}  # log: deterministic
 CHECKPOINTS = (2, 4, 8, 12)
 BUDGET = {"lrkit": 4.0, "tpe": 12.0, "random": 12.0}
 VERSION = {"lrkit": "v9", "tpe": "v1", "random": "v1", "log": "v1", "grid": "v1"}
@@ -259,7 +259,7 @@ def render(out: dict, skipped: list[str], seconds: float, methods: list[str]) ->
         f"Command: `.venv/bin/python -m benchmarks.tune_regret` ({seconds / 60:.1f} min for the runs not yet "
         "cached in `benchmarks/results/tune_runs_*.json`; the oracle comes from `benchmarks/results/finder_oracle.json`).  ",
         f"Machine: {machine()}, torch at 1 thread. Search seeds: lrkit {list(SEARCH_SEEDS['lrkit'])} (each cell the "
-        f"mean over them), the references {list(SEARCH_SEEDS['tpe'])}.",
+        f"mean over them), TPE and random {list(SEARCH_SEEDS['tpe'])}, the log sweep {list(SEARCH_SEEDS['log'])} (its points do not depend on a seed).",
         "",
         "Regret at b = (oracle's mean validation loss over 3 seeds at the LR the method holds after spending b "
         "training-run equivalents, interpolated in log-LR on the 20-point oracle grid - the grid's best) / best. "
