@@ -27,6 +27,7 @@ def test_demo_json_reports_the_runs_and_writes_the_pictures(tmp_path):
     ap = summary["autopilot"]
     assert ap["runs"] == 1 and 0.0 <= ap["val_accuracy"] <= 1.0 and ap["peak_lr"] > 0
     assert 10 <= ap["finder_steps"] <= 18 and ap["val_loss"] < 2.3  # better than chance (ln 10)
+    assert ap["rollbacks"] == 0 and ap["plateau_halvings"] >= 0  # a healthy run: nothing to roll back
     # the suggestion trains the example at least about as well as the rule of thumb
     assert summary["at_suggestion"]["val_loss"] <= summary["at_default"]["val_loss"] * 1.1
     for path in summary["files"].values():

@@ -55,13 +55,15 @@ def _autopiloted(task_factory, *, steps: int, seeds: list[int]) -> dict[str, Any
         loss, acc = evaluate(task, task.model)
         runs.append({"val_loss": loss, "val_accuracy": acc, "peak_lr": flight.pilot.plan.peak_lr,
                      "finder_steps": flight.pilot.plan.finder_cost_steps,
-                     "interventions": len(flight.pilot.interventions)})
+                     "plateau_halvings": sum(e.kind == "plateau" for e in flight.pilot.interventions),
+                     "rollbacks": sum(e.kind == "rollback" for e in flight.pilot.interventions)})
     return {
         "peak_lr": statistics.median(r["peak_lr"] for r in runs),
         "val_loss": statistics.median(r["val_loss"] for r in runs),
         "val_accuracy": statistics.median(r["val_accuracy"] for r in runs),
         "finder_steps": max(r["finder_steps"] for r in runs),
-        "interventions": sum(r["interventions"] for r in runs),
+        "plateau_halvings": sum(r["plateau_halvings"] for r in runs),
+        "rollbacks": sum(r["rollbacks"] for r in runs),
         "runs": len(runs),
     }
 
@@ -172,7 +174,8 @@ def format_demo(summary: dict[str, Any]) -> str:
             f"The autopilot, no LR given ({summary['steps']} steps, its own finder within 30% of the run and "
             f"its schedule; median of {a['runs']} seeds):",
             f"  {'peak LR ' + format(a['peak_lr'], '.3g'):<22}{a['val_loss']:>10.4f}{a['val_accuracy']:>10.3f}"
-            f"   (finder {a['finder_steps']} steps, {a['interventions']} interventions)",
+            f"   (finder {a['finder_steps']} steps; {a['plateau_halvings']} LR halvings on plateaus, "
+            f"{a['rollbacks']} rollbacks, over all seeds)",
         ]
     lines += [
         "",
