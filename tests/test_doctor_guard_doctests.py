@@ -11,6 +11,7 @@ MODULES = [
     "lrkit.doctor.guarded_watch",
     "lrkit.doctor.interventions",
     "lrkit.doctor.lr_policy",
+    "lrkit.doctor.relapse",
     "lrkit.doctor.snapshot_set",
     "lrkit.doctor.snapshots",
     "lrkit.integrations.torch.doctor",

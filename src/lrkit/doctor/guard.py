@@ -137,17 +137,14 @@ from lrkit.doctor.core import Diagnosis, Doctor
 from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation, watch_doctor  # noqa: F401 - re-exported
 from lrkit.doctor.interventions import GuardGaveUp, Intervention
 from lrkit.doctor.lr_policy import LRPolicy
+from lrkit.doctor.relapse import RelapseWatch
 from lrkit.doctor.snapshot_set import SnapshotSet
-from lrkit.doctor.snapshots import LEVEL, SHORT, HealthTracker, SnapshotRecord, best_snapshot, choose_target
+from lrkit.doctor.snapshots import HealthTracker, SnapshotRecord, best_snapshot, choose_target
 from lrkit.doctor.storage import DiskStore, MemoryStore, SnapshotError
 
 __all__ = ["Guard", "GuardGaveUp", "Intervention", "SnapshotError"]
 
 _GOOD = ("healthy", "flat", "converged", "overfitting")  # verdicts under which a snapshot may be taken
-#: after a rollback, a loss level this many times the restored state's best, for RELAPSE_STEPS
-#: steps, is a new divergence (see Guard._relapse)
-RELAPSE_RATIO = 2.0
-RELAPSE_STEPS = 10
 
 
 class Guard:
@@ -285,7 +282,7 @@ class Guard:
         self._health = HealthTracker()
         self._interventions: list[Intervention] = []
         self._last_rolled_back = False
-        self._relapse_ref: dict[str, Any] | None = None  # after a rollback: the restored state's level
+        self._relapse_watch = RelapseWatch()  # after a rollback: the restored state's level
         self._policy = LRPolicy(lr_factor, forgive_first)  # what a rollback does to the LR
         self._since = 0  # good steps since the last snapshot or rollback
         self._started = False
@@ -596,8 +593,7 @@ class Guard:
         rec.closed = True  # losses from now on are at another LR: they do not re-verify it
         self._since = 0
         if rollback:  # the restored state's level is the reference until a new snapshot is verified
-            self._relapse_ref = {"best": rec.best if math.isfinite(rec.best) else self._health.best, "above": None,
-                           "label": rec.label}
+            self._relapse_watch.arm(best=rec.best if math.isfinite(rec.best) else self._health.best, label=rec.label)
 
     def _cut(self, step: int, d: Diagnosis, target: SnapshotRecord) -> float:
         """The factor the LR multiplier is multiplied by (:mod:`lrkit.doctor.lr_policy`).
@@ -619,13 +615,14 @@ class Guard:
             multiplier=self._multiplier,
         )
 
+    def _healthy_since(self, label: int) -> bool:
+        """A rolling snapshot taken after step ``label`` exists and the newest one is verified healthy."""
+        newer = [s for s in self._set.rolling if s.label > label]
+        return bool(newer) and bool(newer[-1].healthy(self.tolerance))
+
     def _policy_tick(self, step: int) -> None:
         """A lowering on probation may be undone (:meth:`LRPolicy.tick`)."""
-        def healthy_since(label: int) -> bool:
-            newer = [s for s in self._set.rolling if s.label > label]
-            return bool(newer) and bool(newer[-1].healthy(self.tolerance))
-
-        m = self._policy.tick(step, multiplier=self._multiplier, healthy_since=healthy_since)
+        m = self._policy.tick(step, multiplier=self._multiplier, healthy_since=self._healthy_since)
         if self._policy.note is not None:
             self._write_manifest()
             self.logger.warning("lrkit guard: %s", self._policy.note)
@@ -635,40 +632,8 @@ class Guard:
                 self._write_manifest()
 
     def _relapse(self, step: int, loss: float) -> Diagnosis | None:
-        """``diverging`` when, after a rollback, the loss level has sat at :data:`RELAPSE_RATIO`
-        times the restored state's best level or more for :data:`RELAPSE_STEPS` steps.
-
-        A rollback into the doctor's opening stretch restarts the doctor (slow progress at the
-        lowered LR must not be judged against the failed one's losses), so a run that blows up
-        again right after it -- a bad data shard still coming, a network killed on the way --
-        would set the doctor's new baseline on its dead plateau. The guard keeps the restored
-        state's level as its own reference until a snapshot taken after the rollback is verified
-        healthy.
-        """
-        w = self._relapse_ref
-        if w is None or not math.isfinite(w["best"]):
-            return None
-        newer = [s for s in self._set.rolling if s.label > w["label"]]
-        if newer and newer[-1].healthy(self.tolerance):
-            self._relapse_ref = None  # the run is back on its feet
-            return None
-        recent = self._health.recent[-LEVEL:]
-        if len(recent) < SHORT or not math.isfinite(loss):
-            return None
-        level = sorted(recent)[len(recent) // 2]
-        if level - w["best"] < math.log(RELAPSE_RATIO):
-            w["above"] = None
-            return None
-        w["above"] = step if w["above"] is None else w["above"]
-        if step - w["above"] + 1 < RELAPSE_STEPS:
-            return None
-        ratio = math.exp(level - w["best"])
-        return Diagnosis(
-            "diverging", w["above"], step, {"loss_ratio_to_best": ratio},
-            ("lower the LR", "check the data of these steps"),
-            f"After the rollback the loss level rose to {ratio:.3g}x the restored state's best and stayed there "
-            f"since step {w['above']}.",
-        )
+        """A relapse right after a rollback (:class:`~lrkit.doctor.relapse.RelapseWatch`)."""
+        return self._relapse_watch.check(step, loss, self._health.recent, self._healthy_since)
 
     # ------------------------------------------------------------------ rollback
     def _intervene(self, step: int, d: Diagnosis) -> Intervention:
