@@ -4,7 +4,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lrkit.doctor.lr_policy import LRPolicy
+from lrkit.doctor.lr_policy import PROBATION_FACTOR, LRPolicy
 
 steps = st.integers(0, 10_000)
 
@@ -43,9 +43,11 @@ def test_a_recovery_ramps_monotonically_back_to_the_level_before_the_trouble(int
     p = LRPolicy(gamma)
     assert p.factor(step=100, onset=100, target=90, initial=False, interval=interval, held_raise=None,
                     last=None, multiplier=1.0) == 1.0
+    # the second problem right after the forgiven one: a halving on probation (gamma when milder)
+    cut = max(gamma, PROBATION_FACTOR)
     assert p.factor(step=101, onset=101, target=90, initial=False, interval=interval, held_raise=None,
-                    last=(100, 90, True), multiplier=1.0) == gamma
-    m, seen = gamma, [gamma]
+                    last=(100, 90, True), multiplier=1.0) == cut
+    m, seen = cut, [cut]
     for s in range(102, 102 + wait + 8 * interval):
         new = p.tick(s, multiplier=m, healthy_since=lambda label: s >= 102 + wait)
         if new is not None:
@@ -64,7 +66,7 @@ def test_a_held_raise_during_probation_ends_it():
     p = LRPolicy(0.1)
     common = dict(onset=100, target=90, initial=False, interval=10, multiplier=1.0)
     assert p.factor(step=100, held_raise=None, last=None, **common) == 1.0
-    assert p.factor(step=104, held_raise=None, last=(100, 90, True), **common) == 0.1 and p.probation
+    assert p.factor(step=104, held_raise=None, last=(100, 90, True), **common) == 0.5 and p.probation
     assert p.factor(step=110, held_raise=30.0, last=(104, 90, False), **common) == 1 / 30
     assert p.probation is None
-    assert p.tick(200, multiplier=0.1 / 30, healthy_since=lambda label: True) is None and not p.recoveries
+    assert p.tick(200, multiplier=0.5 / 30, healthy_since=lambda label: True) is None and not p.recoveries

@@ -9,6 +9,7 @@ With :math:`K` the guard's snapshot period, a rollback multiplies the LR multipl
     c = \begin{cases}
       1/r & \text{the LR was raised } r \text{ times and held since the restored snapshot} \\
       1 & \text{a first problem (below)} \\
+      \gamma_p = \max(\gamma, 1/2) & \text{a second problem right after a forgiven one (probation, below)} \\
       \gamma & \text{otherwise}
     \end{cases}
 
@@ -22,7 +23,10 @@ the run for nothing. Every forgiven rollback lands on a strictly newer snapshot,
 loop.
 
 **Probation.** A second problem right after a forgiven one is ambiguous: a bad stretch of data
-hits twice as surely as a too-high LR. That lowering is on probation: once the run has trained
+hits twice as surely as a too-high LR. So that lowering is a halving (:data:`PROBATION_FACTOR`,
+as the autopilot's second problem; :math:`\gamma` when that is milder), not a tenth -- a 10x lower
+LR through a corrupt shard of a run still learning fast cost MNIST 10-16% of its final loss on the
+guard benchmark's development half, a halving 4-10% -- and it is on probation: once the run has trained
 :math:`2K` steps past it and a snapshot taken since is verified healthy, :math:`m` ramps back
 geometrically over :math:`2K` steps to its value before the trouble (at once, a 10x jump meets a
 state that sharpened at the lower LR: on MNIST it blew up again). A problem during probation
@@ -38,21 +42,25 @@ Example:
     >>> first = dict(step=100, onset=100, target=90, initial=False, interval=10)
     >>> p.factor(**first, held_raise=None, last=None, multiplier=1.0)     # a bad batch: keep
     1.0
-    >>> p.factor(**{**first, "step": 104}, held_raise=None, last=(100, 90, True), multiplier=1.0)
-    0.1
+    >>> p.factor(**{**first, "step": 104}, held_raise=None, last=(100, 90, True), multiplier=1.0)  # again: halve
+    0.5
     >>> healthy = lambda label: True          # a snapshot newer than the target is verified healthy
-    >>> p.tick(110, multiplier=0.1, healthy_since=healthy) is None, p.recoveries   # not 2K yet
+    >>> p.tick(110, multiplier=0.5, healthy_since=healthy) is None, p.recoveries   # not 2K yet
     (True, [])
-    >>> p.tick(130, multiplier=0.1, healthy_since=healthy) is None, p.recoveries   # probation over
+    >>> p.tick(130, multiplier=0.5, healthy_since=healthy) is None, p.recoveries   # probation over
     (True, [130])
-    >>> [round(p.tick(s, multiplier=0.1, healthy_since=healthy), 3) for s in (131, 140, 149)]
-    [0.126, 0.355, 1.0]
+    >>> [round(p.tick(s, multiplier=0.5, healthy_since=healthy), 3) for s in (131, 140, 149)]
+    [0.536, 0.732, 1.0]
 """
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-__all__ = ["LRPolicy"]
+__all__ = ["LRPolicy", "PROBATION_FACTOR"]
+
+#: the cut of a lowering on probation (a second problem right after a forgiven one), unless
+#: ``lr_factor`` is milder: a halving, as the autopilot's own policy does for a second problem
+PROBATION_FACTOR = 0.5
 
 
 class LRPolicy:
@@ -99,6 +107,7 @@ class LRPolicy:
         if not self.closed and not initial and last is not None and last[2]:
             # the second problem right after a forgiven one: a bad stretch of data or the LR
             self.probation = {"multiplier": multiplier, "label": target, "at": step, "until": step + 2 * interval}
+            return max(self.lr_factor, PROBATION_FACTOR)
         return self.lr_factor
 
     def tick(self, step: int, *, multiplier: float, healthy_since: Callable[[int], bool]) -> float | None:
