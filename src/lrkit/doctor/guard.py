@@ -29,10 +29,11 @@ would cost the rest of the run for nothing. With ``forgive_first=True`` (the def
 :math:`1/r` when the LR was raised :math:`r` times and held since the restored snapshot (the raise
 is undone); 1 for a *first problem* out of a run that has shown it trains at this LR (the target
 is not the initial state, the onset is not before it, and no rollback in the last :math:`2K`
-steps or from this snapshot); else :math:`\gamma`. A lowering right after a forgiven problem is a
-halving (:math:`\max(\gamma, 1/2)`) on *probation*: once the run has trained :math:`2K` steps past it and a newer snapshot is healthy,
-the multiplier ramps back over :math:`2K` steps (:attr:`Guard.recoveries`); trouble within
-:math:`4K` steps of that lowers it for good. ``forgive_first=False``: :math:`c = \gamma` on every
+steps or from this snapshot); else :math:`\gamma`. A lowering right after a forgiven problem is
+a halving (:math:`\max(\gamma, 1/2)`) on *probation*: once the run has trained :math:`2K` steps
+past it and a newer snapshot is healthy, the multiplier ramps back over :math:`2K` steps
+(:attr:`Guard.recoveries`); trouble during probation, or within :math:`4K` steps of that, lowers
+it by :math:`\gamma`, the latter for good. ``forgive_first=False``: :math:`c = \gamma` on every
 rollback without a held raise.
 
 **Which snapshot is "last good".** A snapshot is taken after every ``snapshot_every`` (= :math:`K`)
