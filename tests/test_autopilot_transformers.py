@@ -83,6 +83,22 @@ def test_trains_with_no_learning_rate_and_logs_the_autopilots_lr(tmp_path):
     assert trainer.evaluate()["eval_loss"] < 1.0
 
 
+def test_a_run_that_logs_too_rarely_for_the_guard_is_told_what_to_set(tmp_path):
+    """The guard reads one loss per training log: 4 logs over a run (logging_steps=10 of 40 steps,
+    as the Trainer's default 500 does over a few thousand) cannot fill the doctor's window."""
+    import warnings
+
+    train, _ = _data()
+    with pytest.warns(UserWarning, match=r"will write 4 training logs .* Set logging_steps=1 or less"):
+        transformers.Trainer(model=Clf(), args=_args(tmp_path / "rare", 40, logging_steps=10), train_dataset=train,
+                             callbacks=[AutopilotCallback()]).train()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        transformers.Trainer(model=Clf(), args=_args(tmp_path / "every", 60), train_dataset=train,
+                             callbacks=[AutopilotCallback()]).train()
+    assert not [w for w in seen if "training logs" in str(w.message)]  # 60 logs: the window fills
+
+
 def test_resume_from_checkpoint_runs_no_finder_and_continues(tmp_path, monkeypatch):
     train, _ = _data()
     full = LogTrace()

@@ -9,7 +9,9 @@ autopilot's LR, so the ``Trainer`` keeps stepping its own scheduler and logs the
 ``learning_rate``.
 
 **The guard** reads what the ``Trainer`` logs (``on_log``: ``loss``, ``grad_norm``; a per-step loss
-is not reachable from a callback), so set ``logging_steps`` small (1 for per-step watching). On
+is not reachable from a callback), so set ``logging_steps`` small (1 for per-step watching; a run
+that will write fewer training logs than the doctor's window, as the default 500 does over a few
+thousand steps, gets a warning saying what to set). On
 ``nan``/``diverging`` the model, the optimizer state, the AMP scaler and the RNGs go back in place
 to the last good snapshot and the LR is lowered from the next step on. Each evaluation's
 ``eval_loss`` feeds the plateau rule. Every intervention is logged to ``lrkit.autopilot`` and kept
@@ -40,7 +42,7 @@ from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer,
 from lrkit.doctor.guarded_watch import PendingValidation
 from lrkit.integrations.torch.autopilot import _group_ratios
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
-from lrkit.integrations.transformers.callback import RefreshedBeforeSaves, _guard_blockers
+from lrkit.integrations.transformers.callback import RefreshedBeforeSaves, _expected_logs, _guard_blockers
 from lrkit.schedules.base import Schedule
 
 __all__ = ["AutopilotCallback"]
@@ -152,6 +154,7 @@ class AutopilotCallback(RefreshedBeforeSaves, TrainerCallback):
                              peak_lr=self.peak_lr)
             self.pilot = Autopilot(plan, guard=self.guard, plateau=self.plateau, logger=self.logger)
             self.pilot.logger.info("%s", plan.summary())
+            self._warn_if_few_logs(args, state)
         self.pilot.attach(_State(model, inner, getattr(optimizer, "scaler", None)))
         self._lambda = _PilotLambda(self)
         scheduler.lr_lambdas = [self._lambda] * len(inner.param_groups)
@@ -177,6 +180,25 @@ class AutopilotCallback(RefreshedBeforeSaves, TrainerCallback):
         for g, r in zip(self._optimizer.param_groups, self._ratios):
             g["lr"] = lr * r
         self._scheduler._last_lr = [g["lr"] for g in self._optimizer.param_groups]
+
+    def _warn_if_few_logs(self, args: Any, state: Any) -> None:
+        """The guard reads one loss per training log: with the Trainer's default ``logging_steps``
+        (500) a run of a few thousand steps writes fewer logs than the doctor's window, and the
+        guard sees a divergence late or not at all -- said once, with what to set."""
+        if not self.guard or self.pilot is None:
+            return
+        logs, window = _expected_logs(args, state), int(self.pilot.doctor.config["window"])
+        if logs >= window:
+            return
+        steps = int(getattr(state, "max_steps", 0) or 0)
+        fit = max(1, steps // (4 * window))
+        warnings.warn(
+            f"AutopilotCallback: this run will write {logs} training logs (logging_steps="
+            f"{getattr(args, 'logging_steps', None)!r} over {steps} steps) and the guard reads one loss per log, "
+            f"judging a trend over {window} of them: it would see a divergence late or not at all. Set "
+            f"logging_steps={fit} or less in TrainingArguments (1 watches every step)",
+            stacklevel=2,
+        )
 
     # ------------------------------------------------------------------ every log
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kwargs: Any) -> None:
