@@ -226,3 +226,19 @@ def test_behind_the_best_prunes_only_a_trial_that_is_not_catching_up():
     for s, gap in ((20, 0.5), (30, 0.5), (40, 0.5)):
         stuck.report((1.0 + 1.0 / s) * (1 + gap), s)
     assert stuck.should_prune()
+
+
+def test_a_lost_race_to_create_the_tables_is_told_from_other_database_errors():
+    """Workers opening a fresh database together race to create Optuna's tables; the loser sees a
+    unique violation (tested for real in test_tune_postgres) or "relation ... already exists" (a
+    ProgrammingError): both mean open again. Any other SQL error is reported, not retried."""
+    import sqlalchemy.exc
+
+    from lrkit.tune.storage import _lost_creation_race
+
+    def err(cls, msg):
+        return cls("CREATE TABLE studies (...)", {}, Exception(msg))
+
+    assert _lost_creation_race(err(sqlalchemy.exc.ProgrammingError, 'relation "studies" already exists'))
+    assert _lost_creation_race(err(sqlalchemy.exc.IntegrityError, 'duplicate key value violates unique constraint'))
+    assert not _lost_creation_race(err(sqlalchemy.exc.ProgrammingError, 'permission denied for schema public'))

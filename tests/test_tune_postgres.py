@@ -116,6 +116,36 @@ def test_two_workers_share_one_study_on_postgresql(postgres_url):
     assert results[0]["best_lr"] in lrs and {r["storage"] for r in results} == {postgres_url}
 
 
+def test_a_worker_that_loses_the_race_to_create_the_tables_finds_them(postgres_url):
+    """Optuna creates its tables on first use, so workers started together on a fresh database race
+    to create them. Made deterministic here: another connection has created them in a transaction
+    not yet committed, so the worker's check sees no table and its CREATE waits; when the other
+    commits, the worker's CREATE fails ("relation ... already exists" or a unique violation on a
+    type) -- it must open the storage the winner made, not stop."""
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sqlalchemy.text("DROP DATABASE IF EXISTS race"))
+        c.execute(sqlalchemy.text("CREATE DATABASE race"))
+    admin.dispose()
+    url = postgres_url.rsplit("/", 1)[0] + "/race"
+    winner = sqlalchemy.create_engine(url)
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    code = "import sys; from lrkit.tune.storage import open_storage; open_storage(sys.argv[1]); print('opened')"
+    with winner.connect() as conn:
+        tx = conn.begin()
+        models.BaseModel.metadata.create_all(conn)  # the winner's tables, not committed yet
+        worker = subprocess.Popen([sys.executable, "-c", code, url], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=env)
+        time.sleep(6.0)  # the worker imports, finds no table, and its CREATE waits on the winner's lock
+        tx.commit()
+    out, err = worker.communicate(timeout=120)
+    winner.dispose()
+    assert worker.returncode == 0 and "opened" in out, err[-1500:]
+
+
 def test_wrong_direction_and_bad_database_on_postgresql(postgres_url):
     optuna.create_study(storage=postgres_url, study_name="acc", direction="maximize")
     p = _worker(postgres_url.rsplit("/", 1)[0] + "/no_such_db")

@@ -83,9 +83,10 @@ def open_storage(spec: str | None, *, heartbeat_interval: int = HEARTBEAT_INTERV
                         url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
                         grace_period=grace_period, heartbeat_stale_trial_callback=_retry_callback(),
                     )
-            except sqlalchemy.exc.IntegrityError:
-                # two workers creating the tables of a new database at once: the other one won
-                if attempt == 4:
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+                # two workers creating the tables of a new database at once: the other one won (a
+                # unique violation on a type, or "relation ... already exists" on a table)
+                if attempt == 4 or not _lost_creation_race(exc):
                     raise
                 time.sleep(0.5 * (attempt + 1))
     except ImportError as exc:
@@ -95,6 +96,15 @@ def open_storage(spec: str | None, *, heartbeat_interval: int = HEARTBEAT_INTERV
     except sqlalchemy.exc.SQLAlchemyError as exc:
         detail = " ".join(str(getattr(exc, "orig", None) or exc).split())
         raise ValueError(f"storage {_redact(url)} cannot be reached: {detail[:300]}") from None
+
+
+def _lost_creation_race(exc: Exception) -> bool:
+    """``exc`` says another process created the schema first (so opening again will find it)."""
+    import sqlalchemy.exc
+
+    if isinstance(exc, sqlalchemy.exc.IntegrityError):
+        return True
+    return "already exists" in str(getattr(exc, "orig", None) or exc)
 
 
 def _redact(url: str) -> str:
