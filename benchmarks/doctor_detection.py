@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
-import math
 import os
 import sys
 import time

@@ -38,9 +38,7 @@ import json
 import logging
 import os
 import shutil
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 

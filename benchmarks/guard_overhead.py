@@ -46,7 +46,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
 from benchmarks._report import machine, write_section  # noqa: E402
-from lrkit.doctor.guard import Guard  # noqa: E402
 from lrkit.integrations.torch.doctor import TorchDoctor  # noqa: E402
 from lrkit.integrations.torch.state import TorchSnapshot  # noqa: E402
 

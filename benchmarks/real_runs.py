@@ -196,7 +196,6 @@ def run_torch(spec: RunSpec, out: Path, guard: bool) -> RunResult:
     watch = TorchDoctor(model, opt, guard=guard)
     writer = SummaryWriter(log_dir=str(out)) if out is not None else None
     gen = torch.Generator().manual_seed(spec.seed)
-    step, running = 0, 0.0
     try:
         _torch_loop(spec, model, opt, sched, watch, writer, gen, Xtr_t, ytr_t, Xva_t, yva_t, epochs, batch, per_epoch)
         gave_up = False

@@ -158,7 +158,7 @@ def test_exploding_gradient_norm_with_a_rising_loss_is_diverging_before_the_loss
     for t in range(200):
         gn = 1.0 if t < 150 else 1.0 * 1.5 ** (t - 150)
         loss = 1.0 / (1 + t / 50) if t < 150 else 0.25 * 1.03 ** (t - 150)  # rises 3% a step
-        d = doc.observe(t, loss, grad_norm=gn, lr=0.1)
+        doc.observe(t, loss, grad_norm=gn, lr=0.1)
     first = doc.history[0]
     assert first.verdict == "diverging"
     assert first.evidence["grad_norm_ratio"] > 10 and first.evidence["loss_ratio_to_best"] < 2

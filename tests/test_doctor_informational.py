@@ -2,7 +2,6 @@
 against the real callback) and ``overfitting`` (validation loss up while the training loss falls).
 They are never a rollback and never hide (nor are hidden by) a problem."""
 import json
-import math
 
 import numpy as np
 import pytest

@@ -1,7 +1,6 @@
 """The doctor reads the LR column: a loss that rises because a schedule raised the LR (SGDR warm
 restarts, triangular cyclical, one-cycle, warmup) is the schedule, not divergence, unless the
 loss fails to come back as the schedule decays; outlier batches are outliers."""
-import math
 
 import numpy as np
 from hypothesis import HealthCheck, example, given, settings, strategies as st

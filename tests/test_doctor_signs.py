@@ -2,7 +2,6 @@
 one ranked list, and every sign's state survives ``state_dict``/``load_state_dict``."""
 import doctest
 import importlib
-import json
 import pkgutil
 
 import numpy as np

@@ -18,7 +18,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.datasets import load_diabetes
 
-from lrkit.doctor import Doctor
 from lrkit.integrations.torch.doctor import StabilityProbe, TorchDoctor
 
 N = 352  # rows used: 4 probe chunks of 88

@@ -9,7 +9,6 @@ optuna = pytest.importorskip("optuna")
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-import lrkit  # noqa: E402
 from lrkit.tune import Prior, load_result, tune  # noqa: E402
 from lrkit.tune._linesearch import next_point, parabola_vertex  # noqa: E402
 from lrkit.tune.strategies import grid_values  # noqa: E402

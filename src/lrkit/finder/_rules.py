@@ -46,7 +46,6 @@ Example:
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np

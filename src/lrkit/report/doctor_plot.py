@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 
 from lrkit.doctor.core import Diagnosis
-from lrkit.doctor.logs import LogRecords, read_log
+from lrkit.doctor.logs import read_log
 
 __all__ = ["plot_diagnosis"]
 
