@@ -15,7 +15,7 @@ from lrkit.finder._rules import (
     ema_unbiased_start,
     fastai_valley,
 )
-from lrkit.finder.suggest import MAX_CANDIDATES, MAX_TRIED, Suggestion, suggest
+from lrkit.finder.suggest import GRID_RATIO, MAX_CANDIDATES, MAX_TRIED, Suggestion, suggest
 
 LRS = np.logspace(-6, 1, 100)
 
@@ -442,6 +442,26 @@ def test_a_walk_up_out_of_a_desert_of_too_low_lrs_goes_on_while_progress_grows()
     assert max(tried) >= 1e-2, tried
     assert s.method == "verified", s.details["warnings"]
     assert 1e-3 <= s.lr <= 1e-2
+
+
+@pytest.mark.parametrize("down_decades", [0.5, 1.0, 2.0])
+def test_a_failed_upper_neighbour_close_by_moves_the_pick_a_quarter_decade_down_at_most(down_decades):
+    """The stability edge lies within half a decade above the best: the pick is half-way down to a
+    neighbour half a decade below -- a quarter decade -- also when the budget ended the refinement
+    before that neighbour was tried and the next one below is a decade or more away."""
+    from lrkit.finder.suggest import _pick, _Search
+
+    search = _Search(None, None, steps=5, budget=0, ref_eval=10.0, floor=1e-8, ceiling=10.0)
+    best = 1e-2
+    search.results = [
+        {"lr": best * GRID_RATIO, "score": None, "steps": 2, "rejected": "diverged", "start": 10.0},
+        {"lr": best, "score": 1.0, "steps": 5, "rejected": None, "start": 10.0},
+        {"lr": best / 10**down_decades, "score": 2.0, "steps": 5, "rejected": None, "start": 10.0},
+    ]
+    lr, band, how, _ = _pick(search)
+    assert how.startswith("half-way to the next candidate below")
+    assert lr == pytest.approx(best / 10 ** 0.25)
+    assert band[0] <= lr <= band[1]
 
 
 def test_a_verification_that_shows_no_progress_says_so():

@@ -63,7 +63,8 @@ grid below :math:`\\eta_{\\min}` and, when it may drive the trainer, measures th
        \\log\\hat\\eta = x_0 - \\frac{1}{2}\\,
        \\frac{(x_0-x_-)^2 (S_0-S_+) - (x_0-x_+)^2 (S_0-S_-)}{(x_0-x_-)(S_0-S_+) - (x_0-x_+)(S_0-S_-)},
 
-   half-way down to the lower neighbour when the upper one, half a decade away, failed; the best
+   half-way down to the lower neighbour when the upper one, half a decade away, failed (at most a
+   quarter decade down: half a grid step, whatever the neighbour's distance); the best
    itself at an edge of the candidates or when the upper neighbour ties it. The answer is :math:`\\eta^* = \\hat\\eta / 2`
    (:data:`SHORT_RUN_FACTOR`): a run of :math:`k` steps rewards early progress and cannot see the
    higher noise floor of a too-high LR later, so its optimum sits above the full run's (by 2-3x on
@@ -415,7 +416,9 @@ def _pick(search: _Search) -> tuple[float, tuple[float, float], str, dict]:
     elif down["score"] is None:
         lr, how = best["lr"], "best candidate (the next candidate down failed)"
     elif up["score"] is None and up["lr"] <= best["lr"] * GRID_RATIO * (1 + 1e-9):
-        lr = math.exp(x0 - math.log(best["lr"] / down["lr"]) / 2)
+        # Half-way to a neighbour half a decade down: a quarter decade, also where the neighbour
+        # below is further (the budget ended the refinement before it was tried).
+        lr = math.exp(x0 - min(math.log(best["lr"] / down["lr"]), math.log(GRID_RATIO)) / 2)
         how = "half-way to the next candidate below (the next one up, close by, failed)"
     elif up["score"] is None:
         lr, how = best["lr"], "best candidate (the next one up, far above, failed)"
