@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lrkit import schedules as S
 from lrkit.doctor import Diagnosis, Doctor
 from lrkit.doctor.guard import Guard, GuardGaveUp, Intervention
 
@@ -547,16 +548,23 @@ def test_a_held_raise_that_does_not_hurt_is_left_alone():
 
 @pytest.mark.parametrize("raise_by", [30, 1000])
 def test_a_blow_up_under_a_held_raise_undoes_the_raise_not_a_tenth_of_it(raise_by):
+    """Raised at step 213 and held (lr * lambda_max >= 9: a blow-up), 13 steps after the last
+    periodic snapshot: the guard snapshots the state before the first step at the raised LR, and
+    the rollback goes back to it (no step lost) and undoes the raise."""
     t = LinReg()
     lam = float(np.linalg.eigvalsh(t.H)[-1])
     good = 0.3 / lam
     g = Guard(t, snapshot_every=20, lr_factor=0.1, max_overhead=None)
-    for _ in range(200):
+    for _ in range(213):
         g.step(good)
+    assert 213 not in g.snapshot_steps
+    g.step(good * raise_by)
+    assert 213 in g.snapshot_steps
     while not g.interventions:
-        g.step(good * raise_by)  # raised at step 200 and held: lr * lambda_max >= 9, a blow-up
+        g.step(good * raise_by)
     (rec,) = g.interventions
-    assert rec.restored_to <= 200 and rec.new_multiplier == pytest.approx(1 / raise_by)
+    assert rec.restored_to == 213 and rec.verified and g.trained_steps == 213
+    assert rec.new_multiplier == pytest.approx(1 / raise_by)
     for _ in range(200):  # back at the LR that trained, the run goes on without a second rollback
         g.step(good * raise_by)
     assert len(g.interventions) == 1 and t.evaluate() < 0.05
@@ -890,3 +898,75 @@ def test_a_run_stuck_since_a_blow_up_goes_back_before_it_and_forgets_its_dead_be
     for _ in range(100):
         g.step(3.0)
     assert not t.dead and len(g.interventions) == 1  # at the lowered LR it learns
+
+
+# ------------------------------------------------------------ a snapshot before a sudden raise
+@pytest.mark.parametrize("raise_at", [163, 170])
+def test_a_held_raise_seen_on_validation_goes_back_to_the_raise_not_to_a_state_trained_under_it(raise_at):
+    """The raise hurts only the validation loss, seen some steps later: a periodic snapshot taken in
+    between (trained at the raised LR, its training loss fine) is passed over for the one before
+    the raise."""
+    t = Generalises()
+    g = Guard(t, doctor=Doctor(), snapshot_every=25, max_overhead=None)
+    for k in range(400):
+        g.step(0.1 if k < raise_at else 0.3, val_loss=t.val_loss() if k % 10 == 0 else None)
+    (rec,) = g.interventions
+    assert rec.onset == raise_at and rec.restored_to == raise_at
+    assert rec.new_multiplier == pytest.approx(1 / 3)
+
+
+def snapshot_labels(lr_of, steps, every):
+    """Every snapshot step a guard held while a healthy run followed the LRs ``lr_of(k)``."""
+    g = Guard(NoiseFloor(floor_grows=False), doctor=Doctor(), snapshot_every=every, max_overhead=None)
+    labels = set()
+    for k in range(steps):
+        g.step(float(lr_of(k)))
+        labels |= set(g.snapshot_steps)
+    assert g.interventions == []
+    return labels
+
+
+@pytest.mark.parametrize("lr_of, every", [
+    (S.warmup(S.cosine(0.3, total_steps=400), warmup_steps=40), 25),
+    (lambda k: max(0.001, 0.003 * k) if k < 10 else 0.03, 5),  # first steps double it (Keras' warmup from 0)
+    (S.step_decay(0.3, step_size=50, gamma=0.1), 25),
+])
+def test_smooth_schedules_and_cuts_take_no_extra_snapshot(lr_of, every):
+    labels = snapshot_labels(lr_of, 300, every)
+    assert all(s % every == 0 for s in labels), sorted(labels)  # only the periodic ones
+
+
+def test_a_warm_restart_takes_a_snapshot_before_it():
+    labels = snapshot_labels(S.warm_restarts(0.3, first_cycle_steps=70, min_lr=0.003), 300, 25)
+    assert {70, 140, 210, 280} <= labels
+
+
+def test_no_raise_snapshot_right_after_a_snapshot_nor_for_an_unknown_or_lower_lr():
+    t = NoiseFloor(floor_grows=False)
+    g = Guard(t, doctor=Doctor(), snapshot_every=25, max_overhead=None)
+    for _ in range(27):
+        g.step(0.1)
+    assert g.snapshot_steps[-1] == 25
+    assert not g.before_step(0.3)  # 2 healthy steps since the snapshot at 25: fewer than max(2, 25 // 5)
+    for _ in range(5):
+        g.step(0.1)
+    assert not g.before_step(None) and not g.before_step(math.nan) and not g.before_step(0.15)
+    assert g.before_step(0.2) and g.snapshot_steps[-1] == 32
+
+
+def test_a_raise_snapshot_is_vouched_for_by_the_losses_that_led_to_it():
+    """Every loss from a snapshot before a raise is trained at the raised LR: with the onset at the
+    raise, only its own first loss would speak for it, and one noisy loss would fail it. The
+    healthy losses of the steps before it join that one; they survive the manifest."""
+    from lrkit.doctor.snapshots import SnapshotRecord
+
+    level = math.log(0.4)
+    rec = SnapshotRecord(label=158, doctor={}, multiplier=1.0, best=level, sigma=0.05)
+    for k, loss in zip(range(158, 170), [1.6] + [0.9] * 11):  # a noisy first loss, then the raise hurts
+        rec.record(k, loss)
+    assert rec.healthy(0.25, until=158) is False
+    rec.pre, rec.pre_steps = [level + 0.01 * (-1) ** i for i in range(8)], list(range(150, 158))
+    assert rec.healthy(0.25, until=158) is True
+    assert rec.healthy(0.25, until=150) is False  # losses from the onset on do not count for it
+    back = SnapshotRecord.from_json(rec.to_json())
+    assert (back.pre, back.pre_steps) == (rec.pre, rec.pre_steps)

@@ -302,3 +302,16 @@ def test_a_rollback_under_sgd_momentum_scales_the_restored_velocity():
     assert [i.verdict for i in cb.interventions] == ["nan"]
     after = [loss for step, loss, _ in cb.history if step > 25]
     assert max(after[:10]) < 1.5 and float(model.evaluate(x, y, verbose=0)) < 0.5
+
+
+def test_a_raise_by_a_learning_rate_scheduler_is_rolled_back_to_the_state_just_before_it():
+    """The LR jumps from 0.03 to 0.8 at the first batch of epoch 3 (step 24; 8 batches an epoch):
+    the callback snapshots the state before that batch and the rollback loses no step."""
+    cb = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=10)
+    sched = keras.callbacks.LearningRateScheduler(lambda epoch, lr: 0.03 if epoch < 3 else 0.8)
+    model = make(0.03)
+    X, y = data()
+    model.fit(X, y, batch_size=32, epochs=8, verbose=0, shuffle=False, callbacks=[sched, cb])
+    first = cb.interventions[0]
+    assert first.restored_to == 24 and first.verified
+    assert all(np.isfinite(w).all() for w in model.get_weights())

@@ -178,3 +178,25 @@ def test_a_run_resumed_from_its_checkpoint_keeps_the_lowered_lr_and_history(tmp_
     assert [i.verdict for i in resumed.interventions] == ["nan"]
     assert seen and all(lr == pytest.approx(0.05 * 0.1) for lr in seen)  # 20 steps at the lowered LR
     assert resumed.doctor.n_observations == cb.doctor.n_observations + len(seen)  # the doctor went on
+
+
+class RaisedAt(Regression):
+    """The LR scheduler raises the LR 30x at optimizer step ``at`` (a misconfigured stage)."""
+
+    def __init__(self, lr, at):
+        super().__init__(lr)
+        self.at = at
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 if s < self.at else 30.0)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def test_a_raise_by_the_scheduler_is_rolled_back_to_the_state_just_before_it():
+    cb = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=10)
+    val, _ = fit(RaisedAt(0.05, at=33), cb, steps=100)
+    first = cb.interventions[0]
+    assert first.restored_to == 33 and first.verified  # the snapshot taken before the raised step
+    assert first.new_multiplier == pytest.approx(1 / 30)
+    assert math.isfinite(val) and val < 0.5, val

@@ -274,3 +274,25 @@ def test_validation_results_reach_the_doctor(guard):
         watch.after_step(step, loss, **kw)
     carried = {s: (v, m["val_accuracy"]) for s, v, m in doctor.carried()}
     assert carried == evaluated and sorted(carried) == [9, 19, 29, 39]
+
+
+def test_an_lr_raised_by_the_scheduler_is_rolled_back_to_the_state_just_before_the_raise():
+    """A scheduler raises the LR 30x at step 113, between two periodic snapshots: after_backward
+    sees the raised LR before optimizer.step() and snapshots the state; the rollback restores it
+    bit for bit and undoes the raise."""
+    history = {}
+
+    def on_step(step, model, opt, rolled, watch):
+        if rolled and not hasattr(on_step, "rec"):
+            on_step.rec = rec = watch.interventions[-1]
+            want = history[rec.restored_to - 1]
+            for k, v in model.state_dict().items():
+                assert torch.equal(v, want[k]), k
+        history[step] = copy.deepcopy(model.state_dict())
+
+    raise_lr = lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 if s < 113 else 30.0)  # noqa: E731
+    _, watch = train(diabetes, 0.03, steps=200, guard=True, snapshot_every=25, max_overhead=None,
+                     scheduler=raise_lr, on_step=on_step)
+    rec = on_step.rec
+    assert rec.restored_to == 113 and rec.verified
+    assert rec.new_multiplier == pytest.approx(1 / 30)

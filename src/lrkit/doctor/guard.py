@@ -54,12 +54,22 @@ to).
 A run the doctor finds *stuck* since a blow-up (evidence ``stuck``: no decrease since the onset)
 goes back to a state from before the onset: every later state is the dead one, and its flat
 losses, the best level the run has had since, would vouch for it; a best snapshot taken while
-stuck is dropped too. When no snapshot qualifies, the oldest kept one (the initial state) is
+stuck is dropped too. A run the doctor finds hurt by an LR *raised and held* (evidence
+``lr_rise``: the onset is the raise) goes back to a state from before the raise too: the states
+after it were trained at the LR the rollback undoes. When no snapshot qualifies, the oldest kept one (the initial state) is
 restored and the record says ``verified=False``. Snapshots newer than the one restored are dropped. The doctor goes back
 to its state at the snapshot; if that is still within its opening stretch (fewer than
 ``flat_steps`` observations), it starts afresh from the restored point instead, so that slow
 progress at the lowered LR is not judged against the opening losses at the failed LR (seen with
 the Hugging Face guard: "diverging since step 1" right after a rollback to the start).
+
+**A snapshot before a sudden raise.** When the next step's LR is at least :data:`RAISE_SNAPSHOT`
+times the last one's (a raise by hand, a misconfigured stage, a warm restart) after a stretch where
+it rose less than 1.5x (not a warmup's first steps), and the run has had at least
+:math:`\max(2, K/5)` healthy steps since its last snapshot, the guard takes one before
+that step (:meth:`Guard.before_step`; :meth:`Guard.step` calls it): the moment the risk rises is
+the state a rollback of that raise wants, and without it the steps since the last periodic snapshot
+(up to :math:`K`) are lost with the raise. A schedule's smooth changes never trigger it.
 
 **Reach.** ``keep`` rolling snapshots (default 4) are thinned geometrically (a few recent, a few
 older ones; :func:`lrkit.doctor.snapshots.thin_index`), beside the initial state
@@ -127,6 +137,7 @@ Example:
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import math
@@ -140,10 +151,16 @@ from lrkit.doctor.interventions import GuardGaveUp, Intervention
 from lrkit.doctor.lr_policy import LRPolicy
 from lrkit.doctor.relapse import RelapseWatch
 from lrkit.doctor.snapshot_set import SnapshotSet
-from lrkit.doctor.snapshots import HealthTracker, SnapshotRecord, best_snapshot, choose_target
+from lrkit.doctor.snapshots import VERIFY, HealthTracker, SnapshotRecord, best_snapshot, choose_target
 from lrkit.doctor.storage import DiskStore, MemoryStore, SnapshotError
 
-__all__ = ["Guard", "GuardGaveUp", "Intervention", "SnapshotError"]
+__all__ = ["Guard", "GuardGaveUp", "Intervention", "SnapshotError", "RAISE_SNAPSHOT", "RAISE_STEADY"]
+
+#: a next-step LR at least this many times the last step's is a sudden raise: the guard takes a
+#: snapshot before it (:meth:`Guard.before_step`)
+RAISE_SNAPSHOT = 2.0
+#: ... and only when the LR rose less than 1.5x over this many steps before it (not in a warmup)
+RAISE_STEADY = 5
 
 _GOOD = ("healthy", "flat", "converged", "overfitting")  # verdicts under which a snapshot may be taken
 
@@ -286,6 +303,8 @@ class Guard:
         self._relapse_watch = RelapseWatch()  # after a rollback: the restored state's level
         self._policy = LRPolicy(lr_factor, forgive_first)  # what a rollback does to the LR
         self._since = 0  # good steps since the last snapshot or rollback
+        self._recent: collections.deque[tuple[int, float]] = collections.deque(maxlen=VERIFY)  # (step, log-loss)
+        self._recent_lrs: collections.deque[float] = collections.deque(maxlen=RAISE_STEADY)  # LRs of the last steps
         self._started = False
         self._t_last: float | None = None
         #: the step the run was resumed from (``resume=True`` found a manifest), else ``None``
@@ -375,9 +394,31 @@ class Guard:
             raise ValueError(f"Guard.step: the trainer ({type(self.trainer).__name__}) has no step(lr) method")
         self.start()
         eff = lr * self._multiplier
+        self.before_step(eff)
         loss = self.trainer.step(eff)
         self.observe(loss, lr=eff, val_loss=val_loss, metrics=metrics)
         return float(loss)
+
+    def before_step(self, lr: float | None) -> bool:
+        """Tell the guard the LR the next step will train at (after the multiplier), before it runs.
+
+        A sudden raise -- at least :data:`RAISE_SNAPSHOT` times the LR of the last step observed,
+        which had risen less than 1.5x over the :data:`RAISE_STEADY` steps before (no warmup) --
+        after at least ``max(2, K/5)`` healthy steps since the last snapshot gets a snapshot of the
+        state before it (see the module docstring). :meth:`step` calls this itself; a loop or
+        callback that reports with :meth:`observe` may call it before each step. Returns whether a
+        snapshot was taken. An unknown, non-finite or zero LR is ignored.
+        """
+        self.start()
+        if lr is None or isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr):
+            return False
+        lrs = self._recent_lrs
+        if len(lrs) < 2 or not lrs[-1] > 0 or lr < RAISE_SNAPSHOT * lrs[-1]:
+            return False
+        if lrs[-1] > 1.5 * lrs[0] or self._since < max(2, self._set.interval // 5):
+            return False  # still warming up (the LR rose 1.5x over the last steps), or just snapshotted
+        self._take(led=list(self._recent)[-min(self._since, VERIFY):])
+        return True
 
     def observe(
         self,
@@ -428,6 +469,11 @@ class Guard:
         for snap in self._pool():
             snap.record(step, loss_f, val_loss)
         self._health.add(loss_f)
+        lr_now = self.doctor.current_lr  # the LR as the doctor took it (None/NaN: not known)
+        if lr is not None and lr_now is not None and math.isfinite(lr_now):
+            self._recent_lrs.append(lr_now)
+        if math.isfinite(loss_f):
+            self._recent.append((step, math.log(max(loss_f, 1e-300))))
         if d.verdict not in self.act_on and "diverging" in self.act_on:
             d = self._relapse(step, loss_f) or d
         if d.verdict in self.act_on:
@@ -547,13 +593,16 @@ class Guard:
     def _pool(self) -> list[SnapshotRecord]:
         return self._set.pool()
 
-    def _take(self, initial: bool = False) -> None:
+    def _take(self, initial: bool = False, led: list[tuple[int, float]] | None = None) -> None:
+        """Snapshot the trainer; ``led``: the (step, log-loss) of the steps that led to it, when
+        the losses after it cannot speak for it (a snapshot before a raise)."""
         t0 = time.thread_time()  # this thread's CPU time: a load spike elsewhere is not the snapshot's cost
         state = self.trainer.snapshot()
         h = self._health
         rec = SnapshotRecord(
             label=self._clock, doctor=self.doctor.state_dict(), multiplier=self._multiplier,
             best=h.best, sigma=h.sigma, health=h.state(), lr=self.doctor.current_lr, trained=self._trained,
+            pre=[y for _, y in led or ()], pre_steps=[k for k, _ in led or ()],
         )
         self._set.add(rec, state, initial=initial, now=self._clock)
         del state
@@ -645,10 +694,13 @@ class Guard:
                 raise SnapshotError(
                     f"lrkit guard: {d.verdict} at step {step} and no snapshot could be read (see the ERROR lines)", ""
                 )
+            # an LR raised and held (evidence lr_rise; the onset is the raise): every later state was
+            # trained under the raise the rollback undoes -- a state from before it will do.
             # stuck (the loss has not decreased since the onset: units died at a blow-up): every later
             # state is the dead one, and the losses after it -- the dead level is the best there is --
             # vouch for it; only a state from before the onset will do
-            live = [r for r in pool if r.label <= onset] if d.evidence.get("stuck") else pool
+            before = d.evidence.get("stuck") or d.evidence.get("lr_rise")
+            live = [r for r in pool if r.label <= onset] if before else pool
             target, verified = choose_target(live or pool, self.tolerance, onset, reference=self.doctor.best_level(),
                                              lr_ceiling=self.doctor.config.get("lr_ceiling"))
             if target.restores >= self.max_retries:

@@ -135,6 +135,9 @@ class SnapshotRecord:
         health: the guard's :class:`HealthTracker` state then.
         post: the first :data:`VERIFY` finite log-losses observed from this state.
         post_bad: the first loss from this state was non-finite.
+        pre, pre_steps: for a snapshot taken before a sudden LR raise, the (up to :data:`VERIFY`)
+            log-losses of the healthy steps that led to it and their steps: every loss from the
+            state on is trained at the raised LR, so these speak for it too (see :meth:`healthy`).
         val: the first validation loss observed within :data:`VERIFY` steps of it, if any.
         restores: how many times it has been restored.
         lr: the LR the run was training at when it was taken, if known.
@@ -153,6 +156,8 @@ class SnapshotRecord:
     post: list[float] = field(default_factory=list)
     post_steps: list[int] = field(default_factory=list)
     post_bad: bool = False
+    pre: list[float] = field(default_factory=list)
+    pre_steps: list[int] = field(default_factory=list)
     val: float | None = None
     restores: int = 0
     handle: Any = None
@@ -195,14 +200,17 @@ class SnapshotRecord:
         """``True`` verified healthy, ``False`` not, ``None`` no loss seen from it yet.
 
         ``until``: judge only the losses of steps before it (the onset of a problem), but always
-        the first one (the state's own loss). ``reference``: ``(best log-level, per-step noise)``
-        to judge against where stricter than the snapshot's own (see :func:`choose_target`).
+        the first one (the state's own loss); with ``pre`` losses (a snapshot before a raise), those
+        of steps before ``until`` join them, so that one noisy first loss does not decide alone.
+        ``reference``: ``(best log-level, per-step noise)`` to judge against where stricter than
+        the snapshot's own (see :func:`choose_target`).
         """
         if self.post_bad:
             return False
         post = self.post
         if until is not None:
             post = [y for k, y in zip(self.post_steps, self.post) if k < until] or post[:1]
+            post = [y for k, y in zip(self.pre_steps, self.pre) if k < until] + post
         if not post:
             return None
         best, sigma = self.best, self.sigma
@@ -225,7 +233,8 @@ class SnapshotRecord:
         return {
             "label": self.label, "doctor": self.doctor, "multiplier": self.multiplier,
             "best": None if math.isinf(self.best) else self.best, "sigma": self.sigma, "health": self.health,
-            "post": list(self.post), "post_steps": list(self.post_steps), "post_bad": self.post_bad, "val": self.val, "restores": self.restores,
+            "post": list(self.post), "post_steps": list(self.post_steps), "post_bad": self.post_bad,
+            "pre": list(self.pre), "pre_steps": list(self.pre_steps), "val": self.val, "restores": self.restores,
             "handle": self.handle if isinstance(self.handle, (str, int)) else None, "nbytes": self.nbytes,
             "lr": self.lr, "trained": self.trained,
         }
@@ -237,6 +246,7 @@ class SnapshotRecord:
             best=math.inf if d["best"] is None else float(d["best"]), sigma=float(d["sigma"]),
             health=d["health"], post=[float(v) for v in d["post"]],
             post_steps=[int(v) for v in d.get("post_steps", [])], post_bad=bool(d["post_bad"]),
+            pre=[float(v) for v in d.get("pre", [])], pre_steps=[int(v) for v in d.get("pre_steps", [])],
             val=d["val"], restores=int(d["restores"]), handle=d["handle"], nbytes=int(d.get("nbytes", 0)),
             lr=None if d.get("lr") is None else float(d["lr"]),
             trained=None if d.get("trained") is None else int(d["trained"]),

@@ -297,6 +297,8 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
                 self.model.optimizer.learning_rate = want
             self._last_set = self._current_lr()
         self._lr_used = self._current_lr()  # before the step: a schedule moves with iterations
+        if self.guard is not None:  # a sudden raise: a snapshot of the state before it
+            self.guard.before_step(self._lr_used)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         total_v, count_v = self._loss_vars()

@@ -154,6 +154,8 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         self._saved[id(opt)] = base
         if opt is self._optimizers[0]:
             self._last_lr = float(base[0]) * self.lr_multiplier
+            if self.guard is not None:  # a sudden raise: a snapshot of the state before it
+                self.guard.before_step(self._last_lr)
         m = self.lr_multiplier
         if m != 1.0:
             for g, b in zip(opt.param_groups, base):

@@ -327,7 +327,8 @@ class TorchDoctor(GuardedWatch):
 
         Computes the global gradient norm (divided by the scaler's scale if a scaler was given;
         ``None`` with ``track_grad_norm=False``) and sets each param group's LR to
-        ``lr_multiplier`` times its current value. ``loss`` is accepted for symmetry and unused.
+        ``lr_multiplier`` times its current value; with the guard, an LR raised suddenly since the
+        last step gets a snapshot of the state before the step (:meth:`~lrkit.doctor.guard.Guard.before_step`). ``loss`` is accepted for symmetry and unused.
         Returns the gradient norm.
         """
         gn = None
@@ -344,6 +345,8 @@ class TorchDoctor(GuardedWatch):
         m = self.lr_multiplier
         if m != 1.0:
             self._set_lrs([b * m for b in self._base])
+        if self.guard is not None:  # a sudden raise: a snapshot of the state before it
+            self.guard.before_step(float(self._base[0]) * m)
         return gn
 
     def _space_grad_norm(self, cost: float) -> None:
