@@ -11,6 +11,7 @@ MODULES = [
     "lrkit.doctor.guarded_watch",
     "lrkit.doctor.interventions",
     "lrkit.doctor.lr_policy",
+    "lrkit.doctor.raise_watch",
     "lrkit.doctor.relapse",
     "lrkit.doctor.snapshot_set",
     "lrkit.doctor.snapshots",

@@ -63,8 +63,8 @@ to its state at the snapshot; if that is still within its opening stretch (fewer
 progress at the lowered LR is not judged against the opening losses at the failed LR (seen with
 the Hugging Face guard: "diverging since step 1" right after a rollback to the start).
 
-**A snapshot before a sudden raise.** When the next step's LR is at least :data:`RAISE_SNAPSHOT`
-times the last one's (a raise by hand, a misconfigured stage, a warm restart) after a stretch where
+**A snapshot before a sudden raise** (:mod:`lrkit.doctor.raise_watch`). When the next step's LR
+is at least :data:`~lrkit.doctor.raise_watch.RAISE_SNAPSHOT` times the last one's (a raise by hand, a misconfigured stage, a warm restart) after a stretch where
 it rose less than 1.5x (not a warmup's first steps), and the run has had at least
 :math:`\max(2, K/5)` healthy steps since its last snapshot, the guard takes one before
 that step (:meth:`Guard.before_step`; :meth:`Guard.step` calls it): the moment the risk rises is
@@ -137,7 +137,6 @@ Example:
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
 import math
@@ -149,18 +148,13 @@ from lrkit.doctor.core import Diagnosis, Doctor
 from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation, watch_doctor  # noqa: F401 - re-exported
 from lrkit.doctor.interventions import GuardGaveUp, Intervention
 from lrkit.doctor.lr_policy import LRPolicy
+from lrkit.doctor.raise_watch import RAISE_SNAPSHOT, RAISE_STEADY, RaiseWatch
 from lrkit.doctor.relapse import RelapseWatch
 from lrkit.doctor.snapshot_set import SnapshotSet
-from lrkit.doctor.snapshots import VERIFY, HealthTracker, SnapshotRecord, best_snapshot, choose_target
+from lrkit.doctor.snapshots import HealthTracker, SnapshotRecord, best_snapshot, choose_target
 from lrkit.doctor.storage import DiskStore, MemoryStore, SnapshotError
 
 __all__ = ["Guard", "GuardGaveUp", "Intervention", "SnapshotError", "RAISE_SNAPSHOT", "RAISE_STEADY"]
-
-#: a next-step LR at least this many times the last step's is a sudden raise: the guard takes a
-#: snapshot before it (:meth:`Guard.before_step`)
-RAISE_SNAPSHOT = 2.0
-#: ... and only when the LR rose less than 1.5x over this many steps before it (not in a warmup)
-RAISE_STEADY = 5
 
 _GOOD = ("healthy", "flat", "converged", "overfitting")  # verdicts under which a snapshot may be taken
 
@@ -303,8 +297,7 @@ class Guard:
         self._relapse_watch = RelapseWatch()  # after a rollback: the restored state's level
         self._policy = LRPolicy(lr_factor, forgive_first)  # what a rollback does to the LR
         self._since = 0  # good steps since the last snapshot or rollback
-        self._recent: collections.deque[tuple[int, float]] = collections.deque(maxlen=VERIFY)  # (step, log-loss)
-        self._recent_lrs: collections.deque[float] = collections.deque(maxlen=RAISE_STEADY)  # LRs of the last steps
+        self._raise_watch = RaiseWatch()  # the last steps' LRs and losses: a sudden raise gets a snapshot
         self._started = False
         self._t_last: float | None = None
         #: the step the run was resumed from (``resume=True`` found a manifest), else ``None``
@@ -402,22 +395,17 @@ class Guard:
     def before_step(self, lr: float | None) -> bool:
         """Tell the guard the LR the next step will train at (after the multiplier), before it runs.
 
-        A sudden raise -- at least :data:`RAISE_SNAPSHOT` times the LR of the last step observed,
-        which had risen less than 1.5x over the :data:`RAISE_STEADY` steps before (no warmup) --
-        after at least ``max(2, K/5)`` healthy steps since the last snapshot gets a snapshot of the
+        A sudden raise (:class:`~lrkit.doctor.raise_watch.RaiseWatch`: at least
+        :data:`~lrkit.doctor.raise_watch.RAISE_SNAPSHOT` times the LR of the last step observed, not
+        in a warmup) after at least ``max(2, K/5)`` healthy steps since the last snapshot gets a snapshot of the
         state before it (see the module docstring). :meth:`step` calls this itself; a loop or
         callback that reports with :meth:`observe` may call it before each step. Returns whether a
         snapshot was taken. An unknown, non-finite or zero LR is ignored.
         """
         self.start()
-        if lr is None or isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr):
+        if not self._raise_watch.sudden(lr) or self._since < max(2, self._set.interval // 5):
             return False
-        lrs = self._recent_lrs
-        if len(lrs) < 2 or not lrs[-1] > 0 or lr < RAISE_SNAPSHOT * lrs[-1]:
-            return False
-        if lrs[-1] > 1.5 * lrs[0] or self._since < max(2, self._set.interval // 5):
-            return False  # still warming up (the LR rose 1.5x over the last steps), or just snapshotted
-        self._take(led=list(self._recent)[-min(self._since, VERIFY):])
+        self._take(led=self._raise_watch.led(self._since))
         return True
 
     def observe(
@@ -469,11 +457,8 @@ class Guard:
         for snap in self._pool():
             snap.record(step, loss_f, val_loss)
         self._health.add(loss_f)
-        lr_now = self.doctor.current_lr  # the LR as the doctor took it (None/NaN: not known)
-        if lr is not None and lr_now is not None and math.isfinite(lr_now):
-            self._recent_lrs.append(lr_now)
-        if math.isfinite(loss_f):
-            self._recent.append((step, math.log(max(loss_f, 1e-300))))
+        # the LR as the doctor took it (an lr not given leaves the doctor's previous one)
+        self._raise_watch.note(step, loss_f, self.doctor.current_lr if lr is not None else None)
         if d.verdict not in self.act_on and "diverging" in self.act_on:
             d = self._relapse(step, loss_f) or d
         if d.verdict in self.act_on:
