@@ -328,8 +328,9 @@ class TorchDoctor(GuardedWatch):
         Computes the global gradient norm (divided by the scaler's scale if a scaler was given;
         ``None`` with ``track_grad_norm=False``) and sets each param group's LR to
         ``lr_multiplier`` times its current value; with the guard, an LR raised suddenly since the
-        last step gets a snapshot of the state before the step (:meth:`~lrkit.doctor.guard.Guard.before_step`). ``loss`` is accepted for symmetry and unused.
-        Returns the gradient norm.
+        last step gets a snapshot of the state before the step
+        (:meth:`~lrkit.doctor.guard.Guard.before_step`). ``loss`` is accepted for symmetry and
+        unused. Returns the gradient norm.
         """
         gn = None
         if self.track_grad_norm and self._n_steps % self._gn_every == 0:
