@@ -308,3 +308,31 @@ def test_a_blow_up_at_the_start_is_not_forgiven_and_cuts_the_lr_a_decade():
     assert rb.data["restored_to"] == 0 and rb.data["new_multiplier"] == pytest.approx(0.1)
     assert "x0.1" in rb.message and "bad batch" not in rb.message
     assert lrs[-1] == pytest.approx(0.3) and not t.dead
+
+
+def test_a_warm_restart_shape_gets_a_snapshot_before_each_restart():
+    """A user's shape that jumps up (warm restarts every 100 steps): the guard snapshots the state
+    before each restart (every 70 steps, off the snapshot period), so a restart that breaks the run
+    is undone without losing a step; the autopilot's own warmup-then-decay shape takes none outside
+    the periodic ones."""
+    T = 400
+    restarts = S.warm_restarts(1.0, first_cycle_steps=70, min_lr=0.01)
+    plan = make_plan(_curve(), family="sgd", train_steps=T, peak_lr=0.1, shape=restarts)
+    q = Quadratic()
+    pilot = Autopilot(plan, plateau=False).attach(q)
+    labels = set()
+    for t in range(T):
+        pilot.observe(t, q.step(pilot.lr(t)))
+        labels |= set(pilot.guard.snapshot_steps)
+    assert pilot.guard.snapshot_interval % 7 != 0
+    assert {70, 140, 210, 280, 350} <= labels and pilot.events == []
+
+    own = make_plan(_curve(), family="sgd", train_steps=T)
+    q = Quadratic()
+    pilot = Autopilot(own, plateau=False).attach(q)
+    every = pilot.guard.snapshot_interval
+    labels = set()
+    for t in range(T):
+        pilot.observe(t, q.step(pilot.lr(t)))
+        labels |= set(pilot.guard.snapshot_steps)
+    assert all(s % every == 0 for s in labels), (every, sorted(labels))

@@ -24,6 +24,9 @@ compressed into the steps left,
 so a run sent back to its start warms up again and still decays to the end of its budget (the
 plain continuation would restart an untrained model at the peak, with no warmup, and a restored
 Adam state's fresh moments); a rollback of a snapshot period or two barely changes the schedule.
+A shape of the user's that jumps up (warm restarts) gets a snapshot of the state before each
+jump (:meth:`lrkit.doctor.guard.Guard.before_step`, called with the next step's LR after each
+observation), so a restart that breaks the run is undone without losing a step.
 A framework adapter gives it an object with ``snapshot()`` / ``restore(state)`` of the training
 state (:meth:`Autopilot.attach`), reports every step (:meth:`Autopilot.observe`) and sets
 :meth:`Autopilot.lr` on its optimizer. Every intervention is an :class:`AutopilotEvent` with a
@@ -218,6 +221,9 @@ class Autopilot:
             self.doctor.observe(step, loss, lr=lr, grad_norm=grad_norm, val_loss=val_loss, metrics=metrics)
         if val_loss is not None and not rolled:
             self._plateau_check(step, float(val_loss))
+        if self.guard is not None and not rolled and step + 1 < self.plan.train_steps:
+            # a shape that jumps up (warm restarts): the guard snapshots the state before the jump
+            self.guard.before_step(self.lr(step + 1))
         return rolled
 
     def _plateau_check(self, step: int, val_loss: float) -> None:
