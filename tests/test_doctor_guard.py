@@ -970,3 +970,27 @@ def test_a_raise_snapshot_is_vouched_for_by_the_losses_that_led_to_it():
     assert rec.healthy(0.25, until=150) is False  # losses from the onset on do not count for it
     back = SnapshotRecord.from_json(rec.to_json())
     assert (back.pre, back.pre_steps) == (rec.pre, rec.pre_steps)
+
+
+@settings(max_examples=60, deadline=None)
+@given(factors=st.lists(st.floats(0.5, 1.99), min_size=2, max_size=40), lr0=st.floats(1e-6, 10.0))
+def test_an_lr_that_never_doubles_in_a_step_is_never_a_sudden_raise(factors, lr0):
+    from lrkit.doctor.raise_watch import RaiseWatch
+
+    w, lr = RaiseWatch(), lr0
+    for k, f in enumerate(factors):
+        w.note(k, 1.0, lr)
+        assert not w.sudden(lr * f)
+        lr *= f
+
+
+@settings(max_examples=60, deadline=None)
+@given(steady=st.integers(2, 30), drift=st.floats(0.9, 1.05), jump=st.floats(2.0, 1e4), lr0=st.floats(1e-6, 10.0))
+def test_a_doubling_after_a_steady_stretch_is_a_sudden_raise(steady, drift, jump, lr0):
+    from lrkit.doctor.raise_watch import RaiseWatch
+
+    w, lr = RaiseWatch(), lr0
+    for k in range(steady):
+        w.note(k, 1.0, lr)
+        lr *= drift  # a slow decay or drift: over five steps at most 1.05^4 < 1.5
+    assert w.sudden(w.lrs[-1] * jump)
