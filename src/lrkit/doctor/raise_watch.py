@@ -22,6 +22,8 @@ Example:
     ...     w.note(t, loss=0.5, lr=0.1)
     >>> w.sudden(0.15), w.sudden(0.3)            # 1.5x is a schedule's business; 3x is a raise
     (False, True)
+    >>> import numpy as np; w.sudden(np.float32(0.3)), w.sudden(None)
+    (True, False)
     >>> [k for k, _ in w.led(3)]                 # the steps whose losses vouch for the state now
     [7, 8, 9]
 """
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import math
+import numbers
 
 from lrkit.doctor.snapshots import VERIFY
 
@@ -49,15 +52,16 @@ class RaiseWatch:
 
     def note(self, step: int, loss: float, lr: float | None) -> None:
         """One observed step: its loss (non-finite ones are left out) and LR (``None``: not known)."""
-        if lr is not None and math.isfinite(lr):
+        if isinstance(lr, numbers.Real) and math.isfinite(lr):
             self.lrs.append(float(lr))
         if math.isfinite(loss):
             self.losses.append((step, math.log(max(loss, 1e-300))))
 
     def sudden(self, lr: float | None) -> bool:
         """Is ``lr``, the next step's LR, a sudden raise? (``None``, NaN or inf: no.)"""
-        if lr is None or isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr):
+        if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr):
             return False
+        lr = float(lr)
         lrs = self.lrs
         if len(lrs) < 2 or not lrs[-1] > 0:
             return False
