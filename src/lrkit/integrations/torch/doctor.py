@@ -282,6 +282,7 @@ class TorchDoctor(GuardedWatch):
         elif not isinstance(self.doctor, Doctor):
             raise ValueError(f"TorchDoctor: doctor must be an lrkit.doctor.Doctor or None, got {type(doctor).__name__}")
         self._base: list[Any] | None = None
+        self._lr_used = math.nan  # the first group's LR of the step in flight (after_backward to after_step)
         self._gn: float | None = None
         self._params = [p for g in optimizer.param_groups for p in g["params"]]
         self.stability_probe = stability_probe
@@ -346,8 +347,9 @@ class TorchDoctor(GuardedWatch):
         m = self.lr_multiplier
         if m != 1.0:
             self._set_lrs([b * m for b in self._base])
+        self._lr_used = float(self._base[0]) * m  # one conversion a step (a tensor LR on a GPU syncs)
         if self.guard is not None:  # a sudden raise: a snapshot of the state before it
-            self.guard.before_step(float(self._base[0]) * m)
+            self.guard.before_step(self._lr_used)
         return gn
 
     def _space_grad_norm(self, cost: float) -> None:
@@ -377,7 +379,7 @@ class TorchDoctor(GuardedWatch):
         m = self.lr_multiplier
         if self._base is not None:
             self._set_lrs(self._base)
-            lr = float(self._base[0]) * m
+            lr = self._lr_used
         elif m != 1.0:
             raise RuntimeError(
                 "TorchDoctor.after_step: after_backward() was not called before optimizer.step(), so the "
