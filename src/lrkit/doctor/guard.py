@@ -57,19 +57,21 @@ losses, the best level the run has had since, would vouch for it; a best snapsho
 stuck is dropped too. A run the doctor finds hurt by an LR *raised and held* (evidence
 ``lr_rise``: the onset is the raise) goes back to a state from before the raise too: the states
 after it were trained at the LR the rollback undoes. When no snapshot qualifies, the oldest kept
-one (the initial state) is restored and the record says ``verified=False``. Snapshots newer than the one restored are dropped. The doctor goes back
-to its state at the snapshot; if that is still within its opening stretch (fewer than
-``flat_steps`` observations), it starts afresh from the restored point instead, so that slow
-progress at the lowered LR is not judged against the opening losses at the failed LR (seen with
-the Hugging Face guard: "diverging since step 1" right after a rollback to the start).
+one (the initial state) is restored and the record says ``verified=False``. Snapshots newer than
+the one restored are dropped. The doctor goes back to its state at the snapshot; if that is
+still within its opening stretch (fewer than ``flat_steps`` observations), it starts afresh from
+the restored point instead, so that slow progress at the lowered LR is not judged against the
+opening losses at the failed LR (seen with the Hugging Face guard: "diverging since step 1" right
+after a rollback to the start).
 
 **A snapshot before a sudden raise** (:mod:`lrkit.doctor.raise_watch`). When the next step's LR
 is at least :data:`~lrkit.doctor.raise_watch.RAISE_SNAPSHOT` times the last one's (a raise by
 hand, a misconfigured stage, a warm restart) after a stretch where it rose less than 1.5x (not a
 warmup's first steps), and the run has had at least :math:`\max(2, K/5)` healthy steps since its
-last snapshot, the guard takes one before that step (:meth:`Guard.before_step`; :meth:`Guard.step` calls it): the moment the risk rises is
-the state a rollback of that raise wants, and without it the steps since the last periodic snapshot
-(up to :math:`K`) are lost with the raise. A schedule's smooth changes never trigger it.
+last snapshot, the guard takes one before that step (:meth:`Guard.before_step`; :meth:`Guard.step`
+calls it): the moment the risk rises is the state a rollback of that raise wants, and without it
+the steps since the last periodic snapshot (up to :math:`K`) are lost with the raise. A
+schedule's smooth changes never trigger it.
 
 **Reach.** ``keep`` rolling snapshots (default 4) are thinned geometrically (a few recent, a few
 older ones; :func:`lrkit.doctor.snapshots.thin_index`), beside the initial state
@@ -398,9 +400,9 @@ class Guard:
         A sudden raise (:class:`~lrkit.doctor.raise_watch.RaiseWatch`: at least
         :data:`~lrkit.doctor.raise_watch.RAISE_SNAPSHOT` times the LR of the last step observed, not
         in a warmup) after at least ``max(2, K/5)`` healthy steps since the last snapshot gets a
-        snapshot of the state before it (see the module docstring). :meth:`step` calls this itself; a loop or
-        callback that reports with :meth:`observe` may call it before each step. Returns whether a
-        snapshot was taken. An unknown, non-finite or zero LR is ignored.
+        snapshot of the state before it (see the module docstring). :meth:`step` calls this itself;
+        a loop or callback that reports with :meth:`observe` may call it before each step. Returns
+        whether a snapshot was taken. An unknown, non-finite or zero LR is ignored.
         """
         self.start()
         if not self._raise_watch.sudden(lr) or self._since < max(2, self._set.interval // 5):
