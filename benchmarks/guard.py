@@ -77,6 +77,8 @@ MNIST = ROOT.parent / "shared" / "data" / "mnist"
 REPLAYED = ("lr x3", "lr x6", "lr x30", "lr x1000", "nan weight", "bad shard")
 FAULTS = ("clean", "reshuffle", "lr x3", "lr x6", "lr x30", "lr x1000", "nan weight", "nan batches", "bad shard",
           "shard skipped", "kill -9", "kill -9 sync", "two guards")
+#: the same runs with ``Guard(skip_spikes=True)``: the bad shard it is for, and the faults it must leave alone
+SKIPPING = ("clean +skip", "lr x1000 +skip", "nan weight +skip", "bad shard +skip")
 EVERY = 25
 SHARD = 20
 TAIL = 20
@@ -225,6 +227,7 @@ def guarded(run: Run, steps: int, replay: bool = False, **kw) -> dict:
         "t": run.t,
         "interval": guard.snapshot_interval,
         "extra_steps": guard.step_count - steps if replay and not gave_up else 0,
+        "skipped": guard.skipped_steps,
     }
     guard.close()
     return rec
@@ -346,6 +349,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--seeds", type=int, default=4, help="seeds 0..N-1 (even: dev, odd: held-out)")
     ap.add_argument("--tasks", default="digits,diabetes,mnist", help="comma-separated subset")
+    ap.add_argument("--faults", default="", help="comma-separated subset of the faults (design runs; print only)")
     ap.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
@@ -356,15 +360,19 @@ def main() -> None:
     logging.getLogger("lrkit.guard").setLevel(logging.CRITICAL)
     tasks = ["digits"] if a.quick else [t for t in a.tasks.split(",") if t != "mnist" or MNIST.is_dir()]
     seeds = [s for s in range(a.seeds) if not (a.quick or a.dev) or half(s) == "dev"]
+    faults = [f for f in FAULTS + SKIPPING if not a.faults or f in a.faults.split(",")]
     t0 = time.perf_counter()
     clean: dict = {}
     rows: list[dict] = []
     for task in tasks:
         for seed in seeds:
             clean[(task, seed)] = plain(task, seed, a.steps)
-            for fault in FAULTS:
+            for fault in faults:
                 t = fault_step(seed, a.steps)
-                if fault.startswith("kill -9"):
+                if fault.endswith(" +skip"):
+                    base = fault[: -len(" +skip")]
+                    rec = guarded(Run(task, seed, base, t if base != "clean" else -1), a.steps, skip_spikes=True)
+                elif fault.startswith("kill -9"):
                     rec = killed(task, seed, a.steps, t, sync=fault.endswith("sync"))
                 elif fault == "two guards":
                     rec = two_guards(task, seed, a.steps, t)
@@ -416,10 +424,12 @@ def main() -> None:
             "| replayed: goal met | replayed: final / clean | replayed: extra steps |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for fault in FAULTS:
+        for fault in faults:
             fr = [r for r in part if r["fault"] == fault]
             s = summarise(fr, clean)
             n_rb = sum(len(r["restored"]) for r in fr) if not fault.startswith("kill -9") else "resumed"
+            if fault.endswith(" +skip"):
+                n_rb = f"{n_rb} ({sum(len(r['skipped']) for r in fr)} updates skipped)"
             lost = f"{statistics.median(s['lost']):.0f} / {max(s['lost'])}" if s["lost"] else "-"
             again = [r for r in rows if r["half"] == which and r.get("mode") == "replay" and r["fault"] == fault]
             if again:
@@ -477,7 +487,7 @@ def main() -> None:
     ]
     md = "\n".join(lines)
     print(md)
-    if not (a.quick or a.dev):
+    if not (a.quick or a.dev or a.faults):
         (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
         (ROOT / "benchmarks" / "results" / "guard_faults.json").write_text(
             json.dumps({"rows": rows, "clean": {f"{k[0]}/{k[1]}": v for k, v in clean.items()}}, indent=1,

@@ -154,6 +154,7 @@ from lrkit.doctor.raise_watch import RAISE_SNAPSHOT, RAISE_STEADY, RaiseWatch
 from lrkit.doctor.relapse import RelapseWatch
 from lrkit.doctor.snapshot_set import SnapshotSet
 from lrkit.doctor.snapshots import HealthTracker, SnapshotRecord, best_snapshot, choose_target
+from lrkit.doctor.spikes import SPIKE_FACTOR, SpikeFilter
 from lrkit.doctor.storage import DiskStore, MemoryStore, SnapshotError
 
 __all__ = ["Guard", "GuardGaveUp", "Intervention", "SnapshotError", "RAISE_SNAPSHOT", "RAISE_STEADY"]
@@ -208,6 +209,17 @@ class Guard:
             work. Default ``False``: files are written on a background thread while training goes
             on, and a kill during a write loses the period plus the steps of that write (the
             previous snapshot is the newest complete one).
+        skip_spikes: do not apply the update of a step whose loss is a spike far above the run's
+            level while the LR held steady -- a bad batch or data shard (:mod:`lrkit.doctor.spikes`):
+            the model stays as it was instead of being wrecked and rolled back. The loss must be
+            known before the update: :meth:`step` asks the trainer to skip when it can (a
+            ``step(lr, skip=...)`` and ``skips_steps = True``, as lrkit's ``TorchTrainer``), a loop
+            asks :meth:`skip` itself (``TorchDoctor(skip_spikes=True)`` does). Default ``False``.
+        spike_factor: a spike is this many times the run's level (and above its start's); > 1
+            (default 10).
+        max_skips: the most updates skipped in a row before the doctor takes over (a model whose
+            every batch is a spike is broken); an int >= 1, default ``snapshot_every`` (never more
+            than a snapshot period of steps skipped in a row).
     """
 
     def __init__(
@@ -232,6 +244,9 @@ class Guard:
         run_id: str | None = None,
         resume: bool = False,
         sync_writes: bool = False,
+        skip_spikes: bool = False,
+        spike_factor: float = SPIKE_FACTOR,
+        max_skips: int | None = None,
     ) -> None:
         for name in ("snapshot", "restore"):
             if not callable(getattr(trainer, name, None)):
@@ -259,7 +274,8 @@ class Guard:
         for name, value in (("storage_dir", storage_dir), ("run_id", run_id)):
             if value is not None and storage != "disk":
                 raise ValueError(f"Guard: {name} is only used with storage='disk', got storage={storage!r}")
-        for name, flag in (("resume", resume), ("sync_writes", sync_writes), ("forgive_first", forgive_first)):
+        for name, flag in (("resume", resume), ("sync_writes", sync_writes), ("forgive_first", forgive_first),
+                           ("skip_spikes", skip_spikes)):
             if not isinstance(flag, bool):
                 raise ValueError(f"Guard: {name} must be True or False, got {flag!r}")
         if sync_writes and storage != "disk":
@@ -300,6 +316,13 @@ class Guard:
         self._policy = LRPolicy(lr_factor, forgive_first)  # what a rollback does to the LR
         self._since = 0  # good steps since the last snapshot or rollback
         self._raise_watch = RaiseWatch()  # the last steps' LRs and losses: a sudden raise gets a snapshot
+        try:  # a spike far above the run's level: its update is not applied (skip_spikes)
+            spikes = SpikeFilter(spike_factor, snapshot_every if max_skips is None else max_skips)
+        except ValueError as exc:
+            raise ValueError(f"Guard: {exc}") from None
+        self._spikes = spikes if skip_spikes else None
+        self._skipped: list[int] = []
+        self._held_val: tuple[float | None, Mapping[str, float] | None] = (None, None)
         self._started = False
         self._t_last: float | None = None
         #: the step the run was resumed from (``resume=True`` found a manifest), else ``None``
@@ -390,9 +413,60 @@ class Guard:
         self.start()
         eff = lr * self._multiplier
         self.before_step(eff)
-        loss = self.trainer.step(eff)
+        if self._spikes is not None and getattr(self.trainer, "skips_steps", False):
+            skipped = []
+            loss = self.trainer.step(eff, skip=lambda value: skipped.append(self.skip(value, lr=eff)) or skipped[-1])
+            if skipped and skipped[-1]:
+                self._hold(val_loss, metrics)
+                return float(loss)
+        else:
+            loss = self.trainer.step(eff)
         self.observe(loss, lr=eff, val_loss=val_loss, metrics=metrics)
         return float(loss)
+
+    def skip(self, loss: float, *, lr: float | None = None) -> bool:
+        """With ``skip_spikes=True``: ask, with a step's loss and LR, before its update is applied.
+
+        ``True``: the loss is a spike (:mod:`lrkit.doctor.spikes`) -- do not apply the update and
+        do not :meth:`observe` the step; it is recorded as skipped (:attr:`skipped_steps`; the
+        clock moves on, :attr:`trained_steps` does not). ``False`` (always, without
+        ``skip_spikes``): apply it and observe it as usual.
+
+        Example:
+            >>> class T:
+            ...     def snapshot(self): return None
+            ...     def restore(self, s): pass
+            >>> g = Guard(T(), skip_spikes=True)
+            >>> for t in range(20):
+            ...     _ = g.observe(1.0, lr=0.1) if not g.skip(1.0, lr=0.1) else None
+            >>> g.skip(80.0, lr=0.1), g.skipped_steps, g.step_count, g.trained_steps
+            (True, [20], 21, 20)
+        """
+        if self._spikes is None or not self._spikes.check(loss, lr=lr):
+            return False
+        step = self._clock
+        self._skipped.append(step)
+        self._clock += 1
+        log = self.logger.warning if self._spikes.in_a_row == 1 else self.logger.info
+        log("lrkit guard: skipped the update of step %d: its loss %.4g is %.3gx the run's level with the LR "
+            "unchanged (a bad batch?)%s", step, float(loss), self._spikes.last_ratio,
+            "" if self._spikes.in_a_row == 1 else f" ({self._spikes.in_a_row} in a row)")
+        return True
+
+    @property
+    def skips(self) -> bool:
+        """Whether the guard skips spikes (``skip_spikes=True``): then ask :meth:`skip` before each update."""
+        return self._spikes is not None
+
+    @property
+    def skipped_steps(self) -> list[int]:
+        """The steps whose update :meth:`skip` held back (``skip_spikes=True``)."""
+        return list(self._skipped)
+
+    def _hold(self, val_loss: float | None, metrics: Mapping[str, float] | None) -> None:
+        """Validation results given with a skipped step: passed on with the next observed one."""
+        if val_loss is not None or metrics is not None:
+            self._held_val = (val_loss, metrics)
 
     def before_step(self, lr: float | None) -> bool:
         """Tell the guard the LR the next step will train at (after the multiplier), before it runs.
@@ -435,6 +509,9 @@ class Guard:
                 (the trainer is left restored to the best snapshot).
         """
         self.start()
+        if val_loss is None and metrics is None and self._held_val != (None, None):
+            val_loss, metrics = self._held_val  # given with a skipped step
+        self._held_val = (None, None)
         now = time.perf_counter()
         if self._t_last is not None:
             self._set.note_step(now - self._t_last)
@@ -524,7 +601,7 @@ class Guard:
             ...     def restore(self, s): pass
             >>> g = Guard(T(), take_initial_snapshot=False)
             >>> sorted(g.state_dict())
-            ['clock', 'doctor', 'format', 'interventions', 'multiplier', 'probation', 'trained']
+            ['clock', 'doctor', 'format', 'interventions', 'multiplier', 'probation', 'skipped', 'spikes', 'trained']
         """
         return {
             "format": 1,
@@ -534,8 +611,9 @@ class Guard:
             "interventions": [i.to_dict() for i in self._interventions],
             "doctor": self.doctor.state_dict(),
             "probation": self._policy.state_dict(),
+            "skipped": list(self._skipped),
+            "spikes": self._spikes.state_dict() if self._spikes is not None else None,
         }
-
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from :meth:`state_dict` (before :meth:`start`, which then snapshots the state the
@@ -554,6 +632,9 @@ class Guard:
         self._interventions = [Intervention.from_dict(i) for i in state["interventions"]]
         self.doctor.load_state_dict(state["doctor"])
         self._policy.load_state_dict(state.get("probation"))
+        self._skipped = [int(k) for k in state.get("skipped", [])]
+        if self._spikes is not None:
+            self._spikes.load_state_dict(state.get("spikes"))
 
     def state_summary(self) -> Mapping[str, Any]:
         """A JSON-ready summary: multiplier, clock, snapshot steps and interventions."""
@@ -564,6 +645,7 @@ class Guard:
             "snapshot_steps": self.snapshot_steps,
             "snapshot_interval": self._set.interval,
             "interventions": [i.to_dict() for i in self._interventions],
+            "skipped_steps": list(self._skipped),
             "verdict": self.doctor.diagnosis.verdict,
         }
 
@@ -611,6 +693,8 @@ class Guard:
             "snapshots": [{**s.to_json(), "kind": self._set.kind(s)} for s in self._set.pool()],
             "interventions": [i.to_dict() for i in self._interventions],
             "probation": self._policy.state_dict(),
+            "skipped": list(self._skipped),
+            "spikes": self._spikes.state_dict() if self._spikes is not None else None,
         })
 
     def _load(self, pool: list[SnapshotRecord], rec: SnapshotRecord) -> Any:
@@ -629,6 +713,8 @@ class Guard:
         self._health.load(rec.health)
         rec.closed = True  # losses from now on are at another LR: they do not re-verify it
         self._since = 0
+        if self._spikes is not None:
+            self._spikes.reset_streak()
         if rollback:  # the restored state's level is the reference until a new snapshot is verified
             self._relapse_watch.arm(best=rec.best if math.isfinite(rec.best) else self._health.best, label=rec.label)
 
@@ -756,6 +842,9 @@ class Guard:
         self._interventions = [Intervention.from_dict(i) for i in manifest.get("interventions", [])]
         self._multiplier = float(manifest["multiplier"])
         self._policy.load_state_dict(manifest.get("probation"))
+        self._skipped = [int(k) for k in manifest.get("skipped", [])]
+        if self._spikes is not None:
+            self._spikes.load_state_dict(manifest.get("spikes"))
         while pool:
             cands = [r for r in pool if r.healthy(self.tolerance) is not False] or pool[:1]
             rec = cands[-1]

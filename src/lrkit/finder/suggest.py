@@ -45,7 +45,7 @@ grid below :math:`\\eta_{\\min}` and, when it may drive the trainer, measures th
    * when the best is the highest LR tried, it looks past that edge (a decade up, while improving);
    * going up, "improving" is measured against the progress made, not only the score: a candidate
      improves on the best :math:`S_b` (start :math:`S_0`) when
-     :math:`S < S_b - \tau\,\min(|S_b|,\ S_0 - S_b)`. Where every candidate so far is decades too
+     :math:`S < S_b - \\tau\\,\\min(|S_b|,\\ S_0 - S_b)`. Where every candidate so far is decades too
      low and barely moved, one that made a hundred times their progress is a real step although its
      score is within 2% of theirs;
    * then refines with candidates half a decade either side of the best (the side of a failed

@@ -152,6 +152,32 @@ def grad_norm(parameters: Sequence[torch.Tensor] | Any) -> float:
     return float(torch.nn.utils.get_total_norm(grads, 2.0).item())
 
 
+def _loss_value(loss: Any) -> float:
+    """A step's loss as a float (a scalar tensor is read once; under ``torch.distributed`` with
+    several processes the guard's skips would differ between ranks: refused)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        raise ValueError("TorchDoctor: skip_spikes=True is not supported under torch.distributed with several "
+                         "processes (each rank sees its own loss; the skips would differ between ranks)")
+    if isinstance(loss, torch.Tensor):
+        if loss.numel() != 1:
+            raise ValueError(f"TorchDoctor.after_backward: loss must be a scalar, got a tensor of shape {tuple(loss.shape)}")
+        return float(loss.detach().float().item())
+    return float(loss)
+
+
+def _drop_gradients(params: Sequence[torch.Tensor], scaler: Any) -> None:
+    """Leave the coming ``optimizer.step()`` nothing to apply: the gradients are removed (every
+    torch optimizer passes over a parameter without one). With an enabled ``GradScaler`` one is
+    kept and made infinite instead: the scaler then skips the step (it insists on seeing a gradient)."""
+    with_grad = [p for p in params if p.grad is not None]
+    if scaler is not None and scaler.is_enabled() and with_grad:
+        keep = with_grad[0]
+        keep.grad.fill_(math.inf)
+        with_grad = with_grad[1:]
+    for p in with_grad:
+        p.grad = None
+
+
 class _State(RecyclingState):
     """snapshot()/restore() of model, optimizer, scaler, RNGs; restore keeps the current LRs."""
 
@@ -181,7 +207,13 @@ class TorchDoctor(GuardedWatch):
             ``False`` only the doctor runs and :meth:`after_step` always returns ``False``.
         doctor: a :class:`~lrkit.doctor.core.Doctor` (default ``Doctor()``).
         snapshot_every, lr_factor, forgive_first, max_retries, act_on, storage, storage_dir, on_intervention,
-            logger, keep, max_overhead, run_id, resume, sync_writes: as in :class:`~lrkit.doctor.guard.Guard`.
+            logger, keep, max_overhead, run_id, resume, sync_writes, skip_spikes, spike_factor, max_skips: as in
+            :class:`~lrkit.doctor.guard.Guard`. With ``skip_spikes=True`` (and the guard) pass the loss to
+            :meth:`after_backward`: a batch whose loss is a spike far above the run's level, with
+            the LR unchanged, has its gradients dropped there, so ``optimizer.step()`` leaves the
+            model and the optimizer state as they were (with a ``GradScaler``: the gradients are
+            made non-finite, so the scaler skips the step and lowers its scale, as it does for an
+            overflow). Not under ``torch.distributed`` with several processes.
             The stability probe logs to ``logger`` too (default
             ``logging.getLogger("lrkit.stability")``). With ``storage="disk"``, a ``run_id`` and
             ``resume=True``, a run killed with ``kill -9`` and started again with the same
@@ -237,6 +269,9 @@ class TorchDoctor(GuardedWatch):
         run_id: str | None = None,
         resume: bool = False,
         sync_writes: bool = False,
+        skip_spikes: bool = False,
+        spike_factor: float = 10.0,
+        max_skips: int | None = None,
         on_converged: str | None = None,
         on_overfitting: str | None = None,
         plateau_factor: float = 0.1,
@@ -277,12 +312,16 @@ class TorchDoctor(GuardedWatch):
                 _State(self), doctor=self.doctor, snapshot_every=snapshot_every, lr_factor=lr_factor,
                 forgive_first=forgive_first, max_retries=max_retries, act_on=act_on, storage=storage,
                 storage_dir=storage_dir, on_intervention=on_intervention, logger=logger, keep=keep, max_overhead=max_overhead,
-                run_id=run_id, resume=resume, sync_writes=sync_writes,
+                run_id=run_id, resume=resume, sync_writes=sync_writes, skip_spikes=skip_spikes,
+                spike_factor=spike_factor, max_skips=max_skips,
             )
+        elif skip_spikes:
+            raise ValueError("TorchDoctor: skip_spikes=True needs guard=True (the guard decides the skips)")
         elif not isinstance(self.doctor, Doctor):
             raise ValueError(f"TorchDoctor: doctor must be an lrkit.doctor.Doctor or None, got {type(doctor).__name__}")
         self._base: list[Any] | None = None
         self._lr_used = math.nan  # the first group's LR of the step in flight (after_backward to after_step)
+        self._skipping = False  # the step in flight had its update skipped (a loss spike)
         self._gn: float | None = None
         self._params = [p for g in optimizer.param_groups for p in g["params"]]
         self.stability_probe = stability_probe
@@ -330,8 +369,10 @@ class TorchDoctor(GuardedWatch):
         ``None`` with ``track_grad_norm=False``) and sets each param group's LR to
         ``lr_multiplier`` times its current value; with the guard, an LR raised suddenly since the
         last step gets a snapshot of the state before the step
-        (:meth:`~lrkit.doctor.guard.Guard.before_step`). ``loss`` is accepted for symmetry and
-        unused. Returns the gradient norm.
+        (:meth:`~lrkit.doctor.guard.Guard.before_step`). ``loss``: this step's loss, read only with
+        ``skip_spikes=True``, where a spike far above the run's level has this step's gradients
+        dropped (:meth:`~lrkit.doctor.guard.Guard.skip`; ``optimizer.step()`` then changes nothing
+        and :meth:`after_step` does not report the step to the doctor). Returns the gradient norm.
         """
         gn = None
         if self.track_grad_norm and self._n_steps % self._gn_every == 0:
@@ -350,6 +391,9 @@ class TorchDoctor(GuardedWatch):
         self._lr_used = float(self._base[0]) * m  # one conversion a step (a tensor LR on a GPU syncs)
         if self.guard is not None:  # a sudden raise: a snapshot of the state before it
             self.guard.before_step(self._lr_used)
+            if loss is not None and self.guard.skips and self.guard.skip(_loss_value(loss), lr=self._lr_used):
+                self._skipping = True
+                _drop_gradients(self._params, self.scaler)
         return gn
 
     def _space_grad_norm(self, cost: float) -> None:
@@ -396,6 +440,9 @@ class TorchDoctor(GuardedWatch):
             self._step_time = dt if math.isnan(self._step_time) else 0.9 * self._step_time + 0.1 * dt
         self._t_step = now
         self._last_step = step
+        if self._skipping:  # the guard held this update back (a loss spike): nothing trained, nothing to observe
+            self._skipping = False
+            return False
         # each new detection is recorded (detections, worst) and logged once (lrkit.doctor)
         rolled = self._watch_observe(step, loss, lr=lr, grad_norm=gn, val_loss=val_loss, metrics=metrics) is not None
         if rolled:

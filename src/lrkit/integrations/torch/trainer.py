@@ -306,18 +306,30 @@ class TorchTrainer(RecyclingState):
                 else:
                     group["lr"] = value
 
-    def step(self, lr: float) -> float:
-        """One optimizer update at learning rate ``lr``; returns the (rank-averaged) training loss."""
+    def step(self, lr: float, skip: Callable[[float], bool] | None = None) -> float:
+        """One optimizer update at learning rate ``lr``; returns the (rank-averaged) training loss.
+
+        ``skip``: called with that loss after the backward pass, before the update; ``True`` leaves
+        the update out (the guard's ``skip_spikes``). Only where the trainer applies the update
+        itself (:attr:`skips_steps`: not with a ``step_fn`` that takes the optimizers).
+        """
         self.set_lr(lr)
         if not self.model.training:
             self.model.train()
         if self.multi:
+            if skip is not None:
+                raise ValueError("TorchTrainer.step: skip= needs a trainer that applies the update itself; "
+                                 "this one's step_fn(model, batch, optimizers) does")
             batch = _to_device(self._next_batch(), self.device)
             out = self.step_fn(self.model, batch, self.optimizers)
             loss = self._as_float_tensor(out, "step_fn(model, batch, optimizers)")
-        else:
-            loss = self._single_step()
-        return self._reduce(loss)
+            return self._reduce(loss)
+        return self._single_step(skip)
+
+    @property
+    def skips_steps(self) -> bool:
+        """Whether :meth:`step` can leave an update out (``skip=``): when it applies the update itself."""
+        return not self.multi
 
     def evaluate(self) -> float | None:
         """Mean loss over at most ``max_val_batches`` validation batches (eval mode, no grad)."""
@@ -424,7 +436,7 @@ class TorchTrainer(RecyclingState):
             return torch.tensor(float(out))
         raise ValueError(f"{who} must return the loss as a float or scalar tensor, got {type(out).__name__}")
 
-    def _single_step(self) -> torch.Tensor:
+    def _single_step(self, skip: Callable[[float], bool] | None = None) -> float:
         opt = self.optimizers[0]
         scaler = self.scaler
         use_scaler = scaler is not None and scaler.is_enabled()
@@ -446,8 +458,9 @@ class TorchTrainer(RecyclingState):
                 scaled = loss.float() / acc
                 (scaler.scale(scaled) if use_scaler else scaled).backward()
             total += loss.detach().to("cpu", torch.float64)
-        mean = total / acc
-        if torch.isfinite(mean):
+        # rank-averaged before anything is decided on it: every rank takes the same decision
+        mean = self._reduce(total / acc)
+        if math.isfinite(mean) and not (skip is not None and skip(mean)):
             if self.grad_clip_norm is not None:
                 if use_scaler:
                     scaler.unscale_(opt)
