@@ -229,12 +229,12 @@ class _Faulty:
     def evaluate(self):
         return self.inner.evaluate()
 
-    def step(self, lr: float) -> float:
+    def step(self, lr: float, skip=None) -> float:
         if not self.armed:
-            return self.inner.step(lr)
+            return self.inner.step(lr, skip=skip)
         t, self.clock = self.clock, self.clock + 1
         if t == self.at and self.fault == "nan":
-            loss = self.inner.step(lr)
+            loss = self.inner.step(lr, skip=skip)
             with torch.no_grad():  # a NaN gradient reached the weights
                 next(self.inner.model.parameters()).mul_(math.nan)
             return math.nan if math.isfinite(loss) else loss
@@ -247,12 +247,12 @@ class _Faulty:
                 else:
                     y_saved = y.clone()
                     y.copy_(y[torch.randperm(len(y), generator=torch.Generator().manual_seed(0))])
-                return self.inner.step(lr)
+                return self.inner.step(lr, skip=skip)
             finally:
                 x.copy_(saved)
                 if not x.is_floating_point():
                     y.copy_(y_saved)
-        return self.inner.step(lr)
+        return self.inner.step(lr, skip=skip)
 
 
 def _fly_faulty(task: Task, fault: str, clean_plan: dict, seed: int = 0) -> dict:

@@ -145,13 +145,19 @@ class TensorTrainer:
         self.gen.set_state(g)
         self.perm, self.pos, self.steps = perm, pos, steps
 
-    def step(self, lr: float) -> float:
+    #: ``step(lr, skip=...)`` can leave an update out (the guard's ``skip_spikes``)
+    skips_steps = True
+
+    def step(self, lr: float, skip=None) -> float:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         x, y = self._batch()
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.task.loss_fn(self.model(x), y)
+        if skip is not None and torch.isfinite(loss) and skip(float(loss.detach())):
+            self.steps += 1
+            return float(loss.detach())
         if torch.isfinite(loss):
             loss.backward()
             if self.task.clip is not None:

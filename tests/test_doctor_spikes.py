@@ -327,3 +327,41 @@ def test_torch_doctor_skip_spikes_needs_the_guard():
     model = _model()
     with pytest.raises(ValueError, match="skip_spikes"):
         TorchDoctor(model, torch.optim.SGD(model.parameters(), lr=0.1), guard=False, skip_spikes=True)
+
+
+# ------------------------------------------------------------------ the autopilot
+def _autopilot_flight(skip_spikes, at=150, steps=250):
+    from lrkit.autopilot.plan import make_plan
+    from lrkit.autopilot.run import fly
+
+    X, y = _data()
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=32, shuffle=True,
+                                         generator=torch.Generator().manual_seed(2))
+    clock = {"k": -1}
+
+    def loss_of(m, batch):
+        clock["k"] += 1  # one call per optimizer step (no validation loader: evaluate() does not call it)
+        xb, yb = batch
+        if clock["k"] == at:
+            xb, yb = _garbage(xb, yb, at)
+        return torch.nn.functional.cross_entropy(m(xb), yb)
+
+    trainer = TorchTrainer(model, opt, None, loader, step_fn=loss_of)
+    plan = make_plan(family="sgd_momentum", train_steps=steps, peak_lr=0.1)
+    return fly(trainer, family="sgd_momentum", train_steps=steps, plan=plan, skip_spikes=skip_spikes)
+
+
+def test_the_autopilot_skips_a_bad_batch_and_says_so(caplog):
+    with caplog.at_level(logging.WARNING, logger="lrkit.autopilot"):
+        flight = _autopilot_flight(skip_spikes=True)
+    kinds = [e.kind for e in flight.pilot.events]
+    assert kinds.count("skip") == 1 and "rollback" not in kinds
+    (ev,) = [e for e in flight.pilot.events if e.kind == "skip"]
+    assert ev.step == 150 and ev.data["ratio"] >= 10 and "bad batch" in ev.message and ev in flight.pilot.interventions
+    assert "skipped the update of a bad batch" in caplog.text
+    state = flight.pilot.state_dict()
+    assert state["skip_spikes"] is True
+    off = _autopilot_flight(skip_spikes=False)
+    assert "skip" not in [e.kind for e in off.pilot.events]

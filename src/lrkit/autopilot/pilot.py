@@ -83,7 +83,7 @@ _GUARD_LOG.propagate = False
 
 @dataclass(frozen=True)
 class AutopilotEvent:
-    """One thing the autopilot did: ``kind`` is ``"plan"``, ``"rollback"``, ``"plateau"``,
+    """One thing the autopilot did: ``kind`` is ``"plan"``, ``"rollback"``, ``"skip"``, ``"plateau"``,
     ``"resume"`` or ``"gave_up"``; ``message`` says it in words; ``data`` holds the numbers."""
 
     step: int
@@ -115,20 +115,25 @@ class Autopilot:
             a run whose scale is far above the autopilot's own and that stays behind the finder's best
             short run is rolled back to that scale, :mod:`lrkit.doctor.signs.behind`).
         logger: where messages go (default ``logging.getLogger("lrkit.autopilot")``).
+        skip_spikes: the guard leaves out the update of a step whose loss is a spike far above the
+            run's level with the LR steady -- a bad batch (:mod:`lrkit.doctor.spikes`; default
+            ``True``). An adapter that knows the loss before the update asks :meth:`skip`.
     """
 
     def __init__(self, plan: AutopilotPlan, *, guard: bool = True, plateau: bool = True,
-                 doctor: Doctor | None = None, logger: logging.Logger | None = None) -> None:
+                 doctor: Doctor | None = None, logger: logging.Logger | None = None,
+                 skip_spikes: bool = True) -> None:
         if not isinstance(plan, AutopilotPlan):
             raise AutopilotError(f"Autopilot: plan must be an AutopilotPlan (lrkit.autopilot.make_plan), "
                                  f"got {type(plan).__name__}")
-        for name, flag in (("guard", guard), ("plateau", plateau)):
+        for name, flag in (("guard", guard), ("plateau", plateau), ("skip_spikes", skip_spikes)):
             if not isinstance(flag, bool):
                 raise AutopilotError(f"Autopilot: {name} must be True or False, got {flag!r}")
         if doctor is not None and not isinstance(doctor, Doctor):
             raise AutopilotError(f"Autopilot: doctor must be an lrkit.doctor.Doctor or None, got {type(doctor).__name__}")
         self.plan = plan
         self.use_guard = guard
+        self.skip_spikes = skip_spikes
         # a loss rising with the schedule's LR is not waited out above the ceiling (policy.lr_ceiling)
         self.doctor = doctor if doctor is not None else Doctor(
             lr_ceiling=policy.lr_ceiling(plan.auto_peak_lr), reference_run=plan.finder_reference)
@@ -160,7 +165,7 @@ class Autopilot:
             # forgive_first=False: the autopilot's own policy (policy.lowered_multiplier) decides
             # what a rollback does to the LR, as a correction on the guard's multiplier
             self.guard = Guard(state, doctor=self.doctor, on_intervention=self._on_intervention,
-                               logger=_GUARD_LOG, forgive_first=False, **settings)
+                               logger=_GUARD_LOG, forgive_first=False, skip_spikes=self.skip_spikes, **settings)
         return self
 
     # ------------------------------------------------------------------ the LR
@@ -226,6 +231,24 @@ class Autopilot:
             self.guard.before_step(self.lr(step + 1))
         return rolled
 
+    @property
+    def skips(self) -> bool:
+        """Whether to ask :meth:`skip` before each update (a guard with ``skip_spikes``)."""
+        return self.guard is not None and self.guard.skips
+
+    def skip(self, step: int, loss: float) -> bool:
+        """Before the update of optimizer step ``step``, with its loss: ``True`` means leave the
+        update out -- the loss is a spike far above the run's level with the LR steady, a bad
+        batch (:mod:`lrkit.doctor.spikes`) -- and do not :meth:`observe` the step; an event says so.
+        ``False`` (always without the guard or ``skip_spikes``): apply it and observe it."""
+        if not self.skips or not self.guard.skip(float(loss), lr=self.lr(step)):
+            return False
+        ratio, row = self.guard.last_skip["ratio"], self.guard.last_skip["in_a_row"]
+        self._event(step, "skip", f"step {step}: skipped the update of a bad batch: its loss {float(loss):.4g} is "
+                    f"{ratio:.3g}x the run's level with the LR unchanged" + (f" ({row} in a row)" if row > 1 else ""),
+                    {"loss": _finite(float(loss)), "ratio": _finite(ratio)}, logging.WARNING if row == 1 else logging.INFO)
+        return True
+
     def _plateau_check(self, step: int, val_loss: float) -> None:
         if self._plateau is None or step < self.plan.warmup_steps or step + 1 >= self.plan.train_steps:
             return  # in the warmup, or at the run's last step: nothing is left to train at a lowered LR
@@ -280,7 +303,7 @@ class Autopilot:
     @property
     def interventions(self) -> list[AutopilotEvent]:
         """The events that changed the run (rollbacks, plateau reductions, a guard that gave up)."""
-        return [e for e in self.events if e.kind in ("rollback", "plateau", "gave_up")]
+        return [e for e in self.events if e.kind in ("rollback", "skip", "plateau", "gave_up")]
 
     def report(self) -> str:
         """The plan and every intervention, in words."""
@@ -305,6 +328,7 @@ class Autopilot:
             "doctor": self.doctor.state_dict(),
             "events": [e.to_dict() for e in self.events],
             "guard": self.use_guard,
+            "skip_spikes": self.skip_spikes,
         }
 
     @classmethod
@@ -318,7 +342,7 @@ class Autopilot:
                                  f"got {got!r}")
         plan = AutopilotPlan.from_dict(dict(state["plan"]))
         pilot = cls(plan, guard=bool(state["guard"]), plateau=state["plateau"] is not None, doctor=doctor,
-                    logger=logger)
+                    logger=logger, skip_spikes=bool(state.get("skip_spikes", True)))
         pilot._corr = float(state["multiplier"])
         pilot._last_rollback = state["last_rollback"]
         pilot._last_step = state["last_step"]

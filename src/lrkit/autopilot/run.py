@@ -84,7 +84,7 @@ class Flight:
 def fly(trainer: Any, *, family: str, train_steps: int, shape: Schedule | None = None,
         peak_lr: float | None = None, eval_every: int | None = None, guard: bool = True,
         plateau: bool = True, plan: AutopilotPlan | None = None, logger: logging.Logger | None = None,
-        seed: int = 0) -> Flight:
+        seed: int = 0, skip_spikes: bool = True) -> Flight:
     """Finder, plan and the guarded run on one Trainer (see the module docstring).
 
     Args:
@@ -93,7 +93,9 @@ def fly(trainer: Any, *, family: str, train_steps: int, shape: Schedule | None =
         train_steps: optimizer steps of the run.
         shape, peak_lr: as in :func:`~lrkit.autopilot.plan.make_plan`.
         eval_every: validate every this many steps (default: a tenth of the run) and at the end.
-        guard, plateau: as in :class:`~lrkit.autopilot.pilot.Autopilot`.
+        guard, plateau, skip_spikes: as in :class:`~lrkit.autopilot.pilot.Autopilot` (a bad batch's
+            update is left out when the trainer's ``step`` can do it: ``skips_steps``, as lrkit's
+            ``TorchTrainer``).
         plan: a plan decided earlier (the finder is then not run).
         seed: seed of the finder's own randomness.
 
@@ -106,15 +108,24 @@ def fly(trainer: Any, *, family: str, train_steps: int, shape: Schedule | None =
         plan, finder = plan_for(trainer, family=family, train_steps=train_steps, shape=shape, peak_lr=peak_lr,
                                 seed=seed)
     every = eval_every if eval_every is not None else max(1, train_steps // 10)
-    pilot = Autopilot(plan, guard=guard, plateau=plateau, logger=logger).attach(trainer)
+    pilot = Autopilot(plan, guard=guard, plateau=plateau, logger=logger, skip_spikes=skip_spikes).attach(trainer)
     flight = Flight(pilot, finder)
+    ask = pilot.skips and getattr(trainer, "skips_steps", False)  # a bad batch's update left out
     for t in range(train_steps):
-        loss = float(trainer.step(pilot.lr(t)))
+        skipped: list[bool] = []
+        if ask:
+            loss = float(trainer.step(pilot.lr(t), skip=lambda v, t=t: skipped.append(pilot.skip(t, v)) or skipped[-1]))
+        else:
+            loss = float(trainer.step(pilot.lr(t)))
         flight.losses.append(loss)
         val = None
         if (t + 1) % every == 0 or t + 1 == train_steps:
             v = trainer.evaluate()
             val = None if v is None else float(v)
+        if skipped and skipped[-1]:
+            if val is not None:
+                flight.val_losses.append((t, val))
+            continue
         rolled = pilot.observe(t, loss, val_loss=val if val is not None and math.isfinite(val) else None)
         if val is not None and not rolled:
             flight.val_losses.append((t, val))

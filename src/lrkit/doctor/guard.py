@@ -91,6 +91,14 @@ on). With replay, a batch that is itself broken (NaN in the data) comes back aft
 rollback and the guard gives up after ``max_retries``: by design, since a lower LR cannot fix
 bad data.
 
+**A bad batch is skipped, not rolled back** (``skip_spikes=True``, opt-in). The loss of a step is
+known before its update: a loss far above the run's level with the LR steady
+(:mod:`lrkit.doctor.spikes`) has its update left out (:meth:`Guard.skip`; :meth:`Guard.step` asks a
+trainer with ``skips_steps``), so the model is never wrecked by it and nothing is lost; the step is
+in :attr:`Guard.skipped_steps`, not in the doctor's history, and counts on the clock but not in
+:attr:`Guard.trained_steps`. NaN losses, blow-ups at a raised LR and long runs of spikes stay the
+rollback's.
+
 **Bounded retries.** Each snapshot may be restored at most ``max_retries`` times; one more
 problem before a newer snapshot has been taken raises :class:`GuardGaveUp` (a ``RuntimeError``)
 after restoring the **best** snapshot seen (``GuardGaveUp.best_step``, ``best_by``:
@@ -322,6 +330,8 @@ class Guard:
             raise ValueError(f"Guard: {exc}") from None
         self._spikes = spikes if skip_spikes else None
         self._skipped: list[int] = []
+        #: the last skip: ``step``, ``loss``, ``ratio`` (to the run's level) and ``in_a_row`` (``None`` before one)
+        self.last_skip: dict[str, Any] | None = None
         self._held_val: tuple[float | None, Mapping[str, float] | None] = (None, None)
         self._started = False
         self._t_last: float | None = None
@@ -447,6 +457,8 @@ class Guard:
         step = self._clock
         self._skipped.append(step)
         self._clock += 1
+        self.last_skip = {"step": step, "loss": float(loss), "ratio": self._spikes.last_ratio,
+                          "in_a_row": self._spikes.in_a_row}
         log = self.logger.warning if self._spikes.in_a_row == 1 else self.logger.info
         log("lrkit guard: skipped the update of step %d: its loss %.4g is %.3gx the run's level with the LR "
             "unchanged (a bad batch?)%s", step, float(loss), self._spikes.last_ratio,

@@ -94,8 +94,8 @@ class Watched:
     def __init__(self, trainer: Any, bar: Any) -> None:
         self._trainer, self._bar = trainer, bar
 
-    def step(self, lr: float) -> float:
-        loss = self._trainer.step(lr)
+    def step(self, lr: float, skip: Any = None) -> float:
+        loss = self._trainer.step(lr) if skip is None else self._trainer.step(lr, skip=skip)
         try:
             self._bar.trainer_step(float(lr), float(loss))
         except (TypeError, ValueError):  # a loss that is not a number: the finder will say so
