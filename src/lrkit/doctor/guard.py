@@ -726,7 +726,7 @@ class Guard:
         rec.closed = True  # losses from now on are at another LR: they do not re-verify it
         self._since = 0
         if self._spikes is not None:
-            self._spikes.reset_streak()
+            self._spikes.reset()  # another state: its level is learnt again
         if rollback:  # the restored state's level is the reference until a new snapshot is verified
             self._relapse_watch.arm(best=rec.best if math.isfinite(rec.best) else self._health.best, label=rec.label)
 

@@ -7,28 +7,30 @@ are lost, and a shard of such batches does it again and again. Not applying that
 model as it was (large-scale trainers skip such steps too). The loss of a step is known before its
 update, so the caller asks first (:meth:`SpikeFilter.check`) and applies the update only when told.
 
-With :math:`m` the median of the last :data:`LEVEL` log-losses that were trained on,
-:math:`\sigma = 1.4826\,\mathrm{MAD}` their spread and :math:`\ell_0` the median of the first
-:data:`FIRST` of them, the update of a step with loss :math:`\ell_t` is skipped when
+With :math:`m` the median of the last :data:`LEVEL` log-losses that were trained on and
+:math:`\ell_0` the median of the first :data:`FIRST` of them, a step's loss :math:`\ell_t` is a
+*spike* when
 
 .. math::
 
-    \log \ell_t - m \ge \max(\log(\text{factor}),\ 6\sigma) \quad\text{and}\quad \ell_t > \ell_0
+    \log \ell_t - m \ge \log(\text{factor}) \quad\text{and}\quad \ell_t > \ell_0
 
-(by default ten times the level and six noise widths above it -- a run whose losses already swing
-by decades, as one at far too high an LR does, has no spikes to skip: the doctor must see it --
-and above what the model scored at the start of the run: a hard batch of a trained model is not
-a spike), unless
+(by default ten times the level, and above what the model scored at the start of the run: a hard
+batch of a trained model is not a spike). A spike's update is skipped when it comes out of a calm
+stretch -- none of the :data:`CALM` steps before it was a spike -- or continues a run of skips:
+a corrupt batch, or a shard of them. Not skipped, and left to the doctor:
 
-* the loss is not finite: NaN and inf go to the doctor (a NaN written into a weight makes every
+* a loss that is not finite: NaN and inf are the doctor's (a NaN written into a weight makes every
   loss NaN and needs a rollback, not skips);
-* fewer than :data:`MIN_SEEN` losses have been trained on (there is no level yet);
-* an LR of this step or of the last :data:`RECENT` steps is 1.5x or more the median LR of the
-  last :data:`LEVEL` steps trained: a blow-up during or right after a raise (held, or a spike of a
-  few steps already over) is the LR's doing, and the doctor and guard must see it to undo it;
-* ``max_skips`` updates in a row were skipped already: when every batch is a spike the model is
-  broken (or the data is, for good), and the doctor takes over -- the guard rolls back as before.
-  Skipping resumes only after a loss that is no spike (or a rollback).
+* spikes that keep coming back between normal losses, as in a run at far too high an LR: after
+  the first, none comes out of a calm stretch;
+* a spike during or right after an LR raise: an LR of this step or of the last :data:`RECENT`
+  steps is 1.5x or more the median LR of the last :data:`LEVEL` steps trained (held, or a spike of
+  a few steps already over): the doctor and guard must see it to undo the raise;
+* anything before :data:`MIN_SEEN` losses were trained on, or since a rollback (the restored
+  state's level is learnt again: :meth:`SpikeFilter.reset`);
+* spikes after ``max_skips`` skips in a row: when every batch is a spike the model is broken (or
+  the data is, for good), and the doctor takes over -- the guard rolls back as before.
 
 Pure Python: the guard owns one (``Guard(skip_spikes=True)``) and its adapters ask it.
 
@@ -40,8 +42,11 @@ Example:
     (True, True)
     >>> f.check(0.85, lr=0.1), f.skipped                                     # back to normal data
     (False, 2)
-    >>> f.check(500.0, lr=1.0)                                               # after a 10x raise: the LR's doing
+    >>> f.check(500.0, lr=0.1)                                               # but spikes that come back are the doctor's
     False
+    >>> g = SpikeFilter()
+    >>> [g.check(1.0, lr=0.1) for _ in range(60)].count(True), g.check(500.0, lr=1.0)   # after a 10x raise: the LR's
+    (0, False)
 """
 from __future__ import annotations
 
@@ -49,16 +54,18 @@ import math
 from collections import deque
 from typing import Any, Mapping
 
-__all__ = ["SpikeFilter", "LEVEL", "FIRST", "MIN_SEEN", "SPIKE_FACTOR"]
+__all__ = ["SpikeFilter", "LEVEL", "FIRST", "MIN_SEEN", "SPIKE_FACTOR", "CALM", "RECENT"]
 
 #: the run's level: the median of this many of the last log-losses trained on (and their LRs)
 LEVEL = 20
 #: the start's level: the median of the first this many losses trained on
 FIRST = 5
-#: no skip before this many losses were trained on
+#: no skip before this many losses were trained on (since the start or a rollback)
 MIN_SEEN = 10
 #: default spike threshold: this many times the run's level
 SPIKE_FACTOR = 10.0
+#: a skip starts only out of this many steps without a spike
+CALM = 50
 #: an LR this many times the recent median is a raise: its blow-ups are not skipped ...
 RAISE = 1.5
 #: ... during it and for this many steps after it
@@ -86,15 +93,20 @@ class SpikeFilter:
             raise ValueError(f"max_skips must be an int >= 1, got {max_skips!r}")
         self.factor = float(factor)
         self.max_skips = max_skips
+        self._first: list[float] = []  # the first FIRST losses trained on (the run's start: kept by reset)
+        #: updates skipped in all
+        self.skipped = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the level (a rollback restored an earlier state: its level is learnt again)."""
         self._recent: deque[float] = deque(maxlen=LEVEL)  # log-losses trained on
         self._lrs: deque[float] = deque(maxlen=LEVEL)  # their LRs (when given)
-        self._seen_lrs: deque[float] = deque(maxlen=RECENT + 1)  # the LRs of the last steps checked, skipped or not
-        self._first: list[float] = []  # the first FIRST losses trained on
+        self._seen_lrs: deque[float] = deque(maxlen=RECENT + 1)  # the LRs of the last steps checked
+        self._spiked: deque[bool] = deque(maxlen=CALM)  # whether each of the last steps checked was a spike
         self._seen = 0
-        #: updates skipped in all / in a row now
-        self.skipped = 0
+        #: updates skipped in a row now
         self.in_a_row = 0
-        self._capped = False  # max_skips reached: every loss goes to the doctor until one is no spike
         #: the last skip's loss over the run's level (for the message)
         self.last_ratio = math.nan
 
@@ -109,15 +121,16 @@ class SpikeFilter:
         if lr is not None and math.isfinite(lr) and lr > 0:
             self._seen_lrs.append(float(lr))
         if not math.isfinite(loss):
+            self.in_a_row = 0
             return False  # the doctor's: NaN/inf
-        spike = self._is_spike(loss, lr)
-        if spike and not self._capped:
-            if self.in_a_row < self.max_skips:
-                self.skipped += 1
-                self.in_a_row += 1
-                return True
-            self._capped = True  # a run of spikes this long: the doctor's
-        self._capped = self._capped and spike
+        spike = self._is_spike(loss)
+        streak = self.in_a_row > 0
+        skip = spike and (self.in_a_row < self.max_skips if streak else not any(self._spiked))
+        self._spiked.append(spike)
+        if skip:
+            self.skipped += 1
+            self.in_a_row += 1
+            return True
         self.in_a_row = 0
         if loss > 0:
             self._recent.append(math.log(loss))
@@ -128,36 +141,29 @@ class SpikeFilter:
         self._seen += 1
         return False
 
-    def _is_spike(self, loss: float, lr: float | None) -> bool:
+    def _is_spike(self, loss: float) -> bool:
         if self._seen < MIN_SEEN or len(self._recent) < MIN_SEEN or loss <= 0:
             return False
         if self._lrs and self._seen_lrs and max(self._seen_lrs) >= RAISE * _median(self._lrs):
             return False  # during or right after a raise: the LR's doing
-        m = _median(self._recent)
-        sigma = 1.4826 * _median([abs(y - m) for y in self._recent])
-        ratio = loss / math.exp(m)
-        if math.log(ratio) < max(math.log(self.factor), 6.0 * sigma) or loss <= _median(self._first):
+        ratio = loss / self.level()
+        if ratio < self.factor or loss <= _median(self._first):
             return False
         self.last_ratio = ratio
         return True
 
-    def reset_streak(self) -> None:
-        """A rollback restored an earlier state: the next spikes start a new streak."""
-        self.in_a_row = 0
-        self._capped = False
-
     def state_dict(self) -> dict[str, Any]:
         """Plain JSON types, for a guard's checkpoint."""
         return {"recent": list(self._recent), "lrs": list(self._lrs), "first": list(self._first),
-                "seen": self._seen, "skipped": self.skipped}
+                "seen": self._seen, "skipped": self.skipped, "spiked": list(self._spiked)}
 
     def load_state_dict(self, state: Mapping[str, Any] | None) -> None:
         if not state:
             return
-        self._recent = deque((float(v) for v in state.get("recent", ())), maxlen=LEVEL)
-        self._lrs = deque((float(v) for v in state.get("lrs", ())), maxlen=LEVEL)
+        self.reset()
+        self._recent.extend(float(v) for v in state.get("recent", ()))
+        self._lrs.extend(float(v) for v in state.get("lrs", ()))
+        self._spiked.extend(bool(v) for v in state.get("spiked", ()))
         self._first = [float(v) for v in state.get("first", ())][:FIRST]
         self._seen = int(state.get("seen", len(self._recent)))
         self.skipped = int(state.get("skipped", 0))
-        self.in_a_row = 0
-        self._capped = False
