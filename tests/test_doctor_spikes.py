@@ -384,3 +384,41 @@ def test_the_autopilot_skips_a_bad_batch_and_says_so(caplog):
     assert state["skip_spikes"] is True
     off = _autopilot_flight(skip_spikes=False)
     assert "skip" not in [e.kind for e in off.pilot.events]
+
+
+def test_torch_doctor_skip_after_the_user_unscaled_for_clipping_applies_nothing():
+    """``scaler.unscale_(opt)`` before ``after_backward`` (to clip): the scaler has already checked
+    the gradients, so they are dropped, not made infinite (an infinite gradient would be applied)."""
+    X, y = _data()
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=32, shuffle=True,
+                                         generator=torch.Generator().manual_seed(2))
+    watch = TorchDoctor(model, opt, snapshot_every=25, skip_spikes=True, scaler=scaler)
+    it = iter(loader)
+    around = {}
+    for k in range(SHARD.stop + 5):
+        try:
+            xb, yb = next(it)
+        except StopIteration:
+            it = iter(loader)
+            xb, yb = next(it)
+        if k in SHARD:
+            xb, yb = _garbage(xb, yb, k)
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(xb), yb)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        watch.after_backward(loss)
+        scaler.step(opt)
+        scaler.update()
+        watch.after_step(k, loss)
+        if k in (SHARD.start - 1, SHARD.stop - 1):
+            around[k] = [p.detach().clone() for p in model.parameters()]
+    watch.close()
+    assert watch.guard.skipped_steps == list(SHARD)
+    for a, b in zip(around[SHARD.start - 1], around[SHARD.stop - 1]):
+        assert torch.equal(a, b) and torch.isfinite(a).all()
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -165,17 +165,30 @@ def _loss_value(loss: Any) -> float:
     return float(loss)
 
 
-def _drop_gradients(params: Sequence[torch.Tensor], scaler: Any) -> None:
+def _drop_gradients(params: Sequence[torch.Tensor], scaler: Any, optimizer: torch.optim.Optimizer) -> None:
     """Leave the coming ``optimizer.step()`` nothing to apply: the gradients are removed (every
-    torch optimizer passes over a parameter without one). With an enabled ``GradScaler`` one is
-    kept and made infinite instead: the scaler then skips the step (it insists on seeing a gradient)."""
+    torch optimizer passes over a parameter without one). With an enabled ``GradScaler`` that has
+    not checked this step's gradients yet, one is kept and made infinite instead: the scaler then
+    skips the step (it insists on finding a gradient to check). Once the loop has called
+    ``scaler.unscale_`` (to clip, say) the check is done, and removing them all is what skips."""
     with_grad = [p for p in params if p.grad is not None]
-    if scaler is not None and scaler.is_enabled() and with_grad:
+    if scaler is not None and scaler.is_enabled() and with_grad and not _unscaled(scaler, optimizer):
         keep = with_grad[0]
         keep.grad.fill_(math.inf)
         with_grad = with_grad[1:]
     for p in with_grad:
         p.grad = None
+
+
+def _unscaled(scaler: Any, optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``scaler.unscale_(optimizer)`` was called this step (its inf check is then recorded)."""
+    try:
+        from torch.amp.grad_scaler import OptState
+
+        state = scaler._per_optimizer_states.get(id(optimizer))  # a defaultdict: .get does not create
+        return state is not None and state["stage"] is OptState.UNSCALED
+    except (AttributeError, ImportError, KeyError, TypeError):
+        return False
 
 
 class _State(RecyclingState):
@@ -211,9 +224,9 @@ class TorchDoctor(GuardedWatch):
             :class:`~lrkit.doctor.guard.Guard`. With ``skip_spikes=True`` (and the guard) pass the loss to
             :meth:`after_backward`: a batch whose loss is a spike far above the run's level, with
             the LR unchanged, has its gradients dropped there, so ``optimizer.step()`` leaves the
-            model and the optimizer state as they were (with a ``GradScaler``: the gradients are
-            made non-finite, so the scaler skips the step and lowers its scale, as it does for an
-            overflow). Not under ``torch.distributed`` with several processes.
+            model and the optimizer state as they were (with a ``GradScaler`` that has not unscaled
+            them yet: made non-finite, so the scaler skips the step and lowers its scale, as it does
+            for an overflow). Not under ``torch.distributed`` with several processes.
             The stability probe logs to ``logger`` too (default
             ``logging.getLogger("lrkit.stability")``). With ``storage="disk"``, a ``run_id`` and
             ``resume=True``, a run killed with ``kill -9`` and started again with the same
@@ -393,7 +406,7 @@ class TorchDoctor(GuardedWatch):
             self.guard.before_step(self._lr_used)
             if loss is not None and self.guard.skips and self.guard.skip(_loss_value(loss), lr=self._lr_used):
                 self._skipping = True
-                _drop_gradients(self._params, self.scaler)
+                _drop_gradients(self._params, self.scaler, self.optimizer)
         return gn
 
     def _space_grad_norm(self, cost: float) -> None:
