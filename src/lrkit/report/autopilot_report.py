@@ -35,7 +35,8 @@ from lrkit.report.sections import esc, figure_section, fmt, run_section, table
 
 __all__ = ["autopilot_report_html", "write_autopilot_report", "history_records"]
 
-_KIND_COLOURS = {"rollback": "#cf222e", "plateau": "#bf8700", "gave_up": "#8250df", "resume": "#57606a"}
+_KIND_COLOURS = {"rollback": "#cf222e", "skip": "#0969da", "plateau": "#bf8700", "gave_up": "#8250df",
+                 "resume": "#57606a"}
 
 
 def _pilot(obj: Any) -> Autopilot:
