@@ -1,6 +1,7 @@
 """LRDoctorCallback with a real lightning.Trainer (CPU, tiny module)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import warnings
@@ -12,6 +13,7 @@ pl = pytest.importorskip("lightning.pytorch")
 
 from _recording import RecordingDoctor  # noqa: E402
 from lrkit.doctor import Doctor  # noqa: E402
+from lrkit.doctor.guard import GuardGaveUp  # noqa: E402
 from lrkit.integrations.lightning.callback import LRDoctorCallback  # noqa: E402
 
 
@@ -200,3 +202,63 @@ def test_a_raise_by_the_scheduler_is_rolled_back_to_the_state_just_before_it():
     assert first.restored_to == 33 and first.verified  # the snapshot taken before the raised step
     assert first.new_multiplier == pytest.approx(1 / 30)
     assert math.isfinite(val) and val < 0.5, val
+
+
+class ShardAt(pl.LightningModule):
+    """A ReLU regression whose batches are garbage (inputs x50) for the optimizer steps in ``shard``."""
+
+    def __init__(self, shard):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+        self.shard = shard
+        self.around = {}
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        if self.global_step in self.shard:
+            x = x * 50.0
+        return torch.nn.functional.mse_loss(self.net(x), y)
+
+    def on_train_batch_start(self, batch, batch_idx):
+        if self.global_step in (self.shard.start, self.shard.stop):
+            self.around[self.global_step] = [p.detach().clone() for p in self.parameters()]
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+
+def _precision(fp16):
+    """fp16 with a real GradScaler on the CPU (Lightning would switch "16-mixed" to bf16 there)."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    return [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=2.0**10))] if fp16 else []
+
+
+@pytest.mark.parametrize("fp16", [False, True])
+def test_skip_spikes_leaves_a_bad_shard_out(fp16):
+    shard = range(60, 70)
+    module = ShardAt(shard)
+    cb = LRDoctorCallback(guard=True, skip_spikes=True, snapshot_every=20)
+    trainer = pl.Trainer(max_steps=100, accelerator="cpu", devices=1, enable_progress_bar=False, logger=False,
+                         enable_checkpointing=False, enable_model_summary=False, callbacks=[cb], plugins=_precision(fp16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, data())
+    assert cb.guard is not None and cb.interventions == []
+    assert cb.guard.skipped_steps == list(shard)
+    assert (getattr(trainer.precision_plugin, "scaler", None) is not None) == fp16
+    for a, b in zip(module.around[shard.start], module.around[shard.stop]):
+        assert torch.equal(a, b) and torch.isfinite(a).all()  # nothing applied across the shard
+    plain = LRDoctorCallback(guard=True, snapshot_every=20)
+    trainer = pl.Trainer(max_steps=100, accelerator="cpu", devices=1, enable_progress_bar=False, logger=False,
+                         enable_checkpointing=False, enable_model_summary=False, callbacks=[plain], plugins=_precision(fp16))
+    with warnings.catch_warnings(), contextlib.suppress(GuardGaveUp):
+        warnings.simplefilter("ignore")
+        trainer.fit(ShardAt(shard), data())
+    assert plain.interventions  # the same shard trained on: rolled back (here until the guard gave up)
+
+
+def test_skip_spikes_needs_the_guard():
+    with pytest.raises(ValueError, match="skip_spikes"):
+        LRDoctorCallback(skip_spikes=True)

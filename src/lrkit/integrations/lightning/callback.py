@@ -26,6 +26,12 @@ update uses :math:`m\cdot\text{lr}`. The hooks are removed in ``on_train_end``.
 A rollback rewinds the weights and optimizer state, not the clock: ``global_step``, schedulers
 and the data loader go on.
 
+**A bad batch skipped** (``skip_spikes=True``, with the guard): the loss Lightning hands to
+``on_before_backward`` (unscaled, summed over accumulated micro-batches) is read before the update,
+and a spike far above the run's level with the LR steady (:mod:`lrkit.doctor.spikes`) has its
+gradients dropped in ``on_before_optimizer_step`` (after Lightning's AMP unscaling), so the
+optimizer step changes nothing; the doctor does not see that batch. One process only.
+
 **Checkpoints.** The callback's state -- the guard's LR multiplier (applied by the hooks, so no
 optimizer or scheduler state holds it), its interventions, the doctor's state and the step count --
 is saved in every Lightning checkpoint (``state_dict``), and ``trainer.fit(..., ckpt_path=...)``
@@ -48,7 +54,7 @@ import torch
 from lrkit.doctor.core import SEVERITY, Doctor
 from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation
 from lrkit.doctor.interventions import Intervention
-from lrkit.integrations.torch.doctor import grad_norm
+from lrkit.integrations.torch.doctor import drop_gradients, grad_norm
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 
 __all__ = ["LRDoctorCallback"]
@@ -77,7 +83,8 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         guard: roll back and lower the LR on ``nan``/``diverging`` (default ``False``: watch only).
         doctor: the :class:`~lrkit.doctor.core.Doctor` (default ``Doctor()``).
         snapshot_every, lr_factor, forgive_first, max_retries, act_on, storage, storage_dir, on_intervention,
-            logger: as in :class:`~lrkit.doctor.guard.Guard` (only with ``guard=True``).
+            logger, skip_spikes: as in :class:`~lrkit.doctor.guard.Guard` (only with ``guard=True``;
+            ``skip_spikes``: see the module docstring).
         log_verdict: log ``lrkit/verdict_severity`` (and ``lrkit/lr_multiplier``) with
             ``pl_module.log`` every step (default ``True``).
         track_grad_norm: measure the global gradient norm before each optimizer step.
@@ -115,14 +122,18 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         on_converged: str | None = None,
         on_overfitting: str | None = None,
         plateau_factor: float = 0.1,
+        skip_spikes: bool = False,
     ) -> None:
         super().__init__()
+        if skip_spikes is not False and not guard:
+            raise ValueError("LRDoctorCallback: skip_spikes=True needs guard=True (the guard decides the skips)")
         self._trainer: Any = None
         self._init_watch("LRDoctorCallback", _State(self), guard=guard, doctor=doctor, logger=logger,
                          on_converged=on_converged, on_overfitting=on_overfitting, plateau_factor=plateau_factor,
                          snapshot_every=snapshot_every, lr_factor=lr_factor, forgive_first=forgive_first,
                          max_retries=max_retries, act_on=act_on,
-                         storage=storage, storage_dir=storage_dir, on_intervention=on_intervention)
+                         storage=storage, storage_dir=storage_dir, on_intervention=on_intervention,
+                         skip_spikes=skip_spikes)
         self.log_verdict = bool(log_verdict)
         self.track_grad_norm = bool(track_grad_norm)
         self._module: torch.nn.Module | None = None
@@ -133,6 +144,8 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         self._step = 0
         self._last_lr: float | None = None
         self._pending_val = PendingValidation(prefixes=("val_", "val/"), loss_names=("val_loss", "val/loss"))
+        self._loss_sum = 0.0  # the losses handed to backward since the last optimizer step (skip_spikes)
+        self._skipping = False
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -198,6 +211,9 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
             self._handles.append(opt.register_step_pre_hook(self._pre))
             self._handles.append(opt.register_step_post_hook(self._post))
         if self.guard is not None:
+            if self.guard.skips and trainer.world_size > 1:
+                raise ValueError("LRDoctorCallback: skip_spikes=True is not supported with several processes "
+                                 f"(world_size={trainer.world_size}: each rank sees its own loss)")
             self.guard.start()
 
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
@@ -224,7 +240,25 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
             return
         self._pending_val.hold(trainer.callback_metrics)
 
+    def on_before_backward(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", loss: torch.Tensor) -> None:
+        if self.guard is None or not self.guard.skips:
+            return
+        value = float(loss.detach().float())
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        if scaler is not None and scaler.is_enabled():
+            value /= float(scaler.get_scale())  # Lightning's AMP hands over the scaled loss
+        self._loss_sum += value  # already divided by accumulate_grad_batches: the sum is the step's mean
+
     def on_before_optimizer_step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", optimizer: Any) -> None:
+        if self.guard is not None and self.guard.skips and self._optimizers and \
+                getattr(optimizer, "optimizer", optimizer) is self._optimizers[0]:
+            loss, self._loss_sum = self._loss_sum, 0.0
+            lr = float(self._optimizers[0].param_groups[0]["lr"]) * self.lr_multiplier
+            if self.guard.skip(loss, lr=lr):
+                self._skipping = True
+                params = [p for g in self._optimizers[0].param_groups for p in g["params"]]
+                drop_gradients(params, getattr(trainer.precision_plugin, "scaler", None), self._optimizers[0])
+                return
         if self.track_grad_norm:
             self._gn = grad_norm(list(pl_module.parameters()))
 
@@ -233,6 +267,11 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
     ) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if loss is None:  # training_step returned None: the step was skipped
+            return
+        if self._skipping:  # the guard held this update back (a loss spike): nothing to observe
+            self._skipping = False
+            self._step += 1
+            self._gn = None
             return
         if isinstance(loss, torch.Tensor):
             loss = float(loss.detach().float().item())

@@ -165,7 +165,7 @@ def _loss_value(loss: Any) -> float:
     return float(loss)
 
 
-def _drop_gradients(params: Sequence[torch.Tensor], scaler: Any, optimizer: torch.optim.Optimizer) -> None:
+def drop_gradients(params: Sequence[torch.Tensor], scaler: Any, optimizer: torch.optim.Optimizer) -> None:
     """Leave the coming ``optimizer.step()`` nothing to apply: the gradients are removed (every
     torch optimizer passes over a parameter without one). With an enabled ``GradScaler`` that has
     not checked this step's gradients yet, one is kept and made infinite instead: the scaler then
@@ -406,7 +406,7 @@ class TorchDoctor(GuardedWatch):
             self.guard.before_step(self._lr_used)
             if loss is not None and self.guard.skips and self.guard.skip(_loss_value(loss), lr=self._lr_used):
                 self._skipping = True
-                _drop_gradients(self._params, self.scaler, self.optimizer)
+                drop_gradients(self._params, self.scaler, self.optimizer)
         return gn
 
     def _space_grad_norm(self, cost: float) -> None:
