@@ -422,3 +422,38 @@ def test_torch_doctor_skip_after_the_user_unscaled_for_clipping_applies_nothing(
     for a, b in zip(around[SHARD.start - 1], around[SHARD.stop - 1]):
         assert torch.equal(a, b) and torch.isfinite(a).all()
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_the_torch_autopilot_skips_a_bad_batch_in_your_loop():
+    from lrkit.autopilot.pilot import Autopilot
+    from lrkit.autopilot.plan import make_plan
+    from lrkit.integrations.torch.autopilot import TorchAutopilot
+
+    X, y = _data()
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.9)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=32, shuffle=True,
+                                         generator=torch.Generator().manual_seed(2))
+    pilot = TorchAutopilot(model, opt, Autopilot(make_plan(family="sgd_momentum", train_steps=250, peak_lr=0.1)))
+    it, skipped, before = iter(loader), [], None
+    for k in range(250):
+        try:
+            xb, yb = next(it)
+        except StopIteration:
+            it = iter(loader)
+            xb, yb = next(it)
+        if k == 150:
+            xb, yb = _garbage(xb, yb, k)
+            before = [p.detach().clone() for p in model.parameters()]
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(xb), yb)
+        loss.backward()
+        if pilot.after_backward(loss):
+            skipped.append(k)
+        opt.step()
+        assert not pilot.after_step(loss)
+        if k == 150:
+            assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+        pilot.scheduler.step()
+    assert skipped == [150]
+    assert [e.kind for e in pilot.events] == ["skip"] and pilot.events[0].step == 150

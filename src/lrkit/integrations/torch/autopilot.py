@@ -25,6 +25,13 @@ place, the loader goes on with the next batch). Pass ``val_loss=`` when you vali
 validation loss halves the LR. Every intervention is logged to ``lrkit.autopilot`` and kept in
 :attr:`TorchAutopilot.events`.
 
+**A bad batch skipped** (optional). Call ``pilot.after_backward(loss)`` between
+``loss.backward()`` and ``optimizer.step()``: a loss that is a spike far above the run's level
+with the LR steady (:mod:`lrkit.doctor.spikes`) has its gradients dropped there, so
+``optimizer.step()`` changes nothing (with a ``GradScaler`` not yet unscaled: made non-finite, so
+the scaler skips the step) and ``after_step`` reports nothing for that step; an event says so.
+Without the call the bad batch is trained on and, if it breaks the run, rolled back.
+
 **Checkpoints.** ``pilot.state_dict()`` (the same as ``pilot.scheduler.state_dict()``) holds the
 plan, the step, the multiplier, the plateau and doctor state. Resume with
 ``lrkit.torch.autopilot(model, optimizer, ..., resume=state)`` after loading the model and the
@@ -67,7 +74,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from lrkit.autopilot.pilot import Autopilot, AutopilotEvent
 from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
-from lrkit.integrations.torch.doctor import grad_norm
+from lrkit.integrations.torch.doctor import drop_gradients, grad_norm, loss_value
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 from lrkit.schedules.base import Schedule
 
@@ -218,6 +225,7 @@ class TorchAutopilot:
         self._params = [p for g in optimizer.param_groups for p in g["params"]]
         self._next = int(step)
         self.track_grad_norm = bool(track_grad_norm)
+        self._skipping = False  # after_backward held this step's update back (a loss spike)
 
     @property
     def pilot(self) -> Autopilot:
@@ -237,10 +245,25 @@ class TorchAutopilot:
         """The LR of the first param group at ``step`` (default: the current step)."""
         return self.pilot.lr(self.scheduler.step_count if step is None else step) * self.scheduler._ratios[0]
 
+    def after_backward(self, loss: Any) -> bool:
+        """Optional, after ``loss.backward()`` and before ``optimizer.step()``: ``True`` when this
+        step's loss is a spike (a bad batch) whose gradients were dropped, so that the step changes
+        nothing (see the module docstring)."""
+        if not self.pilot.skips:
+            return False
+        if self.pilot.skip(self._next, loss_value(loss)):
+            drop_gradients(self._params, self._state.scaler, self.optimizer)
+            self._skipping = True
+        return self._skipping
+
     def after_step(self, loss: Any, *, val_loss: float | None = None,
                    metrics: Mapping[str, float] | None = None) -> bool:
         """Report the step just taken (call it after ``optimizer.step()``). Returns ``True`` when the
         guard rolled model and optimizer back (in place; the LR is re-applied)."""
+        if self._skipping:  # after_backward held this update back: nothing trained, nothing to report
+            self._skipping = False
+            self._next += 1
+            return False
         if isinstance(loss, torch.Tensor):
             if loss.numel() != 1:
                 raise AutopilotError(f"TorchAutopilot.after_step: loss must be a scalar, got shape {tuple(loss.shape)}")

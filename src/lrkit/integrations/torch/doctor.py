@@ -152,7 +152,7 @@ def grad_norm(parameters: Sequence[torch.Tensor] | Any) -> float:
     return float(torch.nn.utils.get_total_norm(grads, 2.0).item())
 
 
-def _loss_value(loss: Any) -> float:
+def loss_value(loss: Any) -> float:
     """A step's loss as a float (a scalar tensor is read once; under ``torch.distributed`` with
     several processes the guard's skips would differ between ranks: refused)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
@@ -404,7 +404,7 @@ class TorchDoctor(GuardedWatch):
         self._lr_used = float(self._base[0]) * m  # one conversion a step (a tensor LR on a GPU syncs)
         if self.guard is not None:  # a sudden raise: a snapshot of the state before it
             self.guard.before_step(self._lr_used)
-            if loss is not None and self.guard.skips and self.guard.skip(_loss_value(loss), lr=self._lr_used):
+            if loss is not None and self.guard.skips and self.guard.skip(loss_value(loss), lr=self._lr_used):
                 self._skipping = True
                 drop_gradients(self._params, self.scaler, self.optimizer)
         return gn
