@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> float:
             optimizer.zero_grad()
             loss = loss_fn(model(x), y)
             loss.backward()
+            pilot.after_backward(loss)                   # a bad batch's update is skipped (optional)
             optimizer.step()
             val_loss = validate(model, val) if (step + 1) % every == 0 else None
             pilot.after_step(loss, val_loss=val_loss)    # doctor + guard (+ plateau with val_loss)
