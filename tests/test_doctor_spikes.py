@@ -457,3 +457,16 @@ def test_the_torch_autopilot_skips_a_bad_batch_in_your_loop():
         pilot.scheduler.step()
     assert skipped == [150]
     assert [e.kind for e in pilot.events] == ["skip"] and pilot.events[0].step == 150
+
+
+def test_skipping_is_refused_with_several_processes(monkeypatch):
+    model = _model()
+    watch = TorchDoctor(model, torch.optim.SGD(model.parameters(), lr=0.1), skip_spikes=True)
+    monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 2)
+    loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 8)), torch.tensor([0, 1, 2, 0]))
+    loss.backward()
+    with pytest.raises(ValueError, match="torch.distributed with several processes"):
+        watch.after_backward(loss)
+    watch.close()

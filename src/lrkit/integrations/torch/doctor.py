@@ -156,11 +156,12 @@ def loss_value(loss: Any) -> float:
     """A step's loss as a float (a scalar tensor is read once; under ``torch.distributed`` with
     several processes the guard's skips would differ between ranks: refused)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-        raise ValueError("TorchDoctor: skip_spikes=True is not supported under torch.distributed with several "
-                         "processes (each rank sees its own loss; the skips would differ between ranks)")
+        raise ValueError("skipping a bad batch's update (skip_spikes, after_backward) is not supported under "
+                         "torch.distributed with several processes (each rank sees its own loss: the skips would "
+                         "differ between ranks); pass skip_spikes=False or do not call after_backward")
     if isinstance(loss, torch.Tensor):
         if loss.numel() != 1:
-            raise ValueError(f"TorchDoctor.after_backward: loss must be a scalar, got a tensor of shape {tuple(loss.shape)}")
+            raise ValueError(f"after_backward: loss must be a scalar, got a tensor of shape {tuple(loss.shape)}")
         return float(loss.detach().float().item())
     return float(loss)
 
