@@ -470,3 +470,18 @@ def test_skipping_is_refused_with_several_processes(monkeypatch):
     with pytest.raises(ValueError, match="torch.distributed with several processes"):
         watch.after_backward(loss)
     watch.close()
+
+
+def test_the_guard_keeps_the_latest_skips_and_counts_them_all(monkeypatch):
+    import lrkit.doctor.guard as guard_mod
+
+    monkeypatch.setattr(guard_mod, "SKIPS_KEPT", 3)
+    g = Guard(Const(), skip_spikes=True, max_skips=100)
+    for _ in range(60):
+        g.skip(1.0, lr=0.1) or g.observe(1.0, lr=0.1)
+    for _ in range(5):
+        assert g.skip(500.0, lr=0.1)
+    assert g.skipped_steps == [62, 63, 64] and g.skipped_count == 5
+    h = Guard(Const(), skip_spikes=True, take_initial_snapshot=False)
+    h.load_state_dict(g.state_dict())
+    assert h.skipped_steps == [62, 63, 64] and h.skipped_count == 5

@@ -149,6 +149,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import deque
 import math
 import os
 import time
@@ -165,7 +166,10 @@ from lrkit.doctor.snapshots import HealthTracker, SnapshotRecord, best_snapshot,
 from lrkit.doctor.spikes import SPIKE_FACTOR, SpikeFilter
 from lrkit.doctor.storage import DiskStore, MemoryStore, SnapshotError
 
-__all__ = ["Guard", "GuardGaveUp", "Intervention", "SnapshotError", "RAISE_SNAPSHOT", "RAISE_STEADY"]
+__all__ = ["Guard", "GuardGaveUp", "Intervention", "SnapshotError", "RAISE_SNAPSHOT", "RAISE_STEADY", "SKIPS_KEPT"]
+
+#: the latest skipped steps a guard keeps (and writes to its state and manifest); the count is kept whole
+SKIPS_KEPT = 1000
 
 _GOOD = ("healthy", "flat", "converged", "overfitting")  # verdicts under which a snapshot may be taken
 
@@ -329,7 +333,7 @@ class Guard:
         except ValueError as exc:
             raise ValueError(f"Guard: {exc}") from None
         self._spikes = spikes if skip_spikes else None
-        self._skipped: list[int] = []
+        self._skipped: deque[int] = deque(maxlen=SKIPS_KEPT)  # the latest skipped steps
         #: the last skip: ``step``, ``loss``, ``ratio`` (to the run's level) and ``in_a_row`` (``None`` before one)
         self.last_skip: dict[str, Any] | None = None
         self._held_val: tuple[float | None, Mapping[str, float] | None] = (None, None)
@@ -472,8 +476,14 @@ class Guard:
 
     @property
     def skipped_steps(self) -> list[int]:
-        """The steps whose update :meth:`skip` held back (``skip_spikes=True``)."""
+        """The steps whose update :meth:`skip` held back (``skip_spikes=True``): the latest
+        :data:`SKIPS_KEPT` of them (:attr:`skipped_count` counts them all)."""
         return list(self._skipped)
+
+    @property
+    def skipped_count(self) -> int:
+        """How many updates :meth:`skip` held back in all."""
+        return self._spikes.skipped if self._spikes is not None else 0
 
     def _hold(self, val_loss: float | None, metrics: Mapping[str, float] | None) -> None:
         """Validation results given with a skipped step: passed on with the next observed one."""
@@ -644,7 +654,7 @@ class Guard:
         self._interventions = [Intervention.from_dict(i) for i in state["interventions"]]
         self.doctor.load_state_dict(state["doctor"])
         self._policy.load_state_dict(state.get("probation"))
-        self._skipped = [int(k) for k in state.get("skipped", [])]
+        self._skipped = deque((int(k) for k in state.get("skipped", [])), maxlen=SKIPS_KEPT)
         if self._spikes is not None:
             self._spikes.load_state_dict(state.get("spikes"))
 
@@ -854,7 +864,7 @@ class Guard:
         self._interventions = [Intervention.from_dict(i) for i in manifest.get("interventions", [])]
         self._multiplier = float(manifest["multiplier"])
         self._policy.load_state_dict(manifest.get("probation"))
-        self._skipped = [int(k) for k in manifest.get("skipped", [])]
+        self._skipped = deque((int(k) for k in manifest.get("skipped", [])), maxlen=SKIPS_KEPT)
         if self._spikes is not None:
             self._spikes.load_state_dict(manifest.get("spikes"))
         while pool:
