@@ -1,4 +1,4 @@
-"""Every docstring example of the guard, the torch doctor and the Hessian probe runs."""
+"""Every docstring example of the guard (its skips and the spike rule included), the torch doctor and the Hessian probe runs."""
 from __future__ import annotations
 
 import doctest
@@ -8,6 +8,7 @@ import pytest
 
 MODULES = [
     "lrkit.doctor.guard",
+    "lrkit.doctor.guard_skips",
     "lrkit.doctor.guarded_watch",
     "lrkit.doctor.interventions",
     "lrkit.doctor.lr_policy",
@@ -15,6 +16,7 @@ MODULES = [
     "lrkit.doctor.relapse",
     "lrkit.doctor.snapshot_set",
     "lrkit.doctor.snapshots",
+    "lrkit.doctor.spikes",
     "lrkit.integrations.torch.doctor",
     "lrkit.integrations.torch.hessian",
 ]

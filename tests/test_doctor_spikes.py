@@ -473,7 +473,7 @@ def test_skipping_is_refused_with_several_processes(monkeypatch):
 
 
 def test_the_guard_keeps_the_latest_skips_and_counts_them_all(monkeypatch):
-    import lrkit.doctor.guard as guard_mod
+    import lrkit.doctor.guard_skips as guard_mod
 
     monkeypatch.setattr(guard_mod, "SKIPS_KEPT", 3)
     g = Guard(Const(), skip_spikes=True, max_skips=100)

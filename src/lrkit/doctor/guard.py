@@ -149,7 +149,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections import deque
 import math
 import os
 import time
@@ -163,18 +162,16 @@ from lrkit.doctor.raise_watch import RAISE_SNAPSHOT, RAISE_STEADY, RaiseWatch
 from lrkit.doctor.relapse import RelapseWatch
 from lrkit.doctor.snapshot_set import SnapshotSet
 from lrkit.doctor.snapshots import HealthTracker, SnapshotRecord, best_snapshot, choose_target
+from lrkit.doctor.guard_skips import SKIPS_KEPT, SkipsSpikes
 from lrkit.doctor.spikes import SPIKE_FACTOR, SpikeFilter
 from lrkit.doctor.storage import DiskStore, MemoryStore, SnapshotError
 
 __all__ = ["Guard", "GuardGaveUp", "Intervention", "SnapshotError", "RAISE_SNAPSHOT", "RAISE_STEADY", "SKIPS_KEPT"]
 
-#: the latest skipped steps a guard keeps (and writes to its state and manifest); the count is kept whole
-SKIPS_KEPT = 1000
-
 _GOOD = ("healthy", "flat", "converged", "overfitting")  # verdicts under which a snapshot may be taken
 
 
-class Guard:
+class Guard(SkipsSpikes):
     r"""Watch a run with a :class:`~lrkit.doctor.core.Doctor`; on ``nan``/``diverging`` restore the
     newest verified-healthy snapshot and multiply the LR by ``lr_factor`` (see the module docstring).
 
@@ -332,11 +329,7 @@ class Guard:
             spikes = SpikeFilter(spike_factor, snapshot_every if max_skips is None else max_skips)
         except ValueError as exc:
             raise ValueError(f"Guard: {exc}") from None
-        self._spikes = spikes if skip_spikes else None
-        self._skipped: deque[int] = deque(maxlen=SKIPS_KEPT)  # the latest skipped steps
-        #: the last skip: ``step``, ``loss``, ``ratio`` (to the run's level) and ``in_a_row`` (``None`` before one)
-        self.last_skip: dict[str, Any] | None = None
-        self._held_val: tuple[float | None, Mapping[str, float] | None] = (None, None)
+        self._init_skips(spikes if skip_spikes else None)
         self._started = False
         self._t_last: float | None = None
         #: the step the run was resumed from (``resume=True`` found a manifest), else ``None``
@@ -437,58 +430,6 @@ class Guard:
             loss = self.trainer.step(eff)
         self.observe(loss, lr=eff, val_loss=val_loss, metrics=metrics)
         return float(loss)
-
-    def skip(self, loss: float, *, lr: float | None = None) -> bool:
-        """With ``skip_spikes=True``: ask, with a step's loss and LR, before its update is applied.
-
-        ``True``: the loss is a spike (:mod:`lrkit.doctor.spikes`) -- do not apply the update and
-        do not :meth:`observe` the step; it is recorded as skipped (:attr:`skipped_steps`; the
-        clock moves on, :attr:`trained_steps` does not). ``False`` (always, without
-        ``skip_spikes``): apply it and observe it as usual.
-
-        Example:
-            >>> class T:
-            ...     def snapshot(self): return None
-            ...     def restore(self, s): pass
-            >>> g = Guard(T(), skip_spikes=True)
-            >>> for t in range(20):
-            ...     _ = g.observe(1.0, lr=0.1) if not g.skip(1.0, lr=0.1) else None
-            >>> g.skip(80.0, lr=0.1), g.skipped_steps, g.step_count, g.trained_steps
-            (True, [20], 21, 20)
-        """
-        if self._spikes is None or not self._spikes.check(loss, lr=lr):
-            return False
-        step = self._clock
-        self._skipped.append(step)
-        self._clock += 1
-        self.last_skip = {"step": step, "loss": float(loss), "ratio": self._spikes.last_ratio,
-                          "in_a_row": self._spikes.in_a_row}
-        log = self.logger.warning if self._spikes.in_a_row == 1 else self.logger.info
-        log("lrkit guard: skipped the update of step %d: its loss %.4g is %.3gx the run's level with the LR "
-            "unchanged (a bad batch?)%s", step, float(loss), self._spikes.last_ratio,
-            "" if self._spikes.in_a_row == 1 else f" ({self._spikes.in_a_row} in a row)")
-        return True
-
-    @property
-    def skips(self) -> bool:
-        """Whether the guard skips spikes (``skip_spikes=True``): then ask :meth:`skip` before each update."""
-        return self._spikes is not None
-
-    @property
-    def skipped_steps(self) -> list[int]:
-        """The steps whose update :meth:`skip` held back (``skip_spikes=True``): the latest
-        :data:`SKIPS_KEPT` of them (:attr:`skipped_count` counts them all)."""
-        return list(self._skipped)
-
-    @property
-    def skipped_count(self) -> int:
-        """How many updates :meth:`skip` held back in all."""
-        return self._spikes.skipped if self._spikes is not None else 0
-
-    def _hold(self, val_loss: float | None, metrics: Mapping[str, float] | None) -> None:
-        """Validation results given with a skipped step: passed on with the next observed one."""
-        if val_loss is not None or metrics is not None:
-            self._held_val = (val_loss, metrics)
 
     def before_step(self, lr: float | None) -> bool:
         """Tell the guard the LR the next step will train at (after the multiplier), before it runs.
@@ -633,8 +574,7 @@ class Guard:
             "interventions": [i.to_dict() for i in self._interventions],
             "doctor": self.doctor.state_dict(),
             "probation": self._policy.state_dict(),
-            "skipped": list(self._skipped),
-            "spikes": self._spikes.state_dict() if self._spikes is not None else None,
+            **self._skips_state(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -654,9 +594,7 @@ class Guard:
         self._interventions = [Intervention.from_dict(i) for i in state["interventions"]]
         self.doctor.load_state_dict(state["doctor"])
         self._policy.load_state_dict(state.get("probation"))
-        self._skipped = deque((int(k) for k in state.get("skipped", [])), maxlen=SKIPS_KEPT)
-        if self._spikes is not None:
-            self._spikes.load_state_dict(state.get("spikes"))
+        self._load_skips(state)
 
     def state_summary(self) -> Mapping[str, Any]:
         """A JSON-ready summary: multiplier, clock, snapshot steps and interventions."""
@@ -715,8 +653,7 @@ class Guard:
             "snapshots": [{**s.to_json(), "kind": self._set.kind(s)} for s in self._set.pool()],
             "interventions": [i.to_dict() for i in self._interventions],
             "probation": self._policy.state_dict(),
-            "skipped": list(self._skipped),
-            "spikes": self._spikes.state_dict() if self._spikes is not None else None,
+            **self._skips_state(),
         })
 
     def _load(self, pool: list[SnapshotRecord], rec: SnapshotRecord) -> Any:
@@ -864,9 +801,7 @@ class Guard:
         self._interventions = [Intervention.from_dict(i) for i in manifest.get("interventions", [])]
         self._multiplier = float(manifest["multiplier"])
         self._policy.load_state_dict(manifest.get("probation"))
-        self._skipped = deque((int(k) for k in manifest.get("skipped", [])), maxlen=SKIPS_KEPT)
-        if self._spikes is not None:
-            self._spikes.load_state_dict(manifest.get("spikes"))
+        self._load_skips(manifest)
         while pool:
             cands = [r for r in pool if r.healthy(self.tolerance) is not False] or pool[:1]
             rec = cands[-1]
