@@ -200,13 +200,18 @@ def _model(seed=1):
     return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
 
 
-def _reference(steps, momentum=0.9):
-    """A plain loop that draws every batch and simply applies no update in the shard."""
+def _setup(lr=0.1):
+    """The model, SGD-momentum optimizer and shuffled loader every PyTorch run here starts from."""
     X, y = _data()
     model = _model()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=momentum)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=32, shuffle=True,
                                          generator=torch.Generator().manual_seed(2))
+    return model, opt, loader
+
+
+def _batches(loader, steps):
+    """``(step, x, y)`` for ``steps`` steps, the loader started again when it runs out."""
     it = iter(loader)
     for k in range(steps):
         try:
@@ -214,6 +219,13 @@ def _reference(steps, momentum=0.9):
         except StopIteration:
             it = iter(loader)
             xb, yb = next(it)
+        yield k, xb, yb
+
+
+def _reference(steps):
+    """A plain loop that draws every batch and simply applies no update in the shard."""
+    model, opt, loader = _setup()
+    for k, xb, yb in _batches(loader, steps):
         if k in SHARD:
             continue
         opt.zero_grad(set_to_none=True)
@@ -222,12 +234,9 @@ def _reference(steps, momentum=0.9):
     return model
 
 
-def test_guard_step_skips_a_bad_shard_through_torch_trainer_bitwise():
-    X, y = _data()
-    model = _model()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=32, shuffle=True,
-                                         generator=torch.Generator().manual_seed(2))
+def _guarded_shard_run(steps=200, **guard_kw):
+    """``Guard.step`` over lrkit's ``TorchTrainer`` for ``steps`` steps, the batches of SHARD garbage."""
+    model, opt, loader = _setup()
     clock = {"k": 0}
 
     def loss_of(m, batch):
@@ -238,36 +247,25 @@ def test_guard_step_skips_a_bad_shard_through_torch_trainer_bitwise():
 
     trainer = TorchTrainer(model, opt, None, loader, step_fn=loss_of)
     assert trainer.skips_steps
-    with Guard(trainer, skip_spikes=True, snapshot_every=25) as guard:
-        for k in range(200):
+    with Guard(trainer, snapshot_every=25, **guard_kw) as guard:
+        for k in range(steps):
             clock["k"] = k
             guard.step(0.1)
-        assert guard.skipped_steps == list(SHARD) and guard.interventions == []
-        assert guard.trained_steps == 200 - len(SHARD)
+    return model, guard
+
+
+def test_guard_step_skips_a_bad_shard_through_torch_trainer_bitwise():
+    model, guard = _guarded_shard_run(skip_spikes=True)
+    assert guard.skipped_steps == list(SHARD) and guard.interventions == []
+    assert guard.trained_steps == 200 - len(SHARD)
     ref = _reference(200)
     for a, b in zip(model.parameters(), ref.parameters()):
         assert torch.equal(a, b)
 
 
 def test_without_skipping_the_same_shard_costs_rollbacks():
-    X, y = _data()
-    model = _model()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=32, shuffle=True,
-                                         generator=torch.Generator().manual_seed(2))
-    clock = {"k": 0}
-
-    def loss_of(m, batch):
-        xb, yb = batch
-        if clock["k"] in SHARD:
-            xb, yb = _garbage(xb, yb, clock["k"])
-        return torch.nn.functional.cross_entropy(m(xb), yb)
-
-    with Guard(TorchTrainer(model, opt, None, loader, step_fn=loss_of), snapshot_every=25) as guard:
-        for k in range(200):
-            clock["k"] = k
-            guard.step(0.1)
-        assert guard.interventions and guard.skipped_steps == []
+    _, guard = _guarded_shard_run()
+    assert guard.interventions and guard.skipped_steps == []
 
 
 def test_torch_trainer_refuses_skip_when_step_fn_applies_the_update():
@@ -289,26 +287,22 @@ def test_torch_trainer_refuses_skip_when_step_fn_applies_the_update():
         t.step(0.1, skip=lambda v: False)
 
 
-def _torch_doctor_loop(skip, scaler=None, steps=200):
-    X, y = _data()
-    model = _model()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=32, shuffle=True,
-                                         generator=torch.Generator().manual_seed(2))
+def _torch_doctor_loop(skip, scaler=None, steps=200, unscale_first=False):
+    """A plain loop under ``TorchDoctor`` with SHARD garbage; ``unscale_first``: the loop unscales
+    the scaler and clips before ``after_backward``. Returns the model, the watch and the parameters
+    before and at the end of the shard."""
+    model, opt, loader = _setup()
     watch = TorchDoctor(model, opt, snapshot_every=25, skip_spikes=skip, scaler=scaler)
-    it = iter(loader)
     around = {}
-    for k in range(steps):
-        try:
-            xb, yb = next(it)
-        except StopIteration:
-            it = iter(loader)
-            xb, yb = next(it)
+    for k, xb, yb in _batches(loader, steps):
         if k in SHARD:
             xb, yb = _garbage(xb, yb, k)
         opt.zero_grad(set_to_none=True)
         loss = torch.nn.functional.cross_entropy(model(xb), yb)
         (scaler.scale(loss) if scaler is not None else loss).backward()
+        if unscale_first:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         watch.after_backward(loss)
         if scaler is not None:
             scaler.step(opt)
@@ -353,11 +347,7 @@ def _autopilot_flight(skip_spikes, at=150, steps=250):
     from lrkit.autopilot.plan import make_plan
     from lrkit.autopilot.run import fly
 
-    X, y = _data()
-    model = _model()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=32, shuffle=True,
-                                         generator=torch.Generator().manual_seed(2))
+    model, opt, loader = _setup()
     clock = {"k": -1}
 
     def loss_of(m, batch):
@@ -389,35 +379,8 @@ def test_the_autopilot_skips_a_bad_batch_and_says_so(caplog):
 def test_torch_doctor_skip_after_the_user_unscaled_for_clipping_applies_nothing():
     """``scaler.unscale_(opt)`` before ``after_backward`` (to clip): the scaler has already checked
     the gradients, so they are dropped, not made infinite (an infinite gradient would be applied)."""
-    X, y = _data()
-    model = _model()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=32, shuffle=True,
-                                         generator=torch.Generator().manual_seed(2))
-    watch = TorchDoctor(model, opt, snapshot_every=25, skip_spikes=True, scaler=scaler)
-    it = iter(loader)
-    around = {}
-    for k in range(SHARD.stop + 5):
-        try:
-            xb, yb = next(it)
-        except StopIteration:
-            it = iter(loader)
-            xb, yb = next(it)
-        if k in SHARD:
-            xb, yb = _garbage(xb, yb, k)
-        opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(xb), yb)
-        scaler.scale(loss).backward()
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        watch.after_backward(loss)
-        scaler.step(opt)
-        scaler.update()
-        watch.after_step(k, loss)
-        if k in (SHARD.start - 1, SHARD.stop - 1):
-            around[k] = [p.detach().clone() for p in model.parameters()]
-    watch.close()
+    model, watch, around = _torch_doctor_loop(skip=True, scaler=scaler, steps=SHARD.stop + 5, unscale_first=True)
     assert watch.guard.skipped_steps == list(SHARD)
     for a, b in zip(around[SHARD.start - 1], around[SHARD.stop - 1]):
         assert torch.equal(a, b) and torch.isfinite(a).all()
@@ -429,19 +392,10 @@ def test_the_torch_autopilot_skips_a_bad_batch_in_your_loop():
     from lrkit.autopilot.plan import make_plan
     from lrkit.integrations.torch.autopilot import TorchAutopilot
 
-    X, y = _data()
-    model = _model()
-    opt = torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.9)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=32, shuffle=True,
-                                         generator=torch.Generator().manual_seed(2))
+    model, opt, loader = _setup(lr=1.0)  # any LR: the autopilot sets it
     pilot = TorchAutopilot(model, opt, Autopilot(make_plan(family="sgd_momentum", train_steps=250, peak_lr=0.1)))
-    it, skipped, before = iter(loader), [], None
-    for k in range(250):
-        try:
-            xb, yb = next(it)
-        except StopIteration:
-            it = iter(loader)
-            xb, yb = next(it)
+    skipped, before = [], None
+    for k, xb, yb in _batches(loader, 250):
         if k == 150:
             xb, yb = _garbage(xb, yb, k)
             before = [p.detach().clone() for p in model.parameters()]

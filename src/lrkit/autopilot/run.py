@@ -112,9 +112,9 @@ def fly(trainer: Any, *, family: str, train_steps: int, shape: Schedule | None =
     flight = Flight(pilot, finder)
     ask = pilot.skips and getattr(trainer, "skips_steps", False)  # a bad batch's update left out
     for t in range(train_steps):
-        skipped: list[bool] = []
+        before = pilot.guard.skipped_count if ask else 0
         if ask:
-            loss = float(trainer.step(pilot.lr(t), skip=lambda v, t=t: skipped.append(pilot.skip(t, v)) or skipped[-1]))
+            loss = float(trainer.step(pilot.lr(t), skip=lambda v: pilot.skip(t, v)))
         else:
             loss = float(trainer.step(pilot.lr(t)))
         flight.losses.append(loss)
@@ -122,7 +122,7 @@ def fly(trainer: Any, *, family: str, train_steps: int, shape: Schedule | None =
         if (t + 1) % every == 0 or t + 1 == train_steps:
             v = trainer.evaluate()
             val = None if v is None else float(v)
-        if skipped and skipped[-1]:
+        if ask and pilot.guard.skipped_count > before:
             if val is not None:
                 flight.val_losses.append((t, val))
             continue

@@ -421,9 +421,9 @@ class Guard(SkipsSpikes):
         eff = lr * self._multiplier
         self.before_step(eff)
         if self._spikes is not None and getattr(self.trainer, "skips_steps", False):
-            skipped = []
-            loss = self.trainer.step(eff, skip=lambda value: skipped.append(self.skip(value, lr=eff)) or skipped[-1])
-            if skipped and skipped[-1]:
+            before = self.skipped_count
+            loss = self.trainer.step(eff, skip=lambda value: self.skip(value, lr=eff))
+            if self.skipped_count > before:
                 self._hold(val_loss, metrics)
                 return float(loss)
         else:

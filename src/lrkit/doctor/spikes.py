@@ -104,7 +104,6 @@ class SpikeFilter:
         self._lrs: deque[float] = deque(maxlen=LEVEL)  # their LRs (when given)
         self._seen_lrs: deque[float] = deque(maxlen=RECENT + 1)  # the LRs of the last steps checked
         self._spiked: deque[bool] = deque(maxlen=CALM)  # whether each of the last steps checked was a spike
-        self._seen = 0
         #: updates skipped in a row now
         self.in_a_row = 0
         #: the last skip's loss over the run's level (for the message)
@@ -138,11 +137,10 @@ class SpikeFilter:
                 self._first.append(loss)
         if lr is not None and math.isfinite(lr) and lr > 0:
             self._lrs.append(float(lr))
-        self._seen += 1
         return False
 
     def _is_spike(self, loss: float) -> bool:
-        if self._seen < MIN_SEEN or len(self._recent) < MIN_SEEN or loss <= 0:
+        if len(self._recent) < MIN_SEEN or loss <= 0:  # no level yet (LEVEL >= MIN_SEEN)
             return False
         if self._lrs and self._seen_lrs and max(self._seen_lrs) >= RAISE * _median(self._lrs):
             return False  # during or right after a raise: the LR's doing
@@ -155,7 +153,7 @@ class SpikeFilter:
     def state_dict(self) -> dict[str, Any]:
         """Plain JSON types, for a guard's checkpoint."""
         return {"recent": list(self._recent), "lrs": list(self._lrs), "first": list(self._first),
-                "seen": self._seen, "skipped": self.skipped, "spiked": list(self._spiked)}
+                "skipped": self.skipped, "spiked": list(self._spiked)}
 
     def load_state_dict(self, state: Mapping[str, Any] | None) -> None:
         if not state:
@@ -165,5 +163,4 @@ class SpikeFilter:
         self._lrs.extend(float(v) for v in state.get("lrs", ()))
         self._spiked.extend(bool(v) for v in state.get("spiked", ()))
         self._first = [float(v) for v in state.get("first", ())][:FIRST]
-        self._seen = int(state.get("seen", len(self._recent)))
         self.skipped = int(state.get("skipped", 0))

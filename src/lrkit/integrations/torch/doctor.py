@@ -152,18 +152,23 @@ def grad_norm(parameters: Sequence[torch.Tensor] | Any) -> float:
     return float(torch.nn.utils.get_total_norm(grads, 2.0).item())
 
 
+def scalar_loss(loss: Any, where: str) -> float:
+    """A step's loss as a float (a scalar tensor is read once); ``where`` names the call in the error."""
+    if isinstance(loss, torch.Tensor):
+        if loss.numel() != 1:
+            raise ValueError(f"{where}: loss must be a scalar, got a tensor of shape {tuple(loss.shape)}")
+        return float(loss.detach().float().item())
+    return float(loss)
+
+
 def loss_value(loss: Any) -> float:
-    """A step's loss as a float (a scalar tensor is read once; under ``torch.distributed`` with
-    several processes the guard's skips would differ between ranks: refused)."""
+    """The loss a skip is decided on (:func:`scalar_loss`); under ``torch.distributed`` with several
+    processes the skips would differ between ranks: refused."""
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         raise ValueError("skipping a bad batch's update (skip_spikes, after_backward) is not supported under "
                          "torch.distributed with several processes (each rank sees its own loss: the skips would "
                          "differ between ranks); pass skip_spikes=False or do not call after_backward")
-    if isinstance(loss, torch.Tensor):
-        if loss.numel() != 1:
-            raise ValueError(f"after_backward: loss must be a scalar, got a tensor of shape {tuple(loss.shape)}")
-        return float(loss.detach().float().item())
-    return float(loss)
+    return scalar_loss(loss, "after_backward")
 
 
 def drop_gradients(params: Sequence[torch.Tensor], scaler: Any, optimizer: torch.optim.Optimizer) -> None:
@@ -431,9 +436,7 @@ class TorchDoctor(GuardedWatch):
         if isinstance(step, bool) or not isinstance(step, int):
             raise ValueError(f"TorchDoctor.after_step: step must be an int, got {step!r}")
         if isinstance(loss, torch.Tensor):
-            if loss.numel() != 1:
-                raise ValueError(f"TorchDoctor.after_step: loss must be a scalar, got a tensor of shape {tuple(loss.shape)}")
-            loss = float(loss.detach().float().item())
+            loss = scalar_loss(loss, "TorchDoctor.after_step")
         m = self.lr_multiplier
         if self._base is not None:
             self._set_lrs(self._base)
