@@ -22,6 +22,7 @@ said). The fault hits at step ``t``, drawn per run in [30%, 70%] of the run. Fau
 * ``nan batches``: every batch from step ``t`` on holds a NaN (nothing can fix it: the goal is a
   clean give-up with the best state kept);
 * ``bad shard``: 20 batches from step ``t`` are garbage (inputs x50, labels shuffled), then clean;
+  ``bad shard, skip off``: the same with ``Guard(skip_spikes=False)`` (trained on, then rolled back);
 * ``shard skipped``: the reference for ``bad shard`` (no guard): those 20 steps are simply not
   trained, what a guard that knew to skip the shard would at best reach;
 * ``kill -9``: the run (``storage="disk"``, a ``run_id``, ``resume=True``) is a separate process,
@@ -74,11 +75,11 @@ from lrkit.integrations.torch.trainer import TorchTrainer  # noqa: E402
 
 MNIST = ROOT.parent / "shared" / "data" / "mnist"
 #: the faults a rollback answers: run once more replaying the steps it undid
-REPLAYED = ("lr x3", "lr x6", "lr x30", "lr x1000", "nan weight", "bad shard")
+REPLAYED = ("lr x3", "lr x6", "lr x30", "lr x1000", "nan weight", "bad shard", "bad shard, skip off")
 FAULTS = ("clean", "reshuffle", "lr x3", "lr x6", "lr x30", "lr x1000", "nan weight", "nan batches", "bad shard",
           "shard skipped", "kill -9", "kill -9 sync", "two guards")
-#: the same runs with ``Guard(skip_spikes=True)``: the bad shard it is for, and the faults it must leave alone
-SKIPPING = ("clean +skip", "lr x1000 +skip", "nan weight +skip", "bad shard +skip")
+#: the bad shard with ``Guard(skip_spikes=False)``: trained on and rolled back, as before skipping was the default
+SKIP_OFF = ("bad shard, skip off",)
 EVERY = 25
 SHARD = 20
 TAIL = 20
@@ -269,7 +270,8 @@ def worker(task: str, seed: int, steps: int, store: str, out: str, die_at: int) 
         if k == die_at:
             os.kill(os.getpid(), signal.SIGKILL)
         run.tail(k, steps)
-    Path(out).write_text(json.dumps({"final": run.final(), "resumed_from": guard.resumed_from}))
+    Path(out).write_text(json.dumps({"final": run.final(), "resumed_from": guard.resumed_from,
+                                     "skipped": guard.skipped_steps}))
     guard.close()
 
 
@@ -285,7 +287,7 @@ def killed(task: str, seed: int, steps: int, t: int, sync: bool = False) -> dict
     resumed = out["resumed_from"]
     return {"final": out["final"], "gave_up": False, "best_by": "", "best_step": None, "restored": [resumed],
             "verified": [True], "last_before": ((t + 1) // EVERY) * EVERY, "t": t + 1, "interval": EVERY,
-            "resumed": resumed}
+            "resumed": resumed, "skipped": out["skipped"]}
 
 
 def two_guards(task: str, seed: int, steps: int, t: int) -> dict:
@@ -360,7 +362,7 @@ def main() -> None:
     logging.getLogger("lrkit.guard").setLevel(logging.CRITICAL)
     tasks = ["digits"] if a.quick else [t for t in a.tasks.split(",") if t != "mnist" or MNIST.is_dir()]
     seeds = [s for s in range(a.seeds) if not (a.quick or a.dev) or half(s) == "dev"]
-    faults = [f for f in FAULTS + SKIPPING if not a.faults or f in a.faults.split(",")]
+    faults = [f for f in FAULTS + SKIP_OFF if not a.faults or f in a.faults.split(",")]
     t0 = time.perf_counter()
     clean: dict = {}
     rows: list[dict] = []
@@ -369,9 +371,8 @@ def main() -> None:
             clean[(task, seed)] = plain(task, seed, a.steps)
             for fault in faults:
                 t = fault_step(seed, a.steps)
-                if fault.endswith(" +skip"):
-                    base = fault[: -len(" +skip")]
-                    rec = guarded(Run(task, seed, base, t if base != "clean" else -1), a.steps, skip_spikes=True)
+                if fault in SKIP_OFF:
+                    rec = guarded(Run(task, seed, "bad shard", t), a.steps, skip_spikes=False)
                 elif fault.startswith("kill -9"):
                     rec = killed(task, seed, a.steps, t, sync=fault.endswith("sync"))
                 elif fault == "two guards":
@@ -389,7 +390,8 @@ def main() -> None:
                 else:
                     rec = guarded(Run(task, seed, fault, t if fault != "clean" else -1), a.steps)
                 if fault in REPLAYED:
-                    again = guarded(Run(task, seed, fault, t), a.steps, replay=True)
+                    off = {"skip_spikes": False} if fault in SKIP_OFF else {}
+                    again = guarded(Run(task, seed, "bad shard" if off else fault, t), a.steps, replay=True, **off)
                     again.update(task=task, seed=seed, fault=fault, half=half(seed), mode="replay")
                     rows.append(again)
                 rec.update(task=task, seed=seed, fault=fault, half=half(seed))
@@ -421,15 +423,13 @@ def main() -> None:
             f"**{which} half**" + (" (headline)" if which == "held-out" else ""),
             "",
             "| fault | runs | finished | goal met | rollbacks | before last healthy | work lost | final / clean "
-            "| replayed: goal met | replayed: final / clean | replayed: extra steps |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| updates skipped | replayed: goal met | replayed: final / clean | replayed: extra steps |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for fault in faults:
             fr = [r for r in part if r["fault"] == fault]
             s = summarise(fr, clean)
             n_rb = sum(len(r["restored"]) for r in fr) if not fault.startswith("kill -9") else "resumed"
-            if fault.endswith(" +skip"):
-                n_rb = f"{n_rb} ({sum(len(r['skipped']) for r in fr)} updates skipped)"
             lost = f"{statistics.median(s['lost']):.0f} / {max(s['lost'])}" if s["lost"] else "-"
             again = [r for r in rows if r["half"] == which and r.get("mode") == "replay" and r["fault"] == fault]
             if again:
@@ -440,62 +440,57 @@ def main() -> None:
                 replayed = "- | - | -"
             lines.append(
                 f"| {fault} | {s['n']} | {s['finished']} | {s['goal']} | {n_rb} | {s['before']} | {lost} | "
-                f"{fmt_ratio(s['ratios'])} | {replayed} |"
+                f"{fmt_ratio(s['ratios'])} | {sum(len(r.get('skipped', ())) for r in fr)} | {replayed} |"
             )
         lines.append("")
     lines += [
-        "Reading it: the final loss is the mean validation loss over the last 20 steps (a single step's value "
-        "swings by up to ~10% from its neighbours' on these tasks). `reshuffle` (no fault: the batches from the "
-        "fault step on in one of four other orders) is the noise floor of the 5% goal: with nothing wrong at "
-        "all, some of its runs end more than 5% from the clean one (on one digits seed, eight orders gave "
-        "0.94-1.10). An LR raised and held: the guard, given the validation loss every 10 steps, sees `lr x3` "
-        "and `lr x6` as the validation loss rising 10% above its level before the raise (the training loss "
-        "alone does not show it), and `lr x30`/`lr x1000` as a blow-up under a raise still held; either way "
-        "it restores the snapshot it took right before the first step at the raised LR (a sudden raise "
-        "gets one: no step lost, the *work lost* column) and undoes the raise (the multiplier divided by "
-        "it) instead of cutting 10x. Until this version those rollbacks went to the last periodic snapshot "
-        "(held-out: 2-14 steps lost at the median, 21 at most; MNIST seed 1's `lr x6` ended 8% above its "
-        "clean run). A one-off fault (`nan weight`, `two guards`, the first hit of a `bad shard`) "
-        "is rolled back at the same LR: a first problem out of a run that was training well is likelier the "
-        "data than the LR (`forgive_first`, the default); a second one soon after halves it on probation, "
-        "and once the run has trained 2 snapshot periods past it with a newer healthy snapshot the LR ramps "
-        "back (a `bad shard` of 20 batches hits twice). Where the goal is missed: MNIST seed 1's `bad "
-        "shard`, still learning fast when the shard starts at step 171, ends 12% above its clean run after a "
-        "rollback to step 150 (21 steps lost, and the garbage batches trained on before each detection); on "
-        "the development half, one digits seed whose every rolled-back run ends 9-15% "
-        "above its clean run, as two of its four no-fault reshuffles do (1.09, 1.10), and one MNIST seed's "
-        "bad shard (10%: the garbage batches trained on before each detection). The second hit of a bad "
-        "shard (right after the forgiven first) halves the LR on probation; it cut it 10x until this "
-        "version, which cost MNIST's development seeds 10% and 16% (now 4% and 10%; held-out seed 1 10% -> "
-        "12% at the fixed length, 11% -> 4% replayed: see below). `shard skipped` (no guard, the shard's "
-        "20 steps simply not trained: the best a guard that knew to skip it could do) ends within 2% on the "
-        "held-out half and at worst 10% on the development half's MNIST seed: the held-out `bad shard` miss is "
-        "the garbage trained before each detection and the steps a rollback loses, not the shard's absence. "
-        "*Replayed* (the same faulty runs driven `while guard.trained_steps < T`: the steps a rollback undid "
-        "are trained again, as a resumed run's are -- compare `kill -9`; *extra steps* is what that costs, "
-        "median / max): every held-out run of every fault a rollback answers ends within 5% of its clean "
-        "run (`bad shard` worst 1.117 -> 1.039, at 37-47 extra steps; a raised LR, which loses no step now, "
-        "replays only what it trained at the raised LR before the detection). On the "
-        "development half replaying changes nothing beyond its noise floor (its `bad shard` runs, which "
-        "train on other batches once replayed, 5 -> 4 of 6). "
-        "`kill -9`: the resumed run loses at most one snapshot period plus the "
-        "write still in flight when it died (snapshots are written in the background; here the kill never "
-        "hit one in flight); `kill -9 sync` (`sync_writes=True`: training waits for each snapshot to be on "
-        "disk) bounds the loss by one period whatever the timing (the unit test kills right after a snapshot "
-        "and resumes from it). A resumed run re-iterates its loader from the restored generator, so it is not "
-        "bitwise the uninterrupted one here (the unit test with a replayable trainer is)."
-        " `+skip` rows: the same runs with `Guard(skip_spikes=True)` (`lrkit.doctor.spikes`: the update of a "
-        "step whose loss, read before the update, is 10x the run's recent level and above its start, out of a "
-        "calm stretch (no spike in the 50 steps before), with the LR not raised in the last 10 steps, is not "
-        "applied). The `bad shard` is then skipped "
-        "instead of rolled back: on digits and MNIST all 20 garbage batches of every seed (80 updates per "
-        "half; the diabetes shard, whose garbage losses stay under 7x the level -- a tanh network's outputs "
-        "are bounded -- is still rolled back), and every run on both halves ends within 5% of its clean run at the fixed length (held-out "
-        "worst 1.117 -> 1.027, development 1.098 -> 1.029), where `shard skipped` (the shard's steps simply "
-        "not trained) is at 1.021 and 1.101. No update is skipped in the clean runs, under the 1000x raise "
-        "(its blow-up follows a raise) or with a NaN weight (not finite: the doctor's), whose rows are "
-        "unchanged. Opt-in: what it would skip on healthy runs is measured in the section *Spike skipping* "
-        "below.",
+        "Reading it: the final loss is the mean validation loss over the last 20 steps (a single step's "
+        "value swings by up to ~10% from its neighbours' on these tasks). `reshuffle` (no fault: the "
+        "batches from the fault step on in one of four other orders) is the noise floor of the 5% goal: "
+        "with nothing wrong at all, some of its runs end more than 5% from the clean one (on one digits "
+        "seed, eight orders gave 0.94-1.10). An LR raised and held: the guard, given the validation loss "
+        "every 10 steps, sees `lr x3` and `lr x6` as the validation loss rising 10% above its level "
+        "before the raise (the training loss alone does not show it), and `lr x30`/`lr x1000` as a "
+        "blow-up under a raise still held; either way it restores the snapshot it took right before the "
+        "first step at the raised LR (a sudden raise gets one: no step lost, the *work lost* column) and "
+        "undoes the raise (the multiplier divided by it) instead of cutting 10x. Until that version "
+        "those rollbacks went to the last periodic snapshot (held-out: 2-14 steps lost at the median, 21 "
+        "at most; MNIST seed 1's `lr x6` ended 8% above its clean run). A one-off fault (`nan weight`, "
+        "`two guards`, the first hit of a `bad shard` that is not skipped) is rolled back at the same "
+        "LR: a first problem out of a run that was training well is likelier the data than the LR "
+        "(`forgive_first`, the default); a second one soon after halves it on probation, and once the "
+        "run has trained 2 snapshot periods past it with a newer healthy snapshot the LR ramps back. "
+        "`bad shard`: the guard reads each step's loss before its update and, by default "
+        "(`skip_spikes=True`, `lrkit.doctor.spikes`), leaves out the update of a loss 10x the run's "
+        "recent level and above its start, out of a calm stretch (no spike in the 50 steps before) or "
+        "continuing a run of skips, with the LR not raised in the last 10 steps. On digits and MNIST all "
+        "20 garbage batches of every seed are skipped (80 updates per half; the diabetes shard, whose "
+        "garbage losses stay under 7x the level -- a tanh network's outputs are bounded -- is still "
+        "trained on and rolled back, the row's rollbacks), and every run on both halves ends within 5% "
+        "of its clean run at the fixed length (held-out worst 1.027, development 1.029), where `shard "
+        "skipped` (no guard, the shard's 20 steps simply not trained: the best a guard that knew to skip "
+        "it could do) is at 1.021 and 1.101. No update is skipped in any other row (a NaN is not finite: "
+        "the doctor's; a blow-up under a raise: the raise's). `bad shard, skip off` "
+        "(`skip_spikes=False`: the shard trained on and rolled back, the guard's default until this "
+        "version) is what skipping buys: MNIST seed 1, still learning fast when the shard starts at step "
+        "171, ends 12% above its clean run after a rollback to step 150 (21 steps lost, and the garbage "
+        "batches trained on before each detection); the shard hits twice, and the second hit (right "
+        "after the forgiven first) halves the LR on probation. On the development half the misses of "
+        "every fault a rollback answers are one digits seed whose every rolled-back run ends 9-15% above "
+        "its clean run, as two of its four no-fault reshuffles do (1.09, 1.10): its noise floor. "
+        "*Replayed* (the same faulty runs driven `while guard.trained_steps < T`: the steps a rollback "
+        "undid are trained again, as a resumed run's are -- compare `kill -9`; *extra steps* is what "
+        "that costs, median / max): every held-out run of every fault a rollback answers ends within 5% "
+        "of its clean run (`bad shard, skip off` worst 1.117 -> 1.039, at 37-47 extra steps; a raised "
+        "LR, which loses no step, replays only what it trained at the raised LR before the detection). "
+        "On the development half replaying changes nothing beyond its noise floor. `kill -9`: the "
+        "resumed run loses at most one snapshot period plus the write still in flight when it died "
+        "(snapshots are written in the background; here the kill never hit one in flight); `kill -9 "
+        "sync` (`sync_writes=True`: training waits for each snapshot to be on disk) bounds the loss by "
+        "one period whatever the timing (the unit test kills right after a snapshot and resumes from "
+        "it). A resumed run re-iterates its loader from the restored generator, so it is not bitwise the "
+        "uninterrupted one here (the unit test with a replayable trainer is). What skipping would leave "
+        "out of healthy runs is measured in the section *Spike skipping* below.",
     ]
     md = "\n".join(lines)
     print(md)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import torch.distributed as dist  # noqa: E402
-import torch.multiprocessing as mp  # noqa: E402
+from _ddp import run_ranks  # noqa: E402
 
 pytestmark = [pytest.mark.torch, pytest.mark.distributed, pytest.mark.slow]
 
@@ -54,9 +53,7 @@ def _worker(rank: int, world: int, tmp: str) -> None:
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available in this build")
 def test_two_ranks_stop_together(tmp_path):
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    mp.spawn(_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
-    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    r0, r1 = run_ranks(_worker, tmp_path)
     assert r0["lrs"] == r1["lrs"]  # the same ramp, stopped at the same step
     assert r0["losses"] == r1["losses"]  # the same (all-reduced) loss on every rank
     assert r0["stopped_early"] and r1["stopped_early"]

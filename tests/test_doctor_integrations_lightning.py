@@ -239,7 +239,7 @@ def _precision(fp16):
 def test_skip_spikes_leaves_a_bad_shard_out(fp16):
     shard = range(60, 70)
     module = ShardAt(shard)
-    cb = LRDoctorCallback(guard=True, skip_spikes=True, snapshot_every=20)
+    cb = LRDoctorCallback(guard=True, snapshot_every=20)  # skip_spikes: on with the guard by default
     trainer = pl.Trainer(max_steps=100, accelerator="cpu", devices=1, enable_progress_bar=False, logger=False,
                          enable_checkpointing=False, enable_model_summary=False, callbacks=[cb], plugins=_precision(fp16))
     with warnings.catch_warnings():
@@ -250,7 +250,7 @@ def test_skip_spikes_leaves_a_bad_shard_out(fp16):
     assert (getattr(trainer.precision_plugin, "scaler", None) is not None) == fp16
     for a, b in zip(module.around[shard.start], module.around[shard.stop]):
         assert torch.equal(a, b) and torch.isfinite(a).all()  # nothing applied across the shard
-    plain = LRDoctorCallback(guard=True, snapshot_every=20)
+    plain = LRDoctorCallback(guard=True, skip_spikes=False, snapshot_every=20)
     trainer = pl.Trainer(max_steps=100, accelerator="cpu", devices=1, enable_progress_bar=False, logger=False,
                          enable_checkpointing=False, enable_model_summary=False, callbacks=[plain], plugins=_precision(fp16))
     with warnings.catch_warnings(), contextlib.suppress(GuardGaveUp):
@@ -262,3 +262,7 @@ def test_skip_spikes_leaves_a_bad_shard_out(fp16):
 def test_skip_spikes_needs_the_guard():
     with pytest.raises(ValueError, match="skip_spikes"):
         LRDoctorCallback(skip_spikes=True)
+    with pytest.raises(ValueError, match="skip_spikes must be True, False or None"):
+        LRDoctorCallback(guard=True, skip_spikes="yes")
+    assert LRDoctorCallback().guard is None  # the default (None) asks for no guard of its own
+    assert not LRDoctorCallback(guard=True, skip_spikes=False).guard.skips

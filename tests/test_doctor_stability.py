@@ -123,8 +123,10 @@ def test_guard_probes_the_restored_state_after_the_rollback():
     assert rec.evidence["stability_headroom_after_rollback"] == pytest.approx(8.0, rel=1e-4)  # lr_factor 0.1
     assert "beyond the stability limit" in rec.message and f"lowered the LR to {0.1 * lr:.3g}" in rec.message
     assert "(headroom 8x)" in rec.message
-    assert [r["trigger"] for r in watch.stability_reports[:4]] == ["every", "every", "every", "diverging"]
-    report = watch.stability_reports[3]
+    triggers = [r["trigger"] for r in watch.stability_reports]
+    first = triggers.index("diverging")  # probed every 5 steps until then (one more with a skipped spike)
+    assert first >= 3 and set(triggers[:first]) == {"every"}
+    report = watch.stability_reports[first]
     assert report["restored_to"] == rec.restored_to and report["lr"] == pytest.approx(lr)
     assert report["lr_after_rollback"] == pytest.approx(0.1 * lr)
     assert watch.guard.interventions[0].message != rec.message  # the guard's own record is untouched

@@ -91,7 +91,7 @@ on). With replay, a batch that is itself broken (NaN in the data) comes back aft
 rollback and the guard gives up after ``max_retries``: by design, since a lower LR cannot fix
 bad data.
 
-**A bad batch is skipped, not rolled back** (``skip_spikes=True``, opt-in). The loss of a step is
+**A bad batch is skipped, not rolled back** (``skip_spikes=True``, the default). The loss of a step is
 known before its update: a loss far above the run's level with the LR steady
 (:mod:`lrkit.doctor.spikes`) has its update left out (:meth:`Guard.skip`; :meth:`Guard.step` asks a
 trainer with ``skips_steps``), so the model is never wrecked by it and nothing is lost; the step is
@@ -223,7 +223,9 @@ class Guard(SkipsSpikes):
             the model stays as it was instead of being wrecked and rolled back. The loss must be
             known before the update: :meth:`step` asks the trainer to skip when it can (a
             ``step(lr, skip=...)`` and ``skips_steps = True``, as lrkit's ``TorchTrainer``), a loop
-            asks :meth:`skip` itself (``TorchDoctor(skip_spikes=True)`` does). Default ``False``.
+            asks :meth:`skip` itself (``TorchDoctor`` does in ``after_backward(loss)``). Default
+            ``True``: a trainer that cannot skip and a loop that never asks lose nothing by it;
+            ``False`` trains on every batch and leaves spikes to the doctor and the rollback.
         spike_factor: a spike is this many times the run's level (and above its start's); > 1
             (default 10).
         max_skips: the most updates skipped in a row before the doctor takes over (a model whose
@@ -253,7 +255,7 @@ class Guard(SkipsSpikes):
         run_id: str | None = None,
         resume: bool = False,
         sync_writes: bool = False,
-        skip_spikes: bool = False,
+        skip_spikes: bool = True,
         spike_factor: float = SPIKE_FACTOR,
         max_skips: int | None = None,
     ) -> None:

@@ -93,7 +93,8 @@ class GuardedWatch(SpeakingWatch):
         """The set-up every callback shares: the checked ``doctor``, the logger, the actions on
         ``converged``/``overfitting``, and (``guard=True``) a :class:`~lrkit.doctor.guard.Guard` over
         ``state`` (the framework's snapshot/restore) taking ``guard_kwargs``; the callback's first
-        batch is its initial snapshot (``take_initial_snapshot=False``)."""
+        batch is its initial snapshot (``take_initial_snapshot=False``). ``skip_spikes`` is off
+        unless given: only a callback whose hooks see a step's loss before its update can skip."""
         from lrkit.doctor.guard import Guard
         from lrkit.doctor.watch import check_actions
 
@@ -103,6 +104,7 @@ class GuardedWatch(SpeakingWatch):
         self.plateau_factor = float(plateau_factor)
         self.guard = None
         if guard:
+            guard_kwargs.setdefault("skip_spikes", False)
             self.guard = Guard(state, doctor=self.doctor, logger=logger, take_initial_snapshot=False, **guard_kwargs)
 
     @property

@@ -24,6 +24,9 @@ a corrupt batch, or a shard of them. Not skipped, and left to the doctor:
   loss NaN and needs a rollback, not skips);
 * spikes that keep coming back between normal losses, as in a run at far too high an LR: after
   the first, none comes out of a calm stretch;
+* a spike the losses were already climbing towards (the last loss trained on is :data:`STEADY`
+  times the level or more): a run diverging at a steady LR, whose every later loss would be a
+  spike too;
 * a spike during or right after an LR raise: an LR of this step or of the last :data:`RECENT`
   steps is 1.5x or more the median LR of the last :data:`LEVEL` steps trained (held, or a spike of
   a few steps already over): the doctor and guard must see it to undo the raise;
@@ -32,7 +35,7 @@ a corrupt batch, or a shard of them. Not skipped, and left to the doctor:
 * spikes after ``max_skips`` skips in a row: when every batch is a spike the model is broken (or
   the data is, for good), and the doctor takes over -- the guard rolls back as before.
 
-Pure Python: the guard owns one (``Guard(skip_spikes=True)``) and its adapters ask it.
+Pure Python: the guard owns one (``Guard(skip_spikes=True)``, its default) and its adapters ask it.
 
 Example:
     >>> f = SpikeFilter(factor=10.0, max_skips=3)
@@ -54,7 +57,7 @@ import math
 from collections import deque
 from typing import Any, Mapping
 
-__all__ = ["SpikeFilter", "LEVEL", "FIRST", "MIN_SEEN", "SPIKE_FACTOR", "CALM", "RECENT"]
+__all__ = ["SpikeFilter", "LEVEL", "FIRST", "MIN_SEEN", "SPIKE_FACTOR", "CALM", "RECENT", "STEADY"]
 
 #: the run's level: the median of this many of the last log-losses trained on (and their LRs)
 LEVEL = 20
@@ -66,6 +69,9 @@ MIN_SEEN = 10
 SPIKE_FACTOR = 10.0
 #: a skip starts only out of this many steps without a spike
 CALM = 50
+#: a skip needs the last loss trained on under this many times the level: a loss already climbing
+#: towards the spike is the run diverging, not a bad batch
+STEADY = 3.0
 #: an LR this many times the recent median is a raise: its blow-ups are not skipped ...
 RAISE = 1.5
 #: ... during it and for this many steps after it
@@ -124,7 +130,7 @@ class SpikeFilter:
             return False  # the doctor's: NaN/inf
         spike = self._is_spike(loss)
         streak = self.in_a_row > 0
-        skip = spike and (self.in_a_row < self.max_skips if streak else not any(self._spiked))
+        skip = spike and self._steady() and (self.in_a_row < self.max_skips if streak else not any(self._spiked))
         self._spiked.append(spike)
         if skip:
             self.skipped += 1
@@ -138,6 +144,11 @@ class SpikeFilter:
         if lr is not None and math.isfinite(lr) and lr > 0:
             self._lrs.append(float(lr))
         return False
+
+    def _steady(self) -> bool:
+        """The last loss trained on was at the run's level (under :data:`STEADY` times it): the
+        spike came out of nowhere. Unchanged through a run of skips (nothing is trained)."""
+        return self._recent[-1] < _median(self._recent) + math.log(STEADY)
 
     def _is_spike(self, loss: float) -> bool:
         if len(self._recent) < MIN_SEEN or loss <= 0:  # no level yet (LEVEL >= MIN_SEEN)

@@ -26,11 +26,13 @@ update uses :math:`m\cdot\text{lr}`. The hooks are removed in ``on_train_end``.
 A rollback rewinds the weights and optimizer state, not the clock: ``global_step``, schedulers
 and the data loader go on.
 
-**A bad batch skipped** (``skip_spikes=True``, with the guard): the loss Lightning hands to
-``on_before_backward`` (unscaled, summed over accumulated micro-batches) is read before the update,
-and a spike far above the run's level with the LR steady (:mod:`lrkit.doctor.spikes`) has its
-gradients dropped in ``on_before_optimizer_step`` (after Lightning's AMP unscaling), so the
-optimizer step changes nothing; the doctor does not see that batch. One process only.
+**A bad batch skipped** (``skip_spikes``, on by default with the guard): the loss Lightning hands
+to ``on_before_backward`` (unscaled, summed over accumulated micro-batches) is read before the
+update, and a spike far above the run's level with the LR steady (:mod:`lrkit.doctor.spikes`) has
+its gradients dropped in ``on_before_optimizer_step`` (after Lightning's AMP unscaling), so the
+optimizer step changes nothing; the doctor does not see that batch. With several processes the
+decision is taken on the loss averaged over them (``trainer.strategy.reduce``), so every rank
+skips the same steps.
 
 **Checkpoints.** The callback's state -- the guard's LR multiplier (applied by the hooks, so no
 optimizer or scheduler state holds it), its interventions, the doctor's state and the step count --
@@ -84,7 +86,7 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         doctor: the :class:`~lrkit.doctor.core.Doctor` (default ``Doctor()``).
         snapshot_every, lr_factor, forgive_first, max_retries, act_on, storage, storage_dir, on_intervention,
             logger, skip_spikes: as in :class:`~lrkit.doctor.guard.Guard` (only with ``guard=True``;
-            ``skip_spikes``: see the module docstring).
+            ``skip_spikes``: see the module docstring; ``None``, the default, is on with the guard).
         log_verdict: log ``lrkit/verdict_severity`` (and ``lrkit/lr_multiplier``) with
             ``pl_module.log`` every step (default ``True``).
         track_grad_norm: measure the global gradient norm before each optimizer step.
@@ -122,10 +124,15 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         on_converged: str | None = None,
         on_overfitting: str | None = None,
         plateau_factor: float = 0.1,
-        skip_spikes: bool = False,
+        skip_spikes: bool | None = None,
     ) -> None:
         super().__init__()
-        if skip_spikes is not False and not guard:
+        if skip_spikes is None:
+            skip_spikes = bool(guard)
+        elif not isinstance(skip_spikes, bool):
+            raise ValueError(f"LRDoctorCallback: skip_spikes must be True, False or None (on with the guard), "
+                             f"got {skip_spikes!r}")
+        if skip_spikes and not guard:
             raise ValueError("LRDoctorCallback: skip_spikes=True needs guard=True (the guard decides the skips)")
         self._trainer: Any = None
         self._init_watch("LRDoctorCallback", _State(self), guard=guard, doctor=doctor, logger=logger,
@@ -211,9 +218,6 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
             self._handles.append(opt.register_step_pre_hook(self._pre))
             self._handles.append(opt.register_step_post_hook(self._post))
         if self.guard is not None:
-            if self.guard.skips and trainer.world_size > 1:
-                raise ValueError("LRDoctorCallback: skip_spikes=True is not supported with several processes "
-                                 f"(world_size={trainer.world_size}: each rank sees its own loss)")
             self.guard.start()
 
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
@@ -253,6 +257,8 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         if self.guard is not None and self.guard.skips and self._optimizers and \
                 getattr(optimizer, "optimizer", optimizer) is self._optimizers[0]:
             loss, self._loss_sum = self._loss_sum, 0.0
+            if trainer.world_size > 1:  # every rank decides on the same (mean) loss
+                loss = float(trainer.strategy.reduce(torch.tensor(loss, device=pl_module.device), reduce_op="mean"))
             lr = float(self._optimizers[0].param_groups[0]["lr"]) * self.lr_multiplier
             if self.guard.skip(loss, lr=lr):
                 self._skipping = True

@@ -30,7 +30,9 @@ validation loss halves the LR. Every intervention is logged to ``lrkit.autopilot
 with the LR steady (:mod:`lrkit.doctor.spikes`) has its gradients dropped there, so
 ``optimizer.step()`` changes nothing (with a ``GradScaler`` not yet unscaled: made non-finite, so
 the scaler skips the step) and ``after_step`` reports nothing for that step; an event says so.
-Without the call the bad batch is trained on and, if it breaks the run, rolled back.
+Without the call the bad batch is trained on and, if it breaks the run, rolled back. Under
+``torch.distributed`` (call it on every rank) the decision is taken on the loss averaged over
+the ranks, so all of them skip the same steps.
 
 **Checkpoints.** ``pilot.state_dict()`` (the same as ``pilot.scheduler.state_dict()``) holds the
 plan, the step, the multiplier, the plateau and doctor state. Resume with

@@ -126,6 +126,7 @@ from lrkit.integrations.torch.hessian import (
     explain,
     with_stability,
 )
+from lrkit.integrations.torch.dist import rank_mean
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 
 __all__ = ["TorchDoctor", "StabilityProbe", "grad_norm"]
@@ -162,13 +163,12 @@ def scalar_loss(loss: Any, where: str) -> float:
 
 
 def loss_value(loss: Any) -> float:
-    """The loss a skip is decided on (:func:`scalar_loss`); under ``torch.distributed`` with several
-    processes the skips would differ between ranks: refused."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-        raise ValueError("skipping a bad batch's update (skip_spikes, after_backward) is not supported under "
-                         "torch.distributed with several processes (each rank sees its own loss: the skips would "
-                         "differ between ranks); pass skip_spikes=False or do not call after_backward")
-    return scalar_loss(loss, "after_backward")
+    """The loss a skip is decided on (:func:`scalar_loss`); under ``torch.distributed`` its mean
+    over the ranks (:func:`~lrkit.integrations.torch.dist.rank_mean`), so that every rank skips
+    the same steps and the replicas stay identical. Every rank must call it at the same step."""
+    if isinstance(loss, torch.Tensor) and loss.numel() != 1:
+        raise ValueError(f"after_backward: loss must be a scalar, got a tensor of shape {tuple(loss.shape)}")
+    return rank_mean(loss if isinstance(loss, torch.Tensor) else float(loss))
 
 
 def drop_gradients(params: Sequence[torch.Tensor], scaler: Any, optimizer: torch.optim.Optimizer) -> None:
@@ -227,12 +227,14 @@ class TorchDoctor(GuardedWatch):
         doctor: a :class:`~lrkit.doctor.core.Doctor` (default ``Doctor()``).
         snapshot_every, lr_factor, forgive_first, max_retries, act_on, storage, storage_dir, on_intervention,
             logger, keep, max_overhead, run_id, resume, sync_writes, skip_spikes, spike_factor, max_skips: as in
-            :class:`~lrkit.doctor.guard.Guard`. With ``skip_spikes=True`` (and the guard) pass the loss to
-            :meth:`after_backward`: a batch whose loss is a spike far above the run's level, with
-            the LR unchanged, has its gradients dropped there, so ``optimizer.step()`` leaves the
-            model and the optimizer state as they were (with a ``GradScaler`` that has not unscaled
-            them yet: made non-finite, so the scaler skips the step and lowers its scale, as it does
-            for an overflow). Not under ``torch.distributed`` with several processes.
+            :class:`~lrkit.doctor.guard.Guard`; ``skip_spikes`` defaults to on with the guard
+            (``None``: ``guard``). Pass the loss to :meth:`after_backward` and a batch whose loss is
+            a spike far above the run's level, with the LR unchanged, has its gradients dropped
+            there, so ``optimizer.step()`` leaves the model and the optimizer state as they were
+            (with a ``GradScaler`` that has not unscaled them yet: made non-finite, so the scaler
+            skips the step and lowers its scale, as it does for an overflow). Under
+            ``torch.distributed`` the decision is taken on the loss averaged over the ranks (one
+            scalar ``all_reduce`` per step), so every rank skips the same steps.
             The stability probe logs to ``logger`` too (default
             ``logging.getLogger("lrkit.stability")``). With ``storage="disk"``, a ``run_id`` and
             ``resume=True``, a run killed with ``kill -9`` and started again with the same
@@ -288,7 +290,7 @@ class TorchDoctor(GuardedWatch):
         run_id: str | None = None,
         resume: bool = False,
         sync_writes: bool = False,
-        skip_spikes: bool = False,
+        skip_spikes: bool | None = None,
         spike_factor: float = 10.0,
         max_skips: int | None = None,
         on_converged: str | None = None,
@@ -326,6 +328,10 @@ class TorchDoctor(GuardedWatch):
         self.track_grad_norm = bool(track_grad_norm)
         self.doctor = doctor if doctor is not None else Doctor()
         self.guard: Guard | None = None
+        if skip_spikes is None:
+            skip_spikes = guard
+        elif not isinstance(skip_spikes, bool):
+            raise ValueError(f"TorchDoctor: skip_spikes must be True, False or None (on with the guard), got {skip_spikes!r}")
         if guard:
             self.guard = Guard(
                 _State(self), doctor=self.doctor, snapshot_every=snapshot_every, lr_factor=lr_factor,

@@ -63,6 +63,7 @@ from lrkit import scaling
 from lrkit.finder.range_test import find, plan_budget, plan_verify_budget
 from lrkit.finder.result import FinderResult
 from lrkit.integrations._progress import progress_bar, progress_context, watched  # noqa: F401 - progress_bar re-exported (the CLI imports it)
+from lrkit.integrations.torch.dist import distributed as _distributed, rank_mean
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 
 __all__ = ["TorchTrainer", "find_lr"]
@@ -78,14 +79,6 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(_to_device(v, device) for v in batch)
     return batch
-
-
-def _distributed() -> Any:
-    """``torch.distributed`` if a process group is initialised, else ``None``."""
-    dist = getattr(torch, "distributed", None)
-    if dist is not None and dist.is_available() and dist.is_initialized():
-        return dist
-    return None
 
 
 def _group_lr(group: dict) -> float:
@@ -473,14 +466,7 @@ class TorchTrainer(RecyclingState):
         return mean
 
     def _reduce(self, loss: torch.Tensor) -> float:
-        dist = _distributed()
-        if dist is None:
-            return float(loss)
-        backend = dist.get_backend()
-        dev = self.device if backend == "nccl" else torch.device("cpu")
-        t = loss.detach().to(dev, torch.float64).reshape(1).clone()
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return float(t.item()) / dist.get_world_size()
+        return rank_mean(loss, self.device)
 
 
 def _loader_batch_size(loader: Any) -> int | None:

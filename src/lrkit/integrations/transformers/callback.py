@@ -370,7 +370,9 @@ class LRDoctorCallback(RefreshedBeforeSaves, GuardedWatch, TrainerCallback):
         self._sched_any: Any = None  # the Trainer's scheduler (any kind): checkpoints carry our state on it
 
     def _new_guard(self) -> Guard:
-        return Guard(_State(self), doctor=self.doctor, take_initial_snapshot=False, **self._guard_kwargs)
+        # the Trainer's callbacks see a step's loss only after its update: no skipping (skip_spikes)
+        return Guard(_State(self), doctor=self.doctor, take_initial_snapshot=False, skip_spikes=False,
+                     **self._guard_kwargs)
 
     # ------------------------------------------------------------------ checks
     def _check_args(self, args: Any, model: Any) -> None:
