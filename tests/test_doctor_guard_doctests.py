@@ -9,6 +9,7 @@ import pytest
 MODULES = [
     "lrkit.doctor.guard",
     "lrkit.doctor.guard_skips",
+    "lrkit.doctor.guard_state",
     "lrkit.doctor.guarded_watch",
     "lrkit.doctor.interventions",
     "lrkit.doctor.lr_policy",

@@ -163,6 +163,7 @@ from lrkit.doctor.relapse import RelapseWatch
 from lrkit.doctor.snapshot_set import SnapshotSet
 from lrkit.doctor.snapshots import HealthTracker, SnapshotRecord, best_snapshot, choose_target
 from lrkit.doctor.guard_skips import SKIPS_KEPT, SkipsSpikes
+from lrkit.doctor.guard_state import PersistsGuard
 from lrkit.doctor.spikes import SPIKE_FACTOR, SpikeFilter
 from lrkit.doctor.storage import DiskStore, MemoryStore, SnapshotError
 
@@ -171,7 +172,7 @@ __all__ = ["Guard", "GuardGaveUp", "Intervention", "SnapshotError", "RAISE_SNAPS
 _GOOD = ("healthy", "flat", "converged", "overfitting")  # verdicts under which a snapshot may be taken
 
 
-class Guard(SkipsSpikes):
+class Guard(SkipsSpikes, PersistsGuard):
     r"""Watch a run with a :class:`~lrkit.doctor.core.Doctor`; on ``nan``/``diverging`` restore the
     newest verified-healthy snapshot and multiply the LR by ``lr_factor`` (see the module docstring).
 
@@ -554,63 +555,6 @@ class Guard(SkipsSpikes):
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def state_dict(self) -> dict[str, Any]:
-        """The guard's state without its snapshots, in plain JSON types: the LR multiplier, the
-        clock, the interventions and the doctor's state -- what a framework's own checkpoint
-        carries (Lightning's callback state, the ``Trainer``'s scheduler) so that a resumed run keeps
-        its lowered LR and its history; the checkpoint's weights become its first snapshot.
-
-        Example:
-            >>> class T:
-            ...     def snapshot(self): return None
-            ...     def restore(self, s): pass
-            >>> g = Guard(T(), take_initial_snapshot=False)
-            >>> sorted(g.state_dict())
-            ['clock', 'doctor', 'format', 'interventions', 'multiplier', 'probation', 'skipped', 'spikes', 'trained']
-        """
-        return {
-            "format": 1,
-            "multiplier": self._multiplier,
-            "clock": self._clock,
-            "trained": self._trained,
-            "interventions": [i.to_dict() for i in self._interventions],
-            "doctor": self.doctor.state_dict(),
-            "probation": self._policy.state_dict(),
-            **self._skips_state(),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue from :meth:`state_dict` (before :meth:`start`, which then snapshots the state the
-        framework restored as the run's first). A mapping of another shape is refused."""
-        if not isinstance(state, Mapping) or state.get("format") != 1 or not {
-                "multiplier", "clock", "interventions", "doctor"} <= set(state):
-            raise ValueError(f"Guard.load_state_dict: not a Guard.state_dict() (format 1), got {state!r:.200}")
-        if self._started:
-            raise ValueError("Guard.load_state_dict: the guard has started; load its state before start()")
-        m = float(state["multiplier"])
-        if not (math.isfinite(m) and m > 0):
-            raise ValueError(f"Guard.load_state_dict: multiplier must be a finite number > 0, got {m!r}")
-        self._multiplier = m
-        self._clock = int(state["clock"])
-        self._trained = int(state.get("trained", self._clock))  # a state saved before it was kept: no rollback counted
-        self._interventions = [Intervention.from_dict(i) for i in state["interventions"]]
-        self.doctor.load_state_dict(state["doctor"])
-        self._policy.load_state_dict(state.get("probation"))
-        self._load_skips(state)
-
-    def state_summary(self) -> Mapping[str, Any]:
-        """A JSON-ready summary: multiplier, clock, snapshot steps and interventions."""
-        return {
-            "lr_multiplier": self._multiplier,
-            "step_count": self._clock,
-            "trained_steps": self._trained,
-            "snapshot_steps": self.snapshot_steps,
-            "snapshot_interval": self._set.interval,
-            "interventions": [i.to_dict() for i in self._interventions],
-            "skipped_steps": list(self._skipped),
-            "verdict": self.doctor.diagnosis.verdict,
-        }
-
     # ------------------------------------------------------------------ snapshots
     def _make_store(self) -> MemoryStore | DiskStore:
         if self.storage == "disk":
@@ -640,23 +584,6 @@ class Guard(SkipsSpikes):
         self._since = 0
         self._write_manifest()
         self._set.adapt(time.thread_time() - t0)
-
-    def _write_manifest(self) -> None:
-        store = self._set.disk
-        if store is None:
-            return
-        store.write_manifest({
-            "format": 1,
-            "run_id": store.run_id,
-            "pid": os.getpid(),
-            "clock": self._clock,
-            "multiplier": self._multiplier,
-            "snapshot_every": self.snapshot_every,
-            "snapshots": [{**s.to_json(), "kind": self._set.kind(s)} for s in self._set.pool()],
-            "interventions": [i.to_dict() for i in self._interventions],
-            "probation": self._policy.state_dict(),
-            **self._skips_state(),
-        })
 
     def _load(self, pool: list[SnapshotRecord], rec: SnapshotRecord) -> Any:
         """The state of ``rec``; on a missing/corrupt file: an ERROR line, ``rec`` leaves the pool, ``None``."""
@@ -794,36 +721,6 @@ class Guard(SkipsSpikes):
         )
         self.logger.error(msg)
         raise GuardGaveUp(msg, d, self._interventions, chosen.label, by, value)
-
-    def _resume(self, manifest: Mapping[str, Any]) -> None:
-        """Continue a killed run: the newest readable snapshot not known to be bad."""
-        recs = [SnapshotRecord.from_json(s) for s in manifest["snapshots"]]
-        self._set.adopt(recs, [s.get("kind", "rolling") for s in manifest["snapshots"]])
-        pool = self._set.pool()
-        self._interventions = [Intervention.from_dict(i) for i in manifest.get("interventions", [])]
-        self._multiplier = float(manifest["multiplier"])
-        self._policy.load_state_dict(manifest.get("probation"))
-        self._load_skips(manifest)
-        while pool:
-            cands = [r for r in pool if r.healthy(self.tolerance) is not False] or pool[:1]
-            rec = cands[-1]
-            state = self._load(pool, rec)
-            if state is not None:
-                break
-        else:
-            raise SnapshotError(
-                f"lrkit guard: cannot resume run {self._set.disk.run_id}: no snapshot in {self.storage_path} "
-                "could be read (see the ERROR lines)", str(self.storage_path),
-            )
-        self._set.drop_newer(rec.label)
-        self._restore(rec, state)
-        self._clock = rec.label
-        self.resumed_from = rec.label
-        self._write_manifest()
-        self.logger.warning(
-            "lrkit guard: resumed run %s from the snapshot of step %d (LR multiplier %.3g, %d earlier interventions)",
-            self._set.disk.run_id, rec.label, self._multiplier, len(self._interventions),
-        )
 
 
 def _check_int(name: str, value: Any, low: int) -> None:
