@@ -4,6 +4,7 @@ from __future__ import annotations
 import doctest
 import json
 import logging
+import contextlib
 import math
 import os
 import socket
@@ -20,6 +21,7 @@ from _recording import RecordingDoctor  # noqa: E402
 from lrkit.doctor import Doctor  # noqa: E402
 from lrkit.doctor.guard import GuardGaveUp  # noqa: E402
 from lrkit.integrations.transformers import callback as hf_integration  # noqa: E402
+from lrkit.integrations.transformers import skips as hf_skips  # noqa: E402
 from lrkit.integrations.transformers.callback import LRDoctorCallback, _guard_blockers  # noqa: E402
 
 
@@ -398,8 +400,9 @@ def test_bad_guard_arguments():
     LRDoctorCallback(guard=True, stop_on=("flat",))  # a verdict the guard does not act on may stop the run
 
 
-def test_docstring_examples():
-    result = doctest.testmod(hf_integration, optionflags=doctest.ELLIPSIS)
+@pytest.mark.parametrize("module", [hf_integration, hf_skips])
+def test_docstring_examples(module):
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
 
 
@@ -466,3 +469,76 @@ def test_the_initial_loss_is_read_before_training_without_touching_the_run(tmp_p
     assert with_read.history == [] and with_read.n_observations == 7
     start = with_read._track.first_window[0]  # what the doctor was given as step 0
     assert start == pytest.approx(first, rel=1e-6)
+
+
+# ------------------------------------------------------------------ a bad batch skipped (skip_spikes)
+class ShardTiny(Tiny):
+    """Tiny (with ReLU: unbounded outputs) whose forward numbers in ``shard`` see garbage inputs
+    (x50): a bad data shard."""
+
+    def __init__(self, shard):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+        self.shard = set(shard)
+        self.train_calls = 0  # training forwards only (not the callback's initial-loss read)
+
+    def forward(self, x, y):
+        if self.training:
+            if self.train_calls in self.shard:
+                x = x * 50.0
+            self.train_calls += 1
+        return super().forward(x, y)
+
+
+class Around(transformers.TrainerCallback):
+    """The parameters before the first and after the last step of the shard."""
+
+    def __init__(self, first, last):
+        self.first, self.last, self.seen = first, last, {}
+
+    def on_step_begin(self, args, state, control, model=None, **kw):
+        if state.global_step == self.first:
+            self.seen["before"] = params(model)
+
+    def on_step_end(self, args, state, control, model=None, **kw):
+        if state.global_step == self.last + 1:
+            self.seen["after"] = params(model)
+
+
+@pytest.mark.parametrize("logging_steps", [1, 5])
+def test_the_guard_skips_a_bad_shard_and_the_doctor_never_sees_it(tmp_path, logging_steps):
+    shard = range(60, 66)  # forward numbers = steps 61..66 (global_step 60..65 before each)
+    seen_losses = []
+
+    class Loss(Doctor):
+        def observe(self, step, loss, **kw):
+            seen_losses.append(loss)
+            return super().observe(step, loss, **kw)
+
+    cb = LRDoctorCallback(guard=True, doctor=Loss(window=10), snapshot_every=10)  # skip_spikes: on with the guard
+    around = Around(shard.start, shard.stop - 1)
+    args = make_args(tmp_path, 0.05, steps=100, nan_filter=True, logging_steps=logging_steps)
+    trainer = transformers.Trainer(model=ShardTiny(shard), args=args, train_dataset=Data(), callbacks=[cb, around])
+    trainer.train()
+    assert cb.guard.skipped_steps == [k + 1 for k in shard] and cb.interventions == []  # the Trainer's step numbers
+    assert all(torch.equal(around.seen["before"][k], v) for k, v in around.seen["after"].items())  # nothing applied
+    assert max(seen_losses) < 20  # the doctor saw no garbage loss (they are > 1000; the start is ~5)
+    assert trainer.state.global_step == 100
+
+
+def test_without_skipping_the_hf_guard_rolls_the_shard_back(tmp_path):
+    cb = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=5, skip_spikes=False)
+    args = make_args(tmp_path, 0.05, steps=100, nan_filter=True)
+    trainer = transformers.Trainer(model=ShardTiny(range(60, 66)), args=args, train_dataset=Data(), callbacks=[cb])
+    with contextlib.suppress(GuardGaveUp):
+        trainer.train()
+    assert cb.interventions and cb.guard.skipped_count == 0
+
+
+def test_skip_spikes_arguments():
+    with pytest.raises(ValueError, match="skip_spikes=True needs guard=True"):
+        LRDoctorCallback(skip_spikes=True)
+    with pytest.raises(ValueError, match="skip_spikes must be True, False or None"):
+        LRDoctorCallback(guard=True, skip_spikes=1)
+    assert LRDoctorCallback(guard=True).guard.skips and not LRDoctorCallback(guard=True, skip_spikes=False).guard.skips

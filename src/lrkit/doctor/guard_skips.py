@@ -32,8 +32,10 @@ class SkipsSpikes:
         self.last_skip: dict[str, Any] | None = None
         self._held_val: tuple[float | None, Mapping[str, float] | None] = (None, None)
 
-    def skip(self, loss: float, *, lr: float | None = None) -> bool:
+    def skip(self, loss: float, *, lr: float | None = None, step: int | None = None) -> bool:
         """With ``skip_spikes=True``: ask, with a step's loss and LR, before its update is applied.
+        ``step``: your number for it, as in :meth:`~lrkit.doctor.guard.Guard.observe` (default:
+        the guard's clock); a skipped step is recorded under it and the clock jumps to ``step + 1``.
 
         ``True``: the loss is a spike (:mod:`lrkit.doctor.spikes`) -- do not apply the update and
         do not :meth:`~lrkit.doctor.guard.Guard.observe` the step; it is recorded as skipped (:attr:`skipped_steps`; the
@@ -51,11 +53,13 @@ class SkipsSpikes:
             >>> g.skip(80.0, lr=0.1), g.skipped_steps, g.step_count, g.trained_steps
             (True, [20], 21, 20)
         """
+        if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < self._clock):
+            raise ValueError(f"Guard.skip: step must be an int >= {self._clock} (the next step), got {step!r}")
         if self._spikes is None or not self._spikes.check(loss, lr=lr):
             return False
-        step = self._clock
+        step = self._clock if step is None else step
         self._skipped.append(step)
-        self._clock += 1
+        self._clock = step + 1
         self.last_skip = {"step": step, "loss": float(loss), "ratio": self._spikes.last_ratio,
                           "in_a_row": self._spikes.in_a_row}
         log = self.logger.warning if self._spikes.in_a_row == 1 else self.logger.info

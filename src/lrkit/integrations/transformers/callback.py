@@ -9,9 +9,9 @@ configured). The logs dict is never modified; the verdicts are in :attr:`diagnos
 :attr:`detections`.
 
 What it sees is what the ``Trainer`` logs: with ``logging_steps=k`` each loss is the mean of
-``k`` steps (use ``logging_steps=1`` for per-step detection). A per-step loss is not reachable
-from a callback (the events carry the model, optimizer and scheduler, not the loss), so the logs
-are the doctor's only loss. Each evaluation's ``eval_loss`` and ``eval_*`` metrics (``on_evaluate``)
+``k`` steps (use ``logging_steps=1`` for per-step detection). The events carry the model,
+optimizer and scheduler, not the loss, so the logs are the doctor's only loss (the guard's spike
+skipping reads each step's loss from the model's output instead; see below). Each evaluation's ``eval_loss`` and ``eval_*`` metrics (``on_evaluate``)
 go to the doctor with the next training log, so a validation result that swings without progress is
 ``fluctuating``. **``logging_nan_inf_filter``** (``True`` by default) replaces a
 NaN/inf step loss by the running average before logging, so that a run with NaN weights keeps
@@ -66,6 +66,14 @@ stepped the optimizer and the scheduler and logged the loss:
   ``trainer.train(resume_from_checkpoint=...)`` after a crash goes on with the doctor's history and
   the guard's records (the lowered LR itself is in the scheduler's ``base_lrs``). The checkpoint's
   weights become the guard's first snapshot.
+* **A bad batch skipped** (``skip_spikes``, on by default with the guard). The logs come too late
+  for that, so a forward hook on the model reads each training step's loss (the ``loss`` the model
+  returns; :mod:`lrkit.integrations.transformers.skips`), and in ``on_pre_optimizer_step`` -- the
+  gradients clipped, the update not yet applied -- a loss far above the run's level with the LR
+  steady (:mod:`lrkit.doctor.spikes`) has its gradients dropped, so ``optimizer.step()`` changes
+  nothing (with an fp16 ``GradScaler`` that has not unscaled them: one made infinite, and the
+  scaler skips the step). The next log's ``loss`` is read without that step's loss, so the doctor
+  never sees it. A model that returns no loss (a custom ``compute_loss``) gives nothing to skip on.
 * Each rollback is one WARNING line (logger ``"lrkit.guard"``, or ``logger``) and one
   :class:`~lrkit.doctor.guard.Intervention` in :attr:`interventions`; :attr:`lr_multiplier` is
   the product of the factors applied since ``train()`` began.
@@ -109,7 +117,9 @@ from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation, watch_do
 from lrkit.doctor.interventions import GuardGaveUp, Intervention
 from lrkit.doctor.model_config import chance_loss_from_config
 from lrkit.doctor.watch import check_actions
+from lrkit.integrations.torch.doctor import drop_gradients
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot, rngs_kept
+from lrkit.integrations.transformers.skips import StepLoss, loss_without
 
 __all__ = ["LRDoctorCallback"]
 
@@ -289,6 +299,8 @@ class LRDoctorCallback(RefreshedBeforeSaves, GuardedWatch, TrainerCallback):
             or ``None`` (default: only report) when the doctor notes ``converged`` (the
             evaluation loss stopped improving, as ``EarlyStoppingCallback``) or ``overfitting``;
             see :mod:`lrkit.doctor.watch`.
+        skip_spikes: leave out the update of a step whose loss is a spike far above the run's level
+            (a bad batch; see the module docstring); ``None`` (default): on with the guard.
         initial_loss: when each training log covers several steps (``logging_steps > 1``), read the
             model's loss on the first training examples before training (one batch collated from the
             dataset, the sampler untouched; no gradient, evaluation mode, every RNG left as it was)
@@ -329,8 +341,17 @@ class LRDoctorCallback(RefreshedBeforeSaves, GuardedWatch, TrainerCallback):
         on_overfitting: str | None = None,
         plateau_factor: float = 0.1,
         initial_loss: bool = True,
+        skip_spikes: bool | None = None,
     ) -> None:
         self.doctor = watch_doctor("LRDoctorCallback", guard, doctor)
+        if skip_spikes is None:
+            skip_spikes = bool(guard)
+        elif not isinstance(skip_spikes, bool):
+            raise ValueError(f"LRDoctorCallback: skip_spikes must be True, False or None (on with the guard), "
+                             f"got {skip_spikes!r}")
+        if skip_spikes and not guard:
+            raise ValueError("LRDoctorCallback: skip_spikes=True needs guard=True (the guard decides the skips)")
+        self.skip_spikes = skip_spikes
         if not isinstance(initial_loss, bool):
             raise ValueError(f"LRDoctorCallback: initial_loss must be True or False, got {initial_loss!r}")
         self.initial_loss = initial_loss
@@ -368,10 +389,13 @@ class LRDoctorCallback(RefreshedBeforeSaves, GuardedWatch, TrainerCallback):
         self._scaler: Any = None
         self._rollback_diagnosis: Diagnosis | None = None
         self._sched_any: Any = None  # the Trainer's scheduler (any kind): checkpoints carry our state on it
+        self._step_loss: StepLoss | None = None  # skip_spikes: the loss of each step, read by a forward hook
+        self._skipped: list[float] = []  # the losses of the steps skipped since the last training log
+        self._logged_at = 0  # the step of the last training log
+        self._last_skipped = False  # the last optimizer step's update was skipped
 
     def _new_guard(self) -> Guard:
-        # the Trainer's callbacks see a step's loss only after its update: no skipping (skip_spikes)
-        return Guard(_State(self), doctor=self.doctor, take_initial_snapshot=False, skip_spikes=False,
+        return Guard(_State(self), doctor=self.doctor, take_initial_snapshot=False, skip_spikes=self.skip_spikes,
                      **self._guard_kwargs)
 
     # ------------------------------------------------------------------ checks
@@ -455,6 +479,10 @@ class LRDoctorCallback(RefreshedBeforeSaves, GuardedWatch, TrainerCallback):
         if self.guard is not None:
             self.guard.start()  # the state before the first step of this call
             self._applied = self.guard.lr_multiplier  # a resumed schedule's base_lrs already hold it
+        self._release_step_loss()
+        if self.guard is not None and self.guard.skips:
+            self._step_loss = StepLoss(self._model)
+        self._skipped, self._logged_at, self._last_skipped = [], int(state.global_step), False
         if saved is None and state.global_step == 0 and self.initial_loss and _logs_every(args) > 1:
             # the first training log averages the first logging_steps steps: a blow-up inside them
             # is invisible without the loss the run started from (its first examples, before step 1)
@@ -477,7 +505,27 @@ class LRDoctorCallback(RefreshedBeforeSaves, GuardedWatch, TrainerCallback):
             return
         setattr(self._sched_any, _KEY, {**self._checkpoint_state(), "last_step": self._last_step})
 
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # the gradients of this step are in (and clipped); its loss came from the forward hook
+        if self._step_loss is None or self.guard is None:
+            return
+        loss = self._step_loss.take()
+        if loss is None:
+            return  # the model returned no loss (a custom compute_loss): nothing to decide on
+        opt = self._optimizer
+        # the step in flight is logged as global_step + 1 (the callback's numbering of the guard's records)
+        self._last_skipped = self.guard.skip(loss, lr=float(opt.param_groups[0]["lr"]), step=int(state.global_step) + 1)
+        if self._last_skipped:
+            drop_gradients([p for g in opt.param_groups for p in g["params"]], self._scaler, opt)
+            self._skipped.append(loss)
+
+    def _release_step_loss(self) -> None:
+        if self._step_loss is not None:
+            self._step_loss.remove()
+            self._step_loss = None
+
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._release_step_loss()
         self.watch_speaks = bool(getattr(state, "is_world_process_zero", True))
         self._watch_speak_summary()  # the worst problem seen, even if the run recovered
         if self.guard is not None:
@@ -496,17 +544,25 @@ class LRDoctorCallback(RefreshedBeforeSaves, GuardedWatch, TrainerCallback):
         if self._last_step is not None and step <= self._last_step:
             return  # the same step logged twice (e.g. a resumed run)
         self._last_step = step
-        loss = float(logs["loss"])
+        steps, self._logged_at = step - self._logged_at, step
+        skipped, self._skipped = self._skipped, []
+        gn_of_skip = self._last_skipped  # the log's grad_norm is the last step's: not the doctor's if skipped
+        loss = loss_without(float(logs["loss"]), steps, skipped)  # the doctor never sees a skipped step
+        if loss is None:  # every step of this log was skipped
+            if control.should_save:
+                self._refresh()
+            return
         lr = logs.get("learning_rate")
         lr = None if lr is None else float(lr)
         gn = logs.get("grad_norm")
-        gn = None if gn is None else float(gn)
+        gn = None if gn is None or gn_of_skip else float(gn)
         val_loss, metrics = self._pending_val.take()
         self._control = control
         self._rollback_diagnosis = None
         try:  # each new detection is logged once (lrkit.doctor); a rollback by the guard (lrkit.guard)
             rec = self._watch_observe(step, loss, lr=lr, grad_norm=gn, val_loss=val_loss, metrics=metrics)
         except GuardGaveUp:  # the guard restored the last good state and logged an ERROR line
+            self._release_step_loss()
             self.guard.close()
             raise
         if rec is None:
