@@ -79,8 +79,8 @@ def main() -> None:
         "Command: `.venv/bin/python benchmarks/spike_skips.py` (reads the logs of the doctor detection benchmark, "
         f"seconds). Machine: {machine()}.",
         "",
-        "How many steps the guard's `skip_spikes` (its default in `Guard`, `TorchDoctor` and the Lightning "
-        "callback with the guard, and in the autopilot) would not apply, with the rule's defaults "
+        "How many steps the guard's `skip_spikes` (its default in `Guard`, `TorchDoctor`, the Lightning and "
+        "Hugging Face callbacks with the guard, and in the autopilot) would not apply, with the rule's defaults "
         "(`lrkit.doctor.spikes`: a loss 10x the median of the last 20 losses trained on and above the median of "
         "the run's first 5, out of a calm stretch -- no spike in the 50 steps before -- or continuing a run of "
         "skips, the last loss trained on under 3x the level, with the LR not raised in the last 10 steps), on the 432 logged runs of the detection benchmark "

@@ -542,3 +542,45 @@ def test_skip_spikes_arguments():
     with pytest.raises(ValueError, match="skip_spikes must be True, False or None"):
         LRDoctorCallback(guard=True, skip_spikes=1)
     assert LRDoctorCallback(guard=True).guard.skips and not LRDoctorCallback(guard=True, skip_spikes=False).guard.skips
+
+
+class Exact(torch.nn.Module):
+    """A linear model on (nearly) linear data: SGD drives its loss to the noise floor.
+    Training forward number ``bad`` sees garbage inputs (x50)."""
+
+    def __init__(self, bad):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = torch.nn.Linear(5, 1, bias=False)
+        self.bad, self.train_calls = bad, 0
+
+    def forward(self, x, y):
+        if self.training:
+            if self.train_calls == self.bad:
+                x = x * 50.0
+            self.train_calls += 1
+        return {"loss": torch.nn.functional.mse_loss(self.lin(x), y)}
+
+
+def test_a_skipped_step_in_a_log_of_a_converged_run_raises_no_alarm(tmp_path):
+    """A log of 10 steps, one of them a skipped garbage batch (loss ~1e3) among losses ~1e-6: the
+    doctor reads the trained steps' mean, not the log's mean minus the skipped loss (whose float32
+    rounding, ~1e-4, would look like a rise of two decades, or come out negative)."""
+    seen = []
+
+    class Seen(Doctor):
+        def observe(self, step, loss, **kw):
+            seen.append((step, loss))
+            return super().observe(step, loss, **kw)
+
+    cb = LRDoctorCallback(guard=True, doctor=Seen(window=5), snapshot_every=5)
+    args = make_args(tmp_path, 0.2, steps=150, nan_filter=True, logging_steps=10)
+    data = Data()
+    data.y = data.y + 1e-3 * torch.randn(data.y.shape, generator=torch.Generator().manual_seed(1))  # floor ~1e-6
+    trainer = transformers.Trainer(model=Exact(bad=124), args=args, train_dataset=data, callbacks=[cb])
+    trainer.train()
+    assert cb.guard.skipped_steps == [125]
+    assert cb.interventions == [] and cb.detections == []
+    assert max(loss for step, loss in seen if step > 100) < 1e-4  # the log of steps 121-130 too
+    with torch.no_grad():
+        assert float(torch.nn.functional.mse_loss(trainer.model.lin(data.x), data.y)) < 1e-5

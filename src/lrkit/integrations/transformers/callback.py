@@ -72,8 +72,8 @@ stepped the optimizer and the scheduler and logged the loss:
   gradients clipped, the update not yet applied -- a loss far above the run's level with the LR
   steady (:mod:`lrkit.doctor.spikes`) has its gradients dropped, so ``optimizer.step()`` changes
   nothing (with an fp16 ``GradScaler`` that has not unscaled them: one made infinite, and the
-  scaler skips the step). The next log's ``loss`` is read without that step's loss, so the doctor
-  never sees it. A model that returns no loss (a custom ``compute_loss``) gives nothing to skip on.
+  scaler skips the step). A log that covers a skipped step is read as the mean of the hook's
+  losses of the steps trained in it, so the doctor never sees the skipped one. A model that returns no loss (a custom ``compute_loss``) gives nothing to skip on.
 * Each rollback is one WARNING line (logger ``"lrkit.guard"``, or ``logger``) and one
   :class:`~lrkit.doctor.guard.Intervention` in :attr:`interventions`; :attr:`lr_multiplier` is
   the product of the factors applied since ``train()`` began.
@@ -119,7 +119,7 @@ from lrkit.doctor.model_config import chance_loss_from_config
 from lrkit.doctor.watch import check_actions
 from lrkit.integrations.torch.doctor import drop_gradients
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot, rngs_kept
-from lrkit.integrations.transformers.skips import StepLoss, loss_without
+from lrkit.integrations.transformers.skips import StepLoss, log_loss
 
 __all__ = ["LRDoctorCallback"]
 
@@ -391,7 +391,7 @@ class LRDoctorCallback(RefreshedBeforeSaves, GuardedWatch, TrainerCallback):
         self._sched_any: Any = None  # the Trainer's scheduler (any kind): checkpoints carry our state on it
         self._step_loss: StepLoss | None = None  # skip_spikes: the loss of each step, read by a forward hook
         self._skipped: list[float] = []  # the losses of the steps skipped since the last training log
-        self._logged_at = 0  # the step of the last training log
+        self._trained: list[float] = []  # ... and of the steps trained (read by the hook)
         self._last_skipped = False  # the last optimizer step's update was skipped
 
     def _new_guard(self) -> Guard:
@@ -482,7 +482,7 @@ class LRDoctorCallback(RefreshedBeforeSaves, GuardedWatch, TrainerCallback):
         self._release_step_loss()
         if self.guard is not None and self.guard.skips:
             self._step_loss = StepLoss(self._model)
-        self._skipped, self._logged_at, self._last_skipped = [], int(state.global_step), False
+        self._skipped, self._trained, self._last_skipped = [], [], False
         if saved is None and state.global_step == 0 and self.initial_loss and _logs_every(args) > 1:
             # the first training log averages the first logging_steps steps: a blow-up inside them
             # is invisible without the loss the run started from (its first examples, before step 1)
@@ -518,6 +518,8 @@ class LRDoctorCallback(RefreshedBeforeSaves, GuardedWatch, TrainerCallback):
         if self._last_skipped:
             drop_gradients([p for g in opt.param_groups for p in g["params"]], self._scaler, opt)
             self._skipped.append(loss)
+        else:
+            self._trained.append(loss)
 
     def _release_step_loss(self) -> None:
         if self._step_loss is not None:
@@ -544,10 +546,9 @@ class LRDoctorCallback(RefreshedBeforeSaves, GuardedWatch, TrainerCallback):
         if self._last_step is not None and step <= self._last_step:
             return  # the same step logged twice (e.g. a resumed run)
         self._last_step = step
-        steps, self._logged_at = step - self._logged_at, step
-        skipped, self._skipped = self._skipped, []
+        skipped, trained, self._skipped, self._trained = self._skipped, self._trained, [], []
         gn_of_skip = self._last_skipped  # the log's grad_norm is the last step's: not the doctor's if skipped
-        loss = loss_without(float(logs["loss"]), steps, skipped)  # the doctor never sees a skipped step
+        loss = log_loss(float(logs["loss"]), trained, skipped)  # the doctor never sees a skipped step
         if loss is None:  # every step of this log was skipped
             if control.should_save:
                 self._refresh()

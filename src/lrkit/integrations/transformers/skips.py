@@ -12,16 +12,20 @@ of one optimizer step the step's loss is
 
 which is what the ``Trainer`` adds to its running loss for that step. In ``on_pre_optimizer_step``
 (after the gradients are clipped, before ``optimizer.step()``) the guard decides on it; a skipped
-step's gradients are dropped. The next training log still averages that step's loss in, so the
-callback takes it out again before the doctor reads the log (:func:`loss_without`).
+step's gradients are dropped. The next training log still averages that step's loss in, so for a
+log that covers a skipped step the doctor is given the mean of the hook's losses of the steps that
+were trained instead (:func:`log_loss`): subtracting the skipped loss from the log's mean would
+leave float32 rounding of the garbage loss in place of a converged run's tiny one.
 
 A model that returns no loss (a custom ``compute_loss``, label smoothing: the ``Trainer`` pops the
 labels) gives the hook nothing, and nothing is skipped.
 
 Example:
-    >>> loss_without(logged=2.0, steps=4, skipped=[5.0])   # (4 * 2.0 - 5.0) / 3
-    1.0
-    >>> loss_without(logged=2.0, steps=1, skipped=[2.0]) is None   # every step of the log skipped
+    >>> log_loss(logged=0.1091, trained=[2e-9, 0.0], skipped=[1.091])   # the log holds a skipped step
+    1e-09
+    >>> log_loss(logged=0.25, trained=[0.2, 0.3], skipped=[]) # no skip: the log as it is
+    0.25
+    >>> log_loss(logged=2.0, trained=[], skipped=[2.0]) is None   # every step of the log skipped
     True
 """
 from __future__ import annotations
@@ -32,7 +36,7 @@ from typing import Any, Sequence
 
 import torch
 
-__all__ = ["StepLoss", "loss_without"]
+__all__ = ["StepLoss", "log_loss"]
 
 
 class StepLoss:
@@ -64,15 +68,9 @@ class StepLoss:
         self._losses = []
 
 
-def loss_without(logged: float, steps: int, skipped: Sequence[float]) -> float | None:
-    r"""The mean training loss of a log of ``steps`` steps without the ``skipped`` steps' losses,
-    :math:`(n\bar\ell - \sum_s \ell_s) / (n - k)`; ``None`` when every step was skipped. A result
-    that is not a positive finite number (the log and the hook disagree on scale) leaves the log as
-    it was."""
-    k = len(skipped)
-    if k == 0:
+def log_loss(logged: float, trained: Sequence[float], skipped: Sequence[float]) -> float | None:
+    """The training loss a log stands for, as the doctor should read it: ``logged`` when no step of
+    it was skipped, else the mean of the ``trained`` steps' losses (``None``: every step skipped)."""
+    if not skipped:
         return logged
-    if steps <= k:
-        return None
-    out = (logged * steps - math.fsum(skipped)) / (steps - k)
-    return out if math.isfinite(out) and out > 0 else logged
+    return math.fsum(trained) / len(trained) if trained else None
