@@ -105,3 +105,36 @@ def test_resume_from_a_lightning_checkpoint_runs_no_finder_and_continues_the_sch
     _trainer(120, [cb, second], tmp_path).fit(Net(), train, ckpt_path=str(tmp_path / "last.ckpt"))
     assert first.lrs + second.lrs == pytest.approx(full.lrs, rel=1e-12)
     assert cb.events[-1].kind == "resume" and cb.finder is None
+
+
+class BadBatchNet(Net):
+    """Net whose training batch at optimizer step ``at`` is garbage (inputs x50, labels shuffled);
+    records the parameters around it."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at, self.around = at, {}
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        if self.global_step == self.at and self.trainer.training:
+            x, y = x * 50.0, y[torch.randperm(len(y), generator=torch.Generator().manual_seed(0))]
+        return super().training_step((x, y), batch_idx)
+
+    def on_train_batch_start(self, batch, batch_idx):
+        if self.global_step in (self.at, self.at + 1):
+            self.around[self.global_step] = [p.detach().clone() for p in self.parameters()]
+
+
+@pytest.mark.parametrize("skip_spikes", [True, False])
+def test_a_bad_batch_is_skipped_and_said(skip_spikes):
+    train, val = _data()
+    cb = AutopilotCallback(skip_spikes=skip_spikes)
+    model = BadBatchNet(at=100)
+    _trainer(150, [cb], val_check_interval=20).fit(model, train, val)
+    skips = [e for e in cb.events if e.kind == "skip"]
+    unchanged = all(torch.equal(a, b) for a, b in zip(model.around[100], model.around[101]))
+    if skip_spikes:
+        assert [e.step for e in skips] == [100] and unchanged and "bad batch" in skips[0].message
+    else:
+        assert skips == [] and not unchanged

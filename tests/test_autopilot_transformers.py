@@ -141,3 +141,44 @@ def test_refuses_a_scheduler_it_cannot_drive(tmp_path):
                                    train_dataset=train, eval_dataset=_data()[1], callbacks=[AutopilotCallback()])
     with pytest.raises(AutopilotError, match="ReduceLROnPlateau"):
         trainer.train()
+
+
+class Poisoned(Clf):
+    """Clf whose batch is garbage (inputs x50, labels shuffled) while ``poison`` is set."""
+
+    poison = False
+
+    def forward(self, pixels, labels=None):
+        if self.poison:
+            pixels = pixels * 50.0
+            labels = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))]
+        return super().forward(pixels, labels)
+
+
+class PoisonAt(transformers.TrainerCallback):
+    """Poisons the batch of optimizer step ``at`` and records the parameters around it."""
+
+    def __init__(self, at):
+        self.at, self.around = at, {}
+
+    def on_step_begin(self, args, state, control, model=None, **kw):
+        model.poison = state.global_step == self.at
+        if state.global_step == self.at:
+            self.around["before"] = [p.detach().clone() for p in model.parameters()]
+
+    def on_step_end(self, args, state, control, model=None, **kw):
+        if state.global_step == self.at + 1:
+            self.around["after"] = [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("logging_steps", [1, 10])
+def test_a_bad_batch_is_skipped_and_said(tmp_path, logging_steps):
+    train, _ = _data()
+    cb, poison = AutopilotCallback(), PoisonAt(100)
+    trainer = transformers.Trainer(model=Poisoned(), args=_args(tmp_path, 140, logging_steps=logging_steps),
+                                   train_dataset=train, callbacks=[cb, poison])
+    trainer.train()
+    skips = [e for e in cb.events if e.kind == "skip"]
+    assert [e.step for e in skips] == [100] and [e for e in cb.pilot.interventions if e.kind != "skip"] == []
+    assert all(torch.equal(a, b) for a, b in zip(poison.around["before"], poison.around["after"]))
+    assert not trainer.model._forward_hooks  # the loss hook left with the run

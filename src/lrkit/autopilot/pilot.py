@@ -241,7 +241,7 @@ class Autopilot:
         update out -- the loss is a spike far above the run's level with the LR steady, a bad
         batch (:mod:`lrkit.doctor.spikes`) -- and do not :meth:`observe` the step; an event says so.
         ``False`` (always without the guard or ``skip_spikes``): apply it and observe it."""
-        if not self.skips or not self.guard.skip(float(loss), lr=self.lr(step)):
+        if not self.skips or not self.guard.skip(float(loss), lr=self.lr(step), step=max(step, self.guard.step_count)):
             return False
         ratio, row = self.guard.last_skip["ratio"], self.guard.last_skip["in_a_row"]
         self._event(step, "skip", f"step {step}: skipped the update of a bad batch: its loss {float(loss):.4g} is "

@@ -21,6 +21,10 @@ the module, the optimizer state and the RNGs go back in place to the last good s
 is lowered; the ``val_loss`` (or ``val/loss``) of each validation feeds the plateau rule. Every
 intervention is logged to ``lrkit.autopilot`` and kept in :attr:`AutopilotCallback.events`.
 
+**A bad batch skipped** (``skip_spikes``, default on): the step's loss is read before its update
+(:mod:`lrkit.integrations.lightning.skips`), and a spike far above the run's level with the LR steady
+has its gradients dropped before the optimizer step; an event says so and the doctor never sees it.
+
 **Checkpoints.** The callback's :meth:`~AutopilotCallback.state_dict` (plan, multiplier, plateau,
 doctor) is saved in Lightning checkpoints; ``trainer.fit(..., ckpt_path=...)`` resumes the
 autopilot with it: no second finder run, the same schedule, the same guard state.
@@ -41,6 +45,7 @@ import torch
 from lrkit.autopilot.pilot import Autopilot, AutopilotEvent
 from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
 from lrkit.doctor.guarded_watch import PendingValidation
+from lrkit.integrations.lightning.skips import StepLossSum, drop_step
 from lrkit.integrations.torch.autopilot import _group_ratios, check_no_scheduler
 from lrkit.integrations.torch.doctor import grad_norm
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
@@ -88,7 +93,7 @@ class AutopilotCallback(pl.Callback):
         train_steps: optimizer steps of the whole run (default: ``trainer.estimated_stepping_batches``).
         shape: your own schedule shape (its scale is ignored: the autopilot sets it).
         peak_lr: fix the peak LR yourself (the finder still runs: the guard falls back to its answer).
-        guard, plateau: see :class:`lrkit.autopilot.Autopilot`.
+        guard, plateau, skip_spikes: see :class:`lrkit.autopilot.Autopilot`.
         logger: where the messages go (default ``lrkit.autopilot``).
         seed: seed of the finder's own randomness.
         progress: show the finder's progress bar.
@@ -101,12 +106,13 @@ class AutopilotCallback(pl.Callback):
 
     def __init__(self, train_steps: int | None = None, *, shape: Schedule | None = None, peak_lr: float | None = None,
                  guard: bool = True, plateau: bool = True, logger: logging.Logger | None = None, seed: int = 0,
-                 progress: bool = False) -> None:
+                 progress: bool = False, skip_spikes: bool = True) -> None:
         super().__init__()
         if train_steps is not None:
             resolve_train_steps(train_steps, where="AutopilotCallback")
         self.train_steps = train_steps
         self.shape, self.peak_lr, self.guard, self.plateau = shape, peak_lr, guard, plateau
+        self.skip_spikes = skip_spikes
         self.logger, self.seed, self.progress = logger, seed, progress
         self.pilot: Autopilot | None = None
         self.finder: Any = None
@@ -115,6 +121,8 @@ class AutopilotCallback(pl.Callback):
         self._ratios: list[float] = []
         self._last_gs = 0
         self._gn: float | None = None
+        self._step_loss = StepLossSum()  # skip_spikes: the step's loss before its update
+        self._skipping = False  # the step in flight had its update left out
         self._pending = PendingValidation(prefixes=("val_", "val/"), loss_names=("val_loss", "val/loss"))
 
     @property
@@ -189,7 +197,8 @@ class AutopilotCallback(pl.Callback):
             self.finder = self._find(trainer, pl_module, opt, steps)
             plan = make_plan(self.finder, family=check_optimizer(opt), train_steps=steps, shape=self.shape,
                              peak_lr=self.peak_lr)
-            self.pilot = Autopilot(plan, guard=self.guard, plateau=self.plateau, logger=self.logger)
+            self.pilot = Autopilot(plan, guard=self.guard, plateau=self.plateau, logger=self.logger,
+                                   skip_spikes=self.skip_spikes)
             self.pilot.logger.info("%s", plan.summary())
         self.pilot.attach(_State(pl_module, opt))
         self._last_gs = trainer.global_step
@@ -204,7 +213,15 @@ class AutopilotCallback(pl.Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         self._apply(trainer.global_step)
 
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
+        if self.pilot is not None and self.pilot.skips:
+            self._step_loss.add(trainer, loss)
+
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        if self.pilot.skips and self.pilot.skip(trainer.global_step, self._step_loss.take(trainer, pl_module)):
+            self._skipping = True
+            drop_step(trainer, self._optimizer)
+            return
         self._gn = grad_norm(list(pl_module.parameters()))
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -217,6 +234,9 @@ class AutopilotCallback(pl.Callback):
             return
         step = trainer.global_step - 1
         self._last_gs = trainer.global_step
+        if self._skipping:  # the update was left out (a loss spike): nothing trained, nothing to observe
+            self._skipping = False
+            return
         loss = _loss_of(outputs)
         if loss is None:
             return

@@ -56,7 +56,8 @@ import torch
 from lrkit.doctor.core import SEVERITY, Doctor
 from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation
 from lrkit.doctor.interventions import Intervention
-from lrkit.integrations.torch.doctor import drop_gradients, grad_norm
+from lrkit.integrations.lightning.skips import StepLossSum, drop_step
+from lrkit.integrations.torch.doctor import grad_norm
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 
 __all__ = ["LRDoctorCallback"]
@@ -151,7 +152,7 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         self._step = 0
         self._last_lr: float | None = None
         self._pending_val = PendingValidation(prefixes=("val_", "val/"), loss_names=("val_loss", "val/loss"))
-        self._loss_sum = 0.0  # the losses handed to backward since the last optimizer step (skip_spikes)
+        self._step_loss = StepLossSum()  # the losses handed to backward since the last optimizer step (skip_spikes)
         self._skipping = False
 
     # ------------------------------------------------------------------ checkpoints
@@ -245,25 +246,17 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         self._pending_val.hold(trainer.callback_metrics)
 
     def on_before_backward(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", loss: torch.Tensor) -> None:
-        if self.guard is None or not self.guard.skips:
-            return
-        value = float(loss.detach().float())
-        scaler = getattr(trainer.precision_plugin, "scaler", None)
-        if scaler is not None and scaler.is_enabled():
-            value /= float(scaler.get_scale())  # Lightning's AMP hands over the scaled loss
-        self._loss_sum += value  # already divided by accumulate_grad_batches: the sum is the step's mean
+        if self.guard is not None and self.guard.skips:
+            self._step_loss.add(trainer, loss)
 
     def on_before_optimizer_step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", optimizer: Any) -> None:
         if self.guard is not None and self.guard.skips and self._optimizers and \
                 getattr(optimizer, "optimizer", optimizer) is self._optimizers[0]:
-            loss, self._loss_sum = self._loss_sum, 0.0
-            if trainer.world_size > 1:  # every rank decides on the same (mean) loss
-                loss = float(trainer.strategy.reduce(torch.tensor(loss, device=pl_module.device), reduce_op="mean"))
+            loss = self._step_loss.take(trainer, pl_module)
             lr = float(self._optimizers[0].param_groups[0]["lr"]) * self.lr_multiplier
             if self.guard.skip(loss, lr=lr):
                 self._skipping = True
-                params = [p for g in self._optimizers[0].param_groups for p in g["params"]]
-                drop_gradients(params, getattr(trainer.precision_plugin, "scaler", None), self._optimizers[0])
+                drop_step(trainer, self._optimizers[0])
                 return
         if self.track_grad_norm:
             self._gn = grad_norm(list(pl_module.parameters()))

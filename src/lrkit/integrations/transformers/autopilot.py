@@ -8,8 +8,7 @@ model computes its own loss: ``model(**batch).loss``), decides the plan, and tak
 autopilot's LR, so the ``Trainer`` keeps stepping its own scheduler and logs the autopilot's
 ``learning_rate``.
 
-**The guard** reads what the ``Trainer`` logs (``on_log``: ``loss``, ``grad_norm``; a per-step loss
-is not reachable from a callback), so set ``logging_steps`` small (1 for per-step watching; a run
+**The guard** reads what the ``Trainer`` logs (``on_log``: ``loss``, ``grad_norm``), so set ``logging_steps`` small (1 for per-step watching; a run
 that will write fewer training logs than the doctor's window, as the default 500 does over a few
 thousand steps, gets a warning saying what to set). On
 ``nan``/``diverging`` the model, the optimizer state, the AMP scaler and the RNGs go back in place
@@ -18,6 +17,12 @@ to the last good snapshot and the LR is lowered from the next step on. Each eval
 in :attr:`AutopilotCallback.events`. ``logging_nan_inf_filter`` must stay ``True`` (the default;
 see :mod:`lrkit.transformers` ``LRDoctorCallback`` for why); a NaN then reaches the doctor through
 ``grad_norm``.
+
+**A bad batch skipped** (``skip_spikes``, default on): a forward hook reads each step's loss from
+the model's output and in ``on_pre_optimizer_step`` a spike far above the run's level with the LR
+steady has its gradients dropped (as :mod:`lrkit.transformers` ``LRDoctorCallback`` does,
+:mod:`lrkit.integrations.transformers.skips`); an event says so and the log that covers it is read
+without it.
 
 **Checkpoints.** The autopilot's state rides in the scheduler's ``state_dict`` (``LambdaLR`` saves
 the attributes of callable lambdas), refreshed whenever the ``Trainer`` is about to save: so
@@ -43,6 +48,7 @@ from lrkit.doctor.guarded_watch import PendingValidation
 from lrkit.integrations.torch.autopilot import _group_ratios
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 from lrkit.integrations.transformers.callback import RefreshedBeforeSaves, _expected_logs, _guard_blockers
+from lrkit.integrations.transformers.skips import HoldsStepSkips, StepSkips
 from lrkit.schedules.base import Schedule
 
 __all__ = ["AutopilotCallback"]
@@ -76,13 +82,13 @@ class _State(RecyclingState):
         state.restore(self.model, [self.optimizer], scaler=self.scaler)
 
 
-class AutopilotCallback(RefreshedBeforeSaves, TrainerCallback):
+class AutopilotCallback(HoldsStepSkips, RefreshedBeforeSaves, TrainerCallback):
     """Train with ``transformers.Trainer`` and no learning rate given (see the module docstring).
 
     Args:
         shape: your own schedule shape (its scale is ignored: the autopilot sets it).
         peak_lr: fix the peak LR yourself (the finder still runs: the guard falls back to its answer).
-        guard, plateau: see :class:`lrkit.autopilot.Autopilot`.
+        guard, plateau, skip_spikes: see :class:`lrkit.autopilot.Autopilot`.
         logger: where the messages go (default ``lrkit.autopilot``).
         seed: seed of the finder's own randomness.
         progress: show the finder's progress bar.
@@ -95,8 +101,9 @@ class AutopilotCallback(RefreshedBeforeSaves, TrainerCallback):
 
     def __init__(self, *, shape: Schedule | None = None, peak_lr: float | None = None, guard: bool = True,
                  plateau: bool = True, logger: logging.Logger | None = None, seed: int = 0,
-                 progress: bool = False) -> None:
+                 progress: bool = False, skip_spikes: bool = True) -> None:
         self.shape, self.peak_lr, self.guard, self.plateau = shape, peak_lr, guard, plateau
+        self.skip_spikes = skip_spikes
         self.logger, self.seed, self.progress = logger, seed, progress
         self.pilot: Autopilot | None = None
         self.finder: Any = None
@@ -105,6 +112,8 @@ class AutopilotCallback(RefreshedBeforeSaves, TrainerCallback):
         self._scheduler: Any = None
         self._ratios: list[float] = []
         self._last_step: int | None = None
+        self._skips: StepSkips | None = None  # skip_spikes: each step's loss (a forward hook) and the skips
+        self._scaler: Any = None
         self._pending = PendingValidation(prefixes=("eval_",), loss_names=("eval_loss",))
 
     @property
@@ -152,10 +161,15 @@ class AutopilotCallback(RefreshedBeforeSaves, TrainerCallback):
                                      kwargs.get("eval_dataloader"), steps)
             plan = make_plan(self.finder, family=check_optimizer(inner), train_steps=steps, shape=self.shape,
                              peak_lr=self.peak_lr)
-            self.pilot = Autopilot(plan, guard=self.guard, plateau=self.plateau, logger=self.logger)
+            self.pilot = Autopilot(plan, guard=self.guard, plateau=self.plateau, logger=self.logger,
+                                   skip_spikes=self.skip_spikes)
             self.pilot.logger.info("%s", plan.summary())
             self._warn_if_few_logs(args, state)
-        self.pilot.attach(_State(model, inner, getattr(optimizer, "scaler", None)))
+        self._scaler = getattr(optimizer, "scaler", None)
+        self.pilot.attach(_State(model, inner, self._scaler))
+        self._release_skips()
+        if self.pilot.skips:
+            self._skips = StepSkips(model)
         self._lambda = _PilotLambda(self)
         scheduler.lr_lambdas = [self._lambda] * len(inner.param_groups)
         scheduler.base_lrs = list(self._ratios)
@@ -204,6 +218,14 @@ class AutopilotCallback(RefreshedBeforeSaves, TrainerCallback):
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kwargs: Any) -> None:
         self._pending.hold(metrics)
 
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._skips is not None and self.pilot is not None:
+            step = int(state.global_step)  # the optimizer step in flight
+            self._skips.decide(lambda loss: self.pilot.skip(step, loss), self._optimizer, self._scaler)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._release_skips()
+
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
         if self.pilot is None or not logs or "loss" not in logs:
             return
@@ -212,9 +234,18 @@ class AutopilotCallback(RefreshedBeforeSaves, TrainerCallback):
             return
         self._last_step = step
         gn = logs.get("grad_norm")
+        loss, gn = float(logs["loss"]), None if gn is None else float(gn)
+        if self._skips is not None:  # the doctor never sees a skipped step
+            loss, gn = self._skips.read_log(loss, gn)
+            if loss is None:  # every step of this log was skipped
+                return
         val_loss, metrics = self._pending.take()
-        rolled = self.pilot.observe(step, float(logs["loss"]), lr=logs.get("learning_rate"),
-                                    grad_norm=None if gn is None else float(gn), val_loss=val_loss, metrics=metrics)
+        try:
+            rolled = self.pilot.observe(step, loss, lr=logs.get("learning_rate"), grad_norm=gn, val_loss=val_loss,
+                                        metrics=metrics)
+        except Exception:
+            self._release_skips()  # training ends here (the guard gave up): take the hook off the model
+            raise
         if rolled:
             self._apply(self._scheduler.last_epoch)
 

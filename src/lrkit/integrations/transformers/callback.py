@@ -117,9 +117,8 @@ from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation, watch_do
 from lrkit.doctor.interventions import GuardGaveUp, Intervention
 from lrkit.doctor.model_config import chance_loss_from_config
 from lrkit.doctor.watch import check_actions
-from lrkit.integrations.torch.doctor import drop_gradients
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot, rngs_kept
-from lrkit.integrations.transformers.skips import StepLoss, log_loss
+from lrkit.integrations.transformers.skips import HoldsStepSkips, StepSkips
 
 __all__ = ["LRDoctorCallback"]
 
@@ -275,7 +274,7 @@ class RefreshedBeforeSaves:
             self._refresh()
 
 
-class LRDoctorCallback(RefreshedBeforeSaves, GuardedWatch, TrainerCallback):
+class LRDoctorCallback(HoldsStepSkips, RefreshedBeforeSaves, GuardedWatch, TrainerCallback):
     """Diagnose (and with ``guard=True`` protect) a ``transformers.Trainer`` run from its logs.
 
     See the module docstring for what is read, how the LR is lowered and what is supported.
@@ -389,10 +388,7 @@ class LRDoctorCallback(RefreshedBeforeSaves, GuardedWatch, TrainerCallback):
         self._scaler: Any = None
         self._rollback_diagnosis: Diagnosis | None = None
         self._sched_any: Any = None  # the Trainer's scheduler (any kind): checkpoints carry our state on it
-        self._step_loss: StepLoss | None = None  # skip_spikes: the loss of each step, read by a forward hook
-        self._skipped: list[float] = []  # the losses of the steps skipped since the last training log
-        self._trained: list[float] = []  # ... and of the steps trained (read by the hook)
-        self._last_skipped = False  # the last optimizer step's update was skipped
+        self._skips: StepSkips | None = None  # skip_spikes: each step's loss (a forward hook) and the skips
 
     def _new_guard(self) -> Guard:
         return Guard(_State(self), doctor=self.doctor, take_initial_snapshot=False, skip_spikes=self.skip_spikes,
@@ -479,10 +475,9 @@ class LRDoctorCallback(RefreshedBeforeSaves, GuardedWatch, TrainerCallback):
         if self.guard is not None:
             self.guard.start()  # the state before the first step of this call
             self._applied = self.guard.lr_multiplier  # a resumed schedule's base_lrs already hold it
-        self._release_step_loss()
+        self._release_skips()
         if self.guard is not None and self.guard.skips:
-            self._step_loss = StepLoss(self._model)
-        self._skipped, self._trained, self._last_skipped = [], [], False
+            self._skips = StepSkips(self._model)
         if saved is None and state.global_step == 0 and self.initial_loss and _logs_every(args) > 1:
             # the first training log averages the first logging_steps steps: a blow-up inside them
             # is invisible without the loss the run started from (its first examples, before step 1)
@@ -507,27 +502,15 @@ class LRDoctorCallback(RefreshedBeforeSaves, GuardedWatch, TrainerCallback):
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         # the gradients of this step are in (and clipped); its loss came from the forward hook
-        if self._step_loss is None or self.guard is None:
+        if self._skips is None or self.guard is None:
             return
-        loss = self._step_loss.take()
-        if loss is None:
-            return  # the model returned no loss (a custom compute_loss): nothing to decide on
-        opt = self._optimizer
+        opt, guard = self._optimizer, self.guard
         # the step in flight is logged as global_step + 1 (the callback's numbering of the guard's records)
-        self._last_skipped = self.guard.skip(loss, lr=float(opt.param_groups[0]["lr"]), step=int(state.global_step) + 1)
-        if self._last_skipped:
-            drop_gradients([p for g in opt.param_groups for p in g["params"]], self._scaler, opt)
-            self._skipped.append(loss)
-        else:
-            self._trained.append(loss)
-
-    def _release_step_loss(self) -> None:
-        if self._step_loss is not None:
-            self._step_loss.remove()
-            self._step_loss = None
+        self._skips.decide(lambda loss: guard.skip(loss, lr=float(opt.param_groups[0]["lr"]),
+                                                   step=int(state.global_step) + 1), opt, self._scaler)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._release_step_loss()
+        self._release_skips()
         self.watch_speaks = bool(getattr(state, "is_world_process_zero", True))
         self._watch_speak_summary()  # the worst problem seen, even if the run recovered
         if self.guard is not None:
@@ -546,24 +529,23 @@ class LRDoctorCallback(RefreshedBeforeSaves, GuardedWatch, TrainerCallback):
         if self._last_step is not None and step <= self._last_step:
             return  # the same step logged twice (e.g. a resumed run)
         self._last_step = step
-        skipped, trained, self._skipped, self._trained = self._skipped, self._trained, [], []
-        gn_of_skip = self._last_skipped  # the log's grad_norm is the last step's: not the doctor's if skipped
-        loss = log_loss(float(logs["loss"]), trained, skipped)  # the doctor never sees a skipped step
+        gn = logs.get("grad_norm")
+        loss, gn = float(logs["loss"]), None if gn is None else float(gn)
+        if self._skips is not None:  # the doctor never sees a skipped step
+            loss, gn = self._skips.read_log(loss, gn)
         if loss is None:  # every step of this log was skipped
             if control.should_save:
                 self._refresh()
             return
         lr = logs.get("learning_rate")
         lr = None if lr is None else float(lr)
-        gn = logs.get("grad_norm")
-        gn = None if gn is None or gn_of_skip else float(gn)
         val_loss, metrics = self._pending_val.take()
         self._control = control
         self._rollback_diagnosis = None
         try:  # each new detection is logged once (lrkit.doctor); a rollback by the guard (lrkit.guard)
             rec = self._watch_observe(step, loss, lr=lr, grad_norm=gn, val_loss=val_loss, metrics=metrics)
         except GuardGaveUp:  # the guard restored the last good state and logged an ERROR line
-            self._release_step_loss()
+            self._release_skips()
             self.guard.close()
             raise
         if rec is None:

@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
-__all__ = ["StepLoss", "log_loss"]
+from lrkit.integrations.torch.doctor import drop_gradients
+
+__all__ = ["HoldsStepSkips", "StepLoss", "StepSkips", "log_loss"]
 
 
 class StepLoss:
@@ -74,3 +76,49 @@ def log_loss(logged: float, trained: Sequence[float], skipped: Sequence[float]) 
     if not skipped:
         return logged
     return math.fsum(trained) / len(trained) if trained else None
+
+
+class StepSkips:
+    """What a ``TrainerCallback`` keeps to skip bad batches: the hook, and the losses of the steps
+    trained and skipped since the last training log. ``decide`` in ``on_pre_optimizer_step``,
+    ``read_log`` in ``on_log``, ``remove`` when training ends (or fails)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self._loss = StepLoss(model)
+        self._trained: list[float] = []
+        self._skipped: list[float] = []
+        #: the last optimizer step's update was left out
+        self.last_skipped = False
+
+    def decide(self, ask: Callable[[float], bool], optimizer: torch.optim.Optimizer, scaler: Any) -> bool:
+        """Ask ``ask(loss)`` with the step's loss; ``True``: its gradients were dropped."""
+        loss = self._loss.take()
+        self.last_skipped = loss is not None and bool(ask(loss))
+        if self.last_skipped:
+            drop_gradients([p for g in optimizer.param_groups for p in g["params"]], scaler, optimizer)
+            self._skipped.append(loss)
+        elif loss is not None:
+            self._trained.append(loss)
+        return self.last_skipped
+
+    def read_log(self, logged: float, grad_norm: float | None) -> tuple[float | None, float | None]:
+        """The log's loss and gradient norm as the doctor should read them (:func:`log_loss`; the
+        norm is the last step's: dropped when that step was skipped). Starts the next log."""
+        loss = log_loss(logged, self._trained, self._skipped)
+        self._trained, self._skipped = [], []
+        return loss, None if self.last_skipped else grad_norm
+
+    def remove(self) -> None:
+        self._loss.remove()
+
+
+class HoldsStepSkips:
+    """Mixin for a ``TrainerCallback`` that owns a :class:`StepSkips` in ``_skips`` (``None`` without)."""
+
+    _skips: StepSkips | None = None
+
+    def _release_skips(self) -> None:
+        """Take the hook off the model (training ended, or failed)."""
+        if self._skips is not None:
+            self._skips.remove()
+            self._skips = None

@@ -1,0 +1,47 @@
+"""Skipping a bad batch's update under Lightning: the step's loss before its update, and the update dropped.
+
+Lightning hands each micro-batch's loss to ``on_before_backward`` (already divided by
+``accumulate_grad_batches``, and scaled under fp16 AMP); their sum, unscaled, is the optimizer
+step's mean loss. ``on_before_optimizer_step`` (after Lightning's AMP unscaling and clipping) is
+where the guard decides; with several processes on the loss averaged over them
+(``trainer.strategy.reduce``), so that every rank skips the same steps. A skipped step's
+gradients are dropped (:func:`~lrkit.integrations.torch.doctor.drop_gradients`): the optimizer
+step that follows changes nothing.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lrkit.integrations.torch.doctor import drop_gradients
+
+__all__ = ["StepLossSum", "drop_step"]
+
+
+class StepLossSum:
+    """The loss of the optimizer step in flight, summed from ``on_before_backward``."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+
+    def add(self, trainer: Any, loss: torch.Tensor) -> None:
+        """Add a micro-batch's loss (as ``on_before_backward`` receives it)."""
+        value = float(loss.detach().float())
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        if scaler is not None and scaler.is_enabled():
+            value /= float(scaler.get_scale())  # Lightning's AMP hands over the scaled loss
+        self.total += value
+
+    def take(self, trainer: Any, pl_module: Any) -> float:
+        """The step's loss (the mean over the ranks with several processes); starts the next sum."""
+        loss, self.total = self.total, 0.0
+        if trainer.world_size > 1:  # every rank decides on the same (mean) loss
+            loss = float(trainer.strategy.reduce(torch.tensor(loss, device=pl_module.device), reduce_op="mean"))
+        return loss
+
+
+def drop_step(trainer: Any, optimizer: torch.optim.Optimizer) -> None:
+    """Leave the coming optimizer step nothing to apply (Lightning's AMP scaler, if any, included)."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    drop_gradients(params, getattr(trainer.precision_plugin, "scaler", None), optimizer)
