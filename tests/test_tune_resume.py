@@ -79,3 +79,26 @@ def test_kill_9_mid_trial_then_resume(tmp_path):
     complete = sorted(t.params["lr"] for t in study.trials if t.state.name == "COMPLETE")
     assert complete == VALUES  # none lost
     assert [t.state.name for t in study.trials].count("FAIL") == 1  # the killed one, superseded
+
+
+def test_a_trial_has_a_heartbeat_before_its_objective_runs(tmp_path, monkeypatch):
+    """Optuna's heartbeat thread may not have run yet when the objective starts (a loaded machine):
+    a worker killed then would leave a RUNNING trial with no heartbeat, never found stale and never
+    tried again. lrkit records the first heartbeat itself: here the thread never records one, and
+    the trial still goes stale once its worker is silent for the grace period."""
+    from optuna.storages import _heartbeat
+
+    from lrkit.tune import tune
+
+    monkeypatch.setattr(_heartbeat.HeartbeatThread, "_record_heartbeat", staticmethod(lambda *a: None))
+    seen = []
+
+    def objective(lr, trial):
+        storage = trial.study._storage
+        time.sleep(1.3)  # silent past the grace period (1 s)
+        seen.append(trial._trial_id in storage._get_stale_trial_ids(trial.study._study_id))
+        return lr
+
+    tune(objective, n_trials=1, strategy="grid", values=[1e-3], storage=f"sqlite:///{tmp_path / 's.db'}",
+         study_name="hb", train_steps=1, pruner="none", heartbeat_interval=1, grace_period=1)
+    assert seen == [True]

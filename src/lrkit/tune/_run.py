@@ -289,6 +289,7 @@ def _extra_space(batch_sizes: Sequence[int] | None, schedules: Sequence[Any] | N
 def _wrap(objective: Callable, lo: float, hi: float, chain: ChainPruner,
           extra: dict[str, list]) -> Callable[[optuna.Trial], float]:
     def run(trial: optuna.Trial) -> float:
+        _first_heartbeat(trial)
         for name, choices in extra.items():  # before the LR: the lrkit line search depends on them
             trial.suggest_categorical(name, choices)
         lr = trial.suggest_float(LR, lo, hi, log=True)
@@ -318,6 +319,18 @@ def _wrap(objective: Callable, lo: float, hi: float, chain: ChainPruner,
         return value
 
     return run
+
+
+def _first_heartbeat(trial: optuna.Trial) -> None:
+    """Record the trial's first heartbeat now, before the objective runs. Optuna's heartbeat thread
+    records it when it is first scheduled, which on a loaded machine can come after the objective
+    has started; a worker killed in between leaves a RUNNING trial with no heartbeat, which is never
+    found stale: its LR would never be tried again."""
+    from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
+
+    storage = trial.study._storage
+    if isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage):
+        storage.record_heartbeat(trial._trial_id)
 
 
 def _requeue(trial: optuna.Trial) -> None:
