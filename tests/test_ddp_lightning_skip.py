@@ -4,7 +4,6 @@ replicas stay identical."""
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -62,8 +61,10 @@ def _data():
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available in this build")
-def test_both_ranks_skip_a_shard_only_one_of_them_sees(tmp_path):
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+def test_both_ranks_skip_a_shard_only_one_of_them_sees(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MASTER_PORT", "0")  # Lightning's ddp_spawn picks a free port: restored after the test
+    monkeypatch.delenv("MASTER_PORT")
     cb = LRDoctorCallback(guard=True, snapshot_every=20)  # skip_spikes: on with the guard
     trainer = pl.Trainer(max_steps=70, accelerator="cpu", devices=2, strategy="ddp_spawn", enable_progress_bar=False,
                          logger=False, enable_checkpointing=False, enable_model_summary=False,
