@@ -18,6 +18,7 @@ MODULES = [
     "lrkit.doctor.snapshot_set",
     "lrkit.doctor.snapshots",
     "lrkit.doctor.spikes",
+    "lrkit.integrations.torch.dist",
     "lrkit.integrations.torch.doctor",
     "lrkit.integrations.torch.hessian",
 ]

@@ -38,7 +38,7 @@ def rank_mean(value: Any, device: torch.device | None = None) -> float:
     the value's own device, else the current CUDA device); other backends reduce on the CPU."""
     dist = distributed()
     if dist is None or dist.get_world_size() == 1:
-        return float(value.detach().float().item()) if isinstance(value, torch.Tensor) else float(value)
+        return float(value.detach().item()) if isinstance(value, torch.Tensor) else float(value)
     if dist.get_backend() == "nccl":
         if device is None:
             device = value.device if isinstance(value, torch.Tensor) and value.is_cuda else torch.device("cuda")

@@ -11,9 +11,9 @@ configured). The logs dict is never modified; the verdicts are in :attr:`diagnos
 What it sees is what the ``Trainer`` logs: with ``logging_steps=k`` each loss is the mean of
 ``k`` steps (use ``logging_steps=1`` for per-step detection). The events carry the model,
 optimizer and scheduler, not the loss, so the logs are the doctor's only loss (the guard's spike
-skipping reads each step's loss from the model's output instead; see below). Each evaluation's ``eval_loss`` and ``eval_*`` metrics (``on_evaluate``)
-go to the doctor with the next training log, so a validation result that swings without progress is
-``fluctuating``. **``logging_nan_inf_filter``** (``True`` by default) replaces a
+skipping reads each step's loss from the model's output instead; see below). Each evaluation's
+``eval_loss`` and ``eval_*`` metrics (``on_evaluate``) go to the doctor with the next training log,
+so a validation result that swings without progress is ``fluctuating``. **``logging_nan_inf_filter``** (``True`` by default) replaces a
 NaN/inf step loss by the running average before logging, so that a run with NaN weights keeps
 logging finite losses: the doctor can then only see the NaN through ``grad_norm`` (logged when
 ``max_grad_norm > 0``, the default, and by recent transformers always). Without the guard the
@@ -73,7 +73,8 @@ stepped the optimizer and the scheduler and logged the loss:
   steady (:mod:`lrkit.doctor.spikes`) has its gradients dropped, so ``optimizer.step()`` changes
   nothing (with an fp16 ``GradScaler`` that has not unscaled them: one made infinite, and the
   scaler skips the step). A log that covers a skipped step is read as the mean of the hook's
-  losses of the steps trained in it, so the doctor never sees the skipped one. A model that returns no loss (a custom ``compute_loss``) gives nothing to skip on.
+  losses of the steps trained in it, so the doctor never sees the skipped one. A model that
+  returns no loss (a custom ``compute_loss``) gives nothing to skip on.
 * Each rollback is one WARNING line (logger ``"lrkit.guard"``, or ``logger``) and one
   :class:`~lrkit.doctor.guard.Intervention` in :attr:`interventions`; :attr:`lr_multiplier` is
   the product of the factors applied since ``train()`` began.
