@@ -16,7 +16,7 @@ from lrkit.doctor.watch import SpeakingWatch
 if TYPE_CHECKING:  # pragma: no cover
     from lrkit.doctor.guard import Guard
 
-__all__ = ["GuardedWatch", "PendingValidation", "watch_doctor"]
+__all__ = ["GuardedWatch", "PendingValidation", "watch_doctor", "watch_skip_spikes"]
 
 
 def watch_doctor(who: str, guard: Any, doctor: Any) -> Doctor:
@@ -31,6 +31,22 @@ def watch_doctor(who: str, guard: Any, doctor: Any) -> Doctor:
     if doctor is not None and not isinstance(doctor, Doctor):
         raise ValueError(f"{who}: doctor must be an lrkit.doctor.Doctor or None, got {type(doctor).__name__}")
     return doctor if doctor is not None else Doctor()
+
+
+def watch_skip_spikes(who: str, skip_spikes: Any, guard: Any) -> bool:
+    """The ``skip_spikes`` a watcher takes: ``None`` is on with the guard; ``True`` needs the guard.
+
+    Example:
+        >>> watch_skip_spikes("MyCallback", None, True), watch_skip_spikes("MyCallback", None, False)
+        (True, False)
+    """
+    if skip_spikes is None:
+        return bool(guard)
+    if not isinstance(skip_spikes, bool):
+        raise ValueError(f"{who}: skip_spikes must be True, False or None (on with the guard), got {skip_spikes!r}")
+    if skip_spikes and not guard:
+        raise ValueError(f"{who}: skip_spikes=True needs guard=True (the guard decides the skips)")
+    return skip_spikes
 
 
 class PendingValidation:

@@ -54,7 +54,7 @@ import lightning.pytorch as pl
 import torch
 
 from lrkit.doctor.core import SEVERITY, Doctor
-from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation
+from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation, watch_skip_spikes
 from lrkit.doctor.interventions import Intervention
 from lrkit.integrations.lightning.skips import StepLossSum, drop_step
 from lrkit.integrations.torch.doctor import grad_norm
@@ -128,13 +128,7 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         skip_spikes: bool | None = None,
     ) -> None:
         super().__init__()
-        if skip_spikes is None:
-            skip_spikes = bool(guard)
-        elif not isinstance(skip_spikes, bool):
-            raise ValueError(f"LRDoctorCallback: skip_spikes must be True, False or None (on with the guard), "
-                             f"got {skip_spikes!r}")
-        if skip_spikes and not guard:
-            raise ValueError("LRDoctorCallback: skip_spikes=True needs guard=True (the guard decides the skips)")
+        skip_spikes = watch_skip_spikes("LRDoctorCallback", skip_spikes, guard)
         self._trainer: Any = None
         self._init_watch("LRDoctorCallback", _State(self), guard=guard, doctor=doctor, logger=logger,
                          on_converged=on_converged, on_overfitting=on_overfitting, plateau_factor=plateau_factor,

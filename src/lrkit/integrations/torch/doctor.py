@@ -115,7 +115,7 @@ import torch
 from lrkit.doctor.core import Diagnosis, Doctor
 from lrkit.doctor.watch import check_actions
 from lrkit.doctor.guard import Guard
-from lrkit.doctor.guarded_watch import GuardedWatch
+from lrkit.doctor.guarded_watch import GuardedWatch, watch_skip_spikes
 from lrkit.doctor.interventions import Intervention
 from lrkit.integrations.torch.hessian import (
     StabilityProbe,
@@ -166,9 +166,7 @@ def loss_value(loss: Any) -> float:
     """The loss a skip is decided on (:func:`scalar_loss`); under ``torch.distributed`` its mean
     over the ranks (:func:`~lrkit.integrations.torch.dist.rank_mean`), so that every rank skips
     the same steps and the replicas stay identical. Every rank must call it at the same step."""
-    if isinstance(loss, torch.Tensor) and loss.numel() != 1:
-        raise ValueError(f"after_backward: loss must be a scalar, got a tensor of shape {tuple(loss.shape)}")
-    return rank_mean(loss if isinstance(loss, torch.Tensor) else float(loss))
+    return rank_mean(scalar_loss(loss, "after_backward"))
 
 
 def drop_gradients(params: Sequence[torch.Tensor], scaler: Any, optimizer: torch.optim.Optimizer) -> None:
@@ -328,10 +326,7 @@ class TorchDoctor(GuardedWatch):
         self.track_grad_norm = bool(track_grad_norm)
         self.doctor = doctor if doctor is not None else Doctor()
         self.guard: Guard | None = None
-        if skip_spikes is None:
-            skip_spikes = guard
-        elif not isinstance(skip_spikes, bool):
-            raise ValueError(f"TorchDoctor: skip_spikes must be True, False or None (on with the guard), got {skip_spikes!r}")
+        skip_spikes = watch_skip_spikes("TorchDoctor", skip_spikes, guard)
         if guard:
             self.guard = Guard(
                 _State(self), doctor=self.doctor, snapshot_every=snapshot_every, lr_factor=lr_factor,
@@ -340,8 +335,6 @@ class TorchDoctor(GuardedWatch):
                 run_id=run_id, resume=resume, sync_writes=sync_writes, skip_spikes=skip_spikes,
                 spike_factor=spike_factor, max_skips=max_skips,
             )
-        elif skip_spikes:
-            raise ValueError("TorchDoctor: skip_spikes=True needs guard=True (the guard decides the skips)")
         elif not isinstance(self.doctor, Doctor):
             raise ValueError(f"TorchDoctor: doctor must be an lrkit.doctor.Doctor or None, got {type(doctor).__name__}")
         self._base: list[Any] | None = None

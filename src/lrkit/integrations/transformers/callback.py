@@ -114,7 +114,7 @@ from transformers import TrainerCallback
 from lrkit.doctor.core import VERDICTS, Diagnosis, Doctor
 from lrkit.doctor.diagnosis import settings_for_rows
 from lrkit.doctor.guard import Guard
-from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation, watch_doctor
+from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation, watch_doctor, watch_skip_spikes
 from lrkit.doctor.interventions import GuardGaveUp, Intervention
 from lrkit.doctor.model_config import chance_loss_from_config
 from lrkit.doctor.watch import check_actions
@@ -344,14 +344,7 @@ class LRDoctorCallback(HoldsStepSkips, RefreshedBeforeSaves, GuardedWatch, Train
         skip_spikes: bool | None = None,
     ) -> None:
         self.doctor = watch_doctor("LRDoctorCallback", guard, doctor)
-        if skip_spikes is None:
-            skip_spikes = bool(guard)
-        elif not isinstance(skip_spikes, bool):
-            raise ValueError(f"LRDoctorCallback: skip_spikes must be True, False or None (on with the guard), "
-                             f"got {skip_spikes!r}")
-        if skip_spikes and not guard:
-            raise ValueError("LRDoctorCallback: skip_spikes=True needs guard=True (the guard decides the skips)")
-        self.skip_spikes = skip_spikes
+        self.skip_spikes = watch_skip_spikes("LRDoctorCallback", skip_spikes, guard)
         if not isinstance(initial_loss, bool):
             raise ValueError(f"LRDoctorCallback: initial_loss must be True or False, got {initial_loss!r}")
         self.initial_loss = initial_loss
