@@ -20,22 +20,27 @@ __all__ = ["StepLossSum", "drop_step"]
 
 
 class StepLossSum:
-    """The loss of the optimizer step in flight, summed from ``on_before_backward``."""
+    """The loss of the optimizer step in flight, summed from ``on_before_backward``. The losses
+    stay on their device until :meth:`take`: one host sync per optimizer step, after the backward
+    passes were queued, not one per micro-batch before each."""
 
     def __init__(self) -> None:
-        self.total = 0.0
+        self._parts: list[torch.Tensor] = []
 
     def add(self, trainer: Any, loss: torch.Tensor) -> None:
         """Add a micro-batch's loss (as ``on_before_backward`` receives it)."""
-        value = float(loss.detach().float())
-        scaler = getattr(trainer.precision_plugin, "scaler", None)
-        if scaler is not None and scaler.is_enabled():
-            value /= float(scaler.get_scale())  # Lightning's AMP hands over the scaled loss
-        self.total += value
+        self._parts.append(loss.detach())
 
     def take(self, trainer: Any, pl_module: Any) -> float:
         """The step's loss (the mean over the ranks with several processes); starts the next sum."""
-        loss, self.total = self.total, 0.0
+        parts, self._parts = self._parts, []
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        # Lightning's AMP hands over the scaled loss; the scale changes only after the optimizer step
+        scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else None
+        loss = 0.0
+        for part in parts:
+            value = float(part.float())
+            loss += value / scale if scale is not None else value
         if trainer.world_size > 1:  # every rank decides on the same (mean) loss
             loss = float(trainer.strategy.reduce(torch.tensor(loss, device=pl_module.device), reduce_op="mean"))
         return loss

@@ -42,10 +42,11 @@ __all__ = ["HoldsStepSkips", "StepLoss", "StepSkips", "log_loss"]
 
 
 class StepLoss:
-    """A forward hook on ``model`` that collects the loss of each training forward pass until :meth:`take`."""
+    """A forward hook on ``model`` that collects the loss of each training forward pass until
+    :meth:`take` (kept on its device until then: one host sync per optimizer step)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
-        self._losses: list[float] = []
+        self._losses: list[torch.Tensor] = []
         self._summed = False
         self._handle = model.register_forward_hook(self._hook, with_kwargs=True)
 
@@ -55,14 +56,15 @@ class StepLoss:
         loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             return
-        self._losses.append(float(loss.detach().float().item()))
+        self._losses.append(loss.detach())
         self._summed = kwargs.get("num_items_in_batch") is not None
 
     def take(self) -> float | None:
         """The loss of the step whose micro-batches ran since the last call (``None``: none seen)."""
-        losses, self._losses = self._losses, []
-        if not losses:
+        if not self._losses:
             return None
+        losses = [float(t.float().item()) for t in self._losses]
+        self._losses = []
         return math.fsum(losses) if self._summed else math.fsum(losses) / len(losses)
 
     def remove(self) -> None:
