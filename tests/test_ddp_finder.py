@@ -9,46 +9,47 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import torch.distributed as dist  # noqa: E402
-from _ddp import run_ranks  # noqa: E402
+from _ddp import process_group, run_ranks  # noqa: E402
 
 pytestmark = [pytest.mark.torch, pytest.mark.distributed, pytest.mark.slow]
 
 
 def _worker(rank: int, world: int, tmp: str) -> None:
     torch.set_num_threads(1)
+    with process_group(rank, world, tmp):
+        _run(rank, tmp)  # the DDP model is freed on its return, before the group
+
+
+def _run(rank: int, tmp: str) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
     from torch.utils.data import DataLoader, TensorDataset
 
     from lrkit.integrations.torch.trainer import find_lr
 
-    dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=world)
-    try:
-        torch.manual_seed(0)
-        net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
-        model = DDP(net)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        g = torch.Generator().manual_seed(100 + rank)  # every rank has its own shard, of a different scale
-        x = torch.randn(64, 4, generator=g) * (1 + 2 * rank)
-        y = x.sum(dim=1, keepdim=True)
-        dl = DataLoader(TensorDataset(x, y), batch_size=16)
-        local: list[float] = []
-
-        def step_fn(m, batch):
-            xb, yb = batch
-            loss = torch.nn.functional.mse_loss(m(xb), yb)
-            local.append(float(loss.detach()))
-            return loss
-
-        before = {k: v.clone() for k, v in model.state_dict().items()}
-        res = find_lr(model, opt, None, dl, step_fn=step_fn, start_lr=1e-5, end_lr=1e3, num_iter=60,
-                      progress=False, verify=False)
-        same = all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and len(opt.state) == 0
-        Path(tmp, f"rank{rank}.json").write_text(json.dumps({
-            "lrs": res.lrs.tolist(), "losses": res.losses.tolist(), "local": local, "restored": same,
-            "stopped_early": res.stopped_early, "batch_size": res.batch_size,
-        }))
-    finally:
-        dist.destroy_process_group()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    model = DDP(net)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    g = torch.Generator().manual_seed(100 + rank)  # every rank has its own shard, of a different scale
+    x = torch.randn(64, 4, generator=g) * (1 + 2 * rank)
+    y = x.sum(dim=1, keepdim=True)
+    dl = DataLoader(TensorDataset(x, y), batch_size=16)
+    local: list[float] = []
+    
+    def step_fn(m, batch):
+        xb, yb = batch
+        loss = torch.nn.functional.mse_loss(m(xb), yb)
+        local.append(float(loss.detach()))
+        return loss
+    
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = find_lr(model, opt, None, dl, step_fn=step_fn, start_lr=1e-5, end_lr=1e3, num_iter=60,
+                  progress=False, verify=False)
+    same = all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and len(opt.state) == 0
+    Path(tmp, f"rank{rank}.json").write_text(json.dumps({
+        "lrs": res.lrs.tolist(), "losses": res.losses.tolist(), "local": local, "restored": same,
+        "stopped_early": res.stopped_early, "batch_size": res.batch_size,
+    }))
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available in this build")

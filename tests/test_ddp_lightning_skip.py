@@ -1,6 +1,7 @@
-"""Lightning DDP (two CPU processes, gloo, ``ddp_spawn``): a bad shard on one rank only. The
-callback decides on the loss averaged over the ranks, so both skip the same steps and the
-replicas stay identical."""
+"""Lightning DDP (two CPU processes, gloo, ``ddp_spawn``). A bad shard on one rank only: the
+callback decides on the loss averaged over the ranks, so both skip the same steps. Non-iid shards
+and an LR raised 30x: both ranks roll back at the same steps, to the same snapshots. Either way
+the replicas stay identical."""
 from __future__ import annotations
 
 import json
@@ -60,20 +61,73 @@ def _data():
     return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=16)
 
 
-@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available in this build")
-def test_both_ranks_skip_a_shard_only_one_of_them_sees(tmp_path, monkeypatch):
+def _fit(module, callbacks, max_steps, tmp_path, monkeypatch):
+    """``module`` on two ``ddp_spawn`` CPU ranks; what each rank's recorder wrote."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("MASTER_PORT", "0")  # Lightning's ddp_spawn picks a free port: restored after the test
     monkeypatch.delenv("MASTER_PORT")
-    cb = LRDoctorCallback(guard=True, snapshot_every=20)  # skip_spikes: on with the guard
-    trainer = pl.Trainer(max_steps=70, accelerator="cpu", devices=2, strategy="ddp_spawn", enable_progress_bar=False,
-                         logger=False, enable_checkpointing=False, enable_model_summary=False,
-                         callbacks=[cb, Record(cb, str(tmp_path))])
+    trainer = pl.Trainer(max_steps=max_steps, accelerator="cpu", devices=2, strategy="ddp_spawn",
+                         enable_progress_bar=False, logger=False, enable_checkpointing=False,
+                         enable_model_summary=False, callbacks=callbacks)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer.fit(ShardOnRankOne(), _data())
-    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+        trainer.fit(module, _data())
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available in this build")
+def test_both_ranks_skip_a_shard_only_one_of_them_sees(tmp_path, monkeypatch):
+    cb = LRDoctorCallback(guard=True, snapshot_every=20)  # skip_spikes: on with the guard
+    r0, r1 = _fit(ShardOnRankOne(), [cb, Record(cb, str(tmp_path))], 70, tmp_path, monkeypatch)
     assert r0["skipped"] == r1["skipped"] == list(SHARD)
     assert r0["rollbacks"] == r1["rollbacks"] == 0
     assert r0["around"][str(SHARD.start)] == r0["around"][str(SHARD.stop)]  # nothing applied across the shard
     assert r0["around"] == r1["around"]  # the replicas stayed identical
+
+
+RAISE_STEP = 40
+
+
+class NonIidShards(pl.LightningModule):
+    """Rank 1's inputs are 3x larger (its loss level and noise differ from rank 0's); the LR is
+    raised 30x at RAISE_STEP."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(5, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        if self.global_rank == 1:
+            x, y = 3.0 * x, 3.0 * y
+        return torch.nn.functional.mse_loss(self.net(x), y)
+
+    def on_train_batch_start(self, batch, batch_idx):
+        if self.global_step == RAISE_STEP:
+            for group in self.optimizers().optimizer.param_groups:
+                group["lr"] *= 30.0
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+class RecordGuard(pl.Callback):
+    def __init__(self, doctor, out):
+        self.doctor, self.out = doctor, out
+
+    def on_train_end(self, trainer, module):
+        Path(self.out, f"rank{trainer.global_rank}.json").write_text(json.dumps({
+            "events": [(r.step, r.restored_to, r.new_multiplier) for r in self.doctor.interventions],
+            "snaps": self.doctor.guard.snapshot_steps,
+            "params": [p.detach().flatten().tolist() for p in module.parameters()]}))
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available in this build")
+def test_a_divergence_on_non_iid_shards_is_rolled_back_on_every_rank_alike(tmp_path, monkeypatch):
+    cb = LRDoctorCallback(guard=True, snapshot_every=10)
+    r0, r1 = _fit(NonIidShards(), [cb, RecordGuard(cb, str(tmp_path))], 120, tmp_path, monkeypatch)
+    assert r0["events"], "the 30x raise must make the guard act"
+    assert r0["events"] == r1["events"]
+    assert r0["snaps"] == r1["snaps"]
+    assert r0["params"] == r1["params"]

@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import torch.distributed as dist  # noqa: E402
-from _ddp import run_ranks  # noqa: E402
+from _ddp import process_group, run_ranks  # noqa: E402
 
 pytestmark = [pytest.mark.torch, pytest.mark.distributed, pytest.mark.slow]
 
@@ -20,39 +20,40 @@ STEPS = 90
 
 def _worker(rank: int, world: int, tmp: str) -> None:
     torch.set_num_threads(1)
+    with process_group(rank, world, tmp):
+        _run(rank, tmp)  # the DDP model is freed on its return, before the group
+
+
+def _run(rank: int, tmp: str) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from lrkit.integrations.torch.doctor import TorchDoctor
 
-    dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=world)
-    try:
-        torch.manual_seed(0)
-        model = DDP(torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)))
-        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        g = torch.Generator().manual_seed(10 + rank)  # each rank its own batches
-        w = torch.randn(8, 3, generator=torch.Generator().manual_seed(1))
-        local, around = [], {}
-        with TorchDoctor(model, opt, snapshot_every=20) as watch:  # skip_spikes: on with the guard
-            for k in range(STEPS):
-                x = torch.randn(32, 8, generator=g)
-                y = (x @ w).argmax(1)
-                if rank == 1 and k in SHARD:  # garbage on this rank only
-                    x, y = x * 50.0, y[torch.randperm(32, generator=g)]
-                opt.zero_grad(set_to_none=True)
-                loss = torch.nn.functional.cross_entropy(model(x), y)
-                loss.backward()
-                local.append(float(loss.detach()))
-                watch.after_backward(loss)
-                opt.step()
-                watch.after_step(k, loss)
-                if k in (SHARD.start - 1, SHARD.stop - 1, STEPS - 1):
-                    around[k] = [p.detach().flatten().tolist() for p in model.parameters()]
-            skipped, rollbacks = watch.guard.skipped_steps, len(watch.interventions)
-        Path(tmp, f"rank{rank}.json").write_text(json.dumps(
-            {"skipped": skipped, "rollbacks": rollbacks, "around": {str(k): v for k, v in around.items()},
-             "local": local}))
-    finally:
-        dist.destroy_process_group()
+    torch.manual_seed(0)
+    model = DDP(torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    g = torch.Generator().manual_seed(10 + rank)  # each rank its own batches
+    w = torch.randn(8, 3, generator=torch.Generator().manual_seed(1))
+    local, around = [], {}
+    with TorchDoctor(model, opt, snapshot_every=20) as watch:  # skip_spikes: on with the guard
+        for k in range(STEPS):
+            x = torch.randn(32, 8, generator=g)
+            y = (x @ w).argmax(1)
+            if rank == 1 and k in SHARD:  # garbage on this rank only
+                x, y = x * 50.0, y[torch.randperm(32, generator=g)]
+            opt.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            local.append(float(loss.detach()))
+            watch.after_backward(loss)
+            opt.step()
+            watch.after_step(k, loss)
+            if k in (SHARD.start - 1, SHARD.stop - 1, STEPS - 1):
+                around[k] = [p.detach().flatten().tolist() for p in model.parameters()]
+        skipped, rollbacks = watch.guard.skipped_steps, len(watch.interventions)
+    Path(tmp, f"rank{rank}.json").write_text(json.dumps(
+        {"skipped": skipped, "rollbacks": rollbacks, "around": {str(k): v for k, v in around.items()},
+         "local": local}))
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available in this build")

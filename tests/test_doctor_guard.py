@@ -812,6 +812,31 @@ def test_the_period_stretched_by_costly_snapshots_comes_back_when_they_turn_chea
     assert t.snaps > 7 and intervals[-1] == 5  # back to snapshot_every once they are cheap
 
 
+def test_the_period_is_taken_on_the_numbers_the_processes_agree_on():
+    """``agree`` stands for the other processes of a distributed run: it is handed (snapshot cost,
+    step time) and what it returns decides the period. Cheap snapshots here, but the processes
+    agree on 0.5 s each: stretched to its limit; agreeing on what this process measured: not."""
+    seen = []
+
+    def costly(values):
+        seen.append(list(values))
+        return [0.5, values[1]]
+
+    periods = {}
+    for name, agree in (("costly", costly), ("own", lambda values: values)):
+        g = Guard(LinReg(), snapshot_every=5, max_overhead=0.01, agree=agree)
+        for _ in range(60):
+            g.step(0.05)
+        periods[name] = g.snapshot_interval
+    assert periods == {"costly": 50, "own": 5}
+    assert seen and all(len(v) == 2 and v[0] >= 0 for v in seen)
+
+
+def test_agree_must_be_callable():
+    with pytest.raises(ValueError, match="agree must be callable"):
+        Guard(LinReg(), agree=0.5)
+
+
 def _rec(label, post, *, best=math.inf, sigma=0.0, lr=None):
     from lrkit.doctor.snapshots import SnapshotRecord
 

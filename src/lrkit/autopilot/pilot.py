@@ -62,7 +62,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from lrkit.autopilot import policy
 from lrkit.autopilot.history import RunHistory
@@ -152,10 +152,11 @@ class Autopilot:
         self._gave_up = False
 
     # ------------------------------------------------------------------ wiring
-    def attach(self, state: Any) -> "Autopilot":
+    def attach(self, state: Any, *, agree: Callable[[list[float]], Sequence[float]] | None = None) -> "Autopilot":
         """Give the autopilot the training state to guard: an object with ``snapshot()`` and
         ``restore(state)`` (the Trainer protocol's half). Takes the first snapshot now. Returns
-        ``self``. Without ``guard`` this only checks the object."""
+        ``self``. Without ``guard`` this only checks the object. ``agree``: as in
+        :class:`~lrkit.doctor.guard.Guard` (a run on several processes)."""
         for name in ("snapshot", "restore"):
             if not callable(getattr(state, name, None)):
                 raise AutopilotError(f"Autopilot.attach: the state must have a callable {name}(), "
@@ -165,7 +166,8 @@ class Autopilot:
             # forgive_first=False: the autopilot's own policy (policy.lowered_multiplier) decides
             # what a rollback does to the LR, as a correction on the guard's multiplier
             self.guard = Guard(state, doctor=self.doctor, on_intervention=self._on_intervention,
-                               logger=_GUARD_LOG, forgive_first=False, skip_spikes=self.skip_spikes, **settings)
+                               logger=_GUARD_LOG, forgive_first=False, skip_spikes=self.skip_spikes, agree=agree,
+                               **settings)
         return self
 
     # ------------------------------------------------------------------ the LR

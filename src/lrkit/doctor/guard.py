@@ -152,7 +152,7 @@ import logging
 import math
 import os
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from lrkit.doctor.core import Diagnosis, Doctor
 from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation, watch_doctor  # noqa: F401 - re-exported
@@ -232,6 +232,12 @@ class Guard(SkipsSpikes, PersistsGuard):
         max_skips: the most updates skipped in a row before the doctor takes over (a model whose
             every batch is a spike is broken); an int >= 1, default ``snapshot_every`` (never more
             than a snapshot period of steps skipped in a row).
+        agree: for a run on several processes that each run a guard: a function that takes this
+            process's measurements (a list of floats) and returns the values every process shares
+            (e.g. their mean over the ranks; every process must call it at the same point). The
+            one decision the guard takes on time, the snapshot period (``max_overhead``), is taken
+            on them, so that every process snapshots at the same steps. Default ``None``: this
+            process's own. The torch and Lightning adapters pass one under ``torch.distributed``.
     """
 
     def __init__(
@@ -259,6 +265,7 @@ class Guard(SkipsSpikes, PersistsGuard):
         skip_spikes: bool = True,
         spike_factor: float = SPIKE_FACTOR,
         max_skips: int | None = None,
+        agree: Callable[[list[float]], Sequence[float]] | None = None,
     ) -> None:
         for name in ("snapshot", "restore"):
             if not callable(getattr(trainer, name, None)):
@@ -294,6 +301,8 @@ class Guard(SkipsSpikes, PersistsGuard):
             raise ValueError(f"Guard: sync_writes is only used with storage='disk', got storage={storage!r}")
         if resume and (storage != "disk" or run_id is None):
             raise ValueError("Guard: resume=True needs storage='disk' and a run_id (the run to find again)")
+        if agree is not None and not callable(agree):
+            raise ValueError(f"Guard: agree must be callable or None, got {type(agree).__name__}")
         if on_intervention is not None and not callable(on_intervention):
             raise ValueError(f"Guard: on_intervention must be callable or None, got {type(on_intervention).__name__}")
         self.trainer = trainer
@@ -308,6 +317,7 @@ class Guard(SkipsSpikes, PersistsGuard):
         self.tolerance = float(tolerance)
         self.max_overhead = None if max_overhead is None else float(max_overhead)
         self.on_intervention = on_intervention
+        self.agree = agree
         self.logger = logger if logger is not None else logging.getLogger("lrkit.guard")
         self.keep_initial = bool(keep_initial)
         self.resume = resume
@@ -583,7 +593,10 @@ class Guard(SkipsSpikes, PersistsGuard):
         del state
         self._since = 0
         self._write_manifest()
-        self._set.adapt(time.thread_time() - t0)
+        cost, step_time = time.thread_time() - t0, self._set.step_time
+        if self.agree is not None:  # every process of a distributed run takes the same period
+            cost, step_time = (float(v) for v in self.agree([cost, step_time]))
+        self._set.adapt(cost, step_time)
 
     def _load(self, pool: list[SnapshotRecord], rec: SnapshotRecord) -> Any:
         """The state of ``rec``; on a missing/corrupt file: an ERROR line, ``rec`` leaves the pool, ``None``."""

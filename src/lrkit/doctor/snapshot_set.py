@@ -162,14 +162,17 @@ class SnapshotSet:
         """The time one training step took (outside the snapshots)."""
         self.step_time = seconds if math.isnan(self.step_time) else 0.9 * self.step_time + 0.1 * seconds
 
-    def adapt(self, cost: float) -> None:
-        """Stretch the period so that snapshots cost at most ``max_overhead`` of the time."""
+    def adapt(self, cost: float, step_time: float | None = None) -> None:
+        """Stretch the period so that snapshots cost at most ``max_overhead`` of the time
+        (``step_time``: the step time to compare with, default the one measured here)."""
         self.costs = (self.costs + [cost])[-5:]
-        if self.max_overhead is None or math.isnan(self.step_time) or len(self.costs) < 2:
+        if step_time is None:
+            step_time = self.step_time
+        if self.max_overhead is None or math.isnan(step_time) or len(self.costs) < 2:
             return
         c = sorted(self.costs)[len(self.costs) // 2]
         if c < MIN_COST:  # cheap again (e.g. copied into recycled memory): the period comes back
             self.interval = self.every
             return
-        need = math.ceil(c / (self.max_overhead * max(self.step_time, 1e-9)))
+        need = math.ceil(c / (self.max_overhead * max(step_time, 1e-9)))
         self.interval = min(max(self.every, need), MAX_STRETCH * self.every)

@@ -47,6 +47,7 @@ from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer,
 from lrkit.doctor.guarded_watch import PendingValidation
 from lrkit.integrations.lightning.skips import StepLossSum, drop_step
 from lrkit.integrations.torch.autopilot import _group_ratios, check_no_scheduler
+from lrkit.integrations.torch.dist import rank_means
 from lrkit.integrations.torch.doctor import grad_norm
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 from lrkit.schedules.base import Schedule
@@ -200,7 +201,7 @@ class AutopilotCallback(pl.Callback):
             self.pilot = Autopilot(plan, guard=self.guard, plateau=self.plateau, logger=self.logger,
                                    skip_spikes=self.skip_spikes)
             self.pilot.logger.info("%s", plan.summary())
-        self.pilot.attach(_State(pl_module, opt))
+        self.pilot.attach(_State(pl_module, opt), agree=rank_means)  # several processes: their mean timings
         self._last_gs = trainer.global_step
         self._apply(trainer.global_step)
 
@@ -242,9 +243,11 @@ class AutopilotCallback(pl.Callback):
             return
         val_loss, metrics = self._pending.take()
         gn, self._gn = self._gn, None
-        rolled = self.pilot.observe(step, float(loss.detach().float().item()),
-                                    lr=float(self._optimizer.param_groups[0]["lr"]),
-                                    grad_norm=gn if gn else None, val_loss=val_loss, metrics=metrics)
+        value, gn = float(loss.detach().float().item()), gn if gn else None
+        if trainer.world_size > 1:  # every rank reads the same numbers, so all take the same decisions
+            value, gn, val_loss = rank_means([value, gn, val_loss], device=pl_module.device)
+        rolled = self.pilot.observe(step, value, lr=float(self._optimizer.param_groups[0]["lr"]),
+                                    grad_norm=gn, val_loss=val_loss, metrics=metrics)
         if rolled:
             self._apply(trainer.global_step)
 

@@ -34,6 +34,11 @@ optimizer step changes nothing; the doctor does not see that batch. With several
 decision is taken on the loss averaged over them (``trainer.strategy.reduce``), so every rank
 skips the same steps.
 
+**Several processes** (DDP): the loss, gradient norm and validation loss the doctor reads are
+averaged over the ranks, and the snapshot period is taken on the ranks' mean timings, so every
+rank reaches the same verdicts and the guard rolls back on all of them at the same step, to the
+same snapshot, with the same LR: the replicas stay identical.
+
 **Checkpoints.** The callback's state -- the guard's LR multiplier (applied by the hooks, so no
 optimizer or scheduler state holds it), its interventions, the doctor's state and the step count --
 is saved in every Lightning checkpoint (``state_dict``), and ``trainer.fit(..., ckpt_path=...)``
@@ -57,6 +62,7 @@ from lrkit.doctor.core import SEVERITY, Doctor
 from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation, watch_skip_spikes
 from lrkit.doctor.interventions import Intervention
 from lrkit.integrations.lightning.skips import StepLossSum, drop_step
+from lrkit.integrations.torch.dist import rank_means
 from lrkit.integrations.torch.doctor import grad_norm
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 
@@ -135,7 +141,7 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
                          snapshot_every=snapshot_every, lr_factor=lr_factor, forgive_first=forgive_first,
                          max_retries=max_retries, act_on=act_on,
                          storage=storage, storage_dir=storage_dir, on_intervention=on_intervention,
-                         skip_spikes=skip_spikes)
+                         skip_spikes=skip_spikes, agree=rank_means)
         self.log_verdict = bool(log_verdict)
         self.track_grad_norm = bool(track_grad_norm)
         self._module: torch.nn.Module | None = None
@@ -275,6 +281,8 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         step = self._step
         self._step += 1
         val_loss, metrics = self._pending_val.take()
+        if trainer.world_size > 1:  # every rank reads the same numbers, so all take the same decisions
+            loss, gn, val_loss = rank_means([loss, gn, val_loss], device=pl_module.device)
         # each new detection is logged once (lrkit.doctor, rank zero); a rollback by the guard
         self._watch_observe(step, loss, lr=lr, grad_norm=gn, val_loss=val_loss, metrics=metrics)
         if self.log_verdict:

@@ -76,6 +76,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from lrkit.autopilot.pilot import Autopilot, AutopilotEvent
 from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
+from lrkit.integrations.torch.dist import rank_means, world_size
 from lrkit.integrations.torch.doctor import drop_gradients, grad_norm, loss_value
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 from lrkit.schedules.base import Schedule
@@ -202,7 +203,7 @@ class AutopilotScheduler(LRScheduler):
         old = self.pilot
         self.pilot = Autopilot.from_state_dict(state_dict["autopilot"], logger=old.logger)
         if self._state is not None:
-            self.pilot.attach(self._state)
+            self.pilot.attach(self._state, agree=rank_means)
         self._count = int(state_dict["step"])
         self.apply()
 
@@ -222,7 +223,7 @@ class TorchAutopilot:
                  finder: Any = None, scaler: Any = None, step: int = 0, track_grad_norm: bool = True) -> None:
         self.model, self.optimizer, self.finder = model, optimizer, finder
         self._state = _TorchState(model, optimizer, scaler)
-        pilot.attach(self._state)
+        pilot.attach(self._state, agree=rank_means)  # under torch.distributed: the ranks' mean timings
         self.scheduler = AutopilotScheduler(optimizer, pilot, step=step, state=self._state)
         self._params = [p for g in optimizer.param_groups for p in g["params"]]
         self._next = int(step)
@@ -261,7 +262,11 @@ class TorchAutopilot:
     def after_step(self, loss: Any, *, val_loss: float | None = None,
                    metrics: Mapping[str, float] | None = None) -> bool:
         """Report the step just taken (call it after ``optimizer.step()``). Returns ``True`` when the
-        guard rolled model and optimizer back (in place; the LR is re-applied)."""
+        guard rolled model and optimizer back (in place; the LR is re-applied). Under
+        ``torch.distributed`` call it on every rank at every step: the loss, the gradient norm and
+        ``val_loss`` are averaged over the ranks (``val_loss`` over those that give one), so every
+        rank takes the same decisions and the replicas stay identical; ``metrics`` are read as
+        each rank gives them."""
         if self._skipping:  # after_backward held this update back: nothing trained, nothing to report
             self._skipping = False
             self._next += 1
@@ -273,10 +278,12 @@ class TorchAutopilot:
         if isinstance(val_loss, torch.Tensor):
             val_loss = float(val_loss.detach().float().item())
         gn = grad_norm(self._params) if self.track_grad_norm else None
+        gn = gn if gn else None
+        if world_size() > 1:  # every rank reads the same numbers, so all take the same decisions
+            loss, gn, val_loss = rank_means([loss, gn, val_loss])
         step = self._next
         self._next += 1
-        rolled = self.pilot.observe(step, float(loss), lr=self.lr(), grad_norm=gn if gn else None,
-                                    val_loss=val_loss, metrics=metrics)
+        rolled = self.pilot.observe(step, float(loss), lr=self.lr(), grad_norm=gn, val_loss=val_loss, metrics=metrics)
         if rolled:
             self.scheduler.apply()
         return rolled

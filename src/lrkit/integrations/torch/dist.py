@@ -7,14 +7,16 @@ it is the same everywhere.
 Example:
     >>> rank_mean(2.5)  # no process group: the value itself
     2.5
+    >>> rank_means([0.5, None])  # each value over the ranks that have one; None where none has
+    [0.5, None]
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
-__all__ = ["distributed", "rank_mean", "world_size"]
+__all__ = ["distributed", "rank", "rank_mean", "rank_means", "world_size"]
 
 
 def distributed() -> Any:
@@ -31,6 +33,20 @@ def world_size() -> int:
     return dist.get_world_size() if dist is not None else 1
 
 
+def rank() -> int:
+    """This process's rank in the initialised group (0 without one)."""
+    dist = distributed()
+    return dist.get_rank() if dist is not None else 0
+
+
+def _reduce_device(dist: Any, value: Any, device: torch.device | None) -> torch.device:
+    if dist.get_backend() != "nccl":
+        return torch.device("cpu")
+    if device is None:
+        device = value.device if isinstance(value, torch.Tensor) and value.is_cuda else torch.device("cuda")
+    return device
+
+
 def rank_mean(value: Any, device: torch.device | None = None) -> float:
     r"""``value`` (a float or a one-element tensor) averaged over the ranks,
     :math:`\frac{1}{W}\sum_{r=1}^{W} v_r` (one ``all_reduce`` of a float64 scalar; every rank must
@@ -39,14 +55,29 @@ def rank_mean(value: Any, device: torch.device | None = None) -> float:
     dist = distributed()
     if dist is None or dist.get_world_size() == 1:
         return float(value.detach().item()) if isinstance(value, torch.Tensor) else float(value)
-    if dist.get_backend() == "nccl":
-        if device is None:
-            device = value.device if isinstance(value, torch.Tensor) and value.is_cuda else torch.device("cuda")
-    else:
-        device = torch.device("cpu")
+    device = _reduce_device(dist, value, device)
     if isinstance(value, torch.Tensor):
         t = value.detach().to(device, torch.float64).reshape(1).clone()
     else:
         t = torch.tensor([float(value)], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return float(t.item()) / dist.get_world_size()
+
+
+def rank_means(values: Sequence[float | None], device: torch.device | None = None) -> list[float | None]:
+    r"""Each of ``values`` averaged over the ranks that have it: for value :math:`i`,
+    :math:`\frac{\sum_r v_{r,i}}{|\{r : v_{r,i} \ne \mathrm{None}\}|}`, ``None`` where no rank
+    has one (a validation loss one rank computed at this step reaches every rank; a NaN on any rank
+    makes the mean NaN). One ``all_reduce`` of :math:`2n` float64 numbers; every rank must call it
+    at the same point with as many values. Without a process group: the values themselves.
+    ``device``: as for :func:`rank_mean`.
+    """
+    dist = distributed()
+    if dist is None or dist.get_world_size() == 1:
+        return [None if v is None else float(v) for v in values]
+    n = len(values)
+    flat = [0.0 if v is None else float(v) for v in values] + [0.0 if v is None else 1.0 for v in values]
+    t = torch.tensor(flat, dtype=torch.float64, device=_reduce_device(dist, None, device))
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    sums, counts = t[:n].tolist(), t[n:].tolist()
+    return [s / c if c > 0 else None for s, c in zip(sums, counts)]

@@ -126,7 +126,7 @@ from lrkit.integrations.torch.hessian import (
     explain,
     with_stability,
 )
-from lrkit.integrations.torch.dist import rank_mean
+from lrkit.integrations.torch.dist import rank, rank_mean, rank_means, world_size
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 
 __all__ = ["TorchDoctor", "StabilityProbe", "grad_norm"]
@@ -238,7 +238,8 @@ class TorchDoctor(GuardedWatch):
             ``resume=True``, a run killed with ``kill -9`` and started again with the same
             arguments is restored here, in the constructor, to its newest good snapshot (model,
             optimizer, scaler, RNGs, loaders' generators, LR multiplier, doctor):
-            :attr:`start_step` is then the step to continue from.
+            :attr:`start_step` is then the step to continue from. Under ``torch.distributed`` each
+            rank keeps its snapshots under ``<run_id>.rank<r>`` and resumes from its own.
         scaler: your ``torch.amp.GradScaler``, if any (snapshotted; its scale divides the
             gradient norm, so call :meth:`after_backward` before ``scaler.unscale_``).
         loaders: data loaders whose ``torch.Generator`` is snapshotted too (by default none: the
@@ -328,12 +329,14 @@ class TorchDoctor(GuardedWatch):
         self.guard: Guard | None = None
         skip_spikes = watch_skip_spikes("TorchDoctor", skip_spikes, guard)
         if guard:
+            if storage == "disk" and isinstance(run_id, str) and world_size() > 1:
+                run_id = f"{run_id}.rank{rank()}"  # every rank keeps (and resumes) its own snapshots
             self.guard = Guard(
                 _State(self), doctor=self.doctor, snapshot_every=snapshot_every, lr_factor=lr_factor,
                 forgive_first=forgive_first, max_retries=max_retries, act_on=act_on, storage=storage,
                 storage_dir=storage_dir, on_intervention=on_intervention, logger=logger, keep=keep, max_overhead=max_overhead,
                 run_id=run_id, resume=resume, sync_writes=sync_writes, skip_spikes=skip_spikes,
-                spike_factor=spike_factor, max_skips=max_skips,
+                spike_factor=spike_factor, max_skips=max_skips, agree=rank_means,
             )
         elif not isinstance(self.doctor, Doctor):
             raise ValueError(f"TorchDoctor: doctor must be an lrkit.doctor.Doctor or None, got {type(doctor).__name__}")
@@ -431,6 +434,13 @@ class TorchDoctor(GuardedWatch):
         ``val_loss``/``metrics`` when you evaluated at this step, e.g. ``{"val_accuracy": 0.93}``:
         a validation result that swings without progress is ``fluctuating``) and, when guarding,
         snapshots or rolls back. Returns ``True`` if it rolled back.
+
+        Under ``torch.distributed`` call it on every rank at every step: the loss, the gradient
+        norm and ``val_loss`` the doctor reads are averaged over the ranks (``val_loss`` over
+        those that give one; one ``all_reduce`` of six numbers), so every rank reaches the same
+        verdicts and rolls back at the same steps to the same snapshot with the same LR, and the
+        replicas stay identical. ``metrics`` are read as each rank gives them: pass values
+        already reduced over the ranks.
         """
         if isinstance(step, bool) or not isinstance(step, int):
             raise ValueError(f"TorchDoctor.after_step: step must be an int, got {step!r}")
@@ -459,6 +469,8 @@ class TorchDoctor(GuardedWatch):
         if self._skipping:  # the guard held this update back (a loss spike): nothing trained, nothing to observe
             self._skipping = False
             return False
+        if world_size() > 1:  # every rank reads the same numbers, so all take the same decisions
+            loss, gn, val_loss = rank_means([loss, gn, val_loss])
         # each new detection is recorded (detections, worst) and logged once (lrkit.doctor)
         rolled = self._watch_observe(step, loss, lr=lr, grad_norm=gn, val_loss=val_loss, metrics=metrics) is not None
         if rolled:
@@ -544,13 +556,17 @@ class TorchDoctor(GuardedWatch):
         docstring), attach the explanation to the record, then call the user's callback."""
         old = [float(g["lr"]) * rec.old_multiplier for g in self.optimizer.param_groups]
         report = self._probe(rec.verdict, old, quiet=True)
+        hr = None if report is None else report["headroom"]
+        if world_size() > 1:  # every rank lowers the LR alike: on the ranks' mean headroom
+            hr = rank_means([hr])[0]
+            if report is not None:
+                report["headroom"] = hr
+        if rec.new_multiplier == rec.old_multiplier and hr is not None and hr < 1:
+            # the guard forgave a first problem, but the restored state is beyond its stability
+            # limit at the LR that failed: the LR is the cause, not a bad batch
+            rec = self.guard.lower_lr(f"the stability probe puts the restored state beyond its limit "
+                                      f"at the LR that failed (headroom {hr:.3g})")
         if report is not None:
-            hr = report["headroom"]
-            if rec.new_multiplier == rec.old_multiplier and hr is not None and hr < 1:
-                # the guard forgave a first problem, but the restored state is beyond its stability
-                # limit at the LR that failed: the LR is the cause, not a bad batch
-                rec = self.guard.lower_lr(f"the stability probe puts the restored state beyond its limit "
-                                          f"at the LR that failed (headroom {hr:.3g})")
             scale = rec.new_multiplier / rec.old_multiplier
             report["restored_to"] = rec.restored_to
             report["lr_after_rollback"] = report["lr"] * scale

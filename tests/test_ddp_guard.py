@@ -1,0 +1,160 @@
+"""DDP: the guard takes every decision on what all ranks agree on -- the loss, gradient norm and
+validation loss averaged over the ranks, the snapshot period from the ranks' mean costs -- so a
+problem one rank sees more of is rolled back on every rank at the same step, to the same snapshot,
+with the same LR, and the replicas stay identical. Two CPU processes on gloo."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.distributed as dist  # noqa: E402
+from _ddp import process_group, run_ranks  # noqa: E402
+
+pytestmark = [pytest.mark.torch, pytest.mark.distributed, pytest.mark.slow]
+
+RAISE_STEP = 40
+STEPS = 120
+
+
+def _train(rank: int, tmp: str, *, scale: float, raise_by: float, slow_snapshot: bool, **kwargs) -> None:
+    """A tanh MLP regression under DDP; rank 1's shard is ``scale`` times larger in x (non-iid
+    shards: its loss level and noise differ), and the LR is raised ``raise_by`` x at RAISE_STEP."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from lrkit.integrations.torch import doctor as tdoctor
+
+    if slow_snapshot and rank == 1:  # this rank's host copies are slow (150 ms of CPU a snapshot)
+        take = tdoctor._State.snapshot
+
+        def slow(self):
+            t0 = time.thread_time()
+            while time.thread_time() - t0 < 0.15:
+                pass
+            return take(self)
+
+        tdoctor._State.snapshot = slow
+    torch.manual_seed(0)
+    model = DDP(torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1)))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    g = torch.Generator().manual_seed(10 + rank)  # each rank its own batches
+    w = torch.randn(8, 1, generator=torch.Generator().manual_seed(1))
+    shard = scale if rank == 1 else 1.0
+    watch = tdoctor.TorchDoctor(model, opt, **kwargs)
+    with watch:
+        for k in range(STEPS):
+            if k == RAISE_STEP:
+                for group in opt.param_groups:
+                    group["lr"] *= raise_by
+            x = torch.randn(16, 8, generator=g) * shard
+            y = x @ w + 0.3 * torch.randn(16, 1, generator=g)
+            opt.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            watch.after_backward(loss)
+            opt.step()
+            val = float(loss.detach()) if k % 10 == 9 and rank == 0 else None  # one rank validates
+            watch.after_step(k, loss, val_loss=val)
+        events = [(r.step, r.restored_to, r.new_multiplier, r.verdict) for r in watch.interventions]
+        snaps = watch.guard.snapshot_steps
+        interval = watch.guard.snapshot_interval
+        storage = watch.guard.storage_path
+    params = [p.detach().flatten().tolist() for p in model.parameters()]
+    Path(tmp, f"rank{rank}.json").write_text(json.dumps(
+        {"events": events, "snaps": snaps, "interval": interval, "params": params, "storage": storage}))
+
+
+def _diverging(rank: int, world: int, tmp: str) -> None:
+    torch.set_num_threads(1)
+    with process_group(rank, world, tmp):
+        _train(rank, tmp, scale=3.0, raise_by=30.0, slow_snapshot=False, snapshot_every=10,
+               storage="disk", storage_dir=f"{tmp}/snapshots", run_id="run")
+
+
+def _slow_copies(rank: int, world: int, tmp: str) -> None:
+    torch.set_num_threads(1)
+    with process_group(rank, world, tmp):
+        _train(rank, tmp, scale=1.0, raise_by=1.0, slow_snapshot=True, snapshot_every=5)
+
+
+def _autopilot_run(rank: int, tmp: str) -> None:
+    """The autopilot under DDP (its finder on every rank), shards of different scales; rank 1's
+    batches blow up 30x for ten steps mid-run (its loss alone would look diverging)."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lrkit.integrations.torch.autopilot import autopilot
+
+    torch.manual_seed(0)
+    model = DDP(torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1)))
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)  # any LR: the autopilot sets it
+    g = torch.Generator().manual_seed(10 + rank)
+    w = torch.randn(8, 1, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(1024, 8, generator=g) * (1 + 2 * rank)
+    y = x @ w + 0.3 * torch.randn(1024, 1, generator=g)
+    loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=g)
+    pilot = autopilot(model, opt, torch.nn.MSELoss(), loader, train_steps=300, progress=False)
+    k = 0
+    while k < 300:
+        for xb, yb in loader:
+            if k == 300:
+                break
+            if rank == 1 and 150 <= k < 160:
+                xb = xb * 30.0
+            opt.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.mse_loss(model(xb), yb)
+            loss.backward()
+            opt.step()
+            pilot.scheduler.step()
+            pilot.after_step(loss)
+            k += 1
+    Path(tmp, f"rank{rank}.json").write_text(json.dumps({
+        "peak": pilot.plan.peak_lr, "events": [e.message for e in pilot.events],
+        "params": [p.detach().flatten().tolist() for p in model.parameters()]}))
+
+
+def _autopilot(rank: int, world: int, tmp: str) -> None:
+    torch.set_num_threads(1)
+    with process_group(rank, world, tmp):
+        _autopilot_run(rank, tmp)
+
+
+needs_dist = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available in this build")
+
+
+@needs_dist
+def test_a_divergence_on_non_iid_shards_is_rolled_back_on_every_rank_alike(tmp_path):
+    r0, r1 = run_ranks(_diverging, tmp_path)
+    assert r0["events"], "the 30x raise must make the guard act"
+    assert r0["events"] == r1["events"]  # same steps, same snapshots, same LR multipliers
+    assert r0["snaps"] == r1["snaps"]
+    assert r0["params"] == r1["params"]  # the replicas stayed identical
+    # one run_id, one directory per rank (each resumes its own)
+    assert [Path(r["storage"]).name for r in (r0, r1)] == ["run.rank0", "run.rank1"]
+
+
+@needs_dist
+def test_every_rank_snapshots_at_the_same_steps_when_one_copies_slowly(tmp_path):
+    r0, r1 = run_ranks(_slow_copies, tmp_path)
+    # rank 1's copies alone (150 ms) would stretch its period, rank 0's (microseconds) would not:
+    # on the mean cost both stretch it alike
+    assert r0["interval"] == r1["interval"] > 5
+    assert r0["snaps"] == r1["snaps"]
+    assert r0["params"] == r1["params"]
+
+
+if __name__ == "__main__":  # pragma: no cover - manual run
+    sys.exit(pytest.main([__file__, "-q"]))
+
+
+@needs_dist
+def test_the_autopilot_rolls_back_on_every_rank_alike(tmp_path):
+    r0, r1 = run_ranks(_autopilot, tmp_path)
+    assert r0["peak"] == r1["peak"]  # one plan: the finder decided on the ranks' mean losses
+    assert r0["events"], "rank 1's blown-up batches must make the guard act"
+    assert r0["events"] == r1["events"]
+    assert r0["params"] == r1["params"]
