@@ -699,3 +699,15 @@ def test_any_group_ratios_are_kept(ratios, lr):
     for g, r in zip(got[1:], ratios):
         assert g == pytest.approx(lr * (base * r) / base, rel=1e-12)
     assert [g["lr"] for g in opt.param_groups] == [base] + [base * r for r in ratios]
+
+
+def test_a_guard_over_a_torch_trainer_takes_its_timings_through_the_trainers_agree():
+    """One process: ``agree`` hands the numbers back; a Guard over the trainer uses it (under
+    ``torch.distributed`` it is the ranks' mean, tests/test_ddp_guard.py)."""
+    from lrkit.doctor.guard import Guard
+
+    model, dl = make_net(), loader()
+    t = TorchTrainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.CrossEntropyLoss(), dl)
+    assert t.agree([0.25, float("nan")])[0] == 0.25 and math.isnan(t.agree([0.25, float("nan")])[1])
+    assert Guard(t).agree == t.agree
+    assert Guard(t, agree=list).agree is list  # one given wins

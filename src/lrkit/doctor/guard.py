@@ -236,8 +236,10 @@ class Guard(SkipsSpikes, PersistsGuard):
             process's measurements (a list of floats) and returns the values every process shares
             (e.g. their mean over the ranks; every process must call it at the same point). The
             one decision the guard takes on time, the snapshot period (``max_overhead``), is taken
-            on them, so that every process snapshots at the same steps. Default ``None``: this
-            process's own. The torch and Lightning adapters pass one under ``torch.distributed``.
+            on them, so that every process snapshots at the same steps. Default: the trainer's
+            ``agree`` method if it has one (lrkit's ``TorchTrainer``: the mean over the
+            ``torch.distributed`` ranks), else this process's own numbers. The torch and Lightning
+            adapters pass one.
     """
 
     def __init__(
@@ -301,7 +303,10 @@ class Guard(SkipsSpikes, PersistsGuard):
             raise ValueError(f"Guard: sync_writes is only used with storage='disk', got storage={storage!r}")
         if resume and (storage != "disk" or run_id is None):
             raise ValueError("Guard: resume=True needs storage='disk' and a run_id (the run to find again)")
-        if agree is not None and not callable(agree):
+        if agree is None:  # the trainer's own, if it has one
+            agree = getattr(trainer, "agree", None)
+            agree = agree if callable(agree) else None
+        elif not callable(agree):
             raise ValueError(f"Guard: agree must be callable or None, got {type(agree).__name__}")
         if on_intervention is not None and not callable(on_intervention):
             raise ValueError(f"Guard: on_intervention must be callable or None, got {type(on_intervention).__name__}")
