@@ -5,6 +5,7 @@ import contextlib
 import gc
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -39,3 +40,17 @@ def run_ranks(worker: Callable[[int, int, str], None], tmp: Path, world: int = 2
         else:
             os.environ["OMP_NUM_THREADS"] = saved
     return [json.loads((Path(tmp) / f"rank{r}.json").read_text()) for r in range(world)]
+
+
+def slow_snapshots(cls: type, seconds: float) -> None:
+    """Make ``cls.snapshot`` burn ``seconds`` of this thread's CPU time first (a rank whose host
+    copies are slow; the guard measures a snapshot's cost in CPU time). For a spawned rank only."""
+    take = cls.snapshot
+
+    def slow(self: Any) -> Any:
+        t0 = time.thread_time()
+        while time.thread_time() - t0 < seconds:
+            pass
+        return take(self)
+
+    cls.snapshot = slow

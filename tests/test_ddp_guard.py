@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch")
 import torch.distributed as dist  # noqa: E402
-from _ddp import process_group, run_ranks  # noqa: E402
+from _ddp import process_group, run_ranks, slow_snapshots  # noqa: E402
 
 pytestmark = [pytest.mark.torch, pytest.mark.distributed, pytest.mark.slow]
 
@@ -29,15 +28,7 @@ def _train(rank: int, tmp: str, *, scale: float, raise_by: float, slow_snapshot:
     from lrkit.integrations.torch import doctor as tdoctor
 
     if slow_snapshot and rank == 1:  # this rank's host copies are slow (150 ms of CPU a snapshot)
-        take = tdoctor._State.snapshot
-
-        def slow(self):
-            t0 = time.thread_time()
-            while time.thread_time() - t0 < 0.15:
-                pass
-            return take(self)
-
-        tdoctor._State.snapshot = slow
+        slow_snapshots(tdoctor._State, 0.15)
     torch.manual_seed(0)
     model = DDP(torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1)))
     opt = torch.optim.SGD(model.parameters(), lr=0.01)

@@ -342,7 +342,7 @@ def test_blockers_name_fsdp_and_deepspeed_in_real_training_arguments(tmp_path, m
     fsdp = make_args(tmp_path, 0.05, fsdp=True)
     found = _guard_blockers(fsdp, Tiny())
     assert any(f.startswith("FSDP") for f in found), found
-    with pytest.raises(ValueError, match=r"single-process Trainer only.*FSDP.*stop_on=\('nan', 'diverging'\)"):
+    with pytest.raises(ValueError, match=r"one process or plain DDP.*FSDP.*stop_on=\('nan', 'diverging'\)"):
         LRDoctorCallback(guard=True).on_init_end(fsdp, None, None, model=Tiny())
     LRDoctorCallback(guard=False).on_init_end(fsdp, None, None, model=Tiny())  # watching is fine anywhere
 
@@ -354,10 +354,18 @@ def _distributed_worker(rank, world, port, out):
     args = transformers.TrainingArguments(output_dir=out, use_cpu=True, report_to=[], save_strategy="no", max_steps=2)
     result = {"world_size": args.world_size}
     try:
+        # plain DDP: the doctor's guard takes it (tests/test_ddp_transformers.py trains it) ...
         transformers.Trainer(model=Tiny(), args=args, train_dataset=Data(), callbacks=[LRDoctorCallback(guard=True)])
+        # ... the autopilot's does not: its finder runs in one process
+        from lrkit.integrations.transformers.autopilot import AutopilotCallback
+
+        cb = AutopilotCallback(guard=True)
+        trainer = transformers.Trainer(model=Tiny(), args=args, train_dataset=Data(), callbacks=[cb])
+        inner = trainer.create_optimizer()
+        cb._check(args, trainer.model, inner, torch.optim.lr_scheduler.LambdaLR(inner, lambda s: 1.0))
         result["error"] = None
-    except ValueError as exc:
-        result["error"] = str(exc)
+    except Exception as exc:  # noqa: BLE001 - reported to the test
+        result["error"] = f"{type(exc).__name__}: {exc}"
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -368,7 +376,7 @@ def _distributed_worker(rank, world, port, out):
 @pytest.mark.slow
 @pytest.mark.distributed
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available in this build")
-def test_guard_refuses_a_two_process_run(tmp_path):
+def test_the_doctors_guard_takes_a_two_process_ddp_run_and_the_autopilots_refuses_it(tmp_path):
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -377,8 +385,8 @@ def test_guard_refuses_a_two_process_run(tmp_path):
     for rank in (0, 1):
         result = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert result["world_size"] == 2
-        assert result["error"] is not None and "2 processes (world_size=2)" in result["error"]
-        assert "resume from the last checkpoint" in result["error"]
+        assert result["error"] is not None and result["error"].startswith("AutopilotError: AutopilotCallback")
+        assert "2 processes (world_size=2)" in result["error"]
 
 
 @settings(max_examples=25, deadline=None)

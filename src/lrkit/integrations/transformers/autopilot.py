@@ -31,7 +31,7 @@ same schedule and the same guard state.
 
 Refused with the reason: a scheduler other than the ``Trainer``'s ``LambdaLR`` schedules
 (``"reduce_lr_on_plateau"``, a custom one), a learning-rate-free or Schedule-Free optimizer,
-distributed/DeepSpeed/FSDP runs (the in-place guard is single-process), an unknown run length.
+several processes (the finder runs in one), DeepSpeed and FSDP runs, an unknown run length.
 """
 from __future__ import annotations
 
@@ -127,6 +127,9 @@ class AutopilotCallback(HoldsStepSkips, RefreshedBeforeSaves, TrainerCallback):
     # ------------------------------------------------------------------ setting up
     def _check(self, args: Any, model: Any, optimizer: Any, scheduler: Any) -> torch.optim.Optimizer:
         blockers = _guard_blockers(args, model) if self.guard else []
+        world = getattr(args, "world_size", 1)
+        if self.guard and isinstance(world, int) and world > 1:  # its finder runs in one process
+            blockers.append(f"{world} processes (world_size={world})")
         if blockers:
             raise AutopilotError(f"AutopilotCallback: the guard rolls back in place in one process, and this run "
                                  f"uses {', '.join(blockers)}; pass AutopilotCallback(guard=False)")

@@ -79,18 +79,22 @@ stepped the optimizer and the scheduler and logged the loss:
   :class:`~lrkit.doctor.guard.Intervention` in :attr:`interventions`; :attr:`lr_multiplier` is
   the product of the factors applied since ``train()`` began.
 
-**What is supported.** One process on one device (CPU, a single GPU or MPS) with any ``LambdaLR``
-schedule; gradient accumulation changes nothing (the guard acts on the logs, one per optimizer
-step at most), and a mixed-precision ``GradScaler`` (found on Accelerate's optimizer wrapper) is
-part of the snapshot. The tests run on CPU.
+**What is supported.** One process on one device (CPU, a single GPU or MPS), or plain DDP over
+several processes (``torchrun``; Accelerate's ``MULTI_CPU``/``MULTI_GPU``: every rank holds a whole
+copy of the model and optimizer), with any ``LambdaLR`` schedule; gradient accumulation changes
+nothing (the guard acts on the logs, one per optimizer step at most), and a mixed-precision
+``GradScaler`` (found on Accelerate's optimizer wrapper) is part of the snapshot. Under DDP the
+Trainer's logged loss is already the ranks' mean; the rest a rank sees alone (a step's loss for
+``skip_spikes``, the initial loss, its timings) is averaged over the ranks too, so every rank
+skips the same steps and rolls back at the same step to the same snapshot, and the replicas stay
+identical (tested on two gloo processes; not run on GPUs).
 ``guard=True`` refuses, with a ``ValueError`` naming what it found (in ``on_init_end`` when the
-callback is given to the ``Trainer``, else in ``on_train_begin``): several processes
-(``world_size > 1``: DDP, multi-CPU), DeepSpeed, FSDP, tensor parallelism (``DTensor``
-parameters), several GPUs in one process (``DataParallel``), TPU/XLA and SageMaker parallelism.
-There the model and optimizer are sharded or replicated across ranks and the engines own their
-state (ZeRO partitions, flat parameters, the wrapped optimizer, their loss scaler): an in-place
-rollback would have to restore all of it on every rank at the same step, which a callback does
-not own. The sound recipe there: ``stop_on=("nan", "diverging")``, then
+callback is given to the ``Trainer``, else in ``on_train_begin``): DeepSpeed, FSDP, tensor
+parallelism (``DTensor`` parameters), several GPUs in one process (``DataParallel``), TPU/XLA and
+SageMaker parallelism. There the model and optimizer are sharded and the engines own their state
+(ZeRO partitions, flat parameters, the wrapped optimizer, their loss scaler): an in-place rollback
+would have to restore all of it on every rank at the same step, which a callback does not own.
+The sound recipe there: ``stop_on=("nan", "diverging")``, then
 ``trainer.train(resume_from_checkpoint=...)`` with a lower ``learning_rate`` (the diagnosis'
 advice says by how much). ``guard=True`` also refuses ``logging_strategy="no"`` (the guard would
 never see a loss) and ``logging_nan_inf_filter=False`` (see above).
@@ -118,6 +122,7 @@ from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation, watch_do
 from lrkit.doctor.interventions import GuardGaveUp, Intervention
 from lrkit.doctor.model_config import chance_loss_from_config
 from lrkit.doctor.watch import check_actions
+from lrkit.integrations.torch.dist import rank_means, world_size
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot, rngs_kept
 from lrkit.integrations.transformers.skips import HoldsStepSkips, StepSkips
 
@@ -135,13 +140,16 @@ def _name(value: Any) -> str:
     return str(getattr(value, "value", value))
 
 
-def _guard_blockers(args: Any, model: Any = None) -> list[str]:
-    """What in this run rules out the in-place guard (empty: a single-process run).
+#: Accelerate's distributed types the guard runs under: one process, or plain DDP over CPUs or CUDA GPUs
+_GUARDABLE = ("NO", "MULTI_CPU", "MULTI_GPU")
 
-    Reads the ``TrainingArguments`` (``deepspeed``, ``fsdp``, ``world_size``, ``parallel_mode``,
-    Accelerate's ``distributed_type``) and, when given, the model (FSDP modules, ``DTensor``
-    parameters). Every attribute is read defensively: a field a transformers version lacks is
-    simply not checked.
+
+def _guard_blockers(args: Any, model: Any = None) -> list[str]:
+    """What in this run rules out the in-place guard (empty: one process, or plain DDP).
+
+    Reads the ``TrainingArguments`` (``deepspeed``, ``fsdp``, ``parallel_mode``, Accelerate's
+    ``distributed_type``) and, when given, the model (FSDP modules, ``DTensor`` parameters). Every
+    attribute is read defensively: a field a transformers version lacks is simply not checked.
     """
     found: list[str] = []
     if getattr(args, "deepspeed", None):
@@ -150,15 +158,12 @@ def _guard_blockers(args: Any, model: Any = None) -> list[str]:
         found.append(f"FSDP (TrainingArguments.fsdp={args.fsdp!r})")
     state = getattr(args, "distributed_state", None)
     dtype = getattr(state, "distributed_type", None)
-    if dtype is not None and _name(dtype).upper() != "NO":
+    if dtype is not None and _name(dtype).upper() not in _GUARDABLE:
         found.append(f"Accelerate distributed_type={_name(dtype)}")
-    world = getattr(args, "world_size", 1)
-    if isinstance(world, int) and world > 1:
-        found.append(f"{world} processes (world_size={world})")
     mode = _name(getattr(args, "parallel_mode", "not_parallel"))
     if mode == "not_distributed":
         found.append("several GPUs in one process (DataParallel, n_gpu > 1)")
-    elif mode not in ("not_parallel", "distributed"):  # distributed is reported as world_size / distributed_type
+    elif mode not in ("not_parallel", "distributed"):  # distributed: DDP, told apart by distributed_type
         found.append(f"parallel_mode={mode}")
     if isinstance(model, torch.nn.Module) and torch.distributed.is_available():
         from torch.distributed.fsdp import FullyShardedDataParallel
@@ -385,17 +390,18 @@ class LRDoctorCallback(HoldsStepSkips, RefreshedBeforeSaves, GuardedWatch, Train
         self._skips: StepSkips | None = None  # skip_spikes: each step's loss (a forward hook) and the skips
 
     def _new_guard(self) -> Guard:
+        # under DDP every rank snapshots at the same steps: the period is taken on the ranks' mean timings
         return Guard(_State(self), doctor=self.doctor, take_initial_snapshot=False, skip_spikes=self.skip_spikes,
-                     **self._guard_kwargs)
+                     agree=rank_means, **self._guard_kwargs)
 
     # ------------------------------------------------------------------ checks
     def _check_args(self, args: Any, model: Any) -> None:
         blockers = _guard_blockers(args, model)
         if blockers:
             raise ValueError(
-                "LRDoctorCallback(guard=True) supports a single-process Trainer only (one process on one device; "
-                f"no DeepSpeed, FSDP, tensor or data parallelism); this run uses {'; '.join(blockers)}. "
-                "Sharded or replicated state cannot be rolled back in place from a callback: " + _RECIPE
+                "LRDoctorCallback(guard=True) supports one process or plain DDP (every rank a whole copy of the "
+                f"model and optimizer; no DeepSpeed, FSDP, tensor parallelism or DataParallel); this run uses "
+                f"{'; '.join(blockers)}. Sharded state cannot be rolled back in place from a callback: " + _RECIPE
             )
         if not getattr(args, "logging_nan_inf_filter", True):
             raise ValueError(
@@ -476,6 +482,8 @@ class LRDoctorCallback(HoldsStepSkips, RefreshedBeforeSaves, GuardedWatch, Train
             # the first training log averages the first logging_steps steps: a blow-up inside them
             # is invisible without the loss the run started from (its first examples, before step 1)
             start = _initial_loss(kwargs.get("model"), kwargs.get("train_dataloader"))
+            if world_size() > 1:  # every rank's doctor starts from the same reading
+                start = rank_means([start])[0]
             if start is not None:
                 self._control = control
                 self._watch_observe(0, start)
@@ -534,6 +542,8 @@ class LRDoctorCallback(HoldsStepSkips, RefreshedBeforeSaves, GuardedWatch, Train
         lr = logs.get("learning_rate")
         lr = None if lr is None else float(lr)
         val_loss, metrics = self._pending_val.take()
+        if world_size() > 1:  # the Trainer's logs are gathered already; this makes sure of it
+            loss, gn, val_loss = rank_means([loss, gn, val_loss])
         self._control = control
         self._rollback_diagnosis = None
         try:  # each new detection is logged once (lrkit.doctor); a rollback by the guard (lrkit.guard)

@@ -36,6 +36,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from lrkit.integrations.torch.dist import rank_means, world_size
 from lrkit.integrations.torch.doctor import drop_gradients
 
 __all__ = ["HoldsStepSkips", "StepLoss", "StepSkips", "log_loss"]
@@ -60,12 +61,15 @@ class StepLoss:
         self._summed = kwargs.get("num_items_in_batch") is not None
 
     def take(self) -> float | None:
-        """The loss of the step whose micro-batches ran since the last call (``None``: none seen)."""
-        if not self._losses:
-            return None
+        """The loss of the step whose micro-batches ran since the last call (``None``: none seen);
+        under ``torch.distributed`` its mean over the ranks that saw one (every rank must call it
+        at the same point)."""
         losses = [float(t.float().item()) for t in self._losses]
         self._losses = []
-        return math.fsum(losses) if self._summed else math.fsum(losses) / len(losses)
+        step = (math.fsum(losses) if self._summed else math.fsum(losses) / len(losses)) if losses else None
+        if world_size() > 1:  # DDP: every rank decides on the mean over the ranks, so all skip alike
+            step = rank_means([step])[0]
+        return step
 
     def remove(self) -> None:
         self._handle.remove()

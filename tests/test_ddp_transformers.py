@@ -1,0 +1,121 @@
+"""The Hugging Face ``Trainer`` under DDP (two CPU processes, gloo), ``LRDoctorCallback(guard=True)``.
+
+The Trainer's logged loss is gathered over the ranks already; what a rank sees alone is each step's
+loss from the forward hook (``skip_spikes``), the initial loss and its own timings. The callback
+decides on the ranks' mean of each, so a bad shard on one rank is skipped on both, a NaN on one
+rank is rolled back on both at the same step, both snapshot at the same steps although one copies
+slowly, and the replicas stay identical."""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import socket
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from _ddp import slow_snapshots  # noqa: E402
+from test_doctor_integrations_transformers import Data  # noqa: E402
+
+pytestmark = [pytest.mark.torch, pytest.mark.distributed, pytest.mark.slow]
+
+SHARD = range(40, 46)  # rank 1's forward passes that see garbage
+
+
+class Tiny(torch.nn.Module):
+    """A tanh MLP returning ``{"loss": ...}``; forward passes in ``garbage`` get inputs x50 and
+    targets x30, the one numbered ``nan_at`` a NaN input."""
+
+    def __init__(self, garbage=(), nan_at=None):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+        self.calls, self.garbage, self.nan_at = 0, set(garbage), nan_at
+
+    def forward(self, x, y):
+        if self.calls in self.garbage:
+            x, y = x * 50.0, y * 30.0
+        if self.calls == self.nan_at:
+            x = x.clone()
+            x[0, 0] = float("nan")
+        self.calls += 1
+        return {"loss": torch.nn.functional.mse_loss(self.net(x), y)}
+
+
+def _run(rank: int, out: str, scenario: str) -> dict:
+    from lrkit.integrations.transformers import callback as hf
+
+    if scenario == "shard" and rank == 1:  # this rank's host copies are slow (150 ms of CPU a snapshot)
+        slow_snapshots(hf._State, 0.15)
+    args = transformers.TrainingArguments(
+        output_dir=out, use_cpu=True, ddp_backend="gloo", report_to=[], save_strategy="no", max_steps=100,
+        logging_steps=1, learning_rate=0.05, per_device_train_batch_size=16, lr_scheduler_type="constant",
+        optim="sgd", disable_tqdm=True, seed=0)
+    model = Tiny(garbage=SHARD if scenario == "shard" and rank == 1 else (),
+                 nan_at=50 if scenario == "nan" and rank == 1 else None)
+    cb = hf.LRDoctorCallback(guard=True, snapshot_every=5)
+    seen = []
+
+    class Snapshots(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            seen.append(list(cb.guard.snapshot_steps))
+
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=Data(), callbacks=[cb, Snapshots()])
+    trainer.train()
+    return {
+        "world_size": args.world_size,
+        "events": [(r.step, r.restored_to, r.new_multiplier) for r in cb.interventions],
+        "skipped": cb.guard.skipped_steps, "snapshots": seen, "interval": cb.guard.snapshot_interval,
+        "params": [p.detach().flatten().tolist() for p in model.parameters()],
+    }
+
+
+def _worker(rank: int, world: int, port: int, out: str, scenario: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    try:
+        result = _run(rank, out, scenario)  # the DDP model is freed on its return, before the group
+        gc.collect()
+        torch.distributed.barrier()
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as fh:
+        json.dump(result, fh)
+
+
+def _two_ranks(tmp_path, scenario):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    torch.multiprocessing.spawn(_worker, args=(2, port, str(tmp_path), scenario), nprocs=2, join=True)
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+needs_dist = pytest.mark.skipif(not torch.distributed.is_available(),
+                                reason="torch.distributed is not available in this build")
+
+
+@needs_dist
+def test_a_bad_shard_on_one_rank_is_skipped_on_both_and_both_snapshot_alike(tmp_path):
+    r0, r1 = _two_ranks(tmp_path, "shard")
+    assert r0["world_size"] == r1["world_size"] == 2
+    assert r0["skipped"] and r0["skipped"] == r1["skipped"]  # rank 0's own losses there were normal
+    assert r0["events"] == r1["events"] == []
+    # rank 1's copies alone (150 ms) would stretch its period, rank 0's would not: both stretch it alike
+    assert r0["interval"] == r1["interval"] > 5
+    assert r0["snapshots"] == r1["snapshots"]
+    assert r0["params"] == r1["params"]
+
+
+@needs_dist
+def test_a_nan_on_one_rank_is_rolled_back_on_both_alike(tmp_path):
+    r0, r1 = _two_ranks(tmp_path, "nan")
+    assert r0["events"] and r0["events"] == r1["events"]
+    assert r0["params"] == r1["params"]
+    assert all(v == v for p in r0["params"] for v in p)  # finite
