@@ -1,7 +1,7 @@
 """Lightning DDP (two CPU processes, gloo, ``ddp_spawn``). A bad shard on one rank only: the
 callback decides on the loss averaged over the ranks, so both skip the same steps. Non-iid shards
-and an LR raised 30x: both ranks roll back at the same steps, to the same snapshots. Either way
-the replicas stay identical."""
+and an LR raised 30x: both ranks roll back at the same steps, to the same snapshots. The autopilot
+callback: one plan on both ranks, the same interventions. Every time the replicas stay identical."""
 from __future__ import annotations
 
 import json
@@ -130,4 +130,44 @@ def test_a_divergence_on_non_iid_shards_is_rolled_back_on_every_rank_alike(tmp_p
     assert r0["events"], "the 30x raise must make the guard act"
     assert r0["events"] == r1["events"]
     assert r0["snaps"] == r1["snaps"]
+    assert r0["params"] == r1["params"]
+
+
+class AutopilotShards(pl.LightningModule):
+    """No LR given (the autopilot's); rank 1's inputs blow up 30x for ten steps mid-run."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(5, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        if self.global_rank == 1 and self.trainer.training and 100 <= self.global_step < 110:
+            x = 30.0 * x
+        return torch.nn.functional.mse_loss(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=1.0)  # ignored: the autopilot sets it
+
+
+class RecordPilot(pl.Callback):
+    def __init__(self, pilot, out):
+        self.pilot, self.out = pilot, out
+
+    def on_train_end(self, trainer, module):
+        Path(self.out, f"rank{trainer.global_rank}.json").write_text(json.dumps({
+            "peak": self.pilot.plan.peak_lr, "events": [e.message for e in self.pilot.events],
+            "params": [p.detach().flatten().tolist() for p in module.parameters()]}))
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available in this build")
+def test_the_autopilot_plans_and_rolls_back_alike_on_every_rank(tmp_path, monkeypatch):
+    from lrkit.integrations.lightning.autopilot import AutopilotCallback
+
+    pilot = AutopilotCallback(progress=False)
+    r0, r1 = _fit(AutopilotShards(), [pilot, RecordPilot(pilot, str(tmp_path))], 200, tmp_path, monkeypatch)
+    assert r0["peak"] == r1["peak"]  # one plan: the finder decided on the ranks' mean losses
+    assert r0["events"], "rank 1's blown-up batches must make the guard act"
+    assert r0["events"] == r1["events"]
     assert r0["params"] == r1["params"]
