@@ -141,8 +141,12 @@ class AutopilotShards(pl.LightningModule):
         torch.manual_seed(0)
         self.net = torch.nn.Sequential(torch.nn.Linear(5, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
 
+        self.finder_params = []  # the parameters at each of the finder's steps
+
     def training_step(self, batch, batch_idx):
         x, y = batch
+        if self.global_step == 0:  # the finder runs before the first step
+            self.finder_params.append(float(sum(p.detach().double().sum() for p in self.parameters())))
         if self.global_rank == 1 and self.trainer.training and 100 <= self.global_step < 110:
             x = 30.0 * x
         return torch.nn.functional.mse_loss(self.net(x), y)
@@ -158,6 +162,7 @@ class RecordPilot(pl.Callback):
     def on_train_end(self, trainer, module):
         Path(self.out, f"rank{trainer.global_rank}.json").write_text(json.dumps({
             "peak": self.pilot.plan.peak_lr, "events": [e.message for e in self.pilot.events],
+            "finder_params": module.finder_params,
             "params": [p.detach().flatten().tolist() for p in module.parameters()]}))
 
 
@@ -168,6 +173,9 @@ def test_the_autopilot_plans_and_rolls_back_alike_on_every_rank(tmp_path, monkey
     pilot = AutopilotCallback(progress=False)
     r0, r1 = _fit(AutopilotShards(), [pilot, RecordPilot(pilot, str(tmp_path))], 200, tmp_path, monkeypatch)
     assert r0["peak"] == r1["peak"]  # one plan: the finder decided on the ranks' mean losses
+    # the finder trained through DDP (gradients averaged over the ranks): the replicas stayed
+    # identical through it, as they will in the run (each on its own shard, without it)
+    assert len(r0["finder_params"]) > 20 and r0["finder_params"] == r1["finder_params"]
     assert r0["events"], "rank 1's blown-up batches must make the guard act"
     assert r0["events"] == r1["events"]
     assert r0["params"] == r1["params"]

@@ -25,6 +25,13 @@ intervention is logged to ``lrkit.autopilot`` and kept in :attr:`AutopilotCallba
 (:mod:`lrkit.integrations.lightning.skips`), and a spike far above the run's level with the LR steady
 has its gradients dropped before the optimizer step; an event says so and the doctor never sees it.
 
+**Several processes (DDP).** The finder trains through the strategy (``strategy.training_step``:
+the DDP wrapper averages the gradients over the ranks), so it measures the batch the run trains
+with, and takes its decisions on the ranks' mean losses: one plan on every rank. The guard reads
+the loss, gradient norm and validation loss averaged over the ranks and takes the snapshot period
+on their mean timings: every rank intervenes at the same step, and the replicas stay identical
+(tested with ``ddp_spawn`` on two CPU processes).
+
 **Checkpoints.** The callback's :meth:`~AutopilotCallback.state_dict` (plan, multiplier, plateau,
 doctor) is saved in Lightning checkpoints; ``trainer.fit(..., ckpt_path=...)`` resumes the
 autopilot with it: no second finder run, the same schedule, the same guard state.
@@ -170,8 +177,12 @@ class AutopilotCallback(pl.Callback):
         vals = trainer.val_dataloaders
         val = vals[0] if isinstance(vals, (list, tuple)) and vals else vals
 
+        # with several processes through the strategy (its DDP wrapper's backward averages the
+        # gradients over the ranks), so that the finder measures the batch the run will train with
+        step = trainer.strategy.training_step if trainer.world_size > 1 else pl_module.training_step
+
         def step_fn(model: Any, batch: Any) -> torch.Tensor:
-            loss = _loss_of(pl_module.training_step(batch, 0))
+            loss = _loss_of(step(batch, 0))
             if loss is None:
                 raise AutopilotError("AutopilotCallback: training_step must return the loss (a tensor or "
                                      "{'loss': tensor}) for the finder")
