@@ -180,6 +180,47 @@ def test_first_isolated_nan_keeps_the_lr_and_a_second_soon_after_lowers_it():
     assert pilot.multiplier == 0.5
 
 
+class HarderFrom:
+    """A loss that falls to a floor, until the clock reaches ``at``: from then on every step at an
+    LR above ``edge`` multiplies it by 1.03 (the run's stability edge moved below the LR: a slow
+    climb, slower than a snapshot window), and a step below it lets it fall again."""
+
+    def __init__(self, at, edge):
+        self.loss, self.clock, self.at, self.edge = 1.0, 0, at, edge
+
+    def snapshot(self):
+        return self.loss
+
+    def restore(self, s):
+        self.loss = s
+
+    def step(self, lr):
+        t, self.clock = self.clock, self.clock + 1
+        if t >= self.at and lr > self.edge:
+            self.loss *= 1.03
+        else:
+            self.loss = max(0.97 * self.loss, 0.1)
+        return self.loss
+
+
+def test_a_problem_that_comes_back_to_the_same_snapshot_is_not_forgiven_twice():
+    """After a rollback the run climbs again, slowly, from the same state: the guard finds nothing
+    healthy since and restores the same snapshot. That is the LR, however long the climb took (a
+    bad batch would have let the run pass the point it failed at): the second rollback lowers the
+    LR instead of keeping it until the guard gives up."""
+    plan = make_plan(family="sgd", train_steps=400, peak_lr=0.1, shape=S.constant(1.0))
+    q = HarderFrom(at=150, edge=0.07)
+    pilot = Autopilot(plan, plateau=False).attach(q)
+    _run(pilot, q, 400)
+    rollbacks = [e for e in pilot.events if e.kind == "rollback"]
+    assert len(rollbacks) == 2, [e.message for e in pilot.events]
+    assert rollbacks[1].step - rollbacks[0].step > 2 * policy.guard_settings(400)["snapshot_every"]
+    assert rollbacks[1].data["restored_to"] == rollbacks[0].data["restored_to"]
+    assert rollbacks[0].data["new_multiplier"] == 1.0  # a first problem out of a healthy run: kept
+    assert rollbacks[1].data["new_multiplier"] == 0.5 and "lowered the LR x0.5" in rollbacks[1].message
+    assert pilot.multiplier == 0.5 and q.loss < 0.2
+
+
 def test_a_user_scale_30x_too_high_comes_back_to_the_autopilots_scale_in_one_rollback():
     good = make_plan(_curve(), family="sgd", train_steps=300, shape=S.constant(1.0))
     assert good.peak_lr == pytest.approx(1e-3)

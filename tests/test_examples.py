@@ -44,3 +44,17 @@ def test_example_runs(script):
     assert out.returncode == 0, out.stderr[-3000:]
     last = out.stdout.strip().splitlines()[-1]
     assert "doctor:" in last, out.stdout[-2000:]
+
+
+def test_the_ddp_example_runs_under_torchrun_on_two_processes():
+    """examples/pytorch_ddp.py the way DDP users launch it: torchrun, two CPU processes (gloo)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    env = {**os.environ, "LRKIT_EXAMPLE_SMALL": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    script = ROOT / "examples" / "pytorch_ddp.py"
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(script)], capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    last = out.stdout.strip().splitlines()[-1]
+    assert "on 2 process(es)" in last and "doctor:" in last, out.stdout[-2000:]

@@ -143,6 +143,7 @@ class Autopilot:
         self._pstate = self._plateau.init() if self._plateau is not None else None
         self._corr = 1.0  # multiplier = guard.lr_multiplier * _corr
         self._last_rollback: int | None = None
+        self._last_restored: int | None = None  # the snapshot the last rollback went back to
         self._last_step: int | None = None
         self._rewinds: list[tuple[int, float]] = []  # (t0, p): from step t0 the schedule resumes at p
         #: the run as flown (training loss and LR, bounded; validation losses): what the report plots
@@ -269,7 +270,12 @@ class Autopilot:
         window = 2 * policy.guard_settings(self.plan.train_steps)["snapshot_every"]
         # a blow-up in the first window, or a run stuck since one, came out of no healthy stretch: not forgiven
         unstable_start = "early_max_ratio" in rec.evidence or bool(rec.evidence.get("stuck"))
-        first = (self._last_rollback is None or rec.step - self._last_rollback > window) and not unstable_start
+        # and a problem that sends the run back to the snapshot the last rollback restored (nothing
+        # healthy since) is the LR coming back, however slowly it climbed: not forgiven either
+        again = (self._last_restored is not None and rec.restored_to is not None
+                 and rec.restored_to <= self._last_restored)
+        first = (self._last_rollback is None or rec.step - self._last_rollback > window) and not unstable_start \
+            and not again
         auto = self.plan.auto_peak_lr
         ratio = auto / self.plan.peak_lr if auto is not None else None
         new_total = policy.lowered_multiplier(old_total, verdict=rec.verdict, first=first, auto_ratio=ratio,
@@ -279,6 +285,7 @@ class Autopilot:
             self._pstate = self._pstate._replace(best=worst, num_bad_epochs=0)
         self._corr = new_total / rec.new_multiplier
         self._last_rollback = rec.step
+        self._last_restored = rec.restored_to
         if rec.restored_to is not None and rec.restored_to <= rec.step:
             self._rewinds.append((rec.step + 1, self.position(rec.restored_to)))
         peak = self.plan.peak_lr * self.plateau_scale * new_total
@@ -323,6 +330,7 @@ class Autopilot:
             "plan": self.plan.to_dict(),
             "multiplier": self.multiplier,
             "last_rollback": self._last_rollback,
+            "last_restored": self._last_restored,
             "last_step": self._last_step,
             "rewinds": [[t0, p] for t0, p in self._rewinds],
             "history": self.history.state(),
@@ -347,6 +355,7 @@ class Autopilot:
                     logger=logger, skip_spikes=bool(state.get("skip_spikes", True)))
         pilot._corr = float(state["multiplier"])
         pilot._last_rollback = state["last_rollback"]
+        pilot._last_restored = state.get("last_restored")
         pilot._last_step = state["last_step"]
         pilot._rewinds = [(int(t0), float(p)) for t0, p in state.get("rewinds", [])]
         if state.get("history") is not None:
