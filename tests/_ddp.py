@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import gc
 import json
 import os
@@ -13,13 +14,20 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 
+def init(rank: int, world: int, tmp: str) -> None:
+    """Join the gloo group of the ranks spawned on ``tmp``. A collective waits at most 2 minutes:
+    ranks that fall out of step (the bug a DDP test looks for) fail the test instead of hanging it."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(minutes=2))
+
+
 @contextlib.contextmanager
 def process_group(rank: int, world: int, tmp: str) -> Iterator[None]:
     """A gloo group for the block. Train in a function called inside it, so that the DDP model
     (its reducer holds gloo work) is gone before the group is: a DDP model that outlives the group
     aborts the process at exit now and then ("terminate called without an active exception", 2 in
     25 runs of a bare DDP loop; 0 in 40 with the model freed first)."""
-    dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=world)
+    init(rank, world, tmp)
     try:
         yield
         gc.collect()  # anything of the group's still in a reference cycle

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch")
 import torch.distributed as dist  # noqa: E402
-from _ddp import process_group, run_ranks, slow_snapshots  # noqa: E402
+from _ddp import init, process_group, run_ranks, slow_snapshots  # noqa: E402
 
 pytestmark = [pytest.mark.torch, pytest.mark.distributed, pytest.mark.slow]
 
@@ -148,4 +149,72 @@ def test_the_autopilot_rolls_back_on_every_rank_alike(tmp_path):
     assert r0["peak"] == r1["peak"]  # one plan: the finder decided on the ranks' mean losses
     assert r0["events"], "rank 1's blown-up batches must make the guard act"
     assert r0["events"] == r1["events"]
+    assert r0["params"] == r1["params"]
+
+
+RESUME_STEPS, KILLED_AT = 80, 55
+
+
+def _resumable(rank: int, tmp: str, *, phase: str) -> None:
+    """Phase "kill": train KILLED_AT steps with disk snapshots, then die without closing (as a kill
+    would). Phase "resume": rank 1's newest snapshot file is unreadable (its write was cut short);
+    both ranks resume and train to RESUME_STEPS."""
+    import os
+
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from lrkit.integrations.torch.doctor import TorchDoctor
+
+    torch.manual_seed(0)
+    model = DDP(torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    kw = dict(snapshot_every=10, storage="disk", storage_dir=f"{tmp}/snapshots", run_id="run", sync_writes=True)
+    if phase == "resume" and rank == 1:
+        manifest = json.loads(Path(tmp, "snapshots", "run.rank1", "manifest.json").read_text())
+        newest = max(manifest["snapshots"], key=lambda s: s["label"])
+        Path(tmp, "snapshots", "run.rank1", newest["handle"]).write_bytes(b"cut short")
+    watch = TorchDoctor(model, opt, resume=phase == "resume", **kw)
+    start = watch.start_step
+    end = KILLED_AT if phase == "kill" else RESUME_STEPS
+    for k in range(start, end):
+        g = torch.Generator().manual_seed(1000 * rank + k)  # batch k of this rank's shard, whenever it runs
+        x = torch.randn(16, 8, generator=g)
+        y = x.sum(1, keepdim=True)
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        watch.after_backward(loss)
+        opt.step()
+        watch.after_step(k, loss)
+    Path(tmp, f"rank{rank}.json").write_text(json.dumps({
+        "start": start, "snaps": watch.guard.snapshot_steps,
+        "params": [p.detach().flatten().tolist() for p in model.parameters()]}))
+    if phase == "kill":
+        dist.barrier()
+        time.sleep(0.2)
+        os._exit(0)  # no close(): the snapshots and manifests stay, as after a kill
+    watch.close()
+
+
+def _kill_phase(rank: int, world: int, tmp: str) -> None:
+    torch.set_num_threads(1)
+    init(rank, world, tmp)
+    _resumable(rank, tmp, phase="kill")
+
+
+def _resume_phase(rank: int, world: int, tmp: str) -> None:
+    torch.set_num_threads(1)
+    with process_group(rank, world, tmp):
+        _resumable(rank, tmp, phase="resume")
+
+
+@needs_dist
+def test_ranks_resume_from_the_newest_snapshot_all_of_them_can_read(tmp_path):
+    killed = run_ranks(_kill_phase, tmp_path)
+    assert killed[0]["snaps"] == killed[1]["snaps"] and max(killed[0]["snaps"]) == 50
+    Path(tmp_path, "rendezvous").unlink(missing_ok=True)
+    r0, r1 = run_ranks(_resume_phase, tmp_path)
+    # rank 0 could resume from step 50, rank 1 not (its file is unreadable): both resume from the
+    # newest snapshot both can read, and train the same steps on from there
+    assert r0["start"] == r1["start"] < 50
     assert r0["params"] == r1["params"]

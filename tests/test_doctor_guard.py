@@ -818,18 +818,18 @@ def test_the_period_is_taken_on_the_numbers_the_processes_agree_on():
     agree on 0.5 s each: stretched to its limit; agreeing on what this process measured: not."""
     seen = []
 
-    def costly(values):
-        seen.append(list(values))
+    def costly(values, op):
+        seen.append((list(values), op))
         return [0.5, values[1]]
 
     periods = {}
-    for name, agree in (("costly", costly), ("own", lambda values: values)):
+    for name, agree in (("costly", costly), ("own", lambda values, op: values)):
         g = Guard(LinReg(), snapshot_every=5, max_overhead=0.01, agree=agree)
         for _ in range(60):
             g.step(0.05)
         periods[name] = g.snapshot_interval
     assert periods == {"costly": 50, "own": 5}
-    assert seen and all(len(v) == 2 and v[0] >= 0 for v in seen)
+    assert seen and all(len(v) == 2 and v[0] >= 0 and op == "mean" for v, op in seen)
 
 
 def test_agree_must_be_callable():

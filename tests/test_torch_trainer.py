@@ -709,5 +709,12 @@ def test_a_guard_over_a_torch_trainer_takes_its_timings_through_the_trainers_agr
     model, dl = make_net(), loader()
     t = TorchTrainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.CrossEntropyLoss(), dl)
     assert t.agree([0.25, float("nan")])[0] == 0.25 and math.isnan(t.agree([0.25, float("nan")])[1])
+    assert t.agree([3.0, 1.0], "min") == [3.0, 1.0]
+    with pytest.raises(ValueError, match="op must be"):
+        t.agree([1.0], "median")
     assert Guard(t).agree == t.agree
-    assert Guard(t, agree=list).agree is list  # one given wins
+
+    def own(values, op):
+        return values
+
+    assert Guard(t, agree=own).agree is own  # one given wins

@@ -232,14 +232,15 @@ class Guard(SkipsSpikes, PersistsGuard):
         max_skips: the most updates skipped in a row before the doctor takes over (a model whose
             every batch is a spike is broken); an int >= 1, default ``snapshot_every`` (never more
             than a snapshot period of steps skipped in a row).
-        agree: for a run on several processes that each run a guard: a function that takes this
-            process's measurements (a list of floats) and returns the values every process shares
-            (e.g. their mean over the ranks; every process must call it at the same point). The
-            one decision the guard takes on time, the snapshot period (``max_overhead``), is taken
-            on them, so that every process snapshots at the same steps. Default: the trainer's
-            ``agree`` method if it has one (lrkit's ``TorchTrainer``: the mean over the
-            ``torch.distributed`` ranks), else this process's own numbers. The torch and Lightning
-            adapters pass one.
+        agree: for a run on several processes that each run a guard: ``agree(values, op)`` takes
+            this process's numbers (a list of floats) and returns what every process shares: their
+            ``op`` over the processes, ``"mean"``, ``"min"`` or ``"max"`` (every process must call
+            it at the same point). The one decision the guard takes on time, the snapshot period
+            (``max_overhead``), is taken on the means, so that every process snapshots at the same
+            steps; ``resume=True`` resumes every process from the newest snapshot all of them hold
+            (:meth:`start`). Default: the trainer's ``agree`` method if it has one (lrkit's
+            ``TorchTrainer``: over the ``torch.distributed`` ranks), else this process's own
+            numbers. The torch and Lightning adapters pass one.
     """
 
     def __init__(
@@ -267,7 +268,7 @@ class Guard(SkipsSpikes, PersistsGuard):
         skip_spikes: bool = True,
         spike_factor: float = SPIKE_FACTOR,
         max_skips: int | None = None,
-        agree: Callable[[list[float]], Sequence[float]] | None = None,
+        agree: Callable[[list[float], str], Sequence[float]] | None = None,
     ) -> None:
         for name in ("snapshot", "restore"):
             if not callable(getattr(trainer, name, None)):
@@ -600,7 +601,7 @@ class Guard(SkipsSpikes, PersistsGuard):
         self._write_manifest()
         cost, step_time = time.thread_time() - t0, self._set.step_time
         if self.agree is not None:  # every process of a distributed run takes the same period
-            cost, step_time = (float(v) for v in self.agree([cost, step_time]))
+            cost, step_time = (float(v) for v in self.agree([cost, step_time], "mean"))
         self._set.adapt(cost, step_time)
 
     def _load(self, pool: list[SnapshotRecord], rec: SnapshotRecord) -> Any:

@@ -10,6 +10,8 @@ from the newest readable snapshot not known to be bad (:meth:`~PersistsGuard._re
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 from typing import Any, Mapping
@@ -38,6 +40,9 @@ class PersistsGuard:
     resumed_from: int | None
     _policy: Any
     _set: Any
+    agree: Any
+    _spikes: Any
+    _skipped: Any
     _skipped: Any
 
     def state_dict(self) -> dict[str, Any]:
@@ -85,6 +90,41 @@ class PersistsGuard:
         self._policy.load_state_dict(state.get("probation"))
         self._load_skips(state)
 
+    def _resume_choice(self, cands: list[SnapshotRecord]) -> SnapshotRecord | None:
+        """The candidate to resume from: the newest; with ``agree``, the newest label every
+        process has among its candidates (each round: the least of the processes' newest labels
+        at or below the last round's, until all have it; one ``agree(..., "min")`` a round)."""
+        if self.agree is None:
+            return cands[-1] if cands else None
+        labels = sorted(r.label for r in cands)
+        bound = math.inf
+        while True:
+            mine = max((k for k in labels if k <= bound), default=-math.inf)
+            low = float(self.agree([float(mine)], "min")[0])
+            if low == -math.inf:
+                return None  # some process holds nothing at or below the bound
+            if low == bound:
+                return next(r for r in cands if r.label == low)
+            bound = low
+
+    def _agreed_bookkeeping(self, manifest: Mapping[str, Any], rec: SnapshotRecord) -> None:
+        """Several processes resumed from ``rec``: their manifests may differ by the writes a kill
+        cut short. The same everywhere: keep them; else the state of ``rec`` itself -- its
+        multiplier, the interventions before it, the skips before it -- and no probation."""
+        text = json.dumps({k: manifest.get(k) for k in ("multiplier", "interventions", "probation", "skipped",
+                                                        "spikes")}, sort_keys=True, default=str)
+        digest = float(int(hashlib.sha256(text.encode()).hexdigest()[:12], 16))  # exact in a float64
+        if float(self.agree([digest], "min")[0]) == float(self.agree([digest], "max")[0]):
+            return
+        self._multiplier = float(rec.multiplier)
+        self._interventions = [i for i in self._interventions if i.step < rec.label]
+        self._policy.load_state_dict(None)
+        self._load_skips({"skipped": [k for k in self._skipped if k < rec.label]})
+        if self._spikes is not None:
+            self._spikes.reset()  # the spike filter learns the run's level afresh
+        self.logger.warning("lrkit guard: the processes' manifests differed (a kill cut a write short): every "
+                            "process resumes with the state of the snapshot of step %d", rec.label)
+
     def state_summary(self) -> Mapping[str, Any]:
         """A JSON-ready summary: multiplier, clock, snapshot steps and interventions."""
         return {
@@ -116,7 +156,9 @@ class PersistsGuard:
         })
 
     def _resume(self, manifest: Mapping[str, Any]) -> None:
-        """Continue a killed run: the newest readable snapshot not known to be bad."""
+        """Continue a killed run: the newest readable snapshot not known to be bad. With ``agree``
+        (several processes), the newest one every process can read, and the bookkeeping every
+        process shares (:meth:`_agreed_bookkeeping`)."""
         recs = [SnapshotRecord.from_json(s) for s in manifest["snapshots"]]
         self._set.adopt(recs, [s.get("kind", "rolling") for s in manifest["snapshots"]])
         pool = self._set.pool()
@@ -124,17 +166,26 @@ class PersistsGuard:
         self._multiplier = float(manifest["multiplier"])
         self._policy.load_state_dict(manifest.get("probation"))
         self._load_skips(manifest)
-        while pool:
-            cands = [r for r in pool if r.healthy(self.tolerance) is not False] or pool[:1]
-            rec = cands[-1]
+        excluded: set[int] = set()  # (several processes) labels another process could not read
+        while True:
+            live = [r for r in pool if r.label not in excluded]
+            cands = [r for r in live if r.healthy(self.tolerance) is not False] or live[:1]
+            rec = self._resume_choice(cands)
+            if rec is None:
+                raise SnapshotError(
+                    f"lrkit guard: cannot resume run {self._set.disk.run_id}: no snapshot in {self.storage_path} "
+                    "could be read" + (" by every process" if self.agree is not None else "") + " (see the ERROR lines)",
+                    str(self.storage_path),
+                )
             state = self._load(pool, rec)
-            if state is not None:
+            ok = state is not None
+            if self.agree is not None:  # every process read it, or every process tries an older one
+                ok = float(self.agree([1.0 if ok else 0.0], "min")[0]) == 1.0
+                excluded.add(rec.label)
+            if ok:
                 break
-        else:
-            raise SnapshotError(
-                f"lrkit guard: cannot resume run {self._set.disk.run_id}: no snapshot in {self.storage_path} "
-                "could be read (see the ERROR lines)", str(self.storage_path),
-            )
+        if self.agree is not None:
+            self._agreed_bookkeeping(manifest, rec)
         self._set.drop_newer(rec.label)
         self._restore(rec, state)
         self._clock = rec.label

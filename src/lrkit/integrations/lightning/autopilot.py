@@ -54,7 +54,7 @@ from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer,
 from lrkit.doctor.guarded_watch import PendingValidation
 from lrkit.integrations.lightning.skips import StepLossSum, drop_step
 from lrkit.integrations.torch.autopilot import _group_ratios, check_no_scheduler
-from lrkit.integrations.torch.dist import rank_means
+from lrkit.integrations.torch.dist import rank_agree, rank_means
 from lrkit.integrations.torch.doctor import grad_norm
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 from lrkit.schedules.base import Schedule
@@ -212,7 +212,7 @@ class AutopilotCallback(pl.Callback):
             self.pilot = Autopilot(plan, guard=self.guard, plateau=self.plateau, logger=self.logger,
                                    skip_spikes=self.skip_spikes)
             self.pilot.logger.info("%s", plan.summary())
-        self.pilot.attach(_State(pl_module, opt), agree=rank_means)  # several processes: their mean timings
+        self.pilot.attach(_State(pl_module, opt), agree=rank_agree)  # several processes: their mean timings
         self._last_gs = trainer.global_step
         self._apply(trainer.global_step)
 

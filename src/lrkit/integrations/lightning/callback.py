@@ -62,7 +62,7 @@ from lrkit.doctor.core import SEVERITY, Doctor
 from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation, watch_skip_spikes
 from lrkit.doctor.interventions import Intervention
 from lrkit.integrations.lightning.skips import StepLossSum, drop_step
-from lrkit.integrations.torch.dist import rank_means
+from lrkit.integrations.torch.dist import rank_agree, rank_means
 from lrkit.integrations.torch.doctor import grad_norm
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 
@@ -141,7 +141,7 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
                          snapshot_every=snapshot_every, lr_factor=lr_factor, forgive_first=forgive_first,
                          max_retries=max_retries, act_on=act_on,
                          storage=storage, storage_dir=storage_dir, on_intervention=on_intervention,
-                         skip_spikes=skip_spikes, agree=rank_means)
+                         skip_spikes=skip_spikes, agree=rank_agree)
         self.log_verdict = bool(log_verdict)
         self.track_grad_norm = bool(track_grad_norm)
         self._module: torch.nn.Module | None = None

@@ -76,7 +76,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from lrkit.autopilot.pilot import Autopilot, AutopilotEvent
 from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
-from lrkit.integrations.torch.dist import rank_means, world_size
+from lrkit.integrations.torch.dist import rank_agree, rank_means, world_size
 from lrkit.integrations.torch.doctor import drop_gradients, grad_norm, loss_value
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 from lrkit.schedules.base import Schedule
@@ -203,7 +203,7 @@ class AutopilotScheduler(LRScheduler):
         old = self.pilot
         self.pilot = Autopilot.from_state_dict(state_dict["autopilot"], logger=old.logger)
         if self._state is not None:
-            self.pilot.attach(self._state, agree=rank_means)
+            self.pilot.attach(self._state, agree=rank_agree)
         self._count = int(state_dict["step"])
         self.apply()
 
@@ -223,7 +223,7 @@ class TorchAutopilot:
                  finder: Any = None, scaler: Any = None, step: int = 0, track_grad_norm: bool = True) -> None:
         self.model, self.optimizer, self.finder = model, optimizer, finder
         self._state = _TorchState(model, optimizer, scaler)
-        pilot.attach(self._state, agree=rank_means)  # under torch.distributed: the ranks' mean timings
+        pilot.attach(self._state, agree=rank_agree)  # under torch.distributed: the ranks' mean timings
         self.scheduler = AutopilotScheduler(optimizer, pilot, step=step, state=self._state)
         self._params = [p for g in optimizer.param_groups for p in g["params"]]
         self._next = int(step)

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import torch
 
-__all__ = ["distributed", "rank", "rank_mean", "rank_means", "world_size"]
+__all__ = ["distributed", "rank", "rank_agree", "rank_mean", "rank_means", "world_size"]
 
 
 def distributed() -> Any:
@@ -81,3 +81,25 @@ def rank_means(values: Sequence[float | None], device: torch.device | None = Non
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     sums, counts = t[:n].tolist(), t[n:].tolist()
     return [s / c if c > 0 else None for s, c in zip(sums, counts)]
+
+
+def rank_agree(values: Sequence[float], op: str = "mean") -> list[float]:
+    """``values`` reduced over the ranks by ``op`` (``"mean"``, ``"min"`` or ``"max"``): the
+    ``agree`` of a :class:`~lrkit.doctor.guard.Guard` on every rank of a ``torch.distributed`` run
+    (one ``all_reduce``; every rank must call it at the same point). Without a process group: the
+    values themselves.
+
+    Example:
+        >>> rank_agree([3.0, 1.0], "min")
+        [3.0, 1.0]
+    """
+    if op == "mean":
+        return [float(v) for v in rank_means(values)]  # type: ignore[arg-type]
+    if op not in ("min", "max"):
+        raise ValueError(f"rank_agree: op must be 'mean', 'min' or 'max', got {op!r}")
+    dist = distributed()
+    if dist is None or dist.get_world_size() == 1:
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_reduce_device(dist, None, None))
+    dist.all_reduce(t, op=dist.ReduceOp.MIN if op == "min" else dist.ReduceOp.MAX)
+    return t.tolist()

@@ -126,7 +126,7 @@ from lrkit.integrations.torch.hessian import (
     explain,
     with_stability,
 )
-from lrkit.integrations.torch.dist import rank, rank_mean, rank_means, world_size
+from lrkit.integrations.torch.dist import rank_agree, rank, rank_mean, rank_means, world_size
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 
 __all__ = ["TorchDoctor", "StabilityProbe", "grad_norm"]
@@ -239,7 +239,9 @@ class TorchDoctor(GuardedWatch):
             arguments is restored here, in the constructor, to its newest good snapshot (model,
             optimizer, scaler, RNGs, loaders' generators, LR multiplier, doctor):
             :attr:`start_step` is then the step to continue from. Under ``torch.distributed`` each
-            rank keeps its snapshots under ``<run_id>.rank<r>`` and resumes from its own.
+            rank keeps its snapshots under ``<run_id>.rank<r>``, and all resume from the newest
+            snapshot every rank can read (a kill can leave one rank a write ahead of another), so
+            they continue from the same step with identical replicas.
         scaler: your ``torch.amp.GradScaler``, if any (snapshotted; its scale divides the
             gradient norm, so call :meth:`after_backward` before ``scaler.unscale_``).
         loaders: data loaders whose ``torch.Generator`` is snapshotted too (by default none: the
@@ -336,7 +338,7 @@ class TorchDoctor(GuardedWatch):
                 forgive_first=forgive_first, max_retries=max_retries, act_on=act_on, storage=storage,
                 storage_dir=storage_dir, on_intervention=on_intervention, logger=logger, keep=keep, max_overhead=max_overhead,
                 run_id=run_id, resume=resume, sync_writes=sync_writes, skip_spikes=skip_spikes,
-                spike_factor=spike_factor, max_skips=max_skips, agree=rank_means,
+                spike_factor=spike_factor, max_skips=max_skips, agree=rank_agree,
             )
         elif not isinstance(self.doctor, Doctor):
             raise ValueError(f"TorchDoctor: doctor must be an lrkit.doctor.Doctor or None, got {type(doctor).__name__}")

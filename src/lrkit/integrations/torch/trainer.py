@@ -63,7 +63,7 @@ from lrkit import scaling
 from lrkit.finder.range_test import find, plan_budget, plan_verify_budget
 from lrkit.finder.result import FinderResult
 from lrkit.integrations._progress import progress_bar, progress_context, watched  # noqa: F401 - progress_bar re-exported (the CLI imports it)
-from lrkit.integrations.torch.dist import distributed as _distributed, rank_mean, rank_means
+from lrkit.integrations.torch.dist import distributed as _distributed, rank_agree, rank_mean
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 
 __all__ = ["TorchTrainer", "find_lr"]
@@ -324,11 +324,11 @@ class TorchTrainer(RecyclingState):
         """Whether :meth:`step` can leave an update out (``skip=``): when it applies the update itself."""
         return not self.multi
 
-    def agree(self, values: list[float]) -> list[float | None]:
-        """``values`` averaged over the ``torch.distributed`` ranks (themselves with one process):
-        what a :class:`~lrkit.doctor.guard.Guard` over this trainer takes its timing decisions on,
-        so that every rank snapshots at the same steps."""
-        return rank_means(values, self.device)
+    def agree(self, values: list[float], op: str = "mean") -> list[float]:
+        """``values`` reduced over the ``torch.distributed`` ranks by ``op`` (themselves with one
+        process): the ``agree`` of a :class:`~lrkit.doctor.guard.Guard` over this trainer, so that
+        every rank snapshots at the same steps and resumes from the same snapshot."""
+        return rank_agree(values, op)
 
     def evaluate(self) -> float | None:
         """Mean loss over at most ``max_val_batches`` validation batches (eval mode, no grad)."""

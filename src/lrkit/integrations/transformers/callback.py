@@ -122,7 +122,7 @@ from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation, watch_do
 from lrkit.doctor.interventions import GuardGaveUp, Intervention
 from lrkit.doctor.model_config import chance_loss_from_config
 from lrkit.doctor.watch import check_actions
-from lrkit.integrations.torch.dist import rank_means, world_size
+from lrkit.integrations.torch.dist import rank_agree, rank_means, world_size
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot, rngs_kept
 from lrkit.integrations.transformers.skips import HoldsStepSkips, StepSkips
 
@@ -392,7 +392,7 @@ class LRDoctorCallback(HoldsStepSkips, RefreshedBeforeSaves, GuardedWatch, Train
     def _new_guard(self) -> Guard:
         # under DDP every rank snapshots at the same steps: the period is taken on the ranks' mean timings
         return Guard(_State(self), doctor=self.doctor, take_initial_snapshot=False, skip_spikes=self.skip_spikes,
-                     agree=rank_means, **self._guard_kwargs)
+                     agree=rank_agree, **self._guard_kwargs)
 
     # ------------------------------------------------------------------ checks
     def _check_args(self, args: Any, model: Any) -> None:
