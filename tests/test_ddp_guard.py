@@ -5,6 +5,7 @@ with the same LR, and the replicas stay identical. Two CPU processes on gloo."""
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -155,11 +156,14 @@ def test_the_autopilot_rolls_back_on_every_rank_alike(tmp_path):
 RESUME_STEPS, KILLED_AT = 80, 55
 
 
-def _resumable(rank: int, tmp: str, *, phase: str) -> None:
+def _resumable(rank: int, tmp: str, *, phase: str, how: str = "") -> None:
     """Phase "kill": train KILLED_AT steps with disk snapshots, then die without closing (as a kill
-    would). Phase "resume": rank 1's newest snapshot file is unreadable (its write was cut short);
-    both ranks resume and train to RESUME_STEPS."""
+    would). Phase "resume": rank 1 is a write behind -- its newest snapshot file is unreadable
+    (``how="unreadable"``), or the kill came before it wrote its newest snapshot at all (its
+    manifest is the one before that snapshot, ``"behind"``); both ranks resume and train to
+    RESUME_STEPS."""
     import os
+    import shutil
 
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -169,10 +173,17 @@ def _resumable(rank: int, tmp: str, *, phase: str) -> None:
     model = DDP(torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)))
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     kw = dict(snapshot_every=10, storage="disk", storage_dir=f"{tmp}/snapshots", run_id="run", sync_writes=True)
+    run_dir = Path(tmp, "snapshots", f"run.rank{rank}")
     if phase == "resume" and rank == 1:
-        manifest = json.loads(Path(tmp, "snapshots", "run.rank1", "manifest.json").read_text())
+        manifest = json.loads((run_dir / "manifest.json").read_text())
         newest = max(manifest["snapshots"], key=lambda s: s["label"])
-        Path(tmp, "snapshots", "run.rank1", newest["handle"]).write_bytes(b"cut short")
+        (run_dir / newest["handle"]).write_bytes(b"cut short")
+        if how == "behind":
+            shutil.copy(run_dir / "manifest.before", run_dir / "manifest.json")
+    said: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("lrkit.guard").addHandler(handler)
     watch = TorchDoctor(model, opt, resume=phase == "resume", **kw)
     start = watch.start_step
     end = KILLED_AT if phase == "kill" else RESUME_STEPS
@@ -186,8 +197,10 @@ def _resumable(rank: int, tmp: str, *, phase: str) -> None:
         watch.after_backward(loss)
         opt.step()
         watch.after_step(k, loss)
+        if phase == "kill" and k == 45:  # the manifest before the last snapshot (at 50)
+            shutil.copy(run_dir / "manifest.json", run_dir / "manifest.before")
     Path(tmp, f"rank{rank}.json").write_text(json.dumps({
-        "start": start, "snaps": watch.guard.snapshot_steps,
+        "start": start, "snaps": watch.guard.snapshot_steps, "said": said,
         "params": [p.detach().flatten().tolist() for p in model.parameters()]}))
     if phase == "kill":
         dist.barrier()
@@ -202,19 +215,29 @@ def _kill_phase(rank: int, world: int, tmp: str) -> None:
     _resumable(rank, tmp, phase="kill")
 
 
-def _resume_phase(rank: int, world: int, tmp: str) -> None:
+def _resume_unreadable(rank: int, world: int, tmp: str) -> None:
     torch.set_num_threads(1)
     with process_group(rank, world, tmp):
-        _resumable(rank, tmp, phase="resume")
+        _resumable(rank, tmp, phase="resume", how="unreadable")
+
+
+def _resume_behind(rank: int, world: int, tmp: str) -> None:
+    torch.set_num_threads(1)
+    with process_group(rank, world, tmp):
+        _resumable(rank, tmp, phase="resume", how="behind")
 
 
 @needs_dist
-def test_ranks_resume_from_the_newest_snapshot_all_of_them_can_read(tmp_path):
+@pytest.mark.parametrize("resume", [_resume_unreadable, _resume_behind], ids=["unreadable", "behind"])
+def test_ranks_resume_from_the_newest_snapshot_all_of_them_can_read(tmp_path, resume):
     killed = run_ranks(_kill_phase, tmp_path)
     assert killed[0]["snaps"] == killed[1]["snaps"] and max(killed[0]["snaps"]) == 50
     Path(tmp_path, "rendezvous").unlink(missing_ok=True)
-    r0, r1 = run_ranks(_resume_phase, tmp_path)
+    r0, r1 = run_ranks(resume, tmp_path)
     # rank 0 could resume from step 50, rank 1 not (its file is unreadable): both resume from the
     # newest snapshot both can read, and train the same steps on from there
     assert r0["start"] == r1["start"] < 50
     assert r0["params"] == r1["params"]
+    # rank 1's manifest a write behind: the two differ, and both resume with the snapshot's own state
+    differed = [any("manifests differed" in m for m in r["said"]) for r in (r0, r1)]
+    assert differed == ([True, True] if resume is _resume_behind else [False, False])
