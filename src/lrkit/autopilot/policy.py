@@ -284,8 +284,10 @@ def lowered_multiplier(multiplier: float, *, verdict: str, first: bool, auto_rat
         multiplier: the multiplier in force when the run went wrong.
         verdict: the doctor's verdict (``"nan"``, ``"diverging"``, ...).
         first: this is the first problem of a healthy stretch (no rollback in the last
-            ``2 * snapshot_every`` steps): one bad batch is the likelier cause, and a lower LR
-            would cost the rest of the run for nothing; a second problem soon after lowers it.
+            ``2 * snapshot_every`` steps, and the run got past the snapshot the last rollback
+            restored): one bad batch is the likelier cause, and a lower LR would cost the rest of
+            the run for nothing; a second problem soon after, or one that sends the run back to
+            the same snapshot however slowly it came, lowers it.
         auto_ratio: :math:`\eta_{auto}/\eta_{peak}` (``None`` when the autopilot has no
             finder answer of its own); the multiplier never stays above it after a rollback.
         unstable_start: the run blew up in its first window, or has been stuck since such a
