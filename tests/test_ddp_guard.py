@@ -116,6 +116,35 @@ def _autopilot(rank: int, world: int, tmp: str) -> None:
         _autopilot_run(rank, tmp)
 
 
+def _watch_on_rank_zero(rank: int, world: int, tmp: str) -> None:
+    """A doctor that only watches, on rank 0 alone (a common way to monitor a DDP run)."""
+    torch.set_num_threads(1)
+    with process_group(rank, world, tmp):
+        _watch_only(rank, tmp)
+
+
+def _watch_only(rank: int, tmp: str) -> None:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from lrkit.integrations.torch.doctor import TorchDoctor
+
+    torch.manual_seed(0)
+    model = DDP(torch.nn.Linear(4, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    watch = TorchDoctor(model, opt, guard=False) if rank == 0 else None
+    g = torch.Generator().manual_seed(rank)
+    for k in range(40):
+        x = torch.randn(16, 4, generator=g)
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), x.sum(1, keepdim=True))
+        loss.backward()
+        opt.step()
+        if watch is not None:
+            watch.after_step(k, loss)
+    Path(tmp, f"rank{rank}.json").write_text(json.dumps(
+        {"verdict": watch.diagnosis.verdict if watch is not None else None}))
+
+
 needs_dist = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available in this build")
 
 
@@ -241,3 +270,9 @@ def test_ranks_resume_from_the_newest_snapshot_all_of_them_can_read(tmp_path, re
     # rank 1's manifest a write behind: the two differ, and both resume with the snapshot's own state
     differed = [any("manifests differed" in m for m in r["said"]) for r in (r0, r1)]
     assert differed == ([True, True] if resume is _resume_behind else [False, False])
+
+
+@needs_dist
+def test_a_doctor_that_only_watches_may_run_on_rank_zero_alone(tmp_path):
+    r0, r1 = run_ranks(_watch_on_rank_zero, tmp_path)  # no collective waits for rank 1
+    assert r0["verdict"] in ("healthy", "converged") and r1["verdict"] is None

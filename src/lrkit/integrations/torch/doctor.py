@@ -437,12 +437,14 @@ class TorchDoctor(GuardedWatch):
         a validation result that swings without progress is ``fluctuating``) and, when guarding,
         snapshots or rolls back. Returns ``True`` if it rolled back.
 
-        Under ``torch.distributed`` call it on every rank at every step: the loss, the gradient
-        norm and ``val_loss`` the doctor reads are averaged over the ranks (``val_loss`` over
-        those that give one; one ``all_reduce`` of six numbers), so every rank reaches the same
-        verdicts and rolls back at the same steps to the same snapshot with the same LR, and the
-        replicas stay identical. ``metrics`` are read as each rank gives them: pass values
-        already reduced over the ranks.
+        Under ``torch.distributed``, with the guard or an ``on_converged``/``on_overfitting``
+        action, call it on every rank at every step: the loss, the gradient norm and ``val_loss``
+        the doctor reads are averaged over the ranks (``val_loss`` over those that give one; one
+        ``all_reduce`` of six numbers), so every rank reaches the same verdicts and rolls back at
+        the same steps to the same snapshot with the same LR, and the replicas stay identical.
+        ``metrics`` are read as each rank gives them: pass values already reduced over the ranks.
+        A doctor that only watches (``guard=False``, no action) reads its own rank's numbers and
+        may be called on one rank alone.
         """
         if isinstance(step, bool) or not isinstance(step, int):
             raise ValueError(f"TorchDoctor.after_step: step must be an int, got {step!r}")
@@ -471,7 +473,8 @@ class TorchDoctor(GuardedWatch):
         if self._skipping:  # the guard held this update back (a loss spike): nothing trained, nothing to observe
             self._skipping = False
             return False
-        if world_size() > 1:  # every rank reads the same numbers, so all take the same decisions
+        if world_size() > 1 and (self.guard is not None or self.watch_on):
+            # every rank reads the same numbers, so all take the same decisions
             loss, gn, val_loss = rank_means([loss, gn, val_loss])
         # each new detection is recorded (detections, worst) and logged once (lrkit.doctor)
         rolled = self._watch_observe(step, loss, lr=lr, grad_norm=gn, val_loss=val_loss, metrics=metrics) is not None
