@@ -179,3 +179,49 @@ def test_the_autopilot_plans_and_rolls_back_alike_on_every_rank(tmp_path, monkey
     assert r0["events"], "rank 1's blown-up batches must make the guard act"
     assert r0["events"] == r1["events"]
     assert r0["params"] == r1["params"]
+
+
+class FinderShards(pl.LightningModule):
+    """A module with an ``lr`` for ``lrkit.lightning.LRFinder``; records its parameters at every
+    step of the range test (before the fit's first step)."""
+
+    def __init__(self, lr=1e-4):
+        super().__init__()
+        self.save_hyperparameters()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+        self.finder_params = []
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        if self.global_step == 0:
+            self.finder_params.append(float(sum(p.detach().double().sum() for p in self.parameters())))
+        if self.global_rank == 1:
+            x, y = 2.0 * x, 2.0 * y  # shards of different scales
+        return torch.nn.functional.mse_loss(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=0.9)
+
+
+class RecordFinder(pl.Callback):
+    def __init__(self, finder, out):
+        self.finder, self.out = finder, out
+
+    def on_train_end(self, trainer, module):
+        Path(self.out, f"rank{trainer.global_rank}.json").write_text(json.dumps({
+            "suggestion": self.finder.result.suggestion, "lr": module.hparams.lr,
+            "finder_params": module.finder_params,
+            "params": [p.detach().flatten().tolist() for p in module.parameters()]}))
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available in this build")
+def test_the_lr_finder_callback_suggests_the_same_lr_on_every_rank(tmp_path, monkeypatch):
+    from lrkit.lightning import LRFinder
+
+    finder = LRFinder(num_iter=40, verify_steps=3, progress=False)
+    r0, r1 = _fit(FinderShards(), [finder, RecordFinder(finder, str(tmp_path))], 30, tmp_path, monkeypatch)
+    assert r0["suggestion"] == r1["suggestion"] == r0["lr"] == r1["lr"]
+    # through DDP: the replicas stayed identical during the range test (its own shard each, without)
+    assert len(r0["finder_params"]) > 20 and r0["finder_params"] == r1["finder_params"]
+    assert r0["params"] == r1["params"]

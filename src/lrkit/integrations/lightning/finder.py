@@ -26,9 +26,13 @@ Example::
     trainer.fit(model, datamodule=dm)          # model.lr was set to finder.result.suggestion
     print(finder.result.summary())
 
+Several processes (DDP): the range test trains through the strategy (the DDP wrapper averages the
+gradients, so it measures the batch the run trains with) and decides on the ranks' mean losses:
+every rank writes the same suggestion (tested with ``ddp_spawn`` on two CPU processes).
+
 Not covered: manual optimization (``automatic_optimization = False``: use
-:func:`lrkit.find_lr` with your own ``step_fn``), several processes (run the finder in one process
-and pass the LR), and LR schedulers configured outside ``configure_optimizers``.
+:func:`lrkit.find_lr` with your own ``step_fn``), sharded strategies (FSDP, DeepSpeed: not tested),
+and LR schedulers configured outside ``configure_optimizers``.
 """
 from __future__ import annotations
 
@@ -149,9 +153,15 @@ class LRFinder(pl.Callback):
         loader = trainer.fit_loop._data_source.dataloader()
         counter = itertools.count()
 
+        # with several processes through the strategy (its DDP wrapper averages the gradients over
+        # the ranks): the finder measures the batch the run trains with, and every rank decides
+        # on the ranks' mean losses (lrkit's TorchTrainer), so all get the same suggestion
+        several = trainer.world_size > 1
+
         def step_fn(model: Any, batch: Any) -> Any:
             batch = trainer.strategy.batch_to_device(batch)
-            return _loss_of(model.training_step(batch, next(counter)))
+            step = trainer.strategy.training_step if several else model.training_step
+            return _loss_of(step(batch, next(counter)))
 
         clip = trainer.gradient_clip_val
         if clip is not None and trainer.gradient_clip_algorithm not in (None, "norm"):
