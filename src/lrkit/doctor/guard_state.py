@@ -43,7 +43,6 @@ class PersistsGuard:
     agree: Any
     _spikes: Any
     _skipped: Any
-    _skipped: Any
 
     def state_dict(self) -> dict[str, Any]:
         """The guard's state without its snapshots, in plain JSON types: the LR multiplier, the

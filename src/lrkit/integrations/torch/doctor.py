@@ -126,7 +126,7 @@ from lrkit.integrations.torch.hessian import (
     explain,
     with_stability,
 )
-from lrkit.integrations.torch.dist import rank_agree, rank, rank_mean, rank_means, world_size
+from lrkit.integrations.torch.dist import rank, rank_agree, rank_mean, rank_means, world_size
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 
 __all__ = ["TorchDoctor", "StabilityProbe", "grad_norm"]
