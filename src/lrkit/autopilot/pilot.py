@@ -153,7 +153,7 @@ class Autopilot:
         self._gave_up = False
 
     # ------------------------------------------------------------------ wiring
-    def attach(self, state: Any, *, agree: Callable[[list[float]], Sequence[float]] | None = None) -> "Autopilot":
+    def attach(self, state: Any, *, agree: Callable[[list[float], str], Sequence[float]] | None = None) -> "Autopilot":
         """Give the autopilot the training state to guard: an object with ``snapshot()`` and
         ``restore(state)`` (the Trainer protocol's half). Takes the first snapshot now. Returns
         ``self``. Without ``guard`` this only checks the object. ``agree``: as in
