@@ -70,3 +70,34 @@ def test_two_ranks_stop_together(tmp_path):
 
 if __name__ == "__main__":  # pragma: no cover - manual run
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def _average(rank: int, world: int, tmp: str) -> None:
+    from lrkit.integrations.torch.dist import average_gradients
+
+    with process_group(rank, world, tmp):
+        p, q, r = (torch.nn.Parameter(torch.zeros(2)) for _ in range(3))
+        p.grad = torch.tensor([1.0, 2.0]) if rank == 0 else torch.tensor([3.0, 4.0])
+        q.grad = None if rank == 0 else torch.tensor([2.0, 2.0])  # an unused parameter on rank 0
+        average_gradients([p, q, r])  # r: no gradient anywhere
+        Path(tmp, f"rank{rank}.json").write_text(json.dumps(
+            {"p": p.grad.tolist(), "q": q.grad.tolist(), "r": r.grad is None}))
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available in this build")
+def test_average_gradients_averages_as_ddp_would(tmp_path):
+    r0, r1 = run_ranks(_average, tmp_path)
+    assert r0 == r1 == {"p": [2.0, 3.0], "q": [1.0, 1.0], "r": True}
+
+
+def test_average_gradients_is_checked():
+    from lrkit.integrations.torch.trainer import TorchTrainer
+
+    model = torch.nn.Linear(2, 1)
+    data = [(torch.zeros(1, 2), torch.zeros(1, 1))]
+    with pytest.raises(ValueError, match="average_gradients must be True or False"):
+        TorchTrainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.MSELoss(), data,
+                     average_gradients="yes")
+    opts = [torch.optim.SGD([model.weight], lr=0.1), torch.optim.SGD([model.bias], lr=0.1)]
+    with pytest.raises(ValueError, match="average_gradients works with one optimizer"):
+        TorchTrainer(model, opts, None, data, step_fn=lambda m, b, o: 0.0, average_gradients=True)

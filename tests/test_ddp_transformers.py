@@ -33,9 +33,11 @@ class Tiny(torch.nn.Module):
         super().__init__()
         torch.manual_seed(0)
         self.net = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
-        self.calls, self.garbage, self.nan_at = 0, set(garbage), nan_at
+        self.calls, self.garbage, self.nan_at, self.seen = 0, set(garbage), nan_at, []
 
     def forward(self, x, y):
+        if self.training and torch.is_grad_enabled():  # the replica every training pass starts from
+            self.seen.append(float(sum(p.detach().double().sum() for p in self.parameters())))
         if self.calls in self.garbage:
             x, y = x * 50.0, y * 30.0
         if self.calls == self.nan_at:
@@ -73,12 +75,26 @@ def _run(rank: int, out: str, scenario: str) -> dict:
     }
 
 
+def _run_autopilot(rank: int, out: str) -> dict:
+    from lrkit.integrations.transformers.autopilot import AutopilotCallback
+
+    args = transformers.TrainingArguments(
+        output_dir=out, use_cpu=True, ddp_backend="gloo", report_to=[], save_strategy="no", max_steps=120,
+        logging_steps=1, per_device_train_batch_size=16, optim="sgd", disable_tqdm=True, seed=0)
+    model = Tiny()
+    cb = AutopilotCallback(progress=False)
+    transformers.Trainer(model=model, args=args, train_dataset=Data(), callbacks=[cb]).train()
+    return {"world_size": args.world_size, "peak": cb.plan.peak_lr, "events": [e.message for e in cb.events],
+            "seen": model.seen, "params": [p.detach().flatten().tolist() for p in model.parameters()]}
+
+
 def _worker(rank: int, world: int, port: int, out: str, scenario: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
     try:
-        result = _run(rank, out, scenario)  # the DDP model is freed on its return, before the group
+        # the DDP model is freed on its return, before the group
+        result = _run_autopilot(rank, out) if scenario == "autopilot" else _run(rank, out, scenario)
         gc.collect()
         torch.distributed.barrier()
     finally:
@@ -119,3 +135,15 @@ def test_a_nan_on_one_rank_is_rolled_back_on_both_alike(tmp_path):
     assert r0["events"] and r0["events"] == r1["events"]
     assert r0["params"] == r1["params"]
     assert all(v == v for p in r0["params"] for v in p)  # finite
+
+
+@needs_dist
+def test_the_autopilot_plans_once_for_both_ranks_and_its_finder_trains_as_ddp_does(tmp_path):
+    r0, r1 = _two_ranks(tmp_path, "autopilot")
+    assert r0["world_size"] == r1["world_size"] == 2
+    assert r0["peak"] == r1["peak"]  # one plan: the finder decided on the ranks' mean losses
+    # the finder averaged the gradients over the ranks (as the Trainer's DDP wrapper does after it):
+    # both replicas saw the same parameters at every training pass, the finder's included
+    assert len(r0["seen"]) > 120 and r0["seen"] == r1["seen"]
+    assert r0["events"] == r1["events"]
+    assert r0["params"] == r1["params"]

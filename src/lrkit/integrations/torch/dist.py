@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import torch
 
-__all__ = ["distributed", "rank", "rank_agree", "rank_mean", "rank_means", "world_size"]
+__all__ = ["average_gradients", "distributed", "rank", "rank_agree", "rank_mean", "rank_means", "world_size"]
 
 
 def distributed() -> Any:
@@ -103,3 +103,52 @@ def rank_agree(values: Sequence[float], op: str = "mean") -> list[float]:
     t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_reduce_device(dist, None, None))
     dist.all_reduce(t, op=dist.ReduceOp.MIN if op == "min" else dist.ReduceOp.MAX)
     return t.tolist()
+
+
+#: gradients are averaged in buckets of at most this many elements (one ``all_reduce`` each)
+BUCKET_ELEMENTS = 1 << 24
+
+
+def average_gradients(params: Sequence[torch.Tensor]) -> None:
+    r"""Average the gradients of ``params`` over the ranks in place, :math:`g \leftarrow \frac{1}{W}
+    \sum_r g_r`: what DDP's backward does, for a model every rank trains without a DDP wrapper (a
+    framework's unwrapped model). A parameter without a gradient on some rank counts as zeros
+    there; one without a gradient on every rank keeps none. Every rank must call it with the same
+    parameters, in the same order. Without a process group: nothing to do.
+
+    Example:
+        >>> p = torch.nn.Parameter(torch.ones(2)); p.grad = torch.full((2,), 3.0)
+        >>> average_gradients([p]); p.grad.tolist()   # one process: unchanged
+        [3.0, 3.0]
+    """
+    dist = distributed()
+    if dist is None or dist.get_world_size() == 1:
+        return
+    world = dist.get_world_size()
+    params = list(params)
+    dev = _reduce_device(dist, params[0] if params else None, None)
+    present = torch.tensor([0.0 if p.grad is None else 1.0 for p in params], dtype=torch.float64, device=dev)
+    dist.all_reduce(present, op=dist.ReduceOp.SUM)
+    live = [p for p, n in zip(params, present.tolist()) if n > 0]
+    for p in live:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    groups: dict[tuple[Any, Any], list[torch.Tensor]] = {}
+    for p in live:
+        groups.setdefault((p.grad.device, p.grad.dtype), []).append(p)
+    for members in groups.values():
+        start = 0
+        while start < len(members):
+            bucket, size = [], 0
+            while start < len(members) and (not bucket or size + members[start].numel() <= BUCKET_ELEMENTS):
+                bucket.append(members[start])
+                size += members[start].numel()
+                start += 1
+            flat = torch.cat([q.grad.reshape(-1) for q in bucket])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            flat /= world
+            offset = 0
+            for q in bucket:
+                n = q.numel()
+                q.grad.copy_(flat[offset:offset + n].view_as(q.grad))
+                offset += n

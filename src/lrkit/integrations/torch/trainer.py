@@ -63,6 +63,7 @@ from lrkit import scaling
 from lrkit.finder.range_test import find, plan_budget, plan_verify_budget
 from lrkit.finder.result import FinderResult
 from lrkit.integrations._progress import progress_bar, progress_context, watched  # noqa: F401 - progress_bar re-exported (the CLI imports it)
+from lrkit.integrations.torch.dist import average_gradients as _average_gradients
 from lrkit.integrations.torch.dist import distributed as _distributed, rank_agree, rank_mean
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 
@@ -221,6 +222,9 @@ class TorchTrainer(RecyclingState):
             model must already be there.
         grad_clip_norm: clip the global gradient norm to this value (> 0) before each step.
         max_val_batches: at most this many validation batches per :meth:`evaluate` (>= 1).
+        average_gradients: every rank of a ``torch.distributed`` run trains this model without a
+            ``DistributedDataParallel`` wrapper: average the gradients over the ranks after each
+            backward (:func:`~lrkit.integrations.torch.dist.average_gradients`), as DDP would.
 
     Example:
         >>> import torch
@@ -249,8 +253,14 @@ class TorchTrainer(RecyclingState):
         device: str | torch.device | None = None,
         grad_clip_norm: float | None = None,
         max_val_batches: int | None = 20,
+        average_gradients: bool = False,
     ) -> None:
         optimizers, multi, trainable = _checked_model_and_optimizers(model, optimizer)
+        if not isinstance(average_gradients, bool):
+            raise ValueError(f"average_gradients must be True or False, got {average_gradients!r}")
+        if average_gradients and multi:
+            raise ValueError("average_gradients works with one optimizer (step_fn with several optimizers "
+                             "applies its own updates); wrap the model in DistributedDataParallel instead")
         self._ratios = _lr_ratios(optimizers)
         _check_options(multi=multi, step_fn=step_fn, loss_fn=loss_fn, train_loader=train_loader, val_loader=val_loader,
                        accumulation_steps=accumulation_steps, grad_clip_norm=grad_clip_norm, amp=amp, scaler=scaler,
@@ -273,6 +283,7 @@ class TorchTrainer(RecyclingState):
         self.grad_clip_norm = grad_clip_norm
         self.max_val_batches = max_val_batches
         self._trainable = trainable
+        self.average_gradients = average_gradients
         self._iter: Iterator[Any] | None = None
 
     # -- Trainer protocol --------------------------------------------------------------------
@@ -457,6 +468,8 @@ class TorchTrainer(RecyclingState):
                 scaled = loss.float() / acc
                 (scaler.scale(scaled) if use_scaler else scaled).backward()
             total += loss.detach().to("cpu", torch.float64)
+        if self.average_gradients:  # an unwrapped model on every rank: average as DDP would
+            _average_gradients(self._trainable)
         # rank-averaged before anything is decided on it: every rank takes the same decision
         mean = self._reduce(total / acc)
         if math.isfinite(mean) and not (skip is not None and skip(mean)):
@@ -506,6 +519,7 @@ def find_lr(
     target_batch_size: int | None = None,
     grad_clip_norm: float | None = None,
     seed: int = 0,
+    average_gradients: bool = False,
 ) -> FinderResult:
     """Find a good learning rate for a PyTorch model with an LR range test; leaves everything as it was.
 
@@ -541,6 +555,10 @@ def find_lr(
         target_batch_size: the batch size of the real run, if different (the suggestion is
             rescaled with :func:`lrkit.scaling.scale_lr`).
         seed: seed of the suggestion's own randomness.
+        average_gradients: under ``torch.distributed`` with a model that is not wrapped in
+            ``DistributedDataParallel`` (a framework's unwrapped model): average the gradients over
+            the ranks after each backward, as DDP would, so the test measures the batch of all
+            ranks (which ``batch_size`` assumes) and the replicas stay identical.
 
     Returns:
         A :class:`~lrkit.finder.result.FinderResult` (``.suggestion``, ``.plot()``, ``.to_json()``).
@@ -561,7 +579,7 @@ def find_lr(
     trainer = TorchTrainer(
         model, optimizer, loss_fn, train_loader, val_loader=val_loader, step_fn=step_fn,
         accumulation_steps=accumulation_steps, amp=amp, scaler=scaler, device=device,
-        grad_clip_norm=grad_clip_norm,
+        grad_clip_norm=grad_clip_norm, average_gradients=average_gradients,
     )
     first_opt = trainer.optimizers[0]
     family = scaling.optimizer_family(first_opt)

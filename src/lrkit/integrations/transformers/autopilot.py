@@ -31,7 +31,10 @@ same schedule and the same guard state.
 
 Refused with the reason: a scheduler other than the ``Trainer``'s ``LambdaLR`` schedules
 (``"reduce_lr_on_plateau"``, a custom one), a learning-rate-free or Schedule-Free optimizer,
-several processes (the finder runs in one), DeepSpeed and FSDP runs, an unknown run length.
+DeepSpeed and FSDP runs (sharded state), an unknown run length. Plain DDP (``torchrun``) works:
+the finder averages the gradients over the ranks itself (the callback is handed the unwrapped
+model) and decides on the ranks' mean losses, so every rank gets the same plan; the guard then
+acts on the gathered logs, and every rank intervenes at the same step.
 """
 from __future__ import annotations
 
@@ -46,6 +49,7 @@ from lrkit.autopilot.pilot import Autopilot, AutopilotEvent
 from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
 from lrkit.doctor.guarded_watch import PendingValidation
 from lrkit.integrations.torch.autopilot import _group_ratios
+from lrkit.integrations.torch.dist import rank_agree, rank_means, world_size
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 from lrkit.integrations.transformers.callback import RefreshedBeforeSaves, _expected_logs, _guard_blockers
 from lrkit.integrations.transformers.skips import HoldsStepSkips, StepSkips
@@ -127,9 +131,6 @@ class AutopilotCallback(HoldsStepSkips, RefreshedBeforeSaves, TrainerCallback):
     # ------------------------------------------------------------------ setting up
     def _check(self, args: Any, model: Any, optimizer: Any, scheduler: Any) -> torch.optim.Optimizer:
         blockers = _guard_blockers(args, model) if self.guard else []
-        world = getattr(args, "world_size", 1)
-        if self.guard and isinstance(world, int) and world > 1:  # its finder runs in one process
-            blockers.append(f"{world} processes (world_size={world})")
         if blockers:
             raise AutopilotError(f"AutopilotCallback: the guard rolls back in place in one process, and this run "
                                  f"uses {', '.join(blockers)}; pass AutopilotCallback(guard=False)")
@@ -169,7 +170,7 @@ class AutopilotCallback(HoldsStepSkips, RefreshedBeforeSaves, TrainerCallback):
             self.pilot.logger.info("%s", plan.summary())
             self._warn_if_few_logs(args, state)
         self._scaler = getattr(optimizer, "scaler", None)
-        self.pilot.attach(_State(model, inner, self._scaler))
+        self.pilot.attach(_State(model, inner, self._scaler), agree=rank_agree)  # DDP: the ranks' mean timings
         self._release_skips()
         if self.pilot.skips:
             self._skips = StepSkips(model)
@@ -188,9 +189,12 @@ class AutopilotCallback(HoldsStepSkips, RefreshedBeforeSaves, TrainerCallback):
         clip = getattr(args, "max_grad_norm", None)
         with warnings.catch_warnings():  # the Trainer's LambdaLR is attached; the autopilot replaces it next
             warnings.filterwarnings("ignore", message="the optimizer has an LR scheduler attached")
+            # several processes: the callback is handed the unwrapped model, so the finder averages
+            # the gradients over the ranks itself (as the Trainer's DDP wrapper will): the run's batch
             return find_lr(model, optimizer, None, train, val_loader=val, train_steps=steps,
                            accumulation_steps=int(getattr(args, "gradient_accumulation_steps", 1) or 1),
-                           grad_clip_norm=float(clip) if clip else None, progress=self.progress, seed=self.seed)
+                           grad_clip_norm=float(clip) if clip else None, progress=self.progress, seed=self.seed,
+                           average_gradients=world_size() > 1)
 
     def _apply(self, step: int) -> None:
         lr = self.pilot.lr(max(0, int(step)))
@@ -243,6 +247,8 @@ class AutopilotCallback(HoldsStepSkips, RefreshedBeforeSaves, TrainerCallback):
             if loss is None:  # every step of this log was skipped
                 return
         val_loss, metrics = self._pending.take()
+        if world_size() > 1:  # the Trainer's logs are gathered already; this makes sure of it
+            loss, gn, val_loss = rank_means([loss, gn, val_loss])
         try:
             rolled = self.pilot.observe(step, loss, lr=logs.get("learning_rate"), grad_norm=gn, val_loss=val_loss,
                                         metrics=metrics)
