@@ -88,13 +88,28 @@ def _run_autopilot(rank: int, out: str) -> dict:
             "seen": model.seen, "params": [p.detach().flatten().tolist() for p in model.parameters()]}
 
 
+def _run_finder(rank: int, out: str) -> dict:
+    import lrkit.transformers
+
+    args = transformers.TrainingArguments(
+        output_dir=out, use_cpu=True, ddp_backend="gloo", report_to=[], save_strategy="no", max_steps=100,
+        per_device_train_batch_size=16, optim="sgd", disable_tqdm=True, seed=0)
+    model = Tiny()
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=Data())
+    result = lrkit.transformers.find_lr(trainer, progress=False)
+    return {"suggestion": result.suggestion, "lr": args.learning_rate, "batch_size": result.batch_size,
+            "seen": model.seen, "restored": all(torch.equal(a, b) for a, b in zip(before, model.parameters()))}
+
+
 def _worker(rank: int, world: int, port: int, out: str, scenario: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
     try:
         # the DDP model is freed on its return, before the group
-        result = _run_autopilot(rank, out) if scenario == "autopilot" else _run(rank, out, scenario)
+        runs = {"autopilot": _run_autopilot, "finder": _run_finder}
+        result = runs[scenario](rank, out) if scenario in runs else _run(rank, out, scenario)
         gc.collect()
         torch.distributed.barrier()
     finally:
@@ -147,3 +162,12 @@ def test_the_autopilot_plans_once_for_both_ranks_and_its_finder_trains_as_ddp_do
     assert len(r0["seen"]) > 120 and r0["seen"] == r1["seen"]
     assert r0["events"] == r1["events"]
     assert r0["params"] == r1["params"]
+
+
+@needs_dist
+def test_find_lr_on_a_trainer_suggests_the_same_lr_on_both_ranks_for_their_joint_batch(tmp_path):
+    r0, r1 = _two_ranks(tmp_path, "finder")
+    assert r0["suggestion"] == r1["suggestion"] == r0["lr"] == r1["lr"]
+    assert r0["batch_size"] == r1["batch_size"] == 32  # 16 a rank, two ranks
+    assert len(r0["seen"]) > 20 and r0["seen"] == r1["seen"]  # gradients averaged: one replica
+    assert r0["restored"] and r1["restored"]

@@ -30,9 +30,14 @@ Example::
     result = lrkit.transformers.find_lr(trainer)   # trainer.args.learning_rate = result.suggestion
     trainer.train()
 
-Not covered: several processes (``torchrun``/DeepSpeed/FSDP: run the finder in a single process
-and pass the LR), and the ``"greedy"`` and ``"reduce_lr_on_plateau"`` scheduler types read the LR
-as well (they work, they just start from the suggestion).
+Several processes (``torchrun``, plain DDP): call it on every rank. ``trainer.model`` is not
+wrapped in DDP until ``train()``, so the range test averages the gradients over the ranks itself
+(it measures the batch of all ranks, as ``train()`` will train with), and every decision is taken
+on the ranks' mean losses: every rank writes the same suggestion.
+
+Not covered: DeepSpeed and FSDP (run the finder in a single process and pass the LR), and the
+``"greedy"`` and ``"reduce_lr_on_plateau"`` scheduler types read the LR as well (they work, they
+just start from the suggestion).
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ import math
 from typing import Any
 
 from lrkit.finder.result import FinderResult
+from lrkit.integrations.torch.dist import world_size
 from lrkit.integrations.torch.trainer import find_lr as _find_lr_torch
 
 __all__ = ["find_lr"]
@@ -118,10 +124,14 @@ def find_lr(trainer: Any, *, write: bool = True, train_steps: int | None = None,
         clip = args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else None
         if train_steps is None:
             train_steps = _train_steps(trainer, loader)
+        # several processes (plain DDP): trainer.model is not wrapped until train(), so the range
+        # test averages the gradients over the ranks itself -- the batch of all ranks, as train() will
+        world = world_size()
+        kwargs.setdefault("average_gradients", world > 1)
         result = _find_lr_torch(
             trainer.model, optimizer, None, loader, val_loader=val_loader, step_fn=step_fn,
             accumulation_steps=accumulation, grad_clip_norm=clip, train_steps=train_steps,
-            batch_size=int(args.per_device_train_batch_size) * accumulation, **kwargs)
+            batch_size=int(args.per_device_train_batch_size) * accumulation * world, **kwargs)
     finally:
         if not own_optimizer:  # train() builds its own from args.learning_rate
             trainer.optimizer = None
