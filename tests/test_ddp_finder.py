@@ -9,15 +9,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import torch.distributed as dist  # noqa: E402
-from _ddp import process_group, run_ranks  # noqa: E402
+from _ddp import run_ranks  # noqa: E402
 
 pytestmark = [pytest.mark.torch, pytest.mark.distributed, pytest.mark.slow]
-
-
-def _worker(rank: int, world: int, tmp: str) -> None:
-    torch.set_num_threads(1)
-    with process_group(rank, world, tmp):
-        _run(rank, tmp)  # the DDP model is freed on its return, before the group
 
 
 def _run(rank: int, tmp: str) -> None:
@@ -54,7 +48,7 @@ def _run(rank: int, tmp: str) -> None:
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available in this build")
 def test_two_ranks_stop_together(tmp_path):
-    r0, r1 = run_ranks(_worker, tmp_path)
+    r0, r1 = run_ranks(_run, tmp_path)
     assert r0["lrs"] == r1["lrs"]  # the same ramp, stopped at the same step
     assert r0["losses"] == r1["losses"]  # the same (all-reduced) loss on every rank
     assert r0["stopped_early"] and r1["stopped_early"]
@@ -68,20 +62,16 @@ def test_two_ranks_stop_together(tmp_path):
     assert r0["batch_size"] == 32  # 16 per rank x 2 ranks
 
 
-if __name__ == "__main__":  # pragma: no cover - manual run
-    sys.exit(pytest.main([__file__, "-q"]))
 
-
-def _average(rank: int, world: int, tmp: str) -> None:
+def _average(rank: int, tmp: str) -> None:
     from lrkit.integrations.torch.dist import average_gradients
 
-    with process_group(rank, world, tmp):
-        p, q, r = (torch.nn.Parameter(torch.zeros(2)) for _ in range(3))
-        p.grad = torch.tensor([1.0, 2.0]) if rank == 0 else torch.tensor([3.0, 4.0])
-        q.grad = None if rank == 0 else torch.tensor([2.0, 2.0])  # an unused parameter on rank 0
-        average_gradients([p, q, r])  # r: no gradient anywhere
-        Path(tmp, f"rank{rank}.json").write_text(json.dumps(
-            {"p": p.grad.tolist(), "q": q.grad.tolist(), "r": r.grad is None}))
+    p, q, r = (torch.nn.Parameter(torch.zeros(2)) for _ in range(3))
+    p.grad = torch.tensor([1.0, 2.0]) if rank == 0 else torch.tensor([3.0, 4.0])
+    q.grad = None if rank == 0 else torch.tensor([2.0, 2.0])  # an unused parameter on rank 0
+    average_gradients([p, q, r])  # r: no gradient anywhere
+    Path(tmp, f"rank{rank}.json").write_text(json.dumps(
+        {"p": p.grad.tolist(), "q": q.grad.tolist(), "r": r.grad is None}))
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available in this build")
@@ -101,3 +91,7 @@ def test_average_gradients_is_checked():
     opts = [torch.optim.SGD([model.weight], lr=0.1), torch.optim.SGD([model.bias], lr=0.1)]
     with pytest.raises(ValueError, match="average_gradients works with one optimizer"):
         TorchTrainer(model, opts, None, data, step_fn=lambda m, b, o: 0.0, average_gradients=True)
+
+
+if __name__ == "__main__":  # pragma: no cover - manual run
+    sys.exit(pytest.main([__file__, "-q"]))

@@ -4,6 +4,7 @@ problem one rank sees more of is rolled back on every rank at the same step, to 
 with the same LR, and the replicas stay identical. Two CPU processes on gloo."""
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -14,7 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import torch.distributed as dist  # noqa: E402
-from _ddp import init, process_group, run_ranks, slow_snapshots  # noqa: E402
+from _ddp import run_ranks, slow_snapshots  # noqa: E402
 
 pytestmark = [pytest.mark.torch, pytest.mark.distributed, pytest.mark.slow]
 
@@ -61,19 +62,6 @@ def _train(rank: int, tmp: str, *, scale: float, raise_by: float, slow_snapshot:
         {"events": events, "snaps": snaps, "interval": interval, "params": params, "storage": storage}))
 
 
-def _diverging(rank: int, world: int, tmp: str) -> None:
-    torch.set_num_threads(1)
-    with process_group(rank, world, tmp):
-        _train(rank, tmp, scale=3.0, raise_by=30.0, slow_snapshot=False, snapshot_every=10,
-               storage="disk", storage_dir=f"{tmp}/snapshots", run_id="run")
-
-
-def _slow_copies(rank: int, world: int, tmp: str) -> None:
-    torch.set_num_threads(1)
-    with process_group(rank, world, tmp):
-        _train(rank, tmp, scale=1.0, raise_by=1.0, slow_snapshot=True, snapshot_every=5)
-
-
 def _autopilot_run(rank: int, tmp: str) -> None:
     """The autopilot under DDP (its finder on every rank), shards of different scales; rank 1's
     batches blow up 30x for ten steps mid-run (its loss alone would look diverging)."""
@@ -110,20 +98,8 @@ def _autopilot_run(rank: int, tmp: str) -> None:
         "params": [p.detach().flatten().tolist() for p in model.parameters()]}))
 
 
-def _autopilot(rank: int, world: int, tmp: str) -> None:
-    torch.set_num_threads(1)
-    with process_group(rank, world, tmp):
-        _autopilot_run(rank, tmp)
-
-
-def _watch_on_rank_zero(rank: int, world: int, tmp: str) -> None:
-    """A doctor that only watches, on rank 0 alone (a common way to monitor a DDP run)."""
-    torch.set_num_threads(1)
-    with process_group(rank, world, tmp):
-        _watch_only(rank, tmp)
-
-
 def _watch_only(rank: int, tmp: str) -> None:
+    """A doctor that only watches, on rank 0 alone (a common way to monitor a DDP run)."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from lrkit.integrations.torch.doctor import TorchDoctor
@@ -150,7 +126,9 @@ needs_dist = pytest.mark.skipif(not dist.is_available(), reason="torch.distribut
 
 @needs_dist
 def test_a_divergence_on_non_iid_shards_is_rolled_back_on_every_rank_alike(tmp_path):
-    r0, r1 = run_ranks(_diverging, tmp_path)
+    r0, r1 = run_ranks(functools.partial(
+        _train, scale=3.0, raise_by=30.0, slow_snapshot=False, snapshot_every=10, storage="disk",
+        storage_dir=f"{tmp_path}/snapshots", run_id="run"), tmp_path)
     assert r0["events"], "the 30x raise must make the guard act"
     assert r0["events"] == r1["events"]  # same steps, same snapshots, same LR multipliers
     assert r0["snaps"] == r1["snaps"]
@@ -161,7 +139,8 @@ def test_a_divergence_on_non_iid_shards_is_rolled_back_on_every_rank_alike(tmp_p
 
 @needs_dist
 def test_every_rank_snapshots_at_the_same_steps_when_one_copies_slowly(tmp_path):
-    r0, r1 = run_ranks(_slow_copies, tmp_path)
+    r0, r1 = run_ranks(functools.partial(
+        _train, scale=1.0, raise_by=1.0, slow_snapshot=True, snapshot_every=5), tmp_path)
     # rank 1's copies alone (150 ms) would stretch its period, rank 0's (microseconds) would not:
     # on the mean cost both stretch it alike
     assert r0["interval"] == r1["interval"] > 5
@@ -175,7 +154,7 @@ if __name__ == "__main__":  # pragma: no cover - manual run
 
 @needs_dist
 def test_the_autopilot_rolls_back_on_every_rank_alike(tmp_path):
-    r0, r1 = run_ranks(_autopilot, tmp_path)
+    r0, r1 = run_ranks(_autopilot_run, tmp_path)
     assert r0["peak"] == r1["peak"]  # one plan: the finder decided on the ranks' mean losses
     assert r0["events"], "rank 1's blown-up batches must make the guard act"
     assert r0["events"] == r1["events"]
@@ -238,41 +217,23 @@ def _resumable(rank: int, tmp: str, *, phase: str, how: str = "") -> None:
     watch.close()
 
 
-def _kill_phase(rank: int, world: int, tmp: str) -> None:
-    torch.set_num_threads(1)
-    init(rank, world, tmp)
-    _resumable(rank, tmp, phase="kill")
-
-
-def _resume_unreadable(rank: int, world: int, tmp: str) -> None:
-    torch.set_num_threads(1)
-    with process_group(rank, world, tmp):
-        _resumable(rank, tmp, phase="resume", how="unreadable")
-
-
-def _resume_behind(rank: int, world: int, tmp: str) -> None:
-    torch.set_num_threads(1)
-    with process_group(rank, world, tmp):
-        _resumable(rank, tmp, phase="resume", how="behind")
-
-
 @needs_dist
-@pytest.mark.parametrize("resume", [_resume_unreadable, _resume_behind], ids=["unreadable", "behind"])
-def test_ranks_resume_from_the_newest_snapshot_all_of_them_can_read(tmp_path, resume):
-    killed = run_ranks(_kill_phase, tmp_path)
+@pytest.mark.parametrize("how", ["unreadable", "behind"])
+def test_ranks_resume_from_the_newest_snapshot_all_of_them_can_read(tmp_path, how):
+    killed = run_ranks(functools.partial(_resumable, phase="kill"), tmp_path)
     assert killed[0]["snaps"] == killed[1]["snaps"] and max(killed[0]["snaps"]) == 50
     Path(tmp_path, "rendezvous").unlink(missing_ok=True)
-    r0, r1 = run_ranks(resume, tmp_path)
+    r0, r1 = run_ranks(functools.partial(_resumable, phase="resume", how=how), tmp_path)
     # rank 0 could resume from step 50, rank 1 not (its file is unreadable): both resume from the
     # newest snapshot both can read, and train the same steps on from there
     assert r0["start"] == r1["start"] < 50
     assert r0["params"] == r1["params"]
     # rank 1's manifest a write behind: the two differ, and both resume with the snapshot's own state
     differed = [any("manifests differed" in m for m in r["said"]) for r in (r0, r1)]
-    assert differed == ([True, True] if resume is _resume_behind else [False, False])
+    assert differed == ([True, True] if how == "behind" else [False, False])
 
 
 @needs_dist
 def test_a_doctor_that_only_watches_may_run_on_rank_zero_alone(tmp_path):
-    r0, r1 = run_ranks(_watch_on_rank_zero, tmp_path)  # no collective waits for rank 1
+    r0, r1 = run_ranks(_watch_only, tmp_path)  # no collective waits for rank 1
     assert r0["verdict"] in ("healthy", "converged") and r1["verdict"] is None

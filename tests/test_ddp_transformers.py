@@ -7,17 +7,14 @@ rank is rolled back on both at the same step, both snapshot at the same steps al
 slowly, and the replicas stay identical."""
 from __future__ import annotations
 
-import gc
-import json
-import os
-import socket
+import functools
 
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
 
-from _ddp import slow_snapshots  # noqa: E402
+from _ddp import run_env_ranks, slow_snapshots  # noqa: E402
 from test_doctor_integrations_transformers import Data  # noqa: E402
 
 pytestmark = [pytest.mark.torch, pytest.mark.distributed, pytest.mark.slow]
@@ -47,7 +44,7 @@ class Tiny(torch.nn.Module):
         return {"loss": torch.nn.functional.mse_loss(self.net(x), y)}
 
 
-def _run(rank: int, out: str, scenario: str) -> dict:
+def _run(rank: int, out: str, *, scenario: str) -> dict:
     from lrkit.integrations.transformers import callback as hf
 
     if scenario == "shard" and rank == 1:  # this rank's host copies are slow (150 ms of CPU a snapshot)
@@ -102,39 +99,13 @@ def _run_finder(rank: int, out: str) -> dict:
             "seen": model.seen, "restored": all(torch.equal(a, b) for a, b in zip(before, model.parameters()))}
 
 
-def _worker(rank: int, world: int, port: int, out: str, scenario: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-    torch.set_num_threads(1)
-    try:
-        # the DDP model is freed on its return, before the group
-        runs = {"autopilot": _run_autopilot, "finder": _run_finder}
-        result = runs[scenario](rank, out) if scenario in runs else _run(rank, out, scenario)
-        gc.collect()
-        torch.distributed.barrier()
-    finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-    with open(os.path.join(out, f"rank{rank}.json"), "w") as fh:
-        json.dump(result, fh)
-
-
-def _two_ranks(tmp_path, scenario):
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    torch.multiprocessing.spawn(_worker, args=(2, port, str(tmp_path), scenario), nprocs=2, join=True)
-    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-
-
 needs_dist = pytest.mark.skipif(not torch.distributed.is_available(),
                                 reason="torch.distributed is not available in this build")
 
 
 @needs_dist
 def test_a_bad_shard_on_one_rank_is_skipped_on_both_and_both_snapshot_alike(tmp_path):
-    r0, r1 = _two_ranks(tmp_path, "shard")
+    r0, r1 = run_env_ranks(functools.partial(_run, scenario="shard"), tmp_path)
     assert r0["world_size"] == r1["world_size"] == 2
     assert r0["skipped"] and r0["skipped"] == r1["skipped"]  # rank 0's own losses there were normal
     assert r0["events"] == r1["events"] == []
@@ -146,7 +117,7 @@ def test_a_bad_shard_on_one_rank_is_skipped_on_both_and_both_snapshot_alike(tmp_
 
 @needs_dist
 def test_a_nan_on_one_rank_is_rolled_back_on_both_alike(tmp_path):
-    r0, r1 = _two_ranks(tmp_path, "nan")
+    r0, r1 = run_env_ranks(functools.partial(_run, scenario="nan"), tmp_path)
     assert r0["events"] and r0["events"] == r1["events"]
     assert r0["params"] == r1["params"]
     assert all(v == v for p in r0["params"] for v in p)  # finite
@@ -154,7 +125,7 @@ def test_a_nan_on_one_rank_is_rolled_back_on_both_alike(tmp_path):
 
 @needs_dist
 def test_the_autopilot_plans_once_for_both_ranks_and_its_finder_trains_as_ddp_does(tmp_path):
-    r0, r1 = _two_ranks(tmp_path, "autopilot")
+    r0, r1 = run_env_ranks(_run_autopilot, tmp_path)
     assert r0["world_size"] == r1["world_size"] == 2
     assert r0["peak"] == r1["peak"]  # one plan: the finder decided on the ranks' mean losses
     # the finder averaged the gradients over the ranks (as the Trainer's DDP wrapper does after it):
@@ -166,7 +137,7 @@ def test_the_autopilot_plans_once_for_both_ranks_and_its_finder_trains_as_ddp_do
 
 @needs_dist
 def test_find_lr_on_a_trainer_suggests_the_same_lr_on_both_ranks_for_their_joint_batch(tmp_path):
-    r0, r1 = _two_ranks(tmp_path, "finder")
+    r0, r1 = run_env_ranks(_run_finder, tmp_path)
     assert r0["suggestion"] == r1["suggestion"] == r0["lr"] == r1["lr"]
     assert r0["batch_size"] == r1["batch_size"] == 32  # 16 a rank, two ranks
     assert len(r0["seen"]) > 20 and r0["seen"] == r1["seen"]  # gradients averaged: one replica

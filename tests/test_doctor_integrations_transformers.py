@@ -2,12 +2,9 @@
 from __future__ import annotations
 
 import doctest
-import json
 import logging
 import contextlib
 import math
-import os
-import socket
 import warnings
 
 import pytest
@@ -17,6 +14,7 @@ from hypothesis import strategies as st
 
 transformers = pytest.importorskip("transformers")
 
+from _ddp import run_env_ranks  # noqa: E402
 from _recording import RecordingDoctor  # noqa: E402
 from lrkit.doctor import Doctor  # noqa: E402
 from lrkit.doctor.guard import GuardGaveUp  # noqa: E402
@@ -347,10 +345,7 @@ def test_blockers_name_fsdp_and_deepspeed_in_real_training_arguments(tmp_path, m
     LRDoctorCallback(guard=False).on_init_end(fsdp, None, None, model=Tiny())  # watching is fine anywhere
 
 
-def _distributed_worker(rank, world, port, out):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-    torch.set_num_threads(1)
+def _distributed_worker(rank, out):
     args = transformers.TrainingArguments(output_dir=out, use_cpu=True, report_to=[], save_strategy="no", max_steps=2)
     result = {"world_size": args.world_size}
     try:
@@ -365,24 +360,14 @@ def _distributed_worker(rank, world, port, out):
         result["error"] = None
     except Exception as exc:  # noqa: BLE001 - reported to the test
         result["error"] = f"{type(exc).__name__}: {exc}"
-    finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-    with open(os.path.join(out, f"rank{rank}.json"), "w") as fh:
-        json.dump(result, fh)
+    return result
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available in this build")
 def test_the_doctors_and_the_autopilots_guards_take_a_two_process_ddp_run(tmp_path):
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    torch.multiprocessing.spawn(_distributed_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
-    for rank in (0, 1):
-        result = json.loads((tmp_path / f"rank{rank}.json").read_text())
+    for result in run_env_ranks(_distributed_worker, tmp_path):
         assert result["world_size"] == 2
         assert result["error"] is None
 

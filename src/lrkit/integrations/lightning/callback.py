@@ -31,8 +31,7 @@ to ``on_before_backward`` (unscaled, summed over accumulated micro-batches) is r
 update, and a spike far above the run's level with the LR steady (:mod:`lrkit.doctor.spikes`) has
 its gradients dropped in ``on_before_optimizer_step`` (after Lightning's AMP unscaling), so the
 optimizer step changes nothing; the doctor does not see that batch. With several processes the
-decision is taken on the loss averaged over them (``trainer.strategy.reduce``), so every rank
-skips the same steps.
+decision is taken on the loss averaged over them, so every rank skips the same steps.
 
 **Several processes** (DDP): the loss, gradient norm and validation loss the doctor reads are
 averaged over the ranks, and the snapshot period is taken on the ranks' mean timings, so every

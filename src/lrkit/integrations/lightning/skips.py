@@ -4,9 +4,10 @@ Lightning hands each micro-batch's loss to ``on_before_backward`` (already divid
 ``accumulate_grad_batches``, and scaled under fp16 AMP); their sum, unscaled, is the optimizer
 step's mean loss. ``on_before_optimizer_step`` (after Lightning's AMP unscaling and clipping) is
 where the guard decides; with several processes on the loss averaged over them
-(``trainer.strategy.reduce``), so that every rank skips the same steps. A skipped step's
-gradients are dropped (:func:`~lrkit.integrations.torch.doctor.drop_gradients`): the optimizer
-step that follows changes nothing.
+(:func:`~lrkit.integrations.torch.dist.rank_means`, as the callbacks' observations), so that every
+rank skips the same steps. A skipped step's gradients are dropped
+(:func:`~lrkit.integrations.torch.doctor.drop_gradients`): the optimizer step that follows
+changes nothing.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 
 import torch
 
+from lrkit.integrations.torch.dist import rank_means
 from lrkit.integrations.torch.doctor import drop_gradients
 
 __all__ = ["StepLossSum", "drop_step"]
@@ -41,8 +43,8 @@ class StepLossSum:
         for part in parts:
             value = float(part.float())
             loss += value / scale if scale is not None else value
-        if trainer.world_size > 1:  # every rank decides on the same (mean) loss
-            loss = float(trainer.strategy.reduce(torch.tensor(loss, device=pl_module.device), reduce_op="mean"))
+        if trainer.world_size > 1:  # every rank decides on the same (mean) loss, as the callbacks observe
+            loss = float(rank_means([loss], device=pl_module.device)[0])
         return loss
 
 
