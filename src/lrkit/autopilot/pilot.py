@@ -69,6 +69,7 @@ from lrkit.autopilot.history import RunHistory
 from lrkit.autopilot.plan import AutopilotError, AutopilotPlan
 from lrkit.doctor.core import Doctor
 from lrkit.doctor.guard import Guard, GuardGaveUp, Intervention
+from lrkit.doctor.lr_policy import moved_on
 from lrkit.schedules.plateau import ReduceOnPlateau
 
 __all__ = ["Autopilot", "AutopilotEvent", "STATE_VERSION"]
@@ -270,12 +271,9 @@ class Autopilot:
         window = 2 * policy.guard_settings(self.plan.train_steps)["snapshot_every"]
         # a blow-up in the first window, or a run stuck since one, came out of no healthy stretch: not forgiven
         unstable_start = "early_max_ratio" in rec.evidence or bool(rec.evidence.get("stuck"))
-        # and a problem that sends the run back to the snapshot the last rollback restored (nothing
-        # healthy since) is the LR coming back, however slowly it climbed: not forgiven either
-        again = (self._last_restored is not None and rec.restored_to is not None
-                 and rec.restored_to <= self._last_restored)
-        first = (self._last_rollback is None or rec.step - self._last_rollback > window) and not unstable_start \
-            and not again
+        # nor one soon after the last rollback, or back to the snapshot it restored (the guard's rule)
+        last = (self._last_rollback, self._last_restored) if self._last_rollback is not None else None
+        first = moved_on(rec.step, rec.restored_to, last, window) and not unstable_start
         auto = self.plan.auto_peak_lr
         ratio = auto / self.plan.peak_lr if auto is not None else None
         new_total = policy.lowered_multiplier(old_total, verdict=rec.verdict, first=first, auto_ratio=ratio,

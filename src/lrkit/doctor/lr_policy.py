@@ -56,11 +56,29 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-__all__ = ["LRPolicy", "PROBATION_FACTOR"]
+__all__ = ["LRPolicy", "PROBATION_FACTOR", "moved_on"]
 
 #: the cut of a lowering on probation (a second problem right after a forgiven one), unless
 #: ``lr_factor`` is milder: a halving, as the autopilot's own policy does for a second problem
 PROBATION_FACTOR = 0.5
+
+
+def moved_on(step: int, target: int | None, last: tuple[int, int | None] | None, window: int) -> bool:
+    """The run has moved on since the last rollback: there was none (``last is None``), or it was
+    more than ``window`` steps before ``step`` and ``target``, the snapshot this rollback restores,
+    is newer than the one it restored (``last = (step, restored_to)``; an unknown label does not
+    count against it). A problem that sends the run back to the same snapshot is the LR coming back,
+    however slowly it climbed. The guard's first-problem rule and the autopilot's both ask this.
+
+    Example:
+        >>> moved_on(300, 270, None, 60), moved_on(300, 270, (200, 150), 60), moved_on(300, 150, (200, 150), 60)
+        (True, True, False)
+    """
+    if last is None:
+        return True
+    last_step, last_target = last
+    newer = target is None or last_target is None or target > last_target
+    return step - last_step > window and newer
 
 
 class LRPolicy:
@@ -101,8 +119,7 @@ class LRPolicy:
         if self.recovered_at is not None and step - self.recovered_at <= 4 * interval:
             self.closed = True  # the LR went back up and the trouble came back: it was the LR
             return self.lr_factor
-        if not initial and onset >= target and (
-                last is None or (target > last[1] and step - last[0] > 2 * interval)):
+        if not initial and onset >= target and moved_on(step, target, last[:2] if last else None, 2 * interval):
             return 1.0
         if not self.closed and not initial and last is not None and last[2]:
             # the second problem right after a forgiven one: a bad stretch of data or the LR
