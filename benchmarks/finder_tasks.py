@@ -73,6 +73,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from lrkit.finder.collapse import output_spread
+
 SHARED_DATA = Path(os.environ.get("LRKIT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
@@ -177,6 +179,16 @@ class TensorTrainer:
     def evaluate(self) -> float | None:
         """The Trainer protocol's validation: ``None`` when the task hides it from the finder."""
         return self.val_loss() if self.task.finder_val else None
+
+    @torch.no_grad()
+    def output_spread(self) -> float | None:
+        """The protocol's optional collapse check, as ``TorchTrainer``'s: the spread of the model's
+        outputs over the validation inputs (the first training batch's when the task hides them)."""
+        x = self.task.x_val if self.task.finder_val else self.task.x_train[:self.task.batch_size]
+        self.model.eval()
+        out = self.model(x)
+        self.model.train()
+        return output_spread(out.float().numpy())
 
 
 def train(task: Task, lr: float, seed: int, optimizer_factory: Callable | None = None,

@@ -101,6 +101,7 @@ import numpy as np
 
 from lrkit import scaling
 from lrkit.finder._rules import check_curve, classic_suggestions, ema_bias_corrected, torch_lr_finder_steepest
+from lrkit.finder.collapse import COLLAPSED
 
 __all__ = [
     "Suggestion",
@@ -223,8 +224,11 @@ def _bootstrap_band(x: np.ndarray, raw: np.ndarray, s: np.ndarray, family: str, 
     return float(lo), float(hi)
 
 
-def _run_candidate(trainer: Any, state: Any, lr: float, steps: int, ref_eval: float | None) -> dict:
-    """Restore, run ``steps`` constant-LR steps, score; always leaves the trainer restored."""
+def _run_candidate(trainer: Any, state: Any, lr: float, steps: int, ref_eval: float | None,
+                   check_collapse: bool = True) -> dict:
+    """Restore, run ``steps`` constant-LR steps, score; always leaves the trainer restored.
+    ``check_collapse``: reject a run whose model ends giving every input the same output (off when
+    the starting model already does, e.g. a zero-initialised head, where a low LR is no death)."""
     trainer.restore(state)
     losses: list[float] = []
     reason = None
@@ -255,10 +259,20 @@ def _run_candidate(trainer: Any, state: Any, lr: float, steps: int, ref_eval: fl
             if reason is None:
                 if not score < start:
                     reason = f"no improvement (score {score:.4g} >= start {start:.4g})"
+                elif check_collapse and _collapsed(trainer):
+                    reason = "collapsed: every input gets the same output (a dead network, not a trained one)"
     finally:
         trainer.restore(state)
     return {"lr": lr, "score": score if reason is None else None, "steps": len(losses), "rejected": reason,
             "start": start}
+
+
+def _collapsed(trainer: Any) -> bool:
+    """The trainer's model gives every input the same output (:mod:`lrkit.finder.collapse`); trainers
+    without the optional ``output_spread()`` never say so."""
+    spread = getattr(trainer, "output_spread", None)
+    value = spread() if callable(spread) else None
+    return value is not None and value <= COLLAPSED
 
 
 class _Search:
@@ -269,6 +283,7 @@ class _Search:
         self.trainer, self.state, self.steps, self.budget, self.ref_eval = trainer, state, steps, budget, ref_eval
         self.floor, self.ceiling = floor, ceiling
         self.results: list[dict] = []
+        self.check_collapse = True
 
     # -- bookkeeping -----------------------------------------------------------------------
     def spent(self) -> int:
@@ -285,7 +300,7 @@ class _Search:
             lr = self.floor
         if not self.affordable() or self.tried(lr):
             return None
-        r = _run_candidate(self.trainer, self.state, lr, self.steps, self.ref_eval)
+        r = _run_candidate(self.trainer, self.state, lr, self.steps, self.ref_eval, self.check_collapse)
         self.results.append(r)
         return r
 
@@ -450,6 +465,7 @@ def _verify(trainer: Any, lr_top: float, lr_floor: float, lr_ceiling: float, ste
         ref_eval = trainer.evaluate()
         ref_eval = float(ref_eval) if ref_eval is not None and math.isfinite(float(ref_eval)) else None
         search = _Search(trainer, state, steps, budget, ref_eval, lr_floor, lr_ceiling)
+        search.check_collapse = not _collapsed(trainer)  # a model that starts collapsed cannot be told dead
         search.search(lr_top, decade)
     finally:
         trainer.restore(state)

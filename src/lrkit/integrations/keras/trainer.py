@@ -69,6 +69,7 @@ import keras
 import numpy as np
 
 from lrkit import scaling
+from lrkit.finder.collapse import output_spread
 from lrkit.finder.range_test import find, plan_budget, plan_verify_budget
 from lrkit.finder.result import FinderResult
 from lrkit.integrations._progress import progress_context, watched
@@ -499,6 +500,21 @@ class KerasTrainer:
         if count == 0:
             raise ValueError("val_data is empty (it yielded no batch)")
         return total / count
+
+    def output_spread(self) -> float | None:
+        """How much the model's outputs vary over the examples of the first validation batch (of
+        array data, its first 256 rows): :func:`lrkit.finder.collapse.output_spread` of the first
+        output, ``None`` without validation data."""
+        if self._val is None:
+            return None
+        kind, data = self._val
+        if kind == "arrays":
+            x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+            x = keras.tree.map_structure(lambda a: a[:256], x)
+        else:
+            x, _, _ = keras.utils.unpack_x_y_sample_weight(data[0] if kind == "pydataset" else next(iter(data)))
+        out = keras.tree.flatten(self.model(x, training=False))[0]
+        return output_spread(keras.ops.convert_to_numpy(out))
 
 
 def find_lr_keras(
