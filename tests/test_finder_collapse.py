@@ -68,6 +68,7 @@ def test_a_dead_candidate_does_not_win_the_finder():
     rejected = [c for c in alive.details["candidates"] if c["rejected"]]
     assert any("collapsed" in c["rejected"] for c in rejected)
     assert all(c["lr"] >= 0.3 for c in rejected if "collapsed" in c["rejected"])
+    assert any("same output" in w for w in alive.details["warnings"])
 
     class NoCheck(DyingNet):  # the same trainer without the optional method: the dead LR wins
         output_spread = None

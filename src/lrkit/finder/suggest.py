@@ -605,6 +605,12 @@ def _verified_answer(trainer: Any, x: np.ndarray, rule_lr: float, rule_info: dic
     details["verify_steps_used"] = used
     details["start_score"] = search.ref_eval
     details["score"] = "evaluate()" if search.ref_eval is not None else "mean training loss, last third"
+    dead = sorted(r["lr"] for r in search.results if (r["rejected"] or "").startswith("collapsed"))
+    if dead:
+        warnings.append(
+            f"at {', '.join(f'{v:.3g}' for v in dead)} the model ended giving every input the same output "
+            "(a dead network, e.g. ReLUs switched off by too large a step): those LRs were rejected; "
+            "unscaled inputs make this likelier, standardising them widens the usable range")
     best = search.best()
     if best is None:
         lr = max(min(rule_lr, min(r["lr"] for r in search.results) / decade), float(x[0]))
