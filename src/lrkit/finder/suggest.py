@@ -260,11 +260,15 @@ def _run_candidate(trainer: Any, state: Any, lr: float, steps: int, ref_eval: fl
                 if not score < start:
                     reason = f"no improvement (score {score:.4g} >= start {start:.4g})"
                 elif check_collapse and _collapsed(trainer):
-                    reason = "collapsed: every input gets the same output (a dead network, not a trained one)"
+                    reason = DEAD
     finally:
         trainer.restore(state)
     return {"lr": lr, "score": score if reason is None else None, "steps": len(losses), "rejected": reason,
             "start": start}
+
+
+#: why a candidate whose model ends giving every input the same output is rejected
+DEAD = "collapsed: every input gets the same output (a dead network, not a trained one)"
 
 
 def _collapsed(trainer: Any) -> bool:
@@ -279,11 +283,11 @@ class _Search:
     """Step 3: a bracketing search over log-LR on the trainer, within a budget of steps."""
 
     def __init__(self, trainer: Any, state: Any, steps: int, budget: int, ref_eval: float | None,
-                 floor: float, ceiling: float) -> None:
+                 floor: float, ceiling: float, check_collapse: bool = True) -> None:
         self.trainer, self.state, self.steps, self.budget, self.ref_eval = trainer, state, steps, budget, ref_eval
         self.floor, self.ceiling = floor, ceiling
         self.results: list[dict] = []
-        self.check_collapse = True
+        self.check_collapse = check_collapse
 
     # -- bookkeeping -----------------------------------------------------------------------
     def spent(self) -> int:
@@ -464,8 +468,9 @@ def _verify(trainer: Any, lr_top: float, lr_floor: float, lr_ceiling: float, ste
     try:
         ref_eval = trainer.evaluate()
         ref_eval = float(ref_eval) if ref_eval is not None and math.isfinite(float(ref_eval)) else None
-        search = _Search(trainer, state, steps, budget, ref_eval, lr_floor, lr_ceiling)
-        search.check_collapse = not _collapsed(trainer)  # a model that starts collapsed cannot be told dead
+        # a model that starts collapsed (a zero-initialised head) cannot be told dead
+        search = _Search(trainer, state, steps, budget, ref_eval, lr_floor, lr_ceiling,
+                         check_collapse=not _collapsed(trainer))
         search.search(lr_top, decade)
     finally:
         trainer.restore(state)
@@ -605,7 +610,7 @@ def _verified_answer(trainer: Any, x: np.ndarray, rule_lr: float, rule_info: dic
     details["verify_steps_used"] = used
     details["start_score"] = search.ref_eval
     details["score"] = "evaluate()" if search.ref_eval is not None else "mean training loss, last third"
-    dead = sorted(r["lr"] for r in search.results if (r["rejected"] or "").startswith("collapsed"))
+    dead = sorted(r["lr"] for r in search.results if r["rejected"] == DEAD)
     if dead:
         warnings.append(
             f"at {', '.join(f'{v:.3g}' for v in dead)} the model ended giving every input the same output "

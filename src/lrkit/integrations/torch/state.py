@@ -72,6 +72,20 @@ def rngs_kept() -> Iterator[None]:
     finally:
         restore_rngs(saved)
 
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Run the block with ``model`` in evaluation mode, every submodule's own mode put back as it
+    was afterwards (``model.train()`` would set them all alike)."""
+    modes = [m.training for m in model.modules()]
+    try:
+        model.eval()
+        yield
+    finally:
+        for module, mode in zip(model.modules(), modes):
+            module.training = mode
+
+
 @dataclass(frozen=True)
 class _SavedTensor:
     tensor: torch.Tensor  # a CPU copy

@@ -66,7 +66,7 @@ from lrkit.finder.result import FinderResult
 from lrkit.integrations._progress import progress_bar, progress_context, watched  # noqa: F401 - progress_bar re-exported (the CLI imports it)
 from lrkit.integrations.torch.dist import average_gradients as _average_gradients
 from lrkit.integrations.torch.dist import distributed as _distributed, rank_agree, rank_mean
-from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
+from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot, eval_mode
 
 __all__ = ["TorchTrainer", "find_lr"]
 
@@ -346,24 +346,13 @@ class TorchTrainer(RecyclingState):
         """Mean loss over at most ``max_val_batches`` validation batches (eval mode, no grad)."""
         if self.val_loader is None:
             return None
-        modes = [m.training for m in self.model.modules()]
         total, count = 0.0, 0
-        try:
-            self.model.eval()
-            with torch.no_grad(), self._autocast():
-                for i, batch in enumerate(self.val_loader):
-                    if self.max_val_batches is not None and i >= self.max_val_batches:
-                        break
-                    batch = _to_device(batch, self.device)
-                    if self.multi:
-                        loss = self._default_loss(batch)
-                    else:
-                        loss = self._compute_loss(batch)
-                    total += float(self._check_loss(loss).float())
-                    count += 1
-        finally:
-            for module, mode in zip(self.model.modules(), modes):
-                module.training = mode
+        with eval_mode(self.model), torch.no_grad(), self._autocast():
+            for i, batch in enumerate(self.val_loader):
+                if self.max_val_batches is not None and i >= self.max_val_batches:
+                    break
+                total += float(self._check_loss(self._eval_loss(batch)).float())
+                count += 1
         if count == 0:
             raise ValueError("val_loader is empty")
         return self._reduce(torch.tensor(total / count))
@@ -374,17 +363,11 @@ class TorchTrainer(RecyclingState):
         output_spread`, the largest over the ranks. ``None`` when no output tensor was seen."""
         seen: list[torch.Tensor] = []
         hook = self.model.register_forward_hook(lambda module, args, out: seen.append(_first_tensor(out)))
-        modes = [m.training for m in self.model.modules()]
         try:
-            self.model.eval()
-            batch = next(iter(self.val_loader)) if self.val_loader is not None else self._next_batch()
-            with torch.no_grad(), self._autocast():
-                batch = _to_device(batch, self.device)
-                self._default_loss(batch) if self.multi else self._compute_loss(batch)
+            with eval_mode(self.model), torch.no_grad(), self._autocast():
+                self._eval_loss(next(iter(self.val_loader)) if self.val_loader is not None else self._next_batch())
         finally:
             hook.remove()
-            for module, mode in zip(self.model.modules(), modes):
-                module.training = mode
         out = seen[0] if seen and seen[0] is not None else None
         spread = output_spread(out.detach().float().cpu().numpy()) if out is not None else None
         agreed = rank_agree([math.inf if spread is None else spread], "max")[0]
@@ -442,6 +425,12 @@ class TorchTrainer(RecyclingState):
             f"batches must be (input, target) pairs or dicts with 'input' and 'target', got {shape}; "
             "pass step_fn(model, batch) -> loss for other layouts"
         )
+
+    def _eval_loss(self, batch: Any) -> torch.Tensor:
+        """The loss of one batch moved to the device, as :meth:`evaluate` computes it (the caller
+        sets the mode): a ``step_fn`` that takes the optimizers trains, so the default loss then."""
+        batch = _to_device(batch, self.device)
+        return self._default_loss(batch) if self.multi else self._compute_loss(batch)
 
     def _compute_loss(self, batch: Any) -> torch.Tensor:
         if self.step_fn is not None:

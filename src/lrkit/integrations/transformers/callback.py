@@ -123,7 +123,7 @@ from lrkit.doctor.interventions import GuardGaveUp, Intervention
 from lrkit.doctor.model_config import chance_loss_from_config
 from lrkit.doctor.watch import check_actions
 from lrkit.integrations.torch.dist import rank_agree, rank_means, world_size
-from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot, rngs_kept
+from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot, eval_mode, rngs_kept
 from lrkit.integrations.transformers.skips import HoldsStepSkips, StepSkips
 
 __all__ = ["LRDoctorCallback"]
@@ -217,9 +217,8 @@ def _initial_loss(model: Any, loader: Any) -> float | None:
     dataset = getattr(loader, "dataset", None)
     if not isinstance(model, torch.nn.Module) or dataset is None or isinstance(dataset, torch.utils.data.IterableDataset):
         return None
-    modes = [m.training for m in model.modules()]
     try:
-        with rngs_kept(), torch.no_grad():
+        with rngs_kept(), torch.no_grad(), eval_mode(model):
             size = getattr(loader, "batch_size", None) or getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
             n = min(len(dataset), int(size or 8))  # Accelerate's loaders batch through their batch_sampler
             batch = (loader.collate_fn or torch.utils.data.default_collate)([dataset[i] for i in range(n)])
@@ -227,15 +226,11 @@ def _initial_loss(model: Any, loader: Any) -> float | None:
                 return None
             device = next(model.parameters()).device
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            model.eval()
             out = model(**batch)
         loss = out.get("loss") if isinstance(out, dict) else getattr(out, "loss", None)
         value = float(loss.detach().float().item()) if isinstance(loss, torch.Tensor) else None
     except Exception:  # noqa: BLE001 - an initial reading is optional; the user's training is not at stake
         return None
-    finally:
-        for m, mode in zip(model.modules(), modes):
-            m.training = mode
     return value if value is not None and math.isfinite(value) else None
 
 
