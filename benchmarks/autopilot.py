@@ -467,7 +467,7 @@ def render(out: dict, faults: dict, skipped: list[str], seconds: float) -> str:
               "(Prodigy 6.1% / 58.3%); the three added seeds brought the misses the first three had not shown. "
               "The largest: unscaled wine/Adagrad, where the autopilot's peak ranges from 0.009x to 0.5x the "
               "oracle's over the six seeds: the finder's 16-step candidates there are noisy, and until it rejected "
-              "candidates whose model gives every input the same output (`lrkit.finder.collapse`, 2026-12-05) dead "
+              "candidates whose model gives every input the same output (`lrkit.collapse`, 2026-12-05) dead "
               "LRs won on seeds 1 and 5 (7x and 1.6x the oracle's peak: seed 1 blew up at step 1 and was rolled "
               "back, seed 5's run sat at the three-class chance loss to its end, unseen by the guard; the task's "
               "regret was 125.7%, now 79.2%, the other tasks unchanged), "

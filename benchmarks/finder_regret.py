@@ -270,7 +270,7 @@ def render(out: dict, skipped: list[str], seconds: dict) -> str:
         lines += _half_tables(out, dev, "Development half")
     lines += [
         "Notes: since 2026-12-05 lrkit rejects a candidate run whose model ends giving every input the same "
-        "output (`lrkit.finder.collapse`: a network the LR killed, whose loss sits at the constant prediction's); "
+        "output (`lrkit.collapse`: a network the LR killed, whose loss sits at the constant prediction's); "
         "designed on the development half's wine_unscaled_adagrad, where a dead candidate won on two of three seeds "
         "(lrkit 137% there before, 26% after; every other task unchanged, the held-out half included). "
         "Lightning 2.6 takes the gradient of the smoothed loss against the LR itself "

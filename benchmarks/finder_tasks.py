@@ -73,7 +73,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lrkit.finder.collapse import output_spread
+from lrkit.collapse import output_spread
 
 SHARED_DATA = Path(os.environ.get("LRKIT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

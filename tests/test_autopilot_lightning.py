@@ -138,3 +138,41 @@ def test_a_bad_batch_is_skipped_and_said(skip_spikes):
         assert [e.step for e in skips] == [100] and unchanged and "bad batch" in skips[0].message
     else:
         assert skips == [] and not unchanged
+
+
+class _WineNet(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(13, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.cross_entropy(self.net(x), y)  # calls the child: no forward of its own
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1.0)
+
+
+@pytest.mark.parametrize("every", [25, 0])
+def test_a_network_that_dies_is_rolled_back_and_its_probe_taken_off(every):
+    import numpy as np
+    from sklearn.datasets import load_wine
+
+    x, y = load_wine(return_X_y=True)  # unscaled: an LR too high kills the ReLUs in a few steps
+    perm = np.random.default_rng(0).permutation(len(x))
+    x, y = torch.tensor(x[perm], dtype=torch.float32), torch.tensor(y[perm])
+    train = DataLoader(TensorDataset(x[:130], y[:130]), batch_size=16, shuffle=True,
+                       generator=torch.Generator().manual_seed(0))
+    model = _WineNet()
+    cb = AutopilotCallback(peak_lr=1.0, check_outputs_every=every)
+    _trainer(200, [cb]).fit(model, train)
+    died = [e for e in cb.events if "network died" in e.message]
+    with torch.no_grad():
+        val = torch.nn.functional.cross_entropy(model.net(x[130:]), y[130:]).item()
+    if every:
+        assert died and "lowered the LR" in died[0].message
+        assert val < 0.9
+    else:  # unmeasured, the same run ends at the constant prediction's loss
+        assert not died and val > 1.0
+    assert not model.net._forward_hooks and not model._forward_hooks

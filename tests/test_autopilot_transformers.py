@@ -182,3 +182,39 @@ def test_a_bad_batch_is_skipped_and_said(tmp_path, logging_steps):
     assert [e.step for e in skips] == [100] and [e for e in cb.pilot.interventions if e.kind != "skip"] == []
     assert all(torch.equal(a, b) for a, b in zip(poison.around["before"], poison.around["after"]))
     assert not trainer.model._forward_hooks  # the loss hook left with the run
+
+
+class _Wine(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(13, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
+
+    def forward(self, pixels, labels=None):
+        logits = self.net(pixels)
+        return {"loss": torch.nn.functional.cross_entropy(logits, labels), "logits": logits}
+
+
+@pytest.mark.parametrize("every", [25, 0])
+def test_a_network_that_dies_is_rolled_back_and_its_probe_taken_off(tmp_path, every):
+    import numpy as np
+    from sklearn.datasets import load_wine
+
+    x, y = load_wine(return_X_y=True)  # unscaled: an LR too high kills the ReLUs in a few steps
+    perm = np.random.default_rng(0).permutation(len(x))
+    x, y = torch.tensor(x[perm], dtype=torch.float32), torch.tensor(y[perm])
+    model = _Wine()
+    cb = AutopilotCallback(peak_lr=0.1, check_outputs_every=every)
+    trainer = transformers.Trainer(model=model, args=_args(tmp_path, 200, per_device_train_batch_size=16),
+                                   train_dataset=Rows(x[:130], y[:130]), eval_dataset=Rows(x[130:], y[130:]),
+                                   callbacks=[cb])
+    trainer.train()
+    died = [e for e in cb.events if "network died" in e.message]
+    with torch.no_grad():
+        val = torch.nn.functional.cross_entropy(model.net(x[130:]), y[130:]).item()
+    if every:
+        assert died and "lowered the LR" in died[0].message
+        assert val < 0.8
+    else:  # unmeasured, the same run ends at the constant prediction's loss
+        assert not died and val > 1.0
+    assert not model._forward_hooks

@@ -8,7 +8,7 @@ import textwrap
 BLOCKED = ["torch", "keras", "jax", "jaxlib", "optax", "tensorflow", "matplotlib", "typer", "rich",
            "optuna", "lightning", "pytorch_lightning", "transformers", "scipy", "click", "pandas",
            "sklearn", "tensorboard"]
-CORE = ["lrkit", "lrkit.schedules", "lrkit.scaling", "lrkit.finder", "lrkit.doctor", "lrkit.autopilot"]
+CORE = ["lrkit", "lrkit.schedules", "lrkit.scaling", "lrkit.collapse", "lrkit.finder", "lrkit.doctor", "lrkit.autopilot"]
 
 SCRIPT = textwrap.dedent(f"""
     import importlib, importlib.util, sys

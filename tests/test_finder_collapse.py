@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lrkit.finder.collapse import COLLAPSED, output_spread
+from lrkit.collapse import COLLAPSED, output_spread
 from lrkit.finder.suggest import suggest
 
 

@@ -9,7 +9,7 @@ import pytest
 MODULES = [
     "lrkit.finder.range_test",
     "lrkit.finder.result",
-    "lrkit.finder.collapse",
+    "lrkit.collapse",
     "lrkit.report.finder_plot",
     "lrkit.report.html",
     "lrkit.report.sections",

@@ -33,7 +33,8 @@ from typing import Any
 
 from lrkit import scaling
 from lrkit.autopilot.pilot import Autopilot
-from lrkit.autopilot.plan import AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
+from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
+from lrkit.collapse import OUTPUT_SPREAD
 from lrkit.finder.range_test import find, plan_budget, plan_verify_budget
 from lrkit.schedules.base import Schedule
 
@@ -84,7 +85,7 @@ class Flight:
 def fly(trainer: Any, *, family: str, train_steps: int, shape: Schedule | None = None,
         peak_lr: float | None = None, eval_every: int | None = None, guard: bool = True,
         plateau: bool = True, plan: AutopilotPlan | None = None, logger: logging.Logger | None = None,
-        seed: int = 0, skip_spikes: bool = True) -> Flight:
+        seed: int = 0, skip_spikes: bool = True, check_outputs_every: int = 25) -> Flight:
     """Finder, plan and the guarded run on one Trainer (see the module docstring).
 
     Args:
@@ -98,6 +99,11 @@ def fly(trainer: Any, *, family: str, train_steps: int, shape: Schedule | None =
             ``TorchTrainer``).
         plan: a plan decided earlier (the finder is then not run).
         seed: seed of the finder's own randomness.
+        check_outputs_every: with a trainer that has ``output_spread()`` (lrkit's torch and Keras
+            trainers), the spread of the model's outputs is measured before the first step, then
+            before every this many steps and right after a rollback (0 = never): a network whose
+            outputs stopped depending on its inputs is dead (:mod:`lrkit.doctor.signs.dead`) and
+            the guard rolls it back.
 
     Raises:
         GuardGaveUp: the guard gave up (the trainer is left at its last good state).
@@ -111,7 +117,15 @@ def fly(trainer: Any, *, family: str, train_steps: int, shape: Schedule | None =
     pilot = Autopilot(plan, guard=guard, plateau=plateau, logger=logger, skip_spikes=skip_spikes).attach(trainer)
     flight = Flight(pilot, finder)
     ask = pilot.skips and getattr(trainer, "skips_steps", False)  # a bad batch's update left out
+    if isinstance(check_outputs_every, bool) or not isinstance(check_outputs_every, int) or check_outputs_every < 0:
+        raise AutopilotError(f"fly: check_outputs_every must be an int >= 0 (0 = never), got {check_outputs_every!r}")
+    spread = getattr(trainer, "output_spread", None) if check_outputs_every else None
+    measured: dict[str, float] = {}  # the spread of the state before step t, for step t's observation
+    due = callable(spread)
     for t in range(train_steps):
+        if due or (callable(spread) and t % check_outputs_every == 0):
+            v = spread()
+            measured, due = ({OUTPUT_SPREAD: float(v)} if v is not None else measured), False
         before = pilot.guard.skipped_count if ask else 0
         if ask:
             loss = float(trainer.step(pilot.lr(t), skip=lambda v: pilot.skip(t, v)))
@@ -126,7 +140,9 @@ def fly(trainer: Any, *, family: str, train_steps: int, shape: Schedule | None =
             if val is not None:
                 flight.val_losses.append((t, val))
             continue
-        rolled = pilot.observe(t, loss, val_loss=val if val is not None and math.isfinite(val) else None)
+        rolled = pilot.observe(t, loss, val_loss=val if val is not None and math.isfinite(val) else None,
+                               metrics=measured or None)
+        measured, due = {}, rolled and callable(spread)  # a restored state is measured before its next step
         if val is not None and not rolled:
             flight.val_losses.append((t, val))
     if flight.losses and (not flight.val_losses or flight.val_losses[-1][0] != train_steps - 1):

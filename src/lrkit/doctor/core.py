@@ -57,6 +57,7 @@ from lrkit.doctor.signs import (
     AtChance,
     BehindReference,
     Converged,
+    Dead,
     EarlyBlowUp,
     Finding,
     Flat,
@@ -383,6 +384,7 @@ class Doctor:
             RaisedAndHeld(t, c),  # diverging: an LR raise held while the loss got worse
             EarlyBlowUp(t, c),  # diverging: a blow-up in the first window
             AtChance(t, c),  # diverging: blew up above chance level, came back only to it (chance_loss)
+            Dead(t, c),  # diverging: every input gets the same output (the metric output_spread)
             BehindReference(t, c),  # diverging: above lr_ceiling and behind a known short run (reference_run)
             LossSpikes(t, c, rise=self._rise),  # fluctuating: loss spikes that come back
             MetricSwing(t, c),  # fluctuating: a validation metric swings without progress

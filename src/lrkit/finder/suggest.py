@@ -101,7 +101,7 @@ import numpy as np
 
 from lrkit import scaling
 from lrkit.finder._rules import check_curve, classic_suggestions, ema_bias_corrected, torch_lr_finder_steepest
-from lrkit.finder.collapse import COLLAPSED
+from lrkit.collapse import COLLAPSED
 
 __all__ = [
     "Suggestion",
@@ -272,7 +272,7 @@ DEAD = "collapsed: every input gets the same output (a dead network, not a train
 
 
 def _collapsed(trainer: Any) -> bool:
-    """The trainer's model gives every input the same output (:mod:`lrkit.finder.collapse`); trainers
+    """The trainer's model gives every input the same output (:mod:`lrkit.collapse`); trainers
     without the optional ``output_spread()`` never say so."""
     spread = getattr(trainer, "output_spread", None)
     value = spread() if callable(spread) else None

@@ -24,7 +24,7 @@ class Trainer(Protocol):
     Optional: ``recycle(state)`` -- a :class:`~lrkit.doctor.guard.Guard` hands back each state it
     will never read again, so that the next ``snapshot()`` may reuse its memory (``None``: let go).
     ``output_spread()`` -- how much the model's outputs on a batch vary over its examples
-    (:func:`lrkit.finder.collapse.output_spread`; ``None`` if unknown): the finder rejects a
+    (:func:`lrkit.collapse.output_spread`; ``None`` if unknown): the finder rejects a
     candidate whose model gives every input the same output.
     """
 

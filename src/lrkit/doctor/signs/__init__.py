@@ -14,6 +14,7 @@ sign                   verdict                     file
 :class:`RaisedAndHeld` ``diverging``              ``lr_held.py``
 :class:`EarlyBlowUp`   ``diverging``               ``early_blowup.py``
 :class:`AtChance`      ``diverging``               ``chance.py``
+:class:`Dead`          ``diverging``               ``dead.py``
 :class:`BehindReference`  ``diverging``            ``behind.py``
 :class:`LossSpikes`    ``fluctuating``             ``fluctuating.py``
 :class:`MetricSwing`   ``fluctuating``             ``metric_swing.py``
@@ -26,6 +27,7 @@ from lrkit.doctor.signs._base import Finding, Observation, Sign, Track
 from lrkit.doctor.signs.behind import BehindReference
 from lrkit.doctor.signs.chance import AtChance
 from lrkit.doctor.signs.converged import Converged
+from lrkit.doctor.signs.dead import Dead
 from lrkit.doctor.signs.diverging import LossRise
 from lrkit.doctor.signs.early_blowup import EarlyBlowUp
 from lrkit.doctor.signs.flat import Flat
@@ -47,6 +49,7 @@ __all__ = [
     "RaisedAndHeld",
     "EarlyBlowUp",
     "AtChance",
+    "Dead",
     "BehindReference",
     "LossSpikes",
     "MetricSwing",

@@ -57,6 +57,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from lrkit.collapse import OUTPUT_SPREAD
 from lrkit.doctor.signs._base import MAD_TO_SD, MEDIAN_EFF, Finding, Observation, Sign, median, scaled
 
 __all__ = ["MetricSwing", "metric_mode", "metric_oscillation"]
@@ -77,6 +78,8 @@ def metric_mode(name: str, modes: Mapping[str, str]) -> str:
     """``"max"``, ``"min"`` or ``"ignore"`` for metric ``name`` (see the module docstring)."""
     if name in modes:
         return modes[name]
+    if name == OUTPUT_SPREAD:  # the adapters' liveness probe (lrkit.doctor.signs.dead), not a quality
+        return "ignore"
     low = name.lower()
     words = set(re.split(r"[^a-z0-9]+", low))
     if words & _BOOKKEEPING:

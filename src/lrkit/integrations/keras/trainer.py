@@ -69,7 +69,7 @@ import keras
 import numpy as np
 
 from lrkit import scaling
-from lrkit.finder.collapse import output_spread
+from lrkit.collapse import output_spread
 from lrkit.finder.range_test import find, plan_budget, plan_verify_budget
 from lrkit.finder.result import FinderResult
 from lrkit.integrations._progress import progress_context, watched
@@ -503,7 +503,7 @@ class KerasTrainer:
 
     def output_spread(self) -> float | None:
         """How much the model's outputs vary over the examples of the first validation batch (of
-        array data, its first 256 rows): :func:`lrkit.finder.collapse.output_spread` of the first
+        array data, its first 256 rows): :func:`lrkit.collapse.output_spread` of the first
         output, ``None`` without validation data."""
         if self._val is None:
             return None

@@ -56,6 +56,7 @@ from lrkit.integrations.lightning.skips import StepLossSum, drop_step
 from lrkit.integrations.torch.autopilot import _group_ratios, check_no_scheduler
 from lrkit.integrations.torch.dist import rank_agree, rank_means
 from lrkit.integrations.torch.doctor import grad_norm
+from lrkit.integrations.torch.outputs import SpreadProbe, check_every_arg
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 from lrkit.schedules.base import Schedule
 
@@ -94,6 +95,16 @@ class _Quiet:
         del self.module.log_dict
 
 
+def _probed_module(pl_module: pl.LightningModule) -> torch.nn.Module:
+    """Where the training forward is seen: the LightningModule when it defines ``forward`` (its
+    ``training_step`` may call ``self(...)``), else its only child module (the network it wraps);
+    else the LightningModule (a ``training_step`` that calls several children is not measured)."""
+    if type(pl_module).forward is not pl.LightningModule.forward:
+        return pl_module
+    children = list(pl_module.children())
+    return children[0] if len(children) == 1 else pl_module
+
+
 class AutopilotCallback(pl.Callback):
     """Train a LightningModule with no LR given (see the module docstring).
 
@@ -105,6 +116,11 @@ class AutopilotCallback(pl.Callback):
         logger: where the messages go (default ``lrkit.autopilot``).
         seed: seed of the finder's own randomness.
         progress: show the finder's progress bar.
+        check_outputs_every: on the first step and then every this many optimizer steps, the
+            spread of the module's outputs over the batch is read on the training forward (a hook
+            on the LightningModule when it defines ``forward``, else on its only child module, e.g.
+            the ``self.net`` that ``training_step`` calls; 0 = never): a network whose outputs
+            stopped depending on its inputs is rolled back (:mod:`lrkit.doctor.signs.dead`).
 
     Attributes:
         plan: the :class:`~lrkit.autopilot.AutopilotPlan` (after ``on_train_start``).
@@ -114,8 +130,11 @@ class AutopilotCallback(pl.Callback):
 
     def __init__(self, train_steps: int | None = None, *, shape: Schedule | None = None, peak_lr: float | None = None,
                  guard: bool = True, plateau: bool = True, logger: logging.Logger | None = None, seed: int = 0,
-                 progress: bool = False, skip_spikes: bool = True) -> None:
+                 progress: bool = False, skip_spikes: bool = True, check_outputs_every: int = 25) -> None:
         super().__init__()
+        check_every_arg("AutopilotCallback: check_outputs_every", check_outputs_every)
+        self.check_outputs_every = check_outputs_every
+        self._outputs: SpreadProbe | None = None
         if train_steps is not None:
             resolve_train_steps(train_steps, where="AutopilotCallback")
         self.train_steps = train_steps
@@ -213,6 +232,9 @@ class AutopilotCallback(pl.Callback):
                                    skip_spikes=self.skip_spikes)
             self.pilot.logger.info("%s", plan.summary())
         self.pilot.attach(_State(pl_module, opt), agree=rank_agree)  # several processes: their mean timings
+        self._release_outputs()
+        if self.check_outputs_every:
+            self._outputs = SpreadProbe(_probed_module(pl_module), self.check_outputs_every)
         self._last_gs = trainer.global_step
         self._apply(trainer.global_step)
 
@@ -246,6 +268,7 @@ class AutopilotCallback(pl.Callback):
             return
         step = trainer.global_step - 1
         self._last_gs = trainer.global_step
+        probed = self._outputs.take(step) if self._outputs is not None else {}
         if self._skipping:  # the update was left out (a loss spike): nothing trained, nothing to observe
             self._skipping = False
             return
@@ -253,6 +276,8 @@ class AutopilotCallback(pl.Callback):
         if loss is None:
             return
         val_loss, metrics = self._pending.take()
+        if probed:
+            metrics = {**(metrics or {}), **probed}
         gn, self._gn = self._gn, None
         value, gn = float(loss.detach().float().item()), gn if gn else None
         if trainer.world_size > 1:  # every rank reads the same numbers, so all take the same decisions
@@ -261,6 +286,19 @@ class AutopilotCallback(pl.Callback):
                                     grad_norm=gn, val_loss=val_loss, metrics=metrics)
         if rolled:
             self._apply(trainer.global_step)
+            if self._outputs is not None:
+                self._outputs.restart()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._release_outputs()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._release_outputs()
+
+    def _release_outputs(self) -> None:
+        if self._outputs is not None:
+            self._outputs.close()
+            self._outputs = None
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:

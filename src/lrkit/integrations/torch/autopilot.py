@@ -21,7 +21,9 @@ group :math:`g` gets :math:`r_g\,\eta_t` with :math:`r_g` = its LR / the first g
 gradients are still there) to the doctor; on ``nan``/``diverging`` the model, the optimizer state,
 the ``GradScaler`` and the RNGs go back **in place** to the last good snapshot and the LR is lowered
 (:func:`lrkit.autopilot.policy.lowered_multiplier`); the clock goes on (the scheduler keeps its
-place, the loader goes on with the next batch). Pass ``val_loss=`` when you validate: a stalled
+place, the loader goes on with the next batch). A network that dies -- every input getting the
+same output, measured on the training forward every ``check_outputs_every`` steps -- is rolled
+back too (:mod:`lrkit.doctor.signs.dead`). Pass ``val_loss=`` when you validate: a stalled
 validation loss halves the LR. Every intervention is logged to ``lrkit.autopilot`` and kept in
 :attr:`TorchAutopilot.events`.
 
@@ -78,6 +80,7 @@ from lrkit.autopilot.pilot import Autopilot, AutopilotEvent
 from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
 from lrkit.integrations.torch.dist import rank_agree, rank_means, world_size
 from lrkit.integrations.torch.doctor import drop_gradients, grad_norm, loss_value
+from lrkit.integrations.torch.outputs import SpreadProbe, check_every_arg
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 from lrkit.schedules.base import Schedule
 
@@ -220,7 +223,8 @@ class TorchAutopilot:
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, pilot: Autopilot, *,
-                 finder: Any = None, scaler: Any = None, step: int = 0, track_grad_norm: bool = True) -> None:
+                 finder: Any = None, scaler: Any = None, step: int = 0, track_grad_norm: bool = True,
+                 check_outputs_every: int = 25) -> None:
         self.model, self.optimizer, self.finder = model, optimizer, finder
         self._state = _TorchState(model, optimizer, scaler)
         pilot.attach(self._state, agree=rank_agree)  # under torch.distributed: the ranks' mean timings
@@ -229,6 +233,8 @@ class TorchAutopilot:
         self._next = int(step)
         self.track_grad_norm = bool(track_grad_norm)
         self._skipping = False  # after_backward held this step's update back (a loss spike)
+        check_every_arg("check_outputs_every", check_outputs_every)
+        self._probe = SpreadProbe(model, check_outputs_every) if check_outputs_every else None
 
     @property
     def pilot(self) -> Autopilot:
@@ -267,6 +273,7 @@ class TorchAutopilot:
         ``val_loss`` are averaged over the ranks (``val_loss`` over those that give one), so every
         rank takes the same decisions and the replicas stay identical; ``metrics`` are read as
         each rank gives them."""
+        probed = self._probe.take(self._next) if self._probe is not None else {}
         if self._skipping:  # after_backward held this update back: nothing trained, nothing to report
             self._skipping = False
             self._next += 1
@@ -283,9 +290,13 @@ class TorchAutopilot:
             loss, gn, val_loss = rank_means([loss, gn, val_loss])
         step = self._next
         self._next += 1
+        if probed:
+            metrics = {**(metrics or {}), **probed}
         rolled = self.pilot.observe(step, float(loss), lr=self.lr(), grad_norm=gn, val_loss=val_loss, metrics=metrics)
         if rolled:
             self.scheduler.apply()
+            if self._probe is not None:
+                self._probe.restart()
         return rolled
 
     def state_dict(self) -> dict[str, Any]:
@@ -318,6 +329,7 @@ def autopilot(
     progress: bool = False,
     logger: logging.Logger | None = None,
     seed: int = 0,
+    check_outputs_every: int = 25,
 ) -> TorchAutopilot:
     """Find the LR, plan the schedule and guard the run of a plain PyTorch loop (module docstring).
 
@@ -335,6 +347,10 @@ def autopilot(
         progress: show the finder's progress bar.
         logger: where the autopilot's messages go (default ``lrkit.autopilot``).
         seed: seed of the finder's own randomness.
+        check_outputs_every: every this many steps the spread of the model's outputs over the
+            batch is measured on the training forward (a hook; 0 = never): a network whose outputs
+            stopped depending on its inputs is dead (:mod:`lrkit.doctor.signs.dead`), and the guard
+            rolls it back.
 
     Raises:
         AutopilotError: a scheduler already attached, a learning-rate-free or Schedule-Free
@@ -345,11 +361,13 @@ def autopilot(
         raise AutopilotError(f"autopilot: optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     family = check_optimizer(optimizer)
     check_no_scheduler(optimizer)
+    check_every_arg("check_outputs_every", check_outputs_every)
     if resume is not None:
         if not isinstance(resume, Mapping) or "autopilot" not in resume or "step" not in resume:
             raise AutopilotError("autopilot: resume must be the dict of pilot.state_dict() saved with your checkpoint")
         pilot = Autopilot.from_state_dict(resume["autopilot"], logger=logger)
-        return TorchAutopilot(model, optimizer, pilot, scaler=scaler, step=int(resume["step"]))
+        return TorchAutopilot(model, optimizer, pilot, scaler=scaler, step=int(resume["step"]),
+                              check_outputs_every=check_outputs_every)
     per_epoch = None
     if train_steps is None:
         n = _length(train_loader)
@@ -363,4 +381,5 @@ def autopilot(
     plan = make_plan(result, family=family, train_steps=steps, shape=shape, peak_lr=peak_lr)
     pilot = Autopilot(plan, guard=guard, plateau=plateau, logger=logger)
     pilot.logger.info("%s", plan.summary())
-    return TorchAutopilot(model, optimizer, pilot, finder=result, scaler=scaler)
+    return TorchAutopilot(model, optimizer, pilot, finder=result, scaler=scaler,
+                          check_outputs_every=check_outputs_every)

@@ -128,6 +128,7 @@ from lrkit.integrations.torch.hessian import (
 )
 from lrkit.integrations.torch.dist import rank, rank_agree, rank_mean, rank_means, world_size
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
+from lrkit.integrations.torch.outputs import SpreadProbe, check_every_arg
 
 __all__ = ["TorchDoctor", "StabilityProbe", "grad_norm"]
 
@@ -260,6 +261,11 @@ class TorchDoctor(GuardedWatch):
             batches and the loss) to explain problems with the curvature (see the module
             docstring); ``None`` (default) for none. Needs one LR and one set of
             hyper-parameters for all param groups.
+        check_outputs_every: on the first step and then every this many steps, the spread of the
+            model's outputs over the batch is read on the training forward (a forward hook; 0 =
+            never): a network whose outputs stopped depending on its inputs is ``diverging``
+            (:mod:`lrkit.doctor.signs.dead`) and the guard rolls it back. Under
+            ``torch.distributed`` with the guard, the ranks agree on it like on the loss.
 
     Raises:
         GuardGaveUp: from :meth:`after_step`, when a snapshot was restored ``max_retries``
@@ -298,6 +304,7 @@ class TorchDoctor(GuardedWatch):
         on_overfitting: str | None = None,
         plateau_factor: float = 0.1,
         schedulers: Sequence[Any] = (),
+        check_outputs_every: int = 25,
     ) -> None:
         self.watch_on = check_actions("TorchDoctor", on_converged, on_overfitting, plateau_factor)
         self.plateau_factor = plateau_factor
@@ -310,6 +317,7 @@ class TorchDoctor(GuardedWatch):
             raise ValueError(f"TorchDoctor: optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if not isinstance(guard, bool):
             raise ValueError(f"TorchDoctor: guard must be True or False, got {guard!r}")
+        check_every_arg("TorchDoctor: check_outputs_every", check_outputs_every)
         if scaler is not None and not hasattr(scaler, "get_scale"):
             raise ValueError(f"TorchDoctor: scaler must be a torch.amp.GradScaler or None, got {type(scaler).__name__}")
         if stability_probe is not None:
@@ -347,6 +355,8 @@ class TorchDoctor(GuardedWatch):
         self._skipping = False  # the step in flight had its update skipped (a loss spike)
         self._gn: float | None = None
         self._params = [p for g in optimizer.param_groups for p in g["params"]]
+        self._outputs = (SpreadProbe(model, check_outputs_every, agree=guard or self.watch_on)
+                         if check_outputs_every else None)
         self.stability_probe = stability_probe
         #: every probe's report (:func:`~lrkit.integrations.torch.hessian.stability_report`'s dict
         #: plus ``step``, the last step observed, and ``trigger``: the verdict, ``"every"`` or
@@ -470,6 +480,9 @@ class TorchDoctor(GuardedWatch):
             self._step_time = dt if math.isnan(self._step_time) else 0.9 * self._step_time + 0.1 * dt
         self._t_step = now
         self._last_step = step
+        probed = self._outputs.take(step) if self._outputs is not None else {}
+        if probed:
+            metrics = {**(metrics or {}), **probed}
         if self._skipping:  # the guard held this update back (a loss spike): nothing trained, nothing to observe
             self._skipping = False
             return False
@@ -480,9 +493,18 @@ class TorchDoctor(GuardedWatch):
         rolled = self._watch_observe(step, loss, lr=lr, grad_norm=gn, val_loss=val_loss, metrics=metrics) is not None
         if rolled:
             self._attached = None  # the doctor went back to the snapshot's state
+            if self._outputs is not None:
+                self._outputs.restart()
         elif self.stability_probe is not None:
             self._probe_after_step(step)
         return rolled
+
+    def close(self) -> None:
+        """Drop the guard's snapshots (and files) and remove the outputs' forward hook; idempotent."""
+        super().close()
+        if self._outputs is not None:
+            self._outputs.close()
+            self._outputs = None
 
     # ------------------------------------------------------------------ the stability probe
     @property

@@ -60,13 +60,13 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from lrkit import scaling
-from lrkit.finder.collapse import output_spread
 from lrkit.finder.range_test import find, plan_budget, plan_verify_budget
 from lrkit.finder.result import FinderResult
 from lrkit.integrations._progress import progress_bar, progress_context, watched  # noqa: F401 - progress_bar re-exported (the CLI imports it)
 from lrkit.integrations.torch.dist import average_gradients as _average_gradients
 from lrkit.integrations.torch.dist import distributed as _distributed, rank_agree, rank_mean
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot, eval_mode
+from lrkit.integrations.torch.outputs import agreed_spread, first_tensor, tensor_spread
 
 __all__ = ["TorchTrainer", "find_lr"]
 
@@ -359,19 +359,16 @@ class TorchTrainer(RecyclingState):
 
     def output_spread(self) -> float | None:
         """How much the model's outputs vary over the examples of one batch (the first validation
-        batch, else the next training batch; eval mode, no grad): :func:`lrkit.finder.collapse.
+        batch, else the next training batch; eval mode, no grad): :func:`lrkit.collapse.
         output_spread`, the largest over the ranks. ``None`` when no output tensor was seen."""
         seen: list[torch.Tensor] = []
-        hook = self.model.register_forward_hook(lambda module, args, out: seen.append(_first_tensor(out)))
+        hook = self.model.register_forward_hook(lambda module, args, out: seen.append(first_tensor(out)))
         try:
             with eval_mode(self.model), torch.no_grad(), self._autocast():
                 self._eval_loss(next(iter(self.val_loader)) if self.val_loader is not None else self._next_batch())
         finally:
             hook.remove()
-        out = seen[0] if seen and seen[0] is not None else None
-        spread = output_spread(out.detach().float().cpu().numpy()) if out is not None else None
-        agreed = rank_agree([math.inf if spread is None else spread], "max")[0]
-        return None if math.isinf(agreed) else agreed
+        return agreed_spread(tensor_spread(seen[0]) if seen else None)
 
     # -- internals ---------------------------------------------------------------------------
     def _autocast(self):
@@ -614,20 +611,3 @@ def find_lr(
             verify_budget=plan_verify_budget(train_steps, num_iter),
             batch_size=batch_size, target_batch_size=target_batch_size, rng_seed=seed,
         )
-
-
-def _first_tensor(out: Any) -> torch.Tensor | None:
-    """A model's output as one tensor: itself, its ``.logits``, a dict's ``"logits"`` or first tensor,
-    a sequence's first tensor."""
-    if isinstance(out, torch.Tensor):
-        return out
-    logits = getattr(out, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    if isinstance(out, dict):
-        items = [out.get("logits"), *out.values()]
-    elif isinstance(out, (list, tuple)):
-        items = list(out)
-    else:
-        return None
-    return next((x for x in items if isinstance(x, torch.Tensor)), None)

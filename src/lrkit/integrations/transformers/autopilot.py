@@ -50,6 +50,7 @@ from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer,
 from lrkit.doctor.guarded_watch import PendingValidation
 from lrkit.integrations.torch.autopilot import _group_ratios
 from lrkit.integrations.torch.dist import rank_agree, rank_means, world_size
+from lrkit.integrations.torch.outputs import SpreadProbe, check_every_arg
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 from lrkit.integrations.transformers.callback import RefreshedBeforeSaves, _expected_logs, _guard_blockers
 from lrkit.integrations.transformers.skips import HoldsStepSkips, StepSkips
@@ -96,6 +97,10 @@ class AutopilotCallback(HoldsStepSkips, RefreshedBeforeSaves, TrainerCallback):
         logger: where the messages go (default ``lrkit.autopilot``).
         seed: seed of the finder's own randomness.
         progress: show the finder's progress bar.
+        check_outputs_every: on the first step and then every this many optimizer steps, the
+            spread of the model's outputs (``.logits``) over the batch is read on the training
+            forward (0 = never) and given to the doctor with the next log: a network whose outputs
+            stopped depending on its inputs is rolled back (:mod:`lrkit.doctor.signs.dead`).
 
     Attributes:
         plan: the :class:`~lrkit.autopilot.AutopilotPlan` (after ``on_train_begin``).
@@ -105,7 +110,9 @@ class AutopilotCallback(HoldsStepSkips, RefreshedBeforeSaves, TrainerCallback):
 
     def __init__(self, *, shape: Schedule | None = None, peak_lr: float | None = None, guard: bool = True,
                  plateau: bool = True, logger: logging.Logger | None = None, seed: int = 0,
-                 progress: bool = False, skip_spikes: bool = True) -> None:
+                 progress: bool = False, skip_spikes: bool = True, check_outputs_every: int = 25) -> None:
+        check_every_arg("AutopilotCallback: check_outputs_every", check_outputs_every)
+        self.check_outputs_every = check_outputs_every
         self.shape, self.peak_lr, self.guard, self.plateau = shape, peak_lr, guard, plateau
         self.skip_spikes = skip_spikes
         self.logger, self.seed, self.progress = logger, seed, progress
@@ -119,6 +126,15 @@ class AutopilotCallback(HoldsStepSkips, RefreshedBeforeSaves, TrainerCallback):
         self._skips: StepSkips | None = None  # skip_spikes: each step's loss (a forward hook) and the skips
         self._scaler: Any = None
         self._pending = PendingValidation(prefixes=("eval_",), loss_names=("eval_loss",))
+        self._outputs: SpreadProbe | None = None  # the model's output spread, every check_outputs_every steps
+        self._spread: dict[str, float] = {}  # its latest measurement, for the next log
+
+    def _release_hooks(self) -> None:
+        """Take the forward hooks (skips, output spread) off the model: training ended, or failed."""
+        self._release_skips()
+        if self._outputs is not None:
+            self._outputs.close()
+            self._outputs, self._spread = None, {}
 
     @property
     def plan(self) -> AutopilotPlan | None:
@@ -171,9 +187,11 @@ class AutopilotCallback(HoldsStepSkips, RefreshedBeforeSaves, TrainerCallback):
             self._warn_if_few_logs(args, state)
         self._scaler = getattr(optimizer, "scaler", None)
         self.pilot.attach(_State(model, inner, self._scaler), agree=rank_agree)  # DDP: the ranks' mean timings
-        self._release_skips()
+        self._release_hooks()
         if self.pilot.skips:
             self._skips = StepSkips(model)
+        if self.check_outputs_every:
+            self._outputs = SpreadProbe(model, self.check_outputs_every)
         self._lambda = _PilotLambda(self)
         scheduler.lr_lambdas = [self._lambda] * len(inner.param_groups)
         scheduler.base_lrs = list(self._ratios)
@@ -230,8 +248,12 @@ class AutopilotCallback(HoldsStepSkips, RefreshedBeforeSaves, TrainerCallback):
             step = int(state.global_step)  # the optimizer step in flight
             self._skips.decide(lambda loss: self.pilot.skip(step, loss), self._optimizer, self._scaler)
 
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._outputs is not None:  # every rank, every optimizer step
+            self._spread = self._outputs.take(int(state.global_step) - 1) or self._spread
+
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._release_skips()
+        self._release_hooks()
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
         if self.pilot is None or not logs or "loss" not in logs:
@@ -247,16 +269,20 @@ class AutopilotCallback(HoldsStepSkips, RefreshedBeforeSaves, TrainerCallback):
             if loss is None:  # every step of this log was skipped
                 return
         val_loss, metrics = self._pending.take()
+        if self._spread:  # the latest output spread measured since the last log
+            metrics, self._spread = {**(metrics or {}), **self._spread}, {}
         if world_size() > 1:  # the Trainer's logs are gathered already; this makes sure of it
             loss, gn, val_loss = rank_means([loss, gn, val_loss])
         try:
             rolled = self.pilot.observe(step, loss, lr=logs.get("learning_rate"), grad_norm=gn, val_loss=val_loss,
                                         metrics=metrics)
         except Exception:
-            self._release_skips()  # training ends here (the guard gave up): take the hook off the model
+            self._release_hooks()  # training ends here (the guard gave up): take the hook off the model
             raise
         if rolled:
             self._apply(self._scheduler.last_epoch)
+            if self._outputs is not None:
+                self._outputs.restart()
 
     # ------------------------------------------------------------------ checkpoints
     def _refresh(self) -> None:

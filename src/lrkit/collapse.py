@@ -16,7 +16,10 @@ centred first when :math:`D > 1`, since logits are defined up to a shift) is
     s = \frac{\operatorname{mean}_d \operatorname{std}_n Y_{nd}}{\operatorname{mean}_{n,d} |Y_{nd}| + \epsilon},
 
 zero (up to rounding) when every example gets the same output; a live model measured at 0.2-1.2 on the
-development tasks. :data:`COLLAPSED` is the threshold below which a candidate is rejected.
+development tasks. :data:`COLLAPSED` is the threshold below which the finder rejects a candidate
+and the doctor calls a run that had been live *dead* (:mod:`lrkit.doctor.signs.dead`, fed the
+metric named :data:`OUTPUT_SPREAD` by the framework adapters, which measure a bounded sample of
+the outputs: strided rows and columns, see :func:`sample_indices`).
 
 Example:
     >>> import numpy as np
@@ -31,9 +34,29 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["COLLAPSED", "output_spread"]
+__all__ = ["COLLAPSED", "OUTPUT_SPREAD", "output_spread", "sample_indices"]
 
+#: a relative spread at or below this is a model giving every input the same output
 COLLAPSED = 1e-6
+#: the metric name under which adapters report :func:`output_spread` to the doctor
+OUTPUT_SPREAD = "output_spread"
+#: most rows (examples) and columns (flattened outputs) an adapter measures
+MAX_ROWS, MAX_COLS = 256, 4096
+
+
+def sample_indices(n: int, most: int) -> np.ndarray | None:
+    """``most`` indices spread evenly over ``range(n)`` (``None``: take all ``n``).
+
+    A collapsed model gives the same output everywhere, so any subset shows it; evenly spread
+    rows and columns keep a live one's variety (a sequence model's positions, not its first only).
+
+    Example:
+        >>> sample_indices(10, 4).tolist(), sample_indices(3, 4) is None
+        ([0, 3, 6, 9], True)
+    """
+    if n <= most:
+        return None
+    return np.unique(np.linspace(0, n - 1, most).round().astype(np.int64))
 
 
 def output_spread(outputs: np.ndarray) -> float | None:
