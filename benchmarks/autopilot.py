@@ -459,7 +459,14 @@ def render(out: dict, faults: dict, skipped: list[str], seconds: float) -> str:
             "cost digits 2, MNIST/SGD-momentum 3 and diabetes 4 rollbacks and MNIST seed 1 +6.7%. Where it is "
             "not skipped (by the rule it was no spike out of a calm stretch: under 10x the level or the run's "
             "starting loss, or another spike within the 50 steps before it), the rollback answers as before. No clean run of the main table "
-            "skipped a step (its figures are unchanged)."]
+            "skipped a step (its figures are unchanged). Since 2026-12-05 the loop also measures the spread of the "
+            "model's outputs before its first step, every 25 steps and after each rollback (`lrkit.doctor.signs.dead`: "
+            "a network whose outputs no longer depend on its inputs, twice in a row after a live reading, is rolled "
+            "back to a state from before). It fired on no clean run of the main table (126 runs, every figure "
+            "unchanged) and on one fault run: held-out MNIST/SGD-momentum `lr_x30` seed 3, caught at step 75 "
+            "(dead since step 50) instead of 119 by the 'behind' rule, restored to the same start with the same "
+            "lowered scale, and ending +14.7% over its clean run instead of +5.8%: same restart, a different "
+            "stretch of batches and 44 more steps to train -- one run's noise, reported as measured."]
     lines += ["", "Reading: the autopilot's regret follows its peak's distance from the oracle's (column 'autopilot "
               "peak / oracle', the geometric mean over the seeds), i.e. the finder's constant-LR answer times the "
               "shape factor. Since 2026-12-05 the table runs six seeds (0-5; the oracle's grid too): on three, "
