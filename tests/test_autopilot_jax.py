@@ -98,3 +98,29 @@ def test_refuses_learning_rate_free_factories_and_unknown_length():
         lj.autopilot(_loss, params, optax.adam, iter(batches))
     with pytest.raises(AutopilotError, match="optax factory"):
         lj.autopilot(_loss, params, optax.adam(1e-3), batches)
+
+
+def test_an_output_spread_the_user_reports_reaches_the_guard():
+    from lrkit.collapse import output_spread
+
+    params, batches, val = _setup()
+    pilot = lj.autopilot(_loss, params, optax.adam, batches, val_batches=val)
+    opt_state = pilot.init(params)
+    grad = jax.jit(jax.value_and_grad(_loss))
+    rolled_at = None
+    for step in range(len(batches)):
+        loss, g = grad(params, batches[step])
+        updates, opt_state = pilot.optimizer.update(g, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        metrics = None
+        if step % 25 == 0:
+            x = val[0][0]
+            # a fault from step 50 on: the model answers every input with the same output
+            outputs = np.asarray(x @ params["w"] + params["b"]) if step < 50 or rolled_at else np.ones((len(x), 1))
+            metrics = {"output_spread": output_spread(outputs)}
+        params, opt_state = pilot.after_step(step, loss, params, opt_state, metrics=metrics)
+        if pilot.events and rolled_at is None:
+            rolled_at = step
+    died = [e for e in pilot.events if "network died" in e.message]
+    assert died and rolled_at == 75  # the second collapsed reading
+    assert died[0].data["restored_to"] <= 25  # a state from no later than the last live reading

@@ -95,3 +95,26 @@ def test_resume_from_state_path_runs_no_finder_and_continues(tmp_path, monkeypat
     restored.fit(x, y, batch_size=32, initial_epoch=2, epochs=4, shuffle=False, callbacks=[cb, second], verbose=0)
     assert cb.finder is None and cb.events[-1].kind == "resume"
     np.testing.assert_allclose(first.lrs + second.lrs, full.lrs, rtol=1e-6)
+
+
+@pytest.mark.parametrize("every", [25, 0])
+def test_a_network_that_dies_is_rolled_back(every):
+    from sklearn.datasets import load_wine
+
+    x, y = load_wine(return_X_y=True)  # unscaled: an LR too high kills the ReLUs in a few steps
+    perm = np.random.default_rng(0).permutation(len(x))
+    x, y = x[perm].astype("float32"), y[perm]
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((13,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(3)])
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=1.0),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    cb = AutopilotCallback(x[:130], y[:130], batch_size=16, val_data=(x[130:], y[130:]), peak_lr=3.0,
+                           check_outputs_every=every)
+    model.fit(x[:130], y[:130], batch_size=16, epochs=20, callbacks=[cb], verbose=0, shuffle=False)
+    died = [e for e in cb.events if "network died" in e.message]
+    val = float(model.evaluate(x[130:], y[130:], verbose=0))
+    if every:  # the LR was too high for the loss to show it: it fell from ~30 to the dead level
+        assert died and "lowered the LR" in died[0].message
+        assert val < 0.8
+    else:  # unmeasured, the same run ends at the constant prediction's loss
+        assert not died and val > 1.0

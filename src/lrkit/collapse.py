@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["COLLAPSED", "OUTPUT_SPREAD", "output_spread", "sample_indices"]
+__all__ = ["COLLAPSED", "OUTPUT_SPREAD", "check_every_arg", "output_spread", "sample_indices"]
 
 #: a relative spread at or below this is a model giving every input the same output
 COLLAPSED = 1e-6
@@ -42,6 +42,13 @@ COLLAPSED = 1e-6
 OUTPUT_SPREAD = "output_spread"
 #: most rows (examples) and columns (flattened outputs) an adapter measures
 MAX_ROWS, MAX_COLS = 256, 4096
+
+
+def check_every_arg(name: str, value: object) -> None:
+    """An adapter's ``check_outputs_every``: an int >= 0 (0: never measure), else a ``ValueError``
+    naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0 (0 = never measure the outputs), got {value!r}")
 
 
 def sample_indices(n: int, most: int) -> np.ndarray | None:

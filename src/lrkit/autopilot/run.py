@@ -33,8 +33,8 @@ from typing import Any
 
 from lrkit import scaling
 from lrkit.autopilot.pilot import Autopilot
-from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
-from lrkit.collapse import OUTPUT_SPREAD
+from lrkit.autopilot.plan import AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
+from lrkit.collapse import OUTPUT_SPREAD, check_every_arg
 from lrkit.finder.range_test import find, plan_budget, plan_verify_budget
 from lrkit.schedules.base import Schedule
 
@@ -109,6 +109,7 @@ def fly(trainer: Any, *, family: str, train_steps: int, shape: Schedule | None =
         GuardGaveUp: the guard gave up (the trainer is left at its last good state).
     """
     train_steps = resolve_train_steps(train_steps)
+    check_every_arg("fly: check_outputs_every", check_outputs_every)
     finder = None
     if plan is None:
         plan, finder = plan_for(trainer, family=family, train_steps=train_steps, shape=shape, peak_lr=peak_lr,
@@ -117,8 +118,6 @@ def fly(trainer: Any, *, family: str, train_steps: int, shape: Schedule | None =
     pilot = Autopilot(plan, guard=guard, plateau=plateau, logger=logger, skip_spikes=skip_spikes).attach(trainer)
     flight = Flight(pilot, finder)
     ask = pilot.skips and getattr(trainer, "skips_steps", False)  # a bad batch's update left out
-    if isinstance(check_outputs_every, bool) or not isinstance(check_outputs_every, int) or check_outputs_every < 0:
-        raise AutopilotError(f"fly: check_outputs_every must be an int >= 0 (0 = never), got {check_outputs_every!r}")
     spread = getattr(trainer, "output_spread", None) if check_outputs_every else None
     measured: dict[str, float] = {}  # the spread of the state before step t, for step t's observation
     due = callable(spread)

@@ -106,12 +106,18 @@ class OptaxAutopilot:
             self._attached = True
 
     def after_step(self, step: int, loss: Any, params: Any, opt_state: Any, *, val_loss: Any = None,
-                   grad_norm: Any = None) -> tuple[Any, Any]:
-        """Report optimizer step ``step`` (its loss); return the ``(params, opt_state)`` to go on with."""
+                   grad_norm: Any = None, metrics: Mapping[str, Any] | None = None) -> tuple[Any, Any]:
+        """Report optimizer step ``step`` (its loss); return the ``(params, opt_state)`` to go on with.
+
+        ``metrics``: validation metrics of this step, and ``{"output_spread":
+        lrkit.collapse.output_spread(np.asarray(logits))}`` now and then (every 25 steps, say) to
+        have a network whose outputs stopped depending on its inputs rolled back
+        (:mod:`lrkit.doctor.signs.dead`; the loss function alone cannot show the outputs)."""
         self._start(params, opt_state)  # a resumed run may skip init()
         self._state.current = (params, opt_state)
         self.pilot.observe(int(step), float(loss), val_loss=None if val_loss is None else float(val_loss),
-                           grad_norm=None if grad_norm is None else float(grad_norm))
+                           grad_norm=None if grad_norm is None else float(grad_norm),
+                           metrics=None if metrics is None else {k: float(v) for k, v in metrics.items()})
         params, opt_state = self._state.current
         self.next_step = int(step) + 1
         return params, self.with_lr(opt_state, self.next_step)

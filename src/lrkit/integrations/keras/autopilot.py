@@ -41,6 +41,7 @@ import numpy as np
 
 from lrkit.autopilot.pilot import Autopilot, AutopilotEvent
 from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
+from lrkit.collapse import OUTPUT_SPREAD, check_every_arg
 from lrkit.doctor.guarded_watch import PendingValidation
 from lrkit.integrations.keras.callback import _scale_velocity
 from lrkit.schedules.base import Schedule
@@ -93,14 +94,20 @@ class AutopilotCallback(keras.callbacks.Callback):
             from when it exists.
         logger: where the messages go (default ``lrkit.autopilot``).
         seed: seed of the finder's own randomness.
+        check_outputs_every: before the first step, every this many steps and after a rollback,
+            the spread of the model's outputs over up to 256 inputs (the validation data's first,
+            else the training data's) is measured in inference mode (0 = never): a network whose
+            outputs stopped depending on its inputs is rolled back (:mod:`lrkit.doctor.signs.dead`).
     """
 
     def __init__(self, x: Any = None, y: Any = None, *, dataset: Any = None, batch_size: int | None = None,
                  val_data: Any = None, train_steps: int | None = None, shape: Schedule | None = None,
                  peak_lr: float | None = None, guard: bool = True, plateau: bool = True,
                  state_path: str | os.PathLike[str] | None = None, logger: logging.Logger | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, check_outputs_every: int = 25) -> None:
         super().__init__()
+        check_every_arg("AutopilotCallback: check_outputs_every", check_outputs_every)
+        self.check_outputs_every = check_outputs_every
         if x is None and dataset is None:
             raise AutopilotError("AutopilotCallback: a Keras callback does not see fit()'s data; give the finder "
                                  "its data: AutopilotCallback(x, y, batch_size=...) or AutopilotCallback(dataset=...)")
@@ -115,6 +122,9 @@ class AutopilotCallback(keras.callbacks.Callback):
         self._step = 0
         self._prev = (0.0, 0.0)
         self._pending = PendingValidation(prefixes=("val_",), loss_names=("val_loss",))
+        self._probe_x: Any = None  # the inputs the output spread is measured on
+        self._measure = True  # measure before the next step (the first, or after a rollback)
+        self._spread: dict[str, float] = {}
 
     @property
     def plan(self) -> AutopilotPlan | None:
@@ -158,6 +168,18 @@ class AutopilotCallback(keras.callbacks.Callback):
                 self.pilot.logger.info("%s", plan.summary())
             self.pilot.attach(_State(self.model))
         _loss_tracker(self.model)
+        if self.check_outputs_every and self._probe_x is None:
+            from lrkit.integrations.keras.trainer import first_inputs
+
+            d = self._data
+            val = d["val_data"]
+            if isinstance(val, tuple):  # validation arrays
+                arrays, batches = val, None
+            elif val is not None:  # validation batches
+                arrays, batches = None, val
+            else:  # the training data
+                arrays, batches = d["x"], (d["dataset"] if d["x"] is None else None)
+            self._probe_x = first_inputs(arrays, batches)
 
     def _load(self) -> dict | None:
         if self.state_path is None or not os.path.exists(self.state_path):
@@ -171,6 +193,12 @@ class AutopilotCallback(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         self.model.optimizer.learning_rate = self.pilot.lr(self._step)
+        every = self.check_outputs_every
+        if self._probe_x is not None and (self._measure or self._step % every == 0):
+            from lrkit.integrations.keras.trainer import spread_on
+
+            v = spread_on(self.model, self._probe_x)  # the state this step starts from
+            self._spread, self._measure = ({OUTPUT_SPREAD: float(v)} if v is not None else {}), False
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         tracker, total_v, count_v = _loss_tracker(self.model)
@@ -183,8 +211,11 @@ class AutopilotCallback(keras.callbacks.Callback):
         loss = dt / dc if math.isfinite(total) else math.nan
         step, self._step = self._step, self._step + 1
         val_loss, metrics = self._pending.take()
+        if self._spread:
+            metrics, self._spread = {**(metrics or {}), **self._spread}, {}
         before = self.pilot.multiplier
         if self.pilot.observe(step, loss, lr=self.pilot.lr(step), val_loss=val_loss, metrics=metrics):
+            self._measure = True  # the restored state is measured before its next step
             tracker.reset_state()  # a NaN would stay in the epoch's running mean
             self._prev = (0.0, 0.0)
             _scale_velocity(self.model.optimizer, self.pilot.multiplier / before)  # SGD's velocity holds the LR

@@ -503,18 +503,35 @@ class KerasTrainer:
 
     def output_spread(self) -> float | None:
         """How much the model's outputs vary over the examples of the first validation batch (of
-        array data, its first 256 rows): :func:`lrkit.collapse.output_spread` of the first
-        output, ``None`` without validation data."""
+        array data, its first 256 rows): :func:`spread_on` those inputs, ``None`` without
+        validation data."""
         if self._val is None:
             return None
         kind, data = self._val
-        if kind == "arrays":
-            x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-            x = keras.tree.map_structure(lambda a: a[:256], x)
-        else:
-            x, _, _ = keras.utils.unpack_x_y_sample_weight(data[0] if kind == "pydataset" else next(iter(data)))
-        out = keras.tree.flatten(self.model(x, training=False))[0]
-        return output_spread(keras.ops.convert_to_numpy(out))
+        return spread_on(self.model, first_inputs(data if kind == "arrays" else None,
+                                                  data if kind != "arrays" else None))
+
+
+def first_inputs(arrays: Any = None, batches: Any = None, rows: int = 256) -> Any:
+    """The inputs of the first ``rows`` examples of ``arrays`` (``(x, y[, w])`` or ``x``), else of
+    the first batch of ``batches`` (a ``PyDataset`` or a re-iterable); ``None`` without either."""
+    if arrays is not None:
+        x = arrays[0] if isinstance(arrays, tuple) else arrays
+        return keras.tree.map_structure(lambda a: a[:rows], x)
+    if batches is None:
+        return None
+    first = batches[0] if isinstance(batches, keras.utils.PyDataset) else next(iter(batches))
+    x, _, _ = keras.utils.unpack_x_y_sample_weight(first)
+    return x
+
+
+def spread_on(model: Any, x: Any) -> float | None:
+    """:func:`lrkit.collapse.output_spread` of ``model``'s first output on inputs ``x`` (inference
+    mode; ``None`` when ``x`` is)."""
+    if x is None:
+        return None
+    out = keras.tree.flatten(model(x, training=False))[0]
+    return output_spread(keras.ops.convert_to_numpy(out))
 
 
 def find_lr_keras(

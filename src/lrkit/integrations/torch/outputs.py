@@ -38,16 +38,10 @@ from typing import Any
 
 import torch
 
-from lrkit.collapse import MAX_COLS, MAX_ROWS, OUTPUT_SPREAD, output_spread, sample_indices
+from lrkit.collapse import MAX_COLS, MAX_ROWS, OUTPUT_SPREAD, check_every_arg, output_spread, sample_indices
 from lrkit.integrations.torch.dist import rank_agree, world_size
 
-__all__ = ["SpreadProbe", "agreed_spread", "check_every_arg", "first_tensor", "tensor_spread"]
-
-
-def check_every_arg(name: str, value: Any) -> None:
-    """``value`` is an int >= 0 (0: no probe), else a ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be an int >= 0 (0 = never measure the outputs), got {value!r}")
+__all__ = ["SpreadProbe", "agreed_spread", "check_every_arg", "first_tensor", "tensor_spread"]  # check_every_arg re-exported
 
 
 def first_tensor(out: Any) -> torch.Tensor | None:
