@@ -202,3 +202,27 @@ def test_a_bad_check_outputs_every_is_refused_naming_it():
     with pytest.raises(ValueError, match="check_outputs_every"):
         lrkit.torch.autopilot(model, opt, torch.nn.functional.cross_entropy, [(torch.zeros(2, 13), torch.zeros(2))],
                               train_steps=10, check_outputs_every=2.5)
+
+
+def test_torch_trainer_measures_outputs_without_using_up_a_training_batch():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lrkit.integrations.torch.trainer import TorchTrainer
+
+    (xt, yt), _ = _wine()
+    xt = xt / xt.abs().max(0).values  # scaled: a live network throughout
+
+    def losses(measure: bool) -> list[float]:
+        model = _mlp()
+        loader = DataLoader(TensorDataset(xt, yt), batch_size=16, shuffle=True,
+                            generator=torch.Generator().manual_seed(0))
+        trainer = TorchTrainer(model, torch.optim.SGD(model.parameters(), lr=0.1),
+                               torch.nn.functional.cross_entropy, loader)
+        out = []
+        for step in range(20):
+            if measure and step % 3 == 0:
+                assert trainer.output_spread() > 0.01  # before the first step too: read ahead, not used up
+            out.append(trainer.step(0.1))
+        return out
+
+    assert losses(measure=True) == losses(measure=False)

@@ -397,9 +397,10 @@ def _autopilot_flight(skip_spikes, at=150, steps=250):
     clock = {"k": -1}
 
     def loss_of(m, batch):
-        clock["k"] += 1  # one call per optimizer step (no validation loader: evaluate() does not call it)
+        # one training-mode call per optimizer step (eval-mode calls, e.g. the output spread's, are not steps)
+        clock["k"] += int(m.training)
         xb, yb = batch
-        if clock["k"] == at:
+        if m.training and clock["k"] == at:
             xb, yb = _garbage(xb, yb, at)
         return torch.nn.functional.cross_entropy(m(xb), yb)
 

@@ -286,6 +286,8 @@ class TorchTrainer(RecyclingState):
         self._trainable = trainable
         self.average_gradients = average_gradients
         self._iter: Iterator[Any] | None = None
+        self._peeked: list[Any] = []  # a batch output_spread() read ahead, the next step's
+        self._last_batch: Any = None  # the latest batch trained on (output_spread() reads it again)
 
     # -- Trainer protocol --------------------------------------------------------------------
     def snapshot(self) -> TorchSnapshot:
@@ -296,6 +298,7 @@ class TorchTrainer(RecyclingState):
     def restore(self, state: TorchSnapshot) -> None:
         """Write ``state`` back in place; the next :meth:`step` starts a fresh pass over the loader."""
         self._iter = None
+        self._peeked.clear()
         state.restore(self.model, self.optimizers, scaler=self.scaler, loaders=self._loaders())
 
     def _loaders(self) -> list[Any]:
@@ -325,7 +328,7 @@ class TorchTrainer(RecyclingState):
             if skip is not None:
                 raise ValueError("TorchTrainer.step: skip= needs a trainer that applies the update itself; "
                                  "this one's step_fn(model, batch, optimizers) does")
-            batch = _to_device(self._next_batch(), self.device)
+            batch = self._last_batch = _to_device(self._next_batch(), self.device)
             out = self.step_fn(self.model, batch, self.optimizers)
             loss = self._as_float_tensor(out, "step_fn(model, batch, optimizers)")
             return self._reduce(loss)
@@ -359,13 +362,22 @@ class TorchTrainer(RecyclingState):
 
     def output_spread(self) -> float | None:
         """How much the model's outputs vary over the examples of one batch (the first validation
-        batch, else the next training batch; eval mode, no grad): :func:`lrkit.collapse.
-        output_spread`, the largest over the ranks. ``None`` when no output tensor was seen."""
+        batch, else the latest training batch, or the next one read ahead -- no training batch is
+        used up; eval mode, no grad): :func:`lrkit.collapse.output_spread`, the largest over the
+        ranks. ``None`` when no output tensor was seen."""
+        if self.val_loader is not None:
+            batch = next(iter(self.val_loader))
+        elif self._last_batch is not None:
+            batch = self._last_batch
+        else:
+            if not self._peeked:
+                self._peeked.append(self._next_batch())
+            batch = _to_device(self._peeked[0], self.device)
         seen: list[torch.Tensor] = []
         hook = self.model.register_forward_hook(lambda module, args, out: seen.append(first_tensor(out)))
         try:
             with eval_mode(self.model), torch.no_grad(), self._autocast():
-                self._eval_loss(next(iter(self.val_loader)) if self.val_loader is not None else self._next_batch())
+                self._eval_loss(batch)
         finally:
             hook.remove()
         return agreed_spread(tensor_spread(seen[0]) if seen else None)
@@ -377,6 +389,8 @@ class TorchTrainer(RecyclingState):
         return contextlib.nullcontext()
 
     def _next_batch(self) -> Any:
+        if self._peeked:
+            return self._peeked.pop()
         if self._iter is None:
             self._iter = iter(self.train_loader)
         try:
@@ -463,7 +477,7 @@ class TorchTrainer(RecyclingState):
         total = torch.zeros((), dtype=torch.float64)
         acc = self.accumulation_steps
         for k in range(acc):
-            batch = _to_device(self._next_batch(), self.device)
+            batch = self._last_batch = _to_device(self._next_batch(), self.device)
             sync = contextlib.nullcontext()
             if k < acc - 1 and hasattr(self.model, "no_sync"):
                 sync = self.model.no_sync()  # DDP: all-reduce gradients on the last micro-batch only

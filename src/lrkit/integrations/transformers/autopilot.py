@@ -251,6 +251,7 @@ class AutopilotCallback(HoldsStepSkips, RefreshedBeforeSaves, TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self._outputs is not None:  # every rank, every optimizer step
             self._spread = self._outputs.take(int(state.global_step) - 1) or self._spread
+        super().on_step_end(args, state, control, **kwargs)  # the state saved with a checkpoint
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._release_hooks()
