@@ -218,3 +218,31 @@ def test_a_network_that_dies_is_rolled_back_and_its_probe_taken_off(tmp_path, ev
     else:  # unmeasured, the same run ends at the constant prediction's loss
         assert not died and val > 1.0
     assert not model._forward_hooks
+
+
+@pytest.mark.parametrize("every", [25, 0])
+def test_the_doctor_callbacks_guard_rolls_back_a_network_that_dies(tmp_path, every):
+    import numpy as np
+    from sklearn.datasets import load_wine
+
+    from lrkit.transformers import LRDoctorCallback
+
+    x, y = load_wine(return_X_y=True)
+    perm = np.random.default_rng(0).permutation(len(x))
+    x, y = torch.tensor(x[perm], dtype=torch.float32), torch.tensor(y[perm])
+    model = _Wine()
+    cb = LRDoctorCallback(guard=True, snapshot_every=10, check_outputs_every=every)
+    # a constant LR far too high for unscaled inputs: the network dies within a few steps
+    trainer = transformers.Trainer(model=model, args=_args(tmp_path, 200, per_device_train_batch_size=16,
+                                                            learning_rate=0.3, lr_scheduler_type="constant"),
+                                   train_dataset=Rows(x[:130], y[:130]), callbacks=[cb])
+    trainer.train()
+    died = [r for r in cb.interventions if "network died" in r.message]
+    with torch.no_grad():
+        val = torch.nn.functional.cross_entropy(model.net(x[130:]), y[130:]).item()
+    if every:
+        assert died and died[0].restored_to <= died[0].onset
+        assert val < 0.9
+    else:
+        assert not died and val > 1.0
+    assert not model._forward_hooks

@@ -50,9 +50,10 @@ from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer,
 from lrkit.doctor.guarded_watch import PendingValidation
 from lrkit.integrations.torch.autopilot import _group_ratios
 from lrkit.integrations.torch.dist import rank_agree, rank_means, world_size
-from lrkit.integrations.torch.outputs import SpreadProbe, check_every_arg
+from lrkit.collapse import check_every_arg
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 from lrkit.integrations.transformers.callback import RefreshedBeforeSaves, _expected_logs, _guard_blockers
+from lrkit.integrations.transformers.outputs import ProbesOutputs
 from lrkit.integrations.transformers.skips import HoldsStepSkips, StepSkips
 from lrkit.schedules.base import Schedule
 
@@ -87,7 +88,7 @@ class _State(RecyclingState):
         state.restore(self.model, [self.optimizer], scaler=self.scaler)
 
 
-class AutopilotCallback(HoldsStepSkips, RefreshedBeforeSaves, TrainerCallback):
+class AutopilotCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, TrainerCallback):
     """Train with ``transformers.Trainer`` and no learning rate given (see the module docstring).
 
     Args:
@@ -126,15 +127,11 @@ class AutopilotCallback(HoldsStepSkips, RefreshedBeforeSaves, TrainerCallback):
         self._skips: StepSkips | None = None  # skip_spikes: each step's loss (a forward hook) and the skips
         self._scaler: Any = None
         self._pending = PendingValidation(prefixes=("eval_",), loss_names=("eval_loss",))
-        self._outputs: SpreadProbe | None = None  # the model's output spread, every check_outputs_every steps
-        self._spread: dict[str, float] = {}  # its latest measurement, for the next log
 
     def _release_hooks(self) -> None:
         """Take the forward hooks (skips, output spread) off the model: training ended, or failed."""
         self._release_skips()
-        if self._outputs is not None:
-            self._outputs.close()
-            self._outputs, self._spread = None, {}
+        self._stop_outputs()
 
     @property
     def plan(self) -> AutopilotPlan | None:
@@ -190,8 +187,7 @@ class AutopilotCallback(HoldsStepSkips, RefreshedBeforeSaves, TrainerCallback):
         self._release_hooks()
         if self.pilot.skips:
             self._skips = StepSkips(model)
-        if self.check_outputs_every:
-            self._outputs = SpreadProbe(model, self.check_outputs_every)
+        self._start_outputs(model)
         self._lambda = _PilotLambda(self)
         scheduler.lr_lambdas = [self._lambda] * len(inner.param_groups)
         scheduler.base_lrs = list(self._ratios)
@@ -249,8 +245,7 @@ class AutopilotCallback(HoldsStepSkips, RefreshedBeforeSaves, TrainerCallback):
             self._skips.decide(lambda loss: self.pilot.skip(step, loss), self._optimizer, self._scaler)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self._outputs is not None:  # every rank, every optimizer step
-            self._spread = self._outputs.take(int(state.global_step) - 1) or self._spread
+        self._take_outputs(int(state.global_step) - 1)  # every rank, every optimizer step
         super().on_step_end(args, state, control, **kwargs)  # the state saved with a checkpoint
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -270,8 +265,7 @@ class AutopilotCallback(HoldsStepSkips, RefreshedBeforeSaves, TrainerCallback):
             if loss is None:  # every step of this log was skipped
                 return
         val_loss, metrics = self._pending.take()
-        if self._spread:  # the latest output spread measured since the last log
-            metrics, self._spread = {**(metrics or {}), **self._spread}, {}
+        metrics = self._with_outputs(metrics)  # the latest output spread read since the last log
         if world_size() > 1:  # the Trainer's logs are gathered already; this makes sure of it
             loss, gn, val_loss = rank_means([loss, gn, val_loss])
         try:
@@ -282,8 +276,7 @@ class AutopilotCallback(HoldsStepSkips, RefreshedBeforeSaves, TrainerCallback):
             raise
         if rolled:
             self._apply(self._scheduler.last_epoch)
-            if self._outputs is not None:
-                self._outputs.restart()
+            self._restart_outputs()
 
     # ------------------------------------------------------------------ checkpoints
     def _refresh(self) -> None:

@@ -115,6 +115,7 @@ from typing import Any, Callable
 import torch
 from transformers import TrainerCallback
 
+from lrkit.collapse import check_every_arg
 from lrkit.doctor.core import VERDICTS, Diagnosis, Doctor
 from lrkit.doctor.diagnosis import settings_for_rows
 from lrkit.doctor.guard import Guard
@@ -125,6 +126,7 @@ from lrkit.doctor.watch import check_actions
 from lrkit.integrations.torch.dist import rank_agree, rank_means, world_size
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot, eval_mode, rngs_kept
 from lrkit.integrations.transformers.skips import HoldsStepSkips, StepSkips
+from lrkit.integrations.transformers.outputs import ProbesOutputs
 
 __all__ = ["LRDoctorCallback"]
 
@@ -275,7 +277,7 @@ class RefreshedBeforeSaves:
             self._refresh()
 
 
-class LRDoctorCallback(HoldsStepSkips, RefreshedBeforeSaves, GuardedWatch, TrainerCallback):
+class LRDoctorCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, GuardedWatch, TrainerCallback):
     """Diagnose (and with ``guard=True`` protect) a ``transformers.Trainer`` run from its logs.
 
     See the module docstring for what is read, how the LR is lowered and what is supported.
@@ -307,6 +309,11 @@ class LRDoctorCallback(HoldsStepSkips, RefreshedBeforeSaves, GuardedWatch, Train
             and give it to the doctor as step 0: a blow-up inside the first logging interval then
             shows as a rise from where the run started (default ``True``; skipped for an iterable
             dataset or a model that returns no loss).
+        check_outputs_every: on the first step and then every this many optimizer steps, the
+            spread of the model's outputs (``.logits``) over the batch is read on the training
+            forward (a hook; 0 = never) and given to the doctor with the next log: a network whose
+            outputs stopped depending on its inputs is ``diverging``
+            (:mod:`lrkit.doctor.signs.dead`), and the guard rolls it back.
 
     Attributes:
         diagnosis: the latest verdict. detections: each problem's first detection, in order
@@ -342,7 +349,10 @@ class LRDoctorCallback(HoldsStepSkips, RefreshedBeforeSaves, GuardedWatch, Train
         plateau_factor: float = 0.1,
         initial_loss: bool = True,
         skip_spikes: bool | None = None,
+        check_outputs_every: int = 25,
     ) -> None:
+        check_every_arg("LRDoctorCallback: check_outputs_every", check_outputs_every)
+        self.check_outputs_every = check_outputs_every
         self.doctor = watch_doctor("LRDoctorCallback", guard, doctor)
         self.skip_spikes = watch_skip_spikes("LRDoctorCallback", skip_spikes, guard)
         if not isinstance(initial_loss, bool):
@@ -473,6 +483,7 @@ class LRDoctorCallback(HoldsStepSkips, RefreshedBeforeSaves, GuardedWatch, Train
         self._release_skips()
         if self.guard is not None and self.guard.skips:
             self._skips = StepSkips(self._model)
+        self._start_outputs(kwargs.get("model"))
         if saved is None and state.global_step == 0 and self.initial_loss and _logs_every(args) > 1:
             # the first training log averages the first logging_steps steps: a blow-up inside them
             # is invisible without the loss the run started from (its first examples, before step 1)
@@ -506,8 +517,13 @@ class LRDoctorCallback(HoldsStepSkips, RefreshedBeforeSaves, GuardedWatch, Train
         self._skips.decide(lambda loss: guard.skip(loss, lr=float(opt.param_groups[0]["lr"]),
                                                    step=int(state.global_step) + 1), opt, self._scaler)
 
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._take_outputs(int(state.global_step))  # every rank, every optimizer step
+        super().on_step_end(args, state, control, **kwargs)  # the state saved with a checkpoint
+
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._release_skips()
+        self._stop_outputs()
         self.watch_speaks = bool(getattr(state, "is_world_process_zero", True))
         self._watch_speak_summary()  # the worst problem seen, even if the run recovered
         if self.guard is not None:
@@ -537,6 +553,7 @@ class LRDoctorCallback(HoldsStepSkips, RefreshedBeforeSaves, GuardedWatch, Train
         lr = logs.get("learning_rate")
         lr = None if lr is None else float(lr)
         val_loss, metrics = self._pending_val.take()
+        metrics = self._with_outputs(metrics)  # the latest output spread read since the last log
         if world_size() > 1:  # the Trainer's logs are gathered already; this makes sure of it
             loss, gn, val_loss = rank_means([loss, gn, val_loss])
         self._control = control
@@ -545,10 +562,13 @@ class LRDoctorCallback(HoldsStepSkips, RefreshedBeforeSaves, GuardedWatch, Train
             rec = self._watch_observe(step, loss, lr=lr, grad_norm=gn, val_loss=val_loss, metrics=metrics)
         except GuardGaveUp:  # the guard restored the last good state and logged an ERROR line
             self._release_skips()
+            self._stop_outputs()
             self.guard.close()
             raise
         if rec is None:
             self._stop_if_asked(self.doctor.diagnosis, step, control)
+        else:
+            self._restart_outputs()  # the restored state is read on the next step
         if self.guard is not None and self.guard.lr_multiplier != self._applied:
             # a rollback that lowered the LR, or a lowering on probation undone (see lrkit.doctor.guard)
             self._lower_lr(self.guard.lr_multiplier / self._applied)
