@@ -118,3 +118,33 @@ def test_a_network_that_dies_is_rolled_back(every):
         assert val < 0.8
     else:  # unmeasured, the same run ends at the constant prediction's loss
         assert not died and val > 1.0
+
+
+LR_THAT_KILLS = 3.0  # a constant LR far too high for unscaled inputs: the network dies in a few steps
+
+
+@pytest.mark.parametrize("every", [25, 0])
+def test_the_doctor_callbacks_guard_rolls_back_a_network_that_dies(every):
+    from sklearn.datasets import load_wine
+
+    from lrkit.keras import LRDoctorCallback
+
+    x, y = load_wine(return_X_y=True)
+    perm = np.random.default_rng(0).permutation(len(x))
+    x, y = x[perm].astype("float32"), y[perm]
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((13,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(3)])
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=LR_THAT_KILLS),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    cb = LRDoctorCallback(guard=True, snapshot_every=10, check_outputs_on=x[130:], check_outputs_every=every)
+    model.fit(x[:130], y[:130], batch_size=16, epochs=20, callbacks=[cb], verbose=0, shuffle=False)
+    from lrkit.collapse import COLLAPSED
+    from lrkit.integrations.keras.trainer import spread_on
+
+    died = [r for r in cb.interventions if "network died" in r.message]
+    spread = spread_on(model, x[130:])
+    if every:  # rolled back to a live state (how well it trains after is the LR ladder's business)
+        assert died and died[0].restored_to <= died[0].onset
+        assert spread > COLLAPSED
+    else:  # unmeasured, the run ends dead
+        assert not died and spread <= COLLAPSED

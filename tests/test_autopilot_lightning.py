@@ -176,3 +176,35 @@ def test_a_network_that_dies_is_rolled_back_and_its_probe_taken_off(every):
     else:  # unmeasured, the same run ends at the constant prediction's loss
         assert not died and val > 1.0
     assert not model.net._forward_hooks and not model._forward_hooks
+
+
+class _WineFixedLR(_WineNet):
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+@pytest.mark.parametrize("every", [25, 0])
+def test_the_doctor_callbacks_guard_rolls_back_a_network_that_dies(every):
+    import numpy as np
+    from sklearn.datasets import load_wine
+
+    from lrkit.lightning import LRDoctorCallback
+
+    x, y = load_wine(return_X_y=True)
+    perm = np.random.default_rng(0).permutation(len(x))
+    x, y = torch.tensor(x[perm], dtype=torch.float32), torch.tensor(y[perm])
+    train = DataLoader(TensorDataset(x[:130], y[:130]), batch_size=16, shuffle=True,
+                       generator=torch.Generator().manual_seed(0))
+    model = _WineFixedLR()
+    model.lr = 0.3  # a constant LR far too high for unscaled inputs: the network dies within a few steps
+    cb = LRDoctorCallback(guard=True, snapshot_every=10, check_outputs_every=every, log_verdict=False)
+    _trainer(200, [cb]).fit(model, train)
+    died = [r for r in cb.interventions if "network died" in r.message]
+    with torch.no_grad():
+        val = torch.nn.functional.cross_entropy(model.net(x[130:]), y[130:]).item()
+    if every:
+        assert died and died[0].restored_to <= died[0].onset
+        assert val < 0.9
+    else:
+        assert not died and val > 1.0
+    assert not model.net._forward_hooks

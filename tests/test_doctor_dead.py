@@ -226,3 +226,18 @@ def test_torch_trainer_measures_outputs_without_using_up_a_training_batch():
         return out
 
     assert losses(measure=True) == losses(measure=False)
+
+
+def test_a_doctor_restarted_after_a_rollback_remembers_the_model_lived():
+    # the guard restarts the doctor when it rolls back into the opening stretch: a restored state
+    # found collapsed is still a death (the run showed the model alive before), not a model that never lived
+    doc, _ = _run([0.6, 0.5])
+    doc.restart()
+    assert doc.n_observations == 0
+    for step in (30, 40):
+        d = doc.observe(step, 1.1, lr=0.1, metrics={OUTPUT_SPREAD: 0.0})
+    assert d.verdict == "diverging" and d.step == 10
+    fresh = Doctor(window=10)
+    for step in (30, 40):
+        d = fresh.observe(step, 1.1, lr=0.1, metrics={OUTPUT_SPREAD: 0.0})
+    assert d.verdict != "diverging"

@@ -377,6 +377,7 @@ class Doctor:
         t, c = self._track, self._config
         self._nonfinite = NonFinite(t, c)
         self._rise = LossRise(t, c)
+        self._dead = Dead(t, c)
         return [
             self._nonfinite,  # nan: loss, gradient norm or validation loss not finite
             self._rise,  # diverging: the loss level far above its best
@@ -384,7 +385,7 @@ class Doctor:
             RaisedAndHeld(t, c),  # diverging: an LR raise held while the loss got worse
             EarlyBlowUp(t, c),  # diverging: a blow-up in the first window
             AtChance(t, c),  # diverging: blew up above chance level, came back only to it (chance_loss)
-            Dead(t, c),  # diverging: every input gets the same output (the metric output_spread)
+            self._dead,  # diverging: every input gets the same output (the metric output_spread)
             BehindReference(t, c),  # diverging: above lr_ceiling and behind a known short run (reference_run)
             LossSpikes(t, c, rise=self._rise),  # fluctuating: loss spikes that come back
             MetricSwing(t, c),  # fluctuating: a validation metric swings without progress
@@ -469,6 +470,15 @@ class Doctor:
         self._checkers = [s for s in self._signs if type(s).check is not Sign.check]
         self._diag = Diagnosis("healthy", None, None, {}, (), "no observations yet")
         self._history: list[Diagnosis] = []
+
+    def restart(self) -> None:
+        """Start afresh from a restored state (the guard, after a rollback into the opening stretch):
+        forget every observation but what the run has shown about the model -- the step where its
+        outputs were last seen to depend on its inputs (:mod:`lrkit.doctor.signs.dead`), so that a
+        restored state found collapsed is still a death, not a model that never lived."""
+        last_live = self._dead.last_live
+        self.reset()
+        self._dead.last_live = last_live
 
     def observe(
         self,

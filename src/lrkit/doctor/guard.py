@@ -616,7 +616,7 @@ class Guard(SkipsSpikes, PersistsGuard):
             # restored into the doctor's opening stretch (its "since the start" judgements: flat,
             # stuck after an unstable start) at a new LR: the restored point is the start, or slow
             # progress at the lowered LR would be judged against losses taken at the failed one
-            self.doctor.reset()
+            self.doctor.restart()
         self._health.load(rec.health)
         rec.closed = True  # losses from now on are at another LR: they do not re-verify it
         self._since = 0

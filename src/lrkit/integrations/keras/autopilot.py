@@ -41,7 +41,7 @@ import numpy as np
 
 from lrkit.autopilot.pilot import Autopilot, AutopilotEvent
 from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
-from lrkit.collapse import OUTPUT_SPREAD, check_every_arg
+from lrkit.collapse import check_every_arg
 from lrkit.doctor.guarded_watch import PendingValidation
 from lrkit.integrations.keras.callback import _scale_velocity
 from lrkit.schedules.base import Schedule
@@ -122,9 +122,7 @@ class AutopilotCallback(keras.callbacks.Callback):
         self._step = 0
         self._prev = (0.0, 0.0)
         self._pending = PendingValidation(prefixes=("val_",), loss_names=("val_loss",))
-        self._probe_x: Any = None  # the inputs the output spread is measured on
-        self._measure = True  # measure before the next step (the first, or after a rollback)
-        self._spread: dict[str, float] = {}
+        self._outputs: Any = None  # lrkit.integrations.keras.trainer.OutputsCheck
 
     @property
     def plan(self) -> AutopilotPlan | None:
@@ -168,8 +166,8 @@ class AutopilotCallback(keras.callbacks.Callback):
                 self.pilot.logger.info("%s", plan.summary())
             self.pilot.attach(_State(self.model))
         _loss_tracker(self.model)
-        if self.check_outputs_every and self._probe_x is None:
-            from lrkit.integrations.keras.trainer import first_inputs
+        if self.check_outputs_every and self._outputs is None:
+            from lrkit.integrations.keras.trainer import OutputsCheck, first_inputs
 
             d = self._data
             val = d["val_data"]
@@ -179,7 +177,7 @@ class AutopilotCallback(keras.callbacks.Callback):
                 arrays, batches = None, val
             else:  # the training data
                 arrays, batches = d["x"], (d["dataset"] if d["x"] is None else None)
-            self._probe_x = first_inputs(arrays, batches)
+            self._outputs = OutputsCheck(first_inputs(arrays, batches), self.check_outputs_every)
 
     def _load(self) -> dict | None:
         if self.state_path is None or not os.path.exists(self.state_path):
@@ -193,12 +191,8 @@ class AutopilotCallback(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         self.model.optimizer.learning_rate = self.pilot.lr(self._step)
-        every = self.check_outputs_every
-        if self._probe_x is not None and (self._measure or self._step % every == 0):
-            from lrkit.integrations.keras.trainer import spread_on
-
-            v = spread_on(self.model, self._probe_x)  # the state this step starts from
-            self._spread, self._measure = ({OUTPUT_SPREAD: float(v)} if v is not None else {}), False
+        if self._outputs is not None:
+            self._outputs.before_step(self.model, self._step)  # the state this step starts from
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         tracker, total_v, count_v = _loss_tracker(self.model)
@@ -211,11 +205,12 @@ class AutopilotCallback(keras.callbacks.Callback):
         loss = dt / dc if math.isfinite(total) else math.nan
         step, self._step = self._step, self._step + 1
         val_loss, metrics = self._pending.take()
-        if self._spread:
-            metrics, self._spread = {**(metrics or {}), **self._spread}, {}
+        if self._outputs is not None:
+            metrics = self._outputs.merged(metrics)
         before = self.pilot.multiplier
         if self.pilot.observe(step, loss, lr=self.pilot.lr(step), val_loss=val_loss, metrics=metrics):
-            self._measure = True  # the restored state is measured before its next step
+            if self._outputs is not None:
+                self._outputs.restart()  # the restored state is read before its next step
             tracker.reset_state()  # a NaN would stay in the epoch's running mean
             self._prev = (0.0, 0.0)
             _scale_velocity(self.model.optimizer, self.pilot.multiplier / before)  # SGD's velocity holds the LR

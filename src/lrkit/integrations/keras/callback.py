@@ -82,6 +82,7 @@ from typing import Any, Callable
 import keras
 import numpy as np
 
+from lrkit.collapse import check_every_arg
 from lrkit.doctor.core import Doctor
 from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation
 from lrkit.doctor.interventions import Intervention
@@ -148,6 +149,13 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
             report) when the doctor notes ``converged`` (the validation loss stopped improving,
             as ``EarlyStopping``; ``Doctor(converge_patience=..., converge_min_delta=...)``) or
             ``overfitting``; see :mod:`lrkit.doctor.watch`.
+        check_outputs_on: inputs (arrays, e.g. ``x_val``; up to 256 rows are used) on which the
+            spread of the model's outputs is read in inference mode before the first step, every
+            ``check_outputs_every`` steps and after a rollback: a network whose outputs stopped
+            depending on its inputs is ``diverging`` (:mod:`lrkit.doctor.signs.dead`), and the
+            guard rolls it back. ``None`` (default): not read (a callback does not see ``fit``'s
+            batches).
+        check_outputs_every: see ``check_outputs_on`` (0 = never).
 
     Attributes:
         diagnosis (the latest verdict), detections (each problem once, with its step), worst (the
@@ -176,8 +184,15 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
         run_id: str | None = None,
         resume: bool = False,
         sync_writes: bool = False,
+        check_outputs_on: Any = None,
+        check_outputs_every: int = 25,
     ) -> None:
         super().__init__()
+        check_every_arg("LRDoctorCallback: check_outputs_every", check_outputs_every)
+        from lrkit.integrations.keras.trainer import OutputsCheck, first_inputs
+
+        self._outputs = OutputsCheck(None if check_outputs_on is None else first_inputs(check_outputs_on),
+                                     check_outputs_every)
         self._keras_state = _State(self)
         self._set_initial_epoch = False
         self._init_watch("LRDoctorCallback", self._keras_state, guard=guard, doctor=doctor, logger=logger,
@@ -299,6 +314,7 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
         self._lr_used = self._current_lr()  # before the step: a schedule moves with iterations
         if self.guard is not None:  # a sudden raise: a snapshot of the state before it
             self.guard.before_step(self._lr_used)
+        self._outputs.before_step(self.model, self._step)  # the state this step starts from
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         total_v, count_v = self._loss_vars()
@@ -314,9 +330,11 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
         self._step += 1
         self.history.append((step, loss, lr))
         val_loss, metrics = self._pending_val.take()
+        metrics = self._outputs.merged(metrics)
         # each new detection is logged once (lrkit.doctor); a rollback by the guard (lrkit.guard)
         rec = self._watch_observe(step, loss, lr=lr, val_loss=val_loss, metrics=metrics)
         if rec is not None:
+            self._outputs.restart()  # the restored state is read before its next step
             self._tracker.reset_state()  # a NaN would stay in the epoch's running mean
             self._prev = (0.0, 0.0)
             _scale_velocity(self.model.optimizer, rec.new_multiplier / rec.old_multiplier)

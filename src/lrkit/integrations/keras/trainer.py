@@ -69,7 +69,7 @@ import keras
 import numpy as np
 
 from lrkit import scaling
-from lrkit.collapse import output_spread
+from lrkit.collapse import OUTPUT_SPREAD, output_spread
 from lrkit.finder.range_test import find, plan_budget, plan_verify_budget
 from lrkit.finder.result import FinderResult
 from lrkit.integrations._progress import progress_context, watched
@@ -532,6 +532,37 @@ def spread_on(model: Any, x: Any) -> float | None:
         return None
     out = keras.tree.flatten(model(x, training=False))[0]
     return output_spread(keras.ops.convert_to_numpy(out))
+
+
+class OutputsCheck:
+    """The spread of a Keras model's outputs on fixed inputs (:func:`spread_on`), for the doctor's
+    dead-network sign (:mod:`lrkit.doctor.signs.dead`): read before the first step, before every
+    ``every``-th step and before the first step after a rollback (:meth:`restart`), and handed over
+    with that step's observation (:meth:`merged`). A callback does not see ``fit``'s batches, so the
+    inputs are given (:func:`first_inputs` of them)."""
+
+    def __init__(self, inputs: Any, every: int) -> None:
+        self.inputs, self.every = inputs, every
+        self._again = True
+        self._pending: dict[str, float] = {}
+
+    def before_step(self, model: Any, step: int) -> None:
+        """Read the state step ``step`` starts from, when due."""
+        if self.inputs is None or not self.every or not (self._again or step % self.every == 0):
+            return
+        value = spread_on(model, self.inputs)
+        self._pending, self._again = ({OUTPUT_SPREAD: float(value)} if value is not None else {}), False
+
+    def merged(self, metrics: Any) -> Any:
+        """``metrics`` with the reading taken before this step (then forgotten)."""
+        if not self._pending:
+            return metrics
+        out, self._pending = {**(metrics or {}), **self._pending}, {}
+        return out
+
+    def restart(self) -> None:
+        """After a rollback: read the restored state before the next step."""
+        self._again = True
 
 
 def find_lr_keras(

@@ -52,11 +52,13 @@ import torch
 from lrkit.autopilot.pilot import Autopilot, AutopilotEvent
 from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
 from lrkit.doctor.guarded_watch import PendingValidation
+from lrkit.integrations.lightning.callback import probed_module
 from lrkit.integrations.lightning.skips import StepLossSum, drop_step
 from lrkit.integrations.torch.autopilot import _group_ratios, check_no_scheduler
 from lrkit.integrations.torch.dist import rank_agree, rank_means
 from lrkit.integrations.torch.doctor import grad_norm
-from lrkit.integrations.torch.outputs import SpreadProbe, check_every_arg
+from lrkit.collapse import check_every_arg
+from lrkit.integrations.torch.outputs import SpreadProbe
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 from lrkit.schedules.base import Schedule
 
@@ -93,16 +95,6 @@ class _Quiet:
     def __exit__(self, *exc: Any) -> None:
         del self.module.log
         del self.module.log_dict
-
-
-def _probed_module(pl_module: pl.LightningModule) -> torch.nn.Module:
-    """Where the training forward is seen: the LightningModule when it defines ``forward`` (its
-    ``training_step`` may call ``self(...)``), else its only child module (the network it wraps);
-    else the LightningModule (a ``training_step`` that calls several children is not measured)."""
-    if type(pl_module).forward is not pl.LightningModule.forward:
-        return pl_module
-    children = list(pl_module.children())
-    return children[0] if len(children) == 1 else pl_module
 
 
 class AutopilotCallback(pl.Callback):
@@ -234,7 +226,7 @@ class AutopilotCallback(pl.Callback):
         self.pilot.attach(_State(pl_module, opt), agree=rank_agree)  # several processes: their mean timings
         self._release_outputs()
         if self.check_outputs_every:
-            self._outputs = SpreadProbe(_probed_module(pl_module), self.check_outputs_every)
+            self._outputs = SpreadProbe(probed_module(pl_module), self.check_outputs_every)
         self._last_gs = trainer.global_step
         self._apply(trainer.global_step)
 

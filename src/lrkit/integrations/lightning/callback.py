@@ -57,12 +57,14 @@ from typing import Any, Callable
 import lightning.pytorch as pl
 import torch
 
+from lrkit.collapse import check_every_arg
 from lrkit.doctor.core import SEVERITY, Doctor
 from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation, watch_skip_spikes
 from lrkit.doctor.interventions import Intervention
 from lrkit.integrations.lightning.skips import StepLossSum, drop_step
 from lrkit.integrations.torch.dist import rank_agree, rank_means
 from lrkit.integrations.torch.doctor import grad_norm
+from lrkit.integrations.torch.outputs import SpreadProbe
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 
 __all__ = ["LRDoctorCallback"]
@@ -84,6 +86,16 @@ class _State(RecyclingState):
                 g["lr"] = lr
 
 
+def probed_module(pl_module: pl.LightningModule) -> torch.nn.Module:
+    """Where the training forward is seen: the LightningModule when it defines ``forward`` (its
+    ``training_step`` may call ``self(...)``), else its only child module (the network it wraps);
+    else the LightningModule (a ``training_step`` that calls several children is not measured)."""
+    if type(pl_module).forward is not pl.LightningModule.forward:
+        return pl_module
+    children = list(pl_module.children())
+    return children[0] if len(children) == 1 else pl_module
+
+
 class LRDoctorCallback(GuardedWatch, pl.Callback):
     """Diagnose (and with ``guard=True`` protect) a Lightning run; see the module docstring.
 
@@ -101,6 +113,12 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
             ``plateau_factor``, default 0.1) or ``None`` (default: only report) when the doctor
             notes ``converged`` (the validation loss stopped improving, as ``EarlyStopping``) or
             ``overfitting``; see :mod:`lrkit.doctor.watch`.
+        check_outputs_every: on the first step and then every this many steps, the spread of the
+            module's outputs over the batch is read on the training forward (a hook on the
+            LightningModule when it defines ``forward``, else on its only child module, e.g. the
+            ``self.net`` that ``training_step`` calls; 0 = never): a network whose outputs stopped
+            depending on its inputs is ``diverging`` (:mod:`lrkit.doctor.signs.dead`), and the
+            guard rolls it back.
 
     Attributes:
         diagnosis: the latest :class:`~lrkit.doctor.core.Diagnosis`.
@@ -131,8 +149,12 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         on_overfitting: str | None = None,
         plateau_factor: float = 0.1,
         skip_spikes: bool | None = None,
+        check_outputs_every: int = 25,
     ) -> None:
         super().__init__()
+        check_every_arg("LRDoctorCallback: check_outputs_every", check_outputs_every)
+        self.check_outputs_every = check_outputs_every
+        self._outputs: SpreadProbe | None = None
         skip_spikes = watch_skip_spikes("LRDoctorCallback", skip_spikes, guard)
         self._trainer: Any = None
         self._init_watch("LRDoctorCallback", _State(self), guard=guard, doctor=doctor, logger=logger,
@@ -217,6 +239,9 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         for opt in self._optimizers:
             self._handles.append(opt.register_step_pre_hook(self._pre))
             self._handles.append(opt.register_step_post_hook(self._post))
+        if self.check_outputs_every:
+            self._outputs = SpreadProbe(probed_module(pl_module), self.check_outputs_every)
+            self._handles.append(self._outputs)  # removed with the optimizer hooks
         if self.guard is not None:
             self.guard.start()
 
@@ -268,11 +293,14 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
             return
         if self._skipping:  # the guard held this update back (a loss spike): nothing to observe
             self._skipping = False
+            if self._outputs is not None:
+                self._outputs.take(self._step)
             self._step += 1
             self._gn = None
             return
         if isinstance(loss, torch.Tensor):
             loss = float(loss.detach().float().item())
+        probed = self._outputs.take(self._step) if self._outputs is not None else {}
         lr = self._last_lr
         if lr is None:
             lr = float(self._optimizers[0].param_groups[0]["lr"]) * self.lr_multiplier
@@ -280,10 +308,14 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         step = self._step
         self._step += 1
         val_loss, metrics = self._pending_val.take()
+        if probed:
+            metrics = {**(metrics or {}), **probed}
         if trainer.world_size > 1:  # every rank reads the same numbers, so all take the same decisions
             loss, gn, val_loss = rank_means([loss, gn, val_loss], device=pl_module.device)
         # each new detection is logged once (lrkit.doctor, rank zero); a rollback by the guard
-        self._watch_observe(step, loss, lr=lr, grad_norm=gn, val_loss=val_loss, metrics=metrics)
+        rolled = self._watch_observe(step, loss, lr=lr, grad_norm=gn, val_loss=val_loss, metrics=metrics)
+        if rolled is not None and self._outputs is not None:
+            self._outputs.restart()  # the restored state is read on the next step
         if self.log_verdict:
             pl_module.log("lrkit/verdict_severity", float(SEVERITY[self.doctor.diagnosis.verdict]), on_step=True, on_epoch=False)
             if self.guard is not None:

@@ -129,3 +129,5 @@ class SpreadProbe:
     def close(self) -> None:
         """Remove the forward hook."""
         self._hook.remove()
+
+    remove = close  # a torch hook handle's name: the probe can be kept with the handles it outlives
