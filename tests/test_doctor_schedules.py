@@ -3,7 +3,7 @@ restarts, triangular cyclical, one-cycle, warmup) is the schedule, not divergenc
 loss fails to come back as the schedule decays; outlier batches are outliers."""
 
 import numpy as np
-from hypothesis import HealthCheck, example, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, example, given, settings, strategies as st
 
 from lrkit.doctor import Doctor, diagnose, overall
 
@@ -95,6 +95,10 @@ def test_outlier_batches_are_not_divergence(seed, frac, lo, hi):
     loss = (2.3 * np.exp(-t / 100) + 0.1) * np.exp(0.1 * rng.standard_normal(n))
     out = rng.random(n) < frac
     loss[out] *= rng.uniform(lo, hi, out.sum())
+    # three in a row in the first window is an early blow-up by definition (lrkit.doctor.signs.
+    # early_blowup: a stretch lifted 4x, reported even if the loss comes back), not outliers
+    first = out[:50].astype(int)
+    assume(not any(first[i:i + 3].sum() == 3 for i in range(48)))
     d = diagnose({"step": t.tolist(), "loss": loss.tolist(), "lr": [0.1] * n})
     assert d.verdict not in ("diverging", "nan"), d  # never a rollback
     # fluctuating needs 10% of a 50-step window to spike: outliers that rare are healthy
