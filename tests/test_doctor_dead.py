@@ -241,3 +241,23 @@ def test_a_doctor_restarted_after_a_rollback_remembers_the_model_lived():
     for step in (30, 40):
         d = fresh.observe(step, 1.1, lr=0.1, metrics={OUTPUT_SPREAD: 0.0})
     assert d.verdict != "diverging"
+
+
+def test_tensor_spread_copies_a_bounded_sample_of_a_large_output():
+    from lrkit.collapse import MAX_COLS, MAX_ROWS
+    from lrkit.integrations.torch.outputs import tensor_spread
+
+    big = torch.randn(1024, 8, 5000)  # rows x positions x vocabulary: 41M values
+    seen = []
+    real = torch.Tensor.cpu
+
+    def spy(t, *a, **k):
+        seen.append(t.numel())
+        return real(t, *a, **k)
+
+    torch.Tensor.cpu = spy
+    try:
+        assert tensor_spread(big) > 0.5
+    finally:
+        torch.Tensor.cpu = real
+    assert seen and max(seen) <= MAX_ROWS * MAX_COLS

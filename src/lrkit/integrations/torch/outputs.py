@@ -67,13 +67,13 @@ def tensor_spread(out: torch.Tensor | None) -> float | None:
     a scalar or a single example."""
     if out is None or out.ndim == 0 or out.shape[0] < 2:
         return None
-    y = out.detach().reshape(out.shape[0], -1)
+    y = out.detach().reshape(out.shape[0], -1)  # a view: nothing copied yet
+    cols = sample_indices(y.shape[1], MAX_COLS)
+    if cols is not None:  # columns first: a gather of N x MAX_COLS, never of N x (T * V)
+        y = y[:, torch.as_tensor(cols, device=y.device)]
     rows = sample_indices(y.shape[0], MAX_ROWS)
     if rows is not None:
         y = y[torch.as_tensor(rows, device=y.device)]
-    cols = sample_indices(y.shape[1], MAX_COLS)
-    if cols is not None:
-        y = y[:, torch.as_tensor(cols, device=y.device)]
     return output_spread(y.float().cpu().numpy())
 
 
