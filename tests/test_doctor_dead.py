@@ -261,3 +261,19 @@ def test_tensor_spread_copies_a_bounded_sample_of_a_large_output():
     finally:
         torch.Tensor.cpu = real
     assert seen and max(seen) <= MAX_ROWS * MAX_COLS
+
+
+def test_the_probe_reads_a_compiled_models_forward():
+    from lrkit.integrations.torch.outputs import SpreadProbe
+
+    model = _mlp()
+    probe = SpreadProbe(model, every=5)
+    compiled = torch.compile(model, backend="eager")  # dynamo traces the hook's flag, breaks on the reading
+    x = torch.randn(32, 13)
+    read = []
+    for step in range(11):
+        compiled(x)
+        read.append(probe.take(step).get(OUTPUT_SPREAD))
+    assert [r is not None for r in read] == [s % 5 == 0 for s in range(11)]
+    assert all(r > 0.1 for r in read if r is not None)
+    probe.close()
