@@ -153,9 +153,52 @@ def test_the_keras_callback_takes_the_chance_level_from_compile(loss, units, exp
     else:
         y = rng.integers(0, 2, (64, 1)).astype("float32")
     act = "sigmoid" if loss == "binary_crossentropy" else ("softmax" if units > 1 else None)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(units, activation=act)])
+    # zero weights: the untrained model scores chance (a start far above it drops chance: see below)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(units, activation=act, kernel_initializer="zeros")])
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss=loss)
     cb = LRDoctorCallback()
     model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[cb])
     got = cb.doctor.config["chance_loss"]
     assert got == (None if expected is None else pytest.approx(expected))
+
+
+def _raw_digits_fit(guard: bool, lr: float, seed: int):
+    keras = pytest.importorskip("keras")
+    from sklearn.datasets import load_digits
+
+    from lrkit.integrations.keras.callback import LRDoctorCallback
+
+    x, y = load_digits(return_X_y=True)  # raw pixel counts 0-16: the untrained model scores ~6x chance
+    perm = np.random.default_rng(0).permutation(len(x))
+    x, y = x[perm].astype("float32"), y[perm]
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)])
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    cb = LRDoctorCallback(guard=guard)
+    model.fit(x[:1400], y[:1400], batch_size=16, epochs=8, verbose=0, callbacks=[cb])
+    return cb, float(model.evaluate(x[1400:], y[1400:], verbose=0)[1])
+
+
+@pytest.mark.parametrize("lr,seed", [(3e-4, 0), (1e-3, 1)])
+def test_a_healthy_run_that_starts_far_above_chance_is_not_rolled_back(lr, seed):
+    # unscaled inputs: the untrained model scores several times chance, and a healthy run falls
+    # through chance level on its way down; read against chance it looked "collapsed to chance
+    # after a blow-up" and the guard rolled it back (0.94 -> 0.09 accuracy before this was fixed)
+    cb, acc = _raw_digits_fit(guard=True, lr=lr, seed=seed)
+    assert cb.doctor.config["chance_loss"] is None and cb.doctor.chance_refuted
+    assert cb.interventions == []
+    _, unguarded = _raw_digits_fit(guard=False, lr=lr, seed=seed)
+    assert acc == unguarded and acc > 0.75
+
+
+def test_a_chance_level_the_untrained_model_refutes_stays_dropped_across_a_rollback():
+    from lrkit.doctor import Doctor
+
+    doc = Doctor(window=10, chance_loss=math.log(3))
+    before = doc.state_dict()  # a snapshot taken before the first step holds the chance level
+    assert not doc.untrained_loss(1.3)  # near chance: kept
+    assert doc.config["chance_loss"] == pytest.approx(math.log(3))
+    assert doc.untrained_loss(30.8) and doc.config["chance_loss"] is None and doc.chance_refuted
+    doc.load_state_dict(before)  # the guard restores the doctor with that snapshot
+    assert doc.config["chance_loss"] is None

@@ -72,6 +72,7 @@ from lrkit.doctor.signs import (
     Sign,
     Track,
 )
+from lrkit.doctor.signs.chance import ABOVE as ABOVE_CHANCE
 from lrkit.doctor.signs.metric_swing import METRIC_MIN_OBS as _METRIC_MIN_OBS
 
 __all__ = ["VERDICTS", "INFORMATIONAL", "SEVERITY", "Diagnosis", "Doctor"]
@@ -369,6 +370,7 @@ class Doctor:
                 int(reference_run[0]), float(reference_run[1]), str(reference_run[2])),
         }
 
+        self._chance_refuted = False  # the untrained model measured far above chance (untrained_loss)
         self.reset()
 
     # ------------------------------------------------------------------ composition
@@ -428,6 +430,32 @@ class Doctor:
             raise ValueError(f"Doctor.set_chance_loss: chance_loss must be None or a finite number > "
                              f"loss_floor={self._config['loss_floor']!r}, got {value!r}")
         self._config["chance_loss"] = None if value is None else float(value)
+
+    def untrained_loss(self, value: float) -> bool:
+        """The loss of the untrained model, measured (the first training step's, or before it): when
+        it is at least :data:`~lrkit.doctor.signs.chance.ABOVE` times ``chance_loss``, chance is no
+        reference for this run -- a model that learned nothing scores far more here (unscaled
+        inputs, an overconfident head), and a healthy run falling from it would be read as
+        collapsed to chance on its way down -- so ``chance_loss`` is dropped. Returns whether it was.
+        Adapters that set ``chance_loss`` from the model call it with the first step's loss.
+
+        Example:
+            >>> d = Doctor(chance_loss=1.0986)           # three classes
+            >>> d.untrained_loss(30.8), d.config["chance_loss"]   # unscaled features: 28x chance
+            (True, None)
+        """
+        chance = self._config["chance_loss"]
+        floor = self._config["loss_floor"]
+        if chance is None or not math.isfinite(value) or value - floor < ABOVE_CHANCE * (chance - floor):
+            return False
+        self._config["chance_loss"] = None
+        self._chance_refuted = True  # for this run: a rollback to an older state does not bring it back
+        return True
+
+    @property
+    def chance_refuted(self) -> bool:
+        """:meth:`untrained_loss` dropped ``chance_loss``: adapters do not set it from the model again."""
+        return self._chance_refuted
 
     @property
     def n_observations(self) -> int:
@@ -683,7 +711,7 @@ class Doctor:
         if saved != current:
             diff = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
             raise ValueError(f"Doctor.load_state_dict: config differs from this doctor's (saved, current): {diff}")
-        if chance is not None:
+        if chance is not None and not self._chance_refuted:
             self.set_chance_loss(chance)
         s = d["state"]
         self.reset()

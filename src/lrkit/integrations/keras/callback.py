@@ -268,8 +268,8 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
                 self._keras_state.resuming = False
             if self.guard.resumed_from is not None:
                 self._resumed(self.guard.resumed_from)
-        if self.doctor.config.get("chance_loss") is None:  # a classifier's chance level, from compile()
-            self.doctor.set_chance_loss(_chance_loss(self.model))
+        if self.doctor.config.get("chance_loss") is None and not self.doctor.chance_refuted:
+            self.doctor.set_chance_loss(_chance_loss(self.model))  # a classifier's chance level, from compile()
         self._loss_vars()
 
     def _resumed(self, step: int) -> None:
@@ -329,6 +329,10 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
         step = self._step
         self._step += 1
         self.history.append((step, loss, lr))
+        if step == 0 and self.doctor.untrained_loss(loss):  # the untrained model's loss, measured
+            self._watch_logger().info(
+                "lrkit doctor: the untrained model's loss (%.4g) is far above chance level: chance is no reference "
+                "for this run (unscaled inputs?), and a loss falling to it is not read as a collapse", loss)
         val_loss, metrics = self._pending_val.take()
         metrics = self._outputs.merged(metrics)
         # each new detection is logged once (lrkit.doctor); a rollback by the guard (lrkit.guard)

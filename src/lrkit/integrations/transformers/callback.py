@@ -469,8 +469,8 @@ class LRDoctorCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Guar
             self.stopped_by = None
             self._last_step = None
         self._sched_any = sched
-        if self.doctor.config.get("chance_loss") is None:  # a classifier's chance level, from its config
-            self.doctor.set_chance_loss(_chance_loss(kwargs.get("model")))
+        if self.doctor.config.get("chance_loss") is None and not self.doctor.chance_refuted:
+            self.doctor.set_chance_loss(_chance_loss(kwargs.get("model")))  # a classifier's, from its config
         if self.guard is not None:
             self.guard.close()
             self.guard = self._new_guard()  # a fresh clock and multiplier for this train() call
@@ -492,6 +492,7 @@ class LRDoctorCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Guar
                 start = rank_means([start])[0]
             if start is not None:
                 self._control = control
+                self._check_untrained(start)
                 self._watch_observe(0, start)
                 self._last_step = 0
         if self.guard is None and getattr(args, "logging_nan_inf_filter", False):
@@ -501,6 +502,14 @@ class LRDoctorCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Guar
                 "logging_nan_inf_filter=False for a reliable 'nan' verdict",
                 stacklevel=2,
             )
+
+    def _check_untrained(self, loss: float) -> None:
+        """The untrained model's loss, measured: a chance level it exceeds 1.5x is no reference
+        (:meth:`lrkit.doctor.Doctor.untrained_loss`)."""
+        if self.doctor.untrained_loss(loss):
+            self._watch_logger().info(
+                "lrkit doctor: the untrained model's loss (%.4g) is far above chance level: chance is no reference "
+                "for this run, and a loss falling to it is not read as a collapse", loss)
 
     def _refresh(self) -> None:
         """Put the callback's state on the scheduler, whose ``state_dict`` the checkpoint saves."""
@@ -550,6 +559,8 @@ class LRDoctorCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Guar
             if control.should_save:
                 self._refresh()
             return
+        if step == 1:  # the first step's loss: the untrained model's
+            self._check_untrained(loss)
         lr = logs.get("learning_rate")
         lr = None if lr is None else float(lr)
         val_loss, metrics = self._pending_val.take()
