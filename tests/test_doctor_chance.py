@@ -202,3 +202,20 @@ def test_a_chance_level_the_untrained_model_refutes_stays_dropped_across_a_rollb
     assert doc.untrained_loss(30.8) and doc.config["chance_loss"] is None and doc.chance_refuted
     doc.load_state_dict(before)  # the guard restores the doctor with that snapshot
     assert doc.config["chance_loss"] is None
+
+
+def test_a_log_whose_first_step_is_far_above_chance_is_not_read_against_chance():
+    from lrkit.doctor.diagnosis import doctor_settings
+    from lrkit.doctor.logs import read_log
+
+    steps = list(range(1, 121))
+    falling = [30.0 * 0.95**s + 0.3 for s in steps]  # an unscaled start falling through chance (1.1)
+    records = read_log({"step": steps, "loss": falling})
+    records.chance_loss = math.log(3)
+    assert "chance_loss" not in doctor_settings(records)
+    near = read_log({"step": steps, "loss": [1.2 * 0.99**s for s in steps]})  # starts at chance
+    near.chance_loss = math.log(3)
+    assert doctor_settings(near)["chance_loss"] == pytest.approx(math.log(3))
+    later = read_log({"step": [10 * s for s in steps], "loss": falling})  # first row averages 10 steps
+    later.chance_loss = math.log(3)
+    assert doctor_settings(later)["chance_loss"] == pytest.approx(math.log(3))  # unchanged: it may hold a blow-up

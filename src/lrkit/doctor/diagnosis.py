@@ -154,6 +154,12 @@ def doctor_settings(records: LogRecords) -> dict[str, Any]:
     settings = settings_for_rows(int(records.has("loss").sum()))
     if records.chance_loss is not None:  # a Hugging Face config.json beside the log
         settings["chance_loss"] = records.chance_loss
+        has = records.has("loss")
+        steps, losses = records.columns["step"][has], records.columns["loss"][has]
+        if len(steps) and steps[0] <= 1:  # the first optimizer step's loss: the untrained model's
+            probe = Doctor(chance_loss=records.chance_loss)
+            if probe.untrained_loss(float(losses[0])):  # far above chance: chance is no reference
+                del settings["chance_loss"]
     return settings
 
 
