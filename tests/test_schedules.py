@@ -8,7 +8,7 @@ import pickle
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from lrkit import schedules as S
@@ -229,6 +229,7 @@ def test_multiply_and_clip(a, b, steps):
 
 
 @PROPS
+@example(t0=207, mult=1.01, steps=[207])  # the first restart, once read as the end of cycle 0
 @given(t0=st.integers(1, 500), mult=st.sampled_from([1, 2, 3, 1.5, 1.01]),
        steps=st.lists(st.integers(0, 10**9), min_size=1, max_size=200))
 def test_warm_restarts_cycle_index_is_exact(t0, mult, steps):

@@ -26,8 +26,8 @@ def restart_index(t, first: float, mult: float, xp=np):
     i = xp.floor(xp.log1p(t * (mult - 1.0) / first) / math.log(mult))
     i = xp.maximum(i, 0.0)
 
-    def start(k):
-        return first * (xp.power(mult, k) - 1.0) / (mult - 1.0)
+    def start(k):  # the ratio first: exactly 1 for k = 1, so the first restart lands on `first` itself
+        return first * ((xp.power(mult, k) - 1.0) / (mult - 1.0))
 
     i = xp.where(start(i) > t, i - 1.0, i)
     i = xp.where(start(i + 1.0) <= t, i + 1.0, i)
