@@ -219,3 +219,28 @@ def test_a_log_whose_first_step_is_far_above_chance_is_not_read_against_chance()
     later = read_log({"step": [10 * s for s in steps], "loss": falling})  # first row averages 10 steps
     later.chance_loss = math.log(3)
     assert doctor_settings(later)["chance_loss"] == pytest.approx(math.log(3))  # unchanged: it may hold a blow-up
+
+
+def test_torch_doctor_drops_a_chance_level_you_gave_when_the_untrained_model_refutes_it():
+    torch = pytest.importorskip("torch")
+    from sklearn.datasets import load_digits
+
+    from lrkit.doctor import Doctor
+    from lrkit.integrations.torch.doctor import TorchDoctor
+
+    x, y = load_digits(return_X_y=True)  # raw pixel counts: the untrained model scores ~6x chance
+    x, y = torch.tensor(x, dtype=torch.float32), torch.tensor(y)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    watch = TorchDoctor(model, opt, doctor=Doctor(chance_loss=math.log(10)))
+    g = torch.Generator().manual_seed(0)
+    for step in range(300):
+        idx = torch.randint(0, 1400, (16,), generator=g)
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+        loss.backward()
+        watch.after_backward(loss)
+        opt.step()
+        watch.after_step(step, loss)
+    assert watch.doctor.chance_refuted and watch.interventions == []

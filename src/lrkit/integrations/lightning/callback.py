@@ -307,6 +307,8 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         gn, self._gn = self._gn, None
         step = self._step
         self._step += 1
+        if step == 0:  # the untrained model's loss: is a chance level you gave a reference?
+            self.doctor.untrained_loss(float(loss))
         val_loss, metrics = self._pending_val.take()
         if probed:
             metrics = {**(metrics or {}), **probed}

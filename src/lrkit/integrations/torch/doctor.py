@@ -460,6 +460,8 @@ class TorchDoctor(GuardedWatch):
             raise ValueError(f"TorchDoctor.after_step: step must be an int, got {step!r}")
         if isinstance(loss, torch.Tensor):
             loss = scalar_loss(loss, "TorchDoctor.after_step")
+        if self._n_steps == 0 and self.start_step == 0:  # the untrained model's loss: is chance a reference?
+            self.doctor.untrained_loss(float(loss))
         m = self.lr_multiplier
         if self._base is not None:
             self._set_lrs(self._base)
