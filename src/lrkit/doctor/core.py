@@ -14,8 +14,9 @@ first sign in the list). Verdicts, most severe first:
     the loss level has risen well above its best (:mod:`~lrkit.doctor.signs.diverging`), the
     gradient norm exploded (:mod:`~lrkit.doctor.signs.gradient`), the loss blew up in the first
     steps (:mod:`~lrkit.doctor.signs.early_blowup`), it is stuck after an unstable start
-    (dead units, :mod:`~lrkit.doctor.signs.flat`), or it collapsed to chance level after a
-    blow-up (with ``chance_loss``, :mod:`~lrkit.doctor.signs.chance`).
+    (dead units, :mod:`~lrkit.doctor.signs.flat`), it collapsed to chance level after a
+    blow-up (with ``chance_loss``, :mod:`~lrkit.doctor.signs.chance`), or the network died: every
+    input now gets the same output (the metric ``output_spread``, :mod:`~lrkit.doctor.signs.dead`).
 ``fluctuating``
     the loss keeps jumping far above its best and coming back, without net progress
     (:mod:`~lrkit.doctor.signs.fluctuating`); or a validation loss or a metric (accuracy, ...)
