@@ -9,6 +9,7 @@ keras = pytest.importorskip("keras")
 import lrkit.integrations.keras.trainer as keras_trainer  # noqa: E402
 from lrkit.autopilot import AutopilotError  # noqa: E402
 from lrkit.keras import AutopilotCallback  # noqa: E402
+from _wine import unscaled_wine  # noqa: E402
 
 
 class LRTrace(keras.callbacks.Callback):
@@ -99,11 +100,7 @@ def test_resume_from_state_path_runs_no_finder_and_continues(tmp_path, monkeypat
 
 @pytest.mark.parametrize("every", [25, 0])
 def test_a_network_that_dies_is_rolled_back(every):
-    from sklearn.datasets import load_wine
-
-    x, y = load_wine(return_X_y=True)  # unscaled: an LR too high kills the ReLUs in a few steps
-    perm = np.random.default_rng(0).permutation(len(x))
-    x, y = x[perm].astype("float32"), y[perm]
+    x, y = unscaled_wine()  # an LR too high kills the ReLUs in a few steps
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((13,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(3)])
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=1.0),
@@ -125,13 +122,9 @@ LR_THAT_KILLS = 3.0  # a constant LR far too high for unscaled inputs: the netwo
 
 @pytest.mark.parametrize("every", [25, 0])
 def test_the_doctor_callbacks_guard_rolls_back_a_network_that_dies(every):
-    from sklearn.datasets import load_wine
-
     from lrkit.keras import LRDoctorCallback
 
-    x, y = load_wine(return_X_y=True)
-    perm = np.random.default_rng(0).permutation(len(x))
-    x, y = x[perm].astype("float32"), y[perm]
+    x, y = unscaled_wine()
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((13,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(3)])
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=LR_THAT_KILLS),

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 import lrkit.integrations.torch.trainer as torch_trainer  # noqa: E402
 from lrkit.autopilot import AutopilotError  # noqa: E402
 from lrkit.lightning import AutopilotCallback  # noqa: E402
+from _wine import unscaled_wine  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -156,12 +157,7 @@ class _WineNet(pl.LightningModule):
 
 @pytest.mark.parametrize("every", [25, 0])
 def test_a_network_that_dies_is_rolled_back_and_its_probe_taken_off(every):
-    import numpy as np
-    from sklearn.datasets import load_wine
-
-    x, y = load_wine(return_X_y=True)  # unscaled: an LR too high kills the ReLUs in a few steps
-    perm = np.random.default_rng(0).permutation(len(x))
-    x, y = torch.tensor(x[perm], dtype=torch.float32), torch.tensor(y[perm])
+    x, y = map(torch.from_numpy, unscaled_wine())  # an LR too high kills the ReLUs in a few steps
     train = DataLoader(TensorDataset(x[:130], y[:130]), batch_size=16, shuffle=True,
                        generator=torch.Generator().manual_seed(0))
     model = _WineNet()
@@ -185,14 +181,9 @@ class _WineFixedLR(_WineNet):
 
 @pytest.mark.parametrize("every", [25, 0])
 def test_the_doctor_callbacks_guard_rolls_back_a_network_that_dies(every):
-    import numpy as np
-    from sklearn.datasets import load_wine
-
     from lrkit.lightning import LRDoctorCallback
 
-    x, y = load_wine(return_X_y=True)
-    perm = np.random.default_rng(0).permutation(len(x))
-    x, y = torch.tensor(x[perm], dtype=torch.float32), torch.tensor(y[perm])
+    x, y = map(torch.from_numpy, unscaled_wine())
     train = DataLoader(TensorDataset(x[:130], y[:130]), batch_size=16, shuffle=True,
                        generator=torch.Generator().manual_seed(0))
     model = _WineFixedLR()

@@ -9,6 +9,7 @@ transformers = pytest.importorskip("transformers")
 import lrkit.integrations.torch.trainer as torch_trainer  # noqa: E402
 from lrkit.autopilot import AutopilotError  # noqa: E402
 from lrkit.transformers import AutopilotCallback  # noqa: E402
+from _wine import unscaled_wine  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -197,12 +198,7 @@ class _Wine(torch.nn.Module):
 
 @pytest.mark.parametrize("every", [25, 0])
 def test_a_network_that_dies_is_rolled_back_and_its_probe_taken_off(tmp_path, every):
-    import numpy as np
-    from sklearn.datasets import load_wine
-
-    x, y = load_wine(return_X_y=True)  # unscaled: an LR too high kills the ReLUs in a few steps
-    perm = np.random.default_rng(0).permutation(len(x))
-    x, y = torch.tensor(x[perm], dtype=torch.float32), torch.tensor(y[perm])
+    x, y = map(torch.from_numpy, unscaled_wine())  # an LR too high kills the ReLUs in a few steps
     model = _Wine()
     cb = AutopilotCallback(peak_lr=0.1, check_outputs_every=every)
     trainer = transformers.Trainer(model=model, args=_args(tmp_path, 200, per_device_train_batch_size=16),
@@ -222,14 +218,9 @@ def test_a_network_that_dies_is_rolled_back_and_its_probe_taken_off(tmp_path, ev
 
 @pytest.mark.parametrize("every", [25, 0])
 def test_the_doctor_callbacks_guard_rolls_back_a_network_that_dies(tmp_path, every):
-    import numpy as np
-    from sklearn.datasets import load_wine
-
     from lrkit.transformers import LRDoctorCallback
 
-    x, y = load_wine(return_X_y=True)
-    perm = np.random.default_rng(0).permutation(len(x))
-    x, y = torch.tensor(x[perm], dtype=torch.float32), torch.tensor(y[perm])
+    x, y = map(torch.from_numpy, unscaled_wine())
     model = _Wine()
     cb = LRDoctorCallback(guard=True, snapshot_every=10, check_outputs_every=every)
     # a constant LR far too high for unscaled inputs: the network dies within a few steps

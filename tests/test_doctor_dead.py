@@ -11,6 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _wine import unscaled_wine
+
 from lrkit.collapse import COLLAPSED, OUTPUT_SPREAD, sample_indices
 from lrkit.doctor import Doctor
 
@@ -72,11 +74,7 @@ torch = pytest.importorskip("torch")
 
 
 def _wine():
-    from sklearn.datasets import load_wine
-
-    x, y = load_wine(return_X_y=True)  # unscaled: a step too large kills the ReLUs at once
-    perm = np.random.default_rng(0).permutation(len(x))
-    x, y = torch.tensor(x[perm], dtype=torch.float32), torch.tensor(y[perm])
+    x, y = map(torch.from_numpy, unscaled_wine())  # a step too large kills the ReLUs at once
     return (x[:130], y[:130]), (x[130:], y[130:])
 
 

@@ -51,13 +51,13 @@ import torch
 
 from lrkit.autopilot.pilot import Autopilot, AutopilotEvent
 from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
+from lrkit.collapse import check_every_arg
 from lrkit.doctor.guarded_watch import PendingValidation
 from lrkit.integrations.lightning.callback import probed_module
 from lrkit.integrations.lightning.skips import StepLossSum, drop_step
 from lrkit.integrations.torch.autopilot import _group_ratios, check_no_scheduler
 from lrkit.integrations.torch.dist import rank_agree, rank_means
 from lrkit.integrations.torch.doctor import grad_norm
-from lrkit.collapse import check_every_arg
 from lrkit.integrations.torch.outputs import SpreadProbe
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 from lrkit.schedules.base import Schedule
