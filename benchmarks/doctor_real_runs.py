@@ -98,7 +98,7 @@ def ground_truth(run: dict[str, Any], manifest: dict[str, dict[str, Any]]) -> di
     framework, variant and seed; within 0.02 accuracy) recovered: any verdict but flat and nan is
     right, and it counts neither as a detection nor as a false alarm."""
     run = dict(run)
-    run["problem"] = run["regime"] != "good"
+    run["problem"] = run["regime"] not in rr.HEALTHY
     twin = manifest.get(run["name"].replace(f"-{run['regime']}-", "-good-"))
     if run["regime"] == "spiking" and twin is not None and run["final_accuracy"] >= twin["final_accuracy"] - 0.02:
         run["problem"] = None
@@ -113,16 +113,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--offline", action="store_true", help="only diagnose the stored logs; reuse stored live results")
     ap.add_argument("--only", default="", help="comma-separated frameworks (hf, lightning, keras, torch)")
     ap.add_argument("--half", choices=("dev", "heldout", "both"), default="both")
+    ap.add_argument("--regime", default="", help="comma-separated regimes (" + ", ".join(rr.REGIMES) + ")")
     ap.add_argument("--no-write", action="store_true", help="print only; do not touch BENCHMARKS.md")
     args = ap.parse_args(argv)
     fws = [f for f in args.only.split(",") if f] or list(rr.FRAMEWORKS)
-    specs = [s for s in rr.all_specs() if s.framework in fws and (args.half == "both" or s.half == args.half)]
+    regimes = [r for r in args.regime.split(",") if r] or list(rr.REGIMES)
+    specs = [s for s in rr.all_specs() if s.framework in fws and s.regime in regimes
+             and (args.half == "both" or s.half == args.half)]
     if args.generate:
         generate(specs)
         return 0
     from doctor_real_report import report
 
-    return report(specs, live=not args.offline, write=not args.no_write and args.half == "both" and not args.only)
+    return report(specs, live=not args.offline, write=not args.no_write and args.half == "both" and not args.only
+                  and not args.regime)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,9 @@ framework logs by default:
   variant ``b``: ``Loss/train`` as the mean of every 10 steps (the tutorial's ``running_loss``),
   no test tags.
 
-Regimes (the ground truth): ``good`` LR; ``too_low`` (about 1000x below good: the run stays
+Regimes (the ground truth): ``good`` LR; ``unscaled`` (the good LR on the raw, unstandardised
+inputs: a healthy run whose untrained model scores far above chance; not for the token task);
+``too_low`` (about 1000x below good: the run stays
 flat); ``too_high`` (the run blows up); ``spiking`` (the good LR with a few steps at 300x it,
 mid-run); ``nan`` (the good LR until mid-run, then a NaN LR: the weights are poisoned).
 
@@ -48,12 +50,15 @@ from lrkit.doctor.guard import GuardGaveUp
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
 FRAMEWORKS = ("hf", "lightning", "keras", "torch")
-REGIMES = ("good", "too_low", "too_high", "spiking", "nan")
+REGIMES = ("good", "unscaled", "too_low", "too_high", "spiking", "nan")
+#: regimes of healthy runs (false alarms are counted on them; the guard must not harm them)
+HEALTHY = ("good", "unscaled")
 VARIANTS = ("a", "b")
 SEEDS = (0, 1)
 #: verdicts that count as a correct diagnosis of each regime
 EXPECTED: dict[str, tuple[str, ...]] = {
     "good": ("healthy", "converged", "overfitting"),
+    "unscaled": ("healthy", "converged", "overfitting"),
     "too_low": ("flat",),
     "too_high": ("diverging", "fluctuating", "nan"),
     "spiking": ("diverging", "fluctuating", "nan"),
@@ -105,16 +110,20 @@ class RunSpec:
 
 
 def all_specs() -> list[RunSpec]:
-    return [RunSpec(f, r, v, s) for f in FRAMEWORKS for v in VARIANTS for r in REGIMES for s in SEEDS]
+    """Every run; ``unscaled`` only where the inputs have a scale (not the token task)."""
+    return [RunSpec(f, r, v, s) for f in FRAMEWORKS for v in VARIANTS for r in REGIMES for s in SEEDS
+            if not (f == "hf" and r == "unscaled")]
 
 
 # ------------------------------------------------------------------------------ data
-def digits(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Standardised scikit-learn digits, split 1437/360 (fixed split)."""
+def digits(spec: RunSpec | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Scikit-learn digits, split 1437/360 (fixed split): standardised, or the raw pixel counts
+    (0-16, as a user who skipped the scaler feeds them) for an ``unscaled`` run."""
     from sklearn.datasets import load_digits
 
     X, y = load_digits(return_X_y=True)
-    X = (X - X.mean(0)) / (X.std(0) + 1e-6)
+    if spec is None or spec.regime != "unscaled":
+        X = (X - X.mean(0)) / (X.std(0) + 1e-6)
     rng = np.random.default_rng(0)
     idx = rng.permutation(len(X))
     tr, va = idx[:1437], idx[1437:]
@@ -185,7 +194,7 @@ def run_torch(spec: RunSpec, out: Path, guard: bool) -> RunResult:
 
     from lrkit.torch import TorchDoctor
 
-    Xtr, ytr, Xva, yva = digits()
+    Xtr, ytr, Xva, yva = digits(spec)
     Xtr_t, ytr_t, Xva_t, yva_t = map(torch.from_numpy, (Xtr, ytr, Xva, yva))
     model = _torch_mlp(spec.seed)
     opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
@@ -262,7 +271,7 @@ def run_lightning(spec: RunSpec, out: Path, guard: bool) -> RunResult:
     from lrkit.lightning import LRDoctorCallback
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    Xtr, ytr, Xva, yva = digits()
+    Xtr, ytr, Xva, yva = digits(spec)
     epochs, batch = 8, 32
     per_epoch = math.ceil(len(Xtr) / batch)
     total = epochs * per_epoch
@@ -330,7 +339,7 @@ def run_keras(spec: RunSpec, out: Path, guard: bool) -> RunResult:
 
     from lrkit.keras import LRDoctorCallback
 
-    Xtr, ytr, Xva, yva = digits()
+    Xtr, ytr, Xva, yva = digits(spec)
     epochs, batch = 12, 32
     per_epoch = math.ceil(len(Xtr) / batch)
     total = epochs * per_epoch

@@ -238,6 +238,35 @@ def test_a_single_bad_evaluation_is_not_an_oscillation():
     assert diagnose(epoch_log(len(acc), val_accuracy=acc)).ok
 
 
+@MANY
+@given(
+    n_learn=st.integers(2, 5),
+    level=st.floats(0.01, 2.0),
+    factor=st.floats(1.5, 6.0),
+    up=st.integers(1, 3),
+    n_after=st.integers(1, 6),
+)
+@example(n_learn=3, level=0.046, factor=4.2, up=3, n_after=6)  # Keras fit, raw digits, Adam 2e-3 (per-epoch log)
+def test_one_excursion_after_learning_then_new_bests_is_not_fluctuating(n_learn, level, factor, up, n_after):
+    """Learning, one excursion of the validation loss (up for ``up`` evaluations, then back down)
+    and new bests after it: one dip in quality, not a swing; live and offline both stay quiet."""
+    learn = level * 4.0 ** np.linspace(1, 0, n_learn)
+    bump = [level * factor ** ((i + 1) / up) for i in range(up)] + [level * 1.3]
+    after = level * 0.9 * 0.8 ** np.arange(n_after)
+    vl = np.concatenate([learn, bump, after])
+    d = diagnose(epoch_log(len(vl), val_loss=vl))
+    assert d.ok, d.message
+    doc = Doctor(window=6)
+    for e, (loss, v) in enumerate(zip(smooth_loss(len(vl)), vl)):
+        assert doc.observe(e, float(loss), lr=0.3, val_loss=float(v)).verdict != "fluctuating"
+
+
+def test_two_excursions_after_learning_without_a_new_best_are_fluctuating():
+    vl = [0.8, 0.3, 0.1, 0.3, 0.1, 0.35, 0.11, 0.3, 0.12]
+    d = diagnose(epoch_log(len(vl), val_loss=vl))
+    assert d.verdict == "fluctuating" and metric_names(d) == ["val_loss"]
+
+
 # ----------------------------------------------------------------------------- precedence
 def test_a_swinging_metric_outranks_a_flat_loss():
     rng = np.random.default_rng(0)

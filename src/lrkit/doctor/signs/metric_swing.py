@@ -32,7 +32,8 @@ A metric is **fluctuating** when :math:`A \ge a` (:math:`a` = ``metric_swing`` f
 :math:`\log(1 + \text{metric\_rel\_swing})` on the log scale, ``metric_rel_swing`` relative),
 :math:`A` is at least 4 noise standard deviations of a block median when a dense metric gives
 one, the moves of at least :math:`\max(A/2, a)` reverse direction at least twice and at
-least every other time (up-down-up, not a single dip), :math:`Q \ge 3` (the path is three
+least every other time (up-down-up, not a single dip; the window's opening run of improving
+moves is learning and not counted, so "better, worse, better again" is one dip), :math:`Q \ge 3` (the path is three
 times longer than the way made) and :math:`G \le A/4` (the best did not improve). A straight
 line has :math:`A = 0`, a smooth rise a small :math:`A` and :math:`Q \approx 1`, a noisy
 plateau a small :math:`A`. Onset: the first evaluation of the window that fell back by such a
@@ -154,6 +155,9 @@ def metric_oscillation(
     d = np.diff(z)
     move = max(A / 2, thr)  # a move that counts: half the swing, and at least the threshold
     big = d[np.abs(d) >= move]
+    # the window's opening descent is learning, not a leg of a swing: without it, a single dip
+    # after learning (better, worse, better again) is one reversal, not two
+    big = big[int(np.argmax(big <= 0)) if np.any(big <= 0) else len(big):]
     reversals = int(np.sum(np.sign(big[1:]) != np.sign(big[:-1])))
     if reversals < 2 or 2 * reversals < len(big) - 1:
         return None
@@ -351,7 +355,8 @@ class MetricSwing(Sign):
         by = {1.0: f"a factor {math.exp(A):.3g}", 2.0: f"{100 * A:.0f}% of its median"}.get(scale, f"{A:.3g}")
         msg = (
             f"{what} {'is' if len(names) == 1 else 'are'} fluctuating without progress: {quoted[0]} swings by {by} "
-            f"between evaluations, with no new best over its last {ev['metric_observations']:.0f} evaluations."
+            f"between evaluations, and the later half of its last {ev['metric_observations']:.0f} evaluations "
+            "brought no new best."
         )
         return advice, msg
 
