@@ -27,11 +27,18 @@ def init_params(key):
             "w2": jax.random.normal(k2, (64, 10)) * 0.125, "b2": jnp.zeros(10)}
 
 
+def model(params, x):
+    h = jax.nn.relu(x @ params["w1"] + params["b1"])
+    return h @ params["w2"] + params["b2"]
+
+
 def loss_fn(params, batch):
     x, y = batch
-    h = jax.nn.relu(x @ params["w1"] + params["b1"])
-    logits = h @ params["w2"] + params["b2"]
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return optax.softmax_cross_entropy_with_integer_labels(model(params, x), y).mean()
+
+
+def outputs_fn(params, batch):  # the outputs, so that a network the LR kills is seen (and rolled back)
+    return model(params, batch[0])
 
 
 def main(argv: list[str] | None = None) -> float:
@@ -51,7 +58,8 @@ def main(argv: list[str] | None = None) -> float:
     val = [(x[1400:], y[1400:])]
     params = init_params(jax.random.PRNGKey(0))
 
-    pilot = lj.autopilot(loss_fn, params, optax.adamw, batches, val_batches=val)   # train_steps = len(batches)
+    pilot = lj.autopilot(loss_fn, params, optax.adamw, batches, val_batches=val,   # train_steps = len(batches)
+                         outputs_fn=outputs_fn)
     tx = pilot.optimizer
     opt_state = pilot.init(params)
     grad_fn = jax.jit(jax.value_and_grad(loss_fn))
@@ -61,7 +69,7 @@ def main(argv: list[str] | None = None) -> float:
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         val_loss = float(loss_fn(params, val[0])) if (step + 1) % every == 0 else None
-        params, opt_state = pilot.after_step(step, loss, params, opt_state, val_loss=val_loss)
+        params, opt_state = pilot.after_step(step, loss, params, opt_state, val_loss=val_loss, batch=batch)
     final = float(loss_fn(params, val[0]))
     print(pilot.report())
     if args.report:  # the plan, the run as flown, every intervention

@@ -124,3 +124,67 @@ def test_an_output_spread_the_user_reports_reaches_the_guard():
     died = [e for e in pilot.events if "network died" in e.message]
     assert died and rolled_at == 75  # the second collapsed reading
     assert died[0].data["restored_to"] <= 25  # a state from no later than the last live reading
+
+
+def _mlp(params, x):
+    h = jax.nn.relu(x @ params["w1"] + params["b1"])
+    return h @ params["w2"] + params["b2"]
+
+
+def _xent(params, batch):
+    x, y = batch
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(_mlp(params, x), y))
+
+
+def _wine_mlp():
+    from _wine import unscaled_wine
+
+    x, y = unscaled_wine()  # an LR too high kills the ReLUs in a few steps
+    rng = np.random.default_rng(0)
+    params = {"w1": jnp.asarray(rng.normal(size=(13, 32)) / np.sqrt(13), dtype=jnp.float32),
+              "b1": jnp.zeros(32), "w2": jnp.asarray(rng.normal(size=(32, 3)) / np.sqrt(32), dtype=jnp.float32),
+              "b2": jnp.zeros(3)}
+    batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 128, 16)] * 20  # 8 per epoch, 20 epochs
+    return params, batches, [(x[130:], y[130:])]
+
+
+@pytest.mark.parametrize("every", [25, 0])
+def test_a_network_that_dies_is_rolled_back(every):
+    from lrkit.collapse import COLLAPSED, sampled_spread
+
+    params, batches, val = _wine_mlp()
+    pilot = lj.autopilot(_xent, params, optax.adam, batches, val_batches=val, peak_lr=3.0,
+                         outputs_fn=lambda p, b: _mlp(p, b[0]), check_outputs_every=every)
+    opt_state = pilot.init(params)
+    grad = jax.jit(jax.value_and_grad(_xent))
+    for step, batch in enumerate(batches):
+        loss, g = grad(params, batch)
+        updates, opt_state = pilot.optimizer.update(g, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        params, opt_state = pilot.after_step(step, loss, params, opt_state, batch=batch)
+    died = [e for e in pilot.events if "network died" in e.message]
+    spread = sampled_spread(_mlp(params, val[0][0]))
+    if every:  # rolled back to a live state with a lower LR
+        assert died and "lowered the LR" in died[0].message
+        assert spread > COLLAPSED
+    else:  # unmeasured, the same run ends dead
+        assert not died and spread <= COLLAPSED
+
+
+def test_outputs_fn_without_batches_says_so_once(caplog):
+    params, batches, val = _wine_mlp()
+    pilot = lj.autopilot(_xent, params, optax.adam, batches[:40], val_batches=val,
+                         outputs_fn=lambda p, b: _mlp(p, b[0]))
+    opt_state = pilot.init(params)
+    with caplog.at_level("WARNING", logger="lrkit.autopilot"):
+        for step in range(3):
+            params, opt_state = pilot.after_step(step, 1.0, params, opt_state)
+    assert sum("after_step got no batch=" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_bad_outputs_arguments_are_named():
+    params, batches, val = _wine_mlp()
+    with pytest.raises(ValueError, match="check_outputs_every must be an int >= 0"):
+        lj.autopilot(_xent, params, optax.adam, batches, check_outputs_every=-1)
+    with pytest.raises(AutopilotError, match="outputs_fn must be None or callable"):
+        lj.autopilot(_xent, params, optax.adam, batches, outputs_fn=3)

@@ -510,3 +510,46 @@ def test_restore_refuses_a_foreign_state():
     trainer = OptaxTrainer(linear_loss, {"w": jnp.zeros(3)}, optax.sgd, [np.ones(3, np.float32)])
     with pytest.raises(TypeError, match="state must be an OptaxSnapshot from snapshot\\(\\), got dict"):
         trainer.restore({"params": None})
+
+
+# -- a dead network (outputs_fn) ---------------------------------------------------------------------
+@pytest.mark.parametrize("with_val", [True, False])
+def test_outputs_fn_lets_the_finder_reject_an_lr_that_kills_the_network(with_val):
+    """Unscaled wine: Adam at 0.3 leaves every input with the same output within 16 steps while its
+    loss falls far below the untrained model's (54): without outputs_fn the finder cannot tell."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _wine import unscaled_wine
+
+    from lrkit.collapse import COLLAPSED
+    from lrkit.finder.suggest import DEAD, _run_candidate
+
+    x, y = unscaled_wine()
+    rng = np.random.default_rng(0)
+    params = {"w1": jnp.asarray(rng.normal(size=(13, 32)) / np.sqrt(13), dtype=jnp.float32), "b1": jnp.zeros(32),
+              "w2": jnp.asarray(rng.normal(size=(32, 3)) / np.sqrt(32), dtype=jnp.float32), "b2": jnp.zeros(3)}
+
+    def mlp(p, xb):
+        return jax.nn.relu(xb @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
+
+    def loss_fn(p, b):
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(mlp(p, b[0]), b[1]))
+
+    batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 128, 16)]
+    val = [(x[130:], y[130:])] if with_val else None
+    plain = OptaxTrainer(loss_fn, params, optax.adam, batches, val_batches=val)
+    probed = OptaxTrainer(loss_fn, params, optax.adam, batches, val_batches=val, outputs_fn=lambda p, b: mlp(p, b[0]))
+    assert plain.output_spread() is None and probed.output_spread() > COLLAPSED
+    for t in (plain, probed):
+        state = t.snapshot()
+        killed = _run_candidate(t, state, 0.3, 16, t.evaluate())
+        fine = _run_candidate(t, state, 0.01, 16, t.evaluate())
+        assert fine["rejected"] is None and t._position == 0  # restored; measuring used no batch up
+        assert (killed["rejected"] == DEAD) == (t is probed)
+    for _ in range(5):
+        probed.step(0.3)
+    assert probed._position == 5 and probed.output_spread() <= COLLAPSED and probed._position == 5
+    with pytest.raises(TypeError, match="outputs_fn must be None or callable"):
+        OptaxTrainer(loss_fn, params, optax.adam, batches, outputs_fn="logits")

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["COLLAPSED", "OUTPUT_SPREAD", "check_every_arg", "output_spread", "sample_indices"]
+__all__ = ["COLLAPSED", "OUTPUT_SPREAD", "check_every_arg", "output_spread", "sample_indices", "sampled_spread"]
 
 #: a relative spread at or below this is a model giving every input the same output
 COLLAPSED = 1e-6
@@ -77,3 +77,32 @@ def output_spread(outputs: np.ndarray) -> float | None:
         y = y - y.mean(axis=1, keepdims=True)
     scale = float(np.mean(np.abs(y)))
     return float(np.mean(np.std(y, axis=0)) / (scale + 1e-12))
+
+
+def sampled_spread(outputs: object) -> float | None:
+    """:func:`output_spread` of an array of outputs (rows = its first dimension, the examples) on an
+    evenly spread sample of at most ``MAX_ROWS x MAX_COLS`` values, columns gathered first (a
+    sequence model's ``N x T x V`` logits are never copied whole). Any array with ``shape``,
+    ``reshape`` and integer-array indexing will do (NumPy, JAX); ``None`` for a scalar or a single
+    example.
+
+    Example:
+        >>> sampled_spread(np.zeros((1000, 3, 5000))) < COLLAPSED
+        True
+        >>> sampled_spread(np.eye(4)) > 0.5, sampled_spread(np.ones(1))
+        (True, None)
+    """
+    shape = getattr(outputs, "shape", None)
+    if shape is None:
+        outputs = np.asarray(outputs)
+        shape = outputs.shape
+    if len(shape) == 0 or shape[0] < 2:
+        return None
+    y = outputs.reshape(shape[0], -1)  # type: ignore[attr-defined]
+    cols = sample_indices(y.shape[1], MAX_COLS)
+    if cols is not None:
+        y = y[:, cols]
+    rows = sample_indices(y.shape[0], MAX_ROWS)
+    if rows is not None:
+        y = y[rows]
+    return output_spread(np.asarray(y))

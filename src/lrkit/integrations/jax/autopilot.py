@@ -10,7 +10,7 @@ r"""The LR autopilot for JAX/optax: an injected-LR optimizer and one functional 
         loss, grads = jax.value_and_grad(loss_fn)(params, batch)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        params, opt_state = pilot.after_step(step, loss, params, opt_state)
+        params, opt_state = pilot.after_step(step, loss, params, opt_state, batch=batch)
 
 :func:`autopilot` runs the finder (:func:`lrkit.jax.find_lr`, at most 30% of the run; your
 ``params`` are never modified) and decides the plan. :meth:`OptaxAutopilot.after_step` is pure
@@ -20,6 +20,14 @@ immutable: a snapshot is a reference, it costs no copy) -- with the LR of the ne
 into ``opt_state.hyperparams["learning_rate"]`` (a new state; nothing is mutated). Pass
 ``val_loss=`` when you validate: a stalled validation loss halves the LR. Every intervention is
 logged to ``lrkit.autopilot`` and kept in :attr:`OptaxAutopilot.events`.
+
+**A network that dies.** The loss function hides the model's outputs; give ``outputs_fn(params,
+batch)`` (e.g. ``lambda p, b: model.apply(p, b[0])``) and pass each step's ``batch=`` to
+:meth:`~OptaxAutopilot.after_step`: the spread of the outputs over the batch's examples
+(:func:`lrkit.collapse.sampled_spread`) is then measured on the first step, every
+``check_outputs_every`` steps and on the first step after a rollback, and a run whose outputs stop
+depending on its inputs is rolled back (:mod:`lrkit.doctor.signs.dead`). The finder uses it too,
+to reject candidate LRs that leave a dead network.
 
 **Checkpoints.** ``pilot.state_dict()`` (plain JSON types) resumes with
 ``lrkit.jax.autopilot(..., resume=state)``: no second finder run, the same schedule, the same
@@ -37,7 +45,9 @@ import jax.numpy as jnp
 import optax
 
 from lrkit.autopilot.pilot import Autopilot, AutopilotEvent
+from lrkit.collapse import OUTPUT_SPREAD, check_every_arg
 from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
+from lrkit.integrations.jax.trainer import jit_cached, find_lr_optax, outputs_spread
 from lrkit.schedules.base import Schedule
 
 __all__ = ["OptaxAutopilot", "autopilot"]
@@ -64,12 +74,17 @@ class OptaxAutopilot:
         finder: the finder's result (``None`` after a resume).
     """
 
-    def __init__(self, pilot: Autopilot, factory: Any, *, finder: Any = None, next_step: int = 0) -> None:
+    def __init__(self, pilot: Autopilot, factory: Any, *, finder: Any = None, next_step: int = 0,
+                 outputs_fn: Callable[..., Any] | None = None, check_outputs_every: int = 25) -> None:
         self.pilot, self.finder = pilot, finder
         self.optimizer = optax.inject_hyperparams(factory)(learning_rate=pilot.plan.peak_lr)
         self._state = _State()
         self._attached = False
         self.next_step = int(next_step)
+        self._outputs = None if outputs_fn is None or not check_outputs_every else jit_cached(outputs_fn)
+        self._every = int(check_outputs_every)
+        self._measure_next = True  # the first step, and the first after a rollback
+        self._told_no_batch = False
 
     @property
     def plan(self) -> AutopilotPlan:
@@ -106,21 +121,41 @@ class OptaxAutopilot:
             self._attached = True
 
     def after_step(self, step: int, loss: Any, params: Any, opt_state: Any, *, val_loss: Any = None,
-                   grad_norm: Any = None, metrics: Mapping[str, Any] | None = None) -> tuple[Any, Any]:
+                   grad_norm: Any = None, metrics: Mapping[str, Any] | None = None,
+                   batch: Any = None) -> tuple[Any, Any]:
         """Report optimizer step ``step`` (its loss); return the ``(params, opt_state)`` to go on with.
 
-        ``metrics``: validation metrics of this step, and ``{"output_spread":
-        lrkit.collapse.output_spread(np.asarray(logits))}`` now and then (every 25 steps, say) to
-        have a network whose outputs stopped depending on its inputs rolled back
-        (:mod:`lrkit.doctor.signs.dead`; the loss function alone cannot show the outputs)."""
+        ``metrics``: validation metrics of this step. ``batch``: the step's batch, on which
+        ``outputs_fn`` measures the outputs' spread when it is due (see the module docstring;
+        without ``outputs_fn`` you may pass ``{"output_spread": lrkit.collapse.sampled_spread(logits)}``
+        in ``metrics`` yourself)."""
         self._start(params, opt_state)  # a resumed run may skip init()
         self._state.current = (params, opt_state)
+        merged = {} if metrics is None else {k: float(v) for k, v in metrics.items()}
+        spread = self._spread(int(step), params, batch)
+        if spread is not None:
+            merged[OUTPUT_SPREAD] = spread
         self.pilot.observe(int(step), float(loss), val_loss=None if val_loss is None else float(val_loss),
-                           grad_norm=None if grad_norm is None else float(grad_norm),
-                           metrics=None if metrics is None else {k: float(v) for k, v in metrics.items()})
+                           grad_norm=None if grad_norm is None else float(grad_norm), metrics=merged or None)
+        if self._state.current[0] is not params:  # rolled back: look at the restored model next step
+            self._measure_next = True
         params, opt_state = self._state.current
         self.next_step = int(step) + 1
         return params, self.with_lr(opt_state, self.next_step)
+
+    def _spread(self, step: int, params: Any, batch: Any) -> float | None:
+        """The outputs' spread on ``batch`` when a measurement is due (else ``None``)."""
+        if self._outputs is None or not (self._measure_next or step % self._every == 0):
+            return None
+        if batch is None:
+            if not self._told_no_batch:
+                self._told_no_batch = True
+                self.pilot.logger.warning(
+                    "OptaxAutopilot: outputs_fn was given but after_step got no batch=; pass each step's "
+                    "batch to have a dead network (every input the same output) rolled back")
+            return None
+        self._measure_next = False
+        return outputs_spread(self._outputs, params, batch)
 
     def state_dict(self) -> dict[str, Any]:
         """``{"next_step": k, "autopilot": ...}`` (plain JSON types), for ``autopilot(..., resume=)``."""
@@ -153,6 +188,8 @@ def autopilot(
     progress: bool = False,
     logger: logging.Logger | None = None,
     seed: int = 0,
+    outputs_fn: Callable[..., Any] | None = None,
+    check_outputs_every: int = 25,
 ) -> OptaxAutopilot:
     """Find the LR, plan the schedule and guard a JAX/optax run (see the module docstring).
 
@@ -164,6 +201,10 @@ def autopilot(
         shape, peak_lr, guard, plateau: as for :func:`lrkit.torch.autopilot`.
         resume: a ``pilot.state_dict()``: no finder run, the same plan and state.
         progress: show the finder's progress bar.
+        outputs_fn: optional ``outputs_fn(params, batch) -> outputs`` (the model's outputs): the
+            finder rejects LRs that leave a dead network, and ``after_step(..., batch=)`` measures
+            the outputs every ``check_outputs_every`` steps (0: never) so that the guard rolls a
+            dying run back (see the module docstring).
 
     Raises:
         AutopilotError: a learning-rate-free factory, an unknown run length, a bad argument.
@@ -172,6 +213,10 @@ def autopilot(
     if not callable(optimizer_factory) or isinstance(optimizer_factory, optax.GradientTransformation):
         raise AutopilotError("autopilot: optimizer_factory must be an optax factory such as optax.adamw (the "
                              f"autopilot injects the LR), got {type(optimizer_factory).__name__}")
+    check_every_arg("check_outputs_every", check_outputs_every)
+    if outputs_fn is not None and not callable(outputs_fn):
+        raise AutopilotError("autopilot: outputs_fn must be None or callable as outputs_fn(params, batch), got "
+                             f"{type(outputs_fn).__name__}")
     family = check_optimizer(_factory_name(optimizer_factory))
     if family == "unknown":
         from lrkit.scaling import optimizer_family
@@ -181,7 +226,8 @@ def autopilot(
         if not isinstance(resume, Mapping) or set(resume) != {"next_step", "autopilot"}:
             raise AutopilotError("autopilot: resume must be the dict of pilot.state_dict() saved with your checkpoint")
         pilot = Autopilot.from_state_dict(resume["autopilot"], logger=logger)
-        return OptaxAutopilot(pilot, optimizer_factory, next_step=int(resume["next_step"]))
+        return OptaxAutopilot(pilot, optimizer_factory, next_step=int(resume["next_step"]), outputs_fn=outputs_fn,
+                              check_outputs_every=check_outputs_every)
     n = None
     if train_steps is None:
         try:
@@ -189,11 +235,11 @@ def autopilot(
         except TypeError:
             n = None
     steps = resolve_train_steps(train_steps if train_steps is not None else n)
-    from lrkit.integrations.jax.trainer import find_lr_optax
 
     result = find_lr_optax(loss_fn, params, optimizer_factory, batches, val_batches=val_batches, has_aux=has_aux,
-                           train_steps=steps, progress=progress, family=family, seed=seed)
+                           train_steps=steps, progress=progress, family=family, seed=seed, outputs_fn=outputs_fn)
     plan = make_plan(result, family=family, train_steps=steps, shape=shape, peak_lr=peak_lr)
     pilot = Autopilot(plan, guard=guard, plateau=plateau, logger=logger)
     pilot.logger.info("%s", plan.summary())
-    return OptaxAutopilot(pilot, optimizer_factory, finder=result)
+    return OptaxAutopilot(pilot, optimizer_factory, finder=result, outputs_fn=outputs_fn,
+                          check_outputs_every=check_outputs_every)

@@ -96,6 +96,7 @@ import numpy as np
 import optax
 
 from lrkit import scaling
+from lrkit.collapse import sampled_spread
 from lrkit.finder.range_test import find, plan_budget, plan_verify_budget
 from lrkit.finder.result import FinderResult
 from lrkit.integrations._progress import progress_context, watched
@@ -229,6 +230,18 @@ def _build_eval(loss_fn: Callable, has_aux: bool) -> Callable:
     return jax.jit(lambda params, batch: checked(params, batch)[0])
 
 
+def jit_cached(fn: Callable) -> Callable:
+    """``jax.jit(fn)``, cached per function when it is hashable (compiled once per shape)."""
+    return _cached_jit(fn) if _hashable(fn) else jax.jit(fn)
+
+
+def outputs_spread(outputs_fn: Callable, params: Any, batch: Any) -> float | None:
+    """:func:`lrkit.collapse.sampled_spread` of the first array leaf of ``outputs_fn(params, batch)``."""
+    leaves = jax.tree_util.tree_leaves(outputs_fn(params, batch))
+    return sampled_spread(leaves[0]) if leaves else None
+
+
+_cached_jit = functools.lru_cache(maxsize=_CACHE_SIZE)(jax.jit)
 _cached_step = functools.lru_cache(maxsize=_CACHE_SIZE)(_build_step)
 _cached_eval = functools.lru_cache(maxsize=_CACHE_SIZE)(_build_eval)
 
@@ -376,6 +389,10 @@ class OptaxTrainer:
         opt_state: the optimizer state to start from (only with a transformation, e.g. your
             training run's current state); default ``optimizer.init(params)``.
         max_val_batches: at most this many validation batches per :meth:`evaluate` (>= 1), or None.
+        outputs_fn: optional ``outputs_fn(params, batch) -> outputs`` (the model's outputs on a
+            batch, e.g. ``lambda p, b: model.apply(p, b[0])``; a pytree's first leaf is read): with
+            it, :meth:`output_spread` tells the finder which candidate LRs left a dead network
+            (every input the same output, :mod:`lrkit.collapse`), as the PyTorch finder does.
 
     Attributes:
         params, opt_state: the current training state (the starting one again after a restore).
@@ -403,11 +420,15 @@ class OptaxTrainer:
         has_aux: bool = False,
         opt_state: Any = None,
         max_val_batches: int | None = 20,
+        outputs_fn: Callable[..., Any] | None = None,
     ) -> None:
         if not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable as loss_fn(params, batch), got {type(loss_fn).__name__}")
         if not isinstance(has_aux, bool):
             raise TypeError(f"has_aux must be True or False, got {has_aux!r}")
+        if outputs_fn is not None and not callable(outputs_fn):
+            raise TypeError(f"outputs_fn must be None or callable as outputs_fn(params, batch), got "
+                            f"{type(outputs_fn).__name__}")
         if max_val_batches is not None and (
             isinstance(max_val_batches, bool) or not isinstance(max_val_batches, int) or max_val_batches < 1
         ):
@@ -473,6 +494,7 @@ class OptaxTrainer:
         self._train = _Batches(batches, "batches")
         self._val = None if val_batches is None else _Batches(val_batches, "val_batches", limit=max_val_batches)
         self._position = 0
+        self._outputs = None if outputs_fn is None else jit_cached(outputs_fn)
         self._lr_dtype = jnp.promote_types(jnp.float32, jnp.result_type(slots[0].hyperparams["learning_rate"]))
         if _hashable(loss_fn, tx.update):
             self._step = _cached_step(loss_fn, tx.update, has_aux, ratios)
@@ -516,6 +538,15 @@ class OptaxTrainer:
         """The leading dimension shared by every array of the first batch, if there is one."""
         return _leading_dim(self._train[0])
 
+    def output_spread(self) -> float | None:
+        """How much the outputs vary over the examples (:func:`lrkit.collapse.sampled_spread`) on the
+        first validation batch, else on the training batch of the last step (the first batch before
+        any step; no batch is used up); ``None`` without ``outputs_fn``."""
+        if self._outputs is None:
+            return None
+        batch = self._val[0] if self._val is not None else self._train[max(self._position - 1, 0)]
+        return outputs_spread(self._outputs, self.params, batch)
+
 
 # -- the one-call entry point ------------------------------------------------------------------
 def _check_optional_int(name: str, value: Any, minimum: int) -> None:
@@ -545,6 +576,7 @@ def find_lr_optax(
     target_batch_size: int | None = None,
     family: str | None = None,
     seed: int = 0,
+    outputs_fn: Callable[..., Any] | None = None,
 ) -> FinderResult:
     """Find a good learning rate for a JAX model trained with optax; your params are left as they are.
 
@@ -587,6 +619,9 @@ def find_lr_optax(
             and the scaling rule; default inferred from the factory's name (``optax.adam`` ->
             ``"adam"``), else ``"unknown"``.
         seed: seed of the suggestion's own randomness.
+        outputs_fn: optional ``outputs_fn(params, batch) -> outputs`` (e.g. ``lambda p, b:
+            model.apply(p, b[0])``): a candidate LR whose run leaves every input with the same
+            output (a dead network) is then rejected (see :class:`OptaxTrainer`).
 
     Returns:
         A :class:`~lrkit.finder.result.FinderResult` (``.suggestion``, ``.plot()``, ``.to_json()``).
@@ -610,7 +645,8 @@ def find_lr_optax(
     _check_optional_int("target_batch_size", target_batch_size, 1)
     num_iter, steps = plan_budget(num_iter=num_iter, verify=verify, verify_steps=verify_steps, train_steps=train_steps)
     ctx = progress_context(progress, num_iter)  # checks progress before anything is built
-    trainer = OptaxTrainer(loss_fn, params, optimizer_factory, batches, val_batches=val_batches, has_aux=has_aux)
+    trainer = OptaxTrainer(loss_fn, params, optimizer_factory, batches, val_batches=val_batches, has_aux=has_aux,
+                           outputs_fn=outputs_fn)
     family = trainer.family if family is None else family
     if start_lr is None or end_lr is None:
         lo, hi = scaling.lr_range(family)
