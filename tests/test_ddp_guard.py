@@ -64,7 +64,7 @@ def _train(rank: int, tmp: str, *, scale: float, raise_by: float, slow_snapshot:
 
 def _autopilot_run(rank: int, tmp: str) -> None:
     """The autopilot under DDP (its finder on every rank), shards of different scales; rank 1's
-    batches blow up 30x for ten steps mid-run (its loss alone would look diverging)."""
+    batches blow up 30x for twenty steps mid-run (its loss alone would look diverging)."""
     from torch.nn.parallel import DistributedDataParallel as DDP
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -84,7 +84,7 @@ def _autopilot_run(rank: int, tmp: str) -> None:
         for xb, yb in loader:
             if k == 300:
                 break
-            if rank == 1 and 150 <= k < 160:
+            if rank == 1 and 150 <= k < 170:
                 xb = xb * 30.0
             opt.zero_grad(set_to_none=True)
             loss = torch.nn.functional.mse_loss(model(xb), yb)

@@ -16,7 +16,7 @@ from lrkit.finder.range_test import (
     DEFAULT_NUM_ITER, DEFAULT_VERIFY_STEPS, MAX_COST_FRACTION, MIN_VERIFY_STEPS, PLANNED_NUM_ITER, plan_budget,
     plan_verify_budget,
 )
-from lrkit.finder.suggest import MAX_CANDIDATES
+from lrkit.finder.suggest import MAX_CANDIDATES, PROBE_STEPS
 
 
 class Quadratic:
@@ -344,7 +344,7 @@ def test_planned_finder_costs_at_most_30_percent_of_the_run(train_steps):
     budget = plan_verify_budget(train_steps, n)
     assert n + budget <= MAX_COST_FRACTION * train_steps  # the verification takes what the range test leaves
     if train_steps >= 200:  # long enough for every candidate the suggestion may run
-        assert budget >= MAX_CANDIDATES * v
+        assert budget >= MAX_CANDIDATES * v + PROBE_STEPS
 
 
 @given(num_iter=st.integers(2, 500), verify_steps=st.integers(0, 500), train_steps=st.none() | st.integers(1, 10**6))
@@ -358,7 +358,7 @@ def test_plan_defaults_and_short_runs():
     assert plan_budget(verify=False) == (DEFAULT_NUM_ITER, 0)
     assert plan_budget(train_steps=20) == (10, 0)  # no room for verification runs
     assert plan_budget(train_steps=90) == (27, 0)  # too short for 4 of them: the 30% go to the range test
-    assert plan_budget(train_steps=120) == (11, MIN_VERIFY_STEPS) and plan_verify_budget(120, 11) == 25
+    assert plan_budget(train_steps=120) == (10, MIN_VERIFY_STEPS) and plan_verify_budget(120, 10) == 26
 
 
 def test_a_run_too_short_to_verify_is_said_to_be_unverified():

@@ -15,7 +15,7 @@ from lrkit.finder._rules import (
     ema_unbiased_start,
     fastai_valley,
 )
-from lrkit.finder.suggest import GRID_RATIO, MAX_CANDIDATES, MAX_TRIED, Suggestion, suggest
+from lrkit.finder.suggest import GRID_RATIO, MAX_CANDIDATES, MAX_TRIED, PROBE_STEPS, Suggestion, suggest
 
 LRS = np.logspace(-6, 1, 100)
 
@@ -202,16 +202,22 @@ def test_rule_suggestion_properties(curve, family, power):
 
 
 # ----------------------------------------------------------------------------- verification
+#: the relative batch-to-batch wobble of the training loss the test trainers return (minibatches);
+#: their scores (evaluate) are exact
+WOBBLE = 1e-3
+
+
 class Quadratic:
-    """Noise-free gradient descent on f(w) = h/2 w^2 + c, a cold-start-only instability above lr_cold.
+    """Gradient descent on f(w) = h/2 w^2 + c, a cold-start-only instability above lr_cold.
 
     ``lr_cold`` mimics an adaptive optimizer: LRs above it blow up from a cold state, although a
-    warmed-up ramp would pass them.
+    warmed-up ramp would pass them. The training loss a step returns wobbles from batch to batch
+    (by ``wobble``, relative: minibatch training); ``wobble=0`` is full-batch training.
     """
 
-    def __init__(self, h=1.0, lr_cold=math.inf):
+    def __init__(self, h=1.0, lr_cold=math.inf, wobble=WOBBLE):
         self.w, self.h, self.lr_cold, self.t = 5.0, h, lr_cold, 0
-        self.calls = 0
+        self.calls, self.wobble = 0, wobble
 
     def snapshot(self):
         return (self.w, self.t)
@@ -227,7 +233,7 @@ class Quadratic:
         else:
             self.w -= lr * self.h * self.w
         self.t += 1
-        return loss
+        return loss * (1 + self.wobble * math.sin(self.t))
 
     def evaluate(self):
         return 0.5 * self.h * self.w**2 + 1.0
@@ -253,7 +259,8 @@ def test_verification_picks_a_stable_lr_and_restores_the_trainer():
     cands = s.details["candidates"]
     assert 1 <= len(cands) <= MAX_TRIED
     assert sum(c["steps"] == 10 for c in cands) <= MAX_CANDIDATES  # full runs; aborted ones are cheap
-    assert s.details["verify_steps_used"] == sum(c["steps"] for c in cands) <= t.calls
+    assert s.details["verify_steps_used"] == sum(c["steps"] for c in cands) + PROBE_STEPS <= t.calls
+    assert s.details["deterministic_steps"] is False and s.details["short_run_factor"] == 2
     assert s.band[0] <= s.lr <= s.band[1]
 
 
@@ -310,7 +317,7 @@ def test_training_loss_scores_when_evaluate_returns_none():
             return None
 
     lrs, losses = quad_curve()
-    t = NoVal()
+    t = NoVal(wobble=0.0)  # exact losses: at lr=1 this quadratic is solved in one step, its start already at the end
     s = suggest(lrs, losses, trainer=t, family="sgd", verify_steps=9)
     assert s.details["score"] == "mean training loss, last third"
     assert s.method == "verified" and 0.05 < s.lr < 2.0
@@ -321,7 +328,7 @@ def test_uninformative_curve_searches_the_whole_range_a_decade_apart():
     lrs = np.geomspace(1e-5, 1.0, 50)
     rising = 1.0 + 0.01 * np.arange(50)       # never below its start: the minimum is the first point
     s = suggest(lrs, rising, trainer=Quadratic(), family="sgd", verify_steps=5)
-    assert s.details["grid"] == {"top": 1.0, "ratio": 10.0, "informative_curve": False, "budget_steps": 25}
+    assert s.details["grid"] == {"top": 1.0, "ratio": 10.0, "informative_curve": False, "budget_steps": 27}
     assert s.details["candidates"][0]["lr"] == 1.0
     assert s.details["candidates"][1]["lr"] == pytest.approx(0.1)
     assert s.method == "verified" and 1e-3 < s.lr < 1.0
@@ -364,7 +371,7 @@ class Bowl:
 
     def step(self, lr):
         self.lr, self.t = lr, self.t + 1
-        return self._value()
+        return self._value() * (1 + WOBBLE * math.sin(self.t))  # minibatches
 
     def evaluate(self):
         return self._value()
@@ -508,3 +515,46 @@ def test_a_flat_curve_is_reported_in_the_result_the_summary_and_the_plot():
     ax = res.plot()
     assert any("flat or uninformative" in t.get_text() for t in ax.texts)
     assert "steps, not sized to your run; pass train_steps=" in res.summary()  # no train_steps: the cost is said
+
+
+# ------------------------------------------------------------------- deterministic steps (full batch)
+@pytest.mark.parametrize("wobble", [0.0, WOBBLE])
+def test_the_short_run_factor_applies_to_stochastic_steps_only(wobble):
+    """Full-batch training (every step the same batch) has no noise floor for a short run to miss:
+    its short-run optimum is the answer; minibatch training's is halved. The probe's two steps at an
+    LR that moves nothing are counted, and the trainer ends as it was handed over."""
+    lrs, losses = quad_curve()
+    t = Quadratic(wobble=wobble)
+    s = suggest(lrs, losses, trainer=t, family="sgd", verify_steps=8)
+    assert s.details["deterministic_steps"] is (wobble == 0)
+    factor = 1.0 if wobble == 0 else 2.0
+    assert s.details["short_run_factor"] == factor
+    assert s.lr == pytest.approx(s.details["short_run_optimum"] / factor)
+    assert s.details["verify_steps_used"] == sum(c["steps"] for c in s.details["candidates"]) + PROBE_STEPS
+    assert (t.w, t.t) == (5.0, 0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(level=st.floats(1e-3, 1e4), rel=st.floats(0.0, 1.0), losses_differ=st.booleans())
+def test_deterministic_steps_is_the_same_loss_at_an_lr_that_moves_nothing(level, rel, losses_differ):
+    from lrkit.finder.suggest import DETERMINISTIC_TOL, deterministic_steps
+
+    class Probe:
+        def __init__(self):
+            self.t, self.lrs = 0, []
+
+        def snapshot(self):
+            return self.t
+
+        def restore(self, state):
+            self.t = state
+
+        def step(self, lr):
+            self.lrs.append(lr)
+            self.t += 1
+            wobble = (10 * DETERMINISTIC_TOL + rel) if losses_differ else DETERMINISTIC_TOL * rel / 2
+            return level * (1 + wobble * (self.t % 2))
+
+    p = Probe()
+    assert deterministic_steps(p, p.snapshot()) is (not losses_differ)
+    assert p.t == 0 and len(p.lrs) == PROBE_STEPS and max(p.lrs) < 1e-20

@@ -95,13 +95,15 @@ def plan_budget(
     :data:`DEFAULT_VERIFY_STEPS`. With the length :math:`T` of the real training run the finder
     keeps its cost within :data:`MAX_COST_FRACTION` of it: each of at most
     :math:`K` = :data:`lrkit.finder.suggest.MAX_CANDIDATES` verification runs takes
-    :math:`v = \max(\lfloor T/30 \rfloor, 5)` steps and the range test at most :data:`PLANNED_NUM_ITER`
-    of the rest (it only has to locate the loss minimum; the verification runs decide),
+    :math:`v = \max(\lfloor T/30 \rfloor, 5)` steps, the determinism probe takes
+    :math:`p` = :data:`lrkit.finder.suggest.PROBE_STEPS` and the range test at most
+    :data:`PLANNED_NUM_ITER` of the rest (it only has to locate the loss minimum; the verification
+    runs decide),
 
     .. math::
 
-        n = \min\big(40,\ \max(10,\ \lfloor 0.3\,T \rfloor - K v)\big),
-        \qquad n + K v \le 0.3\,T \quad (T \ge 100)
+        n = \min\big(40,\ \max(10,\ \lfloor 0.3\,T \rfloor - K v - p)\big),
+        \qquad n + K v + p \le 0.3\,T \quad (T \ge 100)
 
     (when fewer than :data:`MIN_PLANNED_CANDIDATES` verification runs of at least
     :data:`MIN_VERIFY_STEPS` steps fit beside a 10-step range test -- :math:`T < 100` -- there are
@@ -114,12 +116,12 @@ def plan_budget(
     Example:
         >>> plan_budget()
         (100, 30)
-        >>> plan_budget(train_steps=300)     # 40 + 5 x 10 = 90 steps = 30% of the run
-        (40, 10)
+        >>> plan_budget(train_steps=300)     # 38 + 5 x 10 + 2 = 90 steps = 30% of the run
+        (38, 10)
         >>> plan_budget(train_steps=10_000, verify=False)
         (40, 0)
     """
-    from lrkit.finder.suggest import MAX_CANDIDATES
+    from lrkit.finder.suggest import default_verify_budget
 
     if num_iter is not None and not _is_count(num_iter, 2):
         raise ValueError(f"num_iter must be an integer >= 2, got {num_iter!r} (or None for the default)")
@@ -139,7 +141,7 @@ def plan_budget(
     if verify_steps is None and v and total - 10 < MIN_PLANNED_CANDIDATES * v:
         # too short a run for a search worth the name: the whole 30% goes to the range test
         return (min(PLANNED_NUM_ITER, max(10, total)) if num_iter is None else int(num_iter)), 0
-    room = total - MAX_CANDIDATES * v
+    room = total - default_verify_budget(v)
     n = min(PLANNED_NUM_ITER, max(10, room)) if num_iter is None else int(num_iter)
     return n, v
 
@@ -147,14 +149,14 @@ def plan_budget(
 def plan_verify_budget(train_steps: int | None, num_iter: int) -> int | None:
     r"""The most steps all verification runs may take together: what the range test leaves of
     :data:`MAX_COST_FRACTION` of the run, :math:`\lfloor 0.3\,T \rfloor - n`; ``None`` without
-    ``train_steps`` (the suggestion's own default, ``MAX_CANDIDATES * verify_steps``, applies).
+    ``train_steps`` (the suggestion's own default, :func:`~lrkit.finder.suggest.default_verify_budget`, applies).
     On a short run this allows fewer candidates than :data:`lrkit.finder.suggest.MAX_CANDIDATES`,
     each still at least :data:`MIN_VERIFY_STEPS` long (a verification run too short to show
     progress is no verification).
 
     Example:
-        >>> plan_budget(train_steps=120), plan_verify_budget(120, 11)   # 5 runs of 5 steps fit
-        ((11, 5), 25)
+        >>> plan_budget(train_steps=120), plan_verify_budget(120, 10)   # 5 runs of 5 steps and the probe fit
+        ((10, 5), 26)
         >>> plan_budget(train_steps=90)    # too short to verify: a 27-step range test
         (27, 0)
         >>> plan_verify_budget(None, 100) is None
@@ -445,9 +447,9 @@ def find(
     details.setdefault("verify_steps", int(verify_steps))
     details.setdefault("range_test_steps", record.steps_run)
     details["cost_steps"] = record.steps_run + int(details.get("verify_steps_used", 0))
-    from lrkit.finder.suggest import MAX_CANDIDATES
+    from lrkit.finder.suggest import default_verify_budget
 
-    most_verify = int(verify_budget) if verify_budget is not None else MAX_CANDIDATES * int(verify_steps)
+    most_verify = int(verify_budget) if verify_budget is not None else default_verify_budget(int(verify_steps))
     details["budget"] = {"max_steps": int(num_iter) + (most_verify if verify_steps > 0 else 0),
                          "sized_by_train_steps": verify_budget is not None}
     if verify_steps == 0 and verify_budget is not None:

@@ -114,7 +114,12 @@ def _why(result: Any) -> str:
                 f"LRs were each trained for {steps} steps from the same cold start (the optimizer state your run "
                 f"begins with) and scored on {score} (table below). The short-run optimum, "
                 f"{fmt(d.get('short_run_optimum'))}, comes from a parabola through the best candidate and its "
-                f"neighbours in log-LR; it is halved, because a short run's best LR sits above a long run's.")
+                f"neighbours in log-LR; " + (
+                    "it is the answer as it is: every step sees the same batch (full-batch training), so there is "
+                    "no noise floor for a short run to miss and the best LR is set by stability, which a short "
+                    "run sees first." if d.get("deterministic_steps") else
+                    "it is halved, because a short run's best LR sits above a long run's (a long run settles at a "
+                    "noise floor that grows with the LR, which a short one does not reach)."))
     else:
         text = (f"The LR was chosen from the range-test curve alone (method {result.method!r}): the smaller of the "
                 f"steepest descent ({fmt(rule.get('steepest'))}) and the LR at the loss minimum "
