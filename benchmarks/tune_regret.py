@@ -63,7 +63,7 @@ METHODS = ["lrkit", "lrkit12", "tpe", "random", "log", "grid"]
 SEARCH_SEEDS = {"lrkit": (0, 1, 2), "lrkit12": (0, 1, 2), "tpe": (0, 1, 2), "random": (0, 1, 2), "log": (0,)}  # log: deterministic
 CHECKPOINTS = (2, 4, 8, 12)
 BUDGET = {"lrkit": 4.0, "lrkit12": 12.0, "tpe": 12.0, "random": 12.0}
-VERSION = {"lrkit": "v11", "lrkit12": "v11", "tpe": "v1", "random": "v1", "log": "v1", "grid": "v1"}
+VERSION = {"lrkit": "v12", "lrkit12": "v12", "tpe": "v1", "random": "v1", "log": "v1", "grid": "v1"}
 
 
 def objective_for(task: Task, seed: int, watch: bool):
