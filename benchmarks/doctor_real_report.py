@@ -125,7 +125,8 @@ def markdown(specs: list[rr.RunSpec], off: dict, liv: dict, live_minutes: float 
         "TensorBoard logger with `log_every_n_steps=50` and validation per epoch, or `CSVLogger` every step with "
         "gradient norms); Keras `model.fit` with `CSVLogger` (one row per epoch, with or without validation); plain "
         "torch with `SummaryWriter` (`Loss/train` per step with `Loss/test`, `Accuracy/test` per epoch, or "
-        "`Loss/train` averaged over 10 steps). Regimes: good, unscaled (the good LR on the raw digits pixels, 0-16, "
+        "`Loss/train` averaged over 10 steps); variant c, Hugging Face and Lightning as variant a with gradient accumulation over 4 "
+        "micro-batches of a quarter of the batch. Regimes: good, unscaled (the good LR on the raw digits pixels, 0-16, "
         "never standardised: a healthy run whose untrained model starts far above chance; not for the token task), "
         "too-low (~1000x below), too-high (blows up), spiking "
         "(300x for 3 steps mid-run), NaN LR from mid-run. Split fixed in the code: seed 0 = development, seed 1 = "
@@ -198,7 +199,19 @@ def markdown(specs: list[rr.RunSpec], off: dict, liv: dict, live_minutes: float 
               "descent was counted as one of its legs. Since then the window's opening run of improving moves is "
               "learning, not a leg, and a single dip after it is no swing (the sign's docstring had said so); "
               "checked on the development halves here and in the detection benchmark (unchanged). That run has been "
-              "looked at, so it no longer counts as unseen."]
+              "looked at, so it no longer counts as unseen. "
+              "Variant c (gradient accumulation) was added the same day, and its first development run found a real "
+              "bug: transformers 5.25 passes `num_items_in_batch` to a model whose `forward` takes `**kwargs`, "
+              "`BertForSequenceClassification` ignores it and averages over its own micro-batch, and the Trainer then "
+              "logs the *sum* of the 4 micro-batch losses -- 4x the per-example loss -- while the callback read its "
+              "initial loss and took its chance level per example: a too-low run read diverging ('4x its best'), and "
+              "with `guard=True` a slowly learning run was rolled back. The callback now reads the initial loss the "
+              "way the Trainer computes the logged one (with `num_items_in_batch` when the Trainer passes it, times "
+              "the accumulation steps) and puts the chance level on that scale; fixed on the development runs before "
+              "the held-out ones were generated. Offline, a `trainer_state.json` does not say that its losses are "
+              "4x: the chance level from `config.json` is then on the wrong scale and a too-high run whose blow-up "
+              "fits inside the first 10-step log reads healthy (the c misses of Hugging Face; Lightning's are variant "
+              "a's, its first log at step 49)."]
     return "\n".join(lines)
 
 

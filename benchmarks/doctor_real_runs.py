@@ -114,11 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="comma-separated frameworks (hf, lightning, keras, torch)")
     ap.add_argument("--half", choices=("dev", "heldout", "both"), default="both")
     ap.add_argument("--regime", default="", help="comma-separated regimes (" + ", ".join(rr.REGIMES) + ")")
+    ap.add_argument("--variant", default="", help="comma-separated variants (" + ", ".join(rr.VARIANTS) + ")")
     ap.add_argument("--no-write", action="store_true", help="print only; do not touch BENCHMARKS.md")
     args = ap.parse_args(argv)
     fws = [f for f in args.only.split(",") if f] or list(rr.FRAMEWORKS)
     regimes = [r for r in args.regime.split(",") if r] or list(rr.REGIMES)
-    specs = [s for s in rr.all_specs() if s.framework in fws and s.regime in regimes
+    variants = [v for v in args.variant.split(",") if v] or list(rr.VARIANTS)
+    specs = [s for s in rr.all_specs() if s.framework in fws and s.regime in regimes and s.variant in variants
              and (args.half == "both" or s.half == args.half)]
     if args.generate:
         generate(specs)
@@ -126,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     from doctor_real_report import report
 
     return report(specs, live=not args.offline, write=not args.no_write and args.half == "both" and not args.only
-                  and not args.regime)
+                  and not args.regime and not args.variant)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,9 @@ framework logs by default:
   validation every epoch; variant ``b``: ``CSVLogger`` (``metrics.csv``), ``log_every_n_steps=1``
   and gradient norms logged with ``lightning.pytorch.utilities.grad_norm`` (as Lightning's docs
   show), no validation.
+* variant ``c`` (Hugging Face and Lightning): as ``a``, with gradient accumulation over
+  :data:`ACCUMULATION` micro-batches of a quarter of the batch (``gradient_accumulation_steps``,
+  ``accumulate_grad_batches``): the same optimizer steps, the logged losses averaged over them.
 * ``keras``: ``model.fit`` of an MLP on digits with ``keras.callbacks.CSVLogger`` (one row per
   epoch) and the ``History`` saved as JSON. Variant ``a``: with ``validation_data``; ``b``: without.
 * ``torch``: a plain PyTorch loop on digits writing with ``torch.utils.tensorboard.SummaryWriter``
@@ -53,7 +56,11 @@ FRAMEWORKS = ("hf", "lightning", "keras", "torch")
 REGIMES = ("good", "unscaled", "too_low", "too_high", "spiking", "nan")
 #: regimes of healthy runs (false alarms are counted on them; the guard must not harm them)
 HEALTHY = ("good", "unscaled")
-VARIANTS = ("a", "b")
+VARIANTS = ("a", "b", "c")
+#: the variant ``c`` (gradient accumulation) exists for the frameworks that have it built in
+ACCUMULATING = ("hf", "lightning")
+#: micro-batches per optimizer step in variant ``c``
+ACCUMULATION = 4
 SEEDS = (0, 1)
 #: verdicts that count as a correct diagnosis of each regime
 EXPECTED: dict[str, tuple[str, ...]] = {
@@ -112,7 +119,7 @@ class RunSpec:
 def all_specs() -> list[RunSpec]:
     """Every run; ``unscaled`` only where the inputs have a scale (not the token task)."""
     return [RunSpec(f, r, v, s) for f in FRAMEWORKS for v in VARIANTS for r in REGIMES for s in SEEDS
-            if not (f == "hf" and r == "unscaled")]
+            if not (f == "hf" and r == "unscaled") and (v != "c" or f in ACCUMULATING)]
 
 
 # ------------------------------------------------------------------------------ data
@@ -272,9 +279,11 @@ def run_lightning(spec: RunSpec, out: Path, guard: bool) -> RunResult:
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     Xtr, ytr, Xva, yva = digits(spec)
-    epochs, batch = 8, 32
+    accum = ACCUMULATION if spec.variant == "c" else 1
+    tb = spec.variant in ("a", "c")  # TensorBoard, validation per epoch
+    epochs, batch = 8, 32 // accum
     per_epoch = math.ceil(len(Xtr) / batch)
-    total = epochs * per_epoch
+    total = epochs * math.ceil(per_epoch / accum)  # optimizer steps
 
     class Module(pl.LightningModule):
         def __init__(self) -> None:
@@ -312,19 +321,20 @@ def run_lightning(spec: RunSpec, out: Path, guard: bool) -> RunResult:
     root = out if out is not None else Path(os.devnull)
     if out is None:
         logger: Any = False
-    elif spec.variant == "a":
+    elif tb:
         logger = TensorBoardLogger(save_dir=str(root), name="lightning_logs", version=0)
     else:
         logger = CSVLogger(save_dir=str(root), name="lightning_logs", version=0)
-    kw: dict[str, Any] = {} if spec.variant == "a" else {"log_every_n_steps": 1}
+    kw: dict[str, Any] = {} if tb else {"log_every_n_steps": 1}
     trainer = pl.Trainer(max_epochs=epochs, logger=logger, callbacks=[cb], enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-                         limit_val_batches=1.0 if spec.variant == "a" else 0, num_sanity_val_steps=0,
+                         limit_val_batches=1.0 if tb else 0, num_sanity_val_steps=0,
+                         accumulate_grad_batches=accum,
                          default_root_dir=str(root) if out is not None else None, **kw)
     module = Module()
     gave_up = False
     try:
-        trainer.fit(module, dl, vdl if spec.variant == "a" else None)
+        trainer.fit(module, dl, vdl if tb else None)
     except GuardGaveUp:
         gave_up = True
     with torch.no_grad():
@@ -407,8 +417,9 @@ def run_hf(spec: RunSpec, out: Path, guard: bool) -> RunResult:
     cfg = BertConfig(vocab_size=64, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=128, max_position_embeddings=32, num_labels=2)
     model = BertForSequenceClassification(cfg)
-    epochs, batch = 3, 16
-    total = epochs * math.ceil(1024 / batch)
+    accum = ACCUMULATION if spec.variant == "c" else 1
+    epochs, batch = 3, 16 // accum
+    total = epochs * math.ceil(1024 / (batch * accum))  # optimizer steps
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr)
     linear = lambda s: max(0.0, 1 - s / total)  # noqa: E731  the Trainer's default linear decay
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: linear(s) * spec.lr_factor(s, total))
@@ -418,9 +429,10 @@ def run_hf(spec: RunSpec, out: Path, guard: bool) -> RunResult:
         outdir = Path(tmp)
     else:
         outdir = out
-    a = spec.variant == "a"
+    a = spec.variant in ("a", "c")  # logging every 10 steps, evaluation and a checkpoint per epoch
     args = TrainingArguments(
         output_dir=str(outdir), num_train_epochs=epochs, per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accum,
         per_device_eval_batch_size=256, learning_rate=spec.lr, logging_steps=10 if a else 1,
         eval_strategy="epoch" if a else "no", save_strategy="epoch" if a and out is not None else "no",
         save_only_model=True, seed=spec.seed, report_to=[], disable_tqdm=True, use_cpu=True,
@@ -460,10 +472,10 @@ def log_path(spec: RunSpec) -> str:
     if spec.framework == "torch":
         return f"torch/runs/{spec.name}"
     if spec.framework == "lightning":
-        return f"lightning/{spec.name}/lightning_logs/version_0" + ("" if spec.variant == "a" else "/metrics.csv")
+        return f"lightning/{spec.name}/lightning_logs/version_0" + ("" if spec.variant != "b" else "/metrics.csv")
     if spec.framework == "keras":
         return f"keras/{spec.name}/training.log.csv"
-    return f"hf/{spec.name}" + ("" if spec.variant == "a" else "/trainer_state.json")
+    return f"hf/{spec.name}" + ("" if spec.variant != "b" else "/trainer_state.json")
 
 
 def run(spec: RunSpec, out: Path | None, guard: bool) -> RunResult:

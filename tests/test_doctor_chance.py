@@ -244,3 +244,43 @@ def test_torch_doctor_drops_a_chance_level_you_gave_when_the_untrained_model_ref
         opt.step()
         watch.after_step(step, loss)
     assert watch.doctor.chance_refuted and watch.interventions == []
+
+
+@pytest.mark.parametrize("accumulation,guard", [(1, False), (4, False), (4, True)])
+def test_gradient_accumulation_puts_the_initial_loss_and_chance_on_the_logged_scale(tmp_path, accumulation, guard):
+    """transformers 5 passes ``num_items_in_batch`` to a model with ``**kwargs``; a sequence classifier
+    that ignores it averages over its own micro-batch, and the logged loss of a step is the sum of its
+    micro-batches': ``m`` times the per-example loss. The callback reads the initial loss and the chance
+    level on that scale, so an LR too low to move the model is flat, not a 4x blow-up."""
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    from lrkit.integrations.transformers.callback import LRDoctorCallback
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=32, max_position_embeddings=16, num_labels=2)
+    model = transformers.BertForSequenceClassification(cfg)
+
+    class DS(torch.utils.data.Dataset):
+        def __len__(self):
+            return 256
+
+        def __getitem__(self, i):
+            return {"input_ids": torch.tensor([1, 2 + i % 7, 3 + i % 5, 4]), "labels": torch.tensor(i % 2)}
+
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=40, per_device_train_batch_size=16 // accumulation,
+        gradient_accumulation_steps=accumulation, learning_rate=1e-7, report_to=[], use_cpu=True,
+        disable_tqdm=True, logging_steps=10, save_strategy="no", seed=0)
+    cb = LRDoctorCallback(guard=guard)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=DS(), callbacks=[cb])
+    trainer.train()
+    assert not cb.interventions  # nothing to roll back
+    logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    scale = logged[0] / math.log(2)  # the untrained two-class model scores ~ln 2 per example
+    assert scale == pytest.approx(accumulation, rel=0.1)  # the Trainer's own logging, as it is
+    assert cb.doctor.config["chance_loss"] == pytest.approx(math.log(2) * accumulation, rel=0.01)
+    start = cb.doctor._track.first_window[0]  # the initial reading, step 0
+    assert start == pytest.approx(logged[0], rel=0.05)
+    assert cb.diagnosis.verdict not in ("diverging", "fluctuating", "nan")
+    assert all(d.verdict != "diverging" for d in cb.doctor.history)

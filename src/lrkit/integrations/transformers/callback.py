@@ -107,6 +107,7 @@ Example::
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import warnings
@@ -211,11 +212,33 @@ def _copy_lr(value: Any) -> Any:
     return value.detach().clone() if isinstance(value, torch.Tensor) else value
 
 
-def _initial_loss(model: Any, loader: Any) -> float | None:
-    """The model's loss before training on the first examples of ``loader``'s dataset, collated by
-    its ``collate_fn`` (``None`` if it cannot be had): the loader's sampler is not touched (its
-    order is the run's), evaluation mode, no gradient, every RNG and the model's modes left as they
-    were."""
+def _accepts_loss_kwargs(model: torch.nn.Module) -> bool:
+    """Whether the ``Trainer`` passes ``num_items_in_batch`` to ``model`` (its own rule: the model's
+    ``accepts_loss_kwargs``, else a ``**kwargs`` in its ``forward``)."""
+    if hasattr(model, "accepts_loss_kwargs"):
+        return bool(model.accepts_loss_kwargs)
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def _initial_loss(model: Any, loader: Any, accumulation: int = 1) -> tuple[float, float] | None:
+    r"""The model's loss before training on the first examples of ``loader``'s dataset, collated by
+    its ``collate_fn``: ``(per_example, as_logged)`` (``None`` if it cannot be had). The loader's
+    sampler is not touched (its order is the run's), evaluation mode, no gradient, every RNG and the
+    model's modes left as they were.
+
+    ``as_logged`` is the same loss on the scale of the ``Trainer``'s logged loss. With
+    :math:`m` = ``gradient_accumulation_steps`` > 1 and a model the ``Trainer`` passes
+    ``num_items_in_batch`` to, the logged loss of a step is the *sum* of its micro-batches' losses,
+    each computed with the step's item count :math:`N`: the mean per item when the model divides by
+    :math:`N`, but :math:`m` times it when the model ignores :math:`N` and averages over its own
+    micro-batch (seen with ``BertForSequenceClassification`` in transformers 5). So
+    ``as_logged`` = :math:`m\,\ell(\text{batch}; N = m\,n)`, :math:`n` the batch's label count
+    (unshifted: a causal LM's count is off by one position per sequence); otherwise the
+    ``Trainer`` divides by :math:`m` and ``as_logged`` is the plain loss."""
     dataset = getattr(loader, "dataset", None)
     if not isinstance(model, torch.nn.Module) or dataset is None or isinstance(dataset, torch.utils.data.IterableDataset):
         return None
@@ -228,12 +251,23 @@ def _initial_loss(model: Any, loader: Any) -> float | None:
                 return None
             device = next(model.parameters()).device
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            out = model(**batch)
-        loss = out.get("loss") if isinstance(out, dict) else getattr(out, "loss", None)
-        value = float(loss.detach().float().item()) if isinstance(loss, torch.Tensor) else None
+            plain = _loss_of(model(**batch))
+            logged = plain
+            labels = batch.get("labels")
+            if plain is not None and accumulation > 1 and isinstance(labels, torch.Tensor) and _accepts_loss_kwargs(model):
+                items = labels.ne(-100).sum()
+                scaled = _loss_of(model(**batch, num_items_in_batch=items * accumulation))
+                logged = None if scaled is None else accumulation * scaled
     except Exception:  # noqa: BLE001 - an initial reading is optional; the user's training is not at stake
         return None
-    return value if value is not None and math.isfinite(value) else None
+    if plain is None or logged is None or not (math.isfinite(plain) and math.isfinite(logged)):
+        return None
+    return plain, logged
+
+
+def _loss_of(out: Any) -> float | None:
+    loss = out.get("loss") if isinstance(out, dict) else getattr(out, "loss", None)
+    return float(loss.detach().float().item()) if isinstance(loss, torch.Tensor) else None
 
 
 class _State(RecyclingState):
@@ -484,17 +518,24 @@ class LRDoctorCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Guar
         if self.guard is not None and self.guard.skips:
             self._skips = StepSkips(self._model)
         self._start_outputs(kwargs.get("model"))
-        if saved is None and state.global_step == 0 and self.initial_loss and _logs_every(args) > 1:
+        accumulation = int(getattr(args, "gradient_accumulation_steps", 1) or 1)
+        reading = None
+        if saved is None and state.global_step == 0 and self.initial_loss and (
+                _logs_every(args) > 1 or accumulation > 1):
+            reading = _initial_loss(kwargs.get("model"), kwargs.get("train_dataloader"), accumulation)
+            if world_size() > 1:  # every rank's doctor starts from the same reading
+                reading = tuple(rank_means(list(reading or (None, None))))
+                reading = None if None in reading else reading
+        if reading is not None and reading[0] > 0 and self.doctor.config.get("chance_loss") is not None:
+            # the logged losses may be m times the per-item loss (see _initial_loss): chance too
+            self.doctor.set_chance_loss(self.doctor.config["chance_loss"] * reading[1] / reading[0])
+        if reading is not None and _logs_every(args) > 1:
             # the first training log averages the first logging_steps steps: a blow-up inside them
             # is invisible without the loss the run started from (its first examples, before step 1)
-            start = _initial_loss(kwargs.get("model"), kwargs.get("train_dataloader"))
-            if world_size() > 1:  # every rank's doctor starts from the same reading
-                start = rank_means([start])[0]
-            if start is not None:
-                self._control = control
-                self._check_untrained(start)
-                self._watch_observe(0, start)
-                self._last_step = 0
+            self._control = control
+            self._check_untrained(reading[1])
+            self._watch_observe(0, reading[1])
+            self._last_step = 0
         if self.guard is None and getattr(args, "logging_nan_inf_filter", False):
             warnings.warn(
                 "LRDoctorCallback: TrainingArguments.logging_nan_inf_filter=True replaces NaN/inf losses in the "
