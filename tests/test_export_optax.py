@@ -195,7 +195,9 @@ def test_native_warmup_cosine_join_and_sgdr(init, peak, w, T, end, x64):
 
 # -- reduce on plateau -------------------------------------------------------------------------
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(metrics=st.lists(st.floats(0.0, 10.0), min_size=1, max_size=25),
+# subnormal metrics left out: XLA on the CPU flushes them to zero (1e-311 * 0.99 is 0 there, not in
+# NumPy), a difference of the backends' arithmetic, not of the plateau rule (found by hypothesis)
+@given(metrics=st.lists(st.floats(0.0, 10.0, allow_subnormal=False), min_size=1, max_size=25),
        factor=st.floats(0.1, 0.9), patience=st.integers(0, 3), cooldown=st.integers(0, 2),
        tmode=st.sampled_from(["rel", "abs"]), min_lr=st.sampled_from([0.0, 0.01]))
 def test_plateau_transform_matches_lrkit(metrics, factor, patience, cooldown, tmode, min_lr, x64):

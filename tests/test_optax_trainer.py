@@ -553,3 +553,24 @@ def test_outputs_fn_lets_the_finder_reject_an_lr_that_kills_the_network(with_val
     assert probed._position == 5 and probed.output_spread() <= COLLAPSED and probed._position == 5
     with pytest.raises(TypeError, match="outputs_fn must be None or callable"):
         OptaxTrainer(loss_fn, params, optax.adam, batches, outputs_fn="logits")
+
+
+@pytest.mark.parametrize("batch_size", [400, 32])
+def test_the_short_run_factor_follows_full_batch_training_with_a_zero_head(batch_size):
+    """A zero-initialised linear classifier scores every batch ln 10 before it trains: the finder's
+    determinism probe reads the model after a candidate run, so only full-batch training counts as
+    deterministic (its short-run optimum is not halved)."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x, y = (x / 16).astype("float32")[:400], y[:400]
+
+    def loss_fn(p, b):
+        return optax.softmax_cross_entropy_with_integer_labels(b[0] @ p["w"], b[1]).mean()
+
+    batches = [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, 400, batch_size) if i + batch_size <= 400]
+    res = find_lr_optax(loss_fn, {"w": jnp.zeros((64, 10))}, optax.sgd, batches, train_steps=300, progress=False)
+    full = batch_size == 400
+    assert res.details["deterministic_steps"] is full
+    assert res.details["short_run_factor"] == (1.0 if full else 2.0)
+    assert res.suggestion == pytest.approx(res.details["short_run_optimum"] / res.details["short_run_factor"])

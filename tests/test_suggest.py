@@ -556,5 +556,20 @@ def test_deterministic_steps_is_the_same_loss_at_an_lr_that_moves_nothing(level,
             return level * (1 + wobble * (self.t % 2))
 
     p = Probe()
-    assert deterministic_steps(p, p.snapshot()) is (not losses_differ)
-    assert p.t == 0 and len(p.lrs) == PROBE_STEPS and max(p.lrs) < 1e-20
+    assert deterministic_steps(p) is (not losses_differ)
+    assert len(p.lrs) == PROBE_STEPS and max(p.lrs) < 1e-20
+
+
+def test_the_probe_reads_a_trained_model_not_the_untrained_one():
+    """An untrained classifier with a zero head scores every batch ln K: equal losses at the start
+    say nothing about the batches. The probe runs at the end of the first accepted candidate, where
+    the model's outputs depend on its inputs."""
+    class ZeroHead(Quadratic):
+        def step(self, lr):
+            untrained = self.w == 5.0
+            loss = super().step(lr)
+            return 1.0 if untrained else loss  # every batch alike while untrained; batches differ after
+
+    lrs, losses = quad_curve()
+    s = suggest(lrs, losses, trainer=ZeroHead(), family="sgd", verify_steps=8)
+    assert s.details["deterministic_steps"] is False and s.details["short_run_factor"] == 2

@@ -71,8 +71,8 @@ grid below :math:`\\eta_{\\min}` and, when it may drive the trainer, measures th
    the benchmark tasks). The factor is deliberately the low end: too low costs a little, too high
    can cost a diverged run. Only stochastic steps have that floor: when every step sees the same
    batch (full-batch training; :func:`deterministic_steps`, two steps at an LR that moves no
-   weight, before the search) the full run's best LR is set by stability, which a short run sees
-   first, and :math:`\\eta^* = \\hat\\eta`.
+   weight at the end of the first accepted candidate's run) the full run's best LR is set by
+   stability, which a short run sees first, and :math:`\\eta^* = \\hat\\eta`.
 5. **Band** :math:`[\\eta_{lo}, \\eta_{hi}]`: with verification, the accepted candidates within
    :math:`\\tau` of the best and :math:`\\hat\\eta`, widened to at least half-way to each
    neighbour and a full half-decade past an open edge (a one-sided bracket is never a zero-width
@@ -236,10 +236,12 @@ def _bootstrap_band(x: np.ndarray, raw: np.ndarray, s: np.ndarray, family: str, 
 
 
 def _run_candidate(trainer: Any, state: Any, lr: float, steps: int, ref_eval: float | None,
-                   check_collapse: bool = True) -> dict:
+                   check_collapse: bool = True, probe: bool = False) -> dict:
     """Restore, run ``steps`` constant-LR steps, score; always leaves the trainer restored.
     ``check_collapse``: reject a run whose model ends giving every input the same output (off when
-    the starting model already does, e.g. a zero-initialised head, where a low LR is no death)."""
+    the starting model already does, e.g. a zero-initialised head, where a low LR is no death).
+    ``probe``: when the run is accepted, :func:`deterministic_steps` on its trained model
+    (``"deterministic"`` in the result; its steps are not in ``"steps"``)."""
     trainer.restore(state)
     losses: list[float] = []
     reason = None
@@ -272,10 +274,14 @@ def _run_candidate(trainer: Any, state: Any, lr: float, steps: int, ref_eval: fl
                     reason = f"no improvement (score {score:.4g} >= start {start:.4g})"
                 elif check_collapse and _collapsed(trainer):
                     reason = DEAD
+        deterministic = deterministic_steps(trainer) if probe and reason is None else None
     finally:
         trainer.restore(state)
-    return {"lr": lr, "score": score if reason is None else None, "steps": len(losses), "rejected": reason,
-            "start": start}
+    out = {"lr": lr, "score": score if reason is None else None, "steps": len(losses), "rejected": reason,
+           "start": start}
+    if deterministic is not None:
+        out["deterministic"] = deterministic
+    return out
 
 
 #: why a candidate whose model ends giving every input the same output is rejected
@@ -301,11 +307,13 @@ def default_verify_budget(verify_steps: int) -> int:
     return MAX_CANDIDATES * int(verify_steps) + PROBE_STEPS
 
 
-def deterministic_steps(trainer: Any, state: Any) -> bool:
-    """Does every step see the same batch? :data:`PROBE_STEPS` steps at :data:`PROBE_LR` from
-    ``state`` (the weights do not move) return the same loss, within :data:`DETERMINISTIC_TOL`,
-    exactly when they do: full-batch training without dropout or augmentation. Always leaves the
-    trainer restored.
+def deterministic_steps(trainer: Any) -> bool:
+    """Does every step see the same batch? :data:`PROBE_STEPS` steps at :data:`PROBE_LR` from the
+    trainer's current weights (they do not move) return the same loss, within
+    :data:`DETERMINISTIC_TOL`, exactly when they do: full-batch training without dropout or
+    augmentation. The caller restores the trainer afterwards. Taken on a *trained* model (the end of
+    a candidate run): an untrained one may score every batch alike (a zero-initialised classifier
+    head gives each example the loss :math:`\ln K`).
 
     Why it matters: a run whose steps are stochastic settles at a noise floor that grows with the
     LR, which a short run does not reach, so its best LR sits above the full run's (the
@@ -313,11 +321,7 @@ def deterministic_steps(trainer: Any, state: Any) -> bool:
     stability, which a short run sees first (measured on full-batch softmax regression of the raw
     digits pixels: the 10-step optimum 0.7 decades *below* the 300-step one).
     """
-    trainer.restore(state)
-    try:
-        losses = [float(trainer.step(PROBE_LR)) for _ in range(PROBE_STEPS)]
-    finally:
-        trainer.restore(state)
+    losses = [float(trainer.step(PROBE_LR)) for _ in range(PROBE_STEPS)]
     if not all(math.isfinite(v) for v in losses):
         return False
     ref = max(abs(losses[0]), 1e-12)
@@ -333,13 +337,17 @@ class _Search:
         self.floor, self.ceiling = floor, ceiling
         self.results: list[dict] = []
         self.check_collapse = check_collapse
+        self.deterministic: bool | None = None  # the probe's answer, on the first accepted run
 
     # -- bookkeeping -----------------------------------------------------------------------
     def spent(self) -> int:
-        return sum(r["steps"] for r in self.results)
+        """Steps taken: the candidates' and the probe's (:data:`PROBE_STEPS`, once it ran)."""
+        return sum(r["steps"] for r in self.results) + (PROBE_STEPS if self.deterministic is not None else 0)
 
     def affordable(self) -> bool:
-        return len(self.results) < MAX_TRIED and self.spent() + self.steps <= self.budget
+        """Another candidate fits: its steps, and the probe's while it has not run yet."""
+        probe = PROBE_STEPS if self.deterministic is None else 0
+        return len(self.results) < MAX_TRIED and self.spent() + self.steps + probe <= self.budget
 
     def tried(self, lr: float) -> bool:
         return any(abs(math.log(r["lr"] / lr)) < 1e-6 for r in self.results)
@@ -349,7 +357,10 @@ class _Search:
             lr = self.floor
         if not self.affordable() or self.tried(lr):
             return None
-        r = _run_candidate(self.trainer, self.state, lr, self.steps, self.ref_eval, self.check_collapse)
+        r = _run_candidate(self.trainer, self.state, lr, self.steps, self.ref_eval, self.check_collapse,
+                           probe=self.deterministic is None)
+        if "deterministic" in r:
+            self.deterministic = r.pop("deterministic")
         self.results.append(r)
         return r
 
@@ -509,22 +520,20 @@ def _pick(search: _Search) -> tuple[float, tuple[float, float], str, dict]:
 
 def _verify(trainer: Any, lr_top: float, lr_floor: float, lr_ceiling: float, steps: int, decade: float,
             budget: int) -> tuple[_Search, int, bool]:
-    """The search of step 3 from the trainer's state, after the determinism probe (its steps come
-    out of ``budget``): ``(search, steps used, deterministic)``."""
+    """The search of step 3 from the trainer's state (the determinism probe's steps included in
+    ``budget``): ``(search, steps used, deterministic)``."""
     state = trainer.snapshot()
     try:
         ref_eval = trainer.evaluate()
         ref_eval = float(ref_eval) if ref_eval is not None and math.isfinite(float(ref_eval)) else None
         # a model that starts collapsed (a zero-initialised head) cannot be told dead
-        collapsed = _collapsed(trainer)
-        deterministic = deterministic_steps(trainer, state)
-        search = _Search(trainer, state, steps, budget - PROBE_STEPS, ref_eval, lr_floor, lr_ceiling,
-                         check_collapse=not collapsed)
+        search = _Search(trainer, state, steps, budget, ref_eval, lr_floor, lr_ceiling,
+                         check_collapse=not _collapsed(trainer))
         search.search(lr_top, decade)
     finally:
         trainer.restore(state)
         del state
-    return search, search.spent() + PROBE_STEPS, deterministic
+    return search, search.spent(), bool(search.deterministic)
 
 
 def suggest(
