@@ -284,3 +284,5 @@ def test_gradient_accumulation_puts_the_initial_loss_and_chance_on_the_logged_sc
     assert start == pytest.approx(logged[0], rel=0.05)
     assert cb.diagnosis.verdict not in ("diverging", "fluctuating", "nan")
     assert all(d.verdict != "diverging" for d in cb.doctor.history)
+    trainer.train()  # a second train() call: the chance level is put on the logged scale once, not again
+    assert cb.doctor.config["chance_loss"] == pytest.approx(math.log(2) * accumulation, rel=0.01)

@@ -313,7 +313,7 @@ def deterministic_steps(trainer: Any) -> bool:
     :data:`DETERMINISTIC_TOL`, exactly when they do: full-batch training without dropout or
     augmentation. The caller restores the trainer afterwards. Taken on a *trained* model (the end of
     a candidate run): an untrained one may score every batch alike (a zero-initialised classifier
-    head gives each example the loss :math:`\ln K`).
+    head gives each example the loss :math:`\\ln K`).
 
     Why it matters: a run whose steps are stochastic settles at a noise floor that grows with the
     LR, which a short run does not reach, so its best LR sits above the full run's (the

@@ -392,6 +392,7 @@ class LRDoctorCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Guar
         if not isinstance(initial_loss, bool):
             raise ValueError(f"LRDoctorCallback: initial_loss must be True or False, got {initial_loss!r}")
         self.initial_loss = initial_loss
+        self._chance_per_item: float | None = None  # the chance level before it was put on the logged scale
         self._auto_doctor = doctor is None  # sized for the run's number of logs at train begin
         self.watch_on = check_actions("LRDoctorCallback", on_converged, on_overfitting, plateau_factor)
         self.plateau_factor = float(plateau_factor)
@@ -519,16 +520,19 @@ class LRDoctorCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Guar
             self._skips = StepSkips(self._model)
         self._start_outputs(kwargs.get("model"))
         accumulation = int(getattr(args, "gradient_accumulation_steps", 1) or 1)
+        fresh = saved is None and state.global_step == 0
         reading = None
-        if saved is None and state.global_step == 0 and self.initial_loss and (
-                _logs_every(args) > 1 or accumulation > 1):
+        if self.initial_loss and fresh and (accumulation > 1 or _logs_every(args) > 1):
             reading = _initial_loss(kwargs.get("model"), kwargs.get("train_dataloader"), accumulation)
             if world_size() > 1:  # every rank's doctor starts from the same reading
                 reading = tuple(rank_means(list(reading or (None, None))))
                 reading = None if None in reading else reading
         if reading is not None and reading[0] > 0 and self.doctor.config.get("chance_loss") is not None:
-            # the logged losses may be m times the per-item loss (see _initial_loss): chance too
-            self.doctor.set_chance_loss(self.doctor.config["chance_loss"] * reading[1] / reading[0])
+            # the logged losses may be m times the per-item loss (see _initial_loss): chance too (a
+            # resumed doctor gets its chance level, on this scale, from the checkpoint)
+            if self._chance_per_item is None:  # idempotent over several train() calls
+                self._chance_per_item = float(self.doctor.config["chance_loss"])
+            self.doctor.set_chance_loss(self._chance_per_item * reading[1] / reading[0])
         if reading is not None and _logs_every(args) > 1:
             # the first training log averages the first logging_steps steps: a blow-up inside them
             # is invisible without the loss the run started from (its first examples, before step 1)
