@@ -237,3 +237,45 @@ def test_the_doctor_callbacks_guard_rolls_back_a_network_that_dies(tmp_path, eve
     else:
         assert not died and val > 1.0
     assert not model._forward_hooks
+
+
+class Marked(torch.utils.data.Dataset):
+    """A sequence is positive when it holds the token 7 (the real-runs benchmark's task)."""
+
+    def __init__(self, n, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(10, 64, (n, 12), generator=g)
+        self.y = torch.randint(0, 2, (n,), generator=g)
+        pos = torch.randint(1, 12, (n,), generator=g)
+        self.ids[self.y == 1, pos[self.y == 1]] = 7
+        self.ids[:, 0] = 2
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.y[i]}
+
+
+@pytest.mark.parametrize("accumulation", [1, 4])
+def test_sgd_under_gradient_accumulation_trains_at_the_plans_lr(tmp_path, accumulation, caplog):
+    """BertForSequenceClassification ignores num_items_in_batch, so with accumulation the Trainer sums
+    its micro-batch losses: the gradient is m times the mean the finder measured. SGD's update is
+    linear in it, so the autopilot sets the optimizer's LR to the plan's / m; the guard's reference
+    loss is put on the logged scale."""
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=16, num_labels=2)
+    model = transformers.BertForSequenceClassification(cfg)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    cb, trace = AutopilotCallback(), LogTrace()
+    args = _args(tmp_path, 100, per_device_train_batch_size=16 // accumulation, gradient_accumulation_steps=accumulation)
+    with caplog.at_level("INFO", logger="lrkit.autopilot"):
+        transformers.Trainer(model=model, args=args, train_dataset=Marked(512, 0), eval_dataset=Marked(128, 1),
+                             optimizers=(opt, sched), callbacks=[cb, trace]).train()
+    said = [r.getMessage() for r in caplog.records if "micro-batch losses" in r.getMessage()]
+    for step in (20, 60):  # the log of global step s carries the LR of optimizer step s - 1
+        assert trace.lrs[step] == pytest.approx(cb.pilot.lr(step - 1) / accumulation, rel=1e-6)
+    assert bool(said) == (accumulation > 1)
+    assert not [e for e in cb.events if e.kind == "rollback"]

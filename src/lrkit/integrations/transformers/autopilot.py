@@ -38,6 +38,7 @@ acts on the gathered logs, and every rank intervenes at the same step.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from typing import Any
@@ -45,6 +46,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from lrkit import scaling
 from lrkit.autopilot.pilot import Autopilot, AutopilotEvent
 from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
 from lrkit.doctor.guarded_watch import PendingValidation
@@ -52,7 +54,8 @@ from lrkit.integrations.torch.autopilot import _group_ratios
 from lrkit.integrations.torch.dist import rank_agree, rank_means, world_size
 from lrkit.collapse import check_every_arg
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
-from lrkit.integrations.transformers.callback import RefreshedBeforeSaves, _expected_logs, _guard_blockers
+from lrkit.integrations.transformers.callback import (RefreshedBeforeSaves, _expected_logs, _guard_blockers,
+                                                      _initial_loss)
 from lrkit.integrations.transformers.outputs import ProbesOutputs
 from lrkit.integrations.transformers.skips import HoldsStepSkips, StepSkips
 from lrkit.schedules.base import Schedule
@@ -169,6 +172,8 @@ class AutopilotCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Tra
         saved = next((getattr(f, "__dict__", {}).get(_KEY) for f in scheduler.lr_lambdas
                       if isinstance(getattr(f, "__dict__", {}).get(_KEY), dict)), None)
         self._ratios = _group_ratios(inner)  # group g gets r_g times the autopilot's LR
+        family = check_optimizer(inner)
+        scale = _logged_scale(args, model, kwargs.get("train_dataloader"))
         if saved is not None and state.global_step > 0:
             self.pilot = Autopilot.from_state_dict(saved, logger=self.logger)
         else:
@@ -176,12 +181,23 @@ class AutopilotCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Tra
                                         where="AutopilotCallback")
             self.finder = self._find(args, model, inner, kwargs.get("train_dataloader"),
                                      kwargs.get("eval_dataloader"), steps)
-            plan = make_plan(self.finder, family=check_optimizer(inner), train_steps=steps, shape=self.shape,
+            plan = make_plan(self.finder, family=family, train_steps=steps, shape=self.shape,
                              peak_lr=self.peak_lr)
+            ref = plan.finder_reference
+            if scale != 1.0 and ref is not None and ref[2] == "train":  # the guard compares logged losses to it
+                plan = dataclasses.replace(plan, finder_reference=(ref[0], ref[1] * scale, ref[2]))
             self.pilot = Autopilot(plan, guard=self.guard, plateau=self.plateau, logger=self.logger,
                                    skip_spikes=self.skip_spikes)
             self.pilot.logger.info("%s", plan.summary())
             self._warn_if_few_logs(args, state)
+        if scale != 1.0 and scaling.scaling_rule(family) == "linear":
+            # the Trainer's gradient is `scale` times the mean the finder measured: an update linear in
+            # the gradient (SGD) needs the LR divided by it (adaptive optimizers are scale-invariant)
+            self._ratios = [r / scale for r in self._ratios]
+            self.pilot.logger.info(
+                "lrkit autopilot: the Trainer sums this model's %d micro-batch losses (it ignores "
+                "num_items_in_batch), so the gradient of a step is %.3gx their mean: %s's LR is set to the "
+                "plan's / %.3g", int(getattr(args, "gradient_accumulation_steps", 1) or 1), scale, family, scale)
         self._scaler = getattr(optimizer, "scaler", None)
         self.pilot.attach(_State(model, inner, self._scaler), agree=rank_agree)  # DDP: the ranks' mean timings
         self._release_hooks()
@@ -282,3 +298,21 @@ class AutopilotCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Tra
     def _refresh(self) -> None:
         if self._lambda is not None and self.pilot is not None:
             self._lambda.__dict__[_KEY] = self.pilot.state_dict()
+
+
+def _logged_scale(args: Any, model: Any, loader: Any) -> float:
+    """How many times the per-example loss the ``Trainer`` logs (and differentiates) for one step:
+    the number of micro-batches when it sums losses that the model averaged over its own micro-batch
+    (see :func:`lrkit.integrations.transformers.callback._initial_loss`), else 1 (a measured ratio
+    within 10% of 1 is taken as 1)."""
+    accumulation = int(getattr(args, "gradient_accumulation_steps", 1) or 1)
+    if accumulation <= 1:
+        return 1.0
+    reading = _initial_loss(model, loader, accumulation)
+    if world_size() > 1:
+        reading = tuple(rank_means(list(reading or (None, None))))
+        reading = None if None in reading else reading
+    if reading is None or not reading[0] > 0:
+        return 1.0
+    ratio = reading[1] / reading[0]
+    return 1.0 if abs(ratio - 1.0) < 0.1 else float(ratio)
