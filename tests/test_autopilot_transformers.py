@@ -9,7 +9,7 @@ transformers = pytest.importorskip("transformers")
 import lrkit.integrations.torch.trainer as torch_trainer  # noqa: E402
 from lrkit.autopilot import AutopilotError  # noqa: E402
 from lrkit.transformers import AutopilotCallback  # noqa: E402
-from _wine import unscaled_wine  # noqa: E402
+from _wine import check_death_answered, unscaled_wine  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -228,14 +228,7 @@ def test_the_doctor_callbacks_guard_rolls_back_a_network_that_dies(tmp_path, eve
                                                             learning_rate=0.3, lr_scheduler_type="constant"),
                                    train_dataset=Rows(x[:130], y[:130]), callbacks=[cb])
     trainer.train()
-    died = [r for r in cb.interventions if "network died" in r.message]
-    with torch.no_grad():
-        val = torch.nn.functional.cross_entropy(model.net(x[130:]), y[130:]).item()
-    if every:
-        assert died and died[0].restored_to <= died[0].onset
-        assert val < 0.9
-    else:
-        assert not died and val > 1.0
+    check_death_answered(cb.interventions, model.net, x[130:], y[130:], probed=bool(every))
     assert not model._forward_hooks
 
 

@@ -519,9 +519,9 @@ def _pick(search: _Search) -> tuple[float, tuple[float, float], str, dict]:
 
 
 def _verify(trainer: Any, lr_top: float, lr_floor: float, lr_ceiling: float, steps: int, decade: float,
-            budget: int) -> tuple[_Search, int, bool]:
+            budget: int) -> tuple[_Search, int]:
     """The search of step 3 from the trainer's state (the determinism probe's steps included in
-    ``budget``): ``(search, steps used, deterministic)``."""
+    ``budget``): ``(search, steps used)``."""
     state = trainer.snapshot()
     try:
         ref_eval = trainer.evaluate()
@@ -533,7 +533,7 @@ def _verify(trainer: Any, lr_top: float, lr_floor: float, lr_ceiling: float, ste
     finally:
         trainer.restore(state)
         del state
-    return search, search.spent(), bool(search.deterministic)
+    return search, search.spent()
 
 
 def suggest(
@@ -663,10 +663,10 @@ def _verified_answer(trainer: Any, x: np.ndarray, rule_lr: float, rule_info: dic
     details["grid"] = {"top": top, "ratio": decade, "informative_curve": rule_info["informative"],
                        "budget_steps": budget}
     ceiling = float(x[-1]) * WIDE_RATIO
-    search, used, deterministic = _verify(trainer, top, float(x[0]), ceiling, verify_steps, decade, budget)
+    search, used = _verify(trainer, top, float(x[0]), ceiling, verify_steps, decade, budget)
     details["candidates"] = search.results
     details["verify_steps_used"] = used
-    details["deterministic_steps"] = deterministic
+    details["deterministic_steps"] = deterministic = bool(search.deterministic)
     details["start_score"] = search.ref_eval
     details["score"] = "evaluate()" if search.ref_eval is not None else "mean training loss, last third"
     dead = sorted(r["lr"] for r in search.results if r["rejected"] == DEAD)

@@ -308,10 +308,7 @@ def _logged_scale(args: Any, model: Any, loader: Any) -> float:
     accumulation = int(getattr(args, "gradient_accumulation_steps", 1) or 1)
     if accumulation <= 1:
         return 1.0
-    reading = _initial_loss(model, loader, accumulation)
-    if world_size() > 1:
-        reading = tuple(rank_means(list(reading or (None, None))))
-        reading = None if None in reading else reading
+    reading = _initial_loss(model, loader, accumulation)  # the ranks' means under DDP
     if reading is None or not reading[0] > 0:
         return 1.0
     ratio = reading[1] / reading[0]

@@ -238,7 +238,19 @@ def _initial_loss(model: Any, loader: Any, accumulation: int = 1) -> tuple[float
     micro-batch (seen with ``BertForSequenceClassification`` in transformers 5). So
     ``as_logged`` = :math:`m\,\ell(\text{batch}; N = m\,n)`, :math:`n` the batch's label count
     (unshifted: a causal LM's count is off by one position per sequence); otherwise the
-    ``Trainer`` divides by :math:`m` and ``as_logged`` is the plain loss."""
+    ``Trainer`` divides by :math:`m` and ``as_logged`` is the plain loss.
+
+    Under ``torch.distributed`` both are the ranks' means (a collective: every rank calls it), so
+    every rank's doctor starts from the same reading."""
+    reading = _local_initial_loss(model, loader, accumulation)
+    if world_size() > 1:
+        reading = tuple(rank_means(list(reading or (None, None))))
+        reading = None if None in reading else reading
+    return reading
+
+
+def _local_initial_loss(model: Any, loader: Any, accumulation: int) -> tuple[float, float] | None:
+    """:func:`_initial_loss` on this process's model and data."""
     dataset = getattr(loader, "dataset", None)
     if not isinstance(model, torch.nn.Module) or dataset is None or isinstance(dataset, torch.utils.data.IterableDataset):
         return None
@@ -524,9 +536,6 @@ class LRDoctorCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Guar
         reading = None
         if self.initial_loss and fresh and (accumulation > 1 or _logs_every(args) > 1):
             reading = _initial_loss(kwargs.get("model"), kwargs.get("train_dataloader"), accumulation)
-            if world_size() > 1:  # every rank's doctor starts from the same reading
-                reading = tuple(rank_means(list(reading or (None, None))))
-                reading = None if None in reading else reading
         if reading is not None and reading[0] > 0 and self.doctor.config.get("chance_loss") is not None:
             # the logged losses may be m times the per-item loss (see _initial_loss): chance too (a
             # resumed doctor gets its chance level, on this scale, from the checkpoint)
