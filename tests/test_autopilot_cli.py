@@ -67,8 +67,10 @@ def task_file(tmp_path):
 
 
 def test_a_user_target_trains_and_reports_with_no_lr_given(task_file):
-    out = lrkit("my_task.py:task", "--steps", "150", "--report", "rep", "--save", "w.pt", "--json", cwd=task_file)
+    out = lrkit("my_task.py:task", "--steps", "150", "--report", "rep", "--save", "w.pt", "--json",
+                "--storage-dir", "snaps", cwd=task_file)
     assert out.returncode == 0, out.stderr[-2000:]
+    assert (task_file / "snaps").is_dir() and list((task_file / "snaps").iterdir()) == []  # the run's files went
     payload = json.loads(out.stdout)
     assert payload["train_steps"] == 150 and payload["plan"]["family"] == "sgd_momentum"
     assert 0 < payload["finder_steps"] <= 45  # the finder within 30% of the run
@@ -109,6 +111,7 @@ def test_your_shape_and_a_peak_far_too_high_are_taken_and_watched(task_file):
     (["my_task.py:endless", "--epochs", "2"], "--epochs needs a train_loader with a len()"),
     (["my_task.py:prodigy_like", "--steps", "50"], "scheduler"),
     (["my_task.py:task", "--steps", "50", "--save", "."], "--save must be a file name"),
+    (["my_task.py:task", "--steps", "50", "--storage-dir", "my_task.py"], "--storage-dir must be a directory"),
     (["my_task.py:nope", "--steps", "50"], "has no function 'nope'"),
     (["my_task.py:task", "--steps", "50", "--peak-lr", "-1"], "--peak-lr must be a finite number > 0"),
     (["my_task.py:task", "--steps", "50", "--shape", "cosine(base_lr=1"], "--shape:"),

@@ -6,6 +6,7 @@ import importlib
 import json
 import logging
 import math
+import os
 
 import numpy as np
 import pytest
@@ -377,3 +378,36 @@ def test_a_warm_restart_shape_gets_a_snapshot_before_each_restart():
         pilot.observe(t, q.step(pilot.lr(t)))
         labels |= set(pilot.guard.snapshot_steps)
     assert all(s % every == 0 for s in labels), (every, sorted(labels))
+
+
+class _Big:
+    """A state of 80 kB on a machine that says 100 kB are free."""
+
+    def __init__(self):
+        self.w = np.zeros(10_000)
+
+    def snapshot(self):
+        return self.w.copy()
+
+    def restore(self, s):
+        self.w = s
+
+    def memory_available(self):
+        return 100_000
+
+
+def test_the_guards_memory_warning_reaches_the_autopilots_log_and_disk_storage_is_quiet(caplog, tmp_path):
+    plan = make_plan(_curve(), family="adamw", train_steps=1000)
+    with caplog.at_level(logging.WARNING, logger="lrkit.autopilot"):
+        Autopilot(plan).attach(_Big())
+    said = [r.getMessage() for r in caplog.records if r.name == "lrkit.autopilot"]
+    assert len(said) == 1 and said[0].startswith("lrkit autopilot: the guard's snapshots kept in memory")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lrkit.autopilot"):
+        pilot = Autopilot(plan, storage="disk", storage_dir=tmp_path).attach(_Big())
+        path = pilot.guard.storage_path
+        assert os.path.isdir(path) and os.path.dirname(path) == str(tmp_path)
+        pilot.close()
+    assert caplog.records == [] and not os.path.exists(path)
+    with pytest.raises(AutopilotError, match="storage_dir is only used with storage='disk'"):
+        Autopilot(plan, storage_dir=tmp_path)

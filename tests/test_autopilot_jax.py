@@ -188,3 +188,25 @@ def test_bad_outputs_arguments_are_named():
         lj.autopilot(_xent, params, optax.adam, batches, check_outputs_every=-1)
     with pytest.raises(AutopilotError, match="outputs_fn must be None or callable"):
         lj.autopilot(_xent, params, optax.adam, batches, outputs_fn=3)
+
+
+def test_disk_snapshots_roll_back_as_references_do_and_go_when_closed(tmp_path):
+    """storage="disk" pickles the (device) arrays to files: the same rollback, the same run."""
+    import os
+
+    params, batches, val = _setup()
+    finals = {}
+    for storage in ("memory", "disk"):
+        where = {"storage_dir": tmp_path} if storage == "disk" else {}
+        pilot = lj.autopilot(_loss, params, optax.adam, batches, val_batches=val, storage=storage, **where)
+        out, _ = _run(pilot, params, pilot.init(params), batches, nan_at=100)
+        if storage == "disk":
+            assert any(n.endswith(".pkl") for n in os.listdir(pilot.pilot.guard.storage_path))
+        pilot.close()
+        finals[storage] = ([e.step for e in pilot.events if e.kind == "rollback"], out)
+    assert finals["memory"][0] == finals["disk"][0] == [100]
+    for a, b in zip(jax.tree_util.tree_leaves(finals["memory"][1]), jax.tree_util.tree_leaves(finals["disk"][1])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(AutopilotError, match="storage must be 'memory' or 'disk'"):
+        lj.autopilot(_loss, params, optax.adam, batches, storage="tmp")

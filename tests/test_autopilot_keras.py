@@ -141,3 +141,21 @@ def test_the_doctor_callbacks_guard_rolls_back_a_network_that_dies(every):
         assert spread > COLLAPSED
     else:  # unmeasured, the run ends dead
         assert not died and spread <= COLLAPSED
+
+
+def test_disk_snapshots_last_across_fits_until_closed(tmp_path):
+    import os
+
+    x, y, xv, yv = _data()
+    model = _model()
+    cb = AutopilotCallback(x, y, batch_size=32, val_data=(xv, yv), train_steps=120, storage="disk",
+                           storage_dir=tmp_path)
+    model.fit(x, y, batch_size=32, epochs=3, validation_data=(xv, yv), callbacks=[cb], verbose=0)
+    path = cb.pilot.guard.storage_path
+    assert "manifest.json" in os.listdir(path)               # a later fit() can still roll back into this one
+    model.fit(x, y, batch_size=32, epochs=3, validation_data=(xv, yv), callbacks=[cb], verbose=0)
+    assert cb.pilot.guard.storage_path == path and [e for e in cb.events if e.kind == "rollback"] == []
+    cb.close()
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(AutopilotError, match="storage_dir is only used with storage='disk'"):
+        AutopilotCallback(x, y, batch_size=32, storage_dir=tmp_path)

@@ -1,6 +1,8 @@
 """lrkit.lightning.AutopilotCallback: no LR in configure_optimizers, refusals, checkpoint resume."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -192,3 +194,25 @@ def test_the_doctor_callbacks_guard_rolls_back_a_network_that_dies(every):
     _trainer(200, [cb]).fit(model, train)
     check_death_answered(cb.interventions, model.net, x[130:], y[130:], probed=bool(every))
     assert not model.net._forward_hooks
+
+
+class _Listing(pl.Callback):
+    """What the autopilot's guard directory holds at step 100."""
+
+    def __init__(self, cb):
+        self.cb, self.names = cb, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == 100:
+            self.names = os.listdir(self.cb.pilot.guard.storage_path)
+
+
+def test_disk_snapshots_live_in_storage_dir_during_the_fit_and_go_at_its_end(tmp_path):
+    train, val = _data()
+    cb = AutopilotCallback(storage="disk", storage_dir=tmp_path / "snaps")
+    listing = _Listing(cb)
+    _trainer(150, [cb, listing], val_check_interval=20).fit(Net(), train, val)
+    assert "manifest.json" in listing.names and any(n.endswith(".pkl") for n in listing.names)
+    assert os.listdir(tmp_path / "snaps") == []
+    with pytest.raises(AutopilotError, match="AutopilotCallback: storage must be 'memory' or 'disk'"):
+        AutopilotCallback(storage="Disk")

@@ -214,3 +214,40 @@ def test_checkpoint_resume_is_the_uninterrupted_run_and_runs_no_finder(monkeypat
     for a, b in zip(model.parameters(), model3.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert pilot3.events[-1].kind == "resume"
+
+
+def test_disk_snapshots_roll_back_as_memory_ones_do_and_go_when_closed(tmp_path):
+    """storage="disk": the same rollback, bitwise the same run, the files there during the run
+    and gone after `with`."""
+    import os
+
+    loader, val = _digits()
+    runs, listed = {}, []
+    for storage in ("memory", "disk"):
+        model = _model()
+        opt = torch.optim.Adam(model.parameters())
+        where = {"storage_dir": tmp_path} if storage == "disk" else {}
+        with lt.autopilot(model, opt, torch.nn.functional.cross_entropy, loader, val_loader=val, train_steps=200,
+                          storage=storage, **where) as pilot:
+            def fault(it, x):
+                if it == 150 and storage == "disk":
+                    listed.extend(os.listdir(pilot.pilot.guard.storage_path))
+                return x * math.nan if it == 120 else x
+
+            _train(model, opt, pilot, loader, val, 200, fault=fault)
+        runs[storage] = ([e.step for e in pilot.events if e.kind == "rollback"], [p.detach().clone() for p in model.parameters()])
+    assert runs["memory"][0] == runs["disk"][0] == [120]
+    assert all(torch.equal(a, b) for a, b in zip(runs["memory"][1], runs["disk"][1]))
+    assert "manifest.json" in listed and any(n.endswith(".pkl") for n in listed)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_bad_storage_is_refused_before_the_finder_runs(monkeypatch):
+    loader, val = _digits()
+    model = _model()
+    opt = torch.optim.Adam(model.parameters())
+    monkeypatch.setattr(torch_trainer, "find_lr", lambda *a, **k: pytest.fail("the finder ran"))
+    with pytest.raises(AutopilotError, match="storage must be 'memory' or 'disk', got 'ssd'"):
+        lt.autopilot(model, opt, torch.nn.functional.cross_entropy, loader, train_steps=200, storage="ssd")
+    with pytest.raises(AutopilotError, match="storage_dir is only used with storage='disk'"):
+        lt.autopilot(model, opt, torch.nn.functional.cross_entropy, loader, train_steps=200, storage_dir="x")

@@ -1,6 +1,8 @@
 """lrkit.transformers.AutopilotCallback: Trainer(..., callbacks=[...]) with no learning_rate; resume; refusals."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -272,3 +274,25 @@ def test_sgd_under_gradient_accumulation_trains_at_the_plans_lr(tmp_path, accumu
         assert trace.lrs[step] == pytest.approx(cb.pilot.lr(step - 1) / accumulation, rel=1e-6)
     assert bool(said) == (accumulation > 1)
     assert not [e for e in cb.events if e.kind == "rollback"]
+
+
+class _Listing(transformers.TrainerCallback):
+    def __init__(self, cb):
+        self.cb, self.names = cb, []
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == 60:
+            self.names = os.listdir(self.cb.pilot.guard.storage_path)
+
+
+def test_disk_snapshots_live_in_storage_dir_during_training_and_go_at_its_end(tmp_path):
+    train, val = _data()
+    cb = AutopilotCallback(storage="disk", storage_dir=tmp_path / "snaps")
+    listing = _Listing(cb)
+    trainer = transformers.Trainer(model=Clf(), args=_args(tmp_path / "out", 100), train_dataset=train,
+                                   eval_dataset=val, callbacks=[cb, listing])
+    trainer.train()
+    assert "manifest.json" in listing.names and any(n.endswith(".pkl") for n in listing.names)
+    assert os.listdir(tmp_path / "snaps") == []
+    with pytest.raises(AutopilotError, match="AutopilotCallback: storage must be 'memory' or 'disk'"):
+        AutopilotCallback(storage=None)

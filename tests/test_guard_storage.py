@@ -371,3 +371,58 @@ def test_guarded_snapshots_reuse_the_memory_of_dropped_ones_and_roll_back_exactl
         assert torch.equal(v, history[rollback.restored_to][k]), k
     watch.close()
     assert state._spare is None  # closing lets go of the kept memory
+
+
+class _Ballast:
+    """A trainer whose state is one array of `n` float64 and that says how much memory is free."""
+
+    def __init__(self, n, free):
+        self.w, self.free = np.zeros(n), free
+
+    def snapshot(self):
+        return {"w": self.w.copy(), "step": 3}
+
+    def restore(self, state):
+        self.w = state["w"].copy()
+
+    def memory_available(self):
+        return self.free
+
+
+def test_guard_warns_once_when_its_memory_snapshots_would_take_half_the_free_memory(caplog):
+    size = 8 * 1000
+    with caplog.at_level(logging.WARNING, logger="lrkit.guard"):
+        g = Guard(_Ballast(1000, free=10 * size), keep=4)  # 6 copies > half of 10
+        for _ in range(120):
+            g.observe(1.0)
+    said = [r.getMessage() for r in caplog.records if "snapshots kept in memory" in r.getMessage()]
+    assert len(said) == 1 and g.memory_warning in said[0]
+    assert "up to 6 copies" in said[0] and "storage='disk'" in said[0]
+    assert Guard(_Ballast(1000, free=12 * size), keep=4).memory_warning is None  # 6 copies <= half of 12
+    assert Guard(_Ballast(1000, free=10 * size), keep=2).memory_warning is None  # 4 copies
+    with Guard(_Ballast(1000, free=10 * size), keep=4, storage="disk") as on_disk:
+        assert on_disk.memory_warning is None
+
+
+def test_state_nbytes_counts_arrays_once_through_containers_and_objects():
+    from lrkit.doctor.snapshot_set import state_nbytes
+
+    class Snap:
+        def __init__(self, a):
+            self.model = {"w": a, "same": a}
+            self.optimizers = [(np.ones(3, np.float32), "adam")]
+
+    a = np.zeros((10, 10))
+    assert state_nbytes(Snap(a)) == a.nbytes + 12
+    assert state_nbytes([1, "x", None]) == 0
+    torch = pytest.importorskip("torch")
+    from lrkit.integrations.torch.state import TorchSnapshot
+
+    model = torch.nn.Linear(100, 10)
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.ones(2, 100)).sum().backward()
+    opt.step()
+    snap = TorchSnapshot.take(model, [opt])
+    params = sum(p.numel() * 4 for p in model.parameters())
+    # weights, gradients and Adam's two moments (+ the RNG states)
+    assert 4 * params <= state_nbytes(snap) <= 4 * params + 20_000

@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -72,7 +73,7 @@ from lrkit.doctor.guard import Guard, GuardGaveUp, Intervention
 from lrkit.doctor.lr_policy import moved_on
 from lrkit.schedules.plateau import ReduceOnPlateau
 
-__all__ = ["Autopilot", "AutopilotEvent", "STATE_VERSION"]
+__all__ = ["Autopilot", "AutopilotEvent", "STATE_VERSION", "check_storage"]
 
 STATE_VERSION = 1
 
@@ -100,6 +101,25 @@ class AutopilotEvent:
         return cls(int(d["step"]), str(d["kind"]), str(d["message"]), dict(d.get("data") or {}))
 
 
+def check_storage(storage: Any, storage_dir: Any, where: str) -> None:
+    """Refuse a ``storage`` other than ``"memory"``/``"disk"``, or a ``storage_dir`` without disk
+    (adapters call it before the finder runs, so a typo costs no finder run).
+
+    Example:
+        >>> check_storage("disk", "ckpt", "autopilot")
+        >>> check_storage("ssd", None, "autopilot")
+        Traceback (most recent call last):
+        ...
+        lrkit.autopilot.plan.AutopilotError: autopilot: storage must be 'memory' or 'disk', got 'ssd'
+    """
+    if storage not in ("memory", "disk"):
+        raise AutopilotError(f"{where}: storage must be 'memory' or 'disk', got {storage!r}")
+    if storage_dir is not None and storage != "disk":
+        raise AutopilotError(f"{where}: storage_dir is only used with storage='disk', got storage={storage!r}")
+    if storage_dir is not None and not isinstance(storage_dir, (str, os.PathLike)):
+        raise AutopilotError(f"{where}: storage_dir must be a path (str or os.PathLike), got {type(storage_dir).__name__}")
+
+
 def _finite(v: Any) -> Any:
     return v if not isinstance(v, float) or math.isfinite(v) else None
 
@@ -119,11 +139,18 @@ class Autopilot:
         skip_spikes: the guard leaves out the update of a step whose loss is a spike far above the
             run's level with the LR steady -- a bad batch (:mod:`lrkit.doctor.spikes`; default
             ``True``). An adapter that knows the loss before the update asks :meth:`skip`.
+        storage: where the guard keeps its snapshots (up to six states: the initial one, four
+            rolling ones, the best): ``"memory"`` (default) or ``"disk"``, pickled on a background
+            thread into a directory of the run under ``storage_dir`` (default a temporary one) and
+            removed by :meth:`close` (or at exit) -- for a model whose copies do not fit in memory
+            (a warning says so on the first snapshot when they would take more than half of the
+            memory available). See :mod:`lrkit.doctor.storage`.
+        storage_dir: the parent directory for ``storage="disk"``.
     """
 
     def __init__(self, plan: AutopilotPlan, *, guard: bool = True, plateau: bool = True,
                  doctor: Doctor | None = None, logger: logging.Logger | None = None,
-                 skip_spikes: bool = True) -> None:
+                 skip_spikes: bool = True, storage: str = "memory", storage_dir: Any = None) -> None:
         if not isinstance(plan, AutopilotPlan):
             raise AutopilotError(f"Autopilot: plan must be an AutopilotPlan (lrkit.autopilot.make_plan), "
                                  f"got {type(plan).__name__}")
@@ -132,7 +159,9 @@ class Autopilot:
                 raise AutopilotError(f"Autopilot: {name} must be True or False, got {flag!r}")
         if doctor is not None and not isinstance(doctor, Doctor):
             raise AutopilotError(f"Autopilot: doctor must be an lrkit.doctor.Doctor or None, got {type(doctor).__name__}")
+        check_storage(storage, storage_dir, "Autopilot")
         self.plan = plan
+        self.storage, self.storage_dir = storage, storage_dir
         self.use_guard = guard
         self.skip_spikes = skip_spikes
         # a loss rising with the schedule's LR is not waited out above the ceiling (policy.lr_ceiling)
@@ -164,13 +193,22 @@ class Autopilot:
                 raise AutopilotError(f"Autopilot.attach: the state must have a callable {name}(), "
                                      f"got {type(state).__name__} without it")
         if self.use_guard:
+            self.close()  # attached again (a resume into the same object): the old snapshots go
             settings = policy.guard_settings(self.plan.train_steps)
             # forgive_first=False: the autopilot's own policy (policy.lowered_multiplier) decides
             # what a rollback does to the LR, as a correction on the guard's multiplier
             self.guard = Guard(state, doctor=self.doctor, on_intervention=self._on_intervention,
                                logger=_GUARD_LOG, forgive_first=False, skip_spikes=self.skip_spikes, agree=agree,
-                               **settings)
+                               storage=self.storage, storage_dir=self.storage_dir, **settings)
+            if self.guard.memory_warning is not None:  # the guard's own log is quiet under the autopilot
+                self.logger.warning("lrkit autopilot: %s", self.guard.memory_warning)
         return self
+
+    def close(self) -> None:
+        """Drop the guard's snapshots (with ``storage="disk"``: delete their files). Call it when the
+        run is over; the framework adapters do. Idempotent; the events and the history stay."""
+        if self.guard is not None:
+            self.guard.close()
 
     # ------------------------------------------------------------------ the LR
     @property
@@ -341,16 +379,19 @@ class Autopilot:
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any], *, doctor: Doctor | None = None,
-                        logger: logging.Logger | None = None) -> "Autopilot":
+                        logger: logging.Logger | None = None, storage: str = "memory",
+                        storage_dir: Any = None) -> "Autopilot":
         """The autopilot of :meth:`state_dict`, ready to go on (no finder run). Call :meth:`attach`
-        with the loaded training state next."""
+        with the loaded training state next. ``storage``, ``storage_dir``: as in :class:`Autopilot`
+        (where snapshots go is the machine's business, not the checkpoint's)."""
         if not isinstance(state, Mapping) or state.get("version") != STATE_VERSION:
             got = state.get("version") if isinstance(state, Mapping) else type(state).__name__
             raise AutopilotError(f"Autopilot.from_state_dict: expected a state_dict() of version {STATE_VERSION}, "
                                  f"got {got!r}")
         plan = AutopilotPlan.from_dict(dict(state["plan"]))
         pilot = cls(plan, guard=bool(state["guard"]), plateau=state["plateau"] is not None, doctor=doctor,
-                    logger=logger, skip_spikes=bool(state.get("skip_spikes", True)))
+                    logger=logger, skip_spikes=bool(state.get("skip_spikes", True)), storage=storage,
+                    storage_dir=storage_dir)
         pilot._corr = float(state["multiplier"])
         pilot._last_rollback = state["last_rollback"]
         pilot._last_restored = state.get("last_restored")

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lrkit import scaling
-from lrkit.autopilot.pilot import Autopilot
+from lrkit.autopilot.pilot import Autopilot, check_storage
 from lrkit.autopilot.plan import AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
 from lrkit.collapse import OUTPUT_SPREAD, check_every_arg
 from lrkit.finder.range_test import find, plan_budget, plan_verify_budget
@@ -85,7 +85,8 @@ class Flight:
 def fly(trainer: Any, *, family: str, train_steps: int, shape: Schedule | None = None,
         peak_lr: float | None = None, eval_every: int | None = None, guard: bool = True,
         plateau: bool = True, plan: AutopilotPlan | None = None, logger: logging.Logger | None = None,
-        seed: int = 0, skip_spikes: bool = True, check_outputs_every: int = 25) -> Flight:
+        seed: int = 0, skip_spikes: bool = True, check_outputs_every: int = 25, storage: str = "memory",
+        storage_dir: Any = None) -> Flight:
     """Finder, plan and the guarded run on one Trainer (see the module docstring).
 
     Args:
@@ -104,19 +105,33 @@ def fly(trainer: Any, *, family: str, train_steps: int, shape: Schedule | None =
             before every this many steps and right after a rollback (0 = never): a network whose
             outputs stopped depending on its inputs is dead (:mod:`lrkit.doctor.signs.dead`) and
             the guard rolls it back.
+        storage, storage_dir: where the guard keeps its snapshots (as in
+            :class:`~lrkit.autopilot.pilot.Autopilot`); they are dropped when the run ends.
 
     Raises:
         GuardGaveUp: the guard gave up (the trainer is left at its last good state).
     """
     train_steps = resolve_train_steps(train_steps)
     check_every_arg("fly: check_outputs_every", check_outputs_every)
+    check_storage(storage, storage_dir, "fly")
     finder = None
     if plan is None:
         plan, finder = plan_for(trainer, family=family, train_steps=train_steps, shape=shape, peak_lr=peak_lr,
                                 seed=seed)
     every = eval_every if eval_every is not None else max(1, train_steps // 10)
-    pilot = Autopilot(plan, guard=guard, plateau=plateau, logger=logger, skip_spikes=skip_spikes).attach(trainer)
+    pilot = Autopilot(plan, guard=guard, plateau=plateau, logger=logger, skip_spikes=skip_spikes, storage=storage,
+                      storage_dir=storage_dir).attach(trainer)
     flight = Flight(pilot, finder)
+    try:
+        _fly_steps(trainer, pilot, flight, train_steps, every, check_outputs_every)
+    finally:
+        pilot.close()  # the snapshots (their files on disk) go; events and records stay
+    return flight
+
+
+def _fly_steps(trainer: Any, pilot: Autopilot, flight: Flight, train_steps: int, every: int,
+               check_outputs_every: int) -> None:
+    """The guarded run of :func:`fly`, step by step, into ``flight``."""
     ask = pilot.skips and getattr(trainer, "skips_steps", False)  # a bad batch's update left out
     spread = getattr(trainer, "output_spread", None) if check_outputs_every else None
     measured: dict[str, float] = {}  # the spread of the state before step t, for step t's observation
@@ -148,4 +163,3 @@ def fly(trainer: Any, *, family: str, train_steps: int, shape: Schedule | None =
         v = trainer.evaluate()  # the last step was rolled back: validate the state we end with
         if v is not None:
             flight.val_losses.append((train_steps - 1, float(v)))
-    return flight

@@ -109,6 +109,7 @@ def autopilot_command(
     seed: Annotated[int, typer.Option("--seed", help="Seed for torch/numpy/random before building the target, and for the finder.")] = 0,
     shape: Annotated[Optional[str], typer.Option("--shape", help="Your schedule shape as a spec (e.g. 'cosine(base_lr=1, total_steps=600)'); its scale is ignored, the autopilot sets it.")] = None,
     peak_lr: Annotated[Optional[float], typer.Option("--peak-lr", help="Fix the peak LR yourself; the finder still runs (the guard's fallback and what it watches).")] = None,
+    storage_dir: Annotated[Optional[Path], typer.Option("--storage-dir", help="Keep the guard's snapshots (up to six copies of model and optimizer) on disk, in a run directory under this one deleted at the end, instead of in memory.")] = None,
 ) -> None:
     from lrkit.cli._find import _seed_everything, _their_errors, load_target
 
@@ -122,9 +123,9 @@ def autopilot_command(
             user_shape = parse_spec(shape)
         except (ValueError, TypeError) as exc:
             raise CLIError(f"--shape: {exc}") from None
-    for name, path in (("--report", report), ("--save", save)):
-        if path is not None and path.exists() and (path.is_dir() != (name == "--report")):
-            raise CLIError(f"{name} must be {'a directory' if name == '--report' else 'a file name'}, got {path}")
+    for name, path in (("--report", report), ("--save", save), ("--storage-dir", storage_dir)):
+        if path is not None and path.exists() and (path.is_dir() != (name != "--save")):
+            raise CLIError(f"{name} must be {'a file name' if name == '--save' else 'a directory'}, got {path}")
     if target is None:
         from lrkit.examples.digits import digits_task
 
@@ -159,7 +160,8 @@ def autopilot_command(
             plan, _ = plan_for(counted, family=family, train_steps=train_steps, shape=user_shape, peak_lr=peak_lr,
                                seed=seed)
             bar.training()
-            flight = fly(counted, family=family, train_steps=train_steps, plan=plan, seed=seed)
+            flight = fly(counted, family=family, train_steps=train_steps, plan=plan, seed=seed,
+                         storage="memory" if storage_dir is None else "disk", storage_dir=storage_dir)
     except GuardGaveUp as exc:
         typer.echo(f"lrkit: the run was lost: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -182,7 +182,9 @@ class Guard(SkipsSpikes, PersistsGuard):
             protocol). Optionally ``recycle(state)``: the guard hands back each state it will
             never read again (dropped from memory, or written to disk), so that the next
             ``snapshot()`` can copy into that memory instead of allocating a model's size
-            (``recycle(None)`` on :meth:`close`).
+            (``recycle(None)`` on :meth:`close`). Optionally ``memory_available()``: the free bytes
+            where its snapshots stay in memory, when that is not the host's (an accelerator; see
+            :attr:`memory_warning`).
         doctor: the :class:`~lrkit.doctor.core.Doctor` to use (a fresh ``Doctor()`` by default).
             The guard drives it: do not feed it yourself.
         snapshot_every: ``K``, take a snapshot every ``K`` steps while the verdict is healthy
@@ -353,6 +355,10 @@ class Guard(SkipsSpikes, PersistsGuard):
         self._t_last: float | None = None
         #: the step the run was resumed from (``resume=True`` found a manifest), else ``None``
         self.resumed_from: int | None = None
+        #: the warning logged when snapshots kept in memory would take more than half of the memory
+        #: available (:meth:`SnapshotSet.memory_warning`, checked on the first snapshot), else ``None``
+        self.memory_warning: str | None = None
+        self._memory_checked = False
         if take_initial_snapshot:
             self.start()
 
@@ -589,6 +595,12 @@ class Guard(SkipsSpikes, PersistsGuard):
         the losses after it cannot speak for it (a snapshot before a raise)."""
         t0 = time.thread_time()  # this thread's CPU time: a load spike elsewhere is not the snapshot's cost
         state = self.trainer.snapshot()
+        if not self._memory_checked:
+            self._memory_checked = True
+            where = getattr(self.trainer, "memory_available", None)  # e.g. an accelerator's memory
+            self.memory_warning = self._set.memory_warning(state, where() if callable(where) else None)
+            if self.memory_warning is not None:
+                self.logger.warning("lrkit guard: %s", self.memory_warning)
         h = self._health
         rec = SnapshotRecord(
             label=self._clock, doctor=self.doctor.state_dict(), multiplier=self._multiplier,

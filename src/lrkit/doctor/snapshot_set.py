@@ -19,6 +19,13 @@ snapshots cost at most ``max_overhead`` of the time a step takes,
 (:math:`c` the median snapshot cost, :math:`o` = ``max_overhead``, :math:`\bar t` the mean step
 time); it comes back to ``every`` when snapshots turn cheap again (copied into recycled memory).
 
+**Memory.** In memory the set holds up to ``keep + 2`` states (the rolling ones, the initial and
+the best one), each the size :math:`S` of the first (:func:`state_nbytes`: every array or tensor
+it holds). When :math:`(k + 2)\,S` exceeds half the memory the system has available
+(:func:`available_memory`, Linux's ``MemAvailable``) when the first one is stored,
+:meth:`SnapshotSet.memory_warning` says so, with the remedy: ``storage="disk"`` (one state in
+memory at a time, while it is written), a smaller ``keep``.
+
 Example:
     >>> from lrkit.doctor.storage import MemoryStore
     >>> s = SnapshotSet(keep=2, every=10, tolerance=0.25, max_overhead=None, make_store=MemoryStore)
@@ -35,17 +42,68 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import Any, Callable
 
 from lrkit.doctor.snapshots import SnapshotRecord, best_snapshot, thin_index
 from lrkit.doctor.storage import DiskStore, MemoryStore, SnapshotError
 
-__all__ = ["SnapshotSet", "MIN_COST", "MAX_STRETCH"]
+__all__ = ["SnapshotSet", "MIN_COST", "MAX_STRETCH", "state_nbytes", "available_memory"]
 
 #: seconds: cheaper snapshots never stretch the period
 MIN_COST = 0.05
 #: the period is stretched to at most this many times ``every``
 MAX_STRETCH = 10
+
+
+def state_nbytes(state: Any) -> int:
+    """The bytes of the arrays and tensors a snapshot state holds (anything with an integer
+    ``nbytes``: NumPy, torch, JAX), found through dicts, lists, tuples and object attributes;
+    each object is counted once.
+
+    Example:
+        >>> import numpy as np
+        >>> w = np.zeros((100, 10))
+        >>> state_nbytes({"weights": [w, w], "opt": (np.zeros(10, np.float32), 3)})
+        8040
+    """
+    seen: set[int] = set()
+    total, todo = 0, [state]
+    while todo:
+        obj = todo.pop()
+        if obj is None or isinstance(obj, (str, bytes, int, float, bool)) or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        n = getattr(obj, "nbytes", None)
+        if isinstance(n, int) and not isinstance(n, bool):
+            total += n
+        elif isinstance(obj, dict):
+            todo.extend(obj.values())
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            todo.extend(obj)
+        elif hasattr(obj, "__dict__"):
+            todo.extend(vars(obj).values())
+    return total
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux ``MemAvailable``; elsewhere the free
+    physical pages), or ``None`` where the system does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2g} GiB" if n >= 2**28 else f"{n / 2**20:.3g} MiB"
 
 
 class SnapshotSet:
@@ -90,6 +148,20 @@ class SnapshotSet:
     def disk(self) -> DiskStore | None:
         """The store when it is on disk, else ``None``."""
         return self.store if isinstance(self.store, DiskStore) else None
+
+    def memory_warning(self, state: Any, available: int | None = None) -> str | None:
+        """A warning when ``keep + 2`` copies of ``state`` kept in memory would take more than half
+        of ``available`` bytes (default :func:`available_memory`), else ``None`` (also on disk)."""
+        if not isinstance(self.store, MemoryStore):
+            return None
+        available = available_memory() if available is None else available
+        size = state_nbytes(state)
+        held = (self.keep + 2) * size
+        if available is None or size == 0 or held <= available / 2:
+            return None
+        return (f"the guard's snapshots kept in memory may take {_gib(held)} (up to {self.keep + 2} copies "
+                f"of {_gib(size)}), more than half of the {_gib(available)} available; pass storage='disk' "
+                f"(one copy in memory at a time, while it is written), or a smaller keep")
 
     # ------------------------------------------------------------------ records
     def pool(self) -> list[SnapshotRecord]:

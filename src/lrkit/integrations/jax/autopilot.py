@@ -16,7 +16,10 @@ r"""The LR autopilot for JAX/optax: an injected-LR optimizer and one functional 
 ``params`` are never modified) and decides the plan. :meth:`OptaxAutopilot.after_step` is pure
 in the JAX sense: it returns the ``(params, opt_state)`` to go on with -- the ones you passed,
 or, when the guard rolls back on ``nan``/``diverging``, the last good ones (JAX arrays are
-immutable: a snapshot is a reference, it costs no copy) -- with the LR of the next step written
+immutable: a snapshot is a reference, it costs no copy, but it keeps the arrays alive where they
+live -- up to six states' worth on the accelerator; ``storage="disk"`` moves them to files, and a
+warning on the first snapshot says when they would take more than half of the device's free
+memory) -- with the LR of the next step written
 into ``opt_state.hyperparams["learning_rate"]`` (a new state; nothing is mutated). Pass
 ``val_loss=`` when you validate: a stalled validation loss halves the LR. Every intervention is
 logged to ``lrkit.autopilot`` and kept in :attr:`OptaxAutopilot.events`.
@@ -44,7 +47,7 @@ from typing import Any, Callable, Iterable, Mapping
 import jax.numpy as jnp
 import optax
 
-from lrkit.autopilot.pilot import Autopilot, AutopilotEvent
+from lrkit.autopilot.pilot import Autopilot, AutopilotEvent, check_storage
 from lrkit.collapse import OUTPUT_SPREAD, check_every_arg
 from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
 from lrkit.integrations.jax.trainer import jit_cached, find_lr_optax, outputs_spread
@@ -58,6 +61,20 @@ class _State:
 
     def __init__(self) -> None:
         self.current: Any = None
+
+    def memory_available(self) -> int | None:
+        """Free bytes of the accelerator the state lives on (where the guard's snapshots stay in
+        memory), or ``None`` on the CPU or where the device does not say (the guard then reads the
+        host's)."""
+        import jax
+
+        devices = {d for x in jax.tree_util.tree_leaves(self.current) if isinstance(x, jax.Array)
+                   for d in x.devices() if d.platform != "cpu"}
+        for d in devices:
+            stats = d.memory_stats() or {}
+            if "bytes_limit" in stats and "bytes_in_use" in stats:
+                return int(stats["bytes_limit"]) - int(stats["bytes_in_use"])
+        return None
 
     def snapshot(self) -> Any:
         return self.current
@@ -164,6 +181,11 @@ class OptaxAutopilot:
     def report(self) -> str:
         return self.pilot.report()
 
+    def close(self) -> None:
+        """The run is over: drop the guard's snapshots (``storage="disk"``: delete their files).
+        Idempotent."""
+        self.pilot.close()
+
 
 def _factory_name(factory: Any) -> str:
     while hasattr(factory, "func"):  # functools.partial
@@ -190,6 +212,8 @@ def autopilot(
     seed: int = 0,
     outputs_fn: Callable[..., Any] | None = None,
     check_outputs_every: int = 25,
+    storage: str = "memory",
+    storage_dir: Any = None,
 ) -> OptaxAutopilot:
     """Find the LR, plan the schedule and guard a JAX/optax run (see the module docstring).
 
@@ -205,6 +229,9 @@ def autopilot(
             finder rejects LRs that leave a dead network, and ``after_step(..., batch=)`` measures
             the outputs every ``check_outputs_every`` steps (0: never) so that the guard rolls a
             dying run back (see the module docstring).
+        storage, storage_dir: where the guard keeps its snapshots, ``"memory"`` (references to the
+            arrays) or ``"disk"`` (see :class:`lrkit.autopilot.Autopilot`); :meth:`OptaxAutopilot.close`
+            deletes them.
 
     Raises:
         AutopilotError: a learning-rate-free factory, an unknown run length, a bad argument.
@@ -217,6 +244,7 @@ def autopilot(
     if outputs_fn is not None and not callable(outputs_fn):
         raise AutopilotError("autopilot: outputs_fn must be None or callable as outputs_fn(params, batch), got "
                              f"{type(outputs_fn).__name__}")
+    check_storage(storage, storage_dir, "autopilot")
     family = check_optimizer(_factory_name(optimizer_factory))
     if family == "unknown":
         from lrkit.scaling import optimizer_family
@@ -225,7 +253,8 @@ def autopilot(
     if resume is not None:
         if not isinstance(resume, Mapping) or set(resume) != {"next_step", "autopilot"}:
             raise AutopilotError("autopilot: resume must be the dict of pilot.state_dict() saved with your checkpoint")
-        pilot = Autopilot.from_state_dict(resume["autopilot"], logger=logger)
+        pilot = Autopilot.from_state_dict(resume["autopilot"], logger=logger, storage=storage,
+                                          storage_dir=storage_dir)
         return OptaxAutopilot(pilot, optimizer_factory, next_step=int(resume["next_step"]), outputs_fn=outputs_fn,
                               check_outputs_every=check_outputs_every)
     n = None
@@ -239,7 +268,7 @@ def autopilot(
     result = find_lr_optax(loss_fn, params, optimizer_factory, batches, val_batches=val_batches, has_aux=has_aux,
                            train_steps=steps, progress=progress, family=family, seed=seed, outputs_fn=outputs_fn)
     plan = make_plan(result, family=family, train_steps=steps, shape=shape, peak_lr=peak_lr)
-    pilot = Autopilot(plan, guard=guard, plateau=plateau, logger=logger)
+    pilot = Autopilot(plan, guard=guard, plateau=plateau, logger=logger, storage=storage, storage_dir=storage_dir)
     pilot.logger.info("%s", plan.summary())
     return OptaxAutopilot(pilot, optimizer_factory, finder=result, outputs_fn=outputs_fn,
                           check_outputs_every=check_outputs_every)

@@ -39,7 +39,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from lrkit.autopilot.pilot import Autopilot, AutopilotEvent
+from lrkit.autopilot.pilot import Autopilot, AutopilotEvent, check_storage
 from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
 from lrkit.collapse import check_every_arg
 from lrkit.doctor.guarded_watch import PendingValidation
@@ -98,15 +98,23 @@ class AutopilotCallback(keras.callbacks.Callback):
             the spread of the model's outputs over up to 256 inputs (the validation data's first,
             else the training data's) is measured in inference mode (0 = never): a network whose
             outputs stopped depending on its inputs is rolled back (:mod:`lrkit.doctor.signs.dead`).
+        storage, storage_dir: where the guard keeps its snapshots, ``"memory"`` or ``"disk"`` (a
+            model whose copies do not fit in memory; :class:`lrkit.autopilot.Autopilot`). They
+            live as long as the callback, across ``fit()`` calls (a run trained in several calls
+            can still be rolled back into an earlier one): :meth:`close` deletes them (so does
+            garbage collection, or the end of the process).
     """
 
     def __init__(self, x: Any = None, y: Any = None, *, dataset: Any = None, batch_size: int | None = None,
                  val_data: Any = None, train_steps: int | None = None, shape: Schedule | None = None,
                  peak_lr: float | None = None, guard: bool = True, plateau: bool = True,
                  state_path: str | os.PathLike[str] | None = None, logger: logging.Logger | None = None,
-                 seed: int = 0, check_outputs_every: int = 25) -> None:
+                 seed: int = 0, check_outputs_every: int = 25, storage: str = "memory",
+                 storage_dir: Any = None) -> None:
         super().__init__()
         check_every_arg("AutopilotCallback: check_outputs_every", check_outputs_every)
+        check_storage(storage, storage_dir, "AutopilotCallback")
+        self.storage, self.storage_dir = storage, storage_dir
         self.check_outputs_every = check_outputs_every
         if x is None and dataset is None:
             raise AutopilotError("AutopilotCallback: a Keras callback does not see fit()'s data; give the finder "
@@ -151,7 +159,8 @@ class AutopilotCallback(keras.callbacks.Callback):
         if self.pilot is None:
             saved = self._load()
             if saved is not None:
-                self.pilot = Autopilot.from_state_dict(saved, logger=self.logger)
+                self.pilot = Autopilot.from_state_dict(saved, logger=self.logger, storage=self.storage,
+                                                       storage_dir=self.storage_dir)
                 last = self.pilot.state_dict()["last_step"]
                 self._step = 0 if last is None else int(last) + 1
             else:
@@ -162,7 +171,8 @@ class AutopilotCallback(keras.callbacks.Callback):
                                             **self._data)
                 plan = make_plan(self.finder, family=family, train_steps=steps, shape=self.shape,
                                  peak_lr=self.peak_lr)
-                self.pilot = Autopilot(plan, guard=self.use_guard, plateau=self.plateau, logger=self.logger)
+                self.pilot = Autopilot(plan, guard=self.use_guard, plateau=self.plateau, logger=self.logger,
+                                       storage=self.storage, storage_dir=self.storage_dir)
                 self.pilot.logger.info("%s", plan.summary())
             self.pilot.attach(_State(self.model))
         _loss_tracker(self.model)
@@ -226,3 +236,9 @@ class AutopilotCallback(keras.callbacks.Callback):
     def state_dict(self) -> dict[str, Any]:
         """The autopilot's state (plain JSON types), for :meth:`Autopilot.from_state_dict`."""
         return self.pilot.state_dict()
+
+    def close(self) -> None:
+        """The run is over: drop the guard's snapshots (``storage="disk"``: delete their files).
+        A later ``fit()`` with this callback starts the guard afresh from the model it finds."""
+        if self.pilot is not None:
+            self.pilot.close()

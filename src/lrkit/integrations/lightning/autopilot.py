@@ -49,7 +49,7 @@ from typing import Any, Mapping
 import lightning.pytorch as pl
 import torch
 
-from lrkit.autopilot.pilot import Autopilot, AutopilotEvent
+from lrkit.autopilot.pilot import Autopilot, AutopilotEvent, check_storage
 from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
 from lrkit.collapse import check_every_arg
 from lrkit.doctor.guarded_watch import PendingValidation
@@ -113,6 +113,9 @@ class AutopilotCallback(pl.Callback):
             on the LightningModule when it defines ``forward``, else on its only child module, e.g.
             the ``self.net`` that ``training_step`` calls; 0 = never): a network whose outputs
             stopped depending on its inputs is rolled back (:mod:`lrkit.doctor.signs.dead`).
+        storage, storage_dir: where the guard keeps its snapshots, ``"memory"`` or ``"disk"`` (a
+            model whose copies do not fit in memory; :class:`lrkit.autopilot.Autopilot`); removed
+            when the fit ends, or fails.
 
     Attributes:
         plan: the :class:`~lrkit.autopilot.AutopilotPlan` (after ``on_train_start``).
@@ -122,9 +125,12 @@ class AutopilotCallback(pl.Callback):
 
     def __init__(self, train_steps: int | None = None, *, shape: Schedule | None = None, peak_lr: float | None = None,
                  guard: bool = True, plateau: bool = True, logger: logging.Logger | None = None, seed: int = 0,
-                 progress: bool = False, skip_spikes: bool = True, check_outputs_every: int = 25) -> None:
+                 progress: bool = False, skip_spikes: bool = True, check_outputs_every: int = 25,
+                 storage: str = "memory", storage_dir: Any = None) -> None:
         super().__init__()
         check_every_arg("AutopilotCallback: check_outputs_every", check_outputs_every)
+        check_storage(storage, storage_dir, "AutopilotCallback")
+        self.storage, self.storage_dir = storage, storage_dir
         self.check_outputs_every = check_outputs_every
         self._outputs: SpreadProbe | None = None
         if train_steps is not None:
@@ -212,8 +218,11 @@ class AutopilotCallback(pl.Callback):
         opt = self._check(trainer, pl_module)
         self._optimizer = opt
         self._ratios = _group_ratios(opt)
+        if self.pilot is not None:  # a callback reused from an earlier fit: its snapshots are stale
+            self.pilot.close()
         if self._resume is not None:
-            self.pilot = Autopilot.from_state_dict(self._resume, logger=self.logger)
+            self.pilot = Autopilot.from_state_dict(self._resume, logger=self.logger, storage=self.storage,
+                                                   storage_dir=self.storage_dir)
             self._resume = None
         else:
             steps = self._steps(trainer)
@@ -221,7 +230,7 @@ class AutopilotCallback(pl.Callback):
             plan = make_plan(self.finder, family=check_optimizer(opt), train_steps=steps, shape=self.shape,
                              peak_lr=self.peak_lr)
             self.pilot = Autopilot(plan, guard=self.guard, plateau=self.plateau, logger=self.logger,
-                                   skip_spikes=self.skip_spikes)
+                                   skip_spikes=self.skip_spikes, storage=self.storage, storage_dir=self.storage_dir)
             self.pilot.logger.info("%s", plan.summary())
         self.pilot.attach(_State(pl_module, opt), agree=rank_agree)  # several processes: their mean timings
         self._release_outputs()
@@ -283,9 +292,13 @@ class AutopilotCallback(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._release_outputs()
+        if self.pilot is not None:
+            self.pilot.close()  # the snapshots (their files with storage="disk") go; events and plan stay
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._release_outputs()
+        if self.pilot is not None:
+            self.pilot.close()
 
     def _release_outputs(self) -> None:
         if self._outputs is not None:

@@ -76,7 +76,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-from lrkit.autopilot.pilot import Autopilot, AutopilotEvent
+from lrkit.autopilot.pilot import Autopilot, AutopilotEvent, check_storage
 from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
 from lrkit.integrations.torch.dist import rank_agree, rank_means, world_size
 from lrkit.integrations.torch.doctor import drop_gradients, grad_norm, loss_value
@@ -204,7 +204,9 @@ class AutopilotScheduler(LRScheduler):
             raise AutopilotError(f"AutopilotScheduler.load_state_dict: expected the keys ['autopilot', 'step'] "
                                  f"of AutopilotScheduler.state_dict(), got {got}")
         old = self.pilot
-        self.pilot = Autopilot.from_state_dict(state_dict["autopilot"], logger=old.logger)
+        old.close()
+        self.pilot = Autopilot.from_state_dict(state_dict["autopilot"], logger=old.logger, storage=old.storage,
+                                               storage_dir=old.storage_dir)
         if self._state is not None:
             self.pilot.attach(self._state, agree=rank_agree)
         self._count = int(state_dict["step"])
@@ -307,6 +309,19 @@ class TorchAutopilot:
         """The plan and every intervention, in words."""
         return self.pilot.report()
 
+    def close(self) -> None:
+        """The run is over: drop the guard's snapshots (``storage="disk"``: their files). Also
+        ``with lrkit.torch.autopilot(...) as pilot:``. Idempotent."""
+        self.pilot.close()
+        if self._probe is not None:
+            self._probe.close()
+
+    def __enter__(self) -> "TorchAutopilot":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
 
 def autopilot(
     model: torch.nn.Module,
@@ -330,6 +345,8 @@ def autopilot(
     logger: logging.Logger | None = None,
     seed: int = 0,
     check_outputs_every: int = 25,
+    storage: str = "memory",
+    storage_dir: Any = None,
 ) -> TorchAutopilot:
     """Find the LR, plan the schedule and guard the run of a plain PyTorch loop (module docstring).
 
@@ -351,6 +368,9 @@ def autopilot(
             batch is measured on the training forward (a hook; 0 = never): a network whose outputs
             stopped depending on its inputs is dead (:mod:`lrkit.doctor.signs.dead`), and the guard
             rolls it back.
+        storage, storage_dir: where the guard keeps its snapshots: ``"memory"`` or ``"disk"``
+            (a model whose copies do not fit in memory; see :class:`lrkit.autopilot.Autopilot`).
+            Call :meth:`TorchAutopilot.close` at the end of the run (or use ``with``) to delete them.
 
     Raises:
         AutopilotError: a scheduler already attached, a learning-rate-free or Schedule-Free
@@ -362,10 +382,12 @@ def autopilot(
     family = check_optimizer(optimizer)
     check_no_scheduler(optimizer)
     check_every_arg("check_outputs_every", check_outputs_every)
+    check_storage(storage, storage_dir, "autopilot")
     if resume is not None:
         if not isinstance(resume, Mapping) or "autopilot" not in resume or "step" not in resume:
             raise AutopilotError("autopilot: resume must be the dict of pilot.state_dict() saved with your checkpoint")
-        pilot = Autopilot.from_state_dict(resume["autopilot"], logger=logger)
+        pilot = Autopilot.from_state_dict(resume["autopilot"], logger=logger, storage=storage,
+                                          storage_dir=storage_dir)
         return TorchAutopilot(model, optimizer, pilot, scaler=scaler, step=int(resume["step"]),
                               check_outputs_every=check_outputs_every)
     per_epoch = None
@@ -379,7 +401,7 @@ def autopilot(
                      accumulation_steps=accumulation_steps, scaler=scaler, step_fn=step_fn, device=device,
                      progress=progress, seed=seed)
     plan = make_plan(result, family=family, train_steps=steps, shape=shape, peak_lr=peak_lr)
-    pilot = Autopilot(plan, guard=guard, plateau=plateau, logger=logger)
+    pilot = Autopilot(plan, guard=guard, plateau=plateau, logger=logger, storage=storage, storage_dir=storage_dir)
     pilot.logger.info("%s", plan.summary())
     return TorchAutopilot(model, optimizer, pilot, finder=result, scaler=scaler,
                           check_outputs_every=check_outputs_every)

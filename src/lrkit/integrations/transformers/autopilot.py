@@ -47,7 +47,7 @@ import torch
 from transformers import TrainerCallback
 
 from lrkit import scaling
-from lrkit.autopilot.pilot import Autopilot, AutopilotEvent
+from lrkit.autopilot.pilot import Autopilot, AutopilotEvent, check_storage
 from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
 from lrkit.doctor.guarded_watch import PendingValidation
 from lrkit.integrations.torch.autopilot import _group_ratios
@@ -105,6 +105,9 @@ class AutopilotCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Tra
             spread of the model's outputs (``.logits``) over the batch is read on the training
             forward (0 = never) and given to the doctor with the next log: a network whose outputs
             stopped depending on its inputs is rolled back (:mod:`lrkit.doctor.signs.dead`).
+        storage, storage_dir: where the guard keeps its snapshots, ``"memory"`` or ``"disk"`` (a
+            model whose copies do not fit in memory; :class:`lrkit.autopilot.Autopilot`); removed
+            when training ends (or at exit, if it fails).
 
     Attributes:
         plan: the :class:`~lrkit.autopilot.AutopilotPlan` (after ``on_train_begin``).
@@ -114,8 +117,11 @@ class AutopilotCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Tra
 
     def __init__(self, *, shape: Schedule | None = None, peak_lr: float | None = None, guard: bool = True,
                  plateau: bool = True, logger: logging.Logger | None = None, seed: int = 0,
-                 progress: bool = False, skip_spikes: bool = True, check_outputs_every: int = 25) -> None:
+                 progress: bool = False, skip_spikes: bool = True, check_outputs_every: int = 25,
+                 storage: str = "memory", storage_dir: Any = None) -> None:
         check_every_arg("AutopilotCallback: check_outputs_every", check_outputs_every)
+        check_storage(storage, storage_dir, "AutopilotCallback")
+        self.storage, self.storage_dir = storage, storage_dir
         self.check_outputs_every = check_outputs_every
         self.shape, self.peak_lr, self.guard, self.plateau = shape, peak_lr, guard, plateau
         self.skip_spikes = skip_spikes
@@ -174,8 +180,11 @@ class AutopilotCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Tra
         self._ratios = _group_ratios(inner)  # group g gets r_g times the autopilot's LR
         family = check_optimizer(inner)
         scale = _logged_scale(args, model, kwargs.get("train_dataloader"))
+        if self.pilot is not None:  # a callback reused from an earlier train(): its snapshots are stale
+            self.pilot.close()
         if saved is not None and state.global_step > 0:
-            self.pilot = Autopilot.from_state_dict(saved, logger=self.logger)
+            self.pilot = Autopilot.from_state_dict(saved, logger=self.logger, storage=self.storage,
+                                                   storage_dir=self.storage_dir)
         else:
             steps = resolve_train_steps(state.max_steps if state.max_steps and state.max_steps > 0 else None,
                                         where="AutopilotCallback")
@@ -187,7 +196,7 @@ class AutopilotCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Tra
             if scale != 1.0 and ref is not None and ref[2] == "train":  # the guard compares logged losses to it
                 plan = dataclasses.replace(plan, finder_reference=(ref[0], ref[1] * scale, ref[2]))
             self.pilot = Autopilot(plan, guard=self.guard, plateau=self.plateau, logger=self.logger,
-                                   skip_spikes=self.skip_spikes)
+                                   skip_spikes=self.skip_spikes, storage=self.storage, storage_dir=self.storage_dir)
             self.pilot.logger.info("%s", plan.summary())
             self._warn_if_few_logs(args, state)
         if scale != 1.0 and scaling.scaling_rule(family) == "linear":
@@ -266,6 +275,8 @@ class AutopilotCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Tra
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._release_hooks()
+        if self.pilot is not None:
+            self.pilot.close()  # the snapshots (their files with storage="disk") go; events and plan stay
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
         if self.pilot is None or not logs or "loss" not in logs:
