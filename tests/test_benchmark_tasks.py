@@ -51,3 +51,27 @@ def test_tasks_definition_marks_clipping_hidden_validation_and_schedules():
     assert fullbatch.batch_size == len(fullbatch.x_train)
     assert finder_tasks.diabetes_clip_sgd().definition() == {"clip": 1.0}
     assert finder_tasks.digits_mlp_adam().definition() == {}
+
+
+def test_the_framework_finder_benchmark_splits_by_the_written_rule_and_scores_regret():
+    from benchmarks import finder_frameworks as ff
+    from benchmarks.framework_tasks import DEV as FDEV, HELDOUT as FHELD, TASKS
+
+    ranked = sorted(TASKS, key=lambda n: hashlib.sha256(n.encode()).hexdigest())
+    assert (list(FDEV), list(FHELD)) == (ranked[0::2], ranked[1::2])
+    assert {TASKS[n].framework for n in FDEV} == {TASKS[n].framework for n in FHELD} == {"hf", "lightning", "keras"}
+    grid = ff._grid(-2.0, 0.0)
+    assert len(grid) == 9 and grid[0] == pytest.approx(0.01) and grid[-1] == pytest.approx(1.0)
+    # a synthetic cache: the oracle is the best grid mean; a method at twice its loss has regret 1
+    name = FDEV[0]
+    cache = {}
+    for s in ff.SEEDS:
+        for lr in ff._grid(*TASKS[name].grid):
+            cache[ff._key(name, "grid", s, lr)] = {"val_loss": 1.0 + abs(math.log10(lr) + 2), "lr": lr}
+        for m in ff.METHODS:
+            cache[ff._key(name, m, s, None)] = {"val_loss": 2.0 if m == "lrkit" else math.nan, "lr": 0.1,
+                                               "train_steps": 100, "finder_steps": 30}
+    row = ff.score([name], cache)[name]
+    assert row["oracle"] == pytest.approx(1.0) and row["oracle_lr"] == pytest.approx(0.01)
+    assert row["lrkit"]["regret"] == pytest.approx(1.0) and row["lrkit"]["cost"] == pytest.approx(0.3)
+    assert row["default"]["val"] == pytest.approx(math.log(ff.CLASSES.get(name, 10)))  # non-finite: untrained

@@ -573,3 +573,50 @@ def test_the_probe_reads_a_trained_model_not_the_untrained_one():
     lrs, losses = quad_curve()
     s = suggest(lrs, losses, trainer=ZeroHead(), family="sgd", verify_steps=8)
     assert s.details["deterministic_steps"] is False and s.details["short_run_factor"] == 2
+
+
+class LateLearner:
+    """A model that needs more steps than a short run has (a transformer trained from scratch, a
+    phase change): over any run of fewer than ``late`` steps its score stays at its start for LRs up
+    to ``edge`` and rises above it -- the more, the higher the LR."""
+
+    START = 0.6931
+
+    def __init__(self, edge, late=50):
+        self.edge, self.late = edge, late
+        self.lr, self.t = None, 0
+
+    def snapshot(self):
+        return (self.lr, self.t)
+
+    def restore(self, state):
+        self.lr, self.t = state
+
+    def _value(self):
+        if self.t == 0 or self.lr <= self.edge:
+            return self.START * (1 + 1e-4 * math.sin(7 * self.t))
+        return self.START * (1 + 0.05 * math.log10(self.lr / self.edge) + 0.01)
+
+    def step(self, lr):
+        self.lr, self.t = lr, self.t + 1
+        return self._value()
+
+    def evaluate(self):
+        return self._value()
+
+
+@pytest.mark.parametrize("edge", [2e-3, 3e-2])
+def test_candidates_too_short_to_show_progress_never_send_the_answer_below_them(edge):
+    """Every candidate flat up to the edge and worse above: the answer is not decades below the LRs
+    that merely did not move (issue 9: a tiny BERT on the Trainer got 3.5e-7 this way), and it
+    stays below the first one that got worse; the warning says what the runs showed."""
+    lrs = np.geomspace(1e-7, 1.0, 25)
+    losses = LateLearner.START + 1e-5 * np.arange(25)
+    losses[-3:] = [0.75, 0.9, 1.3]                        # a flat curve that blows up at its end
+    s = suggest(lrs, losses, trainer=LateLearner(edge), family="adamw", verify_steps=6, verify_budget=32)
+    flat = [c["lr"] for c in s.details["candidates"] if c["lr"] <= edge]
+    worse = [c["lr"] for c in s.details["candidates"] if c["lr"] > edge]
+    assert flat and worse
+    assert s.method in ("rule(verification rejected all)", "unverified(no progress)")
+    assert max(flat) <= s.lr < min(worse)
+    assert any(f"up to {max(flat):.3g} the candidates neither improved" in w for w in s.details["warnings"])

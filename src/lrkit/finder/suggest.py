@@ -278,7 +278,7 @@ def _run_candidate(trainer: Any, state: Any, lr: float, steps: int, ref_eval: fl
     finally:
         trainer.restore(state)
     out = {"lr": lr, "score": score if reason is None else None, "steps": len(losses), "rejected": reason,
-           "start": start}
+           "start": start, "final": score}
     if deterministic is not None:
         out["deterministic"] = deterministic
     return out
@@ -652,6 +652,63 @@ def _checked_args(family: str, verify_steps: Any, verify_budget: Any, batch_size
     return verify_steps, verify_budget, batch_size, target_batch_size, rng_seed
 
 
+#: a rejected candidate whose score ends more than this fraction above its start got worse (an LR
+#: too high for it); one within it neither improved nor got worse (flat: no sign of too high)
+WORSE = 0.02
+
+
+def rejected_all_answer(results: list[dict], rule_lr: float, decade: float, floor: float) -> tuple[float, str]:
+    r"""The unverified answer when no candidate made progress -- every one rejected, or none
+    improved its start by :data:`MIN_PROGRESS` -- and the warning that says why.
+
+    A candidate that diverged, died or ended more than :data:`WORSE` above its start shows an LR
+    too high to train; one that merely failed to improve, or improved by less than
+    :data:`MIN_PROGRESS` (within :data:`WORSE` of its start: a run too short to show progress, a
+    transformer's early bump, a model that learns late) does not.
+    With :math:`W` the lowest candidate that got worse and :math:`F` the highest flat one below it,
+    the answer is the range-test rule's :math:`\eta_r` kept between them,
+
+    .. math::
+
+        \eta = \minig(\max(\eta_r, F),\ \max(F, W / \sqrt{10})ig),
+
+    and with no flat candidate (every one too high) a grid ratio below the lowest one tried,
+    :math:`\max(\min(\eta_r, \eta_{low}/r), \eta_0)` (:math:`\eta_0` the first range-test LR). Going
+    below LRs that were merely flat would only pick an LR too small to move the weights.
+
+    Example:
+        >>> flat = lambda lr: {"lr": lr, "rejected": "no improvement", "final": 0.694, "start": 0.6939}
+        >>> worse = {"lr": 3.5e-3, "rejected": "no improvement", "final": 0.73, "start": 0.6939}
+        >>> lr, _ = rejected_all_answer([worse, flat(3.5e-4), flat(3.5e-5)], 1.2e-3, 10.0, 1e-7)
+        >>> round(lr, 5)      # the rule's answer, below the candidate that got worse
+        0.00111
+        >>> rejected_all_answer([{"lr": 0.1, "rejected": "non-finite loss", "final": None, "start": None}],
+        ...                     0.05, 10.0, 1e-6)[0]
+        0.01
+    """
+    def got_worse(r: dict) -> bool:
+        final, start = r.get("final"), r.get("start")
+        if r.get("rejected") is None:
+            return False  # accepted: it improved (by too little to tell the LRs apart)
+        if final is None or start is None or not str(r["rejected"]).startswith("no improvement"):
+            return True  # diverged, non-finite or dead
+        return final > start * (1 + WORSE) if start > 0 else final > start
+    worse = [r["lr"] for r in results if got_worse(r)]
+    w = min(worse, default=math.inf)
+    flat = [r["lr"] for r in results if not got_worse(r) and r["lr"] < w]
+    if not flat:
+        lr = max(min(rule_lr, min(r["lr"] for r in results) / decade), floor)
+        return lr, ("every candidate diverged or got worse in a cold start; the answer, min(rule answer, lowest "
+                    "candidate / grid ratio) but not below the first range-test LR, is unverified. Lower "
+                    "start_lr, check the model, or raise verify_steps.")
+    f = max(flat)
+    lr = min(max(rule_lr, f), max(f, w / GRID_RATIO))
+    top = f"; from {w:.3g} up they got worse" if math.isfinite(w) else ""
+    return lr, (f"up to {f:.3g} the candidates neither improved by {MIN_PROGRESS:.0%} nor got worse{top}. The "
+                "answer is the range-test rule's, kept between those (unverified): the runs were too short to show "
+                "this model's progress -- pass train_steps for longer ones, a val_loader, or treat it as a guess")
+
+
 def _verified_answer(trainer: Any, x: np.ndarray, rule_lr: float, rule_info: dict, verify_steps: int, budget: int,
                      details: dict, warnings: list[str]) -> tuple[float, tuple[float, float], str]:
     """Steps 3-5 of the module docstring: ``(lr, band, method)``; the candidates and what the pick
@@ -677,11 +734,8 @@ def _verified_answer(trainer: Any, x: np.ndarray, rule_lr: float, rule_info: dic
             "unscaled inputs make this likelier, standardising them widens the usable range")
     best = search.best()
     if best is None:
-        lr = max(min(rule_lr, min(r["lr"] for r in search.results) / decade), float(x[0]))
-        warnings.append(
-            "every candidate diverged or failed to improve in a cold start; the answer, "
-            "min(rule answer, lowest candidate / grid ratio) but not below the first range-test LR, "
-            "is unverified. Lower start_lr, check the model, or raise verify_steps.")
+        lr, said = rejected_all_answer(search.results, rule_lr, decade, float(x[0]))
+        warnings.append(said if said.startswith("every") else f"no candidate improved on its start: {said}")
         details["warning"] = warnings[-1]
         return lr, (lr / GRID_RATIO, lr * GRID_RATIO), "rule(verification rejected all)"
     lr_short, band, refine, edges = _pick(search)
@@ -693,11 +747,11 @@ def _verified_answer(trainer: Any, x: np.ndarray, rule_lr: float, rule_info: dic
     details["refine"] = refine
     details["edges"] = edges
     if search.progress(best) < MIN_PROGRESS:
+        lr, said = rejected_all_answer(search.results, rule_lr, decade, float(x[0]))
         warnings.append(
             f"no candidate improved its start by {MIN_PROGRESS:.0%} in {verify_steps}-step runs: the "
-            "verification could not tell the LRs apart; pass train_steps (or a larger verify_steps) "
-            "and a val_loader, or treat the answer as a guess")
-        return lr, band, "unverified(no progress)"
+            f"verification could not tell the LRs apart: {said}")
+        return lr, (lr / GRID_RATIO, lr * GRID_RATIO), "unverified(no progress)"
     if edges["lower_open"] and len(search.ok()) > 1:
         warnings.append(
             "the best candidate is the lowest one the budget allowed: a lower LR may be better "
