@@ -18,6 +18,9 @@ through the Trainer with ``optim="sgd"``.
   suggestion is set as the optimizer's ``learning_rate``;
 * ``lightning_tuner`` (Lightning tasks): Lightning's own ``Tuner(trainer).lr_find(...)`` with its
   defaults (100 steps from 1e-8 to 1, the steepest-slope suggestion written into ``module.lr``);
+* ``autopilot`` (``autopilot_frameworks.py``): the framework's autopilot callback
+  (``lrkit.transformers/lightning/keras.AutopilotCallback()``, no LR given; the Lightning module then
+  returns its optimizer alone), or with ``peak=`` a fixed peak (the oracle's grid of its schedule);
 * the framework's default LR is a fixed LR (``DEFAULTS``): 5e-5 for the Hugging Face
   ``TrainingArguments``, 1e-3 for Keras' Adam and 0.01 for Keras' SGD, 1e-3 for Adam in torch.
 
@@ -50,7 +53,7 @@ class FrameworkTask:
     framework: str  # hf, lightning, keras
     grid: tuple[float, float]  # log10 of the oracle grid's ends (half decades between)
     default_lr: float
-    train: Callable[..., dict[str, Any]]  # train(seed, lr=None, method=None) -> {"val_loss", "lr", ...}
+    train: Callable[..., dict[str, Any]]  # train(seed, lr=None, method=None, peak=None) -> {"val_loss", "lr", ...}
 
 
 def _xent(logits: np.ndarray, y: np.ndarray) -> float:
@@ -68,7 +71,8 @@ def _noisy(ids: np.ndarray, y: np.ndarray, seed: int, rate: float = 0.1) -> tupl
 
 
 # ------------------------------------------------------------------------------ Hugging Face
-def _hf_run(seed: int, lr: float | None, method: str | None, *, model_kind: str, accumulation: int = 1) -> dict:
+def _hf_run(seed: int, lr: float | None, method: str | None, *, model_kind: str, accumulation: int = 1,
+            peak: float | None = None) -> dict:
     import torch
     import transformers
     from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
@@ -120,7 +124,12 @@ def _hf_run(seed: int, lr: float | None, method: str | None, *, model_kind: str,
             save_strategy="no", eval_strategy="no", seed=seed, data_seed=seed, report_to=[], disable_tqdm=True,
             use_cpu=True, dataloader_num_workers=0, per_device_eval_batch_size=256,
         )
-        trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds)
+        callbacks: list[Any] = []
+        if method == "autopilot":
+            from lrkit.transformers import AutopilotCallback
+
+            callbacks.append(AutopilotCallback(peak_lr=peak, progress=False))
+        trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, callbacks=callbacks)
         info: dict[str, Any] = {}
         if method == "lrkit":
             import lrkit.transformers
@@ -129,6 +138,9 @@ def _hf_run(seed: int, lr: float | None, method: str | None, *, model_kind: str,
             info = {"finder_steps": int(res.details.get("cost_steps", 0) or 0), "method_detail": res.method}
         trainer.train()
         chosen = float(trainer.args.learning_rate)
+        if callbacks:
+            info = _plan_info(callbacks[0])
+            chosen = info.pop("lr")
         steps = int(trainer.state.global_step)
         model.eval()
         with torch.no_grad():
@@ -139,7 +151,7 @@ def _hf_run(seed: int, lr: float | None, method: str | None, *, model_kind: str,
 
 
 # ------------------------------------------------------------------------------ Lightning
-def _lightning_run(seed: int, lr: float | None, method: str | None, *, kind: str) -> dict:
+def _lightning_run(seed: int, lr: float | None, method: str | None, *, kind: str, peak: float | None = None) -> dict:
     import lightning.pytorch as pl
     import torch
 
@@ -183,6 +195,8 @@ def _lightning_run(seed: int, lr: float | None, method: str | None, *, kind: str
             if kind == "unscaled":
                 return torch.optim.SGD(self.parameters(), lr=self.lr)
             opt = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9, nesterov=True)
+            if method == "autopilot":  # the autopilot sets the LR itself: the user drops the scheduler
+                return opt
             sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr,
                                                         total_steps=int(self.trainer.estimated_stepping_batches))
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -200,6 +214,12 @@ def _lightning_run(seed: int, lr: float | None, method: str | None, *, kind: str
 
         finder = LRFinder(progress=False)
         callbacks.append(finder)
+    pilot = None
+    if method == "autopilot":
+        from lrkit.lightning import AutopilotCallback
+
+        pilot = AutopilotCallback(peak_lr=peak, progress=False)
+        callbacks.append(pilot)
     tmp = tempfile.mkdtemp(prefix="lrkit-ffw-pl-")
     try:
         trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -214,13 +234,17 @@ def _lightning_run(seed: int, lr: float | None, method: str | None, *, kind: str
             if found is None or found.suggestion() is None:  # Lightning found nothing: the LR stays
                 info["method_detail"] = "no suggestion"
         trainer.fit(module, dl, vdl)
+        chosen = float(module.lr)
         if finder is not None:
             info = {"finder_steps": int(finder.result.details.get("cost_steps", 0) or 0),
                     "method_detail": finder.result.method}
+        if pilot is not None:
+            info = _plan_info(pilot)
+            chosen = info.pop("lr")
         module.eval()
         with torch.no_grad():
             loss = _xent(module(torch.from_numpy(Xva)).numpy(), yva)
-        return {"val_loss": loss, "lr": float(module.lr), "train_steps": int(trainer.global_step), **info}
+        return {"val_loss": loss, "lr": chosen, "train_steps": int(trainer.global_step), **info}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -232,7 +256,7 @@ class _Raw:
 
 
 # ------------------------------------------------------------------------------ Keras
-def _keras_run(seed: int, lr: float | None, method: str | None, *, kind: str) -> dict:
+def _keras_run(seed: int, lr: float | None, method: str | None, *, kind: str, peak: float | None = None) -> dict:
     import keras
 
     if kind == "wine":
@@ -263,15 +287,30 @@ def _keras_run(seed: int, lr: float | None, method: str | None, *, kind: str) ->
         res = lk.find_lr(model, Xtr, ytr, batch_size=batch, val_data=(Xva, yva), train_steps=steps, progress=False)
         model.optimizer.learning_rate = res.suggestion
         info = {"finder_steps": int(res.details.get("cost_steps", 0) or 0), "method_detail": res.method}
-    model.fit(Xtr, ytr, batch_size=batch, epochs=epochs, validation_data=(Xva, yva), verbose=0)
+    callbacks: list[Any] = []
+    if method == "autopilot":
+        from lrkit.keras import AutopilotCallback
+
+        callbacks.append(AutopilotCallback(Xtr, ytr, batch_size=batch, val_data=(Xva, yva), peak_lr=peak))
+    model.fit(Xtr, ytr, batch_size=batch, epochs=epochs, validation_data=(Xva, yva), verbose=0, callbacks=callbacks)
     chosen = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    if callbacks:
+        info = _plan_info(callbacks[0])
+        chosen = info.pop("lr")
     loss = _xent(keras.ops.convert_to_numpy(model(Xva, training=False)), yva)
     return {"val_loss": loss, "lr": chosen, "train_steps": steps, **info}
 
 
 def _task(name: str, framework: str, grid: tuple[float, float], default_lr: float, fn: Callable, **kw: Any):
     return FrameworkTask(name, framework, grid, default_lr,
-                         lambda seed, lr=None, method=None: fn(seed, lr, method, **kw))
+                         lambda seed, lr=None, method=None, peak=None: fn(seed, lr, method, peak=peak, **kw))
+
+
+def _plan_info(cb: Any) -> dict[str, Any]:
+    """What an autopilot callback's run reports: its peak, its finder's cost, its rollbacks."""
+    plan = cb.plan
+    return {"lr": float(plan.peak_lr), "finder_steps": int(plan.finder_cost_steps),
+            "rollbacks": sum(e.kind == "rollback" for e in cb.events), "method_detail": plan.shape_source}
 
 
 TASKS: dict[str, FrameworkTask] = {t.name: t for t in (

@@ -122,6 +122,27 @@ def test_flat_curve_with_an_improving_candidate_is_a_pretrained_model_not_a_dead
         check_trainable(dead)
 
 
+def test_a_model_too_slow_for_the_short_runs_is_not_refused_when_its_loss_answers_the_weights():
+    """A transformer trained from scratch sits at chance for more steps than a candidate run has
+    (the finder's benchmark through the Trainer: a tiny BERT, 6-step candidates): no candidate
+    improves, but high LRs make it worse -- its loss depends on its weights. It trains at the
+    finder's unverified answer; a loss that no LR moves is still refused."""
+    lrs = np.geomspace(1e-7, 1.0, 25)
+    losses = np.full(25, 0.6931)
+    flat = {"steps": 6, "score": None, "start": 0.6931}
+    cands = [dict(flat, lr=1e-4, rejected="no improvement", final=0.6932),
+             dict(flat, lr=1e-3, rejected="no improvement", final=0.6933),
+             dict(flat, lr=1e-2, rejected="no improvement", final=0.7057),   # 1.8% up: still flat
+             dict(flat, lr=0.1, rejected="no improvement", final=2.03)]      # worse: the weights moved it
+    late = FinderResult(lrs=lrs, losses=losses, smoothed_losses=losses, suggestion=1e-3,
+                        method="unverified(no progress)", details={"candidates": cands, "start_score": 0.6931})
+    check_trainable(late)
+    frozen = FinderResult(lrs=lrs, losses=losses, smoothed_losses=losses, suggestion=1e-3,
+                          method="unverified(no progress)", details={"candidates": cands[:3], "start_score": 0.6931})
+    with pytest.raises(NotTrainable, match="none of the 3 candidate LRs"):
+        check_trainable(frozen)
+
+
 @pytest.mark.parametrize("name", ["Prodigy", "DAdaptAdam", "AdamWScheduleFree", "SGDScheduleFree"])
 def test_learning_rate_free_and_schedule_free_optimizers_are_refused_with_the_reason(name):
     with pytest.raises(AutopilotError, match="learning-rate-free|Schedule-Free"):

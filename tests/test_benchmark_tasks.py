@@ -75,3 +75,26 @@ def test_the_framework_finder_benchmark_splits_by_the_written_rule_and_scores_re
     assert row["oracle"] == pytest.approx(1.0) and row["oracle_lr"] == pytest.approx(0.01)
     assert row["lrkit"]["regret"] == pytest.approx(1.0) and row["lrkit"]["cost"] == pytest.approx(0.3)
     assert row["default"]["val"] == pytest.approx(math.log(ff.CLASSES.get(name, 10)))  # non-finite: untrained
+
+
+def test_the_framework_autopilot_benchmark_scores_against_the_better_of_both_oracles():
+    from benchmarks import autopilot_frameworks as af
+    from benchmarks import finder_frameworks as ff
+    from benchmarks.framework_tasks import DEV as FDEV, TASKS
+
+    name = FDEV[1]
+    cache = {ff._key(name, "grid", s, lr): {"val_loss": 1.0 + abs(math.log10(lr) + 2), "lr": lr}
+             for s in ff.SEEDS for lr in ff._grid(*TASKS[name].grid)}  # the task schedule's oracle: 1.0 at 0.01
+    peaks = af._peaks(name, cache)
+    assert peaks[4] == pytest.approx(0.01) and len(peaks) == len(af.PEAK_STEPS)
+    for s in ff.SEEDS:
+        for m in ff.METHODS:
+            cache[ff._key(name, m, s, None)] = {"val_loss": 1.6, "lr": 0.1, "train_steps": 100, "finder_steps": 30}
+        for p in peaks:  # the autopilot schedule's oracle: 0.8 at 0.1
+            cache[ff._key(name, "autopilot_peak", s, p)] = {"val_loss": 0.8 + abs(math.log10(p) + 1), "lr": p}
+        cache[ff._key(name, "autopilot", s, None)] = {"val_loss": 1.2, "lr": 0.1, "train_steps": 100,
+                                                    "finder_steps": 25, "rollbacks": 1}
+    row = af.score([name], cache)[name]
+    assert row["ref"] == pytest.approx(0.8) and row["ap_oracle_lr"] == pytest.approx(0.1)
+    assert row["autopilot"]["regret"] == pytest.approx(0.5) and row["autopilot"]["rollbacks"] == 3
+    assert row["lrkit"]["regret_ref"] == pytest.approx(1.0)

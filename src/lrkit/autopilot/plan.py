@@ -34,6 +34,7 @@ import numpy as np
 
 from lrkit import schedules as S
 from lrkit.autopilot import policy
+from lrkit.finder.suggest import got_worse
 from lrkit.scaling import FAMILIES, optimizer_family
 from lrkit.schedules.base import Schedule
 
@@ -157,6 +158,11 @@ def _flat_evidence(result: Any) -> tuple[bool, str]:
         improved = bool(scores)
     if improved:
         return False, curve
+    moved = [c for c in details.get("candidates") or [] if isinstance(c, dict) and got_worse(c)]
+    if moved:
+        # too short to show progress, but the loss answers the weights: a model that learns late (a
+        # transformer trained from scratch), not one whose loss does not depend on its parameters
+        return False, curve
     tried = ", ".join(f"{c['lr']:.2g}" for c in candidates)
     return True, (f"{curve}, and none of the {len(candidates)} candidate LRs ({tried}) improved on the "
                   "starting loss in a short run")
@@ -168,7 +174,11 @@ def check_trainable(result: Any) -> None:
     Flat means: the smoothed range-test loss never fell :data:`FLAT_DROP` (2%) below its start,
     *and* no verification candidate of at least :data:`MIN_EVIDENCE_STEPS` steps improved on the
     starting score by :data:`IMPROVE_TOL` (a pre-trained model can have a flat curve and still
-    improve; it passes). Without such candidates the curve alone decides, if it has at least
+    improve; it passes), *and* none got worse either (:func:`lrkit.finder.suggest.got_worse`:
+    diverged, died or ended 2% above its start -- a loss that answers the weights belongs to a model
+    too slow to show progress in a short run, e.g. a transformer trained from scratch, not to one
+    whose loss does not depend on its parameters; it passes, and the finder's answer says it is
+    unverified). Without such candidates the curve alone decides, if it has at least
     :data:`MIN_EVIDENCE_POINTS` points; a shorter test is not enough evidence and passes.
 
     Example:

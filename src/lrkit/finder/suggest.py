@@ -610,7 +610,8 @@ def suggest(
         verify_steps = 0
         details["verify_steps"] = 0
     if verify_steps > 0:
-        lr, band, method = _verified_answer(trainer, x, rule_lr, rule_info, verify_steps, budget, details, warnings)
+        lr, band, method = _verified_answer(trainer, x, rule_lr, scaling.default_lr(family), rule_info, verify_steps,
+                                            budget, details, warnings)
     else:
         details["verify_steps_used"] = 0
         lr = rule_lr
@@ -653,46 +654,62 @@ def _checked_args(family: str, verify_steps: Any, verify_budget: Any, batch_size
 
 
 #: a rejected candidate whose score ends more than this fraction above its start got worse (an LR
-#: too high for it); one within it neither improved nor got worse (flat: no sign of too high)
-WORSE = 0.02
+#: too high for it); one within it neither improved nor got worse (flat: no sign of too high; a
+#: transformer's first steps at a sound LR can rise a few percent)
+WORSE = 0.10
 
 
-def rejected_all_answer(results: list[dict], rule_lr: float, decade: float, floor: float) -> tuple[float, str]:
+def got_worse(candidate: dict) -> bool:
+    """Whether a verification candidate (an entry of ``details["candidates"]``) shows an LR too high
+    for the model: it diverged, went non-finite, died, or ended more than :data:`WORSE` above its
+    start. An accepted candidate, or one that merely failed to improve, does not.
+
+    Example:
+        >>> got_worse({"lr": 0.1, "rejected": "non-finite loss", "final": None, "start": None})
+        True
+        >>> got_worse({"lr": 1e-4, "rejected": "no improvement", "final": 0.6941, "start": 0.6939})
+        False
+    """
+    final, start = candidate.get("final"), candidate.get("start")
+    if candidate.get("rejected") is None:
+        return False  # accepted: it improved (maybe by too little to tell the LRs apart)
+    if final is None or start is None or not str(candidate["rejected"]).startswith("no improvement"):
+        return True  # diverged, non-finite or dead
+    return final > start * (1 + WORSE) if start > 0 else final > start
+
+
+def rejected_all_answer(results: list[dict], prior_lr: float, rule_lr: float, decade: float,
+                        floor: float) -> tuple[float, str]:
     r"""The unverified answer when no candidate made progress -- every one rejected, or none
     improved its start by :data:`MIN_PROGRESS` -- and the warning that says why.
 
     A candidate that diverged, died or ended more than :data:`WORSE` above its start shows an LR
-    too high to train; one that merely failed to improve, or improved by less than
-    :data:`MIN_PROGRESS` (within :data:`WORSE` of its start: a run too short to show progress, a
-    transformer's early bump, a model that learns late) does not.
-    With :math:`W` the lowest candidate that got worse and :math:`F` the highest flat one below it,
-    the answer is the range-test rule's :math:`\eta_r` kept between them,
+    too high to train (:func:`got_worse`); one that merely failed to improve (a run too short to
+    show progress, a transformer's early bump, a model that learns late) does not, and says nothing
+    about where the full run's best LR is: a tiny BERT trained from scratch sits at chance for its
+    first 6-step runs at every LR up to 0.01, yet over 192 steps 0.01 fails and 1e-3 is best. So
+    with :math:`W` the lowest candidate that got worse, the answer is the optimizer family's rule of
+    thumb :math:`\eta_p` (:func:`lrkit.scaling.default_lr`) kept a grid step below :math:`W`,
 
     .. math::
 
-        \eta = \minig(\max(\eta_r, F),\ \max(F, W / \sqrt{10})ig),
+        \eta = \maxig(\min(\eta_p,\ W/\sqrt{10}),\ \eta_0ig),
 
-    and with no flat candidate (every one too high) a grid ratio below the lowest one tried,
-    :math:`\max(\min(\eta_r, \eta_{low}/r), \eta_0)` (:math:`\eta_0` the first range-test LR). Going
-    below LRs that were merely flat would only pick an LR too small to move the weights.
+    and when every candidate got worse, a grid ratio below the lowest one tried,
+    :math:`\max(\min(\eta_r, \eta_{low}/r), \eta_0)` (:math:`\eta_r` the range-test rule's answer,
+    :math:`\eta_0` the first range-test LR). Before 2026-12-05 a candidate that did not improve
+    counted as too high, and the answer went a grid ratio below the lowest one: 3.5e-7 for that
+    BERT, four decades below its best LR.
 
     Example:
-        >>> flat = lambda lr: {"lr": lr, "rejected": "no improvement", "final": 0.694, "start": 0.6939}
-        >>> worse = {"lr": 3.5e-3, "rejected": "no improvement", "final": 0.73, "start": 0.6939}
-        >>> lr, _ = rejected_all_answer([worse, flat(3.5e-4), flat(3.5e-5)], 1.2e-3, 10.0, 1e-7)
-        >>> round(lr, 5)      # the rule's answer, below the candidate that got worse
-        0.00111
+        >>> flat = lambda lr: {"lr": lr, "rejected": "no improvement", "final": 0.70, "start": 0.6939}
+        >>> worse = {"lr": 0.035, "rejected": "no improvement", "final": 0.99, "start": 0.6939}
+        >>> rejected_all_answer([worse, flat(3.5e-3), flat(3.5e-4)], 1e-3, 1e-7, 10.0, 1e-7)[0]
+        0.001
         >>> rejected_all_answer([{"lr": 0.1, "rejected": "non-finite loss", "final": None, "start": None}],
-        ...                     0.05, 10.0, 1e-6)[0]
+        ...                     1e-3, 0.05, 10.0, 1e-6)[0]
         0.01
     """
-    def got_worse(r: dict) -> bool:
-        final, start = r.get("final"), r.get("start")
-        if r.get("rejected") is None:
-            return False  # accepted: it improved (by too little to tell the LRs apart)
-        if final is None or start is None or not str(r["rejected"]).startswith("no improvement"):
-            return True  # diverged, non-finite or dead
-        return final > start * (1 + WORSE) if start > 0 else final > start
     worse = [r["lr"] for r in results if got_worse(r)]
     w = min(worse, default=math.inf)
     flat = [r["lr"] for r in results if not got_worse(r) and r["lr"] < w]
@@ -701,16 +718,17 @@ def rejected_all_answer(results: list[dict], rule_lr: float, decade: float, floo
         return lr, ("every candidate diverged or got worse in a cold start; the answer, min(rule answer, lowest "
                     "candidate / grid ratio) but not below the first range-test LR, is unverified. Lower "
                     "start_lr, check the model, or raise verify_steps.")
-    f = max(flat)
-    lr = min(max(rule_lr, f), max(f, w / GRID_RATIO))
-    top = f"; from {w:.3g} up they got worse" if math.isfinite(w) else ""
-    return lr, (f"up to {f:.3g} the candidates neither improved by {MIN_PROGRESS:.0%} nor got worse{top}. The "
-                "answer is the range-test rule's, kept between those (unverified): the runs were too short to show "
-                "this model's progress -- pass train_steps for longer ones, a val_loader, or treat it as a guess")
+    lr = max(min(prior_lr, w / GRID_RATIO), floor)
+    top = f"; from {w:.3g} up they got worse (more than {WORSE:.0%})" if math.isfinite(w) else ""
+    return lr, (f"up to {max(flat):.3g} the candidates neither improved by {MIN_PROGRESS:.0%} nor got worse{top}. "
+                f"Runs this short say nothing more about this model: the answer is the optimizer family's rule "
+                f"of thumb ({prior_lr:.3g}){' kept a grid step below the first that got worse' if top else ''} "
+                "(unverified) -- pass train_steps for longer runs, a val_loader, or treat it as a guess")
 
 
-def _verified_answer(trainer: Any, x: np.ndarray, rule_lr: float, rule_info: dict, verify_steps: int, budget: int,
-                     details: dict, warnings: list[str]) -> tuple[float, tuple[float, float], str]:
+def _verified_answer(trainer: Any, x: np.ndarray, rule_lr: float, prior_lr: float, rule_info: dict,
+                     verify_steps: int, budget: int, details: dict,
+                     warnings: list[str]) -> tuple[float, tuple[float, float], str]:
     """Steps 3-5 of the module docstring: ``(lr, band, method)``; the candidates and what the pick
     did go into ``details``, what the user should know into ``warnings``."""
     if rule_info["informative"]:
@@ -734,7 +752,7 @@ def _verified_answer(trainer: Any, x: np.ndarray, rule_lr: float, rule_info: dic
             "unscaled inputs make this likelier, standardising them widens the usable range")
     best = search.best()
     if best is None:
-        lr, said = rejected_all_answer(search.results, rule_lr, decade, float(x[0]))
+        lr, said = rejected_all_answer(search.results, prior_lr, rule_lr, decade, float(x[0]))
         warnings.append(said if said.startswith("every") else f"no candidate improved on its start: {said}")
         details["warning"] = warnings[-1]
         return lr, (lr / GRID_RATIO, lr * GRID_RATIO), "rule(verification rejected all)"
@@ -747,7 +765,7 @@ def _verified_answer(trainer: Any, x: np.ndarray, rule_lr: float, rule_info: dic
     details["refine"] = refine
     details["edges"] = edges
     if search.progress(best) < MIN_PROGRESS:
-        lr, said = rejected_all_answer(search.results, rule_lr, decade, float(x[0]))
+        lr, said = rejected_all_answer(search.results, prior_lr, rule_lr, decade, float(x[0]))
         warnings.append(
             f"no candidate improved its start by {MIN_PROGRESS:.0%} in {verify_steps}-step runs: the "
             f"verification could not tell the LRs apart: {said}")
