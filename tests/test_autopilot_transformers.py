@@ -1,6 +1,7 @@
 """lrkit.transformers.AutopilotCallback: Trainer(..., callbacks=[...]) with no learning_rate; resume; refusals."""
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -86,20 +87,45 @@ def test_trains_with_no_learning_rate_and_logs_the_autopilots_lr(tmp_path):
     assert trainer.evaluate()["eval_loss"] < 1.0
 
 
-def test_a_run_that_logs_too_rarely_for_the_guard_is_told_what_to_set(tmp_path):
-    """The guard reads one loss per training log: 4 logs over a run (logging_steps=10 of 40 steps,
-    as the Trainer's default 500 does over a few thousand) cannot fill the doctor's window."""
+class NaNFrom(transformers.TrainerCallback):
+    """Makes the inputs of optimizer step ``at`` NaN (its loss, gradients and update then are)."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def on_step_begin(self, args, state, control, model=None, **kw):
+        model.nan = state.global_step == self.at
+
+
+class NaNClf(Clf):
+    nan = False
+
+    def forward(self, pixels, labels=None):
+        return super().forward(pixels * math.nan if self.nan else pixels, labels)
+
+
+def test_with_the_trainers_default_logging_the_guard_reads_every_step_itself(tmp_path, caplog):
+    """logging_steps=500 (the default) over a 120-step run writes no training log before its end:
+    the guard reads each step's loss from the model's output instead, says so, and rolls a NaN
+    back at its step (read from the logs, it would never have seen it)."""
     import warnings
 
-    train, _ = _data()
-    with pytest.warns(UserWarning, match=r"will write 4 training logs .* Set logging_steps=1 or less"):
-        transformers.Trainer(model=Clf(), args=_args(tmp_path / "rare", 40, logging_steps=10), train_dataset=train,
-                             callbacks=[AutopilotCallback()]).train()
-    with warnings.catch_warnings(record=True) as seen:
+    train, val = _data()
+    cb = AutopilotCallback()
+    with caplog.at_level("INFO", logger="lrkit.autopilot"), warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        transformers.Trainer(model=Clf(), args=_args(tmp_path / "every", 60), train_dataset=train,
-                             callbacks=[AutopilotCallback()]).train()
-    assert not [w for w in seen if "training logs" in str(w.message)]  # 60 logs: the window fills
+        trainer = transformers.Trainer(model=NaNClf(), args=_args(tmp_path, 120, logging_steps=500),
+                                       train_dataset=train, callbacks=[cb, NaNFrom(70)])
+        trainer.train()
+    assert any("the guard reads every step's loss from the model's output" in r.getMessage() for r in caplog.records)
+    assert not [w for w in seen if "training logs" in str(w.message)]
+    rollbacks = [e for e in cb.events if e.kind == "rollback"]
+    assert [e.step for e in rollbacks] == [70]
+    model = trainer.model
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    with torch.no_grad():
+        assert torch.nn.functional.cross_entropy(model.net(val.x), val.y) < 0.5  # it went on learning
+    assert not model._forward_hooks
 
 
 def test_resume_from_checkpoint_runs_no_finder_and_continues(tmp_path, monkeypatch):

@@ -72,17 +72,18 @@ def _run(rank: int, out: str, *, scenario: str) -> dict:
     }
 
 
-def _run_autopilot(rank: int, out: str) -> dict:
+def _run_autopilot(rank: int, out: str, logging_steps: int = 1) -> dict:
     from lrkit.integrations.transformers.autopilot import AutopilotCallback
 
     args = transformers.TrainingArguments(
         output_dir=out, use_cpu=True, ddp_backend="gloo", report_to=[], save_strategy="no", max_steps=120,
-        logging_steps=1, per_device_train_batch_size=16, optim="sgd", disable_tqdm=True, seed=0)
+        logging_steps=logging_steps, per_device_train_batch_size=16, optim="sgd", disable_tqdm=True, seed=0)
     model = Tiny()
     cb = AutopilotCallback(progress=False)
     transformers.Trainer(model=model, args=args, train_dataset=Data(), callbacks=[cb]).train()
     return {"world_size": args.world_size, "peak": cb.plan.peak_lr, "events": [e.message for e in cb.events],
-            "seen": model.seen, "params": [p.detach().flatten().tolist() for p in model.parameters()]}
+            "seen": model.seen, "params": [p.detach().flatten().tolist() for p in model.parameters()],
+            "observed": len(cb.pilot.history)}
 
 
 def _run_finder(rank: int, out: str) -> dict:
@@ -124,8 +125,11 @@ def test_a_nan_on_one_rank_is_rolled_back_on_both_alike(tmp_path):
 
 
 @needs_dist
-def test_the_autopilot_plans_once_for_both_ranks_and_its_finder_trains_as_ddp_does(tmp_path):
-    r0, r1 = run_env_ranks(_run_autopilot, tmp_path)
+@pytest.mark.parametrize("logging_steps", [1, 500])
+def test_the_autopilot_plans_once_for_both_ranks_and_its_finder_trains_as_ddp_does(tmp_path, logging_steps):
+    """Also with the Trainer's default logging_steps=500, where the guard reads each step's loss
+    from the model's output itself: the ranks' mean, so both take the same decisions."""
+    r0, r1 = run_env_ranks(functools.partial(_run_autopilot, logging_steps=logging_steps), tmp_path)
     assert r0["world_size"] == r1["world_size"] == 2
     assert r0["peak"] == r1["peak"]  # one plan: the finder decided on the ranks' mean losses
     # the finder averaged the gradients over the ranks (as the Trainer's DDP wrapper does after it):
@@ -133,6 +137,7 @@ def test_the_autopilot_plans_once_for_both_ranks_and_its_finder_trains_as_ddp_do
     assert len(r0["seen"]) > 120 and r0["seen"] == r1["seen"]
     assert r0["events"] == r1["events"]
     assert r0["params"] == r1["params"]
+    assert r0["observed"] == r1["observed"] == 120  # every step reached the guard, logged or read
 
 
 @needs_dist

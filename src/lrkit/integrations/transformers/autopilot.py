@@ -8,9 +8,11 @@ model computes its own loss: ``model(**batch).loss``), decides the plan, and tak
 autopilot's LR, so the ``Trainer`` keeps stepping its own scheduler and logs the autopilot's
 ``learning_rate``.
 
-**The guard** reads what the ``Trainer`` logs (``on_log``: ``loss``, ``grad_norm``), so set ``logging_steps`` small (1 for per-step watching; a run
-that will write fewer training logs than the doctor's window, as the default 500 does over a few
-thousand steps, gets a warning saying what to set). On
+**The guard** reads what the ``Trainer`` logs (``on_log``: ``loss``, ``grad_norm``) when the run
+writes enough training logs to fill the doctor's window; with fewer -- the default
+``logging_steps=500`` over a few thousand steps, or any run of under 500 steps -- it reads every
+optimizer step's loss itself, from a forward hook on the model's output (the mean over the step's
+micro-batches, and over the ranks under DDP; no gradient norm), and says so once in the log. On
 ``nan``/``diverging`` the model, the optimizer state, the AMP scaler and the RNGs go back in place
 to the last good snapshot and the LR is lowered from the next step on. Each evaluation's
 ``eval_loss`` feeds the plateau rule. Every intervention is logged to ``lrkit.autopilot`` and kept
@@ -49,6 +51,7 @@ from transformers import TrainerCallback
 from lrkit import scaling
 from lrkit.autopilot.pilot import Autopilot, AutopilotEvent, check_storage
 from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
+from lrkit.doctor.core import Doctor
 from lrkit.doctor.guarded_watch import PendingValidation
 from lrkit.integrations.torch.autopilot import _group_ratios
 from lrkit.integrations.torch.dist import rank_agree, rank_means, world_size
@@ -136,6 +139,7 @@ class AutopilotCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Tra
         self._skips: StepSkips | None = None  # skip_spikes: each step's loss (a forward hook) and the skips
         self._scaler: Any = None
         self._pending = PendingValidation(prefixes=("eval_",), loss_names=("eval_loss",))
+        self._per_step = False  # the guard reads each step's loss itself (too few logs; on_train_begin)
 
     def _release_hooks(self) -> None:
         """Take the forward hooks (skips, output spread) off the model: training ended, or failed."""
@@ -180,6 +184,10 @@ class AutopilotCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Tra
         self._ratios = _group_ratios(inner)  # group g gets r_g times the autopilot's LR
         family = check_optimizer(inner)
         scale = _logged_scale(args, model, kwargs.get("train_dataloader"))
+        # too few logs for the doctor's window: the guard reads every step's loss from the model's
+        # output, on the per-example scale (no logged-scale factor on the finder's reference)
+        self._per_step = bool(self.guard) and _expected_logs(args, state) < int(Doctor().config["window"])
+        ref_scale = 1.0 if self._per_step else scale
         if self.pilot is not None:  # a callback reused from an earlier train(): its snapshots are stale
             self.pilot.close()
         if saved is not None and state.global_step > 0:
@@ -193,12 +201,16 @@ class AutopilotCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Tra
             plan = make_plan(self.finder, family=family, train_steps=steps, shape=self.shape,
                              peak_lr=self.peak_lr)
             ref = plan.finder_reference
-            if scale != 1.0 and ref is not None and ref[2] == "train":  # the guard compares logged losses to it
-                plan = dataclasses.replace(plan, finder_reference=(ref[0], ref[1] * scale, ref[2]))
+            if ref_scale != 1.0 and ref is not None and ref[2] == "train":  # the guard compares logged losses to it
+                plan = dataclasses.replace(plan, finder_reference=(ref[0], ref[1] * ref_scale, ref[2]))
             self.pilot = Autopilot(plan, guard=self.guard, plateau=self.plateau, logger=self.logger,
                                    skip_spikes=self.skip_spikes, storage=self.storage, storage_dir=self.storage_dir)
             self.pilot.logger.info("%s", plan.summary())
-            self._warn_if_few_logs(args, state)
+            if self._per_step:
+                self.pilot.logger.info(
+                    "lrkit autopilot: this run will write %d training logs (logging_steps=%r over %d steps), fewer "
+                    "than the doctor's window: the guard reads every step's loss from the model's output instead",
+                    _expected_logs(args, state), getattr(args, "logging_steps", None), int(state.max_steps or 0))
         if scale != 1.0 and scaling.scaling_rule(family) == "linear":
             # the Trainer's gradient is `scale` times the mean the finder measured: an update linear in
             # the gradient (SGD) needs the LR divided by it (adaptive optimizers are scale-invariant)
@@ -210,7 +222,7 @@ class AutopilotCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Tra
         self._scaler = getattr(optimizer, "scaler", None)
         self.pilot.attach(_State(model, inner, self._scaler), agree=rank_agree)  # DDP: the ranks' mean timings
         self._release_hooks()
-        if self.pilot.skips:
+        if self.pilot.skips or self._per_step:  # a forward hook reads each step's loss
             self._skips = StepSkips(model)
         self._start_outputs(model)
         self._lambda = _PilotLambda(self)
@@ -241,37 +253,29 @@ class AutopilotCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Tra
             g["lr"] = lr * r
         self._scheduler._last_lr = [g["lr"] for g in self._optimizer.param_groups]
 
-    def _warn_if_few_logs(self, args: Any, state: Any) -> None:
-        """The guard reads one loss per training log: with the Trainer's default ``logging_steps``
-        (500) a run of a few thousand steps writes fewer logs than the doctor's window, and the
-        guard sees a divergence late or not at all -- said once, with what to set."""
-        if not self.guard or self.pilot is None:
-            return
-        logs, window = _expected_logs(args, state), int(self.pilot.doctor.config["window"])
-        if logs >= window:
-            return
-        steps = int(getattr(state, "max_steps", 0) or 0)
-        fit = max(1, steps // (4 * window))
-        warnings.warn(
-            f"AutopilotCallback: this run will write {logs} training logs (logging_steps="
-            f"{getattr(args, 'logging_steps', None)!r} over {steps} steps) and the guard reads one loss per log, "
-            f"judging a trend over {window} of them: it would see a divergence late or not at all. Set "
-            f"logging_steps={fit} or less in TrainingArguments (1 watches every step)",
-            stacklevel=2,
-        )
-
-    # ------------------------------------------------------------------ every log
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kwargs: Any) -> None:
         self._pending.hold(metrics)
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self._skips is not None and self.pilot is not None:
             step = int(state.global_step)  # the optimizer step in flight
-            self._skips.decide(lambda loss: self.pilot.skip(step, loss), self._optimizer, self._scaler)
+            ask = self.pilot.skips
+            self._skips.decide(lambda loss: ask and self.pilot.skip(step, loss), self._optimizer, self._scaler)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._take_outputs(int(state.global_step) - 1)  # every rank, every optimizer step
+        if self._per_step and self.pilot is not None and self._skips is not None:
+            self._observe_step(int(state.global_step) - 1)
         super().on_step_end(args, state, control, **kwargs)  # the state saved with a checkpoint
+
+    def _observe_step(self, step: int) -> None:
+        """The guard's reading of one optimizer step, when the logs are too few (see the module docstring)."""
+        loss = self._skips.last_loss
+        if loss is None or self._skips.last_skipped or (self._last_step is not None and step <= self._last_step):
+            return  # no loss seen, or a skipped update: the doctor never sees it
+        self._last_step = step
+        val_loss, metrics = self._pending.take()
+        self._feed(step, loss, None, None, val_loss, self._with_outputs(metrics))
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._release_hooks()
@@ -280,6 +284,10 @@ class AutopilotCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Tra
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
         if self.pilot is None or not logs or "loss" not in logs:
+            return
+        if self._per_step:  # every step was read already: only start the next log's tally
+            if self._skips is not None:
+                self._skips.read_log(float(logs["loss"]), None)
             return
         step = int(state.global_step) - 1  # the last optimizer step the log covers
         if step < 0 or (self._last_step is not None and step <= self._last_step):
@@ -295,9 +303,13 @@ class AutopilotCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Tra
         metrics = self._with_outputs(metrics)  # the latest output spread read since the last log
         if world_size() > 1:  # the Trainer's logs are gathered already; this makes sure of it
             loss, gn, val_loss = rank_means([loss, gn, val_loss])
+        self._feed(step, loss, logs.get("learning_rate"), gn, val_loss, metrics)
+
+    def _feed(self, step: int, loss: float, lr: Any, gn: float | None, val_loss: float | None,
+              metrics: Any) -> None:
+        """One observation for the autopilot; a rollback re-applies the LR and restarts the probe."""
         try:
-            rolled = self.pilot.observe(step, loss, lr=logs.get("learning_rate"), grad_norm=gn, val_loss=val_loss,
-                                        metrics=metrics)
+            rolled = self.pilot.observe(step, loss, lr=lr, grad_norm=gn, val_loss=val_loss, metrics=metrics)
         except Exception:
             self._release_hooks()  # training ends here (the guard gave up): take the hook off the model
             raise

@@ -95,10 +95,12 @@ class StepSkips:
         self._skipped: list[float] = []
         #: the last optimizer step's update was left out
         self.last_skipped = False
+        #: the last optimizer step's loss as :meth:`decide` read it (``None``: none seen)
+        self.last_loss: float | None = None
 
     def decide(self, ask: Callable[[float], bool], optimizer: torch.optim.Optimizer, scaler: Any) -> bool:
         """Ask ``ask(loss)`` with the step's loss; ``True``: its gradients were dropped."""
-        loss = self._loss.take()
+        loss = self.last_loss = self._loss.take()
         self.last_skipped = loss is not None and bool(ask(loss))
         if self.last_skipped:
             drop_gradients([p for g in optimizer.param_groups for p in g["params"]], scaler, optimizer)
