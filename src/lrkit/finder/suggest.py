@@ -693,7 +693,7 @@ def rejected_all_answer(results: list[dict], prior_lr: float, rule_lr: float, de
 
     .. math::
 
-        \eta = \maxig(\min(\eta_p,\ W/\sqrt{10}),\ \eta_0ig),
+        \eta = \max\big(\min(\eta_p,\ W/\sqrt{10}),\ \eta_0\big),
 
     and when every candidate got worse, a grid ratio below the lowest one tried,
     :math:`\max(\min(\eta_r, \eta_{low}/r), \eta_0)` (:math:`\eta_r` the range-test rule's answer,
