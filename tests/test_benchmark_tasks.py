@@ -96,5 +96,5 @@ def test_the_framework_autopilot_benchmark_scores_against_the_better_of_both_ora
                                                     "finder_steps": 25, "rollbacks": 1}
     row = af.score([name], cache)[name]
     assert row["ref"] == pytest.approx(0.8) and row["ap_oracle_lr"] == pytest.approx(0.1)
-    assert row["autopilot"]["regret"] == pytest.approx(0.5) and row["autopilot"]["rollbacks"] == 3
+    assert row["autopilot"]["regret"] == pytest.approx(0.5) and row["autopilot"]["rollbacks"] == len(ff.SEEDS)
     assert row["lrkit"]["regret_ref"] == pytest.approx(1.0)
