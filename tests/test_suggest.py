@@ -575,34 +575,21 @@ def test_the_probe_reads_a_trained_model_not_the_untrained_one():
     assert s.details["deterministic_steps"] is False and s.details["short_run_factor"] == 2
 
 
-class LateLearner:
+class LateLearner(Bowl):
     """A model that needs more steps than a short run has (a transformer trained from scratch, a
-    phase change): over any run of fewer than ``late`` steps its score stays at its start for LRs up
-    to ``edge`` and rises above it -- the more, the higher the LR."""
+    phase change): over a candidate run its score stays at its start for LRs up to ``edge`` and
+    rises above it -- the more, the higher the LR. (Bowl's snapshot, restore, step and evaluate.)"""
 
     START = 0.6931
 
-    def __init__(self, edge, late=50):
-        self.edge, self.late = edge, late
+    def __init__(self, edge):
+        self.edge = edge
         self.lr, self.t = None, 0
-
-    def snapshot(self):
-        return (self.lr, self.t)
-
-    def restore(self, state):
-        self.lr, self.t = state
 
     def _value(self):
         if self.t == 0 or self.lr <= self.edge:
             return self.START * (1 + 1e-4 * math.sin(7 * self.t))
         return self.START * (1 + 0.5 * math.log10(self.lr / self.edge) + 0.15)
-
-    def step(self, lr):
-        self.lr, self.t = lr, self.t + 1
-        return self._value()
-
-    def evaluate(self):
-        return self._value()
 
 
 @pytest.mark.parametrize("edge", [2e-4, 2e-3, 3e-2])

@@ -710,9 +710,9 @@ def rejected_all_answer(results: list[dict], prior_lr: float, rule_lr: float, de
         ...                     1e-3, 0.05, 10.0, 1e-6)[0]
         0.01
     """
-    worse = [r["lr"] for r in results if got_worse(r)]
-    w = min(worse, default=math.inf)
-    flat = [r["lr"] for r in results if not got_worse(r) and r["lr"] < w]
+    judged = [(r["lr"], got_worse(r)) for r in results]
+    w = min((lr for lr, bad in judged if bad), default=math.inf)
+    flat = [lr for lr, bad in judged if not bad and lr < w]
     if not flat:
         lr = max(min(rule_lr, min(r["lr"] for r in results) / decade), floor)
         return lr, ("every candidate diverged or got worse in a cold start; the answer, min(rule answer, lowest "
