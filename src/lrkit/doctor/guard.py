@@ -161,7 +161,7 @@ from lrkit.doctor.lr_policy import LRPolicy
 from lrkit.doctor.raise_watch import RAISE_SNAPSHOT, RAISE_STEADY, RaiseWatch
 from lrkit.doctor.relapse import RelapseWatch
 from lrkit.doctor.snapshot_set import SnapshotSet
-from lrkit.doctor.snapshots import HealthTracker, SnapshotRecord, best_snapshot, choose_target
+from lrkit.doctor.snapshots import LEVEL, HealthTracker, SnapshotRecord, _median, best_snapshot, choose_target
 from lrkit.doctor.guard_skips import SKIPS_KEPT, SkipsSpikes
 from lrkit.doctor.guard_state import PersistsGuard
 from lrkit.doctor.spikes import SPIKE_FACTOR, SpikeFilter
@@ -623,6 +623,7 @@ class Guard(SkipsSpikes, PersistsGuard):
     def _restore(self, rec: SnapshotRecord, state: Any, rollback: bool = False) -> None:
         self.trainer.restore(state)
         self._trained = rec.trained_steps
+        failed = _median(self._health.recent[-LEVEL:])  # the level the run had come to (nan: none)
         self.doctor.load_state_dict(rec.doctor)
         if rollback and self.doctor.n_observations < self.doctor.config["flat_steps"]:
             # restored into the doctor's opening stretch (its "since the start" judgements: flat,
@@ -635,7 +636,8 @@ class Guard(SkipsSpikes, PersistsGuard):
         if self._spikes is not None:
             self._spikes.reset()  # another state: its level is learnt again
         if rollback:  # the restored state's level is the reference until a new snapshot is verified
-            self._relapse_watch.arm(best=rec.best if math.isfinite(rec.best) else self._health.best, label=rec.label)
+            self._relapse_watch.arm(best=rec.best if math.isfinite(rec.best) else self._health.best, label=rec.label,
+                                    start=self._health.start, failed=failed, sigma=rec.sigma, at=self._clock)
 
     def _cut(self, step: int, d: Diagnosis, target: SnapshotRecord) -> float:
         """The factor the LR multiplier is multiplied by (:mod:`lrkit.doctor.lr_policy`).
@@ -672,6 +674,10 @@ class Guard(SkipsSpikes, PersistsGuard):
             self._multiplier = m
             if self._policy.ramp is None:
                 self._write_manifest()
+                # the LR is back where the trouble was: a return to the level the run failed to
+                # is the LR's doing, whatever the doctor (restarted, or blind in a noisy run) says
+                self._relapse_watch.arm(best=self._health.best, label=self._clock, start=self._health.start,
+                                        sigma=self._health.sigma, at=self._clock)
 
     def _relapse(self, step: int, loss: float) -> Diagnosis | None:
         """A relapse right after a rollback (:class:`~lrkit.doctor.relapse.RelapseWatch`)."""

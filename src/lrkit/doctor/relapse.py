@@ -4,16 +4,38 @@ A rollback into the doctor's opening stretch restarts the doctor (slow progress 
 must not be judged against the failed one's losses), so a run that blows up again right after
 it -- a bad data shard still coming, a network killed on the way -- would set the doctor's new
 baseline on its dead plateau. :class:`RelapseWatch` keeps the restored state's best log-level
-:math:`b` as the reference until a snapshot taken after the rollback is verified healthy. With
-:math:`m` the median of the last :data:`~lrkit.doctor.snapshots.LEVEL` finite log-losses, the run
-has relapsed when
+:math:`b` as the reference. With :math:`m` the median of the last
+:data:`~lrkit.doctor.snapshots.LEVEL` finite log-losses, the run has relapsed when
 
 .. math::
 
-    m - b \ge \log(\text{RELAPSE\_RATIO}) \quad\text{for } \text{RELAPSE\_STEPS} \text{ steps in a row}
+    m - b \ge \theta \quad\text{for } \text{RELAPSE\_STEPS} \text{ steps in a row}, \qquad
+    \theta = \min\Big(\log \text{RELAPSE\_RATIO},\ \max\big(f\,(s - b),\ z\,\tfrac{1.25\,\sigma}{\sqrt{20}}\big)\Big)
 
-(the loss level sits at twice the restored state's best or more for 10 steps); the verdict is
-``diverging``, onset the first of those steps. Pure Python: the guard feeds it.
+-- the loss level sits at twice the restored state's best or more for 10 steps, or, in a run
+whose whole progress :math:`s - b` (from :math:`s`, the median of its first five log-losses,
+down to :math:`b`) is at least :math:`\log 1.5` and too small for a factor of two to mean much
+(a two-class task learns from 0.69 to 0.35: back at chance is 2x only by luck), the level has
+given back :math:`f` = :data:`~lrkit.doctor.signs.diverging.LOST_FRACTION` (70%) of that
+progress, by more than :math:`z` = :data:`RELAPSE_Z` sd of a level's noise (:math:`\sigma` the
+per-step noise of the log-loss when the state was saved). The verdict is ``diverging``, onset
+the first of those steps.
+
+The watch lasts until a snapshot taken after the rollback is verified healthy -- and, when the
+give-back threshold is the one in use, at least :data:`RELAPSE_HORIZON` steps: a run whose whole
+progress is within reach of a snapshot's verification margin (a level up to 1.5x the best passes
+it) can have a snapshot verified on its way back to chance, all the more when its per-batch losses
+swing by 2-3x and the snapshot fell in a lucky stretch. (Where the run made much progress, a
+longer watch only reads the noise of a loss near zero against a best that is the lowest of many
+noisy levels: on the autopilot's digits MLP, a train loss of 0.005-0.02, a 40-step watch called
+healthy runs after a NaN fault relapsed, at 2.05x.)
+
+Whenever a lowered LR is brought back (the end of a probation, :mod:`lrkit.doctor.lr_policy`),
+the guard arms the watch again, against the level the run last failed to: a return there is the
+LR's doing, and a restarted doctor, or one blind in a noisy run, may not see it in time for the
+policy to lower the LR for good.
+
+Pure Python: the guard feeds it.
 
 Example:
     >>> import math
@@ -27,6 +49,19 @@ Example:
     ...         break
     >>> d.verdict, d.step, t
     ('diverging', 105, 114)
+
+    A two-class run that learned from chance (0.69) to 0.37 and went back to 0.66 has relapsed,
+    though 0.66 is under twice its best:
+
+    >>> w.arm(best=math.log(0.37), label=100, start=math.log(0.69), sigma=0.3, at=100)
+    >>> recent = []
+    >>> for t in range(101, 130):
+    ...     recent.append(math.log(0.66))
+    ...     d = w.check(t, 0.66, recent, newer_healthy=lambda label: True)
+    ...     if d is not None:
+    ...         break
+    >>> d.verdict, round(d.evidence["progress_given_back"], 2)
+    ('diverging', 0.93)
 """
 from __future__ import annotations
 
@@ -34,14 +69,22 @@ import math
 from typing import Callable, Sequence
 
 from lrkit.doctor.core import Diagnosis
+from lrkit.doctor.signs._base import MEDIAN_EFF
+from lrkit.doctor.signs.diverging import LOST_FRACTION
 from lrkit.doctor.snapshots import LEVEL, SHORT
 
-__all__ = ["RelapseWatch", "RELAPSE_RATIO", "RELAPSE_STEPS"]
+__all__ = ["RelapseWatch", "RELAPSE_RATIO", "RELAPSE_STEPS", "RELAPSE_Z", "RELAPSE_MIN_PROGRESS", "RELAPSE_HORIZON"]
 
 #: after a rollback, a loss level this many times the restored state's best ...
 RELAPSE_RATIO = 2.0
 #: ... for this many steps is a new divergence
 RELAPSE_STEPS = 10
+#: a give-back threshold is never under this many sd of the level's noise
+RELAPSE_Z = 2.0
+#: ... and applies to a distance of at least this factor between the best and where the run came from
+RELAPSE_MIN_PROGRESS = 1.25
+#: the watch lasts at least this many steps after the rollback (two levels' worth)
+RELAPSE_HORIZON = 2 * LEVEL
 
 
 class RelapseWatch:
@@ -49,10 +92,31 @@ class RelapseWatch:
 
     def __init__(self) -> None:
         self.ref: dict[str, float | int | None] | None = None
+        #: the level the run last failed to (a re-arming without one, when a lowered LR is brought
+        #: back, watches for a return to it)
+        self.failed = math.nan
 
-    def arm(self, *, best: float, label: int) -> None:
-        """A rollback restored the snapshot of step ``label``, whose best log-level was ``best``."""
-        self.ref = {"best": best, "above": None, "label": label}
+    def arm(self, *, best: float, label: int, start: float = math.nan, failed: float = math.nan,
+            sigma: float = 0.0, at: int | None = None) -> None:
+        """A rollback at step ``at`` restored the snapshot of step ``label``, whose best log-level
+        was ``best`` and per-step log-loss noise ``sigma``; ``start``: the run's starting log-level,
+        ``failed``: the level the run had failed to (``nan``: unknown; with neither, the factor
+        alone decides)."""
+        if math.isfinite(failed):
+            self.failed = failed
+        progress = max((v - best for v in (start, self.failed) if math.isfinite(v)), default=math.nan)
+        self.ref = {"best": best, "above": None, "label": label, "at": label if at is None else at,
+                    "threshold": self.threshold(progress, sigma), "progress": progress}
+
+    @staticmethod
+    def threshold(progress: float, sigma: float) -> float:
+        """:math:`\\theta` of the module docstring: the rise of the level that is a relapse, for a
+        distance ``progress`` (log) between the restored best and the level the run came from."""
+        theta = math.log(RELAPSE_RATIO)
+        if math.isfinite(progress) and progress >= math.log(RELAPSE_MIN_PROGRESS):
+            floor = RELAPSE_Z * MEDIAN_EFF * max(sigma, 0.0) / math.sqrt(LEVEL)
+            theta = min(theta, max(LOST_FRACTION * progress, floor))
+        return theta
 
     def check(self, step: int, loss: float, recent: Sequence[float],
               newer_healthy: Callable[[int], bool]) -> Diagnosis | None:
@@ -62,23 +126,29 @@ class RelapseWatch:
         w = self.ref
         if w is None or not math.isfinite(w["best"]):
             return None
-        if newer_healthy(int(w["label"])):
+        short_run = w["threshold"] < math.log(RELAPSE_RATIO) and step - int(w["at"]) < RELAPSE_HORIZON
+        if not short_run and newer_healthy(int(w["label"])):
             self.ref = None  # the run is back on its feet
             return None
         recent = list(recent)[-LEVEL:]
         if len(recent) < SHORT or not math.isfinite(loss):
             return None
         level = sorted(recent)[len(recent) // 2]
-        if level - w["best"] < math.log(RELAPSE_RATIO):
+        if level - w["best"] < w["threshold"]:
             w["above"] = None
             return None
         w["above"] = step if w["above"] is None else w["above"]
         if step - w["above"] + 1 < RELAPSE_STEPS:
             return None
         ratio = math.exp(level - w["best"])
+        evidence = {"loss_ratio_to_best": ratio}
+        if math.isfinite(w["progress"]) and w["progress"] > 0:
+            evidence["progress_given_back"] = (level - w["best"]) / w["progress"]
         return Diagnosis(
-            "diverging", w["above"], step, {"loss_ratio_to_best": ratio},
+            "diverging", w["above"], step, evidence,
             ("lower the LR", "check the data of these steps"),
-            f"After the rollback the loss level rose to {ratio:.3g}x the restored state's best and stayed there "
-            f"since step {w['above']}.",
+            f"After the rollback the loss level rose to {ratio:.3g}x the restored state's best"
+            + (f" (giving back {evidence['progress_given_back']:.0%} of the progress the run had made)"
+               if "progress_given_back" in evidence else "")
+            + f" and stayed there since step {w['above']}.",
         )

@@ -95,12 +95,21 @@ class HealthTracker:
         self.size = size
         self.recent: list[float] = []
         self.best = math.inf
+        #: the run's starting log-level: the median of its first :data:`SHORT` finite log-losses
+        #: (``nan`` until then); kept when a state is loaded (it is the run's, not the state's)
+        self.start = math.nan
+        self._first: list[float] = []
 
     def add(self, loss: float) -> None:
         """One training loss (non-finite losses are not part of the level)."""
         if not math.isfinite(loss):
             return
-        self.recent = (self.recent + [math.log(max(loss, 1e-300))])[-self.size:]
+        y = math.log(max(loss, 1e-300))
+        self.recent = (self.recent + [y])[-self.size:]
+        if math.isnan(self.start):
+            self._first.append(y)
+            if len(self._first) >= SHORT:
+                self.start, self._first = _median(self._first), []
         if len(self.recent) >= SHORT:
             self.best = min(self.best, _median(self.recent[-LEVEL:]))
 
@@ -115,11 +124,14 @@ class HealthTracker:
         return _MAD_TO_SD * _median([abs(x - m) for x in d]) / math.sqrt(2.0)
 
     def state(self) -> dict[str, Any]:
-        return {"recent": list(self.recent), "best": None if math.isinf(self.best) else self.best}
+        return {"recent": list(self.recent), "best": None if math.isinf(self.best) else self.best,
+                "start": None if math.isnan(self.start) else self.start}
 
     def load(self, s: dict[str, Any]) -> None:
         self.recent = [float(v) for v in s["recent"]]
         self.best = math.inf if s["best"] is None else float(s["best"])
+        if s.get("start") is not None and math.isnan(self.start):  # a resumed run learns its start back
+            self.start = float(s["start"])
 
 
 @dataclass
