@@ -156,8 +156,13 @@ NOTES = (
     "fault: a train loss near zero is 2x its best by noise alone, so the longer watch is only for runs whose "
     "whole progress is under 2.7x). Rerun once to report (autopilot runs only; the peak grid is cached): that "
     "BERT seed 0 ends at 0.387 after 3 rollbacks (the relapse caught, the LR halved twice), the task 28% -> "
-    "6.3%, every other run identical; held-out median 28% -> 25%. The validation losses are 0.03-0.07 on the "
-    "digits tasks and their curves over the peak broad and noisy."
+    "6.3%, every other run identical; held-out median 28% -> 25%. Then the watch's reference became the run's "
+    "best since the rollback where that is lower and the give-back test still the one in use (designed on the "
+    "same simulation: a snapshot saved while its running level lagged a fast-falling loss had a best of 0.59 "
+    "where the restored run reached 0.33, so back at chance read as 1.2x; a first version that rebased every "
+    "watch called healthy digits runs relapsed in the autopilot's fault table, +5.3% -> +19.6%, and was "
+    "narrowed before this run): that seed 0.329 after 2 rollbacks, the task 2.4%, every other run identical. "
+    "The validation losses are 0.03-0.07 on the digits tasks and their curves over the peak broad and noisy."
 )
 
 

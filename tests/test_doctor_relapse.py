@@ -153,3 +153,22 @@ def test_health_tracker_start_is_the_median_of_the_first_losses_and_survives_loa
     assert fresh.start == pytest.approx(math.log(0.5))
     fresh.load({"recent": [0.0], "best": None})  # records written before the start was kept
     assert fresh.start == pytest.approx(math.log(0.5))
+
+
+def test_a_better_best_reached_after_the_rollback_becomes_the_reference():
+    # the snapshot was saved while its level (a running median) still lagged a fast-falling loss:
+    # its best, 0.59, is above what the restored run goes on to reach, 0.33. Back at chance (0.70)
+    # is only 1.19x the snapshot's best, but 2.1x the run's
+    for best_now, caught in ((math.log(0.33), True), (math.inf, False)):
+        w = RelapseWatch()
+        w.arm(best=math.log(0.59), label=25, start=AT_CHANCE, at=69)
+        recent = []
+        hit = None
+        for t in range(70, 130):
+            recent.append(math.log(0.70))
+            hit = w.check(t, 0.70, recent, newer_healthy=lambda label: False, best_now=best_now)
+            if hit is not None:
+                break
+        assert (hit is not None) == caught
+        if caught:
+            assert hit.evidence["loss_ratio_to_best"] == pytest.approx(0.70 / 0.33)

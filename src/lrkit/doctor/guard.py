@@ -681,7 +681,7 @@ class Guard(SkipsSpikes, PersistsGuard):
 
     def _relapse(self, step: int, loss: float) -> Diagnosis | None:
         """A relapse right after a rollback (:class:`~lrkit.doctor.relapse.RelapseWatch`)."""
-        return self._relapse_watch.check(step, loss, self._health.recent, self._healthy_since)
+        return self._relapse_watch.check(step, loss, self._health.recent, self._healthy_since, self._health.best)
 
     # ------------------------------------------------------------------ rollback
     def _intervene(self, step: int, d: Diagnosis) -> Intervention:

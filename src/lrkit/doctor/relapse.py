@@ -4,8 +4,12 @@ A rollback into the doctor's opening stretch restarts the doctor (slow progress 
 must not be judged against the failed one's losses), so a run that blows up again right after
 it -- a bad data shard still coming, a network killed on the way -- would set the doctor's new
 baseline on its dead plateau. :class:`RelapseWatch` keeps the restored state's best log-level
-:math:`b` as the reference. With :math:`m` the median of the last
-:data:`~lrkit.doctor.snapshots.LEVEL` finite log-losses, the run has relapsed when
+:math:`b` as the reference -- or the run's best since the rollback, when lower and the give-back
+test below is then the one in use (a state saved while its level still lagged behind a
+fast-falling loss has a best above what it goes on to reach; a run that learned much keeps the
+restored best: its best since, the lowest of many noisy levels near zero, would make 2x a matter
+of noise). With :math:`m` the median of the last :data:`~lrkit.doctor.snapshots.LEVEL` finite
+log-losses, the run has relapsed when
 
 .. math::
 
@@ -40,18 +44,20 @@ Pure Python: the guard feeds it.
 Example:
     >>> import math
     >>> w = RelapseWatch()
-    >>> w.arm(best=math.log(1.0), label=100)
-    >>> recent = []
-    >>> for t in range(101, 130):
-    ...     recent.append(math.log(3.0))            # the level went straight back to 3x the best
-    ...     d = w.check(t, 3.0, recent, newer_healthy=lambda label: False)
+    >>> w.arm(best=math.log(1.0), label=100, at=100)
+    >>> recent = [0.0] * 20
+    >>> for t in range(101, 160):
+    ...     loss = 3.0 if t > 115 else 1.0               # 15 steps at the best, then back up to 3x it
+    ...     recent.append(math.log(loss))
+    ...     d = w.check(t, loss, recent, newer_healthy=lambda label: False)
     ...     if d is not None:
     ...         break
-    >>> d.verdict, d.step, t
-    ('diverging', 105, 114)
+    >>> d.verdict, d.step, t                             # the level (a median of 20) crossed at 125
+    ('diverging', 125, 134)
 
-    A two-class run that learned from chance (0.69) to 0.37 and went back to 0.66 has relapsed,
-    though 0.66 is under twice its best:
+    A two-class run that learned from chance (0.69) to 0.37 and went straight back to 0.66 has
+    relapsed, though 0.66 is under twice its best:
+
 
     >>> w.arm(best=math.log(0.37), label=100, start=math.log(0.69), sigma=0.3, at=100)
     >>> recent = []
@@ -60,8 +66,8 @@ Example:
     ...     d = w.check(t, 0.66, recent, newer_healthy=lambda label: True)
     ...     if d is not None:
     ...         break
-    >>> d.verdict, round(d.evidence["progress_given_back"], 2)
-    ('diverging', 0.93)
+    >>> d.verdict, d.step, round(d.evidence["progress_given_back"], 2)
+    ('diverging', 105, 0.93)
 """
 from __future__ import annotations
 
@@ -104,9 +110,15 @@ class RelapseWatch:
         alone decides)."""
         if math.isfinite(failed):
             self.failed = failed
-        progress = max((v - best for v in (start, self.failed) if math.isfinite(v)), default=math.nan)
         self.ref = {"best": best, "above": None, "label": label, "at": label if at is None else at,
-                    "threshold": self.threshold(progress, sigma), "progress": progress}
+                    "start": start, "failed": self.failed, "sigma": sigma}
+        self._rebase(best)
+
+    def _rebase(self, best: float) -> None:
+        """Judge against the best log-level ``best`` (the restored state's, or a better one reached since)."""
+        w = self.ref
+        progress = max((v - best for v in (w["start"], w["failed"]) if math.isfinite(v)), default=math.nan)
+        w.update(best=best, progress=progress, threshold=self.threshold(progress, w["sigma"]))
 
     @staticmethod
     def threshold(progress: float, sigma: float) -> float:
@@ -119,13 +131,19 @@ class RelapseWatch:
         return theta
 
     def check(self, step: int, loss: float, recent: Sequence[float],
-              newer_healthy: Callable[[int], bool]) -> Diagnosis | None:
+              newer_healthy: Callable[[int], bool], best_now: float = math.inf) -> Diagnosis | None:
         """``diverging`` when the run relapsed at ``step`` (``recent``: the latest finite
         log-losses, oldest first; ``newer_healthy(label)``: a snapshot taken after ``label`` is
-        verified healthy, which ends the watch)."""
+        verified healthy, which ends the watch; ``best_now``: the run's best log-level now, which
+        becomes the reference where it is lower than the restored state's)."""
         w = self.ref
         if w is None or not math.isfinite(w["best"]):
             return None
+        if best_now < w["best"]:
+            keep = dict(w)
+            self._rebase(best_now)
+            if not w["threshold"] < math.log(RELAPSE_RATIO):
+                self.ref = keep  # only a run that learned little is judged against its newer best
         short_run = w["threshold"] < math.log(RELAPSE_RATIO) and step - int(w["at"]) < RELAPSE_HORIZON
         if not short_run and newer_healthy(int(w["label"])):
             self.ref = None  # the run is back on its feet
