@@ -16,13 +16,14 @@ log-losses, the run has relapsed when
     m - b \ge \theta \quad\text{for } \text{RELAPSE\_STEPS} \text{ steps in a row}, \qquad
     \theta = \min\Big(\log \text{RELAPSE\_RATIO},\ \max\big(f\,(s - b),\ z\,\tfrac{1.25\,\sigma}{\sqrt{20}}\big)\Big)
 
--- the loss level sits at twice the restored state's best or more for 10 steps, or, in a run
-whose whole progress :math:`s - b` (from :math:`s`, the median of its first five log-losses,
-down to :math:`b`) is at least :math:`\log 1.5` and too small for a factor of two to mean much
-(a two-class task learns from 0.69 to 0.35: back at chance is 2x only by luck), the level has
-given back :math:`f` = :data:`~lrkit.doctor.signs.diverging.LOST_FRACTION` (70%) of that
-progress, by more than :math:`z` = :data:`RELAPSE_Z` sd of a level's noise (:math:`\sigma` the
-per-step noise of the log-loss when the state was saved). The verdict is ``diverging``, onset
+-- the loss level sits at twice the reference best or more for 10 steps, or, in a run whose
+progress :math:`s - b` is at least :math:`\log 1.25` (:data:`RELAPSE_MIN_PROGRESS`) and too small
+for a factor of two to mean much (a two-class task learns from 0.69 to 0.35: back at chance is 2x
+only by luck), the level has given back :math:`f` =
+:data:`~lrkit.doctor.signs.diverging.LOST_FRACTION` (70%) of it, by more than :math:`z` =
+:data:`RELAPSE_Z` sd of a level's noise. Here :math:`s` is the higher of the run's start (the
+median of its first five log-losses) and the level it had failed to before the rollback, and
+:math:`\sigma` the per-step noise of the log-loss when the state was saved. The verdict is ``diverging``, onset
 the first of those steps.
 
 The watch lasts until a snapshot taken after the rollback is verified healthy -- and, when the
@@ -57,7 +58,6 @@ Example:
 
     A two-class run that learned from chance (0.69) to 0.37 and went straight back to 0.66 has
     relapsed, though 0.66 is under twice its best:
-
 
     >>> w.arm(best=math.log(0.37), label=100, start=math.log(0.69), sigma=0.3, at=100)
     >>> recent = []
@@ -165,7 +165,8 @@ class RelapseWatch:
         return Diagnosis(
             "diverging", w["above"], step, evidence,
             ("lower the LR", "check the data of these steps"),
-            f"After the rollback the loss level rose to {ratio:.3g}x the restored state's best"
+            f"After the rollback the loss level rose to {ratio:.3g}x its best (the restored state's, or one "
+            "reached since)"
             + (f" (giving back {evidence['progress_given_back']:.0%} of the progress the run had made)"
                if "progress_given_back" in evidence else "")
             + f" and stayed there since step {w['above']}.",
