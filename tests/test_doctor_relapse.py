@@ -172,3 +172,20 @@ def test_a_better_best_reached_after_the_rollback_becomes_the_reference():
         assert (hit is not None) == caught
         if caught:
             assert hit.evidence["loss_ratio_to_best"] == pytest.approx(0.70 / 0.33)
+
+
+def test_a_better_best_that_would_need_the_factor_leaves_the_watch_as_it_was():
+    # a two-class run restored at 0.45 goes on to 0.2: judged against 0.2 it would have learned
+    # too much for the give-back test, so the restored best stays the reference -- and the watch
+    # still counts its steps above the threshold and fires
+    w = RelapseWatch()
+    w.arm(best=math.log(0.45), label=25, start=AT_CHANCE, at=30)
+    theta = w.ref["threshold"]
+    recent, hit = [], None
+    for t in range(31, 100):
+        recent.append(AT_CHANCE)
+        hit = w.check(t, CHANCE, recent, newer_healthy=lambda label: False, best_now=math.log(0.2))
+        if hit is not None:
+            break
+    assert w.ref["threshold"] == theta and w.ref["best"] == pytest.approx(math.log(0.45))
+    assert hit is not None and hit.evidence["loss_ratio_to_best"] == pytest.approx(CHANCE / 0.45)

@@ -110,15 +110,16 @@ class RelapseWatch:
         alone decides)."""
         if math.isfinite(failed):
             self.failed = failed
-        self.ref = {"best": best, "above": None, "label": label, "at": label if at is None else at,
-                    "start": start, "failed": self.failed, "sigma": sigma}
-        self._rebase(best)
+        self.ref = {"above": None, "label": label, "at": label if at is None else at, "start": start,
+                    "sigma": sigma}
+        self.ref.update(self._reference(best))
 
-    def _rebase(self, best: float) -> None:
-        """Judge against the best log-level ``best`` (the restored state's, or a better one reached since)."""
+    def _reference(self, best: float) -> dict[str, float]:
+        """The best log-level ``best`` to judge against (the restored state's, or a better one
+        reached since), with the progress and threshold that go with it."""
         w = self.ref
-        progress = max((v - best for v in (w["start"], w["failed"]) if math.isfinite(v)), default=math.nan)
-        w.update(best=best, progress=progress, threshold=self.threshold(progress, w["sigma"]))
+        progress = max((v - best for v in (w["start"], self.failed) if math.isfinite(v)), default=math.nan)
+        return {"best": best, "progress": progress, "threshold": self.threshold(progress, w["sigma"])}
 
     @staticmethod
     def threshold(progress: float, sigma: float) -> float:
@@ -140,12 +141,11 @@ class RelapseWatch:
         if w is None or not math.isfinite(w["best"]):
             return None
         if best_now < w["best"]:
-            keep = dict(w)
-            self._rebase(best_now)
-            if not w["threshold"] < math.log(RELAPSE_RATIO):
-                self.ref = keep  # only a run that learned little is judged against its newer best
-        short_run = w["threshold"] < math.log(RELAPSE_RATIO) and step - int(w["at"]) < RELAPSE_HORIZON
-        if not short_run and newer_healthy(int(w["label"])):
+            newer = self._reference(best_now)
+            if newer["threshold"] < math.log(RELAPSE_RATIO):  # only a run that learned little is
+                w.update(newer)  # judged against its newer best
+        too_soon = w["threshold"] < math.log(RELAPSE_RATIO) and step - int(w["at"]) < RELAPSE_HORIZON
+        if not too_soon and newer_healthy(int(w["label"])):
             self.ref = None  # the run is back on its feet
             return None
         recent = list(recent)[-LEVEL:]
