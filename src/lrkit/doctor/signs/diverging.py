@@ -16,15 +16,17 @@ rise from 1e-6 to 1e-4 is not a problem); during the first ``W`` steps, while no
 poorly known, the factor is :math:`\rho^2` (and the first loss counts as a best).
 
 **Progress lost.** Past the first window, a run is diverging too when the median of its last
-:math:`W/2` log-losses has given back :data:`LOST_FRACTION` (70%) of the progress it made from its
-very first loss :math:`y_1` down to its best level,
+:math:`W/2` log-losses has given back :data:`LOST_FRACTION` (70%) of the progress it made from
+where it started, :math:`y_0` (the first loss or the median of the first three, the lower; see
+:func:`start_level`), down to its best level,
 
 .. math::
 
-    \operatorname{med}(y_{t-W/2+1..t}) - b_t \ge 0.7\,(\log y_1 - b_t), \qquad
-    \log y_1 - b_t \ge \log 1.5, \qquad \text{both} > 5\,\sigma_s^{(b)},
+    \operatorname{med}(y_{t-W/2+1..t}) - b_t \ge 0.7\,(\log y_0 - b_t), \qquad
+    \log y_0 - b_t \ge \log 1.5, \qquad \text{both} > 5\,\sigma_s^{(b)},
 
-with :math:`\sigma_s^{(b)}` the level's noise when the best was reached: a run sent back near
+with :math:`\sigma_s^{(b)}` the level's noise when the best was reached (the start is a median
+too: a single first loss drawn high in a flat noisy run would be progress that never was): a run sent back near
 where it started (a classifier back at chance) by an LR far too high can sit there at 1.5-2x its
 best, under :math:`\rho`, while the noise it grew as it went wrong hides the rise from the
 margin above; measured against the noise it had when it was training, it does not.
@@ -68,14 +70,14 @@ from lrkit.doctor.signs._base import (
     scaled,
 )
 
-__all__ = ["LossRise", "rise_onset", "diverging_explanation", "NOISE_CAP", "LOST_FRACTION", "LOST_MIN_PROGRESS",
+__all__ = ["LossRise", "rise_onset", "start_level", "diverging_explanation", "NOISE_CAP", "LOST_FRACTION", "LOST_MIN_PROGRESS",
            "LOST_NOISE_Z"]
 
 #: no noise explains a level this many times its best (the noise margin is capped at its log: a
 #: noise estimate from a handful of rows -- a log every 50 steps, an epoch log -- can be the rise)
 NOISE_CAP = 100.0
 #: past the first window, a lasting level that has given back this fraction of the progress the run
-#: made (log-loss, from its very first loss down to its best level) is diverging, whatever the noise
+#: made (log-loss, from where it started (:func:`start_level`) down to its best level) is diverging, whatever the noise
 #: now: the noise of a run that went wrong is part of what went wrong, so the rise is measured
 #: against the noise at the best
 LOST_FRACTION = 0.7
@@ -86,6 +88,29 @@ LOST_MIN_PROGRESS = 1.5
 #: hundred) and the lasting level, a median of ``W/2``, can sit ~3 of its own sd (~1.9 of theirs)
 #: above its mean over as many: 3 + 1.9, about 5, is noise alone
 LOST_NOISE_Z = 5.0
+
+
+def start_level(track: Track) -> float:
+    r"""Where the run started, for the progress-lost rule: the first loss, or the median of the
+    first three when lower.
+
+    A single first loss is one noisy draw: in a flat run with a per-step log-noise of 0.3 it sits a
+    standard deviation above the level one time in six, and the "progress" down to the lowest of
+    hundreds of noisy medians was then read as given back (a flat run called diverging: 10 of 500
+    simulated flat runs of 400 steps at log-noise 0.1-0.4, 3 with the median of three). The median
+    of more (the first ``s``, as :meth:`Track.initial_level`) already falls with a run that learns
+    fast, and its smaller progress makes a noisy run that keeps what it learned look relapsed.
+
+    Example:
+        >>> from lrkit.doctor.signs import Track
+        >>> t = Track({"window": 10, "short": 3, "check_every": 2, "diverge_ratio": 2.0,
+        ...            "noise_z": 8.0, "min_rise": 0.1, "loss_floor": 0.0})
+        >>> for i, loss in enumerate([3.0, 2.2, 2.4, 2.3]):
+        ...     t.push(i, loss, None)
+        >>> start_level(t)
+        2.4
+    """
+    return min(track.first[0], median(track.first[:3])) if track.first else math.nan
 
 
 def rise_onset(track: Track, step: int, log_margin: float | None) -> int:
@@ -263,7 +288,8 @@ class LossRise(Sign):
         t = self.track
         if t.n < t.window or not t.first or math.isinf(t.best):
             return None
-        progress = math.log(max(t.first[0], TINY)) - t.best
+        # from the start, not the single first loss: one noisy draw above a flat run's level is no progress
+        progress = math.log(max(start_level(t), TINY)) - t.best
         if progress < math.log(LOST_MIN_PROGRESS):
             return None
         noise = MEDIAN_EFF * t.best_noise / math.sqrt(t.short) if not math.isnan(t.best_noise) else t.sigma_short()

@@ -25,9 +25,12 @@ losses suffice here: the flat stretch after them confirms it), one whose last wi
 an LR above ``lr_ceiling`` (known too high: a network a 30x LR killed in a step or two, then
 sitting at its start, looks like a run whose LR is too low), or whose gradient norm fell more
 than 3x (or its noise more than 3x) without progress while its level sits more than a factor
-:math:`\rho` above its best (evidence that it got worse, not just slow), is reported as
-``diverging`` instead: units died or saturated, the LR was too high, and raising it would be
-the wrong advice. A level that sits clearly *above* the first window's (:math:`(R-M)/R < -\text{tol}`)
+:math:`\rho` above its best or clearly above its first window's (:math:`(R-M)/R < -\text{tol}`:
+evidence that it got worse, not just slow), is reported as ``diverging`` instead: units died or
+saturated, the LR was too high, and raising it would be the wrong advice. The last case is a
+network killed back to chance after it learned in its first window -- on a two-class task with
+noisy batches (chance 0.69, best 0.375: 1.8x) no factor sees it, and its losses, all at chance,
+lose the batches' noise; it is dated from its best level (the rise began after it). A level that sits clearly *above* the first window's (:math:`(R-M)/R < -\text{tol}`)
 is no flat run either: the loss rose (a schedule's LR rise being waited out by
 :mod:`~lrkit.doctor.signs.diverging`, say), and "raise the LR" would be the wrong advice again.
 Onset of flat: the first step observed.
@@ -167,9 +170,13 @@ class Flat(Sign):
             ev["grad_norm_drop"] = gn_drop
             ev["noise_drop"] = noise_drop
             # a collapse is "stuck" (diverging: the guard acts on it) only with evidence that the
-            # run got worse: its level sits a factor rho above its best; else it stays flat
+            # run got worse: its level sits a factor rho above its best, or clearly above its first
+            # window's (it rose after what it learned there: dated from its best); else it stays flat
             if t.level - t.best > math.log(t.diverge_ratio):
                 early = t.first_step
+            elif rel < -tol and t.best_center_step is not None:
+                early = t.best_center_step + 1
+                ev["rose_over_first_window"] = -rel
         ceiling = self.config.get("lr_ceiling")
         over = t.max_lr(W) / ceiling if ceiling else math.nan
         if early is None and over > 1.0:

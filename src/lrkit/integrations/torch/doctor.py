@@ -364,7 +364,8 @@ class TorchDoctor(GuardedWatch):
         #: ``headroom_after_rollback``), oldest first.
         self.stability_reports: list[dict[str, Any]] = []
         self._attached: tuple[tuple[str, int | None], dict[str, Any]] | None = None  # (diagnosis key, report)
-        self._probed_key: tuple[str, int | None] | None = None  # the last problem episode probed
+        # the problem episodes probed, as the doctor's history tells them apart: (verdict, onset)
+        self._probed: set[tuple[str, int | None]] = set()
         self._explained: dict[int, Intervention] = {}  # intervention index -> the record with the probe
         self._n_steps = 0
         self._gn_every = 1  # the gradient norm is measured every this many steps (see _space_grad_norm)
@@ -571,8 +572,8 @@ class TorchDoctor(GuardedWatch):
         every = self.stability_probe.every
         report = None
         if d.verdict in _PROBED:
-            if key != self._probed_key:  # the first step of this problem
-                self._probed_key = key
+            if (d.verdict, d.step) not in self._probed:  # the first step of this problem (an episode
+                self._probed.add((d.verdict, d.step))  # seen again after another verdict is not new)
                 report = self._probe(d.verdict, self._effective_lrs(), quiet=True)
         elif d.verdict in _QUIET and every is not None and self._n_steps % every == 0:
             report = self._probe("every", self._effective_lrs(), quiet=True)
