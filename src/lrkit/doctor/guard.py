@@ -161,7 +161,7 @@ from lrkit.doctor.lr_policy import LRPolicy
 from lrkit.doctor.raise_watch import RAISE_SNAPSHOT, RAISE_STEADY, RaiseWatch
 from lrkit.doctor.relapse import RelapseWatch
 from lrkit.doctor.snapshot_set import SnapshotSet
-from lrkit.doctor.snapshots import LEVEL, HealthTracker, SnapshotRecord, _median, best_snapshot, choose_target
+from lrkit.doctor.snapshots import HealthTracker, SnapshotRecord, best_snapshot, choose_target
 from lrkit.doctor.guard_skips import SKIPS_KEPT, SkipsSpikes
 from lrkit.doctor.guard_state import PersistsGuard
 from lrkit.doctor.spikes import SPIKE_FACTOR, SpikeFilter
@@ -623,7 +623,7 @@ class Guard(SkipsSpikes, PersistsGuard):
     def _restore(self, rec: SnapshotRecord, state: Any, rollback: bool = False) -> None:
         self.trainer.restore(state)
         self._trained = rec.trained_steps
-        failed = _median(self._health.recent[-LEVEL:])  # the level the run had come to (nan: none)
+        failed = self._health.level  # the level the run had come to (nan: none)
         self.doctor.load_state_dict(rec.doctor)
         if rollback and self.doctor.n_observations < self.doctor.config["flat_steps"]:
             # restored into the doctor's opening stretch (its "since the start" judgements: flat,

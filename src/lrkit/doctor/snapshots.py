@@ -111,7 +111,12 @@ class HealthTracker:
             if len(self._first) >= SHORT:
                 self.start, self._first = _median(self._first), []
         if len(self.recent) >= SHORT:
-            self.best = min(self.best, _median(self.recent[-LEVEL:]))
+            self.best = min(self.best, self.level)
+
+    @property
+    def level(self) -> float:
+        """The running level: the median of the last ``LEVEL`` log-losses (``nan`` before any)."""
+        return _median(self.recent[-LEVEL:])
 
     @property
     def sigma(self) -> float:
