@@ -162,6 +162,11 @@ NOTES = (
     "where the restored run reached 0.33, so back at chance read as 1.2x; a first version that rebased every "
     "watch called healthy digits runs relapsed in the autopilot's fault table, +5.3% -> +19.6%, and was "
     "narrowed before this run): that seed 0.329 after 2 rollbacks, the task 2.4%, every other run identical. "
+    "Rerun once more after two changes to the doctor (a flat noisy run's progress measured from its first loss "
+    "or the median of its first three, the lower; a level above the first window's with the noise fallen 3x "
+    "read as a collapse a window after it; both designed on simulations outside every benchmark, "
+    "tests/test_doctor_relapse.py and test_doctor_core.py): that seed 0.353 after 3 rollbacks (task 2.4% -> 4.0%), every other run "
+    "identical. "
     "The validation losses are 0.03-0.07 on the digits tasks and their curves over the peak broad and noisy."
 )
 

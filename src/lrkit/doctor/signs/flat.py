@@ -30,7 +30,8 @@ evidence that it got worse, not just slow), is reported as ``diverging`` instead
 saturated, the LR was too high, and raising it would be the wrong advice. The last case is a
 network killed back to chance after it learned in its first window -- on a two-class task with
 noisy batches (chance 0.69, best 0.375: 1.8x) no factor sees it, and its losses, all at chance,
-lose the batches' noise; it is dated from its best level (the rise began after it). A level that sits clearly *above* the first window's (:math:`(R-M)/R < -\text{tol}`)
+lose the batches' noise; it is dated from its best level (the rise began after it) and looked
+for from the end of the second window on (the rest of this sign waits for ``flat_steps``). A level that sits clearly *above* the first window's (:math:`(R-M)/R < -\text{tol}`)
 is no flat run either: the loss rose (a schedule's LR rise being waited out by
 :mod:`~lrkit.doctor.signs.diverging`, say), and "raise the LR" would be the wrong advice again.
 Onset of flat: the first step observed.
@@ -131,7 +132,10 @@ class Flat(Sign):
         # evidence the LR is too low yet
         w = self.lr_window
         cut = any(c < 0.5 * b and b >= 0.9 * a for a, b, c in zip(w, w[1:], w[2:]))
-        if t.n < self.config["flat_steps"] or warming_up or cut:
+        # a network killed back above its first window's level (the collapse rule below) is looked for
+        # from the second window on: a whole window after the first is all its evidence needs
+        soon = t.n < self.config["flat_steps"]
+        if (soon and t.n < 2 * W) or warming_up or cut:
             return
         flat_tol = self.config["flat_tol"]
         sig = t.sigma
@@ -183,6 +187,8 @@ class Flat(Sign):
             # flat at an LR known to be too high (lr_ceiling): not an LR too low -- stuck
             ev["lr_over_ceiling"] = over
             early = t.first_step
+        if soon and "rose_over_first_window" not in ev:
+            return  # the rest needs flat_steps losses
         if early is not None:
             # blew up in the first window, then stuck: a dead network, the LR is too high
             ev["early_max_ratio"] = max(t.first_window) / L0 if L0 > 0 else math.inf
