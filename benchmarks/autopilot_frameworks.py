@@ -166,7 +166,7 @@ NOTES = (
     "or the median of its first three, the lower; a level above the first window's with the noise fallen 3x "
     "read as a collapse a window after it; both designed on simulations outside every benchmark, "
     "tests/test_doctor_relapse.py and test_doctor_core.py): that seed 0.353 after 3 rollbacks (task 2.4% -> 4.0%), every other run "
-    "identical. "
+    "identical; rerun after a third (a fall of the noise alone, at 1.5x the best: stuck, not flat): the same. "
     "The validation losses are 0.03-0.07 on the digits tasks and their curves over the peak broad and noisy."
 )
 

@@ -315,7 +315,13 @@ held-out 163/191 right, **5/88 false alarms** (all on healthy SGDR/cyclical runs
 64/67 diverged runs flagged LR-too-high; development 154/183, 6/77 false alarms (all SGDR/cyclical),
 2/106 missed, 44/46. The schedule-aware rules trade: on the held-out half, false alarms 5 -> 1 and
 the right verdict on healthy schedules, for 2 more missed broken runs (too_high 2, sgdr_high 3
-missed in all) and 61/67 instead of 64/67 flagged LR-too-high."""
+missed in all) and 61/67 instead of 64/67 flagged LR-too-high. Since 2026-12-05 a run with no
+progress whose per-step noise fell 3x while its level sits 1.5x above its best is stuck
+(diverging), not flat (`lrkit.doctor.signs.flat`; designed on a simulated noisy two-class run killed
+back to chance, outside this benchmark): held-out, one broken one-cycle run read as flat before
+(digits/rmsprop/onecycle_high/s0) now reads as diverging (163 -> 164/191, 60 -> 61/67 flagged
+LR-too-high); the development half is unchanged. A first version without the 1.5x condition also
+called a healthy diabetes run logged once per epoch stuck (a test's run, not this benchmark's)."""
 
 
 def main(retrain: bool = False, halves: tuple[str, ...] = ("development", "held-out"), write: bool = True) -> str:

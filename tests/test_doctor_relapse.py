@@ -210,3 +210,15 @@ def test_a_noisy_two_class_run_killed_to_chance_early_is_seen_a_window_later_and
     assert first.detected_at <= 2 * doc.config["window"] + 10  # a window after the first (a check every 10)
     assert 20 <= first.step <= 46 and "rose_over_first_window" in first.evidence
     assert first.advice[0].startswith("lower the LR")
+
+
+def test_a_noisy_run_killed_before_it_learned_much_is_stuck_not_flat():
+    # seed 55: per-batch log-noise near 0.9, killed at step 46 with its first window's level still near
+    # chance; back there the batches' losses all agree (noise 20x lower) at 1.7x its best: stuck (the LR
+    # killed it), not flat (which would advise raising it), and dated from the start
+    t, doc = Fragile(55), Doctor()
+    for k in range(300):
+        d = doc.observe(k, t.step(0.1), lr=0.1)
+    first = doc.history[0]
+    assert t.dead and first.verdict == "diverging" and first.step == 0
+    assert first.evidence["noise_drop"] > 3 and first.advice[0].startswith("lower the LR")

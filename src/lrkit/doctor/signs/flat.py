@@ -31,7 +31,11 @@ saturated, the LR was too high, and raising it would be the wrong advice. The la
 network killed back to chance after it learned in its first window -- on a two-class task with
 noisy batches (chance 0.69, best 0.375: 1.8x) no factor sees it, and its losses, all at chance,
 lose the batches' noise; it is dated from its best level (the rise began after it) and looked
-for from the end of the second window on (the rest of this sign waits for ``flat_steps``). A level that sits clearly *above* the first window's (:math:`(R-M)/R < -\text{tol}`)
+for from the end of the second window on (the rest of this sign waits for ``flat_steps``). A fall
+of the noise alone (not the gradient norm's, which falls as a run settles) is a collapse too when
+the level sits 1.5x above its best and the windows hold at least :data:`NOISE_ROWS` losses: a
+network killed before it had learned much, its level back at its first window's, whose batches'
+losses no longer differ (an LR too low leaves their noise as it was); dated from the start. A level that sits clearly *above* the first window's (:math:`(R-M)/R < -\text{tol}`)
 is no flat run either: the loss rose (a schedule's LR rise being waited out by
 :mod:`~lrkit.doctor.signs.diverging`, say), and "raise the LR" would be the wrong advice again.
 Onset of flat: the first step observed.
@@ -55,10 +59,15 @@ from lrkit.doctor.signs._base import (
     median,
     scaled,
 )
-from lrkit.doctor.signs.diverging import diverging_explanation
+from lrkit.doctor.signs.diverging import LOST_MIN_PROGRESS, diverging_explanation
 from lrkit.doctor.signs.early_blowup import early_blowup_step
 
-__all__ = ["Flat"]
+__all__ = ["Flat", "NOISE_ROWS"]
+
+#: a fall of the noise alone is read as a collapse only from windows of at least this many losses: the
+#: MAD of fewer differences is too noisy for a 3x fall to mean anything (per-epoch logs of a healthy
+#: run, whose window is a handful of rows, showed one)
+NOISE_ROWS = 20
 
 
 class Flat(Sign):
@@ -181,6 +190,10 @@ class Flat(Sign):
             elif rel < -tol and t.best_center_step is not None:
                 early = t.best_center_step + 1
                 ev["rose_over_first_window"] = -rel
+            elif noise_drop > 3.0 and sig0 > 0.05 and W >= NOISE_ROWS and t.level - t.best > math.log(LOST_MIN_PROGRESS):
+                # no progress, 1.5x its best, and the batches' noise gone: their losses no longer depend
+                # on what the network makes of its inputs (an LR too low leaves the noise as it was)
+                early = t.first_step
         ceiling = self.config.get("lr_ceiling")
         over = t.max_lr(W) / ceiling if ceiling else math.nan
         if early is None and over > 1.0:
