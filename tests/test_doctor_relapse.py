@@ -218,7 +218,7 @@ def test_a_noisy_run_killed_before_it_learned_much_is_stuck_not_flat():
     # killed it), not flat (which would advise raising it), and dated from the start
     t, doc = Fragile(55), Doctor()
     for k in range(300):
-        d = doc.observe(k, t.step(0.1), lr=0.1)
+        doc.observe(k, t.step(0.1), lr=0.1)
     first = doc.history[0]
     assert t.dead and first.verdict == "diverging" and first.step == 0
     assert first.evidence["noise_drop"] > 3 and first.advice[0].startswith("lower the LR")

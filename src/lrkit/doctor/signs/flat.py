@@ -167,6 +167,26 @@ class Flat(Sign):
             return
         ev["relative_progress"] = rel
         ev["best_relative_progress"] = best_raw_rel
+        early = self._stuck_since(rel, tol, ev)
+        if soon and "rose_over_first_window" not in ev:
+            return  # the rest needs flat_steps losses
+        if early is not None:
+            # stuck (an unstable start, a collapse, an LR known too high): the LR is too high
+            ev["early_max_ratio"] = max(t.first_window) / L0 if L0 > 0 else math.inf
+            ev["stuck"] = 1.0
+            self.finding = Finding("diverging", early, ev)
+        elif rel > -tol:
+            self.finding = Finding("flat", t.first_step, ev)
+        # else the level sits clearly above the first window's: it rose -- whatever the cause (a
+        # schedule's LR rise, waited out by the loss_rise sign), not an LR too low to make progress
+
+    def _stuck_since(self, rel: float, tol: float, ev: dict[str, float]) -> int | None:
+        """The onset when a run without progress is stuck, not flat (an unstable start, a collapse,
+        an LR above ``lr_ceiling``: see the module docstring), else ``None``; ``rel``, ``tol``: the
+        level's progress over the first window's and its tolerance; the numbers go into ``ev``."""
+        t = self.track
+        W = t.window
+        sig = t.sigma
         early = early_blowup_step(t, need=2, of=3)  # a run that then stayed flat: two of three suffice
         # stuck after an unstable start: the gradient norm (or the noise) collapsed while the
         # loss made no progress -- saturated/dead units, the LR was too high
@@ -200,17 +220,7 @@ class Flat(Sign):
             # flat at an LR known to be too high (lr_ceiling): not an LR too low -- stuck
             ev["lr_over_ceiling"] = over
             early = t.first_step
-        if soon and "rose_over_first_window" not in ev:
-            return  # the rest needs flat_steps losses
-        if early is not None:
-            # blew up in the first window, then stuck: a dead network, the LR is too high
-            ev["early_max_ratio"] = max(t.first_window) / L0 if L0 > 0 else math.inf
-            ev["stuck"] = 1.0
-            self.finding = Finding("diverging", early, ev)
-        elif rel > -tol:
-            self.finding = Finding("flat", t.first_step, ev)
-        # else the level sits clearly above the first window's: it rose -- whatever the cause (a
-        # schedule's LR rise, waited out by the loss_rise sign), not an LR too low to make progress
+        return early
 
     def explain(self, finding: Finding, step: int) -> tuple[tuple[str, ...], str]:
         if finding.verdict == "diverging":
