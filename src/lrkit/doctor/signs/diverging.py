@@ -26,10 +26,10 @@ where it started, :math:`y_0` (the first loss or the median of the first three, 
     \log y_0 - b_t \ge \log 1.5, \qquad \text{both} > 5\,\sigma_s^{(b)},
 
 with :math:`\sigma_s^{(b)}` the level's noise when the best was reached (the start is a median
-too: a single first loss drawn high in a flat noisy run would be progress that never was): a run sent back near
-where it started (a classifier back at chance) by an LR far too high can sit there at 1.5-2x its
-best, under :math:`\rho`, while the noise it grew as it went wrong hides the rise from the
-margin above; measured against the noise it had when it was training, it does not.
+too: a single first loss drawn high in a flat noisy run would be progress that never was): a run
+sent back near where it started (a classifier back at chance) by an LR far too high can sit there
+at 1.5-2x its best, under :math:`\rho`, while the noise it grew as it went wrong hides the rise
+from the margin above; measured against the noise it had when it was training, it does not.
 
 The onset (see :func:`rise_onset`) is where the rise began. An episode that ends with the level
 back within a factor :math:`\rho` of the best is *recovered*; :class:`~lrkit.doctor.signs.LossSpikes`
@@ -70,16 +70,16 @@ from lrkit.doctor.signs._base import (
     scaled,
 )
 
-__all__ = ["LossRise", "rise_onset", "start_level", "diverging_explanation", "NOISE_CAP", "LOST_FRACTION", "LOST_MIN_PROGRESS",
-           "LOST_NOISE_Z"]
+__all__ = ["LossRise", "rise_onset", "start_level", "diverging_explanation", "NOISE_CAP", "LOST_FRACTION",
+           "LOST_MIN_PROGRESS", "LOST_NOISE_Z"]
 
 #: no noise explains a level this many times its best (the noise margin is capped at its log: a
 #: noise estimate from a handful of rows -- a log every 50 steps, an epoch log -- can be the rise)
 NOISE_CAP = 100.0
 #: past the first window, a lasting level that has given back this fraction of the progress the run
-#: made (log-loss, from where it started (:func:`start_level`) down to its best level) is diverging, whatever the noise
-#: now: the noise of a run that went wrong is part of what went wrong, so the rise is measured
-#: against the noise at the best
+#: made (log-loss, from where it started (:func:`start_level`) down to its best level) is diverging,
+#: whatever the noise now: the noise of a run that went wrong is part of what went wrong, so the rise
+#: is measured against the noise at the best
 LOST_FRACTION = 0.7
 #: ... of a progress of at least this factor
 LOST_MIN_PROGRESS = 1.5

@@ -35,8 +35,9 @@ for from the end of the second window on (the rest of this sign waits for ``flat
 of the noise alone (not the gradient norm's, which falls as a run settles) is a collapse too when
 the level sits 1.5x above its best and the windows hold at least :data:`NOISE_ROWS` losses: a
 network killed before it had learned much, its level back at its first window's, whose batches'
-losses no longer differ (an LR too low leaves their noise as it was); dated from the start. A level that sits clearly *above* the first window's (:math:`(R-M)/R < -\text{tol}`)
-is no flat run either: the loss rose (a schedule's LR rise being waited out by
+losses no longer differ (an LR too low leaves their noise as it was); dated from the start. A
+level that sits clearly *above* the first window's (:math:`(R-M)/R < -\text{tol}`) without such a
+collapse is no flat run either: the loss rose (a schedule's LR rise being waited out by
 :mod:`~lrkit.doctor.signs.diverging`, say), and "raise the LR" would be the wrong advice again.
 Onset of flat: the first step observed.
 """
@@ -210,7 +211,8 @@ class Flat(Sign):
             elif rel < -tol and t.best_center_step is not None:
                 early = t.best_center_step + 1
                 ev["rose_over_first_window"] = -rel
-            elif noise_drop > 3.0 and sig0 > 0.05 and W >= NOISE_ROWS and t.level - t.best > math.log(LOST_MIN_PROGRESS):
+            elif (noise_drop > 3.0 and sig0 > 0.05 and W >= NOISE_ROWS
+                  and t.level - t.best > math.log(LOST_MIN_PROGRESS)):
                 # no progress, 1.5x its best, and the batches' noise gone: their losses no longer depend
                 # on what the network makes of its inputs (an LR too low leaves the noise as it was)
                 early = t.first_step
