@@ -10,6 +10,7 @@ import pytest
 from hypothesis import example, HealthCheck, given, settings, strategies as st
 
 import lrkit.doctor as doctor_pkg
+import lrkit.doctor._inputs as inputs_mod
 import lrkit.doctor.core as core
 import lrkit.doctor.diagnosis as diagnosis_mod
 import lrkit.doctor.logs as logs_mod
@@ -31,7 +32,7 @@ def feed(doc, losses, lr=0.1, start=0, **kw):
     return d
 
 
-@pytest.mark.parametrize("module", [core, logs_mod, diagnosis_mod, doctor_pkg])
+@pytest.mark.parametrize("module", [core, inputs_mod, logs_mod, diagnosis_mod, doctor_pkg])
 def test_docstring_examples_run(module):
     failures, tried = doctest.testmod(module)
     assert tried > 0 and failures == 0
