@@ -30,7 +30,8 @@ evidence that it got worse, not just slow), is reported as ``diverging`` instead
 saturated, the LR was too high, and raising it would be the wrong advice. The last case is a
 network killed back to chance after it learned in its first window -- on a two-class task with
 noisy batches (chance 0.69, best 0.375: 1.8x) no factor sees it, and its losses, all at chance,
-lose the batches' noise; it is dated from its best level (the rise began after it) and looked
+lose the batches' noise (in windows of at least :data:`NOISE_ROWS` losses, unless the gradient
+norm fell too); it is dated from its best level (the rise began after it) and looked
 for from the end of the second window on (the rest of this sign waits for ``flat_steps``). A fall
 of the noise alone (not the gradient norm's, which falls as a run settles) is a collapse too when
 the level sits 1.5x above its best and the windows hold at least :data:`NOISE_ROWS` losses: a
@@ -206,13 +207,15 @@ class Flat(Sign):
             # a collapse is "stuck" (diverging: the guard acts on it) only with evidence that the
             # run got worse: its level sits a factor rho above its best, or clearly above its first
             # window's (it rose after what it learned there: dated from its best); else it stays flat
+            # (the rules after the first, for a collapse seen in the noise alone, need windows long
+            # enough for a 3x fall of a MAD to mean something: NOISE_ROWS)
+            seen = gn_drop > 3.0 or W >= NOISE_ROWS
             if t.level - t.best > math.log(t.diverge_ratio):
                 early = t.first_step
-            elif rel < -tol and t.best_center_step is not None:
+            elif rel < -tol and t.best_center_step is not None and seen:
                 early = t.best_center_step + 1
                 ev["rose_over_first_window"] = -rel
-            elif (noise_drop > 3.0 and sig0 > 0.05 and W >= NOISE_ROWS
-                  and t.level - t.best > math.log(LOST_MIN_PROGRESS)):
+            elif seen and t.level - t.best > math.log(LOST_MIN_PROGRESS) and noise_drop > 3.0 and sig0 > 0.05:
                 # no progress, 1.5x its best, and the batches' noise gone: their losses no longer depend
                 # on what the network makes of its inputs (an LR too low leaves the noise as it was)
                 early = t.first_step
