@@ -82,8 +82,19 @@ def _job(task: str, method: str, seed: int, lr: float | None) -> tuple[str, dict
     return _key(task, method, seed, lr), out
 
 
+def _current(key: str) -> bool:
+    """False for a run cached under an older ``LRKIT_VERSION`` or ``AUTOPILOT_VERSION`` (never read again)."""
+    method = key.split("|")[1] if key.count("|") >= 2 else ""
+    for name, version in (("lrkit", LRKIT_VERSION), ("autopilot", AUTOPILOT_VERSION)):
+        if method.startswith(f"{name}-v"):
+            return method == f"{name}-v{version}"
+    return True
+
+
 def _load() -> dict[str, Any]:
-    return json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    """The cached runs, those of older versions dropped (the file keeps only what is read)."""
+    cache = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    return {k: v for k, v in cache.items() if _current(k)}
 
 
 def _jobs(names: list[str]) -> list[tuple[str, str, int, float | None]]:

@@ -98,3 +98,17 @@ def test_the_framework_autopilot_benchmark_scores_against_the_better_of_both_ora
     assert row["ref"] == pytest.approx(0.8) and row["ap_oracle_lr"] == pytest.approx(0.1)
     assert row["autopilot"]["regret"] == pytest.approx(0.5) and row["autopilot"]["rollbacks"] == len(ff.SEEDS)
     assert row["lrkit"]["regret_ref"] == pytest.approx(1.0)
+
+
+def test_the_framework_benchmark_cache_drops_runs_of_older_versions(tmp_path, monkeypatch):
+    import json
+
+    from benchmarks import finder_frameworks as ff
+
+    keep = [ff._key("t", "lrkit", 0, None), ff._key("t", "autopilot", 1, None), ff._key("t", "grid", 0, 0.1),
+            ff._key("t", "autopilot_peak", 0, 0.1), ff._key("t", "default", 2, None)]
+    stale = [f"t|lrkit-v{ff.LRKIT_VERSION - 1}|0", f"t|autopilot-v{ff.AUTOPILOT_VERSION - 1}|1"]
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps({k: {"val_loss": 1.0} for k in keep + stale}))
+    monkeypatch.setattr(ff, "RESULTS", path)
+    assert sorted(ff._load()) == sorted(keep)
