@@ -59,11 +59,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 RUNS_CACHE = {"lrkit": RESULTS / "tune_runs_lrkit.json", "refs": RESULTS / "tune_runs_refs.json"}
 JUDGED_CACHE = RESULTS / "tune_judged.json"
 EVAL_SEEDS = (10, 11, 12, 13, 14, 15)  # the data/init seeds answers are judged on; every search runs on seeds 0-2
-METHODS = ["lrkit", "lrkit12", "tpe", "random", "log", "grid"]
-SEARCH_SEEDS = {"lrkit": (0, 1, 2), "lrkit12": (0, 1, 2), "tpe": (0, 1, 2), "random": (0, 1, 2), "log": (0,)}  # log: deterministic
+METHODS = ["lrkit", "lrkit12", "tpe", "random", "log", "grid_seed", "grid"]
+SEARCH_SEEDS = {"lrkit": (0, 1, 2), "lrkit12": (0, 1, 2), "tpe": (0, 1, 2), "random": (0, 1, 2), "log": (0,),  # log: deterministic
+                "grid_seed": (0, 1, 2)}
 CHECKPOINTS = (2, 4, 8, 12)
 BUDGET = {"lrkit": 4.0, "lrkit12": 12.0, "tpe": 12.0, "random": 12.0}
-VERSION = {"lrkit": "v12", "lrkit12": "v12", "tpe": "v1", "random": "v1", "log": "v1", "grid": "v1"}
+VERSION = {"lrkit": "v12", "lrkit12": "v12", "tpe": "v1", "random": "v1", "log": "v1", "grid_seed": "v1", "grid": "v1"}
 
 
 def objective_for(task: Task, seed: int, watch: bool):
@@ -125,6 +126,10 @@ def run_search(task: Task, method: str, seed: int) -> dict:
                  budget=BUDGET["tpe"], **kw)
     elif method == "random":
         r = tune(objective_for(task, seed, False), strategy="random", pruner="none", budget=BUDGET["random"], **kw)
+    elif method == "grid_seed":  # the judge's 20-point grid, trained on this search's seed: the noise floor
+        pts = [float(f"{x:.6g}") for x in np.geomspace(lo, hi, GRID_POINTS)]
+        r = tune(objective_for(task, seed, False), strategy="grid", values=pts, pruner="none", n_trials=len(pts),
+                 **{k: v for k, v in kw.items() if k not in ("low", "high")})
     else:
         pts = grid_values(lo, hi, 1)
         r = tune(objective_for(task, seed, False), strategy="grid", values=pts, pruner="none", n_trials=len(pts),
@@ -289,11 +294,13 @@ def render(out: dict, skipped: list[str], seconds: float, methods: list[str]) ->
     lines = [
         "## Tune: regret against compute (LR search)",
         "",
-        f"Command: `.venv/bin/python -m benchmarks.tune_regret` ({seconds / 60:.1f} min for what was not yet cached: "
+        "Command: `.venv/bin/python -m benchmarks.tune_regret` ("
+        + (f"{seconds / 60:.1f} min for what was not yet cached: " if seconds >= 30 else "every run cached: ") +
         "search runs in `benchmarks/results/tune_runs_*.json`, judged runs -- the oracle's grid and every answer, "
         f"{len(EVAL_SEEDS)} seeds each -- in `benchmarks/results/tune_judged.json`; judging every answer from cold took 20 min).  ",
         f"Machine: {machine()}, torch at 1 thread. Search seeds: lrkit {list(SEARCH_SEEDS['lrkit'])} (each cell the "
-        f"mean over them), TPE and random {list(SEARCH_SEEDS['tpe'])}, the log sweep {list(SEARCH_SEEDS['log'])} (its points do not depend on a seed).",
+        f"mean over them), TPE and random {list(SEARCH_SEEDS['tpe'])}, the grid on the search's seed "
+        f"{list(SEARCH_SEEDS['grid_seed'])}, the log sweep {list(SEARCH_SEEDS['log'])} (its points do not depend on a seed).",
         "",
         f"Regret at b = (mean validation loss of full runs on seeds {list(EVAL_SEEDS)} at the LR the method holds "
         "after spending b training-run equivalents - the best such mean on the 20-point log grid, the oracle) / "
@@ -315,7 +322,7 @@ def render(out: dict, skipped: list[str], seconds: float, methods: list[str]) ->
         "took lrkit from 39% to 14%, but it moved the development half from 1.5%/10% to 1.7%/10% and the held-out "
         "half from 2.1%/65% to 3.1%/65%. lrkit12 = the same search given `budget=12`, TPE's budget; tpe = Optuna TPE with its default "
         "MedianPruner, no lrkit prior, budget 12; random = log-uniform, budget 12; log = powers of ten over "
-        "the task's range, every point a full run; grid = the oracle's own 20-point grid (0 by definition; its cost). \"at end\" = what the method "
+        "the task's range, every point a full run; grid_seed = that 20-point grid trained on the search's own seed (20 full runs per seed, its best point answered): the most a search on one seed can learn, judged like every answer on seeds it did not run on, i.e. this benchmark's noise floor; grid = the oracle's own 20-point grid judged on the judging seeds themselves (0 by definition; its cost). \"at end\" = what the method "
         "returns when done (lrkit: after 4 runs; lrkit12: after 12; log/grid: after the whole sweep). lrkit stops "
         "at 4 runs, so its @8 and @12 repeat its answer. TPE and random coincide up to 10 trials (TPE starts with 10 random ones, "
         "same seed).",
@@ -339,14 +346,46 @@ def render(out: dict, skipped: list[str], seconds: float, methods: list[str]) ->
             v = out[n]["methods"].get(m)
             if v is None:
                 cells.append("-")
-            elif m in ("lrkit12", "log", "grid"):
+            elif m in ("lrkit12", "log", "grid_seed", "grid"):
                 cells.append(f"{_pct(v['final'])} ({v['runs']:.1f})")
             else:
                 cells.append(_pct(v["regret"]["4"]))
         lines.append(f"| {n} | {'held-out' if n in held else 'dev'} | {out[n]['oracle_lr']:.2g} | " + " | ".join(cells) + " |")
+    if "grid_seed" in methods and all("grid_seed" in out[n]["methods"] for n in held + dev):
+        lines += ["", _floor_reading(out, held, dev)]
     if skipped:
         lines += ["", "Skipped: " + "; ".join(skipped)]
     return "\n".join(lines)
+
+
+def _floor_reading(out: dict, held: list[str], dev: list[str]) -> str:
+    """What the grid on the search's own seed says about the figures above."""
+    def end(m: str, names: list[str]) -> tuple[float, float]:
+        v = [out[n]["methods"][m]["final"] for n in names if m in out[n]["methods"]]
+        return float(np.median(v)), float(max(v))
+
+    (gm, gw), (dm, dw) = end("grid_seed", held), end("grid_seed", dev)
+    worst = max(held, key=lambda n: out[n]["methods"]["grid_seed"]["final"])
+    return (f"Reading the floor: a full 20-point grid on the search's own seed, 20 runs, ends at {_pct(gm)} median / "
+            f"{_pct(gw)} worst held-out ({_pct(dm)} / {_pct(dw)} development; worst held-out {worst}): the LR that is "
+            "best on one seed is not the best on six others, most of all where the valley ends at a cliff (the "
+            "ill-conditioned logistic regressions) or is broad and flat (a noisy choice among equals). A search "
+            "judged this way can beat the grid only by answering more robustly than the single best point"
+            + _versus(end, held) + "; regret figures within a few percent of it are within this noise.")
+
+
+def _versus(end, held: list[str]) -> str:
+    """How lrkit's searches compare with the grid on their seed (held-out medians and worsts)."""
+    g = end("grid_seed", held)
+    parts = []
+    for m in ("lrkit", "lrkit12"):
+        try:
+            v = end(m, held)
+        except ValueError:  # the method was not run
+            continue
+        parts.append(f"{m} at {_pct(v[0])} / {_pct(v[1])} is {'below' if v[0] < g[0] else 'above'} it on the median "
+                     f"and {'below' if v[1] < g[1] else 'above'} on the worst")
+    return " (" + "; ".join(parts) + ")" if parts else ""
 
 
 if __name__ == "__main__":
