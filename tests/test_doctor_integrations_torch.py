@@ -296,3 +296,44 @@ def test_an_lr_raised_by_the_scheduler_is_rolled_back_to_the_state_just_before_t
     rec = on_step.rec
     assert rec.restored_to == 113 and rec.verified
     assert rec.new_multiplier == pytest.approx(1 / 30)
+
+
+def _gaussian_nll_run(doctor=None, steps=1500):
+    """Diabetes regression with a learned variance (torch's GaussianNLLLoss): the loss goes negative."""
+    Xtr, ytr, _, _ = diabetes()
+    ytr = ytr[:, 0] * 0.05 + Xtr[:, 2]  # a nearly deterministic target, so the variance can shrink far
+    torch.manual_seed(0)
+    model = torch.nn.Linear(10, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=0.03)
+    crit = torch.nn.GaussianNLLLoss()
+    watch = TorchDoctor(model, opt, guard=True, doctor=doctor)
+    g = torch.Generator().manual_seed(0)
+    losses = []
+    for step in range(steps):
+        i = torch.randint(0, len(Xtr), (32,), generator=g)
+        out = model(Xtr[i])
+        loss = crit(out[:, 0], ytr[i], torch.nn.functional.softplus(out[:, 1]) + 1e-4)
+        opt.zero_grad()
+        loss.backward()
+        watch.after_backward(loss)
+        opt.step()
+        watch.after_step(step, loss)
+        losses.append(float(loss.detach()))
+    return watch, losses
+
+
+def test_a_loss_that_goes_negative_is_not_silently_unwatched_and_the_named_bound_works(caplog):
+    with caplog.at_level(logging.WARNING):
+        watch, losses = _gaussian_nll_run()
+    first_negative = next(i for i, v in enumerate(losses) if v < 0)
+    assert min(losses) < -1.0 and 0 < first_negative < len(losses) // 2
+    said = [r.getMessage() for r in caplog.records if "skipped (training goes on" in r.getMessage()]
+    assert len(said) == 1 and f"at step {first_negative}" in said[0] and "Doctor(loss_floor=F)" in said[0]
+    assert "0.5*log(eps)" in said[0]
+    skipped = sum(v < 0 for v in losses)
+    assert f"Not watched: {skipped} steps from step {first_negative}" in watch.summary()
+    # the bound the message names: GaussianNLLLoss clamps the variance at eps=1e-6 (ours is >= 1e-4)
+    watch2, losses2 = _gaussian_nll_run(doctor=Doctor(loss_floor=0.5 * math.log(1e-6)))
+    assert losses2 == losses  # the watch changed nothing in the run
+    assert watch2.doctor.n_observations == len(losses) and "Not watched" not in watch2.summary()
+    assert watch2.doctor.diagnosis.verdict == "healthy" and not watch2.guard.interventions

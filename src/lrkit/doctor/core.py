@@ -576,10 +576,11 @@ class Doctor:
                 mets[name] = self._as_float(f"metrics[{name!r}]", v)
         f = t.loss_floor
         if math.isfinite(loss) and loss < f:
-            raise ValueError(
-                f"Doctor.observe: loss must be >= loss_floor={f}, got {loss} at step {step} "
-                "(pass Doctor(loss_floor=...) a lower bound of your loss)"
-            )
+            raise ValueError(f"Doctor.observe: loss must be >= loss_floor={f}, got {loss} at step {step}: a loss "
+                             "that can go below it (a continuous negative log-likelihood, a loss with a negative term) "
+                             "needs Doctor(loss_floor=F) with F a lower bound of it, as tight as known (torch's "
+                             "GaussianNLLLoss: 0.5*log(eps), -6.9 at its default eps=1e-6); a bound far below the "
+                             "losses makes real progress look small (flat)")
         t.last_step = step
         if t.first_step is None:
             t.first_step = step

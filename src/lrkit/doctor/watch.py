@@ -113,7 +113,7 @@ class SpeakingWatch:
     def _watch_state(self) -> dict[str, Any]:
         st = self.__dict__.get("_watch")
         if st is None:
-            st = {"detections": [], "seen": set(), "refused": set()}
+            st = {"detections": [], "seen": set(), "refused": {}}  # refused: reason -> [first step, count]
             self.__dict__["_watch"] = st
         return st
 
@@ -237,13 +237,22 @@ class SpeakingWatch:
         return False
 
     def _watch_refused(self, step: int, exc: Exception) -> None:
+        """A step the doctor refused: said once per reason, counted for the summary."""
         st = self._watch_state()
         kind = str(exc).split(",")[0]
-        if kind in st["refused"]:
+        seen = st["refused"].setdefault(kind, [step, 0])
+        seen[1] += 1
+        if seen[1] > 1:
             return
-        st["refused"].add(kind)
         if getattr(self, "watch_speaks", True):
-            self._watch_logger().warning("lrkit doctor: step %d skipped (training goes on): %s", step, exc)
+            self._watch_logger().warning("lrkit doctor: step %d skipped (training goes on; later steps refused for "
+                                         "the same reason are skipped too, counted in the summary): %s", step, exc)
+
+    def _unwatched(self) -> str:
+        """The summary's account of the steps the doctor refused, if any."""
+        parts = [f"{n} step{'s' if n > 1 else ''} from step {first} ({kind.removeprefix('Doctor.observe: ')})"
+                 for kind, (first, n) in self._watch_state()["refused"].items()]
+        return f" Not watched: {'; '.join(parts)}." if parts else ""
 
     def _watch_logger(self) -> logging.Logger:
         return getattr(self, "watch_logger", None) or _LOG
@@ -272,11 +281,12 @@ class SpeakingWatch:
         rollbacks = len(self.guard.interventions) if self.guard is not None else 0
         if not problems:
             notes = "".join(f" {describe(d)}" for d in dets)
-            return f"lrkit doctor: no problem seen after {self.doctor.n_observations} observations.{notes}"
+            return (f"lrkit doctor: no problem seen after {self.doctor.n_observations} observations.{notes}"
+                    + self._unwatched())
         more = (f" ({len(problems)} problem{'s' if len(problems) > 1 else ''} detected"
                 + (f", {rollbacks} rolled back" if rollbacks else "") + ")")
         end = "still " + now.verdict.upper() if now.verdict == worst.verdict else f"now {now.verdict.upper()}"
-        return f"lrkit doctor: the worst problem seen was at {describe(worst)}{more}; {end}."
+        return f"lrkit doctor: the worst problem seen was at {describe(worst)}{more}; {end}." + self._unwatched()
 
     def _watch_speak_summary(self) -> None:
         if not getattr(self, "watch_speaks", True):
