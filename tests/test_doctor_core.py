@@ -42,6 +42,7 @@ def test_docstring_examples_run(module):
 @given(noise=st.floats(0.0, 0.6), seed=st.integers(0, 10_000), tau=st.floats(10, 200), floor=st.floats(0.001, 0.5))
 @example(noise=0.5625, seed=340, tau=141.0, floor=0.5)  # noisy window medians once looked flat
 @example(noise=0.5, seed=47, tau=37.0, floor=0.5)  # noise once looked like an early blow-up
+@example(noise=0.59765625, seed=0, tau=129.0, floor=0.5)  # a best set early, judged against a few losses' noise
 def test_healthy_noisy_decreasing_runs_never_alarm(noise, seed, tau, floor):
     doc = Doctor()
     feed(doc, healthy_curve(600, noise, seed, floor=floor, tau=tau))

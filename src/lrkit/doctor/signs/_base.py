@@ -230,6 +230,10 @@ class Track:
         y, _ = self.y.ordered()
         if len(y) >= 4:
             self.sigma = diff_noise(y)
+            if self.n <= self.window and not math.isnan(self.best_noise):
+                # a best set early was judged against a noise of a few losses (often far under the
+                # truth): until the first window is full, the noise at the best is what it has grown to
+                self.best_noise = max(self.best_noise, self.sigma)
             if len(y) >= self.window // 2:
                 a = 0.1  # EMA of sigma^2 over checks
                 prev = self.sigma**2 if math.isnan(self.sigma_slow) else self.sigma_slow**2
