@@ -46,6 +46,10 @@ def median(xs: list[float]) -> float:
     return xs[h] if n % 2 else 0.5 * (xs[h - 1] + xs[h])
 
 
+#: losses up to the best level's median that re-estimate the noise at the best (see ``update_noise``)
+BEST_NOISE_ROWS = 8
+
+
 def diff_noise(y: np.ndarray) -> float:
     """:math:`1.4826\\,\\operatorname{MAD}(\\Delta y)/\\sqrt 2`: the noise sd of ``y``, trend removed."""
     dy = np.diff(y)
@@ -227,13 +231,17 @@ class Track:
         return self.n >= 4 and (self.n % self.check_every == 0 or math.isnan(self.sigma))
 
     def update_noise(self) -> None:
-        y, _ = self.y.ordered()
+        y, steps = self.y.ordered()
         if len(y) >= 4:
             self.sigma = diff_noise(y)
-            if self.n <= self.window and not math.isnan(self.best_noise):
-                # a best set early was judged against a noise of a few losses (often far under the
-                # truth): until the first window is full, the noise at the best is what it has grown to
-                self.best_noise = max(self.best_noise, self.sigma)
+            if self.n <= self.window and not math.isnan(self.best_noise) and self.best_center_step is not None:
+                # a best set early was judged against the noise of a few losses (often far under the
+                # truth): until the first window is full, re-estimate it from more of the losses up to
+                # the best's median (never from later ones: a run going wrong is noisier, and that
+                # noise must not hide it)
+                upto = y[steps <= self.best_center_step + self.short // 2]
+                if len(upto) >= BEST_NOISE_ROWS:
+                    self.best_noise = max(self.best_noise, diff_noise(upto))
             if len(y) >= self.window // 2:
                 a = 0.1  # EMA of sigma^2 over checks
                 prev = self.sigma**2 if math.isnan(self.sigma_slow) else self.sigma_slow**2
