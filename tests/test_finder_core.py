@@ -379,3 +379,40 @@ def test_a_run_too_short_to_verify_is_said_to_be_unverified():
 def test_plan_rejects_bad_counts(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         plan_budget(**kwargs)
+
+
+class GaussianNLL:
+    """A Trainer whose loss goes negative: the Gaussian negative log-likelihood of a location and a
+    log-scale, fitted by gradient descent to 200 draws of N(3, 0.1^2)."""
+
+    def __init__(self) -> None:
+        self.y = np.random.default_rng(0).normal(3.0, 0.1, 200)
+        self.w = np.array([2.5, 0.0])  # mean, log sd
+
+    def loss(self) -> float:
+        mu, ls = self.w
+        return float(np.mean(ls + 0.5 * ((self.y - mu) / np.exp(ls)) ** 2))
+
+    def step(self, lr: float) -> float:
+        mu, ls = self.w
+        r = (self.y - mu) / np.exp(ls)
+        grad = np.array([-np.mean(r) / np.exp(ls), np.mean(1.0 - r**2)])
+        value = self.loss()
+        self.w = self.w - lr * grad
+        return value
+
+    def snapshot(self):
+        return self.w.copy()
+
+    def restore(self, state) -> None:
+        self.w = state.copy()
+
+
+def test_the_range_test_runs_on_through_a_loss_that_goes_negative_and_still_stops_on_divergence():
+    t = GaussianNLL()
+    rec = run_range_test(t, start_lr=1e-4, end_lr=10.0, num_iter=200)
+    crossed = int(np.argmax(rec.smoothed < 0))
+    assert rec.smoothed.min() < -0.5 and crossed > 0  # it went well below zero ...
+    assert len(rec.lrs) > crossed + 20  # ... and the ramp went on past the crossing
+    assert rec.stopped_early and rec.losses[-1] > 5.0 and "diverged" in rec.reason  # a real blow-up still stops it
+    assert np.array_equal(t.w, [2.5, 0.0])  # restored

@@ -26,7 +26,8 @@ exponential moving average with weight :math:`\\alpha` = ``smooth`` on the newes
 
 (:math:`\\alpha = 1` means no smoothing). The test stops early when the smoothed loss exceeds
 ``diverge_threshold`` times the best smoothed loss so far,
-:math:`\\bar\\ell_i > \\tau \\min_{j \\le i} \\bar\\ell_j`, or when a loss is NaN or infinite (that
+:math:`\\bar\\ell_i > \\tau \\min_{j \\le i} \\bar\\ell_j` (for a loss that went to or below zero,
+where a ratio means nothing, see :func:`diverged`), or when a loss is NaN or infinite (that
 step is not recorded). Whatever happens (normal end, divergence, an exception, ``KeyboardInterrupt``)
 the trainer's snapshot is restored before :func:`run_range_test` returns or raises.
 
@@ -200,6 +201,26 @@ def _check_lr(name: str, value: Any) -> float:
     return value
 
 
+def diverged(sm: float, best: float, first: float, tau: float) -> bool:
+    r"""The range test's stop rule on the smoothed loss :math:`\bar\ell_i`, best so far :math:`b`.
+
+    :math:`\bar\ell_i > \tau\, b` while :math:`b > 0` (the classic rule). A loss that went to
+    or below zero -- a Gaussian negative log-likelihood with a learned variance, a loss with a
+    negative term -- has no meaningful ratio (with :math:`b < 0` every loss is above
+    :math:`\tau b`); there it stops when the loss rose above its best by :math:`\tau - 1` times
+    the larger of :math:`|b|` and the way it came down, :math:`\bar\ell_0 - b`.
+
+    Example:
+        >>> diverged(4.1, 1.0, 2.3, 4.0), diverged(3.9, 1.0, 2.3, 4.0)
+        (True, False)
+        >>> diverged(-0.9, -1.0, 5.0, 4.0), diverged(17.5, -1.0, 5.0, 4.0)
+        (False, True)
+    """
+    if best > 0:
+        return sm > tau * best
+    return sm - best > (tau - 1.0) * max(abs(best), first - best)
+
+
 def _check_args(start_lr, end_lr, num_iter, mode, smooth, diverge_threshold) -> tuple[float, float]:
     start = _check_lr("start_lr", start_lr)
     end = _check_lr("end_lr", end_lr)
@@ -327,12 +348,13 @@ def run_range_test(
             if progress is not None:
                 progress(i, lr, loss)
             best = min(best, sm)
-            if sm > diverge_threshold * best:
+            if diverged(sm, best, smoothed[0], diverge_threshold):
                 stopped_early = i < num_iter - 1
                 if stopped_early:
                     reason = (
                         f"diverged at step {i} (lr={lr:.3g}): smoothed loss {sm:.4g} > "
-                        f"{diverge_threshold:g} x best {best:.4g}"
+                        + (f"{diverge_threshold:g} x best {best:.4g}" if best > 0 else
+                           f"best {best:.4g} + {diverge_threshold - 1:g} x {max(abs(best), smoothed[0] - best):.4g}")
                     )
                 break
     finally:
