@@ -150,10 +150,13 @@ def test_cyclic_matches_cycliclr(base, span, up, down, mode, gamma):
     gamma = gamma if mode == "exp_range" else 1.0
     max_lr = base * span
     mine = ours(S.cyclic(base, max_lr, up, down, mode=mode, gamma=gamma), 2500)
+    assert np.all(np.isfinite(mine)) and np.all(mine >= base * (1 - 1e-12))
+    # torch's triangular2 computes 2 ** (cycle - 1) and overflows past ~1024 cycles: compare before
+    n = 2500 if mode != "triangular2" else min(2500, 1000 * (up + (down or up)))
     theirs = chain(lambda o: lrs_mod.CyclicLR(o, base_lr=base, max_lr=max_lr, step_size_up=up,
                                               step_size_down=down, mode=mode, gamma=gamma,
-                                              cycle_momentum=False), base, 2500)
-    np.testing.assert_allclose(mine, theirs, rtol=1e-10, atol=1e-12 * max_lr)
+                                              cycle_momentum=False), base, n)
+    np.testing.assert_allclose(mine[:n], theirs, rtol=1e-10, atol=1e-12 * max_lr)
 
 
 @st.composite
