@@ -365,7 +365,7 @@ class TorchDoctor(GuardedWatch):
         self.stability_reports: list[dict[str, Any]] = []
         self._attached: tuple[tuple[str, int | None], dict[str, Any]] | None = None  # (diagnosis key, report)
         # the problem episodes probed, as the doctor's history tells them apart: (verdict, onset)
-        self._probed: set[tuple[str, int | None]] = set()
+        self._probed: dict[tuple[str, int | None], dict[str, Any] | None] = {}  # (verdict, onset) -> its report
         self._explained: dict[int, Intervention] = {}  # intervention index -> the record with the probe
         self._n_steps = 0
         self._gn_every = 1  # the gradient norm is measured every this many steps (see _space_grad_norm)
@@ -572,9 +572,12 @@ class TorchDoctor(GuardedWatch):
         every = self.stability_probe.every
         report = None
         if d.verdict in _PROBED:
-            if (d.verdict, d.step) not in self._probed:  # the first step of this problem (an episode
-                self._probed.add((d.verdict, d.step))  # seen again after another verdict is not new)
-                report = self._probe(d.verdict, self._effective_lrs(), quiet=True)
+            episode = (d.verdict, d.step)  # an episode seen again after another verdict is not new:
+            if episode not in self._probed:  # probed once, its report attached again when it returns
+                self._probed[episode] = self._probe(d.verdict, self._effective_lrs(), quiet=True)
+                report = self._probed[episode]
+            elif self._attached is None and self._probed[episode] is not None:
+                self._attached = (key, self._probed[episode])
         elif d.verdict in _QUIET and every is not None and self._n_steps % every == 0:
             report = self._probe("every", self._effective_lrs(), quiet=True)
         if report is not None:
