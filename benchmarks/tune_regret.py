@@ -16,8 +16,11 @@ one for the log sweep, whose points and answer do not depend on a seed):
   search, the doctor on every step, behind-the-best pruning); ``tpe``: Optuna's ``TPESampler`` with
   Optuna's default pruner (``MedianPruner``), no lrkit prior, no doctor, budget 12; ``random``: log-uniform
   ``RandomSampler``, no pruner, budget 12; ``log``: powers of ten over the task's LR range, every
-  point a full run; ``grid``: the oracle's own 20-point log grid (20 full runs per seed; regret 0
-  by definition, shown for its cost).
+  point a full run; ``grid_seed``: the oracle's 20-point grid trained on the search's own seed,
+  its best point answered (the noise floor of judging on other seeds); ``grid``: the oracle's own
+  20-point log grid (20 full runs per seed; regret 0 by definition, shown for its cost).
+* **Same-seed view** (not the headline): each search's best complete trial's value against the best
+  grid point on the same seed (:func:`same_seed_regret`).
   All methods search the task's oracle range ``task.grid`` (lrkit's prior interval is clipped to it).
 * **Regret** of the LR a method holds after spending :math:`b` runs (its best complete trial so
   far): :math:`(\\bar L(\\eta) - L^*)/L^*`, with :math:`\\bar L(\\eta)` the mean validation loss of full
