@@ -27,7 +27,7 @@ exponential moving average with weight :math:`\\alpha` = ``smooth`` on the newes
 (:math:`\\alpha = 1` means no smoothing). The test stops early when the smoothed loss exceeds
 ``diverge_threshold`` times the best smoothed loss so far,
 :math:`\\bar\\ell_i > \\tau \\min_{j \\le i} \\bar\\ell_j` (for a loss that went to or below zero,
-where a ratio means nothing, see :func:`diverged`), or when a loss is NaN or infinite (that
+where a ratio means nothing, see :func:`divergence_bound`), or when a loss is NaN or infinite (that
 step is not recorded). Whatever happens (normal end, divergence, an exception, ``KeyboardInterrupt``)
 the trainer's snapshot is restored before :func:`run_range_test` returns or raises.
 
@@ -201,24 +201,24 @@ def _check_lr(name: str, value: Any) -> float:
     return value
 
 
-def diverged(sm: float, best: float, first: float, tau: float) -> bool:
-    r"""The range test's stop rule on the smoothed loss :math:`\bar\ell_i`, best so far :math:`b`.
+def divergence_bound(best: float, first: float, tau: float) -> float:
+    r"""The smoothed loss above which the range test stops, given the best so far :math:`b`.
 
-    :math:`\bar\ell_i > \tau\, b` while :math:`b > 0` (the classic rule). A loss that went to
-    or below zero -- a Gaussian negative log-likelihood with a learned variance, a loss with a
-    negative term -- has no meaningful ratio (with :math:`b < 0` every loss is above
-    :math:`\tau b`); there it stops when the loss rose above its best by :math:`\tau - 1` times
-    the larger of :math:`|b|` and the way it came down, :math:`\bar\ell_0 - b`.
+    :math:`\tau\, b` while :math:`b > 0` (the classic rule). A loss that went to or below zero --
+    a Gaussian negative log-likelihood with a learned variance, a loss with a negative term -- has
+    no meaningful ratio (with :math:`b < 0` every loss is above :math:`\tau b`); there the bound is
+    :math:`b + (\tau - 1)\max(|b|,\ \bar\ell_0 - b)`: a rise above the best of :math:`\tau - 1`
+    times the larger of :math:`|b|` and the way the loss came down from its first smoothed value.
 
     Example:
-        >>> diverged(4.1, 1.0, 2.3, 4.0), diverged(3.9, 1.0, 2.3, 4.0)
-        (True, False)
-        >>> diverged(-0.9, -1.0, 5.0, 4.0), diverged(17.5, -1.0, 5.0, 4.0)
-        (False, True)
+        >>> divergence_bound(1.0, 2.3, 4.0)
+        4.0
+        >>> divergence_bound(-1.0, 5.0, 4.0)
+        17.0
     """
     if best > 0:
-        return sm > tau * best
-    return sm - best > (tau - 1.0) * max(abs(best), first - best)
+        return tau * best
+    return best + (tau - 1.0) * max(abs(best), first - best)
 
 
 def _check_args(start_lr, end_lr, num_iter, mode, smooth, diverge_threshold) -> tuple[float, float]:
@@ -348,13 +348,14 @@ def run_range_test(
             if progress is not None:
                 progress(i, lr, loss)
             best = min(best, sm)
-            if diverged(sm, best, smoothed[0], diverge_threshold):
+            bound = divergence_bound(best, smoothed[0], diverge_threshold)
+            if sm > bound:
                 stopped_early = i < num_iter - 1
                 if stopped_early:
                     reason = (
                         f"diverged at step {i} (lr={lr:.3g}): smoothed loss {sm:.4g} > "
                         + (f"{diverge_threshold:g} x best {best:.4g}" if best > 0 else
-                           f"best {best:.4g} + {diverge_threshold - 1:g} x {max(abs(best), smoothed[0] - best):.4g}")
+                           f"{bound:.4g} (best {best:.4g} + {diverge_threshold - 1:g} x its fall)")
                     )
                 break
     finally:
