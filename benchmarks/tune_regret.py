@@ -129,12 +129,8 @@ def run_search(task: Task, method: str, seed: int) -> dict:
                  budget=BUDGET["tpe"], **kw)
     elif method == "random":
         r = tune(objective_for(task, seed, False), strategy="random", pruner="none", budget=BUDGET["random"], **kw)
-    elif method == "grid_seed":  # the judge's 20-point grid, trained on this search's seed: the noise floor
-        pts = [float(f"{x:.6g}") for x in np.geomspace(lo, hi, GRID_POINTS)]
-        r = tune(objective_for(task, seed, False), strategy="grid", values=pts, pruner="none", n_trials=len(pts),
-                 **{k: v for k, v in kw.items() if k not in ("low", "high")})
-    else:
-        pts = grid_values(lo, hi, 1)
+    else:  # log: powers of ten; grid_seed: the judge's 20-point grid on this search's seed (the noise floor)
+        pts = [float(f"{x:.6g}") for x in judge_grid(task)] if method == "grid_seed" else grid_values(lo, hi, 1)
         r = tune(objective_for(task, seed, False), strategy="grid", values=pts, pruner="none", n_trials=len(pts),
                  **{k: v for k, v in kw.items() if k not in ("low", "high")})
     spent = prior_cost
@@ -168,6 +164,11 @@ def same_seed_regret(runs: list[dict], grids: list[dict]) -> float | None:
     return float(np.mean(regrets)) if regrets else None
 
 
+def judge_grid(task: Task) -> np.ndarray:
+    """The oracle's 20-point log grid over the task's range (the judge's, and ``grid_seed``'s)."""
+    return np.geomspace(task.grid[0], task.grid[1], GRID_POINTS)
+
+
 class Judge:
     """The mean validation loss of full runs of one task at an LR, over :data:`EVAL_SEEDS` (cached).
 
@@ -183,7 +184,7 @@ class Judge:
         if cache.get(task.name, {}).get("key") != key:
             cache[task.name] = {"key": key, "vals": {}}
         self.vals: dict = cache[task.name]["vals"]
-        self.grid = np.geomspace(task.grid[0], task.grid[1], GRID_POINTS)
+        self.grid = judge_grid(task)
         table = [self(float(lr)) for lr in self.grid]
         i = int(np.argmin(table))
         self.best_lr, self.best_val = float(self.grid[i]), float(table[i])
@@ -410,30 +411,31 @@ def _same_seed_table(out: dict, held: list[str], dev: list[str], methods: list[s
     return rows
 
 
+def _at_end(out: dict, m: str, names: list[str]) -> tuple[float, float] | None:
+    """Median and worst regret of method ``m`` when done, over the tasks of ``names`` it ran on."""
+    v = [out[n]["methods"][m]["final"] for n in names if m in out[n]["methods"]]
+    return (float(np.median(v)), float(max(v))) if v else None
+
+
 def _floor_reading(out: dict, held: list[str], dev: list[str]) -> str:
     """What the grid on the search's own seed says about the figures above."""
-    def end(m: str, names: list[str]) -> tuple[float, float]:
-        v = [out[n]["methods"][m]["final"] for n in names if m in out[n]["methods"]]
-        return float(np.median(v)), float(max(v))
-
-    (gm, gw), (dm, dw) = end("grid_seed", held), end("grid_seed", dev)
+    (gm, gw), (dm, dw) = _at_end(out, "grid_seed", held), _at_end(out, "grid_seed", dev)
     worst = max(held, key=lambda n: out[n]["methods"]["grid_seed"]["final"])
     return (f"Reading the floor: a full 20-point grid on the search's own seed, 20 runs, ends at {_pct(gm)} median / "
             f"{_pct(gw)} worst held-out ({_pct(dm)} / {_pct(dw)} development; worst held-out {worst}): the LR that is "
             "best on one seed is not the best on six others, most of all where the valley ends at a cliff (the "
             "ill-conditioned logistic regressions) or is broad and flat (a noisy choice among equals). A search "
             "judged this way can beat the grid only by answering more robustly than the single best point"
-            + _versus(end, held) + "; regret figures within a few percent of it are within this noise.")
+            + _versus(out, held) + "; regret figures within a few percent of it are within this noise.")
 
 
-def _versus(end, held: list[str]) -> str:
+def _versus(out: dict, held: list[str]) -> str:
     """How lrkit's searches compare with the grid on their seed (held-out medians and worsts)."""
-    g = end("grid_seed", held)
+    g = _at_end(out, "grid_seed", held)
     parts = []
     for m in ("lrkit", "lrkit12"):
-        try:
-            v = end(m, held)
-        except ValueError:  # the method was not run
+        v = _at_end(out, m, held)
+        if v is None:  # the method was not run
             continue
         parts.append(f"{m} at {_pct(v[0])} / {_pct(v[1])} is {'below' if v[0] < g[0] else 'above'} it on the median "
                      f"and {'below' if v[1] < g[1] else 'above'} on the worst")
