@@ -201,24 +201,26 @@ def _check_lr(name: str, value: Any) -> float:
     return value
 
 
-def divergence_bound(best: float, first: float, tau: float) -> float:
-    r"""The smoothed loss above which the range test stops, given the best so far :math:`b`.
+def divergence_bound(best: float, fall: float, tau: float) -> float:
+    r"""The loss above which a run counts as blown up, given its best (or starting) loss :math:`b`.
 
     :math:`\tau\, b` while :math:`b > 0` (the classic rule). A loss that went to or below zero --
     a Gaussian negative log-likelihood with a learned variance, a loss with a negative term -- has
     no meaningful ratio (with :math:`b < 0` every loss is above :math:`\tau b`); there the bound is
-    :math:`b + (\tau - 1)\max(|b|,\ \bar\ell_0 - b)`: a rise above the best of :math:`\tau - 1`
-    times the larger of :math:`|b|` and the way the loss came down from its first smoothed value.
+    :math:`b + (\tau - 1)\max(|b|,\ f)`: a rise above :math:`b` of :math:`\tau - 1` times the
+    larger of :math:`|b|` and ``fall`` :math:`f`, the scale of the loss's own movement (the range
+    test: how far its smoothed loss came down from its first value; a candidate run: how far its
+    first losses lie below their median).
 
     Example:
-        >>> divergence_bound(1.0, 2.3, 4.0)
+        >>> divergence_bound(1.0, 1.3, 4.0)
         4.0
-        >>> divergence_bound(-1.0, 5.0, 4.0)
+        >>> divergence_bound(-1.0, 6.0, 4.0)
         17.0
     """
     if best > 0:
         return tau * best
-    return best + (tau - 1.0) * max(abs(best), first - best)
+    return best + (tau - 1.0) * max(abs(best), fall)
 
 
 def _check_args(start_lr, end_lr, num_iter, mode, smooth, diverge_threshold) -> tuple[float, float]:
@@ -348,7 +350,7 @@ def run_range_test(
             if progress is not None:
                 progress(i, lr, loss)
             best = min(best, sm)
-            bound = divergence_bound(best, smoothed[0], diverge_threshold)
+            bound = divergence_bound(best, smoothed[0] - best, diverge_threshold)
             if sm > bound:
                 stopped_early = i < num_iter - 1
                 if stopped_early:

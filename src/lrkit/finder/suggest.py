@@ -29,8 +29,10 @@ grid below :math:`\\eta_{\\min}` and, when it may drive the trainer, measures th
    :math:`k` steps at its constant LR (a cold start, like the real run) and is scored by
    ``trainer.evaluate()`` when it returns a number, else by the mean training loss of the last
    third of its steps (every candidate sees the same batches). A candidate is rejected when a loss
-   is non-finite, when two consecutive losses exceed 4x the median of its first three (the run is
-   aborted there, so a divergent candidate costs a few steps), or when its score does not improve
+   is non-finite, when two consecutive losses exceed 4x the median :math:`m` of its first three
+   (for :math:`m \le 0`, a loss that goes negative:
+   :func:`~lrkit.finder.range_test.divergence_bound` with the first three's spread below :math:`m`;
+   the run is aborted there, so a divergent candidate costs a few steps), or when its score does not improve
    on the starting score. The search:
 
    * starts at :math:`\\eta_{top} = \\eta_{\\min}` and walks down a decade at a time while the
@@ -104,6 +106,7 @@ import numpy as np
 
 from lrkit import scaling
 from lrkit.finder._rules import check_curve, classic_suggestions, ema_bias_corrected, torch_lr_finder_steepest
+from lrkit.finder.range_test import divergence_bound
 from lrkit.collapse import COLLAPSED
 
 __all__ = [
@@ -254,9 +257,11 @@ def _run_candidate(trainer: Any, state: Any, lr: float, steps: int, ref_eval: fl
                 reason = "non-finite loss"
                 break
             ref = float(np.median(losses[:3]))
-            above = above + 1 if ref > 0 and loss > ABORT_FACTOR * ref else 0
+            bound = divergence_bound(ref, ref - min(losses[:3]), ABORT_FACTOR)
+            above = above + 1 if bound > ref and loss > bound else 0
             if above >= 2:
-                reason = f"loss above {ABORT_FACTOR:g}x its start twice in a row"
+                reason = (f"loss above {ABORT_FACTOR:g}x its start twice in a row" if ref > 0 else
+                          f"loss above {bound:.4g} (start {ref:.4g} + {ABORT_FACTOR - 1:g} x its scale) twice in a row")
                 break
         score = start = None
         if reason is None:
