@@ -113,7 +113,7 @@ def test_observe_many_in_chunks_and_mixed_with_observe(log, cut):
     [
         ({"steps": [0, 1, 1]}, r"steps must be strictly increasing, got 1 at row 2 \(step 1\)"),
         ({"steps": [0.0, 1.0, 2.0]}, r"steps must be a 1-d array of ints"),
-        ({"losses": [1.0, -2.0, 1.0]}, r"losses must be >= loss_floor=0.0 .*got -2.0 at row 1"),
+        ({"losses": [1.0, -2.0, 1.0]}, r"losses must be >= loss_floor=0.0 .*got -2.0 at row 1 \(step 1\): .*Doctor\(loss_floor=F\)"),
         ({"lr": [0.1, -1.0, 0.1]}, r"lr must be a finite number >= 0, got -1.0 at row 1"),
         ({"lr": [0.1, np.nan, 0.1]}, r"lr must be a finite number >= 0, got nan at row 1"),
         ({"grad_norm": [1.0, 1.0, -3.0]}, r"grad_norm must be >= 0, got -3.0 at row 2"),

@@ -21,6 +21,13 @@ import numpy as np
 __all__ = ["reference_run_ok"]
 
 
+
+#: what a loss below the doctor's ``loss_floor`` needs (said by ``observe`` and ``observe_many``)
+FLOOR_ADVICE = ("a loss that can go below it (a continuous negative log-likelihood, a loss with a negative term) "
+                "needs Doctor(loss_floor=F) with F a lower bound of it, as tight as known (torch's "
+                "GaussianNLLLoss: 0.5*log(eps), -6.9 at its default eps=1e-6); a bound far below the "
+                "losses makes real progress look small (flat)")
+
 def _finite_number(v: Any) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -87,12 +94,13 @@ def _table_rows(who: str, steps: Any, losses: Any, *, lr: Any, grad_norm: Any, v
             raise ValueError(f"{who}: present[{name!r}] must have one bool per step ({n}), got shape {mm.shape}")
         masks[key] = mm
 
-    def bad_row(ok: np.ndarray, name: str, values: np.ndarray, allowed: str) -> None:
+    def bad_row(ok: np.ndarray, name: str, values: np.ndarray, allowed: str, advice: str = "") -> None:
         mask = masks.get(name)
         bad = ~ok if mask is None else (~ok & mask)
         if bad.any():
             i = int(np.argmax(bad))
-            raise ValueError(f"{who}: {name} must be {allowed}, got {values[i].item()!r} at row {i} (step {int(st[i])})")
+            raise ValueError(f"{who}: {name} must be {allowed}, got {values[i].item()!r} at row {i} "
+                             f"(step {int(st[i])})" + (f": {advice}" if advice else ""))
 
     if n > 1:
         bad_row(np.concatenate([[True], np.diff(st) > 0]), "steps", st, "strictly increasing")
@@ -101,7 +109,7 @@ def _table_rows(who: str, steps: Any, losses: Any, *, lr: Any, grad_norm: Any, v
                          "(call reset() or load_state_dict() after a rollback)")
     f = loss_floor
     with np.errstate(invalid="ignore"):
-        bad_row(~(np.isfinite(ls) & (ls < f)), "losses", ls, f">= loss_floor={f} (or non-finite)")
+        bad_row(~(np.isfinite(ls) & (ls < f)), "losses", ls, f">= loss_floor={f} (or non-finite)", FLOOR_ADVICE)
         if "lr" in cols:
             bad_row(np.isfinite(cols["lr"]) & (cols["lr"] >= 0), "lr", cols["lr"], "a finite number >= 0")
         if "grad_norm" in cols:

@@ -75,7 +75,7 @@ from lrkit.doctor.signs import (
 )
 from lrkit.doctor.signs.chance import ABOVE as ABOVE_CHANCE
 from lrkit.doctor.signs.metric_swing import METRIC_MIN_OBS as _METRIC_MIN_OBS
-from lrkit.doctor._inputs import _chance_ok, _finite_number, _table_rows, reference_run_ok
+from lrkit.doctor._inputs import FLOOR_ADVICE, _chance_ok, _finite_number, _table_rows, reference_run_ok
 
 __all__ = ["VERDICTS", "INFORMATIONAL", "SEVERITY", "Diagnosis", "Doctor"]
 
@@ -576,11 +576,8 @@ class Doctor:
                 mets[name] = self._as_float(f"metrics[{name!r}]", v)
         f = t.loss_floor
         if math.isfinite(loss) and loss < f:
-            raise ValueError(f"Doctor.observe: loss must be >= loss_floor={f}, got {loss} at step {step}: a loss "
-                             "that can go below it (a continuous negative log-likelihood, a loss with a negative term) "
-                             "needs Doctor(loss_floor=F) with F a lower bound of it, as tight as known (torch's "
-                             "GaussianNLLLoss: 0.5*log(eps), -6.9 at its default eps=1e-6); a bound far below the "
-                             "losses makes real progress look small (flat)")
+            raise ValueError(f"Doctor.observe: loss must be >= loss_floor={f}, got {loss} at step {step}: "
+                             + FLOOR_ADVICE)
         t.last_step = step
         if t.first_step is None:
             t.first_step = step
