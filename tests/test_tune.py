@@ -227,6 +227,24 @@ def test_behind_the_best_prunes_only_a_trial_that_is_not_catching_up():
     assert stuck.should_prune()
 
 
+def test_behind_the_best_measures_gaps_near_zero_against_the_way_the_best_moved():
+    """A negative log-likelihood that falls through zero: 0.05 behind a best at -0.02 is 2.5x in
+    ratio but a few percent of the best trial's fall (1.8 -> -0.02); a trial a unit behind is pruned."""
+    from optuna.distributions import FloatDistribution
+    from lrkit.tune.pruners import BehindBestPruner
+
+    study = optuna.create_study(pruner=BehindBestPruner(100))
+    best = {s: 2.0 - 2.02 * s / 100 for s in range(10, 101, 10)}  # 1.798 ... 0.182, -0.02
+    study.add_trial(optuna.create_trial(params={"lr": 1e-2}, distributions={"lr": FloatDistribution(1e-5, 1, log=True)},
+                                        value=best[100], intermediate_values=best))
+    close, far = study.ask(), study.ask()
+    for s in (80, 90, 100):
+        close.report(best[s] + 0.05, s)
+        far.report(best[s] + 1.0, s)
+    assert not close.should_prune()
+    assert far.should_prune()
+
+
 def test_a_lost_race_to_create_the_tables_is_told_from_other_database_errors():
     """Workers opening a fresh database together race to create Optuna's tables; the loser sees a
     unique violation (tested for real in test_tune_postgres) or "relation ... already exists" (a

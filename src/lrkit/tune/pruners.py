@@ -114,7 +114,10 @@ class BehindBestPruner(BasePruner):
     From ``fraction`` of ``train_steps`` on, with :math:`g_t = (v_t - r_t)/|r_t|` the relative gap
     to the best trial at the same step (signs flipped for maximisation), the trial is pruned when
     :math:`g_t > m` and :math:`g_t \ge 0.9\,g_{t'}` at the previous report :math:`t'`: a lower LR
-    that starts slower but is closing the gap runs on.
+    that starts slower but is closing the gap runs on. Where the best trial's reports reach or cross
+    zero (a negative log-likelihood, a score around 0) a ratio to :math:`|r_t|` means nothing (any
+    difference near 0 is a huge ratio): the gap is measured against the larger of :math:`|r_t|` and
+    the span of the best trial's reports, the way its value moved.
     """
 
     def __init__(self, train_steps: int, *, fraction: float = 0.3, margin: float = 0.2) -> None:
@@ -132,13 +135,16 @@ class BehindBestPruner(BasePruner):
         if not done:
             return False
         best = min(done, key=lambda t: sign * t.value)
+        curve = [v for v in best.intermediate_values.values() if math.isfinite(v)]
+        span = max(curve) - min(curve) if curve and min(curve) <= 0 <= max(curve) else 0.0
 
         def gap(step: int, value: float) -> float | None:
             ref_steps = [s for s in best.intermediate_values if s <= step]
             if not ref_steps:
                 return None
             ref = best.intermediate_values[max(ref_steps)]
-            return (sign * value - sign * ref) / abs(ref) if ref else None
+            scale = max(abs(ref), span)
+            return (sign * value - sign * ref) / scale if scale > 0 else None
 
         g0, g1 = gap(s0, v0), gap(s1, v1)
         if g1 is None or g1 <= self.margin:
