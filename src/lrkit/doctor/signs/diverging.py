@@ -4,22 +4,16 @@ r"""Sign ``diverging``: the loss level has risen well above its best.
 
 .. math::
 
-    m_t - b'_t > \max\big(\log \rho + [b'_t = y_1]\, z_1 \sigma,\; \min(z\,\sigma_s,\ \log 100)\big)
-    + [n < W]\log\rho
+    m_t - b'_t > \max\big(\log \rho,\; \min(z\,\sigma_s,\ \log 100)\big) + [n < W]\log\rho
     \quad\text{and}\quad
     e^{m_t} - e^{b'_t} > r \cdot L_0, \qquad b'_t = \min(b_t,\ y_1) \text{ if } n < W \text{ else } b_t
 
 with :math:`\rho` = ``diverge_ratio``, :math:`z` = ``noise_z``, :math:`r` = ``min_rise`` and
 :math:`y_1` the very first loss (taken at the initial weights, so that a blow-up in the first
-steps is caught); :math:`m_t, b_t, \sigma, \sigma_s, L_0` as in :class:`~lrkit.doctor.signs.Track`. The
+steps is caught); :math:`m_t, b_t, \sigma_s, L_0` as in :class:`~lrkit.doctor.signs.Track`. The
 level must rise by a factor *and* by an amount that matters next to where training started (a
 rise from 1e-6 to 1e-4 is not a problem); during the first ``W`` steps, while noise and best are
-poorly known, the factor is :math:`\rho^2` (and the first loss counts as a best). The first loss is
-one draw, not a median: where it is the reference, the factor must also clear
-:math:`z_1` = :data:`FIRST_DRAW_Z` sd of the per-step noise :math:`\sigma` (a healthy run with a
-log-noise of 0.6 whose first loss was drawn 2.5 sd low was once called diverging at step 4); a
-larger noise term, e.g. the noise a blow-up itself brings, is not added to, so a blow-up is caught
-as early as before.
+poorly known, the factor is :math:`\rho^2` (and the first loss counts as a best).
 
 **Progress lost.** Past the first window, a run is diverging too when the median of its last
 :math:`W/2` log-losses has given back :data:`LOST_FRACTION` (70%) of the progress it made from
@@ -94,9 +88,6 @@ LOST_MIN_PROGRESS = 1.5
 #: hundred) and the lasting level, a median of ``W/2``, can sit ~3 of its own sd (~1.9 of theirs)
 #: above its mean over as many: 3 + 1.9, about 5, is noise alone
 LOST_NOISE_Z = 5.0
-#: the first loss as the reference of the first window is a single draw: the margin adds this many sd
-#: of the per-step noise (a draw 2.5 sd low once read as a 4x rise of a healthy noisy run)
-FIRST_DRAW_Z = 2.0
 
 
 def start_level(track: Track) -> float:
@@ -268,17 +259,11 @@ class LossRise(Sign):
             return None
         log_rho = math.log(t.diverge_ratio)
         best = t.best
-        first = math.log(max(t.first[0], TINY))
-        # during the first window, the very first loss (initial weights) is a reference too
-        first_ref = t.n < t.window and first < best
-        if first_ref:
-            best = first
+        if t.n < t.window:  # during the first window, the very first loss (initial weights) is a reference too
+            best = min(best, math.log(max(t.first[0], TINY)))
         # a noise estimate from a handful of rows (a log every 50 steps, an epoch log) can be the
         # rise itself: no noise explains a level NOISE_CAP times its best
-        least = log_rho
-        if first_ref and not math.isnan(t.sigma):  # one draw, not a median: the factor above its own noise
-            least += FIRST_DRAW_Z * max(t.sigma, 0.0 if math.isnan(t.sigma_slow) else t.sigma_slow)
-        margin = max(least, min(t.noise_z * t.sigma_short(), math.log(NOISE_CAP)))
+        margin = max(log_rho, min(t.noise_z * t.sigma_short(), math.log(NOISE_CAP)))
         if t.n < t.window:  # noise and best are still poorly known: one more factor rho
             margin += log_rho
         rise = math.exp(t.level) - math.exp(best)
