@@ -20,13 +20,12 @@ import numpy as np
 
 __all__ = ["reference_run_ok"]
 
-
-
 #: what a loss below the doctor's ``loss_floor`` needs (said by ``observe`` and ``observe_many``)
 FLOOR_ADVICE = ("a loss that can go below it (a continuous negative log-likelihood, a loss with a negative term) "
                 "needs Doctor(loss_floor=F) with F a lower bound of it, as tight as known (torch's "
                 "GaussianNLLLoss: 0.5*log(eps), -6.9 at its default eps=1e-6); a bound far below the "
                 "losses makes real progress look small (flat)")
+
 
 def _finite_number(v: Any) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
