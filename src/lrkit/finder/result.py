@@ -8,7 +8,10 @@ only then).
 
 The band :math:`[\\eta_{lo}, \\eta_{hi}]` is the suggestion method's uncertainty: learning rates it
 considers about as good as the suggestion :math:`\\eta^*`, with
-:math:`\\eta_{lo} \\le \\eta^* \\le \\eta_{hi}` in the usual case.
+:math:`\\eta_{lo} \\le \\eta^* \\le \\eta_{hi}` in the usual case. With verification it is the
+spread of the short candidate runs that scored within noise of the best, carried to the full run
+like the suggestion: the uncertainty of the short-run optimum, not of the full run's best LR
+(measured in BENCHMARKS.md: it holds a grid oracle's LR in about 40% of the runs).
 
 Example:
     >>> import numpy as np
