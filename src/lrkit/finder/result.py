@@ -73,7 +73,7 @@ class FinderResult:
         rules: the classic rules' suggestions for comparison (``"steepest"``, ``"valley"``,
             ``"minimum_div_10"``, ... as returned by :func:`lrkit.finder.suggest.suggest`;
             ``None`` where a rule found nothing).
-        band: ``(lo, hi)``, the range of learning rates the method considers about as good.
+        band: ``(lo, hi)``, where the method places the full run's best learning rate (see above).
         details: method-specific information (JSON-ready values).
         stopped_early: the test stopped on divergence before ``num_iter`` steps.
         num_iter: the number of steps planned.

@@ -177,7 +177,8 @@ class Suggestion:
         lr: the suggested learning rate (rescaled to ``target_batch_size`` when one was given).
         method: how it was chosen: ``"rule"``, ``"verified"``, ``"rule(verification rejected all)"``,
             with ``"+flat"`` / ``"+scaled"`` appended when those adjustments applied.
-        band: ``(lo, hi)`` learning rates about as good as ``lr``; ``lo <= lr <= hi``.
+        band: ``(lo, hi)``, ``lo <= lr <= hi``: where the full run's best LR lies (verified: the
+            candidates' spread widened by :data:`FULL_RUN_SPREAD`; rule: a bootstrap band).
         rules: the classic rules (see :func:`classic_suggestions`) plus ``"lrkit_rule"`` (step 2) and
             ``"lr_at_min_loss"`` (the LR of the lowest smoothed loss, not a suggestion by itself).
         details: JSON-friendly evidence: candidates, their scores, steps spent, regime, scaling.
