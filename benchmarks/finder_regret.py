@@ -45,7 +45,7 @@ from benchmarks.finder_tasks import DEV, HELDOUT, Task, TensorTrainer, available
 from lrkit import scaling
 from lrkit.finder._rules import classic_suggestions
 from lrkit.finder.range_test import plan_budget, plan_verify_budget, run_range_test
-from lrkit.finder.suggest import suggest
+from lrkit.finder.suggest import FULL_RUN_SPREAD, suggest
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ORACLE_CACHE = RESULTS / "finder_oracle.json"
@@ -288,7 +288,8 @@ def render(out: dict, skipped: list[str], seconds: dict) -> str:
             for h, (c, n, w) in covered.items())
         + ". With verification the band is the spread of the short-run candidates that scored within noise of the "
         "best (never narrower than their grid resolves), moved by the short-run factor like the answer, and widened "
-        "to at least 0.85 decades below and 0.77 above the answer (`lrkit.finder.suggest.FULL_RUN_SPREAD`: the 10th "
+        f"to at least {FULL_RUN_SPREAD[0]:g} decades below and {FULL_RUN_SPREAD[1]:g} above the answer "
+        "(`lrkit.finder.suggest.FULL_RUN_SPREAD`: the 10th "
         "and 90th percentiles of log10(oracle / answer) over the development half's 60 verified runs, the error of "
         "carrying a short-run optimum to the full run; see the next section). With the candidates' spread alone "
         "(until 2026-12-06) it held the oracle's LR in 23/60 held-out and 26/66 development runs, at a median width "

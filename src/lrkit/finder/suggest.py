@@ -30,7 +30,7 @@ grid below :math:`\\eta_{\\min}` and, when it may drive the trainer, measures th
    ``trainer.evaluate()`` when it returns a number, else by the mean training loss of the last
    third of its steps (every candidate sees the same batches). A candidate is rejected when a loss
    is non-finite, when two consecutive losses exceed 4x the median :math:`m` of its first three
-   (for :math:`m \le 0`, a loss that goes negative:
+   (for :math:`m \\le 0`, a loss that goes negative:
    :func:`~lrkit.finder.range_test.divergence_bound` with the first three's spread below :math:`m`;
    the run is aborted there, so a divergent candidate costs a few steps), or when its score does not improve
    on the starting score. The search:
@@ -79,10 +79,10 @@ grid below :math:`\\eta_{\\min}` and, when it may drive the trainer, measures th
    :math:`\\tau` of the best and :math:`\\hat\\eta`, widened to at least half-way to each
    neighbour and a full half-decade past an open edge (a one-sided bracket is never a zero-width
    band), all divided by 2, then widened to at least
-   :math:`[\eta^* \cdot 10^{-0.85},\ \eta^* \cdot 10^{0.77}]` (:data:`FULL_RUN_SPREAD`): the
+   :math:`[\\eta^* \\cdot 10^{-0.85},\\ \\eta^* \\cdot 10^{0.77}]` (:data:`FULL_RUN_SPREAD`): the
    candidates' spread is the uncertainty of the *short-run* optimum, and carrying it to the full run
    adds more -- on the development half of the finder's benchmark (60 verified runs, six seeds) the
-   10th and 90th percentiles of :math:`\log_{10}(\eta_{oracle}/\eta^*)` were -0.85 and +0.77,
+   10th and 90th percentiles of :math:`\\log_{10}(\\eta_{oracle}/\\eta^*)` were -0.85 and +0.77,
    so the band is an 80% interval for the full run's best LR as measured there (before, the
    candidates' spread alone held the oracle in 26 of 66 development runs); without, the 10th-90th percentile of the rule answer over 64 bootstrap
    curves (the smoothed curve plus resampled residuals, seeded by ``rng_seed``), together with the
