@@ -466,7 +466,10 @@ def render(out: dict, faults: dict, skipped: list[str], seconds: float) -> str:
             "unchanged) and on one fault run: held-out MNIST/SGD-momentum `lr_x30` seed 3, caught at step 75 "
             "(dead since step 50) instead of 119 by the 'behind' rule, restored to the same start with the same "
             "lowered scale, and ending +14.7% over its clean run instead of +5.8%: same restart, a different "
-            "stretch of batches and 44 more steps to train -- one run's noise, reported as measured."]
+            "stretch of batches and 44 more steps to train -- one run's noise, reported as measured. Since "
+            "2026-12-06 a run whose validation loss passes its best early while its training loss keeps falling is "
+            "restarted from its start at a lower LR (`lrkit.autopilot.overfit`; designed outside this table, see "
+            "the next section): it fired on no run of this table, clean or faulty (every figure unchanged)."]
     lines += ["", "Reading: the autopilot's regret follows its peak's distance from the oracle's (column 'autopilot "
               "peak / oracle', the geometric mean over the seeds), i.e. the finder's constant-LR answer times the "
               "shape factor. Since 2026-12-05 the table runs six seeds (0-5; the oracle's grid too): on three, "

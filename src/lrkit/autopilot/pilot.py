@@ -32,6 +32,12 @@ state (:meth:`Autopilot.attach`), reports every step (:meth:`Autopilot.observe`)
 :meth:`Autopilot.lr` on its optimizer. Every intervention is an :class:`AutopilotEvent` with a
 message in plain words, logged to ``logging.getLogger("lrkit.autopilot")``.
 
+**Early overfitting.** With the guard, a validation loss that passes its best early in the run
+while the training loss keeps falling restarts the run once from its initial state (a rollback to
+the start, the schedule rewound as above) at the LR that makes the rest of the run sum to half the
+LR summed up to that best point (:mod:`lrkit.autopilot.overfit`): the LR was too high for a run
+this long, which the finder's short runs cannot see.
+
 **Resume.** :meth:`Autopilot.state_dict` holds the plan, the multiplier, the plateau state, the
 doctor's state, the events and the run's bounded history (:class:`~lrkit.autopilot.history.RunHistory`,
 what :func:`lrkit.report.write_autopilot_report` plots) in plain JSON types; :meth:`Autopilot.from_state_dict` rebuilds the
@@ -65,7 +71,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from lrkit.autopilot import policy
+import numpy as np
+
+from lrkit.autopilot import overfit, policy
 from lrkit.autopilot.history import RunHistory
 from lrkit.autopilot.plan import AutopilotError, AutopilotPlan
 from lrkit.doctor.core import Doctor
@@ -79,6 +87,8 @@ STATE_VERSION = 1
 
 # the guard's own log lines repeat what the autopilot's events say, in less words: keep them quiet
 _GUARD_LOG = logging.getLogger("lrkit.autopilot.guard")
+#: training losses whose median is the level the early-overfitting rule compares
+_LEVEL_WINDOW = 20
 _GUARD_LOG.addHandler(logging.NullHandler())
 _GUARD_LOG.propagate = False
 
@@ -131,6 +141,9 @@ class Autopilot:
         plan: the :class:`~lrkit.autopilot.plan.AutopilotPlan`.
         guard: roll back and lower the LR on ``nan``/``diverging`` (default ``True``).
         plateau: halve the LR when reported validation losses stall (default ``True``).
+        restart_on_overfit: with the guard, restart from the initial state at a lower LR when the
+            validation loss passes its best early in the run while the training loss keeps falling
+            (:mod:`lrkit.autopilot.overfit`; default ``True``; off in a resumed run).
         doctor: the :class:`~lrkit.doctor.core.Doctor` the guard drives (default
             ``Doctor(lr_ceiling=policy.lr_ceiling(plan.auto_peak_lr), reference_run=plan.finder_reference)``:
             a run whose scale is far above the autopilot's own and that stays behind the finder's best
@@ -150,11 +163,13 @@ class Autopilot:
 
     def __init__(self, plan: AutopilotPlan, *, guard: bool = True, plateau: bool = True,
                  doctor: Doctor | None = None, logger: logging.Logger | None = None,
-                 skip_spikes: bool = True, storage: str = "memory", storage_dir: Any = None) -> None:
+                 skip_spikes: bool = True, storage: str = "memory", storage_dir: Any = None,
+                 restart_on_overfit: bool = True) -> None:
         if not isinstance(plan, AutopilotPlan):
             raise AutopilotError(f"Autopilot: plan must be an AutopilotPlan (lrkit.autopilot.make_plan), "
                                  f"got {type(plan).__name__}")
-        for name, flag in (("guard", guard), ("plateau", plateau), ("skip_spikes", skip_spikes)):
+        for name, flag in (("guard", guard), ("plateau", plateau), ("skip_spikes", skip_spikes),
+                           ("restart_on_overfit", restart_on_overfit)):
             if not isinstance(flag, bool):
                 raise AutopilotError(f"Autopilot: {name} must be True or False, got {flag!r}")
         if doctor is not None and not isinstance(doctor, Doctor):
@@ -181,6 +196,13 @@ class Autopilot:
         self.events: list[AutopilotEvent] = []
         self.guard: Guard | None = None
         self._gave_up = False
+        # the early-overfitting rule (lrkit.autopilot.overfit): summed LR and recent training losses since
+        # the start, and (step, val_loss, summed LR, training level) per validation; None: the rule is off
+        # (after any rollback, after its own restart, and in a resumed run, whose guard starts elsewhere)
+        self._tau = 0.0
+        self._recent: list[float] = []
+        self.restart_on_overfit = restart_on_overfit
+        self._evals: list[tuple[int, float, float, float]] | None = [] if restart_on_overfit and guard else None
 
     # ------------------------------------------------------------------ wiring
     def attach(self, state: Any, *, agree: Callable[[list[float], str], Sequence[float]] | None = None) -> "Autopilot":
@@ -255,6 +277,9 @@ class Autopilot:
         loss = float(loss)
         lr = self.lr(step) if lr is None else float(lr)
         self._last_step = step
+        if self._evals is not None:
+            self._tau += lr if math.isfinite(lr) else 0.0
+            self._recent = (self._recent + [loss])[-_LEVEL_WINDOW:]
         self.history.add(step, loss, lr, None if val_loss is None else float(val_loss))
         rolled = False
         if self.guard is not None:
@@ -266,8 +291,12 @@ class Autopilot:
                 raise
         else:
             self.doctor.observe(step, loss, lr=lr, grad_norm=grad_norm, val_loss=val_loss, metrics=metrics)
-        if val_loss is not None and not rolled:
-            self._plateau_check(step, float(val_loss))
+        if rolled:
+            self._evals = None
+        elif val_loss is not None:
+            rolled = self._overfit_check(step, float(val_loss))
+            if not rolled:
+                self._plateau_check(step, float(val_loss))
         if self.guard is not None and not rolled and step + 1 < self.plan.train_steps:
             # a shape that jumps up (warm restarts): the guard snapshots the state before the jump
             self.guard.before_step(self.lr(step + 1))
@@ -289,6 +318,50 @@ class Autopilot:
         self._event(step, "skip", f"step {step}: skipped the update of a bad batch: its loss {float(loss):.4g} is "
                     f"{ratio:.3g}x the run's level with the LR unchanged" + (f" ({row} in a row)" if row > 1 else ""),
                     {"loss": _finite(float(loss)), "ratio": _finite(ratio)}, logging.WARNING if row == 1 else logging.INFO)
+        return True
+
+    def _overfit_check(self, step: int, val_loss: float) -> bool:
+        """The early-overfitting rule (:mod:`lrkit.autopilot.overfit`): restart from the initial
+        state at a lower LR when the run passed its best validation loss early; ``True`` if it did."""
+        if self._evals is None or self.guard is None or not math.isfinite(val_loss):
+            return False
+        finite = [x for x in self._recent if math.isfinite(x)]
+        level = float(np.median(finite)) if finite else math.nan
+        self._evals.append((step, val_loss, self._tau, level))
+        b = overfit.overfit_restart(self._evals, self.plan.train_steps)
+        if b is None:
+            return False
+        best_step, best_val, tau_b, level_b = self._evals[b]
+        after = len(self._evals) - 1 - b
+        self._evals = None  # once per run
+        drop = level / level_b
+        rec = self.guard.restart(step, verdict="overfitting", evidence={
+            "best_val_loss": best_val, "best_step": float(best_step), "val_loss": val_loss,
+            "train_level_at_best": level_b, "train_level": level, "summed_lr_at_best": tau_b},
+            message=f"the validation loss has stayed above {1 + overfit.TOLERANCE:g}x its best ({best_val:.4g} at "
+                    f"step {best_step}) for {after} validations while the training loss fell to {drop:.2g}x")
+        old_total = self.multiplier
+        t0, T = step + 1, self.plan.train_steps
+        self._rewinds.append((t0, self.position(rec.restored_to)))
+        rest = float(np.sum(self._schedule(np.array([self.position(t) for t in range(t0, T)], dtype=float))))
+        factor = overfit.restart_multiplier(tau_b, rest * self.plateau_scale * old_total)
+        new_total = old_total * factor
+        self._corr = new_total / self.guard.lr_multiplier
+        self._last_rollback, self._last_restored = step, rec.restored_to
+        if self._pstate is not None:  # the restarted run's validations are counted afresh
+            worst = math.inf if self._plateau.mode == "min" else -math.inf
+            self._pstate = self._pstate._replace(best=worst, num_bad_epochs=0)
+        peak = self.plan.peak_lr * self.plateau_scale * new_total
+        self._event(step, "rollback",
+                    f"step {step}: overfitting early: the validation loss has stayed more than "
+                    f"{overfit.TOLERANCE:.0%} above its best ({best_val:.4g} at step {best_step}) for {after} "
+                    f"validations while the training loss fell to {drop:.2g}x its level then: at this LR the run "
+                    f"passes its best point in its first {(best_step + 1) / T:.0%}. Restarted from the initial "
+                    f"state with the LR x{factor:.3g} (the schedule now peaks at {peak:.3g}), so that the rest of "
+                    f"the run sums to {overfit.TAU_FRACTION:g}x the LR summed up to that best point",
+                    {"verdict": "overfitting", "onset": best_step, "restored_to": rec.restored_to,
+                     "old_multiplier": old_total, "new_multiplier": new_total,
+                     "evidence": {k: _finite(float(v)) for k, v in rec.evidence.items()}})
         return True
 
     def _plateau_check(self, step: int, val_loss: float) -> None:
@@ -375,6 +448,7 @@ class Autopilot:
             "events": [e.to_dict() for e in self.events],
             "guard": self.use_guard,
             "skip_spikes": self.skip_spikes,
+            "restart_on_overfit": self.restart_on_overfit,
         }
 
     @classmethod
@@ -391,7 +465,7 @@ class Autopilot:
         plan = AutopilotPlan.from_dict(dict(state["plan"]))
         pilot = cls(plan, guard=bool(state["guard"]), plateau=state["plateau"] is not None, doctor=doctor,
                     logger=logger, skip_spikes=bool(state.get("skip_spikes", True)), storage=storage,
-                    storage_dir=storage_dir)
+                    storage_dir=storage_dir, restart_on_overfit=bool(state.get("restart_on_overfit", True)))
         pilot._corr = float(state["multiplier"])
         pilot._last_rollback = state["last_rollback"]
         pilot._last_restored = state.get("last_restored")
@@ -402,6 +476,7 @@ class Autopilot:
         if pilot._plateau is not None:
             pilot._pstate = pilot._plateau.load_state(dict(state["plateau"]))
         pilot.doctor.load_state_dict(state["doctor"])
+        pilot._evals = None  # the resumed guard's first snapshot is not the run's start: no overfitting restart
         pilot.events = [AutopilotEvent.from_dict(e) for e in state["events"]]
         nxt = 0 if pilot._last_step is None else pilot._last_step + 1
         pilot.events.append(AutopilotEvent(nxt, "resume", f"resumed at step {nxt} (no new finder run; LR "

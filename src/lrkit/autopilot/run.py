@@ -86,7 +86,7 @@ def fly(trainer: Any, *, family: str, train_steps: int, shape: Schedule | None =
         peak_lr: float | None = None, eval_every: int | None = None, guard: bool = True,
         plateau: bool = True, plan: AutopilotPlan | None = None, logger: logging.Logger | None = None,
         seed: int = 0, skip_spikes: bool = True, check_outputs_every: int = 25, storage: str = "memory",
-        storage_dir: Any = None) -> Flight:
+        storage_dir: Any = None, restart_on_overfit: bool = True) -> Flight:
     """Finder, plan and the guarded run on one Trainer (see the module docstring).
 
     Args:
@@ -95,7 +95,7 @@ def fly(trainer: Any, *, family: str, train_steps: int, shape: Schedule | None =
         train_steps: optimizer steps of the run.
         shape, peak_lr: as in :func:`~lrkit.autopilot.plan.make_plan`.
         eval_every: validate every this many steps (default: a tenth of the run) and at the end.
-        guard, plateau, skip_spikes: as in :class:`~lrkit.autopilot.pilot.Autopilot` (a bad batch's
+        guard, plateau, skip_spikes, restart_on_overfit: as in :class:`~lrkit.autopilot.pilot.Autopilot` (a bad batch's
             update is left out when the trainer's ``step`` can do it: ``skips_steps``, as lrkit's
             ``TorchTrainer``).
         plan: a plan decided earlier (the finder is then not run).
@@ -120,7 +120,7 @@ def fly(trainer: Any, *, family: str, train_steps: int, shape: Schedule | None =
                                 seed=seed)
     every = eval_every if eval_every is not None else max(1, train_steps // 10)
     pilot = Autopilot(plan, guard=guard, plateau=plateau, logger=logger, skip_spikes=skip_spikes, storage=storage,
-                      storage_dir=storage_dir).attach(trainer)
+                      storage_dir=storage_dir, restart_on_overfit=restart_on_overfit).attach(trainer)
     flight = Flight(pilot, finder)
     try:
         _fly_steps(trainer, pilot, flight, train_steps, every, check_outputs_every)

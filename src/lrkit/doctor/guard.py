@@ -562,6 +562,38 @@ class Guard(SkipsSpikes, PersistsGuard):
                             self._multiplier, reason)
         return rec
 
+    def restart(self, step: int, *, verdict: str, message: str, evidence: Mapping[str, float]) -> Intervention:
+        """Restore the initial snapshot on the caller's evidence, not the doctor's (the autopilot's
+        early-overfitting restart, :mod:`lrkit.autopilot.overfit`): every later snapshot is dropped
+        (they hold the over-trained states), the doctor and the health record start again from
+        the initial state's, and the LR multiplier is kept (the caller sets the new LR). Recorded as
+        an :class:`Intervention` with ``verdict`` and ``message``; no ``on_intervention`` call.
+
+        Raises:
+            SnapshotError: there is no initial snapshot (the guard has not started), or it cannot be read.
+        """
+        target = self._set.initial
+        if target is None:
+            raise SnapshotError("lrkit guard: restart needs the initial snapshot; the guard has not started", "")
+        state = self._load([target], target)
+        if state is None:
+            raise SnapshotError("lrkit guard: the initial snapshot could not be read (see the ERROR line)", "")
+        self._set.drop_newer(target.label)
+        self._set.drop_best()
+        self._restore(target, state, rollback=False)
+        target.restores += 1
+        rec = Intervention(
+            step=int(step), verdict=verdict, onset=None, evidence=dict(evidence), old_multiplier=self._multiplier,
+            new_multiplier=self._multiplier, restored_to=target.label, before_onset=True, retry=target.restores,
+            message=message, verified=True,
+        )
+        self._interventions.append(rec)
+        self._last_rolled_back = True
+        self._write_manifest()
+        self.logger.warning("lrkit guard: %s at step %d; restored the initial snapshot (step %d)", verdict, step,
+                            target.label)
+        return rec
+
     def close(self) -> None:
         """Drop every snapshot and delete the run's files (and the temporary directory the guard
         created). The records stay; a later :meth:`start` begins afresh. Idempotent."""

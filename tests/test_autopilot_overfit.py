@@ -1,0 +1,144 @@
+"""The autopilot's early-overfitting restart (lrkit.autopilot.overfit)."""
+from __future__ import annotations
+
+import doctest
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lrkit import schedules as S
+from lrkit.autopilot import Autopilot, make_plan, overfit
+
+
+def test_docstring_examples():
+    result = doctest.testmod(overfit)
+    assert result.attempted > 0 and result.failed == 0
+
+
+class Flow:
+    """A run along the gradient flow: its state is the summed LR tau; the training loss falls as
+    exp(-tau), the validation loss is lowest at tau = 2 and climbs after it (overfitting)."""
+
+    def __init__(self):
+        self.tau, self.restores = 0.0, 0
+
+    def snapshot(self):
+        return self.tau
+
+    def restore(self, s):
+        self.tau, self.restores = s, self.restores + 1
+
+    def step(self, lr):
+        loss = math.exp(-self.tau) + 1e-3
+        self.tau += lr
+        return loss
+
+    def evaluate(self):
+        return 0.1 + 0.1 * math.log(max(self.tau, 1e-9) / 2.0) ** 2
+
+
+def _fly(pilot, trainer, steps, every, start=0):
+    lrs = []
+    for t in range(start, start + steps):
+        lrs.append(pilot.lr(t))
+        loss = trainer.step(lrs[-1])
+        val = trainer.evaluate() if (t + 1) % every == 0 else None
+        pilot.observe(t, loss, val_loss=val)
+    return lrs
+
+
+def test_a_run_past_its_best_validation_early_restarts_once_with_the_summed_lr_halved():
+    T = 400
+    plan = make_plan(family="sgd", train_steps=T, peak_lr=0.2, shape=S.constant(1.0))  # tau = 2 at step 10
+    flow = Flow()
+    pilot = Autopilot(plan).attach(flow)
+    lrs = _fly(pilot, flow, T, every=40)
+    restarts = [e for e in pilot.events if e.kind == "rollback"]
+    assert len(restarts) == 1 and restarts[0].data["verdict"] == "overfitting"
+    ev = restarts[0]
+    assert "overfitting early" in ev.message and "Restarted from the initial state" in ev.message
+    assert ev.step == 159  # best validation at step 39 (the first), then 3 more, each higher
+    assert flow.restores == 1
+    rec = pilot.guard.interventions[-1]
+    assert (rec.verdict, rec.restored_to, rec.new_multiplier) == ("overfitting", 0, rec.old_multiplier)
+    assert min(pilot.guard.snapshot_steps) == 0 and all(s > 159 for s in pilot.guard.snapshot_steps if s)
+    tau_best = ev.data["evidence"]["summed_lr_at_best"]
+    assert tau_best == pytest.approx(0.2 * 40)
+    # the rest of the run sums to half the LR summed up to the best validation, from the initial state
+    assert sum(lrs[160:]) == pytest.approx(overfit.TAU_FRACTION * tau_best, rel=1e-6)
+    assert flow.tau == pytest.approx(overfit.TAU_FRACTION * tau_best, rel=1e-6)
+    # ... which ends nearer the best point than the run that went on would have
+    assert flow.evaluate() < 0.1 + 0.1 * math.log(0.2 * T / 2.0) ** 2
+
+
+def test_a_healthy_run_and_a_late_rise_are_left_alone():
+    T = 400
+    plan = make_plan(family="sgd", train_steps=T, peak_lr=0.004, shape=S.constant(1.0))  # tau reaches 1.6 < 2
+    flow = Flow()
+    pilot = Autopilot(plan).attach(flow)
+    lrs = _fly(pilot, flow, T, every=40)
+    assert flow.restores == 0 and not pilot.events and lrs == [0.004] * T
+    # the best point passed after a third of the run: the rise shows only after half of it
+    plan = make_plan(family="sgd", train_steps=T, peak_lr=2.0 / 150, shape=S.constant(1.0))
+    flow = Flow()
+    pilot = Autopilot(plan, plateau=False).attach(flow)
+    _fly(pilot, flow, T, every=40)
+    assert flow.restores == 0 and not [e for e in pilot.events if e.kind == "rollback"]
+
+
+def test_a_rising_validation_loss_with_a_training_loss_that_does_not_fall_is_not_overfitting():
+    evals = [(39, 0.5, 4.0, 1.0), (79, 0.6, 8.0, 0.95), (119, 0.6, 12.0, 0.9), (159, 0.7, 16.0, 0.85)]
+    assert overfit.overfit_restart(evals, 400) is None           # training level fell 15% < 20%
+    drop = [(s, v, tau, lvl * 0.5 if s > 39 else lvl) for s, v, tau, lvl in evals]
+    assert overfit.overfit_restart(drop, 400) == 0
+    noisy = [drop[0], drop[1], (119, 0.51, 12.0, 0.45), drop[3]]  # one within 5% of the best
+    assert overfit.overfit_restart(noisy, 400) is None
+    assert overfit.overfit_restart(drop, 300) is None           # step 160 of 300: past half the run
+
+
+@settings(max_examples=200, deadline=None)
+@given(vals=st.lists(st.floats(0.01, 10.0), min_size=4, max_size=12),
+       levels=st.lists(st.floats(1e-4, 10.0), min_size=12, max_size=12))
+def test_the_rule_fires_only_on_a_best_followed_by_three_higher_validations_and_a_falling_training_loss(vals, levels):
+    evals = [(10 * (k + 1) - 1, v, float(k + 1), levels[k]) for k, v in enumerate(vals)]
+    b = overfit.overfit_restart(evals, 10_000)
+    best = int(np.argmin(vals))
+    if b is not None:
+        assert b == best and len(vals) - 1 - best >= overfit.AFTER
+        assert min(vals[best + 1:]) > vals[best] * (1 + overfit.TOLERANCE)
+        assert levels[len(vals) - 1] < (1 - overfit.TRAIN_DROP) * levels[best]
+    if all(a >= c for a, c in zip(vals, vals[1:])):   # never rising: never overfitting
+        assert b is None
+
+
+def test_no_restart_without_a_guard_after_a_rollback_or_in_a_resumed_run():
+    T = 400
+    plan = make_plan(family="sgd", train_steps=T, peak_lr=0.2, shape=S.constant(1.0))
+    flow = Flow()
+    unguarded = Autopilot(plan, guard=False)
+    _fly(unguarded, flow, T, every=40)
+    assert flow.restores == 0 and not [e for e in unguarded.events if e.kind == "rollback"]
+
+    flow = Flow()
+    first = Autopilot(plan).attach(flow)
+    _fly(first, flow, 100, every=40)
+    saved = json.loads(json.dumps(first.state_dict()))
+    resumed = Autopilot.from_state_dict(saved).attach(flow)
+    _fly(resumed, flow, T - 100, every=40, start=100)
+    assert not [e for e in resumed.events if e.kind == "rollback"]
+
+    class NanOnce(Flow):
+        clock = 0
+
+        def step(self, lr):  # a NaN at the 6th step only (the clock is never rewound)
+            loss, self.clock = super().step(lr), self.clock + 1
+            return math.nan if self.clock == 6 else loss
+    flow = NanOnce()
+    pilot = Autopilot(plan).attach(flow)
+    _fly(pilot, flow, T, every=40)
+    kinds = [e.data.get("verdict") for e in pilot.events if e.kind == "rollback"]
+    assert kinds == ["nan"]  # the guard's rollback turned the overfitting rule off
