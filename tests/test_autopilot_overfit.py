@@ -98,6 +98,17 @@ def test_a_rising_validation_loss_with_a_training_loss_that_does_not_fall_is_not
     noisy = [drop[0], drop[1], (119, 0.51, 12.0, 0.45), drop[3]]  # one within 5% of the best
     assert overfit.overfit_restart(noisy, 400) is None
     assert overfit.overfit_restart(drop, 300) is None           # step 160 of 300: past half the run
+    slow = [drop[0], (79, 0.51, 8.0, 0.5), (119, 0.6, 12.0, 0.5), drop[3], (199, 0.6, 20.0, 0.4)]
+    assert overfit.overfit_restart(slow, 400) == 0               # a slow rise: the last three count
+
+
+def test_a_training_set_already_fit_needs_no_further_fall():
+    # the training loss at 1e-5 of a start of 1.1 when the validation loss was best, noisy since
+    evals = [(29, 0.16, 4.0, 2e-5), (59, 0.158, 8.0, 5e-6), (89, 0.174, 11.0, 1e-5), (119, 0.18, 13.0, 3e-5),
+             (149, 0.183, 15.0, 4e-5)]
+    assert overfit.overfit_restart(evals, 300) is None                   # no fall, no start given
+    assert overfit.overfit_restart(evals, 300, start_level=1.1) == 1     # under 0.1% of the start
+    assert overfit.overfit_restart(evals, 300, start_level=0.01) is None  # 0.4% of this start: not fit
 
 
 @settings(max_examples=200, deadline=None)
@@ -109,7 +120,7 @@ def test_the_rule_fires_only_on_a_best_followed_by_three_higher_validations_and_
     best = int(np.argmin(vals))
     if b is not None:
         assert b == best and len(vals) - 1 - best >= overfit.AFTER
-        assert min(vals[best + 1:]) > vals[best] * (1 + overfit.TOLERANCE)
+        assert min(vals[-overfit.AFTER:]) > vals[best] * (1 + overfit.TOLERANCE)
         assert levels[len(vals) - 1] < (1 - overfit.TRAIN_DROP) * levels[best]
     if all(a >= c for a, c in zip(vals, vals[1:])):   # never rising: never overfitting
         assert b is None

@@ -201,6 +201,7 @@ class Autopilot:
         # (after any rollback, after its own restart, and in a resumed run, whose guard starts elsewhere)
         self._tau = 0.0
         self._recent: list[float] = []
+        self._first: list[float] = []  # the first finite training losses: the run's starting level
         self.restart_on_overfit = restart_on_overfit
         self._evals: list[tuple[int, float, float, float]] | None = [] if restart_on_overfit and guard else None
 
@@ -280,6 +281,8 @@ class Autopilot:
         if self._evals is not None:
             self._tau += lr if math.isfinite(lr) else 0.0
             self._recent = (self._recent + [loss])[-_LEVEL_WINDOW:]
+            if len(self._first) < 3 and math.isfinite(loss):
+                self._first.append(loss)
         self.history.add(step, loss, lr, None if val_loss is None else float(val_loss))
         rolled = False
         if self.guard is not None:
@@ -328,18 +331,20 @@ class Autopilot:
         finite = [x for x in self._recent if math.isfinite(x)]
         level = float(np.median(finite)) if finite else math.nan
         self._evals.append((step, val_loss, self._tau, level))
-        b = overfit.overfit_restart(self._evals, self.plan.train_steps)
+        b = overfit.overfit_restart(self._evals, self.plan.train_steps,
+                                    float(np.median(self._first)) if self._first else None)
         if b is None:
             return False
         best_step, best_val, tau_b, level_b = self._evals[b]
         after = len(self._evals) - 1 - b
         self._evals = None  # once per run
-        drop = level / level_b
+        train = (f"the training loss at {level / level_b:.2g}x its level then" if level_b > 0
+                 else f"the training loss at {level:.2g}")
         rec = self.guard.restart(step, verdict="overfitting", evidence={
             "best_val_loss": best_val, "best_step": float(best_step), "val_loss": val_loss,
             "train_level_at_best": level_b, "train_level": level, "summed_lr_at_best": tau_b},
-            message=f"the validation loss has stayed above {1 + overfit.TOLERANCE:g}x its best ({best_val:.4g} at "
-                    f"step {best_step}) for {after} validations while the training loss fell to {drop:.2g}x")
+            message=f"the last {overfit.AFTER} validation losses above {1 + overfit.TOLERANCE:g}x the best "
+                    f"({best_val:.4g} at step {best_step}, {after} validations ago), {train}")
         old_total = self.multiplier
         t0, T = step + 1, self.plan.train_steps
         self._rewinds.append((t0, self.position(rec.restored_to)))
@@ -353,9 +358,9 @@ class Autopilot:
             self._pstate = self._pstate._replace(best=worst, num_bad_epochs=0)
         peak = self.plan.peak_lr * self.plateau_scale * new_total
         self._event(step, "rollback",
-                    f"step {step}: overfitting early: the validation loss has stayed more than "
-                    f"{overfit.TOLERANCE:.0%} above its best ({best_val:.4g} at step {best_step}) for {after} "
-                    f"validations while the training loss fell to {drop:.2g}x its level then: at this LR the run "
+                    f"step {step}: overfitting early: the last {overfit.AFTER} validation losses are more than "
+                    f"{overfit.TOLERANCE:.0%} above the best ({best_val:.4g} at step {best_step}, {after} "
+                    f"validations ago) with {train}: at this LR the run "
                     f"passes its best point in its first {(best_step + 1) / T:.0%}. Restarted from the initial "
                     f"state with the LR x{factor:.3g} (the schedule now peaks at {peak:.3g}), so that the rest of "
                     f"the run sums to {overfit.TAU_FRACTION:g}x the LR summed up to that best point",
