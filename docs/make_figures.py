@@ -3,7 +3,8 @@
 Writes docs/schedules.png (a few schedules), docs/finder.png (the range test on the built-in
 digits example), docs/diagnose.png (the doctor on a real run whose LR is too high),
 docs/tune.png (``lrkit tune`` on the built-in example, budget 4) and docs/autopilot.png (the
-autopilot's report figure: the digits MLP given an LR scale 30x too high, and a NaN at step 300).
+autopilot's report figure: the digits MLP given an LR scale 30x too high, and a NaN at step 300)
+and docs/autopilot_overfit.png (the autopilot restarting a small-data run that overfits early).
 """
 from __future__ import annotations
 
@@ -96,6 +97,51 @@ def tune_figure() -> None:
     plt.close(fig)
 
 
+class _TorchLoop:
+    """The Trainer protocol over a torch model and optimizer; a subclass gives ``next_batch()``."""
+
+    def __init__(self, model, opt, loss_fn, x_val, y_val):
+        self.model, self.opt, self.loss_fn, self.x_val, self.y_val = model, opt, loss_fn, x_val, y_val
+
+    def snapshot(self):
+        return ({k: v.clone() for k, v in self.model.state_dict().items()}, self.opt.state_dict())
+
+    def restore(self, s):
+        self.model.load_state_dict(s[0])
+        self.opt.load_state_dict(s[1])
+
+    def evaluate(self):
+        import torch
+
+        with torch.no_grad():
+            return float(self.loss_fn(self.model(self.x_val), self.y_val))
+
+    def step(self, lr):
+        x, y = self.next_batch()
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.opt.zero_grad()
+        loss = self.loss_fn(self.model(x), y)
+        loss.backward()
+        self.opt.step()
+        return loss.item()
+
+
+def _autopilot_plot(pilot, title: str, name: str) -> None:
+    """The autopilot report's figure of ``pilot`` (a line at each intervention), saved as ``name``."""
+    from lrkit.report.autopilot_report import history_records
+
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    plot_diagnosis(history_records(pilot), pilot.doctor.diagnosis, ax=ax)
+    for e in pilot.interventions:
+        ax.axvline(e.step, color="#cf222e", ls="--", lw=1.2)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(OUT / name, dpi=100)
+    plt.close(fig)
+    print([e.message for e in pilot.interventions])
+
+
 def autopilot_figure() -> None:
     """The figure of the autopilot's report: the digits MLP, Adam, its scale 30x too high, a NaN at 300."""
     import dataclasses
@@ -104,56 +150,67 @@ def autopilot_figure() -> None:
     import torch
 
     from lrkit.autopilot import fly
-    from lrkit.report.autopilot_report import history_records
 
     task = digits_task(seed=0)
 
-    class Trainer:  # the Trainer protocol over the built-in example; the loss of step `nan_at` is NaN
+    class Trainer(_TorchLoop):  # the built-in example; the loss of step `nan_at` is NaN
         def __init__(self, nan_at=None):
             torch.manual_seed(0)
-            self.model = task.make_model()
-            self.opt = task.make_optimizer(self.model, lr=1e-3)
+            model = task.make_model()
+            super().__init__(model, task.make_optimizer(model, lr=1e-3), task.loss_fn, task.x_val, task.y_val)
             self.batches = task.make_train_loader()
             self.it, self.clock, self.nan_at = iter(self.batches), 0, nan_at
 
-        def snapshot(self):
-            return ({k: v.clone() for k, v in self.model.state_dict().items()}, self.opt.state_dict())
-
-        def restore(self, s):
-            self.model.load_state_dict(s[0])
-            self.opt.load_state_dict(s[1])
-
-        def evaluate(self):
-            with torch.no_grad():
-                return float(task.loss_fn(self.model(task.x_val), task.y_val))
+        def next_batch(self):
+            try:
+                return next(self.it)
+            except StopIteration:
+                self.it = iter(self.batches)
+                return next(self.it)
 
         def step(self, lr):
             self.clock += 1
-            try:
-                x, y = next(self.it)
-            except StopIteration:
-                self.it = iter(self.batches)
-                x, y = next(self.it)
-            for g in self.opt.param_groups:
-                g["lr"] = lr
-            self.opt.zero_grad()
-            loss = task.loss_fn(self.model(x), y)
-            loss.backward()
-            self.opt.step()
-            return math.nan if self.clock == self.nan_at else loss.item()
+            loss = super().step(lr)
+            return math.nan if self.clock == self.nan_at else loss
 
     own = fly(Trainer(), family="adam", train_steps=600, guard=False).pilot.plan  # the autopilot's own plan
     trainer = Trainer(nan_at=301)  # (with the plan given, fly runs no finder: clock = step + 1)
     pilot = fly(trainer, family="adam", train_steps=600, plan=dataclasses.replace(own, peak_lr=30 * own.peak_lr)).pilot
-    fig, ax = plt.subplots(figsize=(8, 4.2))
-    plot_diagnosis(history_records(pilot), pilot.doctor.diagnosis, ax=ax)
-    for e in pilot.interventions:
-        ax.axvline(e.step, color="#cf222e", ls="--", lw=1.2)
-    ax.set_title("the autopilot given an LR scale 30x too high, and a NaN at step 300")
-    fig.tight_layout()
-    fig.savefig(OUT / "autopilot.png", dpi=100)
-    plt.close(fig)
-    print([e.message for e in pilot.interventions])
+    _autopilot_plot(pilot, "the autopilot given an LR scale 30x too high, and a NaN at step 300", "autopilot.png")
+
+
+def autopilot_overfit_figure() -> None:
+    """The autopilot restarting a run that overfits early: an MLP on wine (130 training examples,
+    standardised), SGD with momentum, 300 steps of batch 16 (37 epochs), validated every 30 steps."""
+    import numpy as np
+    import torch
+    from sklearn.datasets import load_wine
+
+    from lrkit.autopilot import fly
+
+    d = load_wine()
+    x = torch.tensor((d.data - d.data.mean(0)) / d.data.std(0), dtype=torch.float32)
+    y = torch.tensor(d.target)
+    perm = torch.as_tensor(np.random.default_rng(21).permutation(len(x)))
+    x_val, y_val, x_train, y_train = x[perm[:48]], y[perm[:48]], x[perm[48:]], y[perm[48:]]
+
+    class Trainer(_TorchLoop):  # shuffled batches of 16, validation on the 48 held-out wines
+        def __init__(self):
+            torch.manual_seed(0)
+            model = torch.nn.Sequential(torch.nn.Linear(13, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
+            super().__init__(model, torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9),
+                             torch.nn.functional.cross_entropy, x_val, y_val)
+            self.gen, self.batches = torch.Generator().manual_seed(0), []
+
+        def next_batch(self):
+            if not self.batches:
+                self.batches = list(torch.randperm(len(x_train), generator=self.gen).split(16))
+            idx = self.batches.pop()
+            return x_train[idx], y_train[idx]
+
+    pilot = fly(Trainer(), family="sgd_momentum", train_steps=300, eval_every=30).pilot
+    _autopilot_plot(pilot, "the autopilot on 37 epochs of wine: overfitting early, restarted at a lower LR",
+                    "autopilot_overfit.png")
 
 
 if __name__ == "__main__":
@@ -162,3 +219,4 @@ if __name__ == "__main__":
     diagnose_figure()
     tune_figure()
     autopilot_figure()
+    autopilot_overfit_figure()

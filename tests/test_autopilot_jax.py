@@ -104,7 +104,8 @@ def test_an_output_spread_the_user_reports_reaches_the_guard():
     from lrkit.collapse import output_spread
 
     params, batches, val = _setup()
-    pilot = lj.autopilot(_loss, params, optax.adam, batches, val_batches=val)
+    pilot = lj.autopilot(_loss, params, optax.adam, batches, val_batches=val, restart_on_overfit=False)
+    assert pilot.pilot.restart_on_overfit is False   # passed through (this test reports no validation)
     opt_state = pilot.init(params)
     grad = jax.jit(jax.value_and_grad(_loss))
     rolled_at = None

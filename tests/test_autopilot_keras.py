@@ -40,8 +40,9 @@ def _model(optimizer=None):
 def test_fit_with_no_lr_chosen_follows_the_plan():
     x, y, xv, yv = _data()
     model, trace = _model(), LRTrace()
-    cb = AutopilotCallback(x, y, batch_size=32, val_data=(xv, yv))
+    cb = AutopilotCallback(x, y, batch_size=32, val_data=(xv, yv), restart_on_overfit=False)
     model.fit(x, y, batch_size=32, epochs=6, validation_data=(xv, yv), callbacks=[cb, trace], verbose=0)
+    assert cb.pilot.restart_on_overfit is False  # passed through (the default is covered by the other tests)
     assert cb.plan.train_steps == 120 and cb.plan.family == "adam"
     assert [e for e in cb.events if e.kind == "rollback"] == []
     plateau = [e.step for e in cb.events if e.kind == "plateau"]

@@ -73,9 +73,10 @@ def _trainer(max_steps, callbacks, tmp_path=None, **kw):
 
 def test_fits_with_no_lr_and_plans_from_max_steps():
     train, val = _data()
-    cb, trace = AutopilotCallback(), LRTrace()
+    cb, trace = AutopilotCallback(restart_on_overfit=False), LRTrace()
     model = Net()
     _trainer(150, [cb, trace], val_check_interval=20).fit(model, train, val)
+    assert cb.pilot.restart_on_overfit is False  # passed through (the default is covered by the other tests)
     assert cb.plan.train_steps == 150 and cb.plan.family == "sgd_momentum"
     assert 0 < cb.plan.finder_cost_steps <= 45
     assert trace.lrs[0] == pytest.approx(cb.plan.schedule(0)) and max(trace.lrs) == pytest.approx(cb.plan.peak_lr)

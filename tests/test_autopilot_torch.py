@@ -89,6 +89,11 @@ def test_trains_digits_with_no_lr_given_and_counts_the_finder():
     assert _val(model, val) < 0.5 * start
     assert [e for e in pilot.events if e.kind == "rollback"] == []
     assert "peak LR" in pilot.report()
+    assert pilot.pilot.restart_on_overfit is True
+    model2 = _model()
+    off = lt.autopilot(model2, torch.optim.Adam(model2.parameters()), torch.nn.functional.cross_entropy, loader,
+                       train_steps=200, restart_on_overfit=False)
+    assert off.pilot.restart_on_overfit is False
 
 
 def test_param_group_ratios_are_kept():

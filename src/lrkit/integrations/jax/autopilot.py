@@ -206,6 +206,7 @@ def autopilot(
     peak_lr: float | None = None,
     guard: bool = True,
     plateau: bool = True,
+    restart_on_overfit: bool = True,
     resume: Mapping[str, Any] | None = None,
     progress: bool = False,
     logger: logging.Logger | None = None,
@@ -222,7 +223,7 @@ def autopilot(
         optimizer_factory: an optax factory ``lr -> GradientTransformation`` (``optax.adamw``,
             ``functools.partial(optax.sgd, momentum=0.9)``); the autopilot injects its LR.
         train_steps: optimizer steps of the whole run (default ``len(batches)``, if it has one).
-        shape, peak_lr, guard, plateau: as for :func:`lrkit.torch.autopilot`.
+        shape, peak_lr, guard, plateau, restart_on_overfit: as for :func:`lrkit.torch.autopilot`.
         resume: a ``pilot.state_dict()``: no finder run, the same plan and state.
         progress: show the finder's progress bar.
         outputs_fn: optional ``outputs_fn(params, batch) -> outputs`` (the model's outputs): the
@@ -268,7 +269,8 @@ def autopilot(
     result = find_lr_optax(loss_fn, params, optimizer_factory, batches, val_batches=val_batches, has_aux=has_aux,
                            train_steps=steps, progress=progress, family=family, seed=seed, outputs_fn=outputs_fn)
     plan = make_plan(result, family=family, train_steps=steps, shape=shape, peak_lr=peak_lr)
-    pilot = Autopilot(plan, guard=guard, plateau=plateau, logger=logger, storage=storage, storage_dir=storage_dir)
+    pilot = Autopilot(plan, guard=guard, plateau=plateau, logger=logger, storage=storage, storage_dir=storage_dir,
+                      restart_on_overfit=restart_on_overfit)
     pilot.logger.info("%s", plan.summary())
     return OptaxAutopilot(pilot, optimizer_factory, finder=result, outputs_fn=outputs_fn,
                           check_outputs_every=check_outputs_every)

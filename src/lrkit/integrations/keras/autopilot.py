@@ -89,7 +89,10 @@ class AutopilotCallback(keras.callbacks.Callback):
         train_steps: optimizer steps of the whole run (default: ``epochs * steps`` of ``fit``).
         shape: your own schedule shape (its scale is ignored: the autopilot sets it).
         peak_lr: fix the peak LR yourself (the finder still runs: the guard falls back to its answer).
-        guard, plateau: see :class:`lrkit.autopilot.Autopilot`.
+        guard, plateau, restart_on_overfit: see :class:`lrkit.autopilot.Autopilot` (the last: restart a
+            run that overfits early -- its epochs' ``val_loss`` -- from its start at a lower LR, once;
+            an ``EarlyStopping`` callback counts the restarted run's first epochs as epochs without
+            improvement: give it ``restore_best_weights=True``, or pass ``restart_on_overfit=False``).
         state_path: a JSON file to save the autopilot's state to after every epoch, and to resume
             from when it exists.
         logger: where the messages go (default ``lrkit.autopilot``).
@@ -110,7 +113,7 @@ class AutopilotCallback(keras.callbacks.Callback):
                  peak_lr: float | None = None, guard: bool = True, plateau: bool = True,
                  state_path: str | os.PathLike[str] | None = None, logger: logging.Logger | None = None,
                  seed: int = 0, check_outputs_every: int = 25, storage: str = "memory",
-                 storage_dir: Any = None) -> None:
+                 storage_dir: Any = None, restart_on_overfit: bool = True) -> None:
         super().__init__()
         check_every_arg("AutopilotCallback: check_outputs_every", check_outputs_every)
         check_storage(storage, storage_dir, "AutopilotCallback")
@@ -124,6 +127,7 @@ class AutopilotCallback(keras.callbacks.Callback):
         self._data = {"x": x, "y": y, "dataset": dataset, "batch_size": batch_size, "val_data": val_data}
         self.train_steps, self.shape, self.peak_lr = train_steps, shape, peak_lr
         self.use_guard, self.plateau, self.logger, self.seed = guard, plateau, logger, seed
+        self.restart_on_overfit = restart_on_overfit
         self.state_path = None if state_path is None else os.fspath(state_path)
         self.pilot: Autopilot | None = None
         self.finder: Any = None
@@ -172,7 +176,8 @@ class AutopilotCallback(keras.callbacks.Callback):
                 plan = make_plan(self.finder, family=family, train_steps=steps, shape=self.shape,
                                  peak_lr=self.peak_lr)
                 self.pilot = Autopilot(plan, guard=self.use_guard, plateau=self.plateau, logger=self.logger,
-                                       storage=self.storage, storage_dir=self.storage_dir)
+                                       storage=self.storage, storage_dir=self.storage_dir,
+                                       restart_on_overfit=self.restart_on_overfit)
                 self.pilot.logger.info("%s", plan.summary())
             self.pilot.attach(_State(self.model))
         _loss_tracker(self.model)

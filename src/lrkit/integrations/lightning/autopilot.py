@@ -104,7 +104,7 @@ class AutopilotCallback(pl.Callback):
         train_steps: optimizer steps of the whole run (default: ``trainer.estimated_stepping_batches``).
         shape: your own schedule shape (its scale is ignored: the autopilot sets it).
         peak_lr: fix the peak LR yourself (the finder still runs: the guard falls back to its answer).
-        guard, plateau, skip_spikes: see :class:`lrkit.autopilot.Autopilot`.
+        guard, plateau, skip_spikes, restart_on_overfit: see :class:`lrkit.autopilot.Autopilot`.
         logger: where the messages go (default ``lrkit.autopilot``).
         seed: seed of the finder's own randomness.
         progress: show the finder's progress bar.
@@ -126,7 +126,7 @@ class AutopilotCallback(pl.Callback):
     def __init__(self, train_steps: int | None = None, *, shape: Schedule | None = None, peak_lr: float | None = None,
                  guard: bool = True, plateau: bool = True, logger: logging.Logger | None = None, seed: int = 0,
                  progress: bool = False, skip_spikes: bool = True, check_outputs_every: int = 25,
-                 storage: str = "memory", storage_dir: Any = None) -> None:
+                 storage: str = "memory", storage_dir: Any = None, restart_on_overfit: bool = True) -> None:
         super().__init__()
         check_every_arg("AutopilotCallback: check_outputs_every", check_outputs_every)
         check_storage(storage, storage_dir, "AutopilotCallback")
@@ -137,7 +137,7 @@ class AutopilotCallback(pl.Callback):
             resolve_train_steps(train_steps, where="AutopilotCallback")
         self.train_steps = train_steps
         self.shape, self.peak_lr, self.guard, self.plateau = shape, peak_lr, guard, plateau
-        self.skip_spikes = skip_spikes
+        self.skip_spikes, self.restart_on_overfit = skip_spikes, restart_on_overfit
         self.logger, self.seed, self.progress = logger, seed, progress
         self.pilot: Autopilot | None = None
         self.finder: Any = None
@@ -230,7 +230,8 @@ class AutopilotCallback(pl.Callback):
             plan = make_plan(self.finder, family=check_optimizer(opt), train_steps=steps, shape=self.shape,
                              peak_lr=self.peak_lr)
             self.pilot = Autopilot(plan, guard=self.guard, plateau=self.plateau, logger=self.logger,
-                                   skip_spikes=self.skip_spikes, storage=self.storage, storage_dir=self.storage_dir)
+                                   skip_spikes=self.skip_spikes, storage=self.storage, storage_dir=self.storage_dir,
+                                   restart_on_overfit=self.restart_on_overfit)
             self.pilot.logger.info("%s", plan.summary())
         self.pilot.attach(_State(pl_module, opt), agree=rank_agree)  # several processes: their mean timings
         self._release_outputs()

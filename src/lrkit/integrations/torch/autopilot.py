@@ -336,6 +336,7 @@ def autopilot(
     peak_lr: float | None = None,
     guard: bool = True,
     plateau: bool = True,
+    restart_on_overfit: bool = True,
     resume: Mapping[str, Any] | None = None,
     scaler: Any = None,
     accumulation_steps: int = 1,
@@ -358,7 +359,8 @@ def autopilot(
         val_loader: validation batches for the finder's candidate runs (recommended).
         shape: your own schedule shape (its scale is ignored: the autopilot sets it).
         peak_lr: fix the peak LR yourself (the finder still runs: the guard falls back to its answer).
-        guard, plateau: see :class:`lrkit.autopilot.Autopilot`.
+        guard, plateau, restart_on_overfit: see :class:`lrkit.autopilot.Autopilot` (the last:
+            restart a run that overfits early from its start at a lower LR, once).
         resume: a ``pilot.state_dict()`` from a checkpoint: no finder run, the same plan and state.
         scaler, accumulation_steps, step_fn, device: as for :func:`lrkit.torch.find_lr`.
         progress: show the finder's progress bar.
@@ -401,7 +403,8 @@ def autopilot(
                      accumulation_steps=accumulation_steps, scaler=scaler, step_fn=step_fn, device=device,
                      progress=progress, seed=seed)
     plan = make_plan(result, family=family, train_steps=steps, shape=shape, peak_lr=peak_lr)
-    pilot = Autopilot(plan, guard=guard, plateau=plateau, logger=logger, storage=storage, storage_dir=storage_dir)
+    pilot = Autopilot(plan, guard=guard, plateau=plateau, logger=logger, storage=storage, storage_dir=storage_dir,
+                      restart_on_overfit=restart_on_overfit)
     pilot.logger.info("%s", plan.summary())
     return TorchAutopilot(model, optimizer, pilot, finder=result, scaler=scaler,
                           check_outputs_every=check_outputs_every)

@@ -100,7 +100,10 @@ class AutopilotCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Tra
     Args:
         shape: your own schedule shape (its scale is ignored: the autopilot sets it).
         peak_lr: fix the peak LR yourself (the finder still runs: the guard falls back to its answer).
-        guard, plateau, skip_spikes: see :class:`lrkit.autopilot.Autopilot`.
+        guard, plateau, skip_spikes, restart_on_overfit: see :class:`lrkit.autopilot.Autopilot` (the
+            last restarts a run whose ``eval_loss`` passes its best early from its start at a lower
+            LR, once; turn it off when you keep the best checkpoint yourself,
+            ``load_best_model_at_end=True``, and want no restart).
         logger: where the messages go (default ``lrkit.autopilot``).
         seed: seed of the finder's own randomness.
         progress: show the finder's progress bar.
@@ -121,13 +124,13 @@ class AutopilotCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Tra
     def __init__(self, *, shape: Schedule | None = None, peak_lr: float | None = None, guard: bool = True,
                  plateau: bool = True, logger: logging.Logger | None = None, seed: int = 0,
                  progress: bool = False, skip_spikes: bool = True, check_outputs_every: int = 25,
-                 storage: str = "memory", storage_dir: Any = None) -> None:
+                 storage: str = "memory", storage_dir: Any = None, restart_on_overfit: bool = True) -> None:
         check_every_arg("AutopilotCallback: check_outputs_every", check_outputs_every)
         check_storage(storage, storage_dir, "AutopilotCallback")
         self.storage, self.storage_dir = storage, storage_dir
         self.check_outputs_every = check_outputs_every
         self.shape, self.peak_lr, self.guard, self.plateau = shape, peak_lr, guard, plateau
-        self.skip_spikes = skip_spikes
+        self.skip_spikes, self.restart_on_overfit = skip_spikes, restart_on_overfit
         self.logger, self.seed, self.progress = logger, seed, progress
         self.pilot: Autopilot | None = None
         self.finder: Any = None
@@ -204,7 +207,8 @@ class AutopilotCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Tra
             if ref_scale != 1.0 and ref is not None and ref[2] == "train":  # the guard compares logged losses to it
                 plan = dataclasses.replace(plan, finder_reference=(ref[0], ref[1] * ref_scale, ref[2]))
             self.pilot = Autopilot(plan, guard=self.guard, plateau=self.plateau, logger=self.logger,
-                                   skip_spikes=self.skip_spikes, storage=self.storage, storage_dir=self.storage_dir)
+                                   skip_spikes=self.skip_spikes, storage=self.storage, storage_dir=self.storage_dir,
+                                   restart_on_overfit=self.restart_on_overfit)
             self.pilot.logger.info("%s", plan.summary())
             if self._per_step:
                 self.pilot.logger.info(
