@@ -91,15 +91,17 @@ def test_a_healthy_run_and_a_late_rise_are_left_alone():
 
 
 def test_a_rising_validation_loss_with_a_training_loss_that_does_not_fall_is_not_overfitting():
-    evals = [(39, 0.5, 4.0, 1.0), (79, 0.6, 8.0, 0.95), (119, 0.6, 12.0, 0.9), (159, 0.7, 16.0, 0.85)]
+    evals = [(39, 0.5, 4.0, 1.0), (79, 0.6, 8.0, 0.95), (119, 0.65, 12.0, 0.9), (159, 0.7, 16.0, 0.85)]
     assert overfit.overfit_restart(evals, 400) is None           # training level fell 15% < 20%
     drop = [(s, v, tau, lvl * 0.5 if s > 39 else lvl) for s, v, tau, lvl in evals]
     assert overfit.overfit_restart(drop, 400) == 0
     noisy = [drop[0], drop[1], (119, 0.51, 12.0, 0.45), drop[3]]  # one within 5% of the best
     assert overfit.overfit_restart(noisy, 400) is None
     assert overfit.overfit_restart(drop, 300) is None           # step 160 of 300: past half the run
-    slow = [drop[0], (79, 0.51, 8.0, 0.5), (119, 0.6, 12.0, 0.5), drop[3], (199, 0.6, 20.0, 0.4)]
+    slow = [drop[0], (79, 0.51, 8.0, 0.5), (119, 0.58, 12.0, 0.5), (159, 0.64, 16.0, 0.45), (199, 0.7, 20.0, 0.4)]
     assert overfit.overfit_restart(slow, 400) == 0               # a slow rise: the last three count
+    jumpy = [drop[0], (79, 0.6, 8.0, 0.5), (119, 0.52, 12.0, 0.5), (159, 0.7, 16.0, 0.45), (199, 0.55, 20.0, 0.4)]
+    assert overfit.overfit_restart(jumpy, 400) is None           # no higher than the validations' own swings
 
 
 def test_a_training_set_already_fit_needs_no_further_fall():
@@ -109,6 +111,23 @@ def test_a_training_set_already_fit_needs_no_further_fall():
     assert overfit.overfit_restart(evals, 300) is None                   # no fall, no start given
     assert overfit.overfit_restart(evals, 300, start_level=1.1) == 1     # under 0.1% of the start
     assert overfit.overfit_restart(evals, 300, start_level=0.01) is None  # 0.4% of this start: not fit
+
+
+def test_healthy_runs_with_noisy_validation_losses_are_rarely_restarted():
+    # converged runs whose validation loss swings 5% from one validation to the next (30 of them, as
+    # a Keras run validated every epoch), the training loss falling all along: the worst case
+    rng = np.random.default_rng(0)
+    fired = 0
+    for _ in range(300):
+        tau, floor, evals = rng.uniform(10, 500), rng.uniform(0.05, 1.0), []
+        for k in range(30):
+            s = int((k + 1) * 1000 / 30) - 1
+            v = floor * (1 + 3 * np.exp(-s / tau)) * np.exp(0.05 * rng.standard_normal())
+            evals.append((s, float(v), float(s), 2.0 * math.exp(-2 * s / tau)))
+            if overfit.overfit_restart(evals, 1000, start_level=2.0) is not None:
+                fired += 1
+                break
+    assert fired <= 9  # 3%; without the noise term 10% of such runs were restarted
 
 
 @settings(max_examples=200, deadline=None)
