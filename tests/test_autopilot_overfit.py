@@ -172,3 +172,21 @@ def test_no_restart_without_a_guard_after_a_rollback_or_in_a_resumed_run():
     _fly(pilot, flow, T, every=40)
     kinds = [e.data.get("verdict") for e in pilot.events if e.kind == "rollback"]
     assert kinds == ["nan"]  # the guard's rollback turned the overfitting rule off
+
+
+def test_a_run_resumed_after_its_restart_goes_on_exactly_as_the_uninterrupted_one():
+    T = 400
+    plan = make_plan(family="sgd", train_steps=T, peak_lr=0.2, shape=S.linear(1.0, 0.0, T))
+    full_flow = Flow()
+    full = Autopilot(plan).attach(full_flow)
+    lrs_full = _fly(full, full_flow, T, every=40)
+    assert [e.data["verdict"] for e in full.events if e.kind == "rollback"] == ["overfitting"]
+
+    flow = Flow()
+    first = Autopilot(plan).attach(flow)
+    lrs_a = _fly(first, flow, 250, every=40)             # past the restart (step 159)
+    saved = json.loads(json.dumps(first.state_dict()))
+    resumed = Autopilot.from_state_dict(saved).attach(flow)
+    lrs_b = _fly(resumed, flow, T - 250, every=40, start=250)
+    assert lrs_a + lrs_b == pytest.approx(lrs_full, rel=1e-12)
+    assert flow.tau == pytest.approx(full_flow.tau, rel=1e-12)
