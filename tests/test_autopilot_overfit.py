@@ -51,11 +51,12 @@ def _fly(pilot, trainer, steps, every, start=0):
     return lrs
 
 
-def test_a_run_past_its_best_validation_early_restarts_once_with_the_summed_lr_halved():
+@pytest.mark.parametrize("storage", ["memory", "disk"])
+def test_a_run_past_its_best_validation_early_restarts_once_with_the_summed_lr_halved(storage, tmp_path):
     T = 400
     plan = make_plan(family="sgd", train_steps=T, peak_lr=0.2, shape=S.constant(1.0))  # tau = 2 at step 10
     flow = Flow()
-    pilot = Autopilot(plan).attach(flow)
+    pilot = Autopilot(plan, storage=storage, storage_dir=tmp_path if storage == "disk" else None).attach(flow)
     lrs = _fly(pilot, flow, T, every=40)
     restarts = [e for e in pilot.events if e.kind == "rollback"]
     assert len(restarts) == 1 and restarts[0].data["verdict"] == "overfitting"
@@ -65,6 +66,7 @@ def test_a_run_past_its_best_validation_early_restarts_once_with_the_summed_lr_h
     assert flow.restores == 1
     rec = pilot.guard.interventions[-1]
     assert (rec.verdict, rec.restored_to, rec.new_multiplier) == ("overfitting", 0, rec.old_multiplier)
+    assert rec.retry == 0  # not counted against the guard's max_retries
     assert min(pilot.guard.snapshot_steps) == 0 and all(s > 159 for s in pilot.guard.snapshot_steps if s)
     tau_best = ev.data["evidence"]["summed_lr_at_best"]
     assert tau_best == pytest.approx(0.2 * 40)
@@ -73,6 +75,7 @@ def test_a_run_past_its_best_validation_early_restarts_once_with_the_summed_lr_h
     assert flow.tau == pytest.approx(overfit.TAU_FRACTION * tau_best, rel=1e-6)
     # ... which ends nearer the best point than the run that went on would have
     assert flow.evaluate() < 0.1 + 0.1 * math.log(0.2 * T / 2.0) ** 2
+    pilot.close()
 
 
 def test_a_healthy_run_and_a_late_rise_are_left_alone():

@@ -95,9 +95,9 @@ def fly(trainer: Any, *, family: str, train_steps: int, shape: Schedule | None =
         train_steps: optimizer steps of the run.
         shape, peak_lr: as in :func:`~lrkit.autopilot.plan.make_plan`.
         eval_every: validate every this many steps (default: a tenth of the run) and at the end.
-        guard, plateau, skip_spikes, restart_on_overfit: as in :class:`~lrkit.autopilot.pilot.Autopilot` (a bad batch's
-            update is left out when the trainer's ``step`` can do it: ``skips_steps``, as lrkit's
-            ``TorchTrainer``).
+        guard, plateau, skip_spikes, restart_on_overfit: as in :class:`~lrkit.autopilot.pilot.Autopilot`
+            (a bad batch's update is left out when the trainer's ``step`` can do it: ``skips_steps``,
+            as lrkit's ``TorchTrainer``).
         plan: a plan decided earlier (the finder is then not run).
         seed: seed of the finder's own randomness.
         check_outputs_every: with a trainer that has ``output_spread()`` (lrkit's torch and Keras

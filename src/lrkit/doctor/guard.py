@@ -567,7 +567,8 @@ class Guard(SkipsSpikes, PersistsGuard):
         early-overfitting restart, :mod:`lrkit.autopilot.overfit`): every later snapshot is dropped
         (they hold the over-trained states), the doctor and the health record start again from
         the initial state's, and the LR multiplier is kept (the caller sets the new LR). Recorded as
-        an :class:`Intervention` with ``verdict`` and ``message``; no ``on_intervention`` call.
+        an :class:`Intervention` with ``verdict`` and ``message``; no ``on_intervention`` call, and not
+        counted against ``max_retries`` (a restart is no failed attempt of that snapshot).
 
         Raises:
             SnapshotError: there is no initial snapshot (the guard has not started), or it cannot be read.
@@ -581,7 +582,6 @@ class Guard(SkipsSpikes, PersistsGuard):
         self._set.drop_newer(target.label)
         self._set.drop_best()
         self._restore(target, state, rollback=False)
-        target.restores += 1
         rec = Intervention(
             step=int(step), verdict=verdict, onset=None, evidence=dict(evidence), old_multiplier=self._multiplier,
             new_multiplier=self._multiplier, restored_to=target.label, before_onset=True, retry=target.restores,
