@@ -323,3 +323,24 @@ def test_disk_snapshots_live_in_storage_dir_during_training_and_go_at_its_end(tm
     assert os.listdir(tmp_path / "snaps") == []
     with pytest.raises(AutopilotError, match="AutopilotCallback: storage must be 'memory' or 'disk'"):
         AutopilotCallback(storage=None)
+
+
+def test_a_run_that_overfits_early_is_restarted_at_a_lower_lr_through_the_trainer(tmp_path):
+    # 60 training digits for 300 steps of 16 (80 epochs), evaluated every 15 steps: the autopilot's
+    # peak fits them within a few epochs and the evaluation loss climbs from there
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x, y = torch.tensor(d.data / 16.0, dtype=torch.float32), torch.tensor(d.target)
+    finals = {}
+    for restart in (True, False):
+        cb = AutopilotCallback(restart_on_overfit=restart)
+        trainer = transformers.Trainer(
+            model=Clf(), args=_args(tmp_path / str(restart), 300, per_device_train_batch_size=16,
+                                    eval_strategy="steps", eval_steps=15),
+            train_dataset=Rows(x[:60], y[:60]), eval_dataset=Rows(x[1400:], y[1400:]), callbacks=[cb])
+        trainer.train()
+        finals[restart] = trainer.evaluate()["eval_loss"]
+        restarts = [e for e in cb.events if e.kind == "rollback" and e.data.get("verdict") == "overfitting"]
+        assert len(restarts) == (1 if restart else 0)
+    assert finals[True] < 0.7 * finals[False]

@@ -347,8 +347,10 @@ class Autopilot:
                     f"({best_val:.4g} at step {best_step}, {after} validations ago), {train}")
         old_total = self.multiplier
         t0, T = step + 1, self.plan.train_steps
-        self._rewinds.append((t0, self.position(rec.restored_to)))
-        rest = float(np.sum(self._schedule(np.array([self.position(t) for t in range(t0, T)], dtype=float))))
+        p = self.position(rec.restored_to)
+        self._rewinds.append((t0, p))
+        # the steps left follow the rewound schedule (module docstring): s(p + (t - t0)(T - p)/(T - t0))
+        rest = float(np.sum(self._schedule(p + np.arange(T - t0, dtype=float) * (T - p) / (T - t0)))) if T > t0 else 0.0
         factor = overfit.restart_multiplier(tau_b, rest * self.plateau_scale * old_total)
         new_total = old_total * factor
         self._corr = new_total / self.guard.lr_multiplier
