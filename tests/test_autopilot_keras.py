@@ -160,3 +160,19 @@ def test_disk_snapshots_last_across_fits_until_closed(tmp_path):
     assert os.listdir(tmp_path) == []
     with pytest.raises(AutopilotError, match="storage_dir is only used with storage='disk'"):
         AutopilotCallback(x, y, batch_size=32, storage_dir=tmp_path)
+
+
+def test_a_run_that_overfits_early_is_restarted_at_a_lower_lr():
+    # 60 training digits for 75 epochs of 4 steps, validated every epoch: the autopilot's peak fits
+    # them within a few epochs and the validation loss climbs from there
+    x, y, xv, yv = _data()
+    x, y = x[:60], y[:60]
+    finals = {}
+    for restart in (True, False):
+        model = _model(keras.optimizers.SGD(learning_rate=1.0, momentum=0.9))
+        cb = AutopilotCallback(x, y, batch_size=16, val_data=(xv, yv), restart_on_overfit=restart)
+        model.fit(x, y, batch_size=16, epochs=75, validation_data=(xv, yv), callbacks=[cb], verbose=0)
+        finals[restart] = model.evaluate(xv, yv, verbose=0)
+        restarts = [e for e in cb.events if e.kind == "rollback" and e.data.get("verdict") == "overfitting"]
+        assert len(restarts) == (1 if restart else 0)
+    assert finals[True] < 0.5 * finals[False]
