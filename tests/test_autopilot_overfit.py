@@ -103,6 +103,8 @@ def test_a_rising_validation_loss_with_a_training_loss_that_does_not_fall_is_not
     assert overfit.overfit_restart(drop, 300) is None           # step 160 of 300: past half the run
     slow = [drop[0], (79, 0.51, 8.0, 0.5), (119, 0.58, 12.0, 0.5), (159, 0.64, 16.0, 0.45), (199, 0.7, 20.0, 0.4)]
     assert overfit.overfit_restart(slow, 400) == 0               # a slow rise: the last three count
+    negative = [(s, v - 1.0, tau, lvl) for s, v, tau, lvl in slow]   # an NLL below zero: ratios mean nothing
+    assert overfit.overfit_restart(negative, 400) is None
     jumpy = [drop[0], (79, 0.6, 8.0, 0.5), (119, 0.52, 12.0, 0.5), (159, 0.7, 16.0, 0.45), (199, 0.55, 20.0, 0.4)]
     assert overfit.overfit_restart(jumpy, 400) is None           # no higher than the validations' own swings
 

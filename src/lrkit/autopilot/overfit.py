@@ -77,7 +77,7 @@ import numpy as np
 __all__ = ["AFTER", "FIT", "NOISE_Z", "TAU_FRACTION", "TOLERANCE", "TRAIN_DROP", "LATEST", "overfit_restart",
            "restart_multiplier"]
 
-#: validations after the best one, every one of them above it by :data:`TOLERANCE`
+#: the best validation at least this many validations ago, and the last this many all above it
 AFTER = 3
 #: how far above the best validation loss each later one must be (relative)
 TOLERANCE = 0.05
@@ -101,6 +101,7 @@ def overfit_restart(evals: Sequence[tuple[int, float, float, float]], train_step
     Args:
         evals: ``(step, val_loss, summed_lr, train_level)`` of each validation since the run's start,
             in order (``summed_lr``: the sum of the LRs of the steps up to and including ``step``).
+            A validation loss that is not positive (a Gaussian NLL can be) turns the rule off.
         train_steps: the run's length :math:`T`.
         start_level: the training loss at the run's start :math:`m_0` (``None``: no fit clause).
     """
@@ -110,8 +111,8 @@ def overfit_restart(evals: Sequence[tuple[int, float, float, float]], train_step
     if step + 1 > LATEST * train_steps:
         return None
     vals = [v for _, v, _, _ in evals]
-    if not all(math.isfinite(v) for v in vals):
-        return None
+    if not all(math.isfinite(v) and v > 0 for v in vals):
+        return None  # the rule compares ratios (log scale): off for a validation loss that reaches 0 or below
     b = int(np.argmin(vals))
     if len(vals) - 1 - b < AFTER:
         return None
