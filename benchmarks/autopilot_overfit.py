@@ -2,7 +2,7 @@
 
 Run:  ``.venv/bin/python -m benchmarks.autopilot_overfit``  (``--no-write``).
 
-Small training sets trained for 30-90 epochs, where the finder's 10-13-step verification runs
+Small training sets trained for 30-65 epochs, where the finder's 10-13-step verification runs
 cannot see the overfitting that follows. They are not tasks of ``benchmarks/finder_tasks.py``.
 The split is fixed by when a task was written: the **development** set
 (:data:`DESIGN_TASKS`: wine, breast cancer and diabetes MLPs with SGD + momentum 0.9, inputs
@@ -180,7 +180,7 @@ def render(out: dict, seconds: float) -> str:
         f"cached in `benchmarks/results/autopilot_overfit_oracle.json`).  ",
         f"Machine: {machine()}. Seeds {list(SEEDS)}.",
         "",
-        "Small training sets trained for 30-90 epochs, outside the finder benchmark's tasks. Development: the "
+        "Small training sets trained for 30-65 epochs, outside the finder benchmark's tasks. Development: the "
         "three SGD-momentum tasks `lrkit.autopilot.overfit` was designed on; held-out: six tasks written after "
         "the rule was fixed (other datasets and optimizers), run once to report (the module docstring of "
         "`benchmarks/autopilot_overfit.py` gives the rule of the split). Regret against the autopilot table's "

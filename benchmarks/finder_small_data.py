@@ -2,7 +2,7 @@
 
 Run:  ``.venv/bin/python -m benchmarks.finder_small_data``  (``--workers K``, ``--no-write``).
 
-The nine tasks of ``benchmarks/autopilot_overfit.py`` (30-90 epochs over 60-420 training examples,
+The nine tasks of ``benchmarks/autopilot_overfit.py`` (30-65 epochs over 100-420 training examples,
 its split: the three SGD-momentum tasks the autopilot's overfitting rule was designed on, and six
 written after it), measured exactly as ``benchmarks/finder_regret.py`` measures its own tasks: the
 same oracle (a 20-point log grid of constant LRs, mean final validation loss over six seeds), the
@@ -56,7 +56,7 @@ def render(out: dict, seconds: float) -> str:
         f"included; cached in `benchmarks/results/finder_small_data_oracle.json`).  ",
         f"Machine: {machine()}. Seeds {list(SEEDS)}.",
         "",
-        "The nine tasks of the autopilot's overfitting benchmark (30-90 epochs over 60-420 training examples; its "
+        "The nine tasks of the autopilot's overfitting benchmark (30-65 epochs over 100-420 training examples; its "
         "split: development = the three it was designed on, held-out = six written after), measured as the "
         "finder benchmark measures its own: constant-LR oracle on a 20-point grid, `find_lr(..., train_steps=T)`, "
         "regret of the mean final validation loss. No finder rule was designed on them. Its verification runs "
