@@ -102,8 +102,8 @@ class AutopilotCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Tra
         peak_lr: fix the peak LR yourself (the finder still runs: the guard falls back to its answer).
         guard, plateau, skip_spikes, restart_on_overfit: see :class:`lrkit.autopilot.Autopilot` (the
             last restarts a run whose ``eval_loss`` passes its best early from its start at a lower
-            LR, once; turn it off when you keep the best checkpoint yourself,
-            ``load_best_model_at_end=True``, and want no restart).
+            LR, once; an ``EarlyStoppingCallback`` counts the restarted run's first evaluations as no
+            improvement and may stop it: pass ``restart_on_overfit=False`` alongside one).
         logger: where the messages go (default ``lrkit.autopilot``).
         seed: seed of the finder's own randomness.
         progress: show the finder's progress bar.
