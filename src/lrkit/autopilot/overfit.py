@@ -74,6 +74,8 @@ from typing import Sequence
 
 import numpy as np
 
+from lrkit.doctor.signs._base import MAD_TO_SD
+
 __all__ = ["AFTER", "FIT", "NOISE_Z", "TAU_FRACTION", "TOLERANCE", "TRAIN_DROP", "LATEST", "overfit_restart",
            "restart_multiplier"]
 
@@ -140,7 +142,7 @@ def noise(vals: Sequence[float]) -> float:
     v = np.asarray(vals, dtype=float)
     if len(v) < 3 or not np.all(v > 0):
         return 0.0
-    return float(1.4826 * np.median(np.abs(np.diff(np.log(v), 2))) / math.sqrt(6))
+    return float(MAD_TO_SD * np.median(np.abs(np.diff(np.log(v), 2))) / math.sqrt(6))
 
 
 def restart_multiplier(summed_lr_at_best: float, rest_sum: float) -> float:

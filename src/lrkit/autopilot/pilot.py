@@ -348,16 +348,11 @@ class Autopilot:
         old_total = self.multiplier
         t0, T = step + 1, self.plan.train_steps
         p = self.position(rec.restored_to)
-        self._rewinds.append((t0, p))
         # the steps left follow the rewound schedule (module docstring): s(p + (t - t0)(T - p)/(T - t0))
         rest = float(np.sum(self._schedule(p + np.arange(T - t0, dtype=float) * (T - p) / (T - t0)))) if T > t0 else 0.0
         factor = overfit.restart_multiplier(tau_b, rest * self.plateau_scale * old_total)
         new_total = old_total * factor
-        self._corr = new_total / self.guard.lr_multiplier
-        self._last_rollback, self._last_restored = step, rec.restored_to
-        if self._pstate is not None:  # the restarted run's validations are counted afresh
-            worst = math.inf if self._plateau.mode == "min" else -math.inf
-            self._pstate = self._pstate._replace(best=worst, num_bad_epochs=0)
+        self._restored(rec, new_total)
         peak = self.plan.peak_lr * self.plateau_scale * new_total
         self._event(step, "rollback",
                     f"step {step}: overfitting early: the last {overfit.AFTER} validation losses are more than "
@@ -396,14 +391,7 @@ class Autopilot:
         ratio = auto / self.plan.peak_lr if auto is not None else None
         new_total = policy.lowered_multiplier(old_total, verdict=rec.verdict, first=first, auto_ratio=ratio,
                                               unstable_start=unstable_start)
-        if self._pstate is not None:  # the restored state is older than the best validation: count afresh
-            worst = math.inf if self._plateau.mode == "min" else -math.inf
-            self._pstate = self._pstate._replace(best=worst, num_bad_epochs=0)
-        self._corr = new_total / rec.new_multiplier
-        self._last_rollback = rec.step
-        self._last_restored = rec.restored_to
-        if rec.restored_to is not None and rec.restored_to <= rec.step:
-            self._rewinds.append((rec.step + 1, self.position(rec.restored_to)))
+        self._restored(rec, new_total)
         peak = self.plan.peak_lr * self.plateau_scale * new_total
         if new_total == old_total:
             what = ("kept the LR: a first problem out of a healthy run looks like a bad batch "
@@ -420,6 +408,19 @@ class Autopilot:
                     {"verdict": rec.verdict, "onset": rec.onset, "restored_to": rec.restored_to,
                      "old_multiplier": old_total, "new_multiplier": new_total,
                      "evidence": {k: _finite(float(v)) for k, v in rec.evidence.items()}})
+
+    def _restored(self, rec: Intervention, new_total: float) -> None:
+        """What every restore changes here (a guard rollback, the overfitting restart): the LR
+        multiplier from now on (``new_total``, on top of the guard's ``rec.new_multiplier``), the
+        schedule rewound to where the restored state was trained (module docstring), and the
+        plateau's count started afresh (the restored state is older than the best validation)."""
+        if self._pstate is not None:
+            worst = math.inf if self._plateau.mode == "min" else -math.inf
+            self._pstate = self._pstate._replace(best=worst, num_bad_epochs=0)
+        self._corr = new_total / rec.new_multiplier
+        self._last_rollback, self._last_restored = rec.step, rec.restored_to
+        if rec.restored_to is not None and rec.restored_to <= rec.step:
+            self._rewinds.append((rec.step + 1, self.position(rec.restored_to)))
 
     def _event(self, step: int, kind: str, message: str, data: dict, level: int = logging.WARNING) -> None:
         self.events.append(AutopilotEvent(step, kind, message, data))
