@@ -44,32 +44,42 @@ def _sgdm(p, lr):
     return torch.optim.SGD(p, lr=lr, momentum=0.9)
 
 
+def _mse(out, y):
+    return nn.functional.mse_loss(out.squeeze(-1), y)
+
+
+def _tabular(name: str, family: str, x, y, n_val: int, seed: int, sizes: tuple[int, ...], optimizer, *,
+             budget: int, batch_size: int, grid: tuple[float, float], regression: bool = False,
+             n_train: int | None = None) -> Task:
+    """An MLP of ``sizes`` on in-memory rows: ``n_val`` of them split off for validation by ``seed``
+    (the first ``n_train`` of the rest kept for training, when given); cross-entropy on class
+    labels, or mean squared error on a ``regression`` target."""
+    xtr, ytr, xva, yva = _split(x, y, n_val, seed=seed)
+    xtr, ytr = xtr[:n_train], ytr[:n_train]
+    label = torch.float32 if regression else torch.long
+    return Task(name, family, _t(xtr), _t(ytr, label), _t(xva), _t(yva, label), _mlp(*sizes), optimizer,
+                _mse if regression else nn.functional.cross_entropy, budget=budget, batch_size=batch_size, grid=grid)
+
+
 def wine_mlp_sgdm() -> Task:
     from sklearn.datasets import load_wine
     d = load_wine()
-    xtr, ytr, xva, yva = _split(_standardised(d.data), d.target, 48, seed=21)
-    return Task("wine_mlp_sgdm", "sgd_momentum", _t(xtr), _t(ytr, torch.long), _t(xva), _t(yva, torch.long),
-                _mlp(13, 32, 3), _sgdm, nn.functional.cross_entropy, budget=300, batch_size=16, grid=(1e-4, 10.0))
+    return _tabular("wine_mlp_sgdm", "sgd_momentum", _standardised(d.data), d.target, 48, 21, (13, 32, 3), _sgdm,
+                    budget=300, batch_size=16, grid=(1e-4, 10.0))
 
 
 def cancer_mlp_sgdm() -> Task:
     from sklearn.datasets import load_breast_cancer
     d = load_breast_cancer()
-    xtr, ytr, xva, yva = _split(_standardised(d.data), d.target, 150, seed=22)
-    return Task("cancer_mlp_sgdm", "sgd_momentum", _t(xtr), _t(ytr, torch.long), _t(xva), _t(yva, torch.long),
-                _mlp(30, 64, 2), _sgdm, nn.functional.cross_entropy, budget=400, batch_size=32, grid=(1e-4, 10.0))
-
-
-def _mse(out, y):
-    return nn.functional.mse_loss(out.squeeze(-1), y)
+    return _tabular("cancer_mlp_sgdm", "sgd_momentum", _standardised(d.data), d.target, 150, 22, (30, 64, 2), _sgdm,
+                    budget=400, batch_size=32, grid=(1e-4, 10.0))
 
 
 def diabetes_mlp_sgdm() -> Task:
     from sklearn.datasets import load_diabetes
     d = load_diabetes()
-    xtr, ytr, xva, yva = _split(_standardised(d.data), (d.target - 150) / 75.0, 100, seed=24)
-    return Task("diabetes_mlp_sgdm", "sgd_momentum", _t(xtr), _t(ytr), _t(xva), _t(yva), _mlp(10, 32, 1), _sgdm,
-                _mse, budget=400, batch_size=32, grid=(1e-5, 10.0))
+    return _tabular("diabetes_mlp_sgdm", "sgd_momentum", _standardised(d.data), (d.target - 150) / 75.0, 100, 24,
+                    (10, 32, 1), _sgdm, budget=400, batch_size=32, grid=(1e-5, 10.0), regression=True)
 
 
 DESIGN_TASKS = [wine_mlp_sgdm, cancer_mlp_sgdm, diabetes_mlp_sgdm]
@@ -79,53 +89,45 @@ DESIGN_TASKS = [wine_mlp_sgdm, cancer_mlp_sgdm, diabetes_mlp_sgdm]
 def iris_mlp_sgdm() -> Task:
     from sklearn.datasets import load_iris
     d = load_iris()
-    xtr, ytr, xva, yva = _split(_standardised(d.data), d.target, 50, seed=31)
-    return Task("iris_mlp_sgdm", "sgd_momentum", _t(xtr), _t(ytr, torch.long), _t(xva), _t(yva, torch.long),
-                _mlp(4, 32, 3), _sgdm, nn.functional.cross_entropy, budget=300, batch_size=16, grid=(1e-4, 10.0))
+    return _tabular("iris_mlp_sgdm", "sgd_momentum", _standardised(d.data), d.target, 50, 31, (4, 32, 3), _sgdm,
+                    budget=300, batch_size=16, grid=(1e-4, 10.0))
 
 
 def cancer_mlp_adam() -> Task:
     from sklearn.datasets import load_breast_cancer
     d = load_breast_cancer()
-    xtr, ytr, xva, yva = _split(_standardised(d.data), d.target, 150, seed=32)
-    return Task("cancer_mlp_adam", "adam", _t(xtr), _t(ytr, torch.long), _t(xva), _t(yva, torch.long),
-                _mlp(30, 64, 2), lambda p, lr: torch.optim.Adam(p, lr=lr), nn.functional.cross_entropy,
-                budget=400, batch_size=32, grid=(1e-5, 1.0))
+    return _tabular("cancer_mlp_adam", "adam", _standardised(d.data), d.target, 150, 32, (30, 64, 2),
+                    lambda p, lr: torch.optim.Adam(p, lr=lr), budget=400, batch_size=32, grid=(1e-5, 1.0))
 
 
 def digits200_mlp_adamw() -> Task:
     from sklearn.datasets import load_digits
     d = load_digits()
-    xtr, ytr, xva, yva = _split(d.data / 16.0, d.target, 397, seed=33)
-    return Task("digits200_mlp_adamw", "adamw", _t(xtr[:200]), _t(ytr[:200], torch.long), _t(xva),
-                _t(yva, torch.long), _mlp(64, 64, 10), lambda p, lr: torch.optim.AdamW(p, lr=lr, weight_decay=0.01),
-                nn.functional.cross_entropy, budget=400, batch_size=32, grid=(1e-5, 1.0))
+    return _tabular("digits200_mlp_adamw", "adamw", d.data / 16.0, d.target, 397, 33, (64, 64, 10),
+                    lambda p, lr: torch.optim.AdamW(p, lr=lr, weight_decay=0.01), budget=400, batch_size=32,
+                    grid=(1e-5, 1.0), n_train=200)
 
 
 def wine_mlp_rmsprop() -> Task:
     from sklearn.datasets import load_wine
     d = load_wine()
-    xtr, ytr, xva, yva = _split(_standardised(d.data), d.target, 48, seed=34)
-    return Task("wine_mlp_rmsprop", "rmsprop", _t(xtr), _t(ytr, torch.long), _t(xva), _t(yva, torch.long),
-                _mlp(13, 32, 3), lambda p, lr: torch.optim.RMSprop(p, lr=lr), nn.functional.cross_entropy,
-                budget=300, batch_size=16, grid=(1e-5, 1.0))
+    return _tabular("wine_mlp_rmsprop", "rmsprop", _standardised(d.data), d.target, 48, 34, (13, 32, 3),
+                    lambda p, lr: torch.optim.RMSprop(p, lr=lr), budget=300, batch_size=16, grid=(1e-5, 1.0))
 
 
 def diabetes_mlp_adam() -> Task:
     from sklearn.datasets import load_diabetes
     d = load_diabetes()
-    xtr, ytr, xva, yva = _split(_standardised(d.data), (d.target - 150) / 75.0, 100, seed=35)
-    return Task("diabetes_mlp_adam", "adam", _t(xtr), _t(ytr), _t(xva), _t(yva), _mlp(10, 64, 1),
-                lambda p, lr: torch.optim.Adam(p, lr=lr), _mse, budget=400, batch_size=32, grid=(1e-5, 1.0))
+    return _tabular("diabetes_mlp_adam", "adam", _standardised(d.data), (d.target - 150) / 75.0, 100, 35,
+                    (10, 64, 1), lambda p, lr: torch.optim.Adam(p, lr=lr), budget=400, batch_size=32,
+                    grid=(1e-5, 1.0), regression=True)
 
 
 def moons100_mlp_sgd() -> Task:
     from sklearn.datasets import make_moons
     x, y = make_moons(n_samples=600, noise=0.3, random_state=36)
-    xtr, ytr, xva, yva = _split(x, y, 500, seed=36)
-    return Task("moons100_mlp_sgd", "sgd", _t(xtr), _t(ytr, torch.long), _t(xva), _t(yva, torch.long),
-                _mlp(2, 64, 64, 2), lambda p, lr: torch.optim.SGD(p, lr=lr), nn.functional.cross_entropy,
-                budget=400, batch_size=10, grid=(1e-4, 10.0))
+    return _tabular("moons100_mlp_sgd", "sgd", x, y, 500, 36, (2, 64, 64, 2), lambda p, lr: torch.optim.SGD(p, lr=lr),
+                    budget=400, batch_size=10, grid=(1e-4, 10.0))
 
 
 HELDOUT_TASKS = [iris_mlp_sgdm, cancer_mlp_adam, digits200_mlp_adamw, wine_mlp_rmsprop, diabetes_mlp_adam,
