@@ -45,6 +45,7 @@ from benchmarks.finder_tasks import DEV, HELDOUT, Task, TensorTrainer, available
 from lrkit import scaling
 from lrkit.finder._rules import classic_suggestions
 from lrkit.finder.range_test import plan_budget, plan_verify_budget, run_range_test
+from lrkit.finder.regime import run_shape
 from lrkit.finder.suggest import FULL_RUN_SPREAD, suggest
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -105,7 +106,8 @@ def run_task(task: Task, cap: float) -> dict:
         n_range, n_verify = plan_budget(train_steps=task.budget)  # = find_lr(..., train_steps=budget)
         rec_short = run_range_test(t2, start_lr=start_lr, end_lr=end_lr, num_iter=n_range)
         sug = suggest(rec_short.lrs, rec_short.losses, trainer=t2, family=family, verify_steps=n_verify,
-                      verify_budget=plan_verify_budget(task.budget, n_range))
+                      verify_budget=plan_verify_budget(task.budget, n_range),
+                      **run_shape(train_steps=task.budget, **t2.data_shape()))
         choice = {
             "lrkit": (sug.lr, rec_short.steps_run + sug.details["verify_steps_used"]),
             "lrkit_rule": (rule_only.lr, rec.steps_run),

@@ -168,6 +168,11 @@ class TensorTrainer:
         self.steps += 1
         return float(loss.detach())
 
+    def data_shape(self) -> dict:
+        """The Trainer protocol's optional shape of the data (as ``TorchTrainer``'s)."""
+        return {"steps_per_epoch": self.n / self.task.batch_size, "examples": self.n,
+                "parameters": sum(p.numel() for p in self.model.parameters() if p.requires_grad)}
+
     @torch.no_grad()
     def val_loss(self) -> float:
         """The validation loss (eval mode), whatever the finder is allowed to see."""

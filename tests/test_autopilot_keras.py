@@ -8,6 +8,7 @@ keras = pytest.importorskip("keras")
 
 import lrkit.integrations.keras.trainer as keras_trainer  # noqa: E402
 from lrkit.autopilot import AutopilotError  # noqa: E402
+from lrkit.finder.regime import MANY_EPOCHS_FACTOR  # noqa: E402
 from lrkit.keras import AutopilotCallback  # noqa: E402
 from _wine import unscaled_wine  # noqa: E402
 
@@ -163,16 +164,25 @@ def test_disk_snapshots_last_across_fits_until_closed(tmp_path):
 
 
 def test_a_run_that_overfits_early_is_restarted_at_a_lower_lr():
-    # 60 training digits for 75 epochs of 4 steps, validated every epoch: the autopilot's peak fits
-    # them within a few epochs and the validation loss climbs from there
+    # 60 training digits for 75 epochs of 4 steps, validated every epoch. The autopilot's own scale
+    # expects the overfitting (the finder divides its answer for many epochs, lrkit.finder.regime);
+    # at the scale it would take without that (5x), the run fits them within a few epochs and the
+    # validation loss climbs from there, and the early-overfitting restart steps in
     x, y, xv, yv = _data()
     x, y = x[:60], y[:60]
+
+    def run(**kw):
+        model = _model(keras.optimizers.SGD(learning_rate=1.0, momentum=0.9))
+        cb = AutopilotCallback(x, y, batch_size=16, val_data=(xv, yv), **kw)
+        model.fit(x, y, batch_size=16, epochs=75, validation_data=(xv, yv), callbacks=[cb], verbose=0)
+        restarts = [e for e in cb.events if e.kind == "rollback" and e.data.get("verdict") == "overfitting"]
+        return cb, model.evaluate(xv, yv, verbose=0), len(restarts)
+
+    own, own_final, own_restarts = run()
+    assert own.plan.many_epochs and own_restarts == 0 and own.plan.peak_lr == own.plan.auto_peak_lr
+    high = MANY_EPOCHS_FACTOR * own.plan.auto_peak_lr
     finals = {}
     for restart in (True, False):
-        model = _model(keras.optimizers.SGD(learning_rate=1.0, momentum=0.9))
-        cb = AutopilotCallback(x, y, batch_size=16, val_data=(xv, yv), restart_on_overfit=restart)
-        model.fit(x, y, batch_size=16, epochs=75, validation_data=(xv, yv), callbacks=[cb], verbose=0)
-        finals[restart] = model.evaluate(xv, yv, verbose=0)
-        restarts = [e for e in cb.events if e.kind == "rollback" and e.data.get("verdict") == "overfitting"]
-        assert len(restarts) == (1 if restart else 0)
-    assert finals[True] < 0.5 * finals[False]
+        cb, finals[restart], restarts = run(peak_lr=high, restart_on_overfit=restart)
+        assert not cb.plan.many_epochs and restarts == (1 if restart else 0)
+    assert finals[True] < 0.5 * finals[False] and own_final < 0.5 * finals[False]

@@ -220,21 +220,33 @@ def test_disk_snapshots_live_in_storage_dir_during_the_fit_and_go_at_its_end(tmp
 
 
 def test_a_run_that_overfits_early_is_restarted_at_a_lower_lr():
-    # 60 training digits for 300 steps of 16 (75 epochs), validated every 4 epochs: the autopilot's
-    # peak fits them within a few epochs and the validation loss climbs from there
+    # 60 training digits for 300 steps of 16 (75 epochs), validated every 4 epochs. The autopilot's
+    # own scale expects the overfitting (the finder divides its answer for many epochs,
+    # lrkit.finder.regime); at the scale it would take without that (5x), the run fits them within a
+    # few epochs and the validation loss climbs from there, and the early-overfitting restart steps in
     from sklearn.datasets import load_digits
+
+    from lrkit.finder.regime import MANY_EPOCHS_FACTOR
 
     d = load_digits()
     x, y = torch.tensor(d.data / 16.0, dtype=torch.float32), torch.tensor(d.target)
-    finals = {}
-    for restart in (True, False):
+
+    def run(**kw):
         train = DataLoader(TensorDataset(x[:60], y[:60]), batch_size=16, shuffle=True,
                            generator=torch.Generator().manual_seed(0))
         val = DataLoader(TensorDataset(x[1400:], y[1400:]), batch_size=400)
-        cb, model = AutopilotCallback(restart_on_overfit=restart), Net()
+        cb, model = AutopilotCallback(**kw), Net()
         _trainer(300, [cb], check_val_every_n_epoch=4).fit(model, train, val)
         with torch.no_grad():
-            finals[restart] = float(torch.nn.functional.cross_entropy(model.net(x[1400:]), y[1400:]))
+            final = float(torch.nn.functional.cross_entropy(model.net(x[1400:]), y[1400:]))
         restarts = [e for e in cb.events if e.kind == "rollback" and e.data.get("verdict") == "overfitting"]
-        assert len(restarts) == (1 if restart else 0)
-    assert finals[True] < 0.8 * finals[False]
+        return cb, final, len(restarts)
+
+    own, own_final, own_restarts = run()
+    assert own.plan.many_epochs and own_restarts == 0 and own.plan.peak_lr == own.plan.auto_peak_lr
+    high = MANY_EPOCHS_FACTOR * own.plan.auto_peak_lr
+    finals = {}
+    for restart in (True, False):
+        cb, finals[restart], restarts = run(peak_lr=high, restart_on_overfit=restart)
+        assert not cb.plan.many_epochs and restarts == (1 if restart else 0)
+    assert finals[True] < 0.8 * finals[False] and own_final < 0.8 * finals[False]

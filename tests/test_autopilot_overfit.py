@@ -195,3 +195,42 @@ def test_a_run_resumed_after_its_restart_goes_on_exactly_as_the_uninterrupted_on
     lrs_b = _fly(resumed, flow, T - 250, every=40, start=250)
     assert lrs_a + lrs_b == pytest.approx(lrs_full, rel=1e-12)
     assert flow.tau == pytest.approx(full_flow.tau, rel=1e-12)
+
+
+def _finder_result(many: bool):
+    from lrkit.finder.result import FinderResult
+
+    lrs = np.geomspace(1e-5, 1.0, 40)
+    losses = 2.0 - np.tanh(np.log10(lrs) + 3)
+    details = {"run_shape": {"epochs": 40.0, "params_per_example": 3.0, "many_epochs": many}}
+    if many:
+        details["many_epochs_factor"] = 5.0
+    return FinderResult(lrs=lrs, losses=losses, smoothed_losses=losses, suggestion=0.2, method="verified",
+                        details=details)
+
+
+def test_a_plan_whose_finder_expected_the_overfitting_makes_no_restart_a_users_scale_does():
+    T = 400
+    own = make_plan(_finder_result(True), family="sgd", train_steps=T, shape=S.constant(1.0))
+    assert own.many_epochs and any("many epochs" in r and "40 passes" in r for r in own.reasons)
+    back = type(own).from_dict(json.loads(json.dumps(own.to_dict())))
+    assert back.many_epochs is True
+    flow = Flow()
+    pilot = Autopilot(own).attach(flow)
+    _fly(pilot, flow, T, every=40)
+    assert flow.restores == 0 and not [e for e in pilot.events if e.kind == "rollback"]
+    # the same scale from a finder that did not expect it, or given by the user: the rule is on
+    plain = make_plan(_finder_result(False), family="sgd", train_steps=T, shape=S.constant(1.0))
+    user = make_plan(_finder_result(True), family="sgd", train_steps=T, shape=S.constant(1.0), peak_lr=0.2)
+    for plan in (plain, user):
+        assert not plan.many_epochs and plan.peak_lr == own.peak_lr
+        flow = Flow()
+        pilot = Autopilot(plan).attach(flow)
+        _fly(pilot, flow, T, every=40)
+        assert [e.data["verdict"] for e in pilot.events if e.kind == "rollback"] == ["overfitting"]
+    # a plan saved before the field existed reads as False; a bad value is refused by name
+    old = own.to_dict()
+    del old["many_epochs"]
+    assert type(own).from_dict(old).many_epochs is False
+    with pytest.raises(Exception, match="many_epochs must be true or false"):
+        type(own).from_dict({**own.to_dict(), "many_epochs": "yes"})

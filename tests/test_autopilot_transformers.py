@@ -326,21 +326,32 @@ def test_disk_snapshots_live_in_storage_dir_during_training_and_go_at_its_end(tm
 
 
 def test_a_run_that_overfits_early_is_restarted_at_a_lower_lr_through_the_trainer(tmp_path):
-    # 60 training digits for 300 steps of 16 (80 epochs), evaluated every 15 steps: the autopilot's
-    # peak fits them within a few epochs and the evaluation loss climbs from there
+    # 60 training digits for 300 steps of 16 (80 epochs), evaluated every 15 steps. The autopilot's
+    # own scale expects the overfitting (the finder divides its answer for many epochs,
+    # lrkit.finder.regime); at the scale it would take without that (5x), the run fits them within a
+    # few epochs and the evaluation loss climbs from there, and the early-overfitting restart steps in
     from sklearn.datasets import load_digits
+
+    from lrkit.finder.regime import MANY_EPOCHS_FACTOR
 
     d = load_digits()
     x, y = torch.tensor(d.data / 16.0, dtype=torch.float32), torch.tensor(d.target)
-    finals = {}
-    for restart in (True, False):
-        cb = AutopilotCallback(restart_on_overfit=restart)
+
+    def run(name, **kw):
+        cb = AutopilotCallback(**kw)
         trainer = transformers.Trainer(
-            model=Clf(), args=_args(tmp_path / str(restart), 300, per_device_train_batch_size=16,
+            model=Clf(), args=_args(tmp_path / name, 300, per_device_train_batch_size=16,
                                     eval_strategy="steps", eval_steps=15),
             train_dataset=Rows(x[:60], y[:60]), eval_dataset=Rows(x[1400:], y[1400:]), callbacks=[cb])
         trainer.train()
-        finals[restart] = trainer.evaluate()["eval_loss"]
         restarts = [e for e in cb.events if e.kind == "rollback" and e.data.get("verdict") == "overfitting"]
-        assert len(restarts) == (1 if restart else 0)
-    assert finals[True] < 0.7 * finals[False]
+        return cb, trainer.evaluate()["eval_loss"], len(restarts)
+
+    own, own_final, own_restarts = run("own")
+    assert own.plan.many_epochs and own_restarts == 0 and own.plan.peak_lr == own.plan.auto_peak_lr
+    high = MANY_EPOCHS_FACTOR * own.plan.auto_peak_lr
+    finals = {}
+    for restart in (True, False):
+        cb, finals[restart], restarts = run(str(restart), peak_lr=high, restart_on_overfit=restart)
+        assert not cb.plan.many_epochs and restarts == (1 if restart else 0)
+    assert finals[True] < 0.7 * finals[False] and own_final < 0.7 * finals[False]

@@ -143,7 +143,8 @@ class Autopilot:
         plateau: halve the LR when reported validation losses stall (default ``True``).
         restart_on_overfit: with the guard, restart from the initial state at a lower LR when the
             validation loss passes its best early in the run while the training loss keeps falling
-            (:mod:`lrkit.autopilot.overfit`; default ``True``; off in a resumed run).
+            (:mod:`lrkit.autopilot.overfit`; default ``True``; off in a resumed run, and where the
+            plan already expects the run to overfit, :attr:`~lrkit.autopilot.plan.AutopilotPlan.many_epochs`).
         doctor: the :class:`~lrkit.doctor.core.Doctor` the guard drives (default
             ``Doctor(lr_ceiling=policy.lr_ceiling(plan.auto_peak_lr), reference_run=plan.finder_reference)``:
             a run whose scale is far above the autopilot's own and that stays behind the finder's best
@@ -198,12 +199,14 @@ class Autopilot:
         self._gave_up = False
         # the early-overfitting rule (lrkit.autopilot.overfit): summed LR and recent training losses since
         # the start, and (step, val_loss, summed LR, training level) per validation; None: the rule is off
-        # (after any rollback, after its own restart, and in a resumed run, whose guard starts elsewhere)
+        # (after any rollback, after its own restart, in a resumed run, whose guard starts elsewhere, and
+        # where the finder already divided its answer for a run that overfits: lrkit.finder.regime)
         self._tau = 0.0
         self._recent: list[float] = []
         self._first: list[float] = []  # the first finite training losses: the run's starting level
         self.restart_on_overfit = restart_on_overfit
-        self._evals: list[tuple[int, float, float, float]] | None = [] if restart_on_overfit and guard else None
+        self._evals: list[tuple[int, float, float, float]] | None = (
+            [] if restart_on_overfit and guard and not plan.many_epochs else None)
 
     # ------------------------------------------------------------------ wiring
     def attach(self, state: Any, *, agree: Callable[[list[float], str], Sequence[float]] | None = None) -> "Autopilot":

@@ -229,6 +229,10 @@ class AutopilotPlan:
         finder_reference: ``(steps, loss, kind)`` of the finder's best verification run (``kind``
             ``"val"`` or ``"train"``: what it was scored by), the doctor's ``reference_run``;
             ``None`` when the finder verified nothing.
+        many_epochs: the finder divided its answer for a run of many passes over a training set
+            its model can fit (:mod:`lrkit.finder.regime`) and the scale in use is that answer's
+            (not the user's): the plan already expects the run to overfit, and the early-overfitting
+            restart (:mod:`lrkit.autopilot.overfit`) is off.
     """
 
     family: str
@@ -242,6 +246,7 @@ class AutopilotPlan:
     warmup_steps: int = 0
     reasons: tuple[str, ...] = field(default_factory=tuple)
     finder_reference: tuple[int, float, str] | None = None
+    many_epochs: bool = False
 
     @property
     def schedule(self) -> Schedule:
@@ -259,14 +264,15 @@ class AutopilotPlan:
                 "shape": self.shape.to_dict(), "auto_peak_lr": self.auto_peak_lr, "finder_lr": self.finder_lr,
                 "finder_cost_steps": self.finder_cost_steps, "shape_source": self.shape_source,
                 "warmup_steps": self.warmup_steps, "reasons": list(self.reasons),
-                "finder_reference": None if self.finder_reference is None else list(self.finder_reference)}
+                "finder_reference": None if self.finder_reference is None else list(self.finder_reference),
+                "many_epochs": self.many_epochs}
 
     @classmethod
     def from_dict(cls, d: Any) -> "AutopilotPlan":
         """Rebuild a plan from :meth:`to_dict` (checked)."""
         keys = {"family", "train_steps", "peak_lr", "shape", "auto_peak_lr", "finder_lr", "finder_cost_steps",
                 "shape_source", "warmup_steps", "reasons"}
-        if not isinstance(d, dict) or not keys <= set(d) <= keys | {"finder_reference"}:
+        if not isinstance(d, dict) or not keys <= set(d) <= keys | {"finder_reference", "many_epochs"}:
             got = sorted(d) if isinstance(d, dict) else type(d).__name__
             raise AutopilotError(f"AutopilotPlan.from_dict: expected the keys {sorted(keys)}, got {got}")
         if d["family"] not in FAMILIES:
@@ -277,7 +283,15 @@ class AutopilotPlan:
                    finder_lr=None if d["finder_lr"] is None else float(d["finder_lr"]),
                    finder_cost_steps=int(d["finder_cost_steps"]), shape_source=str(d["shape_source"]),
                    warmup_steps=int(d["warmup_steps"]), reasons=tuple(d["reasons"]),
-                   finder_reference=_reference(d.get("finder_reference")))
+                   finder_reference=_reference(d.get("finder_reference")),
+                   many_epochs=_flag(d.get("many_epochs", False)))
+
+
+def _flag(value: Any) -> bool:
+    """A saved ``many_epochs`` (a plan saved before it existed has none: ``False``)."""
+    if not isinstance(value, bool):
+        raise AutopilotError(f"AutopilotPlan.from_dict: many_epochs must be true or false, got {value!r}")
+    return value
 
 
 def _reference(ref: Any) -> tuple[int, float, str] | None:
@@ -380,6 +394,14 @@ def make_plan(
     reasons.append(f"guard: snapshot every {g['snapshot_every']} healthy steps; on divergence roll back and "
                    f"lower the LR x{policy.GAMMA} (a first problem out of a healthy run keeps the LR: a bad batch is likelier)")
     reference = finder_reference(result.details) if result is not None else None
+    # the plan expects the run to overfit when its own scale comes from a finder answer divided for it
+    many = result is not None and peak_lr is None and bool((result.details or {}).get("many_epochs_factor"))
+    if many:
+        shape_info = result.details["run_shape"]
+        reasons.append(
+            f"many epochs: the run makes {shape_info['epochs']:.0f} passes over a training set its model can fit, "
+            "so the finder divided its answer for a run that overfits (lrkit.finder.regime); no "
+            "early-overfitting restart on top of that")
     ceiling = policy.lr_ceiling(auto)
     if ceiling is not None and peak > ceiling:
         reasons.append(
@@ -394,4 +416,4 @@ def make_plan(
     return AutopilotPlan(family=family, train_steps=train_steps, peak_lr=peak, shape=shape_n, auto_peak_lr=auto,
                          finder_lr=finder_lr, finder_cost_steps=cost, shape_source=source,
                          warmup_steps=_warmup_of(shape_n, train_steps), reasons=tuple(reasons),
-                         finder_reference=reference)
+                         finder_reference=reference, many_epochs=many)

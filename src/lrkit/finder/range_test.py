@@ -375,7 +375,7 @@ def run_range_test(
 
 
 def _suggest(record: RangeTestRecord, trainer, *, family, verify_steps, batch_size, target_batch_size, rng_seed,
-             verify_budget=None):
+             verify_budget=None, shape=None):
     from lrkit.finder.suggest import suggest
 
     s = suggest(
@@ -388,6 +388,7 @@ def _suggest(record: RangeTestRecord, trainer, *, family, verify_steps, batch_si
         target_batch_size=target_batch_size,
         rng_seed=rng_seed,
         verify_budget=verify_budget if verify_steps > 0 else None,
+        **(shape or {}),
     )
     return {"lr": s.lr, "method": s.method, "band": tuple(s.band), "rules": dict(s.rules), "details": dict(s.details)}
 
@@ -408,13 +409,16 @@ def find(
     target_batch_size: int | None = None,
     rng_seed: int = 0,
     verify_budget: int | None = None,
+    epochs: float | None = None,
+    params_per_example: float | None = None,
 ):
     """Range test plus suggestion on any Trainer: the framework-free core of ``find_lr``.
 
     Runs :func:`run_range_test`, then :func:`lrkit.finder.suggest.suggest` on the raw losses; with
     ``verify_steps > 0`` the suggestion may spend that many optimizer steps per candidate LR on
     short runs from the same starting state (the trainer is snapshotted before and restored after,
-    so it ends exactly as it started).
+    so it ends exactly as it started). ``epochs`` and ``params_per_example`` describe the real run
+    (:func:`lrkit.finder.regime.run_shape`) and go to the suggestion.
 
     Returns:
         A :class:`lrkit.finder.result.FinderResult`.
@@ -436,6 +440,7 @@ def find(
 
     if isinstance(verify_steps, bool) or not isinstance(verify_steps, (int, np.integer)) or verify_steps < 0:
         raise ValueError(f"verify_steps must be an integer >= 0, got {verify_steps!r}")
+    shape = {"epochs": epochs, "params_per_example": params_per_example}
     record = run_range_test(
         trainer,
         start_lr=start_lr,
@@ -456,7 +461,7 @@ def find(
         try:
             sugg = _suggest(
                 record, trainer, family=family, verify_steps=int(verify_steps), batch_size=batch_size,
-                target_batch_size=target_batch_size, rng_seed=rng_seed, verify_budget=verify_budget,
+                target_batch_size=target_batch_size, rng_seed=rng_seed, verify_budget=verify_budget, shape=shape,
             )
         finally:
             trainer.restore(state)
@@ -464,7 +469,7 @@ def find(
     else:
         sugg = _suggest(
             record, None, family=family, verify_steps=0, batch_size=batch_size,
-            target_batch_size=target_batch_size, rng_seed=rng_seed,
+            target_batch_size=target_batch_size, rng_seed=rng_seed, shape=shape,
         )
     details = dict(sugg["details"])
     details.setdefault("stop_reason", record.reason)

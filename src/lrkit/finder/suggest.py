@@ -74,7 +74,10 @@ grid below :math:`\\eta_{\\min}` and, when it may drive the trainer, measures th
    can cost a diverged run. Only stochastic steps have that floor: when every step sees the same
    batch (full-batch training; :func:`deterministic_steps`, two steps at an LR that moves no
    weight at the end of the first accepted candidate's run) the full run's best LR is set by
-   stability, which a short run sees first, and :math:`\\eta^* = \\hat\\eta`.
+   stability, which a short run sees first, and :math:`\\eta^* = \\hat\\eta`. A run of many
+   passes over a training set its model can fit (``epochs`` and ``params_per_example``;
+   :mod:`lrkit.finder.regime`) overfits long before its end, which a short run cannot see: there
+   :math:`\\eta^*` is divided by a further :data:`~lrkit.finder.regime.MANY_EPOCHS_FACTOR`, with a warning.
 5. **Band** :math:`[\\eta_{lo}, \\eta_{hi}]`: with verification, the accepted candidates within
    :math:`\\tau` of the best and :math:`\\hat\\eta`, widened to at least half-way to each
    neighbour and a full half-decade past an open edge (a one-sided bracket is never a zero-width
@@ -113,6 +116,7 @@ import numpy as np
 from lrkit import scaling
 from lrkit.finder._rules import check_curve, classic_suggestions, ema_bias_corrected, torch_lr_finder_steepest
 from lrkit.finder.range_test import divergence_bound
+from lrkit.finder.regime import MANY_EPOCHS_FACTOR, check_shape, many_epochs
 from lrkit.collapse import COLLAPSED
 
 __all__ = [
@@ -564,6 +568,8 @@ def suggest(
     target_batch_size: int | None = None,
     rng_seed: int = 0,
     verify_budget: int | None = None,
+    epochs: float | None = None,
+    params_per_example: float | None = None,
 ) -> Suggestion:
     """Suggest a learning rate from a range test, optionally checking candidates on ``trainer``.
 
@@ -584,6 +590,11 @@ def suggest(
         rng_seed: seed of the bootstrap band (rule-only answers).
         verify_budget: most optimizer steps all verification runs may take together (default
             :func:`default_verify_budget`).
+        epochs, params_per_example: the real run's passes over its training set and the model's
+            trainable parameters per training example, when known
+            (:func:`lrkit.finder.regime.run_shape`); together they tell the many-epoch regime
+            (:mod:`lrkit.finder.regime`), where a verified answer is divided by
+            :data:`~lrkit.finder.regime.MANY_EPOCHS_FACTOR`, with a warning.
 
     Returns:
         A :class:`Suggestion`.
@@ -604,12 +615,17 @@ def suggest(
             f"lrs/losses must hold at least 4 finite points to suggest from, got {len(x)} (of {n_given}); "
             "lower start_lr or raise num_iter"
         )
+    shape = {"epochs": check_shape("epochs", epochs),
+             "params_per_example": check_shape("params_per_example", params_per_example)}
+    many = many_epochs(shape["epochs"], shape["params_per_example"], family)
     rules: dict[str, float | None] = dict(classic_suggestions(x, raw))
     s = ema_bias_corrected(raw, 0.95)
     rule_lr, rule_info = _rule_lr(x, s, raw, family)
     rules["lrkit_rule"] = rule_lr
     rules["lr_at_min_loss"] = rule_info["loss_min_lr"]
     details: dict[str, Any] = {"family": family, "rule": rule_info, "verify_steps": verify_steps}
+    if any(v is not None for v in shape.values()):
+        details["run_shape"] = {**shape, "many_epochs": many}
 
     warnings: list[str] = []
     if rule_info["flat_curve"] or not rule_info["informative"]:
@@ -628,7 +644,7 @@ def suggest(
         details["verify_steps"] = 0
     if verify_steps > 0:
         lr, band, method = _verified_answer(trainer, x, rule_lr, scaling.default_lr(family), rule_info, verify_steps,
-                                            budget, details, warnings)
+                                            budget, details, warnings, many)
     else:
         details["verify_steps_used"] = 0
         lr = rule_lr
@@ -636,6 +652,8 @@ def suggest(
         band = (min(lo, lr), max(hi, lr))
         method = "rule+flat" if rule_info["flat_curve"] else "rule"
     band = (float(min(band[0], lr)), float(max(band[1], lr)))
+    if many:
+        warnings.append(_many_epochs_warning(shape, applied=method == "verified"))
     details["warnings"] = warnings
     details["uncertainty"] = _uncertainty(band, rules)
     if batch_size is not None and target_batch_size is not None and target_batch_size != batch_size:
@@ -745,7 +763,7 @@ def rejected_all_answer(results: list[dict], prior_lr: float, rule_lr: float, de
 
 def _verified_answer(trainer: Any, x: np.ndarray, rule_lr: float, prior_lr: float, rule_info: dict,
                      verify_steps: int, budget: int, details: dict,
-                     warnings: list[str]) -> tuple[float, tuple[float, float], str]:
+                     warnings: list[str], many: bool = False) -> tuple[float, tuple[float, float], str]:
     """Steps 3-5 of the module docstring: ``(lr, band, method)``; the candidates and what the pick
     did go into ``details``, what the user should know into ``warnings``."""
     if rule_info["informative"]:
@@ -776,6 +794,9 @@ def _verified_answer(trainer: Any, x: np.ndarray, rule_lr: float, prior_lr: floa
     lr_short, band, refine, edges = _pick(search)
     factor = 1.0 if deterministic else SHORT_RUN_FACTOR
     details["short_run_factor"] = factor
+    if many:  # and the full run passes its validation minimum long before its end: lrkit.finder.regime
+        factor *= MANY_EPOCHS_FACTOR
+        details["many_epochs_factor"] = MANY_EPOCHS_FACTOR
     lr = max(lr_short / factor, float(x[0]))
     band = (max(band[0] / factor, float(x[0]) / GRID_RATIO), band[1] / factor)
     details["short_run_optimum"] = lr_short
@@ -799,6 +820,20 @@ def _verified_answer(trainer: Any, x: np.ndarray, rule_lr: float, prior_lr: floa
     below, above = FULL_RUN_SPREAD
     band = (max(min(band[0], lr / 10**below), float(x[0]) / GRID_RATIO), max(band[1], lr * 10**above))
     return lr, band, "verified"
+
+
+def _many_epochs_warning(shape: dict, applied: bool) -> str:
+    """What the user should know of a run in the many-epoch regime (:mod:`lrkit.finder.regime`)."""
+    said = (f"the run makes {shape['epochs']:.0f} passes over its training set with "
+            f"{shape['params_per_example']:.3g} trainable parameters per example: its validation loss is likely "
+            "to reach its minimum and rise again long before the end, which the short verification runs "
+            "cannot see")
+    if applied:
+        return (f"{said}, so the answer is their optimum divided by a further {MANY_EPOCHS_FACTOR:g} (on the "
+                "development tasks in this regime the best constant LR sat 3-18x below the undivided answer). Watch the validation "
+                "loss (early stopping), or train with lrkit's autopilot, which restarts a run that overfits early")
+    return (f"{said}; the answer (not verified) may be several times too high. Watch the validation loss "
+            "(early stopping), or train with lrkit's autopilot, which restarts a run that overfits early")
 
 
 def _rescaled(lr: float, band: tuple[float, float], family: str, batch_size: int, target_batch_size: int,

@@ -26,6 +26,9 @@ class Trainer(Protocol):
     ``output_spread()`` -- how much the model's outputs on a batch vary over its examples
     (:func:`lrkit.collapse.output_spread`; ``None`` if unknown): the finder rejects a
     candidate whose model gives every input the same output.
+    ``data_shape()`` -- ``{"steps_per_epoch", "examples", "parameters"}``, each ``None`` when unknown:
+    optimizer steps per pass over the training set, training examples, trainable parameters
+    (:func:`lrkit.finder.regime.run_shape` turns them and ``train_steps`` into the run's shape).
     """
 
     def snapshot(self) -> Any: ...

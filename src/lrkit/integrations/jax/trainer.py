@@ -98,6 +98,7 @@ import optax
 from lrkit import scaling
 from lrkit.collapse import sampled_spread
 from lrkit.finder.range_test import find, plan_budget, plan_verify_budget
+from lrkit.finder.regime import run_shape
 from lrkit.finder.result import FinderResult
 from lrkit.integrations._progress import progress_context, watched
 
@@ -538,6 +539,15 @@ class OptaxTrainer:
         """The leading dimension shared by every array of the first batch, if there is one."""
         return _leading_dim(self._train[0])
 
+    def data_shape(self) -> dict[str, float | None]:
+        """The Trainer protocol's optional shape of the data: steps per pass (the length of a list of
+        batches; ``None`` for a generator), training examples (that times the first batch's leading
+        dimension) and parameters (every leaf of the params pytree)."""
+        steps = len(self._train._cache) if self._train._source is None else None
+        size = self.first_batch_size() if steps is not None else None
+        params = sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(self.params))
+        return {"steps_per_epoch": steps, "examples": None if size is None else steps * size, "parameters": params}
+
     def output_spread(self) -> float | None:
         """How much the outputs vary over the examples (:func:`lrkit.collapse.sampled_spread`) on the
         first validation batch, else on the training batch of the last step (the first batch before
@@ -665,11 +675,12 @@ def find_lr_optax(
             f"target_batch_size={target_batch_size} needs batch_size (the batches have no common leading "
             "dimension to read it from); pass batch_size"
         )
+    shape = run_shape(train_steps=train_steps, **trainer.data_shape())
     with ctx as callback:
         return find(
             watched(trainer, callback, verify_steps=steps),
             start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode, smooth=smooth,
             diverge_threshold=diverge_threshold, progress=callback, verify_steps=steps, family=family,
             verify_budget=plan_verify_budget(train_steps, num_iter),
-            batch_size=batch_size, target_batch_size=target_batch_size, rng_seed=seed,
+            batch_size=batch_size, target_batch_size=target_batch_size, rng_seed=seed, **shape,
         )

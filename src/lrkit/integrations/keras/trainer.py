@@ -71,6 +71,7 @@ import numpy as np
 from lrkit import scaling
 from lrkit.collapse import OUTPUT_SPREAD, output_spread
 from lrkit.finder.range_test import find, plan_budget, plan_verify_budget
+from lrkit.finder.regime import run_shape
 from lrkit.finder.result import FinderResult
 from lrkit.integrations._progress import progress_context, watched
 
@@ -225,6 +226,15 @@ class _IterableBatches:
     def seek(self, position: int) -> None:
         self._it = None
         self.count = position
+
+
+def _length(dataset: Any) -> int | None:
+    """Batches per pass of a sized dataset (a list of batches, a finite ``tf.data.Dataset``), else ``None``."""
+    try:
+        n = len(dataset)
+    except (TypeError, NotImplementedError, ValueError):
+        return None
+    return int(n) if n > 0 else None
 
 
 def _batches_of(x: Any, y: Any, dataset: Any, batch_size: int | None) -> Any:
@@ -501,6 +511,19 @@ class KerasTrainer:
             raise ValueError("val_data is empty (it yielded no batch)")
         return total / count
 
+    def data_shape(self) -> dict[str, float | None]:
+        """The Trainer protocol's optional shape of the data: steps per pass (``len(x) /
+        batch_size`` for arrays, the dataset's batches per pass when it says), training examples
+        (arrays; a dataset's batches times ``batch_size``) and trainable parameters."""
+        b = self._batches
+        if isinstance(b, _ArrayBatches):
+            steps, examples = b.n / b.batch_size, b.n
+        else:
+            n = b.n if isinstance(b, _PyDatasetBatches) else _length(b.dataset)
+            steps, examples = n, (None if n is None or self.batch_size is None else n * self.batch_size)
+        params = sum(int(np.prod(w.shape)) for w in self.model.trainable_weights)
+        return {"steps_per_epoch": steps, "examples": examples, "parameters": params}
+
     def output_spread(self) -> float | None:
         """How much the model's outputs vary over the examples of the first validation batch (of
         array data, its first 256 rows): :func:`spread_on` those inputs, ``None`` without
@@ -641,11 +664,12 @@ def find_lr_keras(
         lo, hi = scaling.lr_range(family)
         start_lr = lo if start_lr is None else start_lr
         end_lr = hi if end_lr is None else end_lr
+    shape = run_shape(train_steps=train_steps, **trainer.data_shape())
     with ctx as callback:
         return find(
             watched(trainer, callback, verify_steps=steps),
             start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode, smooth=smooth,
             diverge_threshold=diverge_threshold, progress=callback, verify_steps=steps, family=family,
             verify_budget=plan_verify_budget(train_steps, num_iter),
-            batch_size=trainer.batch_size, target_batch_size=target_batch_size, rng_seed=seed,
+            batch_size=trainer.batch_size, target_batch_size=target_batch_size, rng_seed=seed, **shape,
         )

@@ -61,6 +61,7 @@ import torch
 
 from lrkit import scaling
 from lrkit.finder.range_test import find, plan_budget, plan_verify_budget
+from lrkit.finder.regime import run_shape
 from lrkit.finder.result import FinderResult
 from lrkit.integrations._progress import progress_bar, progress_context, watched  # noqa: F401 - progress_bar re-exported (the CLI imports it)
 from lrkit.integrations.torch.dist import average_gradients as _average_gradients
@@ -183,7 +184,7 @@ def _check_options(*, multi: bool, step_fn: Any, loss_fn: Any, train_loader: Any
         raise ValueError(f"loss_fn must be callable or None, got {type(loss_fn).__name__}")
     if train_loader is None or not hasattr(train_loader, "__iter__"):
         raise ValueError(f"train_loader must be an iterable of batches, got {type(train_loader).__name__}")
-    if hasattr(train_loader, "__len__") and len(train_loader) == 0:
+    if _length(train_loader) == 0:
         raise ValueError("train_loader is empty (len(train_loader) == 0)")
 
 
@@ -303,6 +304,15 @@ class TorchTrainer(RecyclingState):
 
     def _loaders(self) -> list[Any]:
         return [x for x in (self.train_loader, self.val_loader) if x is not None]
+
+    def data_shape(self) -> dict[str, float | None]:
+        """The Trainer protocol's optional shape of the data: optimizer steps per pass over the
+        loader (``len(train_loader) / accumulation_steps``; under DDP each rank's share), training
+        examples (``len(train_loader.dataset)``) and trainable parameters; ``None`` where the loader
+        has no length."""
+        return {"steps_per_epoch": None if (n := _sized(self.train_loader)) is None else n / self.accumulation_steps,
+                "examples": _sized(getattr(self.train_loader, "dataset", None)),
+                "parameters": sum(int(p.numel()) for p in self._trainable)}
 
     def set_lr(self, lr: float) -> None:
         """Set every param group's LR to ``lr`` times its ratio to the first group's initial LR."""
@@ -511,6 +521,21 @@ class TorchTrainer(RecyclingState):
         return rank_mean(loss, self.device)
 
 
+def _length(obj: Any) -> int | None:
+    """``len(obj)``, or ``None`` for an object without one (a ``DataLoader`` over an
+    ``IterableDataset`` without ``__len__`` has the method but raises ``TypeError``)."""
+    try:
+        return int(len(obj))
+    except (TypeError, NotImplementedError):
+        return None
+
+
+def _sized(obj: Any) -> int | None:
+    """:func:`_length` when it is positive, else ``None``."""
+    n = _length(obj)
+    return n if n else None
+
+
 def _loader_batch_size(loader: Any) -> int | None:
     bs = getattr(loader, "batch_size", None)
     return int(bs) if isinstance(bs, int) and not isinstance(bs, bool) else None
@@ -616,6 +641,7 @@ def find_lr(
             dist = _distributed()
             world = dist.get_world_size() if dist is not None else 1
             batch_size = per_loader * accumulation_steps * world
+    shape = run_shape(train_steps=train_steps, **trainer.data_shape())
     ctx = progress_context(progress, num_iter, enabled=_distributed() is None or _distributed().get_rank() == 0)
     with ctx as callback:
         return find(
@@ -623,5 +649,5 @@ def find_lr(
             start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode, smooth=smooth,
             diverge_threshold=diverge_threshold, progress=callback, verify_steps=steps, family=family,
             verify_budget=plan_verify_budget(train_steps, num_iter),
-            batch_size=batch_size, target_batch_size=target_batch_size, rng_seed=seed,
+            batch_size=batch_size, target_batch_size=target_batch_size, rng_seed=seed, **shape,
         )
