@@ -1,4 +1,4 @@
-"""The autopilot's early-overfitting restart on small-data runs of many epochs: its design set and a held-out set.
+"""The autopilot on small-data runs of many epochs (the finder's many-epoch regime and the early-overfitting restart): a design set and a held-out set.
 
 Run:  ``.venv/bin/python -m benchmarks.autopilot_overfit``  (``--no-write``).
 
@@ -10,8 +10,13 @@ standardised; the finder's answer was 8-15x the best constant LR there) is what 
 (:mod:`lrkit.autopilot.overfit`) was designed on; the **held-out** set (:data:`HELDOUT_TASKS`,
 written after the rule was fixed, other datasets and optimizers) is only run to report. Protocol
 as ``benchmarks/autopilot.py`` (the same oracle: the best peak LR of the autopilot's schedule on a
-log grid, mean over seeds 0-5; validation every tenth of the run): the autopilot with the restart
-(``restart_on_overfit=True``, the default) and without it.
+log grid, mean over seeds 0-5; validation every tenth of the run), three ways: the autopilot as a
+user with a sized loader runs it (the finder knows the run's shape, :mod:`lrkit.finder.regime`, and
+divides its answer for the many epochs; the plan then expects the overfitting and makes no restart),
+and with the same batches as a stream (no shape: the finder's answer undivided), with the restart
+(``restart_on_overfit=True``, the default) and without it. The regime's rule was designed on the
+development set too (with the finder benchmark's development half); the held-out set was written
+before it and is run only to report.
 """
 from __future__ import annotations
 
@@ -134,8 +139,18 @@ HELDOUT_TASKS = [iris_mlp_sgdm, cancer_mlp_adam, digits200_mlp_adamw, wine_mlp_r
                  moons100_mlp_sgd]
 
 
-def _autopilot(task: Task, seed: int, restart: bool) -> tuple[float, int | None, float]:
-    trainer = TensorTrainer(task, seed, lr=1e-3)
+class _Stream(TensorTrainer):
+    """The same batches without the data's shape (a stream: the finder cannot tell the many epochs)."""
+
+    data_shape = None
+
+
+#: (name, the finder knows the run's shape, restart_on_overfit)
+VARIANTS = (("shape", True, True), ("restart", False, True), ("no_restart", False, False))
+
+
+def _autopilot(task: Task, seed: int, restart: bool, shape: bool = True) -> tuple[float, int | None, float]:
+    trainer = (TensorTrainer if shape else _Stream)(task, seed, lr=1e-3)
     flight = fly(trainer, family=task.family, train_steps=task.budget, seed=seed, restart_on_overfit=restart)
     restarts = [e.step for e in flight.pilot.events if e.kind == "rollback" and e.data.get("verdict") == "overfitting"]
     return trainer.val_loss(), (restarts[0] if restarts else None), flight.pilot.plan.peak_lr
@@ -151,10 +166,10 @@ def run() -> dict:
         ORACLE_CACHE.write_text(json.dumps(cache, indent=1))
         rows = {"half": half, "oracle_lr": orc["best_lr"], "oracle_val": orc["best_val"], "budget": task.budget,
                 "epochs": task.budget * task.batch_size / len(task.x_train), "family": task.family}
-        for name, restart in (("restart", True), ("no_restart", False)):
+        for name, shape, restart in VARIANTS:
             vals, fired, peaks = [], [], []
             for seed in SEEDS:
-                val, step, peak = _autopilot(task, seed, restart)
+                val, step, peak = _autopilot(task, seed, restart, shape)
                 vals.append(_capped(val, cap))
                 fired.append(step)
                 peaks.append(peak)
@@ -167,41 +182,50 @@ def run() -> dict:
 
 def _summary(out: dict, half: str) -> str:
     rows = [r for r in out.values() if r["half"] == half]
-    on = [100 * r["restart"]["regret"] for r in rows]
-    off = [100 * r["no_restart"]["regret"] for r in rows]
-    fired = sum(s is not None for r in rows for s in r["restart"]["fired"])
-    return (f"{len(rows)} tasks: median / worst regret {np.median(on):.1f}% / {max(on):.1f}% with the restart, "
-            f"{np.median(off):.1f}% / {max(off):.1f}% without; {fired} of {len(rows) * len(SEEDS)} runs restarted")
+
+    def figures(name: str) -> str:
+        regrets = [100 * r[name]["regret"] for r in rows]
+        fired = sum(s is not None for r in rows for s in r[name]["fired"])
+        return f"{np.median(regrets):.1f}% / {max(regrets):.1f}% ({fired} of {len(rows) * len(SEEDS)} runs restarted)"
+
+    return (f"{len(rows)} tasks, median / worst regret: shape known {figures('shape')}; as a stream, with the "
+            f"restart {figures('restart')}, without {figures('no_restart')}")
 
 
 def render(out: dict, seconds: float) -> str:
     lines = [
-        "## Autopilot: the early-overfitting restart on small data trained for many epochs",
+        "## Autopilot: small data trained for many epochs (the many-epoch regime and the early-overfitting restart)",
         "",
         f"Command: `.venv/bin/python -m benchmarks.autopilot_overfit` ({seconds / 60:.1f} min, the oracle included; "
         f"cached in `benchmarks/results/autopilot_overfit_oracle.json`).  ",
         f"Machine: {machine()}. Seeds {list(SEEDS)}.",
         "",
         "Small training sets trained for 30-65 epochs, outside the finder benchmark's tasks. Development: the "
-        "three SGD-momentum tasks `lrkit.autopilot.overfit` was designed on; held-out: six tasks written after "
-        "the rule was fixed (other datasets and optimizers), run once to report (the module docstring of "
+        "three SGD-momentum tasks `lrkit.autopilot.overfit` and (with the finder benchmark's development half) "
+        "`lrkit.finder.regime` were designed on; held-out: six tasks written before the regime and after the "
+        "restart rule (other datasets and optimizers), run only to report (the module docstring of "
         "`benchmarks/autopilot_overfit.py` gives the rule of the split). Regret against the autopilot table's "
-        "oracle (best peak of the same schedule, six seeds); 'restarts': the runs the rule restarted and the "
-        "step it did.",
+        "oracle (best peak of the same schedule, six seeds). 'shape known': the autopilot as run with a sized "
+        "loader (the finder divides its answer for the many epochs; no restart then); 'stream': the same batches "
+        "without the data's shape, with and without the restart; 'restarts': the stream runs the rule restarted "
+        "and the step it did.",
         "",
         f"**Held-out** {_summary(out, 'heldout')}.  ",
         f"**Development** {_summary(out, 'dev')}.",
         "",
-        "| task | half | optimizer | epochs | oracle peak (val) | autopilot peak / oracle | with restart | without "
-        "| restarts |",
-        "|---|---|---|---:|---:|---:|---:|---:|---|",
+        "| task | half | optimizer | epochs | oracle peak (val) | peak / oracle: shape known | stream | shape known "
+        "| stream, with restart | stream, without | restarts |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, r in sorted(out.items(), key=lambda kv: kv[1]["half"] != "heldout"):
-        peaks = np.array(r["restart"]["peaks"]) / r["oracle_lr"]
+        def ratio(variant: str) -> str:
+            peaks = np.array(r[variant]["peaks"]) / r["oracle_lr"]
+            return f"{float(np.exp(np.mean(np.log(peaks)))):.2g}"
+
         fired = [s for s in r["restart"]["fired"] if s is not None]
         lines.append(
             f"| {name} | {r['half']} | {r['family']} | {r['epochs']:.0f} | {r['oracle_lr']:.2g} "
-            f"({r['oracle_val']:.3g}) | {float(np.exp(np.mean(np.log(peaks)))):.2g} | "
+            f"({r['oracle_val']:.3g}) | {ratio('shape')} | {ratio('no_restart')} | {100 * r['shape']['regret']:.1f}% | "
             f"{100 * r['restart']['regret']:.1f}% | {100 * r['no_restart']['regret']:.1f}% | "
             f"{len(fired)} of {len(SEEDS)}" + (f" (steps {', '.join(str(s) for s in fired)})" if fired else "") + " |")
     return "\n".join(lines)

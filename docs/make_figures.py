@@ -181,7 +181,9 @@ def autopilot_figure() -> None:
 
 def autopilot_overfit_figure() -> None:
     """The autopilot restarting a run that overfits early: an MLP on wine (130 training examples,
-    standardised), SGD with momentum, 300 steps of batch 16 (37 epochs), validated every 30 steps."""
+    standardised), SGD with momentum, 300 steps of batch 16 (37 epochs), validated every 30 steps,
+    its batches given as a stream: the finder cannot tell the run's shape (lrkit.finder.regime),
+    and the plan cannot expect the overfitting. (Told the shape, its plan does, and needs no restart.)"""
     import numpy as np
     import torch
     from sklearn.datasets import load_wine
@@ -208,8 +210,20 @@ def autopilot_overfit_figure() -> None:
             idx = self.batches.pop()
             return x_train[idx], y_train[idx]
 
-    pilot = fly(Trainer(), family="sgd_momentum", train_steps=300, eval_every=30).pilot
-    _autopilot_plot(pilot, "the autopilot on 37 epochs of wine: overfitting early, restarted at a lower LR",
+        def data_shape(self):  # as TorchTrainer reports it for a DataLoader over these rows
+            return {"steps_per_epoch": len(x_train) / 16, "examples": len(x_train),
+                    "parameters": sum(p.numel() for p in self.model.parameters())}
+
+    own = fly(Trainer(), family="sgd_momentum", train_steps=300, eval_every=30)
+    print("own plan:", own.pilot.plan.peak_lr, "many epochs:", own.pilot.plan.many_epochs,
+          "final validation loss:", own.final_val_loss)
+
+    class Stream(Trainer):  # the same batches as a stream: the finder cannot tell the run's shape
+        data_shape = None
+
+    flight = fly(Stream(), family="sgd_momentum", train_steps=300, eval_every=30)
+    print("as a stream:", flight.pilot.plan.peak_lr, "final validation loss:", flight.final_val_loss)
+    _autopilot_plot(flight.pilot, "37 epochs of wine as a stream: overfitting early, restarted at a lower LR",
                     "autopilot_overfit.png")
 
 
