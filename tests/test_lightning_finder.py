@@ -92,3 +92,18 @@ def test_bad_use_is_explained(tmp_path):
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     with pytest.raises(ValueError, match="has no 'lr' or 'learning_rate'"):
         trainer.fit(NoLR(), train_dataloaders=loader())
+
+
+def test_the_trainers_epochs_reach_the_finder_and_a_model_smaller_than_its_data_is_left_alone(tmp_path):
+    # 160 examples in batches of 16, 30 epochs: 30 passes; 129 parameters for 160 examples cannot fit
+    # every one, so the many-epoch regime (lrkit.finder.regime) does not apply
+    torch.manual_seed(0)
+    model = Regression(total_steps=300)
+    finder = LRFinder(progress=False)
+    trainer = pl.Trainer(max_epochs=30, callbacks=[finder], logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                         accelerator="cpu")
+    trainer.fit(model, train_dataloaders=loader())
+    shape = finder.result.details["run_shape"]
+    assert shape["epochs"] == pytest.approx(30.0) and shape["params_per_example"] == pytest.approx(129 / 160)
+    assert shape["many_epochs"] is False and "many_epochs_factor" not in finder.result.details

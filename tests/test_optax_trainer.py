@@ -573,4 +573,8 @@ def test_the_short_run_factor_follows_full_batch_training_with_a_zero_head(batch
     full = batch_size == 400
     assert res.details["deterministic_steps"] is full
     assert res.details["short_run_factor"] == (1.0 if full else 2.0)
-    assert res.suggestion == pytest.approx(res.details["short_run_optimum"] / res.details["short_run_factor"])
+    # 300 steps are 300 (full batch) or 25 passes over 400 examples of a 640-weight model: the
+    # many-epoch regime (lrkit.finder.regime) divides the answer further
+    assert res.details["run_shape"]["many_epochs"] is True and res.details["many_epochs_factor"] == 5.0
+    factor = res.details["short_run_factor"] * res.details["many_epochs_factor"]
+    assert res.suggestion == pytest.approx(res.details["short_run_optimum"] / factor)

@@ -107,3 +107,16 @@ def test_own_optimizer_gets_the_lr_and_own_scheduler_is_refused(tmp_path):
         lt.find_lr(trainer, step_fn=lambda m, b: 0, write=False)
     with pytest.raises(ValueError, match="trainer must be a transformers.Trainer"):
         lt.find_lr(trainer.model)
+
+
+def test_the_trainers_epochs_reach_the_finder_as_the_runs_shape(tmp_path):
+    # 96 examples in batches of 8 with 2 accumulation steps: 6 optimizer steps per epoch, 30 epochs;
+    # a BERT of ~10k parameters can fit every example: the many-epoch regime (lrkit.finder.regime)
+    trainer = make_trainer(tmp_path, num_train_epochs=30)
+    result = lt.find_lr(trainer, progress=False)
+    shape = result.details["run_shape"]
+    assert shape["epochs"] == pytest.approx(30.0)
+    params = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    assert shape["params_per_example"] == pytest.approx(params / 96) and shape["many_epochs"] is True
+    assert any("30 passes over its training set" in w for w in result.details["warnings"])
+    assert "30 passes over its training set" in result.summary()
