@@ -25,3 +25,11 @@ def write_section(name: str, markdown: str) -> None:
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     BENCHMARKS_MD.write_text(text)
+
+
+def publish(name: str, markdown: str, *, write: bool) -> None:
+    """Print a benchmark's section, and write it into BENCHMARKS.md (:func:`write_section`) when
+    ``write`` (off for ``--no-write`` and for partial runs: a subset of tasks or one half)."""
+    print(markdown)
+    if write:
+        write_section(name, markdown)

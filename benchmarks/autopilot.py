@@ -42,7 +42,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from benchmarks._report import machine, write_section
+from benchmarks._report import machine, publish
 from benchmarks.finder_tasks import DEV, HELDOUT, Task, TensorTrainer, available_tasks, initial_val_loss
 from lrkit import scaling
 from lrkit.autopilot import default_shape, fly
@@ -524,9 +524,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.render_only:
         saved = json.loads(OUT.read_text())
         md = render(saved["tasks"], saved["faults"], saved["skipped"], saved["seconds"])
-        print(md)
-        if not args.no_write:
-            write_section("autopilot", md)
+        publish("autopilot", md, write=not args.no_write)
         return saved
     torch.set_num_threads(1)
     names = [n for n in args.tasks.split(",") if n] or list(
@@ -561,9 +559,7 @@ def main(argv: list[str] | None = None) -> dict:
     OUT.write_text(json.dumps({"seconds": seconds, "skipped": skipped, "tasks": out, "faults": faults}, indent=1,
                               default=lambda o: None))
     md = render(out, faults, skipped, seconds)
-    print(md)
-    if not args.no_write and not args.tasks:
-        write_section("autopilot", md)
+    publish("autopilot", md, write=not args.no_write and not args.tasks)
     return out
 
 

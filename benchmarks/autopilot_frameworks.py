@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     keys = [ff._key(*j) for j in jobs]
     seconds = sum(cache[k].get("seconds", 0.0) for k in keys)
     scored = {h: score(halves[h], cache) for h in chosen}
-    return ff.publish(a, "autopilot-frameworks", render(scored, seconds, len(keys)))
+    return ff.publish_halves(a, "autopilot-frameworks", render(scored, seconds, len(keys)))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks._report import machine, write_section
+from benchmarks._report import machine, publish
 from benchmarks.autopilot import RESULTS, SEEDS, _capped, oracle
 from benchmarks.finder_tasks import Task, TensorTrainer, _mlp, _split, _t, initial_val_loss
 from lrkit.autopilot import fly
@@ -242,9 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
     RESULTS.mkdir(exist_ok=True)
     OUT.write_text(json.dumps({"seconds": seconds, "tasks": out}, indent=1))
     md = render(out, seconds)
-    print(md)
-    if not args.no_write:
-        write_section("autopilot-overfit", md)
+    publish("autopilot-overfit", md, write=not args.no_write)
     return out
 
 

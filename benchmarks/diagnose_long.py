@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._report import machine, write_section  # noqa: E402
+from benchmarks._report import machine, publish  # noqa: E402
 
 LRKIT = [sys.executable, "-m", "lrkit", "diagnose"]
 
@@ -87,9 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         "(`lrkit.doctor._coarse`): onsets are dated to within a block (the output says so), a NaN at its exact step; "
         "`--exact` feeds every row.",
     ])
-    print(md)
-    if not a.no_write:
-        write_section("diagnose-long", md)
+    publish("diagnose-long", md, write=not a.no_write)
 
 
 if __name__ == "__main__":

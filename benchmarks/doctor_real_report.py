@@ -12,7 +12,7 @@ from typing import Any
 import real_runs as rr
 from doctor_real_runs import COMMAND, CORPUS, MANIFEST, RESULTS
 
-from benchmarks._report import machine, write_section
+from benchmarks._report import machine, publish
 
 
 def offline(specs: list[rr.RunSpec]) -> dict[str, dict[str, Any]]:
@@ -229,7 +229,5 @@ def report(specs: list[rr.RunSpec], *, live: bool, write: bool) -> int:
         RESULTS.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
         liv = dict(stored.get("live", {}))
     md = markdown(specs, off, liv, stored.get("live_minutes"))
-    print(md)
-    if write:
-        write_section("doctor_real", md)
+    publish("doctor_real", md, write=write)
     return 0

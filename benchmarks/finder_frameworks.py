@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._report import machine, write_section
+from benchmarks._report import machine, publish
 
 RESULTS = Path(__file__).parent / "results" / "finder_frameworks.json"
 SEEDS = (0, 1, 2, 3, 4)
@@ -268,11 +268,9 @@ def parse(argv: list[str] | None, doc: str) -> tuple[argparse.Namespace, dict[st
     return a, {"dev": list(DEV), "heldout": list(HELDOUT)}, [a.half] if a.half else ["heldout", "dev"]
 
 
-def publish(a: argparse.Namespace, section: str, text: str) -> int:
+def publish_halves(a: argparse.Namespace, section: str, text: str) -> int:
     """Print the section; write it into BENCHMARKS.md when both halves ran and writing is on."""
-    print(text)
-    if not a.no_write and a.half is None:
-        write_section(section, text)
+    publish(section, text, write=not a.no_write and a.half is None)
     return 0
 
 
@@ -283,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     keys = [_key(*j) for j in _jobs(names)]
     seconds = sum(cache[k].get("seconds", 0.0) for k in keys)
     scored = {h: score(halves[h], cache) for h in chosen}
-    return publish(a, "finder-frameworks", render(scored, seconds, len(keys)))
+    return publish_halves(a, "finder-frameworks", render(scored, seconds, len(keys)))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from benchmarks._report import machine, write_section
+from benchmarks._report import machine, publish
 from benchmarks.finder_regret import ORACLE_CACHE
 from benchmarks.finder_tasks import DEV, TensorTrainer, available_tasks
 from lrkit.finder.range_test import plan_budget
@@ -132,9 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows[task.name] = row
         print(task.name, row, flush=True)
     md = render(rows, time.time() - t0)
-    print(md)
-    if not args.no_write:
-        write_section("finder-horizon", md)
+    publish("finder-horizon", md, write=not args.no_write)
     return rows
 
 

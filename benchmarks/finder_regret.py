@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks._report import machine, write_section
+from benchmarks._report import machine, publish
 from benchmarks.finder_tasks import DEV, HELDOUT, Task, TensorTrainer, available_tasks, initial_val_loss, train
 from lrkit import scaling
 from lrkit.finder._rules import classic_suggestions
@@ -158,9 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
         saved = {"tasks": {}, "skipped": [], "seconds": {}}  # results of the single-half benchmark
     if args.render_only:
         md = render(saved["tasks"], saved["skipped"], saved["seconds"])
-        print(md)
-        if not args.no_write:
-            write_section("finder", md)
+        publish("finder", md, write=not args.no_write)
         return saved["tasks"]
     torch.set_num_threads(1)
     half_names = list(DEV if args.half == "dev" else HELDOUT if args.half == "heldout" else DEV + HELDOUT)
@@ -197,9 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
     saved["tasks"] = {k: v for k, v in saved["tasks"].items() if k in known}
     saved_path.write_text(json.dumps(saved, indent=1))
     md = render(saved["tasks"], saved["skipped"], saved["seconds"])
-    print(md)
-    if not args.no_write and not args.tasks:
-        write_section("finder", md)
+    publish("finder", md, write=not args.no_write and not args.tasks)
     return saved["tasks"]
 
 

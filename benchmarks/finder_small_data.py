@@ -21,7 +21,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
-from benchmarks._report import machine, write_section
+from benchmarks._report import machine, publish
 from benchmarks.autopilot_overfit import DESIGN_TASKS, HELDOUT_TASKS
 from benchmarks.finder_regret import (METHODS, RESULTS, SEEDS, _half_tables, _summary_row, oracle, run_task)
 from benchmarks.finder_tasks import initial_val_loss
@@ -91,9 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.render_only:
         saved = json.loads(OUT.read_text())
         md = render(saved["tasks"], saved["seconds"])
-        print(md)
-        if not args.no_write:
-            write_section("finder-small-data", md)
+        publish("finder-small-data", md, write=not args.no_write)
         return saved["tasks"]
     RESULTS.mkdir(exist_ok=True)
     cache = json.loads(ORACLE_CACHE.read_text()) if ORACLE_CACHE.exists() else {}
@@ -108,9 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     ORACLE_CACHE.write_text(json.dumps(cache, indent=1))
     OUT.write_text(json.dumps({"seconds": seconds, "tasks": out}, indent=1, default=lambda o: None))
     md = render(out, seconds)
-    print(md)
-    if not args.no_write:
-        write_section("finder-small-data", md)
+    publish("finder-small-data", md, write=not args.no_write)
     return out
 
 

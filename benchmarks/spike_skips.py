@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _report import machine, write_section  # noqa: E402
+from _report import machine, publish  # noqa: E402
 from doctor_detection import CACHE, HEALTHY_INTENT, REGIMES, diagnose_run, held_out  # noqa: E402
 
 from lrkit.doctor.spikes import SpikeFilter  # noqa: E402
@@ -111,9 +111,7 @@ def main() -> None:
         "`skip_spikes=False` turns it off."
     )
     text = "\n".join(md)
-    print(text)
-    if not a.no_write:
-        write_section("spike-skips", text)
+    publish("spike-skips", text, write=not a.no_write)
 
 
 if __name__ == "__main__":

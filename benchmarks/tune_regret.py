@@ -47,7 +47,7 @@ import numpy as np
 import optuna
 import torch
 
-from benchmarks._report import machine, write_section
+from benchmarks._report import machine, publish
 from benchmarks.finder_regret import GRID_POINTS, _capped, _task_key
 from benchmarks.finder_tasks import DEV, HELDOUT, Task, TensorTrainer, available_tasks, initial_val_loss, train
 from lrkit import scaling
@@ -290,9 +290,9 @@ def main(argv: list[str] | None = None) -> dict:
     seconds = time.time() - t_start
     (RESULTS / "tune_regret.json").write_text(json.dumps({"seconds": seconds, "skipped": skipped, "tasks": out}, indent=1))
     md = render(out, skipped, seconds, methods)
-    print(md)
-    if not args.no_write and not args.tasks and args.half == "both" and set(methods) == set(METHODS):
-        write_section("tune", md)
+    complete = not args.no_write and not args.tasks and args.half == "both" and set(methods) == set(METHODS)
+    publish("tune", md, write=complete)
+    if complete:
         for group, path in RUNS_CACHE.items():  # runs of older versions are never read again
             if path.exists():
                 _write(path, {k: v for k, v in json.loads(path.read_text()).items() if k in used[group]})
