@@ -281,3 +281,34 @@ def test_bad_framework_tasks(tmp_path, function, message):
     f.write_text(OTHER_FRAMEWORKS)
     out = lrkit("find", f"{f}:{function}")
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and message in out.stderr, out.stderr
+
+
+SMALL = textwrap.dedent(
+    """
+    def small():  # 64 examples, an MLP of 226 weights: 400 steps of 16 are 100 passes
+        import torch
+        from torch.utils.data import DataLoader, TensorDataset
+
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(64, 4, generator=g)
+        y = (x[:, 0] > 0).long()
+        model = torch.nn.Sequential(torch.nn.Linear(4, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
+        return {"model": model, "optimizer": torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9),
+                "loss_fn": torch.nn.CrossEntropyLoss(),
+                "train_loader": DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=g)}
+    """
+)
+
+
+def test_many_epochs_is_said_and_can_be_turned_off(tmp_path):
+    (tmp_path / "small_task.py").write_text(SMALL)
+    target = f"{tmp_path / 'small_task.py'}:small"
+    on = lrkit("find", target, "--json", "--train-steps", "400")
+    assert on.returncode == 0, on.stderr
+    d = json.loads(on.stdout)
+    assert d["details"]["run_shape"]["epochs"] == pytest.approx(100.0) and d["details"]["run_shape"]["many_epochs"]
+    assert any("100 passes over its training set" in w for w in d["details"]["warnings"])
+    off = lrkit("find", target, "--json", "--train-steps", "400", "--no-many-epochs")
+    assert off.returncode == 0, off.stderr
+    d = json.loads(off.stdout)
+    assert "run_shape" not in d["details"] and not any("passes" in w for w in d["details"]["warnings"])

@@ -111,6 +111,25 @@ def test_torch_find_lr_reads_the_shape_from_its_loader_and_acts_on_it():
     assert acc.details["run_shape"]["epochs"] == pytest.approx(240 * 4 / 8)
 
 
+def test_many_epochs_false_leaves_the_answer_undivided_and_a_bad_value_is_refused():
+    import lrkit.torch as lt
+
+    model, opt, loader = _small_data_mlp()
+    off = lt.find_lr(model, opt, torch.nn.CrossEntropyLoss(), loader, train_steps=240, progress=False,
+                     many_epochs=False)
+    model, opt, loader = _small_data_mlp()
+    on = lt.find_lr(model, opt, torch.nn.CrossEntropyLoss(), loader, train_steps=240, progress=False)
+    assert "run_shape" not in off.details and "many_epochs_factor" not in off.details
+    assert not any("passes" in w for w in off.details["warnings"])
+    if on.method == off.method == "verified":  # the same candidates, one division apart
+        assert on.details["short_run_optimum"] == off.details["short_run_optimum"]
+        assert on.suggestion == pytest.approx(off.suggestion / MANY_EPOCHS_FACTOR)
+    model, opt, loader = _small_data_mlp()
+    with pytest.raises(ValueError, match="many_epochs must be True or False"):
+        lt.find_lr(model, opt, torch.nn.CrossEntropyLoss(), loader, train_steps=240, progress=False,
+                   many_epochs="no")
+
+
 def test_torch_find_lr_without_a_length_or_train_steps_knows_no_regime():
     from torch.utils.data import DataLoader, IterableDataset
 

@@ -36,7 +36,7 @@ from lrkit.autopilot.pilot import Autopilot, check_storage
 from lrkit.autopilot.plan import AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
 from lrkit.collapse import OUTPUT_SPREAD, check_every_arg
 from lrkit.finder.range_test import find, plan_budget, plan_verify_budget
-from lrkit.finder.regime import run_shape
+from lrkit.finder.regime import trainer_shape
 from lrkit.schedules.base import Schedule
 
 __all__ = ["Flight", "fly", "plan_for"]
@@ -58,8 +58,7 @@ def plan_for(trainer: Any, *, family: str, train_steps: int, shape: Schedule | N
     train_steps = resolve_train_steps(train_steps)
     lo, hi = scaling.lr_range(family)
     num_iter, verify_steps = plan_budget(train_steps=train_steps)
-    data = getattr(trainer, "data_shape", None)  # optional in the Trainer protocol
-    run = run_shape(train_steps=train_steps, **data()) if callable(data) else {}
+    run = trainer_shape(trainer, train_steps)  # data_shape() is optional in the Trainer protocol
     result = find(trainer, start_lr=lo if start_lr is None else start_lr, end_lr=hi if end_lr is None else end_lr,
                   num_iter=num_iter, verify_steps=verify_steps, family=family, batch_size=batch_size, rng_seed=seed,
                   verify_budget=plan_verify_budget(train_steps, num_iter), **run)

@@ -247,6 +247,7 @@ def find_command(
     verify_steps: Annotated[Optional[int], typer.Option("--verify-steps", help="Steps per candidate verification run (0: judge the curve only).")] = None,
     target_batch_size: Annotated[Optional[int], typer.Option("--target-batch-size", help="Batch size of the real run, if it differs: the suggestion is rescaled (linear rule for SGD, square root for adaptive optimizers).")] = None,
     train_steps: Annotated[Optional[int], typer.Option("--train-steps", help="Length of the real run in optimizer steps: the finder then costs at most 30% of it.")] = None,
+    many_epochs: Annotated[bool, typer.Option("--many-epochs/--no-many-epochs", help="Divide the answer for a run of many passes over a training set the model can fit (lrkit.finder.regime); --no-many-epochs for a run that early stopping ends at its best validation loss.")] = True,
 ) -> None:
     if num_iter is not None and num_iter < 2:
         raise CLIError(f"--num-iter must be >= 2, got {num_iter}")
@@ -285,7 +286,7 @@ def find_command(
             start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode,
             progress=callback if callback is not None else False,
             verify=planned_verify > 0, verify_steps=planned_verify or None, seed=seed,
-            target_batch_size=target_batch_size, train_steps=train_steps,
+            target_batch_size=target_batch_size, train_steps=train_steps, many_epochs=many_epochs,
         ))
     written: dict[str, str] = {}
     if plot is not None:

@@ -55,7 +55,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["MANY_EPOCHS", "MANY_EPOCHS_FACTOR", "ACCUMULATING", "run_shape", "many_epochs", "check_shape"]
+__all__ = ["MANY_EPOCHS", "MANY_EPOCHS_FACTOR", "ACCUMULATING", "run_shape", "trainer_shape", "many_epochs",
+           "check_shape"]
 
 #: passes over the training set from which a run is in the many-epoch regime
 MANY_EPOCHS = 25.0
@@ -77,6 +78,15 @@ def run_shape(*, train_steps: int | None, steps_per_epoch: float | None, example
     epochs = float(train_steps) / float(steps_per_epoch) if known(train_steps) and known(steps_per_epoch) else None
     ppe = float(parameters) / float(examples) if known(parameters) and known(examples) else None
     return {"epochs": epochs, "params_per_example": ppe}
+
+
+def trainer_shape(trainer: Any, train_steps: int | None, *, enabled: Any = True) -> dict[str, float | None]:
+    """:func:`run_shape` from a Trainer's optional ``data_shape()`` and ``train_steps`` (``{}`` when
+    the trainer has none, or with ``enabled=False``: a ``find_lr(..., many_epochs=False)``)."""
+    if not isinstance(enabled, bool):
+        raise ValueError(f"many_epochs must be True or False, got {enabled!r}")
+    data = getattr(trainer, "data_shape", None)
+    return run_shape(train_steps=train_steps, **data()) if enabled and callable(data) else {}
 
 
 def check_shape(name: str, value: Any) -> float | None:

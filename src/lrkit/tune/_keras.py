@@ -56,7 +56,7 @@ def _finder(spec: dict[str, Any], train_steps: int, seed: int) -> Any:
 
     return find_lr_keras(spec["model"], spec.get("x"), spec.get("y"), dataset=spec.get("dataset"),
                          batch_size=spec.get("batch_size"), val_data=spec["val_data"], train_steps=train_steps,
-                         progress=False, seed=seed)
+                         progress=False, seed=seed, many_epochs=False)  # the trials see any overfitting
 
 
 def _family(spec: dict[str, Any]) -> str:

@@ -53,7 +53,7 @@ def _finder(spec: dict[str, Any], train_steps: int, seed: int) -> Any:
 
     return find_lr_optax(spec["loss_fn"], spec["params"], spec["optimizer"], spec["batches"],
                          val_batches=spec["val_batches"], has_aux=spec.get("has_aux", False),
-                         train_steps=train_steps, progress=False, seed=seed)
+                         train_steps=train_steps, progress=False, seed=seed, many_epochs=False)
 
 
 def _family(spec: dict[str, Any]) -> str:

@@ -94,7 +94,8 @@ def finder_on(spec: dict[str, Any], train_steps: int, seed: int) -> Any:
     return find_lr(spec["model"], spec["optimizer"], spec["loss_fn"], spec["train_loader"],
                    val_loader=spec["val_loader"], step_fn=spec.get("step_fn"), batch_size=spec.get("batch_size"),
                    accumulation_steps=spec.get("accumulation_steps", 1), grad_clip_norm=spec.get("grad_clip_norm"),
-                   amp=spec.get("amp", False), train_steps=train_steps, progress=False, seed=seed)
+                   amp=spec.get("amp", False), train_steps=train_steps, progress=False, seed=seed,
+                   many_epochs=False)  # the prior only places full-run trials, which see any overfitting
 
 
 def run_finder(target: Callable[..., dict], *, train_steps: int, seed: int, **kwargs: Any) -> Any:

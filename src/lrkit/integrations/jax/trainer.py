@@ -98,7 +98,7 @@ import optax
 from lrkit import scaling
 from lrkit.collapse import sampled_spread
 from lrkit.finder.range_test import find, plan_budget, plan_verify_budget
-from lrkit.finder.regime import run_shape
+from lrkit.finder.regime import trainer_shape
 from lrkit.finder.result import FinderResult
 from lrkit.integrations._progress import progress_context, watched
 
@@ -587,6 +587,7 @@ def find_lr_optax(
     family: str | None = None,
     seed: int = 0,
     outputs_fn: Callable[..., Any] | None = None,
+    many_epochs: bool = True,
 ) -> FinderResult:
     """Find a good learning rate for a JAX model trained with optax; your params are left as they are.
 
@@ -632,6 +633,12 @@ def find_lr_optax(
         outputs_fn: optional ``outputs_fn(params, batch) -> outputs`` (e.g. ``lambda p, b:
             model.apply(p, b[0])``): a candidate LR whose run leaves every input with the same
             output (a dead network) is then rejected (see :class:`OptaxTrainer`).
+        many_epochs: apply the finder's many-epoch rule when the run's shape calls for it
+            (:mod:`lrkit.finder.regime`: at least 25 passes over a training set the model can fit
+            divide the answer by a further 5; the shape is read from a list of batches and
+            ``train_steps``). ``False``: the answer for a run that does not overfit, or that early
+            stopping ends at its best validation loss (and ``lrkit.tune``'s prior, whose trials
+            see the overfitting themselves).
 
     Returns:
         A :class:`~lrkit.finder.result.FinderResult` (``.suggestion``, ``.plot()``, ``.to_json()``).
@@ -675,7 +682,7 @@ def find_lr_optax(
             f"target_batch_size={target_batch_size} needs batch_size (the batches have no common leading "
             "dimension to read it from); pass batch_size"
         )
-    shape = run_shape(train_steps=train_steps, **trainer.data_shape())
+    shape = trainer_shape(trainer, train_steps, enabled=many_epochs)
     with ctx as callback:
         return find(
             watched(trainer, callback, verify_steps=steps),

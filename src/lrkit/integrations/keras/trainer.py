@@ -71,7 +71,7 @@ import numpy as np
 from lrkit import scaling
 from lrkit.collapse import OUTPUT_SPREAD, output_spread
 from lrkit.finder.range_test import find, plan_budget, plan_verify_budget
-from lrkit.finder.regime import run_shape
+from lrkit.finder.regime import trainer_shape
 from lrkit.finder.result import FinderResult
 from lrkit.integrations._progress import progress_context, watched
 
@@ -608,6 +608,7 @@ def find_lr_keras(
     train_steps: int | None = None,
     target_batch_size: int | None = None,
     seed: int = 0,
+    many_epochs: bool = True,
 ) -> FinderResult:
     """Find a good learning rate for a compiled Keras 3 model with an LR range test; leaves it as it was.
 
@@ -640,6 +641,12 @@ def find_lr_keras(
         target_batch_size: the batch size of the real run, if different (the suggestion is
             rescaled with :func:`lrkit.scaling.scale_lr`; needs a known ``batch_size``).
         seed: seed of the suggestion's own randomness.
+        many_epochs: apply the finder's many-epoch rule when the run's shape calls for it
+            (:mod:`lrkit.finder.regime`: at least 25 passes over a training set the model can fit
+            divide the answer by a further 5; the shape is read from the data and ``train_steps``).
+            ``False``: the answer for a run that does not overfit, or that early stopping ends at
+            its best validation loss (and ``lrkit.tune``'s prior, whose trials see the overfitting
+            themselves).
 
     Returns:
         A :class:`~lrkit.finder.result.FinderResult` (``.suggestion``, ``.plot()``, ``.to_json()``).
@@ -664,7 +671,7 @@ def find_lr_keras(
         lo, hi = scaling.lr_range(family)
         start_lr = lo if start_lr is None else start_lr
         end_lr = hi if end_lr is None else end_lr
-    shape = run_shape(train_steps=train_steps, **trainer.data_shape())
+    shape = trainer_shape(trainer, train_steps, enabled=many_epochs)
     with ctx as callback:
         return find(
             watched(trainer, callback, verify_steps=steps),

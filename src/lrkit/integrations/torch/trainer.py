@@ -61,7 +61,7 @@ import torch
 
 from lrkit import scaling
 from lrkit.finder.range_test import find, plan_budget, plan_verify_budget
-from lrkit.finder.regime import run_shape
+from lrkit.finder.regime import trainer_shape
 from lrkit.finder.result import FinderResult
 from lrkit.integrations._progress import progress_bar, progress_context, watched  # noqa: F401 - progress_bar re-exported (the CLI imports it)
 from lrkit.integrations.torch.dist import average_gradients as _average_gradients
@@ -568,6 +568,7 @@ def find_lr(
     grad_clip_norm: float | None = None,
     seed: int = 0,
     average_gradients: bool = False,
+    many_epochs: bool = True,
 ) -> FinderResult:
     """Find a good learning rate for a PyTorch model with an LR range test; leaves everything as it was.
 
@@ -607,6 +608,12 @@ def find_lr(
             ``DistributedDataParallel`` (a framework's unwrapped model): average the gradients over
             the ranks after each backward, as DDP would, so the test measures the batch of all
             ranks (which ``batch_size`` assumes) and the replicas stay identical.
+        many_epochs: apply the finder's many-epoch rule when the run's shape calls for it
+            (:mod:`lrkit.finder.regime`: at least 25 passes over a training set the model can fit
+            divide the answer by a further 5; the shape is read from the data and ``train_steps``).
+            ``False``: the answer for a run that does not overfit, or that early stopping ends at
+            its best validation loss (and ``lrkit.tune``'s prior, whose trials see the overfitting
+            themselves).
 
     Returns:
         A :class:`~lrkit.finder.result.FinderResult` (``.suggestion``, ``.plot()``, ``.to_json()``).
@@ -641,7 +648,7 @@ def find_lr(
             dist = _distributed()
             world = dist.get_world_size() if dist is not None else 1
             batch_size = per_loader * accumulation_steps * world
-    shape = run_shape(train_steps=train_steps, **trainer.data_shape())
+    shape = trainer_shape(trainer, train_steps, enabled=many_epochs)
     ctx = progress_context(progress, num_iter, enabled=_distributed() is None or _distributed().get_rank() == 0)
     with ctx as callback:
         return find(
