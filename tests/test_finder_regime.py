@@ -48,6 +48,14 @@ def test_a_verified_answer_in_the_regime_is_divided_and_says_why():
     assert "run_shape" not in plain.details
 
 
+def test_the_passes_follow_the_real_runs_batch_size():
+    lrs, losses = quad_curve()
+    # 20 passes counted with the range test's batch of 32 are 40 with the real run's 64
+    s = suggest(lrs, losses, trainer=Quadratic(), family="sgd", verify_steps=8, epochs=20.0, params_per_example=5.0,
+                batch_size=32, target_batch_size=64)
+    assert s.details["run_shape"]["epochs"] == 40.0 and s.details["run_shape"]["many_epochs"] is True
+
+
 def test_an_adagrad_run_and_a_model_smaller_than_its_data_are_left_alone():
     lrs, losses = quad_curve()
     plain = suggest(lrs, losses, trainer=Quadratic(), family="adagrad", verify_steps=8)

@@ -590,7 +590,8 @@ def suggest(
         rng_seed: seed of the bootstrap band (rule-only answers).
         verify_budget: most optimizer steps all verification runs may take together (default
             :func:`default_verify_budget`).
-        epochs, params_per_example: the real run's passes over its training set and the model's
+        epochs, params_per_example: the real run's passes over its training set (counted with
+            ``batch_size``; rescaled to ``target_batch_size`` when given) and the model's
             trainable parameters per training example, when known
             (:func:`lrkit.finder.regime.run_shape`); together they tell the many-epoch regime
             (:mod:`lrkit.finder.regime`), where a verified answer is divided by
@@ -617,6 +618,8 @@ def suggest(
         )
     shape = {"epochs": check_shape("epochs", epochs),
              "params_per_example": check_shape("params_per_example", params_per_example)}
+    if shape["epochs"] is not None and batch_size and target_batch_size:  # the real run's batches differ
+        shape["epochs"] *= target_batch_size / batch_size
     many = many_epochs(shape["epochs"], shape["params_per_example"], family)
     rules: dict[str, float | None] = dict(classic_suggestions(x, raw))
     s = ema_bias_corrected(raw, 0.95)
