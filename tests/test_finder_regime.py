@@ -112,6 +112,7 @@ def test_torch_find_lr_reads_the_shape_from_its_loader_and_acts_on_it():
         assert res.suggestion == pytest.approx(max(res.details["short_run_optimum"] / (2 * MANY_EPOCHS_FACTOR),
                                                    res.lrs[0]))
     assert any("30 passes" in w for w in res.details["warnings"])
+    assert "run: 30 passes over the training set, 3.53 trainable parameters per example" in res.summary()
     # gradient accumulation: four batches per optimizer step make a quarter of the passes
     model, opt, loader = _small_data_mlp()
     acc = lt.find_lr(model, opt, torch.nn.CrossEntropyLoss(), loader, train_steps=240, accumulation_steps=4,

@@ -165,6 +165,14 @@ class FinderResult:
                          "(the length of your run) to keep the finder within 30% of it"))
         if self.batch_size is not None:
             rows.append(("batch size", str(self.batch_size)))
+        shape = self.details.get("run_shape") or {}
+        if shape.get("epochs") is not None or shape.get("params_per_example") is not None:
+            parts = ([f"{shape['epochs']:.3g} passes over the training set"] if shape.get("epochs") is not None else [])
+            if shape.get("params_per_example") is not None:
+                parts.append(f"{shape['params_per_example']:.3g} trainable parameters per example")
+            factor = self.details.get("many_epochs_factor")
+            rows.append(("run", ", ".join(parts) + (f" (many epochs: the answer divided by a further {factor:g})"
+                                                    if factor else "")))
         for text in self.details.get("warnings") or ():
             rows.append(("warning", text))
         if self.details.get("family") == "unknown":
