@@ -57,7 +57,7 @@ import math
 from typing import Any
 
 __all__ = ["MANY_EPOCHS", "MANY_EPOCHS_FACTOR", "ACCUMULATING", "run_shape", "trainer_shape", "many_epochs",
-           "check_shape"]
+           "check_shape", "length_of"]
 
 #: passes over the training set from which a run is in the many-epoch regime
 MANY_EPOCHS = 25.0
@@ -79,6 +79,21 @@ def run_shape(*, train_steps: int | None, steps_per_epoch: float | None, example
     epochs = float(train_steps) / float(steps_per_epoch) if known(train_steps) and known(steps_per_epoch) else None
     ppe = float(parameters) / float(examples) if known(parameters) and known(examples) else None
     return {"epochs": epochs, "params_per_example": ppe}
+
+
+def length_of(obj: Any) -> int | None:
+    """``len(obj)``, or ``None`` for an object without a length: an iterable, and the loaders and
+    datasets that have the method but raise (a torch ``DataLoader`` over an ``IterableDataset``
+    without ``__len__``, a ``tf.data.Dataset`` of unknown cardinality).
+
+    Example:
+        >>> length_of([1, 2, 3]), length_of(iter([1, 2, 3]))
+        (3, None)
+    """
+    try:
+        return int(len(obj))
+    except (TypeError, NotImplementedError, ValueError):
+        return None
 
 
 def trainer_shape(trainer: Any, train_steps: int | None, *, enabled: Any = True) -> dict[str, float | None]:

@@ -71,7 +71,7 @@ import numpy as np
 from lrkit import scaling
 from lrkit.collapse import OUTPUT_SPREAD, output_spread
 from lrkit.finder.range_test import find, plan_budget, plan_verify_budget
-from lrkit.finder.regime import trainer_shape
+from lrkit.finder.regime import length_of, trainer_shape
 from lrkit.finder.result import FinderResult
 from lrkit.integrations._progress import progress_context, watched
 
@@ -226,15 +226,6 @@ class _IterableBatches:
     def seek(self, position: int) -> None:
         self._it = None
         self.count = position
-
-
-def _length(dataset: Any) -> int | None:
-    """Batches per pass of a sized dataset (a list of batches, a finite ``tf.data.Dataset``), else ``None``."""
-    try:
-        n = len(dataset)
-    except (TypeError, NotImplementedError, ValueError):
-        return None
-    return int(n) if n > 0 else None
 
 
 def _batches_of(x: Any, y: Any, dataset: Any, batch_size: int | None) -> Any:
@@ -512,14 +503,15 @@ class KerasTrainer:
         return total / count
 
     def data_shape(self) -> dict[str, float | None]:
-        """The Trainer protocol's optional shape of the data: steps per pass (``len(x) /
-        batch_size`` for arrays, the dataset's batches per pass when it says), training examples
-        (arrays; a dataset's batches times ``batch_size``) and trainable parameters."""
+        """The Trainer protocol's optional shape of the data: steps per pass (``ceil(len(x) /
+        batch_size)`` for arrays, as ``fit`` takes them; the dataset's batches per pass when it
+        says), training examples (arrays; a dataset's batches times ``batch_size``) and trainable
+        parameters."""
         b = self._batches
         if isinstance(b, _ArrayBatches):
-            steps, examples = b.n / b.batch_size, b.n
+            steps, examples = math.ceil(b.n / b.batch_size), b.n
         else:
-            n = b.n if isinstance(b, _PyDatasetBatches) else _length(b.dataset)
+            n = b.n if isinstance(b, _PyDatasetBatches) else (length_of(b.dataset) or None)
             steps, examples = n, (None if n is None or self.batch_size is None else n * self.batch_size)
         params = sum(int(np.prod(w.shape)) for w in self.model.trainable_weights)
         return {"steps_per_epoch": steps, "examples": examples, "parameters": params}

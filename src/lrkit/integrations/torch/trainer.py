@@ -61,7 +61,7 @@ import torch
 
 from lrkit import scaling
 from lrkit.finder.range_test import find, plan_budget, plan_verify_budget
-from lrkit.finder.regime import trainer_shape
+from lrkit.finder.regime import length_of, trainer_shape
 from lrkit.finder.result import FinderResult
 from lrkit.integrations._progress import progress_bar, progress_context, watched  # noqa: F401 - progress_bar re-exported (the CLI imports it)
 from lrkit.integrations.torch.dist import average_gradients as _average_gradients
@@ -184,7 +184,7 @@ def _check_options(*, multi: bool, step_fn: Any, loss_fn: Any, train_loader: Any
         raise ValueError(f"loss_fn must be callable or None, got {type(loss_fn).__name__}")
     if train_loader is None or not hasattr(train_loader, "__iter__"):
         raise ValueError(f"train_loader must be an iterable of batches, got {type(train_loader).__name__}")
-    if _length(train_loader) == 0:
+    if length_of(train_loader) == 0:
         raise ValueError("train_loader is empty (len(train_loader) == 0)")
 
 
@@ -521,18 +521,9 @@ class TorchTrainer(RecyclingState):
         return rank_mean(loss, self.device)
 
 
-def _length(obj: Any) -> int | None:
-    """``len(obj)``, or ``None`` for an object without one (a ``DataLoader`` over an
-    ``IterableDataset`` without ``__len__`` has the method but raises ``TypeError``)."""
-    try:
-        return int(len(obj))
-    except (TypeError, NotImplementedError):
-        return None
-
-
 def _sized(obj: Any) -> int | None:
-    """:func:`_length` when it is positive, else ``None``."""
-    n = _length(obj)
+    """:func:`~lrkit.finder.regime.length_of` when it is positive, else ``None``."""
+    n = length_of(obj)
     return n if n else None
 
 
