@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lrkit.finder.regime import (ACCUMULATING, FITS_EVERY_EXAMPLE, MANY_EPOCHS, MANY_EPOCHS_FACTOR, many_epochs,
@@ -188,3 +188,25 @@ def test_keras_and_optax_trainers_report_their_data_shape():
     assert shape == {"steps_per_epoch": 5, "examples": 80, "parameters": 8}
     gen = OptaxTrainer(loss_fn, params, optax.sgd, (b for b in batches)).data_shape()
     assert gen["steps_per_epoch"] is None and gen["examples"] is None
+
+
+@settings(deadline=None)  # the first example builds torch's first DataLoader
+@given(n=st.integers(1, 400), batch=st.integers(1, 64), drop_last=st.booleans(), accumulation=st.integers(1, 4),
+       train_steps=st.integers(1, 10_000))
+def test_a_torch_loaders_passes_are_its_optimizer_steps_per_epoch(n, batch, drop_last, accumulation, train_steps):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lrkit.integrations.torch.trainer import TorchTrainer
+
+    model = torch.nn.Linear(3, 1)
+    loader = DataLoader(TensorDataset(torch.zeros(n, 3), torch.zeros(n, 1)), batch_size=batch, drop_last=drop_last)
+    trainer = TorchTrainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.MSELoss(), loader,
+                           accumulation_steps=accumulation) if len(loader) else None
+    if trainer is None:  # drop_last with fewer examples than a batch: an empty loader is refused elsewhere
+        return
+    batches = n // batch if drop_last else -(-n // batch)
+    shape = trainer.data_shape()
+    assert shape == {"steps_per_epoch": batches / accumulation, "examples": n, "parameters": 4}
+    run = run_shape(train_steps=train_steps, **shape)
+    assert run["epochs"] == pytest.approx(train_steps * accumulation / batches)
+    assert run["params_per_example"] == pytest.approx(4 / n)
