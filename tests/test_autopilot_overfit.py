@@ -202,7 +202,7 @@ def _finder_result(many: bool):
 
     lrs = np.geomspace(1e-5, 1.0, 40)
     losses = 2.0 - np.tanh(np.log10(lrs) + 3)
-    details = {"run_shape": {"epochs": 40.0, "params_per_example": 3.0, "many_epochs": many}}
+    details = {"run_shape": {"epochs": 40.0, "params_per_example": 3.0, "examples": 100.0, "many_epochs": many}}
     if many:
         details["many_epochs_factor"] = 5.0
     return FinderResult(lrs=lrs, losses=losses, smoothed_losses=losses, suggestion=0.2, method="verified",

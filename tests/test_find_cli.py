@@ -307,7 +307,7 @@ def test_many_epochs_is_said_and_can_be_turned_off(tmp_path):
     assert on.returncode == 0, on.stderr
     d = json.loads(on.stdout)
     assert d["details"]["run_shape"]["epochs"] == pytest.approx(100.0) and d["details"]["run_shape"]["many_epochs"]
-    assert any("100 passes over its training set" in w for w in d["details"]["warnings"])
+    assert any("100 passes over its 64 training examples" in w for w in d["details"]["warnings"])
     off = lrkit("find", target, "--json", "--train-steps", "400", "--no-many-epochs")
     assert off.returncode == 0, off.stderr
     d = json.loads(off.stdout)

@@ -8,42 +8,51 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lrkit.finder.regime import (ACCUMULATING, FITS_EVERY_EXAMPLE, MANY_EPOCHS, MANY_EPOCHS_FACTOR, many_epochs,
-                                 run_shape)
+from lrkit.finder.regime import (ACCUMULATING, FITS_EVERY_EXAMPLE, MANY_EPOCHS, MANY_EPOCHS_FACTOR, MAX_EXAMPLES,
+                                 many_epochs, run_shape)
 from lrkit.finder.suggest import suggest
 from tests.test_suggest import Quadratic, quad_curve
 
 
 def test_run_shape_divides_and_leaves_unknowns_unknown():
     assert run_shape(train_steps=600, steps_per_epoch=20, examples=640, parameters=1280) == {
-        "epochs": 30.0, "params_per_example": 2.0}
+        "epochs": 30.0, "params_per_example": 2.0, "examples": 640.0}
     assert run_shape(train_steps=None, steps_per_epoch=20, examples=640, parameters=1280) == {
-        "epochs": None, "params_per_example": 2.0}
+        "epochs": None, "params_per_example": 2.0, "examples": 640.0}
     assert run_shape(train_steps=600, steps_per_epoch=None, examples=None, parameters=1280) == {
-        "epochs": None, "params_per_example": None}
+        "epochs": None, "params_per_example": None, "examples": None}
 
 
-@given(epochs=st.floats(0.01, 1e4), ppe=st.floats(1e-3, 1e4),
+@given(epochs=st.floats(0.01, 1e4), ppe=st.floats(1e-3, 1e4), examples=st.floats(1, 1e6),
        family=st.sampled_from(["sgd", "sgd_momentum", "adam", "adamw", "rmsprop", "adagrad", "adadelta", "unknown"]))
-def test_the_regime_is_many_passes_a_model_that_can_fit_them_and_no_accumulating_optimizer(epochs, ppe, family):
-    expected = epochs >= MANY_EPOCHS and ppe >= FITS_EVERY_EXAMPLE and family not in ACCUMULATING
-    assert many_epochs(epochs, ppe, family) is expected
-    assert many_epochs(None, ppe, family) is False and many_epochs(epochs, None, family) is False
+def test_the_regime_is_many_passes_over_a_small_set_a_model_can_fit_and_no_accumulating_optimizer(
+        epochs, ppe, examples, family):
+    expected = (epochs >= MANY_EPOCHS and ppe >= FITS_EVERY_EXAMPLE and examples <= MAX_EXAMPLES
+                and family not in ACCUMULATING)
+    assert many_epochs(epochs, ppe, family, examples) is expected
+    assert not many_epochs(None, ppe, family, examples) and not many_epochs(epochs, None, family, examples)
+    assert not many_epochs(epochs, ppe, family, None)
 
 
 def test_a_verified_answer_in_the_regime_is_divided_and_says_why():
     lrs, losses = quad_curve()
     plain = suggest(lrs, losses, trainer=Quadratic(), family="sgd", verify_steps=8)
-    short = suggest(lrs, losses, trainer=Quadratic(), family="sgd", verify_steps=8, epochs=10.0, params_per_example=50.0)
-    many = suggest(lrs, losses, trainer=Quadratic(), family="sgd", verify_steps=8, epochs=40.0, params_per_example=50.0)
+    short = suggest(lrs, losses, trainer=Quadratic(), family="sgd", verify_steps=8, epochs=10.0, params_per_example=50.0,
+                    examples=200)
+    many = suggest(lrs, losses, trainer=Quadratic(), family="sgd", verify_steps=8, epochs=40.0, params_per_example=50.0,
+                   examples=200)
+    large = suggest(lrs, losses, trainer=Quadratic(), family="sgd", verify_steps=8, epochs=200.0,
+                    params_per_example=220.0, examples=50_000)  # an augmented image set: nothing measured there
     assert plain.method == short.method == many.method == "verified"
     assert short.lr == plain.lr and not any("passes" in w for w in short.details["warnings"])
+    assert large.lr == plain.lr and large.details["run_shape"]["many_epochs"] is False
     assert many.details["short_run_optimum"] == plain.details["short_run_optimum"]  # the same candidates
     assert many.lr == pytest.approx(plain.lr / MANY_EPOCHS_FACTOR)
     assert many.band[0] <= many.lr <= many.band[1] and many.band[1] < plain.band[1]
-    assert many.details["run_shape"] == {"epochs": 40.0, "params_per_example": 50.0, "many_epochs": True}
+    assert many.details["run_shape"] == {"epochs": 40.0, "params_per_example": 50.0, "examples": 200.0,
+                                         "many_epochs": True}
     assert many.details["many_epochs_factor"] == MANY_EPOCHS_FACTOR
-    said = [w for w in many.details["warnings"] if "40 passes" in w]
+    said = [w for w in many.details["warnings"] if "40 passes over its 200 training examples" in w]
     assert len(said) == 1 and "divided by a further 5" in said[0] and "autopilot" in said[0]
     assert "run_shape" not in plain.details
 
@@ -52,7 +61,7 @@ def test_the_passes_follow_the_real_runs_batch_size():
     lrs, losses = quad_curve()
     # 20 passes counted with the range test's batch of 32 are 40 with the real run's 64
     s = suggest(lrs, losses, trainer=Quadratic(), family="sgd", verify_steps=8, epochs=20.0, params_per_example=5.0,
-                batch_size=32, target_batch_size=64)
+                examples=300, batch_size=32, target_batch_size=64)
     assert s.details["run_shape"]["epochs"] == 40.0 and s.details["run_shape"]["many_epochs"] is True
 
 
@@ -60,9 +69,9 @@ def test_an_adagrad_run_and_a_model_smaller_than_its_data_are_left_alone():
     lrs, losses = quad_curve()
     plain = suggest(lrs, losses, trainer=Quadratic(), family="adagrad", verify_steps=8)
     ada = suggest(lrs, losses, trainer=Quadratic(), family="adagrad", verify_steps=8, epochs=60.0,
-                  params_per_example=4.0)
+                  params_per_example=4.0, examples=130)
     small = suggest(lrs, losses, trainer=Quadratic(), family="sgd", verify_steps=8, epochs=60.0,
-                    params_per_example=0.1)
+                    params_per_example=0.1, examples=130)
     assert ada.lr == plain.lr and ada.details["run_shape"]["many_epochs"] is False
     assert small.lr == suggest(lrs, losses, trainer=Quadratic(), family="sgd", verify_steps=8).lr
 
@@ -70,13 +79,13 @@ def test_an_adagrad_run_and_a_model_smaller_than_its_data_are_left_alone():
 def test_an_unverified_answer_in_the_regime_is_kept_but_flagged():
     lrs, losses = quad_curve()
     rule = suggest(lrs, losses, family="sgd")
-    flagged = suggest(lrs, losses, family="sgd", epochs=100.0, params_per_example=3.0)
+    flagged = suggest(lrs, losses, family="sgd", epochs=100.0, params_per_example=3.0, examples=50)
     assert flagged.lr == rule.lr and flagged.method == "rule"
     assert any("not verified" in w and "100 passes" in w for w in flagged.details["warnings"])
 
 
 @pytest.mark.parametrize("name,value", [("epochs", -1.0), ("epochs", math.nan), ("params_per_example", 0),
-                                        ("params_per_example", "many"), ("epochs", True)])
+                                        ("params_per_example", "many"), ("epochs", True), ("examples", -5)])
 def test_a_bad_shape_is_refused_by_name(name, value):
     lrs, losses = quad_curve()
     with pytest.raises(ValueError, match=f"{name} must be a finite number > 0 or None"):
@@ -158,7 +167,7 @@ def test_torch_find_lr_without_a_length_or_train_steps_knows_no_regime():
     model, opt, loader = _small_data_mlp()
     res = lt.find_lr(model, opt, torch.nn.CrossEntropyLoss(), loader, num_iter=30, progress=False, verify=False)
     assert res.details["run_shape"] == {"epochs": None, "params_per_example": pytest.approx(226 / 64),
-                                        "many_epochs": False}
+                                        "examples": 64.0, "many_epochs": False}
     assert not any("passes" in w for w in res.details["warnings"])
 
 

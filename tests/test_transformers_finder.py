@@ -118,5 +118,5 @@ def test_the_trainers_epochs_reach_the_finder_as_the_runs_shape(tmp_path):
     assert shape["epochs"] == pytest.approx(30.0)
     params = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     assert shape["params_per_example"] == pytest.approx(params / 96) and shape["many_epochs"] is True
-    assert any("30 passes over its training set" in w for w in result.details["warnings"])
-    assert "30 passes over its training set" in result.summary()
+    assert any("30 passes over its 96 training examples" in w for w in result.details["warnings"])
+    assert "30 passes over its 96 training examples" in result.summary()

@@ -411,13 +411,14 @@ def find(
     verify_budget: int | None = None,
     epochs: float | None = None,
     params_per_example: float | None = None,
+    examples: float | None = None,
 ):
     """Range test plus suggestion on any Trainer: the framework-free core of ``find_lr``.
 
     Runs :func:`run_range_test`, then :func:`lrkit.finder.suggest.suggest` on the raw losses; with
     ``verify_steps > 0`` the suggestion may spend that many optimizer steps per candidate LR on
     short runs from the same starting state (the trainer is snapshotted before and restored after,
-    so it ends exactly as it started). ``epochs`` and ``params_per_example`` describe the real run
+    so it ends exactly as it started). ``epochs``, ``params_per_example`` and ``examples`` describe the real run
     (:func:`lrkit.finder.regime.run_shape`) and go to the suggestion.
 
     Returns:
@@ -440,7 +441,7 @@ def find(
 
     if isinstance(verify_steps, bool) or not isinstance(verify_steps, (int, np.integer)) or verify_steps < 0:
         raise ValueError(f"verify_steps must be an integer >= 0, got {verify_steps!r}")
-    shape = {"epochs": epochs, "params_per_example": params_per_example}
+    shape = {"epochs": epochs, "params_per_example": params_per_example, "examples": examples}
     record = run_range_test(
         trainer,
         start_lr=start_lr,

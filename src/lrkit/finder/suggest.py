@@ -75,8 +75,8 @@ grid below :math:`\\eta_{\\min}` and, when it may drive the trainer, measures th
    batch (full-batch training; :func:`deterministic_steps`, two steps at an LR that moves no
    weight at the end of the first accepted candidate's run) the full run's best LR is set by
    stability, which a short run sees first, and :math:`\\eta^* = \\hat\\eta`. A run of many
-   passes over a training set its model can fit (``epochs`` and ``params_per_example``;
-   :mod:`lrkit.finder.regime`) overfits long before its end, which a short run cannot see: there
+   passes over a small training set its model can fit (``epochs``, ``params_per_example`` and
+   ``examples``; :mod:`lrkit.finder.regime`) overfits long before its end, which a short run cannot see: there
    :math:`\\eta^*` is divided by a further :data:`~lrkit.finder.regime.MANY_EPOCHS_FACTOR`, with a warning.
 5. **Band** :math:`[\\eta_{lo}, \\eta_{hi}]`: with verification, the accepted candidates within
    :math:`\\tau` of the best and :math:`\\hat\\eta`, widened to at least half-way to each
@@ -570,6 +570,7 @@ def suggest(
     verify_budget: int | None = None,
     epochs: float | None = None,
     params_per_example: float | None = None,
+    examples: float | None = None,
 ) -> Suggestion:
     """Suggest a learning rate from a range test, optionally checking candidates on ``trainer``.
 
@@ -590,9 +591,9 @@ def suggest(
         rng_seed: seed of the bootstrap band (rule-only answers).
         verify_budget: most optimizer steps all verification runs may take together (default
             :func:`default_verify_budget`).
-        epochs, params_per_example: the real run's passes over its training set (counted with
-            ``batch_size``; rescaled to ``target_batch_size`` when given) and the model's
-            trainable parameters per training example, when known
+        epochs, params_per_example, examples: the real run's passes over its training set
+            (counted with ``batch_size``; rescaled to ``target_batch_size`` when given), the
+            model's trainable parameters per training example and the training examples, when known
             (:func:`lrkit.finder.regime.run_shape`); together they tell the many-epoch regime
             (:mod:`lrkit.finder.regime`), where a verified answer is divided by
             :data:`~lrkit.finder.regime.MANY_EPOCHS_FACTOR`, with a warning.
@@ -617,10 +618,11 @@ def suggest(
             "lower start_lr or raise num_iter"
         )
     shape = {"epochs": check_shape("epochs", epochs),
-             "params_per_example": check_shape("params_per_example", params_per_example)}
+             "params_per_example": check_shape("params_per_example", params_per_example),
+             "examples": check_shape("examples", examples)}
     if shape["epochs"] is not None and batch_size and target_batch_size:  # the real run's batches differ
         shape["epochs"] *= target_batch_size / batch_size
-    many = many_epochs(shape["epochs"], shape["params_per_example"], family)
+    many = many_epochs(**shape, family=family)
     rules: dict[str, float | None] = dict(classic_suggestions(x, raw))
     s = ema_bias_corrected(raw, 0.95)
     rule_lr, rule_info = _rule_lr(x, s, raw, family)
@@ -827,7 +829,7 @@ def _verified_answer(trainer: Any, x: np.ndarray, rule_lr: float, prior_lr: floa
 
 def _many_epochs_warning(shape: dict, applied: bool) -> str:
     """What the user should know of a run in the many-epoch regime (:mod:`lrkit.finder.regime`)."""
-    said = (f"the run makes {shape['epochs']:.0f} passes over its training set with "
+    said = (f"the run makes {shape['epochs']:.0f} passes over its {shape['examples']:.0f} training examples, with "
             f"{shape['params_per_example']:.3g} trainable parameters per example: its validation loss is likely "
             "to reach its minimum and rise again long before the end, which the short verification runs "
             "cannot see")
