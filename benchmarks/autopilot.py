@@ -493,7 +493,7 @@ def render(out: dict, faults: dict, skipped: list[str], seconds: float) -> str:
               "mean LR equals the finder's answer) was chosen on the development half only (seeds 0 and 1: 0.5 "
               "gave a development median of 11.4% and worst of 77.5% in a full run). A fault run's 'rollbacks' "
               "are the guard's; 'LOST' would be a run the guard gave up on. Since 2026-12-06 the finder is told the "
-              "run's shape (`lrkit.finder.regime`: a run of at least 25 passes over a set its model can fit, not "
+              "run's shape (`lrkit.finder.regime`: a run of at least 25 passes over a small set (at most 1000 examples) its model can fit, not "
               "Adagrad, gets the finder's answer divided by a further 5, and its plan makes no early-overfitting "
               "restart on top of that). Designed on the development side: the three development tasks in the regime "
               "went 0.3% -> 2.7% (diabetes/RMSprop), 22.8% -> 1.0% (fine-tuned MNIST/AdamW), 0.6% -> 2.0% "

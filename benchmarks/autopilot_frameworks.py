@@ -177,7 +177,7 @@ NOTES = (
     "wine/SGD-momentum run (validated each epoch; the finder's peak 11x the best one, the run 30+ epochs on "
     "130 examples), 68% -> -1.2%, and no other run (every other figure identical); development median 66% -> 32%. "
     "Rerun (2026-12-06) after the finder learnt the many-epoch regime (`lrkit.finder.regime`: told the run's "
-    "shape, it divides its answer by a further 5 for at least 25 passes over a set the model can fit, and the "
+    "shape, it divides its answer by a further 5 for at least 25 passes over a small set (at most 1000 examples) the model can fit, and the "
     "autopilot's plan then makes no restart): that Keras wine run is in the regime (40 passes over 130 "
     "examples), its peak 11x -> 2.2x the best one, -1.2% -> 8.3% (the restart had served it better; the "
     "choice was made on the small-data development tasks, where it did the other way), no other task in the "

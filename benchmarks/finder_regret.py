@@ -323,7 +323,7 @@ def render(out: dict, skipped: list[str], seconds: dict) -> str:
         "unchanged; median 6% -> 5%, worst 73% -> 16%. "
         "Since 2026-12-06 lrkit is given the run's shape as `find_lr` reads it from a sized loader (passes over the "
         "training set, trainable parameters per example; `lrkit.finder.regime`), and divides a verified answer by "
-        "a further 5 when the run makes at least 25 passes over a set its model can fit (not for Adagrad): a short "
+        "a further 5 when the run makes at least 25 passes over a small set (at most 1000 examples) its model can fit (not for Adagrad): a short "
         "run cannot see the overfitting that follows its first passes. Designed on the development half (its four "
         "tasks of 43-62 passes; the best LR sat 0.45-0.91 decades below lrkit's answer on the three that are not "
         "Adagrad) and the three development tasks of `benchmarks/autopilot_overfit.py`: development diabetes/RMSprop "

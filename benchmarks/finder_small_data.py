@@ -64,7 +64,7 @@ def render(out: dict, seconds: float) -> str:
         "regret of the mean final validation loss. The finder's verification runs end within the first epochs, "
         "before the validation minimum such runs pass later; since 2026-12-06, told the run's shape (as "
         "`find_lr` reads it from a sized loader), lrkit divides its answer by a further 5 for runs of at least 25 "
-        "passes over a set the model can fit (`lrkit.finder.regime`, designed on the development half of the "
+        "passes over a small set (at most 1000 examples) the model can fit (`lrkit.finder.regime`, designed on the development half of the "
         "finder table and the three development tasks here). Before that, on the same runs otherwise: held-out "
         "lrkit 16% / 166% (iris/SGD-momentum 166%, 4.9x the oracle's LR; its answers 0.9-25x the oracle's), "
         "development 73% / 105% (7-18x). Held-out after (above): five tasks closer, two moved the wrong way "

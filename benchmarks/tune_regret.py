@@ -368,7 +368,7 @@ def render(out: dict, skipped: list[str], seconds: float, methods: list[str]) ->
         "development-side analogue outside the benchmark (logistic regression on unscaled wine, SGD, batch 16) it "
         "took lrkit from 39% to 14%, but it moved the development half from 1.5%/10% to 1.7%/10% and the held-out "
         "half from 2.1%/65% to 3.1%/65%. The finder's many-epoch rule (`lrkit.finder.regime`, 2026-12-06: the "
-        "answer divided by 5 for runs of at least 25 passes over a set the model can fit) was measured as the "
+        "answer divided by 5 for runs of at least 25 passes over a small set (at most 1000 examples) the model can fit) was measured as the "
         "prior on 2026-12-06 and is not used here (`find_lr(..., many_epochs=False)` in `lrkit.tune`): the "
         "search's trials are full runs that see the overfitting, and on the development half the divided prior "
         "moved lrkit from 1.8%/9.0% to 2.2%/9.0% (diabetes/RMSprop 1.5% -> 2.6%, clipped diabetes/SGD 1.8% -> "
