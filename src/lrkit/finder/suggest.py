@@ -833,12 +833,13 @@ def _many_epochs_warning(shape: dict, applied: bool) -> str:
             f"{shape['params_per_example']:.3g} trainable parameters per example: its validation loss is likely "
             "to reach its minimum and rise again long before the end, which the short verification runs "
             "cannot see")
+    advice = ("Watch the validation loss (early stopping; then find_lr(..., many_epochs=False) gives the "
+              "undivided answer), or train with lrkit's autopilot, which plans for it")
     if applied:
         return (f"{said}, so the answer is their optimum divided by a further {MANY_EPOCHS_FACTOR:g} (on the "
-                "development tasks in this regime the best constant LR sat 3-18x below the undivided answer). Watch the validation "
-                "loss (early stopping), or train with lrkit's autopilot, which restarts a run that overfits early")
-    return (f"{said}; the answer (not verified) may be several times too high. Watch the validation loss "
-            "(early stopping), or train with lrkit's autopilot, which restarts a run that overfits early")
+                "development tasks in this regime the best constant LR sat 3-18x below the undivided answer). "
+                + advice)
+    return f"{said}; the answer (not verified) may be several times too high. " + advice
 
 
 def _rescaled(lr: float, band: tuple[float, float], family: str, batch_size: int, target_batch_size: int,
