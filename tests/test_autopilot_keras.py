@@ -8,8 +8,8 @@ keras = pytest.importorskip("keras")
 
 import lrkit.integrations.keras.trainer as keras_trainer  # noqa: E402
 from lrkit.autopilot import AutopilotError  # noqa: E402
-from lrkit.finder.regime import MANY_EPOCHS_FACTOR  # noqa: E402
 from lrkit.keras import AutopilotCallback  # noqa: E402
+from _overfit import check_planned_and_restarted  # noqa: E402
 from _wine import unscaled_wine  # noqa: E402
 
 
@@ -175,14 +175,6 @@ def test_a_run_that_overfits_early_is_restarted_at_a_lower_lr():
         model = _model(keras.optimizers.SGD(learning_rate=1.0, momentum=0.9))
         cb = AutopilotCallback(x, y, batch_size=16, val_data=(xv, yv), **kw)
         model.fit(x, y, batch_size=16, epochs=75, validation_data=(xv, yv), callbacks=[cb], verbose=0)
-        restarts = [e for e in cb.events if e.kind == "rollback" and e.data.get("verdict") == "overfitting"]
-        return cb, model.evaluate(xv, yv, verbose=0), len(restarts)
+        return cb, model.evaluate(xv, yv, verbose=0)
 
-    own, own_final, own_restarts = run()
-    assert own.plan.many_epochs and own_restarts == 0 and own.plan.peak_lr == own.plan.auto_peak_lr
-    high = MANY_EPOCHS_FACTOR * own.plan.auto_peak_lr
-    finals = {}
-    for restart in (True, False):
-        cb, finals[restart], restarts = run(peak_lr=high, restart_on_overfit=restart)
-        assert not cb.plan.many_epochs and restarts == (1 if restart else 0)
-    assert finals[True] < 0.5 * finals[False] and own_final < 0.5 * finals[False]
+    check_planned_and_restarted(run, 0.5)

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 import lrkit.integrations.torch.trainer as torch_trainer  # noqa: E402
 from lrkit.autopilot import AutopilotError  # noqa: E402
 from lrkit.lightning import AutopilotCallback  # noqa: E402
+from _overfit import check_planned_and_restarted  # noqa: E402
 from _wine import check_death_answered, unscaled_wine  # noqa: E402
 
 
@@ -226,8 +227,6 @@ def test_a_run_that_overfits_early_is_restarted_at_a_lower_lr():
     # few epochs and the validation loss climbs from there, and the early-overfitting restart steps in
     from sklearn.datasets import load_digits
 
-    from lrkit.finder.regime import MANY_EPOCHS_FACTOR
-
     d = load_digits()
     x, y = torch.tensor(d.data / 16.0, dtype=torch.float32), torch.tensor(d.target)
 
@@ -238,15 +237,6 @@ def test_a_run_that_overfits_early_is_restarted_at_a_lower_lr():
         cb, model = AutopilotCallback(**kw), Net()
         _trainer(300, [cb], check_val_every_n_epoch=4).fit(model, train, val)
         with torch.no_grad():
-            final = float(torch.nn.functional.cross_entropy(model.net(x[1400:]), y[1400:]))
-        restarts = [e for e in cb.events if e.kind == "rollback" and e.data.get("verdict") == "overfitting"]
-        return cb, final, len(restarts)
+            return cb, float(torch.nn.functional.cross_entropy(model.net(x[1400:]), y[1400:]))
 
-    own, own_final, own_restarts = run()
-    assert own.plan.many_epochs and own_restarts == 0 and own.plan.peak_lr == own.plan.auto_peak_lr
-    high = MANY_EPOCHS_FACTOR * own.plan.auto_peak_lr
-    finals = {}
-    for restart in (True, False):
-        cb, finals[restart], restarts = run(peak_lr=high, restart_on_overfit=restart)
-        assert not cb.plan.many_epochs and restarts == (1 if restart else 0)
-    assert finals[True] < 0.8 * finals[False] and own_final < 0.8 * finals[False]
+    check_planned_and_restarted(run, 0.8)

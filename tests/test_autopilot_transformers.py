@@ -12,6 +12,7 @@ transformers = pytest.importorskip("transformers")
 import lrkit.integrations.torch.trainer as torch_trainer  # noqa: E402
 from lrkit.autopilot import AutopilotError  # noqa: E402
 from lrkit.transformers import AutopilotCallback  # noqa: E402
+from _overfit import check_planned_and_restarted  # noqa: E402
 from _wine import check_death_answered, unscaled_wine  # noqa: E402
 
 
@@ -332,26 +333,16 @@ def test_a_run_that_overfits_early_is_restarted_at_a_lower_lr_through_the_traine
     # few epochs and the evaluation loss climbs from there, and the early-overfitting restart steps in
     from sklearn.datasets import load_digits
 
-    from lrkit.finder.regime import MANY_EPOCHS_FACTOR
-
     d = load_digits()
     x, y = torch.tensor(d.data / 16.0, dtype=torch.float32), torch.tensor(d.target)
 
-    def run(name, **kw):
+    def run(**kw):
         cb = AutopilotCallback(**kw)
+        out = tmp_path / str(kw.get("restart_on_overfit", "own"))  # one output directory per run
         trainer = transformers.Trainer(
-            model=Clf(), args=_args(tmp_path / name, 300, per_device_train_batch_size=16,
-                                    eval_strategy="steps", eval_steps=15),
+            model=Clf(), args=_args(out, 300, per_device_train_batch_size=16, eval_strategy="steps", eval_steps=15),
             train_dataset=Rows(x[:60], y[:60]), eval_dataset=Rows(x[1400:], y[1400:]), callbacks=[cb])
         trainer.train()
-        restarts = [e for e in cb.events if e.kind == "rollback" and e.data.get("verdict") == "overfitting"]
-        return cb, trainer.evaluate()["eval_loss"], len(restarts)
+        return cb, trainer.evaluate()["eval_loss"]
 
-    own, own_final, own_restarts = run("own")
-    assert own.plan.many_epochs and own_restarts == 0 and own.plan.peak_lr == own.plan.auto_peak_lr
-    high = MANY_EPOCHS_FACTOR * own.plan.auto_peak_lr
-    finals = {}
-    for restart in (True, False):
-        cb, finals[restart], restarts = run(str(restart), peak_lr=high, restart_on_overfit=restart)
-        assert not cb.plan.many_epochs and restarts == (1 if restart else 0)
-    assert finals[True] < 0.7 * finals[False] and own_final < 0.7 * finals[False]
+    check_planned_and_restarted(run, 0.7)

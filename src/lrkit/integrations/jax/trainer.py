@@ -634,8 +634,8 @@ def find_lr_optax(
             model.apply(p, b[0])``): a candidate LR whose run leaves every input with the same
             output (a dead network) is then rejected (see :class:`OptaxTrainer`).
         many_epochs: apply the finder's many-epoch rule when the run's shape calls for it
-            (:mod:`lrkit.finder.regime`: at least 25 passes over a training set the model can fit
-            divide the answer by a further 5; the shape is read from a list of batches and
+            (:mod:`lrkit.finder.regime`: at least 25 passes over a small training set the model can
+            fit divide the answer by a further 5; the shape is read from a list of batches and
             ``train_steps``). ``False``: the answer for a run that does not overfit, or that early
             stopping ends at its best validation loss (and ``lrkit.tune``'s prior, whose trials
             see the overfitting themselves).

@@ -600,8 +600,8 @@ def find_lr(
             the ranks after each backward, as DDP would, so the test measures the batch of all
             ranks (which ``batch_size`` assumes) and the replicas stay identical.
         many_epochs: apply the finder's many-epoch rule when the run's shape calls for it
-            (:mod:`lrkit.finder.regime`: at least 25 passes over a training set the model can fit
-            divide the answer by a further 5; the shape is read from the data and ``train_steps``).
+            (:mod:`lrkit.finder.regime`: at least 25 passes over a small training set the model can
+            fit divide the answer by a further 5; the shape is read from the data and ``train_steps``).
             ``False``: the answer for a run that does not overfit, or that early stopping ends at
             its best validation loss (and ``lrkit.tune``'s prior, whose trials see the overfitting
             themselves).
