@@ -43,6 +43,9 @@ def test_docstring_examples_run(module):
 @example(noise=0.5625, seed=340, tau=141.0, floor=0.5)  # noisy window medians once looked flat
 @example(noise=0.5, seed=47, tau=37.0, floor=0.5)  # noise once looked like an early blow-up
 @example(noise=0.59765625, seed=0, tau=129.0, floor=0.5)  # a best set early, judged against a few losses' noise
+@example(noise=0.59765625, seed=1272, tau=157.0, floor=0.5)  # a 2.4x fall read as 28% by unlucky medians
+@example(noise=0.6, seed=125, tau=10.0, floor=0.5)  # converged in its first window, the start read from noisy losses
+@example(noise=0.5420995469486295, seed=3390, tau=172.25857760711077, floor=0.4365774122007009)
 def test_healthy_noisy_decreasing_runs_never_alarm(noise, seed, tau, floor):
     doc = Doctor()
     feed(doc, healthy_curve(600, noise, seed, floor=floor, tau=tau))
@@ -117,6 +120,24 @@ def test_a_loss_that_never_decreases_is_flat_and_advice_raises_the_lr(noise, see
     assert d.step == 0 and d.detected_at >= 199  # needs flat_steps = 4 * window observations
     assert d.advice[0].startswith("raise the LR about")
     assert "from 1e-06 to" in d.advice[0]
+
+
+def test_a_very_noisy_run_is_flat_only_when_its_medians_rule_out_a_real_fall():
+    """Per-loss noise 0.6: the capped tolerances alone called a run that fell 2.4x flat (its window
+    medians, each off by two of their sd, showed 28%); the same noise on a loss that truly never
+    moves is still flat once the medians rule a fall out."""
+    fell = healthy_curve(600, 0.59765625, 1272, floor=0.5, tau=157.0)
+    assert np.median(fell[:10]) > 1.5 * np.median(fell[150:200])  # it did fall
+    doc = Doctor()
+    feed(doc, fell)
+    assert doc.history == []
+    for seed in range(6):
+        still = 2.3 * np.exp(0.6 * np.random.default_rng(seed).standard_normal(600))
+        doc = Doctor()
+        feed(doc, still, lr=1e-6)
+        first = doc.history[0]
+        assert first.verdict == "flat" and first.advice[0].startswith("raise the LR"), seed
+        assert first.detected_at < 400, seed
 
 
 def test_converged_run_near_its_floor_is_not_flat():

@@ -14,8 +14,19 @@ Checked at the window checks once ``flat_steps`` losses are in. With the current
         1 - e^{-3 \cdot 1.2533\,\sigma\sqrt{1/s + 1/W}})\big)
 
 (a decrease within the noise of the medians is no decrease): the run *never started* to
-decrease. The second test keeps a run that dropped fast in its first steps and then converged
-from being called flat; a clear downward least-squares trend of the log-loss since the start
+decrease. The caps (:data:`WINDOW_CAP`, :data:`START_CAP`) keep a very noisy run diagnosable, but
+where they bind the test no longer spans the noise, and a run that fell 2.4x with a per-loss noise
+of 0.6 could show only 28% in its medians. So a flat run must also rule out a fall up to the caps:
+
+.. math::
+
+    -\ln\frac{M}{R} + z_u\,\sigma_W < -\ln(1 - 0.3), \qquad
+    -\ln\frac{M}{R_0} + z_u\,\sigma_0 < -\ln(1 - 0.5),
+
+with :math:`z_u` = :data:`UPPER_Z` and :math:`\sigma_W, \sigma_0` the sd of the two
+differences of medians above (with a window of 50 this binds only where the per-loss noise
+exceeds about 0.25); once found flat, a run stays flat while the first two tests hold. The test against the start keeps a run that dropped fast in its first
+steps and then converged from being called flat; a clear downward least-squares trend of the log-loss since the start
 (slope more than 4 standard errors below 0, fitted decrease above ``flat_tol``) is progress
 too. Not reported while the LR is still rising (by 1.5x or more over the last window: a warmup
 starts flat), nor within a window of a cut of a steady LR by half or more between two checks (a
@@ -70,6 +81,15 @@ __all__ = ["Flat", "NOISE_ROWS"]
 #: MAD of fewer differences is too noisy for a 3x fall to mean anything (per-epoch logs of a healthy
 #: run, whose window is a handful of rows, showed one)
 NOISE_ROWS = 20
+#: the most a run may have fallen (against its first window; against its start) and still be flat
+WINDOW_CAP, START_CAP = 0.3, 0.5
+#: sd of the medians' noise added to a fall before it is compared with a cap
+UPPER_Z = 1.5
+
+
+def _fall(rel: float) -> float:
+    """A relative decrease ``rel`` as a fall of the log-loss, :math:`-\\ln(1 - rel)` (rel < 1)."""
+    return -math.log(1.0 - min(rel, 1.0 - 1e-12))
 
 
 class Flat(Sign):
@@ -129,6 +149,7 @@ class Flat(Sign):
     def check(self) -> None:
         t = self.track
         W = t.window
+        was_flat = self.finding is not None and self.finding.verdict == "flat"
         self.finding = None
         if t.n < W or math.isinf(t.best):
             return
@@ -157,15 +178,21 @@ class Flat(Sign):
         best_raw_rel = (R0 - M) / R0 if R0 > 0 else 0.0
         # the start (median of s losses) is noisier than a window median: its own tolerance,
         # 3 sd of the difference of a median of s and a median of W
-        tol0 = min(0.5, max(2 * flat_tol, 1.0 - math.exp(-3.0 * MEDIAN_EFF * sig * math.sqrt(1.0 / t.short + 1.0 / W))))
+        sd0 = MEDIAN_EFF * sig * math.sqrt(1.0 / t.short + 1.0 / W)
+        tol0 = min(START_CAP, max(2 * flat_tol, 1.0 - math.exp(-3.0 * sd0)))
         # a decrease within 4 noise sd of the difference of two window medians is no decrease
-        tol = min(0.3, max(flat_tol, 1.0 - math.exp(-4.0 * MEDIAN_EFF * sig * math.sqrt(2.0 / W))))
+        sd = MEDIAN_EFF * sig * math.sqrt(2.0 / W)
+        tol = min(WINDOW_CAP, max(flat_tol, 1.0 - math.exp(-4.0 * sd)))
         ev = t.base_evidence()
         trend_t, trend_rel = self.trend_since_start()
         ev["trend_t"] = trend_t
         # a clear downward trend since the start is progress, however noisy the window medians are
         decreasing = trend_t < -4.0 and trend_rel > flat_tol
-        if not (rel < tol and best_raw_rel < tol0 and not decreasing):
+        # where the noise makes a cap bind, the decrease the medians cannot rule out must stay under it
+        # (to be found flat; a run found flat stays so while the tolerances hold)
+        ruled_out = was_flat or (_fall(rel) + UPPER_Z * sd < _fall(WINDOW_CAP)
+                                 and _fall(best_raw_rel) + UPPER_Z * sd0 < _fall(START_CAP))
+        if not (rel < tol and best_raw_rel < tol0 and ruled_out and not decreasing):
             return
         ev["relative_progress"] = rel
         ev["best_relative_progress"] = best_raw_rel
