@@ -96,6 +96,28 @@ def test_trains_digits_with_no_lr_given_and_counts_the_finder():
     assert off.pilot.restart_on_overfit is False
 
 
+def test_a_short_run_gets_a_peak_that_trains_and_is_told_what_the_finder_cost():
+    """40 steps: no room for verification runs, a 12-step range test over seven decades whose first
+    losses are noise. Its steepest point once made the plan's peak 2e-7 for Adam (no learning at all);
+    the rule now stays within 3.5 decades of the loss minimum. 3 steps: the smallest range test (10
+    steps) costs more than the run, and the plan and the finder say so."""
+    torch.manual_seed(0)
+    x = torch.randn(300, 8)
+    y = (x[:, 0] > 0).long()
+    loader = DataLoader(TensorDataset(x, y), batch_size=32)
+    for steps in (40, 3):
+        torch.manual_seed(1)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+        opt = torch.optim.Adam(model.parameters())
+        pilot = lt.autopilot(model, opt, torch.nn.functional.cross_entropy, loader, train_steps=steps,
+                             progress=False)
+        assert pilot.plan.peak_lr > 1e-4, steps
+        if steps == 3:
+            assert "the finder cost 10 steps (333% of the run)" in pilot.plan.summary()
+            assert any(w.startswith("the finder took 10 steps, 333% of the 3-step run")
+                       for w in pilot.finder.details["warnings"])
+
+
 def test_param_group_ratios_are_kept():
     a, b = torch.nn.Linear(3, 3), torch.nn.Linear(3, 1)
     opt = torch.optim.SGD([{"params": a.parameters(), "lr": 0.1}, {"params": b.parameters(), "lr": 0.01}])

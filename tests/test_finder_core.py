@@ -367,6 +367,61 @@ def test_a_run_too_short_to_verify_is_said_to_be_unverified():
     assert "warning: unverified" in res.summary()
 
 
+def test_a_run_shorter_than_the_smallest_range_test_says_what_it_cost():
+    # a 3-step run: the range test never takes fewer than 10 steps (333% of it), and says so
+    res = find(Quadratic(), start_lr=1e-4, end_lr=10.0, num_iter=10, verify_steps=0, family="adam",
+               verify_budget=0, train_steps=3)
+    said = [w for w in res.details["warnings"] if w.startswith("the finder took 10 steps, 333% of the 3-step run")]
+    assert len(said) == 1 and "lrkit.scaling.default_lr('adam') = 0.001" in said[0]
+    ok = find(Quadratic(), start_lr=1e-4, end_lr=10.0, num_iter=10, verify_steps=0, family="adam",
+              verify_budget=0, train_steps=34)
+    assert not any(w.startswith("the finder took") for w in ok.details["warnings"])  # 10 of 34: within 30%
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(5, 60), seed=st.integers(0, 10_000), noise=st.floats(0.0, 0.2),
+       family=st.sampled_from(["sgd", "adam"]))
+def test_the_rule_answer_is_never_decades_below_the_curves_minimum(n, seed, noise, family):
+    """A short ramp over seven decades whose first losses are noise and whose loss only falls near
+    its top: the steepest point of the first few losses is no answer (a 12-step ramp once put it at
+    4e-7 for Adam on such a curve, a run that would not learn); the rule keeps within
+    RULE_FLOOR_DECADES of the lowest smoothed loss (a further 3x on a flat curve)."""
+    from lrkit.finder.suggest import RULE_FLOOR_DECADES, suggest
+
+    rng = np.random.default_rng(seed)
+    lrs = np.logspace(-7, 0, n)
+    losses = 0.8 - 0.25 * np.clip(np.log10(lrs) + 1.5, 0, None) + noise * rng.standard_normal(n)
+    s = suggest(lrs, losses, family=family)
+    eta_min = s.rules["lr_at_min_loss"]
+    assert s.lr >= eta_min * 10 ** -RULE_FLOOR_DECADES / 3 * (1 - 1e-9)
+    assert s.band[0] <= s.lr <= s.band[1]
+
+
+def test_the_rule_floor_is_what_fixes_the_short_noisy_ramp():
+    from lrkit.finder.suggest import suggest
+
+    lrs = np.logspace(-7, 0, 12)  # all a 40-step run's 30% allows
+    losses = np.array([0.815, 0.792, 0.733, 0.738, 0.788, 0.719, 0.725, 0.806, 0.727, 0.655, 0.68, 0.581])
+    s = suggest(lrs, losses, family="adam")
+    assert s.rules["lr_at_min_loss"] == 1.0 and s.details["rule"]["steepest"] < 1e-6  # the noise's pick
+    assert s.lr == pytest.approx(10 ** -3.5)  # not 4e-7
+
+
+@pytest.mark.parametrize("family", ["adam", "sgd", "adadelta"])
+def test_an_uninformative_curve_answers_the_family_rule_of_thumb_not_the_bottom_of_the_ramp(family):
+    # a 40-step run's 12-step ramp whose loss only fell at its last two LRs: the smoothed minimum is
+    # its first point, which the rule once answered (1e-7 for Adam: a run that never learns)
+    from lrkit.finder.suggest import suggest
+    from lrkit.scaling import default_lr
+
+    lrs = np.logspace(-7, 0, 12)
+    losses = np.array([0.703, 0.725, 0.707, 0.726, 0.726, 0.854, 0.789, 0.778, 0.762, 0.828, 0.642, 0.552])
+    s = suggest(lrs, losses, family=family)
+    assert s.details["rule"]["informative"] is False
+    assert s.lr == pytest.approx(min(default_lr(family), 1.0))
+    assert any("never got below its start" in w for w in s.details["warnings"])
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(num_iter=1), "num_iter must be an integer >= 2, got 1"),
     (dict(verify_steps=-1), "verify_steps must be None or an integer >= 0, got -1"),

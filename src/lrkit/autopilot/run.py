@@ -61,7 +61,7 @@ def plan_for(trainer: Any, *, family: str, train_steps: int, shape: Schedule | N
     run = trainer_shape(trainer, train_steps)  # data_shape() is optional in the Trainer protocol
     result = find(trainer, start_lr=lo if start_lr is None else start_lr, end_lr=hi if end_lr is None else end_lr,
                   num_iter=num_iter, verify_steps=verify_steps, family=family, batch_size=batch_size, rng_seed=seed,
-                  verify_budget=plan_verify_budget(train_steps, num_iter), **run)
+                  verify_budget=plan_verify_budget(train_steps, num_iter), train_steps=train_steps, **run)
     return make_plan(result, family=family, train_steps=train_steps, shape=shape, peak_lr=peak_lr), result
 
 

@@ -56,6 +56,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from lrkit import scaling
 from lrkit.finder.trainer import Trainer
 
 __all__ = ["RangeTestRecord", "lr_ramp", "run_range_test", "find", "plan_budget", "DEFAULT_VERIFY_STEPS",
@@ -412,6 +413,7 @@ def find(
     epochs: float | None = None,
     params_per_example: float | None = None,
     examples: float | None = None,
+    train_steps: int | None = None,
 ):
     """Range test plus suggestion on any Trainer: the framework-free core of ``find_lr``.
 
@@ -419,7 +421,9 @@ def find(
     ``verify_steps > 0`` the suggestion may spend that many optimizer steps per candidate LR on
     short runs from the same starting state (the trainer is snapshotted before and restored after,
     so it ends exactly as it started). ``epochs``, ``params_per_example`` and ``examples`` describe the real run
-    (:func:`lrkit.finder.regime.run_shape`) and go to the suggestion.
+    (:func:`lrkit.finder.regime.run_shape`) and go to the suggestion. ``train_steps``, the real run's
+    length when known, only lets the result say when the test cost more than
+    :data:`MAX_COST_FRACTION` of it (a run under 34 steps: the range test never takes fewer than 10).
 
     Returns:
         A :class:`lrkit.finder.result.FinderResult`.
@@ -487,6 +491,12 @@ def find(
         details["warnings"] = list(details.get("warnings") or []) + [
             "unverified: no verification runs (the run is too short for them within 30% of it, or verify=False); "
             "the answer is the range-test rule's"]
+    if train_steps is not None and details["cost_steps"] > MAX_COST_FRACTION * int(train_steps):
+        details["warnings"] = list(details.get("warnings") or []) + [
+            f"the finder took {details['cost_steps']} steps, {details['cost_steps'] / int(train_steps):.0%} of the "
+            f"{int(train_steps)}-step run (it aims for at most {MAX_COST_FRACTION:.0%}): a run this short leaves "
+            f"a range test no room, and its rough answer is no better than the {family} rule of thumb "
+            f"(lrkit.scaling.default_lr({family!r}) = {scaling.default_lr(family):.3g})"]
     return FinderResult(
         lrs=record.lrs,
         losses=record.losses,

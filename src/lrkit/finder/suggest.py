@@ -19,9 +19,18 @@ grid below :math:`\\eta_{\\min}` and, when it may drive the trainer, measures th
        \\eta_{rule} = \\min(\\eta_s,\\ \\eta_{\\min}/c),\\qquad
        c = 3 \\text{ (SGD families)},\\quad c = 10 \\text{ (adaptive or unknown families)}
 
-   (a cold start tolerates less than the warmed-up ramp did), divided by a further 3 when the curve
+   (a cold start tolerates less than the warmed-up ramp did), but never below
+   :math:`\\eta_{\\min} \\cdot 10^{-3.5}` (:data:`RULE_FLOOR_DECADES`): a steepest point further
+   down is the noise of the first losses of a short curve -- a 12-step ramp over seven decades, all
+   a 40-step run's 30% allows, put it at 4e-7 for Adam on a curve that only fell near 1 -- and on
+   the development half of the finder's benchmark the best LR sat at most 3.1 decades below the
+   first candidate's :math:`\\eta_{\\min}` (a pre-trained network; the other tasks at most 2.6);
+   divided by a further 3 when the curve
    is flat (:math:`(\\bar\\ell_0 - \\bar\\ell_{\\min}) < 0.05\\,|\\bar\\ell_0|`: a pre-trained model or a
-   ramp that started too high; short ramps overshoot there).
+   ramp that started too high; short ramps overshoot there). A curve whose smoothed minimum lies in
+   its first tenth (*uninformative*: the loss never got below its start) has nothing to read --
+   :math:`\\eta_{\\min}` is the bottom of the ramp -- and the rule answers the optimizer family's rule
+   of thumb (:func:`lrkit.scaling.default_lr`, clipped to the ramp) instead, with the warning.
 3. **Cold-start verification** (``trainer`` and ``verify_steps = k > 0``): a bracketing search in
    :math:`\\log\\eta` within a budget of steps (``verify_budget``, default
    :data:`MAX_CANDIDATES` :math:`\\times k`; ``find_lr(..., train_steps=T)`` gives it what the range
@@ -133,12 +142,16 @@ __all__ = [
     "FLAT_DROP",
     "MIN_PROGRESS",
     "FULL_RUN_SPREAD",
+    "RULE_FLOOR_DECADES",
 ]
 
 #: decades below and above a verified answer that its band reaches at least: the 10th and 90th
 #: percentiles of log10(oracle LR / answer) over the development half of the finder's benchmark
 #: (60 verified runs, six seeds; ``python -m benchmarks.finder_regret --half dev``)
 FULL_RUN_SPREAD = (0.85, 0.77)
+#: the rule answer is never further below the LR of the lowest smoothed loss than this many decades
+#: (a steepest point further down is the noise of a short curve's first losses; see step 2)
+RULE_FLOOR_DECADES = 3.5
 #: ratio between neighbouring candidates (half a decade).
 GRID_RATIO = math.sqrt(10.0)
 #: ratio between candidates when the curve is uninformative (its minimum in the first tenth).
@@ -212,13 +225,15 @@ def _rule_lr(x: np.ndarray, s: np.ndarray, raw: np.ndarray, family: str) -> tupl
     if steep is None:  # short curve: steepest descent of the smoothed loss against log(lr)
         steep = float(x[int(np.argmin(np.gradient(s, np.log(x))))]) if len(x) > 2 and x[-1] > x[0] else lr_min
     cap = 10.0 if family in _ADAPTIVE else 3.0
-    lr = min(steep, lr_min / cap)
+    lr = max(min(steep, lr_min / cap), lr_min / 10.0**RULE_FLOOR_DECADES)
     scale = abs(s[0]) if s[0] != 0 else 1.0
     flat = bool((s[0] - s[i_min]) < FLAT_DROP * scale)
     if flat:
         lr /= 3.0
-    lr = float(np.clip(lr, x[0], x[-1]))
     informative = bool(i_min >= max(3, len(x) // 10))
+    if not informative:  # the loss never got below its start: nothing to read; the family's rule of thumb
+        lr = scaling.default_lr(family)
+    lr = float(np.clip(lr, x[0], x[-1]))
     return lr, {"loss_min_lr": lr_min, "steepest": steep, "cap_divisor": cap, "flat_curve": flat,
                 "informative": informative}
 

@@ -669,6 +669,6 @@ def find_lr_keras(
             watched(trainer, callback, verify_steps=steps),
             start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode, smooth=smooth,
             diverge_threshold=diverge_threshold, progress=callback, verify_steps=steps, family=family,
-            verify_budget=plan_verify_budget(train_steps, num_iter),
+            verify_budget=plan_verify_budget(train_steps, num_iter), train_steps=train_steps,
             batch_size=trainer.batch_size, target_batch_size=target_batch_size, rng_seed=seed, **shape,
         )
