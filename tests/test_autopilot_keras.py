@@ -53,6 +53,29 @@ def test_fit_with_no_lr_chosen_follows_the_plan():
     assert model.evaluate(xv, yv, verbose=0) < 1.0
 
 
+class _Batches(keras.utils.PyDataset):
+    def __init__(self, x, y, batch=32):
+        super().__init__()
+        self.x, self.y, self.batch = x, y, batch
+
+    def __len__(self):
+        return len(self.x) // self.batch
+
+    def __getitem__(self, i):
+        return self.x[i * self.batch:(i + 1) * self.batch], self.y[i * self.batch:(i + 1) * self.batch]
+
+
+def test_a_pydataset_given_as_fit_takes_it_flies_the_plan():
+    # AutopilotCallback(pydataset) and model.fit(pydataset): the finder and the outputs check read
+    # the batches (the check once sliced the PyDataset like an array)
+    x, y, _, _ = _data()
+    model, trace = _model(), LRTrace()
+    cb = AutopilotCallback(_Batches(x, y))
+    model.fit(_Batches(x, y), epochs=5, callbacks=[cb, trace], verbose=0)
+    assert cb.plan.train_steps == 100 and cb.finder.details["run_shape"]["epochs"] == 5
+    assert max(trace.lrs) == pytest.approx(cb.plan.peak_lr, rel=1e-5) and 1e-4 < cb.plan.peak_lr < 1.0
+
+
 def test_refuses_a_schedule_already_attached():
     x, y, _, _ = _data()
     sched = keras.optimizers.schedules.CosineDecay(1e-3, 100)

@@ -366,6 +366,32 @@ def test_dataset_batches_cycle_and_rewind(kind):
     assert [t.step(TINY) for _ in range(4)] == later
 
 
+def test_batches_passed_as_x_are_the_dataset_as_model_fit_takes_them():
+    # model.fit(x=pydataset) is how Keras users pass batches; find_lr(model, pydataset) once tried
+    # to turn the PyDataset into an array (a NumPy error about an inhomogeneous shape)
+    t = KerasTrainer(probe_model(), Indexed(3))
+    assert [t.step(TINY) for _ in range(4)] == pytest.approx([0, 1, 2, 0])
+    batches = [(np.zeros((2, 1), "float32"), np.full((2, 1), float(i), "float32")) for i in range(3)]
+    with pytest.raises(ValueError, match="one-shot iterator"):
+        KerasTrainer(probe_model(), iter(batches))  # a generator cannot be rewound: said so
+    x, y = make_data()
+    res = find_lr_keras(make_model(), _XY(x, y, 16), train_steps=300, progress=False)
+    assert res.method.startswith("verified") and 1e-5 < res.suggestion < 10
+
+
+class _XY(keras.utils.PyDataset):
+    def __init__(self, x, y, batch):
+        super().__init__()
+        self.x, self.y, self.batch = x, y, batch
+
+    def __len__(self):
+        return len(self.x) // self.batch
+
+    def __getitem__(self, i):
+        sl = slice(i * self.batch, (i + 1) * self.batch)
+        return self.x[sl], self.y[sl]
+
+
 def test_pydataset_epoch_hooks_are_not_called():
     class Hooked(Indexed):
         calls = 0

@@ -228,6 +228,15 @@ class _IterableBatches:
         self.count = position
 
 
+def _is_batches(x: Any) -> bool:
+    """``x`` is a source of batches, as ``model.fit(x)`` takes one (a ``PyDataset``, a generator, a
+    ``tf.data``/torch loader), not an array or a structure of arrays."""
+    if isinstance(x, keras.utils.PyDataset):
+        return True
+    return (isinstance(x, Iterable) and not hasattr(x, "shape")
+            and not isinstance(x, (list, tuple, dict, str, bytes, np.ndarray)))
+
+
 def _batches_of(x: Any, y: Any, dataset: Any, batch_size: int | None) -> Any:
     if dataset is not None:
         if x is not None or y is not None:
@@ -369,6 +378,8 @@ class KerasTrainer:
             )
         if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
             raise ValueError(f"batch_size must be None or an integer >= 1, got {batch_size!r}")
+        if dataset is None and y is None and _is_batches(x):  # model.fit(x=dataset) style
+            x, dataset = None, x
         if dataset is not None and batch_size is None:
             declared = getattr(dataset, "batch_size", None)
             batch_size = int(declared) if _is_int(declared) and declared >= 1 else None
@@ -530,6 +541,8 @@ class KerasTrainer:
 def first_inputs(arrays: Any = None, batches: Any = None, rows: int = 256) -> Any:
     """The inputs of the first ``rows`` examples of ``arrays`` (``(x, y[, w])`` or ``x``), else of
     the first batch of ``batches`` (a ``PyDataset`` or a re-iterable); ``None`` without either."""
+    if arrays is not None and _is_batches(arrays):  # batches passed where fit() takes x
+        arrays, batches = None, arrays
     if arrays is not None:
         x = arrays[0] if isinstance(arrays, tuple) else arrays
         return keras.tree.map_structure(lambda a: a[:rows], x)
