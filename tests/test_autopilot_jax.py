@@ -98,6 +98,16 @@ def test_refuses_learning_rate_free_factories_and_unknown_length():
         lj.autopilot(_loss, params, optax.adam, iter(batches))
     with pytest.raises(AutopilotError, match="optax factory"):
         lj.autopilot(_loss, params, optax.adam(1e-3), batches)
+    with pytest.raises(AutopilotError, match="epochs=2 was given but the data has no len"):
+        lj.autopilot(_loss, params, optax.adam, iter(batches), epochs=2)
+    with pytest.raises(AutopilotError, match="epochs must be a whole number >= 1, got 0"):
+        lj.autopilot(_loss, params, optax.adam, batches, epochs=0)
+
+
+def test_epochs_count_passes_over_the_batches_as_the_torch_autopilot_does():
+    params, batches, _ = _setup(40)
+    assert lj.autopilot(_loss, params, optax.adam, batches, epochs=3).plan.train_steps == 3 * len(batches)
+    assert lj.autopilot(_loss, params, optax.adam, batches, train_steps=70, epochs=3).plan.train_steps == 70
 
 
 def test_an_output_spread_the_user_reports_reaches_the_guard():

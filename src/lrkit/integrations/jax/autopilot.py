@@ -200,6 +200,7 @@ def autopilot(
     batches: Iterable[Any],
     *,
     train_steps: int | None = None,
+    epochs: int | None = None,
     val_batches: Iterable[Any] | None = None,
     has_aux: bool = False,
     shape: Schedule | None = None,
@@ -223,6 +224,7 @@ def autopilot(
         optimizer_factory: an optax factory ``lr -> GradientTransformation`` (``optax.adamw``,
             ``functools.partial(optax.sgd, momentum=0.9)``); the autopilot injects its LR.
         train_steps: optimizer steps of the whole run (default ``len(batches)``, if it has one).
+        epochs: or the passes over ``batches`` (a sized one): ``epochs * len(batches)`` steps.
         shape, peak_lr, guard, plateau, restart_on_overfit: as for :func:`lrkit.torch.autopilot`.
         resume: a ``pilot.state_dict()``: no finder run, the same plan and state.
         progress: show the finder's progress bar.
@@ -264,7 +266,10 @@ def autopilot(
             n = len(batches)  # type: ignore[arg-type]
         except TypeError:
             n = None
-    steps = resolve_train_steps(train_steps if train_steps is not None else n)
+    if epochs is None:
+        steps = resolve_train_steps(train_steps if train_steps is not None else n)
+    else:
+        steps = resolve_train_steps(train_steps, epochs=epochs, steps_per_epoch=n)
 
     result = find_lr_optax(loss_fn, params, optimizer_factory, batches, val_batches=val_batches, has_aux=has_aux,
                            train_steps=steps, progress=progress, family=family, seed=seed, outputs_fn=outputs_fn)
