@@ -28,9 +28,11 @@ grid below :math:`\\eta_{\\min}` and, when it may drive the trainer, measures th
    divided by a further 3 when the curve
    is flat (:math:`(\\bar\\ell_0 - \\bar\\ell_{\\min}) < 0.05\\,|\\bar\\ell_0|`: a pre-trained model or a
    ramp that started too high; short ramps overshoot there). A curve whose smoothed minimum lies in
-   its first tenth (*uninformative*: the loss never got below its start) has nothing to read --
+   its first tenth (*uninformative*: the loss never got below its start) and whose end is not above
+   its start either (within 5%) has nothing to read -- a ramp too short to learn in;
    :math:`\\eta_{\\min}` is the bottom of the ramp -- and the rule answers the optimizer family's rule
-   of thumb (:func:`lrkit.scaling.default_lr`, clipped to the ramp) instead, with the warning.
+   of thumb (:func:`lrkit.scaling.default_lr`, clipped to the ramp) instead, with the warning; one
+   that rose from its first LRs keeps the bottom of the ramp (every LR tried was too high).
 3. **Cold-start verification** (``trainer`` and ``verify_steps = k > 0``): a bracketing search in
    :math:`\\log\\eta` within a budget of steps (``verify_budget``, default
    :data:`MAX_CANDIDATES` :math:`\\times k`; ``find_lr(..., train_steps=T)`` gives it what the range
@@ -231,7 +233,10 @@ def _rule_lr(x: np.ndarray, s: np.ndarray, raw: np.ndarray, family: str) -> tupl
     if flat:
         lr /= 3.0
     informative = bool(i_min >= max(3, len(x) // 10))
-    if not informative:  # the loss never got below its start: nothing to read; the family's rule of thumb
+    if not informative and s[-1] <= s[0] + FLAT_DROP * scale:
+        # the loss never got below its start, nor rose above it: nothing to read (a ramp too short to
+        # learn in); the family's rule of thumb. (A curve that rose from its first LRs says that every
+        # LR of the ramp is too high: its bottom stands.)
         lr = scaling.default_lr(family)
     lr = float(np.clip(lr, x[0], x[-1]))
     return lr, {"loss_min_lr": lr_min, "steepest": steep, "cap_divisor": cap, "flat_curve": flat,
