@@ -404,7 +404,26 @@ def test_the_rule_floor_is_what_fixes_the_short_noisy_ramp():
     losses = np.array([0.815, 0.792, 0.733, 0.738, 0.788, 0.719, 0.725, 0.806, 0.727, 0.655, 0.68, 0.581])
     s = suggest(lrs, losses, family="adam")
     assert s.rules["lr_at_min_loss"] == 1.0 and s.details["rule"]["steepest"] < 1e-6  # the noise's pick
-    assert s.lr == pytest.approx(10 ** -3.5)  # not 4e-7
+    assert s.rules["lrkit_rule"] == pytest.approx(10 ** -3.5)  # the rule: not 4e-7
+    # and a 12-point ramp is a short one: the answer is kept at least at the rule of thumb
+    assert s.method == "rule(short ramp)" and s.lr == pytest.approx(1e-3)
+    assert any("too coarse for its rule" in w for w in s.details["warnings"])
+
+
+@pytest.mark.parametrize("n", [12, 27])
+def test_a_short_ramp_answers_at_least_the_rule_of_thumb_and_below_where_it_blew_up(n):
+    from lrkit.finder.suggest import SHORT_RAMP, suggest
+
+    lrs = np.logspace(-7, 0, n)
+    rng = np.random.default_rng(0)
+    quiet = 2.3 + 0.05 * rng.standard_normal(n)  # learns nothing that a coarse ramp can show
+    s = suggest(lrs, quiet, family="sgd")
+    assert s.lr >= 0.01 and s.method == "rule(short ramp)"  # sgd's rule of thumb at least
+    blown = np.where(lrs < 3e-3, 2.3, 2.3 * (lrs / 3e-3) ** 2)  # an ill-conditioned task: breaks by 1e-2
+    s = suggest(lrs[lrs <= 2e-2], blown[lrs <= 2e-2], family="sgd")
+    assert s.lr <= 2e-2 / 3 and s.lr < 0.01  # below where the ramp blew up, under the rule of thumb
+    long = suggest(np.logspace(-7, 0, SHORT_RAMP), 2.3 + 0.05 * rng.standard_normal(SHORT_RAMP), family="sgd")
+    assert not long.method.startswith("rule(short")  # a ramp of SHORT_RAMP points is read by the rule
 
 
 @pytest.mark.parametrize("family", ["adam", "sgd", "adadelta"])
