@@ -93,6 +93,22 @@ def test_refuses_a_scheduler_from_configure_optimizers():
         _trainer(20, [AutopilotCallback()]).fit(Net(with_scheduler=True), train)
 
 
+def test_a_run_bounded_by_max_time_only_is_asked_for_its_length():
+    train, _ = _data()
+    with pytest.raises(AutopilotError, match=r"no max_epochs: a run bounded by max_time only\): pass "
+                                             r"AutopilotCallback\(train_steps=N\)"):
+        _trainer(-1, [AutopilotCallback()], max_epochs=-1, max_time={"seconds": 30}).fit(Net(), train)
+
+
+def test_a_20_step_run_gets_a_peak_that_trains():
+    # a 10-step range test over seven decades once made this plan's peak 3e-5 for AdamW (at chance after
+    # 20 steps); a ramp that short now answers at least the optimizer's rule of thumb
+    train, _ = _data()
+    cb = AutopilotCallback()
+    _trainer(20, [cb]).fit(Net(), train)
+    assert cb.finder.method == "rule(short ramp)" and cb.plan.peak_lr >= 0.01  # sgd's rule of thumb, 0.01
+
+
 def test_resume_from_a_lightning_checkpoint_runs_no_finder_and_continues_the_schedule(tmp_path, monkeypatch):
     train, val = _data()
     full = LRTrace()

@@ -182,9 +182,9 @@ class AutopilotCallback(pl.Callback):
             return int(self.train_steps)
         est = trainer.estimated_stepping_batches
         if est is None or not math.isfinite(float(est)) or est < 1:
-            raise AutopilotError("AutopilotCallback: the run length is unknown (Trainer(max_steps=-1) and a train "
-                                 "loader without len()): pass AutopilotCallback(train_steps=N) or "
-                                 "Trainer(max_steps=N)")
+            raise AutopilotError("AutopilotCallback: the run length is unknown (Trainer(max_steps=-1) with a train "
+                                 "loader without len(), or with no max_epochs: a run bounded by max_time only): pass "
+                                 "AutopilotCallback(train_steps=N) or Trainer(max_steps=N)")
         return int(est)
 
     def _find(self, trainer: pl.Trainer, pl_module: pl.LightningModule, opt: torch.optim.Optimizer, steps: int):
