@@ -36,7 +36,7 @@ from benchmarks._report import machine, publish
 RESULTS = Path(__file__).parent / "results" / "finder_frameworks.json"
 SEEDS = (0, 1, 2, 3, 4)
 #: the lrkit runs are cached under this; bump it when the finder changes
-LRKIT_VERSION = 5
+LRKIT_VERSION = 6
 METHODS = ("lrkit", "lightning_tuner", "default")
 CLASSES = {"hf_bert_adamw": 2, "hf_bert_adamw_accum4": 2, "keras_wine_sgdm": 3}
 
@@ -47,7 +47,7 @@ def _grid(lo: float, hi: float) -> list[float]:
 
 
 #: the autopilot runs (``autopilot_frameworks.py``) are cached under this; bump it when it changes
-AUTOPILOT_VERSION = 14
+AUTOPILOT_VERSION = 15
 
 
 def _key(task: str, method: str, seed: int, lr: float | None) -> str:
