@@ -495,8 +495,8 @@ def find(
         details["warnings"] = list(details.get("warnings") or []) + [
             f"the finder took {details['cost_steps']} steps, {details['cost_steps'] / int(train_steps):.0%} of the "
             f"{int(train_steps)}-step run (it aims for at most {MAX_COST_FRACTION:.0%}): a run this short leaves "
-            f"a range test no room, and its rough answer is no better than the {family} rule of thumb "
-            f"(lrkit.scaling.default_lr({family!r}) = {scaling.default_lr(family):.3g})"]
+            f"a range test no room, and its answer is rough: at least the {family} rule of thumb "
+            f"(lrkit.scaling.default_lr({family!r}) = {scaling.default_lr(family):.3g}) unless the ramp blew up below it"]
     return FinderResult(
         lrs=record.lrs,
         losses=record.losses,

@@ -251,7 +251,7 @@ CLASSIC_RULES = ("steepest", "steepest_lightning", "valley", "minimum_div_10")
 
 
 def short_ramp_answer(rule_lr: float, family: str, x: np.ndarray, s: np.ndarray) -> float:
-    r"""The unverified answer from a range test of fewer than :data:`SHORT_RAMP` points (all a run
+    """The unverified answer from a range test of fewer than :data:`SHORT_RAMP` points (all a run
     shorter than about 100 steps leaves it within 30%): the rule's answer, but at least the family's
     rule of thumb :math:`\\eta_p` (:func:`lrkit.scaling.default_lr`), and below where the ramp blew up,
 
