@@ -376,6 +376,10 @@ def test_a_run_shorter_than_the_smallest_range_test_says_what_it_cost():
     ok = find(Quadratic(), start_lr=1e-4, end_lr=10.0, num_iter=10, verify_steps=0, family="adam",
               verify_budget=0, train_steps=34)
     assert not any(w.startswith("the finder took") for w in ok.details["warnings"])  # 10 of 34: within 30%
+    forced = find(Quadratic(), start_lr=1e-4, end_lr=10.0, num_iter=100, verify_steps=0, family="adam",
+                  verify_budget=0, train_steps=200)  # a user's num_iter beyond the plan: said, without blame
+    assert any(w.startswith("the finder took 100 steps, 50% of the 200-step run") and w.endswith(
+        "num_iter or verify_steps given explicitly override its plan") for w in forced.details["warnings"])
 
 
 @settings(max_examples=60, deadline=None)

@@ -492,11 +492,13 @@ def find(
             "unverified: no verification runs (the run is too short for them within 30% of it, or verify=False); "
             "the answer is the range-test rule's"]
     if train_steps is not None and details["cost_steps"] > MAX_COST_FRACTION * int(train_steps):
+        why = (f"a run this short leaves a range test no room, and its answer is rough: at least the {family} rule "
+               f"of thumb (lrkit.scaling.default_lr({family!r}) = {scaling.default_lr(family):.3g}) unless the ramp "
+               "blew up below it" if MAX_COST_FRACTION * int(train_steps) < 10 else
+               "num_iter or verify_steps given explicitly override its plan")
         details["warnings"] = list(details.get("warnings") or []) + [
             f"the finder took {details['cost_steps']} steps, {details['cost_steps'] / int(train_steps):.0%} of the "
-            f"{int(train_steps)}-step run (it aims for at most {MAX_COST_FRACTION:.0%}): a run this short leaves "
-            f"a range test no room, and its answer is rough: at least the {family} rule of thumb "
-            f"(lrkit.scaling.default_lr({family!r}) = {scaling.default_lr(family):.3g}) unless the ramp blew up below it"]
+            f"{int(train_steps)}-step run (it aims for at most {MAX_COST_FRACTION:.0%}): {why}"]
     return FinderResult(
         lrs=record.lrs,
         losses=record.losses,
