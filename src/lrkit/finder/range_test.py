@@ -60,7 +60,8 @@ from lrkit import scaling
 from lrkit.finder.trainer import Trainer
 
 __all__ = ["RangeTestRecord", "lr_ramp", "run_range_test", "find", "plan_budget", "DEFAULT_VERIFY_STEPS",
-           "DEFAULT_NUM_ITER", "MAX_COST_FRACTION", "PLANNED_NUM_ITER", "MIN_VERIFY_STEPS", "plan_verify_budget"]
+           "DEFAULT_NUM_ITER", "MAX_COST_FRACTION", "PLANNED_NUM_ITER", "MIN_PLANNED_NUM_ITER", "MIN_VERIFY_STEPS",
+           "plan_verify_budget"]
 
 #: optimizer steps per candidate run when neither ``verify_steps`` nor ``train_steps`` is given.
 DEFAULT_VERIFY_STEPS = 30
@@ -71,9 +72,11 @@ MAX_COST_FRACTION = 0.3
 #: with ``train_steps``, the range test's length: it only has to locate the loss minimum, the
 #: verification runs decide (a longer ramp did not choose better on the regret benchmark).
 PLANNED_NUM_ITER = 40
+#: ... and never shorter than this (a run under 34 steps cannot fit even that in its 30%).
+MIN_PLANNED_NUM_ITER = 10
 #: the shortest verification run the plan makes: fewer steps cannot show a candidate's progress.
 MIN_VERIFY_STEPS = 5
-#: a run too short for this many verification runs (after a 10-step range test) gets none: its
+#: a run too short for this many verification runs (after the shortest range test) gets none: its
 #: 30% all go to the range test, and the answer is the rule's, marked unverified.
 MIN_PLANNED_CANDIDATES = 4
 
@@ -140,11 +143,11 @@ def plan_budget(
         return (DEFAULT_NUM_ITER if num_iter is None else int(num_iter)), v
     v = (max(int(train_steps) // 30, MIN_VERIFY_STEPS) if verify_steps is None else int(verify_steps)) if verify else 0
     total = int(MAX_COST_FRACTION * train_steps)
-    if verify_steps is None and v and total - 10 < MIN_PLANNED_CANDIDATES * v:
+    if verify_steps is None and v and total - MIN_PLANNED_NUM_ITER < MIN_PLANNED_CANDIDATES * v:
         # too short a run for a search worth the name: the whole 30% goes to the range test
-        return (min(PLANNED_NUM_ITER, max(10, total)) if num_iter is None else int(num_iter)), 0
+        return (min(PLANNED_NUM_ITER, max(MIN_PLANNED_NUM_ITER, total)) if num_iter is None else int(num_iter)), 0
     room = total - default_verify_budget(v)
-    n = min(PLANNED_NUM_ITER, max(10, room)) if num_iter is None else int(num_iter)
+    n = min(PLANNED_NUM_ITER, max(MIN_PLANNED_NUM_ITER, room)) if num_iter is None else int(num_iter)
     return n, v
 
 
@@ -423,7 +426,8 @@ def find(
     so it ends exactly as it started). ``epochs``, ``params_per_example`` and ``examples`` describe the real run
     (:func:`lrkit.finder.regime.run_shape`) and go to the suggestion. ``train_steps``, the real run's
     length when known, only lets the result say when the test cost more than
-    :data:`MAX_COST_FRACTION` of it (a run under 34 steps: the range test never takes fewer than 10).
+    :data:`MAX_COST_FRACTION` of it (a run under 34 steps: the range test never takes fewer than
+    :data:`MIN_PLANNED_NUM_ITER`).
 
     Returns:
         A :class:`lrkit.finder.result.FinderResult`.
@@ -494,7 +498,7 @@ def find(
     if train_steps is not None and details["cost_steps"] > MAX_COST_FRACTION * int(train_steps):
         why = (f"a run this short leaves a range test no room, and its answer is rough: at least the {family} rule "
                f"of thumb (lrkit.scaling.default_lr({family!r}) = {scaling.default_lr(family):.3g}) unless the ramp "
-               "blew up below it" if MAX_COST_FRACTION * int(train_steps) < 10 else
+               "blew up below it" if MAX_COST_FRACTION * int(train_steps) < MIN_PLANNED_NUM_ITER else
                "num_iter or verify_steps given explicitly override its plan")
         details["warnings"] = list(details.get("warnings") or []) + [
             f"the finder took {details['cost_steps']} steps, {details['cost_steps'] / int(train_steps):.0%} of the "

@@ -223,6 +223,11 @@ def _check_int(name: str, value: Any, minimum: int, allow_none: bool = False) ->
     return int(value)
 
 
+def _cold_start_divisor(family: str) -> float:
+    """:math:`c` of step 2: how far under an LR the warmed-up ramp tolerated a cold start stays."""
+    return 10.0 if family in _ADAPTIVE else 3.0
+
+
 def _rule_lr(x: np.ndarray, s: np.ndarray, raw: np.ndarray, family: str) -> tuple[float, dict]:
     """Steps 1-2 of the module docstring on one (lrs, smoothed, raw) curve."""
     i_min = int(np.argmin(s))
@@ -230,7 +235,7 @@ def _rule_lr(x: np.ndarray, s: np.ndarray, raw: np.ndarray, family: str) -> tupl
     steep = torch_lr_finder_steepest(x, raw)
     if steep is None:  # short curve: steepest descent of the smoothed loss against log(lr)
         steep = float(x[int(np.argmin(np.gradient(s, np.log(x))))]) if len(x) > 2 and x[-1] > x[0] else lr_min
-    cap = 10.0 if family in _ADAPTIVE else 3.0
+    cap = _cold_start_divisor(family)
     lr = max(min(steep, lr_min / cap), lr_min / 10.0**RULE_FLOOR_DECADES)
     scale = abs(s[0]) if s[0] != 0 else 1.0
     flat = bool((s[0] - s[i_min]) < FLAT_DROP * scale)
@@ -285,7 +290,7 @@ def short_ramp_answer(rule_lr: float, family: str, x: np.ndarray, s: np.ndarray)
     lr = max(float(rule_lr), scaling.default_lr(family))
     lowest = float(np.min(s))
     if s[-1] - lowest > max(abs(lowest), 1e-12):  # the ramp ended at twice its lowest loss: it blew up there
-        lr = min(lr, float(x[-1]) / (10.0 if family in _ADAPTIVE else 3.0))
+        lr = min(lr, float(x[-1]) / _cold_start_divisor(family))
     return float(np.clip(lr, x[0], x[-1]))
 
 
@@ -721,7 +726,6 @@ def suggest(
         method = "rule+flat" if rule_info["flat_curve"] else "rule"
         if len(x) < SHORT_RAMP:
             lr = short_ramp_answer(rule_lr, family, x, s)
-            rule_info["short_ramp"] = True
             method = "rule(short ramp)"
             if lr != rule_lr:
                 warnings.append(
