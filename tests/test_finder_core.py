@@ -498,14 +498,14 @@ def test_the_range_test_runs_on_through_a_loss_that_goes_negative_and_still_stop
 
 @pytest.mark.parametrize("lr", [0.1, 0.5, 1.0])
 def test_a_candidate_that_blows_up_from_a_negative_start_is_aborted_within_a_few_steps(lr):
-    from lrkit.finder.suggest import _run_candidate
+    from lrkit.finder.search import run_candidate
 
     t = GaussianNLL()
     t.w = np.array([3.0, -2.0])  # well fitted: the loss starts near -1.75
     t.evaluate = lambda: None
     state = t.snapshot()
-    r = _run_candidate(t, state, lr, 30, None, check_collapse=False)
+    r = run_candidate(t, state, lr, 30, None, check_collapse=False)
     assert r["steps"] <= 6 and r["score"] is None and "twice in a row" in r["rejected"]
     assert np.array_equal(t.w, state)
-    calm = _run_candidate(t, state, 0.01, 30, None, check_collapse=False)  # a fine LR runs to its end
+    calm = run_candidate(t, state, 0.01, 30, None, check_collapse=False)  # a fine LR runs to its end
     assert calm["steps"] == 30 and calm["rejected"] is None and calm["score"] < -1.75

@@ -524,7 +524,7 @@ def test_outputs_fn_lets_the_finder_reject_an_lr_that_kills_the_network(with_val
     from _wine import unscaled_wine
 
     from lrkit.collapse import COLLAPSED
-    from lrkit.finder.suggest import DEAD, _run_candidate
+    from lrkit.finder.search import DEAD, run_candidate
 
     x, y = unscaled_wine()
     rng = np.random.default_rng(0)
@@ -544,8 +544,8 @@ def test_outputs_fn_lets_the_finder_reject_an_lr_that_kills_the_network(with_val
     assert plain.output_spread() is None and probed.output_spread() > COLLAPSED
     for t in (plain, probed):
         state = t.snapshot()
-        killed = _run_candidate(t, state, 0.3, 16, t.evaluate())
-        fine = _run_candidate(t, state, 0.01, 16, t.evaluate())
+        killed = run_candidate(t, state, 0.3, 16, t.evaluate())
+        fine = run_candidate(t, state, 0.01, 16, t.evaluate())
         assert fine["rejected"] is None and t._position == 0  # restored; measuring used no batch up
         assert (killed["rejected"] == DEAD) == (t is probed)
     for _ in range(5):

@@ -334,7 +334,8 @@ def test_uninformative_curve_searches_the_whole_range_a_decade_apart():
     assert s.method == "verified" and 1e-3 < s.lr < 1.0
 
 
-@pytest.mark.parametrize("name", ["lrkit.finder.suggest", "lrkit.finder._rules"])
+@pytest.mark.parametrize("name", ["lrkit.finder.suggest", "lrkit.finder.rule", "lrkit.finder.search",
+                                  "lrkit.finder.verify", "lrkit.finder._rules"])
 def test_docstring_examples_run(name):
     import doctest
     import importlib
@@ -456,16 +457,16 @@ def test_a_failed_upper_neighbour_close_by_moves_the_pick_a_quarter_decade_down_
     """The stability edge lies within half a decade above the best: the pick is half-way down to a
     neighbour half a decade below -- a quarter decade -- also when the budget ended the refinement
     before that neighbour was tried and the next one below is a decade or more away."""
-    from lrkit.finder.suggest import _pick, _Search
+    from lrkit.finder.search import Search, pick
 
-    search = _Search(None, None, steps=5, budget=0, ref_eval=10.0, floor=1e-8, ceiling=10.0)
+    search = Search(None, None, steps=5, budget=0, ref_eval=10.0, floor=1e-8, ceiling=10.0)
     best = 1e-2
     search.results = [
         {"lr": best * GRID_RATIO, "score": None, "steps": 2, "rejected": "diverged", "start": 10.0},
         {"lr": best, "score": 1.0, "steps": 5, "rejected": None, "start": 10.0},
         {"lr": best / 10**down_decades, "score": 2.0, "steps": 5, "rejected": None, "start": 10.0},
     ]
-    lr, band, how, _ = _pick(search)
+    lr, band, how, _ = pick(search)
     assert how.startswith("half-way to the next candidate below")
     assert lr == pytest.approx(best / 10 ** 0.25)
     assert band[0] <= lr <= band[1]
@@ -537,7 +538,7 @@ def test_the_short_run_factor_applies_to_stochastic_steps_only(wobble):
 @settings(max_examples=60, deadline=None)
 @given(level=st.floats(1e-3, 1e4), rel=st.floats(0.0, 1.0), losses_differ=st.booleans())
 def test_deterministic_steps_is_the_same_loss_at_an_lr_that_moves_nothing(level, rel, losses_differ):
-    from lrkit.finder.suggest import DETERMINISTIC_TOL, deterministic_steps
+    from lrkit.finder.search import DETERMINISTIC_TOL, deterministic_steps
 
     class Probe:
         def __init__(self):

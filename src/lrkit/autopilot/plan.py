@@ -34,7 +34,7 @@ import numpy as np
 
 from lrkit import schedules as S
 from lrkit.autopilot import policy
-from lrkit.finder.suggest import got_worse
+from lrkit.finder.verify import got_worse
 from lrkit.scaling import FAMILIES, optimizer_family
 from lrkit.schedules.base import Schedule
 

@@ -126,7 +126,7 @@ def plan_budget(
         >>> plan_budget(train_steps=10_000, verify=False)
         (40, 0)
     """
-    from lrkit.finder.suggest import default_verify_budget
+    from lrkit.finder.search import default_verify_budget
 
     if num_iter is not None and not _is_count(num_iter, 2):
         raise ValueError(f"num_iter must be an integer >= 2, got {num_iter!r} (or None for the default)")
@@ -486,7 +486,7 @@ def find(
     details.setdefault("verify_steps", int(verify_steps))
     details.setdefault("range_test_steps", record.steps_run)
     details["cost_steps"] = record.steps_run + int(details.get("verify_steps_used", 0))
-    from lrkit.finder.suggest import default_verify_budget
+    from lrkit.finder.search import default_verify_budget
 
     most_verify = int(verify_budget) if verify_budget is not None else default_verify_budget(int(verify_steps))
     details["budget"] = {"max_steps": int(num_iter) + (most_verify if verify_steps > 0 else 0),

@@ -118,7 +118,7 @@ def watched(trainer: Any, callback: Any, *, verify_steps: int = 0) -> Any:
     """
     if not isinstance(callback, _PhasedBar):
         return trainer
-    from lrkit.finder.suggest import MAX_TRIED
+    from lrkit.finder.search import MAX_TRIED
 
     callback.verify_total = max(int(verify_steps), 0) * MAX_TRIED or None
     return Watched(trainer, callback)
