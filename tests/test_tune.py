@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 
@@ -153,13 +154,61 @@ def test_a_failing_or_nan_objective_fails_that_trial_and_the_study_goes_on():
     (dict(strategy="bayes"), "strategy must be one of"),
     (dict(budget=4), "budget needs train_steps"),
     (dict(n_trials=0), "n_trials must be an integer >= 1"),
-    (dict(strategy="grid", values=[1e-3, -1.0]), "finite learning rate > 0"),
+    (dict(strategy="grid", values=[1e-3, -1.0]), "values must be a non-empty list of finite learning rates > 0"),
+    (dict(strategy="grid", values="1e-3,1e-2"), "values must be a non-empty list"),
+    (dict(values=[1e-3, 1e-2]), "values lists the LRs of strategy='grid'"),
+    (dict(strategy="tpe", n_trials=None), "say how long to search"),
 ])
 def test_bad_arguments_name_the_parameter(kwargs, match):
     kw = dict(n_trials=2, low=1e-4, high=1e-1)
     kw.update(kwargs)
     with pytest.raises(ValueError, match=match):
         tune(bowl(-2), **kw)
+
+
+def test_an_objective_that_cannot_take_lr_and_trial_is_refused_before_any_trial():
+    calls = []
+
+    def one_arg(lr):
+        calls.append(lr)
+        return 1.0
+
+    with pytest.raises(ValueError, match=r"objective must accept \(lr, trial\).*one_arg\(lr\)"):
+        tune(one_arg, n_trials=2, low=1e-4, high=1e-1)
+    assert calls == []
+    tune(lambda lr, trial, extra=1: 1.0, n_trials=1, low=1e-4, high=1e-1)  # defaults are fine
+    tune(lambda *args: 1.0, n_trials=1, low=1e-4, high=1e-1)
+
+
+def test_a_study_whose_every_trial_failed_warns_with_the_first_reason():
+    with pytest.warns(RuntimeWarning, match=r"every trial of the study failed \(2\).*ZeroDivisionError") as rec:
+        r = tune(lambda lr, trial: 1 / 0, n_trials=2, low=1e-4, high=1e-1)
+    assert r.best_lr is None and rec[0].filename == __file__  # it names the caller's line
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tune(lambda lr, trial: 1 / 0 if lr > 1e-2 else 1.0, n_trials=2, strategy="grid", values=[1e-3, 0.1])
+
+
+def test_grid_and_log_without_a_length_try_each_point_once_and_resume(tmp_path):
+    seen = []
+
+    def obj(lr, trial):
+        seen.append((lr, trial.params.get("batch_size")))
+        return abs(math.log10(lr) + 2)
+
+    r = tune(obj, strategy="grid", values=[1e-2, 1e-3, 1e-2, 1e-1])
+    assert sorted(lr for lr, _ in seen) == [1e-3, 1e-2, 1e-1] and r.n_trials == 3
+    seen.clear()
+    tune(obj, strategy="log", low=1e-4, high=1e-1)
+    assert sorted(lr for lr, _ in seen) == pytest.approx([1e-4, 1e-3, 1e-2, 1e-1])
+    seen.clear()
+    tune(obj, strategy="grid", values=[1e-3, 1e-2], batch_sizes=[16, 64])
+    assert sorted(seen) == [(1e-3, 16), (1e-3, 64), (1e-2, 16), (1e-2, 64)]
+    url = f"sqlite:///{tmp_path / 'grid.db'}"
+    seen.clear()
+    tune(obj, n_trials=2, strategy="grid", values=[1e-4, 1e-3, 1e-2], storage=url, study_name="g")
+    r = tune(obj, strategy="grid", values=[1e-4, 1e-3, 1e-2], storage=url, study_name="g")
+    assert sorted(lr for lr, _ in seen) == [1e-4, 1e-3, 1e-2] and r.n_trials == 3  # the rest, once
 
 
 def test_unreachable_storage_and_wrong_direction_are_clear_errors(tmp_path):
@@ -259,3 +308,14 @@ def test_a_lost_race_to_create_the_tables_is_told_from_other_database_errors():
     assert _lost_creation_race(err(sqlalchemy.exc.ProgrammingError, 'relation "studies" already exists'))
     assert _lost_creation_race(err(sqlalchemy.exc.IntegrityError, 'duplicate key value violates unique constraint'))
     assert not _lost_creation_race(err(sqlalchemy.exc.ProgrammingError, 'permission denied for schema public'))
+
+
+@pytest.mark.parametrize("name", ["lrkit.tune", "lrkit.tune._run", "lrkit.tune.strategies", "lrkit.tune.prior",
+                                  "lrkit.tune._linesearch", "lrkit.tune.pruners", "lrkit.tune.storage",
+                                  "lrkit.tune._schedules"])
+def test_docstring_examples_run(name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

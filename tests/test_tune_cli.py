@@ -78,8 +78,9 @@ def test_a_failing_trial_fails_alone_and_the_summary_says_so(tmp_path):
                     "train_loader": loader, "val_loader": loader}
     """))
     r = lrkit(f"{tmp_path / 'task.py'}:task", "--strategy", "grid", "--values", "1e-3,1e-2,1e-1",
-              "--trials", "3", "--train-steps", "20")
+              "--train-steps", "20")  # no --trials: the grid, once
     assert r.returncode == 0, r.stderr
+    assert "trials: 3 finished" in r.stdout
     assert "1 trial(s) failed and the study went on" in r.stdout
     assert "RuntimeError: this LR is not allowed here" in r.stdout
 
@@ -87,7 +88,8 @@ def test_a_failing_trial_fails_alone_and_the_summary_says_so(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--low", "1e-2", "--high", "1e-3"], "--low must be below --high"),
     (["--low", "-1e-3"], "--low must be a learning rate > 0"),
-    (["--strategy", "grid", "--values", "1e-3,-2"], "must be a finite learning rate > 0"),
+    (["--strategy", "grid", "--values", "1e-3,-2"], "--values must be comma-separated learning rates > 0"),
+    (["--values", "1e-3,1e-2"], "--values goes with --strategy grid (or log), got --strategy lrkit"),
     (["--storage", "postgresql://nobody@127.0.0.1:1/x"], "cannot be reached"),
     (["--storage", "nowhere/x.db"], "does not exist"),
     (["--strategy", "bayes"], "--strategy must be one of"),

@@ -10,6 +10,7 @@ with ``number, lr, value, state, steps, params, reason, diverged, last_value``),
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import tempfile
@@ -26,7 +27,8 @@ _HELP = """Search the learning rate: a few training runs, bad ones stopped early
 Without TARGET, tunes the built-in example (an MLP on scikit-learn's digits). TARGET is the same
 'path/to/file.py:function' as for 'lrkit find'; its dict must include val_loader. Every trial
 builds a fresh model and optimizer from TARGET and trains --train-steps optimizer steps. Say how
-long to search with --trials N or --budget RUNS (training-run equivalents; default 4). With
+long to search with --trials N or --budget RUNS (training-run equivalents; default 4; --strategy
+grid or log without either tries each of its points once). With
 --storage (sqlite:///study.db, postgresql://user@host/db) the same command continues an
 interrupted study, and several processes or machines can work on one --study.
 """
@@ -37,9 +39,12 @@ PRUNERS = ("auto", "lrkit", "doctor", "median", "halving", "hyperband", "none")
 
 def _parse_values(text: str) -> list[float]:
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise CLIError(f"--values must be comma-separated learning rates like 1e-3,3e-3,1e-2, got {text!r}") from None
+        values = []
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise CLIError(f"--values must be comma-separated learning rates > 0 like 1e-3,3e-3,1e-2, got {text!r}")
+    return values
 
 
 def _target(target: Optional[str], seed: int) -> tuple[Callable[..., dict], str, Any]:
@@ -58,7 +63,7 @@ def _target(target: Optional[str], seed: int) -> tuple[Callable[..., dict], str,
 class _Bar:
     """A rich progress bar across trials (finished trials, or run-equivalents of the budget)."""
 
-    def __init__(self, total: float, unit: str, enabled: bool, train_steps: int) -> None:
+    def __init__(self, total: float | None, unit: str, enabled: bool, train_steps: int) -> None:
         self.enabled, self.unit, self.train_steps = enabled, unit, train_steps
         self.progress = None
         if enabled:
@@ -110,7 +115,7 @@ def _worker_args(target: Optional[str], opts: dict[str, Any]) -> list[str]:
 def tune_command(
     target: Annotated[Optional[str], typer.Argument(help="path/to/file.py:function or package.module:function (default: built-in digits example)")] = None,
     trials: Annotated[Optional[int], typer.Option("--trials", help="Finished trials the study should have.")] = None,
-    budget: Annotated[Optional[float], typer.Option("--budget", help="Training-run equivalents to spend (default 4 when --trials is not given).")] = None,
+    budget: Annotated[Optional[float], typer.Option("--budget", help="Training-run equivalents to spend (default 4 when --trials is not given; grid and log without either try each point once).")] = None,
     train_steps: Annotated[Optional[int], typer.Option("--train-steps", help="Optimizer steps of one run (default: 300 for the example, one epoch of train_loader for a TARGET).")] = None,
     strategy: Annotated[str, typer.Option("--strategy", help="lrkit (finder + line search + doctor), tpe, random, log (powers of ten) or grid.")] = "lrkit",
     pruner: Annotated[str, typer.Option("--pruner", help="auto, lrkit, doctor, median, halving, hyperband or none.")] = "auto",
@@ -134,8 +139,8 @@ def tune_command(
         raise CLIError(f"--trials must be >= 1, got {trials}")
     if budget is not None and not budget > 0:
         raise CLIError(f"--budget must be > 0 training-run equivalents, got {budget}")
-    if trials is None and budget is None:
-        budget = 4.0
+    if trials is None and budget is None and strategy not in ("grid", "log"):
+        budget = 4.0  # grid and log without either try each of their points once
     if train_steps is not None and train_steps < 1:
         raise CLIError(f"--train-steps must be >= 1, got {train_steps}")
     if workers < 1:
@@ -148,7 +153,7 @@ def tune_command(
         raise CLIError(f"--pruner must be one of {', '.join(PRUNERS)}, got {pruner!r}")
     grid = _parse_values(values) if values is not None else None
     if grid is not None and strategy not in ("grid", "log"):
-        raise CLIError("--values goes with --strategy grid")
+        raise CLIError(f"--values goes with --strategy grid (or log), got --strategy {strategy}")
     for name, v in (("--low", low), ("--high", high)):
         if v is not None and not v > 0:
             raise CLIError(f"{name} must be a learning rate > 0, got {v}")
@@ -189,14 +194,15 @@ def tune_command(
                                              stderr=subprocess.PIPE, text=True))
 
     show_bar = not json_out and not worker and sys.stderr.isatty()
-    bar = _Bar(float(budget) if trials is None else float(trials), "runs" if trials is None else "trials",
-               show_bar, train_steps)
+    whole_grid = trials is None and budget is None
+    bar = _Bar(None if whole_grid else float(budget) if trials is None else float(trials),
+               "runs" if budget is not None else "trials", show_bar, train_steps)
     from lrkit.tune._torch import tune_torch
 
     try:
         with bar:
             bar.note("range test" if strategy == "lrkit" else "starting")
-            result = tune_torch(func, train_steps=train_steps, n_trials=trials, budget=None if trials else budget,
+            result = tune_torch(func, train_steps=train_steps, n_trials=trials, budget=budget,
                                 schedule=schedule, strategy=strategy, pruner=pruner, low=low, high=high,
                                 values=grid, seed=seed, storage=storage_obj, study_name=study,
                                 callbacks=[bar], on_start=start_workers if workers > 1 else None,

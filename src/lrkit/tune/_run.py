@@ -30,9 +30,12 @@ again on the same storage continues an interrupted search instead of starting an
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import os
 import socket
+import sys
+import warnings
 from typing import Any, Callable, Sequence
 
 import optuna
@@ -42,7 +45,7 @@ from lrkit.tune.prior import Prior, check_range
 from lrkit.tune.pruners import BudgetPruner, ChainPruner, make_pruner, trial_cost
 from lrkit.tune.result import TrialRecord, TuneResult
 from lrkit.tune.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, open_storage
-from lrkit.tune.strategies import LR, STRATEGIES, make_sampler, retried_numbers
+from lrkit.tune.strategies import LR, STRATEGIES, grid_points, make_sampler, retried_numbers
 
 __all__ = ["tune", "load_result"]
 
@@ -61,11 +64,12 @@ def _check_count(name: str, value: Any, minimum: int) -> int | None:
 def _resolve_range(low: Any, high: Any, family: str | None, values: Sequence[float] | None,
                    finder: Any) -> tuple[float, float]:
     if values is not None:
-        vals = [float(v) for v in values]
-        if not vals:
-            raise ValueError("grid values must not be empty")
-        for v in vals:
-            check_range(v, v * 2)  # each value a positive finite LR
+        try:
+            vals = [float(v) for v in values] if not isinstance(values, (str, bytes)) else []
+        except (TypeError, ValueError):
+            vals = []
+        if not vals or not all(math.isfinite(v) and v > 0 for v in vals):
+            raise ValueError(f"values must be a non-empty list of finite learning rates > 0, got {values!r}")
         lo, hi = min(vals), max(vals)
         return (lo, hi) if lo < hi else (lo, lo * (1 + 1e-9))
     if low is not None or high is not None:
@@ -150,7 +154,9 @@ def tune(
             (``trial.report(value, step)``, ``trial.should_prune()``, ``trial.params``). An
             objective that raises or returns NaN/inf fails that trial; the study goes on.
         n_trials: stop after this many finished trials in the study (complete, pruned, failed).
-        budget: stop after this many training-run equivalents (needs ``train_steps``).
+        budget: stop after this many training-run equivalents (needs ``train_steps``). One of the
+            two is needed, except by ``grid`` and ``log``, which without either try each of their
+            points once (every combination with ``batch_sizes``/``schedules``).
         train_steps: optimizer steps of one full run.
         low, high: the LR range (``0 < low < high``); default from the finder result or
             :func:`lrkit.scaling.lr_range` of ``family``.
@@ -158,7 +164,7 @@ def tune(
             :data:`lrkit.scaling.FAMILIES`), for default ranges and the prior's centre.
         strategy: ``"lrkit"`` (default), ``"tpe"``, ``"random"``, ``"log"`` or ``"grid"``
             (:mod:`lrkit.tune.strategies`).
-        values: the LRs of the ``grid`` strategy (or of ``log``).
+        values: the LRs of the ``grid`` strategy (or of ``log``); refused with any other strategy.
         finder: a :class:`~lrkit.finder.result.FinderResult` to start from (``lrkit`` strategy);
             its range test's steps count in the budget.
         prior: a :class:`~lrkit.tune.prior.Prior` instead of ``finder``.
@@ -185,8 +191,12 @@ def tune(
         A :class:`~lrkit.tune.result.TuneResult` (``best_lr``, ``best_value``, ``trials``, ``study``).
 
     Raises:
-        ValueError: a bad argument, an unreachable storage, or a study that exists with another
-            direction. ``KeyboardInterrupt`` propagates after the running trial is queued again.
+        ValueError: a bad argument (an ``objective`` that cannot take ``(lr, trial)`` included), an
+            unreachable storage, or a study that exists with another direction.
+            ``KeyboardInterrupt`` propagates after the running trial is queued again.
+
+    Warns:
+        RuntimeWarning: every trial failed (there is no best LR); the first failure's reason.
 
     Example:
         >>> import math
@@ -194,8 +204,9 @@ def tune(
         >>> 1e-3 < r.best_lr < 1e-2, len(r.trials)
         (True, 6)
     """
-    n_trials, train_steps = _checked_args(objective, strategy, direction, n_trials, train_steps, budget, family)
-    lo, hi = _resolve_range(low, high, family, values if strategy == "grid" else None, finder)
+    n_trials, train_steps = _checked_args(objective, strategy, direction, n_trials, train_steps, budget, family,
+                                          values)
+    lo, hi = _resolve_range(low, high, family, values, finder)
     if strategy == "lrkit" and prior is None:
         prior = Prior.from_finder(finder, low=lo, high=hi) if finder is not None else Prior.from_range(lo, hi, family=family)
 
@@ -218,6 +229,8 @@ def tune(
         if budget is not None:
             chain.pruners.append(("budget", BudgetPruner(limit, spent)))
         extra = _extra_space(batch_sizes, schedules)
+        if n_trials is None and budget is None:  # grid or log: every point once
+            n_trials = len(grid_points(strategy, lo, hi, values)) * math.prod(len(v) for v in extra.values())
         sampler = make_sampler(strategy, low=lo, high=hi, seed=seed, prior=prior, values=values, extra=extra)
         study = _open_study(storage_obj, probe.study_name, direction, sampler, chain)
 
@@ -236,16 +249,26 @@ def tune(
         if not done(study):
             study.optimize(_wrap(objective, lo, hi, chain, extra), n_trials=None, catch=(),
                            callbacks=[stopper, *callbacks], gc_after_trial=False)
-    return load_result(study, strategy=strategy, train_steps=train_steps, prior=prior)
+    result = load_result(study, strategy=strategy, train_steps=train_steps, prior=prior)
+    failed = [r for r in result.trials if r.state == "failed"]
+    if failed and len(failed) == len(result.trials):
+        warnings.warn(f"every trial of the study failed ({len(failed)}), so there is no best LR; the first "
+                      f"failure: {failed[0].reason} (result.trials[i].reason has each)", RuntimeWarning,
+                      stacklevel=_outside_lrkit())
+    return result
 
 
 def _checked_args(objective: Any, strategy: str, direction: str, n_trials: Any, train_steps: Any, budget: Any,
-                  family: str | None) -> tuple[int | None, int | None]:
+                  family: str | None, values: Any = None) -> tuple[int | None, int | None]:
     """:func:`tune`'s arguments checked (one clear error naming the first bad one); ``(n_trials, train_steps)``."""
     if not callable(objective):
         raise ValueError(f"objective must be a function objective(lr, trial) -> float, got {type(objective).__name__}")
+    _check_signature(objective)
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    if values is not None and strategy not in ("grid", "log"):
+        raise ValueError(f"values lists the LRs of strategy='grid' (or 'log'), got strategy={strategy!r}: pass "
+                         "strategy='grid' to try exactly those values, or drop values")
     if direction not in ("minimize", "maximize"):
         raise ValueError(f"direction must be 'minimize' or 'maximize', got {direction!r}")
     n_trials = _check_count("n_trials", n_trials, 1)
@@ -255,14 +278,40 @@ def _checked_args(objective: Any, strategy: str, direction: str, n_trials: Any, 
             raise ValueError(f"budget must be a number of training-run equivalents > 0, got {budget!r}")
         if train_steps is None:
             raise ValueError("budget needs train_steps (the optimizer steps of one full run)")
-    if n_trials is None and budget is None:
-        raise ValueError("say how long to search: n_trials=N or budget=RUNS with train_steps=STEPS")
+    if n_trials is None and budget is None and strategy not in ("grid", "log"):
+        raise ValueError("say how long to search: n_trials=N or budget=RUNS with train_steps=STEPS "
+                         "(strategy='grid' or 'log' without either tries every point once)")
     if family is not None:
         from lrkit.scaling import FAMILIES
 
         if family not in FAMILIES:
             raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
     return n_trials, train_steps
+
+
+def _outside_lrkit() -> int:
+    """The ``stacklevel`` that makes a warning of the caller name the first frame outside lrkit
+    (``lrkit.tune(...)`` and the framework conveniences reach :func:`tune` through lrkit frames)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(root + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _check_signature(objective: Callable) -> None:
+    """``objective`` can be called as ``objective(lr, trial)``: said before the first trial, not
+    as the same failure recorded in every trial."""
+    try:
+        sig = inspect.signature(objective)
+    except (TypeError, ValueError):  # a builtin or extension callable: nothing to read
+        return
+    try:
+        sig.bind(1e-3, None)
+    except TypeError as exc:
+        name = getattr(objective, "__name__", type(objective).__name__)
+        raise ValueError(f"objective must accept (lr, trial), as objective(lr, trial) -> float; {name}{sig}: "
+                         f"{exc}") from None
 
 
 _WORKER = f"{socket.gethostname()}:{os.getpid()}"

@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 from lrkit.tune._linesearch import next_point
 from lrkit.tune.prior import Prior
 
-__all__ = ["STRATEGIES", "LrkitSampler", "grid_values", "make_sampler"]
+__all__ = ["STRATEGIES", "LrkitSampler", "grid_points", "grid_values", "make_sampler"]
 
 STRATEGIES = ("lrkit", "tpe", "random", "log", "grid")
 LR = "lr"
@@ -40,6 +40,24 @@ def grid_values(low: float, high: float, per_decade: int = 2) -> list[float]:
     k0 = math.ceil(math.log10(low) * per_decade - 1e-9)
     k1 = math.floor(math.log10(high) * per_decade + 1e-9)
     return [float(f"{10 ** (k / per_decade):.12g}") for k in range(k0, k1 + 1)]
+
+
+def grid_points(strategy: str, low: float, high: float, values: Sequence[float] | None = None) -> list[float]:
+    """The LRs of the ``grid`` or ``log`` strategy: ``values`` when given (sorted, repeats dropped),
+    else :func:`grid_values` of ``[low, high]`` (two points a decade for ``grid``, one for ``log``).
+
+    Example:
+        >>> grid_points("grid", 1e-4, 1e-2, [1e-2, 1e-3, 1e-2])
+        [0.001, 0.01]
+        >>> grid_points("log", 1e-4, 1e-2)
+        [0.0001, 0.001, 0.01]
+    """
+    if values is not None:
+        return sorted({float(v) for v in values})
+    pts = grid_values(low, high, 1 if strategy == "log" else 2)
+    if not pts:
+        raise ValueError(f"the {strategy} strategy has no grid point inside [{low:g}, {high:g}]; widen the range")
+    return pts
 
 
 class LrkitSampler(BaseSampler):
@@ -161,8 +179,5 @@ def make_sampler(strategy: str, *, low: float, high: float, seed: int | None = 0
     if strategy == "random":
         return RandomSampler(seed=seed)
     if strategy in ("log", "grid"):
-        pts = list(values) if values is not None else grid_values(low, high, 1 if strategy == "log" else 2)
-        if not pts:
-            raise ValueError(f"the {strategy} strategy has no grid point inside [{low:g}, {high:g}]; widen the range")
-        return GridSampler({LR: pts, **(extra or {})}, seed=seed)
+        return GridSampler({LR: grid_points(strategy, low, high, values), **(extra or {})}, seed=seed)
     raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
