@@ -109,6 +109,8 @@ def test_nonfinite_at_step_k_is_nan_at_k(k, noise, what):
 @SETTINGS
 @given(noise=st.floats(0.0, 0.3), seed=st.integers(0, 10_000), drift=st.floats(0.0, 0.05))
 @example(noise=0.25, seed=1082, drift=0.0)  # a first loss drawn high once read as progress given back
+@example(noise=0.25, seed=2863, drift=0.0)  # ... and again, against a best set with the noise underestimated
+@example(noise=0.3, seed=125, drift=0.0)  # two first losses 2.5 sd low made a median of three the best
 def test_a_loss_that_never_decreases_is_flat_and_advice_raises_the_lr(noise, seed, drift):
     rng = np.random.default_rng(seed)
     n = 400
@@ -470,3 +472,21 @@ def test_back_at_its_first_loss_after_a_blow_up_above_the_ceiling_is_diverging()
     assert hot[0].verdict == "diverging" and hot[0].detected_at <= 50
     assert "come back only to chance" in hot[0].message
     assert all(d.verdict != "diverging" for d in history(lr_ceiling=10.0))
+
+
+def test_healthy_says_when_there_were_too_few_observations_to_judge():
+    # a three-epoch Keras log: the signs that read a flat or fluctuating loss need five rows
+    short = diagnose({"epoch": [0, 1, 2], "loss": [2.3, 1.5, 1.1]})
+    assert short.verdict == "healthy"
+    assert "after 3 observations, too few to judge a flat or fluctuating loss (that takes 5)" in short.message
+    # one row more than they need: the plain message, and the same log cut short says it again
+    losses = [2.3 * 0.9 ** t for t in range(6)]
+    assert diagnose({"epoch": list(range(6)), "loss": losses}).message == "no problem detected after 6 observations"
+    assert "after 1 observation," in diagnose({"epoch": [0], "loss": [2.3]}).message
+    # a live doctor with the default window (50) judges flat from 2 windows (100 steps)
+    doc = Doctor()
+    for t in range(99):
+        doc.observe(t, 2.3 * 0.99 ** t)
+    assert "(that takes 100)" in doc.diagnosis.message
+    doc.observe(99, 2.3 * 0.99 ** 99)
+    assert doc.diagnosis.message == "no problem detected after 100 observations"

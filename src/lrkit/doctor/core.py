@@ -738,8 +738,7 @@ class Doctor:
                 best = (sign, f)
         notes = [s.finding for s in self._signs if s.finding is not None and s.finding.verdict in INFORMATIONAL]
         if best is None:
-            t = self._track
-            return Diagnosis("healthy", None, None, t.base_evidence(), (), f"no problem detected after {t.n} observations")
+            return Diagnosis("healthy", None, None, self._track.base_evidence(), (), self._healthy_message())
         d = self._diagnosis_of(best[0], best[1], step)
         if notes:
             ev = dict(d.evidence)
@@ -747,6 +746,26 @@ class Doctor:
                 ev.update(f.evidence)
             d = replace(d, evidence=ev, notes=tuple(sorted((f.verdict for f in notes), key=INFORMATIONAL.index)))
         return d
+
+    def _healthy_message(self) -> str:
+        """What "healthy" means after ``n`` observations: before the flat and fluctuating signs can
+        judge (``window`` observations, and the flat one ``min(flat_steps, 2 window)``), only a
+        NaN or a blow-up can show, and the message says so rather than vouch for the run.
+
+        Example:
+            >>> doc = Doctor(window=5, short=1, flat_steps=5)
+            >>> for epoch, loss in enumerate([2.3, 1.5, 1.1]):
+            ...     _ = doc.observe(epoch, loss)
+            >>> doc.diagnosis.message
+            'no problem detected after 3 observations, too few to judge a flat or fluctuating loss (that takes 5): only a NaN or a blow-up shows this early'
+        """
+        n, w = self._track.n, self.config["window"]
+        said = f"no problem detected after {n} observation{'' if n == 1 else 's'}"
+        needed = max(w, min(self.config["flat_steps"], 2 * w))
+        if n < needed:
+            said += (f", too few to judge a flat or fluctuating loss (that takes {needed}): only a NaN or a blow-up "
+                     "shows this early")
+        return said
 
     @staticmethod
     def _diagnosis_of(sign: Sign, f: Finding, step: int) -> Diagnosis:

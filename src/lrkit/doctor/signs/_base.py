@@ -8,7 +8,7 @@ of the loss above its floor, :math:`y_t = \log(\ell_t - f)`  (``W`` = ``window``
 .. math::
 
     m_t = \operatorname{median}(y_{t-s+1..t}) \quad\text{(level)},\qquad
-    b_t = \min_{u \le t} m_u \quad\text{(best level; medians of at least 3 losses)}
+    b_t = \min_{u \le t} m_u \quad\text{(best level; medians of at least 5 losses, or } s\text{)}
 
     \sigma = 1.4826 \cdot \operatorname{MAD}(\Delta y_{t-W+1..t}) / \sqrt 2
     \quad\text{(minibatch noise of } y\text{; differencing removes the trend)}
@@ -45,6 +45,13 @@ def median(xs: list[float]) -> float:
     h = n // 2
     return xs[h] if n % 2 else 0.5 * (xs[h - 1] + xs[h])
 
+
+#: the best level is a median of at least this many losses (or of ``short``, when fewer): two
+#: losses drawn 2.5 sd low in a row set a median of three that far under a flat run's level, and a
+#: flat noisy run was then "diverging" from its first steps (5 in 1500 simulated flat runs of 400
+#: steps at log-noise 0.2-0.4); a median of five needs three such draws. A blow-up in the first
+#: steps is measured against the very first loss (:mod:`lrkit.doctor.signs.diverging`)
+BEST_MIN_LOSSES = 5
 
 #: losses up to the best level's median that re-estimate the noise at the best (see ``update_noise``)
 BEST_NOISE_ROWS = 8
@@ -218,7 +225,7 @@ class Track:
         k = min(self.short, self.n)
         level = median(self.y.last(k))
         self.level = level
-        if level < self.best and k >= min(self.short, 3):  # a median of at least 3 losses
+        if level < self.best and k >= min(self.short, BEST_MIN_LOSSES):
             self.best = level
             # centre of the median's window: the level began rising after it
             self.best_center_step = self.y.steps[(self.y.pos - 1 - k // 2) % self.y.size]
