@@ -222,3 +222,49 @@ def test_a_noisy_run_killed_before_it_learned_much_is_stuck_not_flat():
     first = doc.history[0]
     assert t.dead and first.verdict == "diverging" and first.step == 0
     assert first.evidence["noise_drop"] > 3 and first.advice[0].startswith("lower the LR")
+
+
+def test_a_rise_that_is_nothing_next_to_the_starting_loss_is_no_relapse():
+    # a memorised training set restored at a loss of 4e-6 (the run started at 4): a level of 1e-4
+    # is 25x that best, yet the run lost nothing; a level of 1 lost a quarter of its start
+    w = RelapseWatch()
+    w.arm(best=math.log(4e-6), label=100, start=math.log(4.0), sigma=1.0, at=100, min_rise=0.1 * 4.0)
+    recent: list[float] = []
+    for t in range(101, 160):
+        recent.append(math.log(1e-4))
+        assert w.check(t, 1e-4, recent, newer_healthy=lambda label: False) is None
+    d = None
+    for t in range(160, 200):
+        recent.append(math.log(1.0))
+        d = w.check(t, 1.0, recent, newer_healthy=lambda label: False)
+        if d is not None:
+            break
+    assert d is not None and d.verdict == "diverging" and d.evidence["loss_ratio_to_best"] > 1e5
+
+
+def test_the_guard_arms_the_watch_with_the_doctors_least_rise_times_the_runs_start():
+    class Memorises:  # the loss falls from 4 to ~1e-6 by step 80; one late spike to 0.5 (calls 150-179),
+        # after which it settles at 3e-5, as Adam on a memorised set does after a spike
+        def __init__(self):
+            self.k, self.calls, self.rng = 0, 0, np.random.default_rng(0)
+
+        def snapshot(self):
+            return self.k
+
+        def restore(self, state):
+            self.k = state  # the spike is not part of the state: it does not come back
+
+        def step(self, lr):
+            self.k += 1
+            self.calls += 1
+            base = 4.0 * math.exp(-self.k / 5) + (1e-6 if self.calls < 150 else 3e-5)  # settles 30x higher
+            return (0.5 if 150 <= self.calls < 180 else base) * math.exp(0.5 * self.rng.standard_normal())
+
+    g = Guard(Memorises(), doctor=Doctor(), snapshot_every=25, lr_factor=0.1, max_overhead=None)
+    for _ in range(400):
+        g.step(0.1)
+    assert g._relapse_watch.ref is None or g._relapse_watch.ref["min_rise"] == pytest.approx(
+        0.1 * math.exp(g._health.start))
+    # the spike is rolled back (while it lasts, a return to it is a relapse); the noise of a loss near
+    # 1e-6 after it is none (before, the watch read 2x of 1e-6 as one and the guard gave up)
+    assert g.interventions and all(iv.step < 185 for iv in g.interventions)

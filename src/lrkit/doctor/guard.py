@@ -669,7 +669,8 @@ class Guard(SkipsSpikes, PersistsGuard):
             self._spikes.reset()  # another state: its level is learnt again
         if rollback:  # the restored state's level is the reference until a new snapshot is verified
             self._relapse_watch.arm(best=rec.best if math.isfinite(rec.best) else self._health.best, label=rec.label,
-                                    start=self._health.start, failed=failed, sigma=rec.sigma, at=self._clock)
+                                    start=self._health.start, failed=failed, sigma=rec.sigma, at=self._clock,
+                                    min_rise=self._relapse_min_rise())
 
     def _cut(self, step: int, d: Diagnosis, target: SnapshotRecord) -> float:
         """The factor the LR multiplier is multiplied by (:mod:`lrkit.doctor.lr_policy`).
@@ -709,7 +710,13 @@ class Guard(SkipsSpikes, PersistsGuard):
                 # the LR is back where the trouble was: a return to the level the run failed to
                 # is the LR's doing, whatever the doctor (restarted, or blind in a noisy run) says
                 self._relapse_watch.arm(best=self._health.best, label=self._clock, start=self._health.start,
-                                        sigma=self._health.sigma, at=self._clock)
+                                        sigma=self._health.sigma, at=self._clock, min_rise=self._relapse_min_rise())
+
+    def _relapse_min_rise(self) -> float:
+        """The least rise of the loss a relapse needs: the doctor's ``min_rise`` times the run's
+        starting loss (its first losses' median, kept across rollbacks; 0 before it is known)."""
+        start = self._health.start
+        return self.doctor.config["min_rise"] * math.exp(start) if math.isfinite(start) else 0.0
 
     def _relapse(self, step: int, loss: float) -> Diagnosis | None:
         """A relapse right after a rollback (:class:`~lrkit.doctor.relapse.RelapseWatch`)."""

@@ -23,7 +23,11 @@ only by luck), the level has given back :math:`f` =
 :data:`~lrkit.doctor.signs.diverging.LOST_FRACTION` (70%) of it, by more than :math:`z` =
 :data:`RELAPSE_Z` sd of a level's noise. Here :math:`s` is the higher of the run's start (the
 median of its first five log-losses) and the level it had failed to before the rollback, and
-:math:`\sigma` the per-step noise of the log-loss when the state was saved. The verdict is ``diverging``, onset
+:math:`\sigma` the per-step noise of the log-loss when the state was saved. The level must also have risen by more than ``min_rise`` in the loss itself -- the doctor's
+``min_rise`` times the run's starting loss, as for any divergence: a run trained to a loss of
+4e-6 whose level then sits at 1e-4 is 25x its best and has lost nothing (Adam on a memorised
+training set, restored after a late spike: before this, a healthy Keras run was rolled back on
+such noise until the guard gave up). The verdict is ``diverging``, onset
 the first of those steps.
 
 The watch lasts until a snapshot taken after the rollback is verified healthy -- and, when the
@@ -103,15 +107,15 @@ class RelapseWatch:
         self.failed = math.nan
 
     def arm(self, *, best: float, label: int, start: float = math.nan, failed: float = math.nan,
-            sigma: float = 0.0, at: int | None = None) -> None:
+            sigma: float = 0.0, at: int | None = None, min_rise: float = 0.0) -> None:
         """A rollback at step ``at`` restored the snapshot of step ``label``, whose best log-level
         was ``best`` and per-step log-loss noise ``sigma``; ``start``: the run's starting log-level,
         ``failed``: the level the run had failed to (``nan``: unknown; with neither, the factor
-        alone decides)."""
+        alone decides); ``min_rise``: the least rise of the loss itself (not its log) that counts."""
         if math.isfinite(failed):
             self.failed = failed
         self.ref = {"above": None, "label": label, "at": label if at is None else at, "start": start,
-                    "sigma": sigma}
+                    "sigma": sigma, "min_rise": max(float(min_rise), 0.0)}
         self.ref.update(self._reference(best))
 
     def _reference(self, best: float) -> dict[str, float]:
@@ -152,7 +156,7 @@ class RelapseWatch:
         if len(recent) < SHORT or not math.isfinite(loss):
             return None
         level = sorted(recent)[len(recent) // 2]
-        if level - w["best"] < w["threshold"]:
+        if level - w["best"] < w["threshold"] or math.exp(level) - math.exp(w["best"]) <= w["min_rise"]:
             w["above"] = None
             return None
         w["above"] = step if w["above"] is None else w["above"]

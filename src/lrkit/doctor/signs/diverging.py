@@ -28,7 +28,7 @@ where it started, :math:`y_0` (the first loss or the median of the first three, 
 with :math:`\sigma_s^{(b)}` the level's noise when the best was reached and :math:`\sigma^{(b)}`
 the per-step noise then (the start is at most a median of three, as noisy as one step: a first
 loss drawn high in a flat noisy run, against the lowest of its hundreds of medians, is progress that
-never was -- 4 in 1500 simulated flat runs of 400 steps at log-noise 0.2-0.4 were called diverging
+never was -- 7 in 1200 simulated flat runs of 400 steps at log-noise 0.2-0.4 were called diverging
 this way with the median-of-the-level test alone): a run
 sent back near where it started (a classifier back at chance) by an LR far too high can sit there
 at 1.5-2x its best, under :math:`\rho`, while the noise it grew as it went wrong hides the rise
