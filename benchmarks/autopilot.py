@@ -503,7 +503,15 @@ def render(out: dict, faults: dict, skipped: list[str], seconds: float) -> str:
               "in the regime, the fine-tuned digits/Adam (40 passes over 120 examples), went 1.1% -> 35.8% (its "
               "peak 0.95x -> 0.19x the oracle's: it overfits less than the development tasks), every other task "
               "unchanged: median 7.9% -> 9.3%, worst 51.6% unchanged; on the next section's six held-out tasks, "
-              "all in the regime, 15.2% / 78.1% -> 9.5% / 43.9%.",
+              "all in the regime, 15.2% / 78.1% -> 9.5% / 43.9%. Re-run on 2026-12-06 on another machine (the "
+              "same pinned torch, other builds of the rest: floating-point sums differ in their last digits) with "
+              "that day's doctor and guard changes: every figure within noise but one. The held-out CNN's seed 5 "
+              "planned a peak of 0.55 (4x the oracle's) again, differing in the seventh digit, and its run went "
+              "another way: it no longer dies at step 75 to be rolled back with the LR cut 10x, it plateaus, its "
+              "LR is halved at step 119, and it ends at 0.57 (0.28 before): the task 16.2% -> 38.3%, the median "
+              "and worst of the half unchanged. The code from before that day's changes gives the same run on "
+              "this machine: the difference is the machine's, and the rescue was luck -- the miss is the "
+              "finder's peak, 4x too high on that seed.",
               "", "Per-seed values, the autopilot's plans and every event: `benchmarks/results/autopilot.json`."]
     if skipped:
         lines += ["", "Skipped: " + "; ".join(skipped)]
