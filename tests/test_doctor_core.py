@@ -490,3 +490,19 @@ def test_healthy_says_when_there_were_too_few_observations_to_judge():
     assert "(that takes 100)" in doc.diagnosis.message
     doc.observe(99, 2.3 * 0.99 ** 99)
     assert doc.diagnosis.message == "no problem detected after 100 observations"
+
+
+def test_a_coarse_log_whose_first_row_blew_up_and_then_fell_is_diverging_not_healthy():
+    # the Hugging Face callback, logging every 10 steps, measures the untrained loss (2.30, ten
+    # classes) before step 1; AdamW at 0.5 then logs 11.0 for steps 1-10 and crawls back, never
+    # below the untrained loss in 90 steps: the LR is far too high for the start of training
+    rows = [2.301, 11.0, 8.58, 8.10, 6.01, 5.63, 5.45, 4.70, 4.33, 3.61]
+    d = diagnose({"step": [0] + list(range(10, 100, 10)), "loss": rows})
+    assert d.verdict == "diverging" and d.step == 10
+    # a coarse log whose rows only fall, however fast, is healthy; one outlier row among
+    # per-step losses (rows that are no averages) still needs three of five, as before
+    assert diagnose({"step": list(range(0, 100, 10)), "loss": [2.3 * 0.7 ** i for i in range(10)]}).verdict == "healthy"
+    doc = Doctor(window=20)
+    for t in range(60):
+        doc.observe(t, 2.3 * 0.98 ** t * (6.0 if t == 7 else 1.0))
+    assert all(h.verdict != "diverging" for h in doc.history)

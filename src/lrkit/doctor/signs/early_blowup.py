@@ -7,7 +7,11 @@ During the first window, three of five consecutive losses above
 blow-up lifts the whole stretch; outlier batches leave the batches between them at the trend), is reported as ``diverging`` at
 that step, even if the loss comes back: the LR is
 too high for the start of training (lower it, or add warmup). Checked at the window checks
-until one is found or the first window is complete.
+until one is found or the first window is complete. In a coarse log (``short`` = 1: each row is a
+level, an average of many steps or an epoch) one such row is enough: a Hugging Face run at an LR
+far too high, logged every 10 steps, measured its untrained loss at 2.30, logged 11.0 for its first
+ten steps and crawled back, never below 2.30 in 90 steps -- and read healthy, its one lifted row
+short of three.
 
 **Above a known ceiling.** When the doctor was given ``lr_ceiling`` (an LR known to be too high,
 e.g. 4x the autopilot's own peak) and an LR of the first window exceeded it, the factor is
@@ -124,7 +128,9 @@ class EarlyBlowUp(Sign):
 
     def _search(self, hot: bool) -> None:
         t = self.track
-        e = early_blowup_step(t, hot=hot)
+        # a row of a coarse log (``short`` = 1: a Trainer's every-10-steps log, an epoch log) is
+        # already an average or a level: one such row lifted is a blow-up, not an outlier batch
+        e = early_blowup_step(t, hot=hot, need=1, of=1) if t.short == 1 else early_blowup_step(t, hot=hot)
         if e is not None:
             self.done = True
             ev = t.base_evidence()
