@@ -74,7 +74,12 @@ def test_healthy_summary_is_info(caplog):
         w._watch_speak_summary()
     assert w.detections == [] and w.worst.verdict == "healthy"
     (rec,) = [r for r in caplog.records if r.name == "lrkit.doctor"]
-    assert rec.levelno == logging.INFO and "no problem seen after 40 observations" in rec.getMessage()
+    assert rec.levelno == logging.INFO and "no problem seen after 40 observations." in rec.getMessage()
+    short = _Watch()  # a run too short for the flat and fluctuating signs (window 5: they take 10) says so
+    for t in range(3):
+        short._watch_observe(t, 2.0 * 0.95**t, lr=0.1)
+    assert short.summary().startswith("lrkit doctor: no problem seen after 3 observations (too few to judge a flat "
+                                      "or fluctuating loss, which takes 10: only a NaN or a blow-up could show).")
 
 
 # ----------------------------------------------------------------------------- real frameworks

@@ -759,13 +759,20 @@ class Doctor:
             >>> doc.diagnosis.message
             'no problem detected after 3 observations, too few to judge a flat or fluctuating loss (that takes 5): only a NaN or a blow-up shows this early'
         """
-        n, w = self._track.n, self.config["window"]
+        n = self._track.n
         said = f"no problem detected after {n} observation{'' if n == 1 else 's'}"
-        needed = max(w, min(self.config["flat_steps"], 2 * w))
-        if n < needed:
-            said += (f", too few to judge a flat or fluctuating loss (that takes {needed}): only a NaN or a blow-up "
-                     "shows this early")
+        if n < self.observations_needed:
+            said += (f", too few to judge a flat or fluctuating loss (that takes {self.observations_needed}): only a "
+                     "NaN or a blow-up shows this early")
         return said
+
+    @property
+    def observations_needed(self) -> int:
+        """Observations before every sign can judge: ``window`` for the fluctuating one, and
+        ``min(flat_steps, 2 window)`` for the flat one (it waits for ``flat_steps``, or for two
+        windows when the first is already decisive)."""
+        w = self.config["window"]
+        return max(w, min(self.config["flat_steps"], 2 * w))
 
     @staticmethod
     def _diagnosis_of(sign: Sign, f: Finding, step: int) -> Diagnosis:

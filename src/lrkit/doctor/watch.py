@@ -281,7 +281,10 @@ class SpeakingWatch:
         rollbacks = len(self.guard.interventions) if self.guard is not None else 0
         if not problems:
             notes = "".join(f" {describe(d)}" for d in dets)
-            return (f"lrkit doctor: no problem seen after {self.doctor.n_observations} observations.{notes}"
+            n, needed = self.doctor.n_observations, self.doctor.observations_needed
+            few = (f" (too few to judge a flat or fluctuating loss, which takes {needed}: only a NaN or a blow-up "
+                   "could show)" if n < needed else "")
+            return (f"lrkit doctor: no problem seen after {n} observation{'' if n == 1 else 's'}{few}.{notes}"
                     + self._unwatched())
         more = (f" ({len(problems)} problem{'s' if len(problems) > 1 else ''} detected"
                 + (f", {rollbacks} rolled back" if rollbacks else "") + ")")
