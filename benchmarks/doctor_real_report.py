@@ -172,6 +172,12 @@ def markdown(specs: list[rr.RunSpec], off: dict, liv: dict, live_minutes: float 
             f"| **{label}** | {g['harmed']}/{g['good']} | {g['good_worst']:+.3f} | {g['good_rollbacks']} | {g['bad']} | "
             f"{g['bad_unguarded_median']:.3f} -> {g['bad_guarded_median']:.3f} | {g['saved_median']:+.3f} "
             f"({g['saved_worst']:+.3f}, {g['saved_best']:+.3f}) | {g['rescued']}/{g['bad']} |")
+    lines += ["", "Re-run on 2026-12-06 on another machine (the same pinned torch, other builds of the rest): the "
+              "runs themselves moved (unguarded accuracies of 9 runs by up to 0.08), and with them the guard's "
+              "development figures (guarded median 0.917 -> 0.881, rescued 21 -> 17 of 37); the held-out ones did "
+              "not. The code from before that day's doctor and guard changes gives the same table on this machine; "
+              "between the two, 4 of 114 runs differ: two spiking Lightning runs with accumulation rolled back once "
+              "instead of three times (accuracy +0.006 and -0.003), two too-high ones detected a step later."]
     lines += ["", "Very long logs (millions of rows): see the section *Diagnosing very long logs* below."]
     for label, half in halves:
         for path in ("offline `diagnose`", "live callbacks"):
