@@ -23,12 +23,12 @@ only by luck), the level has given back :math:`f` =
 :data:`~lrkit.doctor.signs.diverging.LOST_FRACTION` (70%) of it, by more than :math:`z` =
 :data:`RELAPSE_Z` sd of a level's noise. Here :math:`s` is the higher of the run's start (the
 median of its first five log-losses) and the level it had failed to before the rollback, and
-:math:`\sigma` the per-step noise of the log-loss when the state was saved. The level must also have risen by more than ``min_rise`` in the loss itself -- the doctor's
-``min_rise`` times the run's starting loss, as for any divergence: a run trained to a loss of
-4e-6 whose level then sits at 1e-4 is 25x its best and has lost nothing (Adam on a memorised
-training set, restored after a late spike: before this, a healthy Keras run was rolled back on
-such noise until the guard gave up). The verdict is ``diverging``, onset
-the first of those steps.
+:math:`\sigma` the per-step noise of the log-loss when the state was saved. The level must also
+have risen by more than ``min_rise`` in the loss itself -- the doctor's ``min_rise`` times the
+run's starting loss, as for any divergence: a run trained to a loss of 4e-6 whose level then
+sits at 1e-4 is 25x its best and has lost nothing (Adam on a memorised training set, restored
+after a late spike: before this, a healthy Keras run was rolled back on such noise until the guard
+gave up). The verdict is ``diverging``, onset the first of those steps.
 
 The watch lasts until a snapshot taken after the rollback is verified healthy -- and, when the
 give-back threshold is the one in use, at least :data:`RELAPSE_HORIZON` steps: a run whose whole

@@ -49,8 +49,8 @@ def median(xs: list[float]) -> float:
 #: the best level is a median of at least this many losses (or of ``short``, when fewer): two
 #: losses drawn 2.5 sd low in a row set a median of three that far under a flat run's level, and a
 #: flat noisy run was then "diverging" from its first steps (5 in 1200 simulated flat runs of 400
-#: steps at log-noise 0.2-0.4; 0 with five); a median of five needs three such draws. A blow-up in the first
-#: steps is measured against the very first loss (:mod:`lrkit.doctor.signs.diverging`)
+#: steps at log-noise 0.2-0.4; 0 with five); a median of five needs three such draws. A blow-up in
+#: the first steps is measured against the very first loss (:mod:`lrkit.doctor.signs.diverging`)
 BEST_MIN_LOSSES = 5
 
 #: losses up to the best level's median that re-estimate the noise at the best (see ``update_noise``)
