@@ -300,8 +300,8 @@ class LossRise(Sign):
             return None
         noise = MEDIAN_EFF * t.best_noise / math.sqrt(t.short) if not math.isnan(t.best_noise) else t.sigma_short()
         # progress and rise must clear LOST_NOISE_Z sd of the noise at the best (see there), and the
-        # progress LOST_START_Z sd of the noise of the single start
-        per_step = t.best_noise if not math.isnan(t.best_noise) else t.sigma_short() * math.sqrt(t.short) / MEDIAN_EFF
+        # progress LOST_START_Z sd of the per-step noise it stands for (the start is a single loss)
+        per_step = noise * math.sqrt(t.short) / MEDIAN_EFF
         if not progress > max(LOST_NOISE_Z * noise, LOST_START_Z * per_step):
             return None
         # a lasting level, the median of half a window (the short level's excursions in a run whose
