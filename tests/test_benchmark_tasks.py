@@ -112,3 +112,21 @@ def test_the_framework_benchmark_cache_drops_runs_of_older_versions(tmp_path, mo
     path.write_text(json.dumps({k: {"val_loss": 1.0} for k in keep + stale}))
     monkeypatch.setattr(ff, "RESULTS", path)
     assert sorted(ff._load()) == sorted(keep)
+
+
+def test_the_lion_benchmark_swaps_only_the_optimizer_and_trains_with_lion():
+    """Each Lion task is its finder task with ``lion_pytorch.Lion`` at the given LR (family "lion",
+    Lion's grid), the same data, model and run; a run at a sane Lion LR learns."""
+    from lion_pytorch import Lion
+
+    from benchmarks import finder_lion
+
+    (task,), _ = available_tasks(["moons_mlp_adadelta"])
+    lion = finder_lion.lion_task(task)
+    assert (lion.family, lion.grid) == ("lion", finder_lion.GRID) and task.family == "adadelta"
+    assert lion.x_train is task.x_train and lion.budget == task.budget and lion.make_model is task.make_model
+    opt = lion.make_optimizer(list(lion.make_model().parameters()), 3e-3)
+    assert isinstance(opt, Lion) and opt.param_groups[0]["lr"] == 3e-3
+    start = finder_tasks.initial_val_loss(lion)
+    val, diverged = train(lion, 3e-3, seed=0)
+    assert not diverged and val < 0.8 * start

@@ -535,6 +535,24 @@ def test_the_short_run_factor_applies_to_stochastic_steps_only(wobble):
     assert (t.w, t.t) == (5.0, 0)
 
 
+@pytest.mark.parametrize("wobble", [0.0, WOBBLE])
+def test_a_sign_update_optimizer_divides_the_short_run_optimum_further(wobble):
+    """Lion moves every weight by the LR itself each step, at any gradient noise: its answer is the
+    short-run optimum over the short-run factor (1 on full batch) and over its own factor, while the
+    same curve and runs for Adam keep only the first; the search itself is the same."""
+    from lrkit.finder.search import SIGN_UPDATE_FACTOR
+
+    lrs, losses = quad_curve()
+    adam = suggest(lrs, losses, trainer=Quadratic(wobble=wobble), family="adam", verify_steps=8)
+    lion = suggest(lrs, losses, trainer=Quadratic(wobble=wobble), family="lion", verify_steps=8)
+    assert lion.details["short_run_optimum"] == adam.details["short_run_optimum"]
+    assert "sign_update_factor" not in adam.details and lion.details["sign_update_factor"] == SIGN_UPDATE_FACTOR["lion"] > 1
+    short = 1.0 if wobble == 0 else 2.0
+    assert adam.lr == pytest.approx(adam.details["short_run_optimum"] / short)
+    assert lion.lr == pytest.approx(adam.lr / SIGN_UPDATE_FACTOR["lion"])
+    assert lion.band[0] < lion.lr < lion.band[1]
+
+
 @settings(max_examples=60, deadline=None)
 @given(level=st.floats(1e-3, 1e4), rel=st.floats(0.0, 1.0), losses_differ=st.booleans())
 def test_deterministic_steps_is_the_same_loss_at_an_lr_that_moves_nothing(level, rel, losses_differ):

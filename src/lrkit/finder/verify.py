@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from lrkit.finder.regime import MANY_EPOCHS_FACTOR
-from lrkit.finder.search import (DEAD, GRID_RATIO, MIN_PROGRESS, SHORT_RUN_FACTOR, WIDE_RATIO, pick,
-                                 run_search)
+from lrkit.finder.search import (DEAD, GRID_RATIO, MIN_PROGRESS, SHORT_RUN_FACTOR, SIGN_UPDATE_FACTOR,
+                                 WIDE_RATIO, pick, run_search)
 
 #: decades below and above a verified answer that its band reaches at least: the 10th and 90th
 #: percentiles of log10(oracle LR / answer) over the development half of the finder's benchmark
@@ -92,7 +92,8 @@ def rejected_all_answer(results: list[dict], prior_lr: float, rule_lr: float, de
 
 def verified_answer(trainer: Any, x: np.ndarray, rule_lr: float, prior_lr: float, rule_info: dict,
                      verify_steps: int, budget: int, details: dict,
-                     warnings: list[str], many: bool = False) -> tuple[float, tuple[float, float], str]:
+                     warnings: list[str], many: bool = False,
+                     family: str = "unknown") -> tuple[float, tuple[float, float], str]:
     """Steps 3-5 of the module docstring: ``(lr, band, method)``; the candidates and what the pick
     did go into ``details``, what the user should know into ``warnings``."""
     if rule_info["informative"]:
@@ -126,6 +127,9 @@ def verified_answer(trainer: Any, x: np.ndarray, rule_lr: float, prior_lr: float
     if many:  # and the full run passes its validation minimum long before its end: lrkit.finder.regime
         factor *= MANY_EPOCHS_FACTOR
         details["many_epochs_factor"] = MANY_EPOCHS_FACTOR
+    if family in SIGN_UPDATE_FACTOR:  # deterministic steps too: a sign step oscillates by the LR at any noise
+        factor *= SIGN_UPDATE_FACTOR[family]
+        details["sign_update_factor"] = SIGN_UPDATE_FACTOR[family]
     lr = max(lr_short / factor, float(x[0]))
     band = (max(band[0] / factor, float(x[0]) / GRID_RATIO), band[1] / factor)
     details["short_run_optimum"] = lr_short
