@@ -53,6 +53,32 @@ def test_fit_with_no_lr_chosen_follows_the_plan():
     assert model.evaluate(xv, yv, verbose=0) < 1.0
 
 
+
+class _Halves(keras.callbacks.Callback):
+    """Sets the LR to half the autopilot's at the end of the second epoch (as ReduceLROnPlateau does)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            opt = self.model.optimizer
+            opt.learning_rate = float(keras.ops.convert_to_numpy(opt.learning_rate)) / 2
+
+
+def test_another_callback_setting_the_lr_is_said_once_and_overridden(caplog):
+    """The autopilot assigns the LR before every batch: a callback that also sets it is overridden,
+    and the log says so once, naming the step and both LRs; a run with none says nothing."""
+    x, y, xv, yv = _data()
+    quiet = AutopilotCallback(x, y, batch_size=32, restart_on_overfit=False, plateau=False)
+    with caplog.at_level("WARNING", logger="lrkit.autopilot"):
+        _model().fit(x, y, batch_size=32, epochs=3, callbacks=[quiet], verbose=0)
+    assert not [r for r in caplog.records if "another callback" in r.getMessage()]
+    model, trace = _model(), LRTrace()
+    cb = AutopilotCallback(x, y, batch_size=32, restart_on_overfit=False, plateau=False)
+    with caplog.at_level("WARNING", logger="lrkit.autopilot"):
+        model.fit(x, y, batch_size=32, epochs=4, callbacks=[cb, _Halves(), trace], verbose=0)
+    said = [r.getMessage() for r in caplog.records if "another callback" in r.getMessage()]
+    assert len(said) == 1 and "at step 40 " in said[0] and "ReduceLROnPlateau" in said[0]
+    np.testing.assert_allclose(trace.lrs, cb.plan.schedule(np.arange(80)), rtol=1e-5)  # the plan, flown
+
 class _Batches(keras.utils.PyDataset):
     def __init__(self, x, y, batch=32):
         super().__init__()

@@ -15,7 +15,8 @@ loss from the model's loss tracker (the difference of its running sums, as
 :class:`lrkit.keras.LRDoctorCallback` does); on ``nan``/``diverging`` it writes the last good
 weights and optimizer variables back (the LR and the step clock go on) and lowers the LR; each
 epoch's ``val_loss`` feeds the plateau rule. Every intervention is logged to ``lrkit.autopilot``
-and kept in :attr:`AutopilotCallback.events`.
+and kept in :attr:`AutopilotCallback.events`. Another callback that sets the LR too (``ReduceLROnPlateau``,
+``LearningRateScheduler``) is overridden before the next batch, and the log says so once.
 
 **Checkpoints.** Keras saves weights and optimizer variables (``model.save``,
 ``keras.callbacks.BackupAndRestore``), not callbacks. Give ``state_path="autopilot.json"``: the
@@ -135,6 +136,8 @@ class AutopilotCallback(keras.callbacks.Callback):
         self._prev = (0.0, 0.0)
         self._pending = PendingValidation(prefixes=("val_",), loss_names=("val_loss",))
         self._outputs: Any = None  # lrkit.integrations.keras.trainer.OutputsCheck
+        self._assigned: float | None = None  # the LR set before the last batch
+        self._overridden = False  # another callback set the LR (said once)
 
     @property
     def plan(self) -> AutopilotPlan | None:
@@ -205,9 +208,25 @@ class AutopilotCallback(keras.callbacks.Callback):
         self._prev = (0.0, 0.0)  # fit() resets the loss tracker at each epoch
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
-        self.model.optimizer.learning_rate = self.pilot.lr(self._step)
+        opt = self.model.optimizer
+        if self._assigned is not None and not self._overridden:
+            self._check_override(float(keras.ops.convert_to_numpy(opt.learning_rate)))
+        opt.learning_rate = lr = self.pilot.lr(self._step)
+        self._assigned = float(np.float32(lr))  # as the optimizer's float32 variable holds it
         if self._outputs is not None:
             self._outputs.before_step(self.model, self._step)  # the state this step starts from
+
+    def _check_override(self, now: float) -> None:
+        """Say once that something else set the LR since the last batch (``ReduceLROnPlateau``,
+        ``LearningRateScheduler``, the user's own callback): the autopilot has just overridden it."""
+        if math.isclose(now, self._assigned, rel_tol=1e-6, abs_tol=1e-30):
+            return
+        self._overridden = True
+        self.pilot.logger.warning(
+            "lrkit autopilot: at step %d the optimizer's LR was %.4g, not the %.4g the autopilot set before the last "
+            "batch: another callback (ReduceLROnPlateau, LearningRateScheduler, ...) sets the LR too, and the "
+            "autopilot overrides it before every batch. Remove it: the autopilot has its own plateau rule "
+            "(plateau=True), or give it a shape (AutopilotCallback(shape=...))", self._step, now, self._assigned)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         tracker, total_v, count_v = _loss_tracker(self.model)
