@@ -226,8 +226,16 @@ def test_find_on_a_plain_trainer():
 
 def test_find_refuses_too_short_a_curve():
     t = Scripted([1.0, math.nan])
-    with pytest.raises(ValueError, match="stopped after 1 step"):
+    with pytest.raises(ValueError, match="stopped after 1 step.*lower start_lr or check the model/data"):
         find(t, start_lr=1e-3, end_lr=1.0, num_iter=10)
+
+
+def test_a_nan_at_a_tiny_start_lr_is_not_blamed_on_the_lr():
+    """NaN from the first step at 1e-7 (Keras 3's Adafactor on the torch backend does this at any
+    LR): a lower start_lr would not help, and the error says to look at the model, data or optimizer."""
+    with pytest.raises(ValueError, match="stopped after 1 step.*1e-07 barely moves a weight.*the optimizer itself") as e:
+        find(Scripted([1.0, math.nan]), start_lr=1e-7, end_lr=1.0, num_iter=10)
+    assert "lower start_lr" not in str(e.value)
 
 
 def test_find_verify_steps_validated():

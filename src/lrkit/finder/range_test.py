@@ -79,6 +79,9 @@ MIN_VERIFY_STEPS = 5
 #: a run too short for this many verification runs (after the shortest range test) gets none: its
 #: 30% all go to the range test, and the answer is the rule's, marked unverified.
 MIN_PLANNED_CANDIDATES = 4
+#: a range test that cannot take two steps from a start LR at or below this was not stopped by the
+#: LR (a step this small moves no weight of a sane model): its error says so instead of "lower start_lr"
+TINY_LR = 1e-5
 
 ProgressFn = Callable[[int, float, float], None]
 
@@ -461,10 +464,10 @@ def find(
         progress=progress,
     )
     if len(record.lrs) < 2:
-        raise ValueError(
-            f"the range test stopped after {len(record.lrs)} step(s) ({record.reason}); "
-            "lower start_lr or check the model/data"
-        )
+        hint = ("lower start_lr or check the model/data" if start_lr > TINY_LR else
+                f"an LR of {start_lr:.2g} barely moves a weight, so a lower one will not help: the model, the data or "
+                "the optimizer itself gives this (try one training step outside lrkit at a tiny LR)")
+        raise ValueError(f"the range test stopped after {len(record.lrs)} step(s) ({record.reason}); {hint}")
     if verify_steps > 0:
         state = trainer.snapshot()
         try:
