@@ -277,7 +277,7 @@ def test_plateau_halves_the_lr_after_three_stalled_validations_never_during_warm
     for t in range(0, 40, 10):  # warmup (50 steps): ignored
         pilot.observe(t, 1.0, val_loss=1.0)
     assert pilot.plateau_scale == 1.0
-    for t, v in zip(range(100, 200, 10), [0.9, 0.8, 0.8, 0.8, 0.8]):
+    for t, v in zip(range(100, 400, 50), [0.9, 0.8, 0.8, 0.8, 0.8]):  # one per twentieth of the run: each read
         pilot.observe(t, 1.0, val_loss=v)
     assert pilot.plateau_scale == 0.5
     assert [e.kind for e in pilot.events] == ["plateau"]
@@ -285,6 +285,36 @@ def test_plateau_halves_the_lr_after_three_stalled_validations_never_during_warm
     for t, v in zip(range(960, 1000, 13), [0.8, 0.8, 0.8, 0.8]):  # a stall whose third comes at the last step (999)
         pilot.observe(t, 1.0, val_loss=v)
     assert pilot.plateau_scale == 0.5 and [e.kind for e in pilot.events] == ["plateau"]  # nothing left to lower
+
+
+def test_plateau_reads_validations_every_step_as_means_over_each_twentieth_of_the_run():
+    """Validations every step (an eval every few steps) are averaged until 1/20 of the run has passed:
+    noise that leaves three single validations in a row short of the best does not halve the LR while
+    the mean improves; a real stall still does, after three readings; a resume mid-window reads the same."""
+    plan = make_plan(_curve(), family="adam", train_steps=1000)  # warmup 50 steps
+    pilot = Autopilot(plan, guard=False)
+    for t in range(0, 600):  # improving 0.5% per twentieth of the run under +-2% alternating noise
+        pilot.observe(t, 1.0, val_loss=1.0 - 1e-4 * t + (0.02 if t % 2 else -0.02))
+    assert pilot.plateau_scale == 1.0 and pilot.events == []
+    copy = Autopilot.from_state_dict(json.loads(json.dumps(pilot.state_dict())))
+    for p in (pilot, copy):
+        for t in range(600, 1000):  # stalled at 0.9
+            p.observe(t, 1.0, val_loss=0.9)
+    cuts = [e for e in pilot.events if e.kind == "plateau"]
+    assert pilot.plateau_scale == 0.5 and len(cuts) == 1 and cuts[0].step >= 750
+    assert "means over each 1/20 of the run" in cuts[0].message
+    assert [(e.kind, e.step) for e in copy.events if e.kind != "resume"] == [("plateau", cuts[0].step)]
+    # without the averaging the same noise halves the LR over and over (the rule reads every validation)
+    every = Autopilot(plan, guard=False)
+    import lrkit.autopilot.policy as policy
+
+    old, policy.PLATEAU_READS = policy.PLATEAU_READS, 1000
+    try:
+        for t in range(0, 600):
+            every.observe(t, 1.0, val_loss=1.0 - 1e-4 * t + (0.02 if t % 2 else -0.02))
+    finally:
+        policy.PLATEAU_READS = old
+    assert len([e for e in every.events if e.kind == "plateau"]) > 10
 
 
 def test_resume_from_state_dict_continues_exactly_without_a_finder():

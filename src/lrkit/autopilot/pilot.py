@@ -187,6 +187,9 @@ class Autopilot:
         self._schedule = plan.schedule
         self._plateau = ReduceOnPlateau(plan.schedule, **policy.plateau_settings()) if plateau else None
         self._pstate = self._plateau.init() if self._plateau is not None else None
+        # validation losses since the plateau rule's last reading: (step of that reading -- the
+        # warmup's last step before the first --, their sum, their count)
+        self._pwin: tuple[int, float, int] = (plan.warmup_steps - 1, 0.0, 0)
         self._corr = 1.0  # multiplier = guard.lr_multiplier * _corr
         self._last_rollback: int | None = None
         self._last_restored: int | None = None  # the snapshot the last rollback went back to
@@ -372,12 +375,20 @@ class Autopilot:
     def _plateau_check(self, step: int, val_loss: float) -> None:
         if self._plateau is None or step < self.plan.warmup_steps or step + 1 >= self.plan.train_steps:
             return  # in the warmup, or at the run's last step: nothing is left to train at a lowered LR
+        last, total, n = self._pwin
+        total, n = total + val_loss, n + 1
+        if step - last < policy.plateau_gap(self.plan.train_steps):
+            self._pwin = (last, total, n)  # too soon after the last reading: averaged into the next
+            return
+        self._pwin = (step, 0.0, 0)
+        val_loss = total / n
         old = self._pstate.scale
         self._pstate = self._plateau.update(self._pstate, val_loss)
         if self._pstate.scale < old:
+            means = f" (means over each 1/{policy.PLATEAU_READS} of the run)" if n > 1 else ""
             self._event(step, "plateau",
                         f"step {step}: the validation loss has not improved by 0.1% for "
-                        f"{self._plateau.patience + 1} validations (best {self._pstate.best:.4g}, now "
+                        f"{self._plateau.patience + 1} validations{means} (best {self._pstate.best:.4g}, now "
                         f"{val_loss:.4g}); LR x{self._plateau.factor:g}: the schedule now peaks at "
                         f"{self.plan.peak_lr * self._pstate.scale * self.multiplier:.3g}",
                         {"val_loss": val_loss, "best": self._pstate.best, "scale": self._pstate.scale})
@@ -420,6 +431,7 @@ class Autopilot:
         if self._pstate is not None:
             worst = math.inf if self._plateau.mode == "min" else -math.inf
             self._pstate = self._pstate._replace(best=worst, num_bad_epochs=0)
+            self._pwin = (self._pwin[0], 0.0, 0)  # validations of the state given up
         self._corr = new_total / rec.new_multiplier
         self._last_rollback, self._last_restored = rec.step, rec.restored_to
         if rec.restored_to is not None and rec.restored_to <= rec.step:
@@ -455,6 +467,7 @@ class Autopilot:
             "rewinds": [[t0, p] for t0, p in self._rewinds],
             "history": self.history.state(),
             "plateau": self._plateau.state_dict(self._pstate) if self._plateau is not None else None,
+            "plateau_window": list(self._pwin),
             "doctor": self.doctor.state_dict(),
             "events": [e.to_dict() for e in self.events],
             "guard": self.use_guard,
@@ -486,6 +499,8 @@ class Autopilot:
             pilot.history = RunHistory.from_state(state["history"])
         if pilot._plateau is not None:
             pilot._pstate = pilot._plateau.load_state(dict(state["plateau"]))
+            last, total, n = state.get("plateau_window") or (plan.warmup_steps - 1, 0.0, 0)  # none before 2026-12-06
+            pilot._pwin = (int(last), float(total), int(n))
         pilot.doctor.load_state_dict(state["doctor"])
         pilot._evals = None  # the resumed guard's first snapshot is not the run's start: no overfitting restart
         pilot.events = [AutopilotEvent.from_dict(e) for e in state["events"]]

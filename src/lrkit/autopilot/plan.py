@@ -412,7 +412,7 @@ def make_plan(
                f"{4 * reference[0]} steps" if reference is not None else "")
             + " is rolled back and brought to the autopilot's own peak")
     reasons.append("plateau: halve the LR after 3 validations without a 0.1% improvement (when validation "
-                   "losses are reported)")
+                   f"losses are reported; those closer than {policy.plateau_gap(train_steps)} steps are averaged)")
     return AutopilotPlan(family=family, train_steps=train_steps, peak_lr=peak, shape=shape_n, auto_peak_lr=auto,
                          finder_lr=finder_lr, finder_cost_steps=cost, shape_source=source,
                          warmup_steps=_warmup_of(shape_n, train_steps), reasons=tuple(reasons),
