@@ -130,6 +130,37 @@ def test_param_group_ratios_are_kept():
     assert "initial_lr" not in opt.param_groups[0] and ap.scheduler.get_last_lr() == pytest.approx([0.5, 0.05])
 
 
+
+def test_a_first_param_group_frozen_at_lr_0_stays_frozen_and_the_rest_train():
+    """A group at LR 0 (a frozen backbone) is left at 0 by the finder and the autopilot; the ratios
+    are taken to the first group above 0, whose LR is the finder's and the plan's, and the doctor
+    reads that one. Before, the finder refused the optimizer (group 0 had to be above 0)."""
+    loader, val = _digits()
+    model = _model()
+    frozen = [p.detach().clone() for p in model[0].parameters()]
+    opt = torch.optim.Adam([{"params": model[0].parameters(), "lr": 0.0},
+                            {"params": model[2].parameters(), "lr": 1e-3}])
+    start = _val(model, val)
+    pilot = lt.autopilot(model, opt, torch.nn.functional.cross_entropy, loader, val_loader=val, train_steps=150)
+    assert all(torch.equal(p, q) for p, q in zip(model[0].parameters(), frozen))
+    seen = []
+    pilot.pilot.doctor.observe = lambda step, loss, lr=None, **kw: seen.append(lr)  # what the doctor is told
+    pilot.pilot.guard = None
+    _train(model, opt, pilot, loader, val, 150)
+    assert all(torch.equal(p, q) for p, q in zip(model[0].parameters(), frozen))  # never moved
+    assert opt.param_groups[0]["lr"] == 0.0
+    assert [pilot.plan.schedule(t) for t in (10, 100)] == pytest.approx([seen[10], seen[100]])
+    assert _val(model, val) < 0.8 * start  # the head trained
+    assert 1e-4 < pilot.finder.suggestion == pilot.plan.finder_lr < 1.0  # an Adam LR for the head
+
+
+def test_an_optimizer_with_no_lr_above_0_is_refused_naming_the_groups():
+    loader, _ = _digits()
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with pytest.raises(ValueError, match=r"finite LRs >= 0, one of them above 0.*got \[0.0\]"):
+        lt.autopilot(model, opt, torch.nn.functional.cross_entropy, loader, train_steps=100)
+
 def test_refuses_an_optimizer_with_a_scheduler_attached():
     loader, _ = _digits(64)
     model = _model()

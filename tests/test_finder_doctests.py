@@ -14,6 +14,7 @@ MODULES = [
     "lrkit.report.html",
     "lrkit.report.sections",
     "lrkit.integrations._progress",
+    "lrkit.integrations.torch.groups",
     "lrkit.integrations.torch.state",
     "lrkit.integrations.torch.trainer",
     "lrkit.examples.digits",

@@ -58,6 +58,7 @@ from lrkit.integrations.lightning.skips import StepLossSum, drop_step
 from lrkit.integrations.torch.autopilot import _group_ratios, check_no_scheduler
 from lrkit.integrations.torch.dist import rank_agree, rank_means
 from lrkit.integrations.torch.doctor import grad_norm
+from lrkit.integrations.torch.groups import doctor_lr
 from lrkit.integrations.torch.outputs import SpreadProbe
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 from lrkit.schedules.base import Schedule
@@ -284,7 +285,7 @@ class AutopilotCallback(pl.Callback):
         value, gn = float(loss.detach().float().item()), gn if gn else None
         if trainer.world_size > 1:  # every rank reads the same numbers, so all take the same decisions
             value, gn, val_loss = rank_means([value, gn, val_loss], device=pl_module.device)
-        rolled = self.pilot.observe(step, value, lr=float(self._optimizer.param_groups[0]["lr"]),
+        rolled = self.pilot.observe(step, value, lr=doctor_lr(self._optimizer.param_groups),
                                     grad_norm=gn, val_loss=val_loss, metrics=metrics)
         if rolled:
             self._apply(trainer.global_step)

@@ -64,6 +64,7 @@ from lrkit.doctor.interventions import Intervention
 from lrkit.integrations.lightning.skips import StepLossSum, drop_step
 from lrkit.integrations.torch.dist import rank_agree, rank_means
 from lrkit.integrations.torch.doctor import grad_norm
+from lrkit.integrations.torch.groups import doctor_lr
 from lrkit.integrations.torch.outputs import SpreadProbe
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 
@@ -277,7 +278,7 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         if self.guard is not None and self.guard.skips and self._optimizers and \
                 getattr(optimizer, "optimizer", optimizer) is self._optimizers[0]:
             loss = self._step_loss.take(trainer, pl_module)
-            lr = float(self._optimizers[0].param_groups[0]["lr"]) * self.lr_multiplier
+            lr = doctor_lr(self._optimizers[0].param_groups) * self.lr_multiplier
             if self.guard.skip(loss, lr=lr):
                 self._skipping = True
                 drop_step(trainer, self._optimizers[0])
@@ -303,7 +304,7 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         probed = self._outputs.take(self._step) if self._outputs is not None else {}
         lr = self._last_lr
         if lr is None:
-            lr = float(self._optimizers[0].param_groups[0]["lr"]) * self.lr_multiplier
+            lr = doctor_lr(self._optimizers[0].param_groups) * self.lr_multiplier
         gn, self._gn = self._gn, None
         step = self._step
         self._step += 1

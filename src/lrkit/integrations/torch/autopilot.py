@@ -15,7 +15,8 @@ optimizer family and run length) and returns a :class:`TorchAutopilot`::
         pilot.scheduler.step()          # a torch LRScheduler, as usual
 
 The optimizer's own LR is ignored (only the ratios between its param groups are kept:
-group :math:`g` gets :math:`r_g\,\eta_t` with :math:`r_g` = its LR / the first group's).
+group :math:`g` gets :math:`r_g\,\eta_t` with :math:`r_g` = its LR / the first group's above 0; a
+group at LR 0 stays frozen).
 
 **The guard.** :meth:`TorchAutopilot.after_step` reports the loss (and the gradient norm, when the
 gradients are still there) to the doctor; on ``nan``/``diverging`` the model, the optimizer state,
@@ -82,6 +83,7 @@ from lrkit.integrations.torch.dist import rank_agree, rank_means, world_size
 from lrkit.integrations.torch.doctor import drop_gradients, grad_norm, loss_value
 from lrkit.integrations.torch.outputs import SpreadProbe, check_every_arg
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
+from lrkit.integrations.torch.groups import group_lr, reference_lr
 from lrkit.schedules.base import Schedule
 
 __all__ = ["AutopilotScheduler", "TorchAutopilot", "autopilot", "check_no_scheduler"]
@@ -132,10 +134,11 @@ def _length(loader: Any) -> int | None:
 
 
 def _group_ratios(optimizer: torch.optim.Optimizer) -> list[float]:
-    lrs = [float(g["lr"]) for g in optimizer.param_groups]
-    if not (lrs[0] > 0 and math.isfinite(lrs[0])):
-        return [1.0] * len(lrs)
-    return [lr / lrs[0] for lr in lrs]
+    """Each group's LR over the first one's above 0, as the finder kept them (a group at LR 0
+    stays frozen); all 1 when no group has an LR above 0 (nothing to keep)."""
+    lrs = [group_lr(g) for g in optimizer.param_groups]
+    ref = reference_lr(lrs)
+    return [1.0] * len(lrs) if ref is None else [lr / ref if math.isfinite(lr) else 1.0 for lr in lrs]
 
 
 class AutopilotScheduler(LRScheduler):
@@ -253,8 +256,10 @@ class TorchAutopilot:
         return self.pilot.events
 
     def lr(self, step: int | None = None) -> float:
-        """The LR of the first param group at ``step`` (default: the current step)."""
-        return self.pilot.lr(self.scheduler.step_count if step is None else step) * self.scheduler._ratios[0]
+        """The LR of the first param group above 0 at ``step`` (default: the current step): the run's LR."""
+        ratios = self.scheduler._ratios
+        ratio = next((r for r in ratios if r > 0), ratios[0])
+        return self.pilot.lr(self.scheduler.step_count if step is None else step) * ratio
 
     def after_backward(self, loss: Any) -> bool:
         """Optional, after ``loss.backward()`` and before ``optimizer.step()``: ``True`` when this

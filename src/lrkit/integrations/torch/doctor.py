@@ -127,6 +127,7 @@ from lrkit.integrations.torch.hessian import (
     with_stability,
 )
 from lrkit.integrations.torch.dist import rank, rank_agree, rank_mean, rank_means, world_size
+from lrkit.integrations.torch.groups import doctor_lr
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 from lrkit.integrations.torch.outputs import SpreadProbe, check_every_arg
 
@@ -473,7 +474,7 @@ class TorchDoctor(GuardedWatch):
                 f"guard's LR multiplier {m:.3g} was not applied; call watch.after_backward(loss) every step"
             )
         else:  # after_backward was not called (allowed while the multiplier is 1)
-            lr = float(self.optimizer.param_groups[0]["lr"])
+            lr = doctor_lr(self.optimizer.param_groups)
         self._base = None
         gn, self._gn = self._gn, None
         self._n_steps += 1

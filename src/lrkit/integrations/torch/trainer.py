@@ -20,7 +20,7 @@ scalar loss tensor of the batch (the trainer then does the backward pass, gradie
 AMP scaling, clipping and the optimizer step).
 
 Several optimizers (a GAN's generator and discriminator): pass a list as ``optimizer``; they are
-ramped together (every param group keeps its ratio to the LR of group 0 of the first optimizer)
+ramped together (every param group keeps its ratio to the first group's LR above 0; a group at 0 stays frozen)
 and ``step_fn(model, batch, optimizers) -> loss`` must do the whole update itself (zero_grad,
 backward, ``opt.step()`` for each) and return the loss to track (a float or a scalar tensor);
 ``model`` must own every parameter of every optimizer (e.g. an ``nn.ModuleDict`` of both nets).
@@ -66,6 +66,7 @@ from lrkit.finder.result import FinderResult
 from lrkit.integrations._progress import progress_bar, progress_context, watched  # noqa: F401 - progress_bar re-exported (the CLI imports it)
 from lrkit.integrations.torch.dist import average_gradients as _average_gradients
 from lrkit.integrations.torch.dist import distributed as _distributed, rank_agree, rank_mean
+from lrkit.integrations.torch.groups import group_lr, reference_lr
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot, eval_mode
 from lrkit.integrations.torch.outputs import agreed_spread, first_tensor, tensor_spread
 
@@ -82,11 +83,6 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(_to_device(v, device) for v in batch)
     return batch
-
-
-def _group_lr(group: dict) -> float:
-    lr = group["lr"]
-    return float(lr.item()) if isinstance(lr, torch.Tensor) else float(lr)
 
 
 def _checked_model_and_optimizers(model: Any, optimizer: Any) -> tuple[list[torch.optim.Optimizer], bool, list]:
@@ -129,13 +125,15 @@ def _checked_model_and_optimizers(model: Any, optimizer: Any) -> tuple[list[torc
 
 
 def _lr_ratios(optimizers: list[torch.optim.Optimizer]) -> list[list[float]]:
-    """Every param group's LR over the first group's (kept during the test); warns when a
-    scheduler is attached (the test sets the LRs itself and never steps it)."""
-    base_lr = _group_lr(optimizers[0].param_groups[0])
-    if not (math.isfinite(base_lr) and base_lr > 0):
+    """Every param group's LR over the first group's with an LR above 0 (kept during the test; a
+    group at 0 stays frozen); warns when a scheduler is attached (the test sets the LRs itself and
+    never steps it)."""
+    lrs = [group_lr(g) for opt in optimizers for g in opt.param_groups]
+    base_lr = reference_lr(lrs)
+    if base_lr is None or any(not (math.isfinite(lr) and lr >= 0) for lr in lrs):
         raise ValueError(
-            f"the LR of param group 0 of the (first) optimizer must be > 0 to keep the groups' LR "
-            f"ratios during the test, got lr={base_lr!r}"
+            f"the optimizer's param groups need finite LRs >= 0, one of them above 0, to keep their LR "
+            f"ratios during the test (the finder's LR is that of the first group above 0); got {lrs}"
         )
     if any("initial_lr" in g for opt in optimizers for g in opt.param_groups):
         warnings.warn(
@@ -143,7 +141,7 @@ def _lr_ratios(optimizers: list[torch.optim.Optimizer]) -> list[list[float]]:
             "directly, never steps the scheduler, and restores the groups afterwards",
             stacklevel=4,
         )
-    return [[_group_lr(g) / base_lr for g in opt.param_groups] for opt in optimizers]
+    return [[group_lr(g) / base_lr for g in opt.param_groups] for opt in optimizers]
 
 
 def _check_options(*, multi: bool, step_fn: Any, loss_fn: Any, train_loader: Any, val_loader: Any,
@@ -315,7 +313,7 @@ class TorchTrainer(RecyclingState):
                 "parameters": sum(int(p.numel()) for p in self._trainable)}
 
     def set_lr(self, lr: float) -> None:
-        """Set every param group's LR to ``lr`` times its ratio to the first group's initial LR."""
+        """Set every param group's LR to ``lr`` times its ratio to the first group's initial LR above 0."""
         for opt, ratios in zip(self.optimizers, self._ratios):
             for group, ratio in zip(opt.param_groups, ratios):
                 value = lr * ratio

@@ -55,6 +55,7 @@ from lrkit.doctor.core import Doctor
 from lrkit.doctor.guarded_watch import PendingValidation
 from lrkit.integrations.torch.autopilot import _group_ratios
 from lrkit.integrations.torch.dist import rank_agree, rank_means, world_size
+from lrkit.integrations.torch.groups import doctor_lr
 from lrkit.collapse import check_every_arg
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 from lrkit.integrations.transformers.callback import (RefreshedBeforeSaves, _expected_logs, _guard_blockers,
@@ -307,7 +308,8 @@ class AutopilotCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Tra
         metrics = self._with_outputs(metrics)  # the latest output spread read since the last log
         if world_size() > 1:  # the Trainer's logs are gathered already; this makes sure of it
             loss, gn, val_loss = rank_means([loss, gn, val_loss])
-        self._feed(step, loss, logs.get("learning_rate"), gn, val_loss, metrics)
+        lr = logs.get("learning_rate")  # the Trainer logs group 0's: a frozen one (LR 0) says nothing of the run
+        self._feed(step, loss, doctor_lr(self._optimizer.param_groups) if lr == 0 else lr, gn, val_loss, metrics)
 
     def _feed(self, step: int, loss: float, lr: Any, gn: float | None, val_loss: float | None,
               metrics: Any) -> None:

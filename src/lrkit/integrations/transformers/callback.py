@@ -125,6 +125,7 @@ from lrkit.doctor.interventions import GuardGaveUp, Intervention
 from lrkit.doctor.model_config import chance_loss_from_config
 from lrkit.doctor.watch import check_actions
 from lrkit.integrations.torch.dist import rank_agree, rank_means, world_size
+from lrkit.integrations.torch.groups import doctor_lr
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot, eval_mode, rngs_kept
 from lrkit.integrations.transformers.skips import HoldsStepSkips, StepSkips
 from lrkit.integrations.transformers.outputs import ProbesOutputs
@@ -577,7 +578,7 @@ class LRDoctorCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Guar
             return
         opt, guard = self._optimizer, self.guard
         # the step in flight is logged as global_step + 1 (the callback's numbering of the guard's records)
-        self._skips.decide(lambda loss: guard.skip(loss, lr=float(opt.param_groups[0]["lr"]),
+        self._skips.decide(lambda loss: guard.skip(loss, lr=doctor_lr(opt.param_groups),
                                                    step=int(state.global_step) + 1), opt, self._scaler)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -617,6 +618,8 @@ class LRDoctorCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Guar
             self._check_untrained(loss)
         lr = logs.get("learning_rate")
         lr = None if lr is None else float(lr)
+        if lr == 0 and self._optimizer is not None:  # the Trainer logs group 0's: frozen, say nothing of the run
+            lr = doctor_lr(self._optimizer.param_groups)
         val_loss, metrics = self._pending_val.take()
         metrics = self._with_outputs(metrics)  # the latest output spread read since the last log
         if world_size() > 1:  # the Trainer's logs are gathered already; this makes sure of it

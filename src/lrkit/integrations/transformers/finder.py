@@ -46,6 +46,7 @@ from typing import Any
 
 from lrkit.finder.result import FinderResult
 from lrkit.integrations.torch.dist import world_size
+from lrkit.integrations.torch.groups import reference_lr
 from lrkit.integrations.torch.trainer import find_lr as _find_lr_torch
 
 __all__ = ["find_lr"]
@@ -145,7 +146,7 @@ def _write(trainer: Any, optimizer: Any, lr: float) -> None:
     trainer.args.learning_rate = float(lr)
     if optimizer is None:
         return
-    first = float(optimizer.param_groups[0]["lr"])
+    first = reference_lr([float(g["lr"]) for g in optimizer.param_groups])  # a group at LR 0 stays frozen
     for group in optimizer.param_groups:
-        ratio = float(group["lr"]) / first if first > 0 else 1.0
+        ratio = float(group["lr"]) / first if first is not None else 1.0
         group["lr"] = float(lr) * ratio
