@@ -104,6 +104,27 @@ def test_refuses_learning_rate_free_factories_and_unknown_length():
         lj.autopilot(_loss, params, optax.adam, batches, epochs=0)
 
 
+
+def test_the_family_follows_a_partials_momentum_or_is_named():
+    """``functools.partial(optax.sgd, momentum=0.9)`` is SGD with momentum (its name alone says
+    "sgd": the plan was made for plain SGD); a lambda or a chain says nothing: ``family=`` names it
+    (finder and plan), and a bad or learning-rate-free one is refused."""
+    import functools
+
+    params, batches, _ = _setup(60)
+    assert lj.autopilot(_loss, params, functools.partial(optax.sgd, momentum=0.9), batches).plan.family == \
+        "sgd_momentum"
+    assert lj.autopilot(_loss, params, optax.sgd, batches).plan.family == "sgd"
+    chain = lambda learning_rate: optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(learning_rate))  # noqa: E731
+    with pytest.warns(UserWarning, match="family of <lambda> is unknown"):
+        assert lj.autopilot(_loss, params, chain, batches).plan.family == "unknown"
+    named = lj.autopilot(_loss, params, chain, batches, family="adamw")
+    assert named.plan.family == named.finder.details["family"] == "adamw"
+    with pytest.raises(AutopilotError, match="family must be None .* got 'adamm'"):
+        lj.autopilot(_loss, params, chain, batches, family="adamm")
+    with pytest.raises(AutopilotError, match="learning-rate-free"):
+        lj.autopilot(_loss, params, chain, batches, family="lr_free")
+
 def test_epochs_count_passes_over_the_batches_as_the_torch_autopilot_does():
     params, batches, _ = _setup(40)
     assert lj.autopilot(_loss, params, optax.adam, batches, epochs=3).plan.train_steps == 3 * len(batches)

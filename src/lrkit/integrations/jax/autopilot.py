@@ -51,6 +51,7 @@ from lrkit.autopilot.pilot import Autopilot, AutopilotEvent, check_storage
 from lrkit.collapse import OUTPUT_SPREAD, check_every_arg
 from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
 from lrkit.integrations.jax.trainer import jit_cached, find_lr_optax, outputs_spread
+from lrkit.scaling import FAMILIES, optimizer_family
 from lrkit.schedules.base import Schedule
 
 __all__ = ["OptaxAutopilot", "autopilot"]
@@ -216,6 +217,7 @@ def autopilot(
     check_outputs_every: int = 25,
     storage: str = "memory",
     storage_dir: Any = None,
+    family: str | None = None,
 ) -> OptaxAutopilot:
     """Find the LR, plan the schedule and guard a JAX/optax run (see the module docstring).
 
@@ -235,6 +237,9 @@ def autopilot(
         storage, storage_dir: where the guard keeps its snapshots, ``"memory"`` (references to the
             arrays) or ``"disk"`` (see :class:`lrkit.autopilot.Autopilot`); :meth:`OptaxAutopilot.close`
             deletes them.
+        family: the optimizer family (one of :data:`lrkit.scaling.FAMILIES`), for a factory whose
+            name does not say it (a ``lambda`` or a chain: ``"unknown"`` otherwise, with a warning);
+            default: read from the factory (a ``partial``'s bound momentum included).
 
     Raises:
         AutopilotError: a learning-rate-free factory, an unknown run length, a bad argument.
@@ -248,11 +253,14 @@ def autopilot(
         raise AutopilotError("autopilot: outputs_fn must be None or callable as outputs_fn(params, batch), got "
                              f"{type(outputs_fn).__name__}")
     check_storage(storage, storage_dir, "autopilot")
-    family = check_optimizer(_factory_name(optimizer_factory))
-    if family == "unknown":
-        from lrkit.scaling import optimizer_family
-
-        family = optimizer_family(optimizer_factory)
+    named = check_optimizer(_factory_name(optimizer_factory))  # refuses a learning-rate-free one by its name
+    if family is not None and family not in FAMILIES:
+        raise AutopilotError(f"autopilot: family must be None (read it from the factory) or one of "
+                             f"{', '.join(FAMILIES)}, got {family!r}")
+    if family is None:
+        family = optimizer_family(optimizer_factory)  # a partial's bound momentum too (optax.sgd is "sgd" by name)
+        family = named if family == "unknown" else family
+    check_optimizer(family)  # family="lr_free" is refused as its factory would be
     if resume is not None:
         if not isinstance(resume, Mapping) or set(resume) != {"next_step", "autopilot"}:
             raise AutopilotError("autopilot: resume must be the dict of pilot.state_dict() saved with your checkpoint")
@@ -272,7 +280,9 @@ def autopilot(
         steps = resolve_train_steps(train_steps, epochs=epochs, steps_per_epoch=n)
 
     result = find_lr_optax(loss_fn, params, optimizer_factory, batches, val_batches=val_batches, has_aux=has_aux,
-                           train_steps=steps, progress=progress, family=family, seed=seed, outputs_fn=outputs_fn)
+                           train_steps=steps, progress=progress, family=None if family == "unknown" else family,
+                           seed=seed, outputs_fn=outputs_fn)
+    family = result.details.get("family", family)  # unknown by name: the finder reads its state's hyperparameters
     plan = make_plan(result, family=family, train_steps=steps, shape=shape, peak_lr=peak_lr)
     pilot = Autopilot(plan, guard=guard, plateau=plateau, logger=logger, storage=storage, storage_dir=storage_dir,
                       restart_on_overfit=restart_on_overfit)
