@@ -581,7 +581,7 @@ def test_not_an_optimizer_and_zero_lr():
     with pytest.raises(ValueError, match="must be a torch.optim.Optimizer, got str"):
         TorchTrainer(model, "adam", None, [1])
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    with pytest.raises(ValueError, match=r"LR of param group 0 .* must be > 0 .* got lr=0.0"):
+    with pytest.raises(ValueError, match=r"param groups need finite LRs >= 0, one of them above 0.*got \[0.0\]"):
         TorchTrainer(model, opt, None, [1])
 
 
