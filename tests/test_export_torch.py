@@ -147,6 +147,11 @@ def test_explicit_group_scales_and_per_group_schedules():
     opt = torch.optim.SGD([{"params": [p]} for p in ps], lr=0.0)
     with pytest.raises(ValueError, match="first param group's lr must be > 0"):
         to_torch(SCHEDULES["cosine"], opt)
+    frozen = torch.optim.SGD([{"params": [ps[0]], "lr": 0.0}, {"params": [ps[1]], "lr": 0.3}])
+    fs = to_torch(SCHEDULES["cosine"], frozen)  # a frozen first group stays at 0; the next gets s(t)
+    for t in range(1, 4):
+        fs.step()
+        assert [g["lr"] for g in frozen.param_groups] == [0.0, SCHEDULES["cosine"](t)]
     sched = to_torch(SCHEDULES["cosine"], opt, group_scales=[1.0, 0.25])
     sched.step()
     assert [g["lr"] for g in opt.param_groups] == [SCHEDULES["cosine"](1),

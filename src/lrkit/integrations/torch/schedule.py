@@ -12,7 +12,8 @@ Conventions:
 * **Several parameter groups.** With one schedule, group ``g`` gets
   :math:`\\eta^{(g)}_t = r_g\\, s(t)` where :math:`r_g` = (the group's LR) / (the first group's
   LR) when the scheduler is built — discriminative LRs keep their ratios and the first group
-  gets exactly ``s(t)``. Pass ``group_scales=[...]`` to give the ratios explicitly, or a list
+  gets exactly ``s(t)`` (if its LR is 0 -- a frozen group -- it stays at 0, and the first group
+  above 0 gets ``s(t)``). Pass ``group_scales=[...]`` to give the ratios explicitly, or a list
   of schedules (one per group) for independent schedules.
 * **Checkpoints.** ``state_dict()`` holds progress only (``{"step": k}`` and, for a plateau
   schedule, its :class:`~lrkit.schedules.PlateauState`); the configuration is the code that
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
+from lrkit.integrations.torch.groups import group_lr, reference_lr
 from lrkit.schedules.base import Schedule
 from lrkit.schedules.plateau import ReduceOnPlateau
 
@@ -257,7 +259,7 @@ def to_torch(schedule: Schedule | ReduceOnPlateau | Sequence[Schedule],
             optimizer (before ``optimizer.load_state_dict`` when resuming) so the ratios are
             the ones you configured.
         group_scales: :math:`r_g` for every group (finite, >= 0), instead of the ratios of the
-            optimizer's LRs. Required when the first group's LR is 0.
+            optimizer's LRs. Required when every group's LR is 0.
 
     Returns:
         A :class:`LRKitScheduler`; the LR of step 0 is already set.
@@ -312,10 +314,11 @@ def to_torch(schedule: Schedule | ReduceOnPlateau | Sequence[Schedule],
                 raise ValueError(f"to_torch: group_scales[{i}] must be a finite number >= 0, got {r!r}")
             scales.append(float(r))
     else:
-        lrs = [float(g["lr"]) for g in groups]
-        if not (lrs[0] > 0 and math.isfinite(lrs[0])):
+        lrs = [group_lr(g) for g in groups]
+        ref = reference_lr(lrs)  # a group at LR 0 (frozen) keeps scale 0
+        if ref is None or any(not (math.isfinite(lr) and lr >= 0) for lr in lrs):
             raise ValueError(f"to_torch: the first param group's lr must be > 0 to derive the "
-                             f"groups' LR ratios, got {lrs[0]!r}; pass group_scales=[...] "
-                             f"(one number per group, e.g. [1.0] * {n})")
-        scales = [1.0] + [lr / lrs[0] for lr in lrs[1:]]
+                             f"groups' LR ratios (or, with frozen groups at 0 first, a later one), got {lrs}; "
+                             f"pass group_scales=[...] (one number per group, e.g. [1.0] * {n})")
+        scales = [lr / ref for lr in lrs]
     return LRKitScheduler(optimizer, schedules, scales, plateau)
