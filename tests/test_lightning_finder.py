@@ -107,3 +107,33 @@ def test_the_trainers_epochs_reach_the_finder_and_a_model_smaller_than_its_data_
     shape = finder.result.details["run_shape"]
     assert shape["epochs"] == pytest.approx(30.0) and shape["params_per_example"] == pytest.approx(129 / 160)
     assert shape["many_epochs"] is False and "many_epochs_factor" not in finder.result.details
+
+
+class FrozenFirst(Regression):
+    """The first layer frozen by an LR of 0 in its param group (no scheduler)."""
+
+    def training_step(self, batch, batch_idx):
+        self.steps.append([g["lr"] for g in self.trainer.optimizers[0].param_groups])
+        return super().training_step(batch, batch_idx)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD([{"params": self.net[0].parameters(), "lr": 0.0},
+                                {"params": self.net[2].parameters(), "lr": self.hparams.lr}], momentum=0.9)
+
+
+def test_a_group_frozen_at_lr_0_stays_frozen_through_the_finder(tmp_path):
+    """The finder ramps the groups above 0 and leaves a group at LR 0 there (before, a first group at
+    0 read as "a warmup from 0" and every group was ramped from the module's LR: the frozen layer
+    trained during the test, and the suggestion was for a different model)."""
+    torch.manual_seed(0)
+    model = FrozenFirst()
+    frozen = [p.detach().clone() for p in model.net[0].parameters()]
+    finder = LRFinder(num_iter=30, verify_steps=3, progress=False)
+    trainer = pl.Trainer(max_steps=10, callbacks=[finder], logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                         accelerator="cpu")
+    trainer.fit(model, train_dataloaders=loader())
+    ramp = [lrs for lrs in model.steps if lrs[1] > 0]
+    assert len(ramp) >= 30 and all(lrs[0] == 0.0 for lrs in model.steps)
+    assert all(torch.equal(a, b) for a, b in zip(model.net[0].parameters(), frozen))
+    assert model.hparams.lr == finder.result.suggestion

@@ -45,6 +45,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities.parsing import lightning_getattr, lightning_hasattr, lightning_setattr
 
 from lrkit.finder.result import FinderResult
+from lrkit.integrations.torch.groups import reference_lr
 from lrkit.integrations.torch.trainer import find_lr as _find_lr_torch
 
 __all__ = ["LRFinder"]
@@ -91,14 +92,14 @@ def _loss_of(output: Any) -> Any:
 
 @contextlib.contextmanager
 def _base_lrs(trainer: pl.Trainer, optimizer: Any, module_lr: Any):
-    """Positive group LRs while the test runs (a warmup from 0 may have set them to 0).
+    """Positive group LRs while the test runs (a warmup from 0 may have set them all to 0).
 
     The range test keeps the groups' LR ratios, read from their current LRs; a scheduler that
     starts with a warmup from 0 leaves nothing to read. Then the groups get the scheduler's
     ``base_lrs`` if they are positive, else the module's LR (ratios 1).
     """
     saved = [group["lr"] for group in optimizer.param_groups]
-    if float(saved[0]) <= 0:
+    if reference_lr([float(lr) for lr in saved]) is None:  # a group at 0 beside one above it: frozen, kept
         configs = trainer.lr_scheduler_configs
         base = [float(b) for b in getattr(configs[0].scheduler, "base_lrs", [])] if configs else []
         if not (len(base) == len(saved) and base[0] > 0):
