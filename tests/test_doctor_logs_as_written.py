@@ -226,3 +226,66 @@ def test_fast_csv_parse_equals_the_line_by_line_one(tmp_path):
     bad.write_text("step,loss\n" + "".join(f"{t},1.0\n" for t in range(500)) + "7,0.5\n")
     with pytest.raises(LogFormatError, match=r"dup\.csv:502: step 7 appears again with a different 'loss' value"):
         read_log(bad)
+
+
+# ----------------------------------------------------------------------------- a thrashing run read flat
+def _lightning_csv(path, train, val):
+    """A metrics.csv as Lightning's CSVLogger writes it with log_every_n_steps=50 and a validation per
+    44-step epoch (training rows at steps 49, 99, ...; validation rows at 43, 87, ...)."""
+    rows = ["epoch,step,train_loss,val_loss"]
+    for e, v in enumerate(val):
+        rows.append(f"{e},{44 * e + 43},,{v}")
+        if e < len(train):
+            rows.append(f"{e + 1},{50 * e + 49},{train[e]},")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_a_flat_loss_whose_validation_loss_swings_is_too_high_not_too_low(tmp_path):
+    """Lightning, default logging: a run blown up before its first row then thrashing around chance
+    (Adam at LR 3 on digits: training losses 2.3-2.9, validation losses jumping 7% between epochs)
+    was read flat and advised to raise the LR 10x. An LR too low cannot move the weights that much:
+    its validation losses fall in a straight line. Both have the same training losses here."""
+    train = [2.93, 2.40, 2.68, 2.28, 2.62, 2.34, 2.82]
+    thrash = diagnose(_lightning_csv(tmp_path / "a.csv", train, [2.82, 2.47, 2.53, 2.49, 2.80, 2.52, 2.54, 2.51]))
+    assert thrash.verdict == "diverging" and thrash.evidence["val_swing"] > 0.05
+    assert thrash.advice[0].startswith("lower the LR") and "validation loss jumps by" in thrash.message
+    slow = diagnose(_lightning_csv(tmp_path / "b.csv", train, [2.3073 - 0.001 * e for e in range(8)]))
+    assert slow.verdict == "flat" and slow.advice[0].startswith("raise the LR")
+    assert "val_swing" not in slow.evidence
+
+
+def test_a_real_lightning_run_at_an_absurd_lr_is_not_advised_a_higher_one(tmp_path):
+    """The same through a real Lightning fit with its default logging (CSVLogger, every 50 steps)."""
+    pl = pytest.importorskip("lightning.pytorch")
+    torch = pytest.importorskip("torch")
+    from lightning.pytorch.loggers import CSVLogger
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x, y = torch.tensor(d.data / 16.0, dtype=torch.float32), torch.tensor(d.target)
+
+    class Digits(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+
+        def training_step(self, b, i):
+            loss = torch.nn.functional.cross_entropy(self.net(b[0]), b[1])
+            self.log("train_loss", loss)
+            return loss
+
+        def validation_step(self, b, i):
+            self.log("val_loss", torch.nn.functional.cross_entropy(self.net(b[0]), b[1]))
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=3.0)
+
+    pl.seed_everything(0, verbose=False)
+    load = torch.utils.data.DataLoader
+    trainer = pl.Trainer(max_epochs=8, logger=CSVLogger(tmp_path, name="digits"), enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(Digits(), load(torch.utils.data.TensorDataset(x[:1400], y[:1400]), batch_size=32, shuffle=True),
+                load(torch.utils.data.TensorDataset(x[1400:], y[1400:]), batch_size=512))
+    d = diagnose(tmp_path / "digits" / "version_0" / "metrics.csv")
+    assert d.verdict in ("diverging", "fluctuating") and d.advice[0].startswith("lower the LR"), d.message

@@ -51,7 +51,12 @@ losses no longer differ (an LR too low leaves their noise as it was); dated from
 level that sits clearly *above* the first window's (:math:`(R-M)/R < -\text{tol}`) without such a
 collapse is no flat run either: the loss rose (a schedule's LR rise being waited out by
 :mod:`~lrkit.doctor.signs.diverging`, say), and "raise the LR" would be the wrong advice again.
-Onset of flat: the first step observed.
+A flat run whose validation loss zigzags (:meth:`Flat.val_swing`, the median distance of an
+evaluation's log from its neighbours' mean over the last :data:`VAL_KEEP`, above :data:`VAL_SWING`,
+with no new best in their second half) is ``diverging`` too: the weights move a lot and go nowhere,
+which an LR too low cannot do -- on a fixed validation set its losses fall in a straight line (a
+run blown up before its first logged row and thrashing since, as Lightning's default logging every
+50 steps shows one, reads flat otherwise). Onset of flat: the first step observed.
 """
 from __future__ import annotations
 
@@ -71,6 +76,7 @@ from lrkit.doctor.signs._base import (
     finding_state,
     median,
     scaled,
+    validation_loss,
 )
 from lrkit.doctor.signs.diverging import LOST_MIN_PROGRESS, diverging_explanation
 from lrkit.doctor.signs.early_blowup import early_blowup_step
@@ -85,6 +91,16 @@ NOISE_ROWS = 20
 WINDOW_CAP, START_CAP = 0.3, 0.5
 #: sd of the medians' noise added to a fall before it is compared with a cap
 UPPER_Z = 1.5
+#: a flat run whose validation loss swings between evaluations by this much (the median distance of an
+#: evaluation's log from its neighbours' mean) with no new best in their second half is stuck, not
+#: slow: an LR too low cannot move the weights that much -- its validation losses on a fixed set fall
+#: in a straight line, swing 0 (a Lightning run of Adam at LR 3, logged every 50 steps: its blow-up
+#: before the first row, then validation losses jumping 7% around 1.1x chance, was advised to raise
+#: the LR 10x; on the development half of the real-runs corpus the too-high Lightning runs that read
+#: flat swing 1.5%, the too-low ones 0.00%). Assumes a fixed validation set (not a random subset)
+VAL_SWING = 0.01
+#: evaluations that swing needs (the last :data:`VAL_KEEP` are kept)
+VAL_MIN_EVALS, VAL_KEEP = 5, 10
 
 
 def _fall(rel: float) -> float:
@@ -114,8 +130,12 @@ class Flat(Sign):
         # n, sum t, sum t^2, sum y, sum t*y, sum y^2 of log-loss on the observation index
         self.trend = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
         self.lr_window: list[float] = []  # LR at each window check, for warmup detection
+        self.vals: list[float] = []  # log of the last VAL_KEEP validation losses
 
     def observe(self, obs: Observation) -> None:
+        v = validation_loss(obs)
+        if v is not None and math.isfinite(v) and v > 0:
+            self.vals = (self.vals + [math.log(v)])[-VAL_KEEP:]
         t = self.track
         y = t.y.last(1)[0]  # this step's log-loss
         if y > math.log(TINY):
@@ -246,6 +266,11 @@ class Flat(Sign):
                 # no progress, 1.5x its best, and the batches' noise gone: their losses no longer depend
                 # on what the network makes of its inputs (an LR too low leaves the noise as it was)
                 early = t.first_step
+        swing = self.val_swing()
+        if early is None and swing > VAL_SWING:
+            # the weights move a lot and go nowhere: not an LR too low (see VAL_SWING)
+            ev["val_swing"] = swing
+            early = t.first_step
         ceiling = self.config.get("lr_ceiling")
         over = t.max_lr(W) / ceiling if ceiling else math.nan
         if early is None and over > 1.0:
@@ -253,6 +278,17 @@ class Flat(Sign):
             ev["lr_over_ceiling"] = over
             early = t.first_step
         return early
+
+    def val_swing(self) -> float:
+        r"""How far the validation loss swings between evaluations without getting anywhere: with
+        :math:`z_i` the logs of the last :data:`VAL_KEEP` validation losses,
+        :math:`\operatorname{median}_i |z_i - \tfrac12(z_{i-1} + z_{i+1})|` (0 for a straight line,
+        whatever its slope); 0 with fewer than :data:`VAL_MIN_EVALS`, or when the second half holds a
+        new best (the run is getting somewhere)."""
+        z = np.array(self.vals)
+        if len(z) < VAL_MIN_EVALS or z[len(z) // 2:].min() < z[:len(z) // 2].min():
+            return 0.0
+        return float(np.median(np.abs(z[1:-1] - 0.5 * (z[:-2] + z[2:]))))
 
     def explain(self, finding: Finding, step: int) -> tuple[tuple[str, ...], str]:
         if finding.verdict == "diverging":
@@ -269,6 +305,7 @@ class Flat(Sign):
         return {
             "trend": list(self.trend),
             "lr_window": list(self.lr_window),
+            "vals": list(self.vals),
             "flat_finding": finding_state(self.finding),
         }
 
@@ -277,4 +314,5 @@ class Flat(Sign):
         if "trend" in s:
             self.trend = [float(v) for v in s["trend"]]
         self.lr_window = [float(v) for v in s.get("lr_window", [])]
+        self.vals = [float(v) for v in s.get("vals", [])]
         self.finding = finding_from(s.get("flat_finding"))
