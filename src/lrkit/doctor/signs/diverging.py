@@ -197,16 +197,16 @@ def diverging_explanation(track: Track, config: Mapping[str, Any], onset: int | 
         msg = (f"The loss has not decreased in {track.n} steps at an LR {ev['lr_over_ceiling']:.3g}x above "
                "the ceiling known to train (lr_ceiling): the run is stuck (units died or saturated), not "
                "too slow; raising the LR would be the wrong advice.")
-    elif "grad_norm_drop" in ev:  # name only what was measured (no gradient norm logged: no "fell nanx")
-        fell = [f"{what} fell {ev[key]:.3g}x" for key, what in (("grad_norm_drop", "gradient norm"), ("noise_drop", "noise"))
-                if math.isfinite(ev.get(key, math.nan))]
-        msg = ("The loss has not decreased since an unstable start" + (f" ({', '.join(fell)})" if fell else "")
-               + ": units likely saturated or died.")
     elif "val_swing" in ev:
         msg = (f"The loss has not decreased over {track.n} logged losses, yet the validation loss jumps by "
                f"{100 * ev['val_swing']:.0f}% between evaluations with no new best: an LR too low cannot move the "
                "weights that much. The LR is likely too high (a blow-up before the log shows it, then stuck); "
                "raising it would be the wrong advice.")
+    elif "grad_norm_drop" in ev:  # name only what was measured (no gradient norm logged: no "fell nanx")
+        fell = [f"{what} fell {ev[key]:.3g}x" for key, what in (("grad_norm_drop", "gradient norm"), ("noise_drop", "noise"))
+                if math.isfinite(ev.get(key, math.nan))]
+        msg = ("The loss has not decreased since an unstable start" + (f" ({', '.join(fell)})" if fell else "")
+               + ": units likely saturated or died.")
     elif "early_max_ratio" in ev:
         msg = (
             f"The loss blew up to {ev['early_max_ratio']:.3g}x its initial value at step {onset} and has "

@@ -51,7 +51,8 @@ losses no longer differ (an LR too low leaves their noise as it was); dated from
 level that sits clearly *above* the first window's (:math:`(R-M)/R < -\text{tol}`) without such a
 collapse is no flat run either: the loss rose (a schedule's LR rise being waited out by
 :mod:`~lrkit.doctor.signs.diverging`, say), and "raise the LR" would be the wrong advice again.
-A flat run whose validation loss zigzags (:meth:`Flat.val_swing`, the median distance of an
+A flat run whose training loss has made no progress (under :data:`VAL_SWING_PROGRESS` over its
+first window) while its validation loss zigzags (:meth:`Flat.val_swing`, the median distance of an
 evaluation's log from its neighbours' mean over the last :data:`VAL_KEEP`, above :data:`VAL_SWING`,
 with no new best in their second half) is ``diverging`` too: the weights move a lot and go nowhere,
 which an LR too low cannot do -- on a fixed validation set its losses fall in a straight line (a
@@ -99,6 +100,10 @@ UPPER_Z = 1.5
 #: the LR 10x; on the development half of the real-runs corpus the too-high Lightning runs that read
 #: flat swing 1.5%, the too-low ones 0.00%). Assumes a fixed validation set (not a random subset)
 VAL_SWING = 0.01
+#: ... and only while the training loss has made less progress than this over its first window: a
+#: healthy run that overfits (diabetes, SGD at 0.1, epoch rows: training loss 10% down within the flat
+#: tolerance of its noisy rows, validation loss rising in 3-4% zigzags) is learning, not stuck
+VAL_SWING_PROGRESS = 0.05
 #: evaluations that swing needs (the last :data:`VAL_KEEP` are kept)
 VAL_MIN_EVALS, VAL_KEEP = 5, 10
 
@@ -267,7 +272,7 @@ class Flat(Sign):
                 # on what the network makes of its inputs (an LR too low leaves the noise as it was)
                 early = t.first_step
         swing = self.val_swing()
-        if early is None and swing > VAL_SWING:
+        if early is None and swing > VAL_SWING and rel < VAL_SWING_PROGRESS:
             # the weights move a lot and go nowhere: not an LR too low (see VAL_SWING)
             ev["val_swing"] = swing
             early = t.first_step
