@@ -191,7 +191,7 @@ def markdown(specs: list[rr.RunSpec], off: dict, liv: dict, live_minutes: float 
               "losses alone the two are the same, and the offline verdict was flat (the callbacks, which see every step, "
               "are right). Since 2026-12-06 the flat sign also reads the validation losses: a too-low run's fall in a "
               "straight line, these zigzag, and a flat run whose validation loss zigzags (median swing above 1%, no new "
-              "best) is stuck too high; it came from a real Lightning run of Adam at LR 3 outside this corpus, read flat "
+              "best, the training loss under 5% down) is stuck too high; it came from a real Lightning run of Adam at LR 3 outside this corpus, read flat "
               "and advised to raise its LR to 30. The 1% was set between the development half's too-low (0.00%) and "
               "too-high (1.5%) Lightning runs; the held-out ones, looked at before it was settled, swing 0.7% over the "
               "whole run but more at the check that flags them: all four now read diverging offline. "
