@@ -38,14 +38,12 @@ import numpy as np
 import torch
 
 from benchmarks._report import machine, publish
-from benchmarks.finder_regret import _capped
+from benchmarks.finder_regret import _capped, lrkit_answer
 from benchmarks.finder_tasks import DEV, HELDOUT, Task, TensorTrainer, available_tasks, initial_val_loss, train
 from lrkit import scaling
 from lrkit.finder import search
 from lrkit.finder._rules import classic_suggestions
-from lrkit.finder.range_test import plan_budget, plan_verify_budget, run_range_test
-from lrkit.finder.regime import run_shape
-from lrkit.finder.suggest import suggest
+from lrkit.finder.range_test import run_range_test
 
 GRID = (1e-5, 0.3)
 GRID_POINTS = 19
@@ -66,13 +64,7 @@ def lion_task(task: Task) -> Task:
 
 def _finder(task: Task, seed: int) -> tuple[float, str]:
     """The finder as ``find_lr(..., train_steps=task.budget)`` runs it: (lr, method)."""
-    start_lr, end_lr = scaling.lr_range("lion")
-    t = TensorTrainer(task, seed, lr=start_lr)
-    n_range, n_verify = plan_budget(train_steps=task.budget)
-    rec = run_range_test(t, start_lr=start_lr, end_lr=end_lr, num_iter=n_range)
-    sug = suggest(rec.lrs, rec.losses, trainer=t, family="lion", verify_steps=n_verify,
-                  verify_budget=plan_verify_budget(task.budget, n_range),
-                  **run_shape(train_steps=task.budget, **t.data_shape()))
+    sug, _ = lrkit_answer(task, seed)
     return float(sug.lr), sug.method
 
 
@@ -87,8 +79,8 @@ def _one(name: str) -> tuple[str, dict, float]:
     best = int(np.argmin(table))
     methods: dict[str, dict] = {m: {"lrs": [], "vals": [], "diverged": 0, "how": []} for m in METHODS}
     for seed in SEEDS:
-        rec = run_range_test(TensorTrainer(task, seed, lr=scaling.lr_range("lion")[0]),
-                             start_lr=scaling.lr_range("lion")[0], end_lr=scaling.lr_range("lion")[1],
+        start_lr, end_lr = scaling.lr_range("lion")
+        rec = run_range_test(TensorTrainer(task, seed, lr=start_lr), start_lr=start_lr, end_lr=end_lr,
                              num_iter=RANGE_ITERS)
         rules = classic_suggestions(rec.lrs, rec.losses, num_iter=RANGE_ITERS)
         choice = {"lrkit": _finder(task, seed), "default": (DEFAULT_LR, "rule of thumb"),

@@ -46,7 +46,7 @@ from lrkit import scaling
 from lrkit.finder._rules import classic_suggestions
 from lrkit.finder.range_test import plan_budget, plan_verify_budget, run_range_test
 from lrkit.finder.regime import run_shape
-from lrkit.finder.suggest import FULL_RUN_SPREAD, suggest
+from lrkit.finder.suggest import FULL_RUN_SPREAD, Suggestion, suggest
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ORACLE_CACHE = RESULTS / "finder_oracle.json"
@@ -93,6 +93,19 @@ def _prodigy(params, lr):
     return Prodigy(params, lr=1.0)
 
 
+def lrkit_answer(task: Task, seed: int) -> tuple[Suggestion, int]:
+    """lrkit's finder on a fresh trainer, as ``find_lr(..., train_steps=task.budget)`` runs it: the
+    suggestion and the optimizer steps it cost (range test and verification)."""
+    start_lr, end_lr = scaling.lr_range(task.family)
+    t = TensorTrainer(task, seed, lr=start_lr)
+    n_range, n_verify = plan_budget(train_steps=task.budget)
+    rec = run_range_test(t, start_lr=start_lr, end_lr=end_lr, num_iter=n_range)
+    sug = suggest(rec.lrs, rec.losses, trainer=t, family=task.family, verify_steps=n_verify,
+                  verify_budget=plan_verify_budget(task.budget, n_range),
+                  **run_shape(train_steps=task.budget, **t.data_shape()))
+    return sug, rec.steps_run + sug.details["verify_steps_used"]
+
+
 def run_task(task: Task, cap: float) -> dict:
     family = task.family
     start_lr, end_lr = scaling.lr_range(family)
@@ -102,14 +115,9 @@ def run_task(task: Task, cap: float) -> dict:
         rec = run_range_test(t, start_lr=start_lr, end_lr=end_lr, num_iter=RANGE_ITERS)
         rules = classic_suggestions(rec.lrs, rec.losses, num_iter=RANGE_ITERS)
         rule_only = suggest(rec.lrs, rec.losses, family=family)
-        t2 = TensorTrainer(task, seed, lr=start_lr)
-        n_range, n_verify = plan_budget(train_steps=task.budget)  # = find_lr(..., train_steps=budget)
-        rec_short = run_range_test(t2, start_lr=start_lr, end_lr=end_lr, num_iter=n_range)
-        sug = suggest(rec_short.lrs, rec_short.losses, trainer=t2, family=family, verify_steps=n_verify,
-                      verify_budget=plan_verify_budget(task.budget, n_range),
-                      **run_shape(train_steps=task.budget, **t2.data_shape()))
+        sug, cost = lrkit_answer(task, seed)
         choice = {
-            "lrkit": (sug.lr, rec_short.steps_run + sug.details["verify_steps_used"]),
+            "lrkit": (sug.lr, cost),
             "lrkit_rule": (rule_only.lr, rec.steps_run),
             "default": (scaling.default_lr(family), 0),
             "prodigy": (1.0, 0),

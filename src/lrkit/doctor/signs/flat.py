@@ -271,8 +271,7 @@ class Flat(Sign):
                 # no progress, 1.5x its best, and the batches' noise gone: their losses no longer depend
                 # on what the network makes of its inputs (an LR too low leaves the noise as it was)
                 early = t.first_step
-        swing = self.val_swing()
-        if early is None and swing > VAL_SWING and rel < VAL_SWING_PROGRESS:
+        if early is None and rel < VAL_SWING_PROGRESS and (swing := self.val_swing()) > VAL_SWING:
             # the weights move a lot and go nowhere: not an LR too low (see VAL_SWING)
             ev["val_swing"] = swing
             early = t.first_step

@@ -254,13 +254,14 @@ def autopilot(
                              f"{type(outputs_fn).__name__}")
     check_storage(storage, storage_dir, "autopilot")
     named = check_optimizer(_factory_name(optimizer_factory))  # refuses a learning-rate-free one by its name
-    if family is not None and family not in FAMILIES:
-        raise AutopilotError(f"autopilot: family must be None (read it from the factory) or one of "
-                             f"{', '.join(FAMILIES)}, got {family!r}")
     if family is None:
         family = optimizer_family(optimizer_factory)  # a partial's bound momentum too (optax.sgd is "sgd" by name)
         family = named if family == "unknown" else family
-    check_optimizer(family)  # family="lr_free" is refused as its factory would be
+    elif family not in FAMILIES:
+        raise AutopilotError(f"autopilot: family must be None (read it from the factory) or one of "
+                             f"{', '.join(FAMILIES)}, got {family!r}")
+    else:
+        check_optimizer(family)  # family="lr_free" is refused as its factory would be
     if resume is not None:
         if not isinstance(resume, Mapping) or set(resume) != {"next_step", "autopilot"}:
             raise AutopilotError("autopilot: resume must be the dict of pilot.state_dict() saved with your checkpoint")
