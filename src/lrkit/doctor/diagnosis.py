@@ -79,6 +79,8 @@ def run_doctor(records: LogRecords, doctor: Doctor, progress: Progress | None = 
         vals, mask = aligned["lr"]
         with np.errstate(invalid="ignore"):
             aligned["lr"] = (vals, mask & np.isfinite(vals) & (vals >= 0))
+    if "grad_norm" in aligned:
+        aligned["grad_norm"] = skipped_overflows(*aligned["grad_norm"], loss)
     if hasattr(doctor, "observe_many"):  # the vectorised offline pass, in chunks for the progress bar
         if rows_per_point > 1:
             _feed_coarse(doctor, steps, loss, aligned, progress, rows_per_point)
@@ -97,6 +99,33 @@ def run_doctor(records: LogRecords, doctor: Doctor, progress: Progress | None = 
     if progress is not None:
         progress("diagnosing", 1.0)
     return doctor
+
+
+def skipped_overflows(gn: np.ndarray, present: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A logged gradient-norm column (values, present) with the rows a loss scaler skipped left
+    out: a non-finite norm beside a finite loss that a finite norm follows later in the log.
+
+    Under fp16 mixed precision a ``GradScaler`` skips every step whose scaled gradients overflow
+    and halves its scale (the first steps of a large model, then about once per 2000 steps): the
+    Hugging Face ``Trainer`` logs ``grad_norm`` ``nan`` or ``inf`` there, and no weight changed.
+    Without a scaler a non-finite gradient is applied: the weights go non-finite, and so does every
+    gradient norm after it (the ``Trainer``'s default ``logging_nan_inf_filter`` may keep the logged
+    loss finite), so those rows stay. Live, the callbacks ask the scaler itself
+    (:mod:`lrkit.integrations.torch.amp`).
+
+    Example:
+        >>> gn = np.array([np.nan, np.inf, 0.8, 0.7, np.nan, np.nan])
+        >>> skipped_overflows(gn, np.ones(6, bool), np.full(6, 2.0))[1]   # the last two: never finite again
+        array([False, False,  True,  True,  True,  True])
+    """
+    with np.errstate(invalid="ignore"):
+        finite = present & np.isfinite(gn)
+    bad = present & ~finite
+    if not bad.any():
+        return gn, present
+    finite_later = np.zeros(len(gn), dtype=bool)
+    finite_later[:-1] = np.logical_or.accumulate(finite[::-1])[::-1][1:]
+    return gn, present & ~(bad & finite_later & np.isfinite(loss))
 
 
 def _feed_coarse(doctor: Doctor, steps: np.ndarray, loss: np.ndarray, cols: dict[str, tuple[np.ndarray, np.ndarray]],

@@ -54,7 +54,7 @@ from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer,
 from lrkit.collapse import check_every_arg
 from lrkit.doctor.guarded_watch import PendingValidation
 from lrkit.integrations.lightning.callback import probed_module
-from lrkit.integrations.lightning.skips import StepLossSum, drop_step
+from lrkit.integrations.lightning.skips import StepLossSum, drop_step, step_grad_norm
 from lrkit.integrations.torch.autopilot import _group_ratios, check_no_scheduler
 from lrkit.integrations.torch.dist import rank_agree, rank_means
 from lrkit.integrations.torch.doctor import grad_norm
@@ -281,7 +281,7 @@ class AutopilotCallback(pl.Callback):
         val_loss, metrics = self._pending.take()
         if probed:
             metrics = {**(metrics or {}), **probed}
-        gn, self._gn = self._gn, None
+        gn, self._gn = step_grad_norm(trainer, self._gn), None
         value, gn = float(loss.detach().float().item()), gn if gn else None
         if trainer.world_size > 1:  # every rank reads the same numbers, so all take the same decisions
             value, gn, val_loss = rank_means([value, gn, val_loss], device=pl_module.device)

@@ -2,7 +2,9 @@ r"""The LR doctor (and guard) as a Lightning ``Callback``.
 
 :class:`LRDoctorCallback` feeds a :class:`~lrkit.doctor.core.Doctor` from ``on_train_batch_end``
 (the loss of ``outputs``), with the LR of the first param group of ``trainer.optimizers[0]`` and
-the global gradient norm measured in ``on_before_optimizer_step`` (after AMP unscaling). It logs
+the global gradient norm measured in ``on_before_optimizer_step`` (after AMP unscaling; under
+``precision="16-mixed"`` a step whose gradients overflowed, which the scaler skips, has no norm:
+:mod:`lrkit.integrations.torch.amp`). It logs
 ``lrkit/verdict_severity`` (0 healthy, 1 flat, 2 fluctuating, 3 diverging, 4 nan; see
 :data:`lrkit.doctor.SEVERITY`) and, with the guard, ``lrkit/lr_multiplier``, through
 ``pl_module.log``. The results of each validation run (``val_loss`` or ``val/loss``, and every
@@ -61,7 +63,7 @@ from lrkit.collapse import check_every_arg
 from lrkit.doctor.core import SEVERITY, Doctor
 from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation, watch_skip_spikes
 from lrkit.doctor.interventions import Intervention
-from lrkit.integrations.lightning.skips import StepLossSum, drop_step
+from lrkit.integrations.lightning.skips import StepLossSum, drop_step, step_grad_norm
 from lrkit.integrations.torch.dist import rank_agree, rank_means
 from lrkit.integrations.torch.doctor import grad_norm
 from lrkit.integrations.torch.groups import doctor_lr
@@ -305,7 +307,7 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         lr = self._last_lr
         if lr is None:
             lr = doctor_lr(self._optimizers[0].param_groups) * self.lr_multiplier
-        gn, self._gn = self._gn, None
+        gn, self._gn = step_grad_norm(trainer, self._gn), None
         step = self._step
         self._step += 1
         if step == 0:  # the untrained model's loss: is a chance level you gave a reference?

@@ -15,10 +15,23 @@ from typing import Any
 
 import torch
 
+from lrkit.integrations.torch.amp import scaled_grad_norm
 from lrkit.integrations.torch.dist import rank_means
 from lrkit.integrations.torch.doctor import drop_gradients
 
-__all__ = ["StepLossSum", "drop_step"]
+__all__ = ["StepLossSum", "drop_step", "amp_scaler", "step_grad_norm"]
+
+
+def amp_scaler(trainer: Any) -> Any:
+    """Lightning's AMP ``GradScaler`` (``precision="16-mixed"``), ``None`` without one."""
+    return getattr(trainer.precision_plugin, "scaler", None)
+
+
+def step_grad_norm(trainer: Any, gn: float | None) -> float | None:
+    """The gradient norm measured in ``on_before_optimizer_step`` as the doctor should read it once
+    the step is over (the scaler updated): an fp16 overflow the scaler skipped is unknown
+    (:func:`~lrkit.integrations.torch.amp.scaled_grad_norm`)."""
+    return scaled_grad_norm(gn, amp_scaler(trainer))
 
 
 class StepLossSum:
@@ -36,7 +49,7 @@ class StepLossSum:
     def take(self, trainer: Any, pl_module: Any) -> float:
         """The step's loss (the mean over the ranks with several processes); starts the next sum."""
         parts, self._parts = self._parts, []
-        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        scaler = amp_scaler(trainer)
         # Lightning's AMP hands over the scaled loss; the scale changes only after the optimizer step
         scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else None
         loss = 0.0
@@ -51,4 +64,4 @@ class StepLossSum:
 def drop_step(trainer: Any, optimizer: torch.optim.Optimizer) -> None:
     """Leave the coming optimizer step nothing to apply (Lightning's AMP scaler, if any, included)."""
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    drop_gradients(params, getattr(trainer.precision_plugin, "scaler", None), optimizer)
+    drop_gradients(params, amp_scaler(trainer), optimizer)

@@ -24,7 +24,9 @@ the ``GradScaler`` and the RNGs go back **in place** to the last good snapshot a
 (:func:`lrkit.autopilot.policy.lowered_multiplier`); the clock goes on (the scheduler keeps its
 place, the loader goes on with the next batch). A network that dies -- every input getting the
 same output, measured on the training forward every ``check_outputs_every`` steps -- is rolled
-back too (:mod:`lrkit.doctor.signs.dead`). Pass ``val_loss=`` when you validate: a stalled
+back too (:mod:`lrkit.doctor.signs.dead`). With a ``GradScaler`` (pass it as ``scaler=``) a step
+whose fp16 gradients overflowed, which the scaler skips, is no NaN of the run
+(:mod:`lrkit.integrations.torch.amp`). Pass ``val_loss=`` when you validate: a stalled
 validation loss halves the LR. Every intervention is logged to ``lrkit.autopilot`` and kept in
 :attr:`TorchAutopilot.events`.
 
@@ -80,6 +82,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from lrkit.autopilot.pilot import Autopilot, AutopilotEvent, check_storage
 from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
 from lrkit.integrations.torch.dist import rank_agree, rank_means, world_size
+from lrkit.integrations.torch.amp import scaled_grad_norm
 from lrkit.integrations.torch.doctor import drop_gradients, grad_norm, loss_value
 from lrkit.integrations.torch.outputs import SpreadProbe, check_every_arg
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
@@ -291,7 +294,8 @@ class TorchAutopilot:
             loss = float(loss.detach().float().item())
         if isinstance(val_loss, torch.Tensor):
             val_loss = float(val_loss.detach().float().item())
-        gn = grad_norm(self._params) if self.track_grad_norm else None
+        # after scaler.step(): unscaled; an fp16 overflow the scaler skipped reads as unknown
+        gn = scaled_grad_norm(grad_norm(self._params), self._state.scaler) if self.track_grad_norm else None
         gn = gn if gn else None
         if world_size() > 1:  # every rank reads the same numbers, so all take the same decisions
             loss, gn, val_loss = rank_means([loss, gn, val_loss])

@@ -44,8 +44,8 @@ Adam moments and step counts), the scaler and the RNG states go back to the snap
 *clock* does not: the LR scheduler is not touched (it keeps its place), the param groups keep the
 current base LR, and your data loader goes on with the next batch (so a corrupt batch is not
 replayed). With a ``GradScaler`` a non-finite gradient norm is not reported to the doctor (the
-scaler skips that step and lowers its scale; that is normal fp16 behaviour); a non-finite *loss*
-still is.
+scaler skips that step and lowers its scale; that is normal fp16 behaviour) unless the scale has
+fallen below 1 (:mod:`lrkit.integrations.torch.amp`); a non-finite *loss* still is.
 
 **Stability probe** (``stability_probe=StabilityProbe(batches, loss_fn=...)``, opt-in). When the
 doctor's verdict turns ``diverging`` or ``fluctuating``, :func:`~lrkit.integrations.torch.hessian.stability_report`
@@ -126,6 +126,7 @@ from lrkit.integrations.torch.hessian import (
     explain,
     with_stability,
 )
+from lrkit.integrations.torch.amp import scaled_grad_norm
 from lrkit.integrations.torch.dist import rank, rank_agree, rank_mean, rank_means, world_size
 from lrkit.integrations.torch.groups import doctor_lr
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
@@ -415,9 +416,7 @@ class TorchDoctor(GuardedWatch):
             gn = grad_norm(self._params)
             self._space_grad_norm(time.perf_counter() - t0)
             if self.scaler is not None and self.scaler.is_enabled():
-                gn = gn / float(self.scaler.get_scale())
-                if not math.isfinite(gn):
-                    gn = None  # the scaler skips this step and lowers its scale
+                gn = gn / float(self.scaler.get_scale())  # non-finite: read in after_step (lrkit.integrations.torch.amp)
         self._gn = gn
         self._base = [g["lr"] if not isinstance(g["lr"], torch.Tensor) else g["lr"].clone() for g in self.optimizer.param_groups]
         m = self.lr_multiplier
@@ -476,7 +475,7 @@ class TorchDoctor(GuardedWatch):
         else:  # after_backward was not called (allowed while the multiplier is 1)
             lr = doctor_lr(self.optimizer.param_groups)
         self._base = None
-        gn, self._gn = self._gn, None
+        gn, self._gn = scaled_grad_norm(self._gn, self.scaler), None  # an fp16 overflow the scaler skipped: unknown
         self._n_steps += 1
         now = time.perf_counter()
         if self._t_step is not None:

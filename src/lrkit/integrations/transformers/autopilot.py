@@ -54,6 +54,7 @@ from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer,
 from lrkit.doctor.core import Doctor
 from lrkit.doctor.guarded_watch import PendingValidation
 from lrkit.integrations.torch.autopilot import _group_ratios
+from lrkit.integrations.torch.amp import scaled_grad_norm
 from lrkit.integrations.torch.dist import rank_agree, rank_means, world_size
 from lrkit.integrations.torch.groups import doctor_lr
 from lrkit.collapse import check_every_arg
@@ -298,8 +299,8 @@ class AutopilotCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Tra
         if step < 0 or (self._last_step is not None and step <= self._last_step):
             return
         self._last_step = step
-        gn = logs.get("grad_norm")
-        loss, gn = float(logs["loss"]), None if gn is None else float(gn)
+        gn = logs.get("grad_norm")  # the log's last step's; an fp16 overflow the scaler skipped is unknown
+        loss, gn = float(logs["loss"]), None if gn is None else scaled_grad_norm(float(gn), self._scaler)
         if self._skips is not None:  # the doctor never sees a skipped step
             loss, gn = self._skips.read_log(loss, gn)
             if loss is None:  # every step of this log was skipped

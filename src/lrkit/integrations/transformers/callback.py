@@ -18,7 +18,10 @@ NaN/inf step loss by the running average before logging, so that a run with NaN 
 logging finite losses: the doctor can then only see the NaN through ``grad_norm`` (logged when
 ``max_grad_norm > 0``, the default, and by recent transformers always). Without the guard the
 callback warns about it in ``on_train_begin``; pass ``logging_nan_inf_filter=False`` for a
-reliable ``nan`` verdict. The guard needs the opposite (see below).
+reliable ``nan`` verdict. The guard needs the opposite (see below). Under ``fp16=True`` the
+``grad_norm`` of a step whose gradients overflowed is ``nan``/``inf`` and the loss scaler skipped
+that step: no weight changed, and the doctor reads the norm as unknown unless the scale has fallen
+below 1 (:mod:`lrkit.integrations.torch.amp`).
 
 **The guard** (``guard=True``). A :class:`~lrkit.doctor.guard.Guard` keeps last-good snapshots
 (:class:`~lrkit.integrations.torch.state.TorchSnapshot`: the model's parameters and buffers, the
@@ -124,6 +127,7 @@ from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation, watch_do
 from lrkit.doctor.interventions import GuardGaveUp, Intervention
 from lrkit.doctor.model_config import chance_loss_from_config
 from lrkit.doctor.watch import check_actions
+from lrkit.integrations.torch.amp import scaled_grad_norm
 from lrkit.integrations.torch.dist import rank_agree, rank_means, world_size
 from lrkit.integrations.torch.groups import doctor_lr
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot, eval_mode, rngs_kept
@@ -490,6 +494,7 @@ class LRDoctorCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Guar
             self._check_args(args, kwargs.get("model"))
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._scaler = getattr(kwargs.get("optimizer"), "scaler", None)  # fp16 AMP's GradScaler lives on the wrapper
         if self.guard is not None:  # every check before anything changes
             model, optimizer, scheduler = kwargs.get("model"), kwargs.get("optimizer"), kwargs.get("lr_scheduler")
             self._check_args(args, model)  # again: the callback may have been added after the Trainer was built
@@ -501,7 +506,6 @@ class LRDoctorCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Guar
             inner = getattr(optimizer, "optimizer", optimizer)  # Accelerate's AcceleratedOptimizer wraps it
             self._check_scheduler(scheduler, inner)
             self._model, self._optimizer, self._scheduler = model, inner, scheduler
-            self._scaler = getattr(optimizer, "scaler", None)  # AMP's GradScaler lives on the wrapper
         elif "lower_lr" in self.watch_on.values():  # on_converged/on_overfitting may lower the LR
             optimizer, scheduler = kwargs.get("optimizer"), kwargs.get("lr_scheduler")
             self._optimizer = getattr(optimizer, "optimizer", optimizer)
@@ -606,8 +610,8 @@ class LRDoctorCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Guar
         if self._last_step is not None and step <= self._last_step:
             return  # the same step logged twice (e.g. a resumed run)
         self._last_step = step
-        gn = logs.get("grad_norm")
-        loss, gn = float(logs["loss"]), None if gn is None else float(gn)
+        gn = logs.get("grad_norm")  # the log's last step's; an fp16 overflow the scaler skipped is unknown
+        loss, gn = float(logs["loss"]), None if gn is None else scaled_grad_norm(float(gn), self._scaler)
         if self._skips is not None:  # the doctor never sees a skipped step
             loss, gn = self._skips.read_log(loss, gn)
         if loss is None:  # every step of this log was skipped
