@@ -130,6 +130,31 @@ def test_gradients_non_finite_at_every_step_are_reported_once_the_scale_is_below
     assert d.step == 16 and len(seen) == 17 and scaler.get_scale() < amp.MIN_LOSS_SCALE
 
 
+def test_the_finders_candidates_start_where_the_scaler_settled_and_the_scaler_comes_back_as_it_was():
+    # from 2**40 the scaler skips its first ~20 steps: each 20-step candidate, started from the
+    # user's scaler, trained nothing and was rejected (the answer fell back to the rule of thumb)
+    x, y = _digits()
+    loader = DataLoader(TensorDataset(x[:1400], y[:1400]), batch_size=32, shuffle=True,
+                        generator=torch.Generator().manual_seed(0))
+    val = DataLoader(TensorDataset(x[1400:], y[1400:]), batch_size=256)
+
+    def fp16_loss(model, batch):
+        with torch.autocast("cpu", dtype=torch.float16):
+            return torch.nn.functional.cross_entropy(model(batch[0]), batch[1])
+
+    model = _net()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=INIT_SCALE)
+    before = scaler.state_dict()
+    result = lt.find_lr(model, opt, None, train_loader=loader, val_loader=val, step_fn=fp16_loss, scaler=scaler,
+                        train_steps=600, progress=False)
+    assert result.method == "verified"
+    scored = [c for c in result.details["candidates"] if c["score"] is not None]
+    assert len(scored) >= 3 and all(c["steps"] == result.details["verify_steps"] for c in scored)
+    assert 1e-3 < result.suggestion < 0.1
+    assert scaler.state_dict() == before and scaler._scale is None  # as it came: not used yet, its scale 2**40
+
+
 def test_a_log_whose_gradient_norm_stays_non_finite_is_still_nan():
     # without a scaler a non-finite gradient is applied: the weights and every later norm are NaN,
     # while the Trainer's logging_nan_inf_filter keeps the logged loss finite

@@ -334,7 +334,7 @@ def run_search(trainer: Any, lr_top: float, lr_floor: float, lr_ceiling: float, 
             budget: int) -> tuple[Search, int]:
     """The search of step 3 from the trainer's state (the determinism probe's steps included in
     ``budget``): ``(search, steps used)``."""
-    state = trainer.snapshot()
+    state = getattr(trainer, "candidate_snapshot", trainer.snapshot)()  # optional: lrkit.finder.trainer
     try:
         ref_eval = trainer.evaluate()
         ref_eval = float(ref_eval) if ref_eval is not None and math.isfinite(float(ref_eval)) else None

@@ -279,6 +279,7 @@ class TorchTrainer(RecyclingState):
         self.accumulation_steps = accumulation_steps
         self.amp = bool(amp)
         self.scaler = scaler
+        self.settled_scale: float | None = None  # the first loss scale whose step did not overflow
         self.device = device
         self.grad_clip_norm = grad_clip_norm
         self.max_val_batches = max_val_batches
@@ -293,6 +294,23 @@ class TorchTrainer(RecyclingState):
         """One CPU copy of model, optimizers, scaler, RNGs and loader generators (into the memory of a
         snapshot handed back by :meth:`recycle`, when a guard has let go of one)."""
         return self._take(self.model, self.optimizers, scaler=self.scaler, loaders=self._loaders())
+
+    def candidate_snapshot(self) -> TorchSnapshot:
+        """The state every verification run starts from (the Trainer protocol's optional
+        ``candidate_snapshot``): :meth:`snapshot`, with a loss scale no higher than
+        :attr:`settled_scale`, the first scale whose step did not overflow (in the range test).
+        Each run then starts where the scaler had settled instead of skipping the same overflowing
+        steps again: a 20-step candidate loses its first ones to the scaler's calibration
+        otherwise (all of them from a scale of 2**40, where every candidate was rejected). The
+        finder restores its own exact snapshot at its end."""
+        state = self.snapshot()
+        settled, saved = self.settled_scale, state.scaler
+        if settled is not None and saved is not None:
+            if saved.get("_scale") is None:  # a scaler not used yet starts from its init_scale
+                saved["_init_scale"] = min(float(saved["_init_scale"]), settled)
+            elif float(saved["_scale"].tensor) > settled:
+                saved["_scale"].tensor.fill_(settled)
+        return state
 
     def restore(self, state: TorchSnapshot) -> None:
         """Write ``state`` back in place; the next :meth:`step` starts a fresh pass over the loader."""
@@ -509,8 +527,11 @@ class TorchTrainer(RecyclingState):
                     scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(self._trainable, self.grad_clip_norm)
             if use_scaler:
+                before = float(scaler.get_scale()) if self.settled_scale is None else None
                 scaler.step(opt)
                 scaler.update()
+                if before is not None and float(scaler.get_scale()) >= before:  # not skipped: no overflow
+                    self.settled_scale = before
             else:
                 opt.step()
         return mean
