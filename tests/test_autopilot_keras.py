@@ -1,6 +1,11 @@
 """lrkit.keras.AutopilotCallback: model.fit with no LR chosen, refusals, resume from state_path."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 
@@ -227,3 +232,62 @@ def test_a_run_that_overfits_early_is_restarted_at_a_lower_lr():
         return cb, model.evaluate(xv, yv, verbose=0)
 
     check_planned_and_restarted(run, 0.5)
+
+
+def test_steps_per_execution_on_the_jax_backend_counts_every_batch():
+    # fit(steps_per_execution=4) calls the batch callbacks once per 4 batches (JAX and TensorFlow;
+    # the torch backend refuses it): counted as steps, the calls ran the autopilot's schedule 4x
+    # slow (the run ended near its peak) and dated the doctor's steps 4x early
+    code = textwrap.dedent("""
+        import keras
+        from sklearn.datasets import load_digits
+        from lrkit.keras import AutopilotCallback, LRDoctorCallback
+        assert keras.backend.backend() == "jax"
+        x, y = load_digits(return_X_y=True)
+        x, y = (x[:640] / 16).astype("float32"), y[:640]
+
+        def model():
+            keras.utils.set_random_seed(0)
+            m = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)])
+            m.compile(optimizer=keras.optimizers.Adam(), steps_per_execution=4,
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+            return m
+
+        m = model()
+        pilot = AutopilotCallback(x, y, batch_size=32, plateau=False, restart_on_overfit=False)
+        m.fit(x, y, batch_size=32, epochs=3, verbose=0, callbacks=[pilot])
+        plan = pilot.plan
+        assert plan.train_steps == 60 and int(m.optimizer.iterations) == 60
+        assert pilot.pilot.state_dict()["last_step"] == 59 and pilot.events == []
+        lr = float(m.optimizer.learning_rate)  # set before the last span of 4 batches, steps 56-59
+        assert abs(lr - plan.schedule(56)) <= 1e-6 * plan.peak_lr, (lr, plan.schedule(56))
+        assert lr < 0.1 * plan.peak_lr  # decayed
+
+        doctor = LRDoctorCallback()
+        model().fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[doctor])
+        assert [s for s, _, _ in doctor.history] == list(range(3, 40, 4)), doctor.history
+
+        # the guard's mid-epoch rollback holds on JAX too: Keras writes the epoch's state back into
+        # the variables whenever a callback reads self.model, and reads them again before the next batch
+        class Spike(keras.callbacks.Callback):
+            def on_train_batch_begin(self, batch, logs=None):  # one step at LR 1e6: step 8
+                if self.params.get("epoch", 0) == 0 and batch in (8, 9):
+                    self.model.optimizer.learning_rate = 1e6 if batch == 8 else 0.05
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self.params["epoch"] = epoch
+
+        m = model()
+        m.compile(optimizer=keras.optimizers.SGD(0.05), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        guard = LRDoctorCallback(guard=True, snapshot_every=5)
+        m.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[Spike(), guard])
+        (rollback,) = guard.interventions
+        losses = dict((s, l) for s, l, _ in guard.history)
+        assert losses[9] > 1e6 and rollback.restored_to <= 8, (rollback, losses)  # step 8 trained at 1e6
+        assert max(v for s, v in losses.items() if s > rollback.step) < 3.0, losses  # restored, not wrecked
+        print("ok")
+    """)
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")

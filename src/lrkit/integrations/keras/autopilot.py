@@ -10,7 +10,9 @@ A Keras callback does not see the data ``fit`` trains on, so the finder's data i
 callback (the same arrays, a ``PyDataset`` or a re-iterable of batches: as for
 :func:`lrkit.keras.find_lr`). In ``on_train_begin`` it runs the finder (at most 30% of the run;
 the run length is ``train_steps`` or ``epochs * steps per epoch`` from ``fit``), decides the plan,
-and from then on assigns the optimizer's LR before every batch. The guard reads each batch's own
+and from then on assigns the optimizer's LR before every batch (with ``steps_per_execution=k``,
+where ``fit`` calls the batch callbacks once per ``k`` batches, before every ``k``: the schedule
+counts every batch, :class:`~lrkit.integrations.keras.callback.BatchSpan`). The guard reads each batch's own
 loss from the model's loss tracker (the difference of its running sums, as
 :class:`lrkit.keras.LRDoctorCallback` does); on ``nan``/``diverging`` it writes the last good
 weights and optimizer variables back (the LR and the step clock go on) and lowers the LR; each
@@ -26,8 +28,9 @@ same schedule, the same guard state. :meth:`AutopilotCallback.state_dict` gives 
 
 Refused with the reason: an optimizer whose ``learning_rate`` is a ``LearningRateSchedule`` (a
 schedule already drives it), a learning-rate-free or Schedule-Free optimizer, an unknown run length.
-Tested with the torch backend (with JAX, Keras keeps the training state outside the variables
-during an epoch, so the guard's mid-epoch restore is not supported there).
+Tested with the torch backend and, for ``steps_per_execution`` and the guard's mid-epoch restore,
+with JAX (where Keras writes the epoch's state back into the variables whenever a callback reads
+``self.model``).
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ from lrkit.autopilot.pilot import Autopilot, AutopilotEvent, check_storage
 from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
 from lrkit.collapse import check_every_arg
 from lrkit.doctor.guarded_watch import PendingValidation
-from lrkit.integrations.keras.callback import _scale_velocity
+from lrkit.integrations.keras.callback import BatchSpan, _scale_velocity
 from lrkit.schedules.base import Schedule
 
 __all__ = ["AutopilotCallback"]
@@ -133,6 +136,7 @@ class AutopilotCallback(keras.callbacks.Callback):
         self.pilot: Autopilot | None = None
         self.finder: Any = None
         self._step = 0
+        self._span = BatchSpan()  # batches per callback call: steps_per_execution
         self._prev = (0.0, 0.0)
         self._pending = PendingValidation(prefixes=("val_",), loss_names=("val_loss",))
         self._outputs: Any = None  # lrkit.integrations.keras.trainer.OutputsCheck
@@ -208,6 +212,7 @@ class AutopilotCallback(keras.callbacks.Callback):
         self._prev = (0.0, 0.0)  # fit() resets the loss tracker at each epoch
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self._span.begin(batch)
         opt = self.model.optimizer
         if self._assigned is not None and not self._overridden:
             self._check_override(float(keras.ops.convert_to_numpy(opt.learning_rate)))
@@ -236,13 +241,14 @@ class AutopilotCallback(keras.callbacks.Callback):
         self._prev = (total, count)
         if dc <= 0:
             return
-        loss = dt / dc if math.isfinite(total) else math.nan
-        step, self._step = self._step, self._step + 1
+        loss = dt / dc if math.isfinite(total) else math.nan  # the mean of the span's batches
+        first, n = self._step, self._span.end(batch)
+        step, self._step = first + n - 1, first + n  # observed at the span's last step
         val_loss, metrics = self._pending.take()
         if self._outputs is not None:
             metrics = self._outputs.merged(metrics)
         before = self.pilot.multiplier
-        if self.pilot.observe(step, loss, lr=self.pilot.lr(step), val_loss=val_loss, metrics=metrics):
+        if self.pilot.observe(step, loss, lr=self.pilot.lr(first), val_loss=val_loss, metrics=metrics):
             if self._outputs is not None:
                 self._outputs.restart()  # the restored state is read before its next step
             tracker.reset_state()  # a NaN would stay in the epoch's running mean

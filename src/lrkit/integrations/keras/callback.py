@@ -47,8 +47,9 @@ on the optimizer's ``learning_rate``:
   the epoch's running mean forever), so that epoch's reported ``loss`` covers only the batches
   after the rollback. Other compiled metrics are left alone.
 * Not restored: Keras' random seed generators (dropout), and the data position (the epoch goes
-  on). Tested with the torch backend; with JAX, Keras keeps the training state outside the
-  variables during an epoch, so a mid-epoch restore is not supported there.
+  on). With JAX, where ``fit`` keeps the training state outside the variables during an epoch,
+  Keras writes it back whenever a callback reads ``self.model`` and reads the variables again
+  before the next batch, so a mid-epoch restore holds there too (tested on both backends).
 
 **Resume after a crash** (``storage="disk"``, a ``run_id``, ``resume=True``). The snapshots and a
 manifest (LR multiplier, interventions, the doctor's state) are written crash-safely under
@@ -113,6 +114,33 @@ class _State:
             if scheduled and v.path.endswith("iteration") and not self.resuming:
                 continue  # the schedule's clock: time goes on, as the guard's (a resume rewinds it)
             v.assign(saved)
+
+
+class BatchSpan:
+    """How many batches one pair of batch callbacks covers.
+
+    With ``compile(steps_per_execution=k)`` (the JAX and TensorFlow backends) ``fit`` runs ``k``
+    batches per call of its train function and calls ``on_train_batch_begin(first)`` and
+    ``on_train_batch_end(last)`` once around them: a callback that counted its calls as steps ran
+    ``k`` times slow (an autopilot schedule planned for 352 steps was at step 88 of it when the run
+    ended, still near its peak). :meth:`end` returns the number of batches since the last
+    :meth:`begin` (1 where ``fit`` passes the same batch to both); the loss read then is their mean.
+
+    Example:
+        >>> span = BatchSpan()
+        >>> span.begin(0); span.end(3), span.end(5)
+        (4, 1)
+    """
+
+    def __init__(self) -> None:
+        self._first: int | None = None
+
+    def begin(self, batch: int) -> None:
+        self._first = int(batch)
+
+    def end(self, batch: int) -> int:
+        first, self._first = self._first, None
+        return int(batch) - first + 1 if first is not None and int(batch) >= first else 1
 
 
 def _scale_velocity(optimizer: Any, factor: float) -> None:
@@ -203,6 +231,7 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
                          run_id=run_id, resume=resume, sync_writes=sync_writes)
         self.history: list[tuple[int, float, float]] = []
         self._step = 0
+        self._span = BatchSpan()
         self._tracker: Any = None
         self._prev = (0.0, 0.0)
         self._base_lr: float | None = None
@@ -295,6 +324,7 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
         self._pending_val.hold(logs, convert=keras.ops.convert_to_numpy)
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self._span.begin(batch)
         if self.guard is not None and self._schedule is not None:
             sched = self._schedule
             if sched.multiplier != self._last_set:
@@ -324,10 +354,11 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
         self._prev = (total, count)
         if dc <= 0:
             return  # no new batch in the tracker
-        loss = dt / dc if math.isfinite(total) else math.nan
+        loss = dt / dc if math.isfinite(total) else math.nan  # the mean of the span's batches
         lr = self._lr_used
-        step = self._step
-        self._step += 1
+        n = self._span.end(batch)
+        step = self._step + n - 1  # the span's last step
+        self._step += n
         self.history.append((step, loss, lr))
         if step == 0 and self.doctor.untrained_loss(loss):  # the untrained model's loss, measured
             self._watch_logger().info(
