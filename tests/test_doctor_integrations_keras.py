@@ -315,3 +315,12 @@ def test_a_raise_by_a_learning_rate_scheduler_is_rolled_back_to_the_state_just_b
     first = cb.interventions[0]
     assert first.restored_to == 24 and first.verified
     assert all(np.isfinite(w).all() for w in model.get_weights())
+
+
+def test_callback_docstring_examples():
+    import doctest
+
+    import lrkit.integrations.keras.callback as module
+
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0

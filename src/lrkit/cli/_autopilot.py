@@ -26,7 +26,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from lrkit.cli import app
-from lrkit.cli._errors import CLIError
+from lrkit.cli._errors import CLIError, check_output
 
 _HELP = """Train with no learning rate given: finder, schedule and guard in one run.
 
@@ -124,8 +124,7 @@ def autopilot_command(
         except (ValueError, TypeError) as exc:
             raise CLIError(f"--shape: {exc}") from None
     for name, path in (("--report", report), ("--save", save), ("--storage-dir", storage_dir)):
-        if path is not None and path.exists() and (path.is_dir() != (name != "--save")):
-            raise CLIError(f"{name} must be {'a file name' if name == '--save' else 'a directory'}, got {path}")
+        check_output(name, path, directory=name != "--save")
     if target is None:
         from lrkit.examples.digits import digits_task
 

@@ -21,6 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from lrkit.cli import app
+from lrkit.cli._errors import check_output
 
 
 def _trained(task_factory, lr: float, *, steps: int, seeds: list[int], schedule: str) -> dict[str, Any]:
@@ -198,6 +199,7 @@ def demo_command(
     """Run the LR finder on the built-in digits example, then train at the suggestion and at the default."""
     if optimizer not in ("adam", "sgd"):
         raise ValueError(f"--optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+    check_output("--out", out, directory=True)
     summary = run_demo(out, steps=steps, seeds=seeds, optimizer=optimizer,
                        progress=sys.stderr.isatty() or not as_json)
     print(json.dumps(summary) if as_json else format_demo(summary))

@@ -21,7 +21,7 @@ import numpy as np
 import typer
 
 from lrkit.cli import app
-from lrkit.cli._errors import CLIError
+from lrkit.cli._errors import CLIError, check_output
 
 
 def format_diagnosis(diagnosis, source: str) -> str:
@@ -112,6 +112,10 @@ def diagnose_cmd(
             raise CLIError(f"{opt} must name a column or tag, got an empty name")
     if chance_loss is not None and not (math.isfinite(chance_loss) and chance_loss > loss_floor):
         raise CLIError(f"--chance-loss must be a finite number above --loss-floor ({loss_floor}), got {chance_loss}")
+    if plot is not None and plot.suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise CLIError(f"--plot: expected a .png, .pdf or .svg file name, got {str(plot)!r}")
+    check_output("--plot", plot, directory=False)
+    check_output("--report", report, directory=True)
     kwargs: dict[str, Any] = {"loss_floor": loss_floor, "exact": exact}
     if chance_loss is not None:
         kwargs["chance_loss"] = chance_loss
@@ -139,8 +143,6 @@ def diagnose_cmd(
         _check_floor(records, source, loss_floor)
         diagnosis = diagnose(records, progress=progress, **kwargs)
     if plot is not None:
-        if plot.suffix.lower() not in (".png", ".pdf", ".svg"):
-            raise CLIError(f"--plot: expected a .png, .pdf or .svg file name, got {str(plot)!r}")
         import matplotlib
 
         matplotlib.use("Agg")
@@ -155,8 +157,6 @@ def diagnose_cmd(
     if report is not None:
         from lrkit.report.html import diagnosis_report_html
 
-        if report.exists() and not report.is_dir():
-            raise CLIError(f"--report: {str(report)!r} exists and is not a directory")
         report.mkdir(parents=True, exist_ok=True)
         (report / "report.html").write_text(diagnosis_report_html(records, diagnosis, source=source), encoding="utf-8")
     if as_json:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+from pathlib import Path
 
 import typer
 
@@ -65,6 +66,39 @@ _EXTRAS = {
     "lightning": "lightning", "transformers": "transformers", "tensorboard": "tensorboard",
     "sklearn": "examples", "matplotlib": "plot", "ray": "ray", "psycopg": "tune",
 }
+
+
+def check_output(option: str, path: "Path | None", *, directory: bool) -> None:
+    """Before any work starts: ``path`` (a file the command will write, or with ``directory`` a
+    directory it writes into) can be written -- the directories it needs are created now -- or a
+    :class:`CLIError` naming ``option``. A finder, search or training run that took hours is not
+    lost at its end to an output path that cannot be written.
+
+    Example:
+        >>> import tempfile; from pathlib import Path
+        >>> tmp = Path(tempfile.mkdtemp())
+        >>> check_output("--plot", tmp / "new" / "lr.png", directory=False)   # tmp/new is made
+        >>> try:
+        ...     check_output("--report", tmp / "new", directory=False)
+        ... except CLIError as exc:
+        ...     print(str(exc).split(",")[0])
+        --report must be a file name
+    """
+    import os
+
+    if path is None:
+        return
+    if directory and path.exists() and not path.is_dir():
+        raise CLIError(f"{option} must be a directory, got the file {path}")
+    if not directory and path.is_dir():
+        raise CLIError(f"{option} must be a file name, got the directory {path}")
+    folder = path if directory else path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CLIError(f"{option}: cannot create the directory {folder}: {exc.strerror or exc}") from None
+    if not os.access(folder, os.W_OK | os.X_OK) or (not directory and path.exists() and not os.access(path, os.W_OK)):
+        raise CLIError(f"{option}: {path} is not writable")
 
 
 def missing_dependency_message(exc: ModuleNotFoundError) -> str:

@@ -42,7 +42,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from lrkit.cli import app
-from lrkit.cli._errors import CLIError, UserCodeError
+from lrkit.cli._errors import CLIError, UserCodeError, check_output
 
 REQUIRED_KEYS = ("model", "optimizer", "loss_fn", "train_loader")
 OPTIONAL_KEYS = ("val_loader", "step_fn", "batch_size", "accumulation_steps", "grad_clip_norm", "amp")
@@ -259,8 +259,8 @@ def find_command(
 
     num_iter, planned_verify = plan_budget(num_iter=num_iter, verify=verify_steps != 0, verify_steps=verify_steps,
                                            train_steps=train_steps)
-    if plot is not None and plot.exists() and plot.is_dir():
-        raise CLIError(f"--plot must be a file name, got the directory {plot}")
+    check_output("--plot", plot, directory=False)
+    check_output("--report", report, directory=True)
     if target_batch_size is not None and target_batch_size < 1:
         raise CLIError(f"--target-batch-size must be >= 1, got {target_batch_size}")
     if mode not in ("exp", "linear"):

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 
 from lrkit.cli import app
-from lrkit.cli._errors import CLIError
+from lrkit.cli._errors import CLIError, check_output
 
 _HELP = """Search the learning rate: a few training runs, bad ones stopped early.
 
@@ -159,8 +159,8 @@ def tune_command(
             raise CLIError(f"{name} must be a learning rate > 0, got {v}")
     if low is not None and high is not None and low >= high:
         raise CLIError(f"--low must be below --high, got --low {low:g} >= --high {high:g}")
-    if plot is not None and plot.exists() and plot.is_dir():
-        raise CLIError(f"--plot must be a file name, got the directory {plot}")
+    check_output("--plot", plot, directory=False)
+    check_output("--report", report, directory=True)
     from lrkit.tune._schedules import schedule_for
 
     schedule_for(schedule, 1.0, 10)
