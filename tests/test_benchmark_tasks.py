@@ -130,3 +130,14 @@ def test_the_lion_benchmark_swaps_only_the_optimizer_and_trains_with_lion():
     start = finder_tasks.initial_val_loss(lion)
     val, diverged = train(lion, 3e-3, seed=0)
     assert not diverged and val < 0.8 * start
+
+
+def test_the_unscaled_input_warning_fires_on_the_unscaled_tasks_only():
+    # lrkit.finder.inputs, on each task's training inputs: the three tasks on raw features (the
+    # worst of every table) and none of the rest (those reading ../shared/data, where it is)
+    from lrkit.finder.inputs import unscaled_inputs
+
+    tasks, _ = available_tasks([f.__name__ for f in ALL_TASKS])
+    fired = {t.name for t in tasks if unscaled_inputs(t.x_train[:1024].float().numpy() if t.x_train.is_floating_point()
+                                                      else t.x_train[:1024].numpy())}
+    assert fired == {"logreg_unscaled_sgd", "logreg_fullbatch_sgd", "wine_unscaled_adagrad"}

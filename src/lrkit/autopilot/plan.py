@@ -34,6 +34,7 @@ import numpy as np
 
 from lrkit import schedules as S
 from lrkit.autopilot import policy
+from lrkit.finder.inputs import UNSCALED_WARNING
 from lrkit.finder.verify import got_worse
 from lrkit.scaling import FAMILIES, optimizer_family
 from lrkit.schedules.base import Schedule
@@ -386,6 +387,8 @@ def make_plan(
         reasons.append(f"peak LR {auto:.3g} = finder's constant-LR answer {finder_lr:.3g} x {factor:.2f} "
                        f"(the shape's peak/mean ratio to the power {policy.ALPHA}); the finder cost {cost} steps "
                        f"({cost / train_steps:.0%} of the run)")
+        unscaled = [w for w in (result.details or {}).get("warnings") or () if w.startswith(UNSCALED_WARNING)]
+        reasons.extend(f"inputs: {w}" for w in unscaled)  # no LR fixes that: said before training
     if peak_lr is not None:
         reasons.append(f"peak LR {float(peak_lr):.3g}: given by you"
                        + (f" ({float(peak_lr) / auto:.3g}x the autopilot's {auto:.3g})" if auto else ""))

@@ -57,6 +57,7 @@ from typing import Any, Callable
 import numpy as np
 
 from lrkit import scaling
+from lrkit.finder.inputs import unscaled_inputs
 from lrkit.finder.trainer import Trainer
 
 __all__ = ["RangeTestRecord", "lr_ramp", "run_range_test", "find", "plan_budget", "DEFAULT_VERIFY_STEPS",
@@ -506,6 +507,10 @@ def find(
         details["warnings"] = list(details.get("warnings") or []) + [
             f"the finder took {details['cost_steps']} steps, {details['cost_steps'] / int(train_steps):.0%} of the "
             f"{int(train_steps)}-step run (it aims for at most {MAX_COST_FRACTION:.0%}): {why}"]
+    sample = getattr(trainer, "input_sample", None)  # optional: lrkit.finder.trainer
+    unscaled = unscaled_inputs(sample()) if callable(sample) else None
+    if unscaled is not None:
+        details["warnings"] = list(details.get("warnings") or []) + [unscaled]
     return FinderResult(
         lrs=record.lrs,
         losses=record.losses,

@@ -29,6 +29,9 @@ class Trainer(Protocol):
     ``data_shape()`` -- ``{"steps_per_epoch", "examples", "parameters"}``, each ``None`` when unknown:
     optimizer steps per pass over the training set, training examples, trainable parameters
     (:func:`lrkit.finder.regime.run_shape` turns them and ``train_steps`` into the run's shape).
+    ``input_sample()`` -- some of the model's inputs (an array, or a list/tuple/dict of them; ``None``
+    if unknown): the finder warns when float inputs were never standardised
+    (:mod:`lrkit.finder.inputs`).
     ``candidate_snapshot()`` -- the state each verification run starts from, when it should
     differ from ``snapshot()`` (``TorchTrainer``'s starts a loss scaler at the scale the range
     test settled on); the finder still ends on a ``snapshot()`` of its own.

@@ -548,6 +548,15 @@ class OptaxTrainer:
         params = sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(self.params))
         return {"steps_per_epoch": steps, "examples": None if size is None else steps * size, "parameters": params}
 
+    def input_sample(self) -> Any:
+        """The Trainer protocol's optional inputs: the first element of the first training batch
+        (a tuple or list batch; the whole batch otherwise), as NumPy arrays (:mod:`lrkit.finder.inputs`)."""
+        batch = self._train[0]
+        first = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+        if isinstance(first, dict):  # targets named in it are left out by the check
+            return {k: [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(v)] for k, v in first.items()}
+        return [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(first)]
+
     def output_spread(self) -> float | None:
         """How much the outputs vary over the examples (:func:`lrkit.collapse.sampled_spread`) on the
         first validation batch, else on the training batch of the last step (the first batch before

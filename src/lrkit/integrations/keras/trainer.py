@@ -461,6 +461,14 @@ class KerasTrainer:
         if not state.had_global_seed_generator and _global_seed_generator() is not None:
             _forget_global_seed_generator()  # created during the test by an unseeded keras.random call
 
+    def input_sample(self) -> Any:
+        """The Trainer protocol's optional inputs: those of the first 1024 examples of ``x``
+        (``None`` for a dataset of batches, which is not read again for this;
+        :mod:`lrkit.finder.inputs`)."""
+        if not isinstance(self._batches, _ArrayBatches):
+            return None
+        return keras.tree.flatten(keras.tree.map_structure(lambda a: a[:1024], self._batches.x))
+
     def set_lr(self, lr: float) -> None:
         """Set ``model.optimizer.learning_rate`` to ``lr`` (assigned to the LR variable)."""
         self.model.optimizer.learning_rate = lr

@@ -330,6 +330,19 @@ class TorchTrainer(RecyclingState):
                 "examples": _sized(getattr(self.train_loader, "dataset", None)),
                 "parameters": sum(int(p.numel()) for p in self._trainable)}
 
+    def input_sample(self) -> Any:
+        """The Trainer protocol's optional inputs of the latest batch trained on (the first element
+        of a tuple or list batch, a dict batch as it is), floating-point tensors as NumPy arrays of
+        at most 1024 rows; ``None`` before any step (:mod:`lrkit.finder.inputs`)."""
+        batch = self._last_batch
+        if isinstance(batch, (list, tuple)) and batch:
+            batch = batch[0]
+
+        def host(t: Any) -> Any:
+            return t[:1024].detach().float().cpu().numpy() if isinstance(t, torch.Tensor) and t.is_floating_point() else None
+
+        return {k: host(v) for k, v in batch.items()} if isinstance(batch, dict) else host(batch)
+
     def set_lr(self, lr: float) -> None:
         """Set every param group's LR to ``lr`` times its ratio to the first group's initial LR above 0."""
         for opt, ratios in zip(self.optimizers, self._ratios):
