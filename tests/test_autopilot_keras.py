@@ -291,3 +291,21 @@ def test_steps_per_execution_on_the_jax_backend_counts_every_batch():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("ok")
+
+
+def test_a_fit_whose_data_runs_out_before_the_plan_ends_is_said(caplog):
+    # fit(steps_per_epoch=...) on arrays: Keras stops when the input runs out (20 batches of 32 in
+    # 640 rows, 8 asked per epoch: epoch 3 has 4), short of the 40 steps planned
+    x, y, _, _ = _data()
+    model = _model()
+    pilot = AutopilotCallback(x, y, batch_size=32, plateau=False, restart_on_overfit=False)
+    with caplog.at_level("WARNING", logger="lrkit.autopilot"):
+        model.fit(x, y, batch_size=32, epochs=5, steps_per_epoch=8, verbose=0, callbacks=[pilot])
+    assert pilot.plan.train_steps == 40 and pilot._step < 0.95 * 40
+    said = [r.getMessage() for r in caplog.records if "the run ended after" in r.getMessage()]
+    assert said == [pilot.pilot.ended(pilot._step)] and f"after {pilot._step} of the 40 steps" in said[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="lrkit.autopilot"):  # a run that goes the distance: nothing said
+        _model().fit(x, y, batch_size=32, epochs=2, verbose=0,
+                     callbacks=[AutopilotCallback(x, y, batch_size=32, plateau=False, restart_on_overfit=False)])
+    assert not [r for r in caplog.records if "the run ended after" in r.getMessage()]

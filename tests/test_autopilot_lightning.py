@@ -256,3 +256,21 @@ def test_a_run_that_overfits_early_is_restarted_at_a_lower_lr():
             return cb, float(torch.nn.functional.cross_entropy(model.net(x[1400:]), y[1400:]))
 
     check_planned_and_restarted(run, 0.8)
+
+
+class StopAt(pl.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+def test_a_run_stopped_well_short_of_its_plan_is_said(caplog):
+    train, _ = _data()
+    cb = AutopilotCallback(restart_on_overfit=False)
+    with caplog.at_level("WARNING", logger="lrkit.autopilot"):
+        _trainer(150, [cb, StopAt(60)]).fit(Net(), train)
+    said = [r.getMessage() for r in caplog.records if "the run ended after" in r.getMessage()]
+    assert len(said) == 1 and "after 60 of the 150 steps planned (40%)" in said[0], said

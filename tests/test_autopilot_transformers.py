@@ -346,3 +346,19 @@ def test_a_run_that_overfits_early_is_restarted_at_a_lower_lr_through_the_traine
         return cb, trainer.evaluate()["eval_loss"]
 
     check_planned_and_restarted(run, 0.7)
+
+
+class StopAt(transformers.TrainerCallback):
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step >= 30:
+            control.should_training_stop = True
+
+
+def test_a_run_stopped_well_short_of_its_plan_is_said(tmp_path, caplog):
+    train, _ = _data()
+    cb = AutopilotCallback(restart_on_overfit=False)
+    with caplog.at_level("WARNING", logger="lrkit.autopilot"):
+        transformers.Trainer(model=Clf(), args=_args(tmp_path, 120), train_dataset=train,
+                             callbacks=[cb, StopAt()]).train()
+    said = [r.getMessage() for r in caplog.records if "the run ended after" in r.getMessage()]
+    assert len(said) == 1 and "after 30 of the 120 steps planned (25%)" in said[0], said

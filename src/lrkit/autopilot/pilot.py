@@ -87,6 +87,8 @@ STATE_VERSION = 1
 
 # the guard's own log lines repeat what the autopilot's events say, in less words: keep them quiet
 _GUARD_LOG = logging.getLogger("lrkit.autopilot.guard")
+#: a run that ends before this fraction of its plan is said to have ended early (:meth:`Autopilot.ended`)
+ENDED_EARLY = 0.95
 #: training losses whose median is the level the early-overfitting rule compares
 _LEVEL_WINDOW = 20
 _GUARD_LOG.addHandler(logging.NullHandler())
@@ -238,6 +240,30 @@ class Autopilot:
         run is over; the framework adapters do. Idempotent; the events and the history stay."""
         if self.guard is not None:
             self.guard.close()
+
+    def ended(self, steps_trained: int) -> str | None:
+        """Say, once the run is over after ``steps_trained`` optimizer steps, when that was less
+        than :data:`ENDED_EARLY` of the plan: the schedule's decay was cut short, so the model ends
+        at an LR well above the plan's last one (a WARNING on the autopilot's logger; the message is
+        returned, ``None`` for a run that went the distance). The framework adapters call it.
+
+        Example:
+            >>> from lrkit.autopilot.plan import make_plan
+            >>> pilot = Autopilot(make_plan(None, family="adam", train_steps=100, peak_lr=0.01), guard=False)
+            >>> pilot.ended(100) is None, "ended after 60 of the 100 steps planned" in pilot.ended(60)
+            (True, True)
+        """
+        T = self.plan.train_steps
+        if not isinstance(steps_trained, int) or steps_trained >= ENDED_EARLY * T:
+            return None
+        last = self.lr(max(steps_trained - 1, 0))
+        msg = (f"lrkit autopilot: the run ended after {steps_trained} of the {T} steps planned "
+               f"({steps_trained / T:.0%}): the schedule's decay was cut short, its last LR {last:.3g} is "
+               f"{last / self.plan.peak_lr:.0%} of the peak. An early-stopping callback may have meant it; if the "
+               "data ran out (Keras fit with steps_per_epoch on arrays) or the run is shorter than its plan, pass "
+               "train_steps= the steps it really takes")
+        self.logger.warning("%s", msg)
+        return msg
 
     # ------------------------------------------------------------------ the LR
     @property

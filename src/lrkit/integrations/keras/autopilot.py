@@ -255,6 +255,10 @@ class AutopilotCallback(keras.callbacks.Callback):
             self._prev = (0.0, 0.0)
             _scale_velocity(self.model.optimizer, self.pilot.multiplier / before)  # SGD's velocity holds the LR
 
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self.pilot is not None:
+            self.pilot.ended(self._step)  # said when fit stopped well short of the plan (data ran out, ...)
+
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self._pending.hold(logs, convert=keras.ops.convert_to_numpy)
         if self.state_path is not None and self.pilot is not None:

@@ -295,6 +295,7 @@ class AutopilotCallback(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._release_outputs()
         if self.pilot is not None:
+            self.pilot.ended(int(trainer.global_step))  # said when the run stopped well short of its plan
             self.pilot.close()  # the snapshots (their files with storage="disk") go; events and plan stay
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:

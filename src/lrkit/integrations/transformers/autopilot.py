@@ -286,6 +286,7 @@ class AutopilotCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Tra
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._release_hooks()
         if self.pilot is not None:
+            self.pilot.ended(int(state.global_step))  # said when the run stopped well short of its plan
             self.pilot.close()  # the snapshots (their files with storage="disk") go; events and plan stay
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
