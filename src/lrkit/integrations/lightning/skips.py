@@ -1,4 +1,5 @@
-"""Skipping a bad batch's update under Lightning: the step's loss before its update, and the update dropped.
+"""Lightning's AMP plumbing for the callbacks: skipping a bad batch's update (the step's loss
+before its update, and the update dropped) and reading a step's gradient norm under the fp16 scaler.
 
 Lightning hands each micro-batch's loss to ``on_before_backward`` (already divided by
 ``accumulate_grad_batches``, and scaled under fp16 AMP); their sum, unscaled, is the optimizer
