@@ -37,7 +37,8 @@ on the ranks' mean losses: every rank writes the same suggestion.
 
 Not covered: DeepSpeed and FSDP (run the finder in a single process and pass the LR), and the
 ``"greedy"`` and ``"reduce_lr_on_plateau"`` scheduler types read the LR as well (they work, they
-just start from the suggestion).
+just start from the suggestion). ``fp16``/``bf16`` are not applied to the range test: it runs in
+the model's own dtype, without autocast or a loss scaler.
 """
 from __future__ import annotations
 
