@@ -289,3 +289,43 @@ def test_a_real_lightning_run_at_an_absurd_lr_is_not_advised_a_higher_one(tmp_pa
                 load(torch.utils.data.TensorDataset(x[1400:], y[1400:]), batch_size=512))
     d = diagnose(tmp_path / "digits" / "version_0" / "metrics.csv")
     assert d.verdict in ("diverging", "fluctuating") and d.advice[0].startswith("lower the LR"), d.message
+
+
+def test_a_trainers_tensorboard_copy_of_its_run_is_not_a_second_run(tmp_path):
+    """Trainer(report_to="tensorboard", save_steps=...) writes the run twice into its output directory:
+    TensorBoard events under runs/ and trainer_state.json in each checkpoint. One run, not two; a
+    TensorBoard run elsewhere in the folder still is one of its own."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("tensorboard")
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x, y = torch.tensor(d.data / 16.0, dtype=torch.float32), torch.tensor(d.target)
+
+    class Rows(torch.utils.data.Dataset):
+        def __len__(self):
+            return 640
+
+        def __getitem__(self, i):
+            return {"pixels": x[i], "labels": y[i]}
+
+    class Clf(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+
+        def forward(self, pixels, labels=None):
+            return {"loss": torch.nn.functional.cross_entropy(self.net(pixels), labels)}
+
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "hf"), max_steps=40, per_device_train_batch_size=32, logging_steps=5,
+        save_strategy="steps", save_steps=20, report_to=["tensorboard"], disable_tqdm=True, use_cpu=True)
+    transformers.Trainer(model=Clf(), args=args, train_dataset=Rows()).train()
+    assert list((tmp_path / "hf" / "runs").rglob("*tfevents*"))  # the Trainer wrote both
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(tmp_path / "other")) as w:  # a run of its own
+        for step in range(30):
+            w.add_scalar("Loss/train", 2.0 * 0.95 ** step, step)
+    assert [r.name for r in find_runs(tmp_path)] == ["hf/checkpoint-40/trainer_state.json", "other"]

@@ -556,7 +556,9 @@ def find_runs(directory: str | Path) -> list[Run]:
       ``runs/``, a Lightning ``version_N``); sub-directories named ``train``, ``validation``,
       ``val``, ``eval`` or ``test`` are parts of their parent's run (as Keras writes them);
     * Hugging Face: an output directory is one run, read from its ``trainer_state.json``, or from
-      its newest ``checkpoint-N/trainer_state.json`` (the most complete history);
+      its newest ``checkpoint-N/trainer_state.json`` (the most complete history); the TensorBoard
+      events the ``Trainer`` wrote into the same directory's ``runs/`` (``report_to="tensorboard"``)
+      are that run again, not another;
     * every ``.csv``/``.tsv``/``.jsonl``/``.ndjson`` file is a run (a Lightning ``metrics.csv``,
       a Keras ``CSVLogger`` file); other ``.json`` files (configurations) are not logs.
 
@@ -582,6 +584,8 @@ def find_runs(directory: str | Path) -> list[Run]:
         out = s.parent.parent if _CHECKPOINT.match(s.parent.name) else s.parent
         by_output.setdefault(out, []).append(s)
     for out, files in by_output.items():
+        for events in [k for k in runs if (out / "runs") in k.parents]:
+            del runs[events]  # the Trainer's own TensorBoard copy of the run its trainer_state.json holds
         direct = [f for f in files if f.parent == out]
         if direct:
             runs[out / "trainer_state.json"] = direct[0]
