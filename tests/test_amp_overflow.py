@@ -231,32 +231,18 @@ def test_lightning_autopilot_trains_through_the_overflow_steps():
 # ------------------------------------------------------------------ the Hugging Face Trainer
 def _hf_fit(tmp_path, callback, steps, lr):
     """``Trainer(fp16=True)`` as it runs on a GPU: Accelerate's GradScaler and float16 autocast.
-    Accelerate gives the CPU neither (it refuses fp16 autocast off a GPU), so both are switched on
+    Accelerate gives the CPU neither (its fp16 there is no scaler and no autocast), so both are switched on
     after the Trainer is built; the Trainer, Accelerate's optimizer wrapper and the scaler then run
     their own fp16 code unchanged."""
     transformers = pytest.importorskip("transformers")
+    from _hf_digits import Clf, Rows
+
     x, y = _digits()
-
-    class Rows(torch.utils.data.Dataset):
-        def __len__(self):
-            return 640
-
-        def __getitem__(self, i):
-            return {"pixels": x[i], "labels": y[i]}
-
-    class Clf(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = _net()
-
-        def forward(self, pixels, labels=None):
-            return {"loss": torch.nn.functional.cross_entropy(self.net(pixels), labels)}
-
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=32, logging_steps=1,
         learning_rate=lr, fp16=True, save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=True, seed=0)
     model = Clf()
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=Rows(), callbacks=[callback])
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=Rows(x[:640], y[:640]), callbacks=[callback])
     assert trainer.accelerator.mixed_precision == "fp16"
     trainer.accelerator.scaler = scaler = torch.amp.GradScaler("cpu", init_scale=INIT_SCALE)
     trainer.accelerator.native_amp = True

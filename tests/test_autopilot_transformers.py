@@ -12,6 +12,7 @@ transformers = pytest.importorskip("transformers")
 import lrkit.integrations.torch.trainer as torch_trainer  # noqa: E402
 from lrkit.autopilot import AutopilotError  # noqa: E402
 from lrkit.transformers import AutopilotCallback  # noqa: E402
+from _hf_digits import Clf, Rows, digits  # noqa: E402
 from _overfit import check_planned_and_restarted  # noqa: E402
 from _wine import check_death_answered, unscaled_wine  # noqa: E402
 
@@ -24,28 +25,6 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-class Clf(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
-
-    def forward(self, pixels, labels=None):
-        logits = self.net(pixels)
-        return {"loss": torch.nn.functional.cross_entropy(logits, labels), "logits": logits}
-
-
-class Rows(torch.utils.data.Dataset):
-    def __init__(self, x, y):
-        self.x, self.y = x, y
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return {"pixels": self.x[i], "labels": self.y[i]}
-
-
 class LogTrace(transformers.TrainerCallback):
     def __init__(self):
         self.lrs = {}
@@ -56,11 +35,7 @@ class LogTrace(transformers.TrainerCallback):
 
 
 def _data():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.tensor(d.data / 16.0, dtype=torch.float32)
-    y = torch.tensor(d.target)
+    x, y = digits()
     return Rows(x[:640], y[:640]), Rows(x[1400:], y[1400:])
 
 

@@ -295,33 +295,16 @@ def test_a_trainers_tensorboard_copy_of_its_run_is_not_a_second_run(tmp_path):
     """Trainer(report_to="tensorboard", save_steps=...) writes the run twice into its output directory:
     TensorBoard events under runs/ and trainer_state.json in each checkpoint. One run, not two; a
     TensorBoard run elsewhere in the folder still is one of its own."""
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("tensorboard")
-    from sklearn.datasets import load_digits
+    from _hf_digits import Clf, Rows, digits
 
-    d = load_digits()
-    x, y = torch.tensor(d.data / 16.0, dtype=torch.float32), torch.tensor(d.target)
-
-    class Rows(torch.utils.data.Dataset):
-        def __len__(self):
-            return 640
-
-        def __getitem__(self, i):
-            return {"pixels": x[i], "labels": y[i]}
-
-    class Clf(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
-
-        def forward(self, pixels, labels=None):
-            return {"loss": torch.nn.functional.cross_entropy(self.net(pixels), labels)}
-
+    x, y = digits()
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path / "hf"), max_steps=40, per_device_train_batch_size=32, logging_steps=5,
         save_strategy="steps", save_steps=20, report_to=["tensorboard"], disable_tqdm=True, use_cpu=True)
-    transformers.Trainer(model=Clf(), args=args, train_dataset=Rows()).train()
+    transformers.Trainer(model=Clf(), args=args, train_dataset=Rows(x[:640], y[:640])).train()
     assert list((tmp_path / "hf" / "runs").rglob("*tfevents*"))  # the Trainer wrote both
     from torch.utils.tensorboard import SummaryWriter
 
