@@ -309,3 +309,23 @@ def test_a_bad_storage_is_refused_before_the_finder_runs(monkeypatch):
         lt.autopilot(model, opt, torch.nn.functional.cross_entropy, loader, train_steps=200, storage="ssd")
     with pytest.raises(AutopilotError, match="storage_dir is only used with storage='disk'"):
         lt.autopilot(model, opt, torch.nn.functional.cross_entropy, loader, train_steps=200, storage_dir="x")
+
+
+def test_closing_a_run_that_stopped_short_of_its_plan_says_so_once(caplog):
+    train, val = _digits()
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with caplog.at_level("WARNING", logger="lrkit.autopilot"):
+        with lt.autopilot(model, opt, torch.nn.functional.cross_entropy, train, val_loader=val, train_steps=200,
+                          restart_on_overfit=False) as pilot:
+            _train(model, opt, pilot, train, val, 80)  # stopped at 40% of the plan
+        pilot.close()  # idempotent: said once
+    said = [r.getMessage() for r in caplog.records if "the run ended after" in r.getMessage()]
+    assert len(said) == 1 and "after 80 of the 200 steps planned (40%)" in said[0], said
+    caplog.clear()
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with caplog.at_level("WARNING", logger="lrkit.autopilot"):
+        with lt.autopilot(model, opt, torch.nn.functional.cross_entropy, train, train_steps=60) as pilot:
+            _train(model, opt, pilot, train, val, 60)  # the whole plan: nothing said
+    assert not [r for r in caplog.records if "the run ended after" in r.getMessage()]

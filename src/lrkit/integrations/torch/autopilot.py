@@ -241,6 +241,7 @@ class TorchAutopilot:
         self._next = int(step)
         self.track_grad_norm = bool(track_grad_norm)
         self._skipping = False  # after_backward held this step's update back (a loss spike)
+        self._closed = False
         check_every_arg("check_outputs_every", check_outputs_every)
         self._probe = SpreadProbe(model, check_outputs_every) if check_outputs_every else None
 
@@ -319,8 +320,12 @@ class TorchAutopilot:
         return self.pilot.report()
 
     def close(self) -> None:
-        """The run is over: drop the guard's snapshots (``storage="disk"``: their files). Also
+        """The run is over: drop the guard's snapshots (``storage="disk"``: their files), and say so
+        when it ended before 95% of its plan (:meth:`lrkit.autopilot.Autopilot.ended`). Also
         ``with lrkit.torch.autopilot(...) as pilot:``. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self.pilot.ended(self._next)
         self.pilot.close()
         if self._probe is not None:
             self._probe.close()
