@@ -18,6 +18,7 @@ torch = pytest.importorskip("torch")
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 import lrkit.integrations.torch.amp as amp  # noqa: E402
+from _hf_digits import digits  # noqa: E402
 import lrkit.torch as lt  # noqa: E402
 from lrkit.doctor import diagnose  # noqa: E402
 
@@ -34,15 +35,6 @@ def _one_thread():
 
 def test_docstring_examples():
     assert doctest.testmod(amp, optionflags=doctest.ELLIPSIS).failed == 0
-
-
-def _digits():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.tensor(d.data / 16.0, dtype=torch.float32)
-    y = torch.tensor(d.target)
-    return x, y
 
 
 def _net():
@@ -86,7 +78,7 @@ def _fp16_loop(model, opt, scaler, loader, steps, after_backward, after_step, na
 
 
 def test_torch_autopilot_trains_through_the_scalers_overflow_steps():
-    x, y = _digits()
+    x, y = digits()
     loader = DataLoader(TensorDataset(x[:640], y[:640]), batch_size=32, shuffle=True)
     model = _net()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -100,7 +92,7 @@ def test_torch_autopilot_trains_through_the_scalers_overflow_steps():
 
 
 def test_torch_doctor_guard_leaves_the_overflow_steps_to_the_scaler():
-    x, y = _digits()
+    x, y = digits()
     loader = DataLoader(TensorDataset(x[:640], y[:640]), batch_size=32, shuffle=True)
     model = _net()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -114,7 +106,7 @@ def test_torch_doctor_guard_leaves_the_overflow_steps_to_the_scaler():
 
 
 def test_gradients_non_finite_at_every_step_are_reported_once_the_scale_is_below_one():
-    x, y = _digits()
+    x, y = digits()
     loader = DataLoader(TensorDataset(x[:640], y[:640]), batch_size=32)
     model = _net()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -133,7 +125,7 @@ def test_gradients_non_finite_at_every_step_are_reported_once_the_scale_is_below
 def test_the_finders_candidates_start_where_the_scaler_settled_and_the_scaler_comes_back_as_it_was():
     # from 2**40 the scaler skips its first ~20 steps: each 20-step candidate, started from the
     # user's scaler, trained nothing and was rejected (the answer fell back to the rule of thumb)
-    x, y = _digits()
+    x, y = digits()
     loader = DataLoader(TensorDataset(x[:1400], y[:1400]), batch_size=32, shuffle=True,
                         generator=torch.Generator().manual_seed(0))
     val = DataLoader(TensorDataset(x[1400:], y[1400:]), batch_size=256)
@@ -194,7 +186,7 @@ def _lightning_module(lr):
 
 
 def _lightning_fit(pl, module, callback, steps):
-    x, y = _digits()
+    x, y = digits()
     plugin = _lightning_fp16()
     trainer = pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, enable_progress_bar=False, logger=False,
                          enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
@@ -237,7 +229,7 @@ def _hf_fit(tmp_path, callback, steps, lr):
     transformers = pytest.importorskip("transformers")
     from _hf_digits import Clf, Rows
 
-    x, y = _digits()
+    x, y = digits()
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=32, logging_steps=1,
         learning_rate=lr, fp16=True, save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=True, seed=0)
