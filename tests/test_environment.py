@@ -8,6 +8,7 @@ import pytest
 DEV_MODULES = [
     "torch", "keras", "jax", "optax", "optuna", "lightning", "transformers", "tensorboard",
     "matplotlib", "rich", "typer", "sklearn", "hypothesis", "prodigyopt", "torch_lr_finder", "ray", "psycopg",
+    "mlflow", "yaml",
 ]
 
 

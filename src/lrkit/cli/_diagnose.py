@@ -1,10 +1,12 @@
 """``lrkit diagnose PATH [--loss NAME] [--json] [--plot PNG] [--fail-on-problem]``.
 
 Reads a training log (CSV, JSONL, JSON, TensorBoard event file or directory, Lightning
-``metrics.csv``, Keras ``CSVLogger`` output, a Hugging Face ``trainer_state.json``; ``-`` or a
-pipe for standard input), runs the LR doctor over it and reports the verdict. A directory holding
-several runs (SummaryWriter runs in ``runs/``, Lightning ``version_N``, Trainer output
-directories) gives one verdict per run, named. Exit code 0 whatever the verdict (1 with
+``metrics.csv``, Keras ``CSVLogger`` output, a Hugging Face ``trainer_state.json``, the runs of an
+MLflow store: ``mlflow.db``, ``mlruns/`` or a tracking URI such as ``sqlite:///mlflow.db`` or
+``http://host:5000``; ``-`` or a pipe for standard input), runs the LR doctor over it and reports
+the verdict. A directory or store holding several runs (SummaryWriter runs in ``runs/``, Lightning
+``version_N``, Trainer output directories, MLflow runs) gives one verdict per run, named;
+``--run NAME`` picks one. Exit code 0 whatever the verdict (1 with
 ``--fail-on-problem`` when a run is not healthy); 2 for bad input (unreadable or malformed log),
 with one line on stderr. On a terminal a progress bar follows a large log (silent otherwise).
 """
@@ -84,7 +86,7 @@ def _modes(metric_mode: Optional[list[str]]) -> dict[str, str]:
 
 @app.command("diagnose")
 def diagnose_cmd(
-    file: Annotated[str, typer.Argument(help="Training log: .csv, .jsonl, .json, TensorBoard event file, a directory of one or several runs, or - for standard input.")],
+    file: Annotated[str, typer.Argument(help="Training log: .csv, .jsonl, .json, TensorBoard event file, a directory of one or several runs, an MLflow tracking URI (sqlite:///mlflow.db, http://host:5000), or - for standard input.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (verdict, step, detected_at, evidence, advice, message); for a directory of runs, {'source', 'runs': [...]}.")] = False,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG of the loss (and LR, val_loss) with the onset marked (one run).")] = None,
     window: Annotated[Optional[int], typer.Option("--window", help="Doctor window (default: chosen for the log; 5, row by row, for a short or per-epoch log).")] = None,
@@ -97,14 +99,19 @@ def diagnose_cmd(
     exact: Annotated[bool, typer.Option("--exact", help="Feed every row to the doctor even in a log of more than 100,000 losses (read in blocks of rows otherwise: seconds instead of minutes; onsets dated to within a block, NaN steps exact).")] = False,
     chance_loss: Annotated[Optional[float], typer.Option("--chance-loss", help="The loss of a model that learned nothing (ln K for K balanced classes): a run that blew up and came back only to it is diverging. Default: from a Hugging Face checkpoint's config.json, else unknown.")] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="Write a self-contained HTML report (report.html) into this directory: the verdict, its onset and advice on the plotted run (one run).")] = None,
+    run: Annotated[Optional[str], typer.Option("--run", help="Diagnose one run of a directory or MLflow store: its name as listed (or an MLflow run id).")] = None,
 ) -> None:
     """Diagnose the learning rate of a finished (or running) training run from its log."""
     from lrkit.doctor import diagnose, read_log
-    from lrkit.doctor.logs import find_runs
+    from lrkit.doctor.logs import Run, _no_runs, find_runs, read_run, select_run
+    from lrkit.doctor.mlflow_store import store_target
 
     path = Path(file)
-    if file != "-" and not path.exists():
+    uri = file != "-" and store_target(file) is not None
+    if file != "-" and not uri and not path.exists():
         raise CLIError(f"{file}: no such file or directory")
+    if run is not None and (file == "-" or not (uri or path.is_dir())):
+        raise CLIError(f"--run picks one run of a directory or an MLflow store, and {file} is a single log")
     if not math.isfinite(loss_floor):
         raise CLIError(f"--loss-floor must be a finite number, got {loss_floor}")
     for opt, value in (("--loss", loss), ("--lr", lr), ("--val-loss", val_loss)):
@@ -125,21 +132,28 @@ def diagnose_cmd(
     if modes:
         kwargs["metric_modes"] = modes
     names = {"loss": loss, "lr": lr, "val_loss": val_loss}
-    if file != "-" and path.is_dir():
-        runs = find_runs(path)
+    source = "<stdin>" if file == "-" else str(file)
+    target: Optional[Run] = None  # one run of a directory or a store
+    if uri or (file != "-" and path.is_dir()):
+        runs = find_runs(file)
         if not runs:
-            raise CLIError(f"{file}: no runs in this directory (looked for TensorBoard event files, "
-                           "trainer_state.json, .csv, .tsv, .jsonl and .ndjson logs)")
+            raise CLIError(_no_runs(file))
+        if run is not None:
+            runs = [select_run(runs, run, file)]
         if len(runs) > 1:
             if plot is not None or report is not None:
                 raise CLIError(f"--{'plot' if plot is not None else 'report'} draws one run, and {file} holds "
-                               f"{len(runs)}; pass one of them: "
-                               + ", ".join(str(path / r.name) for r in runs[:3]))
-            _diagnose_runs(path, runs, names, kwargs, as_json, fail_on_problem)
+                               f"{len(runs)}; pick one with --run: " + ", ".join(r.name for r in runs[:3]))
+            _diagnose_runs(file, runs, names, kwargs, as_json, fail_on_problem)
             return
+        target = runs[0]
+        if run is not None or target.store is not None:
+            source = f"{file}: {target.name}"
     with _progress_bar(sys.stderr.isatty() and not as_json) as progress:
-        records = read_log(file if file == "-" else path, progress=progress, **names)
-        source = "<stdin>" if file == "-" else str(file)
+        if target is not None:
+            records = read_run(target, progress=progress, **names)
+        else:
+            records = read_log(file if file == "-" else path, progress=progress, **names)
         _check_floor(records, source, loss_floor)
         diagnosis = diagnose(records, progress=progress, **kwargs)
     if plot is not None:
@@ -177,17 +191,18 @@ def diagnose_cmd(
         raise typer.Exit(1)
 
 
-def _diagnose_runs(path: Path, runs: list[Any], names: dict[str, Any], kwargs: dict[str, Any], as_json: bool,
+def _diagnose_runs(path: str, runs: list[Any], names: dict[str, Any], kwargs: dict[str, Any], as_json: bool,
                    fail_on_problem: bool) -> None:
     """One verdict per run of a directory; a run that cannot be read is reported and skipped."""
-    from lrkit.doctor import LogFormatError, diagnose, read_log
+    from lrkit.doctor import LogFormatError, diagnose
+    from lrkit.doctor.logs import read_run
 
     results: list[dict[str, Any]] = []
     texts: list[str] = []
     problems = 0
     for run in runs:
         try:
-            records = read_log(run.path, **names)
+            records = read_run(run, **names)
             _check_floor(records, run.name, kwargs["loss_floor"])
             d = diagnose(records, **kwargs)
         except (LogFormatError, CLIError) as exc:
@@ -199,7 +214,7 @@ def _diagnose_runs(path: Path, runs: list[Any], names: dict[str, Any], kwargs: d
         results.append({"run": run.name, **d.to_dict()})
         texts.append(format_diagnosis(d, run.name))
     if as_json:
-        typer.echo(json.dumps({"source": str(path), "runs": results}))
+        typer.echo(json.dumps({"source": path, "runs": results}))
     else:
         typer.echo(f"{path}: {len(runs)} runs")
         typer.echo("\n".join(texts))

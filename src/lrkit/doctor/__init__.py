@@ -2,7 +2,7 @@
 
 Pure core (NumPy only). :class:`Doctor` watches a run one observation at a time;
 :func:`diagnose` runs it over a whole log read by :func:`read_log` (CSV, JSONL, JSON,
-TensorBoard, Keras ``History``, Lightning ``metrics.csv``).
+TensorBoard, Keras ``History``, Lightning ``metrics.csv``, MLflow runs).
 
 Example:
     >>> from lrkit.doctor import diagnose

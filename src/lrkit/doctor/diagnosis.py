@@ -293,18 +293,19 @@ def diagnose_runs(path: str | Path, *, loss: str | None = None, lr: str | None =
         >>> {name: d.verdict for name, d in diagnose_runs(d).items()}
         {'a.csv': 'healthy', 'b.csv': 'nan'}
     """
-    from lrkit.doctor.logs import LogFormatError, _no_runs
+    from lrkit.doctor.logs import LogFormatError, _no_runs, read_run
+    from lrkit.doctor.mlflow_store import store_target
 
     p = Path(path)
-    if not p.is_dir():
+    if not (store_target(path) or p.is_dir()):
         return {str(p): diagnose(p, loss=loss, lr=lr, val_loss=val_loss, **doctor_kwargs)}
-    runs = find_runs(p)
+    runs = find_runs(path)
     if not runs:
-        raise LogFormatError(_no_runs(p))
+        raise LogFormatError(_no_runs(path))
     out: dict[str, Diagnosis | Exception] = {}
     for run in runs:
         try:
-            records = read_log(run.path, loss=loss, lr=lr, val_loss=val_loss)
+            records = read_run(run, loss=loss, lr=lr, val_loss=val_loss)
         except LogFormatError as exc:
             out[run.name] = exc
             continue

@@ -12,8 +12,11 @@ Accepted inputs (:func:`read_log`):
   ``EventAccumulator``, imported lazily; scalars of sub-directories named ``validation``/``val``/
   ``eval`` get a ``val_`` prefix, as the Keras TensorBoard callback writes them);
 * a directory holding **one** run (see :func:`find_runs`: a SummaryWriter run, a Lightning
-  ``version_N``, a Hugging Face output directory with ``checkpoint-N`` folders); a directory of
-  several runs is read run by run with :func:`read_runs`;
+  ``version_N``, a Hugging Face output directory with ``checkpoint-N`` folders, an MLflow store
+  with one run); a directory of several runs is read run by run with :func:`read_runs`;
+* an MLflow store holding one run: ``mlflow.db``, an ``mlruns/`` directory (or one of its
+  experiments or runs), a tracking URI (``sqlite:///mlflow.db``, ``http://host:5000``):
+  :mod:`lrkit.doctor.mlflow_store`;
 * ``"-"`` (standard input) or a pipe such as ``/dev/stdin``: read once, format sniffed;
 * in memory: a Keras ``History`` object (or its ``.history`` dict), a dict of lists, or a list
   of dicts.
@@ -76,6 +79,7 @@ from lrkit.doctor._tables import (
     jsonl_table,
     rows_table,
 )
+from lrkit.doctor.mlflow_store import StoreRun, read_store_run, store_runs, store_target, stores_under
 from lrkit.doctor.model_config import chance_loss_near
 
 __all__ = ["LogFormatError", "LogRecords", "read_log", "read_runs", "find_runs", "ALIASES"]
@@ -539,10 +543,13 @@ def _read_file(path: Path, named: Mapping[str, str], progress: Progress | None) 
 # --------------------------------------------------------------------------------- runs
 @dataclass(frozen=True)
 class Run:
-    """One run found in a directory: its ``name`` (relative path) and the ``path`` to read."""
+    """One run found in a directory: its ``name`` (relative path) and the ``path`` to read; for a
+    run of an MLflow store, the ``store`` run to read (or the ``problem`` that keeps it unread)."""
 
     name: str
     path: Path
+    store: StoreRun | None = None
+    problem: str | None = None
 
 
 _LOG_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson")
@@ -550,7 +557,7 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 def find_runs(directory: str | Path) -> list[Run]:
-    """The runs a directory holds, each named by its path relative to ``directory``.
+    """The runs a directory (or an MLflow tracking URI) holds, each named by its path relative to ``directory``.
 
     * TensorBoard: every directory holding event files is a run (a SummaryWriter run in
       ``runs/``, a Lightning ``version_N``); sub-directories named ``train``, ``validation``,
@@ -560,7 +567,10 @@ def find_runs(directory: str | Path) -> list[Run]:
       events the ``Trainer`` wrote into the same directory's ``runs/`` (``report_to="tensorboard"``)
       are that run again, not another;
     * every ``.csv``/``.tsv``/``.jsonl``/``.ndjson`` file is a run (a Lightning ``metrics.csv``,
-      a Keras ``CSVLogger`` file); other ``.json`` files (configurations) are not logs.
+      a Keras ``CSVLogger`` file); other ``.json`` files (configurations) are not logs;
+    * MLflow: every active run of a store (``mlflow.db``, an ``mlruns/`` file store, or the store
+      a tracking URI such as ``sqlite:///mlflow.db`` or ``http://host:5000`` names), named
+      ``<store>/<experiment>/<run name>`` (:mod:`lrkit.doctor.mlflow_store`; needs ``mlflow``).
 
     Example:
         >>> import tempfile, pathlib
@@ -570,6 +580,9 @@ def find_runs(directory: str | Path) -> list[Run]:
         >>> [r.name for r in find_runs(d)]
         ['a/log.csv', 'b/log.csv']
     """
+    uri = store_target(directory)
+    if uri is not None:
+        return [Run(r.name, Path(directory), store=r) for r in store_runs(uri)]
     root = Path(directory)
     runs: dict[Path, Path] = {}  # run root -> what to read
     event_dirs = {p.parent for p in root.rglob("*tfevents*") if p.is_file()}
@@ -602,7 +615,20 @@ def find_runs(directory: str | Path) -> list[Run]:
         if key.name == "trainer_state.json" and runs[key].parent != key.parent:
             name = str(runs[key].relative_to(root))
         out_runs.append(Run(name, runs[key]))
-    return out_runs
+    return out_runs + _mlflow_runs(root)
+
+
+def _mlflow_runs(root: Path) -> list[Run]:
+    """The runs of the MLflow stores in ``root`` (a store that cannot be listed is one unread run)."""
+    out: list[Run] = []
+    for uri, where, run_dirs in stores_under(root):
+        rel = where.relative_to(root) if root in where.parents else Path(".")
+        prefix = "" if str(rel) == "." else f"{rel}/"
+        try:
+            out.extend(Run(r.name, where, store=r) for r in store_runs(uri, prefix=prefix, run_dirs=run_dirs))
+        except LogFormatError as exc:
+            out.append(Run(str(rel) if str(rel) != "." else root.name, where, problem=str(exc)))
+    return out
 
 
 def read_runs(directory: str | Path, *, loss: str | None = None, lr: str | None = None,
@@ -615,12 +641,46 @@ def read_runs(directory: str | Path, *, loss: str | None = None, lr: str | None 
     runs = find_runs(directory)
     if not runs:
         raise LogFormatError(_no_runs(Path(directory)))
-    return {r.name: read_log(r.path, loss=loss, lr=lr, val_loss=val_loss) for r in runs}
+    return {r.name: read_run(r, loss=loss, lr=lr, val_loss=val_loss) for r in runs}
 
 
-def _no_runs(path: Path) -> str:
+def read_run(run: Run, *, loss: str | None = None, lr: str | None = None, val_loss: str | None = None,
+             progress: Progress | None = None) -> LogRecords:
+    """One run of :func:`find_runs`, read with :func:`read_log` (or from its MLflow store)."""
+    named = _check_named({"loss": loss, "lr": lr, "val_loss": val_loss})
+    if run.problem is not None:
+        raise LogFormatError(run.problem)
+    if run.store is not None:
+        return _store_run(run.store, named)
+    if run.path.is_dir():
+        return _tensorboard(run.path, named)
+    return _read_file(run.path, named, progress)
+
+
+def select_run(runs: Sequence[Run], wanted: str, where: str) -> Run:
+    """The run named ``wanted`` (its name as listed, or an MLflow run id) among ``runs``.
+
+    Raises:
+        LogFormatError: no run has that name (the message lists the names).
+    """
+    for r in runs:
+        if wanted in (r.name, r.store.run_id if r.store else None):
+            return r
+    names = ", ".join(r.name for r in runs[:8]) + (", ..." if len(runs) > 8 else "")
+    raise LogFormatError(f"{where}: no run named {wanted!r}; its runs are: {names}")
+
+
+def _store_run(run: StoreRun, named: Mapping[str, str]) -> LogRecords:
+    rows, chance = read_store_run(run.uri, run.run_id)
+    names = list(dict.fromkeys(k for _, r in rows for k in r))
+    records = _records(rows_table(rows, run.name, keep=_must_be_numeric(named)(names)), named)
+    records.chance_loss = chance
+    return records
+
+
+def _no_runs(path: Path | str) -> str:
     return (f"{path}: no runs in this directory (looked for TensorBoard event files *tfevents*, "
-            "trainer_state.json, .csv, .tsv, .jsonl and .ndjson logs)")
+            "trainer_state.json, .csv, .tsv, .jsonl and .ndjson logs, MLflow stores mlruns/ and mlflow.db)")
 
 
 # --------------------------------------------------------------------------------- public
@@ -659,20 +719,20 @@ def read_log(path_or_obj: Any, *, loss: str | None = None, lr: str | None = None
         path = Path(path_or_obj)
         if str(path_or_obj) == "-":
             return _read_file(Path("-"), named, progress)
-        if not path.exists():
+        store = store_target(path_or_obj) is not None
+        if not store and not path.exists():
             raise FileNotFoundError(f"{path}: no such file or directory")
-        if path.is_dir():
-            runs = find_runs(path)
+        if store or path.is_dir():
+            runs = find_runs(path_or_obj)
             if not runs:
-                raise LogFormatError(_no_runs(path))
+                raise LogFormatError(_no_runs(path_or_obj))
             if len(runs) > 1:
                 names = ", ".join(r.name for r in runs[:8]) + (", ..." if len(runs) > 8 else "")
                 raise LogFormatError(
-                    f"{path}: holds {len(runs)} runs ({names}); read one of them, or all with read_runs() "
-                    "(lrkit diagnose DIR gives one verdict per run)"
+                    f"{path_or_obj}: holds {len(runs)} runs ({names}); read one of them, or all with read_runs() "
+                    "(lrkit diagnose DIR gives one verdict per run; --run NAME reads one)"
                 )
-            target = runs[0].path
-            return _tensorboard(target, named) if target.is_dir() else _read_file(target, named, progress)
+            return read_run(runs[0], loss=loss, lr=lr, val_loss=val_loss, progress=progress)
         return _read_file(path, named, progress)
     hist = getattr(path_or_obj, "history", None)
     if isinstance(hist, Mapping):  # keras.callbacks.History
