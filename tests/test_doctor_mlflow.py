@@ -215,13 +215,17 @@ def test_trainer_report_to_mlflow(tmp_path, monkeypatch):
                                                     num_attention_heads=2, intermediate_size=32, num_labels=3,
                                                     architectures=["BertForSequenceClassification"]))
     # (``architectures`` as a model from ``from_pretrained`` has it; a model built from a bare config has none)
-    for name, model, ds, lr in (("digits", Clf(), Rows(x[:1024], y[:1024]), 3e-3), ("bert", bert, Tokens(), 1e-3)):
-        args = TrainingArguments(output_dir=str(tmp_path / name), run_name=name, max_steps=64, learning_rate=lr,
+    monkeypatch.chdir(tmp_path)  # the script's directory: mlflow.db and the output directories
+    for name, model, ds, lr, save in (("digits", Clf(), Rows(x[:1024], y[:1024]), 3e-3, "no"),
+                                      ("bert", bert, Tokens(), 1e-3, "steps")):
+        args = TrainingArguments(output_dir=name, run_name=name, max_steps=64, learning_rate=lr, save_steps=64,
                                  per_device_train_batch_size=32, logging_steps=4, report_to="mlflow", use_cpu=True,
-                                 save_strategy="no", disable_tqdm=True)
+                                 save_strategy=save, disable_tqdm=True)
         Trainer(model=model, args=args, train_dataset=ds).train()
-    runs = find_runs(tmp_path)
-    assert [r.name for r in runs] == ["mlflow.db/hf/digits", "mlflow.db/hf/bert"]
+    # the bert run saved a checkpoint: its trainer_state.json is that run, its MLflow copy is not another
+    assert [r.name for r in find_runs(tmp_path)] == ["bert/checkpoint-64/trainer_state.json", "mlflow.db/hf/digits"]
+    runs = find_runs(tmp_path / "mlflow.db")  # the store alone: both
+    assert [r.name for r in runs] == ["hf/digits", "hf/bert"]
     digits_run, bert_run = (read_run(r) for r in runs)
     assert digits_run.renamed["loss"] == "loss" and digits_run.has("grad_norm").sum() == 16
     assert digits_run.chance_loss is None  # a plain torch module has no configuration to read

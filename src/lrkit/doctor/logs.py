@@ -564,13 +564,14 @@ def find_runs(directory: str | Path) -> list[Run]:
       ``val``, ``eval`` or ``test`` are parts of their parent's run (as Keras writes them);
     * Hugging Face: an output directory is one run, read from its ``trainer_state.json``, or from
       its newest ``checkpoint-N/trainer_state.json`` (the most complete history); the TensorBoard
-      events the ``Trainer`` wrote into the same directory's ``runs/`` (``report_to="tensorboard"``)
-      are that run again, not another;
+      events the ``Trainer`` wrote into the same directory's ``runs/`` (``report_to="tensorboard"``),
+      and its MLflow run (``report_to="mlflow"``, known by the ``output_dir`` it logged), are that
+      run again, not another;
     * every ``.csv``/``.tsv``/``.jsonl``/``.ndjson`` file is a run (a Lightning ``metrics.csv``,
       a Keras ``CSVLogger`` file); other ``.json`` files (configurations) are not logs;
     * MLflow: every active run of a store (``mlflow.db``, an ``mlruns/`` file store, or the store
       a tracking URI such as ``sqlite:///mlflow.db`` or ``http://host:5000`` names), named
-      ``<store>/<experiment>/<run name>`` (:mod:`lrkit.doctor.mlflow_store`; needs ``mlflow``).
+      ``<store>/<experiment>/<run name>`` (:mod:`lrkit.doctor.mlflow_store`; a server needs ``mlflow``).
 
     Example:
         >>> import tempfile, pathlib
@@ -615,17 +616,20 @@ def find_runs(directory: str | Path) -> list[Run]:
         if key.name == "trainer_state.json" and runs[key].parent != key.parent:
             name = str(runs[key].relative_to(root))
         out_runs.append(Run(name, runs[key]))
-    return out_runs + _mlflow_runs(root)
+    return out_runs + _mlflow_runs(root, {out.resolve() for out in by_output})
 
 
-def _mlflow_runs(root: Path) -> list[Run]:
-    """The runs of the MLflow stores in ``root`` (a store that cannot be listed is one unread run)."""
+def _mlflow_runs(root: Path, trainer_outputs: set[Path]) -> list[Run]:
+    """The runs of the MLflow stores in ``root`` (a store that cannot be listed is one unread run),
+    but for a ``Trainer``'s runs whose ``output_dir`` is among ``trainer_outputs``: its
+    ``trainer_state.json`` holds the same run."""
     out: list[Run] = []
     for uri, where, run_dirs in stores_under(root):
         rel = where.relative_to(root) if root in where.parents else Path(".")
         prefix = "" if str(rel) == "." else f"{rel}/"
         try:
-            out.extend(Run(r.name, where, store=r) for r in store_runs(uri, prefix=prefix, run_dirs=run_dirs))
+            out.extend(Run(r.name, where, store=r) for r in store_runs(uri, prefix=prefix, run_dirs=run_dirs)
+                       if r.output_dir not in trainer_outputs)
         except LogFormatError as exc:
             out.append(Run(str(rel) if str(rel) != "." else root.name, where, problem=str(exc)))
     return out

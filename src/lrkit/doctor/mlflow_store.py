@@ -60,11 +60,14 @@ _HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_B
 
 @dataclass(frozen=True)
 class StoreRun:
-    """One run of a tracking store: ``uri`` (the store), ``run_id``, and its readable ``name``."""
+    """One run of a tracking store: ``uri`` (the store), ``run_id``, its readable ``name``, and the
+    ``output_dir`` a Hugging Face ``Trainer`` run logged as a parameter (resolved against the
+    directory the local store sits in, where the training script ran), else ``None``."""
 
     uri: str
     run_id: str
     name: str
+    output_dir: Path | None = None
 
 
 def is_tracking_uri(text: str | Path) -> bool:
@@ -157,6 +160,7 @@ def store_runs(uri: str, *, prefix: str = "", run_dirs: list[Path] | None = None
         LogFormatError: the store cannot be read (missing, not an MLflow store, server down).
     """
     local = _local(uri)
+    base = None
     if local is None:
         found = _remote_runs(uri)
     else:
@@ -164,23 +168,31 @@ def store_runs(uri: str, *, prefix: str = "", run_dirs: list[Path] | None = None
         if not path.exists():
             raise LogFormatError(f"{uri}: no such {'database file' if kind == 'sqlite' else 'directory'}")
         found = _sqlite_runs(uri, path) if kind == "sqlite" else _file_runs(path, run_dirs)
-    named = [(f"{prefix}{exp}/{name or rid}", rid) for exp, _, name, rid in sorted(found, key=lambda r: r[:2])]
+        base = path.resolve().parent
+    found = sorted(found, key=lambda r: r[:2])
+    named = [f"{prefix}{exp}/{name or rid}" for exp, _, name, rid, _ in found]
     counts: dict[str, int] = {}
-    for name, _ in named:
+    for name in named:
         counts[name] = counts.get(name, 0) + 1
-    return [StoreRun(uri, rid, f"{name} ({rid[:8]})" if counts[name] > 1 else name) for name, rid in named]
+    return [StoreRun(uri, rid, f"{name} ({rid[:8]})" if counts[name] > 1 else name,
+                     (base / out).resolve() if out and base is not None else None)
+            for name, (_, _, _, rid, out) in zip(named, found)]
 
 
-def _sqlite_runs(uri: str, path: Path) -> list[tuple[str, int, str, str]]:
-    """``(experiment name, start time, run name, run id)`` of the active runs of a SQLite store."""
+_Found = tuple[str, int, str, str, "str | None"]  # experiment name, start time, run name, run id, output_dir
+
+
+def _sqlite_runs(uri: str, path: Path) -> list[_Found]:
+    """The active runs of a SQLite store."""
     if not is_mlflow_sqlite(path):
         raise LogFormatError(f"{uri}: not an MLflow database (no experiments, runs and metrics tables)")
     with _sqlite(path) as con:
         rows = con.execute(
-            "SELECT e.name, COALESCE(r.start_time, 0), r.name, r.run_uuid FROM runs r "
+            "SELECT e.name, COALESCE(r.start_time, 0), r.name, r.run_uuid, p.value FROM runs r "
             "JOIN experiments e ON e.experiment_id = r.experiment_id "
+            "LEFT JOIN params p ON p.run_uuid = r.run_uuid AND p.key = 'output_dir' "
             "WHERE r.lifecycle_stage = 'active' AND e.lifecycle_stage = 'active'").fetchall()
-    return [(str(e), int(t), str(n) if n else "", str(rid)) for e, t, n, rid in rows]
+    return [(str(e), int(t), str(n) if n else "", str(rid), out) for e, t, n, rid, out in rows]
 
 
 def _meta(path: Path) -> dict[str, Any]:
@@ -195,8 +207,8 @@ def _meta(path: Path) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
-def _file_runs(store: Path, run_dirs: list[Path] | None) -> list[tuple[str, int, str, str]]:
-    """``(experiment name, start time, run name, run id)`` of the active runs of a file store."""
+def _file_runs(store: Path, run_dirs: list[Path] | None) -> list[_Found]:
+    """The active runs of a file store."""
     if run_dirs is None:
         run_dirs = [m.parent for m in sorted(store.glob("*/*/meta.yaml")) if _file_store_root(m.parent) == store]
     out = []
@@ -206,8 +218,10 @@ def _file_runs(store: Path, run_dirs: list[Path] | None) -> list[tuple[str, int,
             continue
         name_tag = d / "tags" / "mlflow.runName"
         name = run.get("run_name") or (name_tag.read_text(encoding="utf-8").strip() if name_tag.is_file() else "")
+        output_dir = d / "params" / "output_dir"
         out.append((str(exp.get("name", d.parent.name)), int(run.get("start_time") or 0), str(name),
-                    str(run.get("run_id") or d.name)))
+                    str(run.get("run_id") or d.name),
+                    output_dir.read_text(encoding="utf-8") if output_dir.is_file() else None))
     return out
 
 
@@ -237,7 +251,7 @@ def _first_line(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _remote_runs(uri: str) -> list[tuple[str, int, str, str]]:
+def _remote_runs(uri: str) -> list[_Found]:
     with _client(uri) as client:
         from mlflow.entities import ViewType
 
@@ -250,8 +264,8 @@ def _remote_runs(uri: str) -> list[tuple[str, int, str, str]]:
             token = page.token
             if not token:
                 break
-    return [(experiments[r.info.experiment_id], int(r.info.start_time or 0), r.info.run_name or "", r.info.run_id)
-            for r in runs]
+    return [(experiments[r.info.experiment_id], int(r.info.start_time or 0), r.info.run_name or "", r.info.run_id,
+             None) for r in runs]
 
 
 # --------------------------------------------------------------------------------- reading
