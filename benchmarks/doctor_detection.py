@@ -321,7 +321,12 @@ progress whose per-step noise fell 3x while its level sits 1.5x above its best i
 back to chance, outside this benchmark): held-out, one broken one-cycle run read as flat before
 (digits/rmsprop/onecycle_high/s0) now reads as diverging (163 -> 164/191, 60 -> 61/67 flagged
 LR-too-high); the development half is unchanged. A first version without the 1.5x condition also
-called a healthy diabetes run logged once per epoch stuck (a test's run, not this benchmark's)."""
+called a healthy diabetes run logged once per epoch stuck (a test's run, not this benchmark's).
+Since 2026-12-06 a flat run whose loss stopped changing at all (its last 4 or more logged values
+equal to 1e-6) after its first window held another value is diverging (moved, then no weight
+moves: units died), and one frozen from its first value is flat with the gradients to check
+first (designed on a Keras run logged per epoch by MLflow's autolog, SGD at LR 30, outside this
+benchmark, advised to raise its LR 10x before): both halves unchanged."""
 
 
 def main(retrain: bool = False, halves: tuple[str, ...] = ("development", "held-out"), write: bool = True) -> str:

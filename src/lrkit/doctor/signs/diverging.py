@@ -202,6 +202,10 @@ def diverging_explanation(track: Track, config: Mapping[str, Any], onset: int | 
                f"{100 * ev['val_swing']:.0f}% between evaluations with no new best: an LR too low cannot move the "
                "weights that much. The LR is likely too high (a blow-up before the log shows it, then stuck); "
                "raising it would be the wrong advice.")
+    elif "frozen_rows" in ev:
+        msg = (f"The loss moved at the start, then stopped changing at all: its last {ev['frozen_rows']:.0f} logged "
+               "values are equal to 1 part in a million, with no progress. No weight moves any more: units died or "
+               "saturated, the LR was likely too high; raising it would be the wrong advice.")
     elif "grad_norm_drop" in ev:  # name only what was measured (no gradient norm logged: no "fell nanx")
         fell = [f"{what} fell {ev[key]:.3g}x" for key, what in (("grad_norm_drop", "gradient norm"), ("noise_drop", "noise"))
                 if math.isfinite(ev.get(key, math.nan))]

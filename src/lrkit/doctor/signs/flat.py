@@ -57,7 +57,13 @@ evaluation's log from its neighbours' mean over the last :data:`VAL_KEEP`, above
 with no new best in their second half) is ``diverging`` too: the weights move a lot and go nowhere,
 which an LR too low cannot do -- on a fixed validation set its losses fall in a straight line (a
 run blown up before its first logged row and thrashing since, as Lightning's default logging every
-50 steps shows one, reads flat otherwise). Onset of flat: the first step observed.
+50 steps shows one, reads flat otherwise). A flat run whose loss has stopped changing at all -- its last
+:data:`FROZEN_ROWS` or more logged values equal to :data:`FROZEN_REL` -- after its first window
+held a different value (and its level is not clearly above that window's, as for flat) is
+``diverging`` as well: it moved, then no weight moved any more (units
+died or saturated; an LR too low still moves the weights, and a run's batches differ); frozen from
+its first value on, it stays flat, with the gradients to check first. Onset of flat: the first
+step observed.
 """
 from __future__ import annotations
 
@@ -106,6 +112,12 @@ VAL_SWING = 0.01
 VAL_SWING_PROGRESS = 0.05
 #: evaluations that swing needs (the last :data:`VAL_KEEP` are kept)
 VAL_MIN_EVALS, VAL_KEEP = 5, 10
+#: a loss that repeats to this relative precision over the last :data:`FROZEN_ROWS` logged values has
+#: stopped changing: no weight moves (an epoch's mean over the same examples in another order differs
+#: by about 1e-7 in float32; a live run's batches differ by far more). Seen in a Keras run logged per
+#: epoch by MLflow's autolog, SGD at LR 30 on the digits: 14.29 in its first epoch, then 14.549266
+#: +-2e-6 with accuracy at chance, which read flat and was advised to raise the LR 10x
+FROZEN_REL, FROZEN_ROWS = 1e-6, 4
 
 
 def _fall(rel: float) -> float:
@@ -271,6 +283,12 @@ class Flat(Sign):
                 # no progress, 1.5x its best, and the batches' noise gone: their losses no longer depend
                 # on what the network makes of its inputs (an LR too low leaves the noise as it was)
                 early = t.first_step
+        frozen = self.frozen_rows()
+        if early is None and frozen and rel > -tol:  # (a level clearly above the first window's rose: not flat)
+            ev["frozen_rows"] = float(frozen)
+            if any(abs(math.log(max(v, TINY)) - t.y.last(1)[0]) > FROZEN_REL for v in t.first_window):
+                # it moved, then stopped moving without any progress: units died or saturated
+                early = t.first_step
         if early is None and rel < VAL_SWING_PROGRESS and (swing := self.val_swing()) > VAL_SWING:
             # the weights move a lot and go nowhere: not an LR too low (see VAL_SWING)
             ev["val_swing"] = swing
@@ -282,6 +300,16 @@ class Flat(Sign):
             ev["lr_over_ceiling"] = over
             early = t.first_step
         return early
+
+    def frozen_rows(self) -> int:
+        """How many of the last logged losses repeat the last one to :data:`FROZEN_REL` (0 when fewer
+        than :data:`FROZEN_ROWS` do): a loss that no longer changes at all."""
+        y, _ = self.track.y.ordered()
+        if len(y) < FROZEN_ROWS or y[-1] <= math.log(TINY):
+            return 0
+        same = np.abs(y - y[-1]) <= FROZEN_REL
+        k = len(y) if same.all() else int(len(y) - 1 - np.flatnonzero(~same)[-1])
+        return k if k >= FROZEN_ROWS else 0
 
     def val_swing(self) -> float:
         r"""How far the validation loss swings between evaluations without getting anywhere: with
@@ -303,6 +331,11 @@ class Flat(Sign):
             "run an LR range test (lrkit find)",
             "check that gradients reach the parameters (frozen layers, zero grad norm)",
         )
+        if "frozen_rows" in finding.evidence:  # not a slow loss: one that does not change at all
+            return advice[2:] + advice[:2], (
+                f"The loss is flat: it has not changed at all over its last {finding.evidence['frozen_rows']:.0f} "
+                "logged values (to 1 part in a million): no weight moves. Check that gradients reach the "
+                "parameters before raising the LR.")
         return advice, f"The loss is flat: it moved {100 * rel:.1f}% of its initial level in {self.track.n} steps."
 
     def state_dict(self) -> dict[str, Any]:
