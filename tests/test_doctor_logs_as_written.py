@@ -312,3 +312,30 @@ def test_a_trainers_tensorboard_copy_of_its_run_is_not_a_second_run(tmp_path):
         for step in range(30):
             w.add_scalar("Loss/train", 2.0 * 0.95 ** step, step)
     assert [r.name for r in find_runs(tmp_path)] == ["hf/checkpoint-40/trainer_state.json", "other"]
+
+
+def test_a_trainer_run_with_default_logging_says_to_log_more_often(tmp_path):
+    """The Trainer's default logging_steps=500 leaves a short run's trainer_state.json one training loss
+    (its final average): too few to judge, and the verdict says how to log more."""
+    pytest.importorskip("transformers")
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    from _hf_digits import Clf, Rows, digits
+
+    torch.set_num_threads(1)
+    x, y = digits()
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), num_train_epochs=2, per_device_train_batch_size=32,
+                             eval_strategy="epoch", report_to="none", use_cpu=True, save_strategy="no",
+                             disable_tqdm=True)
+    trainer = Trainer(model=Clf(), args=args, train_dataset=Rows(x[:1024], y[:1024]),
+                      eval_dataset=Rows(x[1024:], y[1024:]))
+    trainer.train()
+    trainer.save_state()
+    recs = read_log(tmp_path / "out")
+    assert recs.has("loss").sum() == 1 and recs.has("val_loss").sum() == 2
+    d = diagnose(recs)
+    assert d.verdict == "healthy" and "too few to judge" in d.message
+    assert d.advice[0].startswith("log the training loss more often: this log holds 1") and "logging_steps" in d.advice[0]
+    r = lrkit("diagnose", tmp_path / "out")
+    assert r.returncode == 0 and "- log the training loss more often" in r.stdout, r.stderr

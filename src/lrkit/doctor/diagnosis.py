@@ -272,7 +272,22 @@ def diagnose(log: Any, *, loss: str | None = None, lr: str | None = None, val_lo
     stuck = _stuck_after_first_row(records, doctor)
     if stuck is not None and d.verdict != "nan" and not (d.verdict == "diverging" and d.step <= stuck.step):
         return stuck
-    return d
+    return _sparse_advice(d, int(records.has("loss").sum()), doctor.observations_needed)
+
+
+def _sparse_advice(d: Diagnosis, losses: int, needed: int) -> Diagnosis:
+    """A healthy verdict on a log with too few training losses to judge says how to log more.
+
+    Example:
+        >>> diagnose({"step": [500, 1000], "loss": [2.1, 1.7]}).advice[0].startswith("log the training loss more often")
+        True
+    """
+    if d.verdict != "healthy" or losses >= needed or d.advice:
+        return d
+    tip = (f"log the training loss more often: this log holds {losses} and judging a flat or fluctuating run "
+           f"takes {needed} (a Hugging Face Trainer logs every logging_steps=500 steps by default, Lightning every "
+           "log_every_n_steps=50; lrkit's callbacks read every step)")
+    return replace(d, advice=(tip,))
 
 
 def diagnose_runs(path: str | Path, *, loss: str | None = None, lr: str | None = None, val_loss: str | None = None,
