@@ -3,7 +3,8 @@
 Reads a training log (CSV, JSONL, JSON, TensorBoard event file or directory, Lightning
 ``metrics.csv``, Keras ``CSVLogger`` output, a Hugging Face ``trainer_state.json``, the runs of an
 MLflow store: ``mlflow.db``, ``mlruns/`` or a tracking URI such as ``sqlite:///mlflow.db`` or
-``http://host:5000``; ``-`` or a pipe for standard input), runs the LR doctor over it and reports
+``http://host:5000``; the console output of a Hugging Face ``Trainer`` or of Keras ``fit``, as a
+``.out``/``.log`` file keeps it; ``-`` or a pipe for standard input), runs the LR doctor over it and reports
 the verdict. A directory or store holding several runs (SummaryWriter runs in ``runs/``, Lightning
 ``version_N``, Trainer output directories, MLflow runs) gives one verdict per run, named;
 ``--run NAME`` picks one. Exit code 0 whatever the verdict (1 with

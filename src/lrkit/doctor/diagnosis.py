@@ -286,7 +286,7 @@ def _sparse_advice(d: Diagnosis, losses: int, needed: int) -> Diagnosis:
         return d
     tip = (f"log the training loss more often: this log holds {losses} and judging a flat or fluctuating run "
            f"takes {needed} (a Hugging Face Trainer logs every logging_steps=500 steps by default, Lightning every "
-           "log_every_n_steps=50; lrkit's callbacks read every step)")
+           "log_every_n_steps=50, Keras once per epoch; lrkit's callbacks read every step)")
     return replace(d, advice=(tip,))
 
 

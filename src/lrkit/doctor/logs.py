@@ -17,6 +17,8 @@ Accepted inputs (:func:`read_log`):
 * an MLflow store holding one run: ``mlflow.db``, an ``mlruns/`` directory (or one of its
   experiments or runs), a tracking URI (``sqlite:///mlflow.db``, ``http://host:5000``):
   :mod:`lrkit.doctor.mlflow_store`;
+* a console log (a file of another name, e.g. ``train.out``, or a pipe): the Hugging Face
+  ``Trainer``'s printed dicts or Keras ``fit``'s epoch lines, :mod:`lrkit.doctor.console_logs`;
 * ``"-"`` (standard input) or a pipe such as ``/dev/stdin``: read once, format sniffed;
 * in memory: a Keras ``History`` object (or its ``.history`` dict), a dict of lists, or a list
   of dicts.
@@ -79,6 +81,7 @@ from lrkit.doctor._tables import (
     jsonl_table,
     rows_table,
 )
+from lrkit.doctor.console_logs import console_rows, looks_like_console
 from lrkit.doctor.mlflow_store import StoreRun, read_store_run, store_runs, store_target, stores_under
 from lrkit.doctor.model_config import chance_loss_near
 
@@ -508,14 +511,19 @@ def _sniff(data: bytes, source: str, named: Mapping[str, str], progress: Progres
                     "expected .csv, .jsonl, .json or a *tfevents* file"
                 ) from None
             start = head[: exc.start].decode("utf-8").lstrip()
-    if start.startswith("{"):
+    if start.startswith("{") and not start.startswith("{'"):  # ({'loss': ...}: a Trainer's console output)
         return _records(jsonl_table(decode(data, source), source, _must_be_numeric(named)), named)
     if start.startswith("["):
         return _json(data, source, named)
     first = start.splitlines()[0] if start else ""
+    console = console_rows(decode(data, source), source) if looks_like_console(data[:65536]) else None
+    if console is not None:
+        names = list(dict.fromkeys(k for _, r in console for k in r))
+        return _records(rows_table(console, source, keep=_must_be_numeric(named)(names)), named)
     if "," in first or "\t" in first or ";" in first:
         return _csv(data, source, named, progress=progress)
-    raise LogFormatError(f"{source}: unknown log format; expected CSV (.csv), JSON lines (.jsonl), JSON or TensorBoard events")
+    raise LogFormatError(f"{source}: unknown log format; expected CSV (.csv), JSON lines (.jsonl), JSON, TensorBoard "
+                         "events, or the console output of a Hugging Face Trainer or Keras fit")
 
 
 def _read_file(path: Path, named: Mapping[str, str], progress: Progress | None) -> LogRecords:

@@ -1,0 +1,102 @@
+r"""Training logs as a console printed them: the log a run keeps when nothing else was set up
+(a SLURM ``.out`` file, ``python train.py > train.log``, a notebook's output saved as text).
+
+Two shapes are read:
+
+* the Hugging Face ``Trainer``'s printed dicts, ``{'loss': '2.267', 'grad_norm': '0.45',
+  'learning_rate': '0.0004', 'epoch': '0.53'}`` (values printed as strings by transformers 5,
+  as numbers before), anywhere on a line (tqdm's bars share it); the dicts printed at the same
+  ``epoch`` (a training log, the evaluation after it, the final summary) are one row. They carry
+  no step: rows are numbered (``LogRecords.step_column == "row"``), one per logging point;
+* Keras ``fit``'s epoch lines, ``Epoch 3/12`` then ``47/47 - 0s - 3ms/step - accuracy: 0.79 -
+  loss: 1.18 - val_loss: 1.12`` (``verbose=2``), or its progress bar (``verbose=1``: the epoch's
+  last update, after its carriage returns, is the epoch's row); the step is the epoch (from 0).
+
+Terminal colour codes and backspaces are dropped first.
+
+Example:
+    >>> rows = console_rows("Epoch 1/2\n5/5 - 0s - loss: 2.1 - val_loss: 2.0\nEpoch 2/2\n5/5 - 0s - loss: 1.5 - val_loss: 1.6\n", "t.out")
+    >>> [r for _, r in rows]
+    [{'epoch': 0, 'loss': 2.1, 'val_loss': 2.0}, {'epoch': 1, 'loss': 1.5, 'val_loss': 1.6}]
+"""
+from __future__ import annotations
+
+import ast
+import math
+import re
+from typing import Any
+
+__all__ = ["console_rows", "looks_like_console"]
+
+_TERMINAL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x08")
+_DICT = re.compile(r"\{'[^{}]*\}")
+_EPOCH = re.compile(r"^\s*Epoch (\d+)/(\d+)\s*$")
+_PAIR = re.compile(r"(?:^|\s)-\s([A-Za-z_][\w./]*): (-?(?:nan|inf|\d+(?:\.\d*)?(?:[eE][-+]?\d+)?))(?=\s|$)")
+
+Row = tuple[str, dict[str, Any]]
+
+
+_HINT = re.compile(rb"\{'|^\s*Epoch \d+/\d+\s*$", re.MULTILINE)
+
+
+def looks_like_console(head: bytes) -> bool:
+    """Whether the start of a file holds a Trainer dict or a Keras epoch line (a cheap look, so that a
+    large CSV is not searched line by line)."""
+    return bool(_HINT.search(head))
+
+
+def console_rows(text: str, source: str) -> list[Row] | None:
+    """The rows of a console log (see the module docstring), or ``None`` when ``text`` is neither shape."""
+    text = _TERMINAL.sub("", text)
+    return _trainer_rows(text, source) or _keras_rows(text, source)
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return None
+    return None
+
+
+def _trainer_rows(text: str, source: str) -> list[Row] | None:
+    rows: dict[str, dict[str, Any]] = {}
+    where: dict[str, str] = {}
+    for n, line in enumerate(text.split("\n"), 1):
+        for m in _DICT.finditer(line):
+            try:
+                d = ast.literal_eval(m.group(0))
+            except (ValueError, SyntaxError):
+                continue
+            if not isinstance(d, dict) or "epoch" not in d:
+                continue
+            values = {str(k): _number(v) for k, v in d.items()}
+            key = str(d["epoch"])
+            row = rows.setdefault(key, {})
+            where.setdefault(key, f"{source}:{n}")
+            row.update({k: v for k, v in values.items() if k != "epoch" and v is not None})
+    keep = [(where[k], r) for k, r in rows.items() if r]
+    return keep if any("loss" in r or "train_loss" in r or "eval_loss" in r for _, r in keep) else None
+
+
+def _keras_rows(text: str, source: str) -> list[Row] | None:
+    rows: dict[int, Row] = {}
+    epoch = None
+    for n, line in enumerate(text.split("\n"), 1):
+        m = _EPOCH.match(line)
+        if m:
+            epoch = int(m.group(1)) - 1
+            continue
+        if epoch is None:
+            continue
+        last = [s for s in line.split("\r") if s.strip()]
+        pairs = _PAIR.findall(last[-1]) if last else []
+        if pairs and any(k == "loss" for k, _ in pairs):
+            values = {k: (math.nan if v == "nan" else float(v)) for k, v in pairs}
+            rows[epoch] = (f"{source}:{n}", {"epoch": epoch, **values})
+    return [rows[e] for e in sorted(rows)] or None
