@@ -133,3 +133,62 @@ def test_a_nan_printed_by_keras(tmp_path):
     recs = read_log(p)
     assert recs.loss[0] == 2.3 and math.isnan(recs.loss[1])
     assert diagnose(recs).verdict == "nan"
+
+
+# ----------------------------------------------------------------------------- lines a script printed
+TORCH_LOOP = """
+    import torch
+    torch.manual_seed(0); torch.set_num_threads(1)
+    from _hf_digits import digits
+    x, y = digits()
+    net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    opt = torch.optim.SGD(net.parameters(), lr={lr})
+    n = 1500 // 30
+    for epoch in range(4):
+        perm = torch.randperm(1500)
+        for i in range(n):
+            idx = perm[i * 30:(i + 1) * 30]
+            loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
+            opt.zero_grad(); loss.backward(); opt.step()
+            if (i + 1) % 5 == 0:  # as the PyTorch tutorials print it
+                print(f"Epoch [{{epoch + 1}}/4], Step [{{i + 1}}/{{n}}], Loss: {{loss.item():.4f}}")
+"""
+
+
+def test_a_plain_pytorch_loop_as_the_tutorials_print_it(tmp_path):
+    pytest.importorskip("torch")
+    good = read_log(captured(tmp_path, TORCH_LOOP.format(lr=0.1), "good.log"))
+    assert good.step_column == "step" and len(good) == 40
+    assert good.step.tolist()[:3] == [55, 60, 65] and all(b > a for a, b in zip(good.step, good.step[1:]))
+    assert diagnose(good).verdict == "healthy"
+    high = diagnose(captured(tmp_path, TORCH_LOOP.format(lr=1e4), "high.log"))
+    assert high.verdict in ("nan", "diverging") and high.advice[0].startswith("lower the LR")
+
+
+def test_nanogpt_lines(tmp_path):
+    p = tmp_path / "train.log"
+    lines = []
+    for it in range(0, 300, 10):
+        if it % 100 == 0:
+            lines.append(f"step {it}: train loss {4.3 * 0.995 ** it:.4f}, val loss {4.35 * 0.995 ** it:.4f}")
+        lines.append(f"iter {it}: loss {4.28 * 0.995 ** it:.4f}, time 40.12ms, mfu 10.01%")
+    p.write_text("\n".join(lines) + "\n")
+    recs = read_log(p)
+    assert recs.step.tolist() == list(range(0, 300, 10)) and recs.renamed["loss"] == "loss"
+    assert recs.val_loss[recs.has("val_loss")].tolist() == pytest.approx([4.35 * 0.995 ** s for s in (0, 100, 200)],
+                                                                       rel=1e-3)
+    assert diagnose(recs).verdict == "healthy"
+
+
+def test_printed_lines_whose_counters_do_not_increase_are_numbered(tmp_path):
+    p = tmp_path / "run.txt"
+    p.write_text("".join(f"run {r} | step {s} | loss {2.3 - 0.1 * s - 0.01 * r:.3f} | lr 0.01\n"
+                         for r in range(2) for s in range(6)))
+    recs = read_log(p)
+    assert recs.step_column == "row" and len(recs) == 12 and recs.lr.tolist() == [0.01] * 12
+
+
+def test_prose_with_a_loss_in_it_is_not_a_log(tmp_path):
+    assert console_rows("we saw loss 3 times\nthe rest is text\n", "x") is None
+    with pytest.raises(LogFormatError, match="unknown log format"):
+        read_log_text("we saw loss 3 times\nthe rest is text\n")

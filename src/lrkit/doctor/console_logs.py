@@ -12,6 +12,17 @@ Two shapes are read:
   loss: 1.18 - val_loss: 1.12`` (``verbose=2``), or its progress bar (``verbose=1``: the epoch's
   last update, after its carriage returns, is the epoch's row); the step is the epoch (from 0).
 
+* lines a training script printed itself, with a loss in them: ``iter 100: loss 2.3456, time
+  12.3ms`` and ``step 250: train loss 2.01, val loss 2.09`` (nanoGPT), ``Epoch [1/5], Step
+  [100/600], Loss: 0.4567`` (the PyTorch tutorials), ``epoch 3 | loss 0.45 | val_loss 0.50 | lr
+  1e-3``: a value follows its name (``loss``, ``lr``, ``learning rate``, ``acc``/``accuracy``,
+  ``grad norm``, ``perplexity``/``ppl``, each with an optional ``train``/``val``/``valid``/
+  ``validation``/``eval``/``test`` in front), after a space, ``:`` or ``=``. The step is the
+  printed ``step``/``iter``/``iteration``/``it``/``batch`` counter (plus ``epoch x total`` when a
+  per-epoch counter says its total, ``Step [100/600]``), else the epoch; lines of one step are one
+  row; when the counters do not increase through the file, rows are numbered instead. Two such
+lines at least (one line with a loss in it is more likely prose).
+
 Terminal colour codes and backspaces are dropped first.
 
 Example:
@@ -36,7 +47,14 @@ _PAIR = re.compile(r"(?:^|\s)-\s([A-Za-z_][\w./]*): (-?(?:nan|inf|\d+(?:\.\d*)?(
 Row = tuple[str, dict[str, Any]]
 
 
-_HINT = re.compile(rb"\{'|^\s*Epoch \d+/\d+\s*$", re.MULTILINE)
+_HINT = re.compile(rb"\{'|^\s*Epoch \d+/\d+\s*$|(?i:\bloss\b[ \t]*[:=]?[ \t]*-?(?:\d|\.\d|nan|inf))", re.MULTILINE)
+_NUM = r"(-?(?:nan|inf|\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?))"
+_COUNTER = re.compile(r"\b(step|iter|iteration|it|batch|epoch)\b\s*[:=#]?\s*\[?\s*(\d+)\s*(?:/\s*(\d+))?\s*\]?",
+                      re.IGNORECASE)
+_METRIC = re.compile(r"\b(?:(train|training|val|valid|validation|eval|test)[ _/-]?)?"
+                     r"(loss|lr|learning[ _]rate|acc|accuracy|grad[ _]norm|perplexity|ppl)\b\s*[:=]?\s*" + _NUM
+                     + r"(?![\w.])", re.IGNORECASE)
+_PREFIX = {"training": "train", "valid": "val", "validation": "val"}
 
 
 def looks_like_console(head: bytes) -> bool:
@@ -48,7 +66,7 @@ def looks_like_console(head: bytes) -> bool:
 def console_rows(text: str, source: str) -> list[Row] | None:
     """The rows of a console log (see the module docstring), or ``None`` when ``text`` is neither shape."""
     text = _TERMINAL.sub("", text)
-    return _trainer_rows(text, source) or _keras_rows(text, source)
+    return _trainer_rows(text, source) or _keras_rows(text, source) or _printed_rows(text, source)
 
 
 def _number(v: Any) -> float | None:
@@ -100,3 +118,44 @@ def _keras_rows(text: str, source: str) -> list[Row] | None:
             values = {k: (math.nan if v == "nan" else float(v)) for k, v in pairs}
             rows[epoch] = (f"{source}:{n}", {"epoch": epoch, **values})
     return [rows[e] for e in sorted(rows)] or None
+
+
+def _printed_rows(text: str, source: str) -> list[Row] | None:
+    """Lines a script printed (see the module docstring): ``(where, {"step"|"epoch": n, name: value})``."""
+    rows: list[tuple[str, int | None, str | None, dict[str, float]]] = []
+    for n, line in enumerate(text.split("\n"), 1):
+        metrics = {}
+        for prefix, name, value in _METRIC.findall(line.split("\r")[-1]):
+            key = name.lower().replace(" ", "_")
+            if prefix:
+                key = f"{_PREFIX.get(prefix.lower(), prefix.lower())}_{key}"
+            metrics.setdefault(key, math.nan if value.lower() == "nan" else float(value))
+        if not any(k.endswith("loss") for k in metrics):
+            continue
+        counters = {k.lower(): (int(v), int(t) if t else None) for k, v, t in _COUNTER.findall(line)}
+        step, kind = _step_of(counters)
+        rows.append((f"{source}:{n}", step, kind, metrics))
+    if len(rows) < 2:  # one line with "loss 3" in it is prose more likely than a log
+        return None
+    kinds = {kind for _, _, kind, _ in rows}
+    steps = [step for _, step, _, _ in rows]
+    if len(kinds) == 1 and None not in kinds and all(a <= b for a, b in zip(steps, steps[1:])):
+        kind = kinds.pop()
+        merged: dict[int, Row] = {}
+        for where, step, _, metrics in rows:
+            merged.setdefault(step, (where, {kind: step}))[1].update(metrics)
+        return list(merged.values())
+    return [(where, metrics) for where, _, _, metrics in rows]  # numbered
+
+
+def _step_of(counters: dict[str, tuple[int, int | None]]) -> tuple[int | None, str | None]:
+    """The step a line's counters name, and its kind (``"step"`` or ``"epoch"``)."""
+    for name in ("step", "iter", "iteration", "it", "batch"):
+        if name in counters:
+            value, total = counters[name]
+            if "epoch" in counters and total:  # a counter within its epoch: Step [100/600]
+                return counters["epoch"][0] * total + value, "step"
+            return value, "step"
+    if "epoch" in counters:
+        return counters["epoch"][0], "epoch"
+    return None, None
