@@ -67,6 +67,15 @@ def test_cli_gives_one_named_verdict_per_run(runs_dir):
     assert [(x["run"], x["verdict"]) for x in out["runs"]] == [("exp_good", "healthy"), ("exp_nan", "nan")]
 
 
+def test_cli_run_picks_one_run_of_a_directory(runs_dir, tmp_path):
+    png = tmp_path / "nan.png"
+    r = lrkit("diagnose", runs_dir, "--run", "exp_nan", "--plot", png)
+    assert r.returncode == 0 and r.stdout.startswith(f"{runs_dir}: exp_nan: NAN"), r.stderr
+    assert png.stat().st_size > 0
+    r = lrkit("diagnose", runs_dir, "--plot", png)
+    assert r.returncode == 2 and "pick one with --run: exp_good, exp_nan" in r.stderr
+
+
 def test_columns_and_tags_can_be_named(tmp_path, runs_dir):
     p = tmp_path / "odd.csv"
     p.write_text("it,nll,eta,heldout\n" + "".join(f"{t},{2 * 0.97 ** t},0.1,{2.2 * 0.97 ** t}\n" for t in range(80)))

@@ -108,6 +108,10 @@ def test_an_sqlite_file_that_is_not_mlflow_is_not_a_run(tmp_path):
     assert [r.name for r in find_runs(tmp_path)] == ["log.csv"]
     r = lrkit("diagnose", f"sqlite:///{tmp_path / 'optuna.db'}")
     assert r.returncode == 2 and "not an MLflow database" in r.stderr and "Traceback" not in r.stderr
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    mlflow.MlflowClient(empty).search_experiments()  # an MLflow database with no run
+    r = lrkit("diagnose", empty)
+    assert r.returncode == 2 and "no runs in this MLflow store" in r.stderr
     r = lrkit("diagnose", f"sqlite:///{tmp_path / 'missing.db'}")
     assert r.returncode == 2 and "no such database file" in r.stderr
     assert not (tmp_path / "missing.db").exists()  # nothing created

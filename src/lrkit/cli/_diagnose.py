@@ -134,7 +134,7 @@ def diagnose_cmd(
         kwargs["metric_modes"] = modes
     names = {"loss": loss, "lr": lr, "val_loss": val_loss}
     source = "<stdin>" if file == "-" else str(file)
-    target: Optional[Run] = None  # one run of a directory or a store
+    target: Optional[Run] = None  # one run of a directory or a store (--run, or the only one)
     if uri or (file != "-" and path.is_dir()):
         runs = find_runs(file)
         if not runs:

@@ -18,7 +18,8 @@ Accepted inputs (:func:`read_log`):
   experiments or runs), a tracking URI (``sqlite:///mlflow.db``, ``http://host:5000``):
   :mod:`lrkit.doctor.mlflow_store`;
 * a console log (a file of another name, e.g. ``train.out``, or a pipe): the Hugging Face
-  ``Trainer``'s printed dicts or Keras ``fit``'s epoch lines, :mod:`lrkit.doctor.console_logs`;
+  ``Trainer``'s printed dicts, Keras ``fit``'s epoch lines, or the loss lines a script printed
+  itself, :mod:`lrkit.doctor.console_logs`;
 * ``"-"`` (standard input) or a pipe such as ``/dev/stdin``: read once, format sniffed;
 * in memory: a Keras ``History`` object (or its ``.history`` dict), a dict of lists, or a list
   of dicts.
@@ -590,7 +591,7 @@ def find_runs(directory: str | Path) -> list[Run]:
         ['a/log.csv', 'b/log.csv']
     """
     uri = store_target(directory)
-    if uri is not None:
+    if uri is not None:  # a whole store: its runs by experiment and name
         return [Run(r.name, Path(directory), store=r) for r in store_runs(uri)]
     root = Path(directory)
     runs: dict[Path, Path] = {}  # run root -> what to read
@@ -691,6 +692,8 @@ def _store_run(run: StoreRun, named: Mapping[str, str]) -> LogRecords:
 
 
 def _no_runs(path: Path | str) -> str:
+    if store_target(path) is not None:
+        return f"{path}: no runs in this MLflow store (deleted runs are left out)"
     return (f"{path}: no runs in this directory (looked for TensorBoard event files *tfevents*, "
             "trainer_state.json, .csv, .tsv, .jsonl and .ndjson logs, MLflow stores mlruns/ and mlflow.db)")
 
