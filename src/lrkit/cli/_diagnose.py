@@ -7,7 +7,8 @@ MLflow store: ``mlflow.db``, ``mlruns/`` or a tracking URI such as ``sqlite:///m
 ``.out``/``.log`` file keeps it; ``-`` or a pipe for standard input), runs the LR doctor over it and reports
 the verdict. A directory or store holding several runs (SummaryWriter runs in ``runs/``, Lightning
 ``version_N``, Trainer output directories, MLflow runs) gives one verdict per run, named;
-``--run NAME`` picks one. Exit code 0 whatever the verdict (1 with
+``--run NAME`` picks one. ``--follow SECONDS`` watches a run still training
+(:mod:`lrkit.cli._follow`). Exit code 0 whatever the verdict (1 with
 ``--fail-on-problem`` when a run is not healthy); 2 for bad input (unreadable or malformed log),
 with one line on stderr. On a terminal a progress bar follows a large log (silent otherwise).
 """
@@ -101,6 +102,8 @@ def diagnose_cmd(
     chance_loss: Annotated[Optional[float], typer.Option("--chance-loss", help="The loss of a model that learned nothing (ln K for K balanced classes): a run that blew up and came back only to it is diverging. Default: from a Hugging Face checkpoint's config.json, else unknown.")] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="Write a self-contained HTML report (report.html) into this directory: the verdict, its onset and advice on the plotted run (one run).")] = None,
     run: Annotated[Optional[str], typer.Option("--run", help="Diagnose one run of a directory or MLflow store: its name as listed (or an MLflow run id).")] = None,
+    follow: Annotated[Optional[float], typer.Option("--follow", help="Watch a run still training: read the log again every SECONDS and print a line when a verdict changes (JSON lines with --json); stops after --idle seconds without growth, or Ctrl-C.", metavar="SECONDS")] = None,
+    idle: Annotated[float, typer.Option("--idle", help="With --follow: stop when no log has grown for this many seconds.", metavar="SECONDS")] = 600.0,
 ) -> None:
     """Diagnose the learning rate of a finished (or running) training run from its log."""
     from lrkit.doctor import diagnose, read_log
@@ -120,6 +123,15 @@ def diagnose_cmd(
             raise CLIError(f"{opt} must name a column or tag, got an empty name")
     if chance_loss is not None and not (math.isfinite(chance_loss) and chance_loss > loss_floor):
         raise CLIError(f"--chance-loss must be a finite number above --loss-floor ({loss_floor}), got {chance_loss}")
+    if follow is not None:
+        if not (math.isfinite(follow) and follow > 0):
+            raise CLIError(f"--follow must be a number of seconds > 0, got {follow}")
+        if not (math.isfinite(idle) and idle > 0):
+            raise CLIError(f"--idle must be a number of seconds > 0, got {idle}")
+        if file == "-":
+            raise CLIError("--follow reads the log again and again, and standard input can be read once; pass its path")
+        if plot is not None or report is not None:
+            raise CLIError(f"--{'plot' if plot is not None else 'report'} draws a finished run; run it without --follow")
     if plot is not None and plot.suffix.lower() not in (".png", ".pdf", ".svg"):
         raise CLIError(f"--plot: expected a .png, .pdf or .svg file name, got {str(plot)!r}")
     check_output("--plot", plot, directory=False)
@@ -133,6 +145,9 @@ def diagnose_cmd(
     if modes:
         kwargs["metric_modes"] = modes
     names = {"loss": loss, "lr": lr, "val_loss": val_loss}
+    if follow is not None:
+        _follow(file, path, uri, run, names, kwargs, follow, idle, as_json, fail_on_problem)
+        return
     source = "<stdin>" if file == "-" else str(file)
     target: Optional[Run] = None  # one run of a directory or a store (--run, or the only one)
     if uri or (file != "-" and path.is_dir()):
@@ -189,6 +204,40 @@ def diagnose_cmd(
         if report is not None:
             typer.echo(f"  report: {report / 'report.html'}")
     if fail_on_problem and not diagnosis.ok:
+        raise typer.Exit(1)
+
+
+def _follow(file: str, path: Path, uri: bool, run: Optional[str], names: dict[str, Any], kwargs: dict[str, Any],
+            interval: float, idle: float, as_json: bool, fail_on_problem: bool) -> None:
+    """``--follow``: the runs read again every ``interval`` seconds (:mod:`lrkit.cli._follow`)."""
+    from lrkit.cli._follow import follow
+    from lrkit.doctor import LogFormatError, diagnose, read_log
+    from lrkit.doctor.logs import find_runs, read_run, select_run
+
+    def read_all() -> dict[str, Any]:
+        if not (uri or path.is_dir()):
+            try:
+                return {file: read_log(path, **names)}
+            except LogFormatError as exc:
+                return {file: exc}
+        runs = find_runs(file)  # again each time: a run started since (a new version_N) joins
+        if run is not None:
+            runs = [select_run(runs, run, file)]
+        out: dict[str, Any] = {}
+        for r in runs:
+            try:
+                out[r.name] = read_run(r, **names)
+            except LogFormatError as exc:
+                out[r.name] = exc
+        return out
+
+    last = follow(read_all, lambda records: diagnose(records, **kwargs), interval=interval, idle=idle,
+                  as_json=as_json)
+    if not as_json:
+        typer.echo(f"{file}: stopped following; last verdicts:")
+        for name, d in last.items():
+            typer.echo(f"NOT READ {name}: {d}" if isinstance(d, Exception) else format_diagnosis(d, name))
+    if fail_on_problem and any(isinstance(d, Exception) or not d.ok for d in last.values()):
         raise typer.Exit(1)
 
 
