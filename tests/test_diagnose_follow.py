@@ -86,3 +86,11 @@ def test_follow_refuses_standard_input():
     r = subprocess.run([sys.executable, "-m", "lrkit", "diagnose", "-", "--follow", "1"], input="step,loss\n0,1\n",
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "standard input can be read once" in r.stderr
+
+
+def test_a_loss_below_the_floor_is_said_not_a_traceback(tmp_path):
+    log = tmp_path / "nll.csv"
+    log.write_text("step,loss\n" + "".join(f"{t},{1.0 - 0.1 * t}\n" for t in range(20)))  # goes below 0
+    r = follow(log, "--follow", "0.1", "--idle", "0.5")
+    assert r.returncode == 0 and "Traceback" not in r.stderr
+    assert f"{log}: NOT READ (" in r.stdout and "pass --loss-floor" in r.stdout

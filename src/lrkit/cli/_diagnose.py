@@ -88,7 +88,7 @@ def _modes(metric_mode: Optional[list[str]]) -> dict[str, str]:
 
 @app.command("diagnose")
 def diagnose_cmd(
-    file: Annotated[str, typer.Argument(help="Training log: .csv, .jsonl, .json, TensorBoard event file, a directory of one or several runs, an MLflow tracking URI (sqlite:///mlflow.db, http://host:5000), or - for standard input.")],
+    file: Annotated[str, typer.Argument(help="Training log: .csv, .jsonl, .json, TensorBoard event file, a console log (.out, .log), a directory of one or several runs, an MLflow store or tracking URI (mlflow.db, sqlite:///mlflow.db, http://host:5000), or - for standard input.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (verdict, step, detected_at, evidence, advice, message); for a directory of runs, {'source', 'runs': [...]}.")] = False,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG of the loss (and LR, val_loss) with the onset marked (one run).")] = None,
     window: Annotated[Optional[int], typer.Option("--window", help="Doctor window (default: chosen for the log; 5, row by row, for a short or per-epoch log).")] = None,
@@ -214,22 +214,22 @@ def _follow(file: str, path: Path, uri: bool, run: Optional[str], names: dict[st
     from lrkit.doctor import LogFormatError, diagnose, read_log
     from lrkit.doctor.logs import find_runs, read_run, select_run
 
+    def checked(name: str, read: Any) -> Any:
+        """The run's records, or the error that kept them unread (said, and read again next time)."""
+        try:
+            records = read()
+            _check_floor(records, name, kwargs["loss_floor"])
+            return records
+        except (LogFormatError, CLIError) as exc:
+            return exc
+
     def read_all() -> dict[str, Any]:
         if not (uri or path.is_dir()):
-            try:
-                return {file: read_log(path, **names)}
-            except LogFormatError as exc:
-                return {file: exc}
+            return {file: checked(file, lambda: read_log(path, **names))}
         runs = find_runs(file)  # again each time: a run started since (a new version_N) joins
         if run is not None:
             runs = [select_run(runs, run, file)]
-        out: dict[str, Any] = {}
-        for r in runs:
-            try:
-                out[r.name] = read_run(r, **names)
-            except LogFormatError as exc:
-                out[r.name] = exc
-        return out
+        return {r.name: checked(r.name, lambda r=r: read_run(r, **names)) for r in runs}
 
     last = follow(read_all, lambda records: diagnose(records, **kwargs), interval=interval, idle=idle,
                   as_json=as_json)
