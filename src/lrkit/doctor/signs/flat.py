@@ -325,9 +325,11 @@ class Flat(Sign):
     def explain(self, finding: Finding, step: int) -> tuple[tuple[str, ...], str]:
         if finding.verdict == "diverging":
             return diverging_explanation(self.track, self.config, finding.onset, finding.evidence)
-        # the progress the test saw: against the first window, or against the start when the log is
-        # too short for the two windows to differ (5 rows: the same window, 0%, whatever the rows did)
-        rel = max(finding.evidence.get("relative_progress", 0.0), finding.evidence.get("best_relative_progress", 0.0))
+        # the progress the test saw: against the first window; against the start as well while the log
+        # is too short for the two windows to differ (5 rows: one window, 0%, whatever the rows did)
+        rel = finding.evidence.get("relative_progress", 0.0)
+        if self.track.n < 2 * self.track.window:
+            rel = max(rel, finding.evidence.get("best_relative_progress", 0.0))
         advice = (
             scaled(self.track.lr, 10 if rel < 0.02 else 3, "raise"),
             "run an LR range test (lrkit find)",
