@@ -207,29 +207,35 @@ def diagnose_cmd(
         raise typer.Exit(1)
 
 
+def _checked(name: str, read: Any, loss_floor: float) -> Any:
+    """``read()``'s records with the loss-floor check of a one-run diagnosis, or the
+    ``LogFormatError``/``CLIError`` that keeps the run unread."""
+    from lrkit.doctor import LogFormatError
+
+    try:
+        records = read()
+        _check_floor(records, name, loss_floor)
+        return records
+    except (LogFormatError, CLIError) as exc:
+        return exc
+
+
 def _follow(file: str, path: Path, uri: bool, run: Optional[str], names: dict[str, Any], kwargs: dict[str, Any],
             interval: float, idle: float, as_json: bool, fail_on_problem: bool) -> None:
     """``--follow``: the runs read again every ``interval`` seconds (:mod:`lrkit.cli._follow`)."""
     from lrkit.cli._follow import follow
-    from lrkit.doctor import LogFormatError, diagnose, read_log
+    from lrkit.doctor import diagnose, read_log
     from lrkit.doctor.logs import find_runs, read_run, select_run
 
-    def checked(name: str, read: Any) -> Any:
-        """The run's records, or the error that kept them unread (said, and read again next time)."""
-        try:
-            records = read()
-            _check_floor(records, name, kwargs["loss_floor"])
-            return records
-        except (LogFormatError, CLIError) as exc:
-            return exc
+    floor = kwargs["loss_floor"]
 
-    def read_all() -> dict[str, Any]:
+    def read_all() -> dict[str, Any]:  # an unread run is said, and read again next time
         if not (uri or path.is_dir()):
-            return {file: checked(file, lambda: read_log(path, **names))}
+            return {file: _checked(file, lambda: read_log(path, **names), floor)}
         runs = find_runs(file)  # again each time: a run started since (a new version_N) joins
         if run is not None:
             runs = [select_run(runs, run, file)]
-        return {r.name: checked(r.name, lambda r=r: read_run(r, **names)) for r in runs}
+        return {r.name: _checked(r.name, lambda r=r: read_run(r, **names), floor) for r in runs}
 
     last = follow(read_all, lambda records: diagnose(records, **kwargs), interval=interval, idle=idle,
                   as_json=as_json)
@@ -244,22 +250,20 @@ def _follow(file: str, path: Path, uri: bool, run: Optional[str], names: dict[st
 def _diagnose_runs(path: str, runs: list[Any], names: dict[str, Any], kwargs: dict[str, Any], as_json: bool,
                    fail_on_problem: bool) -> None:
     """One verdict per run of a directory; a run that cannot be read is reported and skipped."""
-    from lrkit.doctor import LogFormatError, diagnose
+    from lrkit.doctor import diagnose
     from lrkit.doctor.logs import read_run
 
     results: list[dict[str, Any]] = []
     texts: list[str] = []
     problems = 0
     for run in runs:
-        try:
-            records = read_run(run, **names)
-            _check_floor(records, run.name, kwargs["loss_floor"])
-            d = diagnose(records, **kwargs)
-        except (LogFormatError, CLIError) as exc:
+        records = _checked(run.name, lambda: read_run(run, **names), kwargs["loss_floor"])
+        if isinstance(records, Exception):
             problems += 1
-            results.append({"run": run.name, "error": str(exc)})
-            texts.append(f"{run.name}: NOT READ\n  {exc}")
+            results.append({"run": run.name, "error": str(records)})
+            texts.append(f"{run.name}: NOT READ\n  {records}")
             continue
+        d = diagnose(records, **kwargs)
         problems += not d.ok
         results.append({"run": run.name, **d.to_dict()})
         texts.append(format_diagnosis(d, run.name))

@@ -1,7 +1,7 @@
 r"""Training logs as a console printed them: the log a run keeps when nothing else was set up
 (a SLURM ``.out`` file, ``python train.py > train.log``, a notebook's output saved as text).
 
-Two shapes are read:
+Three shapes are read:
 
 * the Hugging Face ``Trainer``'s printed dicts, ``{'loss': '2.267', 'grad_norm': '0.45',
   'learning_rate': '0.0004', 'epoch': '0.53'}`` (values printed as strings by transformers 5,
@@ -10,8 +10,7 @@ Two shapes are read:
   no step: rows are numbered (``LogRecords.step_column == "row"``), one per logging point;
 * Keras ``fit``'s epoch lines, ``Epoch 3/12`` then ``47/47 - 0s - 3ms/step - accuracy: 0.79 -
   loss: 1.18 - val_loss: 1.12`` (``verbose=2``), or its progress bar (``verbose=1``: the epoch's
-  last update, after its carriage returns, is the epoch's row); the step is the epoch (from 0).
-
+  last update, after its carriage returns, is the epoch's row); the step is the epoch (from 0);
 * lines a training script printed itself, with a loss in them: ``iter 100: loss 2.3456, time
   12.3ms`` and ``step 250: train loss 2.01, val loss 2.09`` (nanoGPT), ``Epoch [1/5], Step
   [100/600], Loss: 0.4567`` (the PyTorch tutorials), ``epoch 3 | loss 0.45 | val_loss 0.50 | lr
@@ -21,7 +20,7 @@ Two shapes are read:
   printed ``step``/``iter``/``iteration``/``it``/``batch`` counter (plus ``epoch x total`` when a
   per-epoch counter says its total, ``Step [100/600]``), else the epoch; lines of one step are one
   row; when the counters do not increase through the file, rows are numbered instead. Two such
-lines at least (one line with a loss in it is more likely prose).
+  lines at least (one line with a loss in it is more likely prose).
 
 Terminal colour codes and backspaces are dropped first.
 
@@ -33,7 +32,6 @@ Example:
 from __future__ import annotations
 
 import ast
-import math
 import re
 from typing import Any
 
@@ -58,13 +56,13 @@ _PREFIX = {"training": "train", "valid": "val", "validation": "val"}
 
 
 def looks_like_console(head: bytes) -> bool:
-    """Whether the start of a file holds a Trainer dict or a Keras epoch line (a cheap look, so that a
-    large CSV is not searched line by line)."""
+    """Whether the start of a file holds a Trainer dict, a Keras epoch line or a printed ``loss <number>``
+    (a cheap look on one line at a time, so that a large CSV is not searched line by line)."""
     return bool(_HINT.search(head))
 
 
 def console_rows(text: str, source: str) -> list[Row] | None:
-    """The rows of a console log (see the module docstring), or ``None`` when ``text`` is neither shape."""
+    """The rows of a console log (see the module docstring), or ``None`` when ``text`` is none of its shapes."""
     text = _TERMINAL.sub("", text)
     return _trainer_rows(text, source) or _keras_rows(text, source) or _printed_rows(text, source)
 
@@ -115,7 +113,7 @@ def _keras_rows(text: str, source: str) -> list[Row] | None:
         last = [s for s in line.split("\r") if s.strip()]
         pairs = _PAIR.findall(last[-1]) if last else []
         if pairs and any(k == "loss" for k, _ in pairs):
-            values = {k: (math.nan if v == "nan" else float(v)) for k, v in pairs}
+            values = {k: float(v) for k, v in pairs}  # float() reads "nan" and "inf" too
             rows[epoch] = (f"{source}:{n}", {"epoch": epoch, **values})
     return [rows[e] for e in sorted(rows)] or None
 
@@ -129,7 +127,7 @@ def _printed_rows(text: str, source: str) -> list[Row] | None:
             key = name.lower().replace(" ", "_")
             if prefix:
                 key = f"{_PREFIX.get(prefix.lower(), prefix.lower())}_{key}"
-            metrics.setdefault(key, math.nan if value.lower() == "nan" else float(value))
+            metrics.setdefault(key, float(value))
         if not any(k.endswith("loss") for k in metrics):
             continue
         counters = {k.lower(): (int(v), int(t) if t else None) for k, v, t in _COUNTER.findall(line)}
