@@ -1,7 +1,6 @@
 """``diagnose(log)``: run the :class:`~lrkit.doctor.core.Doctor` over a whole log."""
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
@@ -10,6 +9,7 @@ import numpy as np
 
 from lrkit.doctor._coarse import rows_per_point
 from lrkit.doctor.core import Diagnosis, Doctor
+from lrkit.doctor.first_row import blown_first_row
 from lrkit.doctor.logs import LogRecords, find_runs, read_log
 
 __all__ = ["diagnose", "diagnose_runs", "default_window", "doctor_settings", "settings_for_rows", "run_doctor"]
@@ -226,10 +226,9 @@ def diagnose(log: Any, *, loss: str | None = None, lr: str | None = None, val_lo
     7. otherwise the final (healthy) diagnosis.
 
     One more rule reads a short log (under 50 rows) as a whole: when its first row is at least
-    ``diverge_ratio**2`` (4) times the median of the rest and the rest never made progress (no
-    running median of ``k`` rows went ``flat_tol`` below the first ``k``), the run blew up
-    within the first logged interval and stayed stuck (a Keras epoch whose mean loss was 16, then epochs at
-    chance): ``diverging`` from the first step, whatever the row-by-row verdict.
+    ``diverge_ratio**2`` (4) times the median of the rest and the rest is stuck, spiked or rose
+    at once, the run blew up within the first logged interval (:mod:`lrkit.doctor.first_row`):
+    ``diverging`` from the first step, whatever the row-by-row verdict (a NaN stays ``nan``).
 
     Args:
         log: a path (str/Path) to a CSV/JSONL/JSON/TensorBoard file or directory, a Keras
@@ -269,9 +268,9 @@ def diagnose(log: Any, *, loss: str | None = None, lr: str | None = None, val_lo
     d = overall(doctor)
     if k > 1:  # said in the evidence: onsets are dated to within k steps
         d = replace(d, evidence={**d.evidence, "rows_per_point": float(k)})
-    stuck = _stuck_after_first_row(records, doctor)
-    if stuck is not None and d.verdict != "nan" and not (d.verdict == "diverging" and d.step <= stuck.step):
-        return stuck
+    blown = blown_first_row(records, doctor)
+    if blown is not None and d.verdict != "nan" and not (d.verdict == "diverging" and d.step <= blown.step):
+        return blown
     return _sparse_advice(d, int(records.has("loss").sum()), doctor.observations_needed)
 
 
@@ -326,45 +325,6 @@ def diagnose_runs(path: str | Path, *, loss: str | None = None, lr: str | None =
             continue
         out[run.name] = diagnose(records, **doctor_kwargs)
     return out
-
-
-def _stuck_after_first_row(records: LogRecords, doctor: Doctor) -> Diagnosis | None:
-    """``diverging`` at the first step when the first row blew up and the rest never progressed."""
-    has = records.has("loss")
-    loss = records.loss[has]
-    steps = records.step[has]
-    floor = doctor.config["loss_floor"]
-    y = loss - floor
-    if not 4 <= len(y) < 50 or not np.all(np.isfinite(y)) or np.any(y <= 0):
-        return None  # a short log (rows are averages or sparse samples), finite
-    rest = y[1:]
-    level = float(np.median(rest))
-    ratio = float(y[0] / level)
-    rho = doctor.config["diverge_ratio"]
-    if ratio < rho**2:
-        return None
-    k = max(1, min(5, len(rest) // 2))
-    start = float(np.median(rest[:k]))
-    best = min(float(np.median(rest[i:i + k])) for i in range(len(rest) - k + 1))
-    if (start - best) / start >= doctor.config["flat_tol"]:
-        return None  # the rest made progress at some point: a fast first epoch, not a stuck blow-up
-    end = float(np.median(rest[-k:]))
-    lr_col = records.lr
-    lr_now = None
-    if lr_col is not None:
-        lrs = lr_col[records.has("lr")]
-        lr_now = float(lrs[0]) if lrs.size and math.isfinite(lrs[0]) and lrs[0] > 0 else None
-    advice = ("lower the LR about 10x" + (f", from {lr_now:.3g} to {lr_now / 10:.3g}" if lr_now else ""),
-              "add warmup")
-    return Diagnosis(
-        "diverging", int(steps[0]), int(steps[min(len(steps) - 1, k)]),
-        {"first_loss": float(loss[0]), "loss_level_since": level + floor, "first_to_level_ratio": ratio,
-         "relative_progress_since": (start - end) / start},
-        advice,
-        f"The loss averaged {loss[0]:.4g} over the first logged interval (step {int(steps[0])}), "
-        f"{ratio:.3g}x the level it has sat at since ({level + floor:.4g}), and has not decreased since: "
-        "it blew up at the start and is stuck (units likely saturated or died).",
-    )
 
 
 def overall(doctor: Doctor) -> Diagnosis:
