@@ -165,6 +165,14 @@ def test_warmup_start_is_not_flat():
     assert "flat" not in [h.verdict for h in doc.history]
 
 
+def test_an_epoch_log_that_falls_in_its_last_rows_is_not_flat_at_its_end():
+    """Keras fit, raw pixels, Adam 0.03: ten epochs at ~8.0, then 5.3 and 1.3. The median of the last
+    five rows (7.0) hid the fall and the run read flat, "raise the LR 3x"."""
+    plateau = [9.67, 8.55, 8.19, 8.14, 8.09, 8.07, 8.04, 8.03, 8.04, 8.03, 8.03, 7.92]
+    assert diagnose({"loss": plateau + [6.96, 5.34, 1.33]}).verdict == "healthy"
+    assert diagnose({"loss": plateau + [8.01, 7.99, 7.98]}).verdict == "flat"
+
+
 @SETTINGS
 @given(seed=st.integers(0, 10_000), every=st.integers(15, 30), height=st.floats(3, 20))
 def test_repeated_spikes_without_progress_are_fluctuating(seed, every, height):

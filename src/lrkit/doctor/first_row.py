@@ -14,10 +14,14 @@ So a log of ``4 <= n < 50`` rows (the doctor's coarse settings) whose first row 
 * **stuck**: the rest never progressed -- no running median of :math:`k = \min(5, \lfloor (n-1)/2 \rfloor)`
   rows went ``flat_tol`` below its first :math:`k` (a Keras epoch at mean loss 16, then epochs
   at chance: units saturated or died);
-* **spiked**: a row of the rest at least :math:`\max(\rho, e^{z\sigma/2})` times *both* its
-  neighbours (:math:`\sigma` the robust noise of the rest's log-differences, :math:`z` =
-  ``noise_z``), not at an LR raised from the row before: a row is an average of many steps, so
-  one bad batch cannot double it, and a healthy fall from a high start has no such row;
+* **spiked**: the first row at least :math:`\rho^4` (16) times the second, and a row of the rest
+  at least :math:`\max(\rho, e^{z\sigma/2})` times *both* its neighbours (:math:`\sigma` the
+  robust noise of the rest's log-differences, :math:`z` = ``noise_z``), not at an LR raised from
+  the row before. A row is an average of many steps, so one bad batch cannot double it; and a
+  healthy decay that falls :math:`r`-fold per interval gives two first rows :math:`r` apart, so 16x
+  takes a loss falling by orders of magnitude within the first interval (a fast learner's first
+  epochs fall 2-5x: RMSprop at a too-high 0.1 on the digits logged 1.48, then 0.86, and its later
+  spikes are not a blow-up at the start);
 * **rising**: the second row above the first (the loss rose over the first two intervals, both
   far above where it went), the LR not raised between them (a warmup).
 
@@ -79,7 +83,7 @@ def blown_first_row(records: LogRecords, doctor: Doctor) -> Diagnosis | None:
         evidence["relative_progress_since"] = (windows[0] - windows[-1]) / windows[0]
         why = ", and has not decreased since: it blew up at the start and is stuck (units likely saturated or died)."
         return _verdict(steps, k, evidence, head + why, lrs, factor=10)
-    spike = _spike(np.log(above), lrs, rho, doctor.config["noise_z"])
+    spike = _spike(np.log(above), lrs, rho, doctor.config["noise_z"]) if above[0] >= rho**4 * above[1] else None
     if spike is not None:
         i, times = spike
         evidence.update(spike_step=float(steps[i]), spike_ratio=times)

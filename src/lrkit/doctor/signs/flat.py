@@ -28,7 +28,10 @@ differences of medians above (with a window of 50 this binds only where the per-
 exceeds about 0.25); once found flat, a run stays flat while the first two tests hold. The test against the start keeps a run that dropped fast in its first
 steps and then converged from being called flat; a clear downward least-squares trend of the log-loss since the start
 (slope more than 4 standard errors below 0, fitted decrease above ``flat_tol``) is progress
-too. Not reported while the LR is still rising (by 1.5x or more over the last window: a warmup
+too, and so are last ``s`` losses all below the first window's level by more than
+:math:`\max(\text{tol}_0,\ 1 - e^{-4 \cdot 1.2533\,\sigma\sqrt{1/s + 1/W}})`: a fall in the last
+rows of an epoch log, which the window's median does not show yet (a Keras run sat at 8.0 for ten
+epochs, then logged 5.3 and 1.3, and read flat, "raise the LR"). Not reported while the LR is still rising (by 1.5x or more over the last window: a warmup
 starts flat), nor within a window of a cut of a steady LR by half or more between two checks (a
 guard's rollback, a step schedule -- not the tail of a smooth decay: the loss at the new LR has
 not had its window yet). A flat run that blew up in its first window (two of three consecutive
@@ -225,6 +228,12 @@ class Flat(Sign):
         ev["trend_t"] = trend_t
         # a clear downward trend since the start is progress, however noisy the window medians are
         decreasing = trend_t < -4.0 and trend_rel > flat_tol
+        # so are the last s losses all far below the first window's level (4 sd of the difference of
+        # a median of s and one of W): the run has started to decrease, however little of it the
+        # window's median shows yet (a coarse log falling in its last rows)
+        recent = math.exp(max(t.y.last(t.short)))
+        started = R > 0 and (R - recent) / R > max(tol0, 1.0 - math.exp(-4.0 * sd0))
+        decreasing = decreasing or started
         # where the noise makes a cap bind, the decrease the medians cannot rule out must stay under it
         # (to be found flat; a run found flat stays so while the tolerances hold)
         ruled_out = was_flat or (_fall(rel) + UPPER_Z * sd < _fall(WINDOW_CAP)
