@@ -223,7 +223,17 @@ def markdown(specs: list[rr.RunSpec], off: dict, liv: dict, live_minutes: float 
               "the held-out ones were generated. Offline, a `trainer_state.json` does not say that its losses are "
               "4x: the chance level from `config.json` is then on the wrong scale and a too-high run whose blow-up "
               "fits inside the first 10-step log reads healthy (the c misses of Hugging Face; Lightning's are variant "
-              "a's, its first log at step 49)."]
+              "a's, its first log at step 49). "
+              "Since 2026-12-06 a short log whose first row is at least 4x the median of the rest is read as a whole "
+              "for the shapes a blow-up inside that first row leaves (`lrkit.doctor.first_row`): the rest stuck (the "
+              "rule that was), a later row 2x both its neighbours after a first row 16x the second, or a second row "
+              "above the first. Designed on runs outside this corpus (a Trainer run of a custom module at AdamW LR 10, "
+              "7160 then 64 ... 2.3; SGD at 1e6; Keras fit of Adam at LR 1-10 on standardised targets, each read "
+              "healthy) and the development half, whose torch-b-too_high-s0 (803, 8.6, 3.6, 2.4, 6.6, 2.4 ... ) now "
+              "reads diverging; no development verdict of a good run moved. Held-out, run once to report: "
+              "hf-c-too_high-s1 (32.9, then 38.3, falling to 3.1 by its last row) now reads diverging, its misses "
+              "from 1 to 0; hf-c-too_high-s0's first row (8.6) is not 4x its rest (3.5), and it still reads "
+              "healthy."]
     return "\n".join(lines)
 
 
