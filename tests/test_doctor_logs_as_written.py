@@ -348,3 +348,18 @@ def test_a_trainer_run_with_default_logging_says_to_log_more_often(tmp_path):
     assert d.advice[0].startswith("log the training loss more often: this log holds 1") and "logging_steps" in d.advice[0]
     r = lrkit("diagnose", tmp_path / "out")
     assert r.returncode == 0 and "- log the training loss more often" in r.stdout, r.stderr
+
+
+def test_a_checkpoint_folder_given_directly_is_read_as_its_own_run(tmp_path):
+    """`lrkit diagnose out/checkpoint-128` read the state as belonging to `out` and failed with a
+    ValueError traceback (the run's name was taken relative to the folder given)."""
+    for step in (64, 128):
+        ck = tmp_path / "out" / f"checkpoint-{step}"
+        ck.mkdir(parents=True)
+        history = [{"loss": 2.0 * 0.97 ** s, "step": s} for s in range(10, step + 1, 10)]
+        (ck / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": history}))
+    ck = tmp_path / "out" / "checkpoint-64"
+    assert [(r.name, r.path) for r in find_runs(ck)] == [("trainer_state.json", ck / "trainer_state.json")]
+    assert [r.name for r in find_runs(tmp_path / "out")] == ["checkpoint-128/trainer_state.json"]
+    d = diagnose(ck)
+    assert d.ok and d.message.endswith("after 6 observations")

@@ -11,6 +11,7 @@ from lrkit.doctor._coarse import rows_per_point
 from lrkit.doctor.core import Diagnosis, Doctor
 from lrkit.doctor.first_row import blown_first_row
 from lrkit.doctor.logs import LogRecords, find_runs, read_log
+from lrkit.doctor.val_only import MIN_EVALS, judge_validation
 
 __all__ = ["diagnose", "diagnose_runs", "default_window", "doctor_settings", "settings_for_rows", "run_doctor"]
 
@@ -271,7 +272,17 @@ def diagnose(log: Any, *, loss: str | None = None, lr: str | None = None, val_lo
     blown = blown_first_row(records, doctor)
     if blown is not None and d.verdict != "nan" and not (d.verdict == "diverging" and d.step <= blown.step):
         return blown
-    return _sparse_advice(d, int(records.has("loss").sum()), doctor.observations_needed)
+    losses, needed = int(records.has("loss").sum()), doctor.observations_needed
+    if losses < needed and d.ok:  # too few training losses to judge: what the validation losses say
+        read = lambda vals: diagnose(vals, exact=exact, **doctor_kwargs)  # noqa: E731
+        judged = judge_validation(records, read, diverge_ratio=doctor.config["diverge_ratio"])
+        if judged is not None:
+            return replace(judged, advice=judged.advice + _sparse_advice(d, losses, needed).advice)
+        if losses == 0:
+            evals = int(records.has("val_loss").sum())
+            d = replace(d, message=f"no training loss in this log; its {evals} validation losses show no problem"
+                        + ("" if evals >= MIN_EVALS else f" (judging more than a blow-up takes {MIN_EVALS})"))
+    return _sparse_advice(d, losses, needed)
 
 
 def _sparse_advice(d: Diagnosis, losses: int, needed: int) -> Diagnosis:

@@ -293,8 +293,10 @@ def _no_loss(where: str, names: Sequence[str], named: Mapping[str, str]) -> LogF
 
 
 # --------------------------------------------------------------------------------- table -> records
-def _records(table: Table, named: Mapping[str, str], header_at: str | None = None) -> LogRecords:
-    """Normalise names, merge rows of the same step (vectorised) and sort by step."""
+def _records(table: Table, named: Mapping[str, str], header_at: str | None = None,
+             empty_loss_ok: bool = False) -> LogRecords:
+    """Normalise names, merge rows of the same step (vectorised) and sort by step (``empty_loss_ok``:
+    a loss column without a value is a log with no training loss yet, not an error)."""
     source = table.source
     all_names = table.names + table.dropped
     for key in ("lr", "val_loss"):
@@ -325,7 +327,7 @@ def _records(table: Table, named: Mapping[str, str], header_at: str | None = Non
     for c in cols:
         any_value |= table.present[c]
     if any_value.all() and (n < 2 or bool(np.all(steps[1:] > steps[:-1]))):  # one row per step, in order
-        return _unmerged(table, mapping, inv, steps, step_orig)
+        return _unmerged(table, mapping, inv, steps, step_orig, empty_loss_ok)
     rows = np.nonzero(any_value)[0]
     order = rows[np.argsort(steps[rows], kind="stable")]
     uniq, inverse = np.unique(steps[order], return_inverse=True)
@@ -353,14 +355,14 @@ def _records(table: Table, named: Mapping[str, str], header_at: str | None = Non
                 )
         columns[mapping[c]] = out
         present[mapping[c]] = got
-    if not present["loss"].any():
+    if not present["loss"].any() and not empty_loss_ok:
         raise LogFormatError(f"{source}: column {inv['loss']!r} has no values")
     renamed = {mapping[o]: o for o in table.names}
     return LogRecords(columns, source=source, step_column=step_orig or "row", renamed=renamed, present=present)
 
 
 def _unmerged(table: Table, mapping: dict[str, str], inv: dict[str, str], steps: np.ndarray,
-              step_orig: str | None) -> LogRecords:
+              step_orig: str | None, empty_loss_ok: bool = False) -> LogRecords:
     """The common case of a long log (steps strictly increasing, no empty row): no merge, no copy."""
     columns: dict[str, np.ndarray] = {"step": np.asarray(steps, dtype=np.float64)}
     present: dict[str, np.ndarray] = {"step": np.ones(len(steps), dtype=bool)}
@@ -369,7 +371,7 @@ def _unmerged(table: Table, mapping: dict[str, str], inv: dict[str, str], steps:
             continue
         columns[mapping[c]] = table.values[c]
         present[mapping[c]] = table.present[c]
-    if not present["loss"].any():
+    if not present["loss"].any() and not empty_loss_ok:
         raise LogFormatError(f"{table.source}: column {inv['loss']!r} has no values")
     renamed = {mapping[o]: o for o in table.names}
     return LogRecords(columns, source=table.source, step_column=step_orig or "row", renamed=renamed, present=present)
@@ -420,10 +422,16 @@ def _json(data: bytes, source: str, named: Mapping[str, str]) -> LogRecords:
         raise LogFormatError(f"{source}:{exc.lineno}: malformed JSON: {exc.msg} (column {exc.colno})") from None
     if isinstance(obj, dict) and isinstance(obj.get("log_history"), list):  # HF trainer_state.json
         obj = obj["log_history"]
+        losses = set(ALIASES["loss"])
+        if "loss" not in named and obj and not any(isinstance(r, Mapping) and not losses.isdisjoint(r) for r in obj):
+            # a Trainer that has not logged a training loss yet (logging_steps=500 by default, an
+            # evaluation per epoch): its validation losses still say something (lrkit.doctor.val_only)
+            if any(isinstance(r, Mapping) and "eval_loss" in r for r in obj):
+                return _from_object([{**obj[0], "loss": None}, *obj[1:]], source, named, empty_loss_ok=True)
     return _from_object(obj, source, named)
 
 
-def _from_object(obj: Any, source: str, named: Mapping[str, str]) -> LogRecords:
+def _from_object(obj: Any, source: str, named: Mapping[str, str], empty_loss_ok: bool = False) -> LogRecords:
     if isinstance(obj, Mapping):
         obj = dict(obj)
         lengths = {k: len(v) for k, v in obj.items() if isinstance(v, (list, tuple, np.ndarray))}
@@ -443,7 +451,7 @@ def _from_object(obj: Any, source: str, named: Mapping[str, str]) -> LogRecords:
     else:
         raise LogFormatError(f"{source}: cannot read a log from {type(obj).__name__}")
     names = list(dict.fromkeys(k for _, r in rows for k in r))
-    return _records(rows_table(rows, source, keep=_must_be_numeric(named)(names)), named)
+    return _records(rows_table(rows, source, keep=_must_be_numeric(named)(names)), named, empty_loss_ok=empty_loss_ok)
 
 
 def _scalar(v: Any) -> Any:
@@ -604,7 +612,9 @@ def find_runs(directory: str | Path) -> list[Run]:
     states = sorted(root.rglob("trainer_state.json"))
     by_output: dict[Path, list[Path]] = {}
     for s in states:
-        out = s.parent.parent if _CHECKPOINT.match(s.parent.name) else s.parent
+        # a checkpoint's state belongs to the Trainer's output directory -- unless the checkpoint
+        # folder is the directory given (a run of its own: its output directory is not being read)
+        out = s.parent.parent if _CHECKPOINT.match(s.parent.name) and s.parent != root else s.parent
         by_output.setdefault(out, []).append(s)
     for out, files in by_output.items():
         for events in [k for k in runs if (out / "runs") in k.parents]:
