@@ -285,3 +285,25 @@ def test_a_server_that_does_not_answer_is_one_line(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP")}
     r = lrkit("diagnose", f"http://127.0.0.1:{_free_port()}", env=env)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "MLflow could not read this store" in r.stderr
+
+
+def test_a_trainer_run_with_no_training_loss_yet_is_read_from_its_eval_loss(tmp_path):
+    """report_to="mlflow" under the Trainer's default logging_steps=500: a short run logs eval_loss
+    once per epoch and no training loss; it is read, and an eval_loss 5x its chance level speaks."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    rid = client.create_run(client.create_experiment("e"), run_name="bert").info.run_id
+    client.log_param(rid, "architectures", "['BertForSequenceClassification']")
+    client.log_param(rid, "id2label", "{0: 'LABEL_0', 1: 'LABEL_1'}")
+    for epoch, value in enumerate([3.54, 0.77, 1.10]):
+        client.log_metric(rid, "eval_loss", value, step=64 * (epoch + 1))
+    recs = read_log(tmp_path / "mlflow.db")
+    assert recs.has("loss").sum() == 0 and recs.chance_loss == pytest.approx(math.log(2))
+    d = diagnose(recs)
+    assert d.verdict == "diverging" and "chance level" in d.message, d.message
+    other = f"sqlite:///{tmp_path / 'other.db'}"  # without eval_loss: a loss under another name, refused
+    client = mlflow.MlflowClient(other)
+    rid = client.create_run(client.create_experiment("e"), run_name="r").info.run_id
+    client.log_metric(rid, "my_loss", 1.0, step=0)
+    with pytest.raises(LogFormatError, match="no loss column"):
+        read_log(tmp_path / "other.db")

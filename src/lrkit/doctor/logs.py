@@ -422,13 +422,20 @@ def _json(data: bytes, source: str, named: Mapping[str, str]) -> LogRecords:
         raise LogFormatError(f"{source}:{exc.lineno}: malformed JSON: {exc.msg} (column {exc.colno})") from None
     if isinstance(obj, dict) and isinstance(obj.get("log_history"), list):  # HF trainer_state.json
         obj = obj["log_history"]
-        losses = set(ALIASES["loss"])
-        if "loss" not in named and obj and not any(isinstance(r, Mapping) and not losses.isdisjoint(r) for r in obj):
-            # a Trainer that has not logged a training loss yet (logging_steps=500 by default, an
-            # evaluation per epoch): its validation losses still say something (lrkit.doctor.val_only)
-            if any(isinstance(r, Mapping) and "eval_loss" in r for r in obj):
-                return _from_object([{**obj[0], "loss": None}, *obj[1:]], source, named, empty_loss_ok=True)
+        if _no_training_loss_yet(obj, named):
+            return _from_object([{**obj[0], "loss": None}, *obj[1:]], source, named, empty_loss_ok=True)
     return _from_object(obj, source, named)
+
+
+def _no_training_loss_yet(rows: Sequence[Any], named: Mapping[str, str]) -> bool:
+    """A Hugging Face Trainer's log (its ``eval_loss``) that holds no training loss yet: the Trainer
+    logs one every ``logging_steps=500`` by default and evaluates once per epoch. Its validation
+    losses still say something (:mod:`lrkit.doctor.val_only`), so it is read with an empty loss
+    column instead of refused (other logs without a loss are refused: their loss has another name)."""
+    losses = set(ALIASES["loss"])
+    dicts = [r for r in rows if isinstance(r, Mapping)]
+    return ("loss" not in named and any("eval_loss" in r for r in dicts)
+            and all(losses.isdisjoint(r) for r in dicts))
 
 
 def _from_object(obj: Any, source: str, named: Mapping[str, str], empty_loss_ok: bool = False) -> LogRecords:
@@ -695,8 +702,11 @@ def select_run(runs: Sequence[Run], wanted: str, where: str) -> Run:
 
 def _store_run(run: StoreRun, named: Mapping[str, str]) -> LogRecords:
     rows, chance = read_store_run(run.uri, run.run_id)
+    empty = _no_training_loss_yet([r for _, r in rows], named)
+    if empty:  # a Trainer run with report_to="mlflow" and no training loss yet
+        rows = [(rows[0][0], {**rows[0][1], "loss": None}), *rows[1:]]
     names = list(dict.fromkeys(k for _, r in rows for k in r))
-    records = _records(rows_table(rows, run.name, keep=_must_be_numeric(named)(names)), named)
+    records = _records(rows_table(rows, run.name, keep=_must_be_numeric(named)(names)), named, empty_loss_ok=empty)
     records.chance_loss = chance
     return records
 
