@@ -123,3 +123,20 @@ def test_a_trainer_at_its_default_logging(tmp_path, lr, verdict):
                          capture_output=True, text=True)
     assert cli.returncode == 0 and verdict.upper() in cli.stdout, cli.stdout + cli.stderr
     assert math.isfinite(d.evidence.get("validation_evaluations", 3.0))
+
+
+def test_a_trainer_tensorboard_log_with_no_training_loss_yet(tmp_path):
+    """report_to="tensorboard" writes eval/loss per epoch and, under logging_steps=500, no train/loss."""
+    pytest.importorskip("tensorboard")
+    SummaryWriter = pytest.importorskip("torch.utils.tensorboard").SummaryWriter
+    with SummaryWriter(str(tmp_path / "hf")) as w:
+        for epoch, value in enumerate([0.52, 0.31, 0.22]):
+            w.add_scalar("eval/loss", value, 64 * (epoch + 1))
+    records = read_log(tmp_path / "hf")
+    assert records.has("loss").sum() == 0 and records.has("val_loss").sum() == 3
+    assert diagnose(records).ok
+    with SummaryWriter(str(tmp_path / "mine")) as w:  # not a Trainer's: its training loss has another name
+        w.add_scalar("Loss/test", 0.5, 0)
+        w.add_scalar("objective", 0.7, 0)
+    with pytest.raises(ValueError, match="no loss tag"):
+        read_log(tmp_path / "mine")

@@ -434,8 +434,12 @@ def _no_training_loss_yet(rows: Sequence[Any], named: Mapping[str, str]) -> bool
     column instead of refused (other logs without a loss are refused: their loss has another name)."""
     losses = set(ALIASES["loss"])
     dicts = [r for r in rows if isinstance(r, Mapping)]
-    return ("loss" not in named and any("eval_loss" in r for r in dicts)
+    return ("loss" not in named and any(not _TRAINER_EVAL_LOSS.isdisjoint(r) for r in dicts)
             and all(losses.isdisjoint(r) for r in dicts))
+
+
+#: the names a Trainer gives its evaluation loss: trainer_state.json and MLflow, TensorBoard
+_TRAINER_EVAL_LOSS = frozenset({"eval_loss", "eval/loss"})
 
 
 def _from_object(obj: Any, source: str, named: Mapping[str, str], empty_loss_ok: bool = False) -> LogRecords:
@@ -495,10 +499,13 @@ def _tensorboard(path: Path, named: Mapping[str, str]) -> LogRecords:
     if not rows_by_step:
         raise LogFormatError(f"{path}: the TensorBoard log has no scalars")
     rows = [(f"{path}@step{s}", {"step": s, **vals}) for s, vals in sorted(rows_by_step.items())]
+    empty = _no_training_loss_yet([r for _, r in rows], named)
+    if empty:  # a Trainer's report_to="tensorboard" with no training loss yet
+        rows = [(rows[0][0], {**rows[0][1], "loss": None}), *rows[1:]]
     names = list(dict.fromkeys(k for _, r in rows for k in r))
     table = rows_table(rows, str(path), keep=_must_be_numeric(named)(names))
     try:
-        return _records(table, named)
+        return _records(table, named, empty_loss_ok=empty)
     except LogFormatError as exc:
         if "no loss column" in str(exc):
             tags = [n for n in names if n != "step"]
