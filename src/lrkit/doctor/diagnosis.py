@@ -230,6 +230,9 @@ def diagnose(log: Any, *, loss: str | None = None, lr: str | None = None, val_lo
     ``diverge_ratio**2`` (4) times the median of the rest and the rest is stuck, spiked or rose
     at once, the run blew up within the first logged interval (:mod:`lrkit.doctor.first_row`):
     ``diverging`` from the first step, whatever the row-by-row verdict (a NaN stays ``nan``).
+    And a log with fewer training losses than a judgement takes (a Trainer under its default
+    ``logging_steps=500`` keeps one, or none) is read from its validation losses when those say
+    more (:mod:`lrkit.doctor.val_only`); the verdict advises logging the training loss more often.
 
     Args:
         log: a path (str/Path) to a CSV/JSONL/JSON/TensorBoard file or directory, a Keras
