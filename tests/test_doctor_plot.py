@@ -47,3 +47,15 @@ def test_nan_losses_are_drawn_as_crosses_and_bad_diagnosis_rejected():
     with pytest.raises(ValueError, match="diagnosis must be a Diagnosis"):
         plot_diagnosis(log, "nan")
     plt.close("all")
+
+
+def test_a_long_message_is_wrapped_into_the_figure():
+    log = {"step": list(range(60)), "loss": [2.0 * 0.97 ** t for t in range(60)]}
+    d = diagnose(log)
+    d = type(d)("flat", 0, 10, {}, (), "word " * 200)  # a message far longer than a line
+    fig, ax = plt.subplots(figsize=(8, 4))
+    plot_diagnosis(log, d, ax=ax)
+    lines = ax.get_title().splitlines()
+    assert len(lines) == 3 and all(len(line) <= 13 * 8 for line in lines) and lines[-1].endswith("...")
+    assert lines[0].startswith("flat: word word")
+    plt.close(fig)

@@ -1,6 +1,7 @@
 """Plot a diagnosed run: the loss (and LR, validation loss when logged) with the onset marked."""
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 import numpy as np
@@ -76,6 +77,9 @@ def plot_diagnosis(records: Any, diagnosis: Diagnosis, ax: Any = None) -> Any:
             ax2.set_yscale("log")
         elif lr[m].max() == lr[m].min():
             ax2.set_ylim(0, 2 * abs(float(lr[m][0])) or 1.0)
-    ax.set_title(f"{diagnosis.verdict}: {diagnosis.message}", fontsize=9, color=colour if not diagnosis.ok else "black")
+    # the message wrapped to the figure's width (about 13 characters an inch at 9 points), three lines at most
+    width = max(40, int(13 * ax.figure.get_size_inches()[0]))
+    title = textwrap.shorten(f"{diagnosis.verdict}: {diagnosis.message}", width=3 * width, placeholder=" ...")
+    ax.set_title(textwrap.fill(title, width=width), fontsize=9, color=colour if not diagnosis.ok else "black")
     ax.legend(loc="upper right", fontsize=8)
     return ax
