@@ -86,13 +86,14 @@ def judge_validation(records: LogRecords, read: Callable[[LogRecords], Diagnosis
     vals = validation_as_loss(records)
     if vals is None:
         return None
+    losses = int(records.has("loss").sum())
     v, steps = vals.loss, vals.step
     bad = ~np.isfinite(v)
     if bad.any():
         i = int(np.argmax(bad))
         return _said(Diagnosis("nan", int(steps[i]), int(steps[i]), {"val_loss": float(v[i])},
                                ("lower the LR about 10x", "clip gradients (e.g. max norm 1.0)"),
-                               f"The validation loss is {v[i]} at step {int(steps[i])}."), len(v))
+                               f"The validation loss is {v[i]} at step {int(steps[i])}."), len(v), losses)
     c = records.chance_loss
     if c is not None and c > 0 and float(v.max()) >= diverge_ratio**2 * c:
         i = int(np.argmax(v >= diverge_ratio**2 * c))
@@ -100,7 +101,7 @@ def judge_validation(records: LogRecords, read: Callable[[LogRecords], Diagnosis
             "diverging", int(steps[i]), int(steps[i]), {"val_loss": float(v[i]), "val_over_chance": float(v[i] / c)},
             ("lower the LR about 10x", "add warmup (e.g. 5-10% of the steps)"),
             f"The validation loss reached {v[i]:.4g} at step {int(steps[i])}, {v[i] / c:.3g}x the chance level "
-            f"({c:.4g}, what predicting the label prior scores): the LR is far too high."), len(v))
+            f"({c:.4g}, what predicting the label prior scores): the LR is far too high."), len(v), losses)
     if c is not None and c > 0 and len(v) >= COLLAPSE_EVALS and _collapsed(v / c):
         return _said(Diagnosis(
             "diverging", int(steps[0]), int(steps[-1]),
@@ -108,15 +109,15 @@ def judge_validation(records: LogRecords, read: Callable[[LogRecords], Diagnosis
             ("lower the LR about 10x", "add warmup (e.g. 5-10% of the steps)"),
             f"The validation loss started at {v[0]:.4g}, {v[0] / c:.3g}x the chance level ({c:.4g}), and has come "
             "back only to chance since: the model got worse than one that learned nothing, then collapsed to "
-            "predicting the label prior. The LR is too high; raising it would be the wrong advice."), len(v))
+            "predicting the label prior. The LR is too high; raising it would be the wrong advice."), len(v), losses)
     if len(v) < MIN_EVALS:
         return None
     d = read(vals)
     if d.verdict in ("diverging", "fluctuating") and float(v[1:].max()) > float(v[0]):
-        return _said(d, len(v))
+        return _said(d, len(v), losses)
     z = np.log(np.maximum(v, TINY))
     if d.verdict == "flat" and float(np.median(np.abs(z[1:-1] - 0.5 * (z[:-2] + z[2:])))) <= VAL_SWING:
-        return _said(d, len(v))
+        return _said(d, len(v), losses)
     return None
 
 
@@ -126,8 +127,9 @@ def _collapsed(r: np.ndarray) -> bool:
     return bool(r[0] >= ABOVE_CHANCE and r.min() >= 1 - CHANCE_BAND and np.all(np.abs(r[-2:] - 1) <= CHANCE_BAND))
 
 
-def _said(d: Diagnosis, evals: int) -> Diagnosis:
-    """``d`` saying that it was read from ``evals`` validation losses."""
-    head = f"Read from the validation loss ({evals} evaluations; the log holds too few training losses): "
+def _said(d: Diagnosis, evals: int, losses: int) -> Diagnosis:
+    """``d`` saying that it was read from ``evals`` validation losses, the log holding ``losses`` training losses."""
+    held = "no training loss" if losses == 0 else f"only {losses} training loss" + ("es" if losses > 1 else "")
+    head = f"Read from the validation loss ({evals} evaluations; the log holds {held}): "
     return replace(d, message=head + d.message, evidence={**d.evidence, "validation_evaluations": float(evals)})
 
