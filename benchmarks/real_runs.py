@@ -7,7 +7,9 @@ framework logs by default:
   ``BertConfig`` (2 layers, hidden 64; no hub download) on a synthetic token task (a sequence is
   positive when it holds a marker token). Variant ``a``: ``logging_steps=10``, evaluation and a
   checkpoint every epoch (``checkpoint-N/trainer_state.json``); variant ``b``: ``logging_steps=1``,
-  no evaluation, ``trainer.save_state()`` at the end (``trainer_state.json``).
+  no evaluation, ``trainer.save_state()`` at the end (``trainer_state.json``); variant ``d``: the
+  Trainer's own defaults, ``logging_steps=500`` over these 192-step runs (no training loss in any
+  ``trainer_state.json``), with an evaluation and a checkpoint every epoch.
 * ``lightning``: an MLP (3 hidden ReLU layers of 128, Adam) on scikit-learn digits. Variant ``a``: Lightning's default logger
   (TensorBoard, ``lightning_logs/version_0``) with the default ``log_every_n_steps=50`` and a
   validation every epoch; variant ``b``: ``CSVLogger`` (``metrics.csv``), ``log_every_n_steps=1``
@@ -56,9 +58,11 @@ FRAMEWORKS = ("hf", "lightning", "keras", "torch")
 REGIMES = ("good", "unscaled", "too_low", "too_high", "spiking", "nan")
 #: regimes of healthy runs (false alarms are counted on them; the guard must not harm them)
 HEALTHY = ("good", "unscaled")
-VARIANTS = ("a", "b", "c")
+VARIANTS = ("a", "b", "c", "d")
 #: the variant ``c`` (gradient accumulation) exists for the frameworks that have it built in
 ACCUMULATING = ("hf", "lightning")
+#: the variant ``d`` (the Trainer's default logging) is the Hugging Face Trainer's
+DEFAULT_LOGGING = ("hf",)
 #: micro-batches per optimizer step in variant ``c``
 ACCUMULATION = 4
 SEEDS = (0, 1)
@@ -119,7 +123,8 @@ class RunSpec:
 def all_specs() -> list[RunSpec]:
     """Every run; ``unscaled`` only where the inputs have a scale (not the token task)."""
     return [RunSpec(f, r, v, s) for f in FRAMEWORKS for v in VARIANTS for r in REGIMES for s in SEEDS
-            if not (f == "hf" and r == "unscaled") and (v != "c" or f in ACCUMULATING)]
+            if not (f == "hf" and r == "unscaled") and (v != "c" or f in ACCUMULATING)
+            and (v != "d" or f in DEFAULT_LOGGING)]
 
 
 # ------------------------------------------------------------------------------ data
@@ -429,11 +434,12 @@ def run_hf(spec: RunSpec, out: Path, guard: bool) -> RunResult:
         outdir = Path(tmp)
     else:
         outdir = out
-    a = spec.variant in ("a", "c")  # logging every 10 steps, evaluation and a checkpoint per epoch
+    a = spec.variant in ("a", "c", "d")  # an evaluation and a checkpoint per epoch
+    logging_steps = {"a": 10, "b": 1, "c": 10, "d": 500}[spec.variant]  # d: the Trainer's default
     args = TrainingArguments(
         output_dir=str(outdir), num_train_epochs=epochs, per_device_train_batch_size=batch,
         gradient_accumulation_steps=accum,
-        per_device_eval_batch_size=256, learning_rate=spec.lr, logging_steps=10 if a else 1,
+        per_device_eval_batch_size=256, learning_rate=spec.lr, logging_steps=logging_steps,
         eval_strategy="epoch" if a else "no", save_strategy="epoch" if a and out is not None else "no",
         save_only_model=True, seed=spec.seed, report_to=[], disable_tqdm=True, use_cpu=True,
         dataloader_num_workers=0,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import doctest
+import io
 import logging
 import contextlib
 import math
@@ -575,3 +576,22 @@ def test_a_skipped_step_in_a_log_of_a_converged_run_raises_no_alarm(tmp_path):
     assert max(loss for step, loss in seen if step > 100) < 1e-4  # the log of steps 121-130 too
     with torch.no_grad():
         assert float(torch.nn.functional.mse_loss(trainer.model.lin(data.x), data.y)) < 1e-5
+
+
+def test_at_the_trainers_default_logging_every_step_is_read():
+    """logging_steps=500 (the default) over a 192-step run writes no training log: the callback was
+    blind (a NaN LR from mid-run: 'healthy', the guard never acted, accuracy 0). It now reads each
+    step's loss from the model's output (benchmarks/real_runs.py, variant d: the Trainer's defaults)."""
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+    import real_runs as rr
+
+    transformers.logging.set_verbosity_error()
+    spec = rr.RunSpec("hf", "nan", "d", 0)
+    with contextlib.redirect_stdout(io.StringIO()):  # the Trainer prints its evaluations
+        watched = rr.run(spec, None, guard=False)
+        guarded = rr.run(spec, None, guard=True)
+    assert watched.live_verdict == "nan" and watched.final_accuracy == 0.0  # the weights are NaN
+    assert guarded.interventions >= 1 and guarded.final_accuracy > 0.9, guarded

@@ -9,7 +9,11 @@ configured). The logs dict is never modified; the verdicts are in :attr:`diagnos
 :attr:`detections`.
 
 What it sees is what the ``Trainer`` logs: with ``logging_steps=k`` each loss is the mean of
-``k`` steps (use ``logging_steps=1`` for per-step detection). The events carry the model,
+``k`` steps (use ``logging_steps=1`` for per-step detection). A run that will write fewer training
+logs than a judgement takes -- the default ``logging_steps=500`` over a run of under 2,500 steps --
+would leave the doctor (and the guard) blind: there a forward hook reads each optimizer step's loss
+from the model's output instead (:mod:`lrkit.integrations.transformers.skips`; the ``loss`` the
+model returns, on the logged scale), and the doctor is sized for that many steps. The events carry the model,
 optimizer and scheduler, not the loss, so the logs are the doctor's only loss (the guard's spike
 skipping reads each step's loss from the model's output instead; see below). Each evaluation's
 ``eval_loss`` and ``eval_*`` metrics (``on_evaluate``) go to the doctor with the next training log,
@@ -445,6 +449,8 @@ class LRDoctorCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Guar
         self._rollback_diagnosis: Diagnosis | None = None
         self._sched_any: Any = None  # the Trainer's scheduler (any kind): checkpoints carry our state on it
         self._skips: StepSkips | None = None  # skip_spikes: each step's loss (a forward hook) and the skips
+        self._per_step = False  # too few logs to judge: each step's loss is read from the model (on_train_begin)
+        self._lr_groups: Any = None  # the optimizer whose groups give a per-step reading's LR
 
     def _new_guard(self) -> Guard:
         # under DDP every rank snapshots at the same steps: the period is taken on the ranks' mean timings
@@ -513,10 +519,15 @@ class LRDoctorCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Guar
         sched = kwargs.get("lr_scheduler")
         saved = getattr(sched, _KEY, None) if state.global_step > 0 else None
         saved = saved if isinstance(saved, dict) and "doctor" in saved else None
+        # fewer training logs than a judgement takes (logging_steps=500, the default, over a short run):
+        # the doctor would be blind, so each step's loss is read from the model's output instead
+        logs = _expected_logs(args, state)
+        self._per_step = logs < Doctor(**settings_for_rows(logs)).observations_needed
         if state.global_step == 0 or saved is not None:  # a fresh run, or a resume from a checkpoint
             self.doctor.reset()
-            if self._auto_doctor:  # one observation per log: a doctor sized for that many
-                self.doctor = Doctor(**settings_for_rows(_expected_logs(args, state)))
+            if self._auto_doctor:  # one observation per log (or per step): a doctor sized for that many
+                rows = int(getattr(state, "max_steps", 0) or 0) if self._per_step else logs
+                self.doctor = Doctor(**settings_for_rows(rows))
             self._watch_reset()
             self.stopped_by = None
             self._last_step = None
@@ -535,6 +546,15 @@ class LRDoctorCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Guar
         self._release_skips()
         if self.guard is not None and self.guard.skips:
             self._skips = StepSkips(self._model)
+        elif self._per_step and isinstance(kwargs.get("model"), torch.nn.Module):
+            self._skips = StepSkips(kwargs["model"])  # the hook reads each step's loss; nothing is skipped
+        if self._per_step:
+            optimizer = kwargs.get("optimizer")
+            self._lr_groups = getattr(optimizer, "optimizer", optimizer)
+            self._watch_logger().info(
+                "lrkit doctor: this run will write %d training logs (logging_steps=%r over %d steps), fewer than a "
+                "judgement takes: each step's loss is read from the model's output instead",
+                logs, getattr(args, "logging_steps", None), int(getattr(state, "max_steps", 0) or 0))
         self._start_outputs(kwargs.get("model"))
         accumulation = int(getattr(args, "gradient_accumulation_steps", 1) or 1)
         fresh = saved is None and state.global_step == 0
@@ -554,7 +574,7 @@ class LRDoctorCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Guar
             self._check_untrained(reading[1])
             self._watch_observe(0, reading[1])
             self._last_step = 0
-        if self.guard is None and getattr(args, "logging_nan_inf_filter", False):
+        if self.guard is None and not self._per_step and getattr(args, "logging_nan_inf_filter", False):
             warnings.warn(
                 "LRDoctorCallback: TrainingArguments.logging_nan_inf_filter=True replaces NaN/inf losses in the "
                 "logs by a running average, so the doctor can only see a NaN through grad_norm; pass "
@@ -578,15 +598,25 @@ class LRDoctorCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Guar
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         # the gradients of this step are in (and clipped); its loss came from the forward hook
-        if self._skips is None or self.guard is None:
+        if self._skips is None:
             return
         opt, guard = self._optimizer, self.guard
+        if guard is None or not guard.skips:  # only reading the step's loss (per-step mode)
+            self._skips.decide(lambda loss: False, opt, self._scaler)
+            return
         # the step in flight is logged as global_step + 1 (the callback's numbering of the guard's records)
         self._skips.decide(lambda loss: guard.skip(loss, lr=doctor_lr(opt.param_groups),
                                                    step=int(state.global_step) + 1), opt, self._scaler)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._take_outputs(int(state.global_step))  # every rank, every optimizer step
+        if self._per_step and self._skips is not None:
+            loss = self._skips.last_loss
+            self._skips.last_loss = None  # read once (a step whose forward the hook missed gives none)
+            if loss is not None and not self._skips.last_skipped:
+                groups = self._lr_groups.param_groups if self._lr_groups is not None else None
+                self._observe(int(state.global_step), loss, None if groups is None else doctor_lr(groups), None,
+                              control)
         super().on_step_end(args, state, control, **kwargs)  # the state saved with a checkpoint
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -606,24 +636,34 @@ class LRDoctorCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Guar
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
         if not logs or "loss" not in logs:
             return  # an evaluation log or the end-of-training summary
+        if self._per_step:  # every step was read already: only start the next log's tally
+            if self._skips is not None:
+                self._skips.read_log(float(logs["loss"]), None)
+            if control.should_save:
+                self._refresh()
+            return
         step = int(state.global_step)
-        if self._last_step is not None and step <= self._last_step:
-            return  # the same step logged twice (e.g. a resumed run)
-        self._last_step = step
         gn = logs.get("grad_norm")  # the log's last step's; an fp16 overflow the scaler skipped is unknown
         loss, gn = float(logs["loss"]), None if gn is None else scaled_grad_norm(float(gn), self._scaler)
         if self._skips is not None:  # the doctor never sees a skipped step
             loss, gn = self._skips.read_log(loss, gn)
-        if loss is None:  # every step of this log was skipped
-            if control.should_save:
-                self._refresh()
-            return
-        if step == 1:  # the first step's loss: the untrained model's
-            self._check_untrained(loss)
         lr = logs.get("learning_rate")
         lr = None if lr is None else float(lr)
         if lr == 0 and self._optimizer is not None:  # the Trainer logs group 0's: frozen, say nothing of the run
             lr = doctor_lr(self._optimizer.param_groups)
+        if loss is None:  # every step of this log was skipped
+            if control.should_save:
+                self._refresh()
+            return
+        self._observe(step, loss, lr, gn, control)
+
+    def _observe(self, step: int, loss: float, lr: float | None, gn: float | None, control: Any) -> None:
+        """One observation for the doctor (and the guard): a training log's, or a step's in per-step mode."""
+        if self._last_step is not None and step <= self._last_step:
+            return  # the same step logged twice (e.g. a resumed run)
+        self._last_step = step
+        if step == 1:  # the first step's loss: the untrained model's
+            self._check_untrained(loss)
         val_loss, metrics = self._pending_val.take()
         metrics = self._with_outputs(metrics)  # the latest output spread read since the last log
         if world_size() > 1:  # the Trainer's logs are gathered already; this makes sure of it
