@@ -235,7 +235,15 @@ def markdown(specs: list[rr.RunSpec], off: dict, liv: dict, live_minutes: float 
               "reads diverging; no development verdict of a good run moved. Held-out, run once to report: "
               "hf-c-too_high-s1 (32.9, then 38.3, falling to 3.1 by its last row) now reads diverging, its misses "
               "from 1 to 0; hf-c-too_high-s0's first row (8.6) is not 4x its rest (3.5), and it still reads "
-              "healthy."]
+              "healthy. "
+              "Variant d (2026-12-06), the Trainer at its own defaults, was added after a grid of such runs outside "
+              "this corpus showed the live callback blind there: with no training log in a 192-step run, a NaN LR "
+              "from mid-run read healthy and the guard never acted (accuracy 0). The callback now reads each step's "
+              "loss from the model's output when the run will write fewer logs than a judgement takes, and offline "
+              "the validation losses speak when the training losses are too few (`lrkit.doctor.val_only`); the "
+              "development runs were read first (live 5/5, offline 4/5), then the held-out ones once. The offline "
+              "misses of d are its too-low runs: three evaluations at chance do not tell an LR too low from a model "
+              "that cannot learn (five are needed)."]
     return "\n".join(lines)
 
 
