@@ -140,3 +140,10 @@ def test_a_trainer_tensorboard_log_with_no_training_loss_yet(tmp_path):
         w.add_scalar("objective", 0.7, 0)
     with pytest.raises(ValueError, match="no loss tag"):
         read_log(tmp_path / "mine")
+
+
+def test_a_chance_level_the_untrained_loss_refutes_is_not_used(tmp_path):
+    """An untrained loss far above chance (unscaled inputs, an overconfident head) makes chance no
+    reference for the run: nor for its validation losses."""
+    path = _trainer_state(tmp_path / "ck", [3.54, 0.77, 1.10], losses=[(1, 40.0)])
+    assert diagnose(path).ok

@@ -77,15 +77,17 @@ def validation_as_loss(records: LogRecords) -> LogRecords | None:
 
 
 def judge_validation(records: LogRecords, read: Callable[[LogRecords], Diagnosis], *,
-                     diverge_ratio: float = 2.0) -> Diagnosis | None:
+                     diverge_ratio: float = 2.0, chance: float | None = None) -> Diagnosis | None:
     """A verdict on ``records`` from its validation losses (see the module docstring), or ``None``.
 
     ``read`` diagnoses a log (:func:`~lrkit.doctor.diagnosis.diagnose` with the caller's settings);
-    ``records`` is the log whose training losses are too few.
+    ``records`` is the log whose training losses are too few; ``chance`` its chance level as the
+    doctor takes it (``None``: unknown, or refuted by an untrained loss far above it).
     """
     vals = validation_as_loss(records)
     if vals is None:
         return None
+    vals.chance_loss = chance  # as the doctor takes it for this run
     losses = int(records.has("loss").sum())
     v, steps = vals.loss, vals.step
     bad = ~np.isfinite(v)
@@ -94,7 +96,7 @@ def judge_validation(records: LogRecords, read: Callable[[LogRecords], Diagnosis
         return _said(Diagnosis("nan", int(steps[i]), int(steps[i]), {"val_loss": float(v[i])},
                                ("lower the LR about 10x", "clip gradients (e.g. max norm 1.0)"),
                                f"The validation loss is {v[i]} at step {int(steps[i])}."), len(v), losses)
-    c = records.chance_loss
+    c = chance
     if c is not None and c > 0 and float(v.max()) >= diverge_ratio**2 * c:
         i = int(np.argmax(v >= diverge_ratio**2 * c))
         return _said(Diagnosis(
