@@ -13,9 +13,9 @@ What it sees is what the ``Trainer`` logs: with ``logging_steps=k`` each loss is
 logs than a judgement takes -- the default ``logging_steps=500`` over a run of under 2,500 steps --
 would leave the doctor (and the guard) blind: there a forward hook reads each optimizer step's loss
 from the model's output instead (:mod:`lrkit.integrations.transformers.skips`; the ``loss`` the
-model returns, on the logged scale), and the doctor is sized for that many steps. The events carry the model,
-optimizer and scheduler, not the loss, so the logs are the doctor's only loss (the guard's spike
-skipping reads each step's loss from the model's output instead; see below). Each evaluation's
+model returns, on the logged scale), and the doctor is sized for that many steps. Otherwise the
+logs are the doctor's only loss: the events carry the model, optimizer and scheduler, not the loss
+(the guard's spike skipping reads each step's loss from that hook too; see below). Each evaluation's
 ``eval_loss`` and ``eval_*`` metrics (``on_evaluate``) go to the doctor with the next training log,
 so a validation result that swings without progress is ``fluctuating``. **``logging_nan_inf_filter``** (``True`` by default) replaces a
 NaN/inf step loss by the running average before logging, so that a run with NaN weights keeps
