@@ -147,3 +147,10 @@ def test_a_chance_level_the_untrained_loss_refutes_is_not_used(tmp_path):
     reference for the run: nor for its validation losses."""
     path = _trainer_state(tmp_path / "ck", [3.54, 0.77, 1.10], losses=[(1, 40.0)])
     assert diagnose(path).ok
+
+
+def test_a_validation_loss_below_the_training_losss_floor_is_not_read_as_a_log():
+    """loss_floor bounds the training loss; a validation series under it was a ValueError traceback."""
+    log = {"step": [10, 20, 30, 40, 50, 60], "loss": [None] * 5 + [1.0],
+           "eval_loss": [0.4, 0.3, 0.2, 0.1, 0.05, 0.04]}
+    assert diagnose(log, loss_floor=0.2).ok

@@ -279,7 +279,7 @@ def diagnose(log: Any, *, loss: str | None = None, lr: str | None = None, val_lo
     if losses < needed and d.ok:  # too few training losses to judge: what the validation losses say
         read = lambda vals: diagnose(vals, exact=exact, **doctor_kwargs)  # noqa: E731
         judged = judge_validation(records, read, diverge_ratio=doctor.config["diverge_ratio"],
-                                  chance=kwargs.get("chance_loss"))
+                                  chance=kwargs.get("chance_loss"), loss_floor=doctor.config["loss_floor"])
         if judged is not None:
             return replace(judged, advice=judged.advice + _sparse_advice(d, losses, needed).advice)
         if losses == 0:

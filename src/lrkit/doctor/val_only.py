@@ -77,12 +77,14 @@ def validation_as_loss(records: LogRecords) -> LogRecords | None:
 
 
 def judge_validation(records: LogRecords, read: Callable[[LogRecords], Diagnosis], *,
-                     diverge_ratio: float = 2.0, chance: float | None = None) -> Diagnosis | None:
+                     diverge_ratio: float = 2.0, chance: float | None = None,
+                     loss_floor: float = 0.0) -> Diagnosis | None:
     """A verdict on ``records`` from its validation losses (see the module docstring), or ``None``.
 
     ``read`` diagnoses a log (:func:`~lrkit.doctor.diagnosis.diagnose` with the caller's settings);
     ``records`` is the log whose training losses are too few; ``chance`` its chance level as the
-    doctor takes it (``None``: unknown, or refuted by an untrained loss far above it).
+    doctor takes it (``None``: unknown, or refuted by an untrained loss far above it);
+    ``loss_floor`` the training loss's lower bound (a series that goes below it is not read as a log).
     """
     vals = validation_as_loss(records)
     if vals is None:
@@ -112,7 +114,7 @@ def judge_validation(records: LogRecords, read: Callable[[LogRecords], Diagnosis
             f"The validation loss started at {v[0]:.4g}, {v[0] / c:.3g}x the chance level ({c:.4g}), and has come "
             "back only to chance since: the model got worse than one that learned nothing, then collapsed to "
             "predicting the label prior. The LR is too high; raising it would be the wrong advice."), len(v), losses)
-    if len(v) < MIN_EVALS:
+    if len(v) < MIN_EVALS or float(v.min()) <= loss_floor:
         return None
     d = read(vals)
     if d.verdict in ("diverging", "fluctuating") and float(v[1:].max()) > float(v[0]):
