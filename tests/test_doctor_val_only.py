@@ -154,3 +154,9 @@ def test_a_validation_loss_below_the_training_losss_floor_is_not_read_as_a_log()
     log = {"step": [10, 20, 30, 40, 50, 60], "loss": [None] * 5 + [1.0],
            "eval_loss": [0.4, 0.3, 0.2, 0.1, 0.05, 0.04]}
     assert diagnose(log, loss_floor=0.2).ok
+
+
+def test_a_malformed_trainer_state_is_one_clear_error(tmp_path):
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"log_history": [3, {"eval_loss": 0.5, "step": 1}]}))
+    with pytest.raises(ValueError, match=r"trainer_state\.json\[0\]: expected a dict per row, got int"):
+        read_log(tmp_path / "trainer_state.json")

@@ -433,9 +433,10 @@ def _no_training_loss_yet(rows: Sequence[Any], named: Mapping[str, str]) -> bool
     losses still say something (:mod:`lrkit.doctor.val_only`), so it is read with an empty loss
     column instead of refused (other logs without a loss are refused: their loss has another name)."""
     losses = set(ALIASES["loss"])
-    dicts = [r for r in rows if isinstance(r, Mapping)]
-    return ("loss" not in named and any(not _TRAINER_EVAL_LOSS.isdisjoint(r) for r in dicts)
-            and all(losses.isdisjoint(r) for r in dicts))
+    if not rows or not all(isinstance(r, Mapping) for r in rows):
+        return False  # not a log of dict rows: the reader says what is wrong with it
+    return ("loss" not in named and any(not _TRAINER_EVAL_LOSS.isdisjoint(r) for r in rows)
+            and all(losses.isdisjoint(r) for r in rows))
 
 
 #: the names a Trainer gives its evaluation loss: trainer_state.json and MLflow, TensorBoard
