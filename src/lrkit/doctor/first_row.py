@@ -47,7 +47,7 @@ import numpy as np
 
 from lrkit.doctor.core import Diagnosis, Doctor
 from lrkit.doctor.logs import LogRecords
-from lrkit.doctor.signs._base import MAD_TO_SD, scaled
+from lrkit.doctor.signs._base import diff_noise, scaled
 
 __all__ = ["blown_first_row"]
 
@@ -102,8 +102,7 @@ def _spike(y: np.ndarray, lrs: np.ndarray | None, rho: float, z: float) -> tuple
     """The first row after the first two at least ``max(rho, exp(z sigma / 2))`` times both
     neighbours, and its factor over the higher one (``None`` if there is none)."""
     rest = y[1:]
-    d = np.diff(rest)
-    sigma = MAD_TO_SD * float(np.median(np.abs(d - np.median(d)))) / math.sqrt(2.0) if len(d) >= 2 else 0.0
+    sigma = diff_noise(rest) if len(rest) >= 3 else 0.0
     margin = max(math.log(rho), z * sigma / 2.0)
     for i in range(2, len(y) - 1):
         over = y[i] - max(y[i - 1], y[i + 1])

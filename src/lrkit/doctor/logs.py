@@ -65,7 +65,7 @@ import json
 import re
 import stat
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -296,7 +296,9 @@ def _no_loss(where: str, names: Sequence[str], named: Mapping[str, str]) -> LogF
 def _records(table: Table, named: Mapping[str, str], header_at: str | None = None,
              empty_loss_ok: bool = False) -> LogRecords:
     """Normalise names, merge rows of the same step (vectorised) and sort by step (``empty_loss_ok``:
-    a loss column without a value is a log with no training loss yet, not an error)."""
+    a log with no training loss yet, read with an empty loss column instead of refused)."""
+    if empty_loss_ok:
+        table = _with_empty_loss(table)
     source = table.source
     all_names = table.names + table.dropped
     for key in ("lr", "val_loss"):
@@ -422,8 +424,7 @@ def _json(data: bytes, source: str, named: Mapping[str, str]) -> LogRecords:
         raise LogFormatError(f"{source}:{exc.lineno}: malformed JSON: {exc.msg} (column {exc.colno})") from None
     if isinstance(obj, dict) and isinstance(obj.get("log_history"), list):  # HF trainer_state.json
         obj = obj["log_history"]
-        if _no_training_loss_yet(obj, named):
-            return _from_object([{**obj[0], "loss": None}, *obj[1:]], source, named, empty_loss_ok=True)
+        return _from_object(obj, source, named, empty_loss_ok=_no_training_loss_yet(obj, named))
     return _from_object(obj, source, named)
 
 
@@ -437,6 +438,13 @@ def _no_training_loss_yet(rows: Sequence[Any], named: Mapping[str, str]) -> bool
         return False  # not a log of dict rows: the reader says what is wrong with it
     return ("loss" not in named and any(not _TRAINER_EVAL_LOSS.isdisjoint(r) for r in rows)
             and all(losses.isdisjoint(r) for r in rows))
+
+
+def _with_empty_loss(table: Table) -> Table:
+    """``table`` with a ``loss`` column that holds no value (a log with no training loss yet)."""
+    n = table.n
+    return replace(table, names=[*table.names, "loss"], values={**table.values, "loss": np.full(n, np.nan)},
+                   present={**table.present, "loss": np.zeros(n, dtype=bool)})
 
 
 #: the names a Trainer gives its evaluation loss: trainer_state.json and MLflow, TensorBoard
@@ -500,13 +508,10 @@ def _tensorboard(path: Path, named: Mapping[str, str]) -> LogRecords:
     if not rows_by_step:
         raise LogFormatError(f"{path}: the TensorBoard log has no scalars")
     rows = [(f"{path}@step{s}", {"step": s, **vals}) for s, vals in sorted(rows_by_step.items())]
-    empty = _no_training_loss_yet([r for _, r in rows], named)
-    if empty:  # a Trainer's report_to="tensorboard" with no training loss yet
-        rows = [(rows[0][0], {**rows[0][1], "loss": None}), *rows[1:]]
     names = list(dict.fromkeys(k for _, r in rows for k in r))
     table = rows_table(rows, str(path), keep=_must_be_numeric(named)(names))
-    try:
-        return _records(table, named, empty_loss_ok=empty)
+    try:  # a Trainer's report_to="tensorboard" may hold no training loss yet
+        return _records(table, named, empty_loss_ok=_no_training_loss_yet([r for _, r in rows], named))
     except LogFormatError as exc:
         if "no loss column" in str(exc):
             tags = [n for n in names if n != "step"]
@@ -710,10 +715,8 @@ def select_run(runs: Sequence[Run], wanted: str, where: str) -> Run:
 
 def _store_run(run: StoreRun, named: Mapping[str, str]) -> LogRecords:
     rows, chance = read_store_run(run.uri, run.run_id)
-    empty = _no_training_loss_yet([r for _, r in rows], named)
-    if empty:  # a Trainer run with report_to="mlflow" and no training loss yet
-        rows = [(rows[0][0], {**rows[0][1], "loss": None}), *rows[1:]]
     names = list(dict.fromkeys(k for _, r in rows for k in r))
+    empty = _no_training_loss_yet([r for _, r in rows], named)  # a Trainer's report_to="mlflow", no loss yet
     records = _records(rows_table(rows, run.name, keep=_must_be_numeric(named)(names)), named, empty_loss_ok=empty)
     records.chance_loss = chance
     return records

@@ -49,7 +49,7 @@ import numpy as np
 from lrkit.doctor.core import Diagnosis
 from lrkit.doctor.logs import LogRecords
 from lrkit.doctor.signs._base import TINY
-from lrkit.doctor.signs.flat import VAL_SWING
+from lrkit.doctor.signs.flat import VAL_SWING, swing
 
 __all__ = ["judge_validation", "validation_as_loss", "MIN_EVALS", "ABOVE_CHANCE"]
 
@@ -120,7 +120,7 @@ def judge_validation(records: LogRecords, read: Callable[[LogRecords], Diagnosis
     if d.verdict in ("diverging", "fluctuating") and float(v[1:].max()) > float(v[0]):
         return _said(d, len(v), losses)
     z = np.log(np.maximum(v, TINY))
-    if d.verdict == "flat" and float(np.median(np.abs(z[1:-1] - 0.5 * (z[:-2] + z[2:])))) <= VAL_SWING:
+    if d.verdict == "flat" and swing(z) <= VAL_SWING:
         return _said(d, len(v), losses)
     return None
 

@@ -31,7 +31,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from lrkit.doctor.signs._base import MAD_TO_SD, TINY, Finding, Observation, Sign, Track, finding_from, finding_state, median
+from lrkit.doctor.signs._base import TINY, Finding, Observation, Sign, Track, diff_noise, finding_from, finding_state, median
 from lrkit.doctor.signs.diverging import diverging_explanation
 
 __all__ = ["EarlyBlowUp", "early_blowup_step"]
@@ -61,8 +61,7 @@ def early_blowup_step(track: Track, need: int = 3, of: int = 5, hot: bool = Fals
     """
     fw = np.array(track.first_window)
     yw = np.log(np.maximum(fw, TINY))
-    dy = np.diff(yw)
-    sig0 = MAD_TO_SD * float(np.median(np.abs(dy - np.median(dy)))) / math.sqrt(2.0)
+    sig0 = diff_noise(yw)
     factor = track.diverge_ratio if hot else max(track.diverge_ratio**2, math.exp(6.0 * sig0))
     # the best *robust* level before step i: the running minimum of 3-point medians that end
     # before i, so one low outlier batch does not lower the bar

@@ -76,12 +76,12 @@ from typing import Any, Mapping
 import numpy as np
 
 from lrkit.doctor.signs._base import (
-    MAD_TO_SD,
     MEDIAN_EFF,
     TINY,
     Finding,
     Observation,
     Sign,
+    diff_noise,
     finding_from,
     finding_state,
     median,
@@ -127,6 +127,17 @@ def _fall(rel: float) -> float:
     """A relative decrease ``rel`` as a fall of the log-loss, :math:`-\\ln(1 - rel)` (rel < 1)."""
     return -math.log(1.0 - min(rel, 1.0 - 1e-12))
 
+
+
+def swing(z: np.ndarray) -> float:
+    r""":math:`\operatorname{median}_i |z_i - \tfrac12(z_{i-1} + z_{i+1})|` of a series of at least three
+    log-losses: how far each strays from its neighbours' mean (0 for a straight line, whatever its slope).
+
+    Example:
+        >>> round(swing(np.log([1.0, 0.9, 0.81, 0.729])), 6), round(swing(np.log([1.0, 1.1, 1.0, 1.1])), 3)
+        (0.0, 0.095)
+    """
+    return float(np.median(np.abs(z[1:-1] - 0.5 * (z[:-2] + z[2:]))))
 
 class Flat(Sign):
     """``flat`` (or ``diverging`` when stuck after an unstable start); see the module docstring.
@@ -271,8 +282,7 @@ class Flat(Sign):
             cur = median(t.gn.last(t.short))
             gn_drop = ref / cur if cur > 0 else math.inf
         fw = np.log(np.maximum(np.array(t.first_window), TINY))
-        d0 = np.diff(fw)
-        sig0 = MAD_TO_SD * float(np.median(np.abs(d0 - np.median(d0)))) / math.sqrt(2.0)
+        sig0 = diff_noise(fw)
         noise_drop = sig0 / sig if sig > 0 else math.inf
         if early is None and (gn_drop > 3.0 or (noise_drop > 3.0 and sig0 > 0.05)):
             ev["grad_norm_drop"] = gn_drop
@@ -329,7 +339,7 @@ class Flat(Sign):
         z = np.array(self.vals)
         if len(z) < VAL_MIN_EVALS or z[len(z) // 2:].min() < z[:len(z) // 2].min():
             return 0.0
-        return float(np.median(np.abs(z[1:-1] - 0.5 * (z[:-2] + z[2:]))))
+        return swing(z)
 
     def explain(self, finding: Finding, step: int) -> tuple[tuple[str, ...], str]:
         if finding.verdict == "diverging":
