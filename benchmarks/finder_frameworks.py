@@ -51,8 +51,10 @@ AUTOPILOT_VERSION = 17
 
 
 def _key(task: str, method: str, seed: int, lr: float | None) -> str:
-    if method in ("grid", "autopilot_peak"):
+    if method == "grid":
         return f"{task}|{method}|{seed}|{lr:.6g}"
+    if method == "autopilot_peak":  # v2: the schedule alone (framework_tasks._static)
+        return f"{task}|{method}-v2|{seed}|{lr:.6g}"
     if method == "lrkit":
         return f"{task}|lrkit-v{LRKIT_VERSION}|{seed}"
     if method == "autopilot":
