@@ -198,7 +198,22 @@ NOTES = (
     "(Keras Adam, 1.8x), the autopilot's own runs are unchanged (cached), and the held-out figures moved from "
     "29% / 31% to the table's. Its misses now: the Lightning MLP and CNN (peak 2.4-2.6x the best, validation "
     "cross-entropies of 0.03-0.05 where that costs 29-91%), the held-out BERT (one seed's peak 8x too high, see "
-    "above) and the unscaled Lightning SGD (0.37x).")
+    "above) and the unscaled Lightning SGD (0.37x). "
+    "Then (2026-12-07) the Hugging Face callback's finder was found scoring its candidates by their last two "
+    "training losses although the Trainer had an `eval_dataset`: a Trainer hands its callbacks no eval "
+    "dataloader before its first evaluation, so `kwargs['eval_dataloader']` was always None in "
+    "`on_train_begin` (`lrkit.transformers.find_lr(trainer)` had used `trainer.get_eval_dataloader()` all "
+    "along). Seen in the held-out BERT's seed 0 above: its 6-step candidates on 16-example batches ranked "
+    "0.026 best on noise (0.65 against 0.69 at chance), the plan peaked at 0.0146 and the run ended at chance. "
+    "The callback now finds its Trainer among the callers of `on_train_begin` "
+    "(`lrkit.integrations.transformers.autopilot.owning_trainer`) and scores on its validation batches, as the "
+    "standalone finder does. Scored that way the BERT's candidates all sat at chance on two seeds of ten, and "
+    "the autopilot refused the model as untrainable, although its range-test loss rose 34-56% at high LRs: "
+    "`check_trainable` now counts a curve that rises 10% above its start as a loss that answers the weights, "
+    "as it already counted a candidate that got worse (unit test in tests/test_autopilot_core.py). Rerun of "
+    "the autopilot's runs (the peak grid cached): held-out BERT 28% -> 0.0% (every seed's peak 0.002), the "
+    "Trainer's SGD MLP 8.5% -> -5.0%, held-out median 18% -> 3.6%, worst unchanged (the Lightning MLP); "
+    "development: the BERT under accumulation 0.4% -> 0.1%, every other task unchanged.")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -141,6 +141,19 @@ def test_a_model_too_slow_for_the_short_runs_is_not_refused_when_its_loss_answer
                           method="unverified(no progress)", details={"candidates": cands[:3], "start_score": 0.6931})
     with pytest.raises(NotTrainable, match="none of the 3 candidate LRs"):
         check_trainable(frozen)
+    # the same flat candidates, scored on a validation set that six steps do not move, but a range
+    # test whose loss rose at its high LRs (a tiny BERT through the Trainer): the loss answers the weights
+    rising = losses.copy()
+    rising[-5:] = [0.70, 0.75, 0.85, 1.0, 1.3]
+    seen = FinderResult(lrs=lrs, losses=rising, smoothed_losses=rising, suggestion=1e-3,
+                        method="unverified(no progress)", details={"candidates": cands[:3], "start_score": 0.6931})
+    check_trainable(seen)
+    slight = rising.copy()
+    slight[-5:] = np.minimum(slight[-5:], 0.6931 * 1.09)  # up 9%: within a flat curve's wobble
+    with pytest.raises(NotTrainable, match="none of the 3 candidate LRs"):
+        check_trainable(FinderResult(lrs=lrs, losses=slight, smoothed_losses=slight, suggestion=1e-3,
+                                     method="unverified(no progress)",
+                                     details={"candidates": cands[:3], "start_score": 0.6931}))
 
 
 @pytest.mark.parametrize("name", ["Prodigy", "DAdaptAdam", "AdamWScheduleFree", "SGDScheduleFree"])

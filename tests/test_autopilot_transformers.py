@@ -64,6 +64,33 @@ def test_trains_with_no_learning_rate_and_logs_the_autopilots_lr(tmp_path):
     assert trainer.evaluate()["eval_loss"] < 1.0
 
 
+@pytest.mark.parametrize("with_eval", [True, False])
+def test_the_finder_scores_its_candidates_on_the_trainers_eval_dataset(tmp_path, with_eval):
+    """The Trainer hands its callbacks no eval dataloader before its first evaluation: the
+    callback finds the Trainer itself and scores the finder's candidates on its validation batches,
+    as lrkit.transformers.find_lr(trainer) does (without an eval_dataset: the training losses)."""
+    from lrkit.integrations.transformers.autopilot import owning_trainer
+
+    train, val = _data()
+    cb = AutopilotCallback(restart_on_overfit=False)
+    assert owning_trainer(cb) is None  # not inside a Trainer's event
+    trainer = transformers.Trainer(model=Clf(), args=_args(tmp_path, 200), train_dataset=train,
+                                   eval_dataset=val if with_eval else None, callbacks=[cb])
+    untrained = None
+    if with_eval:  # the untrained model's mean loss over the finder's at most 20 validation batches
+        model = trainer.model.eval()
+        with torch.no_grad():
+            losses = [float(model(**b)["loss"]) for _, b in zip(range(20), trainer.get_eval_dataloader())]
+        untrained = sum(losses) / len(losses)
+    trainer.train()
+    details = cb.finder.details
+    if with_eval:
+        assert details["score"] == "evaluate()"
+        assert details["start_score"] == pytest.approx(untrained, rel=1e-5)
+    else:
+        assert details["score"] == "mean training loss, last third" and details["start_score"] is None
+
+
 class NaNFrom(transformers.TrainerCallback):
     """Makes the inputs of optimizer step ``at`` NaN (its loss, gradients and update then are)."""
 

@@ -35,7 +35,7 @@ import numpy as np
 from lrkit import schedules as S
 from lrkit.autopilot import policy
 from lrkit.finder.inputs import UNSCALED_WARNING
-from lrkit.finder.verify import got_worse
+from lrkit.finder.verify import WORSE, got_worse
 from lrkit.scaling import FAMILIES, optimizer_family
 from lrkit.schedules.base import Schedule
 
@@ -143,14 +143,19 @@ def _flat_evidence(result: Any) -> tuple[bool, str]:
              f"{float(lrs[0]):.3g} .. {float(lrs[-1]):.3g}")
     if drop >= FLAT_DROP:
         return False, curve
+    if len(s) < MIN_EVIDENCE_POINTS:
+        # a handful of LRs (a run of ~100 steps gets a 10-point range test) cannot rule out every LR
+        return False, curve + " (too short a test to call the model untrainable)"
+    if float(np.max(s)) > start + WORSE * abs(start):
+        # the loss rose at the high LRs: it answers the weights, as a candidate that got worse says
+        # (a tiny BERT whose 6-step candidates, scored on its validation set, all sat at chance)
+        return False, curve + f", then rose to {float(np.max(s)):.4g}"
     details = getattr(result, "details", {}) or {}
     # a candidate run of a step or two cannot show progress: only longer ones are evidence
     candidates = [c for c in (details.get("candidates") or [])
                   if isinstance(c, dict) and int(c.get("steps") or 0) >= MIN_EVIDENCE_STEPS]
     if not candidates:
-        if len(s) >= MIN_EVIDENCE_POINTS:
-            return True, curve
-        return False, curve + " (too short a test to call the model untrainable)"
+        return True, curve
     start_score = details.get("start_score")
     scores = [c["score"] for c in candidates if c.get("score") is not None]
     if start_score is not None:
@@ -175,12 +180,16 @@ def check_trainable(result: Any) -> None:
     Flat means: the smoothed range-test loss never fell :data:`FLAT_DROP` (2%) below its start,
     *and* no verification candidate of at least :data:`MIN_EVIDENCE_STEPS` steps improved on the
     starting score by :data:`IMPROVE_TOL` (a pre-trained model can have a flat curve and still
-    improve; it passes), *and* none got worse either (:func:`lrkit.finder.suggest.got_worse`:
-    diverged, died or ended 2% above its start -- a loss that answers the weights belongs to a model
-    too slow to show progress in a short run, e.g. a transformer trained from scratch, not to one
-    whose loss does not depend on its parameters; it passes, and the finder's answer says it is
-    unverified). Without such candidates the curve alone decides, if it has at least
-    :data:`MIN_EVIDENCE_POINTS` points; a shorter test is not enough evidence and passes.
+    improve; it passes), *and* none got worse either (:func:`lrkit.finder.verify.got_worse`:
+    diverged, died or ended :data:`~lrkit.finder.verify.WORSE` (10%) above its start -- a loss that
+    answers the weights belongs to a model too slow to show progress in a short run, e.g. a
+    transformer trained from scratch, not to one whose loss does not depend on its parameters; it
+    passes, and the finder's answer says it is unverified), *and* the smoothed curve itself never
+    rose that far above its start at the high LRs (the same evidence, from the range test); without
+    such candidates the curve alone decides. A range test of fewer than :data:`MIN_EVIDENCE_POINTS`
+    points is not enough evidence and passes, candidates or not: a 100-step run gets a 10-point test
+    and 5-step candidates, in which a tiny BERT trained with SGD moves nowhere, though its loss
+    depends on its weights.
 
     Example:
         >>> import numpy as np

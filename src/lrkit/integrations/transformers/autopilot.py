@@ -3,7 +3,9 @@ r"""The LR autopilot as a Hugging Face ``TrainerCallback``: ``Trainer(..., callb
 No ``learning_rate`` to choose: whatever ``TrainingArguments.learning_rate`` says is ignored (only
 the ratios between param groups are kept). In ``on_train_begin`` the callback runs the finder (at
 most 30% of the run, ``state.max_steps``) on the ``Trainer``'s model and train dataloader (the
-model computes its own loss: ``model(**batch).loss``), decides the plan, and takes over the
+model computes its own loss: ``model(**batch).loss``) and, when the ``Trainer`` has an
+``eval_dataset``, scores its candidate runs on the batches of ``trainer.get_eval_dataloader()``
+(as ``lrkit.transformers.find_lr(trainer)`` does; :func:`owning_trainer`), decides the plan, and takes over the
 ``Trainer``'s ``LambdaLR``: its ``base_lrs`` become the group ratios :math:`r_g` and its lambda the
 autopilot's LR, so the ``Trainer`` keeps stepping its own scheduler and logs the autopilot's
 ``learning_rate``.
@@ -68,6 +70,40 @@ from lrkit.schedules.base import Schedule
 __all__ = ["AutopilotCallback"]
 
 _KEY = "lrkit_autopilot"
+
+
+def owning_trainer(callback: TrainerCallback, depth: int = 8) -> Any:
+    """The ``transformers.Trainer`` whose callbacks include ``callback``, found among the callers of
+    the event being handled (at most ``depth`` frames up), or ``None``.
+
+    A ``Trainer`` hands its callbacks the model, the optimizer and the train dataloader, but not
+    itself, and its ``eval_dataloader`` only once an evaluation has run: in ``on_train_begin`` the
+    validation set the finder should score its candidates on is reachable only through the
+    ``Trainer`` (``Trainer._inner_training_loop`` -> ``CallbackHandler.on_train_begin`` ->
+    ``call_event`` -> the callback). Without it the candidates were ranked by the mean of their
+    last two or three training losses: on a tiny BERT with 16-example batches, noise that sent one
+    seed's plan to 8x the best peak, a run that ended at chance (``benchmarks.autopilot_frameworks``).
+    """
+    import sys
+
+    from transformers import Trainer
+
+    frame = sys._getframe(1)
+    for _ in range(depth):
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, Trainer) and any(c is callback for c in owner.callback_handler.callbacks):
+            return owner
+        frame = frame.f_back
+    return None
+
+
+def _eval_loader(trainer: Any) -> Any:
+    """``trainer.get_eval_dataloader()`` when ``trainer`` has an ``eval_dataset``, else ``None``."""
+    if trainer is None or getattr(trainer, "eval_dataset", None) is None:
+        return None
+    return trainer.get_eval_dataloader()
 
 
 class _PilotLambda:
@@ -202,7 +238,7 @@ class AutopilotCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Tra
             steps = resolve_train_steps(state.max_steps if state.max_steps and state.max_steps > 0 else None,
                                         where="AutopilotCallback")
             self.finder = self._find(args, model, inner, kwargs.get("train_dataloader"),
-                                     kwargs.get("eval_dataloader"), steps)
+                                     kwargs.get("eval_dataloader") or _eval_loader(owning_trainer(self)), steps)
             plan = make_plan(self.finder, family=family, train_steps=steps, shape=self.shape,
                              peak_lr=self.peak_lr)
             ref = plan.finder_reference
