@@ -26,20 +26,17 @@ Run (about 6 minutes on two workers)::
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks._report import machine, publish
+from benchmarks._report import machine, task_pool_main
 from benchmarks.finder_regret import _capped, lrkit_answer
-from benchmarks.finder_tasks import DEV, HELDOUT, Task, TensorTrainer, available_tasks, initial_val_loss, train
+from benchmarks.finder_tasks import DEV, Task, TensorTrainer, available_tasks, initial_val_loss, train
 from lrkit import scaling
 from lrkit.finder import search
 from lrkit.finder._rules import classic_suggestions
@@ -148,34 +145,14 @@ def render(out: dict, seconds: float) -> str:
     return "\n".join(lines)
 
 
+def _line(name: str, row: dict, sec: float) -> str:
+    m = row["methods"]
+    return (f"{name} ({sec:.0f}s): best {row['best_lr']:.3g} lrkit {m['lrkit']['lrs']} "
+            + " ".join(f"{k}={max(v['regret']):+.3f}" for k, v in m.items()))
+
+
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--half", choices=("dev", "heldout", "both"), default="both")
-    ap.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    ap.add_argument("--no-write", action="store_true", help="do not write BENCHMARKS.md")
-    ap.add_argument("--render-only", action="store_true", help="re-render the section from the saved results")
-    args = ap.parse_args(argv)
-    if args.render_only:
-        saved = json.loads(OUT.read_text())
-        publish("finder-lion", render(saved["tasks"], saved["seconds"]), write=not args.no_write)
-        return saved["tasks"]
-    names = [n for n in (*DEV, *HELDOUT) if args.half == "both" or (n in DEV) == (args.half == "dev")]
-    tasks, skipped = available_tasks(names)
-    for msg in skipped:
-        print(msg)
-    out, seconds = {}, 0.0
-    with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
-        for name, row, sec in pool.map(_one, [t.name for t in tasks]):
-            out[name], seconds = row, seconds + sec
-            m = row["methods"]
-            print(f"{name} ({sec:.0f}s): best {row['best_lr']:.3g} lrkit {m['lrkit']['lrs']} "
-                  + " ".join(f"{k}={max(v['regret']):+.3f}" for k, v in m.items()), flush=True)
-    whole = args.half == "both" and not skipped
-    if whole:
-        RESULTS.mkdir(exist_ok=True)
-        OUT.write_text(json.dumps({"seconds": seconds, "tasks": out}, indent=1))
-    publish("finder-lion", render(out, seconds), write=whole and not args.no_write)
-    return out
+    return task_pool_main(argv, __doc__, section="finder-lion", out_path=OUT, one=_one, render=render, line=_line)
 
 
 if __name__ == "__main__":

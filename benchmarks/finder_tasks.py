@@ -74,6 +74,7 @@ import torch
 from torch import nn
 
 from lrkit.collapse import output_spread
+from lrkit.integrations.torch.trainer import SAMPLE_BATCHES, SAMPLE_ROWS
 
 SHARED_DATA = Path(os.environ.get("LRKIT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -126,6 +127,8 @@ class TensorTrainer:
         self.perm = torch.randperm(self.n, generator=self.gen)
         self.pos = 0
         self.steps = 0
+        self._sample: list = []  # the first batches drawn (sample_loss)
+        self._sample_rows = 0
 
     def _batch(self):
         b = self.task.batch_size
@@ -134,7 +137,11 @@ class TensorTrainer:
             self.pos = 0
         idx = self.perm[self.pos:self.pos + b]
         self.pos += b
-        return self.task.x_train[idx], self.task.y_train[idx]
+        x, y = self.task.x_train[idx], self.task.y_train[idx]
+        if self._sample_rows < SAMPLE_ROWS and len(self._sample) < SAMPLE_BATCHES:  # as TorchTrainer's
+            self._sample.append((x, y))
+            self._sample_rows += len(x)
+        return x, y
 
     def snapshot(self):
         return copy.deepcopy((self.model.state_dict(), self.optimizer.state_dict(), self.gen.get_state(),
@@ -180,6 +187,17 @@ class TensorTrainer:
         val = float(self.task.loss_fn(self.model(self.task.x_val), self.task.y_val))
         self.model.train()
         return val
+
+    @torch.no_grad()
+    def sample_loss(self) -> float | None:
+        """The protocol's optional fixed-sample loss, as ``TorchTrainer.sample_loss``: the mean loss
+        (eval mode) over the first training batches drawn (up to 256 examples or 8 batches)."""
+        if not self._sample:
+            return None
+        self.model.eval()
+        total = sum(float(self.task.loss_fn(self.model(x), y)) for x, y in self._sample)
+        self.model.train()
+        return total / len(self._sample)
 
     def evaluate(self) -> float | None:
         """The Trainer protocol's validation: ``None`` when the task hides it from the finder."""

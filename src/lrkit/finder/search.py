@@ -4,7 +4,7 @@ the caller's state, the bracketing walk in log-LR, the determinism probe) and th
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -46,12 +46,16 @@ MIN_PROGRESS = 0.01
 
 
 def run_candidate(trainer: Any, state: Any, lr: float, steps: int, ref_eval: float | None,
-                   check_collapse: bool = True, probe: bool = False) -> dict:
+                   check_collapse: bool = True, probe: bool = False,
+                   evaluate: Callable[[], float | None] | None = None) -> dict:
     """Restore, run ``steps`` constant-LR steps, score; always leaves the trainer restored.
     ``check_collapse``: reject a run whose model ends giving every input the same output (off when
     the starting model already does, e.g. a zero-initialised head, where a low LR is no death).
     ``probe``: when the run is accepted, :func:`deterministic_steps` on its trained model
-    (``"deterministic"`` in the result; its steps are not in ``"steps"``)."""
+    (``"deterministic"`` in the result; its steps are not in ``"steps"``). ``evaluate``: what scores
+    the run's end (default ``trainer.evaluate``; ``None`` from it: the mean of the run's last third
+    of training losses)."""
+    evaluate = trainer.evaluate if evaluate is None else evaluate
     trainer.restore(state)
     losses: list[float] = []
     reason = None
@@ -72,7 +76,7 @@ def run_candidate(trainer: Any, state: Any, lr: float, steps: int, ref_eval: flo
                 break
         score = start = None
         if reason is None:
-            val = trainer.evaluate()
+            val = evaluate()
             if val is not None and not math.isfinite(float(val)):
                 reason = "non-finite validation loss"
             elif val is not None:
@@ -144,8 +148,11 @@ class Search:
     """Step 3: a bracketing search over log-LR on the trainer, within a budget of steps."""
 
     def __init__(self, trainer: Any, state: Any, steps: int, budget: int, ref_eval: float | None,
-                 floor: float, ceiling: float, check_collapse: bool = True) -> None:
+                 floor: float, ceiling: float, check_collapse: bool = True,
+                 evaluate: Callable[[], float | None] | None = None, scored_by: str = "validation") -> None:
         self.trainer, self.state, self.steps, self.budget, self.ref_eval = trainer, state, steps, budget, ref_eval
+        self.evaluate = evaluate  # what scores a run's end (None: trainer.evaluate); see run_search
+        self.scored_by = scored_by if ref_eval is not None else "training loss"
         self.floor, self.ceiling = floor, ceiling
         self.results: list[dict] = []
         self.check_collapse = check_collapse
@@ -170,7 +177,7 @@ class Search:
         if not self.affordable() or self.tried(lr):
             return None
         r = run_candidate(self.trainer, self.state, lr, self.steps, self.ref_eval, self.check_collapse,
-                           probe=self.deterministic is None)
+                           probe=self.deterministic is None, evaluate=self.evaluate)
         if "deterministic" in r:
             self.deterministic = r.pop("deterministic")
         self.results.append(r)
@@ -333,16 +340,34 @@ def pick(search: Search) -> tuple[float, tuple[float, float], str, dict]:
 def run_search(trainer: Any, lr_top: float, lr_floor: float, lr_ceiling: float, steps: int, decade: float,
             budget: int) -> tuple[Search, int]:
     """The search of step 3 from the trainer's state (the determinism probe's steps included in
-    ``budget``): ``(search, steps used)``."""
+    ``budget``): ``(search, steps used)``.
+
+    Each candidate run is scored at its end by ``trainer.evaluate()`` (the validation loss); without
+    validation data, by the trainer's optional ``sample_loss()`` -- the loss on a fixed sample of
+    training batches, the same for every candidate (``TorchTrainer`` keeps the first ones it drew);
+    without either, by the mean of the run's last third of training losses. The last compares
+    candidates on a few batch losses of their own trajectories: with 6-step runs, two losses of
+    16-example batches, whose noise ranked a tiny BERT's candidates (the Hugging Face autopilot,
+    BENCHMARKS.md). Designed on the development half of ``benchmarks.finder_noval`` (the finder
+    benchmark's tasks with no validation set): 2.7% / 77% -> see BENCHMARKS.md."""
     state = getattr(trainer, "candidate_snapshot", trainer.snapshot)()  # optional: lrkit.finder.trainer
     try:
-        ref_eval = trainer.evaluate()
-        ref_eval = float(ref_eval) if ref_eval is not None and math.isfinite(float(ref_eval)) else None
+        evaluate, scored_by = trainer.evaluate, "validation"
+        ref_eval = _finite(evaluate())
+        sample = getattr(trainer, "sample_loss", None)
+        if ref_eval is None and callable(sample):
+            evaluate, scored_by = sample, "training sample"
+            ref_eval = _finite(evaluate())
         # a model that starts collapsed (a zero-initialised head) cannot be told dead
         search = Search(trainer, state, steps, budget, ref_eval, lr_floor, lr_ceiling,
-                         check_collapse=not model_collapsed(trainer))
+                         check_collapse=not model_collapsed(trainer), evaluate=evaluate, scored_by=scored_by)
         search.search(lr_top, decade)
     finally:
         trainer.restore(state)
         del state
     return search, search.spent()
+
+
+def _finite(value: Any) -> float | None:
+    """``value`` as a float when it is a finite number, else ``None``."""
+    return float(value) if value is not None and math.isfinite(float(value)) else None

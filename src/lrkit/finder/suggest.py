@@ -38,8 +38,10 @@ grid below :math:`\\eta_{\\min}` and, when it may drive the trainer, measures th
    :data:`MAX_CANDIDATES` :math:`\\times k`; ``find_lr(..., train_steps=T)`` gives it what the range
    test leaves of 30% of the run). Each candidate starts from the caller's state (``restore``), runs
    :math:`k` steps at its constant LR (a cold start, like the real run) and is scored by
-   ``trainer.evaluate()`` when it returns a number, else by the mean training loss of the last
-   third of its steps (every candidate sees the same batches). A candidate is rejected when a loss
+   ``trainer.evaluate()`` when it returns a number, else by the trainer's optional
+   ``sample_loss()`` (the loss on a fixed sample of training batches, the same for every
+   candidate), else by the mean training loss of the last third of its steps (every candidate
+   sees the same batches). A candidate is rejected when a loss
    is non-finite, when two consecutive losses exceed 4x the median :math:`m` of its first three
    (for :math:`m \\le 0`, a loss that goes negative:
    :func:`~lrkit.finder.range_test.divergence_bound` with the first three's spread below :math:`m`;

@@ -108,7 +108,8 @@ def verified_answer(trainer: Any, x: np.ndarray, rule_lr: float, prior_lr: float
     details["verify_steps_used"] = used
     details["deterministic_steps"] = deterministic = bool(search.deterministic)
     details["start_score"] = search.ref_eval
-    details["score"] = "evaluate()" if search.ref_eval is not None else "mean training loss, last third"
+    details["score"] = {"validation": "evaluate()", "training sample": "sample_loss()"}.get(
+        search.scored_by, "mean training loss, last third")
     dead = sorted(r["lr"] for r in search.results if r["rejected"] == DEAD)
     if dead:
         warnings.append(

@@ -108,7 +108,9 @@ def _why(result: Any) -> str:
     if cands:
         tried = len(cands)
         steps = d.get("verify_steps", "?")
-        score = "the validation loss" if d.get("score") == "evaluate()" else "the training loss"
+        score = {"evaluate()": "the validation loss",
+                 "sample_loss()": "the loss on a fixed sample of training batches"}.get(d.get("score"),
+                                                                                       "the training loss")
         text = (f"The range test raised the LR from {fmt(float(result.lrs[0]))} to {fmt(float(result.lrs[-1]))} "
                 f"and found the lowest smoothed loss at {fmt(rule.get('loss_min_lr'))}. Below it, {tried} candidate "
                 f"LRs were each trained for {steps} steps from the same cold start (the optimizer state your run "

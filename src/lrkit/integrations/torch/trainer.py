@@ -70,6 +70,17 @@ from lrkit.integrations.torch.groups import group_lr, reference_lr
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot, eval_mode
 from lrkit.integrations.torch.outputs import agreed_spread, first_tensor, tensor_spread
 
+#: the fixed sample of training batches :meth:`TorchTrainer.sample_loss` scores on: the first batches
+#: drawn, until they hold this many examples or number this many batches
+SAMPLE_ROWS, SAMPLE_BATCHES = 256, 8
+
+
+def _rows(batch: Any) -> int:
+    """Examples in a batch: the leading size of its first tensor (1 when it has none)."""
+    t = first_tensor(batch)
+    return int(t.shape[0]) if t is not None and t.ndim > 0 else 1
+
+
 __all__ = ["TorchTrainer", "find_lr"]
 
 
@@ -287,6 +298,8 @@ class TorchTrainer(RecyclingState):
         self.average_gradients = average_gradients
         self._iter: Iterator[Any] | None = None
         self._peeked: list[Any] = []  # a batch output_spread() read ahead, the next step's
+        self._sample: list[Any] = []  # the first batches drawn: sample_loss() scores on them
+        self._sample_rows = 0
         self._last_batch: Any = None  # the latest batch trained on (output_spread() reads it again)
 
     # -- Trainer protocol --------------------------------------------------------------------
@@ -399,6 +412,26 @@ class TorchTrainer(RecyclingState):
             raise ValueError("val_loader is empty")
         return self._reduce(torch.tensor(total / count))
 
+    def sample_loss(self) -> float | None:
+        """The Trainer protocol's optional fixed-sample loss: the mean loss (eval mode, no grad) over
+        the first training batches this trainer drew -- up to :data:`SAMPLE_ROWS` examples or
+        :data:`SAMPLE_BATCHES` batches, the same ones at every call (rank-averaged); ``None`` before
+        the first step. Without a validation set the finder scores its verification runs by it:
+        every candidate is then judged on the same examples at its end, not on the last few batch
+        losses of its own trajectory (:func:`lrkit.finder.search.run_search`)."""
+        if not self._sample:
+            return None
+        total = 0.0
+        with eval_mode(self.model), torch.no_grad(), self._autocast():
+            for batch in self._sample:
+                total += float(self._check_loss(self._eval_loss(batch)).float())
+        return self._reduce(torch.tensor(total / len(self._sample)))
+
+    def _keep_for_sample(self, batch: Any) -> None:
+        if self._sample_rows < SAMPLE_ROWS and len(self._sample) < SAMPLE_BATCHES:
+            self._sample.append(batch)
+            self._sample_rows += _rows(batch)
+
     def output_spread(self) -> float | None:
         """How much the model's outputs vary over the examples of one batch (the first validation
         batch, else the latest training batch, or the next one read ahead -- no training batch is
@@ -433,13 +466,15 @@ class TorchTrainer(RecyclingState):
         if self._iter is None:
             self._iter = iter(self.train_loader)
         try:
-            return next(self._iter)
+            batch = next(self._iter)
         except StopIteration:
             self._iter = iter(self.train_loader)  # cycle
             try:
-                return next(self._iter)
+                batch = next(self._iter)
             except StopIteration:
                 raise ValueError("train_loader is empty (it yielded no batch)") from None
+        self._keep_for_sample(batch)
+        return batch
 
     def _default_loss(self, batch: Any) -> torch.Tensor:
         model = self.model

@@ -1,0 +1,111 @@
+"""The finder without a validation set: every finder-benchmark task, its finder given only the training data.
+
+``find_lr(model, optimizer, loss_fn, train_loader, train_steps=T)`` with no ``val_loader`` is how
+many users call it (a first try, a script without a held-out split, the Hugging Face
+``AutopilotCallback`` before it found the ``Trainer``'s ``eval_dataset``). Its verification runs are
+then scored by their own training losses -- the mean of the last third of a run of a few to a few
+tens of steps, batch noise included -- where the main finder table (``benchmarks.finder_regret``)
+gives all but two tasks their validation set. This benchmark measures that path on the same tasks,
+the same oracle and the same fixed split (:data:`benchmarks.finder_tasks.DEV` / ``HELDOUT``):
+
+* **Oracle.** The main table's (``benchmarks/results/finder_oracle.json``; trained here when absent).
+* **Methods**, per seed :data:`SEEDS`: ``lrkit_val`` -- the finder as the main table runs it (the
+  validation set where the task gives it); ``lrkit_noval`` -- the same call with no validation set.
+* **Regret** = (mean validation loss over the seeds at the method's LRs - oracle) / oracle, as in the
+  main table; median and worst over the tasks.
+
+Run (about 10 minutes on two workers)::
+
+    python -m benchmarks.finder_noval                 # both halves, writes BENCHMARKS.md
+    python -m benchmarks.finder_noval --half dev --no-write
+    python -m benchmarks.finder_noval --render-only   # the section from results/finder_noval.json
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks._report import machine, task_pool_main
+from benchmarks.finder_regret import ORACLE_CACHE, SEEDS, _capped, lrkit_answer, oracle
+from benchmarks.finder_tasks import DEV, available_tasks, initial_val_loss, train
+
+METHODS = ("lrkit_val", "lrkit_noval")
+RESULTS = Path(__file__).resolve().parent / "results"
+OUT = RESULTS / "finder_noval.json"
+
+
+def _one(name: str) -> tuple[str, dict, float]:
+    torch.set_num_threads(1)
+    t0 = time.time()
+    (task,), _ = available_tasks([name])
+    cap = initial_val_loss(task)
+    cache = json.loads(ORACLE_CACHE.read_text()) if ORACLE_CACHE.exists() else {}
+    orc = oracle(task, cap, cache)  # cached: the main table's
+    variants = {"lrkit_val": task, "lrkit_noval": dataclasses.replace(task, finder_val=False)}
+    methods: dict[str, dict] = {m: {"lrs": [], "vals": [], "how": [], "cost": []} for m in METHODS}
+    for seed in SEEDS:
+        for m, t in variants.items():
+            sug, cost = lrkit_answer(t, seed)
+            val, _ = train(task, float(sug.lr), seed)
+            entry = methods[m]
+            entry["lrs"].append(float(sug.lr))
+            entry["vals"].append(_capped(val, cap))
+            entry["how"].append(sug.method)
+            entry["cost"].append(cost / task.budget)
+    for entry in methods.values():
+        entry["regret"] = float(np.mean(entry["vals"])) / orc["best_val"] - 1
+        entry["ratio"] = float(np.exp(np.mean(np.log(entry["lrs"])))) / orc["best_lr"]
+    row = {"half": "dev" if name in DEV else "heldout", "oracle_lr": orc["best_lr"], "oracle_val": orc["best_val"],
+           "finder_val": task.finder_val, "methods": methods}
+    return name, row, time.time() - t0
+
+
+def render(out: dict, seconds: float) -> str:
+    lines = ["## The finder without a validation set", "",
+             "Every task of the finder benchmark, its finder called with the training data only (`find_lr(..., "
+             "train_steps=T)` and no `val_loader`: its verification runs are scored by the mean of their last "
+             "third of training losses) beside the same call as the main table makes it (`lrkit_val`: the "
+             f"validation set where the task gives it). Seeds {list(SEEDS)}; the main table's oracle and regret; "
+             "the same split.", "",
+             f"Command: `python -m benchmarks.finder_noval` ({seconds / 60:.0f} min of work on {machine()}).", ""]
+    for half, title in (("heldout", "Held-out half (the headline)"), ("dev", "Development half")):
+        names = [n for n in sorted(out) if out[n]["half"] == half]
+        if not names:
+            continue
+        lines += [f"### {title}: {len(names)} tasks", "", "| method | median regret | worst regret | cost (max) |",
+                  "|---|---:|---:|---:|"]
+        for m in METHODS:
+            reg = [out[n]["methods"][m]["regret"] for n in names]
+            cost = max(max(out[n]["methods"][m]["cost"]) for n in names)
+            lines.append(f"| {m} | {100 * np.median(reg):.1f}% | {100 * max(reg):.0f}% | {100 * cost:.0f}% |")
+        lines += ["", "| task | oracle LR | lrkit_val (LR / oracle) | lrkit_noval (LR / oracle) |", "|---|---:|---:|---:|"]
+        for n in names:
+            r = out[n]["methods"]
+            cells = [f"{100 * r[m]['regret']:.1f}% ({r[m]['ratio']:.2g}x)" for m in METHODS]
+            note = "" if out[n]["finder_val"] else " (no validation in either)"
+            lines.append(f"| {n}{note} | {out[n]['oracle_lr']:.2g} | {cells[0]} | {cells[1]} |")
+        lines.append("")
+    lines.append(NOTES)
+    return "\n".join(lines)
+
+
+NOTES = ""
+
+
+def _line(name: str, row: dict, sec: float) -> str:
+    return (f"{name} ({sec:.0f}s): oracle {row['oracle_lr']:.3g} "
+            + " ".join(f"{k}={v['regret']:+.3f} ({v['ratio']:.2g}x)" for k, v in row["methods"].items()))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return task_pool_main(argv, __doc__, section="finder-noval", out_path=OUT, one=_one, render=render, line=_line)
+
+
+if __name__ == "__main__":
+    sys.exit(main() and 0)
