@@ -109,9 +109,9 @@ NOTES = (
     "regression 52% -> 3.3%, the CNN 65% -> 30%; the unscaled logistic regression 7.6% -> 67%, where the "
     "old scoring's answer had been the luckier one). The two tasks the main table gives no validation set "
     "read the same in both columns; the full-batch logistic regression moved with the change (its sample "
-    "is its one batch, scored in eval mode at the run's end: 19% -> 24%). Keras and optax trainers have no "
-    "`sample_loss` yet: without `val_data` / `val_batches` their candidates are still scored by their last "
-    "training losses.")
+    "is its one batch, scored in eval mode at the run's end: 19% -> 24%). The Keras and optax trainers score "
+    "the same way without `val_data` / validation batches (`KerasTrainer.sample_loss`, "
+    "`OptaxTrainer.sample_loss`; not measured here: these tasks are torch).")
 
 
 def _line(name: str, row: dict, sec: float) -> str:

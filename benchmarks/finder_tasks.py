@@ -74,7 +74,7 @@ import torch
 from torch import nn
 
 from lrkit.collapse import output_spread
-from lrkit.integrations.torch.trainer import SAMPLE_BATCHES, SAMPLE_ROWS
+from lrkit.finder.search import SAMPLE_BATCHES, SAMPLE_ROWS
 
 SHARED_DATA = Path(os.environ.get("LRKIT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

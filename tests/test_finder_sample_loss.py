@@ -8,8 +8,8 @@ torch = pytest.importorskip("torch")
 
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from lrkit.finder.search import run_search  # noqa: E402
-from lrkit.integrations.torch.trainer import SAMPLE_BATCHES, SAMPLE_ROWS, TorchTrainer, find_lr  # noqa: E402
+from lrkit.finder.search import SAMPLE_BATCHES, SAMPLE_ROWS, run_search  # noqa: E402
+from lrkit.integrations.torch.trainer import TorchTrainer, find_lr  # noqa: E402
 
 
 def _task(n=512, batch=32, seed=0):

@@ -690,3 +690,23 @@ def test_jax_backend_in_a_subprocess():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("ok")
+
+
+def test_sample_loss_scores_the_first_batches_drawn_and_the_finder_uses_it_without_val_data():
+    """Without val_data the verification runs are scored on the first training batches drawn (up to
+    SAMPLE_ROWS examples), the same at every call, as model.evaluate would score them."""
+    from lrkit.finder.search import SAMPLE_ROWS
+
+    model = make_model("adam", bn=False, dropout=False)
+    x, y = make_data(n=512)
+    t = KerasTrainer(model, x, y, batch_size=48)
+    assert t.sample_loss() is None
+    for _ in range(8):
+        t.step(1e-3)
+    rows = -(-SAMPLE_ROWS // 48) * 48  # whole batches, until they hold SAMPLE_ROWS examples
+    ref = float(model.evaluate(x[:rows], y[:rows], batch_size=48, verbose=0, return_dict=True)["loss"])
+    assert t.sample_loss() == pytest.approx(ref, rel=1e-5)
+    res = find_lr_keras(make_model("adam", bn=False, dropout=False), x, y, batch_size=32, train_steps=400,
+                        progress=False)
+    assert res.details["score"] == "sample_loss()"
+    assert len({c["start"] for c in res.details["candidates"]}) == 1  # one sample, one start for all

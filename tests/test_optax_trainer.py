@@ -152,10 +152,13 @@ def test_a_50_step_range_test_compiles_the_step_once(form):
                         progress=lambda i, lr, l: steps.append(lr), verify=False)
     assert len(steps) == len(res.lrs) == 50 and steps == res.lrs.tolist()
     assert traces["n"] == 1
-    # the same loss and optimizer again (with verification runs this time): the compiled step is reused
-    find_lr_optax(loss, params, opt, regression_batches(seed=1), start_lr=1e-4, end_lr=1e-1, num_iter=50,
-                  progress=False, verify_steps=10)
-    assert traces["n"] == 1
+    # the same loss and optimizer again (with verification runs this time): the compiled step is reused,
+    # and the loss alone is compiled once more for the verification's scores (no validation batches:
+    # the fixed sample of training batches, sample_loss)
+    for seed in (1, 2):
+        find_lr_optax(loss, params, opt, regression_batches(seed=seed), start_lr=1e-4, end_lr=1e-1, num_iter=50,
+                      progress=False, verify_steps=10)
+        assert traces["n"] == 2
 
 
 def test_an_unhashable_loss_is_compiled_without_the_cache():
@@ -578,3 +581,23 @@ def test_the_short_run_factor_follows_full_batch_training_with_a_zero_head(batch
     assert res.details["run_shape"]["many_epochs"] is True and res.details["many_epochs_factor"] == 5.0
     factor = res.details["short_run_factor"] * res.details["many_epochs_factor"]
     assert res.suggestion == pytest.approx(res.details["short_run_optimum"] / factor)
+
+
+def test_sample_loss_scores_the_first_batches_drawn_and_the_finder_uses_it_without_val_batches(digits):
+    """Without validation batches the verification runs are scored on the first training batches
+    drawn (up to SAMPLE_ROWS examples): the same batches at every call."""
+    from lrkit.finder.search import SAMPLE_ROWS
+    from lrkit.integrations.jax.trainer import OptaxTrainer
+
+    train, _ = digits
+    t = OptaxTrainer(mlp_loss, init_mlp(), optax.adam, train)
+    assert t.sample_loss() is None
+    for _ in range(6):
+        t.step(1e-3)
+    k = -(-SAMPLE_ROWS // 64)  # 64-example batches
+    want = float(np.mean([float(mlp_loss(t.params, b)) for b in train[:k]]))
+    assert t.sample_loss() == pytest.approx(want, rel=1e-5)
+    res = find_lr_optax(mlp_loss, init_mlp(), optax.adam, train, train_steps=400, progress=False)
+    assert res.details["score"] == "sample_loss()"
+    assert len({c["start"] for c in res.details["candidates"]}) == 1
+

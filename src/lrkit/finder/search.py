@@ -39,6 +39,10 @@ PROBE_STEPS = 2
 PROBE_LR = 1e-30
 #: losses of the probe within this relative difference are the same loss
 DETERMINISTIC_TOL = 1e-5
+#: the fixed sample of training batches a trainer's optional ``sample_loss()`` scores on (see
+#: :func:`run_search`): the first batches it drew, until they hold this many examples or number this
+#: many batches
+SAMPLE_ROWS, SAMPLE_BATCHES = 256, 8
 #: scores within this relative difference tie (the lower LR is then preferred).
 TIE_TOL = 1e-3
 #: a verification whose best candidate improves its start score by less than this is no verification.

@@ -63,6 +63,7 @@ from lrkit import scaling
 from lrkit.finder.range_test import find, plan_budget, plan_verify_budget
 from lrkit.finder.regime import length_of, trainer_shape
 from lrkit.finder.result import FinderResult
+from lrkit.finder.search import SAMPLE_BATCHES, SAMPLE_ROWS
 from lrkit.integrations._progress import progress_bar, progress_context, watched  # noqa: F401 - progress_bar re-exported (the CLI imports it)
 from lrkit.integrations.torch.dist import average_gradients as _average_gradients
 from lrkit.integrations.torch.dist import distributed as _distributed, rank_agree, rank_mean
@@ -70,9 +71,6 @@ from lrkit.integrations.torch.groups import group_lr, reference_lr
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot, eval_mode
 from lrkit.integrations.torch.outputs import agreed_spread, first_tensor, tensor_spread
 
-#: the fixed sample of training batches :meth:`TorchTrainer.sample_loss` scores on: the first batches
-#: drawn, until they hold this many examples or number this many batches
-SAMPLE_ROWS, SAMPLE_BATCHES = 256, 8
 
 
 def _rows(batch: Any) -> int:
