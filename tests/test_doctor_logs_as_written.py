@@ -260,8 +260,12 @@ def test_a_flat_loss_whose_validation_loss_swings_is_too_high_not_too_low(tmp_pa
     assert thrash.verdict == "diverging" and thrash.evidence["val_swing"] > 0.05
     assert thrash.advice[0].startswith("lower the LR") and "validation loss jumps by" in thrash.message
     slow = diagnose(_lightning_csv(tmp_path / "b.csv", train, [2.3073 - 0.001 * e for e in range(8)]))
-    assert slow.verdict == "flat" and slow.advice[0].startswith("raise the LR")
+    assert slow.verdict == "flat" and slow.advice[1].startswith("raise the LR")
     assert "val_swing" not in slow.evidence
+    # the log starts at step 49: an LR that stopped the network before it reads flat too -- the range
+    # test first, and the message counts logged losses, not steps
+    assert slow.advice[0].startswith("run an LR range test")
+    assert "7 logged losses (steps 49-349)" in slow.message and "The log starts at step 49" in slow.message
 
 
 def test_a_real_lightning_run_at_an_absurd_lr_is_not_advised_a_higher_one(tmp_path):

@@ -135,5 +135,6 @@ def _said(d: Diagnosis, evals: int, losses: int) -> Diagnosis:
     """``d`` saying that it was read from ``evals`` validation losses, the log holding ``losses`` training losses."""
     held = "no training loss" if losses == 0 else f"only {losses} training loss" + ("es" if losses > 1 else "")
     head = f"Read from the validation loss ({evals} evaluations; the log holds {held}): "
-    return replace(d, message=head + d.message, evidence={**d.evidence, "validation_evaluations": float(evals)})
+    message = head + d.message.replace(" logged losses (steps", " evaluations (steps")
+    return replace(d, message=message, evidence={**d.evidence, "validation_evaluations": float(evals)})
 

@@ -123,6 +123,13 @@ VAL_MIN_EVALS, VAL_KEEP = 5, 10
 FROZEN_REL, FROZEN_ROWS = 1e-6, 4
 
 
+#: a log whose first loss is at this step or later hides the run's start: a flat verdict then says
+#: that an LR which killed the network in those steps reads the same (Lightning's default
+#: ``log_every_n_steps=50``: SGD-momentum at LR 1 and Adam at 0.1-1 on raw digits pixels, dead
+#: before step 49, read flat and were advised to raise the LR; a 10x lower LR reads the same)
+UNSEEN_START = 20
+
+
 def _fall(rel: float) -> float:
     """A relative decrease ``rel`` as a fall of the log-loss, :math:`-\\ln(1 - rel)` (rel < 1)."""
     return -math.log(1.0 - min(rel, 1.0 - 1e-12))
@@ -359,7 +366,17 @@ class Flat(Sign):
                 f"The loss is flat: it has not changed at all over its last {finding.evidence['frozen_rows']:.0f} "
                 "logged values (to 1 part in a million): no weight moves. Check that gradients reach the "
                 "parameters before raising the LR.")
-        return advice, f"The loss is flat: it moved {100 * rel:.1f}% of its initial level in {self.track.n} steps."
+        t = self.track
+        first, n = t.first_step, t.n
+        span = f"{n} steps" if first is None or step - first + 1 == n else f"{n} logged losses (steps {first}-{step})"
+        said = f"The loss is flat: it moved {100 * rel:.1f}% of its initial level in {span}."
+        if first is not None and first >= UNSEEN_START:
+            # the log starts late: an LR that stopped the network in the unseen steps reads flat too
+            said += (f" The log starts at step {first}: a run whose LR killed or saturated the network in its "
+                     "first steps sits just as still, so look at those steps (log every step) or run a range "
+                     "test before raising the LR.")
+            advice = (advice[1], advice[0], *advice[2:])
+        return advice, said
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -206,9 +206,6 @@ class AutopilotCallback(pl.Callback):
                                      "{'loss': tensor}) for the finder")
             return loss
 
-        def val_fn(model: Any, batch: Any) -> torch.Tensor:
-            return step_fn(model, batch)
-
         clip = trainer.gradient_clip_val if trainer.gradient_clip_algorithm in (None, "norm") else None
         with _Quiet(pl_module):
             return find_lr(pl_module, opt, None, loader, val_loader=val, step_fn=step_fn, train_steps=steps,
