@@ -68,7 +68,7 @@ def test_trains_with_no_learning_rate_and_logs_the_autopilots_lr(tmp_path):
 def test_the_finder_scores_its_candidates_on_the_trainers_eval_dataset(tmp_path, with_eval):
     """The Trainer hands its callbacks no eval dataloader before its first evaluation: the
     callback finds the Trainer itself and scores the finder's candidates on its validation batches,
-    as lrkit.transformers.find_lr(trainer) does (without an eval_dataset: the training losses)."""
+    as lrkit.transformers.find_lr(trainer) does (without an eval_dataset: a fixed sample of training batches)."""
     from lrkit.integrations.transformers.autopilot import owning_trainer
 
     train, val = _data()
@@ -88,7 +88,7 @@ def test_the_finder_scores_its_candidates_on_the_trainers_eval_dataset(tmp_path,
         assert details["score"] == "evaluate()"
         assert details["start_score"] == pytest.approx(untrained, rel=1e-5)
     else:
-        assert details["score"] == "mean training loss, last third" and details["start_score"] is None
+        assert details["score"] == "sample_loss()"  # no eval_dataset: the first training batches drawn
 
 
 class NaNFrom(transformers.TrainerCallback):
