@@ -81,3 +81,15 @@ def test_a_trainer_without_sample_loss_keeps_scoring_by_its_training_losses():
     assert search.scored_by == "training loss" and search.ref_eval is None
     starts = {c["start"] for c in search.results if c["start"] is not None}
     assert len(starts) > 1  # each run's start is the median of its own first three training losses
+
+
+def test_the_summary_says_what_the_verification_runs_were_scored_on():
+    model, loader = _task()
+    res = find_lr(model, torch.optim.Adam(model.parameters(), lr=1e-3), torch.nn.functional.cross_entropy, loader,
+                  train_steps=400, progress=False)
+    line = next(x for x in res.summary().splitlines() if x.startswith("verification:"))
+    assert f"{len(res.details['candidates'])} short runs" in line and "fixed sample" in line and "pass one" in line
+    model2, loader2 = _task()
+    with_val = find_lr(model2, torch.optim.Adam(model2.parameters(), lr=1e-3), torch.nn.functional.cross_entropy,
+                       loader2, val_loader=loader2, train_steps=400, progress=False)
+    assert "scored on the validation set" in with_val.summary()

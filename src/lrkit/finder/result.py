@@ -60,6 +60,15 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.3g}"
 
 
+#: what the verification runs were scored on (``details["score"]``), in words
+SCORED_ON = {
+    "evaluate()": "the validation set",
+    "sample_loss()": "a fixed sample of the first training batches (no validation set given: pass one for a "
+                     "score the runs have not trained on)",
+    "mean training loss, last third": "their own last training losses (no validation set given: pass one)",
+}
+
+
 @dataclass(frozen=True, eq=False)
 class FinderResult:
     """The outcome of :func:`lrkit.find_lr` (or :func:`lrkit.finder.range_test.find`).
@@ -159,6 +168,10 @@ class FinderResult:
             budget = (self.details.get("grid") or {}).get("budget_steps")
             rows.append(("cost", f"{cost} optimizer steps (range test {cost - used}, verification {used}"
                          + (f" of at most {budget}" if budget is not None else "") + ")"))
+        scored = SCORED_ON.get(self.details.get("score"))
+        if scored is not None and self.details.get("candidates"):
+            rows.append(("verification", f"{len(self.details['candidates'])} short runs of "
+                         f"{self.details.get('verify_steps', '?')} steps, scored on {scored}"))
         plan = self.details.get("budget") or {}
         if plan and not plan.get("sized_by_train_steps"):
             rows.append(("budget", f"at most {plan['max_steps']} steps, not sized to your run; pass train_steps= "
