@@ -137,3 +137,40 @@ def test_a_group_frozen_at_lr_0_stays_frozen_through_the_finder(tmp_path):
     assert len(ramp) >= 30 and all(lrs[0] == 0.0 for lrs in model.steps)
     assert all(torch.equal(a, b) for a, b in zip(model.net[0].parameters(), frozen))
     assert model.hparams.lr == finder.result.suggestion
+
+
+def val_loader(seed=2):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(64, 6, generator=g)
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.sin(x[:, :1]) + 0.5 * x[:, 1:2]),
+                                       batch_size=32)
+
+
+class WithVal(Regression):
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", torch.nn.functional.mse_loss(self.net(x), y))
+
+
+@pytest.mark.parametrize("how", ["fit", "module", "off", "none"])
+def test_the_verification_runs_are_scored_on_the_fits_validation_loader(tmp_path, how):
+    """As the autopilot's finder: on the first validation loader of fit (passed to it or a module's
+    val_dataloader), which on_fit_start comes before Lightning loads; with none, or validation off,
+    on a fixed sample of training batches."""
+    torch.manual_seed(0)
+    model = WithVal(total_steps=300)
+    if how == "module":
+        model.val_dataloader = lambda: val_loader()
+    finder = LRFinder(progress=False)
+    trainer = pl.Trainer(max_steps=300, callbacks=[finder], logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                         accelerator="cpu", limit_val_batches=0 if how == "off" else 1.0, num_sanity_val_steps=0)
+    trainer.fit(model, train_dataloaders=loader(), val_dataloaders=val_loader() if how in ("fit", "off") else None)
+    d = finder.result.details
+    assert d["score"] == ("evaluate()" if how in ("fit", "module") else "sample_loss()")
+    if how in ("fit", "module"):  # the untrained model's validation loss (training_step's MSE, eval mode)
+        torch.manual_seed(0)
+        fresh = WithVal(total_steps=300).eval()
+        with torch.no_grad():
+            want = sum(float(torch.nn.functional.mse_loss(fresh.net(x), y)) for x, y in val_loader()) / 2
+        assert d["start_score"] == pytest.approx(want, rel=1e-5)

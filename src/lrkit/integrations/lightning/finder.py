@@ -8,6 +8,8 @@ lrkit's range test (with its verification runs) on
 * the training batches of ``fit`` (a ``DataModule``, the module's ``train_dataloader`` or the
   loaders passed to ``fit``), moved to the device by the strategy,
 * the loss of your own ``training_step(batch, batch_idx)`` (a tensor or a dict with ``"loss"``),
+  which also scores the verification runs on the first validation loader of ``fit`` (eval mode, at
+  most 20 batches; with none, or ``limit_val_batches=0``, on a fixed sample of training batches),
 * ``accumulate_grad_batches`` and ``gradient_clip_val`` (norm clipping),
 * the run's length (``trainer.estimated_stepping_batches``) for the finder's budget,
 
@@ -51,6 +53,24 @@ from lrkit.integrations.torch.trainer import find_lr as _find_lr_torch
 __all__ = ["LRFinder"]
 
 _TAKEN = ("step_fn", "accumulation_steps", "grad_clip_norm", "loss_fn", "val_loader")
+
+
+def _fit_val_loader(trainer: pl.Trainer) -> Any:
+    """The first validation loader of ``fit`` (passed to it, or a module's or DataModule's
+    ``val_dataloader``), or ``None``: none defined, or validation off (``limit_val_batches=0``).
+    Read from the source Lightning will load it from (``on_fit_start`` comes before the fit loop
+    loads its data), as the training loader is."""
+    if not trainer.limit_val_batches:
+        return None
+    source = getattr(trainer.fit_loop.epoch_loop.val_loop, "_data_source", None)
+    if source is None or not source.is_defined() or getattr(source, "instance", None) is None:
+        return None
+    loaders = source.dataloader()
+    if isinstance(loaders, dict):
+        loaders = list(loaders.values())
+    if isinstance(loaders, (list, tuple)):
+        loaders = loaders[0] if loaders else None
+    return loaders
 
 
 def _lr_attribute(module: Any, attr_name: str) -> str:
@@ -152,6 +172,7 @@ class LRFinder(pl.Callback):
                              "optimizers, None, loader, step_fn=...) yourself with your update")
         attr = _lr_attribute(pl_module, self.attr_name) if self.write else None
         loader = trainer.fit_loop._data_source.dataloader()
+        val = _fit_val_loader(trainer)
         counter = itertools.count()
 
         # with several processes through the strategy (its DDP wrapper averages the gradients over
@@ -177,7 +198,7 @@ class LRFinder(pl.Callback):
             # the schedulers configure_optimizers attached are built again below
             warnings.filterwarnings("ignore", message="the optimizer has an LR scheduler attached")
             self.result = _find_lr_torch(
-                pl_module, optimizer, None, loader, step_fn=step_fn,
+                pl_module, optimizer, None, loader, val_loader=val, step_fn=step_fn,
                 accumulation_steps=int(trainer.accumulate_grad_batches),
                 grad_clip_norm=float(clip) if clip else None, train_steps=train_steps, **self.kwargs)
         if attr is not None:
