@@ -120,3 +120,19 @@ def test_the_trainers_epochs_reach_the_finder_as_the_runs_shape(tmp_path):
     assert shape["params_per_example"] == pytest.approx(params / 96) and shape["many_epochs"] is True
     assert any("30 passes over its 96 training examples" in w for w in result.details["warnings"])
     assert "30 passes over its 96 training examples" in result.summary()
+
+
+def test_several_eval_datasets_score_on_the_first(tmp_path):
+    """An eval_dataset dict (the Trainer evaluates each under its name): the finder scores on the first,
+    not on the dict as if it were one dataset."""
+    from lrkit.integrations.transformers.finder import eval_loader
+
+    trainer = make_trainer(tmp_path)
+    first = trainer.eval_dataset
+    trainer.eval_dataset = {"first": first, "other": Pairs(16, 7)}
+    loader = eval_loader(trainer)
+    assert loader.dataset is first
+    result = lt.find_lr(trainer, train_steps=300, progress=False)
+    assert result.details["score"] == "evaluate()" and result.details["start_score"] > 0
+    trainer.eval_dataset = None
+    assert eval_loader(trainer) is None and eval_loader(None) is None

@@ -72,7 +72,6 @@ from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot, eval_m
 from lrkit.integrations.torch.outputs import agreed_spread, first_tensor, tensor_spread
 
 
-
 def _rows(batch: Any) -> int:
     """Examples in a batch: the leading size of its first tensor (1 when it has none)."""
     t = first_tensor(batch)

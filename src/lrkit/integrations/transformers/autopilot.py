@@ -63,6 +63,7 @@ from lrkit.collapse import check_every_arg
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 from lrkit.integrations.transformers.callback import (RefreshedBeforeSaves, _expected_logs, _guard_blockers,
                                                       _initial_loss)
+from lrkit.integrations.transformers.finder import eval_loader
 from lrkit.integrations.transformers.outputs import ProbesOutputs
 from lrkit.integrations.transformers.skips import HoldsStepSkips, StepSkips
 from lrkit.schedules.base import Schedule
@@ -80,9 +81,10 @@ def owning_trainer(callback: TrainerCallback, depth: int = 8) -> Any:
     itself, and its ``eval_dataloader`` only once an evaluation has run: in ``on_train_begin`` the
     validation set the finder should score its candidates on is reachable only through the
     ``Trainer`` (``Trainer._inner_training_loop`` -> ``CallbackHandler.on_train_begin`` ->
-    ``call_event`` -> the callback). Without it the candidates were ranked by the mean of their
-    last two or three training losses: on a tiny BERT with 16-example batches, noise that sent one
-    seed's plan to 8x the best peak, a run that ended at chance (``benchmarks.autopilot_frameworks``).
+    ``call_event`` -> the callback). Until 2026-12-07 the callback did without, and its candidates
+    were ranked by the mean of their last two or three training losses: on a tiny BERT with
+    16-example batches, noise that sent one seed's plan to 8x the best peak, a run that ended at
+    chance (``benchmarks.autopilot_frameworks``).
     """
     import sys
 
@@ -97,13 +99,6 @@ def owning_trainer(callback: TrainerCallback, depth: int = 8) -> Any:
             return owner
         frame = frame.f_back
     return None
-
-
-def _eval_loader(trainer: Any) -> Any:
-    """``trainer.get_eval_dataloader()`` when ``trainer`` has an ``eval_dataset``, else ``None``."""
-    if trainer is None or getattr(trainer, "eval_dataset", None) is None:
-        return None
-    return trainer.get_eval_dataloader()
 
 
 class _PilotLambda:
@@ -238,7 +233,7 @@ class AutopilotCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Tra
             steps = resolve_train_steps(state.max_steps if state.max_steps and state.max_steps > 0 else None,
                                         where="AutopilotCallback")
             self.finder = self._find(args, model, inner, kwargs.get("train_dataloader"),
-                                     kwargs.get("eval_dataloader") or _eval_loader(owning_trainer(self)), steps)
+                                     kwargs.get("eval_dataloader") or eval_loader(owning_trainer(self)), steps)
             plan = make_plan(self.finder, family=family, train_steps=steps, shape=self.shape,
                              peak_lr=self.peak_lr)
             ref = plan.finder_reference

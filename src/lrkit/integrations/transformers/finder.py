@@ -66,6 +66,18 @@ def _train_steps(trainer: Any, loader: Any) -> int | None:
     return max(int(math.ceil(per_epoch * float(args.num_train_epochs))), 1)
 
 
+def eval_loader(trainer: Any) -> Any:
+    """The validation batches the finder scores on: ``trainer.get_eval_dataloader()`` for its
+    ``eval_dataset`` -- the first one when it is a dict of several (the Trainer evaluates each
+    under its name) -- or ``None`` without one (or without a Trainer)."""
+    evals = getattr(trainer, "eval_dataset", None)
+    if evals is None:
+        return None
+    if isinstance(evals, dict):
+        return trainer.get_eval_dataloader(next(iter(evals))) if evals else None
+    return trainer.get_eval_dataloader()
+
+
 def find_lr(trainer: Any, *, write: bool = True, train_steps: int | None = None,
             **kwargs: Any) -> FinderResult:
     r"""Find the LR of a Hugging Face ``Trainer`` and (by default) write it into ``trainer.args``.
@@ -117,7 +129,7 @@ def find_lr(trainer: Any, *, write: bool = True, train_steps: int | None = None,
     optimizer = trainer.optimizer if own_optimizer else trainer.create_optimizer()
     try:
         loader = trainer.get_train_dataloader()
-        val_loader = trainer.get_eval_dataloader() if trainer.eval_dataset is not None else None
+        val_loader = eval_loader(trainer)
 
         def step_fn(model: Any, batch: Any) -> Any:
             return trainer.compute_loss(model, trainer._prepare_inputs(batch))
