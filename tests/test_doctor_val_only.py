@@ -60,6 +60,7 @@ def test_a_validation_loss_that_does_not_move_is_flat(tmp_path):
     assert d.verdict == "flat" and d.advice[1].startswith("raise the LR"), d.message
     # evaluated from step 64 on: a run stopped before its first evaluation reads the same; the range test first
     assert d.advice[0].startswith("run an LR range test") and "10 evaluations (steps 64-640)" in d.message
+    assert "The evaluations start at step 64" in d.message
 
 
 @pytest.mark.parametrize("evals", [

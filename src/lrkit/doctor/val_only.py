@@ -135,6 +135,7 @@ def _said(d: Diagnosis, evals: int, losses: int) -> Diagnosis:
     """``d`` saying that it was read from ``evals`` validation losses, the log holding ``losses`` training losses."""
     held = "no training loss" if losses == 0 else f"only {losses} training loss" + ("es" if losses > 1 else "")
     head = f"Read from the validation loss ({evals} evaluations; the log holds {held}): "
-    message = head + d.message.replace(" logged losses (steps", " evaluations (steps")
+    message = head + d.message.replace(" logged losses (steps", " evaluations (steps").replace(
+        " The log starts at step", " The evaluations start at step")
     return replace(d, message=message, evidence={**d.evidence, "validation_evaluations": float(evals)})
 
