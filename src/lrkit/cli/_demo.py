@@ -177,8 +177,9 @@ def format_demo(summary: dict[str, Any]) -> str:
             f"The autopilot, no LR given ({summary['steps']} steps, its own finder within 30% of the run and "
             f"its schedule; median of {a['runs']} seeds):",
             f"  {'peak LR ' + format(a['peak_lr'], '.3g'):<22}{a['val_loss']:>10.4f}{a['val_accuracy']:>10.3f}"
-            f"   (finder {a['finder_steps']} steps; {a['plateau_halvings']} LR halvings on plateaus, "
-            f"{a['rollbacks']} rollbacks" + (f", {a['skipped']} bad batches skipped" if a.get("skipped") else "")
+            f"   (finder {a['finder_steps']} steps; {_count(a['plateau_halvings'], 'LR halving')} on plateaus, "
+            f"{_count(a['rollbacks'], 'rollback')}"
+            + (f", {_count(a['skipped'], 'bad batch', 'bad batches')} skipped" if a.get("skipped") else "")
             + ", over all seeds)",
         ]
     lines += [
@@ -203,3 +204,13 @@ def demo_command(
     summary = run_demo(out, steps=steps, seeds=seeds, optimizer=optimizer,
                        progress=sys.stderr.isatty() or not as_json)
     print(json.dumps(summary) if as_json else format_demo(summary))
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    """``n`` and the noun, singular for 1.
+
+    Example:
+        >>> _count(1, "rollback"), _count(2, "bad batch", "bad batches")
+        ('1 rollback', '2 bad batches')
+    """
+    return f"{n} {one if n == 1 else (many or one + 's')}"
