@@ -74,7 +74,7 @@ import torch
 from torch import nn
 
 from lrkit.collapse import output_spread
-from lrkit.finder.search import SAMPLE_BATCHES, SAMPLE_ROWS
+from lrkit.finder.search import FirstBatches
 
 SHARED_DATA = Path(os.environ.get("LRKIT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -127,8 +127,7 @@ class TensorTrainer:
         self.perm = torch.randperm(self.n, generator=self.gen)
         self.pos = 0
         self.steps = 0
-        self._sample: list = []  # the first batches drawn (sample_loss)
-        self._sample_rows = 0
+        self._sample = FirstBatches()  # the first batches drawn (sample_loss), as TorchTrainer's
 
     def _batch(self):
         b = self.task.batch_size
@@ -138,9 +137,7 @@ class TensorTrainer:
         idx = self.perm[self.pos:self.pos + b]
         self.pos += b
         x, y = self.task.x_train[idx], self.task.y_train[idx]
-        if self._sample_rows < SAMPLE_ROWS and len(self._sample) < SAMPLE_BATCHES:  # as TorchTrainer's
-            self._sample.append((x, y))
-            self._sample_rows += len(x)
+        self._sample.offer((x, y), len(x))
         return x, y
 
     def snapshot(self):
@@ -192,12 +189,13 @@ class TensorTrainer:
     def sample_loss(self) -> float | None:
         """The protocol's optional fixed-sample loss, as ``TorchTrainer.sample_loss``: the mean loss
         (eval mode) over the first training batches drawn (up to 256 examples or 8 batches)."""
-        if not self._sample:
+        sample = self._sample.read()
+        if not sample:
             return None
         self.model.eval()
-        total = sum(float(self.task.loss_fn(self.model(x), y)) for x, y in self._sample)
+        total = sum(float(self.task.loss_fn(self.model(x), y)) for x, y in sample)
         self.model.train()
-        return total / len(self._sample)
+        return total / len(sample)
 
     def evaluate(self) -> float | None:
         """The Trainer protocol's validation: ``None`` when the task hides it from the finder."""

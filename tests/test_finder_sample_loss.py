@@ -33,15 +33,30 @@ def test_sample_loss_is_the_mean_loss_over_the_first_batches_drawn_and_stays_fix
         seen.append(t._last_batch)
     # 48-example batches: the first six hold 288 >= SAMPLE_ROWS examples
     k = -(-SAMPLE_ROWS // 48)
-    assert k <= SAMPLE_BATCHES and len(t._sample) == k
+    assert k <= SAMPLE_BATCHES and len(t._sample.read()) == k
     with torch.no_grad():
         want = sum(float(torch.nn.functional.cross_entropy(model(x), y)) for x, y in seen[:k]) / k
     assert t.sample_loss() == pytest.approx(want, rel=1e-6)
     before = t.sample_loss()
     for _ in range(5):
         t.step(0.5)  # training moves the weights, not the sample
-    assert len(t._sample) == k and t.sample_loss() != before
+    assert len(t._sample.read()) == k and t.sample_loss() != before
     assert model.training  # eval mode only for the scoring
+
+
+def test_the_sample_is_fixed_once_read_even_before_it_is_full():
+    """A range test shorter than the sample: the starting score is taken on the batches drawn so
+    far, and the candidates' runs, which draw more, must be scored on those same batches."""
+    model, loader = _task(batch=16)
+    t = TorchTrainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.functional.cross_entropy, loader)
+    state = t.snapshot()
+    for _ in range(2):
+        t.step(0.0)
+    first = t.sample_loss()  # read after two batches of 16: 32 examples, 2 batches
+    t.restore(state)
+    for _ in range(6):
+        t.step(0.0)  # LR 0: nothing moves; six more batches drawn
+    assert len(t._sample.read()) == 2 and t.sample_loss() == first
 
 
 def test_the_finder_without_validation_scores_every_candidate_on_the_same_sample():

@@ -40,13 +40,46 @@ PROBE_LR = 1e-30
 #: losses of the probe within this relative difference are the same loss
 DETERMINISTIC_TOL = 1e-5
 #: the fixed sample of training batches a trainer's optional ``sample_loss()`` scores on (see
-#: :func:`run_search`): the first batches it drew, until they hold this many examples or number this
-#: many batches
+#: :func:`run_search` and :class:`FirstBatches`): the first batches it drew, until they hold this many
+#: examples or number this many batches
 SAMPLE_ROWS, SAMPLE_BATCHES = 256, 8
 #: scores within this relative difference tie (the lower LR is then preferred).
 TIE_TOL = 1e-3
 #: a verification whose best candidate improves its start score by less than this is no verification.
 MIN_PROGRESS = 0.01
+
+
+class FirstBatches:
+    """The first training batches a trainer draws, kept for its ``sample_loss()``: offered every
+    batch it draws, it keeps them until they hold :data:`SAMPLE_ROWS` examples or number
+    :data:`SAMPLE_BATCHES`, and none after the sample is first read (:meth:`read`) -- every score,
+    the starting one included, is then taken on the same batches, however short the range test that
+    drew them (the verification's candidates draw the same first batches again).
+
+    Example:
+        >>> kept = FirstBatches()
+        >>> for b in range(3):
+        ...     kept.offer(b, rows=100)
+        >>> kept.read(), kept.offer(3, rows=1), kept.read()
+        ([0, 1, 2], None, [0, 1, 2])
+    """
+
+    def __init__(self) -> None:
+        self._batches: list[Any] = []
+        self._rows = 0
+        self._read = False
+
+    def offer(self, batch: Any, rows: int) -> None:
+        """Keep ``batch`` (of ``rows`` examples) if the sample is neither full nor read yet."""
+        if not self._read and self._rows < SAMPLE_ROWS and len(self._batches) < SAMPLE_BATCHES:
+            self._batches.append(batch)
+            self._rows += rows
+
+    def read(self) -> list[Any]:
+        """The sample (empty before the first batch), fixed from now on."""
+        if self._batches:
+            self._read = True
+        return self._batches
 
 
 def run_candidate(trainer: Any, state: Any, lr: float, steps: int, ref_eval: float | None,

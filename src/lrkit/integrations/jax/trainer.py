@@ -100,7 +100,7 @@ from lrkit.collapse import sampled_spread
 from lrkit.finder.range_test import find, plan_budget, plan_verify_budget
 from lrkit.finder.regime import trainer_shape
 from lrkit.finder.result import FinderResult
-from lrkit.finder.search import SAMPLE_BATCHES, SAMPLE_ROWS
+from lrkit.finder.search import FirstBatches
 from lrkit.integrations._progress import progress_context, watched
 
 __all__ = ["OptaxTrainer", "OptaxSnapshot", "find_lr_optax"]
@@ -496,7 +496,7 @@ class OptaxTrainer:
         self._train = _Batches(batches, "batches")
         self._val = None if val_batches is None else _Batches(val_batches, "val_batches", limit=max_val_batches)
         self._position = 0
-        self._drawn = 0  # batches drawn so far (the first ones are sample_loss()'s)
+        self._sample = FirstBatches()  # the first batches drawn: sample_loss() scores on them
         self._outputs = None if outputs_fn is None else jit_cached(outputs_fn)
         self._lr_dtype = jnp.promote_types(jnp.float32, jnp.result_type(slots[0].hyperparams["learning_rate"]))
         if _hashable(loss_fn, tx.update):
@@ -525,7 +525,7 @@ class OptaxTrainer:
         """One optax update at learning rate ``lr`` on the next batch; returns that batch's loss."""
         batch = self._train[self._position]
         self._position += 1
-        self._drawn = max(self._drawn, self._position)
+        self._sample.offer(batch, _leading_dim(batch) or 1)
         self.params, self.opt_state, loss = self._step(
             self.params, self.opt_state, batch, np.asarray(lr, dtype=self._lr_dtype)
         )
@@ -540,18 +540,11 @@ class OptaxTrainer:
 
     def sample_loss(self) -> float | None:
         """The Trainer protocol's optional fixed-sample loss: the mean loss over the first training
-        batches drawn -- up to :data:`~lrkit.finder.search.SAMPLE_ROWS` examples or
-        :data:`~lrkit.finder.search.SAMPLE_BATCHES` batches, the same at every call; ``None``
+        batches drawn (:class:`~lrkit.finder.search.FirstBatches`), the same at every call; ``None``
         before the first step. Without validation batches the finder scores its verification runs
         by it (:func:`lrkit.finder.search.run_search`)."""
-        losses, rows = [], 0
-        for i in range(min(self._drawn, SAMPLE_BATCHES)):
-            if rows >= SAMPLE_ROWS:
-                break
-            batch = self._train[i]
-            losses.append(float(self._eval(self.params, batch)))
-            rows += _leading_dim(batch) or 1
-        return float(np.mean(losses)) if losses else None
+        sample = self._sample.read()
+        return float(np.mean([float(self._eval(self.params, b)) for b in sample])) if sample else None
 
     def first_batch_size(self) -> int | None:
         """The leading dimension shared by every array of the first batch, if there is one."""

@@ -73,7 +73,7 @@ from lrkit.collapse import OUTPUT_SPREAD, output_spread
 from lrkit.finder.range_test import find, plan_budget, plan_verify_budget
 from lrkit.finder.regime import length_of, trainer_shape
 from lrkit.finder.result import FinderResult
-from lrkit.finder.search import SAMPLE_BATCHES, SAMPLE_ROWS
+from lrkit.finder.search import FirstBatches
 from lrkit.integrations._progress import progress_context, watched
 
 __all__ = ["KerasTrainer", "KerasSnapshot", "find_lr_keras"]
@@ -387,8 +387,7 @@ class KerasTrainer:
         self._batches = _batches_of(x, y, dataset, batch_size)
         self.batch_size: int | None = self._batches.batch_size if dataset is None else batch_size
         self._val = self._check_val(val_data)
-        self._sample: list[tuple[Any, Any, Any]] = []  # the first batches drawn: sample_loss() scores on them
-        self._sample_rows = 0
+        self._sample = FirstBatches()  # the first batches drawn: sample_loss() scores on them
         self.model = model
 
     @staticmethod
@@ -492,21 +491,18 @@ class KerasTrainer:
                     f"the dataset yielded a batch of {size} samples but batch_size={self.batch_size}; pass "
                     "the dataset's real batch size (or batch_size=None)"
                 )
-        if self._sample_rows < SAMPLE_ROWS and len(self._sample) < SAMPLE_BATCHES:
-            self._sample.append((x, y, sample_weight))
-            self._sample_rows += _leading_dim(x) or 1
+        self._sample.offer((x, y, sample_weight), _leading_dim(x) or 1)
         logs = self.model.train_on_batch(x, y, sample_weight=sample_weight, return_dict=True)
         return self._loss_of(logs)
 
     def sample_loss(self) -> float | None:
         """The Trainer protocol's optional fixed-sample loss: the mean loss (``test_on_batch``,
-        weighted by batch size) over the first training batches drawn -- up to
-        :data:`~lrkit.finder.search.SAMPLE_ROWS` examples or
-        :data:`~lrkit.finder.search.SAMPLE_BATCHES` batches, the same at every call; ``None``
-        before the first step. Without ``val_data`` the finder scores its verification runs by it
+        weighted by batch size) over the first training batches drawn
+        (:class:`~lrkit.finder.search.FirstBatches`), the same at every call; ``None`` before the
+        first step. Without ``val_data`` the finder scores its verification runs by it
         (:func:`lrkit.finder.search.run_search`)."""
         total, count = 0.0, 0
-        for x, y, sample_weight in self._sample:
+        for x, y, sample_weight in self._sample.read():
             size = _leading_dim(x) or 1
             total += self._loss_of(self.model.test_on_batch(x, y, sample_weight=sample_weight, return_dict=True)) * size
             count += size

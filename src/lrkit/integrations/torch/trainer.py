@@ -63,7 +63,7 @@ from lrkit import scaling
 from lrkit.finder.range_test import find, plan_budget, plan_verify_budget
 from lrkit.finder.regime import length_of, trainer_shape
 from lrkit.finder.result import FinderResult
-from lrkit.finder.search import SAMPLE_BATCHES, SAMPLE_ROWS
+from lrkit.finder.search import FirstBatches
 from lrkit.integrations._progress import progress_bar, progress_context, watched  # noqa: F401 - progress_bar re-exported (the CLI imports it)
 from lrkit.integrations.torch.dist import average_gradients as _average_gradients
 from lrkit.integrations.torch.dist import distributed as _distributed, rank_agree, rank_mean
@@ -295,8 +295,7 @@ class TorchTrainer(RecyclingState):
         self.average_gradients = average_gradients
         self._iter: Iterator[Any] | None = None
         self._peeked: list[Any] = []  # a batch output_spread() read ahead, the next step's
-        self._sample: list[Any] = []  # the first batches drawn: sample_loss() scores on them
-        self._sample_rows = 0
+        self._sample = FirstBatches()  # the first batches drawn: sample_loss() scores on them
         self._last_batch: Any = None  # the latest batch trained on (output_spread() reads it again)
 
     # -- Trainer protocol --------------------------------------------------------------------
@@ -411,23 +410,18 @@ class TorchTrainer(RecyclingState):
 
     def sample_loss(self) -> float | None:
         """The Trainer protocol's optional fixed-sample loss: the mean loss (eval mode, no grad) over
-        the first training batches this trainer drew -- up to :data:`SAMPLE_ROWS` examples or
-        :data:`SAMPLE_BATCHES` batches, the same ones at every call (rank-averaged); ``None`` before
-        the first step. Without a validation set the finder scores its verification runs by it:
+        the first training batches this trainer drew (:class:`~lrkit.finder.search.FirstBatches`),
+        the same ones at every call (rank-averaged); ``None`` before the first step. Without a validation set the finder scores its verification runs by it:
         every candidate is then judged on the same examples at its end, not on the last few batch
         losses of its own trajectory (:func:`lrkit.finder.search.run_search`)."""
-        if not self._sample:
+        sample = self._sample.read()
+        if not sample:
             return None
         total = 0.0
         with eval_mode(self.model), torch.no_grad(), self._autocast():
-            for batch in self._sample:
+            for batch in sample:
                 total += float(self._check_loss(self._eval_loss(batch)).float())
-        return self._reduce(torch.tensor(total / len(self._sample)))
-
-    def _keep_for_sample(self, batch: Any) -> None:
-        if self._sample_rows < SAMPLE_ROWS and len(self._sample) < SAMPLE_BATCHES:
-            self._sample.append(batch)
-            self._sample_rows += _rows(batch)
+        return self._reduce(torch.tensor(total / len(sample)))
 
     def output_spread(self) -> float | None:
         """How much the model's outputs vary over the examples of one batch (the first validation
@@ -470,7 +464,7 @@ class TorchTrainer(RecyclingState):
                 batch = next(self._iter)
             except StopIteration:
                 raise ValueError("train_loader is empty (it yielded no batch)") from None
-        self._keep_for_sample(batch)
+        self._sample.offer(batch, _rows(batch))
         return batch
 
     def _default_loss(self, batch: Any) -> torch.Tensor:
