@@ -93,7 +93,7 @@ def test_a_trainer_without_sample_loss_keeps_scoring_by_its_training_losses():
             return None
 
     search, _ = run_search(Plain(), 1e-2, 1e-5, 1.0, steps=9, decade=10 ** 0.5, budget=40)
-    assert search.scored_by == "training loss" and search.ref_eval is None
+    assert search.scored_by == "mean training loss, last third" and search.ref_eval is None
     starts = {c["start"] for c in search.results if c["start"] is not None}
     assert len(starts) > 1  # each run's start is the median of its own first three training losses
 

@@ -35,6 +35,7 @@ import numpy as np
 from lrkit import schedules as S
 from lrkit.autopilot import policy
 from lrkit.finder.inputs import UNSCALED_WARNING
+from lrkit.finder.result import SCORED_BY_VALIDATION
 from lrkit.finder.verify import WORSE, got_worse
 from lrkit.scaling import FAMILIES, optimizer_family
 from lrkit.schedules.base import Schedule
@@ -330,7 +331,7 @@ def finder_reference(details: Any) -> tuple[int, float, str] | None:
     if not ok:
         return None
     best = min(ok, key=lambda c: c["score"])
-    kind = "val" if details.get("score") == "evaluate()" else "train"
+    kind = "val" if details.get("score") == SCORED_BY_VALIDATION else "train"
     return int(best["steps"]), float(best["score"]), kind
 
 

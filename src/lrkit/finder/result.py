@@ -60,12 +60,16 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.3g}"
 
 
+#: what a verification's candidates were scored by (``details["score"]``): the trainer's
+#: ``evaluate()``, its ``sample_loss()``, or the runs' own last training losses
+SCORED_BY_VALIDATION, SCORED_BY_SAMPLE, SCORED_BY_TRAINING_LOSSES = (
+    "evaluate()", "sample_loss()", "mean training loss, last third")
 #: what the verification runs were scored on (``details["score"]``), in words
 SCORED_ON = {
-    "evaluate()": "the validation set",
-    "sample_loss()": "a fixed sample of the first training batches (no validation set given: pass one for a "
-                     "score the runs have not trained on)",
-    "mean training loss, last third": "their own last training losses (no validation set given: pass one)",
+    SCORED_BY_VALIDATION: "the validation set",
+    SCORED_BY_SAMPLE: "a fixed sample of the first training batches (no validation set given: pass one for a "
+                      "score the runs have not trained on)",
+    SCORED_BY_TRAINING_LOSSES: "their own last training losses (no validation set given: pass one)",
 }
 
 

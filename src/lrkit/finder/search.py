@@ -10,6 +10,7 @@ import numpy as np
 
 from lrkit.collapse import COLLAPSED
 from lrkit.finder.range_test import divergence_bound
+from lrkit.finder.result import SCORED_BY_SAMPLE, SCORED_BY_TRAINING_LOSSES, SCORED_BY_VALIDATION
 
 #: ratio between neighbouring candidates (half a decade).
 GRID_RATIO = math.sqrt(10.0)
@@ -186,10 +187,11 @@ class Search:
 
     def __init__(self, trainer: Any, state: Any, steps: int, budget: int, ref_eval: float | None,
                  floor: float, ceiling: float, check_collapse: bool = True,
-                 evaluate: Callable[[], float | None] | None = None, scored_by: str = "validation") -> None:
+                 evaluate: Callable[[], float | None] | None = None, scored_by: str = SCORED_BY_VALIDATION) -> None:
         self.trainer, self.state, self.steps, self.budget, self.ref_eval = trainer, state, steps, budget, ref_eval
         self.evaluate = evaluate  # what scores a run's end (None: trainer.evaluate); see run_search
-        self.scored_by = scored_by if ref_eval is not None else "training loss"
+        # what the candidates are scored by, as ``details["score"]`` says it (lrkit.finder.result.SCORED_ON)
+        self.scored_by = scored_by if ref_eval is not None else SCORED_BY_TRAINING_LOSSES
         self.floor, self.ceiling = floor, ceiling
         self.results: list[dict] = []
         self.check_collapse = check_collapse
@@ -390,11 +392,11 @@ def run_search(trainer: Any, lr_top: float, lr_floor: float, lr_ceiling: float, 
     losses, 2.3% / 69% by the fixed sample (BENCHMARKS.md, "The finder without a validation set")."""
     state = getattr(trainer, "candidate_snapshot", trainer.snapshot)()  # optional: lrkit.finder.trainer
     try:
-        evaluate, scored_by = trainer.evaluate, "validation"
+        evaluate, scored_by = trainer.evaluate, SCORED_BY_VALIDATION
         ref_eval = _finite(evaluate())
         sample = getattr(trainer, "sample_loss", None)
         if ref_eval is None and callable(sample):
-            evaluate, scored_by = sample, "training sample"
+            evaluate, scored_by = sample, SCORED_BY_SAMPLE
             ref_eval = _finite(evaluate())
         # a model that starts collapsed (a zero-initialised head) cannot be told dead
         search = Search(trainer, state, steps, budget, ref_eval, lr_floor, lr_ceiling,

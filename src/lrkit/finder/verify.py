@@ -108,8 +108,7 @@ def verified_answer(trainer: Any, x: np.ndarray, rule_lr: float, prior_lr: float
     details["verify_steps_used"] = used
     details["deterministic_steps"] = deterministic = bool(search.deterministic)
     details["start_score"] = search.ref_eval
-    details["score"] = {"validation": "evaluate()", "training sample": "sample_loss()"}.get(
-        search.scored_by, "mean training loss, last third")
+    details["score"] = search.scored_by
     dead = sorted(r["lr"] for r in search.results if r["rejected"] == DEAD)
     if dead:
         warnings.append(

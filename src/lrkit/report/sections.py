@@ -22,6 +22,8 @@ import platform
 import sys
 from typing import Any, Iterable, Mapping
 
+from lrkit.finder.result import SCORED_BY_SAMPLE, SCORED_BY_VALIDATION
+
 __all__ = ["apply_section", "candidates_section", "comparison_section", "diagnosis_section", "esc",
            "figure_section", "finder_sections", "fmt", "png_figure", "run_section", "table"]
 
@@ -108,9 +110,9 @@ def _why(result: Any) -> str:
     if cands:
         tried = len(cands)
         steps = d.get("verify_steps", "?")
-        score = {"evaluate()": "the validation loss",
-                 "sample_loss()": "the loss on a fixed sample of training batches"}.get(d.get("score"),
-                                                                                       "the training loss")
+        score = {SCORED_BY_VALIDATION: "the validation loss",
+                 SCORED_BY_SAMPLE: "the loss on a fixed sample of training batches"}.get(d.get("score"),
+                                                                                         "the training loss")
         text = (f"The range test raised the LR from {fmt(float(result.lrs[0]))} to {fmt(float(result.lrs[-1]))} "
                 f"and found the lowest smoothed loss at {fmt(rule.get('loss_min_lr'))}. Below it, {tried} candidate "
                 f"LRs were each trained for {steps} steps from the same cold start (the optimizer state your run "

@@ -232,8 +232,10 @@ class AutopilotCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Tra
         else:
             steps = resolve_train_steps(state.max_steps if state.max_steps and state.max_steps > 0 else None,
                                         where="AutopilotCallback")
-            self.finder = self._find(args, model, inner, kwargs.get("train_dataloader"),
-                                     kwargs.get("eval_dataloader") or eval_loader(owning_trainer(self)), steps)
+            val = kwargs.get("eval_dataloader")  # None until an evaluation has run (`is None`: a
+            if val is None:                        # DataLoader over an IterableDataset has no len)
+                val = eval_loader(owning_trainer(self))
+            self.finder = self._find(args, model, inner, kwargs.get("train_dataloader"), val, steps)
             plan = make_plan(self.finder, family=family, train_steps=steps, shape=self.shape,
                              peak_lr=self.peak_lr)
             ref = plan.finder_reference
