@@ -75,3 +75,14 @@ def task_pool_main(argv: list[str] | None, doc: str, *, section: str, out_path: 
         out_path.write_text(json.dumps({"seconds": seconds, "tasks": out}, indent=1))
     publish(section, render(out, seconds), write=whole and not args.no_write)
     return out
+
+
+def halves(rows: dict) -> list[tuple[str, list[str]]]:
+    """``(title, task names)`` for the held-out half, then the development half, of rows that carry
+    their half (``row["half"]``: ``"heldout"`` or ``"dev"``); a half without rows is left out."""
+    out = []
+    for half, title in (("heldout", "Held-out half (the headline)"), ("dev", "Development half")):
+        names = [n for n in sorted(rows) if rows[n]["half"] == half]
+        if names:
+            out.append((title, names))
+    return out

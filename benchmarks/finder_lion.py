@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks._report import machine, task_pool_main
+from benchmarks._report import halves, machine, task_pool_main
 from benchmarks.finder_regret import _capped, lrkit_answer
 from benchmarks.finder_tasks import DEV, Task, TensorTrainer, available_tasks, initial_val_loss, train
 from lrkit import scaling
@@ -116,10 +116,7 @@ def render(out: dict, seconds: float) -> str:
              "with its Lion factor (`lrkit.finder.search.SIGN_UPDATE_FACTOR`, 3, chosen on the development half) "
              "set to 1, as it was before; `default` is lion-pytorch's 1e-4.", "",
              f"Command: `python -m benchmarks.finder_lion` ({seconds / 60:.0f} min of work on {machine()}).", ""]
-    for half, title in (("heldout", "Held-out half (the headline)"), ("dev", "Development half")):
-        names = [n for n in sorted(out) if out[n]["half"] == half]
-        if not names:
-            continue
+    for title, names in halves(out):
         lines += [f"### {title}: {len(names)} tasks", "", "| method | median regret | worst regret | diverged |",
                   "|---|---|---|---|"]
         for m in METHODS:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks._report import machine, task_pool_main
+from benchmarks._report import halves, machine, task_pool_main
 from benchmarks.finder_regret import ORACLE_CACHE, SEEDS, _capped, lrkit_answer, oracle
 from benchmarks.finder_tasks import DEV, available_tasks, initial_val_loss, train
 
@@ -76,10 +76,7 @@ def render(out: dict, seconds: float) -> str:
              "differ from the main table's stored ones by this machine's run-to-run noise (held-out median 3.8% "
              "here, 4% there).", "",
              f"Command: `python -m benchmarks.finder_noval` ({seconds / 60:.0f} min of work on {machine()}).", ""]
-    for half, title in (("heldout", "Held-out half (the headline)"), ("dev", "Development half")):
-        names = [n for n in sorted(out) if out[n]["half"] == half]
-        if not names:
-            continue
+    for title, names in halves(out):
         lines += [f"### {title}: {len(names)} tasks", "", "| method | median regret | worst regret | cost (max) |",
                   "|---|---:|---:|---:|"]
         for m in METHODS:
