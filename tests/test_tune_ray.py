@@ -44,18 +44,23 @@ def test_pbt_changes_the_lr_during_training_and_reports_each_trials_own_history(
     # Two trials, reports at steps 25/50/75/100, a perturbation every 2 reports, in step (synch):
     # at step 50 the worse trial takes the better one's weights (and history) and goes on at its LR
     # x0.8 or x1.2; the final report is never exploited, so each trial ends as its own run.
+    # Under load Ray (2.60) has been seen to end the exploited trial after its step-75 report, done
+    # False and no error (CI, one run in ~40): a trial cut short is reported as such, never padded.
     from lrkit.tune._ray import lr_history
 
     r = tune_ray_pbt(tmp_path)
     histories = [lr_history(res) for res in r.study]
-    assert all(h and [s for s, _ in h] == [25, 50, 75, 100] for h in histories)
+    assert all(h and len(h) >= 2 and [s for s, _ in h] == [25 * (i + 1) for i in range(len(h))]
+               for h in histories), histories
     kept = [h for h in histories if len({lr for _, lr in h}) == 1]
     changed = [h for h in histories if len({lr for _, lr in h}) > 1]
     assert len(kept) == 1 and len(changed) == 1, histories
     (k,), (c,) = kept, changed
     assert c[:2] == k[:2]  # the exploited trial carries the better trial's first half
-    assert c[2][1] / k[1][1] in (pytest.approx(0.8), pytest.approx(1.2)) and c[3][1] == c[2][1]
-    assert r.best_schedule in histories and r.best_schedule[-1][0] == 100
+    assert c[2][1] / k[1][1] in (pytest.approx(0.8), pytest.approx(1.2)) and {lr for _, lr in c[2:]} == {c[2][1]}
+    finished = [h for h in histories if h[-1][0] == 100]
+    assert finished and r.best_schedule in finished
+    assert [t.state for t in r.trials] == ["complete" if h[-1][0] == 100 else "pruned" for h in histories]
     assert math.isfinite(r.best_value)
 
 
