@@ -24,6 +24,12 @@ into ``opt_state.hyperparams["learning_rate"]`` (a new state; nothing is mutated
 ``val_loss=`` when you validate: a stalled validation loss halves the LR. Every intervention is
 logged to ``lrkit.autopilot`` and kept in :attr:`OptaxAutopilot.events`.
 
+**A model with state** (Flax's BatchNorm ``batch_stats``): pass ``model_state=`` to
+:func:`autopilot` (the finder then calls ``loss_fn(params, model_state, batch, train) -> (loss,
+new_model_state)``, see :class:`lrkit.jax.OptaxTrainer`), to :meth:`~OptaxAutopilot.init` and to
+every :meth:`~OptaxAutopilot.after_step`, which then returns ``(params, opt_state, model_state)``:
+a rollback puts back the running averages the restored params were trained with.
+
 **A network that dies.** The loss function hides the model's outputs; give ``outputs_fn(params,
 batch)`` (e.g. ``lambda p, b: model.apply(p, b[0])``) and pass each step's ``batch=`` to
 :meth:`~OptaxAutopilot.after_step`: the spread of the outputs over the batch's examples
@@ -58,7 +64,8 @@ __all__ = ["OptaxAutopilot", "autopilot"]
 
 
 class _State:
-    """The guard's view: the latest ``(params, opt_state)`` (references; JAX arrays are immutable)."""
+    """The guard's view: the latest ``(params, opt_state)``, or ``(params, opt_state, model_state)``
+    (references; JAX arrays are immutable)."""
 
     def __init__(self) -> None:
         self.current: Any = None
@@ -126,42 +133,51 @@ class OptaxAutopilot:
         return opt_state._replace(hyperparams={**hp, "learning_rate": jnp.asarray(self.pilot.lr(step),
                                                                                     dtype=jnp.asarray(old).dtype)})
 
-    def init(self, params: Any) -> Any:
-        """``pilot.optimizer.init(params)`` with the LR of :attr:`next_step`; starts the guard."""
+    def init(self, params: Any, model_state: Any = None) -> Any:
+        """``pilot.optimizer.init(params)`` with the LR of :attr:`next_step`; starts the guard (from
+        ``model_state`` too, for a model with state: then pass it to every :meth:`after_step`)."""
         opt_state = self.with_lr(self.optimizer.init(params), self.next_step)
-        self._start(params, opt_state)
+        self._start((params, opt_state) if model_state is None else (params, opt_state, model_state))
         return opt_state
 
-    def _start(self, params: Any, opt_state: Any) -> None:
+    def _start(self, current: tuple[Any, ...]) -> None:
         if not self._attached:
-            self._state.current = (params, opt_state)
+            self._state.current = current
             self.pilot.attach(self._state)
             self._attached = True
 
     def after_step(self, step: int, loss: Any, params: Any, opt_state: Any, *, val_loss: Any = None,
                    grad_norm: Any = None, metrics: Mapping[str, Any] | None = None,
-                   batch: Any = None) -> tuple[Any, Any]:
-        """Report optimizer step ``step`` (its loss); return the ``(params, opt_state)`` to go on with.
+                   batch: Any = None, model_state: Any = None) -> tuple[Any, ...]:
+        """Report optimizer step ``step`` (its loss); return the ``(params, opt_state)`` to go on with,
+        or ``(params, opt_state, model_state)`` when ``model_state`` is given.
 
         ``metrics``: validation metrics of this step. ``batch``: the step's batch, on which
         ``outputs_fn`` measures the outputs' spread when it is due (see the module docstring;
         without ``outputs_fn`` you may pass ``{"output_spread": lrkit.collapse.sampled_spread(logits)}``
-        in ``metrics`` yourself)."""
-        self._start(params, opt_state)  # a resumed run may skip init()
-        self._state.current = (params, opt_state)
+        in ``metrics`` yourself). ``model_state``: the model's state outside the params after this
+        step (Flax's ``batch_stats``): a rollback restores it with the params it was trained with,
+        and ``outputs_fn`` is called as ``outputs_fn(params, model_state, batch)``."""
+        current = (params, opt_state) if model_state is None else (params, opt_state, model_state)
+        self._start(current)  # a resumed run may skip init()
+        self._state.current = current
         merged = {} if metrics is None else {k: float(v) for k, v in metrics.items()}
-        spread = self._spread(int(step), params, batch)
+        spread = self._spread(int(step), current, batch)
         if spread is not None:
             merged[OUTPUT_SPREAD] = spread
         self.pilot.observe(int(step), float(loss), val_loss=None if val_loss is None else float(val_loss),
                            grad_norm=None if grad_norm is None else float(grad_norm), metrics=merged or None)
-        if self._state.current[0] is not params:  # rolled back: look at the restored model next step
+        restored = self._state.current
+        if restored[0] is not params:  # rolled back: look at the restored model next step
             self._measure_next = True
-        params, opt_state = self._state.current
+        if len(restored) != len(current):
+            raise AutopilotError("OptaxAutopilot.after_step: model_state was given on some steps and not on "
+                                 "others (the guard restored a snapshot without one, or with one where this "
+                                 "step has none); pass it to init() and to every after_step()")
         self.next_step = int(step) + 1
-        return params, self.with_lr(opt_state, self.next_step)
+        return (restored[0], self.with_lr(restored[1], self.next_step), *restored[2:])
 
-    def _spread(self, step: int, params: Any, batch: Any) -> float | None:
+    def _spread(self, step: int, current: tuple[Any, ...], batch: Any) -> float | None:
         """The outputs' spread on ``batch`` when a measurement is due (else ``None``)."""
         if self._outputs is None or not (self._measure_next or step % self._every == 0):
             return None
@@ -173,7 +189,8 @@ class OptaxAutopilot:
                     "batch to have a dead network (every input the same output) rolled back")
             return None
         self._measure_next = False
-        return outputs_spread(self._outputs, params, batch)
+        params, _, *state = current
+        return outputs_spread(self._outputs, params, *state, batch)
 
     def state_dict(self) -> dict[str, Any]:
         """``{"next_step": k, "autopilot": ...}`` (plain JSON types), for ``autopilot(..., resume=)``."""
@@ -218,6 +235,7 @@ def autopilot(
     storage: str = "memory",
     storage_dir: Any = None,
     family: str | None = None,
+    model_state: Any = None,
 ) -> OptaxAutopilot:
     """Find the LR, plan the schedule and guard a JAX/optax run (see the module docstring).
 
@@ -240,6 +258,8 @@ def autopilot(
         family: the optimizer family (one of :data:`lrkit.scaling.FAMILIES`), for a factory whose
             name does not say it (a ``lambda`` or a chain: ``"unknown"`` otherwise, with a warning);
             default: read from the factory (a ``partial``'s bound momentum included).
+        model_state: the model's state outside the params (Flax's ``{"batch_stats": ...}``), for
+            the finder (see the module docstring); never modified.
 
     Raises:
         AutopilotError: a learning-rate-free factory, an unknown run length, a bad argument.
@@ -282,7 +302,7 @@ def autopilot(
 
     result = find_lr_optax(loss_fn, params, optimizer_factory, batches, val_batches=val_batches, has_aux=has_aux,
                            train_steps=steps, progress=progress, family=None if family == "unknown" else family,
-                           seed=seed, outputs_fn=outputs_fn)
+                           seed=seed, outputs_fn=outputs_fn, model_state=model_state)
     family = result.details.get("family", family)  # unknown by name: the finder reads its state's hyperparameters
     plan = make_plan(result, family=family, train_steps=steps, shape=shape, peak_lr=peak_lr)
     pilot = Autopilot(plan, guard=guard, plateau=plateau, logger=logger, storage=storage, storage_dir=storage_dir,

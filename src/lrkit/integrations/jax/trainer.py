@@ -57,10 +57,15 @@ shorter iterable, which is then cycled). A re-iterable loader is read once: the 
 the order of its first pass. ``val_batches`` is read the same way (at most ``max_val_batches``).
 JAX has no global RNG: a loss that needs randomness (dropout) should take its key from the batch.
 
+A model with state outside its params (Flax's BatchNorm ``batch_stats``) passes it as
+``model_state``: then ``loss_fn(params, model_state, batch, train) -> (loss, new_model_state)``;
+training steps go on with the state it returns (``train=True``), evaluations call it with
+``train=False``, and snapshots hold the state with the params.
+
 State
 -----
 :meth:`OptaxTrainer.snapshot` holds ``(params, opt_state, data position, NumPy and random RNG
-states)``; JAX arrays are immutable, so this is a few references, not a copy. The caller's
+states, model state)``; JAX arrays are immutable, so this is a few references, not a copy. The caller's
 ``params`` and ``opt_state`` are never modified: :func:`find_lr_optax` returns only the
 :class:`~lrkit.finder.result.FinderResult`, and after the test (normal end, divergence, an
 exception, ``KeyboardInterrupt``) the trainer holds the very arrays it started from.
@@ -183,53 +188,73 @@ def _call_factory(factory: Callable[[float], Any]) -> tuple[Any, Any]:
 _cached_factory = functools.lru_cache(maxsize=_CACHE_SIZE)(_call_factory)
 
 
-def _checked_loss(loss_fn: Callable, has_aux: bool) -> Callable:
-    """``loss_fn`` returning ``(scalar loss, aux)``; shape errors are raised while tracing."""
+def _checked_loss(loss_fn: Callable, has_aux: bool, stateful: bool = False) -> Callable:
+    """``wrapped(params, batch, model_state, train) -> (scalar loss, new model_state)``.
 
-    def wrapped(params, batch):
-        out = loss_fn(params, batch)
-        if has_aux:
+    Without a model state ``loss_fn(params, batch)`` returns the loss (``(loss, aux)`` with
+    ``has_aux``; ``aux`` is dropped) and the state passes through (``None``); with one,
+    ``loss_fn(params, model_state, batch, train)`` returns ``(loss, new_model_state)``. Shape errors
+    are raised while tracing."""
+    call = "loss_fn(params, model_state, batch, train)" if stateful else "loss_fn(params, batch)"
+
+    def wrapped(params, batch, model_state, train):
+        if stateful:
+            out = loss_fn(params, model_state, batch, train)
+            if not (isinstance(out, (tuple, list)) and len(out) == 2):
+                raise ValueError(
+                    f"with model_state, {call} must return (loss, new_model_state), got {type(out).__name__}"
+                    + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else "")
+                )
+            loss, new_state = out
+            got, expected = jax.tree_util.tree_structure(new_state), jax.tree_util.tree_structure(model_state)
+            if got != expected:
+                raise ValueError(f"{call} returned a new model_state of another structure: {got} != {expected} "
+                                 "(return the state it was given when train is False)")
+        elif has_aux:
+            out = loss_fn(params, batch)
             if not (isinstance(out, (tuple, list)) and len(out) == 2):
                 raise ValueError(
                     f"with has_aux=True, loss_fn(params, batch) must return (loss, aux), got {type(out).__name__}"
                     + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else "")
                 )
-            loss, aux = out
+            loss, new_state = out[0], model_state
         else:
+            out = loss_fn(params, batch)
             if isinstance(out, (tuple, list)):
                 raise ValueError(
                     f"loss_fn(params, batch) returned a {type(out).__name__} of length {len(out)}; it must "
                     "return a scalar loss, or pass has_aux=True if it returns (loss, aux)"
                 )
-            loss, aux = out, None
+            loss, new_state = out, model_state
         loss = jnp.asarray(loss)
         if loss.size != 1:
             raise ValueError(
-                f"loss_fn(params, batch) must return a scalar loss, got an array of shape {tuple(loss.shape)}; "
-                "reduce it (e.g. .mean())"
+                f"{call} must return a scalar loss, got an array of shape {tuple(loss.shape)}; reduce it (e.g. .mean())"
             )
         if not jnp.issubdtype(loss.dtype, jnp.floating):
-            raise ValueError(f"loss_fn(params, batch) must return a floating-point loss, got dtype {loss.dtype}")
-        return loss.reshape(()), aux
+            raise ValueError(f"{call} must return a floating-point loss, got dtype {loss.dtype}")
+        return loss.reshape(()), new_state
 
     return wrapped
 
 
-def _build_step(loss_fn: Callable, update: Callable, has_aux: bool, ratios: tuple[float, ...]) -> Callable:
-    value_and_grad = jax.value_and_grad(_checked_loss(loss_fn, has_aux), has_aux=True)
+def _build_step(loss_fn: Callable, update: Callable, has_aux: bool, ratios: tuple[float, ...],
+                stateful: bool = False) -> Callable:
+    checked = _checked_loss(loss_fn, has_aux, stateful)
+    value_and_grad = jax.value_and_grad(lambda p, b, s: checked(p, b, s, True), has_aux=True)
 
-    def step(params, opt_state, batch, lr):
+    def step(params, opt_state, model_state, batch, lr):
         opt_state = _with_lr(opt_state, lr, ratios)
-        (loss, _), grads = value_and_grad(params, batch)
+        (loss, model_state), grads = value_and_grad(params, batch, model_state)
         updates, opt_state = update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+        return optax.apply_updates(params, updates), opt_state, model_state, loss
 
     return jax.jit(step)
 
 
-def _build_eval(loss_fn: Callable, has_aux: bool) -> Callable:
-    checked = _checked_loss(loss_fn, has_aux)
-    return jax.jit(lambda params, batch: checked(params, batch)[0])
+def _build_eval(loss_fn: Callable, has_aux: bool, stateful: bool = False) -> Callable:
+    checked = _checked_loss(loss_fn, has_aux, stateful)
+    return jax.jit(lambda params, model_state, batch: checked(params, batch, model_state, False)[0])
 
 
 def jit_cached(fn: Callable) -> Callable:
@@ -237,9 +262,10 @@ def jit_cached(fn: Callable) -> Callable:
     return _cached_jit(fn) if _hashable(fn) else jax.jit(fn)
 
 
-def outputs_spread(outputs_fn: Callable, params: Any, batch: Any) -> float | None:
-    """:func:`lrkit.collapse.sampled_spread` of the first array leaf of ``outputs_fn(params, batch)``."""
-    leaves = jax.tree_util.tree_leaves(outputs_fn(params, batch))
+def outputs_spread(outputs_fn: Callable, *args: Any) -> float | None:
+    """:func:`lrkit.collapse.sampled_spread` of the first array leaf of ``outputs_fn(*args)``
+    (``(params, batch)``, or ``(params, model_state, batch)`` for a model with state)."""
+    leaves = jax.tree_util.tree_leaves(outputs_fn(*args))
     return sampled_spread(leaves[0]) if leaves else None
 
 
@@ -367,6 +393,7 @@ class OptaxSnapshot:
         position: how many training batches had been consumed.
         numpy_rng: ``np.random.get_state()``.
         python_rng: ``random.getstate()``.
+        model_state: the model's state outside the params (``None`` without one).
     """
 
     params: Any
@@ -374,6 +401,7 @@ class OptaxSnapshot:
     position: int
     numpy_rng: Any
     python_rng: Any
+    model_state: Any = None
 
 
 class OptaxTrainer:
@@ -388,6 +416,12 @@ class OptaxTrainer:
         batches: training batches, cycled (see the module docstring).
         val_batches: optional validation batches for :meth:`evaluate`.
         has_aux: ``loss_fn`` returns ``(loss, aux)``; ``aux`` is ignored.
+        model_state: the model's state that is not trained by gradients but changes as it trains,
+            e.g. Flax's ``batch_stats`` (BatchNorm's running averages); never modified. With it
+            ``loss_fn(params, model_state, batch, train) -> (loss, new_model_state)``: training
+            steps call it with ``train=True`` and go on with the state it returns; evaluations
+            with ``train=False`` (it should then use the running averages and return the state
+            as given); ``outputs_fn`` is called as ``outputs_fn(params, model_state, batch)``.
         opt_state: the optimizer state to start from (only with a transformation, e.g. your
             training run's current state); default ``optimizer.init(params)``.
         max_val_batches: at most this many validation batches per :meth:`evaluate` (>= 1), or None.
@@ -423,11 +457,17 @@ class OptaxTrainer:
         opt_state: Any = None,
         max_val_batches: int | None = 20,
         outputs_fn: Callable[..., Any] | None = None,
+        model_state: Any = None,
     ) -> None:
+        stateful = model_state is not None
+        call = "loss_fn(params, model_state, batch, train)" if stateful else "loss_fn(params, batch)"
         if not callable(loss_fn):
-            raise TypeError(f"loss_fn must be callable as loss_fn(params, batch), got {type(loss_fn).__name__}")
+            raise TypeError(f"loss_fn must be callable as {call}, got {type(loss_fn).__name__}")
         if not isinstance(has_aux, bool):
             raise TypeError(f"has_aux must be True or False, got {has_aux!r}")
+        if has_aux and stateful:
+            raise ValueError("has_aux=True and model_state: with model_state, loss_fn(params, model_state, batch, "
+                             "train) returns (loss, new_model_state); drop has_aux")
         if outputs_fn is not None and not callable(outputs_fn):
             raise TypeError(f"outputs_fn must be None or callable as outputs_fn(params, batch), got "
                             f"{type(outputs_fn).__name__}")
@@ -491,6 +531,8 @@ class OptaxTrainer:
         self.optimizer = tx
         self.params = params
         self.opt_state = opt_state
+        self.model_state = model_state
+        self._stateful = stateful
         self.family = _infer_family(optimizer_factory, slots)
         self.max_val_batches = max_val_batches
         self._train = _Batches(batches, "batches")
@@ -500,16 +542,18 @@ class OptaxTrainer:
         self._outputs = None if outputs_fn is None else jit_cached(outputs_fn)
         self._lr_dtype = jnp.promote_types(jnp.float32, jnp.result_type(slots[0].hyperparams["learning_rate"]))
         if _hashable(loss_fn, tx.update):
-            self._step = _cached_step(loss_fn, tx.update, has_aux, ratios)
-            self._eval = _cached_eval(loss_fn, has_aux)
+            self._step = _cached_step(loss_fn, tx.update, has_aux, ratios, stateful)
+            self._eval = _cached_eval(loss_fn, has_aux, stateful)
         else:
-            self._step = _build_step(loss_fn, tx.update, has_aux, ratios)
-            self._eval = _build_eval(loss_fn, has_aux)
+            self._step = _build_step(loss_fn, tx.update, has_aux, ratios, stateful)
+            self._eval = _build_eval(loss_fn, has_aux, stateful)
 
     # -- Trainer protocol --------------------------------------------------------------------
     def snapshot(self) -> OptaxSnapshot:
-        """References to params, optimizer state, data position and the NumPy / random RNG states."""
-        return OptaxSnapshot(self.params, self.opt_state, self._position, np.random.get_state(), random.getstate())
+        """References to params, optimizer state, model state, data position and the NumPy / random
+        RNG states."""
+        return OptaxSnapshot(self.params, self.opt_state, self._position, np.random.get_state(), random.getstate(),
+                             self.model_state)
 
     def restore(self, state: OptaxSnapshot) -> None:
         """Put ``state`` back: the next :meth:`step` sees the same batch as after the snapshot."""
@@ -517,6 +561,7 @@ class OptaxTrainer:
             raise TypeError(f"state must be an OptaxSnapshot from snapshot(), got {type(state).__name__}")
         self.params = state.params
         self.opt_state = state.opt_state
+        self.model_state = state.model_state
         self._position = state.position
         np.random.set_state(state.numpy_rng)
         random.setstate(state.python_rng)
@@ -526,8 +571,8 @@ class OptaxTrainer:
         batch = self._train[self._position]
         self._position += 1
         self._sample.offer(batch, _leading_dim(batch) or 1)
-        self.params, self.opt_state, loss = self._step(
-            self.params, self.opt_state, batch, np.asarray(lr, dtype=self._lr_dtype)
+        self.params, self.opt_state, self.model_state, loss = self._step(
+            self.params, self.opt_state, self.model_state, batch, np.asarray(lr, dtype=self._lr_dtype)
         )
         return float(loss)
 
@@ -536,7 +581,7 @@ class OptaxTrainer:
         if self._val is None:
             return None
         batches = self._val.all()
-        return float(np.mean([float(self._eval(self.params, b)) for b in batches]))
+        return float(np.mean([float(self._eval(self.params, self.model_state, b)) for b in batches]))
 
     def sample_loss(self) -> float | None:
         """The Trainer protocol's optional fixed-sample loss: the mean loss over the first training
@@ -544,7 +589,7 @@ class OptaxTrainer:
         before the first step. Without validation batches the finder scores its verification runs
         by it (:func:`lrkit.finder.search.run_search`)."""
         sample = self._sample.read()
-        return float(np.mean([float(self._eval(self.params, b)) for b in sample])) if sample else None
+        return float(np.mean([float(self._eval(self.params, self.model_state, b)) for b in sample])) if sample else None
 
     def first_batch_size(self) -> int | None:
         """The leading dimension shared by every array of the first batch, if there is one."""
@@ -575,7 +620,8 @@ class OptaxTrainer:
         if self._outputs is None:
             return None
         batch = self._val[0] if self._val is not None else self._train[max(self._position - 1, 0)]
-        return outputs_spread(self._outputs, self.params, batch)
+        state = (self.model_state,) if self._stateful else ()
+        return outputs_spread(self._outputs, self.params, *state, batch)
 
 
 # -- the one-call entry point ------------------------------------------------------------------
@@ -608,6 +654,7 @@ def find_lr_optax(
     seed: int = 0,
     outputs_fn: Callable[..., Any] | None = None,
     many_epochs: bool = True,
+    model_state: Any = None,
 ) -> FinderResult:
     """Find a good learning rate for a JAX model trained with optax; your params are left as they are.
 
@@ -659,6 +706,9 @@ def find_lr_optax(
             ``train_steps``). ``False``: the answer for a run that does not overfit, or that early
             stopping ends at its best validation loss (and ``lrkit.tune``'s prior, whose trials
             see the overfitting themselves).
+        model_state: the model's state outside the params, e.g. Flax's ``{"batch_stats": ...}``
+            (never modified); then ``loss_fn(params, model_state, batch, train) -> (loss,
+            new_model_state)`` and ``outputs_fn(params, model_state, batch)`` (see :class:`OptaxTrainer`).
 
     Returns:
         A :class:`~lrkit.finder.result.FinderResult` (``.suggestion``, ``.plot()``, ``.to_json()``).
@@ -683,7 +733,7 @@ def find_lr_optax(
     num_iter, steps = plan_budget(num_iter=num_iter, verify=verify, verify_steps=verify_steps, train_steps=train_steps)
     ctx = progress_context(progress, num_iter)  # checks progress before anything is built
     trainer = OptaxTrainer(loss_fn, params, optimizer_factory, batches, val_batches=val_batches, has_aux=has_aux,
-                           outputs_fn=outputs_fn)
+                           outputs_fn=outputs_fn, model_state=model_state)
     family = trainer.family if family is None else family
     if start_lr is None or end_lr is None:
         lo, hi = scaling.lr_range(family)

@@ -1,0 +1,151 @@
+"""A JAX model with state outside its params (Flax linen's BatchNorm ``batch_stats``), as Flax users
+write it: the finder trains the running averages with the params, evaluates with them, restores
+both; the autopilot's rollback puts back the averages the restored params were trained with."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+optax = pytest.importorskip("optax")
+nn = pytest.importorskip("flax.linen", reason="Flax is not installed: pip install flax")
+pytest.importorskip("sklearn")
+import jax.numpy as jnp  # noqa: E402
+
+import lrkit.jax as lj  # noqa: E402
+from lrkit.autopilot import AutopilotError  # noqa: E402
+from lrkit.finder.result import SCORED_BY_VALIDATION  # noqa: E402
+
+
+class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool):
+        x = nn.Dense(64)(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+        return nn.Dense(10)(nn.relu(x))
+
+
+NET = Net()
+
+
+def loss_fn(params, state, batch, train):
+    x, y = batch
+    if train:
+        logits, new_state = NET.apply({"params": params, **state}, x, train=True, mutable=list(state))
+    else:
+        logits, new_state = NET.apply({"params": params, **state}, x, train=False), state
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new_state
+
+
+def outputs_fn(params, state, batch):
+    return NET.apply({"params": params, **state}, batch[0], train=False)
+
+
+def _digits(batch=32):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.data / 16.0).astype("float32") * 4.0 + 3.0  # an offset and scale BatchNorm takes out
+    y = d.target.astype("int32")
+    idx = np.random.default_rng(0).permutation(len(x))
+    tr, va = idx[:1400], idx[1400:]
+    batches = [(x[tr[i:i + batch]], y[tr[i:i + batch]]) for i in range(0, 1400 - batch + 1, batch)]
+    return batches, [(x[va], y[va])]
+
+
+def _init():
+    v = NET.init(jax.random.PRNGKey(0), jnp.zeros((1, 64)), train=False)
+    return v["params"], {"batch_stats": v["batch_stats"]}
+
+
+def _mean_stats(state):
+    return float(np.mean(np.abs(np.asarray(state["batch_stats"]["BatchNorm_0"]["mean"]))))
+
+
+def test_the_trainer_steps_the_running_averages_evaluates_with_them_and_restores_them():
+    batches, val = _digits()
+    params, state = _init()
+    t = lj.OptaxTrainer(loss_fn, params, optax.adam, batches, val_batches=val, model_state=state)
+    snap = t.snapshot()
+    assert _mean_stats(t.model_state) == 0.0
+    for _ in range(30):
+        t.step(1e-2)
+    assert _mean_stats(t.model_state) > 0.5  # the averages follow the batches (inputs offset by 3)
+    # evaluation runs the model with train=False on the trainer's own running averages
+    expected = float(loss_fn(t.params, t.model_state, val[0], False)[0])
+    assert t.evaluate() == pytest.approx(expected, rel=1e-5)
+    assert t.evaluate() < 0.5 * math.log(10)
+    t.restore(snap)
+    assert t.model_state is state and t.params is params
+
+
+def test_find_lr_with_batchnorm_state_suggests_an_lr_that_trains_and_leaves_the_state_as_it_was():
+    batches, val = _digits()
+    params, state = _init()
+    res = lj.find_lr(loss_fn, params, optax.adam, batches, val_batches=val, model_state=state,
+                     outputs_fn=outputs_fn, train_steps=400, progress=False)
+    assert res.details["score"] == SCORED_BY_VALIDATION  # the candidates, in eval mode
+    assert _mean_stats(state) == 0.0  # the caller's state untouched (nothing donated or mutated)
+    # a run at the suggestion, keeping the state as Flax users do, ends well trained in eval mode
+    tx = optax.adam(res.suggestion)
+    opt_state = tx.init(params)
+    step = jax.jit(jax.value_and_grad(lambda p, s, b: loss_fn(p, s, b, True), has_aux=True))
+    p, s = params, state
+    for i in range(400):
+        (_, s), g = step(p, s, batches[i % len(batches)])
+        updates, opt_state = tx.update(g, opt_state, p)
+        p = optax.apply_updates(p, updates)
+    assert float(loss_fn(p, s, val[0], False)[0]) < 0.25
+
+
+def test_the_autopilot_rolls_back_params_and_running_averages_together():
+    batches, val = _digits()
+    params, state = _init()
+    pilot = lj.autopilot(loss_fn, params, optax.adam, batches, val_batches=val, model_state=state,
+                         outputs_fn=outputs_fn, epochs=3)
+    opt_state = pilot.init(params, model_state=state)
+    step = jax.jit(jax.value_and_grad(lambda p, s, b: loss_fn(p, s, b, True), has_aux=True))
+    seen = {}
+    for i in range(pilot.plan.train_steps):
+        batch = batches[i % len(batches)]
+        (loss, state), g = step(params, state, batch)
+        updates, opt_state = pilot.optimizer.update(g, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        seen[id(state)] = state
+        if i == 60:  # a NaN mid-run: weights and running averages both poisoned
+            params = jax.tree_util.tree_map(lambda a: a * jnp.nan, params)
+            state = jax.tree_util.tree_map(lambda a: a * jnp.nan, state)
+            loss = jnp.nan
+        params, opt_state, state = pilot.after_step(i, loss, params, opt_state, batch=batch, model_state=state)
+        if i == 60:
+            assert [e.kind for e in pilot.events] == ["rollback"]
+            assert id(state) in seen and seen[id(state)] is state  # a state the run had, not a copy
+            assert math.isfinite(_mean_stats(state))
+    assert float(loss_fn(params, state, val[0], False)[0]) < 0.3
+
+
+def test_model_state_misuse_is_named():
+    batches, val = _digits()
+    params, state = _init()
+    with pytest.raises(ValueError, match="has_aux=True and model_state"):
+        lj.OptaxTrainer(loss_fn, params, optax.adam, batches, model_state=state, has_aux=True)
+
+    def no_state(p, s, b, train):
+        return loss_fn(p, s, b, train)[0]
+
+    with pytest.raises(ValueError, match=r"must return \(loss, new_model_state\)"):
+        lj.OptaxTrainer(no_state, params, optax.adam, batches, model_state=state).step(1e-3)
+
+    def other_state(p, s, b, train):
+        return loss_fn(p, s, b, train)[0], {"other": jnp.zeros(1)}
+
+    with pytest.raises(ValueError, match="another structure"):
+        lj.OptaxTrainer(other_state, params, optax.adam, batches, model_state=state).step(1e-3)
+    pilot = lj.autopilot(loss_fn, params, optax.adam, batches, model_state=state, epochs=3, peak_lr=1e-3)
+    opt_state = pilot.init(params)  # started without the state ...
+    with pytest.raises(AutopilotError, match="pass it to init"):
+        for i in range(200):  # ... then given it: the first rollback cannot restore one
+            bad = jax.tree_util.tree_map(lambda a: a * jnp.nan, params)
+            pilot.after_step(i, jnp.nan, bad, opt_state, model_state=state)
