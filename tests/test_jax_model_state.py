@@ -149,3 +149,19 @@ def test_model_state_misuse_is_named():
         for i in range(200):  # ... then given it: the first rollback cannot restore one
             bad = jax.tree_util.tree_map(lambda a: a * jnp.nan, params)
             pilot.after_step(i, jnp.nan, bad, opt_state, model_state=state)
+
+
+def test_tune_optax_trains_every_trial_with_its_running_averages():
+    from lrkit.tune import tune_optax
+
+    batches, val = _digits()
+
+    def target():
+        params, state = _init()
+        return {"loss_fn": loss_fn, "params": params, "optimizer": optax.adam, "batches": batches,
+                "val_batches": val, "model_state": state}
+
+    r = tune_optax(target, train_steps=80, n_trials=2, strategy="grid", values=[1e-2, 1e-6])
+    by_lr = {t.lr: t.value for t in r.trials}
+    # scored in eval mode on the averages each trial trained: 1e-2 learns, 1e-6 stays near chance
+    assert r.best_lr == pytest.approx(1e-2) and by_lr[1e-2] < 0.5 < by_lr[1e-6]

@@ -13,7 +13,7 @@ describing the task. Its ``"framework"`` key says which finder runs (``"torch"``
   ``batch_size``, ``val_data`` -- optional (see :func:`lrkit.keras.find_lr`).
 * ``"optax"`` (or ``"jax"``) -- ``loss_fn`` (``loss_fn(params, batch) -> loss``), ``params``,
   ``optimizer`` (an optax factory such as ``optax.adam``), ``batches`` -- required;
-  ``val_batches``, ``has_aux``, ``batch_size``, ``family`` -- optional (see
+  ``val_batches``, ``has_aux``, ``model_state``, ``batch_size``, ``family`` -- optional (see
   :func:`lrkit.jax.find_lr`).
 
 Example ``my_task.py``::
@@ -50,7 +50,7 @@ OPTIONAL_KEYS = ("val_loader", "step_fn", "batch_size", "accumulation_steps", "g
 TASK_KEYS = {
     "torch": (REQUIRED_KEYS, OPTIONAL_KEYS),
     "keras": (("model",), ("x", "y", "dataset", "batch_size", "val_data")),
-    "optax": (("loss_fn", "params", "optimizer", "batches"), ("val_batches", "has_aux", "batch_size", "family")),
+    "optax": (("loss_fn", "params", "optimizer", "batches"), ("val_batches", "has_aux", "model_state", "batch_size", "family")),
 }
 _ALIASES = {"jax": "optax", "pytorch": "torch"}
 
@@ -62,7 +62,7 @@ that returns a dict. Its key "framework" says which finder runs: "torch" (the de
 model, optimizer, loss_fn, train_loader (optional: val_loader, step_fn, batch_size,
 accumulation_steps, grad_clip_norm, amp); "keras" needs model, a compiled Keras 3 model (optional:
 x, y, dataset, batch_size, val_data); "optax" (or "jax") needs loss_fn(params, batch), params,
-optimizer (an optax factory such as optax.adam), batches (optional: val_batches, has_aux,
+optimizer (an optax factory such as optax.adam), batches (optional: val_batches, has_aux, model_state,
 batch_size, family). The model, optimizer and RNG states are left exactly as they were.
 """
 

@@ -4,7 +4,8 @@
 ``loss_fn`` (``loss_fn(params, batch) -> scalar``), ``params`` (the initial pytree),
 ``optimizer`` (a factory ``lr -> GradientTransformation`` such as ``optax.adam``, or one built with
 ``optax.inject_hyperparams``), ``batches`` and ``val_batches`` (required: every trial is scored by
-its validation loss), and optionally ``has_aux``. Every trial calls it again after seeding NumPy
+its validation loss), and optionally ``has_aux`` or ``model_state`` (a model with state outside its
+params, e.g. Flax's ``batch_stats``: see :class:`lrkit.jax.OptaxTrainer`). Every trial calls it again after seeding NumPy
 and Python's ``random`` with ``seed`` (params are immutable: every LR starts from the same ones)
 and trains ``train_steps`` jitted steps with :class:`lrkit.jax.OptaxTrainer`, exactly as
 :func:`lrkit.tune.tune_torch` does for PyTorch. With the ``lrkit`` strategy the range test
@@ -30,7 +31,7 @@ from lrkit.tune._convenience import check_spec, tune_target
 __all__ = ["tune_optax"]
 
 _REQUIRED = ("loss_fn", "params", "optimizer", "batches")
-_OPTIONAL = ("val_batches", "has_aux")
+_OPTIONAL = ("val_batches", "has_aux", "model_state")
 
 
 def _build(target: Callable[[], dict], seed: int) -> dict[str, Any]:
@@ -45,7 +46,8 @@ def _trainer(spec: dict[str, Any]) -> Any:
     from lrkit.jax import OptaxTrainer
 
     return OptaxTrainer(spec["loss_fn"], spec["params"], spec["optimizer"], spec["batches"],
-                        val_batches=spec["val_batches"], has_aux=spec.get("has_aux", False))
+                        val_batches=spec["val_batches"], has_aux=spec.get("has_aux", False),
+                        model_state=spec.get("model_state"))
 
 
 def _finder(spec: dict[str, Any], train_steps: int, seed: int) -> Any:
@@ -53,7 +55,7 @@ def _finder(spec: dict[str, Any], train_steps: int, seed: int) -> Any:
 
     return find_lr_optax(spec["loss_fn"], spec["params"], spec["optimizer"], spec["batches"],
                          val_batches=spec["val_batches"], has_aux=spec.get("has_aux", False),
-                         train_steps=train_steps, progress=False, seed=seed, many_epochs=False)
+                         model_state=spec.get("model_state"), train_steps=train_steps, progress=False, seed=seed, many_epochs=False)
 
 
 def _family(spec: dict[str, Any]) -> str:
@@ -65,7 +67,7 @@ def tune_optax(target: Callable[[], dict], *, train_steps: int, **kwargs: Any):
 
     Args:
         target: ``target() -> dict`` with ``loss_fn``, ``params``, ``optimizer``, ``batches``,
-            ``val_batches`` (and ``has_aux``).
+            ``val_batches`` (and ``has_aux`` or ``model_state``).
         train_steps: optimizer steps of one run (>= 1).
         **kwargs: as for :func:`lrkit.tune.tune_keras`.
     """
