@@ -165,3 +165,40 @@ def test_tune_optax_trains_every_trial_with_its_running_averages():
     by_lr = {t.lr: t.value for t in r.trials}
     # scored in eval mode on the averages each trial trained: 1e-2 learns, 1e-6 stays near chance
     assert r.best_lr == pytest.approx(1e-2) and by_lr[1e-2] < 0.5 < by_lr[1e-6]
+
+
+def test_flax_nnx_split_state_batchnorm_and_dropout_rngs_thread_through_the_finder():
+    nnx = pytest.importorskip("flax.nnx")
+
+    class NnxNet(nnx.Module):
+        def __init__(self, rngs):
+            self.l1, self.bn = nnx.Linear(64, 64, rngs=rngs), nnx.BatchNorm(64, momentum=0.9, rngs=rngs)
+            self.drop, self.l2 = nnx.Dropout(0.1, rngs=rngs), nnx.Linear(64, 10, rngs=rngs)
+
+        def __call__(self, x):
+            return self.l2(self.drop(nnx.relu(self.bn(self.l1(x)))))
+
+    graphdef, params, rest = nnx.split(NnxNet(nnx.Rngs(0)), nnx.Param, ...)
+
+    def nnx_loss(params, rest, batch, train):
+        m = nnx.merge(graphdef, params, rest, copy=True)  # copy: Flax >= 0.11.2 under jax.grad
+        m.train() if train else m.eval()
+        loss = optax.softmax_cross_entropy_with_integer_labels(m(batch[0]), batch[1]).mean()
+        return loss, nnx.split(m, nnx.Param, ...)[2]
+
+    def rng_count(state):
+        return int(np.asarray(state["drop"]["rngs"]["count"][...]))
+
+    batches, val = _digits()
+    t = lj.OptaxTrainer(nnx_loss, params, optax.adam, batches, val_batches=val, model_state=rest)
+    snap = t.snapshot()
+    for _ in range(5):
+        t.step(1e-2)
+    assert rng_count(t.model_state) == rng_count(rest) + 5  # each training step drew a dropout key
+    t.evaluate()
+    assert rng_count(t.model_state) == rng_count(rest) + 5  # evaluation (eval mode) draws none, keeps none
+    t.restore(snap)
+    assert t.model_state is rest
+    res = lj.find_lr(nnx_loss, params, optax.adam, batches, val_batches=val, model_state=rest, train_steps=400,
+                     progress=False)
+    assert res.details["score"] == SCORED_BY_VALIDATION and 1e-4 < res.suggestion < 1.0
