@@ -367,3 +367,23 @@ def test_a_checkpoint_folder_given_directly_is_read_as_its_own_run(tmp_path):
     assert [r.name for r in find_runs(tmp_path / "out")] == ["checkpoint-128/trainer_state.json"]
     d = diagnose(ck)
     assert d.ok and d.message.endswith("after 6 observations")
+
+
+# Keras CSVLogger rows (epoch, loss, val_loss) of two real runs of a small MLP on scikit-learn's diabetes
+# (standardised targets, batch 16, 15 epochs): both learn in their first epochs, then sit at the task's
+# floor with the validation loss swinging 3-7% and no new best
+NOISE_FLOOR_RUNS = {
+    "adam_0.03": [(0.6166, 0.5013), (0.5255, 0.4839), (0.4774, 0.519), (0.4866, 0.4846), (0.4761, 0.5288), (0.4738, 0.5064), (0.4796, 0.5593), (0.4687, 0.5058), (0.4822, 0.4931), (0.5312, 0.4996), (0.4581, 0.5558), (0.4577, 0.5808), (0.4596, 0.5673), (0.4223, 0.5477), (0.4173, 0.5885)],
+    "sgd_momentum_0.03": [(0.6004, 0.5422), (0.5609, 0.5371), (0.4924, 0.5272), (0.4712, 0.5495), (0.4839, 0.5096), (0.4861, 0.5257), (0.5489, 0.5758), (0.489, 0.52), (0.5276, 0.5259), (0.5068, 0.5053), (0.4434, 0.5157), (0.4774, 0.6206), (0.4793, 0.5351), (0.4129, 0.5208), (0.4102, 0.5821)],
+}
+
+
+@pytest.mark.parametrize("name", sorted(NOISE_FLOOR_RUNS))
+def test_a_run_that_learned_and_sits_at_its_floor_is_neither_flat_nor_diverging(tmp_path, name):
+    # read as 'diverging' ("the loss has not decreased over 5 logged losses" -- it had fallen 23%: the
+    # progress of a one-window log was taken against that window itself) and as 'flat' (raise the LR):
+    # an LR too low would still bring the validation loss down in a straight line
+    p = tmp_path / "training.log.csv"
+    p.write_text("epoch,loss,val_loss\n" + "".join(f"{e},{a},{b}\n" for e, (a, b) in enumerate(NOISE_FLOOR_RUNS[name])))
+    d = diagnose(p)
+    assert d.verdict in ("healthy", "converged", "overfitting"), (d.verdict, d.message)
