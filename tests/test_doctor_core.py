@@ -519,3 +519,39 @@ def test_a_coarse_log_whose_first_row_blew_up_and_then_fell_is_diverging_not_hea
     for t in range(60):
         doc.observe(t, 2.3 * 0.98 ** t * (6.0 if t == 7 else 1.0))
     assert all(h.verdict != "diverging" for h in doc.history)
+
+
+@SETTINGS
+@given(n_vals=st.integers(0, 14), rising=st.booleans(), seed=st.integers(0, 1000))
+def test_a_flat_run_with_any_number_of_evaluations_is_judged_by_them(n_vals, rising, seed):
+    # a loss that learned in its first 30 steps, then flat, with 0..14 validation losses in its last
+    # 120 steps (the flat test runs with fewer evaluations than it needs as well): never an error, and
+    # flat (raise the LR) while the validation loss keeps falling
+    rng = np.random.default_rng(seed)
+    n = 320
+    losses = np.where(np.arange(n) < 30, 1.0 - 0.01 * np.arange(n), 0.7) * np.exp(0.03 * rng.standard_normal(n))
+    at = sorted(set(np.linspace(200, n - 1, n_vals).astype(int))) if n_vals else []
+    doc = Doctor()
+    for t, loss in enumerate(losses):
+        k = at.index(t) if t in at else None
+        vl = None if k is None else (0.8 + 0.02 * k if rising else 0.8 - 0.001 * k)
+        doc.observe(t, float(loss), val_loss=vl, lr=0.05)
+    assert rising or overall(doc).verdict == "flat"
+
+
+def test_a_flat_run_that_had_learned_and_whose_validation_rises_is_not_told_to_raise_the_lr():
+    # fell 30% in its first rows, then flat; the validation loss rising steadily from its best
+    # (overfitting, or an LR too high): not an LR too low (whose validation loss still falls)
+    rng = np.random.default_rng(0)
+    n = 300
+    level = np.where(np.arange(n) < 30, 1.0 - 0.01 * np.arange(n), 0.7)
+    losses = level * np.exp(0.03 * rng.standard_normal(n))
+    doc = Doctor()
+    for t, loss in enumerate(losses):
+        vl = 0.8 + 0.0005 * max(0, t - 40) if t % 20 == 19 else None
+        doc.observe(t, float(loss), val_loss=vl, lr=0.05)
+    assert overall(doc).verdict != "flat"
+    doc = Doctor()  # the same with the validation loss still falling: flat
+    for t, loss in enumerate(losses):
+        doc.observe(t, float(loss), val_loss=0.8 - 0.0002 * t if t % 20 == 19 else None, lr=0.05)
+    assert overall(doc).verdict == "flat"

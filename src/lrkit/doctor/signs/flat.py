@@ -178,11 +178,14 @@ class Flat(Sign):
         self.trend = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
         self.lr_window: list[float] = []  # LR at each window check, for warmup detection
         self.vals: list[float] = []  # log of the last VAL_KEEP validation losses
+        self.val_before = math.inf  # log of the best validation loss before those
 
     def observe(self, obs: Observation) -> None:
         v = validation_loss(obs)
         if v is not None and math.isfinite(v) and v > 0:
-            self.vals = (self.vals + [math.log(v)])[-VAL_KEEP:]
+            self.vals.append(math.log(v))
+            if len(self.vals) > VAL_KEEP:
+                self.val_before = min(self.val_before, self.vals.pop(0))
         t = self.track
         y = t.y.last(1)[0]  # this step's log-loss
         if y > math.log(TINY):
@@ -281,10 +284,10 @@ class Flat(Sign):
             ev["early_max_ratio"] = max(t.first_window) / L0 if L0 > 0 else math.inf
             ev["stuck"] = 1.0
             self.finding = Finding("diverging", early, ev)
-        elif rel > -tol and not (learned and self.val_swing() > VAL_SWING):
+        elif rel > -tol and not (learned and self.val_stalled()):
             # (a run that learned -- its loss fell from its start -- and whose validation loss now swings
-            # with no new best sits at its floor, which converged / overfitting report: an LR too low
-            # would still bring the validation loss down in a straight line)
+            # or rises with no new best sits at its floor, or overfits, or the LR is too high: an LR too
+            # low would still bring the validation loss down in a straight line)
             self.finding = Finding("flat", t.first_step, ev)
         # else the level sits clearly above the first window's: it rose -- whatever the cause (a
         # schedule's LR rise, waited out by the loss_rise sign), not an LR too low to make progress
@@ -369,6 +372,19 @@ class Flat(Sign):
             return 0.0
         return swing(z)
 
+    def val_stalled(self) -> bool:
+        """The validation loss still moves -- it swings by more than :data:`VAL_SWING`, or sits that
+        much above its best -- and the second half of the last evaluations (at least
+        :data:`VAL_MIN_EVALS`) brought no new best, against every evaluation before them: what an
+        LR too low does not do."""
+        z = np.array(self.vals)
+        if len(z) < VAL_MIN_EVALS:
+            return False
+        best_before = min(self.val_before, float(z[:len(z) // 2].min()))
+        if z[len(z) // 2:].min() < best_before:
+            return False
+        return swing(z) > VAL_SWING or z[-1] - best_before > math.log1p(VAL_SWING)
+
     def explain(self, finding: Finding, step: int) -> tuple[tuple[str, ...], str]:
         if finding.verdict == "diverging":
             return diverging_explanation(self.track, self.config, finding.onset, finding.evidence)
@@ -404,6 +420,7 @@ class Flat(Sign):
             "trend": list(self.trend),
             "lr_window": list(self.lr_window),
             "vals": list(self.vals),
+            "val_before": self.val_before if math.isfinite(self.val_before) else None,
             "flat_finding": finding_state(self.finding),
         }
 
@@ -413,4 +430,5 @@ class Flat(Sign):
             self.trend = [float(v) for v in s["trend"]]
         self.lr_window = [float(v) for v in s.get("lr_window", [])]
         self.vals = [float(v) for v in s.get("vals", [])]
+        self.val_before = math.inf if s.get("val_before") is None else float(s["val_before"])
         self.finding = finding_from(s.get("flat_finding"))
