@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.py") if not p.name.startswith("_"))
 NEEDS = {"pytorch": ("torch",), "lightning": ("torch", "lightning"), "hf": ("torch", "transformers"),
-         "keras": ("keras",), "jax": ("jax", "optax")}
+         "keras": ("keras",), "jax": ("jax", "optax"), "flax": ("jax", "optax", "flax")}
 
 pytestmark = pytest.mark.slow
 
