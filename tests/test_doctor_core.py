@@ -555,3 +555,26 @@ def test_a_flat_run_that_had_learned_and_whose_validation_rises_is_not_told_to_r
     for t, loss in enumerate(losses):
         doc.observe(t, float(loss), val_loss=0.8 - 0.0002 * t if t % 20 == 19 else None, lr=0.05)
     assert overall(doc).verdict == "flat"
+
+
+def test_state_dict_resume_keeps_the_best_validation_loss_seen_before_the_kept_ones():
+    # 30 evaluations, the best among the first: after a save at step 200 (20 seen, the last 10 kept)
+    # the resumed doctor still knows that best, and judges as the one that never stopped
+    rng = np.random.default_rng(1)
+    n = 300
+    losses = np.where(np.arange(n) < 30, 1.0 - 0.01 * np.arange(n), 0.7) * np.exp(0.03 * rng.standard_normal(n))
+    # the best (0.70) in the first four evaluations; then 0.90 zigzagging down to 0.85: new bests of the
+    # last ten kept, never of the run
+    vals = {t: 0.70 if t < 40 else 0.9 - 0.002 * (t // 10) + 0.02 * (-1) ** (t // 10) for t in range(9, n, 10)}
+
+    def run(doc, ts):
+        return [doc.observe(t, float(losses[t]), val_loss=vals.get(t), lr=0.05).to_dict() for t in ts]
+
+    straight = Doctor()
+    seq_a = run(straight, range(n))
+    first = Doctor()
+    seq_b = run(first, range(200))
+    resumed = Doctor()
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    seq_b += run(resumed, range(200, n))
+    assert seq_a == seq_b and overall(resumed).verdict != "flat"

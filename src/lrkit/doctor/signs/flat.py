@@ -58,11 +58,14 @@ A flat run whose training loss has made no progress (under :data:`VAL_SWING_PROG
 first window) while its validation loss zigzags (:meth:`Flat.val_swing`, the median distance of an
 evaluation's log from its neighbours' mean over the last :data:`VAL_KEEP`, above :data:`VAL_SWING`,
 with no new best in their second half) is ``diverging`` too: the weights move a lot and go nowhere,
-which an LR too low cannot do (if its loss has made that much progress since its start, it learned
-and sits at its floor: neither diverging nor flat) -- on a fixed validation set its losses fall in a straight line (a
+which an LR too low cannot do -- on a fixed validation set its losses fall in a straight line (a
 run blown up before its first logged row and thrashing since, as Lightning's default logging every
-50 steps shows one, reads flat otherwise). A flat run whose loss has stopped changing at all -- its last
-:data:`FROZEN_ROWS` or more logged values equal to :data:`FROZEN_REL` -- after its first window
+50 steps shows one, reads flat otherwise). A run whose loss *has* made that progress, over its first
+window or, beyond the start's noise, since its start (:data:`LEARNED_Z`), learned; if its validation
+loss still moves (:meth:`Flat.val_stalled`: swinging, or risen above its best) with no new best
+against every evaluation seen, it sits at its floor or overfits: neither diverging nor flat. A flat
+run whose loss has stopped changing at all -- its last :data:`FROZEN_ROWS` or more logged values
+equal to :data:`FROZEN_REL`, and not a drift in one direction at every step -- after its first window
 held a different value (and its level is not clearly above that window's, as for flat) is
 ``diverging`` as well: it moved, then no weight moved any more (units
 died or saturated; an LR too low still moves the weights, and a run's batches differ); frozen from
