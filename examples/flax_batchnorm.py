@@ -1,7 +1,7 @@
 """Flax (linen) with BatchNorm: the autopilot finds the LR, plans the schedule and guards the run, with
 the running averages (``batch_stats``) passed as ``model_state``.
 
-Run: python examples/flax_batchnorm.py   (LRKIT_EXAMPLE_SMALL=1 for a short version)
+Run: python examples/flax_batchnorm.py   (LRKIT_EXAMPLE_SMALL=1 for a short version; needs ``pip install flax``)
 """
 import flax.linen as nn
 import jax
