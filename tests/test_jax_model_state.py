@@ -212,40 +212,24 @@ def test_lrkit_find_takes_a_flax_target_with_its_model_state(tmp_path):
     from pathlib import Path
 
     f = tmp_path / "flax_task.py"
-    f.write_text('''
-import flax.linen as nn, jax, jax.numpy as jnp, numpy as np, optax
-from sklearn.datasets import load_digits
+    here = Path(__file__).resolve().parent
+    f.write_text(f"""
+import sys
+
+import optax
+
+sys.path.insert(0, {str(here)!r})
+from test_jax_model_state import _digits, _init, loss_fn
 
 
-class Net(nn.Module):
-    @nn.compact
-    def __call__(self, x, train: bool):
-        return nn.Dense(10)(nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(nn.Dense(32)(x))))
-
-
-NET = Net()
-
-
-def loss_fn(params, state, batch, train):
-    x, y = batch
-    if train:
-        logits, state = NET.apply({"params": params, **state}, x, train=True, mutable=list(state))
-    else:
-        logits = NET.apply({"params": params, **state}, x, train=False)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), state
-
-
-def task():
-    d = load_digits()
-    x, y = (d.data / 16).astype("float32") * 4 + 3, d.target.astype("int32")
-    v = NET.init(jax.random.PRNGKey(0), jnp.zeros((1, 64)), train=False)
-    return {"framework": "optax", "loss_fn": loss_fn, "params": v["params"], "optimizer": optax.adam,
-            "model_state": {"batch_stats": v["batch_stats"]}, "val_batches": [(x[1400:], y[1400:])],
-            "batches": [(x[i:i + 32], y[i:i + 32]) for i in range(0, 1400 - 31, 32)]}
-''')
-    root = Path(__file__).resolve().parents[1]
+def task():  # the model, loss and data of this file's tests, as a task file for the CLI
+    batches, val = _digits()
+    params, state = _init()
+    return {{"framework": "optax", "loss_fn": loss_fn, "params": params, "optimizer": optax.adam,
+            "model_state": state, "val_batches": val, "batches": batches}}
+""")
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([str(here.parent / "src"), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-m", "lrkit", "find", f"{f}:task", "--json", "--train-steps", "300"],
                          capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-2000:]

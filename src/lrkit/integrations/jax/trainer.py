@@ -188,6 +188,11 @@ def _call_factory(factory: Callable[[float], Any]) -> tuple[Any, Any]:
 _cached_factory = functools.lru_cache(maxsize=_CACHE_SIZE)(_call_factory)
 
 
+def _call_form(stateful: bool) -> str:
+    """How ``loss_fn`` is called, for messages."""
+    return "loss_fn(params, model_state, batch, train)" if stateful else "loss_fn(params, batch)"
+
+
 def _checked_loss(loss_fn: Callable, has_aux: bool, stateful: bool = False) -> Callable:
     """``wrapped(params, batch, model_state, train) -> (scalar loss, new model_state)``.
 
@@ -195,7 +200,7 @@ def _checked_loss(loss_fn: Callable, has_aux: bool, stateful: bool = False) -> C
     ``has_aux``; ``aux`` is dropped) and the state passes through (``None``); with one,
     ``loss_fn(params, model_state, batch, train)`` returns ``(loss, new_model_state)``. Shape errors
     are raised while tracing."""
-    call = "loss_fn(params, model_state, batch, train)" if stateful else "loss_fn(params, batch)"
+    call = _call_form(stateful)
 
     def wrapped(params, batch, model_state, train):
         if stateful:
@@ -460,7 +465,7 @@ class OptaxTrainer:
         model_state: Any = None,
     ) -> None:
         stateful = model_state is not None
-        call = "loss_fn(params, model_state, batch, train)" if stateful else "loss_fn(params, batch)"
+        call = _call_form(stateful)
         if not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable as {call}, got {type(loss_fn).__name__}")
         if not isinstance(has_aux, bool):
@@ -532,7 +537,6 @@ class OptaxTrainer:
         self.params = params
         self.opt_state = opt_state
         self.model_state = model_state
-        self._stateful = stateful
         self.family = _infer_family(optimizer_factory, slots)
         self.max_val_batches = max_val_batches
         self._train = _Batches(batches, "batches")
@@ -620,7 +624,7 @@ class OptaxTrainer:
         if self._outputs is None:
             return None
         batch = self._val[0] if self._val is not None else self._train[max(self._position - 1, 0)]
-        state = (self.model_state,) if self._stateful else ()
+        state = () if self.model_state is None else (self.model_state,)
         return outputs_spread(self._outputs, self.params, *state, batch)
 
 
