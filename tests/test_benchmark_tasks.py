@@ -141,3 +141,15 @@ def test_the_unscaled_input_warning_fires_on_the_unscaled_tasks_only():
     fired = {t.name for t in tasks if unscaled_inputs(t.x_train[:1024].float().numpy() if t.x_train.is_floating_point()
                                                       else t.x_train[:1024].numpy())}
     assert fired == {"logreg_unscaled_sgd", "logreg_fullbatch_sgd", "wine_unscaled_adagrad"}
+
+
+def test_the_one_seed_grid_floor_judges_each_seeds_pick_on_the_other_seeds():
+    from benchmarks.finder_regret import grid_other_seed
+
+    # grid x seeds: seed 0 is best at LR 0 (where seed 1 is poor), seed 1 at LR 1 (where seed 0 is fair)
+    orc = {"seed_vals": [[1.0, 3.0], [2.0, 1.5], [5.0, 5.0]], "best_val": 1.75}  # LR 1's mean 1.75 is the oracle
+    # seed 0 searches: picks LR 0, judged on seed 1 -> 3.0; seed 1 searches: picks LR 1, judged on seed 0 -> 2.0
+    assert grid_other_seed(orc) == pytest.approx((2.5 - 1.75) / 1.75)
+    # identical seeds: the pick is the oracle's LR and the floor is 0
+    assert grid_other_seed({"seed_vals": [[2.0, 2.0], [1.0, 1.0]], "best_val": 1.0}) == 0.0
+    assert grid_other_seed({"best_val": 1.0}) is None and grid_other_seed({"seed_vals": [[1.0]], "best_val": 1.0}) is None
