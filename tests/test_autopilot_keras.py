@@ -1,6 +1,7 @@
 """lrkit.keras.AutopilotCallback: model.fit with no LR chosen, refusals, resume from state_path."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -234,7 +235,8 @@ def test_a_run_that_overfits_early_is_restarted_at_a_lower_lr():
     check_planned_and_restarted(run, 0.5)
 
 
-def test_steps_per_execution_on_the_jax_backend_counts_every_batch():
+@pytest.mark.parametrize("backend", ["jax", "tensorflow"])
+def test_steps_per_execution_counts_every_batch_on_jax_and_tensorflow(backend):
     # fit(steps_per_execution=4) calls the batch callbacks once per 4 batches (JAX and TensorFlow;
     # the torch backend refuses it): counted as steps, the calls ran the autopilot's schedule 4x
     # slow (the run ended near its peak) and dated the doctor's steps 4x early
@@ -242,7 +244,7 @@ def test_steps_per_execution_on_the_jax_backend_counts_every_batch():
         import keras
         from sklearn.datasets import load_digits
         from lrkit.keras import AutopilotCallback, LRDoctorCallback
-        assert keras.backend.backend() == "jax"
+        assert keras.backend.backend() == "__BACKEND__"
         x, y = load_digits(return_X_y=True)
         x, y = (x[:640] / 16).astype("float32"), y[:640]
 
@@ -267,7 +269,7 @@ def test_steps_per_execution_on_the_jax_backend_counts_every_batch():
         model().fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[doctor])
         assert [s for s, _, _ in doctor.history] == list(range(3, 40, 4)), doctor.history
 
-        # the guard's mid-epoch rollback holds on JAX too: Keras writes the epoch's state back into
+        # the guard's mid-epoch rollback holds on JAX (and TF) too: Keras writes the epoch's state back into
         # the variables whenever a callback reads self.model, and reads them again before the next batch
         class Spike(keras.callbacks.Callback):
             def on_train_batch_begin(self, batch, logs=None):  # one step at LR 1e6: step 8
@@ -286,8 +288,11 @@ def test_steps_per_execution_on_the_jax_backend_counts_every_batch():
         assert losses[9] > 1e6 and rollback.restored_to <= 8, (rollback, losses)  # step 8 trained at 1e6
         assert max(v for s, v in losses.items() if s > rollback.step) < 3.0, losses  # restored, not wrecked
         print("ok")
-    """)
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", OMP_NUM_THREADS="1")
+    """).replace("__BACKEND__", backend)
+    if backend == "tensorflow" and importlib.util.find_spec("tensorflow") is None:
+        pytest.skip("TensorFlow is not installed (pip install tensorflow-cpu)")
+    env = dict(os.environ, KERAS_BACKEND=backend, JAX_PLATFORMS="cpu", OMP_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="3",
+               CUDA_VISIBLE_DEVICES="")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("ok")
