@@ -269,8 +269,9 @@ def test_steps_per_execution_counts_every_batch_on_jax_and_tensorflow(backend):
         model().fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[doctor])
         assert [s for s, _, _ in doctor.history] == list(range(3, 40, 4)), doctor.history
 
-        # the guard's mid-epoch rollback holds on JAX (and TF) too: Keras writes the epoch's state back into
-        # the variables whenever a callback reads self.model, and reads them again before the next batch
+        # the guard's mid-epoch rollback holds: on JAX Keras writes the epoch's state back into the
+        # variables whenever a callback reads self.model, and reads them again before the next batch;
+        # on TF the traced steps read and write the variables themselves
         class Spike(keras.callbacks.Callback):
             def on_train_batch_begin(self, batch, logs=None):  # one step at LR 1e6: step 8
                 if self.params.get("epoch", 0) == 0 and batch in (8, 9):
