@@ -86,6 +86,16 @@ def _modes(metric_mode: Optional[list[str]]) -> dict[str, str]:
     return modes
 
 
+def _tensorboard_without_tensorflow() -> None:
+    """This process reads event files only: TensorBoard's reader uses its TF stub even where
+    TensorFlow is installed (``tensorboard.compat.notf``), instead of importing all of TensorFlow --
+    seconds, and its C++ log lines on stderr -- to read a few scalars."""
+    import sys
+    import types
+
+    sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+
+
 @app.command("diagnose")
 def diagnose_cmd(
     file: Annotated[str, typer.Argument(help="Training log: .csv, .jsonl, .json, TensorBoard event file, a console log (.out, .log), a directory of one or several runs, an MLflow store or tracking URI (mlflow.db, sqlite:///mlflow.db, http://host:5000), or - for standard input.")],
@@ -106,6 +116,7 @@ def diagnose_cmd(
     idle: Annotated[float, typer.Option("--idle", help="With --follow: stop when no log has grown for this many seconds.", metavar="SECONDS")] = 600.0,
 ) -> None:
     """Diagnose the learning rate of a finished (or running) training run from its log."""
+    _tensorboard_without_tensorflow()
     from lrkit.doctor import diagnose, read_log
     from lrkit.doctor.logs import Run, _no_runs, find_runs, read_run, select_run
     from lrkit.doctor.mlflow_store import store_target

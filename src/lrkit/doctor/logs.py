@@ -10,7 +10,8 @@ Accepted inputs (:func:`read_log`):
   ``trainer_state.json`` (its ``log_history``);
 * a TensorBoard event file or a directory holding event files (read with TensorBoard's
   ``EventAccumulator``, imported lazily; scalars of sub-directories named ``validation``/``val``/
-  ``eval`` get a ``val_`` prefix, as the Keras TensorBoard callback writes them);
+  ``eval`` get a ``val_`` prefix, as the Keras TensorBoard callback writes them; TF2 scalar tensors
+  and Keras' epoch and iteration clocks: :mod:`lrkit.doctor.tensorboard_events`);
 * a directory holding **one** run (see :func:`find_runs`: a SummaryWriter run, a Lightning
   ``version_N``, a Hugging Face output directory with ``checkpoint-N`` folders, an MLflow store
   with one run); a directory of several runs is read run by run with :func:`read_runs`;
@@ -484,27 +485,14 @@ def _scalar(v: Any) -> Any:
 
 def _tensorboard(path: Path, named: Mapping[str, str]) -> LogRecords:
     try:
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        from lrkit.doctor.tensorboard_events import scalar_rows
+        import tensorboard  # noqa: F401
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise LogFormatError(f"{path}: reading TensorBoard logs needs the tensorboard package (pip install tensorboard)") from exc
     targets = [path] if path.is_file() else sorted({p.parent for p in path.rglob("*tfevents*") if p.is_file()})
     if not targets:
         raise LogFormatError(f"{path}: no TensorBoard event files (*tfevents*) found")
-    rows_by_step: dict[int, dict[str, float]] = {}
-    for t in targets:
-        acc = EventAccumulator(str(t), size_guidance={"scalars": 0})
-        try:
-            acc.Reload()
-        except Exception as exc:  # corrupted event files raise various errors
-            raise LogFormatError(f"{t}: not a readable TensorBoard event file ({exc})") from None
-        rel = t.relative_to(path) if path.is_dir() and t != path else Path(".")
-        is_val = any(part.lower() in _VAL_DIRS for part in rel.parts)
-        for tag in acc.Tags().get("scalars", []):
-            name = tag
-            if is_val:
-                name = "val_" + (tag[len("epoch_"):] if tag.startswith("epoch_") else tag)
-            for ev in acc.Scalars(tag):
-                rows_by_step.setdefault(int(ev.step), {})[name] = float(ev.value)
+    rows_by_step = scalar_rows(targets, path, _VAL_DIRS)
     if not rows_by_step:
         raise LogFormatError(f"{path}: the TensorBoard log has no scalars")
     rows = [(f"{path}@step{s}", {"step": s, **vals}) for s, vals in sorted(rows_by_step.items())]
