@@ -62,6 +62,7 @@ Example:
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import stat
@@ -484,11 +485,10 @@ def _scalar(v: Any) -> Any:
 
 
 def _tensorboard(path: Path, named: Mapping[str, str]) -> LogRecords:
-    try:
-        from lrkit.doctor.tensorboard_events import scalar_rows
-        import tensorboard  # noqa: F401
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise LogFormatError(f"{path}: reading TensorBoard logs needs the tensorboard package (pip install tensorboard)") from exc
+    if importlib.util.find_spec("tensorboard") is None:  # pragma: no cover - depends on the environment
+        raise LogFormatError(f"{path}: reading TensorBoard logs needs the tensorboard package (pip install tensorboard)")
+    from lrkit.doctor.tensorboard_events import scalar_rows
+
     targets = [path] if path.is_file() else sorted({p.parent for p in path.rglob("*tfevents*") if p.is_file()})
     if not targets:
         raise LogFormatError(f"{path}: no TensorBoard event files (*tfevents*) found")
