@@ -138,6 +138,26 @@ def test_tensorboard_keras_style_subdirs(tmp_path):
     np.testing.assert_allclose(recs.lr, 1e-3, rtol=1e-6)
 
 
+def test_a_summarywriter_log_with_keras_like_names_keeps_its_one_clock(tmp_path):
+    """Keras' two clocks (epoch_* at the epoch index, batch_* at the step) are read from the TF2
+    tensors Keras writes; a SummaryWriter's scalars named alike are all on the global step."""
+    pytest.importorskip("tensorboard")
+    from torch.utils.tensorboard import SummaryWriter
+
+    w = SummaryWriter(str(tmp_path / "run"))
+    for t in range(60):
+        w.add_scalar("batch_loss", 2.0 / (t + 1), t)
+        if t % 10 == 9:
+            w.add_scalar("epoch_loss", 2.0 / (t + 1), t)
+            w.add_scalar("evaluation_loss_vs_iterations", 2.2 / (t + 1), t)
+    w.close()
+    recs = read_log(tmp_path / "run")
+    # batch_loss kept as written (not taken for the loss), epoch_loss kept (the loss, every 10 steps),
+    # evaluation_..._vs_iterations not renamed to a validation loss
+    assert len(recs) == 60 and "batch_loss" in recs.names and recs.has("loss").sum() == 6
+    assert "evaluation_loss_vs_iterations" in recs.names and "val_loss" not in recs.names
+
+
 def test_jsonl_hf_trainer_state_and_in_memory(tmp_path):
     rows = [{"step": t, "loss": 1.0 / (t + 1), "learning_rate": 0.01, "grad_norm": 1.0} for t in range(50)]
     rows[30]["loss"] = float("nan")

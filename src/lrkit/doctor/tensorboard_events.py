@@ -11,7 +11,9 @@ on it: epoch ``e`` is dated at the ``e``-th validation's iteration when the log 
 validation runs at its end), a ``batch_<metric>`` is named ``<metric>`` and an
 ``evaluation_<metric>_vs_iterations`` ``val_<metric>`` (the same values as the validation's
 ``epoch_<metric>``, which is then dropped); epoch-clock tags that cannot be dated are dropped.
-Without an iteration clock, steps are the epoch indices, as the log holds them.
+Without an iteration clock, steps are the epoch indices, as the log holds them. Only tags read from
+TF2 tensors are taken for Keras' (a SummaryWriter's scalars share one clock, the global step,
+whatever their names).
 
 Example (a log Keras wrote with ``validation_data`` and the default ``update_freq="epoch"``: rows
 at the validations' steps 44, 88, ...)::
@@ -33,9 +35,11 @@ _BATCH = "batch_"
 _EPOCH = "epoch_"
 
 
-def _series(acc: Any) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar tag of one event directory: legacy scalars, and TF2 tensors of the scalars plugin."""
+def _series(acc: Any) -> tuple[dict[str, list[tuple[int, float]]], set[str]]:
+    """Every scalar tag of one event directory: legacy scalars, and TF2 tensors of the scalars
+    plugin; and the tags read from tensors (only those can be Keras' on TensorFlow)."""
     out: dict[str, list[tuple[int, float]]] = {}
+    from_tensors: set[str] = set()
     tags = acc.Tags()
     for tag in tags.get("scalars", []):
         out[tag] = [(int(ev.step), float(ev.value)) for ev in acc.Scalars(tag)]
@@ -53,13 +57,14 @@ def _series(acc: Any) -> dict[str, list[tuple[int, float]]]:
                     values.append((int(ev.step), float(arr.reshape(()))))
             if values:
                 out[tag] = values
-    return out
+                from_tensors.add(tag)
+    return out, from_tensors
 
 
-def _epoch_dates(runs: list[tuple[bool, dict[str, list[tuple[int, float]]]]]) -> dict[int, int] | None:
+def _epoch_dates(runs: list[tuple[bool, dict[str, list[tuple[int, float]]], set[str]]]) -> dict[int, int] | None:
     """Epoch index -> the optimizer step of its validation, from a validation directory holding both
     ``epoch_<m>`` and ``evaluation_<m>_vs_iterations`` with as many points."""
-    for is_val, series in runs:
+    for is_val, series, _ in runs:
         if not is_val:
             continue
         for tag, values in series.items():
@@ -83,17 +88,18 @@ def scalar_rows(targets: list[Path], root: Path, val_dirs: tuple[str, ...]) -> d
         except Exception as exc:  # corrupted event files raise various errors
             raise LogFormatError(f"{t}: not a readable TensorBoard event file ({exc})") from None
         rel = t.relative_to(root) if root.is_dir() and t != root else Path(".")
-        runs.append((any(part.lower() in val_dirs for part in rel.parts), _series(acc)))
-    tags = {tag for _, series in runs for tag in series}
-    # Keras' batch_<m> comes with its epoch_<m> (a user's own "batch_size" scalar is no clock)
-    batch_tags = {t for t in tags if t.startswith(_BATCH) and _EPOCH + t[len(_BATCH):] in tags}
-    iteration_clock = bool(batch_tags) or any(_EVAL_VS_ITER.match(t) for t in tags)
+        runs.append((any(part.lower() in val_dirs for part in rel.parts), *_series(acc)))
+    # Keras writes TF2 tensors (SummaryWriter's scalars keep one clock, whatever their names), and
+    # its batch_<m> comes with its epoch_<m> (a user's own "batch_size" scalar is no clock)
+    keras_tags = {tag for _, _, from_tensors in runs for tag in from_tensors}
+    batch_tags = {t for t in keras_tags if t.startswith(_BATCH) and _EPOCH + t[len(_BATCH):] in keras_tags}
+    iteration_clock = bool(batch_tags) or any(_EVAL_VS_ITER.match(t) for t in keras_tags)
     dates = _epoch_dates(runs) if iteration_clock else None
     rows: dict[int, dict[str, float]] = {}
-    for is_val, series in runs:
+    for is_val, series, from_tensors in runs:
         for tag, values in series.items():
             name, date = tag, None
-            if iteration_clock:
+            if iteration_clock and tag in from_tensors:
                 m = _EVAL_VS_ITER.match(tag)
                 if m:
                     name = m.group(1)
