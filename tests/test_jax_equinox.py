@@ -10,8 +10,6 @@ then peaks 8x below the best peak, against 2-3x in ``"batch"`` mode -- its 5-ste
 lag, which a full run outgrows)."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
@@ -19,11 +17,10 @@ jax = pytest.importorskip("jax")
 optax = pytest.importorskip("optax")
 eqx = pytest.importorskip("equinox", reason="Equinox is not installed: pip install equinox")
 pytest.importorskip("sklearn")
-import jax.numpy as jnp  # noqa: E402
 
 import lrkit.jax as lj  # noqa: E402
 from lrkit.finder.result import SCORED_BY_VALIDATION  # noqa: E402
-from test_jax_model_state import _digits  # noqa: E402
+from test_jax_model_state import _digits, fly_with_a_nan, train_at  # noqa: E402
 
 
 class Net(eqx.Module):
@@ -77,14 +74,7 @@ def test_the_finder_trains_the_equinox_statistics_with_the_weights_and_gives_bot
     assert res.details["score"] == SCORED_BY_VALIDATION  # the candidates scored in inference mode
     assert _running_mean(STATE) == before
     # a run at the suggestion, as an Equinox user writes one, ends well trained in inference mode
-    tx = optax.adam(res.suggestion)
-    opt_state = tx.init(PARAMS)
-    step = eqx.filter_jit(jax.value_and_grad(lambda p, s, b: loss_fn(p, s, b, True), has_aux=True))
-    p, s = PARAMS, STATE
-    for i in range(400):
-        (_, s), g = step(p, s, batches[i % len(batches)])
-        updates, opt_state = tx.update(g, opt_state, p)
-        p = optax.apply_updates(p, updates)
+    p, s = train_at(loss_fn, PARAMS, STATE, batches, res.suggestion, 400, jit=eqx.filter_jit)
     assert float(loss_fn(p, s, val[0], False)[0]) < 0.3
 
 
@@ -92,22 +82,5 @@ def test_the_autopilot_rolls_back_equinox_weights_and_statistics_together():
     batches, val = _digits()
     params, state = PARAMS, STATE
     pilot = lj.autopilot(loss_fn, params, optax.adam, batches, val_batches=val, model_state=state, epochs=3)
-    opt_state = pilot.init(params, model_state=state)
-    step = eqx.filter_jit(jax.value_and_grad(lambda p, s, b: loss_fn(p, s, b, True), has_aux=True))
-    seen = {}
-    for i in range(pilot.plan.train_steps):
-        batch = batches[i % len(batches)]
-        (loss, state), g = step(params, state, batch)
-        updates, opt_state = pilot.optimizer.update(g, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        seen[id(state)] = state
-        if i == 60:  # a NaN mid-run: weights and running statistics both poisoned
-            params = jax.tree_util.tree_map(lambda a: a * jnp.nan, params)
-            state = jax.tree_util.tree_map(lambda a: a * jnp.nan if a.dtype.kind == "f" else a, state)
-            loss = jnp.nan
-        params, opt_state, state = pilot.after_step(i, loss, params, opt_state, batch=batch, model_state=state)
-        if i == 60:
-            assert [e.kind for e in pilot.events] == ["rollback"]
-            assert seen.get(id(state)) is state  # a state the run had
-            assert math.isfinite(_running_mean(state))
+    params, state = fly_with_a_nan(pilot, loss_fn, params, state, batches, _running_mean, jit=eqx.filter_jit)
     assert float(loss_fn(params, state, val[0], False)[0]) < 0.35

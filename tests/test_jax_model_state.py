@@ -60,6 +60,44 @@ def _init():
     return v["params"], {"batch_stats": v["batch_stats"]}
 
 
+def train_at(loss_fn, params, state, batches, lr, steps, jit=jax.jit):
+    """A run of ``steps`` at ``lr`` (Adam) written as users write one, keeping the model state; the
+    final ``(params, state)``. ``jit``: ``jax.jit``, or Equinox's ``eqx.filter_jit``."""
+    tx = optax.adam(lr)
+    opt_state = tx.init(params)
+    step = jit(jax.value_and_grad(lambda p, s, b: loss_fn(p, s, b, True), has_aux=True))
+    for i in range(steps):
+        (_, state), g = step(params, state, batches[i % len(batches)])
+        updates, opt_state = tx.update(g, opt_state, params)
+        params = optax.apply_updates(params, updates)
+    return params, state
+
+
+def fly_with_a_nan(pilot, loss_fn, params, state, batches, stat, jit=jax.jit, at=60):
+    """The autopilot's loop as users write it, the weights and the model state's float arrays poisoned
+    with NaN at step ``at``: checks that the guard rolled back to a state the run had (not a copy)
+    whose ``stat(state)`` is finite; returns the final ``(params, state)``."""
+    opt_state = pilot.init(params, model_state=state)
+    step = jit(jax.value_and_grad(lambda p, s, b: loss_fn(p, s, b, True), has_aux=True))
+    seen = {}
+    for i in range(pilot.plan.train_steps):
+        batch = batches[i % len(batches)]
+        (loss, state), g = step(params, state, batch)
+        updates, opt_state = pilot.optimizer.update(g, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        seen[id(state)] = state
+        if i == at:  # a NaN mid-run: weights and running statistics both poisoned
+            params = jax.tree_util.tree_map(lambda a: a * jnp.nan, params)
+            state = jax.tree_util.tree_map(lambda a: a * jnp.nan if a.dtype.kind == "f" else a, state)
+            loss = jnp.nan
+        params, opt_state, state = pilot.after_step(i, loss, params, opt_state, batch=batch, model_state=state)
+        if i == at:
+            assert [e.kind for e in pilot.events] == ["rollback"]
+            assert id(state) in seen and seen[id(state)] is state  # a state the run had, not a copy
+            assert math.isfinite(stat(state))
+    return params, state
+
+
 def _mean_stats(state):
     return float(np.mean(np.abs(np.asarray(state["batch_stats"]["BatchNorm_0"]["mean"]))))
 
@@ -89,14 +127,7 @@ def test_find_lr_with_batchnorm_state_suggests_an_lr_that_trains_and_leaves_the_
     assert res.details["score"] == SCORED_BY_VALIDATION  # the candidates, in eval mode
     assert _mean_stats(state) == 0.0  # the caller's state untouched (nothing donated or mutated)
     # a run at the suggestion, keeping the state as Flax users do, ends well trained in eval mode
-    tx = optax.adam(res.suggestion)
-    opt_state = tx.init(params)
-    step = jax.jit(jax.value_and_grad(lambda p, s, b: loss_fn(p, s, b, True), has_aux=True))
-    p, s = params, state
-    for i in range(400):
-        (_, s), g = step(p, s, batches[i % len(batches)])
-        updates, opt_state = tx.update(g, opt_state, p)
-        p = optax.apply_updates(p, updates)
+    p, s = train_at(loss_fn, params, state, batches, res.suggestion, 400)
     assert float(loss_fn(p, s, val[0], False)[0]) < 0.25
 
 
@@ -105,24 +136,7 @@ def test_the_autopilot_rolls_back_params_and_running_averages_together():
     params, state = _init()
     pilot = lj.autopilot(loss_fn, params, optax.adam, batches, val_batches=val, model_state=state,
                          outputs_fn=outputs_fn, epochs=3)
-    opt_state = pilot.init(params, model_state=state)
-    step = jax.jit(jax.value_and_grad(lambda p, s, b: loss_fn(p, s, b, True), has_aux=True))
-    seen = {}
-    for i in range(pilot.plan.train_steps):
-        batch = batches[i % len(batches)]
-        (loss, state), g = step(params, state, batch)
-        updates, opt_state = pilot.optimizer.update(g, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        seen[id(state)] = state
-        if i == 60:  # a NaN mid-run: weights and running averages both poisoned
-            params = jax.tree_util.tree_map(lambda a: a * jnp.nan, params)
-            state = jax.tree_util.tree_map(lambda a: a * jnp.nan, state)
-            loss = jnp.nan
-        params, opt_state, state = pilot.after_step(i, loss, params, opt_state, batch=batch, model_state=state)
-        if i == 60:
-            assert [e.kind for e in pilot.events] == ["rollback"]
-            assert id(state) in seen and seen[id(state)] is state  # a state the run had, not a copy
-            assert math.isfinite(_mean_stats(state))
+    params, state = fly_with_a_nan(pilot, loss_fn, params, state, batches, _mean_stats)
     assert float(loss_fn(params, state, val[0], False)[0]) < 0.3
 
 
