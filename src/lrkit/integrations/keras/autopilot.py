@@ -47,7 +47,8 @@ from lrkit.autopilot.pilot import Autopilot, AutopilotEvent, check_storage
 from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
 from lrkit.collapse import check_every_arg
 from lrkit.doctor.guarded_watch import PendingValidation
-from lrkit.integrations.keras.callback import BatchSpan, _scale_velocity, optimizer_variables
+from lrkit.integrations.keras._state import host_copies, optimizer_variables
+from lrkit.integrations.keras.callback import BatchSpan, _scale_velocity
 from lrkit.schedules.base import Schedule
 
 __all__ = ["AutopilotCallback"]
@@ -60,9 +61,7 @@ class _State:
         self.model = model
 
     def snapshot(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        weights = [np.array(w, copy=True) for w in self.model.get_weights()]
-        opt = [np.array(keras.ops.convert_to_numpy(v), copy=True) for v in optimizer_variables(self.model)]
-        return weights, opt
+        return host_copies(self.model)
 
     def restore(self, state: tuple[list[np.ndarray], list[np.ndarray]]) -> None:
         weights, opt = state

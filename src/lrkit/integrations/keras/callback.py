@@ -87,25 +87,10 @@ from lrkit.collapse import check_every_arg
 from lrkit.doctor.core import Doctor
 from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation
 from lrkit.doctor.interventions import Intervention
+from lrkit.integrations.keras._state import host_copies, optimizer_variables
 from lrkit.integrations.keras.schedule import LRKitSchedule, _learning_rate_of
 
 __all__ = ["LRDoctorCallback"]
-
-
-def optimizer_variables(model: Any) -> list[Any]:
-    """``model.optimizer.variables``, the optimizer built first if it is not yet.
-
-    On the TensorFlow backend ``fit`` builds the optimizer inside its first traced step, after the
-    callbacks' ``on_train_begin`` and first ``on_train_batch_begin``: a snapshot taken there held the
-    iteration counter and the LR but no slot (SGD's momentum, Adam's moments), and a rollback to it
-    kept the diverged run's momentum. Built here as Keras builds it
-    (``optimizer.build(model.trainable_variables)``), the slots start at their initial values and are
-    in every snapshot; a snapshot read back from disk into a fresh process meets them too.
-    """
-    opt = model.optimizer
-    if not opt.built:
-        opt.build(model.trainable_variables)
-    return list(opt.variables)
 
 
 class _State:
@@ -114,10 +99,7 @@ class _State:
         self.resuming = False  # a resume from disk rewinds the schedule's clock too
 
     def snapshot(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        model = self.cb.model
-        weights = [np.array(w, copy=True) for w in model.get_weights()]
-        opt = [np.array(keras.ops.convert_to_numpy(v), copy=True) for v in optimizer_variables(model)]
-        return weights, opt
+        return host_copies(self.cb.model)
 
     def restore(self, state: tuple[list[np.ndarray], list[np.ndarray]]) -> None:
         model = self.cb.model

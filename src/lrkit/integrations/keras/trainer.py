@@ -77,6 +77,7 @@ from lrkit.finder.regime import length_of, trainer_shape
 from lrkit.finder.result import FinderResult
 from lrkit.finder.search import FirstBatches
 from lrkit.integrations._progress import progress_context, watched
+from lrkit.integrations.keras._state import optimizer_variables
 
 __all__ = ["KerasTrainer", "KerasSnapshot", "find_lr_keras"]
 
@@ -438,11 +439,6 @@ class KerasTrainer:
         return ("iterable", val_data)
 
     # -- Trainer protocol --------------------------------------------------------------------
-    def _build_optimizer(self) -> None:
-        opt = self.model.optimizer
-        if not opt.built:  # what Keras does before the first step (Trainer._symbolic_build)
-            opt.build(self.model.trainable_variables)
-
     def _variables(self) -> list[Any]:
         seen: set[int] = set()
         out = []
@@ -458,7 +454,7 @@ class KerasTrainer:
 
     def snapshot(self) -> KerasSnapshot:
         """Host copies of every model, optimizer and metric variable, the RNGs and the data position."""
-        self._build_optimizer()
+        optimizer_variables(self.model)  # built, as Keras builds it before a first step
         python_rng = random.getstate()
         had_generator = _global_seed_generator() is not None
         if not had_generator and keras.backend.backend() == "tensorflow":
@@ -507,7 +503,7 @@ class KerasTrainer:
             math.isfinite(lr) and lr > 0
         ):
             raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-        self._build_optimizer()
+        optimizer_variables(self.model)  # built, as Keras builds it before a first step
         self.set_lr(float(lr))
         x, y, sample_weight = self._batches.next()
         if self.batch_size is not None and not isinstance(self._batches, _ArrayBatches):
