@@ -243,7 +243,12 @@ def markdown(specs: list[rr.RunSpec], off: dict, liv: dict, live_minutes: float 
               "the validation losses speak when the training losses are too few (`lrkit.doctor.val_only`); the "
               "development runs were read first (live 5/5, offline 4/5), then the held-out ones once. The offline "
               "misses of d are its too-low runs: three evaluations at chance do not tell an LR too low from a model "
-              "that cannot learn (five are needed)."]
+              "that cannot learn (five are needed). "
+              "Since 2026-12-07 a first row only 1.5x the rest reads as a blow-up too when nothing improved after it "
+              "-- the rest's training loss and the validation loss from its first evaluation both under 5% down "
+              "(`first_row`'s stalled shape): designed on Keras runs on TensorFlow outside this corpus (Adam at LR 0.5 "
+              "on the digits, per-epoch TensorBoard logs, 1.65-2.6x then dead at chance, read converged); both "
+              "halves here and in the detection benchmark are unchanged."]
     return "\n".join(lines)
 
 

@@ -109,3 +109,59 @@ def test_a_second_row_above_a_blown_first_is_diverging_unless_warming_up():
 def test_a_nan_stays_nan():
     rest = [8.6, 3.6, 2.4, 6.6, float("nan"), 2.32, 2.34, 2.34]
     assert diagnose(_rows(803.0, rest)).verdict == "nan"
+
+
+# -- stalled since the first row: a first row 1.5-4x the rest, then nothing improved (train and validation)
+# Keras' TensorBoard epoch logs of Adam at LR 0.5 on the digits (TensorFlow, seeds 0-2): dead in epoch 1
+DEAD_ADAM = [
+    ([4.465, 2.156, 2.381, 2.344, 2.346, 2.348, 2.349, 2.350, 2.351, 2.351, 2.352, 2.352],
+     [2.251, 2.290, 2.337, 2.345, 2.344, 2.346, 2.347, 2.348, 2.349, 2.350, 2.351, 2.351]),
+    ([3.90, 2.35, 2.36, 2.36, 2.36, 2.36, 2.36, 2.36, 2.36, 2.36, 2.36, 2.36],
+     [2.33, 2.34, 2.34, 2.34, 2.34, 2.34, 2.34, 2.34, 2.34, 2.34, 2.34, 2.34]),
+    ([5.34, 2.13, 2.14, 2.14, 2.11, 2.07, 2.15, 2.08, 2.08, 2.08, 2.08, 2.08],
+     [2.13, 2.11, 2.20, 2.11, 2.13, 2.10, 2.11, 2.11, 2.11, 2.11, 2.11, 2.11]),
+]
+
+
+def _epochs(loss, val, lr=None):
+    log = {"epoch": list(range(len(loss))), "loss": list(loss), "val_loss": list(val)}
+    return log if lr is None else {**log, "lr": list(lr)}
+
+
+@pytest.mark.parametrize("loss, val", DEAD_ADAM)
+def test_a_run_that_improved_nothing_after_a_lifted_first_row_is_stuck(loss, val):
+    d = diagnose(_epochs(loss, val, lr=[0.5] * len(loss)))
+    assert d.verdict == "diverging" and d.step == 0, (d.verdict, d.message)
+    assert d.evidence["stuck"] == 1.0 and d.evidence["val_relative_progress_since"] < 0.05
+    assert d.advice[0] == "lower the LR about 10x, from 0.5 to 0.05"
+    assert "nothing improved after it" in d.message
+
+
+def test_without_the_validation_losses_a_lifted_first_row_alone_says_nothing():
+    """The training losses alone do not tell a network killed in its first epoch from one that learned
+    all it could in it: the validation losses must agree that nothing improved."""
+    loss, _ = DEAD_ADAM[0]
+    assert "first logged interval" not in diagnose({"epoch": list(range(len(loss))), "loss": loss}).message
+
+
+def test_a_model_that_still_gains_a_few_percent_is_not_stalled():
+    """Keras on TensorFlow, a linear model on 51,000 synthetic rows, Adam 1e-3: nearly converged in its first
+    epoch (0.96, then 0.534 ... 0.515), its validation loss 7% down from its first evaluation."""
+    loss = [0.961, 0.534, 0.521, 0.518, 0.517, 0.516, 0.516, 0.515, 0.515, 0.515, 0.515, 0.515]
+    val = [0.540, 0.515, 0.509, 0.507, 0.506, 0.506, 0.505, 0.505, 0.505, 0.505, 0.505, 0.505]
+    d = diagnose(_epochs(loss, val, lr=[1e-3] * 12))
+    assert d.ok, d.message
+
+
+def test_a_run_whose_lr_was_cut_is_not_stalled():
+    """A schedule that cut the LR after the first epoch stops any run: that is no evidence of an LR too high."""
+    loss, val = DEAD_ADAM[0]
+    d = diagnose(_epochs(loss, val, lr=[0.5] + [0.01] * (len(loss) - 1)))
+    assert "nothing improved after it" not in d.message
+
+
+def test_a_run_that_overfits_after_its_first_epoch_is_not_stalled():
+    """The validation loss best at its first evaluation, but the training loss keeps falling: overfitting."""
+    loss = [1.19, 0.25, 0.14, 0.10, 0.08, 0.07, 0.06, 0.05, 0.05, 0.04, 0.04, 0.03]
+    val = [0.30, 0.31, 0.33, 0.34, 0.36, 0.38, 0.39, 0.41, 0.42, 0.44, 0.45, 0.47]
+    assert "nothing improved after it" not in diagnose(_epochs(loss, val, lr=[1e-2] * 12)).message

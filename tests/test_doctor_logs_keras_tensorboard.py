@@ -30,7 +30,7 @@ WRITE = """
     d = load_digits()
     x, y = (d.data / 16.0).astype("float32"), d.target
     keras.utils.set_random_seed(0)
-    for name, lr, freq in [("epochs", 1e-3, "epoch"), ("batches", 1e-3, 10)]:
+    for name, lr, freq in [("epochs", 1e-3, "epoch"), ("batches", 1e-3, 10), ("dead", 0.5, "epoch")]:
         m = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)])
         m.compile(optimizer=keras.optimizers.Adam(lr), metrics=["accuracy"],
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -77,3 +77,14 @@ def test_the_cli_reads_it_without_importing_tensorflow(keras_logs):
                           timeout=300, env=dict(os.environ, PYTHONPATH=SRC))
     assert "HEALTHY" in done.stdout and done.stdout.strip().endswith("False"), (done.stdout, done.stderr[-2000:])
     assert "absl" not in done.stderr
+
+
+def test_a_network_adam_killed_in_its_first_epoch_is_stuck_not_converged(keras_logs):
+    """Adam at LR 0.5: the first epoch's mean holds a blow-up (under 4x the rest), then the network sits dead
+    at a constant prediction, its validation loss never better than its first evaluation. It read
+    'converged' ("stop training") until 2026-12-07."""
+    rec = read_log(keras_logs / "dead")
+    assert rec.val_loss[-1] > 2.0, "premise: Adam at 0.5 kills this network (chance is ln 10 = 2.30)"
+    d = diagnose(rec)
+    assert d.verdict == "diverging" and d.step == 44, d.message
+    assert d.advice[0].startswith("lower the LR about 10x")

@@ -30,6 +30,22 @@ loss is in it), but its rest falls smoothly: none of the three shapes. Each is r
 ``diverging`` at the first row, even if the run recovered since: the LR is too high for the start
 of training (lower it, add warmup).
 
+**Stalled since the first row.** A blow-up averaged over a long first interval lifts it less: Adam
+at LR 0.5 on the digits, logged per epoch by Keras' ``TensorBoard`` callback, averaged 4.47, 3.90
+and 5.34 over its first epoch (three seeds) and sat at 2.35, 2.36 and 2.08 after it (1.9x, 1.65x,
+2.6x) -- dead, at the loss of a constant prediction, its validation loss never better than its
+first evaluation, read *converged* ("stop training"). Adam keeps moving the weights that still get
+a gradient, so the loss drifts by 1e-4 an epoch and is not frozen either. So a first row at least
+:data:`~lrkit.doctor.signs.early_blowup.LIFT` (1.5) times the rest's median is read as stalled
+when, after it, *nothing* improved: the rest's running medians (as for **stuck**) and the
+validation losses from the first evaluation on (at least :data:`MIN_VAL_EVALS`) fell less than
+:data:`~lrkit.doctor.signs.flat.VAL_SWING_PROGRESS` (5%, the doctor's "learned" threshold), at an
+LR never cut below half the first row's (a schedule that stopped the run is not a stall). A run
+that learns -- even a linear model that has nearly converged in its first epoch still gains a few
+percent after it -- or overfits (its training loss falls) is not stalled. The one healthy run this
+reads wrong is one that truly learned all it could in its first interval and trained on for
+nothing; the message says so.
+
 Example:
     >>> from lrkit.doctor import diagnose
     >>> blown = [803.0, 8.6, 3.61, 2.37, 6.64, 2.36, 2.32, 2.34, 2.34, 2.35, 2.33, 2.31]
@@ -48,6 +64,8 @@ import numpy as np
 from lrkit.doctor.core import Diagnosis, Doctor
 from lrkit.doctor.logs import LogRecords
 from lrkit.doctor.signs._base import diff_noise, scaled
+from lrkit.doctor.signs.early_blowup import LIFT
+from lrkit.doctor.signs.flat import VAL_SWING_PROGRESS
 
 __all__ = ["blown_first_row"]
 
@@ -56,6 +74,9 @@ MIN_ROWS, MAX_ROWS = 4, 50
 
 #: a row at an LR this many times the previous row's was raised by a schedule (warmup, restart)
 LR_RAISED = 1.5
+
+#: validation losses (from the first row's step on) the stalled shape needs
+MIN_VAL_EVALS = 5
 
 
 def blown_first_row(records: LogRecords, doctor: Doctor) -> Diagnosis | None:
@@ -71,16 +92,16 @@ def blown_first_row(records: LogRecords, doctor: Doctor) -> Diagnosis | None:
     level = float(np.median(rest))
     ratio = float(above[0] / level)
     rho = doctor.config["diverge_ratio"]
-    if ratio < rho**2:
-        return None
     lrs = _lrs(records, has)
+    if ratio < rho**2:
+        return _stalled(records, steps, above, lrs, floor) if ratio >= LIFT else None
     evidence = {"first_loss": float(loss[0]), "loss_level_since": level + floor, "first_to_level_ratio": ratio}
     head = (f"The loss averaged {loss[0]:.4g} over the first logged interval (step {int(steps[0])}), "
             f"{ratio:.3g}x the level it has sat at since ({level + floor:.4g})")
-    k = max(1, min(5, len(rest) // 2))
-    windows = [float(np.median(rest[i:i + k])) for i in range(len(rest) - k + 1)]
-    if (windows[0] - min(windows)) / windows[0] < doctor.config["flat_tol"]:
-        evidence["relative_progress_since"] = (windows[0] - windows[-1]) / windows[0]
+    k = _k(rest)
+    if _progress(rest, k) < doctor.config["flat_tol"]:
+        first, last = float(np.median(rest[:k])), float(np.median(rest[-k:]))
+        evidence["relative_progress_since"] = (first - last) / first
         why = ", and has not decreased since: it blew up at the start and is stuck (units likely saturated or died)."
         return _verdict(steps, k, evidence, head + why, lrs, factor=10)
     spike = _spike(np.log(above), lrs, rho, doctor.config["noise_z"]) if above[0] >= rho**4 * above[1] else None
@@ -96,6 +117,52 @@ def blown_first_row(records: LogRecords, doctor: Doctor) -> Diagnosis | None:
                "and fell back only later.")
         return _verdict(steps, 1, evidence, head + why, lrs, factor=3)
     return None
+
+
+def _k(rest: np.ndarray) -> int:
+    """Rows in a running median of the rest: up to 5, at most half of them."""
+    return max(1, min(5, len(rest) // 2))
+
+
+def _progress(rest: np.ndarray, k: int) -> float:
+    """How far the rest's running medians of ``k`` rows fell below their first, relative to it."""
+    windows = [float(np.median(rest[i:i + k])) for i in range(len(rest) - k + 1)]
+    return (windows[0] - min(windows)) / windows[0]
+
+
+def _stalled(records: LogRecords, steps: np.ndarray, above: np.ndarray, lrs: np.ndarray | None,
+             floor: float) -> Diagnosis | None:
+    """``diverging`` when nothing improved after a first row at least :data:`LIFT` times the rest
+    (the module docstring's *stalled*), else ``None``."""
+    rest = above[1:]
+    if len(rest) < MIN_VAL_EVALS or records.val_loss is None:
+        return None
+    hv = records.has("val_loss") & (records.step >= steps[0])
+    val = records.val_loss[hv] - floor
+    if len(val) < MIN_VAL_EVALS or not np.all(np.isfinite(val)) or np.any(val <= 0):
+        return None
+    if lrs is not None:
+        known = lrs[np.isfinite(lrs) & (lrs > 0)]
+        if len(known) and float(known.min()) < 0.5 * float(known[0]):
+            return None  # the LR was cut: a schedule (or a person) may have stopped the run
+    k = _k(rest)
+    train_progress = _progress(rest, k)
+    val_progress = float((val[0] - val.min()) / val[0])
+    if max(train_progress, val_progress) >= VAL_SWING_PROGRESS:
+        return None
+    level = float(np.median(rest))
+    ratio = float(above[0] / level)
+    evidence = {"first_loss": float(above[0] + floor), "loss_level_since": level + floor,
+                "first_to_level_ratio": ratio, "relative_progress_since": train_progress,
+                "val_relative_progress_since": val_progress, "stuck": 1.0}
+    message = (f"The loss averaged {above[0] + floor:.4g} over the first logged interval (step {int(steps[0])}), "
+               f"{ratio:.3g}x the level it has sat at since ({level + floor:.4g}), and nothing improved after it: "
+               f"the training loss fell {100 * train_progress:.1f}% and the validation loss "
+               f"{100 * val_progress:.1f}% from its first evaluation, over {len(rest)} rows and {len(val)} "
+               "evaluations. An LR too high kills (or saturates) a network in its first steps and leaves it "
+               "sitting like this; an LR too low would still bring both down. (A model that learned all it "
+               "could in its first interval looks the same: then training on is pointless.)")
+    return _verdict(steps, k, evidence, message, lrs, factor=10)
 
 
 def _spike(y: np.ndarray, lrs: np.ndarray | None, rho: float, z: float) -> tuple[int, float] | None:
