@@ -453,6 +453,46 @@ def test_an_uninformative_curve_answers_the_family_rule_of_thumb_not_the_bottom_
     assert any("never got below its start" in w for w in s.details["warnings"])
 
 
+# a 40-step Keras range test of a linear regression on TensorFlow (four batches in the same order every
+# pass, the first the easiest): the loss falls to 0.02 at LR 1-4 and blows up at 6.2
+KERAS_TF_LRS = np.logspace(-7, np.log10(6.236), 39)
+KERAS_TF_LOSSES = np.r_[np.tile([4.744, 6.733, 7.701, 12.21], 5), [4.682, 6.617, 7.510, 11.71, 4.351, 5.996, 6.520,
+                                                                  9.230, 2.638, 3.077, 2.519, 1.657, 0.215, 0.0421,
+                                                                  0.0209, 0.0391, 0.330, 8.311, 643.8]]
+
+
+@pytest.mark.parametrize("family", ["sgd", "adam"])
+def test_a_first_loss_from_the_easiest_batch_does_not_hide_the_curves_minimum(family):
+    """The smoothed curve starts at the first batch's loss, the cycle's lowest, and only gets under it after
+    the loss has fallen 200x: its minimum was point 0, the curve read "never got below its start, then
+    rose", and the rule answered the ramp's bottom, 1e-7 (the Keras trainer's docstring example on
+    TensorFlow). Measured from the first tenth's median, the minimum is where the loss fell."""
+    from lrkit.finder.suggest import suggest
+
+    s = suggest(KERAS_TF_LRS, KERAS_TF_LOSSES, family=family)
+    assert s.details["rule"]["informative"] is True and not s.details["rule"]["flat_curve"]
+    assert 0.5 < s.rules["lr_at_min_loss"] < 6.0
+    assert 1e-2 < s.lr < 6.236 / 3
+    assert not any("never got below its start" in w for w in s.details["warnings"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(k=st.integers(2, 6), spread=st.floats(0.2, 2.0), seed=st.integers(0, 10_000), n=st.integers(30, 100))
+def test_the_minimum_is_never_the_easiest_first_batch_of_a_curve_that_fell_far(k, spread, seed, n):
+    """Batches of different difficulty in a fixed cycle, the easiest first; the loss falls 100x in the
+    upper part of the ramp and blows up at its top: the lowest point is where it fell, not point 0."""
+    from lrkit.finder.rule import lowest_point
+    from lrkit.finder._rules import ema_bias_corrected
+
+    rng = np.random.default_rng(seed)
+    cycle = np.sort(1.0 + spread * rng.random(k))  # the first batch the easiest
+    x = np.linspace(0.0, 1.0, n)
+    fall = np.where(x < 0.6, 1.0, np.where(x < 0.9, 0.01, 100.0))
+    raw = np.resize(cycle, n) * fall
+    i, start = lowest_point(ema_bias_corrected(raw, 0.95), raw)
+    assert x[i] >= 0.6 and start >= cycle[0] * (1 - 1e-12)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(num_iter=1), "num_iter must be an integer >= 2, got 1"),
     (dict(verify_steps=-1), "verify_steps must be None or an integer >= 0, got -1"),

@@ -36,18 +36,18 @@ def cold_start_divisor(family: str) -> float:
 
 def rule_answer(x: np.ndarray, s: np.ndarray, raw: np.ndarray, family: str) -> tuple[float, dict]:
     """Steps 1-2 of the module docstring on one (lrs, smoothed, raw) curve."""
-    i_min = int(np.argmin(s))
+    i_min, start = lowest_point(s, raw)
     lr_min = float(x[i_min])
     steep = torch_lr_finder_steepest(x, raw)
     if steep is None:  # short curve: steepest descent of the smoothed loss against log(lr)
         steep = float(x[int(np.argmin(np.gradient(s, np.log(x))))]) if len(x) > 2 and x[-1] > x[0] else lr_min
     cap = cold_start_divisor(family)
     lr = max(min(steep, lr_min / cap), lr_min / 10.0**RULE_FLOOR_DECADES)
-    scale = abs(s[0]) if s[0] != 0 else 1.0
-    flat = bool((s[0] - s[i_min]) < FLAT_DROP * scale)
+    scale = abs(start) if start != 0 else 1.0
+    flat = bool((start - s[i_min]) < FLAT_DROP * scale)
     if flat:
         lr /= 3.0
-    informative = bool(i_min >= max(3, len(x) // 10))
+    informative = bool(i_min >= head_length(len(x)))
     if not informative and s[-1] <= s[0] + FLAT_DROP * scale:
         # the loss never got below its start, nor rose above it: nothing to read (a ramp too short to
         # learn in); the family's rule of thumb. (A curve that rose from its first LRs says that every
@@ -56,6 +56,43 @@ def rule_answer(x: np.ndarray, s: np.ndarray, raw: np.ndarray, family: str) -> t
     lr = float(np.clip(lr, x[0], x[-1]))
     return lr, {"loss_min_lr": lr_min, "steepest": steep, "cap_divisor": cap, "flat_curve": flat,
                 "informative": informative}
+
+
+def head_length(n: int) -> int:
+    """Points of a curve of ``n`` that make its head, the "first tenth" (at least 3)."""
+    return max(3, n // 10)
+
+
+def lowest_point(s: np.ndarray, raw: np.ndarray) -> tuple[int, float]:
+    r"""Index of the lowest smoothed loss and the start level it is measured from:
+    :math:`(\arg\min_i \bar\ell_i,\ \bar\ell_0)`, :math:`\arg\min_i \bar\ell_i` -- unless that lies in the
+    curve's head (its first tenth, :func:`head_length`) while the smoothed loss after the head falls
+    :data:`FLAT_DROP` below the head's median *raw* loss: then the lowest point after the head, and
+    that median (the flat-curve test of step 2 compares the two).
+
+    Why: the bias-corrected EMA starts at the first raw loss, :math:`\bar\ell_0 = \ell_0`, one batch's
+    loss where every later point averages up to 39 (:math:`(1+\beta)/(1-\beta)`); when that batch
+    happens to be the easiest, no later average gets under it before the loss has fallen far, and a
+    short ramp can blow up before it does. A 40-step Keras range test of a linear regression on
+    TensorFlow cycled through four batches at 4.7, 6.7, 7.7 and 12.2 (the same order every pass), fell
+    to 0.02 at LR 1-4 and blew up at 6: its smoothed minimum was point 0, the curve read "never got
+    below its start, then rose", and the rule answered the ramp's bottom, 1e-7. The head's median is a
+    fair start level; a loss that falls clearly below it after the head has a minimum to read.
+
+    Example:
+        >>> raw = np.r_[np.tile([4.7, 6.7, 7.7, 12.2], 7), [2.6, 3.1, 2.5, 1.7, 0.2, 0.04, 0.02, 0.04, 0.3, 8.3, 644]]
+        >>> s = ema_bias_corrected(raw, 0.95)
+        >>> i, start = lowest_point(s, raw)
+        >>> int(np.argmin(s)), i, start
+        (0, 36, 6.7)
+    """
+    i_min = int(np.argmin(s))
+    head = head_length(len(s))
+    if i_min >= head or len(s) <= head:
+        return i_min, float(s[0])
+    start = float(np.median(raw[:head]))
+    after = head + int(np.argmin(s[head:]))
+    return (after, start) if s[after] < start - FLAT_DROP * abs(start) else (i_min, float(s[0]))
 
 
 CLASSIC_RULES = ("steepest", "steepest_lightning", "valley", "minimum_div_10")
