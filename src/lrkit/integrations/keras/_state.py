@@ -1,6 +1,6 @@
 """A Keras model's optimizer variables, built first where ``fit`` has not built them yet, and the
 host copies of weights and optimizer variables that the guard's snapshots hold (shared by the finder's
-trainer and the doctor's and autopilot's callbacks)."""
+trainer and the doctor's and autopilot's callbacks), and their restore."""
 from __future__ import annotations
 
 from typing import Any
@@ -8,7 +8,7 @@ from typing import Any
 import keras
 import numpy as np
 
-__all__ = ["optimizer_variables", "host_copies"]
+__all__ = ["optimizer_variables", "host_copies", "restore_host_copies"]
 
 
 def optimizer_variables(model: Any) -> list[Any]:
@@ -33,3 +33,17 @@ def host_copies(model: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
     weights = [np.array(w, copy=True) for w in model.get_weights()]
     opt = [np.array(keras.ops.convert_to_numpy(v), copy=True) for v in optimizer_variables(model)]
     return weights, opt
+
+
+def restore_host_copies(model: Any, state: tuple[list[np.ndarray], list[np.ndarray]], *,
+                        keep_iteration: bool = False) -> None:
+    """Put :func:`host_copies` back: the weights and every optimizer variable but the LR, which the
+    callback that rolls back sets itself (and, with ``keep_iteration``, the iteration counter: the clock
+    of a schedule that goes on through a rollback, as the guard's does). A snapshot that does not match
+    the optimizer's variables one for one raises (``zip(strict=True)``) instead of restoring part of it."""
+    weights, opt = state
+    model.set_weights(weights)
+    for v, saved in zip(optimizer_variables(model), opt, strict=True):
+        if v.path.endswith("learning_rate") or (keep_iteration and v.path.endswith("iteration")):
+            continue
+        v.assign(saved)

@@ -47,7 +47,7 @@ from lrkit.autopilot.pilot import Autopilot, AutopilotEvent, check_storage
 from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
 from lrkit.collapse import check_every_arg
 from lrkit.doctor.guarded_watch import PendingValidation
-from lrkit.integrations.keras._state import host_copies, optimizer_variables
+from lrkit.integrations.keras._state import host_copies, restore_host_copies
 from lrkit.integrations.keras.callback import BatchSpan, _scale_velocity
 from lrkit.schedules.base import Schedule
 
@@ -64,11 +64,7 @@ class _State:
         return host_copies(self.model)
 
     def restore(self, state: tuple[list[np.ndarray], list[np.ndarray]]) -> None:
-        weights, opt = state
-        self.model.set_weights(weights)
-        for v, saved in zip(optimizer_variables(self.model), opt, strict=True):
-            if not v.path.endswith("learning_rate"):
-                v.assign(saved)
+        restore_host_copies(self.model, state)
 
 
 def _loss_tracker(model: Any) -> tuple[Any, Any, Any]:

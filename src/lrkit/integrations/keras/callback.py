@@ -87,7 +87,7 @@ from lrkit.collapse import check_every_arg
 from lrkit.doctor.core import Doctor
 from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation
 from lrkit.doctor.interventions import Intervention
-from lrkit.integrations.keras._state import host_copies, optimizer_variables
+from lrkit.integrations.keras._state import host_copies, restore_host_copies
 from lrkit.integrations.keras.schedule import LRKitSchedule, _learning_rate_of
 
 __all__ = ["LRDoctorCallback"]
@@ -102,16 +102,10 @@ class _State:
         return host_copies(self.cb.model)
 
     def restore(self, state: tuple[list[np.ndarray], list[np.ndarray]]) -> None:
-        model = self.cb.model
-        weights, opt = state
-        model.set_weights(weights)
+        # the LR is the callback's to set; under an lrkit schedule its clock goes on, as the guard's (a
+        # resume from disk rewinds it)
         scheduled = self.cb._schedule is not None
-        for v, saved in zip(optimizer_variables(model), opt, strict=True):
-            if v.path.endswith("learning_rate"):
-                continue  # the LR is set by the callback (the clock is not rewound)
-            if scheduled and v.path.endswith("iteration") and not self.resuming:
-                continue  # the schedule's clock: time goes on, as the guard's (a resume rewinds it)
-            v.assign(saved)
+        restore_host_copies(self.cb.model, state, keep_iteration=scheduled and not self.resuming)
 
 
 class BatchSpan:
