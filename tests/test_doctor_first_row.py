@@ -153,11 +153,15 @@ def test_a_model_that_still_gains_a_few_percent_is_not_stalled():
     assert d.ok, d.message
 
 
-def test_a_run_whose_lr_was_cut_is_not_stalled():
-    """A schedule that cut the LR after the first epoch stops any run: that is no evidence of an LR too high."""
+def test_a_run_whose_lr_was_cut_early_is_not_stalled_but_one_under_a_linear_decay_is():
+    """A schedule that cut the LR after the first epoch stops any run: that is no evidence of an LR too high.
+    A linear decay to 0 over the run (the Trainer's default) leaves its first half at a comparable LR."""
     loss, val = DEAD_ADAM[0]
     d = diagnose(_epochs(loss, val, lr=[0.5] + [0.01] * (len(loss) - 1)))
     assert "nothing improved after it" not in d.message
+    decay = 0.5 * (1 - np.arange(len(loss)) / len(loss))
+    d = diagnose(_epochs(loss, val, lr=decay))
+    assert d.verdict == "diverging" and "nothing improved after it" in d.message, d.message
 
 
 def test_a_run_that_overfits_after_its_first_epoch_is_not_stalled():

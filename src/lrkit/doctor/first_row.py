@@ -39,8 +39,10 @@ a gradient, so the loss drifts by 1e-4 an epoch and is not frozen either. So a f
 :data:`~lrkit.doctor.signs.early_blowup.LIFT` (1.5) times the rest's median is read as stalled
 when, after it, *nothing* improved: the rest's running medians (as for **stuck**) and the
 validation losses from the first evaluation on (at least :data:`MIN_VAL_EVALS`) fell less than
-:data:`~lrkit.doctor.signs.flat.VAL_SWING_PROGRESS` (5%, the doctor's "learned" threshold), at an
-LR never cut below half the first row's (a schedule that stopped the run is not a stall). A run
+:data:`~lrkit.doctor.signs.flat.VAL_SWING_PROGRESS` (5%, the doctor's "learned" threshold), with
+the LR over the first half of the log never under half the first row's (a cut that stopped the run
+early is not a stall; a linear decay over the whole run, the Trainer's default, leaves the first half
+at a comparable LR). A run
 that learns -- even a linear model that has nearly converged in its first epoch still gains a few
 percent after it -- or overfits (its training loss falls) is not stalled. The one healthy run this
 reads wrong is one that truly learned all it could in its first interval and trained on for
@@ -142,9 +144,10 @@ def _stalled(records: LogRecords, steps: np.ndarray, above: np.ndarray, lrs: np.
     if len(val) < MIN_VAL_EVALS or not np.all(np.isfinite(val)) or np.any(val <= 0):
         return None
     if lrs is not None:
-        known = lrs[np.isfinite(lrs) & (lrs > 0)]
+        half = lrs[: 1 + len(lrs) // 2]  # the first row and the first half of the rest
+        known = half[np.isfinite(half) & (half > 0)]
         if len(known) and float(known.min()) < 0.5 * float(known[0]):
-            return None  # the LR was cut: a schedule (or a person) may have stopped the run
+            return None  # the LR was cut early: a schedule (or a person) may have stopped the run
     k = _k(rest)
     train_progress = _progress(rest, k)
     val_progress = float((val[0] - val.min()) / val[0])
