@@ -213,7 +213,9 @@ NOTES = (
     "as it already counted a candidate that got worse (unit test in tests/test_autopilot_core.py). Rerun of "
     "the autopilot's runs (the peak grid cached): held-out BERT 28% -> 0.0% (every seed's peak 0.002), the "
     "Trainer's SGD MLP 8.5% -> -5.0%, held-out median 18% -> 3.6%, worst unchanged (the Lightning MLP); "
-    "development: the BERT under accumulation 0.4% -> 0.1%, every other task unchanged.")
+    "development: the BERT under accumulation 0.4% -> 0.1%, every other task unchanged. Re-run on 2026-12-07 "
+    "with the finder's lowest-point rule (`lrkit.finder.rule.lowest_point`; AUTOPILOT_VERSION 19): every "
+    "figure of both halves unchanged.")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,7 +47,7 @@ def _grid(lo: float, hi: float) -> list[float]:
 
 
 #: the autopilot runs (``autopilot_frameworks.py``) are cached under this; bump it when it changes
-AUTOPILOT_VERSION = 18
+AUTOPILOT_VERSION = 19
 
 
 def _key(task: str, method: str, seed: int, lr: float | None) -> str:
