@@ -64,11 +64,11 @@ def head_length(n: int) -> int:
 
 
 def lowest_point(s: np.ndarray, raw: np.ndarray) -> tuple[int, float]:
-    r"""Index of the lowest smoothed loss and the start level it is measured from:
-    :math:`(\arg\min_i \bar\ell_i,\ \bar\ell_0)`, :math:`\arg\min_i \bar\ell_i` -- unless that lies in the
-    curve's head (its first tenth, :func:`head_length`) while the smoothed loss after the head falls
-    :data:`FLAT_DROP` below the head's median *raw* loss: then the lowest point after the head, and
-    that median (the flat-curve test of step 2 compares the two).
+    r"""Index of the lowest smoothed loss and the start level it is measured from,
+    :math:`(\arg\min_i \bar\ell_i,\ \bar\ell_0)` -- unless that index lies in the curve's head (its
+    first tenth, :func:`head_length`) while the smoothed loss after the head falls :data:`FLAT_DROP`
+    below the head's median *raw* loss: then the lowest point after the head, and that median (the
+    flat-curve test of step 2 compares the two).
 
     Why: the bias-corrected EMA starts at the first raw loss, :math:`\bar\ell_0 = \ell_0`, one batch's
     loss where every later point averages up to 39 (:math:`(1+\beta)/(1-\beta)`); when that batch

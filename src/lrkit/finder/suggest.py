@@ -10,7 +10,10 @@ grid below :math:`\\eta_{\\min}` and, when it may drive the trainer, measures th
 
 1. **Curve.** Smooth the raw losses with a bias-corrected EMA,
    :math:`m_i = 0.95\\,m_{i-1} + 0.05\\,\\ell_i,\\ \\bar\\ell_i = m_i/(1-0.95^{i+1})`, and take
-   :math:`\\eta_{\\min} = \\eta_{\\arg\\min_i \\bar\\ell_i}`.
+   :math:`\\eta_{\\min} = \\eta_{\\arg\\min_i \\bar\\ell_i}` -- searched after the curve's first tenth
+   when the smoothed loss there falls 5% under the first tenth's median raw loss
+   (:func:`lrkit.finder.rule.lowest_point`: :math:`\\bar\\ell_0` is a single batch's loss, and an easiest
+   first batch would otherwise make the whole curve read as never below its start).
 2. **Rule answer** (no trainer, or nothing verified): the torch-lr-finder steepest point
    :math:`\\eta_s`, capped by the minimum,
 
