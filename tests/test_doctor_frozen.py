@@ -21,6 +21,7 @@ def test_moved_then_frozen_is_diverging_not_flat():
     assert d.verdict == "diverging" and d.step == 0
     assert "stopped changing at all" in d.message and d.advice[0].startswith("lower the LR")
     assert all("raise" not in a for a in d.advice)
+    assert "same order every epoch" in d.message  # the one healthy run that reads the same, named
 
 
 def test_frozen_from_the_first_row_stays_flat_with_the_gradients_to_check_first():

@@ -205,7 +205,10 @@ def diverging_explanation(track: Track, config: Mapping[str, Any], onset: int | 
     elif "frozen_rows" in ev:
         msg = (f"The loss moved at the start, then stopped changing at all: its last {ev['frozen_rows']:.0f} logged "
                "values are equal to 1 part in a million, with no progress. No weight moves any more: units died or "
-               "saturated, the LR was likely too high; raising it would be the wrong advice.")
+               "saturated, the LR was likely too high; raising it would be the wrong advice. (One healthy run reads "
+               "the same: a model that has settled while it sees its batches in the same order every epoch -- "
+               "Keras on TensorFlow after keras.utils.set_random_seed does -- repeats its epoch means too; a "
+               "dead one sits at the loss of a constant prediction.)")
     elif "grad_norm_drop" in ev:  # name only what was measured (no gradient norm logged: no "fell nanx")
         fell = [f"{what} fell {ev[key]:.3g}x" for key, what in (("grad_norm_drop", "gradient norm"), ("noise_drop", "noise"))
                 if math.isfinite(ev.get(key, math.nan))]
