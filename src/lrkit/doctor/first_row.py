@@ -95,11 +95,11 @@ def blown_first_row(records: LogRecords, doctor: Doctor) -> Diagnosis | None:
     ratio = float(above[0] / level)
     rho = doctor.config["diverge_ratio"]
     lrs = _lrs(records, has)
-    if ratio < rho**2:
-        return _stalled(records, steps, above, lrs, floor) if ratio >= LIFT else None
     evidence = {"first_loss": float(loss[0]), "loss_level_since": level + floor, "first_to_level_ratio": ratio}
     head = (f"The loss averaged {loss[0]:.4g} over the first logged interval (step {int(steps[0])}), "
             f"{ratio:.3g}x the level it has sat at since ({level + floor:.4g})")
+    if ratio < rho**2:
+        return _stalled(records, steps, rest, lrs, floor, evidence, head) if ratio >= LIFT else None
     k = _k(rest)
     if _progress(rest, k) < doctor.config["flat_tol"]:
         first, last = float(np.median(rest[:k])), float(np.median(rest[-k:]))
@@ -132,11 +132,11 @@ def _progress(rest: np.ndarray, k: int) -> float:
     return (windows[0] - min(windows)) / windows[0]
 
 
-def _stalled(records: LogRecords, steps: np.ndarray, above: np.ndarray, lrs: np.ndarray | None,
-             floor: float) -> Diagnosis | None:
+def _stalled(records: LogRecords, steps: np.ndarray, rest: np.ndarray, lrs: np.ndarray | None, floor: float,
+             evidence: dict[str, float], head: str) -> Diagnosis | None:
     """``diverging`` when nothing improved after a first row at least :data:`LIFT` times the rest
-    (the module docstring's *stalled*), else ``None``."""
-    rest = above[1:]
+    (the module docstring's *stalled*; ``rest`` the rows after it above the floor, ``evidence`` and
+    ``head`` what :func:`blown_first_row` says of the first row), else ``None``."""
     if len(rest) < MIN_VAL_EVALS or records.val_loss is None:
         return None
     hv = records.has("val_loss") & (records.step >= steps[0])
@@ -153,15 +153,10 @@ def _stalled(records: LogRecords, steps: np.ndarray, above: np.ndarray, lrs: np.
     val_progress = float((val[0] - val.min()) / val[0])
     if max(train_progress, val_progress) >= VAL_SWING_PROGRESS:
         return None
-    level = float(np.median(rest))
-    ratio = float(above[0] / level)
-    evidence = {"first_loss": float(above[0] + floor), "loss_level_since": level + floor,
-                "first_to_level_ratio": ratio, "relative_progress_since": train_progress,
-                "val_relative_progress_since": val_progress, "stuck": 1.0}
-    message = (f"The loss averaged {above[0] + floor:.4g} over the first logged interval (step {int(steps[0])}), "
-               f"{ratio:.3g}x the level it has sat at since ({level + floor:.4g}), and nothing improved after it: "
-               f"the training loss fell {100 * train_progress:.1f}% and the validation loss "
-               f"{100 * val_progress:.1f}% from its first evaluation, over {len(rest)} rows and {len(val)} "
+    evidence.update(relative_progress_since=train_progress, val_relative_progress_since=val_progress, stuck=1.0)
+    message = (f"{head}, and nothing improved after it: the training loss fell {100 * train_progress:.1f}% "
+               f"and the validation loss {100 * val_progress:.1f}% from its first evaluation, over {len(rest)} "
+               f"rows and {len(val)} "
                "evaluations. An LR too high kills (or saturates) a network in its first steps and leaves it "
                "sitting like this; an LR too low would still bring both down. (A model that learned all it "
                "could in its first interval looks the same: then training on is pointless.)")
