@@ -455,7 +455,7 @@ BAD_TRAINER = [
      r"injected learning_rate must be a finite number > 0"),
     ("not_optimizer", dict(optimizer_factory="adam"), TypeError, r"optimizer_factory must be an optax GradientTransformation"),
     ("factory_returns_junk", dict(optimizer_factory=lambda lr: lr), TypeError,
-     r"optimizer_factory\(lr\) must return an optax GradientTransformation, got float"),
+     r"optimizer_factory\(lr\) must return an optax GradientTransformation \(or an optax.MultiSteps\), got float"),
     ("opt_state_with_factory", dict(opt_state=()), ValueError, r"opt_state is only used with an optax GradientTransformation"),
     ("opt_state_mismatch", dict(optimizer_factory=optax.inject_hyperparams(optax.sgd)(learning_rate=0.1),
                                 opt_state=optax.inject_hyperparams(optax.adam)(learning_rate=0.1).init({"w": jnp.zeros(3)})),

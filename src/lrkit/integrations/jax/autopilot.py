@@ -42,6 +42,14 @@ to reject candidate LRs that leave a dead network.
 ``lrkit.jax.autopilot(..., resume=state)``: no second finder run, the same schedule, the same
 guard state; go on from step ``pilot.next_step``.
 
+**Gradient accumulation** (``optimizer_factory=lambda lr: optax.MultiSteps(optax.adamw(lr),
+every_k_schedule=k)``): call :meth:`~OptaxAutopilot.after_step` after every micro-batch, as
+above; lrkit counts optimizer updates (:mod:`lrkit.integrations.jax.accumulation`): ``train_steps``
+is the run's number of updates (default ``len(batches) // k``), and the guard sees one step per
+update, with the mean loss of its ``k`` micro-batches (the ``step`` you pass is then not read:
+:attr:`OptaxAutopilot.next_step` counts the updates; ``val_loss``, ``metrics`` and ``batch`` given on
+a micro-batch go with the update it belongs to). Snapshots and rollbacks fall between updates.
+
 Refused with the reason: a learning-rate-free or Schedule-Free optimizer factory, an unknown run
 length (no ``train_steps`` and batches without ``len()``).
 """
@@ -51,11 +59,13 @@ import logging
 from typing import Any, Callable, Iterable, Mapping
 
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from lrkit.autopilot.pilot import Autopilot, AutopilotEvent, check_storage
 from lrkit.collapse import OUTPUT_SPREAD, check_every_arg
 from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
+from lrkit.integrations.jax.accumulation import accumulates, as_transformation, micro_batches_per_update, update_completed
 from lrkit.integrations.jax.trainer import jit_cached, find_lr_optax, outputs_spread
 from lrkit.scaling import FAMILIES, optimizer_family
 from lrkit.schedules.base import Schedule
@@ -102,7 +112,13 @@ class OptaxAutopilot:
     def __init__(self, pilot: Autopilot, factory: Any, *, finder: Any = None, next_step: int = 0,
                  outputs_fn: Callable[..., Any] | None = None, check_outputs_every: int = 25) -> None:
         self.pilot, self.finder = pilot, finder
-        self.optimizer = optax.inject_hyperparams(factory)(learning_rate=pilot.plan.peak_lr)
+        if isinstance(factory(pilot.plan.peak_lr), optax.MultiSteps):
+            def injectable(learning_rate):  # inject_hyperparams reads this signature
+                return as_transformation(factory(learning_rate))
+        else:
+            injectable = factory
+        self.optimizer = optax.inject_hyperparams(injectable)(learning_rate=pilot.plan.peak_lr)
+        self._pending: dict[str, Any] = {"losses": []}  # the micro-batches of the update under way
         self._state = _State()
         self._attached = False
         self.next_step = int(next_step)
@@ -160,6 +176,12 @@ class OptaxAutopilot:
         and ``outputs_fn`` is called as ``outputs_fn(params, model_state, batch)``."""
         current = (params, opt_state) if model_state is None else (params, opt_state, model_state)
         self._start(current)  # a resumed run may skip init()
+        if accumulates(opt_state):  # optax.MultiSteps: one step per update (see the module docstring)
+            self._keep(loss, val_loss, grad_norm, metrics, batch)
+            if not update_completed(opt_state):
+                return current  # the LR of this update is already in opt_state
+            loss, val_loss, grad_norm, metrics, batch = self._take()
+            step = self.next_step
         self._state.current = current
         merged = {} if metrics is None else {k: float(v) for k, v in metrics.items()}
         spread = self._spread(int(step), current, batch)
@@ -176,6 +198,21 @@ class OptaxAutopilot:
                                  "step has none); pass it to init() and to every after_step()")
         self.next_step = int(step) + 1
         return (restored[0], self.with_lr(restored[1], self.next_step), *restored[2:])
+
+    def _keep(self, loss: Any, val_loss: Any, grad_norm: Any, metrics: Any, batch: Any) -> None:
+        """Keep one micro-batch's report until its update is made."""
+        pending = self._pending
+        pending["losses"].append(float(loss))
+        for key, value in (("val_loss", val_loss), ("grad_norm", grad_norm), ("metrics", metrics), ("batch", batch)):
+            if value is not None:
+                pending[key] = value
+
+    def _take(self) -> tuple[Any, ...]:
+        """What the update just made reports -- the mean loss of its micro-batches, the latest
+        validation loss, gradient norm, metrics and batch given -- and start the next one."""
+        pending, self._pending = self._pending, {"losses": []}
+        return (float(np.mean(pending["losses"])), pending.get("val_loss"), pending.get("grad_norm"),
+                pending.get("metrics"), pending.get("batch"))
 
     def _spread(self, step: int, current: tuple[Any, ...], batch: Any) -> float | None:
         """The outputs' spread on ``batch`` when a measurement is due (else ``None``)."""
@@ -295,6 +332,8 @@ def autopilot(
             n = len(batches)  # type: ignore[arg-type]
         except TypeError:
             n = None
+    if n is not None:  # optax.MultiSteps: one step is k micro-batches
+        n = max(1, n // micro_batches_per_update(optimizer_factory(1e-3), params))
     if epochs is None:
         steps = resolve_train_steps(train_steps if train_steps is not None else n)
     else:

@@ -42,6 +42,12 @@ optax keeps hyperparameters out of the state unless the optimizer is built with
   injected learning rates are found (``multi_transform`` groups), all are ramped and keep their
   ratios to the first one (in pytree order), like PyTorch's param groups.
 
+**Gradient accumulation**: either form may be (or return) an ``optax.MultiSteps`` --
+``lambda lr: optax.MultiSteps(optax.adam(lr), every_k_schedule=4)`` -- and a step is then one
+optimizer update, its ``k`` micro-batches in a row (their mean loss), as for PyTorch's
+``accumulation_steps``: ``train_steps`` counts updates, and the batch size is the update's
+(:mod:`lrkit.integrations.jax.accumulation`).
+
 A plain ``optax.adam(1e-3)`` has no LR in its state and is refused; so is a learning rate given as
 a schedule (``inject_hyperparams`` recomputes it from the step count at every update).
 
@@ -107,6 +113,9 @@ from lrkit.finder.regime import trainer_shape
 from lrkit.finder.result import FinderResult
 from lrkit.finder.search import FirstBatches
 from lrkit.integrations._progress import progress_context, watched
+from lrkit.integrations.jax.accumulation import (
+    MAX_MICRO_BATCHES, accumulates, as_transformation, micro_batches_per_update, unwrapped, update_completed,
+)
 
 __all__ = ["OptaxTrainer", "OptaxSnapshot", "find_lr_optax"]
 
@@ -173,14 +182,15 @@ def _check_slots(slots: list[Any], where: str) -> None:
 # -- building the optimizer and the compiled functions -----------------------------------------
 def _call_factory(factory: Callable[[float], Any]) -> tuple[Any, Any]:
     """``factory(lr)`` as given, and wrapped with inject_hyperparams (which one is used needs params)."""
-    tx = factory(_PLACEHOLDER_LR)
+    tx = as_transformation(factory(_PLACEHOLDER_LR))
     if not isinstance(tx, optax.GradientTransformation):
         raise TypeError(
-            f"optimizer_factory(lr) must return an optax GradientTransformation, got {type(tx).__name__}"
+            f"optimizer_factory(lr) must return an optax GradientTransformation (or an optax.MultiSteps), "
+            f"got {type(tx).__name__}"
         )
 
     def inner(learning_rate):  # no functools.wraps: inject_hyperparams reads this signature
-        return factory(learning_rate)
+        return as_transformation(factory(learning_rate))
 
     return tx, optax.inject_hyperparams(inner)(learning_rate=_PLACEHOLDER_LR)
 
@@ -289,13 +299,14 @@ def _hashable(*objs: Any) -> bool:
 
 def _factory_name(optimizer_factory: Any) -> str:
     """A short name of the optimizer the user passed, for messages."""
-    if isinstance(optimizer_factory, optax.GradientTransformation):
+    if isinstance(optimizer_factory, (optax.GradientTransformation, optax.MultiSteps)):
         return f"this {type(optimizer_factory).__name__}"
     return getattr(optimizer_factory, "__name__", None) or type(optimizer_factory).__name__
 
 
 def _infer_family(optimizer_factory: Any, slots: list[Any]) -> str:
     """The scaling family of the optimizer, from the factory's name (``"unknown"`` if not recognisable)."""
+    optimizer_factory = unwrapped(optimizer_factory)
     if isinstance(optimizer_factory, optax.GradientTransformation):
         # optax.inject_hyperparams(optax.adam)(...) keeps optax.adam in its init closure as
         # `inner_factory`; anything else (a chain, a custom transformation) stays unknown.
@@ -492,8 +503,9 @@ class OptaxTrainer:
                     "floating-point array (keep integer state out of the differentiated params)"
                 )
 
-        if isinstance(optimizer_factory, optax.GradientTransformation):
-            tx = optimizer_factory
+        given = isinstance(optimizer_factory, (optax.GradientTransformation, optax.MultiSteps))
+        if given:
+            tx = as_transformation(optimizer_factory)
         elif callable(optimizer_factory):
             if opt_state is not None:
                 raise ValueError(
@@ -522,7 +534,7 @@ class OptaxTrainer:
                     f"opt_state does not match optimizer_factory.init(params): structure {got} != {expected}"
                 )
         slots = _lr_slots(opt_state)
-        _check_slots(slots, "optimizer_factory" if tx is optimizer_factory else "optimizer_factory(lr)")
+        _check_slots(slots, "optimizer_factory" if given else "optimizer_factory(lr)")
         base = float(slots[0].hyperparams["learning_rate"])
         if not (math.isfinite(base) and base > 0):
             raise ValueError(
@@ -544,6 +556,8 @@ class OptaxTrainer:
         self._position = 0
         self._sample = FirstBatches()  # the first batches drawn: sample_loss() scores on them
         self._outputs = None if outputs_fn is None else jit_cached(outputs_fn)
+        #: micro-batches per optimizer update (``k`` of an ``optax.MultiSteps``; 1 without one)
+        self.micro_batches = micro_batches_per_update(tx, params) if accumulates(opt_state) else 1
         self._lr_dtype = jnp.promote_types(jnp.float32, jnp.result_type(slots[0].hyperparams["learning_rate"]))
         if _hashable(loss_fn, tx.update):
             self._step = _cached_step(loss_fn, tx.update, has_aux, ratios, stateful)
@@ -571,14 +585,22 @@ class OptaxTrainer:
         random.setstate(state.python_rng)
 
     def step(self, lr: float) -> float:
-        """One optax update at learning rate ``lr`` on the next batch; returns that batch's loss."""
-        batch = self._train[self._position]
-        self._position += 1
-        self._sample.offer(batch, _leading_dim(batch) or 1)
-        self.params, self.opt_state, self.model_state, loss = self._step(
-            self.params, self.opt_state, self.model_state, batch, np.asarray(lr, dtype=self._lr_dtype)
-        )
-        return float(loss)
+        """One optax update at learning rate ``lr`` on the next batch; returns that batch's loss.
+
+        With an ``optax.MultiSteps`` one update is its ``k`` micro-batches (calls of ``update``
+        until it has made the update, :mod:`~lrkit.integrations.jax.accumulation`); the loss
+        returned is their mean."""
+        losses = []
+        while True:
+            batch = self._train[self._position]
+            self._position += 1
+            self._sample.offer(batch, _leading_dim(batch) or 1)
+            self.params, self.opt_state, self.model_state, loss = self._step(
+                self.params, self.opt_state, self.model_state, batch, np.asarray(lr, dtype=self._lr_dtype)
+            )
+            losses.append(float(loss))
+            if self.micro_batches == 1 or update_completed(self.opt_state) or len(losses) >= MAX_MICRO_BATCHES:
+                return float(np.mean(losses))
 
     def evaluate(self) -> float | None:
         """Mean loss over (at most ``max_val_batches``) validation batches, or ``None`` without any."""
@@ -600,13 +622,15 @@ class OptaxTrainer:
         return _leading_dim(self._train[0])
 
     def data_shape(self) -> dict[str, float | None]:
-        """The Trainer protocol's optional shape of the data: steps per pass (the length of a list of
-        batches; ``None`` for a generator), training examples (that times the first batch's leading
-        dimension) and parameters (every leaf of the params pytree)."""
-        steps = len(self._train._cache) if self._train._source is None else None
-        size = self.first_batch_size() if steps is not None else None
+        """The Trainer protocol's optional shape of the data: optimizer steps per pass (the length of
+        a list of batches, over :attr:`micro_batches`; ``None`` for a generator), training examples
+        (the list's length times the first batch's leading dimension) and parameters (every leaf of
+        the params pytree)."""
+        n = len(self._train._cache) if self._train._source is None else None
+        size = self.first_batch_size() if n is not None else None
         params = sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(self.params))
-        return {"steps_per_epoch": steps, "examples": None if size is None else steps * size, "parameters": params}
+        return {"steps_per_epoch": None if n is None else n / self.micro_batches,
+                "examples": None if size is None else n * size, "parameters": params}
 
     def input_sample(self) -> Any:
         """The Trainer protocol's optional inputs: the first element of the first training batch
@@ -749,8 +773,8 @@ def find_lr_optax(
                 f"to use that family's range and caps", stacklevel=2)
         start_lr = lo if start_lr is None else start_lr
         end_lr = hi if end_lr is None else end_lr
-    if batch_size is None:
-        batch_size = trainer.first_batch_size()
+    if batch_size is None and (micro := trainer.first_batch_size()) is not None:
+        batch_size = micro * trainer.micro_batches  # the examples of one update
     if target_batch_size is not None and batch_size is None:
         raise ValueError(
             f"target_batch_size={target_batch_size} needs batch_size (the batches have no common leading "
