@@ -15,7 +15,7 @@ pytest.importorskip("sklearn")
 import jax.numpy as jnp  # noqa: E402
 
 import lrkit.jax as lj  # noqa: E402
-from lrkit.integrations.jax import accumulation  # noqa: E402
+from lrkit.integrations.jax import accumulation, inject  # noqa: E402
 from lrkit.integrations.jax.accumulation import micro_batches_per_update, update_completed  # noqa: E402
 
 K = 4
@@ -63,8 +63,9 @@ def accumulated(lr):
     return optax.MultiSteps(optax.adam(lr), every_k_schedule=K)
 
 
-def test_module_doctests():
-    assert doctest.testmod(accumulation).failed == 0
+@pytest.mark.parametrize("module", [accumulation, inject], ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_module_doctests(module):
+    assert doctest.testmod(module).failed == 0
 
 
 def test_micro_batches_per_update_reads_the_schedule_and_leaves_nothing_behind():

@@ -19,6 +19,7 @@ from lrkit import scaling  # noqa: E402
 from lrkit.finder.range_test import find  # noqa: E402
 from lrkit.integrations import _progress  # noqa: E402
 from lrkit.integrations.jax import trainer as optax_trainer  # noqa: E402
+from lrkit.integrations.jax.inject import lr_slots  # noqa: E402
 from lrkit.integrations.jax.trainer import OptaxTrainer, find_lr_optax  # noqa: E402
 
 pytestmark = pytest.mark.jax
@@ -205,7 +206,7 @@ def test_each_step_uses_the_requested_lr_and_keeps_group_ratios(grouped_sgd, lr)
     start = trainer.snapshot()
     trainer.step(lr)
     moved_a, moved_b = np.asarray(trainer.params["a"]), np.asarray(trainer.params["b"])
-    slots = [s.hyperparams["learning_rate"] for s in optax_trainer._lr_slots(trainer.opt_state)]
+    slots = [s.hyperparams["learning_rate"] for s in lr_slots(trainer.opt_state)]
     trainer.restore(start)
     lr32 = np.float32(lr)
     np.testing.assert_array_equal(moved_a, -(lr32 * c))
@@ -391,10 +392,10 @@ def test_has_aux_loss(digits):
 def test_optimizer_forms_and_inferred_family(optimizer, family):
     trainer = OptaxTrainer(linear_loss, {"w": jnp.zeros(3)}, optimizer, [np.ones(3, np.float32)])
     assert trainer.family == family
-    assert len(optax_trainer._lr_slots(trainer.opt_state)) == 1
+    assert len(lr_slots(trainer.opt_state)) == 1
     state = trainer.snapshot()
     trainer.step(0.5)
-    assert float(optax_trainer._lr_slots(trainer.opt_state)[0].hyperparams["learning_rate"]) == 0.5
+    assert float(lr_slots(trainer.opt_state)[0].hyperparams["learning_rate"]) == 0.5
     assert np.all(np.asarray(trainer.params["w"]) < 0)  # the step moved against the gradient
     trainer.restore(state)
 

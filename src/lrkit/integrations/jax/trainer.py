@@ -93,10 +93,8 @@ from __future__ import annotations
 
 import collections.abc
 import functools
-import inspect
 import math
 import random
-import types
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
@@ -114,88 +112,16 @@ from lrkit.finder.result import FinderResult
 from lrkit.finder.search import FirstBatches
 from lrkit.integrations._progress import progress_context, watched
 from lrkit.integrations.jax.accumulation import (
-    MAX_MICRO_BATCHES, accumulates, as_transformation, micro_batches_per_update, unwrapped, update_completed,
+    MAX_MICRO_BATCHES, accumulates, as_transformation, micro_batches_per_update, update_completed,
+)
+from lrkit.integrations.jax.inject import (
+    CACHE_SIZE, cached_factory, call_factory, check_slots, factory_name, infer_family, lr_slots, with_lr,
 )
 
 __all__ = ["OptaxTrainer", "OptaxSnapshot", "find_lr_optax"]
 
-#: the LR a factory is built with before the test overwrites it (any positive value would do).
-_PLACEHOLDER_LR = 1e-3
 #: compiled steps kept for reuse across calls (each holds its loss_fn and optimizer alive).
-_CACHE_SIZE = 16
-
-_INJECT_STATES = tuple(
-    cls for cls in (getattr(optax, "InjectStatefulHyperparamsState", None),
-                    getattr(optax, "InjectHyperparamsState", None))
-    if cls is not None
-)
-
-
-# -- the learning rate inside the optimizer state ----------------------------------------------
-def _is_lr_slot(node: Any) -> bool:
-    """An inject_hyperparams state holding a ``learning_rate``."""
-    return (isinstance(node, _INJECT_STATES) and isinstance(node.hyperparams, dict)
-            and "learning_rate" in node.hyperparams)
-
-
-def _lr_slots(opt_state: Any) -> list[Any]:
-    """The outermost inject_hyperparams states with a ``learning_rate``, in pytree order."""
-    leaves = jax.tree_util.tree_leaves(opt_state, is_leaf=_is_lr_slot)
-    return [leaf for leaf in leaves if _is_lr_slot(leaf)]
-
-
-def _with_lr(opt_state: Any, lr: Any, ratios: tuple[float, ...]) -> Any:
-    """``opt_state`` with the k-th injected learning rate set to ``lr * ratios[k]`` (traceable)."""
-    leaves, treedef = jax.tree_util.tree_flatten(opt_state, is_leaf=_is_lr_slot)
-    out, k = [], 0
-    for leaf in leaves:
-        if _is_lr_slot(leaf):
-            old = leaf.hyperparams["learning_rate"]
-            new = jnp.asarray(lr * ratios[k], dtype=jnp.result_type(old))
-            leaf = leaf._replace(hyperparams={**leaf.hyperparams, "learning_rate": new})
-            k += 1
-        out.append(leaf)
-    return jax.tree_util.tree_unflatten(treedef, out)
-
-
-def _check_slots(slots: list[Any], where: str) -> None:
-    if not slots:
-        raise ValueError(
-            f"{where} has no injectable learning rate: build it with optax.inject_hyperparams, e.g. "
-            "optax.inject_hyperparams(optax.adam)(learning_rate=1e-3), or pass the factory itself "
-            "(optax.adam, or lambda lr: ...) as optimizer_factory"
-        )
-    for slot in slots:
-        if "learning_rate" in (getattr(slot, "hyperparams_states", None) or {}):
-            raise ValueError(
-                f"{where} gives learning_rate as a schedule; inject_hyperparams recomputes it from the step "
-                "count at every update, so the range test cannot set it. Build the optimizer with a "
-                "constant learning_rate for the test (the suggestion is the peak LR to give your schedule)"
-            )
-        if _lr_slots(slot.inner_state):
-            raise ValueError(
-                f"{where} nests inject_hyperparams inside inject_hyperparams; the inner learning_rate is "
-                "the one used and the outer one is ignored. Pass the inner optimizer (or its factory) only"
-            )
-
-
-# -- building the optimizer and the compiled functions -----------------------------------------
-def _call_factory(factory: Callable[[float], Any]) -> tuple[Any, Any]:
-    """``factory(lr)`` as given, and wrapped with inject_hyperparams (which one is used needs params)."""
-    tx = as_transformation(factory(_PLACEHOLDER_LR))
-    if not isinstance(tx, optax.GradientTransformation):
-        raise TypeError(
-            f"optimizer_factory(lr) must return an optax GradientTransformation (or an optax.MultiSteps), "
-            f"got {type(tx).__name__}"
-        )
-
-    def inner(learning_rate):  # no functools.wraps: inject_hyperparams reads this signature
-        return as_transformation(factory(learning_rate))
-
-    return tx, optax.inject_hyperparams(inner)(learning_rate=_PLACEHOLDER_LR)
-
-
-_cached_factory = functools.lru_cache(maxsize=_CACHE_SIZE)(_call_factory)
+_CACHE_SIZE = CACHE_SIZE
 
 
 def _call_form(stateful: bool) -> str:
@@ -259,7 +185,7 @@ def _build_step(loss_fn: Callable, update: Callable, has_aux: bool, ratios: tupl
     value_and_grad = jax.value_and_grad(lambda p, b, s: checked(p, b, s, True), has_aux=True)
 
     def step(params, opt_state, model_state, batch, lr):
-        opt_state = _with_lr(opt_state, lr, ratios)
+        opt_state = with_lr(opt_state, lr, ratios)
         (loss, model_state), grads = value_and_grad(params, batch, model_state)
         updates, opt_state = update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, model_state, loss
@@ -295,33 +221,6 @@ def _hashable(*objs: Any) -> bool:
     except TypeError:  # e.g. a bound method of an unhashable object: compiled without the cache
         return False
     return True
-
-
-def _factory_name(optimizer_factory: Any) -> str:
-    """A short name of the optimizer the user passed, for messages."""
-    if isinstance(optimizer_factory, (optax.GradientTransformation, optax.MultiSteps)):
-        return f"this {type(optimizer_factory).__name__}"
-    return getattr(optimizer_factory, "__name__", None) or type(optimizer_factory).__name__
-
-
-def _infer_family(optimizer_factory: Any, slots: list[Any]) -> str:
-    """The scaling family of the optimizer, from the factory's name (``"unknown"`` if not recognisable)."""
-    optimizer_factory = unwrapped(optimizer_factory)
-    if isinstance(optimizer_factory, optax.GradientTransformation):
-        # optax.inject_hyperparams(optax.adam)(...) keeps optax.adam in its init closure as
-        # `inner_factory`; anything else (a chain, a custom transformation) stays unknown.
-        init = optimizer_factory.init
-        inner = None
-        if isinstance(init, types.FunctionType):
-            inner = inspect.getclosurevars(init).nonlocals.get("inner_factory")
-        family = scaling.optimizer_family(inner) if callable(inner) else "unknown"
-    else:
-        family = scaling.optimizer_family(optimizer_factory) if callable(optimizer_factory) else "unknown"
-    if family == "sgd" and slots:
-        momentum = slots[0].hyperparams.get("momentum")
-        if momentum is not None and float(momentum) > 0:
-            family = "sgd_momentum"
-    return family
 
 
 # -- batches -----------------------------------------------------------------------------------
@@ -513,11 +412,11 @@ class OptaxTrainer:
                     "inject_hyperparams); a factory's state is created fresh by optimizer_factory(lr).init(params)"
                 )
             if _hashable(optimizer_factory):
-                as_given, wrapped = _cached_factory(optimizer_factory)
+                as_given, wrapped = cached_factory(optimizer_factory)
             else:
-                as_given, wrapped = _call_factory(optimizer_factory)
+                as_given, wrapped = call_factory(optimizer_factory)
             # a factory that already injects its LR is used as it is; anything else gets wrapped
-            tx = as_given if _lr_slots(jax.eval_shape(as_given.init, params)) else wrapped
+            tx = as_given if lr_slots(jax.eval_shape(as_given.init, params)) else wrapped
         else:
             raise TypeError(
                 "optimizer_factory must be an optax GradientTransformation built with inject_hyperparams "
@@ -533,8 +432,8 @@ class OptaxTrainer:
                 raise ValueError(
                     f"opt_state does not match optimizer_factory.init(params): structure {got} != {expected}"
                 )
-        slots = _lr_slots(opt_state)
-        _check_slots(slots, "optimizer_factory" if given else "optimizer_factory(lr)")
+        slots = lr_slots(opt_state)
+        check_slots(slots, "optimizer_factory" if given else "optimizer_factory(lr)")
         base = float(slots[0].hyperparams["learning_rate"])
         if not (math.isfinite(base) and base > 0):
             raise ValueError(
@@ -549,7 +448,7 @@ class OptaxTrainer:
         self.params = params
         self.opt_state = opt_state
         self.model_state = model_state
-        self.family = _infer_family(optimizer_factory, slots)
+        self.family = infer_family(optimizer_factory, slots)
         self.max_val_batches = max_val_batches
         self._train = _Batches(batches, "batches")
         self._val = None if val_batches is None else _Batches(val_batches, "val_batches", limit=max_val_batches)
@@ -767,7 +666,7 @@ def find_lr_optax(
         lo, hi = scaling.lr_range(family)
         if family == "unknown":
             warnings.warn(
-                f"find_lr_optax: the optimizer family of {_factory_name(optimizer_factory)} is unknown (a "
+                f"find_lr_optax: the optimizer family of {factory_name(optimizer_factory)} is unknown (a "
                 f"chain or a custom transformation is not recognised), so the range test sweeps the widest "
                 f"range {lo:g} .. {hi:g}; name it with family='adam' (one of {', '.join(scaling.FAMILIES)}) "
                 f"to use that family's range and caps", stacklevel=2)
