@@ -387,3 +387,27 @@ def test_a_run_that_learned_and_sits_at_its_floor_is_neither_flat_nor_diverging(
     p.write_text("epoch,loss,val_loss\n" + "".join(f"{e},{a},{b}\n" for e, (a, b) in enumerate(NOISE_FLOOR_RUNS[name])))
     d = diagnose(p)
     assert d.verdict in ("healthy", "converged", "overfitting"), (d.verdict, d.message)
+
+
+def test_a_short_flat_run_validated_per_epoch_whose_few_evaluations_zigzag_is_too_high(tmp_path):
+    """Lightning's WandbLogger every 5 steps, four epochs of SGD-momentum at LR 40 on the digits: the
+    training losses thrash between 33 and 134 from the first row, the validation losses read 58, 86,
+    64, 71 -- fewer evaluations than the swing rule's five, read flat and advised to raise the LR.
+    One zigzag of 10% or more from three or four evaluations is enough; a smaller one, or a straight
+    line, is not (an LR too low barely moves the weights)."""
+    train = [41.5, 58.3, 60.7, 71.0, 59.4, 82.2, 47.5, 85.5, 44.7, 42.2, 82.3, 85.9, 129.0, 89.6, 85.9, 92.6,
+             101.1, 75.9, 73.0, 110.7, 134.1, 53.6, 68.5, 38.6, 63.7, 67.5, 53.6, 77.2, 79.4, 64.2, 32.7,
+             65.2, 41.0, 56.0, 69.4]
+    steps = [4 + 5 * i for i in range(len(train))]
+
+    def log(val):
+        rows = [{"step": s, "train_loss": v} for s, v in zip(steps, train)]
+        rows += [{"step": s, "val_loss": v} for s, v in zip((43, 87, 131, 174), val)]
+        return read_log(rows)
+
+    thrash = diagnose(log([58.1, 86.3, 63.9, 70.6]))
+    assert thrash.verdict == "diverging" and thrash.evidence["val_swing"] > 0.1, thrash.message
+    assert thrash.advice[0].startswith("lower the LR")
+    for val in ([58.1, 60.4, 58.9, 59.7], [58.1, 58.0, 57.9, 57.8]):  # a 2-3% zigzag; a straight line
+        d = diagnose(log(val))
+        assert d.verdict == "flat" and "val_swing" not in d.evidence, (val, d.message)

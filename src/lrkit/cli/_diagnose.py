@@ -3,10 +3,11 @@
 Reads a training log (CSV, JSONL, JSON, TensorBoard event file or directory, Lightning
 ``metrics.csv``, Keras ``CSVLogger`` output, a Hugging Face ``trainer_state.json``, the runs of an
 MLflow store: ``mlflow.db``, ``mlruns/`` or a tracking URI such as ``sqlite:///mlflow.db`` or
-``http://host:5000``; the console output of a Hugging Face ``Trainer`` or of Keras ``fit``, as a
+``http://host:5000``; Weights & Biases runs: a ``wandb/`` folder, a run's directory or its
+``run-<id>.wandb`` file; the console output of a Hugging Face ``Trainer`` or of Keras ``fit``, as a
 ``.out``/``.log`` file keeps it; ``-`` or a pipe for standard input), runs the LR doctor over it and reports
 the verdict. A directory or store holding several runs (SummaryWriter runs in ``runs/``, Lightning
-``version_N``, Trainer output directories, MLflow runs) gives one verdict per run, named;
+``version_N``, Trainer output directories, MLflow and W&B runs) gives one verdict per run, named;
 ``--run NAME`` picks one. ``--follow SECONDS`` watches a run still training
 (:mod:`lrkit.cli._follow`). Exit code 0 whatever the verdict (1 with
 ``--fail-on-problem`` when a run is not healthy); 2 for bad input (unreadable or malformed log),
@@ -98,7 +99,7 @@ def _tensorboard_without_tensorflow() -> None:
 
 @app.command("diagnose")
 def diagnose_cmd(
-    file: Annotated[str, typer.Argument(help="Training log: .csv, .jsonl, .json, TensorBoard event file, a console log (.out, .log), a directory of one or several runs, an MLflow store or tracking URI (mlflow.db, sqlite:///mlflow.db, http://host:5000), or - for standard input.")],
+    file: Annotated[str, typer.Argument(help="Training log: .csv, .jsonl, .json, TensorBoard event file, a console log (.out, .log), a directory of one or several runs, an MLflow store or tracking URI (mlflow.db, sqlite:///mlflow.db, http://host:5000), a W&B wandb/ folder or run, or - for standard input.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (verdict, step, detected_at, evidence, advice, message); for a directory of runs, {'source', 'runs': [...]}.")] = False,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG of the loss (and LR, val_loss) with the onset marked (one run).")] = None,
     window: Annotated[Optional[int], typer.Option("--window", help="Doctor window (default: chosen for the log; 5, row by row, for a short or per-epoch log).")] = None,

@@ -18,6 +18,9 @@ Accepted inputs (:func:`read_log`):
 * an MLflow store holding one run: ``mlflow.db``, an ``mlruns/`` directory (or one of its
   experiments or runs), a tracking URI (``sqlite:///mlflow.db``, ``http://host:5000``):
   :mod:`lrkit.doctor.mlflow_store`;
+* a Weights & Biases run: its ``run-<id>.wandb`` file, its run directory, or a ``wandb/``
+  directory holding one run (online and offline runs alike; needs ``wandb``):
+  :mod:`lrkit.doctor.wandb_runs`;
 * a console log (a file of another name, e.g. ``train.out``, or a pipe): the Hugging Face
   ``Trainer``'s printed dicts, Keras ``fit``'s epoch lines, or the loss lines a script printed
   itself, :mod:`lrkit.doctor.console_logs`;
@@ -87,6 +90,7 @@ from lrkit.doctor._tables import (
 from lrkit.doctor.console_logs import console_rows, looks_like_console
 from lrkit.doctor.mlflow_store import StoreRun, read_store_run, store_runs, store_target, stores_under
 from lrkit.doctor.model_config import chance_loss_near
+from lrkit.doctor.wandb_runs import read_wandb, wandb_runs_under
 
 __all__ = ["LogFormatError", "LogRecords", "read_log", "read_runs", "find_runs", "ALIASES"]
 
@@ -548,6 +552,8 @@ def _read_file(path: Path, named: Mapping[str, str], progress: Progress | None) 
     name = path.name.lower()
     if str(path) != "-" and "tfevents" in name and path.is_file():
         return _tensorboard(path, named)
+    if str(path) != "-" and name.endswith(".wandb") and path.is_file():
+        return _wandb(path, named)
     data = _read_bytes(path, progress)  # read once: a pipe cannot be read twice
     if str(path) == "-" or not stat.S_ISREG(path.stat().st_mode):
         return _sniff(data, source, named, progress)
@@ -596,7 +602,11 @@ def find_runs(directory: str | Path) -> list[Run]:
       a Keras ``CSVLogger`` file); other ``.json`` files (configurations) are not logs;
     * MLflow: every active run of a store (``mlflow.db``, an ``mlruns/`` file store, or the store
       a tracking URI such as ``sqlite:///mlflow.db`` or ``http://host:5000`` names), named
-      ``<store>/<experiment>/<run name>`` (:mod:`lrkit.doctor.mlflow_store`; a server needs ``mlflow``).
+      ``<store>/<experiment>/<run name>`` (:mod:`lrkit.doctor.mlflow_store`; a server needs ``mlflow``);
+    * Weights & Biases: every run directory holding a ``run-<id>.wandb`` file (``wandb/run-...``,
+      ``wandb/offline-run-...``), named ``<wandb dir>/<project>/<run name>``
+      (:mod:`lrkit.doctor.wandb_runs`), but for a ``Trainer``'s run (``report_to="wandb"``) whose
+      ``output_dir`` is read already: its ``trainer_state.json``.
 
     Example:
         >>> import tempfile, pathlib
@@ -636,6 +646,7 @@ def find_runs(directory: str | Path) -> list[Run]:
     for f in sorted(root.rglob("*")):
         if f.is_file() and f.suffix.lower() in _LOG_SUFFIXES:
             runs[f] = f
+    outputs = {out.resolve() for out in by_output}
     out_runs = []
     for key in sorted(runs, key=lambda p: str(p)):
         rel = key.relative_to(root) if key != root else Path(".")
@@ -643,7 +654,9 @@ def find_runs(directory: str | Path) -> list[Run]:
         if key.name == "trainer_state.json" and runs[key].parent != key.parent:
             name = str(runs[key].relative_to(root))
         out_runs.append(Run(name, runs[key]))
-    return out_runs + _mlflow_runs(root, {out.resolve() for out in by_output})
+    # a Trainer's report_to="wandb" copy of a run read from its trainer_state.json is not another run
+    out_runs += [Run(name, f) for name, f in wandb_runs_under(root, skip_outputs=outputs)]
+    return out_runs + _mlflow_runs(root, outputs)
 
 
 def _mlflow_runs(root: Path, trainer_outputs: set[Path]) -> list[Run]:
@@ -710,11 +723,21 @@ def _store_run(run: StoreRun, named: Mapping[str, str]) -> LogRecords:
     return records
 
 
+def _wandb(path: Path, named: Mapping[str, str]) -> LogRecords:
+    run = read_wandb(path)
+    names = list(dict.fromkeys(k for _, r in run.rows for k in r))
+    empty = _no_training_loss_yet([r for _, r in run.rows], named)  # a Trainer's report_to="wandb", no loss yet
+    records = _records(rows_table(run.rows, str(path), keep=_must_be_numeric(named)(names)), named, empty_loss_ok=empty)
+    records.chance_loss = run.chance_loss
+    return records
+
+
 def _no_runs(path: Path | str) -> str:
     if store_target(path) is not None:
         return f"{path}: no runs in this MLflow store (deleted runs are left out)"
     return (f"{path}: no runs in this directory (looked for TensorBoard event files *tfevents*, "
-            "trainer_state.json, .csv, .tsv, .jsonl and .ndjson logs, MLflow stores mlruns/ and mlflow.db)")
+            "trainer_state.json, .csv, .tsv, .jsonl and .ndjson logs, MLflow stores mlruns/ and mlflow.db, "
+            "W&B runs wandb/*/run-*.wandb)")
 
 
 # --------------------------------------------------------------------------------- public

@@ -60,7 +60,8 @@ evaluation's log from its neighbours' mean over the last :data:`VAL_KEEP`, above
 with no new best in their second half) is ``diverging`` too: the weights move a lot and go nowhere,
 which an LR too low cannot do -- on a fixed validation set its losses fall in a straight line (a
 run blown up before its first logged row and thrashing since, as Lightning's default logging every
-50 steps shows one, reads flat otherwise). A run whose loss *has* made that progress, over its first
+50 steps shows one, reads flat otherwise). With fewer than :data:`VAL_MIN_EVALS` evaluations (three
+or four: a short run validated per epoch) the swing must exceed :data:`VAL_FEW_SWING`. A run whose loss *has* made that progress, over its first
 window or, beyond the start's noise, since its start (:data:`LEARNED_Z`), learned; if its validation
 loss still moves (:meth:`Flat.val_stalled`: swinging, or risen above its best) with no new best
 against every evaluation seen, it sits at its floor or overfits: neither diverging nor flat. A flat
@@ -127,6 +128,11 @@ VAL_SWING_PROGRESS = 0.05
 LEARNED_Z = 2.0
 #: evaluations that swing needs (the last :data:`VAL_KEEP` are kept)
 VAL_MIN_EVALS, VAL_KEEP = 5, 10
+#: ... or as few as this many, when their swing exceeds :data:`VAL_FEW_SWING` (one zigzag of 10% and
+#: more, which weights that barely move cannot make): a short run validated per epoch has three or four
+#: evaluations (Lightning, SGD-momentum at LR 40 on the digits, four epochs logged to W&B: training
+#: losses thrashing between 33 and 134, validation 58, 86, 64, 71 -- read flat, "raise the LR")
+VAL_FEW_EVALS, VAL_FEW_SWING = 3, 0.10
 #: a loss that repeats to this relative precision over the last :data:`FROZEN_ROWS` logged values has
 #: stopped changing: no weight moves (an epoch's mean over the same examples in another order differs
 #: by about 1e-7 in float32; a live run's batches differ by far more). Seen in a Keras run logged per
@@ -137,6 +143,11 @@ VAL_MIN_EVALS, VAL_KEEP = 5, 10
 #: each epoch: a linear model on 51,000 rows at Adam 0.01 logged 0.534313 for ten epochs); the losses
 #: alone cannot tell it from a dead one, and the diverging message names it
 FROZEN_REL, FROZEN_ROWS = 1e-6, 4
+#: ... after its first window held a value this far (relative) from the frozen one: it moved, then
+#: stopped. A hundred times the precision above: a loss whose values differ by parts per million from
+#: its start never moved (a property test of a flat run with per-step noise 1e-6 -- its last four values
+#: by chance within 1e-6 of each other -- read "moved, then stopped" against a 1e-6 margin)
+FROZEN_MOVED = 1e-4
 
 
 #: a log whose first loss is at this step or later hides the run's start: a flat verdict then says
@@ -339,10 +350,11 @@ class Flat(Sign):
         frozen = self.frozen_rows()
         if early is None and frozen and rel > -tol:  # (a level clearly above the first window's rose: not flat)
             ev["frozen_rows"] = float(frozen)
-            if any(abs(math.log(max(v, TINY)) - t.y.last(1)[0]) > FROZEN_REL for v in t.first_window):
+            if any(abs(math.log(max(v, TINY)) - t.y.last(1)[0]) > FROZEN_MOVED for v in t.first_window):
                 # it moved, then stopped moving without any progress: units died or saturated
                 early = t.first_step
-        if early is None and not learned and (swing := self.val_swing()) > VAL_SWING:
+        few = len(self.vals) < VAL_MIN_EVALS
+        if early is None and not learned and (swing := self.val_swing()) > (VAL_FEW_SWING if few else VAL_SWING):
             # the weights move a lot and go nowhere: not an LR too low (see VAL_SWING)
             ev["val_swing"] = swing
             early = t.first_step
@@ -372,10 +384,10 @@ class Flat(Sign):
         r"""How far the validation loss swings between evaluations without getting anywhere: with
         :math:`z_i` the logs of the last :data:`VAL_KEEP` validation losses,
         :math:`\operatorname{median}_i |z_i - \tfrac12(z_{i-1} + z_{i+1})|` (0 for a straight line,
-        whatever its slope); 0 with fewer than :data:`VAL_MIN_EVALS`, or when the second half holds a
+        whatever its slope); 0 with fewer than :data:`VAL_FEW_EVALS`, or when the second half holds a
         new best (the run is getting somewhere)."""
         z = np.array(self.vals)
-        if len(z) < VAL_MIN_EVALS or z[len(z) // 2:].min() < z[:len(z) // 2].min():
+        if len(z) < VAL_FEW_EVALS or z[len(z) // 2:].min() < z[:len(z) // 2].min():
             return 0.0
         return swing(z)
 
