@@ -37,3 +37,24 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
 
     d = load_digits()
     return torch.tensor(d.data / 16.0, dtype=torch.float32), torch.tensor(d.target)
+
+
+class Tokens(torch.utils.data.Dataset):
+    """256 rows of 8 random token ids (of 50) labelled ``i % 3``: text for a tiny BERT classifier."""
+
+    def __len__(self):
+        return 256
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        return {"input_ids": torch.randint(0, 50, (8,), generator=g), "labels": torch.tensor(i % 3)}
+
+
+def tiny_bert():
+    """A one-layer BERT with three labels whose configuration names its architecture, as a model
+    from ``from_pretrained`` does (a model built from a bare config has none)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    return BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                                    num_attention_heads=2, intermediate_size=32, num_labels=3,
+                                                    architectures=["BertForSequenceClassification"]))

@@ -35,24 +35,14 @@ def script() -> None:
 
 def trainer() -> None:
     import torch
-    from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
+    from transformers import Trainer, TrainingArguments
 
-    from _hf_digits import Clf, Rows, digits
+    from _hf_digits import Clf, Rows, Tokens, digits, tiny_bert
 
     torch.set_num_threads(1)
     x, y = digits()
 
-    class Tokens(torch.utils.data.Dataset):
-        def __len__(self):
-            return 256
-
-        def __getitem__(self, i):
-            g = torch.Generator().manual_seed(i)
-            return {"input_ids": torch.randint(0, 50, (8,), generator=g), "labels": torch.tensor(i % 3)}
-
-    bert = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
-                                                    num_attention_heads=2, intermediate_size=32, num_labels=3,
-                                                    architectures=["BertForSequenceClassification"]))
+    bert = tiny_bert()
     for name, model, ds, lr, save in (("digits", Clf(), Rows(x[:1024], y[:1024]), 3e-3, "no"),
                                       ("bert", bert, Tokens(), 1e-3, "steps")):
         args = TrainingArguments(output_dir=name, run_name=name, max_steps=64, learning_rate=lr, save_steps=64,

@@ -196,9 +196,9 @@ def test_lightning_mlflow_logger_file_store(tmp_path, monkeypatch):
 def test_trainer_report_to_mlflow(tmp_path, monkeypatch):
     pytest.importorskip("transformers")
     import torch
-    from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
+    from transformers import Trainer, TrainingArguments
 
-    from _hf_digits import Clf, Rows, digits
+    from _hf_digits import Clf, Rows, Tokens, digits, tiny_bert
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -207,18 +207,7 @@ def test_trainer_report_to_mlflow(tmp_path, monkeypatch):
     torch.set_num_threads(1)
     x, y = digits()
 
-    class Tokens(torch.utils.data.Dataset):
-        def __len__(self):
-            return 256
-
-        def __getitem__(self, i):
-            g = torch.Generator().manual_seed(i)
-            return {"input_ids": torch.randint(0, 50, (8,), generator=g), "labels": torch.tensor(i % 3)}
-
-    bert = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
-                                                    num_attention_heads=2, intermediate_size=32, num_labels=3,
-                                                    architectures=["BertForSequenceClassification"]))
-    # (``architectures`` as a model from ``from_pretrained`` has it; a model built from a bare config has none)
+    bert = tiny_bert()
     monkeypatch.chdir(tmp_path)  # the script's directory: mlflow.db and the output directories
     for name, model, ds, lr, save in (("digits", Clf(), Rows(x[:1024], y[:1024]), 3e-3, "no"),
                                       ("bert", bert, Tokens(), 1e-3, "steps")):
