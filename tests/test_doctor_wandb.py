@@ -84,6 +84,15 @@ def test_a_run_cut_short_reads_up_to_its_last_complete_record(script_runs, tmp_p
     assert part.loss.tolist() == pytest.approx(whole.loss[: len(part)].tolist(), nan_ok=True)
 
 
+def test_a_run_that_has_just_started_says_why_it_shows_nothing(script_runs, tmp_path):
+    """W&B writes the file 32 KiB at a time: early in a run it holds its header and no history."""
+    file = next((script_runs / "wandb").glob("offline-run-*/run-*.wandb"))
+    young = tmp_path / "run-young.wandb"
+    young.write_bytes(file.read_bytes()[:7])
+    with pytest.raises(LogFormatError, match=r"no history in this W&B run yet \(W&B writes its file 32 KiB"):
+        read_log(young)
+
+
 def test_a_file_that_is_not_a_wandb_run_says_so(tmp_path):
     _need_wandb()
     bad = tmp_path / "run-x.wandb"

@@ -15,7 +15,9 @@ log calls, not optimizer steps), ``trainer/global_step`` (Lightning's ``WandbLog
 ``epoch/epoch`` and ``batch/batch_step`` (Keras' ``WandbMetricsLogger``, whose ``epoch/`` or
 ``batch/`` prefix is dropped from the other keys; with batch logging, the epoch's validation keys
 ``epoch/val_*`` join the batch they followed). A call without the step metric joins the step
-logged before it. A run still being written, or cut short, is read up to its last complete record.
+logged before it. A run still being written, or cut short, is read up to its last complete record;
+W&B writes the file a 32 KiB block at a time (a few hundred ``wandb.log`` calls), so ``lrkit
+diagnose --follow`` sees a run in training that many calls late.
 
 Runs are named by their directory (relative to the directory searched), and the model's chance
 level is read from the run's config when the ``Trainer`` logged its model configuration
@@ -190,6 +192,9 @@ def read_wandb(path: str | Path) -> WandbRun:
     source = str(path)
     history, name, config = _parse(path.read_bytes(), source)
     config.pop("_lrkit_meta", None)
+    if not history:
+        raise LogFormatError(f"{source}: no history in this W&B run yet (W&B writes its file 32 KiB at a time: a run "
+                             "that has just started shows nothing until its first block is full)")
     return WandbRun(_rows(history, source), name, config)
 
 
