@@ -146,9 +146,15 @@ def test_lightning_wandb_logger(tmp_path):
 
 
 def test_keras_wandb_metrics_logger(tmp_path):
-    """WandbMetricsLogger logs epoch/loss, epoch/val_loss and epoch/learning_rate by epoch/epoch."""
+    """WandbMetricsLogger logs epoch/loss, epoch/val_loss and epoch/learning_rate by epoch/epoch (its
+    default), or batch/loss and batch/learning_rate by batch/batch_step with the epoch's keys after
+    each epoch's last batch (log_freq="batch")."""
     write_runs("keras", tmp_path)
-    recs = read_log(tmp_path)
-    assert recs.renamed == {"step": "step", "loss": "loss", "lr": "learning_rate", "val_loss": "val_loss"}
-    assert recs.step.tolist() == list(range(12)) and recs.lr[0] == pytest.approx(1e-3)
-    assert diagnose(recs).verdict == "healthy"
+    runs = {r.name: read_run(r) for r in find_runs(tmp_path)}
+    assert set(runs) == {"wandb/digits/keras-epoch", "wandb/digits/keras-batch"}
+    per_epoch, per_batch = runs["wandb/digits/keras-epoch"], runs["wandb/digits/keras-batch"]
+    assert per_epoch.renamed == {"step": "step", "loss": "loss", "lr": "learning_rate", "val_loss": "val_loss"}
+    assert per_epoch.step.tolist() == list(range(12)) and per_epoch.lr[0] == pytest.approx(1e-3)
+    assert len(per_batch) == 4 * 44 and per_batch.renamed["loss"] == "loss"
+    assert per_batch.step[per_batch.has("val_loss")].tolist() == [43, 87, 131, 175]  # each epoch's last batch
+    assert diagnose(per_epoch).verdict == "healthy" and diagnose(per_batch).verdict == "healthy"
