@@ -227,6 +227,21 @@ def test_an_unbuilt_optimizer_is_built_and_left_as_freshly_built():
     assert values(picture(model), "optimizer") == values(picture(twin), "optimizer")
 
 
+def test_gradient_accumulation_reports_the_updates_batch_and_leaves_the_accumulators_as_they_were():
+    """Keras' own accumulation (``Adam(gradient_accumulation_steps=4)``): a step is a batch, as Keras
+    counts them, and the batch of an update is four of them; the accumulators are put back with the
+    rest of the optimizer, bit for bit (warm: mid-way through an accumulation)."""
+    model = make_model(keras.optimizers.Adam(1e-3, gradient_accumulation_steps=4))
+    x, y = make_data()
+    model.fit(x[:32 * 6], y[:32 * 6], batch_size=32, epochs=1, verbose=0, shuffle=False)  # 6 batches: 2 of 4 pending
+    before = picture(model)
+    res = find_lr_keras(model, x, y, batch_size=8, num_iter=24, progress=False, verify=False)
+    assert res.batch_size == 32 and res.details["range_test_steps"] == 24
+    assert_untouched(before, picture(model))
+    plain = find_lr_keras(make_model("adam"), x, y, batch_size=8, num_iter=24, progress=False, verify=False)
+    assert plain.batch_size == 8
+
+
 def test_metrics_built_during_the_test_end_reset_and_old_ones_keep_their_values():
     model = make_model("adam", metrics=("accuracy",))
     x, y = make_data()

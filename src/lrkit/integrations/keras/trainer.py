@@ -689,6 +689,9 @@ def find_lr_keras(
         train_steps: the length of the real training run in optimizer steps, if known: the
             range test and the verification runs are then sized to cost at most 30% of it
             (:func:`lrkit.finder.range_test.plan_budget`; explicit ``num_iter``/``verify_steps`` win).
+            With an optimizer built with ``gradient_accumulation_steps=k`` a step is a batch, as
+            Keras counts them (``fit``'s steps, and the steps its LR schedules follow), and the
+            result's batch size is the update's, ``k * batch_size``.
         target_batch_size: the batch size of the real run, if different (the suggestion is
             rescaled with :func:`lrkit.scaling.scale_lr`; needs a known ``batch_size``).
         seed: seed of the suggestion's own randomness.
@@ -723,11 +726,14 @@ def find_lr_keras(
         start_lr = lo if start_lr is None else start_lr
         end_lr = hi if end_lr is None else end_lr
     shape = trainer_shape(trainer, train_steps, enabled=many_epochs)
+    # an optimizer that accumulates gradients updates once per k batches: the update's batch is k of them
+    accumulation = getattr(opt, "gradient_accumulation_steps", None) or 1
+    update_batch = None if trainer.batch_size is None else trainer.batch_size * accumulation
     with ctx as callback:
         return find(
             watched(trainer, callback, verify_steps=steps),
             start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, mode=mode, smooth=smooth,
             diverge_threshold=diverge_threshold, progress=callback, verify_steps=steps, family=family,
             verify_budget=plan_verify_budget(train_steps, num_iter), train_steps=train_steps,
-            batch_size=trainer.batch_size, target_batch_size=target_batch_size, rng_seed=seed, **shape,
+            batch_size=update_batch, target_batch_size=target_batch_size, rng_seed=seed, **shape,
         )
