@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -48,6 +49,19 @@ _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 #: the step metrics loggers declare, in the order they are preferred to W&B's own ``_step``.
 STEP_METRICS = ("train/global_step", "trainer/global_step", "batch/batch_step", "epoch/epoch", "global_step")
 _INTERNAL = ("_step", "_runtime", "_timestamp", "_wandb")
+#: bytes read for a run's header (its run and config records) when runs are listed
+_HEAD_BYTES = 1 << 20
+
+
+@dataclass
+class _Parsed:
+    """What a run file holds: its history rows (numbers only), names and config."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    name: str = ""
+    project: str = ""
+    run_id: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
 
 
 class WandbRun:
@@ -98,17 +112,16 @@ def _key(item: Any) -> str:
     return "/".join(item.nested_key) if len(item.nested_key) else item.key
 
 
-def _parse(data: bytes, source: str, config_only: bool = False) -> tuple[list[dict[str, Any]], str, dict[str, Any]]:
-    """The history rows (numbers only), the display name and the config of a run file
-    (``config_only``: stop at the first history record; the loggers write their config before it)."""
+def _parse(data: bytes, source: str, config_only: bool = False) -> _Parsed:
+    """The history rows, names and config of a run file (``config_only``: stop at the first history
+    record; the loggers write their config before it)."""
     try:
         from wandb.proto import wandb_internal_pb2 as pb
     except ImportError as exc:
         raise LogFormatError(f"{source}: reading a W&B run needs the wandb package: pip install wandb") from exc
     from google.protobuf.message import DecodeError
 
-    history, name, config = [], "", {}
-    meta = {"project": "", "run_id": ""}
+    out = _Parsed()
     for raw in _records(data, source):
         record = pb.Record()
         try:
@@ -124,15 +137,14 @@ def _parse(data: bytes, source: str, config_only: bool = False) -> tuple[list[di
                 v = _value(item.value_json)
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     row[_key(item)] = float(v)
-            history.append(row)
+            out.history.append(row)
         elif kind == "run":
-            name = record.run.display_name or record.run.run_id
-            meta.update(project=record.run.project, run_id=record.run.run_id)
-            config.update(_config(record.run.config))
+            out.name = record.run.display_name or record.run.run_id
+            out.project, out.run_id = record.run.project, record.run.run_id
+            out.config.update(_config(record.run.config))
         elif kind == "config":
-            config.update(_config(record.config))
-    config["_lrkit_meta"] = meta
-    return history, name, config
+            out.config.update(_config(record.config))
+    return out
 
 
 def _config(cfg: Any) -> dict[str, Any]:
@@ -190,12 +202,11 @@ def read_wandb(path: str | Path) -> WandbRun:
             raise LogFormatError(f"{path}: no run-*.wandb file in this W&B run directory")
         path = files[0]
     source = str(path)
-    history, name, config = _parse(path.read_bytes(), source)
-    config.pop("_lrkit_meta", None)
-    if not history:
+    run = _parse(path.read_bytes(), source)
+    if not run.history:
         raise LogFormatError(f"{source}: no history in this W&B run yet (W&B writes its file 32 KiB at a time: a run "
                              "that has just started shows nothing until its first block is full)")
-    return WandbRun(_rows(history, source), name, config)
+    return WandbRun(_rows(run.history, source), run.name, run.config)
 
 
 def wandb_runs_under(root: str | Path, skip_outputs: set[Path] = frozenset()) -> list[tuple[str, Path]]:
@@ -205,27 +216,26 @@ def wandb_runs_under(root: str | Path, skip_outputs: set[Path] = frozenset()) ->
     run, read already). ``latest-run`` is a link to one of the others; a file that cannot be read is
     named by its run directory (reading it then says why)."""
     root = Path(root)
-    found = []
+    found: list[tuple[Path, dict[str, Any] | None]] = []
     seen: set[Path] = set()
     for f in sorted(root.rglob("run-*.wandb")):
         if "latest-run" in f.relative_to(root).parts or not f.is_file() or f.resolve() in seen:
             continue
         seen.add(f.resolve())
         head = _header(f)
-        if head is not None and head["output_dir"] is not None and head["output_dir"] in skip_outputs:
-            continue
-        found.append((f, head))
-    names: dict[Path, str] = {}
-    for f, head in found:
-        home = f.parent.parent  # the wandb/ directory
-        where = home.relative_to(root) if root in home.parents else Path(".")
-        prefix = "" if str(where) == "." else f"{where.as_posix()}/"
-        names[f] = f"{prefix}{f.parent.name}" if head is None else f"{prefix}{head['project'] or 'wandb'}/{head['name']}"
-    counts: dict[str, int] = {}
-    for n in names.values():
-        counts[n] = counts.get(n, 0) + 1
-    return [(n if counts[n] == 1 or head is None else f"{n} ({head['run_id']})", f)
-            for (f, head), n in zip(found, names.values())]
+        if head is None or head["output_dir"] is None or head["output_dir"] not in skip_outputs:
+            found.append((f, head))
+    names = [_run_name(root, f, head) for f, head in found]
+    return [(n if names.count(n) == 1 or head is None else f"{n} ({head['run_id']})", f)
+            for (f, head), n in zip(found, names)]
+
+
+def _run_name(root: Path, f: Path, head: dict[str, Any] | None) -> str:
+    """``<wandb dir relative to root>/<project>/<run name>`` (the run directory's name for a file
+    that cannot be read)."""
+    home = f.parent.parent  # the wandb/ directory
+    prefix = f"{home.relative_to(root).as_posix()}/" if root in home.parents else ""
+    return f"{prefix}{f.parent.name}" if head is None else f"{prefix}{head['project'] or 'wandb'}/{head['name']}"
 
 
 def _header(path: Path) -> dict[str, Any] | None:
@@ -233,15 +243,15 @@ def _header(path: Path) -> dict[str, Any] | None:
     against the directory ``wandb/`` was made in: a relative one is relative to where the training
     ran), read up to the first history record; ``None`` when the file cannot be read."""
     try:
-        _, name, config = _parse(path.read_bytes(), str(path), config_only=True)
+        with open(path, "rb") as f:
+            run = _parse(f.read(_HEAD_BYTES), str(path), config_only=True)
     except (LogFormatError, OSError):
         return None
-    meta = config.pop("_lrkit_meta")
-    out = config.get("output_dir")
+    out = run.config.get("output_dir")
     if isinstance(out, str) and out:
         out_path = Path(out)
         out = (out_path if out_path.is_absolute() else path.parent.parent.parent / out_path).resolve()
     else:
         out = None
-    return {"project": meta["project"], "name": name or meta["run_id"] or path.parent.name,
-            "run_id": meta["run_id"], "output_dir": out}
+    return {"project": run.project, "name": run.name or run.run_id or path.parent.name, "run_id": run.run_id,
+            "output_dir": out}
