@@ -186,3 +186,22 @@ def test_autopilot_resumes_an_accumulating_run_on_the_same_update():
     again = lj.autopilot(loss_fn, params, accumulated, micro, val_batches=val, family="adam", resume=saved)
     assert again.next_step == 30 and again.finder is None
     assert again.lr(30) == pytest.approx(pilot.lr(30))
+
+
+def test_tune_optax_trains_every_trial_in_updates_of_k_micro_batches():
+    """tune's optax convenience trains each trial with the same trainer: a trial of N steps is N
+    updates, and on micro-batches it scores as on their concatenation."""
+    from lrkit.tune import tune_optax
+
+    micro, big, val = micro_and_big(40)
+    values = [1e-4, 3e-3, 3e-1]
+
+    def target(batches, factory):
+        return lambda: {"loss_fn": loss_fn, "params": init_params(), "optimizer": factory, "batches": batches,
+                        "val_batches": val}
+
+    acc = tune_optax(target(micro, accumulated), train_steps=40, n_trials=3, strategy="grid", values=values)
+    plain = tune_optax(target(big, optax.adam), train_steps=40, n_trials=3, strategy="grid", values=values)
+    by_lr = lambda r: {round(t.lr, 6): t.value for t in r.trials}  # noqa: E731
+    assert by_lr(acc) == pytest.approx(by_lr(plain), rel=1e-3)
+    assert acc.best_lr == pytest.approx(plain.best_lr)
