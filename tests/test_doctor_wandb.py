@@ -159,3 +159,15 @@ def test_keras_wandb_metrics_logger(tmp_path):
     assert len(per_batch) == 4 * 44 and per_batch.renamed["loss"] == "loss"
     assert per_batch.step[per_batch.has("val_loss")].tolist() == [43, 87, 131, 175]  # each epoch's last batch
     assert diagnose(per_epoch).verdict == "healthy" and diagnose(per_batch).verdict == "healthy"
+
+
+def test_without_wandb_the_run_says_what_to_install(script_runs):
+    """The records are parsed with wandb's own classes: without the package, one clear line."""
+    code = ("import sys; sys.modules['wandb'] = None; sys.modules['wandb.proto'] = None\n"
+            "from lrkit.doctor import diagnose_runs\n"
+            f"for name, d in diagnose_runs({str(script_runs / 'wandb')!r}).items():\n"
+            "    print(name, getattr(d, 'verdict', d))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    lines = r.stdout.splitlines()
+    assert len(lines) == 2 and all("reading a W&B run needs the wandb package: pip install wandb" in line
+                                   for line in lines), r.stdout + r.stderr
