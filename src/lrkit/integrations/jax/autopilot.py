@@ -50,6 +50,16 @@ update, with the mean loss of its ``k`` micro-batches (the ``step`` you pass is 
 :attr:`OptaxAutopilot.next_step` counts the updates; ``val_loss``, ``metrics`` and ``batch`` given on
 a micro-batch go with the update it belongs to). Snapshots and rollbacks fall between updates.
 
+**Flax NNX** (a stateful model trained with ``nnx.Optimizer``): the finder takes the model's
+variables as pytrees (``graphdef, params, rest = nnx.split(model, nnx.Param, ...)`` and a loss that
+merges them, as for :func:`lrkit.jax.find_lr`); then train the model itself::
+
+    optimizer = nnx.Optimizer(model, pilot.optimizer, wrt=nnx.Param)
+    pilot.init_nnx(model, optimizer)                       # the LR of step 0
+    for step, batch in enumerate(batches):
+        loss = train_step(model, optimizer, batch)         # nnx.jit: grads, optimizer.update(model, grads)
+        pilot.after_nnx_step(step, loss, model, optimizer)  # a rollback is written back into both
+
 Refused with the reason: a learning-rate-free or Schedule-Free optimizer factory, an unknown run
 length (no ``train_steps`` and batches without ``len()``).
 """
@@ -199,6 +209,35 @@ class OptaxAutopilot:
         self.next_step = int(step) + 1
         return (restored[0], self.with_lr(restored[1], self.next_step), *restored[2:])
 
+    # -- Flax NNX: a stateful model and nnx.Optimizer -------------------------------------------
+    def init_nnx(self, model: Any, optimizer: Any) -> None:
+        """Flax NNX: start with ``optimizer = nnx.Optimizer(model, pilot.optimizer, wrt=nnx.Param)``
+        (see :meth:`after_nnx_step`): sets its LR to the one of :attr:`next_step` and starts the guard."""
+        self._start(_nnx_state(model, optimizer))
+        _set_nnx_lr(optimizer, self.pilot.lr(self.next_step))
+
+    def after_nnx_step(self, step: int, loss: Any, model: Any, optimizer: Any, *, val_loss: Any = None,
+                       grad_norm: Any = None, metrics: Mapping[str, Any] | None = None) -> None:
+        """Flax NNX's stateful training: report optimizer step ``step`` after ``optimizer.update(model,
+        grads)``. On a rollback the last good state (every variable of ``model``, BatchNorm's
+        statistics and RNG counts included, and of ``optimizer``) is written back into both with
+        ``nnx.update``; the LR of the next step is set in ``optimizer``. ``metrics``: as for
+        :meth:`after_step` (an ``output_spread`` among them lets the guard see a dead network)."""
+        current = _nnx_state(model, optimizer)
+        self._start(current)
+        self._state.current = current
+        merged = None if metrics is None else {k: float(v) for k, v in metrics.items()}
+        self.pilot.observe(int(step), float(loss), val_loss=None if val_loss is None else float(val_loss),
+                           grad_norm=None if grad_norm is None else float(grad_norm), metrics=merged)
+        restored = self._state.current
+        if restored is not current:
+            from flax import nnx
+
+            nnx.update(model, restored[0])
+            nnx.update(optimizer, restored[1])
+        self.next_step = int(step) + 1
+        _set_nnx_lr(optimizer, self.pilot.lr(self.next_step))
+
     def _keep(self, loss: Any, val_loss: Any, grad_norm: Any, metrics: Any, batch: Any) -> None:
         """Keep one micro-batch's report until its update is made."""
         pending = self._pending
@@ -240,6 +279,25 @@ class OptaxAutopilot:
         """The run is over: drop the guard's snapshots (``storage="disk"``: delete their files).
         Idempotent."""
         self.pilot.close()
+
+
+def _nnx_state(model: Any, optimizer: Any) -> tuple[Any, Any]:
+    """The variables of an NNX model and optimizer as pytrees of arrays, in containers of their own
+    (``nnx.state`` hands out the live variables, which training updates in place; the arrays
+    themselves are immutable, so the copy is of references, not of memory)."""
+    import jax
+    from flax import nnx
+
+    return tuple(jax.tree_util.tree_map(lambda x: x, nnx.state(obj)) for obj in (model, optimizer))
+
+
+def _set_nnx_lr(optimizer: Any, lr: float) -> None:
+    hp = getattr(getattr(optimizer, "opt_state", None), "hyperparams", None)
+    if not isinstance(hp, Mapping) or "learning_rate" not in hp:
+        raise AutopilotError("OptaxAutopilot: the NNX optimizer must be built on pilot.optimizer: "
+                             "nnx.Optimizer(model, pilot.optimizer, wrt=nnx.Param)")
+    var = hp["learning_rate"]
+    var[...] = jnp.asarray(lr, dtype=jnp.asarray(var[...]).dtype)
 
 
 def _factory_name(factory: Any) -> str:
