@@ -211,7 +211,8 @@ def read_wandb(path: str | Path) -> WandbRun:
 
 def wandb_runs_under(root: str | Path, skip_outputs: set[Path] = frozenset()) -> list[tuple[str, Path]]:
     """The W&B runs under ``root`` as ``(name, run file)``, named ``<wandb dir>/<project>/<run name>``
-    (relative to ``root``; the run id added where two runs share a name), but for a Hugging Face
+    (relative to ``root``; the run directory added where two runs share a name -- a resumed run's
+    second part shares its id too, and is read as a run of its own), but for a Hugging Face
     ``Trainer``'s run whose ``output_dir`` is in ``skip_outputs`` (its ``trainer_state.json`` is that
     run, read already). ``latest-run`` is a link to one of the others; a file that cannot be read is
     named by its run directory (reading it then says why)."""
@@ -226,7 +227,7 @@ def wandb_runs_under(root: str | Path, skip_outputs: set[Path] = frozenset()) ->
         if head is None or head["output_dir"] is None or head["output_dir"] not in skip_outputs:
             found.append((f, head))
     names = [_run_name(root, f, head) for f, head in found]
-    return [(n if names.count(n) == 1 or head is None else f"{n} ({head['run_id']})", f)
+    return [(n if names.count(n) == 1 or head is None else f"{n} ({f.parent.name})", f)
             for (f, head), n in zip(found, names)]
 
 
