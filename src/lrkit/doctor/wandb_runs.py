@@ -19,8 +19,8 @@ logged before it. A run still being written, or cut short, is read up to its las
 W&B writes the file a 32 KiB block at a time (a few hundred ``wandb.log`` calls), so ``lrkit
 diagnose --follow`` sees a run in training that many calls late.
 
-Runs are named by their directory (relative to the directory searched), and the model's chance
-level is read from the run's config when the ``Trainer`` logged its model configuration
+Runs are named ``<wandb dir>/<project>/<run name>`` (:func:`wandb_runs_under`), and the model's
+chance level is read from the run's config when the ``Trainer`` logged its model configuration
 (:mod:`lrkit.doctor.model_config`).
 
 Example:

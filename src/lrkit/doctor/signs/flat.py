@@ -61,9 +61,9 @@ with no new best in their second half) is ``diverging`` too: the weights move a 
 which an LR too low cannot do -- on a fixed validation set its losses fall in a straight line (a
 run blown up before its first logged row and thrashing since, as Lightning's default logging every
 50 steps shows one, reads flat otherwise). With fewer than :data:`VAL_MIN_EVALS` evaluations (three
-or four: a short run validated per epoch) the swing must exceed :data:`VAL_FEW_SWING`. A run whose loss *has* made that progress, over its first
-window or, beyond the start's noise, since its start (:data:`LEARNED_Z`), learned; if its validation
-loss still moves (:meth:`Flat.val_stalled`: swinging, or risen above its best) with no new best
+or four: a short run validated per epoch) the swing must exceed :data:`VAL_FEW_SWING`. A run whose
+loss *has* made that progress, over its first window or, beyond the start's noise, since its start
+(:data:`LEARNED_Z`), learned; if its validation loss still moves (:meth:`Flat.val_stalled`: swinging, or risen above its best) with no new best
 against every evaluation seen, it sits at its floor or overfits: neither diverging nor flat. A flat
 run whose loss has stopped changing at all -- its last :data:`FROZEN_ROWS` or more logged values
 equal to :data:`FROZEN_REL`, and not a drift in one direction at every step -- after its first window
