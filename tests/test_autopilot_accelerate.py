@@ -18,13 +18,13 @@ STEPS = 300
 
 
 def run(k: int, *, poison_at: int | None = None):
-    from sklearn.datasets import load_digits
     from torch.utils.data import DataLoader, TensorDataset
+
+    from _hf_digits import digits
 
     torch.set_num_threads(1)
     acc = accelerate.Accelerator(cpu=True, gradient_accumulation_steps=k)
-    d = load_digits()
-    x, y = torch.tensor(d.data / 16.0, dtype=torch.float32), torch.tensor(d.target)
+    x, y = digits()
     torch.manual_seed(0)
     train = DataLoader(TensorDataset(x[:1400], y[:1400]), batch_size=32 // k, shuffle=True,
                        generator=torch.Generator().manual_seed(0))

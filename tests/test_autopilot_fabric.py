@@ -17,13 +17,13 @@ STEPS = 200
 
 
 def run(poison_at=None):
-    from sklearn.datasets import load_digits
     from torch.utils.data import DataLoader, TensorDataset
+
+    from _hf_digits import digits
 
     torch.set_num_threads(1)
     fabric = L.Fabric(accelerator="cpu", devices=1)
-    d = load_digits()
-    x, y = torch.tensor(d.data / 16.0, dtype=torch.float32), torch.tensor(d.target)
+    x, y = digits()
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
     model, optimizer = fabric.setup(model, torch.optim.Adam(model.parameters()))

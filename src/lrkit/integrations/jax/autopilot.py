@@ -192,14 +192,8 @@ class OptaxAutopilot:
                 return current  # the LR of this update is already in opt_state
             loss, val_loss, grad_norm, metrics, batch = self._take()
             step = self.next_step
-        self._state.current = current
-        merged = {} if metrics is None else {k: float(v) for k, v in metrics.items()}
         spread = self._spread(int(step), current, batch)
-        if spread is not None:
-            merged[OUTPUT_SPREAD] = spread
-        self.pilot.observe(int(step), float(loss), val_loss=None if val_loss is None else float(val_loss),
-                           grad_norm=None if grad_norm is None else float(grad_norm), metrics=merged or None)
-        restored = self._state.current
+        restored = self._observe(step, current, loss, val_loss, grad_norm, metrics, spread)
         if restored[0] is not params:  # rolled back: look at the restored model next step
             self._measure_next = True
         if len(restored) != len(current):
@@ -225,11 +219,7 @@ class OptaxAutopilot:
         :meth:`after_step` (an ``output_spread`` among them lets the guard see a dead network)."""
         current = _nnx_state(model, optimizer)
         self._start(current)
-        self._state.current = current
-        merged = None if metrics is None else {k: float(v) for k, v in metrics.items()}
-        self.pilot.observe(int(step), float(loss), val_loss=None if val_loss is None else float(val_loss),
-                           grad_norm=None if grad_norm is None else float(grad_norm), metrics=merged)
-        restored = self._state.current
+        restored = self._observe(step, current, loss, val_loss, grad_norm, metrics)
         if restored is not current:
             from flax import nnx
 
@@ -237,6 +227,18 @@ class OptaxAutopilot:
             nnx.update(optimizer, restored[1])
         self.next_step = int(step) + 1
         _set_nnx_lr(optimizer, self.pilot.lr(self.next_step))
+
+    def _observe(self, step: int, current: tuple[Any, ...], loss: Any, val_loss: Any, grad_norm: Any,
+                 metrics: Mapping[str, Any] | None, spread: float | None = None) -> tuple[Any, ...]:
+        """Give the guard one step's report with ``current`` as the state it may snapshot; return the
+        state to go on with (``current``, or the snapshot a rollback restored)."""
+        self._state.current = current
+        merged = {} if metrics is None else {k: float(v) for k, v in metrics.items()}
+        if spread is not None:
+            merged[OUTPUT_SPREAD] = spread
+        self.pilot.observe(int(step), float(loss), val_loss=None if val_loss is None else float(val_loss),
+                           grad_norm=None if grad_norm is None else float(grad_norm), metrics=merged or None)
+        return self._state.current
 
     def _keep(self, loss: Any, val_loss: Any, grad_norm: Any, metrics: Any, batch: Any) -> None:
         """Keep one micro-batch's report until its update is made."""

@@ -34,7 +34,8 @@ __all__ = ["CACHE_SIZE", "PLACEHOLDER_LR", "cached_factory", "call_factory", "ch
 
 #: the LR a factory is built with before the test overwrites it (any positive value would do).
 PLACEHOLDER_LR = 1e-3
-#: factories' built optimizers kept for reuse across calls.
+#: built optimizers and compiled steps kept for reuse across calls (each holds its loss_fn and
+#: optimizer alive); the optax trainer's caches use it too.
 CACHE_SIZE = 16
 
 _INJECT_STATES = tuple(

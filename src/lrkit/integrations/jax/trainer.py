@@ -120,9 +120,6 @@ from lrkit.integrations.jax.inject import (
 
 __all__ = ["OptaxTrainer", "OptaxSnapshot", "find_lr_optax"]
 
-#: compiled steps kept for reuse across calls (each holds its loss_fn and optimizer alive).
-_CACHE_SIZE = CACHE_SIZE
-
 
 def _call_form(stateful: bool) -> str:
     """How ``loss_fn`` is called, for messages."""
@@ -210,9 +207,9 @@ def outputs_spread(outputs_fn: Callable, *args: Any) -> float | None:
     return sampled_spread(leaves[0]) if leaves else None
 
 
-_cached_jit = functools.lru_cache(maxsize=_CACHE_SIZE)(jax.jit)
-_cached_step = functools.lru_cache(maxsize=_CACHE_SIZE)(_build_step)
-_cached_eval = functools.lru_cache(maxsize=_CACHE_SIZE)(_build_eval)
+_cached_jit = functools.lru_cache(maxsize=CACHE_SIZE)(jax.jit)
+_cached_step = functools.lru_cache(maxsize=CACHE_SIZE)(_build_step)
+_cached_eval = functools.lru_cache(maxsize=CACHE_SIZE)(_build_eval)
 
 
 def _hashable(*objs: Any) -> bool:
