@@ -274,3 +274,32 @@ def test_a_run_stopped_well_short_of_its_plan_is_said(caplog):
         _trainer(150, [cb, StopAt(60)]).fit(Net(), train)
     said = [r.getMessage() for r in caplog.records if "the run ended after" in r.getMessage()]
     assert len(said) == 1 and "after 60 of the 150 steps planned (40%)" in said[0], said
+
+
+def test_accumulated_micro_batches_are_planned_and_watched_as_one_step(monkeypatch):
+    # accumulate_grad_batches=2 over batches of 16 trains as batches of 32: the same plan, and the guard
+    # reads the same losses (Lightning's outputs hold the last micro-batch's loss, divided by 2)
+    from lrkit.autopilot.pilot import Autopilot
+
+    seen = []
+    observe = Autopilot.observe
+
+    def recording(self, step, loss, **kw):
+        seen[-1].append((step, loss))
+        return observe(self, step, loss, **kw)
+
+    monkeypatch.setattr(Autopilot, "observe", recording)
+    x, y = _data()[0].dataset.tensors
+    plans = []
+    for batch, k in ((32, 1), (16, 2)):
+        seen.append([])
+        cb = AutopilotCallback(guard=True, plateau=False)
+        trainer = _trainer(60, [cb], accumulate_grad_batches=k)
+        trainer.fit(Net(), DataLoader(TensorDataset(x, y), batch_size=batch))
+        assert trainer.global_step == 60
+        plans.append(cb.plan)
+    assert plans[1].peak_lr == pytest.approx(plans[0].peak_lr, rel=1e-6)
+    assert plans[1].finder_cost_steps == plans[0].finder_cost_steps
+    whole, parts = seen
+    assert [s for s, _ in parts[:10]] == [s for s, _ in whole[:10]] == list(range(10))
+    assert [v for _, v in parts[:10]] == pytest.approx([v for _, v in whole[:10]], rel=1e-4)

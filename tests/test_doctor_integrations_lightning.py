@@ -266,3 +266,49 @@ def test_skip_spikes_needs_the_guard():
         LRDoctorCallback(guard=True, skip_spikes="yes")
     assert LRDoctorCallback().guard is None  # the default (None) asks for no guard of its own
     assert not LRDoctorCallback(guard=True, skip_spikes=False).guard.skips
+
+
+class LossRecordingDoctor(Doctor):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.losses = []
+
+    def observe(self, step, loss, **kw):
+        self.losses.append((step, float(loss)))
+        return super().observe(step, loss, **kw)
+
+
+def _fit_accumulating(callback, batch_size, k, nan_at=None, steps=40, fp16=False):
+    module = Regression(0.05, nan_at=nan_at)
+    loader = torch.utils.data.DataLoader(data().dataset, batch_size=batch_size, shuffle=True,
+                                         generator=torch.Generator().manual_seed(0))
+    trainer = pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, enable_progress_bar=False, logger=False,
+                         enable_checkpointing=False, enable_model_summary=False, callbacks=[callback],
+                         accumulate_grad_batches=k, plugins=_precision(fp16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, loader)
+    return trainer
+
+
+@pytest.mark.parametrize("guard,fp16", [(False, False), (True, False), (True, True)])
+def test_accumulated_micro_batches_are_read_as_one_step_with_their_mean_loss(guard, fp16):
+    # accumulate_grad_batches=2 over batches of 16 trains as batches of 32 (the same shuffled order):
+    # the doctor must read the same steps and losses (Lightning's outputs hold the last micro-batch's
+    # loss divided by 2, and on_train_batch_end comes once per micro-batch); under fp16 AMP the losses
+    # handed to backward are scaled too
+    whole = LRDoctorCallback(doctor=LossRecordingDoctor(window=10), guard=guard)
+    _fit_accumulating(whole, 32, 1, fp16=fp16)
+    parts = LRDoctorCallback(doctor=LossRecordingDoctor(window=10), guard=guard)
+    trainer = _fit_accumulating(parts, 16, 2, fp16=fp16)
+    assert trainer.global_step == 40
+    assert [s for s, _ in parts.doctor.losses] == [s for s, _ in whole.doctor.losses] == list(range(40))
+    tolerance = 1e-2 if fp16 else 1e-4  # fp16 sums two halves otherwise rounded
+    assert [v for _, v in parts.doctor.losses] == pytest.approx([v for _, v in whole.doctor.losses], rel=tolerance)
+
+
+def test_a_nan_in_an_accumulated_step_is_rolled_back_at_that_step():
+    cb = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=10)
+    _fit_accumulating(cb, 16, 2, nan_at=30)
+    assert [(i.verdict, i.step) for i in cb.interventions] == [("nan", 30)]
+    assert cb.interventions[0].restored_to <= 30

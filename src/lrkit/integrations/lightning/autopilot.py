@@ -16,7 +16,8 @@ then sets the LR of every optimizer step itself (``on_train_batch_start``: group
 ``train_steps`` or Lightning's ``trainer.estimated_stepping_batches``. During the finder,
 ``self.log`` calls of ``training_step`` are dropped (the finder's steps are not part of the run).
 
-The guard watches every optimizer step (the loss of ``training_step``): on ``nan``/``diverging``
+The guard watches every optimizer step (the loss of ``training_step``; with
+``accumulate_grad_batches=k`` the mean over the step's k micro-batches): on ``nan``/``diverging``
 the module, the optimizer state and the RNGs go back in place to the last good snapshot and the LR
 is lowered; the ``val_loss`` (or ``val/loss``) of each validation feeds the plateau rule. Every
 intervention is logged to ``lrkit.autopilot`` and kept in :attr:`AutopilotCallback.events`.
@@ -147,7 +148,8 @@ class AutopilotCallback(pl.Callback):
         self._ratios: list[float] = []
         self._last_gs = 0
         self._gn: float | None = None
-        self._step_loss = StepLossSum()  # skip_spikes: the step's loss before its update
+        self._step_loss = StepLossSum()  # the step's loss before its update (skip_spikes, and what is observed)
+        self._loss: float | None = None
         self._skipping = False  # the step in flight had its update left out
         self._pending = PendingValidation(prefixes=("val_", "val/"), loss_names=("val_loss", "val/loss"))
 
@@ -248,11 +250,14 @@ class AutopilotCallback(pl.Callback):
         self._apply(trainer.global_step)
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
-        if self.pilot is not None and self.pilot.skips:
+        if self.pilot is not None:
             self._step_loss.add(trainer, loss)
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
-        if self.pilot.skips and self.pilot.skip(trainer.global_step, self._step_loss.take(trainer, pl_module)):
+        # the optimizer step's loss: the mean over its micro-batches (``outputs`` of
+        # on_train_batch_end holds only the last one's, divided by accumulate_grad_batches)
+        self._loss = self._step_loss.take(trainer, pl_module)
+        if self.pilot.skips and self.pilot.skip(trainer.global_step, self._loss):
             self._skipping = True
             drop_step(trainer, self._optimizer)
             return
@@ -279,7 +284,8 @@ class AutopilotCallback(pl.Callback):
         if probed:
             metrics = {**(metrics or {}), **probed}
         gn, self._gn = step_grad_norm(trainer, self._gn), None
-        value, gn = float(loss.detach().float().item()), gn if gn else None
+        value, gn = self._step_value(loss), gn if gn else None
+        self._loss = None
         if trainer.world_size > 1:  # every rank reads the same numbers, so all take the same decisions
             value, gn, val_loss = rank_means([value, gn, val_loss], device=pl_module.device)
         rolled = self.pilot.observe(step, value, lr=doctor_lr(self._optimizer.param_groups),
@@ -288,6 +294,11 @@ class AutopilotCallback(pl.Callback):
             self._apply(trainer.global_step)
             if self._outputs is not None:
                 self._outputs.restart()
+
+    def _step_value(self, loss: torch.Tensor) -> float:
+        """The step's loss as the doctor reads it: the sum taken before the update (the mean of
+        every micro-batch, unscaled), else the step's output."""
+        return self._loss if self._loss is not None else float(loss.detach().float().item())
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._release_outputs()

@@ -10,7 +10,9 @@ the global gradient norm measured in ``on_before_optimizer_step`` (after AMP uns
 ``pl_module.log``. The results of each validation run (``val_loss`` or ``val/loss``, and every
 ``val_*``/``val/*`` metric in ``trainer.callback_metrics``, read in ``on_validation_end``) go to the
 doctor with the next training step, so a validation metric that swings without progress is a
-``fluctuating`` verdict.
+``fluctuating`` verdict. With ``accumulate_grad_batches=k`` the doctor reads one step per
+optimizer step, its loss the mean over its k micro-batches (the ``outputs`` of a batch hold only
+its own loss, divided by k).
 
 With ``guard=True`` a :class:`~lrkit.doctor.guard.Guard` snapshots the LightningModule (parameters,
 buffers, gradients, modes), every optimizer's state and the RNGs, and on ``nan``/``diverging``
@@ -176,7 +178,10 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         self._step = 0
         self._last_lr: float | None = None
         self._pending_val = PendingValidation(prefixes=("val_", "val/"), loss_names=("val_loss", "val/loss"))
-        self._step_loss = StepLossSum()  # the losses handed to backward since the last optimizer step (skip_spikes)
+        # the losses handed to backward since the last optimizer step (skip_spikes, accumulation)
+        self._step_loss = StepLossSum()
+        self._step_mean: float | None = None  # accumulating: the optimizer step's loss, for the doctor
+        self._last_gs = 0
         self._skipping = False
 
     # ------------------------------------------------------------------ checkpoints
@@ -236,6 +241,7 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         self.watch_speaks = bool(trainer.is_global_zero)  # Lightning's rank-zero logging
         self._trainer = trainer
         self._module = pl_module
+        self._last_gs = trainer.global_step
         self._optimizers = [getattr(o, "optimizer", o) for o in trainer.optimizers]
         if not self._optimizers:
             raise ValueError("LRDoctorCallback: the trainer has no optimizer (configure_optimizers returned none)")
@@ -272,16 +278,26 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
             return
         self._pending_val.hold(trainer.callback_metrics)
 
+    def _accumulating(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> bool:
+        """Several micro-batches per optimizer step (``accumulate_grad_batches``): the doctor reads
+        optimizer steps, with their mean loss."""
+        return bool(pl_module.automatic_optimization) and int(trainer.accumulate_grad_batches) > 1
+
+    def _sums_losses(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> bool:
+        return (self.guard is not None and self.guard.skips) or self._accumulating(trainer, pl_module)
+
     def on_before_backward(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", loss: torch.Tensor) -> None:
-        if self.guard is not None and self.guard.skips:
+        if self._sums_losses(trainer, pl_module):
             self._step_loss.add(trainer, loss)
 
     def on_before_optimizer_step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", optimizer: Any) -> None:
-        if self.guard is not None and self.guard.skips and self._optimizers and \
+        if self._sums_losses(trainer, pl_module) and self._optimizers and \
                 getattr(optimizer, "optimizer", optimizer) is self._optimizers[0]:
             loss = self._step_loss.take(trainer, pl_module)
+            if self._accumulating(trainer, pl_module):
+                self._step_mean = loss  # outputs hold only the last micro-batch's loss, divided by their number
             lr = doctor_lr(self._optimizers[0].param_groups) * self.lr_multiplier
-            if self.guard.skip(loss, lr=lr):
+            if self.guard is not None and self.guard.skips and self.guard.skip(loss, lr=lr):
                 self._skipping = True
                 drop_step(trainer, self._optimizers[0])
                 return
@@ -291,9 +307,15 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
     def on_train_batch_end(
         self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if self._accumulating(trainer, pl_module):
+            if trainer.global_step == self._last_gs:  # a micro-batch: no optimizer step yet
+                return
+            self._last_gs = trainer.global_step
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if loss is None:  # training_step returned None: the step was skipped
             return
+        if self._step_mean is not None:
+            loss, self._step_mean = self._step_mean, None
         if self._skipping:  # the guard held this update back (a loss spike): nothing to observe
             self._skipping = False
             if self._outputs is not None:
