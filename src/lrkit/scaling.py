@@ -63,6 +63,7 @@ from typing import Any
 __all__ = [
     "FAMILIES",
     "optimizer_family",
+    "lr_ignored",
     "default_lr",
     "lr_range",
     "scale_lr",
@@ -210,6 +211,34 @@ def optimizer_family(optimizer: Any) -> str:
     if family == "sgd" and _momentum_of(optimizer) > 0:
         family = "sgd_momentum"
     return family
+
+
+def lr_ignored(optimizer: Any) -> str | None:
+    """Why an optimizer object ignores the LR in its param groups, ``None`` when it uses it.
+
+    Hugging Face's (and fairseq's) ``Adafactor(relative_step=True)`` computes its own step size
+    from the step count (:math:`\\min(10^{-2}, 1/\\sqrt{t})`, times the parameters' RMS with
+    ``scale_parameter``) and never reads ``param_group["lr"]``: an LR set by a finder, a schedule
+    or a guard would change nothing.
+
+    Example:
+        >>> class Adafactor:  # the shape of transformers.optimization.Adafactor
+        ...     param_groups = [{"lr": None, "relative_step": True}]
+        >>> lr_ignored(Adafactor()).split(":")[0]
+        'Adafactor(relative_step=True) computes its own step size from the step count'
+        >>> lr_ignored("AdamW") is None
+        True
+    """
+    groups = getattr(optimizer, "param_groups", None)
+    if not isinstance(groups, (list, tuple)):
+        return None
+    if any(isinstance(g, dict) and g.get("relative_step") for g in groups):
+        name = type(optimizer).__name__
+        return (f"{name}(relative_step=True) computes its own step size from the step count: it ignores the "
+                f"LR of its param groups, so no LR set from outside would change anything. Build it with an "
+                f"LR instead, e.g. {name}(params, lr=1e-3, relative_step=False, scale_parameter=False, "
+                f"warmup_init=False)")
+    return None
 
 
 def _family(family_or_optimizer: Any) -> str:

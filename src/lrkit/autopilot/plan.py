@@ -37,7 +37,7 @@ from lrkit.autopilot import policy
 from lrkit.finder.inputs import UNSCALED_WARNING
 from lrkit.finder.result import SCORED_BY_VALIDATION
 from lrkit.finder.verify import WORSE, got_worse
-from lrkit.scaling import FAMILIES, optimizer_family
+from lrkit.scaling import FAMILIES, lr_ignored, optimizer_family
 from lrkit.schedules.base import Schedule
 
 __all__ = [
@@ -117,6 +117,9 @@ def check_optimizer(optimizer: Any, *, where: str = "autopilot") -> str:
         lrkit.autopilot.plan.AutopilotError: autopilot: Prodigy is a learning-rate-free optimizer: it estimates its own step size and an LR schedule on top would fight that estimate. Use it on its own, or give the autopilot an optimizer with a learning rate (e.g. torch.optim.AdamW).
     """
     name = optimizer if isinstance(optimizer, str) else type(optimizer).__name__
+    ignored = lr_ignored(optimizer)
+    if ignored is not None:
+        raise AutopilotError(f"{where}: {ignored}")
     family = optimizer_family(optimizer)
     if family == "lr_free" and "schedulefree" not in name.lower().replace("_", ""):
         raise AutopilotError(

@@ -68,7 +68,7 @@ from lrkit.doctor.interventions import Intervention
 from lrkit.integrations.lightning.skips import StepLossSum, drop_step, step_grad_norm
 from lrkit.integrations.torch.dist import rank_agree, rank_means
 from lrkit.integrations.torch.doctor import grad_norm
-from lrkit.integrations.torch.groups import doctor_lr
+from lrkit.integrations.torch.groups import check_guardable, doctor_lr
 from lrkit.integrations.torch.outputs import SpreadProbe
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 
@@ -203,7 +203,7 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         base = [g["lr"] for g in opt.param_groups]
         self._saved[id(opt)] = base
         if opt is self._optimizers[0]:
-            self._last_lr = float(base[0]) * self.lr_multiplier
+            self._last_lr = None if base[0] is None else float(base[0]) * self.lr_multiplier
             if self.guard is not None:  # a sudden raise: a snapshot of the state before it
                 self.guard.before_step(self._last_lr)
         m = self.lr_multiplier
@@ -216,6 +216,10 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         if base is not None:
             for g, b in zip(opt.param_groups, base):
                 g["lr"] = b
+
+    def _doctor_lr(self) -> float | None:
+        lr = doctor_lr(self._optimizers[0].param_groups)
+        return None if lr is None else lr * self.lr_multiplier
 
     # ------------------------------------------------------------------ on_converged / on_overfitting
     def _watch_echo(self, level: int, text: str) -> bool:
@@ -245,6 +249,9 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         self._optimizers = [getattr(o, "optimizer", o) for o in trainer.optimizers]
         if not self._optimizers:
             raise ValueError("LRDoctorCallback: the trainer has no optimizer (configure_optimizers returned none)")
+        if self.guard is not None:
+            for opt in self._optimizers:
+                check_guardable(opt, "LRDoctorCallback")
         for opt in self._optimizers:
             self._handles.append(opt.register_step_pre_hook(self._pre))
             self._handles.append(opt.register_step_post_hook(self._post))
@@ -296,7 +303,7 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
             loss = self._step_loss.take(trainer, pl_module)
             if self._accumulating(trainer, pl_module):
                 self._step_mean = loss  # outputs hold only the last micro-batch's loss, divided by their number
-            lr = doctor_lr(self._optimizers[0].param_groups) * self.lr_multiplier
+            lr = self._doctor_lr()
             if self.guard is not None and self.guard.skips and self.guard.skip(loss, lr=lr):
                 self._skipping = True
                 drop_step(trainer, self._optimizers[0])
@@ -328,7 +335,7 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         probed = self._outputs.take(self._step) if self._outputs is not None else {}
         lr = self._last_lr
         if lr is None:
-            lr = doctor_lr(self._optimizers[0].param_groups) * self.lr_multiplier
+            lr = self._doctor_lr()
         gn, self._gn = step_grad_norm(trainer, self._gn), None
         step = self._step
         self._step += 1

@@ -128,7 +128,7 @@ from lrkit.integrations.torch.hessian import (
 )
 from lrkit.integrations.torch.amp import scaled_grad_norm
 from lrkit.integrations.torch.dist import rank, rank_agree, rank_mean, rank_means, world_size
-from lrkit.integrations.torch.groups import doctor_lr
+from lrkit.integrations.torch.groups import check_guardable, doctor_lr
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 from lrkit.integrations.torch.outputs import SpreadProbe, check_every_arg
 
@@ -341,6 +341,7 @@ class TorchDoctor(GuardedWatch):
         self.guard: Guard | None = None
         skip_spikes = watch_skip_spikes("TorchDoctor", skip_spikes, guard)
         if guard:
+            check_guardable(optimizer, "TorchDoctor")
             if storage == "disk" and isinstance(run_id, str) and world_size() > 1:
                 run_id = f"{run_id}.rank{rank()}"  # every rank keeps (and resumes) its own snapshots
             self.guard = Guard(
@@ -422,7 +423,8 @@ class TorchDoctor(GuardedWatch):
         m = self.lr_multiplier
         if m != 1.0:
             self._set_lrs([b * m for b in self._base])
-        self._lr_used = float(self._base[0]) * m  # one conversion a step (a tensor LR on a GPU syncs)
+        # one conversion a step (a tensor LR on a GPU syncs); None: a group without an LR (unknown)
+        self._lr_used = None if self._base[0] is None else float(self._base[0]) * m
         if self.guard is not None:  # a sudden raise: a snapshot of the state before it
             self.guard.before_step(self._lr_used)
             if loss is not None and self.guard.skips and self.guard.skip(loss_value(loss), lr=self._lr_used):

@@ -7,12 +7,17 @@ import math
 
 import torch
 
-__all__ = ["doctor_lr", "group_lr", "reference_lr"]
+from lrkit.scaling import lr_ignored
+
+__all__ = ["check_guardable", "doctor_lr", "group_lr", "reference_lr"]
 
 
 def group_lr(group: dict) -> float:
-    """A param group's LR as a float (a tensor LR too)."""
+    """A param group's LR as a float (a tensor LR too); a clear error for one that has none."""
     lr = group["lr"]
+    if lr is None:
+        raise ValueError("the optimizer has a param group with lr=None: lrkit reads and sets the LR of every "
+                         "group; build the optimizer with an LR (its value is only a starting point)")
     return float(lr.item()) if isinstance(lr, torch.Tensor) else float(lr)
 
 
@@ -27,9 +32,21 @@ def reference_lr(lrs: list[float]) -> float | None:
     return next((lr for lr in lrs if math.isfinite(lr) and lr > 0), None)
 
 
-def doctor_lr(groups: list[dict]) -> float:
+def doctor_lr(groups: list[dict]) -> float | None:
     """The LR an optimizer runs at, as the doctor reads it: :func:`reference_lr` of its param groups
-    (a group frozen at LR 0 says nothing about the run), group 0's when no group is above 0."""
+    (a group frozen at LR 0 says nothing about the run), group 0's when no group is above 0;
+    ``None`` (unknown) when a group has no LR (``Adafactor(relative_step=True)`` keeps ``None``)."""
+    if any(g.get("lr") is None for g in groups):
+        return None
     lrs = [group_lr(g) for g in groups]
     ref = reference_lr(lrs)
     return lrs[0] if ref is None else ref
+
+
+def check_guardable(optimizer: torch.optim.Optimizer, where: str) -> None:
+    """A guard lowers the LR after a rollback: refuse, with the reason, an optimizer that ignores
+    its param groups' LR (:func:`lrkit.scaling.lr_ignored`) before anything changes."""
+    ignored = lr_ignored(optimizer)
+    if ignored is not None:
+        raise ValueError(f"{where}: the guard lowers the LR after a rollback, and {ignored}; or watch the run "
+                         "without the guard (guard=False)")

@@ -136,6 +136,10 @@ def _lr_ratios(optimizers: list[torch.optim.Optimizer]) -> list[list[float]]:
     """Every param group's LR over the first group's with an LR above 0 (kept during the test; a
     group at 0 stays frozen); warns when a scheduler is attached (the test sets the LRs itself and
     never steps it)."""
+    for opt in optimizers:
+        ignored = scaling.lr_ignored(opt)
+        if ignored is not None:
+            raise ValueError(f"optimizer: {ignored}")
     lrs = [group_lr(g) for opt in optimizers for g in opt.param_groups]
     base_lr = reference_lr(lrs)
     if base_lr is None or any(not (math.isfinite(lr) and lr >= 0) for lr in lrs):

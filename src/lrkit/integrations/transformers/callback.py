@@ -133,7 +133,7 @@ from lrkit.doctor.model_config import chance_loss_from_config
 from lrkit.doctor.watch import check_actions
 from lrkit.integrations.torch.amp import scaled_grad_norm
 from lrkit.integrations.torch.dist import rank_agree, rank_means, world_size
-from lrkit.integrations.torch.groups import doctor_lr
+from lrkit.integrations.torch.groups import check_guardable, doctor_lr
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot, eval_mode, rngs_kept
 from lrkit.integrations.transformers.skips import HoldsStepSkips, StepSkips
 from lrkit.integrations.transformers.outputs import ProbesOutputs
@@ -510,6 +510,7 @@ class LRDoctorCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Guar
                     f"its events, got model={type(model).__name__}, optimizer={type(optimizer).__name__}"
                 )
             inner = getattr(optimizer, "optimizer", optimizer)  # Accelerate's AcceleratedOptimizer wraps it
+            check_guardable(inner, "LRDoctorCallback")
             self._check_scheduler(scheduler, inner)
             self._model, self._optimizer, self._scheduler = model, inner, scheduler
         elif "lower_lr" in self.watch_on.values():  # on_converged/on_overfitting may lower the LR
