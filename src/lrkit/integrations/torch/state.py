@@ -4,7 +4,9 @@ What is saved (one copy, on the CPU whatever the model's device):
 
 * the model's parameters and buffers (persistent or not: BatchNorm running statistics and
   ``num_batches_tracked`` included), the parameters' ``.grad`` when they have one, and every
-  submodule's train/eval mode;
+  submodule's train/eval mode -- except, through :class:`RecyclingState` (the guards, the
+  finder), the parameters that are frozen and in no optimizer (a LoRA fine-tune's base model),
+  of which only a fingerprint is kept (:mod:`lrkit.integrations.torch.frozen`);
 * each optimizer's per-parameter state (momentum buffers, Adam moments, step counts) and every
   param-group entry except ``params`` (``lr``, betas, weight decay, ``initial_lr`` of an attached
   scheduler, ...);
@@ -35,11 +37,14 @@ import contextlib
 import copy
 import random
 import threading
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
+
+from lrkit.integrations.torch.frozen import FrozenParams, Unchanged, changed_since
 
 __all__ = ["TorchSnapshot", "RecyclingState", "capture_rngs", "loader_generators", "restore_rngs", "rngs_kept"]
 
@@ -243,6 +248,7 @@ class TorchSnapshot:
         grads: bool = True,
         non_blocking: bool = False,
         recycle: "TorchSnapshot | None" = None,
+        left_out: "dict[str, Unchanged] | None" = None,
     ) -> "TorchSnapshot":
         """Copy the state (see the module docstring).
 
@@ -258,6 +264,10 @@ class TorchSnapshot:
         and dtype fit, so a periodic snapshot copies into memory it already owns instead of
         allocating the model's size again (8-10x faster for a 51M-parameter model on the CPU;
         on CUDA the pinned buffers are reused). ``recycle`` must not be used afterwards.
+
+        ``left_out``: parameters not copied, by name, with their fingerprints
+        (:meth:`lrkit.integrations.torch.frozen.FrozenParams.left_out`); :meth:`restore` checks
+        them instead of writing them back.
         """
         nb = bool(non_blocking) and torch.cuda.is_available()
         old = recycle
@@ -266,11 +276,13 @@ class TorchSnapshot:
         old_params = old.model_tensors if old is not None else {}
         old_buffers = old.model_buffers if old is not None else {}
         old_grads = (old.grads or {}) if old is not None else {}
-        params = {name: _save(p, nb, old_params.get(name)) for name, p in model.named_parameters()}
+        left_out = left_out or {}
+        params = {name: left_out[name] if name in left_out else _save(p, nb, old_params.get(name))
+                  for name, p in model.named_parameters()}
         buffers = {name: _save(b, nb, old_buffers.get(name)) for name, b in model.named_buffers()}
         saved_grads = (
             {name: (_save(p.grad, nb, old_grads.get(name)) if p.grad is not None else None)
-             for name, p in model.named_parameters()}
+             for name, p in model.named_parameters() if name not in left_out}
             if grads else None
         )
         opts = []
@@ -322,8 +334,18 @@ class TorchSnapshot:
         generators again when the snapshot was pickled and loaded (e.g. kept on disk).
         """
         self.wait()
+        unchanged = {n: s for n, s in self.model_tensors.items() if isinstance(s, Unchanged)}
+        moved = changed_since(model, unchanged) if unchanged else []
+        if moved:
+            warnings.warn(
+                f"lrkit: {len(moved)} frozen parameter(s) outside the optimizer changed since this snapshot, which "
+                f"kept only a fingerprint of them ({', '.join(moved[:3])}{', ...' if len(moved) > 3 else ''}); they "
+                "keep their current values (one changed in place, e.g. an EMA copy, is copied in full by the "
+                "snapshots taken after its change was seen)", RuntimeWarning, stacklevel=2)
         with torch.no_grad():
             for name, p in model.named_parameters():
+                if isinstance(self.model_tensors[name], Unchanged):
+                    continue
                 _load(p, self.model_tensors[name])
                 if self.grads is None:
                     continue  # taken with grads=False: leave them
@@ -386,11 +408,14 @@ class RecyclingState:
     guard hands back, through :meth:`recycle`, each snapshot it will never read again (dropped
     from memory, or durable on disk; maybe from its writer thread), and the next :meth:`_take`
     copies into that memory (``TorchSnapshot.take(recycle=...)``) instead of allocating a model's
-    size again. ``recycle(None)`` (the guard closing) lets go of it.
+    size again. ``recycle(None)`` (the guard closing) lets go of it. The parameters that are frozen
+    and in no optimizer are left out of its snapshots, fingerprinted
+    (:class:`~lrkit.integrations.torch.frozen.FrozenParams`).
     """
 
     _spare: "TorchSnapshot | None" = None
     _spare_lock = threading.Lock()
+    _frozen: FrozenParams | None = None
 
     def recycle(self, state: "TorchSnapshot | None") -> None:
         with self._spare_lock:
@@ -399,4 +424,7 @@ class RecyclingState:
     def _take(self, model: torch.nn.Module, optimizers: Sequence[torch.optim.Optimizer], **kw: Any) -> TorchSnapshot:
         with self._spare_lock:
             spare, self._spare = self._spare, None
-        return TorchSnapshot.take(model, optimizers, recycle=spare, **kw)
+        if self._frozen is None:
+            self._frozen = FrozenParams()
+        left_out = self._frozen.left_out(model, optimizers)
+        return TorchSnapshot.take(model, optimizers, recycle=spare, left_out=left_out, **kw)
