@@ -1,14 +1,86 @@
-"""A Keras model's optimizer variables, built first where ``fit`` has not built them yet, and the
+r"""A Keras model's optimizer variables, built first where ``fit`` has not built them yet, and the
 host copies of weights and optimizer variables that the guard's snapshots hold (shared by the finder's
-trainer and the doctor's and autopilot's callbacks), and their restore."""
+trainer and the doctor's and autopilot's callbacks), and their restore.
+
+**Frozen weights are fingerprinted, not copied.** A LoRA fine-tune (``layer.enable_lora(rank)``,
+KerasHub's ``backbone.enable_lora``) or a frozen backbone (``base.trainable = False``) keeps most of
+its weights non-trainable, and no training step changes them: copying them into each of the guard's
+snapshots would cost the model's size several times over. A non-trainable variable of two or more
+dimensions (a kernel, an embedding table) is kept as :class:`Fingerprint` -- :data:`SAMPLE` evenly
+spaced values -- and checked instead of written back. One-dimensional non-trainable variables
+(BatchNormalization's moving statistics, which do change, a frozen bias, a seed state) are copied
+as before. A fingerprinted variable seen changing between two snapshots is copied in full from
+then on (:class:`FrozenWeights`); a restore to a snapshot taken before that was seen names it and
+warns (its value cannot go back).
+"""
 from __future__ import annotations
 
-from typing import Any
+import warnings
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
 
-__all__ = ["optimizer_variables", "host_copies", "restore_host_copies"]
+__all__ = ["SAMPLE", "Fingerprint", "FrozenWeights", "host_copies", "moved_since", "optimizer_variables",
+           "restore_host_copies", "warn_moved"]
+
+#: values of a fingerprinted variable kept in a snapshot
+SAMPLE = 256
+
+
+class Fingerprint(NamedTuple):
+    """A frozen variable left out of a snapshot: its shape and :data:`SAMPLE` of its values."""
+
+    shape: tuple[int, ...]
+    sample: np.ndarray
+
+
+def _fingerprint(v: Any) -> Fingerprint:
+    shape = tuple(int(d) for d in v.shape)
+    n = int(np.prod(shape))
+    idx = np.arange(0, n, max(1, n // SAMPLE))[:SAMPLE]
+    picked = keras.ops.take(keras.ops.reshape(v.value, (-1,)), keras.ops.convert_to_tensor(idx))
+    return Fingerprint(shape, np.array(keras.ops.convert_to_numpy(picked), dtype=np.float64, copy=True))
+
+
+def _same(a: Fingerprint, b: Fingerprint) -> bool:
+    return a.shape == b.shape and np.array_equal(a.sample, b.sample)
+
+
+class FrozenWeights:
+    """Which of a model's weights the next snapshot fingerprints (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._marks: dict[str, Fingerprint] = {}
+        self.moving: set[str] = set()  # seen changing: copied in full from then on
+
+    def left_out(self, variables: list[Any]) -> dict[str, Fingerprint]:
+        """The fingerprints of the variables to leave out of a snapshot taken now, by path."""
+        out: dict[str, Fingerprint] = {}
+        for v in variables:
+            if v.trainable or len(v.shape) < 2 or v.path in self.moving:
+                continue
+            now = _fingerprint(v)
+            before = self._marks.get(v.path)
+            if before is not None and not _same(before, now):
+                self.moving.add(v.path)
+                continue
+            out[v.path] = now
+        self._marks = out
+        return out
+
+
+def moved_since(variables: list[Any], saved: list[Any]) -> list[str]:
+    """The paths of the fingerprinted variables whose values are no longer those of ``saved``."""
+    return [v.path for v, s in zip(variables, saved) if isinstance(s, Fingerprint) and not _same(_fingerprint(v), s)]
+
+
+def warn_moved(moved: list[str]) -> None:
+    if moved:
+        warnings.warn(
+            f"lrkit: {len(moved)} frozen weight(s) changed since this snapshot, which kept only a fingerprint of "
+            f"them ({', '.join(moved[:3])}{', ...' if len(moved) > 3 else ''}); they keep their current values",
+            RuntimeWarning, stacklevel=3)
 
 
 def optimizer_variables(model: Any) -> list[Any]:
@@ -28,9 +100,12 @@ def optimizer_variables(model: Any) -> list[Any]:
     return list(opt.variables)
 
 
-def host_copies(model: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """NumPy copies of ``model.get_weights()`` and of every optimizer variable, the optimizer built first."""
-    weights = [np.array(w, copy=True) for w in model.get_weights()]
+def host_copies(model: Any, frozen: FrozenWeights | None = None) -> tuple[list[Any], list[np.ndarray]]:
+    """NumPy copies of ``model.weights`` (the frozen ones :class:`FrozenWeights` leaves out as
+    fingerprints, with ``frozen``) and of every optimizer variable, the optimizer built first."""
+    left = frozen.left_out(model.weights) if frozen is not None else {}
+    weights = [left[v.path] if v.path in left else np.array(keras.ops.convert_to_numpy(v.value), copy=True)
+               for v in model.weights]
     opt = [np.array(keras.ops.convert_to_numpy(v), copy=True) for v in optimizer_variables(model)]
     return weights, opt
 
@@ -42,7 +117,13 @@ def restore_host_copies(model: Any, state: tuple[list[np.ndarray], list[np.ndarr
     of a schedule that goes on through a rollback, as the guard's does). A snapshot that does not match
     the optimizer's variables one for one raises (``zip(strict=True)``) instead of restoring part of it."""
     weights, opt = state
-    model.set_weights(weights)
+    variables = model.weights
+    if len(variables) != len(weights):
+        raise ValueError(f"the snapshot holds {len(weights)} weights and the model has {len(variables)}")
+    warn_moved(moved_since(variables, weights))
+    for v, w in zip(variables, weights):
+        if not isinstance(w, Fingerprint):
+            v.assign(w)
     for v, saved in zip(optimizer_variables(model), opt, strict=True):
         if v.path.endswith("learning_rate") or (keep_iteration and v.path.endswith("iteration")):
             continue

@@ -47,7 +47,7 @@ from lrkit.autopilot.pilot import Autopilot, AutopilotEvent, check_storage
 from lrkit.autopilot.plan import AutopilotError, AutopilotPlan, check_optimizer, make_plan, resolve_train_steps
 from lrkit.collapse import check_every_arg
 from lrkit.doctor.guarded_watch import PendingValidation
-from lrkit.integrations.keras._state import host_copies, restore_host_copies
+from lrkit.integrations.keras._state import FrozenWeights, host_copies, restore_host_copies
 from lrkit.integrations.keras.callback import BatchSpan, _scale_velocity
 from lrkit.schedules.base import Schedule
 
@@ -59,9 +59,10 @@ class _State:
 
     def __init__(self, model: Any) -> None:
         self.model = model
+        self.frozen = FrozenWeights()
 
-    def snapshot(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        return host_copies(self.model)
+    def snapshot(self) -> tuple[list[Any], list[np.ndarray]]:
+        return host_copies(self.model, self.frozen)
 
     def restore(self, state: tuple[list[np.ndarray], list[np.ndarray]]) -> None:
         restore_host_copies(self.model, state)

@@ -87,7 +87,7 @@ from lrkit.collapse import check_every_arg
 from lrkit.doctor.core import Doctor
 from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation
 from lrkit.doctor.interventions import Intervention
-from lrkit.integrations.keras._state import host_copies, restore_host_copies
+from lrkit.integrations.keras._state import FrozenWeights, host_copies, restore_host_copies
 from lrkit.integrations.keras.schedule import LRKitSchedule, _learning_rate_of
 
 __all__ = ["LRDoctorCallback"]
@@ -97,9 +97,10 @@ class _State:
     def __init__(self, cb: "LRDoctorCallback") -> None:
         self.cb = cb
         self.resuming = False  # a resume from disk rewinds the schedule's clock too
+        self.frozen = FrozenWeights()
 
-    def snapshot(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        return host_copies(self.cb.model)
+    def snapshot(self) -> tuple[list[Any], list[np.ndarray]]:
+        return host_copies(self.cb.model, self.frozen)
 
     def restore(self, state: tuple[list[np.ndarray], list[np.ndarray]]) -> None:
         # the LR is the callback's to set; under an lrkit schedule its clock goes on, as the guard's (a

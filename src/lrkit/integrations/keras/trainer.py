@@ -77,7 +77,7 @@ from lrkit.finder.regime import length_of, trainer_shape
 from lrkit.finder.result import FinderResult
 from lrkit.finder.search import FirstBatches
 from lrkit.integrations._progress import progress_context, watched
-from lrkit.integrations.keras._state import optimizer_variables
+from lrkit.integrations.keras._state import Fingerprint, FrozenWeights, moved_since, optimizer_variables, warn_moved
 
 __all__ = ["KerasTrainer", "KerasSnapshot", "find_lr_keras"]
 
@@ -313,11 +313,12 @@ class KerasSnapshot:
     """Host copies of a Keras model's, optimizer's and metrics' variables, RNGs and the data position.
 
     ``variables`` are the live Keras variables and ``values`` their NumPy copies, in the same order;
-    restoring assigns each value back to its variable.
+    restoring assigns each value back to its variable. A frozen weight (non-trainable, two or more
+    dimensions) is kept as a :class:`~lrkit.integrations.keras._state.Fingerprint`, checked instead.
     """
 
     variables: tuple[Any, ...]
-    values: tuple[np.ndarray, ...]
+    values: tuple[Any, ...]
     position: int
     python_rng: Any
     numpy_rng: Any
@@ -465,7 +466,10 @@ class KerasTrainer:
             # created again from the restored Python random: the same stream.)
             _create_global_seed_generator()
         variables = tuple(self._variables())
-        values = tuple(np.array(keras.ops.convert_to_numpy(v.value), copy=True) for v in variables)
+        # frozen weights (a LoRA base, a frozen backbone): a fingerprint, checked on restore
+        left = FrozenWeights().left_out(self.model.weights)
+        values = tuple(left[v.path] if v.path in left else np.array(keras.ops.convert_to_numpy(v.value), copy=True)
+                       for v in variables)
         random.setstate(python_rng)
         return KerasSnapshot(
             variables=variables, values=values, position=self._batches.position(),
@@ -476,8 +480,10 @@ class KerasTrainer:
     def restore(self, state: KerasSnapshot) -> None:
         """Assign ``state`` back to the same variables; reset metrics built since; rewind data and RNGs."""
         self.model.reset_metrics()  # metrics built after the snapshot go back to their empty state
+        warn_moved(moved_since(list(state.variables), list(state.values)))
         for v, value in zip(state.variables, state.values):
-            v.assign(value)
+            if not isinstance(value, Fingerprint):
+                v.assign(value)
         self._batches.seek(state.position)
         random.setstate(state.python_rng)
         np.random.set_state(state.numpy_rng)
