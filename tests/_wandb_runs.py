@@ -3,7 +3,8 @@ their own (``wandb.init`` starts a service and wraps the console):
 
     python tests/_wandb_runs.py KIND DIR
 
-KIND: ``script`` (``wandb.log`` by hand: a healthy run and one that goes NaN), ``trainer`` (the
+KIND: ``script`` (``wandb.log`` by hand: a healthy run and one that goes NaN), ``resumed`` (runs
+killed and resumed under the same id), ``trainer`` (the
 Hugging Face ``Trainer`` with ``report_to="wandb"``: a tiny BERT classifier that saves a checkpoint
 and the digits MLP that does not), ``lightning`` (``WandbLogger``) or ``keras`` (``fit`` with
 ``WandbMetricsLogger``, on the torch backend). Everything is written under DIR (``wandb/`` and the
@@ -31,6 +32,24 @@ def script() -> None:
                 row["val_loss"] = loss * 1.1
             run.log(row)
         run.finish()
+
+
+def resumed() -> None:
+    """Two runs killed and resumed with ``wandb.init(id=..., resume="allow")``: one stepped by a logger's
+    step metric and resumed from its checkpoint of step 40 after logging step 59 (it logs 40-59 again,
+    and goes NaN at 90), one by ``wandb.log`` alone (offline, W&B's ``_step`` starts again at 0)."""
+    import wandb
+
+    for name, step_key, first, second in (("long", "train/global_step", range(60), range(40, 100)),
+                                          ("plain", None, range(60), range(60, 110))):
+        for part in (first, second):
+            run = wandb.init(project="digits", name=name, id=f"{name}-id", resume="allow")
+            for t in part:
+                row = {"train_loss": math.nan if name == "long" and t >= 90 else 2.3 * 0.97**t + 0.05}
+                if step_key:
+                    row[step_key] = t
+                run.log(row)
+            run.finish()
 
 
 def trainer() -> None:
@@ -119,4 +138,4 @@ if __name__ == "__main__":
     where.mkdir(parents=True, exist_ok=True)
     os.chdir(where)
     os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_CONSOLE="off")
-    {"script": script, "trainer": trainer, "lightning": lightning, "keras": keras_fit}[kind]()
+    {"script": script, "resumed": resumed, "trainer": trainer, "lightning": lightning, "keras": keras_fit}[kind]()

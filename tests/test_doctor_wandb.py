@@ -112,6 +112,24 @@ def test_cli_one_verdict_per_run_and_run_picks_one(script_runs):
     assert r.returncode == 0 and r.stdout.startswith(f"{script_runs}: wandb/digits/broken: NAN"), r.stdout
 
 
+def test_a_resumed_run_is_one_run_its_parts_joined(tmp_path):
+    where = write_runs("resumed", tmp_path)
+    assert len(list((where / "wandb").glob("offline-run-*"))) == 4  # two runs, two parts each
+    runs = find_runs(where)
+    assert sorted(r.name for r in runs) == ["wandb/digits/long", "wandb/digits/plain"]
+    long_run = read_run(next(r for r in runs if r.name.endswith("long")))
+    # resumed from its step-40 checkpoint after logging step 59: what it logged again replaces 40-59
+    assert long_run.step.tolist() == list(range(100))
+    assert long_run.loss[45] == pytest.approx(2.3 * 0.97**45 + 0.05)
+    plain = read_run(next(r for r in runs if r.name.endswith("plain")))
+    assert plain.step.tolist() == list(range(110))  # W&B's _step starts again offline: the parts follow
+    assert plain.loss[60:].tolist() == pytest.approx([2.3 * 0.97**t + 0.05 for t in range(60, 110)])
+    verdicts = {name: (d.verdict, d.step) for name, d in diagnose_runs(where).items()}
+    assert verdicts == {"wandb/digits/long": ("nan", 90), "wandb/digits/plain": ("healthy", None)}
+    second = sorted((where / "wandb").glob("offline-run-*-long-id"))[-1]
+    assert read_log(second).step.tolist() == list(range(100))  # either part's directory reads the whole run
+
+
 def test_trainer_report_to_wandb(tmp_path):
     """The Trainer logs its own train/global_step (W&B's _step counts log calls) and its model
     configuration (the chance level); a run that saved a checkpoint is read from its

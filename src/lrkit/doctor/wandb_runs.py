@@ -15,7 +15,10 @@ log calls, not optimizer steps), ``trainer/global_step`` (Lightning's ``WandbLog
 ``epoch/epoch`` and ``batch/batch_step`` (Keras' ``WandbMetricsLogger``, whose ``epoch/`` or
 ``batch/`` prefix is dropped from the other keys; with batch logging, the epoch's validation keys
 ``epoch/val_*`` join the batch they followed). A call without the step metric joins the step
-logged before it. A run still being written, or cut short, is read up to its last complete record;
+logged before it. A resumed run (``wandb.init(id=..., resume=...)``: a new run directory with the same
+id) is read as one run, its parts joined in the order they started (a part that logs steps again
+from an earlier checkpoint replaces what the run logged from there). A run still being written, or
+cut short, is read up to its last complete record;
 W&B writes the file a 32 KiB block at a time (a few hundred ``wandb.log`` calls), so ``lrkit
 diagnose --follow`` sees a run in training that many calls late.
 
@@ -29,6 +32,7 @@ Example:
 """
 from __future__ import annotations
 
+import glob
 import json
 import math
 import struct
@@ -39,7 +43,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from lrkit.doctor._tables import LogFormatError
 from lrkit.doctor.model_config import chance_loss_from_config
 
-__all__ = ["WandbRun", "read_wandb", "step_metric", "wandb_runs_under"]
+__all__ = ["WandbRun", "read_wandb", "run_parts", "step_metric", "wandb_runs_under"]
 
 _HEADER = b":W&B"
 _HEADER_SIZE = 7  # ":W&B", magic (2 bytes), version (1 byte)
@@ -201,18 +205,60 @@ def read_wandb(path: str | Path) -> WandbRun:
         if not files:
             raise LogFormatError(f"{path}: no run-*.wandb file in this W&B run directory")
         path = files[0]
-    source = str(path)
-    run = _parse(path.read_bytes(), source)
-    if not run.history:
-        raise LogFormatError(f"{source}: no history in this W&B run yet (W&B writes its file 32 KiB at a time: a run "
+    parts = run_parts(path)
+    rows: list[tuple[str, dict[str, float]]] = []
+    name, config = "", {}
+    for part in parts:
+        run = _parse(part.read_bytes(), str(part))
+        if not run.history:
+            continue
+        name, config = name or run.name, {**config, **run.config}
+        rows = _joined(rows, _rows(run.history, str(part)), own_step=step_metric(run.history) == "_step")
+    if not rows:
+        raise LogFormatError(f"{path}: no history in this W&B run yet (W&B writes its file 32 KiB at a time: a run "
                              "that has just started shows nothing until its first block is full)")
-    return WandbRun(_rows(run.history, source), run.name, run.config)
+    return WandbRun(rows, name, config)
+
+
+def run_parts(path: Path) -> list[Path]:
+    """The files of one run in the order they were started: ``path`` and those of the same run id in
+    the same ``wandb/`` directory (``wandb.init(id=..., resume=...)`` starts a new run directory for
+    each resumed part; its name carries the start time, ``[offline-]run-<date>_<time>-<id>``, and
+    ``-1``, ``-2`` ... after a part started within the same second)."""
+    run_id = path.stem[len("run-"):] if path.stem.startswith("run-") else None
+    if run_id is None or f"-{run_id}" not in path.parent.name:
+        return [path]
+    found = {f.resolve(): f for f in path.parent.parent.glob(f"*/run-{glob.escape(run_id)}.wandb")
+             if f.parent.name != "latest-run" and f"-{run_id}" in f.parent.name and f.is_file()}
+    found.setdefault(path.resolve(), path)
+
+    def started(f: Path) -> tuple[str, int, float]:
+        name = f.parent.name
+        again = name.rsplit(f"-{run_id}", 1)[-1].lstrip("-")
+        return name.split("run-", 1)[-1][:15], int(again) if again.isdigit() else 0, f.stat().st_mtime
+
+    return sorted(found.values(), key=started)
+
+
+def _joined(rows: list[tuple[str, dict[str, float]]], later: list[tuple[str, dict[str, float]]], *,
+            own_step: bool) -> list[tuple[str, dict[str, float]]]:
+    """A run's rows with those of its next (resumed) part. A logger's step metric that starts again
+    at or before the rows' last step is a resume from an earlier checkpoint: the rows from that step
+    on are replaced by the part's (what the run went on with). W&B's own ``_step`` starts again at 0
+    in a resumed offline run: the part's steps then follow the rows'."""
+    if not rows or not later:
+        return rows + later
+    first, last = later[0][1]["step"], rows[-1][1]["step"]
+    if own_step and first <= last:
+        shift = last + 1 - first
+        return rows + [(where, {**row, "step": row["step"] + shift}) for where, row in later]
+    return [r for r in rows if r[1]["step"] < first] + later
 
 
 def wandb_runs_under(root: str | Path, skip_outputs: set[Path] = frozenset()) -> list[tuple[str, Path]]:
     """The W&B runs under ``root`` as ``(name, run file)``, named ``<wandb dir>/<project>/<run name>``
-    (relative to ``root``; the run directory added where two runs share a name -- a resumed run's
-    second part shares its id too, and is read as a run of its own), but for a Hugging Face
+    (relative to ``root``; the run directory added where two runs share a name; a resumed run's
+    parts, which share its id, are one run, :func:`run_parts`), but for a Hugging Face
     ``Trainer``'s run whose ``output_dir`` is in ``skip_outputs`` (its ``trainer_state.json`` is that
     run, read already). ``latest-run`` is a link to one of the others; a file that cannot be read is
     named by its run directory (reading it then says why)."""
@@ -222,7 +268,9 @@ def wandb_runs_under(root: str | Path, skip_outputs: set[Path] = frozenset()) ->
     for f in sorted(root.rglob("run-*.wandb")):
         if "latest-run" in f.relative_to(root).parts or not f.is_file() or f.resolve() in seen:
             continue
-        seen.add(f.resolve())
+        parts = run_parts(f)  # a resumed run: one run, listed by its first part
+        seen.update(p.resolve() for p in parts)
+        f = parts[0]
         head = _header(f)
         if head is None or head["output_dir"] is None or head["output_dir"] not in skip_outputs:
             found.append((f, head))
