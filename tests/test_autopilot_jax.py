@@ -211,7 +211,7 @@ def test_outputs_fn_without_batches_says_so_once(caplog):
     with caplog.at_level("WARNING", logger="lrkit.autopilot"):
         for step in range(3):
             params, opt_state = pilot.after_step(step, 1.0, params, opt_state)
-    assert sum("after_step got no batch=" in r.getMessage() for r in caplog.records) == 1
+    assert sum("no batch= came with the step" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_bad_outputs_arguments_are_named():

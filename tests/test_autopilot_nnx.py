@@ -95,3 +95,44 @@ def test_an_optimizer_not_built_on_the_pilots_is_refused():
                          optax.adamw, batches[:60], model_state=rest, family="adamw")
     with pytest.raises(AutopilotError, match=r"nnx.Optimizer\(model, pilot.optimizer, wrt=nnx.Param\)"):
         pilot.init_nnx(model, nnx.Optimizer(model, optax.adamw(1e-3), wrt=nnx.Param))
+
+
+@pytest.mark.parametrize("every", [25, 0])
+def test_a_network_that_dies_is_rolled_back_with_outputs_fn(every):
+    # the functional test's unscaled wine at an LR that kills the ReLUs, here as an NNX model: the
+    # outputs are measured on the step's batch through outputs_fn(params, rest, batch)
+    from _wine import unscaled_wine
+    from lrkit.collapse import COLLAPSED, sampled_spread
+
+    class Mlp(nnx.Module):
+        def __init__(self, rngs):
+            self.l1, self.l2 = nnx.Linear(13, 32, rngs=rngs), nnx.Linear(32, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.l2(nnx.relu(self.l1(x)))
+
+    x, y = unscaled_wine()
+    batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 128, 16)] * 20
+    model = Mlp(nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def outputs(params, rest, batch):
+        return nnx.merge(graphdef, params, rest, copy=True)(batch[0])
+
+    def loss_fn(params, rest, batch, train):
+        return xent(nnx.merge(graphdef, params, rest, copy=True), batch), rest
+
+    pilot = lj.autopilot(loss_fn, params, optax.adam, batches, val_batches=[(x[130:], y[130:])], model_state=rest,
+                         peak_lr=3.0, outputs_fn=outputs, check_outputs_every=every)
+    optimizer = nnx.Optimizer(model, pilot.optimizer, wrt=nnx.Param)
+    pilot.init_nnx(model, optimizer)
+    for step, batch in enumerate(batches):
+        loss = train_step(model, optimizer, batch, np.float32(1.0))
+        pilot.after_nnx_step(step, loss, model, optimizer, batch=batch)
+    died = [e for e in pilot.events if "network died" in e.message]
+    spread = sampled_spread(model(x[130:]))
+    if every:  # rolled back to a live state with a lower LR
+        assert died and "lowered the LR" in died[0].message
+        assert spread > COLLAPSED
+    else:  # unmeasured, the same run ends dead
+        assert not died and spread <= COLLAPSED

@@ -192,7 +192,7 @@ class OptaxAutopilot:
                 return current  # the LR of this update is already in opt_state
             loss, val_loss, grad_norm, metrics, batch = self._take()
             step = self.next_step
-        spread = self._spread(int(step), current, batch)
+        spread = self._spread(int(step), lambda: (current[0], *current[2:]), batch)
         restored = self._observe(step, current, loss, val_loss, grad_norm, metrics, spread)
         if restored[0] is not params:  # rolled back: look at the restored model next step
             self._measure_next = True
@@ -211,20 +211,26 @@ class OptaxAutopilot:
         _set_nnx_lr(optimizer, self.pilot.lr(self.next_step))
 
     def after_nnx_step(self, step: int, loss: Any, model: Any, optimizer: Any, *, val_loss: Any = None,
-                       grad_norm: Any = None, metrics: Mapping[str, Any] | None = None) -> None:
+                       grad_norm: Any = None, metrics: Mapping[str, Any] | None = None, batch: Any = None) -> None:
         """Flax NNX's stateful training: report optimizer step ``step`` after ``optimizer.update(model,
         grads)``. On a rollback the last good state (every variable of ``model``, BatchNorm's
         statistics and RNG counts included, and of ``optimizer``) is written back into both with
         ``nnx.update``; the LR of the next step is set in ``optimizer``. ``metrics``: as for
-        :meth:`after_step` (an ``output_spread`` among them lets the guard see a dead network)."""
+        :meth:`after_step`. ``batch``: the step's batch, on which the ``outputs_fn`` given to
+        :func:`autopilot` measures the outputs' spread when it is due (a dead network is rolled
+        back); it is called as ``outputs_fn(params, rest, batch)`` with ``(params, rest)`` the
+        model's ``nnx.split(model, nnx.Param, ...)`` -- the view the finder's loss function takes --
+        and must not change the model (merge a copy, in eval mode)."""
         current = _nnx_state(model, optimizer)
         self._start(current)
-        restored = self._observe(step, current, loss, val_loss, grad_norm, metrics)
+        spread = self._spread(int(step), lambda: _nnx_split(model), batch)
+        restored = self._observe(step, current, loss, val_loss, grad_norm, metrics, spread)
         if restored is not current:
             from flax import nnx
 
             nnx.update(model, restored[0])
             nnx.update(optimizer, restored[1])
+            self._measure_next = True  # look at the restored model next step
         self.next_step = int(step) + 1
         _set_nnx_lr(optimizer, self.pilot.lr(self.next_step))
 
@@ -255,20 +261,20 @@ class OptaxAutopilot:
         return (float(np.mean(pending["losses"])), pending.get("val_loss"), pending.get("grad_norm"),
                 pending.get("metrics"), pending.get("batch"))
 
-    def _spread(self, step: int, current: tuple[Any, ...], batch: Any) -> float | None:
-        """The outputs' spread on ``batch`` when a measurement is due (else ``None``)."""
+    def _spread(self, step: int, args: Callable[[], tuple[Any, ...]], batch: Any) -> float | None:
+        """The outputs' spread on ``batch`` when a measurement is due (else ``None``): ``outputs_fn``
+        called on ``args()`` (the params, and the model state if any) and the batch."""
         if self._outputs is None or not (self._measure_next or step % self._every == 0):
             return None
         if batch is None:
             if not self._told_no_batch:
                 self._told_no_batch = True
                 self.pilot.logger.warning(
-                    "OptaxAutopilot: outputs_fn was given but after_step got no batch=; pass each step's "
+                    "OptaxAutopilot: outputs_fn was given but no batch= came with the step; pass each step's "
                     "batch to have a dead network (every input the same output) rolled back")
             return None
         self._measure_next = False
-        params, _, *state = current
-        return outputs_spread(self._outputs, params, *state, batch)
+        return outputs_spread(self._outputs, *args(), batch)
 
     def state_dict(self) -> dict[str, Any]:
         """``{"next_step": k, "autopilot": ...}`` (plain JSON types), for ``autopilot(..., resume=)``."""
@@ -291,6 +297,14 @@ def _nnx_state(model: Any, optimizer: Any) -> tuple[Any, Any]:
     from flax import nnx
 
     return tuple(jax.tree_util.tree_map(lambda x: x, nnx.state(obj)) for obj in (model, optimizer))
+
+
+def _nnx_split(model: Any) -> tuple[Any, Any]:
+    """``(params, rest)`` of ``nnx.split(model, nnx.Param, ...)``: the functional view of an NNX model."""
+    from flax import nnx
+
+    _, params, rest = nnx.split(model, nnx.Param, ...)
+    return params, rest
 
 
 def _set_nnx_lr(optimizer: Any, lr: float) -> None:
