@@ -136,3 +136,32 @@ def test_a_network_that_dies_is_rolled_back_with_outputs_fn(every):
         assert spread > COLLAPSED
     else:  # unmeasured, the same run ends dead
         assert not died and spread <= COLLAPSED
+
+
+def test_multisteps_micro_batches_are_watched_as_one_step_per_update():
+    # optax.MultiSteps(k=4) over micro-batches of 8: one step per update, the schedule advancing per update
+    batches, val = digits()
+    micro = [(x[i:i + 8], y[i:i + 8]) for x, y in batches for i in range(0, 32, 8)]
+    model = Net(nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss_fn(params, rest, batch, train):
+        m = nnx.merge(graphdef, params, rest, copy=True)
+        m.train() if train else m.eval()
+        return xent(m, batch), nnx.split(m, nnx.Param, ...)[2]
+
+    pilot = lj.autopilot(loss_fn, params, lambda lr: optax.MultiSteps(optax.adamw(lr), 4), micro, val_batches=val,
+                         model_state=rest, family="adamw")
+    assert pilot.plan.train_steps == STEPS
+    optimizer = nnx.Optimizer(model, pilot.optimizer, wrt=nnx.Param)
+    pilot.init_nnx(model, optimizer)
+    lrs = []
+    for step, batch in enumerate(micro):
+        lrs.append(float(optimizer.opt_state.hyperparams["learning_rate"][...]))
+        model.train()
+        loss = train_step(model, optimizer, batch, np.float32(1.0))
+        pilot.after_nnx_step(step, loss, model, optimizer)
+    assert pilot.next_step == STEPS and pilot.events == []
+    assert lrs == pytest.approx([pilot.lr(s // 4) for s in range(4 * STEPS)], rel=1e-6)
+    model.eval()
+    assert float(xent(model, val[0])) < 0.5

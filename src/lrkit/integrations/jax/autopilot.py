@@ -220,9 +220,17 @@ class OptaxAutopilot:
         :func:`autopilot` measures the outputs' spread when it is due (a dead network is rolled
         back); it is called as ``outputs_fn(params, rest, batch)`` with ``(params, rest)`` the
         model's ``nnx.split(model, nnx.Param, ...)`` -- the view the finder's loss function takes --
-        and must not change the model (merge a copy, in eval mode)."""
+        and must not change the model (merge a copy, in eval mode). With ``optax.MultiSteps`` call it
+        after every micro-batch: as :meth:`after_step`, it watches one step per update."""
         current = _nnx_state(model, optimizer)
         self._start(current)
+        opt_state = getattr(optimizer, "opt_state", None)
+        if accumulates(opt_state):  # optax.MultiSteps: one step per update, as in after_step
+            self._keep(loss, val_loss, grad_norm, metrics, batch)
+            if not update_completed(opt_state):
+                return  # the LR of this update is already in the optimizer
+            loss, val_loss, grad_norm, metrics, batch = self._take()
+            step = self.next_step
         spread = self._spread(int(step), lambda: _nnx_split(model), batch)
         restored = self._observe(step, current, loss, val_loss, grad_norm, metrics, spread)
         if restored is not current:
