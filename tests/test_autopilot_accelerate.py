@@ -1,7 +1,8 @@
 """The autopilot in a Hugging Face Accelerate loop, as Accelerate's users write one: model, optimizer
 and loaders through ``accelerator.prepare``, the autopilot's scheduler prepared too, gradient
 accumulation by ``accelerator.accumulate``; ``pilot.after_step`` once per optimizer update (when
-``accelerator.sync_gradients``). Accumulating 4 micro-batches of 8 plans and trains as batches of 32."""
+``accelerator.sync_gradients``), and ``pilot.after_backward`` then too, before the step, with the
+update's mean loss (a bad batch's update skipped). Accumulating 4 micro-batches of 8 plans and trains as batches of 32."""
 from __future__ import annotations
 
 import math
@@ -17,7 +18,7 @@ import lrkit.torch as lt  # noqa: E402
 STEPS = 300
 
 
-def run(k: int, *, poison_at: int | None = None):
+def run(k: int, *, poison_at: int | None = None, bad_at: int | None = None):
     from torch.utils.data import DataLoader, TensorDataset
 
     from _hf_digits import digits
@@ -35,19 +36,28 @@ def run(k: int, *, poison_at: int | None = None):
     loss_fn = torch.nn.functional.cross_entropy
     pilot = lt.autopilot(model, optimizer, loss_fn, train, val_loader=val, train_steps=STEPS, accumulation_steps=k)
     scheduler = acc.prepare(pilot.scheduler)
-    lrs, done = [], 0
+    lrs, done, parts, unchanged = [], 0, [], None
     while done < STEPS:
         for xb, yb in train:
             with acc.accumulate(model):
+                if done == bad_at and not parts:  # one bad micro-batch: inputs x50, labels scrambled
+                    xb, yb = xb * 50.0, yb.roll(1)
+                    before = [p.detach().clone() for p in model.parameters()]
                 loss = loss_fn(model(xb), yb)
                 if done == poison_at:
                     loss = loss * float("nan")
                 acc.backward(loss)
+                parts.append(loss.detach())
+                if bad_at is not None and acc.sync_gradients:  # once per update, with its mean loss
+                    pilot.after_backward(torch.stack(parts).mean())
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
             if acc.sync_gradients:
-                pilot.after_step(loss)
+                if done == bad_at:
+                    unchanged = all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+                pilot.after_step(torch.stack(parts).mean() if bad_at is not None else loss)
+                parts = []
                 lrs.append(optimizer.param_groups[0]["lr"])
                 done += 1
                 if done == STEPS:
@@ -55,7 +65,7 @@ def run(k: int, *, poison_at: int | None = None):
     model.eval()
     with torch.no_grad():
         final = sum(loss_fn(model(a), b).item() for a, b in val) / len(val)
-    return pilot, lrs, final
+    return (pilot, lrs, final) if bad_at is None else (pilot, final, unchanged)
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +92,13 @@ def test_a_nan_in_an_accelerate_loop_is_rolled_back(plain):
     pilot, lrs, final = run(1, poison_at=150)
     assert [e.kind for e in pilot.events] == ["rollback"]
     assert math.isfinite(final) and final < 0.5
+
+
+def test_a_bad_micro_batch_skips_its_whole_update(plain):
+    # after_backward once per update (on sync), with the mean loss of its micro-batches: a spike out
+    # of one bad micro-batch drops the whole update's gradients, and nothing is rolled back
+    _, clean_final = plain[0], plain[2]
+    pilot, final, unchanged = run(4, bad_at=150)
+    assert [(e.kind, e.step) for e in pilot.events] == [("skip", 150)]
+    assert unchanged  # the update changed no weight
+    assert final == pytest.approx(clean_final, rel=0.25)

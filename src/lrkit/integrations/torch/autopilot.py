@@ -35,7 +35,9 @@ validation loss halves the LR. Every intervention is logged to ``lrkit.autopilot
 with the LR steady (:mod:`lrkit.doctor.spikes`) has its gradients dropped there, so
 ``optimizer.step()`` changes nothing (with a ``GradScaler`` not yet unscaled: made non-finite, so
 the scaler skips the step) and ``after_step`` reports nothing for that step; an event says so.
-Without the call the bad batch is trained on and, if it breaks the run, rolled back. Under
+Without the call the bad batch is trained on and, if it breaks the run, rolled back. With gradient
+accumulation call it once per update, after the last micro-batch's backward (Accelerate: when
+``accelerator.sync_gradients``), with the mean loss of the update's micro-batches. Under
 ``torch.distributed`` (call it on every rank) the decision is taken on the loss averaged over
 the ranks, so all of them skip the same steps.
 
