@@ -57,7 +57,10 @@ def _autopiloted(task_factory, *, steps: int, seeds: list[int]) -> dict[str, Any
         runs.append({"val_loss": loss, "val_accuracy": acc, "peak_lr": flight.pilot.plan.peak_lr,
                      "finder_steps": flight.pilot.plan.finder_cost_steps,
                      "plateau_halvings": sum(e.kind == "plateau" for e in flight.pilot.interventions),
-                     "rollbacks": sum(e.kind == "rollback" for e in flight.pilot.interventions),
+                     "rollbacks": sum(e.kind == "rollback" and e.data.get("verdict") != "overfitting"
+                                      for e in flight.pilot.interventions),
+                     "restarts": sum(e.kind == "rollback" and e.data.get("verdict") == "overfitting"
+                                     for e in flight.pilot.interventions),
                      "skipped": sum(e.kind == "skip" for e in flight.pilot.interventions)})
     return {
         "peak_lr": statistics.median(r["peak_lr"] for r in runs),
@@ -66,6 +69,7 @@ def _autopiloted(task_factory, *, steps: int, seeds: list[int]) -> dict[str, Any
         "finder_steps": max(r["finder_steps"] for r in runs),
         "plateau_halvings": sum(r["plateau_halvings"] for r in runs),
         "rollbacks": sum(r["rollbacks"] for r in runs),
+        "restarts": sum(r["restarts"] for r in runs),
         "skipped": sum(r["skipped"] for r in runs),
         "runs": len(runs),
     }
@@ -179,6 +183,7 @@ def format_demo(summary: dict[str, Any]) -> str:
             f"  {'peak LR ' + format(a['peak_lr'], '.3g'):<22}{a['val_loss']:>10.4f}{a['val_accuracy']:>10.3f}"
             f"   (finder {a['finder_steps']} steps; {_count(a['plateau_halvings'], 'LR halving')} on plateaus, "
             f"{_count(a['rollbacks'], 'rollback')}"
+            + (f", {_count(a['restarts'], 'restart')} at a lower LR on early overfitting" if a.get("restarts") else "")
             + (f", {_count(a['skipped'], 'bad batch', 'bad batches')} skipped" if a.get("skipped") else "")
             + ", over all seeds)",
         ]
