@@ -67,7 +67,7 @@ SEARCH_SEEDS = {"lrkit": (0, 1, 2), "lrkit12": (0, 1, 2), "tpe": (0, 1, 2), "ran
                 "grid_seed": (0, 1, 2)}
 CHECKPOINTS = (2, 4, 8, 12)
 BUDGET = {"lrkit": 4.0, "lrkit12": 12.0, "tpe": 12.0, "random": 12.0}
-VERSION = {"lrkit": "v13", "lrkit12": "v13", "tpe": "v2", "random": "v2", "log": "v1", "grid_seed": "v2", "grid": "v1"}
+VERSION = {"lrkit": "v13", "lrkit12": "v14", "tpe": "v2", "random": "v2", "log": "v1", "grid_seed": "v2", "grid": "v1"}
 
 
 def objective_for(task: Task, seed: int, watch: bool):

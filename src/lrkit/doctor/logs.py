@@ -61,6 +61,7 @@ from lrkit.doctor.records import (  # noqa: F401  (ALIASES and LogRecords: this 
     _records,
     _tensorboard,
 )
+from lrkit.doctor.walk import files_under
 from lrkit.doctor.wandb_runs import wandb_runs_under
 
 __all__ = ["LogFormatError", "LogRecords", "read_log", "read_runs", "find_runs", "ALIASES"]
@@ -94,6 +95,8 @@ def find_runs(directory: str | Path) -> list[Run]:
       run again, not another;
     * every ``.csv``/``.tsv``/``.jsonl``/``.ndjson`` file is a run (a Lightning ``metrics.csv``,
       a Keras ``CSVLogger`` file); other ``.json`` files (configurations) are not logs;
+    * never below ``directory``: hidden directories (``.venv``, ``.git``), virtual environments,
+      ``site-packages``, ``node_modules`` (:mod:`lrkit.doctor.walk`);
     * MLflow: every active run of a store (``mlflow.db``, an ``mlruns/`` file store, or the store
       a tracking URI such as ``sqlite:///mlflow.db`` or ``http://host:5000`` names), named
       ``<store>/<experiment>/<run name>`` (:mod:`lrkit.doctor.mlflow_store`; a server needs ``mlflow``);
@@ -114,14 +117,15 @@ def find_runs(directory: str | Path) -> list[Run]:
     if uri is not None:  # a whole store: its runs by experiment and name
         return [Run(r.name, Path(directory), store=r) for r in store_runs(uri)]
     root = Path(directory)
+    found = files_under(root)  # hidden directories, virtual environments and installed packages left out
     runs: dict[Path, Path] = {}  # run root -> what to read
-    event_dirs = {p.parent for p in root.rglob("*tfevents*") if p.is_file()}
+    event_dirs = {p.parent for p in found if "tfevents" in p.name}
     for d in sorted(event_dirs):
         top = d
         while top != root and top.name.lower() in _PART_DIRS:
             top = top.parent
         runs.setdefault(top, top)
-    states = sorted(root.rglob("trainer_state.json"))
+    states = [p for p in found if p.name == "trainer_state.json"]
     by_output: dict[Path, list[Path]] = {}
     for s in states:
         # a checkpoint's state belongs to the Trainer's output directory -- unless the checkpoint
@@ -137,8 +141,8 @@ def find_runs(directory: str | Path) -> list[Run]:
         else:
             newest = max(files, key=lambda f: int(_CHECKPOINT.match(f.parent.name).group(1)))
             runs[out / "trainer_state.json"] = newest
-    for f in sorted(root.rglob("*")):
-        if f.is_file() and f.suffix.lower() in _LOG_SUFFIXES:
+    for f in found:
+        if f.suffix.lower() in _LOG_SUFFIXES:
             runs[f] = f
     outputs = {out.resolve() for out in by_output}
     out_runs = []
@@ -149,16 +153,16 @@ def find_runs(directory: str | Path) -> list[Run]:
             name = str(runs[key].relative_to(root))
         out_runs.append(Run(name, runs[key]))
     # a Trainer's report_to="wandb" copy of a run read from its trainer_state.json is not another run
-    out_runs += [Run(name, f) for name, f in wandb_runs_under(root, skip_outputs=outputs)]
-    return out_runs + _mlflow_runs(root, outputs)
+    out_runs += [Run(name, f) for name, f in wandb_runs_under(root, skip_outputs=outputs, files=found)]
+    return out_runs + _mlflow_runs(root, outputs, found)
 
 
-def _mlflow_runs(root: Path, trainer_outputs: set[Path]) -> list[Run]:
+def _mlflow_runs(root: Path, trainer_outputs: set[Path], files: list[Path]) -> list[Run]:
     """The runs of the MLflow stores in ``root`` (a store that cannot be listed is one unread run),
     but for a ``Trainer``'s runs whose ``output_dir`` is among ``trainer_outputs``: its
     ``trainer_state.json`` holds the same run."""
     out: list[Run] = []
-    for uri, where, run_dirs in stores_under(root):
+    for uri, where, run_dirs in stores_under(root, files):
         rel = where.relative_to(root) if root in where.parents else Path(".")
         prefix = "" if str(rel) == "." else f"{rel}/"
         try:

@@ -46,6 +46,7 @@ from urllib.parse import unquote, urlparse
 
 from lrkit.doctor._tables import LogFormatError
 from lrkit.doctor.model_config import chance_loss_from_config
+from lrkit.doctor.walk import files_under
 
 __all__ = ["StoreRun", "is_tracking_uri", "store_target", "stores_under", "store_runs", "read_store_run"]
 
@@ -104,24 +105,26 @@ def _file_store_root(run_dir: Path) -> Path | None:
     return None
 
 
-def stores_under(root: Path) -> list[tuple[str, Path, list[Path] | None]]:
+def stores_under(root: Path, files: list[Path] | None = None) -> list[tuple[str, Path, list[Path] | None]]:
     """The MLflow stores in (or around) a directory: ``(tracking URI, where it is, run directories)``.
 
     A file store is found from its run directories. When ``root`` is inside the store (an
     experiment's or one run's directory) only the runs under ``root`` count: the third item lists
-    their directories (``None``: every run of the store).
+    their directories (``None``: every run of the store). ``files``: the files under ``root``
+    (:func:`lrkit.doctor.walk.files_under`, the default), when the caller has them.
     """
+    files = files_under(root) if files is None else files
     found: list[tuple[str, Path, list[Path] | None]] = []
     file_roots: dict[Path, list[Path]] = {}
-    for meta in sorted(root.rglob("meta.yaml")):
+    for meta in [f for f in files if f.name == "meta.yaml"]:
         store = _file_store_root(meta.parent)
         if store is not None and ".trash" not in meta.parts:
             file_roots.setdefault(store, []).append(meta.parent)
     for store, run_dirs in file_roots.items():
         inside = store != root and store in root.parents
         found.append((store.resolve().as_uri(), store, run_dirs if inside else None))
-    for f in sorted(root.rglob("*")):
-        if f.suffix.lower() in (".db", ".sqlite", ".sqlite3") and f.is_file() and is_mlflow_sqlite(f):
+    for f in files:
+        if f.suffix.lower() in (".db", ".sqlite", ".sqlite3") and is_mlflow_sqlite(f):
             found.append((sqlite_uri(f), f, None))
     return found
 

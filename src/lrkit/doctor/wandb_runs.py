@@ -42,6 +42,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from lrkit.doctor._tables import LogFormatError
 from lrkit.doctor.model_config import chance_loss_from_config
+from lrkit.doctor.walk import files_under
 
 __all__ = ["WandbRun", "read_wandb", "run_parts", "step_metric", "wandb_runs_under"]
 
@@ -255,17 +256,20 @@ def _joined(rows: list[tuple[str, dict[str, float]]], later: list[tuple[str, dic
     return [r for r in rows if r[1]["step"] < first] + later
 
 
-def wandb_runs_under(root: str | Path, skip_outputs: set[Path] = frozenset()) -> list[tuple[str, Path]]:
+def wandb_runs_under(root: str | Path, skip_outputs: set[Path] = frozenset(),
+                     files: list[Path] | None = None) -> list[tuple[str, Path]]:
     """The W&B runs under ``root`` as ``(name, run file)``, named ``<wandb dir>/<project>/<run name>``
     (relative to ``root``; the run directory added where two runs share a name; a resumed run's
     parts, which share its id, are one run, :func:`run_parts`), but for a Hugging Face
     ``Trainer``'s run whose ``output_dir`` is in ``skip_outputs`` (its ``trainer_state.json`` is that
     run, read already). ``latest-run`` is a link to one of the others; a file that cannot be read is
-    named by its run directory (reading it then says why)."""
+    named by its run directory (reading it then says why). ``files``: the files under ``root``
+    (:func:`lrkit.doctor.walk.files_under`, the default), when the caller has them."""
     root = Path(root)
+    files = files_under(root) if files is None else files
     found: list[tuple[Path, dict[str, Any] | None]] = []
     seen: set[Path] = set()
-    for f in sorted(root.rglob("run-*.wandb")):
+    for f in [f for f in files if f.name.startswith("run-") and f.suffix == ".wandb"]:
         if "latest-run" in f.relative_to(root).parts or not f.is_file() or f.resolve() in seen:
             continue
         parts = run_parts(f)  # a resumed run: one run, listed by its first part
