@@ -451,7 +451,9 @@ def _at_end(out: dict, m: str, names: list[str]) -> tuple[float, float] | None:
 
 
 def _floor_reading(out: dict, held: list[str], dev: list[str]) -> str:
-    """What the grid on the search's own seed says about the figures above."""
+    """What the grid on the search's own seed says about the figures above ('' for one half only)."""
+    if _at_end(out, "grid_seed", held) is None or _at_end(out, "grid_seed", dev) is None:
+        return ""
     (gm, gw), (dm, dw) = _at_end(out, "grid_seed", held), _at_end(out, "grid_seed", dev)
     worst = max(held, key=lambda n: out[n]["methods"]["grid_seed"]["final"])
     return (f"Reading the floor: a full 20-point grid on the search's own seed, 20 runs, ends at {_pct(gm)} median / "

@@ -171,3 +171,20 @@ def test_the_torch_guard_rolls_back_a_nan_in_an_adapter_fine_tune():
     assert [i.verdict for i in watch.interventions] == ["nan"]
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert all(torch.equal(p, base[n]) for n, p in model.named_parameters() if not p.requires_grad)
+
+
+def test_a_frozen_tensor_that_cannot_be_sampled_is_copied(monkeypatch):
+    # a quantized base weight (QLoRA's 4-bit, say) that reshape() cannot read: copied as before
+    model = Adapted()
+    opt = torch.optim.SGD(_trainable(model), lr=0.1)
+    odd = model.base[0].weight
+    pick = frozen_mod._pick
+    monkeypatch.setattr(frozen_mod, "_pick", lambda t: None if t is odd else pick(t))
+    snap = View(model, [opt]).snapshot()
+    assert not isinstance(snap.model_tensors["base.0.weight"], frozen_mod.Unchanged)
+    assert isinstance(snap.model_tensors["base.1.weight"], frozen_mod.Unchanged)
+    with torch.no_grad():
+        odd.mul_(2.0)
+    before = odd.detach().clone() / 2.0
+    snap.restore(model, [opt])
+    assert torch.equal(odd, before)

@@ -47,21 +47,28 @@ class Unchanged:
     sample: torch.Tensor
 
 
-def samples(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Up to :data:`SAMPLE` evenly spaced values of each tensor, as float32 CPU tensors (one copy
-    from each device for all of them)."""
-    picked = []
-    for t in tensors:
+def _pick(t: torch.Tensor) -> torch.Tensor | None:
+    """:data:`SAMPLE` evenly spaced values of ``t`` as float32, on its device; ``None`` for a tensor
+    that cannot be read that way (a quantized or otherwise special tensor: it is copied instead)."""
+    try:
         flat = t.detach().reshape(-1)
-        picked.append(flat[:: max(1, flat.numel() // SAMPLE)][:SAMPLE].float())
+        return flat[:: max(1, flat.numel() // SAMPLE)][:SAMPLE].float()
+    except (RuntimeError, TypeError, NotImplementedError, AttributeError):
+        return None
+
+
+def samples(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor | None]:
+    """Up to :data:`SAMPLE` evenly spaced values of each tensor, as float32 CPU tensors (one copy
+    from each device for all of them; ``None`` where a tensor cannot be sampled)."""
+    picked = [_pick(t) for t in tensors]
     out: list[torch.Tensor | None] = [None] * len(picked)
-    for device in {p.device for p in picked}:
-        idx = [i for i, p in enumerate(picked) if p.device == device]
+    for device in {p.device for p in picked if p is not None}:
+        idx = [i for i, p in enumerate(picked) if p is not None and p.device == device]
         # a copy either way: on the CPU a float32 sample is a view of the parameter itself
         host = torch.cat([picked[i] for i in idx]).to("cpu", copy=True)
         for i, part in zip(idx, torch.split(host, [picked[i].numel() for i in idx])):
             out[i] = part
-    return [o if o is not None else torch.empty(0) for o in out]
+    return out
 
 
 def frozen_untrained(model: torch.nn.Module, optimizers: Sequence[Any]) -> list[tuple[str, torch.nn.Parameter]]:
@@ -76,7 +83,8 @@ def changed_since(model: torch.nn.Module, left_out: dict[str, Unchanged]) -> lis
     names = [n for n in left_out if n in params]
     now = dict(zip(names, samples([params[n] for n in names])))
     return [n for n, mark in left_out.items()
-            if n not in now or tuple(params[n].shape) != mark.shape or not torch.equal(now[n], mark.sample)]
+            if n not in now or now[n] is None or tuple(params[n].shape) != mark.shape
+            or not torch.equal(now[n], mark.sample)]
 
 
 class FrozenParams:
@@ -102,6 +110,8 @@ class FrozenParams:
         candidates = [(n, p) for n, p in frozen_untrained(model, optimizers) if n not in self.moving]
         out: dict[str, Unchanged] = {}
         for (name, p), now in zip(candidates, samples([p for _, p in candidates])):
+            if now is None:  # cannot be fingerprinted: copied, as every parameter was
+                continue
             before = self._marks.get(name)
             if before is not None and not torch.equal(before, now):
                 self.moving.add(name)
