@@ -296,3 +296,26 @@ def test_a_trainer_run_with_no_training_loss_yet_is_read_from_its_eval_loss(tmp_
     client.log_metric(rid, "my_loss", 1.0, step=0)
     with pytest.raises(LogFormatError, match="no loss column"):
         read_log(tmp_path / "other.db")
+
+
+def test_a_run_resumed_from_an_earlier_checkpoint_drops_what_it_logged_past_it(tmp_path):
+    # logged steps 0-59, killed, resumed from its checkpoint of step 40 and killed again at 50: the
+    # first attempt's 51-59 are not the run's history any more
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    rid = client.create_run(client.create_experiment("e"), run_name="r").info.run_id
+    for t in range(60):
+        client.log_metric(rid, "loss", decaying(t), timestamp=1000 + t, step=t)
+    for t in range(40, 51):
+        client.log_metric(rid, "loss", 0.5 * decaying(t), timestamp=5000 + t, step=t)
+    recs = read_log(tmp_path / "mlflow.db")
+    assert recs.step.tolist() == list(range(51))
+    assert recs.loss[39] == pytest.approx(decaying(39)) and recs.loss[45] == pytest.approx(0.5 * decaying(45))
+
+
+def test_the_store_modules_examples():
+    import doctest
+
+    from lrkit.doctor import mlflow_store
+
+    assert doctest.testmod(mlflow_store).failed == 0

@@ -2,7 +2,8 @@ r"""MLflow tracking stores read as logs: every run's metric histories as one tab
 
 An MLflow run keeps each metric as its own history of ``(step, value, timestamp)``; the doctor
 wants one row per step. :func:`read_store_run` puts the values of one step on one row; a key
-logged twice at a step keeps its latest value (by timestamp); a logged ``nan`` stays ``nan`` (a
+logged twice at a step keeps its latest value (by timestamp), and a run resumed from an earlier
+checkpoint (its steps going back) drops what it had logged from there on; a logged ``nan`` stays ``nan`` (a
 NaN loss is a verdict) and a logged infinity, which MLflow stores as the largest float, is
 infinite again.
 
@@ -286,7 +287,7 @@ def read_store_run(uri: str, run_id: str) -> tuple[list[tuple[str, dict[str, flo
     else:
         history, params = _file_history(local[1], run_id)
     latest: dict[int, dict[str, tuple[int, float]]] = {}
-    for key, step, timestamp, value in history:
+    for key, step, timestamp, value in _after_rewinds(history):
         slot = latest.setdefault(int(step), {})
         if key not in slot or timestamp >= slot[key][0]:
             slot[key] = (timestamp, _unclamped(value))
@@ -295,6 +296,32 @@ def read_store_run(uri: str, run_id: str) -> tuple[list[tuple[str, dict[str, flo
     rows = [(f"{uri}#{run_id}@step{s}", {"step": s, **{k: v for k, (_, v) in vals.items()}})
             for s, vals in sorted(latest.items())]
     return rows, _chance_from_params(params)
+
+
+def _after_rewinds(history: Any) -> list[tuple[str, int, int, float]]:
+    """``(key, step, timestamp, value)`` of a run's metrics without what a resumed run logged again:
+    a key whose step goes back in time order (``mlflow.start_run(run_id=...)`` after a resume from
+    an earlier checkpoint) drops its earlier values from that step on -- the steps the first attempt
+    logged past the checkpoint, and that the resumed one may not reach again before it stops too.
+
+    Example:
+        >>> first = [("loss", t, t, 1.0) for t in range(6)]                 # logged up to step 5
+        >>> again = [("loss", t, 100 + t, 2.0) for t in (3, 4)]             # resumed from step 3
+        >>> [(s, v) for _, s, _, v in _after_rewinds(first + again)]
+        [(0, 1.0), (1, 1.0), (2, 1.0), (3, 2.0), (4, 2.0)]
+    """
+    by_key: dict[str, list[tuple[int, int, float]]] = {}
+    for key, step, timestamp, value in history:
+        by_key.setdefault(key, []).append((int(timestamp), int(step), value))
+    out = []
+    for key, entries in by_key.items():
+        kept: list[tuple[int, int, float]] = []
+        for timestamp, step, value in sorted(entries, key=lambda e: (e[0], e[1])):
+            if kept and step < kept[-1][1]:
+                kept = [e for e in kept if e[1] < step]
+            kept.append((timestamp, step, value))
+        out.extend((key, step, timestamp, value) for timestamp, step, value in kept)
+    return out
 
 
 def _unclamped(value: float) -> float:
