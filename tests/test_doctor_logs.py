@@ -121,6 +121,33 @@ def test_tensorboard_event_file_and_directory(tmp_path):
     assert diagnose(tmp_path / "run").ok
 
 
+def test_a_summarywriter_run_resumed_from_an_earlier_checkpoint_reads_as_it_went_on(tmp_path):
+    """Killed after step 59, resumed in the same directory (a second event file) from its checkpoint
+    of step 40 and killed again at 50: the first attempt's steps 51-59 are not the run's any more."""
+    pytest.importorskip("tensorboard")
+    import time
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    for steps, loss in ((range(60), 2.0), (range(40, 51), 1.0)):
+        w = SummaryWriter(str(tmp_path / "run"))
+        for t in steps:
+            w.add_scalar("train/loss", loss, t)
+        w.close()
+        time.sleep(1.1)  # event files are named by the second they were opened in
+    recs = read_log(tmp_path / "run")
+    assert recs.step.tolist() == list(range(51))
+    assert recs.loss[:40].tolist() == [2.0] * 40 and recs.loss[40:].tolist() == [1.0] * 11
+
+
+def test_the_resumes_modules_example():
+    import doctest
+
+    from lrkit.doctor import resumes
+
+    assert doctest.testmod(resumes).failed == 0
+
+
 def test_tensorboard_keras_style_subdirs(tmp_path):
     pytest.importorskip("tensorboard")
     from torch.utils.tensorboard import SummaryWriter

@@ -47,6 +47,7 @@ from urllib.parse import unquote, urlparse
 
 from lrkit.doctor._tables import LogFormatError
 from lrkit.doctor.model_config import chance_loss_from_config
+from lrkit.doctor.resumes import as_resumed
 from lrkit.doctor.walk import files_under
 
 __all__ = ["StoreRun", "is_tracking_uri", "store_target", "stores_under", "store_runs", "read_store_run"]
@@ -299,29 +300,13 @@ def read_store_run(uri: str, run_id: str) -> tuple[list[tuple[str, dict[str, flo
 
 
 def _after_rewinds(history: Any) -> list[tuple[str, int, int, float]]:
-    """``(key, step, timestamp, value)`` of a run's metrics without what a resumed run logged again:
-    a key whose step goes back in time order (``mlflow.start_run(run_id=...)`` after a resume from
-    an earlier checkpoint) drops its earlier values from that step on -- the steps the first attempt
-    logged past the checkpoint, and that the resumed one may not reach again before it stops too.
-
-    Example:
-        >>> first = [("loss", t, t, 1.0) for t in range(6)]                 # logged up to step 5
-        >>> again = [("loss", t, 100 + t, 2.0) for t in (3, 4)]             # resumed from step 3
-        >>> [(s, v) for _, s, _, v in _after_rewinds(first + again)]
-        [(0, 1.0), (1, 1.0), (2, 1.0), (3, 2.0), (4, 2.0)]
-    """
+    """``(key, step, timestamp, value)`` of a run's metrics without what a run resumed from an
+    earlier checkpoint logged again (:func:`lrkit.doctor.resumes.as_resumed`, key by key)."""
     by_key: dict[str, list[tuple[int, int, float]]] = {}
     for key, step, timestamp, value in history:
         by_key.setdefault(key, []).append((int(timestamp), int(step), value))
-    out = []
-    for key, entries in by_key.items():
-        kept: list[tuple[int, int, float]] = []
-        for timestamp, step, value in sorted(entries, key=lambda e: (e[0], e[1])):
-            if kept and step < kept[-1][1]:
-                kept = [e for e in kept if e[1] < step]
-            kept.append((timestamp, step, value))
-        out.extend((key, step, timestamp, value) for timestamp, step, value in kept)
-    return out
+    return [(key, step, timestamp, value) for key, entries in by_key.items()
+            for timestamp, step, value in as_resumed(entries)]
 
 
 def _unclamped(value: float) -> float:

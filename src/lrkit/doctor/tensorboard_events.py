@@ -11,7 +11,9 @@ on it: epoch ``e`` is dated at the ``e``-th validation's iteration when the log 
 validation runs at its end), a ``batch_<metric>`` is named ``<metric>`` and an
 ``evaluation_<metric>_vs_iterations`` ``val_<metric>`` (the same values as the validation's
 ``epoch_<metric>``, which is then dropped); epoch-clock tags that cannot be dated are dropped.
-Without an iteration clock, steps are the epoch indices, as the log holds them. Only tags read from
+Without an iteration clock, steps are the epoch indices, as the log holds them. A run resumed in the
+same directory from an earlier checkpoint (a new event file whose steps go back) is read as it went
+on (:mod:`lrkit.doctor.resumes`). Only tags read from
 TF2 tensors are taken for Keras' (a SummaryWriter's scalars share one clock, the global step,
 whatever their names).
 
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from lrkit.doctor._tables import LogFormatError
+from lrkit.doctor.resumes import as_resumed
 
 __all__ = ["scalar_rows"]
 
@@ -42,7 +45,8 @@ def _series(acc: Any) -> tuple[dict[str, list[tuple[int, float]]], set[str]]:
     from_tensors: set[str] = set()
     tags = acc.Tags()
     for tag in tags.get("scalars", []):
-        out[tag] = [(int(ev.step), float(ev.value)) for ev in acc.Scalars(tag)]
+        entries = [(ev.wall_time, int(ev.step), float(ev.value)) for ev in acc.Scalars(tag)]
+        out[tag] = [(step, value) for _, step, value in as_resumed(entries)]
     tensor_tags = [t for t in tags.get("tensors", []) if t not in out]
     if tensor_tags:
         from tensorboard.util.tensor_util import make_ndarray
@@ -50,13 +54,13 @@ def _series(acc: Any) -> tuple[dict[str, list[tuple[int, float]]], set[str]]:
         for tag in tensor_tags:
             if acc.SummaryMetadata(tag).plugin_data.plugin_name != "scalars":
                 continue  # Keras' model graph, histograms written as tensors, text...
-            values = []
+            entries = []
             for ev in acc.Tensors(tag):
                 arr = make_ndarray(ev.tensor_proto)
                 if arr.size == 1 and arr.dtype.kind in "fiub":
-                    values.append((int(ev.step), float(arr.reshape(()))))
-            if values:
-                out[tag] = values
+                    entries.append((ev.wall_time, int(ev.step), float(arr.reshape(()))))
+            if entries:
+                out[tag] = [(step, value) for _, step, value in as_resumed(entries)]
                 from_tensors.add(tag)
     return out, from_tensors
 
