@@ -140,6 +140,25 @@ def test_a_summarywriter_run_resumed_from_an_earlier_checkpoint_reads_as_it_went
     assert recs.loss[:40].tolist() == [2.0] * 40 and recs.loss[40:].tolist() == [1.0] * 11
 
 
+def test_a_csv_appended_by_a_resumed_run_reads_as_it_went_on(tmp_path):
+    """A loop that appends to its CSV, killed after step 59 and resumed from its checkpoint of step
+    40: the first attempt's rows from 40 on are dropped (it was an error: 'step 40 appears again').
+    Rows that go back without disagreeing (validation rows after the training rows) merge as before."""
+    rows = [f"{t},{2.0},0.1" for t in range(60)] + [f"{t},{1.0},0.1" for t in range(40, 51)]
+    path = tmp_path / "log.csv"
+    path.write_text("step,loss,lr\n" + "\n".join(rows) + "\n")
+    recs = read_log(path)
+    assert recs.step.tolist() == list(range(51))
+    assert recs.loss[:40].tolist() == [2.0] * 40 and recs.loss[40:].tolist() == [1.0] * 11
+    # steps that start again from the first one, with other values, are two runs in one file, not a
+    # resume: said so
+    twice = tmp_path / "twice.csv"
+    twice.write_text("epoch,loss\n" + "".join(f"{e},{k / (e + 1)}\n" for k in (1, 2) for e in range(5)))
+    with pytest.raises(LogFormatError, match=r"twice.csv:7: column 'epoch' \(the step\) starts again at 0 after 4: "
+                                             r"two runs written into one file\?"):
+        read_log(twice)
+
+
 def test_the_resumes_modules_example():
     import doctest
 

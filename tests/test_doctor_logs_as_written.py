@@ -232,9 +232,13 @@ def test_fast_csv_parse_equals_the_line_by_line_one(tmp_path):
         np.testing.assert_array_equal(fast.has(n), slow.has(n))
     # an error found after the fast parse still names its line
     bad = tmp_path / "dup.csv"
-    bad.write_text("step,loss\n" + "".join(f"{t},1.0\n" for t in range(500)) + "7,0.5\n")
-    with pytest.raises(LogFormatError, match=r"dup\.csv:502: step 7 appears again with a different 'loss' value"):
+    bad.write_text("step,loss\n" + "".join(f"{t},1.0\n" for t in range(500)) + "499,0.5\n")
+    with pytest.raises(LogFormatError, match=r"dup\.csv:502: step 499 appears again with a different 'loss' value"):
         read_log(bad)
+    # a step going back with another value is a run resumed from an earlier checkpoint: read as it went on
+    resumed = tmp_path / "resumed.csv"
+    resumed.write_text("step,loss\n" + "".join(f"{t},1.0\n" for t in range(500)) + "7,0.5\n")
+    assert read_log(resumed).step.tolist() == list(range(8)) and read_log(resumed).loss[7] == 0.5
 
 
 # ----------------------------------------------------------------------------- a thrashing run read flat

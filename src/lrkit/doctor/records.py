@@ -35,7 +35,7 @@ import stat
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -298,6 +298,41 @@ def _records(table: Table, named: Mapping[str, str], header_at: str | None = Non
         any_value |= table.present[c]
     if any_value.all() and (n < 2 or bool(np.all(steps[1:] > steps[:-1]))):  # one row per step, in order
         return _unmerged(table, mapping, inv, steps, step_orig, empty_loss_ok)
+    try:
+        columns, present = _merged(table, mapping, cols, steps, any_value)
+    except _Conflict as conflict:
+        # a step logged again with another value after the steps went back: a run resumed from an
+        # earlier checkpoint appended to its log (rows merged by step that never disagree -- training
+        # rows, then validation rows at earlier steps -- are no resume)
+        kept = _resumed_rows(table, steps, step_orig) if step_orig is not None else None
+        if kept is None:
+            raise conflict.error() from None
+        try:
+            columns, present = _merged(table, mapping, cols, steps, any_value & kept)
+        except _Conflict as again:
+            raise again.error() from None
+    if not present["loss"].any() and not empty_loss_ok:
+        raise LogFormatError(f"{source}: column {inv['loss']!r} has no values")
+    renamed = {mapping[o]: o for o in table.names}
+    return LogRecords(columns, source=source, step_column=step_orig or "row", renamed=renamed, present=present)
+
+
+class _Conflict(Exception):
+    """A step whose rows disagree on a value; ``error()`` makes the user's error (naming lines, which
+    a fast parse may have to re-read the file for: only when it is raised)."""
+
+    def __init__(self, error: Callable[[], LogFormatError]) -> None:
+        super().__init__("rows of a step disagree")
+        self.error = error
+
+
+def _merged(table: Table, mapping: dict[str, str], cols: list[str], steps: np.ndarray,
+            any_value: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The columns and presence masks of the rows ``any_value`` holds, merged by step.
+
+    Raises:
+        _Conflict: two rows of a step hold different values of a column.
+    """
     rows = np.nonzero(any_value)[0]
     order = rows[np.argsort(steps[rows], kind="stable")]
     uniq, inverse = np.unique(steps[order], return_inverse=True)
@@ -318,17 +353,32 @@ def _records(table: Table, named: Mapping[str, str], header_at: str | None = Non
             if not same.all():
                 k = int(np.argmax(~same))
                 row, first_row = int(order[idx[k]]), int(order[idx[first[np.searchsorted(ug, g[k])]]])
-                norm = mapping[c]
-                raise LogFormatError(
-                    f"{table.where(row)}: step {int(uniq[g[k]])} appears again with a different {norm!r} value "
-                    f"({float(v[idx[k]])!r}; first seen at {table.where(first_row)}: {float(out[g[k]])!r})"
-                )
+                norm, step, value, first = mapping[c], int(uniq[g[k]]), float(v[idx[k]]), float(out[g[k]])
+                raise _Conflict(lambda: LogFormatError(
+                    f"{table.where(row)}: step {step} appears again with a different {norm!r} value "
+                    f"({value!r}; first seen at {table.where(first_row)}: {first!r})"))
         columns[mapping[c]] = out
         present[mapping[c]] = got
-    if not present["loss"].any() and not empty_loss_ok:
-        raise LogFormatError(f"{source}: column {inv['loss']!r} has no values")
-    renamed = {mapping[o]: o for o in table.names}
-    return LogRecords(columns, source=source, step_column=step_orig or "row", renamed=renamed, present=present)
+    return columns, present
+
+
+def _resumed_rows(table: Table, steps: np.ndarray, step_col: str) -> np.ndarray | None:
+    """The rows of a log appended by a run resumed from an earlier checkpoint, as it went on: where
+    the step goes back (in file order) to a step ``s``, the rows before with step ``>= s`` are
+    dropped (:mod:`lrkit.doctor.resumes`). ``None`` when the steps never go back. Steps that go
+    back to the log's first step are no resume but a second run written into the same file: an
+    error that says so."""
+    if len(steps) < 2 or not np.any(steps[1:] < steps[:-1]):
+        return None
+    keep = np.ones(len(steps), dtype=bool)
+    for i in np.nonzero(steps[1:] < steps[:-1])[0] + 1:  # the kept rows before i end at row i - 1, their latest
+        if steps[i] <= steps[0]:
+            raise LogFormatError(
+                f"{table.where(i)}: column {step_col!r} (the step) starts again at {table.cell(step_col, i)} after "
+                f"{steps[i - 1]:g}: two runs written into one file? (a run resumed from a checkpoint starts again "
+                "from a later step.) Write each run to a file of its own, or keep the one to read")
+        keep[:i] &= steps[:i] < steps[i]
+    return keep
 
 
 def _unmerged(table: Table, mapping: dict[str, str], inv: dict[str, str], steps: np.ndarray,

@@ -5,6 +5,12 @@ PyTorch's ``SummaryWriter`` in the same log directory (a new event file), ``mlfl
 the Hugging Face ``Trainer``'s ``resume_from_checkpoint``. In time order the metric's step then
 goes back; what the first attempt logged from that step on is not the run's history any more (the
 resumed attempt replaces it, and may stop before reaching the first attempt's last step).
+TensorBoard's and MLflow's histories are read so, tag by tag in time order. A CSV or JSON-lines log
+appended to by the resumed run is read so where its rows disagree -- a step logged again with
+another value after the steps went back (``lrkit.doctor.records``); rows that only go back to add
+other columns (validation rows written after the training rows) merge by step as before, and
+steps that start again from the log's first one, with other values, are two runs in one file (an
+error that says so).
 
 Example:
     >>> first = [(t, t, 1.0) for t in range(6)]            # (time, step, value): logged up to step 5
