@@ -312,3 +312,20 @@ def test_a_nan_in_an_accumulated_step_is_rolled_back_at_that_step():
     _fit_accumulating(cb, 16, 2, nan_at=30)
     assert [(i.verdict, i.step) for i in cb.interventions] == [("nan", 30)]
     assert cb.interventions[0].restored_to <= 30
+
+
+def test_the_epochs_last_accumulation_window_cut_short_reads_its_mean_loss():
+    # 3 batches an epoch, accumulate_grad_batches=2: every second step is a window of one micro-batch,
+    # whose loss Lightning still divides by 2; the same batch each time at a tiny LR: one loss level
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 5, generator=g)
+    ds = torch.utils.data.TensorDataset(x.repeat(3, 1), (x @ torch.ones(5, 1)).repeat(3, 1))
+    cb = LRDoctorCallback(doctor=LossRecordingDoctor(window=10), guard=False)
+    trainer = pl.Trainer(max_steps=20, accelerator="cpu", devices=1, enable_progress_bar=False, logger=False,
+                         enable_checkpointing=False, enable_model_summary=False, callbacks=[cb],
+                         accumulate_grad_batches=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(Regression(1e-6), torch.utils.data.DataLoader(ds, batch_size=32))
+    losses = [v for _, v in cb.doctor.losses]
+    assert len(losses) == 20 and max(losses) < 1.01 * min(losses), losses

@@ -3,7 +3,7 @@ before its update, and the update dropped) and reading a step's gradient norm un
 
 Lightning hands each micro-batch's loss to ``on_before_backward`` (already divided by
 ``accumulate_grad_batches``, and scaled under fp16 AMP); their sum, unscaled, is the optimizer
-step's mean loss. ``on_before_optimizer_step`` (after Lightning's AMP unscaling and clipping) is
+step's mean loss (times k over their number for the epoch's last window, when it is cut short). ``on_before_optimizer_step`` (after Lightning's AMP unscaling and clipping) is
 where the guard decides; with several processes on the loss averaged over them
 (:func:`~lrkit.integrations.torch.dist.rank_means`, as the callbacks' observations), so that every
 rank skips the same steps. A skipped step's gradients are dropped
@@ -57,6 +57,10 @@ class StepLossSum:
         for part in parts:
             value = float(part.float())
             loss += value / scale if scale is not None else value
+        k = int(getattr(trainer, "accumulate_grad_batches", 1) or 1)
+        if parts and k > 1 and len(parts) < k and getattr(pl_module, "automatic_optimization", True):
+            # the epoch's last window, cut short: Lightning still divides each part by k
+            loss *= k / len(parts)
         if trainer.world_size > 1:  # every rank decides on the same (mean) loss, as the callbacks observe
             loss = float(rank_means([loss], device=pl_module.device)[0])
         return loss
