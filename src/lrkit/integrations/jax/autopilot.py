@@ -186,12 +186,10 @@ class OptaxAutopilot:
         and ``outputs_fn`` is called as ``outputs_fn(params, model_state, batch)``."""
         current = (params, opt_state) if model_state is None else (params, opt_state, model_state)
         self._start(current)  # a resumed run may skip init()
-        if accumulates(opt_state):  # optax.MultiSteps: one step per update (see the module docstring)
-            self._keep(loss, val_loss, grad_norm, metrics, batch)
-            if not update_completed(opt_state):
-                return current  # the LR of this update is already in opt_state
-            loss, val_loss, grad_norm, metrics, batch = self._take()
-            step = self.next_step
+        report = self._per_update(opt_state, step, loss, val_loss, grad_norm, metrics, batch)
+        if report is None:
+            return current  # the LR of this update is already in opt_state
+        step, loss, val_loss, grad_norm, metrics, batch = report
         spread = self._spread(int(step), lambda: (current[0], *current[2:]), batch)
         restored = self._observe(step, current, loss, val_loss, grad_norm, metrics, spread)
         if restored[0] is not params:  # rolled back: look at the restored model next step
@@ -224,13 +222,11 @@ class OptaxAutopilot:
         after every micro-batch: as :meth:`after_step`, it watches one step per update."""
         current = _nnx_state(model, optimizer)
         self._start(current)
-        opt_state = getattr(optimizer, "opt_state", None)
-        if accumulates(opt_state):  # optax.MultiSteps: one step per update, as in after_step
-            self._keep(loss, val_loss, grad_norm, metrics, batch)
-            if not update_completed(opt_state):
-                return  # the LR of this update is already in the optimizer
-            loss, val_loss, grad_norm, metrics, batch = self._take()
-            step = self.next_step
+        report = self._per_update(getattr(optimizer, "opt_state", None), step, loss, val_loss, grad_norm, metrics,
+                                  batch)
+        if report is None:
+            return  # the LR of this update is already in the optimizer
+        step, loss, val_loss, grad_norm, metrics, batch = report
         spread = self._spread(int(step), lambda: _nnx_split(model), batch)
         restored = self._observe(step, current, loss, val_loss, grad_norm, metrics, spread)
         if restored is not current:
@@ -253,6 +249,19 @@ class OptaxAutopilot:
         self.pilot.observe(int(step), float(loss), val_loss=None if val_loss is None else float(val_loss),
                            grad_norm=None if grad_norm is None else float(grad_norm), metrics=merged or None)
         return self._state.current
+
+    def _per_update(self, opt_state: Any, step: int, loss: Any, val_loss: Any, grad_norm: Any, metrics: Any,
+                    batch: Any) -> tuple[Any, ...] | None:
+        """The report of the optimizer step just made, ``(step, loss, val_loss, grad_norm, metrics,
+        batch)``: as given; with ``optax.MultiSteps`` in ``opt_state`` (one step per update, see the
+        module docstring) each micro-batch's is kept, ``None`` is returned until the update is made,
+        and then the update's (at :attr:`next_step`)."""
+        if not accumulates(opt_state):
+            return step, loss, val_loss, grad_norm, metrics, batch
+        self._keep(loss, val_loss, grad_norm, metrics, batch)
+        if not update_completed(opt_state):
+            return None
+        return (self.next_step, *self._take())
 
     def _keep(self, loss: Any, val_loss: Any, grad_norm: Any, metrics: Any, batch: Any) -> None:
         """Keep one micro-batch's report until its update is made."""
