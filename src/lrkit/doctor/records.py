@@ -52,6 +52,7 @@ from lrkit.doctor._tables import (
 )
 from lrkit.doctor.console_logs import console_rows, looks_like_console
 from lrkit.doctor.model_config import chance_loss_near
+from lrkit.doctor.resumes import as_resumed
 from lrkit.doctor.wandb_runs import read_wandb
 
 __all__ = ["ALIASES", "LogFormatError", "LogRecords"]
@@ -368,16 +369,18 @@ def _resumed_rows(table: Table, steps: np.ndarray, step_col: str) -> np.ndarray 
     dropped (:mod:`lrkit.doctor.resumes`). ``None`` when the steps never go back. Steps that go
     back to the log's first step are no resume but a second run written into the same file: an
     error that says so."""
-    if len(steps) < 2 or not np.any(steps[1:] < steps[:-1]):
+    back = np.nonzero(steps[1:] < steps[:-1])[0] + 1
+    if back.size == 0:
         return None
-    keep = np.ones(len(steps), dtype=bool)
-    for i in np.nonzero(steps[1:] < steps[:-1])[0] + 1:  # the kept rows before i end at row i - 1, their latest
-        if steps[i] <= steps[0]:
-            raise LogFormatError(
-                f"{table.where(i)}: column {step_col!r} (the step) starts again at {table.cell(step_col, i)} after "
-                f"{steps[i - 1]:g}: two runs written into one file? (a run resumed from a checkpoint starts again "
-                "from a later step.) Write each run to a file of its own, or keep the one to read")
-        keep[:i] &= steps[:i] < steps[i]
+    restart = back[steps[back] <= steps[0]]
+    if restart.size:
+        i = int(restart[0])
+        raise LogFormatError(
+            f"{table.where(i)}: column {step_col!r} (the step) starts again at {table.cell(step_col, i)} after "
+            f"{steps[i - 1]:g}: two runs written into one file? (a run resumed from a checkpoint starts again "
+            "from a later step.) Write each run to a file of its own, or keep the one to read")
+    keep = np.zeros(len(steps), dtype=bool)  # the file's order is its time order
+    keep[[row for _, _, row in as_resumed((row, float(step), row) for row, step in enumerate(steps))]] = True
     return keep
 
 
