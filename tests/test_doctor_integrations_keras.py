@@ -9,6 +9,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+from _keras_faults import NaNWeightAt  # noqa: E402
 from _recording import RecordingDoctor  # noqa: E402
 from lrkit.doctor import Doctor  # noqa: E402
 from lrkit.integrations.keras.callback import LRDoctorCallback  # noqa: E402
@@ -280,20 +281,6 @@ def test_a_fit_killed_with_sigkill_resumes_from_its_disk_snapshots(tmp_path, bac
     assert not (store / "keras-run").exists()
 
 
-class _NaNWeightAt(keras.callbacks.Callback):
-    def __init__(self, at):
-        super().__init__()
-        self.at, self.batches = at, 0
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if self.batches == self.at:
-            w = self.model.layers[0].kernel
-            w.assign(np.full(w.shape, np.nan, dtype="float32"))
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.batches += 1
-
-
 def test_a_rollback_under_sgd_momentum_scales_the_restored_velocity():
     """Keras' SGD velocity holds the LR (v <- mu v - lr g): restored as it was, the old LR's velocity
     kept pushing a run at the edge of stability after a 10x cut, until the guard gave up. Scaled
@@ -303,7 +290,7 @@ def test_a_rollback_under_sgd_momentum_scales_the_restored_velocity():
     model, x, y = momentum_regression()
     # forgive_first=False: the NaN lowers the LR, so the restored velocity must be scaled
     cb = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=10, forgive_first=False)
-    model.fit(x, y, batch_size=32, epochs=8, verbose=0, shuffle=False, callbacks=[cb, _NaNWeightAt(25)])
+    model.fit(x, y, batch_size=32, epochs=8, verbose=0, shuffle=False, callbacks=[cb, NaNWeightAt(25)])
     assert [i.verdict for i in cb.interventions] == ["nan"]
     after = [loss for step, loss, _ in cb.history if step > 25]
     assert max(after[:10]) < 1.5 and float(model.evaluate(x, y, verbose=0)) < 0.5

@@ -10,6 +10,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+from _keras_faults import NaNWeightAt  # noqa: E402
 from lrkit.doctor import Doctor  # noqa: E402
 from lrkit.doctor.snapshot_set import state_nbytes  # noqa: E402
 from lrkit.integrations.keras._state import Fingerprint, FrozenWeights, host_copies, restore_host_copies  # noqa: E402
@@ -81,26 +82,13 @@ def test_a_frozen_weight_changed_in_place_is_caught_and_copied_from_then_on():
         restore_host_copies(model, first)
 
 
-class _NaNLoraAt(keras.callbacks.Callback):
-    def __init__(self, at):
-        super().__init__()
-        self.at, self.batches = at, 0
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if self.batches == self.at:
-            w = self.model.layers[0].lora_kernel_a
-            w.assign(np.full(w.shape, np.nan, dtype="float32"))
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.batches += 1
-
-
 def test_the_guard_rolls_back_a_nan_in_a_lora_fine_tune_and_never_touches_the_frozen_kernels():
     model = lora_model()
     x, y = _digits()
     frozen = {p: v for p, v in _values(model).items() if p in _frozen_paths(model)}
     cb = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=10)
-    model.fit(x, y, batch_size=32, epochs=3, verbose=0, shuffle=False, callbacks=[cb, _NaNLoraAt(45)])
+    nan_in_adapter = NaNWeightAt(45, lambda model: model.layers[0].lora_kernel_a)
+    model.fit(x, y, batch_size=32, epochs=3, verbose=0, shuffle=False, callbacks=[cb, nan_in_adapter])
     assert [i.verdict for i in cb.interventions] == ["nan"]
     after = _values(model)
     assert all(np.isfinite(v).all() for v in after.values())

@@ -9,6 +9,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+from _keras_faults import NaNWeightAt  # noqa: E402
 from lrkit.doctor import Doctor  # noqa: E402
 from lrkit.integrations.keras.autopilot import AutopilotCallback  # noqa: E402
 from lrkit.integrations.keras.callback import LRDoctorCallback  # noqa: E402
@@ -44,20 +45,6 @@ def _state(model):
             for v in [*model.weights, *model.optimizer.variables]]
 
 
-class _NaNAt(keras.callbacks.Callback):
-    def __init__(self, at):
-        super().__init__()
-        self.at, self.batches = at, 0
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if self.batches == self.at:
-            w = self.model.layers[0].kernel
-            w.assign(np.full(w.shape, np.nan, dtype="float32"))
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.batches += 1
-
-
 def test_the_finder_guard_and_autopilot_under_mixed_precision(policy):
     x, y = _digits()
     model = _model()
@@ -70,7 +57,7 @@ def test_the_finder_guard_and_autopilot_under_mixed_precision(policy):
 
     model = _model()
     cb = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=10)
-    model.fit(x[:1400], y[:1400], batch_size=32, epochs=3, verbose=0, shuffle=False, callbacks=[cb, _NaNAt(60)])
+    model.fit(x[:1400], y[:1400], batch_size=32, epochs=3, verbose=0, shuffle=False, callbacks=[cb, NaNWeightAt(60)])
     assert [i.verdict for i in cb.interventions] == ["nan"]
     assert float(model.evaluate(x[1400:], y[1400:], verbose=0)) < 1.5
 
