@@ -49,16 +49,22 @@ def train_step(model, optimizer, batch, poison):
     return loss * poison
 
 
-def run(poison_at=None):
-    batches, val = digits()
-    model = Net(nnx.Rngs(0))
+def functional(model):
+    """``(params, rest, loss_fn)``: the finder's functional view of an NNX model."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
-    def loss_fn(params, rest, batch, train):  # the finder's functional view of the model
+    def loss_fn(params, rest, batch, train):
         m = nnx.merge(graphdef, params, rest, copy=True)
         m.train() if train else m.eval()
         return xent(m, batch), nnx.split(m, nnx.Param, ...)[2]
 
+    return params, rest, loss_fn
+
+
+def run(poison_at=None):
+    batches, val = digits()
+    model = Net(nnx.Rngs(0))
+    params, rest, loss_fn = functional(model)
     pilot = lj.autopilot(loss_fn, params, optax.adamw, batches, val_batches=val, model_state=rest)
     optimizer = nnx.Optimizer(model, pilot.optimizer, wrt=nnx.Param)
     pilot.init_nnx(model, optimizer)
@@ -143,13 +149,7 @@ def test_multisteps_micro_batches_are_watched_as_one_step_per_update():
     batches, val = digits()
     micro = [(x[i:i + 8], y[i:i + 8]) for x, y in batches for i in range(0, 32, 8)]
     model = Net(nnx.Rngs(0))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-
-    def loss_fn(params, rest, batch, train):
-        m = nnx.merge(graphdef, params, rest, copy=True)
-        m.train() if train else m.eval()
-        return xent(m, batch), nnx.split(m, nnx.Param, ...)[2]
-
+    params, rest, loss_fn = functional(model)
     pilot = lj.autopilot(loss_fn, params, lambda lr: optax.MultiSteps(optax.adamw(lr), 4), micro, val_batches=val,
                          model_state=rest, family="adamw")
     assert pilot.plan.train_steps == STEPS
