@@ -7,6 +7,7 @@ import importlib
 import pytest
 
 MODULES = [
+    "lrkit.doctor.fingerprints",
     "lrkit.doctor.guard",
     "lrkit.doctor.guard_skips",
     "lrkit.doctor.guard_state",

@@ -21,6 +21,8 @@ from typing import Any, NamedTuple
 import keras
 import numpy as np
 
+from lrkit.doctor.fingerprints import StillParts, same_fingerprint
+
 __all__ = ["SAMPLE", "Fingerprint", "FrozenWeights", "host_copies", "moved_since", "optimizer_variables",
            "restore_host_copies", "warn_moved"]
 
@@ -44,30 +46,26 @@ def _fingerprint(v: Any) -> Fingerprint:
 
 
 def _same(a: Fingerprint, b: Fingerprint) -> bool:
-    return a.shape == b.shape and np.array_equal(a.sample, b.sample)
+    return a.shape == b.shape and same_fingerprint(a.sample, b.sample)
 
 
 class FrozenWeights:
     """Which of a model's weights the next snapshot fingerprints (see the module docstring)."""
 
     def __init__(self) -> None:
-        self._marks: dict[str, Fingerprint] = {}
-        self.moving: set[str] = set()  # seen changing: copied in full from then on
+        self._parts = StillParts()
+
+    @property
+    def moving(self) -> set[str]:
+        """The paths of the frozen weights seen changing: copied in full from then on."""
+        return self._parts.moving
 
     def left_out(self, variables: list[Any]) -> dict[str, Fingerprint]:
         """The fingerprints of the variables to leave out of a snapshot taken now, by path."""
-        out: dict[str, Fingerprint] = {}
-        for v in variables:
-            if v.trainable or len(v.shape) < 2 or v.path in self.moving:
-                continue
-            now = _fingerprint(v)
-            before = self._marks.get(v.path)
-            if before is not None and not _same(before, now):
-                self.moving.add(v.path)
-                continue
-            out[v.path] = now
-        self._marks = out
-        return out
+        now = {v.path: _fingerprint(v) for v in variables
+               if not v.trainable and len(v.shape) >= 2 and v.path not in self.moving}
+        still = self._parts.still({path: f.sample for path, f in now.items()})
+        return {path: now[path] for path in still}
 
 
 def moved_since(variables: list[Any], saved: list[Any]) -> list[str]:

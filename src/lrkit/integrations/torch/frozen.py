@@ -11,7 +11,7 @@ values (:class:`Unchanged`), and restoring it checks the fingerprint instead of 
 A frozen tensor that *is* changed in place (an EMA "teacher" updated by hand after each step, as
 in mean-teacher, BYOL or DINO) is caught by its fingerprint: :class:`FrozenParams` compares each
 left-out parameter's fingerprint with the one of the previous snapshot, and a parameter whose
-values moved is copied in full from then on. A restore to a snapshot taken before that was
+values moved is copied in full from then on (:class:`lrkit.doctor.fingerprints.StillParts`, as for Keras). A restore to a snapshot taken before that was
 noticed cannot bring such a parameter back; :func:`changed_since` names it and the restore warns.
 
 A frozen parameter that is in an optimizer's groups (frozen now, unfrozen later: gradual
@@ -31,7 +31,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
 import torch
+
+from lrkit.doctor.fingerprints import StillParts, same_fingerprint
 
 __all__ = ["SAMPLE", "Unchanged", "FrozenParams", "changed_since", "frozen_untrained", "samples"]
 
@@ -41,10 +44,10 @@ SAMPLE = 256
 
 @dataclass(frozen=True)
 class Unchanged:
-    """A parameter left out of a snapshot: its shape and :data:`SAMPLE` of its values (float32, CPU)."""
+    """A parameter left out of a snapshot: its shape and :data:`SAMPLE` of its values (float32)."""
 
     shape: tuple[int, ...]
-    sample: torch.Tensor
+    sample: np.ndarray
 
 
 def _pick(t: torch.Tensor) -> torch.Tensor | None:
@@ -57,17 +60,17 @@ def _pick(t: torch.Tensor) -> torch.Tensor | None:
         return None
 
 
-def samples(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor | None]:
-    """Up to :data:`SAMPLE` evenly spaced values of each tensor, as float32 CPU tensors (one copy
-    from each device for all of them; ``None`` where a tensor cannot be sampled)."""
+def samples(tensors: Sequence[torch.Tensor]) -> list[np.ndarray | None]:
+    """Up to :data:`SAMPLE` evenly spaced values of each tensor, as float32 arrays (one copy from
+    each device for all of them; ``None`` where a tensor cannot be sampled)."""
     picked = [_pick(t) for t in tensors]
-    out: list[torch.Tensor | None] = [None] * len(picked)
+    out: list[np.ndarray | None] = [None] * len(picked)
     for device in {p.device for p in picked if p is not None}:
         idx = [i for i, p in enumerate(picked) if p is not None and p.device == device]
         # a copy either way: on the CPU a float32 sample is a view of the parameter itself
         host = torch.cat([picked[i] for i in idx]).to("cpu", copy=True)
         for i, part in zip(idx, torch.split(host, [picked[i].numel() for i in idx])):
-            out[i] = part
+            out[i] = part.numpy()
     return out
 
 
@@ -84,7 +87,7 @@ def changed_since(model: torch.nn.Module, left_out: dict[str, Unchanged]) -> lis
     now = dict(zip(names, samples([params[n] for n in names])))
     return [n for n, mark in left_out.items()
             if n not in now or now[n] is None or tuple(params[n].shape) != mark.shape
-            or not torch.equal(now[n], mark.sample)]
+            or not same_fingerprint(now[n], mark.sample)]
 
 
 class FrozenParams:
@@ -102,20 +105,17 @@ class FrozenParams:
     """
 
     def __init__(self) -> None:
-        self._marks: dict[str, torch.Tensor] = {}
-        self.moving: set[str] = set()  # seen changing: copied in full from then on
+        self._parts = StillParts()
+
+    @property
+    def moving(self) -> set[str]:
+        """The frozen parameters seen changing: copied in full from then on."""
+        return self._parts.moving
 
     def left_out(self, model: torch.nn.Module, optimizers: Sequence[Any]) -> dict[str, Unchanged]:
-        """The fingerprints of the parameters to leave out of a snapshot taken now."""
-        candidates = [(n, p) for n, p in frozen_untrained(model, optimizers) if n not in self.moving]
-        out: dict[str, Unchanged] = {}
-        for (name, p), now in zip(candidates, samples([p for _, p in candidates])):
-            if now is None:  # cannot be fingerprinted: copied, as every parameter was
-                continue
-            before = self._marks.get(name)
-            if before is not None and not torch.equal(before, now):
-                self.moving.add(name)
-                continue
-            out[name] = Unchanged(tuple(p.shape), now)
-        self._marks = {n: u.sample for n, u in out.items()}
-        return out
+        """The fingerprints of the parameters to leave out of a snapshot taken now (one that cannot
+        be fingerprinted is copied, as every parameter was)."""
+        candidates = dict(p for p in frozen_untrained(model, optimizers) if p[0] not in self.moving)
+        now = dict(zip(candidates, samples(list(candidates.values()))))
+        still = self._parts.still({name: sample for name, sample in now.items() if sample is not None})
+        return {name: Unchanged(tuple(candidates[name].shape), sample) for name, sample in still.items()}
