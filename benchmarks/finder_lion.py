@@ -26,85 +26,33 @@ Run (about 6 minutes on two workers)::
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from benchmarks._report import halves, machine, task_pool_main
-from benchmarks.finder_regret import _capped, lrkit_answer
-from benchmarks.finder_tasks import DEV, Task, TensorTrainer, available_tasks, initial_val_loss, train
-from lrkit import scaling
-from lrkit.finder import search
-from lrkit.finder._rules import classic_suggestions
-from lrkit.finder.range_test import run_range_test
+from benchmarks import finder_swapped
+from benchmarks._report import machine, task_pool_main
+from benchmarks.finder_swapped import SEEDS, Swap
 
 GRID = (1e-5, 0.3)
 GRID_POINTS = 19
-SEEDS = (0, 1)
-RANGE_ITERS = 100
 DEFAULT_LR = 1e-4  # lion_pytorch.Lion's default
-METHODS = ("lrkit", "lrkit_factor1", "default", "valley", "steepest")
 RESULTS = Path(__file__).resolve().parent / "results"
 OUT = RESULTS / "finder_lion.json"
 
 
-def lion_task(task: Task) -> Task:
-    """``task`` with Lion (its defaults) as the optimizer and Lion's oracle grid."""
+def _lion(params: list, lr: float) -> torch.optim.Optimizer:
     from lion_pytorch import Lion
 
-    return dataclasses.replace(task, family="lion", make_optimizer=lambda p, lr: Lion(p, lr=lr), grid=GRID)
+    return Lion(params, lr=lr)
 
 
-def _finder(task: Task, seed: int) -> tuple[float, str]:
-    """The finder as ``find_lr(..., train_steps=task.budget)`` runs it: (lr, method)."""
-    sug, _ = lrkit_answer(task, seed)
-    return float(sug.lr), sug.method
+LION = Swap(family="lion", make_optimizer=_lion, grid=GRID, grid_points=GRID_POINTS, default_lr=DEFAULT_LR)
 
 
 def _one(name: str) -> tuple[str, dict, float]:
-    torch.set_num_threads(1)
-    t0 = time.time()
-    (task,), _ = available_tasks([name])
-    task = lion_task(task)
-    cap = initial_val_loss(task)
-    grid = np.geomspace(GRID[0], GRID[1], GRID_POINTS)
-    table = [float(np.mean([_capped(train(task, float(lr), s)[0], cap) for s in SEEDS])) for lr in grid]
-    best = int(np.argmin(table))
-    methods: dict[str, dict] = {m: {"lrs": [], "vals": [], "diverged": 0, "how": []} for m in METHODS}
-    for seed in SEEDS:
-        start_lr, end_lr = scaling.lr_range("lion")
-        rec = run_range_test(TensorTrainer(task, seed, lr=start_lr), start_lr=start_lr, end_lr=end_lr,
-                             num_iter=RANGE_ITERS)
-        rules = classic_suggestions(rec.lrs, rec.losses, num_iter=RANGE_ITERS)
-        choice = {"lrkit": _finder(task, seed), "default": (DEFAULT_LR, "rule of thumb"),
-                  "valley": (rules["valley"], "range test"), "steepest": (rules["steepest"], "range test")}
-        saved = dict(search.SIGN_UPDATE_FACTOR)
-        search.SIGN_UPDATE_FACTOR.clear()  # the same finder without its Lion factor
-        try:
-            choice["lrkit_factor1"] = _finder(task, seed)
-        finally:
-            search.SIGN_UPDATE_FACTOR.update(saved)
-        for m, (lr, how) in choice.items():
-            entry = methods[m]
-            entry["how"].append(how)
-            if lr is None:
-                entry["lrs"].append(None)
-                entry["vals"].append(cap)
-                entry["diverged"] += 1
-                continue
-            val, div = train(task, float(lr), seed)
-            entry["lrs"].append(float(lr))
-            entry["vals"].append(_capped(val, cap))
-            entry["diverged"] += int(div)
-    for entry in methods.values():
-        entry["regret"] = [v / table[best] - 1 for v in entry["vals"]]
-    row = {"half": "dev" if name in DEV else "heldout", "best_lr": float(grid[best]), "best_val": table[best],
-           "grid": grid.tolist(), "mean_val": table, "methods": methods}
-    return name, row, time.time() - t0
+    return finder_swapped.one(name, LION)
 
 
 def render(out: dict, seconds: float) -> str:
@@ -116,20 +64,7 @@ def render(out: dict, seconds: float) -> str:
              "with its Lion factor (`lrkit.finder.search.SIGN_UPDATE_FACTOR`, 3, chosen on the development half) "
              "set to 1, as it was before; `default` is lion-pytorch's 1e-4.", "",
              f"Command: `python -m benchmarks.finder_lion` ({seconds / 60:.0f} min of work on {machine()}).", ""]
-    for title, names in halves(out):
-        lines += [f"### {title}: {len(names)} tasks", "", "| method | median regret | worst regret | diverged |",
-                  "|---|---|---|---|"]
-        for m in METHODS:
-            worst = [max(out[n]["methods"][m]["regret"]) for n in names]
-            div = sum(out[n]["methods"][m]["diverged"] for n in names)
-            lines.append(f"| {m} | {100 * np.median(worst):.1f}% | {100 * max(worst):.0f}% | {div} |")
-        lines += ["", "| task | oracle LR | lrkit LRs | lrkit regret | factor 1 regret |", "|---|---|---|---|---|"]
-        for n in names:
-            r = out[n]["methods"]
-            lrs = ", ".join("-" if v is None else f"{v:.2g}" for v in r["lrkit"]["lrs"])
-            lines.append(f"| {n} | {out[n]['best_lr']:.2g} | {lrs} | {100 * max(r['lrkit']['regret']):.0f}% | "
-                         f"{100 * max(r['lrkit_factor1']['regret']):.0f}% |")
-        lines.append("")
+    lines += finder_swapped.tables(out)
     lines += [
         "What is left: the factor is one number for a ratio that varies. Over the development tasks the short-run "
         "optimum was 1.4x to 66x the oracle's LR (2-7x on the char-level GRU, large-batch MNIST and sparse text; "
@@ -149,14 +84,9 @@ def render(out: dict, seconds: float) -> str:
     return "\n".join(lines)
 
 
-def _line(name: str, row: dict, sec: float) -> str:
-    m = row["methods"]
-    return (f"{name} ({sec:.0f}s): best {row['best_lr']:.3g} lrkit {m['lrkit']['lrs']} "
-            + " ".join(f"{k}={max(v['regret']):+.3f}" for k, v in m.items()))
-
-
 def main(argv: list[str] | None = None) -> dict:
-    return task_pool_main(argv, __doc__, section="finder-lion", out_path=OUT, one=_one, render=render, line=_line)
+    return task_pool_main(argv, __doc__, section="finder-lion", out_path=OUT, one=_one, render=render,
+                           line=finder_swapped.line)
 
 
 if __name__ == "__main__":

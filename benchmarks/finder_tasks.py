@@ -122,6 +122,10 @@ class TensorTrainer:
             self.model.load_state_dict(task.init_state)
         factory = optimizer_factory or task.make_optimizer
         self.optimizer = factory(list(self.model.parameters()), lr)
+        # every group keeps its ratio to the first group's LR (1 for every task here; a combined
+        # Muon + AdamW of benchmarks/finder_muon.py has two)
+        first = float(self.optimizer.param_groups[0]["lr"])
+        self.ratios = [float(g["lr"]) / first for g in self.optimizer.param_groups]
         self.gen = torch.Generator().manual_seed(10_000 + seed)
         self.n = len(task.x_train)
         self.perm = torch.randperm(self.n, generator=self.gen)
@@ -155,8 +159,8 @@ class TensorTrainer:
     skips_steps = True
 
     def step(self, lr: float, skip=None) -> float:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        for group, ratio in zip(self.optimizer.param_groups, self.ratios):
+            group["lr"] = lr * ratio
         x, y = self._batch()
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)

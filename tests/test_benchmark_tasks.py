@@ -120,9 +120,10 @@ def test_the_lion_benchmark_swaps_only_the_optimizer_and_trains_with_lion():
     from lion_pytorch import Lion
 
     from benchmarks import finder_lion
+    from benchmarks.finder_swapped import swapped
 
     (task,), _ = available_tasks(["moons_mlp_adadelta"])
-    lion = finder_lion.lion_task(task)
+    lion = swapped(task, finder_lion.LION)
     assert (lion.family, lion.grid) == ("lion", finder_lion.GRID) and task.family == "adadelta"
     assert lion.x_train is task.x_train and lion.budget == task.budget and lion.make_model is task.make_model
     opt = lion.make_optimizer(list(lion.make_model().parameters()), 3e-3)

@@ -21,9 +21,21 @@ adagrad       1e-2        1e-6 .. 10            Duchi et al. (2011); PyTorch def
 adadelta      1.0         1e-3 .. 100           Zeiler, "ADADELTA" (2012): no LR in the paper (=1)
 lion          1e-4        1e-8 .. 0.1           Chen et al., "Symbolic Discovery..." (2023): 3-10x
                                                 smaller than AdamW
+muon          2e-2        1e-6 .. 10            Jordan et al., "Muon" (2024): 0.02 with the update
+                                                scaled by sqrt(max(1, fan_out/fan_in)) (torch's
+                                                Muon default adjustment; optax.contrib.muon)
+muon_adamw    1e-3        1e-7 .. 1             Liu et al., "Muon is Scalable for LLM Training"
+                                                (2025): the update scaled to AdamW's RMS (0.2
+                                                sqrt(max(A, B))) reuses AdamW's LR (torch
+                                                ``adjust_lr_fn="match_rms_adamw"``, Keras' Muon)
 lr_free       1.0         1e-3 .. 100           Prodigy (Mishchenko & Defazio 2023), D-Adaptation
                                                 (Defazio & Mishchenko 2023): lr is a multiplier, 1.0
 ============  ==========  ====================  ==================================================
+
+Muon orthogonalises the update of each weight matrix and is paired with an Adam-like optimizer for
+the other parameters (in Keras and optax inside one optimizer; in PyTorch as two, which
+:func:`lrkit.torch.combine` joins): a combination of optimizers is in the family of the first one
+(the one whose LR lrkit reads and ramps; the others keep their ratio to it).
 
 Schedule-Free optimizers (Defazio et al., "The Road Less Scheduled", 2024) remove the schedule, not
 the learning rate: Schedule-Free AdamW (``AdamWScheduleFree``, Keras' ``ScheduleFreeAdamW``) is in
@@ -80,6 +92,8 @@ FAMILIES = (
     "adagrad",
     "adadelta",
     "lion",
+    "muon",
+    "muon_adamw",
     "lr_free",
     "unknown",
 )
@@ -93,6 +107,8 @@ _DEFAULT_LR = {
     "adagrad": 1e-2,
     "adadelta": 1.0,
     "lion": 1e-4,
+    "muon": 2e-2,
+    "muon_adamw": 1e-3,
     "lr_free": 1.0,
     "unknown": 1e-3,
 }
@@ -106,11 +122,13 @@ _LR_RANGE = {
     "adagrad": (1e-6, 10.0),
     "adadelta": (1e-3, 100.0),
     "lion": (1e-8, 0.1),
+    "muon": (1e-6, 10.0),
+    "muon_adamw": (1e-7, 1.0),
     "lr_free": (1e-3, 100.0),
     "unknown": (1e-7, 10.0),
 }
 
-_ADAPTIVE = frozenset({"adam", "adamw", "rmsprop", "adagrad", "adadelta", "lion"})
+_ADAPTIVE = frozenset({"adam", "adamw", "rmsprop", "adagrad", "adadelta", "lion", "muon", "muon_adamw"})
 
 # class-name (lower case, without underscores) -> family
 _CLASS_NAMES = {
@@ -128,6 +146,10 @@ _CLASS_NAMES = {
     "adagrad": "adagrad",
     "adadelta": "adadelta",
     "lion": "lion",
+    "muon": "muon",  # torch.optim.Muon, keras.optimizers.Muon (see _muon_family), Keller Jordan's classes
+    "muonwithauxadam": "muon",
+    "singledevicemuon": "muon",
+    "singledevicemuonwithauxadam": "muon",
     "prodigy": "lr_free",
     "dadaptadam": "lr_free",
     "dadaptsgd": "lr_free",
@@ -160,6 +182,19 @@ def _momentum_of(optimizer: Any) -> float:
             return 0.0
 
 
+def _muon_family(optimizer: Any, keywords: dict[str, Any] | None = None) -> str:
+    """``"muon_adamw"`` for a Muon whose update is scaled to AdamW's RMS, else ``"muon"``: torch's
+    ``adjust_lr_fn="match_rms_adamw"``, Keras' ``rms_rate`` (0.2 by default; ``None`` turns it off),
+    optax's ``consistent_rms`` (off by default)."""
+    if keywords is not None:  # an optax factory
+        return "muon_adamw" if keywords.get("consistent_rms") is not None else "muon"
+    groups = getattr(optimizer, "param_groups", None)
+    if groups:
+        matched = any(isinstance(g, dict) and g.get("adjust_lr_fn") == "match_rms_adamw" for g in groups)
+        return "muon_adamw" if matched else "muon"
+    return "muon_adamw" if getattr(optimizer, "rms_rate", None) is not None else "muon"
+
+
 def _factory_family(factory: Any) -> str:
     """The family of an optimizer factory function (optax style), by its name and bound momentum."""
     keywords: dict[str, Any] = {}
@@ -171,6 +206,8 @@ def _factory_family(factory: Any) -> str:
     momentum = keywords.get("momentum")
     if family == "sgd" and isinstance(momentum, (int, float)) and not isinstance(momentum, bool) and momentum > 0:
         family = "sgd_momentum"
+    if family == "muon":
+        family = _muon_family(factory, keywords)
     return family
 
 
@@ -192,6 +229,10 @@ def optimizer_family(optimizer: Any) -> str:
         >>> def sgd(learning_rate, momentum=None): ...   # the shape of optax.sgd
         >>> optimizer_family(sgd), optimizer_family(functools.partial(sgd, momentum=0.9))
         ('sgd', 'sgd_momentum')
+        >>> class Muon:  # the shape of torch.optim.Muon
+        ...     def __init__(self, adjust_lr_fn=None): self.param_groups = [{"adjust_lr_fn": adjust_lr_fn}]
+        >>> optimizer_family(Muon()), optimizer_family(Muon("match_rms_adamw"))
+        ('muon', 'muon_adamw')
     """
     if isinstance(optimizer, str):
         key = optimizer.strip().lower()
@@ -206,10 +247,15 @@ def optimizer_family(optimizer: Any) -> str:
     inner = getattr(optimizer, "optim", None)
     if inner is not None and hasattr(inner, "param_groups"):
         optimizer = inner
+    parts = getattr(optimizer, "optimizers", None)  # lrkit.torch.combine(muon, adamw): the first one's
+    if isinstance(parts, (list, tuple)) and parts and all(hasattr(p, "param_groups") for p in parts):
+        return optimizer_family(parts[0])
     name = type(optimizer).__name__.lower().replace("_", "")
     family = _CLASS_NAMES.get(name, "unknown")
     if family == "sgd" and _momentum_of(optimizer) > 0:
         family = "sgd_momentum"
+    if family == "muon":
+        family = _muon_family(optimizer)
     return family
 
 
@@ -229,6 +275,9 @@ def lr_ignored(optimizer: Any) -> str | None:
         >>> lr_ignored("AdamW") is None
         True
     """
+    parts = getattr(optimizer, "optimizers", None)  # lrkit.torch.combine(...): any of its optimizers
+    if isinstance(parts, (list, tuple)) and parts and all(hasattr(p, "param_groups") for p in parts):
+        return next((why for why in map(lr_ignored, parts) if why is not None), None)
     groups = getattr(optimizer, "param_groups", None)
     if not isinstance(groups, (list, tuple)):
         return None

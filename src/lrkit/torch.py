@@ -8,6 +8,7 @@ Example::
     with lt.TorchDoctor(model, optimizer, guard=True) as doctor: ...
     pilot = lt.autopilot(model, optimizer, loss_fn, train_loader, train_steps=3000)  # no LR to choose
 """
+from lrkit.integrations.torch.combined import CombinedOptimizer, combine
 from lrkit.integrations.torch.autopilot import AutopilotScheduler, TorchAutopilot, autopilot
 from lrkit.integrations.torch.doctor import StabilityProbe, TorchDoctor, grad_norm
 from lrkit.integrations.torch.hessian import stability_report
@@ -17,6 +18,7 @@ from lrkit.integrations.torch.trainer import TorchTrainer, find_lr
 
 __all__ = [
     "AutopilotScheduler",
+    "CombinedOptimizer",
     "LRKitScheduler",
     "StabilityProbe",
     "TorchAutopilot",
@@ -24,6 +26,7 @@ __all__ = [
     "TorchSnapshot",
     "TorchTrainer",
     "autopilot",
+    "combine",
     "find_lr",
     "grad_norm",
     "stability_report",

@@ -26,7 +26,8 @@ SHORT_RAMP = 30
 #: a curve whose smoothed loss drops by less than this fraction is "flat".
 FLAT_DROP = 0.05
 
-_ADAPTIVE = frozenset({"adam", "adamw", "rmsprop", "adagrad", "adadelta", "lion", "unknown", "lr_free"})
+_ADAPTIVE = frozenset({"adam", "adamw", "rmsprop", "adagrad", "adadelta", "lion", "muon", "muon_adamw", "unknown",
+                       "lr_free"})
 
 
 def cold_start_divisor(family: str) -> float:

@@ -94,10 +94,11 @@ grid below :math:`\\eta_{\\min}` and, when it may drive the trainer, measures th
    passes over a small training set its model can fit (``epochs``, ``params_per_example`` and
    ``examples``; :mod:`lrkit.finder.regime`) overfits long before its end, which a short run cannot see: there
    :math:`\\eta^*` is divided by a further :data:`~lrkit.finder.regime.MANY_EPOCHS_FACTOR`, with a warning.
-   An optimizer whose every step moves each weight by the LR itself (Lion: the sign of a momentum)
-   never takes smaller steps late in a run, as Adam's :math:`m/\\sqrt{v}` does when the gradient
-   turns noisy, so its short-run optimum overstates the full run's more: :math:`\\eta^*` is divided
-   by a further :data:`~lrkit.finder.search.SIGN_UPDATE_FACTOR` (3 for Lion; full batch too).
+   An optimizer whose every step has a size set by the LR itself (Lion: the sign of a momentum;
+   Muon: a weight matrix's orthogonalised momentum) never takes smaller steps late in a run, as
+   Adam's :math:`m/\\sqrt{v}` does when the gradient turns noisy, so its short-run optimum
+   overstates the full run's more: :math:`\\eta^*` is divided by a further
+   :data:`~lrkit.finder.search.SIGN_UPDATE_FACTOR` (3 for Lion, 6 for Muon; full batch too).
 5. **Band** :math:`[\\eta_{lo}, \\eta_{hi}]`: with verification, the accepted candidates within
    :math:`\\tau` of the best and :math:`\\hat\\eta`, widened to at least half-way to each
    neighbour and a full half-decade past an open edge (a one-sided bracket is never a zero-width
