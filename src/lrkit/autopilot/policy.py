@@ -14,8 +14,8 @@ steps); the evidence for each choice is cited next to it and measured in
 =====================================  ====  ==========================  ========================
 family                                 w     decay :math:`d(u)`          why
 =====================================  ====  ==========================  ========================
-adam, adamw, rmsprop, lion, unknown    5%    linear :math:`1 - u`        warmup: the second-moment
-                                                                         estimate is noisy for its
+adam, adamw, rmsprop, lion, muon,      5%    linear :math:`1 - u`        warmup: the second-moment
+muon_adamw, unknown                                                      estimate is noisy for its
                                                                          first :math:`\approx
                                                                          2/(1-\beta_2)` steps (Ma &
                                                                          Yarats 2021); decay:
