@@ -260,3 +260,36 @@ def test_lightning_automatic_optimization_takes_it_with_the_autopilot():
     groups = trainer.optimizers[0].param_groups
     assert groups[1]["lr"] == pytest.approx(groups[0]["lr"] * RATIO)
     assert _val(net.net, val) < 0.5 * start
+
+
+def test_lightning_manual_optimization_of_two_optimizers_is_refused_with_the_way_out():
+    pl = pytest.importorskip("lightning.pytorch")
+    from lrkit.autopilot import AutopilotError
+    from lrkit.lightning import AutopilotCallback
+
+    class TwoOptimizers(pl.LightningModule):  # what Lightning asks for several optimizers
+        def __init__(self):
+            super().__init__()
+            self.net = _net()
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            muon, adamw = self.optimizers()
+            loss = torch.nn.functional.cross_entropy(self.net(x), y)
+            muon.zero_grad()
+            adamw.zero_grad()
+            self.manual_backward(loss)
+            muon.step()
+            adamw.step()
+
+        def configure_optimizers(self):
+            return list(_pair(self.net))
+
+    module = TwoOptimizers()
+    before = [p.detach().clone() for p in module.parameters()]
+    trainer = pl.Trainer(max_steps=20, callbacks=[AutopilotCallback()], logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False, enable_model_summary=False, accelerator="cpu")
+    with pytest.raises(AutopilotError, match=r"manual optimization.*lrkit\.torch\.combine\(muon, adamw\)"):
+        trainer.fit(module, _digits()[0])
+    assert all(torch.equal(a, b) for a, b in zip(before, module.parameters()))

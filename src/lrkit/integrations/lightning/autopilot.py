@@ -166,7 +166,9 @@ class AutopilotCallback(pl.Callback):
         if not pl_module.automatic_optimization:
             raise AutopilotError("AutopilotCallback: the module uses manual optimization; the callback sets the LR "
                                  "of Lightning's automatic optimizer steps. Use lrkit.torch.autopilot inside your "
-                                 "training_step instead")
+                                 "training_step instead; or, if it steps several optimizers of one update (Muon for "
+                                 "the weight matrices, AdamW for the rest), return lrkit.torch.combine(muon, adamw) "
+                                 "from configure_optimizers and keep automatic optimization")
         if len(trainer.optimizers) != 1:
             raise AutopilotError(f"AutopilotCallback: configure_optimizers must return one optimizer, got "
                                  f"{len(trainer.optimizers)}")
