@@ -3,7 +3,9 @@
 Everything here is a pure function (standard library only). An optimizer can be named by a string
 (``"adam"``, ``"sgd_momentum"``, ...) or passed as an object from any framework: it is recognised by
 its class name (``torch.optim.AdamW``, ``keras.optimizers.RMSprop``, ``prodigyopt.Prodigy``, ...)
-and, for SGD, by whether it uses momentum. An optimizer *factory function* (optax's ``optax.adamw``,
+and, for SGD, by whether it uses momentum; the same update stored or computed another way is the same
+family (bitsandbytes' ``PagedAdamW8bit`` and ``Lion8bit``, torchao's ``AdamW4bit``, apex's and
+DeepSpeed's ``FusedAdam``, ``DeepSpeedCPUAdam``). An optimizer *factory function* (optax's ``optax.adamw``,
 or ``functools.partial(optax.sgd, momentum=0.9)``) is recognised by the function's name.
 
 Families and their rule-of-thumb learning rates:
@@ -168,10 +170,40 @@ _CLASS_NAMES = {
 }
 
 
+# the same update in another storage or kernel: bitsandbytes' ``PagedAdamW8bit``, ``Lion8bit``,
+# torchao's ``AdamW4bit``/``AdamWFp8``, apex's and DeepSpeed's ``FusedAdam``, ``DeepSpeedCPUAdam``,
+# timm's ``AdamWLegacy``: the class name without these is the optimizer's
+_PREFIXES = ("deepspeedcpu", "deepspeed", "paged", "fused")
+_SUFFIXES = ("8bit", "32bit", "4bit", "fp8", "legacy")
+
+
+def _class_family(name: str) -> str:
+    """The family of a class name (lower case, no underscores), its storage and kernel words aside.
+
+    Example:
+        >>> [_class_family(n) for n in ("pagedadamw8bit", "lion8bit", "fusedadam", "deepspeedcpuadam")]
+        ['adamw', 'lion', 'adam', 'adam']
+    """
+    if name in _CLASS_NAMES:
+        return _CLASS_NAMES[name]
+    for prefix in _PREFIXES:
+        if name.startswith(prefix) and len(name) > len(prefix):
+            name = name[len(prefix):]
+            break
+    for suffix in _SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+            break
+    return _CLASS_NAMES.get(name, "unknown")
+
+
 def _momentum_of(optimizer: Any) -> float:
     groups = getattr(optimizer, "param_groups", None)  # torch
     if groups:
-        return float(groups[0].get("momentum", 0.0) or 0.0)
+        group = groups[0]
+        if "momentum" not in group and isinstance(group.get("betas"), (tuple, list)) and group["betas"]:
+            return float(group["betas"][0] or 0.0)  # bitsandbytes' SGD8bit keeps its momentum as betas[0]
+        return float(group.get("momentum", 0.0) or 0.0)
     momentum = getattr(optimizer, "momentum", 0.0)  # keras
     try:
         return float(momentum)
@@ -238,7 +270,7 @@ def optimizer_family(optimizer: Any) -> str:
         key = optimizer.strip().lower()
         if key in FAMILIES:
             return key
-        return _CLASS_NAMES.get(key.replace("_", "").replace("-", ""), "unknown")
+        return _class_family(key.replace("_", "").replace("-", ""))
     if optimizer is None:
         raise ValueError("optimizer must be an optimizer object or a family name, got None")
     if isinstance(optimizer, (types.FunctionType, functools.partial)):
@@ -251,7 +283,7 @@ def optimizer_family(optimizer: Any) -> str:
     if isinstance(parts, (list, tuple)) and parts and all(hasattr(p, "param_groups") for p in parts):
         return optimizer_family(parts[0])
     name = type(optimizer).__name__.lower().replace("_", "")
-    family = _CLASS_NAMES.get(name, "unknown")
+    family = _class_family(name)
     if family == "sgd" and _momentum_of(optimizer) > 0:
         family = "sgd_momentum"
     if family == "muon":
