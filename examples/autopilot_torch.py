@@ -7,6 +7,7 @@ divergence, a plateau reduction when validation stalls). Run::
     python examples/autopilot_torch.py            # 600 steps, about 10 s on one CPU core
     python examples/autopilot_torch.py --steps 150
     python examples/autopilot_torch.py --report out   # also out/report.html: the plan, the run, every intervention
+    python examples/autopilot_torch.py --optimizer muon   # torch.optim.Muon + AdamW, joined by lt.combine
 """
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> float:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=600, help="optimizer steps of the run")
     ap.add_argument("--report", metavar="DIR", help="write DIR/report.html (self-contained) at the end")
+    ap.add_argument("--optimizer", choices=("adam", "muon"), default="adam",
+                    help="muon: torch.optim.Muon for the weight matrices, AdamW for the rest (torch's recipe)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.manual_seed(0)
@@ -49,6 +52,10 @@ def main(argv: list[str] | None = None) -> float:
     train, val = data()
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
     optimizer = torch.optim.Adam(model.parameters())          # its LR is ignored
+    if args.optimizer == "muon":  # two optimizers of one update, as one; only the ratio of their LRs is kept
+        muon = torch.optim.Muon([p for p in model.parameters() if p.ndim == 2], lr=0.02)
+        adamw = torch.optim.AdamW([p for p in model.parameters() if p.ndim != 2], lr=3e-4)
+        optimizer = lt.combine(muon, adamw)
     loss_fn = torch.nn.functional.cross_entropy
 
     # the finder runs here; the plan (peak LR, schedule, reasons) is logged to "lrkit.autopilot"

@@ -36,3 +36,18 @@ def test_example_runs(framework, tmp_path):
     assert "final validation loss" in text
     page = (tmp_path / "report" / "report.html").read_text()
     assert "lrkit autopilot" in page and 'id="autopilot-run"' in page and "steps flown" in page
+
+
+@pytest.mark.slow
+def test_the_torch_example_flies_muon_and_adamw_as_one_optimizer():
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "autopilot_torch.py"), "--steps", "200",
+                          "--optimizer", "muon"], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout + out.stderr
+    assert "(muon)" in text.split("lrkit autopilot: peak LR", 1)[1].splitlines()[0], text[-2000:]
+    final = float(text.split("final validation loss ", 1)[1].split()[0])
+    assert final < 0.35, text[-2000:]  # 0.25 here; the untrained model is at 2.3
+
