@@ -104,7 +104,7 @@ class CombinedOptimizer(torch.optim.Optimizer):
                         raise ValueError(f"optimizers {j} and {i} share a parameter (shape {tuple(p.shape)}): "
                                          "each parameter must belong to one optimizer")
         self.optimizers = flat
-        self._owners: dict[int, torch.optim.Optimizer] = {}
+        self._owners: dict[int, tuple[Any, torch.optim.Optimizer]] = {}
         # what torch.optim.Optimizer.__init__ sets up besides the groups and the state, which here
         # are the inner optimizers' (its __init__ would build groups of its own)
         self.defaults = dict(flat[0].defaults)
@@ -128,13 +128,14 @@ class CombinedOptimizer(torch.optim.Optimizer):
         return _JointState(self)
 
     def _optimizer_of(self, param: Any) -> torch.optim.Optimizer:
-        opt = self._owners.get(id(param))
-        if opt is None or not any(p is param for g in opt.param_groups for p in g["params"]):
-            self._owners = {id(p): o for o in self.optimizers for g in o.param_groups for p in g["params"]}
-            opt = self._owners.get(id(param))
-        if opt is None:
+        """The inner optimizer that holds ``param`` (a cached map, rebuilt when it does not know it)."""
+        entry = self._owners.get(id(param))
+        if entry is None or entry[0] is not param:
+            self._owners = {id(p): (p, o) for o in self.optimizers for g in o.param_groups for p in g["params"]}
+            entry = self._owners.get(id(param))
+        if entry is None or entry[0] is not param:
             raise KeyError("the parameter belongs to none of the combined optimizers")
-        return opt
+        return entry[1]
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """Evaluate ``closure`` once (if given, with gradients on), then step every optimizer in order."""
