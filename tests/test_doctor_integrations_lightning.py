@@ -329,3 +329,52 @@ def test_the_epochs_last_accumulation_window_cut_short_reads_its_mean_loss():
         trainer.fit(Regression(1e-6), torch.utils.data.DataLoader(ds, batch_size=32))
     losses = [v for _, v in cb.doctor.losses]
     assert len(losses) == 20 and max(losses) < 1.01 * min(losses), losses
+
+
+class TwoOptimizers(pl.LightningModule):
+    """Manual optimization of Muon (the weight matrices) and AdamW (the rest), Lightning's way for
+    several optimizers; ``training_step`` returns its loss or, as many manual modules do, nothing."""
+
+    def __init__(self, lr, returns_loss=True, nan_at=None):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+        self.automatic_optimization = False
+        self.lr, self.returns_loss, self.nan_at, self.batches = lr, returns_loss, nan_at, 0
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        if self.batches == self.nan_at:
+            x = x.clone()
+            x[0, 0] = float("nan")
+        self.batches += 1
+        muon, adamw = self.optimizers()
+        loss = torch.nn.functional.mse_loss(self.net(x), y)
+        muon.zero_grad()
+        adamw.zero_grad()
+        self.manual_backward(loss)
+        muon.step()
+        adamw.step()
+        return loss if self.returns_loss else None
+
+    def configure_optimizers(self):
+        return [torch.optim.Muon([p for p in self.net.parameters() if p.ndim == 2], lr=self.lr),
+                torch.optim.AdamW([p for p in self.net.parameters() if p.ndim != 2], lr=self.lr * 0.015)]
+
+
+def test_manual_optimization_of_two_optimizers_is_watched_and_rolled_back():
+    module = TwoOptimizers(0.02, nan_at=60)
+    cb = LRDoctorCallback(doctor=Doctor(window=10), guard=True, snapshot_every=10)
+    val, _ = fit(module, cb, steps=200)  # Lightning counts both optimizers' steps: 100 batches
+    assert module.batches == 100
+    assert [(i.step, i.verdict) for i in cb.interventions] == [(60, "nan")]
+    assert 50 <= cb.interventions[0].restored_to <= 60 and cb.lr_multiplier == 1.0  # both optimizers restored
+    assert math.isfinite(val) and val < 0.2
+
+
+def test_a_manual_module_that_returns_no_loss_is_told_the_doctor_saw_nothing(caplog):
+    cb = LRDoctorCallback()
+    with caplog.at_level(logging.WARNING, logger="lrkit"):
+        fit(TwoOptimizers(0.02, returns_loss=False), cb, steps=40)
+    said = [r.getMessage() for r in caplog.records if "returned no loss" in r.getMessage()]
+    assert len(said) == 1 and "on any of its 20 batches" in said[0] and "manual optimization" in said[0]

@@ -183,6 +183,7 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         self._step_mean: float | None = None  # accumulating: the optimizer step's loss, for the doctor
         self._last_gs = 0
         self._skipping = False
+        self._no_loss = 0  # batches whose training_step returned no loss (nothing to observe)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -246,6 +247,7 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         self._trainer = trainer
         self._module = pl_module
         self._last_gs = trainer.global_step
+        self._no_loss = 0
         self._optimizers = [getattr(o, "optimizer", o) for o in trainer.optimizers]
         if not self._optimizers:
             raise ValueError("LRDoctorCallback: the trainer has no optimizer (configure_optimizers returned none)")
@@ -262,6 +264,11 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
             self.guard.start()
 
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if self._no_loss and not self._step and self.watch_speaks:
+            self._watch_emit(logging.WARNING, (
+                f"lrkit doctor: training_step returned no loss on any of its {self._no_loss} batches, so the doctor "
+                "saw nothing of this run; return the loss from training_step (a tensor, or a dict with a 'loss' "
+                "key; with manual optimization too, after your optimizer steps)"))
         self._watch_speak_summary()  # the worst problem seen, even if the run recovered
         for h in self._handles:
             h.remove()
@@ -319,7 +326,8 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
                 return
             self._last_gs = trainer.global_step
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if loss is None:  # training_step returned None: the step was skipped
+        if loss is None:  # training_step returned None: the step was skipped (or, manual, not returned)
+            self._no_loss += 1
             return
         if self._step_mean is not None:
             loss, self._step_mean = self._step_mean, None
