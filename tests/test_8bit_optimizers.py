@@ -11,9 +11,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 bnb = pytest.importorskip("bitsandbytes")
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 import lrkit.torch as lt  # noqa: E402
+from _torch_digits import loaders as _digits, net as _net, train as _steps, val_loss as _val  # noqa: E402
 from lrkit import scaling  # noqa: E402
 
 
@@ -25,19 +25,8 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def _net():
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
 
 
-def _digits():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.tensor(d.data / 16.0, dtype=torch.float32)
-    y = torch.tensor(d.target)
-    return (DataLoader(TensorDataset(x[:640], y[:640]), batch_size=32),
-            DataLoader(TensorDataset(x[1400:], y[1400:]), batch_size=400))
 
 
 @pytest.mark.parametrize(("name", "family"), [
@@ -56,22 +45,6 @@ def test_sgd8bit_keeps_its_momentum_in_betas():
     assert scaling.optimizer_family(bnb.optim.SGD8bit(params, lr=0.1, momentum=0.9)) == "sgd_momentum"
 
 
-def _steps(model, opt, loader, n, fault=None, after=None):
-    batches = iter(())
-    for it in range(n):
-        try:
-            x, y = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            x, y = next(batches)
-        if fault is not None:
-            x = fault(it, x)
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        if after is not None:
-            after(loss)
 
 
 def _quantised(opt):
@@ -118,9 +91,7 @@ def test_the_autopilot_rolls_a_nan_back_in_an_8bit_run():
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert _quantised(opt) and all(torch.isfinite(v).all() for s in opt.state.values() for v in s.values()
                                    if torch.is_tensor(v) and v.is_floating_point())
-    with torch.no_grad():
-        x, y = next(iter(val))
-        assert torch.nn.functional.cross_entropy(model(x), y).item() < 0.6
+    assert _val(model, val) < 0.6
 
 
 @pytest.mark.parametrize("optim", ["adamw_8bit", "paged_adamw_8bit"])

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 import lrkit.torch as lt  # noqa: E402
+from _torch_digits import loaders as _digits, net as _net, train as _steps, val_loss as _val  # noqa: E402
 from lrkit import scaling  # noqa: E402
 
 RATIO = 3e-4 / 0.02  # torch.optim.Muon's docstring example: Muon at 0.02, AdamW at 3e-4
@@ -27,9 +27,6 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def _net(seed=0):
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
 
 
 def _pair(model, lr=0.02):
@@ -38,37 +35,10 @@ def _pair(model, lr=0.02):
     return muon, adamw
 
 
-def _digits(n_train=640):
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.tensor(d.data / 16.0, dtype=torch.float32)
-    y = torch.tensor(d.target)
-    return (DataLoader(TensorDataset(x[:n_train], y[:n_train]), batch_size=32),
-            DataLoader(TensorDataset(x[1400:], y[1400:]), batch_size=400))
 
 
-def _val(model, loader):
-    with torch.no_grad():
-        return float(np.mean([torch.nn.functional.cross_entropy(model(x), y).item() for x, y in loader]))
 
 
-def _steps(model, opt, loader, n, fault=None, after=None):
-    batches = iter(())
-    for it in range(n):
-        try:
-            x, y = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            x, y = next(batches)
-        if fault is not None:
-            x = fault(it, x)
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        if after is not None:
-            after(loss)
 
 
 def test_it_trains_exactly_as_the_two_optimizers_stepped_by_hand():
