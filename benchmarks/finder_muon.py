@@ -74,9 +74,8 @@ def render(out: dict, seconds: float) -> str:
              f"Command: `python -m benchmarks.finder_muon` ({seconds / 60:.0f} min of work on {machine()}).", ""]
     lines += finder_swapped.tables(out)
     lines += [
-        "Reading. Muon's LR transfers across tasks better than any other optimizer's here: the oracle's LR is "
-        "0.01-0.03 on 11 of the 21 tasks, so Keller Jordan's 0.02 is a strong default, and it has the lowest "
-        "held-out median. Where it misses, it misses by decades of loss: the ill-conditioned logistic regressions "
+        "Reading. Muon's best LR moves little from task to task: the oracle's LR is 0.01-0.03 on 11 of the 21 "
+        "tasks, so Keller Jordan's 0.02 is a strong default, and it has the lowest held-out median. Where it misses, it misses by decades of loss: the ill-conditioned logistic regressions "
         "(618%, 140%), the fine-tuned MNIST network (474%) and the edge-of-stability linear regression (252%). "
         "lrkit's answer has the lowest worst case of every method on both halves, and without the Muon factor "
         "(`lrkit_factor1`) the finder is worse than the default on both: its short-run optimum, halved, was a "
