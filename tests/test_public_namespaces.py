@@ -15,7 +15,7 @@ DOORS = {
     "lrkit.torch": ("torch", {
         "find_lr", "TorchTrainer", "TorchSnapshot", "to_torch", "LRKitScheduler",
         "TorchDoctor", "StabilityProbe", "grad_norm", "stability_report",
-        "autopilot", "TorchAutopilot", "AutopilotScheduler",
+        "autopilot", "TorchAutopilot", "AutopilotScheduler", "combine", "CombinedOptimizer",
     }),
     "lrkit.keras": ("keras", {
         "find_lr", "find_lr_keras", "KerasTrainer", "KerasSnapshot", "to_keras", "LRKitSchedule",
