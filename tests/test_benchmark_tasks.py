@@ -154,3 +154,26 @@ def test_the_one_seed_grid_floor_judges_each_seeds_pick_on_the_other_seeds():
     # identical seeds: the pick is the oracle's LR and the floor is 0
     assert grid_other_seed({"seed_vals": [[2.0, 2.0], [1.0, 1.0]], "best_val": 1.0}) == 0.0
     assert grid_other_seed({"best_val": 1.0}) is None and grid_other_seed({"seed_vals": [[1.0]], "best_val": 1.0}) is None
+
+
+def test_the_muon_benchmark_trains_torchs_recipe_as_one_optimizer():
+    """Each Muon task is its finder task with Muon for the 2-D parameters and AdamW for the rest at
+    0.015x (one combined optimizer whose first LR is Muon's); the trainer keeps that ratio as it sets
+    the LR; a run at Keller Jordan's default learns."""
+    from benchmarks import finder_muon
+    from benchmarks.finder_swapped import swapped
+
+    (task,), _ = available_tasks(["moons_mlp_adadelta"])
+    muon = swapped(task, finder_muon.MUON)
+    assert muon.family == "muon" and muon.grid == finder_muon.GRID
+    trainer = finder_tasks.TensorTrainer(muon, seed=0, lr=0.02)
+    inner = trainer.optimizer.optimizers
+    assert [type(o).__name__ for o in inner] == ["Muon", "AdamW"]
+    assert all(p.ndim == 2 for g in inner[0].param_groups for p in g["params"])
+    assert all(p.ndim != 2 for g in inner[1].param_groups for p in g["params"])
+    trainer.step(0.05)
+    lrs = [g["lr"] for g in trainer.optimizer.param_groups]
+    assert lrs[0] == 0.05 and lrs[1] == pytest.approx(0.05 * finder_muon.ADAMW_RATIO)
+    start = finder_tasks.initial_val_loss(muon)
+    val, diverged = train(muon, 0.02, seed=0)
+    assert not diverged and val < 0.8 * start
