@@ -62,9 +62,10 @@ def _train(rank: int, tmp: str, *, scale: float, raise_by: float, slow_snapshot:
         {"events": events, "snaps": snaps, "interval": interval, "params": params, "storage": storage}))
 
 
-def _autopilot_run(rank: int, tmp: str) -> None:
+def _autopilot_run(rank: int, tmp: str, muon: bool = False) -> None:
     """The autopilot under DDP (its finder on every rank), shards of different scales; rank 1's
-    batches blow up 30x for twenty steps mid-run (its loss alone would look diverging)."""
+    batches blow up 30x for twenty steps mid-run (its loss alone would look diverging). ``muon``:
+    torch's Muon for the weight matrices and AdamW for the rest, as one (``lrkit.torch.combine``)."""
     from torch.nn.parallel import DistributedDataParallel as DDP
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -73,6 +74,11 @@ def _autopilot_run(rank: int, tmp: str) -> None:
     torch.manual_seed(0)
     model = DDP(torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1)))
     opt = torch.optim.SGD(model.parameters(), lr=1.0)  # any LR: the autopilot sets it
+    if muon:
+        from lrkit.torch import combine
+
+        opt = combine(torch.optim.Muon([p for p in model.parameters() if p.ndim == 2], lr=0.02),
+                      torch.optim.AdamW([p for p in model.parameters() if p.ndim != 2], lr=3e-4))
     g = torch.Generator().manual_seed(10 + rank)
     w = torch.randn(8, 1, generator=torch.Generator().manual_seed(1))
     x = torch.randn(1024, 8, generator=g) * (1 + 2 * rank)
@@ -94,7 +100,7 @@ def _autopilot_run(rank: int, tmp: str) -> None:
             pilot.after_step(loss)
             k += 1
     Path(tmp, f"rank{rank}.json").write_text(json.dumps({
-        "peak": pilot.plan.peak_lr, "events": [e.message for e in pilot.events],
+        "peak": pilot.plan.peak_lr, "family": pilot.plan.family, "events": [e.message for e in pilot.events],
         "params": [p.detach().flatten().tolist() for p in model.parameters()]}))
 
 
@@ -153,8 +159,10 @@ if __name__ == "__main__":  # pragma: no cover - manual run
 
 
 @needs_dist
-def test_the_autopilot_rolls_back_on_every_rank_alike(tmp_path):
-    r0, r1 = run_ranks(_autopilot_run, tmp_path)
+@pytest.mark.parametrize("muon", [False, True], ids=["sgd", "muon+adamw"])
+def test_the_autopilot_rolls_back_on_every_rank_alike(tmp_path, muon):
+    r0, r1 = run_ranks(functools.partial(_autopilot_run, muon=muon), tmp_path)
+    assert r0["family"] == ("muon" if muon else "sgd")
     assert r0["peak"] == r1["peak"]  # one plan: the finder decided on the ranks' mean losses
     assert r0["events"], "rank 1's blown-up batches must make the guard act"
     assert r0["events"] == r1["events"]
