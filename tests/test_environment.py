@@ -9,7 +9,7 @@ import pytest
 DEV_MODULES = [
     "torch", "keras", "jax", "optax", "optuna", "lightning", "transformers", "tensorboard",
     "matplotlib", "rich", "typer", "sklearn", "hypothesis", "prodigyopt", "torch_lr_finder", "ray", "psycopg",
-    "mlflow", "yaml", "flax", "equinox", "wandb", "peft", "jsonargparse", "bitsandbytes",
+    "mlflow", "yaml", "flax", "equinox", "wandb", "peft", "jsonargparse", "bitsandbytes", "torchao",
 ]
 #: installed, not imported here: its tests run it in their own processes (KERAS_BACKEND=tensorflow)
 DEV_MODULES_FOUND = ["tensorflow"]

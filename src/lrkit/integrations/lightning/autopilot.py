@@ -59,7 +59,7 @@ from lrkit.integrations.lightning.skips import StepLossSum, drop_step, step_grad
 from lrkit.integrations.torch.autopilot import _group_ratios, check_no_scheduler
 from lrkit.integrations.torch.dist import rank_agree, rank_means
 from lrkit.integrations.torch.doctor import grad_norm
-from lrkit.integrations.torch.groups import doctor_lr
+from lrkit.integrations.torch.groups import doctor_lr, set_group_lr
 from lrkit.integrations.torch.outputs import SpreadProbe
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 from lrkit.schedules.base import Schedule
@@ -245,7 +245,7 @@ class AutopilotCallback(pl.Callback):
     def _apply(self, step: int) -> None:
         lr = self.pilot.lr(step)
         for g, r in zip(self._optimizer.param_groups, self._ratios):
-            g["lr"] = lr * r
+            set_group_lr(g, lr * r)
 
     # ------------------------------------------------------------------ every step
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:

@@ -68,7 +68,7 @@ from lrkit.doctor.interventions import Intervention
 from lrkit.integrations.lightning.skips import StepLossSum, drop_step, step_grad_norm
 from lrkit.integrations.torch.dist import rank_agree, rank_means
 from lrkit.integrations.torch.doctor import grad_norm
-from lrkit.integrations.torch.groups import check_guardable, doctor_lr
+from lrkit.integrations.torch.groups import check_guardable, doctor_lr, set_group_lr
 from lrkit.integrations.torch.outputs import SpreadProbe
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 
@@ -84,11 +84,11 @@ class _State(RecyclingState):
 
     def restore(self, state: TorchSnapshot) -> None:
         opts = self.cb._optimizers
-        lrs = [[g["lr"] for g in o.param_groups] for o in opts]
+        lrs = [[float(g["lr"]) for g in o.param_groups] for o in opts]
         state.restore(self.cb._module, opts)
         for o, saved in zip(opts, lrs):  # keep the scheduler's current LRs (the clock is not rewound)
             for g, lr in zip(o.param_groups, saved):
-                g["lr"] = lr
+                set_group_lr(g, lr)
 
 
 def probed_module(pl_module: pl.LightningModule) -> torch.nn.Module:
@@ -201,7 +201,7 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
 
     # ------------------------------------------------------------------ optimizer hooks
     def _pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        base = [g["lr"] for g in opt.param_groups]
+        base = [None if g["lr"] is None else float(g["lr"]) for g in opt.param_groups]
         self._saved[id(opt)] = base
         if opt is self._optimizers[0]:
             self._last_lr = None if base[0] is None else float(base[0]) * self.lr_multiplier
@@ -210,13 +210,13 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
         m = self.lr_multiplier
         if m != 1.0:
             for g, b in zip(opt.param_groups, base):
-                g["lr"] = b * m
+                set_group_lr(g, b * m)
 
     def _post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         base = self._saved.pop(id(opt), None)
         if base is not None:
             for g, b in zip(opt.param_groups, base):
-                g["lr"] = b
+                set_group_lr(g, b)
 
     def _doctor_lr(self) -> float | None:
         lr = doctor_lr(self._optimizers[0].param_groups)

@@ -47,7 +47,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities.parsing import lightning_getattr, lightning_hasattr, lightning_setattr
 
 from lrkit.finder.result import FinderResult
-from lrkit.integrations.torch.groups import reference_lr
+from lrkit.integrations.torch.groups import reference_lr, set_group_lr
 from lrkit.integrations.torch.trainer import find_lr as _find_lr_torch
 
 __all__ = ["LRFinder"]
@@ -118,19 +118,19 @@ def _base_lrs(trainer: pl.Trainer, optimizer: Any, module_lr: Any):
     starts with a warmup from 0 leaves nothing to read. Then the groups get the scheduler's
     ``base_lrs`` if they are positive, else the module's LR (ratios 1).
     """
-    saved = [group["lr"] for group in optimizer.param_groups]
+    saved = [float(group["lr"]) for group in optimizer.param_groups]
     if reference_lr([float(lr) for lr in saved]) is None:  # a group at 0 beside one above it: frozen, kept
         configs = trainer.lr_scheduler_configs
         base = [float(b) for b in getattr(configs[0].scheduler, "base_lrs", [])] if configs else []
         if not (len(base) == len(saved) and base[0] > 0):
             base = [float(module_lr)] * len(saved) if isinstance(module_lr, (int, float)) and module_lr > 0 else []
         for group, lr in zip(optimizer.param_groups, base):
-            group["lr"] = lr
+            set_group_lr(group, lr)
     try:
         yield
     finally:
         for group, lr in zip(optimizer.param_groups, saved):
-            group["lr"] = lr
+            set_group_lr(group, lr)
 
 
 class LRFinder(pl.Callback):

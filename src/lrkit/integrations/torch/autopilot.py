@@ -88,7 +88,7 @@ from lrkit.integrations.torch.amp import scaled_grad_norm
 from lrkit.integrations.torch.doctor import drop_gradients, grad_norm, loss_value
 from lrkit.integrations.torch.outputs import SpreadProbe, check_every_arg
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
-from lrkit.integrations.torch.groups import group_lr, reference_lr
+from lrkit.integrations.torch.groups import group_lr, reference_lr, set_group_lr
 from lrkit.schedules.base import Schedule
 
 __all__ = ["AutopilotScheduler", "TorchAutopilot", "autopilot", "check_no_scheduler"]
@@ -190,10 +190,7 @@ class AutopilotScheduler(LRScheduler):
         """Write the LR of the current step into the param groups (after a rollback too)."""
         lr = self.pilot.lr(self._count)
         for g, r in zip(self.optimizer.param_groups, self._ratios):
-            if isinstance(g["lr"], torch.Tensor):
-                g["lr"].fill_(lr * r)
-            else:
-                g["lr"] = lr * r
+            set_group_lr(g, lr * r)
 
     def get_last_lr(self) -> list[float]:
         return [float(g["lr"]) for g in self.optimizer.param_groups]

@@ -128,7 +128,7 @@ from lrkit.integrations.torch.hessian import (
 )
 from lrkit.integrations.torch.amp import scaled_grad_norm
 from lrkit.integrations.torch.dist import rank, rank_agree, rank_mean, rank_means, world_size
-from lrkit.integrations.torch.groups import check_guardable, doctor_lr
+from lrkit.integrations.torch.groups import check_guardable, doctor_lr, set_group_lr
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 from lrkit.integrations.torch.outputs import SpreadProbe, check_every_arg
 
@@ -688,10 +688,7 @@ class TorchDoctor(GuardedWatch):
 
     def _set_lrs(self, values: Sequence[Any]) -> None:
         for g, v in zip(self.optimizer.param_groups, values):
-            if isinstance(g["lr"], torch.Tensor):
-                g["lr"].fill_(float(v))
-            else:
-                g["lr"] = v
+            set_group_lr(g, v)
 
 
 def _key(d: Diagnosis) -> tuple[str, int | None]:

@@ -9,7 +9,7 @@ import torch
 
 from lrkit.scaling import lr_ignored
 
-__all__ = ["check_guardable", "doctor_lr", "group_lr", "reference_lr"]
+__all__ = ["check_guardable", "doctor_lr", "group_lr", "reference_lr", "set_group_lr"]
 
 
 def group_lr(group: dict) -> float:
@@ -19,6 +19,22 @@ def group_lr(group: dict) -> float:
         raise ValueError("the optimizer has a param group with lr=None: lrkit reads and sets the LR of every "
                          "group; build the optimizer with an LR (its value is only a starting point)")
     return float(lr.item()) if isinstance(lr, torch.Tensor) else float(lr)
+
+
+def set_group_lr(group: dict, value: float) -> None:
+    """Set a param group's LR to ``value``, in place when it is a tensor: an optimizer that keeps its
+    LR as a tensor (torchao's 8- and 4-bit optimizers refuse any other; torch's own with
+    ``lr=torch.tensor(...)``, for ``torch.compile``) keeps the same tensor.
+
+    Example:
+        >>> g = {"lr": torch.tensor(0.1)}; t = g["lr"]; set_group_lr(g, 0.5); g["lr"] is t, float(t)
+        (True, 0.5)
+    """
+    lr = group["lr"]
+    if isinstance(lr, torch.Tensor):
+        lr.fill_(float(value))
+    else:
+        group["lr"] = value
 
 
 def reference_lr(lrs: list[float]) -> float | None:

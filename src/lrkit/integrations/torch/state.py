@@ -114,6 +114,20 @@ def _rebuild_saved(data: Any, device: str, requires_grad: bool) -> _SavedTensor:
     return _SavedTensor(t, torch.device(device), requires_grad)
 
 
+def _wrapper(t: torch.Tensor) -> bool:
+    """``t`` is a tensor subclass that wraps inner tensors (``__tensor_flatten__``: torchao's 8- and
+    4-bit optimizer states, DTensor): its ``.to(copy=True)`` may share the inner tensors' memory
+    (torchao's does), so it is copied through them."""
+    return type(t) is not torch.Tensor and callable(getattr(type(t), "__tensor_flatten__", None))
+
+
+def _rewrapped(t: torch.Tensor, copy_inner: Any) -> torch.Tensor:
+    """``t`` rebuilt around ``copy_inner(inner)`` of each of its inner tensors."""
+    names, ctx = t.__tensor_flatten__()
+    inner = {name: copy_inner(getattr(t, name)) for name in names}
+    return type(t).__tensor_unflatten__(inner, ctx, t.size(), t.stride())
+
+
 def _host_copy(t: torch.Tensor, non_blocking: bool, out: torch.Tensor | None = None) -> torch.Tensor:
     """A CPU copy of ``t``. With ``non_blocking`` and a CUDA tensor: into pinned (page-locked)
     memory, enqueued on the current stream after the kernels that wrote ``t`` and before the ones
@@ -125,6 +139,8 @@ def _host_copy(t: torch.Tensor, non_blocking: bool, out: torch.Tensor | None = N
     fresh allocation of a large model's size costs several times the copy itself: first-touch page
     faults on the CPU, page locking for pinned memory)."""
     t = t.detach()
+    if _wrapper(t):
+        return _rewrapped(t, lambda inner: _host_copy(inner, non_blocking))
     pinned = non_blocking and t.device.type == "cuda"
     if (
         out is not None and out.device.type == "cpu" and out.shape == t.shape and out.dtype == t.dtype
@@ -169,7 +185,10 @@ def _load(current: Any, saved: Any) -> Any:
             with torch.no_grad():
                 current.copy_(t)
             return current
-        fresh = t.to(saved.device, copy=True)
+        if _wrapper(t):
+            fresh = _rewrapped(t, lambda inner: inner.to(saved.device, copy=True))
+        else:
+            fresh = t.to(saved.device, copy=True)
         return fresh.requires_grad_(saved.requires_grad) if fresh.is_floating_point() else fresh
     if isinstance(saved, dict):
         if isinstance(current, dict):

@@ -67,7 +67,7 @@ from lrkit.finder.search import FirstBatches
 from lrkit.integrations._progress import progress_bar, progress_context, watched  # noqa: F401 - progress_bar re-exported (the CLI imports it)
 from lrkit.integrations.torch.dist import average_gradients as _average_gradients
 from lrkit.integrations.torch.dist import distributed as _distributed, rank_agree, rank_mean
-from lrkit.integrations.torch.groups import group_lr, reference_lr
+from lrkit.integrations.torch.groups import group_lr, reference_lr, set_group_lr
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot, eval_mode
 from lrkit.integrations.torch.outputs import agreed_spread, first_tensor, tensor_spread
 
@@ -360,11 +360,7 @@ class TorchTrainer(RecyclingState):
         """Set every param group's LR to ``lr`` times its ratio to the first group's initial LR above 0."""
         for opt, ratios in zip(self.optimizers, self._ratios):
             for group, ratio in zip(opt.param_groups, ratios):
-                value = lr * ratio
-                if isinstance(group["lr"], torch.Tensor):
-                    group["lr"].fill_(value)
-                else:
-                    group["lr"] = value
+                set_group_lr(group, lr * ratio)
 
     def step(self, lr: float, skip: Callable[[float], bool] | None = None) -> float:
         """One optimizer update at learning rate ``lr``; returns the (rank-averaged) training loss.

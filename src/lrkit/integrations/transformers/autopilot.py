@@ -58,7 +58,7 @@ from lrkit.doctor.guarded_watch import PendingValidation
 from lrkit.integrations.torch.autopilot import _group_ratios
 from lrkit.integrations.torch.amp import scaled_grad_norm
 from lrkit.integrations.torch.dist import rank_agree, rank_means, world_size
-from lrkit.integrations.torch.groups import doctor_lr
+from lrkit.integrations.torch.groups import doctor_lr, set_group_lr
 from lrkit.collapse import check_every_arg
 from lrkit.integrations.torch.state import RecyclingState, TorchSnapshot
 from lrkit.integrations.transformers.callback import (RefreshedBeforeSaves, _expected_logs, _guard_blockers,
@@ -289,8 +289,8 @@ class AutopilotCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Tra
     def _apply(self, step: int) -> None:
         lr = self.pilot.lr(max(0, int(step)))
         for g, r in zip(self._optimizer.param_groups, self._ratios):
-            g["lr"] = lr * r
-        self._scheduler._last_lr = [g["lr"] for g in self._optimizer.param_groups]
+            set_group_lr(g, lr * r)
+        self._scheduler._last_lr = [float(g["lr"]) for g in self._optimizer.param_groups]
 
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kwargs: Any) -> None:
         self._pending.hold(metrics)

@@ -47,7 +47,7 @@ from typing import Any
 
 from lrkit.finder.result import FinderResult
 from lrkit.integrations.torch.dist import world_size
-from lrkit.integrations.torch.groups import reference_lr
+from lrkit.integrations.torch.groups import reference_lr, set_group_lr
 from lrkit.integrations.torch.trainer import find_lr as _find_lr_torch
 
 __all__ = ["find_lr"]
@@ -162,4 +162,4 @@ def _write(trainer: Any, optimizer: Any, lr: float) -> None:
     first = reference_lr([float(g["lr"]) for g in optimizer.param_groups])  # a group at LR 0 stays frozen
     for group in optimizer.param_groups:
         ratio = float(group["lr"]) / first if first is not None else 1.0
-        group["lr"] = float(lr) * ratio
+        set_group_lr(group, float(lr) * ratio)
