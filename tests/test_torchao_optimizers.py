@@ -61,11 +61,13 @@ def test_the_finder_leaves_the_quantised_moments_bitwise(name):
     assert all(torch.equal(a, b) for a, b in zip(params, model.parameters()))
 
 
-def test_a_rollback_restores_the_quantised_moments():
+@pytest.mark.parametrize("storage", ["memory", "disk"])
+def test_a_rollback_restores_the_quantised_moments(storage, tmp_path):
     tr, va = loaders()
     model = _wide_net()
     opt = torchao_optim.AdamW8bit(model.parameters(), lr=1e-3)
-    pilot = lt.autopilot(model, opt, torch.nn.functional.cross_entropy, tr, val_loader=va, train_steps=200)
+    pilot = lt.autopilot(model, opt, torch.nn.functional.cross_entropy, tr, val_loader=va, train_steps=200,
+                         storage=storage, storage_dir=str(tmp_path) if storage == "disk" else None)
     codes_at: dict[int, list] = {}
     step = [0]
 
