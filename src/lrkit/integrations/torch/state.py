@@ -122,9 +122,10 @@ def _wrapper(t: torch.Tensor) -> bool:
 
 
 def _rewrapped(t: torch.Tensor, copy_inner: Any) -> torch.Tensor:
-    """``t`` rebuilt around ``copy_inner(inner)`` of each of its inner tensors."""
+    """``t`` rebuilt around ``copy_inner(inner)`` of each of its inner tensors (what it flattens that
+    is not a tensor -- DTensor's device mesh -- is passed on as it is)."""
     names, ctx = t.__tensor_flatten__()
-    inner = {name: copy_inner(getattr(t, name)) for name in names}
+    inner = {name: copy_inner(v) if isinstance(v := getattr(t, name), torch.Tensor) else v for name in names}
     return type(t).__tensor_unflatten__(inner, ctx, t.size(), t.stride())
 
 
