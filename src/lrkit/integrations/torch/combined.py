@@ -68,6 +68,20 @@ class _JointState(MutableMapping):
         return sum(len(opt.state) for opt in self._owner.optimizers)
 
 
+def _owners(optimizers: list[torch.optim.Optimizer]) -> dict[int, tuple[Any, int]]:
+    """``id(param) -> (param, index of the optimizer that holds it)``; a clear error for a parameter
+    that two of them hold."""
+    owners: dict[int, tuple[Any, int]] = {}
+    for i, opt in enumerate(optimizers):
+        for group in opt.param_groups:
+            for p in group["params"]:
+                j = owners.setdefault(id(p), (p, i))[1]
+                if j != i:
+                    raise ValueError(f"optimizers {j} and {i} share a parameter (shape {tuple(p.shape)}): "
+                                     "each parameter must belong to one optimizer")
+    return owners
+
+
 class CombinedOptimizer(torch.optim.Optimizer):
     """The optimizers of one update as one optimizer (module docstring); build it with :func:`combine`.
 
@@ -95,16 +109,8 @@ class CombinedOptimizer(torch.optim.Optimizer):
                 raise TypeError(f"optimizers[{i}] must be a torch.optim.Optimizer, got {type(opt).__name__}")
         if not flat:
             raise ValueError("combine() needs at least one optimizer, got none")
-        seen: dict[int, int] = {}
-        for i, opt in enumerate(flat):
-            for group in opt.param_groups:
-                for p in group["params"]:
-                    j = seen.setdefault(id(p), i)
-                    if j != i:
-                        raise ValueError(f"optimizers {j} and {i} share a parameter (shape {tuple(p.shape)}): "
-                                         "each parameter must belong to one optimizer")
         self.optimizers = flat
-        self._owners: dict[int, tuple[Any, torch.optim.Optimizer]] = {}
+        self._owners = _owners(flat)
         # what torch.optim.Optimizer.__init__ sets up besides the groups and the state, which here
         # are the inner optimizers' (its __init__ would build groups of its own)
         self.defaults = dict(flat[0].defaults)
@@ -128,14 +134,15 @@ class CombinedOptimizer(torch.optim.Optimizer):
         return _JointState(self)
 
     def _optimizer_of(self, param: Any) -> torch.optim.Optimizer:
-        """The inner optimizer that holds ``param`` (a cached map, rebuilt when it does not know it)."""
+        """The inner optimizer that holds ``param`` (the map of :func:`_owners`, rebuilt when it does
+        not know it: a group added to an inner optimizer since)."""
         entry = self._owners.get(id(param))
         if entry is None or entry[0] is not param:
-            self._owners = {id(p): (p, o) for o in self.optimizers for g in o.param_groups for p in g["params"]}
+            self._owners = _owners(self.optimizers)
             entry = self._owners.get(id(param))
         if entry is None or entry[0] is not param:
             raise KeyError("the parameter belongs to none of the combined optimizers")
-        return entry[1]
+        return self.optimizers[entry[1]]
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """Evaluate ``closure`` once (if given, with gradients on), then step every optimizer in order."""
