@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from typing import Callable
 
+import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from _hf_digits import digits
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread for each test of a module that imports this fixture (timings and sums as on CI)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def loaders(n_train: int = 640) -> tuple[DataLoader, DataLoader]:

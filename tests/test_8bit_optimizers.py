@@ -13,16 +13,8 @@ torch = pytest.importorskip("torch")
 bnb = pytest.importorskip("bitsandbytes")
 
 import lrkit.torch as lt  # noqa: E402
-from _torch_digits import loaders as _digits, net as _net, train as _steps, val_loss as _val  # noqa: E402
+from _torch_digits import loaders as _digits, net as _net, one_thread, train as _steps, val_loss as _val  # noqa: E402,F401
 from lrkit import scaling  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 

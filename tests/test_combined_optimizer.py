@@ -13,18 +13,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import lrkit.torch as lt  # noqa: E402
-from _torch_digits import loaders as _digits, net as _net, train as _steps, val_loss as _val  # noqa: E402
+from _torch_digits import loaders as _digits, net as _net, one_thread, train as _steps, val_loss as _val  # noqa: E402,F401
 from lrkit import scaling  # noqa: E402
 
 RATIO = 3e-4 / 0.02  # torch.optim.Muon's docstring example: Muon at 0.02, AdamW at 3e-4
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 

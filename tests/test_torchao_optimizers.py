@@ -15,15 +15,7 @@ with warnings.catch_warnings():
     torchao_optim = pytest.importorskip("torchao.optim")
 
 import lrkit.torch as lt  # noqa: E402
-from _torch_digits import loaders, train, val_loss  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from _torch_digits import loaders, one_thread, train, val_loss  # noqa: E402,F401
 
 
 def _wide_net():
