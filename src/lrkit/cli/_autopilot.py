@@ -78,10 +78,10 @@ class _Bar:
             console = Console(stderr=True)
             if console.is_terminal:
                 self.progress = Progress(TextColumn("[bold]lrkit autopilot[/] {task.description}"), BarColumn(),
-                                         MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4g}"),
+                                         MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                                          TimeRemainingColumn(), console=console, transient=True)
                 self.progress.start()
-                self.task = self.progress.add_task("finding the LR", total=math.ceil(0.3 * self.train_steps), loss=0.0)
+                self.task = self.progress.add_task("finding the LR", total=math.ceil(0.3 * self.train_steps), loss="-")
         return self
 
     def training(self) -> None:
@@ -91,7 +91,7 @@ class _Bar:
     def trainer_step(self, lr: float, loss: float) -> None:
         """After every trainer step (the finder's and the run's): :func:`lrkit.integrations._progress.watched`'s hook."""
         if self.progress is not None:
-            self.progress.update(self.task, advance=1, loss=loss)
+            self.progress.update(self.task, advance=1, loss=f"{loss:.4g}")
 
     def __exit__(self, *exc: Any) -> None:
         if self.progress is not None:
