@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from lrkit import schedules as S
 from lrkit.doctor import Diagnosis, Doctor
 from lrkit.doctor.guard import Guard, GuardGaveUp, Intervention
+from lrkit.doctor.snapshots import LEVEL
 
 from _toy_trainers import Dying
 
@@ -152,6 +153,39 @@ def test_an_lr_that_is_too_high_from_the_start_is_lowered_at_once():
     first = g.interventions[0]
     assert first.restored_to == 0 and first.new_multiplier == pytest.approx(0.3)
     assert 3.0 * g.lr_multiplier < 2  # ends below the stability edge
+
+
+@pytest.mark.parametrize("snapshot_every", [50, 500])
+def test_a_nan_batch_before_the_first_snapshot_of_a_healthy_run_keeps_the_lr(snapshot_every):
+    """The first snapshot comes after ``snapshot_every`` good steps (50 by default, up to 500 when
+    copies are slow): a NaN batch at step 30 of a run that trained well until then goes back to
+    the start with the LR kept, and the run ends as a clean one; at step 10 (under LEVEL good
+    steps: no evidence yet that the run trains at this LR) the LR is cut as before."""
+    clean = run(LinReg(), 0.05, 300)
+    for nan_at, kept in ((30, True), (LEVEL - 10, False)):
+        t = LinReg(nan_at=[nan_at])
+        g = Guard(t, snapshot_every=snapshot_every, lr_factor=0.1, max_overhead=None)
+        final = run(t, 0.05, 300, g)
+        (rec,) = g.interventions
+        assert rec.restored_to == 0 and rec.step == nan_at
+        assert g.lr_multiplier == (1.0 if kept else pytest.approx(0.1))
+        if kept:
+            assert final < 1.2 * clean
+
+
+def test_a_too_high_lr_forgiven_at_the_start_is_still_brought_down_in_a_few_rollbacks():
+    """A run that learns for LEVEL steps at an LR past its stability edge and then blows up is
+    forgiven once (it looked like a bad batch); blowing up again from the same start lowers the LR
+    (a halving on probation, then the factor) until it trains, within max_retries."""
+    t0 = LinReg()
+    lam = float(np.linalg.eigvalsh(t0.H)[-1])
+    t = LinReg()
+    g = Guard(t, snapshot_every=200, lr_factor=0.1, max_overhead=None)
+    final = run(t, 2.02 / lam, 400, g)  # just past 2/lambda: a slow blow-up, after a good start
+    assert [(i.restored_to, i.new_multiplier) for i in g.interventions] == [(0, 1.0), (0, 0.5)]
+    assert g.interventions[0].onset >= LEVEL
+    assert 2.02 * g.lr_multiplier < 2
+    assert final < 0.05
 
 
 def test_forgive_first_must_be_a_bool():
@@ -336,9 +370,9 @@ def test_property_single_fault_one_rollback(k, factor, nan_at, forgive):
     assert rec.restored_to == max(healthy)
     if nan_at - k in healthy:
         assert nan_at - rec.restored_to <= k
-    # forgiven: a first problem after a healthy snapshot; one before any (the initial state is the
-    # target) says the run never trained at this LR
-    kept = forgive and rec.restored_to > 0
+    # forgiven: a first problem after a healthy snapshot, or one before any that came after a
+    # healthy stretch of LEVEL steps from the start; earlier, the run never trained at this LR
+    kept = forgive and (rec.restored_to > 0 or nan_at >= LEVEL)
     assert g.lr_multiplier == (1.0 if kept else pytest.approx(factor))
     assert math.isfinite(t.evaluate())
 

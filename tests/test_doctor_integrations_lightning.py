@@ -86,6 +86,18 @@ def test_guard_rolls_back_a_nan_batch(caplog, forgive):
     assert any("nan at step 30" in r.getMessage() for r in caplog.records)
 
 
+def test_with_its_defaults_a_nan_batch_before_the_first_snapshot_keeps_the_lr():
+    """``LRDoctorCallback(guard=True)`` as users write it: the first snapshot comes after 50 good
+    steps, and a NaN batch at step 30 of a run that trained well until then goes back to the start
+    with the LR kept (it cut the LR 10x for good before) and ends as the clean run does."""
+    clean, _ = fit(Regression(0.05), steps=150)
+    cb = LRDoctorCallback(guard=True)
+    val, trainer = fit(Regression(0.05, nan_at=30), cb, steps=150)
+    assert [(i.verdict, i.step, i.restored_to) for i in cb.interventions] == [("nan", 30, 0)]
+    assert cb.lr_multiplier == 1.0
+    assert math.isfinite(val) and val < 1.2 * clean + 0.01, (val, clean)
+
+
 def test_guard_rescues_a_too_high_lr_with_a_step_scheduler():
     lost, _ = fit(Regression(1.5, scheduler=True))
     assert not (math.isfinite(lost) and lost < 1.0)

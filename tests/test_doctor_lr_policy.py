@@ -11,29 +11,29 @@ steps = st.integers(0, 10_000)
 
 @settings(max_examples=200, deadline=None)
 @given(step=steps, back=st.integers(0, 500), interval=st.integers(1, 100), gamma=st.floats(0.01, 0.9),
-       r=st.floats(1.5, 1e4), forgive=st.booleans(), initial=st.booleans())
-def test_a_held_raise_is_always_undone(step, back, interval, gamma, r, forgive, initial):
+       r=st.floats(1.5, 1e4), forgive=st.booleans(), untried=st.booleans())
+def test_a_held_raise_is_always_undone(step, back, interval, gamma, r, forgive, untried):
     p = LRPolicy(gamma, forgive)
     target = max(0, step - back)
-    got = p.factor(step=step, onset=step, target=target, initial=initial, interval=interval, held_raise=r,
+    got = p.factor(step=step, onset=step, target=target, untried=untried, interval=interval, held_raise=r,
                    last=None, multiplier=1.0)
     assert got == min(1 / r, 1 / 1.5) and p.probation is None
 
 
 @settings(max_examples=200, deadline=None)
 @given(step=steps, back=st.integers(0, 500), onset_back=st.integers(-50, 500), interval=st.integers(1, 100),
-       gamma=st.floats(0.01, 0.9), initial=st.booleans())
+       gamma=st.floats(0.01, 0.9), untried=st.booleans())
 def test_the_factor_is_one_or_gamma_and_a_run_that_never_trained_is_never_forgiven(
-        step, back, onset_back, interval, gamma, initial):
+        step, back, onset_back, interval, gamma, untried):
     p = LRPolicy(gamma)
     target = max(0, step - back)
     onset = step - onset_back
-    got = p.factor(step=step, onset=onset, target=target, initial=initial, interval=interval, held_raise=None,
+    got = p.factor(step=step, onset=onset, target=target, untried=untried, interval=interval, held_raise=None,
                    last=None, multiplier=1.0)
     assert got in (1.0, gamma)
-    assert (got == 1.0) == (not initial and onset >= target)
+    assert (got == 1.0) == (not untried and onset >= target)
     assert LRPolicy(gamma, forgive_first=False).factor(
-        step=step, onset=onset, target=target, initial=initial, interval=interval, held_raise=None, last=None,
+        step=step, onset=onset, target=target, untried=untried, interval=interval, held_raise=None, last=None,
         multiplier=1.0) == gamma
 
 
@@ -41,11 +41,11 @@ def test_the_factor_is_one_or_gamma_and_a_run_that_never_trained_is_never_forgiv
 @given(interval=st.integers(1, 50), gamma=st.floats(0.01, 0.9), wait=st.integers(0, 400))
 def test_a_recovery_ramps_monotonically_back_to_the_level_before_the_trouble(interval, gamma, wait):
     p = LRPolicy(gamma)
-    assert p.factor(step=100, onset=100, target=90, initial=False, interval=interval, held_raise=None,
+    assert p.factor(step=100, onset=100, target=90, untried=False, interval=interval, held_raise=None,
                     last=None, multiplier=1.0) == 1.0
     # the second problem right after the forgiven one: a halving on probation (gamma when milder)
     cut = max(gamma, PROBATION_FACTOR)
-    assert p.factor(step=101, onset=101, target=90, initial=False, interval=interval, held_raise=None,
+    assert p.factor(step=101, onset=101, target=90, untried=False, interval=interval, held_raise=None,
                     last=(100, 90, True), multiplier=1.0) == cut
     m, seen = cut, [cut]
     for s in range(102, 102 + wait + 8 * interval):
@@ -64,7 +64,7 @@ def test_a_held_raise_during_probation_ends_it():
     """Undoing a raise knows its cause: a pending probation must not later bring back a level from
     before the raise."""
     p = LRPolicy(0.1)
-    common = dict(onset=100, target=90, initial=False, interval=10, multiplier=1.0)
+    common = dict(onset=100, target=90, untried=False, interval=10, multiplier=1.0)
     assert p.factor(step=100, held_raise=None, last=None, **common) == 1.0
     assert p.factor(step=104, held_raise=None, last=(100, 90, True), **common) == 0.5 and p.probation
     assert p.factor(step=110, held_raise=30.0, last=(104, 90, False), **common) == 1 / 30

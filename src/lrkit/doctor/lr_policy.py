@@ -14,8 +14,9 @@ With :math:`K` the guard's snapshot period, a rollback multiplies the LR multipl
     \end{cases}
 
 A **first problem** is one out of a run that has shown it trains at this LR: the restored
-snapshot is not the initial state (a run that fails before its first healthy snapshot never
-trained at this LR), the doctor's onset is not before it (a run "unstable since its start" is the
+snapshot is not an *untried* start (the initial state, unless the run trained a healthy stretch
+from it before the problem: the guard's rule, :meth:`~lrkit.doctor.guard.Guard` ``_untried``; a
+run that fails before it trained at this LR is the LR), the doctor's onset is not before it (a run "unstable since its start" is the
 LR), and there was no rollback yet or the run has moved on since the last one (the snapshot is
 newer than the last one restored and more than :math:`2K` steps have passed). A bad batch, a NaN
 written into a weight, a corrupt shard are one-off faults: a 10x lower LR would cost the rest of
@@ -39,7 +40,7 @@ on every rollback without a held raise, no probation.
 
 Example:
     >>> p = LRPolicy(lr_factor=0.1)
-    >>> first = dict(step=100, onset=100, target=90, initial=False, interval=10)
+    >>> first = dict(step=100, onset=100, target=90, untried=False, interval=10)
     >>> p.factor(**first, held_raise=None, last=None, multiplier=1.0)     # a bad batch: keep
     1.0
     >>> p.factor(**{**first, "step": 104}, held_raise=None, last=(100, 90, True), multiplier=1.0)  # again: halve
@@ -101,10 +102,11 @@ class LRPolicy:
         #: what the last call changed, in words (for the guard's log line), or ``None``
         self.note: str | None = None
 
-    def factor(self, *, step: int, onset: int, target: int, initial: bool, interval: int,
+    def factor(self, *, step: int, onset: int, target: int, untried: bool, interval: int,
                held_raise: float | None, last: tuple[int, int, bool] | None, multiplier: float) -> float:
         """The factor for a rollback at ``step`` (doctor's ``onset``) to the snapshot labelled
-        ``target`` (``initial``: the run's initial state), ``interval`` = :math:`K`.
+        ``target`` (``untried``: the run's initial state, and no healthy stretch trained from it before
+        the problem), ``interval`` = :math:`K`.
         ``held_raise``: :math:`r` if the LR was raised and held since the target, else ``None``.
         ``last``: the previous rollback's ``(step, restored_to, kept_the_lr)``, or ``None``."""
         self.ramp = None  # a recovery under way stops where it is
@@ -119,9 +121,9 @@ class LRPolicy:
         if self.recovered_at is not None and step - self.recovered_at <= 4 * interval:
             self.closed = True  # the LR went back up and the trouble came back: it was the LR
             return self.lr_factor
-        if not initial and onset >= target and moved_on(step, target, last[:2] if last else None, 2 * interval):
+        if not untried and onset >= target and moved_on(step, target, last[:2] if last else None, 2 * interval):
             return 1.0
-        if not self.closed and not initial and last is not None and last[2]:
+        if not self.closed and not untried and last is not None and last[2]:
             # the second problem right after a forgiven one: a bad stretch of data or the LR
             self.probation = {"multiplier": multiplier, "label": target, "at": step, "until": step + 2 * interval}
             return max(self.lr_factor, PROBATION_FACTOR)
