@@ -21,16 +21,11 @@ import lrkit.integrations.torch.amp as amp  # noqa: E402
 from _hf_digits import digits  # noqa: E402
 import lrkit.torch as lt  # noqa: E402
 from lrkit.doctor import diagnose  # noqa: E402
+from _torch_digits import one_thread  # noqa: E402,F401 - autouse: one torch thread per test
 
 INIT_SCALE = 2.0**40
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_docstring_examples():

@@ -14,14 +14,9 @@ from lrkit.autopilot import AutopilotError  # noqa: E402
 from lrkit.lightning import AutopilotCallback  # noqa: E402
 from _overfit import check_planned_and_restarted  # noqa: E402
 from _wine import check_death_answered, unscaled_wine  # noqa: E402
+from _torch_digits import one_thread  # noqa: E402,F401 - autouse: one torch thread per test
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 class Net(pl.LightningModule):

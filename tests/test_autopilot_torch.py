@@ -14,14 +14,9 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset  # noqa:
 import lrkit.integrations.torch.trainer as torch_trainer  # noqa: E402
 import lrkit.torch as lt  # noqa: E402
 from lrkit.autopilot import AutopilotError, NotTrainable  # noqa: E402
+from _torch_digits import one_thread  # noqa: E402,F401 - autouse: one torch thread per test
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_docstring_examples():
