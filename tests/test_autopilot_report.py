@@ -93,6 +93,19 @@ def test_a_resumed_run_reports_the_whole_run_and_a_framework_object_works_too(tm
     assert "300 steps flown" in page and "resume" in page
 
 
+def test_a_clean_run_reads_green_and_the_page_names_its_seed():
+    """Nothing wrong: the lead's intervention count and verdict are green (class "ok"), not the
+    red of a problem; the seed the run used is in the run table; the shape reads at 4 digits."""
+    pilot, _ = _flown(steps=60, nan_at=())
+    assert not pilot.interventions and pilot.doctor.diagnosis.verdict == "healthy"
+    page = autopilot_report_html(pilot, seed=7)
+    assert 'id="n-interventions" class="ok">0<' in page and '<b id="verdict" class="ok">healthy</b>' in page
+    assert re.search(r"<td>seed</td>\s*<td>7</td>", page)
+    warm = make_plan(family="adam", train_steps=300, peak_lr=0.1)  # warmup 15 of 300: 1/15 = 0.0666...
+    page = autopilot_report_html(Autopilot(warm))
+    assert "0.06667" in page and "0.0666666" not in page
+
+
 def test_bad_input_names_what_was_expected(tmp_path):
     with pytest.raises(ValueError, match="expected an lrkit Autopilot or a framework autopilot holding one"):
         autopilot_report_html(object())

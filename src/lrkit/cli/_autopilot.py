@@ -173,7 +173,7 @@ def autopilot_command(
         from lrkit.report.autopilot_report import write_autopilot_report
 
         written["report"] = str(write_autopilot_report(pilot, report, title=f"lrkit autopilot: {target_name}",
-                                                       command=" ".join(["lrkit", *sys.argv[1:]])))
+                                                       command=" ".join(["lrkit", *sys.argv[1:]]), seed=seed))
     if save is not None:
         import torch
 

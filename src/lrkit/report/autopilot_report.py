@@ -24,6 +24,7 @@ Example:
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ import numpy as np
 
 from lrkit.autopilot.pilot import Autopilot
 from lrkit.doctor.logs import LogRecords
-from lrkit.report.sections import esc, figure_section, fmt, run_section, table
+from lrkit.report.sections import esc, figure_section, fmt, run_section, table, verdict_tag
 
 __all__ = ["autopilot_report_html", "write_autopilot_report", "history_records"]
 
@@ -64,12 +65,22 @@ def history_records(pilot: Any) -> LogRecords:
     return LogRecords(columns={"step": steps, **cols}, source="autopilot", present=present)
 
 
+def _short_floats(text: str) -> str:
+    """Long decimals in ``text`` at 4 significant digits (a schedule's repr, for reading).
+
+    Example:
+        >>> _short_floats("lrs=[0.06666666666666667, 1.0, 0.0]")
+        'lrs=[0.06667, 1.0, 0.0]'
+    """
+    return re.sub(r"\d+\.\d{5,}(?:e-?\d+)?", lambda m: f"{float(m.group()):.4g}", text)
+
+
 def _plan_section(pilot: Autopilot) -> str:
     plan = pilot.plan
     rows = [["family", plan.family], ["train steps", plan.train_steps], ["peak LR", plan.peak_lr],
             ["the autopilot's own peak", plan.auto_peak_lr], ["finder's answer (constant LR)", plan.finder_lr],
             ["finder's cost (steps)", plan.finder_cost_steps], ["warmup steps", plan.warmup_steps],
-            ["schedule shape", f"{plan.shape!r} ({plan.shape_source})"],
+            ["schedule shape", f"{_short_floats(repr(plan.shape))} ({plan.shape_source})"],
             ["LR multiplier now", pilot.multiplier], ["plateau scale now", pilot.plateau_scale]]
     reasons = "".join(f"<li>{esc(r)}</li>" for r in plan.reasons)
     return ("<h2>The plan</h2>\n" + table(rows, ["", "value"], numeric_from=99, table_id="plan")
@@ -99,14 +110,15 @@ def _run_figure(pilot: Autopilot, records: LogRecords) -> str:
                           size=(8, 4.5), note=note)
 
 
-def _sections(pilot: Any, command: str | None) -> list[str]:
+def _sections(pilot: Any, command: str | None, seed: int | None = None) -> list[str]:
     p = _pilot(pilot)
     records = history_records(p)
     acts = p.interventions
     n = p.history.seen
+    ok_if_none = "" if acts else ' class="ok"'
     lead = (f'<p class="lead">Peak LR {esc(fmt(p.plan.peak_lr))} over {p.plan.train_steps} steps ({esc(p.plan.family)}); '
-            f"{n} steps flown, <b id=\"n-interventions\">{len(acts)}</b> intervention{'s' if len(acts) != 1 else ''}; "
-            f"the doctor now: <b id=\"verdict\">{esc(p.doctor.diagnosis.verdict)}</b>.</p>")
+            f"{n} steps flown, <b id=\"n-interventions\"{ok_if_none}>{len(acts)}</b> "
+            f"intervention{'s' if len(acts) != 1 else ''}; the doctor now: {verdict_tag(p.doctor.diagnosis.verdict)}.</p>")
     parts = [lead, _plan_section(p)]
     if len(records):
         parts.append(_run_figure(p, records))
@@ -114,21 +126,22 @@ def _sections(pilot: Any, command: str | None) -> list[str]:
     parts.append("<h2>Everything the autopilot did</h2>\n"
                  + (table(rows, ["step", "what", "in words"], numeric_from=99, table_id="events") if rows
                     else '<p id="events">Nothing: the plan was flown as made.</p>'))
-    parts.append(run_section(command=command))
+    parts.append(run_section(command=command, seed=seed))
     return parts
 
 
-def autopilot_report_html(pilot: Any, *, title: str = "lrkit autopilot", command: str | None = None) -> str:
+def autopilot_report_html(pilot: Any, *, title: str = "lrkit autopilot", command: str | None = None,
+                          seed: int | None = None) -> str:
     """The page (a string) for ``pilot``: see the module docstring."""
     from lrkit.report.html import report_page
 
-    return report_page(title, _sections(pilot, command))
+    return report_page(title, _sections(pilot, command, seed))
 
 
 def write_autopilot_report(pilot: Any, directory: str | Path, *, title: str = "lrkit autopilot",
-                           command: str | None = None) -> Path:
+                           command: str | None = None, seed: int | None = None) -> Path:
     """Write the self-contained ``report.html`` for ``pilot`` into ``directory`` (created if
     needed) and return its path."""
     from lrkit.report.html import write_report
 
-    return write_report(directory, title, _sections(pilot, command))
+    return write_report(directory, title, _sections(pilot, command, seed))

@@ -31,7 +31,7 @@ _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:60rem;
 color:#1d2329;background:#fff;padding:0 1rem}
 h1{font-size:1.5rem;margin-bottom:.2rem} h2{font-size:1.15rem;margin-top:2rem}
-.lead{font-size:1.25rem;margin:.8rem 0} .lead b{color:#b3261e}
+.lead{font-size:1.25rem;margin:.8rem 0} .lead b{color:#b3261e} .lead b.ok{color:#1a7f37}
 table{border-collapse:collapse;margin:.5rem 0} th,td{border:1px solid #d0d7de;padding:.3rem .7rem;text-align:left}
 th{background:#f6f8fa} td.num{text-align:right;font-variant-numeric:tabular-nums}
 img{max-width:100%;height:auto;border:1px solid #d0d7de} .muted{color:#57606a;font-size:.9rem}

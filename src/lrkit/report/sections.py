@@ -90,6 +90,21 @@ def _versions() -> list[tuple[str, str]]:
     return rows
 
 
+#: verdicts that say nothing is wrong with the LR (shown in green, the others in red)
+_OK_VERDICTS = ("healthy", "converged")
+
+
+def verdict_tag(verdict: Any, tag_id: str = "verdict") -> str:
+    """The verdict in bold for a report's lead line, green when nothing is wrong (``class="ok"``).
+
+    Example:
+        >>> verdict_tag("healthy"), verdict_tag("diverging")
+        ('<b id="verdict" class="ok">healthy</b>', '<b id="verdict">diverging</b>')
+    """
+    ok = ' class="ok"' if verdict in _OK_VERDICTS else ""
+    return f'<b id="{tag_id}"{ok}>{esc(verdict)}</b>'
+
+
 def run_section(*, command: str | None = None, seed: int | None = None, extra: Mapping[str, Any] | None = None,
                 when: _dt.datetime | None = None) -> str:
     """What produced the page: the command, the seed, the date (UTC), the machine and the versions."""
@@ -279,7 +294,7 @@ def diagnosis_section(records: Any, diagnosis: Any, *, interventions: Iterable[A
     interventions = list(interventions)
     verdict = getattr(diagnosis, "verdict", "?")
     onset = getattr(diagnosis, "step", None)
-    lead = (f'<p class="lead">Verdict: <b id="verdict">{esc(verdict)}</b>'
+    lead = (f'<p class="lead">Verdict: {verdict_tag(verdict)}'
             + (f" from step {esc(onset)}" if onset is not None else "") + "</p>")
     evidence = getattr(diagnosis, "evidence", None) or {}
     advice = getattr(diagnosis, "advice", None) or []
