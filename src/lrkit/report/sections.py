@@ -168,6 +168,19 @@ def _how_sure(result: Any) -> str:
     return "<h2>How sure</h2>\n" + body
 
 
+def scored_in_lr_order(cands: list[dict]) -> tuple[list[float], list[float]]:
+    """The LRs and scores of the candidates that got a finite score, in LR order (the search tries
+    them out of order: the curve is drawn left to right, the table keeps the search's order).
+
+    Example:
+        >>> scored_in_lr_order([{"lr": 0.1, "score": 1.8}, {"lr": 0.01, "score": 0.2},
+        ...                     {"lr": 1.0, "score": None, "rejected": "diverged"}, {"lr": 0.03, "score": 0.3}])
+        ([0.01, 0.03, 0.1], [0.2, 0.3, 1.8])
+    """
+    ok = sorted((c for c in cands if c.get("score") is not None and math.isfinite(c["score"])), key=lambda c: c["lr"])
+    return [c["lr"] for c in ok], [c["score"] for c in ok]
+
+
 def candidates_section(result: Any) -> str:
     """The verification runs as a table and a plot (score against LR); empty without any."""
     cands = result.details.get("candidates") or []
@@ -181,8 +194,7 @@ def candidates_section(result: Any) -> str:
     start = result.details.get("start_score")
 
     def draw(ax):
-        ok = [c for c in cands if c.get("score") is not None and math.isfinite(c["score"])]
-        ax.plot([c["lr"] for c in ok], [c["score"] for c in ok], "o-", color="#1f6feb", label="candidate score")
+        ax.plot(*scored_in_lr_order(cands), "o-", color="#1f6feb", label="candidate score")
         bad = [c for c in cands if c.get("rejected")]
         if bad:
             ax.plot([c["lr"] for c in bad], [start or 0.0] * len(bad), "x", color="#57606a", label="rejected")
