@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -38,6 +39,7 @@ def test_builtin_example_json_plot_report(tmp_path):
     page = (tmp_path / "rep" / "report.html").read_text()
     assert "data:image/png;base64," in page and "best LR" in page
     assert "How to apply it" in page and "version: lrkit" in page and "lrkit tune" in page  # the shared sections
+    assert page.count("<h1>") == 1 and re.search(r"<td>seed</td>\s*<td>0</td>", page)  # one title; the seed run
     assert "lrkit tune" not in r.stderr  # no progress bar with --json / off a terminal
 
 

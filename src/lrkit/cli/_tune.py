@@ -225,7 +225,7 @@ def tune_command(
                              prior=_prior_of(result))
     if worker:
         return
-    _output(result, target_name, storage, json_out, plot, report)
+    _output(result, target_name, storage, json_out, plot, report, seed=seed, study=study)
 
 
 def _prior_of(result: Any) -> Any:
@@ -235,7 +235,7 @@ def _prior_of(result: Any) -> Any:
 
 
 def _output(result: Any, target_name: str, storage: Optional[str], json_out: bool, plot: Optional[Path],
-            report: Optional[Path]) -> None:
+            report: Optional[Path], *, seed: Optional[int] = None, study: Optional[str] = None) -> None:
     written: dict[str, str] = {}
     if plot is not None:
         from lrkit.report.tune_plot import tune_png
@@ -249,8 +249,9 @@ def _output(result: Any, target_name: str, storage: Optional[str], json_out: boo
         report.mkdir(parents=True, exist_ok=True)
         png = tune_png(result)
         (report / "tune.png").write_bytes(png)
-        (report / "report.html").write_text(tune_report_html(result, title=f"lrkit tune: {target_name}", png=png),
-                                            encoding="utf-8")
+        where = {"storage": _redacted(storage), "study": getattr(result.study, "study_name", study)} if storage else None
+        page = tune_report_html(result, title=f"lrkit tune: {target_name}", png=png, seed=seed, extra=where)
+        (report / "report.html").write_text(page, encoding="utf-8")
         written["report"] = str(report / "report.html")
     if json_out:
         payload = result.to_dict()

@@ -90,8 +90,10 @@ def tune_png(result: Any) -> bytes:
     return figure_png(fig)
 
 
-def tune_report_html(result: Any, *, title: str = "lrkit tune report", png: bytes | None = None) -> str:
-    """A self-contained HTML page: the best LR, the plot inline, every trial in a table."""
+def tune_report_html(result: Any, *, title: str = "lrkit tune report", png: bytes | None = None,
+                     seed: int | None = None, extra: dict | None = None) -> str:
+    """A self-contained HTML page: the best LR, the plot inline, every trial in a table; ``seed``
+    and ``extra`` (e.g. the storage) go to the table of what produced it."""
     import base64
     import html
 
@@ -100,7 +102,7 @@ def tune_report_html(result: Any, *, title: str = "lrkit tune report", png: byte
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in result.table_rows()
     )
     summary = "<br>".join(html.escape(line) for line in result.summary().splitlines())
-    body = (f"<h1>{html.escape(title)}</h1>\n<p class=\"lead\">{summary}</p>\n"
+    body = (f"<p class=\"lead\">{summary}</p>\n"
             f"<img alt=\"validation value against LR\" src=\"data:image/png;base64,{base64.b64encode(png).decode()}\">\n"
             "<h2>Trials</h2>\n<table><tr><th>#</th><th>lr</th><th>value</th><th>state</th><th>steps</th>"
             f"<th>note</th></tr>{rows}</table>")
@@ -111,5 +113,5 @@ def tune_report_html(result: Any, *, title: str = "lrkit tune report", png: byte
     parts = [body]
     if lr is not None:  # how to apply it, and what produced the page (shared with the other commands)
         parts.append(sections.apply_section(float(lr), "torch"))
-    parts.append(sections.run_section())
+    parts.append(sections.run_section(seed=seed, extra=extra))
     return report_page(title, parts)
