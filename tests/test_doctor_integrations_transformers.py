@@ -250,6 +250,27 @@ def test_guard_needs_the_nan_filter_and_does_not_warn_about_it(tmp_path):
     assert "NaN for the rest of the run" in msg
 
 
+def test_with_its_defaults_a_nan_batch_before_the_first_snapshot_keeps_the_lr(tmp_path):
+    """``LRDoctorCallback(guard=True)`` as users write it, under the Trainer's defaults (the NaN
+    filter on, a linear schedule with warmup): the first snapshot comes after 50 good steps, and a
+    NaN batch at step 30 of a run training well goes back to the start with the LR kept (it cut
+    the LR 10x for good before) and ends as the clean run does."""
+    clean = full_loss(train(tmp_path / "clean", 0.05, None, steps=150, scheduler="linear", warmup_steps=10,
+                            nan_filter=True))
+    cb = LRDoctorCallback(guard=True)
+    trainer = train(tmp_path / "nan", 0.05, cb, steps=150, nan_at=30, scheduler="linear", warmup_steps=10,
+                    nan_filter=True)
+    # the Trainer numbers its first step 1: the initial snapshot is "before step 1"
+    assert [(i.verdict, i.restored_to, i.new_multiplier) for i in cb.interventions] == [("nan", 1, 1.0)]
+    # the 30 steps undone are not trained again (the Trainer's max_steps); a 10x lower LR (what
+    # forgive_first=False does on every rollback, and what this rollback did before) costs more
+    cut = LRDoctorCallback(guard=True, forgive_first=False)
+    lowered = full_loss(train(tmp_path / "cut", 0.05, cut, steps=150, nan_at=30, scheduler="linear",
+                              warmup_steps=10, nan_filter=True))
+    assert cut.lr_multiplier == pytest.approx(0.1)
+    assert full_loss(trainer) < min(lowered, 1.3 * clean), (full_loss(trainer), lowered, clean)
+
+
 # each example is a real training run: no shrinking (a failure would cost minutes), the example is printed
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
           phases=(Phase.explicit, Phase.reuse, Phase.generate))
