@@ -319,3 +319,37 @@ def test_docstring_examples_run(name):
 
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def _curves(start: dict, slope: dict):
+    """An objective whose value at step s is start[lr] - slope[lr] * s, reported every 10 steps."""
+    def obj(lr, trial):
+        key = min(start, key=lambda k: abs(math.log(k / lr)))
+        v = start[key]
+        for s in range(10, 101, 10):
+            v = start[key] - slope[key] * s
+            trial.report(v, s)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return v
+    return obj
+
+
+@pytest.mark.parametrize("ahead", [True, False])
+def test_a_trial_the_budget_stopped_while_ahead_is_named_and_the_answer_stays_the_complete_one(ahead):
+    """Grid 0.1 then 0.01, 1.7 runs: the second trial is stopped by the budget at step 70. Ahead of
+    the first at step 70 (it was there at 0.72), it is named in the summary and the JSON; behind,
+    not; either way the answer is the complete trial's LR."""
+    slope = {0.1: 0.004, 0.01: 0.005 if ahead else 0.001}
+    r = tune(_curves({0.1: 1.0, 0.01: 0.9}, slope), strategy="grid", values=[0.1, 0.01], budget=1.7,
+             train_steps=100, pruner="none")
+    first, second = r.trials
+    assert first.state == "complete" and second.reason == "budget" and second.steps == 70
+    assert r.best_lr == pytest.approx(0.1)
+    leaders = r.budget_leaders()
+    if ahead:
+        assert [(t.number, v) for t, v in leaders] == [(1, pytest.approx(1.0 - 0.004 * 70))]
+        assert "trial #1 (lr 0.01) was ahead when the budget stopped it" in r.summary()
+        assert r.to_dict()["budget_leaders"] == [1]
+    else:
+        assert leaders == [] and "was ahead" not in r.summary() and r.to_dict()["budget_leaders"] == []

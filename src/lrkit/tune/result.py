@@ -96,9 +96,46 @@ class TuneResult:
             out[t.state] = out.get(t.state, 0) + 1
         return out
 
+    def budget_leaders(self) -> list[tuple[TrialRecord, float]]:
+        """Trials the budget stopped while ahead: each with the best complete trial's value at the
+        same step (its last report at or before the step the stopped trial reached).
+
+        The answer stays the best *complete* trial, since a run ahead at 70% of its length can
+        still end behind (a higher LR falls faster first and settles higher); but a trial that
+        was ahead at equal steps when the budget ran out says the search is not done: a larger
+        budget may prefer it (:meth:`summary` says so). E.g. the best complete trial reported 0.20
+        at step 200 and ended at 0.10, and a trial stopped by the budget at step 210 reported 0.15:
+        it is listed, with 0.20.
+        """
+        best = self._best_frozen()
+        if best is None:
+            return []
+        reports = sorted(best.intermediate_values.items())
+        better = (lambda a, b: a < b) if self.direction == "minimize" else (lambda a, b: a > b)
+        out = []
+        for t in self.trials:
+            if t.reason != "budget" or t.last_value is None or not math.isfinite(t.last_value):
+                continue
+            at = [v for s, v in reports if s <= t.steps and math.isfinite(v)]
+            if at and better(t.last_value, at[-1]):
+                out.append((t, at[-1]))
+        return out
+
+    def _best_frozen(self) -> Any:
+        """The Optuna trial behind ``best_lr`` (``None`` without a study or a complete trial)."""
+        if self.study is None or self.best_value is None:
+            return None
+        try:
+            done = [t for t in self.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+        except Exception:  # noqa: BLE001 - a study that cannot be read (storage gone): nothing to say
+            return None
+        pick = min if self.direction == "minimize" else max
+        return pick(done, key=lambda t: t.value, default=None)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: ``best_lr, best_value, best_params, recommended_lr, n_trials, counts, strategy, direction,
-        train_steps, run_equivalents, prior, study_name, trials``."""
+        train_steps, run_equivalents, prior, study_name, trials, budget_leaders`` (trial numbers, see
+        :meth:`budget_leaders`)."""
         return {
             "best_lr": self.best_lr, "best_value": self.best_value, "best_params": self.best_params,
             "recommended_lr": self.recommended_lr,
@@ -108,6 +145,7 @@ class TuneResult:
             "prior": self.prior, "study_name": getattr(self.study, "study_name", None),
             "best_schedule": self.best_schedule,
             "trials": [t.to_dict() for t in self.trials],
+            "budget_leaders": [t.number for t, _ in self.budget_leaders()],
         }
 
     def summary(self) -> str:
@@ -126,6 +164,9 @@ class TuneResult:
         if failed:
             lines.append(f"{len(failed)} trial(s) failed and the study went on: " + "; ".join(
                 f"#{t.number} lr={_fmt(t.lr)}: {t.reason}" for t in failed[:3]) + (" ..." if len(failed) > 3 else ""))
+        for t, theirs in self.budget_leaders()[:3]:
+            lines.append(f"trial #{t.number} (lr {_fmt(t.lr)}) was ahead when the budget stopped it: {_fmt(t.last_value)} "
+                         f"at step {t.steps}, the best trial {_fmt(theirs)} there; a larger budget may prefer it")
         if self.best_lr is None:
             lines.append("no trial completed: widen the range, lower the LR, or check the objective")
         return "\n".join(lines)
