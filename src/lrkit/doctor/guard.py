@@ -697,8 +697,8 @@ class Guard(SkipsSpikes, PersistsGuard):
         """The rollback goes to a start the run has not shown it trains from at this LR: ``target``
         is the initial state and no later snapshot was taken (the policy's *untried* start: not
         forgiven), unless the run trained a healthy stretch from it before the problem -- at least
-        :data:`~lrkit.doctor.snapshots.LEVEL` good verdicts in a row up to the step before the
-        onset, its level (:class:`~lrkit.doctor.snapshots.HealthTracker`) fell under its start, and
+        :data:`~lrkit.doctor.snapshots.LEVEL` good verdicts in a row before this step, an onset at
+        least as many steps after the start, its level (:class:`~lrkit.doctor.snapshots.HealthTracker`) fell under its start, and
         the doctor dates no blow-up to its first window nor a run stuck since one. The first
         snapshot comes after ``snapshot_every`` good steps (50 by default, stretched up to 10x for a
         model whose copy is slow): without the stretch rule a bad batch in the first 50 (to 500)
