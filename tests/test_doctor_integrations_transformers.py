@@ -262,6 +262,10 @@ def test_with_its_defaults_a_nan_batch_before_the_first_snapshot_keeps_the_lr(tm
                     nan_filter=True)
     # the Trainer numbers its first step 1: the initial snapshot is "before step 1"
     assert [(i.verdict, i.restored_to, i.new_multiplier) for i in cb.interventions] == [("nan", 1, 1.0)]
+    # the run's account says what the guard did (kept the LR), not the doctor's "lower it 10x"
+    (found,) = [d for d in cb.detections if d.verdict == "nan"]
+    assert found.advice == ("rolled back to the state before step 1; LR multiplier now 1",)
+    assert "lower the LR" not in cb.summary() and math.isnan(found.evidence["grad_norm"])
     # the 30 steps undone are not trained again (the Trainer's max_steps); a 10x lower LR (what
     # forgive_first=False does on every rollback, and what this rollback did before) costs more
     cut = LRDoctorCallback(guard=True, forgive_first=False)

@@ -46,6 +46,7 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from typing import Any, Mapping
@@ -176,7 +177,10 @@ class SpeakingWatch:
         self._watch_act_on_notes(self.doctor.diagnosis, step)
         if rec is not None:  # the guard logged it; a watcher may have kept the doctor's own verdict
             d = getattr(self, "_rollback_diagnosis", None)
-            self._watch_note(d if d is not None and d.verdict != "healthy" else self._from_intervention(rec), speak=False)
+            acted = self._from_intervention(rec)
+            if d is not None and d.verdict != "healthy":  # its reading, with what the guard did as the advice
+                acted = dataclasses.replace(d, advice=acted.advice)
+            self._watch_note(acted, speak=False)
         else:
             self._watch_note(self.doctor.diagnosis, step=step)
         return rec
