@@ -159,18 +159,36 @@ def test_an_lr_that_is_too_high_from_the_start_is_lowered_at_once():
 def test_a_nan_batch_before_the_first_snapshot_of_a_healthy_run_keeps_the_lr(snapshot_every):
     """The first snapshot comes after ``snapshot_every`` good steps (50 by default, up to 500 when
     copies are slow): a NaN batch at step 30 of a run that trained well until then goes back to
-    the start with the LR kept, and the run ends as a clean one; at step 10 (under LEVEL good
-    steps: no evidence yet that the run trains at this LR) the LR is cut as before."""
+    the start with the LR kept (a first problem out of a healthy stretch), and at step 10 too
+    (under LEVEL good steps: a NaN with no blow-up before it, replayed once for free); either run
+    ends as a clean one. Two NaN batches at the start (steps 8 and 14): the second is from the
+    untried start again, and cuts."""
     clean = run(LinReg(), 0.05, 300)
-    for nan_at, kept in ((30, True), (LEVEL - 10, False)):
+    for nan_at in (30, LEVEL - 10):
         t = LinReg(nan_at=[nan_at])
         g = Guard(t, snapshot_every=snapshot_every, lr_factor=0.1, max_overhead=None)
         final = run(t, 0.05, 300, g)
         (rec,) = g.interventions
         assert rec.restored_to == 0 and rec.step == nan_at
-        assert g.lr_multiplier == (1.0 if kept else pytest.approx(0.1))
-        if kept:
-            assert final < 1.2 * clean
+        assert rec.retry == (1 if nan_at >= LEVEL else 0)  # the replay at an untried start is free
+        assert g.lr_multiplier == 1.0 and final < 1.2 * clean
+    t = LinReg(nan_at=[8, 14])
+    g = Guard(t, snapshot_every=snapshot_every, lr_factor=0.1, max_overhead=None)
+    run(t, 0.05, 300, g)
+    assert [(i.restored_to, i.new_multiplier) for i in g.interventions] == [(0, 1.0), (0, pytest.approx(0.1))]
+
+
+def test_a_hopeless_lr_reaches_the_same_lowest_lr_before_the_guard_gives_up():
+    """An LR so high that the loss is NaN from the first steps: the free replay of the first NaN
+    does not count against max_retries, so the LR still comes down 10x three times (to 1e-3 of
+    itself) before the guard gives up, as it did without the replay."""
+    t = LinReg()
+    g = Guard(t, snapshot_every=50, lr_factor=0.1, max_overhead=None)
+    with pytest.raises(GuardGaveUp):
+        run(t, 1e6, 300, g)
+    multipliers = [i.new_multiplier for i in g.interventions]
+    assert multipliers[0] == 1.0 or multipliers[0] == pytest.approx(0.1)  # a NaN, or a blow-up first
+    assert multipliers[-1] == pytest.approx(1e-3)
 
 
 def test_a_too_high_lr_forgiven_at_the_start_is_still_brought_down_in_a_few_rollbacks():
@@ -370,10 +388,10 @@ def test_property_single_fault_one_rollback(k, factor, nan_at, forgive):
     assert rec.restored_to == max(healthy)
     if nan_at - k in healthy:
         assert nan_at - rec.restored_to <= k
-    # forgiven: a first problem after a healthy snapshot, or one before any that came after a
-    # healthy stretch of LEVEL steps from the start; earlier, the run never trained at this LR
-    kept = forgive and (rec.restored_to > 0 or nan_at >= LEVEL)
-    assert g.lr_multiplier == (1.0 if kept else pytest.approx(factor))
+    # forgiven: a first problem after a healthy snapshot, one before any that came after a healthy
+    # stretch of LEVEL steps from the start, or earlier (a NaN with no blow-up before it: a free replay)
+    assert g.lr_multiplier == (1.0 if forgive else pytest.approx(factor))
+    assert rec.retry == (0 if forgive and rec.restored_to == 0 and nan_at < LEVEL else 1)
     assert math.isfinite(t.evaluate())
 
 

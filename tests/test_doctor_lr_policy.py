@@ -70,3 +70,18 @@ def test_a_held_raise_during_probation_ends_it():
     assert p.factor(step=110, held_raise=30.0, last=(104, 90, False), **common) == 1 / 30
     assert p.probation is None
     assert p.tick(200, multiplier=0.5 / 30, healthy_since=lambda label: True) is None and not p.recoveries
+
+
+def test_a_nan_at_an_untried_start_is_kept_once_per_run_and_that_survives_a_checkpoint():
+    common = dict(onset=8, target=0, untried=True, interval=50, held_raise=None, multiplier=1.0)
+    p = LRPolicy(0.1)
+    assert p.factor(step=8, last=None, evidence_free=True, **common) == 1.0 and p.start_forgiven
+    back = LRPolicy(0.1)
+    back.load_state_dict(p.state_dict())
+    for q in (p, back):  # the second one from the untried start is the LR: cut, whatever its evidence
+        assert q.factor(step=12, last=(8, 0, True), evidence_free=True, **common) == 0.1
+    assert LRPolicy(0.1).factor(step=8, last=None, evidence_free=False, **common) == 0.1  # a blow-up first
+    assert LRPolicy(0.1, forgive_first=False).factor(step=8, last=None, evidence_free=True, **common) == 0.1
+    old = LRPolicy(0.1)
+    old.load_state_dict({"pending": None, "ramp": None, "recovered_at": None, "closed": False, "recoveries": []})
+    assert not old.start_forgiven  # a state saved before the flag existed

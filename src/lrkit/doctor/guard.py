@@ -30,7 +30,9 @@ would cost the rest of the run for nothing. With ``forgive_first=True`` (the def
 is undone); 1 for a *first problem* out of a run that has shown it trains at this LR (the target
 is not the initial state -- or it is, and the run trained at least 20 good steps in a row from it,
 its level fell under its start and no blow-up is dated to its first window -- the onset is not
-before it, and no rollback in the last :math:`2K` steps or from this snapshot); else :math:`\gamma`. A lowering right after a forgiven problem is
+before it, and no rollback in the last :math:`2K` steps or from this snapshot); 1 once per run for
+a NaN with no blow-up before it at an untried start (a replay tells a bad batch from the LR; not
+counted against ``max_retries``); else :math:`\gamma`. A lowering right after a forgiven problem is
 a halving (:math:`\max(\gamma, 1/2)`) on *probation*: once the run has trained :math:`2K` steps
 past it and a newer snapshot is healthy, the multiplier ramps back over :math:`2K` steps
 (:attr:`Guard.recoveries`); trouble during probation, or within :math:`4K` steps of that, lowers
@@ -690,8 +692,14 @@ class Guard(SkipsSpikes, PersistsGuard):
             step=step, onset=d.step if d.step is not None else step, target=target.label,
             untried=untried, interval=self._set.interval, held_raise=r if math.isfinite(r) else None,
             last=None if last is None else (last.step, last.restored_to, last.new_multiplier == last.old_multiplier),
-            multiplier=self._multiplier,
+            multiplier=self._multiplier, evidence_free=untried and self._evidence_free(d),
         )
+
+    @staticmethod
+    def _evidence_free(d: Diagnosis) -> bool:
+        """A NaN with nothing against the LR before it: no blow-up dated to the first window, no run
+        stuck since one (a bad batch looks so; a hopeless LR too, and the replay tells them apart)."""
+        return d.verdict == "nan" and "early_max_ratio" not in d.evidence and not d.evidence.get("stuck")
 
     def _untried(self, step: int, d: Diagnosis, target: SnapshotRecord) -> bool:
         """The rollback goes to a start the run has not shown it trains from at this LR: ``target``
@@ -774,7 +782,8 @@ class Guard(SkipsSpikes, PersistsGuard):
         target.cut(onset)  # the restored timeline's own losses no longer speak for it
         cut = self._cut(step, d, target, untried)  # before the doctor is rewound to the snapshot's state
         self._restore(target, state, rollback=True)
-        target.restores += 1
+        if not (untried and cut == 1.0):  # a NaN at an untried start forgiven once is a free replay
+            target.restores += 1
         old = self._multiplier
         self._multiplier = old * cut
         rec = Intervention(
@@ -784,13 +793,19 @@ class Guard(SkipsSpikes, PersistsGuard):
         )
         self._interventions.append(rec)
         self._write_manifest()
-        what = (f"lowered the LR multiplier {old:.3g} -> {self._multiplier:.3g}" if cut != 1.0 else
-                f"kept the LR multiplier at {old:.3g} (a first problem out of a healthy run: a bad batch or "
-                "state is likelier than the LR; a second one soon will lower it)")
+        if cut != 1.0:
+            what = f"lowered the LR multiplier {old:.3g} -> {self._multiplier:.3g}"
+        elif untried:
+            what = (f"kept the LR multiplier at {old:.3g} (a NaN at the start with no blow-up before it: a bad "
+                    "batch as likely as the LR; one replay tells them apart, another problem from the start "
+                    "will lower it)")
+        else:
+            what = (f"kept the LR multiplier at {old:.3g} (a first problem out of a healthy run: a bad batch or "
+                    "state is likelier than the LR; a second one soon will lower it)")
         self.logger.warning(
-            "lrkit guard: %s at step %d (onset %s); restored the snapshot of step %d%s and %s (retry %d of %d)",
+            "lrkit guard: %s at step %d (onset %s); restored the snapshot of step %d%s and %s (%s)",
             d.verdict, step, d.step, target.label, "" if verified else " (no snapshot was verified healthy)",
-            what, rec.retry, self.max_retries,
+            what, f"retry {rec.retry} of {self.max_retries}" if rec.retry else "a free replay, not a retry",
         )
         if self.on_intervention is not None:
             self.on_intervention(rec)

@@ -23,6 +23,13 @@ written into a weight, a corrupt shard are one-off faults: a 10x lower LR would 
 the run for nothing. Every forgiven rollback lands on a strictly newer snapshot, so a run cannot
 loop.
 
+**A NaN at an untried start.** A NaN out of a start with no blow-up before it (``evidence_free``:
+the guard's reading) is as likely a bad batch as the LR, and the evidence is one replay away: the
+first such rollback keeps the LR (once per run, :attr:`LRPolicy.start_forgiven`, and the guard does
+not count it against ``max_retries``); a second problem from the untried start gets
+:math:`\gamma` as before, so a hopeless LR reaches the same lowest LR before the guard gives up,
+one short replay later.
+
 **Probation.** A second problem right after a forgiven one is ambiguous: a bad stretch of data
 hits twice as surely as a too-high LR. So that lowering is a halving (:data:`PROBATION_FACTOR`,
 as the autopilot's second problem; :math:`\gamma` when that is milder), not a tenth -- a 10x lower
@@ -97,18 +104,23 @@ class LRPolicy:
         self.ramp: dict[str, Any] | None = None  # a recovery under way: {"from", "to", "start", "steps"}
         self.recovered_at: int | None = None
         self.closed = False  # a recovery was followed by trouble: the LR was the cause, no more probation
+        #: a NaN at an untried start was forgiven (once per run)
+        self.start_forgiven = False
         #: the steps at which a lowering on probation started to be undone
         self.recoveries: list[int] = []
         #: what the last call changed, in words (for the guard's log line), or ``None``
         self.note: str | None = None
 
     def factor(self, *, step: int, onset: int, target: int, untried: bool, interval: int,
-               held_raise: float | None, last: tuple[int, int, bool] | None, multiplier: float) -> float:
+               held_raise: float | None, last: tuple[int, int, bool] | None, multiplier: float,
+               evidence_free: bool = False) -> float:
         """The factor for a rollback at ``step`` (doctor's ``onset``) to the snapshot labelled
         ``target`` (``untried``: the run's initial state, and no healthy stretch trained from it before
         the problem), ``interval`` = :math:`K`.
         ``held_raise``: :math:`r` if the LR was raised and held since the target, else ``None``.
-        ``last``: the previous rollback's ``(step, restored_to, kept_the_lr)``, or ``None``."""
+        ``last``: the previous rollback's ``(step, restored_to, kept_the_lr)``, or ``None``.
+        ``evidence_free``: at an untried start, a problem with no evidence against the LR (a NaN
+        with no blow-up before it): kept once per run (see the module docstring)."""
         self.ramp = None  # a recovery under way stops where it is
         if held_raise is not None and held_raise >= 1.5:
             self.probation = None  # the cause is known; the level "before the trouble" no longer holds
@@ -121,6 +133,9 @@ class LRPolicy:
         if self.recovered_at is not None and step - self.recovered_at <= 4 * interval:
             self.closed = True  # the LR went back up and the trouble came back: it was the LR
             return self.lr_factor
+        if untried and evidence_free and not self.start_forgiven:
+            self.start_forgiven = True  # one replay tells a bad batch from the LR
+            return 1.0
         if not untried and onset >= target and moved_on(step, target, last[:2] if last else None, 2 * interval):
             return 1.0
         if not self.closed and not untried and last is not None and last[2]:
@@ -158,7 +173,7 @@ class LRPolicy:
     def state_dict(self) -> dict[str, Any]:
         """Plain JSON types, for the guard's manifest and framework checkpoints."""
         return {"pending": self.probation, "ramp": self.ramp, "recovered_at": self.recovered_at,
-                "closed": self.closed, "recoveries": list(self.recoveries)}
+                "closed": self.closed, "recoveries": list(self.recoveries), "start_forgiven": self.start_forgiven}
 
     def load_state_dict(self, state: Mapping[str, Any] | None) -> None:
         """Continue from :meth:`state_dict` (``None`` or ``{}``: a fresh policy, as in older files)."""
@@ -168,3 +183,4 @@ class LRPolicy:
         self.recovered_at = state.get("recovered_at")
         self.closed = bool(state.get("closed", False))
         self.recoveries = list(state.get("recoveries", []))
+        self.start_forgiven = bool(state.get("start_forgiven", False))
