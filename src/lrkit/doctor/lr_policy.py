@@ -15,13 +15,13 @@ With :math:`K` the guard's snapshot period, a rollback multiplies the LR multipl
 
 A **first problem** is one out of a run that has shown it trains at this LR: the restored
 snapshot is not an *untried* start (the initial state, unless the run trained a healthy stretch
-from it before the problem: the guard's rule, :meth:`~lrkit.doctor.guard.Guard` ``_untried``; a
-run that fails before it trained at this LR is the LR), the doctor's onset is not before it (a run "unstable since its start" is the
-LR), and there was no rollback yet or the run has moved on since the last one (the snapshot is
-newer than the last one restored and more than :math:`2K` steps have passed). A bad batch, a NaN
-written into a weight, a corrupt shard are one-off faults: a 10x lower LR would cost the rest of
-the run for nothing. Every forgiven rollback lands on a strictly newer snapshot, so a run cannot
-loop.
+from it before the problem, by the guard's reading, ``Guard._untried``: a run that fails before it
+trained at this LR points at the LR), the doctor's onset is not before it (a run "unstable since
+its start" is the LR), and there was no rollback yet or the run has moved on since the last one
+(the snapshot is newer than the last one restored and more than :math:`2K` steps have passed).
+A bad batch, a NaN written into a weight, a corrupt shard are one-off faults: a 10x lower LR would
+cost the rest of the run for nothing. Every forgiven rollback lands on a strictly newer snapshot,
+so a run cannot loop.
 
 **A NaN at an untried start.** A NaN out of a start with no blow-up before it (``evidence_free``:
 the guard's reading) is as likely a bad batch as the LR, and the evidence is one replay away: the
