@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> float:
     if args.report:  # the plan, the run as flown, every intervention
         from lrkit.report.autopilot_report import write_autopilot_report
 
-        print(f"report: {write_autopilot_report(pilot, args.report)}")
+        print(f"report: {write_autopilot_report(pilot, args.report, seed=0)}")
     print(f"final validation loss {final:.4f} after {steps} steps (+{pilot.plan.finder_cost_steps} finder steps)")
     return final
 

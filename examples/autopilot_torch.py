@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> float:
     if args.report:
         from lrkit.report.autopilot_report import write_autopilot_report
 
-        print(f"report: {write_autopilot_report(pilot, args.report)}")
+        print(f"report: {write_autopilot_report(pilot, args.report, seed=0)}")
     # a checkpoint resumes the autopilot: torch.save({"autopilot": pilot.state_dict(), ...}) and
     # lt.autopilot(model, optimizer, loss_fn, train, resume=checkpoint["autopilot"])
     return final
