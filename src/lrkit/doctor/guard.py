@@ -706,8 +706,9 @@ class Guard(SkipsSpikes, PersistsGuard):
         is the initial state and no later snapshot was taken (the policy's *untried* start: not
         forgiven), unless the run trained a healthy stretch from it before the problem -- at least
         :data:`~lrkit.doctor.snapshots.LEVEL` good verdicts in a row before this step, an onset at
-        least as many steps after the start, its level (:class:`~lrkit.doctor.snapshots.HealthTracker`) fell under its start, and
-        the doctor dates no blow-up to its first window nor a run stuck since one. The first
+        least as many steps after the start, its level
+        (:class:`~lrkit.doctor.snapshots.HealthTracker`) fell under its start, and the doctor
+        dates no blow-up to its first window nor a run stuck since one. The first
         snapshot comes after ``snapshot_every`` good steps (50 by default, stretched up to 10x for a
         model whose copy is slow): without the stretch rule a bad batch in the first 50 (to 500)
         steps of a healthy run cut its LR 10x for good (a NaN batch at step 30 of a 200-step Adam
