@@ -348,6 +348,7 @@ class Guard(SkipsSpikes, PersistsGuard):
         self._relapse_watch = RelapseWatch()  # after a rollback: the restored state's level
         self._policy = LRPolicy(lr_factor, forgive_first)  # what a rollback does to the LR
         self._since = 0  # good steps since the last snapshot or rollback
+        self._good_streak = 0  # good steps in a row since the start or the last rollback (snapshots apart)
         self._raise_watch = RaiseWatch()  # the last steps' LRs and losses: a sudden raise gets a snapshot
         try:  # a spike far above the run's level: its update is not applied (skip_spikes)
             spikes = SpikeFilter(spike_factor, snapshot_every if max_skips is None else max_skips)
@@ -537,6 +538,7 @@ class Guard(SkipsSpikes, PersistsGuard):
             self._t_last = time.perf_counter()
             return rec
         self._since = self._since + 1 if d.verdict in _GOOD else 0
+        self._good_streak = self._good_streak + 1 if d.verdict in _GOOD else 0
         if self._since >= self._set.interval:
             self._take()
         if self._policy.probation is not None or self._policy.ramp is not None:
@@ -667,7 +669,7 @@ class Guard(SkipsSpikes, PersistsGuard):
             self.doctor.restart()
         self._health.load(rec.health)
         rec.closed = True  # losses from now on are at another LR: they do not re-verify it
-        self._since = 0
+        self._since = self._good_streak = 0
         if self._spikes is not None:
             self._spikes.reset()  # another state: its level is learnt again
         if rollback:  # the restored state's level is the reference until a new snapshot is verified
@@ -703,8 +705,8 @@ class Guard(SkipsSpikes, PersistsGuard):
 
     def _untried(self, step: int, d: Diagnosis, target: SnapshotRecord) -> bool:
         """The rollback goes to a start the run has not shown it trains from at this LR: ``target``
-        is the initial state and no later snapshot was taken (the policy's *untried* start: not
-        forgiven), unless the run trained a healthy stretch from it before the problem -- at least
+        is the initial state and no snapshot taken before the onset was passed over (the policy's
+        *untried* start: not forgiven), unless the run trained a healthy stretch from it before the problem -- at least
         :data:`~lrkit.doctor.snapshots.LEVEL` good verdicts in a row before this step, an onset at
         least as many steps after the start, its level
         (:class:`~lrkit.doctor.snapshots.HealthTracker`) fell under its start, and the doctor
@@ -713,13 +715,15 @@ class Guard(SkipsSpikes, PersistsGuard):
         model whose copy is slow): without the stretch rule a bad batch in the first 50 (to 500)
         steps of a healthy run cut its LR 10x for good (a NaN batch at step 30 of a 200-step Adam
         run on the digits: validation loss 0.40 -> 1.85)."""
-        if target is not self._set.initial or any(s is not target for s in self._pool()):
-            return target is self._set.initial
+        if target is not self._set.initial:
+            return False
         onset = d.step if d.step is not None else step
+        if any(s is not target and s.label < onset for s in self._pool()):
+            return True  # a snapshot from before the onset was passed over: the trouble is older than it
         h = self._health
         learned = math.isfinite(h.best) and math.isfinite(h.start) and h.best < h.start
         early = "early_max_ratio" in d.evidence or bool(d.evidence.get("stuck"))
-        return early or not learned or min(self._since, onset - target.label) < LEVEL
+        return early or not learned or min(self._good_streak, onset - target.label) < LEVEL
 
     def _healthy_since(self, label: int) -> bool:
         """A rolling snapshot taken after step ``label`` exists and the newest one is verified healthy."""
