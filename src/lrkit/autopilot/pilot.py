@@ -78,7 +78,7 @@ from lrkit.autopilot.history import RunHistory
 from lrkit.autopilot.plan import AutopilotError, AutopilotPlan
 from lrkit.doctor.core import Doctor
 from lrkit.doctor.guard import Guard, GuardGaveUp, Intervention
-from lrkit.doctor.lr_policy import moved_on
+from lrkit.doctor.lr_policy import moved_on, unstable_start
 from lrkit.schedules.plateau import ReduceOnPlateau
 
 __all__ = ["Autopilot", "AutopilotEvent", "STATE_VERSION", "check_storage"]
@@ -423,14 +423,14 @@ class Autopilot:
         old_total = rec.old_multiplier * self._corr
         window = 2 * policy.guard_settings(self.plan.train_steps)["snapshot_every"]
         # a blow-up in the first window, or a run stuck since one, came out of no healthy stretch: not forgiven
-        unstable_start = "early_max_ratio" in rec.evidence or bool(rec.evidence.get("stuck"))
+        unstable = unstable_start(rec.evidence)
         # nor one soon after the last rollback, or back to the snapshot it restored (the guard's rule)
         last = (self._last_rollback, self._last_restored) if self._last_rollback is not None else None
-        first = moved_on(rec.step, rec.restored_to, last, window) and not unstable_start
+        first = moved_on(rec.step, rec.restored_to, last, window) and not unstable
         auto = self.plan.auto_peak_lr
         ratio = auto / self.plan.peak_lr if auto is not None else None
         new_total = policy.lowered_multiplier(old_total, verdict=rec.verdict, first=first, auto_ratio=ratio,
-                                              unstable_start=unstable_start)
+                                              unstable_start=unstable)
         self._restored(rec, new_total)
         peak = self.plan.peak_lr * self.plateau_scale * new_total
         if new_total == old_total:

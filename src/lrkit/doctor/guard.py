@@ -160,7 +160,7 @@ from typing import Any, Callable, Mapping, Sequence
 from lrkit.doctor.core import Diagnosis, Doctor
 from lrkit.doctor.guarded_watch import GuardedWatch, PendingValidation, watch_doctor  # noqa: F401 - re-exported
 from lrkit.doctor.interventions import GuardGaveUp, Intervention
-from lrkit.doctor.lr_policy import LRPolicy
+from lrkit.doctor.lr_policy import LRPolicy, unstable_start
 from lrkit.doctor.raise_watch import RAISE_SNAPSHOT, RAISE_STEADY, RaiseWatch
 from lrkit.doctor.relapse import RelapseWatch
 from lrkit.doctor.snapshot_set import SnapshotSet
@@ -701,7 +701,7 @@ class Guard(SkipsSpikes, PersistsGuard):
     def _evidence_free(d: Diagnosis) -> bool:
         """A NaN with nothing against the LR before it: no blow-up dated to the first window, no run
         stuck since one (a bad batch looks so; a hopeless LR too, and the replay tells them apart)."""
-        return d.verdict == "nan" and "early_max_ratio" not in d.evidence and not d.evidence.get("stuck")
+        return d.verdict == "nan" and not unstable_start(d.evidence)
 
     def _untried(self, step: int, d: Diagnosis, target: SnapshotRecord) -> bool:
         """The rollback goes to a start the run has not shown it trains from at this LR: ``target``
@@ -722,8 +722,7 @@ class Guard(SkipsSpikes, PersistsGuard):
             return True  # a snapshot from before the onset was passed over: the trouble is older than it
         h = self._health
         learned = math.isfinite(h.best) and math.isfinite(h.start) and h.best < h.start
-        early = "early_max_ratio" in d.evidence or bool(d.evidence.get("stuck"))
-        return early or not learned or min(self._good_streak, onset - target.label) < LEVEL
+        return unstable_start(d.evidence) or not learned or min(self._good_streak, onset - target.label) < LEVEL
 
     def _healthy_since(self, label: int) -> bool:
         """A rolling snapshot taken after step ``label`` exists and the newest one is verified healthy."""

@@ -64,11 +64,23 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-__all__ = ["LRPolicy", "PROBATION_FACTOR", "moved_on"]
+__all__ = ["LRPolicy", "PROBATION_FACTOR", "moved_on", "unstable_start"]
 
 #: the cut of a lowering on probation (a second problem right after a forgiven one), unless
 #: ``lr_factor`` is milder: a halving, as the autopilot's own policy does for a second problem
 PROBATION_FACTOR = 0.5
+
+
+def unstable_start(evidence: Mapping[str, Any]) -> bool:
+    """The doctor dates a blow-up to the run's first window (``early_max_ratio``) or finds the run
+    stuck since one (``stuck``): evidence against the LR from the start, which no rollback to the
+    start forgives (the guard's untried start, the autopilot's decade cut ask this).
+
+    Example:
+        >>> unstable_start({"early_max_ratio": 9.0}), unstable_start({"stuck": 1.0}), unstable_start({"lr": 0.1})
+        (True, True, False)
+    """
+    return "early_max_ratio" in evidence or bool(evidence.get("stuck"))
 
 
 def moved_on(step: int, target: int | None, last: tuple[int, int | None] | None, window: int) -> bool:
