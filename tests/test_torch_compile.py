@@ -16,6 +16,7 @@ torch = pytest.importorskip("torch")
 
 import lrkit.torch as lt  # noqa: E402
 from _torch_digits import loaders, net, one_thread, val_loss  # noqa: E402,F401
+from _torch_digits import train as digits_train  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -52,20 +53,14 @@ def test_the_autopilots_guard_rolls_a_compiled_model_back_from_a_nan():
     model = _compiled()
     opt = torch.optim.Adam(model.parameters())
     pilot = lt.autopilot(model, opt, torch.nn.functional.cross_entropy, train, val_loader=val, train_steps=200)
-    step = 0
-    while step < 200:
-        for x, y in train:
-            if step == 120:
-                x = x * math.nan
-            opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            pilot.after_step(loss, val_loss=val_loss(model, val) if (step + 1) % 50 == 0 else None)
-            pilot.scheduler.step()
-            step += 1
-            if step == 200:
-                break
+    steps = iter(range(200))
+
+    def after(loss):
+        step = next(steps)
+        pilot.after_step(loss, val_loss=val_loss(model, val) if (step + 1) % 50 == 0 else None)
+        pilot.scheduler.step()
+
+    digits_train(model, opt, train, 200, fault=lambda step, x: x * math.nan if step == 120 else x, after=after)
     rollbacks = [e for e in pilot.events if e.kind == "rollback"]
     assert [e.step for e in rollbacks] == [120]
     assert all(torch.isfinite(p).all() for p in model.parameters())
