@@ -39,17 +39,23 @@ def val_loss(model: torch.nn.Module, loader: DataLoader) -> float:
     return sum(losses) / len(losses)
 
 
+def cycled(loader, steps: int):
+    """``(step, x, y)`` for ``steps`` steps, the loader started again when it runs out."""
+    it = iter(loader)
+    for k in range(steps):
+        try:
+            x, y = next(it)
+        except StopIteration:
+            it = iter(loader)
+            x, y = next(it)
+        yield k, x, y
+
+
 def train(model: torch.nn.Module, opt: torch.optim.Optimizer, loader: DataLoader, n: int,
           fault: Callable | None = None, after: Callable | None = None) -> None:
     """``n`` steps over ``loader`` (cycled); ``fault(step, x) -> x`` changes a batch, ``after(loss)``
     runs after each update."""
-    batches = iter(())
-    for step in range(n):
-        try:
-            x, y = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            x, y = next(batches)
+    for step, x, y in cycled(loader, n):
         if fault is not None:
             x = fault(step, x)
         opt.zero_grad()

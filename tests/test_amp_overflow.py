@@ -21,7 +21,7 @@ import lrkit.integrations.torch.amp as amp  # noqa: E402
 from _hf_digits import digits  # noqa: E402
 import lrkit.torch as lt  # noqa: E402
 from lrkit.doctor import diagnose  # noqa: E402
-from _torch_digits import one_thread  # noqa: E402,F401 - autouse: one torch thread per test
+from _torch_digits import cycled, one_thread  # noqa: E402,F401 - one_thread: autouse, one torch thread per test
 
 INIT_SCALE = 2.0**40
 
@@ -50,13 +50,7 @@ def _overflowed(scaler):
 
 def _fp16_loop(model, opt, scaler, loader, steps, after_backward, after_step, nan_grads=False):
     """The loop of torch's AMP recipe, on the CPU's float16 autocast."""
-    batches = iter(loader)
-    for step in range(steps):
-        try:
-            x, y = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            x, y = next(batches)
+    for step, x, y in cycled(loader, steps):
         opt.zero_grad()
         with torch.autocast("cpu", dtype=torch.float16):
             loss = torch.nn.functional.cross_entropy(model(x), y)

@@ -16,6 +16,8 @@ from lrkit.doctor.spikes import CALM, LEVEL, MIN_SEEN, RECENT, SpikeFilter
 from lrkit.integrations.torch.doctor import TorchDoctor
 from lrkit.integrations.torch.trainer import TorchTrainer
 
+from _torch_digits import cycled
+
 
 def warm(f: SpikeFilter, n: int = 30, level: float = 1.0, lr: float = 0.1) -> None:
     for i in range(n):
@@ -256,22 +258,10 @@ def _setup(lr=0.1):
     return model, opt, loader
 
 
-def _batches(loader, steps):
-    """``(step, x, y)`` for ``steps`` steps, the loader started again when it runs out."""
-    it = iter(loader)
-    for k in range(steps):
-        try:
-            xb, yb = next(it)
-        except StopIteration:
-            it = iter(loader)
-            xb, yb = next(it)
-        yield k, xb, yb
-
-
 def _reference(steps):
     """A plain loop that draws every batch and simply applies no update in the shard."""
     model, opt, loader = _setup()
-    for k, xb, yb in _batches(loader, steps):
+    for k, xb, yb in cycled(loader, steps):
         if k in SHARD:
             continue
         opt.zero_grad(set_to_none=True)
@@ -340,7 +330,7 @@ def _torch_doctor_loop(skip, scaler=None, steps=200, unscale_first=False):
     model, opt, loader = _setup()
     watch = TorchDoctor(model, opt, snapshot_every=25, skip_spikes=skip, scaler=scaler)
     around = {}
-    for k, xb, yb in _batches(loader, steps):
+    for k, xb, yb in cycled(loader, steps):
         if k in SHARD:
             xb, yb = _garbage(xb, yb, k)
         opt.zero_grad(set_to_none=True)
@@ -442,7 +432,7 @@ def test_the_torch_autopilot_skips_a_bad_batch_in_your_loop():
     model, opt, loader = _setup(lr=1.0)  # any LR: the autopilot sets it
     pilot = TorchAutopilot(model, opt, Autopilot(make_plan(family="sgd_momentum", train_steps=250, peak_lr=0.1)))
     skipped, before = [], None
-    for k, xb, yb in _batches(loader, 250):
+    for k, xb, yb in cycled(loader, 250):
         if k == 150:
             xb, yb = _garbage(xb, yb, k)
             before = [p.detach().clone() for p in model.parameters()]
