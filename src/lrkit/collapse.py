@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["COLLAPSED", "OUTPUT_SPREAD", "check_every_arg", "output_spread", "sample_indices", "sampled_spread"]
+__all__ = ["COLLAPSED", "OUTPUT_SPREAD", "WEIGHT_CHANGE", "check_every_arg", "output_spread", "relative_change",
+           "sample_indices", "sampled_spread"]
 
 #: a relative spread at or below this is a model giving every input the same output
 COLLAPSED = 1e-6
@@ -42,6 +43,31 @@ COLLAPSED = 1e-6
 OUTPUT_SPREAD = "output_spread"
 #: most rows (examples) and columns (flattened outputs) an adapter measures
 MAX_ROWS, MAX_COLS = 256, 4096
+#: the metric name under which adapters report :func:`relative_change` of the trainable weights since
+#: the run's start (:mod:`lrkit.doctor.signs.flat` reads it: a loss that has not moved while the weights
+#: have is no LR too low)
+WEIGHT_CHANGE = "weight_change"
+#: most weights an adapter keeps (an evenly spread sample of every trainable tensor, in proportion to its size)
+MAX_WEIGHTS = 65536
+
+
+def relative_change(start: np.ndarray, now: np.ndarray) -> float | None:
+    r"""How far weights moved from where they started, relative to their size:
+    :math:`\lVert w - w_0 \rVert / \lVert w_0 \rVert` (``None`` when :math:`w_0 = 0`: nothing to
+    compare with). Adapters measure it on a fixed sample of the trainable weights (at most
+    :data:`MAX_WEIGHTS`, spread over every tensor in proportion to its size: an estimate of the whole).
+
+    Example:
+        >>> relative_change(np.array([3.0, 4.0]), np.array([3.0, 4.5]))
+        0.1
+        >>> relative_change(np.zeros(3), np.ones(3)) is None
+        True
+    """
+    start = np.asarray(start, dtype=np.float64).ravel()
+    norm = float(np.linalg.norm(start))
+    if not norm > 0:
+        return None
+    return float(np.linalg.norm(np.asarray(now, dtype=np.float64).ravel() - start)) / norm
 
 
 def check_every_arg(name: str, value: object) -> None:

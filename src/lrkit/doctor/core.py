@@ -582,7 +582,7 @@ class Doctor:
         if t.first_step is None:
             t.first_step = step
         if lr_f is not None:
-            t.lr = lr_f
+            t.set_lr(lr_f)
         return self._step(step, loss, lr_f, gn, vl, mets)  # type: ignore[return-value]
 
     def observe_many(
@@ -641,7 +641,7 @@ class Doctor:
             if t.first_step is None:
                 t.first_step = step
             if lr_i is not None:
-                t.lr = lr_i
+                t.set_lr(lr_i)
             self._step(step, loss_l[i], lr_i, gn_l[i], vl_l[i], mets, build=i == n - 1)
         return self._diag
 

@@ -52,6 +52,9 @@ def median(xs: list[float]) -> float:
 #: steps at log-noise 0.2-0.4; 0 with five); a median of five needs three such draws. A blow-up in
 #: the first steps is measured against the very first loss (:mod:`lrkit.doctor.signs.diverging`)
 BEST_MIN_LOSSES = 5
+#: an LR falling this many times in one observation, from at least CUT_FROM of the run's peak, is a cut
+#: (a guard's rollback, a step schedule): :attr:`Track.lr_peak` starts again from it
+CUT, CUT_FROM = 5.0, 0.2
 
 #: losses up to the best level's median that re-estimate the noise at the best (see ``update_noise``)
 BEST_NOISE_ROWS = 8
@@ -67,13 +70,32 @@ def fmt_lr(lr: float) -> str:
     return f"{lr:.3g}"
 
 
-def scaled(lr: float | None, factor: float, word: str) -> str:
-    """'lower the LR about 10x, from 0.3 to 0.03' (or without numbers when the LR is unknown)."""
+#: an LR this many times under the run's peak so far is a schedule's decay: advice names the peak
+PEAK_RATIO = 1.5
+
+
+def scaled(lr: float | None, factor: float, word: str, peak: float | None = None) -> str:
+    """'lower the LR about 10x, from 0.3 to 0.03' (or without numbers when the LR is unknown).
+
+    With ``peak`` (the highest LR of the run so far, :attr:`Track.lr_peak`) at least
+    :data:`PEAK_RATIO` times ``lr``, the LR was scheduled down since: the advice scales the peak
+    -- the number the user set -- and says where the schedule is now (a linear decay's last LR is
+    near 0, and "raise it 10x" from there would advise an LR below the one that was too low).
+
+    Example:
+        >>> scaled(1e-4, 10, "raise")
+        'raise the LR about 10x, from 0.0001 to 0.001'
+        >>> scaled(5e-9, 10, "raise", peak=1e-6)
+        'raise the LR about 10x, from its peak 1e-06 to 1e-05 (the schedule has it at 5e-09 now)'
+    """
     n = int(round(factor)) if factor >= 1 else factor
     if lr is None or not math.isfinite(lr) or lr <= 0:
         return f"{word} the LR about {n}x"
+    now = ""
+    if peak is not None and math.isfinite(peak) and peak >= PEAK_RATIO * lr:
+        lr, now = peak, f" (the schedule has it at {fmt_lr(lr)} now)"
     new = lr / factor if word == "lower" else lr * factor
-    return f"{word} the LR about {n}x, from {fmt_lr(lr)} to {fmt_lr(new)}"
+    return f"{word} the LR about {n}x, from {'its peak ' if now else ''}{fmt_lr(lr)} to {fmt_lr(new)}{now}"
 
 
 def nan_none(x: float) -> float | None:
@@ -204,9 +226,23 @@ class Track:
         self.sigma = math.nan  # noise sd of y (latest window)
         self.sigma_slow = math.nan  # its slow average (EMA over checks)
         self.lr: float | None = None
+        self.lr_peak = math.nan  # the highest LR since the start, or since the last cut (see set_lr)
         self.level = math.nan
 
     # ------------------------------------------------------------------ updates
+    def set_lr(self, lr: float) -> None:
+        """This observation's LR; :attr:`lr_peak` follows the highest since the start, and starts
+        again from a cut -- the LR falling :data:`CUT` times or more in one observation from at least
+        :data:`CUT_FROM` of the peak (a guard's rollback, a step schedule; not a smooth decay's tail,
+        whose last steps also halve it, from near 0)."""
+        prev, peak = self.lr, self.lr_peak
+        if not math.isfinite(lr):
+            self.lr = lr
+            return
+        if prev is not None and math.isfinite(prev) and math.isfinite(peak) and lr * CUT <= prev and prev >= CUT_FROM * peak:
+            peak = math.nan
+        self.lr, self.lr_peak = lr, lr if not peak >= lr else peak
+
     def push(self, step: int, above: float, gn: float | None) -> None:
         """One finite loss (above the floor) and its gradient norm: level and best."""
         y = math.log(max(above, TINY))
@@ -323,6 +359,7 @@ class Track:
             "sigma": nan_none(self.sigma),
             "sigma_slow": nan_none(self.sigma_slow),
             "lr": self.lr,
+            "lr_peak": nan_none(self.lr_peak),
         }
 
     def load_state_dict(self, s: Mapping[str, Any]) -> None:
@@ -345,6 +382,7 @@ class Track:
         self.sigma = math.nan if s["sigma"] is None else float(s["sigma"])
         self.sigma_slow = math.nan if s["sigma_slow"] is None else float(s["sigma_slow"])
         self.lr = s["lr"]
+        self.lr_peak = math.nan if s.get("lr_peak") is None else float(s["lr_peak"])
         if self.n:
             self.level = median(self.y.last(min(self.short, self.n)))
 

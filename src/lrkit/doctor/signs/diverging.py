@@ -178,7 +178,7 @@ def rise_onset(track: Track, step: int, log_margin: float | None) -> int:
 
 def diverging_explanation(track: Track, config: Mapping[str, Any], onset: int | None, ev: Mapping[str, float]) -> tuple[tuple[str, ...], str]:
     """Advice and message of a ``diverging`` finding (shared by the signs that raise it)."""
-    advice = [scaled(track.lr, 10, "lower")]
+    advice = [scaled(track.lr, 10, "lower", track.lr_peak)]
     if onset is not None and track.first_step is not None and track.n <= 2 * track.window:
         advice.append("add warmup (e.g. 5-10% of the steps)")
     if "grad_norm_ratio" in ev and ev["grad_norm_ratio"] > config["grad_ratio"]:

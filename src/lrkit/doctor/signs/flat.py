@@ -70,8 +70,15 @@ equal to :data:`FROZEN_REL`, and not a drift in one direction at every step -- a
 held a different value (and its level is not clearly above that window's, as for flat) is
 ``diverging`` as well: it moved, then no weight moved any more (units
 died or saturated; an LR too low still moves the weights, and a run's batches differ); frozen from
-its first value on, it stays flat, with the gradients to check first. Onset of flat: the first
-step observed.
+its first value on, it stays flat, with the gradients to check first. A flat run whose weights
+have moved far -- the metric ``weight_change`` (:func:`lrkit.collapse.relative_change` of a sample
+of the trainable weights since the start, which the live torch callbacks measure) at least
+:data:`MOVED` -- stays flat, but is not advised to raise its LR: the updates are large and lead
+nowhere, which an LR too low does not do (it moves the weights little, and the loss follows them);
+the advice is to lower it if the loss stays there. Not ``diverging``, on which a guard acts: a run
+at a good LR can sit at chance a while with its weights moving before it learns (a tiny BERT at
+5e-3 did for 100 steps), and one moved that far says the LR is not too low, not yet that it is too
+high. Onset of flat: the first step observed.
 """
 from __future__ import annotations
 
@@ -80,6 +87,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from lrkit.collapse import WEIGHT_CHANGE
 from lrkit.doctor.signs._base import (
     MEDIAN_EFF,
     TINY,
@@ -148,6 +156,14 @@ FROZEN_REL, FROZEN_ROWS = 1e-6, 4
 #: its start never moved (a property test of a flat run with per-step noise 1e-6 -- its last four values
 #: by chance within 1e-6 of each other -- read "moved, then stopped" against a 1e-6 margin)
 FROZEN_MOVED = 1e-4
+#: a flat run whose weights moved this far from their start (relative, ``weight_change``) is not slow:
+#: its advice is not to raise the LR. Measured on a tiny BERT fine-tuned by the Hugging Face Trainer with AdamW (a marker-token task;
+#: learns at 3e-4 to 3e-3): at 5e-3 to 2e-2 it sat at chance (ln 2) to the end, read flat and was
+#: advised to raise the LR, its weights 0.47-1.6 of their norm away from the start by step 48; LR 1e-4
+#: read flat (slow) at 0.01-0.03; LR 3e-4, at chance for half its run before it learned, had moved 0.13
+#: (and 5e-3 on another seed moved 0.38 at chance in 40 steps, then learned after 100: too high a reading
+#: for a guard to act on, see the module docstring)
+MOVED = 0.3
 
 
 #: a log whose first loss is at this step or later hides the run's start: a flat verdict then says
@@ -197,8 +213,12 @@ class Flat(Sign):
         self.lr_window: list[float] = []  # LR at each window check, for warmup detection
         self.vals: list[float] = []  # log of the last VAL_KEEP validation losses
         self.val_before = math.inf  # log of the best validation loss before those
+        self.moved = math.nan  # the last weight_change reported (a live adapter's)
 
     def observe(self, obs: Observation) -> None:
+        moved = obs.metrics.get(WEIGHT_CHANGE)
+        if moved is not None and math.isfinite(moved):
+            self.moved = float(moved)
         v = validation_loss(obs)
         if v is not None and math.isfinite(v) and v > 0:
             self.vals.append(math.log(v))
@@ -306,6 +326,8 @@ class Flat(Sign):
             # (a run that learned -- its loss fell from its start -- and whose validation loss now swings
             # or rises with no new best sits at its floor, or overfits, or the LR is too high: an LR too
             # low would still bring the validation loss down in a straight line)
+            if self.moved >= MOVED:  # the weights moved far and the loss did not follow (see MOVED)
+                ev["weight_change"] = self.moved
             self.finding = Finding("flat", t.first_step, ev)
         # else the level sits clearly above the first window's: it rose -- whatever the cause (a
         # schedule's LR rise, waited out by the loss_rise sign), not an LR too low to make progress
@@ -413,10 +435,22 @@ class Flat(Sign):
         if self.track.n < 2 * self.track.window:
             rel = max(rel, finding.evidence.get("best_relative_progress", 0.0))
         advice = (
-            scaled(self.track.lr, 10 if rel < 0.02 else 3, "raise"),
+            scaled(self.track.lr, 10 if rel < 0.02 else 3, "raise", self.track.lr_peak),
             "run an LR range test (lrkit find)",
             "check that gradients reach the parameters (frozen layers, zero grad norm)",
         )
+        moved = finding.evidence.get("weight_change")
+        if moved is not None:  # not a slow run: the weights move far, the loss does not follow
+            return (
+                "do not raise the LR: " + scaled(self.track.lr, 3, "lower", self.track.lr_peak) + " if the loss stays at this level",
+                "run an LR range test (lrkit find)",
+                "check the labels and inputs (a loss that cannot fall whatever the weights do)",
+            ), (
+                f"The loss is flat: it has not decreased in {self.track.n} logged losses, yet the weights have moved "
+                f"{100 * moved:.0f}% of their size since the start. An LR too low moves the weights little and the "
+                "loss follows them; here the updates are large and lead nowhere: the LR is more likely too high (a "
+                "transformer stuck at chance level is the classic case), or the data give the loss nothing to learn."
+            )
         if "frozen_rows" in finding.evidence:  # not a slow loss: one that does not change at all
             return advice[2:] + advice[:2], (
                 f"The loss is flat: it has not changed at all over its last {finding.evidence['frozen_rows']:.0f} "
@@ -440,6 +474,7 @@ class Flat(Sign):
             "lr_window": list(self.lr_window),
             "vals": list(self.vals),
             "val_before": self.val_before if math.isfinite(self.val_before) else None,
+            "moved": self.moved if math.isfinite(self.moved) else None,
             "flat_finding": finding_state(self.finding),
         }
 
@@ -450,4 +485,5 @@ class Flat(Sign):
         self.lr_window = [float(v) for v in s.get("lr_window", [])]
         self.vals = [float(v) for v in s.get("vals", [])]
         self.val_before = math.inf if s.get("val_before") is None else float(s["val_before"])
+        self.moved = math.nan if s.get("moved") is None else float(s["moved"])
         self.finding = finding_from(s.get("flat_finding"))

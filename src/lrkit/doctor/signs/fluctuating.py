@@ -91,7 +91,7 @@ class LossSpikes(Sign):
     def explain(self, finding: Finding, step: int) -> tuple[tuple[str, ...], str]:
         ev = finding.evidence
         advice = (
-            scaled(self.track.lr, 3, "lower"),
+            scaled(self.track.lr, 3, "lower", self.track.lr_peak),
             "use a decaying schedule (e.g. cosine) or a larger batch",
             "clip gradients (e.g. max norm 1.0)",
         )

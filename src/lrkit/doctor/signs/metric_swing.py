@@ -345,7 +345,7 @@ class MetricSwing(Sign):
         ev = finding.evidence
         names = [k.split(":", 1)[1] for k in ev if k.startswith("oscillating_metric:")]
         advice = (
-            scaled(self.track.lr, 3, "lower"),
+            scaled(self.track.lr, 3, "lower", self.track.lr_peak),
             "add warmup (e.g. 5-10% of the steps)",
             "use a larger batch (or a decaying schedule, e.g. cosine)",
         )

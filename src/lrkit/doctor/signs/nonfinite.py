@@ -57,7 +57,7 @@ class NonFinite(Sign):
     def explain(self, finding: Finding, step: int) -> tuple[tuple[str, ...], str]:
         t = self.track
         advice = (
-            scaled(t.lr, 10, "lower"),
+            scaled(t.lr, 10, "lower", t.lr_peak),
             "clip gradients (e.g. max norm 1.0)",
             "add warmup" if t.n < 2 * t.window else "check the data and the loss for inf/NaN (e.g. log(0), division by zero)",
             "with fp16, use bf16 or a loss scaler",

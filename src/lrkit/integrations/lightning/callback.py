@@ -258,7 +258,7 @@ class LRDoctorCallback(GuardedWatch, pl.Callback):
             self._handles.append(opt.register_step_pre_hook(self._pre))
             self._handles.append(opt.register_step_post_hook(self._post))
         if self.check_outputs_every:
-            self._outputs = SpreadProbe(probed_module(pl_module), self.check_outputs_every)
+            self._outputs = SpreadProbe(probed_module(pl_module), self.check_outputs_every, weights=True)
             self._handles.append(self._outputs)  # removed with the optimizer hooks
         if self.guard is not None:
             self.guard.start()

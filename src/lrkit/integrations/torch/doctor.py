@@ -358,7 +358,7 @@ class TorchDoctor(GuardedWatch):
         self._skipping = False  # the step in flight had its update skipped (a loss spike)
         self._gn: float | None = None
         self._params = [p for g in optimizer.param_groups for p in g["params"]]
-        self._outputs = (SpreadProbe(model, check_outputs_every, agree=guard or self.watch_on)
+        self._outputs = (SpreadProbe(model, check_outputs_every, agree=guard or self.watch_on, weights=True)
                          if check_outputs_every else None)
         self.stability_probe = stability_probe
         #: every probe's report (:func:`~lrkit.integrations.torch.hessian.stability_report`'s dict

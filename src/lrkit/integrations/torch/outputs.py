@@ -38,10 +38,20 @@ from typing import Any
 
 import torch
 
-from lrkit.collapse import MAX_COLS, MAX_ROWS, OUTPUT_SPREAD, check_every_arg, output_spread, sample_indices
+from lrkit.collapse import (
+    MAX_COLS,
+    MAX_ROWS,
+    MAX_WEIGHTS,
+    OUTPUT_SPREAD,
+    WEIGHT_CHANGE,
+    check_every_arg,
+    output_spread,
+    sample_indices,
+)
 from lrkit.integrations.torch.dist import rank_agree, world_size
 
-__all__ = ["SpreadProbe", "agreed_spread", "check_every_arg", "first_tensor", "tensor_spread"]  # check_every_arg re-exported
+__all__ = ["SpreadProbe", "WeightSample", "agreed_spread", "check_every_arg", "first_tensor",  # check_every_arg re-exported
+           "tensor_spread"]
 
 
 def first_tensor(out: Any) -> torch.Tensor | None:
@@ -86,6 +96,64 @@ def agreed_spread(value: float | None, agree: bool = True) -> float | None:
     return None if math.isinf(agreed) else agreed
 
 
+class WeightSample:
+    """A fixed sample of a model's trainable weights, kept from where they started:
+    :meth:`change` is :func:`lrkit.collapse.relative_change` of the sample since then.
+
+    At most ``size`` values (each tensor gives an evenly spread share in proportion to its size, at
+    least one value), copied once on their own devices; a reading gathers the same positions and
+    reads one number per device. ``None`` where the weights cannot be read so (sharded parameters,
+    weights that started at zero).
+
+    Example:
+        >>> lin = torch.nn.Linear(4, 2)
+        >>> w = WeightSample(lin)
+        >>> w.change()
+        0.0
+        >>> with torch.no_grad():
+        ...     _ = lin.weight.mul_(1.5); _ = lin.bias.mul_(1.5)
+        >>> round(w.change(), 6)
+        0.5
+    """
+
+    def __init__(self, model: torch.nn.Module, size: int = MAX_WEIGHTS) -> None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        total = sum(p.numel() for p in params)
+        self._items: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = []
+        norm2: dict[torch.device, torch.Tensor] = {}
+        try:
+            with torch.no_grad():
+                for p in params:
+                    cols = sample_indices(p.numel(), max(1, round(size * p.numel() / total)))
+                    idx = None if cols is None else torch.as_tensor(cols, device=p.device)
+                    start = self._values(p, idx).clone()
+                    self._items.append((p, idx, start))
+                    norm2[p.device] = norm2.get(p.device, 0.0) + start.pow(2).sum()
+            self._norm = math.sqrt(sum(float(v) for v in norm2.values()))
+        except (RuntimeError, TypeError, NotImplementedError):  # parameters that do not read as one tensor
+            self._items, self._norm = [], 0.0
+
+    @staticmethod
+    def _values(p: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+        flat = p.detach().reshape(-1)
+        return (flat if idx is None else flat[idx]).float()
+
+    def change(self) -> float | None:
+        r""":math:`\lVert w_S - w_{S,0} \rVert / \lVert w_{S,0} \rVert` on the sample :math:`S`
+        (``None``: nothing to measure)."""
+        if not self._items or not self._norm > 0:
+            return None
+        sums: dict[torch.device, list[torch.Tensor]] = {}
+        try:
+            with torch.no_grad():
+                for p, idx, start in self._items:
+                    sums.setdefault(start.device, []).append((self._values(p, idx) - start).pow(2).sum())
+            total = sum(float(torch.stack(v).sum()) for v in sums.values())  # one read per device
+        except (RuntimeError, TypeError, NotImplementedError):
+            return None
+        return math.sqrt(total) / self._norm if math.isfinite(total) else None
+
+
 class SpreadProbe:
     """Measures :func:`tensor_spread` on the model's forward of every ``every``-th optimizer step.
 
@@ -95,10 +163,12 @@ class SpreadProbe:
     was built (the state the run starts from, live or not), then step indices divisible by
     ``every``. Under ``torch.distributed`` with ``agree=True`` every rank must call :meth:`take`
     at every step (the ranks agree on the largest spread at the measured steps); with
-    ``agree=False`` each rank reads its own.
+    ``agree=False`` each rank reads its own. With ``weights=True`` a measured step also reports
+    how far the trainable weights moved since the probe was built (:class:`WeightSample`, the
+    metric ``weight_change``; every rank holds the same weights under DDP, so no collective).
     """
 
-    def __init__(self, model: torch.nn.Module, every: int = 25, *, agree: bool = True) -> None:
+    def __init__(self, model: torch.nn.Module, every: int = 25, *, agree: bool = True, weights: bool = False) -> None:
         check_every_arg("SpreadProbe: every", every)
         if every == 0:
             raise ValueError("SpreadProbe: every must be >= 1 (build no probe to measure nothing)")
@@ -106,6 +176,7 @@ class SpreadProbe:
         self._armed = True  # the hook measures the next forward (the first one: the run's start)
         self._due = True  # the step being trained is a measured one (the same on every rank)
         self._value: float | None = None
+        self._weights = WeightSample(model) if weights else None
         self._hook = model.register_forward_hook(self._on_forward)
 
     def _on_forward(self, module: Any, args: Any, out: Any) -> None:
@@ -118,7 +189,11 @@ class SpreadProbe:
         due, self._due = self._due, (step + 1) % self.every == 0
         value = agreed_spread(self._value, self.agree) if due else None
         self._armed, self._value = self._due, None
-        return {} if value is None else {OUTPUT_SPREAD: float(value)}
+        out = {} if value is None else {OUTPUT_SPREAD: float(value)}
+        moved = self._weights.change() if due and self._weights is not None else None
+        if moved is not None:
+            out[WEIGHT_CHANGE] = moved
+        return out
 
     def restart(self) -> None:
         """Measure the next step's forward again (after a rollback: the restored state's liveness

@@ -28,7 +28,7 @@ class ProbesOutputs:
         """Probe ``model`` from its next forward on (any probe before it is taken off)."""
         self._stop_outputs()
         if self.check_outputs_every and isinstance(model, torch.nn.Module):
-            self._outputs = SpreadProbe(model, self.check_outputs_every)
+            self._outputs = SpreadProbe(model, self.check_outputs_every, weights=True)
 
     def _stop_outputs(self) -> None:
         """Take the hook off the model (training ended, or failed)."""
