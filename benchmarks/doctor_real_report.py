@@ -257,7 +257,15 @@ def markdown(specs: list[rr.RunSpec], off: dict, liv: dict, live_minutes: float 
               "guarded accuracy median 0.881 -> 0.917, rescued 19 -> 24 of 40; held-out 0.969 -> 0.971) by what "
               "the same runs move between two runs of this benchmark: the runs that moved differ from one run to "
               "the next (too-high Lightning runs in one, too-high torch runs in another), and an unguarded "
-              "accuracy, which the doctor cannot touch, moved too. No good run was harmed on either half."]
+              "accuracy, which the doctor cannot touch, moved too. No good run was harmed on either half. "
+              "Since 2026-12-07 also a validation result logged after the last training loss (the Trainer's last "
+              "evaluation, a logger's last validation in a call of its own) goes with that loss offline instead "
+              "of being dropped (on another machine the W&B run above kept its verdict only through it: its "
+              "fourth evaluation carried the zigzag), and the live callbacks also report how far a sample of the "
+              "weights moved since the start (`weight_change`): a flat run whose weights moved 30% of their size "
+              "is advised to lower its LR, not raise it, and stays flat (no guard acts on it); designed on Trainer "
+              "runs of a tiny BERT outside this corpus. Offline, both halves re-run: unchanged; the live verdicts "
+              "cannot move (flat stays flat), and were not re-run."]
     return "\n".join(lines)
 
 

@@ -155,3 +155,94 @@ def test_a_transformer_at_too_low_an_lr_is_told_to_raise_its_peak(tmp_path):
     assert d.verdict == "flat" and WEIGHT_CHANGE not in d.evidence, d
     assert d.advice[0].startswith("raise the LR about 10x, from its peak") and _peak(d.advice[0]) == pytest.approx(
         peak, rel=1e-2), d
+
+
+# ---------------------------------------------------------------------------- every live callback reads it
+def _moved_readings(doctor) -> list[tuple[int, float]]:
+    return [(s, m[WEIGHT_CHANGE]) for s, _, m in doctor.seen if WEIGHT_CHANGE in m]
+
+
+def test_the_keras_callback_reads_how_far_the_weights_moved():
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    from _recording import RecordingDoctor
+    from lrkit.keras import LRDoctorCallback
+
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).normal(size=(256, 8)).astype("float32")
+    y = (x[:, :1] > 0).astype("float32")
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.Adam(0.05), "mse")
+    doc = RecordingDoctor()
+    model.fit(x, y, batch_size=16, epochs=4, verbose=0, callbacks=[LRDoctorCallback(doctor=doc, check_outputs_every=16)])
+    seen = _moved_readings(doc)
+    assert [s for s, _ in seen] == [0, 16, 32, 48]  # before the first step, then every 16 (no inputs needed)
+    assert seen[0][1] == 0.0 and seen[-1][1] > seen[1][1] > 0
+
+
+def test_the_lightning_callback_reads_how_far_the_weights_moved(tmp_path):
+    pl = pytest.importorskip("lightning.pytorch")
+    from _recording import RecordingDoctor
+    from lrkit.lightning import LRDoctorCallback
+
+    class Module(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+
+        def training_step(self, batch, _):
+            return torch.nn.functional.mse_loss(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=0.05)
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 8, generator=g)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, (x[:, :1] > 0).float()), batch_size=16)
+    doc = RecordingDoctor()
+    pl.Trainer(max_epochs=4, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, default_root_dir=tmp_path,
+               callbacks=[LRDoctorCallback(doctor=doc, check_outputs_every=16)]).fit(Module(), data)
+    seen = _moved_readings(doc)
+    # read with the optimizer steps 0, 16, 32, 48, after each one's update
+    assert [s for s, _ in seen] == [0, 16, 32, 48] and 0 < seen[0][1] < seen[1][1] < seen[-1][1], seen
+
+
+def test_torch_doctor_reads_how_far_the_weights_moved():
+    from _recording import RecordingDoctor
+    from lrkit.torch import TorchDoctor
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    doc = RecordingDoctor()
+    watch = TorchDoctor(model, opt, doctor=doc, check_outputs_every=16)
+    g = torch.Generator().manual_seed(0)
+    for step in range(64):
+        x = torch.randn(16, 8, generator=g)
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), (x[:, :1] > 0).float())
+        loss.backward()
+        watch.after_backward(loss)
+        opt.step()
+        watch.after_step(step, loss)
+    seen = _moved_readings(doc)
+    assert [s for s, _ in seen] == [0, 16, 32, 48] and 0 < seen[0][1] < seen[1][1] < seen[-1][1], seen
+
+
+def test_a_final_evaluation_logged_after_the_last_training_loss_is_read():
+    # the Hugging Face Trainer logs its last training loss at step 190 and the epoch's evaluation at 192,
+    # Lightning's WandbLogger the last validation in a call of its own: it went with no row and was lost
+    from lrkit.doctor.diagnosis import run_doctor
+    from lrkit.doctor.logs import read_log
+
+    def seen(log):  # the validation losses the doctor was given (the flat sign keeps them)
+        return [round(math.exp(v), 6) for v in run_doctor(read_log(log), Doctor(window=5)).signs["flat"].vals]
+
+    assert seen({"step": [0, 10, 20, 22, 23], "loss": [2.0, 1.5, 1.2, None, None],
+                 "val_loss": [None, 1.6, None, 1.3, 1.25]}) == [1.6, 1.25]  # with the last loss: the latest
+    assert seen({"step": [0, 10, 20, 22], "loss": [2.0, 1.5, 1.2, None],
+                 "val_loss": [None, None, 1.1, 1.3]}) == [1.1]  # the row's own value wins

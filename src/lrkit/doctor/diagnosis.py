@@ -36,7 +36,8 @@ def run_doctor(records: LogRecords, doctor: Doctor, progress: Progress | None = 
     and the other metrics of the same row) and return it.
 
     A row without a loss (a validation row logged at a step of its own) is not lost: its
-    ``val_loss`` and metrics go with the next row that has a loss (the row's own values win).
+    ``val_loss`` and metrics go with the next row that has a loss, or with the last one when none
+    follows (a final evaluation, logged after the last training loss); the row's own values win.
     ``lr`` and ``grad_norm`` describe a training step and are not carried. The columns are
     lined up with NumPy first, so that the loop does no per-row bookkeeping; ``progress`` is
     called as ``progress("diagnosing", fraction)`` about a hundred times. With
@@ -66,10 +67,9 @@ def run_doctor(records: LogRecords, doctor: Doctor, progress: Progress | None = 
             v, m = vals[pick].astype(np.float64, copy=False), mask[pick]
         else:  # a value on a row without a loss goes with the next row that has one
             v, m = np.full(n, np.nan), np.zeros(n, dtype=bool)
-            src = np.nonzero(mask)[0]
-            target = np.searchsorted(rows, src)
-            keep = target < n
-            src, target = src[keep], target[keep]
+            src = np.nonzero(mask)[0] if n else np.zeros(0, dtype=np.int64)
+            # after the last loss row (a final evaluation, logged after the last training loss): with it
+            target = np.minimum(np.searchsorted(rows, src), n - 1)
             own = has_loss[src]
             for sel in (~own, own):  # carried values first, the row's own value wins
                 v[target[sel]] = vals[src[sel]]

@@ -176,7 +176,10 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
             depending on its inputs is ``diverging`` (:mod:`lrkit.doctor.signs.dead`), and the
             guard rolls it back. ``None`` (default): not read (a callback does not see ``fit``'s
             batches).
-        check_outputs_every: see ``check_outputs_on`` (0 = never).
+        check_outputs_every: see ``check_outputs_on`` (0 = never). At the same steps the callback
+            reads how far a sample of the trainable weights moved since the start (the metric
+            ``weight_change``, inputs or not): a flat run whose weights moved far is not advised to
+            raise its LR (:mod:`lrkit.doctor.signs.flat`).
 
     Attributes:
         diagnosis (the latest verdict), detections (each problem once, with its step), worst (the
@@ -213,7 +216,7 @@ class LRDoctorCallback(GuardedWatch, keras.callbacks.Callback):
         from lrkit.integrations.keras.trainer import OutputsCheck, first_inputs
 
         self._outputs = OutputsCheck(None if check_outputs_on is None else first_inputs(check_outputs_on),
-                                     check_outputs_every)
+                                     check_outputs_every, weights=True)
         self._keras_state = _State(self)
         self._set_initial_epoch = False
         self._init_watch("LRDoctorCallback", self._keras_state, guard=guard, doctor=doctor, logger=logger,

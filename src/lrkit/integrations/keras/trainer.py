@@ -71,7 +71,7 @@ import keras
 import numpy as np
 
 from lrkit import scaling
-from lrkit.collapse import OUTPUT_SPREAD, output_spread
+from lrkit.collapse import MAX_WEIGHTS, OUTPUT_SPREAD, WEIGHT_CHANGE, output_spread, relative_change, sample_indices
 from lrkit.finder.range_test import find, plan_budget, plan_verify_budget
 from lrkit.finder.regime import length_of, trainer_shape
 from lrkit.finder.result import FinderResult
@@ -614,24 +614,72 @@ def spread_on(model: Any, x: Any) -> float | None:
     return output_spread(keras.ops.convert_to_numpy(out))
 
 
+class WeightSample:
+    """A fixed sample of a Keras model's trainable weights, kept from where they started:
+    :meth:`change` is :func:`lrkit.collapse.relative_change` of the sample since then (at most
+    :data:`~lrkit.collapse.MAX_WEIGHTS` values, each variable an evenly spread share in proportion
+    to its size; ``None`` when the weights started at zero). The torch twin is
+    :class:`lrkit.integrations.torch.outputs.WeightSample`.
+
+    Example:
+        >>> layer = keras.layers.Dense(2)
+        >>> layer.build((None, 4))
+        >>> w = WeightSample(layer.trainable_weights)
+        >>> w.change()
+        0.0
+        >>> _ = layer.kernel.assign(layer.kernel * 1.5)
+        >>> round(w.change(), 6)
+        0.5
+    """
+
+    def __init__(self, variables: Any, size: int = MAX_WEIGHTS) -> None:
+        variables = list(variables)
+        total = sum(int(np.prod(v.shape)) for v in variables) or 1
+        self._idx = [sample_indices(int(np.prod(v.shape)), max(1, round(size * int(np.prod(v.shape)) / total)))
+                     for v in variables]
+        self._vars = variables
+        self._start = self._values()
+
+    def _values(self) -> np.ndarray:
+        parts = []
+        for v, idx in zip(self._vars, self._idx):
+            flat = keras.ops.reshape(v, (-1,))
+            parts.append(np.asarray(keras.ops.convert_to_numpy(flat if idx is None else keras.ops.take(flat, idx)),
+                                    dtype=np.float64))
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def change(self) -> float | None:
+        return relative_change(self._start, self._values())
+
+
 class OutputsCheck:
     """The spread of a Keras model's outputs on fixed inputs (:func:`spread_on`), for the doctor's
     dead-network sign (:mod:`lrkit.doctor.signs.dead`): read before the first step, before every
     ``every``-th step and before the first step after a rollback (:meth:`restart`), and handed over
     with that step's observation (:meth:`merged`). A callback does not see ``fit``'s batches, so the
-    inputs are given (:func:`first_inputs` of them)."""
+    inputs are given (:func:`first_inputs` of them). With ``weights=True`` the same readings also
+    say how far the trainable weights moved since the first (:class:`WeightSample`, the metric
+    ``weight_change``), inputs or not."""
 
-    def __init__(self, inputs: Any, every: int) -> None:
+    def __init__(self, inputs: Any, every: int, weights: bool = False) -> None:
         self.inputs, self.every = inputs, every
         self._again = True
         self._pending: dict[str, float] = {}
+        self._weights: WeightSample | None = None
+        self._want_weights = bool(weights)
 
     def before_step(self, model: Any, step: int) -> None:
         """Read the state step ``step`` starts from, when due."""
-        if self.inputs is None or not self.every or not (self._again or step % self.every == 0):
+        if not self.every or not (self._again or step % self.every == 0):
             return
         value = spread_on(model, self.inputs)
         self._pending, self._again = ({OUTPUT_SPREAD: float(value)} if value is not None else {}), False
+        if self._want_weights:
+            if self._weights is None:  # the weights this run starts from
+                self._weights = WeightSample(model.trainable_weights)
+            moved = self._weights.change()
+            if moved is not None:
+                self._pending[WEIGHT_CHANGE] = moved
 
     def merged(self, metrics: Any) -> Any:
         """``metrics`` with the reading taken before this step (then forgotten)."""
