@@ -350,9 +350,30 @@ def test_guard_refuses_a_scheduler_it_cannot_lower(tmp_path):
     after = params(model_box[0])
     assert all(torch.equal(before[k], after[k]) for k in before)  # refused before the first step
     assert cb.interventions == []
-    _, _, msg = _refused(tmp_path, "LambdaLR", scheduler="reduce_lr_on_plateau", eval_strategy="steps",
+    _, _, msg = _refused(tmp_path, "LambdaLR", scheduler="greedy", eval_strategy="steps",
                          eval_steps=10, eval_dataset=Data(64))
-    assert "got ReduceLROnPlateau" in msg
+    assert "got GreedyLR" in msg
+
+
+def test_guard_lowers_a_reduce_on_plateau_schedule_in_place(tmp_path):
+    """``lr_scheduler_type="reduce_lr_on_plateau"`` multiplies the groups' LR itself: a rollback lowers
+    that LR, and the plateau's own reductions go on from it."""
+    plateau = dict(scheduler="reduce_lr_on_plateau", eval_strategy="steps", eval_steps=10, eval_dataset=Data(64),
+                   label_names=["y"], lr_scheduler_kwargs={"patience": 2, "factor": 0.5})  # y: an eval_loss
+    clean = full_loss(train(tmp_path, 0.3, None, steps=150, **plateau))
+    cb = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=5)
+    trainer = train(tmp_path, 3.0, cb, steps=150, nan_filter=True, **plateau)
+    guarded = full_loss(trainer)
+    assert math.isfinite(guarded) and guarded < 2 * clean, (guarded, clean)
+    assert [i.verdict for i in cb.interventions] == ["diverging"] and cb.lr_multiplier == pytest.approx(0.1)
+    step = cb.interventions[0].step
+    lrs = {h["step"]: h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h}
+    after = [lrs[k] for k in sorted(lrs) if k > step]
+    assert lrs[step] == pytest.approx(3.0)
+    # from the lowered LR (0.3) on, the plateau's own halvings (patience 2; one may come with the rollback's
+    # evaluation, which saw the blow-up): never above it, in steps of 2x
+    assert all(a >= b for a, b in zip(after, after[1:])) and after[0] <= 0.3 * (1 + 1e-9)
+    assert all(math.log2(0.3 / a) == pytest.approx(round(math.log2(0.3 / a))) for a in after)
 
 
 def test_guard_refuses_when_nothing_is_logged(tmp_path):

@@ -49,8 +49,11 @@ stepped the optimizer and the scheduler and logged the loss:
   ``lr_factor``: from the next step on the optimizer uses :math:`\gamma\, b\,\lambda(t)`, the
   schedule's shape at a lower scale, and the logged ``learning_rate`` says so. The scheduler's
   ``state_dict`` holds ``base_lrs``, so a checkpoint saved after a rollback resumes with the
-  lowered LR. Any other scheduler (``"reduce_lr_on_plateau"``, ``"greedy"``, a custom one passed
-  in ``optimizers=``) is refused in ``on_train_begin`` with a ``ValueError``.
+  lowered LR. ``"reduce_lr_on_plateau"`` builds a ``ReduceLROnPlateau``, which only ever multiplies
+  the groups' current LR: a rollback multiplies those (the optimizer's checkpoint holds them), and
+  the plateau's own reductions go on from the lowered LR. Any other scheduler (``"greedy"``, which
+  resets the LR to its first value; a custom one passed in ``optimizers=``) is refused in
+  ``on_train_begin`` with a ``ValueError``.
 * **The clock is not rewound.** A rollback restores the weights, the optimizer state, the scaler
   and the RNGs -- not ``state.global_step``, the scheduler's position or the data loader, which go
   on (as with the Lightning callback and the guard's own clock). The ``Trainer``'s loss
@@ -481,12 +484,15 @@ class LRDoctorCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Guar
 
     @staticmethod
     def _check_scheduler(scheduler: Any, optimizer: Any) -> None:
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            return  # it multiplies the groups' current LR: lowered in place (the module docstring)
         if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
             raise ValueError(
                 "LRDoctorCallback(guard=True) lowers the LR through the scheduler's base_lrs, which needs a "
                 "torch.optim.lr_scheduler.LambdaLR (what every TrainingArguments.lr_scheduler_type builds except "
-                f"'reduce_lr_on_plateau' and 'greedy'); got {type(scheduler).__name__}. Pick such an "
-                "lr_scheduler_type, pass optimizers=(optimizer, LambdaLR(optimizer, ...)), or " + _RECIPE
+                "'reduce_lr_on_plateau', whose ReduceLROnPlateau it lowers in place, and 'greedy'); got "
+                f"{type(scheduler).__name__}. Pick such an lr_scheduler_type, pass optimizers=(optimizer, "
+                "LambdaLR(optimizer, ...)), or " + _RECIPE
             )
         if len(scheduler.base_lrs) != len(optimizer.param_groups):
             raise ValueError(
@@ -704,7 +710,8 @@ class LRDoctorCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Guar
 
     def _watch_lower_lr(self, factor: float) -> bool:
         sched = self._scheduler
-        if self._optimizer is None or not isinstance(getattr(sched, "base_lrs", None), list):
+        if self._optimizer is None or not (isinstance(getattr(sched, "base_lrs", None), list)
+                                           or isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau)):
             return False
         self._lower_lr(factor)
         return True
@@ -716,9 +723,11 @@ class LRDoctorCallback(HoldsStepSkips, ProbesOutputs, RefreshedBeforeSaves, Guar
             self.logger.warning("lrkit doctor: stopping training at step %d (%s)", step, d.verdict)
 
     def _lower_lr(self, factor: float) -> None:
-        """Scale the schedule by ``factor``: ``base_lrs``, the groups' ``initial_lr`` and ``lr``."""
+        """Scale the schedule by ``factor``: ``base_lrs`` (a ``ReduceLROnPlateau`` has none: it goes on
+        from the groups' LR), the groups' ``initial_lr`` and ``lr``."""
         sched, groups = self._scheduler, self._optimizer.param_groups
-        sched.base_lrs = [b * factor for b in sched.base_lrs]
+        if isinstance(getattr(sched, "base_lrs", None), list):
+            sched.base_lrs = [b * factor for b in sched.base_lrs]
         for g in groups:
             for k in ("lr", "initial_lr"):
                 if k not in g:
