@@ -120,6 +120,44 @@ def test_guard_rescues_a_too_high_lr_with_a_step_scheduler():
     assert seen[-1] == pytest.approx(1.5 * 0.98**99 * cb.lr_multiplier)
 
 
+class OnPlateau(Regression):
+    """Regression under ``ReduceLROnPlateau`` on the validation loss (Lightning's ``monitor``)."""
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", torch.nn.functional.mse_loss(self.net(batch[0]), batch[1]))
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=1, factor=0.5)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss"}}
+
+
+def test_guard_rescues_a_too_high_lr_under_reduce_on_plateau():
+    """A user's ``ReduceLROnPlateau`` (it multiplies the group's LR itself, at each validation): the
+    guard's multiplier applies on top of it, and the plateau goes on reducing its own LR."""
+    def run(cb):
+        trainer = pl.Trainer(max_steps=120, accelerator="cpu", devices=1, enable_progress_bar=False, logger=False,
+                             enable_checkpointing=False, enable_model_summary=False,
+                             callbacks=[cb] if cb else [])  # a validation per epoch of 8 steps
+        module = OnPlateau(1.5)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(module, data(), data(64, seed=2))
+        X, y = next(iter(data(512, seed=1)))
+        with torch.no_grad():
+            return float(torch.nn.functional.mse_loss(module.net(X), y)), trainer
+
+    lost, _ = run(None)
+    assert not (math.isfinite(lost) and lost < 1.0)
+    cb = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=10)
+    val, trainer = run(cb)
+    assert 1 <= len(cb.interventions) <= 3 and cb.lr_multiplier < 1.0
+    assert math.isfinite(val) and val < 0.5, val  # the target variance is ~5
+    sched = trainer.lr_scheduler_configs[0].scheduler
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(sched.get_last_lr()[0])  # restored after each step
+    assert sched.get_last_lr()[0] <= 1.5
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="guard must be True or False"):
         LRDoctorCallback(guard=1)
