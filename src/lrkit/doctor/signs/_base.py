@@ -239,7 +239,8 @@ class Track:
         if not math.isfinite(lr):
             self.lr = lr
             return
-        if prev is not None and math.isfinite(prev) and math.isfinite(peak) and lr * CUT <= prev and prev >= CUT_FROM * peak:
+        cut = prev is not None and math.isfinite(prev) and lr * CUT <= prev
+        if cut and math.isfinite(peak) and prev >= CUT_FROM * peak:
             peak = math.nan
         self.lr, self.lr_peak = lr, lr if not peak >= lr else peak
 

@@ -50,8 +50,8 @@ from lrkit.collapse import (
 )
 from lrkit.integrations.torch.dist import rank_agree, world_size
 
-__all__ = ["SpreadProbe", "WeightSample", "agreed_spread", "check_every_arg", "first_tensor",  # check_every_arg re-exported
-           "tensor_spread"]
+# (check_every_arg re-exported)
+__all__ = ["SpreadProbe", "WeightSample", "agreed_spread", "check_every_arg", "first_tensor", "tensor_spread"]
 
 
 def first_tensor(out: Any) -> torch.Tensor | None:
