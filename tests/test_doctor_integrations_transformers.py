@@ -470,6 +470,30 @@ def test_a_checkpoint_saved_after_a_rollback_resumes_with_the_lowered_lr(tmp_pat
     assert second.doctor.n_observations == at_checkpoint.n_observations + 20  # logs 41..60
 
 
+def test_a_reduce_on_plateau_run_resumes_with_the_lowered_lr_applied_once(tmp_path):
+    """Under ``ReduceLROnPlateau`` the lowered LR lives in the optimizer's groups, which the checkpoint
+    saves: a resume goes on from it, without the guard's multiplier applied a second time."""
+    def run(steps, cb, nan_at=None, **kw):
+        args = make_args(tmp_path, 0.1, steps=steps, nan_filter=True, scheduler="reduce_lr_on_plateau",
+                         save_strategy="steps", save_steps=40, eval_strategy="steps", eval_steps=20,
+                         label_names=["y"])
+        trainer = transformers.Trainer(model=Tiny(nan_at=nan_at), args=args, train_dataset=Data(), eval_dataset=Data(64),
+                                       callbacks=[cb])
+        trainer.train(**kw)
+        return trainer
+
+    first = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=5, forgive_first=False)
+    run(60, first, nan_at=15)  # a NaN batch at step 16
+    assert first.lr_multiplier == pytest.approx(0.1) and [i.verdict for i in first.interventions] == ["nan"]
+    saved_lr = torch.load(tmp_path / "checkpoint-40" / "optimizer.pt", weights_only=True)["param_groups"][0]["lr"]
+    assert saved_lr <= 0.1 * 0.1 * (1 + 1e-9)  # lowered by the rollback (and perhaps by the plateau since)
+    second = LRDoctorCallback(guard=True, doctor=Doctor(window=10), snapshot_every=5, forgive_first=False)
+    trainer = run(60, second, resume_from_checkpoint=str(tmp_path / "checkpoint-40"))
+    logged = {h["step"]: h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h}
+    assert logged[41] == pytest.approx(saved_lr)  # as saved: not lowered again
+    assert second.lr_multiplier == pytest.approx(0.1) and [i.verdict for i in second.interventions] == ["nan"]
+
+
 def test_evaluation_results_reach_the_doctor_with_the_next_log(tmp_path):
     doctor = RecordingDoctor()
     cb = LRDoctorCallback(doctor=doctor)
